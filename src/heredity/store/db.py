@@ -1,0 +1,63 @@
+"""Metadata database: steps and artifacts (SQLAlchemy; SQLite by default, PostgreSQL by URL)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import JSON, BigInteger, DateTime, ForeignKey, Integer, String, Text, create_engine, event
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class StepRow(Base):
+    """One finished operation: what ran, on what, with which config, and what it made."""
+
+    __tablename__ = "steps"
+
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)  # hash of (op, config, inputs, seed)
+    op: Mapped[str] = mapped_column(String(64), index=True)
+    config: Mapped[dict] = mapped_column(JSON)
+    inputs: Mapped[list] = mapped_column(JSON)  # ordered artifact ids
+    outputs: Mapped[dict] = mapped_column(JSON)  # role -> artifact id
+    seed: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    metrics: Mapped[dict] = mapped_column(JSON, default=dict)
+    code_version: Mapped[str] = mapped_column(String(80))
+    lib_versions: Mapped[dict] = mapped_column(JSON, default=dict)
+    host: Mapped[str] = mapped_column(String(255))
+    started_at: Mapped[datetime] = mapped_column(DateTime)
+    ended_at: Mapped[datetime] = mapped_column(DateTime)
+
+
+class ArtifactRow(Base):
+    """A content-addressed model, adapter, dataset or report directory under HEREDITY_HOME/artifacts."""
+
+    __tablename__ = "artifacts"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16), index=True)
+    name: Mapped[str] = mapped_column(String(255))
+    step_key: Mapped[str] = mapped_column(ForeignKey("steps.key"))  # the step that first made it
+    meta: Mapped[dict] = mapped_column(JSON, default=dict)
+    size_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+    created_at: Mapped[datetime] = mapped_column(DateTime)
+    description: Mapped[str] = mapped_column(Text, default="")
+
+
+def make_engine(url: str) -> Engine:
+    if url.startswith("sqlite"):
+        engine = create_engine(url, connect_args={"timeout": 60})
+
+        @event.listens_for(engine, "connect")
+        def _pragmas(conn, _record):  # WAL: readers never block the writer
+            cur = conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.close()
+
+    else:
+        engine = create_engine(url, pool_pre_ping=True, connect_args={"connect_timeout": 5})
+    return engine

@@ -1,0 +1,451 @@
+"""The artifact store: content-addressed artifacts on disk, steps and lineage in a database.
+
+Everything heredity makes is the output of a *step*: an operation run on input artifacts with a
+typed config. ``Store.run_step`` memoizes steps on (op, config, inputs, seed): when the same step
+already finished, its stored outputs come back at once. A step writes its outputs into private
+temporary directories; only when it returns are they hashed, renamed into place (an atomic rename on
+the same filesystem) and recorded in the database, the row last. A step killed half-way therefore
+leaves nothing visible, and the next run starts it again.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import platform
+import re
+import shutil
+import socket
+import subprocess
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
+from sqlalchemy.orm import Session
+
+from heredity.errors import HeredityError
+from heredity.store.db import ArtifactRow, Base, StepRow, make_engine
+
+KIND_PREFIX = {"model": "m", "adapter": "a", "dataset": "d", "report": "r"}
+ID_RE = re.compile(r"^[madr]-[0-9a-f]{16}$")
+ID_PREFIX_RE = re.compile(r"^[madr]-[0-9a-f]{4,16}$")
+
+
+def default_home() -> Path:
+    env = os.environ.get("HEREDITY_HOME")
+    if env:
+        return Path(env).expanduser()
+    xdg = os.environ.get("XDG_DATA_HOME")
+    return (Path(xdg) if xdg else Path.home() / ".local" / "share") / "heredity"
+
+
+def config_to_json(config: Any) -> dict:
+    """A typed config (pydantic model, dataclass or dict) as plain JSON data."""
+    if config is None:
+        return {}
+    if hasattr(config, "model_dump"):
+        return config.model_dump(mode="json")
+    if dataclasses.is_dataclass(config):
+        return json.loads(json.dumps(dataclasses.asdict(config), default=str))
+    if isinstance(config, dict):
+        return json.loads(json.dumps(config, default=str))
+    raise TypeError(f"config must be a pydantic model, dataclass or dict, not {type(config).__name__}")
+
+
+def canonical(obj: Any) -> str:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
+
+
+def step_key(op: str, config: dict, inputs: Iterable[str], seed: int | None) -> str:
+    payload = canonical({"op": op, "config": config, "inputs": list(inputs), "seed": seed})
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
+def hash_dir(path: Path) -> str:
+    """sha256 over the relative paths and bytes of every file under ``path`` (sorted)."""
+    h = hashlib.sha256()
+    for f in sorted(p for p in path.rglob("*") if p.is_file()):
+        h.update(f.relative_to(path).as_posix().encode() + b"\0")
+        with open(f, "rb") as fh:
+            while chunk := fh.read(1 << 22):
+                h.update(chunk)
+        h.update(b"\0")
+    return h.hexdigest()
+
+
+def dir_size(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+@cache
+def code_version() -> str:
+    from heredity import __version__
+
+    try:
+        sha = subprocess.run(
+            ["git", "rev-parse", "--short=12", "HEAD"],
+            cwd=Path(__file__).resolve().parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=Path(__file__).resolve().parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        sha, dirty = "", ""
+    return f"{__version__}+{sha}{'.dirty' if dirty else ''}" if sha else __version__
+
+
+@cache
+def lib_versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": platform.python_version()}
+    for name in ("torch", "transformers", "peft", "accelerate", "safetensors", "tokenizers"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            pass
+    return out
+
+
+@dataclass
+class Artifact:
+    id: str
+    kind: str
+    name: str
+    path: Path
+    step_key: str
+    meta: dict
+    size_bytes: int
+    created_at: datetime
+
+
+@dataclass
+class Step:
+    key: str
+    op: str
+    config: dict
+    inputs: list[str]
+    outputs: dict[str, str]
+    seed: int | None
+    metrics: dict
+    code_version: str
+    lib_versions: dict
+    host: str
+    started_at: datetime
+    ended_at: datetime
+
+
+@dataclass
+class StepResult:
+    key: str
+    outputs: dict[str, str]
+    metrics: dict
+    cached: bool
+
+    def __getitem__(self, role: str) -> str:
+        return self.outputs[role]
+
+
+@dataclass
+class StepContext:
+    """What a running step sees: where to write outputs and where to put metrics."""
+
+    store: Store
+    key: str
+    op: str
+    config: dict
+    inputs: list[str]
+    seed: int | None
+    metrics: dict = field(default_factory=dict)
+    _outputs: dict[str, tuple[str, str, Path, dict]] = field(default_factory=dict)
+
+    def output(self, role: str, kind: str, name: str, meta: dict | None = None) -> Path:
+        """A fresh private directory to write the output ``role`` into."""
+        if kind not in KIND_PREFIX:
+            raise ValueError(f"unknown artifact kind {kind!r}")
+        if role in self._outputs:
+            raise ValueError(f"output {role!r} declared twice")
+        path = self.store.tmp_dir / f"{os.getpid()}-{uuid.uuid4().hex}"
+        path.mkdir(parents=True)
+        self._outputs[role] = (kind, name, path, dict(meta or {}))
+        return path
+
+    def set_meta(self, role: str, **meta: Any) -> None:
+        self._outputs[role][3].update(meta)
+
+    @property
+    def scratch(self) -> Path:
+        """A per-step directory that survives a kill (for checkpoints); removed when the step ends."""
+        p = self.store.home / "scratch" / self.key[:24]
+        p.mkdir(parents=True, exist_ok=True)
+        return p
+
+
+class Store:
+    """``Store()`` opens HEREDITY_HOME (default ~/.local/share/heredity) and HEREDITY_DB_URL (default SQLite)."""
+
+    def __init__(self, home: str | Path | None = None, db_url: str | None = None):
+        self.home = Path(home).expanduser() if home else default_home()
+        self.artifacts_dir = self.home / "artifacts"
+        self.tmp_dir = self.home / "tmp"
+        try:
+            self.artifacts_dir.mkdir(parents=True, exist_ok=True)
+            self.tmp_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise HeredityError(
+                f"cannot create the store at {self.home}: {e.strerror}; set HEREDITY_HOME to a writable directory"
+            ) from e
+        self.db_url = db_url or os.environ.get("HEREDITY_DB_URL") or f"sqlite:///{self.home / 'heredity.db'}"
+        self.engine = make_engine(self.db_url)
+        try:
+            Base.metadata.create_all(self.engine)
+        except (OperationalError, SQLAlchemyError) as e:
+            reason = str(getattr(e, "orig", e)).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise HeredityError(
+                f"cannot reach the database {redact(self.db_url)} ({reason}); "
+                "check HEREDITY_DB_URL, or unset it to use the SQLite file in HEREDITY_HOME"
+            ) from e
+        self._clean_tmp()
+
+    def __repr__(self) -> str:
+        return f"Store(home={str(self.home)!r}, db={redact(self.db_url)!r})"
+
+    # ---- housekeeping -------------------------------------------------------------------------
+    def _clean_tmp(self) -> None:
+        """Remove temporary output dirs left by processes that no longer run (killed steps)."""
+        for p in self.tmp_dir.iterdir():
+            pid = p.name.split("-", 1)[0]
+            if pid.isdigit() and not _pid_alive(int(pid)):
+                shutil.rmtree(p, ignore_errors=True)
+
+    # ---- steps ------------------------------------------------------------------------------
+    def find_step(self, key: str) -> Step | None:
+        with Session(self.engine) as s:
+            row = s.get(StepRow, key)
+            return _step(row) if row else None
+
+    def run_step(
+        self,
+        op: str,
+        config: Any,
+        inputs: Iterable[str] = (),
+        fn: Callable[[StepContext], dict | None] | None = None,
+        seed: int | None = None,
+    ) -> StepResult:
+        """Run ``fn`` as step ``op`` unless the same step already finished; return its outputs.
+
+        ``fn(ctx)`` writes each output into ``ctx.output(role, kind, name)`` and may return metrics.
+        """
+        cfg = config_to_json(config)
+        inputs = [self.resolve_id(i) for i in inputs]
+        key = step_key(op, cfg, inputs, seed)
+        done = self.find_step(key)
+        if done and all((self.artifacts_dir / a).is_dir() for a in done.outputs.values()):
+            return StepResult(key, dict(done.outputs), dict(done.metrics), cached=True)
+        if fn is None:
+            raise HeredityError(f"step {op} has not run yet and no function was given to run it")
+        ctx = StepContext(self, key, op, cfg, inputs, seed)
+        started = _now()
+        try:
+            metrics = fn(ctx) or {}
+        except BaseException:
+            for _, _, path, _ in ctx._outputs.values():
+                shutil.rmtree(path, ignore_errors=True)
+            raise
+        ctx.metrics.update(metrics)
+        outputs = self._commit(ctx, started)
+        shutil.rmtree(self.home / "scratch" / key[:24], ignore_errors=True)
+        return StepResult(key, outputs, json.loads(canonical(ctx.metrics)), cached=False)
+
+    def _commit(self, ctx: StepContext, started: datetime) -> dict[str, str]:
+        placed: dict[str, tuple[str, str, dict, int]] = {}
+        for role, (kind, name, path, meta) in ctx._outputs.items():
+            aid = f"{KIND_PREFIX[kind]}-{hash_dir(path)[:16]}"
+            size = dir_size(path)
+            final = self.artifacts_dir / aid
+            if final.is_dir():
+                shutil.rmtree(path)  # same content already stored
+            else:
+                try:
+                    os.rename(path, final)
+                except OSError:  # a concurrent writer placed it first
+                    if not final.is_dir():
+                        raise
+                    shutil.rmtree(path, ignore_errors=True)
+            placed[role] = (aid, kind, {"name": name, **meta}, size)
+        outputs = {role: v[0] for role, v in placed.items()}
+        now = _now()
+        with Session(self.engine) as s:
+            s.merge(
+                StepRow(
+                    key=ctx.key,
+                    op=ctx.op,
+                    config=ctx.config,
+                    inputs=ctx.inputs,
+                    outputs=outputs,
+                    seed=ctx.seed,
+                    metrics=json.loads(canonical(ctx.metrics)),
+                    code_version=code_version(),
+                    lib_versions=lib_versions(),
+                    host=socket.gethostname(),
+                    started_at=started,
+                    ended_at=now,
+                )
+            )
+            s.flush()
+            for aid, kind, meta, size in placed.values():
+                if s.get(ArtifactRow, aid) is None:
+                    name = meta.pop("name")
+                    s.add(
+                        ArtifactRow(
+                            id=aid, kind=kind, name=name, step_key=ctx.key, meta=meta, size_bytes=size, created_at=now
+                        )
+                    )
+            try:
+                s.commit()
+            except IntegrityError:  # a concurrent run of the same step committed first
+                s.rollback()
+        return outputs
+
+    # ---- artifacts --------------------------------------------------------------------------
+    def resolve_id(self, ref: str) -> str:
+        """A full artifact id from an id or a unique id prefix (``m-3fa2``)."""
+        ref = str(ref).strip()
+        if not ID_PREFIX_RE.match(ref):
+            raise HeredityError(
+                f"{ref!r} is not an artifact id (expected like m-0123456789abcdef); list ids with `heredity ls`"
+            )
+        with Session(self.engine) as s:
+            if ID_RE.match(ref):
+                if s.get(ArtifactRow, ref) is not None:
+                    return ref
+                matches = []
+            else:
+                matches = s.scalars(select(ArtifactRow.id).where(ArtifactRow.id.startswith(ref)).limit(2)).all()
+        if len(matches) == 1:
+            return matches[0]
+        if len(matches) > 1:
+            raise HeredityError(f"artifact prefix {ref!r} is ambiguous; give more characters of the id")
+        raise HeredityError(f"no artifact {ref!r} in the store at {self.home}; list ids with `heredity ls`")
+
+    def get(self, ref: str) -> Artifact:
+        aid = self.resolve_id(ref)
+        with Session(self.engine) as s:
+            row = s.get(ArtifactRow, aid)
+            art = _artifact(row, self.artifacts_dir)
+        if not art.path.is_dir():
+            raise HeredityError(f"artifact {aid} is recorded but its files are missing from {art.path}; rerun the step")
+        return art
+
+    def path(self, ref: str) -> Path:
+        return self.get(ref).path
+
+    def list(self, kind: str | None = None) -> list[Artifact]:
+        with Session(self.engine) as s:
+            q = select(ArtifactRow).order_by(ArtifactRow.created_at)
+            if kind:
+                q = q.where(ArtifactRow.kind == kind)
+            return [_artifact(r, self.artifacts_dir) for r in s.scalars(q)]
+
+    def step_of(self, ref: str) -> Step:
+        art = self.get(ref)
+        step = self.find_step(art.step_key)
+        assert step is not None, f"artifact {art.id} has no step row"
+        return step
+
+    def children(self, ref: str) -> list[Artifact]:
+        """Artifacts made by steps that took ``ref`` as an input."""
+        aid = self.resolve_id(ref)
+        with Session(self.engine) as s:
+            steps = [r for r in s.scalars(select(StepRow)) if aid in (r.inputs or [])]
+            ids = {a for r in steps for a in r.outputs.values()}
+            rows = [s.get(ArtifactRow, i) for i in sorted(ids)]
+            return [_artifact(r, self.artifacts_dir) for r in rows if r is not None]
+
+    def lineage(self, ref: str) -> dict:
+        """The ancestry of an artifact as a nested dict: artifact -> step -> input artifacts -> ..."""
+        seen: dict[str, dict] = {}
+
+        def node(aid: str) -> dict:
+            if aid in seen:
+                return {"id": aid, "kind": seen[aid]["kind"], "name": seen[aid]["name"], "see_above": True}
+            art = self.get(aid)
+            step = self.find_step(art.step_key)
+            n = {
+                "id": art.id,
+                "kind": art.kind,
+                "name": art.name,
+                "meta": art.meta,
+                "step": {
+                    "op": step.op,
+                    "key": step.key[:16],
+                    "config": step.config,
+                    "seed": step.seed,
+                    "metrics": step.metrics,
+                    "code_version": step.code_version,
+                    "host": step.host,
+                    "started_at": step.started_at.isoformat(),
+                    "ended_at": step.ended_at.isoformat(),
+                }
+                if step
+                else None,
+            }
+            seen[aid] = n
+            n["parents"] = [node(i) for i in (step.inputs if step else [])]
+            return n
+
+        return node(self.resolve_id(ref))
+
+
+def redact(url: str) -> str:
+    return re.sub(r"://([^:/@]+):[^@]*@", r"://\1:***@", url)
+
+
+def _now() -> datetime:
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _artifact(row: ArtifactRow, root: Path) -> Artifact:
+    return Artifact(row.id, row.kind, row.name, root / row.id, row.step_key, row.meta or {}, row.size_bytes, row.created_at)
+
+
+def _step(row: StepRow) -> Step:
+    return Step(
+        row.key,
+        row.op,
+        row.config,
+        list(row.inputs or []),
+        dict(row.outputs or {}),
+        row.seed,
+        row.metrics or {},
+        row.code_version,
+        row.lib_versions or {},
+        row.host,
+        row.started_at,
+        row.ended_at,
+    )
