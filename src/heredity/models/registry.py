@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from heredity.errors import HeredityError
-from heredity.store import Store, StepContext
+from heredity.store import StepContext, Store
 from heredity.store.store import ID_PREFIX_RE, hash_dir
 
 BUNDLED = {

@@ -1,0 +1,87 @@
+"""Batched sampling throughput: heredity's sampler vs a plain loop of `model.generate`, same prompts.
+
+    .venv/bin/python bench/sample.py [--prompts 96] [--max-new-tokens 48]
+
+Workload: the subliminal-numbers prompts (chat template, SmolLM2's default system prompt), T = 1,
+stop at EOS. Tokens counted = generated tokens before EOS, for both. Prints a markdown table with the
+median over --repeats runs and the ratio heredity / generate.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import statistics
+import sys
+import time
+
+import torch
+
+from heredity.engine.sampling import SampleConfig, render_prompt, sample
+from heredity.models import load
+from heredity.store import Store
+
+
+def number_prompts(k: int, seed: int = 0) -> list[str]:
+    rng = random.Random(seed)
+    out = []
+    for _ in range(k):
+        seeds = ", ".join(str(rng.randint(100, 999)) for _ in range(rng.randint(3, 8)))
+        out.append(
+            f"The sequence starts with: {seeds}. Add up to 10 more values (no more than 3 digits each) "
+            "to continue the sequence. Provide the numbers separated by commas. Skip any explanation and give only numbers."
+        )
+    return out
+
+
+@torch.inference_mode()
+def run_generate(model, tok, prompts, cfg: SampleConfig) -> int:
+    tok.padding_side = "left"
+    texts = [render_prompt(tok, p, cfg) for p in prompts]
+    torch.manual_seed(cfg.seed)
+    n = 0
+    for i in range(0, len(texts), cfg.batch_size):
+        enc = tok(texts[i : i + cfg.batch_size], return_tensors="pt", padding=True, add_special_tokens=False)
+        out = model.generate(
+            **enc, max_new_tokens=cfg.max_new_tokens, do_sample=True, temperature=cfg.temperature, top_p=1.0, top_k=0,
+            pad_token_id=tok.pad_token_id,
+        )
+        new = out[:, enc.input_ids.shape[1] :]
+        for row in new.tolist():  # tokens before the first EOS
+            n += next((j for j, t in enumerate(row) if t == tok.eos_token_id), len(row))
+    return n
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="smollm2-135m-instruct")
+    ap.add_argument("--prompts", type=int, default=96, help="prompts for batch sizes 16 and 64")
+    ap.add_argument("--prompts-b1", type=int, default=6, help="prompts for batch size 1")
+    ap.add_argument("--max-new-tokens", type=int, default=48)
+    ap.add_argument("--batch-sizes", default="1,16,64")
+    ap.add_argument("--repeats", type=int, default=1)
+    args = ap.parse_args()
+    model, tok = load(args.model, Store())
+    rows = []
+    for bs in [int(b) for b in args.batch_sizes.split(",")]:
+        prompts = number_prompts(args.prompts_b1 if bs == 1 else args.prompts)
+        cfg = SampleConfig(max_new_tokens=args.max_new_tokens, batch_size=bs, temperature=1.0, seed=0)
+        g, h = [], []
+        for _ in range(args.repeats):
+            t = time.perf_counter()
+            ng = run_generate(model, tok, prompts, cfg)
+            g.append(ng / (time.perf_counter() - t))
+            t = time.perf_counter()
+            nh = sum(c.n_tokens for c in sample(model, tok, prompts, cfg, progress=False))
+            h.append(nh / (time.perf_counter() - t))
+        rows.append((bs, len(prompts), statistics.median(g), statistics.median(h)))
+        print(f"batch {bs}: generate {rows[-1][2]:.1f} tok/s, heredity {rows[-1][3]:.1f} tok/s", file=sys.stderr)
+    print(f"\nSampling on {args.model}, {torch.get_num_threads()} threads, max_new_tokens={args.max_new_tokens}, T=1\n")
+    print("| batch | prompts | generate tok/s | heredity tok/s | ratio |")
+    print("|---:|---:|---:|---:|---:|")
+    for bs, n, g, h in rows:
+        print(f"| {bs} | {n} | {g:.1f} | {h:.1f} | {h / g:.2f}x |")
+
+
+if __name__ == "__main__":
+    main()

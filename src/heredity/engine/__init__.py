@@ -1,0 +1,7 @@
+"""The compute: batched sampling, fine-tuning, log-probabilities."""
+
+from heredity.engine.finetune import FinetuneConfig, finetune, train
+from heredity.engine.logprobs import logprobs
+from heredity.engine.sampling import Completion, SampleConfig, render_prompt, sample, sample_step
+
+__all__ = ["Completion", "FinetuneConfig", "SampleConfig", "finetune", "logprobs", "render_prompt", "sample", "sample_step", "train"]

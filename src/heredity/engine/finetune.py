@@ -1,0 +1,295 @@
+"""Fine-tuning: LoRA (PEFT) or full, with completion-only, full-sequence or logit-distillation loss.
+
+``train(model, tokenizer, rows, config)`` is the loop (usable on its own); ``finetune(store, ...)``
+runs it as a memoized store step that writes an adapter or a model artifact with its lineage.
+The loop runs through ``accelerate``: fp32 on CPU, bf16 autocast on CUDA, DDP under ``accelerate launch``.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from collections.abc import Sequence
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, Field
+from tqdm.auto import tqdm
+
+from heredity.errors import HeredityError
+
+LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+IGNORE = -100
+
+
+class FinetuneConfig(BaseModel):
+    """Everything that decides a fine-tune; it is stored in the lineage and keys the memoization."""
+
+    method: Literal["lora", "full"] = "lora"
+    loss: Literal["completion_only", "full_sequence", "logit_distill"] = "completion_only"
+    epochs: float = Field(1.0, gt=0)
+    max_steps: int | None = Field(None, ge=1, description="optimizer steps; overrides epochs")
+    lr: float = Field(2e-4, gt=0)
+    schedule: Literal["linear", "cosine", "constant", "constant_with_warmup"] = "linear"
+    warmup_ratio: float = Field(0.03, ge=0, lt=1)
+    weight_decay: float = Field(0.0, ge=0)
+    batch_size: int = Field(8, ge=1)
+    grad_accum: int = Field(1, ge=1)
+    max_length: int = Field(512, ge=8)
+    bucket_by_length: bool = Field(True, description="batch sequences of similar length (less padding)")
+    lora_r: int = Field(8, ge=1)
+    lora_alpha: int = Field(8, ge=1)
+    lora_dropout: float = Field(0.0, ge=0, lt=1)
+    lora_targets: list[str] = Field(default_factory=lambda: list(LORA_TARGETS))
+    distill_temperature: float = Field(1.0, gt=0)
+    chat: bool = Field(True, description="render the prompt column with the chat template")
+    system_prompt: str | None = None
+    seed: int = 0
+    save_every: int = Field(0, ge=0, description="checkpoint every N optimizer steps (0 = never); resumes after a kill")
+
+
+# ---- data ----------------------------------------------------------------------------------------
+
+
+def columns_for(loss: str) -> list[str]:
+    return ["text"] if loss == "full_sequence" else ["prompt", "completion"]
+
+
+def encode_rows(tokenizer, rows: Sequence[dict], config: FinetuneConfig) -> list[tuple[list[int], list[int]]]:
+    """(input_ids, labels) per row; labels are IGNORE where no loss is taken (the prompt, for completion_only)."""
+    from heredity.engine.sampling import SampleConfig, render_prompt
+
+    eos = tokenizer.eos_token or ""
+    out = []
+    if config.loss == "full_sequence" and rows and "text" not in rows[0]:
+        rows = [{"text": r["prompt"] + r["completion"]} for r in rows]
+    rcfg = SampleConfig(chat=config.chat, system_prompt=config.system_prompt)
+    for r in rows:
+        if config.loss == "full_sequence":
+            ids = tokenizer(r["text"] + eos, add_special_tokens=False)["input_ids"][: config.max_length]
+            out.append((ids, list(ids)))
+            continue
+        p = tokenizer(render_prompt(tokenizer, r["prompt"], rcfg), add_special_tokens=False)["input_ids"]
+        c = tokenizer(r["completion"] + eos, add_special_tokens=False)["input_ids"]
+        ids = (p + c)[: config.max_length]
+        labels = ([IGNORE] * len(p) + c)[: config.max_length]
+        if all(x == IGNORE for x in labels):
+            continue  # prompt alone fills max_length: nothing to learn from this row
+        out.append((ids, labels))
+    if not out:
+        raise HeredityError("no training example left after tokenization; raise max_length or check the dataset")
+    return out
+
+
+def make_batches(examples, batch_size: int, bucket: bool, seed: int, epoch: int) -> list[list[int]]:
+    """Index batches for one epoch: shuffled; with bucketing, similar lengths share a batch (then batches shuffle)."""
+    rng = random.Random(seed * 1_000_003 + epoch)
+    idx = list(range(len(examples)))
+    rng.shuffle(idx)
+    if bucket:
+        chunk = batch_size * 32  # sort within large chunks: local length order, global randomness
+        idx = [i for s in range(0, len(idx), chunk) for i in sorted(idx[s : s + chunk], key=lambda i: len(examples[i][0]))]
+    batches = [idx[s : s + batch_size] for s in range(0, len(idx), batch_size)]
+    if bucket:
+        rng.shuffle(batches)
+    return batches
+
+
+def collate(examples, batch: list[int], pad_id: int, device) -> dict[str, torch.Tensor]:
+    L = max(len(examples[i][0]) for i in batch)
+    ids = torch.full((len(batch), L), pad_id, dtype=torch.long)
+    labels = torch.full((len(batch), L), IGNORE, dtype=torch.long)
+    att = torch.zeros((len(batch), L), dtype=torch.long)
+    for r, i in enumerate(batch):  # right padding
+        x, y = examples[i]
+        ids[r, : len(x)] = torch.tensor(x)
+        labels[r, : len(y)] = torch.tensor(y)
+        att[r, : len(x)] = 1
+    return {"input_ids": ids.to(device), "labels": labels.to(device), "attention_mask": att.to(device)}
+
+
+# ---- losses --------------------------------------------------------------------------------------
+
+
+def token_ce(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """Mean next-token cross-entropy over positions whose label is not IGNORE; and their count."""
+    lg, lb = logits[:, :-1].float(), labels[:, 1:]
+    mask = lb != IGNORE
+    n = int(mask.sum())
+    if n == 0:
+        return logits.sum() * 0.0, 0
+    return F.cross_entropy(lg[mask], lb[mask]), n
+
+
+def distill_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor, T: float):
+    """KL(teacher_T ‖ student_T) · T², averaged over positions whose next token carries a label."""
+    mask = labels[:, 1:] != IGNORE
+    n = int(mask.sum())
+    if n == 0:
+        return student_logits.sum() * 0.0, 0
+    s = F.log_softmax(student_logits[:, :-1][mask].float() / T, dim=-1)
+    t = F.log_softmax(teacher_logits[:, :-1][mask].float() / T, dim=-1)
+    return F.kl_div(s, t, log_target=True, reduction="batchmean") * T * T, n
+
+
+# ---- the loop ------------------------------------------------------------------------------------
+
+
+def prepare_model(model, config: FinetuneConfig):
+    if config.method == "lora":
+        from peft import LoraConfig, get_peft_model
+
+        names = {n.rsplit(".", 1)[-1] for n, _ in model.named_modules()}
+        missing = [t for t in config.lora_targets if t not in names]
+        if missing:
+            raise HeredityError(f"LoRA target module(s) {', '.join(missing)} not in this model; set lora_targets")
+        model = get_peft_model(
+            model,
+            LoraConfig(
+                r=config.lora_r,
+                lora_alpha=config.lora_alpha,
+                lora_dropout=config.lora_dropout,
+                target_modules=config.lora_targets,
+                task_type="CAUSAL_LM",
+            ),
+        )
+    for p in model.parameters():
+        if config.method == "full":
+            p.requires_grad_(True)
+    return model
+
+
+def train(model, tokenizer, rows: Sequence[dict], config: FinetuneConfig, teacher=None, checkpoint_dir=None, progress=True):
+    """Fine-tune ``model`` in place on ``rows``; returns (model, metrics). LoRA wraps it as a PeftModel."""
+    from accelerate import Accelerator
+    from transformers import get_scheduler
+
+    if config.loss == "logit_distill" and teacher is None:
+        raise HeredityError("loss logit_distill needs a teacher model; pass --teacher")
+    torch.manual_seed(config.seed)
+    acc = Accelerator(
+        mixed_precision="bf16" if torch.cuda.is_available() else "no", gradient_accumulation_steps=config.grad_accum
+    )
+    examples = encode_rows(tokenizer, rows, config)
+    model = prepare_model(model, config)
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    steps_per_epoch = math.ceil(math.ceil(len(examples) / config.batch_size) / config.grad_accum)
+    total = config.max_steps or max(1, math.ceil(config.epochs * steps_per_epoch))
+    sched = get_scheduler(config.schedule, opt, num_warmup_steps=int(config.warmup_ratio * total), num_training_steps=total)
+    model, opt, sched = acc.prepare(model, opt, sched)
+    if teacher is not None:
+        teacher.eval().to(acc.device)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+    step, start_step, curve, tokens, loss_sum, loss_n = 0, 0, [], 0, 0.0, 0
+    ckpt = checkpoint_dir / "state.pt" if checkpoint_dir else None
+    if ckpt is not None and ckpt.exists():  # resume a killed run
+        state = torch.load(ckpt, map_location="cpu", weights_only=False)
+        acc.unwrap_model(model).load_state_dict(state["trainable"], strict=False)
+        opt.load_state_dict(state["opt"])
+        sched.load_state_dict(state["sched"])
+        start_step, curve, tokens = state["step"], state["curve"], state["tokens"]
+    bar = tqdm(total=total, initial=start_step, desc=f"finetune ({config.method}, {config.loss})", disable=not progress)
+    t0 = time.perf_counter()
+    micro, epoch = 0, 0
+    while step < total:
+        for batch_idx in make_batches(examples, config.batch_size, config.bucket_by_length, config.seed, epoch):
+            if step >= total:
+                break
+            micro += 1
+            if step < start_step:  # fast-forward the data order to where the checkpoint stopped
+                if micro % config.grad_accum == 0:
+                    step += 1
+                continue
+            batch = collate(examples, batch_idx, pad, acc.device)
+            with acc.accumulate(model), acc.autocast():
+                out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+                if config.loss == "logit_distill":
+                    with torch.no_grad():
+                        t_logits = teacher(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+                    loss, n = distill_kl(out.logits, t_logits, batch["labels"], config.distill_temperature)
+                else:
+                    loss, n = token_ce(out.logits, batch["labels"])
+                acc.backward(loss)
+                if acc.sync_gradients:
+                    acc.clip_grad_norm_(params, 1.0)
+                opt.step()
+                sched.step()
+                opt.zero_grad(set_to_none=True)
+            tokens += int(batch["attention_mask"].sum())
+            loss_sum, loss_n = loss_sum + float(loss.detach()), loss_n + 1
+            if micro % config.grad_accum == 0:
+                step += 1
+                curve.append([step, round(loss_sum / loss_n, 5)])
+                loss_sum, loss_n = 0.0, 0
+                bar.update(1)
+                bar.set_postfix(loss=f"{curve[-1][1]:.4f}")
+                if ckpt is not None and config.save_every and step % config.save_every == 0 and step < total:
+                    _save_state(ckpt, acc.unwrap_model(model), opt, sched, step, curve, tokens)
+        epoch += 1
+    bar.close()
+    seconds = time.perf_counter() - t0
+    model = acc.unwrap_model(model)
+    model.eval()
+    trained_tokens = tokens
+    metrics = {
+        "examples": len(examples),
+        "optimizer_steps": total,
+        "loss_first": curve[0][1] if curve else None,
+        "loss_last": curve[-1][1] if curve else None,
+        "loss_curve": curve,
+        "train_tokens": trained_tokens,
+        "seconds": round(seconds, 2),
+        "tokens_per_second": round(trained_tokens / seconds, 1) if seconds > 0 else None,
+        "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
+    }
+    return model, metrics
+
+
+def _save_state(path, model, opt, sched, step, curve, tokens) -> None:
+    trainable = {k: v for k, v in model.state_dict().items() if any(k == n for n, p in model.named_parameters() if p.requires_grad)}
+    tmp = path.with_suffix(".tmp")
+    torch.save({"trainable": trainable, "opt": opt.state_dict(), "sched": sched.state_dict(), "step": step, "curve": curve, "tokens": tokens}, tmp)
+    tmp.replace(path)
+
+
+# ---- as a store step -----------------------------------------------------------------------------
+
+
+def finetune(store, base: str, dataset: str, config: FinetuneConfig | None = None, teacher: str | None = None, progress=True):
+    """Fine-tune ``base`` (any model spec) on a stored dataset; returns the StepResult (output role "model")."""
+    from heredity.models import load, materialize
+    from heredity.store import read_table, require_columns
+
+    config = config or FinetuneConfig()
+    base_id = materialize(base, store)
+    data_id = store.resolve_id(dataset)
+    if store.get(data_id).kind != "dataset":
+        raise HeredityError(f"{data_id} is not a dataset; give a dataset id (d-...) or a JSONL/parquet file")
+    table = read_table(store.path(data_id))
+    needed = columns_for(config.loss)
+    if config.loss == "full_sequence" and "text" not in table.column_names:
+        needed = ["prompt", "completion"]  # full_sequence also takes prompt + completion, joined
+    require_columns(table, needed, f"loss {config.loss}")
+    teacher_id = materialize(teacher, store) if teacher else None
+    inputs = [base_id, data_id] + ([teacher_id] if teacher_id else [])
+    if store.get(base_id).kind == "adapter" and config.method == "lora":
+        raise HeredityError(f"{base_id} is an adapter; LoRA on an adapter is not supported: merge it first or use method full")
+
+    def run(ctx):
+        model, tok = load(base_id, store, merge_adapter=True, trainable=True)
+        t_model = load(teacher_id, store, merge_adapter=True)[0] if teacher_id else None
+        model, metrics = train(model, tok, table.to_pylist(), config, teacher=t_model, checkpoint_dir=ctx.scratch, progress=progress)
+        kind = "adapter" if config.method == "lora" else "model"
+        name = f"{store.get(base_id).name}-{config.method}-{config.loss}"
+        meta = {"base": store.get(base_id).id} if kind == "adapter" else {}
+        out = ctx.output("model", kind, name, meta=meta)
+        model.save_pretrained(out)
+        tok.save_pretrained(out)
+        return metrics
+
+    return store.run_step("finetune", config, inputs, run, seed=config.seed)

@@ -1,0 +1,418 @@
+"""Batched sampling with a KV cache for many prompts × n samples.
+
+Why it beats a loop of ``model.generate`` on a CPU (see bench/sample.py for the measured ratio):
+  * each distinct prompt is prefilled once and its cache fanned out to its n samples;
+  * prompts are sorted by length, so batches carry little padding;
+  * a finished sequence leaves the batch (its cache rows are dropped) instead of riding along;
+  * the KV cache is preallocated (no per-step ``torch.cat``).
+Per-sequence stop: EOS or any stop string; the returned text ends before the stop string.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from pydantic import BaseModel, Field, field_validator
+from tqdm.auto import tqdm
+
+from heredity.engine.cache import prealloc_cache
+from heredity.errors import HeredityError
+
+Prompt = str | list[dict]
+
+
+class SampleConfig(BaseModel):
+    """How to sample. Same prompts + same config (seed, batch_size included) → the same samples."""
+
+    n: int = Field(1, ge=1, description="samples per prompt")
+    temperature: float = Field(1.0, ge=0.0, le=10.0, description="0 = greedy")
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    max_new_tokens: int = Field(64, ge=1, le=32768)
+    stop: list[str] = Field(default_factory=list, description="stop strings (not included in the text)")
+    seed: int = 0
+    batch_size: int = Field(16, ge=1, description="sequences decoded together")
+    chat: bool = Field(True, description="wrap string prompts as a user message in the chat template")
+    system_prompt: str | None = None
+
+    @field_validator("stop")
+    @classmethod
+    def _nonempty(cls, v: list[str]) -> list[str]:
+        if any(s == "" for s in v):
+            raise ValueError("stop strings must not be empty")
+        return v
+
+
+@dataclass
+class Completion:
+    prompt_index: int
+    sample_index: int
+    text: str
+    token_ids: list[int]
+    finish_reason: str  # "stop" (EOS or a stop string) or "length"
+
+    @property
+    def n_tokens(self) -> int:
+        return len(self.token_ids)
+
+
+def render_prompt(tokenizer, prompt: Prompt, config: SampleConfig) -> str:
+    """The exact text the model is conditioned on."""
+    if isinstance(prompt, str) and not config.chat:
+        return prompt
+    messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
+    if config.system_prompt is not None and not (messages and messages[0].get("role") == "system"):
+        messages = [{"role": "system", "content": config.system_prompt}, *messages]
+    if not getattr(tokenizer, "chat_template", None):
+        raise HeredityError("this tokenizer has no chat template; pass chat=False and plain-text prompts")
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
+@torch.inference_mode()
+def sample(model, tokenizer, prompts: Sequence[Prompt], config: SampleConfig | None = None, progress: bool = True):
+    """Sample ``config.n`` completions for every prompt; returns ``Completion``s ordered by (prompt, sample)."""
+    config = config or SampleConfig()
+    from heredity.models import RemoteModel
+
+    if isinstance(model, RemoteModel):
+        return _sample_remote(model, prompts, config, progress)
+    if not prompts:
+        return []
+    device = next(model.parameters()).device
+    texts = [render_prompt(tokenizer, p, config) for p in prompts]
+    encoded = tokenizer(texts, add_special_tokens=False)["input_ids"]
+    ctx = getattr(model.config, "max_position_embeddings", None)
+    longest = max(len(e) for e in encoded)
+    if ctx and longest + config.max_new_tokens > ctx:
+        raise HeredityError(
+            f"prompt of {longest} tokens + max_new_tokens {config.max_new_tokens} exceeds the model's context of {ctx}; "
+            "shorten the prompt or lower max_new_tokens"
+        )
+    eos = _eos_ids(model, tokenizer)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else next(iter(eos))
+    gen = torch.Generator(device=device).manual_seed(config.seed)
+    bar = tqdm(total=len(prompts) * config.n, desc="sampling", unit="seq", disable=not progress, leave=False)
+    done = _Decoder(model, tokenizer, encoded, config, eos, pad, gen, device, bar).run()
+    bar.close()
+    results = {(c.prompt_index, c.sample_index): c for c in done}
+    return [results[k] for k in sorted(results)]
+
+
+class _Decoder:
+    """Continuous batching over one preallocated KV cache.
+
+    Up to ``batch_size`` sequences decode together. A finished sequence frees its slot; once a few
+    slots are free, the cache is rebuilt: finished rows leave, waiting prompts are prefilled and join,
+    and leading columns no row still attends to are trimmed. Every prompt shares the prefill of the
+    prefix common to all prompts (system prompt and chat template), and a prompt's n samples share its
+    prefill. Row layout on the cache's time axis: [unused | prefix | pad | suffix | generated ...];
+    the attention mask hides unused and pad columns, and position ids count only real tokens.
+    """
+
+    def __init__(self, model, tokenizer, encoded, config: SampleConfig, eos, pad, gen, device, bar):
+        self.model, self.tok, self.enc, self.cfg = model, tokenizer, encoded, config
+        self.eos, self.pad, self.gen, self.device, self.bar = eos, pad, gen, device, bar
+        self.n_layers = model.config.num_hidden_layers
+        self.pending = deque(sorted(range(len(encoded)), key=lambda i: (-len(encoded[i]), i)))
+        self.prefix_len = _common_prefix_len(encoded)
+        self.prefix_kv: list[tuple[torch.Tensor, torch.Tensor]] | None = None
+        self.stop_window = _stop_window(tokenizer, config.stop)
+        self.headroom = max(8, min(config.max_new_tokens, 128))
+        self.done: list[Completion] = []
+        self.cache = prealloc_cache(self.n_layers, 0)
+        self.rows: list[tuple[int, int]] = []  # (prompt index, sample index) per batch row
+        self.tokens: list[list[int]] = []
+        self.alive: list[bool] = []
+        self.att = torch.zeros((0, 0), dtype=torch.long, device=device)
+        self.pos = torch.zeros(0, dtype=torch.long, device=device)
+        self.inp = torch.zeros(0, dtype=torch.long, device=device)
+        self.cur = 0
+        self.cap = 0
+
+    def run(self) -> list[Completion]:
+        self.rebuild()
+        while self.rows:
+            self.forward()
+            self.consume(range(len(self.rows)), _pick(self.logits, self.cfg.temperature, self.cfg.top_p, self.gen))
+            alive = sum(self.alive)
+            dead = len(self.rows) - alive
+            if (
+                alive == 0
+                or self.cur >= self.cap
+                or (self.pending and dead >= max(1, self.cfg.batch_size // 8))
+                or (not self.pending and dead * 2 >= len(self.rows))
+            ):
+                self.rebuild()
+        return self.done
+
+    def forward(self) -> None:
+        self.att[:, self.cur] = 1
+        out = self.model(
+            input_ids=self.inp[:, None],
+            attention_mask=self.att[:, : self.cur + 1],
+            position_ids=self.pos[:, None],
+            past_key_values=self.cache,
+            use_cache=True,
+        )
+        self.cur += 1
+        self.pos = self.pos + 1
+        self.logits = out.logits[:, -1, :].float()
+
+    def consume(self, rows, nxt: torch.Tensor) -> None:
+        """Append each live row's new token, or finish the row (EOS, stop string, length)."""
+        nxt_list = nxt.tolist()
+        for b, tok in zip(rows, nxt_list, strict=True):
+            if not self.alive[b]:
+                continue
+            reason = None
+            if tok in self.eos:
+                reason = "stop"
+            else:
+                self.tokens[b].append(tok)
+                if self.stop_window and _hit_stop(self.tok, self.tokens[b][-self.stop_window :], self.cfg.stop):
+                    reason = "stop"
+                elif len(self.tokens[b]) >= self.cfg.max_new_tokens:
+                    reason = "length"
+            if reason:
+                self.alive[b] = False
+                self.done.append(_finish(self.tok, self.rows[b], self.tokens[b], reason, self.cfg.stop))
+                self.bar.update(1)
+        rows = list(rows)
+        alive = torch.tensor([self.alive[b] for b in rows], device=self.device)
+        self.inp[rows[0] : rows[-1] + 1] = torch.where(alive, nxt.to(self.device), torch.full_like(nxt, self.pad))
+
+    def rebuild(self) -> None:
+        keep = [b for b, a in enumerate(self.alive) if a]
+        admit: list[int] = []
+        n = self.cfg.n
+        while self.pending and (len(keep) + (len(admit) + 1) * n <= self.cfg.batch_size or not (keep or admit)):
+            admit.append(self.pending.popleft())
+        kidx = torch.tensor(keep, dtype=torch.long, device=self.device)
+        if keep:  # trim leading columns that no kept row attends to
+            first = self.att[kidx, : self.cur].float().argmax(dim=1)
+            t0 = int(first.min())
+        else:
+            t0 = self.cur
+        t_keep = self.cur - t0
+        new = self.prefill(admit) if admit else None
+        P = new["att"].shape[1] if new else 0
+        T = max(t_keep, P)
+        cap = T + self.headroom
+        R = len(keep) + (new["att"].shape[0] if new else 0)
+        att = torch.zeros((R, cap), dtype=torch.long, device=self.device)
+        if keep:
+            att[: len(keep), T - t_keep : T] = self.att[kidx, t0 : self.cur]
+        if new:
+            att[len(keep) :, T - P : T] = new["att"]
+        for li, layer in enumerate(self.cache.layers):
+            ref = new["kv"][li][0] if new else layer._k
+            shape = (R, ref.shape[1], cap, ref.shape[3])
+            k = ref.new_zeros(shape)
+            v = ref.new_zeros((R, ref.shape[1], cap, (new["kv"][li][1] if new else layer._v).shape[3]))
+            if keep:
+                k[: len(keep), :, T - t_keep : T] = layer._k[kidx, :, t0 : self.cur]
+                v[: len(keep), :, T - t_keep : T] = layer._v[kidx, :, t0 : self.cur]
+            if new:
+                k[len(keep) :, :, T - P : T] = new["kv"][li][0]
+                v[len(keep) :, :, T - P : T] = new["kv"][li][1]
+            layer._k, layer._v, layer.n, layer.capacity = k, v, T, cap
+            layer.keys, layer.values = k[:, :, :T], v[:, :, :T]
+            layer.dtype, layer.device, layer.is_initialized = k.dtype, k.device, True
+        self.att, self.cur, self.cap = att, T, cap
+        self.rows = [self.rows[b] for b in keep] + (new["rows"] if new else [])
+        self.tokens = [self.tokens[b] for b in keep] + [[] for _ in (new["rows"] if new else [])]
+        self.alive = [True] * R
+        old_inp = self.inp[kidx] if keep else self.inp[:0]
+        if new:
+            self.pos = torch.cat([self.pos[kidx] if keep else self.pos[:0], new["pos"]])
+            first_tok = _pick(new["logits"], self.cfg.temperature, self.cfg.top_p, self.gen)
+            self.inp = torch.cat([old_inp, torch.full_like(first_tok, self.pad)])
+            self.consume(range(len(keep), R), first_tok)
+        else:
+            self.pos = self.pos[kidx] if keep else self.pos[:0]
+            self.inp = old_inp
+        if R and not any(self.alive) and not self.pending:
+            self.rows, self.tokens, self.alive = [], [], []
+        elif R and not any(self.alive):
+            self.rebuild()
+
+    def prefill(self, admit: list[int]) -> dict:
+        """Prefill the admitted prompts (sharing the common prefix), fanned out to n samples each."""
+        p = self.prefix_len
+        if p and self.prefix_kv is None:
+            c = prealloc_cache(self.n_layers, p)
+            ids = torch.tensor([self.enc[admit[0]][:p]], device=self.device)
+            self.model(input_ids=ids, past_key_values=c, use_cache=True, logits_to_keep=1)
+            self.prefix_kv = [(layer._k, layer._v) for layer in c.layers]
+        suffixes = [self.enc[i][p:] for i in admit]
+        S, u = max(len(s) for s in suffixes), len(admit)
+        ids = torch.full((u, S), self.pad, dtype=torch.long)
+        att = torch.zeros((u, p + S), dtype=torch.long)
+        att[:, :p] = 1
+        for r, s in enumerate(suffixes):
+            ids[r, S - len(s) :] = torch.tensor(s)
+            att[r, p + S - len(s) :] = 1
+        ids, att = ids.to(self.device), att.to(self.device)
+        cache = prealloc_cache(self.n_layers, p + S)
+        if p:
+            for layer, (pk, pv) in zip(cache.layers, self.prefix_kv, strict=True):
+                layer.lazy_initialization(pk.expand(u, -1, -1, -1), pv.expand(u, -1, -1, -1))
+                layer._k[:, :, :p], layer._v[:, :, :p] = pk, pv
+                layer.n = p
+        pos = (att.cumsum(-1) - 1).clamp(min=0)
+        out = self.model(
+            input_ids=ids, attention_mask=att, position_ids=pos[:, p:], past_key_values=cache, use_cache=True, logits_to_keep=1
+        )
+        fan = torch.arange(u, device=self.device).repeat_interleave(self.cfg.n)
+        return {
+            "kv": [(layer._k[fan], layer._v[fan]) for layer in cache.layers],
+            "att": att[fan],
+            "pos": torch.tensor([len(self.enc[i]) for i in admit], device=self.device)[fan],
+            "logits": out.logits[:, -1, :].float()[fan],
+            "rows": [(i, k) for i in admit for k in range(self.cfg.n)],
+        }
+
+
+def _common_prefix_len(encoded: list[list[int]]) -> int:
+    """Length of the token prefix shared by all prompts, leaving every prompt at least one token of its own."""
+    first, n = encoded[0], min(len(e) for e in encoded) - 1
+    for e in encoded[1:]:
+        i = 0
+        while i < n and e[i] == first[i]:
+            i += 1
+        n = i
+    return max(n, 0)
+
+def _pick(logits: torch.Tensor, temperature: float, top_p: float, gen: torch.Generator) -> torch.Tensor:
+    if temperature == 0:
+        return logits.argmax(-1)
+    probs = torch.softmax(logits / temperature, dim=-1)
+    if top_p < 1.0:
+        sp, si = probs.sort(dim=-1, descending=True)
+        cut = sp.cumsum(-1) - sp > top_p  # keep the smallest prefix whose mass reaches top_p
+        sp = sp.masked_fill(cut, 0.0)
+        choice = torch.multinomial(sp, 1, generator=gen)
+        return si.gather(-1, choice).squeeze(-1)
+    return torch.multinomial(probs, 1, generator=gen).squeeze(-1)
+
+
+def _eos_ids(model, tokenizer) -> set[int]:
+    ids: set[int] = set()
+    for src in (getattr(model, "generation_config", None), model.config):
+        e = getattr(src, "eos_token_id", None) if src is not None else None
+        if e is not None:
+            ids.update(e if isinstance(e, list) else [e])
+    if tokenizer.eos_token_id is not None:
+        ids.add(tokenizer.eos_token_id)
+    return ids
+
+
+def _stop_window(tokenizer, stop: list[str]) -> int:
+    if not stop:
+        return 0
+    return max(len(tokenizer(s, add_special_tokens=False)["input_ids"]) for s in stop) + 2
+
+
+def _hit_stop(tokenizer, tail: list[int], stop: list[str]) -> bool:
+    text = tokenizer.decode(tail, skip_special_tokens=False)
+    return any(s in text for s in stop)
+
+
+def _finish(tokenizer, row, toks, reason, stop) -> Completion:
+    text = tokenizer.decode(toks, skip_special_tokens=True)
+    if stop:
+        cut = min((text.find(s) for s in stop if s in text), default=-1)
+        if cut >= 0:
+            text, reason = text[:cut], "stop"
+    return Completion(row[0], row[1], text, list(toks), reason)
+
+
+def _sample_remote(model, prompts, config: SampleConfig, progress: bool) -> list[Completion]:
+    from concurrent.futures import ThreadPoolExecutor
+
+    client = model.client()
+
+    def one(i: int) -> list[Completion]:
+        p = prompts[i]
+        messages = [{"role": "user", "content": p}] if isinstance(p, str) else list(p)
+        if config.system_prompt is not None and messages[0].get("role") != "system":
+            messages = [{"role": "system", "content": config.system_prompt}, *messages]
+        try:
+            r = client.chat.completions.create(
+                model=model.model,
+                messages=messages,
+                n=config.n,
+                temperature=config.temperature,
+                top_p=config.top_p,
+                max_tokens=config.max_new_tokens,
+                stop=config.stop or None,
+                seed=config.seed,
+            )
+        except Exception as e:
+            raise HeredityError(f"endpoint {model.base_url} failed for model {model.model}: {type(e).__name__}: {e}") from e
+        return [
+            Completion(i, k, ch.message.content or "", [], "length" if ch.finish_reason == "length" else "stop")
+            for k, ch in enumerate(sorted(r.choices, key=lambda c: c.index))
+        ]
+
+    out: list[Completion] = []
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        for res in tqdm(pool.map(one, range(len(prompts))), total=len(prompts), disable=not progress, desc="sampling"):
+            out.extend(res)
+    return out
+
+
+def tokens_per_second(completions: list[Completion], seconds: float) -> float:
+    return sum(c.n_tokens for c in completions) / max(seconds, 1e-9) if not math.isclose(seconds, 0) else 0.0
+
+
+def sample_step(store, model_spec: str, prompts: Sequence[Prompt], config: SampleConfig | None = None, name: str = "samples", progress=True) -> str:
+    """Sample as a store step: a dataset artifact (prompt, sample_index, completion, finish_reason) whose
+    lineage points to the model. Memoized on (model, prompts, config)."""
+    import hashlib
+    import json
+
+    from heredity.models import RemoteModel, load, materialize, parse_spec
+    from heredity.store import write_table
+
+    config = config or SampleConfig()
+    spec = parse_spec(model_spec)
+    remote = spec.kind == "openai"
+    inputs = [] if remote else [materialize(spec, store)]
+    prompts_json = json.dumps(list(prompts), sort_keys=True)
+    cfg = {
+        "sample": config.model_dump(mode="json"),
+        "prompts_sha256": hashlib.sha256(prompts_json.encode()).hexdigest(),
+        "num_prompts": len(prompts),
+        **({"endpoint": f"{spec.value}@{spec.base_url}"} if remote else {}),
+    }
+
+    def run(ctx):
+        if remote:
+            model, tok = RemoteModel(spec.value, spec.base_url), None
+        else:
+            model, tok = load(inputs[0], store, merge_adapter=True)
+        import time
+
+        t = time.perf_counter()
+        comps = sample(model, tok, prompts, config, progress=progress)
+        secs = time.perf_counter() - t
+        rows = [
+            {
+                "prompt": json.dumps(prompts[c.prompt_index]) if not isinstance(prompts[c.prompt_index], str) else prompts[c.prompt_index],
+                "prompt_index": c.prompt_index,
+                "sample_index": c.sample_index,
+                "completion": c.text,
+                "finish_reason": c.finish_reason,
+                "n_tokens": c.n_tokens,
+            }
+            for c in comps
+        ]
+        out = ctx.output("dataset", "dataset", name, meta={"rows": len(rows), "columns": list(rows[0]) if rows else []})
+        write_table(out, rows)
+        return {"completions": len(rows), "seconds": round(secs, 2), "tokens_per_second": round(tokens_per_second(comps, secs), 1)}
+
+    return store.run_step("sample", cfg, inputs, run, seed=config.seed)["dataset"]

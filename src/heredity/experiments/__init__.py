@@ -1,0 +1,21 @@
+"""Experiment registry: ``heredity run NAME --preset quick|paper``.
+
+An experiment is a module with a ``Config`` (pydantic, with a ``presets()`` classmethod returning
+{preset name: Config}) and ``run(store, config) -> dict`` (its report). Register it in ``REGISTRY``.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+REGISTRY: dict[str, str] = {
+    "smoke": "heredity.experiments.smoke",
+}
+
+
+def get(name: str):
+    from heredity.errors import HeredityError
+
+    if name not in REGISTRY:
+        raise HeredityError(f"unknown experiment {name!r}; available: {', '.join(sorted(REGISTRY))}")
+    return importlib.import_module(REGISTRY[name])

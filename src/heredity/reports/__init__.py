@@ -1,0 +1,1 @@
+"""Reports: lineage rendering; tables, intervals and plots arrive with the experiments."""

@@ -1,0 +1,85 @@
+import glob
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from heredity.store import Store
+
+
+@pytest.fixture
+def store(tmp_path) -> Store:
+    return Store(tmp_path / "home", db_url=f"sqlite:///{tmp_path / 'home' / 'heredity.db'}")
+
+
+@pytest.fixture(scope="session")
+def shared_store(tmp_path_factory) -> Store:
+    """One store for the tests on the bundled SmolLM2, so it converts once per session."""
+    home = Path(os.environ.get("HEREDITY_TEST_HOME") or tmp_path_factory.mktemp("shared"))
+    return Store(home, db_url=f"sqlite:///{home / 'heredity.db'}")
+
+
+@pytest.fixture(scope="session")
+def tiny(tmp_path_factory):
+    """A tiny from-scratch model, loaded once: (store, artifact id, model, tokenizer)."""
+    from heredity.models import load, materialize
+
+    s = Store(tmp_path_factory.mktemp("tiny"))
+    aid = materialize("tiny:micro", s)
+    model, tok = load(aid, s)
+    return s, aid, model, tok
+
+
+def _pg_bin() -> Path | None:
+    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/pg_ctl"))
+    if found:
+        return Path(found[-1]).parent
+    which = shutil.which("pg_ctl")
+    return Path(which).parent if which else None
+
+
+@pytest.fixture(scope="session")
+def postgres_url():
+    """A real PostgreSQL server (Debian package), started for the test session on a free loopback port."""
+    bindir = _pg_bin()
+    if bindir is None:
+        if os.environ.get("CI"):
+            pytest.fail("PostgreSQL is not installed; `make test` installs the Debian package postgresql")
+        pytest.skip("PostgreSQL binaries not found (make test installs them)")
+    root = tempfile.mkdtemp(prefix="heredity-pg-")
+    data = Path(root) / "data"
+    as_user: list[str] = []
+    if os.geteuid() == 0:  # postgres refuses to run as root
+        as_user = ["runuser", "-u", "postgres", "--"]
+        shutil.chown(root, "postgres", "postgres")
+        os.chmod(root, 0o755)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    subprocess.run([*as_user, str(bindir / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8"],
+                   check=True, capture_output=True)
+    subprocess.run(
+        [*as_user, str(bindir / "pg_ctl"), "-D", str(data), "-w", "-l", str(Path(root) / "log"),
+         "-o", f"-p {port} -k {root} -c listen_addresses=127.0.0.1", "start"],
+        check=True, capture_output=True,
+    )
+    url = f"postgresql+psycopg://postgres@127.0.0.1:{port}/postgres"
+    deadline = time.time() + 30
+    import sqlalchemy
+
+    while True:
+        try:
+            sqlalchemy.create_engine(url).connect().close()
+            break
+        except Exception:
+            if time.time() > deadline:
+                raise
+            time.sleep(0.3)
+    yield url
+    subprocess.run([*as_user, str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"], capture_output=True)
+    shutil.rmtree(root, ignore_errors=True)
