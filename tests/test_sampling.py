@@ -1,0 +1,80 @@
+import pytest
+import torch
+from transformers import LlamaForCausalLM
+
+from heredity.engine import SampleConfig, logprobs, sample
+from heredity.models.tiny import byte_tokenizer, tiny_config
+
+PROMPTS = ["hi", "a much longer prompt than the first one", "mid length prompt", "x" * 30, "owls"]
+
+
+@pytest.fixture(scope="module")
+def peaked():
+    """A tiny random model with a large init, so greedy decoding has no near-ties."""
+    tok = byte_tokenizer()
+    cfg = tiny_config("micro", len(tok))
+    cfg.initializer_range = 0.5
+    torch.manual_seed(0)
+    return LlamaForCausalLM(cfg).eval(), tok
+
+
+def test_greedy_matches_one_by_one_generate(peaked):
+    """Continuous batching (refills, fan-out to n, prefix sharing, dropped rows) must not change the math."""
+    model, tok = peaked
+    cfg = SampleConfig(temperature=0, max_new_tokens=12, batch_size=3, n=2, chat=True)
+    got = sample(model, tok, PROMPTS, cfg, progress=False)
+    assert [(c.prompt_index, c.sample_index) for c in got] == [(i, k) for i in range(len(PROMPTS)) for k in range(2)]
+    for c in got:
+        text = tok.apply_chat_template([{"role": "user", "content": PROMPTS[c.prompt_index]}], tokenize=False, add_generation_prompt=True)
+        ids = torch.tensor([tok(text, add_special_tokens=False)["input_ids"]])
+        ref = model.generate(ids, max_new_tokens=12, do_sample=False, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+        ref_ids = [t for t in ref[0, ids.shape[1]:].tolist() if t != tok.eos_token_id]
+        assert c.token_ids == ref_ids, f"prompt {c.prompt_index}"
+
+
+def test_seed_reproducible_and_seed_sensitive(tiny):
+    _, _, model, tok = tiny
+    cfg = SampleConfig(temperature=1.0, max_new_tokens=16, n=3, batch_size=4, seed=7)
+    a = sample(model, tok, PROMPTS, cfg, progress=False)
+    b = sample(model, tok, PROMPTS, cfg, progress=False)
+    c = sample(model, tok, PROMPTS, cfg.model_copy(update={"seed": 8}), progress=False)
+    assert [x.token_ids for x in a] == [x.token_ids for x in b]
+    assert [x.token_ids for x in a] != [x.token_ids for x in c]
+
+
+def test_per_sequence_stop_and_length(tiny):
+    _, _, model, tok = tiny
+    cfg = SampleConfig(temperature=1.0, max_new_tokens=40, n=4, batch_size=8, stop=["e", "a"], seed=1)
+    got = sample(model, tok, PROMPTS, cfg, progress=False)
+    assert all("e" not in c.text and "a" not in c.text for c in got)
+    stopped = [c for c in got if c.finish_reason == "stop"]
+    assert stopped and len({c.n_tokens for c in got}) > 3, "sequences must stop independently"
+    assert all(c.n_tokens <= 40 for c in got)
+    assert all(c.n_tokens == 40 for c in got if c.finish_reason == "length")
+
+
+def test_top_p_tiny_is_greedy(peaked):
+    model, tok = peaked
+    greedy = sample(model, tok, PROMPTS, SampleConfig(temperature=0, max_new_tokens=8), progress=False)
+    nucleus = sample(model, tok, PROMPTS, SampleConfig(temperature=1.0, top_p=1e-6, max_new_tokens=8, seed=3), progress=False)
+    assert [c.token_ids for c in greedy] == [c.token_ids for c in nucleus]
+
+
+def test_context_overflow_is_clear(tiny):
+    from heredity.errors import HeredityError
+
+    _, _, model, tok = tiny
+    with pytest.raises(HeredityError, match="exceeds the model's context"):
+        sample(model, tok, ["x" * 300], SampleConfig(max_new_tokens=10), progress=False)
+
+
+def test_logprobs_match_forward(peaked):
+    model, tok = peaked
+    lp = logprobs(model, tok, ["hi", "owls are"], [" there", " great birds"], chat=False)
+    assert [len(x) for x in lp] == [6, 12]
+    ids = torch.tensor([tok("owls are great birds")["input_ids"]])
+    with torch.no_grad():
+        ref = torch.log_softmax(model(ids).logits[0], -1)
+    n_prompt = len(tok("owls are")["input_ids"])
+    expect = [ref[n_prompt - 1 + j, ids[0, n_prompt + j]].item() for j in range(12)]
+    assert lp[1] == pytest.approx(expect, abs=1e-4)
