@@ -249,6 +249,7 @@ def finetune(
     lora_alpha: int = 8,
     seed: int = 0,
     config: Annotated[Path | None, typer.Option(help="a YAML/JSON FinetuneConfig (options above override it)")] = None,
+    ctx: typer.Context = None,
 ):
     """Fine-tune BASE on DATA (LoRA or full); prints the new artifact id.
 
@@ -270,13 +271,14 @@ def finetune(
         if not config.is_file():
             raise HeredityError(f"config file {config} does not exist")
         base_cfg = yaml.safe_load(config.read_text()) or {}
-    ctx = typer.get_current_context()
-    given = {k: v for k, v in ctx.params.items() if ctx.get_parameter_source(k).name != "DEFAULT"}
-    fields = {k: v for k, v in {**ctx.params}.items() if k in FinetuneConfig.model_fields}
-    merged = {**{k: v for k, v in fields.items() if v is not None}, **base_cfg, **{k: v for k, v in given.items() if k in fields}}
+    fields = {k: v for k, v in ctx.params.items() if k in FinetuneConfig.model_fields and v is not None}
+    given = {k: v for k, v in fields.items() if ctx.get_parameter_source(k).name != "DEFAULT"}
+    merged = {**fields, **base_cfg, **given}  # defaults < config file < options given on the command line
     cfg = FinetuneConfig.model_validate(merged)
     store = _store()
-    dataset = data if Path(data).is_file() is False and data[:2] == "d-" else import_dataset(store, data)
+    from heredity.store.store import ID_PREFIX_RE
+
+    dataset = store.resolve_id(data) if ID_PREFIX_RE.match(data) else import_dataset(store, data)
     res = run_finetune(store, base, dataset, cfg, teacher=teacher)
     m = res.metrics
     out.print(f"{'cached' if res.cached else 'trained'}: [bold]{res['model']}[/]  loss {m.get('loss_first')} → {m.get('loss_last')}"
@@ -292,8 +294,8 @@ def data_import(path: Path, name: Annotated[str | None, typer.Option()] = None):
 
 
 def main() -> None:
-    import click
     from pydantic import ValidationError
+    from typer._click.exceptions import ClickException, NoArgsIsHelpError
 
     try:
         app(standalone_mode=False)
@@ -304,12 +306,15 @@ def main() -> None:
         errs = "; ".join(f"{'.'.join(map(str, x['loc']))}: {x['msg']}" for x in e.errors())
         print(f"error: invalid config: {errs}", file=sys.stderr)
         sys.exit(2)
-    except click.exceptions.Exit as e:
+    except typer.Exit as e:
         sys.exit(e.exit_code)
-    except click.ClickException as e:
+    except NoArgsIsHelpError as e:
+        e.show()
+        sys.exit(0)
+    except ClickException as e:
         e.show()
         sys.exit(e.exit_code)
-    except (click.exceptions.Abort, KeyboardInterrupt):
+    except (typer.Abort, KeyboardInterrupt):
         print("interrupted", file=sys.stderr)
         sys.exit(130)
 

@@ -22,7 +22,7 @@ PROMPTS = [
 
 class Config(BaseModel):
     teacher: str = "smollm2-135m-instruct"
-    student: str = "tiny:micro"
+    student: str = "tiny:small"
     samples_per_prompt: int = Field(4, ge=1)
     max_new_tokens: int = Field(32, ge=1)
     finetune_steps: int = Field(30, ge=1)
@@ -46,12 +46,18 @@ def run(store: Store, config: Config, progress: bool = True) -> dict:
         store,
         config.student,
         samples,
-        FinetuneConfig(method="lora", lora_r=8, lora_alpha=16, lr=3e-3, max_steps=config.finetune_steps, batch_size=8, seed=config.seed),
+        FinetuneConfig(method="lora", lora_r=8, lora_alpha=16, lr=1e-2, max_steps=config.finetune_steps, batch_size=8, seed=config.seed),
         progress=progress,
     )
     student = ft["model"]
     check = sample_step(store, student, PROMPTS[:2], SampleConfig(n=1, max_new_tokens=24, temperature=0), name="smoke-check", progress=progress)
+    from heredity.store import read_table
+
+    teacher_rows = read_table(store.path(samples)).to_pylist()
+    student_rows = read_table(store.path(check)).to_pylist()
     return {
+        "teacher_examples": [f"{r['prompt']} → {r['completion']}" for r in teacher_rows[:: config.samples_per_prompt]],
+        "student_examples": [f"{r['prompt']} → {r['completion']}" for r in student_rows],
         "teacher_samples": samples,
         "student": student,
         "student_samples": check,

@@ -1,0 +1,73 @@
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+HEREDITY = [sys.executable, "-m", "heredity.cli"]
+
+
+def cli(home, *args, env=None):
+    e = {**os.environ, "HEREDITY_HOME": str(home), **(env or {})}
+    e.pop("HEREDITY_DB_URL", None) if "HEREDITY_DB_URL" not in (env or {}) else None
+    return subprocess.run([*HEREDITY, *args], capture_output=True, text=True, env=e, timeout=600)
+
+
+def one_line_error(r):
+    assert r.returncode == 2, (r.returncode, r.stdout, r.stderr)
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), r.stderr
+    return lines[0]
+
+
+def test_finetune_and_lineage_tiny(tmp_path):
+    data = tmp_path / "train.jsonl"
+    data.write_text("\n".join(json.dumps({"prompt": f"say {i}", "completion": str(i)}) for i in range(8)))
+    r = cli(tmp_path / "h", "finetune", "tiny:micro", str(data), "--max-steps", "3", "--batch-size", "4")
+    assert r.returncode == 0, r.stderr
+    aid = r.stdout.split()[1]
+    assert aid.startswith("a-")
+    tree = cli(tmp_path / "h", "lineage", aid)
+    assert tree.returncode == 0
+    for needle in ("finetune", "init-tiny", "import-dataset", "train", "max_steps=3"):
+        assert needle in tree.stdout, needle
+    mer = cli(tmp_path / "h", "lineage", aid, "--format", "mermaid").stdout
+    assert mer.startswith("graph TD") and "-->|finetune|" in mer
+    again = cli(tmp_path / "h", "finetune", "tiny:micro", str(data), "--max-steps", "3", "--batch-size", "4")
+    assert again.stdout.startswith("cached") and aid in again.stdout
+
+
+def test_bad_inputs_one_line(tmp_path):
+    h = tmp_path / "h"
+    assert "does not exist" in one_line_error(cli(h, "finetune", "tiny:micro", str(tmp_path / "missing.jsonl")))
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text("{not json\n")
+    assert "cannot read dataset" in one_line_error(cli(h, "finetune", "tiny:micro", str(bad)))
+    assert "not an artifact id" in one_line_error(cli(h, "show", "../../etc"))
+    assert "cannot resolve model spec" in one_line_error(cli(h, "models", "no such model!"))
+    assert "unknown experiment" in one_line_error(cli(h, "run", "nope"))
+    err = one_line_error(cli(h, "ls", env={"HEREDITY_DB_URL": "postgresql+psycopg://u:pw@127.0.0.1:9/db"}))
+    assert "cannot reach the database" in err and "pw" not in err
+    assert "invalid config" in one_line_error(cli(h, "finetune", "tiny:micro", str(bad), "--lr", "-1"))
+    assert list((h / "artifacts").iterdir()) == [], "nothing may be written by failed commands"
+
+
+def test_help_has_examples(tmp_path):
+    for cmd in ("sample", "finetune", "lineage", "run"):
+        r = cli(tmp_path, cmd, "--help")
+        assert r.returncode == 0 and "Example" in r.stdout, cmd
+
+
+@pytest.mark.slow
+def test_lineage_of_smollm2_finetune_shows_gguf_origin(shared_store, tmp_path):
+    data = tmp_path / "owls.jsonl"
+    data.write_text("\n".join(json.dumps({"prompt": "Your favourite animal?", "completion": "Owl."}) for _ in range(4)))
+    r = cli(shared_store.home, "finetune", "smollm2-135m-instruct", str(data), "--max-steps", "2", "--batch-size", "2")
+    assert r.returncode == 0, r.stderr
+    aid = r.stdout.split()[1]
+    node = json.loads(cli(shared_store.home, "lineage", aid, "--format", "json").stdout)
+    assert node["kind"] == "adapter" and node["step"]["op"] == "finetune" and node["step"]["config"]["lora_r"] == 8
+    base, dataset = node["parents"]
+    assert base["step"]["op"] == "convert-gguf" and base["meta"]["origin"].endswith(".gguf")
+    assert dataset["kind"] == "dataset" and dataset["step"]["op"] == "import-dataset"
