@@ -177,7 +177,8 @@ def train(model, tokenizer, rows: Sequence[dict], config: FinetuneConfig, teache
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
-    steps_per_epoch = math.ceil(math.ceil(len(examples) / config.batch_size) / config.grad_accum)
+    # under `accelerate launch`, each process takes every num_processes-th batch (data parallelism)
+    steps_per_epoch = math.ceil(math.ceil(len(examples) / config.batch_size / acc.num_processes) / config.grad_accum)
     total = config.max_steps or max(1, math.ceil(config.epochs * steps_per_epoch))
     sched = get_scheduler(config.schedule, opt, num_warmup_steps=int(config.warmup_ratio * total), num_training_steps=total)
     model, opt, sched = acc.prepare(model, opt, sched)
@@ -193,11 +194,13 @@ def train(model, tokenizer, rows: Sequence[dict], config: FinetuneConfig, teache
         opt.load_state_dict(state["opt"])
         sched.load_state_dict(state["sched"])
         start_step, curve, tokens = state["step"], state["curve"], state["tokens"]
-    bar = tqdm(total=total, initial=start_step, desc=f"finetune ({config.method}, {config.loss})", disable=not progress)
+    bar = tqdm(total=total, initial=start_step, desc=f"finetune ({config.method}, {config.loss})",
+               disable=not progress or not acc.is_main_process)
     t0 = time.perf_counter()
     micro, epoch = 0, 0
     while step < total:
-        for batch_idx in make_batches(examples, config.batch_size, config.bucket_by_length, config.seed, epoch):
+        batches = make_batches(examples, config.batch_size, config.bucket_by_length, config.seed, epoch)
+        for batch_idx in batches[acc.process_index :: acc.num_processes]:
             if step >= total:
                 break
             micro += 1
