@@ -52,7 +52,7 @@ def run_trl(spec, data, cfg: FinetuneConfig) -> tuple[float, int]:
     with tempfile.TemporaryDirectory() as d:
         args = SFTConfig(
             output_dir=d, per_device_train_batch_size=cfg.batch_size, gradient_accumulation_steps=cfg.grad_accum,
-            learning_rate=cfg.lr, lr_scheduler_type="linear", warmup_ratio=cfg.warmup_ratio, num_train_epochs=cfg.epochs,
+            learning_rate=cfg.lr, lr_scheduler_type="linear", warmup_steps=0, num_train_epochs=cfg.epochs,
             max_length=cfg.max_length, packing=False, completion_only_loss=True, report_to="none", save_strategy="no",
             logging_steps=1000, use_cpu=True, bf16=False, fp16=False, dataloader_num_workers=0, seed=cfg.seed,
         )
@@ -72,7 +72,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=1)
     args = ap.parse_args()
     data = rows(args.rows)
-    cfg = FinetuneConfig(method="lora", loss="completion_only", lr=2e-4, batch_size=8, epochs=1, max_length=256)
+    cfg = FinetuneConfig(method="lora", loss="completion_only", lr=2e-4, batch_size=8, epochs=1, max_length=256, warmup_ratio=0.0)
     tok = load(args.model, Store())[1]
     print(f"{len(encode_rows(tok, data, cfg))} examples", file=sys.stderr)
     h, g = [], []
