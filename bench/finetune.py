@@ -55,6 +55,7 @@ def run_trl(spec, data, cfg: FinetuneConfig) -> tuple[float, int]:
             learning_rate=cfg.lr, lr_scheduler_type="linear", warmup_steps=0, num_train_epochs=cfg.epochs,
             max_length=cfg.max_length, packing=False, completion_only_loss=True, report_to="none", save_strategy="no",
             logging_steps=1000, use_cpu=True, bf16=False, fp16=False, dataloader_num_workers=0, seed=cfg.seed,
+            gradient_checkpointing=False,  # TRL defaults it to True; heredity does not checkpoint activations
         )
         peft_cfg = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=0.0, target_modules=cfg.lora_targets,
                               task_type="CAUSAL_LM")
