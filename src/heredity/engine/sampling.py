@@ -14,7 +14,6 @@ Per-sequence stop: EOS or any stop string; the returned text ends before the sto
 
 from __future__ import annotations
 
-import math
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -370,7 +369,7 @@ def _sample_remote(model, prompts, config: SampleConfig, progress: bool) -> list
 
 
 def tokens_per_second(completions: list[Completion], seconds: float) -> float:
-    return sum(c.n_tokens for c in completions) / max(seconds, 1e-9) if not math.isclose(seconds, 0) else 0.0
+    return sum(c.n_tokens for c in completions) / seconds if seconds > 0 else 0.0
 
 
 def sample_step(store, model_spec: str, prompts: Sequence[Prompt], config: SampleConfig | None = None, name: str = "samples", progress=True) -> str:
