@@ -140,6 +140,7 @@ def run(
     name: Annotated[str, typer.Argument(help="experiment name (see `heredity run --list`)")] = "",
     preset: Annotated[str, typer.Option(help="quick (CPU, minutes) or paper (GPU)")] = "quick",
     set_: Annotated[list[str], typer.Option("--set", help="override a config field: --set key=value")] = [],
+    data: Annotated[str | None, typer.Option(help="the experiment's data (e.g. an MNIST IDX directory or .npz)")] = None,
     list_: Annotated[bool, typer.Option("--list", help="list experiments")] = False,
 ):
     """Run an experiment as a chain of memoized store steps; a rerun reuses finished steps.
@@ -147,6 +148,8 @@ def run(
     Examples:
       heredity run smoke
       heredity run smoke --preset quick --set finetune_steps=50
+      heredity run subliminal-digits --set seeds=50
+      heredity run subliminal-digits --data ~/mnist   # real MNIST from IDX files (or mnist.npz)
     """
     from heredity.experiments import REGISTRY, get
 
@@ -170,6 +173,10 @@ def run(
             cfg[k] = json.loads(v)
         except json.JSONDecodeError:
             cfg[k] = v
+    if data is not None:
+        if "data" not in cfg:
+            raise HeredityError(f"experiment {name} takes no --data")
+        cfg["data"] = data
     config = mod.Config.model_validate(cfg)
     store = _store()
     out.print(f"[bold]{name}[/] ({preset}) on store {store.home}")

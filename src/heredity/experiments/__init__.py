@@ -10,6 +10,7 @@ import importlib
 
 REGISTRY: dict[str, str] = {
     "smoke": "heredity.experiments.smoke",
+    "subliminal-digits": "heredity.experiments.subliminal_digits",
 }
 
 

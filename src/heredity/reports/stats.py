@@ -1,0 +1,42 @@
+"""Intervals and tests that experiment reports share (scipy, which scikit-learn already brings)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+from scipy import stats
+
+
+def mean_ci(values: Sequence[float], level: float = 0.95) -> dict:
+    """Mean with a Student-t interval over independent replicates (seeds, questions)."""
+    v = np.asarray(values, dtype=float)
+    n = len(v)
+    mean = float(v.mean()) if n else float("nan")
+    sd = float(v.std(ddof=1)) if n > 1 else 0.0
+    if n > 1:
+        half = float(stats.t.ppf(0.5 + level / 2, n - 1) * sd / math.sqrt(n))
+    else:
+        half = float("nan")
+    return {"n": n, "mean": mean, "sd": sd, "lo": mean - half, "hi": mean + half, "level": level}
+
+
+def welch_p(a: Sequence[float], b: Sequence[float], alternative: str = "greater") -> float:
+    """p-value of Welch's t-test that mean(a) > mean(b) (or 'two-sided')."""
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    if len(a) < 2 or len(b) < 2 or (a.std() == 0 and b.std() == 0):
+        return float("nan") if a.mean() == b.mean() else (0.0 if a.mean() > b.mean() else 1.0)
+    return float(stats.ttest_ind(a, b, equal_var=False, alternative=alternative).pvalue)
+
+
+def paired_p(a: Sequence[float], b: Sequence[float], alternative: str = "greater") -> float:
+    """p-value of a paired t-test over matched units (the same questions scored for two models)."""
+    d = np.asarray(a, float) - np.asarray(b, float)
+    if len(d) < 2 or d.std() == 0:
+        return float("nan") if d.mean() == 0 else (0.0 if d.mean() > 0 else 1.0)
+    return float(stats.ttest_1samp(d, 0.0, alternative=alternative).pvalue)
+
+
+def fmt_ci(ci: dict, digits: int = 3) -> str:
+    return f"{ci['mean']:.{digits}f} [{ci['lo']:.{digits}f}, {ci['hi']:.{digits}f}]"
