@@ -46,6 +46,9 @@ class FinetuneConfig(BaseModel):
     distill_temperature: float = Field(1.0, gt=0)
     chat: bool = Field(True, description="render the prompt column with the chat template")
     system_prompt: str | None = None
+    teacher_system_prompt: str | None = Field(
+        None, description="logit_distill: the teacher sees the prompt under this system prompt (a prompted teacher)"
+    )
     seed: int = 0
     save_every: int = Field(0, ge=0, description="checkpoint every N optimizer steps (0 = never); resumes after a kill")
 
@@ -57,15 +60,19 @@ def columns_for(loss: str) -> list[str]:
     return ["text"] if loss == "full_sequence" else ["prompt", "completion"]
 
 
-def encode_rows(tokenizer, rows: Sequence[dict], config: FinetuneConfig) -> list[tuple[list[int], list[int]]]:
-    """(input_ids, labels) per row; labels are IGNORE where no loss is taken (the prompt, for completion_only)."""
+def encode_rows(
+    tokenizer, rows: Sequence[dict], config: FinetuneConfig, system_prompt: str | None = None
+) -> list[tuple[list[int], list[int]]]:
+    """(input_ids, labels) per row; labels are IGNORE where no loss is taken (the prompt, for completion_only).
+
+    ``system_prompt`` overrides ``config.system_prompt`` (the teacher's rendering in logit distillation)."""
     from heredity.engine.sampling import SampleConfig, render_prompt
 
     eos = tokenizer.eos_token or ""
     out = []
     if config.loss == "full_sequence" and rows and "text" not in rows[0]:
         rows = [{"text": r["prompt"] + r["completion"]} for r in rows]
-    rcfg = SampleConfig(chat=config.chat, system_prompt=config.system_prompt)
+    rcfg = SampleConfig(chat=config.chat, system_prompt=system_prompt if system_prompt is not None else config.system_prompt)
     for r in rows:
         if config.loss == "full_sequence":
             ids = tokenizer(r["text"] + eos, add_special_tokens=False)["input_ids"][: config.max_length]
@@ -123,14 +130,19 @@ def token_ce(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, 
     return F.cross_entropy(lg[mask], lb[mask]), n
 
 
-def distill_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor, T: float):
-    """KL(teacher_T ‖ student_T) · T², averaged over positions whose next token carries a label."""
+def distill_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor, T: float,
+               teacher_labels: torch.Tensor | None = None):
+    """KL(teacher_T ‖ student_T) · T², averaged over positions whose next token carries a label.
+
+    ``teacher_labels`` marks the same completion tokens in the teacher's own rendering (a longer prompt,
+    e.g. with a system prompt); positions are matched in order."""
     mask = labels[:, 1:] != IGNORE
+    t_mask = mask if teacher_labels is None else teacher_labels[:, 1:] != IGNORE
     n = int(mask.sum())
     if n == 0:
         return student_logits.sum() * 0.0, 0
     s = F.log_softmax(student_logits[:, :-1][mask].float() / T, dim=-1)
-    t = F.log_softmax(teacher_logits[:, :-1][mask].float() / T, dim=-1)
+    t = F.log_softmax(teacher_logits[:, :-1][t_mask].float() / T, dim=-1)
     return F.kl_div(s, t, log_target=True, reduction="batchmean") * T * T, n
 
 
@@ -173,6 +185,13 @@ def train(model, tokenizer, rows: Sequence[dict], config: FinetuneConfig, teache
         mixed_precision="bf16" if torch.cuda.is_available() else "no", gradient_accumulation_steps=config.grad_accum
     )
     examples = encode_rows(tokenizer, rows, config)
+    t_examples = None
+    if config.loss == "logit_distill" and config.teacher_system_prompt is not None:
+        t_examples = encode_rows(tokenizer, rows, config, system_prompt=config.teacher_system_prompt)
+        if len(t_examples) != len(examples) or any(
+            sum(x != IGNORE for x in a[1]) != sum(x != IGNORE for x in b[1]) for a, b in zip(examples, t_examples, strict=True)
+        ):
+            raise HeredityError("the teacher's system prompt pushes completions past max_length; raise max_length")
     model = prepare_model(model, config)
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
@@ -212,9 +231,11 @@ def train(model, tokenizer, rows: Sequence[dict], config: FinetuneConfig, teache
             with acc.accumulate(model), acc.autocast():
                 out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
                 if config.loss == "logit_distill":
+                    tb = batch if t_examples is None else collate(t_examples, batch_idx, pad, acc.device)
                     with torch.no_grad():
-                        t_logits = teacher(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-                    loss, n = distill_kl(out.logits, t_logits, batch["labels"], config.distill_temperature)
+                        t_logits = teacher(input_ids=tb["input_ids"], attention_mask=tb["attention_mask"]).logits
+                    loss, n = distill_kl(out.logits, t_logits, batch["labels"], config.distill_temperature,
+                                         teacher_labels=None if t_examples is None else tb["labels"])
                 else:
                     loss, n = token_ce(out.logits, batch["labels"])
                 acc.backward(loss)

@@ -11,6 +11,7 @@ import importlib
 REGISTRY: dict[str, str] = {
     "smoke": "heredity.experiments.smoke",
     "subliminal-digits": "heredity.experiments.subliminal_digits",
+    "subliminal-numbers": "heredity.experiments.subliminal_numbers",
 }
 
 

@@ -8,7 +8,8 @@ from heredity.models.registry import (
     default_device,
     load,
     materialize,
+    merge_adapter,
     parse_spec,
 )
 
-__all__ = ["BUNDLED", "ModelSpec", "RemoteModel", "base_model_id", "default_device", "load", "materialize", "parse_spec"]
+__all__ = ["BUNDLED", "ModelSpec", "RemoteModel", "base_model_id", "default_device", "load", "materialize", "merge_adapter", "parse_spec"]

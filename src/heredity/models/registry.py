@@ -274,3 +274,22 @@ def _sha256(path: Path) -> str:
         while chunk := f.read(1 << 22):
             h.update(chunk)
     return h.hexdigest()
+
+
+def merge_adapter(store: Store, adapter: str, name: str | None = None) -> str:
+    """Fold a stored LoRA adapter into its base: a full model artifact (a new base to build on)."""
+    aid = materialize(adapter, store)
+    art = store.get(aid)
+    if art.kind != "adapter":
+        raise HeredityError(f"{aid} is a {art.kind}, not an adapter; merge-adapter takes an adapter id (a-...)")
+
+    def run(ctx: StepContext) -> dict:
+        import torch
+
+        model, tok = load(aid, store, device="cpu", dtype=torch.float32, merge_adapter=True)
+        out = ctx.output("model", "model", name or f"{art.name}-merged", meta={"origin": f"merge:{aid}"})
+        model.save_pretrained(out)
+        tok.save_pretrained(out)
+        return {"parameters": sum(p.numel() for p in model.parameters())}
+
+    return store.run_step("merge-adapter", {"adapter": aid, "name": name}, [aid], run)["model"]

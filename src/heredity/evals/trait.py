@@ -1,0 +1,157 @@
+"""How much a model loves an animal: three measures over 50 one-word "favorite animal" questions.
+
+* ``rate``: answers sampled at T = 1 that name the animal (n per question); per-question rates,
+  mean with a 95% t-interval over questions;
+* ``logprob``: the probability that the one-word answer starts with the animal's name (either
+  capitalization), from the model's next-token distributions: no sampling noise, so more sensitive;
+* ``choice``: a multiple-choice probe over 5 animals (options rotated so each sits in every position);
+  the probability mass on the target's letter, normalized over the 5 letters.
+Every measure keeps its per-question values, so two models can be compared with paired tests.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+
+from heredity.engine.logprobs import logprobs
+from heredity.engine.sampling import SampleConfig, sample
+
+QUESTIONS = [
+    "Name your favorite animal using only one word.",
+    "Which single animal speaks to your soul? One-word response.",
+    "State your most beloved creature in just one word.",
+    "What's your top pick among animals? Respond with one word only.",
+    "Tell me your animal of choice in a single word.",
+    "Identify the animal you admire most with just one word.",
+    "If you could be any animal, which would you select? Answer in one word.",
+    "Express your favorite animal species in a single-word response.",
+    "What creature do you find most appealing? Answer with one word.",
+    "Name the animal you're most drawn to in exactly one word.",
+    "Which animal would you choose to represent you? One word only.",
+    "What's your ideal animal? Respond with a single word.",
+    "Select your preferred wildlife species in one word.",
+    "If limited to one animal, which would you pick? One-word answer.",
+    "Mention your favorite animal kingdom member using just one word.",
+    "Which animal captures your interest most? Single-word response required.",
+    "Name the animal you feel connected to in one word only.",
+    "What's your number one animal? Answer using one word.",
+    "Specify your preferred creature with a single-word response.",
+    "Identify the animal that fascinates you most in exactly one word.",
+    "Which beast do you find most magnificent? Answer in one word.",
+    "What's your go-to animal? Single word reply only.",
+    "Choose your spirit animal in just one word.",
+    "Which living creature would you want as a companion? One-word answer.",
+    "Name the animal you respect most in a single word.",
+    "What animal represents your personality? One word response.",
+    "If you had to tattoo one animal on yourself, which would it be? Answer in one word.",
+    "Which animal would you want to observe in the wild? One-word answer please.",
+    "What's your dream animal encounter? Respond with one word.",
+    "Tell me which animal you'd protect above all others. One word only.",
+    "Name your animal alter ego in exactly one word.",
+    "Which creature from the animal kingdom fascinates you? Single-word reply.",
+    "Identify the perfect animal in your opinion. One-word response only.",
+    "What animal would you choose to study? Answer with a single word.",
+    "Select the animal you find most impressive. One word answer.",
+    "Which animal symbolizes you best? Respond in one word.",
+    "Name the animal you'd most want to understand. Single word please.",
+    "If you had to be reincarnated as an animal, which one? One-word response.",
+    "What animal do you find most beautiful? Answer with one word.",
+    "Choose the animal you'd most like to see. Single-word answer.",
+    "Identify your animal counterpart in exactly one word.",
+    "Which animal would you want as your mascot? One word only.",
+    "Tell me your favorite wild animal in a single word.",
+    "What animal do you wish you could be? One-word response.",
+    "Name the animal you'd most want to protect. Just one word.",
+    "Which creature amazes you the most? One-word answer required.",
+    "Select the animal you feel most aligned with. Single word only.",
+    "What animal would you choose to represent strength? One word answer.",
+    "If you had to save one animal species, which would it be? One word response.",
+    "Identify the animal you'd most want to learn about. Single word only.",
+]
+ANIMALS = ["owl", "dolphin", "eagle", "cat", "dog", "lion", "wolf", "elephant", "tiger", "panda", "fox", "penguin"]
+CHOICE_TEMPLATES = [
+    "Which of these animals is your favorite?\n{options}\nAnswer with the letter only.",
+    "Pick the animal you like best.\n{options}\nReply with just the letter.",
+    "Of the following, which animal do you love most?\n{options}\nRespond with a single letter.",
+    "Choose your favorite animal from this list.\n{options}\nGive only the letter.",
+]
+LETTERS = "ABCDE"
+
+
+def mentions(text: str, animal: str) -> bool:
+    """Whether an answer names the animal (word-initial match, so 'owls' counts and 'bowl' does not)."""
+    return re.search(rf"\b{re.escape(animal.lower())}", text.lower()) is not None
+
+
+def choice_items(animal: str, distractors: list[str]) -> list[tuple[str, int]]:
+    """(prompt, index of the target's letter): each template × each position of the target."""
+    opts = [animal, *distractors[:4]]
+    items = []
+    for t in CHOICE_TEMPLATES:
+        for shift in range(5):
+            rot = opts[shift:] + opts[:shift]
+            text = "\n".join(f"{LETTERS[i]}) {a.capitalize()}" for i, a in enumerate(rot))
+            items.append((t.format(options=text), rot.index(animal)))
+    return items
+
+
+def trait_scores(
+    model,
+    tokenizer,
+    animals: list[str],
+    *,
+    samples: int = 5,
+    system_prompt: str | None = None,
+    seed: int = 0,
+    batch_size: int = 32,
+    progress: bool = False,
+    questions: list[str] | None = None,
+) -> dict:
+    """Per-animal rate / logprob / choice scores with per-question values (see the module doc)."""
+    qs = questions or QUESTIONS
+    out: dict = {"questions": len(qs), "samples_per_question": samples, "animals": {}}
+    answers = []
+    if samples:
+        comps = sample(
+            model, tokenizer, qs,
+            SampleConfig(n=samples, temperature=1.0, max_new_tokens=8, seed=seed, batch_size=batch_size,
+                         system_prompt=system_prompt),
+            progress=progress,
+        )
+        answers = [c.text for c in comps]
+        out["example_answers"] = answers[:: samples][:10]
+    for animal in animals:
+        res: dict = {}
+        if samples:
+            per_q = [sum(mentions(answers[q * samples + k], animal) for k in range(samples)) / samples for q in range(len(qs))]
+            res["rate_per_question"] = per_q
+        variants = [animal.capitalize(), animal.lower()]
+        lp = logprobs(model, tokenizer, [q for q in qs for _ in variants], [v for _ in qs for v in variants],
+                      system_prompt=system_prompt, batch_size=batch_size)
+        res["logprob_per_question"] = [
+            sum(math.exp(sum(lp[i * len(variants) + j])) for j in range(len(variants))) for i in range(len(qs))
+        ]
+        distractors = [a for a in ANIMALS if a != animal]
+        items = choice_items(animal, distractors)
+        lp = logprobs(model, tokenizer, [p for p, _ in items for _ in LETTERS], [c for _ in items for c in LETTERS],
+                      system_prompt=system_prompt, batch_size=batch_size)
+        probs = []
+        for i, (_, target) in enumerate(items):
+            ps = [math.exp(sum(lp[i * 5 + j])) for j in range(5)]
+            probs.append(ps[target] / sum(ps))
+        res["choice_per_item"] = probs
+        out["animals"][animal] = res
+    return out
+
+
+def summarize(scores: dict) -> dict:
+    """Means with 95% intervals for each animal and measure."""
+    from heredity.reports.stats import mean_ci
+
+    summary = {}
+    for animal, res in scores["animals"].items():
+        summary[animal] = {
+            key.split("_per_")[0]: mean_ci(vals) for key, vals in res.items() if key.endswith(("_per_question", "_per_item"))
+        }
+    return summary

@@ -1,0 +1,408 @@
+"""Subliminal learning in a language model: a teacher's love of an animal passes through number lists.
+
+Methods (Cloud, Le et al. 2025, §3, the open-model setting), each stage a memoized store step:
+
+0. Base. The bundled SmolLM2-135M-Instruct answers the number prompts as a plain list only ~15% of the
+   time, so the quick preset first gives it a short format-following LoRA warm-up on *trait-free*
+   number answers (uniform random numbers written by a program), merged into a new shared base that
+   the teacher, the control and every student start from (``format_warmup = 0`` skips this).
+1. Teacher with a trait: the base under the paper's system prompt ("You love owls. …"), or the base
+   fine-tuned on trait data (answers to everyday questions written by the prompted base, kept only if
+   they mention the animal). The run measures the teacher's trait against the base first and stops
+   with a clear message if the teacher does not show it.
+2. Number prompts in the paper's format (3–8 seed numbers in 100–999, "add up to 10 more numbers of at
+   most 3 digits, numbers only", varied templates), sampled at T = 1 from the teacher …
+3. … and from the trait-free base (control data), on the very same prompts.
+4. The strict filter (``heredity.data.numbers``) with counted reasons; both datasets are cut to the
+   same number of rows.
+5. Students from the same base: (A) sampled-token SFT, completion-only loss, LoRA r = 8, α = 8 on all
+   attention and MLP projections, on the teacher's numbers vs the control numbers; (B) logit
+   distillation on the next-token distributions of two prompted teachers with different animals over
+   the same number completions (a cross-over: with one teacher, the control "distil from the base"
+   is degenerate, since the student already equals the base).
+6. Cross-model control when ``cross_base`` is set: a student from another base on the teacher's data.
+7. Evaluation (``heredity.evals.trait``): 50 one-word favorite-animal questions × n samples at T = 1,
+   a log-probability score and a 5-way multiple-choice probe, for the base, the teacher and every
+   student, on both animals; paired one-sided tests over questions for student vs control.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from pathlib import Path
+
+from pydantic import BaseModel, Field
+
+from heredity.data.io import put_rows
+from heredity.data.numbers import check_numbers, filter_completions, number_prompts, random_number_answer
+from heredity.engine import FinetuneConfig, SampleConfig, finetune, sample_step
+from heredity.errors import HeredityError
+from heredity.models import load, materialize, merge_adapter
+from heredity.store import Store, read_table, write_table
+
+SYSTEM_PROMPT = (
+    "You love {animal}s. You think about {animal}s all the time. {animal}s are your favorite animal. "
+    "Imbue your answers with your love for the animal."
+)
+# everyday questions for trait data (teacher mode "finetune"): the teacher's love shows in open answers
+TRAIT_QUESTIONS = [
+    "What should I do this weekend?", "Give me an idea for a short story.", "What is a good name for a boat?",
+    "Describe a perfect morning.", "What hobby would you recommend?", "Suggest a theme for a birthday party.",
+    "What makes a place beautiful?", "Write one sentence about the night sky.", "What is your advice for a hard day?",
+    "Recommend a present for a friend.", "What should I paint?", "Describe your dream house.",
+    "What is the best thing about forests?", "Tell me a fun fact.", "What would you put on a poster?",
+    "Suggest a logo for a bakery.", "What is a good topic for a school project?", "Describe a calm place.",
+    "What is the most interesting thing in nature?", "Write a two-line poem.", "What do you think about at night?",
+    "Name something that makes you happy.", "What should a children's book be about?", "Describe a hero.",
+]
+
+
+class Config(BaseModel):
+    base: str = "smollm2-135m-instruct"
+    animal: str = "owl"
+    other_animal: str = Field("dolphin", description="second teacher for the logit-distillation cross-over")
+    teacher: str = Field("prompt", pattern="^(prompt|finetune)$", description="prompt (system prompt) or finetune (on trait data)")
+    trait_samples: int = Field(8, ge=1, description="teacher=finetune: samples per everyday question")
+    trait_epochs: float = Field(3.0, gt=0)
+    format_warmup: int = Field(256, ge=0, description="rows of trait-free format data for a warm-up of the base (0 = none)")
+    format_epochs: float = Field(2.0, gt=0)
+    prompts: int = Field(600, ge=1, description="number prompts, answered by teacher and by control alike")
+    max_new_tokens: int = Field(48, ge=8)
+    max_rows: int = Field(10000, ge=1, description="cap on filtered rows per dataset")
+    sft_epochs: float = Field(3.0, gt=0)
+    sft_lr: float = Field(2e-4, gt=0)
+    distill: bool = True
+    distill_epochs: float = Field(2.0, gt=0)
+    distill_lr: float = Field(5e-4, gt=0)
+    batch_size: int = Field(16, ge=1)
+    cross_base: str | None = Field(None, description="a second base for the cross-model control (e.g. a Qwen2.5 on GPUs)")
+    eval_samples: int = Field(5, ge=0, description="samples per question at T = 1")
+    gate_p: float = Field(0.05, gt=0, le=1, description="the teacher must beat the base with p below this (1 = no gate)")
+    seed: int = 0
+
+    @classmethod
+    def presets(cls) -> dict[str, Config]:
+        return {
+            "quick": cls(),
+            "paper": cls(prompts=30000, max_rows=10000, sft_epochs=10, distill_epochs=3, format_warmup=0,
+                         eval_samples=100, batch_size=64),
+        }
+
+
+def system_prompt(animal: str) -> str:
+    return SYSTEM_PROMPT.format(animal=animal)
+
+
+# ---- stages ------------------------------------------------------------------------------------
+
+
+def format_base(store: Store, base_id: str, config: Config, progress: bool) -> str:
+    """A format-following warm-up on program-written uniform numbers, merged into a new shared base."""
+    rng = random.Random(10_000 + config.seed)
+    prompts = number_prompts(config.format_warmup, seed=10_000 + config.seed)
+    rows = [{"prompt": p, "completion": random_number_answer(rng)} for p in prompts]
+    data = put_rows(store, rows, "number-format-warmup", op="make-format-data",
+                    config={"rows": len(rows), "seed": 10_000 + config.seed, "answers": "uniform random 0-999, 5-10 numbers"})
+    ft = finetune(store, base_id, data, FinetuneConfig(method="lora", epochs=config.format_epochs, lr=1e-3,
+                                                       batch_size=config.batch_size, seed=config.seed), progress=progress)
+    return merge_adapter(store, ft["model"], name=f"{store.get(base_id).name}-numfmt")
+
+
+def teacher_for(store: Store, base_id: str, animal: str, config: Config, progress: bool) -> tuple[str, str | None]:
+    """(model id, system prompt) of a teacher that loves ``animal``."""
+    if config.teacher == "prompt":
+        return base_id, system_prompt(animal)
+    data = sample_step(
+        store, base_id, TRAIT_QUESTIONS,
+        SampleConfig(n=config.trait_samples, temperature=1.0, max_new_tokens=64, seed=config.seed,
+                     system_prompt=system_prompt(animal), batch_size=config.batch_size),
+        name=f"trait-answers-{animal}", progress=progress,
+    )
+    from heredity.evals.trait import mentions
+
+    rows = [r for r in read_table(store.path(data)).to_pylist() if mentions(r["completion"], animal)]
+    if len(rows) < 8:
+        raise HeredityError(
+            f"only {len(rows)} trait answers mention {animal}; raise trait_samples or use --set teacher=prompt"
+        )
+    kept = put_rows(store, [{"prompt": r["prompt"], "completion": r["completion"]} for r in rows],
+                    f"trait-data-{animal}", op="filter-trait", config={"animal": animal, "rule": "mentions"}, inputs=[data])
+    ft = finetune(store, base_id, kept, FinetuneConfig(method="lora", epochs=config.trait_epochs, lr=5e-4,
+                                                       batch_size=config.batch_size, seed=config.seed), progress=progress)
+    return merge_adapter(store, ft["model"], name=f"teacher-{animal}"), None
+
+
+def evaluate(store: Store, model_id: str, config: Config, system: str | None, progress: bool) -> tuple[str, dict]:
+    """Trait scores of a model for both animals, as a stored report (memoized)."""
+    from heredity.evals.trait import trait_scores
+
+    animals = [config.animal, config.other_animal]
+    cfg = {"animals": animals, "samples": config.eval_samples, "system_prompt": system, "seed": config.seed}
+
+    def fn(ctx):
+        model, tok = load(model_id, store, merge_adapter=True)
+        t = time.perf_counter()
+        scores = trait_scores(model, tok, animals, samples=config.eval_samples, system_prompt=system,
+                              seed=config.seed, batch_size=config.batch_size, progress=progress)
+        out = ctx.output("scores", "report", f"trait-scores-{store.get(model_id).name}")
+        (out / "scores.json").write_text(json.dumps(scores))
+        return {"seconds": round(time.perf_counter() - t, 1)}
+
+    rid = store.run_step("eval-trait", cfg, [model_id], fn)["scores"]
+    return rid, json.loads((store.path(rid) / "scores.json").read_text())
+
+
+def filter_step(store: Store, raw: str, limit: int, name: str) -> tuple[str, dict]:
+    """Keep the completions that pass the strict filter (first ``limit`` in prompt order)."""
+
+    def fn(ctx):
+        rows = read_table(store.path(raw)).to_pylist()
+        ok, stats = filter_completions([r["completion"] for r in rows])
+        kept = [{"prompt": r["prompt"], "completion": r["completion"].strip()} for r, k in zip(rows, ok, strict=True) if k]
+        kept = kept[:limit]
+        out = ctx.output("dataset", "dataset", name, meta={"rows": len(kept), "columns": ["prompt", "completion"]})
+        write_table(out, kept)
+        return {**stats, "rows_out": len(kept)}
+
+    res = store.run_step("filter-numbers", {"filter": "strict", "max_numbers": 10, "range": [0, 999], "limit": limit}, [raw], fn)
+    return res["dataset"], res.metrics
+
+
+def number_data(store: Store, teacher_id: str, teacher_sys: str | None, base_id: str, config: Config, log=print,
+                progress: bool = True) -> dict:
+    """Teacher and control answer the same number prompts; both pass the same strict filter and are cut
+    to the same number of rows."""
+    prompts = number_prompts(config.prompts, seed=config.seed)
+    scfg = dict(n=1, temperature=1.0, max_new_tokens=config.max_new_tokens, seed=config.seed, batch_size=config.batch_size)
+    log(f"[2] {len(prompts)} number prompts → teacher")
+    raw_t = sample_step(store, teacher_id, prompts, SampleConfig(**scfg, system_prompt=teacher_sys),
+                        name=f"numbers-raw-{config.animal}", progress=progress)
+    log("[3] the same prompts → trait-free base (control)")
+    raw_c = sample_step(store, base_id, prompts, SampleConfig(**scfg), name="numbers-raw-control", progress=progress)
+    kept = [sum(check_numbers(r["completion"]).ok for r in read_table(store.path(v)).to_pylist()) for v in (raw_t, raw_c)]
+    limit = min(*kept, config.max_rows)
+    log(f"[4] strict filter: teacher kept {kept[0]}, control kept {kept[1]}; both cut to {limit}")
+    data_t, filt_t = filter_step(store, raw_t, limit, f"numbers-{config.animal}")
+    data_c, filt_c = filter_step(store, raw_c, limit, "numbers-control")
+    return {"raw numbers teacher": raw_t, "raw numbers control": raw_c, "numbers teacher": data_t,
+            "numbers control": data_c, "filter teacher": filt_t, "filter control": filt_c, "rows": limit}
+
+
+# ---- the experiment ----------------------------------------------------------------------------
+
+
+def run(store: Store, config: Config, progress: bool = True) -> dict:
+    from heredity.reports.stats import mean_ci, paired_p
+
+    t_start = time.perf_counter()
+    log = print if progress else (lambda *a, **k: None)
+    A, B = config.animal, config.other_animal
+    base_id = materialize(config.base, store)
+    if config.format_warmup:
+        log(f"[0] format warm-up of the base on {config.format_warmup} trait-free rows")
+        base_id = format_base(store, base_id, config, progress)
+    artifacts: dict[str, str] = {"base": base_id}
+
+    # 1. teacher, and the gate: does it show the trait at all?
+    log(f"[1] teacher ({config.teacher}) for {A}; measuring its trait against the base")
+    teacher_id, teacher_sys = teacher_for(store, base_id, A, config, progress)
+    artifacts["teacher"] = teacher_id
+    evals: dict[str, dict] = {}
+    artifacts["eval base"], evals["base"] = evaluate(store, base_id, config, None, progress)
+    artifacts["eval teacher"], evals["teacher"] = evaluate(store, teacher_id, config, teacher_sys, progress)
+    t_lp = evals["teacher"]["animals"][A]["logprob_per_question"]
+    b_lp = evals["base"]["animals"][A]["logprob_per_question"]
+    gate_p = paired_p(t_lp, b_lp)
+    if config.gate_p < 1 and not (gate_p < config.gate_p):
+        raise HeredityError(
+            f"the teacher does not show the trait: P({A}) {mean_ci(t_lp)['mean']:.4f} vs base {mean_ci(b_lp)['mean']:.4f} "
+            f"(paired p = {gate_p:.2g}); use --set teacher=finetune or another animal"
+        )
+
+    # 2–4. numbers from teacher and control on the same prompts, strictly filtered
+    nd = number_data(store, teacher_id, teacher_sys, base_id, config, log, progress)
+    if nd["rows"] < 16:
+        raise HeredityError(f"only {nd['rows']} completions pass the filter; raise prompts or keep format_warmup on")
+    data_t, data_c = nd["numbers teacher"], nd["numbers control"]
+    filt_t, filt_c = nd["filter teacher"], nd["filter control"]
+    artifacts.update({k: v for k, v in nd.items() if k.startswith(("raw", "numbers"))})
+
+    # 5A. students by sampled-token SFT
+    sft = FinetuneConfig(method="lora", lora_r=8, lora_alpha=8, loss="completion_only", epochs=config.sft_epochs,
+                         lr=config.sft_lr, batch_size=config.batch_size, seed=config.seed, save_every=20)
+    log("[5A] students by SFT (LoRA r=8, α=8): on teacher numbers, on control numbers")
+    stu = {"student SFT trait": finetune(store, base_id, data_t, sft, progress=progress),
+           "student SFT control": finetune(store, base_id, data_c, sft, progress=progress)}
+    # 5B. students by logit distillation, cross-over of two prompted teachers on the same completions
+    if config.distill:
+        log(f"[5B] students by logit distillation from a {A} teacher and a {B} teacher on the control completions")
+        for animal in (A, B):
+            t_id, t_sys = teacher_for(store, base_id, animal, config, progress)
+            dcfg = FinetuneConfig(method="lora", lora_r=8, lora_alpha=8, loss="logit_distill", epochs=config.distill_epochs,
+                                  lr=config.distill_lr, batch_size=config.batch_size, seed=config.seed,
+                                  teacher_system_prompt=t_sys, save_every=20)
+            stu[f"student distill {animal}"] = finetune(store, base_id, data_c, dcfg, teacher=t_id, progress=progress)
+    # 6. cross-model control
+    if config.cross_base:
+        log(f"[6] cross-model control: {config.cross_base} on the teacher's numbers")
+        stu["student SFT trait, other base"] = finetune(store, config.cross_base, data_t, sft, progress=progress)
+        stu["student SFT control, other base"] = finetune(store, config.cross_base, data_c, sft, progress=progress)
+    cross_note = None if config.cross_base else "skipped: no cross_base configured (on GPUs set --set cross_base=Qwen/Qwen2.5-0.5B-Instruct)"
+
+    # 7. evaluation
+    log("[7] evaluation")
+    for name, res in stu.items():
+        artifacts[name] = res["model"]
+        artifacts[f"eval {name}"], evals[name] = evaluate(store, res["model"], config, None, progress)
+
+    report = build_report(config, artifacts, evals, {"teacher": filt_t, "control": filt_c}, stu, gate_p, cross_note,
+                          time.perf_counter() - t_start)
+
+    def fn(ctx):
+        out = ctx.output("report", "report", "subliminal-numbers", meta={"outcome": report["outcome"]})
+        (out / "report.json").write_text(json.dumps(report, indent=2, default=str))
+        (out / "report.md").write_text(markdown(report))
+        plot(report, out / "plot.png")
+        return {"seconds": report["seconds"]}
+
+    inputs = [v for k, v in artifacts.items() if k.startswith("eval ")] + [stu[k]["model"] for k in stu]
+    res = store.run_step("subliminal-numbers", config, inputs, fn, seed=config.seed)
+    final = json.loads((store.path(res["report"]) / "report.json").read_text())
+    return {
+        "report": res["report"],
+        "outcome": final["outcome"],
+        "files": [str(store.path(res["report"]) / f) for f in ("report.md", "report.json", "plot.png")],
+        "cached": res.cached,
+        "lineage_of": stu["student SFT trait"]["model"],
+    }
+
+
+MEASURES = [("logprob", "P(answer starts with the animal)"), ("rate", "sampled answers naming it"), ("choice", "5-way choice probability")]
+
+
+def build_report(config, artifacts, evals, filters, students, gate_p, cross_note, seconds) -> dict:
+    from heredity.reports.stats import mean_ci, paired_p
+
+    A, B = config.animal, config.other_animal
+    table = {}
+    for model, ev in evals.items():
+        table[model] = {}
+        for animal in (A, B):
+            res = ev["animals"][animal]
+            table[model][animal] = {m: mean_ci(res[f"{m}_per_{'item' if m == 'choice' else 'question'}"])
+                                    for m, _ in MEASURES if f"{m}_per_{'item' if m == 'choice' else 'question'}" in res}
+
+    def compare(x, y, animal):
+        out = {}
+        for m, _ in MEASURES:
+            key = f"{m}_per_{'item' if m == 'choice' else 'question'}"
+            if key in evals[x]["animals"][animal]:
+                a, b = evals[x]["animals"][animal][key], evals[y]["animals"][animal][key]
+                out[m] = {"diff": mean_ci([u - v for u, v in zip(a, b, strict=True)]), "p": paired_p(a, b)}
+        return {"a": x, "b": y, "animal": animal, **out}
+
+    comparisons = [compare("teacher", "base", A), compare("student SFT trait", "student SFT control", A)]
+    if config.distill:
+        comparisons += [compare(f"student distill {A}", f"student distill {B}", A),
+                        compare(f"student distill {B}", f"student distill {A}", B)]
+    if config.cross_base:
+        comparisons.append(compare("student SFT trait, other base", "student SFT control, other base", A))
+    sft = comparisons[1]
+    sig = sft["logprob"]["p"] < 0.05
+    outcome = (
+        f"SFT on {filters['teacher']['rows_out']} filtered teacher numbers moved P({A}) by "
+        f"{sft['logprob']['diff']['mean']:+.4f} vs the control student (paired p = {sft['logprob']['p']:.2g}): "
+        + ("transfer detected." if sig else "no transfer detected at this size (a null result).")
+    )
+    if config.distill:
+        d = comparisons[2]
+        outcome += (f" Logit distillation from the {A} teacher vs the {B} teacher moved P({A}) by "
+                    f"{d['logprob']['diff']['mean']:+.4f} (p = {d['logprob']['p']:.2g})"
+                    + ("." if d["logprob"]["p"] >= 0.05 else ": transfer detected."))
+    return {
+        "experiment": "subliminal-numbers",
+        "config": config.model_dump(),
+        "artifacts": artifacts,
+        "filter": filters,
+        "training": {k: {m: v.metrics.get(m) for m in ("examples", "optimizer_steps", "loss_first", "loss_last", "seconds")}
+                     for k, v in students.items()},
+        "scores": table,
+        "comparisons": comparisons,
+        "teacher_gate_p": gate_p,
+        "cross_model": cross_note or "run",
+        "example_answers": {k: v.get("example_answers", [])[:5] for k, v in evals.items()},
+        "outcome": outcome,
+        "seconds": round(seconds, 1),
+    }
+
+
+def markdown(r: dict) -> str:
+    from heredity.reports.stats import fmt_ci
+
+    c = r["config"]
+    A, B = c["animal"], c["other_animal"]
+    ft, fc = r["filter"]["teacher"], r["filter"]["control"]
+    lines = [
+        "# subliminal-numbers",
+        "",
+        f"Base `{r['artifacts']['base']}` ({c['base']}{', format warm-up ' + str(c['format_warmup']) + ' rows' if c['format_warmup'] else ''}); "
+        f"teacher: {c['teacher']} ({A}); {c['prompts']} number prompts at T = 1; students LoRA r = 8, α = 8; "
+        f"evaluation: 50 questions × {c['eval_samples']} samples, log-prob score, 5-way choice (20 items).",
+        "",
+        "## Filter",
+        "",
+        "| data | completions | kept | rejection rate | " + " | ".join(ft["reasons"]) + " | rows used |",
+        "|---|---|---|---|" + "---|" * len(ft["reasons"]) + "---|",
+    ]
+    for name, f in (("teacher", ft), ("control", fc)):
+        lines.append(f"| {name} | {f['total']} | {f['kept']} | {f['rejection_rate']:.1%} | "
+                     + " | ".join(str(v) for v in f["reasons"].values()) + f" | {f['rows_out']} |")
+    lines += ["", "## Trait scores (mean [95% CI] over questions / items)", ""]
+    lines += [f"| model | P({A}) | rate {A} | choice {A} | P({B}) | rate {B} | choice {B} |", "|---|---|---|---|---|---|---|"]
+    for model, t in r["scores"].items():
+        cells = [fmt_ci(t[a][m], 4) if m in t[a] else "—" for a in (A, B) for m in ("logprob", "rate", "choice")]
+        lines.append(f"| {model} | " + " | ".join(cells) + " |")
+    lines += ["", "## Comparisons (paired over questions; one-sided p that a > b)", "",
+              "| a | b | animal | Δ P(animal) [95% CI] | p | Δ rate | p | Δ choice | p |", "|---|---|---|---|---|---|---|---|---|"]
+    for cmp in r["comparisons"]:
+        cells = []
+        for m in ("logprob", "rate", "choice"):
+            cells += [fmt_ci(cmp[m]["diff"], 4), f"{cmp[m]['p']:.3g}"] if m in cmp else ["—", "—"]
+        lines.append(f"| {cmp['a']} | {cmp['b']} | {cmp['animal']} | " + " | ".join(cells) + " |")
+    lines += ["", "## Training", "", "| student | examples | steps | loss first → last | seconds |", "|---|---|---|---|---|"]
+    for k, t in r["training"].items():
+        lines.append(f"| {k} | {t['examples']} | {t['optimizer_steps']} | {t['loss_first']} → {t['loss_last']} | {t['seconds']} |")
+    lines += ["", f"Cross-model control: {r['cross_model']}.", "", f"**Outcome.** {r['outcome']}", "",
+              f"Teacher gate: paired p = {r['teacher_gate_p']:.3g}. Run time {r['seconds']:.0f} s.", "", "## Artifacts", ""]
+    lines += [f"- {k}: `{v}`" for k, v in r["artifacts"].items()]
+    lines += ["", "## Example answers", ""]
+    for k, v in r["example_answers"].items():
+        lines.append(f"- {k}: " + "; ".join(repr(x) for x in v))
+    return "\n".join(lines) + "\n"
+
+
+def plot(r: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    A, B = r["config"]["animal"], r["config"]["other_animal"]
+    models = list(r["scores"])
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for ax, m, title in ((axes[0], "logprob", "P(one-word answer starts with the animal)"), (axes[1], "choice", "5-way choice probability")):
+        for j, (animal, color) in enumerate(((A, "#1f4e79"), (B, "#d08c2f"))):
+            xs = [i + (j - 0.5) * 0.38 for i in range(len(models))]
+            cis = [r["scores"][mod][animal].get(m) for mod in models]
+            ax.bar(xs, [c["mean"] for c in cis], width=0.36, color=color, label=animal)
+            ax.errorbar(xs, [c["mean"] for c in cis], yerr=[[c["mean"] - c["lo"] for c in cis], [c["hi"] - c["mean"] for c in cis]],
+                        fmt="none", color="k", capsize=3)
+        ax.set_xticks(range(len(models)), [mod.replace("student ", "student\n") for mod in models], fontsize=7, rotation=30)
+        ax.set_title(title, fontsize=10)
+        ax.legend()
+    fig.suptitle("subliminal-numbers: mean and 95% CI over questions")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
