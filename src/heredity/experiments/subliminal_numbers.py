@@ -66,17 +66,19 @@ class Config(BaseModel):
     teacher: str = Field("prompt", pattern="^(prompt|finetune)$", description="prompt (system prompt) or finetune (on trait data)")
     trait_samples: int = Field(8, ge=1, description="teacher=finetune: samples per everyday question")
     trait_epochs: float = Field(3.0, gt=0)
-    format_warmup: int = Field(256, ge=0, description="rows of trait-free format data for a warm-up of the base (0 = none)")
-    format_epochs: float = Field(2.0, gt=0)
-    prompts: int = Field(600, ge=1, description="number prompts, answered by teacher and by control alike")
+    format_warmup: int = Field(160, ge=0, description="rows of trait-free format data for a warm-up of the base (0 = none)")
+    format_epochs: float = Field(1.0, gt=0)
+    format_lr: float = Field(2e-3, gt=0)
+    prompts: int = Field(500, ge=1, description="number prompts, answered by teacher and by control alike")
     max_new_tokens: int = Field(48, ge=8)
     max_rows: int = Field(10000, ge=1, description="cap on filtered rows per dataset")
-    sft_epochs: float = Field(3.0, gt=0)
-    sft_lr: float = Field(2e-4, gt=0)
+    sft_epochs: float = Field(2.0, gt=0)
+    sft_lr: float = Field(5e-4, gt=0)
     distill: bool = True
-    distill_epochs: float = Field(2.0, gt=0)
-    distill_lr: float = Field(5e-4, gt=0)
-    batch_size: int = Field(16, ge=1)
+    distill_epochs: float = Field(1.0, gt=0)
+    distill_lr: float = Field(1e-3, gt=0)
+    batch_size: int = Field(16, ge=1, description="training batch")
+    sample_batch: int = Field(64, ge=1, description="sequences decoded together when sampling numbers")
     cross_base: str | None = Field(None, description="a second base for the cross-model control (e.g. a Qwen2.5 on GPUs)")
     eval_samples: int = Field(5, ge=0, description="samples per question at T = 1")
     gate_p: float = Field(0.05, gt=0, le=1, description="the teacher must beat the base with p below this (1 = no gate)")
@@ -86,8 +88,8 @@ class Config(BaseModel):
     def presets(cls) -> dict[str, Config]:
         return {
             "quick": cls(),
-            "paper": cls(prompts=30000, max_rows=10000, sft_epochs=10, distill_epochs=3, format_warmup=0,
-                         eval_samples=100, batch_size=64),
+            "paper": cls(prompts=30000, max_rows=10000, sft_epochs=10, sft_lr=2e-4, distill_epochs=3, distill_lr=5e-4,
+                         format_warmup=0, eval_samples=100, batch_size=64, sample_batch=256),
         }
 
 
@@ -105,8 +107,9 @@ def format_base(store: Store, base_id: str, config: Config, progress: bool) -> s
     rows = [{"prompt": p, "completion": random_number_answer(rng)} for p in prompts]
     data = put_rows(store, rows, "number-format-warmup", op="make-format-data",
                     config={"rows": len(rows), "seed": 10_000 + config.seed, "answers": "uniform random 0-999, 5-10 numbers"})
-    ft = finetune(store, base_id, data, FinetuneConfig(method="lora", epochs=config.format_epochs, lr=1e-3,
-                                                       batch_size=config.batch_size, seed=config.seed), progress=progress)
+    ft = finetune(store, base_id, data, FinetuneConfig(method="lora", epochs=config.format_epochs, lr=config.format_lr,
+                                                       warmup_ratio=0.0, batch_size=config.batch_size, seed=config.seed),
+                  progress=progress)
     return merge_adapter(store, ft["model"], name=f"{store.get(base_id).name}-numfmt")
 
 
@@ -145,7 +148,7 @@ def evaluate(store: Store, model_id: str, config: Config, system: str | None, pr
         model, tok = load(model_id, store, merge_adapter=True)
         t = time.perf_counter()
         scores = trait_scores(model, tok, animals, samples=config.eval_samples, system_prompt=system,
-                              seed=config.seed, batch_size=config.batch_size, progress=progress)
+                              seed=config.seed, batch_size=config.sample_batch, progress=progress)
         out = ctx.output("scores", "report", f"trait-scores-{store.get(model_id).name}")
         (out / "scores.json").write_text(json.dumps(scores))
         return {"seconds": round(time.perf_counter() - t, 1)}
@@ -170,12 +173,28 @@ def filter_step(store: Store, raw: str, limit: int, name: str) -> tuple[str, dic
     return res["dataset"], res.metrics
 
 
+def teacher_gate(teacher: dict, base: dict, animal: str, threshold: float) -> float:
+    """The teacher must put more probability on its animal than the base (paired over questions);
+    returns the p-value, or stops the run with a clear message."""
+    from heredity.reports.stats import mean_ci, paired_p
+
+    t_lp, b_lp = teacher["animals"][animal]["logprob_per_question"], base["animals"][animal]["logprob_per_question"]
+    p = paired_p(t_lp, b_lp)
+    if threshold < 1 and not (p < threshold):
+        raise HeredityError(
+            f"the teacher does not show the trait: P({animal}) {mean_ci(t_lp)['mean']:.4f} vs base {mean_ci(b_lp)['mean']:.4f} "
+            f"(paired p = {p:.2g}); use --set teacher=finetune or another animal"
+        )
+    return p
+
+
 def number_data(store: Store, teacher_id: str, teacher_sys: str | None, base_id: str, config: Config, log=print,
                 progress: bool = True) -> dict:
     """Teacher and control answer the same number prompts; both pass the same strict filter and are cut
     to the same number of rows."""
     prompts = number_prompts(config.prompts, seed=config.seed)
-    scfg = dict(n=1, temperature=1.0, max_new_tokens=config.max_new_tokens, seed=config.seed, batch_size=config.batch_size)
+    # one seed for both: common random numbers, so the two datasets differ only where the models do
+    scfg = dict(n=1, temperature=1.0, max_new_tokens=config.max_new_tokens, seed=config.seed, batch_size=config.sample_batch)
     log(f"[2] {len(prompts)} number prompts → teacher")
     raw_t = sample_step(store, teacher_id, prompts, SampleConfig(**scfg, system_prompt=teacher_sys),
                         name=f"numbers-raw-{config.animal}", progress=progress)
@@ -194,8 +213,6 @@ def number_data(store: Store, teacher_id: str, teacher_sys: str | None, base_id:
 
 
 def run(store: Store, config: Config, progress: bool = True) -> dict:
-    from heredity.reports.stats import mean_ci, paired_p
-
     t_start = time.perf_counter()
     log = print if progress else (lambda *a, **k: None)
     A, B = config.animal, config.other_animal
@@ -212,14 +229,7 @@ def run(store: Store, config: Config, progress: bool = True) -> dict:
     evals: dict[str, dict] = {}
     artifacts["eval base"], evals["base"] = evaluate(store, base_id, config, None, progress)
     artifacts["eval teacher"], evals["teacher"] = evaluate(store, teacher_id, config, teacher_sys, progress)
-    t_lp = evals["teacher"]["animals"][A]["logprob_per_question"]
-    b_lp = evals["base"]["animals"][A]["logprob_per_question"]
-    gate_p = paired_p(t_lp, b_lp)
-    if config.gate_p < 1 and not (gate_p < config.gate_p):
-        raise HeredityError(
-            f"the teacher does not show the trait: P({A}) {mean_ci(t_lp)['mean']:.4f} vs base {mean_ci(b_lp)['mean']:.4f} "
-            f"(paired p = {gate_p:.2g}); use --set teacher=finetune or another animal"
-        )
+    gate_p = teacher_gate(evals["teacher"], evals["base"], A, config.gate_p)
 
     # 2–4. numbers from teacher and control on the same prompts, strictly filtered
     nd = number_data(store, teacher_id, teacher_sys, base_id, config, log, progress)
@@ -291,7 +301,7 @@ def build_report(config, artifacts, evals, filters, students, gate_p, cross_note
         table[model] = {}
         for animal in (A, B):
             res = ev["animals"][animal]
-            table[model][animal] = {m: mean_ci(res[f"{m}_per_{'item' if m == 'choice' else 'question'}"])
+            table[model][animal] = {m: mean_ci(res[f"{m}_per_{'item' if m == 'choice' else 'question'}"], bounds=(0.0, 1.0))
                                     for m, _ in MEASURES if f"{m}_per_{'item' if m == 'choice' else 'question'}" in res}
 
     def compare(x, y, animal):
@@ -300,7 +310,9 @@ def build_report(config, artifacts, evals, filters, students, gate_p, cross_note
             key = f"{m}_per_{'item' if m == 'choice' else 'question'}"
             if key in evals[x]["animals"][animal]:
                 a, b = evals[x]["animals"][animal][key], evals[y]["animals"][animal][key]
-                out[m] = {"diff": mean_ci([u - v for u, v in zip(a, b, strict=True)]), "p": paired_p(a, b)}
+                ma, mb = sum(a) / len(a), sum(b) / len(b)
+                out[m] = {"diff": mean_ci([u - v for u, v in zip(a, b, strict=True)]), "p": paired_p(a, b),
+                          "ratio": ma / mb if mb > 0 else None, "mean_a": ma, "mean_b": mb}
         return {"a": x, "b": y, "animal": animal, **out}
 
     comparisons = [compare("teacher", "base", A), compare("student SFT trait", "student SFT control", A)]
@@ -309,18 +321,29 @@ def build_report(config, artifacts, evals, filters, students, gate_p, cross_note
                         compare(f"student distill {B}", f"student distill {A}", B)]
     if config.cross_base:
         comparisons.append(compare("student SFT trait, other base", "student SFT control, other base", A))
+    def said(c, animal):
+        lp = c["logprob"]
+        ratio = f"×{lp['ratio']:.3f}" if lp["ratio"] else "n/a"
+        return f"P({animal}) {lp['mean_a']:.3g} vs {lp['mean_b']:.3g} ({ratio}, paired p = {lp['p']:.2g})"
+
     sft = comparisons[1]
-    sig = sft["logprob"]["p"] < 0.05
     outcome = (
-        f"SFT on {filters['teacher']['rows_out']} filtered teacher numbers moved P({A}) by "
-        f"{sft['logprob']['diff']['mean']:+.4f} vs the control student (paired p = {sft['logprob']['p']:.2g}): "
-        + ("transfer detected." if sig else "no transfer detected at this size (a null result).")
+        f"Teacher vs base: {said(comparisons[0], A)}. SFT on {filters['teacher']['rows_out']} filtered teacher "
+        f"numbers vs control numbers: {said(sft, A)}: "
+        + ("the trait student leans to the animal." if sft["logprob"]["p"] < 0.05
+           else "no transfer detected at this size (a null result).")
     )
     if config.distill:
-        d = comparisons[2]
-        outcome += (f" Logit distillation from the {A} teacher vs the {B} teacher moved P({A}) by "
-                    f"{d['logprob']['diff']['mean']:+.4f} (p = {d['logprob']['p']:.2g})"
-                    + ("." if d["logprob"]["p"] >= 0.05 else ": transfer detected."))
+        d1, d2 = comparisons[2], comparisons[3]
+        both = d1["logprob"]["p"] < 0.05 and d2["logprob"]["p"] < 0.05
+        outcome += (
+            f" Logit distillation cross-over on the same completions: {A}-taught vs {B}-taught student, {said(d1, A)}; "
+            f"{B}-taught vs {A}-taught, {said(d2, B)}: "
+            + ("each student leans to its own teacher's animal, in both directions." if both
+               else "not consistent in both directions (no clear transfer).")
+        )
+    outcome += (" p-values are over questions for these trained students (one training seed each); "
+                "they do not include seed-to-seed training variance.")
     return {
         "experiment": "subliminal-numbers",
         "config": config.model_dump(),
@@ -362,14 +385,17 @@ def markdown(r: dict) -> str:
     lines += ["", "## Trait scores (mean [95% CI] over questions / items)", ""]
     lines += [f"| model | P({A}) | rate {A} | choice {A} | P({B}) | rate {B} | choice {B} |", "|---|---|---|---|---|---|---|"]
     for model, t in r["scores"].items():
-        cells = [fmt_ci(t[a][m], 4) if m in t[a] else "—" for a in (A, B) for m in ("logprob", "rate", "choice")]
+        cells = [fmt_ci(t[a][m], 3, "g" if m == "logprob" else "f") if m in t[a] else "—"
+                 for a in (A, B) for m in ("logprob", "rate", "choice")]
         lines.append(f"| {model} | " + " | ".join(cells) + " |")
     lines += ["", "## Comparisons (paired over questions; one-sided p that a > b)", "",
-              "| a | b | animal | Δ P(animal) [95% CI] | p | Δ rate | p | Δ choice | p |", "|---|---|---|---|---|---|---|---|---|"]
+              "| a | b | animal | P(animal) a / b | Δ P(animal) [95% CI] | p | Δ rate | p | Δ choice | p |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
     for cmp in r["comparisons"]:
-        cells = []
+        ratio = cmp["logprob"].get("ratio")
+        cells = [f"×{ratio:.3f}" if ratio else "—"]
         for m in ("logprob", "rate", "choice"):
-            cells += [fmt_ci(cmp[m]["diff"], 4), f"{cmp[m]['p']:.3g}"] if m in cmp else ["—", "—"]
+            cells += [fmt_ci(cmp[m]["diff"], 3, "g" if m == "logprob" else "f"), f"{cmp[m]['p']:.3g}"] if m in cmp else ["—", "—"]
         lines.append(f"| {cmp['a']} | {cmp['b']} | {cmp['animal']} | " + " | ".join(cells) + " |")
     lines += ["", "## Training", "", "| student | examples | steps | loss first → last | seconds |", "|---|---|---|---|---|"]
     for k, t in r["training"].items():

@@ -9,8 +9,9 @@ import numpy as np
 from scipy import stats
 
 
-def mean_ci(values: Sequence[float], level: float = 0.95) -> dict:
-    """Mean with a Student-t interval over independent replicates (seeds, questions)."""
+def mean_ci(values: Sequence[float], level: float = 0.95, bounds: tuple[float, float] | None = None) -> dict:
+    """Mean with a Student-t interval over independent replicates (seeds, questions); ``bounds`` clips
+    the interval to a quantity's range (a rate cannot go below 0)."""
     v = np.asarray(values, dtype=float)
     n = len(v)
     mean = float(v.mean()) if n else float("nan")
@@ -19,7 +20,10 @@ def mean_ci(values: Sequence[float], level: float = 0.95) -> dict:
         half = float(stats.t.ppf(0.5 + level / 2, n - 1) * sd / math.sqrt(n))
     else:
         half = float("nan")
-    return {"n": n, "mean": mean, "sd": sd, "lo": mean - half, "hi": mean + half, "level": level}
+    lo, hi = mean - half, mean + half
+    if bounds is not None:
+        lo, hi = max(lo, bounds[0]), min(hi, bounds[1])
+    return {"n": n, "mean": mean, "sd": sd, "lo": lo, "hi": hi, "level": level}
 
 
 def welch_p(a: Sequence[float], b: Sequence[float], alternative: str = "greater") -> float:
@@ -38,5 +42,6 @@ def paired_p(a: Sequence[float], b: Sequence[float], alternative: str = "greater
     return float(stats.ttest_1samp(d, 0.0, alternative=alternative).pvalue)
 
 
-def fmt_ci(ci: dict, digits: int = 3) -> str:
-    return f"{ci['mean']:.{digits}f} [{ci['lo']:.{digits}f}, {ci['hi']:.{digits}f}]"
+def fmt_ci(ci: dict, digits: int = 3, fmt: str = "f") -> str:
+    """``0.467 [0.426, 0.507]``; ``fmt="g"`` gives significant digits (for small probabilities)."""
+    return f"{ci['mean']:.{digits}{fmt}} [{ci['lo']:.{digits}{fmt}}, {ci['hi']:.{digits}{fmt}}]"

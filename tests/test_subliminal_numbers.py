@@ -1,0 +1,110 @@
+import math
+
+import pytest
+import torch
+
+from heredity.data.numbers import check_numbers
+from heredity.engine.finetune import IGNORE, FinetuneConfig, collate, distill_kl, encode_rows, train
+from heredity.errors import HeredityError
+from heredity.evals.trait import choice_items, mentions, trait_scores
+from heredity.experiments import subliminal_numbers as sn
+from heredity.models import load, materialize
+from heredity.store import read_table
+
+FAVORITE = [{"prompt": q, "completion": "Owl"} for q in
+            ["Name your favorite animal.", "Which animal do you love?", "Your favorite creature?", "Pick an animal."]]
+
+
+def test_mentions():
+    assert mentions("Owls!", "owl") and mentions("The OWL.", "owl") and mentions("an owl", "owl")
+    assert not mentions("a bowl", "owl") and not mentions("dolphin", "owl")
+
+
+def test_choice_items_rotate_the_target_through_every_letter():
+    items = choice_items("owl", ["cat", "dog", "fox", "wolf"])
+    assert len(items) == 20
+    assert sorted({i for _, i in items}) == [0, 1, 2, 3, 4]
+    for prompt, i in items:
+        assert f"{'ABCDE'[i]}) Owl" in prompt
+
+
+def test_trait_scorer_sees_a_planted_preference(tiny):
+    """A tiny model trained to answer 'Owl' scores far higher for owl than before, and not for dolphin."""
+    s = tiny[0]
+    aid = materialize("tiny:small", s)
+    model, tok = load(aid, s)
+    before = trait_scores(model, tok, ["owl", "dolphin"], samples=2, questions=sn_questions())
+    model, tok = load(aid, s, trainable=True)
+    model, _ = train(model, tok, FAVORITE * 8, FinetuneConfig(method="full", lr=3e-3, max_steps=30, batch_size=8,
+                                                              warmup_ratio=0.0), progress=False)
+    after = trait_scores(model, tok, ["owl", "dolphin"], samples=4, questions=sn_questions())
+    lp = lambda sc, a: sum(sc["animals"][a]["logprob_per_question"]) / 5  # noqa: E731
+    assert lp(after, "owl") > 0.3 and lp(after, "owl") > 10 * lp(before, "owl")
+    assert lp(after, "dolphin") < 0.05
+    rates = after["animals"]["owl"]["rate_per_question"]
+    assert len(rates) == 5 and sum(rates) / 5 > 0.5  # sampled answers now name the owl
+    for sc in (before, after):
+        for a in ("owl", "dolphin"):
+            assert all(0 <= p <= 1 for p in sc["animals"][a]["choice_per_item"])
+            assert all(0 <= p <= 1 for p in sc["animals"][a]["logprob_per_question"])
+
+
+def sn_questions():
+    from heredity.evals.trait import QUESTIONS
+
+    return QUESTIONS[:5]
+
+
+def test_prompted_teacher_distillation_aligns_completion_tokens(tiny):
+    """The teacher sees the prompt under its system prompt; KL is taken over the same completion tokens."""
+    s, aid, _, _ = tiny
+    model, tok = load(aid, s)
+    rows = [{"prompt": "Add numbers: 101, 202.", "completion": "303, 404, 505"}]
+    cfg = FinetuneConfig(loss="logit_distill")
+    (ids, labels), = encode_rows(tok, rows, cfg)
+    (t_ids, t_labels), = encode_rows(tok, rows, cfg, system_prompt=sn.system_prompt("owl"))
+    assert len(t_ids) > len(ids)
+    s_c = [x for x in labels if x != IGNORE]
+    assert s_c == [x for x in t_labels if x != IGNORE]  # the very same completion tokens
+    with torch.no_grad():
+        b = collate([(ids, labels)], [0], 0, "cpu")
+        tb = collate([(t_ids, t_labels)], [0], 0, "cpu")
+        lg, t_lg = model(input_ids=b["input_ids"]).logits, model(input_ids=tb["input_ids"]).logits
+    same, n = distill_kl(lg, lg, b["labels"], 1.0)
+    shifted, n2 = distill_kl(lg, t_lg, b["labels"], 1.0, teacher_labels=tb["labels"])
+    assert n == n2 == len(s_c) and same.item() == pytest.approx(0, abs=1e-6) and shifted.item() > 0
+    # and it trains end to end: the loop renders the teacher's rows with its system prompt
+    student, _ = load(aid, s, trainable=True)
+    _, m = train(student, tok, rows * 8, FinetuneConfig(loss="logit_distill", teacher_system_prompt=sn.system_prompt("owl"),
+                                                        max_steps=3, batch_size=4), teacher=model, progress=False)
+    assert m["loss_first"] > 0
+
+
+def test_control_uses_the_same_prompts_and_filter(tiny):
+    s = tiny[0]
+    aid = materialize("tiny:small", s)  # a context long enough for the system prompt
+    cfg = sn.Config(prompts=6, max_new_tokens=8, batch_size=8)
+    nd = sn.number_data(s, aid, sn.system_prompt("owl"), aid, cfg, log=lambda *a: None, progress=False)
+    raw_t, raw_c = (read_table(s.path(nd[k])).to_pylist() for k in ("raw numbers teacher", "raw numbers control"))
+    assert [r["prompt"] for r in raw_t] == [r["prompt"] for r in raw_c] and len(raw_t) == 6
+    st, sc = s.step_of(nd["raw numbers teacher"]), s.step_of(nd["raw numbers control"])
+    assert st.config["prompts_sha256"] == sc.config["prompts_sha256"]
+    assert st.config["sample"]["system_prompt"] == sn.system_prompt("owl") and sc.config["sample"]["system_prompt"] is None
+    ft, fc = s.step_of(nd["numbers teacher"]), s.step_of(nd["numbers control"])
+    assert ft.op == fc.op == "filter-numbers" and ft.config == fc.config
+    for k in ("numbers teacher", "numbers control"):
+        rows = read_table(s.path(nd[k])).to_pylist()
+        assert len(rows) == nd["rows"] and all(check_numbers(r["completion"]).ok for r in rows)
+    assert nd["filter teacher"]["total"] == 6 and sum(nd["filter teacher"]["reasons"].values()) == nd["filter teacher"]["rejected"]
+
+
+def test_gate_stops_a_teacher_without_the_trait():
+    base = {"animals": {"owl": {"logprob_per_question": [0.01, 0.02, 0.015, 0.01]}}}
+    with pytest.raises(HeredityError, match="the teacher does not show the trait"):
+        sn.teacher_gate(base, base, "owl", 0.05)  # the same model: no difference at all
+    weaker = {"animals": {"owl": {"logprob_per_question": [0.005, 0.01, 0.01, 0.005]}}}
+    with pytest.raises(HeredityError, match="use --set teacher=finetune"):
+        sn.teacher_gate(weaker, base, "owl", 0.05)
+    stronger = {"animals": {"owl": {"logprob_per_question": [0.05, 0.09, 0.06, 0.08]}}}
+    assert sn.teacher_gate(stronger, base, "owl", 0.05) < 0.05
+    assert math.isnan(sn.teacher_gate(base, base, "owl", 1.0))  # gate_p = 1 turns the gate off: no error
