@@ -23,9 +23,10 @@ sysdeps:
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq postgresql >/dev/null; }
 
-## the main job
+## the main job: the flagship's quick preset (digits ~20 s, then numbers ~40 min on 2 cores)
 run: $(STAMP)
-	$(BIN)/heredity run smoke
+	$(BIN)/heredity run subliminal-digits
+	$(BIN)/heredity run subliminal-numbers
 
 ## the tests
 test: $(STAMP) sysdeps
@@ -38,6 +39,7 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/sample.py
 	$(BIN)/python bench/finetune.py
+	$(BIN)/python bench/digits.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info

@@ -4,7 +4,8 @@
 
 Workload: the subliminal-numbers prompts (chat template, SmolLM2's default system prompt), T = 1,
 stop at EOS. Tokens counted = generated tokens before EOS, for both. Prints a markdown table with the
-median over --repeats runs and the ratio heredity / generate.
+median over --repeats runs and the ratio heredity / generate; the middle column is heredity's sampler
+with Hugging Face's forward for the decode steps (``fast=False``), to show what the fused step adds.
 """
 
 from __future__ import annotations
@@ -66,7 +67,7 @@ def main() -> None:
     for bs in [int(b) for b in args.batch_sizes.split(",")]:
         prompts = number_prompts(args.prompts_b1 if bs == 1 else args.prompts)
         cfg = SampleConfig(max_new_tokens=args.max_new_tokens, batch_size=bs, temperature=1.0, seed=0)
-        g, h = [], []
+        g, h, s = [], [], []
         for _ in range(args.repeats):
             t = time.perf_counter()
             ng = run_generate(model, tok, prompts, cfg)
@@ -74,13 +75,17 @@ def main() -> None:
             t = time.perf_counter()
             nh = sum(c.n_tokens for c in sample(model, tok, prompts, cfg, progress=False))
             h.append(nh / (time.perf_counter() - t))
-        rows.append((bs, len(prompts), statistics.median(g), statistics.median(h)))
-        print(f"batch {bs}: generate {rows[-1][2]:.1f} tok/s, heredity {rows[-1][3]:.1f} tok/s", file=sys.stderr)
+            t = time.perf_counter()
+            ns = sum(c.n_tokens for c in sample(model, tok, prompts, cfg, progress=False, fast=False))
+            s.append(ns / (time.perf_counter() - t))
+        rows.append((bs, len(prompts), statistics.median(g), statistics.median(s), statistics.median(h)))
+        print(f"batch {bs}: generate {rows[-1][2]:.1f} tok/s, heredity (HF forward) {rows[-1][3]:.1f}, "
+              f"heredity {rows[-1][4]:.1f} tok/s", file=sys.stderr)
     print(f"\nSampling on {args.model}, {torch.get_num_threads()} threads, max_new_tokens={args.max_new_tokens}, T=1\n")
-    print("| batch | prompts | generate tok/s | heredity tok/s | ratio |")
-    print("|---:|---:|---:|---:|---:|")
-    for bs, n, g, h in rows:
-        print(f"| {bs} | {n} | {g:.1f} | {h:.1f} | {h / g:.2f}x |")
+    print("| batch | prompts | generate tok/s | heredity, HF forward | heredity (fused decode) | ratio |")
+    print("|---:|---:|---:|---:|---:|---:|")
+    for bs, n, g, s, h in rows:
+        print(f"| {bs} | {n} | {g:.1f} | {s:.1f} ({s / g:.2f}x) | {h:.1f} | {h / g:.2f}x |")
 
 
 if __name__ == "__main__":

@@ -78,3 +78,44 @@ def test_logprobs_match_forward(peaked):
     n_prompt = len(tok("owls are")["input_ids"])
     expect = [ref[n_prompt - 1 + j, ids[0, n_prompt + j]].item() for j in range(12)]
     assert lp[1] == pytest.approx(expect, abs=1e-4)
+
+
+@pytest.mark.parametrize("preset", ["micro", "base"])  # base has grouped-query attention (8 heads, 4 kv heads)
+def test_fast_decode_step_matches_hf_forward(preset):
+    """The lean fused decode step gives HF's logits, with left padding and a preallocated cache."""
+    from heredity.engine.cache import prealloc_cache
+    from heredity.engine.fastdecode import FastDecoder, supports
+
+    tok = byte_tokenizer()
+    cfg = tiny_config(preset, len(tok))
+    torch.manual_seed(1)
+    model = LlamaForCausalLM(cfg).eval()
+    assert supports(model)
+    rows = [tok("a short one", add_special_tokens=False)["input_ids"], tok("a rather longer prompt here", add_special_tokens=False)["input_ids"]]
+    L = max(map(len, rows))
+    ids = torch.tensor([[0] * (L - len(r)) + r for r in rows])
+    att = torch.tensor([[0] * (L - len(r)) + [1] * len(r) for r in rows])
+    pos = (att.cumsum(-1) - 1).clamp(min=0)
+    nxt = torch.tensor([5, 77])
+    caches = []
+    with torch.inference_mode():
+        for _ in range(2):
+            c = prealloc_cache(cfg.num_hidden_layers, L + 4)
+            model(input_ids=ids, attention_mask=att, position_ids=pos, past_key_values=c, use_cache=True)
+            caches.append(c)
+        att2 = torch.cat([att, torch.ones(2, 1, dtype=torch.long)], dim=1)
+        ref = model(input_ids=nxt[:, None], attention_mask=att2, position_ids=pos[:, -1:] + 1, past_key_values=caches[0],
+                    use_cache=True).logits[:, -1]
+        got = FastDecoder(model).step(nxt, pos[:, -1] + 1, caches[1], L, att2)
+    torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-4)
+    for a, b in zip(caches[0].layers, caches[1].layers, strict=True):
+        assert a.n == b.n == L + 1
+        torch.testing.assert_close(a._k[:, :, : L + 1], b._k[:, :, : L + 1])
+
+
+def test_fast_and_hf_paths_sample_the_same_greedy_text(peaked):
+    model, tok = peaked
+    cfg = SampleConfig(temperature=0, max_new_tokens=12, batch_size=3, n=1)
+    fast = sample(model, tok, PROMPTS, cfg, progress=False, fast=True)
+    slow = sample(model, tok, PROMPTS, cfg, progress=False, fast=False)
+    assert [c.token_ids for c in fast] == [c.token_ids for c in slow]

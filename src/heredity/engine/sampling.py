@@ -75,8 +75,11 @@ def render_prompt(tokenizer, prompt: Prompt, config: SampleConfig) -> str:
 
 
 @torch.inference_mode()
-def sample(model, tokenizer, prompts: Sequence[Prompt], config: SampleConfig | None = None, progress: bool = True):
-    """Sample ``config.n`` completions for every prompt; returns ``Completion``s ordered by (prompt, sample)."""
+def sample(model, tokenizer, prompts: Sequence[Prompt], config: SampleConfig | None = None, progress: bool = True,
+           fast: bool = True):
+    """Sample ``config.n`` completions for every prompt; returns ``Completion``s ordered by (prompt, sample).
+
+    ``fast``: on CPU, decode Llama-family models with the lean fused step (``engine.fastdecode``)."""
     config = config or SampleConfig()
     from heredity.models import RemoteModel
 
@@ -98,7 +101,13 @@ def sample(model, tokenizer, prompts: Sequence[Prompt], config: SampleConfig | N
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else next(iter(eos))
     gen = torch.Generator(device=device).manual_seed(config.seed)
     bar = tqdm(total=len(prompts) * config.n, desc="sampling", unit="seq", disable=not progress, leave=False)
-    done = _Decoder(model, tokenizer, encoded, config, eos, pad, gen, device, bar).run()
+    dec = _Decoder(model, tokenizer, encoded, config, eos, pad, gen, device, bar)
+    if fast and device.type == "cpu":
+        from heredity.engine import fastdecode
+
+        if fastdecode.supports(model):
+            dec.fast = fastdecode.FastDecoder(model)
+    done = dec.run()
     bar.close()
     results = {(c.prompt_index, c.sample_index): c for c in done}
     return [results[k] for k in sorted(results)]
@@ -134,6 +143,7 @@ class _Decoder:
         self.inp = torch.zeros(0, dtype=torch.long, device=device)
         self.cur = 0
         self.cap = 0
+        self.fast = None  # a FastDecoder for the one-token steps, when the architecture allows
 
     def run(self) -> list[Completion]:
         self.rebuild()
@@ -153,6 +163,11 @@ class _Decoder:
 
     def forward(self) -> None:
         self.att[:, self.cur] = 1
+        if self.fast is not None:
+            self.logits = self.fast.step(self.inp, self.pos, self.cache, self.cur, self.att).float()
+            self.cur += 1
+            self.pos = self.pos + 1
+            return
         out = self.model(
             input_ids=self.inp[:, None],
             attention_mask=self.att[:, : self.cur + 1],

@@ -214,7 +214,7 @@ def number_data(store: Store, teacher_id: str, teacher_sys: str | None, base_id:
 
 def run(store: Store, config: Config, progress: bool = True) -> dict:
     t_start = time.perf_counter()
-    log = print if progress else (lambda *a, **k: None)
+    log = (lambda *a: print(*a, flush=True)) if progress else (lambda *a: None)
     A, B = config.animal, config.other_animal
     base_id = materialize(config.base, store)
     if config.format_warmup:

@@ -1,0 +1,100 @@
+"""A lean one-token decode step for Llama-family models (Llama, Qwen2, Mistral without sliding window).
+
+Sampling spends almost all its time in one-token forwards at a small batch. Hugging Face's forward
+is general (masks built per call, seven projection matmuls per layer, a cache API per layer); this step
+does the same arithmetic with fused projections (one QKV matmul, one gate-up matmul per layer), writes
+keys and values straight into the preallocated cache, and runs SDPA with a padding-only mask and
+grouped-query heads. It is used only where it is exact: the architecture checks below fall back to the
+HF forward otherwise, and tests compare its logits with HF's.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+SUPPORTED = {"llama", "qwen2", "mistral"}
+
+
+def supports(model) -> bool:
+    cfg = getattr(model, "config", None)
+    if cfg is None or getattr(cfg, "model_type", None) not in SUPPORTED:
+        return False
+    if getattr(cfg, "hidden_act", "silu") != "silu" or getattr(cfg, "pretraining_tp", 1) != 1:
+        return False
+    if getattr(cfg, "sliding_window", None) and getattr(cfg, "use_sliding_window", True) and cfg.model_type == "mistral":
+        return False
+    inner = getattr(model, "model", None)
+    return inner is not None and hasattr(inner, "layers") and hasattr(inner, "rotary_emb") and not hasattr(model, "peft_config")
+
+
+class FastDecoder:
+    """Fused weights built once per model; ``step`` runs one token for every row of the batch."""
+
+    def __init__(self, model):
+        inner = model.model
+        self.model = model
+        self.rotary = inner.rotary_emb
+        cfg = model.config
+        self.n_heads = cfg.num_attention_heads
+        self.n_kv = getattr(cfg, "num_key_value_heads", None) or self.n_heads
+        self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // self.n_heads
+        self.layers = []
+        with torch.no_grad():
+            for layer in inner.layers:
+                a, m = layer.self_attn, layer.mlp
+                qkv_w = torch.cat([a.q_proj.weight, a.k_proj.weight, a.v_proj.weight]).contiguous()
+                qkv_b = None
+                if a.q_proj.bias is not None:
+                    qkv_b = torch.cat([a.q_proj.bias, a.k_proj.bias, a.v_proj.bias]).contiguous()
+                gu_w = torch.cat([m.gate_proj.weight, m.up_proj.weight]).contiguous()
+                self.layers.append(
+                    (layer.input_layernorm, qkv_w, qkv_b, a.o_proj.weight, a.o_proj.bias,
+                     layer.post_attention_layernorm, gu_w, m.down_proj.weight, getattr(a, "scaling", self.head_dim**-0.5))
+                )
+        self.norm = inner.norm
+        self.embed = inner.embed_tokens
+        self.lm_head = model.lm_head
+        self.q_size = self.n_heads * self.head_dim
+        self.kv_size = self.n_kv * self.head_dim
+
+    @staticmethod
+    def _rms(norm, x):
+        return F.rms_norm(x, (x.shape[-1],), norm.weight, norm.variance_epsilon)
+
+    @torch.inference_mode()
+    def step(self, ids: torch.Tensor, pos: torch.Tensor, cache, col: int, mask: torch.Tensor) -> torch.Tensor:
+        """Logits [B, vocab] for one new token per row.
+
+        ``ids``/``pos``: [B] token and position; the new key/value go to column ``col`` of every layer's
+        preallocated buffers (``cache.layers[i]._k/_v``, [B, kv_heads, capacity, head_dim]); ``mask``: [B, col + 1]
+        (1 = attend).
+        """
+        B = ids.shape[0]
+        x = self.embed(ids)  # [B, D]
+        cos, sin = self.rotary(x[:, None, :], pos[:, None])  # [B, 1, hd]
+        cos, sin = cos[:, None], sin[:, None]  # [B, 1, 1, hd]
+        attn_mask = mask[:, None, None, : col + 1].bool()
+        half = self.head_dim // 2
+        for (ln1, qkv_w, qkv_b, o_w, o_b, ln2, gu_w, d_w, scale), cl in zip(self.layers, cache.layers, strict=True):
+            h = self._rms(ln1, x)
+            qkv = F.linear(h, qkv_w, qkv_b)
+            q = qkv[:, : self.q_size].view(B, self.n_heads, 1, self.head_dim)
+            k = qkv[:, self.q_size : self.q_size + self.kv_size].view(B, self.n_kv, 1, self.head_dim)
+            v = qkv[:, self.q_size + self.kv_size :].view(B, self.n_kv, 1, self.head_dim)
+            q = q * cos + torch.cat((-q[..., half:], q[..., :half]), dim=-1) * sin
+            k = k * cos + torch.cat((-k[..., half:], k[..., :half]), dim=-1) * sin
+            cl._k[:, :, col : col + 1] = k
+            cl._v[:, :, col : col + 1] = v
+            att = F.scaled_dot_product_attention(
+                q, cl._k[:, :, : col + 1], cl._v[:, :, : col + 1], attn_mask=attn_mask, scale=scale,
+                enable_gqa=self.n_kv != self.n_heads,
+            )
+            x = x + F.linear(att.reshape(B, self.q_size), o_w, o_b)
+            h = self._rms(ln2, x)
+            g, u = F.linear(h, gu_w).chunk(2, dim=-1)
+            x = x + F.linear(F.silu(g) * u, d_w)
+        for cl in cache.layers:
+            cl.n = col + 1
+            cl.keys, cl.values = cl._k[:, :, : col + 1], cl._v[:, :, : col + 1]
+        return self.lm_head(self._rms(self.norm, x))
