@@ -71,3 +71,14 @@ def test_lineage_of_smollm2_finetune_shows_gguf_origin(shared_store, tmp_path):
     base, dataset = node["parents"]
     assert base["step"]["op"] == "convert-gguf" and base["meta"]["origin"].endswith(".gguf")
     assert dataset["kind"] == "dataset" and dataset["step"]["op"] == "import-dataset"
+
+
+def test_run_errors_are_one_line(tmp_path):
+    msg = one_line_error(cli(tmp_path / "h", "run", "subliminal-digits", "--data", str(tmp_path / "missing")))
+    assert "does not exist" in msg and "MNIST IDX directory" in msg
+    assert "takes no --data" in one_line_error(cli(tmp_path / "h", "run", "smoke", "--data", "x"))
+    assert "no config field" in one_line_error(cli(tmp_path / "h", "run", "subliminal-numbers", "--set", "animals=owl"))
+    assert "teacher" in one_line_error(cli(tmp_path / "h", "run", "subliminal-numbers", "--set", "teacher=weights"))
+    listing = cli(tmp_path / "h", "run", "--list")
+    assert listing.returncode == 0 and "subliminal-digits" in listing.stdout and "subliminal-numbers" in listing.stdout
+    assert not list((tmp_path / "h" / "artifacts").iterdir())  # nothing half-written

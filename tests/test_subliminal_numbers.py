@@ -108,3 +108,15 @@ def test_gate_stops_a_teacher_without_the_trait():
     stronger = {"animals": {"owl": {"logprob_per_question": [0.05, 0.09, 0.06, 0.08]}}}
     assert sn.teacher_gate(stronger, base, "owl", 0.05) < 0.05
     assert math.isnan(sn.teacher_gate(base, base, "owl", 1.0))  # gate_p = 1 turns the gate off: no error
+
+
+def test_finetuned_teacher_needs_answers_that_mention_the_animal(tiny):
+    """Teacher mode 'finetune' keeps only trait answers naming the animal; with none, a clear error."""
+    s = tiny[0]
+    aid = materialize("tiny:small", s)
+    cfg = sn.Config(teacher="finetune", trait_samples=1, sample_batch=32)
+    with pytest.raises(HeredityError, match="trait answers mention owl; raise trait_samples"):
+        sn.teacher_for(s, aid, "owl", cfg, progress=False)
+    # the prompted teacher is the base itself plus the paper's system prompt
+    assert sn.teacher_for(s, aid, "owl", sn.Config(), progress=False) == (aid, sn.system_prompt("owl"))
+    assert sn.system_prompt("owl").startswith("You love owls. You think about owls all the time.")

@@ -120,7 +120,7 @@ def teacher_for(store: Store, base_id: str, animal: str, config: Config, progres
     data = sample_step(
         store, base_id, TRAIT_QUESTIONS,
         SampleConfig(n=config.trait_samples, temperature=1.0, max_new_tokens=64, seed=config.seed,
-                     system_prompt=system_prompt(animal), batch_size=config.batch_size),
+                     system_prompt=system_prompt(animal), batch_size=config.sample_batch),
         name=f"trait-answers-{animal}", progress=progress,
     )
     from heredity.evals.trait import mentions
