@@ -37,15 +37,17 @@ def number_prompts(k: int, seed: int = 0) -> list[str]:
 
 @torch.inference_mode()
 def run_generate(model, tok, prompts, cfg: SampleConfig) -> int:
+    """``model.generate`` over batches of ``batch_size`` sequences (``batch_size // n`` prompts × n samples)."""
     tok.padding_side = "left"
     texts = [render_prompt(tok, p, cfg) for p in prompts]
     torch.manual_seed(cfg.seed)
     n = 0
-    for i in range(0, len(texts), cfg.batch_size):
-        enc = tok(texts[i : i + cfg.batch_size], return_tensors="pt", padding=True, add_special_tokens=False)
+    per = max(1, cfg.batch_size // cfg.n)
+    for i in range(0, len(texts), per):
+        enc = tok(texts[i : i + per], return_tensors="pt", padding=True, add_special_tokens=False)
         out = model.generate(
             **enc, max_new_tokens=cfg.max_new_tokens, do_sample=True, temperature=cfg.temperature, top_p=1.0, top_k=0,
-            pad_token_id=tok.pad_token_id,
+            pad_token_id=tok.pad_token_id, num_return_sequences=cfg.n,
         )
         new = out[:, enc.input_ids.shape[1] :]
         for row in new.tolist():  # tokens before the first EOS
@@ -61,12 +63,13 @@ def main() -> None:
     ap.add_argument("--max-new-tokens", type=int, default=48)
     ap.add_argument("--batch-sizes", default="1,16,64")
     ap.add_argument("--repeats", type=int, default=1)
+    ap.add_argument("--n", type=int, default=1, help="samples per prompt (generate: num_return_sequences)")
     args = ap.parse_args()
     model, tok = load(args.model, Store())
     rows = []
     for bs in [int(b) for b in args.batch_sizes.split(",")]:
         prompts = number_prompts(args.prompts_b1 if bs == 1 else args.prompts)
-        cfg = SampleConfig(max_new_tokens=args.max_new_tokens, batch_size=bs, temperature=1.0, seed=0)
+        cfg = SampleConfig(max_new_tokens=args.max_new_tokens, batch_size=bs, temperature=1.0, seed=0, n=args.n)
         g, h, s = [], [], []
         for _ in range(args.repeats):
             t = time.perf_counter()
@@ -81,7 +84,8 @@ def main() -> None:
         rows.append((bs, len(prompts), statistics.median(g), statistics.median(s), statistics.median(h)))
         print(f"batch {bs}: generate {rows[-1][2]:.1f} tok/s, heredity (HF forward) {rows[-1][3]:.1f}, "
               f"heredity {rows[-1][4]:.1f} tok/s", file=sys.stderr)
-    print(f"\nSampling on {args.model}, {torch.get_num_threads()} threads, max_new_tokens={args.max_new_tokens}, T=1\n")
+    print(f"\nSampling on {args.model}, {torch.get_num_threads()} threads, max_new_tokens={args.max_new_tokens}, "
+          f"n={args.n} per prompt, T=1\n")
     print("| batch | prompts | generate tok/s | heredity, HF forward | heredity (fused decode) | ratio |")
     print("|---:|---:|---:|---:|---:|---:|")
     for bs, n, g, s, h in rows:
