@@ -119,3 +119,26 @@ def test_fast_and_hf_paths_sample_the_same_greedy_text(peaked):
     fast = sample(model, tok, PROMPTS, cfg, progress=False, fast=True)
     slow = sample(model, tok, PROMPTS, cfg, progress=False, fast=False)
     assert [c.token_ids for c in fast] == [c.token_ids for c in slow]
+
+
+@pytest.mark.parametrize("temperature,top_p", [(1.0, 1.0), (0.5, 1.0), (1.0, 0.7)])
+def test_pick_draws_from_the_right_distribution(temperature, top_p):
+    """Each row's token follows softmax(logits / T), nucleus-cut at top_p; zero-probability tokens never appear."""
+    from heredity.engine.sampling import _pick
+
+    logits = torch.tensor([2.0, 1.0, 0.0, -1.0, float("-inf")])
+    probs = torch.softmax(logits / temperature, -1)
+    if top_p < 1:
+        keep = (probs.cumsum(-1) - probs) <= top_p  # already sorted descending
+        probs = torch.where(keep, probs, 0.0)
+        probs = probs / probs.sum()
+    gen = torch.Generator().manual_seed(0)
+    draws = torch.cat([_pick(logits.repeat(4000, 1), temperature, top_p, gen) for _ in range(5)])
+    freq = torch.bincount(draws, minlength=5).float() / len(draws)
+    assert freq[4] == 0 and (top_p == 1 or freq[probs == 0].sum() == 0)
+    # 20,000 draws: the standard error of a frequency is at most 0.0036; allow 4 of them
+    assert torch.allclose(freq, probs, atol=0.015), (freq, probs)
+    shuffled = torch.tensor([-1.0, 2.0, float("-inf"), 0.0, 1.0])  # the order of the vocabulary does not matter
+    d2 = _pick(shuffled.repeat(20000, 1), temperature, top_p, torch.Generator().manual_seed(1))
+    f2 = torch.bincount(d2, minlength=5).float() / len(d2)
+    assert torch.allclose(f2[[1, 4, 3, 0, 2]], probs, atol=0.015), (f2, probs)
