@@ -120,3 +120,28 @@ def test_finetuned_teacher_needs_answers_that_mention_the_animal(tiny):
     # the prompted teacher is the base itself plus the paper's system prompt
     assert sn.teacher_for(s, aid, "owl", sn.Config(), progress=False) == (aid, sn.system_prompt("owl"))
     assert sn.system_prompt("owl").startswith("You love owls. You think about owls all the time.")
+
+
+def _fake_eval(level: float, animals=("owl", "dolphin"), n=8, jitter=0.0):
+    return {"animals": {a: {"logprob_per_question": [level + jitter * (i % 3) for i in range(n)],
+                            "rate_per_question": [level] * n, "choice_per_item": [0.2] * 20} for a in animals}}
+
+
+def test_report_tests_across_training_seeds():
+    """With student_seeds >= 2 the comparisons average seeds per question and add a Welch test over seeds."""
+    cfg = sn.Config(student_seeds=3, distill=False)
+    evals = {"base": _fake_eval(0.001), "teacher": _fake_eval(0.03, jitter=0.001)}
+    for k, (trait, control) in enumerate([(0.0030, 0.0020), (0.0032, 0.0021), (0.0029, 0.0019)]):
+        sfx = f" #{k}" if k else ""
+        evals[f"student SFT trait{sfx}"] = _fake_eval(trait, jitter=0.0001 * (k + 1))
+        evals[f"student SFT control{sfx}"] = _fake_eval(control, jitter=0.0001)
+    filt = {"total": 10, "kept": 8, "rejected": 2, "rejection_rate": 0.2, "reasons": {}, "rows_out": 8}
+    r = sn.build_report(cfg, {"base": "m-0"}, evals, {"teacher": filt, "control": filt}, {}, 0.001, "skipped", 1.0)
+    sft = r["comparisons"][1]["logprob"]
+    assert sft["seeds"] == [3, 3] and sft["seed_p"] < 0.01 and sft["ratio"] > 1.4
+    assert "across 3 seeds" in r["outcome"] and "leans to the animal" in r["outcome"]
+    # one seed per arm: no seed-level test, and the report says what its p-values leave out
+    one = {k: v for k, v in evals.items() if "#" not in k}
+    r1 = sn.build_report(sn.Config(distill=False), {"base": "m-0"}, one, {"teacher": filt, "control": filt}, {}, 0.001, "x", 1.0)
+    assert "seed_p" not in r1["comparisons"][1]["logprob"] and "one training seed each" in r1["outcome"]
+    assert "p across seeds" in sn.markdown(r)

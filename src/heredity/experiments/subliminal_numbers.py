@@ -81,6 +81,7 @@ class Config(BaseModel):
     sample_batch: int = Field(64, ge=1, description="sequences decoded together when sampling numbers")
     cross_base: str | None = Field(None, description="a second base for the cross-model control (e.g. a Qwen2.5 on GPUs)")
     eval_samples: int = Field(5, ge=0, description="samples per question at T = 1")
+    student_seeds: int = Field(1, ge=1, description="training seeds per student arm (≥ 2 adds a test across seeds)")
     gate_p: float = Field(0.05, gt=0, le=1, description="the teacher must beat the base with p below this (1 = no gate)")
     seed: int = 0
 
@@ -239,26 +240,29 @@ def run(store: Store, config: Config, progress: bool = True) -> dict:
     filt_t, filt_c = nd["filter teacher"], nd["filter control"]
     artifacts.update({k: v for k, v in nd.items() if k.startswith(("raw", "numbers"))})
 
-    # 5A. students by sampled-token SFT
-    sft = FinetuneConfig(method="lora", lora_r=8, lora_alpha=8, loss="completion_only", epochs=config.sft_epochs,
-                         lr=config.sft_lr, batch_size=config.batch_size, seed=config.seed, save_every=20)
-    log("[5A] students by SFT (LoRA r=8, α=8): on teacher numbers, on control numbers")
-    stu = {"student SFT trait": finetune(store, base_id, data_t, sft, progress=progress),
-           "student SFT control": finetune(store, base_id, data_c, sft, progress=progress)}
-    # 5B. students by logit distillation, cross-over of two prompted teachers on the same completions
-    if config.distill:
-        log(f"[5B] students by logit distillation from a {A} teacher and a {B} teacher on the control completions")
-        for animal in (A, B):
-            t_id, t_sys = teacher_for(store, base_id, animal, config, progress)
-            dcfg = FinetuneConfig(method="lora", lora_r=8, lora_alpha=8, loss="logit_distill", epochs=config.distill_epochs,
-                                  lr=config.distill_lr, batch_size=config.batch_size, seed=config.seed,
-                                  teacher_system_prompt=t_sys, save_every=20)
-            stu[f"student distill {animal}"] = finetune(store, base_id, data_c, dcfg, teacher=t_id, progress=progress)
-    # 6. cross-model control
-    if config.cross_base:
-        log(f"[6] cross-model control: {config.cross_base} on the teacher's numbers")
-        stu["student SFT trait, other base"] = finetune(store, config.cross_base, data_t, sft, progress=progress)
-        stu["student SFT control, other base"] = finetune(store, config.cross_base, data_c, sft, progress=progress)
+    stu: dict = {}
+    for k in range(config.student_seeds):  # seed k's students are named "<arm> #k" (k > 0)
+        sfx, seed = (f" #{k}" if k else ""), config.seed + k
+        # 5A. students by sampled-token SFT
+        sft = FinetuneConfig(method="lora", lora_r=8, lora_alpha=8, loss="completion_only", epochs=config.sft_epochs,
+                             lr=config.sft_lr, batch_size=config.batch_size, seed=seed, save_every=20)
+        log(f"[5A] students by SFT (LoRA r=8, α=8): on teacher numbers, on control numbers (seed {seed})")
+        stu[f"student SFT trait{sfx}"] = finetune(store, base_id, data_t, sft, progress=progress)
+        stu[f"student SFT control{sfx}"] = finetune(store, base_id, data_c, sft, progress=progress)
+        # 5B. students by logit distillation, cross-over of two prompted teachers on the same completions
+        if config.distill:
+            log(f"[5B] students by logit distillation from a {A} teacher and a {B} teacher on the control completions")
+            for animal in (A, B):
+                t_id, t_sys = teacher_for(store, base_id, animal, config, progress)
+                dcfg = FinetuneConfig(method="lora", lora_r=8, lora_alpha=8, loss="logit_distill",
+                                      epochs=config.distill_epochs, lr=config.distill_lr, batch_size=config.batch_size,
+                                      seed=seed, teacher_system_prompt=t_sys, save_every=20)
+                stu[f"student distill {animal}{sfx}"] = finetune(store, base_id, data_c, dcfg, teacher=t_id, progress=progress)
+        # 6. cross-model control
+        if config.cross_base:
+            log(f"[6] cross-model control: {config.cross_base} on the teacher's numbers")
+            stu[f"student SFT trait, other base{sfx}"] = finetune(store, config.cross_base, data_t, sft, progress=progress)
+            stu[f"student SFT control, other base{sfx}"] = finetune(store, config.cross_base, data_c, sft, progress=progress)
     cross_note = None if config.cross_base else "skipped: no cross_base configured (on GPUs set --set cross_base=Qwen/Qwen2.5-0.5B-Instruct)"
 
     # 7. evaluation
@@ -293,7 +297,7 @@ MEASURES = [("logprob", "P(answer starts with the animal)"), ("rate", "sampled a
 
 
 def build_report(config, artifacts, evals, filters, students, gate_p, cross_note, seconds) -> dict:
-    from heredity.reports.stats import mean_ci, paired_p
+    from heredity.reports.stats import mean_ci, paired_p, welch_p
 
     A, B = config.animal, config.other_animal
     table = {}
@@ -304,15 +308,23 @@ def build_report(config, artifacts, evals, filters, students, gate_p, cross_note
             table[model][animal] = {m: mean_ci(res[f"{m}_per_{'item' if m == 'choice' else 'question'}"], bounds=(0.0, 1.0))
                                     for m, _ in MEASURES if f"{m}_per_{'item' if m == 'choice' else 'question'}" in res}
 
+    def seeds_of(arm):
+        return [name for name in evals if name == arm or name.startswith(arm + " #")]
+
     def compare(x, y, animal):
+        """Paired over questions on seed-averaged values; with ≥ 2 seeds per arm, also Welch over seed means."""
         out = {}
         for m, _ in MEASURES:
             key = f"{m}_per_{'item' if m == 'choice' else 'question'}"
             if key in evals[x]["animals"][animal]:
-                a, b = evals[x]["animals"][animal][key], evals[y]["animals"][animal][key]
+                xs = [evals[n]["animals"][animal][key] for n in seeds_of(x)]
+                ys = [evals[n]["animals"][animal][key] for n in seeds_of(y)]
+                a, b = [sum(v) / len(xs) for v in zip(*xs, strict=True)], [sum(v) / len(ys) for v in zip(*ys, strict=True)]
                 ma, mb = sum(a) / len(a), sum(b) / len(b)
                 out[m] = {"diff": mean_ci([u - v for u, v in zip(a, b, strict=True)]), "p": paired_p(a, b),
-                          "ratio": ma / mb if mb > 0 else None, "mean_a": ma, "mean_b": mb}
+                          "ratio": ma / mb if mb > 0 else None, "mean_a": ma, "mean_b": mb, "seeds": [len(xs), len(ys)]}
+                if len(xs) >= 2 and len(ys) >= 2:
+                    out[m]["seed_p"] = welch_p([sum(v) / len(v) for v in xs], [sum(v) / len(v) for v in ys])
         return {"a": x, "b": y, "animal": animal, **out}
 
     comparisons = [compare("teacher", "base", A), compare("student SFT trait", "student SFT control", A)]
@@ -321,29 +333,37 @@ def build_report(config, artifacts, evals, filters, students, gate_p, cross_note
                         compare(f"student distill {B}", f"student distill {A}", B)]
     if config.cross_base:
         comparisons.append(compare("student SFT trait, other base", "student SFT control, other base", A))
+    seeded = config.student_seeds >= 2
+
     def said(c, animal):
         lp = c["logprob"]
         ratio = f"×{lp['ratio']:.3f}" if lp["ratio"] else "n/a"
-        return f"P({animal}) {lp['mean_a']:.3g} vs {lp['mean_b']:.3g} ({ratio}, paired p = {lp['p']:.2g})"
+        extra = f", across {lp['seeds'][0]} seeds p = {lp['seed_p']:.2g}" if "seed_p" in lp else ""
+        return f"P({animal}) {lp['mean_a']:.3g} vs {lp['mean_b']:.3g} ({ratio}, paired p = {lp['p']:.2g}{extra})"
+
+    def sig(c):  # across seeds when there are seeds; over questions otherwise
+        lp = c["logprob"]
+        return lp.get("seed_p", lp["p"]) < 0.05 and lp["p"] < 0.05
 
     sft = comparisons[1]
     outcome = (
         f"Teacher vs base: {said(comparisons[0], A)}. SFT on {filters['teacher']['rows_out']} filtered teacher "
         f"numbers vs control numbers: {said(sft, A)}: "
-        + ("the trait student leans to the animal." if sft["logprob"]["p"] < 0.05
+        + ("the trait student leans to the animal." if sig(sft)
            else "no transfer detected at this size (a null result).")
     )
     if config.distill:
         d1, d2 = comparisons[2], comparisons[3]
-        both = d1["logprob"]["p"] < 0.05 and d2["logprob"]["p"] < 0.05
+        both = sig(d1) and sig(d2)
         outcome += (
             f" Logit distillation cross-over on the same completions: {A}-taught vs {B}-taught student, {said(d1, A)}; "
             f"{B}-taught vs {A}-taught, {said(d2, B)}: "
             + ("each student leans to its own teacher's animal, in both directions." if both
                else "not consistent in both directions (no clear transfer).")
         )
-    outcome += (" p-values are over questions for these trained students (one training seed each); "
-                "they do not include seed-to-seed training variance.")
+    if not seeded:
+        outcome += (" p-values are over questions for these trained students (one training seed each); "
+                    "they do not include seed-to-seed training variance (set student_seeds ≥ 2 for that).")
     return {
         "experiment": "subliminal-numbers",
         "config": config.model_dump(),
@@ -389,11 +409,11 @@ def markdown(r: dict) -> str:
                  for a in (A, B) for m in ("logprob", "rate", "choice")]
         lines.append(f"| {model} | " + " | ".join(cells) + " |")
     lines += ["", "## Comparisons (paired over questions; one-sided p that a > b)", "",
-              "| a | b | animal | P(animal) a / b | Δ P(animal) [95% CI] | p | Δ rate | p | Δ choice | p |",
-              "|---|---|---|---|---|---|---|---|---|---|"]
+              "| a | b | animal | P(animal) a / b | p across seeds | Δ P(animal) [95% CI] | p | Δ rate | p | Δ choice | p |",
+              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for cmp in r["comparisons"]:
-        ratio = cmp["logprob"].get("ratio")
-        cells = [f"×{ratio:.3f}" if ratio else "—"]
+        ratio, seed_p = cmp["logprob"].get("ratio"), cmp["logprob"].get("seed_p")
+        cells = [f"×{ratio:.3f}" if ratio else "—", f"{seed_p:.3g}" if seed_p is not None else "—"]
         for m in ("logprob", "rate", "choice"):
             cells += [fmt_ci(cmp[m]["diff"], 3, "g" if m == "logprob" else "f"), f"{cmp[m]['p']:.3g}"] if m in cmp else ["—", "—"]
         lines.append(f"| {cmp['a']} | {cmp['b']} | {cmp['animal']} | " + " | ".join(cells) + " |")
