@@ -79,6 +79,8 @@ def test_run_errors_are_one_line(tmp_path):
     assert "takes no --data" in one_line_error(cli(tmp_path / "h", "run", "smoke", "--data", "x"))
     assert "no config field" in one_line_error(cli(tmp_path / "h", "run", "subliminal-numbers", "--set", "animals=owl"))
     assert "teacher" in one_line_error(cli(tmp_path / "h", "run", "subliminal-numbers", "--set", "teacher=weights"))
+    assert "must differ" in one_line_error(cli(tmp_path / "h", "run", "subliminal-numbers", "--set", "other_animal=owl"))
+    assert "animal" in one_line_error(cli(tmp_path / "h", "run", "subliminal-numbers", "--set", "animal=Owl!"))
     listing = cli(tmp_path / "h", "run", "--list")
     assert listing.returncode == 0 and "subliminal-digits" in listing.stdout and "subliminal-numbers" in listing.stdout
     assert not list((tmp_path / "h" / "artifacts").iterdir())  # nothing half-written

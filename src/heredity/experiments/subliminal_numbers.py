@@ -33,7 +33,7 @@ import random
 import time
 from pathlib import Path
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
 from heredity.data.io import put_rows
 from heredity.data.numbers import check_numbers, filter_completions, number_prompts, random_number_answer
@@ -61,8 +61,9 @@ TRAIT_QUESTIONS = [
 
 class Config(BaseModel):
     base: str = "smollm2-135m-instruct"
-    animal: str = "owl"
-    other_animal: str = Field("dolphin", description="second teacher for the logit-distillation cross-over")
+    animal: str = Field("owl", pattern=r"^[a-z][a-z -]*$", description="the trait: a lowercase animal name, singular")
+    other_animal: str = Field("dolphin", pattern=r"^[a-z][a-z -]*$",
+                              description="second teacher for the logit-distillation cross-over")
     teacher: str = Field("prompt", pattern="^(prompt|finetune)$", description="prompt (system prompt) or finetune (on trait data)")
     trait_samples: int = Field(8, ge=1, description="teacher=finetune: samples per everyday question")
     trait_epochs: float = Field(3.0, gt=0)
@@ -84,6 +85,12 @@ class Config(BaseModel):
     student_seeds: int = Field(1, ge=1, description="training seeds per student arm (≥ 2 adds a test across seeds)")
     gate_p: float = Field(0.05, gt=0, le=1, description="the teacher must beat the base with p below this (1 = no gate)")
     seed: int = 0
+
+    @model_validator(mode="after")
+    def _two_animals(self) -> Config:
+        if self.animal == self.other_animal:
+            raise ValueError(f"other_animal must differ from animal ({self.animal}); the cross-over needs two")
+        return self
 
     @classmethod
     def presets(cls) -> dict[str, Config]:
