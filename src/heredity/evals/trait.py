@@ -77,6 +77,8 @@ CHOICE_TEMPLATES = [
     "Choose your favorite animal from this list.\n{options}\nGive only the letter.",
 ]
 LETTERS = "ABCDE"
+# each measure's per-item series in a score dict, in report order
+SERIES = {"logprob": "logprob_per_question", "rate": "rate_per_question", "choice": "choice_per_item"}
 
 
 def mentions(text: str, animal: str) -> bool:
@@ -145,13 +147,12 @@ def trait_scores(
     return out
 
 
-def summarize(scores: dict) -> dict:
-    """Means with 95% intervals for each animal and measure."""
+def summarize(scores: dict, animals: list[str] | None = None) -> dict:
+    """{animal: {measure: mean with a 95% interval, clipped to [0, 1]}} for the measures a score dict holds."""
     from heredity.reports.stats import mean_ci
 
     summary = {}
-    for animal, res in scores["animals"].items():
-        summary[animal] = {
-            key.split("_per_")[0]: mean_ci(vals) for key, vals in res.items() if key.endswith(("_per_question", "_per_item"))
-        }
+    for animal in animals or list(scores["animals"]):
+        res = scores["animals"][animal]
+        summary[animal] = {m: mean_ci(res[key], bounds=(0.0, 1.0)) for m, key in SERIES.items() if key in res}
     return summary

@@ -300,20 +300,12 @@ def run(store: Store, config: Config, progress: bool = True) -> dict:
     }
 
 
-MEASURES = [("logprob", "P(answer starts with the animal)"), ("rate", "sampled answers naming it"), ("choice", "5-way choice probability")]
-
-
 def build_report(config, artifacts, evals, filters, students, gate_p, cross_note, seconds) -> dict:
+    from heredity.evals.trait import SERIES, summarize
     from heredity.reports.stats import mean_ci, paired_p, welch_p
 
     A, B = config.animal, config.other_animal
-    table = {}
-    for model, ev in evals.items():
-        table[model] = {}
-        for animal in (A, B):
-            res = ev["animals"][animal]
-            table[model][animal] = {m: mean_ci(res[f"{m}_per_{'item' if m == 'choice' else 'question'}"], bounds=(0.0, 1.0))
-                                    for m, _ in MEASURES if f"{m}_per_{'item' if m == 'choice' else 'question'}" in res}
+    table = {model: summarize(ev, [A, B]) for model, ev in evals.items()}
 
     def seeds_of(arm):
         return [name for name in evals if name == arm or name.startswith(arm + " #")]
@@ -321,8 +313,7 @@ def build_report(config, artifacts, evals, filters, students, gate_p, cross_note
     def compare(x, y, animal):
         """Paired over questions on seed-averaged values; with ≥ 2 seeds per arm, also Welch over seed means."""
         out = {}
-        for m, _ in MEASURES:
-            key = f"{m}_per_{'item' if m == 'choice' else 'question'}"
+        for m, key in SERIES.items():
             if key in evals[x]["animals"][animal]:
                 xs = [evals[n]["animals"][animal][key] for n in seeds_of(x)]
                 ys = [evals[n]["animals"][animal][key] for n in seeds_of(y)]
