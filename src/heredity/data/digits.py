@@ -23,6 +23,11 @@ from heredity.errors import HeredityError
 IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: np.dtype(">i2"), 0x0C: np.dtype(">i4"), 0x0D: np.dtype(">f4"), 0x0E: np.dtype(">f8")}
 
 
+def to_unit_range(pixels: np.ndarray, scale: float) -> np.ndarray:
+    """Pixels in [0, scale] mapped to float32 in [-1, 1], the range of the noise the students see."""
+    return (pixels.astype(np.float32) / scale) * 2.0 - 1.0
+
+
 @dataclass
 class DigitArrays:
     x_train: np.ndarray  # [N, D] uint8
@@ -34,9 +39,7 @@ class DigitArrays:
     sha256: str
 
     def normalized(self, split: str) -> np.ndarray:
-        """Pixels mapped to [-1, 1], the range of the noise the students see."""
-        x = self.x_train if split == "train" else self.x_test
-        return (x.astype(np.float32) / self.scale) * 2.0 - 1.0
+        return to_unit_range(self.x_train if split == "train" else self.x_test, self.scale)
 
 
 def read_idx(path: Path) -> np.ndarray:

@@ -194,12 +194,12 @@ def data_step(store: Store, spec: str) -> str:
 
 
 def _load_split(store: Store, data_id: str, device: torch.device) -> tuple[torch.Tensor, ...]:
+    from heredity.data.digits import to_unit_range
     from heredity.store import read_table
 
     t = read_table(store.path(data_id))
-    scale = float(store.get(data_id).meta["scale"])
     col = t.column("pixels").combine_chunks()
-    x = col.flatten().to_numpy().reshape(len(col), -1).astype(np.float32) / scale * 2.0 - 1.0
+    x = to_unit_range(col.flatten().to_numpy().reshape(len(col), -1), float(store.get(data_id).meta["scale"]))
     y = t.column("label").to_numpy().astype(np.int64)
     split = np.asarray(t.column("split").to_pylist())
     tr, te = split == "train", split == "test"
