@@ -33,7 +33,6 @@ class FastDecoder:
 
     def __init__(self, model):
         inner = model.model
-        self.model = model
         self.rotary = inner.rotary_emb
         cfg = model.config
         self.n_heads = cfg.num_attention_heads
@@ -43,11 +42,11 @@ class FastDecoder:
         with torch.no_grad():
             for layer in inner.layers:
                 a, m = layer.self_attn, layer.mlp
-                qkv_w = torch.cat([a.q_proj.weight, a.k_proj.weight, a.v_proj.weight]).contiguous()
+                qkv_w = torch.cat([a.q_proj.weight, a.k_proj.weight, a.v_proj.weight])
                 qkv_b = None
                 if a.q_proj.bias is not None:
-                    qkv_b = torch.cat([a.q_proj.bias, a.k_proj.bias, a.v_proj.bias]).contiguous()
-                gu_w = torch.cat([m.gate_proj.weight, m.up_proj.weight]).contiguous()
+                    qkv_b = torch.cat([a.q_proj.bias, a.k_proj.bias, a.v_proj.bias])
+                gu_w = torch.cat([m.gate_proj.weight, m.up_proj.weight])
                 self.layers.append(
                     (layer.input_layernorm, qkv_w, qkv_b, a.o_proj.weight, a.o_proj.bias,
                      layer.post_attention_layernorm, gu_w, m.down_proj.weight, getattr(a, "scaling", self.head_dim**-0.5))
@@ -76,14 +75,17 @@ class FastDecoder:
         cos, sin = cos[:, None], sin[:, None]  # [B, 1, 1, hd]
         attn_mask = mask[:, None, None, : col + 1].bool()
         half = self.head_dim // 2
+
+        def rope(t):  # HF's apply_rotary_pos_emb: t·cos + rotate_half(t)·sin
+            return t * cos + torch.cat((-t[..., half:], t[..., :half]), dim=-1) * sin
+
         for (ln1, qkv_w, qkv_b, o_w, o_b, ln2, gu_w, d_w, scale), cl in zip(self.layers, cache.layers, strict=True):
             h = self._rms(ln1, x)
             qkv = F.linear(h, qkv_w, qkv_b)
             q = qkv[:, : self.q_size].view(B, self.n_heads, 1, self.head_dim)
             k = qkv[:, self.q_size : self.q_size + self.kv_size].view(B, self.n_kv, 1, self.head_dim)
             v = qkv[:, self.q_size + self.kv_size :].view(B, self.n_kv, 1, self.head_dim)
-            q = q * cos + torch.cat((-q[..., half:], q[..., :half]), dim=-1) * sin
-            k = k * cos + torch.cat((-k[..., half:], k[..., :half]), dim=-1) * sin
+            q, k = rope(q), rope(k)
             cl._k[:, :, col : col + 1] = k
             cl._v[:, :, col : col + 1] = v
             att = F.scaled_dot_product_attention(
