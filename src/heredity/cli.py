@@ -300,6 +300,31 @@ def data_import(path: Path, name: Annotated[str | None, typer.Option()] = None):
     out.print(import_dataset(_store(), path, name))
 
 
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="address to bind; anything but loopback needs HEREDITY_API_KEY")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535)] = 8000,
+    model: Annotated[list[str] | None, typer.Option("--model", "-m", help="load this model at start (repeatable)")] = None,
+    max_loaded: Annotated[int, typer.Option(min=1, help="models kept in memory at once")] = 2,
+    batch_size: Annotated[int, typer.Option(min=1, help="sequences one model decodes together")] = 16,
+):
+    """Start the lab server: OpenAI-compatible API (/v1), chat, next-token explorer, lineage and reports."""
+    from heredity.server.app import Settings
+    from heredity.server.app import serve as run_server
+
+    settings = Settings(host=host, port=port, max_loaded=max_loaded, batch_size=batch_size, preload=list(model or []))
+    settings.check()
+    store = _store()
+    for name in settings.preload:  # fail before binding: an unknown model is a one-line error here
+        from heredity.server.runner import ModelPool
+
+        ModelPool(store).resolve(name)
+    auth = "API key required" if settings.api_key else "no API key (loopback only)"
+    out.print(f"heredity lab on http://{host}:{port}  ·  store {store.home}  ·  {auth}")
+    out.print(f"  chat http://{host}:{port}/chat   explorer /explore   lineage /lineage   API /v1 (docs at /docs)")
+    run_server(store, settings)
+
+
 def main() -> None:
     from pydantic import ValidationError
     from typer._click.exceptions import ClickException, NoArgsIsHelpError

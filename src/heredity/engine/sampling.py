@@ -15,8 +15,8 @@ Per-sequence stop: EOS or any stop string; the returned text ends before the sto
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 
 import torch
 from pydantic import BaseModel, Field, field_validator
@@ -26,6 +26,8 @@ from heredity.engine.cache import prealloc_cache
 from heredity.errors import HeredityError
 
 Prompt = str | list[dict]
+TokenLogprobs = tuple[float, list[tuple[int, float]]]
+TokenCallback = Callable[[int, int, int, "TokenLogprobs | None"], None]
 
 
 class SampleConfig(BaseModel):
@@ -56,6 +58,7 @@ class Completion:
     text: str
     token_ids: list[int]
     finish_reason: str  # "stop" (EOS or a stop string) or "length"
+    logprobs: list[TokenLogprobs] | None = field(default=None, repr=False)  # per token, when asked for
 
     @property
     def n_tokens(self) -> int:
@@ -76,10 +79,14 @@ def render_prompt(tokenizer, prompt: Prompt, config: SampleConfig) -> str:
 
 @torch.inference_mode()
 def sample(model, tokenizer, prompts: Sequence[Prompt], config: SampleConfig | None = None, progress: bool = True,
-           fast: bool = True):
+           fast: bool = True, on_token: TokenCallback | None = None, top_logprobs: int | None = None):
     """Sample ``config.n`` completions for every prompt; returns ``Completion``s ordered by (prompt, sample).
 
-    ``fast``: on CPU, decode Llama-family models with the lean fused step (``engine.fastdecode``)."""
+    ``fast``: on CPU, decode Llama-family models with the lean fused step (``engine.fastdecode``).
+    ``on_token(prompt_index, sample_index, token_id, logprobs)`` is called for every generated token as it
+    is drawn (EOS is not a token of the completion; streaming servers use this). With ``top_logprobs=k``
+    (0 included), ``logprobs`` is ``(log p(token), [(id, log p), ...k best])`` under the model's own
+    distribution (before temperature and top_p), and each ``Completion.logprobs`` holds them too."""
     config = config or SampleConfig()
     from heredity.models import RemoteModel
 
@@ -102,6 +109,7 @@ def sample(model, tokenizer, prompts: Sequence[Prompt], config: SampleConfig | N
     gen = torch.Generator(device=device).manual_seed(config.seed)
     bar = tqdm(total=len(prompts) * config.n, desc="sampling", unit="seq", disable=not progress, leave=False)
     dec = _Decoder(model, tokenizer, encoded, config, eos, pad, gen, device, bar)
+    dec.on_token, dec.top_logprobs = on_token, top_logprobs
     if fast and device.type == "cpu":
         from heredity.engine import fastdecode
 
@@ -144,12 +152,15 @@ class _Decoder:
         self.cur = 0
         self.cap = 0
         self.fast = None  # a FastDecoder for the one-token steps, when the architecture allows
+        self.on_token: TokenCallback | None = None
+        self.top_logprobs: int | None = None
+        self.lps: list[list[TokenLogprobs]] = []
 
     def run(self) -> list[Completion]:
         self.rebuild()
         while self.rows:
             self.forward()
-            self.consume(range(len(self.rows)), _pick(self.logits, self.cfg.temperature, self.cfg.top_p, self.gen))
+            self.consume(range(len(self.rows)), _pick(self.logits, self.cfg.temperature, self.cfg.top_p, self.gen), self.logits)
             alive = sum(self.alive)
             dead = len(self.rows) - alive
             if (
@@ -179,10 +190,11 @@ class _Decoder:
         self.pos = self.pos + 1
         self.logits = out.logits[:, -1, :].float()
 
-    def consume(self, rows, nxt: torch.Tensor) -> None:
+    def consume(self, rows, nxt: torch.Tensor, logits: torch.Tensor) -> None:
         """Append each live row's new token, or finish the row (EOS, stop string, length)."""
         nxt_list = nxt.tolist()
-        for b, tok in zip(rows, nxt_list, strict=True):
+        info = self._logprobs(logits, nxt) if self.top_logprobs is not None else None
+        for r, (b, tok) in enumerate(zip(rows, nxt_list, strict=True)):
             if not self.alive[b]:
                 continue
             reason = None
@@ -190,13 +202,21 @@ class _Decoder:
                 reason = "stop"
             else:
                 self.tokens[b].append(tok)
+                lp = info[r] if info is not None else None
+                if lp is not None:
+                    self.lps[b].append(lp)
+                if self.on_token is not None:
+                    self.on_token(self.rows[b][0], self.rows[b][1], tok, lp)
                 if self.stop_window and _hit_stop(self.tok, self.tokens[b][-self.stop_window :], self.cfg.stop):
                     reason = "stop"
                 elif len(self.tokens[b]) >= self.cfg.max_new_tokens:
                     reason = "length"
             if reason:
                 self.alive[b] = False
-                self.done.append(_finish(self.tok, self.rows[b], self.tokens[b], reason, self.cfg.stop))
+                c = _finish(self.tok, self.rows[b], self.tokens[b], reason, self.cfg.stop)
+                if self.top_logprobs is not None:
+                    c.logprobs = list(self.lps[b])
+                self.done.append(c)
                 self.bar.update(1)
         rows = list(rows)
         alive = torch.tensor([self.alive[b] for b in rows], device=self.device)
@@ -242,13 +262,14 @@ class _Decoder:
         self.att, self.cur, self.cap = att, T, cap
         self.rows = [self.rows[b] for b in keep] + (new["rows"] if new else [])
         self.tokens = [self.tokens[b] for b in keep] + [[] for _ in (new["rows"] if new else [])]
+        self.lps = [self.lps[b] for b in keep] + [[] for _ in (new["rows"] if new else [])]
         self.alive = [True] * R
         old_inp = self.inp[kidx] if keep else self.inp[:0]
         if new:
             self.pos = torch.cat([self.pos[kidx] if keep else self.pos[:0], new["pos"]])
             first_tok = _pick(new["logits"], self.cfg.temperature, self.cfg.top_p, self.gen)
             self.inp = torch.cat([old_inp, torch.full_like(first_tok, self.pad)])
-            self.consume(range(len(keep), R), first_tok)
+            self.consume(range(len(keep), R), first_tok, new["logits"])
         else:
             self.pos = self.pos[kidx] if keep else self.pos[:0]
             self.inp = old_inp
@@ -292,6 +313,15 @@ class _Decoder:
             "logits": out.logits[:, -1, :].float()[fan],
             "rows": [(i, k) for i in admit for k in range(self.cfg.n)],
         }
+
+
+    def _logprobs(self, logits: torch.Tensor, nxt: torch.Tensor) -> list[TokenLogprobs]:
+        lp = torch.log_softmax(logits.float(), dim=-1)
+        chosen = lp.gather(-1, nxt.to(lp.device)[:, None]).squeeze(-1).tolist()
+        if not self.top_logprobs:
+            return [(c, []) for c in chosen]
+        vals, idx = lp.topk(self.top_logprobs, dim=-1)
+        return [(c, list(zip(i, v, strict=True))) for c, i, v in zip(chosen, idx.tolist(), vals.tolist(), strict=True)]
 
 
 def _common_prefix_len(encoded: list[list[int]]) -> int:

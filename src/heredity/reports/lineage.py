@@ -59,3 +59,98 @@ def as_mermaid(node: dict) -> str:
 
     walk(node)
     return "\n".join(lines)
+
+
+KIND_COLORS = {"model": "#2563eb", "adapter": "#7c3aed", "dataset": "#059669", "report": "#d97706"}
+
+
+def graph(store, root: str | None = None) -> dict:
+    """Artifacts as nodes and (input → output, step op) as edges: the whole store, or one artifact's ancestry
+    and descendants when ``root`` is given."""
+    from sqlalchemy import select
+    from sqlalchemy.orm import Session
+
+    from heredity.store.db import ArtifactRow, StepRow
+
+    with Session(store.engine) as s:
+        steps = list(s.scalars(select(StepRow)))
+        arts = {a.id: a for a in s.scalars(select(ArtifactRow))}
+    edges = []
+    for st in steps:
+        for out in (st.outputs or {}).values():
+            for inp in st.inputs or []:
+                if inp in arts and out in arts:
+                    edges.append({"source": inp, "target": out, "op": st.op})
+    keep = set(arts)
+    if root is not None:
+        up, down = {root}, {root}
+        changed = True
+        while changed:
+            changed = False
+            for e in edges:
+                if e["target"] in up and e["source"] not in up:
+                    up.add(e["source"])
+                    changed = True
+                if e["source"] in down and e["target"] not in down:
+                    down.add(e["target"])
+                    changed = True
+        keep = up | down
+    ops = {st.key: st.op for st in steps}
+    nodes = [{"id": a.id, "kind": a.kind, "name": a.name, "op": ops.get(a.step_key, ""),
+              "created_at": a.created_at.isoformat()} for a in arts.values() if a.id in keep]
+    nodes.sort(key=lambda n: n["created_at"])
+    edges = [e for e in edges if e["source"] in keep and e["target"] in keep]
+    edges = [dict(t) for t in {tuple(sorted(e.items())) for e in edges}]
+    return {"nodes": nodes, "edges": sorted(edges, key=lambda e: (e["source"], e["target"]))}
+
+
+def layout(g: dict, col_w: int = 250, row_h: int = 64) -> dict:
+    """Layered positions: an artifact's column is the length of the longest path to it from a root."""
+    depth = {n["id"]: 0 for n in g["nodes"]}
+    for _ in range(len(depth)):
+        changed = False
+        for e in g["edges"]:
+            if depth[e["target"]] < depth[e["source"]] + 1:
+                depth[e["target"]] = depth[e["source"]] + 1
+                changed = True
+        if not changed:
+            break
+    cols: dict[int, list[str]] = {}
+    for n in g["nodes"]:
+        cols.setdefault(depth[n["id"]], []).append(n["id"])
+    pos = {aid: (16 + d * col_w, 16 + i * row_h) for d, ids in cols.items() for i, aid in enumerate(ids)}
+    width = 16 + (max(cols, default=0) + 1) * col_w
+    height = 16 + max((len(v) for v in cols.values()), default=1) * row_h
+    return {"pos": pos, "width": width, "height": height}
+
+
+def as_svg(g: dict, href=lambda aid: f"/artifacts/{aid}", highlight: str | None = None) -> str:
+    """The graph as a standalone SVG; each artifact is a link (``href(id)``)."""
+    from html import escape
+
+    lay = layout(g)
+    pos, w, h = lay["pos"], 200, 44
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" class="lineage" width="{lay["width"]}" height="{lay["height"]}" '
+             f'viewBox="0 0 {lay["width"]} {lay["height"]}" font-family="system-ui, sans-serif" font-size="12">',
+             '<defs><marker id="arrow" viewBox="0 0 10 10" refX="10" refY="5" markerWidth="7" markerHeight="7" '
+             'orient="auto-start-reverse"><path d="M 0 0 L 10 5 L 0 10 z" fill="#94a3b8"/></marker></defs>']
+    for e in g["edges"]:
+        (x1, y1), (x2, y2) = pos[e["source"]], pos[e["target"]]
+        x1, y1, y2 = x1 + w, y1 + h / 2, y2 + h / 2
+        mx = (x1 + x2) / 2
+        parts.append(f'<path d="M {x1} {y1} C {mx} {y1}, {mx} {y2}, {x2} {y2}" fill="none" stroke="#94a3b8" '
+                     f'stroke-width="1.3" marker-end="url(#arrow)"><title>{escape(e["op"])}</title></path>')
+    for n in g["nodes"]:
+        x, y = pos[n["id"]]
+        color = KIND_COLORS.get(n["kind"], "#475569")
+        stroke = ' stroke="#dc2626" stroke-width="3"' if n["id"] == highlight else f' stroke="{color}" stroke-width="1.5"'
+        name = n["name"] if len(n["name"]) <= 28 else n["name"][:27] + "…"
+        parts.append(
+            f'<a href="{escape(href(n["id"]))}" class="node" data-id="{n["id"]}"><title>{escape(n["kind"])} {escape(n["name"])} '
+            f'({escape(n["op"])})</title><rect x="{x}" y="{y}" rx="6" width="{w}" height="{h}" fill="white"{stroke}/>'
+            f'<rect x="{x}" y="{y}" rx="3" width="6" height="{h}" fill="{color}"/>'
+            f'<text x="{x + 14}" y="{y + 18}" font-weight="600" fill="#0f172a">{escape(name)}</text>'
+            f'<text x="{x + 14}" y="{y + 34}" fill="#64748b">{n["id"]} · {escape(n["op"])}</text></a>'
+        )
+    parts.append("</svg>")
+    return "".join(parts)

@@ -4,7 +4,18 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import JSON, BigInteger, DateTime, ForeignKey, Integer, String, Text, create_engine, event
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    DateTime,
+    ForeignKey,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+    create_engine,
+    event,
+)
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -45,6 +56,45 @@ class ArtifactRow(Base):
     size_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
     created_at: Mapped[datetime] = mapped_column(DateTime)
     description: Mapped[str] = mapped_column(Text, default="")
+
+
+class ConversationRow(Base):
+    """A chat kept by the lab server (its messages and feedback are rows below)."""
+
+    __tablename__ = "conversations"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)  # c- + 16 hex, random
+    title: Mapped[str] = mapped_column(String(255), default="")
+    model: Mapped[str] = mapped_column(String(64))  # artifact id of the model that answers
+    system_prompt: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime)
+    updated_at: Mapped[datetime] = mapped_column(DateTime)
+
+
+class MessageRow(Base):
+    __tablename__ = "messages"
+    __table_args__ = (UniqueConstraint("conversation_id", "idx"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    conversation_id: Mapped[str] = mapped_column(ForeignKey("conversations.id"), index=True)
+    idx: Mapped[int] = mapped_column(Integer)  # position in the conversation, from 0
+    role: Mapped[str] = mapped_column(String(16))
+    content: Mapped[str] = mapped_column(Text)
+    model: Mapped[str | None] = mapped_column(String(64), nullable=True)  # who wrote an assistant message
+    params: Mapped[dict] = mapped_column(JSON, default=dict)  # sampling parameters of an assistant message
+    created_at: Mapped[datetime] = mapped_column(DateTime)
+
+
+class FeedbackRow(Base):
+    """A user's judgement of one assistant message: thumbs (+1/-1/0) and optionally a better answer."""
+
+    __tablename__ = "feedback"
+
+    conversation_id: Mapped[str] = mapped_column(ForeignKey("conversations.id"), primary_key=True)
+    message_idx: Mapped[int] = mapped_column(Integer, primary_key=True)
+    rating: Mapped[int] = mapped_column(Integer, default=0)
+    better: Mapped[str | None] = mapped_column(Text, nullable=True)
+    updated_at: Mapped[datetime] = mapped_column(DateTime)
 
 
 def make_engine(url: str) -> Engine:

@@ -1,0 +1,76 @@
+"""One step of next-token prediction, opened up: the top-k candidates and the attention of every position.
+
+``next_token`` runs the model once over a token sequence and returns the distribution over the next token
+(top-k with probabilities) and, when asked, one layer/head's attention matrix. The lab server's explorer
+calls it once per step; choosing a candidate appends its id and calls it again.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+import torch
+
+
+@contextmanager
+def eager_attention(model):
+    """Switch a model to the eager attention kernel (the only one that returns attention weights) for a while."""
+    inner = getattr(model, "base_model", model)
+    before = getattr(model.config, "_attn_implementation", None)
+    if before in (None, "eager") or not hasattr(inner, "set_attn_implementation"):
+        yield
+        return
+    model.set_attn_implementation("eager")
+    try:
+        yield
+    finally:
+        model.set_attn_implementation(before)
+
+
+def token_strings(tokenizer, ids: list[int]) -> list[str]:
+    """Each token as the text it adds (a partial UTF-8 character shows as U+FFFD)."""
+    return [tokenizer.decode([i], skip_special_tokens=False) for i in ids]
+
+
+@torch.inference_mode()
+def next_token(model, tokenizer, ids: list[int], top_k: int = 10, layer: int | None = None,
+               head: int | None = None) -> dict:
+    """The model's next-token distribution after ``ids`` (top ``top_k``), and attention if ``layer`` is given.
+
+    Attention is ``[query][key]`` for ``layer`` (0-based), averaged over heads when ``head`` is None.
+    """
+    if not ids:
+        raise ValueError("next_token needs at least one token")
+    n_layers = model.config.num_hidden_layers
+    n_heads = model.config.num_attention_heads
+    if layer is not None and not 0 <= layer < n_layers:
+        raise ValueError(f"layer {layer} out of range: the model has layers 0..{n_layers - 1}")
+    if head is not None and not 0 <= head < n_heads:
+        raise ValueError(f"head {head} out of range: the model has heads 0..{n_heads - 1}")
+    device = next(model.parameters()).device
+    x = torch.tensor([ids], device=device)
+    if layer is None:
+        out = model(input_ids=x, logits_to_keep=1)
+        attn = None
+    else:
+        with eager_attention(model):
+            out = model(input_ids=x, logits_to_keep=1, output_attentions=True)
+        a = out.attentions[layer][0].float()  # [heads, T, T]
+        attn = (a.mean(0) if head is None else a[head]).tolist()
+    logp = torch.log_softmax(out.logits[0, -1].float(), dim=-1)
+    vals, idx = logp.topk(min(top_k, logp.shape[-1]))
+    p = vals.exp()
+    entropy = float(-(logp.exp() * logp).nan_to_num().sum())
+    return {
+        "tokens": token_strings(tokenizer, ids),
+        "top": [
+            {"id": int(i), "token": tokenizer.decode([int(i)], skip_special_tokens=False), "prob": float(q), "logprob": float(v)}
+            for i, q, v in zip(idx.tolist(), p.tolist(), vals.tolist(), strict=True)
+        ],
+        "entropy": entropy,
+        "n_layers": n_layers,
+        "n_heads": n_heads,
+        "layer": layer,
+        "head": head,
+        "attention": attn,
+    }

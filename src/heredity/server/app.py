@@ -1,0 +1,429 @@
+"""The lab server: ``create_app(store, settings)`` builds the FastAPI app that ``heredity serve`` runs on Uvicorn.
+
+Routes
+  /v1/...                 OpenAI-compatible API (openai_api.py)
+  /api/...                the lab's own JSON: conversations, feedback, export, next-token explorer, artifacts
+  /chat /explore /lineage /artifacts/ID /reports      the pages (templates/, static/)
+
+Every route but /login needs the API key when one is set (``HEREDITY_API_KEY``; required to bind a
+non-loopback address): ``Authorization: Bearer KEY``, or the cookie /login sets for browsers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import json
+import os
+import secrets
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from fastapi import APIRouter, FastAPI, Form, Query, Request
+from fastapi import Path as PathParam
+from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response
+from fastapi.staticfiles import StaticFiles
+from fastapi.templating import Jinja2Templates
+
+from heredity import __version__
+from heredity.errors import HeredityError
+from heredity.server import errors
+from heredity.server.errors import ApiError, error_response
+from heredity.server.openai_api import router as openai_router
+from heredity.server.runner import ModelPool
+from heredity.server.schemas import MAX_BODY_BYTES, ExploreRequest, ExportRequest, Feedback, NewConversation
+from heredity.store import Store
+from heredity.store.conversations import CONV_RE, Conversations
+
+HERE = Path(__file__).parent
+ID_PATTERN = r"^[madr]-[0-9a-f]{16}$"
+CONV_PATTERN = CONV_RE.pattern
+COOKIE = "heredity_key"
+ATTN_WINDOW = 96  # the explorer's heatmap shows the last this-many positions
+
+
+@dataclass
+class Settings:
+    host: str = "127.0.0.1"
+    port: int = 8000
+    api_key: str | None = field(default_factory=lambda: os.environ.get("HEREDITY_API_KEY") or None)
+    max_loaded: int = 2  # models kept in memory at once
+    batch_size: int = 16  # sequences one model decodes together
+    preload: list[str] = field(default_factory=list)
+
+    def check(self) -> None:
+        if not is_loopback(self.host) and not self.api_key:
+            raise HeredityError(
+                f"binding {self.host} exposes the server beyond this machine; set HEREDITY_API_KEY to a secret first "
+                "(or bind 127.0.0.1)"
+            )
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class Guard:
+    """ASGI middleware: the API key on every route but /login, and a cap on request body size (413)."""
+
+    def __init__(self, app, settings: Settings):
+        self.app, self.settings = app, settings
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        key = self.settings.api_key
+        if key and scope["path"] != "/login" and not self._authorized(headers, key):
+            if "text/html" in headers.get("accept", "") and scope["method"] == "GET":
+                page = LOGIN_PAGE.replace("{next}", _attr(scope["path"]))
+                return await HTMLResponse(page, status_code=401)(scope, receive, send)
+            resp = error_response(401, "missing or wrong API key; send Authorization: Bearer $HEREDITY_API_KEY",
+                                  "invalid_api_key")
+            resp.headers["WWW-Authenticate"] = "Bearer"
+            return await resp(scope, receive, send)
+        length = headers.get("content-length")
+        if length is not None and (not length.isdigit() or int(length) > MAX_BODY_BYTES):
+            return await self._too_large(scope, receive, send)
+        if scope["method"] in ("POST", "PUT", "PATCH") and length is None:  # chunked: read it all, up to the cap
+            body, more = b"", True
+            while more:
+                msg = await receive()
+                body += msg.get("body", b"")
+                more = msg.get("more_body", False)
+                if len(body) > MAX_BODY_BYTES:
+                    return await self._too_large(scope, receive, send)
+            sent = False
+
+            async def replay():
+                nonlocal sent
+                if not sent:
+                    sent = True
+                    return {"type": "http.request", "body": body, "more_body": False}
+                return await receive()
+
+            return await self.app(scope, replay, send)
+        return await self.app(scope, receive, send)
+
+    @staticmethod
+    def _authorized(headers: dict, key: str) -> bool:
+        auth = headers.get("authorization", "")
+        given = auth[7:].strip() if auth.lower().startswith("bearer ") else None
+        if given is None:
+            for part in headers.get("cookie", "").split(";"):
+                name, _, value = part.strip().partition("=")
+                if name == COOKIE:
+                    given = value
+        return given is not None and secrets.compare_digest(given.encode(), key.encode())
+
+    @staticmethod
+    async def _too_large(scope, receive, send):
+        resp = error_response(413, f"request body over {MAX_BODY_BYTES} bytes; send less", "request_too_large")
+        return await resp(scope, receive, send)
+
+
+def _attr(s: str) -> str:
+    from html import escape
+
+    return escape(s, quote=True)
+
+
+LOGIN_PAGE = """<!doctype html><html><head><meta charset="utf-8"><title>heredity · sign in</title>
+<style>body{font-family:system-ui,sans-serif;display:grid;place-items:center;height:90vh;background:#f8fafc}
+form{background:white;padding:2rem;border-radius:10px;box-shadow:0 1px 4px #0002}input{padding:.5rem;width:18rem}
+button{padding:.5rem 1rem}</style></head><body><form method="post" action="/login">
+<h2>heredity lab</h2><p>This server needs its API key (HEREDITY_API_KEY).</p>
+<input type="password" name="key" placeholder="API key" autofocus><input type="hidden" name="next" value="{next}">
+<button>Sign in</button></form></body></html>"""
+
+
+def create_app(store: Store | None = None, settings: Settings | None = None) -> FastAPI:
+    store = store or Store()
+    settings = settings or Settings()
+    pool = ModelPool(store, max_loaded=settings.max_loaded, batch_size=settings.batch_size)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        for name in settings.preload:
+            await asyncio.to_thread(pool.get, name)
+        yield
+        pool.close()
+
+    app = FastAPI(title="heredity lab", version=__version__, lifespan=lifespan,
+                  description="OpenAI-compatible API over the heredity store, plus the lab's chat, explorer and lineage.")
+    app.state.store, app.state.pool, app.state.settings = store, pool, settings
+    app.state.conversations = Conversations(store)
+    app.state.templates = Jinja2Templates(directory=HERE / "templates")
+    errors.install(app)
+    app.add_middleware(Guard, settings=settings)
+    app.include_router(openai_router)
+    app.include_router(api_router())
+    app.include_router(page_router())
+    app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
+    return app
+
+
+# ---- the lab's JSON API ----------------------------------------------------------------------------------
+
+def _conv(request: Request, cid: str):
+    try:
+        return request.app.state.conversations.get(cid)
+    except KeyError:
+        raise ApiError(404, f"no conversation {cid}", "conversation_not_found") from None
+
+
+def _artifact(request: Request, aid: str):
+    store: Store = request.app.state.store
+    try:
+        return store.get(aid)
+    except HeredityError:
+        raise ApiError(404, f"no artifact {aid} in this store", "artifact_not_found") from None
+
+
+def artifact_detail(store: Store, aid: str) -> dict:
+    art = store.get(aid)
+    step = store.find_step(art.step_key)
+    files = sorted(
+        ({"path": p.relative_to(art.path).as_posix(), "bytes": p.stat().st_size} for p in art.path.rglob("*") if p.is_file()),
+        key=lambda f: f["path"],
+    )
+    parents = [] if step is None else [_brief(store, i) for i in step.inputs]
+    return {
+        "id": art.id, "kind": art.kind, "name": art.name, "meta": art.meta, "size_bytes": art.size_bytes,
+        "created_at": art.created_at.isoformat(), "files": files, "parents": parents,
+        "children": [{"id": c.id, "kind": c.kind, "name": c.name} for c in store.children(aid)],
+        "step": None if step is None else {
+            "op": step.op, "key": step.key, "config": step.config, "seed": step.seed, "metrics": step.metrics,
+            "code_version": step.code_version, "lib_versions": step.lib_versions, "host": step.host,
+            "started_at": step.started_at.isoformat(), "ended_at": step.ended_at.isoformat(),
+            "seconds": round((step.ended_at - step.started_at).total_seconds(), 2),
+        },
+    }
+
+
+def _brief(store: Store, aid: str) -> dict:
+    try:
+        a = store.get(aid)
+        return {"id": a.id, "kind": a.kind, "name": a.name}
+    except HeredityError:
+        return {"id": aid, "kind": "missing", "name": "(not in this store)"}
+
+
+def api_router() -> APIRouter:
+    r = APIRouter(prefix="/api", tags=["lab"])
+
+    @r.get("/conversations")
+    def conversations(request: Request) -> dict:
+        return {"data": request.app.state.conversations.list()}
+
+    @r.post("/conversations", status_code=201)
+    async def new_conversation(body: NewConversation, request: Request) -> dict:
+        try:
+            aid = await asyncio.to_thread(request.app.state.pool.resolve, body.model)
+        except HeredityError as e:
+            raise ApiError(404, str(e), "model_not_found", param="model") from None
+        conv = request.app.state.conversations.create(aid, body.system_prompt, body.title)
+        return conv.as_dict()
+
+    @r.get("/conversations/{cid}")
+    def conversation(request: Request, cid: str = PathParam(pattern=CONV_PATTERN)) -> dict:
+        return _conv(request, cid).as_dict()
+
+    @r.delete("/conversations/{cid}", status_code=204)
+    def delete_conversation(request: Request, cid: str = PathParam(pattern=CONV_PATTERN)) -> Response:
+        _conv(request, cid)
+        request.app.state.conversations.delete(cid)
+        return Response(status_code=204)
+
+    @r.put("/conversations/{cid}/messages/{idx}/feedback")
+    def feedback(body: Feedback, request: Request, cid: str = PathParam(pattern=CONV_PATTERN),
+                 idx: int = PathParam(ge=0, le=10_000)) -> dict:
+        _conv(request, cid)
+        try:
+            msg = request.app.state.conversations.feedback(cid, idx, body.rating, body.better)
+        except KeyError:
+            raise ApiError(404, f"conversation {cid} has no message {idx}", "message_not_found") from None
+        return msg.__dict__
+
+    @r.post("/export")
+    async def export(body: ExportRequest, request: Request) -> dict:
+        from heredity.data.feedback import export_feedback
+
+        try:
+            return await asyncio.to_thread(export_feedback, request.app.state.store, body.name)
+        except HeredityError as e:
+            raise ApiError(409, str(e), "nothing_to_export") from None
+
+    @r.post("/explore")
+    async def explore(body: ExploreRequest, request: Request) -> dict:
+        from heredity.engine.explore import next_token
+        from heredity.engine.sampling import SampleConfig, render_prompt
+
+        try:
+            host = await asyncio.to_thread(request.app.state.pool.get, body.model)
+        except HeredityError as e:
+            raise ApiError(404, str(e), "model_not_found", param="model") from None
+        tok = host.view
+        if body.chat and not getattr(tok, "chat_template", None):
+            raise ApiError(400, f"model {body.model} has no chat template; untick 'chat template'", "no_chat_template")
+        text = render_prompt(tok, body.prompt, SampleConfig(chat=body.chat, system_prompt=body.system_prompt))
+        prompt_ids = tok(text, add_special_tokens=False)["input_ids"]
+        if not prompt_ids:
+            raise ApiError(422, "the prompt is empty; type something first", "invalid_request_error", param="prompt")
+        vocab = len(tok)
+        if any(t >= vocab for t in body.tokens):
+            raise ApiError(422, f"token ids must be below the vocabulary size {vocab}", "invalid_request_error", param="tokens")
+        ids = prompt_ids + list(body.tokens)
+        if host.context and len(ids) >= host.context:
+            raise ApiError(400, f"{len(ids)} tokens fill the model's context of {host.context}; step back or shorten the prompt",
+                           "context_length_exceeded")
+        layers, heads = host.model.config.num_hidden_layers, host.model.config.num_attention_heads
+        if body.layer is not None and body.layer >= layers:
+            raise ApiError(422, f"layer must be below {layers}", "invalid_request_error", param="layer")
+        if body.head is not None and body.head >= heads:
+            raise ApiError(422, f"head must be below {heads}", "invalid_request_error", param="head")
+        fut = host.call(lambda model, _tok: next_token(model, tok, ids, body.top_k, body.layer, body.head))
+        out = await asyncio.wrap_future(fut)
+        w0 = max(0, len(ids) - ATTN_WINDOW)
+        if out["attention"] is not None:
+            out["attention"] = [[round(v, 4) for v in row[w0:]] for row in out["attention"][w0:]]
+        out.update(ids=ids, prompt_len=len(prompt_ids), attention_offset=w0, model=host.id)
+        return out
+
+    @r.get("/artifacts")
+    def artifacts(request: Request, kind: str | None = Query(None, pattern="^(model|adapter|dataset|report)$")) -> dict:
+        return {"data": [{"id": a.id, "kind": a.kind, "name": a.name, "size_bytes": a.size_bytes,
+                          "created_at": a.created_at.isoformat()} for a in request.app.state.store.list(kind)]}
+
+    @r.get("/artifacts/{aid}")
+    def artifact(request: Request, aid: str = PathParam(pattern=ID_PATTERN)) -> dict:
+        _artifact(request, aid)
+        return artifact_detail(request.app.state.store, aid)
+
+    @r.get("/lineage")
+    def lineage(request: Request, root: str | None = Query(None, pattern=ID_PATTERN)) -> dict:
+        from heredity.reports.lineage import graph
+
+        if root:
+            _artifact(request, root)
+        return graph(request.app.state.store, root)
+
+    return r
+
+
+# ---- pages --------------------------------------------------------------------------------------------
+
+def page_router() -> APIRouter:
+    r = APIRouter(include_in_schema=False)
+
+    def render(request: Request, name: str, **ctx) -> HTMLResponse:
+        return request.app.state.templates.TemplateResponse(request, name, {"version": __version__, **ctx})
+
+    @r.get("/")
+    def home() -> RedirectResponse:
+        return RedirectResponse("/chat", status_code=303)
+
+    @r.get("/login")
+    def login_form(next: str = "/chat") -> HTMLResponse:
+        return HTMLResponse(LOGIN_PAGE.replace("{next}", _attr(next)))
+
+    @r.post("/login")
+    def login(request: Request, key: str = Form(""), next: str = Form("/chat")) -> Response:
+        want = request.app.state.settings.api_key
+        if want and not secrets.compare_digest(key.encode(), want.encode()):
+            return HTMLResponse(LOGIN_PAGE.replace("{next}", _attr(next)), status_code=401)
+        target = next if next.startswith("/") and not next.startswith("//") else "/chat"
+        resp = RedirectResponse(target, status_code=303)
+        if want:
+            resp.set_cookie(COOKIE, want, httponly=True, samesite="strict")
+        return resp
+
+    @r.get("/chat")
+    def chat(request: Request) -> HTMLResponse:
+        return render(request, "chat.html", page="chat")
+
+    @r.get("/explore")
+    def explore(request: Request) -> HTMLResponse:
+        return render(request, "explore.html", page="explore")
+
+    @r.get("/lineage")
+    def lineage(request: Request, root: str | None = Query(None, pattern=ID_PATTERN)) -> HTMLResponse:
+        from heredity.reports.lineage import as_svg, graph
+
+        if root:
+            _artifact(request, root)
+        g = graph(request.app.state.store, root)
+        return render(request, "lineage.html", page="lineage", svg=as_svg(g, highlight=root), root=root,
+                      counts={k: sum(1 for n in g["nodes"] if n["kind"] == k) for k in ("model", "adapter", "dataset", "report")},
+                      n_edges=len(g["edges"]))
+
+    @r.get("/reports")
+    def reports(request: Request) -> HTMLResponse:
+        store = request.app.state.store
+        reps = [a for a in store.list("report") if (a.path / "report.md").is_file()]
+        return render(request, "reports.html", page="reports", reports=list(reversed(reps)))
+
+    @r.get("/artifacts/{aid}")
+    def artifact_page(request: Request, aid: str = PathParam(pattern=ID_PATTERN)) -> HTMLResponse:
+        _artifact(request, aid)
+        store = request.app.state.store
+        d = artifact_detail(store, aid)
+        report_html = None
+        md = store.path(aid) / "report.md"
+        if md.is_file():
+            from markdown_it import MarkdownIt
+
+            report_html = MarkdownIt("commonmark", {"html": False}).enable("table").render(md.read_text())
+        preview = None
+        if d["kind"] == "dataset":
+            preview = _preview(store.path(aid))
+        return render(request, "artifact.html", page="lineage", a=d, report_html=report_html, preview=preview,
+                      config_json=json.dumps(d["step"]["config"] if d["step"] else {}, indent=2),
+                      metrics_json=json.dumps(d["step"]["metrics"] if d["step"] else {}, indent=2),
+                      meta_json=json.dumps(d["meta"], indent=2),
+                      images=[f["path"] for f in d["files"] if f["path"].endswith((".png", ".svg", ".jpg"))])
+
+    @r.get("/artifacts/{aid}/files/{rel:path}")
+    def artifact_file(request: Request, rel: str, aid: str = PathParam(pattern=ID_PATTERN)) -> FileResponse:
+        art = _artifact(request, aid)
+        root = art.path.resolve()
+        target = (root / rel).resolve()
+        if not target.is_relative_to(root) or not target.is_file():
+            raise ApiError(404, f"artifact {aid} has no file {rel!r}", "file_not_found")
+        return FileResponse(target)
+
+    return r
+
+
+def _preview(path: Path, rows: int = 20) -> dict | None:
+    import pyarrow.parquet as pq
+
+    f = path / "data.parquet"
+    if not f.is_file():
+        return None
+    pf = pq.ParquetFile(f)
+    table = next(pf.iter_batches(batch_size=rows), None)
+    data = table.to_pylist() if table is not None else []
+
+    def cell(v) -> str:
+        s = v if isinstance(v, str) else json.dumps(v, ensure_ascii=False, default=str)
+        return s if len(s) <= 300 else s[:299] + "…"
+
+    return {"columns": pf.schema_arrow.names, "rows": [[cell(r[c]) for c in pf.schema_arrow.names] for r in data],
+            "total": pf.metadata.num_rows}
+
+
+def serve(store: Store | None = None, settings: Settings | None = None) -> None:
+    """Run the app on Uvicorn (blocking)."""
+    import uvicorn
+
+    settings = settings or Settings()
+    settings.check()
+    app = create_app(store, settings)
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level="info", timeout_graceful_shutdown=5)

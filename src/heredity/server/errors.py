@@ -1,0 +1,51 @@
+"""Errors as OpenAI shapes them: ``{"error": {"message", "type", "param", "code"}}`` with a 4xx status."""
+
+from __future__ import annotations
+
+from fastapi import Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from heredity.errors import HeredityError
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str, code: str = "invalid_request_error", param: str | None = None):
+        super().__init__(message)
+        self.status, self.message, self.code, self.param = status, message, code, param
+
+    def body(self) -> dict:
+        kind = "invalid_request_error" if self.status < 500 else "server_error"
+        if self.status == 401:
+            kind = "authentication_error"
+        return {"error": {"message": self.message, "type": kind, "param": self.param, "code": self.code}}
+
+
+def error_response(status: int, message: str, code: str, param: str | None = None) -> JSONResponse:
+    return JSONResponse(ApiError(status, message, code, param).body(), status_code=status)
+
+
+def install(app) -> None:
+    @app.exception_handler(ApiError)
+    async def _api(_: Request, e: ApiError):
+        return JSONResponse(e.body(), status_code=e.status)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_: Request, e: RequestValidationError):
+        errs = e.errors()
+        first = errs[0] if errs else {}
+        where = ".".join(str(p) for p in first.get("loc", ())[1:]) or "body"
+        msg = f"{where}: {first.get('msg', 'invalid request')}"
+        body = ApiError(422, msg, "invalid_request_error", where).body()
+        body["detail"] = [{"loc": list(x.get("loc", ())), "msg": x.get("msg"), "type": x.get("type")} for x in errs]
+        return JSONResponse(body, status_code=422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, e: StarletteHTTPException):
+        return JSONResponse(ApiError(e.status_code, str(e.detail), "http_error").body(), status_code=e.status_code,
+                            headers=getattr(e, "headers", None))
+
+    @app.exception_handler(HeredityError)
+    async def _heredity(_: Request, e: HeredityError):
+        return JSONResponse(ApiError(400, str(e), "invalid_request_error").body(), status_code=400)

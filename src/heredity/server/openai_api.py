@@ -1,0 +1,331 @@
+"""OpenAI-compatible routes: GET /v1/models, POST /v1/chat/completions, POST /v1/completions.
+
+Answers follow OpenAI's shapes (``chat.completion``, ``chat.completion.chunk`` over server-sent events,
+``text_completion`` with ``logprobs``) so the official ``openai`` client works unchanged. One extension:
+a chat request may carry ``conversation_id`` (extra_body in the client) to save the turn and its answer
+in a stored conversation; the answer's position comes back under ``heredity``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from heredity.engine.sampling import SampleConfig, render_prompt
+from heredity.errors import HeredityError
+from heredity.server.errors import ApiError
+from heredity.server.schemas import DEFAULT_MAX_TOKENS, MAX_TOTAL_CHARS, ChatRequest, CompletionRequest
+from heredity.store.conversations import ConflictError
+
+router = APIRouter(prefix="/v1", tags=["openai"])
+
+
+@router.get("/models")
+def list_models(request: Request) -> dict:
+    pool = request.app.state.pool
+    return {"object": "list", "data": [{"id": m["id"], "object": "model", "created": m["created"], "owned_by": "heredity",
+                                        "kind": m["kind"], "name": m["name"]} for m in pool.listing()]}
+
+
+async def _host(request: Request, name: str):
+    try:
+        return await asyncio.to_thread(request.app.state.pool.get, name)
+    except HeredityError as e:
+        raise ApiError(404, str(e), "model_not_found", param="model") from None
+
+
+def _budget(host, n_prompt: int, asked: int | None) -> int:
+    """max_new_tokens: what was asked (or the default), cut to what the context leaves."""
+    ctx = host.context or 1 << 30
+    room = ctx - n_prompt
+    if room < 1:
+        raise ApiError(400, f"the prompt has {n_prompt} tokens and the model's context is {ctx}; shorten the messages",
+                       "context_length_exceeded", param="messages")
+    return min(asked or DEFAULT_MAX_TOKENS, room)
+
+
+class _Stream:
+    """Tokens from the model thread → text deltas for one request (one per choice), holding back partial
+    UTF-8 characters and anything that may be the start of a stop string."""
+
+    def __init__(self, tokenizer, n: int, stop: list[str]):
+        self.tok, self.stop = tokenizer, stop
+        self.ids: list[list[int]] = [[] for _ in range(n)]
+        self.sent = [""] * n
+        self.lps: list[list] = [[] for _ in range(n)]
+
+    def add(self, si: int, tok: int, lp) -> str:
+        self.ids[si].append(tok)
+        if lp is not None:
+            self.lps[si].append((tok, lp))
+        text = self.tok.decode(self.ids[si], skip_special_tokens=True)
+        safe = len(text.rstrip("\ufffd"))
+        for s in self.stop:
+            if s in text:
+                safe = min(safe, text.find(s))
+            for k in range(min(len(s) - 1, len(text)), 0, -1):
+                if text.endswith(s[:k]):
+                    safe = min(safe, len(text) - k)
+                    break
+        if safe <= len(self.sent[si]) or not text.startswith(self.sent[si]):
+            return ""
+        delta = text[len(self.sent[si]):safe]
+        self.sent[si] += delta
+        return delta
+
+    def rest(self, si: int, final: str) -> str:
+        if final.startswith(self.sent[si]):
+            delta = final[len(self.sent[si]):]
+            self.sent[si] = final
+            return delta
+        return ""
+
+
+async def _run(host, prompts, cfg: SampleConfig, seeded: bool, top_logprobs, streaming: bool):
+    """Submit a generation job; yield ("token", si, delta, lp) while it runs, then ("done", completions)."""
+    loop = asyncio.get_running_loop()
+    q: asyncio.Queue = asyncio.Queue()
+
+    def on_token(pi, si, tok, lp):
+        loop.call_soon_threadsafe(q.put_nowait, (pi, si, tok, lp))
+
+    fut = host.generate(prompts, cfg, seeded, top_logprobs, on_token if streaming else None)
+    fut.add_done_callback(lambda f: loop.call_soon_threadsafe(q.put_nowait, None))
+    while True:
+        item = await q.get()
+        if item is None:
+            break
+        yield item
+    exc = fut.exception()
+    if exc is not None:
+        if isinstance(exc, HeredityError):
+            raise ApiError(400, str(exc), "invalid_request_error")
+        raise exc
+    yield ("done", fut.result())
+
+
+def _token_str(tok, i: int) -> str:
+    return tok.decode([i], skip_special_tokens=False)
+
+
+def _trim(tok, lps: list, text: str) -> list:
+    """The (token, logprob) pairs of a completion that fall inside its returned text (stop strings cut off)."""
+    out, length = [], 0
+    for t, lp in lps:
+        if length >= len(text) and out:
+            break
+        out.append((t, lp))
+        length += len(_token_str(tok, t))
+    return out
+
+
+def _chat_logprobs(tok, lps: list) -> dict:
+    def item(i, v):
+        s = _token_str(tok, i)
+        return {"token": s, "logprob": v, "bytes": list(s.encode())}
+
+    return {"content": [{**item(t, lp[0]), "top_logprobs": [item(i, v) for i, v in lp[1]]} for t, lp in lps]}
+
+
+def _completion_logprobs(tok, lps: list, offset0: int) -> dict:
+    tokens, offs, off = [], [], offset0
+    for t, _ in lps:
+        s = _token_str(tok, t)
+        tokens.append(s)
+        offs.append(off)
+        off += len(s)
+    return {"tokens": tokens, "token_logprobs": [lp[0] for _, lp in lps],
+            "top_logprobs": [{_token_str(tok, i): v for i, v in lp[1]} for _, lp in lps], "text_offset": offs}
+
+
+def _config(req, max_new: int, chat: bool) -> tuple[SampleConfig, bool]:
+    cfg = SampleConfig(
+        n=req.n, temperature=1.0 if req.temperature is None else req.temperature, top_p=req.top_p or 1.0,
+        max_new_tokens=max_new, stop=req.stop or [], seed=req.seed or 0, chat=chat, batch_size=max(req.n, 1),
+    )
+    return cfg, req.seed is not None
+
+
+def _sse(obj) -> bytes:
+    return f"data: {json.dumps(obj, separators=(',', ':'))}\n\n".encode()
+
+
+@router.post("/chat/completions", response_model=None)
+async def chat_completions(req: ChatRequest, request: Request):
+    messages = [m.plain() for m in req.messages]
+    if sum(len(m["content"]) for m in messages) > MAX_TOTAL_CHARS:
+        raise ApiError(413, f"the messages hold more than {MAX_TOTAL_CHARS} characters in all; send a shorter history",
+                       "request_too_large", param="messages")
+    host = await _host(request, req.model)
+    convs = request.app.state.conversations
+    if req.conversation_id:
+        try:
+            conv = convs.get(req.conversation_id)
+        except KeyError:
+            raise ApiError(404, f"no conversation {req.conversation_id}; create one with POST /api/conversations",
+                           "conversation_not_found", param="conversation_id") from None
+        turn = [m for m in messages if m["role"] != "system"]
+        if len(conv.messages) > len(turn) or any((a.role, a.content) != (b["role"], b["content"])
+                                                 for a, b in zip(conv.messages, turn, strict=False)):
+            raise ApiError(409, f"the messages do not continue conversation {conv.id}; send its stored messages first",
+                           "conversation_conflict", param="messages")
+    if not getattr(host.view, "chat_template", None):
+        raise ApiError(400, f"model {req.model} has no chat template; use POST /v1/completions with a plain prompt",
+                       "no_chat_template", param="model")
+    text = render_prompt(host.view, messages, SampleConfig())
+    n_prompt = len(host.view(text, add_special_tokens=False)["input_ids"])
+    max_new = _budget(host, n_prompt, req.max_completion_tokens or req.max_tokens)
+    cfg, seeded = _config(req, max_new, chat=True)
+    top = (req.top_logprobs or 0) if req.logprobs else None
+    cid, created, model_name = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time()), req.model
+    fingerprint = f"heredity-{host.id}"
+
+    def save(answer: str, finish: str) -> dict | None:
+        if not req.conversation_id:
+            return None
+        params = {"temperature": cfg.temperature, "top_p": cfg.top_p, "max_tokens": max_new, "seed": req.seed,
+                  "finish_reason": finish}
+        try:
+            idx = convs.append(req.conversation_id, messages, {"role": "assistant", "content": answer, "model": host.id,
+                                                                 "params": params})
+        except ConflictError as e:
+            raise ApiError(409, str(e), "conversation_conflict") from None
+        return {"conversation_id": req.conversation_id, "message_idx": idx}
+
+    if not req.stream:
+        comps = None
+        async for item in _run(host, [messages], cfg, seeded, top, False):
+            if item[0] == "done":
+                comps = item[1]
+        choices = [{"index": c.sample_index, "message": {"role": "assistant", "content": c.text},
+                    "logprobs": _chat_logprobs(host.view, _trim(host.view, list(zip(c.token_ids, c.logprobs, strict=False)), c.text)) if top is not None else None,
+                    "finish_reason": c.finish_reason} for c in comps]
+        saved = save(comps[0].text, comps[0].finish_reason)
+        n_out = sum(c.n_tokens for c in comps)
+        body = {"id": cid, "object": "chat.completion", "created": created, "model": model_name,
+                "system_fingerprint": fingerprint, "choices": choices,
+                "usage": {"prompt_tokens": n_prompt, "completion_tokens": n_out, "total_tokens": n_prompt + n_out}}
+        if saved:
+            body["heredity"] = saved
+        return JSONResponse(body)
+
+    include_usage = bool(req.stream_options and req.stream_options.include_usage)
+
+    async def events() -> AsyncIterator[bytes]:
+        st = _Stream(host.view, req.n, cfg.stop)
+        base = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": model_name,
+                "system_fingerprint": fingerprint}
+
+        def chunk(i, delta, finish=None, lps=None):
+            ch = {"index": i, "delta": delta, "logprobs": lps, "finish_reason": finish}
+            return _sse({**base, "choices": [ch], **({"usage": None} if include_usage else {})})
+
+        for i in range(req.n):
+            yield chunk(i, {"role": "assistant", "content": ""})
+        try:
+            async for item in _run(host, [messages], cfg, seeded, top, True):
+                if item[0] == "done":
+                    comps = item[1]
+                    break
+                _, si, tok, lp = item
+                before = len(st.lps[si])
+                delta = st.add(si, tok, lp)
+                if delta:
+                    lps = _chat_logprobs(host.view, st.lps[si][before:]) if top is not None else None
+                    yield chunk(si, {"content": delta}, lps=lps)
+        except ApiError as e:
+            yield _sse({"error": e.body()["error"]})
+            return
+        for c in comps:
+            rest = st.rest(c.sample_index, c.text)
+            yield chunk(c.sample_index, {"content": rest} if rest else {}, finish=c.finish_reason)
+        try:
+            saved = save(comps[0].text, comps[0].finish_reason)
+        except ApiError as e:
+            yield _sse({"error": e.body()["error"]})
+            return
+        n_out = sum(c.n_tokens for c in comps)
+        if include_usage or saved:
+            tail = {**base, "choices": []}
+            if include_usage:
+                tail["usage"] = {"prompt_tokens": n_prompt, "completion_tokens": n_out, "total_tokens": n_prompt + n_out}
+            if saved:
+                tail["heredity"] = saved
+            yield _sse(tail)
+        yield b"data: [DONE]\n\n"
+
+    return StreamingResponse(events(), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+@router.post("/completions", response_model=None)
+async def completions(req: CompletionRequest, request: Request):
+    prompts = [req.prompt] if isinstance(req.prompt, str) else list(req.prompt)
+    if sum(len(p) for p in prompts) > MAX_TOTAL_CHARS:
+        raise ApiError(413, f"the prompts hold more than {MAX_TOTAL_CHARS} characters in all; send less",
+                       "request_too_large", param="prompt")
+    if any(p == "" for p in prompts):
+        raise ApiError(422, "a prompt must not be empty", "invalid_request_error", param="prompt")
+    host = await _host(request, req.model)
+    n_prompt_each = [len(host.view(p, add_special_tokens=False)["input_ids"]) for p in prompts]
+    if min(n_prompt_each) == 0:
+        raise ApiError(422, "a prompt encodes to no tokens", "invalid_request_error", param="prompt")
+    max_new = _budget(host, max(n_prompt_each), req.max_tokens or 16)
+    cfg, seeded = _config(req, max_new, chat=False)
+    top = req.logprobs
+    cid, created = f"cmpl-{uuid.uuid4().hex[:24]}", int(time.time())
+    n_prompt = sum(n_prompt_each)
+
+    def choice(c, text=None):
+        pre = prompts[c.prompt_index] if req.echo else ""
+        out = {"index": c.prompt_index * req.n + c.sample_index, "text": pre + (c.text if text is None else text),
+               "logprobs": None, "finish_reason": c.finish_reason}
+        if top is not None:
+            out["logprobs"] = _completion_logprobs(host.view, _trim(host.view, list(zip(c.token_ids, c.logprobs, strict=False)), c.text), len(pre))
+        return out
+
+    if not req.stream:
+        comps = None
+        async for item in _run(host, prompts, cfg, seeded, top, False):
+            if item[0] == "done":
+                comps = item[1]
+        n_out = sum(c.n_tokens for c in comps)
+        return JSONResponse({"id": cid, "object": "text_completion", "created": created, "model": req.model,
+                             "system_fingerprint": f"heredity-{host.id}", "choices": [choice(c) for c in comps],
+                             "usage": {"prompt_tokens": n_prompt, "completion_tokens": n_out, "total_tokens": n_prompt + n_out}})
+
+    async def events() -> AsyncIterator[bytes]:
+        streams = [_Stream(host.view, req.n, cfg.stop) for _ in prompts]
+        base = {"id": cid, "object": "text_completion", "created": created, "model": req.model}
+        if req.echo:
+            for pi, p in enumerate(prompts):
+                for si in range(req.n):
+                    yield _sse({**base, "choices": [{"index": pi * req.n + si, "text": p, "logprobs": None, "finish_reason": None}]})
+        try:
+            async for item in _run(host, prompts, cfg, seeded, top, True):
+                if item[0] == "done":
+                    comps = item[1]
+                    break
+                pi, si, tok, lp = item
+                st = streams[pi]
+                before = len(st.lps[si])
+                delta = st.add(si, tok, lp)
+                if delta:
+                    lps = _completion_logprobs(host.view, st.lps[si][before:], 0) if top is not None else None
+                    yield _sse({**base, "choices": [{"index": pi * req.n + si, "text": delta, "logprobs": lps, "finish_reason": None}]})
+        except ApiError as e:
+            yield _sse({"error": e.body()["error"]})
+            return
+        for c in comps:
+            rest = streams[c.prompt_index].rest(c.sample_index, c.text)
+            yield _sse({**base, "choices": [{"index": c.prompt_index * req.n + c.sample_index, "text": rest, "logprobs": None,
+                                             "finish_reason": c.finish_reason}]})
+        yield b"data: [DONE]\n\n"
+
+    return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})

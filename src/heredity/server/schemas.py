@@ -1,0 +1,117 @@
+"""Request bodies of the OpenAI-compatible API and the lab's own routes, with the server's limits.
+
+The limits are part of the schema (and so of /openapi.json): a request outside them is answered 422
+before any model runs; a body over ``MAX_BODY_BYTES`` or messages over ``MAX_TOTAL_CHARS`` get 413.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+MAX_BODY_BYTES = 1_000_000
+MAX_MESSAGES = 64
+MAX_MESSAGE_CHARS = 16_000
+MAX_TOTAL_CHARS = 48_000
+MAX_TOKENS = 2048
+DEFAULT_MAX_TOKENS = 256
+MAX_N = 8
+MAX_TOP_LOGPROBS = 20
+MAX_PROMPTS = 16
+MAX_STOP = 4
+MAX_STOP_CHARS = 64
+CONV_PATTERN = r"^c-[0-9a-f]{16}$"
+
+ModelName = Annotated[str, Field(min_length=1, max_length=200, description="a name or id from GET /v1/models")]
+Stop = str | Annotated[list[Annotated[str, Field(min_length=1, max_length=MAX_STOP_CHARS)]], Field(max_length=MAX_STOP)] | None
+
+
+class TextPart(BaseModel):
+    type: Literal["text"]
+    text: str = Field(max_length=MAX_MESSAGE_CHARS)
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    role: Literal["system", "developer", "user", "assistant"]
+    content: Annotated[str, Field(max_length=MAX_MESSAGE_CHARS)] | Annotated[list[TextPart], Field(max_length=32)]
+    name: str | None = Field(None, max_length=64)
+
+    def text(self) -> str:
+        return self.content if isinstance(self.content, str) else "".join(p.text for p in self.content)
+
+    def plain(self) -> dict:
+        return {"role": "system" if self.role == "developer" else self.role, "content": self.text()}
+
+
+class StreamOptions(BaseModel):
+    include_usage: bool = False
+
+
+class SamplingFields(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    model: ModelName
+    temperature: float | None = Field(None, ge=0.0, le=2.0)
+    top_p: float | None = Field(None, gt=0.0, le=1.0)
+    max_tokens: int | None = Field(None, ge=1, le=MAX_TOKENS)
+    stop: Stop = None
+    seed: int | None = Field(None, ge=0, le=2**31 - 1)
+    n: int = Field(1, ge=1, le=MAX_N)
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    user: str | None = Field(None, max_length=200)
+
+    @field_validator("stop", mode="before")
+    @classmethod
+    def _stop_list(cls, v):
+        if isinstance(v, str):
+            if not v or len(v) > MAX_STOP_CHARS:
+                raise ValueError(f"a stop string must have 1 to {MAX_STOP_CHARS} characters")
+            return [v]
+        return v
+
+
+class ChatRequest(SamplingFields):
+    messages: list[ChatMessage] = Field(min_length=1, max_length=MAX_MESSAGES)
+    max_completion_tokens: int | None = Field(None, ge=1, le=MAX_TOKENS)
+    logprobs: bool = False
+    top_logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS)
+    conversation_id: str | None = Field(
+        None, pattern=CONV_PATTERN, description="heredity: save this turn and the answer into a stored conversation"
+    )
+
+
+class CompletionRequest(SamplingFields):
+    prompt: Annotated[str, Field(max_length=MAX_TOTAL_CHARS)] | Annotated[
+        list[Annotated[str, Field(max_length=MAX_TOTAL_CHARS)]], Field(min_length=1, max_length=MAX_PROMPTS)]
+    logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS)
+    echo: bool = False
+    suffix: None = None
+
+
+class NewConversation(BaseModel):
+    model: ModelName
+    system_prompt: str | None = Field(None, max_length=MAX_MESSAGE_CHARS)
+    title: str = Field("", max_length=200)
+
+
+class Feedback(BaseModel):
+    rating: Literal[-1, 0, 1] | None = Field(None, description="+1 thumbs up, -1 thumbs down, 0 clears")
+    better: str | None = Field(None, max_length=MAX_MESSAGE_CHARS, description="a better answer, written by the user")
+
+
+class ExportRequest(BaseModel):
+    name: str = Field("chat-feedback", min_length=1, max_length=80, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+class ExploreRequest(BaseModel):
+    model: ModelName
+    prompt: str = Field(max_length=MAX_MESSAGE_CHARS)
+    chat: bool = Field(True, description="wrap the prompt as a user message in the chat template")
+    system_prompt: str | None = Field(None, max_length=MAX_MESSAGE_CHARS)
+    tokens: list[Annotated[int, Field(ge=0)]] = Field(default_factory=list, max_length=512,
+                                                      description="token ids chosen so far, appended after the prompt")
+    top_k: int = Field(10, ge=1, le=50)
+    layer: int | None = Field(None, ge=0, le=1000)
+    head: int | None = Field(None, ge=0, le=1000)

@@ -1,0 +1,165 @@
+// Chat page: stream answers from /v1/chat/completions into a stored conversation; thumbs and better answers
+// go to /api/conversations/ID/messages/IDX/feedback; "Export" turns all feedback into dataset artifacts.
+const $ = (id) => document.getElementById(id);
+let conv = null; // the open conversation as stored: {id, model, system_prompt, messages: [...]}
+let busy = false;
+
+async function loadConversations() {
+  const { data } = await api("/api/conversations");
+  const ul = $("conversations");
+  ul.innerHTML = "";
+  for (const c of data) {
+    const li = el("li", { class: conv && conv.id === c.id ? "on" : "", "data-id": c.id, title: c.title },
+      c.title || "(untitled)", el("small", {}, `${c.messages} messages · ${c.updated_at.slice(0, 16).replace("T", " ")}`));
+    li.addEventListener("click", () => openConversation(c.id));
+    ul.appendChild(li);
+  }
+}
+
+async function openConversation(id) {
+  conv = await api(`/api/conversations/${id}`);
+  if (conv.system_prompt !== null) $("system").value = conv.system_prompt;
+  render();
+  loadConversations();
+}
+
+function newChat() {
+  conv = null;
+  render();
+  loadConversations();
+  $("prompt").focus();
+}
+
+function render() {
+  const box = $("messages");
+  box.innerHTML = "";
+  if (!conv) {
+    box.appendChild(el("p", { class: "note" }, "A new conversation. Answers are saved; rate them to build training data."));
+    return;
+  }
+  if (conv.system_prompt) box.appendChild(msgView({ role: "system", content: conv.system_prompt }));
+  for (const m of conv.messages) box.appendChild(msgView(m));
+  box.scrollTop = box.scrollHeight;
+}
+
+function msgView(m) {
+  const text = el("div", { class: "text" }, m.content);
+  const view = el("div", { class: `msg ${m.role}` }, el("div", { class: "who" }, m.role === "assistant" && m.model ? `assistant · ${m.model}` : m.role), text);
+  if (m.role === "assistant" && m.idx !== undefined) view.appendChild(feedbackBar(m));
+  return view;
+}
+
+function feedbackBar(m) {
+  const up = el("button", { class: `ghost thumb-up ${m.rating === 1 ? "on" : ""}`, title: "good answer" }, "👍");
+  const down = el("button", { class: `ghost thumb-down ${m.rating === -1 ? "on" : ""}`, title: "bad answer" }, "👎");
+  const write = el("button", { class: "ghost write-better" }, "✎ write a better answer");
+  const status = el("span", { class: "note status" });
+  const bar = el("div", { class: "actions", "data-idx": m.idx }, up, down, write, status);
+  const wrap = el("div", {}, bar);
+  if (m.better) wrap.appendChild(el("div", { class: "better-shown" }, m.better));
+  const rate = async (r) => {
+    const value = m.rating === r ? 0 : r;
+    try {
+      const got = await api(`/api/conversations/${conv.id}/messages/${m.idx}/feedback`, { method: "PUT", body: JSON.stringify({ rating: value }) });
+      m.rating = got.rating;
+      up.classList.toggle("on", m.rating === 1);
+      down.classList.toggle("on", m.rating === -1);
+      status.textContent = m.rating ? "saved" : "cleared";
+    } catch (e) { status.textContent = e.message; status.classList.add("error"); }
+  };
+  up.addEventListener("click", () => rate(1));
+  down.addEventListener("click", () => rate(-1));
+  write.addEventListener("click", () => {
+    if (wrap.querySelector(".better")) return;
+    const ta = el("textarea", { rows: 3 });
+    ta.value = m.better || m.content;
+    const save = el("button", {}, "Save");
+    const form = el("div", { class: "better" }, ta, save);
+    save.addEventListener("click", async () => {
+      try {
+        const got = await api(`/api/conversations/${conv.id}/messages/${m.idx}/feedback`, { method: "PUT", body: JSON.stringify({ better: ta.value }) });
+        m.better = got.better;
+        form.remove();
+        wrap.querySelector(".better-shown")?.remove();
+        if (m.better) wrap.appendChild(el("div", { class: "better-shown" }, m.better));
+        status.textContent = "better answer saved";
+      } catch (e) { status.textContent = e.message; status.classList.add("error"); }
+    });
+    wrap.appendChild(form);
+    ta.focus();
+  });
+  return wrap;
+}
+
+async function send(ev) {
+  ev.preventDefault();
+  const content = $("prompt").value.trim();
+  if (!content || busy) return;
+  busy = true;
+  $("send").disabled = true;
+  const model = $("model").value;
+  try {
+    if (!conv) conv = await api("/api/conversations", { method: "POST", body: JSON.stringify({ model, system_prompt: $("system").value.trim() || null }) });
+    const history = conv.messages.map((m) => ({ role: m.role, content: m.content }));
+    const messages = [...(conv.system_prompt ? [{ role: "system", content: conv.system_prompt }] : []), ...history, { role: "user", content }];
+    $("prompt").value = "";
+    const box = $("messages");
+    if (!conv.messages.length) render();
+    box.appendChild(msgView({ role: "user", content }));
+    const answer = msgView({ role: "assistant", content: "", model });
+    answer.classList.add("streaming");
+    box.appendChild(answer);
+    const textDiv = answer.querySelector(".text");
+    const r = await fetch("/v1/chat/completions", {
+      method: "POST", headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({ model, messages, stream: true, conversation_id: conv.id,
+        temperature: Number($("temperature").value), max_tokens: Number($("max-tokens").value) }),
+    });
+    if (!r.ok) { const b = await r.json().catch(() => ({})); throw new Error((b.error && b.error.message) || r.statusText); }
+    const reader = r.body.getReader();
+    const dec = new TextDecoder();
+    let buf = "";
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      buf += dec.decode(value, { stream: true });
+      let cut;
+      while ((cut = buf.indexOf("\n\n")) >= 0) {
+        const line = buf.slice(0, cut).trim();
+        buf = buf.slice(cut + 2);
+        if (!line.startsWith("data:")) continue;
+        const data = line.slice(5).trim();
+        if (data === "[DONE]") continue;
+        const obj = JSON.parse(data);
+        if (obj.error) throw new Error(obj.error.message);
+        for (const ch of obj.choices || []) if (ch.delta && ch.delta.content) textDiv.textContent += ch.delta.content;
+        box.scrollTop = box.scrollHeight;
+      }
+    }
+    answer.classList.remove("streaming");
+    await openConversation(conv.id);
+  } catch (e) {
+    $("messages").appendChild(el("p", { class: "error" }, e.message));
+  } finally {
+    busy = false;
+    $("send").disabled = false;
+  }
+}
+
+async function exportFeedback() {
+  const out = $("export-result");
+  out.textContent = "exporting…";
+  out.classList.remove("error");
+  try {
+    const r = await api("/api/export", { method: "POST", body: JSON.stringify({}) });
+    out.innerHTML = "";
+    out.append(`${r.counts.sft} SFT rows, ${r.counts.preferences} preference pairs from ${r.counts.conversations} conversations: `);
+    for (const k of ["sft", "preferences", "conversations"]) out.append(el("a", { href: `/artifacts/${r[k]}` }, k), " ");
+  } catch (e) { out.textContent = e.message; out.classList.add("error"); }
+}
+
+$("send-form").addEventListener("submit", send);
+$("prompt").addEventListener("keydown", (e) => { if (e.key === "Enter" && !e.shiftKey) send(e); });
+$("new-chat").addEventListener("click", newChat);
+$("export").addEventListener("click", exportFeedback);
+fillModels($("model")).then(() => { render(); loadConversations(); }).catch((e) => $("messages").appendChild(el("p", { class: "error" }, e.message)));
