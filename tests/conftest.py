@@ -3,6 +3,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -83,3 +84,81 @@ def postgres_url():
     yield url
     subprocess.run([*as_user, str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"], capture_output=True)
     shutil.rmtree(root, ignore_errors=True)
+
+
+# ---- the lab server: a real `heredity serve` (Uvicorn) on a free loopback port --------------------------
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def peaked_model(store: Store) -> str:
+    """A tiny model with a large init (no near-ties: greedy output is stable under batching), as a stored artifact."""
+
+    def init(ctx):
+        import torch
+        from transformers import LlamaForCausalLM
+
+        from heredity.models.tiny import byte_tokenizer, tiny_config
+
+        tok = byte_tokenizer()
+        cfg = tiny_config("micro", len(tok))
+        cfg.initializer_range = 0.5
+        torch.manual_seed(0)
+        out = ctx.output("model", "model", "tiny-peaked")
+        LlamaForCausalLM(cfg).save_pretrained(out)
+        tok.save_pretrained(out)
+
+    return store.run_step("init-tiny", {"preset": "micro", "initializer_range": 0.5}, [], init, seed=0)["model"]
+
+
+class LiveServer:
+    """`heredity serve` in a subprocess; ``url`` is its base address."""
+
+    def __init__(self, home: Path, env: dict | None = None, args: tuple = ()):
+        self.home, self.port = Path(home), free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = open(self.home / f"server-{self.port}.log", "w")  # noqa: SIM115
+        e = {k: v for k, v in os.environ.items() if k not in ("HEREDITY_DB_URL", "HEREDITY_API_KEY")}
+        e.update(HEREDITY_HOME=str(home), **(env or {}))
+        exe = Path(sys.executable).parent / "heredity"
+        self.proc = subprocess.Popen([str(exe), "serve", "--port", str(self.port), *args],
+                                     env=e, stdout=self.log, stderr=subprocess.STDOUT)
+        import httpx
+
+        deadline = time.time() + 120
+        while True:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited with {self.proc.returncode}: {Path(self.log.name).read_text()[-2000:]}")
+            try:
+                httpx.get(self.url + "/login", timeout=2)
+                break
+            except httpx.HTTPError:
+                if time.time() > deadline:
+                    raise
+                time.sleep(0.3)
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        self.log.close()
+
+
+@pytest.fixture(scope="session")
+def server_home(tmp_path_factory) -> tuple[Path, str]:
+    """A store with the peaked tiny model: (HEREDITY_HOME, model id)."""
+    home = tmp_path_factory.mktemp("serve")
+    aid = peaked_model(Store(home))
+    return home, aid
+
+
+@pytest.fixture(scope="session")
+def live_server(server_home):
+    srv = LiveServer(server_home[0])
+    yield srv
+    srv.stop()

@@ -8,6 +8,7 @@ calls it once per step; choosing a candidate appends its id and calls it again.
 from __future__ import annotations
 
 from contextlib import contextmanager
+from functools import lru_cache
 
 import torch
 
@@ -27,9 +28,36 @@ def eager_attention(model):
         model.set_attn_implementation(before)
 
 
+@lru_cache(maxsize=1)
+def _byte_decoder() -> dict[str, int]:
+    from heredity.models.tiny import _bytes_to_unicode
+
+    return {v: k for k, v in _bytes_to_unicode().items()}
+
+
+def token_bytes(tokenizer, token_id: int) -> bytes:
+    """The raw bytes a token stands for (byte-level BPE tokens can hold part of a UTF-8 character)."""
+    piece = tokenizer.convert_ids_to_tokens(int(token_id))
+    dec = _byte_decoder()
+    if isinstance(piece, str) and piece and all(ch in dec for ch in piece):
+        return bytes(dec[ch] for ch in piece)
+    return tokenizer.decode([int(token_id)], skip_special_tokens=False).encode()
+
+
+def token_text(tokenizer, token_id: int) -> str:
+    """A token as text; one that is not whole UTF-8 shows as ``bytes:\\xNN...`` (as OpenAI's API writes it)."""
+    s = tokenizer.decode([int(token_id)], skip_special_tokens=False)
+    if "\ufffd" not in s:
+        return s
+    raw = token_bytes(tokenizer, token_id)
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return "bytes:" + "".join(f"\\x{b:02x}" for b in raw)
+
+
 def token_strings(tokenizer, ids: list[int]) -> list[str]:
-    """Each token as the text it adds (a partial UTF-8 character shows as U+FFFD)."""
-    return [tokenizer.decode([i], skip_special_tokens=False) for i in ids]
+    return [token_text(tokenizer, i) for i in ids]
 
 
 @torch.inference_mode()
@@ -64,7 +92,7 @@ def next_token(model, tokenizer, ids: list[int], top_k: int = 10, layer: int | N
     return {
         "tokens": token_strings(tokenizer, ids),
         "top": [
-            {"id": int(i), "token": tokenizer.decode([int(i)], skip_special_tokens=False), "prob": float(q), "logprob": float(v)}
+            {"id": int(i), "token": token_text(tokenizer, int(i)), "prob": float(q), "logprob": float(v)}
             for i, q, v in zip(idx.tolist(), p.tolist(), vals.tolist(), strict=True)
         ],
         "entropy": entropy,

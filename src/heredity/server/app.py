@@ -296,6 +296,14 @@ def api_router() -> APIRouter:
         out.update(ids=ids, prompt_len=len(prompt_ids), attention_offset=w0, model=host.id)
         return out
 
+    @r.get("/status")
+    def status(request: Request) -> dict:
+        """Loaded models, their queues and how many requests each generation run carried."""
+        hosts = list(request.app.state.pool.hosts.values())
+        return {"version": __version__, "models": [
+            {"id": h.id, "queued": h.jobs.qsize(), "runs": len(h.batches), "max_requests_per_run": max(h.batches, default=0)}
+            for h in hosts]}
+
     @r.get("/artifacts")
     def artifacts(request: Request, kind: str | None = Query(None, pattern="^(model|adapter|dataset|report)$")) -> dict:
         return {"data": [{"id": a.id, "kind": a.kind, "name": a.name, "size_bytes": a.size_bytes,

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import re
+
 from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from heredity.errors import HeredityError
+
+_TAG = re.compile(r"^(constrained-|function-\w+\[)?(str|int|float|bool|list|dict|literal|none)\b.*$")  # union branch names
 
 
 class ApiError(Exception):
@@ -35,7 +39,7 @@ def install(app) -> None:
     async def _invalid(_: Request, e: RequestValidationError):
         errs = e.errors()
         first = errs[0] if errs else {}
-        where = ".".join(str(p) for p in first.get("loc", ())[1:]) or "body"
+        where = ".".join(str(p) for p in first.get("loc", ())[1:] if not _TAG.match(str(p))) or "body"
         msg = f"{where}: {first.get('msg', 'invalid request')}"
         body = ApiError(422, msg, "invalid_request_error", where).body()
         body["detail"] = [{"loc": list(x.get("loc", ())), "msg": x.get("msg"), "type": x.get("type")} for x in errs]

@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
+from heredity.engine.explore import token_bytes, token_text
 from heredity.engine.sampling import SampleConfig, render_prompt
 from heredity.errors import HeredityError
 from heredity.server.errors import ApiError
@@ -111,7 +112,7 @@ async def _run(host, prompts, cfg: SampleConfig, seeded: bool, top_logprobs, str
 
 
 def _token_str(tok, i: int) -> str:
-    return tok.decode([i], skip_special_tokens=False)
+    return token_text(tok, i)
 
 
 def _trim(tok, lps: list, text: str) -> list:
@@ -121,14 +122,13 @@ def _trim(tok, lps: list, text: str) -> list:
         if length >= len(text) and out:
             break
         out.append((t, lp))
-        length += len(_token_str(tok, t))
+        length += len(tok.decode([t], skip_special_tokens=True))
     return out
 
 
 def _chat_logprobs(tok, lps: list) -> dict:
     def item(i, v):
-        s = _token_str(tok, i)
-        return {"token": s, "logprob": v, "bytes": list(s.encode())}
+        return {"token": _token_str(tok, i), "logprob": v, "bytes": list(token_bytes(tok, i))}
 
     return {"content": [{**item(t, lp[0]), "top_logprobs": [item(i, v) for i, v in lp[1]]} for t, lp in lps]}
 
@@ -136,10 +136,9 @@ def _chat_logprobs(tok, lps: list) -> dict:
 def _completion_logprobs(tok, lps: list, offset0: int) -> dict:
     tokens, offs, off = [], [], offset0
     for t, _ in lps:
-        s = _token_str(tok, t)
-        tokens.append(s)
+        tokens.append(_token_str(tok, t))
         offs.append(off)
-        off += len(s)
+        off += len(tok.decode([t], skip_special_tokens=True))
     return {"tokens": tokens, "token_logprobs": [lp[0] for _, lp in lps],
             "top_logprobs": [{_token_str(tok, i): v for i, v in lp[1]} for _, lp in lps], "text_offset": offs}
 
