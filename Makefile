@@ -16,12 +16,12 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-# PostgreSQL (Debian package) for the tests that run the store on a real server
+# Debian packages the tests use for real: PostgreSQL (the store on a server), Chromium + ChromeDriver (the pages)
 sysdeps:
-	@ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || { \
-	  echo "installing PostgreSQL (Debian package) for the tests"; \
+	@{ ls /usr/lib/postgresql/*/bin/pg_ctl && command -v chromium && command -v chromedriver; } >/dev/null 2>&1 || { \
+	  echo "installing postgresql chromium chromium-driver (Debian packages) for the tests"; \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq postgresql >/dev/null; }
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq postgresql chromium chromium-driver >/dev/null; }
 
 ## the main job: the flagship's quick preset (digits ~20 s, then numbers ~35 min on 2 cores)
 run: $(STAMP)
