@@ -4,34 +4,23 @@ Screenshots go to test-artifacts/screenshots/ (or $HEREDITY_TEST_ARTIFACTS/scree
 
 import os
 import re
-import shutil
 from pathlib import Path
 
 import httpx
 import pytest
 
-CHROMIUM, DRIVER = shutil.which("chromium") or "/usr/bin/chromium", shutil.which("chromedriver") or "/usr/bin/chromedriver"
 SHOTS = Path(os.environ.get("HEREDITY_TEST_ARTIFACTS", Path(__file__).resolve().parents[1] / "test-artifacts")) / "screenshots"
 
 
 @pytest.fixture(scope="module")
 def browser():
-    if not (Path(CHROMIUM).exists() and Path(DRIVER).exists()):
+    from heredity.server.browser import chromium_paths, headless_chromium
+
+    if chromium_paths() is None:
         if os.environ.get("CI"):
             pytest.fail("chromium/chromedriver missing; `make test` installs the Debian packages chromium chromium-driver")
         pytest.skip("chromium not installed (make test installs it)")
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    os.environ.setdefault("SE_OFFLINE", "true")  # never let Selenium Manager reach for the network
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = CHROMIUM
-    for a in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-quic",
-              "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync",
-              "--window-size=1400,900"):
-        opts.add_argument(a)
-    driver = webdriver.Chrome(service=Service(DRIVER), options=opts)
-    driver.set_page_load_timeout(60)
+    driver = headless_chromium()
     SHOTS.mkdir(parents=True, exist_ok=True)
     yield driver
     driver.quit()
