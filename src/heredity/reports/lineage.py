@@ -104,7 +104,7 @@ def graph(store, root: str | None = None) -> dict:
     return {"nodes": nodes, "edges": sorted(edges, key=lambda e: (e["source"], e["target"]))}
 
 
-def layout(g: dict, col_w: int = 250, row_h: int = 64) -> dict:
+def layout(g: dict, col_w: int = 290, row_h: int = 64) -> dict:
     """Layered positions: an artifact's column is the length of the longest path to it from a root."""
     depth = {n["id"]: 0 for n in g["nodes"]}
     for _ in range(len(depth)):
@@ -129,7 +129,7 @@ def as_svg(g: dict, href=lambda aid: f"/artifacts/{aid}", highlight: str | None 
     from html import escape
 
     lay = layout(g)
-    pos, w, h = lay["pos"], 200, 44
+    pos, w, h = lay["pos"], 240, 44
     parts = [f'<svg xmlns="http://www.w3.org/2000/svg" class="lineage" width="{lay["width"]}" height="{lay["height"]}" '
              f'viewBox="0 0 {lay["width"]} {lay["height"]}" font-family="system-ui, sans-serif" font-size="12">',
              '<defs><marker id="arrow" viewBox="0 0 10 10" refX="10" refY="5" markerWidth="7" markerHeight="7" '
@@ -144,13 +144,15 @@ def as_svg(g: dict, href=lambda aid: f"/artifacts/{aid}", highlight: str | None 
         x, y = pos[n["id"]]
         color = KIND_COLORS.get(n["kind"], "#475569")
         stroke = ' stroke="#dc2626" stroke-width="3"' if n["id"] == highlight else f' stroke="{color}" stroke-width="1.5"'
-        name = n["name"] if len(n["name"]) <= 28 else n["name"][:27] + "…"
+        name = n["name"] if len(n["name"]) <= 32 else n["name"][:31] + "…"
+        sub = f'{n["id"]} · {n["op"]}'
+        sub = sub if len(sub) <= 40 else sub[:39] + "…"
         parts.append(
             f'<a href="{escape(href(n["id"]))}" class="node" data-id="{n["id"]}"><title>{escape(n["kind"])} {escape(n["name"])} '
             f'({escape(n["op"])})</title><rect x="{x}" y="{y}" rx="6" width="{w}" height="{h}" fill="white"{stroke}/>'
             f'<rect x="{x}" y="{y}" rx="3" width="6" height="{h}" fill="{color}"/>'
             f'<text x="{x + 14}" y="{y + 18}" font-weight="600" fill="#0f172a">{escape(name)}</text>'
-            f'<text x="{x + 14}" y="{y + 34}" fill="#64748b">{n["id"]} · {escape(n["op"])}</text></a>'
+            f'<text x="{x + 14}" y="{y + 34}" fill="#64748b">{escape(sub)}</text></a>'
         )
     parts.append("</svg>")
     return "".join(parts)

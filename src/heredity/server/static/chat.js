@@ -3,6 +3,9 @@
 const $ = (id) => document.getElementById(id);
 let conv = null; // the open conversation as stored: {id, model, system_prompt, messages: [...]}
 let busy = false;
+const ICON = (d) => `<svg class="icon" viewBox="0 0 24 24" width="14" height="14" fill="none" stroke="currentColor" stroke-width="2" stroke-linecap="round" stroke-linejoin="round"><path d="${d}"/></svg>`;
+const THUMB_UP = ICON("M14 9V5a3 3 0 0 0-3-3l-4 9v11h11.28a2 2 0 0 0 2-1.7l1.38-9a2 2 0 0 0-2-2.3zM7 22H4a2 2 0 0 1-2-2v-7a2 2 0 0 1 2-2h3");
+const THUMB_DOWN = ICON("M10 15v4a3 3 0 0 0 3 3l4-9V2H5.72a2 2 0 0 0-2 1.7l-1.38 9a2 2 0 0 0 2 2.3zm7-13h2.67A2.31 2.31 0 0 1 22 4v7a2.31 2.31 0 0 1-2.33 2H17");
 
 async function loadConversations() {
   const { data } = await api("/api/conversations");
@@ -50,8 +53,10 @@ function msgView(m) {
 }
 
 function feedbackBar(m) {
-  const up = el("button", { class: `ghost thumb-up ${m.rating === 1 ? "on" : ""}`, title: "good answer" }, "👍");
-  const down = el("button", { class: `ghost thumb-down ${m.rating === -1 ? "on" : ""}`, title: "bad answer" }, "👎");
+  const up = el("button", { class: `ghost thumb-up ${m.rating === 1 ? "on" : ""}`, title: "good answer" });
+  up.innerHTML = THUMB_UP + " good";
+  const down = el("button", { class: `ghost thumb-down ${m.rating === -1 ? "on" : ""}`, title: "bad answer" });
+  down.innerHTML = THUMB_DOWN + " bad";
   const write = el("button", { class: "ghost write-better" }, "✎ write a better answer");
   const status = el("span", { class: "note status" });
   const bar = el("div", { class: "actions", "data-idx": m.idx }, up, down, write, status);
