@@ -142,3 +142,22 @@ def test_pick_draws_from_the_right_distribution(temperature, top_p):
     d2 = _pick(shuffled.repeat(20000, 1), temperature, top_p, torch.Generator().manual_seed(1))
     f2 = torch.bincount(d2, minlength=5).float() / len(d2)
     assert torch.allclose(f2[[1, 4, 3, 0, 2]], probs, atol=0.015), (f2, probs)
+
+
+def test_prompts_fed_mid_decode_join_the_batch_unchanged(peaked):
+    """A server's late requests: prompts handed over by ``feed`` while decoding come out as if sampled alone."""
+    model, tok = peaked
+    cfg = SampleConfig(temperature=0, max_new_tokens=10, batch_size=4)
+    alone = [c.token_ids for c in sample(model, tok, PROMPTS, cfg, progress=False)]
+    arrivals = {3: [PROMPTS[1], PROMPTS[2]], 5: [PROMPTS[3]], 9: [PROMPTS[4]]}
+    polls, finished = [0], []
+
+    def feed():
+        polls[0] += 1
+        return arrivals.pop(polls[0], [])
+
+    got = sample(model, tok, PROMPTS[:1], cfg, progress=False, feed=feed, on_done=finished.append)
+    assert not arrivals, "every arrival was polled"
+    assert [c.prompt_index for c in got] == list(range(5))
+    assert [c.token_ids for c in got] == alone
+    assert sorted(c.prompt_index for c in finished) == list(range(5))

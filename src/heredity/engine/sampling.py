@@ -79,14 +79,18 @@ def render_prompt(tokenizer, prompt: Prompt, config: SampleConfig) -> str:
 
 @torch.inference_mode()
 def sample(model, tokenizer, prompts: Sequence[Prompt], config: SampleConfig | None = None, progress: bool = True,
-           fast: bool = True, on_token: TokenCallback | None = None, top_logprobs: int | None = None):
+           fast: bool = True, on_token: TokenCallback | None = None, top_logprobs: int | None = None,
+           feed: Callable[[], Sequence[Prompt]] | None = None, on_done: Callable[[Completion], None] | None = None):
     """Sample ``config.n`` completions for every prompt; returns ``Completion``s ordered by (prompt, sample).
 
     ``fast``: on CPU, decode Llama-family models with the lean fused step (``engine.fastdecode``).
     ``on_token(prompt_index, sample_index, token_id, logprobs)`` is called for every generated token as it
     is drawn (EOS is not a token of the completion; streaming servers use this). With ``top_logprobs=k``
     (0 included), ``logprobs`` is ``(log p(token), [(id, log p), ...k best])`` under the model's own
-    distribution (before temperature and top_p), and each ``Completion.logprobs`` holds them too."""
+    distribution (before temperature and top_p), and each ``Completion.logprobs`` holds them too.
+    ``feed()`` is polled once per decode step for more prompts, admitted into the running batch as slots
+    allow (a server's newly arrived requests; their indices continue after ``prompts``, and prefix sharing
+    is off). ``on_done(completion)`` is called as each sequence finishes."""
     config = config or SampleConfig()
     from heredity.models import RemoteModel
 
@@ -109,7 +113,9 @@ def sample(model, tokenizer, prompts: Sequence[Prompt], config: SampleConfig | N
     gen = torch.Generator(device=device).manual_seed(config.seed)
     bar = tqdm(total=len(prompts) * config.n, desc="sampling", unit="seq", disable=not progress, leave=False)
     dec = _Decoder(model, tokenizer, encoded, config, eos, pad, gen, device, bar)
-    dec.on_token, dec.top_logprobs = on_token, top_logprobs
+    dec.on_token, dec.top_logprobs, dec.on_done = on_token, top_logprobs, on_done
+    if feed is not None:
+        dec.feed, dec.prefix_len = feed, 0
     if fast and device.type == "cpu":
         from heredity.engine import fastdecode
 
@@ -155,12 +161,21 @@ class _Decoder:
         self.on_token: TokenCallback | None = None
         self.top_logprobs: int | None = None
         self.lps: list[list[TokenLogprobs]] = []
+        self.feed: Callable[[], Sequence[Prompt]] | None = None
+        self.on_done: Callable[[Completion], None] | None = None
 
     def run(self) -> list[Completion]:
         self.rebuild()
-        while self.rows:
+        while True:
+            if not self.rows:  # all done: unless more prompts arrived meanwhile
+                self.poll()
+                if not self.pending:
+                    break
+                self.rebuild()
+                continue
             self.forward()
             self.consume(range(len(self.rows)), _pick(self.logits, self.cfg.temperature, self.cfg.top_p, self.gen), self.logits)
+            self.poll()
             alive = sum(self.alive)
             dead = len(self.rows) - alive
             if (
@@ -168,9 +183,19 @@ class _Decoder:
                 or self.cur >= self.cap
                 or (self.pending and dead >= max(1, self.cfg.batch_size // 8))
                 or (not self.pending and dead * 2 >= len(self.rows))
+                or (self.feed is not None and self.pending and alive + self.cfg.n <= self.cfg.batch_size)
             ):
                 self.rebuild()
         return self.done
+
+    def poll(self) -> None:
+        """Queue the prompts ``feed`` hands over, for the next rebuild to admit."""
+        if self.feed is None:
+            return
+        for p in self.feed():
+            self.enc.append(self.tok(render_prompt(self.tok, p, self.cfg), add_special_tokens=False)["input_ids"])
+            self.pending.append(len(self.enc) - 1)
+            self.bar.total += self.cfg.n
 
     def forward(self) -> None:
         self.att[:, self.cur] = 1
@@ -218,6 +243,8 @@ class _Decoder:
                     c.logprobs = list(self.lps[b])
                 self.done.append(c)
                 self.bar.update(1)
+                if self.on_done is not None:
+                    self.on_done(c)
         rows = list(rows)
         alive = torch.tensor([self.alive[b] for b in rows], device=self.device)
         self.inp[rows[0] : rows[-1] + 1] = torch.where(alive, nxt.to(self.device), torch.full_like(nxt, self.pad))

@@ -1,19 +1,21 @@
 """Models behind the server: each loaded once, shared by all requests, driven by one worker thread.
 
 A ``ModelHost`` owns one loaded model and a FIFO queue of jobs; its thread runs them one after another, so
-two requests never touch the model at the same time. Generation jobs that carry no seed and have the same
-sampling parameters are batched: the thread takes every such job waiting in the queue (up to
-``batch_size`` sequences) and decodes them together in one continuous batch, each token routed back to
-the request it belongs to. A job with a seed always runs alone, so its output depends on the seed only.
+two requests never touch the model at the same time. Generation requests that carry no seed and have the
+same sampling parameters share one continuous batch: while a batch decodes, each newly arrived compatible
+request is admitted into it as soon as a slot is free (up to ``batch_size`` sequences), and each token is
+routed back to the request it belongs to; a request finishes (its future resolves) when its own sequences
+do. A request with a seed always runs alone, so its output depends on the seed only.
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import queue
 import random
 import threading
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -55,7 +57,8 @@ class ModelHost:
         # once can fail ("Already borrowed")
         self.view = copy.deepcopy(tokenizer)
         self.jobs: queue.Queue = queue.Queue()
-        self.batches: list[int] = []  # jobs per generation run, for the bench and the tests
+        self.batches: list[int] = []  # requests per generation run, for /api/status, the bench and the tests
+        self.held: deque = deque()  # a job taken from the queue that must run next
         self.closed = False
         self.thread = threading.Thread(target=self._loop, name=f"model-{aid}", daemon=True)
         self.thread.start()
@@ -87,31 +90,14 @@ class ModelHost:
         self.jobs.put(None)
 
     def _loop(self) -> None:
-        held: list = []
         while True:
-            job = held.pop(0) if held else self.jobs.get()
+            job = self.held.popleft() if self.held else self.jobs.get()
             if job is None:
                 return
             if isinstance(job, CallJob):
                 self._run_call(job)
-                continue
-            group = [job]
-            key = job.batch_key()
-            if key is not None:  # take every compatible job already waiting, up to a batch of sequences
-                seqs = len(job.prompts) * job.config.n
-                while True:
-                    try:
-                        nxt = self.jobs.get_nowait()
-                    except queue.Empty:
-                        break
-                    if (isinstance(nxt, GenJob) and nxt.batch_key() == key
-                            and seqs + len(nxt.prompts) * nxt.config.n <= max(self.batch_size, job.config.batch_size)):
-                        group.append(nxt)
-                        seqs += len(nxt.prompts) * nxt.config.n
-                    else:  # keep the queue's order: stop at the first job that cannot join
-                        held.append(nxt)
-                        break
-            self._run_gen(group)
+            else:
+                self._run_gen(job)
 
     def _run_call(self, job: CallJob) -> None:
         if not job.future.set_running_or_notify_cancel():
@@ -121,36 +107,62 @@ class ModelHost:
         except BaseException as e:  # delivered to the request that asked
             job.future.set_exception(e)
 
-    def _run_gen(self, group: list[GenJob]) -> None:
-        group = [j for j in group if j.future.set_running_or_notify_cancel()]
-        if not group:
+    def _run_gen(self, first: GenJob) -> None:
+        """Decode ``first``; unless it is seeded, requests with the same parameters that arrive while it runs
+        join the running batch (continuous batching), until a request that cannot join is next in line."""
+        if not first.future.set_running_or_notify_cancel():
             return
-        owner: list[tuple[GenJob, int]] = [(j, i) for j in group for i in range(len(j.prompts))]
-        prompts = [p for j in group for p in j.prompts]
-        cfg = group[0].config
-        if not group[0].seeded:
-            cfg = cfg.model_copy(update={"seed": random.getrandbits(31)})
-        cfg = cfg.model_copy(update={"batch_size": max(cfg.batch_size, min(self.batch_size, len(prompts) * cfg.n))})
+        key = first.batch_key()
+        owner: list[tuple[GenJob, int]] = []
+        results: dict[int, list[Completion]] = {}
+        remaining: dict[int, int] = {}
+        jobs: list[GenJob] = []
+
+        def admit(job: GenJob) -> list:
+            jobs.append(job)
+            owner.extend((job, i) for i in range(len(job.prompts)))
+            results[id(job)], remaining[id(job)] = [], len(job.prompts) * job.config.n
+            return job.prompts
+
+        def feed() -> list:
+            new: list = []
+            while not self.held:
+                try:
+                    nxt = self.jobs.get_nowait()
+                except queue.Empty:
+                    break
+                if isinstance(nxt, GenJob) and nxt.batch_key() == key:
+                    if nxt.future.set_running_or_notify_cancel():
+                        new.extend(admit(nxt))
+                        self.batches[-1] += 1
+                else:  # keep the queue's order: stop taking jobs at the first one that cannot join
+                    self.held.append(nxt)
+            return new
 
         def route(pi: int, si: int, tok: int, lp) -> None:
             j, local = owner[pi]
             if j.on_token is not None:
                 j.on_token(local, si, tok, lp)
 
-        self.batches.append(len(group))
-        try:
-            comps = sample(self.model, self.tok, prompts, cfg, progress=False, on_token=route, top_logprobs=group[0].top_logprobs)
-        except BaseException as e:
-            for j in group:
-                j.future.set_exception(e)
-            return
-        results: dict[int, list[Completion]] = {id(j): [] for j in group}
-        for c in comps:
+        def done(c: Completion) -> None:
             j, local = owner[c.prompt_index]
-            c.prompt_index = local
-            results[id(j)].append(c)
-        for j in group:
-            j.future.set_result(results[id(j)])
+            results[id(j)].append(dataclasses.replace(c, prompt_index=local))
+            remaining[id(j)] -= 1
+            if remaining[id(j)] == 0:
+                j.future.set_result(sorted(results[id(j)], key=lambda x: (x.prompt_index, x.sample_index)))
+
+        prompts = admit(first)
+        cfg = first.config
+        if not first.seeded:
+            cfg = cfg.model_copy(update={"seed": random.getrandbits(31), "batch_size": max(cfg.batch_size, self.batch_size)})
+        self.batches.append(1)
+        try:
+            sample(self.model, self.tok, prompts, cfg, progress=False, on_token=route, top_logprobs=first.top_logprobs,
+                   feed=None if first.seeded else feed, on_done=done)
+        except BaseException as e:
+            for j in jobs:
+                if not j.future.done():
+                    j.future.set_exception(e)
 
 
 class ModelPool:
