@@ -161,3 +161,23 @@ def test_prompts_fed_mid_decode_join_the_batch_unchanged(peaked):
     assert [c.prompt_index for c in got] == list(range(5))
     assert [c.token_ids for c in got] == alone
     assert sorted(c.prompt_index for c in finished) == list(range(5))
+
+
+def test_fused_weights_are_reused_until_the_weights_change(peaked):
+    from heredity.engine import fastdecode
+
+    model, tok = peaked
+    a = fastdecode.for_model(model)
+    assert fastdecode.for_model(model) is a
+    cfg = SampleConfig(temperature=0, max_new_tokens=6)
+    before = sample(model, tok, PROMPTS[:2], cfg, progress=False)
+    w = model.model.layers[0].self_attn.q_proj.weight
+    with torch.no_grad():
+        w.mul_(-1.0)  # a training step changes weights in place: the fused copy must follow
+    try:
+        b = fastdecode.for_model(model)
+        assert b is not a and torch.equal(b.layers[0][1][: w.shape[0]], w)
+        assert [c.token_ids for c in sample(model, tok, PROMPTS[:2], cfg, progress=False)] != [c.token_ids for c in before]
+    finally:
+        with torch.no_grad():
+            w.mul_(-1.0)

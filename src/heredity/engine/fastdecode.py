@@ -28,6 +28,19 @@ def supports(model) -> bool:
     return inner is not None and hasattr(inner, "layers") and hasattr(inner, "rotary_emb") and not hasattr(model, "peft_config")
 
 
+def for_model(model) -> FastDecoder:
+    """The model's FastDecoder, built once and reused while its weights stay the same (~0.1 s saved per
+    ``sample`` call on SmolLM2): the cache key is every parameter's storage and in-place version counter, so
+    a training step or a weight swap makes a fresh one."""
+    key = tuple((p.data_ptr(), p._version) for p in model.parameters())
+    cached = getattr(model, "_heredity_fast", None)
+    if cached is not None and cached[0] == key:
+        return cached[1]
+    fast = FastDecoder(model)
+    object.__setattr__(model, "_heredity_fast", (key, fast))
+    return fast
+
+
 class FastDecoder:
     """Fused weights built once per model; ``step`` runs one token for every row of the batch."""
 

@@ -120,7 +120,7 @@ def sample(model, tokenizer, prompts: Sequence[Prompt], config: SampleConfig | N
         from heredity.engine import fastdecode
 
         if fastdecode.supports(model):
-            dec.fast = fastdecode.FastDecoder(model)
+            dec.fast = fastdecode.for_model(model)
     done = dec.run()
     bar.close()
     results = {(c.prompt_index, c.sample_index): c for c in done}
