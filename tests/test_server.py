@@ -310,3 +310,37 @@ def test_explorer_top_k_and_attention(live_server, local):
     assert nxt["ids"] == ids + [d["top"][1]["id"]] and nxt["attention"] is None
     bad = httpx.post(live_server.url + "/api/explore", json={"model": aid, "prompt": "owl", "layer": 99})
     assert bad.status_code == 422
+
+
+def test_port_in_use_is_a_one_line_error(live_server, tmp_path):
+    env = {k: v for k, v in __import__("os").environ.items() if k != "HEREDITY_API_KEY"}
+    env["HEREDITY_HOME"] = str(tmp_path)
+    r = subprocess.run([str(Path(sys.executable).parent / "heredity"), "serve", "--port", str(live_server.port)],
+                       env=env, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "--port" in r.stderr
+
+
+def test_conversations_live_in_postgresql(postgres_url, tmp_path):
+    """With HEREDITY_DB_URL on a real PostgreSQL server, a saved conversation survives a server restart."""
+    from conftest import peaked_model
+
+    home = tmp_path / "pg-home"
+    aid = peaked_model(Store(home, db_url=postgres_url))
+    turn = [{"role": "user", "content": "hello from postgres"}]
+    srv = LiveServer(home, env={"HEREDITY_DB_URL": postgres_url})
+    try:
+        cid = httpx.post(srv.url + "/api/conversations", json={"model": aid}).json()["id"]
+        r = httpx.post(srv.url + "/v1/chat/completions", json={"model": aid, "messages": turn, "max_tokens": 5,
+                                                              "conversation_id": cid}, timeout=60).json()
+        answer = r["choices"][0]["message"]["content"]
+        assert httpx.put(f"{srv.url}/api/conversations/{cid}/messages/1/feedback", json={"rating": -1}).status_code == 200
+    finally:
+        srv.stop()
+    srv = LiveServer(home, env={"HEREDITY_DB_URL": postgres_url})
+    try:
+        conv = httpx.get(f"{srv.url}/api/conversations/{cid}").json()
+        assert [(m["role"], m["content"], m["rating"]) for m in conv["messages"]] == [
+            ("user", "hello from postgres", 0), ("assistant", answer, -1)]
+    finally:
+        srv.stop()
+    assert not (home / "heredity.db").exists(), "nothing went to SQLite"

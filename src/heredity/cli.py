@@ -314,6 +314,13 @@ def serve(
 
     settings = Settings(host=host, port=port, max_loaded=max_loaded, batch_size=batch_size, preload=list(model or []))
     settings.check()
+    import socket
+
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
+        try:
+            sock.bind((host, port))
+        except OSError as e:
+            raise HeredityError(f"cannot listen on {host}:{port} ({e.strerror}); pick another with --port or --host") from None
     store = _store()
     for name in settings.preload:  # fail before binding: an unknown model is a one-line error here
         from heredity.server.runner import ModelPool
