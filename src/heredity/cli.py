@@ -301,6 +301,26 @@ def data_import(path: Path, name: Annotated[str | None, typer.Option()] = None):
 
 
 @app.command()
+def merge(
+    config: Annotated[Path, typer.Argument(help="a mergekit-style YAML (merge_method, base_model, models, parameters)")],
+    name: Annotated[str | None, typer.Option(help="name of the merged model in the store")] = None,
+):
+    """Merge models tuned from one base (linear, task_arithmetic, ties, dare_linear, dare_ties, localize_stitch)."""
+    from heredity.merge import load_config
+    from heredity.merge import merge as run_merge
+
+    cfg = load_config(config)
+    if name:
+        cfg = cfg.model_copy(update={"name": name})
+    res = run_merge(_store(), cfg)
+    m = res.metrics
+    when = "(cached)" if res.cached else f"in {m.get('seconds')} s"
+    out.print(f"[bold]{res['model']}[/] {cfg.merge_method} of {m.get('inputs')} models {when}")
+    if "kept_fraction" in m:
+        out.print(f"  kept fraction {m['kept_fraction']}  overlap {m['overlap']}")
+
+
+@app.command()
 def serve(
     host: Annotated[str, typer.Option(help="address to bind; anything but loopback needs HEREDITY_API_KEY")] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=1, max=65535)] = 8000,

@@ -1,0 +1,236 @@
+"""``merge(store, config)``: a merge as a store step, streaming one tensor at a time.
+
+For each tensor name of the base: read it from the base and from every input (adapters fold their LoRA
+update in on the fly), apply the method, cast to ``dtype``, append to the output shard; a shard is
+written once it reaches ``SHARD_BYTES``. Memory therefore holds one tensor per input plus one output
+shard, however many inputs there are (``bench/merge.py`` measures it). Localize-and-Stitch first computes
+one boolean mask per input over all its task-vector entries (global top-k of |τ|, or learned on data).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import time
+import zlib
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+from tqdm.auto import tqdm
+
+from heredity.errors import HeredityError
+from heredity.merge.config import LocalizeConfig, MergeConfig
+from heredity.merge.methods import REGISTRY, TensorJob
+from heredity.merge.tensors import AdapterTensors, ModelTensors, open_artifact
+
+SHARD_BYTES = 2 * 1024**3
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+COPY_FILES = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
+              "special_tokens_map.json", "vocab.json", "merges.txt", "tokenizer.model", "added_tokens.json",
+              "chat_template.jinja")
+
+
+def _tokenizer_digest(path: Path) -> str | None:
+    f = path / "tokenizer.json"
+    return hashlib.sha256(f.read_bytes()).hexdigest() if f.is_file() else None
+
+
+def check_compatible(store, base_id: str | None, ref: ModelTensors, ids: list[str], srcs: list) -> None:
+    """Same tensor names and shapes as the reference, adapters on this base, one tokenizer: or a one-line error."""
+    names = set(ref.names())
+    ref_tok = _tokenizer_digest(ref.path)
+    for aid, src in zip(ids, srcs, strict=True):
+        art = store.get(aid)
+        if art.kind == "adapter" and base_id and art.meta.get("base") != base_id:
+            raise HeredityError(f"{src.label} was trained on {art.meta.get('base')}, not on base_model {base_id}; "
+                                "merge adapters of one base")
+        if isinstance(src, ModelTensors):
+            other = set(src.names())
+            missing = sorted(names - other) or sorted(other - names)
+            if missing:
+                raise HeredityError(f"tensor {missing[0]} is in one of {ref.label} and {src.label} but not the other; "
+                                    "merged models must share one architecture")
+            for n in sorted(names):
+                if src.shape(n) != ref.shape(n):
+                    raise HeredityError(f"tensor {n} has shape {list(src.shape(n))} in {src.label} but {list(ref.shape(n))} in "
+                                        f"{ref.label}; merged models must share one architecture")
+        tok = _tokenizer_digest(art.path)
+        if ref_tok and tok and tok != ref_tok:
+            raise HeredityError(f"{src.label} has another tokenizer than {ref.label}; merged models must share a tokenizer")
+
+
+def _generator(seed: int, name: str, i: int) -> torch.Generator:
+    return torch.Generator().manual_seed((seed * 1_000_003 + zlib.crc32(name.encode()) * 31 + i) % (2**63))
+
+
+def topk_mask(scores: dict[str, torch.Tensor], k: int) -> dict[str, torch.Tensor]:
+    """A boolean mask per tensor keeping exactly the ``k`` largest entries over all tensors together."""
+    names = list(scores)
+    flat = torch.cat([scores[n].flatten() for n in names])
+    keep = torch.zeros(flat.numel(), dtype=torch.bool)
+    keep[flat.topk(max(0, min(k, flat.numel()))).indices] = True
+    out, o = {}, 0
+    for n in names:
+        size = scores[n].numel()
+        out[n] = keep[o:o + size].view(scores[n].shape)
+        o += size
+    return out
+
+
+def kept_count(base: ModelTensors, fraction: float) -> int:
+    return max(1, int(round(fraction * sum(_numel(base.shape(n)) for n in base.names()))))
+
+
+def dataless_masks(base: ModelTensors, srcs: list, fraction: float) -> list[dict[str, torch.Tensor]]:
+    """Localize without data: each input keeps the top ``fraction`` of |τ| (one input at a time in memory)."""
+    masks = []
+    for src in srcs:
+        mags = {n: (src.get(n) - base.get(n)).abs() for n in base.names()}
+        masks.append(topk_mask(mags, kept_count(base, fraction)))
+        del mags
+    return masks
+
+
+def learned_mask(store, base_id: str, src, rows: list[dict], cfg: LocalizeConfig, progress: bool = True) -> dict[str, torch.Tensor]:
+    """Localize: learn γ = σ(S) minimizing the task loss of θ_b + γ ⊙ τ + l1·Σγ, from S = ±init on the top-k of
+    |τ|; keep the top ``sparsity`` of S."""
+    from torch.func import functional_call
+
+    from heredity.engine.finetune import FinetuneConfig, encode_rows
+    from heredity.models import load
+
+    model, tok = load(base_id, store)
+    model.requires_grad_(False)
+    params = dict(model.named_parameters())
+    base = ModelTensors(store.path(base_id))
+    taus = {n: src.get(n) - base.get(n) for n in params if n in base._shapes}
+    taus = {n: t for n, t in taus.items() if t.abs().max() > 0}
+    if not taus:
+        raise HeredityError(f"{src.label} does not differ from the base; there is nothing to localize")
+    k = kept_count(base, cfg.sparsity)
+    start = topk_mask({n: t.abs() for n, t in taus.items()}, k)
+    logits = {n: torch.where(start[n], cfg.init, -cfg.init).requires_grad_(True) for n in taus}
+    opt = torch.optim.Adam(logits.values(), lr=cfg.lr)
+    enc = encode_rows(tok, rows[: cfg.examples], FinetuneConfig(chat=cfg.chat))
+    pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+    g = torch.Generator().manual_seed(0)
+    for _ in tqdm(range(cfg.steps), desc=f"localize {src.label}", disable=not progress, leave=False):
+        idx = torch.randperm(len(enc), generator=g)[: cfg.batch_size].tolist()
+        L = max(len(enc[i][0]) for i in idx)
+        ids = torch.full((len(idx), L), pad)
+        labels = torch.full((len(idx), L), -100)
+        att = torch.zeros((len(idx), L), dtype=torch.long)
+        for r, i in enumerate(idx):
+            x, y = enc[i]
+            ids[r, : len(x)], labels[r, : len(y)], att[r, : len(x)] = torch.tensor(x), torch.tensor(y), 1
+        p = {n: params[n] + torch.sigmoid(logits[n]) * taus[n] for n in taus}
+        out = functional_call(model, p, args=(), kwargs={"input_ids": ids, "attention_mask": att, "labels": labels})
+        loss = out.loss + cfg.l1 * sum(torch.sigmoid(s).sum() for s in logits.values())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    mask = topk_mask({n: s.detach() for n, s in logits.items()}, k)
+    return {n: mask.get(n, torch.zeros(base.shape(n), dtype=torch.bool)) for n in base.names()}
+
+
+def _numel(shape) -> int:
+    out = 1
+    for s in shape:
+        out *= s
+    return out
+
+
+def mask_stats(masks: list[dict[str, torch.Tensor]], labels: list[str]) -> dict:
+    """Kept fraction per input and the pairwise overlap (|A ∩ B| / min(|A|, |B|)) of the masks."""
+    total = sum(m.numel() for m in masks[0].values())
+    counts = [sum(int(m.sum()) for m in ms.values()) for ms in masks]
+    overlap = {}
+    for i in range(len(masks)):
+        for j in range(i + 1, len(masks)):
+            both = sum(int((masks[i][n] & masks[j][n]).sum()) for n in masks[i])
+            overlap[f"{labels[i]}|{labels[j]}"] = round(both / max(1, min(counts[i], counts[j])), 4)
+    return {"kept_fraction": {lab: round(c / total, 6) for lab, c in zip(labels, counts, strict=True)}, "overlap": overlap}
+
+
+def merge(store, config: MergeConfig, progress: bool = True):
+    """Run the merge as a store step (op ``merge``); returns the StepResult (output role ``model``).
+
+    Inputs are the base (if any), every model, and every task dataset (learned masks), so the merged model's
+    lineage lists them all."""
+    from heredity.models import materialize
+    from heredity.store import read_table
+
+    method = REGISTRY[config.merge_method]
+    base_id = materialize(config.base_model, store) if config.base_model else None
+    if base_id and store.get(base_id).kind != "model":
+        raise HeredityError(f"base_model {config.base_model} is an adapter; give the full model it was trained on")
+    ids = [materialize(e.model, store) for e in config.models]
+    loc = config.localize or LocalizeConfig() if config.merge_method == "localize_stitch" else None
+    data_ids = [store.resolve_id(e.data) for e in config.models] if loc is not None and not loc.dataless else []
+    inputs = ([base_id] if base_id else []) + ids + data_ids
+
+    def run(ctx) -> dict:
+        t0 = time.perf_counter()
+        ref = ModelTensors(store.path(base_id), base_id) if base_id else None
+        srcs = [open_artifact(store, i, ref if ref and store.get(i).meta.get("base") == base_id else None) for i in ids]
+        if ref is None:
+            ref = next((s.base if isinstance(s, AdapterTensors) else s) for s in srcs)
+        check_compatible(store, base_id, ref, ids, srcs)
+        labels = [store.get(i).name for i in ids]
+        metrics: dict = {"method": config.merge_method, "inputs": len(ids)}
+        masks = None
+        if loc is not None:
+            if loc.dataless:
+                masks = dataless_masks(ref, srcs, loc.sparsity)
+            else:
+                masks = [learned_mask(store, base_id, s, read_table(store.path(d)).to_pylist(), loc, progress)
+                         for s, d in zip(srcs, data_ids, strict=True)]
+            metrics.update(mask_stats(masks, labels))
+        name = config.name or f"merge-{config.merge_method}"
+        out = ctx.output("model", "model", name, meta={"method": config.merge_method, "parents": ids})
+        dtype = DTYPES[config.dtype]
+        weights = [config.value(e, "weight", 1.0) for e in config.models]
+        densities = [config.value(e, "density", 1.0) for e in config.models]
+        lam = float(config.parameters.get("lambda", 1.0))
+        normalize = bool(config.parameters.get("normalize", method.normalize))
+        shard: dict[str, torch.Tensor] = {}
+        shard_bytes, shards, weight_map = 0, [], {}
+
+        def flush():
+            nonlocal shard, shard_bytes
+            if shard:
+                fname = f"model-{len(shards) + 1:05d}.safetensors"
+                save_file(shard, out / fname, metadata={"format": "pt"})
+                shards.append(fname)
+                weight_map.update({k: fname for k in shard})
+                shard, shard_bytes = {}, 0
+
+        for name_t in tqdm(ref.names(), desc=f"merge {config.merge_method}", disable=not progress, leave=False):
+            job = TensorJob(name_t, ref.get(name_t) if base_id else None, [s.get(name_t) for s in srcs], weights, densities,
+                            lam, normalize, [_generator(config.seed, name_t, i) for i in range(len(srcs))],
+                            [m[name_t] for m in masks] if masks else None)
+            t = method.merge(job).to(dtype).contiguous()
+            shard[name_t] = t
+            shard_bytes += t.numel() * t.element_size()
+            if shard_bytes >= SHARD_BYTES:
+                flush()
+        flush()
+        if len(shards) == 1:
+            (out / shards[0]).rename(out / "model.safetensors")
+        else:
+            (out / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}, indent=1))
+        src_dir = ref.path
+        for f in COPY_FILES:
+            if (src_dir / f).is_file():
+                shutil.copy(src_dir / f, out / f)
+        cfg_path = out / "config.json"
+        if cfg_path.is_file():
+            cfg = json.loads(cfg_path.read_text())
+            cfg["torch_dtype"] = cfg["dtype"] = config.dtype
+            cfg_path.write_text(json.dumps(cfg, indent=2))
+        metrics["seconds"] = round(time.perf_counter() - t0, 2)
+        return metrics
+
+    return store.run_step("merge", config, inputs, run, seed=config.seed)
