@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib
 
 REGISTRY: dict[str, str] = {
+    "merging": "heredity.experiments.merging",
     "smoke": "heredity.experiments.smoke",
     "subliminal-digits": "heredity.experiments.subliminal_digits",
     "subliminal-numbers": "heredity.experiments.subliminal_numbers",
