@@ -202,3 +202,21 @@ def test_learned_masks_on_task_data(tiny_models):
     assert data in s.step_of(res["model"]).inputs
     masks = dataless_masks(base_t, [ModelTensors(s.path(base))], 0.02)  # a zero task vector: nothing stands out
     assert sum(int(m.sum()) for m in masks[0].values()) == k
+
+
+def test_another_tokenizer_is_refused(tiny_models):
+    s, base, adapters, full = tiny_models
+
+    def run(ctx):
+        out = ctx.output("model", "model", "tiny-other-tokenizer")
+        for f in s.path(full[0]).iterdir():
+            data = f.read_bytes()
+            if f.name == "tokenizer.json":
+                data = data.replace(b"<|endoftext|>", b"<|end_of_text|>")
+            (out / f.name).write_bytes(data)
+
+    other = s.run_step("test-retokenize", {}, [full[0]], run)["model"]
+    with pytest.raises(HeredityError, match="another tokenizer") as e:
+        merge(s, MergeConfig(merge_method="ties", base_model=base, models=[{"model": full[1]}, {"model": other}]),
+              progress=False)
+    assert "tiny-other-tokenizer" in str(e.value) and "\n" not in str(e.value)
