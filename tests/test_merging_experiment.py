@@ -28,7 +28,9 @@ def test_merging_pipeline_on_a_tiny_base(store):
     assert sum("Localize-and-Stitch" in x for x in labels) == 3 and len(labels) == 6 + 5 + 3
     assert all(r["n"] == {t: 6 for t in cfg.tasks} for r in report["rows"])
     learned = next(v for k, v in report["localize"].items() if "learned" in k)
+    assert len(learned["kept_fraction"]) == 4, "one entry per task, though the four fine-tunes share a name"
     assert all(abs(f - 0.01) < 1e-3 for f in learned["kept_fraction"].values())
+    assert len(learned["overlap"]) == 6
     assert [p["sparsity"] for p in report["curve"]] == [0.01, 1.0]
     step = store.step_of(out["lineage_of"])  # the learned stitch lists the base, the four adapters and their data
     assert step.op == "merge" and len(step.inputs) == 1 + 4 + 4

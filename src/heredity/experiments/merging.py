@@ -202,7 +202,8 @@ def markdown(report: dict) -> str:
     if report["localize"]:
         lines += ["## Localize-and-Stitch masks", "", "| merge | kept fraction per task | max pairwise overlap |", "|---|---|---|"]
         for label, s in report["localize"].items():
-            kept = ", ".join(f"{k.split('-lora')[0]} {v:.4f}" for k, v in (s["kept_fraction"] or {}).items())
+            task_of = {aid: t for t, aid in report["tuned"].items()}
+            kept = ", ".join(f"{task_of.get(k.split()[-1], k)} {v:.4f}" for k, v in (s["kept_fraction"] or {}).items())
             ov = max((s["overlap"] or {}).values(), default=0)
             lines.append(f"| {label} | {kept} | {ov:.3f} |")
         lines.append("")

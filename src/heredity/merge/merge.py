@@ -179,6 +179,8 @@ def merge(store, config: MergeConfig, progress: bool = True):
             ref = next((s.base if isinstance(s, AdapterTensors) else s) for s in srcs)
         check_compatible(store, base_id, ref, ids, srcs)
         labels = [store.get(i).name for i in ids]
+        if len(set(labels)) < len(labels):  # fine-tunes of one base often share a name: tell them apart by id
+            labels = [f"{n} {i}" for n, i in zip(labels, ids, strict=True)]
         metrics: dict = {"method": config.merge_method, "inputs": len(ids)}
         masks = None
         if loc is not None:
