@@ -53,10 +53,12 @@ def addition(n: int, part: str, seed: int = 0) -> list[dict]:
 
 
 def reverse(n: int, part: str, seed: int = 0) -> list[dict]:
+    """Letters given one by one ("t i g e r" → "r e g i t"): a subword tokenizer sees each letter, so the task is
+    about order, not spelling (spelling whole words backwards got 0% after a quick fine-tune of SmolLM2-135M)."""
     words = _split(WORDS, part, 12)
     rng = random.Random(seed)
-    return [{"prompt": f"Spell the word '{w}' backwards. Answer with the reversed word only.", "completion": w[::-1]}
-            for w in (rng.choice(words) for _ in range(n))]
+    return [{"prompt": f"Reverse the order of these letters: {' '.join(w)}. Answer with the letters only.",
+             "completion": " ".join(w[::-1])} for w in (rng.choice(words) for _ in range(n))]
 
 
 def sentiment(n: int, part: str, seed: int = 0) -> list[dict]:

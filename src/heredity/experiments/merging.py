@@ -1,8 +1,9 @@
 """Merging: can one model hold four skills by merging four fine-tunes, and does ≈1% of each task vector suffice?
 
 Methods, as a paper's section would list them:
-1. Data: four generated, exactly graded tasks (``data.tasks``: two-digit addition, spelling a word backwards,
-   sentiment of templated reviews, numbers in words), train and eval rows from disjoint inputs.
+1. Data: four generated, exactly graded tasks (``data.tasks``: two-digit addition,
+   sentiment of templated reviews, numbers in words; reversing letters given one by one), train and eval
+   rows from disjoint inputs.
 2. Fine-tune the base once per task (LoRA, completion-only loss) and once on all four together (the
    multi-task upper reference).
 3. Merge the four task models with every method: linear average, task arithmetic, TIES, DARE (linear and
@@ -46,7 +47,7 @@ class Config(BaseModel):
     curve: list[float] = Field(default_factory=lambda: [0.001, 0.01, 0.05, 0.1, 1.0])
     localize_steps: int = Field(20, ge=1)
     localize_examples: int = Field(64, ge=1)
-    localize_lr: float = Field(0.1, gt=0)
+    localize_lr: float = Field(0.2, gt=0)
     max_new_tokens: int = Field(16, ge=1)
     sample_batch: int = Field(64, ge=1)
     seed: int = 0

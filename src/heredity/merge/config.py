@@ -51,9 +51,10 @@ class LocalizeConfig(BaseModel):
     examples: int = Field(64, ge=1, description="labelled examples per task for the learned mask")
     steps: int = Field(20, ge=1, description="optimizer steps of mask learning")
     batch_size: int = Field(16, ge=1)
-    lr: float = Field(0.1, gt=0, description="Adam learning rate on the mask logits S")
+    lr: float = Field(0.2, gt=0, description="Adam learning rate on the mask logits S")
     l1: float = Field(1e-5, ge=0, description="weight of the L1 penalty on σ(S), per kept entry")
-    init: float = Field(3.0, gt=0, description="S starts at +init on the top-k of |τ| and -init elsewhere")
+    init: float = Field(1.0, gt=0, description="S starts at +init on the top-k of |τ| and -init elsewhere; small enough "
+                        "that lr × steps can move an entry across (else the learned mask is the dataless one)")
     chat: bool = True
 
 
