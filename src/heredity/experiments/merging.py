@@ -16,6 +16,7 @@ Methods, as a paper's section would list them:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 
@@ -61,6 +62,10 @@ class Config(BaseModel):
         }
 
 
+def _digest(rows: list[dict]) -> str:
+    return hashlib.sha256(json.dumps(rows, sort_keys=True).encode()).hexdigest()
+
+
 def _eval(store: Store, model_id: str, evals: dict[str, str], rows: dict[str, list[dict]], config: Config,
           progress: bool) -> dict:
     """Per-item correctness of ``model_id`` on every task, as a stored report (memoized)."""
@@ -90,20 +95,22 @@ def run(store: Store, config: Config, progress: bool = True) -> dict:
     t0 = time.perf_counter()
     base = materialize(config.base, store)
     train, evals, eval_rows = {}, {}, {}
+
+    def task_data(rows: list[dict], name: str, **how) -> str:  # keyed on the rows themselves: a new generator, new data
+        return put_rows(store, rows, name, op="make-task-data", config={**how, "rows_sha256": _digest(rows)})
+
     for task in config.tasks:
         tr = TASKS[task](config.train_rows, "train", config.seed)
         ev = TASKS[task](config.eval_rows, "eval", config.seed + 1)
-        train[task] = put_rows(store, tr, f"{task}-train", op="make-task-data",
-                               config={"task": task, "part": "train", "rows": config.train_rows, "seed": config.seed})
-        evals[task] = put_rows(store, ev, f"{task}-eval", op="make-task-data",
-                               config={"task": task, "part": "eval", "rows": config.eval_rows, "seed": config.seed + 1})
+        train[task] = task_data(tr, f"{task}-train", task=task, part="train")
+        evals[task] = task_data(ev, f"{task}-eval", task=task, part="eval")
         eval_rows[task] = ev
     ft = FinetuneConfig(method="lora", epochs=config.epochs, lr=config.lr, lora_r=config.lora_r, lora_alpha=config.lora_alpha,
                         batch_size=config.batch_size, seed=config.seed)
     tuned = {task: finetune(store, base, train[task], ft, progress=progress)["model"] for task in config.tasks}
     all_rows = [r for task in config.tasks for r in TASKS[task](config.train_rows, "train", config.seed)]
     multi_data = put_rows(store, all_rows, "all-tasks-train", op="make-task-data",
-                          config={"tasks": config.tasks, "part": "train", "rows": config.train_rows, "seed": config.seed},
+                          config={"tasks": config.tasks, "part": "train", "rows_sha256": _digest(all_rows)},
                           inputs=[train[t] for t in config.tasks])
     multi = finetune(store, base, multi_data, ft, progress=progress)["model"]
 
