@@ -30,16 +30,18 @@ run: $(STAMP)
 
 ## the tests
 test: $(STAMP) sysdeps
-	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff check src tests bench docs
 	$(BIN)/python -m pytest -q
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff check src tests bench docs
 
 bench: $(STAMP)
 	$(BIN)/python bench/sample.py
 	$(BIN)/python bench/finetune.py
 	$(BIN)/python bench/digits.py
+	$(BIN)/python bench/serve.py
+	$(BIN)/python bench/merge.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info
