@@ -2,9 +2,11 @@
 
 For each tensor name of the base: read it from the base and from every input (adapters fold their LoRA
 update in on the fly), apply the method, cast to ``dtype``, append to the output shard; a shard is
-written once it reaches ``SHARD_BYTES``. Memory therefore holds one tensor per input plus one output
-shard, however many inputs there are (``bench/merge.py`` measures it). Localize-and-Stitch first computes
-one boolean mask per input over all its task-vector entries (global top-k of |τ|, or learned on data).
+written once it reaches ``SHARD_BYTES``. A tensor over ``CHUNK_ELEMS`` entries is merged in row chunks
+read straight from disk, so memory holds one chunk per input plus the output shard, however many inputs
+there are (``bench/merge.py`` measures it); TIES's per-tensor trim then uses the whole tensor's top-k
+threshold, computed one input at a time. Localize-and-Stitch's dataless masks are a global threshold on
+|τ| per input (recomputed per chunk); learned masks are held as booleans (one byte per entry per task).
 """
 
 from __future__ import annotations
@@ -22,10 +24,11 @@ from tqdm.auto import tqdm
 
 from heredity.errors import HeredityError
 from heredity.merge.config import LocalizeConfig, MergeConfig
-from heredity.merge.methods import REGISTRY, TensorJob
+from heredity.merge.methods import REGISTRY, TensorJob, trim_threshold
 from heredity.merge.tensors import AdapterTensors, ModelTensors, open_artifact
 
 SHARD_BYTES = 2 * 1024**3
+CHUNK_ELEMS = 1 << 23  # a tensor larger than this (8M entries, 32 MB in fp32) is merged in row chunks
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 COPY_FILES = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
               "special_tokens_map.json", "vocab.json", "merges.txt", "tokenizer.model", "added_tokens.json",
@@ -61,8 +64,17 @@ def check_compatible(store, base_id: str | None, ref: ModelTensors, ids: list[st
             raise HeredityError(f"{src.label} has another tokenizer than {ref.label}; merged models must share a tokenizer")
 
 
-def _generator(seed: int, name: str, i: int) -> torch.Generator:
-    return torch.Generator().manual_seed((seed * 1_000_003 + zlib.crc32(name.encode()) * 31 + i) % (2**63))
+def _generator(seed: int, name: str, i: int, chunk: int = 0) -> torch.Generator:
+    return torch.Generator().manual_seed((seed * 1_000_003 + zlib.crc32(name.encode()) * 31 + i + chunk * 7919) % (2**63))
+
+
+def chunks(shape: tuple[int, ...]) -> list[slice | None]:
+    """Row slices that keep each piece under ``CHUNK_ELEMS`` entries ([None]: the tensor in one piece)."""
+    numel = _numel(shape)
+    if not shape or numel <= CHUNK_ELEMS:
+        return [None]
+    step = max(1, CHUNK_ELEMS // max(1, numel // shape[0]))
+    return [slice(a, min(a + step, shape[0])) for a in range(0, shape[0], step)]
 
 
 def topk_mask(scores: dict[str, torch.Tensor], k: int) -> dict[str, torch.Tensor]:
@@ -83,14 +95,12 @@ def kept_count(base: ModelTensors, fraction: float) -> int:
     return max(1, int(round(fraction * sum(_numel(base.shape(n)) for n in base.names()))))
 
 
-def dataless_masks(base: ModelTensors, srcs: list, fraction: float) -> list[dict[str, torch.Tensor]]:
-    """Localize without data: each input keeps the top ``fraction`` of |τ| (one input at a time in memory)."""
-    masks = []
-    for src in srcs:
-        mags = {n: (src.get(n) - base.get(n)).abs() for n in base.names()}
-        masks.append(topk_mask(mags, kept_count(base, fraction)))
-        del mags
-    return masks
+def dataless_threshold(base: ModelTensors, src, fraction: float) -> float:
+    """Localize without data: the k-th largest |τ| over the whole model (k = fraction · all entries); the mask is
+    then |τ| ≥ it (and τ ≠ 0), recomputed chunk by chunk, so only one input's |τ| is ever held at once."""
+    flat = torch.cat([(src.get(n) - base.get(n)).abs().flatten() for n in base.names()])
+    k = kept_count(base, fraction)
+    return float(flat.topk(min(k, flat.numel())).values[-1])
 
 
 def learned_mask(store, base_id: str, src, rows: list[dict], cfg: LocalizeConfig, progress: bool = True) -> dict[str, torch.Tensor]:
@@ -142,16 +152,33 @@ def _numel(shape) -> int:
     return out
 
 
+class MaskStats:
+    """Kept fraction per input and pairwise overlap (|A ∩ B| / min(|A|, |B|)), accumulated chunk by chunk."""
+
+    def __init__(self, n: int):
+        self.total, self.counts = 0, [0] * n
+        self.both = [[0] * n for _ in range(n)]
+
+    def add(self, masks: list[torch.Tensor]) -> None:
+        self.total += masks[0].numel()
+        for i, a in enumerate(masks):
+            self.counts[i] += int(a.sum())
+            for j in range(i + 1, len(masks)):
+                self.both[i][j] += int((a & masks[j]).sum())
+
+    def result(self, labels: list[str]) -> dict:
+        n = len(labels)
+        overlap = {f"{labels[i]}|{labels[j]}": round(self.both[i][j] / max(1, min(self.counts[i], self.counts[j])), 4)
+                   for i in range(n) for j in range(i + 1, n)}
+        return {"kept_fraction": {lab: round(c / max(1, self.total), 6) for lab, c in zip(labels, self.counts, strict=True)},
+                "overlap": overlap}
+
+
 def mask_stats(masks: list[dict[str, torch.Tensor]], labels: list[str]) -> dict:
-    """Kept fraction per input and the pairwise overlap (|A ∩ B| / min(|A|, |B|)) of the masks."""
-    total = sum(m.numel() for m in masks[0].values())
-    counts = [sum(int(m.sum()) for m in ms.values()) for ms in masks]
-    overlap = {}
-    for i in range(len(masks)):
-        for j in range(i + 1, len(masks)):
-            both = sum(int((masks[i][n] & masks[j][n]).sum()) for n in masks[i])
-            overlap[f"{labels[i]}|{labels[j]}"] = round(both / max(1, min(counts[i], counts[j])), 4)
-    return {"kept_fraction": {lab: round(c / total, 6) for lab, c in zip(labels, counts, strict=True)}, "overlap": overlap}
+    st = MaskStats(len(masks))
+    for name in masks[0]:
+        st.add([m[name] for m in masks])
+    return st.result(labels)
 
 
 def merge(store, config: MergeConfig, progress: bool = True):
@@ -182,14 +209,13 @@ def merge(store, config: MergeConfig, progress: bool = True):
         if len(set(labels)) < len(labels):  # fine-tunes of one base often share a name: tell them apart by id
             labels = [f"{n} {i}" for n, i in zip(labels, ids, strict=True)]
         metrics: dict = {"method": config.merge_method, "inputs": len(ids)}
-        masks = None
+        masks, thresholds, stats = None, None, MaskStats(len(srcs))
         if loc is not None:
             if loc.dataless:
-                masks = dataless_masks(ref, srcs, loc.sparsity)
+                thresholds = [dataless_threshold(ref, s, loc.sparsity) for s in srcs]
             else:
                 masks = [learned_mask(store, base_id, s, read_table(store.path(d)).to_pylist(), loc, progress)
                          for s, d in zip(srcs, data_ids, strict=True)]
-            metrics.update(mask_stats(masks, labels))
         name = config.name or f"merge-{config.merge_method}"
         out = ctx.output("model", "model", name, meta={"method": config.merge_method, "parents": ids})
         dtype = DTYPES[config.dtype]
@@ -210,15 +236,33 @@ def merge(store, config: MergeConfig, progress: bool = True):
                 shard, shard_bytes = {}, 0
 
         for name_t in tqdm(ref.names(), desc=f"merge {config.merge_method}", disable=not progress, leave=False):
-            job = TensorJob(name_t, ref.get(name_t) if base_id else None, [s.get(name_t) for s in srcs], weights, densities,
-                            lam, normalize, [_generator(config.seed, name_t, i) for i in range(len(srcs))],
-                            [m[name_t] for m in masks] if masks else None)
-            t = method.merge(job).to(dtype).contiguous()
+            pieces = chunks(ref.shape(name_t))
+            trim_at = None
+            if method.trims and len(pieces) > 1:  # the whole tensor's top-k threshold, one input at a time
+                trim_at = [trim_threshold(s.get(name_t) - ref.get(name_t), d) for s, d in zip(srcs, densities, strict=True)]
+            parts = []
+            for ci, rows in enumerate(pieces):
+                base_t = ref.get(name_t, rows) if base_id else None
+                tuned = [s.get(name_t, rows) for s in srcs]
+                mk = None
+                if masks is not None:
+                    mk = [m[name_t] if rows is None else m[name_t][rows] for m in masks]
+                elif thresholds is not None:
+                    mk = [((t - base_t).abs() >= thr) & (t != base_t) for t, thr in zip(tuned, thresholds, strict=True)]
+                if mk is not None:
+                    stats.add(mk)
+                job = TensorJob(name_t, base_t, tuned, weights, densities, lam, normalize,
+                                [_generator(config.seed, name_t, i, ci) for i in range(len(srcs))], mk, trim_at)
+                parts.append(method.merge(job).to(dtype))
+                del tuned, base_t, mk
+            t = (torch.cat(parts) if len(parts) > 1 else parts[0]).contiguous()
             shard[name_t] = t
             shard_bytes += t.numel() * t.element_size()
             if shard_bytes >= SHARD_BYTES:
                 flush()
         flush()
+        if loc is not None:
+            metrics.update(stats.result(labels))
         if len(shards) == 1:
             (out / shards[0]).rename(out / "model.safetensors")
         else:

@@ -25,6 +25,7 @@ class TensorJob:
     normalize: bool = True
     generators: list[torch.Generator] = field(default_factory=list)  # one per input (DARE)
     masks: list[torch.Tensor] | None = None  # one bool mask per input (Localize-and-Stitch)
+    thresholds: list[float] | None = None  # TIES trim on a chunk: keep |τ_i| ≥ the whole tensor's k-th largest
 
     def taus(self) -> list[torch.Tensor]:
         return [t - self.base for t in self.tuned]
@@ -33,6 +34,7 @@ class TensorJob:
 class Method:
     name = ""
     needs_base = True
+    trims = False  # trims each τ to its top density per tensor (needs the whole tensor's threshold when chunked)
     normalize = False  # default of the ``normalize`` parameter (divide by the summed weights)
 
     def merge(self, job: TensorJob) -> torch.Tensor:
@@ -58,6 +60,16 @@ def trim(tau: torch.Tensor, density: float) -> torch.Tensor:
     keep = torch.zeros_like(flat, dtype=torch.bool)
     keep[flat.topk(k).indices] = True
     return tau * keep.view_as(tau)
+
+
+def trim_threshold(tau: torch.Tensor, density: float) -> float:
+    """The magnitude of the k-th largest |τ| entry (k = density · numel): ``trim`` keeps |τ| ≥ this."""
+    k = int(round(density * tau.numel()))
+    if density >= 1.0 or k >= tau.numel():
+        return 0.0
+    if k <= 0:
+        return float("inf")
+    return float(tau.abs().flatten().topk(k).values[-1])
 
 
 def drop_and_rescale(tau: torch.Tensor, density: float, gen: torch.Generator) -> torch.Tensor:
@@ -109,9 +121,13 @@ class Ties(Method):
 
     name = "ties"
     normalize = True
+    trims = True
 
     def merge(self, job: TensorJob) -> torch.Tensor:
-        taus = [trim(t, d) for t, d in zip(job.taus(), job.densities, strict=True)]
+        if job.thresholds is not None:
+            taus = [t * (t.abs() >= thr) for t, thr in zip(job.taus(), job.thresholds, strict=True)]
+        else:
+            taus = [trim(t, d) for t, d in zip(job.taus(), job.densities, strict=True)]
         return job.base + job.lam * disjoint_mean(taus, job.weights, job.normalize)
 
 

@@ -41,9 +41,12 @@ class ModelTensors:
     def shape(self, name: str) -> tuple[int, ...]:
         return self._shapes[name]
 
-    def get(self, name: str) -> torch.Tensor:
+    def get(self, name: str, rows: slice | None = None) -> torch.Tensor:
+        """The tensor, or only ``rows`` (a slice of its first dimension) read from disk."""
         with safe_open(self.path / self.files[name], "pt") as f:
-            return f.get_tensor(name).float()
+            if rows is None:
+                return f.get_tensor(name).float()
+            return f.get_slice(name)[rows.start:rows.stop].float()
 
 
 class AdapterTensors:
@@ -84,14 +87,16 @@ class AdapterTensors:
     def shape(self, name: str) -> tuple[int, ...]:
         return self.base.shape(name)
 
-    def get(self, name: str) -> torch.Tensor:
-        w = self.base.get(name)
+    def get(self, name: str, rows: slice | None = None) -> torch.Tensor:
+        w = self.base.get(name, rows)
         if name in self.pairs:
             a_key, b_key = self.pairs[name]
             with safe_open(self.weights, "pt") as f:
                 a, b = f.get_tensor(a_key).float(), f.get_tensor(b_key).float()
-            delta = (b @ a) * self.scale
-            w += delta.T if self.fan_in_fan_out else delta
+            delta = (b @ a) * self.scale  # whole, then sliced: a row-sliced matmul can round differently
+            if self.fan_in_fan_out:
+                delta = delta.T
+            w += delta if rows is None else delta[rows]
         return w
 
 
