@@ -5,8 +5,8 @@
 Inputs are full SmolLM2-135M checkpoints (fp32, the bundled base plus small random task vectors, made once
 in a temporary store). Each merge runs in a fresh child process and reports its peak RSS (ru_maxrss); the
 baseline, in the same run, loads every input's state dict with safetensors, merges with the same method
-and saves. "net" subtracts the child's RSS after its imports (the interpreter, torch), so it is what the
-merge itself holds; the target is net ≤ 3× one model whatever the number of inputs.
+and saves. "net" subtracts the child's resident memory just before the merge (the interpreter, torch), so it
+is what the merge itself holds; the target is net ≤ 3× one model whatever the number of inputs.
 """
 
 from __future__ import annotations
@@ -22,6 +22,13 @@ import time
 from pathlib import Path
 
 
+def current_rss_kb() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
 def child(args) -> None:
     import torch  # noqa: F401  (imports first: the baseline RSS is taken after them)
     from safetensors.torch import load_file, save_file
@@ -34,7 +41,7 @@ def child(args) -> None:
     store = Store(args.home)
     ids = json.loads(args.ids)
     base, inputs = ids[0], ids[1: 1 + args.n]
-    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    rss0 = current_rss_kb()  # what the process holds now (ru_maxrss would include import-time spikes)
     t = time.perf_counter()
     if args.child == "streaming":
         cfg = MergeConfig(merge_method=args.method, base_model=base, models=[{"model": i} for i in inputs],

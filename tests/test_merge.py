@@ -218,8 +218,8 @@ def test_row_chunked_streaming_equals_whole_tensor_merging(tiny_models, monkeypa
         return ModelTensors(s.path(res["model"])), res.metrics
 
     whole, m1 = run("whole")
-    monkeypatch.setattr(merge_mod, "CHUNK_ELEMS", 100)  # the 259 × 32 embedding now comes in 87 chunks of 3 rows
-    assert len(merge_mod.chunks(whole.shape("model.embed_tokens.weight"))) == 87
+    monkeypatch.setattr(merge_mod, "CHUNK_ELEMS", 300)  # 100 entries per input: the 259 × 32 embedding in 3-row chunks
+    assert len(merge_mod.chunks(whole.shape("model.embed_tokens.weight"), 2)) == 87
     chunked, m2 = run("chunked")
     for n in whole.names():
         torch.testing.assert_close(whole.get(n), chunked.get(n), atol=1e-6, rtol=1e-6, msg=n)

@@ -2,7 +2,7 @@
 
 For each tensor name of the base: read it from the base and from every input (adapters fold their LoRA
 update in on the fly), apply the method, cast to ``dtype``, append to the output shard; a shard is
-written once it reaches ``SHARD_BYTES``. A tensor over ``CHUNK_ELEMS`` entries is merged in row chunks
+written once it reaches ``SHARD_BYTES``. A tensor whose pieces from all inputs together exceed ``CHUNK_ELEMS`` entries is merged in row chunks
 read straight from disk, so memory holds one chunk per input plus the output shard, however many inputs
 there are (``bench/merge.py`` measures it); TIES's per-tensor trim then uses the whole tensor's top-k
 threshold, computed one input at a time. Localize-and-Stitch's dataless masks are a global threshold on
@@ -28,7 +28,7 @@ from heredity.merge.methods import REGISTRY, TensorJob, trim_threshold
 from heredity.merge.tensors import AdapterTensors, ModelTensors, open_artifact
 
 SHARD_BYTES = 2 * 1024**3
-CHUNK_ELEMS = 1 << 23  # a tensor larger than this (8M entries, 32 MB in fp32) is merged in row chunks
+CHUNK_ELEMS = 1 << 24  # entries of one chunk over all inputs together (16M: 64 MB per fp32 copy of the working set)
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 COPY_FILES = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
               "special_tokens_map.json", "vocab.json", "merges.txt", "tokenizer.model", "added_tokens.json",
@@ -68,12 +68,13 @@ def _generator(seed: int, name: str, i: int, chunk: int = 0) -> torch.Generator:
     return torch.Generator().manual_seed((seed * 1_000_003 + zlib.crc32(name.encode()) * 31 + i + chunk * 7919) % (2**63))
 
 
-def chunks(shape: tuple[int, ...]) -> list[slice | None]:
-    """Row slices that keep each piece under ``CHUNK_ELEMS`` entries ([None]: the tensor in one piece)."""
-    numel = _numel(shape)
-    if not shape or numel <= CHUNK_ELEMS:
+def chunks(shape: tuple[int, ...], n_inputs: int = 1) -> list[slice | None]:
+    """Row slices that keep one piece of every input (and the base) under ``CHUNK_ELEMS`` entries in all, so the
+    working set does not grow with the number of inputs ([None]: the tensor in one piece)."""
+    numel, per = _numel(shape), max(1, CHUNK_ELEMS // (n_inputs + 1))
+    if not shape or numel <= per:
         return [None]
-    step = max(1, CHUNK_ELEMS // max(1, numel // shape[0]))
+    step = max(1, per // max(1, numel // shape[0]))
     return [slice(a, min(a + step, shape[0])) for a in range(0, shape[0], step)]
 
 
@@ -236,7 +237,7 @@ def merge(store, config: MergeConfig, progress: bool = True):
                 shard, shard_bytes = {}, 0
 
         for name_t in tqdm(ref.names(), desc=f"merge {config.merge_method}", disable=not progress, leave=False):
-            pieces = chunks(ref.shape(name_t))
+            pieces = chunks(ref.shape(name_t), len(srcs))
             trim_at = None
             if method.trims and len(pieces) > 1:  # the whole tensor's top-k threshold, one input at a time
                 trim_at = [trim_threshold(s.get(name_t) - ref.get(name_t), d) for s, d in zip(srcs, densities, strict=True)]
