@@ -181,3 +181,12 @@ def test_fused_weights_are_reused_until_the_weights_change(peaked):
     finally:
         with torch.no_grad():
             w.mul_(-1.0)
+
+
+def test_a_cancelled_sequence_stops_and_frees_its_slot(peaked):
+    model, tok = peaked
+    cfg = SampleConfig(temperature=0, max_new_tokens=10, batch_size=2)
+    alone = [c.token_ids for c in sample(model, tok, PROMPTS, cfg, progress=False)]
+    got = sample(model, tok, PROMPTS, cfg, progress=False, cancelled=lambda pi: pi == 1)
+    assert got[1].finish_reason == "cancelled" and got[1].token_ids == []
+    assert [c.token_ids for i, c in enumerate(got) if i != 1] == [t for i, t in enumerate(alone) if i != 1]

@@ -344,3 +344,32 @@ def test_conversations_live_in_postgresql(postgres_url, tmp_path):
     finally:
         srv.stop()
     assert not (home / "heredity.db").exists(), "nothing went to SQLite"
+
+
+def test_a_request_whose_client_left_stops_generating(local):
+    """The runner stops a request's rows once the request side marks it cancelled (a client that disconnected)."""
+    from heredity.server.runner import ModelHost
+
+    _, model, tok = local
+    host = ModelHost("test", model, tok)
+    try:
+        seen: list[int] = []
+
+        def on_token(pi, si, t, lp):
+            seen.append(t)
+            if len(seen) == 3:
+                job.cancelled = True
+
+        job = host.generate([HELLO], SampleConfig(temperature=0, max_new_tokens=40), seeded=True, on_token=on_token)
+        comps = job.future.result(timeout=60)
+        assert comps[0].finish_reason == "cancelled" and len(comps[0].token_ids) == 3
+        import threading
+
+        gate = threading.Event()
+        busy = host.call(lambda m, t: gate.wait(60))  # hold the worker so the next job stays queued
+        left = host.generate([HELLO], SampleConfig(temperature=0, max_new_tokens=5), seeded=False)
+        left.cancelled = True  # its client left while it waited: it is never decoded
+        gate.set()
+        assert busy.result(timeout=60) and left.future.result(timeout=60) == []
+    finally:
+        host.stop()

@@ -57,7 +57,7 @@ class Completion:
     sample_index: int
     text: str
     token_ids: list[int]
-    finish_reason: str  # "stop" (EOS or a stop string) or "length"
+    finish_reason: str  # "stop" (EOS or a stop string), "length", or "cancelled"
     logprobs: list[TokenLogprobs] | None = field(default=None, repr=False)  # per token, when asked for
 
     @property
@@ -80,7 +80,8 @@ def render_prompt(tokenizer, prompt: Prompt, config: SampleConfig) -> str:
 @torch.inference_mode()
 def sample(model, tokenizer, prompts: Sequence[Prompt], config: SampleConfig | None = None, progress: bool = True,
            fast: bool = True, on_token: TokenCallback | None = None, top_logprobs: int | None = None,
-           feed: Callable[[], Sequence[Prompt]] | None = None, on_done: Callable[[Completion], None] | None = None):
+           feed: Callable[[], Sequence[Prompt]] | None = None, on_done: Callable[[Completion], None] | None = None,
+           cancelled: Callable[[int], bool] | None = None):
     """Sample ``config.n`` completions for every prompt; returns ``Completion``s ordered by (prompt, sample).
 
     ``fast``: on CPU, decode Llama-family models with the lean fused step (``engine.fastdecode``).
@@ -90,7 +91,9 @@ def sample(model, tokenizer, prompts: Sequence[Prompt], config: SampleConfig | N
     distribution (before temperature and top_p), and each ``Completion.logprobs`` holds them too.
     ``feed()`` is polled once per decode step for more prompts, admitted into the running batch as slots
     allow (a server's newly arrived requests; their indices continue after ``prompts``, and prefix sharing
-    is off). ``on_done(completion)`` is called as each sequence finishes."""
+    is off). ``on_done(completion)`` is called as each sequence finishes. ``cancelled(prompt_index)`` is asked
+    before each token is kept: when it says yes the sequence ends there (finish reason ``"cancelled"``), freeing
+    its slot (a server's client went away)."""
     config = config or SampleConfig()
     from heredity.models import RemoteModel
 
@@ -113,7 +116,7 @@ def sample(model, tokenizer, prompts: Sequence[Prompt], config: SampleConfig | N
     gen = torch.Generator(device=device).manual_seed(config.seed)
     bar = tqdm(total=len(prompts) * config.n, desc="sampling", unit="seq", disable=not progress, leave=False)
     dec = _Decoder(model, tokenizer, encoded, config, eos, pad, gen, device, bar)
-    dec.on_token, dec.top_logprobs, dec.on_done = on_token, top_logprobs, on_done
+    dec.on_token, dec.top_logprobs, dec.on_done, dec.cancelled = on_token, top_logprobs, on_done, cancelled
     if feed is not None:
         dec.feed, dec.prefix_len = feed, 0
     if fast and device.type == "cpu":
@@ -163,6 +166,7 @@ class _Decoder:
         self.lps: list[list[TokenLogprobs]] = []
         self.feed: Callable[[], Sequence[Prompt]] | None = None
         self.on_done: Callable[[Completion], None] | None = None
+        self.cancelled: Callable[[int], bool] | None = None
 
     def run(self) -> list[Completion]:
         self.rebuild()
@@ -223,7 +227,9 @@ class _Decoder:
             if not self.alive[b]:
                 continue
             reason = None
-            if tok in self.eos:
+            if self.cancelled is not None and self.cancelled(self.rows[b][0]):
+                reason = "cancelled"
+            elif tok in self.eos:
                 reason = "stop"
             else:
                 self.tokens[b].append(tok)

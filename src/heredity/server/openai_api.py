@@ -96,13 +96,18 @@ async def _run(host, prompts, cfg: SampleConfig, seeded: bool, top_logprobs, str
     def on_token(pi, si, tok, lp):
         loop.call_soon_threadsafe(q.put_nowait, (pi, si, tok, lp))
 
-    fut = host.generate(prompts, cfg, seeded, top_logprobs, on_token if streaming else None)
+    job = host.generate(prompts, cfg, seeded, top_logprobs, on_token if streaming else None)
+    fut = job.future
     fut.add_done_callback(lambda f: loop.call_soon_threadsafe(q.put_nowait, None))
-    while True:
-        item = await q.get()
-        if item is None:
-            break
-        yield item
+    try:
+        while True:
+            item = await q.get()
+            if item is None:
+                break
+            yield item
+    finally:
+        if not fut.done():  # the client went away (or the response was abandoned): stop generating for it
+            job.cancelled = True
     exc = fut.exception()
     if exc is not None:
         if isinstance(exc, HeredityError):

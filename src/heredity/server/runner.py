@@ -39,6 +39,7 @@ class GenJob:
     top_logprobs: int | None = None
     on_token: TokenCallback | None = None
     future: Future = field(default_factory=Future)
+    cancelled: bool = False  # set by the request side when its client goes away: its rows stop at the next token
 
     def batch_key(self):
         return None if self.seeded else (self.config.model_dump_json(exclude={"seed"}), self.top_logprobs)
@@ -74,10 +75,11 @@ class ModelHost:
         return job.future
 
     def generate(self, prompts: list[Prompt], config: SampleConfig, seeded: bool, top_logprobs: int | None = None,
-                 on_token: TokenCallback | None = None) -> Future:
+                 on_token: TokenCallback | None = None) -> GenJob:
+        """Queue a generation; ``job.future`` resolves to its completions, ``job.cancelled = True`` stops it."""
         job = GenJob(list(prompts), config, seeded, top_logprobs, on_token)
         self._put(job)
-        return job.future
+        return job
 
     def _put(self, job) -> None:
         if self.closed:
@@ -112,6 +114,9 @@ class ModelHost:
         join the running batch (continuous batching), until a request that cannot join is next in line."""
         if not first.future.set_running_or_notify_cancel():
             return
+        if first.cancelled:  # its client left while it waited in the queue
+            first.future.set_result([])
+            return
         key = first.batch_key()
         owner: list[tuple[GenJob, int]] = []
         results: dict[int, list[Completion]] = {}
@@ -132,7 +137,9 @@ class ModelHost:
                 except queue.Empty:
                     break
                 if isinstance(nxt, GenJob) and nxt.batch_key() == key:
-                    if nxt.future.set_running_or_notify_cancel():
+                    if nxt.cancelled and nxt.future.set_running_or_notify_cancel():  # gone before it started
+                        nxt.future.set_result([])
+                    elif nxt.future.set_running_or_notify_cancel():
                         new.extend(admit(nxt))
                         self.batches[-1] += 1
                 else:  # keep the queue's order: stop taking jobs at the first one that cannot join
@@ -158,7 +165,7 @@ class ModelHost:
         self.batches.append(1)
         try:
             sample(self.model, self.tok, prompts, cfg, progress=False, on_token=route, top_logprobs=first.top_logprobs,
-                   feed=None if first.seeded else feed, on_done=done)
+                   feed=None if first.seeded else feed, on_done=done, cancelled=lambda pi: owner[pi][0].cancelled)
         except BaseException as e:
             for j in jobs:
                 if not j.future.done():
