@@ -373,3 +373,30 @@ def test_a_request_whose_client_left_stops_generating(local):
         assert busy.result(timeout=60) and left.future.result(timeout=60) == []
     finally:
         host.stop()
+
+
+def test_a_model_is_loaded_once_however_many_ask(server_home, monkeypatch):
+    import threading as th
+
+    from heredity.server import runner
+
+    home, aid = server_home
+    calls = []
+    real = runner.load
+
+    def counting_load(*a, **k):
+        calls.append(a[0])
+        return real(*a, **k)
+
+    monkeypatch.setattr(runner, "load", counting_load)
+    pool = runner.ModelPool(Store(home))
+    got = []
+    threads = [th.Thread(target=lambda: got.append(pool.get(aid))) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    try:
+        assert calls == [aid] and len(got) == 6 and all(h is got[0] for h in got)
+    finally:
+        pool.close()

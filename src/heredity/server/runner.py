@@ -179,7 +179,8 @@ class ModelPool:
     def __init__(self, store: Store, max_loaded: int = 2, batch_size: int = 16):
         self.store, self.max_loaded, self.batch_size = store, max_loaded, batch_size
         self.hosts: OrderedDict[str, ModelHost] = OrderedDict()
-        self.lock = threading.Lock()
+        self.lock = threading.Lock()  # guards ``hosts``; never held while a model loads
+        self.loading: dict[str, threading.Lock] = {}
 
     def resolve(self, name: str) -> str:
         name = (name or "").strip()
@@ -201,17 +202,26 @@ class ModelPool:
         )
 
     def get(self, name: str) -> ModelHost:
+        """The loaded host for a model, loading it once; a load does not hold up requests to other models."""
         aid = self.resolve(name)
         with self.lock:
             host = self.hosts.get(aid)
+            if host is not None:
+                self.hosts.move_to_end(aid)
+                return host
+            loading = self.loading.setdefault(aid, threading.Lock())
+        with loading:  # one load per model, however many requests ask for it at once
+            with self.lock:
+                host = self.hosts.get(aid)
             if host is None:
                 model, tok = load(aid, self.store, merge_adapter=True)
                 host = ModelHost(aid, model, tok, self.batch_size)
-                self.hosts[aid] = host
-                while len(self.hosts) > self.max_loaded:
-                    _, old = self.hosts.popitem(last=False)
-                    old.stop()
-            self.hosts.move_to_end(aid)
+                with self.lock:
+                    self.hosts[aid] = host
+                    self.loading.pop(aid, None)
+                    while len(self.hosts) > self.max_loaded:
+                        _, old = self.hosts.popitem(last=False)
+                        old.stop()
             return host
 
     def listing(self) -> list[dict]:
