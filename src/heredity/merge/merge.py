@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import shutil
 import time
 import zlib
@@ -71,7 +72,7 @@ def _generator(seed: int, name: str, i: int, chunk: int = 0) -> torch.Generator:
 def chunks(shape: tuple[int, ...], n_inputs: int = 1) -> list[slice | None]:
     """Row slices that keep one piece of every input (and the base) under ``CHUNK_ELEMS`` entries in all, so the
     working set does not grow with the number of inputs ([None]: the tensor in one piece)."""
-    numel, per = _numel(shape), max(1, CHUNK_ELEMS // (n_inputs + 1))
+    numel, per = math.prod(shape), max(1, CHUNK_ELEMS // (n_inputs + 1))
     if not shape or numel <= per:
         return [None]
     step = max(1, per // max(1, numel // shape[0]))
@@ -93,7 +94,7 @@ def topk_mask(scores: dict[str, torch.Tensor], k: int) -> dict[str, torch.Tensor
 
 
 def kept_count(base: ModelTensors, fraction: float) -> int:
-    return max(1, int(round(fraction * sum(_numel(base.shape(n)) for n in base.names()))))
+    return max(1, int(round(fraction * sum(math.prod(base.shape(n)) for n in base.names()))))
 
 
 def dataless_threshold(base: ModelTensors, src, fraction: float) -> float:
@@ -104,19 +105,19 @@ def dataless_threshold(base: ModelTensors, src, fraction: float) -> float:
     return float(flat.topk(min(k, flat.numel())).values[-1])
 
 
-def learned_mask(store, base_id: str, src, rows: list[dict], cfg: LocalizeConfig, progress: bool = True) -> dict[str, torch.Tensor]:
+def learned_mask(store, base_id: str, base: ModelTensors, src, rows: list[dict], cfg: LocalizeConfig,
+                 progress: bool = True) -> dict[str, torch.Tensor]:
     """Localize: learn γ = σ(S) minimizing the task loss of θ_b + γ ⊙ τ + l1·Σγ, from S = ±init on the top-k of
     |τ|; keep the top ``sparsity`` of S."""
     from torch.func import functional_call
 
-    from heredity.engine.finetune import FinetuneConfig, encode_rows
+    from heredity.engine.finetune import FinetuneConfig, collate, encode_rows
     from heredity.models import load
 
     model, tok = load(base_id, store)
     model.requires_grad_(False)
-    params = dict(model.named_parameters())
-    base = ModelTensors(store.path(base_id))
-    taus = {n: src.get(n) - base.get(n) for n in params if n in base._shapes}
+    params = dict(model.named_parameters())  # the base's weights, already in memory: τ = θ_i − θ_b from them
+    taus = {n: src.get(n) - params[n].detach() for n in params if n in base._shapes}
     taus = {n: t for n, t in taus.items() if t.abs().max() > 0}
     if not taus:
         raise HeredityError(f"{src.label} does not differ from the base; there is nothing to localize")
@@ -128,29 +129,15 @@ def learned_mask(store, base_id: str, src, rows: list[dict], cfg: LocalizeConfig
     pad = tok.pad_token_id if tok.pad_token_id is not None else 0
     g = torch.Generator().manual_seed(0)
     for _ in tqdm(range(cfg.steps), desc=f"localize {src.label}", disable=not progress, leave=False):
-        idx = torch.randperm(len(enc), generator=g)[: cfg.batch_size].tolist()
-        L = max(len(enc[i][0]) for i in idx)
-        ids = torch.full((len(idx), L), pad)
-        labels = torch.full((len(idx), L), -100)
-        att = torch.zeros((len(idx), L), dtype=torch.long)
-        for r, i in enumerate(idx):
-            x, y = enc[i]
-            ids[r, : len(x)], labels[r, : len(y)], att[r, : len(x)] = torch.tensor(x), torch.tensor(y), 1
+        batch = collate(enc, torch.randperm(len(enc), generator=g)[: cfg.batch_size].tolist(), pad, "cpu")
         p = {n: params[n] + torch.sigmoid(logits[n]) * taus[n] for n in taus}
-        out = functional_call(model, p, args=(), kwargs={"input_ids": ids, "attention_mask": att, "labels": labels})
+        out = functional_call(model, p, args=(), kwargs=batch)
         loss = out.loss + cfg.l1 * sum(torch.sigmoid(s).sum() for s in logits.values())
         opt.zero_grad()
         loss.backward()
         opt.step()
     mask = topk_mask({n: s.detach() for n, s in logits.items()}, k)
     return {n: mask.get(n, torch.zeros(base.shape(n), dtype=torch.bool)) for n in base.names()}
-
-
-def _numel(shape) -> int:
-    out = 1
-    for s in shape:
-        out *= s
-    return out
 
 
 class MaskStats:
@@ -215,7 +202,7 @@ def merge(store, config: MergeConfig, progress: bool = True):
             if loc.dataless:
                 thresholds = [dataless_threshold(ref, s, loc.sparsity) for s in srcs]
             else:
-                masks = [learned_mask(store, base_id, s, read_table(store.path(d)).to_pylist(), loc, progress)
+                masks = [learned_mask(store, base_id, ref, s, read_table(store.path(d)).to_pylist(), loc, progress)
                          for s, d in zip(srcs, data_ids, strict=True)]
         name = config.name or f"merge-{config.merge_method}"
         out = ctx.output("model", "model", name, meta={"method": config.merge_method, "parents": ids})

@@ -92,6 +92,12 @@ def disjoint_mean(taus: list[torch.Tensor], weights: list[float], normalize: boo
     return torch.where(wsum != 0, total / wsum.clamp_min(1e-12), torch.zeros_like(total))
 
 
+def weighted_sum(weights: list[float], tensors: list[torch.Tensor], normalize: bool) -> torch.Tensor:
+    """Σ w_i t_i, divided by Σ w_i when ``normalize``."""
+    out = sum(w * t for w, t in zip(weights, tensors, strict=True))
+    return out / sum(weights) if normalize else out
+
+
 @register
 class Linear(Method):
     """θ = Σ w_i θ_i / Σ w_i (a weighted average of whole models; no base needed)."""
@@ -101,8 +107,7 @@ class Linear(Method):
     normalize = True
 
     def merge(self, job: TensorJob) -> torch.Tensor:
-        out = sum(w * t for w, t in zip(job.weights, job.tuned, strict=True))
-        return out / sum(job.weights) if job.normalize else out
+        return weighted_sum(job.weights, job.tuned, job.normalize)
 
 
 @register
@@ -112,7 +117,7 @@ class TaskArithmetic(Method):
     name = "task_arithmetic"
 
     def merge(self, job: TensorJob) -> torch.Tensor:
-        return job.base + job.lam * sum(w * t for w, t in zip(job.weights, job.taus(), strict=True))
+        return job.base + job.lam * weighted_sum(job.weights, job.taus(), normalize=False)
 
 
 @register
@@ -139,8 +144,7 @@ class DareLinear(Method):
 
     def merge(self, job: TensorJob) -> torch.Tensor:
         taus = [drop_and_rescale(t, d, g) for t, d, g in zip(job.taus(), job.densities, job.generators, strict=True)]
-        out = sum(w * t for w, t in zip(job.weights, taus, strict=True))
-        return job.base + job.lam * (out / sum(job.weights) if job.normalize else out)
+        return job.base + job.lam * weighted_sum(job.weights, taus, job.normalize)
 
 
 @register

@@ -22,7 +22,7 @@ from heredity.engine.sampling import SampleConfig, render_prompt
 from heredity.errors import HeredityError
 from heredity.server.errors import ApiError
 from heredity.server.schemas import DEFAULT_MAX_TOKENS, MAX_TOTAL_CHARS, ChatRequest, CompletionRequest
-from heredity.store.conversations import ConflictError
+from heredity.store.conversations import ConflictError, continues
 
 router = APIRouter(prefix="/v1", tags=["openai"])
 
@@ -89,7 +89,8 @@ class _Stream:
 
 
 async def _run(host, prompts, cfg: SampleConfig, seeded: bool, top_logprobs, streaming: bool):
-    """Submit a generation job; yield ("token", si, delta, lp) while it runs, then ("done", completions)."""
+    """Submit a generation job; yield (prompt_index, sample_index, token_id, logprobs) per token while it runs
+    (when ``streaming``), then ("done", completions)."""
     loop = asyncio.get_running_loop()
     q: asyncio.Queue = asyncio.Queue()
 
@@ -116,10 +117,6 @@ async def _run(host, prompts, cfg: SampleConfig, seeded: bool, top_logprobs, str
     yield ("done", fut.result())
 
 
-def _token_str(tok, i: int) -> str:
-    return token_text(tok, i)
-
-
 def _trim(tok, lps: list, text: str) -> list:
     """The (token, logprob) pairs of a completion that fall inside its returned text (stop strings cut off)."""
     out, length = [], 0
@@ -133,7 +130,7 @@ def _trim(tok, lps: list, text: str) -> list:
 
 def _chat_logprobs(tok, lps: list) -> dict:
     def item(i, v):
-        return {"token": _token_str(tok, i), "logprob": v, "bytes": list(token_bytes(tok, i))}
+        return {"token": token_text(tok, i), "logprob": v, "bytes": list(token_bytes(tok, i))}
 
     return {"content": [{**item(t, lp[0]), "top_logprobs": [item(i, v) for i, v in lp[1]]} for t, lp in lps]}
 
@@ -141,11 +138,11 @@ def _chat_logprobs(tok, lps: list) -> dict:
 def _completion_logprobs(tok, lps: list, offset0: int) -> dict:
     tokens, offs, off = [], [], offset0
     for t, _ in lps:
-        tokens.append(_token_str(tok, t))
+        tokens.append(token_text(tok, t))
         offs.append(off)
         off += len(tok.decode([t], skip_special_tokens=True))
     return {"tokens": tokens, "token_logprobs": [lp[0] for _, lp in lps],
-            "top_logprobs": [{_token_str(tok, i): v for i, v in lp[1]} for _, lp in lps], "text_offset": offs}
+            "top_logprobs": [{token_text(tok, i): v for i, v in lp[1]} for _, lp in lps], "text_offset": offs}
 
 
 def _config(req, max_new: int, chat: bool) -> tuple[SampleConfig, bool]:
@@ -154,6 +151,11 @@ def _config(req, max_new: int, chat: bool) -> tuple[SampleConfig, bool]:
         max_new_tokens=max_new, stop=req.stop or [], seed=req.seed or 0, chat=chat, batch_size=max(req.n, 1),
     )
     return cfg, req.seed is not None
+
+
+def _usage(n_prompt: int, comps) -> dict:
+    n_out = sum(c.n_tokens for c in comps)
+    return {"prompt_tokens": n_prompt, "completion_tokens": n_out, "total_tokens": n_prompt + n_out}
 
 
 def _sse(obj) -> bytes:
@@ -174,9 +176,7 @@ async def chat_completions(req: ChatRequest, request: Request):
         except KeyError:
             raise ApiError(404, f"no conversation {req.conversation_id}; create one with POST /api/conversations",
                            "conversation_not_found", param="conversation_id") from None
-        turn = [m for m in messages if m["role"] != "system"]
-        if len(conv.messages) > len(turn) or any((a.role, a.content) != (b["role"], b["content"])
-                                                 for a, b in zip(conv.messages, turn, strict=False)):
+        if not continues(conv.messages, messages):
             raise ApiError(409, f"the messages do not continue conversation {conv.id}; send its stored messages first",
                            "conversation_conflict", param="messages")
     if not getattr(host.view, "chat_template", None):
@@ -211,10 +211,8 @@ async def chat_completions(req: ChatRequest, request: Request):
                     "logprobs": _chat_logprobs(host.view, _trim(host.view, list(zip(c.token_ids, c.logprobs, strict=False)), c.text)) if top is not None else None,
                     "finish_reason": c.finish_reason} for c in comps]
         saved = save(comps[0].text, comps[0].finish_reason)
-        n_out = sum(c.n_tokens for c in comps)
         body = {"id": cid, "object": "chat.completion", "created": created, "model": model_name,
-                "system_fingerprint": fingerprint, "choices": choices,
-                "usage": {"prompt_tokens": n_prompt, "completion_tokens": n_out, "total_tokens": n_prompt + n_out}}
+                "system_fingerprint": fingerprint, "choices": choices, "usage": _usage(n_prompt, comps)}
         if saved:
             body["heredity"] = saved
         return JSONResponse(body)
@@ -254,11 +252,10 @@ async def chat_completions(req: ChatRequest, request: Request):
         except ApiError as e:
             yield _sse({"error": e.body()["error"]})
             return
-        n_out = sum(c.n_tokens for c in comps)
         if include_usage or saved:
             tail = {**base, "choices": []}
             if include_usage:
-                tail["usage"] = {"prompt_tokens": n_prompt, "completion_tokens": n_out, "total_tokens": n_prompt + n_out}
+                tail["usage"] = _usage(n_prompt, comps)
             if saved:
                 tail["heredity"] = saved
             yield _sse(tail)
@@ -286,9 +283,9 @@ async def completions(req: CompletionRequest, request: Request):
     cid, created = f"cmpl-{uuid.uuid4().hex[:24]}", int(time.time())
     n_prompt = sum(n_prompt_each)
 
-    def choice(c, text=None):
+    def choice(c):
         pre = prompts[c.prompt_index] if req.echo else ""
-        out = {"index": c.prompt_index * req.n + c.sample_index, "text": pre + (c.text if text is None else text),
+        out = {"index": c.prompt_index * req.n + c.sample_index, "text": pre + c.text,
                "logprobs": None, "finish_reason": c.finish_reason}
         if top is not None:
             out["logprobs"] = _completion_logprobs(host.view, _trim(host.view, list(zip(c.token_ids, c.logprobs, strict=False)), c.text), len(pre))
@@ -299,10 +296,9 @@ async def completions(req: CompletionRequest, request: Request):
         async for item in _run(host, prompts, cfg, seeded, top, False):
             if item[0] == "done":
                 comps = item[1]
-        n_out = sum(c.n_tokens for c in comps)
         return JSONResponse({"id": cid, "object": "text_completion", "created": created, "model": req.model,
                              "system_fingerprint": f"heredity-{host.id}", "choices": [choice(c) for c in comps],
-                             "usage": {"prompt_tokens": n_prompt, "completion_tokens": n_out, "total_tokens": n_prompt + n_out}})
+                             "usage": _usage(n_prompt, comps)})
 
     async def events() -> AsyncIterator[bytes]:
         streams = [_Stream(host.view, req.n, cfg.stop) for _ in prompts]

@@ -109,13 +109,20 @@ class ModelHost:
         except BaseException as e:  # delivered to the request that asked
             job.future.set_exception(e)
 
+    @staticmethod
+    def _start(job: GenJob) -> bool:
+        """Mark a job running; one whose client left while it waited in the queue resolves empty instead."""
+        if not job.future.set_running_or_notify_cancel():
+            return False
+        if job.cancelled:
+            job.future.set_result([])
+            return False
+        return True
+
     def _run_gen(self, first: GenJob) -> None:
         """Decode ``first``; unless it is seeded, requests with the same parameters that arrive while it runs
         join the running batch (continuous batching), until a request that cannot join is next in line."""
-        if not first.future.set_running_or_notify_cancel():
-            return
-        if first.cancelled:  # its client left while it waited in the queue
-            first.future.set_result([])
+        if not self._start(first):
             return
         key = first.batch_key()
         owner: list[tuple[GenJob, int]] = []
@@ -137,9 +144,7 @@ class ModelHost:
                 except queue.Empty:
                     break
                 if isinstance(nxt, GenJob) and nxt.batch_key() == key:
-                    if nxt.cancelled and nxt.future.set_running_or_notify_cancel():  # gone before it started
-                        nxt.future.set_result([])
-                    elif nxt.future.set_running_or_notify_cancel():
+                    if self._start(nxt):
                         new.extend(admit(nxt))
                         self.batches[-1] += 1
                 else:  # keep the queue's order: stop taking jobs at the first one that cannot join

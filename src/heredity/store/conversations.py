@@ -55,6 +55,14 @@ class Conversation:
         }
 
 
+def continues(stored, messages: list[dict]) -> bool:
+    """Whether ``messages`` (a request's full list, system prompt included) starts with the ``stored`` messages
+    (anything with ``role`` and ``content``) of a conversation."""
+    turn = [m for m in messages if m["role"] != "system"]
+    return len(stored) <= len(turn) and all((a.role, a.content) == (b["role"], b["content"])
+                                            for a, b in zip(stored, turn, strict=False))
+
+
 class ConflictError(HeredityError):
     """The request does not continue the stored conversation."""
 
@@ -113,9 +121,7 @@ class Conversations:
             if conv is None:
                 raise KeyError(cid)
             stored = s.scalars(select(MessageRow).where(MessageRow.conversation_id == cid).order_by(MessageRow.idx)).all()
-            if len(stored) > len(turn) or any(
-                (m.role, m.content) != (t["role"], t["content"]) for m, t in zip(stored, turn, strict=False)
-            ):
+            if not continues(stored, history):
                 raise ConflictError(
                     f"the messages sent do not continue conversation {cid}; send its stored messages first, or start a new one"
                 )
