@@ -30,6 +30,7 @@ from heredity import __version__
 from heredity.errors import HeredityError
 from heredity.server import errors
 from heredity.server.errors import ApiError, error_response
+from heredity.server.openai_api import host_for
 from heredity.server.openai_api import router as openai_router
 from heredity.server.runner import ModelPool
 from heredity.server.schemas import MAX_BODY_BYTES, ExploreRequest, ExportRequest, Feedback, NewConversation
@@ -265,10 +266,7 @@ def api_router() -> APIRouter:
         from heredity.engine.explore import next_token
         from heredity.engine.sampling import SampleConfig, render_prompt
 
-        try:
-            host = await asyncio.to_thread(request.app.state.pool.get, body.model)
-        except HeredityError as e:
-            raise ApiError(404, str(e), "model_not_found", param="model") from None
+        host = await host_for(request, body.model)
         tok = host.view
         if body.chat and not getattr(tok, "chat_template", None):
             raise ApiError(400, f"model {body.model} has no chat template; untick 'chat template'", "no_chat_template")
@@ -288,7 +286,8 @@ def api_router() -> APIRouter:
             raise ApiError(422, f"layer must be below {layers}", "invalid_request_error", param="layer")
         if body.head is not None and body.head >= heads:
             raise ApiError(422, f"head must be below {heads}", "invalid_request_error", param="head")
-        fut = host.call(lambda model, _tok: next_token(model, tok, ids, body.top_k, body.layer, body.head))
+        # on the worker thread with the worker's own tokenizer (host.view belongs to the request side)
+        fut = host.call(lambda model, wtok: next_token(model, wtok, ids, body.top_k, body.layer, body.head))
         out = await asyncio.wrap_future(fut)
         w0 = max(0, len(ids) - ATTN_WINDOW)
         if out["attention"] is not None:

@@ -34,7 +34,8 @@ def list_models(request: Request) -> dict:
                                         "kind": m["kind"], "name": m["name"]} for m in pool.listing()]}
 
 
-async def _host(request: Request, name: str):
+async def host_for(request: Request, name: str):
+    """The loaded model a request names (loaded off the event loop), or 404."""
     try:
         return await asyncio.to_thread(request.app.state.pool.get, name)
     except HeredityError as e:
@@ -168,7 +169,7 @@ async def chat_completions(req: ChatRequest, request: Request):
     if sum(len(m["content"]) for m in messages) > MAX_TOTAL_CHARS:
         raise ApiError(413, f"the messages hold more than {MAX_TOTAL_CHARS} characters in all; send a shorter history",
                        "request_too_large", param="messages")
-    host = await _host(request, req.model)
+    host = await host_for(request, req.model)
     convs = request.app.state.conversations
     if req.conversation_id:
         try:
@@ -273,7 +274,7 @@ async def completions(req: CompletionRequest, request: Request):
                        "request_too_large", param="prompt")
     if any(p == "" for p in prompts):
         raise ApiError(422, "a prompt must not be empty", "invalid_request_error", param="prompt")
-    host = await _host(request, req.model)
+    host = await host_for(request, req.model)
     n_prompt_each = [len(host.view(p, add_special_tokens=False)["input_ids"]) for p in prompts]
     if min(n_prompt_each) == 0:
         raise ApiError(422, "a prompt encodes to no tokens", "invalid_request_error", param="prompt")
