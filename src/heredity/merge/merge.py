@@ -117,26 +117,27 @@ def learned_mask(store, base_id: str, base: ModelTensors, src, rows: list[dict],
     model, tok = load(base_id, store)
     model.requires_grad_(False)
     params = dict(model.named_parameters())  # the base's weights, already in memory: τ = θ_i − θ_b from them
-    taus = {n: src.get(n) - params[n].detach() for n in params if n in base._shapes}
+    device = next(model.parameters()).device  # a GPU when there is one; the masks come back on the CPU
+    taus = {n: src.get(n).to(device) - params[n].detach() for n in params if n in base._shapes}
     taus = {n: t for n, t in taus.items() if t.abs().max() > 0}
     if not taus:
         raise HeredityError(f"{src.label} does not differ from the base; there is nothing to localize")
     k = kept_count(base, cfg.sparsity)
-    start = topk_mask({n: t.abs() for n, t in taus.items()}, k)
-    logits = {n: torch.where(start[n], cfg.init, -cfg.init).requires_grad_(True) for n in taus}
+    start = {n: m.to(device) for n, m in topk_mask({n: t.abs().cpu() for n, t in taus.items()}, k).items()}
+    logits = {n: torch.where(start[n], cfg.init, -cfg.init).requires_grad_(True) for n in taus}  # on τ's device
     opt = torch.optim.Adam(logits.values(), lr=cfg.lr)
     enc = encode_rows(tok, rows[: cfg.examples], FinetuneConfig(chat=cfg.chat))
     pad = tok.pad_token_id if tok.pad_token_id is not None else 0
     g = torch.Generator().manual_seed(0)
     for _ in tqdm(range(cfg.steps), desc=f"localize {src.label}", disable=not progress, leave=False):
-        batch = collate(enc, torch.randperm(len(enc), generator=g)[: cfg.batch_size].tolist(), pad, "cpu")
+        batch = collate(enc, torch.randperm(len(enc), generator=g)[: cfg.batch_size].tolist(), pad, device)
         p = {n: params[n] + torch.sigmoid(logits[n]) * taus[n] for n in taus}
         out = functional_call(model, p, args=(), kwargs=batch)
         loss = out.loss + cfg.l1 * sum(torch.sigmoid(s).sum() for s in logits.values())
         opt.zero_grad()
         loss.backward()
         opt.step()
-    mask = topk_mask({n: s.detach() for n, s in logits.items()}, k)
+    mask = topk_mask({n: s.detach().cpu() for n, s in logits.items()}, k)
     return {n: mask.get(n, torch.zeros(base.shape(n), dtype=torch.bool)) for n in base.names()}
 
 
