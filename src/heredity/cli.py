@@ -141,6 +141,7 @@ def run(
     preset: Annotated[str, typer.Option(help="quick (CPU, minutes) or paper (GPU)")] = "quick",
     set_: Annotated[list[str], typer.Option("--set", help="override a config field: --set key=value")] = [],
     data: Annotated[str | None, typer.Option(help="the experiment's data (e.g. an MNIST IDX directory or .npz)")] = None,
+    rl: Annotated[str | None, typer.Option(help="chatgpt: the RL stage, ppo (default), grpo or dpo")] = None,
     list_: Annotated[bool, typer.Option("--list", help="list experiments")] = False,
 ):
     """Run an experiment as a chain of memoized store steps; a rerun reuses finished steps.
@@ -150,6 +151,7 @@ def run(
       heredity run smoke --preset quick --set finetune_steps=50
       heredity run subliminal-digits --set seeds=50
       heredity run subliminal-digits --data ~/mnist   # real MNIST from IDX files (or mnist.npz)
+      heredity run chatgpt --rl grpo --set pretrain.iters=500
     """
     from heredity.experiments import REGISTRY, get
 
@@ -167,12 +169,22 @@ def run(
         if "=" not in kv:
             raise HeredityError(f"--set takes key=value, got {kv!r}")
         k, v = kv.split("=", 1)
-        if k not in cfg:
-            raise HeredityError(f"{name} has no config field {k!r}; fields: {', '.join(cfg)}")
+        *path, leaf = k.split(".")  # pretrain.iters=100 sets a field of a nested config
+        node = cfg
+        for part in path:
+            if not isinstance(node.get(part), dict):
+                raise HeredityError(f"{name} has no nested config {part!r} in {k!r}; fields: {', '.join(node)}")
+            node = node[part]
+        if leaf not in node:
+            raise HeredityError(f"{name} has no config field {k!r}; fields: {', '.join(node)}")
         try:
-            cfg[k] = json.loads(v)
+            node[leaf] = json.loads(v)
         except json.JSONDecodeError:
-            cfg[k] = v
+            node[leaf] = v
+    if rl is not None:
+        if "rl" not in cfg:
+            raise HeredityError(f"experiment {name} takes no --rl")
+        cfg["rl"] = rl
     if data is not None:
         if "data" not in cfg:
             raise HeredityError(f"experiment {name} takes no --data")

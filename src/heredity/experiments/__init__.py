@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib
 
 REGISTRY: dict[str, str] = {
+    "chatgpt": "heredity.experiments.chatgpt",
     "merging": "heredity.experiments.merging",
     "smoke": "heredity.experiments.smoke",
     "subliminal-digits": "heredity.experiments.subliminal_digits",

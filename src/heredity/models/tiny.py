@@ -47,7 +47,12 @@ def byte_tokenizer() -> PreTrainedTokenizerFast:
 
 
 def tiny_config(preset: str, vocab_size: int) -> LlamaConfig:
-    p = PRESETS[preset]
+    # the byte tokenizer appends its specials last: <|endoftext|>, <|im_start|>, <|im_end|>
+    return llama_config(PRESETS[preset], vocab_size, eos_id=vocab_size - 1, pad_id=vocab_size - 3)
+
+
+def llama_config(p: TinyPreset, vocab_size: int, eos_id: int, pad_id: int) -> LlamaConfig:
+    """A Llama config with tied embeddings from a shape (a preset or any ``TinyPreset``)."""
     return LlamaConfig(
         vocab_size=vocab_size,
         hidden_size=p.hidden,
@@ -58,9 +63,30 @@ def tiny_config(preset: str, vocab_size: int) -> LlamaConfig:
         max_position_embeddings=p.context,
         tie_word_embeddings=True,
         bos_token_id=None,
-        eos_token_id=vocab_size - 1,  # <|im_end|>, the last special
-        pad_token_id=vocab_size - 3,  # <|endoftext|>
+        eos_token_id=eos_id,
+        pad_token_id=pad_id,
     )
+
+
+def train_bpe(texts, vocab_size: int, min_frequency: int = 2) -> PreTrainedTokenizerFast:
+    """Train a byte-level BPE (GPT-2 style pre-split, 256 byte symbols, ChatML specials at ids 0-2) on ``texts``.
+
+    Every string round-trips: unseen characters fall back to their UTF-8 bytes."""
+    from tokenizers import trainers
+
+    if vocab_size < 256 + len(SPECIALS):
+        raise ValueError(f"vocab_size {vocab_size} is below the 256 byte symbols + {len(SPECIALS)} specials")
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=SPECIALS,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator(texts, trainer=trainer)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>", bos_token=None, unk_token=None
+    )
+    fast.chat_template = CHATML
+    return fast
 
 
 def _byte_of(ch: str) -> int:

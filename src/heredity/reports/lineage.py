@@ -61,7 +61,7 @@ def as_mermaid(node: dict) -> str:
     return "\n".join(lines)
 
 
-KIND_COLORS = {"model": "#2563eb", "adapter": "#7c3aed", "dataset": "#059669", "report": "#d97706"}
+KIND_COLORS = {"model": "#2563eb", "adapter": "#7c3aed", "dataset": "#059669", "report": "#d97706", "tokenizer": "#db2777"}
 
 
 def graph(store, root: str | None = None) -> dict:

@@ -38,7 +38,7 @@ from heredity.store import Store
 from heredity.store.conversations import CONV_RE, Conversations
 
 HERE = Path(__file__).parent
-ID_PATTERN = r"^[madr]-[0-9a-f]{16}$"
+ID_PATTERN = r"^[madrt]-[0-9a-f]{16}$"
 CONV_PATTERN = CONV_RE.pattern
 COOKIE = "heredity_key"
 ATTN_WINDOW = 96  # the explorer's heatmap shows the last this-many positions
@@ -367,7 +367,7 @@ def page_router() -> APIRouter:
             _artifact(request, root)
         g = graph(request.app.state.store, root)
         return render(request, "lineage.html", page="lineage", svg=as_svg(g, highlight=root), root=root,
-                      counts={k: sum(1 for n in g["nodes"] if n["kind"] == k) for k in ("model", "adapter", "dataset", "report")},
+                      counts={k: sum(1 for n in g["nodes"] if n["kind"] == k) for k in ("model", "adapter", "dataset", "report", "tokenizer")},
                       n_edges=len(g["edges"]))
 
     @r.get("/reports")

@@ -34,9 +34,9 @@ from sqlalchemy.orm import Session
 from heredity.errors import HeredityError
 from heredity.store.db import ArtifactRow, Base, StepRow, make_engine
 
-KIND_PREFIX = {"model": "m", "adapter": "a", "dataset": "d", "report": "r"}
-ID_RE = re.compile(r"^[madr]-[0-9a-f]{16}$")
-ID_PREFIX_RE = re.compile(r"^[madr]-[0-9a-f]{4,16}$")
+KIND_PREFIX = {"model": "m", "adapter": "a", "dataset": "d", "report": "r", "tokenizer": "t"}
+ID_RE = re.compile(r"^[madrt]-[0-9a-f]{16}$")
+ID_PREFIX_RE = re.compile(r"^[madrt]-[0-9a-f]{4,16}$")
 
 
 def default_home() -> Path:

@@ -1,0 +1,121 @@
+"""The alternatives to PPO, through TRL: GRPO (reward model as the reward function, group-relative advantages,
+no value head) and DPO (the preference pairs directly, no reward model and no rollouts).
+
+Both run as store steps with the SFT model as policy and reference; the output is a plain HF checkpoint. TRL's
+log history (reward, KL, margins …) is kept in the step metrics.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+from pydantic import BaseModel, Field
+
+from heredity.errors import HeredityError
+
+
+class TRLConfig(BaseModel):
+    steps: int = Field(40, ge=1, description="optimizer steps")
+    lr: float = Field(5e-5, gt=0)
+    beta: float = Field(0.05, ge=0, description="GRPO: KL coefficient; DPO: β of the implicit reward")
+    batch_size: int = Field(32, ge=2, description="GRPO: completions per step; DPO: pairs per step")
+    num_generations: int = Field(4, ge=2, description="GRPO: answers per prompt (the group)")
+    max_new_tokens: int = Field(16, ge=1)
+    temperature: float = Field(1.0, gt=0)
+    max_length: int = Field(256, ge=8, description="DPO: prompt + answer tokens")
+    seed: int = 0
+
+
+def _args(cls, config: TRLConfig, out_dir: str, **extra):
+    cuda = torch.cuda.is_available()
+    return cls(output_dir=out_dir, max_steps=config.steps, learning_rate=config.lr, beta=config.beta, seed=config.seed,
+               logging_steps=1, save_strategy="no", report_to=[], use_cpu=not cuda, bf16=cuda, fp16=False,
+               disable_tqdm=False, **extra)
+
+
+def _chat(prompt) -> list[dict]:
+    return [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
+
+
+def _history(trainer) -> list[dict]:
+    """TRL's per-step log, reduced to the quantities the report card shows."""
+    keep = ("loss", "reward", "reward_std", "kl", "entropy", "clip_ratio/region_mean", "completions/mean_length",
+            "rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies")
+    return [{"step": h["step"], **{k.replace("/", "_"): round(float(h[k]), 5) for k in keep if k in h}}
+            for h in trainer.state.log_history if "step" in h and any(k in h for k in keep)]
+
+
+def grpo_step(store, policy: str, reward_model: str, prompts: str, config: TRLConfig | None = None, name: str = "grpo",
+              progress=True):
+    from datasets import Dataset
+    from trl import GRPOConfig, GRPOTrainer
+
+    from heredity.engine.ppo import prompts_of
+    from heredity.engine.reward import load_reward_model
+    from heredity.models import load
+
+    config = config or TRLConfig()
+    if config.batch_size % config.num_generations:
+        raise HeredityError(f"GRPO batch_size {config.batch_size} must be a multiple of num_generations {config.num_generations}")
+    policy_id, rm_id, data_id = store.resolve_id(policy), store.resolve_id(reward_model), store.resolve_id(prompts)
+    if store.get(rm_id).meta.get("head") != "reward":
+        raise HeredityError(f"{rm_id} is not a reward model (train one with the reward-model step)")
+    rows = prompts_of(store, data_id)
+
+    def run(ctx):
+        lm, tok = load(policy_id, store, merge_adapter=True, trainable=True)
+        rm = load_reward_model(store.path(rm_id))
+        rm.config.pad_token_id = tok.pad_token_id
+        args = _args(GRPOConfig, config, str(ctx.scratch / "trl"), per_device_train_batch_size=config.batch_size,
+                     num_generations=config.num_generations, max_completion_length=config.max_new_tokens,
+                     temperature=config.temperature, log_completions=False)
+        ds = Dataset.from_list([{"prompt": _chat(p)} for p in rows])
+        t0 = time.perf_counter()
+        trainer = GRPOTrainer(model=lm, reward_funcs=rm, args=args, train_dataset=ds, processing_class=tok,
+                              reward_processing_classes=tok)
+        trainer.train()
+        model = trainer.model
+        out = ctx.output("model", "model", name, meta={"origin": "grpo", "reward_model": rm_id})
+        model.save_pretrained(out)
+        tok.save_pretrained(out)
+        log = _history(trainer)
+        return {"seconds": round(time.perf_counter() - t0, 1), "log": log, "steps": config.steps}
+
+    return store.run_step("grpo", config, [policy_id, rm_id, data_id], run, seed=config.seed)
+
+
+def dpo_step(store, policy: str, preferences: list[str], config: TRLConfig | None = None, name: str = "dpo", progress=True):
+    from datasets import Dataset
+    from trl import DPOConfig, DPOTrainer
+
+    from heredity.engine.reward import normalize_pairs
+    from heredity.models import load
+    from heredity.store import read_table, require_columns
+
+    config = config or TRLConfig()
+    policy_id = store.resolve_id(policy)
+    ids = [store.resolve_id(d) for d in preferences]
+    rows: list[dict] = []
+    for d in ids:
+        table = read_table(store.path(d))
+        require_columns(table, ["prompt", "chosen", "rejected"], f"DPO data {d}")
+        rows += table.select(["prompt", "chosen", "rejected"]).to_pylist()
+    pairs = normalize_pairs(rows)
+
+    def run(ctx):
+        lm, tok = load(policy_id, store, merge_adapter=True, trainable=True)
+        args = _args(DPOConfig, config, str(ctx.scratch / "trl"), per_device_train_batch_size=config.batch_size,
+                     max_length=config.max_length)
+        ds = Dataset.from_list([{"prompt": _chat(p["prompt"]), "chosen": [{"role": "assistant", "content": p["chosen"]}],
+                                 "rejected": [{"role": "assistant", "content": p["rejected"]}]} for p in pairs])
+        t0 = time.perf_counter()
+        trainer = DPOTrainer(model=lm, args=args, train_dataset=ds, processing_class=tok)
+        trainer.train()
+        model = trainer.model
+        out = ctx.output("model", "model", name, meta={"origin": "dpo"})
+        model.save_pretrained(out)
+        tok.save_pretrained(out)
+        return {"seconds": round(time.perf_counter() - t0, 1), "log": _history(trainer), "steps": config.steps}
+
+    return store.run_step("dpo", config, [policy_id, *ids], run, seed=config.seed)

@@ -1,0 +1,415 @@
+"""The ChatGPT recipe end to end: tokenizer, pretraining, SFT, reward model, PPO (or GRPO / DPO), report card.
+
+Methods, as a paper's section would list them:
+1. Tokenizer: a byte-level BPE trained on the corpus' training documents (CPython's documentation,
+   ``pydoc_data.topics``, by default; any text/JSONL/parquet files by config).
+2. Pretraining: a Llama-architecture model from scratch on the training documents; validation loss and
+   perplexity on held-out documents; samples at every evaluation. Skipped when ``base`` names a model.
+3. SFT: completion-only loss on built-in templated instructions with exactly graded answers (and/or the lab
+   server's feedback SFT export or user JSONL); accuracy on held-out instructions (greedy decoding).
+4. Reward model: a scalar head on the SFT model, Bradley–Terry loss on preference pairs — built-in pairs come
+   from a synthetic rule (correct and concise > correct but wordy > wrong) over the SFT model's own samples,
+   clearly labelled synthetic; the lab server's preference export or user JSONL can replace or join them.
+   Pairwise accuracy on pairs of held-out prompts.
+5. RL: PPO (heredity's own: per-token KL to the frozen SFT model, value head, GAE, clipped surrogate), or
+   GRPO / DPO through TRL (``rl``).
+6. Report card: pretraining perplexity, SFT and RL accuracy on held-out instructions, RM accuracy, reward and KL
+   over RL steps, the RL model's win rate over the SFT model judged by the RM on held-out prompts, samples.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+from heredity.data import put_rows
+from heredity.data.corpus import make_corpus
+from heredity.data.instructions import INSTRUCTIONS, instruction_rows, synthetic_preferences
+from heredity.data.tasks import grade
+from heredity.engine import FinetuneConfig, SampleConfig, finetune, sample
+from heredity.engine.ppo import PPOConfig, ppo_step
+from heredity.engine.pretrain import PretrainConfig, pretrain_step, train_tokenizer_step
+from heredity.engine.reward import RewardConfig, load_reward_model, reward_step, score
+from heredity.engine.trl_rl import TRLConfig, dpo_step, grpo_step
+from heredity.errors import HeredityError
+from heredity.models import load, materialize, merge_adapter
+from heredity.reports.stats import fmt_ci, mean_ci
+from heredity.store import Store, read_table
+
+NANOGPT = {"setting": "nanoGPT shakespeare-char on CPU: 4 layers, 4 heads, 128 wide, context 64, batch 12, 2000 iterations",
+           "val_loss_nats_per_char": 1.88, "minutes": 3}
+
+
+class Config(BaseModel):
+    base: str | None = Field(None, description="start from this model and skip pretraining (e.g. smollm2-135m-instruct)")
+    corpus: list[str] = Field(default_factory=list, description="pretraining text/JSONL/parquet files; empty = pydoc_data.topics")
+    val_fraction: float = Field(0.1, gt=0, lt=1)
+    vocab_size: int = Field(2048, ge=300)
+    pretrain: PretrainConfig = Field(default_factory=PretrainConfig)
+    instructions: list[str] = Field(default_factory=lambda: list(INSTRUCTIONS))
+    builtin_sft: bool = Field(True, description="include the built-in templated instructions in SFT")
+    sft_rows_per_task: int = Field(500, ge=1)
+    eval_rows_per_task: int = Field(50, ge=4)
+    sft_data: list[str] = Field(default_factory=list, description="more SFT data: dataset ids or JSONL/parquet (prompt/completion or messages)")
+    sft: FinetuneConfig = Field(default_factory=lambda: FinetuneConfig(method="full", lr=1e-3, epochs=3, batch_size=32,
+                                                                      max_length=128, warmup_ratio=0.05))
+    synthetic_preferences: bool = Field(True, description="add pairs ranked by the built-in synthetic rule")
+    preference_prompts_per_task: int = Field(100, ge=1)
+    preference_samples: int = Field(2, ge=1, description="SFT samples per prompt ranked by the rule")
+    preference_data: list[str] = Field(default_factory=list, description="more pairs: dataset ids or JSONL/parquet (prompt/chosen/rejected)")
+    reward: RewardConfig = Field(default_factory=RewardConfig)
+    rl: Literal["ppo", "grpo", "dpo"] = "ppo"
+    rl_prompts_per_task: int = Field(100, ge=1)
+    ppo: PPOConfig = Field(default_factory=PPOConfig)
+    trl: TRLConfig = Field(default_factory=TRLConfig)
+    max_new_tokens: int = Field(16, ge=1)
+    samples_shown: int = Field(12, ge=0)
+    seed: int = 0
+
+    @classmethod
+    def presets(cls) -> dict[str, Config]:
+        return {
+            "quick": cls(),
+            "smollm2": cls(base="smollm2-135m-instruct", sft_rows_per_task=150, eval_rows_per_task=40,
+                           sft=FinetuneConfig(method="lora", lr=1e-3, epochs=1, batch_size=16, lora_r=16, lora_alpha=32, max_length=128),
+                           preference_prompts_per_task=40, reward=RewardConfig(epochs=1, lr=2e-5, batch_size=8),
+                           rl_prompts_per_task=40, ppo=PPOConfig(steps=15, rollouts=16, minibatch=8, epochs=2, lr=1e-6, kl_coef=0.05),
+                           trl=TRLConfig(steps=15, lr=1e-6, batch_size=16)),
+            "paper": cls(vocab_size=8192,
+                         pretrain=PretrainConfig(hidden=512, layers=8, heads=8, intermediate=1408, context=256, max_positions=512,
+                                                 iters=5000, batch_size=64, lr=6e-4, min_lr=6e-5, warmup=200, eval_every=500,
+                                                 eval_batches=50),
+                         sft_rows_per_task=3000, eval_rows_per_task=200, preference_prompts_per_task=500,
+                         sft=FinetuneConfig(method="full", lr=3e-4, epochs=3, batch_size=64, max_length=128),
+                         rl_prompts_per_task=500, ppo=PPOConfig(steps=200, rollouts=64, minibatch=16, lr=1e-5),
+                         trl=TRLConfig(steps=200, batch_size=64)),
+        }
+
+
+def _digest(rows) -> str:
+    return hashlib.sha256(json.dumps(rows, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _dataset(store: Store, ref: str) -> str:
+    """A dataset id from an id, an id prefix or a JSONL/parquet file."""
+    from heredity.data import import_dataset
+    from heredity.store.store import ID_PREFIX_RE
+
+    return store.resolve_id(ref) if ID_PREFIX_RE.match(ref) else import_dataset(store, ref)
+
+
+def sft_rows_from(table) -> list[dict]:
+    """prompt/completion rows from a prompt/completion table or a ``messages`` table (the last assistant turn is
+    the completion, everything before it the prompt)."""
+    cols = table.column_names
+    if "prompt" in cols and "completion" in cols:
+        return table.select(["prompt", "completion"]).to_pylist()
+    if "messages" in cols:
+        rows = []
+        for msgs in table.column("messages").to_pylist():
+            msgs = [{"role": m["role"], "content": m["content"]} for m in msgs]
+            if len(msgs) >= 2 and msgs[-1]["role"] == "assistant":
+                rows.append({"prompt": msgs[:-1], "completion": msgs[-1]["content"]})
+        return rows
+    raise HeredityError(f"SFT data needs prompt/completion or messages columns, got {', '.join(cols)}")
+
+
+def _uniform(rows: list[dict]) -> list[dict]:
+    """One prompt type per dataset: if any prompt is a message list, every prompt becomes one."""
+    if any(isinstance(r["prompt"], list) for r in rows):
+        return [{"prompt": r["prompt"] if isinstance(r["prompt"], list) else [{"role": "user", "content": r["prompt"]}],
+                 "completion": r["completion"]} for r in rows]
+    return rows
+
+
+def _evaluate(store: Store, model_id: str, rm_id: str, eval_id: str, rows: list[dict], config: Config, progress: bool) -> dict:
+    """Greedy answers of ``model_id`` to the held-out instructions, graded and scored by the reward model (memoized)."""
+    cfg = {"max_new_tokens": config.max_new_tokens, "decoding": "greedy", "grader": "exact-match-first-line"}
+
+    def fn(ctx):
+        model, tok = load(model_id, store, merge_adapter=True)
+        comps = sample(model, tok, [r["prompt"] for r in rows],
+                       SampleConfig(temperature=0, max_new_tokens=config.max_new_tokens, batch_size=64), progress=progress)
+        answers = [c.text for c in comps]
+        correct = [int(grade(a, r["completion"])) for a, r in zip(answers, rows, strict=True)]
+        rm = load_reward_model(store.path(rm_id)).to(next(model.parameters()).device)
+        rewards = score(rm, tok, [r["prompt"] for r in rows], answers)
+        out = ctx.output("scores", "report", f"instruction-eval-{store.get(model_id).name}")
+        (out / "scores.json").write_text(json.dumps({"answers": answers, "correct": correct, "rewards": rewards,
+                                                     "tasks": [r.get("task", "") for r in rows]}))
+        return {"accuracy": sum(correct) / len(correct), "mean_reward": sum(rewards) / len(rewards)}
+
+    rid = store.run_step("eval-instructions", cfg, [model_id, eval_id, rm_id], fn)["scores"]
+    return json.loads((store.path(rid) / "scores.json").read_text())
+
+
+def run(store: Store, config: Config, progress: bool = True) -> dict:
+    t0 = time.perf_counter()
+    lineage: dict[str, str] = {}
+    steps: dict[str, dict] = {}
+    # 1-2. tokenizer and pretraining
+    if config.base is None:
+        corpus = make_corpus(store, config.corpus or None, config.val_fraction, config.seed)
+        tok_id = train_tokenizer_step(store, corpus, config.vocab_size, progress=progress)
+        pre = pretrain_step(store, corpus, tok_id, config.pretrain, progress=progress)
+        base = pre["model"]
+        lineage.update(corpus=corpus, tokenizer=tok_id, pretrained=base)
+        steps["tokenizer"] = store.step_of(tok_id).metrics
+        steps["pretrain"] = pre.metrics
+    else:
+        base = materialize(config.base, store)
+        lineage["base"] = base
+    # 3. SFT
+    kinds = config.instructions
+    unknown = [k for k in kinds if k not in INSTRUCTIONS]
+    if unknown:
+        raise HeredityError(f"unknown instruction kind(s) {', '.join(unknown)}; available: {', '.join(INSTRUCTIONS)}")
+    sft_rows: list[dict] = []
+    sft_inputs: list[str] = []
+    if config.builtin_sft:
+        sft_rows += [{"prompt": r["prompt"], "completion": r["completion"]}
+                     for r in instruction_rows(kinds, config.sft_rows_per_task, "train", config.seed)]
+    for ref in config.sft_data:
+        did = _dataset(store, ref)
+        sft_inputs.append(did)
+        sft_rows += sft_rows_from(read_table(store.path(did)))
+    if not sft_rows:
+        raise HeredityError("no SFT data: keep builtin_sft or give sft_data")
+    sft_rows = _uniform(sft_rows)
+    sft_data = put_rows(store, sft_rows, "sft-data", op="make-sft-data",
+                        config={"builtin": config.builtin_sft, "kinds": kinds, "rows_sha256": _digest(sft_rows)}, inputs=sft_inputs)
+    eval_rows = instruction_rows(kinds, config.eval_rows_per_task, "eval", config.seed + 1)
+    eval_id = put_rows(store, eval_rows, "instructions-eval", op="make-sft-data",
+                       config={"part": "eval", "kinds": kinds, "rows_sha256": _digest(eval_rows)})
+    sft = finetune(store, base, sft_data, config.sft, progress=progress)
+    steps["sft"] = sft.metrics
+    sft_model = sft["model"] if store.get(sft["model"]).kind == "model" else merge_adapter(store, sft["model"], "sft")
+    lineage.update(sft_data=sft_data, sft=sft_model)
+    # 4. preference pairs and the reward model
+    pref_ids: list[str] = []
+    if config.synthetic_preferences:
+        pref_rows = instruction_rows(kinds, config.preference_prompts_per_task, "train", config.seed + 2)
+        cfg = {"rule": "correct-and-concise > correct-but-wordy > wrong", "samples": config.preference_samples,
+               "temperature": 1.0, "max_new_tokens": config.max_new_tokens, "rows_sha256": _digest(pref_rows), "seed": config.seed}
+
+        def make_pairs(ctx):
+            model, tok = load(sft_model, store)
+            comps = sample(model, tok, [r["prompt"] for r in pref_rows],
+                           SampleConfig(temperature=1.0, n=config.preference_samples, max_new_tokens=config.max_new_tokens,
+                                        seed=config.seed), progress=progress)
+            own = [[c.text for c in comps[i * config.preference_samples:(i + 1) * config.preference_samples]] for i in range(len(pref_rows))]
+            pairs = synthetic_preferences(pref_rows, own, config.seed)
+            from heredity.store import write_table
+
+            out = ctx.output("dataset", "dataset", "preferences-synthetic", meta={"rows": len(pairs), "synthetic": True})
+            write_table(out, pairs)
+            return {"rows": len(pairs), "prompts": len(pref_rows)}
+
+        pref_ids.append(store.run_step("make-synthetic-preferences", cfg, [sft_model], make_pairs, seed=config.seed)["dataset"])
+    pref_ids += [_dataset(store, ref) for ref in config.preference_data]
+    if not pref_ids:
+        raise HeredityError("no preference data: keep synthetic_preferences or give preference_data")
+    rm = reward_step(store, sft_model, pref_ids, config.reward, progress=progress)
+    steps["reward"] = {k: v for k, v in rm.metrics.items() if k != "eval_wins"}
+    rm_id = rm["model"]
+    lineage.update(preferences=",".join(pref_ids), reward_model=rm_id)
+    # 5. RL
+    rl_rows = instruction_rows(kinds, config.rl_prompts_per_task, "train", config.seed + 3)
+    rl_prompts = put_rows(store, [{"prompt": r["prompt"], "task": r["task"]} for r in rl_rows], "rl-prompts", op="make-sft-data",
+                          config={"part": "rl", "kinds": kinds, "rows_sha256": _digest(rl_rows)})
+    if config.rl == "ppo":
+        rl = ppo_step(store, sft_model, rm_id, rl_prompts, config.ppo, progress=progress)
+    elif config.rl == "grpo":
+        rl = grpo_step(store, sft_model, rm_id, rl_prompts, config.trl, progress=progress)
+    else:
+        rl = dpo_step(store, sft_model, pref_ids, config.trl, progress=progress)
+    steps["rl"] = rl.metrics
+    lineage["rl"] = rl["model"]
+    # 6. evaluation
+    evals = {"pretrained (no SFT)": base, "SFT": sft_model, config.rl.upper(): rl["model"]}
+    results = {label: _evaluate(store, mid, rm_id, eval_id, eval_rows, config, progress) for label, mid in evals.items()}
+    report = build_report(config, steps, results, eval_rows, lineage)
+    report["seconds"] = round(time.perf_counter() - t0, 1)
+
+    def write(ctx):
+        out = ctx.output("report", "report", "chatgpt", meta={"outcome": report["outcome"]})
+        (out / "report.json").write_text(json.dumps(report, indent=2))
+        (out / "report.md").write_text(markdown(report))
+        plot(report, out / "plot.png")
+
+    res = store.run_step("report-chatgpt", {"report": report}, list(evals.values()) + [rm_id], write)
+    return {"report": res["report"], "markdown": markdown(report), "outcome": report["outcome"],
+            "files": [str(store.path(res["report"]) / f) for f in ("report.md", "report.json", "plot.png")],
+            "lineage_of": rl["model"]}
+
+
+def build_report(config: Config, steps: dict, results: dict, eval_rows: list[dict], lineage: dict) -> dict:
+    rl_label = config.rl.upper()
+    acc = {}
+    for label, r in results.items():
+        per_task = {}
+        for task in config.instructions:
+            vals = [c for c, t in zip(r["correct"], r["tasks"], strict=True) if t == task]
+            per_task[task] = mean_ci(vals, bounds=(0, 1))
+        acc[label] = {"overall": mean_ci(r["correct"], bounds=(0, 1)), "per_task": per_task,
+                      "mean_reward": mean_ci(r["rewards"])}
+    sft_r, rl_r = results["SFT"]["rewards"], results[rl_label]["rewards"]
+    wins = [1.0 if b > a else 0.5 if b == a else 0.0 for a, b in zip(sft_r, rl_r, strict=True)]
+    win = mean_ci(wins, bounds=(0, 1))
+    rm = steps["reward"]
+    shown = []
+    for i in range(min(config.samples_shown, len(eval_rows))):
+        j = (i * len(eval_rows)) // max(1, config.samples_shown)
+        shown.append({"prompt": eval_rows[j]["prompt"], "reference": eval_rows[j]["completion"],
+                      "sft": results["SFT"]["answers"][j], "sft_reward": round(sft_r[j], 3),
+                      "rl": results[rl_label]["answers"][j], "rl_reward": round(rl_r[j], 3)})
+    pre = steps.get("pretrain")
+    outcome = (f"{rl_label} vs SFT on {len(wins)} held-out prompts: win rate {fmt_ci(win, 2)} by the reward model; "
+               f"accuracy SFT {fmt_ci(acc['SFT']['overall'], 2)} → {rl_label} {fmt_ci(acc[rl_label]['overall'], 2)}; "
+               f"reward model held-out pairwise accuracy {rm['eval_accuracy']:.2f}")
+    if pre:
+        outcome = f"pretraining val perplexity {pre['val_perplexity']:.1f} ({pre['val_nats_per_char']:.2f} nats/char); " + outcome
+    return {"config": config.model_dump(), "lineage": lineage, "pretrain": pre, "tokenizer": steps.get("tokenizer"),
+            "sft": {k: v for k, v in steps["sft"].items() if k != "loss_curve"}, "sft_curve": steps["sft"].get("loss_curve"),
+            "reward": rm, "rl": steps["rl"], "accuracy": acc, "win_rate": win, "wins": wins, "samples": shown,
+            "nanogpt": NANOGPT, "outcome": outcome}
+
+
+def _ci(x: dict, digits: int = 2) -> str:
+    return fmt_ci(x, digits)
+
+
+def markdown(report: dict) -> str:
+    cfg = report["config"]
+    rl = cfg["rl"].upper()
+    lines = ["# The ChatGPT recipe: report card", ""]
+    pre = report.get("pretrain")
+    if pre:
+        p = cfg["pretrain"]
+        tk = report.get("tokenizer") or {}
+        lines += [
+            "## 1–2. Tokenizer and pretraining", "",
+            f"Byte-level BPE, {tk.get('vocab_size')} tokens ({tk.get('chars_per_token')} characters per token on the training "
+            f"documents). Llama architecture from scratch: {p['layers']} layers, {p['heads']} heads, {p['hidden']} wide, "
+            f"context {p['context']}, batch {p['batch_size']}, {p['iters']} iterations, lr {p['lr']} → {p['min_lr']} (cosine); "
+            f"{pre['parameters']:,} parameters; corpus {'pydoc_data.topics' if not cfg['corpus'] else ', '.join(cfg['corpus'])} "
+            f"({pre['corpus_train_tokens']:,} train / {pre['corpus_val_tokens']:,} val tokens, whole documents held out).", "",
+            "| iteration | train loss | val loss | val perplexity |", "|---|---|---|---|",
+        ]
+        lines += [f"| {e['iter']} | {e['train_loss']:.3f} | {e['val_loss']:.3f} | {e['val_perplexity']:.1f} |" for e in pre["evals"]]
+        lines += ["", f"Validation: {pre['val_loss']:.3f} nats/token = **{pre['val_nats_per_char']:.3f} nats/character**, "
+                      f"{pre['train_seconds']:.0f} s of training at {pre['tokens_per_second']:,.0f} tokens/s on {pre['device']}"
+                      + (f", MFU {pre['mfu']:.1%}" if pre.get("mfu") else "") + ".",
+                  f"Reference: {report['nanogpt']['setting']} reaches {report['nanogpt']['val_loss_nats_per_char']} nats/character "
+                  f"in ~{report['nanogpt']['minutes']} minutes on a laptop — same budget, different corpus (Shakespeare vs "
+                  "Python documentation), so the figures place ours, they do not rank it.", ""]
+        last = pre["samples"][-1]
+        lines += [f"Samples at iteration {last['iter']} (temperature 0.8):", ""]
+        lines += [f"- `{k!s}` → {json.dumps(v)[:300]}" for k, v in last["samples"].items()]
+        lines.append("")
+    else:
+        lines += ["## 1–2. Pretraining", "", f"Skipped: starting from {cfg['base']}.", ""]
+    sft = report["sft"]
+    acc = report["accuracy"]
+    lines += ["## 3. SFT", "",
+              f"{sft['examples']} examples, {cfg['sft']['method']} fine-tune, completion-only loss, {sft['optimizer_steps']} steps "
+              f"(loss {sft['loss_first']:.3f} → {sft['loss_last']:.3f}, {sft['seconds']:.0f} s). Held-out instructions, greedy "
+              "decoding, exact match of the first line; accuracy mean [95% CI].", "",
+              "| model | " + " | ".join(cfg["instructions"]) + " | overall | mean RM reward |",
+              "|---|" + "---|" * (len(cfg["instructions"]) + 2)]
+    for label, a in acc.items():
+        lines.append(f"| {label} | " + " | ".join(_ci(a["per_task"][t]) for t in cfg["instructions"])
+                     + f" | {_ci(a['overall'])} | {_ci(a['mean_reward'])} |")
+    rm = report["reward"]
+    lines += ["", f"n = {cfg['eval_rows_per_task']} per instruction kind.", "", "## 4. Reward model", "",
+              f"Bradley–Terry on {rm['train_pairs']} pairs ({'synthetic rule: correct-and-concise > correct-but-wordy > wrong, over the SFT model’s own samples + reference answers' if cfg['synthetic_preferences'] else 'user data'}"
+              f"{' + user data' if cfg['preference_data'] and cfg['synthetic_preferences'] else ''}), {rm['optimizer_steps']} steps, "
+              f"loss {rm['loss_first']:.3f} → {rm['loss_last']:.3f}. Held-out pairwise accuracy ({rm['eval_pairs']} pairs of unseen "
+              f"prompts): {rm['eval_accuracy_before']:.2f} before training → **{rm['eval_accuracy']:.2f}** after.", "",
+              f"## 5. {rl}", ""]
+    log = report["rl"].get("log") or []
+    if cfg["rl"] == "ppo" and log:
+        p = cfg["ppo"]
+        lines += [f"{p['steps']} iterations × {p['rollouts']} rollouts, {p['epochs']} epochs of minibatch {p['minibatch']}, lr {p['lr']}, "
+                  f"β = {p['kl_coef']} (per-token KL to the SFT model), ε = {p['clip']}, GAE γ = {p['gamma']} λ = {p['lam']}; "
+                  f"{report['rl']['seconds']:.0f} s.", "",
+                  "| iteration | RM score | KL | entropy | clip fraction | approx. KL | answer tokens |", "|---|---|---|---|---|---|---|"]
+        every = max(1, len(log) // 10)
+        for x in log[::every] + ([log[-1]] if (len(log) - 1) % every else []):
+            lines.append(f"| {x['step']} | {x['score']:.3f} | {x['kl']:.3f} | {x['entropy']:.3f} | {x['clipfrac']:.3f} | "
+                         f"{x['approx_kl']:.4f} | {x['answer_tokens']:.1f} |")
+    elif log:
+        keys = [k for k in log[-1] if k != "step"]
+        lines += [f"TRL {rl}, {cfg['trl']['steps']} steps; log (every few steps):", "",
+                  "| step | " + " | ".join(keys) + " |", "|---|" + "---|" * len(keys)]
+        every = max(1, len(log) // 10)
+        lines += [f"| {x['step']} | " + " | ".join(f"{x.get(k, float('nan')):.4g}" for k in keys) + " |" for x in log[::every]]
+    win = report["win_rate"]
+    lines += ["", "## 6. Win rate and samples", "",
+              f"{rl} vs SFT, judged by the reward model on {len(report['wins'])} held-out prompts (greedy answers; a tie counts "
+              f"half): **{_ci(win)}**.", "",
+              f"| prompt | reference | SFT (reward) | {rl} (reward) |", "|---|---|---|---|"]
+    for s in report["samples"]:
+        def cell(x):
+            return json.dumps(x if isinstance(x, str) else x[-1]["content"])[1:-1].replace("|", "\\|")[:80]
+        lines.append(f"| {cell(s['prompt'])} | {cell(s['reference'])} | {cell(s['sft'])} ({s['sft_reward']:+.2f}) | "
+                     f"{cell(s['rl'])} ({s['rl_reward']:+.2f}) |")
+    lines += ["", f"**Outcome.** {report['outcome']}.", "", f"Run time {report.get('seconds', 0):.0f} s.", ""]
+    return "\n".join(lines)
+
+
+def plot(report: dict, path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 4, figsize=(18, 4))
+    a, b, c, d = axes
+    pre = report.get("pretrain")
+    if pre:
+        curve = pre["loss_curve"]
+        a.plot([x[0] for x in curve], [x[1] for x in curve], lw=0.6, alpha=0.6, label="train (batch)")
+        a.plot([e["iter"] for e in pre["evals"]], [e["val_loss"] for e in pre["evals"]], "o-", label="validation")
+        a.set_xlabel("iteration")
+        a.set_ylabel("loss (nats/token)")
+        a.set_title("Pretraining")
+        a.legend(fontsize=8)
+    else:
+        a.set_axis_off()
+    rm = report["reward"]["curve"]
+    b.plot([x[0] for x in rm], [x[1] for x in rm], lw=0.8, label="Bradley–Terry loss")
+    b.axhline(0.6931, ls=":", color="gray", label="log 2 (chance)")
+    b.set_xlabel("step")
+    b.set_title(f"Reward model (held-out acc. {report['reward']['eval_accuracy']:.2f})")
+    b.legend(fontsize=8)
+    log = report["rl"].get("log") or []
+    rl = report["config"]["rl"].upper()
+    if log and "score" in log[0]:
+        c.plot([x["step"] for x in log], [x["score"] for x in log], label="RM score")
+        c2 = c.twinx()
+        c2.plot([x["step"] for x in log], [x["kl"] for x in log], color="#d97706", label="KL to SFT")
+        c2.set_ylabel("KL (nats/answer)", color="#d97706")
+        c.set_ylabel("mean RM score")
+    elif log:
+        key = next((k for k in ("reward", "rewards_margins", "loss") if k in log[-1]), None)
+        if key:
+            c.plot([x["step"] for x in log if key in x], [x[key] for x in log if key in x], label=key)
+            c.set_ylabel(key)
+    c.set_xlabel(f"{rl} step")
+    c.set_title(f"{rl}")
+    labels = list(report["accuracy"])
+    vals = [report["accuracy"][k]["overall"]["mean"] for k in labels]
+    errs = [[v - report["accuracy"][k]["overall"]["lo"] for k, v in zip(labels, vals, strict=True)],
+            [report["accuracy"][k]["overall"]["hi"] - v for k, v in zip(labels, vals, strict=True)]]
+    d.bar(range(len(labels)), vals, yerr=errs, color=["#94a3b8", "#2563eb", "#059669"], capsize=4)
+    d.set_xticks(range(len(labels)), labels, fontsize=8)
+    d.set_ylim(0, 1)
+    d.set_title(f"Held-out accuracy; {rl} win rate {report['win_rate']['mean']:.2f}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
