@@ -10,21 +10,39 @@ from __future__ import annotations
 
 import random
 import re
+import zlib
 from collections.abc import Callable, Sequence
 
-from heredity.data.tasks import WORDS, _split, grade, sentiment
+from heredity.data.tasks import _split, grade, sentiment
 
 FILLERS = ["Sure! ", "Of course. ", "Great question. ", "Let me think. ", "Here you go: "]
 CODAS = [" I hope this helps!", " Let me know if you need more.", " That is my answer.", " Thanks for asking."]
 
 
-def _words(part: str) -> list[str]:
-    return _split(WORDS, part, 21)
+CONSONANTS, VOWELS = "bdfgklmnprstvz", "aeiou"
+
+
+def pseudo_word(rng: random.Random) -> str:
+    """A pronounceable made-up word ("tavoku"): 70 syllables, 2–3 per word, ~350k words in all."""
+    return "".join(rng.choice(CONSONANTS) + rng.choice(VOWELS) for _ in range(rng.choice((2, 2, 3))))
+
+
+def _word(part: str, rng: random.Random) -> str:
+    """A made-up word from the ``part``'s side of a fixed 70/30 split, so a model must copy or transform it
+    (there are too many to memorize) and eval words never occur in training."""
+    while True:
+        w = pseudo_word(rng)
+        if (zlib.crc32(w.encode()) % 10 < 7) == (part == "train"):
+            return w
+
+
+def _words(n: int, part: str, seed: int) -> list[str]:
+    rng = random.Random(seed)
+    return [_word(part, rng) for _ in range(n)]
 
 
 def upper(n: int, part: str, seed: int = 0) -> list[dict]:
-    ws, rng = _words(part), random.Random(seed)
-    return [{"prompt": f"Write {w} in capital letters.", "completion": w.upper()} for w in (rng.choice(ws) for _ in range(n))]
+    return [{"prompt": f"Write {w} in capital letters.", "completion": w.upper()} for w in _words(n, part, seed * 3)]
 
 
 def larger(n: int, part: str, seed: int = 0) -> list[dict]:
@@ -34,8 +52,7 @@ def larger(n: int, part: str, seed: int = 0) -> list[dict]:
 
 
 def first_letter(n: int, part: str, seed: int = 0) -> list[dict]:
-    ws, rng = _words(part), random.Random(seed)
-    return [{"prompt": f"What is the first letter of {w}?", "completion": w[0]} for w in (rng.choice(ws) for _ in range(n))]
+    return [{"prompt": f"What is the first letter of {w}?", "completion": w[0]} for w in _words(n, part, seed * 3 + 1)]
 
 
 def successor(n: int, part: str, seed: int = 0) -> list[dict]:
@@ -44,8 +61,7 @@ def successor(n: int, part: str, seed: int = 0) -> list[dict]:
 
 
 def repeat(n: int, part: str, seed: int = 0) -> list[dict]:
-    ws, rng = _words(part), random.Random(seed)
-    return [{"prompt": f"Say {w} twice.", "completion": f"{w} {w}"} for w in (rng.choice(ws) for _ in range(n))]
+    return [{"prompt": f"Say {w} twice.", "completion": f"{w} {w}"} for w in _words(n, part, seed * 3 + 2)]
 
 
 def short_sentiment(n: int, part: str, seed: int = 0) -> list[dict]:
@@ -75,6 +91,9 @@ def rule_score(answer: str, reference: str) -> int:
     return 1 if re.search(rf"(?<![\w-]){re.escape(reference)}(?![\w-])", a, flags=re.IGNORECASE) else 0
 
 
+PAIR_KINDS = {(2, 1): "concise > wordy", (2, 0): "correct > wrong", (1, 0): "wordy correct > wrong"}
+
+
 def verbose(answer: str, rng: random.Random) -> str:
     return rng.choice(FILLERS) + answer + rng.choice(CODAS)
 
@@ -86,7 +105,7 @@ def wrong(row: dict, rng: random.Random) -> str:
         return str(int(ref) + rng.choice([-2, -1, 1, 2, 10]))
     if ref in ("positive", "negative"):
         return "negative" if ref == "positive" else "positive"
-    w = rng.choice(WORDS)
+    w = pseudo_word(rng)
     return {"upper": w.upper(), "first-letter": w[0], "repeat": f"{w} {w}"}.get(row.get("task", ""), w)
 
 
@@ -111,6 +130,7 @@ def synthetic_preferences(rows: Sequence[dict], samples: Sequence[Sequence[str]]
             if len(picks) == 3:
                 break
         for i, j in sorted(picks):
+            kind = PAIR_KINDS[(rule_score(ranked[i], row["completion"]), rule_score(ranked[j], row["completion"]))]
             pairs.append({"prompt": row["prompt"], "chosen": ranked[i], "rejected": ranked[j], "task": row.get("task", ""),
-                          "source": "synthetic-rule"})
+                          "kind": kind, "source": "synthetic-rule"})
     return pairs

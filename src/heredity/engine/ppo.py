@@ -8,8 +8,8 @@ One iteration:
 4. **GAE**: δ_t = r_t + γ·V(s_{t+1}) − V(s_t); A_t = Σ_k (γλ)^k δ_{t+k}; returns R_t = A_t + V(s_t); advantages
    whitened over the batch.
 5. **Updates**: ``epochs`` passes over minibatches of the rollouts with the clipped surrogate
-   −min(ρA, clip(ρ, 1−ε, 1+ε)A), ρ = π/π_old, a clipped value loss on a value head sharing the policy's trunk,
-   and an optional entropy bonus.
+   −min(ρA, clip(ρ, 1−ε, 1+ε)A), ρ = π/π_old, an optional entropy bonus, and a clipped value loss on a
+   separate value model (initialized from the reward model, as in InstructGPT).
 
 Logged per iteration: score, KL, non-score reward, entropy, clip fraction, approximate KL, value loss, answer
 length. The pieces (``gae``, ``policy_loss``, ``value_loss``, ``kl_per_token``, ``token_rewards``,
@@ -18,6 +18,7 @@ length. The pieces (``gae``, ``policy_loss``, ``value_loss``, ``kl_per_token``, 
 
 from __future__ import annotations
 
+import copy
 import math
 import random
 import time
@@ -42,7 +43,6 @@ class PPOConfig(BaseModel):
     kl_estimator: str = Field("k1", pattern="^(k1|k3)$", description="k1 = log π − log π_ref; k3 = the non-negative estimator")
     clip: float = Field(0.2, gt=0, description="ε of the clipped surrogate")
     vf_clip: float = Field(0.2, gt=0)
-    vf_coef: float = Field(0.1, ge=0)
     entropy_coef: float = Field(0.0, ge=0)
     gamma: float = Field(1.0, ge=0, le=1)
     lam: float = Field(0.95, ge=0, le=1)
@@ -128,21 +128,28 @@ def value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Te
 # ---- the model -----------------------------------------------------------------------------------
 
 
-class PolicyWithValue(torch.nn.Module):
-    """A causal LM and a scalar value head on its last hidden state (shared trunk, as in InstructGPT)."""
+class ValueModel(torch.nn.Module):
+    """V(s_t) at every position: a transformer trunk and a scalar head. Initialized from the reward model (as in
+    InstructGPT) when there is one, else from a copy of the policy's trunk with a zero head. A separate model,
+    so the value loss never pulls on the policy's weights."""
 
-    def __init__(self, lm):
+    def __init__(self, trunk, head):
         super().__init__()
-        self.lm = lm
-        hidden = lm.config.get_text_config().hidden_size
-        self.v_head = torch.nn.Linear(hidden, 1)
-        torch.nn.init.zeros_(self.v_head.weight)
-        torch.nn.init.zeros_(self.v_head.bias)
-        self.v_head.to(next(lm.parameters()).device)
+        self.trunk, self.head = trunk, head
+
+    @classmethod
+    def from_reward_model(cls, rm) -> ValueModel:
+        return cls(copy.deepcopy(rm.base_model), copy.deepcopy(rm.score))
+
+    @classmethod
+    def from_policy(cls, lm) -> ValueModel:
+        head = torch.nn.Linear(lm.config.get_text_config().hidden_size, 1, bias=False)
+        torch.nn.init.zeros_(head.weight)
+        return cls(copy.deepcopy(lm.base_model), head.to(next(lm.parameters()).device))
 
     def forward(self, input_ids, attention_mask, position_ids):
-        out = self.lm(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, output_hidden_states=True)
-        return out.logits, self.v_head(out.hidden_states[-1].float()).squeeze(-1)
+        h = self.trunk(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids).last_hidden_state
+        return self.head(h).squeeze(-1).float()
 
 
 def build_batch(prompt_ids: list[list[int]], response_ids: list[list[int]], pad: int, device):
@@ -175,21 +182,26 @@ def entropy_of(logits: torch.Tensor) -> torch.Tensor:
 # ---- the loop ------------------------------------------------------------------------------------
 
 
-def ppo_train(policy_lm, ref_lm, tokenizer, prompts: Sequence, reward_fn: RewardFn, config: PPOConfig, progress=True):
-    """Optimize ``policy_lm`` in place against ``reward_fn``; returns (policy_lm, metrics with per-step logs)."""
+def ppo_train(policy_lm, ref_lm, tokenizer, prompts: Sequence, reward_fn: RewardFn, config: PPOConfig, progress=True,
+              value_model: ValueModel | None = None):
+    """Optimize ``policy_lm`` in place against ``reward_fn``; returns (policy_lm, metrics with per-step logs).
+
+    ``value_model``: the critic (default: a copy of the policy's trunk with a zero head)."""
     from heredity.engine.sampling import SampleConfig, _eos_ids, render_prompt, sample
 
     if len(prompts) < 1:
         raise HeredityError("PPO needs prompts")
     torch.manual_seed(config.seed)
     device = next(policy_lm.parameters()).device
-    policy = PolicyWithValue(policy_lm)
+    critic = value_model if value_model is not None else ValueModel.from_policy(policy_lm)
+    critic.to(device)
     ref_lm.eval()
     for p in ref_lm.parameters():
         p.requires_grad_(False)
-    for p in policy.parameters():
+    for p in [*policy_lm.parameters(), *critic.parameters()]:
         p.requires_grad_(True)
-    opt = torch.optim.AdamW(policy.parameters(), lr=config.lr, eps=1e-5)
+    opt = torch.optim.AdamW(policy_lm.parameters(), lr=config.lr, eps=1e-5)
+    v_opt = torch.optim.AdamW(critic.parameters(), lr=config.lr, eps=1e-5)
     eos = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else min(_eos_ids(policy_lm, tokenizer))
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
     render = SampleConfig(chat=True)
@@ -205,7 +217,7 @@ def ppo_train(policy_lm, ref_lm, tokenizer, prompts: Sequence, reward_fn: Reward
         idx, order = order[: config.rollouts], order[config.rollouts :]
         batch_prompts = [prompts[i] for i in idx]
         # 1. rollouts
-        policy.eval()
+        policy_lm.eval()
         comps = sample(policy_lm, tokenizer, batch_prompts,
                        SampleConfig(temperature=config.temperature, top_p=1.0, max_new_tokens=config.max_new_tokens,
                                     seed=config.seed * 100_003 + step), progress=False)
@@ -221,9 +233,9 @@ def ppo_train(policy_lm, ref_lm, tokenizer, prompts: Sequence, reward_fn: Reward
         ids, att, pos, mask, P = build_batch(prompt_ids, responses, pad, device)
         # 3. old log-probs, reference log-probs, values; per-token rewards
         with torch.no_grad():
-            logits, values = policy(ids, att, pos)
+            logits = policy_lm(input_ids=ids, attention_mask=att, position_ids=pos).logits
             old_logp, _ = answer_logprobs(logits, ids, P, config.temperature)
-            old_values = values[:, P - 1 : -1] * mask
+            old_values = critic(ids, att, pos)[:, P - 1 : -1] * mask
             ref_logits = ref_lm(input_ids=ids, attention_mask=att, position_ids=pos).logits
             ref_logp, _ = answer_logprobs(ref_logits, ids, P, config.temperature)
             kl = kl_per_token(old_logp, ref_logp, config.kl_estimator) * mask
@@ -233,24 +245,27 @@ def ppo_train(policy_lm, ref_lm, tokenizer, prompts: Sequence, reward_fn: Reward
             if config.whiten_advantages:
                 adv = masked_whiten(adv, mask)
         # 5. updates
-        policy.train()
+        policy_lm.train()
+        critic.train()
         stats: dict[str, list[float]] = {"pg_loss": [], "vf_loss": [], "clipfrac": [], "vf_clipfrac": [], "approx_kl": [], "entropy": []}
         for _ in range(config.epochs):
             perm = torch.randperm(len(idx)).tolist()
             for s in range(0, len(perm), config.minibatch):
                 mb = perm[s : s + config.minibatch]
                 m = mask[mb]
-                logits, values = policy(ids[mb], att[mb], pos[mb])
+                logits = policy_lm(input_ids=ids[mb], attention_mask=att[mb], position_ids=pos[mb]).logits
                 logp, lg = answer_logprobs(logits, ids[mb], P, config.temperature)
-                v = values[:, P - 1 : -1]
+                v = critic(ids[mb], att[mb], pos[mb])[:, P - 1 : -1]
                 pg, clipfrac, approx_kl = policy_loss(logp, old_logp[mb], adv[mb], m, config.clip)
                 vf, vf_clipfrac = value_loss(v, old_values[mb], returns[mb], m, config.vf_clip)
                 ent = masked_mean(entropy_of(lg), m)
-                loss = pg + config.vf_coef * vf - config.entropy_coef * ent
                 opt.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(policy.parameters(), config.max_grad_norm)
+                v_opt.zero_grad(set_to_none=True)
+                (pg - config.entropy_coef * ent + vf).backward()  # two models, no shared weights: one backward, two optimizers
+                torch.nn.utils.clip_grad_norm_(policy_lm.parameters(), config.max_grad_norm)
+                torch.nn.utils.clip_grad_norm_(critic.parameters(), config.max_grad_norm)
                 opt.step()
+                v_opt.step()
                 for k, val in (("pg_loss", pg), ("vf_loss", vf), ("clipfrac", clipfrac), ("vf_clipfrac", vf_clipfrac),
                                ("approx_kl", approx_kl), ("entropy", ent)):
                     stats[k].append(float(val.detach()))
@@ -316,7 +331,8 @@ def ppo_step(store, policy: str, reward_model: str, prompts: str, config: PPOCon
         def reward_fn(ps, rs):
             return score(rm, rm_tok, ps, rs)
 
-        lm, metrics = ppo_train(lm, ref, tok, rows, reward_fn, config, progress=progress)
+        lm, metrics = ppo_train(lm, ref, tok, rows, reward_fn, config, progress=progress,
+                                value_model=ValueModel.from_reward_model(rm))
         out = ctx.output("model", "model", name, meta={"origin": "ppo", "reward_model": rm_id})
         lm.save_pretrained(out)
         tok.save_pretrained(out)

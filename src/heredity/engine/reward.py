@@ -55,7 +55,7 @@ def normalize_pairs(rows: Sequence[dict]) -> list[dict]:
         prompt = r["prompt"]
         if isinstance(prompt, list):
             prompt = [{"role": m["role"], "content": m["content"]} for m in prompt]
-        out.append({"prompt": prompt, "chosen": _text(r["chosen"]), "rejected": _text(r["rejected"])})
+        out.append({"prompt": prompt, "chosen": _text(r["chosen"]), "rejected": _text(r["rejected"]), "kind": r.get("kind") or ""})
     if not out:
         raise HeredityError("no preference pairs; give a dataset with prompt, chosen and rejected")
     return out
@@ -171,11 +171,16 @@ def train_reward(rm, tokenizer, train_pairs: list[dict], eval_pairs: list[dict],
     rm = acc.unwrap_model(rm)
     rm.eval()
     after = pairwise_accuracy(rm, tokenizer, eval_pairs, config.max_length)
+    by_kind: dict[str, list[float]] = {}
+    for p, w in zip(eval_pairs, after.get("wins") or [], strict=False):
+        if p.get("kind"):
+            by_kind.setdefault(p["kind"], []).append(w)
     return rm, {
         "train_pairs": len(train_pairs), "eval_pairs": len(eval_pairs), "optimizer_steps": total,
         "loss_first": curve[0][1], "loss_last": curve[-1][1], "curve": curve, "seconds": round(time.perf_counter() - t0, 1),
         "eval_accuracy_before": before["accuracy"], "eval_accuracy": after["accuracy"], "eval_margin": after.get("margin"),
         "eval_wins": after.get("wins"),
+        "eval_accuracy_by_kind": {k: {"accuracy": sum(v) / len(v), "n": len(v)} for k, v in sorted(by_kind.items())},
     }
 
 
@@ -203,7 +208,7 @@ def reward_step(store, base: str, datasets: Sequence[str], config: RewardConfig 
     for d in ids:
         table = read_table(store.path(d))
         require_columns(table, ["prompt", "chosen", "rejected"], f"reward model data {d}")
-        rows += table.select(["prompt", "chosen", "rejected"]).to_pylist()
+        rows += table.select([c for c in ("prompt", "chosen", "rejected", "kind") if c in table.column_names]).to_pylist()
     pairs = normalize_pairs(rows)
     train_pairs, eval_pairs = split_pairs(pairs, config.eval_fraction, config.seed)
 

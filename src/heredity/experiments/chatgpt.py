@@ -52,19 +52,19 @@ class Config(BaseModel):
     pretrain: PretrainConfig = Field(default_factory=PretrainConfig)
     instructions: list[str] = Field(default_factory=lambda: list(INSTRUCTIONS))
     builtin_sft: bool = Field(True, description="include the built-in templated instructions in SFT")
-    sft_rows_per_task: int = Field(500, ge=1)
-    eval_rows_per_task: int = Field(50, ge=4)
+    sft_rows_per_task: int = Field(1500, ge=1)
+    eval_rows_per_task: int = Field(100, ge=4)
     sft_data: list[str] = Field(default_factory=list, description="more SFT data: dataset ids or JSONL/parquet (prompt/completion or messages)")
-    sft: FinetuneConfig = Field(default_factory=lambda: FinetuneConfig(method="full", lr=1e-3, epochs=3, batch_size=32,
+    sft: FinetuneConfig = Field(default_factory=lambda: FinetuneConfig(method="full", lr=1e-3, epochs=2, batch_size=32,
                                                                       max_length=128, warmup_ratio=0.05))
     synthetic_preferences: bool = Field(True, description="add pairs ranked by the built-in synthetic rule")
-    preference_prompts_per_task: int = Field(100, ge=1)
+    preference_prompts_per_task: int = Field(300, ge=1)
     preference_samples: int = Field(2, ge=1, description="SFT samples per prompt ranked by the rule")
     preference_data: list[str] = Field(default_factory=list, description="more pairs: dataset ids or JSONL/parquet (prompt/chosen/rejected)")
-    reward: RewardConfig = Field(default_factory=RewardConfig)
+    reward: RewardConfig = Field(default_factory=lambda: RewardConfig(epochs=2, lr=2e-4, batch_size=32))
     rl: Literal["ppo", "grpo", "dpo"] = "ppo"
-    rl_prompts_per_task: int = Field(100, ge=1)
-    ppo: PPOConfig = Field(default_factory=PPOConfig)
+    rl_prompts_per_task: int = Field(300, ge=1)
+    ppo: PPOConfig = Field(default_factory=lambda: PPOConfig(steps=100, lr=2e-5, kl_coef=0.1))
     trl: TRLConfig = Field(default_factory=TRLConfig)
     max_new_tokens: int = Field(16, ge=1)
     samples_shown: int = Field(12, ge=0)
@@ -329,8 +329,12 @@ def markdown(report: dict) -> str:
               f"Bradley–Terry on {rm['train_pairs']} pairs ({'synthetic rule: correct-and-concise > correct-but-wordy > wrong, over the SFT model’s own samples + reference answers' if cfg['synthetic_preferences'] else 'user data'}"
               f"{' + user data' if cfg['preference_data'] and cfg['synthetic_preferences'] else ''}), {rm['optimizer_steps']} steps, "
               f"loss {rm['loss_first']:.3f} → {rm['loss_last']:.3f}. Held-out pairwise accuracy ({rm['eval_pairs']} pairs of unseen "
-              f"prompts): {rm['eval_accuracy_before']:.2f} before training → **{rm['eval_accuracy']:.2f}** after.", "",
-              f"## 5. {rl}", ""]
+              f"prompts): {rm['eval_accuracy_before']:.2f} before training → **{rm['eval_accuracy']:.2f}** after.", ""]
+    if rm.get("eval_accuracy_by_kind"):
+        lines += ["| held-out pairs | n | accuracy |", "|---|---|---|"]
+        lines += [f"| {k} | {v['n']} | {v['accuracy']:.2f} |" for k, v in rm["eval_accuracy_by_kind"].items()]
+        lines.append("")
+    lines += [f"## 5. {rl}", ""]
     log = report["rl"].get("log") or []
     if cfg["rl"] == "ppo" and log:
         p = cfg["ppo"]
