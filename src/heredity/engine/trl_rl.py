@@ -1,5 +1,5 @@
-"""The alternatives to PPO, through TRL: GRPO (reward model as the reward function, group-relative advantages,
-no value head) and DPO (the preference pairs directly, no reward model and no rollouts).
+"""The alternatives to PPO, through TRL: GRPO (the reward model, read as PPO reads it, as the reward function;
+group-relative advantages, no value model) and DPO (the preference pairs directly, no reward model and no rollouts).
 
 Both run as store steps with the SFT model as policy and reference; the output is a plain HF checkpoint. TRL's
 log history (reward, KL, margins …) is kept in the step metrics.
@@ -7,6 +7,7 @@ log history (reward, KL, margins …) is kept in the step metrics.
 
 from __future__ import annotations
 
+import copy
 import time
 
 import torch
@@ -52,8 +53,9 @@ def grpo_step(store, policy: str, reward_model: str, prompts: str, config: TRLCo
     from trl import GRPOConfig, GRPOTrainer
 
     from heredity.engine.ppo import prompts_of
-    from heredity.engine.reward import load_reward_model
+    from heredity.engine.reward import load_reward_model, score
     from heredity.models import load
+    from heredity.models.registry import default_device
 
     config = config or TRLConfig()
     if config.batch_size % config.num_generations:
@@ -65,15 +67,21 @@ def grpo_step(store, policy: str, reward_model: str, prompts: str, config: TRLCo
 
     def run(ctx):
         lm, tok = load(policy_id, store, merge_adapter=True, trainable=True)
-        rm = load_reward_model(store.path(rm_id))
-        rm.config.pad_token_id = tok.pad_token_id
+        rm = load_reward_model(store.path(rm_id)).to(default_device()).eval()
+        rm_tok = copy.deepcopy(tok)
+
+        def reward_model(prompts, completions, **_):
+            """The reward model read exactly as PPO and the evaluation read it (chat-rendered prompt + answer,
+            no end-of-turn token), not through TRL's own rendering of the pair."""
+            answers = [c[-1]["content"] if isinstance(c, list) else c for c in completions]
+            return score(rm, rm_tok, prompts, answers)
+
         args = _args(GRPOConfig, config, str(ctx.scratch / "trl"), per_device_train_batch_size=config.batch_size,
                      num_generations=config.num_generations, max_completion_length=config.max_new_tokens,
                      temperature=config.temperature, log_completions=False)
         ds = Dataset.from_list([{"prompt": _chat(p)} for p in rows])
         t0 = time.perf_counter()
-        trainer = GRPOTrainer(model=lm, reward_funcs=rm, args=args, train_dataset=ds, processing_class=tok,
-                              reward_processing_classes=tok)
+        trainer = GRPOTrainer(model=lm, reward_funcs=reward_model, args=args, train_dataset=ds, processing_class=tok)
         trainer.train()
         model = trainer.model
         out = ctx.output("model", "model", name, meta={"origin": "grpo", "reward_model": rm_id})

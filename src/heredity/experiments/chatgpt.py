@@ -65,7 +65,7 @@ class Config(BaseModel):
     rl: Literal["ppo", "grpo", "dpo"] = "ppo"
     rl_prompts_per_task: int = Field(300, ge=1)
     ppo: PPOConfig = Field(default_factory=lambda: PPOConfig(steps=100, lr=2e-5, kl_coef=0.1))
-    trl: TRLConfig = Field(default_factory=TRLConfig)
+    trl: TRLConfig = Field(default_factory=lambda: TRLConfig(steps=100, lr=2e-5, beta=0.1))
     max_new_tokens: int = Field(16, ge=1)
     samples_shown: int = Field(12, ge=0)
     seed: int = 0
@@ -340,7 +340,8 @@ def markdown(report: dict) -> str:
         p = cfg["ppo"]
         lines += [f"{p['steps']} iterations × {p['rollouts']} rollouts, {p['epochs']} epochs of minibatch {p['minibatch']}, lr {p['lr']}, "
                   f"β = {p['kl_coef']} (per-token KL to the SFT model), ε = {p['clip']}, GAE γ = {p['gamma']} λ = {p['lam']}; "
-                  f"{report['rl']['seconds']:.0f} s.", "",
+                  f"{report['rl']['seconds']:.0f} s. Mean RM score over the first fifth of the iterations "
+                  f"{report['rl']['score_first']:.3f} → last fifth {report['rl']['score_last']:.3f} (KL {report['rl']['kl_last']:.2f} nats per answer).", "",
                   "| iteration | RM score | KL | entropy | clip fraction | approx. KL | answer tokens |", "|---|---|---|---|---|---|---|"]
         every = max(1, len(log) // 10)
         for x in log[::every] + ([log[-1]] if (len(log) - 1) % every else []):
@@ -348,7 +349,10 @@ def markdown(report: dict) -> str:
                          f"{x['approx_kl']:.4f} | {x['answer_tokens']:.1f} |")
     elif log:
         keys = [k for k in log[-1] if k != "step"]
-        lines += [f"TRL {rl}, {cfg['trl']['steps']} steps; log (every few steps):", "",
+        t = cfg["trl"]
+        what = (f"{t['batch_size'] // t['num_generations']} prompts × {t['num_generations']} answers per step, KL coefficient β = {t['beta']}"
+                if cfg["rl"] == "grpo" else f"{t['batch_size']} pairs per step, β = {t['beta']}")
+        lines += [f"TRL's {rl}Trainer: {t['steps']} steps, {what}, lr {t['lr']}; {report['rl'].get('seconds', 0):.0f} s. Log (every few steps):", "",
                   "| step | " + " | ".join(keys) + " |", "|---|" + "---|" * len(keys)]
         every = max(1, len(log) // 10)
         lines += [f"| {x['step']} | " + " | ".join(f"{x.get(k, float('nan')):.4g}" for k in keys) + " |" for x in log[::every]]
