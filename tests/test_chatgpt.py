@@ -239,6 +239,13 @@ def test_reward_model_learns_separable_pairs(store):
     assert m["eval_accuracy"] >= 0.9 and m["eval_accuracy"] > m["eval_accuracy_before"]
     assert m["eval_pairs"] > 0 and m["train_pairs"] + m["eval_pairs"] == 60
     assert store.get(res["model"]).meta["head"] == "reward"
+    # the lab server lists and serves chat models only: a reward model scores answers, it does not write them
+    from heredity.server.runner import ModelNotFound, ModelPool
+
+    pool = ModelPool(store)
+    assert res["model"] not in {m["id"] for m in pool.listing()} and base in {m["id"] for m in pool.listing()}
+    with pytest.raises(ModelNotFound, match="reward model"):
+        pool.resolve(res["model"])
     train, held = split_pairs(normalize_pairs(pairs), 0.2, 0)
     assert not {p["prompt"] for p in train} & {p["prompt"] for p in held}
 
@@ -344,3 +351,22 @@ def test_chatgpt_bad_input_is_one_line(tmp_path):
     assert r.returncode == 2 and r.stderr.strip().count("\n") == 0 and "does not exist" in r.stderr
     r = _cli(tmp_path / "home", "run", "chatgpt", "--rl", "sac")
     assert r.returncode == 2 and "rl" in r.stderr and "ppo" in r.stderr
+
+
+def test_sft_rows_from_the_servers_messages_export_and_prompt_completion_files():
+    import pyarrow as pa
+
+    from heredity.data.feedback import SFT_SCHEMA
+    from heredity.experiments.chatgpt import _uniform, sft_rows_from
+
+    msgs = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi?"}, {"role": "assistant", "content": "Hello."}]
+    table = pa.Table.from_pylist([{"messages": msgs, "conversation_id": "c-0", "message_idx": 2, "model": "m", "source": "thumbs-up"},
+                                  {"messages": msgs[:2], "conversation_id": "c-1", "message_idx": 1, "model": "m", "source": "x"}],
+                                 schema=SFT_SCHEMA)
+    rows = sft_rows_from(table)
+    assert rows == [{"prompt": msgs[:2], "completion": "Hello."}]  # a conversation not ending in an answer is skipped
+    mixed = _uniform(rows + [{"prompt": "plain?", "completion": "yes"}])
+    assert mixed[1]["prompt"] == [{"role": "user", "content": "plain?"}]
+    assert sft_rows_from(pa.table({"prompt": ["a"], "completion": ["b"]})) == [{"prompt": "a", "completion": "b"}]
+    with pytest.raises(HeredityError, match="prompt/completion or messages"):
+        sft_rows_from(pa.table({"text": ["a"]}))

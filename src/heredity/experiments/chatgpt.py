@@ -397,17 +397,25 @@ def plot(report: dict, path) -> None:
     b.legend(fontsize=8)
     log = report["rl"].get("log") or []
     rl = report["config"]["rl"].upper()
+    def smooth(v: list[float], w: int = 10) -> list[float]:
+        return [sum(v[max(0, i - w + 1): i + 1]) / len(v[max(0, i - w + 1): i + 1]) for i in range(len(v))]
+
     if log and "score" in log[0]:
-        c.plot([x["step"] for x in log], [x["score"] for x in log], label="RM score")
+        steps_ = [x["step"] for x in log]
+        c.plot(steps_, [x["score"] for x in log], lw=0.6, alpha=0.35, color="#2563eb")
+        c.plot(steps_, smooth([x["score"] for x in log]), lw=2, color="#2563eb", label="RM score (10-step mean)")
         c2 = c.twinx()
-        c2.plot([x["step"] for x in log], [x["kl"] for x in log], color="#d97706", label="KL to SFT")
+        c2.plot(steps_, smooth([x["kl"] for x in log]), lw=2, color="#d97706", label="KL to SFT (10-step mean)")
         c2.set_ylabel("KL (nats/answer)", color="#d97706")
-        c.set_ylabel("mean RM score")
+        c.set_ylabel("mean RM score", color="#2563eb")
     elif log:
         key = next((k for k in ("reward", "rewards_margins", "loss") if k in log[-1]), None)
         if key:
-            c.plot([x["step"] for x in log if key in x], [x[key] for x in log if key in x], label=key)
+            pts = [(x["step"], x[key]) for x in log if key in x]
+            c.plot([a for a, _ in pts], [b for _, b in pts], lw=0.6, alpha=0.35, color="#2563eb")
+            c.plot([a for a, _ in pts], smooth([b for _, b in pts]), lw=2, color="#2563eb", label=f"{key} (10-step mean)")
             c.set_ylabel(key)
+            c.legend(fontsize=8)
     c.set_xlabel(f"{rl} step")
     c.set_title(f"{rl}")
     labels = list(report["accuracy"])

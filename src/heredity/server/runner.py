@@ -196,10 +196,11 @@ class ModelPool:
                 aid = self.store.resolve_id(name)
             except HeredityError as e:
                 raise ModelNotFound(str(e)) from None
-            if aid[0] in "ma":
+            if aid[0] in "ma" and not _is_reward_model(self.store.get(aid)):
                 return aid
-            raise ModelNotFound(f"{aid} is a {self.store.get(aid).kind}, not a model; list models at GET /v1/models")
-        named = [a for a in self.store.list() if a.kind in ("model", "adapter") and a.name == name]
+            what = "a reward model (it scores answers, it does not write them)" if aid[0] == "m" else f"a {self.store.get(aid).kind}"
+            raise ModelNotFound(f"{aid} is {what}, not a chat model; list models at GET /v1/models")
+        named = [a for a in self.store.list() if a.kind in ("model", "adapter") and a.name == name and not _is_reward_model(a)]
         if named:
             return named[-1].id
         raise ModelNotFound(
@@ -230,10 +231,10 @@ class ModelPool:
             return host
 
     def listing(self) -> list[dict]:
-        """Bundled models (whether converted yet or not) and every stored model and adapter."""
+        """Bundled models (whether converted yet or not) and every stored model and adapter (reward models excluded)."""
         out = [{"id": name, "kind": "bundled", "name": name, "created": 0} for name in BUNDLED]
         for a in self.store.list():
-            if a.kind in ("model", "adapter"):
+            if a.kind in ("model", "adapter") and not _is_reward_model(a):
                 out.append({"id": a.id, "kind": a.kind, "name": a.name, "created": int(a.created_at.timestamp())})
         return out
 
@@ -242,3 +243,7 @@ class ModelPool:
             for h in self.hosts.values():
                 h.stop()
             self.hosts.clear()
+
+
+def _is_reward_model(a) -> bool:
+    return a.meta.get("head") == "reward"
