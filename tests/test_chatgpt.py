@@ -148,7 +148,7 @@ def test_value_loss_is_clipped_around_the_old_values():
     v, old, ret = torch.tensor([[1.0, 0.0]]), torch.tensor([[0.0, 0.0]]), torch.tensor([[0.0, 1.0]])
     loss, frac = value_loss(v, old, ret, torch.ones(1, 2), clip=0.2)
     # token 1: (1−0)² = 1 vs clipped (0.2−0)² = 0.04 → 1; token 2: (0−1)² = 1 vs (0−1)² = 1 → 1
-    assert loss.item() == pytest.approx(0.5 * (1 + 1) / 2)
+    assert loss.item() == pytest.approx(0.5 * (1 + 1) / 2) and frac.item() == 0.0
     v2 = torch.tensor([[0.5, 0.0]])
     loss2, frac2 = value_loss(v2, old, torch.tensor([[1.0, 0.0]]), torch.ones(1, 2), clip=0.2)
     # token 1: (0.5−1)² = 0.25 vs clipped (0.2−1)² = 0.64 → 0.64 (the pessimistic one); token 2: 0
@@ -186,6 +186,39 @@ def test_batch_layout_left_pads_prompts_and_right_pads_answers():
     assert mask.tolist() == [[1, 0, 0], [1, 1, 1]]
 
 
+def test_answer_logprobs_equal_the_samplers_own(tiny):
+    """PPO's re-scoring of a rollout (left-padded prompts, right-padded answers, positions from the mask) gives
+    the log-probabilities the sampler drew the tokens with."""
+    from heredity.engine.ppo import answer_logprobs
+    from heredity.engine.sampling import SampleConfig, render_prompt, sample
+
+    _, _, model, tok = tiny
+    prompts = ["hi", "a much longer prompt than the first one"]
+    comps = sample(model, tok, prompts, SampleConfig(temperature=1.0, max_new_tokens=6, seed=3), progress=False,
+                   top_logprobs=0)
+    p_ids = [tok(render_prompt(tok, p, SampleConfig()), add_special_tokens=False)["input_ids"] for p in prompts]
+    ids, att, pos, mask, P = build_batch(p_ids, [c.token_ids for c in comps], tok.pad_token_id, "cpu")
+    with torch.no_grad():
+        logp, _ = answer_logprobs(model(input_ids=ids, attention_mask=att, position_ids=pos).logits, ids, P, 1.0)
+    for i, c in enumerate(comps):
+        drawn = torch.tensor([lp for lp, _ in c.logprobs])
+        assert torch.allclose(logp[i, : len(drawn)], drawn, atol=1e-4), (logp[i], drawn)
+
+
+def test_reward_scores_do_not_depend_on_batch_padding(tiny):
+    from transformers import AutoModelForSequenceClassification
+
+    from heredity.engine.reward import scores_of
+
+    store, aid, _, tok = tiny
+    rm = AutoModelForSequenceClassification.from_pretrained(store.path(aid), num_labels=1).eval()
+    seqs = [[5, 6, 7], [8, 9, 10, 11, 12, 13, 14], [15]]
+    with torch.no_grad():
+        batched = scores_of(rm, seqs, tok.pad_token_id, "cpu")
+        alone = torch.cat([scores_of(rm, [s], tok.pad_token_id, "cpu") for s in seqs])
+    assert torch.allclose(batched, alone, atol=1e-5)
+
+
 def test_short_ppo_run_raises_a_toy_reward(tiny):
     _, _, model, tok = tiny
     policy, ref = copy.deepcopy(model), copy.deepcopy(model)
@@ -199,9 +232,7 @@ def test_short_ppo_run_raises_a_toy_reward(tiny):
     log = m["log"]
     assert len(log) == 30 and {"score", "kl", "entropy", "clipfrac", "approx_kl", "vf_loss"} <= set(log[0])
     assert m["score_last"] > m["score_first"] + 0.2, [x["score"] for x in log]
-    assert log[0]["kl"] == pytest.approx(0.0, abs=1e-5)  # the first rollouts come from the reference itself
-    # the reference did not move
-    assert all(torch.equal(a, b) for a, b in zip(ref.state_dict().values(), model.state_dict().values(), strict=True))
+    assert log[-1]["kl"] > 0.1  # the policy left the reference to get there (no KL penalty in this run)
 
 
 def test_kl_penalty_holds_the_policy_near_the_reference(tiny):
@@ -328,7 +359,8 @@ def test_chatgpt_recipe_runs_end_to_end(tmp_path, rl):
                     "## 6. Win rate and samples"):
         assert section in md
     assert set(data["accuracy"]) == {"pretrained (no SFT)", "SFT", rl.upper()}
-    assert len(data["wins"]) == 4 * len(INSTRUCTIONS) and 0 <= data["win_rate"]["mean"] <= 1
+    assert len(data["wins"]) == 4 * len(INSTRUCTIONS)
+    assert data["win_rate"]["mean"] == pytest.approx(sum(data["wins"]) / len(data["wins"]))
     assert data["rl"]["log"], "the RL stage logged nothing"
     # lineage: the RL model descends from the tokenizer, the corpus, the SFT data and (PPO/GRPO) the reward model
     kinds, ops = set(), set()

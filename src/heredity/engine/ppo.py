@@ -145,7 +145,8 @@ class ValueModel(torch.nn.Module):
     def from_policy(cls, lm) -> ValueModel:
         head = torch.nn.Linear(lm.config.get_text_config().hidden_size, 1, bias=False)
         torch.nn.init.zeros_(head.weight)
-        return cls(copy.deepcopy(lm.base_model), head.to(next(lm.parameters()).device))
+        p = next(lm.parameters())
+        return cls(copy.deepcopy(lm.base_model), head.to(device=p.device, dtype=p.dtype))
 
     def forward(self, input_ids, attention_mask, position_ids):
         h = self.trunk(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids).last_hidden_state
@@ -186,7 +187,9 @@ def ppo_train(policy_lm, ref_lm, tokenizer, prompts: Sequence, reward_fn: Reward
               value_model: ValueModel | None = None):
     """Optimize ``policy_lm`` in place against ``reward_fn``; returns (policy_lm, metrics with per-step logs).
 
-    ``value_model``: the critic (default: a copy of the policy's trunk with a zero head)."""
+    ``value_model``: the critic (default: a copy of the policy's trunk with a zero head). Keep the trained
+    models' weights in fp32: on CUDA the forwards run under bf16 autocast (bf16 weights would round most
+    small updates away). Dropout stays off (eval mode throughout), so the rollout and update forwards agree."""
     from heredity.engine.sampling import SampleConfig, _eos_ids, render_prompt, sample
 
     if len(prompts) < 1:
@@ -195,6 +198,9 @@ def ppo_train(policy_lm, ref_lm, tokenizer, prompts: Sequence, reward_fn: Reward
     device = next(policy_lm.parameters()).device
     critic = value_model if value_model is not None else ValueModel.from_policy(policy_lm)
     critic.to(device)
+    policy_lm.eval()
+    critic.eval()
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
     ref_lm.eval()
     for p in ref_lm.parameters():
         p.requires_grad_(False)
@@ -202,8 +208,7 @@ def ppo_train(policy_lm, ref_lm, tokenizer, prompts: Sequence, reward_fn: Reward
         p.requires_grad_(True)
     opt = torch.optim.AdamW(policy_lm.parameters(), lr=config.lr, eps=1e-5)
     v_opt = torch.optim.AdamW(critic.parameters(), lr=config.lr, eps=1e-5)
-    eos = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else min(_eos_ids(policy_lm, tokenizer))
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(_eos_ids(policy_lm, tokenizer))
     render = SampleConfig(chat=True)
     rng = random.Random(config.seed)
     order: list[int] = []
@@ -217,11 +222,10 @@ def ppo_train(policy_lm, ref_lm, tokenizer, prompts: Sequence, reward_fn: Reward
         idx, order = order[: config.rollouts], order[config.rollouts :]
         batch_prompts = [prompts[i] for i in idx]
         # 1. rollouts
-        policy_lm.eval()
         comps = sample(policy_lm, tokenizer, batch_prompts,
                        SampleConfig(temperature=config.temperature, top_p=1.0, max_new_tokens=config.max_new_tokens,
                                     seed=config.seed * 100_003 + step), progress=False)
-        responses = [c.token_ids + ([eos] if c.finish_reason == "stop" else []) for c in comps]
+        responses = [c.token_ids + ([c.eos_id] if c.eos_id is not None else []) for c in comps]  # the EOS drawn is an action too
         texts = [c.text for c in comps]
         # 2. scores
         scores = torch.tensor([float(s) for s in reward_fn(batch_prompts, texts)], device=device)
@@ -232,7 +236,7 @@ def ppo_train(policy_lm, ref_lm, tokenizer, prompts: Sequence, reward_fn: Reward
         prompt_ids = [tokenizer(render_prompt(tokenizer, p, render), add_special_tokens=False)["input_ids"] for p in batch_prompts]
         ids, att, pos, mask, P = build_batch(prompt_ids, responses, pad, device)
         # 3. old log-probs, reference log-probs, values; per-token rewards
-        with torch.no_grad():
+        with torch.no_grad(), autocast:
             logits = policy_lm(input_ids=ids, attention_mask=att, position_ids=pos).logits
             old_logp, _ = answer_logprobs(logits, ids, P, config.temperature)
             old_values = critic(ids, att, pos)[:, P - 1 : -1] * mask
@@ -245,20 +249,20 @@ def ppo_train(policy_lm, ref_lm, tokenizer, prompts: Sequence, reward_fn: Reward
             if config.whiten_advantages:
                 adv = masked_whiten(adv, mask)
         # 5. updates
-        policy_lm.train()
-        critic.train()
         stats: dict[str, list[float]] = {"pg_loss": [], "vf_loss": [], "clipfrac": [], "vf_clipfrac": [], "approx_kl": [], "entropy": []}
         for _ in range(config.epochs):
             perm = torch.randperm(len(idx)).tolist()
             for s in range(0, len(perm), config.minibatch):
                 mb = perm[s : s + config.minibatch]
                 m = mask[mb]
-                logits = policy_lm(input_ids=ids[mb], attention_mask=att[mb], position_ids=pos[mb]).logits
+                with autocast:
+                    logits = policy_lm(input_ids=ids[mb], attention_mask=att[mb], position_ids=pos[mb]).logits
+                    v = critic(ids[mb], att[mb], pos[mb])[:, P - 1 : -1]
                 logp, lg = answer_logprobs(logits, ids[mb], P, config.temperature)
-                v = critic(ids[mb], att[mb], pos[mb])[:, P - 1 : -1]
                 pg, clipfrac, approx_kl = policy_loss(logp, old_logp[mb], adv[mb], m, config.clip)
                 vf, vf_clipfrac = value_loss(v, old_values[mb], returns[mb], m, config.vf_clip)
-                ent = masked_mean(entropy_of(lg), m)
+                with torch.set_grad_enabled(config.entropy_coef > 0):  # the full-vocabulary entropy costs memory
+                    ent = masked_mean(entropy_of(lg), m)
                 opt.zero_grad(set_to_none=True)
                 v_opt.zero_grad(set_to_none=True)
                 (pg - config.entropy_coef * ent + vf).backward()  # two models, no shared weights: one backward, two optimizers
@@ -286,7 +290,6 @@ def ppo_train(policy_lm, ref_lm, tokenizer, prompts: Sequence, reward_fn: Reward
         if not math.isfinite(log["pg_loss"]):
             raise HeredityError(f"PPO diverged at iteration {step + 1} (loss is not finite); lower lr or raise kl_coef")
     bar.close()
-    policy_lm.eval()
     first = logs[: max(1, len(logs) // 5)]
     last = logs[-max(1, len(logs) // 5) :]
     return policy_lm, {
@@ -313,24 +316,17 @@ def ppo_step(store, policy: str, reward_model: str, prompts: str, config: PPOCon
              progress=True):
     """PPO from ``policy`` (the SFT model, also the frozen reference) against a stored reward model, on the
     prompts of a stored dataset. Returns the StepResult (output role "model"; metrics hold the per-step log)."""
-    from heredity.engine.reward import load_reward_model, score
+    from heredity.engine.reward import check_reward_model, reward_function
     from heredity.models import load
 
     config = config or PPOConfig()
     policy_id, rm_id, data_id = store.resolve_id(policy), store.resolve_id(reward_model), store.resolve_id(prompts)
-    if store.get(rm_id).meta.get("head") != "reward":
-        raise HeredityError(f"{rm_id} is not a reward model (train one with the reward-model step)")
     rows = prompts_of(store, data_id)
 
     def run(ctx):
-        lm, tok = load(policy_id, store, merge_adapter=True, trainable=True)
+        lm, tok = load(policy_id, store, merge_adapter=True, trainable=True, dtype=torch.float32)
         ref, _ = load(policy_id, store, merge_adapter=True)
-        rm = load_reward_model(store.path(rm_id)).to(next(lm.parameters()).device).eval()
-        rm_tok = tok
-
-        def reward_fn(ps, rs):
-            return score(rm, rm_tok, ps, rs)
-
+        rm, reward_fn = reward_function(store, rm_id, next(lm.parameters()).device)
         lm, metrics = ppo_train(lm, ref, tok, rows, reward_fn, config, progress=progress,
                                 value_model=ValueModel.from_reward_model(rm))
         out = ctx.output("model", "model", name, meta={"origin": "ppo", "reward_model": rm_id})
@@ -338,4 +334,5 @@ def ppo_step(store, policy: str, reward_model: str, prompts: str, config: PPOCon
         tok.save_pretrained(out)
         return metrics
 
+    check_reward_model(store, rm_id)
     return store.run_step("ppo", config, [policy_id, rm_id, data_id], run, seed=config.seed)

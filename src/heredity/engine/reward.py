@@ -226,3 +226,26 @@ def reward_step(store, base: str, datasets: Sequence[str], config: RewardConfig 
         return metrics
 
     return store.run_step("reward-model", config, [base_id, *ids], run, seed=config.seed)
+
+
+def check_reward_model(store, rm_id: str) -> None:
+    if store.get(rm_id).meta.get("head") != "reward":
+        raise HeredityError(f"{rm_id} is not a reward model (train one with the reward-model step)")
+
+
+def reward_function(store, rm_id: str, device):
+    """A stored reward model and ``reward_fn(prompts, answers) -> scores`` reading it with its own tokenizer and
+    the max_length it was trained with (for PPO and GRPO alike)."""
+    from transformers import AutoTokenizer
+
+    check_reward_model(store, rm_id)
+    rm = load_reward_model(store.path(rm_id)).to(device).eval()
+    tok = AutoTokenizer.from_pretrained(store.path(rm_id))
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    max_length = store.step_of(rm_id).config.get("max_length", 256)
+
+    def reward_fn(prompts, answers):
+        return score(rm, tok, prompts, answers, max_length=max_length)
+
+    return rm, reward_fn

@@ -58,6 +58,7 @@ class Completion:
     text: str
     token_ids: list[int]
     finish_reason: str  # "stop" (EOS or a stop string), "length", or "cancelled"
+    eos_id: int | None = None  # the end-of-sequence token drawn, when the sequence ended on one (not part of token_ids)
     logprobs: list[TokenLogprobs] | None = field(default=None, repr=False)  # per token, when asked for
 
     @property
@@ -245,6 +246,8 @@ class _Decoder:
             if reason:
                 self.alive[b] = False
                 c = _finish(self.tok, self.rows[b], self.tokens[b], reason, self.cfg.stop)
+                if reason == "stop" and tok in self.eos and len(c.token_ids) == len(self.tokens[b]):
+                    c.eos_id = tok
                 if self.top_logprobs is not None:
                     c.logprobs = list(self.lps[b])
                 self.done.append(c)

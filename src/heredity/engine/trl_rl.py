@@ -7,7 +7,6 @@ log history (reward, KL, margins …) is kept in the step metrics.
 
 from __future__ import annotations
 
-import copy
 import time
 
 import torch
@@ -35,6 +34,15 @@ def _args(cls, config: TRLConfig, out_dir: str, **extra):
                disable_tqdm=False, **extra)
 
 
+def _policy(store, ref: str) -> str:
+    """TRL builds its frozen reference from the policy's own checkpoint path: an adapter would make the
+    reference its base, not the SFT model."""
+    pid = store.resolve_id(ref)
+    if store.get(pid).kind != "model":
+        raise HeredityError(f"{pid} is a {store.get(pid).kind}; GRPO/DPO start from a model (merge an adapter first)")
+    return pid
+
+
 def _chat(prompt) -> list[dict]:
     return [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
 
@@ -53,28 +61,25 @@ def grpo_step(store, policy: str, reward_model: str, prompts: str, config: TRLCo
     from trl import GRPOConfig, GRPOTrainer
 
     from heredity.engine.ppo import prompts_of
-    from heredity.engine.reward import load_reward_model, score
+    from heredity.engine.reward import check_reward_model, reward_function
     from heredity.models import load
     from heredity.models.registry import default_device
 
     config = config or TRLConfig()
     if config.batch_size % config.num_generations:
         raise HeredityError(f"GRPO batch_size {config.batch_size} must be a multiple of num_generations {config.num_generations}")
-    policy_id, rm_id, data_id = store.resolve_id(policy), store.resolve_id(reward_model), store.resolve_id(prompts)
-    if store.get(rm_id).meta.get("head") != "reward":
-        raise HeredityError(f"{rm_id} is not a reward model (train one with the reward-model step)")
+    policy_id, rm_id, data_id = _policy(store, policy), store.resolve_id(reward_model), store.resolve_id(prompts)
+    check_reward_model(store, rm_id)
     rows = prompts_of(store, data_id)
 
     def run(ctx):
-        lm, tok = load(policy_id, store, merge_adapter=True, trainable=True)
-        rm = load_reward_model(store.path(rm_id)).to(default_device()).eval()
-        rm_tok = copy.deepcopy(tok)
+        lm, tok = load(policy_id, store, trainable=True, dtype=torch.float32)
+        _, reward_fn = reward_function(store, rm_id, default_device())
 
         def reward_model(prompts, completions, **_):
             """The reward model read exactly as PPO and the evaluation read it (chat-rendered prompt + answer,
             no end-of-turn token), not through TRL's own rendering of the pair."""
-            answers = [c[-1]["content"] if isinstance(c, list) else c for c in completions]
-            return score(rm, rm_tok, prompts, answers)
+            return reward_fn(prompts, [c[-1]["content"] if isinstance(c, list) else c for c in completions])
 
         args = _args(GRPOConfig, config, str(ctx.scratch / "trl"), per_device_train_batch_size=config.batch_size,
                      num_generations=config.num_generations, max_completion_length=config.max_new_tokens,
@@ -102,7 +107,7 @@ def dpo_step(store, policy: str, preferences: list[str], config: TRLConfig | Non
     from heredity.store import read_table, require_columns
 
     config = config or TRLConfig()
-    policy_id = store.resolve_id(policy)
+    policy_id = _policy(store, policy)
     ids = [store.resolve_id(d) for d in preferences]
     rows: list[dict] = []
     for d in ids:
@@ -112,7 +117,7 @@ def dpo_step(store, policy: str, preferences: list[str], config: TRLConfig | Non
     pairs = normalize_pairs(rows)
 
     def run(ctx):
-        lm, tok = load(policy_id, store, merge_adapter=True, trainable=True)
+        lm, tok = load(policy_id, store, trainable=True, dtype=torch.float32)
         args = _args(DPOConfig, config, str(ctx.scratch / "trl"), per_device_train_batch_size=config.batch_size,
                      max_length=config.max_length)
         ds = Dataset.from_list([{"prompt": _chat(p["prompt"]), "chosen": [{"role": "assistant", "content": p["chosen"]}],

@@ -33,7 +33,7 @@ from heredity.data.tasks import grade
 from heredity.engine import FinetuneConfig, SampleConfig, finetune, sample
 from heredity.engine.ppo import PPOConfig, ppo_step
 from heredity.engine.pretrain import PretrainConfig, pretrain_step, train_tokenizer_step
-from heredity.engine.reward import RewardConfig, load_reward_model, reward_step, score
+from heredity.engine.reward import RewardConfig, reward_function, reward_step
 from heredity.engine.trl_rl import TRLConfig, dpo_step, grpo_step
 from heredity.errors import HeredityError
 from heredity.models import load, materialize, merge_adapter
@@ -136,8 +136,8 @@ def _evaluate(store: Store, model_id: str, rm_id: str, eval_id: str, rows: list[
                        SampleConfig(temperature=0, max_new_tokens=config.max_new_tokens, batch_size=64), progress=progress)
         answers = [c.text for c in comps]
         correct = [int(grade(a, r["completion"])) for a, r in zip(answers, rows, strict=True)]
-        rm = load_reward_model(store.path(rm_id)).to(next(model.parameters()).device)
-        rewards = score(rm, tok, [r["prompt"] for r in rows], answers)
+        _, reward_fn = reward_function(store, rm_id, next(model.parameters()).device)
+        rewards = reward_fn([r["prompt"] for r in rows], answers)
         out = ctx.output("scores", "report", f"instruction-eval-{store.get(model_id).name}")
         (out / "scores.json").write_text(json.dumps({"answers": answers, "correct": correct, "rewards": rewards,
                                                      "tasks": [r.get("task", "") for r in rows]}))
