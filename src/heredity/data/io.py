@@ -29,6 +29,13 @@ def import_dataset(store: Store, path: str | Path, name: str | None = None) -> s
     return store.run_step("import-dataset", cfg, [], run)["dataset"]
 
 
+def rows_digest(rows) -> str:
+    """sha256 of rows as canonical JSON: the key of a dataset made in Python (a new generator, a new key)."""
+    import json
+
+    return hashlib.sha256(json.dumps(rows, sort_keys=True, default=str).encode()).hexdigest()
+
+
 def put_rows(store: Store, rows: Sequence[dict], name: str, op: str = "make-dataset", config=None, inputs=()) -> str:
     """Store rows made in Python as a dataset artifact; ``config`` and ``inputs`` record how they were made."""
     rows = list(rows)

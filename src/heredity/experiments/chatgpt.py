@@ -19,7 +19,6 @@ Methods, as a paper's section would list them:
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from typing import Literal
@@ -29,6 +28,7 @@ from pydantic import BaseModel, Field
 from heredity.data import put_rows
 from heredity.data.corpus import make_corpus
 from heredity.data.instructions import INSTRUCTIONS, instruction_rows, synthetic_preferences
+from heredity.data.io import rows_digest
 from heredity.data.tasks import grade
 from heredity.engine import FinetuneConfig, SampleConfig, finetune, sample
 from heredity.engine.ppo import PPOConfig, ppo_step
@@ -89,9 +89,6 @@ class Config(BaseModel):
                          trl=TRLConfig(steps=200, batch_size=64)),
         }
 
-
-def _digest(rows) -> str:
-    return hashlib.sha256(json.dumps(rows, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def _dataset(store: Store, ref: str) -> str:
@@ -181,10 +178,10 @@ def run(store: Store, config: Config, progress: bool = True) -> dict:
         raise HeredityError("no SFT data: keep builtin_sft or give sft_data")
     sft_rows = _uniform(sft_rows)
     sft_data = put_rows(store, sft_rows, "sft-data", op="make-sft-data",
-                        config={"builtin": config.builtin_sft, "kinds": kinds, "rows_sha256": _digest(sft_rows)}, inputs=sft_inputs)
+                        config={"builtin": config.builtin_sft, "kinds": kinds, "rows_sha256": rows_digest(sft_rows)}, inputs=sft_inputs)
     eval_rows = instruction_rows(kinds, config.eval_rows_per_task, "eval", config.seed + 1)
     eval_id = put_rows(store, eval_rows, "instructions-eval", op="make-sft-data",
-                       config={"part": "eval", "kinds": kinds, "rows_sha256": _digest(eval_rows)})
+                       config={"part": "eval", "kinds": kinds, "rows_sha256": rows_digest(eval_rows)})
     sft = finetune(store, base, sft_data, config.sft, progress=progress)
     steps["sft"] = sft.metrics
     sft_model = sft["model"] if store.get(sft["model"]).kind == "model" else merge_adapter(store, sft["model"], "sft")
@@ -194,7 +191,7 @@ def run(store: Store, config: Config, progress: bool = True) -> dict:
     if config.synthetic_preferences:
         pref_rows = instruction_rows(kinds, config.preference_prompts_per_task, "train", config.seed + 2)
         cfg = {"rule": "correct-and-concise > correct-but-wordy > wrong", "samples": config.preference_samples,
-               "temperature": 1.0, "max_new_tokens": config.max_new_tokens, "rows_sha256": _digest(pref_rows), "seed": config.seed}
+               "temperature": 1.0, "max_new_tokens": config.max_new_tokens, "rows_sha256": rows_digest(pref_rows), "seed": config.seed}
 
         def make_pairs(ctx):
             model, tok = load(sft_model, store)
@@ -220,7 +217,7 @@ def run(store: Store, config: Config, progress: bool = True) -> dict:
     # 5. RL
     rl_rows = instruction_rows(kinds, config.rl_prompts_per_task, "train", config.seed + 3)
     rl_prompts = put_rows(store, [{"prompt": r["prompt"], "task": r["task"]} for r in rl_rows], "rl-prompts", op="make-sft-data",
-                          config={"part": "rl", "kinds": kinds, "rows_sha256": _digest(rl_rows)})
+                          config={"part": "rl", "kinds": kinds, "rows_sha256": rows_digest(rl_rows)})
     if config.rl == "ppo":
         rl = ppo_step(store, sft_model, rm_id, rl_prompts, config.ppo, progress=progress)
     elif config.rl == "grpo":

@@ -16,13 +16,13 @@ Methods, as a paper's section would list them:
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 
 from pydantic import BaseModel, Field
 
 from heredity.data import put_rows
+from heredity.data.io import rows_digest
 from heredity.data.tasks import TASKS, grade
 from heredity.engine import FinetuneConfig, SampleConfig, finetune, sample
 from heredity.merge import MergeConfig, merge
@@ -62,9 +62,6 @@ class Config(BaseModel):
         }
 
 
-def _digest(rows: list[dict]) -> str:
-    return hashlib.sha256(json.dumps(rows, sort_keys=True).encode()).hexdigest()
-
 
 def _eval(store: Store, model_id: str, evals: dict[str, str], rows: dict[str, list[dict]], config: Config,
           progress: bool) -> dict:
@@ -97,7 +94,7 @@ def run(store: Store, config: Config, progress: bool = True) -> dict:
     train, evals, eval_rows = {}, {}, {}
 
     def task_data(rows: list[dict], name: str, **how) -> str:  # keyed on the rows themselves: a new generator, new data
-        return put_rows(store, rows, name, op="make-task-data", config={**how, "rows_sha256": _digest(rows)})
+        return put_rows(store, rows, name, op="make-task-data", config={**how, "rows_sha256": rows_digest(rows)})
 
     for task in config.tasks:
         tr = TASKS[task](config.train_rows, "train", config.seed)
@@ -110,7 +107,7 @@ def run(store: Store, config: Config, progress: bool = True) -> dict:
     tuned = {task: finetune(store, base, train[task], ft, progress=progress)["model"] for task in config.tasks}
     all_rows = [r for task in config.tasks for r in TASKS[task](config.train_rows, "train", config.seed)]
     multi_data = put_rows(store, all_rows, "all-tasks-train", op="make-task-data",
-                          config={"tasks": config.tasks, "part": "train", "rows_sha256": _digest(all_rows)},
+                          config={"tasks": config.tasks, "part": "train", "rows_sha256": rows_digest(all_rows)},
                           inputs=[train[t] for t in config.tasks])
     multi = finetune(store, base, multi_data, ft, progress=progress)["model"]
 
