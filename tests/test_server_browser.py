@@ -31,6 +31,17 @@ def _visible(s: str) -> str:
     return "".join(ch for ch in s if ch.isprintable() and not ch.isspace())
 
 
+def _text_of(driver, css: str) -> str | None:
+    """The text of the first element matching ``css``, or None if the page replaced it while it was read."""
+    from selenium.common.exceptions import StaleElementReferenceException
+    from selenium.webdriver.common.by import By
+
+    try:
+        return driver.find_element(By.CSS_SELECTOR, css).text
+    except StaleElementReferenceException:
+        return None
+
+
 def _wait(driver, cond, timeout=60):
     from selenium.webdriver.support.ui import WebDriverWait
 
@@ -50,8 +61,7 @@ def test_chat_stream_thumbs_up_then_explorer(browser, live_server, server_home):
     d.find_element(By.ID, "prompt").send_keys("Which animal do you love?")
     d.find_element(By.ID, "send").click()
     # the streamed answer appears in the page, then the stored conversation is shown with feedback buttons
-    answer = _wait(d, lambda d: [e for e in d.find_elements(By.CSS_SELECTOR, ".msg.assistant .text") if e.text.strip()])
-    assert answer[0].text.strip()
+    _wait(d, lambda d: (_text_of(d, ".msg.assistant .text") or "").strip())
     up = _wait(d, lambda d: d.find_elements(By.CSS_SELECTOR, ".msg.assistant .thumb-up"))[0]
     up.click()
     _wait(d, lambda d: "on" in d.find_element(By.CSS_SELECTOR, ".msg.assistant .thumb-up").get_attribute("class"))
@@ -59,7 +69,10 @@ def test_chat_stream_thumbs_up_then_explorer(browser, live_server, server_home):
     conv = httpx.get(f"{live_server.url}/api/conversations/{convs[0]['id']}").json()
     assert conv["messages"][0]["content"] == "Which animal do you love?"
     assert conv["messages"][1]["rating"] == 1
-    assert _visible(conv["messages"][1]["content"]) == _visible(answer[0].text)  # what streamed in is what was stored
+    # what the page shows is what was stored (read afresh: the page re-renders the stored conversation, so the
+    # element that streamed in may have been replaced)
+    shown = _wait(d, lambda d: _text_of(d, ".msg.assistant .text"))
+    assert _visible(conv["messages"][1]["content"]) == _visible(shown)
     d.save_screenshot(str(SHOTS / "chat.png"))
 
     d.find_element(By.LINK_TEXT, "Next-token explorer").click()
