@@ -1,0 +1,33 @@
+"""Exposure (The Secret Sharer) on constructed rankings whose answer is known."""
+
+import math
+
+import numpy as np
+import pytest
+
+from heredity.evals.memorization import exposure_from_rank, exposure_skewnorm, rank_of
+
+
+def test_exposure_on_a_known_ranking():
+    space = [float(x) for x in range(1000)]  # log-likelihoods of all 1000 candidates; 999 is the favourite
+    assert rank_of(999.0, space) == 1 and exposure_from_rank(1, 1000) == pytest.approx(math.log2(1000))
+    assert rank_of(499.0, space) == 501  # 500 candidates are more likely
+    assert exposure_from_rank(rank_of(499.0, space), 1000) == pytest.approx(math.log2(1000 / 501))
+    assert exposure_from_rank(rank_of(0.0, space), 1000) == pytest.approx(0.0)  # the least likely of all
+    assert rank_of(5.0, [5.0, 5.0, 5.0, 1.0]) == 2  # two other ties count half each
+    with pytest.raises(ValueError):
+        exposure_from_rank(0, 10)
+
+
+def test_skew_normal_extrapolation_recovers_a_known_tail():
+    from scipy import stats
+
+    rng = np.random.default_rng(0)
+    nll = stats.skewnorm.rvs(4, loc=40, scale=6, size=4000, random_state=rng)  # a skewed population of candidates
+    for q in (1e-2, 1e-4):  # a canary as likely as the top q of the population
+        canary_nll = stats.skewnorm.ppf(q, 4, loc=40, scale=6)
+        est = exposure_skewnorm(-canary_nll, -nll, space_size=10**6)
+        assert est == pytest.approx(-math.log2(q), abs=0.6), (q, est)
+    assert exposure_skewnorm(-0.0, -nll, space_size=10**6) == pytest.approx(math.log2(10**6))  # capped at log2|R|
+    with pytest.raises(ValueError, match="at least 20"):
+        exposure_skewnorm(-1.0, [-1.0] * 5, 100)
