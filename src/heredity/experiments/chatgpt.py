@@ -77,8 +77,8 @@ class Config(BaseModel):
             "smollm2": cls(base="smollm2-135m-instruct", sft_rows_per_task=150, eval_rows_per_task=40,
                            sft=FinetuneConfig(method="lora", lr=1e-3, epochs=1, batch_size=16, lora_r=16, lora_alpha=32, max_length=128),
                            preference_prompts_per_task=40, reward=RewardConfig(epochs=1, lr=2e-5, batch_size=8),
-                           rl_prompts_per_task=40, ppo=PPOConfig(steps=15, rollouts=16, minibatch=8, epochs=2, lr=1e-6, kl_coef=0.05),
-                           trl=TRLConfig(steps=15, lr=1e-6, batch_size=16)),
+                           rl_prompts_per_task=40, ppo=PPOConfig(steps=20, rollouts=16, minibatch=8, epochs=2, lr=1e-5, kl_coef=0.05),
+                           trl=TRLConfig(steps=20, lr=1e-5, batch_size=16)),
             "paper": cls(vocab_size=8192,
                          pretrain=PretrainConfig(hidden=512, layers=8, heads=8, intermediate=1408, context=256, max_positions=512,
                                                  iters=5000, batch_size=64, lr=6e-4, min_lr=6e-5, warmup=200, eval_every=500,
@@ -227,7 +227,8 @@ def run(store: Store, config: Config, progress: bool = True) -> dict:
     steps["rl"] = rl.metrics
     lineage["rl"] = rl["model"]
     # 6. evaluation
-    evals = {"pretrained (no SFT)": base, "SFT": sft_model, config.rl.upper(): rl["model"]}
+    evals = {"pretrained (no SFT)" if config.base is None else f"{config.base} (no SFT)": base, "SFT": sft_model,
+             config.rl.upper(): rl["model"]}
     results = {label: _evaluate(store, mid, rm_id, eval_id, eval_rows, config, progress) for label, mid in evals.items()}
     report = build_report(config, steps, results, eval_rows, lineage)
     report["seconds"] = round(time.perf_counter() - t0, 1)
