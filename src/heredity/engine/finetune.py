@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from pydantic import BaseModel, Field
 from tqdm.auto import tqdm
 
+from heredity.engine.sampling import pad_id
 from heredity.errors import HeredityError
 
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -203,7 +204,7 @@ def train(model, tokenizer, rows: Sequence[dict], config: FinetuneConfig, teache
     model, opt, sched = acc.prepare(model, opt, sched)
     if teacher is not None:
         teacher.eval().to(acc.device)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pad = pad_id(tokenizer)
 
     step, start_step, curve, tokens, loss_sum, loss_n = 0, 0, [], 0, 0.0, 0
     ckpt = checkpoint_dir / "state.pt" if checkpoint_dir else None

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 from tqdm.auto import tqdm
 
-from heredity.engine.sampling import Prompt, SampleConfig, render_prompt
+from heredity.engine.sampling import Prompt, SampleConfig, pad_id, render_prompt
 
 
 @torch.inference_mode()
@@ -38,7 +38,7 @@ def logprobs(
         pairs.append((pi, ci))
     order = sorted(range(len(pairs)), key=lambda i: -(len(pairs[i][0]) + len(pairs[i][1])))
     out: dict[int, list[float]] = {}
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    pad = pad_id(tokenizer, model)
     for s in tqdm(range(0, len(order), batch_size), disable=not progress, desc="logprobs"):
         idx = order[s : s + batch_size]
         L = max(len(pairs[i][0]) + len(pairs[i][1]) for i in idx)

@@ -190,7 +190,7 @@ def ppo_train(policy_lm, ref_lm, tokenizer, prompts: Sequence, reward_fn: Reward
     ``value_model``: the critic (default: a copy of the policy's trunk with a zero head). Keep the trained
     models' weights in fp32: on CUDA the forwards run under bf16 autocast (bf16 weights would round most
     small updates away). Dropout stays off (eval mode throughout), so the rollout and update forwards agree."""
-    from heredity.engine.sampling import SampleConfig, _eos_ids, render_prompt, sample
+    from heredity.engine.sampling import SampleConfig, pad_id, render_prompt, sample
 
     if len(prompts) < 1:
         raise HeredityError("PPO needs prompts")
@@ -208,7 +208,7 @@ def ppo_train(policy_lm, ref_lm, tokenizer, prompts: Sequence, reward_fn: Reward
         p.requires_grad_(True)
     opt = torch.optim.AdamW(policy_lm.parameters(), lr=config.lr, eps=1e-5)
     v_opt = torch.optim.AdamW(critic.parameters(), lr=config.lr, eps=1e-5)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(_eos_ids(policy_lm, tokenizer))
+    pad = pad_id(tokenizer, policy_lm)
     render = SampleConfig(chat=True)
     rng = random.Random(config.seed)
     order: list[int] = []

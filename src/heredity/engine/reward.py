@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from pydantic import BaseModel, Field
 from tqdm.auto import tqdm
 
+from heredity.engine.sampling import pad_id
 from heredity.errors import HeredityError
 
 
@@ -103,13 +104,9 @@ def score(rm, tokenizer, prompts: Sequence, responses: Sequence[str], batch_size
     out: list[float] = []
     seqs = [encode(tokenizer, p, r, max_length) for p, r in zip(prompts, responses, strict=True)]
     for s in range(0, len(seqs), batch_size):
-        out += scores_of(rm, seqs[s : s + batch_size], _pad(tokenizer), device).tolist()
+        out += scores_of(rm, seqs[s : s + batch_size], pad_id(tokenizer), device).tolist()
     rm.train(was)
     return out
-
-
-def _pad(tokenizer) -> int:
-    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
 
 def pairwise_accuracy(rm, tokenizer, pairs: list[dict], max_length: int) -> dict:
@@ -134,7 +131,7 @@ def train_reward(rm, tokenizer, train_pairs: list[dict], eval_pairs: list[dict],
 
     torch.manual_seed(config.seed)
     acc = Accelerator(mixed_precision="bf16" if torch.cuda.is_available() else "no")
-    rm.config.pad_token_id = _pad(tokenizer)
+    rm.config.pad_token_id = pad_id(tokenizer)
     before = pairwise_accuracy(rm, tokenizer, eval_pairs, config.max_length)
     enc = [(encode(tokenizer, p["prompt"], p["chosen"], config.max_length),
             encode(tokenizer, p["prompt"], p["rejected"], config.max_length)) for p in train_pairs]
@@ -155,7 +152,7 @@ def train_reward(rm, tokenizer, train_pairs: list[dict], eval_pairs: list[dict],
                 break
             batch = [enc[i] for i in order[s : s + config.batch_size]]
             with acc.autocast():
-                r = scores_of(acc.unwrap_model(rm), [c for c, _ in batch] + [j for _, j in batch], _pad(tokenizer), acc.device)
+                r = scores_of(acc.unwrap_model(rm), [c for c, _ in batch] + [j for _, j in batch], pad_id(tokenizer), acc.device)
                 rc, rr = r[: len(batch)], r[len(batch):]
                 loss = bradley_terry_loss(rc, rr)
             acc.backward(loss)

@@ -113,7 +113,7 @@ def sample(model, tokenizer, prompts: Sequence[Prompt], config: SampleConfig | N
             "shorten the prompt or lower max_new_tokens"
         )
     eos = _eos_ids(model, tokenizer)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else next(iter(eos))
+    pad = pad_id(tokenizer, model)
     gen = torch.Generator(device=device).manual_seed(config.seed)
     bar = tqdm(total=len(prompts) * config.n, desc="sampling", unit="seq", disable=not progress, leave=False)
     dec = _Decoder(model, tokenizer, encoded, config, eos, pad, gen, device, bar)
@@ -390,6 +390,17 @@ def _pick(logits: torch.Tensor, temperature: float, top_p: float, gen: torch.Gen
     if index is not None:
         return index.gather(-1, choice).squeeze(-1)
     return choice.squeeze(-1)
+
+
+def pad_id(tokenizer, model=None) -> int:
+    """The id that fills padded positions (never attended to, never scored): the tokenizer's pad token, else its
+    EOS, else the model's (lowest) EOS id, else 0."""
+    if tokenizer.pad_token_id is not None:
+        return tokenizer.pad_token_id
+    if tokenizer.eos_token_id is not None:
+        return tokenizer.eos_token_id
+    eos = _eos_ids(model, tokenizer) if model is not None else set()
+    return min(eos) if eos else 0
 
 
 def _eos_ids(model, tokenizer) -> set[int]:

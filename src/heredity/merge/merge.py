@@ -112,6 +112,7 @@ def learned_mask(store, base_id: str, base: ModelTensors, src, rows: list[dict],
     from torch.func import functional_call
 
     from heredity.engine.finetune import FinetuneConfig, collate, encode_rows
+    from heredity.engine.sampling import pad_id
     from heredity.models import load
 
     model, tok = load(base_id, store)
@@ -127,7 +128,7 @@ def learned_mask(store, base_id: str, base: ModelTensors, src, rows: list[dict],
     logits = {n: torch.where(start[n], cfg.init, -cfg.init).requires_grad_(True) for n in taus}  # on τ's device
     opt = torch.optim.Adam(logits.values(), lr=cfg.lr)
     enc = encode_rows(tok, rows[: cfg.examples], FinetuneConfig(chat=cfg.chat))
-    pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+    pad = pad_id(tok)
     g = torch.Generator().manual_seed(0)
     for _ in tqdm(range(cfg.steps), desc=f"localize {src.label}", disable=not progress, leave=False):
         batch = collate(enc, torch.randperm(len(enc), generator=g)[: cfg.batch_size].tolist(), pad, device)
