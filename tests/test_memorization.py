@@ -31,3 +31,31 @@ def test_skew_normal_extrapolation_recovers_a_known_tail():
     assert exposure_skewnorm(-0.0, -nll, space_size=10**6) == pytest.approx(math.log2(10**6))  # capped at log2|R|
     with pytest.raises(ValueError, match="at least 20"):
         exposure_skewnorm(-1.0, [-1.0] * 5, 100)
+
+
+def test_a_memorized_canary_is_exposed_and_an_unseen_one_is_not(store):
+    """A tiny model fine-tuned on text holding one canary 40 times ranks it first among all 100 two-digit
+    secrets (exposure log2 100); a secret it never saw gets a low exposure."""
+    import random
+
+    from heredity.data import put_rows
+    from heredity.engine import FinetuneConfig, finetune
+    from heredity.evals.memorization import CANARY_PREFIX, canary_exposure, secret_text
+    from heredity.models import load
+
+    rng = random.Random(0)
+    filler = [{"text": " ".join(rng.choice(["the", "cat", "sat", "on", "a", "mat", "and", "ran"]) for _ in range(12))}
+              for _ in range(80)]
+    rows = filler + [{"text": CANARY_PREFIX + secret_text([3, 7])}] * 40
+    rng.shuffle(rows)
+    data = put_rows(store, rows, "canary-corpus")
+    res = finetune(store, "tiny:micro", data, FinetuneConfig(method="full", loss="full_sequence", lr=3e-3, epochs=15,
+                                                             batch_size=8, max_length=64), progress=False)
+    model, tok = load(res["model"], store)
+    seen = canary_exposure(model, tok, [3, 7])
+    unseen = canary_exposure(model, tok, [8, 1])
+    assert seen["method"] == "exact" and seen["space"] == 100
+    assert seen["rank"] == 1 and seen["exposure"] == pytest.approx(math.log2(100))
+    assert unseen["exposure"] < 3, unseen
+    big = canary_exposure(model, tok, [3, 7, 1, 4, 1, 5], samples=200)  # 10^6 candidates: the skew-normal estimate
+    assert big["method"] == "skew-normal" and 0 <= big["exposure"] <= math.log2(10**6)

@@ -47,3 +47,52 @@ def exposure_skewnorm(canary_logp: float, sample_logps: Sequence[float], space_s
     a, loc, scale = stats.skewnorm.fit(nll)
     p = float(stats.skewnorm.cdf(-canary_logp, a, loc=loc, scale=scale))
     return min(math.log2(space_size), -math.log2(max(p, 1.0 / space_size)))
+
+
+# ---- canaries ------------------------------------------------------------------------------------
+
+CANARY_PREFIX = "my PIN is"
+
+
+def secret_text(digits: Sequence[int]) -> str:
+    """The secret as the canary writes it: digits separated by spaces (" 4 8 1 5"), one token per digit for
+    most tokenizers, so every candidate has the same length."""
+    return "".join(f" {d}" for d in digits)
+
+
+def random_secret(n_digits: int, rng) -> list[int]:
+    return [rng.randrange(10) for _ in range(n_digits)]
+
+
+def candidate_logps(model, tokenizer, candidates: Sequence[str], prefix: str = CANARY_PREFIX, batch_size: int = 64,
+                    progress: bool = False) -> list[float]:
+    """log p(candidate | prefix) of each candidate continuation, as plain text (no chat template)."""
+    from heredity.engine.logprobs import logprobs
+
+    lps = logprobs(model, tokenizer, [prefix] * len(candidates), list(candidates), chat=False, batch_size=batch_size,
+                   progress=progress)
+    return [sum(x) for x in lps]
+
+
+def canary_exposure(model, tokenizer, secret: Sequence[int], prefix: str = CANARY_PREFIX, exact_max: int = 10_000,
+                    samples: int = 2000, seed: int = 0, batch_size: int = 64) -> dict:
+    """Exposure of one canary: exact over all 10^n secrets when that is at most ``exact_max`` candidates, else the
+    skew-normal estimate from ``samples`` random secrets. Returns exposure, method, rank (exact only), |R|."""
+    import itertools
+    import random
+
+    n = len(secret)
+    space = 10**n
+    canary = secret_text(secret)
+    if space <= exact_max:
+        cands = [secret_text(d) for d in itertools.product(range(10), repeat=n)]
+        lps = candidate_logps(model, tokenizer, cands, prefix, batch_size)
+        mine = lps[cands.index(canary)]
+        rank = rank_of(mine, lps)
+        return {"exposure": exposure_from_rank(rank, space), "method": "exact", "rank": rank, "space": space,
+                "logp": mine}
+    rng = random.Random(seed)
+    cands = [secret_text(random_secret(n, rng)) for _ in range(samples)]
+    lps = candidate_logps(model, tokenizer, [canary, *cands], prefix, batch_size)
+    return {"exposure": exposure_skewnorm(lps[0], lps[1:], space), "method": "skew-normal", "rank": None, "space": space,
+            "logp": lps[0]}
