@@ -66,11 +66,16 @@ class Completion:
         return len(self.token_ids)
 
 
+def as_messages(prompt: Prompt) -> list[dict]:
+    """A prompt as chat messages: text becomes one user message."""
+    return [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
+
+
 def render_prompt(tokenizer, prompt: Prompt, config: SampleConfig) -> str:
     """The exact text the model is conditioned on."""
     if isinstance(prompt, str) and not config.chat:
         return prompt
-    messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
+    messages = as_messages(prompt)
     if config.system_prompt is not None and not (messages and messages[0].get("role") == "system"):
         messages = [{"role": "system", "content": config.system_prompt}, *messages]
     if not getattr(tokenizer, "chat_template", None):
@@ -441,7 +446,7 @@ def _sample_remote(model, prompts, config: SampleConfig, progress: bool) -> list
 
     def one(i: int) -> list[Completion]:
         p = prompts[i]
-        messages = [{"role": "user", "content": p}] if isinstance(p, str) else list(p)
+        messages = as_messages(p)
         if config.system_prompt is not None and messages[0].get("role") != "system":
             messages = [{"role": "system", "content": config.system_prompt}, *messages]
         try:

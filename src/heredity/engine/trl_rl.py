@@ -12,6 +12,7 @@ import time
 import torch
 from pydantic import BaseModel, Field
 
+from heredity.engine.sampling import as_messages
 from heredity.errors import HeredityError
 
 
@@ -42,9 +43,6 @@ def _policy(store, ref: str) -> str:
         raise HeredityError(f"{pid} is a {store.get(pid).kind}; GRPO/DPO start from a model (merge an adapter first)")
     return pid
 
-
-def _chat(prompt) -> list[dict]:
-    return [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
 
 
 def _history(trainer) -> list[dict]:
@@ -84,7 +82,7 @@ def grpo_step(store, policy: str, reward_model: str, prompts: str, config: TRLCo
         args = _args(GRPOConfig, config, str(ctx.scratch / "trl"), per_device_train_batch_size=config.batch_size,
                      num_generations=config.num_generations, max_completion_length=config.max_new_tokens,
                      temperature=config.temperature, log_completions=False)
-        ds = Dataset.from_list([{"prompt": _chat(p)} for p in rows])
+        ds = Dataset.from_list([{"prompt": as_messages(p)} for p in rows])
         t0 = time.perf_counter()
         trainer = GRPOTrainer(model=lm, reward_funcs=reward_model, args=args, train_dataset=ds, processing_class=tok)
         trainer.train()
@@ -120,7 +118,7 @@ def dpo_step(store, policy: str, preferences: list[str], config: TRLConfig | Non
         lm, tok = load(policy_id, store, trainable=True, dtype=torch.float32)
         args = _args(DPOConfig, config, str(ctx.scratch / "trl"), per_device_train_batch_size=config.batch_size,
                      max_length=config.max_length)
-        ds = Dataset.from_list([{"prompt": _chat(p["prompt"]), "chosen": [{"role": "assistant", "content": p["chosen"]}],
+        ds = Dataset.from_list([{"prompt": as_messages(p["prompt"]), "chosen": [{"role": "assistant", "content": p["chosen"]}],
                                  "rejected": [{"role": "assistant", "content": p["rejected"]}]} for p in pairs])
         t0 = time.perf_counter()
         trainer = DPOTrainer(model=lm, args=args, train_dataset=ds, processing_class=tok)

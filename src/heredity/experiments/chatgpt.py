@@ -34,6 +34,7 @@ from heredity.engine import FinetuneConfig, SampleConfig, finetune, sample
 from heredity.engine.ppo import PPOConfig, ppo_step
 from heredity.engine.pretrain import PretrainConfig, pretrain_step, train_tokenizer_step
 from heredity.engine.reward import RewardConfig, reward_function, reward_step
+from heredity.engine.sampling import as_messages
 from heredity.engine.trl_rl import TRLConfig, dpo_step, grpo_step
 from heredity.errors import HeredityError
 from heredity.models import load, materialize, merge_adapter
@@ -118,8 +119,7 @@ def sft_rows_from(table) -> list[dict]:
 def _uniform(rows: list[dict]) -> list[dict]:
     """One prompt type per dataset: if any prompt is a message list, every prompt becomes one."""
     if any(isinstance(r["prompt"], list) for r in rows):
-        return [{"prompt": r["prompt"] if isinstance(r["prompt"], list) else [{"role": "user", "content": r["prompt"]}],
-                 "completion": r["completion"]} for r in rows]
+        return [{"prompt": as_messages(r["prompt"]), "completion": r["completion"]} for r in rows]
     return rows
 
 
@@ -277,9 +277,6 @@ def build_report(config: Config, steps: dict, results: dict, eval_rows: list[dic
             "nanogpt": NANOGPT, "outcome": outcome}
 
 
-def _ci(x: dict, digits: int = 2) -> str:
-    return fmt_ci(x, digits)
-
 
 def markdown(report: dict) -> str:
     cfg = report["config"]
@@ -320,8 +317,8 @@ def markdown(report: dict) -> str:
               "| model | " + " | ".join(cfg["instructions"]) + " | overall | mean RM reward |",
               "|---|" + "---|" * (len(cfg["instructions"]) + 2)]
     for label, a in acc.items():
-        lines.append(f"| {label} | " + " | ".join(_ci(a["per_task"][t]) for t in cfg["instructions"])
-                     + f" | {_ci(a['overall'])} | {_ci(a['mean_reward'])} |")
+        lines.append(f"| {label} | " + " | ".join(fmt_ci(a["per_task"][t]) for t in cfg["instructions"])
+                     + f" | {fmt_ci(a['overall'])} | {fmt_ci(a['mean_reward'])} |")
     rm = report["reward"]
     lines += ["", f"n = {cfg['eval_rows_per_task']} per instruction kind.", "", "## 4. Reward model", "",
               f"Bradley–Terry on {rm['train_pairs']} pairs ({'synthetic rule: correct-and-concise > correct-but-wordy > wrong, over the SFT model’s own samples + reference answers' if cfg['synthetic_preferences'] else 'user data'}"
@@ -357,7 +354,7 @@ def markdown(report: dict) -> str:
     win = report["win_rate"]
     lines += ["", "## 6. Win rate and samples", "",
               f"{rl} vs SFT, judged by the reward model on {len(report['wins'])} held-out prompts (greedy answers; a tie counts "
-              f"half): **{_ci(win)}**.", "",
+              f"half): **{fmt_ci(win)}**.", "",
               f"| prompt | reference | SFT (reward) | {rl} (reward) |", "|---|---|---|---|"]
     for s in report["samples"]:
         def cell(x):
