@@ -317,8 +317,8 @@ def markdown(report: dict) -> str:
               "| model | " + " | ".join(cfg["instructions"]) + " | overall | mean RM reward |",
               "|---|" + "---|" * (len(cfg["instructions"]) + 2)]
     for label, a in acc.items():
-        lines.append(f"| {label} | " + " | ".join(fmt_ci(a["per_task"][t]) for t in cfg["instructions"])
-                     + f" | {fmt_ci(a['overall'])} | {fmt_ci(a['mean_reward'])} |")
+        lines.append(f"| {label} | " + " | ".join(fmt_ci(a["per_task"][t], 2) for t in cfg["instructions"])
+                     + f" | {fmt_ci(a['overall'], 2)} | {fmt_ci(a['mean_reward'], 2)} |")
     rm = report["reward"]
     lines += ["", f"n = {cfg['eval_rows_per_task']} per instruction kind.", "", "## 4. Reward model", "",
               f"Bradley–Terry on {rm['train_pairs']} pairs ({'synthetic rule: correct-and-concise > correct-but-wordy > wrong, over the SFT model’s own samples + reference answers' if cfg['synthetic_preferences'] else 'user data'}"
@@ -354,7 +354,7 @@ def markdown(report: dict) -> str:
     win = report["win_rate"]
     lines += ["", "## 6. Win rate and samples", "",
               f"{rl} vs SFT, judged by the reward model on {len(report['wins'])} held-out prompts (greedy answers; a tie counts "
-              f"half): **{fmt_ci(win)}**.", "",
+              f"half): **{fmt_ci(win, 2)}**.", "",
               f"| prompt | reference | SFT (reward) | {rl} (reward) |", "|---|---|---|---|"]
     for s in report["samples"]:
         def cell(x):
