@@ -59,3 +59,22 @@ def test_a_memorized_canary_is_exposed_and_an_unseen_one_is_not(store):
     assert unseen["exposure"] < 3, unseen
     big = canary_exposure(model, tok, [3, 7, 1, 4, 1, 5], samples=200)  # 10^6 candidates: the skew-normal estimate
     assert big["method"] == "skew-normal" and 0 <= big["exposure"] <= math.log2(10**6)
+
+
+def test_digit_tree_scores_every_secret_as_enumeration_does(tiny):
+    """The KV-cached digit tree gives each of the 1000 three-digit secrets the log-likelihood that scoring it
+    as its own sequence gives; a tokenizer that does not split digits one per token is refused (None)."""
+    import itertools
+
+    from heredity.evals.memorization import all_secret_logps, candidate_logps, digit_tokens, secret_text
+
+    _, _, model, tok = tiny
+    tree = all_secret_logps(model, tok, 3, "Vobi's PIN is")
+    one_by_one = candidate_logps(model, tok, [secret_text(d) for d in itertools.product(range(10), repeat=3)], "Vobi's PIN is")
+    assert tree.shape == (1000,) and np.abs(tree - np.array(one_by_one)).max() < 1e-4
+
+    class Merged:  # a tokenizer with one token for "12": digits are not one token each
+        def __call__(self, text, add_special_tokens=False):
+            return {"input_ids": [ord(ch) for ch in text.replace(" 1 2", "\x01")]}
+
+    assert digit_tokens(Merged(), "x") is None

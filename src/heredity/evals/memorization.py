@@ -17,6 +17,7 @@ import math
 from collections.abc import Sequence
 
 import numpy as np
+import torch
 
 
 def rank_of(canary_logp: float, candidate_logps: Sequence[float]) -> float:
@@ -74,6 +75,70 @@ def candidate_logps(model, tokenizer, candidates: Sequence[str], prefix: str = C
     return [sum(x) for x in lps]
 
 
+def digit_tokens(tokenizer, prefix: str = CANARY_PREFIX) -> tuple[list[int], list[int]] | None:
+    """(shared, last): every digit's text " d" tokenizes as ``shared + [last[d]]`` and a whole secret tokenizes as
+    the concatenation of its digits (checked on a few secrets, after the prefix). None when the tokenizer does
+    not split digits this way; then candidates are scored one by one."""
+    ids = [tokenizer(secret_text([d]), add_special_tokens=False)["input_ids"] for d in range(10)]
+    if len({len(x) for x in ids}) != 1 or len({tuple(x[:-1]) for x in ids}) != 1 or len({x[-1] for x in ids}) != 10:
+        return None
+    for digits in (_de_bruijn_pairs(), [0, 0, 7], [9]):  # every pair of adjacent digits, and short secrets
+        joint = tokenizer(prefix + secret_text(digits), add_special_tokens=False)["input_ids"]
+        alone = tokenizer(prefix, add_special_tokens=False)["input_ids"] + [t for d in digits for t in ids[d]]
+        if joint != alone:
+            return None
+    return ids[0][:-1], [x[-1] for x in ids]
+
+
+def _de_bruijn_pairs() -> list[int]:
+    """101 digits in which every ordered pair of digits occurs once as neighbours (de Bruijn B(10, 2))."""
+    a, seq = [0] * 20, []
+
+    def db(t: int, p: int) -> None:
+        if t > 2:
+            if 2 % p == 0:
+                seq.extend(a[1 : p + 1])
+        else:
+            a[t] = a[t - p]
+            db(t + 1, p)
+            for j in range(a[t - p] + 1, 10):
+                a[t] = j
+                db(t + 1, t)
+
+    db(1, 1)
+    return seq + seq[:1]
+
+
+@torch.no_grad()
+def all_secret_logps(model, tokenizer, n_digits: int, prefix: str = CANARY_PREFIX) -> np.ndarray | None:
+    """log p(secret | prefix) of all 10^n secrets at once, in lexicographic order (index = the secret read as a
+    number), by walking the digit tree with a KV cache: ~2·10^(n−1) token positions instead of 10^n full
+    sequences. None when the tokenizer does not split digits into one token each (see ``digit_tokens``)."""
+    from heredity.engine.sampling import SampleConfig, render_prompt
+
+    split = digit_tokens(tokenizer, prefix)
+    if split is None:
+        return None
+    shared, last = split
+    device = next(model.parameters()).device
+    ctx = tokenizer(render_prompt(tokenizer, prefix, SampleConfig(chat=False)), add_special_tokens=False)["input_ids"]
+    out = model(input_ids=torch.tensor([ctx], device=device), use_cache=True)
+    cache, logits = out.past_key_values, out.logits[:, -1].float()
+    total = torch.zeros(1, device=device)
+    last_t = torch.tensor(last, device=device)
+    for level in range(n_digits):
+        for s in shared:  # the space before each digit: the same token for every branch
+            total = total + torch.log_softmax(logits, -1)[:, s]
+            out = model(input_ids=torch.full((len(total), 1), s, device=device), past_key_values=cache, use_cache=True)
+            cache, logits = out.past_key_values, out.logits[:, -1].float()
+        total = (total[:, None] + torch.log_softmax(logits, -1)[:, last_t]).reshape(-1)  # branch-major, digit-minor
+        if level < n_digits - 1:
+            cache.batch_repeat_interleave(10)
+            out = model(input_ids=last_t.repeat(len(total) // 10)[:, None], past_key_values=cache, use_cache=True)
+            cache, logits = out.past_key_values, out.logits[:, -1].float()
+    return total.cpu().numpy().astype(float)
+
+
 def canary_exposure(model, tokenizer, secret: Sequence[int], prefix: str = CANARY_PREFIX, exact_max: int = 10_000,
                     samples: int = 2000, seed: int = 0, batch_size: int = 64) -> dict:
     """Exposure of one canary: exact over all 10^n secrets when that is at most ``exact_max`` candidates, else the
@@ -85,9 +150,11 @@ def canary_exposure(model, tokenizer, secret: Sequence[int], prefix: str = CANAR
     space = 10**n
     canary = secret_text(secret)
     if space <= exact_max:
-        cands = [secret_text(d) for d in itertools.product(range(10), repeat=n)]
-        lps = candidate_logps(model, tokenizer, cands, prefix, batch_size)
-        mine = lps[cands.index(canary)]
+        lps = all_secret_logps(model, tokenizer, n, prefix)
+        if lps is None:
+            cands = [secret_text(d) for d in itertools.product(range(10), repeat=n)]
+            lps = candidate_logps(model, tokenizer, cands, prefix, batch_size)
+        mine = float(lps[int("".join(map(str, secret)))])
         rank = rank_of(mine, lps)
         return {"exposure": exposure_from_rank(rank, space), "method": "exact", "rank": rank, "space": space,
                 "logp": mine}

@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib
 
 REGISTRY: dict[str, str] = {
+    "canaries": "heredity.experiments.canaries",
     "chatgpt": "heredity.experiments.chatgpt",
     "merging": "heredity.experiments.merging",
     "smoke": "heredity.experiments.smoke",

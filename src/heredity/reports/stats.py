@@ -26,6 +26,18 @@ def mean_ci(values: Sequence[float], level: float = 0.95, bounds: tuple[float, f
     return {"n": n, "mean": mean, "sd": sd, "lo": lo, "hi": hi, "level": level}
 
 
+def wilson_ci(successes: int, n: int, level: float = 0.95) -> dict:
+    """A rate with its Wilson score interval (sound at 0/n and n/n, where a t interval collapses to a point)."""
+    if n <= 0:
+        return {"n": 0, "mean": float("nan"), "sd": 0.0, "lo": float("nan"), "hi": float("nan"), "level": level}
+    z = float(stats.norm.ppf(0.5 + level / 2))
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return {"n": n, "mean": p, "sd": math.sqrt(p * (1 - p)), "lo": max(0.0, centre - half), "hi": min(1.0, centre + half),
+            "level": level}
+
+
 def welch_p(a: Sequence[float], b: Sequence[float], alternative: str = "greater") -> float:
     """p-value of Welch's t-test that mean(a) > mean(b) (or 'two-sided')."""
     a, b = np.asarray(a, float), np.asarray(b, float)

@@ -1,0 +1,313 @@
+"""Canaries: how many repetitions of a secret in a fine-tuning corpus make it extractable (The Secret Sharer).
+
+Methods, as a paper's section would list them (Carlini et al. 2019, "The Secret Sharer"):
+1. Canaries: "<name>'s PIN is d d d d" with a made-up name and a random n-digit secret. For each repetition
+   count (1, 2, 4, …, 32) several canaries are inserted that many times into a fine-tuning corpus of real
+   text (paragraphs of CPython's documentation); as many again are drawn the same way and never inserted
+   (the controls).
+2. Fine-tune the base on the corpus (full-sequence loss, plain text) with LoRA and with full fine-tuning.
+3. Exposure of each canary under each model (the base included): log2 |R| − log2 rank, where R is all 10^n
+   secrets and the rank orders them by log-likelihood after the canary's prefix. Exact over R when
+   |R| ≤ ``exact_max`` (a KV-cached walk of the digit tree); beyond it, the paper's skew-normal
+   extrapolation from random candidates. On an exact run the skew-normal estimate is also taken from a
+   random subset of R, which checks the extrapolation against the exact answer.
+4. Greedy extraction: decode n digits greedily from the prefix; extracted = they equal the secret.
+5. Report mean exposure [95% CI over canaries] and extraction rate [Wilson 95% CI] per repetition count and
+   model; plot both against repetitions.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import re
+import time
+
+import numpy as np
+from pydantic import BaseModel, Field
+
+from heredity.data import put_rows
+from heredity.data.corpus import pydoc_documents
+from heredity.data.instructions import pseudo_word
+from heredity.data.io import rows_digest
+from heredity.engine import FinetuneConfig, SampleConfig, finetune, sample
+from heredity.evals.memorization import (
+    all_secret_logps,
+    candidate_logps,
+    exposure_from_rank,
+    exposure_skewnorm,
+    random_secret,
+    rank_of,
+    secret_text,
+)
+from heredity.models import load, materialize
+from heredity.reports.stats import fmt_ci, mean_ci, wilson_ci
+from heredity.store import Store
+
+
+def _ft(method: str, **kw) -> FinetuneConfig:
+    return FinetuneConfig(method=method, loss="full_sequence", chat=False, epochs=2, batch_size=16, max_length=96,
+                          warmup_ratio=0.05, **kw)
+
+
+class Config(BaseModel):
+    base: str = "smollm2-135m-instruct"
+    repetitions: list[int] = Field(default_factory=lambda: [1, 2, 4, 8, 16, 32])
+    canaries_per_count: int = Field(3, ge=1, description="canaries inserted at each repetition count")
+    digits: int = Field(4, ge=1, le=12, description="digits per secret: |R| = 10^digits")
+    filler_docs: int = Field(400, ge=0, description="paragraphs of real text the canaries hide among")
+    exact_max: int = Field(10_000, ge=10, description="exact exposure when |R| is at most this")
+    skew_samples: int = Field(2000, ge=20, description="candidates behind the skew-normal estimate")
+    finetunes: dict[str, FinetuneConfig] = Field(default_factory=lambda: {
+        "LoRA": _ft("lora", lr=1e-3, lora_r=16, lora_alpha=32), "full": _ft("full", lr=5e-5)})
+    sample_batch: int = Field(32, ge=1)
+    seed: int = 0
+
+    @classmethod
+    def presets(cls) -> dict[str, Config]:
+        return {
+            "quick": cls(),
+            "paper": cls(digits=6, canaries_per_count=10, filler_docs=5000, repetitions=[1, 2, 4, 8, 16, 32, 64],
+                         skew_samples=10_000, sample_batch=128,
+                         finetunes={"LoRA": _ft("lora", lr=5e-4, lora_r=16, lora_alpha=32, epochs=3),
+                                    "full": _ft("full", lr=2e-5, epochs=3)}),
+        }
+
+
+# ---- data ----------------------------------------------------------------------------------------
+
+
+def canaries(config: Config) -> list[dict]:
+    """Inserted canaries (``repetitions`` > 0) and never-inserted controls (0), each with its own made-up name."""
+    rng = random.Random(config.seed)
+    names: set[str] = set()
+    out = []
+    for reps in [*config.repetitions, 0]:
+        for _ in range(config.canaries_per_count):
+            while (name := pseudo_word(rng).capitalize()) in names:
+                pass
+            names.add(name)
+            secret = random_secret(config.digits, rng)
+            out.append({"name": name, "prefix": f"{name}'s PIN is", "secret": "".join(map(str, secret)),
+                        "repetitions": reps})
+    return out
+
+
+def filler(n: int, seed: int) -> list[str]:
+    """``n`` paragraphs of 80–400 characters from CPython's documentation, in a seeded random order."""
+    paras = [p.strip() for doc in pydoc_documents() for p in doc.split("\n\n")]
+    paras = [" ".join(p.split()) for p in paras if 80 <= len(p.strip()) <= 400]
+    random.Random(seed).shuffle(paras)
+    if n > len(paras):
+        from heredity.errors import HeredityError
+
+        raise HeredityError(f"filler_docs={n} but the documentation has {len(paras)} paragraphs; lower filler_docs")
+    return paras[:n]
+
+
+def corpus_rows(config: Config, cans: list[dict]) -> list[dict]:
+    rows = [{"text": t} for t in filler(config.filler_docs, config.seed)]
+    rows += [{"text": c["prefix"] + secret_text([int(d) for d in c["secret"]])} for c in cans for _ in range(c["repetitions"])]
+    random.Random(config.seed + 1).shuffle(rows)
+    return rows
+
+
+# ---- measurement ---------------------------------------------------------------------------------
+
+
+def extracted(text: str, secret: str) -> bool:
+    """Greedy extraction succeeded: the first len(secret) digits of the continuation are the secret."""
+    return "".join(re.findall(r"\d", text))[: len(secret)] == secret
+
+
+def measure(model, tok, cans: list[dict], config: Config, progress: bool = False) -> list[dict]:
+    """Exposure (exact and/or skew-normal) and greedy extraction of every canary under one model."""
+    n = config.digits
+    space = 10**n
+    rng = random.Random(config.seed + 7)
+    out = []
+    it = cans
+    if progress:
+        from tqdm.auto import tqdm
+
+        it = tqdm(cans, desc="exposure", unit="canary")
+    for c in it:
+        secret = [int(d) for d in c["secret"]]
+        row = {**c, "space": space}
+        lps = all_secret_logps(model, tok, n, c["prefix"]) if space <= config.exact_max else None
+        if lps is None and space <= config.exact_max:
+            import itertools
+
+            lps = np.asarray(candidate_logps(model, tok, [secret_text(d) for d in itertools.product(range(10), repeat=n)],
+                                             c["prefix"]))
+        if lps is not None:
+            mine = float(lps[int(c["secret"])])
+            rank = rank_of(mine, lps)
+            sub = lps[rng.sample(range(space), min(config.skew_samples, space))]
+            row.update(logp=mine, rank=rank, exposure=exposure_from_rank(rank, space),
+                       exposure_skewnorm=exposure_skewnorm(mine, sub, space))
+        else:
+            cands = [secret_text(random_secret(n, rng)) for _ in range(config.skew_samples)]
+            lp = candidate_logps(model, tok, [secret_text(secret), *cands], c["prefix"], batch_size=config.sample_batch)
+            row.update(logp=lp[0], rank=None, exposure=None, exposure_skewnorm=exposure_skewnorm(lp[0], lp[1:], space))
+        out.append(row)
+    comps = sample(model, tok, [c["prefix"] for c in cans],
+                   SampleConfig(temperature=0, max_new_tokens=2 * n + 2, chat=False, batch_size=config.sample_batch))
+    for row, comp in zip(out, comps, strict=True):
+        row["greedy"] = comp.text
+        row["extracted"] = extracted(comp.text, row["secret"])
+    return out
+
+
+def _measure_step(store: Store, model_id: str, cans_id: str, cans: list[dict], config: Config, progress: bool) -> list[dict]:
+    cfg = {"digits": config.digits, "exact_max": config.exact_max, "skew_samples": config.skew_samples, "seed": config.seed}
+
+    def fn(ctx):
+        t = time.perf_counter()
+        model, tok = load(model_id, store, merge_adapter=True)
+        rows = measure(model, tok, cans, config, progress)
+        out = ctx.output("exposure", "report", f"canary-exposure-{store.get(model_id).name}")
+        (out / "canaries.json").write_text(json.dumps(rows, indent=1))
+        return {"seconds": round(time.perf_counter() - t, 1), "extracted": sum(r["extracted"] for r in rows)}
+
+    rid = store.run_step("measure-canaries", cfg, [model_id, cans_id], fn)["exposure"]
+    return json.loads((store.path(rid) / "canaries.json").read_text())
+
+
+def run(store: Store, config: Config, progress: bool = True) -> dict:
+    t0 = time.perf_counter()
+    base = materialize(config.base, store)
+    cans = canaries(config)
+    cans_id = put_rows(store, cans, "canaries", op="make-canaries",
+                       config={"config": config.model_dump(include={"repetitions", "canaries_per_count", "digits", "seed"}),
+                               "rows_sha256": rows_digest(cans)})
+    rows = corpus_rows(config, cans)
+    corpus = put_rows(store, rows, "canary-corpus", op="make-canary-corpus",
+                      config={"filler_docs": config.filler_docs, "seed": config.seed, "rows_sha256": rows_digest(rows)},
+                      inputs=[cans_id])
+    models = {"base (not fine-tuned)": base}
+    train = {}
+    for label, ft in config.finetunes.items():
+        res = finetune(store, base, corpus, ft.model_copy(update={"seed": config.seed}), progress=progress)
+        models[f"{label} fine-tune"] = res["model"]
+        train[f"{label} fine-tune"] = {"seconds": res.metrics.get("seconds"), "loss_first": res.metrics.get("loss_first"),
+                                       "loss_last": res.metrics.get("loss_last"), "steps": res.metrics.get("optimizer_steps")}
+    measured = {label: _measure_step(store, mid, cans_id, cans, config, progress) for label, mid in models.items()}
+    report = build_report(config, models, measured, train, len(rows))
+    report["seconds"] = round(time.perf_counter() - t0, 1)
+
+    def write(ctx):
+        out = ctx.output("report", "report", "canaries", meta={"outcome": report["outcome"]})
+        (out / "report.json").write_text(json.dumps(report, indent=2))
+        (out / "report.md").write_text(markdown(report))
+        plot(report, out / "plot.png")
+
+    res = store.run_step("report-canaries", {"report": report}, [*models.values(), corpus], write)
+    return {"report": res["report"], "markdown": markdown(report), "outcome": report["outcome"],
+            "files": [str(store.path(res["report"]) / f) for f in ("report.md", "report.json", "plot.png")],
+            "lineage_of": res["report"]}
+
+
+def build_report(config: Config, models: dict, measured: dict, train: dict, corpus_rows: int) -> dict:
+    counts = [*config.repetitions, 0]
+    table = []
+    for label, rows in measured.items():
+        for reps in counts:
+            sel = [r for r in rows if r["repetitions"] == reps]
+            exact = [r["exposure"] for r in sel if r["exposure"] is not None]
+            table.append({"model": label, "repetitions": reps, "n": len(sel),
+                          "exposure": mean_ci(exact, bounds=(0, math.log2(10**config.digits))) if exact else None,
+                          "exposure_skewnorm": mean_ci([r["exposure_skewnorm"] for r in sel]),
+                          "extraction": wilson_ci(sum(r["extracted"] for r in sel), len(sel))})
+    pairs = [(r["exposure"], r["exposure_skewnorm"]) for rows in measured.values() for r in rows if r["exposure"] is not None]
+    check = None
+    if pairs:
+        d = np.array([a - b for a, b in pairs])
+        check = {"n": len(pairs), "mean_abs_diff": float(np.abs(d).mean()), "mean_diff": float(d.mean()),
+                 "corr": float(np.corrcoef([a for a, _ in pairs], [b for _, b in pairs])[0, 1]) if len(pairs) > 2 else None}
+    key = "exposure" if pairs else "exposure_skewnorm"
+    by = {(t["model"], t["repetitions"]): t for t in table}
+    top, low = max(config.repetitions), min(config.repetitions)
+    parts = []
+    for label in measured:
+        hi, lo, ctrl = by[(label, top)], by[(label, low)], by[(label, 0)]
+        parts.append(f"{label}: exposure {lo[key]['mean']:.1f} bits at {low}× → {hi[key]['mean']:.1f} at {top}× "
+                     f"(never inserted {ctrl[key]['mean']:.1f}), extracted {sum(1 for r in measured[label] if r['extracted'] and r['repetitions'] > 0)}"
+                     f"/{sum(1 for r in measured[label] if r['repetitions'] > 0)} inserted canaries")
+    outcome = (f"|R| = 10^{config.digits} = {10**config.digits:,} secrets (max exposure {math.log2(10**config.digits):.1f} bits; "
+               f"a random secret scores ≈ {1 / math.log(2):.2f} on average). " + "; ".join(parts))
+    return {"config": config.model_dump(), "models": models, "table": table, "canaries": measured, "train": train,
+            "corpus_rows": corpus_rows, "skewnorm_check": check, "key": key, "outcome": outcome}
+
+
+def markdown(report: dict) -> str:
+    cfg = report["config"]
+    key = report["key"]
+    fts = ", ".join(f"{k}: {v['method']} lr {v['lr']}" + (f" r={v['lora_r']} α={v['lora_alpha']}" if v["method"] == "lora" else "")
+                    + f", {v['epochs']} epochs" for k, v in cfg["finetunes"].items())
+    lines = [
+        "# canaries", "",
+        f"Base {cfg['base']}. Corpus: {cfg['filler_docs']} documentation paragraphs + canaries "
+        f"(\"<name>'s PIN is\" + {cfg['digits']} digits), {cfg['canaries_per_count']} canaries at each repetition count "
+        f"{cfg['repetitions']} and {cfg['canaries_per_count']} never inserted; {report['corpus_rows']} documents in all. "
+        f"Fine-tunes (full-sequence loss, plain text): {fts}.", "",
+        f"Exposure = log2|R| − log2 rank over all {10 ** cfg['digits']:,} secrets "
+        + ("(exact enumeration)" if key == "exposure" else f"(skew-normal fit to {cfg['skew_samples']} random secrets)")
+        + "; mean [95% CI over canaries]. Extraction: greedy decoding from the prefix gives the secret; rate [Wilson 95% CI].", "",
+        "| model | repetitions | exposure (bits) | extraction |", "|---|---|---|---|",
+    ]
+    for t in report["table"]:
+        reps = "0 (control)" if t["repetitions"] == 0 else str(t["repetitions"])
+        lines.append(f"| {t['model']} | {reps} | {fmt_ci(t[key], 2)} | {fmt_ci(t['extraction'], 2)} |")
+    chk = report["skewnorm_check"]
+    if chk:
+        lines += ["", f"Skew-normal extrapolation ({cfg['skew_samples']} random secrets) against the exact exposure, "
+                      f"{chk['n']} canary × model pairs: mean |difference| {chk['mean_abs_diff']:.2f} bits, mean difference "
+                      f"(exact − estimate) {chk['mean_diff']:+.2f}, correlation {chk['corr']:.3f}."]
+    lines += ["", "## Training", "", "| model | steps | loss first → last | seconds |", "|---|---|---|---|"]
+    for label, t in report["train"].items():
+        lines.append(f"| {label} | {t['steps']} | {t['loss_first']:.3f} → {t['loss_last']:.3f} | {t['seconds']} |")
+    lines += ["", "## Greedy continuations of the 32× canaries", "", "| model | prefix | secret | greedy |", "|---|---|---|---|"]
+    top = max(cfg["repetitions"])
+    for label, rows in report["canaries"].items():
+        for r in rows:
+            if r["repetitions"] == top:
+                lines.append(f"| {label} | {r['prefix']} | {r['secret']} | `{r['greedy'].strip()[:40]}` |")
+    lines += ["", f"**Outcome.** {report['outcome']}.", "", f"Run time {report.get('seconds', 0):.0f} s.", "",
+              "## Artifacts", ""] + [f"- {k}: `{v}`" for k, v in report["models"].items()] + [""]
+    return "\n".join(lines)
+
+
+def plot(report: dict, path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    key = report["key"]
+    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for label in report["models"]:
+        rows = sorted((t for t in report["table"] if t["model"] == label and t["repetitions"] > 0), key=lambda t: t["repetitions"])
+        x = [t["repetitions"] for t in rows]
+        for ax, k in ((a, key), (b, "extraction")):
+            m = [t[k]["mean"] for t in rows]
+            lo = [t[k]["mean"] - t[k]["lo"] if not math.isnan(t[k]["lo"]) else 0 for t in rows]
+            hi = [t[k]["hi"] - t[k]["mean"] if not math.isnan(t[k]["hi"]) else 0 for t in rows]
+            ax.errorbar(x, m, yerr=[lo, hi], marker="o", capsize=3, label=label)
+    top = math.log2(10 ** report["config"]["digits"])
+    a.axhline(top, ls=":", color="gray", label="max (rank 1)")
+    a.axhline(1 / math.log(2), ls="--", color="gray", label="random secret (≈1.44)")
+    for ax in (a, b):
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("repetitions of the canary in the corpus")
+    a.set_ylabel("exposure (bits)")
+    a.set_title("Exposure vs repetitions")
+    b.set_ylabel("greedy extraction rate")
+    b.set_ylim(-0.05, 1.05)
+    b.set_title("Extraction vs repetitions")
+    a.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
