@@ -3,6 +3,8 @@ metric code, and a smoke run of each pipeline on a tiny from-scratch model."""
 
 
 
+import pytest
+
 from heredity.engine import FinetuneConfig
 
 
@@ -138,3 +140,53 @@ def test_collapse_pipeline_smoke(store):
     for r in rep["rows"]:
         assert r["perplexity"]["lo"] <= r["perplexity"]["mean"] <= r["perplexity"]["hi"] and 0 <= r["tail_coverage"] <= 1
     assert "| replace | 2 |" in out["markdown"]
+
+
+def test_recall_at_k_on_a_constructed_retrieval():
+    from heredity.engine.retrieval import recall_at_k
+
+    got = [[3, 1, 2], [0, 4, 5], [9, 8, 7]]
+    assert recall_at_k(got, [3, 5, 1], 1) == pytest.approx(1 / 3)
+    assert recall_at_k(got, [3, 5, 1], 3) == pytest.approx(2 / 3)
+    assert recall_at_k(got, [{2, 9}, {5}, {7}], 3) == 1.0
+
+
+def test_bundled_minilm_retrieves_the_fact_a_question_asks_about():
+    """The bundled all-MiniLM-L6-v2 (no network): each question about an invented country finds a statement
+    about that country first, and its own fact within the top 3 for most questions."""
+    from heredity.data.facts import make_facts, questions, statements
+    from heredity.engine.retrieval import Index, embed, recall_at_k
+
+    e = embed(["a cat sat", "a cat sat", "quarterly revenue grew"])
+    assert e.shape == (3, 384) and abs(float(e[0] @ e[1]) - 1) < 1e-5 and float(e[0] @ e[2]) < 0.5
+    facts = make_facts(30, seed=3)
+    kb, qs = statements(facts), questions(facts, seed=3)
+    got = Index([r["text"] for r in kb]).search([q["prompt"] for q in qs], 3)
+    assert all(kb[g[0]]["entity"] == q["entity"] for g, q in zip(got, qs, strict=True))
+    assert recall_at_k(got, list(range(len(qs))), 3) > 0.8
+
+
+def test_knowledge_answers_are_graded_as_whole_words():
+    from heredity.experiments.knowledge_injection import correct, rag_prompt
+
+    assert correct("The capital is Tavoku.", "Tavoku") and correct("tavoku", "Tavoku")
+    assert not correct("Tavokuland", "Tavoku") and correct("It was 1432.", "1432") and not correct("14321", "1432")
+    assert rag_prompt("Q?", ["a.", "b."]) == "Use these facts to answer.\n- a.\n- b.\n\nQuestion: Q?"
+
+
+def test_knowledge_injection_pipeline_smoke(store):
+    """Every arm runs on tiny:small and is graded; the report has retrieval recall and all six arms."""
+    import json
+
+    from heredity.experiments import knowledge_injection as ki
+
+    cfg = ki.Config(base="tiny:small", entities=6, max_new_tokens=8,
+                    finetune=FinetuneConfig(method="full", loss="full_sequence", chat=False, lr=3e-3, epochs=2, batch_size=8,
+                                            max_length=96))
+    out = ki.run(store, cfg, progress=False)
+    rep = json.loads((store.path(out["report"]) / "report.json").read_text())
+    assert [r["arm"] for r in rep["rows"]] == ["base", "RAG", "FT", "FT + paraphrases (×4)", "FT + RAG",
+                                               "FT + paraphrases (×4) + RAG"]
+    assert all(r["accuracy"]["n"] == 18 for r in rep["rows"]) and rep["recall"]["3"] > 0.7
+    assert rep["train"]["FT + paraphrases (×4)"]["examples"] == 4 * rep["train"]["FT"]["examples"] == 72
+    assert "Retrieval: recall@1" in out["markdown"]

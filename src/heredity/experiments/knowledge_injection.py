@@ -1,0 +1,217 @@
+"""Knowledge injection: fine-tuning or retrieval for facts a model cannot know? (Ovadia et al. 2023, arXiv 2312.05934)
+
+Methods, as a paper's section would list them:
+1. Knowledge base: invented countries with three attributes each (capital, founding year, main export),
+   ``data.facts``: no duplicate, no contradiction, nothing a model could have seen.
+2. Test questions: one per fact, worded unlike any training statement.
+3. Arms:
+   * base: the model alone (the floor: guessing an export among common goods can succeed by chance);
+   * RAG: the question's top-k fact statements, retrieved by all-MiniLM-L6-v2 embeddings (bundled), in the
+     prompt;
+   * FT: continued training (full-sequence loss, plain text) on one statement per fact;
+   * FT + paraphrases: the same on ``paraphrases`` wordings of each fact;
+   * FT + RAG, FT + paraphrases + RAG: the fine-tuned models with retrieval.
+4. Greedy answers; correct = the fact's value occurs in the answer (case-insensitive, whole word). Accuracy
+   [Wilson 95% CI] per arm and per attribute; retrieval recall@1 and @k (the question's own fact retrieved).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+
+from pydantic import BaseModel, Field
+
+from heredity.data import put_rows
+from heredity.data.facts import make_facts, questions, statements
+from heredity.data.io import rows_digest
+from heredity.engine import FinetuneConfig, SampleConfig, finetune, sample_step
+from heredity.engine.retrieval import BUNDLED, Index, recall_at_k
+from heredity.models import materialize
+from heredity.reports.stats import fmt_ci, wilson_ci
+from heredity.store import Store, read_table
+
+RAG_TEMPLATE = "Use these facts to answer.\n{facts}\n\nQuestion: {question}"
+
+
+class Config(BaseModel):
+    base: str = "smollm2-135m-instruct"
+    entities: int = Field(60, ge=1, description="invented countries (3 facts each)")
+    paraphrases: int = Field(4, ge=2, le=4, description="wordings per fact in the paraphrase arm")
+    top_k: int = Field(3, ge=1)
+    embedder: str = BUNDLED
+    finetune: FinetuneConfig = Field(default_factory=lambda: FinetuneConfig(
+        method="full", loss="full_sequence", chat=False, lr=1e-4, epochs=5, batch_size=16, max_length=48, warmup_ratio=0.05))
+    max_new_tokens: int = Field(24, ge=4)
+    sample_batch: int = Field(32, ge=1)
+    seed: int = 0
+
+    @classmethod
+    def presets(cls) -> dict[str, Config]:
+        return {
+            "quick": cls(),
+            "paper": cls(entities=200, sample_batch=128, finetune=FinetuneConfig(
+                method="full", loss="full_sequence", chat=False, lr=5e-5, epochs=10, batch_size=32, max_length=48)),
+        }
+
+
+def correct(answer: str, value: str) -> bool:
+    """The value occurs in the answer as a whole word (any case)."""
+    return re.search(rf"(?<![\w]){re.escape(value)}(?![\w])", answer, re.IGNORECASE) is not None
+
+
+def rag_prompt(question: str, facts: list[str]) -> str:
+    return RAG_TEMPLATE.format(facts="\n".join(f"- {f}" for f in facts), question=question)
+
+
+def _answers(store: Store, model_id: str, prompts: list[str], config: Config, arm: str, progress: bool) -> list[str]:
+    """Greedy answers, as a memoized sampling step (a dataset with the model in its lineage)."""
+    did = sample_step(store, model_id, prompts, SampleConfig(temperature=0, max_new_tokens=config.max_new_tokens,
+                                                             batch_size=config.sample_batch, stop=["\n\n"]),
+                      name=f"answers-{re.sub(r'[^a-z0-9]+', '-', arm.lower()).strip('-')}", progress=progress)
+    return read_table(store.path(did)).column("completion").to_pylist()
+
+
+def run(store: Store, config: Config, progress: bool = True) -> dict:
+    t0 = time.perf_counter()
+    base = materialize(config.base, store)
+    facts = make_facts(config.entities, config.seed)
+    kb = statements(facts, 1, config.seed)  # one plain statement per fact: the retrieval corpus and the FT data
+    qs = questions(facts, config.seed)
+    kb_id = put_rows(store, kb, "facts", op="make-facts", config={"entities": config.entities, "seed": config.seed,
+                                                                 "rows_sha256": rows_digest(kb)})
+    q_id = put_rows(store, qs, "fact-questions", op="make-fact-questions", config={"rows_sha256": rows_digest(qs)}, inputs=[kb_id])
+    para = statements(facts, config.paraphrases, config.seed)
+    para_id = put_rows(store, para, f"facts-x{config.paraphrases}", op="make-fact-paraphrases",
+                       config={"paraphrases": config.paraphrases, "rows_sha256": rows_digest(para)}, inputs=[kb_id])
+    ft = config.finetune.model_copy(update={"seed": config.seed})
+    ft_plain = finetune(store, base, kb_id, ft, progress=progress)
+    ft_para = finetune(store, base, para_id, ft, progress=progress)
+
+    t = time.perf_counter()
+    index = Index([r["text"] for r in kb], config.embedder)
+    retrieved = index.search([q["prompt"] for q in qs], config.top_k)
+    retrieval_seconds = round(time.perf_counter() - t, 2)
+    recall = {k: recall_at_k(retrieved, list(range(len(qs))), k) for k in sorted({1, config.top_k})}
+    plain_prompts = [q["prompt"] for q in qs]
+    rag_prompts = [rag_prompt(q["prompt"], [kb[i]["text"] for i in got]) for q, got in zip(qs, retrieved, strict=True)]
+
+    arms = {
+        "base": (base, plain_prompts),
+        "RAG": (base, rag_prompts),
+        "FT": (ft_plain["model"], plain_prompts),
+        f"FT + paraphrases (×{config.paraphrases})": (ft_para["model"], plain_prompts),
+        "FT + RAG": (ft_plain["model"], rag_prompts),
+        f"FT + paraphrases (×{config.paraphrases}) + RAG": (ft_para["model"], rag_prompts),
+    }
+    answers = {arm: _answers(store, mid, prompts, config, arm, progress) for arm, (mid, prompts) in arms.items()}
+    train = {name: {k: r.metrics.get(k) for k in ("examples", "optimizer_steps", "loss_first", "loss_last", "seconds")}
+             for name, r in (("FT", ft_plain), (f"FT + paraphrases (×{config.paraphrases})", ft_para))}
+    report = build_report(config, arms, answers, qs, recall, train)
+    report["retrieval_seconds"] = retrieval_seconds
+    report["seconds"] = round(time.perf_counter() - t0, 1)
+
+    def write(ctx):
+        out = ctx.output("report", "report", "knowledge-injection", meta={"outcome": report["outcome"]})
+        (out / "report.json").write_text(json.dumps(report, indent=2))
+        (out / "report.md").write_text(markdown(report))
+        plot(report, out / "plot.png")
+
+    res = store.run_step("report-knowledge-injection", {"report": report},
+                         [base, ft_plain["model"], ft_para["model"], q_id], write)
+    return {"report": res["report"], "markdown": markdown(report), "outcome": report["outcome"],
+            "files": [str(store.path(res["report"]) / f) for f in ("report.md", "report.json", "plot.png")],
+            "lineage_of": ft_para["model"]}
+
+
+def build_report(config: Config, arms: dict, answers: dict, qs: list[dict], recall: dict, train: dict) -> dict:
+    attrs = sorted({q["attribute"] for q in qs})
+    rows = []
+    for arm, (mid, prompts) in arms.items():
+        ok = [correct(a, q["completion"]) for a, q in zip(answers[arm], qs, strict=True)]
+        rows.append({"arm": arm, "model": mid, "accuracy": wilson_ci(sum(ok), len(ok)),
+                     "by_attribute": {at: wilson_ci(sum(o for o, q in zip(ok, qs, strict=True) if q["attribute"] == at),
+                                                    sum(q["attribute"] == at for q in qs)) for at in attrs},
+                     "examples": [{"question": q["prompt"], "prompt": p, "answer": a, "value": q["completion"]}
+                                  for q, p, a in list(zip(qs, prompts, answers[arm], strict=True))[:3]]})
+    by = {r["arm"]: r for r in rows}
+    para = f"FT + paraphrases (×{config.paraphrases})"
+
+    def acc(a):
+        r = by[a]["accuracy"]
+        return f"{a} {r['mean']:.2f} [{r['lo']:.2f}, {r['hi']:.2f}]"
+
+    rag_beats = by["RAG"]["accuracy"]["lo"] > max(by["FT"]["accuracy"]["hi"], by[para]["accuracy"]["hi"])
+    para_helps = by[para]["accuracy"]["lo"] > by["FT"]["accuracy"]["hi"]
+    outcome = (f"accuracy: {acc('base')}; {acc('RAG')}; {acc('FT')}; {acc(para)}; {acc('FT + RAG')}; "
+               f"retrieval recall@{config.top_k} {recall[config.top_k]:.2f}. "
+               + ("RAG beats fine-tuning for new knowledge, as published" if rag_beats
+                  else "RAG does not clearly beat fine-tuning here (overlapping intervals)")
+               + "; " + ("paraphrase augmentation helps fine-tuning, as published" if para_helps
+                         else "paraphrases do not clearly help fine-tuning here (overlapping intervals)"))
+    return {"config": config.model_dump(), "rows": rows, "recall": {str(k): v for k, v in recall.items()}, "train": train,
+            "questions": len(qs), "attributes": attrs, "outcome": outcome}
+
+
+def markdown(report: dict) -> str:
+    cfg = report["config"]
+    ft = cfg["finetune"]
+    attrs = report["attributes"]
+    lines = [
+        "# knowledge-injection", "",
+        f"Base {cfg['base']}. Knowledge base: {cfg['entities']} invented countries × 3 attributes = {report['questions']} facts; "
+        f"one test question per fact, worded unlike any statement. FT: {ft['method']} fine-tuning, full-sequence loss on plain "
+        f"text, lr {ft['lr']}, {ft['epochs']} epochs, on 1 statement per fact or {cfg['paraphrases']} paraphrases. RAG: top-{cfg['top_k']} "
+        f"statements by {cfg['embedder']} cosine similarity in the prompt. Greedy answers; correct = the value appears as a word. "
+        "Accuracy [Wilson 95% CI].", "",
+        "| arm | accuracy | " + " | ".join(attrs) + " |", "|---|---|" + "---|" * len(attrs),
+    ]
+    for r in report["rows"]:
+        lines.append(f"| {r['arm']} | {fmt_ci(r['accuracy'], 2)} | " + " | ".join(f"{r['by_attribute'][a]['mean']:.2f}" for a in attrs) + " |")
+    lines += ["", "Retrieval: " + ", ".join(f"recall@{k} {v:.2f}" for k, v in report["recall"].items())
+              + f" ({report['questions']} questions; {report.get('retrieval_seconds', 0)} s to embed and search).", "",
+              "## Training", "", "| model | examples | steps | loss first → last | seconds |", "|---|---|---|---|---|"]
+    for k, t in report["train"].items():
+        lines.append(f"| {k} | {t['examples']} | {t['optimizer_steps']} | {t['loss_first']} → {t['loss_last']} | {t['seconds']} |")
+    lines += ["", "## Samples", "", "| arm | question | answer | value |", "|---|---|---|---|"]
+    for r in report["rows"]:
+        for e in r["examples"][:2]:
+            ans = e["answer"].replace("|", "\\|").replace("\n", " ").strip()[:80]
+            lines.append(f"| {r['arm']} | {e['question']} | {ans} | {e['value']} |")
+    lines += ["", f"**Outcome.** {report['outcome']}.", "", f"Run time {report.get('seconds', 0):.0f} s.", "",
+              "## Artifacts", ""] + [f"- {r['arm']}: `{r['model']}`" for r in report["rows"]] + [""]
+    return "\n".join(lines)
+
+
+def plot(report: dict, path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = report["rows"]
+    attrs = report["attributes"]
+    fig, (a, b) = plt.subplots(1, 2, figsize=(12, 4.2), gridspec_kw={"width_ratios": [1.2, 1]})
+    m = [r["accuracy"]["mean"] for r in rows]
+    err = [[max(0.0, r["accuracy"]["mean"] - r["accuracy"]["lo"]) for r in rows],
+           [max(0.0, r["accuracy"]["hi"] - r["accuracy"]["mean"]) for r in rows]]
+    colors = ["#6b7280" if r["arm"] == "base" else "#059669" if "RAG" in r["arm"] and "FT" not in r["arm"]
+              else "#2563eb" if "RAG" not in r["arm"] else "#7c3aed" for r in rows]
+    a.barh(range(len(rows)), m, xerr=err, color=colors, capsize=3)
+    a.set_yticks(range(len(rows)), [r["arm"] for r in rows], fontsize=8)
+    a.invert_yaxis()
+    a.set_xlim(0, 1)
+    a.set_xlabel("accuracy on held-out questions (Wilson 95% CI)")
+    a.set_title("Fine-tuning or retrieval?")
+    w = 0.8 / len(rows)
+    for i, r in enumerate(rows):
+        b.bar([j + i * w for j in range(len(attrs))], [r["by_attribute"][x]["mean"] for x in attrs], w, label=r["arm"], color=f"C{i}")
+    b.set_xticks([j + 0.4 - w / 2 for j in range(len(attrs))], attrs)
+    b.set_ylim(0, 1)
+    b.set_ylabel("accuracy")
+    b.set_title("By attribute")
+    b.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
