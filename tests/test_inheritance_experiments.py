@@ -130,7 +130,7 @@ def test_collapse_pipeline_smoke(store):
     from heredity.experiments import collapse
 
     cfg = collapse.Config(vocab_size=300, generations=2, doc_tokens=32, synthetic_tokens=2000, seed_control=False,
-                          pretrain=PretrainConfig(hidden=32, layers=1, heads=2, intermediate=64, context=32, iters=20,
+                          pretrain=PretrainConfig(hidden=32, layers=1, heads=2, intermediate=64, context=32, iters=30, lr=5e-3,
                                                   batch_size=4, warmup=2, eval_every=20, eval_batches=2, sample_tokens=4))
     out = collapse.run(store, cfg, progress=False)
     rep = json.loads((store.path(out["report"]) / "report.json").read_text())
@@ -138,8 +138,18 @@ def test_collapse_pipeline_smoke(store):
     assert set(by) == {("real", 0)} | {(g, k) for g in ("replace", "accumulate", "keep-real") for k in (1, 2)}
     assert by[("accumulate", 2)]["train"]["docs"] > by[("accumulate", 1)]["train"]["docs"] > by[("replace", 1)]["train"]["docs"]
     for r in rep["rows"]:
-        assert r["perplexity"]["lo"] <= r["perplexity"]["mean"] <= r["perplexity"]["hi"] and 0 <= r["tail_coverage"] <= 1
+        assert r["perplexity"]["mean"] < 300 and r["types"] > 20  # below a uniform guess over the 300-token vocabulary
     assert "| replace | 2 |" in out["markdown"]
+
+
+def test_wilson_interval_known_values():
+    from heredity.reports.stats import wilson_ci
+
+    z = wilson_ci(0, 3)
+    assert z["mean"] == 0 and z["lo"] == 0 and z["hi"] == pytest.approx(0.5615, abs=1e-4)
+    h = wilson_ci(5, 10)
+    assert (h["lo"], h["hi"]) == (pytest.approx(0.2366, abs=1e-4), pytest.approx(0.7634, abs=1e-4))
+    assert wilson_ci(10, 10)["lo"] == pytest.approx(0.7225, abs=1e-4) and wilson_ci(10, 10)["hi"] == 1.0
 
 
 def test_recall_at_k_on_a_constructed_retrieval():
@@ -171,6 +181,8 @@ def test_knowledge_answers_are_graded_as_whole_words():
 
     assert correct("The capital is Tavoku.", "Tavoku") and correct("tavoku", "Tavoku")
     assert not correct("Tavokuland", "Tavoku") and correct("It was 1432.", "1432") and not correct("14321", "1432")
+    assert not correct("Maybe copper, wool or tea.", "tea", others={"copper", "wool", "tea", "salt"})  # a list of guesses
+    assert correct("Mostly tea, which it grows.", "tea", others={"copper", "wool", "tea"})
     assert rag_prompt("Q?", ["a.", "b."]) == "Use these facts to answer.\n- a.\n- b.\n\nQuestion: Q?"
 
 
@@ -185,8 +197,10 @@ def test_knowledge_injection_pipeline_smoke(store):
                                             max_length=96))
     out = ki.run(store, cfg, progress=False)
     rep = json.loads((store.path(out["report"]) / "report.json").read_text())
-    assert [r["arm"] for r in rep["rows"]] == ["base", "RAG", "FT", "FT + paraphrases (×4)", "FT + RAG",
-                                               "FT + paraphrases (×4) + RAG"]
+    assert [r["arm"] for r in rep["rows"]] == ["base", "RAG", "FT", "FT, statement repeated (×4)", "FT + paraphrases (×4)",
+                                               "FT + RAG", "FT + paraphrases (×4) + RAG"]
     assert all(r["accuracy"]["n"] == 18 for r in rep["rows"]) and rep["recall"]["3"] > 0.7
-    assert rep["train"]["FT + paraphrases (×4)"]["examples"] == 4 * rep["train"]["FT"]["examples"] == 72
+    t = rep["train"]
+    assert t["FT + paraphrases (×4)"]["examples"] == t["FT, statement repeated (×4)"]["examples"] == 4 * t["FT"]["examples"] == 72
+    assert t["FT + paraphrases (×4)"]["optimizer_steps"] == t["FT, statement repeated (×4)"]["optimizer_steps"]
     assert "Retrieval: recall@1" in out["markdown"]

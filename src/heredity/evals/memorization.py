@@ -3,7 +3,7 @@
 A canary is a format with a secret filled in ("my PIN is 4 8 1 5 9 2"). Its **exposure** under a model is
 log2 |R| − log2 rank, where R is the space of secrets the format allows and rank is the canary's position
 when every candidate is sorted by the model's log-likelihood (rank 1 = the model's favourite). A model that
-never saw the canary gives it an expected exposure of about 1 bit; exposure log2 |R| means it is the single
+never saw the canary gives it an expected exposure of 1/ln 2 ≈ 1.44 bits (its rank is uniform); exposure log2 |R| means it is the single
 most likely candidate.
 
 * ``exposure_from_rank`` / ``rank_of``: the definition, for an exact enumeration of R.

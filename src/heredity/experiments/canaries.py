@@ -57,8 +57,8 @@ class Config(BaseModel):
     canaries_per_count: int = Field(3, ge=1, description="canaries inserted at each repetition count")
     digits: int = Field(4, ge=1, le=12, description="digits per secret: |R| = 10^digits")
     filler_docs: int = Field(250, ge=0, description="paragraphs of real text the canaries hide among")
-    exact_max: int = Field(10_000, ge=10, description="exact exposure when |R| is at most this")
-    skew_samples: int = Field(2000, ge=20, description="candidates behind the skew-normal estimate")
+    exact_max: int = Field(10_000, ge=10, le=100_000, description="exact exposure when |R| is at most this")
+    skew_samples: int = Field(100, ge=20, description="random candidates behind the skew-normal estimate (1% of 10^4)")
     finetunes: dict[str, FinetuneConfig] = Field(default_factory=lambda: {
         "LoRA": _ft("lora", lr=1e-3, lora_r=16, lora_alpha=32), "full": _ft("full", lr=5e-5)})
     sample_batch: int = Field(32, ge=1)
@@ -88,7 +88,8 @@ def canaries(config: Config) -> list[dict]:
             while (name := pseudo_word(rng).capitalize()) in names:
                 pass
             names.add(name)
-            secret = random_secret(config.digits, rng)
+            while (secret := random_secret(config.digits, rng)) in [c["secret"] for c in out]:
+                pass
             out.append({"name": name, "prefix": f"{name}'s PIN is", "secret": "".join(map(str, secret)),
                         "repetitions": reps})
     return out
@@ -220,13 +221,15 @@ def build_report(config: Config, models: dict, measured: dict, train: dict, corp
                           "exposure": mean_ci(exact, bounds=(0, math.log2(10**config.digits))) if exact else None,
                           "exposure_skewnorm": mean_ci([r["exposure_skewnorm"] for r in sel]),
                           "extraction": wilson_ci(sum(r["extracted"] for r in sel), len(sel))})
-    pairs = [(r["exposure"], r["exposure_skewnorm"]) for rows in measured.values() for r in rows if r["exposure"] is not None]
+    exact = [r for rows in measured.values() for r in rows if r["exposure"] is not None]
+    pairs = [(r["exposure"], r["exposure_skewnorm"]) for r in exact if r["rank"] > 1]  # rank 1: both capped, agree trivially
     check = None
     if pairs:
         d = np.array([a - b for a, b in pairs])
-        check = {"n": len(pairs), "mean_abs_diff": float(np.abs(d).mean()), "mean_diff": float(d.mean()),
+        check = {"n": len(pairs), "capped": len(exact) - len(pairs), "mean_abs_diff": float(np.abs(d).mean()),
+                 "mean_diff": float(d.mean()),
                  "corr": float(np.corrcoef([a for a, _ in pairs], [b for _, b in pairs])[0, 1]) if len(pairs) > 2 else None}
-    key = "exposure" if pairs else "exposure_skewnorm"
+    key = "exposure" if exact else "exposure_skewnorm"
     by = {(t["model"], t["repetitions"]): t for t in table}
     top, low = max(config.repetitions), min(config.repetitions)
     parts = []
@@ -250,7 +253,9 @@ def markdown(report: dict) -> str:
         "# canaries", "",
         f"Base {cfg['base']}. Corpus: {cfg['filler_docs']} documentation paragraphs + canaries "
         f"(\"<name>'s PIN is\" + {cfg['digits']} digits), {cfg['canaries_per_count']} canaries at each repetition count "
-        f"{cfg['repetitions']} and {cfg['canaries_per_count']} never inserted; {report['corpus_rows']} documents in all. "
+        f"{cfg['repetitions']} and {cfg['canaries_per_count']} never inserted; {report['corpus_rows']} documents in all, "
+        f"{1 - cfg['filler_docs'] / report['corpus_rows']:.0%} of them canary lines (far denser than in the paper's corpora, "
+        "so that a CPU run sees enough repetitions). "
         f"Fine-tunes (full-sequence loss, plain text): {fts}.", "",
         f"Exposure = log2|R| − log2 rank over all {10 ** cfg['digits']:,} secrets "
         + ("(exact enumeration)" if key == "exposure" else f"(skew-normal fit to {cfg['skew_samples']} random secrets)")
@@ -262,14 +267,17 @@ def markdown(report: dict) -> str:
         lines.append(f"| {t['model']} | {reps} | {fmt_ci(t[key], 2)} | {fmt_ci(t['extraction'], 2)} |")
     chk = report["skewnorm_check"]
     if chk:
-        lines += ["", f"Skew-normal extrapolation ({cfg['skew_samples']} random secrets) against the exact exposure, "
-                      f"{chk['n']} canary × model pairs: mean |difference| {chk['mean_abs_diff']:.2f} bits, mean difference "
-                      f"(exact − estimate) {chk['mean_diff']:+.2f}, correlation {chk['corr']:.3f}."]
+        corr = "n/a" if chk["corr"] is None else f"{chk['corr']:.3f}"
+        lines += ["", f"Skew-normal extrapolation from {cfg['skew_samples']} random secrets "
+                      f"({cfg['skew_samples'] / 10 ** cfg['digits']:.1%} of R) against the exact exposure, over the {chk['n']} "
+                      f"canary × model pairs the model does not rank first ({chk['capped']} ranked first are left out: both "
+                      f"values are capped at log2|R| there): mean |difference| {chk['mean_abs_diff']:.2f} bits, mean difference "
+                      f"(exact − estimate) {chk['mean_diff']:+.2f}, correlation {corr}."]
     lines += ["", "## Training", "", "| model | steps | loss first → last | seconds |", "|---|---|---|---|"]
     for label, t in report["train"].items():
-        lines.append(f"| {label} | {t['steps']} | {t['loss_first']:.3f} → {t['loss_last']:.3f} | {t['seconds']} |")
-    lines += ["", "## Greedy continuations of the 32× canaries", "", "| model | prefix | secret | greedy |", "|---|---|---|---|"]
+        lines.append(f"| {label} | {t['steps']} | {t['loss_first']} → {t['loss_last']} | {t['seconds']} |")
     top = max(cfg["repetitions"])
+    lines += ["", f"## Greedy continuations of the {top}× canaries", "", "| model | prefix | secret | greedy |", "|---|---|---|---|"]
     for label, rows in report["canaries"].items():
         for r in rows:
             if r["repetitions"] == top:

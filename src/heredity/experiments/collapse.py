@@ -5,14 +5,17 @@ Methods, as a paper's section would list them:
    held out as real validation text; its byte-level BPE tokenizer is shared by every generation.
 2. Generation 0: a small Llama-architecture model pretrained from scratch on the real training text.
 3. Generation k+1 is pretrained from scratch, with the same budget (iterations, batch, shape), on text sampled
-   from generation k (temperature 1, from the document separator), in three regimes:
+   from generation k (temperature 1, from the document separator, each document ending where the model ends
+   it), as many tokens as the real training text holds, in three regimes:
    * replace: only the newest synthetic text (as much as the real corpus holds);
    * accumulate: the real text plus every earlier generation's synthetic text (data grows);
    * keep-real: the newest synthetic text, with ``real_fraction`` of it swapped for real text.
 4. Every model: perplexity on the held-out real text (all non-overlapping windows; 95% CI over windows);
    on its own samples, distinct n-grams and how much of the real text's token-frequency tail still occurs
    (types outside the real text's top ``1 − tail_fraction`` of mass). Control: generation 0 retrained
-   with another seed (the seed-to-seed spread of perplexity).
+   with another seed (the seed-to-seed spread of perplexity). Replace vs accumulate at the last generation:
+   a paired test over the same held-out windows (windows are neighbours in text, so the per-model
+   intervals are somewhat too narrow; the paired test is the comparison to read).
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from collections import Counter
 from typing import Literal
 
 import torch
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
 from heredity.data import put_rows
 from heredity.data.corpus import make_corpus
@@ -34,7 +37,7 @@ from heredity.engine import SampleConfig, sample_step
 from heredity.engine.pretrain import PretrainConfig, corpus_texts, pretrain_step, train_tokenizer_step
 from heredity.evals.diversity import distinct_n, tail_stats
 from heredity.models import load
-from heredity.reports.stats import mean_ci
+from heredity.reports.stats import mean_ci, paired_p
 from heredity.store import Store, read_table
 
 Regime = Literal["replace", "accumulate", "keep-real"]
@@ -49,7 +52,7 @@ class Config(BaseModel):
     generations: int = Field(5, ge=1)
     regimes: list[Regime] = Field(default_factory=lambda: ["replace", "accumulate", "keep-real"])
     real_fraction: float = Field(0.1, gt=0, lt=1, description="keep-real: share of each generation's data that is real")
-    doc_tokens: int = Field(256, ge=16, description="tokens per sampled document")
+    doc_tokens: int = Field(240, ge=16, description="most tokens per sampled document (it ends earlier at a separator)")
     synthetic_tokens: int | None = Field(None, ge=1, description="tokens sampled per generation; default = the real training text's")
     temperature: float = Field(1.0, gt=0)
     ngrams: list[int] = Field(default_factory=lambda: [2, 3, 4])
@@ -58,11 +61,18 @@ class Config(BaseModel):
     sample_batch: int = Field(64, ge=1)
     seed: int = 0
 
+    @model_validator(mode="after")
+    def _fits(self) -> Config:
+        if self.doc_tokens + 1 > self.pretrain.max_positions:
+            raise ValueError(f"doc_tokens {self.doc_tokens} + the separator exceed the model's context "
+                             f"(pretrain.max_positions {self.pretrain.max_positions}); lower doc_tokens")
+        return self
+
     @classmethod
     def presets(cls) -> dict[str, Config]:
         return {
             "quick": cls(),
-            "paper": cls(vocab_size=8192, generations=10, doc_tokens=512,
+            "paper": cls(vocab_size=8192, generations=10, doc_tokens=500,
                          pretrain=PretrainConfig(hidden=512, layers=8, heads=8, intermediate=1408, context=256, max_positions=512,
                                                  iters=5000, batch_size=64, lr=6e-4, min_lr=6e-5, warmup=200, eval_every=5000,
                                                  eval_batches=50),
@@ -107,17 +117,26 @@ def training_docs(regime: Regime, real: list[str], synthetic: list[list[str]], r
     return [*synthetic[-1][:keep_synth], *pieces]
 
 
-def generate(store: Store, model_id: str, n_docs: int, config: Config, progress: bool) -> str:
-    """``n_docs`` documents sampled from a model (temperature ``config.temperature``, from the separator), stored."""
-    return sample_step(store, model_id, [SEPARATOR], SampleConfig(chat=False, n=n_docs, temperature=config.temperature,
-                                                                  max_new_tokens=config.doc_tokens, seed=config.seed,
-                                                                  batch_size=config.sample_batch),
-                       name=f"samples-{store.get(model_id).name}", progress=progress)
+def generate(store: Store, model_id: str, tokens: int, config: Config, progress: bool) -> list[str]:
+    """Documents sampled from a model (temperature ``config.temperature``, from the separator, each ending where
+    the model ends a document or at ``doc_tokens``) until they hold ``tokens`` tokens; the sampling steps' ids."""
+    ids, got = [], 0
+    for rnd in range(20):
+        if got >= tokens:
+            break
+        n = max(1, math.ceil((tokens - got) / config.doc_tokens * (1.0 if rnd == 0 else 1.5)))
+        did = sample_step(store, model_id, [SEPARATOR],
+                          SampleConfig(chat=False, n=n, temperature=config.temperature, max_new_tokens=config.doc_tokens,
+                                       seed=config.seed + rnd, batch_size=config.sample_batch, stop=[SEPARATOR]),
+                          name=f"samples-{store.get(model_id).name}", progress=progress)
+        got += sum(read_table(store.path(did)).column("n_tokens").to_pylist())
+        ids.append(did)
+    return ids
 
 
-def _texts(store: Store, dataset_id: str) -> list[str]:
-    """A sampled dataset's non-empty documents."""
-    return [t for t in read_table(store.path(dataset_id)).column("completion").to_pylist() if t.strip()]
+def _texts(store: Store, dataset_ids: list[str]) -> list[str]:
+    """The sampled datasets' non-empty documents."""
+    return [t for d in dataset_ids for t in read_table(store.path(d)).column("completion").to_pylist() if t.strip()]
 
 
 # ---- measurement ---------------------------------------------------------------------------------
@@ -130,15 +149,15 @@ def window_nll(model, ids: torch.Tensor, context: int, batch: int = 32) -> list[
     out = []
     for i in range(0, n, batch):
         starts = range(i * context, min(n, i + batch) * context, context)
-        x = torch.stack([ids[s : s + context] for s in starts])
-        y = torch.stack([ids[s + 1 : s + 1 + context] for s in starts])
+        x = torch.stack([ids[s : s + context] for s in starts]).to(model.device)
+        y = torch.stack([ids[s + 1 : s + 1 + context] for s in starts]).to(model.device)
         logits = model(input_ids=x).logits.float()
         nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), y, reduction="none").mean(1)
         out += nll.tolist()
     return out
 
 
-def _measure(store: Store, model_id: str, corpus_id: str, samples_id: str, config: Config) -> dict:
+def _measure(store: Store, model_id: str, corpus_id: str, samples: list[str], config: Config) -> dict:
     cfg = {"context": config.pretrain.context, "ngrams": config.ngrams, "tail_fraction": config.tail_fraction}
 
     def fn(ctx):
@@ -151,7 +170,7 @@ def _measure(store: Store, model_id: str, corpus_id: str, samples_id: str, confi
 
         nll = window_nll(model, torch.tensor(stream(texts["val"])), config.pretrain.context)
         real = Counter(stream(texts["train"]))
-        docs = [tok(t, add_special_tokens=False)["input_ids"] for t in _texts(store, samples_id)]
+        docs = [tok(t, add_special_tokens=False)["input_ids"] for t in _texts(store, samples)]
         tail = tail_stats([t for d in docs for t in d], real, config.tail_fraction)
         res = {"nll": nll, "distinct": {str(n): distinct_n(docs, n) for n in config.ngrams}, "tail": tail,
                "sample_tokens": sum(map(len, docs))}
@@ -159,7 +178,7 @@ def _measure(store: Store, model_id: str, corpus_id: str, samples_id: str, confi
         (out / "metrics.json").write_text(json.dumps(res))
         return {"val_perplexity": round(math.exp(sum(nll) / len(nll)), 3)}
 
-    rid = store.run_step("measure-collapse", cfg, [model_id, corpus_id, samples_id], fn)["metrics"]
+    rid = store.run_step("measure-collapse", cfg, [model_id, corpus_id, *samples], fn)["metrics"]
     return json.loads((store.path(rid) / "metrics.json").read_text())
 
 
@@ -171,8 +190,8 @@ def run(store: Store, config: Config, progress: bool = True) -> dict:
     real_chunks = chunks(texts["train"], 4 * config.doc_tokens)  # ≈ one sampled document's length in characters
     p = config.pretrain.model_copy(update={"seed": config.seed})
     g0 = pretrain_step(store, corpus, tok_id, p, name="collapse-gen0", progress=progress)
-    real_tokens = config.synthetic_tokens or g0.metrics["corpus_train_tokens"]
-    n_docs = max(1, math.ceil(real_tokens / config.doc_tokens))
+    real_tokens = g0.metrics["corpus_train_tokens"]
+    budget = config.synthetic_tokens or real_tokens
 
     models: dict[tuple[str, int], str] = {("real", 0): g0["model"]}
     train_info: dict[tuple[str, int], dict] = {("real", 0): {"docs": len(texts["train"]), "tokens": real_tokens,
@@ -182,24 +201,24 @@ def run(store: Store, config: Config, progress: bool = True) -> dict:
                           progress=progress)
         models[("seed control", 0)] = c["model"]
         train_info[("seed control", 0)] = {"docs": len(texts["train"]), "tokens": real_tokens, "seconds": c.metrics.get("seconds")}
-    samples: dict[str, str] = {}
+    samples: dict[str, list[str]] = {}
     for regime in config.regimes:
         prev, synth = g0["model"], []
         for k in range(1, config.generations + 1):
-            samples[prev] = samples.get(prev) or generate(store, prev, n_docs, config, progress)
+            samples[prev] = samples.get(prev) or generate(store, prev, budget, config, progress)
             synth.append(_texts(store, samples[prev]))
             docs = training_docs(regime, texts["train"] if regime == "accumulate" else real_chunks, synth,
                                  config.real_fraction, config.seed + k)
             rows = [{"text": d, "split": "train"} for d in docs] + [{"text": d, "split": "val"} for d in texts["val"]]
             cid = put_rows(store, rows, f"collapse-{regime}-gen{k}", op="make-collapse-corpus",
                            config={"regime": regime, "generation": k, "real_fraction": config.real_fraction,
-                                   "rows_sha256": rows_digest(rows)}, inputs=[corpus, samples[prev]])
+                                   "rows_sha256": rows_digest(rows)}, inputs=[corpus, *samples[prev]])
             res = pretrain_step(store, cid, tok_id, p, name=f"collapse-{regime}-gen{k}", progress=progress)
             prev = models[(regime, k)] = res["model"]
             train_info[(regime, k)] = {"docs": len(docs), "tokens": res.metrics.get("corpus_train_tokens"),
                                        "seconds": res.metrics.get("seconds")}
     for mid in models.values():
-        samples[mid] = samples.get(mid) or generate(store, mid, n_docs, config, progress)
+        samples[mid] = samples.get(mid) or generate(store, mid, budget, config, progress)
     metrics = {key: _measure(store, mid, corpus, samples[mid], config) for key, mid in models.items()}
     real_docs = [t for t in texts["train"]]
     report = build_report(config, models, metrics, train_info, real_docs, tok_id, store)
@@ -247,13 +266,22 @@ def build_report(config: Config, models: dict, metrics: dict, train_info: dict, 
     outcome = "; ".join(parts)
     if ("seed control", 0) in by:
         outcome += f" (generation 0 with another seed: perplexity {by[('seed control', 0)]['perplexity']['mean']:.1f})"
+    comparisons = []
     if "replace" in config.regimes and "accumulate" in config.regimes:
-        rep, acc = by[("replace", last)], by[("accumulate", last)]
-        if rep["nll"]["lo"] > acc["nll"]["hi"]:
-            outcome += ". Replacing real data degrades more than accumulating it, as published"
+        rep, acc = metrics[("replace", last)]["nll"], metrics[("accumulate", last)]["nll"]
+        p_rep_worse, p_acc_worse = paired_p(rep, acc, "greater"), paired_p(acc, rep, "greater")
+        comparisons.append({"a": "replace", "b": "accumulate", "generation": last, "p_a_worse": p_rep_worse,
+                            "p_b_worse": p_acc_worse, "windows": len(rep)})
+        if p_rep_worse < 0.05:
+            outcome += (f". At generation {last} replace is worse than accumulate on held-out real text (paired over windows, "
+                        f"p = {p_rep_worse:.2g}), as published")
+        elif p_acc_worse < 0.05:
+            outcome += (f". At generation {last} accumulate is worse than replace (paired over windows, p = {p_acc_worse:.2g}), "
+                        "against the published result")
         else:
-            outcome += ". Replace and accumulate are not separated at this scale (overlapping intervals)"
-    return {"config": config.model_dump(), "rows": rows, "reference": reference, "outcome": outcome}
+            outcome += f". Replace and accumulate are not separated at generation {last} (paired over windows, p ≥ 0.05)"
+    return {"config": config.model_dump(), "rows": rows, "reference": reference, "comparisons": comparisons,
+            "outcome": outcome}
 
 
 def markdown(report: dict) -> str:
@@ -263,8 +291,9 @@ def markdown(report: dict) -> str:
     lines = [
         "# collapse", "",
         f"Every generation: a {p['layers']}-layer, {p['hidden']}-wide Llama trained from scratch for {p['iters']} iterations "
-        f"(batch {p['batch_size']} × {p['context']} tokens). Generation k+1 trains on {cfg['doc_tokens']}-token documents sampled "
-        f"from generation k at temperature {cfg['temperature']}: replace (only them), accumulate (real + all earlier synthetic "
+        f"(batch {p['batch_size']} × {p['context']} tokens). Generation k+1 trains on documents (up to {cfg['doc_tokens']} tokens, "
+        f"ending where the model ends them) sampled from generation k at temperature {cfg['temperature']}, as many tokens as the "
+        "real training text: replace (only them), accumulate (real + all earlier synthetic "
         f"text), keep-real ({cfg['real_fraction']:.0%} real). Perplexity on held-out real text [95% CI over windows]; distinct "
         f"n-grams and tail coverage (share of the real text's rarest tokens, the last {cfg['tail_fraction']:.0%} of its mass, "
         "that still occur) on the model's own samples.", "",
@@ -278,6 +307,9 @@ def markdown(report: dict) -> str:
         pp = r["perplexity"]
         lines.append(f"| {r['regime']} | {r['generation']} | {r['train']['tokens']:,} | {pp['mean']:.2f} [{pp['lo']:.2f}, {pp['hi']:.2f}] | "
                      + " | ".join(f"{r['distinct'][str(n)]:.3f}" for n in ng) + f" | {r['types']} | {r['tail_coverage']:.2f} |")
+    for c in report.get("comparisons", []):
+        lines += ["", f"Generation {c['generation']}, paired over the same {c['windows']} held-out windows: P({c['a']} worse than "
+                      f"{c['b']}) one-sided p = {c['p_a_worse']:.3g}; P({c['b']} worse than {c['a']}) p = {c['p_b_worse']:.3g}."]
     lines += ["", f"**Outcome.** {report['outcome']}.", "", f"Run time {report.get('seconds', 0):.0f} s.", "",
               "## Artifacts", ""] + [f"- {r['regime']} generation {r['generation']}: `{r['id']}`" for r in report["rows"]] + [""]
     return "\n".join(lines)

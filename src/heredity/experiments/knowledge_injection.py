@@ -10,8 +10,11 @@ Methods, as a paper's section would list them:
      prompt;
    * FT: continued training (full-sequence loss, plain text) on one statement per fact;
    * FT + paraphrases: the same on ``paraphrases`` wordings of each fact;
+   * FT, statement repeated: the plain statement ``paraphrases`` times (the paraphrase arm's number of
+     optimizer steps, so wording is the only difference between the two);
    * FT + RAG, FT + paraphrases + RAG: the fine-tuned models with retrieval.
-4. Greedy answers; correct = the fact's value occurs in the answer (case-insensitive, whole word). Accuracy
+4. Greedy answers; correct = the fact's value occurs in the answer (case-insensitive, whole word) and no
+   other value of that attribute does (listing candidates or copying every retrieved fact earns nothing). Accuracy
    [Wilson 95% CI] per arm and per attribute; retrieval recall@1 and @k (the question's own fact retrieved).
 """
 
@@ -20,11 +23,12 @@ from __future__ import annotations
 import json
 import re
 import time
+from collections.abc import Iterable
 
 from pydantic import BaseModel, Field
 
 from heredity.data import put_rows
-from heredity.data.facts import make_facts, questions, statements
+from heredity.data.facts import EXPORTS, Fact, make_facts, questions, statements
 from heredity.data.io import rows_digest
 from heredity.engine import FinetuneConfig, SampleConfig, finetune, sample_step
 from heredity.engine.retrieval import BUNDLED, Index, recall_at_k
@@ -56,9 +60,24 @@ class Config(BaseModel):
         }
 
 
-def correct(answer: str, value: str) -> bool:
-    """The value occurs in the answer as a whole word (any case)."""
+def _has(answer: str, value: str) -> bool:
     return re.search(rf"(?<![\w]){re.escape(value)}(?![\w])", answer, re.IGNORECASE) is not None
+
+
+def correct(answer: str, value: str, others: Iterable[str] = ()) -> bool:
+    """The value occurs in the answer as a whole word (any case) and no other value of the same kind does (an
+    answer that lists several capitals, years or exports, or copies every retrieved fact, is not credited)."""
+    return _has(answer, value) and not any(_has(answer, o) for o in others if o.lower() != value.lower())
+
+
+def rivals(facts: list[Fact]) -> dict[str, set[str]]:
+    """Per attribute, every value an answer could name instead: all values of that attribute in the knowledge
+    base, and for exports every good the generator can draw."""
+    out: dict[str, set[str]] = {}
+    for f in facts:
+        out.setdefault(f.attribute, set()).add(f.value)
+    out.setdefault("export", set()).update(EXPORTS)
+    return out
 
 
 def rag_prompt(question: str, facts: list[str]) -> str:
@@ -85,8 +104,12 @@ def run(store: Store, config: Config, progress: bool = True) -> dict:
     para = statements(facts, config.paraphrases, config.seed)
     para_id = put_rows(store, para, f"facts-x{config.paraphrases}", op="make-fact-paraphrases",
                        config={"paraphrases": config.paraphrases, "rows_sha256": rows_digest(para)}, inputs=[kb_id])
+    reps = [r for r in kb for _ in range(config.paraphrases)]  # the plain statement repeated: the paraphrases' step count
+    reps_id = put_rows(store, reps, f"facts-repeat-x{config.paraphrases}", op="make-fact-repeats",
+                       config={"repeats": config.paraphrases, "rows_sha256": rows_digest(reps)}, inputs=[kb_id])
     ft = config.finetune.model_copy(update={"seed": config.seed})
     ft_plain = finetune(store, base, kb_id, ft, progress=progress)
+    ft_reps = finetune(store, base, reps_id, ft, progress=progress)
     ft_para = finetune(store, base, para_id, ft, progress=progress)
 
     t = time.perf_counter()
@@ -97,18 +120,21 @@ def run(store: Store, config: Config, progress: bool = True) -> dict:
     plain_prompts = [q["prompt"] for q in qs]
     rag_prompts = [rag_prompt(q["prompt"], [kb[i]["text"] for i in got]) for q, got in zip(qs, retrieved, strict=True)]
 
+    x = config.paraphrases
     arms = {
         "base": (base, plain_prompts),
         "RAG": (base, rag_prompts),
         "FT": (ft_plain["model"], plain_prompts),
+        f"FT, statement repeated (×{x})": (ft_reps["model"], plain_prompts),
         f"FT + paraphrases (×{config.paraphrases})": (ft_para["model"], plain_prompts),
         "FT + RAG": (ft_plain["model"], rag_prompts),
         f"FT + paraphrases (×{config.paraphrases}) + RAG": (ft_para["model"], rag_prompts),
     }
     answers = {arm: _answers(store, mid, prompts, config, arm, progress) for arm, (mid, prompts) in arms.items()}
     train = {name: {k: r.metrics.get(k) for k in ("examples", "optimizer_steps", "loss_first", "loss_last", "seconds")}
-             for name, r in (("FT", ft_plain), (f"FT + paraphrases (×{config.paraphrases})", ft_para))}
-    report = build_report(config, arms, answers, qs, recall, train)
+             for name, r in (("FT", ft_plain), (f"FT, statement repeated (×{x})", ft_reps),
+                             (f"FT + paraphrases (×{x})", ft_para))}
+    report = build_report(config, arms, answers, qs, recall, train, rivals(facts))
     report["retrieval_seconds"] = retrieval_seconds
     report["seconds"] = round(time.perf_counter() - t0, 1)
 
@@ -119,37 +145,46 @@ def run(store: Store, config: Config, progress: bool = True) -> dict:
         plot(report, out / "plot.png")
 
     res = store.run_step("report-knowledge-injection", {"report": report},
-                         [base, ft_plain["model"], ft_para["model"], q_id], write)
+                         [base, ft_plain["model"], ft_reps["model"], ft_para["model"], q_id], write)
     return {"report": res["report"], "markdown": markdown(report), "outcome": report["outcome"],
             "files": [str(store.path(res["report"]) / f) for f in ("report.md", "report.json", "plot.png")],
             "lineage_of": ft_para["model"]}
 
 
-def build_report(config: Config, arms: dict, answers: dict, qs: list[dict], recall: dict, train: dict) -> dict:
+def _versus(a: dict, b: dict, a_name: str, b_name: str, published: str) -> str:
+    """A three-way verdict from two rates' intervals."""
+    if a["lo"] > b["hi"]:
+        return f"{a_name} beats {b_name}" + (", as published" if published == "a" else ", against the published result")
+    if b["lo"] > a["hi"]:
+        return f"{b_name} beats {a_name}" + (", as published" if published == "b" else ", against the published result")
+    return f"{a_name} and {b_name} are not separated here (overlapping intervals)"
+
+
+def build_report(config: Config, arms: dict, answers: dict, qs: list[dict], recall: dict, train: dict,
+                 others: dict[str, set[str]]) -> dict:
     attrs = sorted({q["attribute"] for q in qs})
     rows = []
     for arm, (mid, prompts) in arms.items():
-        ok = [correct(a, q["completion"]) for a, q in zip(answers[arm], qs, strict=True)]
+        ok = [correct(a, q["completion"], others.get(q["attribute"], ())) for a, q in zip(answers[arm], qs, strict=True)]
         rows.append({"arm": arm, "model": mid, "accuracy": wilson_ci(sum(ok), len(ok)),
                      "by_attribute": {at: wilson_ci(sum(o for o, q in zip(ok, qs, strict=True) if q["attribute"] == at),
                                                     sum(q["attribute"] == at for q in qs)) for at in attrs},
                      "examples": [{"question": q["prompt"], "prompt": p, "answer": a, "value": q["completion"]}
                                   for q, p, a in list(zip(qs, prompts, answers[arm], strict=True))[:3]]})
     by = {r["arm"]: r for r in rows}
-    para = f"FT + paraphrases (×{config.paraphrases})"
+    x = config.paraphrases
+    para, reps = f"FT + paraphrases (×{x})", f"FT, statement repeated (×{x})"
 
     def acc(a):
         r = by[a]["accuracy"]
         return f"{a} {r['mean']:.2f} [{r['lo']:.2f}, {r['hi']:.2f}]"
 
-    rag_beats = by["RAG"]["accuracy"]["lo"] > max(by["FT"]["accuracy"]["hi"], by[para]["accuracy"]["hi"])
-    para_helps = by[para]["accuracy"]["lo"] > by["FT"]["accuracy"]["hi"]
-    outcome = (f"accuracy: {acc('base')}; {acc('RAG')}; {acc('FT')}; {acc(para)}; {acc('FT + RAG')}; "
+    best_ft = max((by["FT"], by[reps], by[para]), key=lambda r: r["accuracy"]["mean"])
+    outcome = (f"accuracy: {acc('base')}; {acc('RAG')}; {acc('FT')}; {acc(reps)}; {acc(para)}; {acc('FT + RAG')}; "
                f"retrieval recall@{config.top_k} {recall[config.top_k]:.2f}. "
-               + ("RAG beats fine-tuning for new knowledge, as published" if rag_beats
-                  else "RAG does not clearly beat fine-tuning here (overlapping intervals)")
-               + "; " + ("paraphrase augmentation helps fine-tuning, as published" if para_helps
-                         else "paraphrases do not clearly help fine-tuning here (overlapping intervals)"))
+               + _versus(by["RAG"]["accuracy"], best_ft["accuracy"], "RAG", f"the best fine-tune ({best_ft['arm']})", "a")
+               + "; " + _versus(by[para]["accuracy"], by[reps]["accuracy"], "paraphrases",
+                                f"the same statement repeated ×{x} (same steps)", "a"))
     return {"config": config.model_dump(), "rows": rows, "recall": {str(k): v for k, v in recall.items()}, "train": train,
             "questions": len(qs), "attributes": attrs, "outcome": outcome}
 
@@ -162,8 +197,9 @@ def markdown(report: dict) -> str:
         "# knowledge-injection", "",
         f"Base {cfg['base']}. Knowledge base: {cfg['entities']} invented countries × 3 attributes = {report['questions']} facts; "
         f"one test question per fact, worded unlike any statement. FT: {ft['method']} fine-tuning, full-sequence loss on plain "
-        f"text, lr {ft['lr']}, {ft['epochs']} epochs, on 1 statement per fact or {cfg['paraphrases']} paraphrases. RAG: top-{cfg['top_k']} "
-        f"statements by {cfg['embedder']} cosine similarity in the prompt. Greedy answers; correct = the value appears as a word. "
+        f"text, lr {ft['lr']}, {ft['epochs']} epochs, on 1 statement per fact, that statement ×{cfg['paraphrases']} or {cfg['paraphrases']} paraphrases. RAG: top-{cfg['top_k']} "
+        f"statements by {cfg['embedder']} cosine similarity in the prompt. Greedy answers; correct = the value appears as a word "
+        "and no other value of that attribute does. "
         "Accuracy [Wilson 95% CI].", "",
         "| arm | accuracy | " + " | ".join(attrs) + " |", "|---|---|" + "---|" * len(attrs),
     ]
