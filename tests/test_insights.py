@@ -45,3 +45,113 @@ def test_luhn():
     from heredity.insights.pii import luhn_ok
 
     assert luhn_ok("4111111111111111") and luhn_ok("79927398713") and not luhn_ok("4111111111111112")
+
+
+def _conv(i, user, text, topic=None):
+    row = {"conversation_id": f"c{i}", "user_id": user,
+           "messages": [{"role": "user", "content": text}, {"role": "assistant", "content": "Sure, here is how."}]}
+    if topic:
+        row["true_topic"] = topic
+    return row
+
+
+def _rows_with_small_cluster():
+    """Demo conversations plus 30 on a distinctive topic held by only 4 users (unique words in every one)."""
+    from heredity.insights.demo import demo_conversations
+
+    rows = demo_conversations(n=240, rare=0, seed=5)
+    rows += [_conv(1000 + i, f"secret-user-{i % 4}", f"Zorblax quintessence calibration of my Vexford turbine number {i}")
+             for i in range(30)]
+    return rows
+
+
+def test_a_cluster_of_four_users_never_appears_in_any_output(tmp_path):
+    """30 conversations on one topic from 4 users form their own cluster, which is counted in 'other' and never
+    named, described, keyworded or mapped: none of its words reach the JSON or the markdown."""
+    import json
+
+    from heredity.insights.pipeline import InsightsConfig, analyse, markdown, outcome
+
+    rows = _rows_with_small_cluster()
+    fac = [{"summary": r["messages"][0]["content"], "concern": False, "language": "English"} for r in rows]
+    res = analyse(rows, fac, InsightsConfig(k=9, levels=2))
+    report = {"config": InsightsConfig(k=9).model_dump(), "source": "test", "pii": {}, **res}
+    report["outcome"] = outcome(report)
+    text = json.dumps(report) + markdown(report)
+    for word in ("zorblax", "vexford", "quintessence", "turbine", "secret-user"):
+        assert word not in text.lower(), word
+    assert len(res["levels"][0]) == 8 and res["other"]["conversations"] == 30  # clustered on its own, and hidden
+    assert all(c["users"] >= 5 and c["conversations"] >= 10 for c in res["levels"][0])
+
+
+def test_thresholds_count_distinct_users_and_conversations():
+    from heredity.insights.privacy import thresholds
+
+    labels = [0] * 12 + [1] * 12 + [2] * 3
+    users = [f"u{i % 6}" for i in range(12)] + [f"v{i % 4}" for i in range(12)] + ["w0", "w1", "w2"]
+    g = thresholds(labels, users, min_users=5, min_conversations=10)
+    assert g["shown"] == [0] and g["other"] == 15 and g["users"] == {0: 6, 1: 4, 2: 3}
+
+
+def test_auditor_withholds_a_description_with_a_planted_name():
+    from heredity.insights.privacy import audit
+
+    texts = ["People ask for help writing cover letters.", "Requests from Maria Garcia about her divorce filing.",
+             "Questions sent from jane@example.com", "Account 1234567 balance questions", "Help from Dr. Moreau's office"]
+    a = audit(texts)
+    assert a.passed == [True, False, False, False, False]
+    assert a.summary["withheld"] == 4 and a.summary["by_reason"]["pii:name"] == 2
+
+
+def test_planted_name_in_a_cluster_description_is_withheld(monkeypatch):
+    from heredity.insights import pipeline
+    from heredity.insights.demo import demo_conversations
+
+    rows = demo_conversations(n=160, rare=0, seed=2)
+    fac = [{"summary": r["messages"][0]["content"], "concern": False} for r in rows]
+
+    def namer(model, tok, summaries, labels, ids, config, rng):
+        return {c: {"name": f"topic {c}", "description": "Mostly questions from John Smith." if c == ids[0] else "General help."}
+                for c in ids}
+
+    monkeypatch.setattr(pipeline, "name_clusters", namer)
+    res = pipeline.analyse(rows, fac, pipeline.InsightsConfig(k=4, levels=1, llm_audit=False), model=object(), tok=None)
+    descs = [c["description"] for c in res["levels"][0]]
+    assert pipeline.WITHHELD in descs and not any("John" in d for d in descs)
+    assert res["audit"]["withheld"] == 1
+
+
+def test_known_topics_are_recovered_as_clusters():
+    """The demo corpus (8 topics from templates): k-means on MiniLM embeddings of the scrubbed user turns
+    recovers the topics (adjusted Rand index above 0.6)."""
+    from heredity.insights.demo import load_demo
+    from heredity.insights.pii import scrub
+    from heredity.insights.pipeline import InsightsConfig, analyse
+
+    rows = load_demo()
+    fac = [{"summary": scrub(r["messages"][0]["content"]).text, "concern": False} for r in rows]
+    res = analyse(rows, fac, InsightsConfig(levels=1))
+    assert res["truth"]["ari"] > 0.6
+    rare = next(t for t in res["truth"]["table"] if t["true_topic"] == "custody dispute advice")
+    assert rare["cluster"] is None or rare["purity"] < 0.5  # 3 users: never a shown cluster of its own
+
+
+def test_shipped_demo_corpus_is_the_generator_output():
+    from heredity.insights.demo import demo_conversations, load_demo
+
+    assert load_demo() == demo_conversations()
+
+
+def test_bad_conversation_files_are_one_line_errors(tmp_path):
+    from heredity.errors import HeredityError
+    from heredity.insights.pipeline import read_conversations
+
+    p = tmp_path / "c.jsonl"
+    p.write_text('{"messages": [{"role": "user", "content": "hi"}]}\n')
+    with pytest.raises(HeredityError, match="user_id"):
+        read_conversations(str(p))
+    p.write_text("{not json\n")
+    with pytest.raises(HeredityError, match="c.jsonl:1: not JSON"):
+        read_conversations(str(p))
+    with pytest.raises(HeredityError, match="no such file"):
+        read_conversations(str(tmp_path / "missing.jsonl"))

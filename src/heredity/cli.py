@@ -135,6 +135,60 @@ def lineage(
         print(as_json(node) if format == "json" else as_mermaid(node))
 
 
+def _apply_sets(cfg: dict, sets: list[str], name: str) -> dict:
+    """``--set key=value`` overrides (dotted keys reach nested configs; values parse as JSON, else stay text)."""
+    for kv in sets:
+        if "=" not in kv:
+            raise HeredityError(f"--set takes key=value, got {kv!r}")
+        k, v = kv.split("=", 1)
+        *path, leaf = k.split(".")  # pretrain.iters=100 sets a field of a nested config
+        node = cfg
+        for part in path:
+            if not isinstance(node.get(part), dict):
+                raise HeredityError(f"{name} has no nested config {part!r} in {k!r}; fields: {', '.join(node)}")
+            node = node[part]
+        if leaf not in node:
+            raise HeredityError(f"{name} has no config field {k!r}; fields: {', '.join(node)}")
+        try:
+            node[leaf] = json.loads(v)
+        except json.JSONDecodeError:
+            node[leaf] = v
+    return cfg
+
+
+@app.command()
+def insights(
+    input_: Annotated[str | None, typer.Option("--input", help="JSONL or parquet of conversations (user_id, messages)")] = None,
+    demo: Annotated[bool, typer.Option("--demo", help="the bundled demo corpus (generated, known topics)")] = False,
+    set_: Annotated[list[str], typer.Option("--set", help="override a config field: --set key=value")] = [],
+):
+    """Privacy-preserving usage insights (Clio) over the lab server's conversations, a file, or the demo corpus.
+
+    Examples:
+      heredity insights --demo
+      heredity insights --input chats.jsonl --set min_users=10
+      heredity insights                      # the conversations the lab server stored
+    """
+    from heredity.insights.pipeline import InsightsConfig, read_conversations, run, server_conversations
+
+    if demo and input_:
+        raise HeredityError("give --demo or --input, not both")
+    config = InsightsConfig.model_validate(_apply_sets(InsightsConfig().model_dump(), set_, "insights"))
+    store = _store()
+    if demo:
+        from heredity.insights.demo import load_demo
+
+        rows, source = load_demo(), "demo corpus (heredity/insights/demo_conversations.jsonl)"
+    elif input_:
+        rows, source = read_conversations(input_), f"file {Path(input_).name}"
+    else:
+        rows, source = server_conversations(store), "lab server conversations"
+    out.print(f"[bold]insights[/] over {len(rows)} conversations ({source}) on store {store.home}")
+    report = run(store, config, rows, source)
+    out.print(report["markdown"])
+    out.print_json(json.dumps({k: v for k, v in report.items() if k != "markdown"}))
+
+
 @app.command()
 def run(
     name: Annotated[str, typer.Argument(help="experiment name (see `heredity run --list`)")] = "",
@@ -164,23 +218,7 @@ def run(
     presets = mod.Config.presets()
     if preset not in presets:
         raise HeredityError(f"experiment {name} has no preset {preset!r}; use {', '.join(presets)}")
-    cfg = presets[preset].model_dump()
-    for kv in set_:
-        if "=" not in kv:
-            raise HeredityError(f"--set takes key=value, got {kv!r}")
-        k, v = kv.split("=", 1)
-        *path, leaf = k.split(".")  # pretrain.iters=100 sets a field of a nested config
-        node = cfg
-        for part in path:
-            if not isinstance(node.get(part), dict):
-                raise HeredityError(f"{name} has no nested config {part!r} in {k!r}; fields: {', '.join(node)}")
-            node = node[part]
-        if leaf not in node:
-            raise HeredityError(f"{name} has no config field {k!r}; fields: {', '.join(node)}")
-        try:
-            node[leaf] = json.loads(v)
-        except json.JSONDecodeError:
-            node[leaf] = v
+    cfg = _apply_sets(presets[preset].model_dump(), set_, name)
     if rl is not None:
         if "rl" not in cfg:
             raise HeredityError(f"experiment {name} takes no --rl")

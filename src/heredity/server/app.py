@@ -229,7 +229,7 @@ def api_router() -> APIRouter:
             aid = await asyncio.to_thread(request.app.state.pool.resolve, body.model)
         except HeredityError as e:
             raise ApiError(404, str(e), "model_not_found", param="model") from None
-        conv = request.app.state.conversations.create(aid, body.system_prompt, body.title)
+        conv = request.app.state.conversations.create(aid, body.system_prompt, body.title, body.user)
         return conv.as_dict()
 
     @r.get("/conversations/{cid}")

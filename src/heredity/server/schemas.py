@@ -94,6 +94,8 @@ class NewConversation(BaseModel):
     model: ModelName
     system_prompt: str | None = Field(None, max_length=MAX_MESSAGE_CHARS)
     title: str = Field("", max_length=200)
+    user: str | None = Field(None, max_length=128, pattern=r"^[\w.@:-]+$",
+                             description="who holds the conversation (usage insights count distinct users)")
 
 
 class Feedback(BaseModel):

@@ -42,6 +42,7 @@ class Conversation:
     created_at: datetime
     updated_at: datetime
     messages: list[Message] = field(default_factory=list)
+    user_id: str | None = None
 
     def as_dict(self) -> dict:
         return {
@@ -51,6 +52,7 @@ class Conversation:
             "system_prompt": self.system_prompt,
             "created_at": self.created_at.isoformat(),
             "updated_at": self.updated_at.isoformat(),
+            "user_id": self.user_id,
             "messages": [m.__dict__ for m in self.messages],
         }
 
@@ -75,11 +77,11 @@ class Conversations:
     def __init__(self, store):
         self.engine = store.engine
 
-    def create(self, model: str, system_prompt: str | None = None, title: str = "") -> Conversation:
+    def create(self, model: str, system_prompt: str | None = None, title: str = "", user_id: str | None = None) -> Conversation:
         now, cid = _now(), f"c-{secrets.token_hex(8)}"
         with Session(self.engine) as s:
             s.add(ConversationRow(id=cid, title=title[:255], model=model, system_prompt=system_prompt,
-                                  created_at=now, updated_at=now))
+                                  created_at=now, updated_at=now, user_id=user_id))
             s.commit()
         return self.get(cid)
 
@@ -101,6 +103,7 @@ class Conversations:
                 [Message(m.idx, m.role, m.content, m.model, m.params or {},
                          fb[m.idx].rating if m.idx in fb else 0, fb[m.idx].better if m.idx in fb else None)
                  for m in msgs],
+                row.user_id,
             )
 
     def list(self, limit: int = 200) -> list[dict]:
@@ -155,6 +158,12 @@ class Conversations:
             s.merge(row)
             s.commit()
         return self.get(cid).messages[idx]
+
+    def all(self) -> list[Conversation]:
+        """Every stored conversation with its messages, oldest first."""
+        with Session(self.engine) as s:
+            ids = s.scalars(select(ConversationRow.id).order_by(ConversationRow.created_at)).all()
+        return [self.get(i) for i in ids]
 
     def with_feedback(self) -> list[Conversation]:
         """Every conversation that has at least one rated or rewritten answer, oldest first."""

@@ -32,7 +32,7 @@ from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from heredity.errors import HeredityError
-from heredity.store.db import ArtifactRow, Base, StepRow, make_engine
+from heredity.store.db import ArtifactRow, Base, StepRow, add_missing_columns, make_engine
 
 KIND_PREFIX = {"model": "m", "adapter": "a", "dataset": "d", "report": "r", "tokenizer": "t"}
 ID_RE = re.compile(r"^[madrt]-[0-9a-f]{16}$")
@@ -208,6 +208,7 @@ class Store:
         self.engine = make_engine(self.db_url)
         try:
             Base.metadata.create_all(self.engine)
+            add_missing_columns(self.engine)
         except (OperationalError, SQLAlchemyError) as e:
             reason = str(getattr(e, "orig", e)).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise HeredityError(
