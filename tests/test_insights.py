@@ -155,3 +155,40 @@ def test_bad_conversation_files_are_one_line_errors(tmp_path):
         read_conversations(str(p))
     with pytest.raises(HeredityError, match="no such file"):
         read_conversations(str(tmp_path / "missing.jsonl"))
+
+
+def test_insights_pipeline_smoke_with_memoized_facets(store):
+    """The whole pipeline on tiny:small: store steps with lineage back to the conversations, report files, and
+    facets computed once per conversation (a second run over more conversations extracts only the new ones)."""
+    import json
+    from pathlib import Path
+
+    from heredity.insights.demo import load_demo
+    from heredity.insights.pipeline import InsightsConfig, run
+
+    rows = load_demo()
+    cfg = InsightsConfig(facet_model="tiny:small", k=3, min_users=2, min_conversations=3, max_chars=300, name_samples=2,
+                         contrast_samples=1, sample_chars=40)
+    from heredity.insights.facets import render
+    from heredity.insights.pii import scrub
+
+    def distinct(rs):  # facets are memoized by the scrubbed conversation's text: identical ones share an entry
+        return len({render([{**m, "content": scrub(m["content"]).text} for m in r["messages"]], 300) for r in rs})
+
+    first = run(store, cfg, rows[:36], "test", progress=False)
+    cache = Path(store.home) / "cache" / "facets"
+    assert len(list(cache.glob("*.json"))) == distinct(rows[:36])
+    rep = json.loads((store.path(first["report"]) / "report.json").read_text())
+    assert rep["conversations"] == 36 and rep["pii"] and sum(c["conversations"] for c in rep["levels"][0]) + rep["other"]["conversations"] == 36
+    for f in first["files"]:
+        assert Path(f).stat().st_size > 0
+    names = {(a["kind"], a["name"]) for a in _ancestors(store.lineage(first["report"]))}
+    assert {("dataset", "conversations"), ("dataset", "conversations-scrubbed"), ("dataset", "conversation-facets")} <= names
+    run(store, cfg, rows[:44], "test", progress=False)
+    assert len(list(cache.glob("*.json"))) == distinct(rows[:44]) > distinct(rows[:36])  # only the new ones were added
+
+
+def _ancestors(node):
+    for child in node.get("parents", []):
+        yield child
+        yield from _ancestors(child)

@@ -52,6 +52,7 @@ class InsightsConfig(BaseModel):
     audit_max_rating: float = Field(3.0, ge=1, le=5)
     name_samples: int = Field(8, ge=1, description="summaries from inside a cluster shown to the namer")
     contrast_samples: int = Field(4, ge=0, description="summaries from outside it")
+    sample_chars: int = Field(160, ge=20, description="each sample is cut to this many characters in the naming prompt")
     max_chars: int = Field(1500, ge=100)
     batch_size: int = Field(32, ge=1)
     seed: int = 0
@@ -164,8 +165,9 @@ def name_clusters(model, tok, summaries: list[str], labels: np.ndarray, ids: lis
     for c in ids:
         inside = [summaries[i] for i in np.flatnonzero(labels == c)]
         outside = [summaries[i] for i in np.flatnonzero(labels != c)]
-        ins = [inside[i] for i in rng.permutation(len(inside))[: config.name_samples]]
-        outs = [outside[i] for i in rng.permutation(len(outside))[: config.contrast_samples]] if outside else []
+        cut = config.sample_chars
+        ins = [inside[i][:cut] for i in rng.permutation(len(inside))[: config.name_samples]]
+        outs = [outside[i][:cut] for i in rng.permutation(len(outside))[: config.contrast_samples]] if outside else []
         ctx = "Requests in this group:\n" + "\n".join(f"- {s}" for s in ins)
         if outs:
             ctx += "\n\nRequests from other groups:\n" + "\n".join(f"- {s}" for s in outs)
