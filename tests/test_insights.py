@@ -192,3 +192,63 @@ def _ancestors(node):
     for child in node.get("parents", []):
         yield child
         yield from _ancestors(child)
+
+
+def test_insights_page_and_api_show_only_shown_clusters(tmp_path):
+    """A real `heredity serve`: /api/insights 404s with a hint until a report exists; then /insights and
+    /api/insights show the clusters that passed the thresholds and nothing of the 4-user cluster; a
+    conversation created with a user id is read back with it for insights."""
+    import json
+
+    import httpx
+    from conftest import LiveServer
+
+    from heredity.insights.pipeline import (
+        InsightsConfig,
+        analyse,
+        markdown,
+        outcome,
+        plot,
+        server_conversations,
+    )
+    from heredity.models import materialize
+    from heredity.store import Store
+
+    store = Store(tmp_path)
+    tiny_id = materialize("tiny:micro", store)
+    srv = LiveServer(tmp_path)
+    try:
+        r = httpx.get(srv.url + "/api/insights")
+        assert r.status_code == 404 and "heredity insights" in r.json()["error"]["message"]
+        assert "No insights report yet" in httpx.get(srv.url + "/insights").text
+        rows = _rows_with_small_cluster()
+        fac = [{"summary": x["messages"][0]["content"], "concern": False, "language": "English"} for x in rows]
+        cfg = InsightsConfig(k=9, levels=2)
+        report = {"config": cfg.model_dump(), "source": "test", "pii": {"email": 3}, **analyse(rows, fac, cfg)}
+        report["outcome"] = outcome(report)
+
+        def fn(ctx):
+            out = ctx.output("report", "report", "insights", meta={"outcome": report["outcome"]})
+            (out / "report.json").write_text(json.dumps(report))
+            (out / "report.md").write_text(markdown(report))
+            plot(report, out / "map.png")
+
+        rid = store.run_step("insights", {"test": 1}, [], fn)["report"]
+        page = httpx.get(srv.url + "/insights").text
+        api = httpx.get(srv.url + "/api/insights").json()
+        assert api["id"] == rid and len(api["levels"][0]) == 8
+        for c in api["levels"][0]:
+            assert c["name"] in page
+        for text in (page, json.dumps(api)):
+            assert "zorblax" not in text.lower() and "secret-user" not in text
+        assert httpx.get(srv.url + f"/artifacts/{rid}/files/map.png").headers["content-type"] == "image/png"
+        conv = httpx.post(srv.url + "/api/conversations", json={"model": tiny_id, "user": "alice"})
+        assert conv.status_code == 201, conv.text
+    finally:
+        srv.stop()
+    from heredity.store.conversations import Conversations
+
+    cid = conv.json()["id"]
+    Conversations(store).append(cid, [{"role": "user", "content": "hello"}], {"role": "assistant", "content": "hi"})
+    assert server_conversations(store) == [{"conversation_id": cid, "user_id": "alice", "messages": [
+        {"role": "user", "content": "hello"}, {"role": "assistant", "content": "hi"}]}]

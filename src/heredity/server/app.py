@@ -303,6 +303,22 @@ def api_router() -> APIRouter:
             {"id": h.id, "queued": h.jobs.qsize(), "runs": len(h.batches), "max_requests_per_run": max(h.batches, default=0)}
             for h in hosts]}
 
+    @r.get("/insights")
+    def insights_json(request: Request, report: str | None = Query(None, pattern=ID_PATTERN)) -> dict:
+        """The latest usage-insights report (or ``report``): only clusters that passed the privacy thresholds."""
+        store = request.app.state.store
+        if report:
+            art = _artifact(request, report)
+        else:
+            runs = _insights_reports(store)
+            if not runs:
+                raise ApiError(404, "no insights report yet; run `heredity insights` (or `heredity insights --demo`)",
+                               "insights_not_found")
+            art = runs[-1]
+        if not (art.path / "report.json").is_file() or art.name != "insights":
+            raise ApiError(404, f"{art.id} is not an insights report", "insights_not_found")
+        return {"id": art.id, **json.loads((art.path / "report.json").read_text())}
+
     @r.get("/artifacts")
     def artifacts(request: Request, kind: str | None = Query(None, pattern="^(model|adapter|dataset|report)$")) -> dict:
         return {"data": [{"id": a.id, "kind": a.kind, "name": a.name, "size_bytes": a.size_bytes,
@@ -376,6 +392,20 @@ def page_router() -> APIRouter:
         reps = [a for a in store.list("report") if (a.path / "report.md").is_file()]
         return render(request, "reports.html", page="reports", reports=list(reversed(reps)))
 
+    @r.get("/insights")
+    def insights_page(request: Request, report: str | None = Query(None, pattern=ID_PATTERN)) -> HTMLResponse:
+        store = request.app.state.store
+        runs = list(reversed(_insights_reports(store)))
+        chosen = _artifact(request, report) if report else (runs[0] if runs else None)
+        data = json.loads((chosen.path / "report.json").read_text()) if chosen is not None else None
+        if data is not None:
+            by_parent: dict = {}
+            for c in data["levels"][0]:
+                by_parent.setdefault(c.get("parent"), []).append(c)
+            data["by_parent"] = {k: sorted(v, key=lambda c: -c["conversations"]) for k, v in by_parent.items()}
+            data["top"] = sorted(data["levels"][-1], key=lambda p: -p["conversations"]) if len(data["levels"]) > 1 else []
+        return render(request, "insights.html", page="insights", runs=runs, chosen=chosen, r=data)
+
     @r.get("/artifacts/{aid}")
     def artifact_page(request: Request, aid: str = PathParam(pattern=ID_PATTERN)) -> HTMLResponse:
         _artifact(request, aid)
@@ -406,6 +436,10 @@ def page_router() -> APIRouter:
         return FileResponse(target)
 
     return r
+
+
+def _insights_reports(store) -> list:
+    return [a for a in store.list("report") if a.name == "insights" and (a.path / "report.json").is_file()]
 
 
 def _preview(path: Path, rows: int = 20) -> dict | None:
