@@ -216,6 +216,7 @@ def test_insights_page_and_api_show_only_shown_clusters(tmp_path):
 
     store = Store(tmp_path)
     tiny_id = materialize("tiny:micro", store)
+    small_id = materialize("tiny:small", store)
     srv = LiveServer(tmp_path)
     try:
         r = httpx.get(srv.url + "/api/insights")
@@ -244,6 +245,15 @@ def test_insights_page_and_api_show_only_shown_clusters(tmp_path):
         assert httpx.get(srv.url + f"/artifacts/{rid}/files/map.png").headers["content-type"] == "image/png"
         conv = httpx.post(srv.url + "/api/conversations", json={"model": tiny_id, "user": "alice"})
         assert conv.status_code == 201, conv.text
+        # facets, names and audit ratings from an OpenAI-compatible endpoint (this server) instead of a local model
+        from heredity.insights.demo import load_demo
+        from heredity.insights.pipeline import run
+
+        remote = InsightsConfig(facet_model=f"openai:{small_id}@{srv.url}/v1", k=2, min_users=1, min_conversations=1,
+                                max_chars=120, name_samples=2, contrast_samples=1, sample_chars=30, levels=1)
+        res = run(store, remote, load_demo()[:12], "test", progress=False)
+        rep = json.loads((store.path(res["report"]) / "report.json").read_text())
+        assert rep["conversations"] == 12 and rep["audit"]["llm"] is True
     finally:
         srv.stop()
     from heredity.store.conversations import Conversations

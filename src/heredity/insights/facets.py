@@ -45,7 +45,6 @@ def _clean(s: str, limit: int) -> str:
 def extract(store, model_id: str, texts: Sequence[str], batch_size: int = 32, progress: bool = False) -> list[dict]:
     """Facets of each rendered conversation; cached ones are read, the rest computed in batches and cached."""
     from heredity.engine import SampleConfig, sample
-    from heredity.models import load
 
     cache = Path(store.home) / "cache" / "facets"
     cache.mkdir(parents=True, exist_ok=True)
@@ -56,7 +55,7 @@ def extract(store, model_id: str, texts: Sequence[str], batch_size: int = 32, pr
         out.append(json.loads(f.read_text()) if f.exists() else None)
     todo = [i for i, r in enumerate(out) if r is None]
     if todo:
-        model, tok = load(model_id, store)
+        model, tok = open_model(store, model_id)
         res: dict[int, dict] = {i: {} for i in todo}
         for facet, limit in MAX_TOKENS.items():
             comps = sample(model, tok, [PROMPTS[facet].format(conv=texts[i]) for i in todo],
@@ -76,12 +75,29 @@ def extract(store, model_id: str, texts: Sequence[str], batch_size: int = 32, pr
     return [dict(r) for r in out]  # type: ignore[arg-type]
 
 
+def open_model(store, spec: str):
+    """(model, tokenizer): a stored/bundled model loaded here, or an OpenAI-compatible endpoint (tokenizer None)."""
+    from heredity.models import RemoteModel, load, parse_spec
+
+    s = parse_spec(spec)
+    if s.kind == "openai":
+        return RemoteModel(s.value, s.base_url), None
+    return load(spec, store)
+
+
 def concern_probability(model, tokenizer, texts: Sequence[str]) -> list[float]:
-    """p(Yes) / (p(Yes) + p(No)) as the answer to the concern question."""
+    """p(Yes) / (p(Yes) + p(No)) as the answer to the concern question; from an endpoint (no log-probs here),
+    1.0 if its answer starts with yes, else 0.0."""
     from heredity.engine.logprobs import logprobs
 
     if not texts:
         return []
+    if tokenizer is None:
+        from heredity.engine import SampleConfig, sample
+
+        comps = sample(model, None, [PROMPTS["concern"].format(conv=t) for t in texts],
+                       SampleConfig(temperature=0, max_new_tokens=3), progress=False)
+        return [1.0 if c.text.strip().lower().startswith("yes") else 0.0 for c in comps]
     prompts = [PROMPTS["concern"].format(conv=t) for t in texts for _ in (0, 1)]
     lps = [sum(x) for x in logprobs(model, tokenizer, prompts, ["Yes", "No"] * len(texts), chat=True)]
     out = []

@@ -147,7 +147,10 @@ def _facet_step(store: Store, scrubbed_id: str, model_id: str, config: InsightsC
         return {"rows": len(rows), "concern_rate": sum(f["concern"] for f in got) / len(got)}
 
     cfg = {"facets": facets.VERSION, "prompts": facets.PROMPTS, "max_chars": config.max_chars}
-    return store.run_step("extract-facets", cfg, [scrubbed_id, model_id], fn)["facets"]
+    remote = model_id.startswith("openai:")
+    if remote:
+        cfg["endpoint"] = model_id
+    return store.run_step("extract-facets", cfg, [scrubbed_id] if remote else [scrubbed_id, model_id], fn)["facets"]
 
 
 def _ask(model, tok, prompts: list[str], max_tokens: int, batch_size: int) -> list[str]:
@@ -205,7 +208,7 @@ def analyse(rows: list[dict], fac: list[dict], config: InsightsConfig, model=Non
     # the audit: every text the report would show (names, descriptions, keywords), withheld on failure
     texts_shown = [(j, key) for j, cl in enumerate(clusters) for key in ("name", "description", "keywords")]
     values = [", ".join(clusters[j][key]) if key == "keywords" else clusters[j][key] for j, key in texts_shown]
-    use_llm = config.llm_audit and model is not None and tok is not None
+    use_llm = config.llm_audit and model is not None
     au = privacy.audit(values, model if use_llm else None, tok if use_llm else None, config.audit_max_rating)
     for (j, key), ok in zip(texts_shown, au.passed, strict=True):
         if not ok:
@@ -280,7 +283,7 @@ def truth_table(rows: list[dict], labels: np.ndarray, shown: list[int], clusters
 
 def run(store: Store, config: InsightsConfig, rows: list[dict], source: str, progress: bool = True) -> dict:
     """The whole pipeline as store steps; returns {report, markdown, outcome, files}."""
-    from heredity.models import load, materialize, parse_spec
+    from heredity.models import materialize, parse_spec
 
     t0 = time.perf_counter()
     rows = normalize(rows)
@@ -288,16 +291,14 @@ def run(store: Store, config: InsightsConfig, rows: list[dict], source: str, pro
                        config={"source": source, "rows_sha256": rows_digest(rows)})
     scrubbed_id = _scrub_step(store, conv_id, progress)
     spec = parse_spec(config.facet_model)
-    if spec.kind == "openai":
-        raise HeredityError("facets from an OpenAI-compatible endpoint are not supported yet; use a local model or artifact id")
-    model_id = materialize(spec, store)
+    model_id = config.facet_model if spec.kind == "openai" else materialize(spec, store)
     facets_id = _facet_step(store, scrubbed_id, model_id, config, progress)
     scrubbed = read_table(store.path(scrubbed_id)).to_pylist()
     fac = read_table(store.path(facets_id)).to_pylist()
     pii = store.get(scrubbed_id).meta.get("pii", {})
 
     def fn(ctx):
-        model, tok = load(model_id, store)
+        model, tok = facets.open_model(store, model_id)
         res = analyse(scrubbed, fac, config, model, tok, progress)
         report = {"config": config.model_dump(), "source": source, "pii": pii, **res,
                   "seconds": round(time.perf_counter() - t0, 1)}

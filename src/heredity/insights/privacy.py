@@ -54,6 +54,12 @@ def llm_ratings(model, tokenizer, texts: Sequence[str]) -> list[float]:
 
     if not texts:
         return []
+    if tokenizer is None:  # an endpoint: its answer's first digit
+        from heredity.engine import SampleConfig, sample
+
+        comps = sample(model, None, [RUBRIC.format(text=t) for t in texts], SampleConfig(temperature=0, max_new_tokens=3),
+                       progress=False)
+        return [float(m.group(0)) if (m := re.search(r"[1-5]", c.text)) else 5.0 for c in comps]  # no digit: assume the worst
     prompts = [RUBRIC.format(text=t) for t in texts for _ in range(5)]
     conts = [str(r) for _ in texts for r in range(1, 6)]
     lps = [sum(x) for x in logprobs(model, tokenizer, prompts, conts, chat=True)]
@@ -74,6 +80,7 @@ class Audit:
 
 
 def audit(texts: Sequence[str], model=None, tokenizer=None, max_rating: float = 3.0) -> Audit:
+    # a model with no tokenizer is an OpenAI-compatible endpoint (rated from its sampled answer)
     """Screen texts: withheld if any rule fails or (with a model) the rating exceeds ``max_rating``."""
     reasons = [rule_failures(t) for t in texts]
     ratings: list[float | None] = list(llm_ratings(model, tokenizer, texts)) if model is not None else [None] * len(texts)
