@@ -46,7 +46,7 @@ class Config(BaseModel):
     top_k: int = Field(3, ge=1)
     embedder: str = BUNDLED
     finetune: FinetuneConfig = Field(default_factory=lambda: FinetuneConfig(
-        method="full", loss="full_sequence", chat=False, lr=1e-4, epochs=5, batch_size=16, max_length=48, warmup_ratio=0.05))
+        method="full", loss="full_sequence", chat=False, lr=1e-4, epochs=3, batch_size=16, max_length=48, warmup_ratio=0.05))
     max_new_tokens: int = Field(24, ge=4)
     sample_batch: int = Field(32, ge=1)
     seed: int = 0
