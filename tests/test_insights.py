@@ -243,6 +243,7 @@ def test_insights_page_and_api_show_only_shown_clusters(tmp_path):
         for text in (page, json.dumps(api)):
             assert "zorblax" not in text.lower() and "secret-user" not in text
         assert httpx.get(srv.url + f"/artifacts/{rid}/files/map.png").headers["content-type"] == "image/png"
+        _check_page_in_chromium(srv.url + "/insights", clusters=8)
         conv = httpx.post(srv.url + "/api/conversations", json={"model": tiny_id, "user": "alice"})
         assert conv.status_code == 201, conv.text
         # facets, names and audit ratings from an OpenAI-compatible endpoint (this server) instead of a local model
@@ -262,3 +263,26 @@ def test_insights_page_and_api_show_only_shown_clusters(tmp_path):
     Conversations(store).append(cid, [{"role": "user", "content": "hello"}], {"role": "assistant", "content": "hi"})
     assert server_conversations(store) == [{"conversation_id": cid, "user_id": "alice", "messages": [
         {"role": "user", "content": "hello"}, {"role": "assistant", "content": "hi"}]}]
+
+
+def _check_page_in_chromium(url: str, clusters: int) -> None:
+    """The page as a real headless Chromium renders it: one row per shown cluster, the map image loaded."""
+    import os
+
+    from heredity.server.browser import chromium_paths, headless_chromium
+
+    if chromium_paths() is None:
+        if os.environ.get("CI"):
+            pytest.fail("chromium/chromedriver missing; `make test` installs the Debian packages chromium chromium-driver")
+        pytest.skip("chromium not installed (make test installs it)")
+    from selenium.webdriver.common.by import By
+
+    driver = headless_chromium()
+    try:
+        driver.get(url)
+        assert len(driver.find_elements(By.CSS_SELECTOR, "#topic-tree tr.cluster")) == clusters
+        assert len(driver.find_elements(By.CSS_SELECTOR, "#topic-tree tr.other")) == 1
+        width = driver.execute_script("const i = document.querySelector('img.plot'); return i.complete ? i.naturalWidth : -1")
+        assert width > 100
+    finally:
+        driver.quit()
