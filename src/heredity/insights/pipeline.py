@@ -18,6 +18,7 @@ Methods (Tamkin et al. 2024, arXiv 2412.13678), each a store step with lineage b
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections import Counter
 from pathlib import Path
@@ -41,7 +42,9 @@ WITHHELD = "(withheld by the privacy auditor)"
 class InsightsConfig(BaseModel):
     facet_model: str = Field("smollm2-135m-instruct", description="model for facets, names and the audit rating")
     embedder: str = BUNDLED
-    cluster_on: Literal["summary", "conversation"] = Field("summary", description="text embedded for clustering")
+    cluster_on: Literal["summary", "conversation"] = Field(
+        "conversation", description="text embedded for clustering: the scrubbed conversation (default: the bundled "
+        "135M model's summaries cluster worse, ARI 0.44 vs 0.91 on the demo), or the facet model's summary (Clio's choice)")
     k: int | None = Field(None, ge=1, description="clusters; default from the data size")
     target_cluster_size: int = Field(40, ge=2)
     levels: int = Field(2, ge=1, le=4, description="1 = clusters only; 2 = clusters and parent topics; …")
@@ -171,15 +174,28 @@ def name_clusters(model, tok, summaries: list[str], labels: np.ndarray, ids: lis
         cut = config.sample_chars
         ins = [inside[i][:cut] for i in rng.permutation(len(inside))[: config.name_samples]]
         outs = [outside[i][:cut] for i in rng.permutation(len(outside))[: config.contrast_samples]] if outside else []
-        ctx = "Requests in this group:\n" + "\n".join(f"- {s}" for s in ins)
-        if outs:
-            ctx += "\n\nRequests from other groups:\n" + "\n".join(f"- {s}" for s in outs)
+        ctx = ("Requests from other groups:\n" + "\n".join(f"- {x}" for x in outs) + "\n\n") if outs else ""
+        ctx += "Requests in this group:\n" + "\n".join(f"- {x}" for x in ins)  # last: small models echo what is nearest
         rule = "Do not include names, places or any private details."
-        prompts_n.append(f"{ctx}\n\nGive this group a short name of at most six words. {rule} Answer with the name only.")
-        prompts_d.append(f"{ctx}\n\nDescribe in one sentence what the requests in this group have in common. {rule}")
-    names = _ask(model, tok, prompts_n, 16, config.batch_size)
-    descs = _ask(model, tok, prompts_d, 48, config.batch_size)
-    return {c: {"name": n, "description": d} for c, n, d in zip(ids, names, descs, strict=True)}
+        prompts_n.append(f"{ctx}\n\nWhat topic do the requests in this group share? Reply with a topic name of two to five "
+                         f"words. {rule}\nTopic:")
+        prompts_d.append(f"{ctx}\n\nComplete the sentence in a few words. {rule}\nIn this group, users ask for help with")
+    names = [n.split(".")[0].strip()[:80] for n in _ask(model, tok, prompts_n, 12, config.batch_size)]
+    descs = []
+    for d in _ask(model, tok, prompts_d, 32, config.batch_size):
+        d = re.sub(r"^(in this group,? )?users ask for help with\s*", "", d, flags=re.IGNORECASE).rstrip(".")
+        descs.append(f"Users ask for help with {d}." if d else "")
+    return {c: {"name": n if plausible_name(n) else "", "description": d} for c, n, d in zip(ids, names, descs, strict=True)}
+
+
+ECHO = re.compile(r"\b(group|groups|request|requests|topic|user|users|summary|assistant)\b", re.IGNORECASE)
+
+
+def plausible_name(name: str) -> bool:
+    """A usable cluster name: 1–8 words that do not echo the naming prompt (small models often answer with the
+    prompt's own words); otherwise the cluster is named by its keywords."""
+    words = name.split()
+    return 1 <= len(words) <= 8 and not ECHO.search(name)
 
 
 def analyse(rows: list[dict], fac: list[dict], config: InsightsConfig, model=None, tok=None, progress: bool = False) -> dict:
@@ -193,7 +209,7 @@ def analyse(rows: list[dict], fac: list[dict], config: InsightsConfig, model=Non
     labels, cent = cluster.kmeans(emb, k, config.seed)
     gate = privacy.thresholds(labels, users, config.min_users, config.min_conversations)
     shown = gate["shown"]
-    kw = cluster.keywords({c: [summaries[i] for i in np.flatnonzero(labels == c)] for c in shown})
+    kw = cluster.keywords({c: [texts[i] for i in np.flatnonzero(labels == c)] for c in shown})
     named = name_clusters(model, tok, summaries, labels, shown, config, rng) if model is not None and shown else {}
     n = len(rows)
     clusters = []
@@ -243,7 +259,8 @@ def analyse(rows: list[dict], fac: list[dict], config: InsightsConfig, model=Non
             au.summary["screened"] += pa.summary["screened"]
             au.summary["withheld"] += pa.summary["withheld"]
             for p, (name, ok) in enumerate(zip(pn, pa.passed, strict=True)):
-                if name and ok:
+                name = name.split(".")[0].strip()
+                if ok and plausible_name(name):
                     parents[p]["name"] = name
         for i, node in enumerate(cur_nodes):
             node["parent"] = parents[int(plabels[i])]["id"]
@@ -258,6 +275,11 @@ def analyse(rows: list[dict], fac: list[dict], config: InsightsConfig, model=Non
            "audit": au.summary, "concern_rate": wilson_ci(sum(bool(f.get("concern")) for f in fac), n)}
     if all("true_topic" in r for r in rows):
         out["truth"] = truth_table(rows, labels, shown, clusters)
+        # the same k-means on the other text, for comparison (a generated corpus only: the truth is known)
+        other = "summary" if config.cluster_on == "conversation" else "conversation"
+        alt = summaries if other == "summary" else [facets.render(r["messages"], config.max_chars) for r in rows]
+        alt_labels, _ = cluster.kmeans(embed(alt, config.embedder), k, config.seed)
+        out["truth"]["ari_other"] = {"cluster_on": other, "ari": cluster.adjusted_rand([r["true_topic"] for r in rows], alt_labels)}
     return out
 
 
@@ -366,7 +388,10 @@ def markdown(report: dict) -> str:
               + (f" ({', '.join(f'{k} {v}' for k, v in a['by_reason'].items())})" if a.get("by_reason") else "") + ".", ""]
     if "truth" in report:
         t = report["truth"]
-        lines += ["## Recovered vs true topics (generated corpus)", "", f"Adjusted Rand index over all conversations: **{t['ari']:.3f}**.",
+        alt = t.get("ari_other")
+        lines += ["## Recovered vs true topics (generated corpus)", "",
+                  f"Adjusted Rand index over all conversations: **{t['ari']:.3f}** (clustering each conversation's "
+                  f"{cfg['cluster_on']})" + (f"; clustering the {alt['cluster_on']} instead: {alt['ari']:.3f}" if alt else "") + ".",
                   "", "| true topic | conversations | recovered as | recall | purity |", "|---|---|---|---|---|"]
         for r in t["table"]:
             pur = "—" if r["purity"] is None else f"{r['purity']:.2f}"
