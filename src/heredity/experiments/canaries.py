@@ -42,6 +42,7 @@ from heredity.evals.memorization import (
     secret_text,
 )
 from heredity.models import load, materialize
+from heredity.reports.card import save_card, yerr
 from heredity.reports.stats import fmt_ci, mean_ci, wilson_ci
 from heredity.store import Store
 
@@ -198,16 +199,8 @@ def run(store: Store, config: Config, progress: bool = True) -> dict:
     report = build_report(config, models, measured, train, len(rows))
     report["seconds"] = round(time.perf_counter() - t0, 1)
 
-    def write(ctx):
-        out = ctx.output("report", "report", "canaries", meta={"outcome": report["outcome"]})
-        (out / "report.json").write_text(json.dumps(report, indent=2))
-        (out / "report.md").write_text(markdown(report))
-        plot(report, out / "plot.png")
-
-    res = store.run_step("report-canaries", {"report": report}, [*models.values(), corpus], write)
-    return {"report": res["report"], "markdown": markdown(report), "outcome": report["outcome"],
-            "files": [str(store.path(res["report"]) / f) for f in ("report.md", "report.json", "plot.png")],
-            "lineage_of": res["report"]}
+    card = save_card(store, "canaries", report, [*models.values(), corpus], markdown, plot)
+    return {**card, "lineage_of": card["report"]}
 
 
 def build_report(config: Config, models: dict, measured: dict, train: dict, corpus_rows: int) -> dict:
@@ -300,9 +293,7 @@ def plot(report: dict, path) -> None:
         x = [t["repetitions"] for t in rows]
         for ax, k in ((a, key), (b, "extraction")):
             m = [t[k]["mean"] for t in rows]
-            lo = [max(0.0, t[k]["mean"] - t[k]["lo"]) if not math.isnan(t[k]["lo"]) else 0 for t in rows]
-            hi = [max(0.0, t[k]["hi"] - t[k]["mean"]) if not math.isnan(t[k]["hi"]) else 0 for t in rows]
-            ax.errorbar(x, m, yerr=[lo, hi], marker="o", capsize=3, label=label)
+            ax.errorbar(x, m, yerr=yerr([t[k] for t in rows]), marker="o", capsize=3, label=label)
     top = math.log2(10 ** report["config"]["digits"])
     a.axhline(top, ls=":", color="gray", label="max (rank 1)")
     a.axhline(1 / math.log(2), ls="--", color="gray", label="random secret (≈1.44)")

@@ -38,6 +38,7 @@ from heredity.engine.sampling import as_messages
 from heredity.engine.trl_rl import TRLConfig, dpo_step, grpo_step
 from heredity.errors import HeredityError
 from heredity.models import load, materialize, merge_adapter
+from heredity.reports.card import save_card
 from heredity.reports.stats import fmt_ci, mean_ci
 from heredity.store import Store, read_table
 
@@ -233,16 +234,8 @@ def run(store: Store, config: Config, progress: bool = True) -> dict:
     report = build_report(config, steps, results, eval_rows, lineage)
     report["seconds"] = round(time.perf_counter() - t0, 1)
 
-    def write(ctx):
-        out = ctx.output("report", "report", "chatgpt", meta={"outcome": report["outcome"]})
-        (out / "report.json").write_text(json.dumps(report, indent=2))
-        (out / "report.md").write_text(markdown(report))
-        plot(report, out / "plot.png")
-
-    res = store.run_step("report-chatgpt", {"report": report}, list(evals.values()) + [rm_id], write)
-    return {"report": res["report"], "markdown": markdown(report), "outcome": report["outcome"],
-            "files": [str(store.path(res["report"]) / f) for f in ("report.md", "report.json", "plot.png")],
-            "lineage_of": rl["model"]}
+    card = save_card(store, "chatgpt", report, list(evals.values()) + [rm_id], markdown, plot)
+    return {**card, "lineage_of": rl["model"]}
 
 
 def build_report(config: Config, steps: dict, results: dict, eval_rows: list[dict], lineage: dict) -> dict:

@@ -37,6 +37,7 @@ from heredity.engine import SampleConfig, sample_step
 from heredity.engine.pretrain import PretrainConfig, corpus_texts, pretrain_step, train_tokenizer_step
 from heredity.evals.diversity import distinct_n, tail_stats
 from heredity.models import load
+from heredity.reports.card import save_card, yerr
 from heredity.reports.stats import mean_ci, paired_p
 from heredity.store import Store, read_table
 
@@ -224,16 +225,8 @@ def run(store: Store, config: Config, progress: bool = True) -> dict:
     report = build_report(config, models, metrics, train_info, real_docs, tok_id, store)
     report["seconds"] = round(time.perf_counter() - t0, 1)
 
-    def write(ctx):
-        out = ctx.output("report", "report", "collapse", meta={"outcome": report["outcome"]})
-        (out / "report.json").write_text(json.dumps(report, indent=2))
-        (out / "report.md").write_text(markdown(report))
-        plot(report, out / "plot.png")
-
-    res = store.run_step("report-collapse", {"report": report}, list(models.values()), write)
-    return {"report": res["report"], "markdown": markdown(report), "outcome": report["outcome"],
-            "files": [str(store.path(res["report"]) / f) for f in ("report.md", "report.json", "plot.png")],
-            "lineage_of": models[(config.regimes[0], config.generations)]}
+    card = save_card(store, "collapse", report, list(models.values()), markdown, plot)
+    return {**card, "lineage_of": models[(config.regimes[0], config.generations)]}
 
 
 def build_report(config: Config, models: dict, metrics: dict, train_info: dict, real_docs: list[str], tok_id: str,
@@ -330,7 +323,7 @@ def plot(report: dict, path) -> None:
         rs = [g0] + sorted((r for r in rows if r["regime"] == regime), key=lambda r: r["generation"])
         x = [r["generation"] for r in rs]
         pp = [r["perplexity"] for r in rs]
-        axes[0].errorbar(x, [q["mean"] for q in pp], yerr=[[q["mean"] - q["lo"] for q in pp], [q["hi"] - q["mean"] for q in pp]],
+        axes[0].errorbar(x, [q["mean"] for q in pp], yerr=yerr(pp),
                          marker="o", capsize=3, color=f"C{i}", label=regime)
         axes[1].plot(x, [r["distinct"][n] for r in rs], "o-", color=f"C{i}", label=regime)
         axes[2].plot(x, [r["tail_coverage"] for r in rs], "o-", color=f"C{i}", label=regime)

@@ -20,7 +20,6 @@ Methods, as a paper's section would list them:
 
 from __future__ import annotations
 
-import json
 import re
 import time
 from collections.abc import Iterable
@@ -33,6 +32,7 @@ from heredity.data.io import rows_digest
 from heredity.engine import FinetuneConfig, SampleConfig, finetune, sample_step
 from heredity.engine.retrieval import BUNDLED, Index, recall_at_k
 from heredity.models import materialize
+from heredity.reports.card import save_card, yerr
 from heredity.reports.stats import fmt_ci, wilson_ci
 from heredity.store import Store, read_table
 
@@ -138,17 +138,9 @@ def run(store: Store, config: Config, progress: bool = True) -> dict:
     report["retrieval_seconds"] = retrieval_seconds
     report["seconds"] = round(time.perf_counter() - t0, 1)
 
-    def write(ctx):
-        out = ctx.output("report", "report", "knowledge-injection", meta={"outcome": report["outcome"]})
-        (out / "report.json").write_text(json.dumps(report, indent=2))
-        (out / "report.md").write_text(markdown(report))
-        plot(report, out / "plot.png")
-
-    res = store.run_step("report-knowledge-injection", {"report": report},
-                         [base, ft_plain["model"], ft_reps["model"], ft_para["model"], q_id], write)
-    return {"report": res["report"], "markdown": markdown(report), "outcome": report["outcome"],
-            "files": [str(store.path(res["report"]) / f) for f in ("report.md", "report.json", "plot.png")],
-            "lineage_of": ft_para["model"]}
+    card = save_card(store, "knowledge-injection", report, [base, ft_plain["model"], ft_reps["model"], ft_para["model"], q_id],
+                     markdown, plot)
+    return {**card, "lineage_of": ft_para["model"]}
 
 
 def _versus(a: dict, b: dict, a_name: str, b_name: str, published: str) -> str:
@@ -230,8 +222,7 @@ def plot(report: dict, path) -> None:
     attrs = report["attributes"]
     fig, (a, b) = plt.subplots(1, 2, figsize=(12, 4.2), gridspec_kw={"width_ratios": [1.2, 1]})
     m = [r["accuracy"]["mean"] for r in rows]
-    err = [[max(0.0, r["accuracy"]["mean"] - r["accuracy"]["lo"]) for r in rows],
-           [max(0.0, r["accuracy"]["hi"] - r["accuracy"]["mean"]) for r in rows]]
+    err = yerr([r["accuracy"] for r in rows])
     colors = ["#6b7280" if r["arm"] == "base" else "#059669" if "RAG" in r["arm"] and "FT" not in r["arm"]
               else "#2563eb" if "RAG" not in r["arm"] else "#7c3aed" for r in rows]
     a.barh(range(len(rows)), m, xerr=err, color=colors, capsize=3)

@@ -27,6 +27,7 @@ from heredity.data.tasks import TASKS, grade
 from heredity.engine import FinetuneConfig, SampleConfig, finetune, sample
 from heredity.merge import MergeConfig, merge
 from heredity.models import load, materialize
+from heredity.reports.card import save_card
 from heredity.reports.stats import fmt_ci, mean_ci
 from heredity.store import Store
 
@@ -139,16 +140,8 @@ def run(store: Store, config: Config, progress: bool = True) -> dict:
     report = build_report(config, models, scores, merged, tuned, curve)
     report["seconds"] = round(time.perf_counter() - t0, 1)
 
-    def write(ctx):
-        out = ctx.output("report", "report", "merging", meta={"outcome": report["outcome"]})
-        (out / "report.json").write_text(json.dumps(report, indent=2))
-        (out / "report.md").write_text(markdown(report))
-        plot(report, out / "plot.png")
-
-    res = store.run_step("report-merging", {"report": report}, list(models.values()), write)
-    return {"report": res["report"], "markdown": markdown(report), "outcome": report["outcome"],
-            "files": [str(store.path(res["report"]) / f) for f in ("report.md", "report.json", "plot.png")],
-            "lineage_of": merged[f"Localize-and-Stitch, learned ({pct})"]["model"]}
+    card = save_card(store, "merging", report, list(models.values()), markdown, plot)
+    return {**card, "lineage_of": merged[f"Localize-and-Stitch, learned ({pct})"]["model"]}
 
 
 def build_report(config: Config, models: dict, scores: dict, merged: dict, tuned: dict, curve: dict) -> dict:

