@@ -334,6 +334,7 @@ def plot(report: dict, path) -> None:
     axes[0].set_ylabel("perplexity on held-out real text")
     axes[1].set_ylabel(f"distinct-{n} of the model's samples")
     axes[2].set_ylabel(f"tail coverage (rarest {cfg['tail_fraction']:.0%} of real mass)")
+    axes[2].set_ylim(0, 1.05)  # a share: on an autoscaled axis, differences of 0.005 would look like a collapse
     for ax, title in zip(axes, ("Perplexity", "Diversity", "Tail of the token distribution"), strict=True):
         ax.set_xlabel("generation")
         ax.set_title(title)
