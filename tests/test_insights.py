@@ -104,14 +104,17 @@ def test_auditor_withholds_a_description_with_a_planted_name():
 
 
 def test_planted_name_in_a_cluster_description_is_withheld(monkeypatch):
+    import numpy as np
+
     from heredity.insights import pipeline
     from heredity.insights.demo import demo_conversations
 
     rows = demo_conversations(n=160, rare=0, seed=2)
     fac = [{"summary": r["messages"][0]["content"], "concern": False} for r in rows]
 
-    def namer(model, tok, summaries, labels, ids, config, rng):
-        return {c: {"name": f"topic {c}", "description": "Mostly questions from John Smith." if c == ids[0] else "General help."}
+    def namer(model, tok, summaries, labels, ids, config, rng):  # descriptions quote the cluster (grounded); one plants a name
+        first = {c: summaries[int(np.flatnonzero(labels == c)[0])] for c in ids}
+        return {c: {"name": f"topic {c}", "description": first[c] + (" Mostly from John Smith." if c == ids[0] else "")}
                 for c in ids}
 
     monkeypatch.setattr(pipeline, "name_clusters", namer)

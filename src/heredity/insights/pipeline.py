@@ -191,6 +191,13 @@ def name_clusters(model, tok, summaries: list[str], labels: np.ndarray, ids: lis
 ECHO = re.compile(r"\b(group|groups|request|requests|topic|user|users|summary|assistant)\b", re.IGNORECASE)
 
 
+def grounded(text: str, keywords: list[str]) -> bool:
+    """The model's text mentions at least one of the cluster's distinctive words (first 5 letters, so plurals
+    count): a name or description that does not is about something else, and is dropped for the keywords."""
+    stems = {k[:5].lower() for k in keywords}
+    return bool(text) and any(w[:5] in stems for w in re.findall(r"[a-z]+", text.lower()) if len(w) > 2)
+
+
 def plausible_name(name: str) -> bool:
     """A usable cluster name: 1–8 words that do not echo the naming prompt (small models often answer with the
     prompt's own words); otherwise the cluster is named by its keywords."""
@@ -209,7 +216,7 @@ def analyse(rows: list[dict], fac: list[dict], config: InsightsConfig, model=Non
     labels, cent = cluster.kmeans(emb, k, config.seed)
     gate = privacy.thresholds(labels, users, config.min_users, config.min_conversations)
     shown = gate["shown"]
-    kw = cluster.keywords({c: [texts[i] for i in np.flatnonzero(labels == c)] for c in shown})
+    kw = cluster.keywords({c: [texts[i] for i in np.flatnonzero(labels == c)] for c in shown}, top=10)
     named = name_clusters(model, tok, summaries, labels, shown, config, rng) if model is not None and shown else {}
     n = len(rows)
     clusters = []
@@ -217,8 +224,11 @@ def analyse(rows: list[dict], fac: list[dict], config: InsightsConfig, model=Non
         idx = np.flatnonzero(labels == c)
         conc = wilson_ci(sum(bool(fac[i].get("concern")) for i in idx), len(idx))
         nm = named.get(c, {})
-        clusters.append({"id": int(c), "name": nm.get("name") or ", ".join(kw.get(c, [])[:3]) or f"cluster {c}",
-                         "description": nm.get("description", ""), "keywords": kw.get(c, []), "conversations": len(idx),
+        words = kw.get(c, [])
+        name = nm.get("name", "") if grounded(nm.get("name", ""), words) else ""
+        desc = nm.get("description", "") if grounded(nm.get("description", ""), words) else ""
+        clusters.append({"id": int(c), "name": name or ", ".join(words[:3]) or f"cluster {c}",
+                         "description": desc, "keywords": words[:5], "conversations": len(idx),
                          "users": gate["users"][c], "share": len(idx) / n, "concern_rate": conc,
                          "languages": dict(Counter(fac[i].get("language", "") for i in idx).most_common(3))})
     # the audit: every text the report would show (names, descriptions, keywords), withheld on failure
