@@ -37,6 +37,7 @@ from heredity.reports.stats import wilson_ci
 from heredity.store import Store, read_table
 
 WITHHELD = "(withheld by the privacy auditor)"
+ANALYSIS_VERSION = 4  # part of the insights step's key: bump when the analysis changes, so reruns recompute
 
 
 class InsightsConfig(BaseModel):
@@ -161,7 +162,7 @@ def _ask(model, tok, prompts: list[str], max_tokens: int, batch_size: int) -> li
 
     comps = sample(model, tok, prompts, SampleConfig(temperature=0, max_new_tokens=max_tokens, batch_size=batch_size,
                                                      stop=["\n"]), progress=False)
-    return [" ".join(c.text.strip().split()).strip(" \"'*#:") for c in comps]
+    return [" ".join(c.text.strip().split()).strip(" \"'*#:-") for c in comps]
 
 
 def name_clusters(model, tok, summaries: list[str], labels: np.ndarray, ids: list[int], config: InsightsConfig,
@@ -270,7 +271,9 @@ def analyse(rows: list[dict], fac: list[dict], config: InsightsConfig, model=Non
             au.summary["withheld"] += pa.summary["withheld"]
             for p, (name, ok) in enumerate(zip(pn, pa.passed, strict=True)):
                 name = name.split(".")[0].strip()
-                if ok and plausible_name(name):
+                kid_words = [w for i in np.flatnonzero(plabels == p) for w in cur_nodes[i].get("keywords", [])]
+                kid_words += [w for i in np.flatnonzero(plabels == p) for w in re.findall(r"[a-z]+", cur_nodes[i]["name"].lower())]
+                if ok and plausible_name(name) and grounded(name, kid_words):
                     parents[p]["name"] = name
         for i, node in enumerate(cur_nodes):
             node["parent"] = parents[int(plabels[i])]["id"]
@@ -341,7 +344,8 @@ def run(store: Store, config: InsightsConfig, rows: list[dict], source: str, pro
         plot(report, out / "map.png")
         return {"clusters_shown": len(res["levels"][0]), "withheld": res["audit"]["withheld"]}
 
-    rid = store.run_step("insights", {"config": config.model_dump(), "source": source}, [facets_id, scrubbed_id, conv_id],
+    rid = store.run_step("insights", {"config": config.model_dump(), "source": source, "analysis": ANALYSIS_VERSION},
+                         [facets_id, scrubbed_id, conv_id],
                          fn)["report"]
     report = json.loads((store.path(rid) / "report.json").read_text())
     return {"report": rid, "markdown": markdown(report), "outcome": report["outcome"],
