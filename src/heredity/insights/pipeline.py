@@ -48,7 +48,7 @@ class InsightsConfig(BaseModel):
         "135M model's summaries cluster worse, ARI 0.44 vs 0.91 on the demo), or the facet model's summary (Clio's choice)")
     k: int | None = Field(None, ge=1, description="clusters; default from the data size")
     target_cluster_size: int = Field(40, ge=2)
-    levels: int = Field(2, ge=1, le=4, description="1 = clusters only; 2 = clusters and parent topics; …")
+    levels: int = Field(2, ge=1, le=10, description="1 = clusters only; 2 = clusters and parent topics; 3 = their parents; …")
     branching: int = Field(3, ge=2, description="clusters per parent, on average")
     min_users: int = Field(5, ge=1)
     min_conversations: int = Field(10, ge=1)
