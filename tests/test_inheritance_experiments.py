@@ -14,6 +14,10 @@ def test_canary_data_and_extraction_rule():
     cfg = Config(repetitions=[1, 4], canaries_per_count=3, filler_docs=50, digits=4)
     cans = canaries(cfg)
     assert len(cans) == 9 and len({c["name"] for c in cans}) == 9  # 3 per count + 3 never-inserted controls
+    one_digit = canaries(Config(repetitions=[1, 2], canaries_per_count=3, digits=1))  # 9 of the 10 one-digit secrets
+    assert len({c["secret"] for c in one_digit}) == 9
+    with pytest.raises(ValueError, match="distinct secrets"):
+        Config(repetitions=[1, 2, 3], canaries_per_count=3, digits=1)  # 12 canaries, 10 secrets
     assert sorted({c["repetitions"] for c in cans}) == [0, 1, 4] and all(len(c["secret"]) == 4 for c in cans)
     texts = [r["text"] for r in corpus_rows(cfg, cans)]
     for c in cans:  # each canary occurs exactly its repetition count

@@ -190,6 +190,15 @@ def corpus_texts(store, corpus_id: str) -> dict[str, list[str]]:
     return out
 
 
+def token_stream(tokenizer, docs: list[str]) -> torch.Tensor:
+    """Documents as one token stream, each followed by the ``<|endoftext|>`` separator (pretraining's layout)."""
+    eot = tokenizer.convert_tokens_to_ids("<|endoftext|>")
+    ids: list[int] = []
+    for d in docs:
+        ids += tokenizer(d, add_special_tokens=False)["input_ids"] + [eot]
+    return torch.tensor(ids, dtype=torch.long)
+
+
 def train_tokenizer_step(store, corpus_id: str, vocab_size: int, progress=True) -> str:
     """A byte-level BPE trained on the corpus' training split, as a tokenizer artifact."""
     from heredity.models.tiny import train_bpe
@@ -219,15 +228,7 @@ def pretrain_step(store, corpus_id: str, tokenizer_id: str, config: PretrainConf
     def run(ctx):
         tok = AutoTokenizer.from_pretrained(store.path(tokenizer_id))
         texts = corpus_texts(store, corpus_id)
-        eot = tok.convert_tokens_to_ids("<|endoftext|>")
-
-        def stream(docs: list[str]) -> torch.Tensor:
-            ids: list[int] = []
-            for d in docs:
-                ids += tok(d, add_special_tokens=False)["input_ids"] + [eot]
-            return torch.tensor(ids, dtype=torch.long)
-
-        train_ids, val_ids = stream(texts["train"]), stream(texts["val"])
+        train_ids, val_ids = token_stream(tok, texts["train"]), token_stream(tok, texts["val"])
         torch.manual_seed(config.seed)
         model = LlamaForCausalLM(llama_config(shape, len(tok), eos_id=tok.eos_token_id, pad_id=tok.pad_token_id))
         metrics = pretrain(model, tok, train_ids, val_ids, config, progress=progress,

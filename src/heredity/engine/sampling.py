@@ -478,6 +478,13 @@ def tokens_per_second(completions: list[Completion], seconds: float) -> float:
     return sum(c.n_tokens for c in completions) / seconds if seconds > 0 else 0.0
 
 
+def completions(store, dataset_id: str) -> list[str]:
+    """The completion texts of a ``sample_step`` dataset, in its order (by prompt, then sample)."""
+    from heredity.store import read_table
+
+    return read_table(store.path(dataset_id)).column("completion").to_pylist()
+
+
 def sample_step(store, model_spec: str, prompts: Sequence[Prompt], config: SampleConfig | None = None, name: str = "samples", progress=True) -> str:
     """Sample as a store step: a dataset artifact (prompt, sample_index, completion, finish_reason) whose
     lineage points to the model. Memoized on (model, prompts, config)."""

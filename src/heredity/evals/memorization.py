@@ -139,27 +139,39 @@ def all_secret_logps(model, tokenizer, n_digits: int, prefix: str = CANARY_PREFI
     return total.cpu().numpy().astype(float)
 
 
+def exact_secret_logps(model, tokenizer, n_digits: int, prefix: str = CANARY_PREFIX, batch_size: int = 64) -> np.ndarray:
+    """log p(secret | prefix) of all 10^n secrets, index = the secret read as a number: the digit tree when the
+    tokenizer allows it, else every candidate scored as its own sequence."""
+    import itertools
+
+    lps = all_secret_logps(model, tokenizer, n_digits, prefix)
+    if lps is None:
+        cands = [secret_text(d) for d in itertools.product(range(10), repeat=n_digits)]
+        lps = np.asarray(candidate_logps(model, tokenizer, cands, prefix, batch_size))
+    return lps
+
+
+def sampled_logps(model, tokenizer, secret: Sequence[int], samples: int, rng, prefix: str = CANARY_PREFIX,
+                  batch_size: int = 64) -> tuple[float, list[float]]:
+    """(log p of the canary, log p of ``samples`` random secrets of its length): the skew-normal fit's input."""
+    cands = [secret_text(random_secret(len(secret), rng)) for _ in range(samples)]
+    lps = candidate_logps(model, tokenizer, [secret_text(secret), *cands], prefix, batch_size)
+    return lps[0], lps[1:]
+
+
 def canary_exposure(model, tokenizer, secret: Sequence[int], prefix: str = CANARY_PREFIX, exact_max: int = 10_000,
                     samples: int = 2000, seed: int = 0, batch_size: int = 64) -> dict:
     """Exposure of one canary: exact over all 10^n secrets when that is at most ``exact_max`` candidates, else the
     skew-normal estimate from ``samples`` random secrets. Returns exposure, method, rank (exact only), |R|."""
-    import itertools
     import random
 
-    n = len(secret)
-    space = 10**n
-    canary = secret_text(secret)
+    space = 10 ** len(secret)
     if space <= exact_max:
-        lps = all_secret_logps(model, tokenizer, n, prefix)
-        if lps is None:
-            cands = [secret_text(d) for d in itertools.product(range(10), repeat=n)]
-            lps = candidate_logps(model, tokenizer, cands, prefix, batch_size)
+        lps = exact_secret_logps(model, tokenizer, len(secret), prefix, batch_size)
         mine = float(lps[int("".join(map(str, secret)))])
         rank = rank_of(mine, lps)
         return {"exposure": exposure_from_rank(rank, space), "method": "exact", "rank": rank, "space": space,
                 "logp": mine}
-    rng = random.Random(seed)
-    cands = [secret_text(random_secret(n, rng)) for _ in range(samples)]
-    lps = candidate_logps(model, tokenizer, [canary, *cands], prefix, batch_size)
-    return {"exposure": exposure_skewnorm(lps[0], lps[1:], space), "method": "skew-normal", "rank": None, "space": space,
-            "logp": lps[0]}
+    mine, others = sampled_logps(model, tokenizer, secret, samples, random.Random(seed), prefix, batch_size)
+    return {"exposure": exposure_skewnorm(mine, others, space), "method": "skew-normal", "rank": None, "space": space,
+            "logp": mine}

@@ -25,7 +25,7 @@ import re
 import time
 
 import numpy as np
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
 from heredity.data import put_rows
 from heredity.data.corpus import pydoc_documents
@@ -33,12 +33,12 @@ from heredity.data.instructions import pseudo_word
 from heredity.data.io import rows_digest
 from heredity.engine import FinetuneConfig, SampleConfig, finetune, sample
 from heredity.evals.memorization import (
-    all_secret_logps,
-    candidate_logps,
+    exact_secret_logps,
     exposure_from_rank,
     exposure_skewnorm,
     random_secret,
     rank_of,
+    sampled_logps,
     secret_text,
 )
 from heredity.models import load, materialize
@@ -65,6 +65,14 @@ class Config(BaseModel):
     sample_batch: int = Field(32, ge=1)
     seed: int = 0
 
+    @model_validator(mode="after")
+    def _enough_secrets(self) -> Config:
+        n = (len(self.repetitions) + 1) * self.canaries_per_count
+        if n > 10**self.digits:
+            raise ValueError(f"{n} canaries need distinct secrets but {self.digits} digits allow {10**self.digits}; "
+                             "raise digits or lower canaries_per_count")
+        return self
+
     @classmethod
     def presets(cls) -> dict[str, Config]:
         return {
@@ -89,10 +97,9 @@ def canaries(config: Config) -> list[dict]:
             while (name := pseudo_word(rng).capitalize()) in names:
                 pass
             names.add(name)
-            while (secret := random_secret(config.digits, rng)) in [c["secret"] for c in out]:
-                pass
-            out.append({"name": name, "prefix": f"{name}'s PIN is", "secret": "".join(map(str, secret)),
-                        "repetitions": reps})
+            while (secret := "".join(map(str, random_secret(config.digits, rng)))) in {c["secret"] for c in out}:
+                pass  # distinct secrets: a control must not share an inserted canary's secret
+            out.append({"name": name, "prefix": f"{name}'s PIN is", "secret": secret, "repetitions": reps})
     return out
 
 
@@ -137,22 +144,16 @@ def measure(model, tok, cans: list[dict], config: Config, progress: bool = False
     for c in it:
         secret = [int(d) for d in c["secret"]]
         row = {**c, "space": space}
-        lps = all_secret_logps(model, tok, n, c["prefix"]) if space <= config.exact_max else None
-        if lps is None and space <= config.exact_max:
-            import itertools
-
-            lps = np.asarray(candidate_logps(model, tok, [secret_text(d) for d in itertools.product(range(10), repeat=n)],
-                                             c["prefix"]))
-        if lps is not None:
+        if space <= config.exact_max:
+            lps = exact_secret_logps(model, tok, n, c["prefix"])
             mine = float(lps[int(c["secret"])])
             rank = rank_of(mine, lps)
             sub = lps[rng.sample(range(space), min(config.skew_samples, space))]
             row.update(logp=mine, rank=rank, exposure=exposure_from_rank(rank, space),
                        exposure_skewnorm=exposure_skewnorm(mine, sub, space))
         else:
-            cands = [secret_text(random_secret(n, rng)) for _ in range(config.skew_samples)]
-            lp = candidate_logps(model, tok, [secret_text(secret), *cands], c["prefix"], batch_size=config.sample_batch)
-            row.update(logp=lp[0], rank=None, exposure=None, exposure_skewnorm=exposure_skewnorm(lp[0], lp[1:], space))
+            mine, others = sampled_logps(model, tok, secret, config.skew_samples, rng, c["prefix"], config.sample_batch)
+            row.update(logp=mine, rank=None, exposure=None, exposure_skewnorm=exposure_skewnorm(mine, others, space))
         out.append(row)
     comps = sample(model, tok, [c["prefix"] for c in cans],
                    SampleConfig(temperature=0, max_new_tokens=2 * n + 2, chat=False, batch_size=config.sample_batch))

@@ -33,8 +33,14 @@ from pydantic import BaseModel, Field, model_validator
 from heredity.data import put_rows
 from heredity.data.corpus import make_corpus
 from heredity.data.io import rows_digest
-from heredity.engine import SampleConfig, sample_step
-from heredity.engine.pretrain import PretrainConfig, corpus_texts, pretrain_step, train_tokenizer_step
+from heredity.engine import SampleConfig, completions, sample_step
+from heredity.engine.pretrain import (
+    PretrainConfig,
+    corpus_texts,
+    pretrain_step,
+    token_stream,
+    train_tokenizer_step,
+)
 from heredity.evals.diversity import distinct_n, tail_stats
 from heredity.models import load
 from heredity.reports.card import save_card, yerr
@@ -137,7 +143,7 @@ def generate(store: Store, model_id: str, tokens: int, config: Config, progress:
 
 def _texts(store: Store, dataset_ids: list[str]) -> list[str]:
     """The sampled datasets' non-empty documents."""
-    return [t for d in dataset_ids for t in read_table(store.path(d)).column("completion").to_pylist() if t.strip()]
+    return [t for d in dataset_ids for t in completions(store, d) if t.strip()]
 
 
 # ---- measurement ---------------------------------------------------------------------------------
@@ -164,13 +170,8 @@ def _measure(store: Store, model_id: str, corpus_id: str, samples: list[str], co
     def fn(ctx):
         model, tok = load(model_id, store)
         texts = corpus_texts(store, corpus_id)
-        eot = tok.convert_tokens_to_ids(SEPARATOR)
-
-        def stream(docs):
-            return [t for d in docs for t in [*tok(d, add_special_tokens=False)["input_ids"], eot]]
-
-        nll = window_nll(model, torch.tensor(stream(texts["val"])), config.pretrain.context)
-        real = Counter(stream(texts["train"]))
+        nll = window_nll(model, token_stream(tok, texts["val"]), config.pretrain.context)
+        real = Counter(token_stream(tok, texts["train"]).tolist())
         docs = [tok(t, add_special_tokens=False)["input_ids"] for t in _texts(store, samples)]
         tail = tail_stats([t for d in docs for t in d], real, config.tail_fraction)
         res = {"nll": nll, "distinct": {str(n): distinct_n(docs, n) for n in config.ngrams}, "tail": tail,

