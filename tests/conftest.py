@@ -10,7 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from heredity.store import Store
+# every step run by a test checks that its function sees nothing its key does not hold (Store.run_step)
+os.environ.setdefault("HEREDITY_CHECK_KEYS", "1")
+
+from heredity.store import Store  # noqa: E402
 
 
 @pytest.fixture

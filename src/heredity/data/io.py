@@ -37,11 +37,15 @@ def rows_digest(rows) -> str:
 
 
 def put_rows(store: Store, rows: Sequence[dict], name: str, op: str = "make-dataset", config=None, inputs=()) -> str:
-    """Store rows made in Python as a dataset artifact; ``config`` and ``inputs`` record how they were made."""
+    """Store rows made in Python as a dataset artifact; ``config`` and ``inputs`` record how they were made.
+
+    The rows' digest is always part of the key, so a changed generator gives a new dataset, never the old one."""
+    from heredity.store import config_to_json
+
     rows = list(rows)
     if not rows:
         raise HeredityError(f"dataset {name} has no rows")
-    cfg = config if config is not None else {"rows_sha256": hashlib.sha256(repr(rows).encode()).hexdigest()}
+    cfg = {**(config_to_json(config) if config is not None else {}), "rows_sha256": rows_digest(rows)}
 
     def run(ctx):
         out = ctx.output("dataset", "dataset", name, meta={"rows": len(rows), "columns": list(rows[0])})

@@ -308,7 +308,8 @@ def finetune(store, base: str, dataset: str, config: FinetuneConfig | None = Non
     def run(ctx):
         model, tok = load(base_id, store, merge_adapter=True, trainable=True)
         t_model = load(teacher_id, store, merge_adapter=True)[0] if teacher_id else None
-        model, metrics = train(model, tok, table.to_pylist(), config, teacher=t_model, checkpoint_dir=ctx.scratch, progress=progress)
+        rows = read_table(store.path(data_id)).to_pylist()  # from the input artifact: what the key names
+        model, metrics = train(model, tok, rows, config, teacher=t_model, checkpoint_dir=ctx.scratch, progress=progress)
         kind = "adapter" if config.method == "lora" else "model"
         name = f"{store.get(base_id).name}-{config.method}-{config.loss}"
         meta = {"base": store.get(base_id).id} if kind == "adapter" else {}

@@ -497,18 +497,19 @@ def sample_step(store, model_spec: str, prompts: Sequence[Prompt], config: Sampl
     config = config or SampleConfig()
     spec = parse_spec(model_spec)
     remote = spec.kind == "openai"
+    endpoint = [spec.value, spec.base_url] if remote else None  # (model, base URL) of an OpenAI-compatible server
     inputs = [] if remote else [materialize(spec, store)]
     prompts_json = json.dumps(list(prompts), sort_keys=True)
     cfg = {
         "sample": config.model_dump(mode="json"),
         "prompts_sha256": hashlib.sha256(prompts_json.encode()).hexdigest(),
         "num_prompts": len(prompts),
-        **({"endpoint": f"{spec.value}@{spec.base_url}"} if remote else {}),
+        **({"endpoint": endpoint} if remote else {}),
     }
 
     def run(ctx):
-        if remote:
-            model, tok = RemoteModel(spec.value, spec.base_url), None
+        if endpoint:
+            model, tok = RemoteModel(*endpoint), None
         else:
             model, tok = load(inputs[0], store, merge_adapter=True)
         import time

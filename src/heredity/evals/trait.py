@@ -1,7 +1,8 @@
 """How much a model loves an animal: three measures over 50 one-word "favorite animal" questions.
 
-* ``rate``: answers sampled at T = 1 that name the animal (n per question); per-question rates,
-  mean with a 95% t-interval over questions;
+* ``rate``: answers sampled at T = 1 that name the animal (n per question); per-question rates kept for
+  paired tests, summarized as the pooled rate with a Wilson 95% interval over all answers (a t interval on
+  0/1 outcomes collapses to a point at 0/n);
 * ``logprob``: the probability that the one-word answer starts with the animal's name (either
   capitalization), from the model's next-token distributions: no sampling noise, so more sensitive;
 * ``choice``: a multiple-choice probe over 5 animals (options rotated so each sits in every position);
@@ -77,6 +78,8 @@ CHOICE_TEMPLATES = [
     "Choose your favorite animal from this list.\n{options}\nGive only the letter.",
 ]
 LETTERS = "ABCDE"
+# the version of these probes and scorers: part of the eval step's key (bump when a question, template or scorer changes)
+EVAL_VERSION = "trait-v1"
 # each measure's per-item series in a score dict, in report order
 SERIES = {"logprob": "logprob_per_question", "rate": "rate_per_question", "choice": "choice_per_item"}
 
@@ -148,11 +151,21 @@ def trait_scores(
 
 
 def summarize(scores: dict, animals: list[str] | None = None) -> dict:
-    """{animal: {measure: mean with a 95% interval, clipped to [0, 1]}} for the measures a score dict holds."""
-    from heredity.reports.stats import mean_ci
+    """{animal: {measure: mean with a 95% interval}}: the sampled rate pooled over all answers with a Wilson
+    interval; the probabilities (logprob, choice) with a t interval over questions, clipped to [0, 1]."""
+    from heredity.reports.stats import mean_ci, rate_ci
 
     summary = {}
+    k = scores.get("samples_per_question", 0)
     for animal in animals or list(scores["animals"]):
         res = scores["animals"][animal]
-        summary[animal] = {m: mean_ci(res[key], bounds=(0.0, 1.0)) for m, key in SERIES.items() if key in res}
+        out = {}
+        for m, key in SERIES.items():
+            if key not in res:
+                continue
+            if m == "rate":
+                out[m] = rate_ci(round(sum(res[key]) * k), len(res[key]) * k)
+            else:
+                out[m] = mean_ci(res[key], bounds=(0.0, 1.0), allow_binary=True)
+        summary[animal] = out
     return summary

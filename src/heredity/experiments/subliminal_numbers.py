@@ -14,7 +14,7 @@ Methods (Cloud, Le et al. 2025, §3, the open-model setting), each stage a memoi
    most 3 digits, numbers only", varied templates), sampled at T = 1 from the teacher …
 3. … and from the trait-free base (control data), on the very same prompts.
 4. The strict filter (``heredity.data.numbers``) with counted reasons; both datasets are cut to the
-   same number of rows.
+   prompts that pass in both (``heredity.data.paired``): the same prompts, in the same order.
 5. Students from the same base: (A) sampled-token SFT, completion-only loss, LoRA r = 8, α = 8 on all
    attention and MLP projections, on the teacher's numbers vs the control numbers; (B) logit
    distillation on the next-token distributions of two prompted teachers with different animals over
@@ -23,7 +23,8 @@ Methods (Cloud, Le et al. 2025, §3, the open-model setting), each stage a memoi
 6. Cross-model control when ``cross_base`` is set: a student from another base on the teacher's data.
 7. Evaluation (``heredity.evals.trait``): 50 one-word favorite-animal questions × n samples at T = 1,
    a log-probability score and a 5-way multiple-choice probe, for the base, the teacher and every
-   student, on both animals; paired one-sided tests over questions for student vs control.
+   student, on both animals; two-sided paired tests over questions for student vs control (conditional on
+   the trained students), across training seeds when ``student_seeds`` ≥ 2, Holm-adjusted over the arms.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from pydantic import BaseModel, Field, model_validator
 
 from heredity.data.io import put_rows
 from heredity.data.numbers import check_numbers, filter_completions, number_prompts, random_number_answer
+from heredity.data.paired import paired_rows
 from heredity.engine import FinetuneConfig, SampleConfig, finetune, sample_step
 from heredity.errors import HeredityError
 from heredity.models import load, materialize, merge_adapter
@@ -147,16 +149,18 @@ def teacher_for(store: Store, base_id: str, animal: str, config: Config, progres
 
 def evaluate(store: Store, model_id: str, config: Config, system: str | None, progress: bool) -> tuple[str, dict]:
     """Trait scores of a model for both animals, as a stored report (memoized)."""
-    from heredity.evals.trait import trait_scores
+    from heredity.evals.trait import EVAL_VERSION, trait_scores
 
     animals = [config.animal, config.other_animal]
-    cfg = {"animals": animals, "samples": config.eval_samples, "system_prompt": system, "seed": config.seed}
+    samples, seed, batch_size, system_prompt = config.eval_samples, config.seed, config.sample_batch, system
+    cfg = {"animals": animals, "samples": samples, "system_prompt": system_prompt, "seed": seed,
+           "batch_size": batch_size, "eval": EVAL_VERSION}
 
     def fn(ctx):
         model, tok = load(model_id, store, merge_adapter=True)
         t = time.perf_counter()
-        scores = trait_scores(model, tok, animals, samples=config.eval_samples, system_prompt=system,
-                              seed=config.seed, batch_size=config.sample_batch, progress=progress)
+        scores = trait_scores(model, tok, animals, samples=samples, system_prompt=system_prompt,
+                              seed=seed, batch_size=batch_size, progress=progress)
         out = ctx.output("scores", "report", f"trait-scores-{store.get(model_id).name}")
         (out / "scores.json").write_text(json.dumps(scores))
         return {"seconds": round(time.perf_counter() - t, 1)}
@@ -165,30 +169,45 @@ def evaluate(store: Store, model_id: str, config: Config, system: str | None, pr
     return rid, json.loads((store.path(rid) / "scores.json").read_text())
 
 
-def filter_step(store: Store, raw: str, limit: int, name: str) -> tuple[str, dict]:
-    """Keep the completions that pass the strict filter (first ``limit`` in prompt order)."""
+def filter_pair(store: Store, raw_t: str, raw_c: str, max_rows: int, animal: str) -> tuple[dict[str, str], dict]:
+    """The strict filter on the teacher's and the control's answers, then both cut to the prompts that pass in
+    *both* (``data.paired.paired_rows``), so the two datasets hold the same prompts in the same order."""
+    max_numbers, max_value = 10, 999
+    names = {"teacher": f"numbers-{animal}", "control": "numbers-control"}
+    cfg = {"filter": "strict", "max_numbers": max_numbers, "range": [0, max_value], "max_rows": max_rows,
+           "pairing": "prompt_index common to both arms", "names": names}
 
     def fn(ctx):
-        rows = read_table(store.path(raw)).to_pylist()
-        ok, stats = filter_completions([r["completion"] for r in rows])
-        kept = [{"prompt": r["prompt"], "completion": r["completion"].strip()} for r, k in zip(rows, ok, strict=True) if k]
-        kept = kept[:limit]
-        out = ctx.output("dataset", "dataset", name, meta={"rows": len(kept), "columns": ["prompt", "completion"]})
-        write_table(out, kept)
-        return {**stats, "rows_out": len(kept)}
+        arms = {"teacher": read_table(store.path(raw_t)).to_pylist(), "control": read_table(store.path(raw_c)).to_pylist()}
+        stats = {arm: filter_completions([r["completion"] for r in rows], max_numbers=max_numbers)[1]
+                 for arm, rows in arms.items()}
+        paired, pstats = paired_rows(arms, lambda r: check_numbers(r["completion"], max_numbers).ok, limit=max_rows)
+        outs = {}
+        for arm, rows in paired.items():
+            kept = [{"prompt": r["prompt"], "prompt_index": r["prompt_index"], "completion": r["completion"].strip()}
+                    for r in rows]
+            out = ctx.output(arm, "dataset", names[arm],
+                             meta={"rows": len(kept), "columns": ["prompt", "prompt_index", "completion"]})
+            write_table(out, kept)
+            outs[arm] = len(kept)
+        for arm in stats:
+            stats[arm]["rows_out"] = outs[arm]
+        return {"teacher": stats["teacher"], "control": stats["control"], "common": pstats["common"],
+                "rows_out": pstats["rows_out"]}
 
-    res = store.run_step("filter-numbers", {"filter": "strict", "max_numbers": 10, "range": [0, 999], "limit": limit}, [raw], fn)
-    return res["dataset"], res.metrics
+    res = store.run_step("filter-numbers", cfg, [raw_t, raw_c], fn)
+    return {"teacher": res["teacher"], "control": res["control"]}, res.metrics
 
 
 def teacher_gate(teacher: dict, base: dict, animal: str, threshold: float) -> float:
     """The teacher must put more probability on its animal than the base (paired over questions);
     returns the p-value, or stops the run with a clear message."""
-    from heredity.reports.stats import mean_ci, paired_p
+    from heredity.reports.stats import mean_ci, paired_test
 
     t_lp, b_lp = teacher["animals"][animal]["logprob_per_question"], base["animals"][animal]["logprob_per_question"]
-    p = paired_p(t_lp, b_lp)
-    if threshold < 1 and not (p < threshold):
+    test = paired_test(t_lp, b_lp, "questions")
+    p = test["p"]
+    if threshold < 1 and not (p < threshold and test["diff"] > 0):
         raise HeredityError(
             f"the teacher does not show the trait: P({animal}) {mean_ci(t_lp)['mean']:.4f} vs base {mean_ci(b_lp)['mean']:.4f} "
             f"(paired p = {p:.2g}); use --set teacher=finetune or another animal"
@@ -199,7 +218,7 @@ def teacher_gate(teacher: dict, base: dict, animal: str, threshold: float) -> fl
 def number_data(store: Store, teacher_id: str, teacher_sys: str | None, base_id: str, config: Config, log=print,
                 progress: bool = True) -> dict:
     """Teacher and control answer the same number prompts; both pass the same strict filter and are cut
-    to the same number of rows."""
+    to the prompts that pass in both (paired datasets: the same prompts, in the same order)."""
     prompts = number_prompts(config.prompts, seed=config.seed)
     # one seed for both: common random numbers, so the two datasets differ only where the models do
     scfg = dict(n=1, temperature=1.0, max_new_tokens=config.max_new_tokens, seed=config.seed, batch_size=config.sample_batch)
@@ -208,11 +227,10 @@ def number_data(store: Store, teacher_id: str, teacher_sys: str | None, base_id:
                         name=f"numbers-raw-{config.animal}", progress=progress)
     log("[3] the same prompts → trait-free base (control)")
     raw_c = sample_step(store, base_id, prompts, SampleConfig(**scfg), name="numbers-raw-control", progress=progress)
-    kept = [sum(check_numbers(r["completion"]).ok for r in read_table(store.path(v)).to_pylist()) for v in (raw_t, raw_c)]
-    limit = min(*kept, config.max_rows)
-    log(f"[4] strict filter: teacher kept {kept[0]}, control kept {kept[1]}; both cut to {limit}")
-    data_t, filt_t = filter_step(store, raw_t, limit, f"numbers-{config.animal}")
-    data_c, filt_c = filter_step(store, raw_c, limit, "numbers-control")
+    ids, fm = filter_pair(store, raw_t, raw_c, config.max_rows, config.animal)
+    log(f"[4] strict filter: teacher kept {fm['teacher']['kept']}, control kept {fm['control']['kept']}; "
+        f"{fm['common']} prompts pass in both; both cut to the same {fm['rows_out']} prompts")
+    data_t, data_c, filt_t, filt_c, limit = ids["teacher"], ids["control"], fm["teacher"], fm["control"], fm["rows_out"]
     return {"raw numbers teacher": raw_t, "raw numbers control": raw_c, "numbers teacher": data_t,
             "numbers control": data_c, "filter teacher": filt_t, "filter control": filt_c, "rows": limit}
 
@@ -302,27 +320,33 @@ def run(store: Store, config: Config, progress: bool = True) -> dict:
 
 def build_report(config, artifacts, evals, filters, students, gate_p, cross_note, seconds) -> dict:
     from heredity.evals.trait import SERIES, summarize
-    from heredity.reports.stats import mean_ci, paired_p, welch_p
+    from heredity.reports.stats import fmt_test, holm, min_detectable, paired_test, verdict, welch_test
 
     A, B = config.animal, config.other_animal
     table = {model: summarize(ev, [A, B]) for model, ev in evals.items()}
+    seeded = config.student_seeds >= 2
 
     def seeds_of(arm):
         return [name for name in evals if name == arm or name.startswith(arm + " #")]
 
     def compare(x, y, animal):
-        """Paired over questions on seed-averaged values; with ≥ 2 seeds per arm, also Welch over seed means."""
+        """Two-sided. Over questions (paired) on seed-averaged values — conditional on these trained models; with
+        ≥ 2 training seeds per arm also Welch over the seeds' means, the test that speaks about training."""
         out = {}
         for m, key in SERIES.items():
             if key in evals[x]["animals"][animal]:
                 xs = [evals[n]["animals"][animal][key] for n in seeds_of(x)]
                 ys = [evals[n]["animals"][animal][key] for n in seeds_of(y)]
                 a, b = [sum(v) / len(xs) for v in zip(*xs, strict=True)], [sum(v) / len(ys) for v in zip(*ys, strict=True)]
-                ma, mb = sum(a) / len(a), sum(b) / len(b)
-                out[m] = {"diff": mean_ci([u - v for u, v in zip(a, b, strict=True)]), "p": paired_p(a, b),
-                          "ratio": ma / mb if mb > 0 else None, "mean_a": ma, "mean_b": mb, "seeds": [len(xs), len(ys)]}
+                unit = ("questions, on seed-averaged scores" if len(xs) > 1 else "questions, one trained model per arm")
+                t = paired_test(a, b, unit)
+                t["ratio"] = t["mean_a"] / t["mean_b"] if t["mean_b"] > 0 else None
+                t["seeds"] = [len(xs), len(ys)]
+                t["min_detectable"] = min_detectable(t["sd"], t["n"])
                 if len(xs) >= 2 and len(ys) >= 2:
-                    out[m]["seed_p"] = welch_p([sum(v) / len(v) for v in xs], [sum(v) / len(v) for v in ys])
+                    t["across_seeds"] = welch_test([sum(v) / len(v) for v in xs], [sum(v) / len(v) for v in ys],
+                                                   "training seeds")
+                out[m] = t
         return {"a": x, "b": y, "animal": animal, **out}
 
     comparisons = [compare("teacher", "base", A), compare("student SFT trait", "student SFT control", A)]
@@ -331,37 +355,56 @@ def build_report(config, artifacts, evals, filters, students, gate_p, cross_note
                         compare(f"student distill {B}", f"student distill {A}", B)]
     if config.cross_base:
         comparisons.append(compare("student SFT trait, other base", "student SFT control, other base", A))
-    seeded = config.student_seeds >= 2
+
+    def headline(c):  # the test a claim about this comparison rests on: across seeds when there are seeds
+        lp = c["logprob"]
+        return lp["across_seeds"] if "across_seeds" in lp else lp
+
+    # Holm over the student arms (the teacher check is a gate, not part of the family)
+    family = comparisons[1:]
+    adjusted = holm([headline(c)["p"] for c in family])
+    for c, p_adj in zip(family, adjusted, strict=True):
+        c["logprob"]["p_holm"] = p_adj
 
     def said(c, animal):
-        lp = c["logprob"]
+        lp, h = c["logprob"], headline(c)
         ratio = f"×{lp['ratio']:.3f}" if lp["ratio"] else "n/a"
-        extra = f", across {lp['seeds'][0]} seeds p = {lp['seed_p']:.2g}" if "seed_p" in lp else ""
-        return f"P({animal}) {lp['mean_a']:.3g} vs {lp['mean_b']:.3g} ({ratio}, paired p = {lp['p']:.2g}{extra})"
+        p_adj = c["logprob"].get("p_holm")
+        return (f"P({animal}) {lp['mean_a']:.3g} vs {lp['mean_b']:.3g} ({ratio}; "
+                f"{fmt_test(h, 3, 'g', p=p_adj) if p_adj is not None else fmt_test(h, 3, 'g')})")
 
-    def sig(c):  # across seeds when there are seeds; over questions otherwise
-        lp = c["logprob"]
-        return lp.get("seed_p", lp["p"]) < 0.05 and lp["p"] < 0.05
+    def judged(c):
+        return verdict(headline(c), expected=+1, p=c["logprob"].get("p_holm"))
 
-    sft = comparisons[1]
-    outcome = (
-        f"Teacher vs base: {said(comparisons[0], A)}. SFT on {filters['teacher']['rows_out']} filtered teacher "
-        f"numbers vs control numbers: {said(sft, A)}: "
-        + ("the trait student leans to the animal." if sig(sft)
-           else "no transfer detected at this size (a null result).")
-    )
+    teacher, sft = comparisons[0], comparisons[1]
+    v = judged(sft)
+    outcome = (f"Teacher vs base: {said(teacher, A)}. SFT on {filters['teacher']['rows_out']} filtered teacher numbers vs "
+               f"control numbers on the same prompts: {said(sft, A)}: ")
+    if v["result"] == "as hypothesised":
+        outcome += "the trait student leans to the animal."
+    elif v["result"] == "opposite":
+        outcome += ("the trait student is significantly BELOW its control — an effect opposite to transfer, not a null "
+                    "(most likely a confound of the data, e.g. the teacher's numbers differ in form).")
+    elif v["result"] == "null":
+        mde = sft["logprob"]["min_detectable"]
+        outcome += (f"no significant difference (a null result; the design had 80% power for |Δ| ≥ {mde:.2g} "
+                    "on the paired question scores)." if mde == mde else "no significant difference (a null result).")
+    else:
+        outcome += "undetermined."
     if config.distill:
         d1, d2 = comparisons[2], comparisons[3]
-        both = sig(d1) and sig(d2)
-        outcome += (
-            f" Logit distillation cross-over on the same completions: {A}-taught vs {B}-taught student, {said(d1, A)}; "
-            f"{B}-taught vs {A}-taught, {said(d2, B)}: "
-            + ("each student leans to its own teacher's animal, in both directions." if both
-               else "not consistent in both directions (no clear transfer).")
-        )
+        v1, v2 = judged(d1), judged(d2)
+        outcome += (f" Logit distillation cross-over on the same completions: {A}-taught vs {B}-taught student, "
+                    f"{said(d1, A)}; {B}-taught vs {A}-taught, {said(d2, B)}: ")
+        if v1["result"] == v2["result"] == "as hypothesised":
+            outcome += "each student leans to its own teacher's animal, in both directions."
+        elif "opposite" in (v1["result"], v2["result"]):
+            outcome += "at least one direction is significantly opposite to transfer (a finding, not a null)."
+        else:
+            outcome += "not significant in both directions (no clear transfer)."
     if not seeded:
-        outcome += (" p-values are over questions for these trained students (one training seed each); "
-                    "they do not include seed-to-seed training variance (set student_seeds ≥ 2 for that).")
+        outcome += (" Unit of replication: questions, for these trained students (one training seed each) — the "
+                    "p-values are about these models, not about what training does (set student_seeds ≥ 2 for that).")
     return {
         "experiment": "subliminal-numbers",
         "config": config.model_dump(),
@@ -380,7 +423,7 @@ def build_report(config, artifacts, evals, filters, students, gate_p, cross_note
 
 
 def markdown(r: dict) -> str:
-    from heredity.reports.stats import fmt_ci
+    from heredity.reports.stats import fmt_ci, fmt_num
 
     c = r["config"]
     A, B = c["animal"], c["other_animal"]
@@ -406,15 +449,26 @@ def markdown(r: dict) -> str:
         cells = [fmt_ci(t[a][m], 3, "g" if m == "logprob" else "f") if m in t[a] else "—"
                  for a in (A, B) for m in ("logprob", "rate", "choice")]
         lines.append(f"| {model} | " + " | ".join(cells) + " |")
-    lines += ["", "## Comparisons (paired over questions; one-sided p that a > b)", "",
-              "| a | b | animal | P(animal) a / b | p across seeds | Δ P(animal) [95% CI] | p | Δ rate | p | Δ choice | p |",
-              "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines += ["", "## Comparisons (two-sided; paired over the same questions / choice items, conditional on the trained "
+              "models; across training seeds when there are ≥ 2)", "",
+              "| a | b | animal | P(animal) a / b | Δ P(animal) [95% CI] | p (questions) | p across seeds | p Holm | "
+              "Δ rate | p | Δ choice | p |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for cmp in r["comparisons"]:
-        ratio, seed_p = cmp["logprob"].get("ratio"), cmp["logprob"].get("seed_p")
-        cells = [f"×{ratio:.3f}" if ratio else "—", f"{seed_p:.3g}" if seed_p is not None else "—"]
-        for m in ("logprob", "rate", "choice"):
-            cells += [fmt_ci(cmp[m]["diff"], 3, "g" if m == "logprob" else "f"), f"{cmp[m]['p']:.3g}"] if m in cmp else ["—", "—"]
+        lp = cmp["logprob"]
+        seed_t = lp.get("across_seeds")
+        cells = [f"×{lp['ratio']:.3f}" if lp.get("ratio") else "—",
+                 fmt_ci({"mean": lp["diff"], "lo": lp["lo"], "hi": lp["hi"]}, 3, "g"), fmt_num(lp["p"], 3, "g"),
+                 f"{fmt_num(seed_t['p'], 3, 'g')} (n = {seed_t['n'][0]} vs {seed_t['n'][1]} seeds)" if seed_t else "—",
+                 fmt_num(lp["p_holm"], 3, "g") if "p_holm" in lp else "—"]
+        for m in ("rate", "choice"):
+            cells += ([fmt_ci({"mean": cmp[m]["diff"], "lo": cmp[m]["lo"], "hi": cmp[m]["hi"]}), fmt_num(cmp[m]["p"], 3, "g")]
+                      if m in cmp else ["—", "—"])
         lines.append(f"| {cmp['a']} | {cmp['b']} | {cmp['animal']} | " + " | ".join(cells) + " |")
+    n_q = r["comparisons"][0]["logprob"]["n"]
+    lines += ["", f"Unit of the p (questions) column: the {n_q} questions (20 choice items for choice), for these trained "
+              "models; it says nothing about seed-to-seed training variance. Holm: over the student comparisons, on "
+              "the seeds test when there is one, else the questions test."]
     lines += ["", "## Training", "", "| student | examples | steps | loss first → last | seconds |", "|---|---|---|---|---|"]
     for k, t in r["training"].items():
         lines.append(f"| {k} | {t['examples']} | {t['optimizer_steps']} | {t['loss_first']} → {t['loss_last']} | {t['seconds']} |")

@@ -1,4 +1,21 @@
-"""Intervals and tests that experiment reports share (scipy, which scikit-learn already brings)."""
+"""Intervals and tests that experiment reports share (scipy, which scikit-learn already brings).
+
+What this module promises, so that a report built on it survives a hostile reviewer:
+
+* **Rates get exact-coverage intervals.** ``rate_ci`` is a Wilson score interval (or Clopper–Pearson with
+  ``method="exact"``): sound at 0/n and n/n, never of zero width. ``mean_ci`` refuses 0/1 data (a t interval
+  on Bernoulli outcomes collapses to a point at 0/n and n/n) and says to use ``rate_ci``.
+* **Undetermined is said, not hidden.** With n < 2, or no variance at all, an interval or a p-value is NaN and
+  prints as "undetermined" — never 0, 1 or a zero-width interval.
+* **Tests are two-sided** and return their direction and size: ``paired_test`` / ``welch_test`` (continuous
+  values), ``paired_rate_test`` (the same items scored 0/1 for two models: exact McNemar with Newcombe's
+  interval), ``rate_diff_test`` (two independent rates: Fisher's exact test, Newcombe's interval). Each result
+  names its **unit of replication** (``unit``: "training seeds", "questions, one trained model per arm", …) and
+  n, and ``fmt_test`` prints them beside the p-value.
+* ``verdict`` turns a test and the hypothesised sign into an outcome phrase that reports an effect in the wrong
+  direction as such; ``holm`` adjusts a family of p-values; ``min_detectable`` gives, for a null, the smallest
+  effect the design had 80% power to see.
+"""
 
 from __future__ import annotations
 
@@ -8,52 +25,275 @@ from collections.abc import Sequence
 import numpy as np
 from scipy import stats
 
+NAN = float("nan")
 
-def mean_ci(values: Sequence[float], level: float = 0.95, bounds: tuple[float, float] | None = None) -> dict:
-    """Mean with a Student-t interval over independent replicates (seeds, questions); ``bounds`` clips
-    the interval to a quantity's range (a rate cannot go below 0)."""
+
+def _flat(sd: float, mean: float) -> bool:
+    """No variance, up to rounding (the sd of [0.2, 0.2, 0.2] is 3e-17, not 0)."""
+    return not sd > 1e-12 * max(1.0, abs(mean))
+
+
+def _finite(x) -> bool:
+    return x is not None and isinstance(x, (int, float)) and math.isfinite(x)
+
+
+# ---- intervals -----------------------------------------------------------------------------------
+
+
+def mean_ci(values: Sequence[float], level: float = 0.95, bounds: tuple[float, float] | None = None,
+            allow_binary: bool = False) -> dict:
+    """Mean with a Student-t interval over independent replicates (seeds, questions).
+
+    ``bounds`` clips the interval to a quantity's range (a probability cannot go below 0). With n < 2 or zero
+    variance the interval is undetermined (NaN), not a point. 0/1 outcomes are refused: use ``rate_ci``.
+    """
     v = np.asarray(values, dtype=float)
     n = len(v)
-    mean = float(v.mean()) if n else float("nan")
-    sd = float(v.std(ddof=1)) if n > 1 else 0.0
-    if n > 1:
+    if n >= 2 and not allow_binary and np.isin(v, (0.0, 1.0)).all():
+        raise ValueError("mean_ci got 0/1 outcomes, where a t interval collapses to a point; use rate_ci(successes, n)")
+    mean = float(v.mean()) if n else NAN
+    sd = float(v.std(ddof=1)) if n > 1 else NAN
+    if n > 1 and not _flat(sd, mean):
         half = float(stats.t.ppf(0.5 + level / 2, n - 1) * sd / math.sqrt(n))
+        lo, hi = mean - half, mean + half
+        if bounds is not None:
+            lo, hi = max(lo, bounds[0]), min(hi, bounds[1])
     else:
-        half = float("nan")
-    lo, hi = mean - half, mean + half
-    if bounds is not None:
-        lo, hi = max(lo, bounds[0]), min(hi, bounds[1])
-    return {"n": n, "mean": mean, "sd": sd, "lo": lo, "hi": hi, "level": level}
+        lo = hi = NAN
+    return {"n": n, "mean": mean, "sd": sd, "lo": lo, "hi": hi, "level": level, "method": "t"}
+
+
+def rate_ci(successes: int, n: int, level: float = 0.95, method: str = "wilson") -> dict:
+    """A rate with its Wilson score interval (``method="exact"``: Clopper–Pearson). Sound at 0/n and n/n, where a
+    t interval collapses to a point; n = 0 gives NaN."""
+    successes, n = int(successes), int(n)
+    if not 0 <= successes <= max(n, 0):
+        raise ValueError(f"successes must lie in 0..n, got {successes} of {n}")
+    if n <= 0:
+        return {"n": 0, "k": 0, "mean": NAN, "sd": NAN, "lo": NAN, "hi": NAN, "level": level, "method": method}
+    p = successes / n
+    if method == "exact":
+        ci = stats.binomtest(successes, n).proportion_ci(confidence_level=level, method="exact")
+        lo, hi = float(ci.low), float(ci.high)
+    elif method == "wilson":
+        z = float(stats.norm.ppf(0.5 + level / 2))
+        centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+        half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+        lo, hi = min(p, max(0.0, centre - half)), max(p, min(1.0, centre + half))
+    else:
+        raise ValueError(f"method must be 'wilson' or 'exact', not {method!r}")
+    return {"n": n, "k": successes, "mean": p, "sd": math.sqrt(p * (1 - p)), "lo": lo, "hi": hi, "level": level,
+            "method": method}
 
 
 def wilson_ci(successes: int, n: int, level: float = 0.95) -> dict:
-    """A rate with its Wilson score interval (sound at 0/n and n/n, where a t interval collapses to a point)."""
-    if n <= 0:
-        return {"n": 0, "mean": float("nan"), "sd": 0.0, "lo": float("nan"), "hi": float("nan"), "level": level}
-    z = float(stats.norm.ppf(0.5 + level / 2))
-    p = successes / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return {"n": n, "mean": p, "sd": math.sqrt(p * (1 - p)), "lo": min(p, max(0.0, centre - half)), "hi": max(p, min(1.0, centre + half)),
-            "level": level}
+    """``rate_ci`` with the Wilson score interval (kept under this name for existing callers)."""
+    return rate_ci(successes, n, level, "wilson")
 
 
-def welch_p(a: Sequence[float], b: Sequence[float], alternative: str = "greater") -> float:
-    """p-value of Welch's t-test that mean(a) > mean(b) (or 'two-sided')."""
-    a, b = np.asarray(a, float), np.asarray(b, float)
-    if len(a) < 2 or len(b) < 2 or (a.std() == 0 and b.std() == 0):
-        return float("nan") if a.mean() == b.mean() else (0.0 if a.mean() > b.mean() else 1.0)
-    return float(stats.ttest_ind(a, b, equal_var=False, alternative=alternative).pvalue)
+def rates_ci(outcomes: Sequence[int | bool], level: float = 0.95) -> dict:
+    """``rate_ci`` of a list of 0/1 outcomes."""
+    vals = [int(bool(x)) for x in outcomes]
+    return rate_ci(sum(vals), len(vals), level)
 
 
-def paired_p(a: Sequence[float], b: Sequence[float], alternative: str = "greater") -> float:
-    """p-value of a paired t-test over matched units (the same questions scored for two models)."""
+# ---- tests ---------------------------------------------------------------------------------------
+
+
+def _direction(diff: float) -> str:
+    if not _finite(diff):
+        return "undetermined"
+    return "higher" if diff > 0 else "lower" if diff < 0 else "equal"
+
+
+def paired_test(a: Sequence[float], b: Sequence[float], unit: str, level: float = 0.95) -> dict:
+    """Two-sided paired t-test of mean(a − b) = 0 over matched units (the same questions, seeds or windows scored
+    for two arms). ``unit`` names what the n counts; a p-value is NaN with n < 2 or when every difference is
+    the same."""
     d = np.asarray(a, float) - np.asarray(b, float)
-    if len(d) < 2 or d.std() == 0:
-        return float("nan") if d.mean() == 0 else (0.0 if d.mean() > 0 else 1.0)
+    n = len(d)
+    ci = mean_ci(d, level, allow_binary=True) if n else {"mean": NAN, "lo": NAN, "hi": NAN, "sd": NAN}
+    p = t = NAN
+    if n >= 2 and not _flat(ci["sd"], ci["mean"]):
+        r = stats.ttest_1samp(d, 0.0)
+        p, t = float(r.pvalue), float(r.statistic)
+    return {"test": "paired t", "unit": unit, "n": n, "diff": ci["mean"], "lo": ci["lo"], "hi": ci["hi"],
+            "sd": ci["sd"], "p": p, "t": t, "df": n - 1, "direction": _direction(ci["mean"]), "level": level,
+            "mean_a": float(np.mean(a)) if n else NAN, "mean_b": float(np.mean(b)) if n else NAN}
+
+
+def welch_test(a: Sequence[float], b: Sequence[float], unit: str, level: float = 0.95) -> dict:
+    """Two-sided Welch t-test of mean(a) = mean(b) for independent groups (e.g. training seeds of two arms), with a
+    Welch–Satterthwaite interval of the difference. NaN with fewer than 2 per group or no variance in either."""
+    x, y = np.asarray(a, float), np.asarray(b, float)
+    na, nb = len(x), len(y)
+    diff = float(x.mean() - y.mean()) if na and nb else NAN
+    p = t = df = lo = hi = NAN
+    if na >= 2 and nb >= 2:
+        va, vb = x.var(ddof=1) / na, y.var(ddof=1) / nb
+        se = math.sqrt(va + vb)
+        if not _flat(se, diff):
+            df = (va + vb) ** 2 / (va**2 / (na - 1) + vb**2 / (nb - 1)) if va > 0 and vb > 0 else (nb - 1 if va == 0 else na - 1)
+            t = diff / se
+            p = float(2 * stats.t.sf(abs(t), df))
+            half = float(stats.t.ppf(0.5 + level / 2, df) * se)
+            lo, hi = diff - half, diff + half
+    return {"test": "Welch t", "unit": unit, "n": [na, nb], "diff": diff, "lo": lo, "hi": hi, "p": p, "t": t, "df": df,
+            "direction": _direction(diff), "level": level,
+            "mean_a": float(x.mean()) if na else NAN, "mean_b": float(y.mean()) if nb else NAN}
+
+
+def _newcombe_paired(a11: int, a10: int, a01: int, a00: int, level: float) -> tuple[float, float]:
+    """Newcombe's (1998) method 10 interval for a difference of paired proportions."""
+    n = a11 + a10 + a01 + a00
+    p1, p2 = (a11 + a10) / n, (a11 + a01) / n
+    w1, w2 = rate_ci(a11 + a10, n, level), rate_ci(a11 + a01, n, level)
+    den = (a11 + a10) * (a01 + a00) * (a11 + a01) * (a10 + a00)
+    phi = (a11 * a00 - a10 * a01) / math.sqrt(den) if den > 0 else 0.0
+    d = p1 - p2
+    dl = math.sqrt(max(0.0, (p1 - w1["lo"]) ** 2 - 2 * phi * (p1 - w1["lo"]) * (w2["hi"] - p2) + (w2["hi"] - p2) ** 2))
+    du = math.sqrt(max(0.0, (w1["hi"] - p1) ** 2 - 2 * phi * (w1["hi"] - p1) * (p2 - w2["lo"]) + (p2 - w2["lo"]) ** 2))
+    return max(-1.0, d - dl), min(1.0, d + du)
+
+
+def paired_rate_test(a: Sequence[int | bool], b: Sequence[int | bool], unit: str, level: float = 0.95) -> dict:
+    """The same items scored 0/1 for two models: the difference of rates with Newcombe's paired interval and
+    McNemar's exact two-sided p (a binomial test on the discordant items)."""
+    if len(a) != len(b):
+        raise ValueError(f"paired outcomes need equal lengths, got {len(a)} and {len(b)}")
+    x, y = [int(bool(v)) for v in a], [int(bool(v)) for v in b]
+    n = len(x)
+    a11 = sum(1 for u, v in zip(x, y, strict=True) if u and v)
+    a10 = sum(1 for u, v in zip(x, y, strict=True) if u and not v)
+    a01 = sum(1 for u, v in zip(x, y, strict=True) if v and not u)
+    a00 = n - a11 - a10 - a01
+    if n == 0:
+        return {"test": "McNemar exact", "unit": unit, "n": 0, "diff": NAN, "lo": NAN, "hi": NAN, "p": NAN,
+                "direction": "undetermined", "level": level, "mean_a": NAN, "mean_b": NAN, "discordant": [0, 0]}
+    diff = (a10 - a01) / n
+    lo, hi = _newcombe_paired(a11, a10, a01, a00, level)
+    p = float(stats.binomtest(a10, a10 + a01, 0.5).pvalue) if a10 + a01 else 1.0
+    return {"test": "McNemar exact", "unit": unit, "n": n, "diff": diff, "lo": lo, "hi": hi, "p": p,
+            "direction": _direction(diff), "level": level, "mean_a": sum(x) / n, "mean_b": sum(y) / n,
+            "discordant": [a10, a01]}
+
+
+def rate_diff_test(k_a: int, n_a: int, k_b: int, n_b: int, unit: str, level: float = 0.95) -> dict:
+    """Two independent rates: the difference with Newcombe's hybrid score interval and Fisher's exact two-sided p."""
+    if n_a <= 0 or n_b <= 0:
+        return {"test": "Fisher exact", "unit": unit, "n": [n_a, n_b], "diff": NAN, "lo": NAN, "hi": NAN, "p": NAN,
+                "direction": "undetermined", "level": level, "mean_a": NAN, "mean_b": NAN}
+    pa, pb = k_a / n_a, k_b / n_b
+    wa, wb = rate_ci(k_a, n_a, level), rate_ci(k_b, n_b, level)
+    d = pa - pb
+    lo = d - math.sqrt((pa - wa["lo"]) ** 2 + (wb["hi"] - pb) ** 2)
+    hi = d + math.sqrt((wa["hi"] - pa) ** 2 + (pb - wb["lo"]) ** 2)
+    p = float(stats.fisher_exact([[k_a, n_a - k_a], [k_b, n_b - k_b]]).pvalue)
+    return {"test": "Fisher exact", "unit": unit, "n": [n_a, n_b], "diff": d, "lo": lo, "hi": hi, "p": min(1.0, p),
+            "direction": _direction(d), "level": level, "mean_a": pa, "mean_b": pb}
+
+
+def welch_p(a: Sequence[float], b: Sequence[float], alternative: str = "two-sided") -> float:
+    """p-value of Welch's t-test (two-sided by default); NaN with fewer than 2 per group or no variance."""
+    x, y = np.asarray(a, float), np.asarray(b, float)
+    if len(x) < 2 or len(y) < 2 or (_flat(x.std(), x.mean()) and _flat(y.std(), y.mean())):
+        return NAN
+    return float(stats.ttest_ind(x, y, equal_var=False, alternative=alternative).pvalue)
+
+
+def paired_p(a: Sequence[float], b: Sequence[float], alternative: str = "two-sided") -> float:
+    """p-value of a paired t-test over matched units (two-sided by default); NaN with n < 2 or constant differences."""
+    d = np.asarray(a, float) - np.asarray(b, float)
+    if len(d) < 2 or _flat(d.std(), d.mean()):
+        return NAN
     return float(stats.ttest_1samp(d, 0.0, alternative=alternative).pvalue)
 
 
+def holm(pvalues: Sequence[float]) -> list[float]:
+    """Holm–Bonferroni adjusted p-values (same order as given; NaN stays NaN and does not count)."""
+    idx = [i for i, p in enumerate(pvalues) if _finite(p)]
+    m = len(idx)
+    out = [NAN] * len(pvalues)
+    running = 0.0
+    for rank, i in enumerate(sorted(idx, key=lambda j: pvalues[j])):
+        running = max(running, min(1.0, (m - rank) * pvalues[i]))
+        out[i] = running
+    return out
+
+
+def min_detectable(sd: float, n: int, alpha: float = 0.05, power: float = 0.8) -> float:
+    """The smallest true mean difference a two-sided one-sample/paired t-test over ``n`` units with per-unit
+    standard deviation ``sd`` detects with probability ``power`` (normal approximation with t quantiles)."""
+    if n < 2 or not _finite(sd):
+        return NAN
+    df = n - 1
+    return float((stats.t.ppf(1 - alpha / 2, df) + stats.t.ppf(power, df)) * sd / math.sqrt(n))
+
+
+def min_detectable_welch(sd_a: float, n_a: int, sd_b: float, n_b: int, alpha: float = 0.05, power: float = 0.8) -> float:
+    """``min_detectable`` for two independent groups (Welch)."""
+    if n_a < 2 or n_b < 2 or not (_finite(sd_a) and _finite(sd_b)):
+        return NAN
+    se = math.sqrt(sd_a**2 / n_a + sd_b**2 / n_b)
+    df = min(n_a, n_b) - 1
+    return float((stats.t.ppf(1 - alpha / 2, df) + stats.t.ppf(power, df)) * se)
+
+
+# ---- words ---------------------------------------------------------------------------------------
+
+
+def verdict(test: dict, expected: int = 1, alpha: float = 0.05, p: float | None = None) -> dict:
+    """What a two-sided test shows, relative to a hypothesised sign (``expected`` +1: a > b; −1: a < b; 0: none).
+
+    Returns ``{"result": "as hypothesised" | "opposite" | "null" | "undetermined", "significant", "words"}``; an
+    effect significant in the wrong direction is "opposite", never folded into "null". ``p`` overrides the test's
+    own p (e.g. a Holm-adjusted one).
+    """
+    p = test["p"] if p is None else p
+    if not _finite(p):
+        return {"result": "undetermined", "significant": False,
+                "words": "undetermined (too few independent units or no variance)"}
+    if p >= alpha:
+        return {"result": "null", "significant": False, "words": "no significant difference (a null result)"}
+    sign = 1 if test["diff"] > 0 else -1
+    if expected == 0:
+        return {"result": "significant", "significant": True, "words": f"significantly {test['direction']}"}
+    if sign == expected:
+        return {"result": "as hypothesised", "significant": True, "words": f"significantly {test['direction']}, as hypothesised"}
+    return {"result": "opposite", "significant": True,
+            "words": f"significantly {test['direction']}: opposite to the hypothesis (a finding, most likely a confound)"}
+
+
+def fmt_num(x: float, digits: int = 3, fmt: str = "f") -> str:
+    return f"{x:.{digits}{fmt}}" if _finite(x) else "undetermined"
+
+
 def fmt_ci(ci: dict, digits: int = 3, fmt: str = "f") -> str:
-    """``0.467 [0.426, 0.507]``; ``fmt="g"`` gives significant digits (for small probabilities)."""
-    return f"{ci['mean']:.{digits}{fmt}} [{ci['lo']:.{digits}{fmt}}, {ci['hi']:.{digits}{fmt}}]"
+    """``0.467 [0.426, 0.507]``; ``fmt="g"`` gives significant digits (for small probabilities); an undetermined
+    interval prints as ``0.467 [undetermined]``."""
+    m = fmt_num(ci["mean"], digits, fmt)
+    if not (_finite(ci.get("lo")) and _finite(ci.get("hi"))):
+        return f"{m} [undetermined]"
+    return f"{m} [{ci['lo']:.{digits}{fmt}}, {ci['hi']:.{digits}{fmt}}]"
+
+
+def fmt_p(p: float) -> str:
+    if not _finite(p):
+        return "p undetermined"
+    return f"p = {p:.2g}" if p >= 1e-4 else f"p = {p:.1e}"
+
+
+def fmt_n(test: dict) -> str:
+    n = test["n"]
+    return f"n = {n[0]} vs {n[1]}" if isinstance(n, list) else f"n = {n}"
+
+
+def fmt_test(test: dict, digits: int = 3, fmt: str = "f", p: float | None = None) -> str:
+    """``Δ +0.120 [0.050, 0.190], two-sided p = 0.003 (paired t; unit: questions, n = 50)``."""
+    d = test["diff"]
+    sign = "+" if _finite(d) and d > 0 else ""
+    ci = fmt_ci({"mean": d, "lo": test["lo"], "hi": test["hi"]}, digits, fmt)
+    pp = test["p"] if p is None else p
+    label = "Holm-adjusted two-sided" if p is not None else "two-sided"
+    ptxt = fmt_p(pp).replace("p ", f"{label} p ", 1) if _finite(pp) else "p undetermined"
+    return f"Δ {sign}{ci}, {ptxt} ({test['test']}; unit: {test['unit']}, {fmt_n(test)})"

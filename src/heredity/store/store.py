@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import inspect
 import json
 import os
 import platform
@@ -33,6 +34,7 @@ from sqlalchemy.orm import Session
 
 from heredity.errors import HeredityError
 from heredity.store.db import ArtifactRow, Base, StepRow, add_missing_columns, make_engine
+from heredity.store.ops import op_version
 
 KIND_PREFIX = {"model": "m", "adapter": "a", "dataset": "d", "report": "r", "tokenizer": "t"}
 ID_RE = re.compile(r"^[madrt]-[0-9a-f]{16}$")
@@ -64,9 +66,120 @@ def canonical(obj: Any) -> str:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
 
 
-def step_key(op: str, config: dict, inputs: Iterable[str], seed: int | None) -> str:
-    payload = canonical({"op": op, "config": config, "inputs": list(inputs), "seed": seed})
+def step_key(op: str, config: dict, inputs: Iterable[str], seed: int | None, version: int | None = None) -> str:
+    """sha256 of (op, its semantic version, canonical config, ordered input ids, seed): everything that can change
+    a step's output. ``version`` defaults to the op's entry in ``heredity.store.ops``."""
+    v = op_version(op) if version is None else version
+    payload = canonical({"op": op, "version": v, "config": config, "inputs": list(inputs), "seed": seed})
     return hashlib.sha256(payload.encode()).hexdigest()
+
+
+# ---- the key guard: a step function may only see what its key holds -----------------------------
+
+ALWAYS_ALLOWED_NAMES = frozenset({"store", "ctx", "progress", "log", "name", "self"})
+
+
+def _digest_of(value: Any) -> str | None:
+    try:
+        return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()
+    except (TypeError, ValueError):
+        return None
+
+
+def _key_index(config: dict, inputs: list[str], seed: int | None) -> tuple[set[str], dict[str, set[str]], set[str]]:
+    """(canonical JSON of every subtree of the config, {key name: canonical values}, string leaves)."""
+    subtrees: set[str] = set()
+    named: dict[str, set[str]] = {}
+    leaves: set[str] = set(inputs)
+
+    def walk(x: Any) -> None:
+        subtrees.add(canonical(x))
+        if isinstance(x, dict):
+            for k, v in x.items():
+                named.setdefault(str(k), set()).add(canonical(v))
+                walk(v)
+        elif isinstance(x, list):
+            for v in x:
+                walk(v)
+        elif isinstance(x, str):
+            leaves.add(x)
+
+    walk(config)
+    named.setdefault("seed", set()).add(canonical(seed))
+    return subtrees, named, leaves
+
+
+def check_key_covers(fn: Callable, op: str, config: dict, inputs: list[str], seed: int | None) -> None:
+    """Raise when ``fn`` can see, through its closure, a value that is not in the step key.
+
+    Allowed: the store, progress/log callbacks and the output name; None; modules, classes and module-level
+    functions (code: covered by the op version); input artifact ids (and lists/dicts of them); values equal to a
+    subtree of the config; values whose ``rows_digest`` (sha256 of sorted JSON) is in the config; scalars whose
+    variable name is a key of the config with the same value (or the seed). Nested closures are checked too.
+    """
+    subtrees, named, leaves = _key_index(config, inputs, seed)
+    seen: set[int] = set()
+
+    def ok_value(name: str, v: Any) -> bool:
+        if v is None or name in ALWAYS_ALLOWED_NAMES or isinstance(v, (Store, StepContext)):
+            return True
+        if isinstance(v, type) or inspect.ismodule(v) or inspect.isbuiltin(v):
+            return True
+        if callable(v) and not isinstance(v, (dict, list, tuple, str)):
+            if inspect.isfunction(v):
+                check_fn(v)
+                return True
+            if inspect.ismethod(v):
+                return ok_value(name, v.__self__)
+            return False
+        if isinstance(v, str) and v in inputs:
+            return True
+        if isinstance(v, (list, tuple, set)) and v and all(isinstance(x, str) and x in inputs for x in v):
+            return True
+        if isinstance(v, dict) and v and all(isinstance(x, str) and x in inputs for x in v.values()):
+            return True
+        try:
+            j = config_to_json(v) if (hasattr(v, "model_dump") or dataclasses.is_dataclass(v)) else json.loads(
+                json.dumps(v, default=_no_default))
+        except (TypeError, ValueError):
+            return False
+        c = canonical(j)
+        if isinstance(j, (dict, list)) and (c in subtrees or _digest_of(j) in leaves or _digest_of(v) in leaves):
+            return True
+        if c in named.get(name, ()):
+            return True
+        return False
+
+    def check_fn(f: Callable) -> None:
+        if id(f) in seen or not getattr(f, "__closure__", None):
+            return
+        seen.add(id(f))
+        for var, cell in zip(f.__code__.co_freevars, f.__closure__, strict=True):
+            try:
+                v = cell.cell_contents
+            except ValueError:  # an unassigned cell
+                continue
+            if not ok_value(var, v):
+                raise KeyCoverageError(
+                    f"step {op}: its function {f.__qualname__} sees {var!r} = {_short(v)}, which is not in the step key; "
+                    "put it in the step's config (or read it inside the step from an input artifact)"
+                )
+
+    check_fn(fn)
+
+
+class KeyCoverageError(AssertionError):
+    """A step function can see a value its key does not hold (a programming error, raised under
+    HEREDITY_CHECK_KEYS=1)."""
+
+
+def _no_default(o: Any) -> Any:
+    raise TypeError(f"not JSON: {type(o).__name__}")
+
+
+def _short(v: Any) -> str:
+    r = repr(v)
+    return r if len(r) <= 80 else r[:77] + "..."
 
 
 def hash_dir(path: Path) -> str:
@@ -216,6 +329,11 @@ class Store:
                 "check HEREDITY_DB_URL, or unset it to use the SQLite file in HEREDITY_HOME"
             ) from e
         self._clean_tmp()
+        # `heredity run NAME --recompute OP`: steps of these ops ignore their memoized result, and so does every
+        # step that consumes an output recomputed in this session (``_fresh``)
+        self.recompute: set[str] = set()
+        self._fresh: set[str] = set()
+        self.check_keys = os.environ.get("HEREDITY_CHECK_KEYS", "") not in ("", "0")
 
     def __repr__(self) -> str:
         return f"Store(home={str(self.home)!r}, db={redact(self.db_url)!r})"
@@ -249,8 +367,11 @@ class Store:
         cfg = config_to_json(config)
         inputs = [self.resolve_id(i) for i in inputs]
         key = step_key(op, cfg, inputs, seed)
+        if fn is not None and self.check_keys and op_version(op) is not None:  # heredity's own ops
+            check_key_covers(fn, op, cfg, inputs, seed)
+        force = fn is not None and (op in self.recompute or any(i in self._fresh for i in inputs))
         done = self.find_step(key)
-        if done and all((self.artifacts_dir / a).is_dir() for a in done.outputs.values()):
+        if not force and done and all((self.artifacts_dir / a).is_dir() for a in done.outputs.values()):
             return StepResult(key, dict(done.outputs), dict(done.metrics), cached=True)
         if fn is None:
             raise HeredityError(f"step {op} has not run yet and no function was given to run it")
@@ -264,6 +385,8 @@ class Store:
             raise
         ctx.metrics.update(metrics)
         outputs = self._commit(ctx, started)
+        if force:
+            self._fresh.update(outputs.values())
         shutil.rmtree(self.home / "scratch" / key[:24], ignore_errors=True)
         return StepResult(key, outputs, json.loads(canonical(ctx.metrics)), cached=False)
 

