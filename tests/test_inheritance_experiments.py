@@ -144,17 +144,24 @@ def test_collapse_pipeline_smoke(store):
     from heredity.engine.pretrain import PretrainConfig
     from heredity.experiments import collapse
 
-    cfg = collapse.Config(vocab_size=300, generations=2, doc_tokens=32, synthetic_tokens=2000, seed_control=False,
+    cfg = collapse.Config(vocab_size=300, generations=2, doc_tokens=32, synthetic_tokens=2000, seeds=2,
                           pretrain=PretrainConfig(hidden=32, layers=1, heads=2, intermediate=64, context=32, iters=30, lr=5e-3,
                                                   batch_size=4, warmup=2, eval_every=20, eval_batches=2, sample_tokens=4))
     out = collapse.run(store, cfg, progress=False)
     rep = json.loads((store.path(out["report"]) / "report.json").read_text())
     by = {(r["regime"], r["generation"]): r for r in rep["rows"]}
     assert set(by) == {("real", 0)} | {(g, k) for g in ("replace", "accumulate", "keep-real") for k in (1, 2)}
-    assert by[("accumulate", 2)]["train"]["docs"] > by[("accumulate", 1)]["train"]["docs"] > by[("replace", 1)]["train"]["docs"]
+    assert by[("real", 0)]["perplexity"]["mean"] < 300  # generation 0: below a uniform guess over the 300-token vocabulary
+    for s in range(2):
+        assert by[("accumulate", 2)]["train"]["docs"][s] > by[("accumulate", 1)]["train"]["docs"][s] > by[("replace", 1)]["train"]["docs"][s]
     for r in rep["rows"]:
-        assert r["perplexity"]["mean"] < 300 and r["types"] > 20  # below a uniform guess over the 300-token vocabulary
-    assert "| replace | 2 |" in out["markdown"]
+        assert r["types"]["mean"] > 20
+        assert r["seeds"] == 2 and len(set(r["ids"])) == 2  # two independent chains: two different models per cell
+        assert r["perplexity"]["lo"] < r["perplexity"]["mean"] < r["perplexity"]["hi"]  # an interval over seeds, not a point
+    rep_acc = next(c for c in rep["comparisons"] if c["a"] == "replace gen 2" and c["b"] == "accumulate gen 2")
+    assert rep_acc["unit"] == "training seeds (independent chains)" and rep_acc["n"] == 2 and rep_acc["test"] == "paired t"
+    assert "unit: training seeds (independent chains), n = 2" in rep["outcome"]
+    assert "| replace | 2 |" in out["markdown"] and "2 training seeds" in out["markdown"]
 
 
 def test_wilson_interval_known_values():

@@ -237,7 +237,7 @@ def test_insights_page_and_api_show_only_shown_clusters(tmp_path):
             (out / "report.md").write_text(markdown(report))
             plot(report, out / "map.png")
 
-        rid = store.run_step("insights", {"test": 1}, [], fn)["report"]
+        rid = store.run_step("insights", {"test": 1, "report": report}, [], fn)["report"]
         page = httpx.get(srv.url + "/insights").text
         api = httpx.get(srv.url + "/api/insights").json()
         assert api["id"] == rid and len(api["levels"][0]) == 8

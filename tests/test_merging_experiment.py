@@ -18,7 +18,7 @@ def test_tasks_are_graded_exactly_and_split_cleanly():
 
 
 def test_merging_pipeline_on_a_tiny_base(store):
-    cfg = merging.Config(base="tiny:small", train_rows=16, eval_rows=6, epochs=1, batch_size=8, curve=[0.01, 1.0],
+    cfg = merging.Config(base="tiny:small", train_rows=16, val_rows=6, eval_rows=6, epochs=1, batch_size=8, curve=[0.01, 1.0],
                          localize_steps=2, localize_examples=8, max_new_tokens=4, sample_batch=32)
     out = merging.run(store, cfg, progress=False)
     report = json.loads((store.path(out["report"]) / "report.json").read_text())

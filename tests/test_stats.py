@@ -109,7 +109,7 @@ def test_paired_rate_test_mcnemar_and_newcombe():
     assert t["p"] == pytest.approx(sps.binomtest(8, 10).pvalue)  # 0.1094
     assert t["lo"] < 0.3 < t["hi"] and t["lo"] > -1 and t["hi"] < 1
     # identical answers: diff 0, p 1, and still an interval of positive width
-    same = st.paired_rate_test([1, 0, 1, 1], [1, 0, 1, 1], "test items")
+    same = st.paired_rate_test([1, 0, 1, 0], [1, 0, 1, 0], "test items")  # identical at 0.5: Newcombe gives [0, 0]
     assert same["diff"] == 0 and same["p"] == 1.0 and same["lo"] < 0 < same["hi"]
     # all right in both: still not a point
     full = st.paired_rate_test([1] * 30, [1] * 30, "test items")

@@ -196,6 +196,8 @@ def run(
     set_: Annotated[list[str], typer.Option("--set", help="override a config field: --set key=value")] = [],
     data: Annotated[str | None, typer.Option(help="the experiment's data (e.g. an MNIST IDX directory or .npz)")] = None,
     rl: Annotated[str | None, typer.Option(help="chatgpt: the RL stage, ppo (default), grpo or dpo")] = None,
+    recompute: Annotated[list[str], typer.Option(
+        help="rerun every step of this op (repeatable) and every step downstream of it, ignoring memoized results")] = [],
     list_: Annotated[bool, typer.Option("--list", help="list experiments")] = False,
 ):
     """Run an experiment as a chain of memoized store steps; a rerun reuses finished steps.
@@ -206,6 +208,7 @@ def run(
       heredity run subliminal-digits --set seeds=50
       heredity run subliminal-digits --data ~/mnist   # real MNIST from IDX files (or mnist.npz)
       heredity run chatgpt --rl grpo --set pretrain.iters=500
+      heredity run merging --recompute eval-tasks     # re-score every model; what depends on the scores reruns too
     """
     from heredity.experiments import REGISTRY, get
 
@@ -228,8 +231,15 @@ def run(
             raise HeredityError(f"experiment {name} takes no --data")
         cfg["data"] = data
     config = mod.Config.model_validate(cfg)
+    from heredity.store.ops import OPS
+
+    unknown = [op for op in recompute if op not in OPS and not op.startswith("report-")]
+    if unknown:
+        raise HeredityError(f"--recompute {unknown[0]}: no such op; ops are {', '.join(sorted(OPS))}")
     store = _store()
-    out.print(f"[bold]{name}[/] ({preset}) on store {store.home}")
+    store.recompute = set(recompute)
+    out.print(f"[bold]{name}[/] ({preset}) on store {store.home}"
+              + (f"; recomputing {', '.join(recompute)} and what depends on it" if recompute else ""))
     report = mod.run(store, config)
     out.print_json(json.dumps({k: v for k, v in report.items() if k != "lineage_of"}, default=str))
     if report.get("lineage_of"):

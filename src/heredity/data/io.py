@@ -16,11 +16,14 @@ def import_dataset(store: Store, path: str | Path, name: str | None = None) -> s
     if not p.is_file():
         raise HeredityError(f"dataset file {p} does not exist; give a JSONL or parquet file")
     digest = hashlib.sha256(p.read_bytes()).hexdigest()
-    table = read_table(p)  # validates before anything is written
-    if table.num_rows == 0:
+    checked = read_table(p)  # validates before anything is written
+    if checked.num_rows == 0:
         raise HeredityError(f"dataset file {p} has no rows")
 
     def run(ctx):
+        if hashlib.sha256(p.read_bytes()).hexdigest() != digest:
+            raise HeredityError(f"dataset file {p} changed while it was being imported; import it again")
+        table = read_table(p)
         out = ctx.output("dataset", "dataset", name or p.stem, meta={"rows": table.num_rows, "columns": table.column_names})
         write_table(out, table)
         return {"rows": table.num_rows}

@@ -223,9 +223,9 @@ def pretrain_step(store, corpus_id: str, tokenizer_id: str, config: PretrainConf
 
     if store.get(tokenizer_id).kind != "tokenizer":
         raise HeredityError(f"{tokenizer_id} is not a tokenizer artifact")
-    shape = config.shape()
 
     def run(ctx):
+        shape = config.shape()  # derived from the config inside the step: the key holds the config
         tok = AutoTokenizer.from_pretrained(store.path(tokenizer_id))
         texts = corpus_texts(store, corpus_id)
         train_ids, val_ids = token_stream(tok, texts["train"]), token_stream(tok, texts["val"])

@@ -44,7 +44,7 @@ from heredity.evals.memorization import (
 from heredity.models import load, materialize
 from heredity.reports.card import save_card, yerr
 from heredity.reports.stats import fmt_ci, mean_ci, wilson_ci
-from heredity.store import Store
+from heredity.store import Store, read_table
 
 
 def _ft(method: str, **kw) -> FinetuneConfig:
@@ -163,13 +163,17 @@ def measure(model, tok, cans: list[dict], config: Config, progress: bool = False
     return out
 
 
-def _measure_step(store: Store, model_id: str, cans_id: str, cans: list[dict], config: Config, progress: bool) -> list[dict]:
-    cfg = {"digits": config.digits, "exact_max": config.exact_max, "skew_samples": config.skew_samples, "seed": config.seed}
+MEASURE_FIELDS = {"digits", "exact_max", "skew_samples", "seed", "sample_batch"}  # what ``measure`` reads
+
+
+def _measure_step(store: Store, model_id: str, cans_id: str, config: Config, progress: bool) -> list[dict]:
+    cfg = config.model_dump(include=MEASURE_FIELDS)
 
     def fn(ctx):
         t = time.perf_counter()
         model, tok = load(model_id, store, merge_adapter=True)
-        rows = measure(model, tok, cans, config, progress)
+        cans = read_table(store.path(cans_id)).to_pylist()
+        rows = measure(model, tok, cans, Config(**cfg), progress)
         out = ctx.output("exposure", "report", f"canary-exposure-{store.get(model_id).name}")
         (out / "canaries.json").write_text(json.dumps(rows, indent=1))
         return {"seconds": round(time.perf_counter() - t, 1), "extracted": sum(r["extracted"] for r in rows)}
@@ -196,7 +200,7 @@ def run(store: Store, config: Config, progress: bool = True) -> dict:
         models[f"{label} fine-tune"] = res["model"]
         train[f"{label} fine-tune"] = {"seconds": res.metrics.get("seconds"), "loss_first": res.metrics.get("loss_first"),
                                        "loss_last": res.metrics.get("loss_last"), "steps": res.metrics.get("optimizer_steps")}
-    measured = {label: _measure_step(store, mid, cans_id, cans, config, progress) for label, mid in models.items()}
+    measured = {label: _measure_step(store, mid, cans_id, config, progress) for label, mid in models.items()}
     report = build_report(config, models, measured, train, len(rows))
     report["seconds"] = round(time.perf_counter() - t0, 1)
 

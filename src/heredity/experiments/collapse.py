@@ -10,12 +10,14 @@ Methods, as a paper's section would list them:
    * replace: only the newest synthetic text (as much as the real corpus holds);
    * accumulate: the real text plus every earlier generation's synthetic text (data grows);
    * keep-real: the newest synthetic text, with ``real_fraction`` of it swapped for real text.
-4. Every model: perplexity on the held-out real text (all non-overlapping windows; 95% CI over windows);
-   on its own samples, distinct n-grams and how much of the real text's token-frequency tail still occurs
-   (types outside the real text's top ``1 − tail_fraction`` of mass). Control: generation 0 retrained
-   with another seed (the seed-to-seed spread of perplexity). Replace vs accumulate at the last generation:
-   a paired test over the same held-out windows (windows are neighbours in text, so the per-model
-   intervals are somewhat too narrow; the paired test is the comparison to read).
+4. Every model: perplexity on the held-out real text (mean NLL over all non-overlapping windows); on its own
+   samples, distinct n-grams and how much of the real text's token-frequency tail still occurs (types outside
+   the real text's top ``1 − tail_fraction`` of mass).
+5. Replication: the whole chain (generation 0, then every regime's generations) is run for ``seeds``
+   independent training seeds (pretraining, sampling and data mixing all seeded from it). The unit of
+   replication is the seed: every interval is a t interval over seeds, and replace vs accumulate at the last
+   generation is a two-sided paired t-test over seeds (both regimes of one seed start from the same
+   generation 0). Windows of held-out text measure one model, so they are not the unit of any test here.
 """
 
 from __future__ import annotations
@@ -32,7 +34,6 @@ from pydantic import BaseModel, Field, model_validator
 
 from heredity.data import put_rows
 from heredity.data.corpus import make_corpus
-from heredity.data.io import rows_digest
 from heredity.engine import SampleConfig, completions, sample_step
 from heredity.engine.pretrain import (
     PretrainConfig,
@@ -44,7 +45,16 @@ from heredity.engine.pretrain import (
 from heredity.evals.diversity import distinct_n, tail_stats
 from heredity.models import load
 from heredity.reports.card import save_card, yerr
-from heredity.reports.stats import mean_ci, paired_p
+from heredity.reports.stats import (
+    fmt_ci,
+    fmt_num,
+    fmt_test,
+    holm,
+    mean_ci,
+    min_detectable,
+    paired_test,
+    verdict,
+)
 from heredity.store import Store, read_table
 
 Regime = Literal["replace", "accumulate", "keep-real"]
@@ -64,7 +74,7 @@ class Config(BaseModel):
     temperature: float = Field(1.0, gt=0)
     ngrams: list[int] = Field(default_factory=lambda: [2, 3, 4])
     tail_fraction: float = Field(0.1, gt=0, lt=1)
-    seed_control: bool = Field(True, description="also train generation 0 with seed + 1")
+    seeds: int = Field(3, ge=1, description="independent chains (training seeds): the unit of replication")
     sample_batch: int = Field(64, ge=1)
     seed: int = 0
 
@@ -78,8 +88,10 @@ class Config(BaseModel):
     @classmethod
     def presets(cls) -> dict[str, Config]:
         return {
-            "quick": cls(),
-            "paper": cls(vocab_size=8192, generations=10, doc_tokens=500,
+            # 3 seeds × (1 + 3 regimes × 3 generations) models of 600 iterations fit the 30-minute quick budget
+            "quick": cls(generations=3, seeds=3,
+                         pretrain=PretrainConfig(iters=600, warmup=50, eval_every=600)),
+            "paper": cls(vocab_size=8192, generations=10, doc_tokens=500, seeds=5,
                          pretrain=PretrainConfig(hidden=512, layers=8, heads=8, intermediate=1408, context=256, max_positions=512,
                                                  iters=5000, batch_size=64, lr=6e-4, min_lr=6e-5, warmup=200, eval_every=5000,
                                                  eval_batches=50),
@@ -124,7 +136,7 @@ def training_docs(regime: Regime, real: list[str], synthetic: list[list[str]], r
     return [*synthetic[-1][:keep_synth], *pieces]
 
 
-def generate(store: Store, model_id: str, tokens: int, config: Config, progress: bool) -> list[str]:
+def generate(store: Store, model_id: str, tokens: int, config: Config, progress: bool, seed: int | None = None) -> list[str]:
     """Documents sampled from a model (temperature ``config.temperature``, from the separator, each ending where
     the model ends a document or at ``doc_tokens``) until they hold ``tokens`` tokens; the sampling steps' ids."""
     ids, got = [], 0
@@ -134,7 +146,8 @@ def generate(store: Store, model_id: str, tokens: int, config: Config, progress:
         n = max(1, math.ceil((tokens - got) / config.doc_tokens * (1.0 if rnd == 0 else 1.5)))
         did = sample_step(store, model_id, [SEPARATOR],
                           SampleConfig(chat=False, n=n, temperature=config.temperature, max_new_tokens=config.doc_tokens,
-                                       seed=config.seed + rnd, batch_size=config.sample_batch, stop=[SEPARATOR]),
+                                       seed=(config.seed if seed is None else seed) * 1000 + rnd,
+                                       batch_size=config.sample_batch, stop=[SEPARATOR]),
                           name=f"samples-{store.get(model_id).name}", progress=progress)
         got += sum(read_table(store.path(did)).column("n_tokens").to_pylist())
         ids.append(did)
@@ -165,16 +178,17 @@ def window_nll(model, ids: torch.Tensor, context: int, batch: int = 32) -> list[
 
 
 def _measure(store: Store, model_id: str, corpus_id: str, samples: list[str], config: Config) -> dict:
-    cfg = {"context": config.pretrain.context, "ngrams": config.ngrams, "tail_fraction": config.tail_fraction}
+    context, ngrams, tail_fraction = config.pretrain.context, config.ngrams, config.tail_fraction
+    cfg = {"context": context, "ngrams": ngrams, "tail_fraction": tail_fraction}
 
     def fn(ctx):
         model, tok = load(model_id, store)
         texts = corpus_texts(store, corpus_id)
-        nll = window_nll(model, token_stream(tok, texts["val"]), config.pretrain.context)
+        nll = window_nll(model, token_stream(tok, texts["val"]), context)
         real = Counter(token_stream(tok, texts["train"]).tolist())
         docs = [tok(t, add_special_tokens=False)["input_ids"] for t in _texts(store, samples)]
-        tail = tail_stats([t for d in docs for t in d], real, config.tail_fraction)
-        res = {"nll": nll, "distinct": {str(n): distinct_n(docs, n) for n in config.ngrams}, "tail": tail,
+        tail = tail_stats([t for d in docs for t in d], real, tail_fraction)
+        res = {"nll": nll, "distinct": {str(n): distinct_n(docs, n) for n in ngrams}, "tail": tail,
                "sample_tokens": sum(map(len, docs))}
         out = ctx.output("metrics", "report", f"collapse-metrics-{store.get(model_id).name}")
         (out / "metrics.json").write_text(json.dumps(res))
@@ -190,44 +204,41 @@ def run(store: Store, config: Config, progress: bool = True) -> dict:
     tok_id = train_tokenizer_step(store, corpus, config.vocab_size, progress)
     texts = corpus_texts(store, corpus)
     real_chunks = chunks(texts["train"], 4 * config.doc_tokens)  # ≈ one sampled document's length in characters
-    p = config.pretrain.model_copy(update={"seed": config.seed})
-    g0 = pretrain_step(store, corpus, tok_id, p, name="collapse-gen0", progress=progress)
-    real_tokens = g0.metrics["corpus_train_tokens"]
-    budget = config.synthetic_tokens or real_tokens
-
-    models: dict[tuple[str, int], str] = {("real", 0): g0["model"]}
-    train_info: dict[tuple[str, int], dict] = {("real", 0): {"docs": len(texts["train"]), "tokens": real_tokens,
-                                                             "seconds": g0.metrics.get("seconds")}}
-    if config.seed_control:
-        c = pretrain_step(store, corpus, tok_id, p.model_copy(update={"seed": config.seed + 1}), name="collapse-gen0-seed1",
-                          progress=progress)
-        models[("seed control", 0)] = c["model"]
-        train_info[("seed control", 0)] = {"docs": len(texts["train"]), "tokens": real_tokens, "seconds": c.metrics.get("seconds")}
+    models: dict[tuple[str, int, int], str] = {}  # (regime, generation, seed index) -> model id
+    train_info: dict[tuple[str, int, int], dict] = {}
     samples: dict[str, list[str]] = {}
-    for regime in config.regimes:
-        prev, synth = g0["model"], []
-        for k in range(1, config.generations + 1):
-            samples[prev] = samples.get(prev) or generate(store, prev, budget, config, progress)
-            synth.append(_texts(store, samples[prev]))
-            docs = training_docs(regime, texts["train"] if regime == "accumulate" else real_chunks, synth,
-                                 config.real_fraction, config.seed + k)
-            rows = [{"text": d, "split": "train"} for d in docs] + [{"text": d, "split": "val"} for d in texts["val"]]
-            cid = put_rows(store, rows, f"collapse-{regime}-gen{k}", op="make-collapse-corpus",
-                           config={"regime": regime, "generation": k, "real_fraction": config.real_fraction,
-                                   "rows_sha256": rows_digest(rows)}, inputs=[corpus, *samples[prev]])
-            res = pretrain_step(store, cid, tok_id, p, name=f"collapse-{regime}-gen{k}", progress=progress)
-            prev = models[(regime, k)] = res["model"]
-            train_info[(regime, k)] = {"docs": len(docs), "tokens": res.metrics.get("corpus_train_tokens"),
-                                       "seconds": res.metrics.get("seconds")}
-    for mid in models.values():
-        samples[mid] = samples.get(mid) or generate(store, mid, budget, config, progress)
+    budget = None
+    for s_i in range(config.seeds):
+        seed = config.seed + s_i
+        p = config.pretrain.model_copy(update={"seed": seed})
+        g0 = pretrain_step(store, corpus, tok_id, p, name=f"collapse-gen0-s{s_i}", progress=progress)
+        real_tokens = g0.metrics["corpus_train_tokens"]
+        budget = config.synthetic_tokens or real_tokens
+        models[("real", 0, s_i)] = g0["model"]
+        train_info[("real", 0, s_i)] = {"docs": len(texts["train"]), "tokens": real_tokens, "seconds": g0.metrics.get("seconds")}
+        for regime in config.regimes:
+            prev, synth = g0["model"], []
+            for k in range(1, config.generations + 1):
+                samples[prev] = samples.get(prev) or generate(store, prev, budget, config, progress, seed)
+                synth.append(_texts(store, samples[prev]))
+                docs = training_docs(regime, texts["train"] if regime == "accumulate" else real_chunks, synth,
+                                     config.real_fraction, seed * 1000 + k)
+                rows = [{"text": d, "split": "train"} for d in docs] + [{"text": d, "split": "val"} for d in texts["val"]]
+                cid = put_rows(store, rows, f"collapse-{regime}-gen{k}-s{s_i}", op="make-collapse-corpus",
+                               config={"regime": regime, "generation": k, "real_fraction": config.real_fraction, "seed": seed},
+                               inputs=[corpus, *samples[prev]])
+                res = pretrain_step(store, cid, tok_id, p, name=f"collapse-{regime}-gen{k}-s{s_i}", progress=progress)
+                prev = models[(regime, k, s_i)] = res["model"]
+                train_info[(regime, k, s_i)] = {"docs": len(docs), "tokens": res.metrics.get("corpus_train_tokens"),
+                                                "seconds": res.metrics.get("seconds")}
+    for (_, _, s_i), mid in models.items():
+        samples[mid] = samples.get(mid) or generate(store, mid, budget, config, progress, config.seed + s_i)
     metrics = {key: _measure(store, mid, corpus, samples[mid], config) for key, mid in models.items()}
-    real_docs = [t for t in texts["train"]]
-    report = build_report(config, models, metrics, train_info, real_docs, tok_id, store)
+    report = build_report(config, models, metrics, train_info, list(texts["train"]), tok_id, store)
     report["seconds"] = round(time.perf_counter() - t0, 1)
 
     card = save_card(store, "collapse", report, list(models.values()), markdown, plot)
-    return {**card, "lineage_of": models[(config.regimes[0], config.generations)]}
+    return {**card, "lineage_of": models[(config.regimes[0], config.generations, 0)]}
 
 
 def build_report(config: Config, models: dict, metrics: dict, train_info: dict, real_docs: list[str], tok_id: str,
@@ -240,72 +251,113 @@ def build_report(config: Config, models: dict, metrics: dict, train_info: dict, 
     real_chunks = [flat[i : i + config.doc_tokens] for i in range(0, len(flat), config.doc_tokens)]
     reference = {"distinct": {str(n): distinct_n(real_chunks, n) for n in config.ngrams},
                  "tail": tail_stats(flat, Counter(flat), config.tail_fraction)}
+    seeds = sorted({s for _, _, s in models})
+    cells = sorted({(r, k) for r, k, _ in models}, key=lambda x: (x[1] > 0, config.regimes.index(x[0]) if x[0] in config.regimes else -1, x[1]))
+
+    def per_seed(regime, k, f):
+        return [f(metrics[(regime, k, s)]) for s in seeds if (regime, k, s) in metrics]
+
+    def mean_nll(m):
+        return sum(m["nll"]) / len(m["nll"])
+
     rows = []
-    for (regime, k), mid in models.items():
-        m = metrics[(regime, k)]
-        nll = mean_ci(m["nll"])
-        rows.append({"regime": regime, "generation": k, "id": mid, "nll": nll,
-                     "perplexity": {"mean": math.exp(nll["mean"]), "lo": math.exp(nll["lo"]), "hi": math.exp(nll["hi"])},
-                     "distinct": m["distinct"], "tail_coverage": m["tail"]["tail_coverage"], "types": m["tail"]["types"],
-                     "entropy": m["tail"]["entropy"], "train": train_info[(regime, k)]})
+    for regime, k in cells:
+        nll = mean_ci(per_seed(regime, k, mean_nll))
+        rows.append({
+            "regime": regime, "generation": k, "ids": [models[(regime, k, s)] for s in seeds],
+            "seeds": len(seeds), "nll": nll,
+            "perplexity": {"mean": math.exp(nll["mean"]), "lo": math.exp(nll["lo"]), "hi": math.exp(nll["hi"])},
+            "perplexity_per_seed": [round(math.exp(x), 3) for x in per_seed(regime, k, mean_nll)],
+            "distinct": {str(n): mean_ci(per_seed(regime, k, lambda m, n=n: m["distinct"][str(n)]), bounds=(0, 1))
+                         for n in config.ngrams},
+            "tail_coverage": mean_ci(per_seed(regime, k, lambda m: m["tail"]["tail_coverage"]), bounds=(0, 1),
+                                     allow_binary=True),
+            "types": mean_ci(per_seed(regime, k, lambda m: m["tail"]["types"])),
+            "train": {"docs": [train_info[(regime, k, s)]["docs"] for s in seeds],
+                      "tokens": [train_info[(regime, k, s)]["tokens"] for s in seeds]},
+        })
     by = {(r["regime"], r["generation"]): r for r in rows}
     g0 = by[("real", 0)]
     last = config.generations
+    unit = "training seeds (independent chains)"
     parts = []
     for regime in config.regimes:
         r = by[(regime, last)]
-        parts.append(f"{regime}: perplexity {g0['perplexity']['mean']:.1f} → {r['perplexity']['mean']:.1f} "
-                     f"[{r['perplexity']['lo']:.1f}, {r['perplexity']['hi']:.1f}] at generation {last}, tail coverage "
-                     f"{g0['tail_coverage']:.2f} → {r['tail_coverage']:.2f}")
-    outcome = "; ".join(parts)
-    if ("seed control", 0) in by:
-        outcome += f" (generation 0 with another seed: perplexity {by[('seed control', 0)]['perplexity']['mean']:.1f})"
+        pp = r["perplexity"]
+        parts.append(f"{regime}: perplexity {g0['perplexity']['mean']:.1f} → {fmt_ci(pp, 1)} at generation {last}")
+    outcome = "; ".join(parts) + f" (mean over {len(seeds)} seeds, 95% t interval over seeds)"
     comparisons = []
+    family = []
+    for regime in config.regimes:  # each regime's last generation vs generation 0, paired by seed
+        t = paired_test(per_seed(regime, last, mean_nll), per_seed("real", 0, mean_nll), unit)
+        comparisons.append({"a": f"{regime} gen {last}", "b": "real gen 0", "metric": "mean NLL (nats)", **t})
+        family.append(comparisons[-1])
     if "replace" in config.regimes and "accumulate" in config.regimes:
-        rep, acc = metrics[("replace", last)]["nll"], metrics[("accumulate", last)]["nll"]
-        p_rep_worse, p_acc_worse = paired_p(rep, acc, "greater"), paired_p(acc, rep, "greater")
-        comparisons.append({"a": "replace", "b": "accumulate", "generation": last, "p_a_worse": p_rep_worse,
-                            "p_b_worse": p_acc_worse, "windows": len(rep)})
-        if p_rep_worse < 0.05:
-            outcome += (f". At generation {last} replace is worse than accumulate on held-out real text (paired over windows, "
-                        f"p = {p_rep_worse:.2g}), as published")
-        elif p_acc_worse < 0.05:
-            outcome += (f". At generation {last} accumulate is worse than replace (paired over windows, p = {p_acc_worse:.2g}), "
-                        "against the published result")
+        t = paired_test(per_seed("replace", last, mean_nll), per_seed("accumulate", last, mean_nll), unit)
+        comparisons.append({"a": f"replace gen {last}", "b": f"accumulate gen {last}", "metric": "mean NLL (nats)", **t})
+        family.append(comparisons[-1])
+        v = verdict(t, expected=+1, p=None)
+        adj = holm([c["p"] for c in family])
+        for c, pa in zip(family, adj, strict=True):
+            c["p_holm"] = pa
+        v = verdict(t, expected=+1, p=comparisons[-1]["p_holm"])
+        said = fmt_test(t, 3, "f", p=comparisons[-1]["p_holm"])
+        if v["result"] == "as hypothesised":
+            outcome += f". At generation {last} replace is worse than accumulate on held-out real text ({said}), as published"
+        elif v["result"] == "opposite":
+            outcome += f". At generation {last} accumulate is worse than replace ({said}), against the published result"
+        elif v["result"] == "null":
+            mde = min_detectable(t["sd"], t["n"])
+            outcome += (f". Replace and accumulate are not separated at generation {last} ({said}; with {t['n']} seeds "
+                        f"the test had 80% power only for |Δ NLL| ≥ {mde:.2g})")
         else:
-            outcome += f". Replace and accumulate are not separated at generation {last} (paired over windows, p ≥ 0.05)"
+            outcome += f". Replace vs accumulate at generation {last} is undetermined ({said}): run with seeds ≥ 2"
+    else:
+        for c, pa in zip(family, holm([c["p"] for c in family]), strict=True):
+            c["p_holm"] = pa
     return {"config": config.model_dump(), "rows": rows, "reference": reference, "comparisons": comparisons,
-            "outcome": outcome}
+            "unit": unit, "outcome": outcome}
 
 
 def markdown(report: dict) -> str:
     cfg = report["config"]
     p = cfg["pretrain"]
     ng = cfg["ngrams"]
+    n_seeds = report["rows"][0]["seeds"]
     lines = [
         "# collapse", "",
         f"Every generation: a {p['layers']}-layer, {p['hidden']}-wide Llama trained from scratch for {p['iters']} iterations "
         f"(batch {p['batch_size']} × {p['context']} tokens). Generation k+1 trains on documents (up to {cfg['doc_tokens']} tokens, "
         f"ending where the model ends them) sampled from generation k at temperature {cfg['temperature']}, as many tokens as the "
         "real training text: replace (only them), accumulate (real + all earlier synthetic "
-        f"text), keep-real ({cfg['real_fraction']:.0%} real). Perplexity on held-out real text [95% CI over windows]; distinct "
-        f"n-grams and tail coverage (share of the real text's rarest tokens, the last {cfg['tail_fraction']:.0%} of its mass, "
-        "that still occur) on the model's own samples.", "",
-        "| regime | gen | train tokens | val perplexity | " + " | ".join(f"distinct-{n}" for n in ng) + " | token types | tail coverage |",
-        "|---|---|---|---|" + "---|" * len(ng) + "---|---|",
+        f"text), keep-real ({cfg['real_fraction']:.0%} real). Perplexity on held-out real text (exp of the mean window NLL); "
+        f"distinct n-grams and tail coverage (share of the real text's rarest tokens, the last {cfg['tail_fraction']:.0%} of "
+        "its mass, that still occur) on the model's own samples.", "",
+        f"Unit of replication: **{n_seeds} training seeds**, each an independent chain (generation 0 and every regime's "
+        "generations retrained and resampled from that seed). Every value is the mean over seeds [95% t interval over seeds]; "
+        "held-out windows measure one model and are not the unit of any test.", "",
+        "| regime | gen | train tokens (seed 0) | val perplexity | per seed | " + " | ".join(f"distinct-{n}" for n in ng)
+        + " | token types | tail coverage |",
+        "|---|---|---|---|---|" + "---|" * len(ng) + "---|---|",
     ]
     ref = report["reference"]
-    lines.append("| real text (reference) | — | — | — | " + " | ".join(f"{ref['distinct'][str(n)]:.3f}" for n in ng)
+    lines.append("| real text (reference) | — | — | — | — | " + " | ".join(f"{ref['distinct'][str(n)]:.3f}" for n in ng)
                  + f" | {ref['tail']['types']} | 1.00 |")
     for r in report["rows"]:
         pp = r["perplexity"]
-        lines.append(f"| {r['regime']} | {r['generation']} | {r['train']['tokens']:,} | {pp['mean']:.2f} [{pp['lo']:.2f}, {pp['hi']:.2f}] | "
-                     + " | ".join(f"{r['distinct'][str(n)]:.3f}" for n in ng) + f" | {r['types']} | {r['tail_coverage']:.2f} |")
-    for c in report.get("comparisons", []):
-        lines += ["", f"Generation {c['generation']}, paired over the same {c['windows']} held-out windows: P({c['a']} worse than "
-                      f"{c['b']}) one-sided p = {c['p_a_worse']:.3g}; P({c['b']} worse than {c['a']}) p = {c['p_b_worse']:.3g}."]
+        lines.append(f"| {r['regime']} | {r['generation']} | {r['train']['tokens'][0]:,} | {fmt_ci(pp, 2)} | "
+                     + ", ".join(f"{x:.1f}" for x in r["perplexity_per_seed"]) + " | "
+                     + " | ".join(fmt_ci(r["distinct"][str(n)], 3) for n in ng)
+                     + f" | {r['types']['mean']:.0f} | {fmt_ci(r['tail_coverage'], 2)} |")
+    if report.get("comparisons"):
+        lines += ["", "## Tests (two-sided, paired by seed; Holm over the family)", "",
+                  "| a | b | Δ mean NLL (nats) [95% CI] | p | p Holm | unit, n |", "|---|---|---|---|---|---|"]
+        for c in report["comparisons"]:
+            lines.append(f"| {c['a']} | {c['b']} | {fmt_ci({'mean': c['diff'], 'lo': c['lo'], 'hi': c['hi']}, 3)} | "
+                         f"{fmt_num(c['p'], 3, 'g')} | {fmt_num(c.get('p_holm'), 3, 'g')} | {c['unit']}, n = {c['n']} |")
     lines += ["", f"**Outcome.** {report['outcome']}.", "", f"Run time {report.get('seconds', 0):.0f} s.", "",
-              "## Artifacts", ""] + [f"- {r['regime']} generation {r['generation']}: `{r['id']}`" for r in report["rows"]] + [""]
+              "## Artifacts", ""] + [f"- {r['regime']} generation {r['generation']}: " + ", ".join(f"`{i}`" for i in r["ids"])
+                                     for r in report["rows"]] + [""]
     return "\n".join(lines)
 
 
@@ -323,14 +375,9 @@ def plot(report: dict, path) -> None:
     for i, regime in enumerate(cfg["regimes"]):
         rs = [g0] + sorted((r for r in rows if r["regime"] == regime), key=lambda r: r["generation"])
         x = [r["generation"] for r in rs]
-        pp = [r["perplexity"] for r in rs]
-        axes[0].errorbar(x, [q["mean"] for q in pp], yerr=yerr(pp),
-                         marker="o", capsize=3, color=f"C{i}", label=regime)
-        axes[1].plot(x, [r["distinct"][n] for r in rs], "o-", color=f"C{i}", label=regime)
-        axes[2].plot(x, [r["tail_coverage"] for r in rs], "o-", color=f"C{i}", label=regime)
-    ctrl = next((r for r in rows if r["regime"] == "seed control"), None)
-    if ctrl:
-        axes[0].axhline(ctrl["perplexity"]["mean"], ls=":", color="gray", label="gen 0, other seed")
+        for ax, cis in ((axes[0], [r["perplexity"] for r in rs]), (axes[1], [r["distinct"][n] for r in rs]),
+                        (axes[2], [r["tail_coverage"] for r in rs])):
+            ax.errorbar(x, [q["mean"] for q in cis], yerr=yerr(cis), marker="o", capsize=3, color=f"C{i}", label=regime)
     axes[1].axhline(report["reference"]["distinct"][n], ls="--", color="gray", label="real text")
     axes[0].set_ylabel("perplexity on held-out real text")
     axes[1].set_ylabel(f"distinct-{n} of the model's samples")
@@ -340,6 +387,7 @@ def plot(report: dict, path) -> None:
         ax.set_xlabel("generation")
         ax.set_title(title)
         ax.legend(fontsize=8)
+    fig.suptitle(f"collapse: mean and 95% CI over {g0['seeds']} training seeds")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -1,17 +1,26 @@
 """Merging: can one model hold four skills by merging four fine-tunes, and does ≈1% of each task vector suffice?
 
 Methods, as a paper's section would list them:
-1. Data: four generated, exactly graded tasks (``data.tasks``: two-digit addition,
-   sentiment of templated reviews, numbers in words; reversing letters given one by one), train and eval
-   rows from disjoint inputs.
+1. Data: four generated, exactly graded tasks (``data.tasks``: two-digit addition, sentiment of templated
+   reviews, numbers in words, reversing random letter strings given one by one). Every task has three
+   disjoint parts — train, val, test — and its rows are distinct (drawn without replacement); a sentiment
+   review in val or test shares neither its adjective (which alone decides the label) nor its template nor
+   its subject with training. ``train_rows`` per task (at most a task's train part: words has 599),
+   ``val_rows`` and ``eval_rows`` (test) per task.
 2. Fine-tune the base once per task (LoRA, completion-only loss) and once on all four together (the
-   multi-task upper reference).
+   multi-task upper reference). One training seed: every comparison below is between these trained models.
 3. Merge the four task models with every method: linear average, task arithmetic, TIES, DARE (linear and
    TIES), Localize-and-Stitch with learned masks and dataless masks, and a sparsity curve of dataless
    Localize-and-Stitch (fraction of each task vector kept).
-4. Evaluate every model on every task (greedy decoding, exact match), report accuracy with 95% intervals,
-   normalized accuracy (merged ÷ that task's own fine-tune) and, for Localize-and-Stitch, the kept fraction
-   and mask overlap; plot the sparsity curve.
+4. Evaluate every model on the val and the test part of every task (greedy decoding, stop at a newline,
+   exact match of the first line). Per-task accuracy with a 95% Wilson interval over items; mean accuracy
+   over tasks with a Wilson interval on the pooled count (every task has the same n, so the pooled rate is
+   the mean over tasks); normalized accuracy (merged ÷ that task's own fine-tune on the same part) is a
+   point estimate. For Localize-and-Stitch, the kept fraction and mask overlap; plot the sparsity curve.
+5. Selection: the best merge is the one with the highest mean normalized accuracy on VAL (ties: val mean
+   accuracy). Its TEST numbers are reported with intervals, and it is compared on test with the runner-up
+   on val, as is dataless Localize-and-Stitch at ``sparsity`` with keeping everything: exact McNemar tests
+   with Newcombe intervals over the pooled test items (one trained model per arm), Holm-adjusted over the two.
 """
 
 from __future__ import annotations
@@ -23,20 +32,23 @@ from pydantic import BaseModel, Field
 
 from heredity.data import put_rows
 from heredity.data.io import rows_digest
-from heredity.data.tasks import TASKS, grade
+from heredity.data.tasks import GRADER, TASKS, capacity, grade
 from heredity.engine import FinetuneConfig, SampleConfig, finetune, sample
 from heredity.merge import MergeConfig, merge
 from heredity.models import load, materialize
 from heredity.reports.card import save_card
-from heredity.reports.stats import fmt_ci, mean_ci
-from heredity.store import Store
+from heredity.reports.stats import fmt_ci, fmt_test, holm, paired_rate_test, rates_ci, verdict
+from heredity.store import Store, read_table
+
+UNIT = "test items, all tasks pooled; one trained model per arm (one training seed)"
 
 
 class Config(BaseModel):
     base: str = "smollm2-135m-instruct"
     tasks: list[str] = Field(default_factory=lambda: list(TASKS))
-    train_rows: int = Field(256, ge=8)
-    eval_rows: int = Field(60, ge=4)
+    train_rows: int = Field(256, ge=8, description="per task; at most the task's train part (words: 599)")
+    val_rows: int = Field(40, ge=4, description="validation rows per task: choose the best merge")
+    eval_rows: int = Field(60, ge=4, description="test rows per task: the reported numbers")
     epochs: float = Field(2.0, gt=0)
     lr: float = Field(1e-3, gt=0)
     lora_r: int = Field(8, ge=1)
@@ -58,63 +70,67 @@ class Config(BaseModel):
     def presets(cls) -> dict[str, Config]:
         return {
             "quick": cls(),
-            "paper": cls(train_rows=2000, eval_rows=500, epochs=3, lr=5e-4, localize_steps=100, localize_examples=64,
-                         sample_batch=256, batch_size=32),
+            # val and test: 200 rows per task, all that words and sentiment hold in each part
+            "paper": cls(train_rows=2000, val_rows=200, eval_rows=200, epochs=3, lr=5e-4, localize_steps=100,
+                         localize_examples=64, sample_batch=256, batch_size=32),
         }
 
 
-
-def _eval(store: Store, model_id: str, evals: dict[str, str], rows: dict[str, list[dict]], config: Config,
-          progress: bool) -> dict:
-    """Per-item correctness of ``model_id`` on every task, as a stored report (memoized)."""
-    cfg = {"tasks": sorted(evals), "max_new_tokens": config.max_new_tokens, "decoding": "greedy"}
+def _eval(store: Store, model_id: str, data: dict[str, dict[str, str]], sample_cfg: dict, progress: bool) -> dict:
+    """Per-item correctness (0/1) of ``model_id`` on every part and task of ``data`` (part → task → dataset id),
+    as a stored report (memoized). The rows are read from the dataset artifacts, which are inputs of the step;
+    everything else that changes the outcome (sampling config, stop rule, batch size, grader) is in the key."""
+    keys = [f"{part}/{task}" for part in sorted(data) for task in sorted(data[part])]
+    ids = [data[k.split("/")[0]][k.split("/")[1]] for k in keys]
+    cfg = {"datasets": keys, "sample": sample_cfg, "decoding": "greedy", "grader": GRADER}
 
     def fn(ctx):
-        model, tok = load(model_id, store, merge_adapter=True)
+        mid, *dids = ctx.inputs
+        model, tok = load(mid, ctx.store, merge_adapter=True)
         t = time.perf_counter()
-        order = [(task, r) for task in sorted(rows) for r in rows[task]]
-        comps = sample(model, tok, [r["prompt"] for _, r in order],
-                       SampleConfig(temperature=0, max_new_tokens=config.max_new_tokens, batch_size=config.sample_batch,
-                                    stop=["\n"]), progress=progress)
-        scores: dict[str, list[int]] = {task: [] for task in rows}
-        answers: dict[str, list[str]] = {task: [] for task in rows}
-        for (task, r), c in zip(order, comps, strict=True):
-            scores[task].append(int(grade(c.text, r["completion"])))
-            answers[task].append(c.text)
-        out = ctx.output("scores", "report", f"task-scores-{store.get(model_id).name}")
+        rows = {k: read_table(ctx.store.path(d)).to_pylist() for k, d in zip(cfg["datasets"], dids, strict=True)}
+        order = [(k, r) for k in cfg["datasets"] for r in rows[k]]
+        comps = sample(model, tok, [r["prompt"] for _, r in order], SampleConfig(**cfg["sample"]), progress=progress)
+        scores: dict[str, dict[str, list[int]]] = {}
+        answers: dict[str, dict[str, list[str]]] = {}
+        for (k, r), c in zip(order, comps, strict=True):
+            part, task = k.split("/")
+            scores.setdefault(part, {}).setdefault(task, []).append(int(grade(c.text, r["completion"])))
+            answers.setdefault(part, {}).setdefault(task, []).append(c.text)
+        out = ctx.output("scores", "report", f"task-scores-{ctx.store.get(mid).name}")
         (out / "scores.json").write_text(json.dumps({"scores": scores, "answers": answers}))
-        return {"seconds": round(time.perf_counter() - t, 1), **{f"acc_{k}": sum(v) / len(v) for k, v in scores.items()}}
+        return {"seconds": round(time.perf_counter() - t, 1),
+                **{f"acc_{p}_{k}": sum(v) / len(v) for p, d in scores.items() for k, v in d.items()}}
 
-    rid = store.run_step("eval-tasks", cfg, [model_id, *[evals[k] for k in sorted(evals)]], fn)["scores"]
+    rid = store.run_step("eval-tasks", cfg, [model_id, *ids], fn)["scores"]
     return json.loads((store.path(rid) / "scores.json").read_text())["scores"]
 
 
 def run(store: Store, config: Config, progress: bool = True) -> dict:
     t0 = time.perf_counter()
     base = materialize(config.base, store)
-    train, evals, eval_rows = {}, {}, {}
+    n_train = {t: min(config.train_rows, capacity(t, "train")) for t in config.tasks}
+    train_rows = {t: TASKS[t](n_train[t], "train", config.seed) for t in config.tasks}  # raises if a part is too small
+    parts = {"val": {t: TASKS[t](config.val_rows, "val", config.seed + 2) for t in config.tasks},
+             "test": {t: TASKS[t](config.eval_rows, "test", config.seed + 1) for t in config.tasks}}
 
     def task_data(rows: list[dict], name: str, **how) -> str:  # keyed on the rows themselves: a new generator, new data
         return put_rows(store, rows, name, op="make-task-data", config={**how, "rows_sha256": rows_digest(rows)})
 
-    for task in config.tasks:
-        tr = TASKS[task](config.train_rows, "train", config.seed)
-        ev = TASKS[task](config.eval_rows, "eval", config.seed + 1)
-        train[task] = task_data(tr, f"{task}-train", task=task, part="train")
-        evals[task] = task_data(ev, f"{task}-eval", task=task, part="eval")
-        eval_rows[task] = ev
+    train = {t: task_data(train_rows[t], f"{t}-train", task=t, part="train") for t in config.tasks}
+    data = {p: {t: task_data(rows, f"{t}-{p}", task=t, part=p) for t, rows in by.items()} for p, by in parts.items()}
     ft = FinetuneConfig(method="lora", epochs=config.epochs, lr=config.lr, lora_r=config.lora_r, lora_alpha=config.lora_alpha,
                         batch_size=config.batch_size, seed=config.seed)
     tuned = {task: finetune(store, base, train[task], ft, progress=progress)["model"] for task in config.tasks}
-    all_rows = [r for task in config.tasks for r in TASKS[task](config.train_rows, "train", config.seed)]
+    all_rows = [r for task in config.tasks for r in train_rows[task]]
     multi_data = put_rows(store, all_rows, "all-tasks-train", op="make-task-data",
                           config={"tasks": config.tasks, "part": "train", "rows_sha256": rows_digest(all_rows)},
                           inputs=[train[t] for t in config.tasks])
     multi = finetune(store, base, multi_data, ft, progress=progress)["model"]
 
-    def cfg(method: str, name: str, params: dict | None = None, localize: dict | None = None, data: bool = False):
+    def cfg(method: str, name: str, params: dict | None = None, localize: dict | None = None, with_data: bool = False):
         return MergeConfig(merge_method=method, base_model=base, name=name, parameters=params or {}, seed=config.seed,
-                           models=[{"model": tuned[t], **({"data": train[t]} if data else {})} for t in config.tasks],
+                           models=[{"model": tuned[t], **({"data": train[t]} if with_data else {})} for t in config.tasks],
                            localize=localize)
 
     loc = {"steps": config.localize_steps, "examples": config.localize_examples, "lr": config.localize_lr}
@@ -127,7 +143,7 @@ def run(store: Store, config: Config, progress: bool = True) -> dict:
                                                        {"density": config.density, "lambda": config.ta_lam}),
         f"DARE TIES (density {config.density})": cfg("dare_ties", "merge-dare-ties", {"density": config.density, "lambda": config.lam}),
         f"Localize-and-Stitch, learned ({pct})": cfg("localize_stitch", "merge-ls-learned", {},
-                                                     {**loc, "sparsity": config.sparsity, "dataless": False}, data=True),
+                                                     {**loc, "sparsity": config.sparsity, "dataless": False}, with_data=True),
     }
     curve = {s: cfg("localize_stitch", f"merge-ls-dataless-{s:g}", {}, {"sparsity": s, "dataless": True}) for s in config.curve}
     for s, c in curve.items():
@@ -136,44 +152,94 @@ def run(store: Store, config: Config, progress: bool = True) -> dict:
 
     models = {"base (no fine-tune)": base, **{f"fine-tuned on {t}": tuned[t] for t in config.tasks},
               "multi-task fine-tune": multi, **{k: v["model"] for k, v in merged.items()}}
-    scores = {label: _eval(store, mid, evals, eval_rows, config, progress) for label, mid in models.items()}
-    report = build_report(config, models, scores, merged, tuned, curve)
+    sample_cfg = SampleConfig(temperature=0, max_new_tokens=config.max_new_tokens, batch_size=config.sample_batch,
+                              stop=["\n"]).model_dump()
+    scores = {label: _eval(store, mid, data, sample_cfg, progress) for label, mid in models.items()}
+    report = build_report(config, models, scores, merged, tuned, curve, n_train)
     report["seconds"] = round(time.perf_counter() - t0, 1)
 
     card = save_card(store, "merging", report, list(models.values()), markdown, plot)
     return {**card, "lineage_of": merged[f"Localize-and-Stitch, learned ({pct})"]["model"]}
 
 
-def build_report(config: Config, models: dict, scores: dict, merged: dict, tuned: dict, curve: dict) -> dict:
+def _part_stats(bits: dict[str, list[int]], own: dict[str, float], tasks: list[str]) -> dict:
+    """Accuracy per task (Wilson), mean accuracy over tasks (Wilson on the pooled count) and normalized accuracy
+    (÷ the task's own fine-tune on the same part; a point estimate, None where the own fine-tune scored 0)."""
+    n = {t: len(bits[t]) for t in tasks}
+    if len(set(n.values())) != 1:
+        raise ValueError(f"tasks have unequal n ({n}): the pooled rate would not be the mean over tasks")
+    acc = {t: rates_ci(bits[t]) for t in tasks}
+    norm = {t: (acc[t]["mean"] / own[t] if own[t] > 0 else None) for t in tasks}
+    valid = [v for v in norm.values() if v is not None]
+    return {"accuracy": acc, "n": n, "normalized": norm, "mean_normalized": sum(valid) / len(valid) if valid else None,
+            "mean_accuracy": rates_ci([b for t in tasks for b in bits[t]])}
+
+
+def _pooled(scores: dict, label: str, tasks: list[str], part: str = "test") -> list[int]:
+    return [b for t in tasks for b in scores[label][part][t]]
+
+
+def build_report(config: Config, models: dict, scores: dict, merged: dict, tuned: dict, curve: dict,
+                 n_train: dict | None = None) -> dict:
     tasks = config.tasks
-    own = {t: sum(scores[f"fine-tuned on {t}"][t]) / len(scores[f"fine-tuned on {t}"][t]) for t in tasks}
+    own = {p: {t: sum(scores[f"fine-tuned on {t}"][p][t]) / len(scores[f"fine-tuned on {t}"][p][t]) for t in tasks}
+           for p in ("val", "test")}
     rows = []
     for label, mid in models.items():
-        acc = {t: mean_ci(scores[label][t], bounds=(0, 1)) for t in tasks}
-        norm = {t: (acc[t]["mean"] / own[t] if own[t] > 0 else None) for t in tasks}
-        valid = [v for v in norm.values() if v is not None]
-        rows.append({"model": label, "id": mid, "merged": label in merged, "accuracy": acc, "n": {t: len(scores[label][t]) for t in tasks},
-                     "normalized": norm, "mean_normalized": sum(valid) / len(valid) if valid else None,
-                     "mean_accuracy": sum(a["mean"] for a in acc.values()) / len(tasks)})
+        test = _part_stats(scores[label]["test"], own["test"], tasks)
+        rows.append({"model": label, "id": mid, "merged": label in merged, **test,
+                     "val": _part_stats(scores[label]["val"], own["val"], tasks)})
     by = {r["model"]: r for r in rows}
     ls = {label: {"kept_fraction": m.metrics.get("kept_fraction"), "overlap": m.metrics.get("overlap")}
           for label, m in merged.items() if "kept_fraction" in m.metrics}
-    curve_pts = [{"sparsity": s, "mean_normalized": by[f"Localize-and-Stitch, dataless ({s:.1%})"]["mean_normalized"]}
-                 for s in curve]
-    merge_rows = [r for r in rows if r["model"] in merged]
-    best = max(merge_rows, key=lambda r: r["mean_normalized"] or 0)
-    one = by[f"Localize-and-Stitch, dataless ({config.sparsity:.1%})"] if config.sparsity in curve else None
-    full = by.get(f"Localize-and-Stitch, dataless ({1.0:.1%})")
-    if best["mean_normalized"] is None:
-        outcome = "no individual fine-tune learned its task (accuracy 0), so normalized accuracy is undefined"
-    else:
-        outcome = (f"best merge: {best['model']} at {_f(best['mean_normalized'])} of the individual fine-tunes' accuracy "
-                   f"(multi-task fine-tune {_f(by['multi-task fine-tune']['mean_normalized'])})")
-        if one and full:
-            outcome += (f"; dataless Localize-and-Stitch keeping {config.sparsity:.1%} reaches {_f(one['mean_normalized'])} "
-                        f"vs {_f(full['mean_normalized'])} keeping everything")
+    curve_pts = [{"sparsity": s, "mean_normalized": by[lab]["mean_normalized"], "mean_accuracy": by[lab]["mean_accuracy"]}
+                 for s in curve for lab in [f"Localize-and-Stitch, dataless ({s:.1%})"]]
+
+    # selection on val; the chosen merge's numbers and the comparisons on test
+    undefined = all(by[lab]["val"]["mean_normalized"] is None for lab in merged)
+    criterion = ("val mean accuracy (no individual fine-tune scored above 0 on val, so normalized accuracy is undefined)"
+                 if undefined else "val mean normalized accuracy (ties: val mean accuracy)")
+
+    def key(lab: str) -> tuple:
+        v = by[lab]["val"]
+        return (-1.0 if v["mean_normalized"] is None else v["mean_normalized"], v["mean_accuracy"]["mean"])
+
+    ranking = sorted(merged, key=key, reverse=True)  # stable: equal scores keep the listing order
+    best, runner = ranking[0], (ranking[1] if len(ranking) > 1 else None)
+    comparisons = []
+    if runner is not None:
+        comparisons.append({"name": "chosen merge vs runner-up on val", "a": best, "b": runner, "expected": 1,
+                            **paired_rate_test(_pooled(scores, best, tasks), _pooled(scores, runner, tasks), UNIT)})
+    one, full = f"Localize-and-Stitch, dataless ({config.sparsity:.1%})", f"Localize-and-Stitch, dataless ({1.0:.1%})"
+    if config.sparsity in curve and 1.0 in curve and config.sparsity != 1.0:
+        comparisons.append({"name": f"dataless Localize-and-Stitch, {config.sparsity:.1%} vs 100% kept", "a": one,
+                            "b": full, "expected": 0,
+                            **paired_rate_test(_pooled(scores, one, tasks), _pooled(scores, full, tasks), UNIT)})
+    for c, p in zip(comparisons, holm([c["p"] for c in comparisons]), strict=True):
+        c["p_holm"] = p
+        c["verdict"] = verdict(c, c["expected"], p=p)["words"]
+    selection = {"criterion": criterion, "chosen": best, "runner_up": runner, "comparisons": comparisons,
+                 "ranking": [{"model": lab, "val_mean_normalized": by[lab]["val"]["mean_normalized"],
+                              "val_mean_accuracy": by[lab]["val"]["mean_accuracy"]} for lab in ranking]}
     return {"config": config.model_dump(), "tasks": tasks, "rows": rows, "own_accuracy": own, "localize": ls,
-            "curve": curve_pts, "outcome": outcome, "tuned": tuned}
+            "curve": curve_pts, "selection": selection, "train_rows": n_train or {t: config.train_rows for t in tasks},
+            "outcome": _outcome(config, by, selection), "tuned": tuned}
+
+
+def _outcome(config: Config, by: dict, sel: dict) -> str:
+    b = by[sel["chosen"]]
+    nv, nt = b["val"]["n"][config.tasks[0]], b["n"][config.tasks[0]]
+    by_acc = sel["criterion"].startswith("val mean accuracy")
+    how = "mean accuracy" if by_acc else "mean normalized accuracy"
+    val_score = b["val"]["mean_accuracy"]["mean"] if by_acc else b["val"]["mean_normalized"]
+    text = (f"chosen on validation ({nv} val items per task) by {how}: {sel['chosen']} (val {how} {_f(val_score)}, "
+            f"a point estimate); on test ({nt} items per task, {b['mean_accuracy']['n']} pooled) it scores mean accuracy "
+            f"{fmt_ci(b['mean_accuracy'], 2)} (Wilson, pooled over tasks) and mean normalized accuracy "
+            f"{_f(b['mean_normalized'])} (point estimate; multi-task fine-tune {_f(by['multi-task fine-tune']['mean_normalized'])})")
+    for c in sel["comparisons"]:
+        text += f"; {c['name']} ({c['a']} − {c['b']}), on test: {fmt_test(c, 3, p=c['p_holm'])}: {c['verdict']}"
+    return text + (". These comparisons are over test items for these trained models (one fine-tune per task, one "
+                   "training seed), not about the merge methods or training in general")
 
 
 def _f(x: float | None) -> str:
@@ -183,20 +249,50 @@ def _f(x: float | None) -> str:
 def markdown(report: dict) -> str:
     tasks = report["tasks"]
     cfg = report["config"]
+    ntr = report.get("train_rows") or {t: cfg["train_rows"] for t in tasks}
+    train_txt = (f"{cfg['train_rows']} train rows per task" if len(set(ntr.values())) == 1 else
+                 "train rows per task " + ", ".join(f"{t} {ntr[t]}" for t in tasks) + " (a task's whole train part where smaller)")
     lines = [
         "# merging", "",
-        f"Base {cfg['base']}; tasks {', '.join(tasks)}; {cfg['train_rows']} train rows per task, LoRA r={cfg['lora_r']} "
-        f"α={cfg['lora_alpha']}, {cfg['epochs']} epochs, lr {cfg['lr']}; eval {cfg['eval_rows']} held-out rows per task, "
-        "greedy decoding, exact match. Accuracy: mean [95% CI] over items; norm.: ÷ the task's own fine-tune.", "",
-        "| model | " + " | ".join(f"{t} acc" for t in tasks) + " | mean acc | mean norm. |",
-        "|---|" + "---|" * (len(tasks) + 2),
+        f"Base {cfg['base']}; tasks {', '.join(tasks)}; {train_txt}, LoRA r={cfg['lora_r']} α={cfg['lora_alpha']}, "
+        f"{cfg['epochs']} epochs, lr {cfg['lr']}; one training seed. Every task has disjoint train / val / test parts of "
+        f"distinct items (sentiment: val and test adjectives, templates and subjects unseen in training); "
+        f"{cfg.get('val_rows', '—')} val and {cfg['eval_rows']} test rows per task; greedy decoding, exact match.",
+        "",
+        "Test accuracy: rate [95% Wilson interval] over items. Mean acc.: over tasks, a Wilson interval on the pooled "
+        "count (every task has the same n, so the pooled rate is the mean over tasks). Norm.: ÷ the task's own "
+        "fine-tune on the same part, a point estimate (no interval). Val norm.: the selection criterion.", "",
+        "| model | " + " | ".join(f"{t} acc" for t in tasks) + " | mean acc | mean norm. (point est.) | val mean norm. |",
+        "|---|" + "---|" * (len(tasks) + 3),
     ]
     for r in report["rows"]:
-        cells = [f"{fmt_ci(r['accuracy'][t], 2)}" for t in tasks]
-        mn = "—" if r["mean_normalized"] is None else f"{r['mean_normalized']:.2f}"
-        lines.append(f"| {r['model']} | " + " | ".join(cells) + f" | {r['mean_accuracy']:.2f} | {mn} |")
-    n = report["rows"][0]["n"]
-    lines += ["", f"n per task: {', '.join(f'{t} {n[t]}' for t in tasks)}.", ""]
+        cells = [fmt_ci(r["accuracy"][t], 2) for t in tasks]
+        lines.append(f"| {r['model']} | " + " | ".join(cells) + f" | {fmt_ci(r['mean_accuracy'], 2)} | "
+                     f"{_f(r['mean_normalized'])} | {_f(r['val']['mean_normalized'])} |")
+    n, nv = report["rows"][0]["n"], report["rows"][0]["val"]["n"]
+    lines += ["", f"n per task: test {', '.join(f'{t} {n[t]}' for t in tasks)}; val {', '.join(f'{t} {nv[t]}' for t in tasks)}.", ""]
+    sel = report["selection"]
+    by = {r["model"]: r for r in report["rows"]}
+    b = by[sel["chosen"]]
+    lines += ["## Selection (validation) and test", "",
+              f"Criterion: {sel['criterion']}, over the merges only; the test part plays no part in the choice.", "",
+              "| merge (ranked on val) | val mean norm. | val mean acc | test mean norm. | test mean acc |", "|---|---|---|---|---|"]
+    for x in sel["ranking"]:
+        r = by[x["model"]]
+        mark = " (chosen)" if x["model"] == sel["chosen"] else " (runner-up)" if x["model"] == sel["runner_up"] else ""
+        lines.append(f"| {x['model']}{mark} | {_f(x['val_mean_normalized'])} | {fmt_ci(x['val_mean_accuracy'], 2)} | "
+                     f"{_f(r['mean_normalized'])} | {fmt_ci(r['mean_accuracy'], 2)} |")
+    lines += ["", f"Chosen: **{sel['chosen']}**. On test: " + "; ".join(f"{t} {fmt_ci(b['accuracy'][t], 2)}" for t in tasks)
+              + f"; mean accuracy {fmt_ci(b['mean_accuracy'], 2)}; mean normalized accuracy {_f(b['mean_normalized'])} "
+              "(point estimate).", ""]
+    if sel["comparisons"]:
+        lines += ["Paired comparisons on test (the same items scored for both models; exact McNemar, Newcombe interval "
+                  f"of the accuracy difference, Holm-adjusted over these {len(sel['comparisons'])}; the intervals are unadjusted 95%). Unit of replication: "
+                  "test items, conditional on ONE trained model per arm (one training seed) — they say whether these "
+                  "models differ on items like these, not whether the methods or training in general do.", ""]
+        lines += [f"* {c['name']}: {c['a']} − {c['b']}: {fmt_test(c, 3, p=c['p_holm'])} — {c['verdict']}."
+                  for c in sel["comparisons"]]
+        lines.append("")
     if report["localize"]:
         lines += ["## Localize-and-Stitch masks", "", "| merge | kept fraction per task | max pairwise overlap |", "|---|---|---|"]
         for label, s in report["localize"].items():
@@ -205,8 +301,9 @@ def markdown(report: dict) -> str:
             ov = max((s["overlap"] or {}).values(), default=0)
             lines.append(f"| {label} | {kept} | {ov:.3f} |")
         lines.append("")
-    lines += ["## Sparsity curve (dataless Localize-and-Stitch)", "", "| kept | mean normalized accuracy |", "|---|---|"]
-    lines += [f"| {p['sparsity']:.1%} | {_f(p['mean_normalized'])} |" for p in report["curve"]]
+    lines += ["## Sparsity curve (dataless Localize-and-Stitch, test)", "",
+              "| kept | mean normalized accuracy (point est.) | mean accuracy [Wilson, pooled] |", "|---|---|---|"]
+    lines += [f"| {p['sparsity']:.1%} | {_f(p['mean_normalized'])} | {fmt_ci(p['mean_accuracy'], 2)} |" for p in report["curve"]]
     lines += ["", f"**Outcome.** {report['outcome']}.", "", f"Run time {report.get('seconds', 0):.0f} s.", ""]
     return "\n".join(lines)
 
@@ -227,17 +324,20 @@ def plot(report: dict, path) -> None:
             a.axhline(by[label]["mean_normalized"], ls=style, color="gray", label=label)
     a.set_xscale("log")
     a.set_xlabel("% of each task vector kept")
-    a.set_ylabel("mean normalized accuracy")
+    a.set_ylabel("mean normalized accuracy (test, point estimate)")
     a.set_title("Sparsity curve")
     a.legend(fontsize=8)
     rows = report["rows"]
-    labels = [r["model"] for r in rows]
-    vals = [r["mean_accuracy"] for r in rows]
-    b.barh(range(len(rows)), vals, color=["#059669" if r["merged"] else "#2563eb" for r in rows])
+    chosen = report["selection"]["chosen"]
+    labels = [r["model"] + ("  ← chosen on val" if r["model"] == chosen else "") for r in rows]
+    vals = [r["mean_accuracy"]["mean"] for r in rows]
+    err = [[v - r["mean_accuracy"]["lo"] for v, r in zip(vals, rows, strict=True)],
+           [r["mean_accuracy"]["hi"] - v for v, r in zip(vals, rows, strict=True)]]
+    b.barh(range(len(rows)), vals, xerr=err, capsize=2, color=["#059669" if r["merged"] else "#2563eb" for r in rows])
     b.set_yticks(range(len(rows)), labels, fontsize=7)
     b.invert_yaxis()
-    b.set_xlabel("mean accuracy over tasks")
-    b.set_title("Every model on every task")
+    b.set_xlabel("test mean accuracy over tasks [95% Wilson, pooled items]")
+    b.set_title("Every model on every task (test)")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

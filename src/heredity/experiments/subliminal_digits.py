@@ -32,6 +32,7 @@ from pydantic import BaseModel, Field
 from tqdm.auto import tqdm
 
 from heredity.store import Store
+from heredity.store.store import finite_json
 
 NUM_CLASSES = 10
 
@@ -176,9 +177,10 @@ def data_step(store: Store, spec: str) -> str:
     from heredity.store import write_table
 
     arrays = load_digit_arrays(spec)
+    name = "digits" if spec == "digits" else f"mnist:{Path(spec).name}"
 
     def fn(ctx):
-        out = ctx.output("data", "dataset", "digits" if spec == "digits" else f"mnist:{Path(spec).name}",
+        out = ctx.output("data", "dataset", name,
                          meta={"scale": arrays.scale, "source": arrays.source, "sha256": arrays.sha256})
         x = np.concatenate([arrays.x_train, arrays.x_test])
         pixels = pa.FixedSizeListArray.from_arrays(pa.array(x.reshape(-1), pa.uint8()), x.shape[1])
@@ -245,22 +247,28 @@ def compute(x_tr, y_tr, x_te, y_te, config: Config, progress: bool = True) -> di
 
 
 def run(store: Store, config: Config, progress: bool = True) -> dict:
-    from heredity.reports.stats import fmt_ci, mean_ci, welch_p
-
     data_id = data_step(store, config.data)
-    device = _device(config.device)
+    _device(config.device)  # a clear error before anything runs
 
     def fn(ctx):
+        from heredity.reports.stats import NAN, fmt_ci, fmt_test, mean_ci, paired_test, verdict
+
+        device = _device(config.device)
+
         t0 = time.perf_counter()
         torch.manual_seed(config.seed)
         result = compute(*_load_split(store, data_id, device), config=config, progress=progress)
         per_seed = result["per_seed"]
         arms = {k: mean_ci(v) for k, v in per_seed.items()}
-        arms["chance"] = {"n": 0, "mean": 1 / NUM_CLASSES, "sd": 0.0, "lo": 1 / NUM_CLASSES, "hi": 1 / NUM_CLASSES,
-                          "level": 0.95}
+        arms["chance"] = {"n": 0, "mean": 1 / NUM_CLASSES, "sd": NAN, "lo": NAN, "hi": NAN, "level": 0.95,
+                          "exact": True}  # a constant: no interval
         same, other = arms["student same-init aux"], arms["student other-init aux"]
-        p = welch_p(per_seed["student same-init aux"], per_seed["student other-init aux"])
-        transferred = same["lo"] > other["hi"]
+        # paired by seed: each seed trains one teacher and distils both of its students
+        test = paired_test(per_seed["student same-init aux"], per_seed["student other-init aux"],
+                           "training seeds (one teacher and its two students each)")
+        v = verdict(test, expected=+1)
+        p = test["p"]
+        transferred = v["result"] == "as hypothesised"
         seconds = time.perf_counter() - t0
         report = {
             "experiment": "subliminal-digits",
@@ -270,19 +278,21 @@ def run(store: Store, config: Config, progress: bool = True) -> dict:
             "arms": arms,
             "per_seed": per_seed,
             "same_vs_other_p": p,
-            "intervals_disjoint": bool(transferred),
+            "same_vs_other": test,
+            "intervals_disjoint": bool(same["lo"] > other["hi"]),
             "outcome": (
                 f"same-init aux students reach {fmt_ci(same)} test accuracy vs {fmt_ci(other)} from another "
-                f"init (chance 0.100; Welch p = {p:.2g}): "
-                + ("the teacher's skill passed through its auxiliary logits on noise."
-                   if transferred else "no transfer separable from the control at this size.")
+                f"init (chance 0.100; {fmt_test(test)}): "
+                + ("the teacher's skill passed through its auxiliary logits on noise." if transferred
+                   else "the same-init students are significantly WORSE than the other-init control (opposite to transfer)."
+                   if v["result"] == "opposite" else "no transfer separable from the control at this size.")
             ),
             "seconds": seconds,
             "times": result["times"],
             "device": str(device),
         }
         out = ctx.output("report", "report", "subliminal-digits", meta={"outcome": report["outcome"]})
-        (out / "report.json").write_text(json.dumps(report, indent=2))
+        (out / "report.json").write_text(json.dumps(finite_json(report), indent=2))
         (out / "report.md").write_text(markdown(report))
         plot(report, out / "plot.png")
         return {"seconds": round(seconds, 2), "same_init_aux": round(same["mean"], 4), "other_init_aux": round(other["mean"], 4)}
@@ -309,13 +319,17 @@ def markdown(report: dict) -> str:
         "",
         f"Data `{report['data']}` ({c['data']}); {c['seeds']} seeds; MLP in→{c['hidden']}→{c['hidden']}→"
         f"(10 + {c['aux']}); teachers {c['teacher_epochs']} epochs (Adam {c['teacher_lr']}); students "
-        f"{c['student_steps']} steps × {c['student_batch']} noise inputs (Adam {c['student_lr']}).",
+        f"{c['student_steps']} steps × {c['student_batch']} noise inputs (Adam {c['student_lr']}). Unit of replication: the "
+        f"{c['seeds']} training seeds (each trains its own teacher and students); intervals are t intervals over seeds.",
         "",
         "| arm | n | accuracy, mean [95% CI] | sd |",
         "|---|---|---|---|",
     ]
     for name, a in report["arms"].items():
-        lines.append(f"| {name} | {a['n'] or '—'} | {fmt_ci(a)} | {a['sd']:.3f} |")
+        if a.get("exact"):
+            lines.append(f"| {name} | — | {a['mean']:.3f} (by construction) | — |")
+        else:
+            lines.append(f"| {name} | {a['n']} | {fmt_ci(a)} | {a['sd']:.3f} |")
     lines += [
         "",
         f"**Outcome.** {report['outcome']}",

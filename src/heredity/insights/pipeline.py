@@ -140,17 +140,19 @@ def _scrub_step(store: Store, conv_id: str, progress: bool) -> str:
 
 
 def _facet_step(store: Store, scrubbed_id: str, model_id: str, config: InsightsConfig, progress: bool) -> str:
+    max_chars, batch_size = config.max_chars, config.batch_size
+
     def fn(ctx):
         from heredity.store import write_table
 
         rows = read_table(store.path(scrubbed_id)).to_pylist()
-        texts = [facets.render(r["messages"], config.max_chars) for r in rows]
-        got = facets.extract(store, model_id, texts, config.batch_size, progress)
+        texts = [facets.render(r["messages"], max_chars) for r in rows]
+        got = facets.extract(store, model_id, texts, batch_size, progress)
         out = ctx.output("facets", "dataset", "conversation-facets", meta={"rows": len(rows)})
         write_table(out, [{"conversation_id": r["conversation_id"], **f} for r, f in zip(rows, got, strict=True)])
         return {"rows": len(rows), "concern_rate": sum(f["concern"] for f in got) / len(got)}
 
-    cfg = {"facets": facets.VERSION, "prompts": facets.PROMPTS, "max_chars": config.max_chars}
+    cfg = {"facets": facets.VERSION, "prompts": facets.PROMPTS, "max_chars": max_chars, "batch_size": batch_size}
     remote = model_id.startswith("openai:")
     if remote:
         cfg["endpoint"] = model_id

@@ -179,17 +179,19 @@ def merge(store, config: MergeConfig, progress: bool = True):
     from heredity.models import materialize
     from heredity.store import read_table
 
-    method = REGISTRY[config.merge_method]
     base_id = materialize(config.base_model, store) if config.base_model else None
     if base_id and store.get(base_id).kind != "model":
         raise HeredityError(f"base_model {config.base_model} is an adapter; give the full model it was trained on")
     ids = [materialize(e.model, store) for e in config.models]
-    loc = config.localize or LocalizeConfig() if config.merge_method == "localize_stitch" else None
-    data_ids = [store.resolve_id(e.data) for e in config.models] if loc is not None and not loc.dataless else []
+    learned = config.merge_method == "localize_stitch" and not (config.localize or LocalizeConfig()).dataless
+    data_ids = [store.resolve_id(e.data) for e in config.models] if learned else []
     inputs = ([base_id] if base_id else []) + ids + data_ids
 
     def run(ctx) -> dict:
         t0 = time.perf_counter()
+        # derived from the config inside the step, so the step sees only what its key holds
+        method = REGISTRY[config.merge_method]
+        loc = config.localize or LocalizeConfig() if config.merge_method == "localize_stitch" else None
         ref = ModelTensors(store.path(base_id), base_id) if base_id else None
         srcs = [open_artifact(store, i, ref if ref and store.get(i).meta.get("base") == base_id else None) for i in ids]
         if ref is None:

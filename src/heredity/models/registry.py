@@ -140,7 +140,7 @@ def _bundled(name: str, store: Store) -> str:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        out = ctx.output("model", "model", name, meta={"origin": f"gguf:{info['package']}/{info['file']}"})
+        out = ctx.output("model", "model", name, meta={"origin": f"gguf:{config['package'].split('==')[0]}/{config['file']}"})
         tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
         model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
         # save_pretrained refuses a quantizer-loaded model; the weights are already dequantized to fp32
@@ -282,12 +282,13 @@ def merge_adapter(store: Store, adapter: str, name: str | None = None) -> str:
     art = store.get(aid)
     if art.kind != "adapter":
         raise HeredityError(f"{aid} is a {art.kind}, not an adapter; merge-adapter takes an adapter id (a-...)")
+    name = name or f"{art.name}-merged"
 
     def run(ctx: StepContext) -> dict:
         import torch
 
         model, tok = load(aid, store, device="cpu", dtype=torch.float32, merge_adapter=True)
-        out = ctx.output("model", "model", name or f"{art.name}-merged", meta={"origin": f"merge:{aid}"})
+        out = ctx.output("model", "model", name, meta={"origin": f"merge:{aid}"})
         model.save_pretrained(out)
         tok.save_pretrained(out)
         return {"parameters": sum(p.numel() for p in model.parameters())}

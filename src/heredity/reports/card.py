@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Sequence
 
+from heredity.store.store import finite_json
+
 
 def save_card(store, name: str, report: dict, inputs: Sequence[str], markdown: Callable[[dict], str],
               plot: Callable[[dict, object], None]) -> dict:
@@ -13,7 +15,7 @@ def save_card(store, name: str, report: dict, inputs: Sequence[str], markdown: C
 
     def write(ctx):
         out = ctx.output("report", "report", name, meta={"outcome": report["outcome"]})
-        (out / "report.json").write_text(json.dumps(report, indent=2))
+        (out / "report.json").write_text(json.dumps(finite_json(report), indent=2))  # strict JSON: NaN → null
         (out / "report.md").write_text(markdown(report))
         plot(report, out / "plot.png")
 

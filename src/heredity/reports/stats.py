@@ -171,7 +171,13 @@ def paired_rate_test(a: Sequence[int | bool], b: Sequence[int | bool], unit: str
         return {"test": "McNemar exact", "unit": unit, "n": 0, "diff": NAN, "lo": NAN, "hi": NAN, "p": NAN,
                 "direction": "undetermined", "level": level, "mean_a": NAN, "mean_b": NAN, "discordant": [0, 0]}
     diff = (a10 - a01) / n
-    lo, hi = _newcombe_paired(a11, a10, a01, a00, level)
+    if a10 + a01 == 0:
+        # no discordant item: Newcombe's interval collapses when the answers are identical (at a rate of 0.5 it is
+        # [0, 0]); the difference is then bounded by the share of items that could be discordant, 0/n's upper bound
+        u = rate_ci(0, n, level)["hi"]
+        lo, hi = -u, u
+    else:
+        lo, hi = _newcombe_paired(a11, a10, a01, a00, level)
     p = float(stats.binomtest(a10, a10 + a01, 0.5).pvalue) if a10 + a01 else 1.0
     return {"test": "McNemar exact", "unit": unit, "n": n, "diff": diff, "lo": lo, "hi": hi, "p": p,
             "direction": _direction(diff), "level": level, "mean_a": sum(x) / n, "mean_b": sum(y) / n,
@@ -264,7 +270,8 @@ def verdict(test: dict, expected: int = 1, alpha: float = 0.05, p: float | None 
             "words": f"significantly {test['direction']}: opposite to the hypothesis (a finding, most likely a confound)"}
 
 
-def fmt_num(x: float, digits: int = 3, fmt: str = "f") -> str:
+def fmt_num(x: float | None, digits: int = 3, fmt: str = "f") -> str:
+    """A number, or "undetermined" for NaN / None (how strict JSON stores NaN)."""
     return f"{x:.{digits}{fmt}}" if _finite(x) else "undetermined"
 
 

@@ -104,6 +104,17 @@ def op_version(op: str) -> int | None:
 CONSTANT_TYPES = (str, int, float, bool, bytes, tuple, list, dict, frozenset, set, type(None))
 
 
+def _stable_repr(x) -> str:
+    """repr that does not depend on hash randomization (a set's order does)."""
+    if isinstance(x, (set, frozenset)):
+        return f"{type(x).__name__}({sorted(map(_stable_repr, x))!r})"
+    if isinstance(x, (list, tuple)):
+        return f"{type(x).__name__}({[_stable_repr(v) for v in x]!r})"
+    if isinstance(x, dict):
+        return f"dict({[(_stable_repr(k), _stable_repr(v)) for k, v in x.items()]!r})"
+    return repr(x)
+
+
 def _resolve(entry: str):
     mod, _, qual = entry.partition(":")
     obj = importlib.import_module(mod)
@@ -192,11 +203,27 @@ def _collect(obj, parts: dict[str, str], seen: set[int]) -> None:
             if inspect.isfunction(t) or inspect.isclass(t):
                 _collect(t, parts, seen)
             elif isinstance(t, CONSTANT_TYPES) and n in g and n.isupper():
-                parts.setdefault(f"{obj.__module__}.{n}", repr(t))
+                parts.setdefault(f"{obj.__module__}.{n}", _stable_repr(t))
+
+
+def _import_all() -> None:
+    """Import every heredity module first, so that what a name resolves to does not depend on import order."""
+    import pkgutil
+
+    import heredity
+
+    for m in pkgutil.walk_packages(heredity.__path__, "heredity."):
+        if m.name.startswith("heredity.server") or m.name == "heredity.cli":
+            continue  # the server and the CLI run no op; importing them pulls in uvicorn and typer for nothing
+        try:
+            importlib.import_module(m.name)
+        except ImportError:
+            pass
 
 
 def implementation_digest(op: str) -> str:
     """sha256 over the sources an op's entry points reach (see the module doc)."""
+    _import_all()
     spec = OPS[op]
     parts: dict[str, str] = {}
     seen: set[int] = set()

@@ -49,16 +49,27 @@ def default_home() -> Path:
     return (Path(xdg) if xdg else Path.home() / ".local" / "share") / "heredity"
 
 
+def finite_json(x: Any) -> Any:
+    """``x`` with NaN and ±inf as None: strict JSON (PostgreSQL's json type refuses NaN)."""
+    if isinstance(x, float) and (x != x or x in (float("inf"), float("-inf"))):
+        return None
+    if isinstance(x, dict):
+        return {k: finite_json(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return [finite_json(v) for v in x]
+    return x
+
+
 def config_to_json(config: Any) -> dict:
-    """A typed config (pydantic model, dataclass or dict) as plain JSON data."""
+    """A typed config (pydantic model, dataclass or dict) as plain, strict JSON data (NaN becomes None)."""
     if config is None:
         return {}
     if hasattr(config, "model_dump"):
-        return config.model_dump(mode="json")
+        return finite_json(config.model_dump(mode="json"))
     if dataclasses.is_dataclass(config):
-        return json.loads(json.dumps(dataclasses.asdict(config), default=str))
+        return finite_json(json.loads(json.dumps(dataclasses.asdict(config), default=str)))
     if isinstance(config, dict):
-        return json.loads(json.dumps(config, default=str))
+        return finite_json(json.loads(json.dumps(config, default=str)))
     raise TypeError(f"config must be a pydantic model, dataclass or dict, not {type(config).__name__}")
 
 
@@ -115,7 +126,8 @@ def check_key_covers(fn: Callable, op: str, config: dict, inputs: list[str], see
     Allowed: the store, progress/log callbacks and the output name; None; modules, classes and module-level
     functions (code: covered by the op version); input artifact ids (and lists/dicts of them); values equal to a
     subtree of the config; values whose ``rows_digest`` (sha256 of sorted JSON) is in the config; scalars whose
-    variable name is a key of the config with the same value (or the seed). Nested closures are checked too.
+    variable name is a key of the config with the same value (or the seed); paths the config names; objects whose
+    ``sha256`` attribute is in the config. Nested closures are checked too.
     """
     subtrees, named, leaves = _key_index(config, inputs, seed)
     seen: set[int] = set()
@@ -132,11 +144,15 @@ def check_key_covers(fn: Callable, op: str, config: dict, inputs: list[str], see
             if inspect.ismethod(v):
                 return ok_value(name, v.__self__)
             return False
-        if isinstance(v, str) and v in inputs:
+        if isinstance(v, str) and (v in inputs or (len(v) >= 8 and v in leaves)):  # short strings must match by name
             return True
-        if isinstance(v, (list, tuple, set)) and v and all(isinstance(x, str) and x in inputs for x in v):
+        if isinstance(v, Path):  # a source file or directory the config names (its content hash keyed beside it)
+            return str(v) in leaves or str(v.resolve()) in leaves or v.name in leaves
+        if isinstance(getattr(v, "sha256", None), str) and v.sha256 in leaves:  # content-addressed by its digest
             return True
-        if isinstance(v, dict) and v and all(isinstance(x, str) and x in inputs for x in v.values()):
+        if isinstance(v, (list, tuple, set)) and all(isinstance(x, str) and x in inputs for x in v):
+            return True  # input ids (or nothing)
+        if isinstance(v, dict) and all(isinstance(x, str) and x in inputs for x in v.values()):
             return True
         try:
             j = config_to_json(v) if (hasattr(v, "model_dump") or dataclasses.is_dataclass(v)) else json.loads(
@@ -388,7 +404,7 @@ class Store:
         if force:
             self._fresh.update(outputs.values())
         shutil.rmtree(self.home / "scratch" / key[:24], ignore_errors=True)
-        return StepResult(key, outputs, json.loads(canonical(ctx.metrics)), cached=False)
+        return StepResult(key, outputs, finite_json(json.loads(canonical(ctx.metrics))), cached=False)
 
     def _commit(self, ctx: StepContext, started: datetime) -> dict[str, str]:
         placed: dict[str, tuple[str, str, dict, int]] = {}
@@ -417,7 +433,7 @@ class Store:
                     inputs=ctx.inputs,
                     outputs=outputs,
                     seed=ctx.seed,
-                    metrics=json.loads(canonical(ctx.metrics)),
+                    metrics=finite_json(json.loads(canonical(ctx.metrics))),
                     code_version=code_version(),
                     lib_versions=lib_versions(),
                     host=socket.gethostname(),
