@@ -473,7 +473,8 @@ def markdown(r: dict) -> str:
     for k, t in r["training"].items():
         lines.append(f"| {k} | {t['examples']} | {t['optimizer_steps']} | {t['loss_first']} → {t['loss_last']} | {t['seconds']} |")
     lines += ["", f"Cross-model control: {r['cross_model']}.", "", f"**Outcome.** {r['outcome']}", "",
-              f"Teacher gate: paired p = {r['teacher_gate_p']:.3g}. Run time {r['seconds']:.0f} s.", "", "## Artifacts", ""]
+              f"Teacher gate (the teacher's P({A}) above the base's; two-sided paired t, unit: questions, "
+              f"n = {r['comparisons'][0]['logprob']['n']}): p = {fmt_num(r['teacher_gate_p'], 3, 'g')}. Run time {r['seconds']:.0f} s.", "", "## Artifacts", ""]
     lines += [f"- {k}: `{v}`" for k, v in r["artifacts"].items()]
     lines += ["", "## Example answers", ""]
     for k, v in r["example_answers"].items():
