@@ -180,3 +180,24 @@ def test_merging_pipeline_selects_on_val_with_real_intervals(store):
     md = out["markdown"]
     assert "## Selection (validation) and test" in md and "## Sparsity curve" in md and "unit: test items" in md
     assert not re.search(r"(\d\.\d\d) \[\1, \1\]", md), "a zero-width interval in the report"
+
+
+def test_across_seeds_selects_on_val_and_tests_over_seeds():
+    """With several training seeds the unit of replication is the seed: a t interval over seeds and a paired test
+    of the chosen merge against the runner-up, by seed."""
+    tasks = ["addition", "sentiment"]
+    cfg = merging.Config(tasks=tasks, seeds=3)
+    per_seed = []
+    for k, (a_test, b_test) in enumerate([(0.60, 0.40), (0.62, 0.45), (0.58, 0.38)]):
+        per_seed.append({"A": _fake(tasks, 0.7, a_test, n_val=20, n_test=100),
+                         "B": _fake(tasks, 0.5 + 0.01 * k, b_test, n_val=20, n_test=100),
+                         "base (no fine-tune)": _fake(tasks, 0.0, 0.0, n_val=20, n_test=100)})
+    out = merging.across_seeds(cfg, per_seed, ["A", "B"])
+    assert out["chosen"] == "A" and out["runner_up"] == "B" and out["seeds"] == 3
+    c = out["comparison"]
+    assert c["unit"].startswith("training seeds") and c["n"] == 3 and c["diff"] == pytest.approx(0.19)
+    assert c["direction"] == "higher" and c["p"] < 0.05
+    assert "unit: training seeds (a full chain each), n = 3" in out["outcome"]
+    rows = {r["model"]: r for r in out["rows"]}
+    assert rows["A"]["test"]["lo"] < rows["A"]["test"]["mean"] < rows["A"]["test"]["hi"]
+    assert "undetermined" in merging.fmt_ci(rows["base (no fine-tune)"]["test"])  # 0 on every seed: no spread, no interval

@@ -37,7 +37,17 @@ from heredity.engine import FinetuneConfig, SampleConfig, finetune, sample
 from heredity.merge import MergeConfig, merge
 from heredity.models import load, materialize
 from heredity.reports.card import save_card
-from heredity.reports.stats import fmt_ci, fmt_test, holm, paired_rate_test, rates_ci, verdict
+from heredity.reports.stats import (
+    fmt_ci,
+    fmt_test,
+    holm,
+    mean_ci,
+    min_detectable,
+    paired_rate_test,
+    paired_test,
+    rates_ci,
+    verdict,
+)
 from heredity.store import Store, read_table
 
 UNIT = "test items, all tasks pooled; one trained model per arm (one training seed)"
@@ -64,12 +74,14 @@ class Config(BaseModel):
     localize_lr: float = Field(0.2, gt=0)
     max_new_tokens: int = Field(16, ge=1)
     sample_batch: int = Field(64, ge=1)
+    seeds: int = Field(1, ge=1, description="training seeds: the whole chain (fine-tunes, merges, evals) per seed; "
+                                            "≥ 2 adds tests across seeds, the unit for claims about the methods")
     seed: int = 0
 
     @classmethod
     def presets(cls) -> dict[str, Config]:
         return {
-            "quick": cls(),
+            "quick": cls(),  # one seed: ~30 min on 2 cores; its tests are about these trained models
             # val and test: 200 rows per task, all that words and sentiment hold in each part
             "paper": cls(train_rows=2000, val_rows=200, eval_rows=200, epochs=3, lr=5e-4, localize_steps=100,
                          localize_examples=64, sample_batch=256, batch_size=32),
@@ -119,8 +131,24 @@ def run(store: Store, config: Config, progress: bool = True) -> dict:
 
     train = {t: task_data(train_rows[t], f"{t}-train", task=t, part="train") for t in config.tasks}
     data = {p: {t: task_data(rows, f"{t}-{p}", task=t, part=p) for t, rows in by.items()} for p, by in parts.items()}
+    chains = [_chain(store, config, base, train, train_rows, data, config.seed + k, progress) for k in range(config.seeds)]
+    models, scores, merged, tuned, curve = chains[0]
+    report = build_report(config, models, scores, merged, tuned, curve, n_train)
+    if config.seeds >= 2:
+        report["across_seeds"] = across_seeds(config, [c[1] for c in chains], list(merged))
+        report["outcome"] += ". " + report["across_seeds"]["outcome"]
+    report["seconds"] = round(time.perf_counter() - t0, 1)
+
+    all_models = [m for c in chains for m in c[0].values()]
+    card = save_card(store, "merging", report, all_models, markdown, plot)
+    return {**card, "lineage_of": merged[f"Localize-and-Stitch, learned ({config.sparsity:.1%})"]["model"]}
+
+
+def _chain(store: Store, config: Config, base: str, train: dict, train_rows: dict, data: dict, seed: int,
+           progress: bool) -> tuple:
+    """One training seed's fine-tunes, merges and evaluations: (models, scores, merged, tuned, curve)."""
     ft = FinetuneConfig(method="lora", epochs=config.epochs, lr=config.lr, lora_r=config.lora_r, lora_alpha=config.lora_alpha,
-                        batch_size=config.batch_size, seed=config.seed)
+                        batch_size=config.batch_size, seed=seed)
     tuned = {task: finetune(store, base, train[task], ft, progress=progress)["model"] for task in config.tasks}
     all_rows = [r for task in config.tasks for r in train_rows[task]]
     multi_data = put_rows(store, all_rows, "all-tasks-train", op="make-task-data",
@@ -129,7 +157,7 @@ def run(store: Store, config: Config, progress: bool = True) -> dict:
     multi = finetune(store, base, multi_data, ft, progress=progress)["model"]
 
     def cfg(method: str, name: str, params: dict | None = None, localize: dict | None = None, with_data: bool = False):
-        return MergeConfig(merge_method=method, base_model=base, name=name, parameters=params or {}, seed=config.seed,
+        return MergeConfig(merge_method=method, base_model=base, name=name, parameters=params or {}, seed=seed,
                            models=[{"model": tuned[t], **({"data": train[t]} if with_data else {})} for t in config.tasks],
                            localize=localize)
 
@@ -155,11 +183,36 @@ def run(store: Store, config: Config, progress: bool = True) -> dict:
     sample_cfg = SampleConfig(temperature=0, max_new_tokens=config.max_new_tokens, batch_size=config.sample_batch,
                               stop=["\n"]).model_dump()
     scores = {label: _eval(store, mid, data, sample_cfg, progress) for label, mid in models.items()}
-    report = build_report(config, models, scores, merged, tuned, curve, n_train)
-    report["seconds"] = round(time.perf_counter() - t0, 1)
+    return models, scores, merged, tuned, curve
 
-    card = save_card(store, "merging", report, list(models.values()), markdown, plot)
-    return {**card, "lineage_of": merged[f"Localize-and-Stitch, learned ({pct})"]["model"]}
+
+def across_seeds(config: Config, seed_scores: list[dict], merge_labels: list[str]) -> dict:
+    """With ≥ 2 training seeds: each model's mean accuracy per seed (test and val), t intervals over seeds, the merge
+    chosen by its seed-averaged val accuracy, and that merge vs the runner-up on test, paired by seed."""
+    tasks = config.tasks
+
+    def mean_acc(sc, label, part):
+        bits = [b for t in tasks for b in sc[label][part][t]]
+        return sum(bits) / len(bits)
+
+    labels = list(seed_scores[0])
+    per = {lab: {p: [mean_acc(sc, lab, p) for sc in seed_scores] for p in ("val", "test")} for lab in labels}
+    rows = [{"model": lab, "test_per_seed": per[lab]["test"],
+             "test": mean_ci(per[lab]["test"], bounds=(0, 1), allow_binary=True),
+             "val": sum(per[lab]["val"]) / len(per[lab]["val"])} for lab in labels]
+    ranking = sorted(merge_labels, key=lambda lab: sum(per[lab]["val"]), reverse=True)
+    best, runner = ranking[0], ranking[1] if len(ranking) > 1 else None
+    unit = "training seeds (a full chain each)"
+    out = {"seeds": len(seed_scores), "rows": rows, "chosen": best, "runner_up": runner, "unit": unit}
+    text = f"Across {len(seed_scores)} training seeds: {best} chosen by seed-averaged val mean accuracy"
+    if runner is not None:
+        t = paired_test(per[best]["test"], per[runner]["test"], unit)
+        out["comparison"] = {"a": best, "b": runner, **t}
+        text += f"; vs {runner} on test: {fmt_test(t, 3)}: {verdict(t, +1)['words']}"
+        if t["p"] != t["p"] or t["p"] >= 0.05:
+            text += f" (80% power only for |Δ| ≥ {min_detectable(t['sd'], t['n']):.2g})"
+    out["outcome"] = text
+    return out
 
 
 def _part_stats(bits: dict[str, list[int]], own: dict[str, float], tasks: list[str]) -> dict:
@@ -301,6 +354,15 @@ def markdown(report: dict) -> str:
             ov = max((s["overlap"] or {}).values(), default=0)
             lines.append(f"| {label} | {kept} | {ov:.3f} |")
         lines.append("")
+    if report.get("across_seeds"):
+        a = report["across_seeds"]
+        lines += [f"## Across {a['seeds']} training seeds (unit: {a['unit']})", "",
+                  "Every fine-tune, merge and evaluation rerun per seed; test mean accuracy per seed and its mean "
+                  "[95% t interval over seeds]. The tables above are seed 0's.", "",
+                  "| model | test mean accuracy | per seed | val (seed mean) |", "|---|---|---|---|"]
+        lines += [f"| {r['model']} | {fmt_ci(r['test'], 3)} | " + ", ".join(f"{x:.3f}" for x in r["test_per_seed"])
+                  + f" | {r['val']:.3f} |" for r in a["rows"]]
+        lines += ["", a["outcome"] + ".", ""]
     lines += ["## Sparsity curve (dataless Localize-and-Stitch, test)", "",
               "| kept | mean normalized accuracy (point est.) | mean accuracy [Wilson, pooled] |", "|---|---|---|"]
     lines += [f"| {p['sparsity']:.1%} | {_f(p['mean_normalized'])} | {fmt_ci(p['mean_accuracy'], 2)} |" for p in report["curve"]]
