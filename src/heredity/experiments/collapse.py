@@ -88,8 +88,8 @@ class Config(BaseModel):
     @classmethod
     def presets(cls) -> dict[str, Config]:
         return {
-            # 3 seeds × (1 + 3 regimes × 3 generations) models of 600 iterations fit the 30-minute quick budget
-            "quick": cls(generations=3, seeds=3,
+            # 3 seeds × (1 + 3 regimes × 2 generations) models of 600 iterations fit the quick budget (~20 min)
+            "quick": cls(generations=2, seeds=3,
                          pretrain=PretrainConfig(iters=600, warmup=50, eval_every=600)),
             "paper": cls(vocab_size=8192, generations=10, doc_tokens=500, seeds=5,
                          pretrain=PretrainConfig(hidden=512, layers=8, heads=8, intermediate=1408, context=256, max_positions=512,
