@@ -359,9 +359,44 @@ def test_chatgpt_recipe_runs_end_to_end(tmp_path, rl):
                     "## 6. Win rate and samples"):
         assert section in md
     assert set(data["accuracy"]) == {"pretrained (no SFT)", "SFT", rl.upper()}
-    assert len(data["wins"]) == 4 * len(INSTRUCTIONS)
-    assert data["win_rate"]["mean"] == pytest.approx(sum(data["wins"]) / len(data["wins"]))
+    # the headline is the held-out task metric, with intervals that are never a point
+    assert data["outcome"].startswith("Held-out exact-match accuracy"), data["outcome"]
+    assert md.index("**Outcome.** Held-out exact-match accuracy") < md.index("## Headline") < md.index("## 1–2.")
+    for a in data["accuracy"].values():
+        for ci in [a["overall"], *a["per_task"].values()]:
+            assert ci["n"] > 0 and ci["lo"] < ci["hi"] and ci["lo"] <= ci["mean"] <= ci["hi"], ci
+    assert data["accuracy"]["SFT"]["overall"]["n"] == 4 * len(INSTRUCTIONS)
+    assert data["tests"]["rl_vs_sft"]["test"] == "McNemar exact" and data["tests"]["rl_vs_sft"]["n"] == 4 * len(INSTRUCTIONS)
+    # win shares: the training RM's, labelled as such, and an independent judge's beside it
+    assert "judged by the training RM" in md and "judged by the judge RM" in md
+    for key in ("training_rm", "judge_rm"):
+        w = data["win_rate"][key]
+        assert w["wins"] + w["ties"] + w["losses"] == w["n"] == 4 * len(INSTRUCTIONS)
+        assert w["share"]["n"] == w["wins"] + w["losses"]
+        if w["share"]["n"]:
+            assert w["share"]["lo"] < w["share"]["hi"]
     assert data["rl"]["log"], "the RL stage logged nothing"
+    # the judge: another reward model, from the same SFT model, trained on pairs whose prompts the training RM never saw
+    from heredity.store import read_table
+
+    lin = data["lineage"]
+    rm_step, judge_step = store.step_of(lin["reward_model"]), store.step_of(lin["judge_reward_model"])
+    assert lin["judge_reward_model"] != lin["reward_model"]
+    assert rm_step.op == judge_step.op == "reward-model" and lin["sft"] in rm_step.inputs and lin["sft"] in judge_step.inputs
+
+    def prompts(step):
+        return {repr(p) for d in step.inputs if store.get(d).kind == "dataset"
+                for p in read_table(store.path(d)).column("prompt").to_pylist()}
+
+    rm_prompts, judge_prompts = prompts(rm_step), prompts(judge_step)
+    assert rm_prompts and judge_prompts and not rm_prompts & judge_prompts
+    (judge_data,) = [d for d in judge_step.inputs if store.get(d).kind == "dataset"]
+    split = store.step_of(judge_data)
+    assert split.op == "split-preferences" and set(split.outputs.values()) <= {judge_data, *rm_step.inputs}
+    assert store.step_of(split.inputs[0]).op == "make-synthetic-preferences"
+    rl_inputs = set(store.step_of(lin["rl"]).inputs)
+    assert lin["judge_reward_model"] not in rl_inputs and judge_data not in rl_inputs  # the policy never saw the judge
+    assert (lin["reward_model"] in rl_inputs) == (rl != "dpo")
     # lineage: the RL model descends from the tokenizer, the corpus, the SFT data and (PPO/GRPO) the reward model
     kinds, ops = set(), set()
 
@@ -376,6 +411,73 @@ def test_chatgpt_recipe_runs_end_to_end(tmp_path, rl):
     assert {"tokenizer", "dataset", "model"} <= kinds
     assert {"train-tokenizer", "pretrain", "finetune", "make-corpus"} <= ops
     assert ("reward-model" in ops) == (rl != "dpo")
+
+
+def _fake_results(n_per_task=40):
+    """Two tasks × n held-out items for three models: SFT perfect on 'upper' (n/n) and half right on 'larger'; the RL
+    model loses a third of SFT's correct answers; the training RM prefers every changed RL answer, the judge none."""
+    tasks = ["upper"] * n_per_task + ["larger"] * n_per_task
+    n = len(tasks)
+    sft_correct = [1] * n_per_task + [i % 2 for i in range(n_per_task)]
+    rl_correct = [0 if c and i % 3 == 0 else c for i, c in enumerate(sft_correct)]
+    sft_answers = [f"a{i}" for i in range(n)]
+    rl_answers = [a if i % 3 else a + " changed" for i, a in enumerate(sft_answers)]
+    noise = [1e-7 * (i % 5) for i in range(n)]  # identical answers whose scores differ by float noise are ties
+
+    def res(correct, answers, rewards, judge):
+        return {"correct": correct, "answers": answers, "tasks": tasks, "rewards": rewards, "judge_rewards": judge}
+
+    return {
+        "pretrained (no SFT)": res([0] * n, ["?"] * n, [-1.0 + 0.01 * i for i in range(n)], [-1.0 - 0.01 * i for i in range(n)]),
+        "SFT": res(sft_correct, sft_answers, [0.1 * (i % 7) for i in range(n)], [0.2 * (i % 5) for i in range(n)]),
+        "PPO": res(rl_correct, rl_answers,
+                   [0.1 * (i % 7) + (1.0 if i % 3 == 0 else noise[i]) for i in range(n)],
+                   [0.2 * (i % 5) - (1.0 if i % 3 == 0 else noise[i]) for i in range(n)]),
+    }
+
+
+def test_chatgpt_report_leads_with_held_out_accuracy_and_two_judges(tmp_path):
+    from heredity.experiments.chatgpt import Config, build_report, markdown, plot
+
+    config = Config(base="tiny:micro", instructions=["upper", "larger"], eval_rows_per_task=40, samples_shown=2)
+    results = _fake_results()
+    eval_rows = [{"prompt": f"q{i}", "completion": f"a{i}"} for i in range(80)]
+    rm = {"train_pairs": 100, "eval_pairs": 20, "optimizer_steps": 4, "loss_first": 0.7, "loss_last": 0.5,
+          "eval_accuracy_before": 0.5, "eval_accuracy": 0.8, "eval_accuracy_ci": {"n": 20, "k": 16, "mean": 0.8, "lo": 0.58, "hi": 0.92},
+          "eval_accuracy_by_kind": {}, "curve": [[1, 0.7, 0.5], [2, 0.5, 0.8]]}
+    steps = {"sft": {"examples": 10, "optimizer_steps": 1, "loss_first": 1.0, "loss_last": 0.5, "seconds": 1.0},
+             "reward": rm, "judge": {**rm, "train_pairs": 90}, "rl": {"log": []}}
+    report = build_report(config, steps, results, eval_rows, {})
+    acc = report["accuracy"]
+    for a in acc.values():
+        for ci in [a["overall"], *a["per_task"].values()]:
+            assert 0 <= ci["lo"] < ci["hi"] <= 1 and ci["lo"] <= ci["mean"] <= ci["hi"], ci  # never "1.00 [1.00, 1.00]"
+    assert acc["SFT"]["per_task"]["upper"]["mean"] == 1.0 and acc["SFT"]["per_task"]["upper"]["lo"] < 0.95
+    assert acc["pretrained (no SFT)"]["overall"]["mean"] == 0.0 and acc["pretrained (no SFT)"]["overall"]["hi"] > 0.02
+    # SFT → PPO: a paired test over the same items, and a drop is reported as the wrong direction, not as a null
+    t = report["tests"]["rl_vs_sft"]
+    assert t["n"] == 80 and t["discordant"] == [0, 20] and t["diff"] == pytest.approx(-20 / 80) and t["p"] < 0.001
+    assert t["verdict"]["result"] == "opposite" and report["tests"]["sft_vs_base"]["verdict"]["result"] == "as hypothesised"
+    out = report["outcome"]
+    assert out.startswith("Held-out exact-match accuracy (80 instructions, greedy): SFT 0.75 [0.65, 0.83] → PPO 0.50 [")
+    assert out.index("opposite to the hypothesis") < out.index("judged by the training RM") < out.index("judged by the judge RM")
+    assert "unit: held-out instructions, one trained model per stage, n = 80" in out and "one training seed" in out
+    # the training RM (circular) sees a win on every changed answer, the independent judge a loss; the rest are ties
+    tr, jr = report["win_rate"]["training_rm"], report["win_rate"]["judge_rm"]
+    assert (tr["wins"], tr["ties"], tr["losses"]) == (27, 53, 0) and (jr["wins"], jr["ties"], jr["losses"]) == (0, 53, 27)
+    assert tr["share"]["mean"] == 1.0 and tr["share"]["lo"] < tr["share"]["hi"] == 1.0 and tr["verdict"]["result"] == "as hypothesised"
+    assert jr["share"]["mean"] == 0.0 and jr["share"]["lo"] == 0.0 < jr["share"]["hi"] and jr["verdict"]["result"] == "opposite"
+    md = markdown(report)
+    assert md.index("**Outcome.** Held-out") < md.index("## Headline: held-out accuracy") < md.index("## 3. SFT")
+    assert "| SFT | 80 | 60 | 0.750 [" in md and "judged by the training RM (the reward PPO optimized: circular) | 27 | 53 | 0 |" in md
+    assert "judged by the judge RM (disjoint prompts, never optimized against) | 0 | 53 | 27 |" in md
+    assert "[1.00, 1.00]" not in md and "[0.00, 0.00]" not in md
+    plot(report, tmp_path / "plot.png")
+    # without a judge the report says so instead of leaving the circular number alone unlabelled
+    no_judge = {k: {**v, "judge_rewards": None} for k, v in results.items()}
+    r2 = build_report(config.model_copy(update={"judge_fraction": 0.0}), {**steps, "judge": None}, no_judge, eval_rows, {})
+    assert r2["win_rate"]["judge_rm"] is None and "no judge RM" in r2["outcome"]
+    assert "not trained (judge_fraction = 0" in markdown(r2)
 
 
 def test_chatgpt_bad_input_is_one_line(tmp_path):

@@ -321,9 +321,10 @@ def ppo_step(store, policy: str, reward_model: str, prompts: str, config: PPOCon
 
     config = config or PPOConfig()
     policy_id, rm_id, data_id = store.resolve_id(policy), store.resolve_id(reward_model), store.resolve_id(prompts)
-    rows = prompts_of(store, data_id)
+    prompts_of(store, data_id)  # a clear error before anything runs
 
     def run(ctx):
+        rows = prompts_of(store, data_id)  # read inside the step, from the input artifact
         lm, tok = load(policy_id, store, merge_adapter=True, trainable=True, dtype=torch.float32)
         ref, _ = load(policy_id, store, merge_adapter=True)
         rm, reward_fn = reward_function(store, rm_id, next(lm.parameters()).device)

@@ -201,17 +201,17 @@ def reward_step(store, base: str, datasets: Sequence[str], config: RewardConfig 
     if store.get(base_id).kind != "model":
         raise HeredityError(f"{base_id} is a {store.get(base_id).kind}; a reward model starts from a model (merge an adapter first)")
     ids = [store.resolve_id(d) for d in datasets]
-    rows: list[dict] = []
-    for d in ids:
-        table = read_table(store.path(d))
-        require_columns(table, ["prompt", "chosen", "rejected"], f"reward model data {d}")
-        rows += table.select([c for c in ("prompt", "chosen", "rejected", "kind") if c in table.column_names]).to_pylist()
-    pairs = normalize_pairs(rows)
-    train_pairs, eval_pairs = split_pairs(pairs, config.eval_fraction, config.seed)
 
     def run(ctx):
         from transformers import AutoTokenizer
 
+        # the pairs are read here, from the input datasets, so that the step sees nothing its key does not hold
+        rows: list[dict] = []
+        for d in ids:
+            table = read_table(store.path(d))
+            require_columns(table, ["prompt", "chosen", "rejected"], f"reward model data {d}")
+            rows += table.select([c for c in ("prompt", "chosen", "rejected", "kind") if c in table.column_names]).to_pylist()
+        train_pairs, eval_pairs = split_pairs(normalize_pairs(rows), config.eval_fraction, config.seed)
         tok = AutoTokenizer.from_pretrained(store.path(base_id))
         if tok.pad_token is None:
             tok.pad_token = tok.eos_token

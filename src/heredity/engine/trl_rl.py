@@ -68,9 +68,10 @@ def grpo_step(store, policy: str, reward_model: str, prompts: str, config: TRLCo
         raise HeredityError(f"GRPO batch_size {config.batch_size} must be a multiple of num_generations {config.num_generations}")
     policy_id, rm_id, data_id = _policy(store, policy), store.resolve_id(reward_model), store.resolve_id(prompts)
     check_reward_model(store, rm_id)
-    rows = prompts_of(store, data_id)
+    prompts_of(store, data_id)  # a clear error before anything runs
 
     def run(ctx):
+        rows = prompts_of(store, data_id)  # read inside the step, from the input artifact
         lm, tok = load(policy_id, store, trainable=True, dtype=torch.float32)
         _, reward_fn = reward_function(store, rm_id, default_device())
 
@@ -107,14 +108,18 @@ def dpo_step(store, policy: str, preferences: list[str], config: TRLConfig | Non
     config = config or TRLConfig()
     policy_id = _policy(store, policy)
     ids = [store.resolve_id(d) for d in preferences]
-    rows: list[dict] = []
-    for d in ids:
-        table = read_table(store.path(d))
-        require_columns(table, ["prompt", "chosen", "rejected"], f"DPO data {d}")
-        rows += table.select(["prompt", "chosen", "rejected"]).to_pylist()
-    pairs = normalize_pairs(rows)
+    def read_pairs() -> list[dict]:
+        rows: list[dict] = []
+        for d in ids:
+            table = read_table(store.path(d))
+            require_columns(table, ["prompt", "chosen", "rejected"], f"DPO data {d}")
+            rows += table.select(["prompt", "chosen", "rejected"]).to_pylist()
+        return normalize_pairs(rows)
+
+    read_pairs()  # a clear error before anything runs
 
     def run(ctx):
+        pairs = read_pairs()  # read inside the step, from the input artifacts
         lm, tok = load(policy_id, store, trainable=True, dtype=torch.float32)
         args = _args(DPOConfig, config, str(ctx.scratch / "trl"), per_device_train_batch_size=config.batch_size,
                      max_length=config.max_length)

@@ -10,11 +10,16 @@ Methods, as a paper's section would list them:
 4. Reward model: a scalar head on the SFT model, Bradley–Terry loss on preference pairs — built-in pairs come
    from a synthetic rule (correct and concise > correct but wordy > wrong) over the SFT model's own samples,
    clearly labelled synthetic; the lab server's preference export or user JSONL can replace or join them.
-   Pairwise accuracy on pairs of held-out prompts.
+   Pairwise accuracy on pairs of held-out prompts. The synthetic pairs are split by prompt (``judge_fraction``):
+   the *training RM* (the one PPO/GRPO optimizes; DPO trains on its pairs) learns from one part, a *judge RM*
+   from the other — same recipe, disjoint prompts, never seen by the policy.
 5. RL: PPO (heredity's own: per-token KL to the frozen SFT model, value head, GAE, clipped surrogate), or
    GRPO / DPO through TRL (``rl``).
-6. Report card: pretraining perplexity, SFT and RL accuracy on held-out instructions, RM accuracy, reward and KL
-   over RL steps, the RL model's win rate over the SFT model judged by the RM on held-out prompts, samples.
+6. Report card, headline first: exact-match accuracy on held-out instructions (Wilson intervals; SFT → RL by an
+   exact McNemar test over the same items). Then the RL model's win share over the SFT model on held-out
+   prompts judged by the training RM (circular: the policy optimized it) and by the judge RM; pretraining
+   perplexity, RM accuracies, reward and KL over RL steps, samples. One trained model per stage (one training
+   seed): the intervals and p-values are over held-out items, about these models, not about the recipe.
 """
 
 from __future__ import annotations
@@ -33,15 +38,18 @@ from heredity.data.tasks import grade
 from heredity.engine import FinetuneConfig, SampleConfig, finetune, sample
 from heredity.engine.ppo import PPOConfig, ppo_step
 from heredity.engine.pretrain import PretrainConfig, pretrain_step, train_tokenizer_step
-from heredity.engine.reward import RewardConfig, reward_function, reward_step
+from heredity.engine.reward import RewardConfig, reward_function, reward_step, split_pairs
 from heredity.engine.sampling import as_messages
 from heredity.engine.trl_rl import TRLConfig, dpo_step, grpo_step
 from heredity.errors import HeredityError
 from heredity.models import load, materialize, merge_adapter
-from heredity.reports.card import save_card
-from heredity.reports.stats import fmt_ci, mean_ci
-from heredity.store import Store, read_table
+from heredity.reports.card import save_card, yerr
+from heredity.reports.stats import fmt_ci, fmt_test, mean_ci, paired_rate_test, rate_ci, rates_ci, verdict
+from heredity.store import Store, read_table, write_table
 
+EVAL_BATCH = 64  # prompts decoded together in the held-out evaluation (keyed through the sampling config)
+PREFERENCE_BATCH = 16  # sequences decoded together when sampling answers for the synthetic pairs
+UNIT = "held-out instructions, one trained model per stage"
 NANOGPT = {"setting": "nanoGPT shakespeare-char on CPU: 4 layers, 4 heads, 128 wide, context 64, batch 12, 2000 iterations",
            "val_loss_nats_per_char": 1.88, "minutes": 3}
 
@@ -63,6 +71,8 @@ class Config(BaseModel):
     preference_prompts_per_task: int = Field(300, ge=1)
     preference_samples: int = Field(2, ge=1, description="SFT samples per prompt ranked by the rule")
     preference_data: list[str] = Field(default_factory=list, description="more pairs: dataset ids or JSONL/parquet (prompt/chosen/rejected)")
+    judge_fraction: float = Field(0.5, ge=0, lt=1, description="share of the synthetic preference prompts set aside (by prompt) "
+                                  "to train a judge RM the policy never trains against; the training RM and DPO get the rest; 0 = no judge")
     reward: RewardConfig = Field(default_factory=lambda: RewardConfig(epochs=2, lr=2e-4, batch_size=32))
     rl: Literal["ppo", "grpo", "dpo"] = "ppo"
     rl_prompts_per_task: int = Field(300, ge=1)
@@ -124,25 +134,53 @@ def _uniform(rows: list[dict]) -> list[dict]:
     return rows
 
 
-def _evaluate(store: Store, model_id: str, rm_id: str, eval_id: str, rows: list[dict], config: Config, progress: bool) -> dict:
-    """Greedy answers of ``model_id`` to the held-out instructions, graded and scored by the reward model (memoized)."""
-    cfg = {"max_new_tokens": config.max_new_tokens, "decoding": "greedy", "grader": "exact-match-first-line"}
+def _answers(store: Store, model_id: str, eval_id: str, config: Config, progress: bool) -> dict:
+    """Greedy answers of ``model_id`` to the held-out instructions (read from ``eval_id``), graded by exact match of
+    the first line (memoized). Returns {answers, correct, tasks, id}."""
+    sampling = SampleConfig(temperature=0, max_new_tokens=config.max_new_tokens, batch_size=EVAL_BATCH)
+    cfg = {"decoding": "greedy", "grader": "exact-match-first-line", "sampling": sampling.model_dump()}
 
     def fn(ctx):
+        rows = read_table(store.path(eval_id)).to_pylist()
         model, tok = load(model_id, store, merge_adapter=True)
-        comps = sample(model, tok, [r["prompt"] for r in rows],
-                       SampleConfig(temperature=0, max_new_tokens=config.max_new_tokens, batch_size=64), progress=progress)
+        comps = sample(model, tok, [r["prompt"] for r in rows], SampleConfig(**ctx.config["sampling"]), progress=progress)
         answers = [c.text for c in comps]
         correct = [int(grade(a, r["completion"])) for a, r in zip(answers, rows, strict=True)]
-        _, reward_fn = reward_function(store, rm_id, next(model.parameters()).device)
-        rewards = reward_fn([r["prompt"] for r in rows], answers)
         out = ctx.output("scores", "report", f"instruction-eval-{store.get(model_id).name}")
-        (out / "scores.json").write_text(json.dumps({"answers": answers, "correct": correct, "rewards": rewards,
+        (out / "scores.json").write_text(json.dumps({"answers": answers, "correct": correct,
                                                      "tasks": [r.get("task", "") for r in rows]}))
-        return {"accuracy": sum(correct) / len(correct), "mean_reward": sum(rewards) / len(rewards)}
+        return {"accuracy": sum(correct) / len(correct)}
 
-    rid = store.run_step("eval-instructions", cfg, [model_id, eval_id, rm_id], fn)["scores"]
-    return json.loads((store.path(rid) / "scores.json").read_text())
+    rid = store.run_step("eval-instructions", cfg, [model_id, eval_id], fn)["scores"]
+    return {**json.loads((store.path(rid) / "scores.json").read_text()), "id": rid}
+
+
+def _rewards(store: Store, answers_id: str, eval_id: str, rm_id: str) -> list[float]:
+    """The reward model ``rm_id``'s score of each stored answer to its held-out prompt (memoized)."""
+    cfg = {"scorer": "reward-model", "answers": "scores.json"}
+
+    def fn(ctx):
+        from heredity.models.registry import default_device
+
+        prompts = read_table(store.path(eval_id)).column("prompt").to_pylist()
+        answers = json.loads((store.path(answers_id) / "scores.json").read_text())["answers"]
+        _, reward_fn = reward_function(store, rm_id, default_device())
+        rewards = reward_fn(prompts, answers)
+        out = ctx.output("rewards", "report", f"rewards-{store.get(rm_id).name}")
+        (out / "rewards.json").write_text(json.dumps({"rewards": rewards}))
+        return {"mean_reward": sum(rewards) / len(rewards)}
+
+    rid = store.run_step("score-answers", cfg, [answers_id, eval_id, rm_id], fn)["rewards"]
+    return json.loads((store.path(rid) / "rewards.json").read_text())["rewards"]
+
+
+def _rm_metrics(metrics: dict) -> dict:
+    """A reward step's metrics with its held-out pairwise accuracy as a Wilson interval over the non-tied pairs."""
+    wins = metrics.get("eval_wins") or []
+    decided = [w for w in wins if w != 0.5]
+    return {**{k: v for k, v in metrics.items() if k != "eval_wins"},
+            "eval_accuracy_ci": rate_ci(sum(1 for w in decided if w == 1.0), len(decided)),
+            "eval_ties": len(wins) - len(decided)}
 
 
 def run(store: Store, config: Config, progress: bool = True) -> dict:
@@ -187,34 +225,56 @@ def run(store: Store, config: Config, progress: bool = True) -> dict:
     steps["sft"] = sft.metrics
     sft_model = sft["model"] if store.get(sft["model"]).kind == "model" else merge_adapter(store, sft["model"], "sft")
     lineage.update(sft_data=sft_data, sft=sft_model)
-    # 4. preference pairs and the reward model
+    # 4. preference pairs, the training reward model and the judge
     pref_ids: list[str] = []
+    judge_pairs = None
     if config.synthetic_preferences:
         pref_rows = instruction_rows(kinds, config.preference_prompts_per_task, "train", config.seed + 2)
-        cfg = {"rule": "correct-and-concise > correct-but-wordy > wrong", "samples": config.preference_samples,
-               "temperature": 1.0, "max_new_tokens": config.max_new_tokens, "rows_sha256": rows_digest(pref_rows), "seed": config.seed}
+        sampling = SampleConfig(temperature=1.0, n=config.preference_samples, max_new_tokens=config.max_new_tokens,
+                                seed=config.seed, batch_size=PREFERENCE_BATCH)
+        cfg = {"rule": "correct-and-concise > correct-but-wordy > wrong", "sampling": sampling.model_dump(),
+               "rows_sha256": rows_digest(pref_rows), "seed": config.seed}
 
         def make_pairs(ctx):
+            s = SampleConfig(**ctx.config["sampling"])
             model, tok = load(sft_model, store)
-            comps = sample(model, tok, [r["prompt"] for r in pref_rows],
-                           SampleConfig(temperature=1.0, n=config.preference_samples, max_new_tokens=config.max_new_tokens,
-                                        seed=config.seed), progress=progress)
-            own = [[c.text for c in comps[i * config.preference_samples:(i + 1) * config.preference_samples]] for i in range(len(pref_rows))]
-            pairs = synthetic_preferences(pref_rows, own, config.seed)
-            from heredity.store import write_table
-
+            comps = sample(model, tok, [r["prompt"] for r in pref_rows], s, progress=progress)
+            own = [[c.text for c in comps[i * s.n:(i + 1) * s.n]] for i in range(len(pref_rows))]
+            pairs = synthetic_preferences(pref_rows, own, ctx.config["seed"])
             out = ctx.output("dataset", "dataset", "preferences-synthetic", meta={"rows": len(pairs), "synthetic": True})
             write_table(out, pairs)
             return {"rows": len(pairs), "prompts": len(pref_rows)}
 
-        pref_ids.append(store.run_step("make-synthetic-preferences", cfg, [sft_model], make_pairs, seed=config.seed)["dataset"])
+        synthetic = store.run_step("make-synthetic-preferences", cfg, [sft_model], make_pairs, seed=config.seed)["dataset"]
+        if config.judge_fraction > 0:
+            def split(ctx):
+                rows = read_table(store.path(synthetic)).to_pylist()
+                train, judge = split_pairs(rows, ctx.config["judge_fraction"], ctx.config["seed"])
+                for role, part in (("train", train), ("judge", judge)):
+                    out = ctx.output(role, "dataset", f"preferences-synthetic-{role}",
+                                     meta={"rows": len(part), "synthetic": True, "prompts": len({repr(r["prompt"]) for r in part})})
+                    write_table(out, part)
+                return {"train_pairs": len(train), "judge_pairs": len(judge)}
+
+            parts = store.run_step("split-preferences", {"by": "prompt", "judge_fraction": config.judge_fraction,
+                                                         "seed": config.seed}, [synthetic], split)
+            pref_ids.append(parts["train"])
+            judge_pairs = parts["judge"]
+        else:
+            pref_ids.append(synthetic)
     pref_ids += [_dataset(store, ref) for ref in config.preference_data]
     if not pref_ids:
         raise HeredityError("no preference data: keep synthetic_preferences or give preference_data")
     rm = reward_step(store, sft_model, pref_ids, config.reward, progress=progress)
-    steps["reward"] = {k: v for k, v in rm.metrics.items() if k != "eval_wins"}
+    steps["reward"] = _rm_metrics(rm.metrics)
     rm_id = rm["model"]
     lineage.update(preferences=",".join(pref_ids), reward_model=rm_id)
+    judge_id = None
+    if judge_pairs is not None:
+        judge = reward_step(store, sft_model, [judge_pairs], config.reward, name="judge-reward-model", progress=progress)
+        steps["judge"] = _rm_metrics(judge.metrics)
+        judge_id = judge["model"]
+        lineage.update(judge_preferences=judge_pairs, judge_reward_model=judge_id)
     # 5. RL
     rl_rows = instruction_rows(kinds, config.rl_prompts_per_task, "train", config.seed + 3)
     rl_prompts = put_rows(store, [{"prompt": r["prompt"], "task": r["task"]} for r in rl_rows], "rl-prompts", op="make-sft-data",
@@ -230,51 +290,95 @@ def run(store: Store, config: Config, progress: bool = True) -> dict:
     # 6. evaluation
     evals = {"pretrained (no SFT)" if config.base is None else f"{config.base} (no SFT)": base, "SFT": sft_model,
              config.rl.upper(): rl["model"]}
-    results = {label: _evaluate(store, mid, rm_id, eval_id, eval_rows, config, progress) for label, mid in evals.items()}
+    results = {}
+    for label, mid in evals.items():
+        r = _answers(store, mid, eval_id, config, progress)
+        r["rewards"] = _rewards(store, r["id"], eval_id, rm_id)
+        if judge_id:
+            r["judge_rewards"] = _rewards(store, r["id"], eval_id, judge_id)
+        results[label] = r
     report = build_report(config, steps, results, eval_rows, lineage)
     report["seconds"] = round(time.perf_counter() - t0, 1)
 
-    card = save_card(store, "chatgpt", report, list(evals.values()) + [rm_id], markdown, plot)
+    card = save_card(store, "chatgpt", report, list(evals.values()) + [rm_id] + ([judge_id] if judge_id else []), markdown, plot)
     return {**card, "lineage_of": rl["model"]}
+
+
+def win_share(base: list[float], other: list[float], base_answers: list[str], other_answers: list[str]) -> dict:
+    """``other`` vs ``base`` judged prompt by prompt by one reward model: wins (other's reward higher), ties (the same
+    answer, or equal rewards) and losses. The win share is wins / (wins + losses) with a Wilson interval (ties carry
+    no preference, so they are counted and set aside); the test is the exact two-sided sign test (McNemar on the
+    wins vs losses; Δ = (wins − losses) / n with Newcombe's interval)."""
+    tie = [x == y or a == b for a, b, x, y in zip(base, other, base_answers, other_answers, strict=True)]
+    won = [int(not t and b > a) for a, b, t in zip(base, other, tie, strict=True)]
+    lost = [int(not t and b < a) for a, b, t in zip(base, other, tie, strict=True)]
+    w, lo = sum(won), sum(lost)
+    test = {**paired_rate_test(won, lost, UNIT), "test": "exact sign test"}
+    return {"wins": w, "ties": len(tie) - w - lo, "losses": lo, "n": len(tie), "share": rate_ci(w, w + lo), "test": test,
+            "verdict": verdict(test, 1)}
 
 
 def build_report(config: Config, steps: dict, results: dict, eval_rows: list[dict], lineage: dict) -> dict:
     rl_label = config.rl.upper()
+    base_label = next(iter(results))
     acc = {}
     for label, r in results.items():
-        per_task = {}
-        for task in config.instructions:
-            vals = [c for c, t in zip(r["correct"], r["tasks"], strict=True) if t == task]
-            per_task[task] = mean_ci(vals, bounds=(0, 1))
-        acc[label] = {"overall": mean_ci(r["correct"], bounds=(0, 1)), "per_task": per_task,
-                      "mean_reward": mean_ci(r["rewards"])}
-    sft_r, rl_r = results["SFT"]["rewards"], results[rl_label]["rewards"]
-    wins = [1.0 if b > a else 0.5 if b == a else 0.0 for a, b in zip(sft_r, rl_r, strict=True)]
-    win = mean_ci(wins, bounds=(0, 1))
-    rm = steps["reward"]
+        per_task = {task: rates_ci([c for c, t in zip(r["correct"], r["tasks"], strict=True) if t == task])
+                    for task in config.instructions}
+        acc[label] = {"overall": rates_ci(r["correct"]), "per_task": per_task, "mean_reward": mean_ci(r["rewards"])}
+        if r.get("judge_rewards") is not None:
+            acc[label]["mean_judge_reward"] = mean_ci(r["judge_rewards"])
+    tests = {}
+    for key, (a, b) in {"sft_vs_base": ("SFT", base_label), "rl_vs_sft": (rl_label, "SFT")}.items():
+        t = paired_rate_test(results[a]["correct"], results[b]["correct"], UNIT)
+        tests[key] = {**t, "a": a, "b": b, "verdict": verdict(t, 1)}
+    sft, rlr = results["SFT"], results[rl_label]
+    judges = {"training_rm": win_share(sft["rewards"], rlr["rewards"], sft["answers"], rlr["answers"]), "judge_rm": None}
+    if sft.get("judge_rewards") is not None and rlr.get("judge_rewards") is not None:
+        judges["judge_rm"] = win_share(sft["judge_rewards"], rlr["judge_rewards"], sft["answers"], rlr["answers"])
+    rm, judge = steps["reward"], steps.get("judge")
     shown = []
     for i in range(min(config.samples_shown, len(eval_rows))):
         j = (i * len(eval_rows)) // max(1, config.samples_shown)
         shown.append({"prompt": eval_rows[j]["prompt"], "reference": eval_rows[j]["completion"],
-                      "sft": results["SFT"]["answers"][j], "sft_reward": round(sft_r[j], 3),
-                      "rl": results[rl_label]["answers"][j], "rl_reward": round(rl_r[j], 3)})
+                      "sft": sft["answers"][j], "sft_reward": round(sft["rewards"][j], 3),
+                      "rl": rlr["answers"][j], "rl_reward": round(rlr["rewards"][j], 3),
+                      **({"sft_judge": round(sft["judge_rewards"][j], 3), "rl_judge": round(rlr["judge_rewards"][j], 3)}
+                         if judges["judge_rm"] else {})})
     pre = steps.get("pretrain")
-    outcome = (f"{rl_label} vs SFT on {len(wins)} held-out prompts: win rate {fmt_ci(win, 2)} by the reward model; "
-               f"accuracy SFT {fmt_ci(acc['SFT']['overall'], 2)} → {rl_label} {fmt_ci(acc[rl_label]['overall'], 2)}; "
-               f"reward model held-out pairwise accuracy {rm['eval_accuracy']:.2f}")
-    if pre:
-        outcome = f"pretraining val perplexity {pre['val_perplexity']:.1f} ({pre['val_nats_per_char']:.2f} nats/char); " + outcome
+    rt, st = tests["rl_vs_sft"], tests["sft_vs_base"]
+
+    def share(w: dict) -> str:
+        return (f"{fmt_ci(w['share'], 2)} ({w['wins']} wins / {w['ties']} ties / {w['losses']} losses; "
+                f"{fmt_test(w['test'], 2)}: {w['verdict']['words']})")
+
+    outcome = (f"Held-out exact-match accuracy ({len(eval_rows)} instructions, greedy): SFT {fmt_ci(acc['SFT']['overall'], 2)} → "
+               f"{rl_label} {fmt_ci(acc[rl_label]['overall'], 2)}, {fmt_test(rt)}: {rt['verdict']['words']} "
+               f"({base_label} → SFT: {st['verdict']['words']}). "
+               f"{rl_label} win share over SFT on non-tied held-out prompts, judged by the training RM ({TRAINING_RM[config.rl]}): "
+               f"{share(judges['training_rm'])}; "
+               + (f"judged by the judge RM (trained on disjoint prompts, never optimized against): {share(judges['judge_rm'])}. "
+                  if judges["judge_rm"] else "no judge RM (judge_fraction = 0 or no synthetic pairs). ")
+               + f"Reward model held-out pairwise accuracy {fmt_ci(rm['eval_accuracy_ci'], 2)}"
+               + (f", judge RM {fmt_ci(judge['eval_accuracy_ci'], 2)}" if judge else "")
+               + (f"; pretraining val perplexity {pre['val_perplexity']:.1f} ({pre['val_nats_per_char']:.2f} nats/char)" if pre else "")
+               + ". One trained model per stage, one training seed: intervals and p-values are over held-out items and "
+               "describe these trained models, not the recipe in general")
     return {"config": config.model_dump(), "lineage": lineage, "pretrain": pre, "tokenizer": steps.get("tokenizer"),
             "sft": {k: v for k, v in steps["sft"].items() if k != "loss_curve"}, "sft_curve": steps["sft"].get("loss_curve"),
-            "reward": rm, "rl": steps["rl"], "accuracy": acc, "win_rate": win, "wins": wins, "samples": shown,
-            "nanogpt": NANOGPT, "outcome": outcome}
+            "reward": rm, "judge": judge, "rl": steps["rl"], "accuracy": acc, "tests": tests, "win_rate": judges,
+            "samples": shown, "nanogpt": NANOGPT, "outcome": outcome}
 
+
+TRAINING_RM = {"ppo": "the reward PPO optimized: circular", "grpo": "the reward GRPO optimized: circular",
+               "dpo": "trained on the same pairs DPO trained on"}
 
 
 def markdown(report: dict) -> str:
     cfg = report["config"]
     rl = cfg["rl"].upper()
-    lines = ["# The ChatGPT recipe: report card", ""]
+    lines = ["# The ChatGPT recipe: report card", "", f"**Outcome.** {report['outcome']}.", ""]
+    lines += headline(report)
     pre = report.get("pretrain")
     if pre:
         p = cfg["pretrain"]
@@ -306,21 +410,34 @@ def markdown(report: dict) -> str:
     lines += ["## 3. SFT", "",
               f"{sft['examples']} examples, {cfg['sft']['method']} fine-tune, completion-only loss, {sft['optimizer_steps']} steps "
               f"(loss {sft['loss_first']:.3f} → {sft['loss_last']:.3f}, {sft['seconds']:.0f} s). Held-out instructions, greedy "
-              "decoding, exact match of the first line; accuracy mean [95% CI].", "",
-              "| model | " + " | ".join(cfg["instructions"]) + " | overall | mean RM reward |",
-              "|---|" + "---|" * (len(cfg["instructions"]) + 2)]
+              "decoding, exact match of the first line; accuracy [95% Wilson interval]; mean reward [95% t interval] "
+              "under the training RM and the judge RM.", "",
+              "| model | " + " | ".join(cfg["instructions"]) + " | overall | mean reward, training RM | mean reward, judge RM |",
+              "|---|" + "---|" * (len(cfg["instructions"]) + 3)]
     for label, a in acc.items():
+        jr = fmt_ci(a["mean_judge_reward"], 2) if a.get("mean_judge_reward") else "—"
         lines.append(f"| {label} | " + " | ".join(fmt_ci(a["per_task"][t], 2) for t in cfg["instructions"])
-                     + f" | {fmt_ci(a['overall'], 2)} | {fmt_ci(a['mean_reward'], 2)} |")
+                     + f" | {fmt_ci(a['overall'], 2)} | {fmt_ci(a['mean_reward'], 2)} | {jr} |")
     rm = report["reward"]
     lines += ["", f"n = {cfg['eval_rows_per_task']} per instruction kind.", "", "## 4. Reward model", "",
               f"Bradley–Terry on {rm['train_pairs']} pairs ({'synthetic rule: correct-and-concise > correct-but-wordy > wrong, over the SFT model’s own samples + reference answers' if cfg['synthetic_preferences'] else 'user data'}"
               f"{' + user data' if cfg['preference_data'] and cfg['synthetic_preferences'] else ''}), {rm['optimizer_steps']} steps, "
               f"loss {rm['loss_first']:.3f} → {rm['loss_last']:.3f}. Held-out pairwise accuracy ({rm['eval_pairs']} pairs of unseen "
-              f"prompts): {rm['eval_accuracy_before']:.2f} before training → **{rm['eval_accuracy']:.2f}** after.", ""]
+              f"prompts): {rm['eval_accuracy_before']:.2f} before training → **{fmt_ci(rm['eval_accuracy_ci'], 2)}** after "
+              f"(95% Wilson interval over the {rm['eval_accuracy_ci']['n']} non-tied pairs; a tie counts half in the point figure "
+              f"{rm['eval_accuracy']:.2f}). This is the **training RM**: "
+              + (f"{rl} optimizes it" if cfg["rl"] != "dpo" else "DPO trains on its pairs") + ".", ""]
+    judge = report.get("judge")
+    if judge:
+        lines += [f"**Judge RM.** The same recipe, initialized from the same SFT model, trained on the other "
+                  f"{cfg['judge_fraction']:.0%} of the synthetic prompts ({judge['train_pairs']} pairs; no prompt shared with the "
+                  f"training RM's pairs; the policy never saw it): held-out pairwise accuracy {judge['eval_accuracy_before']:.2f} → "
+                  f"**{fmt_ci(judge['eval_accuracy_ci'], 2)}** ({judge['eval_pairs']} pairs of unseen prompts).", ""]
+    by_kind = [("training RM", rm)] + ([("judge RM", judge)] if judge else [])
     if rm.get("eval_accuracy_by_kind"):
-        lines += ["| held-out pairs | n | accuracy |", "|---|---|---|"]
-        lines += [f"| {k} | {v['n']} | {v['accuracy']:.2f} |" for k, v in rm["eval_accuracy_by_kind"].items()]
+        lines += ["| held-out pairs | RM | n | accuracy |", "|---|---|---|---|"]
+        lines += [f"| {k} | {who} | {v['n']} | {v['accuracy']:.2f} |" for who, m in by_kind
+                  for k, v in (m.get("eval_accuracy_by_kind") or {}).items()]
         lines.append("")
     lines += [f"## 5. {rl}", ""]
     log = report["rl"].get("log") or []
@@ -344,18 +461,53 @@ def markdown(report: dict) -> str:
                   "| step | " + " | ".join(keys) + " |", "|---|" + "---|" * len(keys)]
         every = max(1, len(log) // 10)
         lines += [f"| {x['step']} | " + " | ".join(f"{x.get(k, float('nan')):.4g}" for k in keys) + " |" for x in log[::every]]
-    win = report["win_rate"]
+    judged = bool(report["win_rate"].get("judge_rm"))
     lines += ["", "## 6. Win rate and samples", "",
-              f"{rl} vs SFT, judged by the reward model on {len(report['wins'])} held-out prompts (greedy answers; a tie counts "
-              f"half): **{fmt_ci(win, 2)}**.", "",
+              f"{rl} vs SFT on {report['win_rate']['training_rm']['n']} held-out prompts (greedy answers): see the headline table — "
+              "the training RM's verdict is not independent of the policy's training, the judge RM's is. Samples, with each answer's reward "
+              + ("(training RM / judge RM):" if judged else "(training RM):"), "",
               f"| prompt | reference | SFT (reward) | {rl} (reward) |", "|---|---|---|---|"]
     for s in report["samples"]:
         def cell(x):
             return json.dumps(x if isinstance(x, str) else x[-1]["content"])[1:-1].replace("|", "\\|")[:80]
-        lines.append(f"| {cell(s['prompt'])} | {cell(s['reference'])} | {cell(s['sft'])} ({s['sft_reward']:+.2f}) | "
-                     f"{cell(s['rl'])} ({s['rl_reward']:+.2f}) |")
-    lines += ["", f"**Outcome.** {report['outcome']}.", "", f"Run time {report.get('seconds', 0):.0f} s.", ""]
+        def rw(who, s=s):
+            return f"{s[who + '_reward']:+.2f}" + (f" / {s[who + '_judge']:+.2f}" if who + "_judge" in s else "")
+
+        lines.append(f"| {cell(s['prompt'])} | {cell(s['reference'])} | {cell(s['sft'])} ({rw('sft')}) | "
+                     f"{cell(s['rl'])} ({rw('rl')}) |")
+    lines += ["", f"Run time {report.get('seconds', 0):.0f} s.", ""]
     return "\n".join(lines)
+
+
+def headline(report: dict) -> list[str]:
+    """The held-out task metric first, then the win shares, each beside its unit and n."""
+    rl = report["config"]["rl"].upper()
+    lines = ["## Headline: held-out accuracy", "",
+             "Exact match of the first line of the greedy answer to held-out instructions, 95% Wilson intervals:", "",
+             "| model | n | correct | accuracy [95% CI] |", "|---|---|---|---|"]
+    for label, a in report["accuracy"].items():
+        o = a["overall"]
+        lines.append(f"| {label} | {o['n']} | {o['k']} | {fmt_ci(o, 3)} |")
+    lines += ["", "Changes, paired over the same held-out instructions (exact McNemar test, Newcombe interval of the "
+                  "difference in accuracy; hypothesis: each stage raises accuracy):", ""]
+    for t in report["tests"].values():
+        lines.append(f"- {t['a']} − {t['b']}: {fmt_test(t)}: **{t['verdict']['words']}**.")
+    lines += ["", f"{rl} vs SFT win share on held-out prompts: a win is a higher reward for the {rl} answer; a tie (the same "
+                  "answer or an equal reward) carries no preference and is set aside; win share = wins / (wins + losses) "
+                  "with a 95% Wilson interval; exact two-sided sign test, Δ = (wins − losses) / n.", "",
+              "| judge | wins | ties | losses | win share [95% CI] | sign test |", "|---|---|---|---|---|---|"]
+    cfg = report["config"]
+    names = {"training_rm": f"judged by the training RM ({TRAINING_RM[cfg['rl']]})",
+             "judge_rm": "judged by the judge RM (disjoint prompts, never optimized against)"}
+    for key, w in report["win_rate"].items():
+        if w is None:
+            lines.append(f"| {names[key]} | — | — | — | not trained (judge_fraction = 0 or no synthetic pairs) | — |")
+            continue
+        lines.append(f"| {names[key]} | {w['wins']} | {w['ties']} | {w['losses']} | {fmt_ci(w['share'], 3)} | "
+                     f"{fmt_test(w['test'])}: {w['verdict']['words']} |")
+    lines += ["", "One trained model per stage from one training seed: every interval and p-value here is over held-out "
+                  "items (instructions, prompts) and describes these trained models, not what the recipe does in general.", ""]
+    return lines
 
 
 def plot(report: dict, path) -> None:
@@ -407,13 +559,15 @@ def plot(report: dict, path) -> None:
     c.set_xlabel(f"{rl} step")
     c.set_title(f"{rl}")
     labels = list(report["accuracy"])
-    vals = [report["accuracy"][k]["overall"]["mean"] for k in labels]
-    errs = [[v - report["accuracy"][k]["overall"]["lo"] for k, v in zip(labels, vals, strict=True)],
-            [report["accuracy"][k]["overall"]["hi"] - v for k, v in zip(labels, vals, strict=True)]]
-    d.bar(range(len(labels)), vals, yerr=errs, color=["#94a3b8", "#2563eb", "#059669"], capsize=4)
+    cis = [report["accuracy"][k]["overall"] for k in labels]
+    d.bar(range(len(labels)), [c["mean"] for c in cis], yerr=yerr(cis), color=["#94a3b8", "#2563eb", "#059669"], capsize=4)
     d.set_xticks(range(len(labels)), labels, fontsize=8)
     d.set_ylim(0, 1)
-    d.set_title(f"Held-out accuracy; {rl} win rate {report['win_rate']['mean']:.2f}")
+    d.set_ylabel("held-out accuracy (95% Wilson)")
+    wr = report["win_rate"]
+    shares = f"training RM {fmt_ci(wr['training_rm']['share'], 2)}" + (
+        f"\njudge RM {fmt_ci(wr['judge_rm']['share'], 2)}" if wr.get("judge_rm") else "")
+    d.set_title(f"Held-out accuracy; {rl} win share\n{shares}", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
