@@ -28,6 +28,7 @@ import hashlib
 import importlib
 import inspect
 import json
+import re
 import sys
 import types
 from dataclasses import dataclass
@@ -114,7 +115,20 @@ def _stable_repr(x) -> str:
         return f"{type(x).__name__}({[_stable_repr(v) for v in x]!r})"
     if isinstance(x, dict):
         return f"dict({[(_stable_repr(k), _stable_repr(v)) for k, v in x.items()]!r})"
-    return repr(x)
+    if callable(x):  # a function in a table: its name (its source is collected beside it), never its address
+        return f"<{getattr(x, '__module__', '?')}.{getattr(x, '__qualname__', type(x).__name__)}>"
+    return re.sub(r" at 0x[0-9a-f]+", "", repr(x))
+
+
+def _callables_in(x):
+    if isinstance(x, dict):
+        for v in x.values():
+            yield from _callables_in(v)
+    elif isinstance(x, (list, tuple, set, frozenset)):
+        for v in x:
+            yield from _callables_in(v)
+    elif inspect.isfunction(x) or inspect.isclass(x):
+        yield x
 
 
 def _resolve(entry: str):
@@ -206,6 +220,8 @@ def _collect(obj, parts: dict[str, str], seen: set[int]) -> None:
                 _collect(t, parts, seen)
             elif isinstance(t, CONSTANT_TYPES) and n in g and n.isupper():
                 parts.setdefault(f"{obj.__module__}.{n}", _stable_repr(t))
+                for f in _callables_in(t):
+                    _collect(f, parts, seen)
 
 
 def _import_all() -> None:
