@@ -348,7 +348,7 @@ def markdown(report: dict) -> str:
         lines.append(f"| {r['regime']} | {r['generation']} | {r['train']['tokens'][0]:,} | {fmt_ci(pp, 2)} | "
                      + ", ".join(f"{x:.1f}" for x in r["perplexity_per_seed"]) + " | "
                      + " | ".join(fmt_ci(r["distinct"][str(n)], 3) for n in ng)
-                     + f" | {r['types']['mean']:.0f} | {fmt_ci(r['tail_coverage'], 2)} |")
+                     + f" | {r['types']['mean']:.0f} | {fmt_ci(r['tail_coverage'], 3)} |")
     if report.get("comparisons"):
         lines += ["", "## Tests (two-sided, paired by seed; Holm over the family)", "",
                   "| a | b | Δ mean NLL (nats) [95% CI] | p | p Holm | unit, n |", "|---|---|---|---|---|---|"]
