@@ -322,7 +322,6 @@ def run(store: Store, config: InsightsConfig, rows: list[dict], source: str, pro
     """The whole pipeline as store steps; returns {report, markdown, outcome, files}."""
     from heredity.models import materialize, parse_spec
 
-    t0 = time.perf_counter()
     rows = normalize(rows)
     conv_id = put_rows(store, rows, "conversations", op="put-conversations",
                        config={"source": source, "rows_sha256": rows_digest(rows)})
@@ -330,15 +329,18 @@ def run(store: Store, config: InsightsConfig, rows: list[dict], source: str, pro
     spec = parse_spec(config.facet_model)
     model_id = config.facet_model if spec.kind == "openai" else materialize(spec, store)
     facets_id = _facet_step(store, scrubbed_id, model_id, config, progress)
-    scrubbed = read_table(store.path(scrubbed_id)).to_pylist()
-    fac = read_table(store.path(facets_id)).to_pylist()
-    pii = store.get(scrubbed_id).meta.get("pii", {})
+    remote = spec.kind == "openai"
 
     def fn(ctx):
+        t1 = time.perf_counter()
+        # everything read here from the input artifacts (the naming model among them, or the endpoint in the key)
+        scrubbed = read_table(store.path(scrubbed_id)).to_pylist()
+        fac = read_table(store.path(facets_id)).to_pylist()
+        pii = store.get(scrubbed_id).meta.get("pii", {})
         model, tok = facets.open_model(store, model_id)
         res = analyse(scrubbed, fac, config, model, tok, progress)
         report = {"config": config.model_dump(), "source": source, "pii": pii, **res,
-                  "seconds": round(time.perf_counter() - t0, 1)}
+                  "seconds": round(time.perf_counter() - t1, 1)}
         report["outcome"] = outcome(report)
         out = ctx.output("report", "report", "insights", meta={"outcome": report["outcome"]})
         (out / "report.json").write_text(json.dumps(report, indent=2))
@@ -346,8 +348,9 @@ def run(store: Store, config: InsightsConfig, rows: list[dict], source: str, pro
         plot(report, out / "map.png")
         return {"clusters_shown": len(res["levels"][0]), "withheld": res["audit"]["withheld"]}
 
-    rid = store.run_step("insights", {"config": config.model_dump(), "source": source, "analysis": ANALYSIS_VERSION},
-                         [facets_id, scrubbed_id, conv_id],
+    rid = store.run_step("insights", {"config": config.model_dump(), "source": source, "analysis": ANALYSIS_VERSION,
+                                      **({"endpoint": model_id} if remote else {})},
+                         [facets_id, scrubbed_id, conv_id, *([] if remote else [model_id])],
                          fn)["report"]
     report = json.loads((store.path(rid) / "report.json").read_text())
     return {"report": rid, "markdown": markdown(report), "outcome": report["outcome"],
