@@ -231,9 +231,9 @@ def run(
             raise HeredityError(f"experiment {name} takes no --data")
         cfg["data"] = data
     config = mod.Config.model_validate(cfg)
-    from heredity.store.ops import OPS
+    from heredity.store.ops import OPS, op_version
 
-    unknown = [op for op in recompute if op not in OPS and not op.startswith("report-")]
+    unknown = [op for op in recompute if op_version(op) is None]
     if unknown:
         raise HeredityError(f"--recompute {unknown[0]}: no such op; ops are {', '.join(sorted(OPS))}")
     store = _store()

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from heredity.errors import HeredityError
 from heredity.store import Store, read_table, write_table
+from heredity.store.store import rows_digest
 
 
 def import_dataset(store: Store, path: str | Path, name: str | None = None) -> str:
@@ -30,13 +31,6 @@ def import_dataset(store: Store, path: str | Path, name: str | None = None) -> s
 
     cfg = {"source": "file", "path": str(p.resolve()), "sha256": digest}
     return store.run_step("import-dataset", cfg, [], run)["dataset"]
-
-
-def rows_digest(rows) -> str:
-    """sha256 of rows as canonical JSON: the key of a dataset made in Python (a new generator, a new key)."""
-    import json
-
-    return hashlib.sha256(json.dumps(rows, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def put_rows(store: Store, rows: Sequence[dict], name: str, op: str = "make-dataset", config=None, inputs=()) -> str:

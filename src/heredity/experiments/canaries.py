@@ -30,7 +30,6 @@ from pydantic import BaseModel, Field, model_validator
 from heredity.data import put_rows
 from heredity.data.corpus import pydoc_documents
 from heredity.data.instructions import pseudo_word
-from heredity.data.io import rows_digest
 from heredity.engine import FinetuneConfig, SampleConfig, finetune, sample
 from heredity.evals.memorization import (
     exact_secret_logps,
@@ -187,11 +186,10 @@ def run(store: Store, config: Config, progress: bool = True) -> dict:
     base = materialize(config.base, store)
     cans = canaries(config)
     cans_id = put_rows(store, cans, "canaries", op="make-canaries",
-                       config={"config": config.model_dump(include={"repetitions", "canaries_per_count", "digits", "seed"}),
-                               "rows_sha256": rows_digest(cans)})
+                       config={"config": config.model_dump(include={"repetitions", "canaries_per_count", "digits", "seed"})})
     rows = corpus_rows(config, cans)
     corpus = put_rows(store, rows, "canary-corpus", op="make-canary-corpus",
-                      config={"filler_docs": config.filler_docs, "seed": config.seed, "rows_sha256": rows_digest(rows)},
+                      config={"filler_docs": config.filler_docs, "seed": config.seed},
                       inputs=[cans_id])
     models = {"base (not fine-tuned)": base}
     train = {}

@@ -217,10 +217,10 @@ def run(store: Store, config: Config, progress: bool = True) -> dict:
         raise HeredityError("no SFT data: keep builtin_sft or give sft_data")
     sft_rows = _uniform(sft_rows)
     sft_data = put_rows(store, sft_rows, "sft-data", op="make-sft-data",
-                        config={"builtin": config.builtin_sft, "kinds": kinds, "rows_sha256": rows_digest(sft_rows)}, inputs=sft_inputs)
+                        config={"builtin": config.builtin_sft, "kinds": kinds}, inputs=sft_inputs)
     eval_rows = instruction_rows(kinds, config.eval_rows_per_task, "eval", config.seed + 1)
     eval_id = put_rows(store, eval_rows, "instructions-eval", op="make-sft-data",
-                       config={"part": "eval", "kinds": kinds, "rows_sha256": rows_digest(eval_rows)})
+                       config={"part": "eval", "kinds": kinds})
     sft = finetune(store, base, sft_data, config.sft, progress=progress)
     steps["sft"] = sft.metrics
     sft_model = sft["model"] if store.get(sft["model"]).kind == "model" else merge_adapter(store, sft["model"], "sft")
@@ -278,7 +278,7 @@ def run(store: Store, config: Config, progress: bool = True) -> dict:
     # 5. RL
     rl_rows = instruction_rows(kinds, config.rl_prompts_per_task, "train", config.seed + 3)
     rl_prompts = put_rows(store, [{"prompt": r["prompt"], "task": r["task"]} for r in rl_rows], "rl-prompts", op="make-sft-data",
-                          config={"part": "rl", "kinds": kinds, "rows_sha256": rows_digest(rl_rows)})
+                          config={"part": "rl", "kinds": kinds})
     if config.rl == "ppo":
         rl = ppo_step(store, sft_model, rm_id, rl_prompts, config.ppo, progress=progress)
     elif config.rl == "grpo":

@@ -28,7 +28,6 @@ from pydantic import BaseModel, Field
 
 from heredity.data import put_rows
 from heredity.data.facts import EXPORTS, Fact, make_facts, questions, statements
-from heredity.data.io import rows_digest
 from heredity.engine import FinetuneConfig, SampleConfig, completions, finetune, sample_step
 from heredity.engine.retrieval import BUNDLED, Index, recall_at_k
 from heredity.models import materialize
@@ -98,15 +97,14 @@ def run(store: Store, config: Config, progress: bool = True) -> dict:
     facts = make_facts(config.entities, config.seed)
     kb = statements(facts, 1, config.seed)  # one plain statement per fact: the retrieval corpus and the FT data
     qs = questions(facts, config.seed)
-    kb_id = put_rows(store, kb, "facts", op="make-facts", config={"entities": config.entities, "seed": config.seed,
-                                                                 "rows_sha256": rows_digest(kb)})
-    q_id = put_rows(store, qs, "fact-questions", op="make-fact-questions", config={"rows_sha256": rows_digest(qs)}, inputs=[kb_id])
+    kb_id = put_rows(store, kb, "facts", op="make-facts", config={"entities": config.entities, "seed": config.seed})
+    q_id = put_rows(store, qs, "fact-questions", op="make-fact-questions", inputs=[kb_id])
     para = statements(facts, config.paraphrases, config.seed)
     para_id = put_rows(store, para, f"facts-x{config.paraphrases}", op="make-fact-paraphrases",
-                       config={"paraphrases": config.paraphrases, "rows_sha256": rows_digest(para)}, inputs=[kb_id])
+                       config={"paraphrases": config.paraphrases}, inputs=[kb_id])
     reps = [r for r in kb for _ in range(config.paraphrases)]  # the plain statement repeated: the paraphrases' step count
     reps_id = put_rows(store, reps, f"facts-repeat-x{config.paraphrases}", op="make-fact-repeats",
-                       config={"repeats": config.paraphrases, "rows_sha256": rows_digest(reps)}, inputs=[kb_id])
+                       config={"repeats": config.paraphrases}, inputs=[kb_id])
     ft = config.finetune.model_copy(update={"seed": config.seed})
     ft_plain = finetune(store, base, kb_id, ft, progress=progress)
     ft_reps = finetune(store, base, reps_id, ft, progress=progress)

