@@ -76,16 +76,68 @@ def models(spec: Annotated[str | None, typer.Argument(help="a model spec to reso
 
 
 @app.command("ls")
-def ls(kind: Annotated[str | None, typer.Option(help="model | adapter | dataset | report")] = None):
-    """List stored artifacts.  Example: heredity ls --kind model"""
+def ls(
+    kind: Annotated[str | None, typer.Option(help="model | adapter | dataset | report")] = None,
+    format: Annotated[str, typer.Option("--format", "-f", help="table | plain (tab-separated) | json")] = "table",
+):
+    """List stored artifacts; ids are never shortened (the table wraps names instead).
+
+    Examples:
+      heredity ls --kind model
+      heredity ls --format plain | cut -f1      # just the ids
+    """
+    if format not in ("table", "plain", "json"):
+        raise HeredityError(f"unknown format {format!r}; use table, plain or json")
     store = _store()
-    t = Table(title=f"artifacts in {store.home}")
-    for c in ("id", "kind", "name", "size", "made by", "created"):
-        t.add_column(c)
+    rows = []
     for a in store.list(kind):
-        op = store.find_step(a.step_key).op
-        t.add_row(a.id, a.kind, a.name, _size(a.size_bytes), op, a.created_at.strftime("%Y-%m-%d %H:%M"))
+        step = store.find_step(a.step_key)
+        rows.append({"id": a.id, "kind": a.kind, "name": a.name, "size_bytes": a.size_bytes,
+                     "made_by": step.op if step else "", "created": a.created_at.strftime("%Y-%m-%d %H:%M")})
+    if format == "json":
+        print(json.dumps(rows))
+        return
+    if format == "plain":
+        for r in rows:
+            print("\t".join(str(r[k]) for k in ("id", "kind", "name", "size_bytes", "made_by", "created")))
+        return
+    t = Table(title=f"artifacts in {store.home}")
+    t.add_column("id", no_wrap=True, min_width=18)  # 18 = len("m-" + 16 hex): the one thing a user copies
+    for c in ("kind", "name", "size", "made by", "created"):
+        t.add_column(c, overflow="fold")
+    for r in rows:
+        t.add_row(r["id"], r["kind"], r["name"], _size(r["size_bytes"]), r["made_by"], r["created"])
     out.print(t)
+
+
+@app.command()
+def fsck(
+    artifacts: Annotated[list[str] | None, typer.Argument(help="artifact ids (default: every artifact)")] = None,
+    repair: Annotated[bool, typer.Option(help="remove the files of provably broken artifacts so they are recomputed")] = False,
+):
+    """Re-hash stored artifacts against their ids; report every mismatch and missing file (exit 1 if any).
+
+    Examples:
+      heredity fsck
+      heredity fsck a-68138ad70c1f2e4b --repair
+    """
+    from rich.progress import Progress
+
+    store = _store()
+    with Progress(transient=True, console=Console(stderr=True), disable=not sys.stderr.isatty()) as bar:
+        task = bar.add_task("re-hashing", total=None)
+        res = store.fsck(artifacts or [], repair=repair, progress=lambda aid: bar.update(task, advance=1, description=aid))
+    for aid, problems in res["broken"].items():
+        for p in problems:
+            print(f"{aid}: {p}")
+    for aid in res["removed"]:
+        steps = ", ".join(f"{op} (step {key})" for op, key in res["recompute"][aid]) or "no recorded step"
+        print(f"removed {aid}; recompute it by rerunning what made it: {steps}")
+    n = len(res["broken"])
+    print(f"{res['checked']} artifacts checked, {n} broken" + (f", {len(res['removed'])} removed" if repair else "")
+          + ("" if not n or repair else "; `heredity fsck --repair` removes them so their steps recompute them"))
+    if n:
+        raise typer.Exit(1)
 
 
 @app.command()
@@ -97,6 +149,8 @@ def show(artifact: str):
     store = _store()
     a = store.get(artifact)
     st = store.step_of(a.id)
+    others = [{"op": p.op, "key": p.key[:16], "config": p.config, "inputs": p.inputs}
+              for p in store.producers(a.id) if p.key != st.key]
     info = {
         "id": a.id,
         "kind": a.kind,
@@ -108,6 +162,7 @@ def show(artifact: str):
         "step": {"op": st.op, "config": st.config, "seed": st.seed, "inputs": st.inputs, "metrics": st.metrics,
                  "code_version": st.code_version, "lib_versions": st.lib_versions, "host": st.host,
                  "started_at": str(st.started_at), "ended_at": str(st.ended_at)},
+        "also_made_by": others,
         "children": [c.id for c in store.children(a.id)],
     }
     out.print_json(json.dumps(info, default=str))
@@ -117,6 +172,7 @@ def show(artifact: str):
 def lineage(
     artifact: str,
     format: Annotated[str, typer.Option("--format", "-f", help="tree | json | mermaid")] = "tree",
+    step: Annotated[str | None, typer.Option(help="for an artifact several steps made: the step key (prefix) to trace")] = None,
 ):
     """What ARTIFACT inherited, and from where: its ancestry down to the base models.
 
@@ -128,7 +184,7 @@ def lineage(
 
     if format not in ("tree", "json", "mermaid"):
         raise HeredityError(f"unknown format {format!r}; use tree, json or mermaid")
-    node = _store().lineage(artifact)
+    node = _store().lineage(artifact, step=step)
     if format == "tree":
         out.print(as_tree(node))
     else:
@@ -417,7 +473,9 @@ def main() -> None:
     from typer._click.exceptions import ClickException, NoArgsIsHelpError
 
     try:
-        app(standalone_mode=False)
+        rc = app(standalone_mode=False)  # a command's typer.Exit(code) comes back as its return value here
+        if isinstance(rc, int) and rc:
+            sys.exit(rc)
     except HeredityError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

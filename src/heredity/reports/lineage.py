@@ -30,6 +30,9 @@ def as_tree(node: dict) -> Tree:
             if m:
                 head += f"\n  [dim]metrics {_short_config(m, 5)}[/]"
             head += f"\n  [dim]{st['ended_at'][:19]} on {st['host']}, heredity {st['code_version']}[/]"
+            if n.get("also_made_by"):
+                others = ", ".join(f"{o['op']} {o['key']}" for o in n["also_made_by"])
+                head += f"\n  [dim]identical bytes also made by: {others} (`--step KEY` traces one)[/]"
         return head
 
     def add(tree: Tree, n: dict) -> None:

@@ -41,6 +41,8 @@ class StepRow(Base):
     host: Mapped[str] = mapped_column(String(255))
     started_at: Mapped[datetime] = mapped_column(DateTime)
     ended_at: Mapped[datetime] = mapped_column(DateTime)
+    # for each input, the key of the step that made it on the path this step ran on (None: not known)
+    input_steps: Mapped[list | None] = mapped_column(JSON, nullable=True)
 
 
 class ArtifactRow(Base):
@@ -51,11 +53,24 @@ class ArtifactRow(Base):
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
     kind: Mapped[str] = mapped_column(String(16), index=True)
     name: Mapped[str] = mapped_column(String(255))
-    step_key: Mapped[str] = mapped_column(ForeignKey("steps.key"))  # the step that first made it
+    step_key: Mapped[str] = mapped_column(ForeignKey("steps.key"))  # the step that first made it (all: ArtifactStepRow)
     meta: Mapped[dict] = mapped_column(JSON, default=dict)
     size_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
     created_at: Mapped[datetime] = mapped_column(DateTime)
     description: Mapped[str] = mapped_column(Text, default="")
+    # {relative path: [size, mtime_ns]} as stored: the cheap check on every load (heredity.store.verify)
+    files: Mapped[dict | None] = mapped_column(JSON, nullable=True)
+    verified_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)  # last full re-hash that matched
+
+
+class ArtifactStepRow(Base):
+    """Every step that produced an artifact: byte-identical outputs of different steps share one artifact."""
+
+    __tablename__ = "artifact_steps"
+
+    artifact_id: Mapped[str] = mapped_column(ForeignKey("artifacts.id"), primary_key=True)
+    step_key: Mapped[str] = mapped_column(ForeignKey("steps.key"), primary_key=True, index=True)
+    made_at: Mapped[datetime] = mapped_column(DateTime)
 
 
 class ConversationRow(Base):

@@ -6,11 +6,19 @@ already finished, its stored outputs come back at once. A step writes its output
 temporary directories; only when it returns are they hashed, renamed into place (an atomic rename on
 the same filesystem) and recorded in the database, the row last. A step killed half-way therefore
 leaves nothing visible, and the next run starts it again.
+
+Concurrency: one step key is computed by one process at a time (a PostgreSQL advisory lock, or a file lock beside
+the SQLite database); a second process asking for the same step waits, then reuses the result. Temporary outputs
+live under ``tmp/<host>/<pid>.<process start>.<random>``, so opening a store shared by several hosts only ever
+cleans what dead processes of *this* host left. Integrity: every load re-checks the files against the manifest
+recorded when the artifact was stored (``heredity.store.verify``), and ``Store.fsck`` re-hashes them.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import fcntl
 import hashlib
 import inspect
 import json
@@ -20,6 +28,7 @@ import re
 import shutil
 import socket
 import subprocess
+import sys
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -28,12 +37,13 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import select, text
 from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from heredity.errors import HeredityError
-from heredity.store.db import ArtifactRow, Base, StepRow, add_missing_columns, make_engine
+from heredity.store import verify
+from heredity.store.db import ArtifactRow, ArtifactStepRow, Base, StepRow, add_missing_columns, make_engine
 from heredity.store.ops import op_version
 
 KIND_PREFIX = {"model": "m", "adapter": "a", "dataset": "d", "report": "r", "tokenizer": "t"}
@@ -277,6 +287,7 @@ class Step:
     host: str
     started_at: datetime
     ended_at: datetime
+    input_steps: list[str | None] | None = None
 
 
 @dataclass
@@ -309,7 +320,7 @@ class StepContext:
             raise ValueError(f"unknown artifact kind {kind!r}")
         if role in self._outputs:
             raise ValueError(f"output {role!r} declared twice")
-        path = self.store.tmp_dir / f"{os.getpid()}-{uuid.uuid4().hex}"
+        path = self.store.own_tmp / f"{_proc_tag()}.{uuid.uuid4().hex}"
         path.mkdir(parents=True)
         self._outputs[role] = (kind, name, path, dict(meta or {}))
         return path
@@ -319,7 +330,8 @@ class StepContext:
 
     @property
     def scratch(self) -> Path:
-        """A per-step directory that survives a kill (for checkpoints); removed when the step ends."""
+        """A per-step directory that survives a kill (for checkpoints); removed when the step ends. Only the process
+        holding the step's lock (``Store.run_step``) uses it, so concurrent runs cannot clobber its checkpoints."""
         p = self.store.home / "scratch" / self.key[:24]
         p.mkdir(parents=True, exist_ok=True)
         return p
@@ -350,7 +362,11 @@ class Store:
                 f"cannot reach the database {redact(self.db_url)} ({reason}); "
                 "check HEREDITY_DB_URL, or unset it to use the SQLite file in HEREDITY_HOME"
             ) from e
+        self.own_tmp = self.tmp_dir / _HOST_DIR
+        self._backfill_producers()
         self._clean_tmp()
+        self._producer: dict[str, str] = {}  # artifact id -> the step that returned it in this process (lineage paths)
+        self._verified: set[str] = set()  # artifacts checked on load in this process
         # `heredity run NAME --recompute OP`: steps of these ops ignore their memoized result, and so does every
         # step that consumes an output recomputed in this session (``_fresh``)
         self.recompute: set[str] = set()
@@ -362,11 +378,66 @@ class Store:
 
     # ---- housekeeping -------------------------------------------------------------------------
     def _clean_tmp(self) -> None:
-        """Remove temporary output dirs left by processes that no longer run (killed steps)."""
+        """Remove temporary output dirs left by processes of this host that no longer run (killed steps).
+
+        Another host's dirs are never touched: on a shared filesystem its PIDs mean nothing here. A PID that is alive
+        but started at another time is a reused PID, so its dir is a dead process's too. Dirs of the layout before
+        hosts were recorded (``tmp/<pid>-<random>``) are removed only when a day old and their PID is not alive."""
+        if self.own_tmp.is_dir():
+            for p in self.own_tmp.iterdir():
+                pid, _, rest = p.name.partition(".")
+                start = rest.partition(".")[0]
+                if pid.isdigit() and not _same_process(int(pid), start):
+                    shutil.rmtree(p, ignore_errors=True)
+        now = datetime.now().timestamp()
         for p in self.tmp_dir.iterdir():
-            pid = p.name.split("-", 1)[0]
-            if pid.isdigit() and not _pid_alive(int(pid)):
-                shutil.rmtree(p, ignore_errors=True)
+            if (m := _LEGACY_TMP.match(p.name)) and not _pid_alive(int(m.group(1))):
+                with contextlib.suppress(OSError):
+                    if now - p.stat().st_mtime > 86400:
+                        shutil.rmtree(p, ignore_errors=True)
+
+    def _backfill_producers(self) -> None:
+        """Stores made before ``artifact_steps`` existed: each artifact's first step becomes its recorded producer."""
+        with Session(self.engine) as s:
+            if s.scalars(select(ArtifactStepRow.artifact_id).limit(1)).first() is not None:
+                return
+            rows = s.execute(select(ArtifactRow.id, ArtifactRow.step_key, ArtifactRow.created_at)).all()
+            if not rows:
+                return
+            s.add_all(ArtifactStepRow(artifact_id=a, step_key=k, made_at=t) for a, k, t in rows)
+            with contextlib.suppress(IntegrityError):  # another process backfilled at the same moment
+                s.commit()
+
+    @contextlib.contextmanager
+    def step_lock(self, key: str, op: str = ""):
+        """Hold the lock of step ``key``: blocks while another process (any host on a PostgreSQL store) holds it.
+
+        PostgreSQL: a session advisory lock, released by the server if the process dies. SQLite: ``flock`` on a file
+        beside the database (the database is local to one filesystem), released by the kernel if the process dies.
+        """
+        if self.engine.dialect.name == "postgresql":
+            lock_id = int(key[:15], 16)  # 60 bits: a positive bigint
+            with self.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+                if not conn.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": lock_id}).scalar():
+                    _waiting(op, key)
+                    conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": lock_id})
+                try:
+                    yield
+                finally:
+                    conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": lock_id})
+            return
+        locks = self.home / "locks"
+        locks.mkdir(exist_ok=True)
+        with open(locks / f"{key[:32]}.lock", "a+") as fh:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                _waiting(op, key)
+                fcntl.flock(fh, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
 
     # ---- steps ------------------------------------------------------------------------------
     def find_step(self, key: str) -> Step | None:
@@ -392,25 +463,35 @@ class Store:
         if fn is not None and self.check_keys and op_version(op) is not None:  # heredity's own ops
             check_key_covers(fn, op, cfg, inputs, seed)
         force = fn is not None and (op in self.recompute or any(i in self._fresh for i in inputs))
-        done = self.find_step(key)
-        if not force and done and all((self.artifacts_dir / a).is_dir() for a in done.outputs.values()):
-            return StepResult(key, dict(done.outputs), dict(done.metrics), cached=True)
+        if not force and (hit := self._cached(key)):
+            return hit
         if fn is None:
             raise HeredityError(f"step {op} has not run yet and no function was given to run it")
-        ctx = StepContext(self, key, op, cfg, inputs, seed)
-        started = _now()
-        try:
-            metrics = fn(ctx) or {}
-        except BaseException:
-            for _, _, path, _ in ctx._outputs.values():
-                shutil.rmtree(path, ignore_errors=True)
-            raise
-        ctx.metrics = finite_json(json.loads(canonical({**ctx.metrics, **metrics})))  # strict JSON, once
-        outputs = self._commit(ctx, started)
+        with self.step_lock(key, op):
+            if not force and (hit := self._cached(key)):  # another process computed it while we waited
+                return hit
+            ctx = StepContext(self, key, op, cfg, inputs, seed)
+            started = _now()
+            try:
+                metrics = fn(ctx) or {}
+            except BaseException:
+                for _, _, path, _ in ctx._outputs.values():
+                    shutil.rmtree(path, ignore_errors=True)
+                raise
+            ctx.metrics = finite_json(json.loads(canonical({**ctx.metrics, **metrics})))  # strict JSON, once
+            outputs = self._commit(ctx, started)
+            shutil.rmtree(self.home / "scratch" / key[:24], ignore_errors=True)
         if force:
             self._fresh.update(outputs.values())
-        shutil.rmtree(self.home / "scratch" / key[:24], ignore_errors=True)
+        self._producer.update(dict.fromkeys(outputs.values(), key))
         return StepResult(key, outputs, dict(ctx.metrics), cached=False)
+
+    def _cached(self, key: str) -> StepResult | None:
+        done = self.find_step(key)
+        if done and all((self.artifacts_dir / a).is_dir() for a in done.outputs.values()):
+            self._producer.update(dict.fromkeys(done.outputs.values(), key))
+            return StepResult(key, dict(done.outputs), dict(done.metrics), cached=True)
+        return None
 
     def _commit(self, ctx: StepContext, started: datetime) -> dict[str, str]:
         placed: dict[str, tuple[str, str, dict, int]] = {}
@@ -418,18 +499,21 @@ class Store:
             aid = f"{KIND_PREFIX[kind]}-{hash_dir(path)[:16]}"
             size = dir_size(path)
             final = self.artifacts_dir / aid
+            placed_here = False
             if final.is_dir():
                 shutil.rmtree(path)  # same content already stored
             else:
                 try:
                     os.rename(path, final)
+                    placed_here = True
                 except OSError:  # a concurrent writer placed it first
                     if not final.is_dir():
                         raise
                     shutil.rmtree(path, ignore_errors=True)
-            placed[role] = (aid, kind, {"name": name, **meta}, size)
+            placed[role] = (aid, kind, {"name": name, **meta}, size, verify.manifest(final), placed_here)
         outputs = {role: v[0] for role, v in placed.items()}
         now = _now()
+        input_steps = [self._producer.get(i) or self._only_producer(i) for i in ctx.inputs]
         with Session(self.engine) as s:
             s.merge(
                 StepRow(
@@ -445,17 +529,23 @@ class Store:
                     host=socket.gethostname(),
                     started_at=started,
                     ended_at=now,
+                    input_steps=input_steps,
                 )
             )
             s.flush()
-            for aid, kind, meta, size in placed.values():
-                if s.get(ArtifactRow, aid) is None:
+            for aid, kind, meta, size, files, placed_here in placed.values():
+                row = s.get(ArtifactRow, aid)
+                if row is None:
                     name = meta.pop("name")
                     s.add(
-                        ArtifactRow(
-                            id=aid, kind=kind, name=name, step_key=ctx.key, meta=meta, size_bytes=size, created_at=now
-                        )
+                        ArtifactRow(id=aid, kind=kind, name=name, step_key=ctx.key, meta=meta, size_bytes=size,
+                                    created_at=now, files=files, verified_at=None)
                     )
+                    s.flush()
+                elif placed_here:  # files restored after `heredity fsck --repair` removed a broken copy
+                    row.files, row.verified_at = files, None
+                if s.get(ArtifactStepRow, (aid, ctx.key)) is None:
+                    s.add(ArtifactStepRow(artifact_id=aid, step_key=ctx.key, made_at=now))
             try:
                 s.commit()
             except IntegrityError:  # a concurrent run of the same step committed first
@@ -483,14 +573,85 @@ class Store:
             raise HeredityError(f"artifact prefix {ref!r} is ambiguous; give more characters of the id")
         raise HeredityError(f"no artifact {ref!r} in the store at {self.home}; list ids with `heredity ls`")
 
-    def get(self, ref: str) -> Artifact:
+    def get(self, ref: str, verify_files: bool = True) -> Artifact:
+        """The artifact ``ref``, its files checked (``check``) unless ``verify_files`` is False."""
         aid = self.resolve_id(ref)
         with Session(self.engine) as s:
             row = s.get(ArtifactRow, aid)
             art = _artifact(row, self.artifacts_dir)
         if not art.path.is_dir():
-            raise HeredityError(f"artifact {aid} is recorded but its files are missing from {art.path}; rerun the step")
+            raise HeredityError(f"artifact {aid} is recorded but its files are missing from {art.path}; rerun the step "
+                                f"that made it (`heredity fsck {aid}` says which)")
+        if verify_files and aid not in self._verified:
+            problems = self.check(aid)
+            if problems:
+                raise CorruptArtifactError(
+                    f"artifact {aid} is corrupt: {problems[0]}{f' (and {len(problems) - 1} more)' if len(problems) > 1 else ''}; "
+                    f"run `heredity fsck {aid}` (then `--repair` to remove it and recompute)"
+                )
+            self._verified.add(aid)
         return art
+
+    def check(self, ref: str, full: bool | None = None) -> list[str]:
+        """What is wrong with an artifact's files (empty: nothing).
+
+        Always: every recorded file present with its recorded size, each safetensors header well formed, no file
+        added. A full re-hash against the id when ``full``, when a file's mtime changed since it was stored or last
+        verified, on the first load after the artifact was written, or when HEREDITY_VERIFY=1. A re-hash that
+        matches records the files' current metadata, so the next load is cheap again."""
+        aid = self.resolve_id(ref)
+        path = self.artifacts_dir / aid
+        if not path.is_dir():
+            return [f"its directory {path} is missing"]
+        with Session(self.engine) as s:
+            row = s.get(ArtifactRow, aid)
+            recorded, verified_at = row.files, row.verified_at
+        if recorded is None:  # stored before manifests: a full hash decides, then the manifest is recorded
+            problems, changed = [], True
+        else:
+            problems, changed = verify.quick_problems(path, recorded)
+        if problems:
+            return problems
+        if full is None:
+            full = changed or verified_at is None or os.environ.get("HEREDITY_VERIFY", "") not in ("", "0")
+        if not full:
+            return []
+        got = hash_dir(path)[:16]
+        if got != aid.split("-", 1)[1]:
+            return [f"its files hash to {got}, not to its id (a byte changed since it was stored)"]
+        with Session(self.engine) as s:
+            row = s.get(ArtifactRow, aid)
+            row.files, row.verified_at = verify.manifest(path), _now()
+            s.commit()
+        return []
+
+    def fsck(self, refs: Iterable[str] = (), repair: bool = False, progress: Callable[[str], None] | None = None) -> dict:
+        """Re-hash artifacts (all when ``refs`` is empty) and check that every step's outputs exist.
+
+        Returns {"checked": n, "broken": {id: [problems]}, "removed": [ids], "recompute": {id: [(op, step key)]}}.
+        ``repair`` removes only the files of artifacts whose bytes provably differ from their id (or whose recorded
+        files are missing): the row stays, so the next run of a step that made it recomputes it and puts it back."""
+        ids = [self.resolve_id(r) for r in refs] if refs else [a.id for a in self.list()]
+        broken: dict[str, list[str]] = {}
+        for aid in ids:
+            if progress:
+                progress(aid)
+            problems = self.check(aid, full=True)
+            if problems:
+                broken[aid] = problems
+        removed = []
+        if repair:
+            for aid in broken:
+                path = self.artifacts_dir / aid
+                if path.is_dir():
+                    trash = self.own_tmp / f"{_proc_tag()}.fsck-{aid}"
+                    trash.parent.mkdir(parents=True, exist_ok=True)
+                    os.rename(path, trash)  # atomic: no half-removed artifact is ever visible
+                    shutil.rmtree(trash, ignore_errors=True)
+                    removed.append(aid)
+                self._verified.discard(aid)
+        recompute = {aid: [(st.op, st.key[:16]) for st in self.producers(aid)] for aid in broken}
+        return {"checked": len(ids), "broken": broken, "removed": removed, "recompute": recompute}
 
     def path(self, ref: str) -> Path:
         return self.get(ref).path
@@ -502,11 +663,31 @@ class Store:
                 q = q.where(ArtifactRow.kind == kind)
             return [_artifact(r, self.artifacts_dir) for r in s.scalars(q)]
 
-    def step_of(self, ref: str) -> Step:
-        art = self.get(ref)
-        step = self.find_step(art.step_key)
-        assert step is not None, f"artifact {art.id} has no step row"
-        return step
+    def producers(self, ref: str) -> list[Step]:
+        """Every step that made this artifact (byte-identical outputs of different steps), oldest first."""
+        aid = self.resolve_id(ref)
+        with Session(self.engine) as s:
+            keys = s.scalars(select(ArtifactStepRow.step_key).where(ArtifactStepRow.artifact_id == aid)
+                             .order_by(ArtifactStepRow.made_at)).all()
+            if not keys:
+                row = s.get(ArtifactRow, aid)
+                keys = [row.step_key] if row else []
+        return [st for k in keys if (st := self.find_step(k)) is not None]
+
+    def _only_producer(self, aid: str) -> str | None:
+        keys = [st.key for st in self.producers(aid)]
+        return keys[0] if len(keys) == 1 else None
+
+    def step_of(self, ref: str, step: str | None = None) -> Step:
+        """The step that made ``ref``: the one whose key starts with ``step`` if given, else the latest producer."""
+        art = self.get(ref, verify_files=False)
+        found = self.producers(art.id)
+        if step:
+            found = [st for st in found if st.key.startswith(step)]
+            if not found:
+                raise HeredityError(f"no step {step!r} made {art.id}; `heredity show {art.id}` lists the steps that did")
+        assert found, f"artifact {art.id} has no step row"
+        return found[-1]
 
     def children(self, ref: str) -> list[Artifact]:
         """Artifacts made by steps that took ``ref`` as an input."""
@@ -517,15 +698,21 @@ class Store:
             rows = [s.get(ArtifactRow, i) for i in sorted(ids)]
             return [_artifact(r, self.artifacts_dir) for r in rows if r is not None]
 
-    def lineage(self, ref: str) -> dict:
-        """The ancestry of an artifact as a nested dict: artifact -> step -> input artifacts -> ..."""
-        seen: dict[str, dict] = {}
+    def lineage(self, ref: str, step: str | None = None) -> dict:
+        """The ancestry of an artifact as a nested dict: artifact -> step -> input artifacts -> ...
 
-        def node(aid: str) -> dict:
-            if aid in seen:
-                return {"id": aid, "kind": seen[aid]["kind"], "name": seen[aid]["name"], "see_above": True}
-            art = self.get(aid)
-            step = self.find_step(art.step_key)
+        An artifact several steps made (identical bytes) shows the step on the path being traced: for the artifact
+        asked about, ``step`` (a key prefix) or its latest producer; for an input, the producer the consuming step
+        recorded when it ran. ``also_made_by`` lists the other producers."""
+        seen: dict[tuple[str, str | None], dict] = {}
+
+        def node(aid: str, via: str | None) -> dict:
+            if (aid, via) in seen:
+                return {"id": aid, "kind": seen[aid, via]["kind"], "name": seen[aid, via]["name"], "see_above": True}
+            art = self.get(aid, verify_files=False)
+            makers = self.producers(aid)
+            chosen = [st for st in makers if via and st.key.startswith(via)]
+            step = chosen[-1] if chosen else (makers[-1] if makers else None)
             n = {
                 "id": art.id,
                 "kind": art.kind,
@@ -544,12 +731,17 @@ class Store:
                 }
                 if step
                 else None,
+                "also_made_by": [{"op": st.op, "key": st.key[:16]} for st in makers if step and st.key != step.key],
             }
-            seen[aid] = n
-            n["parents"] = [node(i) for i in (step.inputs if step else [])]
+            seen[aid, via] = n
+            via_inputs = (step.input_steps or [None] * len(step.inputs)) if step else []
+            n["parents"] = [node(i, v) for i, v in zip(step.inputs if step else [], via_inputs, strict=False)]
             return n
 
-        return node(self.resolve_id(ref))
+        aid = self.resolve_id(ref)
+        if step:
+            self.step_of(aid, step)  # a clear error for a step that did not make it
+        return node(aid, step)
 
 
 def redact(url: str) -> str:
@@ -558,6 +750,41 @@ def redact(url: str) -> str:
 
 def _now() -> datetime:
     return datetime.now(UTC).replace(tzinfo=None)
+
+
+class CorruptArtifactError(HeredityError):
+    """An artifact's files differ from what the store recorded (see ``Store.check``)."""
+
+
+def _proc_start(pid: int) -> str:
+    """When process ``pid`` started (clock ticks since boot, from /proc), "" where unknown."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return ""
+    return stat.rsplit(")", 1)[1].split()[19]  # field 22, counted after the command name
+
+
+def _same_process(pid: int, start: str) -> bool:
+    """Whether ``pid`` is alive and is the process that started at ``start`` (not a reused PID)."""
+    if not _pid_alive(pid):
+        return False
+    now = _proc_start(pid)
+    return not (start and now and now != start)
+
+
+_HOST_DIR = re.sub(r"[^A-Za-z0-9_.-]", "_", socket.gethostname()) or "host"
+_LEGACY_TMP = re.compile(r"^(\d+)-[0-9a-f]{32}$")
+
+
+def _proc_tag() -> str:
+    """``<pid>.<start>`` of this process: who owns a tmp dir (computed each time: a forked child is another owner)."""
+    pid = os.getpid()
+    return f"{pid}.{_proc_start(pid) or 0}"
+
+
+def _waiting(op: str, key: str) -> None:
+    print(f"step {op or '?'} ({key[:16]}) is being computed by another process; waiting for it", file=sys.stderr)
 
 
 def _pid_alive(pid: int) -> bool:
@@ -588,4 +815,5 @@ def _step(row: StepRow) -> Step:
         row.host,
         row.started_at,
         row.ended_at,
+        row.input_steps,
     )
