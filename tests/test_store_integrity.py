@@ -195,3 +195,23 @@ def test_two_processes_one_step_compute_once(tmp_path, backend, request):
     assert log.read_text() == "computed\n", "exactly one process computes the step"
     assert results[0][0] == results[1][0] and sorted(r[1] for r in results) == ["False", "True"]
     assert any("being computed by another process" in o[1] for o in outs)
+
+
+def test_ls_never_cuts_an_id(tmp_path):
+    home = tmp_path / "home"
+    store = Store(home)
+
+    def make(ctx):
+        (ctx.output("dataset", "dataset", "a-very-long-dataset-name-" * 4) / "x.txt").write_text("x")
+
+    aid = store.run_step("make", {}, [], make)["dataset"]
+    env_cols = {"COLUMNS": "80"}
+    os.environ.update(env_cols)
+    try:
+        r = _cli(home, "ls")
+    finally:
+        os.environ.pop("COLUMNS")
+    assert r.returncode == 0 and aid in r.stdout, r.stdout
+    assert _cli(home, "ls", "--format", "plain").stdout.split("\t")[0] == aid
+    assert '"id": "' + aid in _cli(home, "ls", "--format", "json").stdout
+    assert _cli(home, "ls", "--format", "yaml").returncode == 2
