@@ -88,7 +88,15 @@ def test_pretraining_loss_drops_below_a_bound(tmp_path, store):
     assert m["evals"][0]["iter"] == 40 and m["evals"][-1]["iter"] == 80
     assert m["val_loss"] < 0.5 * math.log(300), m["evals"]  # from ln V ≈ 5.7 at init to below 2.85
     assert m["val_perplexity"] == pytest.approx(math.exp(m["val_loss"]), rel=1e-2)
-    assert m["val_nats_per_char"] < m["val_loss"]
+    # nats per character = the final val loss × val tokens / val characters (+1 per document: its separator)
+    from transformers import AutoTokenizer
+
+    from heredity.engine.pretrain import corpus_texts, token_stream
+
+    val = corpus_texts(store, corpus)["val"]
+    n_tok = len(token_stream(AutoTokenizer.from_pretrained(store.path(tok)), val))
+    n_chr = sum(len(t) + 1 for t in val)
+    assert m["val_nats_per_char"] == pytest.approx(m["evals"][-1]["val_loss"] * n_tok / n_chr, abs=1e-4)
     assert set(m["samples"][-1]["samples"]) == set(cfg.sample_prompts)
     # a plain HF checkpoint with the tokenizer, lineage corpus + tokenizer → model
     model, t = load(res["model"], store)

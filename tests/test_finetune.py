@@ -62,6 +62,20 @@ def test_training_reduces_loss(tiny, spec, method, lr):
     assert (m["trainable_parameters"] < 0.1 * sum(p.numel() for p in model.parameters())) == (method == "lora")
 
 
+def test_distill_loss_is_forward_kl_times_t_squared():
+    """KL(teacher_T ‖ student_T) · T² by hand: teacher [0.9, 0.1] at T = 2, student uniform; a reversed KL (2.04)
+    or a dropped T² (0.37) fails."""
+    import math
+
+    T = 2.0
+    student = torch.tensor([[[0.0, 0.0], [5.0, -5.0]]])  # the second position has no label: ignored
+    teacher = torch.tensor([[[T * math.log(9.0), 0.0], [0.0, 0.0]]])
+    labels = torch.tensor([[-100, 1]])  # the label at position 1 is predicted from position 0
+    loss, n = distill_kl(student, teacher, labels, T=T)
+    want = T * T * (0.9 * math.log(0.9 / 0.5) + 0.1 * math.log(0.1 / 0.5))
+    assert n == 1 and float(loss) == pytest.approx(want, rel=1e-5) and want == pytest.approx(1.472256, rel=1e-5)
+
+
 def test_logit_distillation_decreases(tiny):
     s, teacher_id, _, _ = tiny
     from heredity.models import materialize
@@ -82,7 +96,9 @@ def test_checkpoint_resume_reproduces_the_run(tiny, tmp_path):
     assert state["step"] == 3
     model2, _ = fresh(tiny)  # a new process would start from the base; the checkpoint carries steps 1-3
     resumed, m2 = train(model2, tok, ROWS, cfg, checkpoint_dir=tmp_path, progress=False)
-    assert m2["loss_curve"][:3] == m1["loss_curve"][:3]
+    assert m2["loss_curve"][:3] == m1["loss_curve"][:3]  # carried in the checkpoint
+    after = [x[1] for x in m2["loss_curve"][3:]]  # computed by the resumed run: steps 4-6
+    assert len(after) == 3 and after == pytest.approx([x[1] for x in m1["loss_curve"][3:]], rel=1e-5)
     for (n, a), (_, b) in zip(straight.named_parameters(), resumed.named_parameters(), strict=True):
         assert torch.allclose(a, b, atol=1e-6), n
 
@@ -104,8 +120,18 @@ def test_finetune_step_adapter_lineage_and_reload(tiny):
     assert lin["step"]["op"] == "finetune" and lin["step"]["config"]["method"] == "lora"
     assert [p["id"] for p in lin["parents"]] == [base, data]
     merged, tok = load(res["model"], s, merge_adapter=True)
+    # the reloaded adapter is the trained model: the same greedy answer and logits as the model `train` returned
+    trained, _ = train(fresh(tiny)[0], tok, ROWS, cfg, progress=False)
+    trained = trained.merge_and_unload()
+    ids = tok("count from 3", return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        assert torch.allclose(merged(ids).logits, trained(ids).logits, atol=1e-5)
+    base_model, _ = load(base, s)
+    with torch.no_grad():
+        assert not torch.allclose(merged(ids).logits, base_model(ids).logits, atol=1e-3), "the adapter changed nothing"
     out = sample(merged, tok, ["count from 3"], SampleConfig(temperature=0, max_new_tokens=4), progress=False)
-    assert len(out) == 1
+    ref = sample(trained, tok, ["count from 3"], SampleConfig(temperature=0, max_new_tokens=4), progress=False)
+    assert out[0].text == ref[0].text
 
 
 def test_dataset_without_needed_columns(tiny):

@@ -151,7 +151,7 @@ def test_collapse_pipeline_smoke(store):
     rep = json.loads((store.path(out["report"]) / "report.json").read_text())
     by = {(r["regime"], r["generation"]): r for r in rep["rows"]}
     assert set(by) == {("real", 0)} | {(g, k) for g in ("replace", "accumulate", "keep-real") for k in (1, 2)}
-    assert by[("real", 0)]["perplexity"]["mean"] < 300  # generation 0: below a uniform guess over the 300-token vocabulary
+    assert by[("real", 0)]["perplexity"]["mean"] < 0.5 * 300  # generation 0 learned: well below a uniform guess (300)
     for s in range(2):
         assert by[("accumulate", 2)]["train"]["docs"][s] > by[("accumulate", 1)]["train"]["docs"][s] > by[("replace", 1)]["train"]["docs"][s]
     for r in rep["rows"]:

@@ -190,3 +190,60 @@ def test_a_cancelled_sequence_stops_and_frees_its_slot(peaked):
     got = sample(model, tok, PROMPTS, cfg, progress=False, cancelled=lambda pi: pi == 1)
     assert got[1].finish_reason == "cancelled" and got[1].token_ids == []
     assert [c.token_ids for i, c in enumerate(got) if i != 1] == [t for i, t in enumerate(alone) if i != 1]
+
+
+def _fast_vs_hf(model, tok):
+    """(fused step's logits, HF's logits) for one new token after a short prompt."""
+    from heredity.engine.cache import prealloc_cache
+    from heredity.engine.fastdecode import FastDecoder
+
+    ids = torch.tensor([tok("a prompt that is long enough", add_special_tokens=False)["input_ids"]])
+    L = ids.shape[1]
+    att, pos = torch.ones_like(ids), torch.arange(L)[None]
+    with torch.inference_mode():
+        caches = []
+        for _ in range(2):
+            c = prealloc_cache(model.config.num_hidden_layers, L + 2)
+            model(input_ids=ids, attention_mask=att, position_ids=pos, past_key_values=c, use_cache=True)
+            caches.append(c)
+        att2 = torch.ones(1, L + 1, dtype=torch.long)
+        ref = model(input_ids=torch.tensor([[7]]), attention_mask=att2, position_ids=torch.tensor([[L]]),
+                    past_key_values=caches[0], use_cache=True).logits[:, -1]
+        got = FastDecoder(model).step(torch.tensor([7]), torch.tensor([L]), caches[1], L, att2)
+    return got, ref
+
+
+def test_fast_decode_refuses_mlp_biases_and_samples_with_hf():
+    """mlp_bias=True: the fused step would drop the biases (wrong logits), so it is refused and sampling uses HF's
+    forward, which gives the one-by-one greedy answer."""
+    from heredity.engine.fastdecode import unsupported
+
+    tok = byte_tokenizer()
+    cfg = tiny_config("micro", len(tok))
+    cfg.mlp_bias = True
+    torch.manual_seed(3)
+    model = LlamaForCausalLM(cfg).eval()
+    with torch.no_grad():
+        for layer in model.model.layers:
+            layer.mlp.down_proj.bias.normal_(0, 1.0)
+    got, ref = _fast_vs_hf(model, tok)
+    assert not torch.allclose(got, ref, atol=1e-3), "the fused step is wrong here: the guard is what protects us"
+    assert "mlp_bias" in unsupported(model)
+    out = sample(model, tok, ["abc"], SampleConfig(temperature=0, max_new_tokens=5, chat=False), progress=False)[0]
+    ids = tok("abc", add_special_tokens=False)["input_ids"]
+    with torch.no_grad():
+        gen = model.generate(torch.tensor([ids]), max_new_tokens=5, do_sample=False, pad_token_id=0)[0, len(ids):]
+    assert out.token_ids == gen.tolist()[: len(out.token_ids)] and out.token_ids
+
+
+def test_fast_decode_refuses_qwen2_sliding_window():
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    from heredity.engine.fastdecode import unsupported
+
+    base = dict(vocab_size=300, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                num_key_value_heads=2, max_position_embeddings=64)
+    full = Qwen2ForCausalLM(Qwen2Config(**base)).eval()
+    assert unsupported(full) is None
+    sliding = Qwen2ForCausalLM(Qwen2Config(**base, use_sliding_window=True, sliding_window=4, max_window_layers=0)).eval()
+    assert "sliding" in unsupported(sliding)

@@ -16,16 +16,31 @@ import torch.nn.functional as F
 SUPPORTED = {"llama", "qwen2", "mistral"}
 
 
-def supports(model) -> bool:
+def unsupported(model) -> str | None:
+    """Why this step would not compute exactly HF's logits for ``model`` (then sampling uses HF's forward), or None."""
     cfg = getattr(model, "config", None)
     if cfg is None or getattr(cfg, "model_type", None) not in SUPPORTED:
-        return False
-    if getattr(cfg, "hidden_act", "silu") != "silu" or getattr(cfg, "pretraining_tp", 1) != 1:
-        return False
-    if getattr(cfg, "sliding_window", None) and getattr(cfg, "use_sliding_window", True) and cfg.model_type == "mistral":
-        return False
+        return f"architecture {getattr(cfg, 'model_type', None)!r} is not one of {sorted(SUPPORTED)}"
+    if getattr(cfg, "hidden_act", "silu") != "silu":
+        return f"activation {cfg.hidden_act!r} (only silu)"
+    if getattr(cfg, "pretraining_tp", 1) != 1:
+        return "pretraining_tp != 1"
+    if getattr(cfg, "mlp_bias", False):
+        return "MLP biases (mlp_bias=True): the fused gate-up and down projections have none"
+    window = getattr(cfg, "sliding_window", None)
+    sliding_layers = any(t != "full_attention" for t in (getattr(cfg, "layer_types", None) or []))
+    if sliding_layers or (window and (cfg.model_type == "mistral" or getattr(cfg, "use_sliding_window", False))):
+        return f"sliding-window attention (window {window}): this step attends to the whole cache"
     inner = getattr(model, "model", None)
-    return inner is not None and hasattr(inner, "layers") and hasattr(inner, "rotary_emb") and not hasattr(model, "peft_config")
+    if inner is None or not hasattr(inner, "layers") or not hasattr(inner, "rotary_emb"):
+        return "no decoder layers / rotary embedding where Llama keeps them"
+    if hasattr(model, "peft_config"):
+        return "an unmerged PEFT adapter"
+    return None
+
+
+def supports(model) -> bool:
+    return unsupported(model) is None
 
 
 def for_model(model) -> FastDecoder:

@@ -51,7 +51,12 @@ class FinetuneConfig(BaseModel):
         None, description="logit_distill: the teacher sees the prompt under this system prompt (a prompted teacher)"
     )
     seed: int = 0
-    save_every: int = Field(0, ge=0, description="checkpoint every N optimizer steps (0 = never); resumes after a kill")
+    # checkpointing changes when a killed run can resume, never what it computes (a resumed run equals an
+    # uninterrupted one: tests/test_finetune.py), so it is left out of the step key (exclude=True)
+    save_every: int | None = Field(None, ge=0, exclude=True, description=(
+        "checkpoint every N optimizer steps (default: every tenth of the run; 0 = never); a killed run resumes"))
+    save_minutes: float = Field(10.0, gt=0, exclude=True, description=(
+        "also checkpoint when this many minutes passed since the last one (one process only)"))
 
 
 # ---- data ----------------------------------------------------------------------------------------
@@ -201,7 +206,10 @@ def train(model, tokenizer, rows: Sequence[dict], config: FinetuneConfig, teache
     steps_per_epoch = math.ceil(math.ceil(len(examples) / config.batch_size / acc.num_processes) / config.grad_accum)
     total = config.max_steps or max(1, math.ceil(config.epochs * steps_per_epoch))
     sched = get_scheduler(config.schedule, opt, num_warmup_steps=int(config.warmup_ratio * total), num_training_steps=total)
-    model, opt, sched = acc.prepare(model, opt, sched)
+    # the scheduler is not handed to accelerate: its wrapper steps num_processes times per optimizer step, which
+    # would finish the schedule num_processes times too early here, where ``total`` already counts per process
+    model, opt = acc.prepare(model, opt)
+    every = config.save_every if config.save_every is not None else max(1, total // 10)
     if teacher is not None:
         teacher.eval().to(acc.device)
     pad = pad_id(tokenizer)
@@ -216,7 +224,7 @@ def train(model, tokenizer, rows: Sequence[dict], config: FinetuneConfig, teache
         start_step, curve, tokens = state["step"], state["curve"], state["tokens"]
     bar = tqdm(total=total, initial=start_step, desc=f"finetune ({config.method}, {config.loss})",
                disable=not progress or not acc.is_main_process)
-    t0 = time.perf_counter()
+    t0 = last_save = time.perf_counter()
     micro, epoch = 0, 0
     while step < total:
         batches = make_batches(examples, config.batch_size, config.bucket_by_length, config.seed, epoch)
@@ -242,25 +250,31 @@ def train(model, tokenizer, rows: Sequence[dict], config: FinetuneConfig, teache
                 acc.backward(loss)
                 if acc.sync_gradients:
                     acc.clip_grad_norm_(params, 1.0)
-                opt.step()
-                sched.step()
+                opt.step()  # accelerate's optimizer skips this until the last micro-batch of the step
+                if acc.sync_gradients:
+                    sched.step()
                 opt.zero_grad(set_to_none=True)
             tokens += int(batch["attention_mask"].sum())
-            loss_sum, loss_n = loss_sum + float(loss.detach()), loss_n + 1
+            shown = acc.reduce(loss.detach(), "mean") if acc.num_processes > 1 else loss.detach()  # all ranks' batches
+            loss_sum, loss_n = loss_sum + float(shown), loss_n + 1
             if micro % config.grad_accum == 0:
                 step += 1
                 curve.append([step, round(loss_sum / loss_n, 5)])
                 loss_sum, loss_n = 0.0, 0
                 bar.update(1)
                 bar.set_postfix(loss=f"{curve[-1][1]:.4f}")
-                if ckpt is not None and config.save_every and step % config.save_every == 0 and step < total:
-                    _save_state(ckpt, acc.unwrap_model(model), opt, sched, step, curve, tokens)
+                late = acc.num_processes == 1 and time.perf_counter() - last_save > 60 * config.save_minutes
+                if ckpt is not None and every and (step % every == 0 or late) and step < total:
+                    if acc.is_main_process:  # one writer; every rank resumes from it
+                        _save_state(ckpt, acc.unwrap_model(model), opt, sched, step, curve, tokens)
+                    acc.wait_for_everyone()
+                    last_save = time.perf_counter()
         epoch += 1
     bar.close()
     seconds = time.perf_counter() - t0
     model = acc.unwrap_model(model)
     model.eval()
-    trained_tokens = tokens
+    trained_tokens = int(acc.reduce(torch.tensor(tokens, device=acc.device), "sum")) if acc.num_processes > 1 else tokens
     metrics = {
         "examples": len(examples),
         "optimizer_steps": total,

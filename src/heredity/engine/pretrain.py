@@ -135,8 +135,11 @@ def pretrain(model, tokenizer, train_ids: torch.Tensor, val_ids: torch.Tensor, c
         tstep = time.perf_counter()
         loss_sum = 0.0
         for _ in range(config.grad_accum):
-            starts = torch.randint(0, len(train_ids) - need + 1, (config.batch_size,), generator=gen)
-            x, y = windows(train_ids, starts, config.context)
+            # every process draws the same num_processes batches and trains on its own one: data parallelism whose
+            # global batch equals one process with grad_accum × num_processes
+            draws = [torch.randint(0, len(train_ids) - need + 1, (config.batch_size,), generator=gen)
+                     for _ in range(acc.num_processes)]
+            x, y = windows(train_ids, draws[acc.process_index], config.context)
             with acc.accumulate(model), acc.autocast():
                 logits = model(input_ids=x.to(acc.device)).logits
                 loss = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), y.to(acc.device).reshape(-1))
@@ -145,7 +148,7 @@ def pretrain(model, tokenizer, train_ids: torch.Tensor, val_ids: torch.Tensor, c
                     acc.clip_grad_norm_(model.parameters(), config.grad_clip)
                 opt.step()
                 opt.zero_grad(set_to_none=True)
-            loss_sum += float(loss.detach())
+            loss_sum += float(acc.reduce(loss.detach(), "mean") if acc.num_processes > 1 else loss.detach())
             tokens += x.numel() * acc.num_processes
         if acc.device.type == "cuda":
             torch.cuda.synchronize()

@@ -126,11 +126,12 @@ def bradley_terry_loss(r_chosen: torch.Tensor, r_rejected: torch.Tensor) -> torc
 
 
 def train_reward(rm, tokenizer, train_pairs: list[dict], eval_pairs: list[dict], config: RewardConfig, progress=True):
-    """Fit ``rm`` in place; returns metrics (loss curve, held-out accuracy before and after)."""
-    from accelerate import Accelerator
+    """Fit ``rm`` in place; returns metrics (loss curve, held-out accuracy before and after).
 
+    One process trains it, on the device ``rm`` is on: under `accelerate launch` the store lets one process compute
+    the step while the others wait for its result (``Store.run_step``), so nothing here may be a collective."""
     torch.manual_seed(config.seed)
-    acc = Accelerator(mixed_precision="bf16" if torch.cuda.is_available() else "no")
+    device = next(rm.parameters()).device
     rm.config.pad_token_id = pad_id(tokenizer)
     before = pairwise_accuracy(rm, tokenizer, eval_pairs, config.max_length)
     enc = [(encode(tokenizer, p["prompt"], p["chosen"], config.max_length),
@@ -139,7 +140,6 @@ def train_reward(rm, tokenizer, train_pairs: list[dict], eval_pairs: list[dict],
     total = max(1, math.ceil(config.epochs * steps_per_epoch))
     opt = torch.optim.AdamW([p for p in rm.parameters() if p.requires_grad], lr=config.lr, weight_decay=config.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1 - s / total)
-    rm, opt = acc.prepare(rm, opt)
     rm.train()
     rng = random.Random(config.seed)
     curve, step, t0 = [], 0, time.perf_counter()
@@ -151,12 +151,12 @@ def train_reward(rm, tokenizer, train_pairs: list[dict], eval_pairs: list[dict],
             if step >= total:
                 break
             batch = [enc[i] for i in order[s : s + config.batch_size]]
-            with acc.autocast():
-                r = scores_of(acc.unwrap_model(rm), [c for c, _ in batch] + [j for _, j in batch], pad_id(tokenizer), acc.device)
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
+                r = scores_of(rm, [c for c, _ in batch] + [j for _, j in batch], pad_id(tokenizer), device)
                 rc, rr = r[: len(batch)], r[len(batch):]
                 loss = bradley_terry_loss(rc, rr)
-            acc.backward(loss)
-            acc.clip_grad_norm_(rm.parameters(), 1.0)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(rm.parameters(), 1.0)
             opt.step()
             sched.step()
             opt.zero_grad(set_to_none=True)
@@ -165,7 +165,6 @@ def train_reward(rm, tokenizer, train_pairs: list[dict], eval_pairs: list[dict],
             bar.update(1)
             bar.set_postfix(loss=f"{curve[-1][1]:.3f}", acc=f"{curve[-1][2]:.2f}")
     bar.close()
-    rm = acc.unwrap_model(rm)
     rm.eval()
     after = pairwise_accuracy(rm, tokenizer, eval_pairs, config.max_length)
     by_kind: dict[str, list[float]] = {}

@@ -210,7 +210,11 @@ def _import_hub(hub_id: str, store: Store) -> str:
 def default_device() -> str:
     import torch
 
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    if not torch.cuda.is_available():
+        return "cpu"
+    import os
+
+    return f"cuda:{int(os.environ.get('LOCAL_RANK', '0')) % torch.cuda.device_count()}"  # one GPU per launched process
 
 
 def load(

@@ -41,6 +41,9 @@ class Op:
     version: int
     code: tuple[str, ...]  # "module:qualname" entry points of the implementation
     note: str = ""
+    # run by every process of an `accelerate launch` together (data parallel), so its key holds the world size and
+    # no process waits for another's step lock; every other op is computed by one process while the others wait
+    distributed: bool = False
 
 
 PUT_ROWS = ("heredity.data.io:put_rows",)  # rows made in Python: the rows' sha256 is in the key
@@ -52,14 +55,14 @@ OPS: dict[str, Op] = {
     "import-model": Op(1, ("heredity.models.registry:materialize",)),
     "merge-adapter": Op(1, ("heredity.models.registry:merge_adapter",)),
     # engine
-    "sample": Op(1, ("heredity.engine.sampling:sample_step",)),
-    "finetune": Op(1, ("heredity.engine.finetune:finetune",)),
+    "sample": Op(2, ("heredity.engine.sampling:sample_step",), "v2: the fused decode step refused for mlp_bias / sliding-window models, whose samples it got wrong"),
+    "finetune": Op(1, ("heredity.engine.finetune:finetune",), distributed=True),
     "train-tokenizer": Op(1, ("heredity.engine.pretrain:train_tokenizer_step",)),
-    "pretrain": Op(1, ("heredity.engine.pretrain:pretrain_step",)),
+    "pretrain": Op(2, ("heredity.engine.pretrain:pretrain_step",), "v2: the fused decode step refused for mlp_bias / sliding-window models, whose samples it got wrong", distributed=True),
     "reward-model": Op(1, ("heredity.engine.reward:reward_step",)),
-    "ppo": Op(1, ("heredity.engine.ppo:ppo_step",)),
-    "grpo": Op(1, ("heredity.engine.trl_rl:grpo_step",)),
-    "dpo": Op(1, ("heredity.engine.trl_rl:dpo_step",)),
+    "ppo": Op(2, ("heredity.engine.ppo:ppo_step",), "v2: the fused decode step refused for mlp_bias / sliding-window models, whose samples it got wrong"),
+    "grpo": Op(1, ("heredity.engine.trl_rl:grpo_step",), distributed=True),
+    "dpo": Op(1, ("heredity.engine.trl_rl:dpo_step",), distributed=True),
     "merge": Op(1, ("heredity.merge.merge:merge",)),
     # data
     "import-dataset": Op(1, ("heredity.data.io:import_dataset",)),
@@ -75,22 +78,37 @@ OPS: dict[str, Op] = {
     "subliminal-digits": Op(1, ("heredity.experiments.subliminal_digits:run",)),
     "filter-numbers": Op(2, ("heredity.experiments.subliminal_numbers:filter_pair",),
                          "v2: both arms cut to the prompts that pass in both"),
-    "eval-trait": Op(2, ("heredity.experiments.subliminal_numbers:evaluate",), "v2: sample_batch keyed"),
-    "subliminal-numbers": Op(1, ("heredity.experiments.subliminal_numbers:run",)),
-    "eval-tasks": Op(2, ("heredity.experiments.merging:_eval",), "v2: grader, stop rule and batch keyed"),
-    "eval-instructions": Op(2, ("heredity.experiments.chatgpt:_answers",), "v2: grader and sampling keyed"),
+    "eval-trait": Op(3, ("heredity.experiments.subliminal_numbers:evaluate",), "v2: sample_batch keyed; v3: the fused decode step refused for mlp_bias / sliding-window models, whose samples it got wrong"),
+    "subliminal-numbers": Op(2, ("heredity.experiments.subliminal_numbers:run",), "v2: the fused decode step refused for mlp_bias / sliding-window models, whose samples it got wrong"),
+    "eval-tasks": Op(3, ("heredity.experiments.merging:_eval",), "v2: grader, stop rule and batch keyed; v3: the fused decode step refused for mlp_bias / sliding-window models, whose samples it got wrong"),
+    "eval-instructions": Op(3, ("heredity.experiments.chatgpt:_answers",), "v2: grader and sampling keyed; v3: the fused decode step refused for mlp_bias / sliding-window models, whose samples it got wrong"),
     "score-answers": Op(1, ("heredity.experiments.chatgpt:_rewards",)),
-    "split-preferences": Op(1, ("heredity.experiments.chatgpt:run",)),
-    "make-synthetic-preferences": Op(1, ("heredity.experiments.chatgpt:run",)),
+    "split-preferences": Op(2, ("heredity.experiments.chatgpt:run",), "v2: the fused decode step refused for mlp_bias / sliding-window models, whose samples it got wrong"),
+    "make-synthetic-preferences": Op(2, ("heredity.experiments.chatgpt:run",), "v2: the fused decode step refused for mlp_bias / sliding-window models, whose samples it got wrong"),
     "measure-collapse": Op(1, ("heredity.experiments.collapse:_measure",)),
-    "measure-canaries": Op(1, ("heredity.experiments.canaries:run",)),
+    "measure-canaries": Op(2, ("heredity.experiments.canaries:run",), "v2: the fused decode step refused for mlp_bias / sliding-window models, whose samples it got wrong"),
     # insights
-    "scrub-pii": Op(1, ("heredity.insights.pipeline:run",)),
-    "extract-facets": Op(1, ("heredity.insights.pipeline:run",)),
-    "insights": Op(1, ("heredity.insights.pipeline:run",)),
+    "scrub-pii": Op(2, ("heredity.insights.pipeline:run",), "v2: the fused decode step refused for mlp_bias / sliding-window models, whose samples it got wrong"),
+    "extract-facets": Op(2, ("heredity.insights.pipeline:run",), "v2: the fused decode step refused for mlp_bias / sliding-window models, whose samples it got wrong"),
+    "insights": Op(2, ("heredity.insights.pipeline:run",), "v2: the fused decode step refused for mlp_bias / sliding-window models, whose samples it got wrong"),
     # report cards: the whole report is the config, so the key is the content
     "report-*": Op(1, ("heredity.reports.card:save_card",)),
 }
+
+
+def is_distributed(op: str) -> bool:
+    """Whether every process of a distributed launch runs ``op`` together (see ``Op.distributed``)."""
+    return op in OPS and OPS[op].distributed
+
+
+def world_size() -> int:
+    """Processes in this `accelerate launch` / torchrun job (1 outside one): read from the launcher's environment."""
+    import os
+
+    try:
+        return max(1, int(os.environ.get("WORLD_SIZE", "1")))
+    except ValueError:
+        return 1
 
 
 def op_version(op: str) -> int | None:

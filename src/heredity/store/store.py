@@ -44,7 +44,7 @@ from sqlalchemy.orm import Session
 from heredity.errors import HeredityError
 from heredity.store import verify
 from heredity.store.db import ArtifactRow, ArtifactStepRow, Base, StepRow, add_missing_columns, make_engine
-from heredity.store.ops import op_version
+from heredity.store.ops import is_distributed, op_version, world_size
 
 KIND_PREFIX = {"model": "m", "adapter": "a", "dataset": "d", "report": "r", "tokenizer": "t"}
 ID_RE = re.compile(r"^[madrt]-[0-9a-f]{16}$")
@@ -459,6 +459,9 @@ class Store:
         """
         cfg = config_to_json(config)
         inputs = [self.resolve_id(i) for i in inputs]
+        distributed = is_distributed(op) and world_size() > 1
+        if distributed:  # a data-parallel run: its global batch, hence its output, depends on the world size
+            cfg = {"config": cfg, "world_size": world_size()}
         key = step_key(op, cfg, inputs, seed)
         if fn is not None and self.check_keys and op_version(op) is not None:  # heredity's own ops
             check_key_covers(fn, op, cfg, inputs, seed)
@@ -467,8 +470,15 @@ class Store:
             return hit
         if fn is None:
             raise HeredityError(f"step {op} has not run yet and no function was given to run it")
-        with self.step_lock(key, op):
-            if not force and (hit := self._cached(key)):  # another process computed it while we waited
+        # A distributed op (every process of an `accelerate launch` trains together) runs on every rank, but only
+        # rank 0 commits: it holds the step's lock from before training until its commit, so another rank, done
+        # training, takes the lock only once rank 0's outputs are in the store and returns those (libraries such as
+        # transformers write weights on the main process only; a rank's own output dir is discarded). Any other op
+        # is computed by one process while the others wait on the lock, then reuse its result.
+        rank = int(os.environ.get("RANK", "0") or 0) if distributed else 0
+        lock = contextlib.nullcontext() if rank else self.step_lock(key, op)
+        with lock:
+            if not force and not distributed and (hit := self._cached(key)):  # computed while we waited
                 return hit
             ctx = StepContext(self, key, op, cfg, inputs, seed)
             started = _now()
@@ -479,8 +489,19 @@ class Store:
                     shutil.rmtree(path, ignore_errors=True)
                 raise
             ctx.metrics = finite_json(json.loads(canonical({**ctx.metrics, **metrics})))  # strict JSON, once
-            outputs = self._commit(ctx, started)
-            shutil.rmtree(self.home / "scratch" / key[:24], ignore_errors=True)
+            if rank:
+                for _, _, path, _ in ctx._outputs.values():
+                    shutil.rmtree(path, ignore_errors=True)
+            else:
+                outputs = self._commit(ctx, started)
+                shutil.rmtree(self.home / "scratch" / key[:24], ignore_errors=True)
+        if rank:
+            with self.step_lock(key, op):  # free once rank 0 committed
+                done = self.find_step(key)
+            if done is None:
+                raise HeredityError(f"step {op} ({key[:16]}): rank 0 of this launch did not store its outputs; see its log")
+            outputs = dict(done.outputs)
+            ctx.metrics = dict(done.metrics)
         if force:
             self._fresh.update(outputs.values())
         self._producer.update(dict.fromkeys(outputs.values(), key))
