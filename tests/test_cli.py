@@ -84,3 +84,32 @@ def test_run_errors_are_one_line(tmp_path):
     listing = cli(tmp_path / "h", "run", "--list")
     assert listing.returncode == 0 and "subliminal-digits" in listing.stdout and "subliminal-numbers" in listing.stdout
     assert not list((tmp_path / "h" / "artifacts").iterdir())  # nothing half-written
+
+
+def test_killed_cli_finetune_resumes_from_its_checkpoint(tmp_path):
+    """kill -9 mid-run, rerun the same command: it continues from the last checkpoint (saved by default), and the
+    result equals an uninterrupted run's."""
+    import signal
+    import time
+
+    data = tmp_path / "train.jsonl"
+    data.write_text("\n".join(json.dumps({"prompt": f"say {i}", "completion": str(i) * 40}) for i in range(32)))
+    args = ("finetune", "tiny:micro", str(data), "--max-steps", "300", "--batch-size", "8", "--method", "full")
+    home = tmp_path / "h"
+    e = {**os.environ, "HEREDITY_HOME": str(home)}
+    e.pop("HEREDITY_DB_URL", None)
+    p = subprocess.Popen([*HEREDITY, *args], env=e, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.time() + 300
+    while not list(home.glob("scratch/*/state.pt")):
+        assert p.poll() is None and time.time() < deadline, "no checkpoint was written before the run ended"
+        time.sleep(0.05)
+    os.kill(p.pid, signal.SIGKILL)
+    p.wait()
+    r = cli(home, *args)
+    assert r.returncode == 0, r.stderr
+    assert "resumed from the checkpoint at step" in r.stdout, r.stdout
+    step = int(r.stdout.split("resumed from the checkpoint at step")[1].split(")")[0])
+    assert 0 < step < 300
+    fresh = cli(tmp_path / "h2", *args, "--save-every", "0")
+    assert fresh.returncode == 0 and "resumed" not in fresh.stdout
+    assert r.stdout.split()[1] == fresh.stdout.split()[1], "the resumed run stores the same model as an uninterrupted one"

@@ -371,6 +371,7 @@ def finetune(
     lora_r: int = 8,
     lora_alpha: int = 8,
     seed: int = 0,
+    save_every: Annotated[int | None, typer.Option(help="checkpoint every N steps (default: every tenth of the run; 0 = never); a killed run resumes")] = None,
     config: Annotated[Path | None, typer.Option(help="a YAML/JSON FinetuneConfig (options above override it)")] = None,
     ctx: typer.Context = None,
 ):
@@ -404,8 +405,9 @@ def finetune(
     dataset = store.resolve_id(data) if ID_PREFIX_RE.match(data) else import_dataset(store, data)
     res = run_finetune(store, base, dataset, cfg, teacher=teacher)
     m = res.metrics
+    resumed = f"  (resumed from the checkpoint at step {m['resumed_from_step']})" if m.get("resumed_from_step") else ""
     out.print(f"{'cached' if res.cached else 'trained'}: [bold]{res['model']}[/]  loss {m.get('loss_first')} → {m.get('loss_last')}"
-              f"  ({m.get('tokens_per_second')} tokens/s)")
+              f"  ({m.get('tokens_per_second')} tokens/s){resumed}")
 
 
 @data_app.command("import")

@@ -285,6 +285,7 @@ def train(model, tokenizer, rows: Sequence[dict], config: FinetuneConfig, teache
         "seconds": round(seconds, 2),
         "tokens_per_second": round(trained_tokens / seconds, 1) if seconds > 0 else None,
         "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
+        "resumed_from_step": start_step,  # 0: a fresh start; N: a killed run's checkpoint at optimizer step N
     }
     return model, metrics
 
