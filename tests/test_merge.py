@@ -5,21 +5,21 @@ import torch
 
 from heredity.errors import HeredityError
 from heredity.merge import MergeConfig, load_config, merge
-from heredity.merge.merge import kept_count, mask_stats, topk_mask
-from heredity.merge.methods import REGISTRY, TensorJob, drop_and_rescale, trim
+from heredity.merge.merge import dare_keep, kept_count, mask_stats, topk_mask
+from heredity.merge.methods import REGISTRY, TensorJob, keep_count, trim
 from heredity.merge.tensors import ModelTensors
 
 
 def job(base, tuned, weights=None, densities=None, **kw):
     n = len(tuned)
     return TensorJob("t", torch.tensor(base), [torch.tensor(t) for t in tuned], weights or [1.0] * n, densities or [1.0] * n,
-                     generators=[torch.Generator().manual_seed(i) for i in range(n)], **kw)
+                     **kw)
 
 
 def test_linear_and_task_arithmetic():
     j = job([0.0, 0.0], [[1.0, 2.0], [3.0, 6.0]], weights=[1.0, 3.0])
     assert REGISTRY["linear"].merge(j).tolist() == [2.5, 5.0]  # (1·1 + 3·3)/4, (2 + 18)/4
-    j = job([1.0, 1.0], [[2.0, 0.0], [3.0, 1.0]], lam=0.5)
+    j = job([1.0, 1.0], [[2.0, 0.0], [3.0, 1.0]], lam=0.5, normalize=False)
     assert REGISTRY["task_arithmetic"].merge(j).tolist() == [2.5, 0.5]  # 1 + .5·(1 + 2), 1 + .5·(−1 + 0)
 
 
@@ -30,16 +30,58 @@ def test_ties_sign_election_and_disjoint_mean():
     # density 0.5: τ1 → [3, −2, 0, 0], τ2 → [0, −4, 2, 0]; sums [3, −6, 2, 0]
     assert REGISTRY["ties"].merge(job([0.0] * 4, tuned, densities=[0.5, 0.5], normalize=True)).tolist() == [3.0, -3.0, 2.0, 0.0]
     assert trim(torch.tensor([1.0, -5.0, 3.0, 0.1]), 0.5).tolist() == [0.0, -5.0, 3.0, 0.0]
+    # mergekit's kept count floors (at least one): 0.3 × 5 = 1.5 → 1 entry, 0.1 × 5 → 1
+    assert keep_count(0.3, 5) == 1 and keep_count(0.1, 5) == 1 and keep_count(1.0, 5) == 5
+    assert trim(torch.tensor([1.0, -5.0, 3.0, 0.1, 2.0]), 0.3).tolist() == [0.0, -5.0, 0.0, 0.0, 0.0]
+    # a weighted sign sum of exactly 0 elects + (mergekit): at 0 the + entry 2 stays, the − entry −2 does not
+    assert REGISTRY["ties"].merge(job([0.0], [[2.0], [-2.0]], normalize=True)).tolist() == [2.0]
 
 
-def test_dare_rescale_keeps_the_expectation():
+def test_dare_drops_with_its_mask_and_restores_the_l1_norm():
     tau = torch.full((200_000,), 2.0)
-    out = drop_and_rescale(tau, 0.25, torch.Generator().manual_seed(0))
-    assert set(out.unique().tolist()) == {0.0, 8.0}  # dropped, or kept and scaled by 1/0.25
-    assert (out != 0).float().mean().item() == pytest.approx(0.25, abs=0.005)
-    assert out.mean().item() == pytest.approx(2.0, rel=0.02)
-    j = job([0.0] * 4, [[1.0, 1.0, 1.0, 1.0]], densities=[1.0])
+    keep = dare_keep(tau.shape, 0.25, 0, "t", "m")
+    assert keep.float().mean().item() == pytest.approx(0.25, abs=0.005)
+    j = job([0.0] * tau.numel(), [tau.tolist()], densities=[0.25], keeps=[keep], rescale=True)
+    out = REGISTRY["dare_linear"].merge(j)
+    assert torch.equal(out != 0, keep)  # dropped where the mask says
+    assert out.abs().sum().item() == pytest.approx(tau.abs().sum().item(), rel=1e-5)  # survivors × ‖τ‖₁ / ‖kept‖₁
+    assert REGISTRY["dare_linear"].merge(job([0.0] * 3, [[1.0, 2.0, 3.0]], densities=[0.5], keeps=[
+        torch.tensor([True, False, True])], rescale=False)).tolist() == [1.0, 0.0, 3.0]  # rescale off: just dropped
+    j = job([0.0] * 4, [[1.0, 1.0, 1.0, 1.0]], densities=[1.0], keeps=[torch.zeros(4, dtype=torch.bool)], rescale=True)
     assert REGISTRY["dare_linear"].merge(j).tolist() == [1.0] * 4  # density 1 drops nothing
+
+
+def test_dare_mask_depends_only_on_seed_tensor_and_model():
+    a = dare_keep((50, 40), 0.3, 7, "w", "m-1#0")
+    assert torch.equal(a, dare_keep((50, 40), 0.3, 7, "w", "m-1#0"))
+    assert not torch.equal(a, dare_keep((50, 40), 0.3, 7, "w", "m-2#0"))
+    assert not torch.equal(a, dare_keep((50, 40), 0.3, 8, "w", "m-1#0"))
+    import importlib
+
+    mm = importlib.import_module("heredity.merge.merge")  # the module (the package exports the function)
+    old = mm.DARE_BLOCK
+    try:
+        mm.DARE_BLOCK = 120  # 3-row blocks: chunks that cut blocks in the middle see the same rows
+        whole = dare_keep((50, 40), 0.3, 7, "w", "m-1#0")
+        pieces = torch.cat([dare_keep((50, 40), 0.3, 7, "w", "m-1#0", slice(r, min(r + 7, 50))) for r in range(0, 50, 7)])
+        assert torch.equal(whole, pieces)
+    finally:
+        mm.DARE_BLOCK = old
+
+
+def test_a_parameter_the_method_does_not_use_is_refused():
+    with pytest.raises(ValueError, match="merge_method linear does not use parameter 'density'"):
+        MergeConfig(merge_method="linear", models=[{"model": "a", "parameters": {"density": 0.5}}])
+    with pytest.raises(ValueError, match="does not use parameter 'rescale'"):
+        MergeConfig(merge_method="task_arithmetic", base_model="b", models=[{"model": "a"}], parameters={"rescale": True})
+    MergeConfig(merge_method="task_arithmetic", base_model="b", models=[{"model": "a"}], parameters={"normalize": True})
+
+
+def test_task_arithmetic_normalize_is_not_ignored():
+    j = job([1.0], [[3.0], [5.0]], weights=[1.0, 3.0], normalize=True)
+    assert REGISTRY["task_arithmetic"].merge(j).tolist() == [1.0 + (1 * 2 + 3 * 4) / 4]
+    j = job([1.0], [[3.0], [5.0]], weights=[1.0, 3.0], normalize=False)
+    assert REGISTRY["task_arithmetic"].merge(j).tolist() == [1.0 + 1 * 2 + 3 * 4]
 
 
 def test_stitch_averages_over_overlapping_masks():
@@ -96,9 +138,15 @@ def tiny_models(tmp_path_factory):
 
 
 @pytest.mark.parametrize("method", ["linear", "task_arithmetic", "ties", "dare_ties", "localize_stitch"])
-def test_merging_adapters_equals_merging_their_merged_in_models(tiny_models, method):
+def test_merging_adapters_equals_merging_their_merged_in_models(tiny_models, method, monkeypatch):
     s, base, adapters, full = tiny_models
-    params = {"density": 0.5}
+    params = {"density": 0.5} if method in ("ties", "dare_ties") else {}
+    if method == "dare_ties":  # DARE masks are keyed by the model's id, which differs between an adapter and its
+        import importlib  # merged-in model: give both the same masks to compare everything else
+
+        mm = importlib.import_module("heredity.merge.merge")
+        keep = mm.dare_keep
+        monkeypatch.setattr(mm, "dare_keep", lambda shape, d, seed, name, model, rows=None: keep(shape, d, seed, name, "x", rows))
 
     def run(ids):
         cfg = MergeConfig(merge_method=method, base_model=base, models=[{"model": i, "parameters": params} for i in ids],
@@ -110,7 +158,7 @@ def test_merging_adapters_equals_merging_their_merged_in_models(tiny_models, met
     assert a.names() == b.names()
     for n in a.names():
         torch.testing.assert_close(a.get(n), b.get(n), atol=1e-5, rtol=1e-5, msg=n)
-    step = s.step_of(ra["model"])
+    step = s.step_of(ra["model"], step=ra.key)  # identical bytes from both merges: the adapters' step, by key
     assert step.op == "merge" and step.inputs == [base, *adapters]
     if method == "localize_stitch":
         assert ra.metrics["kept_fraction"]["task-one"] == pytest.approx(0.05, abs=1e-4)  # k = round(0.05 · total)
@@ -202,7 +250,7 @@ def test_learned_masks_on_task_data(tiny_models):
     assert data in s.step_of(res["model"]).inputs
 
 
-@pytest.mark.parametrize("method", ["linear", "task_arithmetic", "ties", "localize_stitch"])
+@pytest.mark.parametrize("method", ["linear", "task_arithmetic", "ties", "dare_ties", "localize_stitch"])
 def test_row_chunked_streaming_equals_whole_tensor_merging(tiny_models, monkeypatch, method):
     """Large tensors are merged in row chunks read from disk; TIES trims at the whole tensor's threshold and the
     dataless masks at the whole model's: the result must not depend on the chunking."""
@@ -212,7 +260,10 @@ def test_row_chunked_streaming_equals_whole_tensor_merging(tiny_models, monkeypa
     s, base, adapters, _ = tiny_models
 
     def run(tag):
-        cfg = MergeConfig(merge_method=method, base_model=base, name=f"chunk-{tag}", parameters={"density": 0.3},
+        params = {"density": 0.3} if method in ("ties", "dare_ties") else {}
+        if method == "dare_ties":
+            params["rescale"] = True  # the L1 norms of the whole tensor, one input at a time
+        cfg = MergeConfig(merge_method=method, base_model=base, name=f"chunk-{tag}", parameters=params,
                           models=[{"model": a} for a in adapters], localize={"sparsity": 0.05})
         res = merge(s, cfg, progress=False)
         return ModelTensors(s.path(res["model"])), res.metrics

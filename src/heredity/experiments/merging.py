@@ -168,7 +168,9 @@ def _chain(store: Store, config: Config, base: str, train: dict, train_rows: dic
         f"TIES (density {config.density})": cfg("ties", "merge-ties", {"density": config.density, "lambda": config.lam}),
         f"DARE linear (density {config.density})": cfg("dare_linear", "merge-dare-linear",
                                                        {"density": config.density, "lambda": config.ta_lam}),
-        f"DARE TIES (density {config.density})": cfg("dare_ties", "merge-dare-ties", {"density": config.density, "lambda": config.lam}),
+        # normalize: the disjoint *mean* as in TIES (mergekit's dare_ties default is the plain sum)
+        f"DARE TIES (density {config.density})": cfg("dare_ties", "merge-dare-ties",
+                                                     {"density": config.density, "lambda": config.lam, "normalize": True}),
         f"Localize-and-Stitch, learned ({pct})": cfg("localize_stitch", "merge-ls-learned", {},
                                                      {**loc, "sparsity": config.sparsity, "dataless": False}, with_data=True),
     }

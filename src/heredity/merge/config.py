@@ -25,7 +25,7 @@ from heredity.errors import HeredityError
 from heredity.merge.methods import REGISTRY
 
 PER_MODEL = {"weight", "density"}
-GLOBAL = {"lambda", "normalize", "weight", "density"}
+GLOBAL = {"lambda", "normalize", "rescale", "weight", "density"}
 
 
 class ModelEntry(BaseModel):
@@ -77,6 +77,11 @@ class MergeConfig(BaseModel):
         bad = set(self.parameters) - GLOBAL
         if bad:
             raise ValueError(f"unknown parameter {sorted(bad)[0]!r}; global parameters are {', '.join(sorted(GLOBAL))}")
+        given = set(self.parameters) | {k for e in self.models for k in e.parameters}
+        unused = sorted(given - method.params)
+        if unused:  # never silently ignored
+            raise ValueError(f"merge_method {self.merge_method} does not use parameter {unused[0]!r}; "
+                             f"it takes {', '.join(sorted(method.params))}")
         for e in self.models:
             d = self.value(e, "density", 1.0)
             if not 0 < d <= 1:

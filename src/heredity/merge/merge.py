@@ -5,7 +5,9 @@ update in on the fly), apply the method, cast to ``dtype``, append to the output
 written once it reaches ``SHARD_BYTES``. A tensor whose pieces from all inputs together exceed ``CHUNK_ELEMS`` entries is merged in row chunks
 read straight from disk, so memory holds one chunk per input plus the output shard, however many inputs
 there are (``bench/merge.py`` measures it); TIES's per-tensor trim then uses the whole tensor's top-k
-threshold, computed one input at a time. Localize-and-Stitch's dataless masks are a global threshold on
+threshold, computed one input at a time, and an L1 rescale (``rescale``) uses the whole tensor's norms. DARE's
+keep-masks are drawn in fixed row blocks from a generator seeded by (seed, tensor name, model id, block), so a
+model's mask is the same however the tensor is chunked and whatever the other inputs are. Localize-and-Stitch's dataless masks are a global threshold on
 |τ| per input (recomputed per chunk); learned masks are held as booleans (one byte per entry per task).
 """
 
@@ -16,7 +18,6 @@ import json
 import math
 import shutil
 import time
-import zlib
 from pathlib import Path
 
 import torch
@@ -25,7 +26,7 @@ from tqdm.auto import tqdm
 
 from heredity.errors import HeredityError
 from heredity.merge.config import LocalizeConfig, MergeConfig
-from heredity.merge.methods import REGISTRY, TensorJob, trim_threshold
+from heredity.merge.methods import REGISTRY, TensorJob, l1_factor, trim, trim_threshold
 from heredity.merge.tensors import AdapterTensors, ModelTensors, open_artifact
 
 SHARD_BYTES = 2 * 1024**3
@@ -65,8 +66,27 @@ def check_compatible(store, base_id: str | None, ref: ModelTensors, ids: list[st
             raise HeredityError(f"{src.label} has another tokenizer than {ref.label}; merged models must share a tokenizer")
 
 
-def _generator(seed: int, name: str, i: int, chunk: int = 0) -> torch.Generator:
-    return torch.Generator().manual_seed((seed * 1_000_003 + zlib.crc32(name.encode()) * 31 + i + chunk * 7919) % (2**63))
+DARE_BLOCK = 1 << 20  # entries per row block of a DARE mask (whole rows): the unit one generator draws
+
+
+def dare_keep(shape: tuple[int, ...], density: float, seed: int, name: str, model: str, rows: slice | None = None) -> torch.Tensor:
+    """DARE's keep-mask (True with probability ``density``) of ``rows`` of tensor ``name`` for input ``model``.
+
+    Drawn in fixed blocks of whole rows, each from a generator seeded by sha256(seed, name, model, block): the
+    mask depends on nothing else — not on the other inputs, their number or order, nor on how the merge chunks
+    the tensor."""
+    shape = tuple(shape) or (1,)
+    n_rows, per_row = shape[0], math.prod(shape[1:])
+    br = max(1, DARE_BLOCK // max(1, per_row))
+    r0, r1 = (0, n_rows) if rows is None else (rows.start or 0, min(rows.stop, n_rows))
+    parts = []
+    for b in range(r0 // br, (r1 - 1) // br + 1):
+        a, z = b * br, min((b + 1) * br, n_rows)
+        h = hashlib.sha256(f"{seed}|{name}|{model}|{b}".encode()).digest()
+        g = torch.Generator().manual_seed(int.from_bytes(h[:8], "little") >> 1)
+        block = torch.rand((z - a, *shape[1:]), generator=g) < density
+        parts.append(block[max(r0, a) - a : min(r1, z) - a])
+    return torch.cat(parts)
 
 
 def chunks(shape: tuple[int, ...], n_inputs: int = 1) -> list[slice | None]:
@@ -215,6 +235,8 @@ def merge(store, config: MergeConfig, progress: bool = True):
         densities = [config.value(e, "density", 1.0) for e in config.models]
         lam = float(config.parameters.get("lambda", 1.0))
         normalize = bool(config.parameters.get("normalize", method.normalize))
+        rescale = bool(config.parameters.get("rescale", method.rescale))
+        model_keys = [f"{i}#{ids[:k].count(i)}" for k, i in enumerate(ids)]  # the model's id (and repeat index)
         shard: dict[str, torch.Tensor] = {}
         shard_bytes, shards, weight_map = 0, [], {}
 
@@ -228,12 +250,20 @@ def merge(store, config: MergeConfig, progress: bool = True):
                 shard, shard_bytes = {}, 0
 
         for name_t in tqdm(ref.names(), desc=f"merge {config.merge_method}", disable=not progress, leave=False):
-            pieces = chunks(ref.shape(name_t), len(srcs))
-            trim_at = None
+            shape = tuple(ref.shape(name_t))
+            pieces = chunks(shape, len(srcs))
+            trim_at, scales = None, None
             if method.trims and len(pieces) > 1:  # the whole tensor's top-k threshold, one input at a time
                 trim_at = [trim_threshold(s.get(name_t) - ref.get(name_t), d) for s, d in zip(srcs, densities, strict=True)]
+            if rescale and (method.trims or method.drops) and len(pieces) > 1:  # whole-tensor L1 norms, one input at a time
+                scales = []
+                for s, d, mk_ in zip(srcs, densities, model_keys, strict=True):
+                    tau = s.get(name_t) - ref.get(name_t)
+                    sparse = tau * dare_keep(shape, d, config.seed, name_t, mk_) if method.drops else trim(tau, d)
+                    scales.append(l1_factor(tau, sparse))
+                    del tau, sparse
             parts = []
-            for ci, rows in enumerate(pieces):
+            for rows in pieces:
                 base_t = ref.get(name_t, rows) if base_id else None
                 tuned = [s.get(name_t, rows) for s in srcs]
                 mk = None
@@ -243,8 +273,10 @@ def merge(store, config: MergeConfig, progress: bool = True):
                     mk = [((t - base_t).abs() >= thr) & (t != base_t) for t, thr in zip(tuned, thresholds, strict=True)]
                 if mk is not None:
                     stats.add(mk)
-                job = TensorJob(name_t, base_t, tuned, weights, densities, lam, normalize,
-                                [_generator(config.seed, name_t, i, ci) for i in range(len(srcs))], mk, trim_at)
+                keeps = ([dare_keep(shape, d, config.seed, name_t, k, rows) for d, k in zip(densities, model_keys, strict=True)]
+                         if method.drops else None)
+                job = TensorJob(name_t, base_t, tuned, weights, densities, lam, normalize, keeps, mk, trim_at,
+                                rescale, scales)
                 parts.append(method.merge(job).to(dtype))
                 del tuned, base_t, mk
             t = (torch.cat(parts) if len(parts) > 1 else parts[0]).contiguous()
@@ -255,6 +287,9 @@ def merge(store, config: MergeConfig, progress: bool = True):
         flush()
         if loc is not None:
             metrics.update(stats.result(labels))
+        metrics["mergekit"] = ("not a mergekit method" if config.merge_method == "localize_stitch" else
+                               "mergekit's definitions; DARE's masks from heredity's seeded generator, not mergekit's RNG"
+                               if method.drops else "mergekit's definitions (exact: tests/test_mergekit_parity.py)")
         if len(shards) == 1:
             (out / shards[0]).rename(out / "model.safetensors")
         else:

@@ -63,7 +63,8 @@ OPS: dict[str, Op] = {
     "ppo": Op(2, ("heredity.engine.ppo:ppo_step",), "v2: the fused decode step refused for mlp_bias / sliding-window models, whose samples it got wrong"),
     "grpo": Op(1, ("heredity.engine.trl_rl:grpo_step",), distributed=True),
     "dpo": Op(1, ("heredity.engine.trl_rl:dpo_step",), distributed=True),
-    "merge": Op(1, ("heredity.merge.merge:merge",)),
+    "merge": Op(2, ("heredity.merge.merge:merge",), "v2: mergekit's definitions (floor kept count, 0-sum elects +, L1 "
+                "rescale, dare_ties/task_arithmetic normalize defaults); DARE masks per (seed, tensor, model)"),
     # data
     "import-dataset": Op(1, ("heredity.data.io:import_dataset",)),
     "export-conversations": Op(1, ("heredity.data.feedback:export_feedback",)),
