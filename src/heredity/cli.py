@@ -445,12 +445,21 @@ def serve(
     model: Annotated[list[str] | None, typer.Option("--model", "-m", help="load this model at start (repeatable)")] = None,
     max_loaded: Annotated[int, typer.Option(min=1, help="models kept in memory at once")] = 2,
     batch_size: Annotated[int, typer.Option(min=1, help="sequences one model decodes together")] = 16,
+    allowed_host: Annotated[list[str] | None, typer.Option(
+        "--allowed-host", help="a Host name clients may use besides this server's own (repeatable; '*': any)")] = None,
+    max_queue: Annotated[int, typer.Option(min=1, help="requests waiting per model before 429 Retry-After")] = 64,
 ):
-    """Start the lab server: OpenAI-compatible API (/v1), chat, next-token explorer, lineage and reports."""
+    """Start the lab server: OpenAI-compatible API (/v1), chat, next-token explorer, lineage and reports.
+
+    Examples:
+      heredity serve                                   # loopback, no key, Host must be localhost/127.0.0.1/[::1]
+      HEREDITY_API_KEY=... heredity serve --host 0.0.0.0 --allowed-host lab.example.org
+    """
     from heredity.server.app import Settings
     from heredity.server.app import serve as run_server
 
-    settings = Settings(host=host, port=port, max_loaded=max_loaded, batch_size=batch_size, preload=list(model or []))
+    settings = Settings(host=host, port=port, max_loaded=max_loaded, batch_size=batch_size, preload=list(model or []),
+                        allowed_hosts=list(allowed_host or []), max_queue=max_queue)
     settings.check()
     import socket
 

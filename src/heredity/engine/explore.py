@@ -60,12 +60,23 @@ def token_strings(tokenizer, ids: list[int]) -> list[str]:
     return [token_text(tokenizer, i) for i in ids]
 
 
+def _attention_modules(model) -> list:
+    """The self-attention module of every decoder layer, in order (Llama-family layout, PEFT-wrapped or not)."""
+    inner = getattr(model, "base_model", model)
+    inner = getattr(inner, "model", inner)
+    inner = getattr(inner, "model", inner) if not hasattr(inner, "layers") else inner
+    return [layer.self_attn for layer in getattr(inner, "layers", [])]
+
+
 @torch.inference_mode()
 def next_token(model, tokenizer, ids: list[int], top_k: int = 10, layer: int | None = None,
-               head: int | None = None) -> dict:
+               head: int | None = None, window: int | None = None) -> dict:
     """The model's next-token distribution after ``ids`` (top ``top_k``), and attention if ``layer`` is given.
 
-    Attention is ``[query][key]`` for ``layer`` (0-based), averaged over heads when ``head`` is None.
+    Attention is ``[query][key]`` for ``layer`` (0-based), averaged over heads when ``head`` is None, for the last
+    ``window`` positions only (all when None; ``attention_offset`` says where they start). Only the requested
+    layer's weights are kept: a forward hook takes them as that layer runs (eager attention, which every layer
+    computes and drops again), so memory holds one [heads, T, T] matrix, never one per layer.
     """
     if not ids:
         raise ValueError("next_token needs at least one token")
@@ -77,14 +88,31 @@ def next_token(model, tokenizer, ids: list[int], top_k: int = 10, layer: int | N
         raise ValueError(f"head {head} out of range: the model has heads 0..{n_heads - 1}")
     device = next(model.parameters()).device
     x = torch.tensor([ids], device=device)
+    w0 = 0 if window is None else max(0, len(ids) - window)
     if layer is None:
         out = model(input_ids=x, logits_to_keep=1)
         attn = None
     else:
-        with eager_attention(model):
-            out = model(input_ids=x, logits_to_keep=1, output_attentions=True)
-        a = out.attentions[layer][0].float()  # [heads, T, T]
-        attn = (a.mean(0) if head is None else a[head]).tolist()
+        modules = _attention_modules(model)
+        if len(modules) != n_layers:
+            raise ValueError("attention is shown for Llama-family models only (decoder layers with self_attn)")
+        kept: dict = {}
+
+        def take(_mod, _args, output):
+            w = output[1] if isinstance(output, tuple) and len(output) > 1 else None
+            if w is not None:
+                w = w[0].float()  # [heads, T, T]
+                kept["a"] = (w.mean(0) if head is None else w[head])[w0:, w0:].clone()
+
+        handle = modules[layer].register_forward_hook(take)
+        try:
+            with eager_attention(model):
+                out = model(input_ids=x, logits_to_keep=1)
+        finally:
+            handle.remove()
+        if "a" not in kept:
+            raise ValueError("this model's attention layer returned no weights")
+        attn = kept["a"].tolist()
     logp = torch.log_softmax(out.logits[0, -1].float(), dim=-1)
     vals, idx = logp.topk(min(top_k, logp.shape[-1]))
     p = vals.exp()
@@ -101,4 +129,5 @@ def next_token(model, tokenizer, ids: list[int], top_k: int = 10, layer: int | N
         "layer": layer,
         "head": head,
         "attention": attn,
+        "attention_offset": w0,
     }

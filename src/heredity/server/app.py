@@ -6,7 +6,14 @@ Routes
   /chat /explore /lineage /artifacts/ID /reports      the pages (templates/, static/)
 
 Every route but /login needs the API key when one is set (``HEREDITY_API_KEY``; required to bind a
-non-loopback address): ``Authorization: Bearer KEY``, or the cookie /login sets for browsers.
+non-loopback address): ``Authorization: Bearer KEY``, or the session cookie /login sets for browsers — a random
+token the server keeps in memory (HttpOnly, SameSite=Strict, Secure over TLS), never the key itself, so a restart
+(with a new key or not) revokes every browser session, and /logout revokes one.
+
+The ``Host`` header must name this server (DNS rebinding: a web page whose name resolves to 127.0.0.1 must not
+read the keyless loopback server): on a loopback bind only localhost / 127.0.0.1 / [::1] pass, unless more names
+are allowed (``--allowed-host``); on another bind, the bound address and the allowed names. A model's queue holds
+at most ``max_queue`` waiting requests; beyond that the answer is 429 with ``Retry-After``.
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ import secrets
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from fastapi import APIRouter, FastAPI, Form, Query, Request
 from fastapi import Path as PathParam
@@ -42,6 +50,7 @@ ID_PATTERN = r"^[madrt]-[0-9a-f]{16}$"
 CONV_PATTERN = CONV_RE.pattern
 COOKIE = "heredity_key"
 ATTN_WINDOW = 96  # the explorer's heatmap shows the last this-many positions
+MAX_ATTN_TOKENS = 2048  # attention over more positions is refused (eager attention holds a [heads, T, T] matrix)
 
 
 @dataclass
@@ -52,6 +61,22 @@ class Settings:
     max_loaded: int = 2  # models kept in memory at once
     batch_size: int = 16  # sequences one model decodes together
     preload: list[str] = field(default_factory=list)
+    allowed_hosts: list[str] = field(default_factory=list)  # Host names accepted besides this server's own ("*": any)
+    max_queue: int = 64  # requests waiting per model before 429
+
+    def host_allowed(self, host_header: str) -> bool:
+        """Whether a request's Host header (``name[:port]``) names this server."""
+        name = host_header.strip().lower()
+        if name.startswith("["):  # [::1]:8000
+            name = name[1:].split("]", 1)[0]
+        elif name.count(":") == 1:
+            name = name.rsplit(":", 1)[0]
+        allowed = {h.lower().strip("[]") for h in self.allowed_hosts}
+        if "*" in allowed or name in allowed:
+            return True
+        if is_loopback(self.host):
+            return name in ("localhost", "127.0.0.1", "::1")
+        return name == self.host.lower().strip("[]") or (self.host in ("0.0.0.0", "::") and not allowed)
 
     def check(self) -> None:
         if not is_loopback(self.host) and not self.api_key:
@@ -73,15 +98,19 @@ def is_loopback(host: str) -> bool:
 class Guard:
     """ASGI middleware: the API key on every route but /login, and a cap on request body size (413)."""
 
-    def __init__(self, app, settings: Settings):
-        self.app, self.settings = app, settings
+    def __init__(self, app, settings: Settings, sessions: set[str]):
+        self.app, self.settings, self.sessions = app, settings, sessions
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        if not self.settings.host_allowed(headers.get("host", "")):
+            resp = error_response(421, f"Host {headers.get('host', '')!r} is not this server's name; to allow it, start the "
+                                  "server with --allowed-host NAME", "host_not_allowed")
+            return await resp(scope, receive, send)
         key = self.settings.api_key
-        if key and scope["path"] != "/login" and not self._authorized(headers, key):
+        if key and scope["path"] != "/login" and not self._authorized(headers, key, self.sessions):
             if "text/html" in headers.get("accept", "") and scope["method"] == "GET":
                 page = LOGIN_PAGE.replace("{next}", _attr(scope["path"]))
                 return await HTMLResponse(page, status_code=401)(scope, receive, send)
@@ -113,20 +142,38 @@ class Guard:
         return await self.app(scope, receive, send)
 
     @staticmethod
-    def _authorized(headers: dict, key: str) -> bool:
+    def _authorized(headers: dict, key: str, sessions: set[str]) -> bool:
         auth = headers.get("authorization", "")
-        given = auth[7:].strip() if auth.lower().startswith("bearer ") else None
-        if given is None:
-            for part in headers.get("cookie", "").split(";"):
-                name, _, value = part.strip().partition("=")
-                if name == COOKIE:
-                    given = value
-        return given is not None and secrets.compare_digest(given.encode(), key.encode())
+        if auth.lower().startswith("bearer "):
+            return secrets.compare_digest(auth[7:].strip().encode(), key.encode())
+        token = session_token(headers)
+        return token is not None and any(secrets.compare_digest(token.encode(), s.encode()) for s in list(sessions))
 
     @staticmethod
     async def _too_large(scope, receive, send):
         resp = error_response(413, f"request body over {MAX_BODY_BYTES} bytes; send less", "request_too_large")
         return await resp(scope, receive, send)
+
+
+def session_token(headers: dict) -> str | None:
+    for part in headers.get("cookie", "").split(";"):
+        name, _, value = part.strip().partition("=")
+        if name == COOKIE:
+            return value
+    return None
+
+
+def safe_next(target: str) -> str:
+    """``target`` if it is a path on this server, else /chat: no scheme, no host, and nothing a browser reads as
+    one (``//evil``, ``/\\evil`` — browsers turn backslashes into slashes — or control characters)."""
+    t = target or ""
+    if any(ord(c) < 0x20 or c == "\x7f" for c in t):
+        return "/chat"
+    norm = t.replace("\\", "/")
+    parts = urlsplit(norm)
+    if not norm.startswith("/") or norm.startswith("//") or parts.scheme or parts.netloc:
+        return "/chat"
+    return t
 
 
 def _attr(s: str) -> str:
@@ -147,7 +194,7 @@ button{padding:.5rem 1rem}</style></head><body><form method="post" action="/logi
 def create_app(store: Store | None = None, settings: Settings | None = None) -> FastAPI:
     store = store or Store()
     settings = settings or Settings()
-    pool = ModelPool(store, max_loaded=settings.max_loaded, batch_size=settings.batch_size)
+    pool = ModelPool(store, max_loaded=settings.max_loaded, batch_size=settings.batch_size, max_queue=settings.max_queue)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -159,10 +206,11 @@ def create_app(store: Store | None = None, settings: Settings | None = None) -> 
     app = FastAPI(title="heredity lab", version=__version__, lifespan=lifespan,
                   description="OpenAI-compatible API over the heredity store, plus the lab's chat, explorer and lineage.")
     app.state.store, app.state.pool, app.state.settings = store, pool, settings
+    app.state.sessions = set()  # browser session tokens, in memory only: a restart revokes them all
     app.state.conversations = Conversations(store)
     app.state.templates = Jinja2Templates(directory=HERE / "templates")
     errors.install(app)
-    app.add_middleware(Guard, settings=settings)
+    app.add_middleware(Guard, settings=settings, sessions=app.state.sessions)
     app.include_router(openai_router)
     app.include_router(api_router())
     app.include_router(page_router())
@@ -287,12 +335,14 @@ def api_router() -> APIRouter:
         if body.head is not None and body.head >= heads:
             raise ApiError(422, f"head must be below {heads}", "invalid_request_error", param="head")
         # on the worker thread with the worker's own tokenizer (host.view belongs to the request side)
-        fut = host.call(lambda model, wtok: next_token(model, wtok, ids, body.top_k, body.layer, body.head))
+        if body.layer is not None and len(ids) > MAX_ATTN_TOKENS:
+            raise ApiError(400, f"{len(ids)} tokens: attention is shown for at most {MAX_ATTN_TOKENS}; shorten the prompt "
+                           "or turn attention off (layer: null)", "context_length_exceeded", param="prompt")
+        fut = host.call(lambda model, wtok: next_token(model, wtok, ids, body.top_k, body.layer, body.head, ATTN_WINDOW))
         out = await asyncio.wrap_future(fut)
-        w0 = max(0, len(ids) - ATTN_WINDOW)
         if out["attention"] is not None:
-            out["attention"] = [[round(v, 4) for v in row[w0:]] for row in out["attention"][w0:]]
-        out.update(ids=ids, prompt_len=len(prompt_ids), attention_offset=w0, model=host.id)
+            out["attention"] = [[round(v, 4) for v in row] for row in out["attention"]]
+        out.update(ids=ids, prompt_len=len(prompt_ids), model=host.id)
         return out
 
     @r.get("/status")
@@ -361,10 +411,23 @@ def page_router() -> APIRouter:
         want = request.app.state.settings.api_key
         if want and not secrets.compare_digest(key.encode(), want.encode()):
             return HTMLResponse(LOGIN_PAGE.replace("{next}", _attr(next)), status_code=401)
-        target = next if next.startswith("/") and not next.startswith("//") else "/chat"
+        target = safe_next(next)
         resp = RedirectResponse(target, status_code=303)
         if want:
-            resp.set_cookie(COOKIE, want, httponly=True, samesite="strict")
+            token = secrets.token_urlsafe(32)
+            request.app.state.sessions.add(token)
+            resp.set_cookie(COOKIE, token, httponly=True, samesite="strict", secure=request.url.scheme == "https")
+        return resp
+
+    @r.post("/logout")
+    def logout(request: Request) -> Response:
+        """Revoke this browser's session token."""
+        from heredity.server.app import session_token
+
+        token = session_token({k.lower(): v for k, v in request.headers.items()})
+        request.app.state.sessions.discard(token)
+        resp = RedirectResponse("/login", status_code=303)
+        resp.delete_cookie(COOKIE)
         return resp
 
     @r.get("/chat")

@@ -33,7 +33,7 @@ def error_response(status: int, message: str, code: str, param: str | None = Non
 def install(app) -> None:
     @app.exception_handler(ApiError)
     async def _api(_: Request, e: ApiError):
-        return JSONResponse(e.body(), status_code=e.status)
+        return JSONResponse(e.body(), status_code=e.status, headers={"Retry-After": "1"} if e.status == 429 else None)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, e: RequestValidationError):
@@ -52,4 +52,8 @@ def install(app) -> None:
 
     @app.exception_handler(HeredityError)
     async def _heredity(_: Request, e: HeredityError):
+        from heredity.server.runner import QueueFull
+
+        if isinstance(e, QueueFull):
+            return JSONResponse(ApiError(429, str(e), "queue_full").body(), status_code=429, headers={"Retry-After": "1"})
         return JSONResponse(ApiError(400, str(e), "invalid_request_error").body(), status_code=400)

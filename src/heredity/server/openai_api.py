@@ -21,6 +21,7 @@ from heredity.engine.explore import token_bytes, token_text
 from heredity.engine.sampling import SampleConfig, render_prompt
 from heredity.errors import HeredityError
 from heredity.server.errors import ApiError
+from heredity.server.runner import QueueFull
 from heredity.server.schemas import DEFAULT_MAX_TOKENS, MAX_TOTAL_CHARS, ChatRequest, CompletionRequest
 from heredity.store.conversations import ConflictError, continues
 
@@ -35,11 +36,14 @@ def list_models(request: Request) -> dict:
 
 
 async def host_for(request: Request, name: str):
-    """The loaded model a request names (loaded off the event loop), or 404."""
+    """The loaded model a request names (loaded off the event loop), or 404; 429 when its queue is full (checked
+    here, before a stream's 200 goes out)."""
     try:
-        return await asyncio.to_thread(request.app.state.pool.get, name)
+        host = await asyncio.to_thread(request.app.state.pool.get, name)
     except HeredityError as e:
         raise ApiError(404, str(e), "model_not_found", param="model") from None
+    host.check_room()
+    return host
 
 
 def _budget(host, n_prompt: int, asked: int | None) -> int:
@@ -98,7 +102,10 @@ async def _run(host, prompts, cfg: SampleConfig, seeded: bool, top_logprobs, str
     def on_token(pi, si, tok, lp):
         loop.call_soon_threadsafe(q.put_nowait, (pi, si, tok, lp))
 
-    job = host.generate(prompts, cfg, seeded, top_logprobs, on_token if streaming else None)
+    try:
+        job = host.generate(prompts, cfg, seeded, top_logprobs, on_token if streaming else None)
+    except QueueFull as e:  # filled between host_for and here
+        raise ApiError(429, str(e), "queue_full") from None
     fut = job.future
     fut.add_done_callback(lambda f: loop.call_soon_threadsafe(q.put_nowait, None))
     try:

@@ -31,6 +31,10 @@ class ModelNotFound(HeredityError):
     pass
 
 
+class QueueFull(HeredityError):
+    """A model's queue holds ``max_queue`` waiting requests (the server answers 429 with Retry-After)."""
+
+
 @dataclass
 class GenJob:
     prompts: list[Prompt]
@@ -52,8 +56,8 @@ class CallJob:
 
 
 class ModelHost:
-    def __init__(self, aid: str, model, tokenizer, batch_size: int = 16):
-        self.id, self.model, self.tok, self.batch_size = aid, model, tokenizer, batch_size
+    def __init__(self, aid: str, model, tokenizer, batch_size: int = 16, max_queue: int = 64):
+        self.id, self.model, self.tok, self.batch_size, self.max_queue = aid, model, tokenizer, batch_size, max_queue
         # the request side encodes and decodes with its own copy: a fast tokenizer used from two threads at
         # once can fail ("Already borrowed")
         self.view = copy.deepcopy(tokenizer)
@@ -81,9 +85,17 @@ class ModelHost:
         self._put(job)
         return job
 
+    def check_room(self) -> None:
+        """Raise QueueFull when ``max_queue`` requests already wait (approximate under races by a request or two:
+        a bound on memory and latency, not a quota)."""
+        if self.jobs.qsize() >= self.max_queue:
+            raise QueueFull(f"model {self.id} has {self.max_queue} requests waiting; retry later (the server's "
+                            "--max-queue sets the bound)")
+
     def _put(self, job) -> None:
         if self.closed:
             raise HeredityError(f"model {self.id} was unloaded to make room for another; send the request again")
+        self.check_room()
         self.jobs.put(job)
 
     def stop(self) -> None:
@@ -181,8 +193,8 @@ class ModelPool:
     """Names → loaded ``ModelHost``s. Over HTTP a model is named by a bundled name, a stored model or adapter id
     (or unique prefix), or a stored artifact's name; never by a filesystem path or a hub id."""
 
-    def __init__(self, store: Store, max_loaded: int = 2, batch_size: int = 16):
-        self.store, self.max_loaded, self.batch_size = store, max_loaded, batch_size
+    def __init__(self, store: Store, max_loaded: int = 2, batch_size: int = 16, max_queue: int = 64):
+        self.store, self.max_loaded, self.batch_size, self.max_queue = store, max_loaded, batch_size, max_queue
         self.hosts: OrderedDict[str, ModelHost] = OrderedDict()
         self.lock = threading.Lock()  # guards ``hosts``; never held while a model loads
         self.loading: dict[str, threading.Lock] = {}
@@ -221,7 +233,7 @@ class ModelPool:
                 host = self.hosts.get(aid)
             if host is None:
                 model, tok = load(aid, self.store, merge_adapter=True)
-                host = ModelHost(aid, model, tok, self.batch_size)
+                host = ModelHost(aid, model, tok, self.batch_size, self.max_queue)
                 with self.lock:
                     self.hosts[aid] = host
                     self.loading.pop(aid, None)
