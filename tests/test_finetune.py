@@ -155,3 +155,30 @@ def test_distill_without_teacher(tiny):
     model, tok = fresh(tiny)
     with pytest.raises(HeredityError, match="needs a teacher"):
         train(model, tok, ROWS, FinetuneConfig(loss="logit_distill", max_steps=1), progress=False)
+
+
+def test_a_lora_adapter_has_one_id_in_every_process(tmp_path):
+    """PEFT writes target_modules in hash-randomized order: without canonical bytes the same fine-tune run by two
+    processes gets two ids (no dedup; fsck --repair could never get the artifact back under its id)."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    data = tmp_path / "d.jsonl"
+    data.write_text("\n".join(json.dumps(r) for r in ROWS))
+    ids = []
+    for seed in ("1", "2", "3"):
+        env = {**os.environ, "HEREDITY_HOME": str(tmp_path / "h"), "PYTHONHASHSEED": seed}
+        env.pop("HEREDITY_DB_URL", None)
+        r = subprocess.run([str(Path(sys.executable).parent / "heredity"), "finetune", "tiny:micro", str(data),
+                            "--max-steps", "2", "--batch-size", "4"], env=env, capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, r.stderr
+        ids.append(r.stdout.split()[1])
+        import shutil
+
+        from heredity.store import Store
+
+        shutil.rmtree(Store(tmp_path / "h").artifacts_dir / ids[-1])  # force the next process to recompute it
+    assert len(set(ids)) == 1, ids

@@ -303,6 +303,7 @@ def _save_state(path, model, opt, sched, step, curve, tokens) -> None:
 def finetune(store, base: str, dataset: str, config: FinetuneConfig | None = None, teacher: str | None = None, progress=True):
     """Fine-tune ``base`` (any model spec) on a stored dataset; returns the StepResult (output role "model")."""
     from heredity.models import load, materialize
+    from heredity.models.registry import save_adapter
     from heredity.store import read_table, require_columns
 
     config = config or FinetuneConfig()
@@ -329,7 +330,10 @@ def finetune(store, base: str, dataset: str, config: FinetuneConfig | None = Non
         name = f"{store.get(base_id).name}-{config.method}-{config.loss}"
         meta = {"base": store.get(base_id).id} if kind == "adapter" else {}
         out = ctx.output("model", kind, name, meta=meta)
-        model.save_pretrained(out)
+        if kind == "adapter":
+            save_adapter(model, out)  # byte-identical in every process (PEFT's set order is hash-randomized)
+        else:
+            model.save_pretrained(out)
         tok.save_pretrained(out)
         return metrics
 

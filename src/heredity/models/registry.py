@@ -207,6 +207,22 @@ def _import_hub(hub_id: str, store: Store) -> str:
     return store.run_step("import-model", config, [], copy)["model"]
 
 
+def save_adapter(model, out: Path) -> None:
+    """``model.save_pretrained(out)`` for a PEFT model, with ``adapter_config.json`` made deterministic: PEFT writes
+    ``target_modules`` (a set) in hash-randomized order, so the same adapter saved by two processes would hash to two
+    artifact ids (no deduplication, and a repaired artifact could never be recomputed under its own id)."""
+    import json
+
+    model.save_pretrained(out)
+    cfg_file = Path(out) / "adapter_config.json"
+    if cfg_file.is_file():
+        cfg = json.loads(cfg_file.read_text())
+        for k in ("target_modules", "modules_to_save", "exclude_modules"):
+            if isinstance(cfg.get(k), list):
+                cfg[k] = sorted(cfg[k])
+        cfg_file.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
+
+
 def default_device() -> str:
     import torch
 
