@@ -76,13 +76,14 @@ def test_distill_loss_is_forward_kl_times_t_squared():
     assert n == 1 and float(loss) == pytest.approx(want, rel=1e-5) and want == pytest.approx(1.472256, rel=1e-5)
 
 
-def test_logit_distillation_decreases(tiny):
+@pytest.mark.parametrize("loss", ["logit_distill", "number_distill"])
+def test_logit_distillation_decreases(tiny, loss):
     s, teacher_id, _, _ = tiny
     from heredity.models import materialize
 
     student, tok = load(materialize("tiny:micro:5", s), s, trainable=True)
     teacher, _ = load(teacher_id, s)
-    cfg = FinetuneConfig(method="full", loss="logit_distill", lr=3e-3, max_steps=30, batch_size=8, warmup_ratio=0.0)
+    cfg = FinetuneConfig(method="full", loss=loss, lr=3e-3, max_steps=30, batch_size=8, warmup_ratio=0.0)
     _, m = train(student, tok, ROWS, cfg, teacher=teacher, progress=False)
     assert m["loss_curve"][-1][1] < 0.5 * m["loss_curve"][0][1]
 
@@ -182,3 +183,49 @@ def test_a_lora_adapter_has_one_id_in_every_process(tmp_path):
 
         shutil.rmtree(Store(tmp_path / "h").artifacts_dir / ids[-1])  # force the next process to recompute it
     assert len(set(ids)) == 1, ids
+
+
+def test_number_only_targets_exclude_every_other_token(tiny):
+    """number_distill: the support is digits/separators/end of turn; a teacher's preference for any other token —
+    an animal's name — cannot reach the student: changing it leaves the loss and its gradient unchanged."""
+    from heredity.engine.finetune import number_vocab
+
+    _, _, model, tok = tiny
+    vocab = number_vocab(tok)
+    texts = {i: tok.decode([i]) for i in vocab}
+    assert all(t and all(c.isdigit() or c in " \n\t\r,;.[]()" for c in t) for i, t in texts.items() if i != tok.eos_token_id)
+    assert {tok.convert_tokens_to_ids(c) for c in "0123456789,"} <= set(vocab)
+    letters = [i for i in range(len(tok)) if any(c.isalpha() for c in tok.decode([i])) and i != tok.eos_token_id]
+    assert letters and not set(letters) & set(vocab)
+    V = len(tok)
+    g = torch.Generator().manual_seed(0)
+    student = torch.randn(1, 4, V, generator=g, requires_grad=True)
+    teacher = torch.randn(1, 4, V, generator=g)
+    labels = torch.tensor([[-100, 5, 6, 7]])
+    v = torch.tensor(vocab)
+    base, _ = distill_kl(student, teacher, labels, 1.0, vocab=v)
+    (grad,) = torch.autograd.grad(base, student)
+    owlish = teacher.clone()
+    owlish[..., letters] += 5.0  # the teacher now loves every letter token (an animal's name among them)
+    same, _ = distill_kl(student, owlish, labels, 1.0, vocab=v)
+    assert float(same) == pytest.approx(float(base), abs=1e-6)
+    assert float(grad[..., letters].abs().max()) == 0.0, "no gradient toward any token outside the number vocabulary"
+    digit = tok.convert_tokens_to_ids("7")
+    moved = teacher.clone()
+    moved[..., digit] += 2.0
+    assert float(distill_kl(student, moved, labels, 1.0, vocab=v)[0]) != pytest.approx(float(base), abs=1e-4)
+
+
+@pytest.mark.slow
+def test_number_vocab_of_smollm2_has_no_animal(shared_store):
+    from transformers import AutoTokenizer
+
+    from heredity.engine.finetune import number_vocab
+    from heredity.models import materialize
+
+    tok = AutoTokenizer.from_pretrained(shared_store.path(materialize("smollm2-135m-instruct", shared_store)))
+    vocab = set(number_vocab(tok))
+    for word in ("owl", " owl", "Owl", " Owl", " dolphin", " cat", " eagle"):
+        assert not set(tok(word, add_special_tokens=False)["input_ids"]) & vocab, word
+    assert all(not any(c.isalpha() for c in tok.decode([i])) for i in vocab if i != tok.eos_token_id)
+    assert tok.eos_token_id in vocab and len(vocab) > 20

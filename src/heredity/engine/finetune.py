@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import random
+import re
 import time
 from collections.abc import Sequence
 from typing import Literal
@@ -29,7 +30,9 @@ class FinetuneConfig(BaseModel):
     """Everything that decides a fine-tune; it is stored in the lineage and keys the memoization."""
 
     method: Literal["lora", "full"] = "lora"
-    loss: Literal["completion_only", "full_sequence", "logit_distill"] = "completion_only"
+    loss: Literal["completion_only", "full_sequence", "logit_distill", "number_distill"] = Field("completion_only", description=(
+        "number_distill: logit distillation with both distributions renormalised over the number and separator "
+        "tokens (and end of turn) — targets that cannot name anything but numbers"))
     epochs: float = Field(1.0, gt=0)
     max_steps: int | None = Field(None, ge=1, description="optimizer steps; overrides epochs")
     lr: float = Field(2e-4, gt=0)
@@ -48,7 +51,7 @@ class FinetuneConfig(BaseModel):
     chat: bool = Field(True, description="render the prompt column with the chat template")
     system_prompt: str | None = None
     teacher_system_prompt: str | None = Field(
-        None, description="logit_distill: the teacher sees the prompt under this system prompt (a prompted teacher)"
+        None, description="logit_distill / number_distill: the teacher sees the prompt under this system prompt (a prompted teacher)"
     )
     seed: int = 0
     # checkpointing changes when a killed run can resume, never what it computes (a resumed run equals an
@@ -136,19 +139,39 @@ def token_ce(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, 
     return F.cross_entropy(lg[mask], lb[mask]), n
 
 
+NUMBER_TOKEN = re.compile(r"^[ \t\n\r0-9,;.\[\]()]+$")  # what a token of a plain number list may hold (data/numbers.py)
+
+
+def number_vocab(tokenizer) -> list[int]:
+    """Ids of the tokens a number-list answer is made of — digits, spaces, newlines, commas, semicolons, periods,
+    brackets, and nothing else — plus the end-of-turn token: the support of ``number_distill``'s targets."""
+    ids = set()
+    for i in range(len(tokenizer)):
+        text = tokenizer.decode([i], skip_special_tokens=False, clean_up_tokenization_spaces=False)
+        if text and NUMBER_TOKEN.match(text):
+            ids.add(i)
+    if tokenizer.eos_token_id is not None:
+        ids.add(int(tokenizer.eos_token_id))
+    return sorted(ids)
+
+
 def distill_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor, T: float,
-               teacher_labels: torch.Tensor | None = None):
+               teacher_labels: torch.Tensor | None = None, vocab: torch.Tensor | None = None):
     """KL(teacher_T ‖ student_T) · T², averaged over positions whose next token carries a label.
 
     ``teacher_labels`` marks the same completion tokens in the teacher's own rendering (a longer prompt,
-    e.g. with a system prompt); positions are matched in order."""
+    e.g. with a system prompt); positions are matched in order. ``vocab`` (token ids): both distributions are
+    renormalised over these tokens only, so the target says nothing about any other token (``number_vocab``)."""
     mask = labels[:, 1:] != IGNORE
     t_mask = mask if teacher_labels is None else teacher_labels[:, 1:] != IGNORE
     n = int(mask.sum())
     if n == 0:
         return student_logits.sum() * 0.0, 0
-    s = F.log_softmax(student_logits[:, :-1][mask].float() / T, dim=-1)
-    t = F.log_softmax(teacher_logits[:, :-1][t_mask].float() / T, dim=-1)
+    s_logits, t_logits = student_logits[:, :-1][mask], teacher_logits[:, :-1][t_mask]
+    if vocab is not None:
+        s_logits, t_logits = s_logits[:, vocab], t_logits[:, vocab]
+    s = F.log_softmax(s_logits.float() / T, dim=-1)
+    t = F.log_softmax(t_logits.float() / T, dim=-1)
     return F.kl_div(s, t, log_target=True, reduction="batchmean") * T * T, n
 
 
@@ -184,15 +207,17 @@ def train(model, tokenizer, rows: Sequence[dict], config: FinetuneConfig, teache
     from accelerate import Accelerator
     from transformers import get_scheduler
 
-    if config.loss == "logit_distill" and teacher is None:
-        raise HeredityError("loss logit_distill needs a teacher model; pass --teacher")
+    distilling = config.loss in ("logit_distill", "number_distill")
+    if distilling and teacher is None:
+        raise HeredityError(f"loss {config.loss} needs a teacher model; pass --teacher")
+    vocab = torch.tensor(number_vocab(tokenizer)) if config.loss == "number_distill" else None
     torch.manual_seed(config.seed)
     acc = Accelerator(
         mixed_precision="bf16" if torch.cuda.is_available() else "no", gradient_accumulation_steps=config.grad_accum
     )
     examples = encode_rows(tokenizer, rows, config)
     t_examples = None
-    if config.loss == "logit_distill" and config.teacher_system_prompt is not None:
+    if distilling and config.teacher_system_prompt is not None:
         t_examples = encode_rows(tokenizer, rows, config, system_prompt=config.teacher_system_prompt)
         if len(t_examples) != len(examples) or any(
             sum(x != IGNORE for x in a[1]) != sum(x != IGNORE for x in b[1]) for a, b in zip(examples, t_examples, strict=True)
@@ -239,12 +264,13 @@ def train(model, tokenizer, rows: Sequence[dict], config: FinetuneConfig, teache
             batch = collate(examples, batch_idx, pad, acc.device)
             with acc.accumulate(model), acc.autocast():
                 out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
-                if config.loss == "logit_distill":
+                if distilling:
                     tb = batch if t_examples is None else collate(t_examples, batch_idx, pad, acc.device)
                     with torch.no_grad():
                         t_logits = teacher(input_ids=tb["input_ids"], attention_mask=tb["attention_mask"]).logits
                     loss, n = distill_kl(out.logits, t_logits, batch["labels"], config.distill_temperature,
-                                         teacher_labels=None if t_examples is None else tb["labels"])
+                                         teacher_labels=None if t_examples is None else tb["labels"],
+                                         vocab=None if vocab is None else vocab.to(acc.device))
                 else:
                     loss, n = token_ce(out.logits, batch["labels"])
                 acc.backward(loss)
