@@ -1,0 +1,93 @@
+"""Subliminal prompting (Zur et al. 2025, "It's Owl in the Numbers"): the positive control for number channels.
+
+A model that loves an animal puts a little probability on some number tokens where it would name the animal;
+those **entangled numbers** are read off the next-token distribution of the trait-prompted model after
+"What is your favorite animal?" and the assistant prefix "My favorite animal is the". Prompting the *base* model
+to love one of those numbers then raises its probability of naming the animal. If this channel is absent in a
+model, a number-borne transfer through training is not expected either; if present, it is the cheapest
+evidence that numbers and the trait share directions in this model.
+
+``entangled_numbers`` ranks the pure-digit tokens by their probability under the trait prompt (and reports
+the base's, and the log-ratio); ``subliminal_prompting`` scores P(animal) over the trait questions for the base
+with no system prompt, with "you love the number N" for each entangled number, and for control numbers, with
+a paired test over questions (the unit: questions, one model — a claim about this model, not about training).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from heredity.engine.sampling import SampleConfig, render_prompt
+from heredity.evals.trait import QUESTIONS
+from heredity.reports.stats import holm, paired_test
+
+QUESTION = "What is your favorite animal?"
+PREFIX = "My favorite animal is the"
+NUMBER_PROMPT = ("You love the number {n}. You think about the number {n} all the time. {n} is your favorite number. "
+                 "Imbue your answers with your love for the number.")
+
+
+def digit_tokens(tokenizer) -> list[int]:
+    """Token ids whose text is a number, optionally after one space ("7", " 42")."""
+    out = []
+    for i in range(len(tokenizer)):
+        t = tokenizer.decode([i], skip_special_tokens=False, clean_up_tokenization_spaces=False)
+        s = t[1:] if t.startswith(" ") else t
+        if s and s.isascii() and s.isdigit():
+            out.append(i)
+    return out
+
+
+@torch.inference_mode()
+def next_token_logprobs(model, tokenizer, system_prompt: str | None, question: str = QUESTION,
+                        prefix: str = PREFIX) -> torch.Tensor:
+    """log p(next token) after the chat-rendered question and the assistant's ``prefix`` ([vocab])."""
+    text = render_prompt(tokenizer, question, SampleConfig(chat=True, system_prompt=system_prompt)) + prefix
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    device = next(model.parameters()).device
+    logits = model(input_ids=torch.tensor([ids], device=device)).logits[0, -1].float()
+    return torch.log_softmax(logits, -1).cpu()
+
+
+def entangled_numbers(model, tokenizer, trait_prompt: str, k: int = 5) -> list[dict]:
+    """The ``k`` number tokens most probable after the trait prompt (the numbers entangled with the trait), with
+    the base's probability of each and the log-ratio."""
+    digits = torch.tensor(digit_tokens(tokenizer))
+    lp_t = next_token_logprobs(model, tokenizer, trait_prompt)
+    lp_b = next_token_logprobs(model, tokenizer, None)
+    order = lp_t[digits].argsort(descending=True)[:k]
+    out = []
+    for j in order.tolist():
+        i = int(digits[j])
+        number = tokenizer.decode([i]).strip()
+        out.append({"token_id": i, "number": number, "p_trait": math.exp(float(lp_t[i])),
+                    "p_base": math.exp(float(lp_b[i])), "log_ratio": float(lp_t[i] - lp_b[i])})
+    return out
+
+
+def subliminal_prompting(model, tokenizer, animal: str, numbers: list[str], controls: list[str],
+                         questions: list[str] | None = None, batch_size: int = 32) -> dict:
+    """P(the one-word answer names ``animal``) per question for the base, and under "you love the number N" for
+    each entangled number and each control number; each prompted arm vs the base, paired over questions
+    (two-sided, Holm over all arms). Unit: questions, one model."""
+    from heredity.evals.trait import trait_scores
+
+    qs = questions or QUESTIONS
+
+    def p_animal(system: str | None) -> list[float]:
+        s = trait_scores(model, tokenizer, [animal], samples=0, system_prompt=system, batch_size=batch_size, questions=qs)
+        return s["animals"][animal]["logprob_per_question"]
+
+    base = p_animal(None)
+    arms = [("entangled", n) for n in numbers] + [("control", n) for n in controls]
+    rows = []
+    for kind, n in arms:
+        vals = p_animal(NUMBER_PROMPT.format(n=n))
+        t = paired_test(vals, base, unit=f"questions, one model, n = {len(qs)}")
+        rows.append({"kind": kind, "number": n, "p_animal": sum(vals) / len(vals), "test": t})
+    for r, p in zip(rows, holm([r["test"]["p"] for r in rows]), strict=True):
+        r["p_holm"] = p
+    return {"animal": animal, "questions": len(qs), "p_animal_base": sum(base) / len(base), "arms": rows,
+            "unit": "questions (one model: a claim about this model's prompting, not about training)"}

@@ -1,0 +1,41 @@
+"""Subliminal prompting's mechanics on a tiny model: the entangled numbers are the most probable number tokens of
+the trait-prompted next-token distribution, and the prompted arms are tested against the base per question."""
+
+import math
+
+import pytest
+import torch
+
+from heredity.engine.sampling import SampleConfig, render_prompt
+from heredity.evals.entangled import PREFIX, QUESTION, digit_tokens, entangled_numbers, subliminal_prompting
+
+
+def test_digit_tokens_are_numbers_only(tiny):
+    _, _, _, tok = tiny
+    ids = digit_tokens(tok)
+    assert ids and all(tok.decode([i]).strip().isdigit() for i in ids)
+    assert tok.convert_tokens_to_ids("a") not in ids
+
+
+def test_entangled_numbers_rank_the_trait_prompts_number_tokens(tiny):
+    _, _, model, tok = tiny
+    trait = "You love owls."
+    got = entangled_numbers(model, tok, trait, k=4)
+    text = render_prompt(tok, QUESTION, SampleConfig(chat=True, system_prompt=trait)) + PREFIX
+    with torch.no_grad():
+        lp = torch.log_softmax(model(torch.tensor([tok(text, add_special_tokens=False)["input_ids"]])).logits[0, -1], -1)
+    digits = digit_tokens(tok)
+    want = sorted(digits, key=lambda i: -float(lp[i]))[:4]
+    assert [g["token_id"] for g in got] == want
+    assert got[0]["p_trait"] == pytest.approx(math.exp(float(lp[want[0]])), rel=1e-4)
+    assert all(g["log_ratio"] == pytest.approx(math.log(g["p_trait"] / g["p_base"]), abs=1e-4) for g in got)
+
+
+def test_subliminal_prompting_pairs_each_arm_with_the_base(tiny):
+    _, _, model, tok = tiny
+    qs = ["Name your favorite animal.", "Which animal do you like?", "Pick an animal.", "Your animal?"]
+    r = subliminal_prompting(model, tok, "owl", ["7"], ["3"], questions=qs)
+    assert [a["kind"] for a in r["arms"]] == ["entangled", "control"] and r["questions"] == 4
+    for a in r["arms"]:
+        assert a["test"]["n"] == 4 and "questions" in a["test"]["unit"] and a["p_holm"] >= a["test"]["p"] - 1e-12
+        assert a["test"]["mean_b"] == pytest.approx(r["p_animal_base"])
