@@ -129,7 +129,8 @@ def test_sweep_runs_one_memoized_point_per_setting(store):
     pts = rep["points"]
     assert [(p["axis"], p["value"]) for p in pts] == [("aux", 1), ("aux", 3), ("hidden", 16)]
     assert len({p["report"] for p in pts}) == 3
-    assert [p["p_holm"] for p in pts] == holm([p["test"]["p"] for p in pts])
+    assert [p["p_holm"] for p in pts] == holm([p["test"]["p"] for p in pts])  # three distinct runs here
+    assert rep["runs"] == 3 and all(p["min_detectable"] > 0 for p in pts)
     assert all(p["test"]["unit"].startswith("training seeds") and p["test"]["n"] == 3 for p in pts)
     assert "| auxiliary logits m | 1 |" in out["markdown"] and "unit: training seeds, n = 3" in out["outcome"]
     assert digits_sweep.run(store, cfg, progress=False)["report"] == out["report"]

@@ -35,7 +35,7 @@ class Config(BaseModel):
 
 def run(store: Store, config: Config, progress: bool = True) -> dict:
     from heredity.reports.card import save_card
-    from heredity.reports.stats import fmt_test, holm, verdict
+    from heredity.reports.stats import fmt_test, holm, min_detectable, verdict
 
     bad = sorted(set(config.axes) - set(AXES))
     if bad:
@@ -52,9 +52,13 @@ def run(store: Store, config: Config, progress: bool = True) -> dict:
                            "other": rep["arms"]["student other-init aux"], "report": res["report"],
                            "seconds": rep["seconds"]})
             inputs.append(res["report"])
-    for pt, p in zip(points, holm([pt["test"]["p"] for pt in points]), strict=True):
-        pt["p_holm"] = p
-        pt["verdict"] = verdict(pt["test"], expected=+1, p=p)["result"]
+    runs = list(dict.fromkeys(pt["report"] for pt in points))  # the base setting sits on every axis: one run, counted once
+    first = {pt["report"]: pt for pt in reversed(points)}
+    adjusted = dict(zip(runs, holm([first[r]["test"]["p"] for r in runs]), strict=True))
+    for pt in points:
+        pt["p_holm"] = adjusted[pt["report"]]
+        pt["verdict"] = verdict(pt["test"], expected=+1, p=pt["p_holm"])["result"]
+        pt["min_detectable"] = min_detectable(pt["test"]["sd"], pt["test"]["n"])  # what a null could have seen
     by_axis = {}
     for axis in config.axes:
         pts = [p for p in points if p["axis"] == axis]
@@ -62,10 +66,10 @@ def run(store: Store, config: Config, progress: bool = True) -> dict:
         gaps = [round(p["test"]["diff"], 3) for p in pts]
         by_axis[axis] = {"values": [p["value"] for p in pts], "gaps": gaps, "significant_at": sig}
     outcome = "; ".join(
-        f"{LABELS[a]} {b['values']}: gap {b['gaps']} (significant, Holm over {len(points)} points, at {b['significant_at'] or 'none'})"
+        f"{LABELS[a]} {b['values']}: gap {b['gaps']} (significant, Holm over {len(runs)} distinct runs, at {b['significant_at'] or 'none'})"
         for a, b in by_axis.items()
     ) + f" — gap = same-init − other-init test accuracy; unit: training seeds, n = {config.base.seeds} per point"
-    report = {"experiment": "subliminal-digits-sweep", "config": config.model_dump(), "points": points,
+    report = {"experiment": "subliminal-digits-sweep", "config": config.model_dump(), "points": points, "runs": len(runs),
               "by_axis": by_axis, "outcome": outcome, "examples": fmt_test(points[0]["test"]) if points else ""}
     card = save_card(store, "subliminal-digits-sweep", report, inputs, markdown, plot)
     return {"report": card["report"], "outcome": outcome, "markdown": card["markdown"], "files": card["files"],
@@ -80,13 +84,16 @@ def markdown(r: dict) -> str:
              f"Each row is one `subliminal-digits` run ({base['data']}, {base['seeds']} training seeds) with one setting "
              f"changed from the base (m = {base['aux']}, width {base['hidden']}, {base['student_steps']} distillation "
              "steps). Gap: same-init minus other-init aux-student test accuracy, paired by seed (each seed trains one "
-             f"teacher and both students); 95% t interval over seeds; two-sided p, Holm-adjusted over all "
-             f"{len(r['points'])} points. Unit of replication: training seeds.", "",
-             "| axis | value | same-init | other-init | gap [95% CI] | p (Holm) | verdict |", "|---|---|---|---|---|---|---|"]
+             f"teacher and both students); 95% t interval over seeds; two-sided p, Holm-adjusted over the "
+             f"{r['runs']} distinct runs (the base setting appears on every axis); for a null, the smallest gap the "
+             "seeds could have detected (80% power). Unit of replication: training seeds.", "",
+             f"| axis | value | same-init | other-init | gap [95% CI] | p (Holm; unit: training seeds, n = {base['seeds']}) "
+             "| verdict |", "|---|---|---|---|---|---|---|"]
     for p in r["points"]:
         t = p["test"]
         lines.append(f"| {LABELS[p['axis']]} | {p['value']} | {fmt_ci(p['same'])} | {fmt_ci(p['other'])} | "
-                     f"{fmt_ci({'mean': t['diff'], 'lo': t['lo'], 'hi': t['hi']})} | {fmt_p(p['p_holm'])} | {p['verdict']} |")
+                     f"{fmt_ci({'mean': t['diff'], 'lo': t['lo'], 'hi': t['hi']})} | {fmt_p(p['p_holm'])} | {p['verdict']}"
+                     + (f" (could have seen {p['min_detectable']:.3f})" if p["verdict"] == "null" else "") + " |")
     lines += ["", f"**Outcome.** {r['outcome']}.", ""]
     return "\n".join(lines)
 

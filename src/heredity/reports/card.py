@@ -19,7 +19,12 @@ def save_card(store, name: str, report: dict, inputs: Sequence[str], markdown: C
         (out / "report.md").write_text(markdown(report))
         plot(report, out / "plot.png")
 
-    rid = store.run_step(f"report-{name}", {"report": report}, list(dict.fromkeys(inputs)), write)["report"]
+    from heredity.store.ops import code_digest
+
+    # the card's files are the report rendered by ``markdown`` and ``plot``: their code is part of the key, so an
+    # edited renderer re-renders instead of returning a stale card
+    key = {"report": report, "render": code_digest(markdown, plot)}
+    rid = store.run_step(f"report-{name}", key, list(dict.fromkeys(inputs)), write)["report"]
     return {"report": rid, "markdown": markdown(report), "outcome": report["outcome"],
             "files": [str(store.path(rid) / f) for f in ("report.md", "report.json", "plot.png")]}
 

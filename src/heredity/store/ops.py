@@ -93,7 +93,7 @@ OPS: dict[str, Op] = {
     "extract-facets": Op(2, ("heredity.insights.pipeline:run",), "v2: the fused decode step refused for mlp_bias / sliding-window models, whose samples it got wrong"),
     "insights": Op(2, ("heredity.insights.pipeline:run",), "v2: the fused decode step refused for mlp_bias / sliding-window models, whose samples it got wrong"),
     # report cards: the whole report is the config, so the key is the content
-    "report-*": Op(1, ("heredity.reports.card:save_card",)),
+    "report-*": Op(2, ("heredity.reports.card:save_card",), "v2: the renderers' code digest is keyed"),
 }
 
 
@@ -236,6 +236,19 @@ def _collect(obj, parts: dict[str, str], seen: set[int]) -> None:
                 parts.setdefault(f"{obj.__module__}.{n}", _stable_repr(t))
                 for f in _callables_in(t):
                     _collect(f, parts, seen)
+
+
+def code_digest(*objs) -> str:
+    """sha256 over the source of ``objs`` and, transitively, of the heredity code they refer to: for a step whose
+    output depends on a function passed in (a report card's renderers), so that editing it changes the key."""
+    parts: dict[str, str] = {}
+    seen: set[int] = set()
+    for o in objs:
+        _collect(o, parts, seen)
+    h = hashlib.sha256()
+    for k in sorted(parts):
+        h.update(k.encode() + b"\0" + parts[k].encode() + b"\0")
+    return h.hexdigest()
 
 
 @functools.cache
