@@ -165,6 +165,8 @@ def test_soak_32_clients(server_home, tmp_path):
                 kind = rng.random()
                 try:
                     if cid is not None:  # a conversation: its turns must all be stored
+                        if len(history) >= 6:  # a new conversation every 3 turns: tiny's context is 256 bytes
+                            cid, history = (await c.post("/api/conversations", json={"model": aid})).json()["id"], []
                         msgs = history + [{"role": "user", "content": f"turn {len(history) // 2}"}]
                         r = await c.post("/v1/chat/completions", json={"model": aid, "messages": msgs, "max_tokens": 8,
                                                                       "conversation_id": cid})

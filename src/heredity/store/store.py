@@ -354,8 +354,9 @@ class Store:
         self.db_url = db_url or os.environ.get("HEREDITY_DB_URL") or f"sqlite:///{self.home / 'heredity.db'}"
         self.engine = make_engine(self.db_url)
         try:
-            Base.metadata.create_all(self.engine)
-            add_missing_columns(self.engine)
+            with self.step_lock("0" * 64, "create the store's tables"):  # two processes opening a new store at once
+                Base.metadata.create_all(self.engine)
+                add_missing_columns(self.engine)
         except (OperationalError, SQLAlchemyError) as e:
             reason = str(getattr(e, "orig", e)).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise HeredityError(
@@ -466,46 +467,77 @@ class Store:
         if fn is not None and self.check_keys and op_version(op) is not None:  # heredity's own ops
             check_key_covers(fn, op, cfg, inputs, seed)
         force = fn is not None and (op in self.recompute or any(i in self._fresh for i in inputs))
-        if not force and (hit := self._cached(key)):
+        hit = None if force else self._cached(key)
+        group = _process_group()  # the ranks of an initialized torch.distributed job, else None
+        if group is not None:  # every rank must take the same path, or one waits forever in a collective
+            hit = hit if not _any_rank(group, hit is None) else None
+        if hit:
             return hit
         if fn is None:
             raise HeredityError(f"step {op} has not run yet and no function was given to run it")
+        if group is not None and not distributed:
+            return self._on_rank0(group, op, cfg, inputs, seed, key, fn, force)
         # A distributed op (every process of an `accelerate launch` trains together) runs on every rank, but only
         # rank 0 commits: it holds the step's lock from before training until its commit, so another rank, done
         # training, takes the lock only once rank 0's outputs are in the store and returns those (libraries such as
         # transformers write weights on the main process only; a rank's own output dir is discarded). Any other op
-        # is computed by one process while the others wait on the lock, then reuse its result.
+        # outside a process group is computed by one process while the others wait on the lock, then reuse it.
         rank = int(os.environ.get("RANK", "0") or 0) if distributed else 0
         lock = contextlib.nullcontext() if rank else self.step_lock(key, op)
         with lock:
             if not force and not distributed and (hit := self._cached(key)):  # computed while we waited
                 return hit
-            ctx = StepContext(self, key, op, cfg, inputs, seed)
-            started = _now()
-            try:
-                metrics = fn(ctx) or {}
-            except BaseException:
-                for _, _, path, _ in ctx._outputs.values():
-                    shutil.rmtree(path, ignore_errors=True)
-                raise
-            ctx.metrics = finite_json(json.loads(canonical({**ctx.metrics, **metrics})))  # strict JSON, once
-            if rank:
-                for _, _, path, _ in ctx._outputs.values():
-                    shutil.rmtree(path, ignore_errors=True)
-            else:
-                outputs = self._commit(ctx, started)
-                shutil.rmtree(self.home / "scratch" / key[:24], ignore_errors=True)
+            outputs, metrics = self._compute(op, cfg, inputs, seed, key, fn, commit=not rank)
         if rank:
-            with self.step_lock(key, op):  # free once rank 0 committed
-                done = self.find_step(key)
-            if done is None:
-                raise HeredityError(f"step {op} ({key[:16]}): rank 0 of this launch did not store its outputs; see its log")
-            outputs = dict(done.outputs)
-            ctx.metrics = dict(done.metrics)
+            outputs, metrics = self._rank0_result(op, key)
         if force:
             self._fresh.update(outputs.values())
         self._producer.update(dict.fromkeys(outputs.values(), key))
-        return StepResult(key, outputs, dict(ctx.metrics), cached=False)
+        return StepResult(key, outputs, metrics, cached=False)
+
+    def _compute(self, op, cfg, inputs, seed, key, fn, commit: bool = True) -> tuple[dict, dict]:
+        ctx = StepContext(self, key, op, cfg, inputs, seed)
+        started = _now()
+        try:
+            metrics = fn(ctx) or {}
+        except BaseException:
+            for _, _, path, _ in ctx._outputs.values():
+                shutil.rmtree(path, ignore_errors=True)
+            raise
+        ctx.metrics = finite_json(json.loads(canonical({**ctx.metrics, **metrics})))  # strict JSON, once
+        if not commit:
+            for _, _, path, _ in ctx._outputs.values():
+                shutil.rmtree(path, ignore_errors=True)
+            return {}, {}
+        outputs = self._commit(ctx, started)
+        shutil.rmtree(self.home / "scratch" / key[:24], ignore_errors=True)
+        return outputs, dict(ctx.metrics)
+
+    def _rank0_result(self, op: str, key: str) -> tuple[dict, dict]:
+        with self.step_lock(key, op):  # free once rank 0 committed
+            done = self.find_step(key)
+        if done is None:
+            raise HeredityError(f"step {op} ({key[:16]}): rank 0 of this launch did not store its outputs; see its log")
+        return dict(done.outputs), dict(done.metrics)
+
+    def _on_rank0(self, group, op, cfg, inputs, seed, key, fn, force) -> StepResult:
+        """A one-process op inside a process group: rank 0 computes it (libraries write files on rank 0 only, e.g.
+        transformers' ``save_pretrained``), the other ranks wait on the step lock and return its result. Rank 0
+        takes the lock before a barrier, so no other rank can take it first; the wait on the lock has no timeout."""
+        if group.get_rank() == 0:
+            with self.step_lock(key, op):
+                hit = None if force else self._cached(key)  # another job computed it while we waited
+                group.barrier()
+                if hit:
+                    return hit
+                outputs, metrics = self._compute(op, cfg, inputs, seed, key, fn)
+        else:
+            group.barrier()
+            outputs, metrics = self._rank0_result(op, key)
+        if force:
+            self._fresh.update(outputs.values())
+        self._producer.update(dict.fromkeys(outputs.values(), key))
+        return StepResult(key, outputs, metrics, cached=group.get_rank() != 0)
 
     def _cached(self, key: str) -> StepResult | None:
         done = self.find_step(key)
@@ -605,9 +637,14 @@ class Store:
                                 f"that made it (`heredity fsck {aid}` says which)")
         if verify_files and aid not in self._verified:
             problems = self.check(aid)
+            more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+            if problems and all(STORED_SO in p for p in problems):
+                raise CorruptArtifactError(
+                    f"artifact {aid} holds a malformed file: {problems[0].replace(' ' + STORED_SO, '')}{more}; it was stored "
+                    "so (its bytes match its id): recreate it from a good source")
             if problems:
                 raise CorruptArtifactError(
-                    f"artifact {aid} is corrupt: {problems[0]}{f' (and {len(problems) - 1} more)' if len(problems) > 1 else ''}; "
+                    f"artifact {aid} is corrupt: {problems[0]}{more}; "
                     f"run `heredity fsck {aid}` (then `--repair` to remove it and recompute)"
                 )
             self._verified.add(aid)
@@ -632,6 +669,9 @@ class Store:
         else:
             problems, changed = verify.quick_problems(path, recorded)
         if problems:
+            header_only = not any(": missing" in p or "bytes, stored" in p or "not part of" in p for p in problems)
+            if header_only and hash_dir(path)[:16] == aid.split("-", 1)[1]:  # a bad file, but the one that was stored
+                return [f"{p} {STORED_SO}" for p in problems]
             return problems
         if full is None:
             full = changed or verified_at is None or os.environ.get("HEREDITY_VERIFY", "") not in ("", "0")
@@ -662,7 +702,9 @@ class Store:
                 broken[aid] = problems
         removed = []
         if repair:
-            for aid in broken:
+            for aid, problems in broken.items():
+                if all(STORED_SO in p for p in problems):
+                    continue  # not a storage fault: recomputing would store the same bad bytes again
                 path = self.artifacts_dir / aid
                 if path.is_dir():
                     trash = self.own_tmp / f"{_proc_tag()}.fsck-{aid}"
@@ -773,6 +815,9 @@ def _now() -> datetime:
     return datetime.now(UTC).replace(tzinfo=None)
 
 
+STORED_SO = "(stored so: its bytes match its id, so the step or import that made it wrote this file)"
+
+
 class CorruptArtifactError(HeredityError):
     """An artifact's files differ from what the store recorded (see ``Store.check``)."""
 
@@ -806,6 +851,27 @@ def _proc_tag() -> str:
 
 def _waiting(op: str, key: str) -> None:
     print(f"step {op or '?'} ({key[:16]}) is being computed by another process; waiting for it", file=sys.stderr)
+
+
+def _process_group():
+    """``torch.distributed`` when this process is one rank of an initialized group of more than one, else None."""
+    if "torch" not in sys.modules:  # nothing has imported torch: no process group can exist
+        return None
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        return dist
+    return None
+
+
+def _any_rank(dist, flag: bool) -> bool:
+    """Whether ``flag`` holds on any rank (an all-reduce: every rank must call it)."""
+    import torch
+
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+    t = torch.tensor([int(flag)], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
 
 
 def _pid_alive(pid: int) -> bool:
