@@ -39,3 +39,24 @@ def test_subliminal_prompting_pairs_each_arm_with_the_base(tiny):
     for a in r["arms"]:
         assert a["test"]["n"] == 4 and "questions" in a["test"]["unit"] and a["p_holm"] >= a["test"]["p"] - 1e-12
         assert a["test"]["mean_b"] == pytest.approx(r["p_animal_base"])
+
+
+def test_trait_divergence_is_zero_for_an_empty_change_and_matches_a_direct_kl(tiny):
+    from heredity.engine.finetune import number_vocab
+    from heredity.evals.entangled import trait_divergence
+
+    _, _, model, tok = tiny
+    prompts, comps = ["list numbers", "more numbers please"], ["1, 2, 3", "40, 50"]
+    r = trait_divergence(model, tok, prompts, comps, "You love owls.", vocab=number_vocab(tok), batch_size=1)
+    assert r["kl_full"] > 0 and r["kl_numbers"] > 0 and len(r["kl_full_per_prompt"]) == 2
+    # the first prompt's value, computed directly (no padding, no batching)
+    pre_t = tok(render_prompt(tok, prompts[0], SampleConfig(chat=True, system_prompt="You love owls.")), add_special_tokens=False)["input_ids"]
+    pre_b = tok(render_prompt(tok, prompts[0], SampleConfig(chat=True)), add_special_tokens=False)["input_ids"]
+    c = tok(comps[0], add_special_tokens=False)["input_ids"]
+    with torch.no_grad():
+        lt = torch.log_softmax(model(torch.tensor([pre_t + c])).logits[0, len(pre_t) - 1 : -1], -1)
+        lb = torch.log_softmax(model(torch.tensor([pre_b + c])).logits[0, len(pre_b) - 1 : -1], -1)
+    want = float((lt.exp() * (lt - lb)).sum(-1).mean())
+    assert r["kl_full_per_prompt"][0] == pytest.approx(want, rel=1e-3)
+    batched = trait_divergence(model, tok, prompts, comps, "You love owls.", batch_size=2)
+    assert batched["kl_full_per_prompt"] == pytest.approx(r["kl_full_per_prompt"], rel=1e-3)

@@ -91,3 +91,57 @@ def subliminal_prompting(model, tokenizer, animal: str, numbers: list[str], cont
         r["p_holm"] = p
     return {"animal": animal, "questions": len(qs), "p_animal_base": sum(base) / len(base), "arms": rows,
             "unit": "questions (one model: a claim about this model's prompting, not about training)"}
+
+
+@torch.inference_mode()
+def trait_divergence(model, tokenizer, prompts: list[str], completions: list[str], trait_prompt: str,
+                     vocab: list[int] | None = None, batch_size: int = 16) -> dict:
+    """How much a trait system prompt moves the model's next-token distributions on number completions: the mean
+    per-position KL(trait-prompted ‖ unprompted) over the completion tokens — the signal logit distillation on
+    these completions could carry — over the whole vocabulary and, with ``vocab``, renormalised over those tokens
+    only (what number-only distillation carries). Per-prompt values are kept (a paired unit for comparing traits)."""
+    import torch.nn.functional as F
+
+    from heredity.engine.sampling import pad_id
+
+    device = next(model.parameters()).device
+    v = None if vocab is None else torch.tensor(vocab, device=device)
+
+    def encode(system):
+        out = []
+        for p, c in zip(prompts, completions, strict=True):
+            pre = tokenizer(render_prompt(tokenizer, p, SampleConfig(chat=True, system_prompt=system)),
+                            add_special_tokens=False)["input_ids"]
+            comp = tokenizer(c, add_special_tokens=False)["input_ids"]
+            out.append((pre, comp))
+        return out
+
+    plain, trait = encode(None), encode(trait_prompt)
+    pad = pad_id(tokenizer)
+
+    def dists(rows, i0, i1):
+        seqs = [rows[i][0] + rows[i][1] for i in range(i0, i1)]
+        L = max(map(len, seqs))
+        ids = torch.tensor([[pad] * (L - len(s)) + s for s in seqs], device=device)
+        att = torch.tensor([[0] * (L - len(s)) + [1] * len(s) for s in seqs], device=device)
+        pos = (att.cumsum(-1) - 1).clamp(min=0)
+        logits = model(input_ids=ids, attention_mask=att, position_ids=pos).logits.float()
+        out = []
+        for b, i in enumerate(range(i0, i1)):
+            n = len(rows[i][1])
+            out.append(logits[b, L - n - 1 : L - 1])  # the positions that predict each completion token
+        return out
+
+    full, restricted = [], []
+    for i0 in range(0, len(prompts), batch_size):
+        i1 = min(i0 + batch_size, len(prompts))
+        for a, b in zip(dists(trait, i0, i1), dists(plain, i0, i1), strict=True):
+            lt, lb = F.log_softmax(a, -1), F.log_softmax(b, -1)
+            full.append(float((lt.exp() * (lt - lb)).sum(-1).mean()))
+            if v is not None:
+                rt, rb = F.log_softmax(a[:, v], -1), F.log_softmax(b[:, v], -1)
+                restricted.append(float((rt.exp() * (rt - rb)).sum(-1).mean()))
+    out = {"kl_full": sum(full) / len(full), "kl_full_per_prompt": full, "prompts": len(prompts)}
+    if v is not None:
+        out.update(kl_numbers=sum(restricted) / len(restricted), kl_numbers_per_prompt=restricted)
+    return out
