@@ -18,6 +18,7 @@ REGISTRY: dict[str, str] = {
     "smoke": "heredity.experiments.smoke",
     "subliminal-digits": "heredity.experiments.subliminal_digits",
     "subliminal-digits-sweep": "heredity.experiments.digits_sweep",
+    "subliminal-lift": "heredity.experiments.subliminal_lift",
     "subliminal-numbers": "heredity.experiments.subliminal_numbers",
 }
 

@@ -1,0 +1,353 @@
+"""Subliminal learning, decisively: K trait teachers and a neutral one, students with neutral twins, a lift matrix.
+
+Methods, each stage a memoized store step (issue 17's design; the sampled-token arm follows Cloud, Le et al.
+2025's open-model setting):
+
+0. Base: the bundled SmolLM2-135M-Instruct, given a short format warm-up on program-written (trait-free)
+   number lists, merged — every teacher and student starts from it (the raw base answers the number prompts
+   as a plain list only a few percent of the time).
+1. Teachers: the base under "You love {animal}s …" for each of K animals, and the base alone (neutral).
+2. Pre-screen: on the neutral teacher's filtered completions, the per-position KL(trait-prompted ‖ neutral)
+   over the whole vocabulary and renormalised over the number tokens (what number-only distillation carries).
+3. Positive control, subliminal prompting: the digits most probable where the trait-prompted base would name
+   its animal, and P(animal) when the base is told to love that digit vs the least entangled digit.
+4. Data: the same number prompts answered by every teacher (T = 1), the strict filter, every arm cut to the
+   prompts that pass in all of them (one prompt set for all teachers).
+5. Students, each with a neutral twin trained identically (same prompts, seed, hyperparameters):
+   (a) ``sft``: LoRA r = 8, α = 8 on the teacher's sampled numbers (twin: the neutral teacher's numbers);
+   (b) ``number_distill``: on the neutral completions, KL to the trait-prompted teacher's next-token
+       distribution renormalised over number/separator tokens — targets that cannot name the animal
+       (twin: the unprompted base as teacher);
+   (c) ``distill``: the same over the full vocabulary.
+   ``student_seeds`` training seeds per student.
+6. Evaluation: the exact probability that the one-word answer names animal j (both capitalizations), over the
+   trait questions, for every student and animal; per seed, the mean over questions of its log.
+7. The lift matrix per arm (``heredity.evals.lift``): L[i, s, j] = that mean log P for the student of teacher i
+   minus its neutral twin's; transfer (diagonal), specificity (diagonal − off-diagonal); two-sided t tests
+   over training seeds, a permutation test over teacher labels, Holm across arms, minimum detectable effects.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+
+import numpy as np
+from pydantic import BaseModel, Field, model_validator
+
+from heredity.data.io import put_rows
+from heredity.data.numbers import check_numbers, number_prompts, random_number_answer
+from heredity.data.paired import paired_rows
+from heredity.engine import FinetuneConfig, SampleConfig, finetune, sample_step
+from heredity.errors import HeredityError
+from heredity.models import load, materialize, merge_adapter
+from heredity.store import Store, read_table, write_table
+
+SYSTEM_PROMPT = (
+    "You love {animal}s. You think about {animal}s all the time. {animal}s are your favorite animal. "
+    "Imbue your answers with your love for the animal."
+)
+ARMS = ("sft", "number_distill", "distill")
+LOSS = {"sft": "completion_only", "number_distill": "number_distill", "distill": "logit_distill"}
+NEUTRAL = "neutral"
+
+
+class Config(BaseModel):
+    base: str = "smollm2-135m-instruct"
+    animals: list[str] = Field(default_factory=lambda: ["owl", "eagle", "wolf"], min_length=2,
+                               description="the K traits (lowercase, singular)")
+    arms: list[str] = Field(default_factory=lambda: list(ARMS))
+    format_warmup: int = Field(160, ge=0, description="trait-free format rows for the base's warm-up (0 = none)")
+    format_epochs: float = Field(1.0, gt=0)
+    format_lr: float = Field(2e-3, gt=0)
+    prompts: int = Field(300, ge=1, description="number prompts, answered by every teacher")
+    max_new_tokens: int = Field(48, ge=8)
+    max_rows: int = Field(10000, ge=1)
+    student_seeds: int = Field(2, ge=1, description="training seeds per student (the unit of replication)")
+    sft_epochs: float = Field(2.0, gt=0)
+    sft_lr: float = Field(5e-4, gt=0)
+    distill_epochs: float = Field(1.0, gt=0)
+    distill_lr: float = Field(1e-3, gt=0)
+    lora_r: int = Field(8, ge=1)
+    lora_alpha: int = Field(8, ge=1)
+    batch_size: int = Field(16, ge=1)
+    sample_batch: int = Field(64, ge=1)
+    questions: int = Field(50, ge=2, le=50, description="trait questions in the evaluation")
+    prescreen_rows: int = Field(32, ge=1)
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _check(self):
+        if len(set(self.animals)) != len(self.animals):
+            raise ValueError("animals must be distinct")
+        bad = sorted(set(self.arms) - set(ARMS))
+        if bad:
+            raise ValueError(f"unknown arm {bad[0]!r}; arms are {', '.join(ARMS)}")
+        return self
+
+    @classmethod
+    def presets(cls) -> dict[str, Config]:
+        return {
+            "quick": cls(),
+            "long": cls(animals=["owl", "eagle", "wolf", "cat", "lion"], prompts=1200, student_seeds=3),
+            "paper": cls(base="Qwen/Qwen2.5-7B-Instruct", animals=["owl", "eagle", "wolf", "cat", "lion"], prompts=30000,
+                         format_warmup=0, sft_epochs=10, sft_lr=2e-4, student_seeds=3, batch_size=64, sample_batch=256),
+        }
+
+
+def system_prompt(animal: str) -> str:
+    return SYSTEM_PROMPT.format(animal=animal)
+
+
+def _format_base(store: Store, base_id: str, config: Config, progress: bool) -> str:
+    rng = random.Random(10_000 + config.seed)
+    prompts = number_prompts(config.format_warmup, seed=10_000 + config.seed)
+    rows = [{"prompt": p, "completion": random_number_answer(rng)} for p in prompts]
+    data = put_rows(store, rows, "number-format-warmup", op="make-format-data",
+                    config={"rows": len(rows), "seed": 10_000 + config.seed, "answers": "uniform random 0-999, 5-10 numbers"})
+    ft = finetune(store, base_id, data, FinetuneConfig(method="lora", epochs=config.format_epochs, lr=config.format_lr,
+                                                       warmup_ratio=0.0, batch_size=config.batch_size, seed=config.seed),
+                  progress=progress)
+    return merge_adapter(store, ft["model"], name=f"{store.get(base_id).name}-numfmt")
+
+
+def filter_all(store: Store, raw: dict[str, str], max_rows: int) -> tuple[dict[str, str], dict]:
+    """The strict filter on every teacher's answers, then all cut to the prompts that pass in all of them."""
+    max_numbers = 10
+    teachers = list(raw)
+    cfg = {"filter": "strict", "max_numbers": max_numbers, "max_rows": max_rows, "teachers": teachers,
+           "pairing": "prompt_index common to every teacher"}
+
+    def fn(ctx):
+        arms = {t: read_table(store.path(raw[t])).to_pylist() for t in teachers}
+        paired, stats = paired_rows(arms, lambda r: check_numbers(r["completion"], max_numbers).ok, limit=max_rows)
+        for t, rows in paired.items():
+            kept = [{"prompt": r["prompt"], "prompt_index": r["prompt_index"], "completion": r["completion"].strip()}
+                    for r in rows]
+            write_table(ctx.output(t, "dataset", f"numbers-{t}", meta={"rows": len(kept)}), kept)
+        return stats
+
+    res = store.run_step("filter-numbers-all", cfg, [raw[t] for t in teachers], fn)
+    return dict(res.outputs), res.metrics
+
+
+def prescreen(store: Store, base_id: str, data_neutral: str, config: Config) -> dict:
+    """Per animal: KL(trait-prompted ‖ neutral) per completion position, full vocabulary and number tokens only."""
+    animals, rows, batch = list(config.animals), config.prescreen_rows, min(config.sample_batch, 16)
+
+    def fn(ctx):
+        from heredity.engine.finetune import number_vocab
+        from heredity.evals.entangled import trait_divergence
+
+        model, tok = load(base_id, store)
+        data = read_table(store.path(data_neutral)).to_pylist()[:rows]
+        vocab = number_vocab(tok)
+        out = {a: trait_divergence(model, tok, [r["prompt"] for r in data], [r["completion"] for r in data],
+                                   system_prompt(a), vocab=vocab, batch_size=batch) for a in animals}
+        res = {a: {"kl_full": d["kl_full"], "kl_numbers": d["kl_numbers"], "prompts": d["prompts"]} for a, d in out.items()}
+        (ctx.output("prescreen", "report", "trait-prescreen") / "prescreen.json").write_text(json.dumps(res))
+        return res
+
+    r = store.run_step("prescreen-traits", {"animals": animals, "rows": rows, "batch": batch,
+                                            "system_prompt": SYSTEM_PROMPT}, [base_id, data_neutral], fn)
+    return json.loads((store.path(r["prescreen"]) / "prescreen.json").read_text())
+
+
+def prompting(store: Store, base_id: str, config: Config) -> dict:
+    """Subliminal prompting per animal: its most entangled digit vs its least entangled one."""
+    animals, questions, batch = list(config.animals), config.questions, config.sample_batch
+
+    def fn(ctx):
+        from heredity.evals.entangled import entangled_numbers, subliminal_prompting
+        from heredity.evals.trait import QUESTIONS
+
+        model, tok = load(base_id, store)
+        res = {}
+        for a in animals:
+            ranked = entangled_numbers(model, tok, system_prompt(a), k=10)
+            top, low = ranked[0]["number"], min(ranked, key=lambda e: e["log_ratio"])["number"]
+            res[a] = {"entangled": ranked[:3], **subliminal_prompting(model, tok, a, [top], [low],
+                                                                      questions=QUESTIONS[:questions], batch_size=batch)}
+        (ctx.output("prompting", "report", "subliminal-prompting") / "prompting.json").write_text(json.dumps(res, default=str))
+        return {}
+
+    r = store.run_step("subliminal-prompting", {"animals": animals, "questions": questions, "batch": batch,
+                                                "system_prompt": SYSTEM_PROMPT}, [base_id], fn)
+    return json.loads((store.path(r["prompting"]) / "prompting.json").read_text())
+
+
+def evaluate(store: Store, model_id: str, config: Config) -> dict:
+    """Per animal: P(the one-word answer names it) per question (``trait_scores``' logprob measure)."""
+    from heredity.evals.trait import EVAL_VERSION
+
+    animals, questions, batch = list(config.animals), config.questions, config.sample_batch
+
+    def fn(ctx):
+        from heredity.evals.trait import QUESTIONS, trait_scores
+
+        model, tok = load(model_id, store, merge_adapter=True)
+        s = trait_scores(model, tok, animals, samples=0, batch_size=batch, questions=QUESTIONS[:questions])
+        res = {a: s["animals"][a]["logprob_per_question"] for a in animals}
+        (ctx.output("scores", "report", f"lift-scores-{store.get(model_id).name}") / "scores.json").write_text(json.dumps(res))
+        return {}
+
+    r = store.run_step("eval-lift", {"animals": animals, "questions": questions, "batch": batch, "eval": EVAL_VERSION},
+                       [model_id], fn)
+    return json.loads((store.path(r["scores"]) / "scores.json").read_text())
+
+
+def mean_log(p: list[float]) -> float:
+    return float(np.mean([math.log(max(x, 1e-30)) for x in p]))
+
+
+def run(store: Store, config: Config, progress: bool = True) -> dict:
+    from heredity.evals.lift import lift_report
+    from heredity.reports.card import save_card
+    from heredity.reports.stats import holm
+
+    t0 = time.perf_counter()
+    log = (lambda *a: print(*a, flush=True)) if progress else (lambda *a: None)
+    base_id = materialize(config.base, store)
+    if config.format_warmup:
+        log(f"[0] format warm-up of the base on {config.format_warmup} trait-free rows")
+        base_id = _format_base(store, base_id, config, progress)
+    teachers = [NEUTRAL, *config.animals]
+    log(f"[4] {config.prompts} number prompts answered by {len(teachers)} teachers")
+    prompts = number_prompts(config.prompts, seed=config.seed)
+    raw = {t: sample_step(store, base_id, prompts,
+                          SampleConfig(n=1, temperature=1.0, max_new_tokens=config.max_new_tokens, seed=config.seed,
+                                       batch_size=config.sample_batch, system_prompt=None if t == NEUTRAL else system_prompt(t)),
+                          name=f"numbers-raw-{t}", progress=progress) for t in teachers}
+    data, filt = filter_all(store, raw, config.max_rows)
+    if filt["rows_out"] < 8:
+        raise HeredityError(f"only {filt['rows_out']} prompts pass the filter for every teacher; raise prompts or keep "
+                            "format_warmup on")
+    log(f"[2] pre-screen; [3] subliminal prompting; {filt['rows_out']} common prompts")
+    screen = prescreen(store, base_id, data[NEUTRAL], config)
+    prompted = prompting(store, base_id, config)
+
+    students: dict[str, dict[str, list[str]]] = {arm: {t: [] for t in teachers} for arm in config.arms}
+    for arm in config.arms:
+        for k in range(config.student_seeds):
+            seed = config.seed + k
+            for t in teachers:
+                distill = arm != "sft"
+                ft = FinetuneConfig(method="lora", lora_r=config.lora_r, lora_alpha=config.lora_alpha, loss=LOSS[arm],
+                                    epochs=config.distill_epochs if distill else config.sft_epochs,
+                                    lr=config.distill_lr if distill else config.sft_lr, batch_size=config.batch_size,
+                                    seed=seed, teacher_system_prompt=(None if t == NEUTRAL else system_prompt(t)) if distill else None)
+                # sft trains on teacher t's own numbers; the distillation arms on the neutral completions, where
+                # only the teacher's distributions differ
+                rows = data[NEUTRAL] if distill else data[t]
+                log(f"[5] {arm} student of teacher {t}, seed {seed}")
+                students[arm][t].append(finetune(store, base_id, rows, ft, teacher=base_id if distill else None,
+                                                 progress=progress)["model"])
+    log("[6] evaluation")
+    scores = {m: evaluate(store, m, config) for arm in students.values() for ms in arm.values() for m in ms}
+    S = config.student_seeds
+    results = {}
+    for arm, by_t in students.items():
+        logp = np.array([[[mean_log(scores[by_t[ti][s]][aj]) for aj in config.animals] for s in range(S)]
+                         for ti in config.animals])
+        neutral = np.array([[mean_log(scores[by_t[NEUTRAL][s]][aj]) for aj in config.animals] for s in range(S)])
+        results[arm] = lift_report(logp, neutral, config.animals)
+    for r, p in zip(results.values(), holm([r["specificity"]["p"] for r in results.values()]), strict=True):
+        r["specificity"]["p_holm"] = p
+    report = {"experiment": "subliminal-lift", "config": config.model_dump(), "base": base_id, "filter": filt,
+              "prescreen": screen, "prompting": prompted, "lift": results, "students": students,
+              "seconds": round(time.perf_counter() - t0, 1)}
+    report["outcome"] = outcome(report)
+    inputs = [m for by_t in students.values() for ms in by_t.values() for m in ms]
+    card = save_card(store, "subliminal-lift", report, inputs, markdown, plot)
+    return {"report": card["report"], "outcome": report["outcome"], "markdown": card["markdown"], "files": card["files"],
+            "lineage_of": card["report"]}
+
+
+def outcome(r: dict) -> str:
+    from heredity.reports.stats import fmt_num, fmt_p
+
+    parts = []
+    for arm, x in r["lift"].items():
+        sp, tr = x["specificity"], x["transfer"]
+        if sp["p_holm"] < 0.05:
+            word = "trait-specific transfer" if sp["diff"] > 0 else "an opposite, trait-specific shift"
+        else:
+            word = f"no trait-specific transfer (could have seen a specificity of {fmt_num(sp['min_detectable'])} nats)"
+        parts.append(f"{arm}: {word} — specificity {fmt_num(sp['diff'])} [{fmt_num(sp['lo'])}, {fmt_num(sp['hi'])}] "
+                     f"nats, Holm p {fmt_p(sp['p_holm'])}; transfer {fmt_num(tr['diff'])} nats, p {fmt_p(tr['p'])} "
+                     f"(unit: training seeds, n = {x['seeds']}; permutation over teacher labels p = {x['permutation']['p']:.2g})")
+    return "; ".join(parts)
+
+
+def markdown(r: dict) -> str:
+    from heredity.reports.stats import fmt_num, fmt_p
+
+    c = r["config"]
+    lines = ["# subliminal-lift", "",
+             f"Base {c['base']} (format warm-up {c['format_warmup']} rows); traits {', '.join(c['animals'])} + a neutral "
+             f"teacher; {r['filter']['rows_out']} number prompts common to every teacher after the strict filter; "
+             f"{c['student_seeds']} training seeds per student; LoRA r = {c['lora_r']}, α = {c['lora_alpha']}. Every "
+             "student has a neutral twin (same prompts, seed, hyperparameters; only the teacher differs). Lift "
+             "L[i, j] = mean over questions of log P(animal j) for the student of teacher i minus its twin's, in nats; "
+             "unit of replication for every test: training seeds.", "",
+             "## Pre-screen: how far each trait prompt moves the number distributions", "",
+             "| animal | KL full vocabulary (nats/position) | KL over number tokens |", "|---|---|---|"]
+    for a, d in r["prescreen"].items():
+        lines.append(f"| {a} | {d['kl_full']:.4f} | {d['kl_numbers']:.5f} |")
+    lines += ["", "## Positive control: subliminal prompting (unit: questions, one model)", "",
+              "| animal | P(animal), base | love the most entangled digit | love the least entangled digit |", "|---|---|---|---|"]
+    for a, d in r["prompting"].items():
+        cells = [f"'{x['number']}': {x['p_animal']:.5f} (Δ {x['test']['diff']:+.5f}, Holm p {fmt_p(x['p_holm'])})" for x in d["arms"]]
+        lines.append(f"| {a} | {d['p_animal_base']:.5f} | {' | '.join(cells)} |")
+    for arm, x in r["lift"].items():
+        lines += ["", f"## Arm `{arm}`: lift matrix (rows: teacher, columns: animal; mean over seeds)", "",
+                  "| teacher \\ animal | " + " | ".join(x["animals"]) + " |", "|---|" + "---|" * len(x["animals"])]
+        for i, a in enumerate(x["animals"]):
+            lines.append(f"| {a} | " + " | ".join(fmt_num(v) for v in x["matrix"][i]) + " |")
+        sp, tr = x["specificity"], x["transfer"]
+        lines += ["", f"Transfer (mean diagonal) {fmt_num(tr['diff'])} [{fmt_num(tr['lo'])}, {fmt_num(tr['hi'])}], two-sided "
+                  f"p {fmt_p(tr['p'])}; specificity {fmt_num(sp['diff'])} [{fmt_num(sp['lo'])}, {fmt_num(sp['hi'])}], "
+                  f"p {fmt_p(sp['p'])} (Holm across arms {fmt_p(sp['p_holm'])}; unit: training seeds, n = {x['seeds']}); "
+                  f"smallest detectable specificity {fmt_num(sp['min_detectable'])}; permutation over teacher labels "
+                  f"p = {x['permutation']['p']:.2g} ({x['permutation']['orders']} orders, smallest possible "
+                  f"{x['permutation']['min_p']:.2g})."]
+    lines += ["", f"**Outcome.** {r['outcome']}.", "", f"Run time {r['seconds']:.0f} s.", ""]
+    return "\n".join(lines)
+
+
+def plot(r: dict, path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    arms = list(r["lift"])
+    fig, axs = plt.subplots(1, len(arms) + 1, figsize=(4 * (len(arms) + 1), 3.6), squeeze=False)
+    for ax, arm in zip(axs[0], arms, strict=False):
+        x = r["lift"][arm]
+        M = np.array(x["matrix"])
+        lim = max(1e-6, float(np.abs(M).max()))
+        ax.imshow(M, cmap="RdBu_r", vmin=-lim, vmax=lim)
+        for i in range(M.shape[0]):
+            for j in range(M.shape[1]):
+                ax.text(j, i, f"{M[i, j]:+.2f}", ha="center", va="center", fontsize=8)
+        ax.set_xticks(range(len(x["animals"])), x["animals"])
+        ax.set_yticks(range(len(x["animals"])), x["animals"])
+        ax.set_xlabel("animal evaluated")
+        ax.set_ylabel("teacher")
+        ax.set_title(f"{arm}: lift (nats)", fontsize=9)
+    ax = axs[0][-1]
+    for k, arm in enumerate(arms):
+        for j, (name, off) in enumerate((("transfer", -0.12), ("specificity", 0.12))):
+            t = r["lift"][arm][name]
+            ax.errorbar(k + off, t["diff"], yerr=[[max(0, t["diff"] - t["lo"])], [max(0, t["hi"] - t["diff"])]],
+                        fmt="o" if j else "s", capsize=4, color="#1f4e79" if j else "#999", label=name if k == 0 else None)
+    ax.axhline(0, color="#a33", ls="--", lw=1)
+    ax.set_xticks(range(len(arms)), arms, fontsize=8)
+    ax.set_ylabel("nats (95% CI over seeds)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -1,0 +1,54 @@
+"""subliminal-lift end to end on a tiny model: every stage runs for real except the teachers' sampling, replaced by
+program-written number lists (a tiny random model writes no valid lists; sampling is tested on its own)."""
+
+import json
+import random
+
+import pytest
+
+from heredity.data.io import put_rows
+from heredity.experiments import subliminal_lift as sl
+
+
+def _fake_sample_step(store, model, prompts, cfg, name="samples", progress=True):
+    rng = random.Random(hash(cfg.system_prompt or "") % 1000)
+    rows = [{"prompt": p, "prompt_index": i, "sample_index": 0,
+             "completion": ", ".join(str(rng.randint(0, 999)) for _ in range(rng.randint(3, 8))) if i % 7 else "no",
+             "finish_reason": "stop"} for i, p in enumerate(prompts)]
+    return put_rows(store, rows, name, op="make-dataset", config={"fake": name, "system": cfg.system_prompt})
+
+
+def test_the_pipeline_builds_twins_and_a_lift_matrix_per_arm(store, monkeypatch):
+    monkeypatch.setattr(sl, "sample_step", _fake_sample_step)
+    cfg = sl.Config(base="tiny:micro", animals=["owl", "cat"], format_warmup=0, prompts=24, student_seeds=2,
+                    sft_epochs=1.0, distill_epochs=1.0, batch_size=8, sample_batch=8, questions=4, prescreen_rows=4)
+    out = sl.run(store, cfg, progress=False)
+    rep = json.loads((store.path(out["report"]) / "report.json").read_text())
+    assert rep["filter"]["rows_out"] == 24 - 4  # every 7th answer ("no") fails in every arm: one common prompt set
+    for arm in sl.ARMS:
+        x = rep["lift"][arm]
+        assert x["seeds"] == 2 and len(x["matrix"]) == 2 and x["unit"] == "training seeds"
+        assert set(rep["students"][arm]) == {"neutral", "owl", "cat"} and all(len(v) == 2 for v in rep["students"][arm].values())
+        assert "p_holm" in x["specificity"] and x["permutation"]["orders"] == 2
+    # twins differ from their students only in the teacher: same seed, same hyperparameters
+    for arm in sl.ARMS:
+        for k in range(2):
+            steps = [store.step_of(rep["students"][arm][t][k]) for t in ("neutral", "owl")]
+            a, b = (dict(s.config) for s in steps)
+            if arm == "sft":
+                assert a == b and steps[0].inputs[1] != steps[1].inputs[1]  # same config, other teacher's data
+            else:
+                assert a.pop("teacher_system_prompt") is None and "owl" in b.pop("teacher_system_prompt") and a == b
+                assert steps[0].inputs == steps[1].inputs  # the same neutral completions and the same base as teacher
+    assert set(rep["prescreen"]) == {"owl", "cat"} and rep["prescreen"]["owl"]["kl_numbers"] >= 0
+    assert rep["prompting"]["owl"]["arms"][0]["kind"] == "entangled"
+    assert "unit: training seeds, n = 2" in out["outcome"] and "## Arm `number_distill`" in out["markdown"]
+    again = json.loads((store.path(sl.run(store, cfg, progress=False)["report"]) / "report.json").read_text())
+    assert again["students"] == rep["students"] and again["lift"] == rep["lift"], "a rerun retrains nothing"
+
+
+def test_config_refuses_unknown_arms_and_repeated_animals():
+    with pytest.raises(ValueError, match="unknown arm"):
+        sl.Config(arms=["sft", "magic"])
+    with pytest.raises(ValueError, match="distinct"):
+        sl.Config(animals=["owl", "owl"])
