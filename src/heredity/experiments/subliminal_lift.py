@@ -276,7 +276,7 @@ def outcome(r: dict) -> str:
         else:
             word = f"no trait-specific transfer (could have seen a specificity of {fmt_num(sp['min_detectable'])} nats)"
         parts.append(f"{arm}: {word} — specificity {fmt_num(sp['diff'])} [{fmt_num(sp['lo'])}, {fmt_num(sp['hi'])}] "
-                     f"nats, Holm p {fmt_p(sp['p_holm'])}; transfer {fmt_num(tr['diff'])} nats, p {fmt_p(tr['p'])} "
+                     f"nats, Holm-adjusted {fmt_p(sp['p_holm'])}; transfer {fmt_num(tr['diff'])} nats, {fmt_p(tr['p'])} "
                      f"(unit: training seeds, n = {x['seeds']}; permutation over teacher labels p = {x['permutation']['p']:.2g})")
     return "; ".join(parts)
 
@@ -297,9 +297,9 @@ def markdown(r: dict) -> str:
     for a, d in r["prescreen"].items():
         lines.append(f"| {a} | {d['kl_full']:.4f} | {d['kl_numbers']:.5f} |")
     lines += ["", "## Positive control: subliminal prompting (unit: questions, one model)", "",
-              "| animal | P(animal), base | love the most entangled digit | love the least entangled digit |", "|---|---|---|---|"]
+              f"| animal | P(animal), base | love the most entangled digit (paired over questions; unit: questions, one model, n = {c['questions']}) | love the least entangled digit |", "|---|---|---|---|"]
     for a, d in r["prompting"].items():
-        cells = [f"'{x['number']}': {x['p_animal']:.5f} (Δ {x['test']['diff']:+.5f}, Holm p {fmt_p(x['p_holm'])})" for x in d["arms"]]
+        cells = [f"'{x['number']}': {x['p_animal']:.5f} (Δ {x['test']['diff']:+.5f}, Holm-adjusted {fmt_p(x['p_holm'])})" for x in d["arms"]]
         lines.append(f"| {a} | {d['p_animal_base']:.5f} | {' | '.join(cells)} |")
     for arm, x in r["lift"].items():
         lines += ["", f"## Arm `{arm}`: lift matrix (rows: teacher, columns: animal; mean over seeds)", "",
@@ -308,8 +308,8 @@ def markdown(r: dict) -> str:
             lines.append(f"| {a} | " + " | ".join(fmt_num(v) for v in x["matrix"][i]) + " |")
         sp, tr = x["specificity"], x["transfer"]
         lines += ["", f"Transfer (mean diagonal) {fmt_num(tr['diff'])} [{fmt_num(tr['lo'])}, {fmt_num(tr['hi'])}], two-sided "
-                  f"p {fmt_p(tr['p'])}; specificity {fmt_num(sp['diff'])} [{fmt_num(sp['lo'])}, {fmt_num(sp['hi'])}], "
-                  f"p {fmt_p(sp['p'])} (Holm across arms {fmt_p(sp['p_holm'])}; unit: training seeds, n = {x['seeds']}); "
+                  f"{fmt_p(tr['p'])}; specificity {fmt_num(sp['diff'])} [{fmt_num(sp['lo'])}, {fmt_num(sp['hi'])}], "
+                  f"{fmt_p(sp['p'])} (Holm across arms: {fmt_p(sp['p_holm'])}; unit: training seeds, n = {x['seeds']}); "
                   f"smallest detectable specificity {fmt_num(sp['min_detectable'])}; permutation over teacher labels "
                   f"p = {x['permutation']['p']:.2g} ({x['permutation']['orders']} orders, smallest possible "
                   f"{x['permutation']['min_p']:.2g})."]
