@@ -31,24 +31,19 @@ from __future__ import annotations
 
 import json
 import math
-import random
 import time
 
 import numpy as np
 from pydantic import BaseModel, Field, model_validator
 
-from heredity.data.io import put_rows
-from heredity.data.numbers import check_numbers, number_prompts, random_number_answer
+from heredity.data.numbers import check_numbers, number_prompts
 from heredity.data.paired import paired_rows
 from heredity.engine import FinetuneConfig, SampleConfig, finetune, sample_step
 from heredity.errors import HeredityError
-from heredity.models import load, materialize, merge_adapter
+from heredity.experiments.subliminal_numbers import SYSTEM_PROMPT, format_base, system_prompt
+from heredity.models import load, materialize
 from heredity.store import Store, read_table, write_table
 
-SYSTEM_PROMPT = (
-    "You love {animal}s. You think about {animal}s all the time. {animal}s are your favorite animal. "
-    "Imbue your answers with your love for the animal."
-)
 ARMS = ("sft", "number_distill", "distill")
 LOSS = {"sft": "completion_only", "number_distill": "number_distill", "distill": "logit_distill"}
 NEUTRAL = "neutral"
@@ -95,22 +90,6 @@ class Config(BaseModel):
             "paper": cls(base="Qwen/Qwen2.5-7B-Instruct", animals=["owl", "eagle", "wolf", "cat", "lion"], prompts=30000,
                          format_warmup=0, sft_epochs=10, sft_lr=2e-4, student_seeds=3, batch_size=64, sample_batch=256),
         }
-
-
-def system_prompt(animal: str) -> str:
-    return SYSTEM_PROMPT.format(animal=animal)
-
-
-def _format_base(store: Store, base_id: str, config: Config, progress: bool) -> str:
-    rng = random.Random(10_000 + config.seed)
-    prompts = number_prompts(config.format_warmup, seed=10_000 + config.seed)
-    rows = [{"prompt": p, "completion": random_number_answer(rng)} for p in prompts]
-    data = put_rows(store, rows, "number-format-warmup", op="make-format-data",
-                    config={"rows": len(rows), "seed": 10_000 + config.seed, "answers": "uniform random 0-999, 5-10 numbers"})
-    ft = finetune(store, base_id, data, FinetuneConfig(method="lora", epochs=config.format_epochs, lr=config.format_lr,
-                                                       warmup_ratio=0.0, batch_size=config.batch_size, seed=config.seed),
-                  progress=progress)
-    return merge_adapter(store, ft["model"], name=f"{store.get(base_id).name}-numfmt")
 
 
 def filter_all(store: Store, raw: dict[str, str], max_rows: int) -> tuple[dict[str, str], dict]:
@@ -212,7 +191,7 @@ def run(store: Store, config: Config, progress: bool = True) -> dict:
     base_id = materialize(config.base, store)
     if config.format_warmup:
         log(f"[0] format warm-up of the base on {config.format_warmup} trait-free rows")
-        base_id = _format_base(store, base_id, config, progress)
+        base_id = format_base(store, base_id, config, progress)  # reads format_warmup/epochs/lr, batch_size, seed
     teachers = [NEUTRAL, *config.animals]
     log(f"[4] {config.prompts} number prompts answered by {len(teachers)} teachers")
     prompts = number_prompts(config.prompts, seed=config.seed)

@@ -422,8 +422,6 @@ def page_router() -> APIRouter:
     @r.post("/logout")
     def logout(request: Request) -> Response:
         """Revoke this browser's session token."""
-        from heredity.server.app import session_token
-
         token = session_token({k.lower(): v for k, v in request.headers.items()})
         request.app.state.sessions.discard(token)
         resp = RedirectResponse("/login", status_code=303)

@@ -547,7 +547,7 @@ class Store:
         return None
 
     def _commit(self, ctx: StepContext, started: datetime) -> dict[str, str]:
-        placed: dict[str, tuple[str, str, dict, int]] = {}
+        placed: dict[str, tuple[str, str, dict, int, dict, bool]] = {}
         for role, (kind, name, path, meta) in ctx._outputs.items():
             aid = f"{KIND_PREFIX[kind]}-{hash_dir(path)[:16]}"
             size = dir_size(path)
