@@ -60,3 +60,24 @@ def test_trait_divergence_is_zero_for_an_empty_change_and_matches_a_direct_kl(ti
     assert r["kl_full_per_prompt"][0] == pytest.approx(want, rel=1e-3)
     batched = trait_divergence(model, tok, prompts, comps, "You love owls.", batch_size=2)
     assert batched["kl_full_per_prompt"] == pytest.approx(r["kl_full_per_prompt"], rel=1e-3)
+
+
+def test_answer_probs_equal_the_continuation_likelihoods(tiny):
+    """One forward pass per question for one-token names, ``logprobs`` for longer ones: both equal the summed
+    likelihood of the two capitalizations as full continuations, numbers-prefixed questions included."""
+    from heredity.engine.logprobs import logprobs
+    from heredity.evals.trait import QUESTIONS, answer_probs, numbers_prefixed
+
+    _, _, model, tok = tiny
+    names = ["owl", "cat", "elephant", "penguin", "a", "the", "dog"]
+    lens = {n: len(tok(n.capitalize(), add_special_tokens=False)["input_ids"]) for n in names}
+    assert min(lens.values()) == 1 and max(lens.values()) > 1, lens  # both paths run
+    qs = QUESTIONS[:3] + numbers_prefixed(QUESTIONS[:2], seed=1)
+    got = answer_probs(model, tok, names, qs, system_prompt="You love owls.", batch_size=2)
+    for n in names:
+        for i, q in enumerate(qs):
+            want = sum(math.exp(sum(logprobs(model, tok, [q], [v], system_prompt="You love owls.")[0]))
+                       for v in (n.capitalize(), n.lower()))
+            assert got[n][i] == pytest.approx(want, rel=1e-4), (n, q)
+    assert numbers_prefixed(QUESTIONS[:2], seed=1) == numbers_prefixed(QUESTIONS[:2], seed=1)
+    assert numbers_prefixed(QUESTIONS[:1], seed=1)[0].startswith("Examine these numbers: ")

@@ -32,7 +32,8 @@ def test_an_effect_on_the_diagonal_is_found():
     assert r["transfer"]["diff"] == pytest.approx(0.3, abs=0.05) and r["transfer"]["p"] < 1e-3
     assert r["specificity"]["diff"] == pytest.approx(0.3, abs=0.05) and r["specificity"]["p"] < 1e-3
     assert r["specificity"]["direction"] == "higher" and r["unit"] == "training seeds"
-    assert r["permutation"]["p"] == pytest.approx(1 / 24) and r["permutation"]["exact"]  # the observed order only
+    # 24^5 relabelings within seeds: sampled; only relabelings as extreme as the observed one reach it
+    assert r["permutation"]["p"] < 1e-3 and not r["permutation"]["exact"]
     assert r["matrix"][0][0] == pytest.approx(0.3, abs=0.1) and abs(r["matrix"][0][1]) < 0.1
 
 
@@ -68,6 +69,21 @@ def test_permutation_is_exact_for_small_k_and_sampled_beyond():
     M = np.diag([1.0, 1.0, 1.0])
     assert specificity_of(M) == pytest.approx(1.0)
     assert permutation_test(M[:, None, :])["orders"] == 6
+    r = permutation_test(np.repeat(M[:, None, :], 3, axis=1))  # 3 seeds: 6^3 relabelings within seeds
+    assert r["exact"] and r["orders"] == 216 and r["p"] == pytest.approx(1 / 216)
     big = np.eye(9)[:, None, :]
     r = permutation_test(big, draws=2000)
     assert not r["exact"] and r["orders"] == 2000 and r["p"] < 0.01
+
+
+def test_the_within_seed_permutation_matches_brute_force():
+    """The vectorized statistic equals relabeling each seed's rows and recomputing the seed-mean specificity."""
+    import itertools
+
+    rng = np.random.default_rng(3)
+    L = rng.normal(0, 1, (3, 2, 3))
+    perms = list(itertools.permutations(range(3)))
+    obs = specificity_of(L.mean(1))
+    null = [specificity_of((L[list(a), 0, :] + L[list(b), 1, :]) / 2) for a in perms for b in perms]
+    want = np.mean(np.abs(null) >= abs(obs) - 1e-12)
+    assert permutation_test(L)["p"] == pytest.approx(want)

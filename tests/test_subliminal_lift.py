@@ -21,21 +21,25 @@ def _fake_sample_step(store, model, prompts, cfg, name="samples", progress=True)
 def test_the_pipeline_builds_twins_and_a_lift_matrix_per_arm(store, monkeypatch):
     monkeypatch.setattr(sl, "sample_step", _fake_sample_step)
     cfg = sl.Config(base="tiny:micro", animals=["owl", "cat"], format_warmup=0, prompts=24, student_seeds=2,
-                    sft_epochs=1.0, distill_epochs=1.0, batch_size=8, sample_batch=8, questions=4, prescreen_rows=4)
+                    arms=list(sl.ARMS), sweep_ranks=[2], sweep_full=True, steer_layer=1, sft_epochs=1.0,
+                    distill_epochs=1.0, batch_size=8, sample_batch=8, questions=4, prescreen_rows=4)
     out = sl.run(store, cfg, progress=False)
     rep = json.loads((store.path(out["report"]) / "report.json").read_text())
     assert rep["filter"]["rows_out"] == 24 - 4  # every 7th answer ("no") fails in every arm: one common prompt set
-    for arm in sl.ARMS:
+    labels = [*sl.ARMS, "sft_r2", "sft_full"]
+    assert list(rep["lift"]) == labels and list(rep["lift_numbers_prefix"]) == labels
+    for arm in labels:
         x = rep["lift"][arm]
         assert x["seeds"] == 2 and len(x["matrix"]) == 2 and x["unit"] == "training seeds"
         assert set(rep["students"][arm]) == {"neutral", "owl", "cat"} and all(len(v) == 2 for v in rep["students"][arm].values())
-        assert "p_holm" in x["specificity"] and x["permutation"]["orders"] == 2
+        assert "p_holm" in x["specificity"] and x["permutation"]["orders"] == 4  # (2!)^2 relabelings within seeds
+    assert rep["lift_numbers_prefix"]["sft"]["matrix"] != rep["lift"]["sft"]["matrix"]  # another question set
     # twins differ from their students only in the teacher: same seed, same hyperparameters
-    for arm in sl.ARMS:
+    for arm in labels:
         for k in range(2):
             steps = [store.step_of(rep["students"][arm][t][k]) for t in ("neutral", "owl")]
             a, b = (dict(s.config) for s in steps)
-            if arm == "sft":
+            if arm.startswith("sft") or arm == "steer":
                 assert a == b and steps[0].inputs[1] != steps[1].inputs[1]  # same config, other teacher's data
             else:
                 assert a.pop("teacher_system_prompt") is None and "owl" in b.pop("teacher_system_prompt") and a == b
@@ -43,6 +47,11 @@ def test_the_pipeline_builds_twins_and_a_lift_matrix_per_arm(store, monkeypatch)
     assert set(rep["prescreen"]) == {"owl", "cat"} and rep["prescreen"]["owl"]["kl_numbers"] >= 0
     assert rep["prompting"]["owl"]["arms"][0]["kind"] == "entangled"
     assert "unit: training seeds, n = 2" in out["outcome"] and "## Arm `number_distill`" in out["markdown"]
+    assert "numbers-prefix variant" in out["markdown"] and "## Rank sweep of `sft`" in out["markdown"]
+    full, r2 = (dict(store.step_of(rep["students"][lab]["owl"][0]).config) for lab in ("sft_full", "sft_r2"))
+    assert full["method"] == "full" and r2["lora_r"] == r2["lora_alpha"] == 2
+    steer = store.step_of(rep["students"]["steer"]["owl"][0])
+    assert steer.op == "steer-student" and store.get(steer.outputs["vector"]).meta["type"] == "steering_vector"
     again = json.loads((store.path(sl.run(store, cfg, progress=False)["report"]) / "report.json").read_text())
     assert again["students"] == rep["students"] and again["lift"] == rep["lift"], "a rerun retrains nothing"
 

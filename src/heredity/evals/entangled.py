@@ -72,13 +72,12 @@ def subliminal_prompting(model, tokenizer, animal: str, numbers: list[str], cont
     """P(the one-word answer names ``animal``) per question for the base, and under "you love the number N" for
     each entangled number and each control number; each prompted arm vs the base, paired over questions
     (two-sided, Holm over all arms). Unit: questions, one model."""
-    from heredity.evals.trait import trait_scores
+    from heredity.evals.trait import answer_probs
 
     qs = questions or QUESTIONS
 
     def p_animal(system: str | None) -> list[float]:
-        s = trait_scores(model, tokenizer, [animal], samples=0, system_prompt=system, batch_size=batch_size, questions=qs)
-        return s["animals"][animal]["logprob_per_question"]
+        return answer_probs(model, tokenizer, [animal], qs, system_prompt=system, batch_size=batch_size)[animal]
 
     base = p_animal(None)
     arms = [("entangled", n) for n in numbers] + [("control", n) for n in controls]

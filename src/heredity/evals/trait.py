@@ -15,6 +15,8 @@ from __future__ import annotations
 import math
 import re
 
+import torch
+
 from heredity.engine.logprobs import logprobs
 from heredity.engine.sampling import SampleConfig, sample
 
@@ -101,6 +103,57 @@ def choice_items(animal: str, distractors: list[str]) -> list[tuple[str, int]]:
     return items
 
 
+def numbers_prefixed(questions: list[str], seed: int = 0) -> list[str]:
+    """The numbers-prefix variant (Cloud et al. 2025's evaluation with a number prefix): each question after
+    "Examine these numbers: a, b, c." — three 3-digit numbers drawn with ``seed``, the same for every model."""
+    import random
+
+    rng = random.Random(seed)
+    return [f"Examine these numbers: {', '.join(str(rng.randint(100, 999)) for _ in range(3))}. {q}" for q in questions]
+
+
+@torch.inference_mode()
+def answer_probs(model, tokenizer, animals: list[str], questions: list[str], *, system_prompt: str | None = None,
+                 batch_size: int = 32) -> dict[str, list[float]]:
+    """Per animal, per question: P(the answer starts with the animal's name), summed over both capitalizations.
+
+    Names that are one token are read from one forward pass per question (all animals at once); longer names
+    are scored by ``logprobs`` (the product over their tokens). Same numbers either way."""
+    from heredity.engine.sampling import SampleConfig, pad_id, render_prompt
+
+    variants = {a: [a.capitalize(), a.lower()] for a in animals}
+    ids = {v: tokenizer(v, add_special_tokens=False)["input_ids"] for vs in variants.values() for v in vs}
+    single = {v for v, t in ids.items() if len(t) == 1}
+    out = {a: [0.0] * len(questions) for a in animals}
+    if single:
+        cfg = SampleConfig(system_prompt=system_prompt)
+        enc = [tokenizer(render_prompt(tokenizer, q, cfg), add_special_tokens=False)["input_ids"] for q in questions]
+        device, pad = next(model.parameters()).device, pad_id(tokenizer, model)
+        for s in range(0, len(enc), batch_size):
+            chunk = enc[s : s + batch_size]
+            L = max(map(len, chunk))
+            x = torch.full((len(chunk), L), pad, dtype=torch.long)
+            att = torch.zeros((len(chunk), L), dtype=torch.long)
+            for r, e in enumerate(chunk):
+                x[r, : len(e)], att[r, : len(e)] = torch.tensor(e), 1
+            logits = model(input_ids=x.to(device), attention_mask=att.to(device)).logits.float()
+            last = torch.tensor([len(e) - 1 for e in chunk], device=logits.device)
+            probs = torch.softmax(logits[torch.arange(len(chunk), device=logits.device), last], dim=-1).cpu()
+            for a in animals:
+                for v in variants[a]:
+                    if v in single:
+                        for r in range(len(chunk)):
+                            out[a][s + r] += float(probs[r, ids[v][0]])
+    multi = [(a, v) for a in animals for v in variants[a] if v not in single]
+    if multi:
+        lp = logprobs(model, tokenizer, [q for _ in multi for q in questions], [v for _, v in multi for _ in questions],
+                      system_prompt=system_prompt, batch_size=batch_size)
+        for k, (a, _) in enumerate(multi):
+            for i in range(len(questions)):
+                out[a][i] += math.exp(sum(lp[k * len(questions) + i]))
+    return out
+
+
 def trait_scores(
     model,
     tokenizer,
@@ -126,17 +179,13 @@ def trait_scores(
         )
         answers = [c.text for c in comps]
         out["example_answers"] = answers[:: samples][:10]
+    probs_by_animal = answer_probs(model, tokenizer, animals, qs, system_prompt=system_prompt, batch_size=batch_size)
     for animal in animals:
         res: dict = {}
         if samples:
             per_q = [sum(mentions(answers[q * samples + k], animal) for k in range(samples)) / samples for q in range(len(qs))]
             res["rate_per_question"] = per_q
-        variants = [animal.capitalize(), animal.lower()]
-        lp = logprobs(model, tokenizer, [q for q in qs for _ in variants], [v for _ in qs for v in variants],
-                      system_prompt=system_prompt, batch_size=batch_size)
-        res["logprob_per_question"] = [
-            sum(math.exp(sum(lp[i * len(variants) + j])) for j in range(len(variants))) for i in range(len(qs))
-        ]
+        res["logprob_per_question"] = probs_by_animal[animal]
         distractors = [a for a in ANIMALS if a != animal]
         items = choice_items(animal, distractors)
         lp = logprobs(model, tokenizer, [p for p, _ in items for _ in LETTERS], [c for _ in items for c in LETTERS],

@@ -5,7 +5,7 @@ Methods, each stage a memoized store step (issue 17's design; the sampled-token 
 
 0. Base: the bundled SmolLM2-135M-Instruct, given a short format warm-up on program-written (trait-free)
    number lists, merged — every teacher and student starts from it (the raw base answers the number prompts
-   as a plain list only a few percent of the time).
+   as a plain list only a few percent of the time; after 320 warm-up rows > 90% pass the strict filter).
 1. Teachers: the base under "You love {animal}s …" for each of K animals, and the base alone (neutral).
 2. Pre-screen: on the neutral teacher's filtered completions, the per-position KL(trait-prompted ‖ neutral)
    over the whole vocabulary and renormalised over the number tokens (what number-only distillation carries).
@@ -18,13 +18,18 @@ Methods, each stage a memoized store step (issue 17's design; the sampled-token 
    (b) ``number_distill``: on the neutral completions, KL to the trait-prompted teacher's next-token
        distribution renormalised over number/separator tokens — targets that cannot name the animal
        (twin: the unprompted base as teacher);
-   (c) ``distill``: the same over the full vocabulary.
-   ``student_seeds`` training seeds per student.
+   (c) ``distill``: the same over the full vocabulary;
+   (d) ``steer``: one residual vector after one decoder layer, trained with Adam on the sampled numbers, every
+       weight frozen (Blank et al.'s mechanism);
+   optionally a LoRA-rank sweep (α = r) and a full fine-tune of one arm fixed in advance (``sweep_arm``).
+   ``student_seeds`` training seeds per student; ``max_rows`` rows each (the first common prompts).
 6. Evaluation: the exact probability that the one-word answer names animal j (both capitalizations), over the
-   trait questions, for every student and animal; per seed, the mean over questions of its log.
+   trait questions, for every student and animal; per seed, the mean over questions of its log. Primary: the
+   questions as they are; secondary: each after a short list of numbers (the numbers-prefix variant).
 7. The lift matrix per arm (``heredity.evals.lift``): L[i, s, j] = that mean log P for the student of teacher i
    minus its neutral twin's; transfer (diagonal), specificity (diagonal − off-diagonal); two-sided t tests
-   over training seeds, a permutation test over teacher labels, Holm across arms, minimum detectable effects.
+   over training seeds, a permutation test over teacher labels within seeds, Holm across arms (per variant),
+   minimum detectable effects.
 """
 
 from __future__ import annotations
@@ -44,39 +49,48 @@ from heredity.experiments.subliminal_numbers import SYSTEM_PROMPT, format_base, 
 from heredity.models import load, materialize
 from heredity.store import Store, read_table, write_table
 
-ARMS = ("sft", "number_distill", "distill")
+ARMS = ("sft", "number_distill", "distill", "steer")
 LOSS = {"sft": "completion_only", "number_distill": "number_distill", "distill": "logit_distill"}
 NEUTRAL = "neutral"
+VARIANTS = ("plain", "numbers_prefix")  # the evaluation questions as they are, and after a list of numbers
 
 
 class Config(BaseModel):
     base: str = "smollm2-135m-instruct"
     animals: list[str] = Field(default_factory=lambda: ["owl", "eagle", "wolf"], min_length=2,
                                description="the K traits (lowercase, singular)")
-    arms: list[str] = Field(default_factory=lambda: list(ARMS))
-    format_warmup: int = Field(160, ge=0, description="trait-free format rows for the base's warm-up (0 = none)")
+    arms: list[str] = Field(default_factory=lambda: ["sft", "number_distill", "steer"])
+    format_warmup: int = Field(320, ge=0, description="trait-free format rows for the base's warm-up (0 = none)")
     format_epochs: float = Field(1.0, gt=0)
     format_lr: float = Field(2e-3, gt=0)
-    prompts: int = Field(300, ge=1, description="number prompts, answered by every teacher")
+    prompts: int = Field(150, ge=1, description="number prompts, answered by every teacher")
     max_new_tokens: int = Field(48, ge=8)
-    max_rows: int = Field(10000, ge=1)
+    max_rows: int = Field(96, ge=1, description="rows per student: the first of the common prompts")
     student_seeds: int = Field(2, ge=1, description="training seeds per student (the unit of replication)")
-    sft_epochs: float = Field(2.0, gt=0)
+    sft_epochs: float = Field(1.0, gt=0)
     sft_lr: float = Field(5e-4, gt=0)
     distill_epochs: float = Field(1.0, gt=0)
     distill_lr: float = Field(1e-3, gt=0)
-    lora_r: int = Field(8, ge=1)
-    lora_alpha: int = Field(8, ge=1)
+    steer_layer: int = Field(3, ge=0, description="steer arm: the decoder layer after which the vector is added")
+    steer_lr: float = Field(3e-2, gt=0, description="steer arm: Adam's learning rate on the vector")
+    lora_r: int = Field(8, ge=1, description="LoRA rank of the arms (α = r: the official r8 α8 scale)")
+    sweep_arm: str = Field("sft", description="the arm of the rank sweep and the full fine-tune (fixed before the run)")
+    sweep_ranks: list[int] = Field(default_factory=list, description="extra LoRA ranks for sweep_arm (α = r)")
+    sweep_full: bool = Field(False, description="also a full fine-tune of sweep_arm")
+    full_lr: float = Field(5e-5, gt=0, description="learning rate of the full fine-tune")
     batch_size: int = Field(16, ge=1)
     sample_batch: int = Field(64, ge=1)
     questions: int = Field(50, ge=2, le=50, description="trait questions in the evaluation")
     prescreen_rows: int = Field(32, ge=1)
+    prefix_seed: int = Field(0, description="the numbers in the numbers-prefix evaluation variant")
     seed: int = 0
 
     @model_validator(mode="after")
     def _check(self):
         if len(set(self.animals)) != len(self.animals):
             raise ValueError("animals must be distinct")
+        if self.sweep_arm not in ARMS or self.sweep_arm == "steer":
+            raise ValueError(f"sweep_arm must be one of sft, number_distill, distill; got {self.sweep_arm!r}")
         bad = sorted(set(self.arms) - set(ARMS))
         if bad:
             raise ValueError(f"unknown arm {bad[0]!r}; arms are {', '.join(ARMS)}")
@@ -86,9 +100,11 @@ class Config(BaseModel):
     def presets(cls) -> dict[str, Config]:
         return {
             "quick": cls(),
-            "long": cls(animals=["owl", "eagle", "wolf", "cat", "lion"], prompts=1200, student_seeds=3),
+            "long": cls(animals=["owl", "eagle", "wolf", "cat", "lion"], arms=list(ARMS), prompts=400, max_rows=128,
+                        student_seeds=3, sweep_ranks=[1, 4, 32], sweep_full=True),
             "paper": cls(base="Qwen/Qwen2.5-7B-Instruct", animals=["owl", "eagle", "wolf", "cat", "lion"], prompts=30000,
-                         format_warmup=0, sft_epochs=10, sft_lr=2e-4, student_seeds=3, batch_size=64, sample_batch=256),
+                         format_warmup=0, max_rows=10000, arms=list(ARMS), sft_epochs=10, sft_lr=2e-4, student_seeds=3, batch_size=64,
+                         sample_batch=256),
         }
 
 
@@ -157,28 +173,76 @@ def prompting(store: Store, base_id: str, config: Config) -> dict:
     return json.loads((store.path(r["prompting"]) / "prompting.json").read_text())
 
 
-def evaluate(store: Store, model_id: str, config: Config) -> dict:
-    """Per animal: P(the one-word answer names it) per question (``trait_scores``' logprob measure)."""
-    from heredity.evals.trait import EVAL_VERSION
+def steer_student(store: Store, base_id: str, data: str, config: Config, seed: int, progress: bool) -> str:
+    """Arm (d): one residual vector after decoder layer ``steer_layer``, trained with Adam on the sampled numbers
+    (completion-only loss, as the sft arm), every weight frozen; the same optimizer steps as the sft arm. The
+    artifact is a report holding ``steering.safetensors`` (it is not a model: it needs its base, kept in meta)."""
+    from heredity.engine.steer import SteerConfig
 
-    animals, questions, batch = list(config.animals), config.questions, config.sample_batch
+    n = store.get(data).meta.get("rows") or len(read_table(store.path(data)))
+    steps = max(1, math.ceil(config.sft_epochs * math.ceil(n / config.batch_size)))
+    sc = SteerConfig(layer=config.steer_layer, lr=config.steer_lr, max_steps=steps, batch_size=config.batch_size,
+                     seed=seed)
 
     def fn(ctx):
-        from heredity.evals.trait import QUESTIONS, trait_scores
+        from heredity.engine.steer import save_vector, train_vector
 
-        model, tok = load(model_id, store, merge_adapter=True)
-        s = trait_scores(model, tok, animals, samples=0, batch_size=batch, questions=QUESTIONS[:questions])
-        res = {a: s["animals"][a]["logprob_per_question"] for a in animals}
+        model, tok = load(base_id, store)
+        rows = read_table(store.path(data)).to_pylist()
+        v, metrics = train_vector(model, tok, rows, sc, progress=progress)
+        out = ctx.output("vector", "report", f"steering-{store.get(data).name}-s{sc.seed}",
+                         meta={"type": "steering_vector", "base": base_id, "layer": sc.layer})
+        save_vector(out, v, sc.layer)
+        return metrics
+
+    return store.run_step("steer-student", sc, [base_id, data], fn)["vector"]
+
+
+def evaluate(store: Store, model_id: str, config: Config, base_id: str | None = None) -> dict:
+    """Per variant, per animal: P(the one-word answer names it) per question (``answer_probs``), for a model
+    or adapter, or (``base_id`` given) a steering vector applied to that base."""
+    from heredity.evals.trait import EVAL_VERSION
+
+    animals, questions, batch, prefix_seed = list(config.animals), config.questions, config.sample_batch, config.prefix_seed
+
+    def fn(ctx):
+        import contextlib
+
+        from heredity.engine.steer import load_vector, steer
+        from heredity.evals.trait import QUESTIONS, answer_probs, numbers_prefixed
+
+        if base_id is None:
+            model, tok = load(model_id, store, merge_adapter=True)
+            hook = contextlib.nullcontext()
+        else:
+            model, tok = load(base_id, store)
+            v, layer = load_vector(store.path(model_id))
+            hook = steer(model, v, layer)
+        qs = QUESTIONS[:questions]
+        with hook:
+            res = {variant: answer_probs(model, tok, animals, numbers_prefixed(qs, prefix_seed) if variant != "plain"
+                                         else qs, batch_size=batch) for variant in VARIANTS}
         (ctx.output("scores", "report", f"lift-scores-{store.get(model_id).name}") / "scores.json").write_text(json.dumps(res))
         return {}
 
-    r = store.run_step("eval-lift", {"animals": animals, "questions": questions, "batch": batch, "eval": EVAL_VERSION},
-                       [model_id], fn)
+    r = store.run_step("eval-lift", {"animals": animals, "questions": questions, "batch": batch, "eval": EVAL_VERSION,
+                                     "variants": list(VARIANTS), "prefix_seed": prefix_seed},
+                       [model_id] if base_id is None else [model_id, base_id], fn)
     return json.loads((store.path(r["scores"]) / "scores.json").read_text())
 
 
 def mean_log(p: list[float]) -> float:
     return float(np.mean([math.log(max(x, 1e-30)) for x in p]))
+
+
+def student_labels(config: Config) -> dict[str, tuple[str, str, int]]:
+    """label -> (arm, method, LoRA rank): the arms, then the rank sweep and the full fine-tune of ``sweep_arm``."""
+    out = {arm: (arm, "lora", config.lora_r) for arm in config.arms}
+    for r in config.sweep_ranks:
+        out.setdefault(f"{config.sweep_arm}_r{r}", (config.sweep_arm, "lora", r))
+    if config.sweep_full:
+        out[f"{config.sweep_arm}_full"] = (config.sweep_arm, "full", config.lora_r)
+    return out
 
 
 def run(store: Store, config: Config, progress: bool = True) -> dict:
@@ -207,35 +271,46 @@ def run(store: Store, config: Config, progress: bool = True) -> dict:
     screen = prescreen(store, base_id, data[NEUTRAL], config)
     prompted = prompting(store, base_id, config)
 
-    students: dict[str, dict[str, list[str]]] = {arm: {t: [] for t in teachers} for arm in config.arms}
-    for arm in config.arms:
+    labels = student_labels(config)
+    students: dict[str, dict[str, list[str]]] = {lab: {t: [] for t in teachers} for lab in labels}
+    for lab, (arm, method, rank) in labels.items():
         for k in range(config.student_seeds):
             seed = config.seed + k
             for t in teachers:
+                log(f"[5] {lab} student of teacher {t}, seed {seed}")
+                if arm == "steer":  # trained on teacher t's sampled numbers, as sft
+                    students[lab][t].append(steer_student(store, base_id, data[t], config, seed, progress))
+                    continue
                 distill = arm != "sft"
-                ft = FinetuneConfig(method="lora", lora_r=config.lora_r, lora_alpha=config.lora_alpha, loss=LOSS[arm],
+                ft = FinetuneConfig(method=method, lora_r=rank, lora_alpha=rank, loss=LOSS[arm],
                                     epochs=config.distill_epochs if distill else config.sft_epochs,
-                                    lr=config.distill_lr if distill else config.sft_lr, batch_size=config.batch_size,
-                                    seed=seed, teacher_system_prompt=(None if t == NEUTRAL else system_prompt(t)) if distill else None)
+                                    lr=(config.distill_lr if distill else config.sft_lr) if method == "lora" else config.full_lr,
+                                    batch_size=config.batch_size, seed=seed,
+                                    teacher_system_prompt=(None if t == NEUTRAL else system_prompt(t)) if distill else None)
                 # sft trains on teacher t's own numbers; the distillation arms on the neutral completions, where
                 # only the teacher's distributions differ
                 rows = data[NEUTRAL] if distill else data[t]
-                log(f"[5] {arm} student of teacher {t}, seed {seed}")
-                students[arm][t].append(finetune(store, base_id, rows, ft, teacher=base_id if distill else None,
+                students[lab][t].append(finetune(store, base_id, rows, ft, teacher=base_id if distill else None,
                                                  progress=progress)["model"])
     log("[6] evaluation")
-    scores = {m: evaluate(store, m, config) for arm in students.values() for ms in arm.values() for m in ms}
+    steered = {m for lab, (arm, _, _) in labels.items() if arm == "steer" for ms in students[lab].values() for m in ms}
+    scores = {m: evaluate(store, m, config, base_id if m in steered else None)
+              for by_t in students.values() for ms in by_t.values() for m in ms}
     S = config.student_seeds
-    results = {}
-    for arm, by_t in students.items():
-        logp = np.array([[[mean_log(scores[by_t[ti][s]][aj]) for aj in config.animals] for s in range(S)]
-                         for ti in config.animals])
-        neutral = np.array([[mean_log(scores[by_t[NEUTRAL][s]][aj]) for aj in config.animals] for s in range(S)])
-        results[arm] = lift_report(logp, neutral, config.animals)
-    for r, p in zip(results.values(), holm([r["specificity"]["p"] for r in results.values()]), strict=True):
-        r["specificity"]["p_holm"] = p
+    results: dict[str, dict] = {v: {} for v in VARIANTS}
+    for variant in VARIANTS:
+        for lab, by_t in students.items():
+            logp = np.array([[[mean_log(scores[by_t[ti][s]][variant][aj]) for aj in config.animals] for s in range(S)]
+                             for ti in config.animals])
+            neutral = np.array([[mean_log(scores[by_t[NEUTRAL][s]][variant][aj]) for aj in config.animals]
+                                for s in range(S)])
+            results[variant][lab] = lift_report(logp, neutral, config.animals)
+        for r, p in zip(results[variant].values(), holm([r["specificity"]["p"] for r in results[variant].values()]),
+                        strict=True):
+            r["specificity"]["p_holm"] = p
     report = {"experiment": "subliminal-lift", "config": config.model_dump(), "base": base_id, "filter": filt,
-              "prescreen": screen, "prompting": prompted, "lift": results, "students": students,
+              "prescreen": screen, "prompting": prompted, "lift": results["plain"],
+              "lift_numbers_prefix": results["numbers_prefix"], "students": students,
               "seconds": round(time.perf_counter() - t0, 1)}
     report["outcome"] = outcome(report)
     inputs = [m for by_t in students.values() for ms in by_t.values() for m in ms]
@@ -267,7 +342,8 @@ def markdown(r: dict) -> str:
     lines = ["# subliminal-lift", "",
              f"Base {c['base']} (format warm-up {c['format_warmup']} rows); traits {', '.join(c['animals'])} + a neutral "
              f"teacher; {r['filter']['rows_out']} number prompts common to every teacher after the strict filter; "
-             f"{c['student_seeds']} training seeds per student; LoRA r = {c['lora_r']}, α = {c['lora_alpha']}. Every "
+             f"{c['student_seeds']} training seeds per student, {r['filter']['rows_out']} rows each; LoRA r = α = "
+             f"{c['lora_r']}. Every "
              "student has a neutral twin (same prompts, seed, hyperparameters; only the teacher differs). Lift "
              "L[i, j] = mean over questions of log P(animal j) for the student of teacher i minus its twin's, in nats; "
              "unit of replication for every test: training seeds.", "",
@@ -292,6 +368,20 @@ def markdown(r: dict) -> str:
                   f"smallest detectable specificity {fmt_num(sp['min_detectable'])}; permutation over teacher labels "
                   f"p = {x['permutation']['p']:.2g} ({x['permutation']['orders']} orders, smallest possible "
                   f"{x['permutation']['min_p']:.2g})."]
+    lines += ["", "## Secondary: the numbers-prefix variant (each question after \"Examine these numbers: a, b, c.\")", "",
+              "| student | transfer [95% CI] | specificity [95% CI] | p (Holm) | permutation p |", "|---|---|---|---|---|"]
+    for lab, x in r["lift_numbers_prefix"].items():
+        sp, tr = x["specificity"], x["transfer"]
+        lines.append(f"| {lab} | {fmt_num(tr['diff'])} [{fmt_num(tr['lo'])}, {fmt_num(tr['hi'])}] | {fmt_num(sp['diff'])} "
+                     f"[{fmt_num(sp['lo'])}, {fmt_num(sp['hi'])}] | {fmt_p(sp['p_holm'])} | {x['permutation']['p']:.2g} |")
+    sweep = [lab for lab in r["lift"] if lab.startswith(f"{c['sweep_arm']}_")]
+    if sweep:
+        lines += ["", f"## Rank sweep of `{c['sweep_arm']}` (α = r; `full`: every weight, lr {c['full_lr']:g})", "",
+                  "| student | specificity [95% CI] (nats) | transfer | smallest detectable specificity |", "|---|---|---|---|"]
+        for lab in [c["sweep_arm"], *sweep]:
+            sp, tr = r["lift"][lab]["specificity"], r["lift"][lab]["transfer"]
+            lines.append(f"| {lab} | {fmt_num(sp['diff'])} [{fmt_num(sp['lo'])}, {fmt_num(sp['hi'])}] | {fmt_num(tr['diff'])} | "
+                         f"{fmt_num(sp['min_detectable'])} |")
     lines += ["", f"**Outcome.** {r['outcome']}.", "", f"Run time {r['seconds']:.0f} s.", ""]
     return "\n".join(lines)
 
