@@ -23,10 +23,10 @@ sysdeps:
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq postgresql chromium chromium-driver >/dev/null; }
 
-## the main job: the flagship's quick preset (digits ~20 s, then numbers ~35 min on 2 cores)
+## the main job: the flagship's quick preset (digits ~20 s, then the lift design ~30 min on 2 cores)
 run: $(STAMP)
 	$(BIN)/heredity run subliminal-digits
-	$(BIN)/heredity run subliminal-numbers
+	$(BIN)/heredity run subliminal-lift
 
 ## the tests
 test: $(STAMP) sysdeps

@@ -247,3 +247,26 @@ def test_fast_decode_refuses_qwen2_sliding_window():
     assert unsupported(full) is None
     sliding = Qwen2ForCausalLM(Qwen2Config(**base, use_sliding_window=True, sliding_window=4, max_window_layers=0)).eval()
     assert "sliding" in unsupported(sliding)
+
+
+def test_sampling_under_a_steering_hook_sees_the_hook():
+    """A forward hook (a steering vector) is invisible to the fused step: it is refused while the hook is on, and
+    sampling then gives the steered model's greedy answer, not the unsteered one."""
+    from heredity.engine.fastdecode import unsupported
+    from heredity.engine.steer import steer
+
+    tok = byte_tokenizer()
+    torch.manual_seed(4)
+    model = LlamaForCausalLM(tiny_config("micro", len(tok))).eval()
+    assert unsupported(model) is None
+    cfg = SampleConfig(temperature=0, max_new_tokens=6, chat=False)
+    plain = sample(model, tok, ["abc"], cfg, progress=False)[0].token_ids
+    v = torch.randn(model.config.hidden_size) * 20
+    ids = tok("abc", add_special_tokens=False)["input_ids"]
+    with steer(model, v, 0):
+        assert "forward hooks" in unsupported(model)
+        got = sample(model, tok, ["abc"], cfg, progress=False)[0].token_ids
+        with torch.no_grad():
+            gen = model.generate(torch.tensor([ids]), max_new_tokens=6, do_sample=False, pad_token_id=0)[0, len(ids):]
+    assert got == gen.tolist()[: len(got)] and got != plain, "the steered answer, which differs from the plain one"
+    assert unsupported(model) is None  # the hook is gone after the block

@@ -21,7 +21,7 @@ def _fake_sample_step(store, model, prompts, cfg, name="samples", progress=True)
 def test_the_pipeline_builds_twins_and_a_lift_matrix_per_arm(store, monkeypatch):
     monkeypatch.setattr(sl, "sample_step", _fake_sample_step)
     cfg = sl.Config(base="tiny:micro", animals=["owl", "cat"], format_warmup=0, prompts=24, student_seeds=2,
-                    arms=list(sl.ARMS), sweep_ranks=[2], sweep_full=True, steer_layer=1, sft_epochs=1.0,
+                    arms=list(sl.ARMS), sweep_ranks=[2], sweep_full=True, steer_layer=1, rate_samples=2, sft_epochs=1.0,
                     distill_epochs=1.0, batch_size=8, sample_batch=8, questions=4, prescreen_rows=4)
     out = sl.run(store, cfg, progress=False)
     rep = json.loads((store.path(out["report"]) / "report.json").read_text())
@@ -47,7 +47,8 @@ def test_the_pipeline_builds_twins_and_a_lift_matrix_per_arm(store, monkeypatch)
     assert set(rep["prescreen"]) == {"owl", "cat"} and rep["prescreen"]["owl"]["kl_numbers"] >= 0
     assert rep["prompting"]["owl"]["arms"][0]["kind"] == "entangled"
     assert "unit: training seeds, n = 2" in out["outcome"] and "## Arm `number_distill`" in out["markdown"]
-    assert "numbers-prefix variant" in out["markdown"] and "## Rank sweep of `sft`" in out["markdown"]
+    assert rep["rates"]["sft"]["trait"]["n"] == 2 * 2 * 4 * 2  # animals × seeds × questions × samples
+    assert "numbers-prefix variant" in out["markdown"] and "sampled answers" in out["markdown"] and "## Rank sweep of `sft`" in out["markdown"]
     full, r2 = (dict(store.step_of(rep["students"][lab]["owl"][0]).config) for lab in ("sft_full", "sft_r2"))
     assert full["method"] == "full" and r2["lora_r"] == r2["lora_alpha"] == 2
     steer = store.step_of(rep["students"]["steer"]["owl"][0])

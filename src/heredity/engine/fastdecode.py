@@ -36,6 +36,9 @@ def unsupported(model) -> str | None:
         return "no decoder layers / rotary embedding where Llama keeps them"
     if hasattr(model, "peft_config"):
         return "an unmerged PEFT adapter"
+    hooked = next((n for n, m in model.named_modules() if m._forward_hooks or m._forward_pre_hooks), None)
+    if hooked is not None:
+        return f"forward hooks on {hooked or 'the model'} (e.g. a steering vector), which the fused step would skip"
     return None
 
 

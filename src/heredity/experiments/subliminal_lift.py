@@ -57,8 +57,8 @@ VARIANTS = ("plain", "numbers_prefix")  # the evaluation questions as they are, 
 
 class Config(BaseModel):
     base: str = "smollm2-135m-instruct"
-    animals: list[str] = Field(default_factory=lambda: ["owl", "eagle", "wolf"], min_length=2,
-                               description="the K traits (lowercase, singular)")
+    animals: list[str] = Field(default_factory=lambda: ["cat", "dog", "bee"], min_length=2, description=(
+        "the K traits (lowercase, singular); the defaults are names SmolLM2 writes as one token in both capitalizations"))
     arms: list[str] = Field(default_factory=lambda: ["sft", "number_distill", "steer"])
     format_warmup: int = Field(320, ge=0, description="trait-free format rows for the base's warm-up (0 = none)")
     format_epochs: float = Field(1.0, gt=0)
@@ -83,6 +83,7 @@ class Config(BaseModel):
     questions: int = Field(50, ge=2, le=50, description="trait questions in the evaluation")
     prescreen_rows: int = Field(32, ge=1)
     prefix_seed: int = Field(0, description="the numbers in the numbers-prefix evaluation variant")
+    rate_samples: int = Field(0, ge=0, description="secondary: answers sampled per question at T = 1 (0 = none)")
     seed: int = 0
 
     @model_validator(mode="after")
@@ -100,8 +101,8 @@ class Config(BaseModel):
     def presets(cls) -> dict[str, Config]:
         return {
             "quick": cls(),
-            "long": cls(animals=["owl", "eagle", "wolf", "cat", "lion"], arms=list(ARMS), prompts=400, max_rows=128,
-                        student_seeds=3, sweep_ranks=[1, 4, 32], sweep_full=True),
+            "long": cls(animals=["cat", "dog", "bee", "ant", "bird"], arms=list(ARMS), prompts=400, max_rows=128,
+                        student_seeds=3, sweep_ranks=[1, 4, 32], sweep_full=True, rate_samples=4),
             "paper": cls(base="Qwen/Qwen2.5-7B-Instruct", animals=["owl", "eagle", "wolf", "cat", "lion"], prompts=30000,
                          format_warmup=0, max_rows=10000, arms=list(ARMS), sft_epochs=10, sft_lr=2e-4, student_seeds=3, batch_size=64,
                          sample_batch=256),
@@ -204,6 +205,7 @@ def evaluate(store: Store, model_id: str, config: Config, base_id: str | None = 
     from heredity.evals.trait import EVAL_VERSION
 
     animals, questions, batch, prefix_seed = list(config.animals), config.questions, config.sample_batch, config.prefix_seed
+    rate_samples, seed = config.rate_samples, config.seed
 
     def fn(ctx):
         import contextlib
@@ -222,11 +224,22 @@ def evaluate(store: Store, model_id: str, config: Config, base_id: str | None = 
         with hook:
             res = {variant: answer_probs(model, tok, animals, numbers_prefixed(qs, prefix_seed) if variant != "plain"
                                          else qs, batch_size=batch) for variant in VARIANTS}
+            if rate_samples:  # secondary: answers sampled at T = 1 (the same sampling seed for every student)
+                from heredity.engine.sampling import sample
+                from heredity.evals.trait import mentions
+
+                answers = [c.text for c in sample(model, tok, qs, SampleConfig(
+                    n=rate_samples, temperature=1.0, max_new_tokens=8, seed=seed, batch_size=batch), progress=False)]
+                res["rates"] = {a: [sum(mentions(answers[q * rate_samples + k], a) for k in range(rate_samples))
+                                    for q in range(len(qs))] for a in animals}
         (ctx.output("scores", "report", f"lift-scores-{store.get(model_id).name}") / "scores.json").write_text(json.dumps(res))
         return {}
 
-    r = store.run_step("eval-lift", {"animals": animals, "questions": questions, "batch": batch, "eval": EVAL_VERSION,
-                                     "variants": list(VARIANTS), "prefix_seed": prefix_seed},
+    cfg = {"animals": animals, "questions": questions, "batch": batch, "eval": EVAL_VERSION, "variants": list(VARIANTS),
+           "prefix_seed": prefix_seed}
+    if rate_samples:  # keyed only when on: without it the step computes exactly what it did before
+        cfg.update(rate_samples=rate_samples, seed=seed)
+    r = store.run_step("eval-lift", cfg,
                        [model_id] if base_id is None else [model_id, base_id], fn)
     return json.loads((store.path(r["scores"]) / "scores.json").read_text())
 
@@ -308,15 +321,39 @@ def run(store: Store, config: Config, progress: bool = True) -> dict:
         for r, p in zip(results[variant].values(), holm([r["specificity"]["p"] for r in results[variant].values()]),
                         strict=True):
             r["specificity"]["p_holm"] = p
+    rates = sampled_rates(students, scores, config) if config.rate_samples else None
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(store.path(base_id)))
+    for a in config.animals:  # how many tokens each name takes (Zur et al.'s entanglement is about one token)
+        screen[a]["tokens"] = [len(tok(v, add_special_tokens=False)["input_ids"]) for v in (a.capitalize(), a)]
     report = {"experiment": "subliminal-lift", "config": config.model_dump(), "base": base_id, "filter": filt,
               "prescreen": screen, "prompting": prompted, "lift": results["plain"],
-              "lift_numbers_prefix": results["numbers_prefix"], "students": students,
+              "lift_numbers_prefix": results["numbers_prefix"], "rates": rates, "students": students,
               "seconds": round(time.perf_counter() - t0, 1)}
     report["outcome"] = outcome(report)
     inputs = [m for by_t in students.values() for ms in by_t.values() for m in ms]
     card = save_card(store, "subliminal-lift", report, inputs, markdown, plot)
     return {"report": card["report"], "outcome": report["outcome"], "markdown": card["markdown"], "files": card["files"],
             "lineage_of": card["report"]}
+
+
+def sampled_rates(students: dict, scores: dict, config: Config) -> dict:
+    """Secondary, descriptive: per student label, the share of sampled answers naming the student's own
+    teacher's animal, pooled over teachers, seeds, questions and samples, for the trait students and for their
+    neutral twins (on the same animals), with Wilson intervals."""
+    from heredity.reports.stats import wilson_ci
+
+    out = {}
+    for lab, by_t in students.items():
+        k_t = k_n = n = 0
+        for a in config.animals:
+            for s in range(config.student_seeds):
+                k_t += sum(scores[by_t[a][s]]["rates"][a])
+                k_n += sum(scores[by_t[NEUTRAL][s]]["rates"][a])
+                n += config.questions * config.rate_samples
+        out[lab] = {"trait": wilson_ci(k_t, n), "twin": wilson_ci(k_n, n)}
+    return out
 
 
 def outcome(r: dict) -> str:
@@ -348,9 +385,11 @@ def markdown(r: dict) -> str:
              "L[i, j] = mean over questions of log P(animal j) for the student of teacher i minus its twin's, in nats; "
              "unit of replication for every test: training seeds.", "",
              "## Pre-screen: how far each trait prompt moves the number distributions", "",
-             "| animal | KL full vocabulary (nats/position) | KL over number tokens |", "|---|---|---|"]
+             "| animal | tokens (Capitalized, lower) | KL full vocabulary (nats/position) | KL over number tokens |",
+             "|---|---|---|---|"]
     for a, d in r["prescreen"].items():
-        lines.append(f"| {a} | {d['kl_full']:.4f} | {d['kl_numbers']:.5f} |")
+        toks = ", ".join(map(str, d.get("tokens", [])))
+        lines.append(f"| {a} | {toks} | {d['kl_full']:.4f} | {d['kl_numbers']:.5f} |")
     lines += ["", "## Positive control: subliminal prompting (unit: questions, one model)", "",
               f"| animal | P(animal), base | love the most entangled digit (paired over questions; unit: questions, one model, n = {c['questions']}) | love the least entangled digit |", "|---|---|---|---|"]
     for a, d in r["prompting"].items():
@@ -374,6 +413,14 @@ def markdown(r: dict) -> str:
         sp, tr = x["specificity"], x["transfer"]
         lines.append(f"| {lab} | {fmt_num(tr['diff'])} [{fmt_num(tr['lo'])}, {fmt_num(tr['hi'])}] | {fmt_num(sp['diff'])} "
                      f"[{fmt_num(sp['lo'])}, {fmt_num(sp['hi'])}] | {fmt_p(sp['p_holm'])} | {x['permutation']['p']:.2g} |")
+    if r.get("rates"):
+        lines += ["", f"## Secondary: sampled answers ({c['rate_samples']} per question at T = 1) naming the student's own "
+                  "teacher's animal (pooled over teachers, seeds, questions; Wilson 95%)", "",
+                  "| student | trait students | their neutral twins |", "|---|---|---|"]
+        for lab, x in r["rates"].items():
+            lines.append(f"| {lab} | {x['trait']['k']}/{x['trait']['n']} = {x['trait']['mean']:.4f} [{x['trait']['lo']:.4f}, "
+                         f"{x['trait']['hi']:.4f}] | {x['twin']['k']}/{x['twin']['n']} = {x['twin']['mean']:.4f} "
+                         f"[{x['twin']['lo']:.4f}, {x['twin']['hi']:.4f}] |")
     sweep = [lab for lab in r["lift"] if lab.startswith(f"{c['sweep_arm']}_")]
     if sweep:
         lines += ["", f"## Rank sweep of `{c['sweep_arm']}` (α = r; `full`: every weight, lr {c['full_lr']:g})", "",
