@@ -39,6 +39,9 @@ def test_subliminal_prompting_pairs_each_arm_with_the_base(tiny):
     for a in r["arms"]:
         assert a["test"]["n"] == 4 and "questions" in a["test"]["unit"] and a["p_holm"] >= a["test"]["p"] - 1e-12
         assert a["test"]["mean_b"] == pytest.approx(r["p_animal_base"])
+    (c,) = r["entangled_vs_control"]  # the contrast: entangled vs control digit, paired over the same questions
+    assert (c["entangled"], c["control"]) == ("7", "3") and c["test"]["n"] == 4
+    assert c["test"]["diff"] == pytest.approx(r["arms"][0]["test"]["diff"] - r["arms"][1]["test"]["diff"])
 
 
 def test_trait_divergence_is_zero_for_an_empty_change_and_matches_a_direct_kl(tiny):

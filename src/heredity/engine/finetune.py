@@ -57,8 +57,7 @@ class FinetuneConfig(BaseModel):
     # checkpointing changes when a killed run can resume, never what it computes (a resumed run equals an
     # uninterrupted one: tests/test_finetune.py), so it is left out of the step key (exclude=True)
     save_every: int | None = Field(None, ge=0, exclude=True, description=(
-        "checkpoint every N optimizer steps (default: every tenth of the run, at most once a minute; 0 = never); "
-        "a killed run resumes"))
+        "checkpoint every N optimizer steps (default: every tenth of the run; 0 = never); a killed run resumes"))
     save_minutes: float = Field(10.0, gt=0, exclude=True, description=(
         "also checkpoint when this many minutes passed since the last one (one process only)"))
 
@@ -291,10 +290,7 @@ def train(model, tokenizer, rows: Sequence[dict], config: FinetuneConfig, teache
                 bar.update(1)
                 bar.set_postfix(loss=f"{curve[-1][1]:.4f}")
                 late = acc.num_processes == 1 and time.perf_counter() - last_save > 60 * config.save_minutes
-                # the default cadence (a tenth of the run) waits a minute between saves: a short run has nothing
-                # worth resuming, and a full model's optimizer state is GBs
-                due = step % every == 0 and (config.save_every is not None or time.perf_counter() - last_save > 60)
-                if ckpt is not None and every and (due or late) and step < total:
+                if ckpt is not None and every and (step % every == 0 or late) and step < total:
                     if acc.is_main_process:  # one writer; every rank resumes from it
                         _save_state(ckpt, acc.unwrap_model(model), opt, sched, step, curve, tokens)
                     acc.wait_for_everyone()

@@ -81,14 +81,21 @@ def subliminal_prompting(model, tokenizer, animal: str, numbers: list[str], cont
 
     base = p_animal(None)
     arms = [("entangled", n) for n in numbers] + [("control", n) for n in controls]
-    rows = []
+    rows, per_q = [], {}
+    unit = f"questions, one model, n = {len(qs)}"
     for kind, n in arms:
-        vals = p_animal(NUMBER_PROMPT.format(n=n))
-        t = paired_test(vals, base, unit=f"questions, one model, n = {len(qs)}")
+        vals = per_q[(kind, n)] = p_animal(NUMBER_PROMPT.format(n=n))
+        t = paired_test(vals, base, unit=unit)
         rows.append({"kind": kind, "number": n, "p_animal": sum(vals) / len(vals), "test": t})
-    for r, p in zip(rows, holm([r["test"]["p"] for r in rows]), strict=True):
+    # the contrast that isolates entanglement: loving an entangled number vs loving a control number (any
+    # "you love N" prompt perturbs the answer)
+    contrasts = [{"entangled": e, "control": c, "test": paired_test(per_q[("entangled", e)], per_q[("control", c)], unit=unit)}
+                 for e in numbers for c in controls]
+    ps = holm([r["test"]["p"] for r in rows] + [c["test"]["p"] for c in contrasts])
+    for r, p in zip(rows + contrasts, ps, strict=True):
         r["p_holm"] = p
     return {"animal": animal, "questions": len(qs), "p_animal_base": sum(base) / len(base), "arms": rows,
+            "entangled_vs_control": contrasts,
             "unit": "questions (one model: a claim about this model's prompting, not about training)"}
 
 

@@ -378,7 +378,8 @@ def markdown(r: dict) -> str:
     c = r["config"]
     lines = ["# subliminal-lift", "",
              f"Base {c['base']} (format warm-up {c['format_warmup']} rows); traits {', '.join(c['animals'])} + a neutral "
-             f"teacher; {r['filter']['rows_out']} number prompts common to every teacher after the strict filter; "
+             f"teacher; {r['filter']['rows_out']} number prompts (the first of {r['filter']['common']} common to every "
+             "teacher after the strict filter); "
              f"{c['student_seeds']} training seeds per student, {r['filter']['rows_out']} rows each; LoRA r = α = "
              f"{c['lora_r']}. Every "
              "student has a neutral twin (same prompts, seed, hyperparameters; only the teacher differs). Lift "
@@ -391,9 +392,16 @@ def markdown(r: dict) -> str:
         toks = ", ".join(map(str, d.get("tokens", [])))
         lines.append(f"| {a} | {toks} | {d['kl_full']:.4f} | {d['kl_numbers']:.5f} |")
     lines += ["", "## Positive control: subliminal prompting (unit: questions, one model)", "",
-              f"| animal | P(animal), base | love the most entangled digit (paired over questions; unit: questions, one model, n = {c['questions']}) | love the least entangled digit |", "|---|---|---|---|"]
+              f"| animal | P(animal), base | love the most entangled digit (vs base; paired over questions; unit: questions, one model, n = {c['questions']}) | love the least entangled digit (vs base) | entangled − control digit |", "|---|---|---|---|---|"]
+    def sg(x):
+        return f"{x:+.5f}" if x is not None else "undetermined"
+
     for a, d in r["prompting"].items():
-        cells = [f"'{x['number']}': {x['p_animal']:.5f} (Δ {x['test']['diff']:+.5f}, Holm-adjusted {fmt_p(x['p_holm'])})" for x in d["arms"]]
+        cells = [f"'{x['number']}': {x['p_animal']:.5f} (Δ {sg(x['test']['diff'])}, Holm-adjusted "
+                 f"{fmt_p(x['p_holm'])})" for x in d["arms"]]
+        cells += [f"Δ {sg(x['test']['diff'])} [{sg(x['test']['lo'])}, "
+                  f"{sg(x['test']['hi'])}], Holm-adjusted {fmt_p(x['p_holm'])}"
+                  for x in d.get("entangled_vs_control", [])]
         lines.append(f"| {a} | {d['p_animal_base']:.5f} | {' | '.join(cells)} |")
     for arm, x in r["lift"].items():
         lines += ["", f"## Arm `{arm}`: lift matrix (rows: teacher, columns: animal; mean over seeds)", "",
@@ -408,7 +416,8 @@ def markdown(r: dict) -> str:
                   f"p = {x['permutation']['p']:.2g} ({x['permutation']['orders']} orders, smallest possible "
                   f"{x['permutation']['min_p']:.2g})."]
     lines += ["", "## Secondary: the numbers-prefix variant (each question after \"Examine these numbers: a, b, c.\")", "",
-              "| student | transfer [95% CI] | specificity [95% CI] | p (Holm) | permutation p |", "|---|---|---|---|---|"]
+              f"| student | transfer [95% CI] | specificity [95% CI] | specificity p, Holm across arms (unit: training seeds, "
+              f"n = {c['student_seeds']}) | permutation p (teacher labels within seeds) |", "|---|---|---|---|---|"]
     for lab, x in r["lift_numbers_prefix"].items():
         sp, tr = x["specificity"], x["transfer"]
         lines.append(f"| {lab} | {fmt_num(tr['diff'])} [{fmt_num(tr['lo'])}, {fmt_num(tr['hi'])}] | {fmt_num(sp['diff'])} "

@@ -11,11 +11,13 @@ from heredity.store.store import finite_json
 def save_card(store, name: str, report: dict, inputs: Sequence[str], markdown: Callable[[dict], str],
               plot: Callable[[dict, object], None]) -> dict:
     """Write the card as step ``report-NAME`` (keyed on the report itself, with lineage to ``inputs``);
-    returns {report: id, markdown, outcome, files}."""
+    returns {report: id, markdown, outcome, files}. The report is taken as strict JSON (NaN → None, as
+    report.json stores it), so renderers see what a reader of report.json sees."""
+    report = finite_json(report)
 
     def write(ctx):
         out = ctx.output("report", "report", name, meta={"outcome": report["outcome"]})
-        (out / "report.json").write_text(json.dumps(finite_json(report), indent=2))  # strict JSON: NaN → null
+        (out / "report.json").write_text(json.dumps(report, indent=2))
         (out / "report.md").write_text(markdown(report))
         plot(report, out / "plot.png")
 
