@@ -270,3 +270,33 @@ def test_sampling_under_a_steering_hook_sees_the_hook():
             gen = model.generate(torch.tensor([ids]), max_new_tokens=6, do_sample=False, pad_token_id=0)[0, len(ids):]
     assert got == gen.tolist()[: len(got)] and got != plain, "the steered answer, which differs from the plain one"
     assert unsupported(model) is None  # the hook is gone after the block
+
+
+def test_logit_bias_and_penalties_match_a_hand_computation():
+    """Greedy decoding with logit_bias / presence / frequency penalties picks, at every step, the argmax of the
+    model's logits adjusted by OpenAI's formulas, computed here by hand from a plain forward pass."""
+    tok = byte_tokenizer()
+    torch.manual_seed(5)
+    model = LlamaForCausalLM(tiny_config("micro", len(tok))).eval()
+    ids = tok("abc", add_special_tokens=False)["input_ids"]
+    plain = sample(model, tok, ["abc"], SampleConfig(temperature=0, max_new_tokens=8, chat=False), progress=False)[0]
+    banned = plain.token_ids[0]
+    cfg = SampleConfig(temperature=0, max_new_tokens=8, chat=False, logit_bias={banned: -100.0, 7: 1.5},
+                       presence_penalty=0.7, frequency_penalty=0.4)
+    for fast in (True, False):
+        got = sample(model, tok, ["abc"], cfg, progress=False, fast=fast)[0].token_ids
+        seq, want = list(ids), []
+        with torch.no_grad():
+            for _ in range(len(got)):
+                logits = model(torch.tensor([seq])).logits[0, -1].double()
+                logits[banned] -= 100.0
+                logits[7] += 1.5
+                for t in set(want):
+                    logits[t] -= 0.4 * want.count(t) + 0.7
+                nxt = int(logits.argmax())
+                want.append(nxt)
+                seq.append(nxt)
+        assert got == want and banned not in got, (fast, got, want)
+    # neutral adjustments leave the key (and so every memoized sample) as it was
+    assert "logit_bias" not in SampleConfig().model_dump() and "presence_penalty" not in SampleConfig().model_dump()
+    assert cfg.model_dump(mode="json")["logit_bias"] == {str(banned): -100.0, "7": 1.5}

@@ -30,31 +30,50 @@ def logprobs(
     if len(prompts) != len(continuations):
         raise ValueError(f"{len(prompts)} prompts but {len(continuations)} continuations")
     cfg = SampleConfig(chat=chat, system_prompt=system_prompt)
-    device = next(model.parameters()).device
     pairs = []
     for p, c in zip(prompts, continuations, strict=True):
         pi = tokenizer(render_prompt(tokenizer, p, cfg), add_special_tokens=False)["input_ids"]
         ci = tokenizer(c, add_special_tokens=False)["input_ids"]
+        if not pi:
+            raise ValueError("a prompt renders to no tokens: its continuation's first token would have no context")
         pairs.append((pi, ci))
-    order = sorted(range(len(pairs)), key=lambda i: -(len(pairs[i][0]) + len(pairs[i][1])))
-    out: dict[int, list[float]] = {}
-    pad = pad_id(tokenizer, model)
+    scored = token_logprobs(model, [pi + ci for pi, ci in pairs], pad_id(tokenizer, model), batch_size=batch_size,
+                            progress=progress)
+    # scored[i][t - 1] is token t's; the continuation's tokens are positions len(prompt) ..
+    return [[lp for lp, _ in scored[i][len(pi) - 1 :]] if ci else [] for i, (pi, ci) in enumerate(pairs)]
+
+
+@torch.inference_mode()
+def token_logprobs(model, sequences: Sequence[Sequence[int]], pad: int, *, top_k: int | None = None,
+                   batch_size: int = 16, progress: bool = False) -> list[list[tuple[float, list[tuple[int, float]]]]]:
+    """For each token sequence, (log p(token t | tokens < t), [(id, log p) of the ``top_k`` most likely]) for
+    every t ≥ 1 (the first token has no context: it is not scored). Batches are right-padded, longest first;
+    log-softmax in fp32 — the numbers ``logprobs`` and the server's ``echo`` return."""
+    device = next(model.parameters()).device
+    order = sorted(range(len(sequences)), key=lambda i: -len(sequences[i]))
+    out: dict[int, list] = {}
     for s in tqdm(range(0, len(order), batch_size), disable=not progress, desc="logprobs"):
         idx = order[s : s + batch_size]
-        L = max(len(pairs[i][0]) + len(pairs[i][1]) for i in idx)
+        L = max(len(sequences[i]) for i in idx)
         ids = torch.full((len(idx), L), pad, dtype=torch.long)
         att = torch.zeros((len(idx), L), dtype=torch.long)
         for r, i in enumerate(idx):
-            seq = pairs[i][0] + pairs[i][1]
-            ids[r, : len(seq)] = torch.tensor(seq)
+            seq = list(sequences[i])
+            ids[r, : len(seq)] = torch.tensor(seq, dtype=torch.long)
             att[r, : len(seq)] = 1
         logits = model(input_ids=ids.to(device), attention_mask=att.to(device)).logits.float()
         lp = torch.log_softmax(logits, dim=-1)
         for r, i in enumerate(idx):
-            p, c = pairs[i]
-            if not c:
+            n = len(sequences[i])
+            if n < 2:
                 out[i] = []
                 continue
-            pos = torch.arange(len(p) - 1, len(p) + len(c) - 1)
-            out[i] = lp[r, pos, torch.tensor(c)].tolist()
-    return [out[i] for i in range(len(pairs))]
+            rows = lp[r, : n - 1]
+            chosen = rows.gather(-1, ids[r, 1:n, None].to(rows.device)).squeeze(-1).tolist()
+            if top_k:
+                tv, ti = rows.topk(top_k, dim=-1)
+                tops = [list(zip(a, b, strict=True)) for a, b in zip(ti.tolist(), tv.tolist(), strict=True)]
+            else:
+                tops = [[] for _ in chosen]
+            out[i] = list(zip(chosen, tops, strict=True))
+    return [out[i] for i in range(len(sequences))]

@@ -19,13 +19,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, field_validator, model_serializer
 from tqdm.auto import tqdm
 
 from heredity.engine.cache import prealloc_cache
 from heredity.errors import HeredityError
 
-Prompt = str | list[dict]
+Prompt = str | list[dict] | list[int]  # text, chat messages, or token ids (used as they are: no template, no BOS)
 TokenLogprobs = tuple[float, list[tuple[int, float]]]
 TokenCallback = Callable[[int, int, int, "TokenLogprobs | None"], None]
 
@@ -42,6 +42,22 @@ class SampleConfig(BaseModel):
     batch_size: int = Field(16, ge=1, description="sequences decoded together")
     chat: bool = Field(True, description="wrap string prompts as a user message in the chat template")
     system_prompt: str | None = None
+    logit_bias: dict[int, float] = Field(default_factory=dict, description=(
+        "token id → a value added to its logit before sampling (OpenAI's logit_bias: -100 bans, +100 forces)"))
+    presence_penalty: float = Field(0.0, ge=-2.0, le=2.0, description=(
+        "subtracted from the logit of every token already generated in this completion (OpenAI's formula)"))
+    frequency_penalty: float = Field(0.0, ge=-2.0, le=2.0, description=(
+        "times the count of each token already generated in this completion, subtracted from its logit"))
+
+    @model_serializer(mode="wrap")
+    def _keyed_only_when_on(self, handler):
+        """The logit adjustments enter a step's key only when set: with them off sampling computes exactly what
+        it did before they existed, so existing memoized samples stay valid."""
+        d = handler(self)
+        for k, neutral in (("logit_bias", {}), ("presence_penalty", 0.0), ("frequency_penalty", 0.0)):
+            if k in d and d[k] == neutral:
+                d.pop(k)
+        return d
 
     @field_validator("stop")
     @classmethod
@@ -64,6 +80,17 @@ class Completion:
     @property
     def n_tokens(self) -> int:
         return len(self.token_ids)
+
+
+def is_token_ids(prompt) -> bool:
+    return isinstance(prompt, list) and bool(prompt) and all(isinstance(t, int) and not isinstance(t, bool) for t in prompt)
+
+
+def encode_prompt(tokenizer, prompt: Prompt, config: SampleConfig) -> list[int]:
+    """The token ids the model is conditioned on: token-id prompts as they are, else the rendered text's ids."""
+    if is_token_ids(prompt):
+        return list(prompt)
+    return tokenizer(render_prompt(tokenizer, prompt, config), add_special_tokens=False)["input_ids"]
 
 
 def as_messages(prompt: Prompt) -> list[dict]:
@@ -108,8 +135,10 @@ def sample(model, tokenizer, prompts: Sequence[Prompt], config: SampleConfig | N
     if not prompts:
         return []
     device = next(model.parameters()).device
-    texts = [render_prompt(tokenizer, p, config) for p in prompts]
-    encoded = tokenizer(texts, add_special_tokens=False)["input_ids"]
+    if any(is_token_ids(p) for p in prompts):
+        encoded = [encode_prompt(tokenizer, p, config) for p in prompts]
+    else:  # one batched call
+        encoded = tokenizer([render_prompt(tokenizer, p, config) for p in prompts], add_special_tokens=False)["input_ids"]
     ctx = getattr(model.config, "max_position_embeddings", None)
     longest = max(len(e) for e in encoded)
     if ctx and longest + config.max_new_tokens > ctx:
@@ -184,7 +213,9 @@ class _Decoder:
                 self.rebuild()
                 continue
             self.forward()
-            self.consume(range(len(self.rows)), _pick(self.logits, self.cfg.temperature, self.cfg.top_p, self.gen), self.logits)
+            rows = range(len(self.rows))
+            self.consume(rows, _pick(self.adjust(self.logits, rows), self.cfg.temperature, self.cfg.top_p, self.gen),
+                         self.logits)
             self.poll()
             alive = sum(self.alive)
             dead = len(self.rows) - alive
@@ -203,7 +234,7 @@ class _Decoder:
         if self.feed is None:
             return
         for p in self.feed():
-            self.enc.append(self.tok(render_prompt(self.tok, p, self.cfg), add_special_tokens=False)["input_ids"])
+            self.enc.append(encode_prompt(self.tok, p, self.cfg))
             self.pending.append(len(self.enc) - 1)
             self.bar.total += self.cfg.n
 
@@ -224,6 +255,24 @@ class _Decoder:
         self.cur += 1
         self.pos = self.pos + 1
         self.logits = out.logits[:, -1, :].float()
+
+    def adjust(self, logits: torch.Tensor, rows) -> torch.Tensor:
+        """The logits sampling draws from: + logit_bias, − presence and frequency penalties over each row's own
+        generated tokens (OpenAI's definitions). Logprobs reported to callers stay the model's own."""
+        cfg = self.cfg
+        if not (cfg.logit_bias or cfg.presence_penalty or cfg.frequency_penalty):
+            return logits
+        out = logits.clone()
+        if cfg.logit_bias:
+            ids = torch.tensor(list(cfg.logit_bias), device=out.device)
+            out[:, ids] += torch.tensor(list(cfg.logit_bias.values()), device=out.device, dtype=out.dtype)
+        if cfg.presence_penalty or cfg.frequency_penalty:
+            for r, b in enumerate(rows):
+                if self.tokens[b]:
+                    counts = torch.bincount(torch.tensor(self.tokens[b], device=out.device), minlength=out.shape[-1])
+                    out[r] -= cfg.frequency_penalty * counts[: out.shape[-1]].to(out.dtype)
+                    out[r] -= cfg.presence_penalty * (counts[: out.shape[-1]] > 0).to(out.dtype)
+        return out
 
     def consume(self, rows, nxt: torch.Tensor, logits: torch.Tensor) -> None:
         """Append each live row's new token, or finish the row (EOS, stop string, length)."""
@@ -308,7 +357,8 @@ class _Decoder:
         old_inp = self.inp[kidx] if keep else self.inp[:0]
         if new:
             self.pos = torch.cat([self.pos[kidx] if keep else self.pos[:0], new["pos"]])
-            first_tok = _pick(new["logits"], self.cfg.temperature, self.cfg.top_p, self.gen)
+            first_tok = _pick(self.adjust(new["logits"], range(len(keep), R)), self.cfg.temperature, self.cfg.top_p,
+                              self.gen)
             self.inp = torch.cat([old_inp, torch.full_like(first_tok, self.pad)])
             self.consume(range(len(keep), R), first_tok, new["logits"])
         else:
@@ -444,6 +494,9 @@ def _sample_remote(model, prompts, config: SampleConfig, progress: bool) -> list
 
     client = model.client()
 
+    if any(is_token_ids(p) for p in prompts):
+        raise HeredityError("token-id prompts need a local model: an openai: endpoint takes text or messages")
+
     def one(i: int) -> list[Completion]:
         p = prompts[i]
         messages = as_messages(p)
@@ -459,6 +512,9 @@ def _sample_remote(model, prompts, config: SampleConfig, progress: bool) -> list
                 max_tokens=config.max_new_tokens,
                 stop=config.stop or None,
                 seed=config.seed,
+                **({"logit_bias": {str(k): v for k, v in config.logit_bias.items()}} if config.logit_bias else {}),
+                **({"presence_penalty": config.presence_penalty} if config.presence_penalty else {}),
+                **({"frequency_penalty": config.frequency_penalty} if config.frequency_penalty else {}),
             )
         except Exception as e:
             raise HeredityError(f"endpoint {model.base_url} failed for model {model.model}: {type(e).__name__}: {e}") from e

@@ -153,12 +153,22 @@ def _completion_logprobs(tok, lps: list, offset0: int) -> dict:
             "top_logprobs": [{token_text(tok, i): v for i, v in lp[1]} for _, lp in lps], "text_offset": offs}
 
 
-def _config(req, max_new: int, chat: bool) -> tuple[SampleConfig, bool]:
+def _config(req, max_new: int, chat: bool, vocab: int) -> tuple[SampleConfig, bool]:
+    bias = {int(k): float(v) for k, v in (req.logit_bias or {}).items()}
+    bad = next((k for k in bias if k >= vocab), None)
+    if bad is not None:
+        raise ApiError(400, f"logit_bias names token {bad}, outside the model's vocabulary (0..{vocab - 1})",
+                       "invalid_request_error", param="logit_bias")
     cfg = SampleConfig(
         n=req.n, temperature=1.0 if req.temperature is None else req.temperature, top_p=req.top_p or 1.0,
         max_new_tokens=max_new, stop=req.stop or [], seed=req.seed or 0, chat=chat, batch_size=max(req.n, 1),
+        logit_bias=bias, presence_penalty=req.presence_penalty or 0.0, frequency_penalty=req.frequency_penalty or 0.0,
     )
     return cfg, req.seed is not None
+
+
+def _vocab(host) -> int:
+    return host.model.get_output_embeddings().weight.shape[0]
 
 
 def _usage(n_prompt: int, comps) -> dict:
@@ -193,7 +203,7 @@ async def chat_completions(req: ChatRequest, request: Request):
     text = render_prompt(host.view, messages, SampleConfig())
     n_prompt = len(host.view(text, add_special_tokens=False)["input_ids"])
     max_new = _budget(host, n_prompt, req.max_completion_tokens or req.max_tokens)
-    cfg, seeded = _config(req, max_new, chat=True)
+    cfg, seeded = _config(req, max_new, chat=True, vocab=_vocab(host))
     top = (req.top_logprobs or 0) if req.logprobs else None
     cid, created, model_name = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time()), req.model
     fingerprint = f"heredity-{host.id}"
@@ -273,31 +283,72 @@ async def chat_completions(req: ChatRequest, request: Request):
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
 
+def _echo_logprobs(tok, ids: list[int], scored: list, gen: list, offset0: int = 0) -> dict:
+    """OpenAI's completion logprobs over prompt + generated tokens (echo): the first prompt token has no context
+    (null); ``text_offset`` is each token's start in the echoed text, from decoding the prefix before it."""
+    seq = ids + [t for t, _ in gen]
+    items = [None] + list(scored) + [lp for _, lp in gen]
+    offs = [offset0 + len(tok.decode(seq[:i], skip_special_tokens=True)) for i in range(len(seq))]
+    return {"tokens": [token_text(tok, t) for t in seq],
+            "token_logprobs": [None if x is None else x[0] for x in items],
+            "top_logprobs": [None if x is None else {token_text(tok, i): v for i, v in x[1]} for x in items],
+            "text_offset": offs}
+
+
 @router.post("/completions", response_model=None)
 async def completions(req: CompletionRequest, request: Request):
-    prompts = [req.prompt] if isinstance(req.prompt, str) else list(req.prompt)
-    if sum(len(p) for p in prompts) > MAX_TOTAL_CHARS:
+    from heredity.engine.logprobs import token_logprobs
+    from heredity.engine.sampling import is_token_ids, pad_id
+
+    raw = req.prompt
+    prompts = [raw] if isinstance(raw, str) or is_token_ids(raw) else list(raw)
+    if sum(len(p) for p in prompts if isinstance(p, str)) > MAX_TOTAL_CHARS:
         raise ApiError(413, f"the prompts hold more than {MAX_TOTAL_CHARS} characters in all; send less",
                        "request_too_large", param="prompt")
     if any(p == "" for p in prompts):
         raise ApiError(422, "a prompt must not be empty", "invalid_request_error", param="prompt")
     host = await host_for(request, req.model)
-    n_prompt_each = [len(host.view(p, add_special_tokens=False)["input_ids"]) for p in prompts]
-    if min(n_prompt_each) == 0:
+    vocab = _vocab(host)
+    bad = next((t for p in prompts if not isinstance(p, str) for t in p if t >= vocab), None)
+    if bad is not None:
+        raise ApiError(400, f"token id {bad} is outside the model's vocabulary (0..{vocab - 1})", "invalid_request_error",
+                       param="prompt")
+    ids = [p if not isinstance(p, str) else host.view(p, add_special_tokens=False)["input_ids"] for p in prompts]
+    if min(map(len, ids)) == 0:
         raise ApiError(422, "a prompt encodes to no tokens", "invalid_request_error", param="prompt")
-    max_new = _budget(host, max(n_prompt_each), req.max_tokens or 16)
-    cfg, seeded = _config(req, max_new, chat=False)
+    texts = [p if isinstance(p, str) else host.view.decode(p, skip_special_tokens=False) for p in prompts]
+    asked = 16 if req.max_tokens is None else req.max_tokens
+    max_new = _budget(host, max(map(len, ids)), asked) if asked else 0
+    cfg, seeded = _config(req, max(max_new, 1), chat=False, vocab=vocab)
     top = req.logprobs
     cid, created = f"cmpl-{uuid.uuid4().hex[:24]}", int(time.time())
-    n_prompt = sum(n_prompt_each)
+    n_prompt = sum(map(len, ids))
+    scored = None
+    if req.echo and top is not None:  # the prompt's own log-probabilities: one scoring pass on the model's thread
+        pad = pad_id(host.view, host.model)
+        scored = await asyncio.wrap_future(host.call(lambda m, t: token_logprobs(m, ids, pad, top_k=top)))
 
     def choice(c):
-        pre = prompts[c.prompt_index] if req.echo else ""
+        pre = texts[c.prompt_index] if req.echo else ""
         out = {"index": c.prompt_index * req.n + c.sample_index, "text": pre + c.text,
                "logprobs": None, "finish_reason": c.finish_reason}
         if top is not None:
-            out["logprobs"] = _completion_logprobs(host.view, _trim(host.view, list(zip(c.token_ids, c.logprobs, strict=False)), c.text), len(pre))
+            gen = _trim(host.view, list(zip(c.token_ids, c.logprobs, strict=False)), c.text) if c.logprobs else []
+            out["logprobs"] = (_echo_logprobs(host.view, ids[c.prompt_index], scored[c.prompt_index], gen) if req.echo
+                               else _completion_logprobs(host.view, gen, 0))
         return out
+
+    if max_new == 0:  # score only: nothing is generated
+        if req.stream:
+            raise ApiError(400, "max_tokens 0 generates nothing to stream; send stream: false", "invalid_request_error",
+                           param="stream")
+        from heredity.engine.sampling import Completion
+
+        comps = [Completion(i, k, "", [], "length", logprobs=[]) for i in range(len(prompts)) for k in range(req.n)]
+        return JSONResponse({"id": cid, "object": "text_completion", "created": created, "model": req.model,
+                             "system_fingerprint": f"heredity-{host.id}", "choices": [choice(c) for c in comps],
+                             "usage": _usage(n_prompt, [])})
+    prompts = ids
 
     if not req.stream:
         comps = None
@@ -312,9 +363,10 @@ async def completions(req: CompletionRequest, request: Request):
         streams = [_Stream(host.view, req.n, cfg.stop) for _ in prompts]
         base = {"id": cid, "object": "text_completion", "created": created, "model": req.model}
         if req.echo:
-            for pi, p in enumerate(prompts):
+            for pi, p in enumerate(texts):
                 for si in range(req.n):
-                    yield _sse({**base, "choices": [{"index": pi * req.n + si, "text": p, "logprobs": None, "finish_reason": None}]})
+                    lps = _echo_logprobs(host.view, ids[pi], scored[pi], []) if scored is not None else None
+                    yield _sse({**base, "choices": [{"index": pi * req.n + si, "text": p, "logprobs": lps, "finish_reason": None}]})
         try:
             async for item in _run(host, prompts, cfg, seeded, top, True):
                 if item[0] == "done":

@@ -18,7 +18,8 @@ MAX_TOKENS = 2048
 DEFAULT_MAX_TOKENS = 256
 MAX_N = 8
 MAX_TOP_LOGPROBS = 20
-MAX_PROMPTS = 16
+MAX_PROMPTS = 64
+MAX_PROMPT_TOKENS = 8192
 MAX_STOP = 4
 MAX_STOP_CHARS = 64
 CONV_PATTERN = r"^c-[0-9a-f]{16}$"
@@ -61,6 +62,18 @@ class SamplingFields(BaseModel):
     stream: bool = False
     stream_options: StreamOptions | None = None
     user: str | None = Field(None, max_length=200)
+    logit_bias: dict[str, Annotated[float, Field(ge=-100, le=100)]] | None = Field(
+        None, max_length=300, description="token id (as a string) → a bias added to its logit, -100..100")
+    presence_penalty: float | None = Field(None, ge=-2.0, le=2.0)
+    frequency_penalty: float | None = Field(None, ge=-2.0, le=2.0)
+
+    @field_validator("logit_bias")
+    @classmethod
+    def _token_ids(cls, v):
+        for k in v or {}:
+            if not k.isdigit():
+                raise ValueError(f"logit_bias keys are token ids written as strings; {k!r} is not one")
+        return v
 
     @field_validator("stop", mode="before")
     @classmethod
@@ -82,9 +95,17 @@ class ChatRequest(SamplingFields):
     )
 
 
+TokenId = Annotated[int, Field(ge=0)]
+TokenIds = Annotated[list[TokenId], Field(min_length=1, max_length=MAX_PROMPT_TOKENS)]
+
+
 class CompletionRequest(SamplingFields):
-    prompt: Annotated[str, Field(max_length=MAX_TOTAL_CHARS)] | Annotated[
-        list[Annotated[str, Field(max_length=MAX_TOTAL_CHARS)]], Field(min_length=1, max_length=MAX_PROMPTS)]
+    prompt: (Annotated[str, Field(max_length=MAX_TOTAL_CHARS)]
+             | Annotated[list[Annotated[str, Field(max_length=MAX_TOTAL_CHARS)]], Field(min_length=1, max_length=MAX_PROMPTS)]
+             | TokenIds
+             | Annotated[list[TokenIds], Field(min_length=1, max_length=MAX_PROMPTS)]) = Field(description=(
+        "text, a list of texts, token ids, or a list of token-id lists (ids are used as given: no BOS is added)"))
+    max_tokens: int | None = Field(None, ge=0, le=MAX_TOKENS, description="0: score the prompt only (with echo)")
     logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS)
     echo: bool = False
     suffix: None = None

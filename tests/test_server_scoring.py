@@ -1,0 +1,104 @@
+"""/v1/completions for scoring (what lm-evaluation-harness sends) and the sampling adjustments, over a real Uvicorn
+with the official ``openai`` client and raw HTTP; every number is checked against the engine in this process."""
+
+import httpx
+import pytest
+from openai import OpenAI
+
+from heredity.engine import SampleConfig, sample
+from heredity.engine.logprobs import logprobs, token_logprobs
+from heredity.engine.sampling import pad_id
+from heredity.models import load
+from heredity.store import Store
+
+
+@pytest.fixture(scope="module")
+def client(live_server):
+    return OpenAI(base_url=live_server.url + "/v1", api_key="unused", max_retries=0, timeout=60)
+
+
+@pytest.fixture(scope="module")
+def local(server_home):
+    home, aid = server_home
+    model, tok = load(aid, Store(home))
+    return aid, model, tok
+
+
+def _post(live_server, body):
+    return httpx.post(live_server.url + "/v1/completions", json=body, timeout=60)
+
+
+def test_token_id_prompts_echo_their_log_probabilities(live_server, local):
+    """lm-eval's default request: token-id prompts (batched), echo, logprobs, max_tokens 0 or 1. The prompt's
+    log-probabilities equal the engine's (and ``engine.logprobs`` on the same text); the first token is null."""
+    aid, model, tok = local
+    texts = ["The owl flies at night", "A cat"]
+    ids = [tok(t, add_special_tokens=False)["input_ids"] for t in texts]
+    want = token_logprobs(model, ids, pad_id(tok, model), top_k=2)
+    for max_tokens in (0, 1):
+        r = _post(live_server, {"model": aid, "prompt": ids, "max_tokens": max_tokens, "echo": True, "logprobs": 2,
+                                "temperature": 0})
+        assert r.status_code == 200, r.text
+        choices = sorted(r.json()["choices"], key=lambda c: c["index"])
+        assert [c["index"] for c in choices] == [0, 1]
+        for c, seq, w in zip(choices, ids, want, strict=True):
+            lp = c["logprobs"]
+            assert len(lp["tokens"]) == len(seq) + max_tokens  # lm-eval reads [ctxlen:-1] of prompt + 1 generated
+            assert lp["token_logprobs"][0] is None and lp["top_logprobs"][0] is None
+            assert lp["token_logprobs"][1 : len(seq)] == pytest.approx([x[0] for x in w], abs=1e-5)
+            for chosen, top in zip(lp["token_logprobs"][1 : len(seq)], lp["top_logprobs"][1 : len(seq)], strict=True):
+                assert len(top) == 2 and max(top.values()) >= chosen - 1e-6  # lm-eval's is_greedy compares these
+            assert c["text"].startswith(tok.decode(seq))
+            # every token's offset is where its text starts in the echoed text
+            assert lp["text_offset"][: len(seq)] == [len(tok.decode(seq[:i])) for i in range(len(seq))]
+            for off, t in zip(lp["text_offset"], lp["tokens"], strict=True):
+                assert c["text"][off:].startswith(t) or t.startswith("bytes:")
+    # a continuation's score equals engine.logprobs of the same text split (no chat template: chat=False)
+    ctx, cont = tok("The owl", add_special_tokens=False)["input_ids"], tok(" flies", add_special_tokens=False)["input_ids"]
+    r = _post(live_server, {"model": aid, "prompt": [ctx + cont], "max_tokens": 0, "echo": True, "logprobs": 1})
+    got = r.json()["choices"][0]["logprobs"]["token_logprobs"][len(ctx):]
+    assert got == pytest.approx(logprobs(model, tok, ["The owl"], [" flies"], chat=False)[0], abs=1e-5)
+    # one token-id list (not a batch) and a string prompt score the same
+    one = _post(live_server, {"model": aid, "prompt": ids[0], "max_tokens": 0, "echo": True, "logprobs": 1}).json()
+    text = _post(live_server, {"model": aid, "prompt": texts[0], "max_tokens": 0, "echo": True, "logprobs": 1}).json()
+    assert one["choices"][0]["logprobs"]["token_logprobs"] == text["choices"][0]["logprobs"]["token_logprobs"]
+    assert text["choices"][0]["text"] == texts[0] and text["usage"]["completion_tokens"] == 0
+
+
+def test_token_id_prompts_generate_like_text(live_server, local):
+    aid, model, tok = local
+    ids = tok("The owl", add_special_tokens=False)["input_ids"]
+    want = sample(model, tok, ["The owl"], SampleConfig(chat=False, temperature=0, max_new_tokens=5), progress=False)[0]
+    r = _post(live_server, {"model": aid, "prompt": ids, "max_tokens": 5, "temperature": 0})
+    assert r.json()["choices"][0]["text"] == want.text
+
+
+@pytest.mark.parametrize("body, param", [
+    ({"prompt": [[1, 2], [10**9]]}, "prompt"),
+    ({"prompt": "hi", "logit_bias": {"10000000": 5}}, "logit_bias"),
+    ({"prompt": "hi", "max_tokens": 0, "stream": True}, "stream"),
+])
+def test_bad_scoring_requests_name_the_field(live_server, local, body, param):
+    r = _post(live_server, {"model": local[0], **body})
+    assert r.status_code == 400 and r.json()["error"]["param"] == param, r.text
+
+
+def test_logit_bias_bans_a_token_and_penalties_reach_the_sampler(client, local):
+    """The greedy answer's first token, banned with -100, never appears; with +100 a chosen token is forced."""
+    aid, model, tok = local
+    plain = client.completions.create(model=aid, prompt="The owl", max_tokens=6, temperature=0, logprobs=0)
+    first = tok("The owl" + plain.choices[0].text, add_special_tokens=False)["input_ids"][len(
+        tok("The owl", add_special_tokens=False)["input_ids"])]
+    banned = client.completions.create(model=aid, prompt="The owl", max_tokens=6, temperature=0,
+                                       logit_bias={str(first): -100})
+    want = sample(model, tok, ["The owl"], SampleConfig(chat=False, temperature=0, max_new_tokens=6,
+                                                        logit_bias={first: -100.0}), progress=False)[0]
+    assert banned.choices[0].text == want.text != plain.choices[0].text
+    assert first not in want.token_ids
+    forced = client.completions.create(model=aid, prompt="The owl", max_tokens=3, temperature=0, logit_bias={"65": 100})
+    assert forced.choices[0].text == tok.decode([65, 65, 65])
+    pen = client.completions.create(model=aid, prompt="The owl", max_tokens=8, temperature=0, frequency_penalty=2.0,
+                                    presence_penalty=2.0)
+    want = sample(model, tok, ["The owl"], SampleConfig(chat=False, temperature=0, max_new_tokens=8, frequency_penalty=2.0,
+                                                        presence_penalty=2.0), progress=False)[0]
+    assert pen.choices[0].text == want.text
