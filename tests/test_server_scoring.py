@@ -102,3 +102,78 @@ def test_logit_bias_bans_a_token_and_penalties_reach_the_sampler(client, local):
     want = sample(model, tok, ["The owl"], SampleConfig(chat=False, temperature=0, max_new_tokens=8, frequency_penalty=2.0,
                                                         presence_penalty=2.0), progress=False)[0]
     assert pen.choices[0].text == want.text
+
+
+def test_model_by_id_and_unserved_routes(client, live_server, local):
+    aid = local[0]
+    m = client.models.retrieve(aid)
+    assert m.id == aid and m.object == "model"
+    assert client.models.retrieve("all-MiniLM-L6-v2").id == "all-MiniLM-L6-v2"
+    r = httpx.get(live_server.url + "/v1/models/no-such-model")
+    assert r.status_code == 404 and r.json()["error"]["code"] == "model_not_found"
+    r = httpx.post(live_server.url + "/v1/responses", json={"model": aid, "input": "hi"})
+    assert r.status_code == 404 and "/v1/chat/completions" in r.json()["error"]["message"]
+
+
+def test_embeddings_equal_sentence_transformers_and_mean_pooled_lm_states(client, local):
+    """The bundled MiniLM through the server (the openai client asks for base64) equals sentence-transformers on
+    the same texts; a stored language model gives its mean-pooled, normalized last hidden state."""
+    import numpy as np
+    import torch
+    from sentence_transformers import SentenceTransformer
+
+    from heredity.engine.retrieval import embedder
+
+    texts = ["An owl hunts at night.", "Cats sleep a lot."]
+    r = client.embeddings.create(model="all-MiniLM-L6-v2", input=texts)
+    assert [d.index for d in r.data] == [0, 1] and r.usage.prompt_tokens > 0
+    st = embedder()
+    assert isinstance(st, SentenceTransformer)
+    want = st.encode(texts, convert_to_numpy=True)
+    assert np.allclose(np.array([d.embedding for d in r.data]), want, atol=1e-5)
+    floats = client.embeddings.create(model="all-MiniLM-L6-v2", input=texts[0], encoding_format="float")
+    assert np.allclose(floats.data[0].embedding, want[0], atol=1e-5)
+    aid, model, tok = local
+    lm = client.embeddings.create(model=aid, input=texts[1], encoding_format="float").data[0].embedding
+    ids = tok(texts[1], add_special_tokens=False)["input_ids"]
+    with torch.no_grad():
+        h = model(torch.tensor([ids]), output_hidden_states=True).hidden_states[-1][0].mean(0)
+    assert np.allclose(lm, torch.nn.functional.normalize(h, dim=-1).numpy(), atol=1e-5)
+    with pytest.raises(Exception, match="dimensions"):
+        client.embeddings.create(model="all-MiniLM-L6-v2", input="x", dimensions=3)
+
+
+def _openai_fields(params) -> list[str]:
+    return sorted(params.__annotations__)
+
+
+@pytest.mark.parametrize("route, schema, minimal", [
+    ("chat/completions", "chat", {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 1}),
+    ("completions", "completions", {"prompt": "hi", "max_tokens": 1}),
+    ("embeddings", "embeddings", {"input": "hi"}),
+])
+def test_every_openai_field_is_implemented_or_refused(live_server, local, route, schema, minimal):
+    """Walk the official client's request types: each field is one this server implements (in its schema) or one
+    it answers 400 naming the field — never silently ignored."""
+    from openai.types import completion_create_params, embedding_create_params
+    from openai.types.chat import completion_create_params as chat_params
+
+    from heredity.server.schemas import ChatRequest, CompletionRequest, EmbeddingRequest
+
+    params, ours = {"chat": (chat_params.CompletionCreateParamsBase, ChatRequest),
+                    "completions": (completion_create_params.CompletionCreateParamsBase, CompletionRequest),
+                    "embeddings": (embedding_create_params.EmbeddingCreateParams, EmbeddingRequest)}[schema]
+    body = {"model": local[0] if schema != "embeddings" else "all-MiniLM-L6-v2", **minimal}
+    assert httpx.post(f"{live_server.url}/v1/{route}", json=body, timeout=60).status_code == 200
+    refused = []
+    for field in _openai_fields(params):
+        if field in ours.model_fields:
+            continue
+        r = httpx.post(f"{live_server.url}/v1/{route}", json={**body, field: True}, timeout=60)
+        assert r.status_code == 400 and r.json()["error"]["param"] == field, (field, r.text)
+        refused.append(field)
+    r = httpx.post(f"{live_server.url}/v1/chat/completions", timeout=60, json={
+        "model": local[0], "max_tokens": 1, "messages": [{"role": "user", "content": "hi", "audio": {}}]})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "messages.0.audio"
+    if schema == "chat":
+        assert "tools" in refused or "tools" in ours.model_fields

@@ -38,6 +38,13 @@ def install(app) -> None:
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, e: RequestValidationError):
         errs = e.errors()
+        extra = next((x for x in errs if x.get("type") == "extra_forbidden"), None)
+        if extra is not None:  # a field we do not implement: refused, never silently ignored
+            loc = [str(p) for p in extra.get("loc", ())[1:] if not _TAG.match(str(p))]
+            field = ".".join(loc) or "body"
+            return JSONResponse(ApiError(400, f"{field} is not implemented by heredity serve; remove it (README: "
+                                         "'The lab server' lists the fields each route implements)",
+                                         "unsupported_parameter", field).body(), status_code=400)
         first = errs[0] if errs else {}
         where = ".".join(str(p) for p in first.get("loc", ())[1:] if not _TAG.match(str(p))) or "body"
         msg = f"{where}: {first.get('msg', 'invalid request')}"

@@ -1,4 +1,5 @@
-"""OpenAI-compatible routes: GET /v1/models, POST /v1/chat/completions, POST /v1/completions.
+"""OpenAI-compatible routes: GET /v1/models (and /v1/models/{id}), POST /v1/chat/completions, /v1/completions,
+/v1/embeddings.
 
 Answers follow OpenAI's shapes (``chat.completion``, ``chat.completion.chunk`` over server-sent events,
 ``text_completion`` with ``logprobs``) so the official ``openai`` client works unchanged. One extension:
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -22,7 +24,13 @@ from heredity.engine.sampling import SampleConfig, render_prompt
 from heredity.errors import HeredityError
 from heredity.server.errors import ApiError
 from heredity.server.runner import QueueFull
-from heredity.server.schemas import DEFAULT_MAX_TOKENS, MAX_TOTAL_CHARS, ChatRequest, CompletionRequest
+from heredity.server.schemas import (
+    DEFAULT_MAX_TOKENS,
+    MAX_TOTAL_CHARS,
+    ChatRequest,
+    CompletionRequest,
+    EmbeddingRequest,
+)
 from heredity.store.conversations import ConflictError, continues
 
 router = APIRouter(prefix="/v1", tags=["openai"])
@@ -33,6 +41,96 @@ def list_models(request: Request) -> dict:
     pool = request.app.state.pool
     return {"object": "list", "data": [{"id": m["id"], "object": "model", "created": m["created"], "owned_by": "heredity",
                                         "kind": m["kind"], "name": m["name"]} for m in pool.listing()]}
+
+
+@router.get("/models/{model_id:path}")
+def get_model(model_id: str, request: Request) -> dict:
+    from heredity.engine.retrieval import BUNDLED as EMBEDDER
+
+    if model_id == EMBEDDER:
+        return {"id": EMBEDDER, "object": "model", "created": 0, "owned_by": "heredity", "kind": "embedding", "name": EMBEDDER}
+    for m in request.app.state.pool.listing():
+        if model_id in (m["id"], m["name"]):
+            return {"id": m["id"], "object": "model", "created": m["created"], "owned_by": "heredity", "kind": m["kind"],
+                    "name": m["name"]}
+    raise ApiError(404, f"no model {model_id!r}; GET /v1/models lists them", "model_not_found", param="model")
+
+
+_EMBED_LOCK = threading.Lock()
+
+
+def _embed_bundled(texts: list[str]):
+    """The bundled MiniLM through sentence-transformers (one caller at a time: the model is shared)."""
+    from heredity.engine.retrieval import embedder
+
+    with _EMBED_LOCK:
+        m = embedder()
+        vecs = m.encode(texts, batch_size=32, convert_to_numpy=True, show_progress_bar=False)
+        n_tokens = sum(len(m.tokenizer(t, add_special_tokens=True)["input_ids"]) for t in texts)
+    return vecs, n_tokens
+
+
+def _embed_lm(model, ids: list[list[int]], pad: int):
+    """A causal LM's sentence embedding: the last hidden state, mean-pooled over each input's tokens, L2-normalized."""
+    import torch
+
+    device = next(model.parameters()).device
+    out = []
+    with torch.inference_mode():
+        for i in range(0, len(ids), 16):
+            chunk = ids[i : i + 16]
+            L = max(map(len, chunk))
+            x = torch.full((len(chunk), L), pad, dtype=torch.long)
+            att = torch.zeros((len(chunk), L), dtype=torch.long)
+            for r, e in enumerate(chunk):
+                x[r, : len(e)], att[r, : len(e)] = torch.tensor(e), 1
+            h = model(input_ids=x.to(device), attention_mask=att.to(device), output_hidden_states=True).hidden_states[-1]
+            m = att.to(h.device).unsqueeze(-1).to(h.dtype)
+            v = (h * m).sum(1) / m.sum(1)
+            out.append(torch.nn.functional.normalize(v.float(), dim=-1).cpu())
+    return torch.cat(out).numpy()
+
+
+@router.post("/embeddings")
+async def embeddings(req: EmbeddingRequest, request: Request) -> dict:
+    import base64
+
+    import numpy as np
+
+    from heredity.engine.retrieval import BUNDLED as EMBEDDER
+    from heredity.engine.sampling import is_token_ids, pad_id
+
+    raw = req.input
+    inputs = [raw] if isinstance(raw, str) or is_token_ids(raw) else list(raw)
+    if any(x == "" for x in inputs):
+        raise ApiError(400, "an input must not be empty", "invalid_request_error", param="input")
+    if req.model == EMBEDDER:
+        if not all(isinstance(x, str) for x in inputs):
+            raise ApiError(400, f"{EMBEDDER} takes text input; token ids are only for the stored language models",
+                           "invalid_request_error", param="input")
+        vecs, n_tokens = await asyncio.to_thread(_embed_bundled, inputs)
+        name = EMBEDDER
+    else:
+        host = await host_for(request, req.model)
+        vocab = _vocab(host)
+        ids = [x if not isinstance(x, str) else host.view(x, add_special_tokens=False)["input_ids"] for x in inputs]
+        if min(map(len, ids)) == 0 or any(t >= vocab for e in ids for t in e):
+            raise ApiError(400, f"an input encodes to no tokens or holds a token id outside 0..{vocab - 1}",
+                           "invalid_request_error", param="input")
+        pad = pad_id(host.view, host.model)
+        vecs = await asyncio.wrap_future(host.call(lambda m, t: _embed_lm(m, ids, pad)))
+        n_tokens, name = sum(map(len, ids)), req.model
+    dim = int(vecs.shape[1])
+    if req.dimensions is not None and req.dimensions != dim:
+        raise ApiError(400, f"dimensions {req.dimensions}: {name} embeds in {dim} dimensions and this server does not "
+                       "truncate; omit dimensions", "invalid_request_error", param="dimensions")
+
+    def enc(v):
+        v = np.asarray(v, dtype="<f4")
+        return base64.b64encode(v.tobytes()).decode() if req.encoding_format == "base64" else v.tolist()
+
+    return {"object": "list", "model": name, "usage": {"prompt_tokens": n_tokens, "total_tokens": n_tokens},
+            "data": [{"object": "embedding", "index": i, "embedding": enc(v)} for i, v in enumerate(vecs)]}
 
 
 async def host_for(request: Request, name: str):
@@ -300,6 +398,9 @@ async def completions(req: CompletionRequest, request: Request):
     from heredity.engine.logprobs import token_logprobs
     from heredity.engine.sampling import is_token_ids, pad_id
 
+    if req.suffix:
+        raise ApiError(400, "suffix (insertion) is not implemented by heredity serve; remove it", "unsupported_parameter",
+                       param="suffix")
     raw = req.prompt
     prompts = [raw] if isinstance(raw, str) or is_token_ids(raw) else list(raw)
     if sum(len(p) for p in prompts if isinstance(p, str)) > MAX_TOTAL_CHARS:
@@ -389,3 +490,14 @@ async def completions(req: CompletionRequest, request: Request):
         yield b"data: [DONE]\n\n"
 
     return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+
+ROUTES = ["GET /v1/models", "GET /v1/models/{id}", "POST /v1/chat/completions", "POST /v1/completions",
+          "POST /v1/embeddings"]
+
+
+@router.api_route("/{rest:path}", methods=["GET", "POST", "PUT", "PATCH", "DELETE"], include_in_schema=False)
+def not_served(rest: str, request: Request):
+    """Any other /v1 route (e.g. /v1/responses): a 404 that names what is served."""
+    raise ApiError(404, f"{request.method} /v1/{rest} is not served by heredity serve; it serves {', '.join(ROUTES)}",
+                   "not_found")

@@ -20,6 +20,7 @@ MAX_N = 8
 MAX_TOP_LOGPROBS = 20
 MAX_PROMPTS = 64
 MAX_PROMPT_TOKENS = 8192
+MAX_EMBED_INPUTS = 256
 MAX_STOP = 4
 MAX_STOP_CHARS = 64
 CONV_PATTERN = r"^c-[0-9a-f]{16}$"
@@ -34,10 +35,12 @@ class TextPart(BaseModel):
 
 
 class ChatMessage(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="forbid")
     role: Literal["system", "developer", "user", "assistant"]
     content: Annotated[str, Field(max_length=MAX_MESSAGE_CHARS)] | Annotated[list[TextPart], Field(max_length=32)]
     name: str | None = Field(None, max_length=64)
+    type: Literal["text"] | None = Field(None, description=(
+        "accepted and meaningless: lm-evaluation-harness's chat client marks every message with it"))
 
     def text(self) -> str:
         return self.content if isinstance(self.content, str) else "".join(p.text for p in self.content)
@@ -47,11 +50,13 @@ class ChatMessage(BaseModel):
 
 
 class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
     include_usage: bool = False
 
 
 class SamplingFields(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    # a field this server does not implement is refused (400, ``param`` naming it), never silently ignored
+    model_config = ConfigDict(extra="forbid")
     model: ModelName
     temperature: float | None = Field(None, ge=0.0, le=2.0)
     top_p: float | None = Field(None, gt=0.0, le=1.0)
@@ -108,7 +113,19 @@ class CompletionRequest(SamplingFields):
     max_tokens: int | None = Field(None, ge=0, le=MAX_TOKENS, description="0: score the prompt only (with echo)")
     logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS)
     echo: bool = False
-    suffix: None = None
+    suffix: str | None = Field(None, description="refused when set: insertion is not implemented")
+
+
+class EmbeddingRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    model: ModelName
+    input: (Annotated[str, Field(max_length=MAX_TOTAL_CHARS)]
+            | Annotated[list[Annotated[str, Field(max_length=MAX_TOTAL_CHARS)]], Field(min_length=1, max_length=MAX_EMBED_INPUTS)]
+            | TokenIds
+            | Annotated[list[TokenIds], Field(min_length=1, max_length=MAX_EMBED_INPUTS)])
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: int | None = Field(None, ge=1, description="must equal the model's own size (no truncation is done)")
+    user: str | None = Field(None, max_length=200)
 
 
 class NewConversation(BaseModel):
