@@ -48,13 +48,16 @@ class SampleConfig(BaseModel):
         "subtracted from the logit of every token already generated in this completion (OpenAI's formula)"))
     frequency_penalty: float = Field(0.0, ge=-2.0, le=2.0, description=(
         "times the count of each token already generated in this completion, subtracted from its logit"))
+    grammar: str | None = Field(None, description=(
+        "constrained decoding: an llguidance grammar (engine.constrain.json_schema / regex / lark) every "
+        "completion follows; a completion ends when the grammar is complete"))
 
     @model_serializer(mode="wrap")
     def _keyed_only_when_on(self, handler):
         """The logit adjustments enter a step's key only when set: with them off sampling computes exactly what
         it did before they existed, so existing memoized samples stay valid."""
         d = handler(self)
-        for k, neutral in (("logit_bias", {}), ("presence_penalty", 0.0), ("frequency_penalty", 0.0)):
+        for k, neutral in (("logit_bias", {}), ("presence_penalty", 0.0), ("frequency_penalty", 0.0), ("grammar", None)):
             if k in d and d[k] == neutral:
                 d.pop(k)
         return d
@@ -202,6 +205,8 @@ class _Decoder:
         self.feed: Callable[[], Sequence[Prompt]] | None = None
         self.on_done: Callable[[Completion], None] | None = None
         self.cancelled: Callable[[int], bool] | None = None
+        self.constraints: dict = {}  # (prompt, sample) -> its grammar matcher, with config.grammar
+        self.logits_dim = model.get_output_embeddings().weight.shape[0] if config.grammar else 0
 
     def run(self) -> list[Completion]:
         self.rebuild()
@@ -260,9 +265,12 @@ class _Decoder:
         """The logits sampling draws from: + logit_bias, − presence and frequency penalties over each row's own
         generated tokens (OpenAI's definitions). Logprobs reported to callers stay the model's own."""
         cfg = self.cfg
-        if not (cfg.logit_bias or cfg.presence_penalty or cfg.frequency_penalty):
+        if not (cfg.logit_bias or cfg.presence_penalty or cfg.frequency_penalty or cfg.grammar):
             return logits
         out = logits.clone()
+        if cfg.grammar:  # the grammar's mask: what it does not allow cannot be drawn, whatever the bias
+            for r, b in enumerate(rows):
+                out[r].masked_fill_(~self.constraint(b).allowed().to(out.device), float("-inf"))
         if cfg.logit_bias:
             ids = torch.tensor(list(cfg.logit_bias), device=out.device)
             out[:, ids] += torch.tensor(list(cfg.logit_bias.values()), device=out.device, dtype=out.dtype)
@@ -273,6 +281,16 @@ class _Decoder:
                     out[r] -= cfg.frequency_penalty * counts[: out.shape[-1]].to(out.dtype)
                     out[r] -= cfg.presence_penalty * (counts[: out.shape[-1]] > 0).to(out.dtype)
         return out
+
+    def constraint(self, b: int):
+        """Row b's grammar matcher (one per sequence, made at its first token)."""
+        from heredity.engine.constrain import Constraint
+
+        key = self.rows[b]
+        c = self.constraints.get(key)
+        if c is None:
+            c = self.constraints[key] = Constraint(self.tok, self.cfg.grammar, self.logits_dim)
+        return c
 
     def consume(self, rows, nxt: torch.Tensor, logits: torch.Tensor) -> None:
         """Append each live row's new token, or finish the row (EOS, stop string, length)."""
@@ -293,7 +311,14 @@ class _Decoder:
                     self.lps[b].append(lp)
                 if self.on_token is not None:
                     self.on_token(self.rows[b][0], self.rows[b][1], tok, lp)
-                if self.stop_window and _hit_stop(self.tok, self.tokens[b][-self.stop_window :], self.cfg.stop):
+                grammar_done = False
+                if self.cfg.grammar:
+                    c = self.constraint(b)
+                    c.advance(tok)
+                    grammar_done = c.done
+                if grammar_done:
+                    reason = "stop"
+                elif self.stop_window and _hit_stop(self.tok, self.tokens[b][-self.stop_window :], self.cfg.stop):
                     reason = "stop"
                 elif len(self.tokens[b]) >= self.cfg.max_new_tokens:
                     reason = "length"
@@ -496,6 +521,8 @@ def _sample_remote(model, prompts, config: SampleConfig, progress: bool) -> list
 
     if any(is_token_ids(p) for p in prompts):
         raise HeredityError("token-id prompts need a local model: an openai: endpoint takes text or messages")
+    if config.grammar:
+        raise HeredityError("a grammar (constrained decoding) needs a local model: an openai: endpoint does not take one")
 
     def one(i: int) -> list[Completion]:
         p = prompts[i]

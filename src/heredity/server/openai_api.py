@@ -265,6 +265,25 @@ def _config(req, max_new: int, chat: bool, vocab: int) -> tuple[SampleConfig, bo
     return cfg, req.seed is not None
 
 
+def _response_grammar(fmt, host) -> str | None:
+    """response_format as a grammar: json_object → any JSON object, json_schema → JSON valid against the schema."""
+    from heredity.engine import constrain
+
+    if fmt is None or fmt.type == "text":
+        return None
+    if fmt.type == "json_schema" and fmt.json_schema is None:
+        raise ApiError(400, "response_format json_schema needs a json_schema object (name, schema)",
+                       "invalid_request_error", param="response_format.json_schema")
+    schema = {"type": "object"} if fmt.type == "json_object" else (fmt.json_schema.schema_ or {})
+    try:
+        grammar = constrain.json_schema(schema)
+        constrain.check(host.view, grammar, _vocab(host))
+    except (HeredityError, ValueError, RuntimeError) as e:
+        raise ApiError(400, f"response_format: the schema cannot be enforced: {str(e).splitlines()[0]}",
+                       "invalid_request_error", param="response_format") from None
+    return grammar
+
+
 def _vocab(host) -> int:
     return host.model.get_output_embeddings().weight.shape[0]
 
@@ -302,6 +321,9 @@ async def chat_completions(req: ChatRequest, request: Request):
     n_prompt = len(host.view(text, add_special_tokens=False)["input_ids"])
     max_new = _budget(host, n_prompt, req.max_completion_tokens or req.max_tokens)
     cfg, seeded = _config(req, max_new, chat=True, vocab=_vocab(host))
+    grammar = _response_grammar(req.response_format, host)
+    if grammar:
+        cfg = cfg.model_copy(update={"grammar": grammar})
     top = (req.top_logprobs or 0) if req.logprobs else None
     cid, created, model_name = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time()), req.model
     fingerprint = f"heredity-{host.id}"

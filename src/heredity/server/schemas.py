@@ -90,6 +90,20 @@ class SamplingFields(BaseModel):
         return v
 
 
+class JsonSchemaFormat(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(max_length=64, pattern=r"^[A-Za-z0-9_-]+$")
+    description: str | None = Field(None, max_length=2000)
+    schema_: dict = Field(default_factory=dict, alias="schema")
+    strict: bool | None = Field(None, description="output always validates (constrained decoding), strict or not")
+
+
+class ResponseFormat(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaFormat | None = None
+
+
 class ChatRequest(SamplingFields):
     messages: list[ChatMessage] = Field(min_length=1, max_length=MAX_MESSAGES)
     max_completion_tokens: int | None = Field(None, ge=1, le=MAX_TOKENS)
@@ -98,6 +112,8 @@ class ChatRequest(SamplingFields):
     conversation_id: str | None = Field(
         None, pattern=CONV_PATTERN, description="heredity: save this turn and the answer into a stored conversation"
     )
+    response_format: ResponseFormat | None = Field(None, description=(
+        "json_object / json_schema: constrained decoding guarantees output that parses (and validates)"))
 
 
 TokenId = Annotated[int, Field(ge=0)]
