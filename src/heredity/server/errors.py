@@ -14,6 +14,16 @@ from heredity.errors import HeredityError
 _TAG = re.compile(r"^(constrained-|function-\w+\[)?(str|int|float|bool|list|dict|literal|none)\b.*$")  # union branch names
 
 
+_ROLES = {"system", "developer", "user", "assistant", "tool"}  # the message union's discriminator tags
+
+
+def _where(loc) -> str:
+    """The request field an error points at: union branch names and message-role tags left out."""
+    parts = [str(p) for p in loc[1:]]
+    keep = [p for i, p in enumerate(parts) if not _TAG.match(p) and not (p in _ROLES and i and parts[i - 1].isdigit())]
+    return ".".join(keep) or "body"
+
+
 class ApiError(Exception):
     def __init__(self, status: int, message: str, code: str = "invalid_request_error", param: str | None = None):
         super().__init__(message)
@@ -40,13 +50,12 @@ def install(app) -> None:
         errs = e.errors()
         extra = next((x for x in errs if x.get("type") == "extra_forbidden"), None)
         if extra is not None:  # a field we do not implement: refused, never silently ignored
-            loc = [str(p) for p in extra.get("loc", ())[1:] if not _TAG.match(str(p))]
-            field = ".".join(loc) or "body"
+            field = _where(extra.get("loc", ()))
             return JSONResponse(ApiError(400, f"{field} is not implemented by heredity serve; remove it (README: "
                                          "'The lab server' lists the fields each route implements)",
                                          "unsupported_parameter", field).body(), status_code=400)
         first = errs[0] if errs else {}
-        where = ".".join(str(p) for p in first.get("loc", ())[1:] if not _TAG.match(str(p))) or "body"
+        where = _where(first.get("loc", ()))
         msg = f"{where}: {first.get('msg', 'invalid request')}"
         body = ApiError(422, msg, "invalid_request_error", where).body()
         body["detail"] = [{"loc": list(x.get("loc", ())), "msg": x.get("msg"), "type": x.get("type")} for x in errs]

@@ -265,6 +265,20 @@ def _config(req, max_new: int, chat: bool, vocab: int) -> tuple[SampleConfig, bo
     return cfg, req.seed is not None
 
 
+def _tools(req) -> list[dict] | None:
+    """The request's tools as OpenAI dicts; a strict function allows no properties beyond its schema's."""
+    if not req.tools:
+        return None
+    out = []
+    for t in req.tools:
+        f = t.function.model_dump(exclude_none=True)
+        params = f.get("parameters") or {"type": "object", "properties": {}}
+        if t.function.strict:
+            params = {**params, "additionalProperties": False}
+        out.append({"type": "function", "function": {**f, "parameters": params}})
+    return out
+
+
 def _response_grammar(fmt, host) -> str | None:
     """response_format as a grammar: json_object → any JSON object, json_schema → JSON valid against the schema."""
     from heredity.engine import constrain
@@ -317,13 +331,42 @@ async def chat_completions(req: ChatRequest, request: Request):
     if not getattr(host.view, "chat_template", None):
         raise ApiError(400, f"model {req.model} has no chat template; use POST /v1/completions with a plain prompt",
                        "no_chat_template", param="model")
-    text = render_prompt(host.view, messages, SampleConfig())
-    n_prompt = len(host.view(text, add_special_tokens=False)["input_ids"])
+    from heredity.engine import tools as tooling
+
+    tools = _tools(req)
+    if req.tool_choice is not None and req.tool_choice != "none" and not tools:
+        raise ApiError(400, "tool_choice needs tools; send the tools the model may call", "invalid_request_error",
+                       param="tool_choice")
+    active = bool(tools) and req.tool_choice != "none"
+    if active or any(m.get("tool_calls") or m["role"] == "tool" for m in messages):
+        text = tooling.render(host.view, messages, tools if active else None)
+    else:
+        text = render_prompt(host.view, messages, SampleConfig())
+    prompt_ids = host.view(text, add_special_tokens=False)["input_ids"]
+    n_prompt = len(prompt_ids)
     max_new = _budget(host, n_prompt, req.max_completion_tokens or req.max_tokens)
     cfg, seeded = _config(req, max_new, chat=True, vocab=_vocab(host))
     grammar = _response_grammar(req.response_format, host)
+    forced = active and (req.tool_choice == "required" or not isinstance(req.tool_choice, str | None))
+    if forced:
+        if grammar:
+            raise ApiError(400, "response_format and a required tool call cannot both constrain the answer; drop one",
+                           "invalid_request_error", param="response_format")
+        name = None if isinstance(req.tool_choice, str) else req.tool_choice.function.name
+        try:
+            grammar = tooling.call_grammar(tools, name=name, parallel=req.parallel_tool_calls is not False)
+        except HeredityError as e:
+            raise ApiError(400, str(e), "invalid_request_error", param="tool_choice") from None
     if grammar:
         cfg = cfg.model_copy(update={"grammar": grammar})
+
+    def answer(c) -> tuple[dict, str]:
+        """(the message, finish_reason) of one completion: tool calls parsed out when tools are on."""
+        if active:
+            content, calls = tooling.parse_calls(c.text, tools)
+            if calls:
+                return {"role": "assistant", "content": content, "tool_calls": calls}, "tool_calls"
+        return {"role": "assistant", "content": c.text}, c.finish_reason
     top = (req.top_logprobs or 0) if req.logprobs else None
     cid, created, model_name = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time()), req.model
     fingerprint = f"heredity-{host.id}"
@@ -342,12 +385,14 @@ async def chat_completions(req: ChatRequest, request: Request):
 
     if not req.stream:
         comps = None
-        async for item in _run(host, [messages], cfg, seeded, top, False):
+        async for item in _run(host, [prompt_ids], cfg, seeded, top, False):
             if item[0] == "done":
                 comps = item[1]
-        choices = [{"index": c.sample_index, "message": {"role": "assistant", "content": c.text},
-                    "logprobs": _chat_logprobs(host.view, _trim(host.view, list(zip(c.token_ids, c.logprobs, strict=False)), c.text)) if top is not None else None,
-                    "finish_reason": c.finish_reason} for c in comps]
+        choices = []
+        for c in comps:
+            msg, finish = answer(c)
+            choices.append({"index": c.sample_index, "message": msg, "finish_reason": finish,
+                            "logprobs": _chat_logprobs(host.view, _trim(host.view, list(zip(c.token_ids, c.logprobs, strict=False)), c.text)) if top is not None else None})
         saved = save(comps[0].text, comps[0].finish_reason)
         body = {"id": cid, "object": "chat.completion", "created": created, "model": model_name,
                 "system_fingerprint": fingerprint, "choices": choices, "usage": _usage(n_prompt, comps)}
@@ -358,7 +403,8 @@ async def chat_completions(req: ChatRequest, request: Request):
     include_usage = bool(req.stream_options and req.stream_options.include_usage)
 
     async def events() -> AsyncIterator[bytes]:
-        st = _Stream(host.view, req.n, cfg.stop)
+        # with tools on, text from a "<tool_call>" on is held back until the end shows whether it is a call
+        st = _Stream(host.view, req.n, cfg.stop + ([tooling.OPEN] if active else []))
         base = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": model_name,
                 "system_fingerprint": fingerprint}
 
@@ -369,7 +415,7 @@ async def chat_completions(req: ChatRequest, request: Request):
         for i in range(req.n):
             yield chunk(i, {"role": "assistant", "content": ""})
         try:
-            async for item in _run(host, [messages], cfg, seeded, top, True):
+            async for item in _run(host, [prompt_ids], cfg, seeded, top, True):
                 if item[0] == "done":
                     comps = item[1]
                     break
@@ -383,8 +429,16 @@ async def chat_completions(req: ChatRequest, request: Request):
             yield _sse({"error": e.body()["error"]})
             return
         for c in comps:
+            msg, finish = answer(c)
+            if msg.get("tool_calls"):  # OpenAI's deltas: id, type and name once, then the arguments
+                for k, call in enumerate(msg["tool_calls"]):
+                    yield chunk(c.sample_index, {"tool_calls": [{"index": k, "id": call["id"], "type": "function",
+                                                                 "function": {"name": call["function"]["name"], "arguments": ""}}]})
+                    yield chunk(c.sample_index, {"tool_calls": [{"index": k, "function": {"arguments": call["function"]["arguments"]}}]})
+                yield chunk(c.sample_index, {}, finish=finish)
+                continue
             rest = st.rest(c.sample_index, c.text)
-            yield chunk(c.sample_index, {"content": rest} if rest else {}, finish=c.finish_reason)
+            yield chunk(c.sample_index, {"content": rest} if rest else {}, finish=finish)
         try:
             saved = save(comps[0].text, comps[0].finish_reason)
         except ApiError as e:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 MAX_BODY_BYTES = 1_000_000
 MAX_MESSAGES = 64
@@ -34,19 +34,87 @@ class TextPart(BaseModel):
     text: str = Field(max_length=MAX_MESSAGE_CHARS)
 
 
-class ChatMessage(BaseModel):
+class FunctionCall(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    role: Literal["system", "developer", "user", "assistant"]
-    content: Annotated[str, Field(max_length=MAX_MESSAGE_CHARS)] | Annotated[list[TextPart], Field(max_length=32)]
-    name: str | None = Field(None, max_length=64)
+    name: str = Field(max_length=64)
+    arguments: str = Field("{}", max_length=MAX_MESSAGE_CHARS, description="a JSON object, as text")
+
+    @field_validator("arguments")
+    @classmethod
+    def _json_object(cls, v: str) -> str:
+        import json
+
+        try:
+            ok = isinstance(json.loads(v), dict)
+        except json.JSONDecodeError:
+            ok = False
+        if not ok:
+            raise ValueError("arguments must be a JSON object written as text, e.g. '{\"city\": \"Paris\"}'")
+        return v
+
+
+class ToolCall(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    id: str = Field(max_length=64)
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
+class _Message(BaseModel):
+    model_config = ConfigDict(extra="forbid")
     type: Literal["text"] | None = Field(None, description=(
         "accepted and meaningless: lm-evaluation-harness's chat client marks every message with it"))
 
     def text(self) -> str:
-        return self.content if isinstance(self.content, str) else "".join(p.text for p in self.content)
+        c = getattr(self, "content", None)
+        if c is None:
+            return ""
+        return c if isinstance(c, str) else "".join(p.text for p in c)
 
     def plain(self) -> dict:
-        return {"role": "system" if self.role == "developer" else self.role, "content": self.text()}
+        out = {"role": "system" if self.role == "developer" else self.role, "content": self.text()}
+        if getattr(self, "tool_calls", None):
+            out["tool_calls"] = [c.model_dump() for c in self.tool_calls]
+        if getattr(self, "tool_call_id", None):
+            out["tool_call_id"] = self.tool_call_id
+        return out
+
+
+Content = Annotated[str, Field(max_length=MAX_MESSAGE_CHARS)] | Annotated[list[TextPart], Field(max_length=32)]
+
+
+class SystemMessage(_Message):
+    role: Literal["system", "developer"]
+    content: Content
+    name: str | None = Field(None, max_length=64)
+
+
+class UserMessage(_Message):
+    role: Literal["user"]
+    content: Content
+    name: str | None = Field(None, max_length=64)
+
+
+class AssistantMessage(_Message):
+    role: Literal["assistant"]
+    content: Content | None = Field(None, description="may be null when the turn holds tool_calls")
+    name: str | None = Field(None, max_length=64)
+    tool_calls: list[ToolCall] | None = Field(None, max_length=16, description="the calls this turn made")
+
+    @model_validator(mode="after")
+    def _content_or_calls(self):
+        if self.content is None and not self.tool_calls:
+            raise ValueError("an assistant message needs content or tool_calls")
+        return self
+
+
+class ToolMessage(_Message):
+    role: Literal["tool"]
+    content: Content
+    tool_call_id: str = Field(max_length=64, description="the id of the call this answers")
+
+
+ChatMessage = Annotated[SystemMessage | UserMessage | AssistantMessage | ToolMessage, Field(discriminator="role")]
 
 
 class StreamOptions(BaseModel):
@@ -90,6 +158,31 @@ class SamplingFields(BaseModel):
         return v
 
 
+class FunctionDef(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
+    description: str | None = Field(None, max_length=4000)
+    parameters: dict | None = None
+    strict: bool | None = Field(None, description="true: no properties beyond the schema's (additionalProperties false)")
+
+
+class Tool(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["function"]
+    function: FunctionDef
+
+
+class NamedFunction(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(max_length=64)
+
+
+class NamedToolChoice(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["function"]
+    function: NamedFunction
+
+
 class JsonSchemaFormat(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str = Field(max_length=64, pattern=r"^[A-Za-z0-9_-]+$")
@@ -114,6 +207,10 @@ class ChatRequest(SamplingFields):
     )
     response_format: ResponseFormat | None = Field(None, description=(
         "json_object / json_schema: constrained decoding guarantees output that parses (and validates)"))
+    tools: list[Tool] | None = Field(None, max_length=64)
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = Field(None, description=(
+        "required or a named function: constrained decoding guarantees a call whose arguments validate"))
+    parallel_tool_calls: bool | None = Field(None, description="with required/named: up to four calls (default) or one")
 
 
 TokenId = Annotated[int, Field(ge=0)]
