@@ -42,6 +42,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/digits.py
 	$(BIN)/python bench/serve.py
 	$(BIN)/python bench/merge.py
+	$(BIN)/python bench/grammar.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info

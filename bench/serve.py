@@ -47,14 +47,20 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def stream_once(client: OpenAI, model: str, prompt: str, max_tokens: int, temperature: float, seed: int | None) -> dict:
+# a schema whose string field lets the answer run to max_tokens, so constrained and free answers have equal lengths
+FREE_TEXT = {"type": "json_schema", "json_schema": {"name": "answer", "schema": {
+    "type": "object", "properties": {"answer": {"type": "string"}}, "required": ["answer"], "additionalProperties": False}}}
+
+
+def stream_once(client: OpenAI, model: str, prompt: str, max_tokens: int, temperature: float, seed: int | None,
+                **extra) -> dict:
     t0 = time.perf_counter()
     first = None
     chunks = 0
     usage = None
     for c in client.chat.completions.create(model=model, messages=[{"role": "user", "content": prompt}], stream=True,
                                             max_tokens=max_tokens, temperature=temperature, seed=seed,
-                                            stream_options={"include_usage": True}):
+                                            stream_options={"include_usage": True}, **extra):
         if c.choices and c.choices[0].delta.content:
             chunks += 1
             if first is None:
@@ -67,10 +73,10 @@ def stream_once(client: OpenAI, model: str, prompt: str, max_tokens: int, temper
             "chunks": chunks}
 
 
-def local_once(model, tok, prompt: str, max_tokens: int) -> dict:
+def local_once(model, tok, prompt: str, max_tokens: int, grammar: str | None = None) -> dict:
     t0 = time.perf_counter()
     first = []
-    cfg = SampleConfig(temperature=0, max_new_tokens=max_tokens, batch_size=1)
+    cfg = SampleConfig(temperature=0, max_new_tokens=max_tokens, batch_size=1, grammar=grammar)
     c = sample(model, tok, [prompt], cfg, progress=False, on_token=lambda *a: first or first.append(time.perf_counter()))[0]
     end = time.perf_counter()
     n = c.n_tokens
@@ -93,6 +99,14 @@ def main() -> None:
     model, tok = load(aid, store)
     local_once(model, tok, PROMPTS[0], 8)  # warm-up
     local = [local_once(model, tok, PROMPTS[0], args.max_tokens) for _ in range(args.repeats)]
+    from heredity.engine import constrain
+
+    grammar = constrain.json_schema(FREE_TEXT["json_schema"]["schema"])
+    local_once(model, tok, PROMPTS[0], 8, grammar)  # warm-up (builds llguidance's tokenizer view once)
+    local_g, local_f = [], []
+    for _ in range(args.repeats):  # interleaved, so drift on a noisy machine hits both alike
+        local_f.append(local_once(model, tok, PROMPTS[1], args.max_tokens))
+        local_g.append(local_once(model, tok, PROMPTS[1], args.max_tokens, grammar))
     del model
 
     port = free_port()
@@ -116,6 +130,11 @@ def main() -> None:
         client = OpenAI(base_url=url + "/v1", api_key="none", max_retries=0, timeout=600)
         stream_once(client, aid, PROMPTS[0], 8, 0, 0)  # warm-up
         served = [stream_once(client, aid, PROMPTS[0], args.max_tokens, 0, 0) for _ in range(args.repeats)]
+        stream_once(client, aid, PROMPTS[1], 8, 0, 0, response_format=FREE_TEXT)  # warm-up
+        served_f, served_g = [], []
+        for _ in range(args.repeats):
+            served_f.append(stream_once(client, aid, PROMPTS[1], args.max_tokens, 0, 0))
+            served_g.append(stream_once(client, aid, PROMPTS[1], args.max_tokens, 0, 0, response_format=FREE_TEXT))
 
         def sequential() -> float:
             t = time.perf_counter()
@@ -169,6 +188,18 @@ def main() -> None:
     ltp, stp = med([r["tps"] for r in local]), med([r["tps"] for r in served])
     print(f"| streamed tokens/s after the first | {ltp:.1f} | {stp:.1f} | {stp / ltp:.2f}× |")
     print(f"| tokens per answer | {med([r['tokens'] for r in local]):.0f} | {med([r['tokens'] for r in served]):.0f} | |")
+    print()
+
+    def per_token_ms(runs):
+        return med([(r["total"] - r["ttft"]) / max(1, r["tokens"] - 1) * 1000 for r in runs])
+
+    print("| constrained decoding (response_format json_schema, a free string field) | free | constrained | overhead per token |")
+    print("|---|---|---|---|")
+    for label, f, g in (("in-process `engine.sample`, ms/token", local_f, local_g),
+                        ("`heredity serve` streamed, ms/token", served_f, served_g)):
+        a, b = per_token_ms(f), per_token_ms(g)
+        print(f"| {label} | {a:.1f} | {b:.1f} | {b - a:+.2f} ms ({b / a:.3f}×) |")
+    print(f"| tokens per answer (median) | {med([r['tokens'] for r in local_f]):.0f} | {med([r['tokens'] for r in local_g]):.0f} | |")
     print()
     print(f"| {args.clients} streaming clients | one after another | all at once | ratio |")
     print("|---|---|---|---|")
