@@ -59,7 +59,10 @@ def test_local_completions_against_the_server_equals_the_hf_backend(live_server,
     acc_hf, ll_hf = _run("hf", f"pretrained={ckpt},dtype=float32,device=cpu", task_dir)
     acc_api, ll_api = _run("local-completions", f"model={aid},base_url={live_server.url}/v1/completions,"
                            f"tokenizer={ckpt},tokenizer_backend=huggingface,num_concurrent=1,max_retries=1", task_dir)
+    # the same with text prompts (tokenized_requests=False): the server tokenizes them as lm-eval did, no BOS added
+    acc_txt, ll_txt = _run("local-completions", f"model={aid},base_url={live_server.url}/v1/completions,"
+                           f"tokenizer={ckpt},tokenizer_backend=huggingface,tokenized_requests=False,max_retries=1", task_dir)
     assert len(ll_hf) == len(ITEMS) and all(len(x) == 4 for x in ll_api)
-    for a, b in zip(ll_hf, ll_api, strict=True):
-        assert a == pytest.approx(b, abs=1e-4), (a, b)
-    assert acc_hf == acc_api
+    for a, b, c in zip(ll_hf, ll_api, ll_txt, strict=True):
+        assert a == pytest.approx(b, abs=1e-4) and a == pytest.approx(c, abs=1e-4), (a, b, c)
+    assert acc_hf == acc_api == acc_txt
