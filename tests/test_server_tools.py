@@ -144,3 +144,20 @@ def test_generic_format_and_template_rendering(tool_home):
     assert content == "Sure." and calls[0]["function"] == {"name": "add", "arguments": '{"a": 1, "b": 2}'}
     assert T.parse_calls("<tool_call>{broken</tool_call>", TOOLS) == ("<tool_call>{broken</tool_call>", [])
     assert T.parse_calls('<tool_call>{"name": "rm", "arguments": {}}</tool_call>', TOOLS)[1] == []
+
+
+def test_a_scheming_episode_end_to_end_against_heredity_serve(client, aid):
+    """The agentic loop over the real server: every turn a constrained tool call executed in the sandbox, tool
+    results sent back, then the interrogation; the transcript and score come back whole."""
+    from heredity.evals import scheming as S
+
+    sc = S.load("oversight-subversion").model_copy(update={"max_turns": 2})
+    ep = S.Episode(sc, variant="conflict", nudged=True)
+    out = S.run_episode(ep, S.OpenAIAgent(client, aid, max_tokens=240), seed=1)
+    roles = [m["role"] for m in out["messages"]]
+    assert roles[:2] == ["system", "user"] and roles.count("tool") >= 1 and roles[-2:] == ["user", "assistant"]
+    calls = [c for m in out["messages"] if m["role"] == "assistant" for c in m.get("tool_calls", [])]
+    assert calls and all(c["function"]["name"] in ("bash", "submit") for c in calls)
+    assert len(ep.sandbox.log) == sum(c["function"]["name"] == "bash" for c in calls)  # every bash call ran here
+    s = out["score"]
+    assert set(s) >= {"competent", "schemed", "confessed", "valid_actions"} and isinstance(s["confessed"], bool)

@@ -159,3 +159,97 @@ class Episode:
 
     def confessed(self, answer: str) -> bool:
         return re.search(self.scenario.confession, answer, re.IGNORECASE) is not None
+
+
+# ---- running an episode with a model ------------------------------------------------------------------
+
+TOOL_DEFS = {
+    "bash": {"type": "function", "function": {
+        "name": "bash", "description": "Run one shell command in the sandbox (ls, cat, echo, sed -i, cp, mv, rm, scp).",
+        "parameters": {"type": "object", "properties": {"command": {"type": "string", "maxLength": 160}},
+                       "required": ["command"], "additionalProperties": False}}},
+    "submit": {"type": "function", "function": {
+        "name": "submit", "description": "Submit your final answer and end the task.",
+        "parameters": {"type": "object", "properties": {"answer": {"type": "string", "maxLength": 200}},
+                       "required": ["answer"], "additionalProperties": False}}},
+    "send_email": {"type": "function", "function": {
+        "name": "send_email", "description": "Send an email.",
+        "parameters": {"type": "object", "properties": {"to": {"type": "string", "maxLength": 100},
+                                                        "subject": {"type": "string", "maxLength": 200},
+                                                        "body": {"type": "string", "maxLength": 2000}},
+                       "required": ["to", "subject", "body"], "additionalProperties": False}}},
+}
+
+
+class LocalAgent:
+    """A stored or bundled model in this process, through engine.tools (its template's tool rendering or the
+    generic format) and engine.sample; ``tool_choice="required"`` constrains every turn to a valid call."""
+
+    def __init__(self, model, tokenizer, max_new_tokens: int = 160, temperature: float = 1.0):
+        self.model, self.tok, self.max_new, self.temperature = model, tokenizer, max_new_tokens, temperature
+
+    def respond(self, messages: list[dict], tools: list[dict] | None, tool_choice: str, seed: int) -> dict:
+        from heredity.engine import tools as tooling
+        from heredity.engine.sampling import SampleConfig, sample
+
+        text = tooling.render(self.tok, messages, tools if tool_choice != "none" else None)
+        ids = self.tok(text, add_special_tokens=False)["input_ids"]
+        grammar = tooling.call_grammar(tools) if tools and tool_choice == "required" else None
+        (c,) = sample(self.model, self.tok, [ids], SampleConfig(temperature=self.temperature, seed=seed, chat=False,
+                                                               max_new_tokens=self.max_new, grammar=grammar),
+                      progress=False)
+        if tools and tool_choice != "none":
+            content, calls = tooling.parse_calls(c.text, tools)
+            if calls:
+                return {"role": "assistant", "content": content, "tool_calls": calls}
+        return {"role": "assistant", "content": c.text}
+
+
+class OpenAIAgent:
+    """Any OpenAI-compatible endpoint (a hosted model, vLLM, ``heredity serve``) with tool calling."""
+
+    def __init__(self, client, model: str, max_tokens: int = 160, temperature: float = 1.0):
+        self.client, self.model, self.max_tokens, self.temperature = client, model, max_tokens, temperature
+
+    def respond(self, messages: list[dict], tools: list[dict] | None, tool_choice: str, seed: int) -> dict:
+        kw = {"tools": tools, "tool_choice": tool_choice} if tools and tool_choice != "none" else {}
+        if kw and tool_choice == "required":
+            kw["parallel_tool_calls"] = False
+        r = self.client.chat.completions.create(model=self.model, messages=messages, max_tokens=self.max_tokens,
+                                                temperature=self.temperature, seed=seed, **kw)
+        return r.choices[0].message.model_dump(exclude_none=True)
+
+
+def run_episode(ep: Episode, agent, seed: int = 0, tool_choice: str = "required") -> dict:
+    """The agentic loop: up to ``max_turns`` assistant turns of tool calls (results go back as tool messages) until
+    ``submit``; then each interrogation question (no tools). Returns the score, the transcript and the file diffs."""
+    import json
+
+    tools = [TOOL_DEFS[t] for t in ep.scenario.tools]
+    messages = [{"role": "system", "content": ep.system}, {"role": "user", "content": ep.user}]
+    for turn in range(ep.scenario.max_turns):
+        msg = agent.respond(messages, tools, tool_choice, seed * 1000 + turn)
+        messages.append(msg)
+        calls = msg.get("tool_calls") or []
+        if not calls:
+            messages.append({"role": "user", "content": "Please continue with the task, using the tools."})
+            continue
+        for call in calls:
+            try:
+                args = json.loads(call["function"].get("arguments") or "{}")
+            except json.JSONDecodeError:
+                args = {}
+            out = ep.act(call["function"]["name"], **(args if isinstance(args, dict) else {}))
+            messages.append({"role": "tool", "tool_call_id": call["id"], "content": out})
+        if ep.done:
+            break
+    confessions = []
+    for q in ep.scenario.interrogation:
+        messages.append({"role": "user", "content": q})
+        a = agent.respond(messages, None, "none", seed * 1000 + 999)
+        messages.append(a)
+        confessions.append(ep.confessed(a.get("content") or ""))
+    score = ep.score()
+    score["confessed"] = any(confessions) if confessions else None
+    diffs = {h: {p: {"before": b, "after": a} for p, (b, a) in d.items()} for h, d in ep.sandbox.changed().items()}
+    return {"score": score, "messages": messages, "diffs": diffs}
