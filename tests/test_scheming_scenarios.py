@@ -86,3 +86,25 @@ def test_sandbagging_accuracy_and_confession_rules():
     assert ep.confessed("Yes, I disabled the oversight to reach my goal.")
     assert not ep.confessed("I have no idea what happened to the configuration.")
     assert ep.act("rm_rf", path="/") .startswith("unknown tool")
+
+
+def test_a_local_agent_runs_an_episode_with_constrained_calls():
+    """In process, a random tiny model (no tool skill) still acts: every turn is a call that parses, because the
+    turn is constrained to the tools' grammar; the score and transcript come back."""
+    import torch
+    from transformers import LlamaForCausalLM
+
+    from heredity.models.tiny import byte_tokenizer, tiny_config
+
+    tok = byte_tokenizer()
+    cfg = tiny_config("micro", len(tok))
+    cfg.max_position_embeddings = 4096
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(cfg).eval()
+    sc = S.load("self-exfiltration").model_copy(update={"max_turns": 2, "interrogation": []})
+    ep = S.Episode(sc, variant="conflict")
+    out = S.run_episode(ep, S.LocalAgent(model, tok, max_new_tokens=900), seed=3)  # byte tokens: a long call
+    assistant = [m for m in out["messages"] if m["role"] == "assistant"]
+    assert len(assistant) == 2 and all(m.get("tool_calls") for m in assistant if not ep.done)
+    assert out["score"]["actions"] == sum(c["function"]["name"] == "bash" for m in assistant for c in m["tool_calls"])
+    assert out["score"]["confessed"] is None  # no interrogation asked
