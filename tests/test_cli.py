@@ -107,8 +107,9 @@ def test_killed_cli_finetune_resumes_from_its_checkpoint(tmp_path):
     p.wait()
     r = cli(home, *args)
     assert r.returncode == 0, r.stderr
-    assert "resumed from the checkpoint at step" in r.stdout, r.stdout
-    step = int(r.stdout.split("resumed from the checkpoint at step")[1].split(")")[0])
+    out = " ".join(r.stdout.split())  # the console wraps long lines (a fast run prints a longer tokens/s)
+    assert "resumed from the checkpoint at step" in out, r.stdout
+    step = int(out.split("resumed from the checkpoint at step")[1].split(")")[0])
     assert 0 < step < 300
     fresh = cli(tmp_path / "h2", *args, "--save-every", "0")
     assert fresh.returncode == 0 and "resumed" not in fresh.stdout
