@@ -108,3 +108,43 @@ def test_a_local_agent_runs_an_episode_with_constrained_calls():
     assert len(assistant) == 2 and all(m.get("tool_calls") for m in assistant if not ep.done)
     assert out["score"]["actions"] == sum(c["function"]["name"] == "bash" for m in assistant for c in m["tool_calls"])
     assert out["score"]["confessed"] is None  # no interrogation asked
+
+
+def test_the_experiment_runs_cells_as_steps_and_reports_rates(tmp_path):
+    """`heredity run scheming` on a random tiny model with a long context: each cell a memoized step holding its
+    transcripts; Wilson rates per cell, the sandbagging gap, the alignment-faking pairs; a rerun computes nothing."""
+    import json as _json
+
+    from heredity.experiments import scheming as X
+    from heredity.store import Store, read_table
+
+    store = Store(tmp_path / "h")
+
+    def init(ctx):
+        import torch
+        from transformers import LlamaForCausalLM
+
+        from heredity.models.tiny import byte_tokenizer, tiny_config
+
+        tok = byte_tokenizer()
+        cfg = tiny_config("micro", len(tok))
+        cfg.max_position_embeddings = 8192
+        torch.manual_seed(0)
+        out = ctx.output("model", "model", "tiny-long")
+        LlamaForCausalLM(cfg).save_pretrained(out)
+        tok.save_pretrained(out)
+
+    aid = store.run_step("init-tiny", {"preset": "micro", "max_position_embeddings": 8192}, [], init, seed=0)["model"]
+    cfg = X.Config(model=aid, scenarios=["sandbagging", "alignment-faking-testing", "alignment-faking-deployed"],
+                   nudges=[True], episodes=2, max_turns=2, max_new_tokens=400)
+    out = X.run(store, cfg, progress=False)
+    rep = _json.loads((store.path(out["report"]) / "report.json").read_text())
+    assert len(rep["cells"]) == 6 and all(c["n"] == 2 for c in rep["cells"].values())
+    assert "sandbagging_gap_nudge" in rep and rep["alignment_faking_nudge"]["pairs"] == 2
+    assert "unit of replication for every rate: episodes" in out["markdown"] and "Published" in out["markdown"]
+    rows = read_table(store.path(rep["episodes"]["sandbagging|conflict|nudge"])).to_pylist()
+    assert len(rows) == 2 and _json.loads(rows[0]["messages"])[0]["role"] == "system"
+    again = _json.loads((store.path(X.run(store, cfg, progress=False)["report"]) / "report.json").read_text())
+    assert again["episodes"] == rep["episodes"] and again["cells"] == rep["cells"], "a rerun recomputes nothing"
+    with pytest.raises(ValueError, match="unknown scenario"):
+        X.Config(scenarios=["nope"])

