@@ -43,6 +43,17 @@ def logprobs(
     return [[lp for lp, _ in scored[i][len(pi) - 1 :]] if ci else [] for i, (pi, ci) in enumerate(pairs)]
 
 
+def right_padded(seqs: Sequence[Sequence[int]], pad: int, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(input_ids, attention_mask) for token sequences, right-padded with ``pad`` to the longest."""
+    L = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), L), pad, dtype=torch.long)
+    att = torch.zeros((len(seqs), L), dtype=torch.long)
+    for r, seq in enumerate(seqs):
+        ids[r, : len(seq)] = torch.tensor(list(seq), dtype=torch.long)
+        att[r, : len(seq)] = 1
+    return (ids, att) if device is None else (ids.to(device), att.to(device))
+
+
 @torch.inference_mode()
 def token_logprobs(model, sequences: Sequence[Sequence[int]], pad: int, *, top_k: int | None = None,
                    batch_size: int = 16, progress: bool = False) -> list[list[tuple[float, list[tuple[int, float]]]]]:
@@ -54,13 +65,7 @@ def token_logprobs(model, sequences: Sequence[Sequence[int]], pad: int, *, top_k
     out: dict[int, list] = {}
     for s in tqdm(range(0, len(order), batch_size), disable=not progress, desc="logprobs"):
         idx = order[s : s + batch_size]
-        L = max(len(sequences[i]) for i in idx)
-        ids = torch.full((len(idx), L), pad, dtype=torch.long)
-        att = torch.zeros((len(idx), L), dtype=torch.long)
-        for r, i in enumerate(idx):
-            seq = list(sequences[i])
-            ids[r, : len(seq)] = torch.tensor(seq, dtype=torch.long)
-            att[r, : len(seq)] = 1
+        ids, att = right_padded([sequences[i] for i in idx], pad)
         logits = model(input_ids=ids.to(device), attention_mask=att.to(device)).logits.float()
         lp = torch.log_softmax(logits, dim=-1)
         for r, i in enumerate(idx):

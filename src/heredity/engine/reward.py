@@ -83,13 +83,9 @@ def encode(tokenizer, prompt, response: str, max_length: int) -> list[int]:
 
 def scores_of(rm, seqs: list[list[int]], pad_id: int, device) -> torch.Tensor:
     """Rewards of token sequences: the head on the last real token's hidden state (right padding)."""
-    L = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), L), pad_id, dtype=torch.long)
-    att = torch.zeros((len(seqs), L), dtype=torch.long)
-    for i, s in enumerate(seqs):
-        ids[i, : len(s)] = torch.tensor(s)
-        att[i, : len(s)] = 1
-    ids, att = ids.to(device), att.to(device)
+    from heredity.engine.logprobs import right_padded
+
+    ids, att = right_padded(seqs, pad_id, device)
     h = rm.base_model(input_ids=ids, attention_mask=att).last_hidden_state
     last = att.sum(1) - 1
     return rm.score(h[torch.arange(len(seqs), device=device), last]).squeeze(-1).float()

@@ -119,7 +119,8 @@ def answer_probs(model, tokenizer, animals: list[str], questions: list[str], *, 
 
     Names that are one token are read from one forward pass per question (all animals at once); longer names
     are scored by ``logprobs`` (the product over their tokens). Same numbers either way."""
-    from heredity.engine.sampling import SampleConfig, pad_id, render_prompt
+    from heredity.engine.logprobs import right_padded
+    from heredity.engine.sampling import encode_prompt, pad_id
 
     variants = {a: [a.capitalize(), a.lower()] for a in animals}
     ids = {v: tokenizer(v, add_special_tokens=False)["input_ids"] for vs in variants.values() for v in vs}
@@ -127,16 +128,12 @@ def answer_probs(model, tokenizer, animals: list[str], questions: list[str], *, 
     out = {a: [0.0] * len(questions) for a in animals}
     if single:
         cfg = SampleConfig(system_prompt=system_prompt)
-        enc = [tokenizer(render_prompt(tokenizer, q, cfg), add_special_tokens=False)["input_ids"] for q in questions]
+        enc = [encode_prompt(tokenizer, q, cfg) for q in questions]
         device, pad = next(model.parameters()).device, pad_id(tokenizer, model)
         for s in range(0, len(enc), batch_size):
             chunk = enc[s : s + batch_size]
-            L = max(map(len, chunk))
-            x = torch.full((len(chunk), L), pad, dtype=torch.long)
-            att = torch.zeros((len(chunk), L), dtype=torch.long)
-            for r, e in enumerate(chunk):
-                x[r, : len(e)], att[r, : len(e)] = torch.tensor(e), 1
-            logits = model(input_ids=x.to(device), attention_mask=att.to(device)).logits.float()
+            x, att = right_padded(chunk, pad, device)
+            logits = model(input_ids=x, attention_mask=att).logits.float()
             last = torch.tensor([len(e) - 1 for e in chunk], device=logits.device)
             probs = torch.softmax(logits[torch.arange(len(chunk), device=logits.device), last], dim=-1).cpu()
             for a in animals:

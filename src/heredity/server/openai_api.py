@@ -36,11 +36,14 @@ from heredity.store.conversations import ConflictError, continues
 router = APIRouter(prefix="/v1", tags=["openai"])
 
 
+def _model_object(m: dict) -> dict:
+    return {"id": m["id"], "object": "model", "created": m["created"], "owned_by": "heredity", "kind": m["kind"],
+            "name": m["name"]}
+
+
 @router.get("/models")
 def list_models(request: Request) -> dict:
-    pool = request.app.state.pool
-    return {"object": "list", "data": [{"id": m["id"], "object": "model", "created": m["created"], "owned_by": "heredity",
-                                        "kind": m["kind"], "name": m["name"]} for m in pool.listing()]}
+    return {"object": "list", "data": [_model_object(m) for m in request.app.state.pool.listing()]}
 
 
 @router.get("/models/{model_id:path}")
@@ -48,12 +51,29 @@ def get_model(model_id: str, request: Request) -> dict:
     from heredity.engine.retrieval import BUNDLED as EMBEDDER
 
     if model_id == EMBEDDER:
-        return {"id": EMBEDDER, "object": "model", "created": 0, "owned_by": "heredity", "kind": "embedding", "name": EMBEDDER}
+        return _model_object({"id": EMBEDDER, "created": 0, "kind": "embedding", "name": EMBEDDER})
     for m in request.app.state.pool.listing():
         if model_id in (m["id"], m["name"]):
-            return {"id": m["id"], "object": "model", "created": m["created"], "owned_by": "heredity", "kind": m["kind"],
-                    "name": m["name"]}
+            return _model_object(m)
     raise ApiError(404, f"no model {model_id!r}; GET /v1/models lists them", "model_not_found", param="model")
+
+
+def _inputs(raw) -> list:
+    """A request's prompt / input as a list: one text or one token-id list becomes a list of one."""
+    from heredity.engine.sampling import is_token_ids
+
+    return [raw] if isinstance(raw, str) or is_token_ids(raw) else list(raw)
+
+
+def _token_ids(host, inputs: list, param: str) -> list[list[int]]:
+    """Each input's token ids (texts tokenized without special tokens, ids used as given); 400 naming ``param``
+    for an id outside the model's vocabulary."""
+    vocab = _vocab(host)
+    bad = next((t for x in inputs if not isinstance(x, str) for t in x if t >= vocab), None)
+    if bad is not None:
+        raise ApiError(400, f"token id {bad} is outside the model's vocabulary (0..{vocab - 1})", "invalid_request_error",
+                       param=param)
+    return [x if not isinstance(x, str) else host.view(x, add_special_tokens=False)["input_ids"] for x in inputs]
 
 
 _EMBED_LOCK = threading.Lock()
@@ -74,18 +94,15 @@ def _embed_lm(model, ids: list[list[int]], pad: int):
     """A causal LM's sentence embedding: the last hidden state, mean-pooled over each input's tokens, L2-normalized."""
     import torch
 
+    from heredity.engine.logprobs import right_padded
+
     device = next(model.parameters()).device
     out = []
     with torch.inference_mode():
         for i in range(0, len(ids), 16):
-            chunk = ids[i : i + 16]
-            L = max(map(len, chunk))
-            x = torch.full((len(chunk), L), pad, dtype=torch.long)
-            att = torch.zeros((len(chunk), L), dtype=torch.long)
-            for r, e in enumerate(chunk):
-                x[r, : len(e)], att[r, : len(e)] = torch.tensor(e), 1
-            h = model(input_ids=x.to(device), attention_mask=att.to(device), output_hidden_states=True).hidden_states[-1]
-            m = att.to(h.device).unsqueeze(-1).to(h.dtype)
+            x, att = right_padded(ids[i : i + 16], pad, device)
+            h = model(input_ids=x, attention_mask=att, output_hidden_states=True).hidden_states[-1]
+            m = att.unsqueeze(-1).to(h.dtype)
             v = (h * m).sum(1) / m.sum(1)
             out.append(torch.nn.functional.normalize(v.float(), dim=-1).cpu())
     return torch.cat(out).numpy()
@@ -98,10 +115,9 @@ async def embeddings(req: EmbeddingRequest, request: Request) -> dict:
     import numpy as np
 
     from heredity.engine.retrieval import BUNDLED as EMBEDDER
-    from heredity.engine.sampling import is_token_ids, pad_id
+    from heredity.engine.sampling import pad_id
 
-    raw = req.input
-    inputs = [raw] if isinstance(raw, str) or is_token_ids(raw) else list(raw)
+    inputs = _inputs(req.input)
     if any(x == "" for x in inputs):
         raise ApiError(400, "an input must not be empty", "invalid_request_error", param="input")
     if req.model == EMBEDDER:
@@ -112,11 +128,9 @@ async def embeddings(req: EmbeddingRequest, request: Request) -> dict:
         name = EMBEDDER
     else:
         host = await host_for(request, req.model)
-        vocab = _vocab(host)
-        ids = [x if not isinstance(x, str) else host.view(x, add_special_tokens=False)["input_ids"] for x in inputs]
-        if min(map(len, ids)) == 0 or any(t >= vocab for e in ids for t in e):
-            raise ApiError(400, f"an input encodes to no tokens or holds a token id outside 0..{vocab - 1}",
-                           "invalid_request_error", param="input")
+        ids = _token_ids(host, inputs, "input")
+        if min(map(len, ids)) == 0:
+            raise ApiError(400, "an input encodes to no tokens", "invalid_request_error", param="input")
         pad = pad_id(host.view, host.model)
         vecs = await asyncio.wrap_future(host.call(lambda m, t: _embed_lm(m, ids, pad)))
         n_tokens, name = sum(map(len, ids)), req.model
@@ -472,31 +486,25 @@ def _echo_logprobs(tok, ids: list[int], scored: list, gen: list, offset0: int = 
 @router.post("/completions", response_model=None)
 async def completions(req: CompletionRequest, request: Request):
     from heredity.engine.logprobs import token_logprobs
-    from heredity.engine.sampling import is_token_ids, pad_id
+    from heredity.engine.sampling import pad_id
 
     if req.suffix:
         raise ApiError(400, "suffix (insertion) is not implemented by heredity serve; remove it", "unsupported_parameter",
                        param="suffix")
-    raw = req.prompt
-    prompts = [raw] if isinstance(raw, str) or is_token_ids(raw) else list(raw)
+    prompts = _inputs(req.prompt)
     if sum(len(p) for p in prompts if isinstance(p, str)) > MAX_TOTAL_CHARS:
         raise ApiError(413, f"the prompts hold more than {MAX_TOTAL_CHARS} characters in all; send less",
                        "request_too_large", param="prompt")
     if any(p == "" for p in prompts):
         raise ApiError(422, "a prompt must not be empty", "invalid_request_error", param="prompt")
     host = await host_for(request, req.model)
-    vocab = _vocab(host)
-    bad = next((t for p in prompts if not isinstance(p, str) for t in p if t >= vocab), None)
-    if bad is not None:
-        raise ApiError(400, f"token id {bad} is outside the model's vocabulary (0..{vocab - 1})", "invalid_request_error",
-                       param="prompt")
-    ids = [p if not isinstance(p, str) else host.view(p, add_special_tokens=False)["input_ids"] for p in prompts]
+    ids = _token_ids(host, prompts, "prompt")
     if min(map(len, ids)) == 0:
         raise ApiError(422, "a prompt encodes to no tokens", "invalid_request_error", param="prompt")
     texts = [p if isinstance(p, str) else host.view.decode(p, skip_special_tokens=False) for p in prompts]
     asked = 16 if req.max_tokens is None else req.max_tokens
     max_new = _budget(host, max(map(len, ids)), asked) if asked else 0
-    cfg, seeded = _config(req, max(max_new, 1), chat=False, vocab=vocab)
+    cfg, seeded = _config(req, max(max_new, 1), chat=False, vocab=_vocab(host))
     top = req.logprobs
     cid, created = f"cmpl-{uuid.uuid4().hex[:24]}", int(time.time())
     n_prompt = sum(map(len, ids))
