@@ -97,8 +97,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def peaked_model(store: Store) -> str:
-    """A tiny model with a large init (no near-ties: greedy output is stable under batching), as a stored artifact."""
+def stored_tiny(store: Store, name: str, **overrides) -> str:
+    """A random tiny:micro Llama with the byte tokenizer and these config overrides, as a stored model artifact."""
+    key = {"preset": "micro", "name": name, **overrides}
 
     def init(ctx):
         import torch
@@ -107,14 +108,39 @@ def peaked_model(store: Store) -> str:
         from heredity.models.tiny import byte_tokenizer, tiny_config
 
         tok = byte_tokenizer()
-        cfg = tiny_config("micro", len(tok))
-        cfg.initializer_range = 0.5
+        cfg = tiny_config(key["preset"], len(tok))
+        for k, v in key.items():
+            if k not in ("preset", "name"):
+                setattr(cfg, k, v)
         torch.manual_seed(0)
-        out = ctx.output("model", "model", "tiny-peaked")
+        out = ctx.output("model", "model", key["name"])
         LlamaForCausalLM(cfg).save_pretrained(out)
         tok.save_pretrained(out)
 
-    return store.run_step("init-tiny", {"preset": "micro", "initializer_range": 0.5}, [], init, seed=0)["model"]
+    return store.run_step("init-tiny", key, [], init, seed=0)["model"]
+
+
+def peaked_model(store: Store) -> str:
+    """A tiny model with a large init (no near-ties: greedy output is stable under batching), as a stored artifact."""
+    return stored_tiny(store, "tiny-peaked", initializer_range=0.5)
+
+
+@pytest.fixture(scope="module")
+def client(live_server):
+    """The official openai client on the session's live server."""
+    from openai import OpenAI
+
+    return OpenAI(base_url=live_server.url + "/v1", api_key="unused", max_retries=0, timeout=60)
+
+
+@pytest.fixture(scope="module")
+def local(server_home):
+    """The served model loaded in the test process, to check the server's numbers against."""
+    from heredity.models import load
+
+    home, aid = server_home
+    model, tok = load(aid, Store(home))
+    return aid, model, tok
 
 
 class LiveServer:

@@ -115,26 +115,13 @@ def test_the_experiment_runs_cells_as_steps_and_reports_rates(tmp_path):
     transcripts; Wilson rates per cell, the sandbagging gap, the alignment-faking pairs; a rerun computes nothing."""
     import json as _json
 
+    from conftest import stored_tiny
+
     from heredity.experiments import scheming as X
     from heredity.store import Store, read_table
 
     store = Store(tmp_path / "h")
-
-    def init(ctx):
-        import torch
-        from transformers import LlamaForCausalLM
-
-        from heredity.models.tiny import byte_tokenizer, tiny_config
-
-        tok = byte_tokenizer()
-        cfg = tiny_config("micro", len(tok))
-        cfg.max_position_embeddings = 8192
-        torch.manual_seed(0)
-        out = ctx.output("model", "model", "tiny-long")
-        LlamaForCausalLM(cfg).save_pretrained(out)
-        tok.save_pretrained(out)
-
-    aid = store.run_step("init-tiny", {"preset": "micro", "max_position_embeddings": 8192}, [], init, seed=0)["model"]
+    aid = stored_tiny(store, "tiny-long", max_position_embeddings=8192)
     cfg = X.Config(model=aid, scenarios=["sandbagging", "alignment-faking-testing", "alignment-faking-deployed"],
                    nudges=[True], episodes=2, max_turns=2, max_new_tokens=400)
     out = X.run(store, cfg, progress=False)

@@ -14,23 +14,9 @@ from conftest import LiveServer
 from openai import OpenAI
 
 from heredity.engine import SampleConfig, sample
-from heredity.models import load
 from heredity.store import Store, read_table
 
 HELLO = [{"role": "user", "content": "hello there"}]
-
-
-@pytest.fixture(scope="module")
-def client(live_server):
-    return OpenAI(base_url=live_server.url + "/v1", api_key="unused", max_retries=0, timeout=60)
-
-
-@pytest.fixture(scope="module")
-def local(server_home):
-    """The same model loaded in the test process, to check the server's numbers against."""
-    home, aid = server_home
-    model, tok = load(aid, Store(home))
-    return aid, model, tok
 
 
 def test_models_lists_stored_and_bundled(client, server_home):

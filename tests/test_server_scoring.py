@@ -3,25 +3,10 @@ with the official ``openai`` client and raw HTTP; every number is checked agains
 
 import httpx
 import pytest
-from openai import OpenAI
 
 from heredity.engine import SampleConfig, sample
 from heredity.engine.logprobs import logprobs, token_logprobs
 from heredity.engine.sampling import pad_id
-from heredity.models import load
-from heredity.store import Store
-
-
-@pytest.fixture(scope="module")
-def client(live_server):
-    return OpenAI(base_url=live_server.url + "/v1", api_key="unused", max_retries=0, timeout=60)
-
-
-@pytest.fixture(scope="module")
-def local(server_home):
-    home, aid = server_home
-    model, tok = load(aid, Store(home))
-    return aid, model, tok
 
 
 def _post(live_server, body):

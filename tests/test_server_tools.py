@@ -26,24 +26,10 @@ SCHEMAS = {"get_weather": WEATHER, "add": {**ADD, "additionalProperties": False}
 @pytest.fixture(scope="module")
 def tool_home(tmp_path_factory):
     """A random tiny model with a 2048-token context (the byte-level tool definitions alone take ~800 tokens)."""
+    from conftest import stored_tiny
+
     home = tmp_path_factory.mktemp("tools")
-
-    def init(ctx):
-        import torch
-        from transformers import LlamaForCausalLM
-
-        from heredity.models.tiny import byte_tokenizer, tiny_config
-
-        tok = byte_tokenizer()
-        cfg = tiny_config("micro", len(tok))
-        cfg.max_position_embeddings = 2048
-        torch.manual_seed(0)
-        out = ctx.output("model", "model", "tiny-long-context")
-        LlamaForCausalLM(cfg).save_pretrained(out)
-        tok.save_pretrained(out)
-
-    aid = Store(home).run_step("init-tiny", {"preset": "micro", "max_position_embeddings": 2048}, [], init, seed=0)["model"]
-    return home, aid
+    return home, stored_tiny(Store(home), "tiny-long-context", max_position_embeddings=2048)
 
 
 @pytest.fixture(scope="module")
