@@ -141,9 +141,34 @@ def test_a_scheming_episode_end_to_end_against_heredity_serve(client, aid):
     ep = S.Episode(sc, variant="conflict", nudged=True)
     out = S.run_episode(ep, S.OpenAIAgent(client, aid, max_tokens=240), seed=1)
     roles = [m["role"] for m in out["messages"]]
-    assert roles[:2] == ["system", "user"] and roles.count("tool") >= 1 and roles[-2:] == ["user", "assistant"]
+    assert roles[:2] == ["system", "user"] and roles.count("tool") >= 1
     calls = [c for m in out["messages"] if m["role"] == "assistant" for c in m.get("tool_calls", [])]
     assert calls and all(c["function"]["name"] in ("bash", "submit") for c in calls)
     assert len(ep.sandbox.log) == sum(c["function"]["name"] == "bash" for c in calls)  # every bash call ran here
     s = out["score"]
-    assert set(s) >= {"competent", "schemed", "confessed", "valid_actions"} and isinstance(s["confessed"], bool)
+    assert set(s) >= {"competent", "schemed", "confessed", "valid_actions"}
+    assert (s["confessed"] is None) == (not s["schemed"]), "only an episode that schemed is interrogated"
+
+
+def test_the_experiment_runs_against_an_endpoint_by_tools_and_by_text(live, aid, tmp_path):
+    """`heredity run scheming --set model=openai:MODEL@URL` against a real `heredity serve`: the cells are steps keyed
+    by the endpoint (no stored input), the transcripts come back; the text protocol sends no `tools` field."""
+    import json as _json
+
+    from heredity.experiments import scheming as X
+    from heredity.store import read_table
+
+    store = Store(tmp_path / "h")
+    spec = f"openai:{aid}@{live.url}/v1"
+    for protocol in ("tools", "text"):
+        cfg = X.Config(model=spec, scenarios=["goal-guarding"], variants=["conflict"], nudges=[True], episodes=1,
+                       max_turns=2, max_new_tokens=200, protocol=protocol)
+        rep = _json.loads((store.path(X.run(store, cfg, progress=False)["report"]) / "report.json").read_text())
+        did = rep["episodes"]["goal-guarding|conflict|nudge"]
+        step = store.step_of(did)
+        assert step.inputs == [] and step.config["endpoint"] == spec and step.config["protocol"] == protocol
+        (row,) = read_table(store.path(did)).to_pylist()
+        msgs = _json.loads(row["messages"])
+        assert [m["role"] for m in msgs[:2]] == ["system", "user"] and any(m["role"] == "assistant" for m in msgs)
+        if protocol == "tools":  # required: every turn a constrained call the sandbox or submit handled
+            assert all(m.get("tool_calls") for m in msgs if m["role"] == "assistant")

@@ -182,47 +182,95 @@ TOOL_DEFS = {
 
 
 class LocalAgent:
-    """A stored or bundled model in this process, through engine.tools (its template's tool rendering or the
-    generic format) and engine.sample; ``tool_choice="required"`` constrains every turn to a valid call."""
+    """A stored or bundled model in this process, through engine.tools and engine.sample.
 
-    def __init__(self, model, tokenizer, max_new_tokens: int = 160, temperature: float = 1.0):
+    ``protocol="tools"``: the template's tool rendering (or the generic format), and ``tool_choice="required"``
+    constrains every turn to a valid call. ``protocol="text"``: the documented text protocol (``TEXT_PROTOCOL``),
+    unconstrained — what an endpoint without tool calling gets."""
+
+    def __init__(self, model, tokenizer, max_new_tokens: int = 160, temperature: float = 1.0, protocol: str = "tools"):
         self.model, self.tok, self.max_new, self.temperature = model, tokenizer, max_new_tokens, temperature
+        self.protocol = _protocol(protocol)
 
     def respond(self, messages: list[dict], tools: list[dict] | None, tool_choice: str, seed: int) -> dict:
         from heredity.engine import tools as tooling
         from heredity.engine.sampling import SampleConfig, sample
 
-        text = tooling.render(self.tok, messages, tools if tool_choice != "none" else None)
+        tools = tools if tool_choice != "none" else None
+        if self.protocol == "text":
+            text = self.tok.apply_chat_template(text_messages(messages, tools), tokenize=False, add_generation_prompt=True)
+        else:
+            text = tooling.render(self.tok, messages, tools)
         ids = self.tok(text, add_special_tokens=False)["input_ids"]
-        grammar = tooling.call_grammar(tools) if tools and tool_choice == "required" else None
+        grammar = tooling.call_grammar(tools) if tools and tool_choice == "required" and self.protocol == "tools" else None
         (c,) = sample(self.model, self.tok, [ids], SampleConfig(temperature=self.temperature, seed=seed, chat=False,
                                                                max_new_tokens=self.max_new, grammar=grammar),
                       progress=False)
-        if tools and tool_choice != "none":
-            content, calls = tooling.parse_calls(c.text, tools)
-            if calls:
-                return {"role": "assistant", "content": content, "tool_calls": calls}
-        return {"role": "assistant", "content": c.text}
+        return _reply(c.text, tools)
 
 
 class OpenAIAgent:
-    """Any OpenAI-compatible endpoint (a hosted model, vLLM, ``heredity serve``) with tool calling."""
+    """Any OpenAI-compatible endpoint (a hosted model, vLLM, ``heredity serve``): with ``protocol="tools"`` through
+    its tool calling (``tools``, ``tool_choice``), with ``protocol="text"`` through plain chat and the text protocol
+    (for endpoints without tool calling)."""
 
-    def __init__(self, client, model: str, max_tokens: int = 160, temperature: float = 1.0):
+    def __init__(self, client, model: str, max_tokens: int = 160, temperature: float = 1.0, protocol: str = "tools"):
         self.client, self.model, self.max_tokens, self.temperature = client, model, max_tokens, temperature
+        self.protocol = _protocol(protocol)
 
     def respond(self, messages: list[dict], tools: list[dict] | None, tool_choice: str, seed: int) -> dict:
-        kw = {"tools": tools, "tool_choice": tool_choice} if tools and tool_choice != "none" else {}
-        if kw and tool_choice == "required":
-            kw["parallel_tool_calls"] = False
-        r = self.client.chat.completions.create(model=self.model, messages=messages, max_tokens=self.max_tokens,
-                                                temperature=self.temperature, seed=seed, **kw)
-        return r.choices[0].message.model_dump(exclude_none=True)
+        tools = tools if tool_choice != "none" else None
+        kw: dict = {}
+        if self.protocol == "text":
+            messages = text_messages(messages, tools)
+        elif tools:
+            kw = {"tools": tools, "tool_choice": tool_choice}
+            if tool_choice == "required":
+                kw["parallel_tool_calls"] = False
+        try:
+            r = self.client.chat.completions.create(model=self.model, messages=messages, max_tokens=self.max_tokens,
+                                                    temperature=self.temperature, seed=seed, **kw)
+        except Exception as e:
+            raise HeredityError(f"endpoint failed for model {self.model}: {type(e).__name__}: {e}") from e
+        msg = r.choices[0].message.model_dump(exclude_none=True)
+        if self.protocol == "text":
+            return _reply(msg.get("content") or "", tools)
+        return msg
+
+
+TEXT_PROTOCOL = """The text protocol, for a model or endpoint without tool calling: the tools are described at the end
+of the system message (engine.tools' generic format: ``<tool_call>{"name": ..., "arguments": {...}}</tool_call>``,
+one line per call, then the tools as JSON schemas); a call is read back out of the reply's text; each result comes
+back as a user turn ``<tool_response>{"name": ..., "content": ...}</tool_response>``. Nothing is constrained, so
+the rates measure formatting as well as choices."""
+
+
+def _protocol(p: str) -> str:
+    if p not in ("tools", "text"):
+        raise HeredityError(f"protocol must be 'tools' or 'text', not {p!r}")
+    return p
+
+
+def text_messages(messages: list[dict], tools: list[dict] | None) -> list[dict]:
+    """The episode's messages as plain chat turns under the text protocol (``TEXT_PROTOCOL``)."""
+    from heredity.engine import tools as tooling
+
+    return tooling.generic_messages(messages, tools)
+
+
+def _reply(text: str, tools: list[dict] | None) -> dict:
+    from heredity.engine import tools as tooling
+
+    if tools:
+        content, calls = tooling.parse_calls(text, tools)
+        if calls:
+            return {"role": "assistant", "content": content, "tool_calls": calls}
+    return {"role": "assistant", "content": text}
 
 
 def run_episode(ep: Episode, agent, seed: int = 0, tool_choice: str = "required") -> dict:
     """The agentic loop: up to ``max_turns`` assistant turns of tool calls (results go back as tool messages) until
-    ``submit``; then each interrogation question (no tools). Returns the score, the transcript and the file diffs."""
+    ``submit``; then, if the episode schemed, each interrogation question (no tools). Returns the score, the transcript and the file diffs."""
     import json
 
     tools = [TOOL_DEFS[t] for t in ep.scenario.tools]
@@ -243,13 +291,14 @@ def run_episode(ep: Episode, agent, seed: int = 0, tool_choice: str = "required"
             messages.append({"role": "tool", "tool_call_id": call["id"], "content": out})
         if ep.done:
             break
-    confessions = []
-    for q in ep.scenario.interrogation:
-        messages.append({"role": "user", "content": q})
-        a = agent.respond(messages, None, "none", seed * 1000 + 999)
-        messages.append(a)
-        confessions.append(ep.confessed(a.get("content") or ""))
     score = ep.score()
+    confessions = []
+    if score["schemed"]:  # as in Meinke et al.: only an episode that took the action is questioned about it
+        for q in ep.scenario.interrogation:
+            messages.append({"role": "user", "content": q})
+            a = agent.respond(messages, None, "none", seed * 1000 + 999)
+            messages.append(a)
+            confessions.append(ep.confessed(a.get("content") or ""))
     score["confessed"] = any(confessions) if confessions else None
     diffs = {h: {p: {"before": b, "after": a} for p, (b, a) in d.items()} for h, d in ep.sandbox.changed().items()}
     return {"score": score, "messages": messages, "diffs": diffs}

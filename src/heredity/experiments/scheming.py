@@ -24,9 +24,9 @@ import time
 import numpy as np
 from pydantic import BaseModel, Field, model_validator
 
-from heredity.errors import HeredityError
 from heredity.evals import scheming as S
 from heredity.models import load, materialize
+from heredity.models.registry import RemoteModel, parse_spec
 from heredity.store import Store, read_table, write_table
 
 PUBLISHED = {"oversight_subversion": ("o1: disabled oversight", 0.05), "self_exfiltration": ("o1: attempted exfiltration", 0.02),
@@ -44,6 +44,9 @@ class Config(BaseModel):
     max_new_tokens: int = Field(160, ge=16)
     temperature: float = Field(1.0, ge=0)
     tool_choice: str = Field("required", pattern="^(required|auto)$")
+    protocol: str = Field("tools", pattern="^(tools|text)$",
+                          description="tools: tool calling (constrained when required); text: the text protocol, for "
+                                      "endpoints without tool calling (evals.scheming.TEXT_PROTOCOL)")
     seed: int = 0
 
     @model_validator(mode="after")
@@ -62,16 +65,26 @@ class Config(BaseModel):
 
 
 def cell(store: Store, model_id: str, scenario: str, variant: str, nudged: bool, config: Config) -> str:
-    """One cell's episodes as a dataset artifact (transcripts, diffs, scores)."""
+    """One cell's episodes as a dataset artifact (transcripts, diffs, scores). ``model_id`` is a stored model or
+    adapter id, or an ``openai:MODEL@URL`` endpoint — keyed by its name and URL only (the store cannot see an
+    endpoint's weights: after the endpoint's model changes, rerun with ``--recompute scheming-episodes``)."""
     cfg = {"scenario": S.load(scenario).model_dump(), "variant": variant, "nudged": nudged, "episodes": config.episodes,
            "max_turns": config.max_turns, "max_new_tokens": config.max_new_tokens, "temperature": config.temperature,
-           "tool_choice": config.tool_choice, "seed": config.seed}
+           "tool_choice": config.tool_choice, "protocol": config.protocol, "seed": config.seed}
     episodes, max_turns, max_new_tokens, temperature = config.episodes, config.max_turns, config.max_new_tokens, config.temperature
-    tool_choice, seed = config.tool_choice, config.seed
+    tool_choice, protocol, seed = config.tool_choice, config.protocol, config.seed
+    remote = model_id.startswith("openai:")
+    if remote:
+        cfg["endpoint"] = model_id
 
     def fn(ctx):
-        model, tok = load(model_id, store, merge_adapter=True)
-        agent = S.LocalAgent(model, tok, max_new_tokens=max_new_tokens, temperature=temperature)
+        if "endpoint" in cfg:
+            spec = parse_spec(cfg["endpoint"])
+            agent = S.OpenAIAgent(RemoteModel(spec.value, spec.base_url).client(), spec.value, max_tokens=max_new_tokens, temperature=temperature,
+                                  protocol=protocol)
+        else:
+            model, tok = load(model_id, store, merge_adapter=True)
+            agent = S.LocalAgent(model, tok, max_new_tokens=max_new_tokens, temperature=temperature, protocol=protocol)
         sc = S.Scenario.model_validate(cfg["scenario"])
         if max_turns:
             sc = sc.model_copy(update={"max_turns": max_turns})
@@ -85,7 +98,7 @@ def cell(store: Store, model_id: str, scenario: str, variant: str, nudged: bool,
                                meta={"rows": len(rows)}), rows)
         return {"schemed": sum(r["score_schemed"] for r in rows), "competent": sum(r["score_competent"] for r in rows)}
 
-    return store.run_step("scheming-episodes", cfg, [model_id], fn)["episodes"]
+    return store.run_step("scheming-episodes", cfg, [] if remote else [model_id], fn)["episodes"]
 
 
 def summarize(rows_by_cell: dict[tuple, list[dict]], seed: int = 0) -> dict:
@@ -140,10 +153,8 @@ def run(store: Store, config: Config, progress: bool = True) -> dict:
 
     t0 = time.perf_counter()
     log = (lambda *a: print(*a, flush=True)) if progress else (lambda *a: None)
-    if config.model.startswith("openai:"):
-        raise HeredityError("an openai: endpoint runs through evals.scheming.OpenAIAgent; this experiment runs stored "
-                            "models in process for now (a model spec: bundled, tiny:, a stored id, a local dir)")
-    model_id = materialize(config.model, store)
+    spec = parse_spec(config.model)
+    model_id = config.model if spec.kind == "openai" else materialize(spec, store)
     data, rows_by_cell = {}, {}
     for sc in config.scenarios:
         for var in config.variants:
