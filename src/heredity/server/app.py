@@ -481,11 +481,24 @@ def page_router() -> APIRouter:
         preview = None
         if d["kind"] == "dataset":
             preview = _preview(store.path(aid))
+        episodes = preview["total"] if preview and EPISODE_COLUMNS <= set(preview["columns"]) else 0
         return render(request, "artifact.html", page="lineage", a=d, report_html=report_html, preview=preview,
+                      episodes=episodes,
                       config_json=json.dumps(d["step"]["config"] if d["step"] else {}, indent=2),
                       metrics_json=json.dumps(d["step"]["metrics"] if d["step"] else {}, indent=2),
                       meta_json=json.dumps(d["meta"], indent=2),
                       images=[f["path"] for f in d["files"] if f["path"].endswith((".png", ".svg", ".jpg"))])
+
+    @r.get("/artifacts/{aid}/episodes/{k}")
+    def episode_page(request: Request, k: int, aid: str = PathParam(pattern=ID_PATTERN)) -> HTMLResponse:
+        """One agentic episode of a transcript dataset (the scheming experiment's): its messages, tool calls and
+        results, the file diffs of the sandbox, and the scores."""
+        art = _artifact(request, aid)
+        ep = _episode(art.path, k)
+        if ep is None:
+            raise ApiError(404, f"artifact {aid} has no episode {k} (it is not a transcript dataset, or has fewer rows)",
+                           "episode_not_found")
+        return render(request, "episode.html", page="lineage", a=art, k=k, **ep)
 
     @r.get("/artifacts/{aid}/files/{rel:path}")
     def artifact_file(request: Request, rel: str, aid: str = PathParam(pattern=ID_PATTERN)) -> FileResponse:
@@ -501,6 +514,40 @@ def page_router() -> APIRouter:
 
 def _insights_reports(store) -> list:
     return [a for a in store.list("report") if a.name == "insights" and (a.path / "report.json").is_file()]
+
+
+EPISODE_COLUMNS = {"episode", "messages", "diffs"}
+
+
+def _episode(path: Path, k: int) -> dict | None:
+    """Row ``k`` of a transcript dataset, ready for the page: messages (tool calls' arguments parsed), unified diffs
+    per changed file, and the ``score_*`` columns."""
+    import difflib
+
+    import pyarrow.parquet as pq
+
+    f = path / "data.parquet"
+    if not f.is_file() or not EPISODE_COLUMNS <= set(pq.ParquetFile(f).schema_arrow.names):
+        return None
+    rows = pq.read_table(f).to_pylist()
+    if not 0 <= k < len(rows):
+        return None
+    row = rows[k]
+    messages = []
+    for m in json.loads(row["messages"]):
+        calls = [{"name": c["function"]["name"], "arguments": c["function"].get("arguments") or "{}"}
+                 for c in m.get("tool_calls") or []]
+        messages.append({"role": m["role"], "content": m.get("content") or "", "calls": calls})
+    diffs = []
+    for host, files in json.loads(row["diffs"]).items():
+        for p, d in files.items():
+            before, after = d.get("before"), d.get("after")
+            lines = difflib.unified_diff((before or "").splitlines(), (after or "").splitlines(),
+                                         f"{host}:{p} (before)", f"{host}:{p} (after)", lineterm="")
+            state = "created" if before is None else "deleted" if after is None else "changed"
+            diffs.append({"file": f"{host}:{p}", "state": state, "diff": "\n".join(lines)})
+    scores = {c[6:]: row[c] for c in row if c.startswith("score_")}
+    return {"messages": messages, "diffs": diffs, "scores": scores, "total": len(rows)}
 
 
 def _preview(path: Path, rows: int = 20) -> dict | None:
