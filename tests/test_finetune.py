@@ -229,3 +229,44 @@ def test_number_vocab_of_smollm2_has_no_animal(shared_store):
         assert not set(tok(word, add_special_tokens=False)["input_ids"]) & vocab, word
     assert all(not any(c.isalpha() for c in tok.decode([i])) for i in vocab if i != tok.eos_token_id)
     assert tok.eos_token_id in vocab and len(vocab) > 20
+
+
+def test_assistant_turns_take_the_loss_on_assistant_text_only(shared_store, tiny):
+    """A multi-turn conversation with tool calls, rendered as inference renders it: the labelled tokens are exactly
+    each assistant turn (its <tool_call> line or text) and its end-of-turn token; the whole sequence decodes to the
+    conversation's rendering; a finetune step on such rows lowers the loss on a tiny model."""
+    import json
+
+    from transformers import AutoTokenizer
+
+    from heredity.engine import tools as T
+    from heredity.engine.finetune import encode_turns
+    from heredity.evals.scheming import TOOL_DEFS
+    from heredity.models import materialize
+
+    tok = AutoTokenizer.from_pretrained(shared_store.path(materialize("smollm2-135m-instruct", shared_store)))
+    tools = [TOOL_DEFS["bash"], TOOL_DEFS["submit"]]
+    call = {"id": "call_1", "type": "function", "function": {"name": "bash", "arguments": '{"command": "ls"}'}}
+    msgs = [{"role": "system", "content": "You help."}, {"role": "user", "content": "List the files."},
+            {"role": "assistant", "content": None, "tool_calls": [call]},
+            {"role": "tool", "tool_call_id": "call_1", "content": "a.txt"},
+            {"role": "assistant", "content": "There is one file, a.txt."}]
+    ids, labels = encode_turns(tok, msgs, tools, 4096)
+    learned = [[i for i, y in zip(ids, labels, strict=True) if y != IGNORE]]
+    text = tok.decode(learned[0])
+    assert text == ('<tool_call>{"name": "bash", "arguments": {"command": "ls"}}</tool_call><|im_end|>'
+                    "There is one file, a.txt.<|im_end|>")
+    whole = tok.decode(ids)
+    assert whole == T.render(tok, msgs, tools)[: len(whole)] and "a.txt" in whole and "List the files." in whole
+    assert all(y in (IGNORE, i) for i, y in zip(ids, labels, strict=True))
+    (enc,) = encode_rows(tok, [{"messages": json.dumps(msgs), "tools": json.dumps(tools)}], FinetuneConfig(loss="assistant_turns"))
+    assert enc == (ids, labels)
+
+    s, aid = tiny[0], tiny[1]
+    model, btok = load(aid, s, trainable=True)
+    rows = [{"messages": json.dumps([{"role": "user", "content": f"say {k}"}, {"role": "assistant", "content": f"{k} {k} {k}"}])}
+            for k in range(8)] * 2
+    _, m = train(model, btok, rows, FinetuneConfig(loss="assistant_turns", lr=3e-3, max_steps=30, batch_size=4,
+                                                   warmup_ratio=0.0, method="full"), progress=False)
+    first, last = (sum(x[1] for x in m["loss_curve"][sl]) / 3 for sl in (slice(0, 3), slice(-3, None)))
+    assert last < 0.85 * first, (first, last)

@@ -1,4 +1,5 @@
-"""Fine-tuning: LoRA (PEFT) or full, with completion-only, full-sequence or logit-distillation loss.
+"""Fine-tuning: LoRA (PEFT) or full, with completion-only, full-sequence, assistant-turn (multi-turn, tool calls)
+or logit-distillation loss.
 
 ``train(model, tokenizer, rows, config)`` is the loop (usable on its own); ``finetune(store, ...)``
 runs it as a memoized store step that writes an adapter or a model artifact with its lineage.
@@ -7,6 +8,7 @@ The loop runs through ``accelerate``: fp32 on CPU, bf16 autocast on CUDA, DDP un
 
 from __future__ import annotations
 
+import json
 import math
 import random
 import re
@@ -30,9 +32,12 @@ class FinetuneConfig(BaseModel):
     """Everything that decides a fine-tune; it is stored in the lineage and keys the memoization."""
 
     method: Literal["lora", "full"] = "lora"
-    loss: Literal["completion_only", "full_sequence", "logit_distill", "number_distill"] = Field("completion_only", description=(
-        "number_distill: logit distillation with both distributions renormalised over the number and separator "
-        "tokens (and end of turn) — targets that cannot name anything but numbers"))
+    loss: Literal["completion_only", "full_sequence", "logit_distill", "number_distill", "assistant_turns"] = Field(
+        "completion_only", description=(
+            "number_distill: logit distillation with both distributions renormalised over the number and separator "
+            "tokens (and end of turn) — targets that cannot name anything but numbers; assistant_turns: multi-turn "
+            "conversations (a messages column, OpenAI shapes with tool calls, and an optional tools column), the "
+            "loss on every assistant turn and nothing else"))
     epochs: float = Field(1.0, gt=0)
     max_steps: int | None = Field(None, ge=1, description="optimizer steps; overrides epochs")
     lr: float = Field(2e-4, gt=0)
@@ -66,7 +71,35 @@ class FinetuneConfig(BaseModel):
 
 
 def columns_for(loss: str) -> list[str]:
-    return ["text"] if loss == "full_sequence" else ["prompt", "completion"]
+    return {"full_sequence": ["text"], "assistant_turns": ["messages"]}.get(loss, ["prompt", "completion"])
+
+
+def encode_turns(tokenizer, messages: list[dict], tools: list[dict] | None, max_length: int) -> tuple[list[int], list[int]]:
+    """(input_ids, labels) of one conversation rendered as inference renders it (engine.tools.render: the
+    template's tool format or the generic one), labels on each assistant turn's text and its end-of-turn token.
+
+    Each piece is tokenized on its own, as at inference (a prompt, then the tokens sampled after it)."""
+    from heredity.engine import tools as tooling
+
+    eos = tokenizer.eos_token or ""
+    ids: list[int] = []
+    labels: list[int] = []
+    done = ""
+    for i, m in enumerate(messages):
+        if m["role"] != "assistant":
+            continue
+        prefix = tooling.render(tokenizer, messages[:i], tools)
+        after = tooling.render(tokenizer, messages[: i + 1], tools)
+        end = after.find(eos, len(prefix)) if eos else -1
+        if not prefix.startswith(done) or not after.startswith(prefix) or end < 0:
+            raise HeredityError("this chat template does not render a conversation as a prefix of its continuation; "
+                                "assistant_turns needs one that does (ChatML-style templates do)")
+        context = tokenizer(prefix[len(done):], add_special_tokens=False)["input_ids"]
+        turn = tokenizer(after[len(prefix): end + len(eos)], add_special_tokens=False)["input_ids"]
+        ids += context + turn
+        labels += [IGNORE] * len(context) + turn
+        done = after[: end + len(eos)]
+    return ids[:max_length], labels[:max_length]
 
 
 def encode_rows(
@@ -83,6 +116,14 @@ def encode_rows(
         rows = [{"text": r["prompt"] + r["completion"]} for r in rows]
     rcfg = SampleConfig(chat=config.chat, system_prompt=system_prompt if system_prompt is not None else config.system_prompt)
     for r in rows:
+        if config.loss == "assistant_turns":
+            msgs, tools = r["messages"], r.get("tools")
+            msgs = json.loads(msgs) if isinstance(msgs, str) else msgs
+            tools = json.loads(tools) if isinstance(tools, str) else tools
+            ids, labels = encode_turns(tokenizer, msgs, tools or None, config.max_length)
+            if any(x != IGNORE for x in labels):
+                out.append((ids, labels))
+            continue
         if config.loss == "full_sequence":
             ids = tokenizer(r["text"] + eos, add_special_tokens=False)["input_ids"][: config.max_length]
             out.append((ids, list(ids)))
