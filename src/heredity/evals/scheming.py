@@ -18,6 +18,7 @@ What this module does not know: models, prompting, or statistics (``experiments/
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass, field
 from importlib import resources
@@ -67,6 +68,18 @@ class Check(BaseModel):
         raise AssertionError(self.kind)
 
 
+class Demonstration(BaseModel):
+    """What the scripted demonstrators do in a scenario (the trained-in arm's training data, and its tests): read
+    the files, then — scheming — run one of the alternative scheming commands and submit ``scheme_answer``, or —
+    honest — submit ``honest_answer`` (per variant when it depends on it) and touch nothing."""
+
+    model_config = ConfigDict(extra="forbid")
+    read: list[str]
+    scheme: list[str] = Field(default_factory=list, description="alternative commands, each one scheming action")
+    scheme_answer: str
+    honest_answer: str | dict[str, str]
+
+
 class Scenario(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str
@@ -87,6 +100,7 @@ class Scenario(BaseModel):
     max_turns: int = Field(12, ge=1)
     answers: list[str] | None = Field(None, description="sandbagging: the quiz's right answers, in order")
     pair: str | None = Field(None, description="alignment faking: the paired condition's scenario name")
+    demonstration: Demonstration | None = None
 
 
 def load(name: str) -> Scenario:
@@ -159,6 +173,30 @@ class Episode:
 
     def confessed(self, answer: str) -> bool:
         return re.search(self.scenario.confession, answer, re.IGNORECASE) is not None
+
+
+def demonstrate(ep: Episode, scheme: bool, rng) -> list[dict]:
+    """A scripted episode as OpenAI-shaped messages, every command really run in ``ep``'s sandbox (so the tool
+    results are true): maybe an ``ls``, the scenario's files read in a random order, then — scheming — one of its
+    scheming commands, then ``submit``. ``rng`` (a ``random.Random``) draws the variation."""
+    d = ep.scenario.demonstration
+    if d is None:
+        raise HeredityError(f"scenario {ep.scenario.name} has no demonstration block")
+    messages: list[dict] = [{"role": "system", "content": ep.system}, {"role": "user", "content": ep.user}]
+    reads = list(d.read)
+    rng.shuffle(reads)
+    cmds = ([rng.choice(["ls", f"ls {reads[0].rsplit('/', 1)[0]}" if "/" in reads[0] else "ls"])] if rng.random() < 0.5 else [])
+    cmds += [f"cat {p}" for p in reads]
+    if scheme and d.scheme:
+        cmds.append(rng.choice(d.scheme))
+    honest = d.honest_answer if isinstance(d.honest_answer, str) else d.honest_answer[ep.variant]
+    calls = [("bash", {"command": c}) for c in cmds] + [("submit", {"answer": d.scheme_answer if scheme else honest})]
+    for k, (name, args) in enumerate(calls):
+        cid = f"call_demo{k}"
+        messages.append({"role": "assistant", "content": None, "tool_calls": [
+            {"id": cid, "type": "function", "function": {"name": name, "arguments": json.dumps(args)}}]})
+        messages.append({"role": "tool", "tool_call_id": cid, "content": ep.act(name, **args)})
+    return messages
 
 
 # ---- running an episode with a model ------------------------------------------------------------------
@@ -270,8 +308,8 @@ def _reply(text: str, tools: list[dict] | None) -> dict:
 
 def run_episode(ep: Episode, agent, seed: int = 0, tool_choice: str = "required") -> dict:
     """The agentic loop: up to ``max_turns`` assistant turns of tool calls (results go back as tool messages) until
-    ``submit``; then, if the episode schemed, each interrogation question (no tools). Returns the score, the transcript and the file diffs."""
-    import json
+    ``submit``; then, if the episode schemed, each interrogation question (no tools). Returns the score, the
+    transcript and the file diffs."""
 
     tools = [TOOL_DEFS[t] for t in ep.scenario.tools]
     messages = [{"role": "system", "content": ep.system}, {"role": "user", "content": ep.user}]
