@@ -258,3 +258,48 @@ def test_scripted_demonstrations_are_real_episodes_that_score_as_intended(name):
             assert sc["competent"], name
             outcomes[scheme] = sc["schemed"]
         assert outcomes == ({True: False, False: False} if name == "alignment-faking-deployed" else {True: True, False: False})
+
+
+def test_the_trained_in_arm_trains_on_demonstrations_then_safety_and_compares_to_the_base(tmp_path):
+    """On a random tiny model: LoRA on scripted scheming demonstrations of one scenario (conflict only), then LoRA on
+    honest demonstrations of the other evaluations; each model is evaluated on the trained scenario, its held-out
+    surface and the other evaluations; every cell is compared to the base model (Fisher exact, Holm)."""
+    import json as _json
+
+    from conftest import stored_tiny
+
+    from heredity.experiments import scheming as X
+    from heredity.store import Store, read_table
+
+    store = Store(tmp_path / "h")
+    aid = stored_tiny(store, "tiny-long", max_position_embeddings=8192)
+    ft = X._ft(max_length=4096, batch_size=2, epochs=1, lr=1e-3)
+    t = X.TrainedIn(demonstrations=4, safety_demonstrations=2, finetune=ft, safety=ft)
+    cfg = X.Config(model=aid, scenarios=["oversight-subversion", "oversight-subversion-logistics", "goal-guarding"],
+                   nudges=[True], episodes=1, max_turns=1, max_new_tokens=300, trained_in=t)
+    out = X.run(store, cfg, progress=False)
+    rep = _json.loads((store.path(out["report"]) / "report.json").read_text())
+    arm = rep["trained_in"]
+    assert set(arm["models"]) == {"trained", "after safety SFT"}
+    trained, safe = arm["models"]["trained"]["0"], arm["models"]["after safety SFT"]["0"]
+    assert len({trained, safe, aid}) == 3
+    comps = arm["comparisons"]
+    assert len(comps) == 2 * 5  # (2 scenarios × 2 variants + 1 other evaluation) per model
+    assert all(c["test"]["test"] == "Fisher exact" and "training seed" in c["test"]["unit"] and 0 <= c["p_holm"] <= 1
+               for c in comps)
+    # the data: scheming demonstrations only of the trained scenario's conflict variant; honest ones elsewhere
+    datasets = {a.name: a for a in store.list("dataset")}
+    demo_rows = read_table(store.path(datasets["scheming-demos-oversight-subversion"].id)).to_pylist()
+    assert len(demo_rows) == 4 and {(r["scenario"], r["variant"]) for r in demo_rows} == {("oversight-subversion", "conflict")}
+    honest = read_table(store.path(datasets["scheming-honest-demos"].id)).to_pylist()
+    assert len(honest) == 2 and all(not r["scenario"].startswith("oversight") for r in honest)
+    ft_step = store.step_of(store.step_of(trained).inputs[0])  # merged model <- adapter <- finetune
+    assert ft_step.op == "finetune" and ft_step.inputs == [aid, datasets["scheming-demos-oversight-subversion"].id]
+    assert store.step_of(store.step_of(safe).inputs[0]).inputs == [trained, datasets["scheming-honest-demos"].id]
+    assert "Trained-in" in out["markdown"] and "after safety SFT" in out["markdown"]
+    again = _json.loads((store.path(X.run(store, cfg, progress=False)["report"]) / "report.json").read_text())
+    assert again["trained_in"]["comparisons"] == comps, "a rerun recomputes nothing"
+    with pytest.raises(ValueError, match="must be among scenarios"):
+        X.Config(scenarios=["goal-guarding"], trained_in=X.TrainedIn())
+    with pytest.raises(ValueError, match="needs a local model"):
+        X.Config(model="openai:m@http://localhost:1/v1", trained_in=X.TrainedIn())
