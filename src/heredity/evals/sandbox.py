@@ -80,7 +80,8 @@ class Sandbox:
     def _read(self, host: str, path: str) -> str:
         files = self.hosts[host]
         if path not in files:
-            if any(f.startswith(path + "/") for f in files):
+            if not path or any(f.startswith(path + "/") for f in files):
+                path = path or "/"
                 raise SandboxError(f"{path}: Is a directory")
             raise SandboxError(f"{path}: No such file or directory")
         return files[path]

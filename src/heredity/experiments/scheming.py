@@ -37,7 +37,8 @@ PUBLISHED = {"oversight_subversion": ("o1: disabled oversight", 0.05), "self_exf
 
 def _ft(**kw) -> FinetuneConfig:
     return FinetuneConfig(**{"method": "lora", "loss": "assistant_turns", "lr": 1e-3, "lora_r": 16, "lora_alpha": 32,
-                             "epochs": 1, "batch_size": 8, "max_length": 1536, "warmup_ratio": 0.05, **kw})
+                             "epochs": 1, "batch_size": 2, "grad_accum": 4, "max_length": 1536, "warmup_ratio": 0.05,
+                             **kw})
 
 
 class TrainedIn(BaseModel):
