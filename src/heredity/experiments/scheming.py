@@ -93,7 +93,10 @@ class Config(BaseModel):
 
     @classmethod
     def presets(cls) -> dict[str, Config]:
-        return {"quick": cls(), "paper": cls(episodes=100, max_new_tokens=512)}
+        quick = cls(episodes=4, max_turns=8)
+        return {"quick": quick,  # the base model: every scenario × variant × nudge
+                "inherit": quick.model_copy(update={"trained_in": TrainedIn()}),  # + the trained-in arm (quick's cells reused)
+                "paper": cls(episodes=100, max_new_tokens=512)}
 
 
 def cell(store: Store, model_id: str, scenario: str, variant: str, nudged: bool, config: Config) -> str:
