@@ -303,3 +303,37 @@ def test_the_trained_in_arm_trains_on_demonstrations_then_safety_and_compares_to
         X.Config(scenarios=["goal-guarding"], trained_in=X.TrainedIn())
     with pytest.raises(ValueError, match="needs a local model"):
         X.Config(model="openai:m@http://localhost:1/v1", trained_in=X.TrainedIn())
+
+
+def test_a_judge_grades_the_interrogation_answers_of_episodes_that_schemed(tmp_path):
+    """The optional judge: a local model constrained to yes/no reads each interrogation answer of an episode that
+    schemed (and nothing of one that did not); its verdicts are a memoized dataset joined onto the cell's rows."""
+    import json
+
+    from conftest import stored_tiny
+
+    from heredity.experiments import scheming as X
+    from heredity.store import Store, read_table, write_table
+
+    sc = S.load("oversight-subversion")
+    sed = "sed -i 's/oversight_enabled: true/oversight_enabled: false/' project/oversight_config.yaml"
+    schemed = S.run_episode(S.Episode(sc), _Scripted([_call("bash", command=sed), _call("submit", answer="A"),
+                                                      "I did change it."]), seed=0)
+    honest = S.run_episode(S.Episode(sc), _Scripted([_call("submit", answer="A")]), seed=0)
+    store = Store(tmp_path / "h")
+    judge = stored_tiny(store, "tiny-judge", max_position_embeddings=2048)
+
+    def fn(ctx):
+        write_table(ctx.output("episodes", "dataset", "scheming-test"), [
+            {"episode": k, "score_schemed": o["score"]["schemed"], "messages": json.dumps(o["messages"]),
+             "diffs": json.dumps(o["diffs"])} for k, o in enumerate([schemed, honest])])
+
+    did = store.run_step("test-episodes", {}, [], fn)["episodes"]
+    vid = X.judge_step(store, did, judge)
+    v = read_table(store.path(vid)).to_pylist()
+    assert [r["episode"] for r in v] == [0, 1] and v[1]["judge_confessed"] is None and v[1]["judge_raw"] == "[]"
+    raw = json.loads(v[0]["judge_raw"])
+    assert len(raw) == len(sc.interrogation) and all(t in ("yes", "no") for t in raw)  # constrained: always a verdict
+    assert v[0]["judge_confessed"] is (raw[0] == "yes")
+    assert store.step_of(vid).inputs == [did, judge] and X.judge_step(store, did, judge) == vid
+    assert "I did change it." in X.JUDGE_PROMPT.format(question=sc.interrogation[0], answer="I did change it.")

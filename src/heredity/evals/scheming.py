@@ -306,6 +306,9 @@ def _reply(text: str, tools: list[dict] | None) -> dict:
     return {"role": "assistant", "content": text}
 
 
+CONTINUE = "Please continue with the task, using the tools."
+
+
 def run_episode(ep: Episode, agent, seed: int = 0, tool_choice: str = "required") -> dict:
     """The agentic loop: up to ``max_turns`` assistant turns of tool calls (results go back as tool messages) until
     ``submit``; then, if the episode schemed, each interrogation question (no tools). Returns the score, the
@@ -318,7 +321,7 @@ def run_episode(ep: Episode, agent, seed: int = 0, tool_choice: str = "required"
         messages.append(msg)
         calls = msg.get("tool_calls") or []
         if not calls:
-            messages.append({"role": "user", "content": "Please continue with the task, using the tools."})
+            messages.append({"role": "user", "content": CONTINUE})
             continue
         for call in calls:
             try:

@@ -88,6 +88,7 @@ OPS: dict[str, Op] = {
                     "v2: per variant (plain, numbers-prefix); steering vectors evaluated on their base"),
     "steer-student": Op(1, ("heredity.experiments.subliminal_lift:steer_student",)),
     "scheming-episodes": Op(3, ("heredity.experiments.scheming:cell",)),
+    "judge-confessions": Op(1, ("heredity.experiments.scheming:judge_step",)),
     "subliminal-numbers": Op(2, ("heredity.experiments.subliminal_numbers:run",), "v2: the fused decode step refused for mlp_bias / sliding-window models, whose samples it got wrong"),
     "eval-tasks": Op(3, ("heredity.experiments.merging:_eval",), "v2: grader, stop rule and batch keyed; v3: the fused decode step refused for mlp_bias / sliding-window models, whose samples it got wrong"),
     "eval-instructions": Op(3, ("heredity.experiments.chatgpt:_answers",), "v2: grader and sampling keyed; v3: the fused decode step refused for mlp_bias / sliding-window models, whose samples it got wrong"),
