@@ -79,6 +79,13 @@ def test_completions_logprobs_are_the_models(client, local):
     chat = client.chat.completions.create(model=aid, messages=HELLO, temperature=0, max_tokens=5, logprobs=True, top_logprobs=2)
     content = chat.choices[0].logprobs.content
     assert len(content) == 5 and all(len(t.top_logprobs) == 2 and t.logprob <= 0 for t in content)
+    # streamed, every generated token's logprob arrives exactly once, in order (a token whose text is held back,
+    # a partial character or a possible stop string, goes out with the next delta or the last chunk)
+    streamed = [t for ch in client.chat.completions.create(model=aid, messages=HELLO, temperature=0, max_tokens=5,
+                                                             logprobs=True, top_logprobs=2, stream=True)
+                if ch.choices and ch.choices[0].logprobs for t in ch.choices[0].logprobs.content]
+    assert [t.token for t in streamed] == [t.token for t in content]
+    assert [t.logprob for t in streamed] == pytest.approx([t.logprob for t in content], abs=1e-5)
 
 
 def test_concurrent_streams_never_mix(client, local, live_server):

@@ -1,6 +1,8 @@
 """/v1/completions for scoring (what lm-evaluation-harness sends) and the sampling adjustments, over a real Uvicorn
 with the official ``openai`` client and raw HTTP; every number is checked against the engine in this process."""
 
+import json
+
 import httpx
 import pytest
 
@@ -192,3 +194,24 @@ def test_json_schema_output_validates_on_20_seeded_requests(client, local):
         "model": local[0], "messages": [{"role": "user", "content": "x"}],
         "response_format": {"type": "json_schema", "json_schema": {"name": "bad", "schema": {"type": "no-such-type"}}}})
     assert r.status_code == 400 and r.json()["error"]["param"] == "response_format", r.text
+
+
+def test_generated_token_offsets_come_from_the_prefix_streamed_or_not(live_server, local):
+    """Without echo, text_offset is each generated token's start in the completion text (from decoding the prefix,
+    not the token alone); a streamed completion's offsets continue across chunks and equal the unstreamed ones."""
+    aid, model, tok = local
+    body = {"model": aid, "prompt": "The owl", "max_tokens": 8, "logprobs": 1, "temperature": 0}
+    c = _post(live_server, body).json()["choices"][0]
+    lp = c["logprobs"]
+    gen = tok(c["text"], add_special_tokens=False)["input_ids"]
+    assert len(lp["tokens"]) == 8 and lp["text_offset"][0] == 0
+    assert all(c["text"][off:].startswith(t) or t.startswith("bytes:") for off, t in zip(lp["text_offset"], lp["tokens"], strict=True))
+    assert lp["text_offset"] == sorted(lp["text_offset"]) and gen
+    streamed = []
+    with httpx.stream("POST", f"{live_server.url}/v1/completions", json={**body, "stream": True}, timeout=60) as r:
+        for line in r.iter_lines():
+            if line.startswith("data: {"):
+                ch = json.loads(line[6:])["choices"][0]
+                if ch.get("logprobs"):
+                    streamed += ch["logprobs"]["text_offset"]
+    assert streamed == lp["text_offset"]

@@ -177,6 +177,13 @@ class _Stream:
         self.ids: list[list[int]] = [[] for _ in range(n)]
         self.sent = [""] * n
         self.lps: list[list] = [[] for _ in range(n)]
+        self.lp_sent = [0] * n  # how many of lps went out: a token whose text is held back goes with the next delta
+
+    def unsent_logprobs(self, si: int) -> tuple[list, list[int]]:
+        """(the logprobs not sent yet, the tokens before them), and mark them sent."""
+        k = self.lp_sent[si]
+        self.lp_sent[si] = len(self.lps[si])
+        return self.lps[si][k:], [t for t, _ in self.lps[si][:k]]
 
     def add(self, si: int, tok: int, lp) -> str:
         self.ids[si].append(tok)
@@ -255,14 +262,11 @@ def _chat_logprobs(tok, lps: list) -> dict:
     return {"content": [{**item(t, lp[0]), "top_logprobs": [item(i, v) for i, v in lp[1]]} for t, lp in lps]}
 
 
-def _completion_logprobs(tok, lps: list, offset0: int) -> dict:
-    tokens, offs, off = [], [], offset0
-    for t, _ in lps:
-        tokens.append(token_text(tok, t))
-        offs.append(off)
-        off += len(tok.decode([t], skip_special_tokens=True))
-    return {"tokens": tokens, "token_logprobs": [lp[0] for _, lp in lps],
-            "top_logprobs": [{token_text(tok, i): v for i, v in lp[1]} for _, lp in lps], "text_offset": offs}
+def _completion_logprobs(tok, lps: list, before: list[int] | None = None) -> dict:
+    """OpenAI's completion logprobs over generated tokens; ``before``: the tokens this completion streamed already
+    (offsets continue after them). Offsets come from decoding the prefix, as with echo (one token's own decoding can
+    be a partial character)."""
+    return _echo_logprobs(tok, [], [], lps, 0, before or [])
 
 
 def _config(req, max_new: int, chat: bool, vocab: int) -> tuple[SampleConfig, bool]:
@@ -434,10 +438,9 @@ async def chat_completions(req: ChatRequest, request: Request):
                     comps = item[1]
                     break
                 _, si, tok, lp = item
-                before = len(st.lps[si])
                 delta = st.add(si, tok, lp)
                 if delta:
-                    lps = _chat_logprobs(host.view, st.lps[si][before:]) if top is not None else None
+                    lps = _chat_logprobs(host.view, st.unsent_logprobs(si)[0]) if top is not None else None
                     yield chunk(si, {"content": delta}, lps=lps)
         except ApiError as e:
             yield _sse({"error": e.body()["error"]})
@@ -452,7 +455,9 @@ async def chat_completions(req: ChatRequest, request: Request):
                 yield chunk(c.sample_index, {}, finish=finish)
                 continue
             rest = st.rest(c.sample_index, c.text)
-            yield chunk(c.sample_index, {"content": rest} if rest else {}, finish=finish)
+            left = st.unsent_logprobs(c.sample_index)[0]
+            yield chunk(c.sample_index, {"content": rest} if rest else {}, finish=finish,
+                        lps=_chat_logprobs(host.view, left) if top is not None and left else None)
         try:
             saved = save(comps[0].text, comps[0].finish_reason)
         except ApiError as e:
@@ -471,12 +476,13 @@ async def chat_completions(req: ChatRequest, request: Request):
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
 
-def _echo_logprobs(tok, ids: list[int], scored: list, gen: list, offset0: int = 0) -> dict:
+def _echo_logprobs(tok, ids: list[int], scored: list, gen: list, offset0: int = 0, before: list[int] | None = None) -> dict:
     """OpenAI's completion logprobs over prompt + generated tokens (echo): the first prompt token has no context
     (null); ``text_offset`` is each token's start in the echoed text, from decoding the prefix before it."""
     seq = ids + [t for t, _ in gen]
-    items = [None] + list(scored) + [lp for _, lp in gen]
-    offs = [offset0 + len(tok.decode(seq[:i], skip_special_tokens=True)) for i in range(len(seq))]
+    items = ([None] + list(scored) if ids else []) + [lp for _, lp in gen]
+    before = before or []
+    offs = [offset0 + len(tok.decode(before + seq[:i], skip_special_tokens=True)) for i in range(len(seq))]
     return {"tokens": [token_text(tok, t) for t in seq],
             "token_logprobs": [None if x is None else x[0] for x in items],
             "top_logprobs": [None if x is None else {token_text(tok, i): v for i, v in x[1]} for x in items],
@@ -520,7 +526,7 @@ async def completions(req: CompletionRequest, request: Request):
         if top is not None:
             gen = _trim(host.view, list(zip(c.token_ids, c.logprobs, strict=False)), c.text) if c.logprobs else []
             out["logprobs"] = (_echo_logprobs(host.view, ids[c.prompt_index], scored[c.prompt_index], gen) if req.echo
-                               else _completion_logprobs(host.view, gen, 0))
+                               else _completion_logprobs(host.view, gen))
         return out
 
     if max_new == 0:  # score only: nothing is generated
@@ -559,17 +565,19 @@ async def completions(req: CompletionRequest, request: Request):
                     break
                 pi, si, tok, lp = item
                 st = streams[pi]
-                before = len(st.lps[si])
                 delta = st.add(si, tok, lp)
                 if delta:
-                    lps = _completion_logprobs(host.view, st.lps[si][before:], 0) if top is not None else None
+                    lps = _completion_logprobs(host.view, *st.unsent_logprobs(si)) if top is not None else None
                     yield _sse({**base, "choices": [{"index": pi * req.n + si, "text": delta, "logprobs": lps, "finish_reason": None}]})
         except ApiError as e:
             yield _sse({"error": e.body()["error"]})
             return
         for c in comps:
-            rest = streams[c.prompt_index].rest(c.sample_index, c.text)
-            yield _sse({**base, "choices": [{"index": c.prompt_index * req.n + c.sample_index, "text": rest, "logprobs": None,
+            st = streams[c.prompt_index]
+            rest = st.rest(c.sample_index, c.text)
+            left, before = st.unsent_logprobs(c.sample_index)
+            lps = _completion_logprobs(host.view, left, before) if top is not None and left else None
+            yield _sse({**base, "choices": [{"index": c.prompt_index * req.n + c.sample_index, "text": rest, "logprobs": lps,
                                              "finish_reason": c.finish_reason}]})
         yield b"data: [DONE]\n\n"
 
