@@ -437,14 +437,37 @@ def plot(r: dict, path) -> None:
     import matplotlib.pyplot as plt
 
     cells = [c for c in r["cells"].values() if c["nudged"]]
-    fig, ax = plt.subplots(figsize=(max(6, len(cells) * 0.7), 3.6))
+    comps = (r.get("trained_in") or {}).get("comparisons") or []
+    fig, axes = plt.subplots(1, 2 if comps else 1, figsize=(max(6, len(cells) * 0.7) * (1.8 if comps else 1), 3.8),
+                             squeeze=False)
+    ax = axes[0][0]
     for i, c in enumerate(cells):
         s = c["scheming"]
         ax.errorbar(i, s["mean"], yerr=[[s["mean"] - s["lo"]], [s["hi"] - s["mean"]]], fmt="o",
                     color="#a33" if c["variant"] == "conflict" else "#999", capsize=3)
     ax.set_xticks(range(len(cells)), [f"{c['scenario']}\n{c['variant']}" for c in cells], rotation=60, fontsize=7)
     ax.set_ylabel("scheming rate (95% Wilson)")
+    ax.set_title("base model, nudge on (red: conflict, grey: control)", fontsize=8)
     ax.set_ylim(0, 1)
+    if comps:
+        from heredity.reports.stats import wilson_ci
+
+        ax = axes[0][1]
+        keys = list(dict.fromkeys(x["cell"] for x in comps))
+        arms = list(dict.fromkeys(x["arm"] for x in comps))
+        colors = {"base": "#999", arms[0]: "#a33", **({arms[1]: "#36c"} if len(arms) > 1 else {})}
+        for j, key in enumerate(keys):
+            rows = [x for x in comps if x["cell"] == key]
+            pts = [("base", rows[0]["base"])] + [(x["arm"], x["scheming"]) for x in rows]
+            for m, (label, kn) in enumerate(pts):
+                w = wilson_ci(kn["k"], kn["n"])
+                x = j + (m - 1) * 0.22
+                ax.errorbar(x, w["mean"], yerr=[[w["mean"] - w["lo"]], [w["hi"] - w["mean"]]], fmt="o", capsize=2,
+                            color=colors.get(label, "#000"), label=label if j == 0 else None)
+        ax.set_xticks(range(len(keys)), [k.replace("|", "\n", 1).replace("|", " ") for k in keys], rotation=60, fontsize=6)
+        ax.set_ylim(0, 1)
+        ax.set_title("trained-in arm vs the base model", fontsize=8)
+        ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
