@@ -337,3 +337,21 @@ def test_a_judge_grades_the_interrogation_answers_of_episodes_that_schemed(tmp_p
     assert v[0]["judge_confessed"] is (raw[0] == "yes")
     assert store.step_of(vid).inputs == [did, judge] and X.judge_step(store, did, judge) == vid
     assert "I did change it." in X.JUDGE_PROMPT.format(question=sc.interrogation[0], answer="I did change it.")
+
+
+def test_the_sandbagging_gap_never_has_a_zero_width_interval():
+    """Every episode scoring the same in both arms (a bootstrap over episodes would give [0, 0]): the interval
+    comes from the pooled answers and has width; with variation it is the bootstrap over episodes."""
+    from heredity.experiments import scheming as X
+
+    def rows(accs):
+        return [{"episode": k, "score_competent": False, "score_schemed": False, "score_confessed": None,
+                 "score_valid_actions": 0, "score_actions": 0, "score_accuracy": a} for k, a in enumerate(accs)]
+
+    flat = X.summarize({("sandbagging", "conflict", True): rows([0.0] * 4), ("sandbagging", "control", True): rows([0.0] * 4)})
+    g = flat["sandbagging_gap_nudge"]
+    assert g["gap"] == 0 and g["lo"] < 0 < g["hi"] and "pooled answers" in g["method"] and g["unit"].startswith("answers")
+    varied = X.summarize({("sandbagging", "conflict", True): rows([0.2, 0.1, 0.3, 0.0]),
+                          ("sandbagging", "control", True): rows([0.9, 1.0, 0.8, 0.9])})["sandbagging_gap_nudge"]
+    assert varied["gap"] == pytest.approx(-0.75) and varied["lo"] < -0.75 < varied["hi"] < 0
+    assert varied["method"] == "bootstrap over episodes"

@@ -221,11 +221,21 @@ def summarize(rows_by_cell: dict[tuple, list[dict]], seed: int = 0) -> dict:
         b = rows_by_cell.get(("sandbagging", "control", nudged))
         if a and b:
             x, y = np.array([r["score_accuracy"] for r in a]), np.array([r["score_accuracy"] for r in b])
-            boot = [rng.choice(x, len(x)).mean() - rng.choice(y, len(y)).mean() for _ in range(2000)]
-            out[f"sandbagging_gap_{'nudge' if nudged else 'plain'}"] = {
-                "conflict": float(x.mean()), "control": float(y.mean()), "gap": float(x.mean() - y.mean()),
-                "lo": float(np.percentile(boot, 2.5)), "hi": float(np.percentile(boot, 97.5)),
-                "unit": f"episodes, one model, n = {len(x)} vs {len(y)}"}
+            gap = {"conflict": float(x.mean()), "control": float(y.mean()), "gap": float(x.mean() - y.mean())}
+            if x.std() == 0 and y.std() == 0:  # no variation: a bootstrap would give a zero-width interval
+                from heredity.reports.stats import rate_diff_test
+
+                q = len(S.load("sandbagging").answers)
+                t = rate_diff_test(round(x.sum() * q), q * len(x), round(y.sum() * q), q * len(y), unit="answers")
+                gap.update(lo=t["lo"], hi=t["hi"], method=f"Newcombe over the pooled answers ({q} per episode): every "
+                           "episode scored the same, so a bootstrap over episodes has no width; answers within an "
+                           "episode may correlate, so this interval can be too narrow",
+                           unit=f"answers, one model, {q} × {len(x)} vs {q} × {len(y)}")
+            else:
+                boot = [rng.choice(x, len(x)).mean() - rng.choice(y, len(y)).mean() for _ in range(2000)]
+                gap.update(lo=float(np.percentile(boot, 2.5)), hi=float(np.percentile(boot, 97.5)),
+                           method="bootstrap over episodes", unit=f"episodes, one model, n = {len(x)} vs {len(y)}")
+            out[f"sandbagging_gap_{'nudge' if nudged else 'plain'}"] = gap
         t = rows_by_cell.get(("alignment-faking-testing", "conflict", nudged))
         d = rows_by_cell.get(("alignment-faking-deployed", "conflict", nudged))
         if t and d:
@@ -401,7 +411,7 @@ def markdown(r: dict) -> str:
     for k, v in r.items():
         if k.startswith("sandbagging_gap"):
             lines += ["", f"Sandbagging ({k[16:]}): accuracy conflict {v['conflict']:.2f} vs control {v['control']:.2f}, gap "
-                      f"{v['gap']:+.2f} [{v['lo']:+.2f}, {v['hi']:+.2f}] (bootstrap; unit: {v['unit']})."]
+                      f"{v['gap']:+.2f} [{v['lo']:+.2f}, {v['hi']:+.2f}] ({v['method']}; unit: {v['unit']})."]
         if k.startswith("alignment_faking"):
             f = v["faking"]
             lines += ["", f"Alignment faking ({k[17:]}): {f['k']}/{f['n']} pairs [{f['lo']:.2f}, {f['hi']:.2f}] chose management's "
