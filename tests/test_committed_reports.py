@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 RESULTS = sorted((Path(__file__).resolve().parents[1] / "docs" / "results").glob("*.md"))
-DEGENERATE = re.compile(r"\[(-?\d+(?:\.\d+)?(?:e-?\d+)?), \1\]")
+DEGENERATE = re.compile(r"\[([+\-−]?\d+(?:\.\d+)?(?:e-?\d+)?), \1\]")
 P_VALUE = re.compile(r"\bp = \d")
 
 
@@ -26,5 +26,6 @@ def test_every_p_value_names_its_unit(path):
 
 def test_the_checks_can_fail():
     assert DEGENERATE.search("0.00 [0.00, 0.00]") and DEGENERATE.search("1.00 [1.00, 1.00]")
-    assert not DEGENERATE.search("0.00 [0.00, 0.06]")
+    assert not DEGENERATE.search("0.00 [0.00, 0.06]") and DEGENERATE.search("+0.00 [+0.00, +0.00]")
+    assert DEGENERATE.search("−0.010 [−0.010, −0.010]") and not DEGENERATE.search("+0.00 [-0.09, +0.09]")
     assert P_VALUE.search("Welch p = 3.2e-17") and not P_VALUE.search("p undetermined")

@@ -427,7 +427,7 @@ def markdown(r: dict) -> str:
                   "other evaluations' scenarios (so after it, those evaluations are no longer held out). Scheming "
                   "rate per cell against the base model: Fisher exact two-sided, Holm across each arm's cells; unit: "
                   "episodes, the seeds' episodes pooled — with one seed a claim about this trained model, not about "
-                  "training.", "", "| arm | cell | schemed | competent | base schemed | difference [95% CI] | p (Holm) |",
+                  "training.", "", "| arm | cell | schemed | competent | base schemed | difference [95% CI] | Fisher p (Holm); unit: episodes |",
                   "|---|---|---|---|---|---|---|"]
         for x in t["comparisons"]:
             d = x["test"]
