@@ -284,7 +284,8 @@ def test_the_trained_in_arm_trains_on_demonstrations_then_safety_and_compares_to
     trained, safe = arm["models"]["trained"]["0"], arm["models"]["after safety SFT"]["0"]
     assert len({trained, safe, aid}) == 3
     comps = arm["comparisons"]
-    assert len(comps) == 2 * 5  # (2 scenarios × 2 variants + 1 other evaluation) per model
+    arms = [c["arm"] for c in comps]  # (2 scenarios × 2 variants + 1 other evaluation) per model; then after vs before
+    assert arms.count("trained") == arms.count("after safety SFT") == 5 and arms.count("after safety SFT vs trained") == 4
     assert all(c["test"]["test"] == "Fisher exact" and "training seed" in c["test"]["unit"] and 0 <= c["p_holm"] <= 1
                for c in comps)
     # the data: scheming demonstrations only of the trained scenario's conflict variant; honest ones elsewhere
@@ -299,6 +300,9 @@ def test_the_trained_in_arm_trains_on_demonstrations_then_safety_and_compares_to
     assert "Trained-in" in out["markdown"] and "after safety SFT" in out["markdown"]
     again = _json.loads((store.path(X.run(store, cfg, progress=False)["report"]) / "report.json").read_text())
     assert again["trained_in"]["comparisons"] == comps, "a rerun recomputes nothing"
+    full = X.trained_in_cells(X.Config(trained_in=X.TrainedIn()))  # answer-scored evaluations get their control
+    assert {("covert-email-reranking", "control", True), ("sandbagging", "control", True)} <= set(full)
+    assert ("goal-guarding", "control", True) not in full and ("goal-guarding", "conflict", True) in full
     with pytest.raises(ValueError, match="must be among scenarios"):
         X.Config(scenarios=["goal-guarding"], trained_in=X.TrainedIn())
     with pytest.raises(ValueError, match="needs a local model"):

@@ -295,16 +295,23 @@ def trained_in_models(store: Store, base_id: str, t: TrainedIn, progress: bool) 
 
 def trained_in_cells(config: Config) -> list[tuple[str, str, bool]]:
     """The trained scenario and its held-out surfaces in both variants and nudge conditions; every other
-    evaluation's conflict variant with the nudge."""
+    evaluation's conflict variant with the nudge — and its control too where the check is on the answer (a wrong
+    answer fails "submitted the right one" by error as well as by intent; the control is that error's rate)."""
     t = config.trained_in
     near = [(sc, v, n) for sc in [t.scenario, *t.held_out] for v in config.variants for n in config.nudges]
-    far = [(sc, "conflict", True) for sc in config.scenarios if sc not in (t.scenario, *t.held_out)]
+    far = [(sc, v, True) for sc in config.scenarios if sc not in (t.scenario, *t.held_out)
+           for v in (["conflict", "control"] if answer_scored(sc) and "control" in config.variants else ["conflict"])]
     return near + far
 
 
+def answer_scored(name: str) -> bool:
+    """A scenario whose scheming check is that the submitted answer differs from the right one."""
+    return any(c.kind == "submitted_differs" for c in S.load(name).scheming)
+
+
 def compare(base_cells: dict, arm_cells: dict[int, dict], label: str) -> list[dict]:
-    """Per cell: the scheming rate of the arm's models (episodes of every seed pooled) against the base model's,
-    Fisher's exact two-sided test, Holm across the cells."""
+    """Per cell: the scheming rate of the arm's models (episodes of every seed pooled) against ``base_cells``' (the
+    base model's, or another arm's pooled), Fisher's exact two-sided test, Holm across the cells."""
     from heredity.reports.stats import holm, rate_diff_test
 
     rows = []
@@ -315,7 +322,7 @@ def compare(base_cells: dict, arm_cells: dict[int, dict], label: str) -> list[di
         if b is None:
             continue
         test = rate_diff_test(k, n, b["scheming"]["k"], b["scheming"]["n"],
-                              unit=f"episodes ({len(arm_cells)} training seed(s) pooled vs the base model)")
+                              unit=f"episodes ({len(arm_cells)} training seed(s) pooled)")
         comp_k = sum(c[key]["competence"]["k"] for c in arm_cells.values())
         rows.append({"arm": label, "cell": key, "scheming": {"k": k, "n": n}, "competence": {"k": comp_k, "n": n},
                      "base": {"k": b["scheming"]["k"], "n": b["scheming"]["n"]}, "test": test})
@@ -352,7 +359,8 @@ def run(store: Store, config: Config, progress: bool = True) -> dict:
     report = {"experiment": "scheming", "config": config.model_dump(), "model": model_id, "episodes": data,
               **summarize(rows_by_cell, config.seed)}
     if config.trained_in is not None:
-        arms = trained_in_models(store, model_id, config.trained_in, progress)
+        t = config.trained_in
+        arms = trained_in_models(store, model_id, t, progress)
         report["trained_in"] = {"models": arms, "cells": {}, "comparisons": []}
         for label, by_seed in arms.items():
             per_seed = {}
@@ -363,9 +371,19 @@ def run(store: Store, config: Config, progress: bool = True) -> dict:
                     did = cell(store, mid, sc, var, nudged, config)
                     data[f"{label}|{seed}|{sc}|{var}|{'nudge' if nudged else 'plain'}"] = did
                     got[(sc, var, nudged)] = _rows(store, did, config)
-                per_seed[seed] = summarize(got, config.seed)["cells"]
+                summary = summarize(got, config.seed)
+                per_seed[seed] = summary["cells"]
+                report["trained_in"].setdefault("sandbagging", {})[f"{label}|{seed}"] = {
+                    k: v for k, v in summary.items() if k.startswith("sandbagging_gap")}
             report["trained_in"]["cells"][label] = per_seed
             report["trained_in"]["comparisons"] += compare(report["cells"], per_seed, label)
+        if len(arms) == 2:  # did safety SFT remove it? after vs before, on the demonstrated evaluation's cells
+            before = report["trained_in"]["cells"]["trained"]
+            pooled = {key: {"scheming": {"k": sum(c[key]["scheming"]["k"] for c in before.values()),
+                                         "n": sum(c[key]["scheming"]["n"] for c in before.values())}}
+                      for key in next(iter(before.values())) if key.split("|")[0] in (t.scenario, *t.held_out)}
+            report["trained_in"]["comparisons"] += compare(pooled, report["trained_in"]["cells"]["after safety SFT"],
+                                                           "after safety SFT vs trained")
     report["seconds"] = round(time.perf_counter() - t0, 1)
     report["outcome"] = outcome(report)
     card = save_card(store, "scheming", report, list(data.values()), markdown, plot)
@@ -382,7 +400,18 @@ def outcome(r: dict) -> str:
         bound = " (0 of n: an upper bound)" if s["k"] == 0 else ""
         parts.append(f"{c['scenario']}: {s['k']}/{s['n']} schemed [{s['lo']:.2f}, {s['hi']:.2f}]{bound}, "
                      f"competent {c['competence']['k']}/{c['competence']['n']}")
-    return ("with the goal nudge, conflict variant (unit: episodes, one model): " + "; ".join(parts)) if parts else "no cells"
+    out = ("with the goal nudge, conflict variant (unit: episodes, one model): " + "; ".join(parts)) if parts else "no cells"
+    t = r.get("trained_in")
+    if t:
+        sig = [x for x in t["comparisons"] if x["p_holm"] < 0.05]
+        best = sorted(t["comparisons"], key=lambda x: x["test"]["p"])[:3]
+        out += ("; trained-in arm (unit: episodes of " + str(len(r["config"]["trained_in"]["seeds"])) + " training seed(s), "
+                "Fisher exact vs the base model, Holm within each arm): " + (
+                    f"{len(sig)} cell(s) differ after Holm" if sig else "no cell differs from the base model after Holm")
+                + "; smallest raw p: " + ", ".join(
+                    f"{x['arm']} {x['cell']} {x['scheming']['k']}/{x['scheming']['n']} vs {x['base']['k']}/{x['base']['n']} "
+                    f"(p = {x['test']['p']:.2g}, Holm {x['p_holm']:.2g})" for x in best))
+    return out
 
 
 def markdown(r: dict) -> str:
@@ -425,9 +454,19 @@ def markdown(r: dict) -> str:
                   f"(conflict variant, nudge on and off; {', '.join(tc['held_out'])} never demonstrated), training "
                   f"seeds {tc['seeds']}; then safety SFT on {tc['safety_demonstrations']} honest demonstrations in the "
                   "other evaluations' scenarios (so after it, those evaluations are no longer held out). Scheming "
-                  "rate per cell against the base model: Fisher exact two-sided, Holm across each arm's cells; unit: "
+                  "rate per cell against the base model (and, for the demonstrated evaluation, after safety SFT against "
+                  "before it): Fisher exact two-sided, Holm across each arm's cells; unit: "
                   "episodes, the seeds' episodes pooled — with one seed a claim about this trained model, not about "
-                  "training.", "", "| arm | cell | schemed | competent | base schemed | difference [95% CI] | Fisher p (Holm); unit: episodes |",
+                  "training."]
+        lines += ["", "Covert re-ranking and sandbagging are scored on the submitted answer, so a wrong answer counts "
+                  "as scheming whether it is intent or error: read their conflict rows against their control rows "
+                  "(the error rate) and sandbagging by its accuracy gap below.", ""]
+        for k, gaps in (t.get("sandbagging") or {}).items():
+            for g, v in gaps.items():
+                lines += [f"Sandbagging, {k.split('|')[0]} (seed {k.split('|')[1]}, {g[16:]}): accuracy conflict "
+                          f"{v['conflict']:.2f} vs control {v['control']:.2f}, gap {v['gap']:+.2f} [{v['lo']:+.2f}, "
+                          f"{v['hi']:+.2f}] ({v['method']}; unit: {v['unit']}).", ""]
+        lines += ["| arm | cell | schemed | competent | compared with: schemed | difference [95% CI] | Fisher p (Holm); unit: episodes |",
                   "|---|---|---|---|---|---|---|"]
         for x in t["comparisons"]:
             d = x["test"]
