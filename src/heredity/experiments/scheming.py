@@ -406,7 +406,8 @@ def outcome(r: dict) -> str:
         sig = [x for x in t["comparisons"] if x["p_holm"] < 0.05]
         best = sorted(t["comparisons"], key=lambda x: x["test"]["p"])[:3]
         out += ("; trained-in arm (unit: episodes of " + str(len(r["config"]["trained_in"]["seeds"])) + " training seed(s), "
-                "Fisher exact vs the base model, Holm within each arm): " + (
+                "Fisher exact two-sided against the base model, or after safety SFT against before, Holm within each "
+                "comparison): " + (
                     f"{len(sig)} cell(s) differ after Holm" if sig else "no cell differs from the base model after Holm")
                 + "; smallest raw p: " + ", ".join(
                     f"{x['arm']} {x['cell']} {x['scheming']['k']}/{x['scheming']['n']} vs {x['base']['k']}/{x['base']['n']} "
