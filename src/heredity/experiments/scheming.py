@@ -487,7 +487,7 @@ def plot(r: dict, path) -> None:
     import matplotlib.pyplot as plt
 
     cells = [c for c in r["cells"].values() if c["nudged"]]
-    comps = (r.get("trained_in") or {}).get("comparisons") or []
+    comps = [x for x in (r.get("trained_in") or {}).get("comparisons") or [] if " vs " not in x["arm"]]  # against the base
     fig, axes = plt.subplots(1, 2 if comps else 1, figsize=(max(6, len(cells) * 0.7) * (1.8 if comps else 1), 3.8),
                              squeeze=False)
     ax = axes[0][0]
