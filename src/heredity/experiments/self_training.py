@@ -1,0 +1,253 @@
+"""Self-training on verifiable problems (ReST-EM, rejection-sampling fine-tuning), round by round.
+
+Methods (Singh et al. 2023/24; Yuan et al. 2023), at toy scale:
+1. Problems: ``data.problems`` word problems (train mixes the difficulty levels ``levels``; test is in
+   distribution; ood has one more step or digit), or the user's JSONL; a checker (``evals.verify``) decides.
+2. Arms, each a chain of store steps (model → samples → verified set → next model):
+   ``sft_gold`` fine-tunes the base on the program-written gold solutions (the "human data" baseline);
+   ``rest_em`` samples ``samples`` solutions per train problem, keeps at most ``keep`` distinct verified ones per
+   problem and fine-tunes **from the base** each round; ``rest_em_continue`` the same but from the previous
+   round's model; ``rft`` is one round; ``compute_matched`` is one round with ``rounds`` × the samples.
+3. Evaluation per model: greedy pass@1 on test and ood (Wilson; unit: problems, one model), unbiased pass@k
+   from ``eval_samples`` samples per test problem (bootstrap over problems), majority-vote accuracy, greedy
+   train accuracy (the train–test gap), and what each round's kept set inherits: distinct solutions per problem,
+   the share of each level kept, the mean answer length.
+
+The unit of replication for every interval is problems (claims about one trained model per arm and round).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+
+import numpy as np
+from pydantic import BaseModel, Field
+
+from heredity.data import put_rows
+from heredity.data.problems import problems as make_problems
+from heredity.engine import FinetuneConfig, SampleConfig, finetune, sample_step
+from heredity.evals.verify import final_answer, load_checker, pass_at_k
+from heredity.models import materialize, merge_adapter
+from heredity.store import Store, read_table
+
+PROMPT = ("Solve the problem. Write one line per step, then the final answer on its own line as '#### N'.\n\n"
+          "{question}")
+ARMS = ("sft_gold", "rft", "rest_em", "rest_em_continue", "compute_matched")
+
+
+def _ft(**kw) -> FinetuneConfig:
+    return FinetuneConfig(**{"method": "lora", "loss": "completion_only", "lr": 5e-4, "lora_r": 16, "lora_alpha": 32,
+                             "epochs": 2, "batch_size": 16, "max_length": 256, "warmup_ratio": 0.05, **kw})
+
+
+class Config(BaseModel):
+    base: str = "smollm2-135m-instruct"
+    train_problems: int = Field(200, ge=1)
+    test_problems: int = Field(100, ge=1)
+    ood_problems: int = Field(100, ge=1)
+    levels: list[int] = Field(default_factory=lambda: [1, 2, 3], description="steps per problem, mixed in train")
+    digits: int = Field(1, ge=1, le=3)
+    test_steps: int = Field(2, ge=1, description="the test split's steps (in distribution: one of levels)")
+    samples: int = Field(8, ge=1, description="solutions sampled per train problem per round")
+    keep: int = Field(4, ge=1, description="at most this many distinct verified solutions kept per problem")
+    rounds: int = Field(3, ge=1)
+    temperature: float = Field(0.8, gt=0)
+    max_new_tokens: int = Field(96, ge=8)
+    eval_samples: int = Field(16, ge=1)
+    ks: list[int] = Field(default_factory=lambda: [1, 4, 16])
+    arms: list[str] = Field(default_factory=lambda: list(ARMS))
+    finetune: FinetuneConfig = Field(default_factory=_ft)
+    checker: str | None = Field(None, description="module:function or regex:PATTERN (default: the strict #### checker)")
+    sample_batch: int = Field(32, ge=1)
+    seed: int = 0
+
+    @classmethod
+    def presets(cls) -> dict[str, Config]:
+        return {"quick": cls(), "paper": cls(train_problems=2000, test_problems=500, ood_problems=500, samples=32, keep=10,
+                                            max_new_tokens=256, eval_samples=32, sample_batch=128)}
+
+
+def problem_sets(config: Config) -> dict[str, list[dict]]:
+    per = -(-config.train_problems // len(config.levels))
+    train = [p for s in config.levels for p in make_problems(per, "train", s, config.digits, config.seed)][: config.train_problems]
+    return {"train": train, "test": make_problems(config.test_problems, "test", config.test_steps, config.digits, config.seed),
+            "ood": make_problems(config.ood_problems, "ood", config.test_steps, config.digits, config.seed)}
+
+
+def _prompts(ps: list[dict]) -> list[str]:
+    return [PROMPT.format(question=p["question"]) for p in ps]
+
+
+def _samples(store: Store, model: str, ps: list[dict], n: int, temperature: float, config: Config, name: str,
+             seed: int = 0, progress: bool = True) -> tuple[str, list[list[str]]]:
+    did = sample_step(store, model, _prompts(ps), SampleConfig(n=n, temperature=temperature, seed=seed,
+                                                               max_new_tokens=config.max_new_tokens,
+                                                               batch_size=config.sample_batch), name=name, progress=progress)
+    rows = read_table(store.path(did)).to_pylist()
+    out: list[list[str]] = [[] for _ in ps]
+    by_prompt = {p: i for i, p in enumerate(_prompts(ps))}
+    for r in rows:
+        out[by_prompt[r["prompt"]]].append(r["completion"])
+    return did, out
+
+
+def verified_set(ps: list[dict], samples: list[list[str]], keep: int, check) -> tuple[list[dict], dict]:
+    """At most ``keep`` distinct verified solutions per problem (first come), as fine-tuning rows, and what the
+    set holds: problems with any, distinct solutions per problem, share kept per level, mean answer length."""
+    rows, per_problem, per_level = [], [], Counter()
+    for p, comps in zip(ps, samples, strict=True):
+        good = list(dict.fromkeys(c.strip() for c in comps if check(p, c)))[:keep]
+        per_problem.append(len(good))
+        if good:
+            per_level[p["steps"]] += 1
+        rows += [{"prompt": PROMPT.format(question=p["question"]), "completion": c, "steps": p["steps"]} for c in good]
+    levels = Counter(p["steps"] for p in ps)
+    stats = {"rows": len(rows), "problems_with_any": sum(k > 0 for k in per_problem), "problems": len(ps),
+             "distinct_per_problem": float(np.mean(per_problem)) if per_problem else 0.0,
+             "share_kept_by_level": {str(k): per_level[k] / v for k, v in sorted(levels.items())},
+             "mean_answer_chars": float(np.mean([len(r["completion"]) for r in rows])) if rows else None}
+    return rows, stats
+
+
+def evaluate(store: Store, model: str, sets: dict[str, list[dict]], config: Config, check, label: str,
+             progress: bool = True) -> dict:
+    """Greedy pass@1 on test, ood and train; sampled pass@k and majority vote on test."""
+    from heredity.reports.stats import rate_ci
+
+    out = {}
+    for split in ("test", "ood", "train"):
+        _, comps = _samples(store, model, sets[split], 1, 0.0, config, f"greedy-{split}-{label}", progress=progress)
+        right = [check(p, c[0]) for p, c in zip(sets[split], comps, strict=True)]
+        out[f"greedy_{split}"] = rate_ci(sum(right), len(right))
+    _, comps = _samples(store, model, sets["test"], config.eval_samples, config.temperature, config, f"eval-test-{label}",
+                        seed=1, progress=progress)
+    correct = np.array([[check(p, c) for c in cs] for p, cs in zip(sets["test"], comps, strict=True)])
+    rng = np.random.default_rng(config.seed)
+    for k in config.ks:
+        if k > config.eval_samples:
+            continue
+        per = np.array([pass_at_k(config.eval_samples, int(c.sum()), k) for c in correct])
+        boot = [per[rng.integers(0, len(per), len(per))].mean() for _ in range(2000)]
+        out[f"pass@{k}"] = {"mean": float(per.mean()), "lo": float(np.percentile(boot, 2.5)),
+                            "hi": float(np.percentile(boot, 97.5)), "unit": f"problems, n = {len(per)}"}
+    votes = []
+    for p, cs in zip(sets["test"], comps, strict=True):
+        answers = [a for a in (final_answer(c) for c in cs) if a is not None]
+        top = Counter(answers).most_common(1)
+        votes.append(bool(top) and check(p, f"#### {top[0][0]}"))
+    out["majority_vote"] = rate_ci(sum(votes), len(votes))
+    return out
+
+
+def run(store: Store, config: Config, progress: bool = True) -> dict:
+    from heredity.reports.card import save_card
+
+    t0 = time.perf_counter()
+    log = (lambda *a: print(*a, flush=True)) if progress else (lambda *a: None)
+    check = load_checker(config.checker)
+    base = materialize(config.base, store)
+    sets = problem_sets(config)
+    ft = config.finetune.model_copy(update={"seed": config.seed})
+    results: dict[str, list[dict]] = {"base": [{"round": 0, "model": base, "eval": evaluate(store, base, sets, config, check, "base", progress)}]}
+
+    def train(start: str, rows: list[dict], name: str, source: str) -> str:
+        """Fine-tune ``start`` on ``rows`` (a dataset whose lineage points to ``source``: the samples, or the base for
+        the gold solutions)."""
+        data = put_rows(store, rows, name, op="make-verified-set", config={"checker": config.checker, "keep": config.keep},
+                        inputs=[source])
+        res = finetune(store, start, data, ft, progress=progress)
+        return merge_adapter(store, res["model"], name=name) if ft.method == "lora" else res["model"]
+
+    if "sft_gold" in config.arms:
+        log("[self-training] sft_gold")
+        rows = [{"prompt": PROMPT.format(question=p["question"]), "completion": p["solution"]} for p in sets["train"]]
+        m = train(base, rows, "self-training-gold", base)
+        results["sft_gold"] = [{"round": 1, "model": m, "eval": evaluate(store, m, sets, config, check, "sft_gold", progress)}]
+    chains = {"rft": (1, True, config.samples), "rest_em": (config.rounds, True, config.samples),
+              "rest_em_continue": (config.rounds, False, config.samples),
+              "compute_matched": (1, True, config.samples * config.rounds)}
+    for arm, (rounds, from_base, n) in chains.items():
+        if arm not in config.arms:
+            continue
+        model, results[arm] = base, []
+        for r in range(1, rounds + 1):
+            log(f"[self-training] {arm} round {r}/{rounds}: {n} samples per problem")
+            sid, comps = _samples(store, model, sets["train"], n, config.temperature, config, f"train-samples-{arm}-{r}",
+                                  seed=r, progress=progress)
+            rows, kept = verified_set(sets["train"], comps, config.keep, check)
+            if not rows:
+                results[arm].append({"round": r, "model": None, "kept": kept, "eval": None})
+                log(f"[self-training] {arm} round {r}: nothing verified; the chain stops")
+                break
+            model = train(base if from_base else model, [{k: v for k, v in x.items() if k != "steps"} for x in rows],
+                          f"self-training-{arm}-{r}", sid)
+            results[arm].append({"round": r, "model": model, "kept": kept,
+                                 "eval": evaluate(store, model, sets, config, check, f"{arm}-{r}", progress)})
+    report = {"experiment": "self-training", "config": config.model_dump(), "results": results,
+              "problems": {k: len(v) for k, v in sets.items()}, "seconds": round(time.perf_counter() - t0, 1)}
+    report["outcome"] = outcome(report)
+    models = [x["model"] for rs in results.values() for x in rs if x.get("model")]
+    card = save_card(store, "self-training", report, list(dict.fromkeys(models)), markdown, plot)
+    return {**card, "lineage_of": card["report"]}
+
+
+def outcome(r: dict) -> str:
+    base = r["results"]["base"][0]["eval"]["greedy_test"]
+    parts = [f"base {base['k']}/{base['n']}"]
+    for arm, rs in r["results"].items():
+        if arm == "base" or not rs or rs[-1]["eval"] is None:
+            continue
+        e = rs[-1]["eval"]["greedy_test"]
+        parts.append(f"{arm} (round {rs[-1]['round']}) {e['k']}/{e['n']} [{e['lo']:.2f}, {e['hi']:.2f}]")
+    return "greedy test accuracy (unit: problems, one model per arm and round): " + "; ".join(parts)
+
+
+def markdown(r: dict) -> str:
+    c = r["config"]
+    lines = ["# self-training", "",
+             f"Base {c['base']}; {r['problems']['train']} train problems (levels {c['levels']} steps, {c['digits']}-digit "
+             f"numbers), {r['problems']['test']} test ({c['test_steps']} steps), {r['problems']['ood']} out of "
+             f"distribution; {c['samples']} samples per problem per round, ≤ {c['keep']} kept; unit of every interval: "
+             "problems (one trained model per arm and round).", "",
+             "| arm | round | greedy test [95% Wilson] | greedy ood | greedy train | "
+             + " | ".join(f"pass@{k}" for k in c["ks"]) + " | majority vote | kept rows | problems with one | distinct per problem |",
+             "|" + "---|" * (9 + len(c["ks"]))]
+
+    def rate(x):
+        return f"{x['mean']:.2f} [{x['lo']:.2f}, {x['hi']:.2f}]"
+
+    for arm, rs in r["results"].items():
+        for x in rs:
+            e, k = x.get("eval"), x.get("kept") or {}
+            if e is None:
+                lines.append(f"| {arm} | {x['round']} | nothing verified: the chain stopped |" + " |" * (7 + len(c["ks"])))
+                continue
+            lines.append(f"| {arm} | {x['round']} | {rate(e['greedy_test'])} | {rate(e['greedy_ood'])} | {rate(e['greedy_train'])} | "
+                         + " | ".join(rate(e[f"pass@{q}"]) if f"pass@{q}" in e else "—" for q in c["ks"])
+                         + f" | {rate(e['majority_vote'])} | {k.get('rows', '—')} | {k.get('problems_with_any', '—')} | "
+                         + (f"{k['distinct_per_problem']:.2f}" if k else "—") + " |")
+    lines += ["", f"**Outcome.** {r['outcome']}.", "", f"Run time {r['seconds']:.0f} s.", ""]
+    return "\n".join(lines)
+
+
+def plot(r: dict, path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    for arm, rs in r["results"].items():
+        pts = [(x["round"], x["eval"]["greedy_test"]) for x in rs if x.get("eval")]
+        if pts:
+            ax.errorbar([p[0] for p in pts], [p[1]["mean"] for p in pts],
+                        yerr=[[p[1]["mean"] - p[1]["lo"] for p in pts], [p[1]["hi"] - p[1]["mean"] for p in pts]],
+                        marker="o", capsize=3, label=arm)
+    ax.set_xlabel("round")
+    ax.set_ylabel("greedy test accuracy (95% Wilson)")
+    ax.set_ylim(0, 1)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

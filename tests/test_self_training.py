@@ -1,0 +1,62 @@
+"""Self-training's loop on a tiny model: every arm is a chain of steps (model → samples → verified set → next
+model); a round's training set holds only verified solutions and never a test problem; ReST-EM fine-tunes from the
+base each round and its continuing variant from the previous round; a rerun computes nothing."""
+
+import json
+
+from heredity.data.problems import evaluate as evaluate_expression
+
+
+def accept_if_even_length(problem, completion):
+    """A user checker (module:function) that a random tiny model passes about half the time."""
+    return len(completion.strip()) % 2 == 0
+
+
+def test_the_arms_are_chains_of_steps_with_the_right_starting_points(tmp_path):
+    from conftest import stored_tiny
+
+    from heredity.experiments import self_training as X
+    from heredity.store import Store, read_table
+
+    store = Store(tmp_path / "h")
+    tiny = stored_tiny(store, "tiny-long", max_position_embeddings=1024)  # byte tokens: a problem is ~270 of them
+    cfg = X.Config(base=tiny, train_problems=6, test_problems=4, ood_problems=4, levels=[1, 2], samples=3, keep=2,
+                   rounds=2, eval_samples=3, ks=[1, 2], max_new_tokens=12, arms=["sft_gold", "rest_em", "rest_em_continue"],
+                   checker="test_self_training:accept_if_even_length", finetune=X._ft(max_length=512, batch_size=4, epochs=1))
+    out = X.run(store, cfg, progress=False)
+    rep = json.loads((store.path(out["report"]) / "report.json").read_text())
+    res = rep["results"]
+    base = res["base"][0]["model"]
+    assert [x["round"] for x in res["rest_em"]] == [1, 2] and [x["round"] for x in res["rest_em_continue"]] == [1, 2]
+    sets = X.problem_sets(cfg)
+    test_prompts = set(X._prompts(sets["test"] + sets["ood"]))
+    check = X.load_checker(cfg.checker)
+
+    def chain(model):  # merged model <- adapter <- finetune(start, verified set); verified set <- samples
+        ft = store.step_of(store.step_of(model).inputs[0])
+        start, data = ft.inputs
+        return start, data, store.step_of(data).inputs
+
+    for arm in ("rest_em", "rest_em_continue"):
+        for k, x in enumerate(res[arm]):
+            start, data, source = chain(x["model"])
+            want = base if arm == "rest_em" or k == 0 else res[arm][k - 1]["model"]
+            assert start == want, f"{arm} round {x['round']} starts from {start}, not {want}"
+            previous = base if k == 0 else res[arm][k - 1]["model"]  # both arms sample from the last round's model
+            assert store.step_of(source[0]).op == "sample" and store.step_of(source[0]).inputs == [previous]
+            rows = read_table(store.path(data)).to_pylist()
+            assert rows and len(rows) == x["kept"]["rows"]
+            assert all(check(None, r["completion"]) for r in rows), "only verified solutions are trained on"
+            assert not {r["prompt"] for r in rows} & test_prompts, "never a test problem"
+            per = {}
+            for r in rows:
+                per[r["prompt"]] = per.get(r["prompt"], 0) + 1
+            assert max(per.values()) <= cfg.keep
+    gold_rows = read_table(store.path(chain(res["sft_gold"][0]["model"])[1])).to_pylist()
+    assert len(gold_rows) == 6 and all(evaluate_expression(p["expression"]) == p["answer"] for p in sets["train"])
+    e = res["rest_em"][-1]["eval"]
+    assert set(e) >= {"greedy_test", "greedy_ood", "greedy_train", "pass@1", "pass@2", "majority_vote"}
+    assert e["pass@1"]["lo"] <= e["pass@1"]["mean"] <= e["pass@1"]["hi"] <= e["pass@2"]["hi"] + 1e-9
+    assert "unit of every interval: problems" in out["markdown"]
+    again = json.loads((store.path(X.run(store, cfg, progress=False)["report"]) / "report.json").read_text())
+    assert again["results"] == res, "a rerun computes nothing new"
