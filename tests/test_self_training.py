@@ -60,3 +60,29 @@ def test_the_arms_are_chains_of_steps_with_the_right_starting_points(tmp_path):
     assert "unit of every interval: problems" in out["markdown"]
     again = json.loads((store.path(X.run(store, cfg, progress=False)["report"]) / "report.json").read_text())
     assert again["results"] == res, "a rerun computes nothing new"
+
+
+def test_star_rationalizes_failed_problems_with_the_answer_as_a_hint_and_trains_without_it(tmp_path):
+    from conftest import stored_tiny
+
+    from heredity.experiments import self_training as X
+    from heredity.store import Store, read_table
+
+    store = Store(tmp_path / "h")
+    tiny = stored_tiny(store, "tiny-long", max_position_embeddings=1024)
+    cfg = X.Config(base=tiny, train_problems=8, test_problems=2, ood_problems=2, levels=[1], samples=1, keep=1, rounds=1,
+                   eval_samples=1, ks=[1], max_new_tokens=12, arms=["star"],
+                   checker="test_self_training:accept_if_even_length", finetune=X._ft(max_length=512, batch_size=4, epochs=1))
+    rep = json.loads((store.path(X.run(store, cfg, progress=False)["report"]) / "report.json").read_text())
+    (x,) = rep["results"]["star"]
+    kept = x["kept"]
+    assert kept["rationalized_problems"] > 0 and kept["rows"] > kept["rationalized_rows"] > 0  # seeded: both happen
+    ft = store.step_of(store.step_of(x["model"]).inputs[0])
+    data = ft.inputs[1]
+    samples, hinted = store.step_of(data).inputs
+    hint_prompts = read_table(store.path(hinted)).column("prompt").to_pylist()
+    assert all("(Hint: the final answer is" in p for p in hint_prompts)
+    assert len(hint_prompts) == cfg.train_problems - (kept["problems_with_any"] - kept["rationalized_problems"])
+    rows = read_table(store.path(data)).to_pylist()
+    assert len(rows) == kept["rows"] and not any("Hint" in r["prompt"] for r in rows), "trained on the question alone"
+    assert ft.inputs[0] == tiny

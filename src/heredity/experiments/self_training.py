@@ -7,7 +7,9 @@ Methods (Singh et al. 2023/24; Yuan et al. 2023), at toy scale:
    ``sft_gold`` fine-tunes the base on the program-written gold solutions (the "human data" baseline);
    ``rest_em`` samples ``samples`` solutions per train problem, keeps at most ``keep`` distinct verified ones per
    problem and fine-tunes **from the base** each round; ``rest_em_continue`` the same but from the previous
-   round's model; ``rft`` is one round; ``compute_matched`` is one round with ``rounds`` × the samples.
+   round's model; ``rft`` is one round; ``compute_matched`` is one round with ``rounds`` × the samples;
+   ``star`` is ReST-EM plus STaR's rationalization: a problem with no verified sample is asked again with its
+   answer as a hint, and a verified rationale is trained on with the question alone (Zelikman et al. 2022).
 3. Evaluation per model: greedy pass@1 on test and ood (Wilson; unit: problems, one model), unbiased pass@k
    from ``eval_samples`` samples per test problem (bootstrap over problems), majority-vote accuracy, greedy
    train accuracy (the train–test gap), and what each round's kept set inherits: distinct solutions per problem,
@@ -33,7 +35,8 @@ from heredity.store import Store, read_table
 
 PROMPT = ("Solve the problem. Write one line per step, then the final answer on its own line as '#### N'.\n\n"
           "{question}")
-ARMS = ("sft_gold", "rft", "rest_em", "rest_em_continue", "compute_matched")
+ARMS = ("sft_gold", "rft", "rest_em", "rest_em_continue", "compute_matched", "star")
+HINT = "\n\n(Hint: the final answer is {answer}. Show the steps that lead to it.)"
 
 
 def _ft(**kw) -> FinetuneConfig:
@@ -75,18 +78,18 @@ def problem_sets(config: Config) -> dict[str, list[dict]]:
             "ood": make_problems(config.ood_problems, "ood", config.test_steps, config.digits, config.seed)}
 
 
-def _prompts(ps: list[dict]) -> list[str]:
-    return [PROMPT.format(question=p["question"]) for p in ps]
+def _prompts(ps: list[dict], hint: bool = False) -> list[str]:
+    return [PROMPT.format(question=p["question"]) + (HINT.format(answer=p["answer"]) if hint else "") for p in ps]
 
 
 def _samples(store: Store, model: str, ps: list[dict], n: int, temperature: float, config: Config, name: str,
-             seed: int = 0, progress: bool = True) -> tuple[str, list[list[str]]]:
-    did = sample_step(store, model, _prompts(ps), SampleConfig(n=n, temperature=temperature, seed=seed,
+             seed: int = 0, progress: bool = True, hint: bool = False) -> tuple[str, list[list[str]]]:
+    did = sample_step(store, model, _prompts(ps, hint), SampleConfig(n=n, temperature=temperature, seed=seed,
                                                                max_new_tokens=config.max_new_tokens,
                                                                batch_size=config.sample_batch), name=name, progress=progress)
     rows = read_table(store.path(did)).to_pylist()
     out: list[list[str]] = [[] for _ in ps]
-    by_prompt = {p: i for i, p in enumerate(_prompts(ps))}
+    by_prompt = {p: i for i, p in enumerate(_prompts(ps, hint))}
     for r in rows:
         out[by_prompt[r["prompt"]]].append(r["completion"])
     return did, out
@@ -151,22 +154,22 @@ def run(store: Store, config: Config, progress: bool = True) -> dict:
     ft = config.finetune.model_copy(update={"seed": config.seed})
     results: dict[str, list[dict]] = {"base": [{"round": 0, "model": base, "eval": evaluate(store, base, sets, config, check, "base", progress)}]}
 
-    def train(start: str, rows: list[dict], name: str, source: str) -> str:
-        """Fine-tune ``start`` on ``rows`` (a dataset whose lineage points to ``source``: the samples, or the base for
-        the gold solutions)."""
+    def train(start: str, rows: list[dict], name: str, sources: list[str]) -> str:
+        """Fine-tune ``start`` on ``rows`` (a dataset whose lineage points to ``sources``: the samples, or the base
+        for the gold solutions)."""
         data = put_rows(store, rows, name, op="make-verified-set", config={"checker": config.checker, "keep": config.keep},
-                        inputs=[source])
+                        inputs=sources)
         res = finetune(store, start, data, ft, progress=progress)
         return merge_adapter(store, res["model"], name=name) if ft.method == "lora" else res["model"]
 
     if "sft_gold" in config.arms:
         log("[self-training] sft_gold")
         rows = [{"prompt": PROMPT.format(question=p["question"]), "completion": p["solution"]} for p in sets["train"]]
-        m = train(base, rows, "self-training-gold", base)
+        m = train(base, rows, "self-training-gold", [base])
         results["sft_gold"] = [{"round": 1, "model": m, "eval": evaluate(store, m, sets, config, check, "sft_gold", progress)}]
     chains = {"rft": (1, True, config.samples), "rest_em": (config.rounds, True, config.samples),
               "rest_em_continue": (config.rounds, False, config.samples),
-              "compute_matched": (1, True, config.samples * config.rounds)}
+              "compute_matched": (1, True, config.samples * config.rounds), "star": (config.rounds, True, config.samples)}
     for arm, (rounds, from_base, n) in chains.items():
         if arm not in config.arms:
             continue
@@ -176,12 +179,23 @@ def run(store: Store, config: Config, progress: bool = True) -> dict:
             sid, comps = _samples(store, model, sets["train"], n, config.temperature, config, f"train-samples-{arm}-{r}",
                                   seed=r, progress=progress)
             rows, kept = verified_set(sets["train"], comps, config.keep, check)
+            sources = [sid]
+            if arm == "star":  # rationalization: the problems with no verified sample, asked again with the answer
+                failed = [p for p in sets["train"] if not any(r["prompt"] == PROMPT.format(question=p["question"]) for r in rows)]
+                if failed:
+                    hid, hinted = _samples(store, model, failed, n, config.temperature, config, f"rationalize-{arm}-{r}",
+                                           seed=r, progress=progress, hint=True)
+                    more, rat = verified_set(failed, hinted, config.keep, check)  # trained on the question alone
+                    rows += more
+                    kept = {**kept, "rationalized_rows": rat["rows"], "rationalized_problems": rat["problems_with_any"],
+                            "rows": len(rows), "problems_with_any": kept["problems_with_any"] + rat["problems_with_any"]}
+                    sources.append(hid)
             if not rows:
                 results[arm].append({"round": r, "model": None, "kept": kept, "eval": None})
                 log(f"[self-training] {arm} round {r}: nothing verified; the chain stops")
                 break
             model = train(base if from_base else model, [{k: v for k, v in x.items() if k != "steps"} for x in rows],
-                          f"self-training-{arm}-{r}", sid)
+                          f"self-training-{arm}-{r}", sources)
             results[arm].append({"round": r, "model": model, "kept": kept,
                                  "eval": evaluate(store, model, sets, config, check, f"{arm}-{r}", progress)})
     report = {"experiment": "self-training", "config": config.model_dump(), "results": results,
