@@ -1,7 +1,7 @@
 """The scheming scenarios as an Inspect (``inspect-ai``) task, for evaluators who run everything through Inspect.
 
     pip install 'heredity[inspect]'
-    inspect eval heredity/evals/inspect_task.py@scheming --model openai/gpt-4o-mini \
+    inspect eval src/heredity/evals/inspect_task.py@scheming --model openai/gpt-4o-mini \
         -T scenarios=oversight-subversion,sandbagging -T variants=conflict,control --epochs 20
 
 One Inspect sample per scenario × variant × nudge; each epoch is one episode. The solver is the same agentic loop
