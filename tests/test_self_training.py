@@ -22,14 +22,15 @@ def test_the_arms_are_chains_of_steps_with_the_right_starting_points(tmp_path):
     tiny = stored_tiny(store, "tiny-long", max_position_embeddings=1024)  # byte tokens: a problem is ~270 of them
     cfg = X.Config(base=tiny, train_problems=6, test_problems=4, ood_problems=4, levels=[1, 2], samples=3, keep=2,
                    rounds=2, eval_samples=3, ks=[1, 2], max_new_tokens=12, arms=["sft_gold", "rest_em", "rest_em_continue"],
-                   checker="test_self_training:accept_if_even_length", finetune=X._ft(max_length=512, batch_size=4, epochs=1))
+                   checker="test_self_training:accept_if_even_length", shots=0,
+                   finetune=X._ft(max_length=512, batch_size=4, epochs=1))
     out = X.run(store, cfg, progress=False)
     rep = json.loads((store.path(out["report"]) / "report.json").read_text())
     res = rep["results"]
     base = res["base"][0]["model"]
     assert [x["round"] for x in res["rest_em"]] == [1, 2] and [x["round"] for x in res["rest_em_continue"]] == [1, 2]
     sets = X.problem_sets(cfg)
-    test_prompts = set(X._prompts(sets["test"] + sets["ood"]))
+    test_prompts = set(X._prompts(sets["test"] + sets["ood"], cfg.shots))
     check = X.load_checker(cfg.checker)
 
     def chain(model):  # merged model <- adapter <- finetune(start, verified set); verified set <- samples
@@ -72,7 +73,8 @@ def test_star_rationalizes_failed_problems_with_the_answer_as_a_hint_and_trains_
     tiny = stored_tiny(store, "tiny-long", max_position_embeddings=1024)
     cfg = X.Config(base=tiny, train_problems=8, test_problems=2, ood_problems=2, levels=[1], samples=1, keep=1, rounds=1,
                    eval_samples=1, ks=[1], max_new_tokens=12, arms=["star"],
-                   checker="test_self_training:accept_if_even_length", finetune=X._ft(max_length=512, batch_size=4, epochs=1))
+                   checker="test_self_training:accept_if_even_length", shots=0,
+                   finetune=X._ft(max_length=512, batch_size=4, epochs=1))
     rep = json.loads((store.path(X.run(store, cfg, progress=False)["report"]) / "report.json").read_text())
     (x,) = rep["results"]["star"]
     kept = x["kept"]
@@ -86,3 +88,17 @@ def test_star_rationalizes_failed_problems_with_the_answer_as_a_hint_and_trains_
     rows = read_table(store.path(data)).to_pylist()
     assert len(rows) == kept["rows"] and not any("Hint" in r["prompt"] for r in rows), "trained on the question alone"
     assert ft.inputs[0] == tiny
+
+
+def test_the_worked_examples_are_fixed_and_never_a_problem():
+    from heredity.experiments import self_training as X
+
+    cfg = X.Config(train_problems=300, test_problems=100, ood_problems=50, shots=3)
+    shown = X.examples(3)
+    assert shown == X.examples(3) and len(shown) == 3 and [e["steps"] for e in shown] == [1, 2, 1]
+    sets = X.problem_sets(cfg)
+    assert not {e["question"] for e in shown} & {p["question"] for v in sets.values() for p in v}
+    p = sets["test"][0]
+    text = X.prompt_of(p, 3)
+    assert text.count("Problem:") == 4 and text.endswith(f"Problem: {p['question']}\nSolution:")
+    assert all(e["solution"] in text for e in shown) and "Hint" not in text and "Hint" in X.prompt_of(p, 3, hint=True)

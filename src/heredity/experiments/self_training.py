@@ -34,7 +34,19 @@ from heredity.models import materialize, merge_adapter
 from heredity.store import Store, read_table
 
 PROMPT = ("Solve the problem. Write one line per step, then the final answer on its own line as '#### N'.\n\n"
-          "{question}")
+          "{examples}Problem: {question}\nSolution:")
+EXAMPLE = "Problem: {question}\nSolution:\n{solution}\n\n"
+
+
+def examples(shots: int) -> list[dict]:
+    """The few-shot worked examples (fixed: their own seed, one and two steps), never a train or test problem."""
+    return [p for k in range(shots) for p in make_problems(1, "train", 1 + k % 2, 1, seed=10_000 + k)]
+
+
+def prompt_of(problem: dict, shots: int, hint: bool = False) -> str:
+    shown = "".join(EXAMPLE.format(**e) for e in examples(shots))
+    return (PROMPT.format(examples=shown, question=problem["question"])
+            + (HINT.format(answer=problem["answer"]) if hint else ""))
 ARMS = ("sft_gold", "rft", "rest_em", "rest_em_continue", "compute_matched", "star")
 HINT = "\n\n(Hint: the final answer is {answer}. Show the steps that lead to it.)"
 
@@ -62,6 +74,7 @@ class Config(BaseModel):
     arms: list[str] = Field(default_factory=lambda: list(ARMS))
     finetune: FinetuneConfig = Field(default_factory=_ft)
     checker: str | None = Field(None, description="module:function or regex:PATTERN (default: the strict #### checker)")
+    shots: int = Field(2, ge=0, description="worked examples at the start of every prompt (0: zero-shot)")
     sample_batch: int = Field(32, ge=1)
     seed: int = 0
 
@@ -74,28 +87,30 @@ class Config(BaseModel):
 def problem_sets(config: Config) -> dict[str, list[dict]]:
     per = -(-config.train_problems // len(config.levels))
     train = [p for s in config.levels for p in make_problems(per, "train", s, config.digits, config.seed)][: config.train_problems]
-    return {"train": train, "test": make_problems(config.test_problems, "test", config.test_steps, config.digits, config.seed),
+    sets = {"train": train, "test": make_problems(config.test_problems, "test", config.test_steps, config.digits, config.seed),
             "ood": make_problems(config.ood_problems, "ood", config.test_steps, config.digits, config.seed)}
+    shown = {e["question"] for e in examples(config.shots)}
+    return {k: [p for p in v if p["question"] not in shown] for k, v in sets.items()}  # a worked example is no problem
 
 
-def _prompts(ps: list[dict], hint: bool = False) -> list[str]:
-    return [PROMPT.format(question=p["question"]) + (HINT.format(answer=p["answer"]) if hint else "") for p in ps]
+def _prompts(ps: list[dict], shots: int, hint: bool = False) -> list[str]:
+    return [prompt_of(p, shots, hint) for p in ps]
 
 
 def _samples(store: Store, model: str, ps: list[dict], n: int, temperature: float, config: Config, name: str,
              seed: int = 0, progress: bool = True, hint: bool = False) -> tuple[str, list[list[str]]]:
-    did = sample_step(store, model, _prompts(ps, hint), SampleConfig(n=n, temperature=temperature, seed=seed,
+    did = sample_step(store, model, _prompts(ps, config.shots, hint), SampleConfig(n=n, temperature=temperature, seed=seed,
                                                                max_new_tokens=config.max_new_tokens,
                                                                batch_size=config.sample_batch), name=name, progress=progress)
     rows = read_table(store.path(did)).to_pylist()
     out: list[list[str]] = [[] for _ in ps]
-    by_prompt = {p: i for i, p in enumerate(_prompts(ps, hint))}
+    by_prompt = {p: i for i, p in enumerate(_prompts(ps, config.shots, hint))}
     for r in rows:
         out[by_prompt[r["prompt"]]].append(r["completion"])
     return did, out
 
 
-def verified_set(ps: list[dict], samples: list[list[str]], keep: int, check) -> tuple[list[dict], dict]:
+def verified_set(ps: list[dict], samples: list[list[str]], keep: int, check, shots: int) -> tuple[list[dict], dict]:
     """At most ``keep`` distinct verified solutions per problem (first come), as fine-tuning rows, and what the
     set holds: problems with any, distinct solutions per problem, share kept per level, mean answer length."""
     rows, per_problem, per_level = [], [], Counter()
@@ -104,7 +119,7 @@ def verified_set(ps: list[dict], samples: list[list[str]], keep: int, check) -> 
         per_problem.append(len(good))
         if good:
             per_level[p["steps"]] += 1
-        rows += [{"prompt": PROMPT.format(question=p["question"]), "completion": c, "steps": p["steps"]} for c in good]
+        rows += [{"prompt": prompt_of(p, shots), "completion": c, "steps": p["steps"]} for c in good]
     levels = Counter(p["steps"] for p in ps)
     stats = {"rows": len(rows), "problems_with_any": sum(k > 0 for k in per_problem), "problems": len(ps),
              "distinct_per_problem": float(np.mean(per_problem)) if per_problem else 0.0,
@@ -164,7 +179,7 @@ def run(store: Store, config: Config, progress: bool = True) -> dict:
 
     if "sft_gold" in config.arms:
         log("[self-training] sft_gold")
-        rows = [{"prompt": PROMPT.format(question=p["question"]), "completion": p["solution"]} for p in sets["train"]]
+        rows = [{"prompt": prompt_of(p, config.shots), "completion": p["solution"]} for p in sets["train"]]
         m = train(base, rows, "self-training-gold", [base])
         results["sft_gold"] = [{"round": 1, "model": m, "eval": evaluate(store, m, sets, config, check, "sft_gold", progress)}]
     chains = {"rft": (1, True, config.samples), "rest_em": (config.rounds, True, config.samples),
@@ -178,14 +193,15 @@ def run(store: Store, config: Config, progress: bool = True) -> dict:
             log(f"[self-training] {arm} round {r}/{rounds}: {n} samples per problem")
             sid, comps = _samples(store, model, sets["train"], n, config.temperature, config, f"train-samples-{arm}-{r}",
                                   seed=r, progress=progress)
-            rows, kept = verified_set(sets["train"], comps, config.keep, check)
+            rows, kept = verified_set(sets["train"], comps, config.keep, check, config.shots)
             sources = [sid]
             if arm == "star":  # rationalization: the problems with no verified sample, asked again with the answer
-                failed = [p for p in sets["train"] if not any(r["prompt"] == PROMPT.format(question=p["question"]) for r in rows)]
+                done = {r["prompt"] for r in rows}
+                failed = [p for p in sets["train"] if prompt_of(p, config.shots) not in done]
                 if failed:
                     hid, hinted = _samples(store, model, failed, n, config.temperature, config, f"rationalize-{arm}-{r}",
                                            seed=r, progress=progress, hint=True)
-                    more, rat = verified_set(failed, hinted, config.keep, check)  # trained on the question alone
+                    more, rat = verified_set(failed, hinted, config.keep, check, config.shots)  # the question alone
                     rows += more
                     kept = {**kept, "rationalized_rows": rat["rows"], "rationalized_problems": rat["problems_with_any"],
                             "rows": len(rows), "problems_with_any": kept["problems_with_any"] + rat["problems_with_any"]}
