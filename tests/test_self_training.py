@@ -102,3 +102,21 @@ def test_the_worked_examples_are_fixed_and_never_a_problem():
     text = X.prompt_of(p, 3)
     assert text.count("Problem:") == 4 and text.endswith(f"Problem: {p['question']}\nSolution:")
     assert all(e["solution"] in text for e in shown) and "Hint" not in text and "Hint" in X.prompt_of(p, 3, hint=True)
+
+
+def test_with_worked_examples_sampling_stops_at_the_next_problem(tmp_path):
+    from conftest import stored_tiny
+
+    from heredity.experiments import self_training as X
+    from heredity.store import Store, read_table
+
+    store = Store(tmp_path / "h")
+    tiny = stored_tiny(store, "tiny-long", max_position_embeddings=1024)
+    cfg = X.Config(shots=1, max_new_tokens=16)
+    did, comps = X._samples(store, tiny, X.problem_sets(cfg)["test"][:2], 2, 1.0, cfg, "t", progress=False)
+    assert store.step_of(did).config["sample"]["stop"] == ["\nProblem:"]
+    assert len(comps) == 2 and all(len(c) == 2 for c in comps) and not any("\nProblem:" in x for c in comps for x in c)
+    assert read_table(store.path(did)).num_rows == 4
+    zero = X.Config(shots=0, max_new_tokens=16)
+    did0, _ = X._samples(store, tiny, X.problem_sets(zero)["test"][:1], 1, 1.0, zero, "t", progress=False)
+    assert store.step_of(did0).config["sample"]["stop"] == []

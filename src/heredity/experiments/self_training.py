@@ -36,6 +36,7 @@ from heredity.store import Store, read_table
 PROMPT = ("Solve the problem. Write one line per step, then the final answer on its own line as '#### N'.\n\n"
           "{examples}Problem: {question}\nSolution:")
 EXAMPLE = "Problem: {question}\nSolution:\n{solution}\n\n"
+STOP = "\nProblem:"  # with worked examples a small model goes on to write the next problem: the answer ends there
 
 
 def examples(shots: int) -> list[dict]:
@@ -99,9 +100,9 @@ def _prompts(ps: list[dict], shots: int, hint: bool = False) -> list[str]:
 
 def _samples(store: Store, model: str, ps: list[dict], n: int, temperature: float, config: Config, name: str,
              seed: int = 0, progress: bool = True, hint: bool = False) -> tuple[str, list[list[str]]]:
-    did = sample_step(store, model, _prompts(ps, config.shots, hint), SampleConfig(n=n, temperature=temperature, seed=seed,
-                                                               max_new_tokens=config.max_new_tokens,
-                                                               batch_size=config.sample_batch), name=name, progress=progress)
+    cfg = SampleConfig(n=n, temperature=temperature, seed=seed, max_new_tokens=config.max_new_tokens,
+                       batch_size=config.sample_batch, stop=[STOP] if config.shots else [])
+    did = sample_step(store, model, _prompts(ps, config.shots, hint), cfg, name=name, progress=progress)
     rows = read_table(store.path(did)).to_pylist()
     out: list[list[str]] = [[] for _ in ps]
     by_prompt = {p: i for i, p in enumerate(_prompts(ps, config.shots, hint))}
