@@ -12,6 +12,10 @@ def accept_if_even_length(problem, completion):
     return len(completion.strip()) % 2 == 0
 
 
+def accept_all(problem, completion):
+    return True
+
+
 def test_the_arms_are_chains_of_steps_with_the_right_starting_points(tmp_path):
     from conftest import stored_tiny
 
@@ -120,3 +124,30 @@ def test_with_worked_examples_sampling_stops_at_the_next_problem(tmp_path):
     zero = X.Config(shots=0, max_new_tokens=16)
     did0, _ = X._samples(store, tiny, X.problem_sets(zero)["test"][:1], 1, 1.0, zero, "t", progress=False)
     assert store.step_of(did0).config["sample"]["stop"] == []
+
+
+def test_the_grpo_arm_uses_the_checker_as_reward_at_the_rest_em_sample_budget(tmp_path):
+    from conftest import stored_tiny
+
+    from heredity.experiments import self_training as X
+    from heredity.store import Store, read_table
+
+    store = Store(tmp_path / "h")
+    tiny = stored_tiny(store, "tiny-long", max_position_embeddings=1024)
+    cfg = X.Config(base=tiny, train_problems=4, test_problems=2, ood_problems=2, levels=[1], samples=2, keep=1, rounds=2,
+                   eval_samples=1, ks=[1], max_new_tokens=8, arms=["grpo"], grpo_batch=4, shots=0,
+                   checker="test_self_training:accept_if_even_length")
+    rep = json.loads((store.path(X.run(store, cfg, progress=False)["report"]) / "report.json").read_text())
+    (x,) = rep["results"]["grpo"]
+    assert x["completions"] == cfg.rounds * cfg.samples * cfg.train_problems  # 4 steps × 4 = 2 × 2 × 4
+    step = store.step_of(x["model"])
+    assert step.op == "grpo-verifiable" and step.config["checker"] == cfg.checker and step.inputs[0] == tiny
+    assert step.config["config"]["num_generations"] == cfg.samples and step.metrics["steps"] == 4
+    rewards = [h["reward"] for h in step.metrics["log"] if "reward" in h]
+    assert rewards and all(0 <= r <= 1 for r in rewards)  # a 0/1 checker reward, averaged per step
+    rows = read_table(store.path(step.inputs[1])).to_pylist()
+    assert [r["answer"] for r in rows] == [p["answer"] for p in X.problem_sets(cfg)["train"]]
+    every = cfg.model_copy(update={"checker": "test_self_training:accept_all", "rounds": 1})
+    rep = json.loads((store.path(X.run(store, every, progress=False)["report"]) / "report.json").read_text())
+    log = store.step_of(rep["results"]["grpo"][0]["model"]).metrics["log"]
+    assert [h["reward"] for h in log if "reward" in h] == [1.0, 1.0], "the checker is the reward"

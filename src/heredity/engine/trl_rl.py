@@ -55,12 +55,8 @@ def _history(trainer) -> list[dict]:
 
 def grpo_step(store, policy: str, reward_model: str, prompts: str, config: TRLConfig | None = None, name: str = "grpo",
               progress=True):
-    from datasets import Dataset
-    from trl import GRPOConfig, GRPOTrainer
-
     from heredity.engine.ppo import prompts_of
     from heredity.engine.reward import check_reward_model, reward_function
-    from heredity.models import load
     from heredity.models.registry import default_device
 
     config = config or TRLConfig()
@@ -72,7 +68,6 @@ def grpo_step(store, policy: str, reward_model: str, prompts: str, config: TRLCo
 
     def run(ctx):
         rows = prompts_of(store, data_id)  # read inside the step, from the input artifact
-        lm, tok = load(policy_id, store, trainable=True, dtype=torch.float32)
         _, reward_fn = reward_function(store, rm_id, default_device())
 
         def reward_model(prompts, completions, **_):
@@ -80,21 +75,68 @@ def grpo_step(store, policy: str, reward_model: str, prompts: str, config: TRLCo
             no end-of-turn token), not through TRL's own rendering of the pair."""
             return reward_fn(prompts, [c[-1]["content"] if isinstance(c, list) else c for c in completions])
 
-        args = _args(GRPOConfig, config, str(ctx.scratch / "trl"), per_device_train_batch_size=config.batch_size,
-                     num_generations=config.num_generations, max_completion_length=config.max_new_tokens,
-                     temperature=config.temperature, log_completions=False)
-        ds = Dataset.from_list([{"prompt": as_messages(p)} for p in rows])
-        t0 = time.perf_counter()
-        trainer = GRPOTrainer(model=lm, reward_funcs=reward_model, args=args, train_dataset=ds, processing_class=tok)
-        trainer.train()
-        model = trainer.model
-        out = ctx.output("model", "model", name, meta={"origin": "grpo", "reward_model": rm_id})
-        model.save_pretrained(out)
-        tok.save_pretrained(out)
-        log = _history(trainer)
-        return {"seconds": round(time.perf_counter() - t0, 1), "log": log, "steps": config.steps}
+        return _grpo(ctx, store, policy_id, [{"prompt": as_messages(p)} for p in rows], reward_model, config,
+                     {"origin": "grpo", "reward_model": rm_id}, name)
 
     return store.run_step("grpo", config, [policy_id, rm_id, data_id], run, seed=config.seed)
+
+
+def grpo_verifiable_step(store, policy: str, problems: str, checker: str | None = None, config: TRLConfig | None = None,
+                         name: str = "grpo-verifiable", stop: list[str] | None = None, progress=True):
+    """GRPO with a checker as the reward (1 when ``evals.verify.load_checker(checker)`` accepts the completion, else
+    0): ``problems`` is a dataset with ``prompt`` and the fields the checker reads (``answer`` for the default).
+    ``stop``: the reward reads each completion up to its first stop string, as sampling with that stop would
+    return it (TRL's generation takes no stop strings)."""
+    from heredity.store import read_table
+
+    config = config or TRLConfig()
+    if config.batch_size % config.num_generations:
+        raise HeredityError(f"GRPO batch_size {config.batch_size} must be a multiple of num_generations {config.num_generations}")
+    policy_id, data_id = _policy(store, policy), store.resolve_id(problems)
+    if "prompt" not in read_table(store.path(data_id)).column_names:
+        raise HeredityError(f"{data_id} has no prompt column; give a dataset of problems (prompt, answer, ...)")
+
+    stops = list(stop or [])
+
+    def run(ctx):
+        from heredity.evals.verify import load_checker
+
+        check = load_checker(checker)
+        rows = read_table(store.path(data_id)).to_pylist()
+
+        def reward(prompts, completions, **columns):
+            texts = [c[-1]["content"] if isinstance(c, list) else c for c in completions]
+            for s_ in stops:
+                texts = [t.split(s_, 1)[0] for t in texts]
+            return [1.0 if check({k: v[i] for k, v in columns.items() if isinstance(v, list)}, t) else 0.0
+                    for i, t in enumerate(texts)]
+
+        items = [{**{k: v for k, v in r.items() if k != "prompt"}, "prompt": as_messages(r["prompt"])} for r in rows]
+        return _grpo(ctx, store, policy_id, items, reward, config, {"origin": "grpo", "checker": checker}, name)
+
+    return store.run_step("grpo-verifiable", {"config": config.model_dump(), "checker": checker, "stop": stops},
+                          [policy_id, data_id], run, seed=config.seed)
+
+
+def _grpo(ctx, store, policy_id: str, items: list[dict], reward, config: TRLConfig, meta: dict, name: str) -> dict:
+    """One TRL GRPO run on ``items`` (prompt + extra columns, passed to ``reward``), saved as a model output."""
+    from datasets import Dataset
+    from trl import GRPOConfig, GRPOTrainer
+
+    from heredity.models import load
+
+    lm, tok = load(policy_id, store, trainable=True, dtype=torch.float32)
+    args = _args(GRPOConfig, config, str(ctx.scratch / "trl"), per_device_train_batch_size=config.batch_size,
+                 num_generations=config.num_generations, max_completion_length=config.max_new_tokens,
+                 temperature=config.temperature, log_completions=False)
+    t0 = time.perf_counter()
+    trainer = GRPOTrainer(model=lm, reward_funcs=reward, args=args, train_dataset=Dataset.from_list(items),
+                          processing_class=tok)
+    trainer.train()
+    out = ctx.output("model", "model", name, meta=meta)
+    trainer.model.save_pretrained(out)
+    tok.save_pretrained(out)
+    return {"seconds": round(time.perf_counter() - t0, 1), "log": _history(trainer), "steps": config.steps}
 
 
 def dpo_step(store, policy: str, preferences: list[str], config: TRLConfig | None = None, name: str = "dpo", progress=True):

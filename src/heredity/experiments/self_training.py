@@ -9,7 +9,9 @@ Methods (Singh et al. 2023/24; Yuan et al. 2023), at toy scale:
    problem and fine-tunes **from the base** each round; ``rest_em_continue`` the same but from the previous
    round's model; ``rft`` is one round; ``compute_matched`` is one round with ``rounds`` × the samples;
    ``star`` is ReST-EM plus STaR's rationalization: a problem with no verified sample is asked again with its
-   answer as a hint, and a verified rationale is trained on with the question alone (Zelikman et al. 2022).
+   answer as a hint, and a verified rationale is trained on with the question alone (Zelikman et al. 2022);
+   ``grpo`` is GRPO through TRL with the checker as the reward, at the sample budget of ``rest_em``
+   (rounds × samples × train problems completions, groups of ``samples``).
 3. Evaluation per model: greedy pass@1 on test and ood (Wilson; unit: problems, one model), unbiased pass@k
    from ``eval_samples`` samples per test problem (bootstrap over problems), majority-vote accuracy, greedy
    train accuracy (the train–test gap), and what each round's kept set inherits: distinct solutions per problem,
@@ -48,7 +50,7 @@ def prompt_of(problem: dict, shots: int, hint: bool = False) -> str:
     shown = "".join(EXAMPLE.format(**e) for e in examples(shots))
     return (PROMPT.format(examples=shown, question=problem["question"])
             + (HINT.format(answer=problem["answer"]) if hint else ""))
-ARMS = ("sft_gold", "rft", "rest_em", "rest_em_continue", "compute_matched", "star")
+ARMS = ("sft_gold", "rft", "rest_em", "rest_em_continue", "compute_matched", "star", "grpo")
 HINT = "\n\n(Hint: the final answer is {answer}. Show the steps that lead to it.)"
 
 
@@ -75,6 +77,8 @@ class Config(BaseModel):
     arms: list[str] = Field(default_factory=lambda: list(ARMS))
     finetune: FinetuneConfig = Field(default_factory=_ft)
     checker: str | None = Field(None, description="module:function or regex:PATTERN (default: the strict #### checker)")
+    grpo_lr: float = Field(5e-6, gt=0)
+    grpo_batch: int = Field(32, ge=2, description="GRPO completions per step (a multiple of samples)")
     shots: int = Field(2, ge=0, description="worked examples at the start of every prompt (0: zero-shot)")
     sample_batch: int = Field(32, ge=1)
     seed: int = 0
@@ -215,6 +219,20 @@ def run(store: Store, config: Config, progress: bool = True) -> dict:
                           f"self-training-{arm}-{r}", sources)
             results[arm].append({"round": r, "model": model, "kept": kept,
                                  "eval": evaluate(store, model, sets, config, check, f"{arm}-{r}", progress)})
+    if "grpo" in config.arms:
+        from heredity.engine.trl_rl import TRLConfig, grpo_verifiable_step
+
+        budget = config.rounds * config.samples * len(sets["train"])
+        tc = TRLConfig(steps=max(1, budget // config.grpo_batch), lr=config.grpo_lr, batch_size=config.grpo_batch,
+                       num_generations=config.samples, max_new_tokens=config.max_new_tokens,
+                       temperature=config.temperature, seed=config.seed)
+        log(f"[self-training] grpo: {tc.steps} steps of {tc.batch_size} completions (the ReST-EM sample budget)")
+        data = put_rows(store, [{"prompt": prompt_of(p, config.shots), "answer": p["answer"]} for p in sets["train"]],
+                        "self-training-problems", op="make-dataset", inputs=[base])
+        m = grpo_verifiable_step(store, base, data, config.checker, tc, name="self-training-grpo",
+                                 stop=[STOP] if config.shots else None, progress=progress)["model"]
+        results["grpo"] = [{"round": 1, "model": m, "completions": tc.steps * tc.batch_size,
+                            "eval": evaluate(store, m, sets, config, check, "grpo", progress)}]
     report = {"experiment": "self-training", "config": config.model_dump(), "results": results,
               "problems": {k: len(v) for k, v in sets.items()}, "seconds": round(time.perf_counter() - t0, 1)}
     report["outcome"] = outcome(report)
