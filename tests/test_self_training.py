@@ -151,3 +151,15 @@ def test_the_grpo_arm_uses_the_checker_as_reward_at_the_rest_em_sample_budget(tm
     rep = json.loads((store.path(X.run(store, every, progress=False)["report"]) / "report.json").read_text())
     log = store.step_of(rep["results"]["grpo"][0]["model"]).metrics["log"]
     assert [h["reward"] for h in log if "reward" in h] == [1.0, 1.0], "the checker is the reward"
+
+
+def test_options_it_cannot_honour_are_refused():
+    import pytest
+
+    from heredity.experiments import self_training as X
+
+    for kw, msg in [({"arms": ["rest_em", "dpo"]}, "unknown arm 'dpo'"), ({"ks": [1, 32]}, "pass@32 needs"),
+                    ({"samples": 6}, "multiple of samples 6")]:
+        with pytest.raises(ValueError, match=msg):
+            X.Config(**kw)
+    X.Config(samples=6, arms=["rest_em"])  # the GRPO group size matters only with the grpo arm

@@ -22,11 +22,12 @@ The unit of replication for every interval is problems (claims about one trained
 
 from __future__ import annotations
 
+import functools
 import time
 from collections import Counter
 
 import numpy as np
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
 from heredity.data import put_rows
 from heredity.data.problems import problems as make_problems
@@ -46,9 +47,14 @@ def examples(shots: int) -> list[dict]:
     return [p for k in range(shots) for p in make_problems(1, "train", 1 + k % 2, 1, seed=10_000 + k)]
 
 
+@functools.cache
+def _shown(shots: int) -> str:
+    """The worked examples as they open every prompt (made once per ``shots``, not once per prompt)."""
+    return "".join(EXAMPLE.format(**e) for e in examples(shots))
+
+
 def prompt_of(problem: dict, shots: int, hint: bool = False) -> str:
-    shown = "".join(EXAMPLE.format(**e) for e in examples(shots))
-    return (PROMPT.format(examples=shown, question=problem["question"])
+    return (PROMPT.format(examples=_shown(shots), question=problem["question"])
             + (HINT.format(answer=problem["answer"]) if hint else ""))
 ARMS = ("sft_gold", "rft", "rest_em", "rest_em_continue", "compute_matched", "star", "grpo")
 HINT = "\n\n(Hint: the final answer is {answer}. Show the steps that lead to it.)"
@@ -83,6 +89,18 @@ class Config(BaseModel):
     sample_batch: int = Field(32, ge=1)
     seed: int = 0
 
+    @model_validator(mode="after")
+    def _check(self):
+        bad = [a for a in self.arms if a not in ARMS]
+        if bad:
+            raise ValueError(f"unknown arm {bad[0]!r}; arms are {', '.join(ARMS)}")
+        big = [k for k in self.ks if not 1 <= k <= self.eval_samples]
+        if big:
+            raise ValueError(f"pass@{big[0]} needs 1 <= k <= eval_samples ({self.eval_samples}); raise eval_samples or drop it")
+        if "grpo" in self.arms and self.grpo_batch % self.samples:
+            raise ValueError(f"grpo_batch {self.grpo_batch} must be a multiple of samples {self.samples} (GRPO's group size)")
+        return self
+
     @classmethod
     def presets(cls) -> dict[str, Config]:
         return {"quick": cls(), "paper": cls(train_problems=2000, test_problems=500, ood_problems=500, samples=32, keep=10,
@@ -106,10 +124,11 @@ def _samples(store: Store, model: str, ps: list[dict], n: int, temperature: floa
              seed: int = 0, progress: bool = True, hint: bool = False) -> tuple[str, list[list[str]]]:
     cfg = SampleConfig(n=n, temperature=temperature, seed=seed, max_new_tokens=config.max_new_tokens,
                        batch_size=config.sample_batch, stop=[STOP] if config.shots else [])
-    did = sample_step(store, model, _prompts(ps, config.shots, hint), cfg, name=name, progress=progress)
+    prompts = _prompts(ps, config.shots, hint)
+    did = sample_step(store, model, prompts, cfg, name=name, progress=progress)
     rows = read_table(store.path(did)).to_pylist()
     out: list[list[str]] = [[] for _ in ps]
-    by_prompt = {p: i for i, p in enumerate(_prompts(ps, config.shots, hint))}
+    by_prompt = {p: i for i, p in enumerate(prompts)}
     for r in rows:
         out[by_prompt[r["prompt"]]].append(r["completion"])
     return did, out
@@ -148,8 +167,6 @@ def evaluate(store: Store, model: str, sets: dict[str, list[dict]], config: Conf
     correct = np.array([[check(p, c) for c in cs] for p, cs in zip(sets["test"], comps, strict=True)])
     rng = np.random.default_rng(config.seed)
     for k in config.ks:
-        if k > config.eval_samples:
-            continue
         per = np.array([pass_at_k(config.eval_samples, int(c.sum()), k) for c in correct])
         boot = [per[rng.integers(0, len(per), len(per))].mean() for _ in range(2000)]
         out[f"pass@{k}"] = {"mean": float(per.mean()), "lo": float(np.percentile(boot, 2.5)),
