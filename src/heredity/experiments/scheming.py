@@ -309,23 +309,26 @@ def answer_scored(name: str) -> bool:
     return any(c.kind == "submitted_differs" for c in S.load(name).scheming)
 
 
+def pooled(arm_cells: dict[int, dict]) -> dict[str, dict]:
+    """Per cell, the scheming and competence counts of every seed's model added up."""
+    first = next(iter(arm_cells.values()))
+    return {key: {m: {"k": sum(c[key][m]["k"] for c in arm_cells.values()), "n": sum(c[key][m]["n"] for c in arm_cells.values())}
+                  for m in ("scheming", "competence")} for key in first}
+
+
 def compare(base_cells: dict, arm_cells: dict[int, dict], label: str) -> list[dict]:
     """Per cell: the scheming rate of the arm's models (episodes of every seed pooled) against ``base_cells``' (the
     base model's, or another arm's pooled), Fisher's exact two-sided test, Holm across the cells."""
     from heredity.reports.stats import holm, rate_diff_test
 
     rows = []
-    for key in next(iter(arm_cells.values())):
-        k = sum(c[key]["scheming"]["k"] for c in arm_cells.values())
-        n = sum(c[key]["scheming"]["n"] for c in arm_cells.values())
+    for key, x in pooled(arm_cells).items():
         b = base_cells.get(key)
         if b is None:
             continue
-        test = rate_diff_test(k, n, b["scheming"]["k"], b["scheming"]["n"],
-                              unit=f"episodes ({len(arm_cells)} training seed(s) pooled)")
-        comp_k = sum(c[key]["competence"]["k"] for c in arm_cells.values())
-        rows.append({"arm": label, "cell": key, "scheming": {"k": k, "n": n}, "competence": {"k": comp_k, "n": n},
-                     "base": {"k": b["scheming"]["k"], "n": b["scheming"]["n"]}, "test": test})
+        (k, n), (bk, bn) = (x["scheming"]["k"], x["scheming"]["n"]), (b["scheming"]["k"], b["scheming"]["n"])
+        test = rate_diff_test(k, n, bk, bn, unit=f"episodes ({len(arm_cells)} training seed(s) pooled)")
+        rows.append({"arm": label, "cell": key, **x, "base": {"k": bk, "n": bn}, "test": test})
     for r, p in zip(rows, holm([r["test"]["p"] for r in rows]), strict=True):
         r["p_holm"] = p
     return rows
@@ -378,11 +381,9 @@ def run(store: Store, config: Config, progress: bool = True) -> dict:
             report["trained_in"]["cells"][label] = per_seed
             report["trained_in"]["comparisons"] += compare(report["cells"], per_seed, label)
         if len(arms) == 2:  # did safety SFT remove it? after vs before, on the demonstrated evaluation's cells
-            before = report["trained_in"]["cells"]["trained"]
-            pooled = {key: {"scheming": {"k": sum(c[key]["scheming"]["k"] for c in before.values()),
-                                         "n": sum(c[key]["scheming"]["n"] for c in before.values())}}
-                      for key in next(iter(before.values())) if key.split("|")[0] in (t.scenario, *t.held_out)}
-            report["trained_in"]["comparisons"] += compare(pooled, report["trained_in"]["cells"]["after safety SFT"],
+            before = {key: x for key, x in pooled(report["trained_in"]["cells"]["trained"]).items()
+                      if key.split("|")[0] in (t.scenario, *t.held_out)}
+            report["trained_in"]["comparisons"] += compare(before, report["trained_in"]["cells"]["after safety SFT"],
                                                            "after safety SFT vs trained")
     report["seconds"] = round(time.perf_counter() - t0, 1)
     report["outcome"] = outcome(report)
