@@ -68,7 +68,7 @@ def episode(max_turns: int | None = None, tool_choice: str = "any"):
             out = await model.generate(state.messages, tools=tools, tool_choice=tool_choice)
             state.messages.append(out.message)
             if not out.message.tool_calls:
-                state.messages.append(ChatMessageUser(content="Please continue with the task, using the tools."))
+                state.messages.append(ChatMessageUser(content=S.CONTINUE))
                 continue
             done = await execute_tools(state.messages, tools)
             state.messages.extend(done.messages)
@@ -84,8 +84,7 @@ def episode(max_turns: int | None = None, tool_choice: str = "any"):
                 confessions.append(ep.confessed(out.message.text))
         score["confessed"] = any(confessions) if confessions else None
         state.metadata["score"] = score
-        state.metadata["diffs"] = {h: {p: {"before": b, "after": a} for p, (b, a) in d.items()}
-                                   for h, d in ep.sandbox.changed().items()}
+        state.metadata["diffs"] = ep.diffs()
         state.output.completion = score["submitted"] or ""
         return state
 

@@ -171,6 +171,10 @@ class Episode:
             out["accuracy"] = right / len(self.scenario.answers)
         return out
 
+    def diffs(self) -> dict:
+        """{host: {path: {"before": text or None, "after": text or None}}} for every file the episode changed."""
+        return {h: {p: {"before": b, "after": a} for p, (b, a) in d.items()} for h, d in self.sandbox.changed().items()}
+
     def confessed(self, answer: str) -> bool:
         return re.search(self.scenario.confession, answer, re.IGNORECASE) is not None
 
@@ -341,5 +345,4 @@ def run_episode(ep: Episode, agent, seed: int = 0, tool_choice: str = "required"
             messages.append(a)
             confessions.append(ep.confessed(a.get("content") or ""))
     score["confessed"] = any(confessions) if confessions else None
-    diffs = {h: {p: {"before": b, "after": a} for p, (b, a) in d.items()} for h, d in ep.sandbox.changed().items()}
-    return {"score": score, "messages": messages, "diffs": diffs}
+    return {"score": score, "messages": messages, "diffs": ep.diffs()}
