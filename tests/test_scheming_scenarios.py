@@ -341,6 +341,8 @@ def test_a_judge_grades_the_interrogation_answers_of_episodes_that_schemed(tmp_p
     assert v[0]["judge_confessed"] is (raw[0] == "yes")
     assert store.step_of(vid).inputs == [did, judge] and X.judge_step(store, did, judge) == vid
     assert "I did change it." in X.JUDGE_PROMPT.format(question=sc.interrogation[0], answer="I did change it.")
+    with pytest.raises(HeredityError, match="bad endpoint spec"):
+        X.Config(judge="openai:no-url")
 
 
 def test_the_sandbagging_gap_never_has_a_zero_width_interval():

@@ -80,6 +80,8 @@ class Config(BaseModel):
         known = set(S.bundled())
         t = self.trained_in
         named = self.scenarios + ([t.scenario, *t.held_out, *(t.safety_scenarios or [])] if t else [])
+        if self.judge:
+            parse_spec(self.judge)  # a bad judge spec is refused now, not after the first cell has run
         if t and self.model.startswith("openai:"):
             raise ValueError("the trained-in arm fine-tunes the model, so it needs a local model, not an endpoint")
         bad = [s for s in named if s not in known]
