@@ -62,7 +62,9 @@ def test_the_arms_are_chains_of_steps_with_the_right_starting_points(tmp_path):
     e = res["rest_em"][-1]["eval"]
     assert set(e) >= {"greedy_test", "greedy_ood", "greedy_train", "pass@1", "pass@2", "majority_vote"}
     assert e["pass@1"]["lo"] <= e["pass@1"]["mean"] <= e["pass@1"]["hi"] <= e["pass@2"]["hi"] + 1e-9
-    assert "unit of every interval: problems" in out["markdown"]
+    assert "unit of every interval: problems" in out["markdown"] and "## Planned comparisons" in out["markdown"]
+    assert {(c["a"][0], c["b"][0]) for c in rep["comparisons"]} >= {("rest_em", "sft_gold"), ("rest_em", "rest_em_continue")}
+    assert e["pass_curve"]["1"] == e["pass@1"]["mean"] and len(e["greedy_test_items"]) == e["greedy_test"]["n"]
     again = json.loads((store.path(X.run(store, cfg, progress=False)["report"]) / "report.json").read_text())
     assert again["results"] == res, "a rerun computes nothing new"
 
@@ -163,3 +165,28 @@ def test_options_it_cannot_honour_are_refused():
         with pytest.raises(ValueError, match=msg):
             X.Config(**kw)
     X.Config(samples=6, arms=["rest_em"])  # the GRPO group size matters only with the grpo arm
+
+
+def test_planned_comparisons_are_paired_over_test_problems_and_holm_adjusted():
+    from heredity.experiments import self_training as X
+
+    def res(arm, rnd, items):
+        return {"round": rnd, "eval": {"greedy_test_items": items}}
+
+    n = 40
+    base = [0] * n
+    gold = [1] * 10 + [0] * 30
+    rest = [[1] * 12 + [0] * 28, [1] * 30 + [0] * 10]  # round 2 right on 20 problems gold misses, wrong on none it gets
+    results = {"base": [res("base", 0, base)], "sft_gold": [res("sft_gold", 1, gold)],
+               "rest_em": [res("rest_em", 1, rest[0]), res("rest_em", 2, rest[1])]}
+    rows = {(X._label(r["a"]), X._label(r["b"])): r for r in X.compare(results)}
+    assert set(rows) == {("sft_gold r1", "base"), ("rest_em r2", "base"), ("rest_em r2", "sft_gold r1"),
+                         ("rest_em r2", "rest_em r1")}
+    t = rows[("rest_em r2", "sft_gold r1")]["test"]
+    assert t["discordant"] == [20, 0] and abs(t["diff"] - 0.5) < 1e-12 and t["lo"] < 0.5 < t["hi"]
+    assert t["p"] == 2 * 0.5**20 and t["unit"].startswith("test problems")
+    assert all(r["p_holm"] >= r["test"]["p"] for r in rows.values())
+    same = X.compare({"base": [res("base", 0, gold)], "sft_gold": [res("sft_gold", 1, gold)]})[0]
+    assert same["test"]["p"] == 1.0 and same["test"]["lo"] < 0 < same["test"]["hi"], "no difference: a null, never zero-width"
+    words = X.outcome({"results": {"base": [{"eval": {"greedy_test": {"k": 0, "n": n}}}]}, "comparisons": X.compare(results)})
+    assert "rest_em r2 vs sft_gold r1: significantly higher, as hypothesised" in words

@@ -162,6 +162,7 @@ def evaluate(store: Store, model: str, sets: dict[str, list[dict]], config: Conf
         _, comps = _samples(store, model, sets[split], 1, 0.0, config, f"greedy-{split}-{label}", progress=progress)
         right = [check(p, c[0]) for p, c in zip(sets[split], comps, strict=True)]
         out[f"greedy_{split}"] = rate_ci(sum(right), len(right))
+        out[f"greedy_{split}_items"] = [int(x) for x in right]  # per problem, for the paired comparisons
     _, comps = _samples(store, model, sets["test"], config.eval_samples, config.temperature, config, f"eval-test-{label}",
                         seed=1, progress=progress)
     correct = np.array([[check(p, c) for c in cs] for p, cs in zip(sets["test"], comps, strict=True)])
@@ -171,6 +172,9 @@ def evaluate(store: Store, model: str, sets: dict[str, list[dict]], config: Conf
         boot = [per[rng.integers(0, len(per), len(per))].mean() for _ in range(2000)]
         out[f"pass@{k}"] = {"mean": float(per.mean()), "lo": float(np.percentile(boot, 2.5)),
                             "hi": float(np.percentile(boot, 97.5)), "unit": f"problems, n = {len(per)}"}
+    out["pass_curve"] = {str(k): float(np.mean([pass_at_k(config.eval_samples, int(c.sum()), k) for c in correct]))
+                         for k in _curve_ks(config.eval_samples)}
+    out["answer_chars"] = float(np.mean([len(c.strip()) for cs in comps for c in cs])) if comps else None
     votes = []
     for p, cs in zip(sets["test"], comps, strict=True):
         answers = [a for a in (final_answer(c) for c in cs) if a is not None]
@@ -178,6 +182,44 @@ def evaluate(store: Store, model: str, sets: dict[str, list[dict]], config: Conf
         votes.append(bool(top) and check(p, f"#### {top[0][0]}"))
     out["majority_vote"] = rate_ci(sum(votes), len(votes))
     return out
+
+
+def _curve_ks(n: int) -> list[int]:
+    """1, 2, 4, … up to n (and n itself): the points of the pass@k curve."""
+    return sorted({min(2**i, n) for i in range(n.bit_length() + 1)})
+
+
+# The comparisons fixed before the run (a, b): every arm against the base and against fine-tuning on gold
+# solutions (the paper's "human data" baseline), ReST-EM's rounds against one round with their samples
+# (compute-matched), from-base against continuing, and ReST-EM's last round against its first.
+def planned_comparisons(results: dict) -> list[tuple[tuple[str, int], tuple[str, int]]]:
+    last = {a: rs[-1]["round"] for a, rs in results.items() if rs and rs[-1].get("eval")}
+    pairs = [((a, last[a]), ("base", 0)) for a in last if a != "base"]
+    pairs += [((a, last[a]), ("sft_gold", 1)) for a in last if a not in ("base", "sft_gold") and "sft_gold" in last]
+    for a, b in (("rest_em", "compute_matched"), ("rest_em", "rest_em_continue"), ("star", "rest_em")):
+        if a in last and b in last:
+            pairs.append(((a, last[a]), (b, last[b])))
+    if "rest_em" in last and last["rest_em"] > 1:
+        pairs.append((("rest_em", last["rest_em"]), ("rest_em", 1)))
+    return list(dict.fromkeys(pairs))
+
+
+def compare(results: dict) -> list[dict]:
+    """Paired comparisons on greedy test accuracy (the same test problems for every model): the difference with
+    Newcombe's paired interval, McNemar's exact two-sided p, Holm across all of them. Unit: test problems (one
+    trained model per arm and round — a claim about these models, not about training in general)."""
+    from heredity.reports.stats import holm, paired_rate_test
+
+    def items(arm, rnd):
+        return next(x for x in results[arm] if x["round"] == rnd)["eval"]["greedy_test_items"]
+
+    rows = []
+    for a, b in planned_comparisons(results):
+        t = paired_rate_test(items(*a), items(*b), unit="test problems, one model each")
+        rows.append({"a": list(a), "b": list(b), "test": t})
+    for r, p in zip(rows, holm([r["test"]["p"] for r in rows]), strict=True):
+        r["p_holm"] = p
+    return rows
 
 
 def run(store: Store, config: Config, progress: bool = True) -> dict:
@@ -252,68 +294,152 @@ def run(store: Store, config: Config, progress: bool = True) -> dict:
                             "eval": evaluate(store, m, sets, config, check, "grpo", progress)}]
     report = {"experiment": "self-training", "config": config.model_dump(), "results": results,
               "problems": {k: len(v) for k, v in sets.items()}, "seconds": round(time.perf_counter() - t0, 1)}
+    report["comparisons"] = compare(results)
     report["outcome"] = outcome(report)
     models = [x["model"] for rs in results.values() for x in rs if x.get("model")]
     card = save_card(store, "self-training", report, list(dict.fromkeys(models)), markdown, plot)
     return {**card, "lineage_of": card["report"]}
 
 
+def _label(x) -> str:
+    return "base" if x[0] == "base" else f"{x[0]} r{x[1]}"
+
+
+def _find(r: dict, a: str, b: str) -> dict | None:
+    return next((c for c in r.get("comparisons", []) if c["a"][0] == a and c["b"][0] == b), None)
+
+
 def outcome(r: dict) -> str:
+    """The headline comparisons in words, as their tests show them (unit: test problems, one model per arm)."""
+    from heredity.reports.stats import fmt_test, verdict
+
     base = r["results"]["base"][0]["eval"]["greedy_test"]
-    parts = [f"base {base['k']}/{base['n']}"]
-    for arm, rs in r["results"].items():
-        if arm == "base" or not rs or rs[-1]["eval"] is None:
-            continue
-        e = rs[-1]["eval"]["greedy_test"]
-        parts.append(f"{arm} (round {rs[-1]['round']}) {e['k']}/{e['n']} [{e['lo']:.2f}, {e['hi']:.2f}]")
-    return "greedy test accuracy (unit: problems, one model per arm and round): " + "; ".join(parts)
+    parts = [f"base greedy test accuracy {base['k']}/{base['n']}"]
+    for a, b in (("rest_em", "sft_gold"), ("rest_em", "base"), ("rest_em", "compute_matched"), ("sft_gold", "base")):
+        c = _find(r, a, b)
+        if c:
+            v = verdict(c["test"], expected=1, p=c["p_holm"])["words"]
+            parts.append(f"{_label(c['a'])} vs {_label(c['b'])}: {v}, {fmt_test(c['test'], 2, p=c['p_holm'])}")
+    if len(parts) == 1:
+        for arm, rs in r["results"].items():
+            if arm != "base" and rs and rs[-1]["eval"] is not None:
+                e = rs[-1]["eval"]["greedy_test"]
+                parts.append(f"{arm} (round {rs[-1]['round']}) {e['k']}/{e['n']} [{e['lo']:.2f}, {e['hi']:.2f}]")
+    return "; ".join(parts)
+
+
+ANCHORS = [  # published figures (the papers' scale, models and benchmarks) and which of our comparisons maps to each
+    ("ReST-EM vs SFT on human solutions, MATH (Singh et al.)", "+5.94 points (PaLM 2-S), +6.34 (PaLM 2-L)", ("rest_em", "sft_gold")),
+    ("ReST-EM vs SFT on human solutions, APPS", "+5.6 / +6.4 points", ("rest_em", "sft_gold")),
+    ("three iterations vs one iteration with 3× the samples", "three iterations better", ("rest_em", "compute_matched")),
+    ("ReST-EM after iteration 1 on APPS", "train accuracy rises, test stalls (overfitting)", ("rest_em", "rest_em")),
+    ("STaR vs direct fine-tuning, CommonsenseQA (Zelikman et al.)", "72.3% vs 60.0%", ("star", "sft_gold")),
+    ("RFT (Yuan et al.)", "gains track the number of distinct reasoning paths", ("rft", "base")),
+]
 
 
 def markdown(r: dict) -> str:
+    from heredity.reports.stats import fmt_test, verdict
+
     c = r["config"]
     lines = ["# self-training", "",
              f"Base {c['base']}; {r['problems']['train']} train problems (levels {c['levels']} steps, {c['digits']}-digit "
              f"numbers), {r['problems']['test']} test ({c['test_steps']} steps), {r['problems']['ood']} out of "
-             f"distribution; {c['samples']} samples per problem per round, ≤ {c['keep']} kept; unit of every interval: "
-             "problems (one trained model per arm and round).", "",
+             f"distribution; {c['samples']} samples per problem per round at T = {c['temperature']}, ≤ {c['keep']} distinct "
+             f"verified kept; {c['shots']} worked examples in every prompt; LoRA r = {c['finetune']['lora_r']}, "
+             f"{c['finetune']['epochs']} epochs, lr {c['finetune']['lr']}; unit of every interval: problems (one trained "
+             "model per arm and round).", "",
+             "## Accuracy per arm and round", "",
              "| arm | round | greedy test [95% Wilson] | greedy ood | greedy train | "
-             + " | ".join(f"pass@{k}" for k in c["ks"]) + " | majority vote | kept rows | problems with one | distinct per problem |",
-             "|" + "---|" * (9 + len(c["ks"]))]
+             + " | ".join(f"pass@{k}" for k in c["ks"]) + " | majority vote |",
+             "|" + "---|" * (6 + len(c["ks"]))]
 
     def rate(x):
         return f"{x['mean']:.2f} [{x['lo']:.2f}, {x['hi']:.2f}]"
 
     for arm, rs in r["results"].items():
         for x in rs:
-            e, k = x.get("eval"), x.get("kept") or {}
+            e = x.get("eval")
             if e is None:
-                lines.append(f"| {arm} | {x['round']} | nothing verified: the chain stopped |" + " |" * (7 + len(c["ks"])))
+                lines.append(f"| {arm} | {x['round']} | nothing verified: the chain stopped |" + " |" * (3 + len(c["ks"])))
                 continue
             lines.append(f"| {arm} | {x['round']} | {rate(e['greedy_test'])} | {rate(e['greedy_ood'])} | {rate(e['greedy_train'])} | "
                          + " | ".join(rate(e[f"pass@{q}"]) if f"pass@{q}" in e else "—" for q in c["ks"])
-                         + f" | {rate(e['majority_vote'])} | {k.get('rows', '—')} | {k.get('problems_with_any', '—')} | "
-                         + (f"{k['distinct_per_problem']:.2f}" if k else "—") + " |")
+                         + f" | {rate(e['majority_vote'])} |")
+    lines += ["", "pass@k: the unbiased estimator (Chen et al. 2021) from "
+              f"{c['eval_samples']} samples per test problem, 95% bootstrap interval over problems.", "",
+              "## What each round keeps (the verified training set)", "",
+              "| arm | round | rows | problems with one | distinct per problem | share kept by level (steps) | "
+              "mean kept answer (chars) | mean test answer (chars) |", "|---|---|---|---|---|---|---|---|"]
+    for arm, rs in r["results"].items():
+        for x in rs:
+            k, e = x.get("kept"), x.get("eval") or {}
+            if not k:
+                continue
+            share = ", ".join(f"{lvl}: {v:.2f}" for lvl, v in k["share_kept_by_level"].items())
+            rat = f" (+{k['rationalized_rows']} rationalized)" if "rationalized_rows" in k else ""
+            kc = f"{k['mean_answer_chars']:.0f}" if k.get("mean_answer_chars") is not None else "—"
+            ec = f"{e['answer_chars']:.0f}" if e.get("answer_chars") is not None else "—"
+            lines.append(f"| {arm} | {x['round']} | {k['rows']}{rat} | {k['problems_with_any']}/{k['problems']} | "
+                         f"{k['distinct_per_problem']:.2f} | {share} | {kc} | {ec} |")
+    if r.get("comparisons"):
+        lines += ["", "## Planned comparisons (greedy test accuracy; paired over the same test problems)", "",
+                  "| a | b | a − b [95% Newcombe], McNemar exact | discordant (a only, b only) | reading (Holm) |",
+                  "|---|---|---|---|---|"]
+        for x in r["comparisons"]:
+            t = x["test"]
+            lines.append(f"| {_label(x['a'])} | {_label(x['b'])} | {fmt_test(t, 2, p=x['p_holm'])} | "
+                         f"{t['discordant'][0]}, {t['discordant'][1]} | {verdict(t, 1, p=x['p_holm'])['words']} |")
+        lines += ["", "Unit: test problems, one trained model per arm and round (one training seed): these are claims "
+                  "about these models; a claim about the methods needs training seeds."]
+        lines += ["", "## Beside the published figures", "", "| published | their figure | ours (same comparison) |",
+                  "|---|---|---|"]
+        for what, fig, (a, b) in ANCHORS:
+            if a == b == "rest_em":
+                rs = r["results"].get("rest_em") or []
+                ours = ("; ".join(f"r{x['round']}: train {x['eval']['greedy_train']['mean']:.2f}, test "
+                                  f"{x['eval']['greedy_test']['mean']:.2f}" for x in rs if x.get("eval")) or "not run")
+            elif a == "rft":
+                rs = r["results"].get("rft") or []
+                ours = (f"distinct per problem {rs[0]['kept']['distinct_per_problem']:.2f}; "
+                        f"{fmt_test(_find(r, 'rft', 'base')['test'], 2)}" if rs and rs[0].get("eval") and _find(r, "rft", "base")
+                        else "not run")
+            else:
+                x = _find(r, a, b)
+                ours = f"{x['test']['diff'] * 100:+.1f} points [{x['test']['lo'] * 100:+.1f}, {x['test']['hi'] * 100:+.1f}], Holm p = {x['p_holm']:.2g}" if x else "not run"
+            lines.append(f"| {what} | {fig} | {ours} |")
     lines += ["", f"**Outcome.** {r['outcome']}.", "", f"Run time {r['seconds']:.0f} s.", ""]
     return "\n".join(lines)
 
 
 def plot(r: dict, path) -> None:
+    """Three panels: greedy test accuracy by round, pass@k curves of each arm's last model, and distinct verified
+    solutions kept per problem by round (the diversity the next model inherits)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 3.6))
+    fig, (ax, bx, cx) = plt.subplots(1, 3, figsize=(13, 3.8))
     for arm, rs in r["results"].items():
         pts = [(x["round"], x["eval"]["greedy_test"]) for x in rs if x.get("eval")]
         if pts:
             ax.errorbar([p[0] for p in pts], [p[1]["mean"] for p in pts],
                         yerr=[[p[1]["mean"] - p[1]["lo"] for p in pts], [p[1]["hi"] - p[1]["mean"] for p in pts]],
                         marker="o", capsize=3, label=arm)
-    ax.set_xlabel("round")
-    ax.set_ylabel("greedy test accuracy (95% Wilson)")
-    ax.set_ylim(0, 1)
-    ax.legend(fontsize=7)
+            curve = (rs[-1].get("eval") or {}).get("pass_curve")
+            if curve:
+                bx.plot([int(k) for k in curve], list(curve.values()), marker="o", label=f"{arm} r{rs[-1]['round']}")
+        div = [(x["round"], x["kept"]["distinct_per_problem"]) for x in rs if x.get("kept")]
+        if div:
+            cx.plot([d[0] for d in div], [d[1] for d in div], marker="o", label=arm)
+    ax.set(xlabel="round", ylabel="greedy test accuracy (95% Wilson)", ylim=(0, 1))
+    bx.set(xlabel="k", ylabel="pass@k on test (unbiased)", xscale="log", ylim=(0, 1))
+    bx.set_xscale("log", base=2)
+    cx.set(xlabel="round", ylabel="distinct verified solutions kept per problem", ylim=(0, r["config"]["keep"] + 0.2))
+    for a in (ax, bx, cx):
+        if a.get_legend_handles_labels()[0]:
+            a.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
