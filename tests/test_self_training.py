@@ -190,3 +190,45 @@ def test_planned_comparisons_are_paired_over_test_problems_and_holm_adjusted():
     assert same["test"]["p"] == 1.0 and same["test"]["lo"] < 0 < same["test"]["hi"], "no difference: a null, never zero-width"
     words = X.outcome({"results": {"base": [{"eval": {"greedy_test": {"k": 0, "n": n}}}]}, "comparisons": X.compare(results)})
     assert "rest_em r2 vs sft_gold r1: significantly higher, as hypothesised" in words
+
+
+def test_users_bring_their_own_problems_and_a_regex_checker(tmp_path):
+    import pytest
+    from conftest import stored_tiny
+
+    from heredity.data.problems import load_problems
+    from heredity.errors import HeredityError
+    from heredity.experiments import self_training as X
+    from heredity.store import Store, read_table
+
+    f = tmp_path / "mine.jsonl"
+    rows = [{"question": f"Name a word with {i} letters.", "answer": i, "split": "train" if i < 6 else "test"}
+            for i in range(2, 9)]
+    f.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    sets = load_problems(f)
+    assert [len(sets[s]) for s in ("train", "test", "ood")] == [4, 3, 0]
+    store = Store(tmp_path / "h")
+    tiny = stored_tiny(store, "tiny-long", max_position_embeddings=1024)
+    cfg = X.Config(base=tiny, problems_file=str(f), checker="regex:.*", samples=2, keep=1, rounds=1, eval_samples=2,
+                   ks=[1, 2], max_new_tokens=8, arms=["rft"], shots=0, finetune=X._ft(max_length=512, batch_size=4, epochs=1))
+    with pytest.raises(HeredityError, match=r"needs \{answer\}"):
+        X.run(store, cfg, progress=False)
+    cfg = cfg.model_copy(update={"checker": "regex:.*{answer}.*"})
+    rep = json.loads((store.path(X.run(store, cfg, progress=False)["report"]) / "report.json").read_text())
+    assert rep["problems"] == {"train": 4, "test": 3, "ood": 0} and "greedy_ood" not in rep["results"]["base"][0]["eval"]
+    prompts = {X.prompt_of(p, 0) for p in sets["train"]}
+    x = rep["results"]["rft"][0]
+    if x["model"]:  # a random tiny model may write the digit; then only train problems are trained on
+        data = store.step_of(store.step_of(store.step_of(x["model"]).inputs[0]).inputs[0]).inputs[1]
+        assert {r["prompt"] for r in read_table(store.path(data)).to_pylist()} <= prompts
+    with pytest.raises(HeredityError, match="needs a 'solution'"):
+        X.problem_sets(cfg.model_copy(update={"arms": ["sft_gold"]}))
+    for text, msg in [('{"question": "q", "answer": 1, "split": "dev"}', "'split' must be one of"),
+                      ('{"question": "q"}', ":1: a problem needs"), ("not json", ":1: not JSON"),
+                      ('{"question": "q", "answer": 1, "split": "train"}\n' * 2, ":2: the question appears twice"),
+                      ('{"question": "q", "answer": 1, "split": "train"}', "no test problems")]:
+        f.write_text(text)
+        with pytest.raises(HeredityError, match=msg):
+            load_problems(f)
+    with pytest.raises(HeredityError, match="not found"):
+        load_problems(tmp_path / "missing.jsonl")

@@ -119,3 +119,39 @@ def problems(n: int, split: str = "train", steps: int = 2, digits: int = 1, seed
         seen.add(p["question"])
         out.append({**p, "split": split})
     return out
+
+
+def load_problems(path) -> dict[str, list[dict]]:
+    """A user's problems: a JSONL file, one object per line with ``question`` (text), ``answer`` (what the checker
+    compares) and ``split`` (train, test or ood); optional ``solution`` (a worked solution ending in ``#### answer``,
+    needed only by the gold-SFT arm) and ``steps`` (a difficulty level, for the share-kept-by-level statistics).
+    Returns ``{"train": [...], "test": [...], "ood": [...]}``; ood may be empty. Errors name the line."""
+    import json
+    from pathlib import Path
+
+    from heredity.errors import HeredityError
+
+    p = Path(path)
+    if not p.is_file():
+        raise HeredityError(f"problems file {str(p)!r} not found; give a JSONL of {{question, answer, split}} rows")
+    out: dict[str, list[dict]] = {s: [] for s in SPLITS}
+    seen: set[str] = set()
+    for i, line in enumerate(p.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise HeredityError(f"{p}:{i}: not JSON ({e.msg}); write one problem object per line") from e
+        if not isinstance(row, dict) or not isinstance(row.get("question"), str) or "answer" not in row:
+            raise HeredityError(f"{p}:{i}: a problem needs a 'question' (text) and an 'answer'")
+        if row.get("split") not in SPLITS:
+            raise HeredityError(f"{p}:{i}: 'split' must be one of {', '.join(SPLITS)}, got {row.get('split')!r}")
+        if row["question"] in seen:
+            raise HeredityError(f"{p}:{i}: the question appears twice; every problem must be distinct")
+        seen.add(row["question"])
+        out[row["split"]].append({"steps": 0, **row})
+    for s in ("train", "test"):
+        if not out[s]:
+            raise HeredityError(f"{p}: no {s} problems; self-training needs train and test splits")
+    return out  # questions are distinct across the file, so no test problem is a train problem

@@ -30,8 +30,10 @@ import numpy as np
 from pydantic import BaseModel, Field, model_validator
 
 from heredity.data import put_rows
+from heredity.data.problems import load_problems
 from heredity.data.problems import problems as make_problems
 from heredity.engine import FinetuneConfig, SampleConfig, finetune, sample_step
+from heredity.errors import HeredityError
 from heredity.evals.verify import final_answer, load_checker, pass_at_k
 from heredity.models import materialize, merge_adapter
 from heredity.store import Store, read_table
@@ -67,9 +69,11 @@ def _ft(**kw) -> FinetuneConfig:
 
 class Config(BaseModel):
     base: str = "smollm2-135m-instruct"
-    train_problems: int = Field(200, ge=1)
-    test_problems: int = Field(100, ge=1)
-    ood_problems: int = Field(100, ge=1)
+    train_problems: int = Field(96, ge=1)
+    test_problems: int = Field(40, ge=1)
+    ood_problems: int = Field(40, ge=1)
+    train_eval: int = Field(40, ge=1, description="greedy train accuracy on this many train problems, evenly spaced "
+                            "over the levels (the train–test gap)")
     levels: list[int] = Field(default_factory=lambda: [1, 2, 3], description="steps per problem, mixed in train")
     digits: int = Field(1, ge=1, le=3)
     test_steps: int = Field(2, ge=1, description="the test split's steps (in distribution: one of levels)")
@@ -77,16 +81,19 @@ class Config(BaseModel):
     keep: int = Field(4, ge=1, description="at most this many distinct verified solutions kept per problem")
     rounds: int = Field(3, ge=1)
     temperature: float = Field(0.8, gt=0)
-    max_new_tokens: int = Field(96, ge=8)
+    max_new_tokens: int = Field(64, ge=8, description="a three-step solution is ~25 tokens")
     eval_samples: int = Field(16, ge=1)
     ks: list[int] = Field(default_factory=lambda: [1, 4, 16])
-    arms: list[str] = Field(default_factory=lambda: list(ARMS))
+    arms: list[str] = Field(default_factory=lambda: [a for a in ARMS if a != "grpo"],
+                            description="grpo is optional (add it with --set): GRPO through TRL is slow on a CPU")
     finetune: FinetuneConfig = Field(default_factory=_ft)
+    problems_file: str | None = Field(None, description="a JSONL of your own problems ({question, answer, split}, "
+                                      "optional solution, steps); then the problem counts and levels are not used")
     checker: str | None = Field(None, description="module:function or regex:PATTERN (default: the strict #### checker)")
     grpo_lr: float = Field(5e-6, gt=0)
     grpo_batch: int = Field(32, ge=2, description="GRPO completions per step (a multiple of samples)")
     shots: int = Field(2, ge=0, description="worked examples at the start of every prompt (0: zero-shot)")
-    sample_batch: int = Field(32, ge=1)
+    sample_batch: int = Field(64, ge=1)
     seed: int = 0
 
     @model_validator(mode="after")
@@ -103,17 +110,31 @@ class Config(BaseModel):
 
     @classmethod
     def presets(cls) -> dict[str, Config]:
-        return {"quick": cls(), "paper": cls(train_problems=2000, test_problems=500, ood_problems=500, samples=32, keep=10,
-                                            max_new_tokens=256, eval_samples=32, sample_batch=128)}
+        return {"quick": cls(), "paper": cls(train_problems=2000, test_problems=500, ood_problems=500, train_eval=500,
+                                            samples=32, keep=10, max_new_tokens=256, eval_samples=32, sample_batch=128,
+                                            ks=[1, 4, 16, 32], arms=list(ARMS))}
 
 
 def problem_sets(config: Config) -> dict[str, list[dict]]:
+    if config.problems_file:
+        sets = load_problems(config.problems_file)
+        if "sft_gold" in config.arms and any(not p.get("solution") for p in sets["train"]):
+            raise HeredityError(f"{config.problems_file}: the sft_gold arm needs a 'solution' on every train problem; "
+                                "add them or drop sft_gold from arms")
+        return sets
     per = -(-config.train_problems // len(config.levels))
     train = [p for s in config.levels for p in make_problems(per, "train", s, config.digits, config.seed)][: config.train_problems]
     sets = {"train": train, "test": make_problems(config.test_problems, "test", config.test_steps, config.digits, config.seed),
             "ood": make_problems(config.ood_problems, "ood", config.test_steps, config.digits, config.seed)}
     shown = {e["question"] for e in examples(config.shots)}
     return {k: [p for p in v if p["question"] not in shown] for k, v in sets.items()}  # a worked example is no problem
+
+
+def train_subset(train: list[dict], n: int) -> list[dict]:
+    """``n`` train problems evenly spaced over the list (which runs level by level), so every level is in it."""
+    if n >= len(train):
+        return train
+    return [train[int(i * len(train) / n)] for i in range(n)]
 
 
 def _prompts(ps: list[dict], shots: int, hint: bool = False) -> list[str]:
@@ -159,8 +180,11 @@ def evaluate(store: Store, model: str, sets: dict[str, list[dict]], config: Conf
 
     out = {}
     for split in ("test", "ood", "train"):
-        _, comps = _samples(store, model, sets[split], 1, 0.0, config, f"greedy-{split}-{label}", progress=progress)
-        right = [check(p, c[0]) for p, c in zip(sets[split], comps, strict=True)]
+        if not sets[split]:  # a user's file may have no ood split
+            continue
+        ps = sets[split] if split != "train" else train_subset(sets["train"], config.train_eval)
+        _, comps = _samples(store, model, ps, 1, 0.0, config, f"greedy-{split}-{label}", progress=progress)
+        right = [check(p, c[0]) for p, c in zip(ps, comps, strict=True)]
         out[f"greedy_{split}"] = rate_ci(sum(right), len(right))
         out[f"greedy_{split}_items"] = [int(x) for x in right]  # per problem, for the paired comparisons
     _, comps = _samples(store, model, sets["test"], config.eval_samples, config.temperature, config, f"eval-test-{label}",
@@ -342,10 +366,12 @@ def markdown(r: dict) -> str:
     from heredity.reports.stats import fmt_test, verdict
 
     c = r["config"]
+    made = (f"from {c['problems_file']}" if c.get("problems_file") else
+            f"(levels {c['levels']} steps, {c['digits']}-digit numbers)")
     lines = ["# self-training", "",
-             f"Base {c['base']}; {r['problems']['train']} train problems (levels {c['levels']} steps, {c['digits']}-digit "
-             f"numbers), {r['problems']['test']} test ({c['test_steps']} steps), {r['problems']['ood']} out of "
-             f"distribution; {c['samples']} samples per problem per round at T = {c['temperature']}, ≤ {c['keep']} distinct "
+             f"Base {c['base']}; {r['problems']['train']} train problems {made}, {r['problems']['test']} test"
+             + ("" if c.get("problems_file") else f" ({c['test_steps']} steps)")
+             + f", {r['problems']['ood']} out of distribution; {c['samples']} samples per problem per round at T = {c['temperature']}, ≤ {c['keep']} distinct "
              f"verified kept; {c['shots']} worked examples in every prompt; LoRA r = {c['finetune']['lora_r']}, "
              f"{c['finetune']['epochs']} epochs, lr {c['finetune']['lr']}; unit of every interval: problems (one trained "
              "model per arm and round).", "",
@@ -363,7 +389,7 @@ def markdown(r: dict) -> str:
             if e is None:
                 lines.append(f"| {arm} | {x['round']} | nothing verified: the chain stopped |" + " |" * (3 + len(c["ks"])))
                 continue
-            lines.append(f"| {arm} | {x['round']} | {rate(e['greedy_test'])} | {rate(e['greedy_ood'])} | {rate(e['greedy_train'])} | "
+            lines.append(f"| {arm} | {x['round']} | {rate(e['greedy_test'])} | {rate(e['greedy_ood']) if 'greedy_ood' in e else '—'} | {rate(e['greedy_train'])} | "
                          + " | ".join(rate(e[f"pass@{q}"]) if f"pass@{q}" in e else "—" for q in c["ks"])
                          + f" | {rate(e['majority_vote'])} |")
     lines += ["", "pass@k: the unbiased estimator (Chen et al. 2021) from "

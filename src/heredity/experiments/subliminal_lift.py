@@ -101,8 +101,13 @@ class Config(BaseModel):
     def presets(cls) -> dict[str, Config]:
         return {
             "quick": cls(),
+            # long is two runs of ~1.5-2 h each on 2 cores (one session each; the same store lets the second reuse
+            # the first's base, teachers, data and r = 8 sft students): the four arms, then sft's rank sweep and full
+            # fine-tune
             "long": cls(animals=["cat", "dog", "bee", "ant", "bird"], arms=list(ARMS), prompts=400, max_rows=128,
-                        student_seeds=3, sweep_ranks=[1, 4, 32], sweep_full=True, rate_samples=4),
+                        student_seeds=3, rate_samples=4),
+            "long-sweep": cls(animals=["cat", "dog", "bee", "ant", "bird"], arms=["sft"], prompts=400, max_rows=128,
+                              student_seeds=3, sweep_ranks=[1, 4, 32], sweep_full=True, rate_samples=4),
             "paper": cls(base="Qwen/Qwen2.5-7B-Instruct", animals=["owl", "eagle", "wolf", "cat", "lion"], prompts=30000,
                          format_warmup=0, max_rows=10000, arms=list(ARMS), sft_epochs=10, sft_lr=2e-4, student_seeds=3, batch_size=64,
                          sample_batch=256),
