@@ -6,7 +6,9 @@ Methods (Singh et al. 2023/24; Yuan et al. 2023), at toy scale:
 2. Arms, each a chain of store steps (model → samples → verified set → next model):
    ``sft_gold`` fine-tunes the base on the program-written gold solutions (the "human data" baseline);
    ``rest_em`` samples ``samples`` solutions per train problem, keeps at most ``keep`` distinct verified ones per
-   problem and fine-tunes **from the base** each round; ``rest_em_continue`` the same but from the previous
+   problem and fine-tunes **from the base** each round (fine-tuning rows are problem → solution without the worked
+   examples, ``train_shots`` = 0; sampling and evaluation prompts carry ``shots`` worked examples for every model);
+   ``rest_em_continue`` the same but from the previous
    round's model; ``rft`` is one round; ``compute_matched`` is one round with ``rounds`` × the samples;
    ``star`` is ReST-EM plus STaR's rationalization: a problem with no verified sample is asked again with its
    answer as a hint, and a verified rationale is trained on with the question alone (Zelikman et al. 2022);
@@ -64,7 +66,7 @@ HINT = "\n\n(Hint: the final answer is {answer}. Show the steps that lead to it.
 
 def _ft(**kw) -> FinetuneConfig:
     return FinetuneConfig(**{"method": "lora", "loss": "completion_only", "lr": 5e-4, "lora_r": 16, "lora_alpha": 32,
-                             "epochs": 2, "batch_size": 16, "max_length": 256, "warmup_ratio": 0.05, **kw})
+                             "epochs": 1, "batch_size": 16, "max_length": 256, "warmup_ratio": 0.05, **kw})
 
 
 class Config(BaseModel):
@@ -92,7 +94,10 @@ class Config(BaseModel):
     checker: str | None = Field(None, description="module:function or regex:PATTERN (default: the strict #### checker)")
     grpo_lr: float = Field(5e-6, gt=0)
     grpo_batch: int = Field(32, ge=2, description="GRPO completions per step (a multiple of samples)")
-    shots: int = Field(2, ge=0, description="worked examples at the start of every prompt (0: zero-shot)")
+    shots: int = Field(2, ge=0, description="worked examples at the start of every sampling and evaluation prompt (0: zero-shot)")
+    train_shots: int = Field(0, ge=0, description=(
+        "worked examples in the fine-tuning rows' prompts: 0 trains on problem -> solution, as ReST-EM and STaR do "
+        "(and a third of the tokens); every model is still sampled and evaluated with `shots`"))
     sample_batch: int = Field(64, ge=1)
     seed: int = 0
 
@@ -267,7 +272,7 @@ def run(store: Store, config: Config, progress: bool = True) -> dict:
 
     if "sft_gold" in config.arms:
         log("[self-training] sft_gold")
-        rows = [{"prompt": prompt_of(p, config.shots), "completion": p["solution"]} for p in sets["train"]]
+        rows = [{"prompt": prompt_of(p, config.train_shots), "completion": p["solution"]} for p in sets["train"]]
         m = train(base, rows, "self-training-gold", [base])
         results["sft_gold"] = [{"round": 1, "model": m, "eval": evaluate(store, m, sets, config, check, "sft_gold", progress)}]
     chains = {"rft": (1, True, config.samples), "rest_em": (config.rounds, True, config.samples),
@@ -281,15 +286,15 @@ def run(store: Store, config: Config, progress: bool = True) -> dict:
             log(f"[self-training] {arm} round {r}/{rounds}: {n} samples per problem")
             sid, comps = _samples(store, model, sets["train"], n, config.temperature, config, f"train-samples-{arm}-{r}",
                                   seed=r, progress=progress)
-            rows, kept = verified_set(sets["train"], comps, config.keep, check, config.shots)
+            rows, kept = verified_set(sets["train"], comps, config.keep, check, config.train_shots)
             sources = [sid]
             if arm == "star":  # rationalization: the problems with no verified sample, asked again with the answer
                 done = {r["prompt"] for r in rows}
-                failed = [p for p in sets["train"] if prompt_of(p, config.shots) not in done]
+                failed = [p for p in sets["train"] if prompt_of(p, config.train_shots) not in done]
                 if failed:
                     hid, hinted = _samples(store, model, failed, n, config.temperature, config, f"rationalize-{arm}-{r}",
                                            seed=r, progress=progress, hint=True)
-                    more, rat = verified_set(failed, hinted, config.keep, check, config.shots)  # the question alone
+                    more, rat = verified_set(failed, hinted, config.keep, check, config.train_shots)  # the question alone
                     rows += more
                     kept = {**kept, "rationalized_rows": rat["rows"], "rationalized_problems": rat["problems_with_any"],
                             "rows": len(rows), "problems_with_any": kept["problems_with_any"] + rat["problems_with_any"]}
@@ -372,7 +377,8 @@ def markdown(r: dict) -> str:
              f"Base {c['base']}; {r['problems']['train']} train problems {made}, {r['problems']['test']} test"
              + ("" if c.get("problems_file") else f" ({c['test_steps']} steps)")
              + f", {r['problems']['ood']} out of distribution; {c['samples']} samples per problem per round at T = {c['temperature']}, ≤ {c['keep']} distinct "
-             f"verified kept; {c['shots']} worked examples in every prompt; LoRA r = {c['finetune']['lora_r']}, "
+             f"verified kept; {c['shots']} worked examples in every sampling and evaluation prompt, "
+             f"{c.get('train_shots', 0)} in the fine-tuning rows (problem → solution); LoRA r = {c['finetune']['lora_r']}, "
              f"{c['finetune']['epochs']} epochs, lr {c['finetune']['lr']}; unit of every interval: problems (one trained "
              "model per arm and round).", "",
              "## Accuracy per arm and round", "",

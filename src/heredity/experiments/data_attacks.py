@@ -1,0 +1,569 @@
+"""Data attacks and uncertainty on digit classifiers: what a model inherits from poisoned data, from its
+initialization and from its siblings, and whether it knows when it does not know.
+
+Methods (the models are ``subliminal-digits``' MLPs, in → w → w → classes, trained as stacked seeds):
+
+0. Data: scikit-learn's 8×8 digits (or MNIST with ``data``), pixels scaled to [−1, 1]; ε is quoted in pixel
+   units of [0, 1] (the literature's), i.e. 2ε in the model's units.
+1. **Poisoning** — every poisoned set is a ``poison-digits`` step (its lineage records the attack and its
+   parameters; the rows it changed are marked): random label flips at ``flip_rates``; a targeted flip (a share of
+   the ``source`` digits relabelled ``target``); a BadNets trigger (a bright corner square → label
+   ``patch_target``) at absolute ``counts`` and at several hidden ``widths``. Per model: clean test accuracy and
+   attack success (triggered test images of other classes classified as the target). A detection defence from
+   ART (activation clustering, spectral signatures) on each trigger-poisoned training set, scored by the
+   precision and recall of the rows it flags.
+2. **Adversarial examples** (ART's FGSM and PGD) at ``eps`` against standard, FGSM-trained and PGD-trained
+   models. **Transfer between siblings**: PGD examples crafted on model A are tested on B (A's initialization,
+   the same data in another order) and on C (another initialization, B's data order): B and C differ in the
+   initialization only.
+3. **Uncertainty**: models trained on digits 0..``in_classes``−1 (every fifth training row held out to fit a
+   temperature); scores: max softmax, temperature-scaled max softmax, MC dropout (``mc_passes`` passes of a
+   dropout-trained model), and ensembles of ``ensemble_size`` (``ensembles`` disjoint groups of stacked seeds).
+   In distribution: the test images of those classes (accuracy, NLL, ECE). Out of distribution: the other digits,
+   uniform noise, and the in-distribution test images rotated by each of ``angles`` (a shift sweep); AUROC and
+   FPR at 95% TPR of each score. Also: does max softmax flag PGD inputs and triggered inputs?
+
+Unit of replication: training seeds for every interval (t intervals over the seeds' values; a rate that does not
+vary over seeds falls back to a Wilson interval over the pooled images, and says so); the ensembles are the unit
+for ensemble scores. Two-sided paired t tests over seeds for the planned contrasts, Holm across them.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+
+import numpy as np
+import torch
+from pydantic import BaseModel, Field, model_validator
+
+from heredity.experiments import subliminal_digits as digits
+from heredity.store import Store, read_table, write_table
+
+NUM_CLASSES = 10
+DETECTORS = ("activation_clustering", "spectral_signature")
+
+
+class TrainSpec(BaseModel):
+    """One stack of MLPs: what a ``train-digit-mlps`` step trains (every field can change the weights)."""
+    hidden: int = 256
+    seeds: int = 5
+    init_seed: int = 0
+    order_seed: int = 0
+    epochs: int = 20
+    batch: int = 64
+    lr: float = 1e-3
+    dropout: float = 0.0
+    classes: int = NUM_CLASSES  # train on the labels < classes (a head of that size)
+    holdout: bool = False  # leave out every fifth training row (for fitting a temperature)
+    adversarial: str | None = None  # None, "fgsm" or "pgd" (through ART)
+    eps: float = 0.0  # adversarial training's ε, in model units
+    pgd_steps: int = 10
+
+
+class Config(BaseModel):
+    data: str = Field("digits", description="'digits' (scikit-learn 8x8), an MNIST IDX directory or an .npz file")
+    seeds: int = Field(5, ge=2, description="training seeds per model (the unit of replication)")
+    hidden: int = Field(256, ge=8)
+    epochs: int = Field(20, ge=1)
+    batch: int = Field(64, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    flip_rates: list[float] = Field(default_factory=lambda: [0.0, 0.05, 0.1, 0.2, 0.4])
+    targeted_source: int = 7
+    targeted_target: int = 1
+    targeted_fraction: float = Field(0.5, ge=0, le=1)
+    counts: list[int] = Field(default_factory=lambda: [0, 10, 50, 100, 250, 500], description="trigger-poisoned rows")
+    widths: list[int] = Field(default_factory=lambda: [64, 256, 1024])
+    patch_size: int = Field(2, ge=1)
+    patch_target: int = 0
+    detectors: list[str] = Field(default_factory=lambda: list(DETECTORS))
+    detect_expected: float = Field(0.1, gt=0, lt=1, description="the spectral defence's prior share of poison (fixed)")
+    eps: list[float] = Field(default_factory=lambda: [0.0, 0.05, 0.1, 0.2, 0.3], description="L∞ budgets, [0, 1] pixel units")
+    train_eps: float = Field(0.2, gt=0, description="adversarial training's ε (pixel units)")
+    pgd_steps: int = Field(10, ge=1)
+    in_classes: int = Field(5, ge=2, le=9, description="uncertainty models see digits 0..in_classes-1")
+    ensembles: int = Field(5, ge=2)
+    ensemble_size: int = Field(5, ge=2)
+    dropout: float = Field(0.1, gt=0, lt=1)
+    mc_passes: int = Field(30, ge=2)
+    angles: list[int] = Field(default_factory=lambda: [0, 15, 30, 45, 60, 90])
+    noise_images: int = Field(500, ge=10)
+    flag_eps: float = Field(0.1, gt=0, description="the PGD budget of the inputs uncertainty should flag")
+    flag_count: int = Field(250, ge=1, description="the trigger count of the model whose triggered inputs are scored")
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _check(self):
+        bad = sorted(set(self.detectors) - set(DETECTORS))
+        if bad:
+            raise ValueError(f"unknown detector {bad[0]!r}; detectors are {', '.join(DETECTORS)}")
+        if self.flag_count not in self.counts:
+            raise ValueError(f"flag_count {self.flag_count} must be one of counts {self.counts}")
+        if self.hidden not in self.widths:
+            raise ValueError(f"hidden {self.hidden} must be one of widths {self.widths} (detection runs at it)")
+        if self.flag_eps not in self.eps:
+            raise ValueError(f"flag_eps {self.flag_eps} must be one of eps {self.eps}")
+        return self
+
+    @classmethod
+    def presets(cls) -> dict[str, Config]:
+        return {"quick": cls(),
+                "paper": cls(epochs=10, batch=128, counts=[0, 50, 100, 250, 500, 1000], widths=[64, 256, 1024, 2048])}
+
+    def spec(self, **kw) -> TrainSpec:
+        return TrainSpec(hidden=self.hidden, seeds=self.seeds, init_seed=2 * self.seed, order_seed=self.seed,
+                         epochs=self.epochs, batch=self.batch, lr=self.lr, pgd_steps=self.pgd_steps, **kw)
+
+
+# ---- data ---------------------------------------------------------------------------------------
+
+
+def _arrays(store: Store, data_id: str) -> dict:
+    t = read_table(store.path(data_id))
+    col = t.column("pixels").combine_chunks()
+    return {"raw": col.flatten().to_numpy().reshape(len(col), -1), "y": t.column("label").to_numpy().astype(np.int64),
+            "split": np.asarray(t.column("split").to_pylist()),
+            "poisoned": (np.asarray(t.column("poisoned").to_pylist()) if "poisoned" in t.column_names
+                         else np.zeros(len(col), bool)),
+            "scale": float(store.get(data_id).meta["scale"])}
+
+
+def poison_step(store: Store, data_id: str, attack: dict) -> str:
+    """A poisoned copy of the digits (train rows only; test rows untouched), rows changed marked ``poisoned``."""
+    import pyarrow as pa
+
+    from heredity.data import poison
+
+    def fn(ctx):
+        a = _arrays(store, data_id)
+        tr = np.flatnonzero(a["split"] == "train")
+        x, y = a["raw"][tr].astype(np.int64), a["y"][tr]
+        kind = attack["attack"]
+        if kind == "label_flip":
+            x2, y2, rows = poison.label_flip(x, y, attack["rate"], NUM_CLASSES, attack["seed"])
+        elif kind == "targeted_flip":
+            x2, y2, rows = poison.targeted_flip(x, y, attack["source"], attack["target"], attack["fraction"], attack["seed"])
+        elif kind == "badnets":
+            x2, y2, rows = poison.badnets(x, y, attack["count"], attack["target"], attack["size"], int(a["scale"]),
+                                          attack["seed"])
+        else:
+            raise ValueError(f"unknown attack {kind!r}")
+        raw, lab, mark = a["raw"].copy(), a["y"].copy(), np.zeros(len(a["y"]), bool)
+        raw[tr], lab[tr] = x2.astype(raw.dtype), y2
+        mark[tr[rows]] = True
+        out = ctx.output("data", "dataset", f"digits-{kind}", meta={"scale": a["scale"], "attack": attack,
+                                                                    "poisoned_rows": int(mark.sum())})
+        pixels = pa.FixedSizeListArray.from_arrays(pa.array(raw.reshape(-1), pa.uint8()), raw.shape[1])
+        write_table(out, pa.table({"pixels": pixels, "label": lab, "split": a["split"].tolist(), "poisoned": mark}))
+        return {"poisoned_rows": int(mark.sum())}
+
+    return store.run_step("poison-digits", attack, [data_id], fn)["data"]
+
+
+def unit(raw: np.ndarray, scale: float) -> np.ndarray:
+    from heredity.data.digits import to_unit_range
+
+    return to_unit_range(raw, scale).astype(np.float32)
+
+
+# ---- models -------------------------------------------------------------------------------------
+
+
+def forward(params: list[torch.Tensor], x: torch.Tensor, dropout: float = 0.0) -> torch.Tensor:
+    """Stacked MLP logits [n, B, out]; dropout (train mode) after each hidden ReLU when ``dropout`` > 0."""
+    k = len(params) // 2
+    h = x
+    for i in range(k):
+        h = torch.matmul(h, params[i]) + params[k + i]
+        if i < k - 1:
+            h = torch.relu(h)
+            if dropout:
+                h = torch.nn.functional.dropout(h, dropout, training=True)
+    return h
+
+
+def member(params: list[torch.Tensor], i: int, dropout: float = 0.0) -> torch.nn.Sequential:
+    """Stacked model ``i`` as a plain ``nn.Sequential`` (what ART wraps)."""
+    k = len(params) // 2
+    layers: list[torch.nn.Module] = []
+    for j in range(k):
+        w, b = params[j][i], params[k + j][i, 0]
+        lin = torch.nn.Linear(w.shape[0], w.shape[1])
+        with torch.no_grad():
+            lin.weight.copy_(w.T)
+            lin.bias.copy_(b)
+        layers.append(lin)
+        if j < k - 1:
+            layers += [torch.nn.ReLU()] + ([torch.nn.Dropout(dropout)] if dropout else [])
+    return torch.nn.Sequential(*layers)
+
+
+def stack(members: list[torch.nn.Sequential]) -> list[torch.Tensor]:
+    lins = [[m for m in s if isinstance(m, torch.nn.Linear)] for s in members]
+    ws = [torch.stack([ls[j].weight.detach().T for ls in lins]) for j in range(len(lins[0]))]
+    bs = [torch.stack([ls[j].bias.detach()[None] for ls in lins]) for j in range(len(lins[0]))]
+    return ws + bs
+
+
+def _train_rows(a: dict, spec: TrainSpec) -> np.ndarray:
+    tr = np.flatnonzero((a["split"] == "train") & (a["y"] < spec.classes))
+    return np.array([r for k, r in enumerate(tr) if k % 5]) if spec.holdout else tr
+
+
+def holdout_rows(a: dict, classes: int) -> np.ndarray:
+    tr = np.flatnonzero((a["split"] == "train") & (a["y"] < classes))
+    return tr[::5]
+
+
+def train_step(store: Store, data_id: str, spec: TrainSpec, progress: bool = True) -> str:
+    """A ``train-digit-mlps`` step: ``spec.seeds`` MLPs from ``digits.init_mlps(init_seed)`` (the same init for the
+    same seed, whatever the data), minibatches in the order of ``order_seed``; adversarial training through ART,
+    one model at a time. The artifact holds the stacked weights (``mlps.safetensors``)."""
+    from safetensors.torch import save_file
+
+    def fn(ctx):
+        from tqdm.auto import tqdm
+
+        a = _arrays(store, data_id)
+        rows = _train_rows(a, spec)
+        x, y = torch.from_numpy(unit(a["raw"][rows], a["scale"])), torch.from_numpy(a["y"][rows])
+        sizes = [x.shape[1], spec.hidden, spec.hidden, spec.classes]
+        params = digits.init_mlps(spec.seeds, sizes, seed=spec.init_seed)
+        t0 = time.perf_counter()
+        if spec.adversarial is None:
+            params = [p.clone().requires_grad_() for p in params]
+            opt = torch.optim.Adam(params, lr=spec.lr)
+            g = torch.Generator().manual_seed(spec.order_seed)
+            torch.manual_seed(spec.order_seed)  # dropout masks
+            bar = tqdm(total=spec.epochs, desc=f"train w={spec.hidden}", disable=not progress, leave=False)
+            for _ in range(spec.epochs):
+                order = torch.randperm(len(x), generator=g)
+                for i in range(0, len(x), spec.batch):
+                    idx = order[i : i + spec.batch]
+                    logits = forward(params, x[idx], spec.dropout)
+                    # the sum over models of each one's mean loss: Adam keeps the models independent
+                    loss = torch.nn.functional.cross_entropy(logits.reshape(-1, spec.classes), y[idx].repeat(spec.seeds))
+                    opt.zero_grad(set_to_none=True)
+                    (loss * spec.seeds).backward()
+                    opt.step()
+                bar.update()
+            bar.close()
+            params = [p.detach() for p in params]
+        else:
+            from heredity.evals.adversarial import adversarial_fit, classifier
+
+            ms = []
+            for i in tqdm(range(spec.seeds), desc=f"{spec.adversarial} training", disable=not progress, leave=False):
+                m = member(params, i)
+                clf = classifier(m, x.shape[1], spec.classes, (-1.0, 1.0), spec.lr)
+                adversarial_fit(clf, x.numpy(), y.numpy(), spec.adversarial, spec.eps, spec.epochs, spec.batch,
+                                spec.pgd_steps, seed=spec.order_seed)
+                ms.append(m)
+            params = stack(ms)
+        out = ctx.output("model", "model", f"digit-mlps-w{spec.hidden}", meta={"type": "stacked_mlps", "sizes": sizes,
+                                                                              "seeds": spec.seeds, "dropout": spec.dropout})
+        save_file({f"p{j}": p.contiguous() for j, p in enumerate(params)}, str(out / "mlps.safetensors"))
+        return {"seconds": round(time.perf_counter() - t0, 2), "rows": len(rows)}
+
+    return store.run_step("train-digit-mlps", spec, [data_id], fn, seed=spec.init_seed)["model"]
+
+
+def load_mlps(store: Store, model_id: str) -> list[torch.Tensor]:
+    from safetensors.torch import load_file
+
+    t = load_file(str(store.path(model_id) / "mlps.safetensors"))
+    return [t[f"p{j}"] for j in range(len(t))]
+
+
+# ---- statistics ---------------------------------------------------------------------------------
+
+
+def seed_rate(k: list[int], n: list[int]) -> dict:
+    """Mean over seeds of per-seed rates with a t interval (unit: seeds); when every seed has the same rate, a
+    Wilson interval over the pooled items instead (never a zero-width interval), marked ``pooled``."""
+    from heredity.reports.stats import mean_ci, rate_ci
+
+    rates = [a / b for a, b in zip(k, n, strict=True)]
+    ci = mean_ci(rates, bounds=(0.0, 1.0), allow_binary=True)
+    if not (ci["lo"] == ci["lo"]):  # NaN: no variance over seeds
+        w = rate_ci(sum(k), sum(n))
+        ci = {**ci, "lo": w["lo"], "hi": w["hi"], "method": "wilson over pooled items (no variance over seeds)"}
+    return {**ci, "per_seed": rates, "unit": f"training seeds, n = {len(rates)}"}
+
+
+def seed_mean(values: list[float]) -> dict:
+    from heredity.reports.stats import mean_ci
+
+    return {**mean_ci(values, allow_binary=True), "per_seed": [float(v) for v in values], "unit": f"training seeds, n = {len(values)}"}
+
+
+def _predict(params, x: np.ndarray) -> np.ndarray:
+    with torch.no_grad():
+        return forward(params, torch.from_numpy(x)).argmax(-1).numpy()  # [n, N]
+
+
+# ---- part 1: poisoning ---------------------------------------------------------------------------
+
+
+def poisoning(store: Store, data_id: str, config: Config, progress: bool) -> dict:
+    from heredity.data.poison import apply_trigger
+
+    base = {"seed": config.seed}
+    out: dict = {"flips": [], "targeted": None, "badnets": [], "detection": [], "models": []}
+    clean = _arrays(store, data_id)
+    te = clean["split"] == "test"
+    xt, yt = unit(clean["raw"][te], clean["scale"]), clean["y"][te]
+    others = yt != config.patch_target
+    xtrig = unit(apply_trigger(clean["raw"][te][others].astype(np.int64), config.patch_size, int(clean["scale"])), clean["scale"])
+
+    def accuracy(params):
+        return [int(v) for v in (_predict(params, xt) == yt).sum(-1)]
+
+    for rate in config.flip_rates:
+        did = poison_step(store, data_id, {**base, "attack": "label_flip", "rate": rate})
+        mid = train_step(store, did, config.spec(), progress)
+        out["models"].append(mid)
+        out["flips"].append({"rate": rate, "model": mid, "dataset": did,
+                             "clean_accuracy": seed_rate(accuracy(load_mlps(store, mid)), [len(yt)] * config.seeds)})
+    did = poison_step(store, data_id, {**base, "attack": "targeted_flip", "source": config.targeted_source,
+                                       "target": config.targeted_target, "fraction": config.targeted_fraction})
+    mid = train_step(store, did, config.spec(), progress)
+    out["models"].append(mid)
+    p = load_mlps(store, mid)
+    src = yt == config.targeted_source
+    pred = _predict(p, xt[src])
+    out["targeted"] = {"model": mid, "dataset": did, "clean_accuracy": seed_rate(accuracy(p), [len(yt)] * config.seeds),
+                       "source_accuracy": seed_rate([int(v) for v in (pred == config.targeted_source).sum(-1)], [int(src.sum())] * config.seeds),
+                       "source_to_target": seed_rate([int(v) for v in (pred == config.targeted_target).sum(-1)], [int(src.sum())] * config.seeds)}
+    for width in config.widths:
+        for count in config.counts:
+            did = poison_step(store, data_id, {**base, "attack": "badnets", "count": count, "target": config.patch_target,
+                                               "size": config.patch_size})
+            mid = train_step(store, did, config.spec(hidden=width), progress)
+            out["models"].append(mid)
+            p = load_mlps(store, mid)
+            hit = [int(v) for v in (_predict(p, xtrig) == config.patch_target).sum(-1)]
+            out["badnets"].append({"width": width, "count": count, "model": mid, "dataset": did,
+                                   "clean_accuracy": seed_rate(accuracy(p), [len(yt)] * config.seeds),
+                                   "attack_success": seed_rate(hit, [int(others.sum())] * config.seeds)})
+            if width == config.hidden and count > 0 and config.detectors:
+                out["detection"].append({"count": count, **detection(store, did, mid, config)})
+    return out
+
+
+def detection(store: Store, data_id: str, model_id: str, config: Config) -> dict:
+    """ART's poison detectors on the poisoned training set, per seed's model: precision and recall of the rows
+    flagged (a memoized step on the dataset and the model)."""
+    cfg = {"detectors": config.detectors, "expected": config.detect_expected}
+
+    def fn(ctx):
+        from heredity.evals.adversarial import classifier, detect_poison
+
+        a = _arrays(store, data_id)
+        tr = a["split"] == "train"
+        x, y, truth = unit(a["raw"][tr], a["scale"]), a["y"][tr], a["poisoned"][tr]
+        params = load_mlps(store, model_id)
+        res = {}
+        for method in cfg["detectors"]:
+            tp, fp, fn_ = [], [], []
+            for i in range(params[0].shape[0]):
+                flagged = detect_poison(classifier(member(params, i), x.shape[1], NUM_CLASSES, (-1.0, 1.0)), x, y, method,
+                                        cfg["expected"])
+                tp.append(int((flagged & truth).sum()))
+                fp.append(int((flagged & ~truth).sum()))
+                fn_.append(int((~flagged & truth).sum()))
+            res[method] = {"tp": tp, "fp": fp, "fn": fn_}
+        (ctx.output("detection", "report", "poison-detection") / "detection.json").write_text(json.dumps(res))
+        return {}
+
+    r = store.run_step("detect-poison", cfg, [data_id, model_id], fn)
+    raw = json.loads((store.path(r["detection"]) / "detection.json").read_text())
+    out = {}
+    for method, d in raw.items():
+        flagged = [a + b for a, b in zip(d["tp"], d["fp"], strict=True)]
+        poisoned = [a + b for a, b in zip(d["tp"], d["fn"], strict=True)]
+        out[method] = {"recall": seed_rate(d["tp"], poisoned),
+                       "precision": seed_rate(d["tp"], flagged) if all(flagged) else None,
+                       "flagged": flagged, "poisoned": poisoned[0]}
+    return out
+
+
+# ---- part 2: adversarial examples ----------------------------------------------------------------
+
+
+def adversarial(store: Store, data_id: str, config: Config, progress: bool) -> dict:
+    """Accuracy under FGSM and PGD per training kind; the sibling transfer of PGD examples."""
+    train_eps = 2 * config.train_eps
+    models = {"standard": train_step(store, data_id, config.spec(), progress),
+              "fgsm-trained": train_step(store, data_id, config.spec(adversarial="fgsm", eps=train_eps), progress),
+              "pgd-trained": train_step(store, data_id, config.spec(adversarial="pgd", eps=train_eps), progress)}
+    # siblings: A = the standard model; B = A's init, another data order; C = another init, B's data order
+    sib = {"A": models["standard"], "B": train_step(store, data_id, config.spec(order_seed=config.seed + 1), progress),
+           "C": train_step(store, data_id, config.spec(order_seed=config.seed + 1, init_seed=2 * config.seed + 1), progress)}
+    cfg = {"eps": config.eps, "pgd_steps": config.pgd_steps, "seed": config.seed, "kinds": list(models),
+           "siblings": list(sib)}
+    inputs = [data_id, *models.values(), sib["B"], sib["C"]]
+
+    def fn(ctx):
+        from heredity.evals.adversarial import classifier, fgsm, pgd
+
+        a = _arrays(store, data_id)
+        te = a["split"] == "test"
+        x, y = unit(a["raw"][te], a["scale"]), a["y"][te]
+        ids = dict(zip(cfg["kinds"], inputs[1:4], strict=True))
+        ids.update({"B": inputs[4], "C": inputs[5]})
+        params = {k: load_mlps(store, v) for k, v in ids.items()}
+        params["A"] = params["standard"]
+        res: dict = {"robust": {}, "transfer": {}}
+        for kind in cfg["kinds"]:
+            for attack in ("fgsm", "pgd"):
+                right = []
+                for e in cfg["eps"]:
+                    per = []
+                    for i in range(params[kind][0].shape[0]):
+                        clf = classifier(member(params[kind], i), x.shape[1], NUM_CLASSES, (-1.0, 1.0))
+                        adv = fgsm(clf, x, y, 2 * e) if attack == "fgsm" else pgd(clf, x, y, 2 * e, cfg["pgd_steps"], cfg["seed"] + i)
+                        per.append(int((clf.predict(adv).argmax(-1) == y).sum()))
+                    right.append(per)
+                res["robust"][f"{kind}/{attack}"] = right
+        for e in cfg["eps"]:
+            if e == 0:
+                continue
+            m = {}
+            for src in cfg["siblings"]:
+                advs = [pgd(classifier(member(params[src], i), x.shape[1], NUM_CLASSES, (-1.0, 1.0)), x, y, 2 * e,
+                            cfg["pgd_steps"], cfg["seed"] + i) for i in range(params[src][0].shape[0])]
+                m[src] = {dst: [int((_predict([p[i : i + 1] for p in params[dst]], adv)[0] != y).sum())
+                                for i, adv in enumerate(advs)] for dst in cfg["siblings"]}
+            res["transfer"][str(e)] = m
+        res["n"] = int(len(y))
+        (ctx.output("adversarial", "report", "adversarial-digits") / "adversarial.json").write_text(json.dumps(res))
+        return {}
+
+    r = store.run_step("eval-adversarial-digits", cfg, inputs, fn)
+    raw = json.loads((store.path(r["adversarial"]) / "adversarial.json").read_text())
+    n = raw["n"]
+    robust = {k: [seed_rate(v, [n] * len(v)) for v in per_eps] for k, per_eps in raw["robust"].items()}
+    transfer = {e: {s: {d: seed_rate(v, [n] * len(v)) for d, v in row.items()} for s, row in m.items()}
+                for e, m in raw["transfer"].items()}
+    return {"models": models, "siblings": sib, "robust": robust, "transfer": transfer, "raw_transfer": raw["transfer"],
+            "n": n}
+
+
+# ---- part 3: uncertainty -------------------------------------------------------------------------
+
+
+def _rotate(raw: np.ndarray, angle: int) -> np.ndarray:
+    from scipy.ndimage import rotate
+
+    side = int(round(math.sqrt(raw.shape[1])))
+    imgs = raw.reshape(-1, side, side).astype(np.float64)
+    return np.stack([rotate(im, angle, reshape=False, order=1, mode="constant", cval=0.0) for im in imgs]).reshape(len(raw), -1)
+
+
+def uncertainty(store: Store, data_id: str, config: Config, flag_models: dict, progress: bool) -> dict:
+    """In-distribution calibration and OOD detection for max softmax, temperature scaling, MC dropout and
+    ensembles; whether max softmax flags PGD and triggered inputs."""
+    k = config.in_classes
+    n_ens = config.ensembles * config.ensemble_size
+    plain = train_step(store, data_id, config.spec(classes=k, holdout=True, seeds=n_ens), progress)
+    drop = train_step(store, data_id, config.spec(classes=k, holdout=True, dropout=config.dropout), progress)
+    cfg = {"in_classes": k, "ensembles": config.ensembles, "ensemble_size": config.ensemble_size,
+           "mc_passes": config.mc_passes, "angles": config.angles, "noise_images": config.noise_images,
+           "seed": config.seed, "seeds": config.seeds, "flag_eps": config.flag_eps, "pgd_steps": config.pgd_steps,
+           "patch_size": config.patch_size, "patch_target": config.patch_target}
+    inputs = [data_id, plain, drop, flag_models["standard"], flag_models["triggered"]]
+
+    def fn(ctx):
+        from heredity.data.poison import apply_trigger
+        from heredity.evals import uncertainty as U
+        from heredity.evals.adversarial import classifier, pgd
+
+        a = _arrays(store, data_id)
+        kk, seeds = cfg["in_classes"], cfg["seeds"]
+        te = a["split"] == "test"
+        raw_te, y_te = a["raw"][te], a["y"][te]
+        ind = y_te < kk
+        xin, yin = unit(raw_te[ind], a["scale"]), y_te[ind]
+        hold = holdout_rows(a, kk)
+        xh, yh = unit(a["raw"][hold], a["scale"]), a["y"][hold]
+        rng = np.random.default_rng(cfg["seed"])
+        sets = {"other digits": unit(raw_te[~ind], a["scale"]),
+                "uniform noise": rng.uniform(-1, 1, (cfg["noise_images"], xin.shape[1])).astype(np.float32)}
+        rotated = {ang: unit(np.clip(_rotate(raw_te[ind], ang), 0, a["scale"]), a["scale"]) for ang in cfg["angles"]}
+        P, D = load_mlps(store, inputs[1]), load_mlps(store, inputs[2])
+
+        def logits(params, xx, dropout=0.0):
+            with torch.no_grad():
+                return forward(params, torch.from_numpy(xx), dropout).numpy()
+
+        def mc(xx):
+            torch.manual_seed(cfg["seed"])
+            return U.mc_dropout_probs(np.stack([U.softmax(logits(D, xx, float(store.get(inputs[2]).meta["dropout"])))
+                                                for _ in range(cfg["mc_passes"])]))  # [seeds, N, C]
+
+        temps = [U.fit_temperature(lg, yh) for lg in logits(P, xh)[:seeds]]  # per single model, on held-out rows
+        E, S = cfg["ensembles"], cfg["ensemble_size"]
+
+        def methods(xx) -> dict[str, np.ndarray]:
+            """Per method, [replicates, N, C] probabilities (replicates: seeds, or ensembles of seeds)."""
+            lg = logits(P, xx)
+            single = U.softmax(lg[:seeds])
+            return {"max softmax": single,
+                    "temperature scaling": np.stack([U.softmax(lg[i], temps[i]) for i in range(seeds)]),
+                    "MC dropout": mc(xx),
+                    "ensemble": np.stack([U.ensemble_probs(U.softmax(lg[e * S:(e + 1) * S])) for e in range(E)])}
+
+        res: dict = {"in_distribution": {}, "ood": {}, "shift": {}, "flags": {}, "temperatures": temps,
+                     "reliability": {}}
+        pin = methods(xin)
+        for name, pr in pin.items():
+            res["in_distribution"][name] = {"accuracy": [float((p.argmax(-1) == yin).mean()) for p in pr],
+                                            "nll": [U.nll(p, yin) for p in pr], "ece": [U.ece(p, yin) for p in pr]}
+            res["reliability"][name] = U.reliability(pr[0], yin)
+        for sname, xo in sets.items():
+            po = methods(xo)
+            res["ood"][sname] = {name: {"auroc": [U.auroc(U.msp(a_), U.msp(b_)) for a_, b_ in zip(pin[name], po[name], strict=True)],
+                                        "fpr95": [U.fpr_at_tpr(U.msp(a_), U.msp(b_)) for a_, b_ in zip(pin[name], po[name], strict=True)]}
+                                 for name in pin}
+            if sname == "other digits":
+                from sklearn.metrics import roc_curve
+
+                f, t, _ = roc_curve(np.r_[np.ones(len(yin)), np.zeros(len(xo))], np.r_[U.msp(pin["ensemble"][0]), U.msp(po["ensemble"][0])])
+                res["roc"] = {"fpr": f.tolist(), "tpr": t.tolist(), "method": "ensemble 1", "ood": sname}
+        for ang, xr in rotated.items():
+            pr = methods(xr)
+            res["shift"][str(ang)] = {name: {"accuracy": [float((p.argmax(-1) == yin).mean()) for p in pr[name]],
+                                             "ece": [U.ece(p, yin) for p in pr[name]],
+                                             "auroc": [U.auroc(U.msp(a_), U.msp(b_)) for a_, b_ in zip(pin[name], pr[name], strict=True)]}
+                                      for name in pr}
+        # does max softmax flag attacked inputs? (10-class models: the standard one and the trigger-poisoned one)
+        xall, yall = unit(raw_te, a["scale"]), y_te
+        std, trig = load_mlps(store, inputs[3]), load_mlps(store, inputs[4])
+        au_adv, au_trig = [], []
+        others = yall != cfg["patch_target"]
+        xtrig = unit(apply_trigger(raw_te[others].astype(np.int64), cfg["patch_size"], int(a["scale"])), a["scale"])
+        for i in range(std[0].shape[0]):
+            clf = classifier(member(std, i), xall.shape[1], NUM_CLASSES, (-1.0, 1.0))
+            adv = pgd(clf, xall, yall, 2 * cfg["flag_eps"], cfg["pgd_steps"], cfg["seed"] + i)
+            one = [p[i : i + 1] for p in std]
+            au_adv.append(U.auroc(U.msp(U.softmax(logits(one, xall)[0])), U.msp(U.softmax(logits(one, adv)[0]))))
+            t1 = [p[i : i + 1] for p in trig]
+            au_trig.append(U.auroc(U.msp(U.softmax(logits(t1, xall[others])[0])), U.msp(U.softmax(logits(t1, xtrig)[0]))))
+        res["flags"] = {"pgd": au_adv, "trigger": au_trig}
+        (ctx.output("uncertainty", "report", "uncertainty-digits") / "uncertainty.json").write_text(json.dumps(res))
+        return {}
+
+    r = store.run_step("eval-uncertainty-digits", cfg, inputs, fn)
+    raw = json.loads((store.path(r["uncertainty"]) / "uncertainty.json").read_text())
+
+    def summ(d):
+        return {m: {k2: seed_mean(v) for k2, v in x.items()} for m, x in d.items()}
+
+    return {"models": {"plain": plain, "dropout": drop},
+            "in_distribution": summ(raw["in_distribution"]),
+            "ood": {s: summ(d) for s, d in raw["ood"].items()},
+            "shift": {a_: summ(d) for a_, d in raw["shift"].items()},
+            "flags": {k2: seed_mean(v) for k2, v in raw["flags"].items()},
+            "temperatures": raw["temperatures"], "reliability": raw["reliability"], "roc": raw.get("roc")}
