@@ -161,7 +161,7 @@ def test_options_it_cannot_honour_are_refused():
     from heredity.experiments import self_training as X
 
     for kw, msg in [({"arms": ["rest_em", "dpo"]}, "unknown arm 'dpo'"), ({"ks": [1, 32]}, "pass@32 needs"),
-                    ({"samples": 6}, "multiple of samples 6")]:
+                    ({"samples": 6, "arms": ["grpo"]}, "multiple of samples 6")]:
         with pytest.raises(ValueError, match=msg):
             X.Config(**kw)
     X.Config(samples=6, arms=["rest_em"])  # the GRPO group size matters only with the grpo arm
