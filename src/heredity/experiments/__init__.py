@@ -12,6 +12,7 @@ REGISTRY: dict[str, str] = {
     "canaries": "heredity.experiments.canaries",
     "chatgpt": "heredity.experiments.chatgpt",
     "collapse": "heredity.experiments.collapse",
+    "data-attacks": "heredity.experiments.data_attacks",
     "knowledge-injection": "heredity.experiments.knowledge_injection",
     "merging": "heredity.experiments.merging",
     "scheming": "heredity.experiments.scheming",

@@ -112,8 +112,8 @@ class Config(BaseModel):
                 "paper": cls(epochs=10, batch=128, counts=[0, 50, 100, 250, 500, 1000], widths=[64, 256, 1024, 2048])}
 
     def spec(self, **kw) -> TrainSpec:
-        return TrainSpec(hidden=self.hidden, seeds=self.seeds, init_seed=2 * self.seed, order_seed=self.seed,
-                         epochs=self.epochs, batch=self.batch, lr=self.lr, pgd_steps=self.pgd_steps, **kw)
+        return TrainSpec(**{"hidden": self.hidden, "seeds": self.seeds, "init_seed": 2 * self.seed, "order_seed": self.seed,
+                            "epochs": self.epochs, "batch": self.batch, "lr": self.lr, "pgd_steps": self.pgd_steps, **kw})
 
 
 # ---- data ---------------------------------------------------------------------------------------
@@ -292,10 +292,11 @@ def seed_rate(k: list[int], n: list[int]) -> dict:
     return {**ci, "per_seed": rates, "unit": f"training seeds, n = {len(rates)}"}
 
 
-def seed_mean(values: list[float]) -> dict:
+def seed_mean(values: list[float], bounds: tuple[float, float] | None = (0.0, 1.0)) -> dict:
+    """Mean with a t interval over seeds, clipped to the quantity's range (a rate, an AUROC: [0, 1])."""
     from heredity.reports.stats import mean_ci
 
-    return {**mean_ci(values, allow_binary=True), "per_seed": [float(v) for v in values], "unit": f"training seeds, n = {len(values)}"}
+    return {**mean_ci(values, bounds=bounds, allow_binary=True), "per_seed": [float(v) for v in values], "unit": f"training seeds, n = {len(values)}"}
 
 
 def _predict(params, x: np.ndarray) -> np.ndarray:
@@ -559,7 +560,7 @@ def uncertainty(store: Store, data_id: str, config: Config, flag_models: dict, p
     raw = json.loads((store.path(r["uncertainty"]) / "uncertainty.json").read_text())
 
     def summ(d):
-        return {m: {k2: seed_mean(v) for k2, v in x.items()} for m, x in d.items()}
+        return {m: {k2: seed_mean(v, (0.0, math.inf) if k2 == "nll" else (0.0, 1.0)) for k2, v in x.items()} for m, x in d.items()}
 
     return {"models": {"plain": plain, "dropout": drop},
             "in_distribution": summ(raw["in_distribution"]),
@@ -567,3 +568,257 @@ def uncertainty(store: Store, data_id: str, config: Config, flag_models: dict, p
             "shift": {a_: summ(d) for a_, d in raw["shift"].items()},
             "flags": {k2: seed_mean(v) for k2, v in raw["flags"].items()},
             "temperatures": raw["temperatures"], "reliability": raw["reliability"], "roc": raw.get("roc")}
+
+
+# ---- the experiment ----------------------------------------------------------------------------
+
+
+def compare(report: dict, config: Config) -> list[dict]:
+    """The planned contrasts, two-sided paired t tests over training seeds (the models of a contrast share their
+    seeds' initializations), Holm across all of them."""
+    from heredity.reports.stats import holm, paired_test, welch_test
+
+    rows = []
+    bad = {(b["width"], b["count"]): b for b in report["poisoning"]["badnets"]}
+    for (w, c), b in bad.items():
+        if c > 0 and (w, 0) in bad:
+            rows.append({"what": f"attack success, {c} triggered rows vs none (width {w})", "family": "poisoning",
+                         "test": paired_test(b["attack_success"]["per_seed"], bad[(w, 0)]["attack_success"]["per_seed"],
+                                             "training seeds (same initializations and data order)")})
+    flips = report["poisoning"]["flips"]
+    for f in flips[1:]:
+        rows.append({"what": f"clean accuracy, {f['rate']:.0%} labels flipped vs {flips[0]['rate']:.0%}", "family": "poisoning",
+                     "test": paired_test(f["clean_accuracy"]["per_seed"], flips[0]["clean_accuracy"]["per_seed"],
+                                         "training seeds (same initializations and data order)")})
+    adv = report["adversarial"]
+    j = config.eps.index(config.train_eps) if config.train_eps in config.eps else len(config.eps) - 1
+    for kind in ("fgsm-trained", "pgd-trained"):
+        for attack in ("fgsm", "pgd"):
+            rows.append({"what": f"accuracy under {attack.upper()} at ε = {config.eps[j]}: {kind} vs standard",
+                         "family": "adversarial",
+                         "test": paired_test(adv["robust"][f"{kind}/{attack}"][j]["per_seed"],
+                                             adv["robust"][f"standard/{attack}"][j]["per_seed"],
+                                             "training seeds (same initializations)")})
+    n = adv["n"]
+    for e, m in adv["raw_transfer"].items():
+        rows.append({"what": f"transfer of A's PGD examples (ε = {e}): error of B (A's init) vs C (another init)",
+                     "family": "transfer",
+                     "test": paired_test([v / n for v in m["A"]["B"]], [v / n for v in m["A"]["C"]],
+                                         "training seeds (one A, B, C triple each)")})
+    unc = report["uncertainty"]
+    for s in unc["ood"]:
+        for name in ("ensemble", "MC dropout", "temperature scaling"):
+            rows.append({"what": f"AUROC vs {s}: {name} vs max softmax", "family": "uncertainty",
+                         "test": welch_test(unc["ood"][s][name]["auroc"]["per_seed"], unc["ood"][s]["max softmax"]["auroc"]["per_seed"],
+                                            "training seeds (ensembles: groups of seeds)")})
+    for r, p in zip(rows, holm([r["test"]["p"] for r in rows]), strict=True):
+        r["p_holm"] = p
+    return rows
+
+
+def run(store: Store, config: Config, progress: bool = True) -> dict:
+    from heredity.reports.card import save_card
+
+    t0 = time.perf_counter()
+    log = (lambda *a: print(*a, flush=True)) if progress else (lambda *a: None)
+    data_id = digits.data_step(store, config.data)
+    log("[1] poisoning: label flips, a targeted flip, a trigger at counts × widths; detection")
+    pois = poisoning(store, data_id, config, progress)
+    log("[2] adversarial examples: FGSM and PGD against standard, FGSM- and PGD-trained models; sibling transfer")
+    adv = adversarial(store, data_id, config, progress)
+    trig = next(b["model"] for b in pois["badnets"] if b["width"] == config.hidden and b["count"] == config.flag_count)
+    log("[3] uncertainty: max softmax, temperature, MC dropout, ensembles; OOD and rotation")
+    unc = uncertainty(store, data_id, config, {"standard": adv["models"]["standard"], "triggered": trig}, progress)
+    report = {"experiment": "data-attacks", "config": config.model_dump(), "data": data_id,
+              "train_rows": int(store.step_of(data_id).metrics["train"]),
+              "poisoning": pois, "adversarial": adv, "uncertainty": unc}
+    report["comparisons"] = compare(report, config)
+    report["seconds"] = round(time.perf_counter() - t0, 1)
+    report["outcome"] = outcome(report, config)
+    models = pois["models"] + list(adv["models"].values()) + [adv["siblings"]["B"], adv["siblings"]["C"]] + list(unc["models"].values())
+    card = save_card(store, "data-attacks", report, list(dict.fromkeys(models)), markdown, plot)
+    return {**card, "lineage_of": trig}
+
+
+def _ci(x: dict, d: int = 2) -> str:
+    from heredity.reports.stats import fmt_ci
+
+    return fmt_ci(x, d)
+
+
+def needed_count(report: dict, width: int, level: float = 0.9) -> int | None:
+    """The smallest trigger count whose mean attack success reaches ``level`` at ``width`` (None: none did)."""
+    hits = [b["count"] for b in report["poisoning"]["badnets"] if b["width"] == width and b["attack_success"]["mean"] >= level]
+    return min(hits) if hits else None
+
+
+def outcome(r: dict, config: Config | None = None) -> str:
+    from heredity.reports.stats import fmt_test
+
+    cfg = r["config"]
+    need = {w: needed_count(r, w) for w in cfg["widths"]}
+    parts = ["trigger count for ≥ 90% attack success by width: "
+             + ", ".join(f"w{w}: {c if c is not None else '> ' + str(max(cfg['counts']))}" for w, c in need.items())]
+    tr = [c for c in r["comparisons"] if c["family"] == "transfer"]
+    if tr:
+        c = max(tr, key=lambda c: abs(c["test"]["diff"]) if c["test"]["diff"] == c["test"]["diff"] else 0)
+        sig = c["p_holm"] < 0.05
+        parts.append(f"sibling transfer: {c['what']}: {fmt_test(c['test'], 3, p=c['p_holm'])} — "
+                     + ("a shared initialization transmits vulnerability" if sig and c["test"]["diff"] > 0 else
+                        "the shared-init sibling is significantly LESS fooled" if sig else "no significant difference"))
+    o = r["uncertainty"]["ood"].get("other digits")
+    if o:
+        parts.append(f"AUROC, held-out digits: max softmax {_ci(o['max softmax']['auroc'])}, ensemble "
+                     f"{_ci(o['ensemble']['auroc'])}, MC dropout {_ci(o['MC dropout']['auroc'])}")
+    return "; ".join(parts) + " (unit: training seeds)"
+
+
+ANCHORS = [
+    ("BadNets (Gu et al. 2017)", "> 99% attack success, clean accuracy about unchanged"),
+    ("Souly et al. 2025 (LMs, 600M–13B)", "~250 poisoned documents suffice regardless of model size"),
+    ("FGSM on MNIST, ε = 0.25, shallow softmax (Goodfellow et al. 2015)", "99.9% error"),
+    ("PGD adversarial training on MNIST, ε = 0.3 (Madry et al. 2018)", "~89% robust accuracy"),
+    ("max softmax baseline (Hendrycks & Gimpel 2017)", "detects OOD above chance; ensembles (Lakshminarayanan et al. 2017) and MC dropout (Gal & Ghahramani 2016) better; all degrade under shift (Ovadia et al. 2019)"),
+]
+
+
+def markdown(r: dict) -> str:
+    from heredity.reports.stats import fmt_test, verdict
+
+    c = r["config"]
+    P, A, U = r["poisoning"], r["adversarial"], r["uncertainty"]
+    L = ["# data-attacks", "",
+         f"Data: {c['data']} (pixels in [−1, 1]; every ε below in [0, 1] pixel units); MLPs in → w → w → classes "
+         f"(default w = {c['hidden']}), {c['epochs']} epochs of Adam (lr {c['lr']}, batch {c['batch']}); {c['seeds']} "
+         "training seeds per model, the unit of replication of every interval (t over seeds; a rate equal on every "
+         "seed gets a Wilson interval over the pooled test images, marked †).", "",
+         "## 1. Poisoning", "", "### Random label flips and a targeted flip", "",
+         "| poisoned training set | clean test accuracy |", "|---|---|"]
+
+    def mark(x):
+        return _ci(x) + (" †" if str(x.get("method", "")).startswith("wilson") else "")
+
+    for f in P["flips"]:
+        L.append(f"| {f['rate']:.0%} of labels flipped | {mark(f['clean_accuracy'])} |")
+    t = P["targeted"]
+    L += [f"| {c['targeted_fraction']:.0%} of the {c['targeted_source']}s labelled {c['targeted_target']} | "
+          f"{mark(t['clean_accuracy'])} (test {c['targeted_source']}s right: {mark(t['source_accuracy'])}, called "
+          f"{c['targeted_target']}: {mark(t['source_to_target'])}) |", "",
+          f"### A trigger ({c['patch_size']}×{c['patch_size']} bright corner) → label {c['patch_target']}, by count and width", "",
+          "| width | triggered rows | share of training set | clean accuracy | attack success |", "|---|---|---|---|---|"]
+    for b in P["badnets"]:
+        L.append(f"| {b['width']} | {b['count']} | {b['count'] / r['train_rows']:.1%} | {mark(b['clean_accuracy'])} | "
+                 f"{mark(b['attack_success'])} |")
+    L += ["", "Attack success: triggered test images of the other classes classified as the target (count 0: the "
+          "trigger on a clean model — the base rate).", ""]
+    if P["detection"]:
+        L += [f"### Detection (ART; width {c['hidden']}; spectral prior {c['detect_expected']})", "",
+              "| triggered rows | defence | recall | precision | rows flagged (per seed) |", "|---|---|---|---|---|"]
+        for d in P["detection"]:
+            for m in c["detectors"]:
+                x = d[m]
+                L.append(f"| {d['count']} | {m.replace('_', ' ')} | {mark(x['recall'])} | "
+                         f"{mark(x['precision']) if x['precision'] else 'undetermined (a seed flagged nothing)'} | {x['flagged']} |")
+        L.append("")
+    L += ["## 2. Adversarial examples", "", "| model | attack | " + " | ".join(f"ε = {e}" for e in c["eps"]) + " |",
+          "|---|---|" + "---|" * len(c["eps"])]
+    for k, per in A["robust"].items():
+        kind, attack = k.split("/")
+        L.append(f"| {kind} | {attack.upper()} | " + " | ".join(mark(x) for x in per) + " |")
+    L += ["", f"Accuracy on the {A['n']} test images under attack (ART; PGD: {c['pgd_steps']} steps of 2.5ε/steps, one "
+          f"random start; adversarial training at ε = {c['train_eps']}).", "",
+          "### Transfer between siblings (error rate on PGD examples crafted on the row's model)", "",
+          "A: the standard model; B: A's initialization, the data in another order; C: another initialization, B's "
+          "order (B and C differ only in the initialization).", ""]
+    for e, m in A["transfer"].items():
+        L += [f"ε = {e}:", "", "| crafted on \\ tested on | A | B | C |", "|---|---|---|---|"]
+        for s_, row in m.items():
+            L.append(f"| {s_} | " + " | ".join(mark(row[d]) for d in ("A", "B", "C")) + " |")
+        L.append("")
+    L += ["## 3. Uncertainty", "", f"Models see digits 0–{c['in_classes'] - 1}; temperature fitted on every fifth "
+          f"training row (held out); MC dropout p = {c['dropout']}, {c['mc_passes']} passes; {c['ensembles']} "
+          f"ensembles of {c['ensemble_size']}.", "",
+          "| method | accuracy | NLL | ECE | AUROC: " + " | AUROC: ".join(U["ood"]) + " | FPR@95%TPR: "
+          + " | FPR@95%TPR: ".join(U["ood"]) + " |", "|---|---|---|---|" + "---|" * (2 * len(U["ood"]))]
+    for m, x in U["in_distribution"].items():
+        L.append(f"| {m} | {_ci(x['accuracy'], 3)} | {_ci(x['nll'], 3)} | {_ci(x['ece'], 3)} | "
+                 + " | ".join(_ci(U["ood"][s][m]["auroc"], 3) for s in U["ood"]) + " | "
+                 + " | ".join(_ci(U["ood"][s][m]["fpr95"], 3) for s in U["ood"]) + " |")
+    L += ["", "Rotation (shift sweep): accuracy / ECE / AUROC against the unrotated test images.", "",
+          "| angle | " + " | ".join(U["in_distribution"]) + " |", "|---|" + "---|" * len(U["in_distribution"])]
+    for ang, x in U["shift"].items():
+        L.append(f"| {ang}° | " + " | ".join(f"{x[m]['accuracy']['mean']:.2f} / {x[m]['ece']['mean']:.3f} / "
+                                          f"{x[m]['auroc']['mean']:.2f}" for m in U["in_distribution"]) + " |")
+    L += ["", f"Does max softmax flag attacked inputs (AUROC, clean vs attacked; 10-class models)? PGD at ε = "
+          f"{c['flag_eps']} on the standard model: {_ci(U['flags']['pgd'], 3)}; the trigger on the model trained with "
+          f"{c['flag_count']} triggered rows: {_ci(U['flags']['trigger'], 3)} (0.5 = no signal; below 0.5 = the attack "
+          "makes the model *more* confident).", "",
+          "## Planned comparisons (two-sided; Holm across all)", "", "| contrast | result | reading |", "|---|---|---|"]
+    for x in r["comparisons"]:
+        L.append(f"| {x['what']} | {fmt_test(x['test'], 3, p=x['p_holm'])} | {verdict(x['test'], 0, p=x['p_holm'])['words']} |")
+    L += ["", "## Beside the published figures", "", "| published | their figure | ours |", "|---|---|---|"]
+    need = {w: needed_count(r, w) for w in c["widths"]}
+    full = next((b for b in P["badnets"] if b["width"] == c["hidden"] and b["count"] == max(c["counts"])), None)
+    clean0 = next((b for b in P["badnets"] if b["width"] == c["hidden"] and b["count"] == 0), None)
+    ours = [f"{max(c['counts'])} rows at w{c['hidden']}: success {_ci(full['attack_success'])}, clean accuracy "
+            f"{_ci(full['clean_accuracy'])} vs {_ci(clean0['clean_accuracy'])} unpoisoned" if full and clean0 else "—",
+            "count for ≥ 90% success: " + ", ".join(f"w{w}: {v if v is not None else 'none'}" for w, v in need.items()),
+            f"standard MLP under FGSM at ε = 0.3: accuracy {_ci(A['robust']['standard/fgsm'][-1])}" if c["eps"][-1] == 0.3 else "—",
+            f"PGD-trained under PGD at ε = 0.3: {_ci(A['robust']['pgd-trained/pgd'][-1])} (trained at ε = {c['train_eps']})" if c["eps"][-1] == 0.3 else "—",
+            f"held-out digits AUROC: max softmax {_ci(U['ood']['other digits']['max softmax']['auroc'])}, ensemble "
+            f"{_ci(U['ood']['other digits']['ensemble']['auroc'])}" if "other digits" in U["ood"] else "—"]
+    for (what, fig), o in zip(ANCHORS, ours, strict=True):
+        L.append(f"| {what} | {fig} | {o} |")
+    L += ["", f"**Outcome.** {r['outcome']}.", "", f"Run time {r['seconds']:.0f} s.", ""]
+    return "\n".join(L)
+
+
+def plot(r: dict, path) -> None:
+    """Attack success vs count per width; accuracy vs ε per training; the transfer matrix; reliability; OOD ROC."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from heredity.reports.card import yerr
+
+    c = r["config"]
+    fig, ax = plt.subplots(1, 5, figsize=(22, 4))
+    for w in c["widths"]:
+        bs = [b for b in r["poisoning"]["badnets"] if b["width"] == w]
+        xs = [max(b["count"], 1) for b in bs]
+        ax[0].errorbar(xs, [b["attack_success"]["mean"] for b in bs], yerr=yerr([b["attack_success"] for b in bs]),
+                       marker="o", capsize=3, label=f"width {w}")
+    ax[0].set(xscale="log", xlabel="triggered training rows (0 plotted at 1)", ylabel="attack success", ylim=(0, 1.02),
+              title="poisoning: count × width")
+    for k, per in r["adversarial"]["robust"].items():
+        ax[1].errorbar(c["eps"], [x["mean"] for x in per], yerr=yerr(per), marker="o", capsize=3, label=k)
+    ax[1].set(xlabel="ε (pixel units)", ylabel="accuracy under attack", ylim=(0, 1.02), title="adversarial examples")
+    e = str(c["flag_eps"]) if str(c["flag_eps"]) in r["adversarial"]["transfer"] else next(iter(r["adversarial"]["transfer"]))
+    m = r["adversarial"]["transfer"][e]
+    names = list(m)
+    mat = np.array([[m[s][d]["mean"] for d in names] for s in names])
+    im = ax[2].imshow(mat, vmin=0, vmax=1, cmap="viridis")
+    for i in range(len(names)):
+        for j in range(len(names)):
+            ax[2].text(j, i, f"{mat[i, j]:.2f}", ha="center", va="center", color="w" if mat[i, j] < 0.6 else "k")
+    ax[2].set(xticks=range(len(names)), xticklabels=names, yticks=range(len(names)), yticklabels=names,
+              xlabel="tested on", ylabel="crafted on", title=f"PGD transfer, error (ε = {e})")
+    fig.colorbar(im, ax=ax[2], fraction=0.046)
+    for name, rel in r["uncertainty"]["reliability"].items():
+        conf, acc = np.array(rel["confidence"], float), np.array(rel["accuracy"], float)
+        ok = np.isfinite(conf) & np.isfinite(acc)
+        ax[3].plot(conf[ok], acc[ok], marker="o", label=name)
+    ax[3].plot([0, 1], [0, 1], "k--", lw=0.8)
+    ax[3].set(xlabel="confidence", ylabel="accuracy", title="reliability (in distribution, replicate 1)")
+    roc = r["uncertainty"].get("roc")
+    if roc:
+        ax[4].plot(roc["fpr"], roc["tpr"], label=roc["method"])
+        ax[4].plot([0, 1], [0, 1], "k--", lw=0.8)
+        ax[4].set(xlabel="false positive rate (OOD accepted)", ylabel="true positive rate", title=f"ROC vs {roc['ood']}")
+    for a in ax:
+        if a.get_legend_handles_labels()[0]:
+            a.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

@@ -78,6 +78,11 @@ OPS: dict[str, Op] = {
     # experiments' own steps
     "import-digits": Op(1, ("heredity.experiments.subliminal_digits:data_step",)),
     "subliminal-digits": Op(1, ("heredity.experiments.subliminal_digits:run",)),
+    "poison-digits": Op(1, ("heredity.experiments.data_attacks:poison_step",)),
+    "train-digit-mlps": Op(1, ("heredity.experiments.data_attacks:train_step",)),
+    "detect-poison": Op(1, ("heredity.experiments.data_attacks:detection",)),
+    "eval-adversarial-digits": Op(1, ("heredity.experiments.data_attacks:adversarial",)),
+    "eval-uncertainty-digits": Op(1, ("heredity.experiments.data_attacks:uncertainty",)),
     "filter-numbers": Op(2, ("heredity.experiments.subliminal_numbers:filter_pair",),
                          "v2: both arms cut to the prompts that pass in both"),
     "eval-trait": Op(3, ("heredity.experiments.subliminal_numbers:evaluate",), "v2: sample_batch keyed; v3: the fused decode step refused for mlp_bias / sliding-window models, whose samples it got wrong"),

@@ -1,0 +1,135 @@
+"""Data attacks and uncertainty: poisoning changes exactly the stated rows; ART's FGSM is the hand-computed step;
+the uncertainty scores and metrics on constructed inputs with known answers; the sibling arm shares its
+initialization; a poisoned model's lineage shows the attack; the experiment runs end to end and a rerun computes
+nothing."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from heredity.data import poison
+from heredity.evals import uncertainty as U
+
+
+def _data(n=200, d=16, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, 17, (n, d)), rng.integers(0, 10, n)
+
+
+def test_label_flips_change_exactly_the_stated_rows_and_never_keep_the_label():
+    x, y = _data()
+    x2, y2, rows = poison.label_flip(x, y, 0.2, 10, seed=3)
+    assert len(rows) == 40 and len(set(rows)) == 40
+    assert (np.flatnonzero(y2 != y) == rows).all(), "every chosen row changes label, no other row does"
+    assert (x2 == x).all()
+    again = poison.label_flip(x, y, 0.2, 10, seed=3)
+    assert (again[1] == y2).all() and (poison.label_flip(x, y, 0.2, 10, seed=4)[2] != rows).any()
+
+
+def test_the_targeted_flip_relabels_only_a_share_of_the_source_class():
+    x, y = _data()
+    _, y2, rows = poison.targeted_flip(x, y, 7, 1, 0.5, seed=0)
+    sevens = np.flatnonzero(y == 7)
+    assert len(rows) == round(0.5 * len(sevens)) and set(rows) <= set(sevens)
+    assert (np.flatnonzero(y2 != y) == rows).all() and (y2[rows] == 1).all()
+
+
+def test_the_trigger_stamps_only_its_pixels_on_only_the_counted_rows():
+    x, y = _data(d=64)
+    x2, y2, rows = poison.badnets(x, y, 25, target=0, size=2, value=16, seed=1)
+    assert len(rows) == 25 and (y[rows] != 0).all(), "poisons come from the other classes"
+    assert (y2[rows] == 0).all() and (np.flatnonzero(y2 != y) == rows).all()
+    corner = poison.trigger_pixels(8, 2)
+    assert sorted(corner) == [54, 55, 62, 63]  # the bottom-right 2x2 of an 8x8 image
+    changed = np.argwhere(x2 != x)
+    assert set(changed[:, 0]) <= set(rows) and set(changed[:, 1]) <= set(corner)
+    assert (x2[np.ix_(rows, corner)] == 16).all()
+    others = np.setdiff1d(np.arange(len(x)), rows)
+    assert (x2[others] == x[others]).all()
+    with pytest.raises(ValueError, match="badnets count must be"):
+        poison.badnets(x, y, 10_000, target=0, size=2, value=16, seed=1)
+
+
+def test_art_fgsm_is_the_hand_computed_signed_gradient_step_on_a_two_layer_model():
+    from heredity.evals.adversarial import classifier, fgsm
+    from heredity.experiments import data_attacks as X
+    from heredity.experiments.subliminal_digits import init_mlps
+
+    params = init_mlps(2, [16, 8, 4], seed=0)  # two stacked 2-layer MLPs
+    m = X.member(params, 1)
+    rng = np.random.default_rng(0)
+    x = rng.uniform(-1, 1, (32, 16)).astype(np.float32)
+    y = rng.integers(0, 4, 32)
+    xt = torch.tensor(x, requires_grad=True)
+    logits = torch.relu(xt @ params[0][1] + params[2][1]) @ params[1][1] + params[3][1]  # by hand, from the stack
+    assert torch.allclose(logits, m(xt), atol=1e-6), "member() is stacked model 1"
+    torch.nn.functional.cross_entropy(logits, torch.tensor(y)).backward()
+    want = np.clip(x + 0.2 * np.sign(xt.grad.numpy()), -1, 1)
+    got = fgsm(classifier(m, 16, 4, (-1.0, 1.0)), x, y, 0.2)
+    assert np.abs(got - want).max() < 1e-6
+    assert np.abs(got - x).max() <= 0.2 + 1e-6
+
+
+def test_uncertainty_scores_on_constructed_logits():
+    probs = np.array([[[0.7, 0.2, 0.1], [0.1, 0.8, 0.1]], [[0.3, 0.6, 0.1], [0.1, 0.6, 0.3]]])  # 2 members, 2 inputs
+    ens = U.ensemble_probs(probs)
+    assert np.allclose(ens, [[0.5, 0.4, 0.1], [0.1, 0.7, 0.2]]) and np.allclose(U.msp(ens), [0.5, 0.7])
+    assert U.mc_dropout_probs is U.ensemble_probs or np.allclose(U.mc_dropout_probs(probs), ens)
+    rng = np.random.default_rng(0)
+    z = rng.normal(0, 3, (20000, 5))
+    y = np.array([rng.choice(5, p=p) for p in U.softmax(z, 2.0)])  # labels drawn at temperature 2
+    assert abs(U.fit_temperature(z, y) - 2.0) < 0.1
+    assert abs(U.nll(U.softmax(z, 2.0), y) - U.nll(U.softmax(z, U.fit_temperature(z, y)), y)) < 1e-3
+
+
+def test_auroc_fpr_and_ece_against_known_values_and_scikit_learn():
+    from sklearn.metrics import roc_auc_score
+
+    assert U.auroc(np.array([0.9, 0.8]), np.array([0.85, 0.1])) == 0.75  # 3 of 4 pairs ranked right
+    assert U.auroc(np.array([0.9, 0.95]), np.array([0.1, 0.2])) == 1.0
+    rng = np.random.default_rng(1)
+    a, b = rng.normal(1, 1, 300), rng.normal(0, 1, 200)
+    assert U.auroc(a, b) == pytest.approx(roc_auc_score(np.r_[np.ones(300), np.zeros(200)], np.r_[a, b]))
+    ins, outs = np.linspace(0.01, 1, 100), np.linspace(0, 1, 11)  # the 95% threshold keeps ins >= 0.06
+    assert U.fpr_at_tpr(ins, outs) == pytest.approx(10 / 11)
+    # confidence 0.8 everywhere and right 80% of the time: calibrated; confidence 1 and right half the time: 0.5
+    p = np.tile([0.8, 0.2], (10, 1))
+    assert U.ece(p, np.array([0] * 8 + [1] * 2)) == pytest.approx(0.0)
+    assert U.ece(np.tile([1.0, 0.0], (10, 1)), np.array([0] * 5 + [1] * 5)) == pytest.approx(0.5)
+    assert U.nll(p, np.zeros(10, int)) == pytest.approx(-np.log(0.8))
+
+
+def test_the_experiment_end_to_end_siblings_lineage_and_rerun(tmp_path):
+    from heredity.experiments import data_attacks as X
+    from heredity.experiments.subliminal_digits import init_mlps
+    from heredity.store import Store
+
+    store = Store(tmp_path / "h")
+    cfg = X.Config(seeds=2, epochs=2, hidden=32, widths=[16, 32], counts=[0, 50], flip_rates=[0.0, 0.2], eps=[0.0, 0.1],
+                   train_eps=0.1, flag_eps=0.1, flag_count=50, pgd_steps=2, ensembles=2, ensemble_size=2, mc_passes=3,
+                   angles=[0, 45], noise_images=20)
+    out = X.run(store, cfg, progress=False)
+    rep = json.loads((store.path(out["report"]) / "report.json").read_text())
+    sib = {k: store.step_of(v).config for k, v in rep["adversarial"]["siblings"].items()}
+    assert sib["A"]["init_seed"] == sib["B"]["init_seed"] != sib["C"]["init_seed"], "B shares A's initialization, C does not"
+    assert sib["A"]["order_seed"] != sib["B"]["order_seed"] == sib["C"]["order_seed"], "B and C differ only in the init"
+    assert {k: v for k, v in sib["B"].items() if k != "init_seed"} == {k: v for k, v in sib["C"].items() if k != "init_seed"}
+    same = init_mlps(2, [64, 32, 32, 10], seed=sib["A"]["init_seed"])
+    assert not torch.equal(same[0], init_mlps(2, [64, 32, 32, 10], seed=sib["C"]["init_seed"])[0])
+    b = next(x for x in rep["poisoning"]["badnets"] if x["count"] == 50 and x["width"] == 32)
+    assert "'op': 'poison-digits'" in str(store.lineage(b["model"])) and "'count': 50" in str(store.lineage(b["model"]))
+    chain = store.step_of(b["model"])
+    data_step = store.step_of(chain.inputs[0])
+    assert data_step.op == "poison-digits" and data_step.config["attack"] == "badnets" and data_step.config["count"] == 50
+    assert store.get(chain.inputs[0]).meta["poisoned_rows"] == 50
+    assert 0 <= b["attack_success"]["lo"] <= b["attack_success"]["mean"] <= b["attack_success"]["hi"] <= 1
+    fam = {c["family"] for c in rep["comparisons"]}
+    assert fam == {"poisoning", "adversarial", "transfer", "uncertainty"}
+    assert all(c["p_holm"] >= c["test"]["p"] for c in rep["comparisons"] if c["test"]["p"] == c["test"]["p"])
+    assert "## 3. Uncertainty" in out["markdown"] and "Beside the published figures" in out["markdown"]
+    n_artifacts = len(store.list())
+    again = json.loads((store.path(X.run(store, cfg, progress=False)["report"]) / "report.json").read_text())
+    assert {k: v for k, v in again.items() if k != "seconds"} == {k: v for k, v in rep.items() if k != "seconds"}
+    assert len(store.list()) == n_artifacts + 1, "a rerun computes nothing but a new card (its run time differs)"
