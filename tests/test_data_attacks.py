@@ -133,3 +133,24 @@ def test_the_experiment_end_to_end_siblings_lineage_and_rerun(tmp_path):
     again = json.loads((store.path(X.run(store, cfg, progress=False)["report"]) / "report.json").read_text())
     assert {k: v for k, v in again.items() if k != "seconds"} == {k: v for k, v in rep.items() if k != "seconds"}
     assert len(store.list()) == n_artifacts + 1, "a rerun computes nothing but a new card (its run time differs)"
+
+
+def test_the_confidence_score_ranks_as_max_softmax_without_saturating():
+    z = np.array([[30.0, 0.0, 0.0], [40.0, 0.0, 0.0], [1.0, 0.5, 0.0], [2.0, 0.0, 0.0]])
+    p = U.softmax(z, 0.05)
+    assert U.msp(p)[0] == U.msp(p)[1] == 1.0, "at a small temperature the top probability rounds to 1"
+    c = U.confidence(p)
+    assert c[1] > c[0] > c[3] > c[2], "the score still orders them"
+    q = U.softmax(z)
+    assert (np.argsort(U.confidence(q)) == np.argsort(U.msp(q))).all()
+
+
+def test_a_contrast_without_variance_over_seeds_falls_back_to_pooled_images():
+    from heredity.experiments import data_attacks as X
+
+    hit, none = X.seed_rate([100] * 5, [100] * 5), X.seed_rate([0] * 5, [100] * 5)
+    assert hit["lo"] < 1.0 and "pooled" in hit["method"], "never a zero-width interval"
+    t = X.rate_contrast(hit, none, "training seeds")
+    assert t["test"] == "Fisher exact" and t["p"] < 1e-100 and "pooled over seeds" in t["unit"]
+    varied = X.rate_contrast(X.seed_rate([90, 95, 99, 97, 92], [100] * 5), none, "training seeds")
+    assert varied["test"] == "paired t" and varied["unit"] == "training seeds" and varied["diff"] == pytest.approx(0.946)

@@ -5,7 +5,8 @@ size ε, Goodfellow et al. 2015), ``pgd`` its ``ProjectedGradientDescent`` (Madr
 2.5 ε / steps inside the L∞ ball, one random start), ``adversarial_fit`` ART's ``AdversarialTrainer`` (FGSM,
 half clean and half adversarial batches, as Goodfellow et al.) or ``AdversarialTrainerMadryPGD`` (PGD, every
 batch adversarial), and ``detect_poison`` ART's ``ActivationDefence`` (Chen et al. 2018: 2-means per class on
-the network's activations, as ART takes them) or ``SpectralSignatureDefense`` (Tran et al. 2018). This module
+the last hidden layer's activations, reduced by PCA to 10 dimensions; the smaller cluster of each class flagged —
+ART's default heuristic) or ``SpectralSignatureDefense`` (Tran et al. 2018, on the layer ART takes: the logits). This module
 supplies what ART needs: a ``PyTorchClassifier`` around a ``torch.nn.Module`` with the data's clip range, and
 seeds for the random parts (ART draws from ``numpy.random``).
 
@@ -74,10 +75,18 @@ def detect_poison(clf, x: np.ndarray, y: np.ndarray, method: str, expected: floa
     share of poison (fixed by the caller, never the true share)."""
     from art.defences.detector.poison import ActivationDefence, SpectralSignatureDefense
 
+    class LastHidden(ActivationDefence):
+        """ART's activation clustering on the last hidden layer, as Chen et al. 2018 cluster (ART takes the
+        classifier's last layer, here the logits)."""
+
+        def _get_activations(self, x_train=None):
+            a = self.classifier.get_activations(self.x_train, layer=len(self.classifier.layer_names) - 2, batch_size=128)
+            return np.reshape(a, (len(a), -1))
+
     x, yy = np.asarray(x, np.float32), _onehot(y, clf.nb_classes)
     np.random.seed(0)
     if method == "activation_clustering":
-        _, clean = ActivationDefence(clf, x, yy).detect_poison(nb_clusters=2, nb_dims=10, reduce="PCA")
+        _, clean = LastHidden(clf, x, yy).detect_poison(nb_clusters=2, nb_dims=10, reduce="PCA")
     elif method == "spectral_signature":
         _, clean = SpectralSignatureDefense(clf, x, yy, expected_pp_poison=expected).detect_poison()
     else:

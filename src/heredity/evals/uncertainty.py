@@ -32,6 +32,15 @@ def msp(probs: np.ndarray) -> np.ndarray:
     return np.asarray(probs).max(-1)
 
 
+def confidence(probs: np.ndarray) -> np.ndarray:
+    """−log Σ_{j ≠ top} p_j: a strictly increasing function of the max softmax probability (so the same AUROC and
+    FPR) that does not saturate — at a small temperature the top probability rounds to 1.0 for many inputs, and
+    ties would then decide the ranking."""
+    p = np.asarray(probs, np.float64)
+    rest = np.sort(p, -1)[..., :-1].sum(-1)  # the others' mass, summed directly (never 1 − max)
+    return -np.log(np.maximum(rest, 1e-300))
+
+
 def ensemble_probs(member_probs: np.ndarray) -> np.ndarray:
     """[M, N, C] softmax outputs of M models -> their mean [N, C]."""
     return np.asarray(member_probs).mean(0)

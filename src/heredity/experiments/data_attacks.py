@@ -289,7 +289,7 @@ def seed_rate(k: list[int], n: list[int]) -> dict:
     if not (ci["lo"] == ci["lo"]):  # NaN: no variance over seeds
         w = rate_ci(sum(k), sum(n))
         ci = {**ci, "lo": w["lo"], "hi": w["hi"], "method": "wilson over pooled items (no variance over seeds)"}
-    return {**ci, "per_seed": rates, "unit": f"training seeds, n = {len(rates)}"}
+    return {**ci, "per_seed": rates, "k": [int(v) for v in k], "of": [int(v) for v in n], "unit": f"training seeds, n = {len(rates)}"}
 
 
 def seed_mean(values: list[float], bounds: tuple[float, float] | None = (0.0, 1.0)) -> dict:
@@ -517,27 +517,30 @@ def uncertainty(store: Store, data_id: str, config: Config, flag_models: dict, p
                     "ensemble": np.stack([U.ensemble_probs(U.softmax(lg[e * S:(e + 1) * S])) for e in range(E)])}
 
         res: dict = {"in_distribution": {}, "ood": {}, "shift": {}, "flags": {}, "temperatures": temps,
-                     "reliability": {}}
+                     "reliability": {}, "n_in": int(len(yin))}
         pin = methods(xin)
         for name, pr in pin.items():
-            res["in_distribution"][name] = {"accuracy": [float((p.argmax(-1) == yin).mean()) for p in pr],
+            res["in_distribution"][name] = {"accuracy": [int((p.argmax(-1) == yin).sum()) for p in pr],
                                             "nll": [U.nll(p, yin) for p in pr], "ece": [U.ece(p, yin) for p in pr]}
             res["reliability"][name] = U.reliability(pr[0], yin)
         for sname, xo in sets.items():
             po = methods(xo)
-            res["ood"][sname] = {name: {"auroc": [U.auroc(U.msp(a_), U.msp(b_)) for a_, b_ in zip(pin[name], po[name], strict=True)],
-                                        "fpr95": [U.fpr_at_tpr(U.msp(a_), U.msp(b_)) for a_, b_ in zip(pin[name], po[name], strict=True)]}
+            res["ood"][sname] = {name: {"auroc": [U.auroc(U.confidence(a_), U.confidence(b_)) for a_, b_ in zip(pin[name], po[name], strict=True)],
+                                        "fpr95": [U.fpr_at_tpr(U.confidence(a_), U.confidence(b_)) for a_, b_ in zip(pin[name], po[name], strict=True)]}
                                  for name in pin}
             if sname == "other digits":
                 from sklearn.metrics import roc_curve
 
-                f, t, _ = roc_curve(np.r_[np.ones(len(yin)), np.zeros(len(xo))], np.r_[U.msp(pin["ensemble"][0]), U.msp(po["ensemble"][0])])
+                f, t, _ = roc_curve(np.r_[np.ones(len(yin)), np.zeros(len(xo))], np.r_[U.confidence(pin["ensemble"][0]), U.confidence(po["ensemble"][0])])
                 res["roc"] = {"fpr": f.tolist(), "tpr": t.tolist(), "method": "ensemble 1", "ood": sname}
+        mid = min(cfg["angles"], key=lambda g: abs(g - 30))  # the reliability diagram under shift (few errors unrotated)
         for ang, xr in rotated.items():
             pr = methods(xr)
-            res["shift"][str(ang)] = {name: {"accuracy": [float((p.argmax(-1) == yin).mean()) for p in pr[name]],
+            if ang == mid:
+                res["reliability_shift"] = {"angle": ang, **{name: U.reliability(pr[name][0], yin) for name in pr}}
+            res["shift"][str(ang)] = {name: {"accuracy": [int((p.argmax(-1) == yin).sum()) for p in pr[name]],
                                              "ece": [U.ece(p, yin) for p in pr[name]],
-                                             "auroc": [U.auroc(U.msp(a_), U.msp(b_)) for a_, b_ in zip(pin[name], pr[name], strict=True)]}
+                                             "auroc": [U.auroc(U.confidence(a_), U.confidence(b_)) for a_, b_ in zip(pin[name], pr[name], strict=True)]}
                                       for name in pr}
         # does max softmax flag attacked inputs? (10-class models: the standard one and the trigger-poisoned one)
         xall, yall = unit(raw_te, a["scale"]), y_te
@@ -549,9 +552,9 @@ def uncertainty(store: Store, data_id: str, config: Config, flag_models: dict, p
             clf = classifier(member(std, i), xall.shape[1], NUM_CLASSES, (-1.0, 1.0))
             adv = pgd(clf, xall, yall, 2 * cfg["flag_eps"], cfg["pgd_steps"], cfg["seed"] + i)
             one = [p[i : i + 1] for p in std]
-            au_adv.append(U.auroc(U.msp(U.softmax(logits(one, xall)[0])), U.msp(U.softmax(logits(one, adv)[0]))))
+            au_adv.append(U.auroc(U.confidence(U.softmax(logits(one, xall)[0])), U.confidence(U.softmax(logits(one, adv)[0]))))
             t1 = [p[i : i + 1] for p in trig]
-            au_trig.append(U.auroc(U.msp(U.softmax(logits(t1, xall[others])[0])), U.msp(U.softmax(logits(t1, xtrig)[0]))))
+            au_trig.append(U.auroc(U.confidence(U.softmax(logits(t1, xall[others])[0])), U.confidence(U.softmax(logits(t1, xtrig)[0]))))
         res["flags"] = {"pgd": au_adv, "trigger": au_trig}
         (ctx.output("uncertainty", "report", "uncertainty-digits") / "uncertainty.json").write_text(json.dumps(res))
         return {}
@@ -559,52 +562,73 @@ def uncertainty(store: Store, data_id: str, config: Config, flag_models: dict, p
     r = store.run_step("eval-uncertainty-digits", cfg, inputs, fn)
     raw = json.loads((store.path(r["uncertainty"]) / "uncertainty.json").read_text())
 
+    n_in = raw["n_in"]
+
+    def one(k2, v):
+        if k2 == "accuracy":  # counts of n_in: a rate (Wilson over pooled images when the seeds agree)
+            return seed_rate(v, [n_in] * len(v))
+        return seed_mean(v, (0.0, math.inf) if k2 == "nll" else (0.0, 1.0))
+
     def summ(d):
-        return {m: {k2: seed_mean(v, (0.0, math.inf) if k2 == "nll" else (0.0, 1.0)) for k2, v in x.items()} for m, x in d.items()}
+        return {m: {k2: one(k2, v) for k2, v in x.items()} for m, x in d.items()}
 
     return {"models": {"plain": plain, "dropout": drop},
             "in_distribution": summ(raw["in_distribution"]),
             "ood": {s: summ(d) for s, d in raw["ood"].items()},
             "shift": {a_: summ(d) for a_, d in raw["shift"].items()},
             "flags": {k2: seed_mean(v) for k2, v in raw["flags"].items()},
-            "temperatures": raw["temperatures"], "reliability": raw["reliability"], "roc": raw.get("roc")}
+            "temperatures": raw["temperatures"], "reliability": raw["reliability"],
+            "reliability_shift": raw.get("reliability_shift"), "roc": raw.get("roc")}
 
 
 # ---- the experiment ----------------------------------------------------------------------------
 
 
+def rate_contrast(a: dict, b: dict, unit: str) -> dict:
+    """Two per-seed rates (``seed_rate`` dicts of models paired by seed): a paired t test over seeds; when no
+    difference varies over seeds (every seed 100% against every seed 0%), the t test is undetermined and Fisher's
+    exact test on the images pooled over seeds stands in, with its unit said."""
+    from heredity.reports.stats import paired_test, rate_diff_test
+
+    t = paired_test(a["per_seed"], b["per_seed"], unit)
+    if t["p"] == t["p"] or "k" not in a or "k" not in b:
+        return t
+    return rate_diff_test(sum(a["k"]), sum(a["of"]), sum(b["k"]), sum(b["of"]),
+                          unit="test images pooled over seeds (no variance over seeds for a t test)")
+
+
 def compare(report: dict, config: Config) -> list[dict]:
     """The planned contrasts, two-sided paired t tests over training seeds (the models of a contrast share their
     seeds' initializations), Holm across all of them."""
-    from heredity.reports.stats import holm, paired_test, welch_test
+    from heredity.reports.stats import holm, min_detectable, welch_test
 
     rows = []
     bad = {(b["width"], b["count"]): b for b in report["poisoning"]["badnets"]}
     for (w, c), b in bad.items():
         if c > 0 and (w, 0) in bad:
             rows.append({"what": f"attack success, {c} triggered rows vs none (width {w})", "family": "poisoning",
-                         "test": paired_test(b["attack_success"]["per_seed"], bad[(w, 0)]["attack_success"]["per_seed"],
-                                             "training seeds (same initializations and data order)")})
+                         "test": rate_contrast(b["attack_success"], bad[(w, 0)]["attack_success"],
+                                               "training seeds (same initializations and data order)")})
     flips = report["poisoning"]["flips"]
     for f in flips[1:]:
         rows.append({"what": f"clean accuracy, {f['rate']:.0%} labels flipped vs {flips[0]['rate']:.0%}", "family": "poisoning",
-                     "test": paired_test(f["clean_accuracy"]["per_seed"], flips[0]["clean_accuracy"]["per_seed"],
-                                         "training seeds (same initializations and data order)")})
+                     "test": rate_contrast(f["clean_accuracy"], flips[0]["clean_accuracy"],
+                                           "training seeds (same initializations and data order)")})
     adv = report["adversarial"]
     j = config.eps.index(config.train_eps) if config.train_eps in config.eps else len(config.eps) - 1
     for kind in ("fgsm-trained", "pgd-trained"):
         for attack in ("fgsm", "pgd"):
             rows.append({"what": f"accuracy under {attack.upper()} at ε = {config.eps[j]}: {kind} vs standard",
                          "family": "adversarial",
-                         "test": paired_test(adv["robust"][f"{kind}/{attack}"][j]["per_seed"],
-                                             adv["robust"][f"standard/{attack}"][j]["per_seed"],
-                                             "training seeds (same initializations)")})
+                         "test": rate_contrast(adv["robust"][f"{kind}/{attack}"][j], adv["robust"][f"standard/{attack}"][j],
+                                               "training seeds (same initializations)")})
     n = adv["n"]
     for e, m in adv["raw_transfer"].items():
         rows.append({"what": f"transfer of A's PGD examples (ε = {e}): error of B (A's init) vs C (another init)",
                      "family": "transfer",
-                     "test": paired_test([v / n for v in m["A"]["B"]], [v / n for v in m["A"]["C"]],
-                                         "training seeds (one A, B, C triple each)")})
+                     "test": rate_contrast(seed_rate(m["A"]["B"], [n] * len(m["A"]["B"])),
+                                           seed_rate(m["A"]["C"], [n] * len(m["A"]["C"])),
+                                           "training seeds (one A, B, C triple each)")})
     unc = report["uncertainty"]
     for s in unc["ood"]:
         for name in ("ensemble", "MC dropout", "temperature scaling"):
@@ -613,6 +637,9 @@ def compare(report: dict, config: Config) -> list[dict]:
                                             "training seeds (ensembles: groups of seeds)")})
     for r, p in zip(rows, holm([r["test"]["p"] for r in rows]), strict=True):
         r["p_holm"] = p
+        sd, n_ = r["test"].get("sd"), r["test"]["n"]
+        # the smallest paired difference the test could have detected (80% power, unadjusted α = 0.05)
+        r["mde"] = min_detectable(sd, n_) if isinstance(n_, int) and sd == sd and sd is not None and n_ >= 2 else None
     return rows
 
 
@@ -659,10 +686,11 @@ def outcome(r: dict, config: Config | None = None) -> str:
     need = {w: needed_count(r, w) for w in cfg["widths"]}
     parts = ["trigger count for ≥ 90% attack success by width: "
              + ", ".join(f"w{w}: {c if c is not None else '> ' + str(max(cfg['counts']))}" for w, c in need.items())]
-    tr = [c for c in r["comparisons"] if c["family"] == "transfer"]
+    # the primary transfer contrast is fixed in advance: the budget of flag_eps (never the largest of the sweep)
+    tr = [c for c in r["comparisons"] if c["family"] == "transfer" and f"(ε = {cfg['flag_eps']})" in c["what"]]
     if tr:
-        c = max(tr, key=lambda c: abs(c["test"]["diff"]) if c["test"]["diff"] == c["test"]["diff"] else 0)
-        sig = c["p_holm"] < 0.05
+        c = tr[0]
+        sig = c["p_holm"] is not None and c["p_holm"] < 0.05
         parts.append(f"sibling transfer: {c['what']}: {fmt_test(c['test'], 3, p=c['p_holm'])} — "
                      + ("a shared initialization transmits vulnerability" if sig and c["test"]["diff"] > 0 else
                         "the shared-init sibling is significantly LESS fooled" if sig else "no significant difference"))
@@ -744,7 +772,13 @@ def markdown(r: dict) -> str:
         L.append(f"| {m} | {_ci(x['accuracy'], 3)} | {_ci(x['nll'], 3)} | {_ci(x['ece'], 3)} | "
                  + " | ".join(_ci(U["ood"][s][m]["auroc"], 3) for s in U["ood"]) + " | "
                  + " | ".join(_ci(U["ood"][s][m]["fpr95"], 3) for s in U["ood"]) + " |")
-    L += ["", "Rotation (shift sweep): accuracy / ECE / AUROC against the unrotated test images.", "",
+    temps = U.get("temperatures") or []
+    L += ["", "Fitted temperatures (per seed, on the held-out fifth): " + ", ".join(f"{t:.3g}" for t in temps)
+          + (". A temperature at the search's lower bound (0.05) means the held-out rows were all classified right, "
+             "so sharper is always better there: temperature scaling then over-sharpens." if temps and min(temps) < 0.051 else "."),
+          "", "AUROC and FPR use −log(1 − max softmax) computed from the other classes' mass (the same ranking as max "
+          "softmax, without ties where the top probability rounds to 1).", "",
+          "Rotation (shift sweep): accuracy / ECE / AUROC against the unrotated test images.", "",
           "| angle | " + " | ".join(U["in_distribution"]) + " |", "|---|" + "---|" * len(U["in_distribution"])]
     for ang, x in U["shift"].items():
         L.append(f"| {ang}° | " + " | ".join(f"{x[m]['accuracy']['mean']:.2f} / {x[m]['ece']['mean']:.3f} / "
@@ -755,7 +789,9 @@ def markdown(r: dict) -> str:
           "makes the model *more* confident).", "",
           "## Planned comparisons (two-sided; Holm across all)", "", "| contrast | result | reading |", "|---|---|---|"]
     for x in r["comparisons"]:
-        L.append(f"| {x['what']} | {fmt_test(x['test'], 3, p=x['p_holm'])} | {verdict(x['test'], 0, p=x['p_holm'])['words']} |")
+        v = verdict(x["test"], 0, p=x["p_holm"])
+        mde = f"; could have seen ±{x['mde']:.3f}" if v["result"] == "null" and x.get("mde") else ""
+        L.append(f"| {x['what']} | {fmt_test(x['test'], 3, p=x['p_holm'])} | {v['words']}{mde} |")
     L += ["", "## Beside the published figures", "", "| published | their figure | ours |", "|---|---|---|"]
     need = {w: needed_count(r, w) for w in c["widths"]}
     full = next((b for b in P["badnets"] if b["width"] == c["hidden"] and b["count"] == max(c["counts"])), None)
@@ -805,12 +841,15 @@ def plot(r: dict, path) -> None:
     ax[2].set(xticks=range(len(names)), xticklabels=names, yticks=range(len(names)), yticklabels=names,
               xlabel="tested on", ylabel="crafted on", title=f"PGD transfer, error (ε = {e})")
     fig.colorbar(im, ax=ax[2], fraction=0.046)
-    for name, rel in r["uncertainty"]["reliability"].items():
+    shift = r["uncertainty"].get("reliability_shift") or {}
+    rels = {k: v for k, v in shift.items() if k != "angle"} or r["uncertainty"]["reliability"]
+    for name, rel in rels.items():
         conf, acc = np.array(rel["confidence"], float), np.array(rel["accuracy"], float)
         ok = np.isfinite(conf) & np.isfinite(acc)
         ax[3].plot(conf[ok], acc[ok], marker="o", label=name)
     ax[3].plot([0, 1], [0, 1], "k--", lw=0.8)
-    ax[3].set(xlabel="confidence", ylabel="accuracy", title="reliability (in distribution, replicate 1)")
+    where = f"digits rotated {shift['angle']}°" if shift else "in distribution"
+    ax[3].set(xlabel="confidence", ylabel="accuracy", title=f"reliability ({where}, replicate 1)")
     roc = r["uncertainty"].get("roc")
     if roc:
         ax[4].plot(roc["fpr"], roc["tpr"], label=roc["method"])
