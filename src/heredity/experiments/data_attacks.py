@@ -724,7 +724,7 @@ def markdown(r: dict) -> str:
          "| poisoned training set | clean test accuracy |", "|---|---|"]
 
     def mark(x):
-        return _ci(x) + (" †" if str(x.get("method", "")).startswith("wilson") else "")
+        return _ci(x, 3) + (" †" if str(x.get("method", "")).startswith("wilson") else "")
 
     for f in P["flips"]:
         L.append(f"| {f['rate']:.0%} of labels flipped | {mark(f['clean_accuracy'])} |")
@@ -764,7 +764,7 @@ def markdown(r: dict) -> str:
             L.append(f"| {s_} | " + " | ".join(mark(row[d]) for d in ("A", "B", "C")) + " |")
         L.append("")
     L += ["## 3. Uncertainty", "", f"Models see digits 0–{c['in_classes'] - 1}; temperature fitted on every fifth "
-          f"training row (held out); MC dropout p = {c['dropout']}, {c['mc_passes']} passes; {c['ensembles']} "
+          f"training row (held out); MC dropout rate {c['dropout']}, {c['mc_passes']} passes; {c['ensembles']} "
           f"ensembles of {c['ensemble_size']}.", "",
           "| method | accuracy | NLL | ECE | AUROC: " + " | AUROC: ".join(U["ood"]) + " | FPR@95%TPR: "
           + " | FPR@95%TPR: ".join(U["ood"]) + " |", "|---|---|---|---|" + "---|" * (2 * len(U["ood"]))]

@@ -115,7 +115,10 @@ class Config(BaseModel):
 
     @classmethod
     def presets(cls) -> dict[str, Config]:
-        return {"quick": cls(), "paper": cls(train_problems=2000, test_problems=500, ood_problems=500, train_eval=500,
+        # paper: a <= 2B base (a hub id: needs the network once, and a GPU), harder problems (3-digit numbers, 2-4
+        # steps); MATH itself is not bundled — bring it as a JSONL with --set problems_file=... and a checker
+        return {"quick": cls(), "paper": cls(base="Qwen/Qwen2.5-1.5B-Instruct", levels=[2, 3, 4], digits=3, test_steps=3,
+                                            train_problems=2000, test_problems=500, ood_problems=500, train_eval=500,
                                             samples=32, keep=10, max_new_tokens=256, eval_samples=32, sample_batch=128,
                                             ks=[1, 4, 16, 32], arms=list(ARMS))}
 
