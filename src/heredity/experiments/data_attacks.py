@@ -667,7 +667,7 @@ def run(store: Store, config: Config, progress: bool = True) -> dict:
     return {**card, "lineage_of": trig}
 
 
-def _ci(x: dict, d: int = 2) -> str:
+def _ci(x: dict, d: int = 3) -> str:
     from heredity.reports.stats import fmt_ci
 
     return fmt_ci(x, d)
