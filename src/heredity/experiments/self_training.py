@@ -66,7 +66,7 @@ HINT = "\n\n(Hint: the final answer is {answer}. Show the steps that lead to it.
 
 def _ft(**kw) -> FinetuneConfig:
     return FinetuneConfig(**{"method": "lora", "loss": "completion_only", "lr": 5e-4, "lora_r": 16, "lora_alpha": 32,
-                             "epochs": 1, "batch_size": 16, "max_length": 256, "warmup_ratio": 0.05, **kw})
+                             "epochs": 3, "batch_size": 16, "max_length": 256, "warmup_ratio": 0.05, **kw})
 
 
 class Config(BaseModel):
