@@ -154,3 +154,56 @@ def test_a_contrast_without_variance_over_seeds_falls_back_to_pooled_images():
     assert t["test"] == "Fisher exact" and t["p"] < 1e-100 and "pooled over seeds" in t["unit"]
     varied = X.rate_contrast(X.seed_rate([90, 95, 99, 97, 92], [100] * 5), none, "training seeds")
     assert varied["test"] == "paired t" and varied["unit"] == "training seeds" and varied["diff"] == pytest.approx(0.946)
+
+
+def test_colour_images_get_the_trigger_in_every_channel_and_cifar_batches_load(tmp_path):
+    import pickle
+
+    from heredity.data.digits import load_digit_arrays
+
+    assert poison.image_shape(64) == (1, 8, 8) and poison.image_shape(784) == (1, 28, 28)
+    assert poison.image_shape(3072) == (3, 32, 32)
+    x = np.zeros((4, 3072), np.uint8)
+    t = poison.apply_trigger(x, 3, 255)
+    hit = np.flatnonzero(t[0])
+    assert len(hit) == 27 and set(hit // 1024) == {0, 1, 2}, "a 3x3 square in each of the three planes"
+    assert all(((h % 1024) // 32) >= 29 and (h % 32) >= 29 for h in hit), "in the bottom-right corner"
+    rng = np.random.default_rng(0)
+    for name in [f"data_batch_{k}" for k in range(1, 6)] + ["test_batch"]:
+        with open(tmp_path / name, "wb") as f:
+            pickle.dump({b"data": rng.integers(0, 256, (6, 3072), dtype=np.uint8), b"labels": list(rng.integers(0, 10, 6))}, f)
+    a = load_digit_arrays(str(tmp_path))
+    assert a.x_train.shape == (30, 3072) and a.x_test.shape == (6, 3072) and a.scale == 255.0
+    (tmp_path / "data_batch_3").unlink()
+    from heredity.errors import HeredityError
+
+    with pytest.raises(HeredityError, match="no data_batch_3"):
+        load_digit_arrays(str(tmp_path))
+
+
+def test_the_resnet_path_runs_end_to_end_and_its_siblings_share_the_initialization(tmp_path):
+    from heredity.experiments import data_attacks as X
+    from heredity.store import Store
+
+    store = Store(tmp_path / "h")
+    cfg = X.Config(model="resnet", seeds=2, epochs=1, hidden=4, widths=[4], counts=[0, 50], flip_rates=[0.0],
+                   eps=[0.0, 0.1], train_eps=0.1, flag_eps=0.1, flag_count=50, pgd_steps=2, ensembles=2, ensemble_size=2,
+                   mc_passes=2, angles=[0, 45], noise_images=20, detectors=["activation_clustering"])
+    rep = json.loads((store.path(X.run(store, cfg, progress=False)["report"]) / "report.json").read_text())
+    a_id, b_id, c_id = (rep["adversarial"]["siblings"][k] for k in "ABC")
+    assert store.get(a_id).meta["type"] == "resnets" and store.step_of(a_id).config["model"] == "resnet"
+    from heredity.data.poison import image_shape
+
+    def init(seed, i):  # what _train_resnets builds before training
+        torch.manual_seed(seed * 7919 + i)
+        return X.resnet(image_shape(64), 10, 4).state_dict()
+
+    sa, sc = store.step_of(a_id).config, store.step_of(c_id).config
+    assert sa["init_seed"] == store.step_of(b_id).config["init_seed"] != sc["init_seed"]
+    w = "1.weight"  # the stem convolution
+    assert torch.equal(init(sa["init_seed"], 0)[w], init(sa["init_seed"], 0)[w])
+    assert not torch.equal(init(sa["init_seed"], 0)[w], init(sc["init_seed"], 0)[w])
+    m = X.load_models(store, a_id)
+    assert m.n == 2 and m.logits(np.zeros((3, 64), np.float32)).shape == (2, 3, 10)
+    b = rep["poisoning"]["badnets"][-1]
+    assert 0 <= b["attack_success"]["mean"] <= 1 and rep["uncertainty"]["ood"]["other digits"]["ensemble"]["auroc"]["mean"] >= 0

@@ -5,7 +5,9 @@
   fixed permutation;
 - a directory holding the four MNIST IDX files (``train-images-idx3-ubyte``, ``train-labels-idx1-ubyte``,
   ``t10k-images-idx3-ubyte``, ``t10k-labels-idx1-ubyte``; ``.gz`` or not, ``-`` or ``.`` before ``idx``);
-- an ``.npz`` file with ``x_train, y_train, x_test, y_test`` (the layout of Keras' ``mnist.npz``).
+- an ``.npz`` file with ``x_train, y_train, x_test, y_test`` (the layout of Keras' ``mnist.npz``);
+- a directory holding CIFAR-10's python batches (``data_batch_1``..``5``, ``test_batch``): 32×32 colour images
+  as 3072 channel-first pixels (used by ``data-attacks``; not digits, but the same arrays).
 """
 
 from __future__ import annotations
@@ -77,6 +79,26 @@ def _flat(x: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(x.reshape(len(x), -1))
 
 
+def _cifar10(directory: Path) -> tuple[np.ndarray, ...]:
+    """CIFAR-10's python batches (``data_batch_1``..``5``, ``test_batch``): pixels [N, 3072] channel-first."""
+    import pickle
+
+    def batch(name: str):
+        f = directory / name
+        if not f.exists():
+            raise HeredityError(f"{directory} has data_batch_1 but no {name}; it needs CIFAR-10's six python batches")
+        try:
+            with open(f, "rb") as fh:
+                d = pickle.load(fh, encoding="bytes")
+            return np.asarray(d[b"data"], np.uint8), np.asarray(d[b"labels"], np.int64)
+        except (OSError, KeyError, pickle.UnpicklingError, EOFError) as e:
+            raise HeredityError(f"cannot read {f} as a CIFAR-10 python batch ({e}); download cifar-10-python.tar.gz again") from e
+
+    parts = [batch(f"data_batch_{k}") for k in range(1, 6)]
+    xte, yte = batch("test_batch")
+    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]), xte, yte
+
+
 def load_digit_arrays(spec: str = "digits", test_fraction: float = 0.2, split_seed: int = 0) -> DigitArrays:
     if spec == "digits":
         from sklearn.datasets import load_digits
@@ -92,7 +114,9 @@ def load_digit_arrays(spec: str = "digits", test_fraction: float = 0.2, split_se
         path = Path(spec).expanduser()
         if not path.exists():
             raise HeredityError(f"digit data {spec!r} does not exist; give 'digits', an MNIST IDX directory or an .npz file")
-        if path.is_dir():
+        if path.is_dir() and (path / "data_batch_1").exists():
+            arrays = _cifar10(path)
+        elif path.is_dir():
             arrays = tuple(
                 read_idx(_find_idx(path, split, what))
                 for split, what in (("train", "images"), ("train", "labels"), ("t10k", "images"), ("t10k", "labels"))

@@ -8,7 +8,7 @@ poisoned set is a pure function of (data, attack, parameters, seed) — what its
 - ``label_flip``: a ``rate`` share of the rows get a label drawn uniformly from the *other* classes.
 - ``targeted_flip``: a ``fraction`` of the rows of class ``source`` are relabelled ``target`` (7 → 1).
 - ``badnets``: ``count`` rows not of class ``target`` get the trigger (a ``size`` × ``size`` square of the
-  brightest pixel value in the image's bottom-right corner) and the label ``target`` (Gu et al. 2017); a count,
+  brightest pixel value in the image's bottom-right corner, in every colour channel) and the label ``target`` (Gu et al. 2017); a count,
   not a fraction, as Souly et al. 2025 found it is the count that matters.
 
 What this module does not know: models, training or the store.
@@ -54,13 +54,33 @@ def trigger_pixels(side: int, size: int) -> np.ndarray:
     return (r[:, None] * side + r[None, :]).reshape(-1)
 
 
+def image_shape(d: int) -> tuple[int, int, int]:
+    """(channels, side, side) of a flat image of ``d`` pixels: grey squares (8×8 digits, 28×28 MNIST) or three
+    channel-first colour planes (CIFAR-10's 3×32×32)."""
+    for c in (1, 3):
+        side = int(round(np.sqrt(d / c)))
+        if c * side * side == d:
+            return c, side, side
+    raise ValueError(f"{d} pixels are neither a grey square nor three colour squares")
+
+
+def trigger_indices(shape: tuple[int, int, int], size: int) -> np.ndarray:
+    """Flat indices of the trigger in every channel of a channel-first image."""
+    c, h, w = shape
+    if h != w or not 1 <= size < h:
+        raise ValueError(f"a trigger needs square images larger than it (shape {shape}, size {size})")
+    one = trigger_pixels(h, size)
+    return np.concatenate([k * h * w + one for k in range(c)])
+
+
 def apply_trigger(x: np.ndarray, size: int, value: float) -> np.ndarray:
-    """Images with the trigger stamped on (a copy); ``x`` is [N, side*side]."""
-    side = int(round(np.sqrt(x.shape[1])))
-    if side * side != x.shape[1] or not 1 <= size < side:
-        raise ValueError(f"a trigger needs square images larger than it (D = {x.shape[1]}, size = {size})")
+    """Images with the trigger stamped on every channel (a copy); ``x`` is [N, D], D a grey or colour square."""
+    try:
+        idx = trigger_indices(image_shape(x.shape[1]), size)
+    except ValueError as e:
+        raise ValueError(f"a trigger needs square images larger than it (D = {x.shape[1]}, size = {size}): {e}") from e
     out = x.copy()
-    out[:, trigger_pixels(side, size)] = value
+    out[:, idx] = value
     return out
 
 

@@ -23,8 +23,10 @@ import torch
 def classifier(module: torch.nn.Module, num_features: int, num_classes: int, clip: tuple[float, float], lr: float = 1e-3):
     from art.estimators.classification import PyTorchClassifier
 
+    gpu = next(module.parameters()).is_cuda  # ART keeps the model on its device: a GPU model stays there
     return PyTorchClassifier(module, loss=torch.nn.CrossEntropyLoss(), input_shape=(num_features,), nb_classes=num_classes,
-                             clip_values=clip, optimizer=torch.optim.Adam(module.parameters(), lr=lr), device_type="cpu")
+                             clip_values=clip, optimizer=torch.optim.Adam(module.parameters(), lr=lr),
+                             device_type="gpu" if gpu else "cpu")
 
 
 def _onehot(y: np.ndarray, k: int) -> np.ndarray:

@@ -62,10 +62,16 @@ class TrainSpec(BaseModel):
     pgd_steps: int = 10
 
 
+class ResNetSpec(TrainSpec):
+    """A stack of small ResNets (``hidden`` = the first stage's channels; stages hidden, 2·hidden, 4·hidden), each
+    model trained on its own (no stacking), from ``torch.manual_seed(init_seed · 7919 + i)``."""
+    model: str = "resnet"
+
+
 class Config(BaseModel):
     data: str = Field("digits", description="'digits' (scikit-learn 8x8), an MNIST IDX directory or an .npz file")
     seeds: int = Field(5, ge=2, description="training seeds per model (the unit of replication)")
-    hidden: int = Field(256, ge=8)
+    hidden: int = Field(256, ge=2)
     epochs: int = Field(20, ge=1)
     batch: int = Field(64, ge=1)
     lr: float = Field(1e-3, gt=0)
@@ -91,10 +97,14 @@ class Config(BaseModel):
     noise_images: int = Field(500, ge=10)
     flag_eps: float = Field(0.1, gt=0, description="the PGD budget of the inputs uncertainty should flag")
     flag_count: int = Field(250, ge=1, description="the trigger count of the model whose triggered inputs are scored")
+    model: str = Field("mlp", description="mlp (stacked, fast on a CPU) or resnet (a small ResNet per model, for "
+                       "CIFAR-10; hidden/widths are then its channels)")
     seed: int = 0
 
     @model_validator(mode="after")
     def _check(self):
+        if self.model not in ("mlp", "resnet"):
+            raise ValueError(f"model must be mlp or resnet, not {self.model!r}")
         bad = sorted(set(self.detectors) - set(DETECTORS))
         if bad:
             raise ValueError(f"unknown detector {bad[0]!r}; detectors are {', '.join(DETECTORS)}")
@@ -109,10 +119,16 @@ class Config(BaseModel):
     @classmethod
     def presets(cls) -> dict[str, Config]:
         return {"quick": cls(),
-                "paper": cls(epochs=10, batch=128, counts=[0, 50, 100, 250, 500, 1000], widths=[64, 256, 1024, 2048])}
+                # MNIST scale: give the IDX files with --data DIR
+                "paper": cls(epochs=10, batch=128, counts=[0, 50, 100, 250, 500, 1000], widths=[64, 256, 1024, 2048]),
+                # CIFAR-10 with small ResNets (give cifar-10-batches-py with --data DIR; a GPU is used if there is one)
+                "paper-cifar": cls(model="resnet", hidden=16, widths=[8, 16, 32], epochs=30, batch=128, lr=1e-3,
+                                   counts=[0, 50, 100, 250, 500, 1000], train_eps=8 / 255, eps=[0.0, 2 / 255, 4 / 255, 8 / 255],
+                                   flag_eps=4 / 255, patch_size=3, noise_images=1000)}
 
     def spec(self, **kw) -> TrainSpec:
-        return TrainSpec(**{"hidden": self.hidden, "seeds": self.seeds, "init_seed": 2 * self.seed, "order_seed": self.seed,
+        kind = ResNetSpec if self.model == "resnet" else TrainSpec
+        return kind(**{"hidden": self.hidden, "seeds": self.seeds, "init_seed": 2 * self.seed, "order_seed": self.seed,
                             "epochs": self.epochs, "batch": self.batch, "lr": self.lr, "pgd_steps": self.pgd_steps, **kw})
 
 
@@ -206,6 +222,123 @@ def stack(members: list[torch.nn.Sequential]) -> list[torch.Tensor]:
     return ws + bs
 
 
+class _Image(torch.nn.Module):
+    """Flat pixels [B, C·H·W] -> images [B, C, H, W] (attacks and data stay flat)."""
+
+    def __init__(self, shape: tuple[int, int, int]):
+        super().__init__()
+        self.shape = tuple(shape)
+
+    def forward(self, x):
+        return x.reshape(len(x), *self.shape)
+
+
+class _Block(torch.nn.Module):
+    """A basic residual block: two 3×3 convolutions with batch norm, a 1×1 projection when the shape changes."""
+
+    def __init__(self, cin: int, cout: int, stride: int):
+        super().__init__()
+        nn = torch.nn
+        self.body = nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(),
+                                  nn.Conv2d(cout, cout, 3, 1, 1, bias=False), nn.BatchNorm2d(cout))
+        self.skip = (nn.Identity() if stride == 1 and cin == cout else
+                     nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout)))
+
+    def forward(self, x):
+        return torch.relu(self.body(x) + self.skip(x))
+
+
+def resnet(shape: tuple[int, int, int], classes: int, width: int, dropout: float = 0.0) -> torch.nn.Sequential:
+    """A ResNet-8 (stem + three blocks at width, 2·width, 4·width; global average pool) as a Sequential whose
+    second-to-last layer is the pooled features (what activation clustering reads) and last the class head."""
+    nn = torch.nn
+    return nn.Sequential(_Image(shape), nn.Conv2d(shape[0], width, 3, 1, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU(),
+                         _Block(width, width, 1), _Block(width, 2 * width, 2), _Block(2 * width, 4 * width, 2),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(dropout), nn.Linear(4 * width, classes))
+
+
+class Models:
+    """The n models of one ``train-digit-mlps`` step: stacked MLP weights (one batched matmul per layer) or a list
+    of modules (ResNets). Everything the evaluations need: logits, argmax predictions, one model, a module for ART."""
+
+    def __init__(self, params: list[torch.Tensor] | None = None, modules: list[torch.nn.Module] | None = None,
+                 dropout: float = 0.0):
+        self.params, self.modules, self.dropout = params, modules, dropout
+
+    @property
+    def n(self) -> int:
+        return self.params[0].shape[0] if self.params is not None else len(self.modules)
+
+    def subset(self, i: int) -> Models:
+        if self.params is not None:
+            return Models(params=[p[i : i + 1] for p in self.params], dropout=self.dropout)
+        return Models(modules=[self.modules[i]], dropout=self.dropout)
+
+    def member(self, i: int) -> torch.nn.Module:
+        return member(self.params, i) if self.params is not None else self.modules[i]
+
+    def logits(self, x: np.ndarray, dropout: bool = False) -> np.ndarray:
+        """[n, N, classes]; ``dropout``: sampled masks (MC dropout), from torch's global generator."""
+        with torch.no_grad():
+            if self.params is not None:
+                return forward(self.params, torch.from_numpy(x), self.dropout if dropout else 0.0).numpy()
+            out = []
+            for m in self.modules:
+                m.eval()
+                if dropout:
+                    for mod in m.modules():
+                        if isinstance(mod, torch.nn.Dropout):
+                            mod.train()
+                dev = next(m.parameters()).device
+                out.append(torch.cat([m(torch.from_numpy(x[i : i + 1024]).to(dev)).cpu() for i in range(0, len(x), 1024)]).numpy())
+                m.eval()
+            return np.stack(out)
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        """Argmax class per model, [n, N]."""
+        if self.params is not None:
+            with torch.no_grad():
+                return forward(self.params, torch.from_numpy(x)).argmax(-1).numpy()
+        return self.logits(x).argmax(-1)
+
+
+def _gpu() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _train_resnets(x: torch.Tensor, y: torch.Tensor, spec: TrainSpec, progress: bool) -> list[torch.nn.Module]:
+    """One ResNet per seed: the same initialization for the same (init_seed, i), minibatches in one order for all."""
+    from tqdm.auto import tqdm
+
+    from heredity.data.poison import image_shape
+
+    dev, shape = _gpu(), image_shape(x.shape[1])
+    g = torch.Generator().manual_seed(spec.order_seed)
+    orders = [torch.randperm(len(x), generator=g) for _ in range(spec.epochs)]
+    out = []
+    for i in tqdm(range(spec.seeds), desc=f"resnets w={spec.hidden}", disable=not progress, leave=False):
+        torch.manual_seed(spec.init_seed * 7919 + i)
+        m = resnet(shape, spec.classes, spec.hidden, spec.dropout).to(dev)
+        if spec.adversarial is None:
+            opt = torch.optim.Adam(m.parameters(), lr=spec.lr)
+            torch.manual_seed(spec.order_seed)  # dropout masks
+            m.train()
+            for order in orders:
+                for k in range(0, len(x), spec.batch):
+                    idx = order[k : k + spec.batch]
+                    loss = torch.nn.functional.cross_entropy(m(x[idx].to(dev)), y[idx].to(dev))
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    opt.step()
+        else:
+            from heredity.evals.adversarial import adversarial_fit, classifier
+
+            adversarial_fit(classifier(m, x.shape[1], spec.classes, (-1.0, 1.0), spec.lr), x.numpy(), y.numpy(),
+                            spec.adversarial, spec.eps, spec.epochs, spec.batch, spec.pgd_steps, seed=spec.order_seed)
+        out.append(m.eval())
+    return out
+
+
 def _train_rows(a: dict, spec: TrainSpec) -> np.ndarray:
     tr = np.flatnonzero((a["split"] == "train") & (a["y"] < spec.classes))
     return np.array([r for k, r in enumerate(tr) if k % 5]) if spec.holdout else tr
@@ -229,8 +362,18 @@ def train_step(store: Store, data_id: str, spec: TrainSpec, progress: bool = Tru
         rows = _train_rows(a, spec)
         x, y = torch.from_numpy(unit(a["raw"][rows], a["scale"])), torch.from_numpy(a["y"][rows])
         sizes = [x.shape[1], spec.hidden, spec.hidden, spec.classes]
-        params = digits.init_mlps(spec.seeds, sizes, seed=spec.init_seed)
         t0 = time.perf_counter()
+        if getattr(spec, "model", "mlp") == "resnet":
+            from heredity.data.poison import image_shape
+
+            ms = _train_resnets(x, y, spec, progress)
+            out = ctx.output("model", "model", f"resnets-w{spec.hidden}", meta={
+                "type": "resnets", "shape": list(image_shape(x.shape[1])), "classes": spec.classes, "width": spec.hidden,
+                "seeds": spec.seeds, "dropout": spec.dropout})
+            save_file({f"m{i}.{k}": v.detach().cpu().contiguous() for i, m in enumerate(ms) for k, v in m.state_dict().items()},
+                      str(out / "resnets.safetensors"))
+            return {"seconds": round(time.perf_counter() - t0, 2), "rows": len(rows)}
+        params = digits.init_mlps(spec.seeds, sizes, seed=spec.init_seed)
         if spec.adversarial is None:
             params = [p.clone().requires_grad_() for p in params]
             opt = torch.optim.Adam(params, lr=spec.lr)
@@ -276,6 +419,21 @@ def load_mlps(store: Store, model_id: str) -> list[torch.Tensor]:
     return [t[f"p{j}"] for j in range(len(t))]
 
 
+def load_models(store: Store, model_id: str) -> Models:
+    meta = store.get(model_id).meta
+    if meta.get("type") != "resnets":
+        return Models(params=load_mlps(store, model_id), dropout=float(meta.get("dropout", 0.0)))
+    from safetensors.torch import load_file
+
+    t = load_file(str(store.path(model_id) / "resnets.safetensors"))
+    ms = []
+    for i in range(int(meta["seeds"])):
+        m = resnet(tuple(meta["shape"]), int(meta["classes"]), int(meta["width"]), float(meta["dropout"]))
+        m.load_state_dict({k[len(f"m{i}."):]: v for k, v in t.items() if k.startswith(f"m{i}.")})
+        ms.append(m.to(_gpu()).eval())
+    return Models(modules=ms, dropout=float(meta["dropout"]))
+
+
 # ---- statistics ---------------------------------------------------------------------------------
 
 
@@ -299,9 +457,8 @@ def seed_mean(values: list[float], bounds: tuple[float, float] | None = (0.0, 1.
     return {**mean_ci(values, bounds=bounds, allow_binary=True), "per_seed": [float(v) for v in values], "unit": f"training seeds, n = {len(values)}"}
 
 
-def _predict(params, x: np.ndarray) -> np.ndarray:
-    with torch.no_grad():
-        return forward(params, torch.from_numpy(x)).argmax(-1).numpy()  # [n, N]
+def _predict(models: Models, x: np.ndarray) -> np.ndarray:
+    return models.predict(x)  # [n, N]
 
 
 # ---- part 1: poisoning ---------------------------------------------------------------------------
@@ -326,12 +483,12 @@ def poisoning(store: Store, data_id: str, config: Config, progress: bool) -> dic
         mid = train_step(store, did, config.spec(), progress)
         out["models"].append(mid)
         out["flips"].append({"rate": rate, "model": mid, "dataset": did,
-                             "clean_accuracy": seed_rate(accuracy(load_mlps(store, mid)), [len(yt)] * config.seeds)})
+                             "clean_accuracy": seed_rate(accuracy(load_models(store, mid)), [len(yt)] * config.seeds)})
     did = poison_step(store, data_id, {**base, "attack": "targeted_flip", "source": config.targeted_source,
                                        "target": config.targeted_target, "fraction": config.targeted_fraction})
     mid = train_step(store, did, config.spec(), progress)
     out["models"].append(mid)
-    p = load_mlps(store, mid)
+    p = load_models(store, mid)
     src = yt == config.targeted_source
     pred = _predict(p, xt[src])
     out["targeted"] = {"model": mid, "dataset": did, "clean_accuracy": seed_rate(accuracy(p), [len(yt)] * config.seeds),
@@ -343,7 +500,7 @@ def poisoning(store: Store, data_id: str, config: Config, progress: bool) -> dic
                                                "size": config.patch_size})
             mid = train_step(store, did, config.spec(hidden=width), progress)
             out["models"].append(mid)
-            p = load_mlps(store, mid)
+            p = load_models(store, mid)
             hit = [int(v) for v in (_predict(p, xtrig) == config.patch_target).sum(-1)]
             out["badnets"].append({"width": width, "count": count, "model": mid, "dataset": did,
                                    "clean_accuracy": seed_rate(accuracy(p), [len(yt)] * config.seeds),
@@ -364,12 +521,12 @@ def detection(store: Store, data_id: str, model_id: str, config: Config) -> dict
         a = _arrays(store, data_id)
         tr = a["split"] == "train"
         x, y, truth = unit(a["raw"][tr], a["scale"]), a["y"][tr], a["poisoned"][tr]
-        params = load_mlps(store, model_id)
+        models = load_models(store, model_id)
         res = {}
         for method in cfg["detectors"]:
             tp, fp, fn_ = [], [], []
-            for i in range(params[0].shape[0]):
-                flagged = detect_poison(classifier(member(params, i), x.shape[1], NUM_CLASSES, (-1.0, 1.0)), x, y, method,
+            for i in range(models.n):
+                flagged = detect_poison(classifier(models.member(i), x.shape[1], NUM_CLASSES, (-1.0, 1.0)), x, y, method,
                                         cfg["expected"])
                 tp.append(int((flagged & truth).sum()))
                 fp.append(int((flagged & ~truth).sum()))
@@ -414,7 +571,7 @@ def adversarial(store: Store, data_id: str, config: Config, progress: bool) -> d
         x, y = unit(a["raw"][te], a["scale"]), a["y"][te]
         ids = dict(zip(cfg["kinds"], inputs[1:4], strict=True))
         ids.update({"B": inputs[4], "C": inputs[5]})
-        params = {k: load_mlps(store, v) for k, v in ids.items()}
+        params = {k: load_models(store, v) for k, v in ids.items()}
         params["A"] = params["standard"]
         res: dict = {"robust": {}, "transfer": {}}
         for kind in cfg["kinds"]:
@@ -422,8 +579,8 @@ def adversarial(store: Store, data_id: str, config: Config, progress: bool) -> d
                 right = []
                 for e in cfg["eps"]:
                     per = []
-                    for i in range(params[kind][0].shape[0]):
-                        clf = classifier(member(params[kind], i), x.shape[1], NUM_CLASSES, (-1.0, 1.0))
+                    for i in range(params[kind].n):
+                        clf = classifier(params[kind].member(i), x.shape[1], NUM_CLASSES, (-1.0, 1.0))
                         adv = fgsm(clf, x, y, 2 * e) if attack == "fgsm" else pgd(clf, x, y, 2 * e, cfg["pgd_steps"], cfg["seed"] + i)
                         per.append(int((clf.predict(adv).argmax(-1) == y).sum()))
                     right.append(per)
@@ -433,9 +590,9 @@ def adversarial(store: Store, data_id: str, config: Config, progress: bool) -> d
                 continue
             m = {}
             for src in cfg["siblings"]:
-                advs = [pgd(classifier(member(params[src], i), x.shape[1], NUM_CLASSES, (-1.0, 1.0)), x, y, 2 * e,
-                            cfg["pgd_steps"], cfg["seed"] + i) for i in range(params[src][0].shape[0])]
-                m[src] = {dst: [int((_predict([p[i : i + 1] for p in params[dst]], adv)[0] != y).sum())
+                advs = [pgd(classifier(params[src].member(i), x.shape[1], NUM_CLASSES, (-1.0, 1.0)), x, y, 2 * e,
+                            cfg["pgd_steps"], cfg["seed"] + i) for i in range(params[src].n)]
+                m[src] = {dst: [int((_predict(params[dst].subset(i), adv)[0] != y).sum())
                                 for i, adv in enumerate(advs)] for dst in cfg["siblings"]}
             res["transfer"][str(e)] = m
         res["n"] = int(len(y))
@@ -458,8 +615,10 @@ def adversarial(store: Store, data_id: str, config: Config, progress: bool) -> d
 def _rotate(raw: np.ndarray, angle: int) -> np.ndarray:
     from scipy.ndimage import rotate
 
-    side = int(round(math.sqrt(raw.shape[1])))
-    imgs = raw.reshape(-1, side, side).astype(np.float64)
+    from heredity.data.poison import image_shape
+
+    c, h, w = image_shape(raw.shape[1])
+    imgs = raw.reshape(-1, h, w).astype(np.float64)  # every channel of every image, each rotated in its plane
     return np.stack([rotate(im, angle, reshape=False, order=1, mode="constant", cval=0.0) for im in imgs]).reshape(len(raw), -1)
 
 
@@ -493,16 +652,14 @@ def uncertainty(store: Store, data_id: str, config: Config, flag_models: dict, p
         sets = {"other digits": unit(raw_te[~ind], a["scale"]),
                 "uniform noise": rng.uniform(-1, 1, (cfg["noise_images"], xin.shape[1])).astype(np.float32)}
         rotated = {ang: unit(np.clip(_rotate(raw_te[ind], ang), 0, a["scale"]), a["scale"]) for ang in cfg["angles"]}
-        P, D = load_mlps(store, inputs[1]), load_mlps(store, inputs[2])
+        P, D = load_models(store, inputs[1]), load_models(store, inputs[2])
 
-        def logits(params, xx, dropout=0.0):
-            with torch.no_grad():
-                return forward(params, torch.from_numpy(xx), dropout).numpy()
+        def logits(models, xx, dropout=False):
+            return models.logits(xx, dropout)
 
         def mc(xx):
             torch.manual_seed(cfg["seed"])
-            return U.mc_dropout_probs(np.stack([U.softmax(logits(D, xx, float(store.get(inputs[2]).meta["dropout"])))
-                                                for _ in range(cfg["mc_passes"])]))  # [seeds, N, C]
+            return U.mc_dropout_probs(np.stack([U.softmax(logits(D, xx, True)) for _ in range(cfg["mc_passes"])]))  # [seeds, N, C]
 
         temps = [U.fit_temperature(lg, yh) for lg in logits(P, xh)[:seeds]]  # per single model, on held-out rows
         E, S = cfg["ensembles"], cfg["ensemble_size"]
@@ -544,16 +701,16 @@ def uncertainty(store: Store, data_id: str, config: Config, flag_models: dict, p
                                       for name in pr}
         # does max softmax flag attacked inputs? (10-class models: the standard one and the trigger-poisoned one)
         xall, yall = unit(raw_te, a["scale"]), y_te
-        std, trig = load_mlps(store, inputs[3]), load_mlps(store, inputs[4])
+        std, trig = load_models(store, inputs[3]), load_models(store, inputs[4])
         au_adv, au_trig = [], []
         others = yall != cfg["patch_target"]
         xtrig = unit(apply_trigger(raw_te[others].astype(np.int64), cfg["patch_size"], int(a["scale"])), a["scale"])
-        for i in range(std[0].shape[0]):
-            clf = classifier(member(std, i), xall.shape[1], NUM_CLASSES, (-1.0, 1.0))
+        for i in range(std.n):
+            clf = classifier(std.member(i), xall.shape[1], NUM_CLASSES, (-1.0, 1.0))
             adv = pgd(clf, xall, yall, 2 * cfg["flag_eps"], cfg["pgd_steps"], cfg["seed"] + i)
-            one = [p[i : i + 1] for p in std]
+            one = std.subset(i)
             au_adv.append(U.auroc(U.confidence(U.softmax(logits(one, xall)[0])), U.confidence(U.softmax(logits(one, adv)[0]))))
-            t1 = [p[i : i + 1] for p in trig]
+            t1 = trig.subset(i)
             au_trig.append(U.auroc(U.confidence(U.softmax(logits(t1, xall[others])[0])), U.confidence(U.softmax(logits(t1, xtrig)[0]))))
         res["flags"] = {"pgd": au_adv, "trigger": au_trig}
         (ctx.output("uncertainty", "report", "uncertainty-digits") / "uncertainty.json").write_text(json.dumps(res))
