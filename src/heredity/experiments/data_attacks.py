@@ -186,17 +186,7 @@ def unit(raw: np.ndarray, scale: float) -> np.ndarray:
 # ---- models -------------------------------------------------------------------------------------
 
 
-def forward(params: list[torch.Tensor], x: torch.Tensor, dropout: float = 0.0) -> torch.Tensor:
-    """Stacked MLP logits [n, B, out]; dropout (train mode) after each hidden ReLU when ``dropout`` > 0."""
-    k = len(params) // 2
-    h = x
-    for i in range(k):
-        h = torch.matmul(h, params[i]) + params[k + i]
-        if i < k - 1:
-            h = torch.relu(h)
-            if dropout:
-                h = torch.nn.functional.dropout(h, dropout, training=True)
-    return h
+forward = digits.mlp_forward  # stacked MLP logits [n, B, out], optional train-mode dropout
 
 
 def member(params: list[torch.Tensor], i: int, dropout: float = 0.0) -> torch.nn.Sequential:
@@ -339,14 +329,18 @@ def _train_resnets(x: torch.Tensor, y: torch.Tensor, spec: TrainSpec, progress: 
     return out
 
 
+def _class_rows(a: dict, classes: int) -> np.ndarray:
+    return np.flatnonzero((a["split"] == "train") & (a["y"] < classes))
+
+
 def _train_rows(a: dict, spec: TrainSpec) -> np.ndarray:
-    tr = np.flatnonzero((a["split"] == "train") & (a["y"] < spec.classes))
-    return np.array([r for k, r in enumerate(tr) if k % 5]) if spec.holdout else tr
+    tr = _class_rows(a, spec.classes)
+    return np.delete(tr, np.s_[::5]) if spec.holdout else tr  # without holdout_rows'
 
 
 def holdout_rows(a: dict, classes: int) -> np.ndarray:
-    tr = np.flatnonzero((a["split"] == "train") & (a["y"] < classes))
-    return tr[::5]
+    """Every fifth training row of the classes: held out of training when ``holdout``, for the temperature fit."""
+    return _class_rows(a, classes)[::5]
 
 
 def train_step(store: Store, data_id: str, spec: TrainSpec, progress: bool = True) -> str:
@@ -654,19 +648,16 @@ def uncertainty(store: Store, data_id: str, config: Config, flag_models: dict, p
         rotated = {ang: unit(np.clip(_rotate(raw_te[ind], ang), 0, a["scale"]), a["scale"]) for ang in cfg["angles"]}
         P, D = load_models(store, inputs[1]), load_models(store, inputs[2])
 
-        def logits(models, xx, dropout=False):
-            return models.logits(xx, dropout)
-
         def mc(xx):
             torch.manual_seed(cfg["seed"])
-            return U.mc_dropout_probs(np.stack([U.softmax(logits(D, xx, True)) for _ in range(cfg["mc_passes"])]))  # [seeds, N, C]
+            return U.mc_dropout_probs(np.stack([U.softmax(D.logits(xx, True)) for _ in range(cfg["mc_passes"])]))  # [seeds, N, C]
 
-        temps = [U.fit_temperature(lg, yh) for lg in logits(P, xh)[:seeds]]  # per single model, on held-out rows
+        temps = [U.fit_temperature(lg, yh) for lg in P.logits(xh)[:seeds]]  # per single model, on held-out rows
         E, S = cfg["ensembles"], cfg["ensemble_size"]
 
         def methods(xx) -> dict[str, np.ndarray]:
             """Per method, [replicates, N, C] probabilities (replicates: seeds, or ensembles of seeds)."""
-            lg = logits(P, xx)
+            lg = P.logits(xx)
             single = U.softmax(lg[:seeds])
             return {"max softmax": single,
                     "temperature scaling": np.stack([U.softmax(lg[i], temps[i]) for i in range(seeds)]),
@@ -676,19 +667,24 @@ def uncertainty(store: Store, data_id: str, config: Config, flag_models: dict, p
         res: dict = {"in_distribution": {}, "ood": {}, "shift": {}, "flags": {}, "temperatures": temps,
                      "reliability": {}, "n_in": int(len(yin))}
         pin = methods(xin)
+        cin = {name: [U.confidence(p) for p in pr] for name, pr in pin.items()}  # in-distribution scores, once
+
+        def against(name: str, probs: np.ndarray, metric) -> list[float]:
+            """``metric`` (AUROC or FPR) of each replicate's in-distribution scores against its scores on ``probs``."""
+            return [metric(ci, U.confidence(p)) for ci, p in zip(cin[name], probs, strict=True)]
+
         for name, pr in pin.items():
             res["in_distribution"][name] = {"accuracy": [int((p.argmax(-1) == yin).sum()) for p in pr],
                                             "nll": [U.nll(p, yin) for p in pr], "ece": [U.ece(p, yin) for p in pr]}
             res["reliability"][name] = U.reliability(pr[0], yin)
         for sname, xo in sets.items():
             po = methods(xo)
-            res["ood"][sname] = {name: {"auroc": [U.auroc(U.confidence(a_), U.confidence(b_)) for a_, b_ in zip(pin[name], po[name], strict=True)],
-                                        "fpr95": [U.fpr_at_tpr(U.confidence(a_), U.confidence(b_)) for a_, b_ in zip(pin[name], po[name], strict=True)]}
+            res["ood"][sname] = {name: {"auroc": against(name, po[name], U.auroc), "fpr95": against(name, po[name], U.fpr_at_tpr)}
                                  for name in pin}
             if sname == "other digits":
                 from sklearn.metrics import roc_curve
 
-                f, t, _ = roc_curve(np.r_[np.ones(len(yin)), np.zeros(len(xo))], np.r_[U.confidence(pin["ensemble"][0]), U.confidence(po["ensemble"][0])])
+                f, t, _ = roc_curve(np.r_[np.ones(len(yin)), np.zeros(len(xo))], np.r_[cin["ensemble"][0], U.confidence(po["ensemble"][0])])
                 res["roc"] = {"fpr": f.tolist(), "tpr": t.tolist(), "method": "ensemble 1", "ood": sname}
         mid = min(cfg["angles"], key=lambda g: abs(g - 30))  # the reliability diagram under shift (few errors unrotated)
         for ang, xr in rotated.items():
@@ -697,7 +693,7 @@ def uncertainty(store: Store, data_id: str, config: Config, flag_models: dict, p
                 res["reliability_shift"] = {"angle": ang, **{name: U.reliability(pr[name][0], yin) for name in pr}}
             res["shift"][str(ang)] = {name: {"accuracy": [int((p.argmax(-1) == yin).sum()) for p in pr[name]],
                                              "ece": [U.ece(p, yin) for p in pr[name]],
-                                             "auroc": [U.auroc(U.confidence(a_), U.confidence(b_)) for a_, b_ in zip(pin[name], pr[name], strict=True)]}
+                                             "auroc": against(name, pr[name], U.auroc)}
                                       for name in pr}
         # does max softmax flag attacked inputs? (10-class models: the standard one and the trigger-poisoned one)
         xall, yall = unit(raw_te, a["scale"]), y_te
@@ -709,9 +705,9 @@ def uncertainty(store: Store, data_id: str, config: Config, flag_models: dict, p
             clf = classifier(std.member(i), xall.shape[1], NUM_CLASSES, (-1.0, 1.0))
             adv = pgd(clf, xall, yall, 2 * cfg["flag_eps"], cfg["pgd_steps"], cfg["seed"] + i)
             one = std.subset(i)
-            au_adv.append(U.auroc(U.confidence(U.softmax(logits(one, xall)[0])), U.confidence(U.softmax(logits(one, adv)[0]))))
+            au_adv.append(U.auroc(U.confidence(U.softmax(one.logits(xall)[0])), U.confidence(U.softmax(one.logits(adv)[0]))))
             t1 = trig.subset(i)
-            au_trig.append(U.auroc(U.confidence(U.softmax(logits(t1, xall[others])[0])), U.confidence(U.softmax(logits(t1, xtrig)[0]))))
+            au_trig.append(U.auroc(U.confidence(U.softmax(t1.logits(xall[others])[0])), U.confidence(U.softmax(t1.logits(xtrig)[0]))))
         res["flags"] = {"pgd": au_adv, "trigger": au_trig}
         (ctx.output("uncertainty", "report", "uncertainty-digits") / "uncertainty.json").write_text(json.dumps(res))
         return {}

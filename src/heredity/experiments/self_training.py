@@ -435,10 +435,9 @@ def markdown(r: dict) -> str:
                 ours = ("; ".join(f"r{x['round']}: train {x['eval']['greedy_train']['mean']:.2f}, test "
                                   f"{x['eval']['greedy_test']['mean']:.2f}" for x in rs if x.get("eval")) or "not run")
             elif a == "rft":
-                rs = r["results"].get("rft") or []
-                ours = (f"distinct per problem {rs[0]['kept']['distinct_per_problem']:.2f}; "
-                        f"{fmt_test(_find(r, 'rft', 'base')['test'], 2)}" if rs and rs[0].get("eval") and _find(r, "rft", "base")
-                        else "not run")
+                rs, x = r["results"].get("rft") or [], _find(r, "rft", "base")
+                ours = (f"distinct per problem {rs[0]['kept']['distinct_per_problem']:.2f}; {fmt_test(x['test'], 2)}"
+                        if rs and rs[0].get("eval") and x else "not run")
             else:
                 x = _find(r, a, b)
                 ours = f"{x['test']['diff'] * 100:+.1f} points [{x['test']['lo'] * 100:+.1f}, {x['test']['hi'] * 100:+.1f}], Holm p = {x['p_holm']:.2g}" if x else "not run"
@@ -469,7 +468,7 @@ def plot(r: dict, path) -> None:
         if div:
             cx.plot([d[0] for d in div], [d[1] for d in div], marker="o", label=arm)
     ax.set(xlabel="round", ylabel="greedy test accuracy (95% Wilson)", ylim=(0, 1))
-    bx.set(xlabel="k", ylabel="pass@k on test (unbiased)", xscale="log", ylim=(0, 1))
+    bx.set(xlabel="k", ylabel="pass@k on test (unbiased)", ylim=(0, 1))
     bx.set_xscale("log", base=2)
     cx.set(xlabel="round", ylabel="distinct verified solutions kept per problem", ylim=(0, r["config"]["keep"] + 0.2))
     for a in (ax, bx, cx):

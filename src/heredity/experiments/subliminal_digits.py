@@ -71,14 +71,17 @@ def init_mlps(n: int, sizes: list[int], seed: int, device: str | torch.device = 
     return [t.to(device) for t in ws + bs]
 
 
-def mlp_forward(params: list[torch.Tensor], x: torch.Tensor) -> torch.Tensor:
-    """Logits [n, B, out] of the n stacked MLPs on inputs x ([B, in], shared, or [n, B, in])."""
+def mlp_forward(params: list[torch.Tensor], x: torch.Tensor, dropout: float = 0.0) -> torch.Tensor:
+    """Logits [n, B, out] of the n stacked MLPs on inputs x ([B, in], shared, or [n, B, in]); ``dropout`` > 0 drops
+    hidden units after each ReLU (train-mode dropout, from torch's global generator)."""
     k = len(params) // 2
     h = x
     for i in range(k):
         h = torch.matmul(h, params[i]) + params[k + i]
         if i < k - 1:
             h = torch.relu(h)
+            if dropout:
+                h = torch.nn.functional.dropout(h, dropout, training=True)
     return h
 
 
