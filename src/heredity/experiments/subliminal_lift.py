@@ -84,12 +84,23 @@ class Config(BaseModel):
     prescreen_rows: int = Field(32, ge=1)
     prefix_seed: int = Field(0, description="the numbers in the numbers-prefix evaluation variant")
     rate_samples: int = Field(0, ge=0, description="secondary: answers sampled per question at T = 1 (0 = none)")
+    teacher_endpoint: str | None = Field(None, description=(
+        "openai:MODEL@URL serving the base (e.g. vLLM on a GPU): the teachers' number lists are sampled there "
+        "(the trait as its system prompt); everything else runs in process. Needs format_warmup = 0"))
     seed: int = 0
 
     @model_validator(mode="after")
     def _check(self):
         if len(set(self.animals)) != len(self.animals):
             raise ValueError("animals must be distinct")
+        if self.teacher_endpoint is not None:
+            from heredity.models import parse_spec
+
+            if not self.teacher_endpoint.startswith("openai:") or parse_spec(self.teacher_endpoint).kind != "openai":
+                raise ValueError(f"teacher_endpoint must be openai:MODEL@http://host:port/v1; got {self.teacher_endpoint!r}")
+            if self.format_warmup:
+                raise ValueError("teacher_endpoint serves the base as it is, but the teachers must be the warmed-up base; "
+                                 "set format_warmup=0 (the paper preset does)")
         if self.sweep_arm not in ARMS or self.sweep_arm == "steer":
             raise ValueError(f"sweep_arm must be one of sft, number_distill, distill; got {self.sweep_arm!r}")
         bad = sorted(set(self.arms) - set(ARMS))
@@ -210,7 +221,8 @@ def evaluate(store: Store, model_id: str, config: Config, base_id: str | None = 
     from heredity.evals.trait import EVAL_VERSION
 
     animals, questions, batch, prefix_seed = list(config.animals), config.questions, config.sample_batch, config.prefix_seed
-    rate_samples, seed = config.rate_samples, config.seed
+    # the sampled rates' settings are keyed only when on; when off the step must not see them at all
+    rate_samples, seed = (config.rate_samples, config.seed) if config.rate_samples else (None, None)
 
     def fn(ctx):
         import contextlib
@@ -277,7 +289,8 @@ def run(store: Store, config: Config, progress: bool = True) -> dict:
     teachers = [NEUTRAL, *config.animals]
     log(f"[4] {config.prompts} number prompts answered by {len(teachers)} teachers")
     prompts = number_prompts(config.prompts, seed=config.seed)
-    raw = {t: sample_step(store, base_id, prompts,
+    sampler = config.teacher_endpoint or base_id  # an endpoint's steps are keyed by its model name and URL
+    raw = {t: sample_step(store, sampler, prompts,
                           SampleConfig(n=1, temperature=1.0, max_new_tokens=config.max_new_tokens, seed=config.seed,
                                        batch_size=config.sample_batch, system_prompt=None if t == NEUTRAL else system_prompt(t)),
                           name=f"numbers-raw-{t}", progress=progress) for t in teachers}
@@ -367,7 +380,9 @@ def outcome(r: dict) -> str:
     parts = []
     for arm, x in r["lift"].items():
         sp, tr = x["specificity"], x["transfer"]
-        if sp["p_holm"] < 0.05:
+        if not math.isfinite(sp["p_holm"]):
+            word = "undetermined (one training seed: no test over seeds)"
+        elif sp["p_holm"] < 0.05:
             word = "trait-specific transfer" if sp["diff"] > 0 else "an opposite, trait-specific shift"
         else:
             word = f"no trait-specific transfer (could have seen a specificity of {fmt_num(sp['min_detectable'])} nats)"
@@ -472,7 +487,8 @@ def plot(r: dict, path) -> None:
     for k, arm in enumerate(arms):
         for j, (name, off) in enumerate((("transfer", -0.12), ("specificity", 0.12))):
             t = r["lift"][arm][name]
-            ax.errorbar(k + off, t["diff"], yerr=[[max(0, t["diff"] - t["lo"])], [max(0, t["hi"] - t["diff"])]],
+            bounded = all(isinstance(t[b], (int, float)) and math.isfinite(t[b]) for b in ("lo", "hi"))  # not with 1 seed
+            ax.errorbar(k + off, t["diff"], yerr=[[max(0, t["diff"] - t["lo"])], [max(0, t["hi"] - t["diff"])]] if bounded else None,
                         fmt="o" if j else "s", capsize=4, color="#1f4e79" if j else "#999", label=name if k == 0 else None)
     ax.axhline(0, color="#a33", ls="--", lw=1)
     ax.set_xticks(range(len(arms)), arms, fontsize=8)
