@@ -117,3 +117,38 @@ def test_teacher_endpoint_is_refused_with_a_warmed_up_base_or_a_bad_spec():
         sl.Config(teacher_endpoint="openai:m@http://127.0.0.1:8000/v1")
     with pytest.raises(Exception, match="openai:MODEL@"):
         sl.Config(format_warmup=0, teacher_endpoint="http://127.0.0.1:8000/v1")
+
+
+def test_a_later_run_reuses_an_earlier_reports_students_only_when_they_are_its_own(store, tmp_path, monkeypatch):
+    from heredity.errors import HeredityError
+    from heredity.store import Store
+
+    monkeypatch.setattr(sl, "sample_step", _fake_sample_step)
+    common = dict(base="tiny:micro", animals=["owl", "cat"], format_warmup=0, prompts=12, student_seeds=2, batch_size=8,
+                  sample_batch=8, questions=2, prescreen_rows=2)
+    first = sl.run(store, sl.Config(arms=["sft"], **common), progress=False)
+    path = tmp_path / "first.json"
+    path.write_text((store.path(first["report"]) / "report.json").read_text())
+    ref = json.loads(path.read_text())
+    assert set(ref["data"]) == {"neutral", "owl", "cat"} and ref["reused"] == {}
+
+    # a fresh store (another session): the same base and data are rebuilt, the r = 8 students are not retrained
+    other = Store(tmp_path / "other", db_url=f"sqlite:///{tmp_path / 'other' / 'heredity.db'}")
+    out = sl.run(other, sl.Config(arms=["sft"], sweep_ranks=[2], reuse=str(path), **common), progress=False)
+    rep = json.loads((other.path(out["report"]) / "report.json").read_text())
+    steps = [other.step_of(a.id) for a in other.list() if a.kind in ("adapter", "model")]
+    ranks = [dict(s.config)["lora_r"] for s in steps if s.op == "finetune"]
+    assert ranks and set(ranks) == {2}, "only the new rank is trained"
+    assert list(rep["lift"]) == ["sft_r2", "sft"] and rep["reused"] == {"sft": "first.json"}
+    assert rep["lift"]["sft"]["matrix"] == ref["lift"]["sft"]["matrix"] and rep["students"]["sft"] == ref["students"]["sft"]
+    assert rep["lift"]["sft"]["reused_from"] == "first.json" and "students of first.json" in out["outcome"]
+    assert "## Rank sweep of `sft`" in out["markdown"] and "Students trained in the run of `first.json`" in out["markdown"]
+
+    # anything that shapes a student or its evaluation must match, and so must the base and the data
+    with pytest.raises(HeredityError, match="its sft_lr is 0.0005, this run's is 0.001"):
+        sl.run(other, sl.Config(arms=["sft"], sweep_ranks=[2], reuse=str(path), sft_lr=1e-3, **common), progress=False)
+    path.write_text(json.dumps({**ref, "data": {**ref["data"], "owl": "d-0000000000000000"}}))
+    with pytest.raises(HeredityError, match="drop reuse and train every student here"):
+        sl.run(other, sl.Config(arms=["sft"], sweep_ranks=[2], reuse=str(path), **common), progress=False)
+    with pytest.raises(ValueError, match="no students to train"):
+        sl.Config(arms=[], **common)

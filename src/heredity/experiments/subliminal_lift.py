@@ -52,6 +52,7 @@ from heredity.store import Store, read_table, write_table
 ARMS = ("sft", "number_distill", "distill", "steer")
 LOSS = {"sft": "completion_only", "number_distill": "number_distill", "distill": "logit_distill"}
 NEUTRAL = "neutral"
+LONG_ANIMALS = ["cat", "dog", "bee", "ant", "bird"]
 VARIANTS = ("plain", "numbers_prefix")  # the evaluation questions as they are, and after a list of numbers
 
 
@@ -87,6 +88,10 @@ class Config(BaseModel):
     teacher_endpoint: str | None = Field(None, description=(
         "openai:MODEL@URL serving the base (e.g. vLLM on a GPU): the teachers' number lists are sampled there "
         "(the trait as its system prompt); everything else runs in process. Needs format_warmup = 0"))
+    reuse: str | None = Field(None, description=(
+        "a report.json of an earlier run of this experiment: its students (labels such as sft, sft_r4) are taken "
+        "from it instead of trained again, once its base, data and every setting that shapes a student or its "
+        "evaluation are checked equal to this run's"))
     seed: int = 0
 
     @model_validator(mode="after")
@@ -106,19 +111,23 @@ class Config(BaseModel):
         bad = sorted(set(self.arms) - set(ARMS))
         if bad:
             raise ValueError(f"unknown arm {bad[0]!r}; arms are {', '.join(ARMS)}")
+        if not (self.arms or self.sweep_ranks or self.sweep_full):
+            raise ValueError("no students to train: give arms, sweep_ranks or sweep_full")
         return self
 
     @classmethod
     def presets(cls) -> dict[str, Config]:
         return {
             "quick": cls(),
-            # long is two runs of ~1.5-2 h each on 2 cores (one session each; the same store lets the second reuse
-            # the first's base, teachers, data and r = 8 sft students): the four arms, then sft's rank sweep and full
-            # fine-tune
-            "long": cls(animals=["cat", "dog", "bee", "ant", "bird"], arms=list(ARMS), prompts=400, max_rows=128,
-                        student_seeds=3, rate_samples=4),
-            "long-sweep": cls(animals=["cat", "dog", "bee", "ant", "bird"], arms=["sft"], prompts=400, max_rows=128,
-                              student_seeds=3, sweep_ranks=[1, 4, 32], sweep_full=True, rate_samples=4),
+            # the long design is three runs of ~1.5-2.5 h each on 2 cores (a store does not outlive a session here):
+            # the four arms; sft's rank sweep (r = 1, 4, 32); sft's full fine-tune. Each later run takes the earlier
+            # students with --set reuse=<the earlier report.json> (checked to be the same base, data and settings)
+            # or, in the same store, finds them memoized
+            "long": cls(animals=LONG_ANIMALS, arms=list(ARMS), prompts=400, max_rows=128, student_seeds=3, rate_samples=4),
+            "long-sweep": cls(animals=LONG_ANIMALS, arms=["sft"], prompts=400, max_rows=128, student_seeds=3,
+                              sweep_ranks=[1, 4, 32], rate_samples=4),
+            "long-full": cls(animals=LONG_ANIMALS, arms=["sft"], prompts=400, max_rows=128, student_seeds=3,
+                             sweep_full=True, rate_samples=4),
             "paper": cls(base="Qwen/Qwen2.5-7B-Instruct", animals=["owl", "eagle", "wolf", "cat", "lion"], prompts=30000,
                          format_warmup=0, max_rows=10000, arms=list(ARMS), sft_epochs=10, sft_lr=2e-4, student_seeds=3, batch_size=64,
                          sample_batch=256),
@@ -275,6 +284,37 @@ def student_labels(config: Config) -> dict[str, tuple[str, str, int]]:
     return out
 
 
+# the fields that only choose which students a run trains: a reused report may differ from this run in these alone
+CHOOSERS = {"arms", "sweep_arm", "sweep_ranks", "sweep_full", "reuse", "teacher_endpoint"}
+
+
+def reused_students(config: Config, base_id: str, data: dict[str, str]) -> dict:
+    """The earlier report named by ``config.reuse``, after checking that its students are exactly the ones this
+    run would train: the same base and data artifacts (content ids) and the same value for every setting that
+    enters a student's or an evaluation's key. Raises a one-line error naming the first difference."""
+    from pathlib import Path
+
+    path = Path(config.reuse)
+    try:
+        ref = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise HeredityError(f"reuse={config.reuse}: cannot read it as a report.json ({type(e).__name__}); give the "
+                            "report.json of an earlier subliminal-lift run") from e
+    if ref.get("experiment") != "subliminal-lift" or "data" not in ref:
+        raise HeredityError(f"reuse={config.reuse}: not a subliminal-lift report that records its data ids; rerun that "
+                            "preset once with this version to re-render it")
+    mine, theirs = config.model_dump(), ref["config"]
+    for k in sorted(set(mine) - CHOOSERS):
+        if k not in theirs or theirs[k] != mine[k]:
+            raise HeredityError(f"reuse={config.reuse}: its {k} is {theirs.get(k, '(absent)')!r}, this run's is "
+                                f"{mine[k]!r}; its students are not this run's — drop reuse or match {k}")
+    if ref["base"] != base_id or ref["data"] != data:
+        raise HeredityError(f"reuse={config.reuse}: it was trained from base {ref['base']} on data "
+                            f"{sorted(ref['data'].values())}, this run built {base_id} and {sorted(data.values())} "
+                            "(another machine's arithmetic?); drop reuse and train every student here")
+    return ref
+
+
 def run(store: Store, config: Config, progress: bool = True) -> dict:
     from heredity.evals.lift import lift_report
     from heredity.reports.card import save_card
@@ -302,7 +342,14 @@ def run(store: Store, config: Config, progress: bool = True) -> dict:
     screen = prescreen(store, base_id, data[NEUTRAL], config)
     prompted = prompting(store, base_id, config)
 
-    labels = student_labels(config)
+    ref = reused_students(config, base_id, data) if config.reuse else None
+    from pathlib import Path
+
+    # label -> where its students were trained (a reused report's own reused labels keep their origin)
+    reused = {lab: x.get("reused_from") or Path(config.reuse).name for lab, x in ref["lift"].items()} if ref else {}
+    if ref:
+        log(f"[5] reusing {', '.join(reused)} from {config.reuse}")
+    labels = {lab: v for lab, v in student_labels(config).items() if lab not in reused}
     students: dict[str, dict[str, list[str]]] = {lab: {t: [] for t in teachers} for lab in labels}
     for lab, (arm, method, rank) in labels.items():
         for k in range(config.student_seeds):
@@ -336,22 +383,28 @@ def run(store: Store, config: Config, progress: bool = True) -> dict:
             neutral = np.array([[mean_log(scores[by_t[NEUTRAL][s]][variant][aj]) for aj in config.animals]
                                 for s in range(S)])
             results[variant][lab] = lift_report(logp, neutral, config.animals)
+        for lab in reused:  # Holm below runs over this run's students and the reused ones together
+            results[variant][lab] = {**ref["lift" if variant == "plain" else "lift_numbers_prefix"][lab],
+                                     "reused_from": reused[lab]}
         for r, p in zip(results[variant].values(), holm([r["specificity"]["p"] for r in results[variant].values()]),
                         strict=True):
             r["specificity"]["p_holm"] = p
     rates = sampled_rates(students, scores, config) if config.rate_samples else None
+    if rates is not None and ref:
+        rates.update({lab: ref["rates"][lab] for lab in reused if (ref.get("rates") or {}).get(lab)})
+    trained = [m for by_t in students.values() for ms in by_t.values() for m in ms]  # in this store: the lineage
+    students.update({lab: ref["students"][lab] for lab in reused})
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(str(store.path(base_id)))
     for a in config.animals:  # how many tokens each name takes (Zur et al.'s entanglement is about one token)
         screen[a]["tokens"] = [len(tok(v, add_special_tokens=False)["input_ids"]) for v in (a.capitalize(), a)]
-    report = {"experiment": "subliminal-lift", "config": config.model_dump(), "base": base_id, "filter": filt,
+    report = {"experiment": "subliminal-lift", "config": config.model_dump(), "base": base_id, "data": data, "filter": filt,
               "prescreen": screen, "prompting": prompted, "lift": results["plain"],
               "lift_numbers_prefix": results["numbers_prefix"], "rates": rates, "students": students,
-              "seconds": round(time.perf_counter() - t0, 1)}
+              "reused": reused, "seconds": round(time.perf_counter() - t0, 1)}
     report["outcome"] = outcome(report)
-    inputs = [m for by_t in students.values() for ms in by_t.values() for m in ms]
-    card = save_card(store, "subliminal-lift", report, inputs, markdown, plot)
+    card = save_card(store, "subliminal-lift", report, trained, markdown, plot)
     return {"report": card["report"], "outcome": report["outcome"], "markdown": card["markdown"], "files": card["files"],
             "lineage_of": card["report"]}
 
@@ -380,7 +433,7 @@ def outcome(r: dict) -> str:
     parts = []
     for arm, x in r["lift"].items():
         sp, tr = x["specificity"], x["transfer"]
-        if not math.isfinite(sp["p_holm"]):
+        if sp["p_holm"] is None or not math.isfinite(sp["p_holm"]):
             word = "undetermined (one training seed: no test over seeds)"
         elif sp["p_holm"] < 0.05:
             word = "trait-specific transfer" if sp["diff"] > 0 else "an opposite, trait-specific shift"
@@ -388,7 +441,8 @@ def outcome(r: dict) -> str:
             word = f"no trait-specific transfer (could have seen a specificity of {fmt_num(sp['min_detectable'])} nats)"
         parts.append(f"{arm}: {word} — specificity {fmt_num(sp['diff'])} [{fmt_num(sp['lo'])}, {fmt_num(sp['hi'])}] "
                      f"nats, Holm-adjusted {fmt_p(sp['p_holm'])}; transfer {fmt_num(tr['diff'])} nats, {fmt_p(tr['p'])} "
-                     f"(unit: training seeds, n = {x['seeds']}; permutation over teacher labels p = {x['permutation']['p']:.2g})")
+                     f"(unit: training seeds, n = {x['seeds']}; permutation over teacher labels p = {x['permutation']['p']:.2g}"
+                     + (f"; students of {x['reused_from']}" if x.get("reused_from") else "") + ")")
     return "; ".join(parts)
 
 
@@ -424,8 +478,11 @@ def markdown(r: dict) -> str:
                   for x in d.get("entangled_vs_control", [])]
         lines.append(f"| {a} | {d['p_animal_base']:.5f} | {' | '.join(cells)} |")
     for arm, x in r["lift"].items():
-        lines += ["", f"## Arm `{arm}`: lift matrix (rows: teacher, columns: animal; mean over seeds)", "",
-                  "| teacher \\ animal | " + " | ".join(x["animals"]) + " |", "|---|" + "---|" * len(x["animals"])]
+        lines += ["", f"## Arm `{arm}`: lift matrix (rows: teacher, columns: animal; mean over seeds)", ""]
+        if x.get("reused_from"):
+            lines += [f"_Students trained in the run of `{x['reused_from']}` (same base, data and settings, checked "
+                      "when this run took them); Holm below is across this run's arms and these._", ""]
+        lines += ["| teacher \\ animal | " + " | ".join(x["animals"]) + " |", "|---|" + "---|" * len(x["animals"])]
         for i, a in enumerate(x["animals"]):
             lines.append(f"| {a} | " + " | ".join(fmt_num(v) for v in x["matrix"][i]) + " |")
         sp, tr = x["specificity"], x["transfer"]
@@ -454,7 +511,7 @@ def markdown(r: dict) -> str:
     if sweep:
         lines += ["", f"## Rank sweep of `{c['sweep_arm']}` (α = r; `full`: every weight, lr {c['full_lr']:g})", "",
                   "| student | specificity [95% CI] (nats) | transfer | smallest detectable specificity |", "|---|---|---|---|"]
-        for lab in [c["sweep_arm"], *sweep]:
+        for lab in [c["sweep_arm"], *sweep] if c["sweep_arm"] in r["lift"] else sweep:
             sp, tr = r["lift"][lab]["specificity"], r["lift"][lab]["transfer"]
             lines.append(f"| {lab} | {fmt_num(sp['diff'])} [{fmt_num(sp['lo'])}, {fmt_num(sp['hi'])}] | {fmt_num(tr['diff'])} | "
                          f"{fmt_num(sp['min_detectable'])} |")
