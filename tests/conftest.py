@@ -191,3 +191,43 @@ def live_server(server_home):
     srv = LiveServer(server_home[0])
     yield srv
     srv.stop()
+
+
+class ChatEndpoint:
+    """A minimal OpenAI-compatible ``/v1/chat/completions`` server on a free loopback port (a thread), for tests
+    of code that talks to endpoints: ``reply(body)`` gives the choices' texts; every request body is kept in
+    ``seen``. Use as a context manager: ``with ChatEndpoint(reply) as ep: ep.url``."""
+
+    def __init__(self, reply):
+        import json
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        self.seen: list[dict] = []
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):  # noqa: N802
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                outer.seen.append(body)
+                choices = [{"index": k, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}
+                           for k, text in enumerate(reply(body))]
+                payload = json.dumps({"id": "x", "object": "chat.completion", "created": 0, "model": body["model"],
+                                      "choices": choices})
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.end_headers()
+                self.wfile.write(payload.encode())
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.server.shutdown()

@@ -3,8 +3,6 @@ program-written number lists (a tiny random model writes no valid lists; samplin
 
 import json
 import random
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
@@ -66,44 +64,26 @@ def test_config_refuses_unknown_arms_and_repeated_animals():
         sl.Config(animals=["owl", "owl"])
 
 
-class _NumbersEndpoint(BaseHTTPRequestHandler):
-    """An OpenAI-compatible chat endpoint that answers every number prompt with a list seeded by its system prompt."""
-
-    seen: list[dict] = []
-
-    def do_POST(self):  # noqa: N802
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        _NumbersEndpoint.seen.append(body)
-        system = body["messages"][0]["content"] if body["messages"][0]["role"] == "system" else ""
-        rng = random.Random(f"{system}|{body['messages'][-1]['content']}")
-        text = ", ".join(str(rng.randint(0, 999)) for _ in range(rng.randint(3, 8)))
-        payload = json.dumps({"id": "x", "object": "chat.completion", "created": 0, "model": body["model"],
-                              "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
-                                           "finish_reason": "stop"}]})
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.end_headers()
-        self.wfile.write(payload.encode())
-
-    def log_message(self, *args):
-        pass
+def _numbers(body: dict) -> list[str]:
+    """An endpoint's answer to a number prompt: a list seeded by the system prompt (the teacher) and the prompt."""
+    system = body["messages"][0]["content"] if body["messages"][0]["role"] == "system" else ""
+    rng = random.Random(f"{system}|{body['messages'][-1]['content']}")
+    return [", ".join(str(rng.randint(0, 999)) for _ in range(rng.randint(3, 8)))]
 
 
 def test_teachers_sampled_through_an_openai_endpoint(store):
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _NumbersEndpoint)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    url = f"http://127.0.0.1:{server.server_address[1]}/v1"
-    try:
+    from conftest import ChatEndpoint
+
+    with ChatEndpoint(_numbers) as ep:
         cfg = sl.Config(base="tiny:micro", animals=["owl", "cat"], format_warmup=0, prompts=10, student_seeds=1,
                         arms=["sft"], batch_size=8, sample_batch=8, questions=2, prescreen_rows=2,
-                        teacher_endpoint=f"openai:served-base@{url}")
+                        teacher_endpoint=f"openai:served-base@{ep.url}")
         out = sl.run(store, cfg, progress=False)
-    finally:
-        server.shutdown()
+    url = ep.url
     rep = json.loads((store.path(out["report"]) / "report.json").read_text())
-    systems = {(b["messages"][0]["content"] if b["messages"][0]["role"] == "system" else None) for b in _NumbersEndpoint.seen}
+    systems = {(b["messages"][0]["content"] if b["messages"][0]["role"] == "system" else None) for b in ep.seen}
     assert systems == {None, sl.system_prompt("owl"), sl.system_prompt("cat")}  # one teacher per trait, and the neutral one
-    assert all(b["model"] == "served-base" and b["temperature"] == 1.0 for b in _NumbersEndpoint.seen)
+    assert all(b["model"] == "served-base" and b["temperature"] == 1.0 for b in ep.seen)
     owl = store.step_of(rep["students"]["sft"]["owl"][0])
     data = store.step_of(owl.inputs[1])  # the filtered numbers the owl student trained on
     raw = [store.step_of(i) for i in data.inputs]
