@@ -526,8 +526,13 @@ def plot(r: dict, path) -> None:
     import matplotlib.pyplot as plt
 
     arms = list(r["lift"])
-    fig, axs = plt.subplots(1, len(arms) + 1, figsize=(4 * (len(arms) + 1), 3.6), squeeze=False)
-    for ax, arm in zip(axs[0], arms, strict=False):
+    cols = min(len(arms) + 1, 5)  # a heatmap per arm, then the forest plot; rows of at most five panels
+    rows = math.ceil((len(arms) + 1) / cols)
+    fig, axs = plt.subplots(rows, cols, figsize=(4 * cols, 3.6 * rows), squeeze=False)
+    panels = list(axs.flat)
+    for ax in panels[len(arms) + 1:]:
+        ax.axis("off")
+    for ax, arm in zip(panels, arms, strict=False):
         x = r["lift"][arm]
         M = np.array(x["matrix"])
         lim = max(1e-6, float(np.abs(M).max()))
@@ -540,7 +545,7 @@ def plot(r: dict, path) -> None:
         ax.set_xlabel("animal evaluated")
         ax.set_ylabel("teacher")
         ax.set_title(f"{arm}: lift (nats)", fontsize=9)
-    ax = axs[0][-1]
+    ax = panels[len(arms)]
     for k, arm in enumerate(arms):
         for j, (name, off) in enumerate((("transfer", -0.12), ("specificity", 0.12))):
             t = r["lift"][arm][name]
@@ -548,7 +553,7 @@ def plot(r: dict, path) -> None:
             ax.errorbar(k + off, t["diff"], yerr=[[max(0, t["diff"] - t["lo"])], [max(0, t["hi"] - t["diff"])]] if bounded else None,
                         fmt="o" if j else "s", capsize=4, color="#1f4e79" if j else "#999", label=name if k == 0 else None)
     ax.axhline(0, color="#a33", ls="--", lw=1)
-    ax.set_xticks(range(len(arms)), arms, fontsize=8)
+    ax.set_xticks(range(len(arms)), arms, fontsize=8, rotation=40 if len(arms) > 4 else 0, ha="right" if len(arms) > 4 else "center")
     ax.set_ylabel("nats (95% CI over seeds)")
     ax.legend(fontsize=8)
     fig.tight_layout()
