@@ -119,14 +119,16 @@ class Config(BaseModel):
     def presets(cls) -> dict[str, Config]:
         return {
             "quick": cls(),
-            # the long design is three runs of ~1.5-2.5 h each on 2 cores (a store does not outlive a session here):
-            # the four arms; sft's rank sweep (r = 1, 4, 32); sft's full fine-tune. Each later run takes the earlier
-            # students with --set reuse=<the earlier report.json> (checked to be the same base, data and settings)
-            # or, in the same store, finds them memoized
-            "long": cls(animals=LONG_ANIMALS, arms=list(ARMS), prompts=400, max_rows=128, student_seeds=3, rate_samples=4),
+            # the long design is three runs of ~2 h each on 2 cores (a store does not outlive a session here): sft,
+            # number-only distillation and the steering vector; sft's rank sweep (r = 1, 4, 32); full-vocabulary
+            # distillation and sft's full fine-tune. Each later run takes the earlier students with
+            # --set reuse=<the earlier report.json> (checked: the same base, data and settings) or, in the same
+            # store, finds them memoized
+            "long": cls(animals=LONG_ANIMALS, arms=["sft", "number_distill", "steer"], prompts=400, max_rows=128,
+                        student_seeds=3, rate_samples=4),
             "long-sweep": cls(animals=LONG_ANIMALS, arms=["sft"], prompts=400, max_rows=128, student_seeds=3,
                               sweep_ranks=[1, 4, 32], rate_samples=4),
-            "long-full": cls(animals=LONG_ANIMALS, arms=["sft"], prompts=400, max_rows=128, student_seeds=3,
+            "long-full": cls(animals=LONG_ANIMALS, arms=["sft", "distill"], prompts=400, max_rows=128, student_seeds=3,
                              sweep_full=True, rate_samples=4),
             "paper": cls(base="Qwen/Qwen2.5-7B-Instruct", animals=["owl", "eagle", "wolf", "cat", "lion"], prompts=30000,
                          format_warmup=0, max_rows=10000, arms=list(ARMS), sft_epochs=10, sft_lr=2e-4, student_seeds=3, batch_size=64,
