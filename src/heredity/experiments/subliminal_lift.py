@@ -37,6 +37,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from pathlib import Path
 
 import numpy as np
 from pydantic import BaseModel, Field, model_validator
@@ -294,8 +295,6 @@ def reused_students(config: Config, base_id: str, data: dict[str, str]) -> dict:
     """The earlier report named by ``config.reuse``, after checking that its students are exactly the ones this
     run would train: the same base and data artifacts (content ids) and the same value for every setting that
     enters a student's or an evaluation's key. Raises a one-line error naming the first difference."""
-    from pathlib import Path
-
     path = Path(config.reuse)
     try:
         ref = json.loads(path.read_text())
@@ -345,8 +344,6 @@ def run(store: Store, config: Config, progress: bool = True) -> dict:
     prompted = prompting(store, base_id, config)
 
     ref = reused_students(config, base_id, data) if config.reuse else None
-    from pathlib import Path
-
     # label -> where its students were trained (a reused report's own reused labels keep their origin)
     reused = {lab: x.get("reused_from") or Path(config.reuse).name for lab, x in ref["lift"].items()} if ref else {}
     if ref:
