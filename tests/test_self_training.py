@@ -96,6 +96,31 @@ def test_star_rationalizes_failed_problems_with_the_answer_as_a_hint_and_trains_
     assert ft.inputs[0] == tiny
 
 
+def test_compute_matched_draws_rounds_times_the_samples_from_the_base_and_shares_rest_ems_first_draw(tmp_path):
+    from conftest import stored_tiny
+
+    from heredity.experiments import self_training as X
+    from heredity.store import Store, read_table
+
+    store = Store(tmp_path / "h")
+    tiny = stored_tiny(store, "tiny-long", max_position_embeddings=1024)
+    cfg = X.Config(base=tiny, train_problems=4, test_problems=2, ood_problems=2, levels=[1], samples=2, keep=8, rounds=3,
+                   eval_samples=1, ks=[1], max_new_tokens=12, arms=["rest_em", "compute_matched"],
+                   checker="test_self_training:accept_all", shots=0, finetune=X._ft(max_length=512, batch_size=4, epochs=1))
+    res = json.loads((store.path(X.run(store, cfg, progress=False)["report"]) / "report.json").read_text())["results"]
+
+    def sources(model):  # merged model <- adapter <- finetune(start, verified set) <- sample steps
+        ft = store.step_of(store.step_of(model).inputs[0])
+        return ft.inputs[0], store.step_of(ft.inputs[1]).inputs
+
+    start, draws = sources(res["compute_matched"][0]["model"])
+    assert start == tiny and len(draws) == cfg.rounds and len(set(draws)) == cfg.rounds
+    assert all(store.step_of(d).op == "sample" and store.step_of(d).inputs == [tiny] for d in draws), "all from the base"
+    assert sum(len(read_table(store.path(d))) for d in draws) == cfg.rounds * cfg.samples * cfg.train_problems
+    assert draws[0] == sources(res["rest_em"][0]["model"])[1][0], "its first draw is rest_em's round-1 draw"
+    assert res["compute_matched"][0]["kept"]["rows"] >= res["rest_em"][0]["kept"]["rows"]
+
+
 def test_the_worked_examples_are_fixed_and_never_a_problem():
     from heredity.experiments import self_training as X
 

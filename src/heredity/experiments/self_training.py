@@ -9,7 +9,8 @@ Methods (Singh et al. 2023/24; Yuan et al. 2023), at toy scale:
    problem and fine-tunes **from the base** each round (fine-tuning rows are problem → solution without the worked
    examples, ``train_shots`` = 0; sampling and evaluation prompts carry ``shots`` worked examples for every model);
    ``rest_em_continue`` the same but from the previous
-   round's model; ``rft`` is one round; ``compute_matched`` is one round with ``rounds`` × the samples;
+   round's model; ``rft`` is one round; ``compute_matched`` is one round with ``rounds`` × the samples
+   (``rounds`` draws from the base, the first being ``rest_em``'s round-1 draw);
    ``star`` is ReST-EM plus STaR's rationalization: a problem with no verified sample is asked again with its
    answer as a hint, and a verified rationale is trained on with the question alone (Zelikman et al. 2022);
    ``grpo`` is GRPO through TRL with the checker as the reward, at the sample budget of ``rest_em``
@@ -71,10 +72,10 @@ def _ft(**kw) -> FinetuneConfig:
 
 class Config(BaseModel):
     base: str = "smollm2-135m-instruct"
-    train_problems: int = Field(96, ge=1)
-    test_problems: int = Field(40, ge=1)
-    ood_problems: int = Field(40, ge=1)
-    train_eval: int = Field(40, ge=1, description="greedy train accuracy on this many train problems, evenly spaced "
+    train_problems: int = Field(64, ge=1)
+    test_problems: int = Field(32, ge=1)
+    ood_problems: int = Field(32, ge=1)
+    train_eval: int = Field(24, ge=1, description="greedy train accuracy on this many train problems, evenly spaced "
                             "over the levels (the train–test gap)")
     levels: list[int] = Field(default_factory=lambda: [1, 2, 3], description="steps per problem, mixed in train")
     digits: int = Field(1, ge=1, le=3)
@@ -281,16 +282,23 @@ def run(store: Store, config: Config, progress: bool = True) -> dict:
     chains = {"rft": (1, True, config.samples), "rest_em": (config.rounds, True, config.samples),
               "rest_em_continue": (config.rounds, False, config.samples),
               "compute_matched": (1, True, config.samples * config.rounds), "star": (config.rounds, True, config.samples)}
-    for arm, (rounds, from_base, n) in chains.items():
+    for arm, (rounds, from_base, n) in chains.items():  # n: samples per problem in each round
         if arm not in config.arms:
             continue
         model, results[arm] = base, []
         for r in range(1, rounds + 1):
             log(f"[self-training] {arm} round {r}/{rounds}: {n} samples per problem")
-            sid, comps = _samples(store, model, sets["train"], n, config.temperature, config, f"train-samples-{arm}-{r}",
-                                  seed=r, progress=progress)
+            # compute_matched draws its rounds x samples as `rounds` draws of `samples` (seeds 1..rounds) from the
+            # base: the same distribution as one draw of rounds x samples, and its first draw is rest_em's round-1
+            # draw (one step, computed once), so the two arms' kept sets differ only by the extra samples
+            draws = range(1, config.rounds + 1) if arm == "compute_matched" else [r]
+            sources, comps = [], [[] for _ in sets["train"]]
+            for seed in draws:
+                sid, got = _samples(store, model, sets["train"], config.samples, config.temperature, config,
+                                    f"train-samples-{arm}-{seed}", seed=seed, progress=progress)
+                sources.append(sid)
+                comps = [a + b for a, b in zip(comps, got, strict=True)]
             rows, kept = verified_set(sets["train"], comps, config.keep, check, config.train_shots)
-            sources = [sid]
             if arm == "star":  # rationalization: the problems with no verified sample, asked again with the answer
                 done = {r["prompt"] for r in rows}
                 failed = [p for p in sets["train"] if prompt_of(p, config.train_shots) not in done]
