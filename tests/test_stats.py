@@ -146,3 +146,11 @@ def test_verdict_null_and_holm_override():
     assert st.verdict(sig)["result"] == "as hypothesised"
     assert st.verdict(sig, p=0.2)["result"] == "null"  # a Holm-adjusted p decides
     assert "Holm-adjusted" in st.fmt_test(sig, p=0.2)
+
+
+def test_error_bars_are_never_negative_and_a_missing_bound_gives_no_bar():
+    from heredity.reports.card import yerr
+
+    cis = [{"mean": 0.5, "lo": 0.25, "hi": 0.875}, {"mean": 0.25, "lo": None, "hi": None},
+           {"mean": 0.5, "lo": float("nan"), "hi": 0.75}, {"mean": 0.5, "lo": 0.625, "hi": 0.75}]
+    assert yerr(cis) == [[0.25, 0.0, 0.0, 0.0], [0.375, 0.0, 0.25, 0.25]]

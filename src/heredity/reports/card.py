@@ -32,8 +32,11 @@ def save_card(store, name: str, report: dict, inputs: Sequence[str], markdown: C
 
 
 def yerr(cis: Sequence[dict]) -> list[list[float]]:
-    """Matplotlib's asymmetric error bars from intervals {mean, lo, hi} (never negative, NaN as 0)."""
-    def gap(a: float, b: float) -> float:
+    """Matplotlib's asymmetric error bars from intervals {mean, lo, hi} (never negative; a bound that is None or
+    NaN, as with one seed, gives no bar on that side)."""
+    def gap(a: float | None, b: float | None) -> float:
+        if a is None or b is None:
+            return 0.0
         d = a - b
         return 0.0 if d != d or d < 0 else d  # d != d: NaN
 
