@@ -279,19 +279,21 @@ def run(store: Store, config: Config, progress: bool = True) -> dict:
         rows = [{"prompt": prompt_of(p, config.train_shots), "completion": p["solution"]} for p in sets["train"]]
         m = train(base, rows, "self-training-gold", [base])
         results["sft_gold"] = [{"round": 1, "model": m, "eval": evaluate(store, m, sets, config, check, "sft_gold", progress)}]
-    chains = {"rft": (1, True, config.samples), "rest_em": (config.rounds, True, config.samples),
-              "rest_em_continue": (config.rounds, False, config.samples),
-              "compute_matched": (1, True, config.samples * config.rounds), "star": (config.rounds, True, config.samples)}
-    for arm, (rounds, from_base, n) in chains.items():  # n: samples per problem in each round
+    # arm: (rounds, fine-tune from the base?, draws) — each draw is `samples` per problem with its own seed; round r
+    # draws with seed r, except compute_matched's one round, which draws with seeds 1..rounds from the base: the same
+    # distribution as one draw of rounds x samples, and its first draw is rest_em's round-1 draw (one step, computed
+    # once), so the two arms' kept sets differ only by the extra samples
+    every = range(1, config.rounds + 1)
+    chains = {"rft": (1, True, None), "rest_em": (config.rounds, True, None),
+              "rest_em_continue": (config.rounds, False, None), "compute_matched": (1, True, every),
+              "star": (config.rounds, True, None)}
+    for arm, (rounds, from_base, seeds) in chains.items():
         if arm not in config.arms:
             continue
         model, results[arm] = base, []
         for r in range(1, rounds + 1):
-            log(f"[self-training] {arm} round {r}/{rounds}: {n} samples per problem")
-            # compute_matched draws its rounds x samples as `rounds` draws of `samples` (seeds 1..rounds) from the
-            # base: the same distribution as one draw of rounds x samples, and its first draw is rest_em's round-1
-            # draw (one step, computed once), so the two arms' kept sets differ only by the extra samples
-            draws = range(1, config.rounds + 1) if arm == "compute_matched" else [r]
+            draws = seeds or [r]
+            log(f"[self-training] {arm} round {r}/{rounds}: {len(draws) * config.samples} samples per problem")
             sources, comps = [], [[] for _ in sets["train"]]
             for seed in draws:
                 sid, got = _samples(store, model, sets["train"], config.samples, config.temperature, config,
@@ -303,7 +305,7 @@ def run(store: Store, config: Config, progress: bool = True) -> dict:
                 done = {r["prompt"] for r in rows}
                 failed = [p for p in sets["train"] if prompt_of(p, config.train_shots) not in done]
                 if failed:
-                    hid, hinted = _samples(store, model, failed, n, config.temperature, config, f"rationalize-{arm}-{r}",
+                    hid, hinted = _samples(store, model, failed, config.samples, config.temperature, config, f"rationalize-{arm}-{r}",
                                            seed=r, progress=progress, hint=True)
                     more, rat = verified_set(failed, hinted, config.keep, check, config.train_shots)  # the question alone
                     rows += more
