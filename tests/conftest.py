@@ -194,9 +194,9 @@ def live_server(server_home):
 
 
 class ChatEndpoint:
-    """A minimal OpenAI-compatible ``/v1/chat/completions`` server on a free loopback port (a thread), for tests
-    of code that talks to endpoints: ``reply(body)`` gives the choices' texts; every request body is kept in
-    ``seen``. Use as a context manager: ``with ChatEndpoint(reply) as ep: ep.url``."""
+    """A minimal OpenAI-compatible ``/v1/chat/completions`` and ``/v1/completions`` server on a free loopback port (a
+    thread), for tests of code that talks to endpoints: ``reply(body)`` gives the choices' texts; every request body
+    is kept in ``seen`` (with its ``path``); any other route is a 404. Use as a context manager: ``with ChatEndpoint(reply) as ep: ep.url``."""
 
     def __init__(self, reply):
         import json
@@ -209,11 +209,21 @@ class ChatEndpoint:
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self):  # noqa: N802
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                outer.seen.append(body)
-                choices = [{"index": k, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}
-                           for k, text in enumerate(reply(body))]
-                payload = json.dumps({"id": "x", "object": "chat.completion", "created": 0, "model": body["model"],
-                                      "choices": choices})
+                outer.seen.append({**body, "path": self.path})
+                if self.path.endswith("/chat/completions"):
+                    choices = [{"index": k, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}
+                               for k, text in enumerate(reply(body))]
+                    kind = "chat.completion"
+                elif self.path.endswith("/completions"):
+                    choices = [{"index": k, "text": text, "finish_reason": "stop"} for k, text in enumerate(reply(body))]
+                    kind = "text_completion"
+                else:  # no other route (as a server without runtime LoRA loading answers /load_lora_adapter)
+                    self.send_response(404)
+                    self.send_header("Content-Type", "application/json")
+                    self.end_headers()
+                    self.wfile.write(b'{"detail": "Not Found"}')
+                    return
+                payload = json.dumps({"id": "x", "object": kind, "created": 0, "model": body["model"], "choices": choices})
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")
                 self.end_headers()

@@ -270,3 +270,38 @@ def test_assistant_turns_take_the_loss_on_assistant_text_only(shared_store, tiny
                                                    warmup_ratio=0.0, method="full"), progress=False)
     first, last = (sum(x[1] for x in m["loss_curve"][sl]) / 3 for sl in (slice(0, 3), slice(-3, None)))
     assert last < 0.85 * first, (first, last)
+
+
+def test_stacked_adapters_are_the_continued_chain_on_the_first_base(tiny):
+    """a1 on the base, a2 on merge(a1), a3 on merge(a2): stack(a1, a2, a3) on the base computes what a3 on its own
+    base does (one LoRA of rank r1 + r2 + r3, scale folded into B), so a server of adapters on one base can serve
+    it; a pair that is not such a chain is refused."""
+    from heredity.data import put_rows
+    from heredity.models import merge_adapter, stack_adapters
+
+    s, base, _, _ = tiny
+    cfgs = [FinetuneConfig(method="lora", lr=5e-3, max_steps=4, batch_size=8, lora_r=r, lora_alpha=a, seed=k)
+            for k, (r, a) in enumerate([(4, 16), (8, 8), (2, 4)])]  # different ranks and scales
+    chain, start = [], base
+    for k, cfg in enumerate(cfgs):
+        data = put_rows(s, ROWS[k::3], f"counting-{k}")
+        a = finetune(s, start, data, cfg, progress=False)["model"]
+        chain.append(a)
+        start = merge_adapter(s, a, name=f"chain-{k}")
+    stacked = stack_adapters(s, chain, name="stacked")
+    art = s.get(stacked)
+    assert art.kind == "adapter" and art.meta["base"] == base and s.step_of(stacked).inputs == chain
+    import json
+
+    assert json.loads((art.path / "adapter_config.json").read_text())["r"] == 4 + 8 + 2
+    ids = load(base, s)[1]("count from 3 and on", return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        want = load(chain[-1], s, merge_adapter=True)[0](ids).logits
+        got = load(stacked, s)[0](ids).logits
+        alone = load(chain[-1], s)[0](ids).logits  # sanity: the chain moved the logits from a3 on the bare base
+    assert torch.allclose(got, want, atol=1e-4), (got - want).abs().max()
+    base_logits = load(base, s)[0](ids).logits
+    assert not torch.allclose(want, base_logits, atol=1e-3) and alone.shape == want.shape
+    assert stack_adapters(s, chain[:1]) == chain[0]
+    with pytest.raises(HeredityError, match="was not trained on .* merged into its base"):
+        stack_adapters(s, [chain[0], chain[2]])

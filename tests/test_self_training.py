@@ -186,7 +186,10 @@ def test_options_it_cannot_honour_are_refused():
     from heredity.experiments import self_training as X
 
     for kw, msg in [({"arms": ["rest_em", "dpo"]}, "unknown arm 'dpo'"), ({"ks": [1, 32]}, "pass@32 needs"),
-                    ({"samples": 6, "arms": ["grpo"]}, "multiple of samples 6")]:
+                    ({"samples": 6, "arms": ["grpo"]}, "multiple of samples 6"),
+                    ({"endpoint": "localhost:8000"}, "is not a URL"),
+                    ({"endpoint": "http://h/v1", "arms": ["rest_em", "grpo"]}, "drop grpo from arms"),
+                    ({"endpoint": "http://h/v1", "finetune": X._ft(method="full")}, "must be lora")]:
         with pytest.raises(ValueError, match=msg):
             X.Config(**kw)
     X.Config(samples=6, arms=["rest_em"])  # the GRPO group size matters only with the grpo arm
@@ -257,3 +260,57 @@ def test_users_bring_their_own_problems_and_a_regex_checker(tmp_path):
             load_problems(f)
     with pytest.raises(HeredityError, match="not found"):
         load_problems(tmp_path / "missing.jsonl")
+
+
+def test_through_an_endpoint_every_sample_comes_from_the_server_and_each_round_is_loaded_as_an_adapter(tmp_path):
+    """endpoint=...: the loop samples and evaluates only through an OpenAI-compatible server (here `heredity serve`
+    on loopback, over the same store, answering vLLM's /v1/load_lora_adapter); each round's adapter is loaded by its
+    id and sampled unmerged, a continuing chain as one stacked adapter on the base; every sample step points to the
+    stored model it came from. The server's greedy answers are the in-process ones (same prompts, same weights)."""
+    import httpx
+    from conftest import LiveServer, stored_tiny
+
+    from heredity.engine import SampleConfig, sample_step
+    from heredity.experiments import self_training as X
+    from heredity.models import merge_adapter
+    from heredity.store import Store, read_table
+
+    home = tmp_path / "h"
+    store = Store(home)
+    tiny = stored_tiny(store, "tiny-long-peaked", max_position_embeddings=1024, initializer_range=0.5)
+    srv = LiveServer(home)
+    try:
+        url = srv.url + "/v1"
+        cfg = X.Config(base=tiny, endpoint=url, endpoint_model=tiny, train_problems=6, test_problems=3, ood_problems=2,
+                       train_eval=2, levels=[1, 2], samples=3, keep=2, rounds=2, eval_samples=2, ks=[1, 2],
+                       max_new_tokens=8, arms=["rest_em", "rest_em_continue"], checker="test_self_training:accept_all",
+                       shots=0, finetune=X._ft(max_length=512, batch_size=4, epochs=1, lora_r=4, lora_alpha=8))
+        out = X.run(store, cfg, progress=False)
+        res = json.loads((store.path(out["report"]) / "report.json").read_text())["results"]
+        a1, a2 = (x["model"] for x in res["rest_em_continue"])
+        assert store.get(res["rest_em"][1]["model"]).kind == "adapter"
+        assert store.get(res["rest_em"][1]["model"]).meta["base"] == tiny, "from the base, served on the base"
+        assert store.get(a1).kind == "adapter" and store.step_of(a2).op == "stack-adapters"
+        first = store.step_of(a2).inputs[0]
+        assert first == a1 and store.get(a2).meta["base"] == tiny, "a continuing chain is one adapter on the base"
+        steps = [st for d in store.list("dataset") for st in store.producers(d.id) if st.op == "sample"]
+        assert steps and all(st.config["endpoint"] == [st.config["endpoint"][0], url] for st in steps), \
+            "nothing is sampled in process"
+        served = {st.config["endpoint"][0]: st.inputs for st in steps}
+        assert served[tiny] == [tiny] and served[a2] == [a2] and served[a1] == [a1], "each sample step names its model"
+        models = httpx.get(url + "/models").json()["data"]
+        assert {a1, a2, res["rest_em"][0]["model"]} <= {m["id"] for m in models}, "loaded under their ids"
+        # the endpoint's greedy answers for the stacked chain are the in-process answers of the merged chain
+        ps = X._prompts(X.problem_sets(cfg)["test"], cfg.shots)
+        greedy = SampleConfig(temperature=0, max_new_tokens=8, batch_size=cfg.sample_batch)
+        chain_model = merge_adapter(store, store.step_of(a2).inputs[1], name="chain-check")
+        local = read_table(store.path(sample_step(store, chain_model, ps, greedy, progress=False))).column("completion")
+        remote = read_table(store.path(sample_step(store, f"openai:{a2}@{url}", ps, greedy, progress=False, serves=a2)))
+        assert remote.column("completion").to_pylist() == local.to_pylist() and any(local.to_pylist())
+        # the vLLM route's answers: the same name twice is refused (400), a path outside the store is not read (404)
+        r = httpx.post(url + "/load_lora_adapter", json={"lora_name": a1, "lora_path": str(store.path(a1))})
+        assert r.status_code == 400 and "already been loaded" in r.text
+        r = httpx.post(url + "/load_lora_adapter", json={"lora_name": "x", "lora_path": str(tmp_path)})
+        assert r.status_code == 404 and "not an adapter directory in this server's store" in r.text
+    finally:
+        srv.stop()

@@ -524,29 +524,30 @@ def _sample_remote(model, prompts, config: SampleConfig, progress: bool) -> list
     if config.grammar:
         raise HeredityError("a grammar (constrained decoding) needs a local model: an openai: endpoint does not take one")
 
+    common = dict(
+        model=model.model, n=config.n, temperature=config.temperature, top_p=config.top_p,
+        max_tokens=config.max_new_tokens, stop=config.stop or None, seed=config.seed,
+        **({"logit_bias": {str(k): v for k, v in config.logit_bias.items()}} if config.logit_bias else {}),
+        **({"presence_penalty": config.presence_penalty} if config.presence_penalty else {}),
+        **({"frequency_penalty": config.frequency_penalty} if config.frequency_penalty else {}),
+    )
+
     def one(i: int) -> list[Completion]:
         p = prompts[i]
-        messages = as_messages(p)
-        if config.system_prompt is not None and messages[0].get("role") != "system":
-            messages = [{"role": "system", "content": config.system_prompt}, *messages]
+        raw = isinstance(p, str) and not config.chat  # plain text, no chat template: the completions route, as in process
         try:
-            r = client.chat.completions.create(
-                model=model.model,
-                messages=messages,
-                n=config.n,
-                temperature=config.temperature,
-                top_p=config.top_p,
-                max_tokens=config.max_new_tokens,
-                stop=config.stop or None,
-                seed=config.seed,
-                **({"logit_bias": {str(k): v for k, v in config.logit_bias.items()}} if config.logit_bias else {}),
-                **({"presence_penalty": config.presence_penalty} if config.presence_penalty else {}),
-                **({"frequency_penalty": config.frequency_penalty} if config.frequency_penalty else {}),
-            )
+            if raw:
+                r = client.completions.create(prompt=p, **common)
+            else:
+                messages = as_messages(p)
+                if config.system_prompt is not None and messages[0].get("role") != "system":
+                    messages = [{"role": "system", "content": config.system_prompt}, *messages]
+                r = client.chat.completions.create(messages=messages, **common)
         except Exception as e:
             raise HeredityError(f"endpoint {model.base_url} failed for model {model.model}: {type(e).__name__}: {e}") from e
         return [
-            Completion(i, k, ch.message.content or "", [], "length" if ch.finish_reason == "length" else "stop")
+            Completion(i, k, (ch.text if raw else ch.message.content) or "", [],
+                       "length" if ch.finish_reason == "length" else "stop")
             for k, ch in enumerate(sorted(r.choices, key=lambda c: c.index))
         ]
 
@@ -568,9 +569,14 @@ def completions(store, dataset_id: str) -> list[str]:
     return read_table(store.path(dataset_id)).column("completion").to_pylist()
 
 
-def sample_step(store, model_spec: str, prompts: Sequence[Prompt], config: SampleConfig | None = None, name: str = "samples", progress=True) -> str:
+def sample_step(store, model_spec: str, prompts: Sequence[Prompt], config: SampleConfig | None = None, name: str = "samples",
+                progress=True, serves: str | None = None) -> str:
     """Sample as a store step: a dataset artifact (prompt, sample_index, completion, finish_reason) whose
-    lineage points to the model. Memoized on (model, prompts, config)."""
+    lineage points to the model. Memoized on (model, prompts, config).
+
+    ``serves``: for an ``openai:`` spec, the stored model or adapter the endpoint serves under that name (e.g. an
+    adapter it loaded from the store): it enters the step's key and lineage, so the samples point to the weights
+    that wrote them. Without it an endpoint's samples are keyed by (model name, URL) alone."""
     import hashlib
     import json
 
@@ -581,13 +587,18 @@ def sample_step(store, model_spec: str, prompts: Sequence[Prompt], config: Sampl
     spec = parse_spec(model_spec)
     remote = spec.kind == "openai"
     endpoint = [spec.value, spec.base_url] if remote else None  # (model, base URL) of an OpenAI-compatible server
-    inputs = [] if remote else [materialize(spec, store)]
+    if serves is not None and not remote:
+        raise HeredityError(f"serves= names what an openai: endpoint serves; {model_spec!r} is not an endpoint")
+    inputs = ([materialize(serves, store)] if serves else []) if remote else [materialize(spec, store)]
     prompts_json = json.dumps(list(prompts), sort_keys=True)
     cfg = {
         "sample": config.model_dump(mode="json"),
         "prompts_sha256": hashlib.sha256(prompts_json.encode()).hexdigest(),
         "num_prompts": len(prompts),
         **({"endpoint": endpoint} if remote else {}),
+        # text prompts with chat=False go to an endpoint's completions route (they went, wrongly, to its chat route
+        # before): in the key, so such samples made the old way are never returned for the new meaning
+        **({"route": "completions"} if remote and not config.chat and any(isinstance(p, str) for p in prompts) else {}),
     }
 
     def run(ctx):

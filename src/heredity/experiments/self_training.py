@@ -38,7 +38,7 @@ from heredity.data.problems import problems as make_problems
 from heredity.engine import FinetuneConfig, SampleConfig, finetune, sample_step
 from heredity.errors import HeredityError
 from heredity.evals.verify import final_answer, load_checker, pass_at_k
-from heredity.models import materialize, merge_adapter
+from heredity.models import RemoteModel, materialize, merge_adapter, stack_adapters
 from heredity.store import Store, read_table
 
 PROMPT = ("Solve the problem. Write one line per step, then the final answer on its own line as '#### N'.\n\n"
@@ -100,6 +100,12 @@ class Config(BaseModel):
         "worked examples in the fine-tuning rows' prompts: 0 trains on problem -> solution, as ReST-EM and STaR do "
         "(and a third of the tokens); every model is still sampled and evaluated with `shots`"))
     sample_batch: int = Field(64, ge=1)
+    endpoint: str | None = Field(None, description=(
+        "base URL of an OpenAI-compatible server (vLLM) serving `base` with runtime LoRA loading: every sample and "
+        "evaluation goes there, each round's adapter loaded by its id from this store (the server must read its "
+        "files); fine-tuning stays in process. vLLM: VLLM_ALLOW_RUNTIME_LORA_UPDATING=True vllm serve BASE "
+        "--enable-lora --max-lora-rank R (R >= rounds x lora_r for rest_em_continue)"))
+    endpoint_model: str | None = Field(None, description="the name the endpoint serves the base under (default: base)")
     seed: int = 0
 
     @model_validator(mode="after")
@@ -110,6 +116,15 @@ class Config(BaseModel):
         big = [k for k in self.ks if not 1 <= k <= self.eval_samples]
         if big:
             raise ValueError(f"pass@{big[0]} needs 1 <= k <= eval_samples ({self.eval_samples}); raise eval_samples or drop it")
+        if self.endpoint is not None:
+            if not self.endpoint.startswith(("http://", "https://")):
+                raise ValueError(f"endpoint {self.endpoint!r} is not a URL; give the server's base, e.g. http://localhost:8000/v1")
+            if self.finetune.method != "lora":
+                raise ValueError("an endpoint serves trained models as LoRA adapters on its base; with endpoint set, "
+                                 "finetune.method must be lora")
+            if "grpo" in self.arms:
+                raise ValueError("the grpo arm trains and samples in process (TRL), not through the endpoint; with "
+                                 "endpoint set, drop grpo from arms")
         if "grpo" in self.arms and self.grpo_batch % self.samples:
             raise ValueError(f"grpo_batch {self.grpo_batch} must be a multiple of samples {self.samples} (GRPO's group size)")
         return self
@@ -151,11 +166,11 @@ def _prompts(ps: list[dict], shots: int, hint: bool = False) -> list[str]:
 
 
 def _samples(store: Store, model: str, ps: list[dict], n: int, temperature: float, config: Config, name: str,
-             seed: int = 0, progress: bool = True, hint: bool = False) -> tuple[str, list[list[str]]]:
+             seed: int = 0, progress: bool = True, hint: bool = False, serves: str | None = None) -> tuple[str, list[list[str]]]:
     cfg = SampleConfig(n=n, temperature=temperature, seed=seed, max_new_tokens=config.max_new_tokens,
                        batch_size=config.sample_batch, stop=[STOP] if config.shots else [])
     prompts = _prompts(ps, config.shots, hint)
-    did = sample_step(store, model, prompts, cfg, name=name, progress=progress)
+    did = sample_step(store, model, prompts, cfg, name=name, progress=progress, serves=serves)
     rows = read_table(store.path(did)).to_pylist()
     out: list[list[str]] = [[] for _ in ps]
     by_prompt = {p: i for i, p in enumerate(prompts)}
@@ -183,8 +198,9 @@ def verified_set(ps: list[dict], samples: list[list[str]], keep: int, check, sho
 
 
 def evaluate(store: Store, model: str, sets: dict[str, list[dict]], config: Config, check, label: str,
-             progress: bool = True) -> dict:
-    """Greedy pass@1 on test, ood and train; sampled pass@k and majority vote on test."""
+             progress: bool = True, serves: str | None = None) -> dict:
+    """Greedy pass@1 on test, ood and train; sampled pass@k and majority vote on test. ``model`` is what sampling
+    names (an ``openai:`` spec at an endpoint, which then ``serves`` that stored model)."""
     from heredity.reports.stats import rate_ci
 
     out = {}
@@ -192,12 +208,12 @@ def evaluate(store: Store, model: str, sets: dict[str, list[dict]], config: Conf
         if not sets[split]:  # a user's file may have no ood split
             continue
         ps = sets[split] if split != "train" else train_subset(sets["train"], config.train_eval)
-        _, comps = _samples(store, model, ps, 1, 0.0, config, f"greedy-{split}-{label}", progress=progress)
+        _, comps = _samples(store, model, ps, 1, 0.0, config, f"greedy-{split}-{label}", progress=progress, serves=serves)
         right = [check(p, c[0]) for p, c in zip(ps, comps, strict=True)]
         out[f"greedy_{split}"] = rate_ci(sum(right), len(right))
         out[f"greedy_{split}_items"] = [int(x) for x in right]  # per problem, for the paired comparisons
     _, comps = _samples(store, model, sets["test"], config.eval_samples, config.temperature, config, f"eval-test-{label}",
-                        seed=1, progress=progress)
+                        seed=1, progress=progress, serves=serves)
     correct = np.array([[check(p, c) for c in cs] for p, cs in zip(sets["test"], comps, strict=True)])
     rng = np.random.default_rng(config.seed)
     for k in config.ks:
@@ -264,21 +280,40 @@ def run(store: Store, config: Config, progress: bool = True) -> dict:
     base = materialize(config.base, store)
     sets = problem_sets(config)
     ft = config.finetune.model_copy(update={"seed": config.seed})
-    results: dict[str, list[dict]] = {"base": [{"round": 0, "model": base, "eval": evaluate(store, base, sets, config, check, "base", progress)}]}
+    remote = RemoteModel(config.endpoint_model or config.base, config.endpoint) if config.endpoint else None
+
+    def served(model: str) -> dict:
+        """How sampling names ``model``: in process its id; at an endpoint the name the server serves it under (the
+        base as it is, an adapter loaded by its id), with the stored model it stands for in the samples' lineage."""
+        if remote is None:
+            return {"model": model}
+        name = remote.model if model == base else remote.load_adapter(model, store.path(model)).model
+        return {"model": f"openai:{name}@{remote.base_url}", "serves": model}
+
+    def ev(model: str, label: str) -> dict:
+        s = served(model)
+        return evaluate(store, s["model"], sets, config, check, label, progress, serves=s.get("serves"))
+
+    results: dict[str, list[dict]] = {"base": [{"round": 0, "model": base, "eval": ev(base, "base")}]}
 
     def train(start: str, rows: list[dict], name: str, sources: list[str]) -> str:
         """Fine-tune ``start`` on ``rows`` (a dataset whose lineage points to ``sources``: the samples, or the base
-        for the gold solutions)."""
+        for the gold solutions); the adapter (LoRA) or the model."""
         data = put_rows(store, rows, name, op="make-verified-set", config={"checker": config.checker, "keep": config.keep},
                         inputs=sources)
-        res = finetune(store, start, data, ft, progress=progress)
-        return merge_adapter(store, res["model"], name=name) if ft.method == "lora" else res["model"]
+        return finetune(store, start, data, ft, progress=progress)["model"]
+
+    def merged(trained: str, name: str) -> str:
+        """A trained LoRA adapter folded into its base (the model a continuing round trains on, and, in process,
+        the model sampled); a full fine-tune as it is."""
+        return merge_adapter(store, trained, name=name) if ft.method == "lora" else trained
 
     if "sft_gold" in config.arms:
         log("[self-training] sft_gold")
         rows = [{"prompt": prompt_of(p, config.train_shots), "completion": p["solution"]} for p in sets["train"]]
-        m = train(base, rows, "self-training-gold", [base])
-        results["sft_gold"] = [{"round": 1, "model": m, "eval": evaluate(store, m, sets, config, check, "sft_gold", progress)}]
+        a = train(base, rows, "self-training-gold", [base])
+        m = a if remote else merged(a, "self-training-gold")  # an endpoint serves the adapter on its base
+        results["sft_gold"] = [{"round": 1, "model": m, "eval": ev(m, "sft_gold")}]
     # arm: (rounds, fine-tune from the base?, draws) — each draw is `samples` per problem with its own seed; round r
     # draws with seed r, except compute_matched's one round, which draws with seeds 1..rounds from the base: the same
     # distribution as one draw of rounds x samples, and its first draw is rest_em's round-1 draw (one step, computed
@@ -290,14 +325,17 @@ def run(store: Store, config: Config, progress: bool = True) -> dict:
     for arm, (rounds, from_base, seeds) in chains.items():
         if arm not in config.arms:
             continue
-        model, results[arm] = base, []
+        # model: what this round samples from; start: what a continuing round trains on (the last model, merged);
+        # chain: the adapters so far (an endpoint serves a continuing chain as one stacked adapter on the base)
+        model, start, chain, results[arm] = base, base, [], []
         for r in range(1, rounds + 1):
             draws = seeds or [r]
             log(f"[self-training] {arm} round {r}/{rounds}: {len(draws) * config.samples} samples per problem")
             sources, comps = [], [[] for _ in sets["train"]]
+            src = served(model)
             for seed in draws:
-                sid, got = _samples(store, model, sets["train"], config.samples, config.temperature, config,
-                                    f"train-samples-{arm}-{seed}", seed=seed, progress=progress)
+                sid, got = _samples(store, src["model"], sets["train"], config.samples, config.temperature, config,
+                                    f"train-samples-{arm}-{seed}", seed=seed, progress=progress, serves=src.get("serves"))
                 sources.append(sid)
                 comps = [a + b for a, b in zip(comps, got, strict=True)]
             rows, kept = verified_set(sets["train"], comps, config.keep, check, config.train_shots)
@@ -305,8 +343,9 @@ def run(store: Store, config: Config, progress: bool = True) -> dict:
                 done = {r["prompt"] for r in rows}
                 failed = [p for p in sets["train"] if prompt_of(p, config.train_shots) not in done]
                 if failed:
-                    hid, hinted = _samples(store, model, failed, config.samples, config.temperature, config, f"rationalize-{arm}-{r}",
-                                           seed=r, progress=progress, hint=True)
+                    hid, hinted = _samples(store, src["model"], failed, config.samples, config.temperature, config,
+                                           f"rationalize-{arm}-{r}", seed=r, progress=progress, hint=True,
+                                           serves=src.get("serves"))
                     more, rat = verified_set(failed, hinted, config.keep, check, config.train_shots)  # the question alone
                     rows += more
                     kept = {**kept, "rationalized_rows": rat["rows"], "rationalized_problems": rat["problems_with_any"],
@@ -316,10 +355,17 @@ def run(store: Store, config: Config, progress: bool = True) -> dict:
                 results[arm].append({"round": r, "model": None, "kept": kept, "eval": None})
                 log(f"[self-training] {arm} round {r}: nothing verified; the chain stops")
                 break
-            model = train(base if from_base else model, [{k: v for k, v in x.items() if k != "steps"} for x in rows],
-                          f"self-training-{arm}-{r}", sources)
-            results[arm].append({"round": r, "model": model, "kept": kept,
-                                 "eval": evaluate(store, model, sets, config, check, f"{arm}-{r}", progress)})
+            name = f"self-training-{arm}-{r}"
+            trained = train(base if from_base else start, [{k: v for k, v in x.items() if k != "steps"} for x in rows],
+                            name, sources)
+            chain.append(trained)
+            if remote is None:
+                model = start = merged(trained, name)
+            else:  # the same training as in process (a continuing round trains on the same merged model)
+                model = trained if from_base or len(chain) == 1 else stack_adapters(store, chain, name=f"{name}-stacked")
+                if not from_base and r < rounds:
+                    start = merged(trained, name)
+            results[arm].append({"round": r, "model": model, "kept": kept, "eval": ev(model, f"{arm}-{r}")})
     if "grpo" in config.arms:
         from heredity.engine.trl_rl import TRLConfig, grpo_verifiable_step
 
@@ -333,7 +379,7 @@ def run(store: Store, config: Config, progress: bool = True) -> dict:
         m = grpo_verifiable_step(store, base, data, config.checker, tc, name="self-training-grpo",
                                  stop=[STOP] if config.shots else None, progress=progress)["model"]
         results["grpo"] = [{"round": 1, "model": m, "completions": tc.steps * tc.batch_size,
-                            "eval": evaluate(store, m, sets, config, check, "grpo", progress)}]
+                            "eval": ev(m, "grpo")}]
     report = {"experiment": "self-training", "config": config.model_dump(), "results": results,
               "problems": {k: len(v) for k, v in sets.items()}, "seconds": round(time.perf_counter() - t0, 1)}
     report["comparisons"] = compare(results)

@@ -10,6 +10,7 @@ from heredity.models.registry import (
     materialize,
     merge_adapter,
     parse_spec,
+    stack_adapters,
 )
 
-__all__ = ["BUNDLED", "ModelSpec", "RemoteModel", "base_model_id", "default_device", "load", "materialize", "merge_adapter", "parse_spec"]
+__all__ = ["BUNDLED", "ModelSpec", "RemoteModel", "base_model_id", "default_device", "load", "materialize", "merge_adapter", "parse_spec", "stack_adapters"]

@@ -50,7 +50,7 @@ class ModelSpec:
 
 @dataclass(frozen=True)
 class RemoteModel:
-    """An OpenAI-compatible endpoint: ``sample`` sends chat completions to it."""
+    """An OpenAI-compatible endpoint: ``sample`` sends chat completions to it (text completions for raw text)."""
 
     model: str
     base_url: str
@@ -59,6 +59,35 @@ class RemoteModel:
         from openai import OpenAI
 
         return OpenAI(base_url=self.base_url, api_key=os.environ.get("OPENAI_API_KEY") or "none")
+
+    def load_adapter(self, name: str, path: str | Path) -> RemoteModel:
+        """Have the server load a PEFT LoRA adapter directory at runtime and serve it as ``name`` on the base it
+        serves (vLLM's ``POST /v1/load_lora_adapter``, which ``heredity serve`` also answers); returns the endpoint
+        model for it. The path is read by the server: it must see the same filesystem. A name already loaded is
+        kept (callers name adapters by their content-addressed id, so the same name is the same weights)."""
+        import httpx
+
+        url = self.base_url.rstrip("/") + "/load_lora_adapter"
+        key = os.environ.get("OPENAI_API_KEY") or "none"
+        try:
+            r = httpx.post(url, json={"lora_name": name, "lora_path": str(path)}, timeout=600,
+                           headers={"Authorization": f"Bearer {key}"})
+        except httpx.HTTPError as e:
+            raise HeredityError(f"endpoint {self.base_url} failed to load adapter {name}: {type(e).__name__}: {e}") from e
+        if r.status_code < 400 or (r.status_code == 400 and "already been loaded" in r.text):
+            return RemoteModel(name, self.base_url)
+        try:
+            body = r.json()
+            err = body.get("error") if isinstance(body, dict) else None
+            message = (err.get("message") if isinstance(err, dict) else err) or body.get("message")
+        except (ValueError, AttributeError):
+            message = None
+        if r.status_code in (404, 405) and not message:  # no such route (FastAPI's {"detail": "Not Found"})
+            raise HeredityError(
+                f"endpoint {self.base_url} cannot load LoRA adapters at runtime ({r.status_code} from {url}); serve the base "
+                "with vLLM: VLLM_ALLOW_RUNTIME_LORA_UPDATING=True vllm serve BASE --enable-lora --max-lora-rank R")
+        detail = " ".join(str(message or r.text).split())[:300]
+        raise HeredityError(f"endpoint {self.base_url} refused to load adapter {name} from {path}: {r.status_code} {detail}")
 
 
 def parse_spec(spec: str) -> ModelSpec:
@@ -294,6 +323,72 @@ def _sha256(path: Path) -> str:
         while chunk := f.read(1 << 22):
             h.update(chunk)
     return h.hexdigest()
+
+
+STACKABLE = {"peft_type": "LORA", "use_dora": False, "use_rslora": False, "bias": "none", "fan_in_fan_out": False}
+
+
+def stack_adapters(store: Store, adapters: list[str], name: str | None = None) -> str:
+    """One LoRA adapter on the first adapter's base for a chain of adapters trained one on another: ``a1`` on base
+    B, ``a2`` on ``merge(a1)``, ``a3`` on ``merge(a2)``, ... (what continuing LoRA training round after round makes).
+    B + ΔW1 + ΔW2 + … is itself a LoRA of rank r1 + r2 + …: A stacks the A's, B puts the B's side by side, each
+    times its scale α/r, under α = rank (scale 1). Exact up to float rounding, so a server that serves adapters
+    on one base (vLLM) can serve the chain's last model; it needs a max LoRA rank of at least the sum."""
+    ids = [materialize(a, store) for a in adapters]
+    if not ids:
+        raise HeredityError("stack-adapters needs at least one adapter")
+    arts = [store.get(a) for a in ids]
+    bad = next((a for a in arts if a.kind != "adapter"), None)
+    if bad is not None:
+        raise HeredityError(f"{bad.id} is a {bad.kind}, not an adapter; stack-adapters takes adapter ids (a-...)")
+    for prev, nxt in zip(ids, ids[1:], strict=False):
+        b = store.get(nxt).meta.get("base")
+        st = store.step_of(b) if b else None
+        if st is None or st.op != "merge-adapter" or list(st.inputs) != [prev]:
+            raise HeredityError(f"{nxt} was not trained on {prev} merged into its base; stack-adapters takes a chain "
+                                "a1, a2, ... where each adapter was trained on the merge of the one before")
+    if len(ids) == 1:
+        return ids[0]
+    name = name or f"{arts[-1].name}-stacked"
+
+    def run(ctx: StepContext) -> dict:
+        import json
+
+        import torch
+        from safetensors.torch import load_file, save_file
+
+        arts = [store.get(a) for a in ids]  # the inputs, read inside the step
+        cfgs = [json.loads((a.path / "adapter_config.json").read_text()) for a in arts]
+        for a, c in zip(arts, cfgs, strict=True):
+            off = {k: c.get(k) for k, v in STACKABLE.items() if c.get(k, v) != v}
+            off.update({k: c[k] for k in ("rank_pattern", "alpha_pattern", "modules_to_save") if c.get(k)})
+            if off:
+                raise HeredityError(f"{a.id} is not a plain LoRA adapter ({off}); stack-adapters stacks plain LoRA only")
+            if sorted(c["target_modules"]) != sorted(cfgs[0]["target_modules"]):
+                raise HeredityError(f"{a.id} adapts other modules than {arts[0].id}; a stack needs the same target modules")
+        weights = [load_file(str(a.path / "adapter_model.safetensors")) for a in arts]
+        if any(set(w) != set(weights[0]) for w in weights):
+            raise HeredityError("the adapters hold different tensors; a stack needs the same modules in each")
+        out_w = {}
+        for k in sorted(weights[0]):
+            if ".lora_A." in k:
+                out_w[k] = torch.cat([w[k] for w in weights], dim=0).contiguous()
+            elif ".lora_B." in k:
+                out_w[k] = torch.cat([w[k] * (c["lora_alpha"] / c["r"]) for w, c in zip(weights, cfgs, strict=True)],
+                                     dim=1).to(weights[0][k].dtype).contiguous()
+            else:
+                raise HeredityError(f"tensor {k} is neither lora_A nor lora_B; stack-adapters stacks plain LoRA only")
+        rank = sum(c["r"] for c in cfgs)
+        out = ctx.output("adapter", "adapter", name, meta={"base": arts[0].meta.get("base"), "origin": f"stack:{','.join(ids)}"})
+        for f in arts[-1].path.iterdir():  # tokenizer and template files as the last adapter has them
+            if f.is_file() and f.name not in ("adapter_config.json", "adapter_model.safetensors"):
+                shutil.copy2(f, out / f.name)
+        save_file(out_w, str(out / "adapter_model.safetensors"), metadata={"format": "pt"})
+        cfg = {**cfgs[0], "r": rank, "lora_alpha": rank}
+        (out / "adapter_config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
+        return {"rank": rank, "adapters": len(ids)}
+
+    return store.run_step("stack-adapters", {"adapters": ids, "name": name}, ids, run)["adapter"]
 
 
 def merge_adapter(store: Store, adapter: str, name: str | None = None) -> str:

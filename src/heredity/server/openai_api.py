@@ -1,5 +1,5 @@
 """OpenAI-compatible routes: GET /v1/models (and /v1/models/{id}), POST /v1/chat/completions, /v1/completions,
-/v1/embeddings.
+/v1/embeddings; and vLLM's POST /v1/load_lora_adapter and /v1/unload_lora_adapter (for adapters in this store).
 
 Answers follow OpenAI's shapes (``chat.completion``, ``chat.completion.chunk`` over server-sent events,
 ``text_completion`` with ``logprobs``) so the official ``openai`` client works unchanged. One extension:
@@ -30,6 +30,8 @@ from heredity.server.schemas import (
     ChatRequest,
     CompletionRequest,
     EmbeddingRequest,
+    LoadAdapter,
+    UnloadAdapter,
 )
 from heredity.store.conversations import ConflictError, continues
 
@@ -106,6 +108,33 @@ def _embed_lm(model, ids: list[list[int]], pad: int):
             v = (h * m).sum(1) / m.sum(1)
             out.append(torch.nn.functional.normalize(v.float(), dim=-1).cpu())
     return torch.cat(out).numpy()
+
+
+@router.post("/load_lora_adapter", response_model=None)
+async def load_lora_adapter(req: LoadAdapter, request: Request):
+    """vLLM's runtime LoRA loading, for adapters in this server's store: afterwards ``lora_name`` names the adapter
+    in every route (a client written for vLLM, such as ``heredity run self-training --set endpoint=...``, works
+    unchanged). The answer is vLLM's: plain text on success, 400 when the name is taken."""
+    from fastapi.responses import PlainTextResponse
+
+    try:
+        await asyncio.to_thread(request.app.state.pool.load_adapter, req.lora_name, req.lora_path, req.load_inplace)
+    except ValueError as e:
+        raise ApiError(400, str(e), "invalid_request_error", param="lora_name") from None
+    except HeredityError as e:
+        raise ApiError(404, str(e), "model_not_found", param="lora_path") from None
+    return PlainTextResponse(f"Success: LoRA adapter '{req.lora_name}' added successfully.")
+
+
+@router.post("/unload_lora_adapter", response_model=None)
+async def unload_lora_adapter(req: UnloadAdapter, request: Request):
+    from fastapi.responses import PlainTextResponse
+
+    try:
+        request.app.state.pool.unload_adapter(req.lora_name)
+    except HeredityError as e:
+        raise ApiError(404, str(e), "model_not_found", param="lora_name") from None
+    return PlainTextResponse(f"Success: LoRA adapter '{req.lora_name}' removed successfully.")
 
 
 @router.post("/embeddings")
@@ -585,7 +614,7 @@ async def completions(req: CompletionRequest, request: Request):
 
 
 ROUTES = ["GET /v1/models", "GET /v1/models/{id}", "POST /v1/chat/completions", "POST /v1/completions",
-          "POST /v1/embeddings"]
+          "POST /v1/embeddings", "POST /v1/load_lora_adapter", "POST /v1/unload_lora_adapter"]
 
 
 @router.api_route("/{rest:path}", methods=["GET", "POST", "PUT", "PATCH", "DELETE"], include_in_schema=False)

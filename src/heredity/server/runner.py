@@ -198,9 +198,38 @@ class ModelPool:
         self.hosts: OrderedDict[str, ModelHost] = OrderedDict()
         self.lock = threading.Lock()  # guards ``hosts``; never held while a model loads
         self.loading: dict[str, threading.Lock] = {}
+        self.aliases: dict[str, str] = {}  # names given by POST /v1/load_lora_adapter → stored adapter ids
+
+    def load_adapter(self, name: str, path: str, inplace: bool = False) -> str:
+        """Serve the stored adapter whose directory is ``path`` as ``name`` (vLLM's runtime LoRA loading, limited
+        to this store: a path outside it is refused, so nothing is read from elsewhere on the disk)."""
+        from pathlib import Path
+
+        name, p = name.strip(), Path(path).expanduser()
+        aid = p.name
+        try:
+            art = self.store.get(aid) if ID_PREFIX_RE.match(aid) else None
+        except HeredityError:
+            art = None
+        if art is None or art.kind != "adapter" or art.path.resolve() != p.resolve() or _is_reward_model(art):
+            raise ModelNotFound(f"lora_path {path} is not an adapter directory in this server's store; heredity serve "
+                                f"loads stored adapters only (their directories are under {self.store.artifacts_dir})")
+        with self.lock:
+            if name in self.aliases and not inplace:
+                raise ValueError(f"The lora adapter '{name}' has already been loaded. If you want to load the adapter "
+                                 "in place, set 'load_inplace' to True.")
+            self.aliases[name] = art.id
+        return art.id
+
+    def unload_adapter(self, name: str) -> None:
+        with self.lock:
+            if self.aliases.pop(name.strip(), None) is None:
+                raise ModelNotFound(f"The lora adapter '{name}' cannot be found.")
 
     def resolve(self, name: str) -> str:
         name = (name or "").strip()
+        if name in self.aliases:
+            return self.aliases[name]
         if name in BUNDLED:
             return materialize(name, self.store)
         if ID_PREFIX_RE.match(name):
@@ -245,6 +274,7 @@ class ModelPool:
     def listing(self) -> list[dict]:
         """Bundled models (whether converted yet or not) and every stored model and adapter (reward models excluded)."""
         out = [{"id": name, "kind": "bundled", "name": name, "created": 0} for name in BUNDLED]
+        out += [{"id": alias, "kind": "adapter", "name": aid, "created": 0} for alias, aid in list(self.aliases.items())]
         for a in self.store.list():
             if a.kind in ("model", "adapter") and not _is_reward_model(a):
                 out.append({"id": a.id, "kind": a.kind, "name": a.name, "created": int(a.created_at.timestamp())})

@@ -241,6 +241,21 @@ class EmbeddingRequest(BaseModel):
     user: str | None = Field(None, max_length=200)
 
 
+class LoadAdapter(BaseModel):
+    """vLLM's runtime LoRA loading request (``POST /v1/load_lora_adapter``), for adapters in this server's store."""
+
+    model_config = ConfigDict(extra="forbid")
+    lora_name: ModelName
+    lora_path: str = Field(min_length=1, max_length=4096, description="the adapter's directory in this server's store")
+    load_inplace: bool = Field(False, description="replace an adapter already loaded under lora_name")
+
+
+class UnloadAdapter(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    lora_name: ModelName
+    lora_int_id: int | None = Field(None, description="accepted for vLLM compatibility; the name decides")
+
+
 class NewConversation(BaseModel):
     model: ModelName
     system_prompt: str | None = Field(None, max_length=MAX_MESSAGE_CHARS)

@@ -54,6 +54,7 @@ OPS: dict[str, Op] = {
     "init-tiny": Op(1, ("heredity.models.registry:materialize",)),
     "import-model": Op(1, ("heredity.models.registry:materialize",)),
     "merge-adapter": Op(1, ("heredity.models.registry:merge_adapter",)),
+    "stack-adapters": Op(1, ("heredity.models.registry:stack_adapters",)),
     # engine
     "sample": Op(2, ("heredity.engine.sampling:sample_step",), "v2: the fused decode step refused for mlp_bias / sliding-window models, whose samples it got wrong"),
     "finetune": Op(1, ("heredity.engine.finetune:finetune",), distributed=True),
