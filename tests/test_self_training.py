@@ -281,6 +281,12 @@ def test_through_an_endpoint_every_sample_comes_from_the_server_and_each_round_i
     srv = LiveServer(home)
     try:
         url = srv.url + "/v1"
+        import pytest
+
+        from heredity.errors import HeredityError
+
+        with pytest.raises(HeredityError, match="does not serve 'no-such-base'.*endpoint_model"):
+            X.run(store, X.Config(base=tiny, endpoint=url, endpoint_model="no-such-base"), progress=False)
         cfg = X.Config(base=tiny, endpoint=url, endpoint_model=tiny, train_problems=6, test_problems=3, ood_problems=2,
                        train_eval=2, levels=[1, 2], samples=3, keep=2, rounds=2, eval_samples=2, ks=[1, 2],
                        max_new_tokens=8, arms=["rest_em", "rest_em_continue"], checker="test_self_training:accept_all",

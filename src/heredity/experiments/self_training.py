@@ -281,6 +281,8 @@ def run(store: Store, config: Config, progress: bool = True) -> dict:
     sets = problem_sets(config)
     ft = config.finetune.model_copy(update={"seed": config.seed})
     remote = RemoteModel(config.endpoint_model or config.base, config.endpoint) if config.endpoint else None
+    if remote is not None:
+        remote.check_served()
 
     def served(model: str) -> dict:
         """How sampling names ``model``: in process its id; at an endpoint the name the server serves it under (the

@@ -60,6 +60,18 @@ class RemoteModel:
 
         return OpenAI(base_url=self.base_url, api_key=os.environ.get("OPENAI_API_KEY") or "none")
 
+    def check_served(self) -> None:
+        """A one-line error unless the endpoint answers and lists ``model`` in ``GET /models`` (before any work is
+        done against a wrong name or a server that is not up)."""
+        try:
+            ids = [m.id for m in self.client().models.list()]
+        except Exception as e:
+            raise HeredityError(f"endpoint {self.base_url} failed to list its models: {type(e).__name__}: {_first_line(e)}") from e
+        if self.model not in ids:
+            shown = ", ".join(ids[:5]) + (" ..." if len(ids) > 5 else "")
+            raise HeredityError(f"endpoint {self.base_url} does not serve {self.model!r} (it serves: {shown or 'nothing'}); "
+                                "name the served base (endpoint_model) as GET /v1/models lists it")
+
     def load_adapter(self, name: str, path: str | Path) -> RemoteModel:
         """Have the server load a PEFT LoRA adapter directory at runtime and serve it as ``name`` on the base it
         serves (vLLM's ``POST /v1/load_lora_adapter``, which ``heredity serve`` also answers); returns the endpoint
