@@ -524,6 +524,8 @@ def plot(r: dict, path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from heredity.reports.card import yerr
+
     arms = list(r["lift"])
     cols = min(len(arms) + 1, 5)  # a heatmap per arm, then the forest plot; rows of at most five panels
     rows = math.ceil((len(arms) + 1) / cols)
@@ -548,8 +550,7 @@ def plot(r: dict, path) -> None:
     for k, arm in enumerate(arms):
         for j, (name, off) in enumerate((("transfer", -0.12), ("specificity", 0.12))):
             t = r["lift"][arm][name]
-            bounded = all(isinstance(t[b], (int, float)) and math.isfinite(t[b]) for b in ("lo", "hi"))  # not with 1 seed
-            ax.errorbar(k + off, t["diff"], yerr=[[max(0, t["diff"] - t["lo"])], [max(0, t["hi"] - t["diff"])]] if bounded else None,
+            ax.errorbar(k + off, t["diff"], yerr=yerr([{"mean": t["diff"], "lo": t["lo"], "hi": t["hi"]}]),  # none: 1 seed
                         fmt="o" if j else "s", capsize=4, color="#1f4e79" if j else "#999", label=name if k == 0 else None)
     ax.axhline(0, color="#a33", ls="--", lw=1)
     ax.set_xticks(range(len(arms)), arms, fontsize=8, rotation=40 if len(arms) > 4 else 0, ha="right" if len(arms) > 4 else "center")
