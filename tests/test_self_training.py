@@ -188,6 +188,7 @@ def test_options_it_cannot_honour_are_refused():
     for kw, msg in [({"arms": ["rest_em", "dpo"]}, "unknown arm 'dpo'"), ({"ks": [1, 32]}, "pass@32 needs"),
                     ({"samples": 6, "arms": ["grpo"]}, "multiple of samples 6"),
                     ({"endpoint": "localhost:8000"}, "is not a URL"),
+                    ({"endpoint_model": "served-base"}, "set endpoint too"),
                     ({"endpoint": "http://h/v1", "arms": ["rest_em", "grpo"]}, "drop grpo from arms"),
                     ({"endpoint": "http://h/v1", "finetune": X._ft(method="full")}, "must be lora")]:
         with pytest.raises(ValueError, match=msg):
@@ -318,5 +319,23 @@ def test_through_an_endpoint_every_sample_comes_from_the_server_and_each_round_i
         assert r.status_code == 400 and "already been loaded" in r.text
         r = httpx.post(url + "/load_lora_adapter", json={"lora_name": "x", "lora_path": str(tmp_path)})
         assert r.status_code == 404 and "not an adapter directory in this server's store" in r.text
+        r = httpx.post(url + "/load_lora_adapter", json={"lora_name": "x", "lora_path": "~nosuchuser/" + a1})
+        assert r.status_code == 404, r.text
+        # a name may not shadow another model: a bundled name, another id, a stored model's name
+        for taken in ("smollm2-135m-instruct", tiny, store.get(tiny).name):
+            r = httpx.post(url + "/load_lora_adapter", json={"lora_name": taken, "lora_path": str(store.path(a1))})
+            assert r.status_code == 400 and "already names a model" in r.text, (taken, r.text)
+        # a new name serves the adapter (listed once under it); in place replaces; unloaded, it is gone
+        ok = httpx.post(url + "/load_lora_adapter", json={"lora_name": "round-1", "lora_path": str(store.path(a1))})
+        assert ok.status_code == 200 and "added successfully" in ok.text
+        ids = [m["id"] for m in httpx.get(url + "/models").json()["data"]]
+        assert ids.count("round-1") == 1 and ids.count(a1) == 1, "an adapter loaded under its own id is listed once"
+        chat = {"model": "round-1", "messages": [{"role": "user", "content": "1+1"}], "max_tokens": 3, "temperature": 0}
+        assert httpx.post(url + "/chat/completions", json=chat).status_code == 200
+        again = {"lora_name": "round-1", "lora_path": str(store.path(a2)), "load_inplace": True}
+        assert httpx.post(url + "/load_lora_adapter", json=again).status_code == 200
+        assert httpx.post(url + "/unload_lora_adapter", json={"lora_name": "round-1"}).status_code == 200
+        assert httpx.post(url + "/chat/completions", json=chat).status_code == 404
+        assert httpx.post(url + "/unload_lora_adapter", json={"lora_name": "round-1"}).status_code == 404
     finally:
         srv.stop()

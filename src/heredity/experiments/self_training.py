@@ -104,7 +104,8 @@ class Config(BaseModel):
         "base URL of an OpenAI-compatible server (vLLM) serving `base` with runtime LoRA loading: every sample and "
         "evaluation goes there, each round's adapter loaded by its id from this store (the server must read its "
         "files); fine-tuning stays in process. vLLM: VLLM_ALLOW_RUNTIME_LORA_UPDATING=True vllm serve BASE "
-        "--enable-lora --max-lora-rank R (R >= rounds x lora_r for rest_em_continue)"))
+        "--enable-lora --max-lora-rank R (R >= lora_r, and >= rounds x lora_r for rest_em_continue, rounded up to "
+        "one of vLLM's ranks: 8, 16, 32, 64, ...)"))
     endpoint_model: str | None = Field(None, description="the name the endpoint serves the base under (default: base)")
     seed: int = 0
 
@@ -116,6 +117,8 @@ class Config(BaseModel):
         big = [k for k in self.ks if not 1 <= k <= self.eval_samples]
         if big:
             raise ValueError(f"pass@{big[0]} needs 1 <= k <= eval_samples ({self.eval_samples}); raise eval_samples or drop it")
+        if self.endpoint_model is not None and self.endpoint is None:
+            raise ValueError("endpoint_model names the base an endpoint serves; set endpoint too (or drop endpoint_model)")
         if self.endpoint is not None:
             if not self.endpoint.startswith(("http://", "https://")):
                 raise ValueError(f"endpoint {self.endpoint!r} is not a URL; give the server's base, e.g. http://localhost:8000/v1")
@@ -277,12 +280,12 @@ def run(store: Store, config: Config, progress: bool = True) -> dict:
     t0 = time.perf_counter()
     log = (lambda *a: print(*a, flush=True)) if progress else (lambda *a: None)
     check = load_checker(config.checker)
+    remote = RemoteModel(config.endpoint_model or config.base, config.endpoint) if config.endpoint else None
+    if remote is not None:
+        remote.check_served()  # before any work: a server that is down or serves another name is one line now
     base = materialize(config.base, store)
     sets = problem_sets(config)
     ft = config.finetune.model_copy(update={"seed": config.seed})
-    remote = RemoteModel(config.endpoint_model or config.base, config.endpoint) if config.endpoint else None
-    if remote is not None:
-        remote.check_served()
 
     def served(model: str) -> dict:
         """How sampling names ``model``: in process its id; at an endpoint the name the server serves it under (the

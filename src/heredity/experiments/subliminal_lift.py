@@ -550,7 +550,8 @@ def plot(r: dict, path) -> None:
     for k, arm in enumerate(arms):
         for j, (name, off) in enumerate((("transfer", -0.12), ("specificity", 0.12))):
             t = r["lift"][arm][name]
-            ax.errorbar(k + off, t["diff"], yerr=yerr([{"mean": t["diff"], "lo": t["lo"], "hi": t["hi"]}]),  # none: 1 seed
+            bars = yerr([{"mean": t["diff"], "lo": t["lo"], "hi": t["hi"]}])
+            ax.errorbar(k + off, t["diff"], yerr=bars if any(bars[0] + bars[1]) else None,  # 1 seed: no bar
                         fmt="o" if j else "s", capsize=4, color="#1f4e79" if j else "#999", label=name if k == 0 else None)
     ax.axhline(0, color="#a33", ls="--", lw=1)
     ax.set_xticks(range(len(arms)), arms, fontsize=8, rotation=40 if len(arms) > 4 else 0, ha="right" if len(arms) > 4 else "center")

@@ -66,7 +66,8 @@ class RemoteModel:
         try:
             ids = [m.id for m in self.client().models.list()]
         except Exception as e:
-            raise HeredityError(f"endpoint {self.base_url} failed to list its models: {type(e).__name__}: {_first_line(e)}") from e
+            raise HeredityError(f"endpoint {self.base_url} failed to list its models ({type(e).__name__}: {_first_line(e)}); "
+                                "is the server up, and does the URL end in /v1?") from e
         if self.model not in ids:
             shown = ", ".join(ids[:5]) + (" ..." if len(ids) > 5 else "")
             raise HeredityError(f"endpoint {self.base_url} does not serve {self.model!r} (it serves: {shown or 'nothing'}); "
@@ -99,7 +100,9 @@ class RemoteModel:
                 f"endpoint {self.base_url} cannot load LoRA adapters at runtime ({r.status_code} from {url}); serve the base "
                 "with vLLM: VLLM_ALLOW_RUNTIME_LORA_UPDATING=True vllm serve BASE --enable-lora --max-lora-rank R")
         detail = " ".join(str(message or r.text).split())[:300]
-        raise HeredityError(f"endpoint {self.base_url} refused to load adapter {name} from {path}: {r.status_code} {detail}")
+        hint = ("; start the server with a larger --max-lora-rank (vLLM takes 8, 16, 32, 64, 128, ...)"
+                if "rank" in detail.lower() else "; the server must read this store's files at that path")
+        raise HeredityError(f"endpoint {self.base_url} refused to load adapter {name} from {path}: {r.status_code} {detail}{hint}")
 
 
 def parse_spec(spec: str) -> ModelSpec:

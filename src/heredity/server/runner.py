@@ -24,7 +24,7 @@ from heredity.engine.sampling import Completion, Prompt, SampleConfig, TokenCall
 from heredity.errors import HeredityError
 from heredity.models import BUNDLED, load, materialize
 from heredity.store import Store
-from heredity.store.store import ID_PREFIX_RE
+from heredity.store.store import ID_PREFIX_RE, ID_RE
 
 
 class ModelNotFound(HeredityError):
@@ -202,24 +202,48 @@ class ModelPool:
 
     def load_adapter(self, name: str, path: str, inplace: bool = False) -> str:
         """Serve the stored adapter whose directory is ``path`` as ``name`` (vLLM's runtime LoRA loading, limited
-        to this store: a path outside it is refused, so nothing is read from elsewhere on the disk)."""
+        to this store: a path outside it is refused, so nothing is read from elsewhere on the disk). ``name`` may
+        be the adapter's own id, or a new name: never one that already names another model (ValueError)."""
         from pathlib import Path
 
-        name, p = name.strip(), Path(path).expanduser()
-        aid = p.name
+        name, p = name.strip(), Path(path)
+        art = None
+        if ID_RE.fullmatch(p.name):
+            try:
+                self.store.resolve_id(p.name)
+            except HeredityError:
+                pass
+            else:
+                art = self.store.get(p.name)  # a damaged artifact says so itself
         try:
-            art = self.store.get(aid) if ID_PREFIX_RE.match(aid) else None
-        except HeredityError:
-            art = None
-        if art is None or art.kind != "adapter" or art.path.resolve() != p.resolve() or _is_reward_model(art):
+            inside = art is not None and art.path.resolve() == p.resolve()
+        except (OSError, RuntimeError, ValueError):
+            inside = False
+        if not inside or art.kind != "adapter" or _is_reward_model(art):
             raise ModelNotFound(f"lora_path {path} is not an adapter directory in this server's store; heredity serve "
                                 f"loads stored adapters only (their directories are under {self.store.artifacts_dir})")
+        if name != art.id and self._names_a_model(name):
+            raise ValueError(f"lora_name {name!r} already names a model here; load the adapter under its id {art.id} "
+                             "or a new name")
         with self.lock:
             if name in self.aliases and not inplace:
                 raise ValueError(f"The lora adapter '{name}' has already been loaded. If you want to load the adapter "
                                  "in place, set 'load_inplace' to True.")
             self.aliases[name] = art.id
         return art.id
+
+    def _names_a_model(self, name: str) -> bool:
+        """Whether ``name`` already names something without the aliases: a bundled name, an artifact id or
+        prefix, a stored model or adapter's name."""
+        if name in BUNDLED:
+            return True
+        if ID_PREFIX_RE.match(name):
+            try:
+                self.store.resolve_id(name)
+                return True
+            except HeredityError:
+                return False
+        return any(a.kind in ("model", "adapter") and a.name == name for a in self.store.list())
 
     def unload_adapter(self, name: str) -> None:
         with self.lock:
@@ -228,8 +252,9 @@ class ModelPool:
 
     def resolve(self, name: str) -> str:
         name = (name or "").strip()
-        if name in self.aliases:
-            return self.aliases[name]
+        aliased = self.aliases.get(name)
+        if aliased is not None:
+            return aliased
         if name in BUNDLED:
             return materialize(name, self.store)
         if ID_PREFIX_RE.match(name):
@@ -274,7 +299,8 @@ class ModelPool:
     def listing(self) -> list[dict]:
         """Bundled models (whether converted yet or not) and every stored model and adapter (reward models excluded)."""
         out = [{"id": name, "kind": "bundled", "name": name, "created": 0} for name in BUNDLED]
-        out += [{"id": alias, "kind": "adapter", "name": aid, "created": 0} for alias, aid in list(self.aliases.items())]
+        out += [{"id": alias, "kind": "adapter", "name": aid, "created": 0} for alias, aid in list(self.aliases.items())
+                if alias != aid]  # an adapter loaded under its own id is listed once, as stored
         for a in self.store.list():
             if a.kind in ("model", "adapter") and not _is_reward_model(a):
                 out.append({"id": a.id, "kind": a.kind, "name": a.name, "created": int(a.created_at.timestamp())})
