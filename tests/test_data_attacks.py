@@ -4,6 +4,8 @@ initialization; a poisoned model's lineage shows the attack; the experiment runs
 nothing."""
 
 import json
+import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -125,9 +127,12 @@ def test_the_experiment_end_to_end_siblings_lineage_and_rerun(tmp_path):
     assert data_step.op == "poison-digits" and data_step.config["attack"] == "badnets" and data_step.config["count"] == 50
     assert store.get(chain.inputs[0]).meta["poisoned_rows"] == 50
     assert 0 <= b["attack_success"]["lo"] <= b["attack_success"]["mean"] <= b["attack_success"]["hi"] <= 1
-    fam = {c["family"] for c in rep["comparisons"]}
-    assert fam == {"poisoning", "adversarial", "transfer", "uncertainty"}
+    assert rep["families"] == X.families(cfg), "the families are declared from the config alone"
+    assert {f: [c["id"] for c in rep["comparisons"] if c["family"] == f] for f in rep["families"]} == rep["families"], \
+        "the report tests exactly the declared Holm families"
+    assert set(rep["families"]) == {X.TRAINING, X.MODELS}
     assert all(c["p_holm"] >= c["test"]["p"] for c in rep["comparisons"] if c["test"]["p"] == c["test"]["p"])
+    _paired_arms(rep)
     assert "## 3. Uncertainty" in out["markdown"] and "Beside the published figures" in out["markdown"]
     n_artifacts = len(store.list())
     again = json.loads((store.path(X.run(store, cfg, progress=False)["report"]) / "report.json").read_text())
@@ -145,15 +150,142 @@ def test_the_confidence_score_ranks_as_max_softmax_without_saturating():
     assert (np.argsort(U.confidence(q)) == np.argsort(U.msp(q))).all()
 
 
-def test_a_contrast_without_variance_over_seeds_falls_back_to_pooled_images():
+def _paired_arms(rep):
+    """The uncertainty contrasts compare arms that differ in one thing, paired: an ensemble with its own members,
+    MC dropout with the same dropout models in one pass, temperature scaling with the same models unscaled."""
     from heredity.experiments import data_attacks as X
 
-    hit, none = X.seed_rate([100] * 5, [100] * 5), X.seed_rate([0] * 5, [100] * 5)
-    assert hit["lo"] < 1.0 and "pooled" in hit["method"], "never a zero-width interval"
-    t = X.rate_contrast(hit, none, "training seeds")
-    assert t["test"] == "Fisher exact" and t["p"] < 1e-100 and "pooled over seeds" in t["unit"]
-    varied = X.rate_contrast(X.seed_rate([90, 95, 99, 97, 92], [100] * 5), none, "training seeds")
+    U = rep["uncertainty"]
+    rows = {c["id"]: c for c in rep["comparisons"]}
+    for s in X.OOD_SETS:
+        ens = rows[f"ood/{s}/ensemble"]["test"]
+        assert ens["test"] == "paired t" and ens["unit"].startswith("ensembles"), "never Welch: the same models"
+        members = U["members_auroc"][s]["per_ensemble"]
+        assert ens["mean_b"] == pytest.approx(np.mean(members)) and ens["n"] == len(members)
+        assert len(U["members_auroc"][s]["per_model"]) == rep["config"]["ensembles"] * rep["config"]["ensemble_size"]
+        mc = rows[f"ood/{s}/mc"]["test"]
+        assert mc["test"] == "paired t" and mc["mean_b"] == pytest.approx(U["ood"][s][X.DROPOUT_ONE_PASS]["auroc"]["mean"])
+        assert mc["mean_a"] == pytest.approx(U["ood"][s]["MC dropout"]["auroc"]["mean"])
+        assert rows[f"ood/{s}/temperature"]["test"]["test"] == "paired t"
+    assert X.DROPOUT_ONE_PASS in U["in_distribution"], "the arm that differs from MC dropout in inference only"
+
+
+def test_a_rate_equal_on_every_seed_is_never_pooled_over_seeds():
+    from heredity.experiments import data_attacks as X
+    from heredity.reports.stats import rate_ci, rate_diff_test
+
+    hit, none = X.seed_rate([331] * 5, [331] * 5), X.seed_rate([0] * 5, [331] * 5)
+    assert hit["lo"] < 1.0 and hit["method"].startswith("wilson"), "never a zero-width interval"
+    assert hit["lo"] == pytest.approx(rate_ci(331, 331)["lo"]), "each image counted once, not once per seed (1655)"
+    t = X.seed_contrast(hit, none, "training seeds")
+    assert t["unit"] == "training seeds" and t["n"] == 5 and "pooled" not in t["test"]
+    assert t["test"].startswith("exact sign test over seeds") and t["p"] == pytest.approx(2 * 0.5**5), \
+        "five seeds cannot give p < 0.0625 without a t test's assumptions"
+    assert -1 <= t["lo"] <= t["diff"] <= t["hi"] <= 1
+    assert t["lo"] == pytest.approx(rate_diff_test(331, 331, 0, 331, "x")["lo"]), "Newcombe over one seed's 331 images"
+    varied = X.seed_contrast(X.seed_rate([90, 95, 99, 97, 92], [100] * 5), X.seed_rate([0] * 5, [100] * 5), "training seeds")
     assert varied["test"] == "paired t" and varied["unit"] == "training seeds" and varied["diff"] == pytest.approx(0.946)
+
+
+def test_a_difference_of_rates_never_leaves_its_range():
+    from heredity.experiments import data_attacks as X
+
+    # the old report's +0.994 [0.983, 1.005]: a t interval over seeds near the bound
+    near = X.seed_contrast(X.seed_rate([329, 331, 328, 331, 330], [331] * 5), X.seed_rate([0] * 5, [331] * 5), "training seeds")
+    assert near["test"] == "paired t" and near["hi"] <= 1.0 and near["lo"] >= -1.0 and near["lo"] < near["diff"]
+    down = X.seed_contrast(X.seed_rate([0] * 5, [331] * 5), X.seed_rate([329, 331, 328, 331, 330], [331] * 5), "training seeds")
+    assert down["lo"] >= -1.0
+
+
+def test_every_model_is_an_intersection_union_test_over_per_model_mcnemar():
+    from heredity.experiments import data_attacks as X
+    from heredity.reports.stats import paired_rate_test
+
+    a = np.array([[1] * 90 + [0] * 10, [1] * 60 + [0] * 40, [1] * 5 + [0] * 95])  # three models' hits on 100 images
+    b = np.zeros((3, 100), int)
+    tables = [X.paired_table(x, y) for x, y in zip(a, b, strict=True)]
+    assert tables[0] == [0, 90, 0, 10] and X.outcomes(tables[1])[0] == [1] * 60 + [0] * 40
+    t = X.every_model(tables, "images")
+    per = [paired_rate_test(x, y, "images")["p"] for x, y in zip(a, b, strict=True)]
+    assert t["p"] == max(per) and t["weakest"] == 2 and t["n"] == 100 and t["models"] == 3
+    assert t["diff"] == pytest.approx(0.05) and t["lo"] <= 0.05 <= t["hi"], "the weakest model's own interval"
+
+
+def test_the_holm_families_come_from_the_config_and_size_the_smallest_detectable_effect():
+    from heredity.experiments import data_attacks as X
+    from heredity.reports.stats import min_detectable
+
+    cfg = X.Config()
+    fam = X.families(cfg)
+    assert fam == X.families(X.Config()) and set(fam) == {X.TRAINING, X.MODELS}
+    n_trig = sum(c > 0 for c in cfg.counts) * len(cfg.widths)
+    assert len(fam[X.MODELS]) == n_trig
+    # trigger + width + flips + adversarial training + transfer + 4 uncertainty contrasts per OOD set
+    assert len(fam[X.TRAINING]) == (n_trig + len(cfg.widths) - 1 + len(cfg.flip_rates) - 1 + 4
+                                    + sum(e > 0 for e in cfg.eps) + 4 * len(X.OOD_SETS))
+    assert "width/c10/w1024" in fam[X.TRAINING], "the count-by-width claim is tested, not read off a grid"
+    assert not any(i.startswith("models/") for i in fam[X.TRAINING]), "one unit per family"
+    # a null's smallest detectable effect is at the family's level, not at α = 0.05
+    assert min_detectable(0.01, 5, family=len(fam[X.TRAINING])) > 2 * min_detectable(0.01, 5, family=1)
+
+
+COMMITTED = Path(__file__).resolve().parents[1] / "docs" / "results" / "data-attacks-quick"
+
+
+def _committed():
+    return json.loads(COMMITTED.with_suffix(".json").read_text()), COMMITTED.with_suffix(".md").read_text()
+
+
+def test_the_committed_report_has_no_verdict_its_interval_contradicts_and_no_p_of_zero():
+    from heredity.reports.stats import verdict
+
+    rep, md = _committed()
+    for c in rep["comparisons"]:
+        t = c["test"]
+        v = verdict(t, 0, p=c["p_holm"])
+        if v["result"] == "null":
+            assert t["lo"] <= 0 <= t["hi"], f"{c['what']}: called a null, interval excludes 0"
+    assert not re.search(r"p = 0(\.0+)?(e\+00)?\b(?!\.)", md), "a p below double precision is printed as a bound"
+    for null in re.finditer(r"\(a null result\)", md):  # the interval it reads: the nearest one before it
+        lo, hi = re.findall(r"Δ [+-]?[\d.]+ \[(-?[\d.]+), (-?[\d.]+)\]", md[: null.start()])[-1]
+        assert float(lo) <= 0 <= float(hi), f"the report calls a null what its interval excludes: [{lo}, {hi}]"
+
+
+def test_the_committed_report_keeps_every_interval_in_range_and_never_pools_seeds():
+    rep, md = _committed()
+    for c in rep["comparisons"]:
+        t = c["test"]
+        if t["lo"] is not None:
+            assert -1.0 <= t["lo"] <= t["hi"] <= 1.0, f"{c['what']}: {t['lo']}, {t['hi']}"
+        assert "pooled" not in t["unit"] and "pooled" not in t["test"], f"{c['what']}: an image counted once per seed"
+    for b in rep["poisoning"]["badnets"]:
+        for k in ("attack_success", "clean_accuracy"):
+            x = b[k]
+            assert 0 <= x["lo"] <= x["mean"] <= x["hi"] <= 1
+            assert "pooled" not in x.get("method", "")
+
+
+def test_the_committed_report_tests_exactly_its_declared_families_one_unit_each():
+    from heredity.experiments import data_attacks as X
+
+    rep, md = _committed()
+    cfg = X.Config(**rep["config"])
+    assert rep["families"] == X.families(cfg)
+    got = {f: [c["id"] for c in rep["comparisons"] if c["family"] == f] for f in rep["families"]}
+    assert got == rep["families"]
+    for c in rep["comparisons"]:
+        assert c["p_holm"] is None or c["p_holm"] >= c["test"]["p"]
+        seeds = c["test"]["unit"].startswith(("training seeds", "ensembles"))
+        assert seeds == (c["family"] == X.TRAINING), f"{c['what']}: one unit per family"
+    assert {c["test"]["test"] for c in rep["comparisons"] if c["family"] == X.MODELS} <= {
+        f"McNemar exact, each of {cfg.seeds} models; p: the largest (every model)"}
+    assert all(c["test"]["test"] != "Welch t" for c in rep["comparisons"]), "no arm sharing models tested as independent"
+    _paired_arms(rep)
+    for c in rep["comparisons"]:
+        if c.get("mde") is not None:
+            from heredity.reports.stats import min_detectable
+
+            assert c["mde"] == pytest.approx(min_detectable(c["test"]["sd"], c["test"]["n"], family=len(rep["families"][c["family"]])))
 
 
 def test_colour_images_get_the_trigger_in_every_channel_and_cifar_batches_load(tmp_path):

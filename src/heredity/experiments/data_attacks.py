@@ -18,14 +18,22 @@ Methods (the models are ``subliminal-digits``' MLPs, in → w → w → classes,
    initialization only.
 3. **Uncertainty**: models trained on digits 0..``in_classes``−1 (every fifth training row held out to fit a
    temperature); scores: max softmax, temperature-scaled max softmax, MC dropout (``mc_passes`` passes of a
-   dropout-trained model), and ensembles of ``ensemble_size`` (``ensembles`` disjoint groups of stacked seeds).
+   dropout-trained model), the dropout-trained models in one pass without sampling (the arm that differs from
+   max softmax in training only and from MC dropout in inference only), and ensembles of ``ensemble_size``
+   (``ensembles`` disjoint groups of stacked seeds; max softmax scores the first group's members).
    In distribution: the test images of those classes (accuracy, NLL, ECE). Out of distribution: the other digits,
    uniform noise, and the in-distribution test images rotated by each of ``angles`` (a shift sweep); AUROC and
    FPR at 95% TPR of each score. Also: does max softmax flag PGD inputs and triggered inputs?
 
-Unit of replication: training seeds for every interval (t intervals over the seeds' values; a rate that does not
-vary over seeds falls back to a Wilson interval over the pooled images, and says so); the ensembles are the unit
-for ensemble scores. Two-sided paired t tests over seeds for the planned contrasts, Holm across them.
+Unit of replication: training seeds for every interval (t intervals over the seeds' values, clipped to the
+quantity's range; a rate that does not vary over seeds gets each seed's Wilson interval over its own test images,
+the widest, and says so — an image is never counted once per seed); the ensembles are the unit for ensemble
+scores. The planned contrasts and their two Holm families are declared from the config before the run
+(``planned``): claims about training (paired t over seeds, interval clipped to [−1, 1]; the exact sign test over
+seeds where every seed's difference is the same), and claims about the trained models (each poisoned model against
+its unpoisoned twin on the same test images, McNemar per model, the largest p: every model). Arms compared differ
+in one thing: MC dropout against the same dropout models in one pass, those against max softmax, an ensemble
+against its own members, temperature scaling against the same models unscaled.
 """
 
 from __future__ import annotations
@@ -43,6 +51,8 @@ from heredity.store import Store, read_table, write_table
 
 NUM_CLASSES = 10
 DETECTORS = ("activation_clustering", "spectral_signature")
+OOD_SETS = ("other digits", "uniform noise")  # what the uncertainty step scores out of distribution
+DROPOUT_ONE_PASS = "dropout model, one pass"
 
 
 class TrainSpec(BaseModel):
@@ -432,15 +442,19 @@ def load_models(store: Store, model_id: str) -> Models:
 
 
 def seed_rate(k: list[int], n: list[int]) -> dict:
-    """Mean over seeds of per-seed rates with a t interval (unit: seeds); when every seed has the same rate, a
-    Wilson interval over the pooled items instead (never a zero-width interval), marked ``pooled``."""
+    """Mean over seeds of per-seed rates with a t interval over the seeds (unit: training seeds), clipped to
+    [0, 1]. When every seed has the same rate there is no spread for a t interval: each seed's Wilson interval
+    over its own test items (each item counted once, never the same item under every seed as independent
+    items), and the widest of them, marked ``wilson``."""
     from heredity.reports.stats import mean_ci, rate_ci
 
     rates = [a / b for a, b in zip(k, n, strict=True)]
     ci = mean_ci(rates, bounds=(0.0, 1.0), allow_binary=True)
     if not (ci["lo"] == ci["lo"]):  # NaN: no variance over seeds
-        w = rate_ci(sum(k), sum(n))
-        ci = {**ci, "lo": w["lo"], "hi": w["hi"], "method": "wilson over pooled items (no variance over seeds)"}
+        ws = [rate_ci(a, b) for a, b in zip(k, n, strict=True)]
+        ci = {**ci, "lo": min(w["lo"] for w in ws), "hi": max(w["hi"] for w in ws),
+              "method": f"wilson over the {max(n)} test items of each seed, each item counted once (every seed "
+                        "scored the same rate; the widest seed's interval)"}
     return {**ci, "per_seed": rates, "k": [int(v) for v in k], "of": [int(v) for v in n], "unit": f"training seeds, n = {len(rates)}"}
 
 
@@ -449,6 +463,61 @@ def seed_mean(values: list[float], bounds: tuple[float, float] | None = (0.0, 1.
     from heredity.reports.stats import mean_ci
 
     return {**mean_ci(values, bounds=bounds, allow_binary=True), "per_seed": [float(v) for v in values], "unit": f"training seeds, n = {len(values)}"}
+
+
+def sign_test_p(diffs: list[float]) -> float:
+    """Two-sided exact sign test of a zero median difference over matched seeds (zero differences dropped; none
+    left: p = 1). With n seeds its smallest p is 2 / 2^n (0.0625 at n = 5)."""
+    from scipy import stats
+
+    pos, neg = sum(d > 0 for d in diffs), sum(d < 0 for d in diffs)
+    return float(stats.binomtest(pos, pos + neg, 0.5).pvalue) if pos + neg else 1.0
+
+
+def seed_contrast(a: dict, b: dict, unit: str) -> dict:
+    """Two arms scored per seed (``seed_rate`` / ``seed_mean`` dicts, matched by seed): a claim about training,
+    with the training seed as the unit. A paired t test over the seeds, its interval clipped to a difference's
+    range [−1, 1] (a rate or an AUROC minus another). Where every seed's difference is the same (every seed 100%
+    against every seed 0%), a t test is undefined: the exact sign test over the seeds (at n = 5 its p is never
+    below 0.0625), with, for rates, the widest of the seeds' Newcombe intervals over their own test items (each
+    item counted once per seed)."""
+    from heredity.reports.stats import paired_test, rate_diff_test
+
+    t = paired_test(a["per_seed"], b["per_seed"], unit)
+    if t["lo"] == t["lo"]:
+        t["lo"], t["hi"] = max(-1.0, t["lo"]), min(1.0, t["hi"])
+    if t["p"] == t["p"]:
+        return {**t, "interval": "t over seeds, clipped to [−1, 1]"}
+    diffs = [x - y for x, y in zip(a["per_seed"], b["per_seed"], strict=True)]
+    lo = hi = float("nan")
+    if "k" in a and "k" in b:
+        per = [rate_diff_test(ka, na, kb, nb, unit) for ka, na, kb, nb in zip(a["k"], a["of"], b["k"], b["of"], strict=True)]
+        lo, hi = max(-1.0, min(x["lo"] for x in per)), min(1.0, max(x["hi"] for x in per))
+    return {**t, "test": "exact sign test over seeds (every seed's difference the same: no t test); interval: Newcombe "
+                         "over each seed's test images, the widest", "lo": lo, "hi": hi, "p": sign_test_p(diffs),
+            "interval": "Newcombe per seed, the widest"}
+
+
+def outcomes(table: list[int]) -> tuple[list[int], list[int]]:
+    """The paired 0/1 outcomes behind a 2×2 table [both, a only, b only, neither]."""
+    a11, a10, a01, a00 = table
+    return [1] * (a11 + a10) + [0] * (a01 + a00), [1] * a11 + [0] * a10 + [1] * a01 + [0] * a00
+
+
+def every_model(tables: list[list[int]], unit: str) -> dict:
+    """A claim about the trained models (not about training): each seed's model against its twin on the same
+    items (McNemar's exact test, Newcombe's paired interval), one test per model, never pooling the same item
+    under several models. The p is the largest of the models' (an intersection–union test: significant means
+    every model shows the effect, whatever the dependence between them); the difference and interval are that
+    model's."""
+    from heredity.reports.stats import paired_rate_test
+
+    per = [paired_rate_test(*outcomes(t), unit) for t in tables]
+    worst = max(range(len(per)), key=lambda i: (per[i]["p"], -abs(per[i]["diff"])))
+    w = per[worst]
+    return {**w, "test": f"McNemar exact, each of {len(per)} models; p: the largest (every model)",
+            "models": len(per), "weakest": worst,
+            "per_model": [{k: x[k] for k in ("diff", "lo", "hi", "p", "discordant")} for x in per]}
 
 
 def _predict(models: Models, x: np.ndarray) -> np.ndarray:
@@ -471,6 +540,8 @@ def poisoning(store: Store, data_id: str, config: Config, progress: bool) -> dic
 
     def accuracy(params):
         return [int(v) for v in (_predict(params, xt) == yt).sum(-1)]
+
+    hits: dict[tuple[int, int], np.ndarray] = {}
 
     for rate in config.flip_rates:
         did = poison_step(store, data_id, {**base, "attack": "label_flip", "rate": rate})
@@ -495,13 +566,23 @@ def poisoning(store: Store, data_id: str, config: Config, progress: bool) -> dic
             mid = train_step(store, did, config.spec(hidden=width), progress)
             out["models"].append(mid)
             p = load_models(store, mid)
-            hit = [int(v) for v in (_predict(p, xtrig) == config.patch_target).sum(-1)]
+            hits[(width, count)] = _predict(p, xtrig) == config.patch_target  # [seeds, images]
+            hit = [int(v) for v in hits[(width, count)].sum(-1)]
             out["badnets"].append({"width": width, "count": count, "model": mid, "dataset": did,
                                    "clean_accuracy": seed_rate(accuracy(p), [len(yt)] * config.seeds),
                                    "attack_success": seed_rate(hit, [int(others.sum())] * config.seeds)})
             if width == config.hidden and count > 0 and config.detectors:
                 out["detection"].append({"count": count, **detection(store, did, mid, config)})
+    for b in out["badnets"]:  # each seed's model against its unpoisoned twin (same initialization), image by image
+        if b["count"] > 0 and (b["width"], 0) in hits:
+            b["vs_none"] = [paired_table(h, h0) for h, h0 in zip(hits[(b["width"], b["count"])], hits[(b["width"], 0)], strict=True)]
     return out
+
+
+def paired_table(a: np.ndarray, b: np.ndarray) -> list[int]:
+    """[both, a only, b only, neither] of two 0/1 outcome vectors over the same items."""
+    a, b = np.asarray(a, bool), np.asarray(b, bool)
+    return [int((a & b).sum()), int((a & ~b).sum()), int((~a & b).sum()), int((~a & ~b).sum())]
 
 
 def detection(store: Store, data_id: str, model_id: str, config: Config) -> dict:
@@ -643,8 +724,8 @@ def uncertainty(store: Store, data_id: str, config: Config, flag_models: dict, p
         hold = holdout_rows(a, kk)
         xh, yh = unit(a["raw"][hold], a["scale"]), a["y"][hold]
         rng = np.random.default_rng(cfg["seed"])
-        sets = {"other digits": unit(raw_te[~ind], a["scale"]),
-                "uniform noise": rng.uniform(-1, 1, (cfg["noise_images"], xin.shape[1])).astype(np.float32)}
+        sets = {OOD_SETS[0]: unit(raw_te[~ind], a["scale"]),
+                OOD_SETS[1]: rng.uniform(-1, 1, (cfg["noise_images"], xin.shape[1])).astype(np.float32)}
         rotated = {ang: unit(np.clip(_rotate(raw_te[ind], ang), 0, a["scale"]), a["scale"]) for ang in cfg["angles"]}
         P, D = load_models(store, inputs[1]), load_models(store, inputs[2])
 
@@ -661,6 +742,9 @@ def uncertainty(store: Store, data_id: str, config: Config, flag_models: dict, p
             single = U.softmax(lg[:seeds])
             return {"max softmax": single,
                     "temperature scaling": np.stack([U.softmax(lg[i], temps[i]) for i in range(seeds)]),
+                    # the dropout-trained models scored like max softmax: differs from max softmax in training
+                    # only, from MC dropout in inference only
+                    DROPOUT_ONE_PASS: U.softmax(D.logits(xx)),
                     "MC dropout": mc(xx),
                     "ensemble": np.stack([U.ensemble_probs(U.softmax(lg[e * S:(e + 1) * S])) for e in range(E)])}
 
@@ -668,6 +752,9 @@ def uncertainty(store: Store, data_id: str, config: Config, flag_models: dict, p
                      "reliability": {}, "n_in": int(len(yin))}
         pin = methods(xin)
         cin = {name: [U.confidence(p) for p in pr] for name, pr in pin.items()}  # in-distribution scores, once
+        # every plain model on its own (max softmax), so each ensemble is compared with its own members
+        cmem = [U.confidence(p) for p in U.softmax(P.logits(xin))]
+        res["members_auroc"] = {}
 
         def against(name: str, probs: np.ndarray, metric) -> list[float]:
             """``metric`` (AUROC or FPR) of each replicate's in-distribution scores against its scores on ``probs``."""
@@ -681,6 +768,8 @@ def uncertainty(store: Store, data_id: str, config: Config, flag_models: dict, p
             po = methods(xo)
             res["ood"][sname] = {name: {"auroc": against(name, po[name], U.auroc), "fpr95": against(name, po[name], U.fpr_at_tpr)}
                                  for name in pin}
+            res["members_auroc"][sname] = [U.auroc(ci, U.confidence(p)) for ci, p in
+                                           zip(cmem, U.softmax(P.logits(xo)), strict=True)]
             if sname == "other digits":
                 from sklearn.metrics import roc_curve
 
@@ -725,7 +814,11 @@ def uncertainty(store: Store, data_id: str, config: Config, flag_models: dict, p
     def summ(d):
         return {m: {k2: one(k2, v) for k2, v in x.items()} for m, x in d.items()}
 
+    E, S = config.ensembles, config.ensemble_size
+    members = {s: {"per_model": v, "per_ensemble": [float(np.mean(v[e * S:(e + 1) * S])) for e in range(E)]}
+               for s, v in raw["members_auroc"].items()}
     return {"models": {"plain": plain, "dropout": drop},
+            "members_auroc": members,
             "in_distribution": summ(raw["in_distribution"]),
             "ood": {s: summ(d) for s, d in raw["ood"].items()},
             "shift": {a_: summ(d) for a_, d in raw["shift"].items()},
@@ -737,69 +830,138 @@ def uncertainty(store: Store, data_id: str, config: Config, flag_models: dict, p
 # ---- the experiment ----------------------------------------------------------------------------
 
 
-def rate_contrast(a: dict, b: dict, unit: str) -> dict:
-    """Two per-seed rates (``seed_rate`` dicts of models paired by seed): a paired t test over seeds; when no
-    difference varies over seeds (every seed 100% against every seed 0%), the t test is undetermined and Fisher's
-    exact test on the images pooled over seeds stands in, with its unit said."""
-    from heredity.reports.stats import paired_test, rate_diff_test
+TRAINING, MODELS = "training (unit: training seeds)", "trained models (unit: test images, per model)"
 
-    t = paired_test(a["per_seed"], b["per_seed"], unit)
-    if t["p"] == t["p"] or "k" not in a or "k" not in b:
-        return t
-    return rate_diff_test(sum(a["k"]), sum(a["of"]), sum(b["k"]), sum(b["of"]),
-                          unit="test images pooled over seeds (no variance over seeds for a t test)")
+
+def planned(config: Config) -> list[dict]:
+    """The planned contrasts and their Holm families, from the config alone (fixed before any model is trained;
+    the report tests exactly these, a test checks it). Two families, one per unit:
+
+    * ``TRAINING`` — claims about a training method, the training seed (or an ensemble of seeds) as the unit;
+    * ``MODELS`` — claims about the trained models themselves, the test image as the unit, each model on its own.
+    """
+    cs, ws = config.counts, config.widths
+    rows: list[dict] = []
+    if 0 in cs:
+        for w in ws:
+            for c in cs:
+                if c > 0:
+                    rows.append({"id": f"trigger/w{w}/c{c}", "family": TRAINING, "kind": "trigger", "width": w, "count": c,
+                                 "what": f"attack success, {c} triggered rows vs none (width {w})"})
+    nonzero = [c for c in cs if c > 0]
+    if nonzero and len(ws) > 1:  # does the count a trigger needs grow with width? the smallest count, every width
+        c = min(nonzero)         # against the narrowest (larger counts saturate on the quick grid)
+        for w in ws[1:]:
+            rows.append({"id": f"width/c{c}/w{w}", "family": TRAINING, "kind": "width", "width": w, "base": ws[0],
+                         "count": c, "what": f"attack success with {c} triggered rows: width {w} vs width {ws[0]}"})
+    for r in config.flip_rates[1:]:
+        rows.append({"id": f"flip/{r}", "family": TRAINING, "kind": "flip", "rate": r,
+                     "what": f"clean accuracy, {r:.0%} labels flipped vs {config.flip_rates[0]:.0%}"})
+    e = config.train_eps if config.train_eps in config.eps else config.eps[-1]
+    for kind in ("fgsm-trained", "pgd-trained"):
+        for attack in ("fgsm", "pgd"):
+            rows.append({"id": f"adversarial/{kind}/{attack}", "family": TRAINING, "kind": "adversarial",
+                         "model": kind, "attack": attack, "eps": e,
+                         "what": f"accuracy under {attack.upper()} at ε = {e}: {kind} vs standard"})
+    for e in config.eps:
+        if e > 0:
+            rows.append({"id": f"transfer/{e}", "family": TRAINING, "kind": "transfer", "eps": e,
+                         "what": f"transfer of A's PGD examples (ε = {e}): error of B (A's init) vs C (another init)"})
+    for s in OOD_SETS:
+        rows += [{"id": f"ood/{s}/ensemble", "family": TRAINING, "kind": "ensemble", "set": s,
+                  "what": f"AUROC vs {s}: ensemble vs its own {config.ensemble_size} members (max softmax, mean)"},
+                 {"id": f"ood/{s}/mc", "family": TRAINING, "kind": "mc", "set": s,
+                  "what": f"AUROC vs {s}: MC dropout vs the same dropout models in one pass (inference only)"},
+                 {"id": f"ood/{s}/dropout", "family": TRAINING, "kind": "dropout", "set": s,
+                  "what": f"AUROC vs {s}: dropout models in one pass vs max softmax (training only)"},
+                 {"id": f"ood/{s}/temperature", "family": TRAINING, "kind": "temperature", "set": s,
+                  "what": f"AUROC vs {s}: temperature scaling vs max softmax (the same models)"}]
+    if 0 in cs:
+        for w in ws:
+            for c in cs:
+                if c > 0:
+                    rows.append({"id": f"models/w{w}/c{c}", "family": MODELS, "kind": "models", "width": w, "count": c,
+                                 "what": f"attack success, {c} triggered rows vs none (width {w}): every trained model "
+                                         "against its unpoisoned twin"})
+    return rows
+
+
+def families(config: Config) -> dict[str, list[str]]:
+    """Each Holm family's contrasts (ids), declared before the run."""
+    out: dict[str, list[str]] = {}
+    for r in planned(config):
+        out.setdefault(r["family"], []).append(r["id"])
+    return out
 
 
 def compare(report: dict, config: Config) -> list[dict]:
-    """The planned contrasts, two-sided paired t tests over training seeds (the models of a contrast share their
-    seeds' initializations), Holm across all of them."""
-    from heredity.reports.stats import holm, min_detectable, welch_test
+    """Exactly the planned contrasts (``planned``), each tested at its unit, Holm within each declared family;
+    a null's smallest detectable effect at the level its verdict uses (α over the family, t quantiles)."""
+    from heredity.reports.stats import holm, min_detectable
 
+    P, A, U = report["poisoning"], report["adversarial"], report["uncertainty"]
+    bad = {(b["width"], b["count"]): b for b in P["badnets"]}
+    flips = {f["rate"]: f for f in P["flips"]}
+    n = A["n"]
+    seeds = "training seeds (same initializations and data order)"
     rows = []
-    bad = {(b["width"], b["count"]): b for b in report["poisoning"]["badnets"]}
-    for (w, c), b in bad.items():
-        if c > 0 and (w, 0) in bad:
-            rows.append({"what": f"attack success, {c} triggered rows vs none (width {w})", "family": "poisoning",
-                         "test": rate_contrast(b["attack_success"], bad[(w, 0)]["attack_success"],
-                                               "training seeds (same initializations and data order)")})
-    flips = report["poisoning"]["flips"]
-    for f in flips[1:]:
-        rows.append({"what": f"clean accuracy, {f['rate']:.0%} labels flipped vs {flips[0]['rate']:.0%}", "family": "poisoning",
-                     "test": rate_contrast(f["clean_accuracy"], flips[0]["clean_accuracy"],
-                                           "training seeds (same initializations and data order)")})
-    adv = report["adversarial"]
-    j = config.eps.index(config.train_eps) if config.train_eps in config.eps else len(config.eps) - 1
-    for kind in ("fgsm-trained", "pgd-trained"):
-        for attack in ("fgsm", "pgd"):
-            rows.append({"what": f"accuracy under {attack.upper()} at ε = {config.eps[j]}: {kind} vs standard",
-                         "family": "adversarial",
-                         "test": rate_contrast(adv["robust"][f"{kind}/{attack}"][j], adv["robust"][f"standard/{attack}"][j],
-                                               "training seeds (same initializations)")})
-    n = adv["n"]
-    for e, m in adv["raw_transfer"].items():
-        rows.append({"what": f"transfer of A's PGD examples (ε = {e}): error of B (A's init) vs C (another init)",
-                     "family": "transfer",
-                     "test": rate_contrast(seed_rate(m["A"]["B"], [n] * len(m["A"]["B"])),
-                                           seed_rate(m["A"]["C"], [n] * len(m["A"]["C"])),
-                                           "training seeds (one A, B, C triple each)")})
-    unc = report["uncertainty"]
-    for s in unc["ood"]:
-        for name in ("ensemble", "MC dropout", "temperature scaling"):
-            rows.append({"what": f"AUROC vs {s}: {name} vs max softmax", "family": "uncertainty",
-                         "test": welch_test(unc["ood"][s][name]["auroc"]["per_seed"], unc["ood"][s]["max softmax"]["auroc"]["per_seed"],
-                                            "training seeds (ensembles: groups of seeds)")})
-    for r, p in zip(rows, holm([r["test"]["p"] for r in rows]), strict=True):
-        r["p_holm"] = p
-        sd, n_ = r["test"].get("sd"), r["test"]["n"]
-        # the smallest paired difference the test could have detected (80% power, unadjusted α = 0.05)
-        r["mde"] = min_detectable(sd, n_) if isinstance(n_, int) and sd == sd and sd is not None and n_ >= 2 else None
+    for d in planned(config):
+        k = d["kind"]
+        if k == "trigger":
+            t = seed_contrast(bad[(d["width"], d["count"])]["attack_success"], bad[(d["width"], 0)]["attack_success"], seeds)
+        elif k == "width":
+            t = seed_contrast(bad[(d["width"], d["count"])]["attack_success"], bad[(d["base"], d["count"])]["attack_success"],
+                              "training seeds (paired by index: same data order and poisoned rows, another width)")
+        elif k == "flip":
+            t = seed_contrast(flips[d["rate"]]["clean_accuracy"], flips[config.flip_rates[0]]["clean_accuracy"], seeds)
+        elif k == "adversarial":
+            j = config.eps.index(d["eps"])
+            t = seed_contrast(A["robust"][f"{d['model']}/{d['attack']}"][j], A["robust"][f"standard/{d['attack']}"][j],
+                              "training seeds (same initializations)")
+        elif k == "transfer":
+            m = A["raw_transfer"][str(d["eps"])]
+            t = seed_contrast(seed_rate(m["A"]["B"], [n] * len(m["A"]["B"])), seed_rate(m["A"]["C"], [n] * len(m["A"]["C"])),
+                              "training seeds (one A, B, C triple each)")
+        elif k == "ensemble":
+            o = U["ood"][d["set"]]
+            t = seed_contrast(o["ensemble"]["auroc"], {"per_seed": U["members_auroc"][d["set"]]["per_ensemble"]},
+                              "ensembles (each against the mean of its own members)")
+        elif k in ("mc", "dropout", "temperature"):
+            o = U["ood"][d["set"]]
+            a, b = {"mc": ("MC dropout", DROPOUT_ONE_PASS), "dropout": (DROPOUT_ONE_PASS, "max softmax"),
+                    "temperature": ("temperature scaling", "max softmax")}[k]
+            t = seed_contrast(o[a]["auroc"], o[b]["auroc"],
+                              "training seeds (the same models)" if k != "dropout" else
+                              "training seeds (paired by index: same data order; another stack of models)")
+        elif k == "models":
+            t = every_model(bad[(d["width"], d["count"])]["vs_none"],
+                            f"the {n_trig(report)} triggered test images, each trained model on its own")
+        else:
+            raise ValueError(f"unknown contrast kind {k!r}")
+        rows.append({"id": d["id"], "what": d["what"], "family": d["family"], "test": t})
+    for fam, ids in families(config).items():
+        mine = [r for r in rows if r["family"] == fam]
+        assert [r["id"] for r in mine] == ids, "the report tests exactly the declared family"
+        for r, p in zip(mine, holm([r["test"]["p"] for r in mine]), strict=True):
+            r["p_holm"] = p
+            sd, n_ = r["test"].get("sd"), r["test"]["n"]
+            t_test = r["test"]["test"] == "paired t" and isinstance(n_, int) and n_ >= 2 and sd is not None and sd == sd
+            r["mde"] = min_detectable(sd, n_, family=len(ids)) if t_test else None
+            r["family_size"] = len(ids)
     return rows
+
+
+def n_trig(report: dict) -> int:
+    """How many triggered test images attack success is scored on (the other classes' test images)."""
+    b = report["poisoning"]["badnets"][0]["attack_success"]
+    return int(b["of"][0])
 
 
 def run(store: Store, config: Config, progress: bool = True) -> dict:
     from heredity.reports.card import save_card
 
     t0 = time.perf_counter()
+    declared = families(config)  # the Holm families, fixed from the config before any model is trained
     log = (lambda *a: print(*a, flush=True)) if progress else (lambda *a: None)
     data_id = digits.data_step(store, config.data)
     log("[1] poisoning: label flips, a targeted flip, a trigger at counts × widths; detection")
@@ -809,7 +971,7 @@ def run(store: Store, config: Config, progress: bool = True) -> dict:
     trig = next(b["model"] for b in pois["badnets"] if b["width"] == config.hidden and b["count"] == config.flag_count)
     log("[3] uncertainty: max softmax, temperature, MC dropout, ensembles; OOD and rotation")
     unc = uncertainty(store, data_id, config, {"standard": adv["models"]["standard"], "triggered": trig}, progress)
-    report = {"experiment": "data-attacks", "config": config.model_dump(), "data": data_id,
+    report = {"experiment": "data-attacks", "config": config.model_dump(), "families": declared, "data": data_id,
               "train_rows": int(store.step_of(data_id).metrics["train"]),
               "poisoning": pois, "adversarial": adv, "uncertainty": unc}
     report["comparisons"] = compare(report, config)
@@ -833,25 +995,40 @@ def needed_count(report: dict, width: int, level: float = 0.9) -> int | None:
 
 
 def outcome(r: dict, config: Config | None = None) -> str:
-    from heredity.reports.stats import fmt_test
+    from heredity.reports.stats import fmt_test, verdict
 
     cfg = r["config"]
     need = {w: needed_count(r, w) for w in cfg["widths"]}
-    parts = ["trigger count for ≥ 90% attack success by width: "
+    parts = [f"smallest trigger count on the grid {cfg['counts']} with ≥ 90% mean attack success, by width "
+             "(descriptive, untested): "
              + ", ".join(f"w{w}: {c if c is not None else '> ' + str(max(cfg['counts']))}" for w, c in need.items())]
+    for c in r["comparisons"]:
+        if c["id"].startswith("width/"):
+            parts.append(f"{c['what']}: {fmt_test(c['test'], 3, p=c['p_holm'])} — {verdict(c['test'], 0, p=c['p_holm'])['words']}")
+    models = [c for c in r["comparisons"] if c["family"] == MODELS]
+    if models:
+        first = {}
+        for c in models:
+            w = int(c["id"].split("/")[1][1:])
+            if verdict(c["test"], 0, p=c["p_holm"])["significant"] and c["test"]["diff"] > 0:
+                first.setdefault(w, int(c["id"].split("/")[2][1:]))
+        parts.append("fewest triggered rows at which every trained model is fooled significantly more than its "
+                     f"unpoisoned twin (McNemar per model, unit: the {n_trig(r)} triggered test images, Holm over "
+                     f"{len(models)}): " + ", ".join(f"w{w}: {first.get(w, 'none')}" for w in cfg["widths"]))
     # the primary transfer contrast is fixed in advance: the budget of flag_eps (never the largest of the sweep)
-    tr = [c for c in r["comparisons"] if c["family"] == "transfer" and f"(ε = {cfg['flag_eps']})" in c["what"]]
+    tr = [c for c in r["comparisons"] if c["id"] == f"transfer/{cfg['flag_eps']}"]
     if tr:
         c = tr[0]
-        sig = c["p_holm"] is not None and c["p_holm"] < 0.05
+        v = verdict(c["test"], 0, p=c["p_holm"])
         parts.append(f"sibling transfer: {c['what']}: {fmt_test(c['test'], 3, p=c['p_holm'])} — "
-                     + ("a shared initialization transmits vulnerability" if sig and c["test"]["diff"] > 0 else
-                        "the shared-init sibling is significantly LESS fooled" if sig else "no significant difference"))
+                     + ("a shared initialization transmits vulnerability" if v["significant"] and c["test"]["diff"] > 0 else
+                        "the shared-init sibling is significantly LESS fooled" if v["significant"] else v["words"]))
     o = r["uncertainty"]["ood"].get("other digits")
     if o:
-        parts.append(f"AUROC, held-out digits: max softmax {_ci(o['max softmax']['auroc'])}, ensemble "
-                     f"{_ci(o['ensemble']['auroc'])}, MC dropout {_ci(o['MC dropout']['auroc'])}")
-    return "; ".join(parts) + " (unit: training seeds)"
+        parts.append(f"AUROC, held-out digits (unit: training seeds; ensembles: groups of seeds): max softmax "
+                     f"{_ci(o['max softmax']['auroc'])}, ensemble {_ci(o['ensemble']['auroc'])}, dropout model in "
+                     f"one pass {_ci(o[DROPOUT_ONE_PASS]['auroc'])}, MC dropout {_ci(o['MC dropout']['auroc'])}")
+    return "; ".join(parts)
 
 
 ANCHORS = [
@@ -864,15 +1041,16 @@ ANCHORS = [
 
 
 def markdown(r: dict) -> str:
-    from heredity.reports.stats import fmt_test, verdict
+    from heredity.reports.stats import fmt_test, spread_note, verdict
 
     c = r["config"]
     P, A, U = r["poisoning"], r["adversarial"], r["uncertainty"]
     L = ["# data-attacks", "",
          f"Data: {c['data']} (pixels in [−1, 1]; every ε below in [0, 1] pixel units); MLPs in → w → w → classes "
          f"(default w = {c['hidden']}), {c['epochs']} epochs of Adam (lr {c['lr']}, batch {c['batch']}); {c['seeds']} "
-         "training seeds per model, the unit of replication of every interval (t over seeds; a rate equal on every "
-         "seed gets a Wilson interval over the pooled test images, marked †).", "",
+         "training seeds per model, the unit of replication of every interval (t over seeds, clipped to the "
+         "quantity's range; a rate equal on every seed has no spread for a t interval and gets each seed's Wilson "
+         "interval over its own test images, the widest, marked † — an image is never counted once per seed).", "",
          "## 1. Poisoning", "", "### Random label flips and a targeted flip", "",
          "| poisoned training set | clean test accuracy |", "|---|---|"]
 
@@ -918,7 +1096,10 @@ def markdown(r: dict) -> str:
         L.append("")
     L += ["## 3. Uncertainty", "", f"Models see digits 0–{c['in_classes'] - 1}; temperature fitted on every fifth "
           f"training row (held out); MC dropout rate {c['dropout']}, {c['mc_passes']} passes; {c['ensembles']} "
-          f"ensembles of {c['ensemble_size']}.", "",
+          f"ensembles of {c['ensemble_size']}. The {DROPOUT_ONE_PASS} is MC dropout's models scored like max softmax "
+          "(no sampling): it differs from max softmax in training only, from MC dropout in inference only. Max "
+          "softmax and temperature scaling score the first ensemble's members, so each arm is compared with the one "
+          "it differs from in one thing, paired (see the planned comparisons).", "",
           "| method | accuracy | NLL | ECE | AUROC: " + " | AUROC: ".join(U["ood"]) + " | FPR@95%TPR: "
           + " | FPR@95%TPR: ".join(U["ood"]) + " |", "|---|---|---|---|" + "---|" * (2 * len(U["ood"]))]
     for m, x in U["in_distribution"].items():
@@ -940,18 +1121,46 @@ def markdown(r: dict) -> str:
           f"{c['flag_eps']} on the standard model: {_ci(U['flags']['pgd'], 3)}; the trigger on the model trained with "
           f"{c['flag_count']} triggered rows: {_ci(U['flags']['trigger'], 3)} (0.5 = no signal; below 0.5 = the attack "
           "makes the model *more* confident).", "",
-          "## Planned comparisons (two-sided; Holm across all)", "", "| contrast | result | reading |", "|---|---|---|"]
-    for x in r["comparisons"]:
-        v = verdict(x["test"], 0, p=x["p_holm"])
-        mde = f"; could have seen ±{x['mde']:.3f}" if v["result"] == "null" and x.get("mde") else ""
-        L.append(f"| {x['what']} | {fmt_test(x['test'], 3, p=x['p_holm'])} | {v['words']}{mde} |")
+          "## Planned comparisons", "",
+          "Two-sided tests, in two Holm families declared from the config before the run (`families` in the JSON; "
+          "the report tests exactly those): one per unit, never one family mixing them.", ""]
+    fams = r.get("families") or {}
+    for fam, ids in fams.items():
+        rows = [x for x in r["comparisons"] if x["family"] == fam]
+        m = len(ids)
+        if fam == TRAINING:
+            L += [f"### Claims about training: unit training seeds (n = {c['seeds']}), {m} tests, Holm across them", "",
+                  "Paired t over the seeds (the models of a contrast share their seeds' initialization, or are paired "
+                  "by index where they cannot), the interval clipped to a difference's range [−1, 1]. Where every "
+                  "seed's difference is the same a t test is undefined: the exact sign test over the seeds (with "
+                  f"{c['seeds']} seeds its smallest two-sided p is {2 * 0.5 ** c['seeds']:.4g}, so such a contrast "
+                  f"cannot pass Holm here), with the widest of the seeds' Newcombe intervals. A null's smallest "
+                  f"detectable effect (80% power) is at the level the verdict uses: α = 0.05/{m}, t quantiles.", ""]
+        else:
+            L += [f"### Claims about the trained models: unit test images, each model on its own, {m} tests, Holm "
+                  "across them", "",
+                  f"Each of the {c['seeds']} poisoned models against its unpoisoned twin (same initialization) on the "
+                  "same triggered test images: McNemar's exact test per model, never pooling an image across models. "
+                  "The p is the largest of the models' (an intersection–union test: significant means every one of "
+                  "these models), the difference and Newcombe's paired interval are that model's. This says what the "
+                  "trained models do, not how a new training run would go.", ""]
+        L += ["| contrast | result | reading |", "|---|---|---|"]
+        for x in rows:
+            v = verdict(x["test"], 0, p=x["p_holm"])
+            mde = (f"; could have seen ±{x['mde']:.3f} (α = 0.05/{m})" if v["result"] == "null" and x.get("mde") else "")
+            note = spread_note(x["test"]["n"]) if v["result"] == "null" and isinstance(x["test"]["n"], int) else ""
+            L.append(f"| {x['what']} | {fmt_test(x['test'], 3, p=x['p_holm'])} | {v['words']}{mde}"
+                     + (f" ({note})" if note else "") + " |")
+        L.append("")
+    L.pop()
     L += ["", "## Beside the published figures", "", "| published | their figure | ours |", "|---|---|---|"]
     need = {w: needed_count(r, w) for w in c["widths"]}
     full = next((b for b in P["badnets"] if b["width"] == c["hidden"] and b["count"] == max(c["counts"])), None)
     clean0 = next((b for b in P["badnets"] if b["width"] == c["hidden"] and b["count"] == 0), None)
     ours = [f"{max(c['counts'])} rows at w{c['hidden']}: success {_ci(full['attack_success'])}, clean accuracy "
             f"{_ci(full['clean_accuracy'])} vs {_ci(clean0['clean_accuracy'])} unpoisoned" if full and clean0 else "—",
-            "count for ≥ 90% success: " + ", ".join(f"w{w}: {v if v is not None else 'none'}" for w, v in need.items()),
+            f"count for ≥ 90% mean success on the grid {c['counts']} (descriptive): "
+            + ", ".join(f"w{w}: {v if v is not None else 'none'}" for w, v in need.items()),
             f"standard MLP under FGSM at ε = 0.3: accuracy {_ci(A['robust']['standard/fgsm'][-1])}" if c["eps"][-1] == 0.3 else "—",
             f"PGD-trained under PGD at ε = 0.3: {_ci(A['robust']['pgd-trained/pgd'][-1])} (trained at ε = {c['train_eps']})" if c["eps"][-1] == 0.3 else "—",
             f"held-out digits AUROC: max softmax {_ci(U['ood']['other digits']['max softmax']['auroc'])}, ensemble "
