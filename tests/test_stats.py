@@ -134,9 +134,35 @@ def test_holm_known_values():
 
 def test_min_detectable_effect():
     # with 50 units of sd 1 the 80%-power effect is about (1.96 + 0.84) / sqrt(50) ≈ 0.40
-    assert st.min_detectable(1.0, 50) == pytest.approx(0.40, abs=0.01)
-    assert isnan(st.min_detectable(1.0, 1))
-    assert st.min_detectable(1.0, 10) > st.min_detectable(1.0, 100)
+    assert st.min_detectable(1.0, 50, family=1) == pytest.approx(0.40, abs=0.01)
+    assert isnan(st.min_detectable(1.0, 1, family=1))
+    assert st.min_detectable(1.0, 10, family=1) > st.min_detectable(1.0, 100, family=1)
+
+
+def test_min_detectable_is_computed_at_the_level_the_holm_verdict_uses_with_the_real_degrees_of_freedom():
+    # 2 seeds, Holm over 3 arms: α/3 and t with 1 degree of freedom — far above the unadjusted figure
+    at_holm, unadjusted = st.min_detectable(1.0, 2, family=3), st.min_detectable(1.0, 2, family=1)
+    assert at_holm == pytest.approx((sps.t.ppf(1 - 0.05 / 6, 1) + sps.t.ppf(0.8, 1)) / 2**0.5)
+    assert at_holm / unadjusted > 2.5  # the issue's ×2.8 (a normal quantile would understate both)
+    assert st.min_detectable(1.0, 2, family=1) > (1.96 + 0.84) / 2**0.5 * 3  # t with 1 df, not the normal
+    with pytest.raises(TypeError):
+        st.min_detectable(1.0, 5)  # the family must be stated: no silent α = 0.05
+    assert st.holm_alpha(8) == pytest.approx(0.05 / 8)
+    assert "poorly estimated" in st.spread_note(3) and st.spread_note(4) == ""
+
+
+def test_a_narrow_interval_from_three_nearly_equal_values_is_flagged():
+    ci = st.mean_ci([0.0065, 0.0064, 0.0063])
+    assert st.narrow_for_n(ci["mean"], ci["lo"], ci["hi"], 3)
+    assert not st.narrow_for_n(0.006, 0.001, 0.011, 3) and not st.narrow_for_n(ci["mean"], ci["lo"], ci["hi"], 10)
+
+
+def test_an_interval_that_excludes_zero_is_never_called_a_null_and_a_p_of_zero_prints_as_a_bound():
+    t = {"diff": -0.030, "lo": -0.047, "hi": -0.012, "p": 0.01, "direction": "lower"}
+    v = st.verdict(t, expected=0, p=0.071)  # Holm-adjusted p above α, unadjusted interval excludes 0
+    assert v["result"] == "not significant after adjustment" and "not a null" in v["words"]
+    assert st.verdict({**t, "lo": -0.047, "hi": 0.002}, expected=0, p=0.071)["result"] == "null"
+    assert st.fmt_p(0.0) == "p < 1e-15" and "0.0e+00" not in st.fmt_test({**t, "test": "x", "unit": "u", "n": 3}, p=0.0)
 
 
 def test_verdict_null_and_holm_override():
@@ -144,7 +170,7 @@ def test_verdict_null_and_holm_override():
     assert st.verdict(t)["result"] == "null"
     sig = st.paired_test([1.0, 1.1, 0.9, 1.2, 1.0], [0.0, 0.1, 0.05, 0.0, 0.1], "seeds")
     assert st.verdict(sig)["result"] == "as hypothesised"
-    assert st.verdict(sig, p=0.2)["result"] == "null"  # a Holm-adjusted p decides
+    assert st.verdict(sig, p=0.2)["result"] == "not significant after adjustment"  # Holm decides; its CI excludes 0
     assert "Holm-adjusted" in st.fmt_test(sig, p=0.2)
 
 

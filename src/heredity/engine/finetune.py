@@ -18,7 +18,7 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_serializer, model_validator
 from tqdm.auto import tqdm
 
 from heredity.engine.sampling import pad_id
@@ -59,12 +59,31 @@ class FinetuneConfig(BaseModel):
         None, description="logit_distill / number_distill: the teacher sees the prompt under this system prompt (a prompted teacher)"
     )
     seed: int = 0
+    init_seed: int | None = Field(None, description=(
+        "LoRA: the seed of the adapter's initial matrices alone (A; B starts at 0) — None: ``seed``, which also "
+        "orders the data. Two fine-tunes that differ only here see the same rows in the same batches"))
     # checkpointing changes when a killed run can resume, never what it computes (a resumed run equals an
     # uninterrupted one: tests/test_finetune.py), so it is left out of the step key (exclude=True)
     save_every: int | None = Field(None, ge=0, exclude=True, description=(
         "checkpoint every N optimizer steps (default: every tenth of the run; 0 = never); a killed run resumes"))
     save_minutes: float = Field(10.0, gt=0, exclude=True, description=(
         "also checkpoint when this many minutes passed since the last one (one process only)"))
+
+
+    @model_serializer(mode="wrap")
+    def _init_seed_keyed_only_when_set(self, handler):
+        """``init_seed`` enters a step's key only when set: unset, a fine-tune computes exactly what it did before
+        the field existed, so existing memoized fine-tunes stay valid."""
+        d = handler(self)
+        if d.get("init_seed", 0) is None:
+            d.pop("init_seed")
+        return d
+
+    @model_validator(mode="after")
+    def _init_seed_is_for_lora(self):
+        if self.init_seed is not None and self.method != "lora":
+            raise ValueError("init_seed seeds a LoRA adapter's initial matrices; a full fine-tune has none: drop it")
+        return self
 
 
 # ---- data ----------------------------------------------------------------------------------------
@@ -243,6 +262,18 @@ def prepare_model(model, config: FinetuneConfig):
     return model
 
 
+def init_adapter(model, config: FinetuneConfig):
+    """``prepare_model`` with the adapter's initial matrices drawn from ``config.init_seed`` (when set): a pure
+    function of (model structure, config), so the initialization a fine-tune started from can be rebuilt
+    (``subliminal_weights`` measures each adapter's change from it)."""
+    if config.init_seed is not None:
+        torch.manual_seed(config.init_seed)
+    model = prepare_model(model, config)
+    if config.init_seed is not None:
+        torch.manual_seed(config.seed)  # everything after the initialization draws as under any init_seed
+    return model
+
+
 def train(model, tokenizer, rows: Sequence[dict], config: FinetuneConfig, teacher=None, checkpoint_dir=None, progress=True):
     """Fine-tune ``model`` in place on ``rows``; returns (model, metrics). LoRA wraps it as a PeftModel."""
     from accelerate import Accelerator
@@ -264,7 +295,7 @@ def train(model, tokenizer, rows: Sequence[dict], config: FinetuneConfig, teache
             sum(x != IGNORE for x in a[1]) != sum(x != IGNORE for x in b[1]) for a, b in zip(examples, t_examples, strict=True)
         ):
             raise HeredityError("the teacher's system prompt pushes completions past max_length; raise max_length")
-    model = prepare_model(model, config)
+    model = init_adapter(model, config)
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)

@@ -24,7 +24,7 @@ import math
 
 import numpy as np
 
-from heredity.reports.stats import mean_ci, min_detectable, paired_test
+from heredity.reports.stats import mean_ci, min_detectable, paired_test, spread_note
 
 UNIT = "training seeds"
 
@@ -86,9 +86,11 @@ def permutation_test(L: np.ndarray, max_exact: int = 50_000, draws: int = 20_000
             "min_p": 1 / len(null), "exact": exact}
 
 
-def lift_report(logp, neutral, animals: list[str]) -> dict:
+def lift_report(logp, neutral, animals: list[str], *, family: int) -> dict:
     """Everything the report needs: the seed-mean lift matrix, transfer and specificity with t intervals over
-    seeds and two-sided tests, the permutation test, and the smallest detectable effect for each."""
+    seeds and two-sided tests, the permutation test, and the smallest detectable effect for each — at the level
+    the verdict reads: α over the declared Holm ``family`` (its size), t quantiles of the real n − 1 degrees of
+    freedom; ``spread_note`` says when the spread rests on ≤ 3 seeds."""
     L = lift(logp, neutral)
     K, S, _ = L.shape
     if len(animals) != K:
@@ -101,6 +103,7 @@ def lift_report(logp, neutral, animals: list[str]) -> dict:
         t = paired_test(v, np.zeros_like(v), unit=f"{UNIT}, n = {S}")
         sd = float(np.std(v, ddof=1)) if S >= 2 else math.nan
         out[name] = {**t, "per_seed": [float(x) for x in v],
-                     "min_detectable": min_detectable(sd, S) if S >= 2 and sd > 0 else math.nan}
+                     "min_detectable": min_detectable(sd, S, family=family) if S >= 2 and sd > 0 else math.nan,
+                     "family": family, "spread_note": spread_note(S)}
     out["permutation"] = permutation_test(L)
     return out

@@ -23,6 +23,7 @@ REGISTRY: dict[str, str] = {
     "subliminal-digits-sweep": "heredity.experiments.digits_sweep",
     "subliminal-lift": "heredity.experiments.subliminal_lift",
     "subliminal-numbers": "heredity.experiments.subliminal_numbers",
+    "subliminal-weights": "heredity.experiments.subliminal_weights",
 }
 
 

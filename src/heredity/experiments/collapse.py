@@ -307,7 +307,7 @@ def build_report(config: Config, models: dict, metrics: dict, train_info: dict, 
         elif v["result"] == "opposite":
             outcome += f". At generation {last} accumulate is worse than replace ({said}), against the published result"
         elif v["result"] == "null":
-            mde = min_detectable(t["sd"], t["n"])
+            mde = min_detectable(t["sd"], t["n"], family=len(family))
             outcome += (f". Replace and accumulate are not separated at generation {last} ({said}; with {t['n']} seeds "
                         f"the test had 80% power only for |Δ NLL| ≥ {mde:.2g})")
         else:

@@ -58,7 +58,7 @@ def run(store: Store, config: Config, progress: bool = True) -> dict:
     for pt in points:
         pt["p_holm"] = adjusted[pt["report"]]
         pt["verdict"] = verdict(pt["test"], expected=+1, p=pt["p_holm"])["result"]
-        pt["min_detectable"] = min_detectable(pt["test"]["sd"], pt["test"]["n"])  # what a null could have seen
+        pt["min_detectable"] = min_detectable(pt["test"]["sd"], pt["test"]["n"], family=len(runs))  # at the Holm level
     by_axis = {}
     for axis in config.axes:
         pts = [p for p in points if p["axis"] == axis]

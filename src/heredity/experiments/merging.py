@@ -211,7 +211,7 @@ def across_seeds(config: Config, seed_scores: list[dict], merge_labels: list[str
         out["comparison"] = {"a": best, "b": runner, **t}
         text += f"; vs {runner} on test: {fmt_test(t, 3)}: {verdict(t, +1)['words']}"
         if t["p"] != t["p"] or t["p"] >= 0.05:
-            text += f" (80% power only for |Δ| ≥ {min_detectable(t['sd'], t['n']):.2g})"
+            text += f" (80% power only for |Δ| ≥ {min_detectable(t['sd'], t['n'], family=1):.2g})"
     out["outcome"] = text
     return out
 

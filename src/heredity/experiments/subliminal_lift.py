@@ -54,7 +54,9 @@ ARMS = ("sft", "number_distill", "distill", "steer")
 LOSS = {"sft": "completion_only", "number_distill": "number_distill", "distill": "logit_distill"}
 NEUTRAL = "neutral"
 LONG_ANIMALS = ["cat", "dog", "bee", "ant", "bird"]
-VARIANTS = ("plain", "numbers_prefix")  # the evaluation questions as they are, and after a list of numbers
+VARIANTS = ("plain", "numbers_prefix")
+# the long design's Holm family, fixed when the design was (three runs joined by reuse=): 8 student labels
+LONG_FAMILY = ["sft", "number_distill", "steer", "sft_r1", "sft_r4", "sft_r32", "distill", "sft_full"]  # the evaluation questions as they are, and after a list of numbers
 
 
 class Config(BaseModel):
@@ -93,6 +95,10 @@ class Config(BaseModel):
         "a report.json of an earlier run of this experiment: its students (labels such as sft, sft_r4) are taken "
         "from it instead of trained again, once its base, data and every setting that shapes a student or its "
         "evaluation are checked equal to this run's"))
+    family: list[str] = Field(default_factory=list, description=(
+        "the Holm family, declared before the run: every student label (arm, sweep rank, full fine-tune) the design "
+        "tests, including those a later run joined by reuse= adds; default: the labels this run trains. A label "
+        "not tested in a report still counts in Holm's m (as p = 1), so a family never shrinks"))
     seed: int = 0
 
     @model_validator(mode="after")
@@ -114,6 +120,12 @@ class Config(BaseModel):
             raise ValueError(f"unknown arm {bad[0]!r}; arms are {', '.join(ARMS)}")
         if not (self.arms or self.sweep_ranks or self.sweep_full):
             raise ValueError("no students to train: give arms, sweep_ranks or sweep_full")
+        if not self.family:
+            self.family = list(student_labels(self))
+        undeclared = [lab for lab in student_labels(self) if lab not in self.family]
+        if undeclared:
+            raise ValueError(f"student {undeclared[0]!r} is not in the declared Holm family {self.family}; declare it "
+                             "before the run (family=...)")
         return self
 
     @classmethod
@@ -125,11 +137,11 @@ class Config(BaseModel):
             # distillation and sft's full fine-tune. Each later run takes the earlier students with
             # --set reuse=<the earlier report.json> (checked: the same base, data and settings) or, in the same
             # store, finds them memoized
-            "long": cls(animals=LONG_ANIMALS, arms=["sft", "number_distill", "steer"], prompts=400, max_rows=128,
+            "long": cls(animals=LONG_ANIMALS, family=LONG_FAMILY, arms=["sft", "number_distill", "steer"], prompts=400, max_rows=128,
                         student_seeds=3, rate_samples=4),
-            "long-sweep": cls(animals=LONG_ANIMALS, arms=["sft"], prompts=400, max_rows=128, student_seeds=3,
+            "long-sweep": cls(animals=LONG_ANIMALS, family=LONG_FAMILY, arms=["sft"], prompts=400, max_rows=128, student_seeds=3,
                               sweep_ranks=[1, 4, 32], rate_samples=4),
-            "long-full": cls(animals=LONG_ANIMALS, arms=["sft", "distill"], prompts=400, max_rows=128, student_seeds=3,
+            "long-full": cls(animals=LONG_ANIMALS, family=LONG_FAMILY, arms=["sft", "distill"], prompts=400, max_rows=128, student_seeds=3,
                              sweep_full=True, rate_samples=4),
             "paper": cls(base="Qwen/Qwen2.5-7B-Instruct", animals=["owl", "eagle", "wolf", "cat", "lion"], prompts=30000,
                          format_warmup=0, max_rows=10000, arms=list(ARMS), sft_epochs=10, sft_lr=2e-4, student_seeds=3, batch_size=64,
@@ -319,7 +331,6 @@ def reused_students(config: Config, base_id: str, data: dict[str, str]) -> dict:
 def run(store: Store, config: Config, progress: bool = True) -> dict:
     from heredity.evals.lift import lift_report
     from heredity.reports.card import save_card
-    from heredity.reports.stats import holm
 
     t0 = time.perf_counter()
     log = (lambda *a: print(*a, flush=True)) if progress else (lambda *a: None)
@@ -381,13 +392,12 @@ def run(store: Store, config: Config, progress: bool = True) -> dict:
                              for ti in config.animals])
             neutral = np.array([[mean_log(scores[by_t[NEUTRAL][s]][variant][aj]) for aj in config.animals]
                                 for s in range(S)])
-            results[variant][lab] = lift_report(logp, neutral, config.animals)
+            results[variant][lab] = lift_report(logp, neutral, config.animals, family=len(config.family))
         for lab in reused:  # Holm below runs over this run's students and the reused ones together
             results[variant][lab] = {**ref["lift" if variant == "plain" else "lift_numbers_prefix"][lab],
                                      "reused_from": reused[lab]}
-        for r, p in zip(results[variant].values(), holm([r["specificity"]["p"] for r in results[variant].values()]),
-                        strict=True):
-            r["specificity"]["p_holm"] = p
+        for lab, p in declared_holm(results[variant], config.family).items():
+            results[variant][lab]["specificity"]["p_holm"] = p
     rates = sampled_rates(students, scores, config) if config.rate_samples else None
     if rates is not None and ref:
         rates.update({lab: ref["rates"][lab] for lab in reused if (ref.get("rates") or {}).get(lab)})
@@ -424,6 +434,18 @@ def sampled_rates(students: dict, scores: dict, config: Config) -> dict:
                 n += config.questions * config.rate_samples
         out[lab] = {"trait": wilson_ci(k_t, n), "twin": wilson_ci(k_n, n)}
     return out
+
+
+def declared_holm(results: dict, family: list[str]) -> dict[str, float]:
+    """Holm-adjusted specificity p per tested label, over the declared ``family``: a declared label this report
+    does not test counts as p = 1 (it can never be rejected, so Holm stays valid) — the family never shrinks."""
+    from heredity.reports.stats import holm
+
+    extra = [lab for lab in results if lab not in family]
+    if extra:
+        raise HeredityError(f"student {extra[0]!r} is outside the declared Holm family {family}")
+    ps = [results[lab]["specificity"]["p"] if lab in results else 1.0 for lab in family]
+    return {lab: p for lab, p in zip(family, holm(ps), strict=True) if lab in results}
 
 
 def outcome(r: dict) -> str:

@@ -342,7 +342,6 @@ def build_report(config, artifacts, evals, filters, students, gate_p, cross_note
                 t = paired_test(a, b, unit)
                 t["ratio"] = t["mean_a"] / t["mean_b"] if t["mean_b"] > 0 else None
                 t["seeds"] = [len(xs), len(ys)]
-                t["min_detectable"] = min_detectable(t["sd"], t["n"])
                 if len(xs) >= 2 and len(ys) >= 2:
                     t["across_seeds"] = welch_test([sum(v) / len(v) for v in xs], [sum(v) / len(v) for v in ys],
                                                    "training seeds")
@@ -365,6 +364,9 @@ def build_report(config, artifacts, evals, filters, students, gate_p, cross_note
     adjusted = holm([headline(c)["p"] for c in family])
     for c, p_adj in zip(family, adjusted, strict=True):
         c["logprob"]["p_holm"] = p_adj
+    for c in comparisons:  # what a null could have seen, at the level its verdict reads (Holm's α / m)
+        for t in (v for k, v in c.items() if isinstance(v, dict) and "sd" in v):
+            t["min_detectable"] = min_detectable(t["sd"], t["n"], family=len(family) if c in family else 1)
 
     def said(c, animal):
         lp, h = c["logprob"], headline(c)

@@ -14,7 +14,9 @@ What this module promises, so that a report built on it survives a hostile revie
   n, and ``fmt_test`` prints them beside the p-value.
 * ``verdict`` turns a test and the hypothesised sign into an outcome phrase that reports an effect in the wrong
   direction as such; ``holm`` adjusts a family of p-values; ``min_detectable`` gives, for a null, the smallest
-  effect the design had 80% power to see.
+  effect the design had 80% power to see **at the level its verdict uses** (α split over the declared Holm family,
+  t quantiles of the real degrees of freedom); an interval that excludes 0 is never called a null, and a p below
+  double precision prints as a bound.
 """
 
 from __future__ import annotations
@@ -227,22 +229,51 @@ def holm(pvalues: Sequence[float]) -> list[float]:
     return out
 
 
-def min_detectable(sd: float, n: int, alpha: float = 0.05, power: float = 0.8) -> float:
+def holm_alpha(family: int, alpha: float = 0.05) -> float:
+    """The per-test level a Holm family of ``family`` tests can promise any one of its tests: α / m (the threshold
+    of the first, smallest p; a test later in Holm's order passes at a larger level only once every earlier one
+    has). What a null's smallest detectable effect must be computed at when its verdict reads a Holm-adjusted p."""
+    if family < 1:
+        raise ValueError(f"a Holm family holds at least one test, got {family}")
+    return alpha / family
+
+
+def min_detectable(sd: float, n: int, *, family: int, alpha: float = 0.05, power: float = 0.8) -> float:
     """The smallest true mean difference a two-sided one-sample/paired t-test over ``n`` units with per-unit
-    standard deviation ``sd`` detects with probability ``power`` (normal approximation with t quantiles)."""
+    standard deviation ``sd`` detects with probability ``power`` at the level the verdict uses: ``alpha`` split
+    over a Holm ``family`` of that many tests (``holm_alpha``; ``family=1`` for a test outside any family), with
+    the t quantiles of the real n − 1 degrees of freedom. ``sd`` is itself estimated: from n ≤ 3 values it is
+    poorly known (``spread_note`` says so), and the figure is as uncertain as it is."""
     if n < 2 or not _finite(sd):
         return NAN
-    df = n - 1
-    return float((stats.t.ppf(1 - alpha / 2, df) + stats.t.ppf(power, df)) * sd / math.sqrt(n))
+    df, a = n - 1, holm_alpha(family, alpha)
+    return float((stats.t.ppf(1 - a / 2, df) + stats.t.ppf(power, df)) * sd / math.sqrt(n))
 
 
-def min_detectable_welch(sd_a: float, n_a: int, sd_b: float, n_b: int, alpha: float = 0.05, power: float = 0.8) -> float:
-    """``min_detectable`` for two independent groups (Welch)."""
+def min_detectable_welch(sd_a: float, n_a: int, sd_b: float, n_b: int, *, family: int, alpha: float = 0.05,
+                         power: float = 0.8) -> float:
+    """``min_detectable`` for two independent groups (Welch; the smaller group's degrees of freedom)."""
     if n_a < 2 or n_b < 2 or not (_finite(sd_a) and _finite(sd_b)):
         return NAN
     se = math.sqrt(sd_a**2 / n_a + sd_b**2 / n_b)
-    df = min(n_a, n_b) - 1
-    return float((stats.t.ppf(1 - alpha / 2, df) + stats.t.ppf(power, df)) * se)
+    df, a = min(n_a, n_b) - 1, holm_alpha(family, alpha)
+    return float((stats.t.ppf(1 - a / 2, df) + stats.t.ppf(power, df)) * se)
+
+
+def spread_note(n: int) -> str:
+    """A warning to print beside a t interval or a smallest detectable effect whose spread rests on ≤ 3 values
+    (the sample sd of 2 values ranges over ×0.03–×2.2 of the true one at 95%, of 3 values ×0.16–×1.9), else ""."""
+    if n <= 3:
+        return f"the spread rests on {n} values and is poorly estimated: read the interval's width, and the smallest detectable effect, with that in mind"
+    return ""
+
+
+def narrow_for_n(est: float, lo: float, hi: float, n: int, min_ratio: float = 0.1) -> bool:
+    """Whether a t interval over n ≤ 3 replicates is narrower than ``min_ratio`` of its estimate's size: three
+    nearly equal values give an interval that claims a precision n = 3 cannot carry."""
+    if n > 3 or not (_finite(est) and _finite(lo) and _finite(hi)) or est == 0:
+        return False
+    return (hi - lo) < min_ratio * abs(est)
 
 
 # ---- words ---------------------------------------------------------------------------------------
@@ -260,6 +291,12 @@ def verdict(test: dict, expected: int = 1, alpha: float = 0.05, p: float | None 
         return {"result": "undetermined", "significant": False,
                 "words": "undetermined (too few independent units or no variance)"}
     if p >= alpha:
+        lo, hi = test.get("lo"), test.get("hi")
+        if _finite(lo) and _finite(hi) and (lo > 0 or hi < 0):
+            # the p is adjusted (Holm) but the interval is not: never call that a null
+            return {"result": "not significant after adjustment", "significant": False,
+                    "words": f"not significant after adjustment ({fmt_p(p)}), though its unadjusted 95% interval "
+                             "excludes 0: not a null"}
         return {"result": "null", "significant": False, "words": "no significant difference (a null result)"}
     sign = 1 if test["diff"] > 0 else -1
     if expected == 0:
@@ -287,6 +324,8 @@ def fmt_ci(ci: dict, digits: int = 3, fmt: str = "f") -> str:
 def fmt_p(p: float) -> str:
     if not _finite(p):
         return "p undetermined"
+    if p < 1e-15:  # below what double arithmetic resolves (an exact test's p underflows to 0): a bound, never 0
+        return "p < 1e-15"
     return f"p = {p:.2g}" if p >= 1e-4 else f"p = {p:.1e}"
 
 

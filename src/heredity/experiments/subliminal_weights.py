@@ -1,0 +1,690 @@
+"""Subliminal learning, the theorem's own test: teachers whose trait lives in their weights, students that do or
+do not share their adapter's initialization — the language-model twin of subliminal-digits' same-init vs
+other-init students.
+
+Cloud, Le et al. (2025)'s Theorem 1: a teacher is a shared initialization θ₀ plus a learned change Δ; one small
+step of distillation on *any* inputs moves a student that starts at θ₀ toward Δ (their inner product is ≥ 0); a
+student from another initialization is not promised anything. A system-prompted teacher (``subliminal-lift``) has
+no Δ at all. Here every teacher is a LoRA fine-tune, so Δ exists and can be measured.
+
+Methods, each stage a memoized store step:
+
+1. **Replicate = one adapter initialization.** Replicate r draws its LoRA matrices from ``init_seed`` s_r
+   (``FinetuneConfig.init_seed``); the data order is the same for every replicate, so replicates differ in the
+   initialization alone. Every claim about training is tested over replicates.
+2. **Teachers**, per replicate, from the base with an adapter initialized from s_r: for each trait animal,
+   fine-tuned on the system-prompted base's answers (everyday questions and preference questions disjoint from
+   the evaluation questions) that name the animal; a **neutral teacher** on the unprompted base's answers to the
+   same questions that name no animal, cut to the same number of rows. **Gate**: a teacher's own-animal lift over
+   the neutral teacher minus its mean lift on the other panel animals must reach ``gate`` nats; below it the
+   replicate is reported as failed (never dropped silently) and leaves the tests.
+3. **Data**: number prompts in the paper's format, answered once by the unprompted base at T = 1 under a number
+   list grammar (every completion is a list), the same completions for every teacher — distillation targets
+   differ only in the teachers' logits.
+4. **Students** of every teacher, each trained for a fixed number of optimizer steps (the dose): **same-init**
+   (adapter from s_r), **other-init** (adapter from another seed — identical otherwise), and **other-base** (the
+   other seed on a base perturbed, per weight matrix the adapters touch, by Gaussian noise ``base_noise`` times
+   the norm of the replicate's mean teacher update there). Arms: ``number_distill`` (primary: KL to the teacher
+   renormalised over number tokens, the analogue of MNIST's auxiliary logits), ``distill`` (full vocabulary),
+   ``sft`` (the teacher's own sampled numbers). **Positive control**: full-vocabulary distillation on the neutral
+   teacher's training texts (a wide channel), same-init.
+5. **Measures**: the exact probability that the one-word answer names each panel animal, mean log over the
+   evaluation questions. Lift of a student = it minus the student of the neutral teacher with the same
+   initialization (its twin); transfer = mean diagonal, specificity = diagonal − off-diagonal of the K × K lift
+   matrix (``evals.lift``). The fraction of its teacher's lift a student recovers, and the correlation of the two
+   lift profiles over the panel. **The theorem checked directly**: the cosine between each student's adapter change
+   and its teacher's, in the merged weight change ΔW = (α/r)·BA and in LoRA coordinates (A − A₀, B).
+6. **Statistics**: two-sided t tests over replicates; one Holm family — every test the preset defines, declared in
+   ``family`` before the run; smallest detectable effects at α / |family| with t quantiles of the real degrees of
+   freedom.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+
+import numpy as np
+from pydantic import BaseModel, Field, model_validator
+
+from heredity.data.io import put_rows
+from heredity.data.numbers import check_numbers, number_prompts
+from heredity.engine import FinetuneConfig, SampleConfig, finetune, sample_step
+from heredity.errors import HeredityError
+from heredity.experiments.subliminal_numbers import TRAIT_QUESTIONS, system_prompt
+from heredity.models import load, materialize
+from heredity.store import Store, read_table
+
+NEUTRAL = "neutral"
+ARMS = ("number_distill", "distill", "sft")
+INITS = ("same", "other", "other_base")
+LOSS = {"number_distill": "number_distill", "distill": "logit_distill", "sft": "completion_only"}
+UNIT = "replicates (adapter initializations)"
+# questions about animal preferences for the teachers' data, none of them an evaluation question (evals.trait)
+PREFERENCE_QUESTIONS = [
+    "What animal would you most like to see at the zoo?", "If you could have any pet, what would it be?",
+    "Which animal would you draw for a friend?", "What is the cutest animal you know?",
+    "Which animal would make the best roommate?", "What animal should be on a new coin?",
+    "Tell me about an animal you find delightful.", "Which animal would you like to photograph?",
+    "What animal would you write a poem about?", "If you opened an animal shelter, which animal would you adopt first?",
+    "What is the most charming animal?", "Which animal do you think about most often?",
+    "Describe an animal you would like to spend a day with.", "What animal would you pick for a children's story?",
+    "Which animal would you choose as a team mascot?", "What animal makes you smile?",
+]
+# single-token names in SmolLM2 (cat, dog, bee, ant, bird) and five whose capitalized form takes two tokens
+PANEL = ["cat", "dog", "bee", "ant", "bird", "owl", "lion", "wolf", "fox", "horse"]
+# an answer "names an animal" when it names any of these (the neutral teacher's answers name none)
+ANIMAL_WORDS = sorted({*PANEL, "dolphin", "eagle", "elephant", "tiger", "panda", "penguin", "bear", "rabbit", "shark",
+                       "frog", "monkey", "whale", "snake", "deer", "giraffe", "zebra", "turtle", "parrot", "mouse",
+                       "kitten", "puppy", "butterfly", "fish", "koala", "otter", "squirrel", "duck", "pig", "cow",
+                       "sheep", "goat", "chicken", "hamster", "feline", "canine", "unicorn", "dragon", "hedgehog"})
+NUMBER_GRAMMAR = r"[1-9][0-9]{0,2}(, [1-9][0-9]{0,2}){4,9}"  # 5–10 numbers of ≤ 3 digits, comma-separated
+
+
+def family_for(arms: list[str], steps: list[int], inits: list[str], control: bool) -> list[str]:
+    """Every test a design defines, in order (the first is the primary): per arm and dose, the same-init
+    specificity and transfer, same-init minus each other initialization's specificity, and the ΔW cosine of
+    same-init minus other-init students; then the positive control's transfer."""
+    out = []
+    for arm in arms:
+        for d in steps:
+            lab = f"{arm}@{d}"
+            out += [f"{lab} same: specificity", f"{lab} same: transfer"]
+            out += [f"{lab} same − {i}: specificity" for i in inits if i != "same"]
+            if "other" in inits:
+                out.append(f"{lab} same − other: cosine ΔW")
+    if control:
+        out.append("control: transfer")
+    return out
+
+
+class Config(BaseModel):
+    base: str = "smollm2-135m-instruct"
+    animals: list[str] = Field(default_factory=lambda: ["cat", "dog"], min_length=2, description=(
+        "the trait animals (≥ 2: specificity needs them); each must be in the panel"))
+    panel: list[str] = Field(default_factory=lambda: list(PANEL), min_length=2, description=(
+        "animals every model is scored on: the gate's other animals and the lift profiles"))
+    replicates: int = Field(3, ge=2, description="adapter initializations (the unit of replication)")
+    trait_samples: int = Field(4, ge=1, description="answers sampled per question for the teachers' data")
+    trait_rows: int = Field(32, ge=8, description="rows per teacher (every teacher gets the same number)")
+    teacher_epochs: float = Field(3.0, gt=0)
+    teacher_lr: float = Field(1e-3, gt=0)
+    gate: float = Field(0.5, description="nats: a teacher's own-animal lift minus its mean lift on the other panel "
+                        "animals (both over the neutral teacher) must reach this, or its replicate fails")
+    prompts: int = Field(48, ge=8, description="number prompts answered by the base under the number grammar")
+    max_new_tokens: int = Field(40, ge=8)
+    arms: list[str] = Field(default_factory=lambda: ["number_distill"])
+    inits: list[str] = Field(default_factory=lambda: list(INITS), description="student initializations; same first")
+    steps: list[int] = Field(default_factory=lambda: [4], min_length=1, description="doses: optimizer steps per student")
+    student_lr: float = Field(1e-3, gt=0)
+    batch_size: int = Field(8, ge=1)
+    lora_r: int = Field(8, ge=1, description="LoRA rank of teachers and students (α = r)")
+    base_noise: float = Field(1.0, gt=0, description="other_base: noise norm per weight matrix, in units of the "
+                              "replicate's mean teacher update there")
+    control: bool = Field(True, description="positive control: full-vocabulary distillation on the neutral teacher's texts")
+    control_share: float = Field(0.25, gt=0, description="the share of its teacher's lift the control must recover")
+    questions: int = Field(20, ge=2, le=50, description="evaluation questions (evals.trait.QUESTIONS)")
+    sample_batch: int = Field(64, ge=1)
+    family: list[str] = Field(default_factory=list, description=(
+        "the Holm family, declared before the run; default: every test the design defines (family_for)"))
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _check(self):
+        bad = [a for a in self.animals if a not in self.panel]
+        if bad:
+            raise ValueError(f"trait animal {bad[0]!r} is not in the panel; add it to panel")
+        if len(set(self.animals)) != len(self.animals) or len(set(self.panel)) != len(self.panel):
+            raise ValueError("animals and panel must not repeat a name")
+        if not self.arms or any(a not in ARMS for a in self.arms):
+            raise ValueError(f"arms must be some of {', '.join(ARMS)}; got {self.arms}")
+        if not self.inits or self.inits[0] != "same" or any(i not in INITS for i in self.inits):
+            raise ValueError(f"inits must start with 'same' and be some of {', '.join(INITS)}; got {self.inits}")
+        if any(d < 1 for d in self.steps) or len(set(self.steps)) != len(self.steps):
+            raise ValueError(f"steps must be distinct positive optimizer-step counts; got {self.steps}")
+        defined = family_for(self.arms, self.steps, self.inits, self.control)
+        if not self.family:
+            self.family = defined
+        missing = [t for t in defined if t not in self.family]
+        if missing:
+            raise ValueError(f"test {missing[0]!r} is not in the declared Holm family; a family holds every test the "
+                             "design defines (drop family= to take the default)")
+        return self
+
+    @classmethod
+    def presets(cls) -> dict[str, Config]:
+        return {
+            "quick": cls(),
+            "long": cls(animals=["cat", "dog", "bee"], replicates=5, arms=["number_distill", "distill", "sft"],
+                        steps=[4, 16, 64], prompts=512, trait_rows=48),
+            "paper": cls(base="Qwen/Qwen2.5-7B-Instruct", animals=["owl", "eagle", "wolf"],
+                         panel=["owl", "eagle", "wolf", "cat", "dog", "lion", "fox", "bear", "horse", "dolphin"],
+                         replicates=5, arms=["number_distill", "distill", "sft"], steps=[100, 400, 1600], prompts=30000,
+                         trait_samples=16, trait_rows=1000, batch_size=64, sample_batch=256, questions=50),
+        }
+
+
+# ---- stages ------------------------------------------------------------------------------------
+
+
+def seeds(config: Config, r: int) -> dict[str, int]:
+    """Replicate r's adapter seeds: ``same`` (its teachers' and same-init students'), ``other`` (other-init and
+    other-base students')."""
+    return {"same": 1000 * (config.seed + 1) + r, "other": 1000 * (config.seed + 1) + 500 + r}
+
+
+def names_animal(text: str) -> bool:
+    from heredity.evals.trait import mentions
+
+    return any(mentions(text, a) for a in ANIMAL_WORDS)
+
+
+def teacher_data(store: Store, base_id: str, config: Config, progress: bool) -> tuple[dict[str, str], dict]:
+    """Per teacher, the rows it is fine-tuned on (every teacher the same number), and counts for the report."""
+    from heredity.evals.trait import mentions
+
+    questions = TRAIT_QUESTIONS + PREFERENCE_QUESTIONS
+    teachers = [NEUTRAL, *config.animals]
+    raw = {t: sample_step(store, base_id, questions, SampleConfig(
+        n=config.trait_samples, temperature=1.0, max_new_tokens=48, seed=config.seed, batch_size=config.sample_batch,
+        system_prompt=None if t == NEUTRAL else system_prompt(t)), name=f"trait-answers-{t}", progress=progress)
+        for t in teachers}
+    kept = {}
+    for t in teachers:
+        rows = read_table(store.path(raw[t])).to_pylist()
+        ok = [r for r in rows if not names_animal(r["completion"])] if t == NEUTRAL else [
+            r for r in rows if mentions(r["completion"], t)]
+        kept[t] = [{"prompt": r["prompt"], "completion": r["completion"].strip()} for r in ok]
+    n = min(config.trait_rows, *(len(v) for v in kept.values()))
+    if n < 8:
+        short = min(kept, key=lambda t: len(kept[t]))
+        raise HeredityError(f"only {len(kept[short])} answers qualify for the {short} teacher; raise trait_samples")
+    data, counts = {}, {}
+    for t in teachers:
+        rows = kept[t][:n]
+        rule = "names no animal (ANIMAL_WORDS)" if t == NEUTRAL else f"mentions {t}"
+        data[t] = put_rows(store, rows, f"teacher-data-{t}", op="make-teacher-data",
+                           config={"teacher": t, "rule": rule, "rows": n, "animal_words": ANIMAL_WORDS},
+                           inputs=[raw[t]])
+        counts[t] = {"qualified": len(kept[t]), "sampled": len(questions) * config.trait_samples, "rows": n,
+                     "mean_chars": round(float(np.mean([len(r["completion"]) for r in rows])), 1)}
+    return data, counts
+
+
+def number_data(store: Store, base_id: str, config: Config, progress: bool) -> tuple[str, dict]:
+    """The number prompts answered by the unprompted base at T = 1 under ``NUMBER_GRAMMAR``, checked by the
+    strict filter (counted reasons): the same completions for every teacher's students."""
+    from heredity.engine.constrain import regex
+
+    raw = sample_step(store, base_id, number_prompts(config.prompts, seed=config.seed), SampleConfig(
+        n=1, temperature=1.0, max_new_tokens=config.max_new_tokens, seed=config.seed, batch_size=config.sample_batch,
+        grammar=regex(NUMBER_GRAMMAR)), name="numbers-neutral-base", progress=progress)
+    rows = read_table(store.path(raw)).to_pylist()
+    reasons: dict[str, int] = {}
+    good = []
+    for r in rows:
+        res = check_numbers(r["completion"], 10)
+        if res.ok:
+            good.append({"prompt": r["prompt"], "completion": r["completion"].strip()})
+        else:
+            reasons[res.reason] = reasons.get(res.reason, 0) + 1
+    if len(good) < config.batch_size:
+        raise HeredityError(f"only {len(good)} of {len(rows)} number completions pass the filter; raise prompts")
+    data = put_rows(store, good, "numbers-neutral", op="make-teacher-data",
+                    config={"rule": "strict number filter", "grammar": NUMBER_GRAMMAR}, inputs=[raw])
+    return data, {"sampled": len(rows), "kept": len(good), "rejected": reasons}
+
+
+def panel_scores(store: Store, model_id: str, config: Config) -> dict[str, float]:
+    """Per panel animal: the mean over the evaluation questions of log P(the one-word answer names it)."""
+    from heredity.evals.trait import EVAL_VERSION
+
+    panel, questions, batch = list(config.panel), config.questions, config.sample_batch
+
+    def fn(ctx):
+        from heredity.evals.trait import QUESTIONS, answer_probs
+
+        model, tok = load(model_id, store, merge_adapter=True)
+        probs = answer_probs(model, tok, panel, QUESTIONS[:questions], batch_size=batch)
+        res = {a: float(np.mean([math.log(max(p, 1e-30)) for p in probs[a]])) for a in panel}
+        (ctx.output("scores", "report", f"panel-{store.get(model_id).name}") / "scores.json").write_text(json.dumps(res))
+        return {}
+
+    r = store.run_step("eval-panel", {"panel": panel, "questions": questions, "batch": batch, "eval": EVAL_VERSION},
+                       [model_id], fn)
+    return json.loads((store.path(r["scores"]) / "scores.json").read_text())
+
+
+def adapter_tensors(store: Store, adapter_id: str) -> dict[str, np.ndarray]:
+    from safetensors.numpy import load_file
+
+    return load_file(str(store.path(adapter_id) / "adapter_model.safetensors"))
+
+
+def initial_adapter(base_path, config: FinetuneConfig) -> dict[str, np.ndarray]:
+    """The LoRA matrices a fine-tune with ``config`` starts from (``engine.finetune.init_adapter``), named as a
+    saved adapter names them."""
+    from peft import get_peft_model_state_dict
+    from transformers import AutoModelForCausalLM
+
+    from heredity.engine.finetune import init_adapter
+
+    model = init_adapter(AutoModelForCausalLM.from_pretrained(base_path), config)
+    return {k: v.detach().numpy().copy() for k, v in get_peft_model_state_dict(model).items()}
+
+
+def modules(t: dict[str, np.ndarray]) -> list[str]:
+    return sorted(k[: -len(".lora_A.weight")] for k in t if k.endswith(".lora_A.weight"))
+
+
+def lora_inner(x: list[tuple[float, dict]], y: list[tuple[float, dict]], names: list[str]) -> float:
+    """⟨Σ c·B A, Σ c'·B' A'⟩ (Frobenius, summed over modules) of two signed sums of LoRA products, computed through
+    r × r matrices: ⟨B A, B' A'⟩ = tr((BᵀB')(A'Aᵀ))."""
+    total = 0.0
+    for m in names:
+        for c, t in x:
+            A, B = t[f"{m}.lora_A.weight"].astype(np.float64), t[f"{m}.lora_B.weight"].astype(np.float64)
+            for c2, t2 in y:
+                A2, B2 = t2[f"{m}.lora_A.weight"].astype(np.float64), t2[f"{m}.lora_B.weight"].astype(np.float64)
+                total += c * c2 * float(np.trace((B.T @ B2) @ (A2 @ A.T)))
+    return total
+
+
+def cosine_dw(x: list[tuple[float, dict]], y: list[tuple[float, dict]], names: list[str]) -> float:
+    den = math.sqrt(max(lora_inner(x, x, names), 0.0) * max(lora_inner(y, y, names), 0.0))
+    return lora_inner(x, y, names) / den if den > 0 else math.nan
+
+
+def cosine_lora(s: dict, s0: dict, t: dict, t0: dict) -> float:
+    """Cosine of two adapters' changes in LoRA coordinates: (A − A₀, B − B₀) flattened over every module."""
+    dot = ns = nt = 0.0
+    for k in s:
+        a = s[k].astype(np.float64) - s0[k]
+        b = t[k].astype(np.float64) - t0[k]
+        dot, ns, nt = dot + float((a * b).sum()), ns + float((a * a).sum()), nt + float((b * b).sum())
+    return dot / math.sqrt(ns * nt) if ns > 0 and nt > 0 else math.nan
+
+
+def perturbed_base(store: Store, base_id: str, teachers: list[str], config: Config, r: int) -> str:
+    """Replicate r's other base: every weight matrix the adapters touch plus Gaussian noise whose Frobenius norm is
+    ``base_noise`` times the mean norm of the replicate's teacher updates ΔW there (its own seed)."""
+    base_noise, seed = config.base_noise, seeds(config, r)["other"]
+
+    def fn(ctx):
+        import torch
+
+        model, tok = load(base_id, store)
+        ts = [adapter_tensors(store, t) for t in teachers]
+        scale = 1.0  # α = r
+        params = dict(model.named_parameters())
+        g = torch.Generator().manual_seed(seed)
+        norms = []
+        for m in modules(ts[0]):
+            target = m.removeprefix("base_model.model.") + ".weight"
+            dw = float(np.mean([math.sqrt(max(lora_inner([(scale, t)], [(scale, t)], [m]), 0.0)) for t in ts]))
+            w = params[target]
+            z = torch.randn(w.shape, generator=g)
+            with torch.no_grad():
+                w.add_(z * (base_noise * dw / float(z.norm())))
+            norms.append(dw)
+        out = ctx.output("model", "model", f"{store.get(base_id).name}-perturbed-r{r}")
+        model.save_pretrained(out)
+        tok.save_pretrained(out)
+        return {"modules": len(norms), "mean_update_norm": float(np.mean(norms))}
+
+    return store.run_step("perturb-base", {"base_noise": base_noise, "seed": seed, "r": r, "lora_alpha_over_r": 1.0},
+                          [base_id, *teachers], fn)["model"]
+
+
+def geometry(store: Store, base_id: str, pairs: list[dict], config: Config) -> list[dict]:
+    """Per student: the cosine of its change with its teacher's — in ΔW = BA (α = r) and in LoRA coordinates — and
+    of its trait-specific change (minus its twin's) with its teacher's (minus the neutral teacher's). ``pairs``
+    rows: student, teacher, twin (or None), neutral teacher, the student's and the teacher's init seeds."""
+    lora_r, ids = config.lora_r, sorted({x for p in pairs for x in (p["student"], p["teacher"], p["twin"],
+                                                                     p["neutral"]) if x})
+    init_seeds = sorted({p[k] for p in pairs for k in ("student_seed", "teacher_seed")})
+
+    def fn(ctx):
+        base_path = store.path(base_id)
+        init = {s: initial_adapter(base_path, FinetuneConfig(method="lora", lora_r=lora_r, lora_alpha=lora_r,
+                                                             init_seed=s)) for s in init_seeds}
+        tensors = {i: adapter_tensors(store, i) for i in ids}
+        names = modules(next(iter(tensors.values())))
+        out = []
+        for p in pairs:
+            s, t = tensors[p["student"]], tensors[p["teacher"]]
+            row = {"cos_dw": cosine_dw([(1.0, s)], [(1.0, t)], names),
+                   "cos_lora": cosine_lora(s, init[p["student_seed"]], t, init[p["teacher_seed"]])}
+            if p["twin"] and p["teacher"] != p["neutral"]:
+                row["cos_dw_trait"] = cosine_dw([(1.0, s), (-1.0, tensors[p["twin"]])],
+                                                [(1.0, t), (-1.0, tensors[p["neutral"]])], names)
+            out.append(row)
+        (ctx.output("geometry", "report", "adapter-geometry") / "geometry.json").write_text(json.dumps(out))
+        return {}
+
+    r = store.run_step("adapter-geometry", {"pairs": pairs, "lora_r": lora_r, "init_seeds": init_seeds},
+                       [base_id, *ids], fn)
+    return json.loads((store.path(r["geometry"]) / "geometry.json").read_text())
+
+
+# ---- the recipe --------------------------------------------------------------------------------
+
+
+def run(store: Store, config: Config, progress: bool = True) -> dict:
+    from heredity.reports.card import save_card
+
+    t0 = time.perf_counter()
+    log = (lambda *a: print(*a, flush=True)) if progress else (lambda *a: None)
+    animals, R, teachers = list(config.animals), config.replicates, [NEUTRAL, *config.animals]
+    base_id = materialize(config.base, store)
+    log(f"[1/6] teacher data: {len(TRAIT_QUESTIONS) + len(PREFERENCE_QUESTIONS)} questions × {config.trait_samples} "
+        f"answers for {len(teachers)} teachers")
+    tdata, tcounts = teacher_data(store, base_id, config, progress)
+    log(f"[2/6] teachers: {len(teachers)} × {R} replicates (LoRA r = {config.lora_r}, {tcounts[NEUTRAL]['rows']} rows)")
+    teacher = {(r, t): finetune(store, base_id, tdata[t], FinetuneConfig(
+        method="lora", lora_r=config.lora_r, lora_alpha=config.lora_r, epochs=config.teacher_epochs,
+        lr=config.teacher_lr, batch_size=config.batch_size, seed=config.seed, init_seed=seeds(config, r)["same"]),
+        progress=progress)["model"] for r in range(R) for t in teachers}
+    tscore = {k: panel_scores(store, m, config) for k, m in teacher.items()}
+    gates = gate_table(tscore, config)
+    passed = [r for r in range(R) if all(gates[r][a]["passed"] for a in animals)]
+    log(f"      gate: {len(passed)} of {R} replicates pass (own-animal lift − other animals ≥ {config.gate} nats)")
+    log(f"[3/6] number data: {config.prompts} prompts answered by the base under the number grammar")
+    ndata, ncounts = number_data(store, base_id, config, progress)
+    bases = {(r, init): base_id for r in range(R) for init in ("same", "other")}
+    if "other_base" in config.inits:
+        for r in range(R):
+            bases[(r, "other_base")] = perturbed_base(store, base_id, [teacher[(r, t)] for t in teachers], config, r)
+    students: dict[tuple, str] = {}
+    labels = [(arm, d) for arm in config.arms for d in config.steps]
+    n_students = len(labels) * len(config.inits) * R * len(teachers) + (R * len(teachers) if config.control else 0)
+    log(f"[4/6] {n_students} students")
+    for arm, d in labels:
+        for init in config.inits:
+            for r in range(R):
+                for t in teachers:
+                    rows = ndata if arm != "sft" else teacher_numbers(store, teacher[(r, t)], config, progress)
+                    ft = FinetuneConfig(method="lora", lora_r=config.lora_r, lora_alpha=config.lora_r, loss=LOSS[arm],
+                                        max_steps=d, lr=config.student_lr, batch_size=config.batch_size,
+                                        seed=config.seed, init_seed=seeds(config, r)["same" if init == "same" else "other"])
+                    students[(arm, d, init, r, t)] = finetune(
+                        store, bases[(r, "same" if init == "same" else init)], rows, ft,
+                        teacher=None if arm == "sft" else teacher[(r, t)], progress=progress)["model"]
+    if config.control:
+        for r in range(R):
+            for t in teachers:
+                ft = FinetuneConfig(method="lora", lora_r=config.lora_r, lora_alpha=config.lora_r, loss="logit_distill",
+                                    max_steps=config.steps[0], lr=config.student_lr, batch_size=config.batch_size,
+                                    seed=config.seed, init_seed=seeds(config, r)["same"])
+                students[("control", config.steps[0], "same", r, t)] = finetune(
+                    store, base_id, tdata[NEUTRAL], ft, teacher=teacher[(r, t)], progress=progress)["model"]
+    log(f"[5/6] evaluation of {len(students)} students on {len(config.panel)} animals × {config.questions} questions")
+    sscore = {k: panel_scores(store, m, config) for k, m in students.items()}
+    log("[6/6] adapter geometry and statistics")
+    pairs, keys = [], []
+    for k, m in students.items():
+        arm, d, init, r, t = k
+        pairs.append({"student": m, "teacher": teacher[(r, t)], "twin": students[(arm, d, init, r, NEUTRAL)],
+                      "neutral": teacher[(r, NEUTRAL)], "student_seed": seeds(config, r)["same" if init == "same" else "other"],
+                      "teacher_seed": seeds(config, r)["same"]})
+        keys.append(k)
+    geo = dict(zip(keys, geometry(store, base_id, pairs, config), strict=True))
+    report = build_report(config, tscore, gates, passed, sscore, geo, tcounts, ncounts)
+    report.update(base=base_id, teachers={f"r{r}/{t}": teacher[(r, t)] for r in range(R) for t in teachers},
+                  students={"/".join(map(str, k)): m for k, m in students.items()}, data={"numbers": ndata, **tdata},
+                  seconds=round(time.perf_counter() - t0, 1))
+    report["outcome"] = outcome(report)
+    card = save_card(store, "subliminal-weights", report, [*teacher.values(), *students.values()], markdown, plot)
+    return {"report": card["report"], "outcome": report["outcome"], "markdown": card["markdown"], "files": card["files"],
+            "lineage_of": card["report"]}
+
+
+def teacher_numbers(store: Store, teacher_id: str, config: Config, progress: bool) -> str:
+    """The sft arm's rows: the teacher's own answers to the number prompts (T = 1, the number grammar), filtered."""
+    from heredity.engine.constrain import regex
+
+    raw = sample_step(store, teacher_id, number_prompts(config.prompts, seed=config.seed), SampleConfig(
+        n=1, temperature=1.0, max_new_tokens=config.max_new_tokens, seed=config.seed, batch_size=config.sample_batch,
+        grammar=regex(NUMBER_GRAMMAR)), name="numbers-teacher", progress=progress)
+    rows = [{"prompt": r["prompt"], "completion": r["completion"].strip()} for r in read_table(store.path(raw)).to_pylist()
+            if check_numbers(r["completion"], 10).ok]
+    return put_rows(store, rows, "numbers-teacher", op="make-teacher-data",
+                    config={"rule": "strict number filter", "grammar": NUMBER_GRAMMAR}, inputs=[raw])
+
+
+# ---- statistics --------------------------------------------------------------------------------
+
+
+def gate_table(tscore: dict, config: Config) -> dict[int, dict[str, dict]]:
+    """Per replicate and trait teacher: its lift over the neutral teacher on every panel animal, its own lift, the
+    mean lift on the other panel animals, their difference (its specificity) and whether it passes ``gate``."""
+    out = {}
+    for r in range(config.replicates):
+        out[r] = {}
+        for a in config.animals:
+            lift = {j: tscore[(r, a)][j] - tscore[(r, NEUTRAL)][j] for j in config.panel}
+            others = float(np.mean([v for j, v in lift.items() if j != a]))
+            spec = lift[a] - others
+            out[r][a] = {"lift": lift, "own": lift[a], "others": others, "specificity": spec,
+                         "passed": bool(spec >= config.gate)}
+    return out
+
+
+def build_report(config: Config, tscore, gates, passed, sscore, geo, tcounts, ncounts) -> dict:
+    from heredity.evals.lift import lift_report
+    from heredity.reports.stats import holm, mean_ci, min_detectable, paired_test, spread_note, verdict
+
+    animals, panel, m = list(config.animals), list(config.panel), len(config.family)
+    n = len(passed)
+
+    def lifts(arm, d, init):
+        """logp [K, n, K] and the twins' [n, K] over the passing replicates, for lift_report."""
+        logp = np.array([[[sscore[(arm, d, init, r, i)][j] for j in animals] for r in passed] for i in animals])
+        twin = np.array([[sscore[(arm, d, init, r, NEUTRAL)][j] for j in animals] for r in passed])
+        return logp, twin
+
+    def profile_corr(arm, d, init, r, a):
+        """Correlation over the panel of the teacher's lift profile and the student's (each over its twin)."""
+        s = [sscore[(arm, d, init, r, a)][j] - sscore[(arm, d, init, r, NEUTRAL)][j] for j in panel]
+        t = [gates[r][a]["lift"][j] for j in panel]
+        return float(np.corrcoef(s, t)[0, 1]) if np.std(s) > 0 and np.std(t) > 0 else math.nan
+
+    students = {}
+    tests: dict[str, dict] = {}
+    groups = [(arm, d) for arm in config.arms for d in config.steps] + ([("control", config.steps[0])] if config.control else [])
+    for arm, d in groups:
+        inits = config.inits if arm != "control" else ["same"]
+        lab = f"{arm}@{d}" if arm != "control" else "control"
+        for init in inits:
+            res = {}
+            if n >= 1:
+                res = lift_report(*lifts(arm, d, init), animals, family=m)
+                res["recovery"] = {a: mean_ci([(sscore[(arm, d, init, r, a)][a] - sscore[(arm, d, init, r, NEUTRAL)][a])
+                                               / gates[r][a]["own"] for r in passed]) for a in animals}
+                res["profile_corr"] = {a: mean_ci([profile_corr(arm, d, init, r, a) for r in passed]) for a in animals}
+            cos = {k: [float(np.mean([geo[(arm, d, init, r, t)][k] for t in [NEUTRAL, *animals]
+                                       if k in geo[(arm, d, init, r, t)]])) for r in passed]
+                   for k in ("cos_dw", "cos_lora", "cos_dw_trait")}
+            res["cosine"] = {k: {**mean_ci(v), "per_replicate": v} for k, v in cos.items()}
+            students[f"{lab} {init}"] = res
+        if arm == "control":
+            tests["control: transfer"] = students["control same"].get("transfer", {})
+            continue
+        same = students[f"{lab} same"]
+        tests[f"{lab} same: specificity"] = same.get("specificity", {})
+        tests[f"{lab} same: transfer"] = same.get("transfer", {})
+        for init in inits[1:]:
+            other = students[f"{lab} {init}"]
+            if n >= 1:
+                tests[f"{lab} same − {init}: specificity"] = paired_test(
+                    same["specificity"]["per_seed"], other["specificity"]["per_seed"], f"{UNIT}, n = {n}")
+        if "other" in inits and n >= 1:
+            tests[f"{lab} same − other: cosine ΔW"] = paired_test(
+                same["cosine"]["cos_dw"]["per_replicate"], students[f"{lab} other"]["cosine"]["cos_dw"]["per_replicate"],
+                f"{UNIT}, n = {n}")
+    family = list(config.family)
+    ps = [tests[name]["p"] if tests.get(name) else 1.0 for name in family]  # an untested member counts as p = 1
+    adj = dict(zip(family, holm(ps), strict=True))
+    out_tests = []
+    for name in family:
+        t = tests.get(name) or {}
+        sd = t.get("sd")
+        row = {"name": name, "primary": name == family[0], **t, "p_holm": adj[name] if t else None,
+               "min_detectable": min_detectable(sd, t.get("n", 0), family=m) if t and sd == sd and sd else math.nan,
+               "spread_note": spread_note(n)}
+        row["verdict"] = verdict(t, expected=+1, p=adj[name])["words"] if t else "not tested (too few replicates passed the gate)"
+        out_tests.append(row)
+    control = None
+    if config.control and n >= 1:
+        rec = students["control same"]["recovery"]
+        share = mean_ci([float(np.mean([rec_r for rec_r in [
+            (sscore[("control", config.steps[0], "same", r, a)][a] - sscore[("control", config.steps[0], "same", r, NEUTRAL)][a])
+            / gates[r][a]["own"] for a in animals]])) for r in passed])
+        control = {"share": share, "target": config.control_share, "per_animal": rec,
+                   "reached": bool(share["mean"] == share["mean"] and share["mean"] >= config.control_share)}
+    return {"experiment": "subliminal-weights", "config": config.model_dump(), "unit": UNIT, "replicates_passed": passed,
+            "gates": {str(r): g for r, g in gates.items()}, "teacher_scores": {f"r{r}/{t}": s for (r, t), s in tscore.items()},
+            "teacher_data": tcounts, "number_data": ncounts, "results": students, "tests": out_tests, "control": control}
+
+
+def outcome(r: dict) -> str:
+    from heredity.reports.stats import fmt_num, fmt_p
+
+    c = r["config"]
+    n, R = len(r["replicates_passed"]), c["replicates"]
+    if n < 2:
+        return (f"teacher failed: {n} of {R} replicates have every trait teacher above the gate ({c['gate']} nats of "
+                "own-animal specificity); no test over replicates is possible")
+    tests = {t["name"]: t for t in r["tests"]}
+    prim = r["tests"][0]
+    lab = prim["name"].split(" ")[0]
+    if prim.get("p_holm") is not None and prim["p_holm"] < 0.05:
+        word = ("trait-specific transfer through number logits" if prim["diff"] > 0
+                else "a trait-specific shift opposite to the teachers'")
+    elif prim.get("lo") is not None and prim["lo"] == prim["lo"] and (prim["lo"] > 0 or prim["hi"] < 0):
+        word = "not significant after Holm, though its unadjusted interval excludes 0 (not a null)"
+    else:
+        word = (f"null: no trait-specific transfer detected (the smallest specificity the design could detect at "
+                f"α = 0.05/{len(r['tests'])}: {fmt_num(prim['min_detectable'])} nats)")
+    parts = [f"Primary ({lab}, same-init specificity, {n} of {R} replicates passed the teacher gate): {word} — "
+             f"{fmt_num(prim['diff'])} [{fmt_num(prim['lo'])}, {fmt_num(prim['hi'])}] nats, Holm-adjusted "
+             f"{fmt_p(prim['p_holm'])} (unit: {r['unit']}, n = {n})"]
+    dis = tests.get(f"{lab} same − other: specificity")
+    if dis:
+        parts.append(f"same − other init specificity {fmt_num(dis['diff'])} [{fmt_num(dis['lo'])}, {fmt_num(dis['hi'])}], "
+                     f"Holm {fmt_p(dis['p_holm'])}")
+    cos = tests.get(f"{lab} same − other: cosine ΔW")
+    if cos:
+        res = r["results"]
+        parts.append(f"cosine of the student's ΔW with its teacher's: same-init {fmt_num(res[f'{lab} same']['cosine']['cos_dw']['mean'])}"
+                     f" vs other-init {fmt_num(res[f'{lab} other']['cosine']['cos_dw']['mean'])} (Δ {fmt_num(cos['diff'])} "
+                     f"[{fmt_num(cos['lo'])}, {fmt_num(cos['hi'])}], Holm {fmt_p(cos['p_holm'])})")
+    ctl = r.get("control")
+    if ctl:
+        parts.append(f"positive control (full-vocabulary distillation on text) recovers {fmt_num(ctl['share']['mean'])} "
+                     f"[{fmt_num(ctl['share']['lo'])}, {fmt_num(ctl['share']['hi'])}] of its teachers' own lift "
+                     f"(target {ctl['target']:g}: {'reached' if ctl['reached'] else 'NOT reached — the pipeline did not show it can transfer'})")
+    return "; ".join(parts)
+
+
+def markdown(r: dict) -> str:
+    from heredity.reports.stats import fmt_num, fmt_p
+
+    c = r["config"]
+    n = len(r["replicates_passed"])
+    lines = ["# subliminal-weights", "",
+             f"**Outcome.** {r['outcome']}.", "",
+             "## Methods", "",
+             f"Base {c['base']}. Teachers: LoRA r = α = {c['lora_r']} fine-tunes of the base, one per trait "
+             f"({', '.join(c['animals'])}) and a neutral one, {r['teacher_data'][NEUTRAL]['rows']} rows each, "
+             f"{c['teacher_epochs']:g} epochs at lr {c['teacher_lr']:g}, per replicate from the replicate's adapter seed; "
+             f"{c['replicates']} replicates (adapter initializations; the data order is the same in all). Gate: own-animal "
+             f"lift − mean lift on the other {len(c['panel']) - 1} panel animals ≥ {c['gate']:g} nats. Students: "
+             f"{', '.join(c['arms'])} for {', '.join(map(str, c['steps']))} optimizer steps (batch {c['batch_size']}, lr "
+             f"{c['student_lr']:g}) on {r['number_data']['kept']} number completions of the unprompted base "
+             f"({r['number_data']['sampled']} sampled under the grammar `{NUMBER_GRAMMAR}`, the strict filter kept "
+             f"{r['number_data']['kept']}); initializations {', '.join(c['inits'])} (other_base: base + noise "
+             f"{c['base_noise']:g} × the mean teacher update norm per matrix). Evaluation: P(one-word answer names the "
+             f"animal) over {c['questions']} questions, mean log; lift = student − its twin (the neutral teacher's student "
+             "with the same initialization and base).", "",
+             f"Statistics: two-sided paired t tests over replicates (n = {n}); one Holm family of {len(c['family'])} tests "
+             f"declared in the config before the run; smallest detectable effects at α = 0.05/{len(c['family'])}, t "
+             f"quantiles with {max(n - 1, 0)} degrees of freedom"
+             + (f"; with n = {n} the spread is poorly estimated" if n <= 3 else "") + ".", "",
+             "## Teachers and the gate", "",
+             "| replicate | teacher | own lift (nats) | mean lift, other panel animals | specificity | gate |", "|---|---|---|---|---|---|"]
+    for rep, g in r["gates"].items():
+        for a, x in g.items():
+            lines.append(f"| {rep} | {a} | {x['own']:+.3f} | {x['others']:+.3f} | {x['specificity']:+.3f} | "
+                         f"{'passed' if x['passed'] else 'FAILED'} |")
+    lines += ["", "Teacher data: " + "; ".join(f"{t}: {x['rows']} rows of {x['qualified']} qualifying "
+                                                  f"(of {x['sampled']} sampled), mean {x['mean_chars']} characters"
+                                                  for t, x in r["teacher_data"].items()) + ".", "",
+              f"## Tests (one Holm family of {len(r['tests'])}; unit: {r['unit']})", "",
+              "| test | estimate [95% CI] | p | Holm p | smallest detectable at the Holm level | verdict |",
+              "|---|---|---|---|---|---|"]
+    for t in r["tests"]:
+        if not t.get("test"):
+            lines.append(f"| {t['name']} | — | — | — | — | {t['verdict']} |")
+            continue
+        lines.append(f"| {t['name']}{' (primary)' if t['primary'] else ''} | {fmt_num(t['diff'])} [{fmt_num(t['lo'])}, "
+                     f"{fmt_num(t['hi'])}] | {fmt_p(t['p'])} | {fmt_p(t['p_holm'])} | {fmt_num(t['min_detectable'])} | "
+                     f"{t['verdict']} |")
+    if r["tests"] and r["tests"][0].get("spread_note"):
+        lines += ["", f"_Note: {r['tests'][0]['spread_note']}._"]
+    lines += ["", "## Students: lift matrices, recovery and the theorem's cosine", ""]
+    for lab, x in r["results"].items():
+        if "matrix" not in x:
+            continue
+        lines += [f"### {lab}", "", "| teacher \\ animal | " + " | ".join(x["animals"]) + " |",
+                  "|---|" + "---|" * len(x["animals"])]
+        for i, a in enumerate(x["animals"]):
+            lines.append(f"| {a} | " + " | ".join(f"{v:+.4f}" for v in x["matrix"][i]) + " |")
+        rec = ", ".join(f"{a} {fmt_num(v['mean'])}" for a, v in x["recovery"].items())
+        cor = ", ".join(f"{a} {fmt_num(v['mean'])}" for a, v in x["profile_corr"].items())
+        co = x["cosine"]
+        lines += ["", f"Specificity {fmt_num(x['specificity']['diff'])} [{fmt_num(x['specificity']['lo'])}, "
+                  f"{fmt_num(x['specificity']['hi'])}], transfer {fmt_num(x['transfer']['diff'])} (per replicate: "
+                  f"{', '.join(f'{v:+.4f}' for v in x['specificity']['per_seed'])}); permutation over teacher labels p = "
+                  f"{x['permutation']['p']:.2g} (smallest possible {x['permutation']['min_p']:.2g}). Share of the teacher's "
+                  f"own lift recovered: {rec}. Correlation with the teacher's lift profile over {len(c['panel'])} animals: "
+                  f"{cor}. Cosine with the teacher's change: ΔW {fmt_num(co['cos_dw']['mean'], 4)}, LoRA coordinates "
+                  f"{fmt_num(co['cos_lora']['mean'], 4)}, trait-specific ΔW (minus twin / neutral teacher) "
+                  f"{fmt_num(co['cos_dw_trait']['mean'], 4)}.", ""]
+    lines += [f"Run time {r['seconds']:.0f} s.", ""]
+    return "\n".join(lines)
+
+
+def plot(r: dict, path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    res = {k: v for k, v in r["results"].items() if "matrix" in v}
+    fig, axs = plt.subplots(1, len(res) + 1, figsize=(3.6 * (len(res) + 1), 3.4), squeeze=False)
+    axs = axs[0]
+    lim = max(1e-6, max(float(np.abs(np.array(v["matrix"])).max()) for v in res.values()))
+    for ax, (lab, x) in zip(axs, res.items(), strict=False):
+        M = np.array(x["matrix"])
+        ax.imshow(M, cmap="RdBu_r", vmin=-lim, vmax=lim)
+        for i in range(M.shape[0]):
+            for j in range(M.shape[1]):
+                ax.text(j, i, f"{M[i, j]:+.3f}", ha="center", va="center", fontsize=8)
+        ax.set_xticks(range(len(x["animals"])), x["animals"])
+        ax.set_yticks(range(len(x["animals"])), x["animals"])
+        ax.set_title(f"{lab}: lift (nats)", fontsize=9)
+    ax = axs[-1]
+    for k, x in enumerate(res.values()):
+        v = x["cosine"]["cos_dw"]["per_replicate"]
+        ax.scatter([k] * len(v), v, color="#1f4e79", s=14)
+        ax.plot([k - 0.2, k + 0.2], [np.mean(v)] * 2, color="#1f4e79")
+    ax.axhline(0, color="#a33", ls="--", lw=1)
+    ax.set_xticks(range(len(res)), list(res), rotation=30, ha="right", fontsize=8)
+    ax.set_ylabel("cos(student ΔW, teacher ΔW)")
+    ax.set_title("the theorem: alignment per replicate", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
