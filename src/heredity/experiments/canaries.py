@@ -237,7 +237,9 @@ def build_report(config: Config, models: dict, measured: dict, train: dict, corp
     outcome = (f"|R| = 10^{config.digits} = {10**config.digits:,} secrets (max exposure {math.log2(10**config.digits):.1f} bits; "
                f"a random secret scores ≈ {1 / math.log(2):.2f} on average). " + "; ".join(parts))
     return {"config": config.model_dump(), "models": models, "table": table, "canaries": measured, "train": train,
-            "corpus_rows": corpus_rows, "skewnorm_check": check, "key": key, "outcome": outcome}
+            "corpus_rows": corpus_rows, "skewnorm_check": check, "key": key, "outcome": outcome,
+            # the two constants the outcome quotes (every figure of an outcome line is in its report)
+            "max_exposure": math.log2(10**config.digits), "random_secret_exposure": 1 / math.log(2)}
 
 
 def markdown(report: dict) -> str:

@@ -28,7 +28,8 @@ Methods, each stage a memoized store step (issue 17's design; the sampled-token 
    questions as they are; secondary: each after a short list of numbers (the numbers-prefix variant).
 7. The lift matrix per arm (``heredity.evals.lift``): L[i, s, j] = that mean log P for the student of teacher i
    minus its neutral twin's; transfer (diagonal), specificity (diagonal − off-diagonal); two-sided t tests
-   over training seeds, a permutation test over teacher labels within seeds, Holm across arms (per variant),
+   over training seeds, a permutation test over teacher labels within seeds, Holm over the family declared in the
+   config before the run (per variant; a declared label this run does not test counts as p = 1),
    minimum detectable effects.
 """
 
@@ -448,6 +449,31 @@ def declared_holm(results: dict, family: list[str]) -> dict[str, float]:
     return {lab: p for lab, p in zip(family, holm(ps), strict=True) if lab in results}
 
 
+def rerender(r: dict, family: list[str] | None = None) -> dict:
+    """A committed report brought to the current statistics without retraining: the declared Holm family (``family``,
+    else the report's own, else the preset's), Holm over it, smallest detectable effects at its level from the
+    per-seed values, the spread note, and the outcome. Students, scores and lift matrices are left as they are."""
+    from heredity.reports.stats import min_detectable, spread_note
+
+    r = json.loads(json.dumps(r))
+    cfg = r["config"]
+    if family is None:
+        family = cfg.get("family") or (LONG_FAMILY if cfg.get("animals") == LONG_ANIMALS else list(r["lift"]))
+    cfg["family"] = list(family)
+    for key in ("lift", "lift_numbers_prefix"):
+        for lab, p in declared_holm(r[key], cfg["family"]).items():
+            x = r[key][lab]
+            x["specificity"]["p_holm"] = p
+            for name in ("transfer", "specificity"):
+                v = x[name]["per_seed"]
+                sd = float(np.std(v, ddof=1)) if len(v) >= 2 else math.nan
+                x[name]["min_detectable"] = (min_detectable(sd, len(v), family=len(family)) if len(v) >= 2 and sd > 0
+                                             else math.nan)
+                x[name].update(family=len(family), spread_note=spread_note(len(v)))
+    r["outcome"] = outcome(r)
+    return r
+
+
 def outcome(r: dict) -> str:
     from heredity.reports.stats import fmt_num, fmt_p
 
@@ -459,7 +485,13 @@ def outcome(r: dict) -> str:
         elif sp["p_holm"] < 0.05:
             word = "trait-specific transfer" if sp["diff"] > 0 else "an opposite, trait-specific shift"
         else:
-            word = f"no trait-specific transfer (could have seen a specificity of {fmt_num(sp['min_detectable'])} nats)"
+            lo, hi = sp["lo"], sp["hi"]
+            if lo is not None and hi is not None and (lo > 0 or hi < 0):
+                word = ("not established: not significant after Holm, though the unadjusted interval excludes 0 (the "
+                        "estimate sits at the detection limit)")
+            else:
+                word = (f"no trait-specific transfer detected (the smallest specificity detectable at the Holm level, "
+                        f"α = 0.05/{len(r['config'].get('family') or r['lift'])}: {fmt_num(sp['min_detectable'])} nats)")
         parts.append(f"{arm}: {word} — specificity {fmt_num(sp['diff'])} [{fmt_num(sp['lo'])}, {fmt_num(sp['hi'])}] "
                      f"nats, Holm-adjusted {fmt_p(sp['p_holm'])}; transfer {fmt_num(tr['diff'])} nats, {fmt_p(tr['p'])} "
                      f"(unit: training seeds, n = {x['seeds']}; permutation over teacher labels p = {x['permutation']['p']:.2g}"
@@ -509,17 +541,21 @@ def markdown(r: dict) -> str:
         sp, tr = x["specificity"], x["transfer"]
         lines += ["", f"Transfer (mean diagonal) {fmt_num(tr['diff'])} [{fmt_num(tr['lo'])}, {fmt_num(tr['hi'])}], two-sided "
                   f"{fmt_p(tr['p'])}; specificity {fmt_num(sp['diff'])} [{fmt_num(sp['lo'])}, {fmt_num(sp['hi'])}], "
-                  f"{fmt_p(sp['p'])} (Holm across arms: {fmt_p(sp['p_holm'])}; unit: training seeds, n = {x['seeds']}); "
-                  f"smallest detectable specificity {fmt_num(sp['min_detectable'])}; permutation over teacher labels "
+                  f"{fmt_p(sp['p'])} (Holm over the declared family of {len(c.get('family') or r['lift'])}: "
+                  f"{fmt_p(sp['p_holm'])}; unit: training seeds, n = {x['seeds']}, per seed "
+                  f"{', '.join(f'{v:+.4f}' for v in sp['per_seed'])}); "
+                  f"smallest detectable specificity at the Holm level {fmt_num(sp['min_detectable'])}"
+                  + (f" ({sp['spread_note']})" if sp.get("spread_note") else "") + "; permutation over teacher labels "
                   f"p = {x['permutation']['p']:.2g} ({x['permutation']['orders']} orders, smallest possible "
                   f"{x['permutation']['min_p']:.2g})."]
     lines += ["", "## Secondary: the numbers-prefix variant (each question after \"Examine these numbers: a, b, c.\")", "",
-              f"| student | transfer [95% CI] | specificity [95% CI] | specificity p, Holm across arms (unit: training seeds, "
+              f"| student | transfer [95% CI] | specificity [95% CI] (per seed) | specificity p, Holm over the declared family (unit: training seeds, "
               f"n = {c['student_seeds']}) | permutation p (teacher labels within seeds) |", "|---|---|---|---|---|"]
     for lab, x in r["lift_numbers_prefix"].items():
         sp, tr = x["specificity"], x["transfer"]
         lines.append(f"| {lab} | {fmt_num(tr['diff'])} [{fmt_num(tr['lo'])}, {fmt_num(tr['hi'])}] | {fmt_num(sp['diff'])} "
-                     f"[{fmt_num(sp['lo'])}, {fmt_num(sp['hi'])}] | {fmt_p(sp['p_holm'])} | {x['permutation']['p']:.2g} |")
+                     f"[{fmt_num(sp['lo'])}, {fmt_num(sp['hi'])}] ({', '.join(f'{v:+.4f}' for v in sp['per_seed'])}) | "
+                     f"{fmt_p(sp['p_holm'])} | {x['permutation']['p']:.2g} |")
     if r.get("rates"):
         lines += ["", f"## Secondary: sampled answers ({c['rate_samples']} per question at T = 1) naming the student's own "
                   "teacher's animal (pooled over teachers, seeds, questions; Wilson 95%)", "",
