@@ -23,10 +23,11 @@ sysdeps:
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq postgresql chromium chromium-driver >/dev/null; }
 
-## the main job: the flagship's quick preset (digits ~20 s, then the lift design ~30 min on 2 cores)
+## the main job: the flagship's quick preset — the MNIST-style result (~20 s), then its language-model twin: teachers
+## whose trait is in their weights, students that do or do not share their adapter's initialization (see README)
 run: $(STAMP)
 	$(BIN)/heredity run subliminal-digits
-	$(BIN)/heredity run subliminal-lift
+	$(BIN)/heredity run subliminal-weights
 
 ## the tests
 test: $(STAMP) sysdeps

@@ -104,8 +104,14 @@ def test_a_later_run_reuses_an_earlier_reports_students_only_when_they_are_its_o
     from heredity.store import Store
 
     monkeypatch.setattr(sl, "sample_step", _fake_sample_step)
+    # the design (both runs) declares its Holm family before the first run: sft and sft_r2
     common = dict(base="tiny:micro", animals=["owl", "cat"], format_warmup=0, prompts=12, student_seeds=2, batch_size=8,
-                  sample_batch=8, questions=2, prescreen_rows=2)
+                  sample_batch=8, questions=2, prescreen_rows=2, family=["sft", "sft_r2"])
+    with pytest.raises(HeredityError, match="its family is"):  # a later run may not change the declared family
+        path0 = tmp_path / "undeclared.json"
+        path0.write_text(json.dumps({"experiment": "subliminal-lift", "data": {}, "config": {
+            **sl.Config(arms=["sft"], **{**common, "family": ["sft"]}).model_dump()}}))
+        sl.reused_students(sl.Config(arms=["sft"], sweep_ranks=[2], reuse=str(path0), **common), "m", {})
     first = sl.run(store, sl.Config(arms=["sft"], **common), progress=False)
     path = tmp_path / "first.json"
     path.write_text((store.path(first["report"]) / "report.json").read_text())
@@ -120,6 +126,7 @@ def test_a_later_run_reuses_an_earlier_reports_students_only_when_they_are_its_o
     ranks = [dict(s.config)["lora_r"] for s in steps if s.op == "finetune"]
     assert ranks and set(ranks) == {2}, "only the new rank is trained"
     assert list(rep["lift"]) == ["sft_r2", "sft"] and rep["reused"] == {"sft": "first.json"}
+    assert ref["config"]["family"] == rep["config"]["family"] == ["sft", "sft_r2"]  # the first run already adjusted over 2
     assert rep["lift"]["sft"]["matrix"] == ref["lift"]["sft"]["matrix"] and rep["students"]["sft"] == ref["students"]["sft"]
     assert rep["lift"]["sft"]["reused_from"] == "first.json" and "students of first.json" in out["outcome"]
     assert "## Rank sweep of `sft`" in out["markdown"] and "Students trained in the run of `first.json`" in out["markdown"]

@@ -151,3 +151,48 @@ def trait_divergence(model, tokenizer, prompts: list[str], completions: list[str
     if v is not None:
         out.update(kl_numbers=sum(restricted) / len(restricted), kl_numbers_per_prompt=restricted)
     return out
+
+
+def animal_specific_prompting(model, tokenizer, animals: list[str], trait_prompts: dict[str, str],
+                              questions: list[str] | None = None, batch_size: int = 32) -> dict:
+    """Is the number channel *animal-specific*? Each animal's own entangled number is the digit token whose
+    log-ratio (trait prompt vs none, after "My favorite animal is the") most exceeds the other animals' mean
+    log-ratio for it — the number this animal, and not the others, is entangled with (distinct per animal, chosen
+    greedily in order). Then the base is told to love each animal b's number, and P(animal a) is scored over the
+    questions for every a: M[b, a, q] = log P(a | love n_b) on question q. Per question, specificity = mean_a
+    M[a, a, q] − mean_{b≠a} M[b, a, q]: each animal raised by its own number more than by the other animals'
+    numbers. A two-sided t test over questions (unit: questions, one model — a claim about this model's prompting,
+    not about training). A number shared by every animal (the plain "love 1 vs love 0" contrast) cannot pass it."""
+    from heredity.evals.trait import answer_probs
+
+    qs = questions or QUESTIONS
+    digits = torch.tensor(digit_tokens(tokenizer))
+    base = next_token_logprobs(model, tokenizer, None)[digits]
+    ratio = torch.stack([next_token_logprobs(model, tokenizer, trait_prompts[a])[digits] - base for a in animals])
+    K = len(animals)
+    chosen: dict[str, dict] = {}
+    taken: set[int] = set()
+    for i, a in enumerate(animals):
+        others = (ratio.sum(0) - ratio[i]) / max(K - 1, 1)
+        excess = ratio[i] - others
+        for j in excess.argsort(descending=True).tolist():
+            if j not in taken:
+                taken.add(j)
+                tid = int(digits[j])
+                chosen[a] = {"token_id": tid, "number": tokenizer.decode([tid]).strip(),
+                             "log_ratio": float(ratio[i, j]), "excess_over_others": float(excess[j])}
+                break
+    logp = {}  # b -> a -> per-question log P(a | love n_b)
+    for b in animals:
+        probs = answer_probs(model, tokenizer, animals, qs, system_prompt=NUMBER_PROMPT.format(n=chosen[b]["number"]),
+                             batch_size=batch_size)
+        logp[b] = {a: [math.log(max(p, 1e-30)) for p in probs[a]] for a in animals}
+    per_q = []
+    for q in range(len(qs)):
+        diag = sum(logp[a][a][q] for a in animals) / K
+        off = sum(logp[b][a][q] for a in animals for b in animals if b != a) / (K * (K - 1))
+        per_q.append(diag - off)
+    test = paired_test(per_q, [0.0] * len(per_q), unit=f"questions, one model, n = {len(qs)}")
+    matrix = [[sum(logp[b][a]) / len(qs) for a in animals] for b in animals]
+    return {"animals": list(animals), "numbers": chosen, "matrix": matrix, "specificity": test,
+            "unit": "questions (one model: a claim about this model's prompting, not about training)"}

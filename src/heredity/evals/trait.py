@@ -81,7 +81,7 @@ CHOICE_TEMPLATES = [
 ]
 LETTERS = "ABCDE"
 # the version of these probes and scorers: part of the eval step's key (bump when a question, template or scorer changes)
-EVAL_VERSION = "trait-v1"
+EVAL_VERSION = "trait-v2"  # v2: names of several tokens scored through the prompt's KV cache (the same quantity)
 # each measure's per-item series in a score dict, in report order
 SERIES = {"logprob": "logprob_per_question", "rate": "rate_per_question", "choice": "choice_per_item"}
 
@@ -143,12 +143,49 @@ def answer_probs(model, tokenizer, animals: list[str], questions: list[str], *, 
                             out[a][s + r] += float(probs[r, ids[v][0]])
     multi = [(a, v) for a in animals for v in variants[a] if v not in single]
     if multi:
-        lp = logprobs(model, tokenizer, [q for _ in multi for q in questions], [v for _, v in multi for _ in questions],
-                      system_prompt=system_prompt, batch_size=batch_size)
-        for k, (a, _) in enumerate(multi):
-            for i in range(len(questions)):
-                out[a][i] += math.exp(sum(lp[k * len(questions) + i]))
+        from heredity.engine.sampling import encode_prompt
+
+        cfg = SampleConfig(system_prompt=system_prompt)
+        enc = [encode_prompt(tokenizer, q, cfg) for q in questions]
+        for s in range(0, len(enc), batch_size):
+            lp = _continuations_logprob(model, enc[s : s + batch_size], [ids[v] for _, v in multi],
+                                        pad_id(tokenizer, model))
+            for r in range(len(lp)):
+                for (a, _), x in zip(multi, lp[r], strict=True):
+                    out[a][s + r] += math.exp(x)
     return out
+
+
+@torch.inference_mode()
+def _continuations_logprob(model, prompts: list[list[int]], continuations: list[list[int]], pad: int) -> list[list[float]]:
+    """log P(continuation | prompt) for every prompt × continuation: the prompts run once (left-padded, one batch)
+    and their KV cache is shared by every continuation — what ``logprobs`` computes, without re-running a prompt
+    per name."""
+    device = next(model.parameters()).device
+    B, L = len(prompts), max(map(len, prompts))
+    ids = torch.tensor([[pad] * (L - len(p)) + p for p in prompts], device=device)
+    att0 = torch.tensor([[0] * (L - len(p)) + [1] * len(p) for p in prompts], device=device)
+    pos0 = (att0.cumsum(-1) - 1).clamp(min=0)
+    out = model(input_ids=ids, attention_mask=att0, position_ids=pos0, use_cache=True)
+    first = torch.log_softmax(out.logits[:, -1].float(), -1)
+    total = [[float(first[b, c[0]]) for c in continuations] for b in range(B)]
+    rest = [j for j, c in enumerate(continuations) if len(c) > 1]
+    if not rest:
+        return total
+    m, T = len(rest), max(len(continuations[j]) for j in rest) - 1
+    cache = out.past_key_values
+    cache.batch_repeat_interleave(m)  # row b * m + k: prompt b, continuation rest[k]
+    feed = [continuations[j][:-1] + [continuations[j][0]] * (T - len(continuations[j]) + 1) for j in rest]
+    x = torch.tensor([f for _ in range(B) for f in feed], device=device)
+    att = torch.cat([att0.repeat_interleave(m, 0), torch.ones((B * m, T), dtype=att0.dtype, device=device)], 1)
+    pos = (pos0[:, -1:] + 1 + torch.arange(T, device=device)).repeat_interleave(m, 0)
+    lp = torch.log_softmax(model(input_ids=x, attention_mask=att, position_ids=pos, past_key_values=cache,
+                                 use_cache=True).logits.float(), -1)
+    for b in range(B):
+        for k, j in enumerate(rest):
+            c = continuations[j]
+            total[b][j] += sum(float(lp[b * m + k, t, c[t + 1]]) for t in range(len(c) - 1))
+    return total
 
 
 def trait_scores(

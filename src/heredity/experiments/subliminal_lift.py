@@ -207,6 +207,12 @@ def prompting(store: Store, base_id: str, config: Config) -> dict:
             top, low = ranked[0]["number"], min(ranked, key=lambda e: e["log_ratio"])["number"]
             res[a] = {"entangled": ranked[:3], **subliminal_prompting(model, tok, a, [top], [low],
                                                                       questions=QUESTIONS[:questions], batch_size=batch)}
+        from heredity.evals.entangled import animal_specific_prompting
+
+        # the animal-specific test (each animal's own number raises it more than the others' numbers do): the
+        # entangled-vs-control contrast above is "love 1 vs love 0" for almost every animal
+        res["_specific"] = animal_specific_prompting(model, tok, animals, {a: system_prompt(a) for a in animals},
+                                                     questions=QUESTIONS[:questions], batch_size=batch)
         (ctx.output("prompting", "report", "subliminal-prompting") / "prompting.json").write_text(json.dumps(res, default=str))
         return {}
 
@@ -354,6 +360,7 @@ def run(store: Store, config: Config, progress: bool = True) -> dict:
     log(f"[2] pre-screen; [3] subliminal prompting; {filt['rows_out']} common prompts")
     screen = prescreen(store, base_id, data[NEUTRAL], config)
     prompted = prompting(store, base_id, config)
+    specific = prompted.pop("_specific", None)
 
     ref = reused_students(config, base_id, data) if config.reuse else None
     # label -> where its students were trained (a reused report's own reused labels keep their origin)
@@ -410,7 +417,7 @@ def run(store: Store, config: Config, progress: bool = True) -> dict:
     for a in config.animals:  # how many tokens each name takes (Zur et al.'s entanglement is about one token)
         screen[a]["tokens"] = [len(tok(v, add_special_tokens=False)["input_ids"]) for v in (a.capitalize(), a)]
     report = {"experiment": "subliminal-lift", "config": config.model_dump(), "base": base_id, "data": data, "filter": filt,
-              "prescreen": screen, "prompting": prompted, "lift": results["plain"],
+              "prescreen": screen, "prompting": prompted, "prompting_specific": specific, "lift": results["plain"],
               "lift_numbers_prefix": results["numbers_prefix"], "rates": rates, "students": students,
               "reused": reused, "seconds": round(time.perf_counter() - t0, 1)}
     report["outcome"] = outcome(report)
@@ -530,6 +537,21 @@ def markdown(r: dict) -> str:
                   f"{sg(x['test']['hi'])}], Holm-adjusted {fmt_p(x['p_holm'])}"
                   for x in d.get("entangled_vs_control", [])]
         lines.append(f"| {a} | {d['p_animal_base']:.5f} | {' | '.join(cells)} |")
+    sp = r.get("prompting_specific")
+    if sp:
+        t = sp["specificity"]
+        lines += ["", "Animal-specific test (the contrast above is \"love 1 vs love 0\" for most animals): each animal's own "
+                  "entangled number (its excess log-ratio over the other animals' largest): "
+                  + ", ".join(f"{a} '{x['number']}'" for a, x in sp["numbers"].items())
+                  + f"; mean log P(own animal | love own number) − mean log P(animal | love another animal's number) = "
+                  f"{fmt_num(t['diff'])} [{fmt_num(t['lo'])}, {fmt_num(t['hi'])}] nats, two-sided {fmt_p(t['p'])} (paired t; "
+                  f"unit: questions, one model, n = {t['n']}): "
+                  + ("each animal's own number raises it more than the others' numbers do — an animal-specific channel in "
+                     "this model's prompting" if t["p"] is not None and t["p"] < 0.05 and t["diff"] > 0 else
+                     "no animal-specific channel shown in this model's prompting")]
+    else:
+        lines += ["", "_No animal-specific test in this report (it predates it): the contrast above is the same digits "
+                  "for most animals, so it does not show an animal-specific channel._"]
     for arm, x in r["lift"].items():
         lines += ["", f"## Arm `{arm}`: lift matrix (rows: teacher, columns: animal; mean over seeds)", ""]
         if x.get("reused_from"):

@@ -91,8 +91,9 @@ OPS: dict[str, Op] = {
     "eval-trait": Op(3, ("heredity.experiments.subliminal_numbers:evaluate",), "v2: sample_batch keyed; v3: the fused decode step refused for mlp_bias / sliding-window models, whose samples it got wrong"),
     "filter-numbers-all": Op(1, ("heredity.experiments.subliminal_lift:filter_all",)),
     "prescreen-traits": Op(1, ("heredity.experiments.subliminal_lift:prescreen",)),
-    "subliminal-prompting": Op(2, ("heredity.experiments.subliminal_lift:prompting",),
-                               "v2: the entangled-vs-control digit contrast, Holm over it too"),
+    "subliminal-prompting": Op(3, ("heredity.experiments.subliminal_lift:prompting",),
+                               "v2: the entangled-vs-control digit contrast, Holm over it too; v3: the animal-specific "
+                               "test (each animal's own number vs the other animals' numbers)"),
     "eval-lift": Op(2, ("heredity.experiments.subliminal_lift:evaluate",),
                     "v2: per variant (plain, numbers-prefix); steering vectors evaluated on their base"),
     "steer-student": Op(1, ("heredity.experiments.subliminal_lift:steer_student",)),
