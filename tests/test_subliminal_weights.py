@@ -194,3 +194,42 @@ def test_the_recipe_end_to_end_on_a_tiny_model(store, monkeypatch):
     assert "Primary (number_distill@2, same-init specificity" in out["outcome"] and "## Tests" in out["markdown"]
     again = json.loads((store.path(sw.run(store, cfg, progress=False)["report"]) / "report.json").read_text())
     assert again["students"] == rep["students"] and again["tests"] == rep["tests"], "a rerun retrains nothing"
+
+
+def test_a_snapshot_at_step_k_of_a_constant_schedule_equals_a_run_of_k_steps(store):
+    """The dose sweep's premise: the adapter saved at step 2 of a 4-step constant-lr trajectory is the 2-step run."""
+    from heredity.data.io import put_rows as put
+    from heredity.engine import finetune as run_finetune
+
+    base = stored_tiny(store, "tiny-snap")
+    data = put(store, _rows(24), "snap-rows", op="make-dataset", config={"t": "snap"})
+    cfg = dict(method="lora", lora_r=2, lora_alpha=2, batch_size=4, lr=1e-2, schedule="constant", warmup_ratio=0.0,
+               seed=3, init_seed=9)
+    long = run_finetune(store, base, data, FinetuneConfig(**cfg, max_steps=4, snapshots=[2]), progress=False)
+    short = run_finetune(store, base, data, FinetuneConfig(**cfg, max_steps=2), progress=False)
+    a, b = (sw.adapter_tensors(store, x) for x in (long["step-2"], short["model"]))
+    assert a.keys() == b.keys() and all(np.allclose(a[k], b[k], atol=1e-6) for k in a)
+    c = sw.adapter_tensors(store, long["model"])
+    assert not all(np.allclose(a[k], c[k]) for k in a)  # step 4 moved on
+    with pytest.raises(ValueError, match="snapshots"):
+        FinetuneConfig(**cfg, max_steps=4, snapshots=[4])
+    with pytest.raises(ValueError, match="constant schedule"):
+        sw.Config(steps=[1, 4])
+
+
+def test_a_dose_sweep_with_the_noise_arm_on_a_tiny_model(store, monkeypatch):
+    monkeypatch.setattr(sw, "sample_step", _fake_sample_step)
+    base = stored_tiny(store, "tiny-weights-dose")
+    cfg = sw.Config(base=base, replicates=2, trait_samples=1, trait_rows=8, teacher_epochs=1, gate=-100.0, prompts=16,
+                    steps=[1, 2], schedule="constant", arms=["number_distill", "number_distill_noise"],
+                    inits=["same", "other"], control=False, batch_size=8, lora_r=2, questions=2, sample_batch=8,
+                    panel=["cat", "dog", "bee"])
+    assert cfg.family[:4] == ["number_distill@1 same: specificity", "number_distill@1 same: transfer",
+                              "number_distill@1 same − other: specificity", "number_distill@1 same − other: cosine ΔW"]
+    out = sw.run(store, cfg, progress=False)
+    rep = json.loads((store.path(out["report"]) / "report.json").read_text())
+    assert [t["name"] for t in rep["tests"]] == cfg.family and len(cfg.family) == 2 * 2 * 4
+    one, two = (store.step_of(rep["students"][f"number_distill/{d}/same/0/cat"]) for d in (1, 2))
+    assert one.key == two.key, "the doses are snapshots of one trajectory"
+    noise = store.step_of(rep["students"]["number_distill_noise/2/same/0/cat"])
+    assert noise.inputs[1] != two.inputs[1] and "random" in json.dumps(dict(store.step_of(noise.inputs[1]).config))

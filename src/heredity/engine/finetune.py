@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import random
 import re
+import shutil
 import time
 from collections.abc import Sequence
 from typing import Literal
@@ -59,6 +61,9 @@ class FinetuneConfig(BaseModel):
         None, description="logit_distill / number_distill: the teacher sees the prompt under this system prompt (a prompted teacher)"
     )
     seed: int = 0
+    snapshots: list[int] = Field(default_factory=list, description=(
+        "optimizer steps (below max_steps) at which the adapter or model is also saved, as outputs step-K: a dose "
+        "sweep from one trajectory (with a constant schedule each equals a run of K steps)"))
     init_seed: int | None = Field(None, description=(
         "LoRA: the seed of the adapter's initial matrices alone (A; B starts at 0) — None: ``seed``, which also "
         "orders the data. Two fine-tunes that differ only here see the same rows in the same batches"))
@@ -77,12 +82,20 @@ class FinetuneConfig(BaseModel):
         d = handler(self)
         if d.get("init_seed", 0) is None:
             d.pop("init_seed")
+        if d.get("snapshots", None) == []:
+            d.pop("snapshots")
         return d
 
     @model_validator(mode="after")
     def _init_seed_is_for_lora(self):
         if self.init_seed is not None and self.method != "lora":
             raise ValueError("init_seed seeds a LoRA adapter's initial matrices; a full fine-tune has none: drop it")
+        if self.snapshots:
+            if self.max_steps is None or any(not 1 <= k < self.max_steps for k in self.snapshots):
+                raise ValueError(f"snapshots must be optimizer steps between 1 and max_steps − 1; got {self.snapshots} "
+                                 f"with max_steps {self.max_steps}")
+            if len(set(self.snapshots)) != len(self.snapshots):
+                raise ValueError(f"snapshots repeat a step: {self.snapshots}")
         return self
 
 
@@ -274,8 +287,11 @@ def init_adapter(model, config: FinetuneConfig):
     return model
 
 
-def train(model, tokenizer, rows: Sequence[dict], config: FinetuneConfig, teacher=None, checkpoint_dir=None, progress=True):
-    """Fine-tune ``model`` in place on ``rows``; returns (model, metrics). LoRA wraps it as a PeftModel."""
+def train(model, tokenizer, rows: Sequence[dict], config: FinetuneConfig, teacher=None, checkpoint_dir=None, progress=True,
+          snapshot=None):
+    """Fine-tune ``model`` in place on ``rows``; returns (model, metrics). LoRA wraps it as a PeftModel.
+
+    ``snapshot(step, model)`` is called (main process) after each optimizer step listed in ``config.snapshots``."""
     from accelerate import Accelerator
     from transformers import get_scheduler
 
@@ -361,6 +377,8 @@ def train(model, tokenizer, rows: Sequence[dict], config: FinetuneConfig, teache
                 loss_sum, loss_n = 0.0, 0
                 bar.update(1)
                 bar.set_postfix(loss=f"{curve[-1][1]:.4f}")
+                if snapshot is not None and step in config.snapshots and acc.is_main_process:
+                    snapshot(step, acc.unwrap_model(model))
                 late = acc.num_processes == 1 and time.perf_counter() - last_save > 60 * config.save_minutes
                 if ckpt is not None and every and (step % every == 0 or late) and step < total:
                     if acc.is_main_process:  # one writer; every rank resumes from it
@@ -424,16 +442,32 @@ def finetune(store, base: str, dataset: str, config: FinetuneConfig | None = Non
         model, tok = load(base_id, store, merge_adapter=True, trainable=True)
         t_model = load(teacher_id, store, merge_adapter=True)[0] if teacher_id else None
         rows = read_table(store.path(data_id)).to_pylist()  # from the input artifact: what the key names
-        model, metrics = train(model, tok, rows, config, teacher=t_model, checkpoint_dir=ctx.scratch, progress=progress)
         kind = "adapter" if config.method == "lora" else "model"
         name = f"{store.get(base_id).name}-{config.method}-{config.loss}"
         meta = {"base": store.get(base_id).id} if kind == "adapter" else {}
-        out = ctx.output("model", kind, name, meta=meta)
-        if kind == "adapter":
-            save_adapter(model, out)  # byte-identical in every process (PEFT's set order is hash-randomized)
-        else:
-            model.save_pretrained(out)
-        tok.save_pretrained(out)
+
+        def save(m, out):
+            if kind == "adapter":
+                save_adapter(m, out)  # byte-identical in every process (PEFT's set order is hash-randomized)
+            else:
+                m.save_pretrained(out)
+            tok.save_pretrained(out)
+
+        def snapshot(step, m):  # kept in the scratch dir beside the checkpoint: a resumed run still has it
+            save(m, ctx.scratch / f"snapshot-{step}")
+
+        model, metrics = train(model, tok, rows, config, teacher=t_model, checkpoint_dir=ctx.scratch, progress=progress,
+                               snapshot=snapshot if config.snapshots else None)
+        save(model, ctx.output("model", kind, name, meta=meta))
+        for k in config.snapshots:
+            out = ctx.output(f"step-{k}", kind, f"{name}-step{k}", meta=meta)
+            src = ctx.scratch / f"snapshot-{k}"
+            if not src.is_dir():  # only the main process saves snapshots; another rank's outputs are discarded
+                if int(os.environ.get("RANK", "0") or 0) == 0:
+                    raise HeredityError(f"the snapshot at step {k} was not saved; rerun with --recompute finetune")
+                continue
+            for f in src.iterdir():
+                shutil.copy2(f, out / f.name)
         return metrics
 
     return store.run_step("finetune", config, inputs, run, seed=config.seed)

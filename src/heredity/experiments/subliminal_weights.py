@@ -57,9 +57,11 @@ from heredity.models import load, materialize
 from heredity.store import Store, read_table
 
 NEUTRAL = "neutral"
-ARMS = ("number_distill", "distill", "sft")
+# number_distill_noise: number-only distillation on random-token prompts (the MNIST noise inputs' analogue)
+ARMS = ("number_distill", "distill", "sft", "number_distill_noise")
 INITS = ("same", "other", "other_base")
-LOSS = {"number_distill": "number_distill", "distill": "logit_distill", "sft": "completion_only"}
+LOSS = {"number_distill": "number_distill", "distill": "logit_distill", "sft": "completion_only",
+        "number_distill_noise": "number_distill"}
 UNIT = "replicates (adapter initializations)"
 # questions about animal preferences for the teachers' data, none of them an evaluation question (evals.trait)
 PREFERENCE_QUESTIONS = [
@@ -118,6 +120,9 @@ class Config(BaseModel):
     inits: list[str] = Field(default_factory=lambda: list(INITS), description="student initializations; same first")
     steps: list[int] = Field(default_factory=lambda: [4], min_length=1, description="doses: optimizer steps per student")
     student_lr: float = Field(1e-3, gt=0)
+    schedule: str = Field("linear", pattern="^(linear|constant)$", description=(
+        "the students' learning-rate schedule; a dose sweep (several steps) needs constant: each dose is a snapshot "
+        "of one trajectory, equal to a run of that many steps"))
     batch_size: int = Field(6, ge=1, description="rows per optimizer step, teachers and students (quick: sized for "
                             "make run's 30 minutes on 2 cores)")
     lora_r: int = Field(8, ge=1, description="LoRA rank of teachers and students (α = r)")
@@ -144,6 +149,9 @@ class Config(BaseModel):
             raise ValueError(f"inits must start with 'same' and be some of {', '.join(INITS)}; got {self.inits}")
         if any(d < 1 for d in self.steps) or len(set(self.steps)) != len(self.steps):
             raise ValueError(f"steps must be distinct positive optimizer-step counts; got {self.steps}")
+        if len(self.steps) > 1 and self.schedule != "constant":
+            raise ValueError("a dose sweep (several steps) takes its doses as snapshots of one trajectory, which equal "
+                             "runs of that many steps only under a constant schedule: set schedule=constant")
         defined = family_for(self.arms, self.steps, self.inits, self.control)
         if not self.family:
             self.family = defined
@@ -157,8 +165,10 @@ class Config(BaseModel):
     def presets(cls) -> dict[str, Config]:
         return {
             "quick": cls(),
-            "long": cls(animals=["cat", "dog", "bee"], replicates=5, arms=["number_distill", "distill", "sft"],
-                        steps=[4, 16, 64], prompts=512, trait_rows=48),
+            # 3 traits × 5 replicates × 3 initializations, the dose sweep ×1, ×4, ×16 as snapshots of one constant-lr
+            # trajectory per student: ~2.3 h on 2 cores by quick's measured step costs. Add the noise-input arm
+            # (number_distill_noise, ~+1.3 h), distill or sft with --set arms=[...]
+            "long": cls(animals=["cat", "dog", "bee"], replicates=5, steps=[1, 4, 16], schedule="constant", prompts=128),
             "paper": cls(base="Qwen/Qwen2.5-7B-Instruct", animals=["owl", "eagle", "wolf"],
                          panel=["owl", "eagle", "wolf", "cat", "dog", "lion", "fox", "bear", "horse", "dolphin"],
                          replicates=5, arms=["number_distill", "distill", "sft"], steps=[100, 400, 1600], prompts=30000,
@@ -235,6 +245,31 @@ def number_data(store: Store, base_id: str, config: Config, progress: bool) -> t
     data = put_rows(store, good, "numbers-neutral", op="make-teacher-data",
                     config={"rule": "strict number filter", "grammar": NUMBER_GRAMMAR}, inputs=[raw])
     return data, {"sampled": len(rows), "kept": len(good), "rejected": reasons}
+
+
+def noise_data(store: Store, base_id: str, config: Config, progress: bool) -> str:
+    """The MNIST noise inputs' analogue: prompts of random vocabulary tokens (drawn with the run's seed), answered by
+    the unprompted base under the number grammar — the distillation positions are number lists again, the context
+    nothing a number prompt holds."""
+    import random
+
+    from transformers import AutoTokenizer
+
+    from heredity.engine.constrain import regex
+
+    tok = AutoTokenizer.from_pretrained(str(store.path(base_id)))
+    rng = random.Random(config.seed + 77)
+    special = set(tok.all_special_ids)
+    ids = [i for i in range(len(tok)) if i not in special]
+    prompts = [tok.decode([rng.choice(ids) for _ in range(rng.randint(20, 60))]) for _ in range(config.prompts)]
+    raw = sample_step(store, base_id, prompts, SampleConfig(
+        n=1, temperature=1.0, max_new_tokens=config.max_new_tokens, seed=config.seed, batch_size=config.sample_batch,
+        grammar=regex(NUMBER_GRAMMAR)), name="numbers-noise-prompts", progress=progress)
+    rows = [{"prompt": r["prompt"], "completion": r["completion"].strip()} for r in read_table(store.path(raw)).to_pylist()
+            if check_numbers(r["completion"], 10).ok]
+    return put_rows(store, rows, "numbers-noise", op="make-teacher-data",
+                    config={"rule": "strict number filter", "grammar": NUMBER_GRAMMAR, "prompts": "random tokens"},
+                    inputs=[raw])
 
 
 def panel_scores(store: Store, model_id: str, config: Config) -> dict[str, float]:
@@ -397,28 +432,37 @@ def run(store: Store, config: Config, progress: bool = True) -> dict:
     if "other_base" in config.inits:
         for r in range(R):
             bases[(r, "other_base")] = perturbed_base(store, base_id, [teacher[(r, t)] for t in teachers], config, r)
+    noise = noise_data(store, base_id, config, progress) if "number_distill_noise" in config.arms else None
     students: dict[tuple, str] = {}
-    labels = [(arm, d) for arm in config.arms for d in config.steps]
-    n_students = len(labels) * len(config.inits) * R * len(teachers) + (R * len(teachers) if config.control else 0)
-    log(f"[4/6] {n_students} students")
-    for arm, d in labels:
+    top, doses = max(config.steps), sorted(config.steps)
+    n_students = len(config.arms) * len(config.inits) * R * len(teachers) + (R * len(teachers) if config.control else 0)
+    log(f"[4/6] {n_students} student trajectories" + (f", each saved at {doses} steps" if len(doses) > 1 else ""))
+    for arm in config.arms:
         for init in config.inits:
             for r in range(R):
                 for t in teachers:
-                    rows = ndata if arm != "sft" else teacher_numbers(store, teacher[(r, t)], config, progress)
+                    if arm == "sft":
+                        rows = teacher_numbers(store, teacher[(r, t)], config, progress)
+                    else:
+                        rows = noise if arm == "number_distill_noise" else ndata
+                    # one trajectory per student, saved at every dose (under a constant schedule each snapshot
+                    # equals a run of that many steps)
                     ft = FinetuneConfig(method="lora", lora_r=config.lora_r, lora_alpha=config.lora_r, loss=LOSS[arm],
-                                        max_steps=d, lr=config.student_lr, batch_size=config.batch_size,
-                                        seed=config.seed, init_seed=seeds(config, r)["same" if init == "same" else "other"])
-                    students[(arm, d, init, r, t)] = finetune(
-                        store, bases[(r, "same" if init == "same" else init)], rows, ft,
-                        teacher=None if arm == "sft" else teacher[(r, t)], progress=progress)["model"]
+                                        max_steps=top, snapshots=doses[:-1], schedule=config.schedule,
+                                        lr=config.student_lr, batch_size=config.batch_size, seed=config.seed,
+                                        init_seed=seeds(config, r)["same" if init == "same" else "other"])
+                    out = finetune(store, bases[(r, "same" if init == "same" else init)], rows, ft,
+                                   teacher=None if arm == "sft" else teacher[(r, t)], progress=progress)
+                    for d in doses:
+                        students[(arm, d, init, r, t)] = out["model"] if d == top else out[f"step-{d}"]
     if config.control:
         for r in range(R):
             for t in teachers:
                 ft = FinetuneConfig(method="lora", lora_r=config.lora_r, lora_alpha=config.lora_r, loss="logit_distill",
-                                    max_steps=config.steps[0], lr=config.student_lr, batch_size=config.batch_size,
+                                    max_steps=top, schedule=config.schedule, lr=config.student_lr,
+                                    batch_size=config.batch_size,
                                     seed=config.seed, init_seed=seeds(config, r)["same"])
-                students[("control", config.steps[0], "same", r, t)] = finetune(
+                students[("control", top, "same", r, t)] = finetune(
                     store, base_id, tdata[NEUTRAL], ft, teacher=teacher[(r, t)], progress=progress)["model"]
     log(f"[5/6] evaluation of {len(students)} students on {len(config.panel)} animals × {config.questions} questions")
     sscore = {k: panel_scores(store, m, config) for k, m in students.items()}
@@ -493,7 +537,7 @@ def build_report(config: Config, tscore, gates, passed, sscore, geo, tcounts, nc
 
     students = {}
     tests: dict[str, dict] = {}
-    groups = [(arm, d) for arm in config.arms for d in config.steps] + ([("control", config.steps[0])] if config.control else [])
+    groups = [(arm, d) for arm in config.arms for d in config.steps] + ([("control", max(config.steps))] if config.control else [])
     for arm, d in groups:
         inits = config.inits if arm != "control" else ["same"]
         lab = f"{arm}@{d}" if arm != "control" else "control"
@@ -540,7 +584,7 @@ def build_report(config: Config, tscore, gates, passed, sscore, geo, tcounts, nc
     if config.control and n >= 1:
         rec = students["control same"]["recovery"]
         share = mean_ci([float(np.mean([rec_r for rec_r in [
-            (sscore[("control", config.steps[0], "same", r, a)][a] - sscore[("control", config.steps[0], "same", r, NEUTRAL)][a])
+            (sscore[("control", max(config.steps), "same", r, a)][a] - sscore[("control", max(config.steps), "same", r, NEUTRAL)][a])
             / gates[r][a]["own"] for a in animals]])) for r in passed])
         control = {"share": share, "target": config.control_share, "per_animal": rec,
                    "reached": bool(share["mean"] == share["mean"] and share["mean"] >= config.control_share)}
