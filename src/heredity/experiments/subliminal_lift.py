@@ -548,7 +548,10 @@ def markdown(r: dict) -> str:
                   f"unit: questions, one model, n = {t['n']}): "
                   + ("each animal's own number raises it more than the others' numbers do — an animal-specific channel in "
                      "this model's prompting" if t["p"] is not None and t["p"] < 0.05 and t["diff"] > 0 else
-                     "no animal-specific channel shown in this model's prompting")]
+                     "no animal-specific channel shown in this model's prompting")
+                  + (f". ({sp['computed_on']['note']}; the report's own prompting numbers reproduce there to "
+                     f"{sp['computed_on']['max_rel_diff_p_animal_vs_report']:.0e} relative, the same entangled digits.)"
+                     if sp.get("computed_on") else "")]
     else:
         lines += ["", "_No animal-specific test in this report (it predates it): the contrast above is the same digits "
                   "for most animals, so it does not show an animal-specific channel._"]
