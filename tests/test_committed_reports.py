@@ -199,3 +199,42 @@ def test_a_narrow_interval_over_three_or_fewer_replicates_comes_with_its_values(
         if narrow_for_n(est, *iv, n) and not (d.get("per_seed") and d.get("spread_note")):
             bad.append(f"{'/'.join(p)}: {est:.4g} [{iv[0]:.4g}, {iv[1]:.4g}], n = {n}")
     assert not bad, f"{path.name}: intervals narrower than n ≤ 3 can carry, without their values: {bad[:3]}"
+
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+INTERVAL = re.compile(r"([+\-−]?\d+\.\d+)\s*\[([+\-−]?\d+\.\d+),\s*([+\-−]?\d+\.\d+)\]")
+LINKED = re.compile(r"docs/results/([\w.-]+)\.(?:md|json|png)")
+
+
+def _rounds_to(values: list[float], s: str) -> bool:
+    s = s.replace("−", "-")
+    f, dec = float(s), len(s.split(".")[1])
+    return any(round(v, dec) == round(f, dec) or round(abs(v), dec) == abs(f) or round(100 * v, dec) == round(f, dec)
+               for v in values)
+
+
+def readme_intervals_not_in_reports(text: str, results: Path) -> list[str]:
+    """Every estimate with an interval the README quotes (``x [lo, hi]``) must be in the JSON of a report its
+    section links (a section that links none is checked against every committed report)."""
+    every = {p.stem: _numbers(json.loads(p.read_text())) for p in results.glob("*.json")}
+    bad = []
+    for section in re.split(r"\n(?=#{2,4} )", text):
+        linked = [every[n] for n in dict.fromkeys(LINKED.findall(section)) if n in every]
+        values = [v for vs in (linked or list(every.values())) for v in vs]
+        for m in INTERVAL.finditer(section):
+            missing = [g for g in m.groups() if not _rounds_to(values, g)]
+            if missing:
+                bad.append(f"{m.group(0)} (section {section.splitlines()[0][:60]!r})")
+    return bad
+
+
+def test_every_interval_the_readme_quotes_is_in_a_report_its_section_links():
+    bad = readme_intervals_not_in_reports(README.read_text(), README.parent / "docs" / "results")
+    assert not bad, f"README figures that no linked report holds (re-render the report or fix the text): {bad[:5]}"
+
+
+def test_the_readme_check_can_fail(tmp_path):
+    (tmp_path / "x.json").write_text(json.dumps({"d": {"diff": 0.52, "lo": 0.44, "hi": 0.59}}))
+    ok = "### a\n[r](docs/results/x.md): Δ +0.52 [0.44, 0.59]\n"
+    assert not readme_intervals_not_in_reports(ok, tmp_path)
+    assert readme_intervals_not_in_reports(ok.replace("0.59]", "0.61]"), tmp_path)
