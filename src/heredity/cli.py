@@ -165,7 +165,8 @@ def rerender(
     md = report.with_suffix(".md")
     paras = md.read_text().split("\n\n") if md.is_file() else []
     # the paragraphs saying how the report was made (its command, wall time), wherever the old card put them
-    header = "\n\n".join(p for p in (x.strip() for x in paras) if p.startswith(("_Command", "Command:")))
+    header = "\n\n".join(p for p in (x.strip() for x in paras) if p.startswith(("_Command", "Command:", "**Re-rendered"))
+                           or (p.startswith("_Re-rendered") and "heredity rerender" not in p))
     note = (f"_Re-rendered {datetime.date.today()} by `heredity rerender` with the current statistics (declared Holm "
             "family, smallest detectable effects at its level); no student was retrained and no score recomputed._")
     header = f"{header}\n\n{note}" if header else note

@@ -424,6 +424,21 @@ def build_report(config, artifacts, evals, filters, students, gate_p, cross_note
     }
 
 
+def rerender(r: dict) -> dict:
+    """A committed report with its smallest detectable effects at the level its verdicts read (Holm over the
+    student comparisons; the teacher check alone), from the stored sd and n — nothing retrained or rescored."""
+    from heredity.reports.stats import min_detectable
+
+    r = json.loads(json.dumps(r))
+    comps = r["comparisons"]
+    family = comps[1:]  # the student arms (the teacher check is a gate)
+    for c in comps:
+        for t in (v for v in c.values() if isinstance(v, dict) and "sd" in v):
+            ok = isinstance(t.get("sd"), (int, float)) and t["sd"] == t["sd"] and t.get("n", 0) >= 2
+            t["min_detectable"] = min_detectable(t["sd"], t["n"], family=len(family) if c in family else 1) if ok else None
+    return r
+
+
 def markdown(r: dict) -> str:
     from heredity.reports.stats import fmt_ci, fmt_num
 
