@@ -223,14 +223,15 @@ def teacher_data(store: Store, base_id: str, config: Config, progress: bool) -> 
     return data, counts
 
 
-def number_data(store: Store, base_id: str, config: Config, progress: bool) -> tuple[str, dict]:
-    """The number prompts answered by the unprompted base at T = 1 under ``NUMBER_GRAMMAR``, checked by the
-    strict filter (counted reasons): the same completions for every teacher's students."""
+def grammar_numbers(store: Store, model_id: str, prompts: list[str], config: Config, name: str, progress: bool,
+                    extra: dict | None = None) -> tuple[str, dict]:
+    """``prompts`` answered by ``model_id`` at T = 1 under ``NUMBER_GRAMMAR``, checked by the strict filter (its
+    reasons counted), as a dataset: (id, counts)."""
     from heredity.engine.constrain import regex
 
-    raw = sample_step(store, base_id, number_prompts(config.prompts, seed=config.seed), SampleConfig(
+    raw = sample_step(store, model_id, prompts, SampleConfig(
         n=1, temperature=1.0, max_new_tokens=config.max_new_tokens, seed=config.seed, batch_size=config.sample_batch,
-        grammar=regex(NUMBER_GRAMMAR)), name="numbers-neutral-base", progress=progress)
+        grammar=regex(NUMBER_GRAMMAR)), name=f"{name}-raw", progress=progress)
     rows = read_table(store.path(raw)).to_pylist()
     reasons: dict[str, int] = {}
     good = []
@@ -242,9 +243,15 @@ def number_data(store: Store, base_id: str, config: Config, progress: bool) -> t
             reasons[res.reason] = reasons.get(res.reason, 0) + 1
     if len(good) < config.batch_size:
         raise HeredityError(f"only {len(good)} of {len(rows)} number completions pass the filter; raise prompts")
-    data = put_rows(store, good, "numbers-neutral", op="make-teacher-data",
-                    config={"rule": "strict number filter", "grammar": NUMBER_GRAMMAR}, inputs=[raw])
+    data = put_rows(store, good, name, op="make-teacher-data",
+                    config={"rule": "strict number filter", "grammar": NUMBER_GRAMMAR, **(extra or {})}, inputs=[raw])
     return data, {"sampled": len(rows), "kept": len(good), "rejected": reasons}
+
+
+def number_data(store: Store, base_id: str, config: Config, progress: bool) -> tuple[str, dict]:
+    """The number prompts answered by the unprompted base: the same completions for every teacher's students."""
+    return grammar_numbers(store, base_id, number_prompts(config.prompts, seed=config.seed), config, "numbers-neutral",
+                           progress)
 
 
 def noise_data(store: Store, base_id: str, config: Config, progress: bool) -> str:
@@ -255,21 +262,12 @@ def noise_data(store: Store, base_id: str, config: Config, progress: bool) -> st
 
     from transformers import AutoTokenizer
 
-    from heredity.engine.constrain import regex
-
     tok = AutoTokenizer.from_pretrained(str(store.path(base_id)))
     rng = random.Random(config.seed + 77)
     special = set(tok.all_special_ids)
     ids = [i for i in range(len(tok)) if i not in special]
     prompts = [tok.decode([rng.choice(ids) for _ in range(rng.randint(20, 60))]) for _ in range(config.prompts)]
-    raw = sample_step(store, base_id, prompts, SampleConfig(
-        n=1, temperature=1.0, max_new_tokens=config.max_new_tokens, seed=config.seed, batch_size=config.sample_batch,
-        grammar=regex(NUMBER_GRAMMAR)), name="numbers-noise-prompts", progress=progress)
-    rows = [{"prompt": r["prompt"], "completion": r["completion"].strip()} for r in read_table(store.path(raw)).to_pylist()
-            if check_numbers(r["completion"], 10).ok]
-    return put_rows(store, rows, "numbers-noise", op="make-teacher-data",
-                    config={"rule": "strict number filter", "grammar": NUMBER_GRAMMAR, "prompts": "random tokens"},
-                    inputs=[raw])
+    return grammar_numbers(store, base_id, prompts, config, "numbers-noise", progress, {"prompts": "random tokens"})[0]
 
 
 def panel_scores(store: Store, model_id: str, config: Config) -> dict[str, float]:
@@ -487,15 +485,8 @@ def run(store: Store, config: Config, progress: bool = True) -> dict:
 
 def teacher_numbers(store: Store, teacher_id: str, config: Config, progress: bool) -> str:
     """The sft arm's rows: the teacher's own answers to the number prompts (T = 1, the number grammar), filtered."""
-    from heredity.engine.constrain import regex
-
-    raw = sample_step(store, teacher_id, number_prompts(config.prompts, seed=config.seed), SampleConfig(
-        n=1, temperature=1.0, max_new_tokens=config.max_new_tokens, seed=config.seed, batch_size=config.sample_batch,
-        grammar=regex(NUMBER_GRAMMAR)), name="numbers-teacher", progress=progress)
-    rows = [{"prompt": r["prompt"], "completion": r["completion"].strip()} for r in read_table(store.path(raw)).to_pylist()
-            if check_numbers(r["completion"], 10).ok]
-    return put_rows(store, rows, "numbers-teacher", op="make-teacher-data",
-                    config={"rule": "strict number filter", "grammar": NUMBER_GRAMMAR}, inputs=[raw])
+    return grammar_numbers(store, teacher_id, number_prompts(config.prompts, seed=config.seed), config,
+                           "numbers-teacher", progress)[0]
 
 
 # ---- statistics --------------------------------------------------------------------------------
