@@ -130,6 +130,15 @@ def test_the_gate_marks_a_teacher_that_learned_animals_not_its_animal_and_a_fail
     assert sw.outcome(rep).startswith("teacher failed: 1 of 2 replicates")
 
 
+def test_every_preset_is_a_valid_design():
+    presets = sw.Config.presets()
+    assert set(presets) >= {"quick", "long", "paper"}
+    for name, c in presets.items():
+        assert c.family == sw.family_for(c.arms, c.steps, c.inits, c.control), name
+    assert presets["long"].replicates >= 5 and len(presets["long"].animals) >= 3 and len(presets["long"].steps) >= 3
+    assert presets["quick"].replicates >= 3 and len(presets["quick"].panel) >= 10
+
+
 def test_the_declared_holm_family_cannot_shrink():
     full = sw.family_for(["number_distill"], [4], list(sw.INITS), True)
     assert sw.Config().family == full and full[0] == "number_distill@4 same: specificity"
@@ -224,8 +233,8 @@ def test_a_dose_sweep_with_the_noise_arm_on_a_tiny_model(store, monkeypatch):
                     steps=[1, 2], schedule="constant", arms=["number_distill", "number_distill_noise"],
                     inits=["same", "other"], control=False, batch_size=8, lora_r=2, questions=2, sample_batch=8,
                     panel=["cat", "dog", "bee"])
-    assert cfg.family[:4] == ["number_distill@1 same: specificity", "number_distill@1 same: transfer",
-                              "number_distill@1 same − other: specificity", "number_distill@1 same − other: cosine ΔW"]
+    assert cfg.family[:4] == ["number_distill@2 same: specificity", "number_distill@2 same: transfer",
+                              "number_distill@2 same − other: specificity", "number_distill@2 same − other: cosine ΔW"]
     out = sw.run(store, cfg, progress=False)
     rep = json.loads((store.path(out["report"]) / "report.json").read_text())
     assert [t["name"] for t in rep["tests"]] == cfg.family and len(cfg.family) == 2 * 2 * 4

@@ -85,12 +85,12 @@ NUMBER_GRAMMAR = r"[1-9][0-9]{0,2}(, [1-9][0-9]{0,2}){4,9}"  # 5–10 numbers of
 
 
 def family_for(arms: list[str], steps: list[int], inits: list[str], control: bool) -> list[str]:
-    """Every test a design defines, in order (the first is the primary): per arm and dose, the same-init
-    specificity and transfer, same-init minus each other initialization's specificity, and the ΔW cosine of
-    same-init minus other-init students; then the positive control's transfer."""
+    """Every test a design defines, in order (the first is the primary: the first arm at the largest dose): per arm
+    and dose (largest first), the same-init specificity and transfer, same-init minus each other initialization's
+    specificity, and the ΔW cosine of same-init minus other-init students; then the positive control's transfer."""
     out = []
     for arm in arms:
-        for d in steps:
+        for d in sorted(steps, reverse=True):
             lab = f"{arm}@{d}"
             out += [f"{lab} same: specificity", f"{lab} same: transfer"]
             out += [f"{lab} same − {i}: specificity" for i in inits if i != "same"]
@@ -171,7 +171,8 @@ class Config(BaseModel):
             "long": cls(animals=["cat", "dog", "bee"], replicates=5, steps=[1, 4, 16], schedule="constant", prompts=128),
             "paper": cls(base="Qwen/Qwen2.5-7B-Instruct", animals=["owl", "eagle", "wolf"],
                          panel=["owl", "eagle", "wolf", "cat", "dog", "lion", "fox", "bear", "horse", "dolphin"],
-                         replicates=5, arms=["number_distill", "distill", "sft"], steps=[100, 400, 1600], prompts=30000,
+                         replicates=5, arms=["number_distill", "distill", "sft"], steps=[100, 400, 1600], schedule="constant",
+                         prompts=30000,
                          trait_samples=16, trait_rows=1000, batch_size=64, sample_batch=256, questions=50),
         }
 
