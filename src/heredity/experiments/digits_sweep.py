@@ -76,6 +76,18 @@ def run(store: Store, config: Config, progress: bool = True) -> dict:
             "lineage_of": card["report"]}
 
 
+def rerender(r: dict) -> dict:
+    """A committed sweep with each null's smallest detectable gap at the Holm level over its distinct runs, and
+    the verdicts from ``stats.verdict`` (nothing retrained)."""
+    from heredity.reports.stats import min_detectable, verdict
+
+    r = json.loads(json.dumps(r))
+    for pt in r["points"]:
+        pt["verdict"] = verdict(pt["test"], expected=+1, p=pt["p_holm"])["result"]
+        pt["min_detectable"] = min_detectable(pt["test"]["sd"], pt["test"]["n"], family=r["runs"])
+    return r
+
+
 def markdown(r: dict) -> str:
     from heredity.reports.stats import fmt_ci, fmt_p
 
@@ -86,7 +98,8 @@ def markdown(r: dict) -> str:
              "steps). Gap: same-init minus other-init aux-student test accuracy, paired by seed (each seed trains one "
              f"teacher and both students); 95% t interval over seeds; two-sided p, Holm-adjusted over the "
              f"{r['runs']} distinct runs (the base setting appears on every axis); for a null, the smallest gap the "
-             "seeds could have detected (80% power). Unit of replication: training seeds.", "",
+             "seeds could have detected (80% power at the Holm level, α = 0.05 / the distinct runs). Unit of replication: "
+             "training seeds.", "",
              f"| axis | value | same-init | other-init | gap [95% CI] | p (Holm; unit: training seeds, n = {base['seeds']}) "
              "| verdict |", "|---|---|---|---|---|---|---|"]
     for p in r["points"]:
