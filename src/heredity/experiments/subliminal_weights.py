@@ -659,7 +659,8 @@ def markdown(r: dict) -> str:
                                                   f"(of {x['sampled']} sampled), mean {x['mean_chars']} characters"
                                                   for t, x in r["teacher_data"].items()) + ".", "",
               f"## Tests (one Holm family of {len(r['tests'])}; unit: {r['unit']})", "",
-              "| test | estimate [95% CI] | p | Holm p | smallest detectable at the Holm level | verdict |",
+              f"| test | estimate [95% CI] | p (unit: {r['unit']}, n = {n}) | Holm p | smallest detectable at the Holm "
+              "level | verdict |",
               "|---|---|---|---|---|---|"]
     for t in r["tests"]:
         if not t.get("test"):
@@ -683,7 +684,8 @@ def markdown(r: dict) -> str:
         co = x["cosine"]
         lines += ["", f"Specificity {fmt_num(x['specificity']['diff'])} [{fmt_num(x['specificity']['lo'])}, "
                   f"{fmt_num(x['specificity']['hi'])}], transfer {fmt_num(x['transfer']['diff'])} (per replicate: "
-                  f"{', '.join(f'{v:+.4f}' for v in x['specificity']['per_seed'])}); permutation over teacher labels p = "
+                  f"{', '.join(f'{v:+.4f}' for v in x['specificity']['per_seed'])}; unit: {r['unit']}, n = {n}); permutation over "
+                  f"teacher labels p = "
                   f"{x['permutation']['p']:.2g} (smallest possible {x['permutation']['min_p']:.2g}). Share of the teacher's "
                   f"own lift recovered: {rec}. Correlation with the teacher's lift profile over {len(c['panel'])} animals: "
                   f"{cor}. Cosine with the teacher's change: ΔW {fmt_num(co['cos_dw']['mean'], 4)}, LoRA coordinates "
