@@ -66,14 +66,14 @@ def null_contradictions(report: dict) -> list[str]:
     """Tests called null (result or words) whose own interval excludes 0."""
     bad = []
     for path, d in _walk(report):
-        iv = _interval(d)
-        if iv is None or not (iv[0] > 0 or iv[1] < 0) or "diff" not in d:
+        # the interval may sit in the dict itself or in its "test" (a verdict beside the test it reads)
+        tested = [x for x in (d, d.get("test")) if isinstance(x, dict) and "diff" in x and _interval(x)]
+        if not any(_interval(x)[0] > 0 or _interval(x)[1] < 0 for x in tested):
             continue
         said = " ".join(str(d.get(k, "")) for k in ("verdict", "result", "words"))
-        for k in ("verdict",):
-            if isinstance(d.get(k), dict):
-                said += " " + " ".join(str(v) for v in d[k].values())
-        if "a null result" in said or d.get("result") == "null" or (isinstance(d.get("verdict"), str) and d["verdict"] == "null"):
+        if isinstance(d.get("verdict"), dict):
+            said += " " + " ".join(str(v) for v in d["verdict"].values())
+        if "a null result" in said or d.get("result") == "null" or d.get("verdict") == "null":
             bad.append("/".join(path))
     return bad
 
@@ -176,6 +176,7 @@ def test_a_declared_holm_family_is_the_family_tested(path):
 def test_the_json_checks_can_fail():
     assert null_contradictions({"a": {"diff": -0.03, "lo": -0.047, "hi": -0.012, "verdict": "no significant difference (a null result)"}})
     assert not null_contradictions({"a": {"diff": -0.03, "lo": -0.047, "hi": 0.01, "verdict": "null"}})
+    assert null_contradictions({"pt": {"verdict": "null", "test": {"diff": 0.02, "lo": 0.01, "hi": 0.03}}})
     assert out_of_range({"attack success": {"diff": 0.994, "lo": 0.983, "hi": 1.005}})
     assert not out_of_range({"attack success": {"diff": 0.994, "lo": 0.983, "hi": 1.0}})
     assert ZERO_P.search("p = 0.0e+00") and ZERO_P.search("p = 0") and not ZERO_P.search("p = 0.03")
@@ -192,11 +193,14 @@ def test_a_narrow_interval_over_three_or_fewer_replicates_comes_with_its_values(
 
     bad = []
     for p, d in _walk(json.loads(path.read_text())):
-        iv, est = _interval(d), d.get("diff")  # an effect (a difference), not a level such as an NLL of 4.2
-        n = len(d["per_seed"]) if isinstance(d.get("per_seed"), list) else d.get("n")
+        iv, est = _interval(d), d.get("diff")  # an effect (a difference), not a level such as an NLL of 4.2 ...
+        if est is None and any(k in seg for seg in p for k in ("share", "cosine")):
+            est = d.get("mean")  # ... except shares and cosines, which are effects on their own scale
+        values = d.get("per_seed") if isinstance(d.get("per_seed"), list) else d.get("per_replicate")
+        n = len(values) if isinstance(values, list) else d.get("n")
         if iv is None or not _finite(est) or not isinstance(n, int) or isinstance(n, bool):
             continue
-        if narrow_for_n(est, *iv, n) and not (d.get("per_seed") and d.get("spread_note")):
+        if narrow_for_n(est, *iv, n) and not (values and d.get("spread_note")):
             bad.append(f"{'/'.join(p)}: {est:.4g} [{iv[0]:.4g}, {iv[1]:.4g}], n = {n}")
     assert not bad, f"{path.name}: intervals narrower than n ≤ 3 can carry, without their values: {bad[:3]}"
 

@@ -182,6 +182,10 @@ def test_the_recipe_end_to_end_on_a_tiny_model(store, monkeypatch):
     out = sw.run(store, cfg, progress=False)
     rep = json.loads((store.path(out["report"]) / "report.json").read_text())
     assert rep["replicates_passed"] == [0, 1] and [t["name"] for t in rep["tests"]] == cfg.family
+    from heredity.store import read_table
+
+    prompts = {t: [r["prompt"] for r in read_table(store.path(rep["data"][t])).to_pylist()] for t in ("neutral", "cat", "dog")}
+    assert prompts["neutral"] == prompts["cat"] == prompts["dog"], "every teacher is trained on the same questions"
     assert sum(t["primary"] for t in rep["tests"]) == 1
     for t in rep["tests"]:
         assert t["n"] == 2 and t["p_holm"] >= t["p"] - 1e-12 if t["p"] == t["p"] else True
@@ -223,7 +227,7 @@ def test_a_snapshot_at_step_k_of_a_constant_schedule_equals_a_run_of_k_steps(sto
     with pytest.raises(ValueError, match="snapshots"):
         FinetuneConfig(**cfg, max_steps=4, snapshots=[4])
     with pytest.raises(ValueError, match="constant schedule"):
-        sw.Config(steps=[1, 4])
+        sw.Config(steps=[1, 4], schedule="linear")
 
 
 def test_a_dose_sweep_with_the_noise_arm_on_a_tiny_model(store, monkeypatch):
@@ -237,7 +241,7 @@ def test_a_dose_sweep_with_the_noise_arm_on_a_tiny_model(store, monkeypatch):
                               "number_distill@2 same − other: specificity", "number_distill@2 same − other: cosine ΔW"]
     out = sw.run(store, cfg, progress=False)
     rep = json.loads((store.path(out["report"]) / "report.json").read_text())
-    assert [t["name"] for t in rep["tests"]] == cfg.family and len(cfg.family) == 2 * 2 * 4
+    assert [t["name"] for t in rep["tests"]] == cfg.family and len(cfg.family) == 2 * 2 * 7
     one, two = (store.step_of(rep["students"][f"number_distill/{d}/same/0/cat"]) for d in (1, 2))
     assert one.key == two.key, "the doses are snapshots of one trajectory"
     noise = store.step_of(rep["students"]["number_distill_noise/2/same/0/cat"])

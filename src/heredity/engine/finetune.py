@@ -459,13 +459,14 @@ def finetune(store, base: str, dataset: str, config: FinetuneConfig | None = Non
         model, metrics = train(model, tok, rows, config, teacher=t_model, checkpoint_dir=ctx.scratch, progress=progress,
                                snapshot=snapshot if config.snapshots else None)
         save(model, ctx.output("model", kind, name, meta=meta))
+        main = int(os.environ.get("RANK", "0") or 0) == 0
         for k in config.snapshots:
             out = ctx.output(f"step-{k}", kind, f"{name}-step{k}", meta=meta)
-            src = ctx.scratch / f"snapshot-{k}"
-            if not src.is_dir():  # only the main process saves snapshots; another rank's outputs are discarded
-                if int(os.environ.get("RANK", "0") or 0) == 0:
-                    raise HeredityError(f"the snapshot at step {k} was not saved; rerun with --recompute finetune")
+            if not main:  # only the main process saves snapshots (and commits); another rank's outputs are discarded
                 continue
+            src = ctx.scratch / f"snapshot-{k}"
+            if not src.is_dir():
+                raise HeredityError(f"the snapshot at step {k} was not saved; rerun with --recompute finetune")
             for f in src.iterdir():
                 shutil.copy2(f, out / f.name)
         return metrics

@@ -444,6 +444,10 @@ def sampled_rates(students: dict, scores: dict, config: Config) -> dict:
     return out
 
 
+def _finite_p(p) -> bool:
+    return isinstance(p, (int, float)) and math.isfinite(p)
+
+
 def declared_holm(results: dict, family: list[str]) -> dict[str, float]:
     """Holm-adjusted specificity p per tested label, over the declared ``family``: a declared label this report
     does not test counts as p = 1 (it can never be rejected, so Holm stays valid) — the family never shrinks."""
@@ -452,7 +456,9 @@ def declared_holm(results: dict, family: list[str]) -> dict[str, float]:
     extra = [lab for lab in results if lab not in family]
     if extra:
         raise HeredityError(f"student {extra[0]!r} is outside the declared Holm family {family}")
-    ps = [results[lab]["specificity"]["p"] if lab in results else 1.0 for lab in family]
+    # an untested label, or one whose p is undetermined (one seed, no variance), counts as p = 1
+    ps = [results[lab]["specificity"]["p"] if lab in results and _finite_p(results[lab]["specificity"]["p"]) else 1.0
+          for lab in family]
     return {lab: p for lab, p in zip(family, holm(ps), strict=True) if lab in results}
 
 

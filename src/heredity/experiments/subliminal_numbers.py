@@ -364,9 +364,13 @@ def build_report(config, artifacts, evals, filters, students, gate_p, cross_note
     adjusted = holm([headline(c)["p"] for c in family])
     for c, p_adj in zip(family, adjusted, strict=True):
         c["logprob"]["p_holm"] = p_adj
-    for c in comparisons:  # what a null could have seen, at the level its verdict reads (Holm's α / m)
-        for t in (v for k, v in c.items() if isinstance(v, dict) and "sd" in v):
-            t["min_detectable"] = min_detectable(t["sd"], t["n"], family=len(family) if c in family else 1)
+    for c in comparisons:  # what a null could have seen, at the level its verdict reads (Holm's α / m): the family
+        # holds the logprob measure of the student arms; the other measures and the teacher check stand alone
+        for key, t in ((k, v) for k, v in c.items() if isinstance(v, dict) and "sd" in v):
+            t["min_detectable"] = min_detectable(t["sd"], t["n"], family=len(family) if c in family and key == "logprob"
+                                                 else 1)
+            if "across_seeds" in t:  # the verdict reads the test over seeds: its own detection limit is not computed
+                t["min_detectable_note"] = "for the per-question test; the verdict reads the test over seeds"
 
     def said(c, animal):
         lp, h = c["logprob"], headline(c)
@@ -435,7 +439,8 @@ def rerender(r: dict) -> dict:
     for c in comps:
         for t in (v for v in c.values() if isinstance(v, dict) and "sd" in v):
             ok = isinstance(t.get("sd"), (int, float)) and t["sd"] == t["sd"] and t.get("n", 0) >= 2
-            t["min_detectable"] = min_detectable(t["sd"], t["n"], family=len(family) if c in family else 1) if ok else None
+            fam = len(family) if c in family and t is c.get("logprob") else 1
+            t["min_detectable"] = min_detectable(t["sd"], t["n"], family=fam) if ok else None
     return r
 
 

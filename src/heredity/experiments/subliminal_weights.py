@@ -87,7 +87,9 @@ NUMBER_GRAMMAR = r"[1-9][0-9]{0,2}(, [1-9][0-9]{0,2}){4,9}"  # 5–10 numbers of
 def family_for(arms: list[str], steps: list[int], inits: list[str], control: bool) -> list[str]:
     """Every test a design defines, in order (the first is the primary: the first arm at the largest dose): per arm
     and dose (largest first), the same-init specificity and transfer, same-init minus each other initialization's
-    specificity, and the ΔW cosine of same-init minus other-init students; then the positive control's transfer."""
+    specificity, same-init minus other-init students' cosine with their teacher's change (ΔW, its trait-specific
+    part, LoRA coordinates), and a same-init student's ΔW cosine with its own teacher minus with the other trait
+    teachers of its replicate; then the positive control's specificity and transfer."""
     out = []
     for arm in arms:
         for d in sorted(steps, reverse=True):
@@ -95,9 +97,11 @@ def family_for(arms: list[str], steps: list[int], inits: list[str], control: boo
             out += [f"{lab} same: specificity", f"{lab} same: transfer"]
             out += [f"{lab} same − {i}: specificity" for i in inits if i != "same"]
             if "other" in inits:
-                out.append(f"{lab} same − other: cosine ΔW")
+                out += [f"{lab} same − other: cosine ΔW", f"{lab} same − other: cosine ΔW, trait-specific",
+                        f"{lab} same − other: cosine LoRA"]
+            out.append(f"{lab} same: cosine ΔW, own − other trait teacher")
     if control:
-        out.append("control: transfer")
+        out += ["control: specificity", "control: transfer"]
     return out
 
 
@@ -108,7 +112,7 @@ class Config(BaseModel):
     panel: list[str] = Field(default_factory=lambda: list(PANEL), min_length=2, description=(
         "animals every model is scored on: the gate's other animals and the lift profiles"))
     replicates: int = Field(3, ge=2, description="adapter initializations (the unit of replication)")
-    trait_samples: int = Field(4, ge=1, description="answers sampled per question for the teachers' data")
+    trait_samples: int = Field(8, ge=1, description="answers sampled per question for the teachers' data")
     trait_rows: int = Field(32, ge=8, description="rows per teacher (every teacher gets the same number)")
     teacher_epochs: float = Field(3.0, gt=0)
     teacher_lr: float = Field(1e-3, gt=0)
@@ -120,7 +124,7 @@ class Config(BaseModel):
     inits: list[str] = Field(default_factory=lambda: list(INITS), description="student initializations; same first")
     steps: list[int] = Field(default_factory=lambda: [4], min_length=1, description="doses: optimizer steps per student")
     student_lr: float = Field(1e-3, gt=0)
-    schedule: str = Field("linear", pattern="^(linear|constant)$", description=(
+    schedule: str = Field("constant", pattern="^(linear|constant)$", description=(
         "the students' learning-rate schedule; a dose sweep (several steps) needs constant: each dose is a snapshot "
         "of one trajectory, equal to a run of that many steps"))
     batch_size: int = Field(6, ge=1, description="rows per optimizer step, teachers and students (quick: sized for "
@@ -129,7 +133,8 @@ class Config(BaseModel):
     base_noise: float = Field(1.0, gt=0, description="other_base: noise norm per weight matrix, in units of the "
                               "replicate's mean teacher update there")
     control: bool = Field(True, description="positive control: full-vocabulary distillation on the neutral teacher's texts")
-    control_share: float = Field(0.25, gt=0, description="the share of its teacher's lift the control must recover")
+    control_share: float = Field(0.25, gt=0, description=(
+        "the share of its teachers' specificity (over the trait animals) the positive control must recover"))
     questions: int = Field(20, ge=2, le=50, description="evaluation questions (evals.trait.QUESTIONS)")
     sample_batch: int = Field(64, ge=1)
     family: list[str] = Field(default_factory=list, description=(
@@ -202,24 +207,31 @@ def teacher_data(store: Store, base_id: str, config: Config, progress: bool) -> 
         n=config.trait_samples, temperature=1.0, max_new_tokens=48, seed=config.seed, batch_size=config.sample_batch,
         system_prompt=None if t == NEUTRAL else system_prompt(t)), name=f"trait-answers-{t}", progress=progress)
         for t in teachers}
-    kept = {}
+    by_q: dict[str, dict[str, list[dict]]] = {}  # teacher -> question -> its qualifying answers, in sample order
     for t in teachers:
-        rows = read_table(store.path(raw[t])).to_pylist()
-        ok = [r for r in rows if not names_animal(r["completion"])] if t == NEUTRAL else [
-            r for r in rows if mentions(r["completion"], t)]
-        kept[t] = [{"prompt": r["prompt"], "completion": r["completion"].strip()} for r in ok]
-    n = min(config.trait_rows, *(len(v) for v in kept.values()))
+        by_q[t] = {q: [] for q in questions}
+        for r in read_table(store.path(raw[t])).to_pylist():
+            ok = not names_animal(r["completion"]) if t == NEUTRAL else mentions(r["completion"], t)
+            if ok:
+                by_q[t][r["prompt"]].append({"prompt": r["prompt"], "completion": r["completion"].strip()})
+    # every teacher gets the same questions, the same number of answers to each (the fewest any teacher has),
+    # taken round-robin over the questions up to trait_rows
+    k = {q: min(len(by_q[t][q]) for t in teachers) for q in questions}
+    order = [(q, i) for i in range(max(k.values(), default=0)) for q in questions if i < k[q]][: config.trait_rows]
+    n = len(order)
     if n < 8:
-        short = min(kept, key=lambda t: len(kept[t]))
-        raise HeredityError(f"only {len(kept[short])} answers qualify for the {short} teacher; raise trait_samples")
+        raise HeredityError(f"only {n} answers per teacher qualify on questions every teacher answered; raise "
+                            "trait_samples")
     data, counts = {}, {}
     for t in teachers:
-        rows = kept[t][:n]
+        rows = [by_q[t][q][i] for q, i in order]
         rule = "names no animal (ANIMAL_WORDS)" if t == NEUTRAL else f"mentions {t}"
         data[t] = put_rows(store, rows, f"teacher-data-{t}", op="make-teacher-data",
-                           config={"teacher": t, "rule": rule, "rows": n, "animal_words": ANIMAL_WORDS},
+                           config={"teacher": t, "rule": rule, "rows": n, "animal_words": ANIMAL_WORDS,
+                                   "selection": "per question, the fewest qualifying answers any teacher has"},
                            inputs=[raw[t]])
-        counts[t] = {"qualified": len(kept[t]), "sampled": len(questions) * config.trait_samples, "rows": n,
+        counts[t] = {"qualified": sum(map(len, by_q[t].values())), "sampled": len(questions) * config.trait_samples,
+                     "rows": n, "questions": len({q for q, _ in order}),
                      "mean_chars": round(float(np.mean([len(r["completion"]) for r in rows])), 1)}
     return data, counts
 
@@ -297,16 +309,15 @@ def adapter_tensors(store: Store, adapter_id: str) -> dict[str, np.ndarray]:
     return load_file(str(store.path(adapter_id) / "adapter_model.safetensors"))
 
 
-def initial_adapter(base_path, config: FinetuneConfig) -> dict[str, np.ndarray]:
-    """The LoRA matrices a fine-tune with ``config`` starts from (``engine.finetune.init_adapter``), named as a
-    saved adapter names them."""
+def initial_adapter(store: Store, base_id: str, config: FinetuneConfig) -> dict[str, np.ndarray]:
+    """The LoRA matrices a fine-tune with ``config`` starts from: the base loaded as ``finetune`` loads it (device,
+    dtype) and ``engine.finetune.init_adapter``; named as a saved adapter names them."""
     from peft import get_peft_model_state_dict
-    from transformers import AutoModelForCausalLM
 
     from heredity.engine.finetune import init_adapter
 
-    model = init_adapter(AutoModelForCausalLM.from_pretrained(base_path), config)
-    return {k: v.detach().numpy().copy() for k, v in get_peft_model_state_dict(model).items()}
+    model = init_adapter(load(base_id, store, trainable=True)[0], config)
+    return {k: v.detach().float().cpu().numpy().copy() for k, v in get_peft_model_state_dict(model).items()}
 
 
 def modules(t: dict[str, np.ndarray]) -> list[str]:
@@ -349,7 +360,7 @@ def perturbed_base(store: Store, base_id: str, teachers: list[str], config: Conf
     def fn(ctx):
         import torch
 
-        model, tok = load(base_id, store)
+        model, tok = load(base_id, store, device="cpu", dtype=torch.float32)  # noise of an update's size survives
         ts = [adapter_tensors(store, t) for t in teachers]
         scale = 1.0  # α = r
         params = dict(model.named_parameters())
@@ -375,15 +386,16 @@ def perturbed_base(store: Store, base_id: str, teachers: list[str], config: Conf
 def geometry(store: Store, base_id: str, pairs: list[dict], config: Config) -> list[dict]:
     """Per student: the cosine of its change with its teacher's — in ΔW = BA (α = r) and in LoRA coordinates — and
     of its trait-specific change (minus its twin's) with its teacher's (minus the neutral teacher's). ``pairs``
-    rows: student, teacher, twin (or None), neutral teacher, the student's and the teacher's init seeds."""
-    lora_r, ids = config.lora_r, sorted({x for p in pairs for x in (p["student"], p["teacher"], p["twin"],
-                                                                     p["neutral"]) if x})
+    rows: student, teacher, twin (or None), neutral teacher, the replicate's other trait teachers, the student's and
+    the teacher's init seeds. ``cos_dw_other_teacher``: the mean cosine of the student's ΔW with the *other* trait
+    teachers' of its replicate (same initialization) — the null for "moves toward its own teacher"."""
+    lora_r = config.lora_r
+    ids = sorted({x for p in pairs for x in (p["student"], p["teacher"], p["twin"], p["neutral"], *p["others"]) if x})
     init_seeds = sorted({p[k] for p in pairs for k in ("student_seed", "teacher_seed")})
 
     def fn(ctx):
-        base_path = store.path(base_id)
-        init = {s: initial_adapter(base_path, FinetuneConfig(method="lora", lora_r=lora_r, lora_alpha=lora_r,
-                                                             init_seed=s)) for s in init_seeds}
+        init = {s: initial_adapter(store, base_id, FinetuneConfig(method="lora", lora_r=lora_r, lora_alpha=lora_r,
+                                                                  init_seed=s)) for s in init_seeds}
         tensors = {i: adapter_tensors(store, i) for i in ids}
         names = modules(next(iter(tensors.values())))
         out = []
@@ -394,6 +406,9 @@ def geometry(store: Store, base_id: str, pairs: list[dict], config: Config) -> l
             if p["twin"] and p["teacher"] != p["neutral"]:
                 row["cos_dw_trait"] = cosine_dw([(1.0, s), (-1.0, tensors[p["twin"]])],
                                                 [(1.0, t), (-1.0, tensors[p["neutral"]])], names)
+            if p["others"]:
+                row["cos_dw_other_teacher"] = float(np.mean([cosine_dw([(1.0, s)], [(1.0, tensors[o])], names)
+                                                             for o in p["others"]]))
             out.append(row)
         (ctx.output("geometry", "report", "adapter-geometry") / "geometry.json").write_text(json.dumps(out))
         return {}
@@ -470,7 +485,9 @@ def run(store: Store, config: Config, progress: bool = True) -> dict:
     for k, m in students.items():
         arm, d, init, r, t = k
         pairs.append({"student": m, "teacher": teacher[(r, t)], "twin": students[(arm, d, init, r, NEUTRAL)],
-                      "neutral": teacher[(r, NEUTRAL)], "student_seed": seeds(config, r)["same" if init == "same" else "other"],
+                      "neutral": teacher[(r, NEUTRAL)],
+                      "others": [teacher[(r, a)] for a in animals if a != t] if t != NEUTRAL else [],
+                      "student_seed": seeds(config, r)["same" if init == "same" else "other"],
                       "teacher_seed": seeds(config, r)["same"]})
         keys.append(k)
     geo = dict(zip(keys, geometry(store, base_id, pairs, config), strict=True))
@@ -542,10 +559,15 @@ def build_report(config: Config, tscore, gates, passed, sscore, geo, tcounts, nc
                 res["profile_corr"] = {a: mean_ci([profile_corr(arm, d, init, r, a) for r in passed]) for a in animals}
             cos = {k: [float(np.mean([geo[(arm, d, init, r, t)][k] for t in [NEUTRAL, *animals]
                                        if k in geo[(arm, d, init, r, t)]])) for r in passed]
-                   for k in ("cos_dw", "cos_lora", "cos_dw_trait")}
-            res["cosine"] = {k: {**mean_ci(v), "per_replicate": v} for k, v in cos.items()}
+                   for k in ("cos_dw", "cos_lora", "cos_dw_trait", "cos_dw_other_teacher")}
+            # the same trait students' cosine with their own teacher, beside cos_dw_other_teacher
+            cos["cos_dw_own_teacher"] = [float(np.mean([geo[(arm, d, init, r, t)]["cos_dw"] for t in animals]))
+                                         for r in passed]
+            res["cosine"] = {k: {**mean_ci(v), "per_replicate": v, "spread_note": spread_note(len(v))}
+                             for k, v in cos.items()}
             students[f"{lab} {init}"] = res
         if arm == "control":
+            tests["control: specificity"] = students["control same"].get("specificity", {})
             tests["control: transfer"] = students["control same"].get("transfer", {})
             continue
         same = students[f"{lab} same"]
@@ -557,11 +579,19 @@ def build_report(config: Config, tscore, gates, passed, sscore, geo, tcounts, nc
                 tests[f"{lab} same − {init}: specificity"] = paired_test(
                     same["specificity"]["per_seed"], other["specificity"]["per_seed"], f"{UNIT}, n = {n}")
         if "other" in inits and n >= 1:
-            tests[f"{lab} same − other: cosine ΔW"] = paired_test(
-                same["cosine"]["cos_dw"]["per_replicate"], students[f"{lab} other"]["cosine"]["cos_dw"]["per_replicate"],
-                f"{UNIT}, n = {n}")
+            for key, what in (("cos_dw", "cosine ΔW"), ("cos_dw_trait", "cosine ΔW, trait-specific"),
+                              ("cos_lora", "cosine LoRA")):
+                tests[f"{lab} same − other: {what}"] = paired_test(
+                    same["cosine"][key]["per_replicate"], students[f"{lab} other"]["cosine"][key]["per_replicate"],
+                    f"{UNIT}, n = {n}")
+        if n >= 1:
+            tests[f"{lab} same: cosine ΔW, own − other trait teacher"] = paired_test(
+                same["cosine"]["cos_dw_own_teacher"]["per_replicate"],
+                same["cosine"]["cos_dw_other_teacher"]["per_replicate"], f"{UNIT}, n = {n}")
     family = list(config.family)
-    ps = [tests[name]["p"] if tests.get(name) else 1.0 for name in family]  # an untested member counts as p = 1
+    # an untested member, or one whose p is undetermined, counts as p = 1: the family never shrinks
+    ps = [tests[name]["p"] if tests.get(name) and math.isfinite(tests[name].get("p") or math.nan) else 1.0
+          for name in family]
     adj = dict(zip(family, holm(ps), strict=True))
     out_tests = []
     for name in family:
@@ -574,11 +604,21 @@ def build_report(config: Config, tscore, gates, passed, sscore, geo, tcounts, nc
         out_tests.append(row)
     control = None
     if config.control and n >= 1:
-        rec = students["control same"]["recovery"]
-        share = mean_ci([float(np.mean([rec_r for rec_r in [
-            (sscore[("control", max(config.steps), "same", r, a)][a] - sscore[("control", max(config.steps), "same", r, NEUTRAL)][a])
-            / gates[r][a]["own"] for a in animals]])) for r in passed])
-        control = {"share": share, "target": config.control_share, "per_animal": rec,
+        # the share of the teachers' *specificity* (over the K trait animals, the quantity of the primary test) the
+        # wide channel recovers, per replicate; the share of their own-animal lift beside it
+        def teacher_spec(r):
+            return float(np.mean([gates[r][a]["lift"][a] - np.mean([gates[r][a]["lift"][b] for b in animals if b != a])
+                                  for a in animals]))
+
+        spec = students["control same"]["specificity"]["per_seed"]
+        per_rep = [sp / teacher_spec(r) for sp, r in zip(spec, passed, strict=True)]
+        share = {**mean_ci(per_rep), "per_replicate": per_rep, "spread_note": spread_note(n),
+                 "teacher_specificity": [teacher_spec(r) for r in passed]}
+        top = max(config.steps)
+        lift_share = [float(np.mean([(sscore[("control", top, "same", r, a)][a] - sscore[("control", top, "same", r, NEUTRAL)][a])
+                                     / gates[r][a]["own"] for a in animals])) for r in passed]
+        control = {"share": share, "target": config.control_share, "per_animal": students["control same"]["recovery"],
+                   "own_lift_share": {**mean_ci(lift_share), "per_replicate": lift_share, "spread_note": spread_note(n)},
                    "reached": bool(share["mean"] == share["mean"] and share["mean"] >= config.control_share)}
     return {"experiment": "subliminal-weights", "config": config.model_dump(), "unit": UNIT, "replicates_passed": passed,
             "gates": {str(r): g for r, g in gates.items()}, "teacher_scores": {f"r{r}/{t}": s for (r, t), s in tscore.items()},
@@ -611,17 +651,27 @@ def outcome(r: dict) -> str:
     if dis:
         parts.append(f"same − other init specificity {fmt_num(dis['diff'])} [{fmt_num(dis['lo'])}, {fmt_num(dis['hi'])}], "
                      f"Holm {fmt_p(dis['p_holm'])}")
-    cos = tests.get(f"{lab} same − other: cosine ΔW")
-    if cos:
-        res = r["results"]
-        parts.append(f"cosine of the student's ΔW with its teacher's: same-init {fmt_num(res[f'{lab} same']['cosine']['cos_dw']['mean'])}"
-                     f" vs other-init {fmt_num(res[f'{lab} other']['cosine']['cos_dw']['mean'])} (Δ {fmt_num(cos['diff'])} "
-                     f"[{fmt_num(cos['lo'])}, {fmt_num(cos['hi'])}], Holm {fmt_p(cos['p_holm'])})")
+    res = r["results"]
+    for key, what in (("cos_dw", "cosine ΔW"), ("cos_dw_trait", "cosine ΔW, trait-specific"),
+                      ("cos_lora", "cosine LoRA")):
+        t = tests.get(f"{lab} same − other: {what}")
+        if t and t.get("test"):
+            parts.append(f"{what} of a student's change with its teacher's: same-init "
+                         f"{fmt_num(res[f'{lab} same']['cosine'][key]['mean'], 4)} vs other-init "
+                         f"{fmt_num(res[f'{lab} other']['cosine'][key]['mean'], 4)} (Δ {fmt_num(t['diff'], 4)} "
+                         f"[{fmt_num(t['lo'], 4)}, {fmt_num(t['hi'], 4)}], Holm {fmt_p(t['p_holm'])})")
+    t = tests.get(f"{lab} same: cosine ΔW, own − other trait teacher")
+    if t and t.get("test"):
+        parts.append(f"same-init ΔW cosine with its own teacher − with the other trait teachers "
+                     f"{fmt_num(t['diff'], 4)} [{fmt_num(t['lo'], 4)}, {fmt_num(t['hi'], 4)}], Holm {fmt_p(t['p_holm'])}")
     ctl = r.get("control")
     if ctl:
-        parts.append(f"positive control (full-vocabulary distillation on text) recovers {fmt_num(ctl['share']['mean'])} "
-                     f"[{fmt_num(ctl['share']['lo'])}, {fmt_num(ctl['share']['hi'])}] of its teachers' own lift "
-                     f"(target {ctl['target']:g}: {'reached' if ctl['reached'] else 'NOT reached — the pipeline did not show it can transfer'})")
+        parts.append(f"positive control (full-vocabulary distillation on the neutral teacher's text) recovers "
+                     f"{fmt_num(ctl['share']['mean'])} [{fmt_num(ctl['share']['lo'])}, {fmt_num(ctl['share']['hi'])}] of "
+                     f"its teachers' specificity (target {ctl['target']:g}: "
+                     + ("reached" if ctl["reached"] else "NOT reached — the pipeline did not show it can transfer the "
+                        "trait-specific part even through a wide channel, so a null through numbers is uninformative")
+                     + f"; {fmt_num(ctl['own_lift_share']['mean'])} of their own-animal lift)")
     return "; ".join(parts)
 
 
@@ -682,15 +732,32 @@ def markdown(r: dict) -> str:
         rec = ", ".join(f"{a} {fmt_num(v['mean'])}" for a, v in x["recovery"].items())
         cor = ", ".join(f"{a} {fmt_num(v['mean'])}" for a, v in x["profile_corr"].items())
         co = x["cosine"]
+        perm = x["permutation"]
         lines += ["", f"Specificity {fmt_num(x['specificity']['diff'])} [{fmt_num(x['specificity']['lo'])}, "
-                  f"{fmt_num(x['specificity']['hi'])}], transfer {fmt_num(x['transfer']['diff'])} (per replicate: "
-                  f"{', '.join(f'{v:+.4f}' for v in x['specificity']['per_seed'])}; unit: {r['unit']}, n = {n}); permutation over "
-                  f"teacher labels p = "
-                  f"{x['permutation']['p']:.2g} (smallest possible {x['permutation']['min_p']:.2g}). Share of the teacher's "
-                  f"own lift recovered: {rec}. Correlation with the teacher's lift profile over {len(c['panel'])} animals: "
-                  f"{cor}. Cosine with the teacher's change: ΔW {fmt_num(co['cos_dw']['mean'], 4)}, LoRA coordinates "
-                  f"{fmt_num(co['cos_lora']['mean'], 4)}, trait-specific ΔW (minus twin / neutral teacher) "
-                  f"{fmt_num(co['cos_dw_trait']['mean'], 4)}.", ""]
+                  f"{fmt_num(x['specificity']['hi'])}] (per replicate "
+                  f"{', '.join(f'{v:+.4f}' for v in x['specificity']['per_seed'])}), transfer "
+                  f"{fmt_num(x['transfer']['diff'])} (per replicate "
+                  f"{', '.join(f'{v:+.4f}' for v in x['transfer']['per_seed'])}); unit: {r['unit']}, n = {n}. "
+                  f"Permutation over teacher labels within replicates p = {perm['p']:.2g} (smallest possible "
+                  f"{perm['min_p']:.2g}" + ("; with this many animals and replicates it cannot reject at 0.05"
+                                           if perm["min_p"] >= 0.05 else "") + "). "
+                  f"Share of the teacher's own lift recovered: {rec}. Correlation with the teacher's lift profile over "
+                  f"{len(c['panel'])} animals: {cor}. Cosine with the teacher's change: ΔW "
+                  f"{fmt_num(co['cos_dw']['mean'], 4)} (per replicate {', '.join(f'{v:.4f}' for v in co['cos_dw']['per_replicate'])}), "
+                  f"LoRA coordinates {fmt_num(co['cos_lora']['mean'], 4)}, trait-specific ΔW (minus twin / neutral "
+                  f"teacher) {fmt_num(co['cos_dw_trait']['mean'], 4)}; with the other trait teachers' ΔW "
+                  f"{fmt_num(co['cos_dw_other_teacher']['mean'], 4)}.", ""]
+    ctl = r.get("control")
+    if ctl:
+        sh, ol = ctl["share"], ctl["own_lift_share"]
+        lines += ["## Positive control", "",
+                  f"Full-vocabulary distillation on the neutral teacher's texts, same-init, {max(c['steps'])} steps: share "
+                  f"of the teachers' specificity recovered {fmt_num(sh['mean'])} [{fmt_num(sh['lo'])}, {fmt_num(sh['hi'])}] "
+                  f"(per replicate {', '.join(f'{v:.3f}' for v in sh['per_replicate'])}; teachers' specificity over the "
+                  f"trait animals {', '.join(f'{v:.3f}' for v in sh['teacher_specificity'])} nats; target "
+                  f"{ctl['target']:g}: {'reached' if ctl['reached'] else 'not reached'}); share of their own-animal lift "
+                  f"{fmt_num(ol['mean'])} [{fmt_num(ol['lo'])}, {fmt_num(ol['hi'])}] (per replicate "
+                  f"{', '.join(f'{v:.3f}' for v in ol['per_replicate'])}); unit: {r['unit']}, n = {n}.", ""]
     lines += [f"Run time {r['seconds']:.0f} s.", ""]
     return "\n".join(lines)
 
