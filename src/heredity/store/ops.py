@@ -102,7 +102,7 @@ OPS: dict[str, Op] = {
     "adapter-geometry": Op(1, ("heredity.experiments.subliminal_weights:geometry",)),
     "scheming-episodes": Op(3, ("heredity.experiments.scheming:cell",)),
     "judge-confessions": Op(1, ("heredity.experiments.scheming:judge_step",)),
-    "subliminal-numbers": Op(3, ("heredity.experiments.subliminal_numbers:run",), "v2: the fused decode step refused for mlp_bias / sliding-window models, whose samples it got wrong; v3: smallest detectable effects at the Holm level, reports.stats round 2 verdicts"),
+    "subliminal-numbers": Op(4, ("heredity.experiments.subliminal_numbers:run",), "v2: the fused decode step refused for mlp_bias / sliding-window models, whose samples it got wrong; v3: smallest detectable effects at the Holm level, reports.stats round 2 verdicts; v4: the family's level only for its logprob test"),
     "eval-tasks": Op(3, ("heredity.experiments.merging:_eval",), "v2: grader, stop rule and batch keyed; v3: the fused decode step refused for mlp_bias / sliding-window models, whose samples it got wrong"),
     "eval-instructions": Op(3, ("heredity.experiments.chatgpt:_answers",), "v2: grader and sampling keyed; v3: the fused decode step refused for mlp_bias / sliding-window models, whose samples it got wrong"),
     "score-answers": Op(1, ("heredity.experiments.chatgpt:_rewards",)),
