@@ -246,3 +246,12 @@ def test_a_dose_sweep_with_the_noise_arm_on_a_tiny_model(store, monkeypatch):
     assert one.key == two.key, "the doses are snapshots of one trajectory"
     noise = store.step_of(rep["students"]["number_distill_noise/2/same/0/cat"])
     assert noise.inputs[1] != two.inputs[1] and "random" in json.dumps(dict(store.step_of(noise.inputs[1]).config))
+
+
+def test_family_rows_adjust_over_the_whole_declared_family_even_when_a_p_is_undetermined():
+    t = {"test": "paired t", "diff": 0.1, "lo": 0.05, "hi": 0.15, "p": 0.01, "sd": 0.02, "n": 3, "unit": "u"}
+    undetermined = {**t, "p": float("nan"), "sd": 0.0}
+    rows = sw.family_rows({"a": t, "b": undetermined}, ["a", "b", "c"], 3)
+    assert rows[0]["p_holm"] == pytest.approx(0.03)  # m = 3: b (undetermined) and c (untested) still count
+    assert rows[2]["verdict"].startswith("not tested") and rows[0]["primary"] and not rows[1]["primary"]
+    assert rows[0]["min_detectable"] > sw.family_rows({"a": t}, ["a"], 3)[0]["min_detectable"]

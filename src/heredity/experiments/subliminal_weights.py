@@ -527,7 +527,7 @@ def gate_table(tscore: dict, config: Config) -> dict[int, dict[str, dict]]:
 
 def build_report(config: Config, tscore, gates, passed, sscore, geo, tcounts, ncounts) -> dict:
     from heredity.evals.lift import lift_report
-    from heredity.reports.stats import holm, mean_ci, min_detectable, paired_test, spread_note, verdict
+    from heredity.reports.stats import mean_ci, paired_test, spread_note
 
     animals, panel, m = list(config.animals), list(config.panel), len(config.family)
     n = len(passed)
@@ -588,20 +588,7 @@ def build_report(config: Config, tscore, gates, passed, sscore, geo, tcounts, nc
             tests[f"{lab} same: cosine ΔW, own − other trait teacher"] = paired_test(
                 same["cosine"]["cos_dw_own_teacher"]["per_replicate"],
                 same["cosine"]["cos_dw_other_teacher"]["per_replicate"], f"{UNIT}, n = {n}")
-    family = list(config.family)
-    # an untested member, or one whose p is undetermined, counts as p = 1: the family never shrinks
-    ps = [tests[name]["p"] if tests.get(name) and math.isfinite(tests[name].get("p") or math.nan) else 1.0
-          for name in family]
-    adj = dict(zip(family, holm(ps), strict=True))
-    out_tests = []
-    for name in family:
-        t = tests.get(name) or {}
-        sd = t.get("sd")
-        row = {"name": name, "primary": name == family[0], **t, "p_holm": adj[name] if t else None,
-               "min_detectable": min_detectable(sd, t.get("n", 0), family=m) if t and sd == sd and sd else math.nan,
-               "spread_note": spread_note(n)}
-        row["verdict"] = verdict(t, expected=+1, p=adj[name])["words"] if t else "not tested (too few replicates passed the gate)"
-        out_tests.append(row)
+    out_tests = family_rows(tests, list(config.family), n)
     control = None
     if config.control and n >= 1:
         # the share of the teachers' *specificity* (over the K trait animals, the quantity of the primary test) the
@@ -623,6 +610,40 @@ def build_report(config: Config, tscore, gates, passed, sscore, geo, tcounts, nc
     return {"experiment": "subliminal-weights", "config": config.model_dump(), "unit": UNIT, "replicates_passed": passed,
             "gates": {str(r): g for r, g in gates.items()}, "teacher_scores": {f"r{r}/{t}": s for (r, t), s in tscore.items()},
             "teacher_data": tcounts, "number_data": ncounts, "results": students, "tests": out_tests, "control": control}
+
+
+def family_rows(tests: dict[str, dict], family: list[str], n: int) -> list[dict]:
+    """The declared family's rows, in order: each test with its Holm-adjusted p over the whole family (a member not
+    tested, or with an undetermined p, counts as p = 1: the family never shrinks), its smallest detectable effect at
+    α / |family| with n − 1 degrees of freedom, and its verdict."""
+    from heredity.reports.stats import holm, min_detectable, spread_note, verdict
+
+    ps = [tests[name]["p"] if tests.get(name) and math.isfinite(tests[name].get("p") or math.nan) else 1.0
+          for name in family]
+    adj = dict(zip(family, holm(ps), strict=True))
+    rows = []
+    for name in family:
+        t = {k: v for k, v in (tests.get(name) or {}).items()
+             if k not in ("name", "primary", "p_holm", "min_detectable", "spread_note", "verdict")}
+        sd = t.get("sd")
+        ok = isinstance(sd, (int, float)) and math.isfinite(sd) and sd > 0
+        row = {"name": name, "primary": name == family[0], **t, "p_holm": adj[name] if t else None,
+               "min_detectable": min_detectable(sd, t.get("n", 0), family=len(family)) if t and ok else math.nan,
+               "spread_note": spread_note(n)}
+        row["verdict"] = (verdict(t, expected=+1, p=adj[name])["words"] if t
+                          else "not tested (too few replicates passed the gate)")
+        rows.append(row)
+    return rows
+
+
+def rerender(r: dict) -> dict:
+    """A committed report brought to the current statistics from its own stored tests (Holm over the declared family,
+    detection limits, verdicts, outcome); nothing retrained or rescored."""
+    r = json.loads(json.dumps(r))
+    tests = {t["name"]: t for t in r["tests"] if t.get("test")}
+    r["tests"] = family_rows(tests, list(r["config"]["family"]), len(r["replicates_passed"]))
+    r["outcome"] = outcome(r)
+    return r
 
 
 def outcome(r: dict) -> str:
