@@ -249,7 +249,8 @@ def test_a_dose_sweep_with_the_noise_arm_on_a_tiny_model(store, monkeypatch):
 
 
 def test_family_rows_adjust_over_the_whole_declared_family_even_when_a_p_is_undetermined():
-    t = {"test": "paired t", "diff": 0.1, "lo": 0.05, "hi": 0.15, "p": 0.01, "sd": 0.02, "n": 3, "unit": "u"}
+    t = {"test": "paired t", "diff": 0.1, "lo": 0.05, "hi": 0.15, "p": 0.01, "sd": 0.02, "n": 3, "unit": "u",
+         "direction": "higher"}
     undetermined = {**t, "p": float("nan"), "sd": 0.0}
     rows = sw.family_rows({"a": t, "b": undetermined}, ["a", "b", "c"], 3)
     assert rows[0]["p_holm"] == pytest.approx(0.03)  # m = 3: b (undetermined) and c (untested) still count
