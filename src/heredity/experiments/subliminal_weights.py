@@ -171,8 +171,8 @@ class Config(BaseModel):
         return {
             "quick": cls(),
             # 3 traits × 5 replicates × 3 initializations, the dose sweep ×1, ×4, ×16 as snapshots of one constant-lr
-            # trajectory per student: ~2.3 h on 2 cores by quick's measured step costs. Add the noise-input arm
-            # (number_distill_noise, ~+1.3 h), distill or sft with --set arms=[...]
+            # trajectory per student: ~1.7 h on 2 cores by quick's measured step costs. Add the noise-input arm
+            # (number_distill_noise, ~+1.1 h), distill or sft with --set arms=[...]
             "long": cls(animals=["cat", "dog", "bee"], replicates=5, steps=[1, 4, 16], schedule="constant", prompts=128),
             "paper": cls(base="Qwen/Qwen2.5-7B-Instruct", animals=["owl", "eagle", "wolf"],
                          panel=["owl", "eagle", "wolf", "cat", "dog", "lion", "fox", "bear", "horse", "dolphin"],
