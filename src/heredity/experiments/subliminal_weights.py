@@ -669,9 +669,17 @@ def outcome(r: dict) -> str:
              f"{fmt_num(prim['diff'])} [{fmt_num(prim['lo'])}, {fmt_num(prim['hi'])}] nats, Holm-adjusted "
              f"{fmt_p(prim['p_holm'])} (unit: {r['unit']}, n = {n})"]
     dis = tests.get(f"{lab} same − other: specificity")
-    if dis:
-        parts.append(f"same − other init specificity {fmt_num(dis['diff'])} [{fmt_num(dis['lo'])}, {fmt_num(dis['hi'])}], "
-                     f"Holm {fmt_p(dis['p_holm'])}")
+    if dis and dis.get("test"):
+        said = (f"same − other init specificity {fmt_num(dis['diff'])} [{fmt_num(dis['lo'])}, {fmt_num(dis['hi'])}], "
+                f"Holm {fmt_p(dis['p_holm'])}")
+        if dis["p_holm"] < 0.05 and dis["diff"] > 0:
+            said += ": same-init students carry more of it, as the theorem predicts"
+        elif dis["p_holm"] < 0.05:
+            said += (": other-init students carry slightly *more* of it — in behaviour, what passes does not need the "
+                     "shared adapter initialization")
+        else:
+            said += ": no difference shown between same- and other-init students"
+        parts.append(said)
     res = r["results"]
     for key, what in (("cos_dw", "cosine ΔW"), ("cos_dw_trait", "cosine ΔW, trait-specific"),
                       ("cos_lora", "cosine LoRA")):
@@ -690,8 +698,9 @@ def outcome(r: dict) -> str:
         parts.append(f"positive control (full-vocabulary distillation on the neutral teacher's text) recovers "
                      f"{fmt_num(ctl['share']['mean'])} [{fmt_num(ctl['share']['lo'])}, {fmt_num(ctl['share']['hi'])}] of "
                      f"its teachers' specificity (target {ctl['target']:g}: "
-                     + ("reached" if ctl["reached"] else "NOT reached — the pipeline did not show it can transfer the "
-                        "trait-specific part even through a wide channel, so a null through numbers is uninformative")
+                     + ("reached" if ctl["reached"] else "NOT reached — at this dose even a wide channel recovers little "
+                        "of the teachers' specificity" + (", so a null through numbers says little"
+                                                         if not (prim.get("p_holm") or 1) < 0.05 else ""))
                      + f"; {fmt_num(ctl['own_lift_share']['mean'])} of their own-animal lift)")
     return "; ".join(parts)
 
