@@ -255,4 +255,5 @@ def test_family_rows_adjust_over_the_whole_declared_family_even_when_a_p_is_unde
     rows = sw.family_rows({"a": t, "b": undetermined}, ["a", "b", "c"], 3)
     assert rows[0]["p_holm"] == pytest.approx(0.03)  # m = 3: b (undetermined) and c (untested) still count
     assert rows[2]["verdict"].startswith("not tested") and rows[0]["primary"] and not rows[1]["primary"]
+    assert rows[1]["p_holm"] is None and rows[1]["verdict"].startswith("undetermined")  # counted, never "null"
     assert rows[0]["min_detectable"] > sw.family_rows({"a": t}, ["a"], 3)[0]["min_detectable"]

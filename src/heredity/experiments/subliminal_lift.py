@@ -459,7 +459,9 @@ def declared_holm(results: dict, family: list[str]) -> dict[str, float]:
     # an untested label, or one whose p is undetermined (one seed, no variance), counts as p = 1
     ps = [results[lab]["specificity"]["p"] if lab in results and _finite_p(results[lab]["specificity"]["p"]) else 1.0
           for lab in family]
-    return {lab: p for lab, p in zip(family, holm(ps), strict=True) if lab in results}
+    # a label whose own p is undetermined keeps an undetermined adjusted p (it still counts in m for the others)
+    return {lab: p if _finite_p(results[lab]["specificity"]["p"]) else math.nan
+            for lab, p in zip(family, holm(ps), strict=True) if lab in results}
 
 
 def rerender(r: dict, family: list[str] | None = None) -> dict:

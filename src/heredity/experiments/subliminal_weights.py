@@ -627,10 +627,11 @@ def family_rows(tests: dict[str, dict], family: list[str], n: int) -> list[dict]
              if k not in ("name", "primary", "p_holm", "min_detectable", "spread_note", "verdict")}
         sd = t.get("sd")
         ok = isinstance(sd, (int, float)) and math.isfinite(sd) and sd > 0
-        row = {"name": name, "primary": name == family[0], **t, "p_holm": adj[name] if t else None,
+        determined = bool(t) and math.isfinite(t.get("p") or math.nan)
+        row = {"name": name, "primary": name == family[0], **t, "p_holm": adj[name] if determined else None,
                "min_detectable": min_detectable(sd, t.get("n", 0), family=len(family)) if t and ok else math.nan,
                "spread_note": spread_note(n)}
-        row["verdict"] = (verdict(t, expected=+1, p=adj[name])["words"] if t
+        row["verdict"] = (verdict(t, expected=+1, p=adj[name] if determined else math.nan)["words"] if t
                           else "not tested (too few replicates passed the gate)")
         rows.append(row)
     return rows
@@ -672,9 +673,10 @@ def outcome(r: dict) -> str:
     if dis and dis.get("test"):
         said = (f"same − other init specificity {fmt_num(dis['diff'])} [{fmt_num(dis['lo'])}, {fmt_num(dis['hi'])}], "
                 f"Holm {fmt_p(dis['p_holm'])}")
-        if dis["p_holm"] < 0.05 and dis["diff"] > 0:
+        sig = dis.get("p_holm") is not None and dis["p_holm"] < 0.05
+        if sig and dis["diff"] > 0:
             said += ": same-init students carry more of it, as the theorem predicts"
-        elif dis["p_holm"] < 0.05:
+        elif sig:
             said += (": other-init students carry slightly *more* of it — in behaviour, what passes does not need the "
                      "shared adapter initialization")
         else:
