@@ -257,3 +257,16 @@ def test_family_rows_adjust_over_the_whole_declared_family_even_when_a_p_is_unde
     assert rows[2]["verdict"].startswith("not tested") and rows[0]["primary"] and not rows[1]["primary"]
     assert rows[1]["p_holm"] is None and rows[1]["verdict"].startswith("undetermined")  # counted, never "null"
     assert rows[0]["min_detectable"] > sw.family_rows({"a": t}, ["a"], 3)[0]["min_detectable"]
+
+
+def test_a_set_option_that_changes_the_design_gets_the_new_designs_family_but_a_declared_one_is_kept():
+    from heredity.cli import preset_with_sets
+    from heredity.experiments import subliminal_lift as sl
+
+    quick = sw.Config.presets()["quick"]
+    cfg = sw.Config.model_validate(preset_with_sets(sw.Config, quick, ["steps=[1,4,16]"], "subliminal-weights"))
+    assert cfg.family == sw.family_for(cfg.arms, [1, 4, 16], cfg.inits, cfg.control) and cfg.family[0].startswith(
+        "number_distill@16")
+    long = sl.Config.presets()["long"]  # declared by hand: the 8 labels of the long design stay
+    kept = sl.Config.model_validate(preset_with_sets(sl.Config, long, ["arms=[\"sft\"]"], "subliminal-lift"))
+    assert kept.family == sl.LONG_FAMILY

@@ -284,6 +284,17 @@ def insights(
     out.print_json(json.dumps({k: v for k, v in report.items() if k != "markdown"}))
 
 
+def preset_with_sets(config_cls, preset, sets: list[str], name: str) -> dict:
+    """A preset's fields with ``--set`` overrides. A Holm family that is the design's default (not declared by hand)
+    follows the design the overrides make: it is derived again from the final config — before the run, never after."""
+    cfg = _apply_sets(preset.model_dump(), sets, name)
+    if "family" in cfg and not any(kv.split("=", 1)[0] == "family" for kv in sets):
+        base = preset.model_dump()
+        if config_cls.model_validate({**base, "family": []}).family == base["family"]:
+            cfg["family"] = []
+    return cfg
+
+
 @app.command()
 def run(
     name: Annotated[str, typer.Argument(help="experiment name (see `heredity run --list`)")] = "",
@@ -316,7 +327,7 @@ def run(
     presets = mod.Config.presets()
     if preset not in presets:
         raise HeredityError(f"experiment {name} has no preset {preset!r}; use {', '.join(presets)}")
-    cfg = _apply_sets(presets[preset].model_dump(), set_, name)
+    cfg = preset_with_sets(mod.Config, presets[preset], set_, name)
     if rl is not None:
         if "rl" not in cfg:
             raise HeredityError(f"experiment {name} takes no --rl")
