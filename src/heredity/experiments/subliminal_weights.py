@@ -589,6 +589,9 @@ def build_report(config: Config, tscore, gates, passed, sscore, geo, tcounts, nc
                 same["cosine"]["cos_dw_own_teacher"]["per_replicate"],
                 same["cosine"]["cos_dw_other_teacher"]["per_replicate"], f"{UNIT}, n = {n}")
     out_tests = family_rows(tests, list(config.family), n)
+    for t in out_tests:
+        if t.get("test"):
+            t["per_replicate"] = test_values(t["name"], students)
     control = None
     if config.control and n >= 1:
         # the share of the teachers' *specificity* (over the K trait animals, the quantity of the primary test) the
@@ -637,12 +640,39 @@ def family_rows(tests: dict[str, dict], family: list[str], n: int) -> list[dict]
     return rows
 
 
+COSINE_KEYS = {"cosine ΔW": "cos_dw", "cosine ΔW, trait-specific": "cos_dw_trait", "cosine LoRA": "cos_lora"}
+
+
+def test_values(name: str, results: dict) -> list[float] | None:
+    """The per-replicate values a test of the family is computed from (differences for a paired test), read back
+    from the report's results, so a narrow interval over n ≤ 3 is always printed with its values."""
+    lab, _, rest = name.partition(" ")
+    if lab == "control:":
+        return results.get("control same", {}).get(rest, {}).get("per_seed")
+    same = results.get(f"{lab} same", {})
+    if rest in ("same: specificity", "same: transfer"):
+        return same.get(rest.split(": ")[1], {}).get("per_seed")
+    if rest == "same: cosine ΔW, own − other trait teacher":
+        a, b = same["cosine"]["cos_dw_own_teacher"]["per_replicate"], same["cosine"]["cos_dw_other_teacher"]["per_replicate"]
+        return [x - y for x, y in zip(a, b, strict=True)]
+    head, _, what = rest.partition(": ")
+    other = results.get(f"{lab} {head.split(' − ')[-1]}", {})
+    if what == "specificity":
+        a, b = same["specificity"]["per_seed"], other["specificity"]["per_seed"]
+    else:
+        a, b = (x["cosine"][COSINE_KEYS[what]]["per_replicate"] for x in (same, other))
+    return [x - y for x, y in zip(a, b, strict=True)]
+
+
 def rerender(r: dict) -> dict:
     """A committed report brought to the current statistics from its own stored tests (Holm over the declared family,
     detection limits, verdicts, outcome); nothing retrained or rescored."""
     r = json.loads(json.dumps(r))
     tests = {t["name"]: t for t in r["tests"] if t.get("test")}
     r["tests"] = family_rows(tests, list(r["config"]["family"]), len(r["replicates_passed"]))
+    for t in r["tests"]:
+        if t.get("test"):
+            t["per_replicate"] = test_values(t["name"], r["results"])
     r["outcome"] = outcome(r)
     return r
 
