@@ -76,9 +76,9 @@ class FinetuneConfig(BaseModel):
 
 
     @model_serializer(mode="wrap")
-    def _init_seed_keyed_only_when_set(self, handler):
-        """``init_seed`` enters a step's key only when set: unset, a fine-tune computes exactly what it did before
-        the field existed, so existing memoized fine-tunes stay valid."""
+    def _keyed_only_when_set(self, handler):
+        """``init_seed`` and ``snapshots`` enter a step's key only when set: unset, a fine-tune computes exactly what it
+        did before the fields existed, so existing memoized fine-tunes stay valid."""
         d = handler(self)
         if d.get("init_seed", 0) is None:
             d.pop("init_seed")
@@ -87,7 +87,7 @@ class FinetuneConfig(BaseModel):
         return d
 
     @model_validator(mode="after")
-    def _init_seed_is_for_lora(self):
+    def _check_init_seed_and_snapshots(self):
         if self.init_seed is not None and self.method != "lora":
             raise ValueError("init_seed seeds a LoRA adapter's initial matrices; a full fine-tune has none: drop it")
         if self.snapshots:

@@ -86,6 +86,15 @@ def permutation_test(L: np.ndarray, max_exact: int = 50_000, draws: int = 20_000
             "min_p": 1 / len(null), "exact": exact}
 
 
+def detection(values, family: int) -> dict:
+    """For a per-seed series: the smallest detectable mean at the level its Holm verdict reads (α / ``family``, t
+    quantiles of n − 1 degrees of freedom; NaN with n < 2 or no spread), the family size, and the spread note."""
+    v = np.asarray(values, float)
+    sd = float(np.std(v, ddof=1)) if len(v) >= 2 else math.nan
+    mde = min_detectable(sd, len(v), family=family) if len(v) >= 2 and sd > 0 else math.nan
+    return {"min_detectable": mde, "family": family, "spread_note": spread_note(len(v))}
+
+
 def lift_report(logp, neutral, animals: list[str], *, family: int) -> dict:
     """Everything the report needs: the seed-mean lift matrix, transfer and specificity with t intervals over
     seeds and two-sided tests, the permutation test, and the smallest detectable effect for each — at the level
@@ -101,9 +110,6 @@ def lift_report(logp, neutral, animals: list[str], *, family: int) -> dict:
            "matrix_ci": [[mean_ci(L[i, :, j]) for j in range(K)] for i in range(K)]}
     for name, v in (("transfer", transfer), ("specificity", spec)):
         t = paired_test(v, np.zeros_like(v), unit=f"{UNIT}, n = {S}")
-        sd = float(np.std(v, ddof=1)) if S >= 2 else math.nan
-        out[name] = {**t, "per_seed": [float(x) for x in v],
-                     "min_detectable": min_detectable(sd, S, family=family) if S >= 2 and sd > 0 else math.nan,
-                     "family": family, "spread_note": spread_note(S)}
+        out[name] = {**t, "per_seed": [float(x) for x in v], **detection(v, family)}
     out["permutation"] = permutation_test(L)
     return out

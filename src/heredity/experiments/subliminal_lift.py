@@ -444,31 +444,22 @@ def sampled_rates(students: dict, scores: dict, config: Config) -> dict:
     return out
 
 
-def _finite_p(p) -> bool:
-    return isinstance(p, (int, float)) and math.isfinite(p)
-
-
 def declared_holm(results: dict, family: list[str]) -> dict[str, float]:
-    """Holm-adjusted specificity p per tested label, over the declared ``family``: a declared label this report
-    does not test counts as p = 1 (it can never be rejected, so Holm stays valid) — the family never shrinks."""
-    from heredity.reports.stats import holm
+    """Holm-adjusted specificity p per tested label over the declared ``family`` (``stats.holm_family``: an untested
+    or undetermined label counts as p = 1, so the family never shrinks)."""
+    from heredity.reports.stats import holm_family
 
-    extra = [lab for lab in results if lab not in family]
-    if extra:
-        raise HeredityError(f"student {extra[0]!r} is outside the declared Holm family {family}")
-    # an untested label, or one whose p is undetermined (one seed, no variance), counts as p = 1
-    ps = [results[lab]["specificity"]["p"] if lab in results and _finite_p(results[lab]["specificity"]["p"]) else 1.0
-          for lab in family]
-    # a label whose own p is undetermined keeps an undetermined adjusted p (it still counts in m for the others)
-    return {lab: p if _finite_p(results[lab]["specificity"]["p"]) else math.nan
-            for lab, p in zip(family, holm(ps), strict=True) if lab in results}
+    try:
+        return holm_family({lab: x["specificity"]["p"] for lab, x in results.items()}, family)
+    except ValueError as e:
+        raise HeredityError(str(e)) from e
 
 
 def rerender(r: dict, family: list[str] | None = None) -> dict:
     """A committed report brought to the current statistics without retraining: the declared Holm family (``family``,
     else the report's own, else the preset's), Holm over it, smallest detectable effects at its level from the
     per-seed values, the spread note, and the outcome. Students, scores and lift matrices are left as they are."""
-    from heredity.reports.stats import min_detectable, spread_note
+    from heredity.evals.lift import detection
 
     r = json.loads(json.dumps(r))
     cfg = r["config"]
@@ -480,11 +471,7 @@ def rerender(r: dict, family: list[str] | None = None) -> dict:
             x = r[key][lab]
             x["specificity"]["p_holm"] = p
             for name in ("transfer", "specificity"):
-                v = x[name]["per_seed"]
-                sd = float(np.std(v, ddof=1)) if len(v) >= 2 else math.nan
-                x[name]["min_detectable"] = (min_detectable(sd, len(v), family=len(family)) if len(v) >= 2 and sd > 0
-                                             else math.nan)
-                x[name].update(family=len(family), spread_note=spread_note(len(v)))
+                x[name].update(detection(x[name]["per_seed"], len(family)))
     r["outcome"] = outcome(r)
     return r
 

@@ -320,7 +320,7 @@ def run(store: Store, config: Config, progress: bool = True) -> dict:
 
 def build_report(config, artifacts, evals, filters, students, gate_p, cross_note, seconds) -> dict:
     from heredity.evals.trait import SERIES, summarize
-    from heredity.reports.stats import fmt_test, holm, min_detectable, paired_test, verdict, welch_test
+    from heredity.reports.stats import fmt_test, holm, paired_test, verdict, welch_test
 
     A, B = config.animal, config.other_animal
     table = {model: summarize(ev, [A, B]) for model, ev in evals.items()}
@@ -364,13 +364,7 @@ def build_report(config, artifacts, evals, filters, students, gate_p, cross_note
     adjusted = holm([headline(c)["p"] for c in family])
     for c, p_adj in zip(family, adjusted, strict=True):
         c["logprob"]["p_holm"] = p_adj
-    for c in comparisons:  # what a null could have seen, at the level its verdict reads (Holm's α / m): the family
-        # holds the logprob measure of the student arms; the other measures and the teacher check stand alone
-        for key, t in ((k, v) for k, v in c.items() if isinstance(v, dict) and "sd" in v):
-            t["min_detectable"] = min_detectable(t["sd"], t["n"], family=len(family) if c in family and key == "logprob"
-                                                 else 1)
-            if "across_seeds" in t:  # the verdict reads the test over seeds: its own detection limit is not computed
-                t["min_detectable_note"] = "for the per-question test; the verdict reads the test over seeds"
+    detection_limits(comparisons, family)
 
     def said(c, animal):
         lp, h = c["logprob"], headline(c)
@@ -428,19 +422,26 @@ def build_report(config, artifacts, evals, filters, students, gate_p, cross_note
     }
 
 
-def rerender(r: dict) -> dict:
-    """A committed report with its smallest detectable effects at the level its verdicts read (Holm over the
-    student comparisons; the teacher check alone), from the stored sd and n — nothing retrained or rescored."""
+def detection_limits(comparisons: list[dict], family: list[dict]) -> None:
+    """Set what a null could have seen, at the level its verdict reads: Holm's α / m for the logprob test of a
+    comparison in ``family`` (the student arms), α for the other measures and the teacher check (a gate); NaN
+    where the stored sd or n cannot give one."""
     from heredity.reports.stats import min_detectable
 
+    for c in comparisons:
+        in_family = any(c is f for f in family)
+        for key, t in ((k, v) for k, v in c.items() if isinstance(v, dict) and "sd" in v):
+            t["min_detectable"] = min_detectable(t["sd"], t["n"], family=len(family) if in_family and key == "logprob"
+                                                 else 1)
+            if "across_seeds" in t:  # the verdict reads the test over seeds: its own detection limit is not computed
+                t["min_detectable_note"] = "for the per-question test; the verdict reads the test over seeds"
+
+
+def rerender(r: dict) -> dict:
+    """A committed report with its smallest detectable effects at the level its verdicts read (``detection_limits``),
+    from the stored sd and n — nothing retrained or rescored."""
     r = json.loads(json.dumps(r))
-    comps = r["comparisons"]
-    family = comps[1:]  # the student arms (the teacher check is a gate)
-    for c in comps:
-        for t in (v for v in c.values() if isinstance(v, dict) and "sd" in v):
-            ok = isinstance(t.get("sd"), (int, float)) and t["sd"] == t["sd"] and t.get("n", 0) >= 2
-            fam = len(family) if c in family and t is c.get("logprob") else 1
-            t["min_detectable"] = min_detectable(t["sd"], t["n"], family=fam) if ok else None
+    detection_limits(r["comparisons"], r["comparisons"][1:])  # the student arms (the teacher check is a gate)
     return r
 
 

@@ -619,18 +619,16 @@ def family_rows(tests: dict[str, dict], family: list[str], n: int) -> list[dict]
     """The declared family's rows, in order: each test with its Holm-adjusted p over the whole family (a member not
     tested, or with an undetermined p, counts as p = 1: the family never shrinks), its smallest detectable effect at
     α / |family| with n − 1 degrees of freedom, and its verdict."""
-    from heredity.reports.stats import holm, min_detectable, spread_note, verdict
+    from heredity.reports.stats import holm_family, min_detectable, spread_note, verdict
 
-    ps = [tests[name]["p"] if tests.get(name) and math.isfinite(tests[name].get("p") or math.nan) else 1.0
-          for name in family]
-    adj = dict(zip(family, holm(ps), strict=True))
+    adj = holm_family({name: tests[name].get("p") for name in family if tests.get(name)}, family)
     rows = []
     for name in family:
         t = {k: v for k, v in (tests.get(name) or {}).items()
              if k not in ("name", "primary", "p_holm", "min_detectable", "spread_note", "verdict")}
         sd = t.get("sd")
         ok = isinstance(sd, (int, float)) and math.isfinite(sd) and sd > 0
-        determined = bool(t) and math.isfinite(t.get("p") or math.nan)
+        determined = bool(t) and math.isfinite(adj.get(name, math.nan))
         row = {"name": name, "primary": name == family[0], **t, "p_holm": adj[name] if determined else None,
                "min_detectable": min_detectable(sd, t.get("n", 0), family=len(family)) if t and ok else math.nan,
                "spread_note": spread_note(n)}

@@ -229,6 +229,18 @@ def holm(pvalues: Sequence[float]) -> list[float]:
     return out
 
 
+def holm_family(pvalues: dict[str, float | None], family: Sequence[str]) -> dict[str, float]:
+    """Holm over a family declared before the run. ``pvalues``: the tests this report ran (name → p). Every member of
+    ``family`` counts in m: a member not tested, or whose p is undetermined, enters as p = 1 (it can never be
+    rejected, so the adjustment stays valid) — the family never shrinks. Returns name → adjusted p for the tested
+    members, NaN for one whose own p is undetermined. A tested name outside the family is a ValueError."""
+    extra = [k for k in pvalues if k not in family]
+    if extra:
+        raise ValueError(f"test {extra[0]!r} is outside the declared Holm family {list(family)}")
+    ps = [pvalues[k] if k in pvalues and _finite(pvalues[k]) else 1.0 for k in family]
+    return {k: p if _finite(pvalues[k]) else NAN for k, p in zip(family, holm(ps), strict=True) if k in pvalues}
+
+
 def holm_alpha(family: int, alpha: float = 0.05) -> float:
     """The per-test level a Holm family of ``family`` tests can promise any one of its tests: α / m (the threshold
     of the first, smallest p; a test later in Holm's order passes at a larger level only once every earlier one
