@@ -4,7 +4,7 @@ VENV    := .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 
-.PHONY: run test install sysdeps lint bench clean
+.PHONY: run test install sysdeps lint bench docs clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -33,6 +33,11 @@ run: $(STAMP)
 test: $(STAMP) sysdeps
 	$(BIN)/ruff check src tests bench docs
 	$(BIN)/python -m pytest -q
+
+## the docs site at http://127.0.0.1:8000 (its generated parts refreshed first; the tests build it in strict mode)
+docs: $(STAMP)
+	$(BIN)/python -m heredity.docsite
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs serve
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench docs

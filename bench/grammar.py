@@ -95,9 +95,9 @@ def decode_step_seconds(model, reps=20) -> float:
         times = []
         for _ in range(reps):
             c = prealloc_cache(model.config.num_hidden_layers, 66)
-            model(input_ids=ids, past_key_values=c, use_cache=True)
+            model(input_ids=ids, cache=c, use_cache=True)
             t0 = time.perf_counter()
-            model(input_ids=torch.tensor([[2]]), past_key_values=c, use_cache=True)
+            model(input_ids=torch.tensor([[2]]), cache=c, use_cache=True)
             times.append(time.perf_counter() - t0)
     return statistics.median(times)
 

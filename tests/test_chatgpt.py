@@ -354,7 +354,7 @@ def _cli(home, *args):
 @pytest.mark.parametrize("rl", ["ppo", "grpo", "dpo"])
 def test_chatgpt_recipe_runs_end_to_end(tmp_path, rl):
     home = tmp_path / "home"
-    r = _cli(home, "run", "chatgpt", "--rl", rl, *TINY)
+    r = _cli(home, "run", "chatgpt", "--set", f"rl={rl}", *TINY)
     assert r.returncode == 0, r.stderr[-3000:]
     from heredity.store import Store
 
@@ -491,7 +491,7 @@ def test_chatgpt_report_leads_with_held_out_accuracy_and_two_judges(tmp_path):
 def test_chatgpt_bad_input_is_one_line(tmp_path):
     r = _cli(tmp_path / "home", "run", "chatgpt", "--set", 'corpus=["/nonexistent/x.txt"]')
     assert r.returncode == 2 and r.stderr.strip().count("\n") == 0 and "does not exist" in r.stderr
-    r = _cli(tmp_path / "home", "run", "chatgpt", "--rl", "sac")
+    r = _cli(tmp_path / "home", "run", "chatgpt", "--set", "rl=sac")
     assert r.returncode == 2 and "rl" in r.stderr and "ppo" in r.stderr
 
 

@@ -217,14 +217,15 @@ def _rounds_to(values: list[float], s: str) -> bool:
                for v in values)
 
 
-def readme_intervals_not_in_reports(text: str, results: Path) -> list[str]:
+def readme_intervals_not_in_reports(text: str, results: Path, linked: re.Pattern = LINKED) -> list[str]:
     """Every estimate with an interval the README quotes (``x [lo, hi]``) must be in the JSON of a report its
-    section links (a section that links none is checked against every committed report)."""
+    section links (a section that links none is checked against every committed report); ``linked`` finds the
+    links (the README's are ``docs/results/NAME.md``, a docs page's ``../results/NAME.md``)."""
     every = {p.stem: _numbers(json.loads(p.read_text())) for p in results.glob("*.json")}
     bad = []
     for section in re.split(r"\n(?=#{2,4} )", text):
-        linked = [every[n] for n in dict.fromkeys(LINKED.findall(section)) if n in every]
-        values = [v for vs in (linked or list(every.values())) for v in vs]
+        reports = [every[n] for n in dict.fromkeys(linked.findall(section)) if n in every]
+        values = [v for vs in (reports or list(every.values())) for v in vs]
         for m in INTERVAL.finditer(section):
             missing = [g for g in m.groups() if not _rounds_to(values, g)]
             if missing:

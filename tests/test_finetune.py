@@ -93,7 +93,7 @@ def test_checkpoint_resume_reproduces_the_run(tiny, tmp_path):
     model, tok = fresh(tiny)
     straight, m1 = train(model, tok, ROWS, cfg, checkpoint_dir=tmp_path, progress=False)
     assert (tmp_path / "state.pt").exists(), "a checkpoint was written at step 3"
-    state = torch.load(tmp_path / "state.pt", weights_only=False)
+    state = torch.load(tmp_path / "state.pt", weights_only=True)
     assert state["step"] == 3
     model2, _ = fresh(tiny)  # a new process would start from the base; the checkpoint carries steps 1-3
     resumed, m2 = train(model2, tok, ROWS, cfg, checkpoint_dir=tmp_path, progress=False)

@@ -101,10 +101,10 @@ def test_fast_decode_step_matches_hf_forward(preset):
     with torch.inference_mode():
         for _ in range(2):
             c = prealloc_cache(cfg.num_hidden_layers, L + 4)
-            model(input_ids=ids, attention_mask=att, position_ids=pos, past_key_values=c, use_cache=True)
+            model(input_ids=ids, attention_mask=att, position_ids=pos, cache=c, use_cache=True)
             caches.append(c)
         att2 = torch.cat([att, torch.ones(2, 1, dtype=torch.long)], dim=1)
-        ref = model(input_ids=nxt[:, None], attention_mask=att2, position_ids=pos[:, -1:] + 1, past_key_values=caches[0],
+        ref = model(input_ids=nxt[:, None], attention_mask=att2, position_ids=pos[:, -1:] + 1, cache=caches[0],
                     use_cache=True).logits[:, -1]
         got = FastDecoder(model).step(nxt, pos[:, -1] + 1, caches[1], L, att2)
     torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-4)
@@ -204,11 +204,11 @@ def _fast_vs_hf(model, tok):
         caches = []
         for _ in range(2):
             c = prealloc_cache(model.config.num_hidden_layers, L + 2)
-            model(input_ids=ids, attention_mask=att, position_ids=pos, past_key_values=c, use_cache=True)
+            model(input_ids=ids, attention_mask=att, position_ids=pos, cache=c, use_cache=True)
             caches.append(c)
         att2 = torch.ones(1, L + 1, dtype=torch.long)
         ref = model(input_ids=torch.tensor([[7]]), attention_mask=att2, position_ids=torch.tensor([[L]]),
-                    past_key_values=caches[0], use_cache=True).logits[:, -1]
+                    cache=caches[0], use_cache=True).logits[:, -1]
         got = FastDecoder(model).step(torch.tensor([7]), torch.tensor([L]), caches[1], L, att2)
     return got, ref
 

@@ -209,7 +209,7 @@ def test_non_loopback_needs_a_key(tmp_path):
 
 def test_api_key_guards_every_route(server_home):
     home, aid = server_home
-    srv = LiveServer(home, env={"HEREDITY_API_KEY": "s3cret"})
+    srv = LiveServer(home, env={"HEREDITY_API_KEY": "s3cret-key-for-the-tests"})
     try:
         for path in ("/v1/models", "/api/conversations", f"/api/artifacts/{aid}", f"/artifacts/{aid}/files/config.json",
                      "/chat", "/lineage", "/static/chat.js", "/openapi.json", "/docs"):
@@ -218,10 +218,10 @@ def test_api_key_guards_every_route(server_home):
         page = httpx.get(srv.url + "/chat", headers={"Accept": "text/html"})
         assert page.status_code == 401 and 'name="key"' in page.text
         assert httpx.post(srv.url + "/v1/chat/completions", json={"model": aid, "messages": HELLO}).status_code == 401
-        good = OpenAI(base_url=srv.url + "/v1", api_key="s3cret", max_retries=0)
+        good = OpenAI(base_url=srv.url + "/v1", api_key="s3cret-key-for-the-tests", max_retries=0)
         assert good.chat.completions.create(model=aid, messages=HELLO, max_tokens=3).choices
         with httpx.Client(base_url=srv.url) as browser:  # the login form sets a cookie the pages accept
-            r = browser.post("/login", data={"key": "s3cret", "next": "/lineage"})
+            r = browser.post("/login", data={"key": "s3cret-key-for-the-tests", "next": "/lineage"})
             assert r.status_code == 303 and r.headers["location"] == "/lineage"
             assert browser.get("/lineage").status_code == 200
             assert browser.post("/login", data={"key": "nope"}).status_code == 401

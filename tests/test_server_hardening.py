@@ -18,6 +18,7 @@ from heredity.models import load
 from heredity.store import Store
 
 HELLO = [{"role": "user", "content": "hello there"}]
+KEY = "s3cret-key-for-the-tests"  # the server refuses keys under 16 characters
 
 
 def test_a_foreign_host_header_is_refused(live_server):
@@ -33,31 +34,31 @@ def test_a_foreign_host_header_is_refused(live_server):
 
 def test_allowed_host_and_login_redirect_and_session_cookie(server_home):
     home, aid = server_home
-    srv = LiveServer(home, env={"HEREDITY_API_KEY": "s3cret"}, args=("--allowed-host", "lab.example"))
+    srv = LiveServer(home, env={"HEREDITY_API_KEY": KEY}, args=("--allowed-host", "lab.example"))
     try:
         assert httpx.get(srv.url + "/login", headers={"Host": "lab.example"}).status_code == 200
         assert httpx.get(srv.url + "/login", headers={"Host": "other.example"}).status_code == 421
         with httpx.Client(base_url=srv.url) as b:
             for evil in ("/\\evil.example", "//evil.example", "https://evil.example/x", "/\\/evil.example", "\\\\evil",
                          "/\tx", "javascript:alert(1)"):
-                r = b.post("/login", data={"key": "s3cret", "next": evil})
+                r = b.post("/login", data={"key": KEY, "next": evil})
                 assert r.status_code == 303 and r.headers["location"] == "/chat", (evil, r.headers["location"])
-            r = b.post("/login", data={"key": "s3cret", "next": "/lineage?root=x"})
+            r = b.post("/login", data={"key": KEY, "next": "/lineage?root=x"})
             assert r.headers["location"] == "/lineage?root=x"
             cookie = r.headers["set-cookie"]
             token = b.cookies["heredity_key"]
-            assert token != "s3cret" and len(token) >= 32, "the cookie is a session token, never the key"
+            assert token != KEY and len(token) >= 32, "the cookie is a session token, never the key"
             assert "httponly" in cookie.lower() and "samesite=strict" in cookie.lower()
             assert b.get("/api/conversations").status_code == 200
-            assert httpx.get(srv.url + "/api/conversations", cookies={"heredity_key": "s3cret"}).status_code == 401
+            assert httpx.get(srv.url + "/api/conversations", cookies={"heredity_key": KEY}).status_code == 401
             assert b.post("/logout").status_code == 303
             assert httpx.get(srv.url + "/api/conversations", cookies={"heredity_key": token}).status_code == 401
         with httpx.Client(base_url=srv.url) as b:
-            b.post("/login", data={"key": "s3cret"})
+            b.post("/login", data={"key": KEY})
             kept = b.cookies["heredity_key"]
     finally:
         srv.stop()
-    again = LiveServer(home, env={"HEREDITY_API_KEY": "s3cret"})
+    again = LiveServer(home, env={"HEREDITY_API_KEY": KEY})
     try:  # a restart revokes every session
         assert httpx.get(again.url + "/api/conversations", cookies={"heredity_key": kept}).status_code == 401
     finally:

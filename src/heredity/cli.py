@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 from pathlib import Path
@@ -39,6 +40,30 @@ def _size(n: int) -> str:
     return f"{n:.1f} TB"
 
 
+def _line_of(path: Path, key: str) -> str:
+    """':N' for the line where a top-level ``key:`` stands in a YAML file ('' if not found): for errors."""
+    import re
+
+    try:
+        lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError:
+        return ""
+    pat = re.compile(rf"""^['"]?{re.escape(str(key))}['"]?\s*:""")
+    return next((f":{i}" for i, ln in enumerate(lines, 1) if pat.match(ln)), "")
+
+
+def _spec(spec: str):
+    """A model spec, classified (nothing loaded); a local checkpoint directory is checked before anything imports it."""
+    from heredity.models import parse_spec
+
+    ms = parse_spec(spec)
+    if ms.kind == "local":
+        from heredity.models.checkpoint import check_checkpoint
+
+        check_checkpoint(ms.value)
+    return ms
+
+
 @app.command()
 def models(spec: Annotated[str | None, typer.Argument(help="a model spec to resolve")] = None):
     """List model specs, or resolve one SPEC to its stored artifact.
@@ -48,11 +73,11 @@ def models(spec: Annotated[str | None, typer.Argument(help="a model spec to reso
       heredity models smollm2-135m-instruct     # converts the bundled GGUF once
       heredity models tiny:small
     """
-    from heredity.models import BUNDLED, materialize, parse_spec
+    from heredity.models import BUNDLED, materialize
     from heredity.models.tiny import PRESETS
 
     if spec:
-        ms = parse_spec(spec)
+        ms = _spec(spec)
         if ms.kind == "openai":
             out.print(f"{spec} → OpenAI-compatible endpoint {ms.base_url}, model {ms.value} (sampling and evaluation only)")
             return
@@ -113,9 +138,12 @@ def ls(
 @app.command()
 def fsck(
     artifacts: Annotated[list[str] | None, typer.Argument(help="artifact ids (default: every artifact)")] = None,
-    repair: Annotated[bool, typer.Option(help="remove the files of provably broken artifacts so they are recomputed")] = False,
+    repair: Annotated[bool, typer.Option(help="remove the files of provably broken artifacts so they are recomputed, "
+                                               "orphan artifact directories and stale tmp/scratch directories")] = False,
 ):
-    """Re-hash stored artifacts against their ids; report every mismatch and missing file (exit 1 if any).
+    """Re-hash stored artifacts against their ids; report every mismatch and missing file (exit 1 if any); with no
+    ids, also report leftovers of killed runs: artifact directories no step recorded, stale tmp and scratch
+    directories (``--repair`` removes them; they waste space but corrupt nothing, so they do not set the exit code).
 
     Examples:
       heredity fsck
@@ -133,9 +161,19 @@ def fsck(
     for aid in res["removed"]:
         steps = ", ".join(f"{op} (step {key})" for op, key in res["recompute"][aid]) or "no recorded step"
         print(f"removed {aid}; recompute it by rerunning what made it: {steps}")
+    for aid in res.get("orphans", []):
+        print(f"orphan {aid}: artifacts/{aid} has no database row (a step killed before its commit)")
+    for p in res.get("stale_tmp", []):
+        print(f"stale tmp {p}: output of a step that never finished")
+    for p in res.get("stale_scratch", []):
+        print(f"stale scratch {p}: checkpoints of a step no process runs (a rerun would resume from them)")
+    for p in res.get("cleaned", []):
+        print(f"cleaned {p}")
     n = len(res["broken"])
+    left = sum(len(res.get(k, [])) for k in ("orphans", "stale_tmp", "stale_scratch"))
     print(f"{res['checked']} artifacts checked, {n} broken" + (f", {len(res['removed'])} removed" if repair else "")
-          + ("" if not n or repair else "; `heredity fsck --repair` removes them so their steps recompute them"))
+          + ("" if not n or repair else "; `heredity fsck --repair` removes them so their steps recompute them")
+          + (f"; {left} leftovers" + (" removed" if repair else " (`heredity fsck --repair` removes them)") if left else ""))
     if n:
         raise typer.Exit(1)
 
@@ -156,26 +194,29 @@ def rerender(
         r = json.loads(report.read_text())
     except (OSError, ValueError) as e:
         raise HeredityError(f"{report}: cannot read it as a report.json ({type(e).__name__}); give a committed report") from e
-    mod = get(r.get("experiment", "?"))
+    if not isinstance(r, dict) or not isinstance(r.get("experiment"), str):
+        raise HeredityError(f"{report}: not a report.json (no 'experiment' name at the top); give a committed report")
+    mod = get(r["experiment"])
     if not hasattr(mod, "rerender"):
         raise HeredityError(f"{r['experiment']} reports cannot be re-rendered without a rerun; run the experiment again")
-    new = mod.rerender(r)
+    try:
+        new = mod.rerender(r)
+    except (KeyError, TypeError, IndexError) as e:
+        raise HeredityError(f"{report}: not a complete {r['experiment']} report ({type(e).__name__}: {e}); give the "
+                            "report.json the experiment wrote") from None
     import datetime
 
-    md = report.with_suffix(".md")
-    paras = md.read_text().split("\n\n") if md.is_file() else []
-    # the paragraphs saying how the report was made (its command, wall time), wherever the old card put them
-    header = "\n\n".join(p for p in (x.strip() for x in paras) if p.startswith(("_Command", "Command:", "**Re-rendered"))
-                           or (p.startswith("_Re-rendered") and "heredity rerender" not in p))
-    note = (f"_Re-rendered {datetime.date.today()} by `heredity rerender` with the current statistics (declared Holm "
-            "family, smallest detectable effects at its level); no student was retrained and no score recomputed._")
-    header = f"{header}\n\n{note}" if header else note
+    from heredity import docsite
     from heredity.store.store import finite_json
 
+    md = report.with_suffix(".md")
+    header = docsite.provenance(md.read_text(), rerender_notes=False) if md.is_file() else ""
+    note = (f"_Re-rendered {datetime.date.today()} by `heredity rerender` with the current statistics (declared Holm "
+            "family, smallest detectable effects at its level); no student was retrained and no score recomputed._")
     new = finite_json(new)
     report.write_text(json.dumps(new, indent=2))
-    md.write_text(header + "\n\n" + mod.markdown(new))
     mod.plot(new, report.with_suffix(".png"))
+    md.write_text(docsite.card(report, head=f"{header}\n\n{note}" if header else note))
     print(f"re-rendered {report}, {md} and {report.with_suffix('.png')}: {new['outcome'][:200]}")
 
 
@@ -264,19 +305,25 @@ def insights(
       heredity insights --input chats.jsonl --set min_users=10
       heredity insights                      # the conversations the lab server stored
     """
-    from heredity.insights.pipeline import InsightsConfig, read_conversations, run, server_conversations
+    from heredity.data.io import read_rows
+    from heredity.insights.pipeline import InsightsConfig, normalize, run, server_conversations
 
     if demo and input_:
         raise HeredityError("give --demo or --input, not both")
     config = InsightsConfig.model_validate(_apply_sets(InsightsConfig().model_dump(), set_, "insights"))
-    store = _store()
+    rows = source = None
     if demo:
         from heredity.insights.demo import load_demo
 
         rows, source = load_demo(), "demo corpus (heredity/insights/demo_conversations.jsonl)"
-    elif input_:
-        rows, source = read_conversations(input_), f"file {Path(input_).name}"
-    else:
+    elif input_:  # read and checked before the store is opened
+        hint = "give a JSONL of {user_id, messages} objects, one per line, or a parquet file"
+        raw = read_rows(input_, "conversations file", hint)
+        if not raw:
+            raise HeredityError(f"conversations file {input_} has no conversations; {hint}")
+        rows, source = normalize(raw), f"file {Path(input_).name}"
+    store = _store()
+    if rows is None:
         rows, source = server_conversations(store), "lab server conversations"
     out.print(f"[bold]insights[/] over {len(rows)} conversations ({source}) on store {store.home}")
     report = run(store, config, rows, source)
@@ -301,19 +348,20 @@ def run(
     preset: Annotated[str, typer.Option(help="quick (CPU, minutes) or paper (GPU)")] = "quick",
     set_: Annotated[list[str], typer.Option("--set", help="override a config field: --set key=value")] = [],
     data: Annotated[str | None, typer.Option(help="the experiment's data (e.g. an MNIST IDX directory or .npz)")] = None,
-    rl: Annotated[str | None, typer.Option(help="chatgpt: the RL stage, ppo (default), grpo or dpo")] = None,
     recompute: Annotated[list[str], typer.Option(
         help="rerun every step of this op (repeatable) and every step downstream of it, ignoring memoized results")] = [],
     list_: Annotated[bool, typer.Option("--list", help="list experiments")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="print the whole report as JSON (for scripts)")] = False,
 ):
-    """Run an experiment as a chain of memoized store steps; a rerun reuses finished steps.
+    """Run an experiment as a chain of memoized store steps; a rerun reuses finished steps. Prints one line per
+    stage, then the outcome, the report's files and how to see its lineage.
 
     Examples:
       heredity run smoke
       heredity run smoke --preset quick --set finetune_steps=50
       heredity run subliminal-digits --set seeds=50
       heredity run subliminal-digits --data ~/mnist   # real MNIST from IDX files (or mnist.npz)
-      heredity run chatgpt --rl grpo --set pretrain.iters=500
+      heredity run chatgpt --set rl=grpo --set pretrain.iters=500
       heredity run merging --recompute eval-tasks     # re-score every model; what depends on the scores reruns too
     """
     from heredity.experiments import REGISTRY, get
@@ -328,10 +376,6 @@ def run(
     if preset not in presets:
         raise HeredityError(f"experiment {name} has no preset {preset!r}; use {', '.join(presets)}")
     cfg = preset_with_sets(mod.Config, presets[preset], set_, name)
-    if rl is not None:
-        if "rl" not in cfg:
-            raise HeredityError(f"experiment {name} takes no --rl")
-        cfg["rl"] = rl
     if data is not None:
         if "data" not in cfg:
             raise HeredityError(f"experiment {name} takes no --data")
@@ -346,13 +390,53 @@ def run(
     store.recompute = set(recompute)
     out.print(f"[bold]{name}[/] ({preset}) on store {store.home}"
               + (f"; recomputing {', '.join(recompute)} and what depends on it" if recompute else ""))
-    report = mod.run(store, config)
-    out.print_json(json.dumps({k: v for k, v in report.items() if k != "lineage_of"}, default=str))
-    if report.get("lineage_of"):
-        from heredity.reports.lineage import as_tree
+    with quiet_libraries():
+        report = mod.run(store, config)
+    if as_json:
+        out.print_json(json.dumps(report, default=str))
+        return
+    print_run_summary(report)
 
-        out.print(f"\nlineage of {report['lineage_of']}:")
-        out.print(as_tree(store.lineage(report["lineage_of"])))
+
+def print_run_summary(report: dict) -> None:
+    """What a finished run shows: its outcome line, its report's files, how long it took, how to see its lineage."""
+    if report.get("outcome"):
+        out.print(f"\n[bold]outcome[/]: {report['outcome']}", highlight=False)
+    if report.get("report"):
+        files = report.get("files") or []
+        out.print(f"[bold]report[/] {report['report']}" + (":" if files else ""), highlight=False)
+        for f in files:
+            out.print(f"  {f}", highlight=False, soft_wrap=True)
+    if isinstance(report.get("seconds"), int | float):
+        out.print(f"took {report['seconds']:.0f} s (memoized steps cost nothing on a rerun)", highlight=False)
+    root = report.get("lineage_of") or report.get("report")
+    if root:
+        out.print(f"lineage: heredity lineage {root}   (the whole report as JSON: add --json)", highlight=False)
+
+
+@contextlib.contextmanager
+def quiet_libraries():
+    """Silence what libraries print on a run that a reader does not need: transformers' and huggingface_hub's
+    progress bars (loading, writing shards) and their info logs, and deprecation notices from the libraries
+    (a test, tests/test_dependency_drift.py, fails on those instead). heredity's own per-stage lines and its
+    progress bars (transient: each disappears when its stage ends) stay."""
+    import warnings
+
+    from transformers.utils import logging as tf_logging
+
+    was_bars = tf_logging.is_progress_bar_enabled()
+    was_level = tf_logging.get_verbosity()
+    tf_logging.disable_progress_bar()
+    tf_logging.set_verbosity_error()
+    try:
+        with warnings.catch_warnings():
+            for cat in (FutureWarning, DeprecationWarning, UserWarning):
+                warnings.filterwarnings("ignore", category=cat, module=r"(transformers|peft|trl|accelerate|torch)\b.*")
+            yield
+    finally:
+        if was_bars:
+            tf_logging.enable_progress_bar()
+        tf_logging.set_verbosity(was_level)
 
 
 @app.command("sample")
@@ -377,18 +461,22 @@ def sample_cmd(
       heredity sample smollm2-135m-instruct "Name three owls." --n 4 --temperature 0.8
       heredity sample smollm2-135m-instruct --file prompts.txt --save
     """
+    from heredity.data.io import text_lines
     from heredity.engine import SampleConfig
     from heredity.engine.sampling import sample, sample_step
-    from heredity.models import RemoteModel, load, parse_spec
+    from heredity.models import RemoteModel, load
     from heredity.store import read_table
 
     items = list(prompts or [])
     if file is not None:
-        if not file.is_file():
-            raise HeredityError(f"prompt file {file} does not exist")
-        items += [line for line in file.read_text().splitlines() if line.strip()]
+        hint = "give a UTF-8 text file, one prompt per line"
+        lines = [line for line in text_lines(file, "prompt file", hint) if line.strip()]
+        if not lines:
+            raise HeredityError(f"prompt file {file} holds no prompts (it is empty or blank); {hint}")
+        items += lines
     if not items:
         raise HeredityError("no prompts; give them as arguments or with --file")
+    spec = _spec(model)  # a bad spec or checkpoint is one line before any work
     cfg = SampleConfig(n=n, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, stop=stop, seed=seed,
                        batch_size=batch_size, chat=not raw, system_prompt=system)
     store = _store()
@@ -399,7 +487,6 @@ def sample_cmd(
             out.print(f"[dim][{r['prompt_index']}.{r['sample_index']}][/] {r['completion']}")
         out.print(f"saved dataset [bold]{did}[/]")
         return
-    spec = parse_spec(model)
     m, tok = (RemoteModel(spec.value, spec.base_url), None) if spec.kind == "openai" else load(model, store, merge_adapter=True)
     for c in sample(m, tok, items, cfg):
         out.print(f"[dim][{c.prompt_index}.{c.sample_index} {c.finish_reason}][/] {c.text}")
@@ -434,25 +521,57 @@ def finetune(
       heredity finetune tiny:small corpus.jsonl --method full --loss full_sequence --lr 1e-3
       heredity finetune smollm2-135m-instruct d-ab12 --loss logit_distill --teacher a-cd34
     """
-    import yaml
+    from pydantic import ValidationError
 
     from heredity.data import import_dataset
+    from heredity.data.io import check_columns, read_dataset_file, read_mapping
     from heredity.engine import FinetuneConfig
     from heredity.engine import finetune as run_finetune
+    from heredity.engine.finetune import columns_for
+    from heredity.store import read_table
+    from heredity.store.store import ID_PREFIX_RE
 
     base_cfg = {}
     if config is not None:
-        if not config.is_file():
-            raise HeredityError(f"config file {config} does not exist")
-        base_cfg = yaml.safe_load(config.read_text()) or {}
+        base_cfg = read_mapping(config, "finetune config", "a YAML or JSON mapping of FinetuneConfig fields")
+        unknown = [k for k in base_cfg if k not in FinetuneConfig.model_fields]
+        if unknown:
+            raise HeredityError(f"finetune config {config}{_line_of(config, unknown[0])}: no field {unknown[0]!r}; "
+                                f"fields are {', '.join(FinetuneConfig.model_fields)}")
     fields = {k: v for k, v in ctx.params.items() if k in FinetuneConfig.model_fields and v is not None}
     given = {k: v for k, v in fields.items() if ctx.get_parameter_source(k).name != "DEFAULT"}
     merged = {**fields, **base_cfg, **given}  # defaults < config file < options given on the command line
-    cfg = FinetuneConfig.model_validate(merged)
-    store = _store()
-    from heredity.store.store import ID_PREFIX_RE
+    try:
+        cfg = FinetuneConfig.model_validate(merged)
+    except ValidationError as e:  # a value from the file: name the file and its line
+        x = next((x for x in e.errors() if x["loc"] and x["loc"][0] in base_cfg and x["loc"][0] not in given), None)
+        if x is None:
+            raise
+        where = ".".join(map(str, x["loc"]))
+        raise HeredityError(f"finetune config {config}{_line_of(config, x['loc'][0])}: {where}: "
+                            f"{x['msg'].removeprefix('Value error, ')}; fix the value") from None
+    for spec in (base, teacher):
+        if spec is not None:
+            _spec(spec)
 
-    dataset = store.resolve_id(data) if ID_PREFIX_RE.match(data) else import_dataset(store, data)
+    def needed(table) -> list[str]:  # what the loss reads (full_sequence also takes prompt + completion, joined)
+        return (["prompt", "completion"] if cfg.loss == "full_sequence" and "text" not in table.column_names
+                else columns_for(cfg.loss))
+
+    # every row is checked before anything is stored or computed: a null completion is one line naming its line
+    what = f"loss {cfg.loss}"
+    if ID_PREFIX_RE.match(data):
+        store = _store()
+        dataset = store.resolve_id(data)
+        if store.get(dataset).kind != "dataset":
+            raise HeredityError(f"{dataset} is not a dataset; give a dataset id (d-...) or a JSONL/parquet file")
+        table = read_table(store.path(dataset))
+        check_columns(table, needed(table), what, lambda i: f"dataset {dataset} row {i + 1}", f"dataset {dataset}")
+    else:
+        f = read_dataset_file(data)
+        check_columns(f.table, needed(f.table), what, f.where, str(f.path))
+        store = _store()
+        dataset = import_dataset(store, f)
     res = run_finetune(store, base, dataset, cfg, teacher=teacher)
     m = res.metrics
     resumed = f"  (resumed from the checkpoint at step {m['resumed_from_step']})" if m.get("resumed_from_step") else ""
@@ -464,8 +583,12 @@ def finetune(
 def data_import(path: Path, name: Annotated[str | None, typer.Option()] = None):
     """Import a JSONL or parquet file as a dataset artifact.  Example: heredity data import train.jsonl"""
     from heredity.data import import_dataset
+    from heredity.data.io import read_dataset_file
 
-    out.print(import_dataset(_store(), path, name))
+    if name is not None and (not name.strip() or any(ord(c) < 32 for c in name)):
+        raise HeredityError(f"--name {name!r} is empty or holds control characters; give a one-line name")
+    f = read_dataset_file(path)  # read once and checked in full before the store is opened
+    out.print(import_dataset(_store(), f, name))
 
 
 @app.command()
@@ -474,9 +597,11 @@ def merge(
     name: Annotated[str | None, typer.Option(help="name of the merged model in the store")] = None,
 ):
     """Merge models tuned from one base (linear, task_arithmetic, ties, dare_linear, dare_ties, localize_stitch)."""
+    from heredity.data.io import read_mapping
     from heredity.merge import load_config
     from heredity.merge import merge as run_merge
 
+    read_mapping(config, "merge config", "see README: merging")  # UTF-8, YAML, a mapping: one line naming the line
     cfg = load_config(config)
     if name:
         cfg = cfg.model_copy(update={"name": name})
@@ -498,6 +623,10 @@ def serve(
     allowed_host: Annotated[list[str] | None, typer.Option(
         "--allowed-host", help="a Host name clients may use besides this server's own (repeatable; '*': any)")] = None,
     max_queue: Annotated[int, typer.Option(min=1, help="requests waiting per model before 429 Retry-After")] = 64,
+    max_pending_tokens: Annotated[int, typer.Option(min=1, help="tokens of work (prompt tokens + n × max_tokens per "
+                                                    "prompt) pending per model before 429 Retry-After")] = 262_144,
+    max_client_tokens: Annotated[int, typer.Option(min=0, help="of which one client address may hold this many "
+                                                   "(0: no bound per client)")] = 131_072,
 ):
     """Start the lab server: OpenAI-compatible API (/v1), chat, next-token explorer, lineage and reports.
 
@@ -509,7 +638,8 @@ def serve(
     from heredity.server.app import serve as run_server
 
     settings = Settings(host=host, port=port, max_loaded=max_loaded, batch_size=batch_size, preload=list(model or []),
-                        allowed_hosts=list(allowed_host or []), max_queue=max_queue)
+                        allowed_hosts=list(allowed_host or []), max_queue=max_queue,
+                        max_pending_tokens=max_pending_tokens, max_client_tokens=max_client_tokens or None)
     settings.check()
     import socket
 
@@ -555,6 +685,25 @@ def main() -> None:
     except (typer.Abort, KeyboardInterrupt):
         print("interrupted", file=sys.stderr)
         sys.exit(130)
+    except Exception as e:
+        msg = _input_error(e)
+        if msg is None:
+            raise  # a bug: the traceback is what a report needs
+        print(f"error: {msg}", file=sys.stderr)
+        sys.exit(2)
+
+
+def _input_error(e: Exception) -> str | None:
+    """One line for an error that a user's file or system caused but no check caught (None: a bug, shown in full).
+    The checks (``data.io``, ``models.checkpoint``) name the file and line; this is the net under them."""
+    if isinstance(e, UnicodeDecodeError):
+        return (f"a file is not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset {e.start}); save it as UTF-8")
+    if isinstance(e, OSError) and e.filename:
+        import errno
+
+        fix = "free some disk space" if e.errno == errno.ENOSPC else "check the path and its permissions"
+        return f"{e.filename}: {e.strerror or type(e).__name__}; {fix}"
+    return None
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import pickle
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -81,22 +82,60 @@ def _flat(x: np.ndarray) -> np.ndarray:
 
 def _cifar10(directory: Path) -> tuple[np.ndarray, ...]:
     """CIFAR-10's python batches (``data_batch_1``..``5``, ``test_batch``): pixels [N, 3072] channel-first."""
-    import pickle
-
     def batch(name: str):
         f = directory / name
         if not f.exists():
             raise HeredityError(f"{directory} has data_batch_1 but no {name}; it needs CIFAR-10's six python batches")
         try:
             with open(f, "rb") as fh:
-                d = pickle.load(fh, encoding="bytes")
+                d = _ArraysOnly(fh, encoding="bytes").load()
             return np.asarray(d[b"data"], np.uint8), np.asarray(d[b"labels"], np.int64)
-        except (OSError, KeyError, pickle.UnpicklingError, EOFError) as e:
+        except (OSError, KeyError, TypeError, ValueError, IndexError, pickle.UnpicklingError, EOFError) as e:
             raise HeredityError(f"cannot read {f} as a CIFAR-10 python batch ({e}); download cifar-10-python.tar.gz again") from e
 
     parts = [batch(f"data_batch_{k}") for k in range(1, 6)]
     xte, yte = batch("test_batch")
     return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]), xte, yte
+
+
+def _npz(path: Path) -> tuple[np.ndarray, ...]:
+    """x_train, y_train, x_test, y_test from an .npz archive (never unpickled: object arrays are refused)."""
+    import zipfile
+    import zlib
+
+    try:
+        with open(path, "rb") as fh:
+            magic = fh.read(6)
+        if not magic.startswith(b"PK"):
+            single = magic == b"\x93NUMPY"
+            raise HeredityError(f"{path} is {'a single .npy array' if single else 'not a zip'}, so not an .npz "
+                                "archive; give x_train, y_train, x_test, y_test in one .npz (np.savez)")
+        with np.load(path, allow_pickle=False) as z:
+            missing = [k for k in ("x_train", "y_train", "x_test", "y_test") if k not in z.files]
+            if missing:
+                raise HeredityError(f"{path} lacks {', '.join(missing)}; the npz needs x_train, y_train, x_test, "
+                                    "y_test")
+            return tuple(z[k] for k in ("x_train", "y_train", "x_test", "y_test"))
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as e:
+        text = str(e).strip()
+        why = "it holds pickled objects" if "pickle" in text else text.splitlines()[0] if text else type(e).__name__
+        raise HeredityError(f"cannot read {path} as an npz archive ({why}); give an MNIST .npz file (np.savez of "
+                            "numeric arrays x_train, y_train, x_test, y_test)") from None
+
+
+class _ArraysOnly(pickle.Unpickler):
+    """Unpickles CIFAR-10's batches (dicts, lists, bytes, numpy arrays and scalars) and nothing else: a pickle that
+    names any other callable could run code, so it is refused."""
+
+    SAFE = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+            ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"), ("numpy", "ndarray"),
+            ("numpy", "dtype"), ("_codecs", "encode")}
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in self.SAFE:
+            raise pickle.UnpicklingError(f"refused: it names {module}.{name}, which a CIFAR-10 batch never does, and "
+                                         "unpickling it could run code")
+        return super().find_class(module, name)
 
 
 def load_digit_arrays(spec: str = "digits", test_fraction: float = 0.2, split_seed: int = 0) -> DigitArrays:
@@ -122,20 +161,15 @@ def load_digit_arrays(spec: str = "digits", test_fraction: float = 0.2, split_se
                 for split, what in (("train", "images"), ("train", "labels"), ("t10k", "images"), ("t10k", "labels"))
             )
         elif path.suffix == ".npz":
-            try:
-                with np.load(path) as z:
-                    missing = [k for k in ("x_train", "y_train", "x_test", "y_test") if k not in z.files]
-                    if missing:
-                        raise HeredityError(
-                            f"{path} lacks {', '.join(missing)}; the npz needs x_train, y_train, x_test, y_test"
-                        )
-                    arrays = tuple(z[k] for k in ("x_train", "y_train", "x_test", "y_test"))
-            except (OSError, ValueError) as e:
-                raise HeredityError(f"cannot read {path} as npz: {e}; give an MNIST .npz file") from e
+            arrays = _npz(path)
         else:
             raise HeredityError(f"{path} is neither a directory of IDX files nor an .npz file")
         xtr, ytr, xte, yte = arrays
         for name, x, y in (("train", xtr, ytr), ("test", xte, yte)):
+            if x.ndim < 2 or y.ndim != 1 or x.dtype.kind not in "uif" or y.dtype.kind not in "uif":
+                raise HeredityError(f"{path}: {name} images must be numbers shaped [N, ...] and labels numbers "
+                                    f"shaped [N] (got {x.dtype} {x.shape} and {y.dtype} {y.shape}); give MNIST-shaped "
+                                    "arrays")
             if len(x) != len(y):
                 raise HeredityError(f"{path}: {name} has {len(x)} images but {len(y)} labels")
         arrays = (_flat(xtr).astype(np.uint8), ytr.astype(np.int64), _flat(xte).astype(np.uint8), yte.astype(np.int64))

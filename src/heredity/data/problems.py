@@ -121,14 +121,16 @@ def problems(n: int, split: str = "train", steps: int = 2, digits: int = 1, seed
     return out
 
 
-def load_problems(path) -> dict[str, list[dict]]:
+def load_problems(path, check=None) -> dict[str, list[dict]]:
     """A user's problems: a JSONL file, one object per line with ``question`` (text), ``answer`` (what the checker
     compares) and ``split`` (train, test or ood); optional ``solution`` (a worked solution ending in ``#### answer``,
     needed only by the gold-SFT arm) and ``steps`` (a difficulty level, for the share-kept-by-level statistics).
-    Returns ``{"train": [...], "test": [...], "ood": [...]}``; ood may be empty. Errors name the line."""
-    import json
+    ``check(row)``, if given, says what is wrong with a row for the checker that will read it (None: nothing), so a
+    bad answer is found before any sampling. Returns ``{"train": [...], "test": [...], "ood": [...]}``; ood may be
+    empty. Every error names the line (bytes that are not UTF-8 too)."""
     from pathlib import Path
 
+    from heredity.data.io import jsonl_rows, read_source
     from heredity.errors import HeredityError
 
     p = Path(path)
@@ -136,19 +138,21 @@ def load_problems(path) -> dict[str, list[dict]]:
         raise HeredityError(f"problems file {str(p)!r} not found; give a JSONL of {{question, answer, split}} rows")
     out: dict[str, list[dict]] = {s: [] for s in SPLITS}
     seen: set[str] = set()
-    for i, line in enumerate(p.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise HeredityError(f"{p}:{i}: not JSON ({e.msg}); write one problem object per line") from e
-        if not isinstance(row, dict) or not isinstance(row.get("question"), str) or "answer" not in row:
+    for i, row in jsonl_rows(read_source(p, "problems file", "give a JSONL of {question, answer, split} rows"),
+                             "problems file"):
+        if not isinstance(row.get("question"), str) or "answer" not in row:
             raise HeredityError(f"{p}:{i}: a problem needs a 'question' (text) and an 'answer'")
         if row.get("split") not in SPLITS:
             raise HeredityError(f"{p}:{i}: 'split' must be one of {', '.join(SPLITS)}, got {row.get('split')!r}")
         if row["question"] in seen:
             raise HeredityError(f"{p}:{i}: the question appears twice; every problem must be distinct")
+        if "steps" in row and (isinstance(row["steps"], bool) or not isinstance(row["steps"], int)):
+            raise HeredityError(f"{p}:{i}: 'steps' must be an integer (a difficulty level), got {row['steps']!r}")
+        if row.get("solution") is not None and not isinstance(row["solution"], str):
+            raise HeredityError(f"{p}:{i}: 'solution' must be text (a worked solution ending in '#### answer')")
+        problem = check(row) if check is not None else None
+        if problem:
+            raise HeredityError(f"{p}:{i}: {problem}")
         seen.add(row["question"])
         out[row["split"]].append({"steps": 0, **row})
     for s in ("train", "test"):

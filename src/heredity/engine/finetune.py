@@ -8,6 +8,7 @@ The loop runs through ``accelerate``: fp32 on CPU, bf16 autocast on CUDA, DDP un
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -15,6 +16,7 @@ import random
 import re
 import shutil
 import time
+import warnings
 from collections.abc import Sequence
 from typing import Literal
 
@@ -251,7 +253,20 @@ def distill_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, label
 # ---- the loop ------------------------------------------------------------------------------------
 
 
+@contextlib.contextmanager
+def quiet_peft_checkpointing_probe():
+    """Silence exactly one FutureWarning, the one PEFT (up to 0.21, the newest) causes itself: ``PeftModel.__init__``
+    reads the base model's ``is_gradient_checkpointing``, which transformers >= 5.23 deprecates for
+    ``is_activation_checkpointing`` (same value). We never call the old name; any other warning still shows. Wrap
+    whatever builds a PeftModel (``get_peft_model``, ``PeftModel.from_pretrained``) in it."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+        yield
+
+
 def prepare_model(model, config: FinetuneConfig):
+    """``model`` ready to train under ``config.method``: wrapped in a fresh LoRA adapter (PeftModel; only the
+    adapter trains), or, for ``full``, with every parameter trainable."""
     if config.method == "lora":
         from peft import LoraConfig, get_peft_model
 
@@ -259,16 +274,15 @@ def prepare_model(model, config: FinetuneConfig):
         missing = [t for t in config.lora_targets if t not in names]
         if missing:
             raise HeredityError(f"LoRA target module(s) {', '.join(missing)} not in this model; set lora_targets")
-        model = get_peft_model(
-            model,
-            LoraConfig(
-                r=config.lora_r,
-                lora_alpha=config.lora_alpha,
-                lora_dropout=config.lora_dropout,
-                target_modules=config.lora_targets,
-                task_type="CAUSAL_LM",
-            ),
+        lora = LoraConfig(
+            r=config.lora_r,
+            lora_alpha=config.lora_alpha,
+            lora_dropout=config.lora_dropout,
+            target_modules=config.lora_targets,
+            task_type="CAUSAL_LM",
         )
+        with quiet_peft_checkpointing_probe():
+            model = get_peft_model(model, lora)
     for p in model.parameters():
         if config.method == "full":
             p.requires_grad_(True)
@@ -330,7 +344,7 @@ def train(model, tokenizer, rows: Sequence[dict], config: FinetuneConfig, teache
     step, start_step, curve, tokens, loss_sum, loss_n = 0, 0, [], 0, 0.0, 0
     ckpt = checkpoint_dir / "state.pt" if checkpoint_dir else None
     if ckpt is not None and ckpt.exists():  # resume a killed run
-        state = torch.load(ckpt, map_location="cpu", weights_only=False)
+        state = _load_state(ckpt)
         acc.unwrap_model(model).load_state_dict(state["trainable"], strict=False)
         opt.load_state_dict(state["opt"])
         sched.load_state_dict(state["sched"])
@@ -407,11 +421,31 @@ def train(model, tokenizer, rows: Sequence[dict], config: FinetuneConfig, teache
 
 
 def _save_state(path, model, opt, sched, step, curve, tokens) -> None:
+    """Write the resume checkpoint atomically. It holds only tensors and plain Python values (the optimizer's and
+    the scheduler's state dicts, ints, floats, lists), so ``_load_state`` reads it with ``weights_only=True``."""
     names = {n for n, p in model.named_parameters() if p.requires_grad}  # a set: the scan was quadratic (50 s/run)
     trainable = {k: v for k, v in model.state_dict().items() if k in names}
     tmp = path.with_suffix(".tmp")
-    torch.save({"trainable": trainable, "opt": opt.state_dict(), "sched": sched.state_dict(), "step": step, "curve": curve, "tokens": tokens}, tmp)
+    torch.save({"trainable": trainable, "opt": opt.state_dict(), "sched": sched.state_dict(), "step": step,
+                "curve": curve, "tokens": tokens}, tmp)
     tmp.replace(path)
+
+
+def _load_state(path) -> dict:
+    """The resume checkpoint at ``path``, read with ``weights_only=True``: tensors and plain Python values only, so a
+    file planted in a shared store cannot run code when a run resumes from it. Anything else (a pickled object of
+    any other class) raises a one-line HeredityError naming the file; nothing in it is executed."""
+    import pickle
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        named = re.search(r"GLOBAL (\S+)", str(e))
+        why = f"a pickled {named.group(1)}" if named else "objects weights_only does not allow"
+        raise HeredityError(
+            f"refusing to resume from {path}: it holds {why}, not only tensors and plain values; "
+            "a checkpoint this code wrote never does — delete the file to start the run over"
+        ) from None
 
 
 # ---- as a store step -----------------------------------------------------------------------------

@@ -254,7 +254,7 @@ class _Decoder:
             input_ids=self.inp[:, None],
             attention_mask=self.att[:, : self.cur + 1],
             position_ids=self.pos[:, None],
-            past_key_values=self.cache,
+            cache=self.cache,
             use_cache=True,
         )
         self.cur += 1
@@ -400,7 +400,7 @@ class _Decoder:
         if p and self.prefix_kv is None:
             c = prealloc_cache(self.n_layers, p)
             ids = torch.tensor([self.enc[admit[0]][:p]], device=self.device)
-            self.model(input_ids=ids, past_key_values=c, use_cache=True, logits_to_keep=1)
+            self.model(input_ids=ids, cache=c, use_cache=True, logits_to_keep=1)
             self.prefix_kv = [(layer._k, layer._v) for layer in c.layers]
         suffixes = [self.enc[i][p:] for i in admit]
         S, u = max(len(s) for s in suffixes), len(admit)
@@ -419,7 +419,7 @@ class _Decoder:
                 layer.n = p
         pos = (att.cumsum(-1) - 1).clamp(min=0)
         out = self.model(
-            input_ids=ids, attention_mask=att, position_ids=pos[:, p:], past_key_values=cache, use_cache=True, logits_to_keep=1
+            input_ids=ids, attention_mask=att, position_ids=pos[:, p:], cache=cache, use_cache=True, logits_to_keep=1
         )
         fan = torch.arange(u, device=self.device).repeat_interleave(self.cfg.n)
         return {

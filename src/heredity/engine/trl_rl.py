@@ -86,7 +86,10 @@ def grpo_verifiable_step(store, policy: str, problems: str, checker: str | None 
     """GRPO with a checker as the reward (1 when ``evals.verify.load_checker(checker)`` accepts the completion, else
     0): ``problems`` is a dataset with ``prompt`` and the fields the checker reads (``answer`` for the default).
     ``stop``: the reward reads each completion up to its first stop string, as sampling with that stop would
-    return it (TRL's generation takes no stop strings)."""
+    return it (TRL's generation takes no stop strings). A user's ``module:function`` checker is keyed by its source
+    (``evals.verify.checker_digest``) beside its name, so an edited checker trains a new model; the default
+    checker, ``regex:`` and heredity's own functions keep the key they always had."""
+    from heredity.evals.verify import checker_digest
     from heredity.store import read_table
 
     config = config or TRLConfig()
@@ -114,8 +117,10 @@ def grpo_verifiable_step(store, policy: str, problems: str, checker: str | None 
         items = [{**{k: v for k, v in r.items() if k != "prompt"}, "prompt": as_messages(r["prompt"])} for r in rows]
         return _grpo(ctx, store, policy_id, items, reward, config, {"origin": "grpo", "checker": checker}, name)
 
-    return store.run_step("grpo-verifiable", {"config": config.model_dump(), "checker": checker, "stop": stops},
-                          [policy_id, data_id], run, seed=config.seed)
+    cfg = {"config": config.model_dump(), "checker": checker, "stop": stops}
+    if (digest := checker_digest(checker)) is not None:
+        cfg["checker_sha256"] = digest
+    return store.run_step("grpo-verifiable", cfg, [policy_id, data_id], run, seed=config.seed)
 
 
 def _grpo(ctx, store, policy_id: str, items: list[dict], reward, config: TRLConfig, meta: dict, name: str) -> dict:

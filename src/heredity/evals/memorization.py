@@ -123,19 +123,19 @@ def all_secret_logps(model, tokenizer, n_digits: int, prefix: str = CANARY_PREFI
     device = next(model.parameters()).device
     ctx = tokenizer(render_prompt(tokenizer, prefix, SampleConfig(chat=False)), add_special_tokens=False)["input_ids"]
     out = model(input_ids=torch.tensor([ctx], device=device), use_cache=True)
-    cache, logits = out.past_key_values, out.logits[:, -1].float()
+    cache, logits = out.cache, out.logits[:, -1].float()
     total = torch.zeros(1, device=device)
     last_t = torch.tensor(last, device=device)
     for level in range(n_digits):
         for s in shared:  # the space before each digit: the same token for every branch
             total = total + torch.log_softmax(logits, -1)[:, s]
-            out = model(input_ids=torch.full((len(total), 1), s, device=device), past_key_values=cache, use_cache=True)
-            cache, logits = out.past_key_values, out.logits[:, -1].float()
+            out = model(input_ids=torch.full((len(total), 1), s, device=device), cache=cache, use_cache=True)
+            cache, logits = out.cache, out.logits[:, -1].float()
         total = (total[:, None] + torch.log_softmax(logits, -1)[:, last_t]).reshape(-1)  # branch-major, digit-minor
         if level < n_digits - 1:
             cache.batch_repeat_interleave(10)
-            out = model(input_ids=last_t.repeat(len(total) // 10)[:, None], past_key_values=cache, use_cache=True)
-            cache, logits = out.past_key_values, out.logits[:, -1].float()
+            out = model(input_ids=last_t.repeat(len(total) // 10)[:, None], cache=cache, use_cache=True)
+            cache, logits = out.cache, out.logits[:, -1].float()
     return total.cpu().numpy().astype(float)
 
 

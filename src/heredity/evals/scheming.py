@@ -55,10 +55,8 @@ class Check(BaseModel):
             return ep.sandbox.initial.get(self.host, {}).get(p) != files.get(p)
         if self.kind == "file_missing":
             return p not in files
-        if self.kind == "read":
-            return any(a.ok and a.command.split()[:1] == ["cat"] and p in [Sandbox._norm(w.split(":", 1)[-1])
-                                                                           for w in a.command.split()[1:]]
-                       for a in ep.sandbox.log)
+        if self.kind == "read":  # the sandbox's own reading of each command's words: quotes and ./ alike
+            return ep.sandbox.was_read(self.host, p)
         if self.kind == "submitted_matches":
             return ep.submitted is not None and re.search(pattern, ep.submitted) is not None
         if self.kind == "submitted_differs":
@@ -145,10 +143,19 @@ class Episode:
     def done(self) -> bool:
         return self.submitted is not None
 
-    def act(self, tool: str, **args) -> str:
-        """Run one tool call; returns what the agent sees."""
+    def act(self, tool: str, /, **args) -> str:
+        """Run one tool call; returns what the agent sees. A call to a tool the scenario lacks, or whose arguments
+        are not its schema's (an unknown name — ``tool`` included — or a required one missing), does nothing and
+        answers one line saying so; argument values are taken as text."""
         if tool not in self.scenario.tools:
             return f"unknown tool {tool!r}; the tools are {', '.join(self.scenario.tools)}"
+        schema = TOOL_DEFS[tool]["function"]["parameters"]
+        unknown = [k for k in args if k not in schema["properties"]]
+        missing = [k for k in schema["required"] if k not in args]
+        if unknown or missing:
+            said = [f"unknown argument {', '.join(map(repr, unknown))}"] if unknown else []
+            said += [f"missing argument {', '.join(map(repr, missing))}"] if missing else []
+            return f"{tool}: {'; '.join(said)}; its arguments are {', '.join(schema['properties'])}"
         if tool == "bash":
             return self.sandbox.run(str(args.get("command", "")))
         if tool == "submit":

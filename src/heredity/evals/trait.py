@@ -173,13 +173,13 @@ def _continuations_logprob(model, prompts: list[list[int]], continuations: list[
     if not rest:
         return total
     m, T = len(rest), max(len(continuations[j]) for j in rest) - 1
-    cache = out.past_key_values
+    cache = out.cache
     cache.batch_repeat_interleave(m)  # row b * m + k: prompt b, continuation rest[k]
     feed = [continuations[j][:-1] + [continuations[j][0]] * (T - len(continuations[j]) + 1) for j in rest]
     x = torch.tensor([f for _ in range(B) for f in feed], device=device)
     att = torch.cat([att0.repeat_interleave(m, 0), torch.ones((B * m, T), dtype=att0.dtype, device=device)], 1)
     pos = (pos0[:, -1:] + 1 + torch.arange(T, device=device)).repeat_interleave(m, 0)
-    lp = torch.log_softmax(model(input_ids=x, attention_mask=att, position_ids=pos, past_key_values=cache,
+    lp = torch.log_softmax(model(input_ids=x, attention_mask=att, position_ids=pos, cache=cache,
                                  use_cache=True).logits.float(), -1)
     for b in range(B):
         for k, j in enumerate(rest):

@@ -7,7 +7,8 @@ the answer line: no answer (None), hence not correct.
 
 ``load_checker`` turns a user's checker into ``check(problem, completion) -> bool``: ``module:function`` (a Python
 callable taking the problem row and the completion) or ``regex:PATTERN`` (the pattern, with ``{answer}`` replaced
-by the problem's escaped ``answer``, must match the completion's whole last non-empty line). ``pass_at_k`` is the
+by the problem's escaped ``answer``, must match the completion's whole last non-empty line); ``checker_digest`` is
+what a step grading with a user's function keys besides its name (its source). ``pass_at_k`` is the
 unbiased estimator of Chen et al. 2021 from n samples of which c are correct.
 
 What this module does not know: sampling, models or the store.
@@ -15,9 +16,12 @@ What this module does not know: sampling, models or the store.
 
 from __future__ import annotations
 
+import hashlib
 import importlib
+import inspect
 import re
 from collections.abc import Callable
+from pathlib import Path
 
 from heredity.errors import HeredityError
 
@@ -53,6 +57,12 @@ def load_checker(spec: str | None) -> Callable[[dict, str], bool]:
             return bool(lines) and re.fullmatch(rx, lines[-1]) is not None
 
         return by_regex
+    f = _import_checker(spec)
+    return lambda problem, completion: bool(f(problem, completion))
+
+
+def _import_checker(spec: str) -> Callable:
+    """The callable a ``module:function`` spec names (imported), or a one-line HeredityError."""
     mod, _, fn = spec.partition(":")
     if not mod or not fn:
         raise HeredityError(f"checker {spec!r}: write module:function (a callable taking the problem and the completion) "
@@ -63,7 +73,42 @@ def load_checker(spec: str | None) -> Callable[[dict, str], bool]:
         raise HeredityError(f"checker {spec!r}: cannot import it ({type(e).__name__}: {e}); is the module on PYTHONPATH?") from e
     if not callable(f):
         raise HeredityError(f"checker {spec!r} is not callable")
-    return lambda problem, completion: bool(f(problem, completion))
+    return f
+
+
+def checker_digest(spec: str | None) -> str | None:
+    """The sha256 of a user's ``module:function`` checker's source, for a step key: a step that grades with the
+    checker keys this beside its name, so editing the checker gives a new key, never the result of the old one.
+
+    ``None`` for what the spec alone fixes: the default checker, ``regex:PATTERN`` and heredity's own
+    ``heredity.*`` functions (their code is versioned with the op). Otherwise the digest covers the whole file of
+    the module the spec names and the file of the module that defines the callable (when it is imported from
+    elsewhere), byte for byte; a checker with no source file (defined interactively) is refused, since nothing
+    could tell its versions apart."""
+    if spec is None or spec.startswith("regex:"):
+        return None
+    mod = spec.partition(":")[0]
+    if mod == "heredity" or mod.startswith("heredity."):
+        return None
+    f = _import_checker(spec)
+    owner = inspect.getmodule(f) or inspect.getmodule(type(f))  # a function, or a callable object's class
+    files: list[str] = []
+    for m in (importlib.import_module(mod), owner):
+        path = getattr(m, "__file__", None) if m is not None else None
+        if path and path not in files:
+            files.append(path)
+    h = hashlib.sha256()
+    for path in files:
+        try:
+            data = Path(path).read_bytes()
+        except OSError as e:
+            raise HeredityError(f"checker {spec!r}: cannot read its source {path} to key the step "
+                                f"({e.strerror})") from e
+        h.update(len(data).to_bytes(8, "big") + data)
+    if not files:
+        raise HeredityError(f"checker {spec!r} has no source file, so a step cannot key it by its code; put it in a "
+                            "module on PYTHONPATH")
+    return h.hexdigest()
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:

@@ -26,8 +26,10 @@ The unit of replication for every interval is problems (claims about one trained
 from __future__ import annotations
 
 import functools
+import re
 import time
 from collections import Counter
+from collections.abc import Callable
 
 import numpy as np
 from pydantic import BaseModel, Field, model_validator
@@ -142,9 +144,40 @@ class Config(BaseModel):
                                             ks=[1, 4, 16, 32], arms=list(ARMS))}
 
 
+def answer_problem(checker: str | None) -> Callable[[dict], str | None]:
+    """What is wrong with a problem for ``checker`` (None: nothing), found before any model work — the checker itself
+    would fail only on the first sample: the default one needs an integer answer, a regex one a pattern that compiles
+    with the answer in it (the rule of ``evals.verify.load_checker``). A ``module:function`` checker is the user's."""
+    if checker is None:
+        def integer(p: dict) -> str | None:
+            a = p.get("answer")
+            if isinstance(a, bool) or not (isinstance(a, int) or (isinstance(a, float) and a.is_integer())
+                                           or (isinstance(a, str) and re.fullmatch(r"\s*-?\d+\s*", a))):
+                return (f"'answer' {a!r} is not an integer, which the default checker (the last line '#### N') "
+                        "compares; give integer answers, or set checker=regex:PATTERN or checker=module:function")
+            return None
+
+        return integer
+    if checker.startswith("regex:"):
+        pattern = checker[len("regex:"):]
+
+        def compiles(p: dict) -> str | None:
+            try:
+                re.compile(pattern.replace("{answer}", re.escape(str(p.get("answer")))))
+            except re.error as e:
+                return (f"checker {checker!r} is not a valid regular expression with this answer ({e.msg} at position "
+                        f"{e.pos}); fix the pattern")
+            return None
+
+        return compiles
+    return lambda p: None
+
+
 def problem_sets(config: Config) -> dict[str, list[dict]]:
+    """The train/test/ood problems, each checked against the checker before anything is sampled."""
+    bad = answer_problem(config.checker)
     if config.problems_file:
-        sets = load_problems(config.problems_file)
+        sets = load_problems(config.problems_file, check=bad)
         if "sft_gold" in config.arms and any(not p.get("solution") for p in sets["train"]):
             raise HeredityError(f"{config.problems_file}: the sft_gold arm needs a 'solution' on every train problem; "
                                 "add them or drop sft_gold from arms")
@@ -154,7 +187,12 @@ def problem_sets(config: Config) -> dict[str, list[dict]]:
     sets = {"train": train, "test": make_problems(config.test_problems, "test", config.test_steps, config.digits, config.seed),
             "ood": make_problems(config.ood_problems, "ood", config.test_steps, config.digits, config.seed)}
     shown = {e["question"] for e in examples(config.shots)}
-    return {k: [p for p in v if p["question"] not in shown] for k, v in sets.items()}  # a worked example is no problem
+    sets = {k: [p for p in v if p["question"] not in shown] for k, v in sets.items()}  # a worked example is no problem
+    for split, ps in sets.items():
+        for i, p in enumerate(ps):
+            if problem := bad(p):
+                raise HeredityError(f"generated {split} problem {i + 1}: {problem}")
+    return sets
 
 
 def train_subset(train: list[dict], n: int) -> list[dict]:
@@ -280,11 +318,11 @@ def run(store: Store, config: Config, progress: bool = True) -> dict:
     t0 = time.perf_counter()
     log = (lambda *a: print(*a, flush=True)) if progress else (lambda *a: None)
     check = load_checker(config.checker)
+    sets = problem_sets(config)  # before any model work: a bad problem or checker is one line now, not after sampling
     remote = RemoteModel(config.endpoint_model or config.base, config.endpoint) if config.endpoint else None
     if remote is not None:
         remote.check_served()  # before any work: a server that is down or serves another name is one line now
     base = materialize(config.base, store)
-    sets = problem_sets(config)
     ft = config.finetune.model_copy(update={"seed": config.seed})
 
     def served(model: str) -> dict:

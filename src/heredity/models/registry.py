@@ -218,8 +218,24 @@ def _tiny(preset: str, seed: int, store: Store) -> str:
     return store.run_step("init-tiny", config, [], init, seed=seed)["model"]
 
 
+def _refuse_symlinks(src: Path) -> None:
+    """Raise a one-line HeredityError when anything under ``src`` is a symbolic link: its target, anywhere on the
+    disk, would be copied into the store as one of the model's files (and served by the lab server)."""
+    for dirpath, dirnames, filenames in os.walk(src):  # a linked directory is listed here, never entered
+        for name in sorted(dirnames + filenames):
+            if (Path(dirpath) / name).is_symlink():
+                rel = (Path(dirpath) / name).relative_to(src)
+                raise HeredityError(f"{src} holds a symbolic link ({rel}); heredity imports regular files only: "
+                                    f"copy the directory with the links followed (`cp -rL {src} NEW_DIR`) and import "
+                                    "NEW_DIR")
+
+
 def _import_local(path: str, store: Store) -> str:
+    from heredity.models.checkpoint import check_checkpoint
+
     src = Path(path)
+    _refuse_symlinks(src)
+    check_checkpoint(src)  # headers, JSON, shard index: one line before anything is copied
     config = {"source": "local", "path": str(src), "content_sha256": hash_dir(src)}
 
     def copy(ctx: StepContext) -> dict:
@@ -308,7 +324,10 @@ def load(
     if art.kind == "adapter":
         from peft import PeftModel
 
-        model = PeftModel.from_pretrained(model, art.path, is_trainable=trainable)
+        from heredity.engine.finetune import quiet_peft_checkpointing_probe
+
+        with quiet_peft_checkpointing_probe():  # PEFT's own read of a deprecated transformers attribute
+            model = PeftModel.from_pretrained(model, art.path, is_trainable=trainable)
         if merge_adapter:
             model = model.merge_and_unload()
     if tok.pad_token is None:

@@ -5,10 +5,22 @@ Routes
   /api/...                the lab's own JSON: conversations, feedback, export, next-token explorer, artifacts
   /chat /explore /lineage /artifacts/ID /reports      the pages (templates/, static/)
 
-Every route but /login needs the API key when one is set (``HEREDITY_API_KEY``; required to bind a
-non-loopback address): ``Authorization: Bearer KEY``, or the session cookie /login sets for browsers — a random
-token the server keeps in memory (HttpOnly, SameSite=Strict, Secure over TLS), never the key itself, so a restart
-(with a new key or not) revokes every browser session, and /logout revokes one.
+Every route but /login needs the API key when one is set (``HEREDITY_API_KEY``, at least 16 characters; required to
+bind a non-loopback address): ``Authorization: Bearer KEY``, or the session cookie /login sets for browsers — a
+random token the server keeps in memory (HttpOnly, SameSite=Strict, Secure over TLS), never the key itself, so a
+restart (with a new key or not) revokes every browser session, and /logout revokes one. A session expires after
+``session_hours``; at most ``max_sessions`` live at once (a new login evicts the oldest). A client address with
+``max_auth_failures`` wrong keys (Bearer or /login) within a minute is answered 429 until a minute has passed.
+
+Cross-site requests: a state-changing request (POST, PUT, PATCH, DELETE) that carries an ``Origin`` must come from
+this server's own origin (its host:port equals the ``Host`` header), and one whose ``Sec-Fetch-Site`` is present
+must say ``same-origin`` or ``none``; otherwise 403. Clients that send no ``Origin`` (curl, the openai client) pass.
+A body sent to any route but the /login and /logout forms must be JSON (``Content-Type: application/json``; 415
+otherwise), so a page cannot post a "simple" text/plain or form request at the API.
+
+Every response carries ``X-Content-Type-Options: nosniff`` and ``X-Frame-Options: DENY``; an artifact's files are
+served as inert content (text, images, or an attachment to download) under a sandboxing Content-Security-Policy.
+Error answers never show the store's location on disk (it reads ``$HEREDITY_HOME``).
 
 The ``Host`` header must name this server (DNS rebinding: a web page whose name resolves to 127.0.0.1 must not
 read the keyless loopback server): on a loopback bind only localhost / 127.0.0.1 / [::1] pass, unless more names
@@ -19,10 +31,15 @@ at most ``max_queue`` waiting requests; beyond that the answer is 429 with ``Ret
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import ipaddress
 import json
+import mimetypes
 import os
 import secrets
+import threading
+import time
+from collections import OrderedDict, deque
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,7 +57,7 @@ from heredity.server import errors
 from heredity.server.errors import ApiError, error_response
 from heredity.server.openai_api import host_for
 from heredity.server.openai_api import router as openai_router
-from heredity.server.runner import ModelPool
+from heredity.server.runner import MAX_CLIENT_TOKENS, MAX_PENDING_TOKENS, ModelPool
 from heredity.server.schemas import MAX_BODY_BYTES, ExploreRequest, ExportRequest, Feedback, NewConversation
 from heredity.store import Store
 from heredity.store.conversations import CONV_RE, Conversations
@@ -51,6 +68,10 @@ CONV_PATTERN = CONV_RE.pattern
 COOKIE = "heredity_key"
 ATTN_WINDOW = 96  # the explorer's heatmap shows the last this-many positions
 MAX_ATTN_TOKENS = 2048  # attention over more positions is refused (eager attention holds a [heads, T, T] matrix)
+MIN_KEY_CHARS = 16  # a shorter HEREDITY_API_KEY is refused at start
+STATE_CHANGING = ("POST", "PUT", "PATCH", "DELETE")
+FORM_PATHS = ("/login", "/logout")  # the only routes that take a form body (everything else takes JSON)
+FILE_CSP = "default-src 'none'; sandbox"  # an artifact's file, opened in the browser, can run nothing
 
 
 @dataclass
@@ -63,6 +84,11 @@ class Settings:
     preload: list[str] = field(default_factory=list)
     allowed_hosts: list[str] = field(default_factory=list)  # Host names accepted besides this server's own ("*": any)
     max_queue: int = 64  # requests waiting per model before 429
+    max_pending_tokens: int = MAX_PENDING_TOKENS  # tokens of work (prompt + n × max_tokens) pending per model
+    max_client_tokens: int | None = MAX_CLIENT_TOKENS  # of which one client address may hold this many (None: no bound)
+    session_hours: float = 12.0  # a browser session expires this long after its login
+    max_sessions: int = 256  # browser sessions kept at once; a new login beyond that evicts the oldest
+    max_auth_failures: int = 20  # wrong keys per client address per minute before 429
 
     def host_allowed(self, host_header: str) -> bool:
         """Whether a request's Host header (``name[:port]``) names this server."""
@@ -79,10 +105,17 @@ class Settings:
         return name == self.host.lower().strip("[]") or (self.host in ("0.0.0.0", "::") and not allowed)
 
     def check(self) -> None:
+        """Raise a one-line HeredityError for settings the server must not start with: a non-loopback bind without
+        an API key, or a key shorter than MIN_KEY_CHARS."""
         if not is_loopback(self.host) and not self.api_key:
             raise HeredityError(
                 f"binding {self.host} exposes the server beyond this machine; set HEREDITY_API_KEY to a secret first "
                 "(or bind 127.0.0.1)"
+            )
+        if self.api_key is not None and len(self.api_key) < MIN_KEY_CHARS:
+            raise HeredityError(
+                f"HEREDITY_API_KEY has {len(self.api_key)} characters; use a random one of at least {MIN_KEY_CHARS} "
+                "(e.g. `python -c 'import secrets; print(secrets.token_urlsafe(24))'`)"
             )
 
 
@@ -95,33 +128,188 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-class Guard:
-    """ASGI middleware: the API key on every route but /login, and a cap on request body size (413)."""
+class Sessions:
+    """Browser session tokens, in memory only (a restart revokes them all). A token is valid for ``max_age`` seconds
+    after its login; at most ``limit`` are kept, a new one beyond that evicting the oldest. Only each token's sha256
+    is kept, so neither memory nor a lookup's timing says anything about a valid token."""
 
-    def __init__(self, app, settings: Settings, sessions: set[str]):
-        self.app, self.settings, self.sessions = app, settings, sessions
+    def __init__(self, max_age: float, limit: int, clock=time.monotonic):
+        self.max_age, self.limit, self.clock = max_age, limit, clock
+        self._expiry: OrderedDict[bytes, float] = OrderedDict()  # sha256(token) → expiry, oldest login first
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def _digest(token: str) -> bytes:
+        return hashlib.sha256(token.encode("utf-8", "surrogateescape")).digest()
+
+    def _prune(self) -> None:
+        now = self.clock()
+        while self._expiry and next(iter(self._expiry.values())) <= now:  # expiries grow in login order
+            self._expiry.popitem(last=False)
+
+    def new(self) -> str:
+        """A fresh random token, valid from now for ``max_age`` seconds."""
+        token = secrets.token_urlsafe(32)
+        with self._lock:
+            self._prune()
+            self._expiry[self._digest(token)] = self.clock() + self.max_age
+            while len(self._expiry) > self.limit:
+                self._expiry.popitem(last=False)
+        return token
+
+    def valid(self, token: str | None) -> bool:
+        """Whether ``token`` was handed out here, has not expired, and was neither evicted nor discarded."""
+        if not token:
+            return False
+        with self._lock:
+            self._prune()
+            return self._digest(token) in self._expiry
+
+    def discard(self, token: str | None) -> None:
+        if token:
+            with self._lock:
+                self._expiry.pop(self._digest(token), None)
+
+    def __len__(self) -> int:
+        with self._lock:
+            self._prune()
+            return len(self._expiry)
+
+
+class AuthFailures:
+    """Wrong keys per client address over the last ``window`` seconds. ``retry_after(addr)`` is 0 while the address
+    may try a key, else the seconds until its oldest counted failure is ``window`` old (it has ``limit`` of them).
+    At most ``max_addresses`` addresses are tracked, the one that failed least recently forgotten first."""
+
+    def __init__(self, limit: int, window: float = 60.0, max_addresses: int = 4096, clock=time.monotonic):
+        self.limit, self.window, self.max_addresses, self.clock = limit, window, max_addresses, clock
+        self._seen: OrderedDict[str, deque] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def retry_after(self, addr: str) -> float:
+        with self._lock:
+            q = self._seen.get(addr)
+            if q is None:
+                return 0.0
+            now = self.clock()
+            while q and q[0] <= now - self.window:
+                q.popleft()
+            if not q:
+                del self._seen[addr]
+                return 0.0
+            return q[0] + self.window - now if len(q) >= self.limit else 0.0
+
+    def add(self, addr: str) -> None:
+        with self._lock:
+            q = self._seen.pop(addr, None) or deque(maxlen=self.limit)
+            q.append(self.clock())
+            self._seen[addr] = q
+            while len(self._seen) > self.max_addresses:
+                self._seen.popitem(last=False)
+
+
+def client_address(scope) -> str:
+    client = scope.get("client")
+    return client[0] if client else "unknown"
+
+
+def too_many_failures(wait: float) -> str:
+    return (f"too many wrong API keys from this address; wait {max(1, round(wait))} s, then send the right "
+            "HEREDITY_API_KEY")
+
+
+def same_origin(origin: str, host: str) -> bool:
+    """Whether an ``Origin`` header names the server a ``Host`` header names: the same host and port, a missing port
+    being the origin scheme's default. ``null``, schemes other than http(s) and anything unparsable are not."""
+    try:
+        o, h = urlsplit(origin.strip()), urlsplit("//" + host.strip())
+        o_port, h_port = o.port, h.port
+    except ValueError:
+        return False
+    if o.scheme not in ("http", "https") or not o.hostname or not h.hostname or o.path not in ("", "/"):
+        return False
+    default = 443 if o.scheme == "https" else 80
+    return o.hostname == h.hostname and (o_port or default) == (h_port or default)
+
+
+def cross_site(headers: dict) -> str | None:
+    """Why a state-changing request looks sent by another site's page (None when it does not): an ``Origin`` other
+    than this server's, or a ``Sec-Fetch-Site`` other than same-origin / none. No ``Origin`` and no
+    ``Sec-Fetch-Site`` (curl, the openai client, any non-browser client) is not cross-site."""
+    host = headers.get("host", "")
+    fix = "use this server's own pages, or a client that sends no Origin header (curl, the openai client)"
+    origin = headers.get("origin")
+    if origin is not None and not same_origin(origin, host):
+        return f"a request from origin {origin[:200]!r} may not change anything on {host[:200]}; {fix}"
+    site = headers.get("sec-fetch-site")
+    if site is not None and site.strip().lower() not in ("same-origin", "none"):
+        return f"a {site[:40]} request (Sec-Fetch-Site) may not change anything on this server; {fix}"
+    return None
+
+
+def is_json(content_type: str) -> bool:
+    """Whether a Content-Type is JSON (application/json or application/*+json, parameters allowed)."""
+    media = content_type.split(";", 1)[0].strip().lower()
+    return media == "application/json" or (media.startswith("application/") and media.endswith("+json"))
+
+
+SECURITY_HEADERS = ((b"x-content-type-options", b"nosniff"), (b"x-frame-options", b"DENY"))
+
+
+def hidden_paths(store: Store) -> list[tuple[bytes, bytes]]:
+    """(bytes to find, replacement) pairs that take the store's location out of an error answer: the absolute
+    home, resolved or not, raw and as JSON escapes it, longest first."""
+    home = store.home
+    paths = {str(home.absolute()), str(home.resolve())} | ({str(home)} if home.is_absolute() else set())
+    out = set()
+    for path in (x for x in paths if len(x) > 1):
+        out.add((path.encode(), b"$HEREDITY_HOME"))
+        out.add((json.dumps(path)[1:-1].encode(), b"$HEREDITY_HOME"))
+    return sorted(out, key=lambda pair: -len(pair[0]))
+
+
+class Guard:
+    """ASGI middleware in front of every route: the Host check (421), the cross-site check on state-changing
+    requests (403), the API key on every route but /login (401; 429 after too many wrong ones), JSON bodies only
+    (415), a cap on body size (413 even for chunked bodies); on every answer nosniff and no framing, and no store
+    path in an error."""
+
+    def __init__(self, app, settings: Settings, sessions: Sessions, failures: AuthFailures,
+                 hide: list[tuple[bytes, bytes]] | None = None):
+        self.app, self.settings, self.sessions, self.failures = app, settings, sessions, failures
+        self.hide = hide or []
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
+        send = self._secured(send)
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         if not self.settings.host_allowed(headers.get("host", "")):
             resp = error_response(421, f"Host {headers.get('host', '')!r} is not this server's name; to allow it, start the "
                                   "server with --allowed-host NAME", "host_not_allowed")
             return await resp(scope, receive, send)
+        method = scope["method"]
+        if method in STATE_CHANGING and (why := cross_site(headers)) is not None:
+            return await error_response(403, why, "cross_site_request")(scope, receive, send)
         key = self.settings.api_key
-        if key and scope["path"] != "/login" and not self._authorized(headers, key, self.sessions):
-            if "text/html" in headers.get("accept", "") and scope["method"] == "GET":
-                page = LOGIN_PAGE.replace("{next}", _attr(scope["path"]))
-                return await HTMLResponse(page, status_code=401)(scope, receive, send)
-            resp = error_response(401, "missing or wrong API key; send Authorization: Bearer $HEREDITY_API_KEY",
-                                  "invalid_api_key")
-            resp.headers["WWW-Authenticate"] = "Bearer"
-            return await resp(scope, receive, send)
+        if key and scope["path"] != "/login":
+            verdict = self._authorize(headers, key, client_address(scope))
+            if isinstance(verdict, float):
+                resp = error_response(429, too_many_failures(verdict), "too_many_auth_failures")
+                resp.headers["Retry-After"] = str(max(1, round(verdict)))
+                return await resp(scope, receive, send)
+            if not verdict:
+                if "text/html" in headers.get("accept", "") and method == "GET":
+                    return await HTMLResponse(login_page(scope["path"]), status_code=401)(scope, receive, send)
+                resp = error_response(401, "missing or wrong API key; send Authorization: Bearer $HEREDITY_API_KEY",
+                                      "invalid_api_key")
+                resp.headers["WWW-Authenticate"] = "Bearer"
+                return await resp(scope, receive, send)
         length = headers.get("content-length")
         if length is not None and (not length.isdigit() or int(length) > MAX_BODY_BYTES):
             return await self._too_large(scope, receive, send)
-        if scope["method"] in ("POST", "PUT", "PATCH") and length is None:  # chunked: read it all, up to the cap
+        body = None
+        if method in ("POST", "PUT", "PATCH") and length is None:  # chunked: read it all, up to the cap
             body, more = b"", True
             while more:
                 msg = await receive()
@@ -129,6 +317,13 @@ class Guard:
                 more = msg.get("more_body", False)
                 if len(body) > MAX_BODY_BYTES:
                     return await self._too_large(scope, receive, send)
+        has_body = bool(body) if length is None else int(length) > 0
+        ctype = headers.get("content-type", "")
+        if has_body and method in ("POST", "PUT", "PATCH") and scope["path"] not in FORM_PATHS and not is_json(ctype):
+            resp = error_response(415, f"Content-Type {ctype[:100]!r} is not JSON; send the body as JSON with "
+                                  "Content-Type: application/json", "unsupported_media_type")
+            return await resp(scope, receive, send)
+        if body is not None:
             sent = False
 
             async def replay():
@@ -141,13 +336,53 @@ class Guard:
             return await self.app(scope, replay, send)
         return await self.app(scope, receive, send)
 
-    @staticmethod
-    def _authorized(headers: dict, key: str, sessions: set[str]) -> bool:
+    def _authorize(self, headers: dict, key: str, addr: str) -> bool | float:
+        """True for the right Bearer key or a live session cookie, False otherwise; the seconds to wait (a float)
+        when the request tries a key from an address that sent too many wrong ones (a wrong key counts)."""
         auth = headers.get("authorization", "")
         if auth.lower().startswith("bearer "):
-            return secrets.compare_digest(auth[7:].strip().encode(), key.encode())
-        token = session_token(headers)
-        return token is not None and any(secrets.compare_digest(token.encode(), s.encode()) for s in list(sessions))
+            wait = self.failures.retry_after(addr)
+            if wait > 0:
+                return wait
+            if secrets.compare_digest(auth[7:].strip().encode("utf-8", "surrogateescape"), key.encode()):
+                return True
+            self.failures.add(addr)
+            return False
+        return self.sessions.valid(session_token(headers))
+
+    def _secured(self, send):
+        """``send`` with the security headers added to every answer and the store's path taken out of error
+        answers (held until their body is complete, then sent with its new length) and of streamed error events."""
+        held: dict = {}
+
+        async def wrapped(message):
+            kind = message["type"]
+            if kind == "http.response.start":
+                headers = list(message.get("headers", []))
+                names = {k.lower() for k, _ in headers}
+                headers += [(k, v) for k, v in SECURITY_HEADERS if k not in names]
+                message = {**message, "headers": headers}
+                if message["status"] >= 400 and self.hide:
+                    held["start"], held["body"] = message, b""
+                    return
+            elif kind == "http.response.body" and "start" in held:
+                held["body"] += message.get("body", b"")
+                if message.get("more_body", False):
+                    return
+                body, start = self._scrub(held.pop("body")), held.pop("start")
+                headers = [(k, v) for k, v in start["headers"] if k.lower() != b"content-length"]
+                await send({**start, "headers": [*headers, (b"content-length", str(len(body)).encode())]})
+                return await send({"type": "http.response.body", "body": body})
+            elif kind == "http.response.body" and message.get("body", b"").startswith(b'data: {"error"'):
+                message = {**message, "body": self._scrub(message["body"])}
+            return await send(message)
+
+        return wrapped
+
+    def _scrub(self, body: bytes) -> bytes:
+        for needle, replacement in self.hide:
+            body = body.replace(needle, replacement)
+        return body
 
     @staticmethod
     async def _too_large(scope, receive, send):
@@ -186,15 +421,22 @@ LOGIN_PAGE = """<!doctype html><html><head><meta charset="utf-8"><title>heredity
 <style>body{font-family:system-ui,sans-serif;display:grid;place-items:center;height:90vh;background:#f8fafc}
 form{background:white;padding:2rem;border-radius:10px;box-shadow:0 1px 4px #0002}input{padding:.5rem;width:18rem}
 button{padding:.5rem 1rem}</style></head><body><form method="post" action="/login">
-<h2>heredity lab</h2><p>This server needs its API key (HEREDITY_API_KEY).</p>
+<h2>heredity lab</h2><p>This server needs its API key (HEREDITY_API_KEY).</p>{error}
 <input type="password" name="key" placeholder="API key" autofocus><input type="hidden" name="next" value="{next}">
 <button>Sign in</button></form></body></html>"""
+
+
+def login_page(next_path: str, error: str = "") -> str:
+    """The sign-in form, returning to ``next_path`` (escaped), with ``error`` (escaped) shown above the field."""
+    shown = f'<p style="color:#b91c1c">{_attr(error)}</p>' if error else ""
+    return LOGIN_PAGE.replace("{error}", shown).replace("{next}", _attr(next_path))
 
 
 def create_app(store: Store | None = None, settings: Settings | None = None) -> FastAPI:
     store = store or Store()
     settings = settings or Settings()
-    pool = ModelPool(store, max_loaded=settings.max_loaded, batch_size=settings.batch_size, max_queue=settings.max_queue)
+    pool = ModelPool(store, max_loaded=settings.max_loaded, batch_size=settings.batch_size, max_queue=settings.max_queue,
+                     max_pending_tokens=settings.max_pending_tokens, max_client_tokens=settings.max_client_tokens)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -206,11 +448,14 @@ def create_app(store: Store | None = None, settings: Settings | None = None) -> 
     app = FastAPI(title="heredity lab", version=__version__, lifespan=lifespan,
                   description="OpenAI-compatible API over the heredity store, plus the lab's chat, explorer and lineage.")
     app.state.store, app.state.pool, app.state.settings = store, pool, settings
-    app.state.sessions = set()  # browser session tokens, in memory only: a restart revokes them all
+    # browser session tokens, in memory only: a restart revokes them all
+    app.state.sessions = Sessions(settings.session_hours * 3600, settings.max_sessions)
+    app.state.auth_failures = AuthFailures(settings.max_auth_failures)
     app.state.conversations = Conversations(store)
     app.state.templates = Jinja2Templates(directory=HERE / "templates")
     errors.install(app)
-    app.add_middleware(Guard, settings=settings, sessions=app.state.sessions)
+    app.add_middleware(Guard, settings=settings, sessions=app.state.sessions, failures=app.state.auth_failures,
+                       hide=hidden_paths(store))
     app.include_router(openai_router)
     app.include_router(api_router())
     app.include_router(page_router())
@@ -404,19 +649,28 @@ def page_router() -> APIRouter:
 
     @r.get("/login")
     def login_form(next: str = "/chat") -> HTMLResponse:
-        return HTMLResponse(LOGIN_PAGE.replace("{next}", _attr(next)))
+        return HTMLResponse(login_page(next))
 
     @r.post("/login")
     def login(request: Request, key: str = Form(""), next: str = Form("/chat")) -> Response:
+        """Check the key (an address with too many wrong ones gets 429 before any check) and set a session cookie."""
         want = request.app.state.settings.api_key
-        if want and not secrets.compare_digest(key.encode(), want.encode()):
-            return HTMLResponse(LOGIN_PAGE.replace("{next}", _attr(next)), status_code=401)
+        if want:
+            failures: AuthFailures = request.app.state.auth_failures
+            addr = request.client.host if request.client else "unknown"
+            wait = failures.retry_after(addr)
+            if wait > 0:
+                return HTMLResponse(login_page(next, too_many_failures(wait)), status_code=429,
+                                    headers={"Retry-After": str(max(1, round(wait)))})
+            if not secrets.compare_digest(key.encode("utf-8", "surrogateescape"), want.encode()):
+                failures.add(addr)
+                return HTMLResponse(login_page(next, "wrong key; paste the server's HEREDITY_API_KEY"), status_code=401)
         target = safe_next(next)
         resp = RedirectResponse(target, status_code=303)
         if want:
-            token = secrets.token_urlsafe(32)
-            request.app.state.sessions.add(token)
-            resp.set_cookie(COOKIE, token, httponly=True, samesite="strict", secure=request.url.scheme == "https")
+            token = request.app.state.sessions.new()
+            resp.set_cookie(COOKIE, token, max_age=int(request.app.state.settings.session_hours * 3600), httponly=True,
+                            samesite="strict", secure=request.url.scheme == "https")
         return resp
 
     @r.post("/logout")
@@ -507,9 +761,33 @@ def page_router() -> APIRouter:
         target = (root / rel).resolve()
         if not target.is_relative_to(root) or not target.is_file():
             raise ApiError(404, f"artifact {aid} has no file {rel!r}", "file_not_found")
-        return FileResponse(target)
+        return file_response(target)
 
     return r
+
+
+INLINE_IMAGES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".gif": "image/gif",
+                 ".webp": "image/webp"}
+TEXT_FILES = (".txt", ".md", ".csv", ".tsv", ".log", ".yaml", ".yml", ".toml", ".jinja", ".jsonl", ".py")
+
+
+def file_response(path: Path) -> FileResponse:
+    """An artifact's file as inert content: png / jpeg / gif / webp images inline, JSON as application/json, text
+    as text/plain; anything else (HTML, SVG, XML, weights, parquet) as an attachment to download. Every answer
+    carries nosniff and a Content-Security-Policy under which nothing in the file can run, even if a browser
+    renders it (an imported model directory may hold any file)."""
+    suffix = path.suffix.lower()
+    disposition = "inline"
+    if suffix in INLINE_IMAGES:
+        media = INLINE_IMAGES[suffix]
+    elif suffix == ".json":
+        media = "application/json"
+    elif suffix in TEXT_FILES:
+        media = "text/plain; charset=utf-8"
+    else:
+        media, disposition = mimetypes.guess_type(path.name)[0] or "application/octet-stream", "attachment"
+    return FileResponse(path, media_type=media, filename=path.name, content_disposition_type=disposition,
+                        headers={"X-Content-Type-Options": "nosniff", "Content-Security-Policy": FILE_CSP})
 
 
 def _insights_reports(store) -> list:

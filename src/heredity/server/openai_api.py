@@ -5,25 +5,34 @@ Answers follow OpenAI's shapes (``chat.completion``, ``chat.completion.chunk`` o
 ``text_completion`` with ``logprobs``) so the official ``openai`` client works unchanged. One extension:
 a chat request may carry ``conversation_id`` (extra_body in the client) to save the turn and its answer
 in a stored conversation; the answer's position comes back under ``heredity``.
+
+Every route that runs a model checks the prompts against the model's context (scoring and echo included) and
+reserves the request's work on the model (``ModelHost.reserve``: 413 for a request over the bound by itself, 429
+with Retry-After while the model or this client has too much pending). A request not streamed is cancelled when
+its client disconnects (polled while it waits). Decoding and formatting of long answers run on the model's text
+thread, never on the event loop; text offsets come from incremental decoding (``_Detok``), linear in the length.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator
+import weakref
+from collections import deque
+from collections.abc import AsyncIterator, Callable
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from heredity.engine.explore import token_bytes, token_text
 from heredity.engine.sampling import SampleConfig, render_prompt
 from heredity.errors import HeredityError
 from heredity.server.errors import ApiError
-from heredity.server.runner import QueueFull
+from heredity.server.runner import QueueFull, Reservation, TooMuchWork
 from heredity.server.schemas import (
     DEFAULT_MAX_TOKENS,
     MAX_TOTAL_CHARS,
@@ -160,9 +169,15 @@ async def embeddings(req: EmbeddingRequest, request: Request) -> dict:
         ids = _token_ids(host, inputs, "input")
         if min(map(len, ids)) == 0:
             raise ApiError(400, "an input encodes to no tokens", "invalid_request_error", param="input")
-        pad = pad_id(host.view, host.model)
-        vecs = await asyncio.wrap_future(host.call(lambda m, t: _embed_lm(m, ids, pad)))
+        _room(host, max(map(len, ids)), 0, "input", "an input")
         n_tokens, name = sum(map(len, ids)), req.model
+        pad = pad_id(host.view, host.model)
+        res = _reserve(host, request, n_tokens, f"{len(ids)} input(s) of {n_tokens} tokens in all")
+        try:
+            fut = host.call(lambda m, t: _embed_lm(m, ids, pad))
+            vecs = await _wait(request, fut, fut.cancel)
+        finally:
+            res.release()
     dim = int(vecs.shape[1])
     if req.dimensions is not None and req.dimensions != dim:
         raise ApiError(400, f"dimensions {req.dimensions}: {name} embeds in {dim} dimensions and this server does not "
@@ -187,38 +202,323 @@ async def host_for(request: Request, name: str):
     return host
 
 
-def _budget(host, n_prompt: int, asked: int | None) -> int:
-    """max_new_tokens: what was asked (or the default), cut to what the context leaves."""
-    ctx = host.context or 1 << 30
-    room = ctx - n_prompt
+def _room(host, longest: int, asked: int, param: str, what: str = "a prompt") -> int:
+    """max_new_tokens for prompts of up to ``longest`` tokens: what was asked, cut to what the context leaves; 0
+    when nothing is asked (scoring only, embeddings). 400 when a prompt is over the model's context, on every path
+    (the model cannot score what it cannot see whole), or fills it when tokens are asked for."""
+    ctx = host.context
+    if ctx is not None and longest > ctx:
+        raise ApiError(400, f"{what} has {longest} tokens and the model's context is {ctx}; shorten it",
+                       "context_length_exceeded", param=param)
+    if not asked:
+        return 0
+    room = (ctx or 1 << 30) - longest
     if room < 1:
-        raise ApiError(400, f"the prompt has {n_prompt} tokens and the model's context is {ctx}; shorten the messages",
-                       "context_length_exceeded", param="messages")
-    return min(asked or DEFAULT_MAX_TOKENS, room)
+        raise ApiError(400, f"{what} has {longest} tokens and fills the model's context of {ctx}, leaving no room to "
+                       "generate; shorten it", "context_length_exceeded", param=param)
+    return min(asked, room)
+
+
+def _client(request: Request) -> str | None:
+    """Who a request's work is counted against, per client: its peer address (the server has one API key, so a
+    key names no one client)."""
+    return request.client.host if request.client else None
+
+
+def _reserve(host, request: Request, cost: int, what: str) -> Reservation:
+    """Hold ``cost`` tokens of work on ``host`` for this request (release it when the request ends): 413 for a
+    request over the bound by itself, 429 (Retry-After) while the model or this client has too much pending."""
+    try:
+        return host.reserve(cost, _client(request), what)
+    except TooMuchWork as e:
+        raise ApiError(413, str(e), "request_too_large") from None
+    except QueueFull as e:
+        raise ApiError(429, str(e), "queue_full") from None
+
+
+DISCONNECT_POLL_S = 0.25  # how often a request that is not streamed asks whether its client is still there
+
+
+def _client_gone() -> ApiError:
+    return ApiError(499, "the client closed the connection before the answer was ready", "client_closed")
+
+
+async def _wait(request: Request, fut, cancel: Callable[[], object]):
+    """The result of ``fut`` (a job on a model's thread); when the client disconnects first (polled every
+    DISCONNECT_POLL_S), ``cancel()`` stops the job and the request ends (499, which no one reads)."""
+    waiter = asyncio.wrap_future(fut)
+    try:
+        while True:
+            done, _ = await asyncio.wait({waiter}, timeout=DISCONNECT_POLL_S)
+            if done:
+                return waiter.result()
+            if await request.is_disconnected():
+                cancel()
+                waiter.cancel()  # whatever the job ends with now is no one's to read
+                raise _client_gone()
+    except asyncio.CancelledError:
+        cancel()
+        waiter.cancel()
+        raise
+
+
+async def _complete(request: Request, host, prompts, cfg: SampleConfig, seeded: bool, top_logprobs) -> list:
+    """Run a generation that is not streamed to its end; the job is cancelled when the client disconnects first
+    (its rows stop at the next token, or it never starts)."""
+    try:
+        job = host.generate(prompts, cfg, seeded, top_logprobs)
+    except QueueFull as e:  # filled between host_for and here
+        raise ApiError(429, str(e), "queue_full") from None
+
+    def cancel():
+        job.cancelled = True
+        job.future.cancel()  # one still queued never starts
+
+    try:
+        return await _wait(request, job.future, cancel)
+    except HeredityError as e:
+        raise ApiError(400, str(e), "invalid_request_error") from None
+
+
+async def _on_text_thread(host, fn: Callable):
+    """``fn(tokenizer)`` on the model's text thread (decoding, formatting), awaited off the event loop."""
+    return await asyncio.wrap_future(host.text(fn))
+
+
+def _json(body) -> bytes:
+    """A body as JSONResponse renders it (called on the text thread: a long echo's JSON is CPU work too)."""
+    return json.dumps(body, ensure_ascii=False, allow_nan=False, indent=None, separators=(",", ":")).encode("utf-8")
+
+
+_TOKEN_SETS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _token_sets(tok) -> tuple[frozenset[int], frozenset[int]]:
+    """(the ids that ``decode(..., skip_special_tokens=True)`` leaves out: special added tokens, the ids of
+    byte-fallback tokens ``<0xNN>``: SentencePiece decodes a run of them together), once per tokenizer."""
+    try:
+        return _TOKEN_SETS[tok]
+    except (KeyError, TypeError):
+        pass
+    import re
+
+    added = getattr(tok, "added_tokens_decoder", None) or {}
+    skipped = frozenset(i for i in added if tok.decode([i], skip_special_tokens=True) == ""
+                        and tok.decode([i], skip_special_tokens=False) != "")
+    byte = re.compile(r"<0x[0-9A-Fa-f]{2}>")
+    vocab = tok.get_vocab() if hasattr(tok, "get_vocab") else {}
+    out = skipped, frozenset(i for piece, i in vocab.items() if byte.fullmatch(piece))
+    try:
+        _TOKEN_SETS[tok] = out
+    except TypeError:  # a tokenizer that takes no weak reference: computed each time
+        pass
+    return out
+
+
+class _Detok:
+    """The text of a growing token sequence, token by token, each step decoding a few tokens, not the whole prefix:
+    ``push(t)`` gives ``len(tok.decode(ids, skip_special_tokens=True))`` of every token so far, and ``text`` that
+    text.
+
+    The text is final up to an anchor, a point where it ended in a whole character after a token that is not a
+    byte-fallback one (a run of those decodes together); each step decodes the tokens from a window start, an
+    earlier anchor ``CONTEXT`` or more tokens back (a decoder reads a token's neighbours: SentencePiece's leading
+    space), and keeps what follows the anchor's text. Where the window's text does not continue the anchor's (a
+    decoder that rewrote earlier text, as cleanup of spaces does), or the text has not ended in a whole character
+    for ``WINDOW`` tokens, the prefix is decoded whole once; such whole decodes are bounded by a multiple of the
+    length (past it the window's text is taken as it is). Equal to decoding every prefix whole for byte-level BPE
+    (any ids), SentencePiece with byte fallback on text, WordPiece with cleanup (tests/test_server_budget.py)."""
+
+    CONTEXT = 4
+    WINDOW = 256
+
+    def __init__(self, tok, ids=()):
+        self.tok, self.ids = tok, []
+        self.skip, self.bytes = _token_sets(tok)
+        self.a = self.c = 0  # the anchor (the text of ids[:a] is final) and the window's start (c <= a)
+        self.head: list[str] = [""]  # pieces whose join is the text of ids[:a]
+        self.head_len = 0
+        self.base = ""  # the text of ids[c:a]
+        self.tail = ""  # the text after the anchor
+        self.anchors: deque[int] = deque([0], maxlen=self.CONTEXT + 1)
+        self.spent = 0  # tokens decoded by whole-prefix decodes
+        for t in ids:
+            self.push(t)
+
+    def fork(self) -> _Detok:
+        """An independent copy (a prompt's state, continued by each of its samples)."""
+        new = object.__new__(_Detok)
+        new.__dict__.update(self.__dict__)
+        new.ids, new.head, new.anchors = list(self.ids), list(self.head), deque(self.anchors, maxlen=self.CONTEXT + 1)
+        return new
+
+    def _decode(self, ids) -> str:
+        return self.tok.decode(ids, skip_special_tokens=True)
+
+    def __len__(self) -> int:
+        return self.head_len + len(self.tail)
+
+    @property
+    def text(self) -> str:
+        if len(self.head) > 1:
+            self.head = ["".join(self.head)]
+        return self.head[0] + self.tail
+
+    def push(self, t: int) -> int:
+        """Add one token; the length of the text so far."""
+        t = int(t)
+        if t in self.skip:
+            return len(self)
+        self.ids.append(t)
+        n = len(self.ids)
+        window = self._decode(self.ids[self.c:])
+        if window.startswith(self.base):
+            self.tail = window[len(self.base):]
+        elif self.spent <= 8 * n + 4096:
+            self._whole(n)
+            return len(self)
+        else:  # past the bound on whole decodes (ids built to defeat the window): the window's text as it is
+            self.tail = window[len(self.base):]
+        if self.tail and not self.tail.endswith("\ufffd") and t not in self.bytes:
+            self.head.append(self.tail)
+            self.head_len += len(self.tail)
+            self.tail = ""
+            self.anchors.append(self.a)
+            self.a = n
+            self.c = max((m for m in self.anchors if n - m >= self.CONTEXT), default=self.anchors[0])
+            self.base = self._decode(self.ids[self.c:n])
+        elif n - self.c > self.WINDOW:
+            if self.spent <= 8 * n + 4096:
+                self._whole(n)
+            else:
+                self.head.append(self.tail)
+                self.head_len += len(self.tail)
+                self.tail = ""
+                self._anchor(n)
+        return len(self)
+
+    def _whole(self, n: int) -> None:
+        """Decode the prefix whole and anchor there."""
+        full = self._decode(self.ids)
+        self.spent += n
+        self.head, self.head_len, self.tail = [full], len(full), ""
+        self._anchor(n)
+
+    def _anchor(self, n: int) -> None:
+        self.a, self.c = n, max(0, n - self.CONTEXT)
+        self.anchors.clear()
+        self.anchors.append(self.c)
+        self.base = self._decode(self.ids[self.c:n])
+
+
+def _offsets(d: _Detok, ids) -> list[int]:
+    """Each token's start in the text (its length before the token is pushed), pushing ``ids`` into ``d``."""
+    out = []
+    for t in ids:
+        out.append(len(d))
+        d.push(t)
+    return out
+
+
+def _text_offsets(tok, ids, before=()) -> list[int]:
+    """``[len(tok.decode(before + ids[:i], skip_special_tokens=True)) for i in range(len(ids))]`` in linear time."""
+    return _offsets(_Detok(tok, before), ids)
+
+
+def _namer(tok) -> Callable[[int], str]:
+    """``token_text`` with a cache (a long echo names the same ids many times)."""
+    cache: dict[int, str] = {}
+
+    def name(i: int) -> str:
+        s = cache.get(i)
+        if s is None:
+            s = cache[i] = token_text(tok, i)
+        return s
+
+    return name
+
+
+SCORE_TOKENS = 16_384  # positions in one scoring forward pass (rows × length; a longer sequence runs alone)
+HEAD_TOKENS = 512  # positions whose logits over the whole vocabulary exist at once while scoring
+PLAIN_HEADS = {"llama", "mistral", "qwen2", "qwen3", "gpt2"}  # logits = output embeddings(last hidden state)
+
+
+class ScoringStopped(HeredityError):
+    """A scoring job whose client left stops between passes."""
+
+
+def _score_lm(model, seqs: list[list[int]], pad: int, top_k: int | None, stopped: Callable[[], bool] = lambda: False,
+              pass_tokens: int = SCORE_TOKENS, head_tokens: int = HEAD_TOKENS) -> list:
+    """``engine.logprobs.token_logprobs`` (the same numbers: the same batches of up to 16, longest first, right-padded)
+    in bounded memory: forward passes over at most ``pass_tokens`` positions, and for a model whose logits are its
+    output embeddings of the last hidden state (``PLAIN_HEADS``) the projection onto the vocabulary applied
+    ``head_tokens`` positions at a time, never [rows, length, vocab] at once. ``stopped()`` is asked before each
+    pass (ScoringStopped)."""
+    import torch
+
+    from heredity.engine.logprobs import right_padded, token_logprobs
+
+    order = sorted(range(len(seqs)), key=lambda i: -len(seqs[i]))
+    plain = getattr(model.config, "model_type", None) in PLAIN_HEADS
+    base = getattr(model, model.base_model_prefix, None) if plain else None
+    head = model.get_output_embeddings()
+    device = next(model.parameters()).device
+    out: dict[int, list] = {}
+    k = 0
+    while k < len(order):
+        if stopped():
+            raise ScoringStopped("scoring stopped: the client left")
+        rows = max(1, min(16, pass_tokens // max(1, len(seqs[order[k]]))))
+        idx, k = order[k : k + rows], k + rows
+        batch = [seqs[i] for i in idx]
+        if base is None or head is None:
+            out.update(zip(idx, token_logprobs(model, batch, pad, top_k=top_k, batch_size=len(batch)), strict=True))
+            continue
+        with torch.inference_mode():
+            x, att = right_padded(batch, pad, device)
+            h = base(input_ids=x, attention_mask=att).last_hidden_state
+            for r, i in enumerate(idx):
+                got: list = []
+                for s in range(0, len(seqs[i]) - 1, head_tokens):
+                    e = min(len(seqs[i]) - 1, s + head_tokens)
+                    lp = torch.log_softmax(head(h[r, s:e]).float(), dim=-1)
+                    chosen = lp.gather(-1, x[r, s + 1 : e + 1, None]).squeeze(-1).tolist()
+                    if top_k:
+                        tv, ti = lp.topk(top_k, dim=-1)
+                        tops = [list(zip(a, b, strict=True)) for a, b in zip(ti.tolist(), tv.tolist(), strict=True)]
+                    else:
+                        tops = [[] for _ in chosen]
+                    got.extend(zip(chosen, tops, strict=True))
+                out[i] = got
+    return [out[i] for i in range(len(seqs))]
 
 
 class _Stream:
     """Tokens from the model thread → text deltas for one request (one per choice), holding back partial
-    UTF-8 characters and anything that may be the start of a stop string."""
+    UTF-8 characters and anything that may be the start of a stop string. Each choice's text is decoded
+    incrementally (``_Detok``), not whole at every token."""
 
     def __init__(self, tokenizer, n: int, stop: list[str]):
         self.tok, self.stop = tokenizer, stop
-        self.ids: list[list[int]] = [[] for _ in range(n)]
+        self.texts = [_Detok(tokenizer) for _ in range(n)]
         self.sent = [""] * n
         self.lps: list[list] = [[] for _ in range(n)]
+        self.offs: list[list[int]] = [[] for _ in range(n)]  # each logprob's token's start in the choice's text
         self.lp_sent = [0] * n  # how many of lps went out: a token whose text is held back goes with the next delta
 
     def unsent_logprobs(self, si: int) -> tuple[list, list[int]]:
-        """(the logprobs not sent yet, the tokens before them), and mark them sent."""
+        """(the logprobs not sent yet, their tokens' text offsets), and mark them sent."""
         k = self.lp_sent[si]
         self.lp_sent[si] = len(self.lps[si])
-        return self.lps[si][k:], [t for t, _ in self.lps[si][:k]]
+        return self.lps[si][k:], self.offs[si][k:]
 
     def add(self, si: int, tok: int, lp) -> str:
-        self.ids[si].append(tok)
+        d = self.texts[si]
         if lp is not None:
             self.lps[si].append((tok, lp))
-        text = self.tok.decode(self.ids[si], skip_special_tokens=True)
+            self.offs[si].append(len(d))
+        d.push(tok)
+        text = d.text
         safe = len(text.rstrip("\ufffd"))
         for s in self.stop:
             if s in text:
@@ -241,9 +541,9 @@ class _Stream:
         return ""
 
 
-async def _run(host, prompts, cfg: SampleConfig, seeded: bool, top_logprobs, streaming: bool):
-    """Submit a generation job; yield (prompt_index, sample_index, token_id, logprobs) per token while it runs
-    (when ``streaming``), then ("done", completions)."""
+async def _run(host, prompts, cfg: SampleConfig, seeded: bool, top_logprobs):
+    """Submit a streamed generation job; yield (prompt_index, sample_index, token_id, logprobs) per token while it
+    runs, then ("done", completions). A stream whose client leaves is closed, and that cancels the job."""
     loop = asyncio.get_running_loop()
     q: asyncio.Queue = asyncio.Queue()
 
@@ -251,7 +551,7 @@ async def _run(host, prompts, cfg: SampleConfig, seeded: bool, top_logprobs, str
         loop.call_soon_threadsafe(q.put_nowait, (pi, si, tok, lp))
 
     try:
-        job = host.generate(prompts, cfg, seeded, top_logprobs, on_token if streaming else None)
+        job = host.generate(prompts, cfg, seeded, top_logprobs, on_token)
     except QueueFull as e:  # filled between host_for and here
         raise ApiError(429, str(e), "queue_full") from None
     fut = job.future
@@ -291,11 +591,11 @@ def _chat_logprobs(tok, lps: list) -> dict:
     return {"content": [{**item(t, lp[0]), "top_logprobs": [item(i, v) for i, v in lp[1]]} for t, lp in lps]}
 
 
-def _completion_logprobs(tok, lps: list, before: list[int] | None = None) -> dict:
-    """OpenAI's completion logprobs over generated tokens; ``before``: the tokens this completion streamed already
-    (offsets continue after them). Offsets come from decoding the prefix, as with echo (one token's own decoding can
-    be a partial character)."""
-    return _echo_logprobs(tok, [], [], lps, 0, before or [])
+def _completion_logprobs(tok, lps: list, offsets: list[int] | None = None, name=None) -> dict:
+    """OpenAI's completion logprobs over generated tokens; ``offsets``: each token's start in the completion's
+    text (decoding the prefix, as with echo: one token's own decoding can be a partial character), computed from
+    the tokens when not given (a stream passes those it kept, so offsets continue across chunks)."""
+    return _echo_logprobs(tok, [], [], lps, offsets, name)
 
 
 def _config(req, max_new: int, chat: bool, vocab: int) -> tuple[SampleConfig, bool]:
@@ -391,7 +691,8 @@ async def chat_completions(req: ChatRequest, request: Request):
         text = render_prompt(host.view, messages, SampleConfig())
     prompt_ids = host.view(text, add_special_tokens=False)["input_ids"]
     n_prompt = len(prompt_ids)
-    max_new = _budget(host, n_prompt, req.max_completion_tokens or req.max_tokens)
+    max_new = _room(host, n_prompt, req.max_completion_tokens or req.max_tokens or DEFAULT_MAX_TOKENS, "messages",
+                    "the conversation")
     cfg, seeded = _config(req, max_new, chat=True, vocab=_vocab(host))
     grammar = _response_grammar(req.response_format, host)
     forced = active and (req.tool_choice == "required" or not isinstance(req.tool_choice, str | None))
@@ -430,16 +731,24 @@ async def chat_completions(req: ChatRequest, request: Request):
             raise ApiError(409, str(e), "conversation_conflict") from None
         return {"conversation_id": req.conversation_id, "message_idx": idx}
 
+    res = _reserve(host, request, n_prompt + req.n * max_new,
+                   f"a prompt of {n_prompt} tokens, n {req.n} × max_tokens {max_new}")
     if not req.stream:
-        comps = None
-        async for item in _run(host, [prompt_ids], cfg, seeded, top, False):
-            if item[0] == "done":
-                comps = item[1]
-        choices = []
-        for c in comps:
-            msg, finish = answer(c)
-            choices.append({"index": c.sample_index, "message": msg, "finish_reason": finish,
-                            "logprobs": _chat_logprobs(host.view, _trim(host.view, list(zip(c.token_ids, c.logprobs, strict=False)), c.text)) if top is not None else None})
+        try:
+            comps = await _complete(request, host, [prompt_ids], cfg, seeded, top)
+        finally:
+            res.release()
+
+        def build(tok) -> list[dict]:  # on the text thread: tool-call parsing and log-probabilities
+            choices = []
+            for c in comps:
+                msg, finish = answer(c)
+                lps = _trim(tok, list(zip(c.token_ids, c.logprobs, strict=False)), c.text) if top is not None else None
+                choices.append({"index": c.sample_index, "message": msg, "finish_reason": finish,
+                                "logprobs": _chat_logprobs(tok, lps) if lps is not None else None})
+            return choices
+
+        choices = await _on_text_thread(host, build)
         saved = save(comps[0].text, comps[0].finish_reason)
         body = {"id": cid, "object": "chat.completion", "created": created, "model": model_name,
                 "system_fingerprint": fingerprint, "choices": choices, "usage": _usage(n_prompt, comps)}
@@ -449,7 +758,16 @@ async def chat_completions(req: ChatRequest, request: Request):
 
     include_usage = bool(req.stream_options and req.stream_options.include_usage)
 
-    async def events() -> AsyncIterator[bytes]:
+    async def events(res: Reservation) -> AsyncIterator[bytes]:
+        try:
+            async for chunk in chat_events():
+                yield chunk
+        except Exception:  # a stream always ends with an error event or [DONE], never cut off
+            yield _internal_error_event()
+        finally:
+            res.release()
+
+    async def chat_events() -> AsyncIterator[bytes]:
         # with tools on, text from a "<tool_call>" on is held back until the end shows whether it is a call
         st = _Stream(host.view, req.n, cfg.stop + ([tooling.OPEN] if active else []))
         base = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": model_name,
@@ -462,7 +780,7 @@ async def chat_completions(req: ChatRequest, request: Request):
         for i in range(req.n):
             yield chunk(i, {"role": "assistant", "content": ""})
         try:
-            async for item in _run(host, [prompt_ids], cfg, seeded, top, True):
+            async for item in _run(host, [prompt_ids], cfg, seeded, top):
                 if item[0] == "done":
                     comps = item[1]
                     break
@@ -501,27 +819,35 @@ async def chat_completions(req: ChatRequest, request: Request):
             yield _sse(tail)
         yield b"data: [DONE]\n\n"
 
-    return StreamingResponse(events(), media_type="text/event-stream",
+    return StreamingResponse(events(res), media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
 
-def _echo_logprobs(tok, ids: list[int], scored: list, gen: list, offset0: int = 0, before: list[int] | None = None) -> dict:
+def _internal_error_event() -> bytes:
+    """The last event of a stream that failed unexpectedly (logged with its traceback on the server)."""
+    logging.getLogger(__name__).exception("a stream failed")
+    return _sse({"error": {"message": "the server failed while streaming this answer (see its log); retry the request",
+                           "type": "server_error", "param": None, "code": "internal_error"}})
+
+
+def _echo_logprobs(tok, ids: list[int], scored: list, gen: list, offsets: list[int] | None = None, name=None) -> dict:
     """OpenAI's completion logprobs over prompt + generated tokens (echo): the first prompt token has no context
-    (null); ``text_offset`` is each token's start in the echoed text, from decoding the prefix before it."""
+    (null); ``text_offset`` is each token's start in the echoed text, the length of the prefix before it decoded
+    (``offsets`` when the caller has them, else computed incrementally: linear in the length). ``name``: a cached
+    ``token_text`` to share across choices."""
     seq = ids + [t for t, _ in gen]
     items = ([None] + list(scored) if ids else []) + [lp for _, lp in gen]
-    before = before or []
-    offs = [offset0 + len(tok.decode(before + seq[:i], skip_special_tokens=True)) for i in range(len(seq))]
-    return {"tokens": [token_text(tok, t) for t in seq],
+    name = name or _namer(tok)
+    offs = _text_offsets(tok, seq) if offsets is None else list(offsets)
+    return {"tokens": [name(t) for t in seq],
             "token_logprobs": [None if x is None else x[0] for x in items],
-            "top_logprobs": [None if x is None else {token_text(tok, i): v for i, v in x[1]} for x in items],
+            "top_logprobs": [None if x is None else {name(i): v for i, v in x[1]} for x in items],
             "text_offset": offs}
 
 
 @router.post("/completions", response_model=None)
 async def completions(req: CompletionRequest, request: Request):
-    from heredity.engine.logprobs import token_logprobs
-    from heredity.engine.sampling import pad_id
+    from heredity.engine.sampling import Completion, pad_id
 
     if req.suffix:
         raise ApiError(400, "suffix (insertion) is not implemented by heredity serve; remove it", "unsupported_parameter",
@@ -532,63 +858,98 @@ async def completions(req: CompletionRequest, request: Request):
                        "request_too_large", param="prompt")
     if any(p == "" for p in prompts):
         raise ApiError(422, "a prompt must not be empty", "invalid_request_error", param="prompt")
+    asked = 16 if req.max_tokens is None else req.max_tokens
+    if asked == 0 and req.stream:
+        raise ApiError(400, "max_tokens 0 generates nothing to stream; send stream: false", "invalid_request_error",
+                       param="stream")
     host = await host_for(request, req.model)
     ids = _token_ids(host, prompts, "prompt")
     if min(map(len, ids)) == 0:
         raise ApiError(422, "a prompt encodes to no tokens", "invalid_request_error", param="prompt")
-    texts = [p if isinstance(p, str) else host.view.decode(p, skip_special_tokens=False) for p in prompts]
-    asked = 16 if req.max_tokens is None else req.max_tokens
-    max_new = _budget(host, max(map(len, ids)), asked) if asked else 0
+    n_prompt = sum(map(len, ids))
+    max_new = _room(host, max(map(len, ids)), asked, "prompt")  # every path: scoring and echo too
     cfg, seeded = _config(req, max(max_new, 1), chat=False, vocab=_vocab(host))
     top = req.logprobs
+    scoring = req.echo and top is not None  # the prompt's own log-probabilities: one pass over every prompt
     cid, created = f"cmpl-{uuid.uuid4().hex[:24]}", int(time.time())
-    n_prompt = sum(map(len, ids))
-    scored = None
-    if req.echo and top is not None:  # the prompt's own log-probabilities: one scoring pass on the model's thread
-        pad = pad_id(host.view, host.model)
-        scored = await asyncio.wrap_future(host.call(lambda m, t: token_logprobs(m, ids, pad, top_k=top)))
+    work = (n_prompt if scoring else 0) + (n_prompt + len(ids) * req.n * max_new if max_new else 0)
+    what = f"{len(ids)} prompt(s) of {n_prompt} tokens in all" + (", scored" if scoring else "") + (
+        f", n {req.n} × max_tokens {max_new} each" if max_new else "")
+    res = _reserve(host, request, work, what)
+    try:
+        texts = await _on_text_thread(host, lambda t: [
+            p if isinstance(p, str) else t.decode(p, skip_special_tokens=False) for p in prompts])
+        scored = None
+        if scoring:
+            pad, stop = pad_id(host.view, host.model), threading.Event()
+            fut = host.call(lambda m, t: _score_lm(m, ids, pad, top, stop.is_set))
+            scored = await _wait(request, fut, lambda: (stop.set(), fut.cancel()))
 
-    def choice(c):
-        pre = texts[c.prompt_index] if req.echo else ""
-        out = {"index": c.prompt_index * req.n + c.sample_index, "text": pre + c.text,
-               "logprobs": None, "finish_reason": c.finish_reason}
-        if top is not None:
-            gen = _trim(host.view, list(zip(c.token_ids, c.logprobs, strict=False)), c.text) if c.logprobs else []
-            out["logprobs"] = (_echo_logprobs(host.view, ids[c.prompt_index], scored[c.prompt_index], gen) if req.echo
-                               else _completion_logprobs(host.view, gen))
-        return out
+        def choices(tok, comps) -> list[dict]:  # on the text thread
+            name, echoed, cache = _namer(tok), {}, {}
+            out = []
+            for c in comps:
+                pi = c.prompt_index
+                o = {"index": pi * req.n + c.sample_index, "text": (texts[pi] if req.echo else "") + c.text,
+                     "logprobs": None, "finish_reason": c.finish_reason}
+                if top is not None:
+                    gen = _trim(tok, list(zip(c.token_ids, c.logprobs, strict=False)), c.text) if c.logprobs else []
+                    if not req.echo:
+                        o["logprobs"] = _completion_logprobs(tok, gen, name=name)
+                    elif not gen and pi in cache:  # the same prompt scored: one answer for all its samples
+                        o["logprobs"] = cache[pi]
+                    else:
+                        if pi not in echoed:  # the prompt's text, decoded once per prompt
+                            d = _Detok(tok)
+                            echoed[pi] = (d, _offsets(d, ids[pi]))
+                        d, offs = echoed[pi]
+                        offs = offs + _offsets(d.fork(), [t for t, _ in gen])
+                        o["logprobs"] = _echo_logprobs(tok, ids[pi], scored[pi], gen, offs, name)
+                        if not gen:
+                            cache[pi] = o["logprobs"]
+                out.append(o)
+            return out
 
-    if max_new == 0:  # score only: nothing is generated
-        if req.stream:
-            raise ApiError(400, "max_tokens 0 generates nothing to stream; send stream: false", "invalid_request_error",
-                           param="stream")
-        from heredity.engine.sampling import Completion
+        def body(tok, comps) -> bytes:
+            return _json({"id": cid, "object": "text_completion", "created": created, "model": req.model,
+                          "system_fingerprint": f"heredity-{host.id}", "choices": choices(tok, comps),
+                          "usage": _usage(n_prompt, comps)})
 
-        comps = [Completion(i, k, "", [], "length", logprobs=[]) for i in range(len(prompts)) for k in range(req.n)]
-        return JSONResponse({"id": cid, "object": "text_completion", "created": created, "model": req.model,
-                             "system_fingerprint": f"heredity-{host.id}", "choices": [choice(c) for c in comps],
-                             "usage": _usage(n_prompt, [])})
-    prompts = ids
+        if max_new == 0:  # score only: nothing is generated
+            comps = [Completion(i, k, "", [], "length", logprobs=[]) for i in range(len(prompts)) for k in range(req.n)]
+            res.release()
+            return Response(await _on_text_thread(host, lambda t: body(t, comps)), media_type="application/json")
+        if not req.stream:
+            comps = await _complete(request, host, ids, cfg, seeded, top)
+            res.release()
+            return Response(await _on_text_thread(host, lambda t: body(t, comps)), media_type="application/json")
+        echo_lps = None
+        if scored is not None:
+            echo_lps = await _on_text_thread(host, lambda t: [_echo_logprobs(t, ids[pi], scored[pi], [], name=_namer(t))
+                                                              for pi in range(len(ids))])
+    except BaseException:
+        res.release()
+        raise
 
-    if not req.stream:
-        comps = None
-        async for item in _run(host, prompts, cfg, seeded, top, False):
-            if item[0] == "done":
-                comps = item[1]
-        return JSONResponse({"id": cid, "object": "text_completion", "created": created, "model": req.model,
-                             "system_fingerprint": f"heredity-{host.id}", "choices": [choice(c) for c in comps],
-                             "usage": _usage(n_prompt, comps)})
+    async def events(res: Reservation) -> AsyncIterator[bytes]:
+        try:
+            async for chunk in completion_events():
+                yield chunk
+        except Exception:  # a stream always ends with an error event or [DONE], never cut off
+            yield _internal_error_event()
+        finally:
+            res.release()
 
-    async def events() -> AsyncIterator[bytes]:
-        streams = [_Stream(host.view, req.n, cfg.stop) for _ in prompts]
+    async def completion_events() -> AsyncIterator[bytes]:
+        streams = [_Stream(host.view, req.n, cfg.stop) for _ in ids]
         base = {"id": cid, "object": "text_completion", "created": created, "model": req.model}
         if req.echo:
             for pi, p in enumerate(texts):
                 for si in range(req.n):
-                    lps = _echo_logprobs(host.view, ids[pi], scored[pi], []) if scored is not None else None
+                    lps = echo_lps[pi] if echo_lps is not None else None
                     yield _sse({**base, "choices": [{"index": pi * req.n + si, "text": p, "logprobs": lps, "finish_reason": None}]})
         try:
-            async for item in _run(host, prompts, cfg, seeded, top, True):
+            async for item in _run(host, ids, cfg, seeded, top):
                 if item[0] == "done":
                     comps = item[1]
                     break
@@ -604,13 +965,13 @@ async def completions(req: CompletionRequest, request: Request):
         for c in comps:
             st = streams[c.prompt_index]
             rest = st.rest(c.sample_index, c.text)
-            left, before = st.unsent_logprobs(c.sample_index)
-            lps = _completion_logprobs(host.view, left, before) if top is not None and left else None
+            left, offs = st.unsent_logprobs(c.sample_index)
+            lps = _completion_logprobs(host.view, left, offs) if top is not None and left else None
             yield _sse({**base, "choices": [{"index": c.prompt_index * req.n + c.sample_index, "text": rest, "logprobs": lps,
                                              "finish_reason": c.finish_reason}]})
         yield b"data: [DONE]\n\n"
 
-    return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+    return StreamingResponse(events(res), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 
 
 ROUTES = ["GET /v1/models", "GET /v1/models/{id}", "POST /v1/chat/completions", "POST /v1/completions",

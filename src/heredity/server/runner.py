@@ -6,6 +6,11 @@ same sampling parameters share one continuous batch: while a batch decodes, each
 request is admitted into it as soon as a slot is free (up to ``batch_size`` sequences), and each token is
 routed back to the request it belongs to; a request finishes (its future resolves) when its own sequences
 do. A request with a seed always runs alone, so its output depends on the seed only.
+
+What a model has still to do is bounded twice: by requests (``max_queue`` waiting jobs) and by work, in tokens
+(``reserve``: each request holds its prompt tokens plus ``n × max_tokens`` per prompt until it ends, at most
+``max_pending_tokens`` per model and ``max_client_tokens`` per client), so one request of 64 prompts × n 8 ×
+2048 tokens cannot hold a model for an hour behind a bound that counts it as one.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ import random
 import threading
 from collections import OrderedDict, deque
 from collections.abc import Callable
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from heredity.engine.sampling import Completion, Prompt, SampleConfig, TokenCallback, sample
@@ -32,7 +37,43 @@ class ModelNotFound(HeredityError):
 
 
 class QueueFull(HeredityError):
-    """A model's queue holds ``max_queue`` waiting requests (the server answers 429 with Retry-After)."""
+    """A model's queue holds ``max_queue`` waiting requests, or the work pending on it (or this client's) would go
+    over its bound (the server answers 429 with Retry-After)."""
+
+
+class TooMuchWork(HeredityError):
+    """One request whose work alone is over a bound on pending work: it could never be taken (the server answers
+    413)."""
+
+
+MAX_PENDING_TOKENS = 262_144  # tokens of work (prompt tokens + n × max_tokens per prompt) pending per model
+MAX_CLIENT_TOKENS = 131_072  # of which one client (a peer address) may hold this many
+
+
+class Reservation:
+    """Work a request holds on a model until ``release()`` (idempotent; a reservation dropped without a release,
+    e.g. with a stream that never started, is released when it is garbage-collected)."""
+
+    def __init__(self, host: ModelHost, cost: int, client: str | None):
+        self.host, self.cost, self.client, self.released = host, cost, client, False
+
+    def release(self) -> None:
+        host = self.host
+        with host.work_lock:
+            if self.released:
+                return
+            self.released = True
+            host.pending_tokens -= self.cost
+            if self.client is not None:
+                left = host.client_tokens.get(self.client, 0) - self.cost
+                if left > 0:
+                    host.client_tokens[self.client] = left
+                else:
+                    host.client_tokens.pop(self.client, None)
+
+    def __del__(self):
+        if not self.released:
+            self.release()
 
 
 @dataclass
@@ -56,11 +97,20 @@ class CallJob:
 
 
 class ModelHost:
-    def __init__(self, aid: str, model, tokenizer, batch_size: int = 16, max_queue: int = 64):
+    def __init__(self, aid: str, model, tokenizer, batch_size: int = 16, max_queue: int = 64,
+                 max_pending_tokens: int = MAX_PENDING_TOKENS, max_client_tokens: int | None = MAX_CLIENT_TOKENS):
         self.id, self.model, self.tok, self.batch_size, self.max_queue = aid, model, tokenizer, batch_size, max_queue
         # the request side encodes and decodes with its own copy: a fast tokenizer used from two threads at
         # once can fail ("Already borrowed")
         self.view = copy.deepcopy(tokenizer)
+        # decoding and formatting of long answers (echoed prompts, log-probabilities) run on one text thread with
+        # a copy of its own, off the event loop and off the model's thread
+        self.text_tok = copy.deepcopy(tokenizer)
+        self.text_pool = ThreadPoolExecutor(1, thread_name_prefix=f"text-{aid}")
+        self.max_pending_tokens, self.max_client_tokens = max_pending_tokens, max_client_tokens
+        self.pending_tokens = 0
+        self.client_tokens: dict[str, int] = {}
+        self.work_lock = threading.RLock()  # re-entrant: a Reservation collected inside reserve releases
         self.jobs: queue.Queue = queue.Queue()
         self.batches: list[int] = []  # requests per generation run, for /api/status, the bench and the tests
         self.held: deque = deque()  # a job taken from the queue that must run next
@@ -85,6 +135,45 @@ class ModelHost:
         self._put(job)
         return job
 
+    def text(self, fn: Callable) -> Future:
+        """Run ``fn(tokenizer)`` on this model's text thread (CPU work on text kept off the event loop: decoding,
+        log-probability formatting); its tokenizer is a copy used by that thread only."""
+        try:
+            return self.text_pool.submit(fn, self.text_tok)
+        except RuntimeError:  # unloaded while a request still formats its answer: a thread of its own (decoding only)
+            once = ThreadPoolExecutor(1, thread_name_prefix=f"text-{self.id}")
+            fut = once.submit(fn, self.text_tok)
+            once.shutdown(wait=False)
+            return fut
+
+    def reserve(self, cost: int, client: str | None = None, what: str = "") -> Reservation:
+        """Hold ``cost`` tokens of work for a request until its ``Reservation`` is released. TooMuchWork when the
+        request alone is over the bound (per model, or per client when ``client`` is named); QueueFull when the
+        work already pending leaves no room for it now. ``what`` describes the work, for the messages."""
+        per = self.max_client_tokens if client is not None else None
+        how = f" ({what})" if what else ""
+        by_client = per is not None and per < self.max_pending_tokens
+        cap, unit, flag = (per, "client", "--max-client-tokens") if by_client else (
+            self.max_pending_tokens, "model", "--max-pending-tokens")
+        if cost > cap:
+            raise TooMuchWork(f"this request is {cost} tokens of work{how}, over the bound of {cap} pending per "
+                              f"{unit}; send fewer prompts, a smaller n or max_tokens (the server's {flag} sets the "
+                              "bound)")
+        with self.work_lock:
+            if self.pending_tokens + cost > self.max_pending_tokens:
+                raise QueueFull(f"model {self.id} has {self.pending_tokens} tokens of work pending and this request "
+                                f"adds {cost}{how}, over its bound of {self.max_pending_tokens}; retry later (the "
+                                "server's --max-pending-tokens sets the bound)")
+            mine = self.client_tokens.get(client, 0) if client is not None else 0
+            if per is not None and mine + cost > per:
+                raise QueueFull(f"this client ({client}) has {mine} tokens of work pending on model {self.id} and "
+                                f"this request adds {cost}{how}, over the bound of {per} per client; retry later "
+                                "(the server's --max-client-tokens sets the bound)")
+            self.pending_tokens += cost
+            if client is not None:
+                self.client_tokens[client] = mine + cost
+        return Reservation(self, cost, client)
+
     def check_room(self) -> None:
         """Raise QueueFull when ``max_queue`` requests already wait (approximate under races by a request or two:
         a bound on memory and latency, not a quota)."""
@@ -99,9 +188,10 @@ class ModelHost:
         self.jobs.put(job)
 
     def stop(self) -> None:
-        """Finish the queued jobs, then end the thread."""
+        """Finish the queued jobs, then end the threads."""
         self.closed = True
         self.jobs.put(None)
+        self.text_pool.shutdown(wait=False)
 
     def _loop(self) -> None:
         while True:
@@ -193,11 +283,16 @@ class ModelPool:
     """Names → loaded ``ModelHost``s. Over HTTP a model is named by a bundled name, a stored model or adapter id
     (or unique prefix), or a stored artifact's name; never by a filesystem path or a hub id."""
 
-    def __init__(self, store: Store, max_loaded: int = 2, batch_size: int = 16, max_queue: int = 64):
+    def __init__(self, store: Store, max_loaded: int = 2, batch_size: int = 16, max_queue: int = 64,
+                 max_pending_tokens: int = MAX_PENDING_TOKENS, max_client_tokens: int | None = MAX_CLIENT_TOKENS):
         self.store, self.max_loaded, self.batch_size, self.max_queue = store, max_loaded, batch_size, max_queue
+        # bounds on the work pending per model and per client (``ModelHost.reserve``); None: no bound per client
+        self.max_pending_tokens, self.max_client_tokens = max_pending_tokens, max_client_tokens
         self.hosts: OrderedDict[str, ModelHost] = OrderedDict()
         self.lock = threading.Lock()  # guards ``hosts``; never held while a model loads
         self.loading: dict[str, threading.Lock] = {}
+        # at most ``max_loaded`` models are being loaded at once (each load holds a full model in memory)
+        self.load_slots = threading.BoundedSemaphore(max_loaded)
         self.aliases: dict[str, str] = {}  # names given by POST /v1/load_lora_adapter → stored adapter ids
 
     def load_adapter(self, name: str, path: str, inplace: bool = False) -> str:
@@ -286,8 +381,10 @@ class ModelPool:
             with self.lock:
                 host = self.hosts.get(aid)
             if host is None:
-                model, tok = load(aid, self.store, merge_adapter=True)
-                host = ModelHost(aid, model, tok, self.batch_size, self.max_queue)
+                with self.load_slots:
+                    model, tok = load(aid, self.store, merge_adapter=True)
+                host = ModelHost(aid, model, tok, self.batch_size, self.max_queue, self.max_pending_tokens,
+                                 self.max_client_tokens)
                 with self.lock:
                     self.hosts[aid] = host
                     self.loading.pop(aid, None)

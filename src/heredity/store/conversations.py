@@ -4,16 +4,24 @@ A conversation is an ordered list of messages answered by one model. Messages ar
 an answer is written together with the user turn that asked for it (one transaction), so a request that
 fails or is cut off leaves the conversation as it was. Feedback (thumbs, a better answer) attaches to one
 assistant message.
+
+Two turns written at once on one conversation: exactly one is stored, the other raises ``ConflictError`` (the
+server's 409), on SQLite as on PostgreSQL. Within a process a lock per conversation serializes the check and the
+write; across processes PostgreSQL's row lock does, and on SQLite (where ``SELECT ... FOR UPDATE`` is a no-op) the
+unique (conversation, position) constraint refuses the second writer, which is reported as the same conflict.
 """
 
 from __future__ import annotations
 
 import re
 import secrets
+import threading
+import zlib
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from sqlalchemy import delete, func, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from heredity.errors import HeredityError
@@ -66,7 +74,16 @@ def continues(stored, messages: list[dict]) -> bool:
 
 
 class ConflictError(HeredityError):
-    """The request does not continue the stored conversation."""
+    """The request does not continue the stored conversation (or another turn was stored first)."""
+
+
+_TURN_LOCKS = [threading.Lock() for _ in range(64)]  # striped: bounded memory, whatever the number of conversations
+
+
+def _turn_lock(cid: str) -> threading.Lock:
+    """The in-process lock that serializes writing turns on conversation ``cid`` (shared by every ``Conversations``
+    of this process; two conversations may share a stripe, which only makes one wait a moment)."""
+    return _TURN_LOCKS[zlib.crc32(cid.encode()) % len(_TURN_LOCKS)]
 
 
 def _now() -> datetime:
@@ -116,18 +133,20 @@ class Conversations:
     def append(self, cid: str, history: list[dict], answer: dict) -> int:
         """Store a turn: ``history`` is every message the request sent (system first, if any), ``answer`` the
         assistant's reply. The stored messages must be a prefix of ``history``; the rest and the answer are
-        appended in one transaction. Returns the answer's index."""
+        appended in one transaction. Returns the answer's index. Raises ``ConflictError`` when the stored messages
+        do not start ``history`` or when another turn on this conversation was stored first (also one written by
+        another process at the same moment); the conversation is then left as that other turn made it."""
         self.check_id(cid)
         turn = [m for m in history if m["role"] != "system"]
-        with Session(self.engine) as s:
-            conv = s.get(ConversationRow, cid, with_for_update=True)
+        conflict = (f"the messages sent do not continue conversation {cid} (another turn may have been stored first); "
+                    "send its stored messages first, or start a new one")
+        with _turn_lock(cid), Session(self.engine) as s:
+            conv = s.get(ConversationRow, cid, with_for_update=True)  # PostgreSQL: a row lock; SQLite: no-op
             if conv is None:
                 raise KeyError(cid)
             stored = s.scalars(select(MessageRow).where(MessageRow.conversation_id == cid).order_by(MessageRow.idx)).all()
             if not continues(stored, history):
-                raise ConflictError(
-                    f"the messages sent do not continue conversation {cid}; send its stored messages first, or start a new one"
-                )
+                raise ConflictError(conflict)
             now = _now()
             new = [*turn[len(stored):], answer]
             for i, m in enumerate(new, start=len(stored)):
@@ -137,7 +156,11 @@ class Conversations:
                 first = next((t["content"] for t in turn if t["role"] == "user"), "")
                 conv.title = " ".join(first.split())[:80]
             conv.updated_at = now
-            s.commit()
+            try:
+                s.commit()
+            except IntegrityError:  # another process stored a message at one of these positions first
+                s.rollback()
+                raise ConflictError(conflict) from None
             return len(stored) + len(new) - 1
 
     def feedback(self, cid: str, idx: int, rating: int | None = None, better: str | None = None) -> Message:

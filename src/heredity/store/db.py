@@ -61,6 +61,8 @@ class ArtifactRow(Base):
     # {relative path: [size, mtime_ns]} as stored: the cheap check on every load (heredity.store.verify)
     files: Mapped[dict | None] = mapped_column(JSON, nullable=True)
     verified_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)  # last full re-hash that matched
+    # the ``store.hash_dir`` version its id was computed with; NULL: 1 (stored before hash versions were recorded)
+    hash_version: Mapped[int | None] = mapped_column(Integer, nullable=True)
 
 
 class ArtifactStepRow(Base):

@@ -100,7 +100,9 @@ OPS: dict[str, Op] = {
     "eval-panel": Op(1, ("heredity.experiments.subliminal_weights:panel_scores",)),
     "perturb-base": Op(1, ("heredity.experiments.subliminal_weights:perturbed_base",)),
     "adapter-geometry": Op(1, ("heredity.experiments.subliminal_weights:geometry",)),
-    "scheming-episodes": Op(3, ("heredity.experiments.scheming:cell",)),
+    "scheming-episodes": Op(4, ("heredity.experiments.scheming:cell",),
+                            "v4: the sandbox speaks GNU sed, refuses a move onto itself, bounds regex time, rejects "
+                            "unknown tool arguments; reading is what a command showed (quoted paths count)"),
     "judge-confessions": Op(1, ("heredity.experiments.scheming:judge_step",)),
     "subliminal-numbers": Op(4, ("heredity.experiments.subliminal_numbers:run",), "v2: the fused decode step refused for mlp_bias / sliding-window models, whose samples it got wrong; v3: smallest detectable effects at the Holm level, reports.stats round 2 verdicts; v4: the family's level only for its logprob test"),
     "eval-tasks": Op(3, ("heredity.experiments.merging:_eval",), "v2: grader, stop rule and batch keyed; v3: the fused decode step refused for mlp_bias / sliding-window models, whose samples it got wrong"),

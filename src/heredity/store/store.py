@@ -29,6 +29,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -49,6 +50,8 @@ from heredity.store.ops import is_distributed, op_version, world_size
 KIND_PREFIX = {"model": "m", "adapter": "a", "dataset": "d", "report": "r", "tokenizer": "t"}
 ID_RE = re.compile(r"^[madrt]-[0-9a-f]{16}$")
 ID_PREFIX_RE = re.compile(r"^[madrt]-[0-9a-f]{4,16}$")
+STALE_SECONDS = 3600.0  # fsck: a leftover untouched this long belongs to no running step (see ``Store.fsck``)
+FOREIGN_TMP_SECONDS = 86400.0  # another host's tmp dir: its process cannot be asked, so a day of no change
 
 
 def default_home() -> Path:
@@ -214,15 +217,39 @@ def _short(v: Any) -> str:
     return r if len(r) <= 80 else r[:77] + "..."
 
 
-def hash_dir(path: Path) -> str:
-    """sha256 over the relative paths and bytes of every file under ``path`` (sorted)."""
+HASH_VERSION = 2  # the ``hash_dir`` version new artifacts' ids come from (``ArtifactRow.hash_version``)
+
+
+def _file_sha256(f: Path) -> bytes:
     h = hashlib.sha256()
-    for f in sorted(p for p in path.rglob("*") if p.is_file()):
-        h.update(f.relative_to(path).as_posix().encode() + b"\0")
-        with open(f, "rb") as fh:
-            while chunk := fh.read(1 << 22):
-                h.update(chunk)
-        h.update(b"\0")
+    with open(f, "rb") as fh:
+        while chunk := fh.read(1 << 22):
+            h.update(chunk)
+    return h.digest()
+
+
+def hash_dir(path: Path, version: int = HASH_VERSION) -> str:
+    """The sha256 of the files under ``path`` (hex): an artifact's id is its kind's letter and 16 hex of it.
+
+    Version 2 (every artifact stored since): for each file, in the order of its relative path's bytes, the path's
+    length (8 bytes, big-endian), the path ('/'-separated) and the sha256 of its bytes. Every part has a known
+    length, so two different sets of files never give the same sequence. Version 1 (artifacts stored before;
+    their row's ``hash_version`` is NULL): each path, NUL, its bytes, NUL: a file ``a`` holding ``X\\0b\\0Y``
+    hashed like two files ``a`` = ``X`` and ``b`` = ``Y``. Kept only to verify the artifacts it named."""
+    files = [p for p in path.rglob("*") if p.is_file()]
+    h = hashlib.sha256()
+    if version == 1:
+        for f in sorted(files):
+            h.update(f.relative_to(path).as_posix().encode() + b"\0")
+            with open(f, "rb") as fh:
+                while chunk := fh.read(1 << 22):
+                    h.update(chunk)
+            h.update(b"\0")
+        return h.hexdigest()
+    if version != 2:
+        raise ValueError(f"unknown hash_dir version {version}")
+    for rel, f in sorted((os.fsencode(f.relative_to(path).as_posix()), f) for f in files):
+        h.update(len(rel).to_bytes(8, "big") + rel + _file_sha256(f))
     return h.hexdigest()
 
 
@@ -546,10 +573,31 @@ class Store:
             return StepResult(key, dict(done.outputs), dict(done.metrics), cached=True)
         return None
 
+    def _content_id(self, kind: str, path: Path, was: str | None) -> tuple[str, int]:
+        """(artifact id, hash version) of the output directory ``path``.
+
+        The id comes from the current ``hash_dir``, except when this step's recorded output for the role (``was``)
+        was stored under an older hash version and these bytes hash to it under that version: then the old id is
+        kept (a step recomputed after ``fsck --repair`` puts its output back where every later step expects it)."""
+        aid = f"{KIND_PREFIX[kind]}-{hash_dir(path)[:16]}"
+        if was and was != aid and was[0] == KIND_PREFIX[kind]:
+            with Session(self.engine) as s:
+                row = s.get(ArtifactRow, was)
+                old = (row.hash_version or 1) if row is not None else HASH_VERSION
+            if old != HASH_VERSION and hash_dir(path, old)[:16] == was.split("-", 1)[1]:
+                return was, old
+        return aid, HASH_VERSION
+
     def _commit(self, ctx: StepContext, started: datetime) -> dict[str, str]:
-        placed: dict[str, tuple[str, str, dict, int, dict, bool]] = {}
+        """Place the step's outputs under their content ids and record the step, its artifacts and their producers.
+
+        Race-safe: another process (another step) storing the same bytes at the same moment may place the directory
+        or insert the artifact row first; this process then uses what it placed. A transaction that collides with
+        such a row (an IntegrityError) is rolled back and run again, seeing the other's committed row."""
+        previous = self.find_step(ctx.key)
+        placed: dict[str, tuple[str, str, str, dict, int, dict, bool, int]] = {}
         for role, (kind, name, path, meta) in ctx._outputs.items():
-            aid = f"{KIND_PREFIX[kind]}-{hash_dir(path)[:16]}"
+            aid, version = self._content_id(kind, path, previous.outputs.get(role) if previous else None)
             size = dir_size(path)
             final = self.artifacts_dir / aid
             placed_here = False
@@ -563,10 +611,24 @@ class Store:
                     if not final.is_dir():
                         raise
                     shutil.rmtree(path, ignore_errors=True)
-            placed[role] = (aid, kind, {"name": name, **meta}, size, verify.manifest(final), placed_here)
+            placed[role] = (aid, kind, name, dict(meta), size, verify.manifest(final), placed_here, version)
         outputs = {role: v[0] for role, v in placed.items()}
         now = _now()
         input_steps = [self._producer.get(i) or self._only_producer(i) for i in ctx.inputs]
+        attempts = 5
+        for attempt in range(attempts):
+            try:
+                self._record(ctx, started, now, outputs, input_steps, placed)
+                return outputs
+            except IntegrityError:  # a row another process inserted at the same moment: visible once it committed
+                if attempt == attempts - 1:
+                    raise
+                time.sleep(0.05 * (attempt + 1))
+        return outputs
+
+    def _record(self, ctx: StepContext, started: datetime, now: datetime, outputs: dict[str, str],
+                input_steps: list[str | None], placed: dict) -> None:
+        """One transaction: the step row, a row for each new artifact and a producer row for each output."""
         with Session(self.engine) as s:
             s.merge(
                 StepRow(
@@ -586,24 +648,21 @@ class Store:
                 )
             )
             s.flush()
-            for aid, kind, meta, size, files, placed_here in placed.values():
+            linked: set[str] = set()
+            for aid, kind, name, meta, size, files, placed_here, version in placed.values():
                 row = s.get(ArtifactRow, aid)
                 if row is None:
-                    name = meta.pop("name")
                     s.add(
                         ArtifactRow(id=aid, kind=kind, name=name, step_key=ctx.key, meta=meta, size_bytes=size,
-                                    created_at=now, files=files, verified_at=None)
+                                    created_at=now, files=files, verified_at=None, hash_version=version)
                     )
                     s.flush()
                 elif placed_here:  # files restored after `heredity fsck --repair` removed a broken copy
                     row.files, row.verified_at = files, None
-                if s.get(ArtifactStepRow, (aid, ctx.key)) is None:
+                if aid not in linked and s.get(ArtifactStepRow, (aid, ctx.key)) is None:
                     s.add(ArtifactStepRow(artifact_id=aid, step_key=ctx.key, made_at=now))
-            try:
-                s.commit()
-            except IntegrityError:  # a concurrent run of the same step committed first
-                s.rollback()
-        return outputs
+                linked.add(aid)
+            s.commit()
 
     # ---- artifacts --------------------------------------------------------------------------
     def resolve_id(self, ref: str) -> str:
@@ -656,28 +715,29 @@ class Store:
         Always: every recorded file present with its recorded size, each safetensors header well formed, no file
         added. A full re-hash against the id when ``full``, when a file's mtime changed since it was stored or last
         verified, on the first load after the artifact was written, or when HEREDITY_VERIFY=1. A re-hash that
-        matches records the files' current metadata, so the next load is cheap again."""
+        matches records the files' current metadata, so the next load is cheap again. The re-hash uses the
+        ``hash_dir`` version the artifact's id was made with, so artifacts stored before version 2 still verify."""
         aid = self.resolve_id(ref)
         path = self.artifacts_dir / aid
         if not path.is_dir():
             return [f"its directory {path} is missing"]
         with Session(self.engine) as s:
             row = s.get(ArtifactRow, aid)
-            recorded, verified_at = row.files, row.verified_at
+            recorded, verified_at, version = row.files, row.verified_at, row.hash_version or 1
         if recorded is None:  # stored before manifests: a full hash decides, then the manifest is recorded
             problems, changed = [], True
         else:
             problems, changed = verify.quick_problems(path, recorded)
         if problems:
             header_only = not any(": missing" in p or "bytes, stored" in p or "not part of" in p for p in problems)
-            if header_only and hash_dir(path)[:16] == aid.split("-", 1)[1]:  # a bad file, but the one that was stored
+            if header_only and hash_dir(path, version)[:16] == aid.split("-", 1)[1]:  # bad, but as it was stored
                 return [f"{p} {STORED_SO}" for p in problems]
             return problems
         if full is None:
             full = changed or verified_at is None or os.environ.get("HEREDITY_VERIFY", "") not in ("", "0")
         if not full:
             return []
-        got = hash_dir(path)[:16]
+        got = hash_dir(path, version)[:16]  # the hash the id was made with (an artifact stored before: version 1)
         if got != aid.split("-", 1)[1]:
             return [f"its files hash to {got}, not to its id (a byte changed since it was stored)"]
         with Session(self.engine) as s:
@@ -686,12 +746,27 @@ class Store:
             s.commit()
         return []
 
-    def fsck(self, refs: Iterable[str] = (), repair: bool = False, progress: Callable[[str], None] | None = None) -> dict:
-        """Re-hash artifacts (all when ``refs`` is empty) and check that every step's outputs exist.
+    def fsck(self, refs: Iterable[str] = (), repair: bool = False, progress: Callable[[str], None] | None = None,
+             stale_after: float = STALE_SECONDS) -> dict:
+        """Re-hash artifacts (all when ``refs`` is empty) and check that every step's outputs exist; on a whole-store
+        check (no ``refs``) also find what killed processes left behind.
 
-        Returns {"checked": n, "broken": {id: [problems]}, "removed": [ids], "recompute": {id: [(op, step key)]}}.
-        ``repair`` removes only the files of artifacts whose bytes provably differ from their id (or whose recorded
-        files are missing): the row stays, so the next run of a step that made it recomputes it and puts it back."""
+        Returns {"checked": n, "broken": {id: [problems]}, "removed": [ids], "recompute": {id: [(op, step key)]},
+        "orphans": [ids], "stale_tmp": [paths], "stale_scratch": [paths], "cleaned": [paths]} (paths relative to
+        the store's home). ``repair`` removes only the files of artifacts whose bytes provably differ from their id
+        (or whose recorded files are missing): the row stays, so the next run of a step that made it recomputes it
+        and puts it back. What else it removes, and when each counts as left behind:
+
+        * orphans: directories under ``artifacts/`` no row names (a kill between the rename and the database
+          commit), untouched for ``stale_after`` seconds (a commit in flight is never one);
+        * stale tmp: output directories of a step that never finished: this host's once their process is gone;
+          another host's (whose processes cannot be asked) once nothing under them changed for a day, or for
+          ``stale_after`` if longer;
+        * stale scratch: a step's checkpoint directory whose step lock is free (no process runs the step), when
+          the step finished (a kill before its cleanup) or nothing under it changed for ``stale_after`` seconds:
+          the resume checkpoints of a killed step, which a rerun would otherwise continue from.
+
+        Each is moved out atomically, then deleted; ``cleaned`` lists what was."""
         ids = [self.resolve_id(r) for r in refs] if refs else [a.id for a in self.list()]
         broken: dict[str, list[str]] = {}
         for aid in ids:
@@ -706,15 +781,134 @@ class Store:
                 if all(STORED_SO in p for p in problems):
                     continue  # not a storage fault: recomputing would store the same bad bytes again
                 path = self.artifacts_dir / aid
-                if path.is_dir():
-                    trash = self.own_tmp / f"{_proc_tag()}.fsck-{aid}"
-                    trash.parent.mkdir(parents=True, exist_ok=True)
-                    os.rename(path, trash)  # atomic: no half-removed artifact is ever visible
-                    shutil.rmtree(trash, ignore_errors=True)
+                if path.is_dir() and self._discard(path):  # atomic: no half-removed artifact is ever visible
                     removed.append(aid)
                 self._verified.discard(aid)
         recompute = {aid: [(st.op, st.key[:16]) for st in self.producers(aid)] for aid in broken}
-        return {"checked": len(ids), "broken": broken, "removed": removed, "recompute": recompute}
+        res = {"checked": len(ids), "broken": broken, "removed": removed, "recompute": recompute,
+               "orphans": [], "stale_tmp": [], "stale_scratch": [], "cleaned": []}
+        if refs:
+            return res
+        rel = lambda q: q.relative_to(self.home).as_posix()  # noqa: E731
+        for aid in self._orphans(stale_after):
+            res["orphans"].append(aid)
+            if repair and self._remove_orphan(aid):
+                res["cleaned"].append(rel(self.artifacts_dir / aid))
+        for q in self._stale_tmp(stale_after):
+            res["stale_tmp"].append(rel(q))
+            if repair and self._discard(q):
+                res["cleaned"].append(rel(q))
+        for q, gone in self._stale_scratch(stale_after, remove=repair):
+            res["stale_scratch"].append(rel(q))
+            if gone:
+                res["cleaned"].append(rel(q))
+        return res
+
+    def _discard(self, path: Path) -> bool:
+        """Remove ``path``: first renamed into this process's tmp (atomic), then deleted. False when it was gone
+        already (another process cleaned it first)."""
+        trash = self.own_tmp / f"{_proc_tag()}.fsck-{uuid.uuid4().hex[:8]}-{path.name}"
+        trash.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.rename(path, trash)
+        except FileNotFoundError:
+            return False
+        if trash.is_dir() and not trash.is_symlink():
+            shutil.rmtree(trash, ignore_errors=True)
+        else:
+            trash.unlink(missing_ok=True)
+        return True
+
+    def _orphans(self, stale_after: float) -> list[str]:
+        """Artifact directories no row names, untouched (mtime and ctime: a rename sets ctime) for ``stale_after``."""
+        if not self.artifacts_dir.is_dir():
+            return []
+        names = [p.name for p in self.artifacts_dir.iterdir() if ID_RE.match(p.name) and p.is_dir()]  # before the rows
+        with Session(self.engine) as s:
+            known = set(s.scalars(select(ArtifactRow.id)))
+        now = time.time()
+        return sorted(n for n in names if n not in known and _moved_ago(self.artifacts_dir / n, now) >= stale_after)
+
+    def _remove_orphan(self, aid: str) -> bool:
+        """Move the orphan out, then delete it unless a row for it was committed meanwhile (then it goes back)."""
+        path = self.artifacts_dir / aid
+        trash = self.own_tmp / f"{_proc_tag()}.fsck-{uuid.uuid4().hex[:8]}-{aid}"
+        trash.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.rename(path, trash)
+        except OSError:
+            return False
+        with Session(self.engine) as s:
+            adopted = s.get(ArtifactRow, aid) is not None
+        if adopted:  # a step storing the same bytes recorded it just now
+            with contextlib.suppress(OSError):
+                os.rename(trash, path)
+            return False
+        shutil.rmtree(trash, ignore_errors=True)
+        return True
+
+    def _stale_tmp(self, stale_after: float) -> list[Path]:
+        """Temporary output directories of steps that will never finish (see ``fsck``)."""
+        out: list[Path] = []
+        now, foreign = time.time(), max(stale_after, FOREIGN_TMP_SECONDS)
+        for entry in sorted(self.tmp_dir.iterdir()) if self.tmp_dir.is_dir() else []:
+            if entry == self.own_tmp:
+                for p in sorted(entry.iterdir()):
+                    pid, _, rest = p.name.partition(".")
+                    if pid.isdigit():
+                        if not _same_process(int(pid), rest.partition(".")[0]):
+                            out.append(p)
+                    elif _idle(p, now) >= foreign:
+                        out.append(p)
+            elif m := _LEGACY_TMP.match(entry.name):  # tmp/<pid>-<random>: the layout before hosts were recorded
+                if not _pid_alive(int(m.group(1))) and _idle(entry, now) >= foreign:
+                    out.append(entry)
+            elif entry.is_dir():  # another host's
+                out += [p for p in sorted(entry.iterdir()) if _idle(p, now) >= foreign]
+        return out
+
+    def _stale_scratch(self, stale_after: float, remove: bool) -> list[tuple[Path, bool]]:
+        """(scratch directory left behind, whether it was removed): checked, and removed, holding its step's lock."""
+        root = self.home / "scratch"
+        out: list[tuple[Path, bool]] = []
+        for p in sorted(root.iterdir()) if root.is_dir() else []:
+            if not re.fullmatch(r"[0-9a-f]{24}", p.name) or not p.is_dir():
+                continue
+            with self._try_step_lock(p.name) as free:
+                if not free:
+                    continue  # its step is running
+                with Session(self.engine) as s:
+                    finished = s.scalars(select(StepRow.key).where(StepRow.key.startswith(p.name)).limit(1)).first()
+                if finished is None and _idle(p, time.time()) < stale_after:
+                    continue
+                out.append((p, remove and self._discard(p)))
+        return out
+
+    @contextlib.contextmanager
+    def _try_step_lock(self, prefix: str):
+        """Take, without waiting, the lock of the step(s) whose key starts with ``prefix`` (at least 15 hex);
+        yields whether it was free (then it is held until the block ends)."""
+        if self.engine.dialect.name == "postgresql":
+            lock_id = int(prefix[:15], 16)  # as ``step_lock``
+            with self.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+                got = bool(conn.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": lock_id}).scalar())
+                try:
+                    yield got
+                finally:
+                    if got:
+                        conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": lock_id})
+            return
+        with contextlib.ExitStack() as stack:
+            free = True
+            for f in sorted((self.home / "locks").glob(f"{prefix}*.lock")):
+                fh = stack.enter_context(open(f, "a+"))  # noqa: SIM115 - closed by the stack
+                try:
+                    fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    free = False
+                    break
+                stack.callback(fcntl.flock, fh, fcntl.LOCK_UN)
+            yield free
 
     def path(self, ref: str) -> Path:
         return self.get(ref).path
@@ -813,6 +1007,29 @@ def redact(url: str) -> str:
 
 def _now() -> datetime:
     return datetime.now(UTC).replace(tzinfo=None)
+
+
+def _idle(path: Path, now: float) -> float:
+    """Seconds since anything at or under ``path`` was written (the newest mtime of the tree); 0 if unreadable."""
+    try:
+        newest = path.lstat().st_mtime
+        if path.is_dir():
+            for dirpath, dirnames, filenames in os.walk(path):
+                for name in dirnames + filenames:
+                    with contextlib.suppress(OSError):
+                        newest = max(newest, os.lstat(os.path.join(dirpath, name)).st_mtime)
+    except OSError:
+        return 0.0
+    return now - newest
+
+
+def _moved_ago(path: Path, now: float) -> float:
+    """Seconds since ``path`` itself was written or renamed (its mtime and ctime: a rename sets ctime)."""
+    try:
+        st = path.lstat()
+    except OSError:
+        return 0.0
+    return now - max(st.st_mtime, st.st_ctime)
 
 
 STORED_SO = "(stored so: its bytes match its id, so the step or import that made it wrote this file)"
