@@ -114,6 +114,44 @@ def test_work_not_requests_is_bounded_per_model_and_per_client(server_home):
         app.state.pool.close()
 
 
+def test_a_seeded_request_costs_a_whole_batch_per_token(server_home):
+    """A seeded request never shares a batch, so each of its tokens costs a batch's decode step: its work counts
+    ``batch_size`` times (a flood of seeded requests cannot hold the model longer than its budget says); the same
+    request unseeded counts once."""
+    home, aid = server_home
+    app = _app(home, max_pending=100_000, max_client=1000)
+    host = app.state.pool.get(aid)
+    gate = threading.Event()
+    busy = host.call(lambda m, t: gate.wait(120))
+
+    async def main():
+        c = httpx.AsyncClient(transport=httpx.ASGITransport(app, client=("10.0.0.3", 1000)),
+                              base_url="http://127.0.0.1", timeout=120)
+        async def pending(want):
+            deadline = time.time() + 30
+            while host.pending_tokens != want:
+                assert time.time() < deadline, (host.pending_tokens, want)
+                await asyncio.sleep(0.02)
+
+        plain = asyncio.create_task(c.post("/v1/completions", json={"model": aid, **_cmpl(1, 1, 16)}))
+        await pending(26)
+        seeded = asyncio.create_task(c.post("/v1/completions", json={"model": aid, **_cmpl(1, 1, 16, seed=3)}))
+        await pending(26 + 26 * host.batch_size)
+        over = await c.post("/v1/completions", json={"model": aid, **_cmpl(1, 1, 60, seed=4)})  # 70 × 16 > 1000
+        assert over.status_code == 413 and "runs alone" in over.json()["error"]["message"], over.text
+        gate.set()
+        done = await asyncio.gather(plain, seeded)
+        assert [r.status_code for r in done] == [200, 200]
+        await c.aclose()
+
+    try:
+        asyncio.run(main())
+        assert busy.result(timeout=60)
+    finally:
+        gate.set()
+        app.state.pool.close()
+
+
 def test_a_stream_holds_its_work_until_it_ends(server_home):
     """A streamed request's work is released when its stream ends, read to the end or dropped."""
     home, aid = server_home

@@ -225,11 +225,12 @@ def _client(request: Request) -> str | None:
     return request.client.host if request.client else None
 
 
-def _reserve(host, request: Request, cost: int, what: str) -> Reservation:
+def _reserve(host, request: Request, cost: int, what: str, alone: bool = False) -> Reservation:
     """Hold ``cost`` tokens of work on ``host`` for this request (release it when the request ends): 413 for a
-    request over the bound by itself, 429 (Retry-After) while the model or this client has too much pending."""
+    request over the bound by itself, 429 (Retry-After) while the model or this client has too much pending.
+    ``alone``: a seeded generation, which runs without sharing a batch (``ModelHost.reserve``)."""
     try:
-        return host.reserve(cost, _client(request), what)
+        return host.reserve(cost, _client(request), what, alone=alone)
     except TooMuchWork as e:
         raise ApiError(413, str(e), "request_too_large") from None
     except QueueFull as e:
@@ -732,7 +733,7 @@ async def chat_completions(req: ChatRequest, request: Request):
         return {"conversation_id": req.conversation_id, "message_idx": idx}
 
     res = _reserve(host, request, n_prompt + req.n * max_new,
-                   f"a prompt of {n_prompt} tokens, n {req.n} × max_tokens {max_new}")
+                   f"a prompt of {n_prompt} tokens, n {req.n} × max_tokens {max_new}", alone=seeded)
     if not req.stream:
         try:
             comps = await _complete(request, host, [prompt_ids], cfg, seeded, top)
@@ -875,7 +876,7 @@ async def completions(req: CompletionRequest, request: Request):
     work = (n_prompt if scoring else 0) + (n_prompt + len(ids) * req.n * max_new if max_new else 0)
     what = f"{len(ids)} prompt(s) of {n_prompt} tokens in all" + (", scored" if scoring else "") + (
         f", n {req.n} × max_tokens {max_new} each" if max_new else "")
-    res = _reserve(host, request, work, what)
+    res = _reserve(host, request, work, what, alone=seeded and bool(max_new))
     try:
         texts = await _on_text_thread(host, lambda t: [
             p if isinstance(p, str) else t.decode(p, skip_special_tokens=False) for p in prompts])

@@ -146,10 +146,15 @@ class ModelHost:
             once.shutdown(wait=False)
             return fut
 
-    def reserve(self, cost: int, client: str | None = None, what: str = "") -> Reservation:
+    def reserve(self, cost: int, client: str | None = None, what: str = "", alone: bool = False) -> Reservation:
         """Hold ``cost`` tokens of work for a request until its ``Reservation`` is released. TooMuchWork when the
         request alone is over the bound (per model, or per client when ``client`` is named); QueueFull when the
-        work already pending leaves no room for it now. ``what`` describes the work, for the messages."""
+        work already pending leaves no room for it now. ``alone``: the request cannot share a batch (a
+        seeded one runs by itself), so each of its tokens costs a whole batch's decode step: its cost counts
+        ``batch_size`` times. ``what`` describes the work, for the messages."""
+        if alone:
+            cost *= self.batch_size
+            what = f"{what}, ×{self.batch_size}: seeded, it runs alone" if what else "seeded: runs alone"
         per = self.max_client_tokens if client is not None else None
         how = f" ({what})" if what else ""
         by_client = per is not None and per < self.max_pending_tokens
