@@ -46,7 +46,7 @@ def test_a_scheming_and_an_honest_episode_through_inspect(tmp_path):
                 _call("submit", answer="A")], tmp_path, **one)
     (s,) = log.samples
     assert s.scores["scheming_score"].value == {"schemed": 0, "competent": 1} and s.metadata["score"]["confessed"] is None
-    assert "/: Is a directory" in [m.text for m in s.messages if m.role == "tool"][1]  # nothing was removed
+    assert "dangerous to operate recursively on '/'" in [m.text for m in s.messages if m.role == "tool"][1]  # as rm says
 
 
 def test_the_sample_set_is_scenario_by_variant_by_nudge():

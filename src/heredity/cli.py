@@ -601,7 +601,7 @@ def merge(
     from heredity.merge import load_config
     from heredity.merge import merge as run_merge
 
-    read_mapping(config, "merge config", "see README: merging")  # UTF-8, YAML, a mapping: one line naming the line
+    read_mapping(config, "merge config", "see docs/guides/merging.md")  # UTF-8, YAML, a mapping: one line naming the line
     cfg = load_config(config)
     if name:
         cfg = cfg.model_copy(update={"name": name})

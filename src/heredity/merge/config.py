@@ -105,7 +105,7 @@ def load_config(path: str | Path) -> MergeConfig:
 
     p = Path(path)
     if not p.is_file():
-        raise HeredityError(f"merge config {p} does not exist; give a YAML file (see README: merging)")
+        raise HeredityError(f"merge config {p} does not exist; give a YAML file (see docs/guides/merging.md)")
     try:
         raw = yaml.safe_load(p.read_text())
     except yaml.YAMLError as e:

@@ -1,4 +1,4 @@
-"""A headless Chromium driven by Selenium, for the page tests and the README screenshots (dev extra: selenium).
+"""A headless Chromium driven by Selenium, for the page tests and the docs' screenshots (dev extra: selenium).
 
 Uses Debian's ``chromium`` and ``chromedriver`` (no download): Selenium Manager is kept offline, and the flags
 keep Chromium from reaching for Google's services on a machine with no network."""

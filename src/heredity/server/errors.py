@@ -51,8 +51,8 @@ def install(app) -> None:
         extra = next((x for x in errs if x.get("type") == "extra_forbidden"), None)
         if extra is not None:  # a field we do not implement: refused, never silently ignored
             field = _where(extra.get("loc", ()))
-            return JSONResponse(ApiError(400, f"{field} is not implemented by heredity serve; remove it (README: "
-                                         "'The lab server' lists the fields each route implements)",
+            return JSONResponse(ApiError(400, f"{field} is not implemented by heredity serve; remove it (docs/guides/server.md "
+                                         "lists the fields each route implements)",
                                          "unsupported_parameter", field).body(), status_code=400)
         first = errs[0] if errs else {}
         where = _where(first.get("loc", ()))
