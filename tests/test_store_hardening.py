@@ -247,7 +247,7 @@ def test_fsck_finds_and_removes_stale_scratch_dirs(tmp_path, backend, request):
 
 def _checker_key(store: Store, policy: str, data: str, checker: str | None, monkeypatch) -> tuple[str, dict]:
     """The step key ``grpo_verifiable_step`` asks the store for (the step itself is not run)."""
-    from heredity.engine.trl_rl import grpo_verifiable_step
+    from heredity.experiments.self_training import grpo_verifiable_step
 
     seen = {}
 

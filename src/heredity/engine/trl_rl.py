@@ -35,7 +35,7 @@ def _args(cls, config: TRLConfig, out_dir: str, **extra):
                disable_tqdm=False, **extra)
 
 
-def _policy(store, ref: str) -> str:
+def policy_model(store, ref: str) -> str:
     """TRL builds its frozen reference from the policy's own checkpoint path: an adapter would make the
     reference its base, not the SFT model."""
     pid = store.resolve_id(ref)
@@ -62,7 +62,7 @@ def grpo_step(store, policy: str, reward_model: str, prompts: str, config: TRLCo
     config = config or TRLConfig()
     if config.batch_size % config.num_generations:
         raise HeredityError(f"GRPO batch_size {config.batch_size} must be a multiple of num_generations {config.num_generations}")
-    policy_id, rm_id, data_id = _policy(store, policy), store.resolve_id(reward_model), store.resolve_id(prompts)
+    policy_id, rm_id, data_id = policy_model(store, policy), store.resolve_id(reward_model), store.resolve_id(prompts)
     check_reward_model(store, rm_id)
     prompts_of(store, data_id)  # a clear error before anything runs
 
@@ -75,55 +75,13 @@ def grpo_step(store, policy: str, reward_model: str, prompts: str, config: TRLCo
             no end-of-turn token), not through TRL's own rendering of the pair."""
             return reward_fn(prompts, [c[-1]["content"] if isinstance(c, list) else c for c in completions])
 
-        return _grpo(ctx, store, policy_id, [{"prompt": as_messages(p)} for p in rows], reward_model, config,
+        return grpo_train(ctx, store, policy_id, [{"prompt": as_messages(p)} for p in rows], reward_model, config,
                      {"origin": "grpo", "reward_model": rm_id}, name)
 
     return store.run_step("grpo", config, [policy_id, rm_id, data_id], run, seed=config.seed)
 
 
-def grpo_verifiable_step(store, policy: str, problems: str, checker: str | None = None, config: TRLConfig | None = None,
-                         name: str = "grpo-verifiable", stop: list[str] | None = None, progress=True):
-    """GRPO with a checker as the reward (1 when ``evals.verify.load_checker(checker)`` accepts the completion, else
-    0): ``problems`` is a dataset with ``prompt`` and the fields the checker reads (``answer`` for the default).
-    ``stop``: the reward reads each completion up to its first stop string, as sampling with that stop would
-    return it (TRL's generation takes no stop strings). A user's ``module:function`` checker is keyed by its source
-    (``evals.verify.checker_digest``) beside its name, so an edited checker trains a new model; the default
-    checker, ``regex:`` and heredity's own functions keep the key they always had."""
-    from heredity.evals.verify import checker_digest
-    from heredity.store import read_table
-
-    config = config or TRLConfig()
-    if config.batch_size % config.num_generations:
-        raise HeredityError(f"GRPO batch_size {config.batch_size} must be a multiple of num_generations {config.num_generations}")
-    policy_id, data_id = _policy(store, policy), store.resolve_id(problems)
-    if "prompt" not in read_table(store.path(data_id)).column_names:
-        raise HeredityError(f"{data_id} has no prompt column; give a dataset of problems (prompt, answer, ...)")
-
-    stops = list(stop or [])
-
-    def run(ctx):
-        from heredity.evals.verify import load_checker
-
-        check = load_checker(checker)
-        rows = read_table(store.path(data_id)).to_pylist()
-
-        def reward(prompts, completions, **columns):
-            texts = [c[-1]["content"] if isinstance(c, list) else c for c in completions]
-            for s_ in stops:
-                texts = [t.split(s_, 1)[0] for t in texts]
-            return [1.0 if check({k: v[i] for k, v in columns.items() if isinstance(v, list)}, t) else 0.0
-                    for i, t in enumerate(texts)]
-
-        items = [{**{k: v for k, v in r.items() if k != "prompt"}, "prompt": as_messages(r["prompt"])} for r in rows]
-        return _grpo(ctx, store, policy_id, items, reward, config, {"origin": "grpo", "checker": checker}, name)
-
-    cfg = {"config": config.model_dump(), "checker": checker, "stop": stops}
-    if (digest := checker_digest(checker)) is not None:
-        cfg["checker_sha256"] = digest
-    return store.run_step("grpo-verifiable", cfg, [policy_id, data_id], run, seed=config.seed)
-
-
-def _grpo(ctx, store, policy_id: str, items: list[dict], reward, config: TRLConfig, meta: dict, name: str) -> dict:
+def grpo_train(ctx, store, policy_id: str, items: list[dict], reward, config: TRLConfig, meta: dict, name: str) -> dict:
     """One TRL GRPO run on ``items`` (prompt + extra columns, passed to ``reward``), saved as a model output."""
     from datasets import Dataset
     from trl import GRPOConfig, GRPOTrainer
@@ -153,7 +111,7 @@ def dpo_step(store, policy: str, preferences: list[str], config: TRLConfig | Non
     from heredity.store import read_table, require_columns
 
     config = config or TRLConfig()
-    policy_id = _policy(store, policy)
+    policy_id = policy_model(store, policy)
     ids = [store.resolve_id(d) for d in preferences]
     def read_pairs() -> list[dict]:
         rows: list[dict] = []

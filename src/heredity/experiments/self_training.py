@@ -410,7 +410,7 @@ def run(store: Store, config: Config, progress: bool = True) -> dict:
                     start = merged(trained, name)
             results[arm].append({"round": r, "model": model, "kept": kept, "eval": ev(model, f"{arm}-{r}")})
     if "grpo" in config.arms:
-        from heredity.engine.trl_rl import TRLConfig, grpo_verifiable_step
+        from heredity.engine.trl_rl import TRLConfig
 
         budget = config.rounds * config.samples * len(sets["train"])
         tc = TRLConfig(steps=max(1, budget // config.grpo_batch), lr=config.grpo_lr, batch_size=config.grpo_batch,
@@ -576,3 +576,48 @@ def plot(r: dict, path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def grpo_verifiable_step(store, policy: str, problems: str, checker: str | None = None, config=None,
+                         name: str = "grpo-verifiable", stop: list[str] | None = None, progress=True):
+    """The ``grpo-verifiable`` op (here, beside its one user, so that the engine imports no evals): GRPO with a
+    checker as the reward (1 when ``evals.verify.load_checker(checker)`` accepts the completion, else
+    0): ``problems`` is a dataset with ``prompt`` and the fields the checker reads (``answer`` for the default).
+    ``stop``: the reward reads each completion up to its first stop string, as sampling with that stop would
+    return it (TRL's generation takes no stop strings). A user's ``module:function`` checker is keyed by its source
+    (``evals.verify.checker_digest``) beside its name, so an edited checker trains a new model; the default
+    checker, ``regex:`` and heredity's own functions keep the key they always had."""
+    from heredity.engine.sampling import as_messages
+    from heredity.engine.trl_rl import TRLConfig, grpo_train, policy_model
+    from heredity.evals.verify import checker_digest
+    from heredity.store import read_table
+
+    config = config or TRLConfig()
+    if config.batch_size % config.num_generations:
+        raise HeredityError(f"GRPO batch_size {config.batch_size} must be a multiple of num_generations {config.num_generations}")
+    policy_id, data_id = policy_model(store, policy), store.resolve_id(problems)
+    if "prompt" not in read_table(store.path(data_id)).column_names:
+        raise HeredityError(f"{data_id} has no prompt column; give a dataset of problems (prompt, answer, ...)")
+
+    stops = list(stop or [])
+
+    def run(ctx):
+        from heredity.evals.verify import load_checker
+
+        check = load_checker(checker)
+        rows = read_table(store.path(data_id)).to_pylist()
+
+        def reward(prompts, completions, **columns):
+            texts = [c[-1]["content"] if isinstance(c, list) else c for c in completions]
+            for s_ in stops:
+                texts = [t.split(s_, 1)[0] for t in texts]
+            return [1.0 if check({k: v[i] for k, v in columns.items() if isinstance(v, list)}, t) else 0.0
+                    for i, t in enumerate(texts)]
+
+        items = [{**{k: v for k, v in r.items() if k != "prompt"}, "prompt": as_messages(r["prompt"])} for r in rows]
+        return grpo_train(ctx, store, policy_id, items, reward, config, {"origin": "grpo", "checker": checker}, name)
+
+    cfg = {"config": config.model_dump(), "checker": checker, "stop": stops}
+    if (digest := checker_digest(checker)) is not None:
+        cfg["checker_sha256"] = digest
+    return store.run_step("grpo-verifiable", cfg, [policy_id, data_id], run, seed=config.seed)

@@ -63,7 +63,7 @@ OPS: dict[str, Op] = {
     "reward-model": Op(1, ("heredity.engine.reward:reward_step",)),
     "ppo": Op(2, ("heredity.engine.ppo:ppo_step",), "v2: the fused decode step refused for mlp_bias / sliding-window models, whose samples it got wrong"),
     "grpo": Op(1, ("heredity.engine.trl_rl:grpo_step",), distributed=True),
-    "grpo-verifiable": Op(1, ("heredity.engine.trl_rl:grpo_verifiable_step",), distributed=True),
+    "grpo-verifiable": Op(1, ("heredity.experiments.self_training:grpo_verifiable_step",), distributed=True),
     "dpo": Op(1, ("heredity.engine.trl_rl:dpo_step",), distributed=True),
     "merge": Op(2, ("heredity.merge.merge:merge",), "v2: mergekit's definitions (floor kept count, 0-sum elects +, L1 "
                 "rescale, dare_ties/task_arithmetic normalize defaults); DARE masks per (seed, tensor, model)"),
