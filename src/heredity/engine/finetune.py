@@ -8,7 +8,6 @@ The loop runs through ``accelerate``: fp32 on CPU, bf16 autocast on CUDA, DDP un
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
@@ -16,7 +15,6 @@ import random
 import re
 import shutil
 import time
-import warnings
 from collections.abc import Sequence
 from typing import Literal
 
@@ -27,6 +25,7 @@ from tqdm.auto import tqdm
 
 from heredity.engine.sampling import pad_id
 from heredity.errors import HeredityError
+from heredity.models.compat import quiet_peft_checkpointing_probe
 
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 IGNORE = -100
@@ -251,17 +250,6 @@ def distill_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, label
 
 
 # ---- the loop ------------------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def quiet_peft_checkpointing_probe():
-    """Silence exactly one FutureWarning, the one PEFT (up to 0.21, the newest) causes itself: ``PeftModel.__init__``
-    reads the base model's ``is_gradient_checkpointing``, which transformers >= 5.23 deprecates for
-    ``is_activation_checkpointing`` (same value). We never call the old name; any other warning still shows. Wrap
-    whatever builds a PeftModel (``get_peft_model``, ``PeftModel.from_pretrained``) in it."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=r"`is_gradient_checkpointing` is deprecated", category=FutureWarning)
-        yield
 
 
 def prepare_model(model, config: FinetuneConfig):

@@ -324,7 +324,7 @@ def load(
     if art.kind == "adapter":
         from peft import PeftModel
 
-        from heredity.engine.finetune import quiet_peft_checkpointing_probe
+        from heredity.models.compat import quiet_peft_checkpointing_probe
 
         with quiet_peft_checkpointing_probe():  # PEFT's own read of a deprecated transformers attribute
             model = PeftModel.from_pretrained(model, art.path, is_trainable=trainable)
