@@ -364,12 +364,11 @@ def run(
       heredity run chatgpt --set rl=grpo --set pretrain.iters=500
       heredity run merging --recompute eval-tasks     # re-score every model; what depends on the scores reruns too
     """
-    from heredity.experiments import REGISTRY, get
+    from heredity.experiments import REGISTRY, get, questions
 
     if list_ or not name:
-        for n, mod in sorted(REGISTRY.items()):
-            doc = (get(n).__doc__ or "").strip().splitlines()[0]
-            out.print(f"[bold]{n}[/]  {doc}  [dim]({mod})[/]")
+        for n, question in sorted(questions().items()):
+            out.print(f"[bold]{n}[/]  {question}  [dim]({REGISTRY[n]})[/]", highlight=False)
         return
     mod = get(name)
     presets = mod.Config.presets()

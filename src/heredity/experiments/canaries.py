@@ -40,6 +40,7 @@ from heredity.evals.memorization import (
     sampled_logps,
     secret_text,
 )
+from heredity.experiments import experiment
 from heredity.models import load, materialize
 from heredity.reports.card import save_card, yerr
 from heredity.reports.stats import fmt_ci, mean_ci, wilson_ci
@@ -181,6 +182,7 @@ def _measure_step(store: Store, model_id: str, cans_id: str, config: Config, pro
     return json.loads((store.path(rid) / "canaries.json").read_text())
 
 
+@experiment("canaries", question="How often must a secret occur in a fine-tuning corpus before the model leaks it?")
 def run(store: Store, config: Config, progress: bool = True) -> dict:
     t0 = time.perf_counter()
     base = materialize(config.base, store)

@@ -42,6 +42,7 @@ from heredity.engine.reward import RewardConfig, reward_function, reward_step, s
 from heredity.engine.sampling import as_messages
 from heredity.engine.trl_rl import TRLConfig, dpo_step, grpo_step
 from heredity.errors import HeredityError
+from heredity.experiments import experiment
 from heredity.models import load, materialize, merge_adapter
 from heredity.reports.card import save_card, yerr
 from heredity.reports.stats import fmt_ci, fmt_test, mean_ci, paired_rate_test, rate_ci, rates_ci, verdict
@@ -183,6 +184,7 @@ def _rm_metrics(metrics: dict) -> dict:
             "eval_ties": len(wins) - len(decided)}
 
 
+@experiment("chatgpt", question="The ChatGPT recipe from a BPE tokenizer to PPO: what does each stage add?")
 def run(store: Store, config: Config, progress: bool = True) -> dict:
     t0 = time.perf_counter()
     lineage: dict[str, str] = {}

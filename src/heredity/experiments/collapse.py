@@ -43,6 +43,7 @@ from heredity.engine.pretrain import (
     train_tokenizer_step,
 )
 from heredity.evals.diversity import distinct_n, tail_stats
+from heredity.experiments import experiment
 from heredity.models import load
 from heredity.reports.card import save_card, yerr
 from heredity.reports.stats import (
@@ -198,6 +199,7 @@ def _measure(store: Store, model_id: str, corpus_id: str, samples: list[str], co
     return json.loads((store.path(rid) / "metrics.json").read_text())
 
 
+@experiment("collapse", question="What happens when each generation trains on the last one's text?")
 def run(store: Store, config: Config, progress: bool = True) -> dict:
     t0 = time.perf_counter()
     corpus = make_corpus(store, config.corpus or None, config.val_fraction, config.seed)

@@ -46,6 +46,7 @@ import numpy as np
 import torch
 from pydantic import BaseModel, Field, model_validator
 
+from heredity.experiments import experiment
 from heredity.experiments import subliminal_digits as digits
 from heredity.store import Store, read_table, write_table
 
@@ -957,6 +958,7 @@ def n_trig(report: dict) -> int:
     return int(b["of"][0])
 
 
+@experiment("data-attacks", question="Poisoned rows, adversarial examples between siblings, knowing when not to know")
 def run(store: Store, config: Config, progress: bool = True) -> dict:
     from heredity.reports.card import save_card
 

@@ -14,6 +14,7 @@ import json
 
 from pydantic import BaseModel, Field
 
+from heredity.experiments import experiment
 from heredity.experiments import subliminal_digits as digits
 from heredity.store import Store
 
@@ -33,6 +34,7 @@ class Config(BaseModel):
         }
 
 
+@experiment("subliminal-digits-sweep", question="Where does the digits gap come from: auxiliary logits, width, dose?")
 def run(store: Store, config: Config, progress: bool = True) -> dict:
     from heredity.reports.card import save_card
     from heredity.reports.stats import fmt_test, holm, min_detectable, verdict

@@ -30,6 +30,7 @@ from heredity.data import put_rows
 from heredity.data.facts import EXPORTS, Fact, make_facts, questions, statements
 from heredity.engine import FinetuneConfig, SampleConfig, completions, finetune, sample_step
 from heredity.engine.retrieval import BUNDLED, Index, recall_at_k
+from heredity.experiments import experiment
 from heredity.models import materialize
 from heredity.reports.card import save_card, yerr
 from heredity.reports.stats import fmt_ci, wilson_ci
@@ -91,6 +92,7 @@ def _answers(store: Store, model_id: str, prompts: list[str], config: Config, ar
     return completions(store, did)
 
 
+@experiment("knowledge-injection", question="Fine-tuning or retrieval for new facts?")
 def run(store: Store, config: Config, progress: bool = True) -> dict:
     t0 = time.perf_counter()
     base = materialize(config.base, store)

@@ -33,6 +33,7 @@ from pydantic import BaseModel, Field
 from heredity.data import put_rows
 from heredity.data.tasks import GRADER, TASKS, capacity, grade
 from heredity.engine import FinetuneConfig, SampleConfig, finetune, sample
+from heredity.experiments import experiment
 from heredity.merge import MergeConfig, merge
 from heredity.models import load, materialize
 from heredity.reports.card import save_card
@@ -117,6 +118,7 @@ def _eval(store: Store, model_id: str, data: dict[str, dict[str, str]], sample_c
     return json.loads((store.path(rid) / "scores.json").read_text())["scores"]
 
 
+@experiment("merging", question="Four skills, four fine-tunes, one merged model: which merge keeps most?")
 def run(store: Store, config: Config, progress: bool = True) -> dict:
     t0 = time.perf_counter()
     base = materialize(config.base, store)

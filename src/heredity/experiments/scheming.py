@@ -26,6 +26,7 @@ from pydantic import BaseModel, Field, model_validator
 
 from heredity.engine.finetune import FinetuneConfig
 from heredity.evals import scheming as S
+from heredity.experiments import experiment
 from heredity.models import load, materialize
 from heredity.models.registry import RemoteModel, parse_spec
 from heredity.store import Store, read_table, write_table
@@ -346,6 +347,7 @@ def _rows(store: Store, did: str, config: Config) -> list[dict]:
     return rows
 
 
+@experiment("scheming", question="Does a small model scheme under tool access, and does a trained-in habit survive?")
 def run(store: Store, config: Config, progress: bool = True) -> dict:
     from heredity.reports.card import save_card
 

@@ -40,6 +40,7 @@ from heredity.data.problems import problems as make_problems
 from heredity.engine import FinetuneConfig, SampleConfig, finetune, sample_step
 from heredity.errors import HeredityError
 from heredity.evals.verify import final_answer, load_checker, pass_at_k
+from heredity.experiments import experiment
 from heredity.models import RemoteModel, materialize, merge_adapter, stack_adapters
 from heredity.store import Store, read_table
 
@@ -312,6 +313,7 @@ def compare(results: dict) -> list[dict]:
     return rows
 
 
+@experiment("self-training", question="ReST-EM vs rejection sampling vs gold SFT on problems a program can check")
 def run(store: Store, config: Config, progress: bool = True) -> dict:
     from heredity.reports.card import save_card
 

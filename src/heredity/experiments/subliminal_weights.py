@@ -52,6 +52,7 @@ from heredity.data.io import put_rows
 from heredity.data.numbers import check_numbers, number_prompts
 from heredity.engine import FinetuneConfig, SampleConfig, finetune, sample_step
 from heredity.errors import HeredityError
+from heredity.experiments import experiment
 from heredity.experiments.subliminal_numbers import TRAIT_QUESTIONS, system_prompt
 from heredity.models import load, materialize
 from heredity.store import Store, read_table
@@ -421,6 +422,7 @@ def geometry(store: Store, base_id: str, pairs: list[dict], config: Config) -> l
 # ---- the recipe --------------------------------------------------------------------------------
 
 
+@experiment("subliminal-weights", question="Does a trait in a teacher's weights pass through number logits, and does it need the shared init?")
 def run(store: Store, config: Config, progress: bool = True) -> dict:
     from heredity.reports.card import save_card
 

@@ -121,6 +121,24 @@ OPS: dict[str, Op] = {
 }
 
 
+def op(name: str, version: int, note: str = "", distributed: bool = False):
+    """Register the decorated function as the implementation of op ``name`` at semantic ``version``, beside its
+    code (a new op needs no line in ``OPS`` above; the table there holds the ops written before this decorator).
+    Registered when its module is imported, which calling it implies; the digest table and its test import every
+    heredity module first. Bump ``version`` when the op's results can change, then run
+    ``python -m heredity.store.ops --update``."""
+
+    def mark(fn):
+        entry = f"{fn.__module__}:{fn.__qualname__}"
+        known = OPS.get(name)
+        if known is not None and known.code != (entry,):
+            raise RuntimeError(f"op {name!r} is already implemented by {', '.join(known.code)}; give {entry} another name")
+        OPS[name] = Op(version, (entry,), note, distributed)
+        return fn
+
+    return mark
+
+
 def is_distributed(op: str) -> bool:
     """Whether every process of a distributed launch runs ``op`` together (see ``Op.distributed``)."""
     return op in OPS and OPS[op].distributed

@@ -1,0 +1,97 @@
+"""docs/contributing.md's walkthrough, followed on a toy experiment: one new module, nothing else edited by hand,
+and the experiment is listed, runs from the CLI with ``--set``, stores its op's output (registered beside its code with
+``@op``) and refuses an unknown config field."""
+
+import importlib
+import sys
+import textwrap
+
+import pytest
+from typer.testing import CliRunner
+
+import heredity.experiments as experiments
+from heredity.store import ops
+
+TOY = '''
+"""A toy: counting, to show what a new experiment needs."""
+
+from pydantic import BaseModel, Field
+
+from heredity.experiments import experiment
+from heredity.store.ops import op
+
+
+class Config(BaseModel):
+    n: int = Field(3, ge=1)
+
+    @classmethod
+    def presets(cls):
+        return {"quick": cls(), "paper": cls(n=1000)}
+
+
+@op("toy-walkthrough-count", version=1)
+def count(store, n: int) -> str:
+    def write(ctx):
+        out = ctx.output("report", "report", "toy-count")
+        (out / "count.txt").write_text(" ".join(map(str, range(n))))
+        return {"n": n}
+
+    return store.run_step("toy-walkthrough-count", {"n": n}, [], write)["report"]
+
+
+@experiment("toy-walkthrough", question="Does a new experiment need more than one module?")
+def run(store, config, progress=True):
+    rid = count(store, config.n)
+    return {"outcome": f"counted to {config.n}", "report": rid, "lineage_of": rid}
+'''
+
+
+@pytest.fixture
+def toy(tmp_path, monkeypatch):
+    """The toy module in a folder of the experiments package (as a new file in src/heredity/experiments/ is)."""
+    (tmp_path / "toy_walkthrough.py").write_text(textwrap.dedent(TOY))
+    monkeypatch.setattr(experiments, "__path__", [*experiments.__path__, str(tmp_path)])
+    experiments.REGISTRY.refresh()
+    yield
+    sys.modules.pop("heredity.experiments.toy_walkthrough", None)
+    ops.OPS.pop("toy-walkthrough-count", None)
+    monkeypatch.undo()
+    experiments.REGISTRY.refresh()
+
+
+def test_a_new_experiment_is_one_module(toy, tmp_path, monkeypatch):
+    from heredity.cli import app
+
+    monkeypatch.setenv("HEREDITY_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("HEREDITY_DB_URL", raising=False)
+    runner = CliRunner()
+    listing = runner.invoke(app, ["run", "--list"])
+    assert listing.exit_code == 0 and "toy-walkthrough" in listing.output and "more than one module" in listing.output
+    first = runner.invoke(app, ["run", "toy-walkthrough", "--set", "n=5"])
+    assert first.exit_code == 0, first.output
+    assert "counted to 5" in first.output and "heredity lineage r-" in first.output
+    assert ops.op_version("toy-walkthrough-count") == 1  # registered beside its code, keyed with its version
+    from heredity.store import Store
+
+    (report,) = [a for a in Store().list("report") if a.name == "toy-count"]
+    assert (Store().path(report.id) / "count.txt").read_text() == "0 1 2 3 4"
+    again = runner.invoke(app, ["run", "toy-walkthrough", "--set", "n=5", "--json"])
+    assert again.exit_code == 0 and "counted to 5" in again.output
+    bad = runner.invoke(app, ["run", "toy-walkthrough", "--set", "m=5"])
+    assert bad.exit_code != 0
+
+
+def test_an_op_name_cannot_be_taken_twice():
+    with pytest.raises(RuntimeError, match="already implemented"):
+        ops.op("finetune", version=9)(lambda store: None)
+
+
+def test_every_experiment_is_found_by_its_decorator_alone():
+    """The registry is read from the modules' source: every module of the package that declares an experiment is
+    listed under its name, and importing it gives the module whose run carries that name."""
+    found = experiments.discover()
+    assert {"subliminal-weights", "subliminal-digits", "chatgpt"} <= set(found)
+    for name, (module, question) in found.items():
+        assert question, name
+        mod = importlib.import_module(module)
+        assert mod.run.experiment["name"] == name
