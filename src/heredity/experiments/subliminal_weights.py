@@ -172,8 +172,10 @@ class Config(BaseModel):
         return {
             "quick": cls(),
             # 3 traits × 5 replicates × 3 initializations, the dose sweep ×1, ×4, ×16 as snapshots of one constant-lr
-            # trajectory per student: ~1.7 h on 2 cores by quick's measured step costs. Add the noise-input arm
-            # (number_distill_noise, ~+1.1 h), distill or sft with --set arms=[...]
+            # trajectory per student: 20 teachers, 60 students + 20 controls of 16 steps, 260 panel evaluations.
+            # Measured on 2 cores shared with other work (session 15): teacher data 14 min, teachers ~1 min each,
+            # a 16-step number_distill student 2-6 min, a control ~2 min; about 3-4 h in all, over the 3 h aimed at.
+            # Add the noise-input arm (number_distill_noise), distill or sft with --set arms=[...]
             "long": cls(animals=["cat", "dog", "bee"], replicates=5, steps=[1, 4, 16], schedule="constant", prompts=128),
             "paper": cls(base="Qwen/Qwen2.5-7B-Instruct", animals=["owl", "eagle", "wolf"],
                          panel=["owl", "eagle", "wolf", "cat", "dog", "lion", "fox", "bear", "horse", "dolphin"],
