@@ -759,15 +759,6 @@ async def chat_completions(req: ChatRequest, request: Request):
 
     include_usage = bool(req.stream_options and req.stream_options.include_usage)
 
-    async def events(res: Reservation) -> AsyncIterator[bytes]:
-        try:
-            async for chunk in chat_events():
-                yield chunk
-        except Exception:  # a stream always ends with an error event or [DONE], never cut off
-            yield _internal_error_event()
-        finally:
-            res.release()
-
     async def chat_events() -> AsyncIterator[bytes]:
         # with tools on, text from a "<tool_call>" on is held back until the end shows whether it is a call
         st = _Stream(host.view, req.n, cfg.stop + ([tooling.OPEN] if active else []))
@@ -820,8 +811,20 @@ async def chat_completions(req: ChatRequest, request: Request):
             yield _sse(tail)
         yield b"data: [DONE]\n\n"
 
-    return StreamingResponse(events(res), media_type="text/event-stream",
+    return StreamingResponse(_guarded(chat_events(), res), media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+async def _guarded(events: AsyncIterator[bytes], res: Reservation) -> AsyncIterator[bytes]:
+    """A stream's events, always ended by an error event or [DONE] (never cut off by an unexpected exception), and
+    its work reservation released however it ends."""
+    try:
+        async for chunk in events:
+            yield chunk
+    except Exception:
+        yield _internal_error_event()
+    finally:
+        res.release()
 
 
 def _internal_error_event() -> bytes:
@@ -932,15 +935,6 @@ async def completions(req: CompletionRequest, request: Request):
         res.release()
         raise
 
-    async def events(res: Reservation) -> AsyncIterator[bytes]:
-        try:
-            async for chunk in completion_events():
-                yield chunk
-        except Exception:  # a stream always ends with an error event or [DONE], never cut off
-            yield _internal_error_event()
-        finally:
-            res.release()
-
     async def completion_events() -> AsyncIterator[bytes]:
         streams = [_Stream(host.view, req.n, cfg.stop) for _ in ids]
         base = {"id": cid, "object": "text_completion", "created": created, "model": req.model}
@@ -972,7 +966,7 @@ async def completions(req: CompletionRequest, request: Request):
                                              "finish_reason": c.finish_reason}]})
         yield b"data: [DONE]\n\n"
 
-    return StreamingResponse(events(res), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+    return StreamingResponse(_guarded(completion_events(), res), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 
 
 ROUTES = ["GET /v1/models", "GET /v1/models/{id}", "POST /v1/chat/completions", "POST /v1/completions",

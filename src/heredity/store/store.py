@@ -804,14 +804,22 @@ class Store:
                 res["cleaned"].append(rel(q))
         return res
 
-    def _discard(self, path: Path) -> bool:
-        """Remove ``path``: first renamed into this process's tmp (atomic), then deleted. False when it was gone
-        already (another process cleaned it first)."""
+    def _to_trash(self, path: Path, gone: type[OSError]) -> Path | None:
+        """Rename ``path`` into this process's tmp (atomic, so no reader sees it half removed); None when the rename
+        fails with ``gone``."""
         trash = self.own_tmp / f"{_proc_tag()}.fsck-{uuid.uuid4().hex[:8]}-{path.name}"
         trash.parent.mkdir(parents=True, exist_ok=True)
         try:
             os.rename(path, trash)
-        except FileNotFoundError:
+        except gone:
+            return None
+        return trash
+
+    def _discard(self, path: Path) -> bool:
+        """Remove ``path``: first renamed into this process's tmp (atomic), then deleted. False when it was gone
+        already (another process cleaned it first)."""
+        trash = self._to_trash(path, FileNotFoundError)
+        if trash is None:
             return False
         if trash.is_dir() and not trash.is_symlink():
             shutil.rmtree(trash, ignore_errors=True)
@@ -832,11 +840,8 @@ class Store:
     def _remove_orphan(self, aid: str) -> bool:
         """Move the orphan out, then delete it unless a row for it was committed meanwhile (then it goes back)."""
         path = self.artifacts_dir / aid
-        trash = self.own_tmp / f"{_proc_tag()}.fsck-{uuid.uuid4().hex[:8]}-{aid}"
-        trash.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            os.rename(path, trash)
-        except OSError:
+        trash = self._to_trash(path, OSError)
+        if trash is None:
             return False
         with Session(self.engine) as s:
             adopted = s.get(ArtifactRow, aid) is not None
