@@ -21,7 +21,7 @@ def test_key_holds_op_version_config_inputs_seed():
     assert base != step_key("sample", {"n": 1}, ["m-fedcba9876543210"], 0)
     assert base != step_key("sample", {"n": 1}, ["m-0123456789abcdef"], 1)
     assert base != step_key("sample", {"n": 1}, ["m-0123456789abcdef"], 0, version=ops.op_version("sample") + 1)
-    assert ops.op_version("report-merging") == ops.OPS["report-*"].version
+    assert ops.op_version("report-merging") == ops.registry()["report-*"].version
     assert ops.op_version("my-own-op") is None
 
 
@@ -200,5 +200,5 @@ def test_recompute_cli_rejects_an_unknown_op(tmp_path):
 
     env = {**os.environ, "HEREDITY_HOME": str(tmp_path / "h")}
     r = subprocess.run([sys.executable, "-m", "heredity.cli", "run", "subliminal-digits", "--recompute", "no-such-op"],
-                       capture_output=True, text=True, env=env, timeout=120)
+                       capture_output=True, text=True, env=env, timeout=300)
     assert r.returncode != 0 and "no such op" in (r.stdout + r.stderr) and "Traceback" not in r.stderr

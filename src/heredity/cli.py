@@ -380,11 +380,11 @@ def run(
             raise HeredityError(f"experiment {name} takes no --data")
         cfg["data"] = data
     config = mod.Config.model_validate(cfg)
-    from heredity.store.ops import OPS, op_version
+    from heredity.store.ops import op_version, registry
 
     unknown = [op for op in recompute if op_version(op) is None]
     if unknown:
-        raise HeredityError(f"--recompute {unknown[0]}: no such op; ops are {', '.join(sorted(OPS))}")
+        raise HeredityError(f"--recompute {unknown[0]}: no such op; ops are {', '.join(sorted(registry()))}")
     store = _store()
     store.recompute = set(recompute)
     out.print(f"[bold]{name}[/] ({preset}) on store {store.home}"

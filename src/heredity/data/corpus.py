@@ -13,6 +13,9 @@ from pathlib import Path
 
 from heredity.errors import HeredityError
 from heredity.store import Store, read_table
+from heredity.store.ops import rows_op
+
+rows_op('make-corpus')  # rows made here, stored by data.io.put_rows
 
 TEXT_SUFFIXES = {".txt", ".md", ".rst", ".py", ".html", ".tex"}
 

@@ -23,6 +23,7 @@ import pyarrow as pa
 from heredity.errors import HeredityError
 from heredity.store import Store, read_table, write_table
 from heredity.store.conversations import Conversation, Conversations
+from heredity.store.ops import op
 
 MSG = pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))
 TRACE = [("conversation_id", pa.string()), ("message_idx", pa.int64()), ("model", pa.string()), ("source", pa.string())]
@@ -75,6 +76,8 @@ def build_feedback_rows(conversations: list[dict]) -> tuple[list[dict], list[dic
     return sft, prefs
 
 
+@op('feedback-data', 1)
+@op('export-conversations', 1)
 def export_feedback(store: Store, name: str = "chat-feedback") -> dict[str, str]:
     """Snapshot the conversations with feedback and build the SFT and preference datasets from them.
 

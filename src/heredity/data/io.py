@@ -21,6 +21,9 @@ import pyarrow as pa
 from heredity.errors import HeredityError
 from heredity.store import Store, write_table
 from heredity.store.store import rows_digest
+from heredity.store.ops import op, rows_op
+
+rows_op('make-dataset')  # rows made here, stored by data.io.put_rows
 
 JSONL_SUFFIXES = (".jsonl", ".json")  # as store.read_table reads them; anything else is parquet
 MAX_BLOCK = (1 << 31) - 1  # pyarrow's JSON block size is an int32
@@ -255,6 +258,7 @@ def _first_line(e: BaseException) -> str:
     return s.splitlines()[0] if s else type(e).__name__
 
 
+@op('import-dataset', 1)
 def import_dataset(store: Store, path: str | Path | DatasetFile, name: str | None = None) -> str:
     """Import a JSONL or parquet file (or one already read by ``read_dataset_file``) as a dataset artifact, memoized
     on the file's content. The file is read once; nothing is stored unless all of it reads."""

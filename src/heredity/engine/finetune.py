@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 from heredity.engine.sampling import pad_id
 from heredity.errors import HeredityError
 from heredity.models.compat import quiet_peft_checkpointing_probe
+from heredity.store.ops import op
 
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 IGNORE = -100
@@ -439,6 +440,7 @@ def _load_state(path) -> dict:
 # ---- as a store step -----------------------------------------------------------------------------
 
 
+@op('finetune', 1, distributed=True)
 def finetune(store, base: str, dataset: str, config: FinetuneConfig | None = None, teacher: str | None = None, progress=True):
     """Fine-tune ``base`` (any model spec) on a stored dataset; returns the StepResult (output role "model")."""
     from heredity.models import load, materialize

@@ -29,6 +29,7 @@ from pydantic import BaseModel, Field
 from tqdm.auto import tqdm
 
 from heredity.errors import HeredityError
+from heredity.store.ops import op
 
 RewardFn = Callable[[list, list[str]], Sequence[float]]
 
@@ -312,6 +313,7 @@ def prompts_of(store, dataset: str) -> list:
     return table.column("prompt").to_pylist()
 
 
+@op('ppo', 2, note='v2: the fused decode step refused for mlp_bias / sliding-window models, whose samples it got wrong')
 def ppo_step(store, policy: str, reward_model: str, prompts: str, config: PPOConfig | None = None, name: str = "ppo",
              progress=True):
     """PPO from ``policy`` (the SFT model, also the frozen reference) against a stored reward model, on the

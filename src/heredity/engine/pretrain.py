@@ -17,6 +17,7 @@ from pydantic import BaseModel, Field
 from tqdm.auto import tqdm
 
 from heredity.errors import HeredityError
+from heredity.store.ops import op
 
 # dense bf16 peak of common accelerators, for MFU (FLOP/s); unknown devices report no MFU
 PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12, "A10": 125e12, "L4": 121e12}
@@ -202,6 +203,7 @@ def token_stream(tokenizer, docs: list[str]) -> torch.Tensor:
     return torch.tensor(ids, dtype=torch.long)
 
 
+@op('train-tokenizer', 1)
 def train_tokenizer_step(store, corpus_id: str, vocab_size: int, progress=True) -> str:
     """A byte-level BPE trained on the corpus' training split, as a tokenizer artifact."""
     from heredity.models.tiny import train_bpe
@@ -218,6 +220,7 @@ def train_tokenizer_step(store, corpus_id: str, vocab_size: int, progress=True) 
     return store.run_step("train-tokenizer", {"vocab_size": vocab_size, "algorithm": "byte-level-bpe"}, [corpus_id], run)["tokenizer"]
 
 
+@op('pretrain', 2, note='v2: the fused decode step refused for mlp_bias / sliding-window models, whose samples it got wrong', distributed=True)
 def pretrain_step(store, corpus_id: str, tokenizer_id: str, config: PretrainConfig, name: str = "pretrained", progress=True):
     """Pretrain from scratch as a store step; returns the StepResult (output role "model")."""
     from transformers import AutoTokenizer, LlamaForCausalLM

@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 
 from heredity.engine.sampling import pad_id
 from heredity.errors import HeredityError
+from heredity.store.ops import op
 
 
 class RewardConfig(BaseModel):
@@ -182,6 +183,7 @@ def load_reward_model(path, dtype=None):
     return AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, dtype=dtype or torch.float32)
 
 
+@op('reward-model', 1)
 def reward_step(store, base: str, datasets: Sequence[str], config: RewardConfig | None = None, name: str = "reward-model",
                 progress=True):
     """Train a reward model on the pairs of one or more stored datasets, initialized from ``base`` (the SFT model).

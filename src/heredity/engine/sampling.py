@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 
 from heredity.engine.cache import prealloc_cache
 from heredity.errors import HeredityError
+from heredity.store.ops import op
 
 Prompt = str | list[dict] | list[int]  # text, chat messages, or token ids (used as they are: no template, no BOS)
 TokenLogprobs = tuple[float, list[tuple[int, float]]]
@@ -569,6 +570,7 @@ def completions(store, dataset_id: str) -> list[str]:
     return read_table(store.path(dataset_id)).column("completion").to_pylist()
 
 
+@op('sample', 2, note='v2: the fused decode step refused for mlp_bias / sliding-window models, whose samples it got wrong')
 def sample_step(store, model_spec: str, prompts: Sequence[Prompt], config: SampleConfig | None = None, name: str = "samples",
                 progress=True, serves: str | None = None) -> str:
     """Sample as a store step: a dataset artifact (prompt, sample_index, completion, finish_reason) whose

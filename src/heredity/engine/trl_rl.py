@@ -14,6 +14,7 @@ from pydantic import BaseModel, Field
 
 from heredity.engine.sampling import as_messages
 from heredity.errors import HeredityError
+from heredity.store.ops import op
 
 
 class TRLConfig(BaseModel):
@@ -53,6 +54,7 @@ def _history(trainer) -> list[dict]:
             for h in trainer.state.log_history if "step" in h and any(k in h for k in keep)]
 
 
+@op('grpo', 1, distributed=True)
 def grpo_step(store, policy: str, reward_model: str, prompts: str, config: TRLConfig | None = None, name: str = "grpo",
               progress=True):
     from heredity.engine.ppo import prompts_of
@@ -102,6 +104,7 @@ def grpo_train(ctx, store, policy_id: str, items: list[dict], reward, config: TR
     return {"seconds": round(time.perf_counter() - t0, 1), "log": _history(trainer), "steps": config.steps}
 
 
+@op('dpo', 1, distributed=True)
 def dpo_step(store, policy: str, preferences: list[str], config: TRLConfig | None = None, name: str = "dpo", progress=True):
     from datasets import Dataset
     from trl import DPOConfig, DPOTrainer

@@ -45,6 +45,9 @@ from heredity.models import load, materialize
 from heredity.reports.card import save_card, yerr
 from heredity.reports.stats import fmt_ci, mean_ci, wilson_ci
 from heredity.store import Store, read_table
+from heredity.store.ops import op, rows_op
+
+rows_op('make-canaries', 'make-canary-corpus')  # rows made here, stored by data.io.put_rows
 
 
 def _ft(method: str, **kw) -> FinetuneConfig:
@@ -182,6 +185,7 @@ def _measure_step(store: Store, model_id: str, cans_id: str, config: Config, pro
     return json.loads((store.path(rid) / "canaries.json").read_text())
 
 
+@op('measure-canaries', 2, note='v2: the fused decode step refused for mlp_bias / sliding-window models, whose samples it got wrong')
 @experiment("canaries", question="How often must a secret occur in a fine-tuning corpus before the model leaks it?")
 def run(store: Store, config: Config, progress: bool = True) -> dict:
     t0 = time.perf_counter()

@@ -47,6 +47,9 @@ from heredity.models import load, materialize, merge_adapter
 from heredity.reports.card import save_card, yerr
 from heredity.reports.stats import fmt_ci, fmt_test, mean_ci, paired_rate_test, rate_ci, rates_ci, verdict
 from heredity.store import Store, read_table, write_table
+from heredity.store.ops import op, rows_op
+
+rows_op('make-sft-data')  # rows made here, stored by data.io.put_rows
 
 EVAL_BATCH = 64  # prompts decoded together in the held-out evaluation (keyed through the sampling config)
 PREFERENCE_BATCH = 16  # sequences decoded together when sampling answers for the synthetic pairs
@@ -135,6 +138,7 @@ def _uniform(rows: list[dict]) -> list[dict]:
     return rows
 
 
+@op('eval-instructions', 3, note='v2: grader and sampling keyed; v3: the fused decode step refused for mlp_bias / sliding-window models, whose samples it got wrong')
 def _answers(store: Store, model_id: str, eval_id: str, config: Config, progress: bool) -> dict:
     """Greedy answers of ``model_id`` to the held-out instructions (read from ``eval_id``), graded by exact match of
     the first line (memoized). Returns {answers, correct, tasks, id}."""
@@ -156,6 +160,7 @@ def _answers(store: Store, model_id: str, eval_id: str, config: Config, progress
     return {**json.loads((store.path(rid) / "scores.json").read_text()), "id": rid}
 
 
+@op('score-answers', 1)
 def _rewards(store: Store, answers_id: str, eval_id: str, rm_id: str) -> list[float]:
     """The reward model ``rm_id``'s score of each stored answer to its held-out prompt (memoized)."""
     cfg = {"scorer": "reward-model", "answers": "scores.json"}
@@ -184,6 +189,8 @@ def _rm_metrics(metrics: dict) -> dict:
             "eval_ties": len(wins) - len(decided)}
 
 
+@op('make-synthetic-preferences', 2, note='v2: the fused decode step refused for mlp_bias / sliding-window models, whose samples it got wrong')
+@op('split-preferences', 2, note='v2: the fused decode step refused for mlp_bias / sliding-window models, whose samples it got wrong')
 @experiment("chatgpt", question="The ChatGPT recipe from a BPE tokenizer to PPO: what does each stage add?")
 def run(store: Store, config: Config, progress: bool = True) -> dict:
     t0 = time.perf_counter()

@@ -57,6 +57,9 @@ from heredity.reports.stats import (
     verdict,
 )
 from heredity.store import Store, read_table
+from heredity.store.ops import op, rows_op
+
+rows_op('make-collapse-corpus')  # rows made here, stored by data.io.put_rows
 
 Regime = Literal["replace", "accumulate", "keep-real"]
 SEPARATOR = "<|endoftext|>"
@@ -178,6 +181,7 @@ def window_nll(model, ids: torch.Tensor, context: int, batch: int = 32) -> list[
     return out
 
 
+@op('measure-collapse', 1)
 def _measure(store: Store, model_id: str, corpus_id: str, samples: list[str], config: Config) -> dict:
     context, ngrams, tail_fraction = config.pretrain.context, config.ngrams, config.tail_fraction
     cfg = {"context": context, "ngrams": ngrams, "tail_fraction": tail_fraction}

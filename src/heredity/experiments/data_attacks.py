@@ -49,6 +49,7 @@ from pydantic import BaseModel, Field, model_validator
 from heredity.experiments import experiment
 from heredity.experiments import subliminal_digits as digits
 from heredity.store import Store, read_table, write_table
+from heredity.store.ops import op
 
 NUM_CLASSES = 10
 DETECTORS = ("activation_clustering", "spectral_signature")
@@ -156,6 +157,7 @@ def _arrays(store: Store, data_id: str) -> dict:
             "scale": float(store.get(data_id).meta["scale"])}
 
 
+@op('poison-digits', 1)
 def poison_step(store: Store, data_id: str, attack: dict) -> str:
     """A poisoned copy of the digits (train rows only; test rows untouched), rows changed marked ``poisoned``."""
     import pyarrow as pa
@@ -354,6 +356,7 @@ def holdout_rows(a: dict, classes: int) -> np.ndarray:
     return _class_rows(a, classes)[::5]
 
 
+@op('train-digit-mlps', 1)
 def train_step(store: Store, data_id: str, spec: TrainSpec, progress: bool = True) -> str:
     """A ``train-digit-mlps`` step: ``spec.seeds`` MLPs from ``digits.init_mlps(init_seed)`` (the same init for the
     same seed, whatever the data), minibatches in the order of ``order_seed``; adversarial training through ART,
@@ -586,6 +589,7 @@ def paired_table(a: np.ndarray, b: np.ndarray) -> list[int]:
     return [int((a & b).sum()), int((a & ~b).sum()), int((~a & b).sum()), int((~a & ~b).sum())]
 
 
+@op('detect-poison', 2, note='v2: activation clustering on the last hidden layer')
 def detection(store: Store, data_id: str, model_id: str, config: Config) -> dict:
     """ART's poison detectors on the poisoned training set, per seed's model: precision and recall of the rows
     flagged (a memoized step on the dataset and the model)."""
@@ -626,6 +630,7 @@ def detection(store: Store, data_id: str, model_id: str, config: Config) -> dict
 # ---- part 2: adversarial examples ----------------------------------------------------------------
 
 
+@op('eval-adversarial-digits', 1)
 def adversarial(store: Store, data_id: str, config: Config, progress: bool) -> dict:
     """Accuracy under FGSM and PGD per training kind; the sibling transfer of PGD examples."""
     train_eps = 2 * config.train_eps
@@ -698,6 +703,7 @@ def _rotate(raw: np.ndarray, angle: int) -> np.ndarray:
     return np.stack([rotate(im, angle, reshape=False, order=1, mode="constant", cval=0.0) for im in imgs]).reshape(len(raw), -1)
 
 
+@op('eval-uncertainty-digits', 3, note="v2: tie-free confidence for AUROC/FPR; accuracy as counts; v3: the dropout model scored in one pass, every member's AUROC")
 def uncertainty(store: Store, data_id: str, config: Config, flag_models: dict, progress: bool) -> dict:
     """In-distribution calibration and OOD detection for max softmax, temperature scaling, MC dropout and
     ensembles; whether max softmax flags PGD and triggered inputs."""

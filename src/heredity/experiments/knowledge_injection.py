@@ -35,6 +35,9 @@ from heredity.models import materialize
 from heredity.reports.card import save_card, yerr
 from heredity.reports.stats import fmt_ci, wilson_ci
 from heredity.store import Store
+from heredity.store.ops import rows_op
+
+rows_op('make-facts', 'make-fact-questions', 'make-fact-paraphrases', 'make-fact-repeats')  # rows made here, stored by data.io.put_rows
 
 RAG_TEMPLATE = "Use these facts to answer.\n{facts}\n\nQuestion: {question}"
 

@@ -49,6 +49,9 @@ from heredity.reports.stats import (
     verdict,
 )
 from heredity.store import Store, read_table
+from heredity.store.ops import op, rows_op
+
+rows_op('make-task-data')  # rows made here, stored by data.io.put_rows
 
 UNIT = "test items, all tasks pooled; one trained model per arm (one training seed)"
 
@@ -88,6 +91,7 @@ class Config(BaseModel):
         }
 
 
+@op('eval-tasks', 3, note='v2: grader, stop rule and batch keyed; v3: the fused decode step refused for mlp_bias / sliding-window models, whose samples it got wrong')
 def _eval(store: Store, model_id: str, data: dict[str, dict[str, str]], sample_cfg: dict, progress: bool) -> dict:
     """Per-item correctness (0/1) of ``model_id`` on every part and task of ``data`` (part → task → dataset id),
     as a stored report (memoized). The rows are read from the dataset artifacts, which are inputs of the step;

@@ -43,6 +43,9 @@ from heredity.evals.verify import final_answer, load_checker, pass_at_k
 from heredity.experiments import experiment
 from heredity.models import RemoteModel, materialize, merge_adapter, stack_adapters
 from heredity.store import Store, read_table
+from heredity.store.ops import op, rows_op
+
+rows_op('make-verified-set')  # rows made here, stored by data.io.put_rows
 
 PROMPT = ("Solve the problem. Write one line per step, then the final answer on its own line as '#### N'.\n\n"
           "{examples}Problem: {question}\nSolution:")
@@ -580,6 +583,7 @@ def plot(r: dict, path) -> None:
     plt.close(fig)
 
 
+@op('grpo-verifiable', 1, distributed=True)
 def grpo_verifiable_step(store, policy: str, problems: str, checker: str | None = None, config=None,
                          name: str = "grpo-verifiable", stop: list[str] | None = None, progress=True):
     """The ``grpo-verifiable`` op (here, beside its one user, so that the engine imports no evals): GRPO with a

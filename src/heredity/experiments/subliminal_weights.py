@@ -56,6 +56,9 @@ from heredity.experiments import experiment
 from heredity.experiments.subliminal_numbers import TRAIT_QUESTIONS, system_prompt
 from heredity.models import load, materialize
 from heredity.store import Store, read_table
+from heredity.store.ops import op, rows_op
+
+rows_op('make-teacher-data')  # rows made here, stored by data.io.put_rows
 
 NEUTRAL = "neutral"
 # number_distill_noise: number-only distillation on random-token prompts (the MNIST noise inputs' analogue)
@@ -286,6 +289,7 @@ def noise_data(store: Store, base_id: str, config: Config, progress: bool) -> st
     return grammar_numbers(store, base_id, prompts, config, "numbers-noise", progress, {"prompts": "random tokens"})[0]
 
 
+@op('eval-panel', 1)
 def panel_scores(store: Store, model_id: str, config: Config) -> dict[str, float]:
     """Per panel animal: the mean over the evaluation questions of log P(the one-word answer names it)."""
     from heredity.evals.trait import EVAL_VERSION
@@ -355,6 +359,7 @@ def cosine_lora(s: dict, s0: dict, t: dict, t0: dict) -> float:
     return dot / math.sqrt(ns * nt) if ns > 0 and nt > 0 else math.nan
 
 
+@op('perturb-base', 1)
 def perturbed_base(store: Store, base_id: str, teachers: list[str], config: Config, r: int) -> str:
     """Replicate r's other base: every weight matrix the adapters touch plus Gaussian noise whose Frobenius norm is
     ``base_noise`` times the mean norm of the replicate's teacher updates ΔW there (its own seed)."""
@@ -386,6 +391,7 @@ def perturbed_base(store: Store, base_id: str, teachers: list[str], config: Conf
                           [base_id, *teachers], fn)["model"]
 
 
+@op('adapter-geometry', 1)
 def geometry(store: Store, base_id: str, pairs: list[dict], config: Config) -> list[dict]:
     """Per student: the cosine of its change with its teacher's — in ΔW = BA (α = r) and in LoRA coordinates — and
     of its trait-specific change (minus its twin's) with its teacher's (minus the neutral teacher's). ``pairs``

@@ -34,6 +34,9 @@ from heredity.insights import cluster, facets, privacy
 from heredity.insights.pii import scrub
 from heredity.reports.stats import wilson_ci
 from heredity.store import Store, read_table
+from heredity.store.ops import op, rows_op
+
+rows_op('put-conversations')  # rows made here, stored by data.io.put_rows
 
 WITHHELD = "(withheld by the privacy auditor)"
 ANALYSIS_VERSION = 4  # part of the insights step's key: bump when the analysis changes, so reruns recompute
@@ -317,6 +320,9 @@ def truth_table(rows: list[dict], labels: np.ndarray, shown: list[int], clusters
     return {"ari": cluster.adjusted_rand(true, labels), "table": table}
 
 
+@op('insights', 2, note='v2: the fused decode step refused for mlp_bias / sliding-window models, whose samples it got wrong')
+@op('extract-facets', 2, note='v2: the fused decode step refused for mlp_bias / sliding-window models, whose samples it got wrong')
+@op('scrub-pii', 2, note='v2: the fused decode step refused for mlp_bias / sliding-window models, whose samples it got wrong')
 def run(store: Store, config: InsightsConfig, rows: list[dict], source: str, progress: bool = True) -> dict:
     """The whole pipeline as store steps; returns {report, markdown, outcome, files}."""
     from heredity.models import materialize, parse_spec

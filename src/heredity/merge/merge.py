@@ -28,6 +28,7 @@ from heredity.errors import HeredityError
 from heredity.merge.config import LocalizeConfig, MergeConfig
 from heredity.merge.methods import REGISTRY, TensorJob, l1_factor, trim, trim_threshold
 from heredity.merge.tensors import AdapterTensors, ModelTensors, open_artifact
+from heredity.store.ops import op
 
 SHARD_BYTES = 2 * 1024**3
 CHUNK_ELEMS = 1 << 24  # entries of one chunk over all inputs together (16M: 64 MB per fp32 copy of the working set)
@@ -191,6 +192,7 @@ def mask_stats(masks: list[dict[str, torch.Tensor]], labels: list[str]) -> dict:
     return st.result(labels)
 
 
+@op('merge', 2, note="v2: mergekit's definitions (floor kept count, 0-sum elects +, L1 rescale, dare_ties/task_arithmetic normalize defaults); DARE masks per (seed, tensor, model)")
 def merge(store, config: MergeConfig, progress: bool = True):
     """Run the merge as a store step (op ``merge``); returns the StepResult (output role ``model``).
 

@@ -23,6 +23,7 @@ from typing import Any
 from heredity.errors import HeredityError
 from heredity.store import StepContext, Store
 from heredity.store.store import ID_PREFIX_RE, hash_dir
+from heredity.store.ops import op
 
 BUNDLED = {
     "smollm2-135m-instruct": {
@@ -141,6 +142,9 @@ def parse_spec(spec: str) -> ModelSpec:
     )
 
 
+@op('import-model', 1)
+@op('init-tiny', 1)
+@op('convert-gguf', 1)
 def materialize(spec: str | ModelSpec, store: Store) -> str:
     """The artifact id (model or adapter) that a spec stands for, creating it once in the store."""
     ms = spec if isinstance(spec, ModelSpec) else parse_spec(spec)
@@ -362,6 +366,7 @@ def _sha256(path: Path) -> str:
 STACKABLE = {"peft_type": "LORA", "use_dora": False, "use_rslora": False, "bias": "none", "fan_in_fan_out": False}
 
 
+@op('stack-adapters', 1)
 def stack_adapters(store: Store, adapters: list[str], name: str | None = None) -> str:
     """One LoRA adapter on the first adapter's base for a chain of adapters trained one on another: ``a1`` on base
     B, ``a2`` on ``merge(a1)``, ``a3`` on ``merge(a2)``, ... (what continuing LoRA training round after round makes).
@@ -425,6 +430,7 @@ def stack_adapters(store: Store, adapters: list[str], name: str | None = None) -
     return store.run_step("stack-adapters", {"adapters": ids, "name": name}, ids, run)["adapter"]
 
 
+@op('merge-adapter', 1)
 def merge_adapter(store: Store, adapter: str, name: str | None = None) -> str:
     """Fold a stored LoRA adapter into its base: a full model artifact (a new base to build on)."""
     aid = materialize(adapter, store)

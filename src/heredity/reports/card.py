@@ -6,8 +6,10 @@ import json
 from collections.abc import Callable, Sequence
 
 from heredity.store.store import finite_json
+from heredity.store.ops import op
 
 
+@op('report-*', 2, note="v2: the renderers' code digest is keyed")
 def save_card(store, name: str, report: dict, inputs: Sequence[str], markdown: Callable[[dict], str],
               plot: Callable[[dict, object], None]) -> dict:
     """Write the card as step ``report-NAME`` (keyed on the report itself, with lineage to ``inputs``);

