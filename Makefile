@@ -32,6 +32,7 @@ run: $(STAMP)
 ## the tests
 test: $(STAMP) sysdeps
 	$(BIN)/ruff check src tests bench docs
+	$(BIN)/ruff format --check src tests bench docs
 	$(BIN)/python -m pytest -q
 
 ## the docs site at http://127.0.0.1:8000 (its generated parts refreshed first; the tests build it in strict mode)

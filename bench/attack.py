@@ -112,6 +112,7 @@ def median(xs: list[float]) -> float:
 
 # ---- the well-behaved client ---------------------------------------------------------------------------------
 
+
 class WellBehaved:
     """Streams chat turns (8 new tokens, greedy) on stored conversations from 127.0.0.1, one at a time, until
     ``stop`` is set; honours 429 Retry-After (the wait counts in the turn's time to first token). Each turn is
@@ -140,10 +141,27 @@ class WellBehaved:
         self.k += 1
         user = {"role": "user", "content": f"turn {self.k}"}
         messages = [*self.history, user]
-        body = {"model": self.model, "messages": messages, "max_tokens": 8, "temperature": 0, "stream": True,
-                "conversation_id": self.conv}
-        rec = {"phase": self.phase, "conversation": self.conv, "user": user["content"], "status": None, "ttft": None,
-               "total": None, "done": False, "stored_idx": None, "text": "", "retries": 0, "error": None}
+        body = {
+            "model": self.model,
+            "messages": messages,
+            "max_tokens": 8,
+            "temperature": 0,
+            "stream": True,
+            "conversation_id": self.conv,
+        }
+        rec = {
+            "phase": self.phase,
+            "conversation": self.conv,
+            "user": user["content"],
+            "status": None,
+            "ttft": None,
+            "total": None,
+            "done": False,
+            "stored_idx": None,
+            "text": "",
+            "retries": 0,
+            "error": None,
+        }
         t0 = time.perf_counter()
         try:
             if self.conv is None or len(self.history) >= 2 * TURNS_PER_CONVERSATION:
@@ -208,10 +226,15 @@ class WellBehaved:
                 r = self.http.get(f"/api/conversations/{t['conversation']}")
                 convs[t["conversation"]] = r.json()["messages"] if r.status_code == 200 else []
             msgs, i = convs[t["conversation"]], t["stored_idx"]
-            ok = (i < len(msgs) and i >= 1 and msgs[i]["role"] == "assistant" and msgs[i]["content"] == t["text"]
-                  and msgs[i - 1]["content"] == t["user"])
+            ok = (
+                i < len(msgs)
+                and i >= 1
+                and msgs[i]["role"] == "assistant"
+                and msgs[i]["content"] == t["text"]
+                and msgs[i - 1]["content"] == t["user"]
+            )
             if not ok:
-                bad.append({"turn": t, "stored": msgs[max(0, i - 1):i + 1]})
+                bad.append({"turn": t, "stored": msgs[max(0, i - 1) : i + 1]})
         return {"answered": len(answered), "stored": len(answered) - len(bad), "mismatches": bad[:5]}
 
     def close(self) -> None:
@@ -220,13 +243,22 @@ class WellBehaved:
 
 # ---- the hostile client --------------------------------------------------------------------------------------
 
+
 class Hostile:
     """The hostile client: ``attack(deadline)`` runs every attack concurrently (asyncio, plus schemathesis in a
     thread) until ``deadline`` and counts each answer by kind in ``seen``; answers outside EXPECTED (or any 5xx) are
     kept in ``unexpected``."""
 
-    def __init__(self, url: str, model: str, key: str | None, context: int, eos: list[int],
-                 budget: int = CLIENT_BUDGET, flood: bool = False):
+    def __init__(
+        self,
+        url: str,
+        model: str,
+        key: str | None,
+        context: int,
+        eos: list[int],
+        budget: int = CLIENT_BUDGET,
+        flood: bool = False,
+    ):
         self.flood = flood
         self.url, self.model, self.key, self.context, self.budget = url, model, key, context, budget
         self.no_eos = {str(e): -100 for e in eos}  # logit_bias: no answer ends early
@@ -256,8 +288,14 @@ class Hostile:
     def oversized(self) -> dict:
         """64 prompts × n 8 × max_tokens 2048, end-of-sequence banned: over the budget wherever the context leaves
         room for 2048 new tokens (413); on a short context it is cut to what fits."""
-        return {"model": self.model, "prompt": [[65] * 10] * 64, "n": 8, "max_tokens": 2048, "temperature": 0,
-                "logit_bias": self.no_eos}
+        return {
+            "model": self.model,
+            "prompt": [[65] * 10] * 64,
+            "n": 8,
+            "max_tokens": 2048,
+            "temperature": 0,
+            "logit_bias": self.no_eos,
+        }
 
     async def _post(self, c: httpx.AsyncClient, kind: str, path: str, **kw) -> int | str:
         t = time.monotonic()
@@ -286,8 +324,9 @@ class Hostile:
         transport = httpx.AsyncHTTPTransport(local_address=HOSTILE_ADDR)
         limits = httpx.Limits(max_connections=128, max_keepalive_connections=16)
         timeout = httpx.Timeout(None, connect=30)  # a request waits as long as the server holds it
-        async with httpx.AsyncClient(base_url=self.url, transport=transport, headers=self.auth, timeout=timeout,
-                                     limits=limits) as c:
+        async with httpx.AsyncClient(
+            base_url=self.url, transport=transport, headers=self.auth, timeout=timeout, limits=limits
+        ) as c:
             chat = {"model": self.model, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 8}
             ctx_prompt = [[65] * (self.context + 1)]
             full = [[65] * self.context] * 64
@@ -296,44 +335,96 @@ class Hostile:
                 await self._post(c, "budget-filling work", "/v1/completions", json=self.heavy())
 
             async def oversized():
-                await self._post(c, "oversized work (64 × n 8 × 2048)", "/v1/completions", json=self.oversized())
+                await self._post(
+                    c, "oversized work (64 × n 8 × 2048)", "/v1/completions", json=self.oversized()
+                )
 
             async def echo():
-                await self._post(c, "echo over the context (logprobs, max_tokens 0)", "/v1/completions",
-                                 json={"model": self.model, "prompt": ctx_prompt, "echo": True, "logprobs": 5,
-                                       "max_tokens": 0})
-                await self._post(c, "echo of 64 full-context prompts (logprobs 20, max_tokens 0)", "/v1/completions",
-                                 json={"model": self.model, "prompt": full, "echo": True, "logprobs": 20,
-                                       "max_tokens": 0})
+                await self._post(
+                    c,
+                    "echo over the context (logprobs, max_tokens 0)",
+                    "/v1/completions",
+                    json={
+                        "model": self.model,
+                        "prompt": ctx_prompt,
+                        "echo": True,
+                        "logprobs": 5,
+                        "max_tokens": 0,
+                    },
+                )
+                await self._post(
+                    c,
+                    "echo of 64 full-context prompts (logprobs 20, max_tokens 0)",
+                    "/v1/completions",
+                    json={"model": self.model, "prompt": full, "echo": True, "logprobs": 20, "max_tokens": 0},
+                )
 
             async def web():
-                await self._post(c, "cross-site POST (foreign Origin)", "/v1/chat/completions", json=chat,
-                                 headers={"Origin": FOREIGN})
-                r = await c.delete("/api/conversations/c-0123456789abcdef", headers={"Sec-Fetch-Site": "cross-site"})
+                await self._post(
+                    c,
+                    "cross-site POST (foreign Origin)",
+                    "/v1/chat/completions",
+                    json=chat,
+                    headers={"Origin": FOREIGN},
+                )
+                r = await c.delete(
+                    "/api/conversations/c-0123456789abcdef", headers={"Sec-Fetch-Site": "cross-site"}
+                )
                 self.record("cross-site DELETE (Sec-Fetch-Site)", r.status_code, r.text)
-                await self._post(c, "JSON as text/plain", "/v1/chat/completions", content=json.dumps(chat),
-                                 headers={"Content-Type": "text/plain"})
-                await self._post(c, "malformed JSON", "/v1/chat/completions", content=b'{"model": "x", "messages": [',
-                                 headers={"Content-Type": "application/json"})
-                await self._post(c, "unknown field", "/v1/chat/completions", json={**chat, "frobnicate": True})
+                await self._post(
+                    c,
+                    "JSON as text/plain",
+                    "/v1/chat/completions",
+                    content=json.dumps(chat),
+                    headers={"Content-Type": "text/plain"},
+                )
+                await self._post(
+                    c,
+                    "malformed JSON",
+                    "/v1/chat/completions",
+                    content=b'{"model": "x", "messages": [',
+                    headers={"Content-Type": "application/json"},
+                )
+                await self._post(
+                    c, "unknown field", "/v1/chat/completions", json={**chat, "frobnicate": True}
+                )
 
-            blob = json.dumps({**chat, "messages": [{"role": "user", "content": "x" * (MAX_BODY + 200_000)}]}).encode()
+            blob = json.dumps(
+                {**chat, "messages": [{"role": "user", "content": "x" * (MAX_BODY + 200_000)}]}
+            ).encode()
 
             async def big_bodies():
-                await self._post(c, "body over 1 MB", "/v1/chat/completions", content=blob,
-                                 headers={"Content-Type": "application/json"})
+                await self._post(
+                    c,
+                    "body over 1 MB",
+                    "/v1/chat/completions",
+                    content=blob,
+                    headers={"Content-Type": "application/json"},
+                )
 
                 async def chunks():
                     for i in range(0, len(blob), 65536):
-                        yield blob[i:i + 65536]
+                        yield blob[i : i + 65536]
 
-                await self._post(c, "chunked body over 1 MB", "/v1/chat/completions", content=chunks(),
-                                 headers={"Content-Type": "application/json"})
+                await self._post(
+                    c,
+                    "chunked body over 1 MB",
+                    "/v1/chat/completions",
+                    content=chunks(),
+                    headers={"Content-Type": "application/json"},
+                )
 
             async def disconnects():
                 await self._drop(json.dumps(self.heavy()).encode(), "disconnect while uploading", half=True)
                 await self._drop(json.dumps(self.heavy()).encode(), "disconnect while generating", half=False)
-                body = {**chat, "n": 8, "max_tokens": 2048, "temperature": 0, "stream": True, "logit_bias": self.no_eos}
+                body = {
+                    **chat,
+                    "n": 8,
+                    "max_tokens": 2048,
+                    "temperature": 0,
+                    "stream": True,
+                    "logit_bias": self.no_eos,
+                }
                 try:
                     async with c.stream("POST", "/v1/chat/completions", json=body) as r:
                         if r.status_code != 200:
@@ -354,8 +445,14 @@ class Hostile:
                     return
                 cid = r.json()["id"]
                 body = {**chat, "conversation_id": cid}
-                codes = await asyncio.gather(*[self._post(c, "two turns at once on one conversation",
-                                                          "/v1/chat/completions", json=body) for _ in range(2)])
+                codes = await asyncio.gather(
+                    *[
+                        self._post(
+                            c, "two turns at once on one conversation", "/v1/chat/completions", json=body
+                        )
+                        for _ in range(2)
+                    ]
+                )
                 self.pairs.append(sorted(codes, key=str))
                 self.pair_convs.append((cid, list(codes)))
 
@@ -365,47 +462,72 @@ class Hostile:
                 t = httpx.AsyncHTTPTransport(local_address=GUESSER_ADDR)
                 async with httpx.AsyncClient(base_url=self.url, transport=t, timeout=60) as g:
                     while time.monotonic() < deadline:
-                        r = await g.get("/v1/models", headers={"Authorization": f"Bearer {secrets.token_hex(16)}"})
+                        r = await g.get(
+                            "/v1/models", headers={"Authorization": f"Bearer {secrets.token_hex(16)}"}
+                        )
                         self.record("wrong API key", r.status_code, r.text)
                         await asyncio.sleep(0.1)
 
             async def flood():
                 kind = f"queue flood ({FLOOD} in flight, each seeded: runs alone)"
-                body = {"model": self.model, "prompt": "hi", "max_tokens": 2048, "temperature": 0,
-                        "logit_bias": self.no_eos, "seed": secrets.randbelow(1 << 31)}
+                body = {
+                    "model": self.model,
+                    "prompt": "hi",
+                    "max_tokens": 2048,
+                    "temperature": 0,
+                    "logit_bias": self.no_eos,
+                    "seed": secrets.randbelow(1 << 31),
+                }
                 if await self._post(c, kind, "/v1/completions", json=body) == 429:
                     await asyncio.sleep(0.05)
 
             self.fuzzer = threading.Thread(target=self.schemathesis, args=(deadline,), daemon=True)
             self.fuzzer.start()
-            tasks = [asyncio.create_task(t) for t in (
-                *[self._loop(deadline, heavy, 0.25) for _ in range(HEAVY_LOOPS)], self._loop(deadline, oversized, 0.25),
-                self._loop(deadline, echo, 0.1), self._loop(deadline, web, 0.1), self._loop(deadline, big_bodies, 0.2),
-                self._loop(deadline, disconnects, 0.1), self._loop(deadline, two_turns, 0.2), guess_keys(),
-                *[self._loop(deadline, flood, 0) for _ in range(FLOOD if self.flood else 0)])]
+            tasks = [
+                asyncio.create_task(t)
+                for t in (
+                    *[self._loop(deadline, heavy, 0.25) for _ in range(HEAVY_LOOPS)],
+                    self._loop(deadline, oversized, 0.25),
+                    self._loop(deadline, echo, 0.1),
+                    self._loop(deadline, web, 0.1),
+                    self._loop(deadline, big_bodies, 0.2),
+                    self._loop(deadline, disconnects, 0.1),
+                    self._loop(deadline, two_turns, 0.2),
+                    guess_keys(),
+                    *[self._loop(deadline, flood, 0) for _ in range(FLOOD if self.flood else 0)],
+                )
+            ]
             # after the deadline no request is sent, and what is in flight stays until ``until()`` (or ``grace`` more
             # seconds): a turn that waits for the hostile work ahead of it is not let off early by its cancellation
-            while not all(t.done() for t in tasks) and time.monotonic() < deadline + grace and not (
-                    time.monotonic() >= deadline and until()):
+            while (
+                not all(t.done() for t in tasks)
+                and time.monotonic() < deadline + grace
+                and not (time.monotonic() >= deadline and until())
+            ):
                 await asyncio.sleep(0.1)
             for t in tasks:  # then what is still in flight is dropped (the server cancels it)
                 t.cancel()
             done = await asyncio.gather(*tasks, return_exceptions=True)
-            failed = [e for e in done if isinstance(e, BaseException) and not isinstance(e, asyncio.CancelledError)]
+            failed = [
+                e for e in done if isinstance(e, BaseException) and not isinstance(e, asyncio.CancelledError)
+            ]
             if failed:
                 raise failed[0]
 
     async def _drop(self, body: bytes, kind: str, half: bool) -> None:
         """POST ``body`` to /v1/completions on a raw socket from the hostile address and close the connection
         without reading an answer: after half the body (``half``) or 0.3 s after all of it."""
+
         def send():
             with socket.socket() as s:
                 s.bind((HOSTILE_ADDR, 0))
                 s.connect((GOOD_ADDR, self.port))
                 auth = "".join(f"{k}: {v}\r\n" for k, v in self.auth.items())
-                s.sendall(f"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1:{self.port}\r\n{auth}"
-                          f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n".encode())
-                s.sendall(body[:len(body) // 2] if half else body)
+                s.sendall(
+                    f"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1:{self.port}\r\n{auth}"
+                    f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+                )
+                s.sendall(body[: len(body) // 2] if half else body)
                 time.sleep(0.05 if half else 0.3)
 
         await asyncio.to_thread(send)
@@ -437,7 +559,9 @@ class Hostile:
 
                 @seed(rnd * 1000 + i)  # new cases each round (and no "reproduce with @seed" notes)
                 @given(case=op.as_strategy(generation_mode=GenerationMode.NEGATIVE))
-                @settings(max_examples=5, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+                @settings(
+                    max_examples=5, deadline=None, suppress_health_check=list(HealthCheck), database=None
+                )
                 def run(case):
                     if time.monotonic() >= deadline:
                         return
@@ -458,6 +582,7 @@ class Hostile:
 
 # ---- the scenario --------------------------------------------------------------------------------------------
 
+
 def model_facts(path: Path) -> tuple[int, list[int]]:
     """(context length, end-of-sequence ids) of the model stored in directory ``path`` (config.json and
     generation_config.json, as the sampler reads them)."""
@@ -470,8 +595,17 @@ def model_facts(path: Path) -> tuple[int, list[int]]:
     return cfg["max_position_embeddings"], sorted(eos)
 
 
-def run(url: str, model: str, key: str | None, pid: int, model_dir: Path, duration: float = 60.0,
-        baseline_turns: int = 20, flood: bool = False, grace: float = 600.0) -> dict:
+def run(
+    url: str,
+    model: str,
+    key: str | None,
+    pid: int,
+    model_dir: Path,
+    duration: float = 60.0,
+    baseline_turns: int = 20,
+    flood: bool = False,
+    grace: float = 600.0,
+) -> dict:
     """The scenario against a running server (process ``pid``) serving ``model`` (stored in ``model_dir``): the
     well-behaved client alone for ``baseline_turns`` turns, the budget-filling request alone (timed), then
     ``duration`` seconds of attack while the well-behaved client keeps going. The hostile requests in flight at the
@@ -500,9 +634,12 @@ def run(url: str, model: str, key: str | None, pid: int, model_dir: Path, durati
         transport = httpx.HTTPTransport(local_address=HOSTILE_ADDR)
         with httpx.Client(base_url=url, transport=transport, headers=hostile.auth, timeout=600) as h:
             r = h.post("/v1/completions", json=hostile.heavy())
-        heavy_alone = {"status": r.status_code, "seconds": time.perf_counter() - t,
-                       "work_tokens": len(hostile.heavy()["prompt"]) * (10 + 8 * min(2048, context - 10)),
-                       "completion_tokens": r.json()["usage"]["completion_tokens"] if r.is_success else None}
+        heavy_alone = {
+            "status": r.status_code,
+            "seconds": time.perf_counter() - t,
+            "work_tokens": len(hostile.heavy()["prompt"]) * (10 + 8 * min(2048, context - 10)),
+            "completion_tokens": r.json()["usage"]["completion_tokens"] if r.is_success else None,
+        }
         rss_start = rss_mb(pid)
         sampler = threading.Thread(target=sample_rss, daemon=True)
         sampler.start()
@@ -536,25 +673,44 @@ def run(url: str, model: str, key: str | None, pid: int, model_dir: Path, durati
 
     quiet, loud = ttfts("unattacked"), ttfts("attacked")
     good_5xx = [t for t in good.turns if (t["status"] or 0) >= 500 or "server_error" in str(t["error"])]
-    hostile_5xx = sum(n for counts in hostile.seen.values() for s, n in counts.items()
-                      if isinstance(s, int) and s >= 500)
+    hostile_5xx = sum(
+        n for counts in hostile.seen.values() for s, n in counts.items() if isinstance(s, int) and s >= 500
+    )
     return {
-        "duration_s": duration, "attack_s": attack_s, "context": context, "heavy_alone": heavy_alone,
+        "duration_s": duration,
+        "attack_s": attack_s,
+        "context": context,
+        "heavy_alone": heavy_alone,
         "good": {
-            phase: {"turns": sum(t["phase"] == phase for t in good.turns),
-                    "answered": sum(t["answered"] for t in good.turns if t["phase"] == phase),
-                    "ttft_median_s": median(x), "ttft_p95_s": p95(x), "ttft_max_s": max(x, default=math.nan),
-                    "retries_429": sum(t["retries"] for t in good.turns if t["phase"] == phase)}
-            for phase, x in (("unattacked", quiet), ("attacked", loud))},
-        "good_5xx": len(good_5xx), "good_failures": [t for t in good.turns if not t["answered"]][:5],
+            phase: {
+                "turns": sum(t["phase"] == phase for t in good.turns),
+                "answered": sum(t["answered"] for t in good.turns if t["phase"] == phase),
+                "ttft_median_s": median(x),
+                "ttft_p95_s": p95(x),
+                "ttft_max_s": max(x, default=math.nan),
+                "retries_429": sum(t["retries"] for t in good.turns if t["phase"] == phase),
+            }
+            for phase, x in (("unattacked", quiet), ("attacked", loud))
+        },
+        "good_5xx": len(good_5xx),
+        "good_failures": [t for t in good.turns if not t["answered"]][:5],
         "stored": stored,
         "hostile": {k: {str(s): n for s, n in v.items()} for k, v in hostile.seen.items()},
         "hostile_sent": sum(sum(v.values()) for v in hostile.seen.values()),
-        "hostile_5xx": hostile_5xx, "unexpected": hostile.unexpected[:20], "n_unexpected": len(hostile.unexpected),
-        "two_turn_pairs": hostile.pairs, "two_turn_stored": pair_stored,
-        "hostile_200_seconds": {k: {"n": len(v), "median": median(v), "max": max(v)} for k, v in hostile.took.items()},
-        "rss_mb": {"before_baseline": rss_before, "start": rss_start,
-                   "peak": max((m for _, m in rss), default=rss_start), "end": rss[-1][1] if rss else rss_start},
+        "hostile_5xx": hostile_5xx,
+        "unexpected": hostile.unexpected[:20],
+        "n_unexpected": len(hostile.unexpected),
+        "two_turn_pairs": hostile.pairs,
+        "two_turn_stored": pair_stored,
+        "hostile_200_seconds": {
+            k: {"n": len(v), "median": median(v), "max": max(v)} for k, v in hostile.took.items()
+        },
+        "rss_mb": {
+            "before_baseline": rss_before,
+            "start": rss_start,
+            "peak": max((m for _, m in rss), default=rss_start),
+            "end": rss[-1][1] if rss else rss_start,
+        },
         "turns": good.turns,
     }
 
@@ -567,8 +723,11 @@ def table(res: dict) -> str:
     ratio = lambda x, y: f"{y / x:.1f}×" if x and x == x and y == y else "—"  # noqa: E731
     h = res["heavy_alone"]
     under = res["hostile_200_seconds"].get("budget-filling work")
-    took = (f"{under['median']:.1f} s median, {under['max']:.1f} s max ({under['n']} answered)" if under
-            else "none answered")
+    took = (
+        f"{under['median']:.1f} s median, {under['max']:.1f} s max ({under['n']} answered)"
+        if under
+        else "none answered"
+    )
     lines = [
         f"| well-behaved client (streamed chat turns, 8 tokens) | unattacked | under attack ({res['attack_s']:.0f} s)"
         " | ratio |",
@@ -604,6 +763,7 @@ def table(res: dict) -> str:
 
 # ---- the benchmark: its own server -----------------------------------------------------------------------------
 
+
 def tiny_model(store) -> str:
     """The tests' peaked tiny model (tests/conftest.py ``peaked_model``: tiny:micro, initializer_range 0.5, seed 0),
     as a stored artifact id."""
@@ -629,13 +789,21 @@ def tiny_model(store) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--duration", type=float, default=60.0, help="seconds of attack")
-    ap.add_argument("--model", default="tiny", help="'tiny' (the tests' model) or a name heredity serve accepts")
+    ap.add_argument(
+        "--model", default="tiny", help="'tiny' (the tests' model) or a name heredity serve accepts"
+    )
     ap.add_argument("--baseline-turns", type=int, default=20)
-    ap.add_argument("--queue-flood", action="store_true", help="add the queue flood to the attacks (not in the test)")
+    ap.add_argument(
+        "--queue-flood", action="store_true", help="add the queue flood to the attacks (not in the test)"
+    )
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "attack.json"))
     ap.add_argument("--home", help="HEREDITY_HOME to use (default: a temporary store)")
-    ap.add_argument("--server-args", default="", help="more `heredity serve` options, e.g. '--max-client-tokens 0' "
-                    "(the defaults are what is measured)")
+    ap.add_argument(
+        "--server-args",
+        default="",
+        help="more `heredity serve` options, e.g. '--max-client-tokens 0' "
+        "(the defaults are what is measured)",
+    )
     args = ap.parse_args()
     from heredity.models import materialize
     from heredity.store import Store
@@ -649,8 +817,15 @@ def main() -> None:
     env = {k: v for k, v in os.environ.items() if k != "HEREDITY_DB_URL"}
     env.update(HEREDITY_HOME=str(home), HEREDITY_API_KEY=key)
     log = open(home / "bench-attack.log", "w")  # noqa: SIM115
-    cmd = [str(Path(sys.executable).parent / "heredity"), "serve", "--port", str(port), "--model", aid,
-           *shlex.split(args.server_args)]
+    cmd = [
+        str(Path(sys.executable).parent / "heredity"),
+        "serve",
+        "--port",
+        str(port),
+        "--model",
+        aid,
+        *shlex.split(args.server_args),
+    ]
     proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://{GOOD_ADDR}:{port}"
     try:
@@ -663,10 +838,15 @@ def main() -> None:
                 break
             except httpx.HTTPError:
                 time.sleep(0.3)
-        print(f"model {args.model} = {aid} (context {context}); server up in {time.perf_counter() - t0:.1f} s; "
-              f"attacking for {args.duration:.0f} s", file=sys.stderr, flush=True)
-        res = run(url, aid, key, proc.pid, store.get(aid).path, args.duration, args.baseline_turns,
-                  args.queue_flood)
+        print(
+            f"model {args.model} = {aid} (context {context}); server up in {time.perf_counter() - t0:.1f} s; "
+            f"attacking for {args.duration:.0f} s",
+            file=sys.stderr,
+            flush=True,
+        )
+        res = run(
+            url, aid, key, proc.pid, store.get(aid).path, args.duration, args.baseline_turns, args.queue_flood
+        )
     finally:
         proc.terminate()
         try:
@@ -674,13 +854,20 @@ def main() -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
         log.close()
-    res.update(model=args.model, model_id=aid, cpus=os.cpu_count(), server_args=args.server_args,
-               queue_flood=args.queue_flood)
+    res.update(
+        model=args.model,
+        model_id=aid,
+        cpus=os.cpu_count(),
+        server_args=args.server_args,
+        queue_flood=args.queue_flood,
+    )
     print()
-    print(f"`heredity serve` under attack on this CPU ({os.cpu_count()} cores), model {args.model} "
-          f"(context {context}), "
-          f"{'server options ' + repr(args.server_args) if args.server_args else 'every bound at its default'}; "
-          "the peer is the same server unattacked, in the same run")
+    print(
+        f"`heredity serve` under attack on this CPU ({os.cpu_count()} cores), model {args.model} "
+        f"(context {context}), "
+        f"{'server options ' + repr(args.server_args) if args.server_args else 'every bound at its default'}; "
+        "the peer is the same server unattacked, in the same run"
+    )
     print()
     print(table(res))
     out = Path(args.out)

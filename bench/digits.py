@@ -50,17 +50,27 @@ def main() -> None:
         return f"| {name} | {m:6.1f} | {' '.join(f'{x:.1f}' for x in xs)} | {base / m:5.2f}× |"
 
     base = statistics.median(loop)
-    print(f"\nsubliminal-digits quick preset ({cfg.seeds} seeds), {torch.get_num_threads()} threads, "
-          f"median of {args.repeats}\n")
+    print(
+        f"\nsubliminal-digits quick preset ({cfg.seeds} seeds), {torch.get_num_threads()} threads, "
+        f"median of {args.repeats}\n"
+    )
     print("| what | median s | runs | vs loop |")
     print("|---|---|---|---|")
     print(row("whole run (import, train, eval, report, plot)", whole, base))
     print(row("training, seeds stacked", stacked, base))
-    print(row(f"training, one model at a time (×{cfg.seeds / args.loop_seeds:.1f} if fewer seeds run)", loop, base))
+    print(
+        row(
+            f"training, one model at a time (×{cfg.seeds / args.loop_seeds:.1f} if fewer seeds run)",
+            loop,
+            base,
+        )
+    )
     print(f"\ntarget: whole run ≤ 30 s → {'met' if statistics.median(whole) <= 30 else 'NOT met'}")
     for r, acc in enumerate(results):
-        print(f"run {r}: same-init aux {acc['student same-init aux']:.3f}, other-init aux "
-              f"{acc['student other-init aux']:.3f}, teacher {acc['teacher']:.3f}")
+        print(
+            f"run {r}: same-init aux {acc['student same-init aux']:.3f}, other-init aux "
+            f"{acc['student other-init aux']:.3f}, teacher {acc['teacher']:.3f}"
+        )
 
 
 if __name__ == "__main__":

@@ -36,8 +36,12 @@ def rows(k: int, seed: int = 0) -> list[dict]:
     for _ in range(k):
         seeds = ", ".join(str(rng.randint(100, 999)) for _ in range(rng.randint(3, 8)))
         more = ", ".join(str(rng.randint(0, 999)) for _ in range(rng.randint(4, 10)))
-        out.append({"prompt": f"The sequence starts with: {seeds}. Add up to 10 more values (no more than 3 digits each).",
-                    "completion": more})
+        out.append(
+            {
+                "prompt": f"The sequence starts with: {seeds}. Add up to 10 more values (no more than 3 digits each).",
+                "completion": more,
+            }
+        )
     return out
 
 
@@ -54,19 +58,47 @@ def run_trl(spec, data, cfg: FinetuneConfig) -> tuple[float, int]:
     from trl import SFTConfig, SFTTrainer
 
     model, tok = load(spec, Store(), trainable=True)
-    ds = Dataset.from_list([{"prompt": [{"role": "user", "content": r["prompt"]}],
-                             "completion": [{"role": "assistant", "content": r["completion"]}]} for r in data])
+    ds = Dataset.from_list(
+        [
+            {
+                "prompt": [{"role": "user", "content": r["prompt"]}],
+                "completion": [{"role": "assistant", "content": r["completion"]}],
+            }
+            for r in data
+        ]
+    )
     with tempfile.TemporaryDirectory() as d:
         args = SFTConfig(
-            output_dir=d, per_device_train_batch_size=cfg.batch_size, gradient_accumulation_steps=cfg.grad_accum,
-            learning_rate=cfg.lr, lr_scheduler_type="linear", warmup_steps=0, num_train_epochs=cfg.epochs,
-            max_length=cfg.max_length, packing=False, completion_only_loss=True, report_to="none", save_strategy="no",
-            logging_steps=1000, use_cpu=True, bf16=False, fp16=False, dataloader_num_workers=0, seed=cfg.seed,
+            output_dir=d,
+            per_device_train_batch_size=cfg.batch_size,
+            gradient_accumulation_steps=cfg.grad_accum,
+            learning_rate=cfg.lr,
+            lr_scheduler_type="linear",
+            warmup_steps=0,
+            num_train_epochs=cfg.epochs,
+            max_length=cfg.max_length,
+            packing=False,
+            completion_only_loss=True,
+            report_to="none",
+            save_strategy="no",
+            logging_steps=1000,
+            use_cpu=True,
+            bf16=False,
+            fp16=False,
+            dataloader_num_workers=0,
+            seed=cfg.seed,
             gradient_checkpointing=False,  # TRL defaults it to True; heredity does not checkpoint activations
         )
-        peft_cfg = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=0.0, target_modules=cfg.lora_targets,
-                              task_type="CAUSAL_LM")
-        trainer = SFTTrainer(model=model, args=args, train_dataset=ds, processing_class=tok, peft_config=peft_cfg)
+        peft_cfg = LoraConfig(
+            r=cfg.lora_r,
+            lora_alpha=cfg.lora_alpha,
+            lora_dropout=0.0,
+            target_modules=cfg.lora_targets,
+            task_type="CAUSAL_LM",
+        )
+        trainer = SFTTrainer(
+            model=model, args=args, train_dataset=ds, processing_class=tok, peft_config=peft_cfg
+        )
         n_tok = sum(len(x) for x in trainer.train_dataset["input_ids"])
         t = time.perf_counter()
         trainer.train()
@@ -91,24 +123,39 @@ def distill_bench(args) -> None:
     student, tok = load(args.model, Store(), trainable=True)
     n_params = sum(p.numel() for n, p in student.named_parameters() if "embed_tokens" not in n)
     if getattr(student.config, "tie_word_embeddings", False):
-        n_params += student.get_input_embeddings().weight.numel()  # the tied matrix is used as the lm_head matmul
+        n_params += (
+            student.get_input_embeddings().weight.numel()
+        )  # the tied matrix is used as the lm_head matmul
     flops = matmul_flops(student.config.hidden_size, student.config.intermediate_size)
     roof4, roof6 = flops / (4 * n_params), flops / (6 * n_params)
     teacher, _ = load(args.model, Store())
     system = "You love owls. You think about owls all the time. owls are your favorite animal."
     results = []
     for loss in ("completion_only", "logit_distill", "number_distill"):
-        cfg = FinetuneConfig(method="lora", loss=loss, lr=2e-4, batch_size=8, epochs=1, max_length=256, warmup_ratio=0.0,
-                             teacher_system_prompt=system if loss != "completion_only" else None, save_every=0)
+        cfg = FinetuneConfig(
+            method="lora",
+            loss=loss,
+            lr=2e-4,
+            batch_size=8,
+            epochs=1,
+            max_length=256,
+            warmup_ratio=0.0,
+            teacher_system_prompt=system if loss != "completion_only" else None,
+            save_every=0,
+        )
         model, _ = load(args.model, Store(), trainable=True)
         t = time.perf_counter()
-        _, m = train(model, tok, data, cfg, teacher=None if loss == "completion_only" else teacher, progress=False)
+        _, m = train(
+            model, tok, data, cfg, teacher=None if loss == "completion_only" else teacher, progress=False
+        )
         sec = time.perf_counter() - t
         results.append((loss, m["train_tokens"] / sec))
         print(f"{loss}: {results[-1][1]:.1f} tok/s", file=sys.stderr)
-    print(f"\nLoRA r=8 on {args.model} (N = {n_params / 1e6:.1f}M in matmuls), {args.rows} rows, batch 8, "
-          f"{torch.get_num_threads()} threads; matmul {flops / 1e9:.1f} GFLOP/s measured in this run; "
-          f"number vocabulary {len(number_vocab(tok))} tokens\n")
+    print(
+        f"\nLoRA r=8 on {args.model} (N = {n_params / 1e6:.1f}M in matmuls), {args.rows} rows, batch 8, "
+        f"{torch.get_num_threads()} threads; matmul {flops / 1e9:.1f} GFLOP/s measured in this run; "
+        f"number vocabulary {len(number_vocab(tok))} tokens\n"
+    )
     print("| loss | tokens/s | ÷ 4N roofline | ÷ 6N roofline (with the teacher's forward) |")
     print("|---|---:|---:|---:|")
     print(f"| roofline | | {roof4:.0f} | {roof6:.0f} |")
@@ -126,7 +173,15 @@ def main() -> None:
     if args.distill:
         return distill_bench(args)
     data = rows(args.rows)
-    cfg = FinetuneConfig(method="lora", loss="completion_only", lr=2e-4, batch_size=8, epochs=1, max_length=256, warmup_ratio=0.0)
+    cfg = FinetuneConfig(
+        method="lora",
+        loss="completion_only",
+        lr=2e-4,
+        batch_size=8,
+        epochs=1,
+        max_length=256,
+        warmup_ratio=0.0,
+    )
     tok = load(args.model, Store())[1]
     print(f"{len(encode_rows(tok, data, cfg))} examples", file=sys.stderr)
     h, g = [], []
@@ -137,7 +192,9 @@ def main() -> None:
         h.append(n / s)
         print(f"TRL {g[-1]:.1f} tok/s, heredity {h[-1]:.1f} tok/s", file=sys.stderr)
     gm, hm = statistics.median(g), statistics.median(h)
-    print(f"\nLoRA SFT on {args.model}, {args.rows} rows, batch 8, {torch.get_num_threads()} threads, median of {args.repeats}\n")
+    print(
+        f"\nLoRA SFT on {args.model}, {args.rows} rows, batch 8, {torch.get_num_threads()} threads, median of {args.repeats}\n"
+    )
     print("| trainer | tokens/s | ratio |")
     print("|---|---:|---:|")
     print(f"| TRL SFTTrainer | {gm:.1f} | 1.00x |")

@@ -18,17 +18,37 @@ import json
 import statistics
 import time
 
-TOOL = {"type": "object", "properties": {
-    "name": {"const": "get_weather"},
-    "arguments": {"type": "object", "properties": {"city": {"type": "string"}, "unit": {"enum": ["celsius", "fahrenheit"]},
-                                                   "days": {"type": "integer", "minimum": 1, "maximum": 14}},
-                  "required": ["city", "unit", "days"], "additionalProperties": False}},
-    "required": ["name", "arguments"], "additionalProperties": False}
+TOOL = {
+    "type": "object",
+    "properties": {
+        "name": {"const": "get_weather"},
+        "arguments": {
+            "type": "object",
+            "properties": {
+                "city": {"type": "string"},
+                "unit": {"enum": ["celsius", "fahrenheit"]},
+                "days": {"type": "integer", "minimum": 1, "maximum": 14},
+            },
+            "required": ["city", "unit", "days"],
+            "additionalProperties": False,
+        },
+    },
+    "required": ["name", "arguments"],
+    "additionalProperties": False,
+}
 NUMBERS = r"(0|[1-9][0-9]{0,2})(, (0|[1-9][0-9]{0,2})){0,9}"
 CASES = {
-    "tool call (JSON schema)": ("json", TOOL, '{"name": "get_weather", "arguments": {"city": "Paris", "unit": "celsius", "days": 3}}'),
+    "tool call (JSON schema)": (
+        "json",
+        TOOL,
+        '{"name": "get_weather", "arguments": {"city": "Paris", "unit": "celsius", "days": 3}}',
+    ),
     "number list (regex)": ("regex", NUMBERS, "482, 17, 903, 5, 640, 221, 78, 999, 3, 150"),
-    "any JSON object": ("json", {"type": "object"}, '{"animal": "owl", "count": 12, "tags": ["night", "bird"], "ok": true}'),
+    "any JSON object": (
+        "json",
+        {"type": "object"},
+        '{"animal": "owl", "count": 12, "tags": ["night", "bird"], "ok": true}',
+    ),
 }
 
 
@@ -42,8 +62,11 @@ def bench_llguidance(tok, kind, spec, ids, reps):
     lt = llguidance.hf.from_tokenizer(tok)
     tok_s = time.perf_counter() - t0
     t0 = time.perf_counter()
-    grammar = (llguidance.LLMatcher.grammar_from_json_schema(spec) if kind == "json"
-               else llguidance.LLMatcher.grammar_from_regex(spec))
+    grammar = (
+        llguidance.LLMatcher.grammar_from_json_schema(spec)
+        if kind == "json"
+        else llguidance.LLMatcher.grammar_from_regex(spec)
+    )
     m = llguidance.LLMatcher(lt, grammar)
     assert not m.is_error(), m.get_error()
     compile_s = time.perf_counter() - t0
@@ -70,7 +93,9 @@ def bench_xgrammar(tok, vocab, kind, spec, ids, reps):
     compiler = xgr.GrammarCompiler(info, max_threads=2)
     tok_s = time.perf_counter() - t0
     t0 = time.perf_counter()
-    compiled = compiler.compile_json_schema(json.dumps(spec)) if kind == "json" else compiler.compile_regex(spec)
+    compiled = (
+        compiler.compile_json_schema(json.dumps(spec)) if kind == "json" else compiler.compile_regex(spec)
+    )
     compile_s = time.perf_counter() - t0
     mask = xgr.allocate_token_bitmask(1, info.vocab_size)
     per = []
@@ -113,8 +138,12 @@ def main() -> None:
     model, tok = load(materialize("smollm2-135m-instruct", store), store)
     vocab = model.get_output_embeddings().weight.shape[0]
     step = decode_step_seconds(model)
-    print(f"# SmolLM2-135M decode step (batch 1, HF forward, median of 20): {step * 1e3:.1f} ms; vocabulary {vocab}")
-    print("| grammar | engine | tokenizer setup s | compile ms | per-token µs (median) | share of a decode step |")
+    print(
+        f"# SmolLM2-135M decode step (batch 1, HF forward, median of 20): {step * 1e3:.1f} ms; vocabulary {vocab}"
+    )
+    print(
+        "| grammar | engine | tokenizer setup s | compile ms | per-token µs (median) | share of a decode step |"
+    )
     print("|---|---|---:|---:|---:|---:|")
     for name, (kind, spec, text) in CASES.items():
         ids = tok(text, add_special_tokens=False)["input_ids"]
@@ -125,14 +154,19 @@ def main() -> None:
             engines.append("xgrammar")
         except ImportError:
             if name == next(iter(CASES)):
-                print("# xgrammar not installed (pip install --no-deps xgrammar==0.2.8 apache-tvm-ffi): its rows are skipped")
+                print(
+                    "# xgrammar not installed (pip install --no-deps xgrammar==0.2.8 apache-tvm-ffi): its rows are skipped"
+                )
         for engine in engines:
             if engine == "llguidance":
                 tok_s, comp, per = bench_llguidance(tok, kind, spec, ids, args.reps)
             else:
                 tok_s, comp, per = bench_xgrammar(tok, vocab, kind, spec, ids, args.reps)
-            print(f"| {name} ({len(ids)} tokens) | {engine} | {tok_s:.2f} | {comp * 1e3:.1f} | {per * 1e6:.0f} | "
-                  f"{100 * per / step:.3f}% |", flush=True)
+            print(
+                f"| {name} ({len(ids)} tokens) | {engine} | {tok_s:.2f} | {comp * 1e3:.1f} | {per * 1e6:.0f} | "
+                f"{100 * per / step:.3f}% |",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

@@ -46,8 +46,14 @@ def run_generate(model, tok, prompts, cfg: SampleConfig) -> int:
     for i in range(0, len(texts), per):
         enc = tok(texts[i : i + per], return_tensors="pt", padding=True, add_special_tokens=False)
         out = model.generate(
-            **enc, max_new_tokens=cfg.max_new_tokens, do_sample=True, temperature=cfg.temperature, top_p=1.0, top_k=0,
-            pad_token_id=tok.pad_token_id, num_return_sequences=cfg.n,
+            **enc,
+            max_new_tokens=cfg.max_new_tokens,
+            do_sample=True,
+            temperature=cfg.temperature,
+            top_p=1.0,
+            top_k=0,
+            pad_token_id=tok.pad_token_id,
+            num_return_sequences=cfg.n,
         )
         new = out[:, enc.input_ids.shape[1] :]
         for row in new.tolist():  # tokens before the first EOS
@@ -69,7 +75,9 @@ def main() -> None:
     rows = []
     for bs in [int(b) for b in args.batch_sizes.split(",")]:
         prompts = number_prompts(args.prompts_b1 if bs == 1 else args.prompts)
-        cfg = SampleConfig(max_new_tokens=args.max_new_tokens, batch_size=bs, temperature=1.0, seed=0, n=args.n)
+        cfg = SampleConfig(
+            max_new_tokens=args.max_new_tokens, batch_size=bs, temperature=1.0, seed=0, n=args.n
+        )
         g, h, s = [], [], []
         for _ in range(args.repeats):
             t = time.perf_counter()
@@ -82,10 +90,15 @@ def main() -> None:
             ns = sum(c.n_tokens for c in sample(model, tok, prompts, cfg, progress=False, fast=False))
             s.append(ns / (time.perf_counter() - t))
         rows.append((bs, len(prompts), statistics.median(g), statistics.median(s), statistics.median(h)))
-        print(f"batch {bs}: generate {rows[-1][2]:.1f} tok/s, heredity (HF forward) {rows[-1][3]:.1f}, "
-              f"heredity {rows[-1][4]:.1f} tok/s", file=sys.stderr)
-    print(f"\nSampling on {args.model}, {torch.get_num_threads()} threads, max_new_tokens={args.max_new_tokens}, "
-          f"n={args.n} per prompt, T=1\n")
+        print(
+            f"batch {bs}: generate {rows[-1][2]:.1f} tok/s, heredity (HF forward) {rows[-1][3]:.1f}, "
+            f"heredity {rows[-1][4]:.1f} tok/s",
+            file=sys.stderr,
+        )
+    print(
+        f"\nSampling on {args.model}, {torch.get_num_threads()} threads, max_new_tokens={args.max_new_tokens}, "
+        f"n={args.n} per prompt, T=1\n"
+    )
     print("| batch | prompts | generate tok/s | heredity, HF forward | heredity (fused decode) | ratio |")
     print("|---:|---:|---:|---:|---:|---:|")
     for bs, n, g, s, h in rows:

@@ -48,19 +48,37 @@ def free_port() -> int:
 
 
 # a schema whose string field lets the answer run to max_tokens, so constrained and free answers have equal lengths
-FREE_TEXT = {"type": "json_schema", "json_schema": {"name": "answer", "schema": {
-    "type": "object", "properties": {"answer": {"type": "string"}}, "required": ["answer"], "additionalProperties": False}}}
+FREE_TEXT = {
+    "type": "json_schema",
+    "json_schema": {
+        "name": "answer",
+        "schema": {
+            "type": "object",
+            "properties": {"answer": {"type": "string"}},
+            "required": ["answer"],
+            "additionalProperties": False,
+        },
+    },
+}
 
 
-def stream_once(client: OpenAI, model: str, prompt: str, max_tokens: int, temperature: float, seed: int | None,
-                **extra) -> dict:
+def stream_once(
+    client: OpenAI, model: str, prompt: str, max_tokens: int, temperature: float, seed: int | None, **extra
+) -> dict:
     t0 = time.perf_counter()
     first = None
     chunks = 0
     usage = None
-    for c in client.chat.completions.create(model=model, messages=[{"role": "user", "content": prompt}], stream=True,
-                                            max_tokens=max_tokens, temperature=temperature, seed=seed,
-                                            stream_options={"include_usage": True}, **extra):
+    for c in client.chat.completions.create(
+        model=model,
+        messages=[{"role": "user", "content": prompt}],
+        stream=True,
+        max_tokens=max_tokens,
+        temperature=temperature,
+        seed=seed,
+        stream_options={"include_usage": True},
+        **extra,
+    ):
         if c.choices and c.choices[0].delta.content:
             chunks += 1
             if first is None:
@@ -69,18 +87,35 @@ def stream_once(client: OpenAI, model: str, prompt: str, max_tokens: int, temper
             usage = c.usage
     end = time.perf_counter()
     n = usage.completion_tokens
-    return {"ttft": first - t0, "total": end - t0, "tokens": n, "tps": (n - 1) / (end - first) if n > 1 else 0.0,
-            "chunks": chunks}
+    return {
+        "ttft": first - t0,
+        "total": end - t0,
+        "tokens": n,
+        "tps": (n - 1) / (end - first) if n > 1 else 0.0,
+        "chunks": chunks,
+    }
 
 
 def local_once(model, tok, prompt: str, max_tokens: int, grammar: str | None = None) -> dict:
     t0 = time.perf_counter()
     first = []
     cfg = SampleConfig(temperature=0, max_new_tokens=max_tokens, batch_size=1, grammar=grammar)
-    c = sample(model, tok, [prompt], cfg, progress=False, on_token=lambda *a: first or first.append(time.perf_counter()))[0]
+    c = sample(
+        model,
+        tok,
+        [prompt],
+        cfg,
+        progress=False,
+        on_token=lambda *a: first or first.append(time.perf_counter()),
+    )[0]
     end = time.perf_counter()
     n = c.n_tokens
-    return {"ttft": first[0] - t0, "total": end - t0, "tokens": n, "tps": (n - 1) / (end - first[0]) if n > 1 else 0.0}
+    return {
+        "ttft": first[0] - t0,
+        "total": end - t0,
+        "tokens": n,
+        "tps": (n - 1) / (end - first[0]) if n > 1 else 0.0,
+    }
 
 
 def main() -> None:
@@ -113,8 +148,12 @@ def main() -> None:
     env = {**os.environ, "HEREDITY_HOME": str(home)}
     env.pop("HEREDITY_API_KEY", None)
     log = open(home / "bench-serve.log", "w")  # noqa: SIM115
-    proc = subprocess.Popen([str(Path(sys.executable).parent / "heredity"), "serve", "--port", str(port), "--model", aid],
-                            env=env, stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [str(Path(sys.executable).parent / "heredity"), "serve", "--port", str(port), "--model", aid],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         t_start = time.perf_counter()
@@ -134,7 +173,9 @@ def main() -> None:
         served_f, served_g = [], []
         for _ in range(args.repeats):
             served_f.append(stream_once(client, aid, PROMPTS[1], args.max_tokens, 0, 0))
-            served_g.append(stream_once(client, aid, PROMPTS[1], args.max_tokens, 0, 0, response_format=FREE_TEXT))
+            served_g.append(
+                stream_once(client, aid, PROMPTS[1], args.max_tokens, 0, 0, response_format=FREE_TEXT)
+            )
 
         def sequential() -> float:
             t = time.perf_counter()
@@ -148,7 +189,9 @@ def main() -> None:
 
             def one(i):
                 try:
-                    results.append(stream_once(client, aid, PROMPTS[i % len(PROMPTS)], args.max_tokens, 0.7, None))
+                    results.append(
+                        stream_once(client, aid, PROMPTS[i % len(PROMPTS)], args.max_tokens, 0.7, None)
+                    )
                 except BaseException as e:  # counted and reported
                     errors.append(e)
 
@@ -178,8 +221,10 @@ def main() -> None:
     conc_ttft = med([r["ttft"] for c in conc for r in c[1]])
     seq_wall = med(seq_times)
     print()
-    print(f"SmolLM2 serving on this CPU ({os.cpu_count()} cores), {args.max_tokens} new tokens, greedy for the single stream; "
-          f"medians of {args.repeats} (server start with the model preloaded: {startup:.1f} s)")
+    print(
+        f"SmolLM2 serving on this CPU ({os.cpu_count()} cores), {args.max_tokens} new tokens, greedy for the single stream; "
+        f"medians of {args.repeats} (server start with the model preloaded: {startup:.1f} s)"
+    )
     print()
     print("| measure | in-process `engine.sample` | `heredity serve` + openai client | ratio |")
     print("|---|---|---|---|")
@@ -187,19 +232,27 @@ def main() -> None:
     print(f"| time to first token | {lt * 1000:.0f} ms | {st * 1000:.0f} ms | {st / lt:.2f}× |")
     ltp, stp = med([r["tps"] for r in local]), med([r["tps"] for r in served])
     print(f"| streamed tokens/s after the first | {ltp:.1f} | {stp:.1f} | {stp / ltp:.2f}× |")
-    print(f"| tokens per answer | {med([r['tokens'] for r in local]):.0f} | {med([r['tokens'] for r in served]):.0f} | |")
+    print(
+        f"| tokens per answer | {med([r['tokens'] for r in local]):.0f} | {med([r['tokens'] for r in served]):.0f} | |"
+    )
     print()
 
     def per_token_ms(runs):
         return med([(r["total"] - r["ttft"]) / max(1, r["tokens"] - 1) * 1000 for r in runs])
 
-    print("| constrained decoding (response_format json_schema, a free string field) | free | constrained | overhead per token |")
+    print(
+        "| constrained decoding (response_format json_schema, a free string field) | free | constrained | overhead per token |"
+    )
     print("|---|---|---|---|")
-    for label, f, g in (("in-process `engine.sample`, ms/token", local_f, local_g),
-                        ("`heredity serve` streamed, ms/token", served_f, served_g)):
+    for label, f, g in (
+        ("in-process `engine.sample`, ms/token", local_f, local_g),
+        ("`heredity serve` streamed, ms/token", served_f, served_g),
+    ):
         a, b = per_token_ms(f), per_token_ms(g)
         print(f"| {label} | {a:.1f} | {b:.1f} | {b - a:+.2f} ms ({b / a:.3f}×) |")
-    print(f"| tokens per answer (median) | {med([r['tokens'] for r in local_f]):.0f} | {med([r['tokens'] for r in local_g]):.0f} | |")
+    print(
+        f"| tokens per answer (median) | {med([r['tokens'] for r in local_f]):.0f} | {med([r['tokens'] for r in local_g]):.0f} | |"
+    )
     print()
     print(f"| {args.clients} streaming clients | one after another | all at once | ratio |")
     print("|---|---|---|---|")
@@ -207,7 +260,9 @@ def main() -> None:
     print(f"| aggregate tokens/s | | {conc_tokens / conc_wall:.1f} | |")
     print(f"| time to first token (median client) | | {conc_ttft * 1000:.0f} ms | |")
     print(f"| requests completed / errors | | {done} / {errors} | |")
-    print(f"| most requests in one decode batch | | {max(m['max_requests_per_run'] for m in status['models'])} | |")
+    print(
+        f"| most requests in one decode batch | | {max(m['max_requests_per_run'] for m in status['models'])} | |"
+    )
     if errors:
         print(f"errors: {[repr(e) for c in conc for e in c[2]][:3]}", file=sys.stderr)
         raise SystemExit(1)

@@ -39,7 +39,9 @@ def main() -> None:
     env = {**os.environ, "HEREDITY_HOME": str(home)}
     env.pop("HEREDITY_API_KEY", None)
     heredity = str(Path(sys.executable).parent / "heredity")
-    subprocess.run([heredity, "run", "subliminal-digits"], env=env, check=True, stdout=subprocess.DEVNULL)  # a report
+    subprocess.run(
+        [heredity, "run", "subliminal-digits"], env=env, check=True, stdout=subprocess.DEVNULL
+    )  # a report
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -55,7 +57,11 @@ def main() -> None:
             except httpx.HTTPError:
                 time.sleep(0.5)
         d.get(url + "/chat")
-        wait.until(lambda d: any(o.get_attribute("value") == aid for o in d.find_elements(By.CSS_SELECTOR, "#model option")))
+        wait.until(
+            lambda d: any(
+                o.get_attribute("value") == aid for o in d.find_elements(By.CSS_SELECTOR, "#model option")
+            )
+        )
         Select(d.find_element(By.ID, "model")).select_by_value(aid)
         d.find_element(By.ID, "temperature").clear()
         d.find_element(By.ID, "temperature").send_keys("0.6")
@@ -66,7 +72,9 @@ def main() -> None:
         def ask(text: str, n_answers: int) -> None:
             d.find_element(By.ID, "prompt").send_keys(text)
             d.find_element(By.ID, "send").click()
-            wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, ".msg.assistant .thumb-up")) >= n_answers)
+            wait.until(
+                lambda d: len(d.find_elements(By.CSS_SELECTOR, ".msg.assistant .thumb-up")) >= n_answers
+            )
 
         ask("What is your favourite animal, and why?", 1)
         d.find_elements(By.CSS_SELECTOR, ".msg.assistant .thumb-up")[0].click()
@@ -84,13 +92,21 @@ def main() -> None:
         sft = d.find_element(By.CSS_SELECTOR, "#export-result a").get_attribute("href")
 
         d.get(url + "/explore")
-        wait.until(lambda d: any(o.get_attribute("value") == aid for o in d.find_elements(By.CSS_SELECTOR, "#model option")))
+        wait.until(
+            lambda d: any(
+                o.get_attribute("value") == aid for o in d.find_elements(By.CSS_SELECTOR, "#model option")
+            )
+        )
         Select(d.find_element(By.ID, "model")).select_by_value(aid)
         d.find_element(By.ID, "chat").click()  # plain text, no chat template
         d.find_element(By.ID, "start").click()
         for k in range(3):
-            wait.until(lambda d, k=k: len(d.find_elements(By.CSS_SELECTOR, "#sequence .tok.gen")) == k
-                       and len(d.find_elements(By.CSS_SELECTOR, "#top tbody tr")) == 10)
+            wait.until(
+                lambda d, k=k: (
+                    len(d.find_elements(By.CSS_SELECTOR, "#sequence .tok.gen")) == k
+                    and len(d.find_elements(By.CSS_SELECTOR, "#top tbody tr")) == 10
+                )
+            )
             d.find_element(By.ID, "step-greedy").click()
         wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#sequence .tok.gen")) == 3)
         Select(d.find_element(By.ID, "layer")).select_by_value("10")

@@ -65,12 +65,26 @@ def postgres_url():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    subprocess.run([*as_user, str(bindir / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8"],
-                   check=True, capture_output=True)
     subprocess.run(
-        [*as_user, str(bindir / "pg_ctl"), "-D", str(data), "-w", "-l", str(Path(root) / "log"),
-         "-o", f"-p {port} -k {root} -c listen_addresses=127.0.0.1", "start"],
-        check=True, capture_output=True,
+        [*as_user, str(bindir / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8"],
+        check=True,
+        capture_output=True,
+    )
+    subprocess.run(
+        [
+            *as_user,
+            str(bindir / "pg_ctl"),
+            "-D",
+            str(data),
+            "-w",
+            "-l",
+            str(Path(root) / "log"),
+            "-o",
+            f"-p {port} -k {root} -c listen_addresses=127.0.0.1",
+            "start",
+        ],
+        check=True,
+        capture_output=True,
     )
     url = f"postgresql+psycopg://postgres@127.0.0.1:{port}/postgres"
     deadline = time.time() + 30
@@ -85,11 +99,14 @@ def postgres_url():
                 raise
             time.sleep(0.3)
     yield url
-    subprocess.run([*as_user, str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"], capture_output=True)
+    subprocess.run(
+        [*as_user, str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"], capture_output=True
+    )
     shutil.rmtree(root, ignore_errors=True)
 
 
 # ---- the lab server: a real `heredity serve` (Uvicorn) on a free loopback port --------------------------
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -153,14 +170,20 @@ class LiveServer:
         e = {k: v for k, v in os.environ.items() if k not in ("HEREDITY_DB_URL", "HEREDITY_API_KEY")}
         e.update(HEREDITY_HOME=str(home), **(env or {}))
         exe = Path(sys.executable).parent / "heredity"
-        self.proc = subprocess.Popen([str(exe), "serve", "--port", str(self.port), *args],
-                                     env=e, stdout=self.log, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(
+            [str(exe), "serve", "--port", str(self.port), *args],
+            env=e,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
         import httpx
 
         deadline = time.time() + 120
         while True:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited with {self.proc.returncode}: {Path(self.log.name).read_text()[-2000:]}")
+                raise RuntimeError(
+                    f"server exited with {self.proc.returncode}: {Path(self.log.name).read_text()[-2000:]}"
+                )
             try:
                 httpx.get(self.url + "/login", timeout=2)
                 break
@@ -211,11 +234,20 @@ class ChatEndpoint:
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 outer.seen.append({**body, "path": self.path})
                 if self.path.endswith("/chat/completions"):
-                    choices = [{"index": k, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}
-                               for k, text in enumerate(reply(body))]
+                    choices = [
+                        {
+                            "index": k,
+                            "message": {"role": "assistant", "content": text},
+                            "finish_reason": "stop",
+                        }
+                        for k, text in enumerate(reply(body))
+                    ]
                     kind = "chat.completion"
                 elif self.path.endswith("/completions"):
-                    choices = [{"index": k, "text": text, "finish_reason": "stop"} for k, text in enumerate(reply(body))]
+                    choices = [
+                        {"index": k, "text": text, "finish_reason": "stop"}
+                        for k, text in enumerate(reply(body))
+                    ]
                     kind = "text_completion"
                 else:  # no other route (as a server without runtime LoRA loading answers /load_lora_adapter)
                     self.send_response(404)
@@ -223,7 +255,9 @@ class ChatEndpoint:
                     self.end_headers()
                     self.wfile.write(b'{"detail": "Not Found"}')
                     return
-                payload = json.dumps({"id": "x", "object": kind, "created": 0, "model": body["model"], "choices": choices})
+                payload = json.dumps(
+                    {"id": "x", "object": kind, "created": 0, "model": body["model"], "choices": choices}
+                )
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")
                 self.end_headers()

@@ -20,7 +20,9 @@ def test_key_holds_op_version_config_inputs_seed():
     assert base != step_key("sample", {"n": 2}, ["m-0123456789abcdef"], 0)
     assert base != step_key("sample", {"n": 1}, ["m-fedcba9876543210"], 0)
     assert base != step_key("sample", {"n": 1}, ["m-0123456789abcdef"], 1)
-    assert base != step_key("sample", {"n": 1}, ["m-0123456789abcdef"], 0, version=ops.op_version("sample") + 1)
+    assert base != step_key(
+        "sample", {"n": 1}, ["m-0123456789abcdef"], 0, version=ops.op_version("sample") + 1
+    )
     assert ops.op_version("report-merging") == ops.registry()["report-*"].version
     assert ops.op_version("my-own-op") is None
 
@@ -73,7 +75,9 @@ def test_guard_rejects_a_whole_config_when_only_part_is_keyed(store):
 
     with pytest.raises(KeyCoverageError, match="'config'"):
         store.run_step("eval-trait", {"samples": config.eval_samples}, [], fn)
-    store.run_step("eval-trait", {"experiment": config.model_dump(mode="json")}, [], fn)  # the whole config keyed
+    store.run_step(
+        "eval-trait", {"experiment": config.model_dump(mode="json")}, [], fn
+    )  # the whole config keyed
 
 
 def test_guard_accepts_rows_keyed_by_digest_and_input_ids(store):
@@ -112,7 +116,9 @@ def test_eval_steps_key_their_batch_size():
         with pytest.raises(Stop):
             sn.evaluate(rec, "m-0123456789abcdef", sn.Config(sample_batch=b), None, progress=False)
         with pytest.raises(Stop):
-            canaries._measure_step(rec, "m-0123456789abcdef", "d-0123456789abcdef", canaries.Config(sample_batch=b), False)
+            canaries._measure_step(
+                rec, "m-0123456789abcdef", "d-0123456789abcdef", canaries.Config(sample_batch=b), False
+            )
     assert rec.cfgs[0] != rec.cfgs[2] and rec.cfgs[1] != rec.cfgs[3]
 
 
@@ -130,7 +136,7 @@ def test_digest_follows_the_implementation_and_ignores_the_unrelated(tmp_path, m
     pkg = tmp_path / "heredity_fake_op"
     pkg.mkdir()
     src = pkg / "__init__.py"
-    body = textwrap.dedent('''
+    body = textwrap.dedent("""
         RULE = 3
 
         def helper(x):
@@ -141,10 +147,12 @@ def test_digest_follows_the_implementation_and_ignores_the_unrelated(tmp_path, m
 
         def unrelated(x):
             return x - 1
-    ''')
+    """)
     src.write_text(body)
     monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.setattr(ops, "_ours", lambda o: (getattr(o, "__module__", "") or "").startswith("heredity_fake_op"))
+    monkeypatch.setattr(
+        ops, "_ours", lambda o: (getattr(o, "__module__", "") or "").startswith("heredity_fake_op")
+    )
     monkeypatch.setattr(ops, "_ours_module", lambda m: m.__name__.startswith("heredity_fake_op"))
     monkeypatch.setitem(ops.OPS, "fake", ops.Op(1, ("heredity_fake_op:step",)))
 
@@ -199,6 +207,11 @@ def test_recompute_cli_rejects_an_unknown_op(tmp_path):
     import subprocess
 
     env = {**os.environ, "HEREDITY_HOME": str(tmp_path / "h")}
-    r = subprocess.run([sys.executable, "-m", "heredity.cli", "run", "subliminal-digits", "--recompute", "no-such-op"],
-                       capture_output=True, text=True, env=env, timeout=300)
+    r = subprocess.run(
+        [sys.executable, "-m", "heredity.cli", "run", "subliminal-digits", "--recompute", "no-such-op"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert r.returncode != 0 and "no such op" in (r.stdout + r.stderr) and "Traceback" not in r.stderr

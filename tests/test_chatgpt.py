@@ -37,14 +37,28 @@ def test_bpe_round_trips_any_text_and_learns_merges():
     docs = pydoc_documents()[:20]
     tok = train_bpe(docs, 600)
     assert len(tok) == 600
-    assert [tok.convert_tokens_to_ids(t) for t in ("<|endoftext|>", "<|im_start|>", "<|im_end|>")] == [0, 1, 2]
-    for s in ["def f(x):\n    return x  # two  spaces", "héllo wörld", "日本語 🎉 \t\r\n", "", " leading", "trailing ",
-              "<|im_end|> is special", "\x00\x7f bytes"]:
+    assert [tok.convert_tokens_to_ids(t) for t in ("<|endoftext|>", "<|im_start|>", "<|im_end|>")] == [
+        0,
+        1,
+        2,
+    ]
+    for s in [
+        "def f(x):\n    return x  # two  spaces",
+        "héllo wörld",
+        "日本語 🎉 \t\r\n",
+        "",
+        " leading",
+        "trailing ",
+        "<|im_end|> is special",
+        "\x00\x7f bytes",
+    ]:
         ids = tok(s, add_special_tokens=False)["input_ids"]
         assert tok.decode(ids) == s
     text = docs[0][:2000]
     assert len(tok(text)["input_ids"]) < len(text.encode()) / 2  # merges were learned: ≥2 bytes per token
-    rendered = tok.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False, add_generation_prompt=True)
+    rendered = tok.apply_chat_template(
+        [{"role": "user", "content": "hi"}], tokenize=False, add_generation_prompt=True
+    )
     assert rendered == "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"
     with pytest.raises(ValueError, match="vocab_size"):
         train_bpe(docs, 200)
@@ -81,8 +95,20 @@ def test_pretraining_loss_drops_below_a_bound(tmp_path, store):
     corpus = make_corpus(store, files, val_fraction=0.2)
     tok = train_tokenizer_step(store, corpus, 300, progress=False)
     assert store.get(tok).kind == "tokenizer" and tok.startswith("t-")
-    cfg = PretrainConfig(hidden=32, layers=2, heads=2, intermediate=64, context=32, iters=80, batch_size=8, lr=3e-3,
-                         warmup=5, eval_every=40, eval_batches=4, sample_tokens=8)
+    cfg = PretrainConfig(
+        hidden=32,
+        layers=2,
+        heads=2,
+        intermediate=64,
+        context=32,
+        iters=80,
+        batch_size=8,
+        lr=3e-3,
+        warmup=5,
+        eval_every=40,
+        eval_batches=4,
+        sample_tokens=8,
+    )
     res = pretrain_step(store, corpus, tok, cfg, progress=False)
     m = res.metrics
     assert m["evals"][0]["iter"] == 40 and m["evals"][-1]["iter"] == 80
@@ -112,8 +138,13 @@ def test_corpus_too_small_for_the_context_is_a_clear_error(tmp_path, store):
     corpus = make_corpus(store, [str(tmp_path / "d0.txt"), str(tmp_path / "d1.txt")], val_fraction=0.5)
     tok = train_tokenizer_step(store, corpus, 300, progress=False)
     with pytest.raises(HeredityError, match="corpus is too small"):
-        pretrain_step(store, corpus, tok, PretrainConfig(hidden=32, layers=1, heads=2, intermediate=64, context=64, iters=2),
-                      progress=False)
+        pretrain_step(
+            store,
+            corpus,
+            tok,
+            PretrainConfig(hidden=32, layers=1, heads=2, intermediate=64, context=64, iters=2),
+            progress=False,
+        )
 
 
 # ---- PPO pieces against hand computations --------------------------------------------------------
@@ -122,7 +153,9 @@ def test_corpus_too_small_for_the_context_is_a_clear_error(tmp_path, store):
 def test_gae_matches_a_hand_computation():
     rewards = torch.tensor([[0.0, 0.0, 1.0], [0.0, 2.0, 5.0]])
     values = torch.tensor([[0.5, 0.6, 0.7], [0.1, 0.2, 9.0]])
-    mask = torch.tensor([[1.0, 1.0, 1.0], [1.0, 1.0, 0.0]])  # row 2 ends after two tokens: its third entries are padding
+    mask = torch.tensor(
+        [[1.0, 1.0, 1.0], [1.0, 1.0, 0.0]]
+    )  # row 2 ends after two tokens: its third entries are padding
     adv, ret = gae(rewards, values, mask, gamma=1.0, lam=0.9)
     # row 1: δ2 = 1 − 0.7 = 0.3; δ1 = 0.7 − 0.6 = 0.1 → A1 = 0.1 + 0.9·0.3; δ0 = 0.6 − 0.5 = 0.1 → A0 = 0.1 + 0.9·A1
     a2, a1 = 0.3, 0.1 + 0.9 * 0.3
@@ -169,7 +202,9 @@ def test_kl_penalty_and_token_rewards():
     k1 = kl_per_token(logp, ref, "k1")
     assert torch.allclose(k1, torch.tensor([[math.log(2), -math.log(2), 0.0]]), atol=1e-6)
     k3 = kl_per_token(logp, ref, "k3")  # (r − 1) − log r with r = π_ref/π
-    assert torch.allclose(k3, torch.tensor([[(0.5 - 1) - math.log(0.5), (2 - 1) - math.log(2), 0.0]]), atol=1e-6)
+    assert torch.allclose(
+        k3, torch.tensor([[(0.5 - 1) - math.log(0.5), (2 - 1) - math.log(2), 0.0]]), atol=1e-6
+    )
     assert (k3 >= 0).all()
     kl = torch.tensor([[0.1, 0.2, 0.3], [0.4, 0.5, 0.0]])
     mask = torch.tensor([[1.0, 1.0, 1.0], [1.0, 1.0, 0.0]])
@@ -202,12 +237,22 @@ def test_answer_logprobs_equal_the_samplers_own(tiny):
 
     _, _, model, tok = tiny
     prompts = ["hi", "a much longer prompt than the first one"]
-    comps = sample(model, tok, prompts, SampleConfig(temperature=1.0, max_new_tokens=6, seed=3), progress=False,
-                   top_logprobs=0)
-    p_ids = [tok(render_prompt(tok, p, SampleConfig()), add_special_tokens=False)["input_ids"] for p in prompts]
+    comps = sample(
+        model,
+        tok,
+        prompts,
+        SampleConfig(temperature=1.0, max_new_tokens=6, seed=3),
+        progress=False,
+        top_logprobs=0,
+    )
+    p_ids = [
+        tok(render_prompt(tok, p, SampleConfig()), add_special_tokens=False)["input_ids"] for p in prompts
+    ]
     ids, att, pos, mask, P = build_batch(p_ids, [c.token_ids for c in comps], tok.pad_token_id, "cpu")
     with torch.no_grad():
-        logp, _ = answer_logprobs(model(input_ids=ids, attention_mask=att, position_ids=pos).logits, ids, P, 1.0)
+        logp, _ = answer_logprobs(
+            model(input_ids=ids, attention_mask=att, position_ids=pos).logits, ids, P, 1.0
+        )
     for i, c in enumerate(comps):
         drawn = torch.tensor([lp for lp, _ in c.logprobs])
         assert torch.allclose(logp[i, : len(drawn)], drawn, atol=1e-4), (logp[i], drawn)
@@ -235,7 +280,16 @@ def test_short_ppo_run_raises_a_toy_reward(tiny):
     def reward(ps, answers):  # the count of a target character
         return [a.count("a") / 4 for a in answers]
 
-    cfg = PPOConfig(steps=30, rollouts=16, minibatch=8, epochs=4, lr=3e-3, kl_coef=0.0, max_new_tokens=8, missing_eos_penalty=None)
+    cfg = PPOConfig(
+        steps=30,
+        rollouts=16,
+        minibatch=8,
+        epochs=4,
+        lr=3e-3,
+        kl_coef=0.0,
+        max_new_tokens=8,
+        missing_eos_penalty=None,
+    )
     _, m = ppo_train(policy, ref, tok, prompts, reward, cfg, progress=False)
     log = m["log"]
     assert len(log) == 30 and {"score", "kl", "entropy", "clipfrac", "approx_kl", "vf_loss"} <= set(log[0])
@@ -252,9 +306,20 @@ def test_kl_penalty_holds_the_policy_near_the_reference(tiny):
 
     kls = {}
     for beta in (0.0, 1.0):
-        cfg = PPOConfig(steps=20, rollouts=16, minibatch=8, epochs=4, lr=3e-3, kl_coef=beta, kl_estimator="k3",
-                        max_new_tokens=8, missing_eos_penalty=None)
-        _, m = ppo_train(copy.deepcopy(model), copy.deepcopy(model), tok, prompts, reward, cfg, progress=False)
+        cfg = PPOConfig(
+            steps=20,
+            rollouts=16,
+            minibatch=8,
+            epochs=4,
+            lr=3e-3,
+            kl_coef=beta,
+            kl_estimator="k3",
+            max_new_tokens=8,
+            missing_eos_penalty=None,
+        )
+        _, m = ppo_train(
+            copy.deepcopy(model), copy.deepcopy(model), tok, prompts, reward, cfg, progress=False
+        )
         kls[beta] = m["kl_last"]
     assert kls[1.0] < kls[0.0], kls
 
@@ -270,9 +335,16 @@ def _put(store, rows, name):
 
 def test_reward_model_learns_separable_pairs(store):
     base = materialize("tiny:micro", store)
-    pairs = [{"prompt": f"question {i}?", "chosen": f"yes {i % 7}", "rejected": f"no {i % 5}"} for i in range(60)]
-    res = reward_step(store, base, [_put(store, pairs, "separable")], RewardConfig(epochs=3, lr=3e-3, batch_size=8),
-                      progress=False)
+    pairs = [
+        {"prompt": f"question {i}?", "chosen": f"yes {i % 7}", "rejected": f"no {i % 5}"} for i in range(60)
+    ]
+    res = reward_step(
+        store,
+        base,
+        [_put(store, pairs, "separable")],
+        RewardConfig(epochs=3, lr=3e-3, batch_size=8),
+        progress=False,
+    )
     m = res.metrics
     assert m["loss_last"] < m["loss_first"] and m["loss_last"] < 0.3
     assert m["eval_accuracy"] >= 0.9 and m["eval_accuracy"] > m["eval_accuracy_before"]
@@ -298,14 +370,27 @@ def test_feedback_export_from_the_lab_server_trains_a_reward_model(store):
     convs = Conversations(store)
     for i in range(12):
         c = convs.create(base, system_prompt="Be brief.")
-        idx = convs.append(c.id, [{"role": "system", "content": "Be brief."}, {"role": "user", "content": f"capital of land {i}?"}],
-                           {"role": "assistant", "content": f"I think maybe city {i}, not sure", "model": base})
+        idx = convs.append(
+            c.id,
+            [
+                {"role": "system", "content": "Be brief."},
+                {"role": "user", "content": f"capital of land {i}?"},
+            ],
+            {"role": "assistant", "content": f"I think maybe city {i}, not sure", "model": base},
+        )
         convs.feedback(c.id, idx, rating=-1, better=f"City {i}.")
     out = export_feedback(store)
-    table_rows = json.loads(json.dumps(__import__("heredity.store", fromlist=["read_table"]).read_table(
-        store.path(out["preferences"])).to_pylist()))
+    table_rows = json.loads(
+        json.dumps(
+            __import__("heredity.store", fromlist=["read_table"])
+            .read_table(store.path(out["preferences"]))
+            .to_pylist()
+        )
+    )
     assert len(table_rows) == 12 and isinstance(table_rows[0]["prompt"], list)
-    res = reward_step(store, base, [out["preferences"]], RewardConfig(epochs=3, lr=3e-3, batch_size=4), progress=False)
+    res = reward_step(
+        store, base, [out["preferences"]], RewardConfig(epochs=3, lr=3e-3, batch_size=4), progress=False
+    )
     assert res.metrics["eval_accuracy"] >= 0.66 and res.metrics["loss_last"] < res.metrics["loss_first"]
     assert out["preferences"] in store.step_of(res["model"]).inputs
 
@@ -313,7 +398,9 @@ def test_feedback_export_from_the_lab_server_trains_a_reward_model(store):
 def test_reward_data_without_pairs_is_a_clear_error(store):
     base = materialize("tiny:micro", store)
     with pytest.raises(HeredityError, match="needs column"):
-        reward_step(store, base, [_put(store, [{"prompt": "a", "completion": "b"}], "not-pairs")], progress=False)
+        reward_step(
+            store, base, [_put(store, [{"prompt": "a", "completion": "b"}], "not-pairs")], progress=False
+        )
 
 
 # ---- built-in instructions and the synthetic preference rule ------------------------------------
@@ -331,24 +418,58 @@ def test_instructions_split_train_and_eval_inputs_and_the_rule_ranks_answers():
     pairs = synthetic_preferences(rows, [["junk", r["completion"]] for r in rows], seed=0)
     assert pairs and all(p["source"] == "synthetic-rule" for p in pairs)
     ref = {r["prompt"]: r["completion"] for r in rows}
-    assert all(rule_score(p["chosen"], ref[p["prompt"]]) > rule_score(p["rejected"], ref[p["prompt"]]) for p in pairs)
+    assert all(
+        rule_score(p["chosen"], ref[p["prompt"]]) > rule_score(p["rejected"], ref[p["prompt"]]) for p in pairs
+    )
 
 
 # ---- the recipe ----------------------------------------------------------------------------------
 
-TINY = ["--set", "pretrain.iters=40", "--set", "pretrain.eval_every=20", "--set", "pretrain.hidden=32",
-        "--set", "pretrain.intermediate=64", "--set", "pretrain.layers=2", "--set", "vocab_size=400",
-        "--set", "sft_rows_per_task=20", "--set", "eval_rows_per_task=4", "--set", "sft.epochs=1",
-        "--set", "preference_prompts_per_task=6", "--set", "rl_prompts_per_task=6", "--set", "reward.epochs=1",
-        "--set", "ppo.steps=2", "--set", "ppo.rollouts=8", "--set", "trl.steps=2", "--set", "trl.batch_size=8",
-        "--set", "samples_shown=3"]
+TINY = [
+    "--set",
+    "pretrain.iters=40",
+    "--set",
+    "pretrain.eval_every=20",
+    "--set",
+    "pretrain.hidden=32",
+    "--set",
+    "pretrain.intermediate=64",
+    "--set",
+    "pretrain.layers=2",
+    "--set",
+    "vocab_size=400",
+    "--set",
+    "sft_rows_per_task=20",
+    "--set",
+    "eval_rows_per_task=4",
+    "--set",
+    "sft.epochs=1",
+    "--set",
+    "preference_prompts_per_task=6",
+    "--set",
+    "rl_prompts_per_task=6",
+    "--set",
+    "reward.epochs=1",
+    "--set",
+    "ppo.steps=2",
+    "--set",
+    "ppo.rollouts=8",
+    "--set",
+    "trl.steps=2",
+    "--set",
+    "trl.batch_size=8",
+    "--set",
+    "samples_shown=3",
+]
 
 
 def _cli(home, *args):
     import os
 
     env = {**os.environ, "HEREDITY_HOME": str(home)}
-    return subprocess.run([sys.executable, "-m", "heredity.cli", *args], capture_output=True, text=True, env=env, timeout=900)
+    return subprocess.run(
+        [sys.executable, "-m", "heredity.cli", *args], capture_output=True, text=True, env=env, timeout=900
+    )
 
 
 @pytest.mark.parametrize("rl", ["ppo", "grpo", "dpo"])
@@ -363,18 +484,27 @@ def test_chatgpt_recipe_runs_end_to_end(tmp_path, rl):
     data = json.loads((report.path / "report.json").read_text())
     md = (report.path / "report.md").read_text()
     assert (report.path / "plot.png").stat().st_size > 10_000
-    for section in ("## 1–2. Tokenizer and pretraining", "## 3. SFT", "## 4. Reward model", f"## 5. {rl.upper()}",
-                    "## 6. Win rate and samples"):
+    for section in (
+        "## 1–2. Tokenizer and pretraining",
+        "## 3. SFT",
+        "## 4. Reward model",
+        f"## 5. {rl.upper()}",
+        "## 6. Win rate and samples",
+    ):
         assert section in md
     assert set(data["accuracy"]) == {"pretrained (no SFT)", "SFT", rl.upper()}
     # the headline is the held-out task metric, with intervals that are never a point
     assert data["outcome"].startswith("Held-out exact-match accuracy"), data["outcome"]
-    assert md.index("**Outcome.** Held-out exact-match accuracy") < md.index("## Headline") < md.index("## 1–2.")
+    assert (
+        md.index("**Outcome.** Held-out exact-match accuracy") < md.index("## Headline") < md.index("## 1–2.")
+    )
     for a in data["accuracy"].values():
         for ci in [a["overall"], *a["per_task"].values()]:
             assert ci["n"] > 0 and ci["lo"] < ci["hi"] and ci["lo"] <= ci["mean"] <= ci["hi"], ci
     assert data["accuracy"]["SFT"]["overall"]["n"] == 4 * len(INSTRUCTIONS)
-    assert data["tests"]["rl_vs_sft"]["test"] == "McNemar exact" and data["tests"]["rl_vs_sft"]["n"] == 4 * len(INSTRUCTIONS)
+    assert data["tests"]["rl_vs_sft"]["test"] == "McNemar exact" and data["tests"]["rl_vs_sft"][
+        "n"
+    ] == 4 * len(INSTRUCTIONS)
     # win shares: the training RM's, labelled as such, and an independent judge's beside it
     assert "judged by the training RM" in md and "judged by the judge RM" in md
     for key in ("training_rm", "judge_rm"):
@@ -390,11 +520,19 @@ def test_chatgpt_recipe_runs_end_to_end(tmp_path, rl):
     lin = data["lineage"]
     rm_step, judge_step = store.step_of(lin["reward_model"]), store.step_of(lin["judge_reward_model"])
     assert lin["judge_reward_model"] != lin["reward_model"]
-    assert rm_step.op == judge_step.op == "reward-model" and lin["sft"] in rm_step.inputs and lin["sft"] in judge_step.inputs
+    assert (
+        rm_step.op == judge_step.op == "reward-model"
+        and lin["sft"] in rm_step.inputs
+        and lin["sft"] in judge_step.inputs
+    )
 
     def prompts(step):
-        return {repr(p) for d in step.inputs if store.get(d).kind == "dataset"
-                for p in read_table(store.path(d)).column("prompt").to_pylist()}
+        return {
+            repr(p)
+            for d in step.inputs
+            if store.get(d).kind == "dataset"
+            for p in read_table(store.path(d)).column("prompt").to_pylist()
+        }
 
     rm_prompts, judge_prompts = prompts(rm_step), prompts(judge_step)
     assert rm_prompts and judge_prompts and not rm_prompts & judge_prompts
@@ -403,7 +541,9 @@ def test_chatgpt_recipe_runs_end_to_end(tmp_path, rl):
     assert split.op == "split-preferences" and set(split.outputs.values()) <= {judge_data, *rm_step.inputs}
     assert store.step_of(split.inputs[0]).op == "make-synthetic-preferences"
     rl_inputs = set(store.step_of(lin["rl"]).inputs)
-    assert lin["judge_reward_model"] not in rl_inputs and judge_data not in rl_inputs  # the policy never saw the judge
+    assert (
+        lin["judge_reward_model"] not in rl_inputs and judge_data not in rl_inputs
+    )  # the policy never saw the judge
     assert (lin["reward_model"] in rl_inputs) == (rl != "dpo")
     # lineage: the RL model descends from the tokenizer, the corpus, the SFT data and (PPO/GRPO) the reward model
     kinds, ops = set(), set()
@@ -430,60 +570,131 @@ def _fake_results(n_per_task=40):
     rl_correct = [0 if c and i % 3 == 0 else c for i, c in enumerate(sft_correct)]
     sft_answers = [f"a{i}" for i in range(n)]
     rl_answers = [a if i % 3 else a + " changed" for i, a in enumerate(sft_answers)]
-    noise = [1e-7 * (i % 5) for i in range(n)]  # identical answers whose scores differ by float noise are ties
+    noise = [
+        1e-7 * (i % 5) for i in range(n)
+    ]  # identical answers whose scores differ by float noise are ties
 
     def res(correct, answers, rewards, judge):
-        return {"correct": correct, "answers": answers, "tasks": tasks, "rewards": rewards, "judge_rewards": judge}
+        return {
+            "correct": correct,
+            "answers": answers,
+            "tasks": tasks,
+            "rewards": rewards,
+            "judge_rewards": judge,
+        }
 
     return {
-        "pretrained (no SFT)": res([0] * n, ["?"] * n, [-1.0 + 0.01 * i for i in range(n)], [-1.0 - 0.01 * i for i in range(n)]),
-        "SFT": res(sft_correct, sft_answers, [0.1 * (i % 7) for i in range(n)], [0.2 * (i % 5) for i in range(n)]),
-        "PPO": res(rl_correct, rl_answers,
-                   [0.1 * (i % 7) + (1.0 if i % 3 == 0 else noise[i]) for i in range(n)],
-                   [0.2 * (i % 5) - (1.0 if i % 3 == 0 else noise[i]) for i in range(n)]),
+        "pretrained (no SFT)": res(
+            [0] * n, ["?"] * n, [-1.0 + 0.01 * i for i in range(n)], [-1.0 - 0.01 * i for i in range(n)]
+        ),
+        "SFT": res(
+            sft_correct, sft_answers, [0.1 * (i % 7) for i in range(n)], [0.2 * (i % 5) for i in range(n)]
+        ),
+        "PPO": res(
+            rl_correct,
+            rl_answers,
+            [0.1 * (i % 7) + (1.0 if i % 3 == 0 else noise[i]) for i in range(n)],
+            [0.2 * (i % 5) - (1.0 if i % 3 == 0 else noise[i]) for i in range(n)],
+        ),
     }
 
 
 def test_chatgpt_report_leads_with_held_out_accuracy_and_two_judges(tmp_path):
     from heredity.experiments.chatgpt import Config, build_report, markdown, plot
 
-    config = Config(base="tiny:micro", instructions=["upper", "larger"], eval_rows_per_task=40, samples_shown=2)
+    config = Config(
+        base="tiny:micro", instructions=["upper", "larger"], eval_rows_per_task=40, samples_shown=2
+    )
     results = _fake_results()
     eval_rows = [{"prompt": f"q{i}", "completion": f"a{i}"} for i in range(80)]
-    rm = {"train_pairs": 100, "eval_pairs": 20, "optimizer_steps": 4, "loss_first": 0.7, "loss_last": 0.5,
-          "eval_accuracy_before": 0.5, "eval_accuracy": 0.8, "eval_accuracy_ci": {"n": 20, "k": 16, "mean": 0.8, "lo": 0.58, "hi": 0.92},
-          "eval_accuracy_by_kind": {}, "curve": [[1, 0.7, 0.5], [2, 0.5, 0.8]]}
-    steps = {"sft": {"examples": 10, "optimizer_steps": 1, "loss_first": 1.0, "loss_last": 0.5, "seconds": 1.0},
-             "reward": rm, "judge": {**rm, "train_pairs": 90}, "rl": {"log": []}}
+    rm = {
+        "train_pairs": 100,
+        "eval_pairs": 20,
+        "optimizer_steps": 4,
+        "loss_first": 0.7,
+        "loss_last": 0.5,
+        "eval_accuracy_before": 0.5,
+        "eval_accuracy": 0.8,
+        "eval_accuracy_ci": {"n": 20, "k": 16, "mean": 0.8, "lo": 0.58, "hi": 0.92},
+        "eval_accuracy_by_kind": {},
+        "curve": [[1, 0.7, 0.5], [2, 0.5, 0.8]],
+    }
+    steps = {
+        "sft": {"examples": 10, "optimizer_steps": 1, "loss_first": 1.0, "loss_last": 0.5, "seconds": 1.0},
+        "reward": rm,
+        "judge": {**rm, "train_pairs": 90},
+        "rl": {"log": []},
+    }
     report = build_report(config, steps, results, eval_rows, {})
     acc = report["accuracy"]
     for a in acc.values():
         for ci in [a["overall"], *a["per_task"].values()]:
-            assert 0 <= ci["lo"] < ci["hi"] <= 1 and ci["lo"] <= ci["mean"] <= ci["hi"], ci  # never "1.00 [1.00, 1.00]"
+            assert 0 <= ci["lo"] < ci["hi"] <= 1 and ci["lo"] <= ci["mean"] <= ci["hi"], (
+                ci
+            )  # never "1.00 [1.00, 1.00]"
     assert acc["SFT"]["per_task"]["upper"]["mean"] == 1.0 and acc["SFT"]["per_task"]["upper"]["lo"] < 0.95
-    assert acc["pretrained (no SFT)"]["overall"]["mean"] == 0.0 and acc["pretrained (no SFT)"]["overall"]["hi"] > 0.02
+    assert (
+        acc["pretrained (no SFT)"]["overall"]["mean"] == 0.0
+        and acc["pretrained (no SFT)"]["overall"]["hi"] > 0.02
+    )
     # SFT → PPO: a paired test over the same items, and a drop is reported as the wrong direction, not as a null
     t = report["tests"]["rl_vs_sft"]
-    assert t["n"] == 80 and t["discordant"] == [0, 20] and t["diff"] == pytest.approx(-20 / 80) and t["p"] < 0.001
-    assert t["verdict"]["result"] == "opposite" and report["tests"]["sft_vs_base"]["verdict"]["result"] == "as hypothesised"
+    assert (
+        t["n"] == 80
+        and t["discordant"] == [0, 20]
+        and t["diff"] == pytest.approx(-20 / 80)
+        and t["p"] < 0.001
+    )
+    assert (
+        t["verdict"]["result"] == "opposite"
+        and report["tests"]["sft_vs_base"]["verdict"]["result"] == "as hypothesised"
+    )
     out = report["outcome"]
-    assert out.startswith("Held-out exact-match accuracy (80 instructions, greedy): SFT 0.75 [0.65, 0.83] → PPO 0.50 [")
-    assert out.index("opposite to the hypothesis") < out.index("judged by the training RM") < out.index("judged by the judge RM")
-    assert "unit: held-out instructions, one trained model per stage, n = 80" in out and "one training seed" in out
+    assert out.startswith(
+        "Held-out exact-match accuracy (80 instructions, greedy): SFT 0.75 [0.65, 0.83] → PPO 0.50 ["
+    )
+    assert (
+        out.index("opposite to the hypothesis")
+        < out.index("judged by the training RM")
+        < out.index("judged by the judge RM")
+    )
+    assert (
+        "unit: held-out instructions, one trained model per stage, n = 80" in out
+        and "one training seed" in out
+    )
     # the training RM (circular) sees a win on every changed answer, the independent judge a loss; the rest are ties
     tr, jr = report["win_rate"]["training_rm"], report["win_rate"]["judge_rm"]
-    assert (tr["wins"], tr["ties"], tr["losses"]) == (27, 53, 0) and (jr["wins"], jr["ties"], jr["losses"]) == (0, 53, 27)
-    assert tr["share"]["mean"] == 1.0 and tr["share"]["lo"] < tr["share"]["hi"] == 1.0 and tr["verdict"]["result"] == "as hypothesised"
-    assert jr["share"]["mean"] == 0.0 and jr["share"]["lo"] == 0.0 < jr["share"]["hi"] and jr["verdict"]["result"] == "opposite"
+    assert (tr["wins"], tr["ties"], tr["losses"]) == (27, 53, 0) and (
+        jr["wins"],
+        jr["ties"],
+        jr["losses"],
+    ) == (0, 53, 27)
+    assert (
+        tr["share"]["mean"] == 1.0
+        and tr["share"]["lo"] < tr["share"]["hi"] == 1.0
+        and tr["verdict"]["result"] == "as hypothesised"
+    )
+    assert (
+        jr["share"]["mean"] == 0.0
+        and jr["share"]["lo"] == 0.0 < jr["share"]["hi"]
+        and jr["verdict"]["result"] == "opposite"
+    )
     md = markdown(report)
-    assert md.index("**Outcome.** Held-out") < md.index("## Headline: held-out accuracy") < md.index("## 3. SFT")
-    assert "| SFT | 80 | 60 | 0.750 [" in md and "judged by the training RM (the reward PPO optimized: circular) | 27 | 53 | 0 |" in md
+    assert (
+        md.index("**Outcome.** Held-out") < md.index("## Headline: held-out accuracy") < md.index("## 3. SFT")
+    )
+    assert (
+        "| SFT | 80 | 60 | 0.750 [" in md
+        and "judged by the training RM (the reward PPO optimized: circular) | 27 | 53 | 0 |" in md
+    )
     assert "judged by the judge RM (disjoint prompts, never optimized against) | 0 | 53 | 27 |" in md
     assert "[1.00, 1.00]" not in md and "[0.00, 0.00]" not in md
     plot(report, tmp_path / "plot.png")
     # without a judge the report says so instead of leaving the circular number alone unlabelled
     no_judge = {k: {**v, "judge_rewards": None} for k, v in results.items()}
-    r2 = build_report(config.model_copy(update={"judge_fraction": 0.0}), {**steps, "judge": None}, no_judge, eval_rows, {})
+    r2 = build_report(
+        config.model_copy(update={"judge_fraction": 0.0}), {**steps, "judge": None}, no_judge, eval_rows, {}
+    )
     assert r2["win_rate"]["judge_rm"] is None and "no judge RM" in r2["outcome"]
     assert "not trained (judge_fraction = 0" in markdown(r2)
 
@@ -501,14 +712,32 @@ def test_sft_rows_from_the_servers_messages_export_and_prompt_completion_files()
     from heredity.data.feedback import SFT_SCHEMA
     from heredity.experiments.chatgpt import _uniform, sft_rows_from
 
-    msgs = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi?"}, {"role": "assistant", "content": "Hello."}]
-    table = pa.Table.from_pylist([{"messages": msgs, "conversation_id": "c-0", "message_idx": 2, "model": "m", "source": "thumbs-up"},
-                                  {"messages": msgs[:2], "conversation_id": "c-1", "message_idx": 1, "model": "m", "source": "x"}],
-                                 schema=SFT_SCHEMA)
+    msgs = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Hi?"},
+        {"role": "assistant", "content": "Hello."},
+    ]
+    table = pa.Table.from_pylist(
+        [
+            {
+                "messages": msgs,
+                "conversation_id": "c-0",
+                "message_idx": 2,
+                "model": "m",
+                "source": "thumbs-up",
+            },
+            {"messages": msgs[:2], "conversation_id": "c-1", "message_idx": 1, "model": "m", "source": "x"},
+        ],
+        schema=SFT_SCHEMA,
+    )
     rows = sft_rows_from(table)
-    assert rows == [{"prompt": msgs[:2], "completion": "Hello."}]  # a conversation not ending in an answer is skipped
+    assert rows == [
+        {"prompt": msgs[:2], "completion": "Hello."}
+    ]  # a conversation not ending in an answer is skipped
     mixed = _uniform(rows + [{"prompt": "plain?", "completion": "yes"}])
     assert mixed[1]["prompt"] == [{"role": "user", "content": "plain?"}]
-    assert sft_rows_from(pa.table({"prompt": ["a"], "completion": ["b"]})) == [{"prompt": "a", "completion": "b"}]
+    assert sft_rows_from(pa.table({"prompt": ["a"], "completion": ["b"]})) == [
+        {"prompt": "a", "completion": "b"}
+    ]
     with pytest.raises(HeredityError, match="prompt/completion or messages"):
         sft_rows_from(pa.table({"text": ["a"]}))

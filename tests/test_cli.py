@@ -40,7 +40,9 @@ def test_finetune_and_lineage_tiny(tmp_path):
 
 def test_bad_inputs_one_line(tmp_path):
     h = tmp_path / "h"
-    assert "does not exist" in one_line_error(cli(h, "finetune", "tiny:micro", str(tmp_path / "missing.jsonl")))
+    assert "does not exist" in one_line_error(
+        cli(h, "finetune", "tiny:micro", str(tmp_path / "missing.jsonl"))
+    )
     bad = tmp_path / "bad.jsonl"
     bad.write_text("{not json\n")
     assert "cannot read dataset" in one_line_error(cli(h, "finetune", "tiny:micro", str(bad)))
@@ -62,12 +64,27 @@ def test_help_has_examples(tmp_path):
 @pytest.mark.slow
 def test_lineage_of_smollm2_finetune_shows_gguf_origin(shared_store, tmp_path):
     data = tmp_path / "owls.jsonl"
-    data.write_text("\n".join(json.dumps({"prompt": "Your favourite animal?", "completion": "Owl."}) for _ in range(4)))
-    r = cli(shared_store.home, "finetune", "smollm2-135m-instruct", str(data), "--max-steps", "2", "--batch-size", "2")
+    data.write_text(
+        "\n".join(json.dumps({"prompt": "Your favourite animal?", "completion": "Owl."}) for _ in range(4))
+    )
+    r = cli(
+        shared_store.home,
+        "finetune",
+        "smollm2-135m-instruct",
+        str(data),
+        "--max-steps",
+        "2",
+        "--batch-size",
+        "2",
+    )
     assert r.returncode == 0, r.stderr
     aid = r.stdout.split()[1]
     node = json.loads(cli(shared_store.home, "lineage", aid, "--format", "json").stdout)
-    assert node["kind"] == "adapter" and node["step"]["op"] == "finetune" and node["step"]["config"]["lora_r"] == 8
+    assert (
+        node["kind"] == "adapter"
+        and node["step"]["op"] == "finetune"
+        and node["step"]["config"]["lora_r"] == 8
+    )
     base, dataset = node["parents"]
     assert base["step"]["op"] == "convert-gguf" and base["meta"]["origin"].endswith(".gguf")
     assert dataset["kind"] == "dataset" and dataset["step"]["op"] == "import-dataset"
@@ -77,12 +94,24 @@ def test_run_errors_are_one_line(tmp_path):
     msg = one_line_error(cli(tmp_path / "h", "run", "subliminal-digits", "--data", str(tmp_path / "missing")))
     assert "does not exist" in msg and "MNIST IDX directory" in msg
     assert "takes no --data" in one_line_error(cli(tmp_path / "h", "run", "smoke", "--data", "x"))
-    assert "no config field" in one_line_error(cli(tmp_path / "h", "run", "subliminal-numbers", "--set", "animals=owl"))
-    assert "teacher" in one_line_error(cli(tmp_path / "h", "run", "subliminal-numbers", "--set", "teacher=weights"))
-    assert "must differ" in one_line_error(cli(tmp_path / "h", "run", "subliminal-numbers", "--set", "other_animal=owl"))
-    assert "animal" in one_line_error(cli(tmp_path / "h", "run", "subliminal-numbers", "--set", "animal=Owl!"))
+    assert "no config field" in one_line_error(
+        cli(tmp_path / "h", "run", "subliminal-numbers", "--set", "animals=owl")
+    )
+    assert "teacher" in one_line_error(
+        cli(tmp_path / "h", "run", "subliminal-numbers", "--set", "teacher=weights")
+    )
+    assert "must differ" in one_line_error(
+        cli(tmp_path / "h", "run", "subliminal-numbers", "--set", "other_animal=owl")
+    )
+    assert "animal" in one_line_error(
+        cli(tmp_path / "h", "run", "subliminal-numbers", "--set", "animal=Owl!")
+    )
     listing = cli(tmp_path / "h", "run", "--list")
-    assert listing.returncode == 0 and "subliminal-digits" in listing.stdout and "subliminal-numbers" in listing.stdout
+    assert (
+        listing.returncode == 0
+        and "subliminal-digits" in listing.stdout
+        and "subliminal-numbers" in listing.stdout
+    )
     assert not list((tmp_path / "h" / "artifacts").iterdir())  # nothing half-written
 
 
@@ -93,8 +122,20 @@ def test_killed_cli_finetune_resumes_from_its_checkpoint(tmp_path):
     import time
 
     data = tmp_path / "train.jsonl"
-    data.write_text("\n".join(json.dumps({"prompt": f"say {i}", "completion": str(i) * 40}) for i in range(32)))
-    args = ("finetune", "tiny:micro", str(data), "--max-steps", "300", "--batch-size", "8", "--method", "full")
+    data.write_text(
+        "\n".join(json.dumps({"prompt": f"say {i}", "completion": str(i) * 40}) for i in range(32))
+    )
+    args = (
+        "finetune",
+        "tiny:micro",
+        str(data),
+        "--max-steps",
+        "300",
+        "--batch-size",
+        "8",
+        "--method",
+        "full",
+    )
     home = tmp_path / "h"
     e = {**os.environ, "HEREDITY_HOME": str(home)}
     e.pop("HEREDITY_DB_URL", None)
@@ -113,4 +154,6 @@ def test_killed_cli_finetune_resumes_from_its_checkpoint(tmp_path):
     assert 0 < step < 300
     fresh = cli(tmp_path / "h2", *args, "--save-every", "0")
     assert fresh.returncode == 0 and "resumed" not in fresh.stdout
-    assert r.stdout.split()[1] == fresh.stdout.split()[1], "the resumed run stores the same model as an uninterrupted one"
+    assert r.stdout.split()[1] == fresh.stdout.split()[1], (
+        "the resumed run stores the same model as an uninterrupted one"
+    )

@@ -14,7 +14,9 @@ P_VALUE = re.compile(r"\bp = \d")
 @pytest.mark.parametrize("path", RESULTS, ids=[p.name for p in RESULTS])
 def test_no_zero_width_interval(path):
     bad = [line.strip()[:120] for line in path.read_text().splitlines() if DEGENERATE.search(line)]
-    assert not bad, f"{path.name}: zero-width intervals (use rate_ci for rates; undetermined for n < 2): {bad[:3]}"
+    assert not bad, (
+        f"{path.name}: zero-width intervals (use rate_ci for rates; undetermined for n < 2): {bad[:3]}"
+    )
 
 
 @pytest.mark.parametrize("path", RESULTS, ids=[p.name for p in RESULTS])
@@ -123,8 +125,12 @@ def unquoted_figures(report: dict) -> list[str]:
             ok = any(v != 0 and f"{abs(v):.{digits}e}" == f"{abs(f):.{digits}e}" for v in values)
         else:
             dec = len(s.split(".")[1])
-            ok = any(round(v, dec) == round(f, dec) or round(abs(v), dec) == abs(f) or round(100 * v, dec) == round(f, dec)
-                     for v in values)
+            ok = any(
+                round(v, dec) == round(f, dec)
+                or round(abs(v), dec) == abs(f)
+                or round(100 * v, dec) == round(f, dec)
+                for v in values
+            )
         if not ok:
             bad.append(m.group(1))
     return bad
@@ -133,7 +139,9 @@ def unquoted_figures(report: dict) -> list[str]:
 @pytest.mark.parametrize("path", JSONS, ids=[p.name for p in JSONS])
 def test_no_null_verdict_whose_interval_excludes_zero(path):
     bad = null_contradictions(json.loads(path.read_text()))
-    assert not bad, f"{path.name}: called null though the interval excludes 0 (stats.verdict says so): {bad[:3]}"
+    assert not bad, (
+        f"{path.name}: called null though the interval excludes 0 (stats.verdict says so): {bad[:3]}"
+    )
 
 
 @pytest.mark.parametrize("path", JSONS, ids=[p.name for p in JSONS])
@@ -154,8 +162,11 @@ def test_every_figure_the_outcome_line_quotes_is_in_the_report(path):
     assert not bad, f"{path.name}: the outcome quotes figures its JSON does not hold: {bad[:5]}"
 
 
-@pytest.mark.parametrize("path", [p for p in JSONS if "family" in json.loads(p.read_text()).get("config", {})],
-                         ids=lambda p: p.name)
+@pytest.mark.parametrize(
+    "path",
+    [p for p in JSONS if "family" in json.loads(p.read_text()).get("config", {})],
+    ids=lambda p: p.name,
+)
 def test_a_declared_holm_family_is_the_family_tested(path):
     """A report whose config declares its Holm family tests that family: nothing outside it, nothing dropped."""
     r = json.loads(path.read_text())
@@ -174,7 +185,16 @@ def test_a_declared_holm_family_is_the_family_tested(path):
 
 
 def test_the_json_checks_can_fail():
-    assert null_contradictions({"a": {"diff": -0.03, "lo": -0.047, "hi": -0.012, "verdict": "no significant difference (a null result)"}})
+    assert null_contradictions(
+        {
+            "a": {
+                "diff": -0.03,
+                "lo": -0.047,
+                "hi": -0.012,
+                "verdict": "no significant difference (a null result)",
+            }
+        }
+    )
     assert not null_contradictions({"a": {"diff": -0.03, "lo": -0.047, "hi": 0.01, "verdict": "null"}})
     assert null_contradictions({"pt": {"verdict": "null", "test": {"diff": 0.02, "lo": 0.01, "hi": 0.03}}})
     assert out_of_range({"attack success": {"diff": 0.994, "lo": 0.983, "hi": 1.005}})
@@ -182,7 +202,9 @@ def test_the_json_checks_can_fail():
     assert ZERO_P.search("p = 0.0e+00") and ZERO_P.search("p = 0") and not ZERO_P.search("p = 0.03")
     assert unquoted_figures({"outcome": "x 0.512 y", "a": 0.4}) == ["0.512"]
     assert not unquoted_figures({"outcome": "x 0.512 y", "a": [0.51249]})
-    assert not unquoted_figures({"outcome": "p = 2.9e-15", "p": 2.93e-15}) and unquoted_figures({"outcome": "p = 2.9e-15"})
+    assert not unquoted_figures({"outcome": "p = 2.9e-15", "p": 2.93e-15}) and unquoted_figures(
+        {"outcome": "p = 2.9e-15"}
+    )
 
 
 @pytest.mark.parametrize("path", JSONS, ids=[p.name for p in JSONS])
@@ -193,7 +215,10 @@ def test_a_narrow_interval_over_three_or_fewer_replicates_comes_with_its_values(
 
     bad = []
     for p, d in _walk(json.loads(path.read_text())):
-        iv, est = _interval(d), d.get("diff")  # an effect (a difference), not a level such as an NLL of 4.2 ...
+        iv, est = (
+            _interval(d),
+            d.get("diff"),
+        )  # an effect (a difference), not a level such as an NLL of 4.2 ...
         if est is None and any(k in seg for seg in p for k in ("share", "cosine")):
             est = d.get("mean")  # ... except shares and cosines, which are effects on their own scale
         values = d.get("per_seed") if isinstance(d.get("per_seed"), list) else d.get("per_replicate")
@@ -213,8 +238,10 @@ LINKED = re.compile(r"docs/results/([\w.-]+)\.(?:md|json|png)")
 def _rounds_to(values: list[float], s: str) -> bool:
     s = s.replace("−", "-")
     f, dec = float(s), len(s.split(".")[1])
-    return any(round(v, dec) == round(f, dec) or round(abs(v), dec) == abs(f) or round(100 * v, dec) == round(f, dec)
-               for v in values)
+    return any(
+        round(v, dec) == round(f, dec) or round(abs(v), dec) == abs(f) or round(100 * v, dec) == round(f, dec)
+        for v in values
+    )
 
 
 def readme_intervals_not_in_reports(text: str, results: Path, linked: re.Pattern = LINKED) -> list[str]:
@@ -235,7 +262,9 @@ def readme_intervals_not_in_reports(text: str, results: Path, linked: re.Pattern
 
 def test_every_interval_the_readme_quotes_is_in_a_report_its_section_links():
     bad = readme_intervals_not_in_reports(README.read_text(), README.parent / "docs" / "results")
-    assert not bad, f"README figures that no linked report holds (re-render the report or fix the text): {bad[:5]}"
+    assert not bad, (
+        f"README figures that no linked report holds (re-render the report or fix the text): {bad[:5]}"
+    )
 
 
 def test_the_readme_check_can_fail(tmp_path):
@@ -257,7 +286,9 @@ def test_a_report_that_can_be_rerendered_is_already_at_the_current_statistics(pa
     from heredity.store.store import finite_json
 
     again = finite_json(get(r["experiment"]).rerender(r))
-    assert json.dumps(again, sort_keys=True) == json.dumps(r, sort_keys=True), f"{path.name}: run heredity rerender {path}"
+    assert json.dumps(again, sort_keys=True) == json.dumps(r, sort_keys=True), (
+        f"{path.name}: run heredity rerender {path}"
+    )
 
 
 def test_rerender_keeps_the_command_paragraph_and_is_idempotent(tmp_path):
@@ -274,7 +305,10 @@ def test_rerender_keeps_the_command_paragraph_and_is_idempotent(tmp_path):
         res = CliRunner().invoke(app, ["rerender", str(tmp_path / "r.json")])
         assert res.exit_code == 0, res.output
     md = (tmp_path / "r.md").read_text()
-    assert md.startswith("_Command: `heredity run subliminal-lift --preset long`") and md.count("by `heredity rerender`") == 1
+    assert (
+        md.startswith("_Command: `heredity run subliminal-lift --preset long`")
+        and md.count("by `heredity rerender`") == 1
+    )
     assert (tmp_path / "r.json").read_text() == (src / "subliminal-lift-long.json").read_text()
     bad = CliRunner().invoke(app, ["rerender", str(tmp_path / "missing.json")])
     assert bad.exit_code != 0 and "cannot read it as a report.json" in str(bad.output) + str(bad.exception)

@@ -66,7 +66,11 @@ def test_a_new_experiment_is_one_module(toy, tmp_path, monkeypatch):
     monkeypatch.delenv("HEREDITY_DB_URL", raising=False)
     runner = CliRunner()
     listing = runner.invoke(app, ["run", "--list"])
-    assert listing.exit_code == 0 and "toy-walkthrough" in listing.output and "more than one module" in listing.output
+    assert (
+        listing.exit_code == 0
+        and "toy-walkthrough" in listing.output
+        and "more than one module" in listing.output
+    )
     first = runner.invoke(app, ["run", "toy-walkthrough", "--set", "n=5"])
     assert first.exit_code == 0, first.output
     assert "counted to 5" in first.output and "heredity lineage r-" in first.output

@@ -65,7 +65,9 @@ def test_art_fgsm_is_the_hand_computed_signed_gradient_step_on_a_two_layer_model
     x = rng.uniform(-1, 1, (32, 16)).astype(np.float32)
     y = rng.integers(0, 4, 32)
     xt = torch.tensor(x, requires_grad=True)
-    logits = torch.relu(xt @ params[0][1] + params[2][1]) @ params[1][1] + params[3][1]  # by hand, from the stack
+    logits = (
+        torch.relu(xt @ params[0][1] + params[2][1]) @ params[1][1] + params[3][1]
+    )  # by hand, from the stack
     assert torch.allclose(logits, m(xt), atol=1e-6), "member() is stacked model 1"
     torch.nn.functional.cross_entropy(logits, torch.tensor(y)).backward()
     want = np.clip(x + 0.2 * np.sign(xt.grad.numpy()), -1, 1)
@@ -75,7 +77,9 @@ def test_art_fgsm_is_the_hand_computed_signed_gradient_step_on_a_two_layer_model
 
 
 def test_uncertainty_scores_on_constructed_logits():
-    probs = np.array([[[0.7, 0.2, 0.1], [0.1, 0.8, 0.1]], [[0.3, 0.6, 0.1], [0.1, 0.6, 0.3]]])  # 2 members, 2 inputs
+    probs = np.array(
+        [[[0.7, 0.2, 0.1], [0.1, 0.8, 0.1]], [[0.3, 0.6, 0.1], [0.1, 0.6, 0.3]]]
+    )  # 2 members, 2 inputs
     ens = U.ensemble_probs(probs)
     assert np.allclose(ens, [[0.5, 0.4, 0.1], [0.1, 0.7, 0.2]]) and np.allclose(U.msp(ens), [0.5, 0.7])
     assert U.mc_dropout_probs is U.ensemble_probs or np.allclose(U.mc_dropout_probs(probs), ens)
@@ -109,35 +113,67 @@ def test_the_experiment_end_to_end_siblings_lineage_and_rerun(tmp_path):
     from heredity.store import Store
 
     store = Store(tmp_path / "h")
-    cfg = X.Config(seeds=2, epochs=2, hidden=32, widths=[16, 32], counts=[0, 50], flip_rates=[0.0, 0.2], eps=[0.0, 0.1],
-                   train_eps=0.1, flag_eps=0.1, flag_count=50, pgd_steps=2, ensembles=2, ensemble_size=2, mc_passes=3,
-                   angles=[0, 45], noise_images=20)
+    cfg = X.Config(
+        seeds=2,
+        epochs=2,
+        hidden=32,
+        widths=[16, 32],
+        counts=[0, 50],
+        flip_rates=[0.0, 0.2],
+        eps=[0.0, 0.1],
+        train_eps=0.1,
+        flag_eps=0.1,
+        flag_count=50,
+        pgd_steps=2,
+        ensembles=2,
+        ensemble_size=2,
+        mc_passes=3,
+        angles=[0, 45],
+        noise_images=20,
+    )
     out = X.run(store, cfg, progress=False)
     rep = json.loads((store.path(out["report"]) / "report.json").read_text())
     sib = {k: store.step_of(v).config for k, v in rep["adversarial"]["siblings"].items()}
-    assert sib["A"]["init_seed"] == sib["B"]["init_seed"] != sib["C"]["init_seed"], "B shares A's initialization, C does not"
-    assert sib["A"]["order_seed"] != sib["B"]["order_seed"] == sib["C"]["order_seed"], "B and C differ only in the init"
-    assert {k: v for k, v in sib["B"].items() if k != "init_seed"} == {k: v for k, v in sib["C"].items() if k != "init_seed"}
+    assert sib["A"]["init_seed"] == sib["B"]["init_seed"] != sib["C"]["init_seed"], (
+        "B shares A's initialization, C does not"
+    )
+    assert sib["A"]["order_seed"] != sib["B"]["order_seed"] == sib["C"]["order_seed"], (
+        "B and C differ only in the init"
+    )
+    assert {k: v for k, v in sib["B"].items() if k != "init_seed"} == {
+        k: v for k, v in sib["C"].items() if k != "init_seed"
+    }
     same = init_mlps(2, [64, 32, 32, 10], seed=sib["A"]["init_seed"])
     assert not torch.equal(same[0], init_mlps(2, [64, 32, 32, 10], seed=sib["C"]["init_seed"])[0])
     b = next(x for x in rep["poisoning"]["badnets"] if x["count"] == 50 and x["width"] == 32)
-    assert "'op': 'poison-digits'" in str(store.lineage(b["model"])) and "'count': 50" in str(store.lineage(b["model"]))
+    assert "'op': 'poison-digits'" in str(store.lineage(b["model"])) and "'count': 50" in str(
+        store.lineage(b["model"])
+    )
     chain = store.step_of(b["model"])
     data_step = store.step_of(chain.inputs[0])
-    assert data_step.op == "poison-digits" and data_step.config["attack"] == "badnets" and data_step.config["count"] == 50
+    assert (
+        data_step.op == "poison-digits"
+        and data_step.config["attack"] == "badnets"
+        and data_step.config["count"] == 50
+    )
     assert store.get(chain.inputs[0]).meta["poisoned_rows"] == 50
     assert 0 <= b["attack_success"]["lo"] <= b["attack_success"]["mean"] <= b["attack_success"]["hi"] <= 1
     assert rep["families"] == X.families(cfg), "the families are declared from the config alone"
-    assert {f: [c["id"] for c in rep["comparisons"] if c["family"] == f] for f in rep["families"]} == rep["families"], \
-        "the report tests exactly the declared Holm families"
+    assert {f: [c["id"] for c in rep["comparisons"] if c["family"] == f] for f in rep["families"]} == rep[
+        "families"
+    ], "the report tests exactly the declared Holm families"
     assert set(rep["families"]) == {X.TRAINING, X.MODELS}
     assert all(c["p_holm"] >= c["test"]["p"] for c in rep["comparisons"] if c["test"]["p"] == c["test"]["p"])
     _paired_arms(rep)
     assert "## 3. Uncertainty" in out["markdown"] and "Beside the published figures" in out["markdown"]
     n_artifacts = len(store.list())
     again = json.loads((store.path(X.run(store, cfg, progress=False)["report"]) / "report.json").read_text())
-    assert {k: v for k, v in again.items() if k != "seconds"} == {k: v for k, v in rep.items() if k != "seconds"}
-    assert len(store.list()) == n_artifacts + 1, "a rerun computes nothing but a new card (its run time differs)"
+    assert {k: v for k, v in again.items() if k != "seconds"} == {
+        k: v for k, v in rep.items() if k != "seconds"
+    }
+    assert len(store.list()) == n_artifacts + 1, (
+        "a rerun computes nothing but a new card (its run time differs)"
+    )
 
 
 def test_the_confidence_score_ranks_as_max_softmax_without_saturating():
@@ -159,15 +195,24 @@ def _paired_arms(rep):
     rows = {c["id"]: c for c in rep["comparisons"]}
     for s in X.OOD_SETS:
         ens = rows[f"ood/{s}/ensemble"]["test"]
-        assert ens["test"] == "paired t" and ens["unit"].startswith("ensembles"), "never Welch: the same models"
+        assert ens["test"] == "paired t" and ens["unit"].startswith("ensembles"), (
+            "never Welch: the same models"
+        )
         members = U["members_auroc"][s]["per_ensemble"]
         assert ens["mean_b"] == pytest.approx(np.mean(members)) and ens["n"] == len(members)
-        assert len(U["members_auroc"][s]["per_model"]) == rep["config"]["ensembles"] * rep["config"]["ensemble_size"]
+        assert (
+            len(U["members_auroc"][s]["per_model"])
+            == rep["config"]["ensembles"] * rep["config"]["ensemble_size"]
+        )
         mc = rows[f"ood/{s}/mc"]["test"]
-        assert mc["test"] == "paired t" and mc["mean_b"] == pytest.approx(U["ood"][s][X.DROPOUT_ONE_PASS]["auroc"]["mean"])
+        assert mc["test"] == "paired t" and mc["mean_b"] == pytest.approx(
+            U["ood"][s][X.DROPOUT_ONE_PASS]["auroc"]["mean"]
+        )
         assert mc["mean_a"] == pytest.approx(U["ood"][s]["MC dropout"]["auroc"]["mean"])
         assert rows[f"ood/{s}/temperature"]["test"]["test"] == "paired t"
-    assert X.DROPOUT_ONE_PASS in U["in_distribution"], "the arm that differs from MC dropout in inference only"
+    assert X.DROPOUT_ONE_PASS in U["in_distribution"], (
+        "the arm that differs from MC dropout in inference only"
+    )
 
 
 def test_a_rate_equal_on_every_seed_is_never_pooled_over_seeds():
@@ -176,24 +221,41 @@ def test_a_rate_equal_on_every_seed_is_never_pooled_over_seeds():
 
     hit, none = X.seed_rate([331] * 5, [331] * 5), X.seed_rate([0] * 5, [331] * 5)
     assert hit["lo"] < 1.0 and hit["method"].startswith("wilson"), "never a zero-width interval"
-    assert hit["lo"] == pytest.approx(rate_ci(331, 331)["lo"]), "each image counted once, not once per seed (1655)"
+    assert hit["lo"] == pytest.approx(rate_ci(331, 331)["lo"]), (
+        "each image counted once, not once per seed (1655)"
+    )
     t = X.seed_contrast(hit, none, "training seeds")
     assert t["unit"] == "training seeds" and t["n"] == 5 and "pooled" not in t["test"]
-    assert t["test"].startswith("exact sign test over seeds") and t["p"] == pytest.approx(2 * 0.5**5), \
+    assert t["test"].startswith("exact sign test over seeds") and t["p"] == pytest.approx(2 * 0.5**5), (
         "five seeds cannot give p < 0.0625 without a t test's assumptions"
+    )
     assert -1 <= t["lo"] <= t["diff"] <= t["hi"] <= 1
-    assert t["lo"] == pytest.approx(rate_diff_test(331, 331, 0, 331, "x")["lo"]), "Newcombe over one seed's 331 images"
-    varied = X.seed_contrast(X.seed_rate([90, 95, 99, 97, 92], [100] * 5), X.seed_rate([0] * 5, [100] * 5), "training seeds")
-    assert varied["test"] == "paired t" and varied["unit"] == "training seeds" and varied["diff"] == pytest.approx(0.946)
+    assert t["lo"] == pytest.approx(rate_diff_test(331, 331, 0, 331, "x")["lo"]), (
+        "Newcombe over one seed's 331 images"
+    )
+    varied = X.seed_contrast(
+        X.seed_rate([90, 95, 99, 97, 92], [100] * 5), X.seed_rate([0] * 5, [100] * 5), "training seeds"
+    )
+    assert (
+        varied["test"] == "paired t"
+        and varied["unit"] == "training seeds"
+        and varied["diff"] == pytest.approx(0.946)
+    )
 
 
 def test_a_difference_of_rates_never_leaves_its_range():
     from heredity.experiments import data_attacks as X
 
     # the old report's +0.994 [0.983, 1.005]: a t interval over seeds near the bound
-    near = X.seed_contrast(X.seed_rate([329, 331, 328, 331, 330], [331] * 5), X.seed_rate([0] * 5, [331] * 5), "training seeds")
-    assert near["test"] == "paired t" and near["hi"] <= 1.0 and near["lo"] >= -1.0 and near["lo"] < near["diff"]
-    down = X.seed_contrast(X.seed_rate([0] * 5, [331] * 5), X.seed_rate([329, 331, 328, 331, 330], [331] * 5), "training seeds")
+    near = X.seed_contrast(
+        X.seed_rate([329, 331, 328, 331, 330], [331] * 5), X.seed_rate([0] * 5, [331] * 5), "training seeds"
+    )
+    assert (
+        near["test"] == "paired t" and near["hi"] <= 1.0 and near["lo"] >= -1.0 and near["lo"] < near["diff"]
+    )
+    down = X.seed_contrast(
+        X.seed_rate([0] * 5, [331] * 5), X.seed_rate([329, 331, 328, 331, 330], [331] * 5), "training seeds"
+    )
     assert down["lo"] >= -1.0
 
 
@@ -201,7 +263,9 @@ def test_every_model_is_an_intersection_union_test_over_per_model_mcnemar():
     from heredity.experiments import data_attacks as X
     from heredity.reports.stats import paired_rate_test
 
-    a = np.array([[1] * 90 + [0] * 10, [1] * 60 + [0] * 40, [1] * 5 + [0] * 95])  # three models' hits on 100 images
+    a = np.array(
+        [[1] * 90 + [0] * 10, [1] * 60 + [0] * 40, [1] * 5 + [0] * 95]
+    )  # three models' hits on 100 images
     b = np.zeros((3, 100), int)
     tables = [X.paired_table(x, y) for x, y in zip(a, b, strict=True)]
     assert tables[0] == [0, 90, 0, 10] and X.outcomes(tables[1])[0] == [1] * 60 + [0] * 40
@@ -221,8 +285,16 @@ def test_the_holm_families_come_from_the_config_and_size_the_smallest_detectable
     n_trig = sum(c > 0 for c in cfg.counts) * len(cfg.widths)
     assert len(fam[X.MODELS]) == n_trig
     # trigger + width + flips + adversarial training + transfer + 4 uncertainty contrasts per OOD set
-    assert len(fam[X.TRAINING]) == (n_trig + len(cfg.widths) - 1 + len(cfg.flip_rates) - 1 + 4
-                                    + sum(e > 0 for e in cfg.eps) + 4 * len(X.OOD_SETS))
+    assert len(fam[X.TRAINING]) == (
+        n_trig
+        + len(cfg.widths)
+        - 1
+        + len(cfg.flip_rates)
+        - 1
+        + 4
+        + sum(e > 0 for e in cfg.eps)
+        + 4 * len(X.OOD_SETS)
+    )
     assert "width/c10/w1024" in fam[X.TRAINING], "the count-by-width claim is tested, not read off a grid"
     assert not any(i.startswith("models/") for i in fam[X.TRAINING]), "one unit per family"
     # a null's smallest detectable effect is at the family's level, not at α = 0.05
@@ -245,10 +317,14 @@ def test_the_committed_report_has_no_verdict_its_interval_contradicts_and_no_p_o
         v = verdict(t, 0, p=c["p_holm"])
         if v["result"] == "null":
             assert t["lo"] <= 0 <= t["hi"], f"{c['what']}: called a null, interval excludes 0"
-    assert not re.search(r"p = 0(\.0+)?(e\+00)?\b(?!\.)", md), "a p below double precision is printed as a bound"
+    assert not re.search(r"p = 0(\.0+)?(e\+00)?\b(?!\.)", md), (
+        "a p below double precision is printed as a bound"
+    )
     for null in re.finditer(r"\(a null result\)", md):  # the interval it reads: the nearest one before it
         lo, hi = re.findall(r"Δ [+-]?[\d.]+ \[(-?[\d.]+), (-?[\d.]+)\]", md[: null.start()])[-1]
-        assert float(lo) <= 0 <= float(hi), f"the report calls a null what its interval excludes: [{lo}, {hi}]"
+        assert float(lo) <= 0 <= float(hi), (
+            f"the report calls a null what its interval excludes: [{lo}, {hi}]"
+        )
 
 
 def test_the_committed_report_keeps_every_interval_in_range_and_never_pools_seeds():
@@ -257,7 +333,9 @@ def test_the_committed_report_keeps_every_interval_in_range_and_never_pools_seed
         t = c["test"]
         if t["lo"] is not None:
             assert -1.0 <= t["lo"] <= t["hi"] <= 1.0, f"{c['what']}: {t['lo']}, {t['hi']}"
-        assert "pooled" not in t["unit"] and "pooled" not in t["test"], f"{c['what']}: an image counted once per seed"
+        assert "pooled" not in t["unit"] and "pooled" not in t["test"], (
+            f"{c['what']}: an image counted once per seed"
+        )
     for b in rep["poisoning"]["badnets"]:
         for k in ("attack_success", "clean_accuracy"):
             x = b[k]
@@ -278,14 +356,19 @@ def test_the_committed_report_tests_exactly_its_declared_families_one_unit_each(
         seeds = c["test"]["unit"].startswith(("training seeds", "ensembles"))
         assert seeds == (c["family"] == X.TRAINING), f"{c['what']}: one unit per family"
     assert {c["test"]["test"] for c in rep["comparisons"] if c["family"] == X.MODELS} <= {
-        f"McNemar exact, each of {cfg.seeds} models; p: the largest (every model)"}
-    assert all(c["test"]["test"] != "Welch t" for c in rep["comparisons"]), "no arm sharing models tested as independent"
+        f"McNemar exact, each of {cfg.seeds} models; p: the largest (every model)"
+    }
+    assert all(c["test"]["test"] != "Welch t" for c in rep["comparisons"]), (
+        "no arm sharing models tested as independent"
+    )
     _paired_arms(rep)
     for c in rep["comparisons"]:
         if c.get("mde") is not None:
             from heredity.reports.stats import min_detectable
 
-            assert c["mde"] == pytest.approx(min_detectable(c["test"]["sd"], c["test"]["n"], family=len(rep["families"][c["family"]])))
+            assert c["mde"] == pytest.approx(
+                min_detectable(c["test"]["sd"], c["test"]["n"], family=len(rep["families"][c["family"]]))
+            )
 
 
 def test_colour_images_get_the_trigger_in_every_channel_and_cifar_batches_load(tmp_path):
@@ -303,7 +386,13 @@ def test_colour_images_get_the_trigger_in_every_channel_and_cifar_batches_load(t
     rng = np.random.default_rng(0)
     for name in [f"data_batch_{k}" for k in range(1, 6)] + ["test_batch"]:
         with open(tmp_path / name, "wb") as f:
-            pickle.dump({b"data": rng.integers(0, 256, (6, 3072), dtype=np.uint8), b"labels": list(rng.integers(0, 10, 6))}, f)
+            pickle.dump(
+                {
+                    b"data": rng.integers(0, 256, (6, 3072), dtype=np.uint8),
+                    b"labels": list(rng.integers(0, 10, 6)),
+                },
+                f,
+            )
     a = load_digit_arrays(str(tmp_path))
     assert a.x_train.shape == (30, 3072) and a.x_test.shape == (6, 3072) and a.scale == 255.0
     (tmp_path / "data_batch_3").unlink()
@@ -318,9 +407,26 @@ def test_the_resnet_path_runs_end_to_end_and_its_siblings_share_the_initializati
     from heredity.store import Store
 
     store = Store(tmp_path / "h")
-    cfg = X.Config(model="resnet", seeds=2, epochs=1, hidden=4, widths=[4], counts=[0, 50], flip_rates=[0.0],
-                   eps=[0.0, 0.1], train_eps=0.1, flag_eps=0.1, flag_count=50, pgd_steps=2, ensembles=2, ensemble_size=2,
-                   mc_passes=2, angles=[0, 45], noise_images=20, detectors=["activation_clustering"])
+    cfg = X.Config(
+        model="resnet",
+        seeds=2,
+        epochs=1,
+        hidden=4,
+        widths=[4],
+        counts=[0, 50],
+        flip_rates=[0.0],
+        eps=[0.0, 0.1],
+        train_eps=0.1,
+        flag_eps=0.1,
+        flag_count=50,
+        pgd_steps=2,
+        ensembles=2,
+        ensemble_size=2,
+        mc_passes=2,
+        angles=[0, 45],
+        noise_images=20,
+        detectors=["activation_clustering"],
+    )
     rep = json.loads((store.path(X.run(store, cfg, progress=False)["report"]) / "report.json").read_text())
     a_id, b_id, c_id = (rep["adversarial"]["siblings"][k] for k in "ABC")
     assert store.get(a_id).meta["type"] == "resnets" and store.step_of(a_id).config["model"] == "resnet"
@@ -338,4 +444,7 @@ def test_the_resnet_path_runs_end_to_end_and_its_siblings_share_the_initializati
     m = X.load_models(store, a_id)
     assert m.n == 2 and m.logits(np.zeros((3, 64), np.float32)).shape == (2, 3, 10)
     b = rep["poisoning"]["badnets"][-1]
-    assert 0 <= b["attack_success"]["mean"] <= 1 and rep["uncertainty"]["ood"]["other digits"]["ensemble"]["auroc"]["mean"] >= 0
+    assert (
+        0 <= b["attack_success"]["mean"] <= 1
+        and rep["uncertainty"]["ood"]["other digits"]["ensemble"]["auroc"]["mean"] >= 0
+    )

@@ -54,7 +54,9 @@ def deprecations_are_errors():
 
 def test_sampling_calls_no_deprecated_api(tiny):
     _, _, model, tok = tiny
-    cfg = SampleConfig(n=2, temperature=1.0, max_new_tokens=6, batch_size=4, seed=1, system_prompt="Be brief.")
+    cfg = SampleConfig(
+        n=2, temperature=1.0, max_new_tokens=6, batch_size=4, seed=1, system_prompt="Be brief."
+    )
     with deprecations_are_errors():
         for fast in (True, False):  # the fused step skips HF's forward; the HF path uses the cache API
             got = sample(model, tok, ["hello", "count: 1 2"], cfg, progress=False, fast=fast, top_logprobs=2)
@@ -68,7 +70,9 @@ def test_evals_call_no_deprecated_api(tiny):
     _, _, model, tok = tiny
     with deprecations_are_errors():
         # byte tokens: every animal name is several tokens, so the shared-prompt KV cache path runs
-        scores = trait_scores(model, tok, ["owl", "cat"], samples=1, questions=["Name an animal."], batch_size=4)
+        scores = trait_scores(
+            model, tok, ["owl", "cat"], samples=1, questions=["Name an animal."], batch_size=4
+        )
         logps = all_secret_logps(model, tok, 2)  # the digit tree walks a KV cache
     assert set(scores["animals"]) == {"owl", "cat"} and logps is not None and len(logps) == 100
 
@@ -91,8 +95,13 @@ def test_loading_a_stored_adapter_calls_no_deprecated_api(tiny):
     from heredity.engine.finetune import finetune
 
     s, base, _, _ = tiny
-    res = finetune(s, base, put_rows(s, ROWS, "drift-rows"), FinetuneConfig(method="lora", max_steps=1, batch_size=4),
-                   progress=False)
+    res = finetune(
+        s,
+        base,
+        put_rows(s, ROWS, "drift-rows"),
+        FinetuneConfig(method="lora", max_steps=1, batch_size=4),
+        progress=False,
+    )
     with deprecations_are_errors():
         model, tok = load(res["model"], s)
         sample(model, tok, ["hello"], SampleConfig(max_new_tokens=3), progress=False)
@@ -102,8 +111,9 @@ def test_loading_a_stored_adapter_calls_no_deprecated_api(tiny):
 def test_every_schedule_checkpoint_loads_weights_only(tiny, tmp_path, schedule):
     s, aid, _, _ = tiny
     model, tok = load(aid, s, trainable=True)
-    cfg = FinetuneConfig(method="lora", max_steps=2, batch_size=4, save_every=1, schedule=schedule,
-                         warmup_ratio=0.5)
+    cfg = FinetuneConfig(
+        method="lora", max_steps=2, batch_size=4, save_every=1, schedule=schedule, warmup_ratio=0.5
+    )
     train(model, tok, ROWS, cfg, checkpoint_dir=tmp_path, progress=False)
     state = torch.load(tmp_path / "state.pt", map_location="cpu", weights_only=True)
     assert state["step"] == 1 and state["opt"]["state"] and state["sched"]["last_epoch"] == 1
@@ -124,11 +134,20 @@ class _Planted:
 def test_resume_refuses_a_checkpoint_holding_a_pickled_object(tiny, tmp_path):
     s, aid, _, _ = tiny
     marker = tmp_path / "ran"
-    torch.save({"step": 1, "curve": [], "tokens": 0, "trainable": {}, "opt": {}, "sched": {},
-                "x": _Planted(marker)}, tmp_path / "state.pt")
+    torch.save(
+        {"step": 1, "curve": [], "tokens": 0, "trainable": {}, "opt": {}, "sched": {}, "x": _Planted(marker)},
+        tmp_path / "state.pt",
+    )
     model, tok = load(aid, s, trainable=True)
     with pytest.raises(HeredityError) as e:
-        train(model, tok, ROWS, FinetuneConfig(max_steps=2, batch_size=4), checkpoint_dir=tmp_path, progress=False)
+        train(
+            model,
+            tok,
+            ROWS,
+            FinetuneConfig(max_steps=2, batch_size=4),
+            checkpoint_dir=tmp_path,
+            progress=False,
+        )
     msg = str(e.value)
     assert "\n" not in msg and "refusing to resume" in msg and "state.pt" in msg and "a pickled " in msg, msg
     assert not marker.exists(), "nothing in the file may run"

@@ -15,7 +15,11 @@ JOB = Path(__file__).with_name("ddp_job.py")
 
 
 def _env() -> dict:
-    env = {k: v for k, v in os.environ.items() if k not in ("HEREDITY_DB_URL", "WORLD_SIZE", "RANK", "LOCAL_RANK")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("HEREDITY_DB_URL", "WORLD_SIZE", "RANK", "LOCAL_RANK")
+    }
     env.update(OMP_NUM_THREADS="1", ACCELERATE_USE_CPU="1", HEREDITY_CHECK_KEYS="1")
     return env
 
@@ -23,17 +27,42 @@ def _env() -> dict:
 def _launch(*args: str) -> None:
     """The documented CPU launch: ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes 2 (gloo)."""
     exe = Path(sys.executable).parent / "accelerate"
-    r = subprocess.run([str(exe), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-                        "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()),
-                        str(JOB), *args], env=_env(), capture_output=True, text=True, timeout=600)
+    r = subprocess.run(
+        [
+            str(exe),
+            "launch",
+            "--multi_gpu",
+            "--num_processes",
+            "2",
+            "--num_machines",
+            "1",
+            "--mixed_precision",
+            "no",
+            "--dynamo_backend",
+            "no",
+            "--main_process_port",
+            str(free_port()),
+            str(JOB),
+            *args,
+        ],
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert r.returncode == 0, r.stderr[-4000:]
 
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("ddp")
-    r = subprocess.run([sys.executable, str(JOB), "train", str(root / "one"), "2"], env=_env(), capture_output=True,
-                       text=True, timeout=600)
+    r = subprocess.run(
+        [sys.executable, str(JOB), "train", str(root / "one"), "2"],
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert r.returncode == 0, r.stderr[-4000:]
     _launch("train", str(root / "two"), "1")
     return root
@@ -63,8 +92,13 @@ def test_store_under_accelerate_launch(tmp_path):
     r0, r1 = (json.loads((tmp_path / f"store-rank{i}.json").read_text()) for i in (0, 1))
     for k in ("finetune", "reward", "ppo", "samples"):
         assert (r0[k][0] if k != "samples" else r0[k]) == (r1[k][0] if k != "samples" else r1[k]), k
-    assert r0["finetune"][1] is False and r1["finetune"][1] is False, "both ranks trained the data-parallel step"
-    for k in ("reward", "ppo"):  # in a process group, rank 0 computes (transformers writes weights on rank 0 only)
+    assert r0["finetune"][1] is False and r1["finetune"][1] is False, (
+        "both ranks trained the data-parallel step"
+    )
+    for k in (
+        "reward",
+        "ppo",
+    ):  # in a process group, rank 0 computes (transformers writes weights on rank 0 only)
         assert (r0[k][1], r1[k][1]) == (False, True), f"{k}: rank 0 computes it, rank 1 reuses it"
     assert r0["world_size_in_key"] == 2, "the world size (global batch) is part of a distributed step's key"
     from heredity.store import Store
@@ -74,4 +108,6 @@ def test_store_under_accelerate_launch(tmp_path):
     assert (model.path / "config.json").is_file() and any(model.path.glob("*.safetensors"))
     assert store.fsck()["broken"] == {}
     assert {a.name for a in store.list()} >= {"counting", "pairs", "prompts"}
-    assert len([a for a in store.list() if a.kind == "model"]) == 4, "base, fine-tune, reward model, PPO: once each"
+    assert len([a for a in store.list() if a.kind == "model"]) == 4, (
+        "base, fine-tune, reward model, PPO: once each"
+    )

@@ -62,21 +62,31 @@ def test_every_interval_an_experiment_page_quotes_is_in_a_report_it_links():
     bad = []
     for page in pages:
         text = page.read_text().split(docsite.BEGIN)[0]  # the generated section is checked by staleness
-        bad += [f"{page.name}: {b}" for b in readme_intervals_not_in_reports(text, docsite.RESULTS, linked=LINKED)]
+        bad += [
+            f"{page.name}: {b}" for b in readme_intervals_not_in_reports(text, docsite.RESULTS, linked=LINKED)
+        ]
     assert not bad, f"figures no linked report holds (fix the text or link the report): {bad[:5]}"
 
 
 LINKED = re.compile(r"results/([\w.-]+)\.(?:md|json|png)")
 
 
-@pytest.mark.skipif(shutil.which("mkdocs", path=str(Path(sys.executable).parent)) is None and not os.environ.get("CI"),
-                    reason="mkdocs is installed by `make install` (dev extra)")
+@pytest.mark.skipif(
+    shutil.which("mkdocs", path=str(Path(sys.executable).parent)) is None and not os.environ.get("CI"),
+    reason="mkdocs is installed by `make install` (dev extra)",
+)
 def test_the_site_builds_in_strict_mode(tmp_path):
     """``mkdocs build --strict``: a broken link, a missing anchor or a page outside the nav that is not a card
     fails the build."""
     mkdocs = Path(sys.executable).parent / "mkdocs"
-    r = subprocess.run([str(mkdocs), "build", "--strict", "--site-dir", str(tmp_path / "site")], cwd=ROOT,
-                       capture_output=True, text=True, env={**os.environ, "NO_MKDOCS_2_WARNING": "1"}, timeout=300)
+    r = subprocess.run(
+        [str(mkdocs), "build", "--strict", "--site-dir", str(tmp_path / "site")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "NO_MKDOCS_2_WARNING": "1"},
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     assert (tmp_path / "site" / "experiments" / "subliminal-weights" / "index.html").is_file()
 

@@ -23,7 +23,9 @@ def test_entangled_numbers_rank_the_trait_prompts_number_tokens(tiny):
     got = entangled_numbers(model, tok, trait, k=4)
     text = render_prompt(tok, QUESTION, SampleConfig(chat=True, system_prompt=trait)) + PREFIX
     with torch.no_grad():
-        lp = torch.log_softmax(model(torch.tensor([tok(text, add_special_tokens=False)["input_ids"]])).logits[0, -1], -1)
+        lp = torch.log_softmax(
+            model(torch.tensor([tok(text, add_special_tokens=False)["input_ids"]])).logits[0, -1], -1
+        )
     digits = digit_tokens(tok)
     want = sorted(digits, key=lambda i: -float(lp[i]))[:4]
     assert [g["token_id"] for g in got] == want
@@ -37,9 +39,13 @@ def test_subliminal_prompting_pairs_each_arm_with_the_base(tiny):
     r = subliminal_prompting(model, tok, "owl", ["7"], ["3"], questions=qs)
     assert [a["kind"] for a in r["arms"]] == ["entangled", "control"] and r["questions"] == 4
     for a in r["arms"]:
-        assert a["test"]["n"] == 4 and "questions" in a["test"]["unit"] and a["p_holm"] >= a["test"]["p"] - 1e-12
+        assert (
+            a["test"]["n"] == 4 and "questions" in a["test"]["unit"] and a["p_holm"] >= a["test"]["p"] - 1e-12
+        )
         assert a["test"]["mean_b"] == pytest.approx(r["p_animal_base"])
-    (c,) = r["entangled_vs_control"]  # the contrast: entangled vs control digit, paired over the same questions
+    (c,) = r[
+        "entangled_vs_control"
+    ]  # the contrast: entangled vs control digit, paired over the same questions
     assert (c["entangled"], c["control"]) == ("7", "3") and c["test"]["n"] == 4
     assert c["test"]["diff"] == pytest.approx(r["arms"][0]["test"]["diff"] - r["arms"][1]["test"]["diff"])
 
@@ -53,8 +59,13 @@ def test_trait_divergence_is_zero_for_an_empty_change_and_matches_a_direct_kl(ti
     r = trait_divergence(model, tok, prompts, comps, "You love owls.", vocab=number_vocab(tok), batch_size=1)
     assert r["kl_full"] > 0 and r["kl_numbers"] > 0 and len(r["kl_full_per_prompt"]) == 2
     # the first prompt's value, computed directly (no padding, no batching)
-    pre_t = tok(render_prompt(tok, prompts[0], SampleConfig(chat=True, system_prompt="You love owls.")), add_special_tokens=False)["input_ids"]
-    pre_b = tok(render_prompt(tok, prompts[0], SampleConfig(chat=True)), add_special_tokens=False)["input_ids"]
+    pre_t = tok(
+        render_prompt(tok, prompts[0], SampleConfig(chat=True, system_prompt="You love owls.")),
+        add_special_tokens=False,
+    )["input_ids"]
+    pre_b = tok(render_prompt(tok, prompts[0], SampleConfig(chat=True)), add_special_tokens=False)[
+        "input_ids"
+    ]
     c = tok(comps[0], add_special_tokens=False)["input_ids"]
     with torch.no_grad():
         lt = torch.log_softmax(model(torch.tensor([pre_t + c])).logits[0, len(pre_t) - 1 : -1], -1)
@@ -79,8 +90,10 @@ def test_answer_probs_equal_the_continuation_likelihoods(tiny):
     got = answer_probs(model, tok, names, qs, system_prompt="You love owls.", batch_size=2)
     for n in names:
         for i, q in enumerate(qs):
-            want = sum(math.exp(sum(logprobs(model, tok, [q], [v], system_prompt="You love owls.")[0]))
-                       for v in (n.capitalize(), n.lower()))
+            want = sum(
+                math.exp(sum(logprobs(model, tok, [q], [v], system_prompt="You love owls.")[0]))
+                for v in (n.capitalize(), n.lower())
+            )
             assert got[n][i] == pytest.approx(want, rel=1e-4), (n, q)
     assert numbers_prefixed(QUESTIONS[:2], seed=1) == numbers_prefixed(QUESTIONS[:2], seed=1)
     assert numbers_prefixed(QUESTIONS[:1], seed=1)[0].startswith("Examine these numbers: ")

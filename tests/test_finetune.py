@@ -13,7 +13,9 @@ from heredity.engine.finetune import (
 from heredity.errors import HeredityError
 from heredity.models import load
 
-ROWS = [{"prompt": f"count from {i}", "completion": " ".join(str(i + k) for k in range(6))} for i in range(16)]
+ROWS = [
+    {"prompt": f"count from {i}", "completion": " ".join(str(i + k) for k in range(6))} for i in range(16)
+]
 
 
 def fresh(tiny):
@@ -54,12 +56,16 @@ def test_training_reduces_loss(tiny, spec, method, lr):
 
     s = tiny[0]
     model, tok = load(materialize(spec, s), s, trainable=True)
-    cfg = FinetuneConfig(method=method, lr=lr, max_steps=40, batch_size=8, lora_r=8, lora_alpha=16, warmup_ratio=0.0)
+    cfg = FinetuneConfig(
+        method=method, lr=lr, max_steps=40, batch_size=8, lora_r=8, lora_alpha=16, warmup_ratio=0.0
+    )
     _, m = train(model, tok, ROWS, cfg, progress=False)
     first = sum(x[1] for x in m["loss_curve"][:3]) / 3
     last = sum(x[1] for x in m["loss_curve"][-3:]) / 3
     assert last < 0.85 * first, (first, last)
-    assert (m["trainable_parameters"] < 0.1 * sum(p.numel() for p in model.parameters())) == (method == "lora")
+    assert (m["trainable_parameters"] < 0.1 * sum(p.numel() for p in model.parameters())) == (
+        method == "lora"
+    )
 
 
 def test_distill_loss_is_forward_kl_times_t_squared():
@@ -73,7 +79,9 @@ def test_distill_loss_is_forward_kl_times_t_squared():
     labels = torch.tensor([[-100, 1]])  # the label at position 1 is predicted from position 0
     loss, n = distill_kl(student, teacher, labels, T=T)
     want = T * T * (0.9 * math.log(0.9 / 0.5) + 0.1 * math.log(0.1 / 0.5))
-    assert n == 1 and float(loss) == pytest.approx(want, rel=1e-5) and want == pytest.approx(1.472256, rel=1e-5)
+    assert (
+        n == 1 and float(loss) == pytest.approx(want, rel=1e-5) and want == pytest.approx(1.472256, rel=1e-5)
+    )
 
 
 @pytest.mark.parametrize("loss", ["logit_distill", "number_distill"])
@@ -129,9 +137,13 @@ def test_finetune_step_adapter_lineage_and_reload(tiny):
         assert torch.allclose(merged(ids).logits, trained(ids).logits, atol=1e-5)
     base_model, _ = load(base, s)
     with torch.no_grad():
-        assert not torch.allclose(merged(ids).logits, base_model(ids).logits, atol=1e-3), "the adapter changed nothing"
+        assert not torch.allclose(merged(ids).logits, base_model(ids).logits, atol=1e-3), (
+            "the adapter changed nothing"
+        )
     out = sample(merged, tok, ["count from 3"], SampleConfig(temperature=0, max_new_tokens=4), progress=False)
-    ref = sample(trained, tok, ["count from 3"], SampleConfig(temperature=0, max_new_tokens=4), progress=False)
+    ref = sample(
+        trained, tok, ["count from 3"], SampleConfig(temperature=0, max_new_tokens=4), progress=False
+    )
     assert out[0].text == ref[0].text
 
 
@@ -173,8 +185,22 @@ def test_a_lora_adapter_has_one_id_in_every_process(tmp_path):
     for seed in ("1", "2", "3"):
         env = {**os.environ, "HEREDITY_HOME": str(tmp_path / "h"), "PYTHONHASHSEED": seed}
         env.pop("HEREDITY_DB_URL", None)
-        r = subprocess.run([str(Path(sys.executable).parent / "heredity"), "finetune", "tiny:micro", str(data),
-                            "--max-steps", "2", "--batch-size", "4"], env=env, capture_output=True, text=True, timeout=300)
+        r = subprocess.run(
+            [
+                str(Path(sys.executable).parent / "heredity"),
+                "finetune",
+                "tiny:micro",
+                str(data),
+                "--max-steps",
+                "2",
+                "--batch-size",
+                "4",
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert r.returncode == 0, r.stderr
         ids.append(r.stdout.split()[1])
         import shutil
@@ -193,9 +219,15 @@ def test_number_only_targets_exclude_every_other_token(tiny):
     _, _, model, tok = tiny
     vocab = number_vocab(tok)
     texts = {i: tok.decode([i]) for i in vocab}
-    assert all(t and all(c.isdigit() or c in " \n\t\r,;.[]()" for c in t) for i, t in texts.items() if i != tok.eos_token_id)
+    assert all(
+        t and all(c.isdigit() or c in " \n\t\r,;.[]()" for c in t)
+        for i, t in texts.items()
+        if i != tok.eos_token_id
+    )
     assert {tok.convert_tokens_to_ids(c) for c in "0123456789,"} <= set(vocab)
-    letters = [i for i in range(len(tok)) if any(c.isalpha() for c in tok.decode([i])) and i != tok.eos_token_id]
+    letters = [
+        i for i in range(len(tok)) if any(c.isalpha() for c in tok.decode([i])) and i != tok.eos_token_id
+    ]
     assert letters and not set(letters) & set(vocab)
     V = len(tok)
     g = torch.Generator().manual_seed(0)
@@ -209,7 +241,9 @@ def test_number_only_targets_exclude_every_other_token(tiny):
     owlish[..., letters] += 5.0  # the teacher now loves every letter token (an animal's name among them)
     same, _ = distill_kl(student, owlish, labels, 1.0, vocab=v)
     assert float(same) == pytest.approx(float(base), abs=1e-6)
-    assert float(grad[..., letters].abs().max()) == 0.0, "no gradient toward any token outside the number vocabulary"
+    assert float(grad[..., letters].abs().max()) == 0.0, (
+        "no gradient toward any token outside the number vocabulary"
+    )
     digit = tok.convert_tokens_to_ids("7")
     moved = teacher.clone()
     moved[..., digit] += 2.0
@@ -246,28 +280,56 @@ def test_assistant_turns_take_the_loss_on_assistant_text_only(shared_store, tiny
 
     tok = AutoTokenizer.from_pretrained(shared_store.path(materialize("smollm2-135m-instruct", shared_store)))
     tools = [TOOL_DEFS["bash"], TOOL_DEFS["submit"]]
-    call = {"id": "call_1", "type": "function", "function": {"name": "bash", "arguments": '{"command": "ls"}'}}
-    msgs = [{"role": "system", "content": "You help."}, {"role": "user", "content": "List the files."},
-            {"role": "assistant", "content": None, "tool_calls": [call]},
-            {"role": "tool", "tool_call_id": "call_1", "content": "a.txt"},
-            {"role": "assistant", "content": "There is one file, a.txt."}]
+    call = {
+        "id": "call_1",
+        "type": "function",
+        "function": {"name": "bash", "arguments": '{"command": "ls"}'},
+    }
+    msgs = [
+        {"role": "system", "content": "You help."},
+        {"role": "user", "content": "List the files."},
+        {"role": "assistant", "content": None, "tool_calls": [call]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "a.txt"},
+        {"role": "assistant", "content": "There is one file, a.txt."},
+    ]
     ids, labels = encode_turns(tok, msgs, tools, 4096)
     learned = [[i for i, y in zip(ids, labels, strict=True) if y != IGNORE]]
     text = tok.decode(learned[0])
-    assert text == ('<tool_call>{"name": "bash", "arguments": {"command": "ls"}}</tool_call><|im_end|>'
-                    "There is one file, a.txt.<|im_end|>")
+    assert text == (
+        '<tool_call>{"name": "bash", "arguments": {"command": "ls"}}</tool_call><|im_end|>'
+        "There is one file, a.txt.<|im_end|>"
+    )
     whole = tok.decode(ids)
-    assert whole == T.render(tok, msgs, tools)[: len(whole)] and "a.txt" in whole and "List the files." in whole
+    assert (
+        whole == T.render(tok, msgs, tools)[: len(whole)] and "a.txt" in whole and "List the files." in whole
+    )
     assert all(y in (IGNORE, i) for i, y in zip(ids, labels, strict=True))
-    (enc,) = encode_rows(tok, [{"messages": json.dumps(msgs), "tools": json.dumps(tools)}], FinetuneConfig(loss="assistant_turns"))
+    (enc,) = encode_rows(
+        tok,
+        [{"messages": json.dumps(msgs), "tools": json.dumps(tools)}],
+        FinetuneConfig(loss="assistant_turns"),
+    )
     assert enc == (ids, labels)
 
     s, aid = tiny[0], tiny[1]
     model, btok = load(aid, s, trainable=True)
-    rows = [{"messages": json.dumps([{"role": "user", "content": f"say {k}"}, {"role": "assistant", "content": f"{k} {k} {k}"}])}
-            for k in range(8)] * 2
-    _, m = train(model, btok, rows, FinetuneConfig(loss="assistant_turns", lr=3e-3, max_steps=30, batch_size=4,
-                                                   warmup_ratio=0.0, method="full"), progress=False)
+    rows = [
+        {
+            "messages": json.dumps(
+                [{"role": "user", "content": f"say {k}"}, {"role": "assistant", "content": f"{k} {k} {k}"}]
+            )
+        }
+        for k in range(8)
+    ] * 2
+    _, m = train(
+        model,
+        btok,
+        rows,
+        FinetuneConfig(
+            loss="assistant_turns", lr=3e-3, max_steps=30, batch_size=4, warmup_ratio=0.0, method="full"
+        ),
+        progress=False,
+    )
     first, last = (sum(x[1] for x in m["loss_curve"][sl]) / 3 for sl in (slice(0, 3), slice(-3, None)))
     assert last < 0.85 * first, (first, last)
 
@@ -280,8 +342,10 @@ def test_stacked_adapters_are_the_continued_chain_on_the_first_base(tiny):
     from heredity.models import merge_adapter, stack_adapters
 
     s, base, _, _ = tiny
-    cfgs = [FinetuneConfig(method="lora", lr=5e-3, max_steps=4, batch_size=8, lora_r=r, lora_alpha=a, seed=k)
-            for k, (r, a) in enumerate([(4, 16), (8, 8), (2, 4)])]  # different ranks and scales
+    cfgs = [
+        FinetuneConfig(method="lora", lr=5e-3, max_steps=4, batch_size=8, lora_r=r, lora_alpha=a, seed=k)
+        for k, (r, a) in enumerate([(4, 16), (8, 8), (2, 4)])
+    ]  # different ranks and scales
     chain, start = [], base
     for k, cfg in enumerate(cfgs):
         data = put_rows(s, ROWS[k::3], f"counting-{k}")
@@ -300,11 +364,15 @@ def test_stacked_adapters_are_the_continued_chain_on_the_first_base(tiny):
         got = load(stacked, s)[0](ids).logits
         from peft import PeftModel
 
-        alone = PeftModel.from_pretrained(load(base, s)[0], str(s.path(chain[-1])))(ids).logits  # a3 on the bare base
+        alone = PeftModel.from_pretrained(load(base, s)[0], str(s.path(chain[-1])))(
+            ids
+        ).logits  # a3 on the bare base
         base_logits = load(base, s)[0](ids).logits
     assert torch.allclose(got, want, atol=1e-4), (got - want).abs().max()
     assert not torch.allclose(want, base_logits, atol=1e-3), "the chain changed nothing"
-    assert not torch.allclose(alone, want, atol=1e-3), "the earlier rounds changed nothing: stacking is not tested"
+    assert not torch.allclose(alone, want, atol=1e-3), (
+        "the earlier rounds changed nothing: stacking is not tested"
+    )
     assert stack_adapters(s, chain[:1]) == chain[0]
     with pytest.raises(HeredityError, match="was not trained on .* merged into its base"):
         stack_adapters(s, [chain[0], chain[2]])

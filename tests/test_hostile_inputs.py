@@ -41,7 +41,11 @@ CONFIG = ("finetune config", "merge config")
 
 # (file, importers that must refuse it, what the line must say besides the file's name; ":N:" = names line N)
 CASES = [
-    ("truncated.jsonl", READ, r":2: not JSON .*cut short|:1: a problem needs"),  # problems: row 1 is no problem
+    (
+        "truncated.jsonl",
+        READ,
+        r":2: not JSON .*cut short|:1: a problem needs",
+    ),  # problems: row 1 is no problem
     ("latin1.jsonl", READ, r":1: not UTF-8 text \(byte 0xe9"),
     ("not_objects.jsonl", READ, r":1: a list where a JSON object belongs"),
     ("nan.jsonl", READ, r":1: not JSON \(NaN"),
@@ -49,26 +53,44 @@ CASES = [
     ("blank_lines.jsonl", READ, r"has no rows|has no conversations|no train problems"),
     ("deep.jsonl", READ, r":1: nested too deeply"),
     ("not_parquet.parquet", READ, r"parquet|:1: not JSON"),
-    ("type_change.jsonl", ("data import", "finetune data"), r":2: 'prompt' is a number here but text on line 1"),
-    ("nested_type_change.jsonl", ("data import", "finetune data"),
-     r":2: 'messages/\[\]/content' is a number here but text on line 1"),
+    (
+        "type_change.jsonl",
+        ("data import", "finetune data"),
+        r":2: 'prompt' is a number here but text on line 1",
+    ),
+    (
+        "nested_type_change.jsonl",
+        ("data import", "finetune data"),
+        r":2: 'messages/\[\]/content' is a number here but text on line 1",
+    ),
     ("null_completion.jsonl", ("finetune data",), r":2: 'completion' is missing or null"),
     ("missing_completion.jsonl", ("finetune data",), r":3: 'completion' is missing or null"),
     ("number_completion.jsonl", ("finetune data",), r":1: 'completion' is a number, not text"),
-    ("wrong_columns.jsonl", ("finetune data",), r"needs column\(s\) prompt, completion but it has question, answer"),
+    (
+        "wrong_columns.jsonl",
+        ("finetune data",),
+        r"needs column\(s\) prompt, completion but it has question, answer",
+    ),
     ("problems_text_answer.jsonl", ("problems",), r":2: 'answer' 'four' is not an integer"),
     ("problems_fraction_answer.jsonl", ("problems",), r":1: 'answer' 1.5 is not an integer"),
     ("problems_no_split.jsonl", ("problems",), r":1: 'split' must be one of"),
     ("latin1.txt", ("prompts",), r":1: not UTF-8 text"),
     ("empty.txt", ("prompts", "merge config"), r"holds no prompts|must hold a mapping"),
-    (".", ("prompts", "data import", "finetune data", "finetune config", "merge config"),
-     r"is not a regular file|does not exist"),
+    (
+        ".",
+        ("prompts", "data import", "finetune data", "finetune config", "merge config"),
+        r"is not a regular file|does not exist",
+    ),
     ("bad.yaml", CONFIG, r":2: not valid YAML"),
     ("list.yaml", CONFIG, r"holds a list at the top, not a mapping"),
     ("scalar.yaml", CONFIG, r"holds a number at the top, not a mapping"),
     ("int_keys.yaml", CONFIG, r"key 1 is not text"),
     ("latin1.yaml", CONFIG, r":1: not UTF-8 text"),
-    ("unknown_field.yaml", CONFIG, r":2: no field 'learning_rate'|merge_method: Field required"),  # no typo ignored
+    (
+        "unknown_field.yaml",
+        CONFIG,
+        r":2: no field 'learning_rate'|merge_method: Field required",
+    ),  # no typo ignored
     ("bad_value.yaml", ("finetune config",), r":2: lr: Input should be a valid number"),
     ("model_header_too_long", MODEL, r"model.safetensors: header length 1048576 does not fit the file"),
     ("model_header_not_json", MODEL, r"model.safetensors: header is not JSON"),
@@ -117,8 +139,13 @@ def _made(root: Path) -> None:
             f.write(json.dumps({"prompt": f"p{i}", "completion": "c"}) + "\n")
         f.write(json.dumps({"prompt": "x" * 2_500_000, "completion": "c"}) + "\n")
         f.write(json.dumps({"prompt": "p", "completion": None}) + "\n")
-    np.savez(root / "object.npz", x_train=np.array([{"a": 1}], dtype=object), y_train=np.zeros(1),
-             x_test=np.zeros((1, 4)), y_test=np.zeros(1))
+    np.savez(
+        root / "object.npz",
+        x_train=np.array([{"a": 1}], dtype=object),
+        y_train=np.zeros(1),
+        x_test=np.zeros((1, 4)),
+        y_test=np.zeros(1),
+    )
     (root / "cifar_evil").mkdir()
     for name in [f"data_batch_{k}" for k in range(1, 6)] + ["test_batch"]:
         with open(root / "cifar_evil" / name, "wb") as fh:
@@ -150,11 +177,16 @@ def home(tmp_path_factory) -> Path:
 
 def snapshot(home: Path) -> tuple:
     """Every file under the store (but the database file itself) with its size, and every row of every table."""
-    files = sorted((p.relative_to(home).as_posix(), p.stat().st_size if p.is_file() else -1)
-                   for p in home.rglob("*") if not p.name.startswith("heredity.db"))
+    files = sorted(
+        (p.relative_to(home).as_posix(), p.stat().st_size if p.is_file() else -1)
+        for p in home.rglob("*")
+        if not p.name.startswith("heredity.db")
+    )
     con = sqlite3.connect(home / "heredity.db")
     try:
-        names = [t for (t,) in con.execute("select name from sqlite_master where type = 'table' order by name")]
+        names = [
+            t for (t,) in con.execute("select name from sqlite_master where type = 'table' order by name")
+        ]
         tables = {t: sorted(map(repr, con.execute(f'select * from "{t}"'))) for t in names}
     finally:
         con.close()
@@ -183,13 +215,16 @@ def _in_process(home: Path, args: list[str], monkeypatch, capsys) -> tuple[int, 
 def _subprocess(home: Path, *args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "HEREDITY_HOME": str(home), "OMP_NUM_THREADS": "1"}
     env.pop("HEREDITY_DB_URL", None)
-    return subprocess.run([sys.executable, "-m", "heredity.cli", *args], capture_output=True, text=True, env=env,
-                          timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "heredity.cli", *args], capture_output=True, text=True, env=env, timeout=600
+    )
 
 
 def _one_line(code: int, err: str, what: str) -> str:
     lines = [ln for ln in err.splitlines() if ln.strip()]
-    assert code == 2 and len(lines) == 1 and lines[0].startswith("error: "), f"{what}: exit {code}, stderr:\n{err}"
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("error: "), (
+        f"{what}: exit {code}, stderr:\n{err}"
+    )
     return lines[0]
 
 
@@ -201,8 +236,9 @@ def _cases():
 
 
 @pytest.mark.parametrize("made_here,name,importer,expect", list(_cases()))
-def test_hostile_file_is_one_line_and_leaves_the_store_alone(made_here, name, importer, expect, home, made,
-                                                            monkeypatch, capsys):
+def test_hostile_file_is_one_line_and_leaves_the_store_alone(
+    made_here, name, importer, expect, home, made, monkeypatch, capsys
+):
     path = (made if made_here else HOSTILE) / name
     before = snapshot(home)
     code, _, err = _in_process(home, IMPORTERS[importer](str(path)), monkeypatch, capsys)
@@ -214,8 +250,10 @@ def test_hostile_file_is_one_line_and_leaves_the_store_alone(made_here, name, im
     assert not (made / "PWNED").exists(), "a pickle ran code"
 
 
-@pytest.mark.parametrize("checker,where", [("regex:#### ({answer}", "good_problems.jsonl:1:"),
-                                           ("regex:[{answer}", "generated train problem 1:")])
+@pytest.mark.parametrize(
+    "checker,where",
+    [("regex:#### ({answer}", "good_problems.jsonl:1:"), ("regex:[{answer}", "generated train problem 1:")],
+)
 def test_an_invalid_regex_checker_is_refused_before_any_model_work(checker, where, home, monkeypatch, capsys):
     before = snapshot(home)
     args = ["run", "self-training", "--set", f"checker={checker}"]
@@ -256,7 +294,9 @@ def test_a_row_over_one_mib_imports_and_the_file_is_read_once(tmp_path, monkeypa
     did = import_dataset(store, f)
     assert reads.count(str(f)) == 1, reads
     rows = read_table(store.path(did)).to_pylist()
-    assert [r["prompt"][:4] for r in rows] == ["p0", "p1", "p2", "xxxx", "last"] and len(rows[3]["prompt"]) == 2_500_000
+    assert [r["prompt"][:4] for r in rows] == ["p0", "p1", "p2", "xxxx", "last"] and len(
+        rows[3]["prompt"]
+    ) == 2_500_000
 
 
 def test_a_good_file_imports_as_before(tmp_path):
@@ -271,38 +311,61 @@ def test_a_good_file_imports_as_before(tmp_path):
     from heredity.store.tables import DATA_FILE
 
     f = tmp_path / "typed.jsonl"
-    f.write_text('{"a": 1, "t": "2020-01-01", "m": [{"role": "user", "content": "hi"}]}\n\n'
-                 '{"a": 2.5, "t": null, "m": []}\n')
+    f.write_text(
+        '{"a": 1, "t": "2020-01-01", "m": [{"role": "user", "content": "hi"}]}\n\n'
+        '{"a": 2.5, "t": null, "m": []}\n'
+    )
     store = Store(tmp_path / "h")
     did = import_dataset(store, f)
     (tmp_path / "before").mkdir()
     write_table(tmp_path / "before", pj.read_json(f))  # what the import stored before it read the file once
     assert (store.path(did) / DATA_FILE).read_bytes() == (tmp_path / "before" / DATA_FILE).read_bytes()
     assert store.find_step(store.get(did).step_key).config == {
-        "source": "file", "path": str(f.resolve()), "sha256": hashlib.sha256(f.read_bytes()).hexdigest()}
+        "source": "file",
+        "path": str(f.resolve()),
+        "sha256": hashlib.sha256(f.read_bytes()).hexdigest(),
+    }
 
 
 def test_a_dataset_name_with_dots_and_slashes_stays_a_name(home, monkeypatch, capsys):
     """``data import --name ../../x`` names the artifact; nothing is written outside the store's artifacts."""
-    code, out, err = _in_process(home, ["data", "import", GOOD, "--name", "../../escaped"], monkeypatch, capsys)
+    code, out, err = _in_process(
+        home, ["data", "import", GOOD, "--name", "../../escaped"], monkeypatch, capsys
+    )
     assert code == 0, err
     assert not (home.parent / "escaped").exists() and not (home / "escaped").exists()
     assert all(re.fullmatch(r"[mdar]-[0-9a-f]{16}", p.name) for p in (home / "artifacts").iterdir())
-    line = _one_line(*(_in_process(home, ["data", "import", GOOD, "--name", "a\nb"], monkeypatch, capsys)[::2]), "name")
+    line = _one_line(
+        *(_in_process(home, ["data", "import", GOOD, "--name", "a\nb"], monkeypatch, capsys)[::2]), "name"
+    )
     assert "control characters" in line
 
 
-@pytest.mark.parametrize("args", [
-    ("data", "import", "truncated.jsonl"), ("finetune", "tiny:micro", "null_completion.jsonl"),
-    ("sample", "tiny:micro", "--file", "latin1.txt"), ("finetune", "tiny:micro", "good.jsonl", "--config", "list.yaml"),
-    ("models", "model_header_too_long"), ("merge", "bad.yaml"), ("insights", "--input", "latin1.jsonl"),
-    ("run", "self-training", "--set", "problems_file=problems_text_answer.jsonl"),
-    ("run", "subliminal-digits", "--data", "not_zip.npz"),
-], ids=lambda a: " ".join(a[:2]))
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("data", "import", "truncated.jsonl"),
+        ("finetune", "tiny:micro", "null_completion.jsonl"),
+        ("sample", "tiny:micro", "--file", "latin1.txt"),
+        ("finetune", "tiny:micro", "good.jsonl", "--config", "list.yaml"),
+        ("models", "model_header_too_long"),
+        ("merge", "bad.yaml"),
+        ("insights", "--input", "latin1.jsonl"),
+        ("run", "self-training", "--set", "problems_file=problems_text_answer.jsonl"),
+        ("run", "subliminal-digits", "--data", "not_zip.npz"),
+    ],
+    ids=lambda a: " ".join(a[:2]),
+)
 def test_as_a_separate_process_the_line_is_all_of_stderr(args, home):
     """The real command: no warning, progress bar or traceback beside the one line."""
-    args = [a.replace("problems_file=", f"problems_file={HOSTILE}/") if a.startswith("problems_file=") else
-            str(HOSTILE / a) if (HOSTILE / a).exists() and a not in (".",) else a for a in args]
+    args = [
+        a.replace("problems_file=", f"problems_file={HOSTILE}/")
+        if a.startswith("problems_file=")
+        else str(HOSTILE / a)
+        if (HOSTILE / a).exists() and a not in (".",)
+        else a
+        for a in args
+    ]
     before = snapshot(home)
     r = _subprocess(home, *args)
     _one_line(r.returncode, r.stderr, " ".join(args))
@@ -332,7 +395,11 @@ def test_the_net_under_the_checks_is_one_line_too():
     from heredity.cli import _input_error
 
     assert _input_error(PermissionError(13, "Permission denied", "/data/x.jsonl")) == (
-        "/data/x.jsonl: Permission denied; check the path and its permissions")
+        "/data/x.jsonl: Permission denied; check the path and its permissions"
+    )
     assert "free some disk space" in _input_error(OSError(28, "No space left on device", "/h/artifacts/x"))
     assert "not UTF-8" in _input_error(UnicodeDecodeError("utf-8", b"caf\xe9", 3, 4, "invalid"))
-    assert _input_error(RuntimeError("a bug")) is None and _input_error(ConnectionRefusedError(111, "refused")) is None
+    assert (
+        _input_error(RuntimeError("a bug")) is None
+        and _input_error(ConnectionRefusedError(111, "refused")) is None
+    )

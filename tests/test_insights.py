@@ -48,8 +48,14 @@ def test_luhn():
 
 
 def _conv(i, user, text, topic=None):
-    row = {"conversation_id": f"c{i}", "user_id": user,
-           "messages": [{"role": "user", "content": text}, {"role": "assistant", "content": "Sure, here is how."}]}
+    row = {
+        "conversation_id": f"c{i}",
+        "user_id": user,
+        "messages": [
+            {"role": "user", "content": text},
+            {"role": "assistant", "content": "Sure, here is how."},
+        ],
+    }
     if topic:
         row["true_topic"] = topic
     return row
@@ -60,8 +66,14 @@ def _rows_with_small_cluster():
     from heredity.insights.demo import demo_conversations
 
     rows = demo_conversations(n=240, rare=0, seed=5)
-    rows += [_conv(1000 + i, f"secret-user-{i % 4}", f"Zorblax quintessence calibration of my Vexford turbine number {i}")
-             for i in range(30)]
+    rows += [
+        _conv(
+            1000 + i,
+            f"secret-user-{i % 4}",
+            f"Zorblax quintessence calibration of my Vexford turbine number {i}",
+        )
+        for i in range(30)
+    ]
     return rows
 
 
@@ -80,7 +92,9 @@ def test_a_cluster_of_four_users_never_appears_in_any_output(tmp_path):
     text = json.dumps(report) + markdown(report)
     for word in ("zorblax", "vexford", "quintessence", "turbine", "secret-user"):
         assert word not in text.lower(), word
-    assert len(res["levels"][0]) == 8 and res["other"]["conversations"] == 30  # clustered on its own, and hidden
+    assert (
+        len(res["levels"][0]) == 8 and res["other"]["conversations"] == 30
+    )  # clustered on its own, and hidden
     assert all(c["users"] >= 5 and c["conversations"] >= 10 for c in res["levels"][0])
 
 
@@ -96,8 +110,13 @@ def test_thresholds_count_distinct_users_and_conversations():
 def test_auditor_withholds_a_description_with_a_planted_name():
     from heredity.insights.privacy import audit
 
-    texts = ["People ask for help writing cover letters.", "Requests from Maria Garcia about her divorce filing.",
-             "Questions sent from jane@example.com", "Account 1234567 balance questions", "Help from Dr. Moreau's office"]
+    texts = [
+        "People ask for help writing cover letters.",
+        "Requests from Maria Garcia about her divorce filing.",
+        "Questions sent from jane@example.com",
+        "Account 1234567 balance questions",
+        "Help from Dr. Moreau's office",
+    ]
     a = audit(texts)
     assert a.passed == [True, False, False, False, False]
     assert a.summary["withheld"] == 4 and a.summary["by_reason"]["pii:name"] == 2
@@ -112,13 +131,22 @@ def test_planted_name_in_a_cluster_description_is_withheld(monkeypatch):
     rows = demo_conversations(n=160, rare=0, seed=2)
     fac = [{"summary": r["messages"][0]["content"], "concern": False} for r in rows]
 
-    def namer(model, tok, summaries, labels, ids, config, rng):  # descriptions quote the cluster (grounded); one plants a name
+    def namer(
+        model, tok, summaries, labels, ids, config, rng
+    ):  # descriptions quote the cluster (grounded); one plants a name
         first = {c: summaries[int(np.flatnonzero(labels == c)[0])] for c in ids}
-        return {c: {"name": f"topic {c}", "description": first[c] + (" Mostly from John Smith." if c == ids[0] else "")}
-                for c in ids}
+        return {
+            c: {
+                "name": f"topic {c}",
+                "description": first[c] + (" Mostly from John Smith." if c == ids[0] else ""),
+            }
+            for c in ids
+        }
 
     monkeypatch.setattr(pipeline, "name_clusters", namer)
-    res = pipeline.analyse(rows, fac, pipeline.InsightsConfig(k=4, levels=1, llm_audit=False), model=object(), tok=None)
+    res = pipeline.analyse(
+        rows, fac, pipeline.InsightsConfig(k=4, levels=1, llm_audit=False), model=object(), tok=None
+    )
     descs = [c["description"] for c in res["levels"][0]]
     assert pipeline.WITHHELD in descs and not any("John" in d for d in descs)
     assert res["audit"]["withheld"] == 1
@@ -170,25 +198,47 @@ def test_insights_pipeline_smoke_with_memoized_facets(store):
     from heredity.insights.pipeline import InsightsConfig, run
 
     rows = load_demo()
-    cfg = InsightsConfig(facet_model="tiny:small", k=3, min_users=2, min_conversations=3, max_chars=300, name_samples=2,
-                         contrast_samples=1, sample_chars=40)
+    cfg = InsightsConfig(
+        facet_model="tiny:small",
+        k=3,
+        min_users=2,
+        min_conversations=3,
+        max_chars=300,
+        name_samples=2,
+        contrast_samples=1,
+        sample_chars=40,
+    )
     from heredity.insights.facets import render
     from heredity.insights.pii import scrub
 
-    def distinct(rs):  # facets are memoized by the scrubbed conversation's text: identical ones share an entry
-        return len({render([{**m, "content": scrub(m["content"]).text} for m in r["messages"]], 300) for r in rs})
+    def distinct(
+        rs,
+    ):  # facets are memoized by the scrubbed conversation's text: identical ones share an entry
+        return len(
+            {render([{**m, "content": scrub(m["content"]).text} for m in r["messages"]], 300) for r in rs}
+        )
 
     first = run(store, cfg, rows[:36], "test", progress=False)
     cache = Path(store.home) / "cache" / "facets"
     assert len(list(cache.glob("*.json"))) == distinct(rows[:36])
     rep = json.loads((store.path(first["report"]) / "report.json").read_text())
-    assert rep["conversations"] == 36 and rep["pii"] and sum(c["conversations"] for c in rep["levels"][0]) + rep["other"]["conversations"] == 36
+    assert (
+        rep["conversations"] == 36
+        and rep["pii"]
+        and sum(c["conversations"] for c in rep["levels"][0]) + rep["other"]["conversations"] == 36
+    )
     for f in first["files"]:
         assert Path(f).stat().st_size > 0
     names = {(a["kind"], a["name"]) for a in _ancestors(store.lineage(first["report"]))}
-    assert {("dataset", "conversations"), ("dataset", "conversations-scrubbed"), ("dataset", "conversation-facets")} <= names
+    assert {
+        ("dataset", "conversations"),
+        ("dataset", "conversations-scrubbed"),
+        ("dataset", "conversation-facets"),
+    } <= names
     run(store, cfg, rows[:44], "test", progress=False)
-    assert len(list(cache.glob("*.json"))) == distinct(rows[:44]) > distinct(rows[:36])  # only the new ones were added
+    assert (
+        len(list(cache.glob("*.json"))) == distinct(rows[:44]) > distinct(rows[:36])
+    )  # only the new ones were added
 
 
 def _ancestors(node):
@@ -226,9 +276,16 @@ def test_insights_page_and_api_show_only_shown_clusters(tmp_path):
         assert r.status_code == 404 and "heredity insights" in r.json()["error"]["message"]
         assert "No insights report yet" in httpx.get(srv.url + "/insights").text
         rows = _rows_with_small_cluster()
-        fac = [{"summary": x["messages"][0]["content"], "concern": False, "language": "English"} for x in rows]
+        fac = [
+            {"summary": x["messages"][0]["content"], "concern": False, "language": "English"} for x in rows
+        ]
         cfg = InsightsConfig(k=9, levels=2)
-        report = {"config": cfg.model_dump(), "source": "test", "pii": {"email": 3}, **analyse(rows, fac, cfg)}
+        report = {
+            "config": cfg.model_dump(),
+            "source": "test",
+            "pii": {"email": 3},
+            **analyse(rows, fac, cfg),
+        }
         report["outcome"] = outcome(report)
 
         def fn(ctx):
@@ -253,8 +310,17 @@ def test_insights_page_and_api_show_only_shown_clusters(tmp_path):
         from heredity.insights.demo import load_demo
         from heredity.insights.pipeline import run
 
-        remote = InsightsConfig(facet_model=f"openai:{small_id}@{srv.url}/v1", k=2, min_users=1, min_conversations=1,
-                                max_chars=120, name_samples=2, contrast_samples=1, sample_chars=30, levels=1)
+        remote = InsightsConfig(
+            facet_model=f"openai:{small_id}@{srv.url}/v1",
+            k=2,
+            min_users=1,
+            min_conversations=1,
+            max_chars=120,
+            name_samples=2,
+            contrast_samples=1,
+            sample_chars=30,
+            levels=1,
+        )
         res = run(store, remote, load_demo()[:12], "test", progress=False)
         rep = json.loads((store.path(res["report"]) / "report.json").read_text())
         assert rep["conversations"] == 12 and rep["audit"]["llm"] is True
@@ -263,9 +329,16 @@ def test_insights_page_and_api_show_only_shown_clusters(tmp_path):
     from heredity.store.conversations import Conversations
 
     cid = conv.json()["id"]
-    Conversations(store).append(cid, [{"role": "user", "content": "hello"}], {"role": "assistant", "content": "hi"})
-    assert server_conversations(store) == [{"conversation_id": cid, "user_id": "alice", "messages": [
-        {"role": "user", "content": "hello"}, {"role": "assistant", "content": "hi"}]}]
+    Conversations(store).append(
+        cid, [{"role": "user", "content": "hello"}], {"role": "assistant", "content": "hi"}
+    )
+    assert server_conversations(store) == [
+        {
+            "conversation_id": cid,
+            "user_id": "alice",
+            "messages": [{"role": "user", "content": "hello"}, {"role": "assistant", "content": "hi"}],
+        }
+    ]
 
 
 def _check_page_in_chromium(url: str, clusters: int) -> None:
@@ -276,7 +349,9 @@ def _check_page_in_chromium(url: str, clusters: int) -> None:
 
     if chromium_paths() is None:
         if os.environ.get("CI"):
-            pytest.fail("chromium/chromedriver missing; `make test` installs the Debian packages chromium chromium-driver")
+            pytest.fail(
+                "chromium/chromedriver missing; `make test` installs the Debian packages chromium chromium-driver"
+            )
         pytest.skip("chromium not installed (make test installs it)")
     from selenium.webdriver.common.by import By
 
@@ -285,7 +360,9 @@ def _check_page_in_chromium(url: str, clusters: int) -> None:
         driver.get(url)
         assert len(driver.find_elements(By.CSS_SELECTOR, "#topic-tree tr.cluster")) == clusters
         assert len(driver.find_elements(By.CSS_SELECTOR, "#topic-tree tr.other")) == 1
-        width = driver.execute_script("const i = document.querySelector('img.plot'); return i.complete ? i.naturalWidth : -1")
+        width = driver.execute_script(
+            "const i = document.querySelector('img.plot'); return i.complete ? i.naturalWidth : -1"
+        )
         assert width > 100
     finally:
         driver.quit()

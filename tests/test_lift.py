@@ -45,7 +45,10 @@ def test_a_common_drift_alone_is_not_specific():
     assert abs(r["specificity"]["diff"]) < 0.05 and r["specificity"]["p"] > 0.05
     assert r["specificity"]["min_detectable"] > 0  # a null says what it could have seen
     # ... at the level its verdict reads: over a Holm family of 8 it is larger
-    assert lift_report(logp, neutral, list("abcd"), family=8)["specificity"]["min_detectable"] > r["specificity"]["min_detectable"]
+    assert (
+        lift_report(logp, neutral, list("abcd"), family=8)["specificity"]["min_detectable"]
+        > r["specificity"]["min_detectable"]
+    )
 
 
 def test_both_tests_hold_their_level_under_drift_alone():

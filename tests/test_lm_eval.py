@@ -27,7 +27,7 @@ def task_dir(tmp_path_factory):
 dataset_path: json
 dataset_kwargs:
   data_files:
-    test: {d / 'items.jsonl'}
+    test: {d / "items.jsonl"}
 test_split: test
 output_type: multiple_choice
 doc_to_text: "{{{{question}}}}"
@@ -43,25 +43,41 @@ def _run(model: str, model_args: str, task_dir) -> tuple[float, list[list[float]
     import lm_eval
     from lm_eval.tasks import TaskManager
 
-    res = lm_eval.simple_evaluate(model=model, model_args=model_args, tasks=["heredity_mc"], log_samples=True,
-                                  task_manager=TaskManager(include_path=str(task_dir)), batch_size=4)
+    res = lm_eval.simple_evaluate(
+        model=model,
+        model_args=model_args,
+        tasks=["heredity_mc"],
+        log_samples=True,
+        task_manager=TaskManager(include_path=str(task_dir)),
+        batch_size=4,
+    )
     samples = sorted(res["samples"]["heredity_mc"], key=lambda s: s["doc_id"])
     ll = [[float(r[0][0]) for r in s["resps"]] for s in samples]
     return res["results"]["heredity_mc"]["acc,none"], ll
 
 
-def test_local_completions_against_the_server_equals_the_hf_backend(live_server, server_home, task_dir, monkeypatch):
+def test_local_completions_against_the_server_equals_the_hf_backend(
+    live_server, server_home, task_dir, monkeypatch
+):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     monkeypatch.setenv("OPENAI_API_KEY", os.environ.get("OPENAI_API_KEY", "unused"))
     home, aid = server_home
     ckpt = Store(home).path(aid)
     acc_hf, ll_hf = _run("hf", f"pretrained={ckpt},dtype=float32,device=cpu", task_dir)
-    acc_api, ll_api = _run("local-completions", f"model={aid},base_url={live_server.url}/v1/completions,"
-                           f"tokenizer={ckpt},tokenizer_backend=huggingface,num_concurrent=1,max_retries=1", task_dir)
+    acc_api, ll_api = _run(
+        "local-completions",
+        f"model={aid},base_url={live_server.url}/v1/completions,"
+        f"tokenizer={ckpt},tokenizer_backend=huggingface,num_concurrent=1,max_retries=1",
+        task_dir,
+    )
     # the same with text prompts (tokenized_requests=False): the server tokenizes them as lm-eval did, no BOS added
-    acc_txt, ll_txt = _run("local-completions", f"model={aid},base_url={live_server.url}/v1/completions,"
-                           f"tokenizer={ckpt},tokenizer_backend=huggingface,tokenized_requests=False,max_retries=1", task_dir)
+    acc_txt, ll_txt = _run(
+        "local-completions",
+        f"model={aid},base_url={live_server.url}/v1/completions,"
+        f"tokenizer={ckpt},tokenizer_backend=huggingface,tokenized_requests=False,max_retries=1",
+        task_dir,
+    )
     assert len(ll_hf) == len(ITEMS) and all(len(x) == 4 for x in ll_api)
     for a, b, c in zip(ll_hf, ll_api, ll_txt, strict=True):
         assert a == pytest.approx(b, abs=1e-4) and a == pytest.approx(c, abs=1e-4), (a, b, c)

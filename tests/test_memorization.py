@@ -23,12 +23,16 @@ def test_skew_normal_extrapolation_recovers_a_known_tail():
     from scipy import stats
 
     rng = np.random.default_rng(0)
-    nll = stats.skewnorm.rvs(4, loc=40, scale=6, size=4000, random_state=rng)  # a skewed population of candidates
+    nll = stats.skewnorm.rvs(
+        4, loc=40, scale=6, size=4000, random_state=rng
+    )  # a skewed population of candidates
     for q in (1e-2, 1e-4):  # a canary as likely as the top q of the population
         canary_nll = stats.skewnorm.ppf(q, 4, loc=40, scale=6)
         est = exposure_skewnorm(-canary_nll, -nll, space_size=10**6)
         assert est == pytest.approx(-math.log2(q), abs=0.6), (q, est)
-    assert exposure_skewnorm(-0.0, -nll, space_size=10**6) == pytest.approx(math.log2(10**6))  # capped at log2|R|
+    assert exposure_skewnorm(-0.0, -nll, space_size=10**6) == pytest.approx(
+        math.log2(10**6)
+    )  # capped at log2|R|
     with pytest.raises(ValueError, match="at least 20"):
         exposure_skewnorm(-1.0, [-1.0] * 5, 100)
 
@@ -44,13 +48,24 @@ def test_a_memorized_canary_is_exposed_and_an_unseen_one_is_not(store):
     from heredity.models import load
 
     rng = random.Random(0)
-    filler = [{"text": " ".join(rng.choice(["the", "cat", "sat", "on", "a", "mat", "and", "ran"]) for _ in range(12))}
-              for _ in range(80)]
+    filler = [
+        {
+            "text": " ".join(
+                rng.choice(["the", "cat", "sat", "on", "a", "mat", "and", "ran"]) for _ in range(12)
+            )
+        }
+        for _ in range(80)
+    ]
     rows = filler + [{"text": CANARY_PREFIX + secret_text([3, 7])}] * 40
     rng.shuffle(rows)
     data = put_rows(store, rows, "canary-corpus")
-    res = finetune(store, "tiny:micro", data, FinetuneConfig(method="full", loss="full_sequence", lr=3e-3, epochs=15,
-                                                             batch_size=8, max_length=64), progress=False)
+    res = finetune(
+        store,
+        "tiny:micro",
+        data,
+        FinetuneConfig(method="full", loss="full_sequence", lr=3e-3, epochs=15, batch_size=8, max_length=64),
+        progress=False,
+    )
     model, tok = load(res["model"], store)
     seen = canary_exposure(model, tok, [3, 7])
     unseen = canary_exposure(model, tok, [8, 1])
@@ -73,7 +88,9 @@ def test_digit_tree_scores_every_secret_as_enumeration_does(tiny):
 
     _, _, model, tok = tiny
     tree = all_secret_logps(model, tok, 3, "Vobi's PIN is")
-    one_by_one = candidate_logps(model, tok, [secret_text(d) for d in itertools.product(range(10), repeat=3)], "Vobi's PIN is")
+    one_by_one = candidate_logps(
+        model, tok, [secret_text(d) for d in itertools.product(range(10), repeat=3)], "Vobi's PIN is"
+    )
     assert tree.shape == (1000,) and np.abs(tree - np.array(one_by_one)).max() < 1e-4
 
     class Merged:  # a tokenizer with one token for "12": digits are not one token each

@@ -12,8 +12,14 @@ from heredity.merge.tensors import ModelTensors
 
 def job(base, tuned, weights=None, densities=None, **kw):
     n = len(tuned)
-    return TensorJob("t", torch.tensor(base), [torch.tensor(t) for t in tuned], weights or [1.0] * n, densities or [1.0] * n,
-                     **kw)
+    return TensorJob(
+        "t",
+        torch.tensor(base),
+        [torch.tensor(t) for t in tuned],
+        weights or [1.0] * n,
+        densities or [1.0] * n,
+        **kw,
+    )
 
 
 def test_linear_and_task_arithmetic():
@@ -28,7 +34,12 @@ def test_ties_sign_election_and_disjoint_mean():
     # no trim: signs of the sums [2, −6, 2.5, 2] = [+, −, +, +]; −1 disagrees at 0 and is left out
     assert REGISTRY["ties"].merge(job([0.0] * 4, tuned, normalize=True)).tolist() == [3.0, -3.0, 1.25, 1.0]
     # density 0.5: τ1 → [3, −2, 0, 0], τ2 → [0, −4, 2, 0]; sums [3, −6, 2, 0]
-    assert REGISTRY["ties"].merge(job([0.0] * 4, tuned, densities=[0.5, 0.5], normalize=True)).tolist() == [3.0, -3.0, 2.0, 0.0]
+    assert REGISTRY["ties"].merge(job([0.0] * 4, tuned, densities=[0.5, 0.5], normalize=True)).tolist() == [
+        3.0,
+        -3.0,
+        2.0,
+        0.0,
+    ]
     assert trim(torch.tensor([1.0, -5.0, 3.0, 0.1]), 0.5).tolist() == [0.0, -5.0, 3.0, 0.0]
     # mergekit's kept count floors (at least one): 0.3 × 5 = 1.5 → 1 entry, 0.1 × 5 → 1
     assert keep_count(0.3, 5) == 1 and keep_count(0.1, 5) == 1 and keep_count(1.0, 5) == 5
@@ -44,10 +55,25 @@ def test_dare_drops_with_its_mask_and_restores_the_l1_norm():
     j = job([0.0] * tau.numel(), [tau.tolist()], densities=[0.25], keeps=[keep], rescale=True)
     out = REGISTRY["dare_linear"].merge(j)
     assert torch.equal(out != 0, keep)  # dropped where the mask says
-    assert out.abs().sum().item() == pytest.approx(tau.abs().sum().item(), rel=1e-5)  # survivors × ‖τ‖₁ / ‖kept‖₁
-    assert REGISTRY["dare_linear"].merge(job([0.0] * 3, [[1.0, 2.0, 3.0]], densities=[0.5], keeps=[
-        torch.tensor([True, False, True])], rescale=False)).tolist() == [1.0, 0.0, 3.0]  # rescale off: just dropped
-    j = job([0.0] * 4, [[1.0, 1.0, 1.0, 1.0]], densities=[1.0], keeps=[torch.zeros(4, dtype=torch.bool)], rescale=True)
+    assert out.abs().sum().item() == pytest.approx(
+        tau.abs().sum().item(), rel=1e-5
+    )  # survivors × ‖τ‖₁ / ‖kept‖₁
+    assert REGISTRY["dare_linear"].merge(
+        job(
+            [0.0] * 3,
+            [[1.0, 2.0, 3.0]],
+            densities=[0.5],
+            keeps=[torch.tensor([True, False, True])],
+            rescale=False,
+        )
+    ).tolist() == [1.0, 0.0, 3.0]  # rescale off: just dropped
+    j = job(
+        [0.0] * 4,
+        [[1.0, 1.0, 1.0, 1.0]],
+        densities=[1.0],
+        keeps=[torch.zeros(4, dtype=torch.bool)],
+        rescale=True,
+    )
     assert REGISTRY["dare_linear"].merge(j).tolist() == [1.0] * 4  # density 1 drops nothing
 
 
@@ -63,7 +89,9 @@ def test_dare_mask_depends_only_on_seed_tensor_and_model():
     try:
         mm.DARE_BLOCK = 120  # 3-row blocks: chunks that cut blocks in the middle see the same rows
         whole = dare_keep((50, 40), 0.3, 7, "w", "m-1#0")
-        pieces = torch.cat([dare_keep((50, 40), 0.3, 7, "w", "m-1#0", slice(r, min(r + 7, 50))) for r in range(0, 50, 7)])
+        pieces = torch.cat(
+            [dare_keep((50, 40), 0.3, 7, "w", "m-1#0", slice(r, min(r + 7, 50))) for r in range(0, 50, 7)]
+        )
         assert torch.equal(whole, pieces)
     finally:
         mm.DARE_BLOCK = old
@@ -73,8 +101,18 @@ def test_a_parameter_the_method_does_not_use_is_refused():
     with pytest.raises(ValueError, match="merge_method linear does not use parameter 'density'"):
         MergeConfig(merge_method="linear", models=[{"model": "a", "parameters": {"density": 0.5}}])
     with pytest.raises(ValueError, match="does not use parameter 'rescale'"):
-        MergeConfig(merge_method="task_arithmetic", base_model="b", models=[{"model": "a"}], parameters={"rescale": True})
-    MergeConfig(merge_method="task_arithmetic", base_model="b", models=[{"model": "a"}], parameters={"normalize": True})
+        MergeConfig(
+            merge_method="task_arithmetic",
+            base_model="b",
+            models=[{"model": "a"}],
+            parameters={"rescale": True},
+        )
+    MergeConfig(
+        merge_method="task_arithmetic",
+        base_model="b",
+        models=[{"model": "a"}],
+        parameters={"normalize": True},
+    )
 
 
 def test_task_arithmetic_normalize_is_not_ignored():
@@ -104,6 +142,7 @@ def test_dataless_mask_keeps_exactly_the_top_k():
 
 # ---- on stored tiny models ----------------------------------------------------------------------------
 
+
 def _lora(store, base_id, seed, name):
     """A PEFT LoRA adapter on the tiny base with random (nonzero) factors, stored as an artifact."""
     from peft import LoraConfig, get_peft_model
@@ -112,7 +151,9 @@ def _lora(store, base_id, seed, name):
 
     def run(ctx):
         model, tok = load(base_id, store)
-        peft = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"]))
+        peft = get_peft_model(
+            model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"])
+        )
         g = torch.Generator().manual_seed(seed)
         with torch.no_grad():
             for n, p in peft.named_parameters():
@@ -141,16 +182,26 @@ def tiny_models(tmp_path_factory):
 def test_merging_adapters_equals_merging_their_merged_in_models(tiny_models, method, monkeypatch):
     s, base, adapters, full = tiny_models
     params = {"density": 0.5} if method in ("ties", "dare_ties") else {}
-    if method == "dare_ties":  # DARE masks are keyed by the model's id, which differs between an adapter and its
+    if (
+        method == "dare_ties"
+    ):  # DARE masks are keyed by the model's id, which differs between an adapter and its
         import importlib  # merged-in model: give both the same masks to compare everything else
 
         mm = importlib.import_module("heredity.merge.merge")
         keep = mm.dare_keep
-        monkeypatch.setattr(mm, "dare_keep", lambda shape, d, seed, name, model, rows=None: keep(shape, d, seed, name, "x", rows))
+        monkeypatch.setattr(
+            mm,
+            "dare_keep",
+            lambda shape, d, seed, name, model, rows=None: keep(shape, d, seed, name, "x", rows),
+        )
 
     def run(ids):
-        cfg = MergeConfig(merge_method=method, base_model=base, models=[{"model": i, "parameters": params} for i in ids],
-                          localize={"sparsity": 0.05})
+        cfg = MergeConfig(
+            merge_method=method,
+            base_model=base,
+            models=[{"model": i, "parameters": params} for i in ids],
+            localize={"sparsity": 0.05},
+        )
         res = merge(s, cfg, progress=False)
         return ModelTensors(s.path(res["model"])), res
 
@@ -161,21 +212,39 @@ def test_merging_adapters_equals_merging_their_merged_in_models(tiny_models, met
     step = s.step_of(ra["model"], step=ra.key)  # identical bytes from both merges: the adapters' step, by key
     assert step.op == "merge" and step.inputs == [base, *adapters]
     if method == "localize_stitch":
-        assert ra.metrics["kept_fraction"]["task-one"] == pytest.approx(0.05, abs=1e-4)  # k = round(0.05 · total)
+        assert ra.metrics["kept_fraction"]["task-one"] == pytest.approx(
+            0.05, abs=1e-4
+        )  # k = round(0.05 · total)
 
 
 def test_merged_model_loads_and_differs_from_the_base(tiny_models):
     from heredity.models import load
 
     s, base, adapters, _ = tiny_models
-    res = merge(s, MergeConfig(merge_method="ties", base_model=base, models=[{"model": a} for a in adapters],
-                               parameters={"density": 0.3}), progress=False)
+    res = merge(
+        s,
+        MergeConfig(
+            merge_method="ties",
+            base_model=base,
+            models=[{"model": a} for a in adapters],
+            parameters={"density": 0.3},
+        ),
+        progress=False,
+    )
     model, tok = load(res["model"], s)
     ref, _ = load(base, s)
     ids = torch.tensor([tok("owl")["input_ids"]])
     assert not torch.allclose(model(ids).logits, ref(ids).logits)
-    again = merge(s, MergeConfig(merge_method="ties", base_model=base, models=[{"model": a} for a in adapters],
-                                 parameters={"density": 0.3}), progress=False)
+    again = merge(
+        s,
+        MergeConfig(
+            merge_method="ties",
+            base_model=base,
+            models=[{"model": a} for a in adapters],
+            parameters={"density": 0.3},
+        ),
+        progress=False,
+    )
     assert again.cached and again["model"] == res["model"]
 
 
@@ -185,11 +254,19 @@ def test_mismatches_are_one_line_errors(tiny_models, tmp_path):
     s, base, adapters, full = tiny_models
     other = materialize("tiny:small", s)
     with pytest.raises(HeredityError, match=r"tensor model\.\S+ .*shape|tensor \S+ is in one of") as e:
-        merge(s, MergeConfig(merge_method="linear", models=[{"model": full[0]}, {"model": other}]), progress=False)
+        merge(
+            s,
+            MergeConfig(merge_method="linear", models=[{"model": full[0]}, {"model": other}]),
+            progress=False,
+        )
     assert "\n" not in str(e.value)
     other_base = materialize("tiny:micro:7", s)
     with pytest.raises(HeredityError, match=f"trained on {base}, not on base_model {other_base}"):
-        merge(s, MergeConfig(merge_method="ties", base_model=other_base, models=[{"model": a} for a in adapters]), progress=False)
+        merge(
+            s,
+            MergeConfig(merge_method="ties", base_model=other_base, models=[{"model": a} for a in adapters]),
+            progress=False,
+        )
     bad = tmp_path / "bad.yaml"
     bad.write_text("merge_method: ties\nbase_model: x\nmodels:\n  - model: y\n    parameters: {wieght: 1}\n")
     with pytest.raises(HeredityError, match="unknown model parameter 'wieght'"):
@@ -240,13 +317,18 @@ def test_learned_masks_on_task_data(tiny_models):
     path = s.home / "task.jsonl"
     path.write_text("\n".join(json.dumps(r) for r in rows))
     data = import_dataset(s, path)
-    cfg = MergeConfig(merge_method="localize_stitch", base_model=base,
-                      models=[{"model": a, "data": data} for a in adapters],
-                      localize={"dataless": False, "sparsity": 0.02, "steps": 3, "batch_size": 8})
+    cfg = MergeConfig(
+        merge_method="localize_stitch",
+        base_model=base,
+        models=[{"model": a, "data": data} for a in adapters],
+        localize={"dataless": False, "sparsity": 0.02, "steps": 3, "batch_size": 8},
+    )
     res = merge(s, cfg, progress=False)
     base_t = ModelTensors(s.path(base))
     k = kept_count(base_t, 0.02)
-    assert res.metrics["kept_fraction"]["task-one"] == pytest.approx(k / sum(torch.Size(base_t.shape(n)).numel() for n in base_t.names()), abs=1e-6)
+    assert res.metrics["kept_fraction"]["task-one"] == pytest.approx(
+        k / sum(torch.Size(base_t.shape(n)).numel() for n in base_t.names()), abs=1e-6
+    )
     assert data in s.step_of(res["model"]).inputs
 
 
@@ -256,20 +338,30 @@ def test_row_chunked_streaming_equals_whole_tensor_merging(tiny_models, monkeypa
     dataless masks at the whole model's: the result must not depend on the chunking."""
     import importlib
 
-    merge_mod = importlib.import_module("heredity.merge.merge")  # the module (the package exports the function)
+    merge_mod = importlib.import_module(
+        "heredity.merge.merge"
+    )  # the module (the package exports the function)
     s, base, adapters, _ = tiny_models
 
     def run(tag):
         params = {"density": 0.3} if method in ("ties", "dare_ties") else {}
         if method == "dare_ties":
             params["rescale"] = True  # the L1 norms of the whole tensor, one input at a time
-        cfg = MergeConfig(merge_method=method, base_model=base, name=f"chunk-{tag}", parameters=params,
-                          models=[{"model": a} for a in adapters], localize={"sparsity": 0.05})
+        cfg = MergeConfig(
+            merge_method=method,
+            base_model=base,
+            name=f"chunk-{tag}",
+            parameters=params,
+            models=[{"model": a} for a in adapters],
+            localize={"sparsity": 0.05},
+        )
         res = merge(s, cfg, progress=False)
         return ModelTensors(s.path(res["model"])), res.metrics
 
     whole, m1 = run("whole")
-    monkeypatch.setattr(merge_mod, "CHUNK_ELEMS", 300)  # 100 entries per input: the 259 × 32 embedding in 3-row chunks
+    monkeypatch.setattr(
+        merge_mod, "CHUNK_ELEMS", 300
+    )  # 100 entries per input: the 259 × 32 embedding in 3-row chunks
     assert len(merge_mod.chunks(whole.shape("model.embed_tokens.weight"), 2)) == 87
     chunked, m2 = run("chunked")
     for n in whole.names():
@@ -290,6 +382,9 @@ def test_another_tokenizer_is_refused(tiny_models):
 
     other = s.run_step("test-retokenize", {}, [full[0]], run)["model"]
     with pytest.raises(HeredityError, match="another tokenizer") as e:
-        merge(s, MergeConfig(merge_method="ties", base_model=base, models=[{"model": full[1]}, {"model": other}]),
-              progress=False)
+        merge(
+            s,
+            MergeConfig(merge_method="ties", base_model=base, models=[{"model": full[1]}, {"model": other}]),
+            progress=False,
+        )
     assert "tiny-other-tokenizer" in str(e.value) and "\n" not in str(e.value)

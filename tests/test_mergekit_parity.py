@@ -82,8 +82,11 @@ def _mergekit(yaml_text: str, out: Path, monkeypatch) -> dict[str, torch.Tensor]
         return sp.rescaled_masked_tensor(tensor.float(), _content_mask(tensor, density).float(), rescale_norm)
 
     monkeypatch.setattr(sp, "bernoulli", bernoulli)
-    run_merge(MergeConfiguration.model_validate(yaml.safe_load(yaml_text)), str(out),
-              options=MergeOptions(copy_tokenizer=False, lazy_unpickle=False, low_cpu_memory=False, quiet=True))
+    run_merge(
+        MergeConfiguration.model_validate(yaml.safe_load(yaml_text)),
+        str(out),
+        options=MergeOptions(copy_tokenizer=False, lazy_unpickle=False, low_cpu_memory=False, quiet=True),
+    )
     tensors = {}
     for f in sorted(out.glob("*.safetensors")):
         tensors.update(load_file(str(f)))
@@ -214,7 +217,13 @@ def test_the_checkpoints_hold_the_cases_where_definitions_part(checkpoints):
     base = ModelTensors(dirs["base"])
     t0, t1 = ModelTensors(dirs["ft0"]), ModelTensors(dirs["ft1"])
     rounding = [n for n in base.names() if (0.35 * math.prod(base.shape(n))) % 1 >= 0.5]
-    zero_sums = sum(int(((t0.get(n) - base.get(n)) + (t1.get(n) - base.get(n)) == 0).logical_and(
-        t0.get(n) != base.get(n)).sum()) for n in base.names())
+    zero_sums = sum(
+        int(
+            ((t0.get(n) - base.get(n)) + (t1.get(n) - base.get(n)) == 0)
+            .logical_and(t0.get(n) != base.get(n))
+            .sum()
+        )
+        for n in base.names()
+    )
     assert rounding and zero_sums > 1000, (rounding, zero_sums)
     assert json.loads((dirs["base"] / "config.json").read_text())["tie_word_embeddings"] is False

@@ -52,7 +52,11 @@ def test_hub_offline_error(store, monkeypatch):
 
 
 def test_tiny_is_deterministic_and_seeded(store):
-    a, b, c = materialize("tiny:micro", store), materialize("tiny:micro", store), materialize("tiny:micro:1", store)
+    a, b, c = (
+        materialize("tiny:micro", store),
+        materialize("tiny:micro", store),
+        materialize("tiny:micro:1", store),
+    )
     assert a == b != c
     assert store.step_of(a).op == "init-tiny"
 
@@ -98,11 +102,18 @@ def test_bundled_gguf_conversion_and_cache_hit(shared_store):
     aid = materialize("smollm2-135m-instruct", shared_store)
     first = time.perf_counter() - t
     step = shared_store.step_of(aid)
-    assert step.op == "convert-gguf" and step.config["file"].endswith(".gguf") and len(step.metrics["gguf_sha256"]) == 64
+    assert (
+        step.op == "convert-gguf"
+        and step.config["file"].endswith(".gguf")
+        and len(step.metrics["gguf_sha256"]) == 64
+    )
     files = {p.name for p in shared_store.path(aid).iterdir()}
     assert "model.safetensors" in files and "tokenizer.json" in files
     cfg = json.loads((shared_store.path(aid) / "config.json").read_text())
-    assert "quantization_config" not in cfg and cfg["torch_dtype" if "torch_dtype" in cfg else "dtype"] == "float32"
+    assert (
+        "quantization_config" not in cfg
+        and cfg["torch_dtype" if "torch_dtype" in cfg else "dtype"] == "float32"
+    )
     n_steps = len(shared_store.list())
     t = time.perf_counter()
     assert materialize("smollm2-135m-instruct", shared_store) == aid
@@ -115,5 +126,11 @@ def test_bundled_gguf_conversion_and_cache_hit(shared_store):
     model, tok = load(aid, shared_store)
     from heredity.engine import SampleConfig, sample
 
-    (c,) = sample(model, tok, ["What is the capital of France? Answer in one word."], SampleConfig(temperature=0, max_new_tokens=8), progress=False)
+    (c,) = sample(
+        model,
+        tok,
+        ["What is the capital of France? Answer in one word."],
+        SampleConfig(temperature=0, max_new_tokens=8),
+        progress=False,
+    )
     assert "paris" in c.text.lower()

@@ -16,7 +16,9 @@ from heredity.evals.verify import check, final_answer, load_checker, pass_at_k
 @pytest.mark.parametrize("steps,digits", [(1, 1), (2, 1), (3, 2), (4, 3)])
 def test_problems_are_deterministic_right_and_disjoint(steps, digits):
     a = problems(60, "train", steps, digits, seed=3)
-    assert a == problems(60, "train", steps, digits, seed=3) and a != problems(60, "train", steps, digits, seed=4)
+    assert a == problems(60, "train", steps, digits, seed=3) and a != problems(
+        60, "train", steps, digits, seed=4
+    )
     test = problems(30, "test", steps, digits, seed=3)
     assert not {p["question"] for p in a} & {p["question"] for p in test}
     assert len({p["question"] for p in a}) == 60
@@ -26,7 +28,9 @@ def test_problems_are_deterministic_right_and_disjoint(steps, digits):
         for line in p["solution"].splitlines()[:-1]:  # replay the worked steps
             x, op, y, _, z = line.rstrip(".").split()
             assert value is None or int(x) == value
-            want = {"+": int(x) + int(y), "-": int(x) - int(y), "*": int(x) * int(y), "/": int(x) // int(y)}[op]
+            want = {"+": int(x) + int(y), "-": int(x) - int(y), "*": int(x) * int(y), "/": int(x) // int(y)}[
+                op
+            ]
             assert want == int(z) >= 0 and (op != "/" or int(x) % int(y) == 0)
             value = int(z)
         assert value == p["answer"] and final_answer(p["solution"]) == p["answer"] and check(p, p["solution"])
@@ -47,13 +51,24 @@ def test_bad_arguments_are_one_line_errors():
         evaluate("__import__('os')")
 
 
-@pytest.mark.parametrize("text,want", [
-    ("3 + 4 = 7.\n#### 7", 7), ("#### -12", -12), ("####7\n", 7), ("  #### 42  \n\n", 42),
-    ("#### 7\n#### 8", None),                        # several answers
-    ("#### seven", None), ("#### 7.0", None), ("#### 1,000", None),
-    ("#### 7\nI hope that helps!", None),            # trailing text
-    ("The answer is 7.", None), ("", None), ("#### 7 apples", None), ("7\n####", None),
-])
+@pytest.mark.parametrize(
+    "text,want",
+    [
+        ("3 + 4 = 7.\n#### 7", 7),
+        ("#### -12", -12),
+        ("####7\n", 7),
+        ("  #### 42  \n\n", 42),
+        ("#### 7\n#### 8", None),  # several answers
+        ("#### seven", None),
+        ("#### 7.0", None),
+        ("#### 1,000", None),
+        ("#### 7\nI hope that helps!", None),  # trailing text
+        ("The answer is 7.", None),
+        ("", None),
+        ("#### 7 apples", None),
+        ("7\n####", None),
+    ],
+)
 def test_the_checker_is_strict(text, want):
     assert final_answer(text) == want
     assert check({"answer": 7}, text) == (want == 7)
@@ -62,11 +77,18 @@ def test_the_checker_is_strict(text, want):
 def test_user_checkers():
     p = {"answer": 12}
     rx = load_checker(r"regex:The answer is {answer}\.")
-    assert rx(p, "work...\nThe answer is 12.") and not rx(p, "The answer is 120.") and not rx(p, "The answer is 12. Yes")
+    assert (
+        rx(p, "work...\nThe answer is 12.")
+        and not rx(p, "The answer is 120.")
+        and not rx(p, "The answer is 12. Yes")
+    )
     f = load_checker("heredity.evals.verify:check")
     assert f(p, "#### 12") and not f(p, "#### 13")
-    for bad, msg in [("regex:no placeholder", "needs {answer}"), ("nomodule", "module:function"),
-                     ("heredity.evals.verify:nothing", "cannot import")]:
+    for bad, msg in [
+        ("regex:no placeholder", "needs {answer}"),
+        ("nomodule", "module:function"),
+        ("heredity.evals.verify:nothing", "cannot import"),
+    ]:
         with pytest.raises(HeredityError, match=re.escape(msg)):
             load_checker(bad)
 

@@ -26,10 +26,18 @@ def test_sampling_from_an_openai_compatible_endpoint(endpoint):
     cfg = SampleConfig(n=2, temperature=0.7, max_new_tokens=20, system_prompt="You love owls.", seed=3)
     got = sample(model, None, ["abc", "owl"], cfg, progress=False)
     assert [(c.prompt_index, c.sample_index, c.text) for c in got] == [
-        (0, 0, "cba #0"), (0, 1, "cba #1"), (1, 0, "lwo #0"), (1, 1, "lwo #1")
+        (0, 0, "cba #0"),
+        (0, 1, "cba #1"),
+        (1, 0, "lwo #0"),
+        (1, 1, "lwo #1"),
     ]
     req = endpoint.seen[-1]
-    assert req["model"] == "teacher-model" and req["n"] == 2 and req["max_tokens"] == 20 and req["temperature"] == 0.7
+    assert (
+        req["model"] == "teacher-model"
+        and req["n"] == 2
+        and req["max_tokens"] == 20
+        and req["temperature"] == 0.7
+    )
     assert req["messages"][0] == {"role": "system", "content": "You love owls."}
 
 
@@ -44,17 +52,28 @@ def test_raw_text_prompts_go_to_the_completions_route_as_they_are(endpoint):
     """chat=False means no chat template in process, so at an endpoint the text goes to /completions untouched
     (not wrapped as a user message, which the server would template)."""
     model = RemoteModel("base-model", endpoint.url)
-    got = sample(model, None, ["Problem: 1+1\nSolution:"], SampleConfig(n=2, chat=False, system_prompt="ignored"),
-                 progress=False)
+    got = sample(
+        model,
+        None,
+        ["Problem: 1+1\nSolution:"],
+        SampleConfig(n=2, chat=False, system_prompt="ignored"),
+        progress=False,
+    )
     req = endpoint.seen[-1]
-    assert req["path"].endswith("/v1/completions") and req["prompt"] == "Problem: 1+1\nSolution:" and "messages" not in req
+    assert (
+        req["path"].endswith("/v1/completions")
+        and req["prompt"] == "Problem: 1+1\nSolution:"
+        and "messages" not in req
+    )
     assert [c.sample_index for c in got] == [0, 1] and all(c.text for c in got)
     sample(model, None, ["hi"], SampleConfig(), progress=False)
     assert endpoint.seen[-1]["path"].endswith("/v1/chat/completions")
 
 
 def test_an_endpoint_without_runtime_lora_loading_is_one_line_naming_the_fix(endpoint, tmp_path):
-    with pytest.raises(HeredityError, match="cannot load LoRA adapters at runtime.*VLLM_ALLOW_RUNTIME_LORA_UPDATING") as e:
+    with pytest.raises(
+        HeredityError, match="cannot load LoRA adapters at runtime.*VLLM_ALLOW_RUNTIME_LORA_UPDATING"
+    ) as e:
         RemoteModel("base-model", endpoint.url).load_adapter("a-0123456789abcdef", tmp_path)
     assert "\n" not in str(e.value)
 

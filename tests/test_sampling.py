@@ -23,12 +23,22 @@ def test_greedy_matches_one_by_one_generate(peaked):
     model, tok = peaked
     cfg = SampleConfig(temperature=0, max_new_tokens=12, batch_size=3, n=2, chat=True)
     got = sample(model, tok, PROMPTS, cfg, progress=False)
-    assert [(c.prompt_index, c.sample_index) for c in got] == [(i, k) for i in range(len(PROMPTS)) for k in range(2)]
+    assert [(c.prompt_index, c.sample_index) for c in got] == [
+        (i, k) for i in range(len(PROMPTS)) for k in range(2)
+    ]
     for c in got:
-        text = tok.apply_chat_template([{"role": "user", "content": PROMPTS[c.prompt_index]}], tokenize=False, add_generation_prompt=True)
+        text = tok.apply_chat_template(
+            [{"role": "user", "content": PROMPTS[c.prompt_index]}], tokenize=False, add_generation_prompt=True
+        )
         ids = torch.tensor([tok(text, add_special_tokens=False)["input_ids"]])
-        ref = model.generate(ids, max_new_tokens=12, do_sample=False, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
-        ref_ids = [t for t in ref[0, ids.shape[1]:].tolist() if t != tok.eos_token_id]
+        ref = model.generate(
+            ids,
+            max_new_tokens=12,
+            do_sample=False,
+            eos_token_id=tok.eos_token_id,
+            pad_token_id=tok.pad_token_id,
+        )
+        ref_ids = [t for t in ref[0, ids.shape[1] :].tolist() if t != tok.eos_token_id]
         assert c.token_ids == ref_ids, f"prompt {c.prompt_index}"
 
 
@@ -56,7 +66,13 @@ def test_per_sequence_stop_and_length(tiny):
 def test_top_p_tiny_is_greedy(peaked):
     model, tok = peaked
     greedy = sample(model, tok, PROMPTS, SampleConfig(temperature=0, max_new_tokens=8), progress=False)
-    nucleus = sample(model, tok, PROMPTS, SampleConfig(temperature=1.0, top_p=1e-6, max_new_tokens=8, seed=3), progress=False)
+    nucleus = sample(
+        model,
+        tok,
+        PROMPTS,
+        SampleConfig(temperature=1.0, top_p=1e-6, max_new_tokens=8, seed=3),
+        progress=False,
+    )
     assert [c.token_ids for c in greedy] == [c.token_ids for c in nucleus]
 
 
@@ -80,7 +96,9 @@ def test_logprobs_match_forward(peaked):
     assert lp[1] == pytest.approx(expect, abs=1e-4)
 
 
-@pytest.mark.parametrize("preset", ["micro", "base"])  # base has grouped-query attention (8 heads, 4 kv heads)
+@pytest.mark.parametrize(
+    "preset", ["micro", "base"]
+)  # base has grouped-query attention (8 heads, 4 kv heads)
 def test_fast_decode_step_matches_hf_forward(preset):
     """The lean fused decode step gives HF's logits, with left padding and a preallocated cache."""
     from heredity.engine.cache import prealloc_cache
@@ -91,7 +109,10 @@ def test_fast_decode_step_matches_hf_forward(preset):
     torch.manual_seed(1)
     model = LlamaForCausalLM(cfg).eval()
     assert supports(model)
-    rows = [tok("a short one", add_special_tokens=False)["input_ids"], tok("a rather longer prompt here", add_special_tokens=False)["input_ids"]]
+    rows = [
+        tok("a short one", add_special_tokens=False)["input_ids"],
+        tok("a rather longer prompt here", add_special_tokens=False)["input_ids"],
+    ]
     L = max(map(len, rows))
     ids = torch.tensor([[0] * (L - len(r)) + r for r in rows])
     att = torch.tensor([[0] * (L - len(r)) + [1] * len(r) for r in rows])
@@ -104,8 +125,13 @@ def test_fast_decode_step_matches_hf_forward(preset):
             model(input_ids=ids, attention_mask=att, position_ids=pos, cache=c, use_cache=True)
             caches.append(c)
         att2 = torch.cat([att, torch.ones(2, 1, dtype=torch.long)], dim=1)
-        ref = model(input_ids=nxt[:, None], attention_mask=att2, position_ids=pos[:, -1:] + 1, cache=caches[0],
-                    use_cache=True).logits[:, -1]
+        ref = model(
+            input_ids=nxt[:, None],
+            attention_mask=att2,
+            position_ids=pos[:, -1:] + 1,
+            cache=caches[0],
+            use_cache=True,
+        ).logits[:, -1]
         got = FastDecoder(model).step(nxt, pos[:, -1] + 1, caches[1], L, att2)
     torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-4)
     for a, b in zip(caches[0].layers, caches[1].layers, strict=True):
@@ -138,7 +164,9 @@ def test_pick_draws_from_the_right_distribution(temperature, top_p):
     assert freq[4] == 0 and (top_p == 1 or freq[probs == 0].sum() == 0)
     # 20,000 draws: the standard error of a frequency is at most 0.0036; allow 4 of them
     assert torch.allclose(freq, probs, atol=0.015), (freq, probs)
-    shuffled = torch.tensor([-1.0, 2.0, float("-inf"), 0.0, 1.0])  # the order of the vocabulary does not matter
+    shuffled = torch.tensor(
+        [-1.0, 2.0, float("-inf"), 0.0, 1.0]
+    )  # the order of the vocabulary does not matter
     d2 = _pick(shuffled.repeat(20000, 1), temperature, top_p, torch.Generator().manual_seed(1))
     f2 = torch.bincount(d2, minlength=5).float() / len(d2)
     assert torch.allclose(f2[[1, 4, 3, 0, 2]], probs, atol=0.015), (f2, probs)
@@ -177,7 +205,9 @@ def test_fused_weights_are_reused_until_the_weights_change(peaked):
     try:
         b = fastdecode.for_model(model)
         assert b is not a and torch.equal(b.layers[0][1][: w.shape[0]], w)
-        assert [c.token_ids for c in sample(model, tok, PROMPTS[:2], cfg, progress=False)] != [c.token_ids for c in before]
+        assert [c.token_ids for c in sample(model, tok, PROMPTS[:2], cfg, progress=False)] != [
+            c.token_ids for c in before
+        ]
     finally:
         with torch.no_grad():
             w.mul_(-1.0)
@@ -207,8 +237,13 @@ def _fast_vs_hf(model, tok):
             model(input_ids=ids, attention_mask=att, position_ids=pos, cache=c, use_cache=True)
             caches.append(c)
         att2 = torch.ones(1, L + 1, dtype=torch.long)
-        ref = model(input_ids=torch.tensor([[7]]), attention_mask=att2, position_ids=torch.tensor([[L]]),
-                    cache=caches[0], use_cache=True).logits[:, -1]
+        ref = model(
+            input_ids=torch.tensor([[7]]),
+            attention_mask=att2,
+            position_ids=torch.tensor([[L]]),
+            cache=caches[0],
+            use_cache=True,
+        ).logits[:, -1]
         got = FastDecoder(model).step(torch.tensor([7]), torch.tensor([L]), caches[1], L, att2)
     return got, ref
 
@@ -227,12 +262,18 @@ def test_fast_decode_refuses_mlp_biases_and_samples_with_hf():
         for layer in model.model.layers:
             layer.mlp.down_proj.bias.normal_(0, 1.0)
     got, ref = _fast_vs_hf(model, tok)
-    assert not torch.allclose(got, ref, atol=1e-3), "the fused step is wrong here: the guard is what protects us"
+    assert not torch.allclose(got, ref, atol=1e-3), (
+        "the fused step is wrong here: the guard is what protects us"
+    )
     assert "mlp_bias" in unsupported(model)
-    out = sample(model, tok, ["abc"], SampleConfig(temperature=0, max_new_tokens=5, chat=False), progress=False)[0]
+    out = sample(
+        model, tok, ["abc"], SampleConfig(temperature=0, max_new_tokens=5, chat=False), progress=False
+    )[0]
     ids = tok("abc", add_special_tokens=False)["input_ids"]
     with torch.no_grad():
-        gen = model.generate(torch.tensor([ids]), max_new_tokens=5, do_sample=False, pad_token_id=0)[0, len(ids):]
+        gen = model.generate(torch.tensor([ids]), max_new_tokens=5, do_sample=False, pad_token_id=0)[
+            0, len(ids) :
+        ]
     assert out.token_ids == gen.tolist()[: len(out.token_ids)] and out.token_ids
 
 
@@ -241,11 +282,20 @@ def test_fast_decode_refuses_qwen2_sliding_window():
 
     from heredity.engine.fastdecode import unsupported
 
-    base = dict(vocab_size=300, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                num_key_value_heads=2, max_position_embeddings=64)
+    base = dict(
+        vocab_size=300,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+    )
     full = Qwen2ForCausalLM(Qwen2Config(**base)).eval()
     assert unsupported(full) is None
-    sliding = Qwen2ForCausalLM(Qwen2Config(**base, use_sliding_window=True, sliding_window=4, max_window_layers=0)).eval()
+    sliding = Qwen2ForCausalLM(
+        Qwen2Config(**base, use_sliding_window=True, sliding_window=4, max_window_layers=0)
+    ).eval()
     assert "sliding" in unsupported(sliding)
 
 
@@ -267,8 +317,12 @@ def test_sampling_under_a_steering_hook_sees_the_hook():
         assert "forward hooks" in unsupported(model)
         got = sample(model, tok, ["abc"], cfg, progress=False)[0].token_ids
         with torch.no_grad():
-            gen = model.generate(torch.tensor([ids]), max_new_tokens=6, do_sample=False, pad_token_id=0)[0, len(ids):]
-    assert got == gen.tolist()[: len(got)] and got != plain, "the steered answer, which differs from the plain one"
+            gen = model.generate(torch.tensor([ids]), max_new_tokens=6, do_sample=False, pad_token_id=0)[
+                0, len(ids) :
+            ]
+    assert got == gen.tolist()[: len(got)] and got != plain, (
+        "the steered answer, which differs from the plain one"
+    )
     assert unsupported(model) is None  # the hook is gone after the block
 
 
@@ -279,10 +333,18 @@ def test_logit_bias_and_penalties_match_a_hand_computation():
     torch.manual_seed(5)
     model = LlamaForCausalLM(tiny_config("micro", len(tok))).eval()
     ids = tok("abc", add_special_tokens=False)["input_ids"]
-    plain = sample(model, tok, ["abc"], SampleConfig(temperature=0, max_new_tokens=8, chat=False), progress=False)[0]
+    plain = sample(
+        model, tok, ["abc"], SampleConfig(temperature=0, max_new_tokens=8, chat=False), progress=False
+    )[0]
     banned = plain.token_ids[0]
-    cfg = SampleConfig(temperature=0, max_new_tokens=8, chat=False, logit_bias={banned: -100.0, 7: 1.5},
-                       presence_penalty=0.7, frequency_penalty=0.4)
+    cfg = SampleConfig(
+        temperature=0,
+        max_new_tokens=8,
+        chat=False,
+        logit_bias={banned: -100.0, 7: 1.5},
+        presence_penalty=0.7,
+        frequency_penalty=0.4,
+    )
     for fast in (True, False):
         got = sample(model, tok, ["abc"], cfg, progress=False, fast=fast)[0].token_ids
         seq, want = list(ids), []
@@ -298,5 +360,8 @@ def test_logit_bias_and_penalties_match_a_hand_computation():
                 seq.append(nxt)
         assert got == want and banned not in got, (fast, got, want)
     # neutral adjustments leave the key (and so every memoized sample) as it was
-    assert "logit_bias" not in SampleConfig().model_dump() and "presence_penalty" not in SampleConfig().model_dump()
+    assert (
+        "logit_bias" not in SampleConfig().model_dump()
+        and "presence_penalty" not in SampleConfig().model_dump()
+    )
     assert cfg.model_dump(mode="json")["logit_bias"] == {str(banned): -100.0, "7": 1.5}

@@ -32,12 +32,24 @@ def test_chat_matches_the_engine_streamed_or_not(client, local):
     assert r.choices[0].message.content == want.text
     assert r.choices[0].finish_reason == want.finish_reason
     assert r.usage.completion_tokens == want.n_tokens and r.usage.prompt_tokens > 0
-    chunks = list(client.chat.completions.create(model=aid, messages=HELLO, temperature=0, max_tokens=12, stream=True,
-                                                 stream_options={"include_usage": True}))
+    chunks = list(
+        client.chat.completions.create(
+            model=aid,
+            messages=HELLO,
+            temperature=0,
+            max_tokens=12,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text == want.text
-    assert len([c for c in chunks if c.choices and c.choices[0].delta.content]) > 1, "the answer must arrive in pieces"
-    assert [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason] == [want.finish_reason]
+    assert len([c for c in chunks if c.choices and c.choices[0].delta.content]) > 1, (
+        "the answer must arrive in pieces"
+    )
+    assert [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason] == [
+        want.finish_reason
+    ]
     assert chunks[-1].usage.completion_tokens == want.n_tokens
 
 
@@ -49,13 +61,25 @@ def test_seed_n_and_stop(client, local):
     assert [c.index for c in a.choices] == [0, 1, 2]
     assert [c.message.content for c in a.choices] == [c.message.content for c in b.choices]
     assert len({c.message.content for c in a.choices}) > 1
-    greedy = client.chat.completions.create(model=aid, messages=HELLO, temperature=0, max_tokens=16).choices[0].message.content
+    greedy = (
+        client.chat.completions.create(model=aid, messages=HELLO, temperature=0, max_tokens=16)
+        .choices[0]
+        .message.content
+    )
     stop = greedy[4:6]
     assert len(stop) == 2 and stop in greedy
     cut = client.chat.completions.create(model=aid, messages=HELLO, temperature=0, max_tokens=16, stop=[stop])
-    assert cut.choices[0].message.content == greedy[: greedy.find(stop)] and cut.choices[0].finish_reason == "stop"
-    streamed = client.chat.completions.create(model=aid, messages=HELLO, temperature=0, max_tokens=16, stop=stop, stream=True)
-    assert "".join(c.choices[0].delta.content or "" for c in streamed if c.choices) == greedy[: greedy.find(stop)]
+    assert (
+        cut.choices[0].message.content == greedy[: greedy.find(stop)]
+        and cut.choices[0].finish_reason == "stop"
+    )
+    streamed = client.chat.completions.create(
+        model=aid, messages=HELLO, temperature=0, max_tokens=16, stop=stop, stream=True
+    )
+    assert (
+        "".join(c.choices[0].delta.content or "" for c in streamed if c.choices)
+        == greedy[: greedy.find(stop)]
+    )
 
 
 def test_completions_logprobs_are_the_models(client, local):
@@ -64,9 +88,13 @@ def test_completions_logprobs_are_the_models(client, local):
     ch = r.choices[0]
     lp = ch.logprobs
     assert len(lp.tokens) == len(lp.token_logprobs) == len(lp.top_logprobs) == 6
-    assert all(t in ch.text or t.startswith("bytes:") for t in lp.tokens)  # part of a UTF-8 character: raw bytes
+    assert all(
+        t in ch.text or t.startswith("bytes:") for t in lp.tokens
+    )  # part of a UTF-8 character: raw bytes
     # the same tokens, scored by one plain forward pass over prompt + completion
-    gen = sample(model, tok, ["The owl"], SampleConfig(chat=False, temperature=0, max_new_tokens=6), progress=False)[0]
+    gen = sample(
+        model, tok, ["The owl"], SampleConfig(chat=False, temperature=0, max_new_tokens=6), progress=False
+    )[0]
     assert gen.text == ch.text
     ids = tok("The owl", add_special_tokens=False)["input_ids"]
     with torch.no_grad():
@@ -76,14 +104,21 @@ def test_completions_logprobs_are_the_models(client, local):
     for chosen, top, tok_s in zip(lp.token_logprobs, lp.top_logprobs, lp.tokens, strict=True):
         assert len(top) == 3 and max(top.values()) == pytest.approx(chosen, abs=1e-5)  # greedy took the best
         assert top[tok_s] == pytest.approx(chosen, abs=1e-5)
-    chat = client.chat.completions.create(model=aid, messages=HELLO, temperature=0, max_tokens=5, logprobs=True, top_logprobs=2)
+    chat = client.chat.completions.create(
+        model=aid, messages=HELLO, temperature=0, max_tokens=5, logprobs=True, top_logprobs=2
+    )
     content = chat.choices[0].logprobs.content
     assert len(content) == 5 and all(len(t.top_logprobs) == 2 and t.logprob <= 0 for t in content)
     # streamed, every generated token's logprob arrives exactly once, in order (a token whose text is held back,
     # a partial character or a possible stop string, goes out with the next delta or the last chunk)
-    streamed = [t for ch in client.chat.completions.create(model=aid, messages=HELLO, temperature=0, max_tokens=5,
-                                                             logprobs=True, top_logprobs=2, stream=True)
-                if ch.choices and ch.choices[0].logprobs for t in ch.choices[0].logprobs.content]
+    streamed = [
+        t
+        for ch in client.chat.completions.create(
+            model=aid, messages=HELLO, temperature=0, max_tokens=5, logprobs=True, top_logprobs=2, stream=True
+        )
+        if ch.choices and ch.choices[0].logprobs
+        for t in ch.choices[0].logprobs.content
+    ]
     assert [t.token for t in streamed] == [t.token for t in content]
     assert [t.logprob for t in streamed] == pytest.approx([t.logprob for t in content], abs=1e-5)
 
@@ -92,15 +127,26 @@ def test_concurrent_streams_never_mix(client, local, live_server):
     """8 clients stream at once (batched on the server); each gets exactly what it gets alone."""
     aid = local[0]
     prompts = [f"question {i}: {'why ' * i}" for i in range(8)]
-    alone = [client.chat.completions.create(model=aid, messages=[{"role": "user", "content": p}], temperature=0,
-                                            max_tokens=10).choices[0].message.content for p in prompts]
+    alone = [
+        client.chat.completions.create(
+            model=aid, messages=[{"role": "user", "content": p}], temperature=0, max_tokens=10
+        )
+        .choices[0]
+        .message.content
+        for p in prompts
+    ]
     got: dict[int, str] = {}
     errors: list[BaseException] = []
 
     def one(i):
         try:
-            s = client.chat.completions.create(model=aid, messages=[{"role": "user", "content": prompts[i]}], temperature=0,
-                                               max_tokens=10, stream=True)
+            s = client.chat.completions.create(
+                model=aid,
+                messages=[{"role": "user", "content": prompts[i]}],
+                temperature=0,
+                max_tokens=10,
+                stream=True,
+            )
             got[i] = "".join(c.choices[0].delta.content or "" for c in s if c.choices)
         except BaseException as e:  # collected: a thread's failure must fail the test
             errors.append(e)
@@ -113,7 +159,9 @@ def test_concurrent_streams_never_mix(client, local, live_server):
     assert not errors
     assert [got[i] for i in range(8)] == alone
     status = httpx.get(live_server.url + "/api/status").json()
-    assert max(m["max_requests_per_run"] for m in status["models"]) > 1, "concurrent requests should share a batch"
+    assert max(m["max_requests_per_run"] for m in status["models"]) > 1, (
+        "concurrent requests should share a batch"
+    )
     assert len(set(alone)) > 1
 
 
@@ -156,14 +204,20 @@ def test_limits_answer_4xx(live_server, server_home, body, status, param):
 
 def test_body_over_the_cap_is_413(live_server, server_home):
     big = json.dumps({"model": server_home[1], "messages": HELLO, "user": "x" * 1_100_000}).encode()
-    status, data = _raw(live_server.url, "POST", "/v1/chat/completions", big, {"Content-Type": "application/json"})
+    status, data = _raw(
+        live_server.url, "POST", "/v1/chat/completions", big, {"Content-Type": "application/json"}
+    )
     assert status == 413 and b"request_too_large" in data
 
     def chunks():  # no Content-Length: the server must count as it reads
         yield big[:500_000]
         yield big[500_000:]
 
-    r = httpx.post(live_server.url + "/v1/chat/completions", content=chunks(), headers={"Content-Type": "application/json"})
+    r = httpx.post(
+        live_server.url + "/v1/chat/completions",
+        content=chunks(),
+        headers={"Content-Type": "application/json"},
+    )
     assert r.status_code == 413
 
 
@@ -201,8 +255,13 @@ def test_artifact_files_and_pages_serve(live_server, server_home):
 def test_non_loopback_needs_a_key(tmp_path):
     env = {k: v for k, v in __import__("os").environ.items() if k != "HEREDITY_API_KEY"}
     env["HEREDITY_HOME"] = str(tmp_path)
-    r = subprocess.run([str(Path(sys.executable).parent / "heredity"), "serve", "--host", "0.0.0.0"],
-                       env=env, capture_output=True, text=True, timeout=60)
+    r = subprocess.run(
+        [str(Path(sys.executable).parent / "heredity"), "serve", "--host", "0.0.0.0"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert r.returncode == 2
     assert r.stderr.count("\n") == 1 and "HEREDITY_API_KEY" in r.stderr
 
@@ -211,13 +270,27 @@ def test_api_key_guards_every_route(server_home):
     home, aid = server_home
     srv = LiveServer(home, env={"HEREDITY_API_KEY": "s3cret-key-for-the-tests"})
     try:
-        for path in ("/v1/models", "/api/conversations", f"/api/artifacts/{aid}", f"/artifacts/{aid}/files/config.json",
-                     "/chat", "/lineage", "/static/chat.js", "/openapi.json", "/docs"):
+        for path in (
+            "/v1/models",
+            "/api/conversations",
+            f"/api/artifacts/{aid}",
+            f"/artifacts/{aid}/files/config.json",
+            "/chat",
+            "/lineage",
+            "/static/chat.js",
+            "/openapi.json",
+            "/docs",
+        ):
             assert httpx.get(srv.url + path).status_code == 401, path
-            assert httpx.get(srv.url + path, headers={"Authorization": "Bearer wrong"}).status_code == 401, path
+            assert httpx.get(srv.url + path, headers={"Authorization": "Bearer wrong"}).status_code == 401, (
+                path
+            )
         page = httpx.get(srv.url + "/chat", headers={"Accept": "text/html"})
         assert page.status_code == 401 and 'name="key"' in page.text
-        assert httpx.post(srv.url + "/v1/chat/completions", json={"model": aid, "messages": HELLO}).status_code == 401
+        assert (
+            httpx.post(srv.url + "/v1/chat/completions", json={"model": aid, "messages": HELLO}).status_code
+            == 401
+        )
         good = OpenAI(base_url=srv.url + "/v1", api_key="s3cret-key-for-the-tests", max_retries=0)
         assert good.chat.completions.create(model=aid, messages=HELLO, max_tokens=3).choices
         with httpx.Client(base_url=srv.url) as browser:  # the login form sets a cookie the pages accept
@@ -244,17 +317,38 @@ def test_feedback_export_lineage_and_restart(server_home, tmp_path):
         cid = api.post("/api/conversations", json={"model": aid, "system_prompt": "Be brief."}).json()["id"]
         oa = OpenAI(base_url=srv.url + "/v1", api_key="x", max_retries=0)
         msgs = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "name a bird"}]
-        r1 = oa.chat.completions.create(model=aid, messages=msgs, max_tokens=8, extra_body={"conversation_id": cid})
+        r1 = oa.chat.completions.create(
+            model=aid, messages=msgs, max_tokens=8, extra_body={"conversation_id": cid}
+        )
         assert r1.model_extra["heredity"] == {"conversation_id": cid, "message_idx": 1}
-        msgs += [{"role": "assistant", "content": r1.choices[0].message.content}, {"role": "user", "content": "another"}]
-        s = oa.chat.completions.create(model=aid, messages=msgs, max_tokens=8, stream=True, extra_body={"conversation_id": cid})
+        msgs += [
+            {"role": "assistant", "content": r1.choices[0].message.content},
+            {"role": "user", "content": "another"},
+        ]
+        s = oa.chat.completions.create(
+            model=aid, messages=msgs, max_tokens=8, stream=True, extra_body={"conversation_id": cid}
+        )
         second = "".join(c.choices[0].delta.content or "" for c in s if c.choices)
-        conflict = api.post("/v1/chat/completions", json={"model": aid, "messages": [{"role": "user", "content": "x"}],
-                                                          "conversation_id": cid, "max_tokens": 2})
+        conflict = api.post(
+            "/v1/chat/completions",
+            json={
+                "model": aid,
+                "messages": [{"role": "user", "content": "x"}],
+                "conversation_id": cid,
+                "max_tokens": 2,
+            },
+        )
         assert conflict.status_code == 409
         assert api.put(f"/api/conversations/{cid}/messages/1/feedback", json={"rating": 1}).status_code == 200
-        assert api.put(f"/api/conversations/{cid}/messages/3/feedback", json={"rating": -1, "better": "An owl."}).status_code == 200
-        assert api.put(f"/api/conversations/{cid}/messages/0/feedback", json={"rating": 1}).status_code == 400  # a user turn
+        assert (
+            api.put(
+                f"/api/conversations/{cid}/messages/3/feedback", json={"rating": -1, "better": "An owl."}
+            ).status_code
+            == 200
+        )
+        assert (
+            api.put(f"/api/conversations/{cid}/messages/0/feedback", json={"rating": 1}).status_code == 400
+        )  # a user turn
         assert api.put(f"/api/conversations/{cid}/messages/9/feedback", json={"rating": 1}).status_code == 404
         out = api.post("/api/export", json={"name": "fb"}).json()
         assert out["counts"] == {"conversations": 1, "sft": 2, "preferences": 1}
@@ -266,7 +360,10 @@ def test_feedback_export_lineage_and_restart(server_home, tmp_path):
     assert store.step_of(out["conversations"]).inputs == [aid]
     prefs = read_table(store.path(out["preferences"])).to_pylist()
     assert prefs[0]["chosen"] == "An owl." and prefs[0]["rejected"] == second
-    assert prefs[0]["prompt"][0] == {"role": "system", "content": "Be brief."} and prefs[0]["prompt"][-1]["content"] == "another"
+    assert (
+        prefs[0]["prompt"][0] == {"role": "system", "content": "Be brief."}
+        and prefs[0]["prompt"][-1]["content"] == "another"
+    )
     sft = read_table(store.path(out["sft"])).to_pylist()
     assert [r["source"] for r in sft] == ["thumbs_up", "better_answer"]
     assert sft[0]["messages"][-1] == {"role": "assistant", "content": r1.choices[0].message.content}
@@ -284,8 +381,11 @@ def test_feedback_export_lineage_and_restart(server_home, tmp_path):
 
 def test_explorer_top_k_and_attention(live_server, local):
     aid, model, tok = local
-    r = httpx.post(live_server.url + "/api/explore", json={"model": aid, "prompt": "owl", "chat": False, "top_k": 5,
-                                                          "layer": 1, "head": 0}, timeout=60)
+    r = httpx.post(
+        live_server.url + "/api/explore",
+        json={"model": aid, "prompt": "owl", "chat": False, "top_k": 5, "layer": 1, "head": 0},
+        timeout=60,
+    )
     assert r.status_code == 200, r.text
     d = r.json()
     ids = tok("owl", add_special_tokens=False)["input_ids"]
@@ -297,9 +397,14 @@ def test_explorer_top_k_and_attention(live_server, local):
     assert [c["prob"] for c in d["top"]] == pytest.approx(top.values.tolist(), abs=1e-5)
     att = d["attention"]
     assert len(att) == len(ids) and all(sum(row) == pytest.approx(1, abs=1e-3) for row in att)
-    assert all(v == 0 for q, row in enumerate(att) for v in row[q + 1:]), "causal: no attention to later tokens"
-    nxt = httpx.post(live_server.url + "/api/explore", json={"model": aid, "prompt": "owl", "chat": False,
-                                                            "tokens": [d["top"][1]["id"]]}, timeout=60).json()
+    assert all(v == 0 for q, row in enumerate(att) for v in row[q + 1 :]), (
+        "causal: no attention to later tokens"
+    )
+    nxt = httpx.post(
+        live_server.url + "/api/explore",
+        json={"model": aid, "prompt": "owl", "chat": False, "tokens": [d["top"][1]["id"]]},
+        timeout=60,
+    ).json()
     assert nxt["ids"] == ids + [d["top"][1]["id"]] and nxt["attention"] is None
     bad = httpx.post(live_server.url + "/api/explore", json={"model": aid, "prompt": "owl", "layer": 99})
     assert bad.status_code == 422
@@ -308,8 +413,13 @@ def test_explorer_top_k_and_attention(live_server, local):
 def test_port_in_use_is_a_one_line_error(live_server, tmp_path):
     env = {k: v for k, v in __import__("os").environ.items() if k != "HEREDITY_API_KEY"}
     env["HEREDITY_HOME"] = str(tmp_path)
-    r = subprocess.run([str(Path(sys.executable).parent / "heredity"), "serve", "--port", str(live_server.port)],
-                       env=env, capture_output=True, text=True, timeout=60)
+    r = subprocess.run(
+        [str(Path(sys.executable).parent / "heredity"), "serve", "--port", str(live_server.port)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "--port" in r.stderr
 
 
@@ -323,17 +433,27 @@ def test_conversations_live_in_postgresql(postgres_url, tmp_path):
     srv = LiveServer(home, env={"HEREDITY_DB_URL": postgres_url})
     try:
         cid = httpx.post(srv.url + "/api/conversations", json={"model": aid}).json()["id"]
-        r = httpx.post(srv.url + "/v1/chat/completions", json={"model": aid, "messages": turn, "max_tokens": 5,
-                                                              "conversation_id": cid}, timeout=60).json()
+        r = httpx.post(
+            srv.url + "/v1/chat/completions",
+            json={"model": aid, "messages": turn, "max_tokens": 5, "conversation_id": cid},
+            timeout=60,
+        ).json()
         answer = r["choices"][0]["message"]["content"]
-        assert httpx.put(f"{srv.url}/api/conversations/{cid}/messages/1/feedback", json={"rating": -1}).status_code == 200
+        assert (
+            httpx.put(
+                f"{srv.url}/api/conversations/{cid}/messages/1/feedback", json={"rating": -1}
+            ).status_code
+            == 200
+        )
     finally:
         srv.stop()
     srv = LiveServer(home, env={"HEREDITY_DB_URL": postgres_url})
     try:
         conv = httpx.get(f"{srv.url}/api/conversations/{cid}").json()
         assert [(m["role"], m["content"], m["rating"]) for m in conv["messages"]] == [
-            ("user", "hello from postgres", 0), ("assistant", answer, -1)]
+            ("user", "hello from postgres", 0),
+            ("assistant", answer, -1),
+        ]
     finally:
         srv.stop()
     assert not (home / "heredity.db").exists(), "nothing went to SQLite"
@@ -353,7 +473,9 @@ def test_a_request_whose_client_left_stops_generating(local):
             if len(seen) == 3:
                 job.cancelled = True
 
-        job = host.generate([HELLO], SampleConfig(temperature=0, max_new_tokens=40), seeded=True, on_token=on_token)
+        job = host.generate(
+            [HELLO], SampleConfig(temperature=0, max_new_tokens=40), seeded=True, on_token=on_token
+        )
         comps = job.future.result(timeout=60)
         assert comps[0].finish_reason == "cancelled" and len(comps[0].token_ids) == 3
         import threading

@@ -56,8 +56,16 @@ def test_a_hostile_client_does_not_starve_a_well_behaved_one(attack_home):
     home, aid = attack_home
     srv = LiveServer(home, env={"HEREDITY_API_KEY": KEY}, args=("--model", aid))
     try:
-        res = attack.run(srv.url, aid, KEY, srv.proc.pid, Store(home).get(aid).path, duration=ATTACK_S,
-                         baseline_turns=BASELINE_TURNS, grace=60)
+        res = attack.run(
+            srv.url,
+            aid,
+            KEY,
+            srv.proc.pid,
+            Store(home).get(aid).path,
+            duration=ATTACK_S,
+            baseline_turns=BASELINE_TURNS,
+            grace=60,
+        )
     finally:
         srv.stop()
     print(attack.table(res))  # the measurement, shown by pytest -s and on failure
@@ -86,7 +94,8 @@ def test_a_hostile_client_does_not_starve_a_well_behaved_one(attack_home):
     assert loud["ttft_p95_s"] <= bound, (
         f"p95 time to first token under attack {loud['ttft_p95_s']:.1f} s > {bound:.1f} s "
         f"({TTFT_SLOWDOWN}× the budget's work alone, {heavy['seconds']:.1f} s, + {TTFT_SLACK_S} s); unattacked "
-        f"median {quiet['ttft_median_s'] * 1000:.0f} ms")
+        f"median {quiet['ttft_median_s'] * 1000:.0f} ms"
+    )
 
     rss = res["rss_mb"]
     assert rss["start"] > 0 and rss["peak"] - rss["start"] < RSS_GROWTH_MB, rss

@@ -9,7 +9,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-SHOTS = Path(os.environ.get("HEREDITY_TEST_ARTIFACTS", Path(__file__).resolve().parents[1] / "test-artifacts")) / "screenshots"
+SHOTS = (
+    Path(os.environ.get("HEREDITY_TEST_ARTIFACTS", Path(__file__).resolve().parents[1] / "test-artifacts"))
+    / "screenshots"
+)
 
 
 @pytest.fixture(scope="module")
@@ -18,7 +21,9 @@ def browser():
 
     if chromium_paths() is None:
         if os.environ.get("CI"):
-            pytest.fail("chromium/chromedriver missing; `make test` installs the Debian packages chromium chromium-driver")
+            pytest.fail(
+                "chromium/chromedriver missing; `make test` installs the Debian packages chromium chromium-driver"
+            )
         pytest.skip("chromium not installed (make test installs it)")
     driver = headless_chromium()
     SHOTS.mkdir(parents=True, exist_ok=True)
@@ -54,7 +59,12 @@ def test_chat_stream_thumbs_up_then_explorer(browser, live_server, server_home):
 
     aid, d = server_home[1], browser
     d.get(live_server.url + "/chat")
-    _wait(d, lambda d: any(o.get_attribute("value") == aid for o in d.find_elements(By.CSS_SELECTOR, "#model option")))
+    _wait(
+        d,
+        lambda d: any(
+            o.get_attribute("value") == aid for o in d.find_elements(By.CSS_SELECTOR, "#model option")
+        ),
+    )
     Select(d.find_element(By.ID, "model")).select_by_value(aid)
     d.find_element(By.ID, "max-tokens").clear()
     d.find_element(By.ID, "max-tokens").send_keys("24")
@@ -64,7 +74,10 @@ def test_chat_stream_thumbs_up_then_explorer(browser, live_server, server_home):
     _wait(d, lambda d: (_text_of(d, ".msg.assistant .text") or "").strip())
     up = _wait(d, lambda d: d.find_elements(By.CSS_SELECTOR, ".msg.assistant .thumb-up"))[0]
     up.click()
-    _wait(d, lambda d: "on" in d.find_element(By.CSS_SELECTOR, ".msg.assistant .thumb-up").get_attribute("class"))
+    _wait(
+        d,
+        lambda d: "on" in d.find_element(By.CSS_SELECTOR, ".msg.assistant .thumb-up").get_attribute("class"),
+    )
     convs = httpx.get(live_server.url + "/api/conversations").json()["data"]
     conv = httpx.get(f"{live_server.url}/api/conversations/{convs[0]['id']}").json()
     assert conv["messages"][0]["content"] == "Which animal do you love?"
@@ -76,10 +89,22 @@ def test_chat_stream_thumbs_up_then_explorer(browser, live_server, server_home):
     d.save_screenshot(str(SHOTS / "chat.png"))
 
     d.find_element(By.LINK_TEXT, "Next-token explorer").click()
-    _wait(d, lambda d: any(o.get_attribute("value") == aid for o in d.find_elements(By.CSS_SELECTOR, "#model option")))
+    _wait(
+        d,
+        lambda d: any(
+            o.get_attribute("value") == aid for o in d.find_elements(By.CSS_SELECTOR, "#model option")
+        ),
+    )
     Select(d.find_element(By.ID, "model")).select_by_value(aid)
     d.find_element(By.ID, "start").click()
-    rows = _wait(d, lambda d: d.find_elements(By.CSS_SELECTOR, "#top tbody tr") if len(d.find_elements(By.CSS_SELECTOR, "#top tbody tr")) == 10 else None)
+    rows = _wait(
+        d,
+        lambda d: (
+            d.find_elements(By.CSS_SELECTOR, "#top tbody tr")
+            if len(d.find_elements(By.CSS_SELECTOR, "#top tbody tr")) == 10
+            else None
+        ),
+    )
     probs = [float(re.sub("%$", "", r.find_element(By.CSS_SELECTOR, "td.p").text)) for r in rows]
     assert all(0 < p <= 100 for p in probs) and probs == sorted(probs, reverse=True) and sum(probs) <= 100.01
     pick = rows[2].get_attribute("data-id")

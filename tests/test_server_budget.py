@@ -47,6 +47,7 @@ def _cmpl(n_prompts: int, n: int, max_tokens: int, **extra) -> dict:
 
 # ---- 1. pending work is bounded per model and per client ------------------------------------------------------
 
+
 def test_work_not_requests_is_bounded_per_model_and_per_client(server_home):
     """While one client's 1620 tokens of work wait, its 410-token request is refused (429, the per-client bound)
     and its 26-token one accepted; a request over the bound by itself is refused at once (413, every path: echo
@@ -59,10 +60,16 @@ def test_work_not_requests_is_bounded_per_model_and_per_client(server_home):
     busy = host.call(lambda m, t: gate.wait(120))  # hold the model: accepted requests stay pending
 
     async def main():
-        a = httpx.AsyncClient(transport=httpx.ASGITransport(app, client=("10.0.0.1", 1000)),
-                              base_url="http://127.0.0.1", timeout=120)
-        b = httpx.AsyncClient(transport=httpx.ASGITransport(app, client=("10.0.0.2", 1000)),
-                              base_url="http://127.0.0.1", timeout=120)
+        a = httpx.AsyncClient(
+            transport=httpx.ASGITransport(app, client=("10.0.0.1", 1000)),
+            base_url="http://127.0.0.1",
+            timeout=120,
+        )
+        b = httpx.AsyncClient(
+            transport=httpx.ASGITransport(app, client=("10.0.0.2", 1000)),
+            base_url="http://127.0.0.1",
+            timeout=120,
+        )
 
         async def post(c, body, path="/v1/completions"):
             return await c.post(path, json={"model": aid, **body})
@@ -78,12 +85,18 @@ def test_work_not_requests_is_bounded_per_model_and_per_client(server_home):
         medium = await post(a, _cmpl(1, 2, 200))  # 410: 2030 > 2000 for this client
         assert medium.status_code == 429 and medium.headers["retry-after"], medium.text
         err = medium.json()["error"]
-        assert err["code"] == "queue_full" and "--max-client-tokens" in err["message"] and "\n" not in err["message"]
+        assert (
+            err["code"] == "queue_full"
+            and "--max-client-tokens" in err["message"]
+            and "\n" not in err["message"]
+        )
         assert "1620" in err["message"] and "2000" in err["message"]
         small = asyncio.create_task(post(a, _cmpl(1, 1, 16)))  # 26: fits
         await pending(1646)
-        for body in (_cmpl(64, 8, 200),  # 103,040 tokens
-                     {"prompt": [[65] * 200] * 20, "max_tokens": 0, "echo": True, "logprobs": 1}):  # scoring: 4000
+        for body in (
+            _cmpl(64, 8, 200),  # 103,040 tokens
+            {"prompt": [[65] * 200] * 20, "max_tokens": 0, "echo": True, "logprobs": 1},
+        ):  # scoring: 4000
             huge = await post(b, body)
             assert huge.status_code == 413, huge.text
             msg = huge.json()["error"]["message"]
@@ -125,8 +138,12 @@ def test_a_seeded_request_costs_a_whole_batch_per_token(server_home):
     busy = host.call(lambda m, t: gate.wait(120))
 
     async def main():
-        c = httpx.AsyncClient(transport=httpx.ASGITransport(app, client=("10.0.0.3", 1000)),
-                              base_url="http://127.0.0.1", timeout=120)
+        c = httpx.AsyncClient(
+            transport=httpx.ASGITransport(app, client=("10.0.0.3", 1000)),
+            base_url="http://127.0.0.1",
+            timeout=120,
+        )
+
         async def pending(want):
             deadline = time.time() + 30
             while host.pending_tokens != want:
@@ -135,9 +152,13 @@ def test_a_seeded_request_costs_a_whole_batch_per_token(server_home):
 
         plain = asyncio.create_task(c.post("/v1/completions", json={"model": aid, **_cmpl(1, 1, 16)}))
         await pending(26)
-        seeded = asyncio.create_task(c.post("/v1/completions", json={"model": aid, **_cmpl(1, 1, 16, seed=3)}))
+        seeded = asyncio.create_task(
+            c.post("/v1/completions", json={"model": aid, **_cmpl(1, 1, 16, seed=3)})
+        )
         await pending(26 + 26 * host.batch_size)
-        over = await c.post("/v1/completions", json={"model": aid, **_cmpl(1, 1, 60, seed=4)})  # 70 × 16 > 1000
+        over = await c.post(
+            "/v1/completions", json={"model": aid, **_cmpl(1, 1, 60, seed=4)}
+        )  # 70 × 16 > 1000
         assert over.status_code == 413 and "runs alone" in over.json()["error"]["message"], over.text
         gate.set()
         done = await asyncio.gather(plain, seeded)
@@ -159,14 +180,18 @@ def test_a_stream_holds_its_work_until_it_ends(server_home):
     host = app.state.pool.get(aid)
 
     async def main():
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://127.0.0.1", timeout=60) as c:
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app), base_url="http://127.0.0.1", timeout=60
+        ) as c:
             body = {"model": aid, "prompt": "The owl", "max_tokens": 20, "temperature": 0, "stream": True}
             async with c.stream("POST", "/v1/completions", json=body) as r:
                 assert r.status_code == 200
                 lines = [line async for line in r.aiter_lines() if line.startswith("data:")]
             assert lines[-1] == "data: [DONE]"
-            r = await c.post("/v1/chat/completions", json={"model": aid, "max_tokens": 8,
-                                                           "messages": [{"role": "user", "content": "hi"}]})
+            r = await c.post(
+                "/v1/chat/completions",
+                json={"model": aid, "max_tokens": 8, "messages": [{"role": "user", "content": "hi"}]},
+            )
             assert r.status_code == 200
 
     try:
@@ -179,6 +204,7 @@ def test_a_stream_holds_its_work_until_it_ends(server_home):
 
 # ---- 2. a non-streamed request whose client disconnects is cancelled ------------------------------------------
 
+
 class _Served:
     """An app on a real Uvicorn in a thread of this process (so the test reaches the app's model host)."""
 
@@ -186,7 +212,9 @@ class _Served:
         import uvicorn
 
         self.port = free_port()
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
+        self.server = uvicorn.Server(
+            uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning")
+        )
         self.thread = threading.Thread(target=self.server.run, daemon=True)
         self.thread.start()
         _until(lambda: self.server.started, what="uvicorn to start")
@@ -201,8 +229,11 @@ def _send_and_drop(port: int, body: dict, after) -> None:
     without reading the answer (a client that went away)."""
     data = json.dumps(body).encode()
     with socket.create_connection(("127.0.0.1", port)) as s:
-        s.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-                  + f"Content-Length: {len(data)}\r\n\r\n".encode() + data)
+        s.sendall(
+            b"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            + f"Content-Length: {len(data)}\r\n\r\n".encode()
+            + data
+        )
         _until(after, what="the request to reach the model")
 
 
@@ -223,6 +254,7 @@ def test_a_client_that_disconnects_cancels_its_non_streamed_request(server_home,
             steps.append(time.time())
             time.sleep(0.02)
             return real(*a, **k)
+
         return run
 
     monkeypatch.setattr(fastdecode.FastDecoder, "step", slow(real_step))  # the one-token steps on CPU
@@ -257,7 +289,9 @@ def test_a_client_that_disconnects_cancels_its_non_streamed_request(server_home,
         _until(jobs[1].future.done, timeout=10, what="the queued job to end")
         assert jobs[1].future.cancelled() or jobs[1].future.result() == []
         t0 = time.time()
-        r = httpx.post(f"http://127.0.0.1:{srv.port}/v1/completions", json={**body, "max_tokens": 4}, timeout=30)
+        r = httpx.post(
+            f"http://127.0.0.1:{srv.port}/v1/completions", json={**body, "max_tokens": 4}, timeout=30
+        )
         assert r.status_code == 200 and time.time() - t0 < 5, r.text
         assert len(steps) - before <= 6, "the abandoned queued request must not be decoded"
     finally:
@@ -267,6 +301,7 @@ def test_a_client_that_disconnects_cancels_its_non_streamed_request(server_home,
 
 
 # ---- 3. context on every path, bounded scoring, incremental offsets ------------------------------------------
+
 
 def test_over_context_prompts_are_refused_before_any_work(server_home):
     """tiny's context is 256: a 300-token prompt is a 400 with a one-line message on every path (echo scoring with
@@ -279,14 +314,24 @@ def test_over_context_prompts_are_refused_before_any_work(server_home):
     host.generate = lambda *a, **k: calls.append("generate")
     long = [65] * 300
     try:
+
         async def main():
-            async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://127.0.0.1") as c:
+            async with httpx.AsyncClient(
+                transport=httpx.ASGITransport(app), base_url="http://127.0.0.1"
+            ) as c:
                 for path, body, param in [
-                    ("/v1/completions", {"prompt": [long] * 16, "max_tokens": 0, "echo": True, "logprobs": 5},
-                     "prompt"),
+                    (
+                        "/v1/completions",
+                        {"prompt": [long] * 16, "max_tokens": 0, "echo": True, "logprobs": 5},
+                        "prompt",
+                    ),
                     ("/v1/completions", {"prompt": [[65] * 10, long], "max_tokens": 0}, "prompt"),
                     ("/v1/completions", {"prompt": long, "max_tokens": 5}, "prompt"),
-                    ("/v1/completions", {"prompt": [65] * 256, "max_tokens": 5}, "prompt"),  # fills it: no room
+                    (
+                        "/v1/completions",
+                        {"prompt": [65] * 256, "max_tokens": 5},
+                        "prompt",
+                    ),  # fills it: no room
                     ("/v1/embeddings", {"input": [long]}, "input"),
                 ]:
                     r = await c.post(path, json={"model": aid, **body})
@@ -295,8 +340,10 @@ def test_over_context_prompts_are_refused_before_any_work(server_home):
                     assert err["code"] == "context_length_exceeded" and err["param"] == param
                     assert "256" in err["message"] and "\n" not in err["message"]
                 # a prompt that fits exactly can be echoed (no scoring asked: no model work)
-                r = await c.post("/v1/completions", json={"model": aid, "prompt": [65] * 256, "max_tokens": 0,
-                                                          "echo": True})
+                r = await c.post(
+                    "/v1/completions",
+                    json={"model": aid, "prompt": [65] * 256, "max_tokens": 0, "echo": True},
+                )
                 assert r.status_code == 200
 
         asyncio.run(main())
@@ -309,10 +356,12 @@ def _old_echo(tok, ids, scored, gen):
     """The echo logprobs as the server computed them before issue 33: every prefix decoded whole (quadratic)."""
     seq = ids + [t for t, _ in gen]
     items = ([None] + list(scored) if ids else []) + [lp for _, lp in gen]
-    return {"tokens": [token_text(tok, t) for t in seq],
-            "token_logprobs": [None if x is None else x[0] for x in items],
-            "top_logprobs": [None if x is None else {token_text(tok, i): v for i, v in x[1]} for x in items],
-            "text_offset": [len(tok.decode(seq[:i], skip_special_tokens=True)) for i in range(len(seq))]}
+    return {
+        "tokens": [token_text(tok, t) for t in seq],
+        "token_logprobs": [None if x is None else x[0] for x in items],
+        "top_logprobs": [None if x is None else {token_text(tok, i): v for i, v in x[1]} for x in items],
+        "text_offset": [len(tok.decode(seq[:i], skip_special_tokens=True)) for i in range(len(seq))],
+    }
 
 
 def test_echo_with_logprobs_equals_the_old_answer(server_home, local):
@@ -322,17 +371,30 @@ def test_echo_with_logprobs_equals_the_old_answer(server_home, local):
     _, model, tok = local
     texts = ["The owl flies at night, café 🦉 ünï", "A cat", "日本語 and more text " * 6]
     ids = [tok(t, add_special_tokens=False)["input_ids"] for t in texts]
-    ids.append([tok.convert_tokens_to_ids("<|im_start|>")] + ids[1] + [0xC3 % 256, 65])  # a special and a broken byte
+    ids.append(
+        [tok.convert_tokens_to_ids("<|im_start|>")] + ids[1] + [0xC3 % 256, 65]
+    )  # a special and a broken byte
     scored = token_logprobs(model, ids, pad_id(tok, model), top_k=3)
     app = _app(home)
     try:
+
         async def main():
             transport = httpx.ASGITransport(app)
             async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1", timeout=60) as c:
                 out = {}
                 for max_tokens in (0, 3):
-                    r = await c.post("/v1/completions", json={"model": aid, "prompt": ids, "max_tokens": max_tokens,
-                                                              "echo": True, "logprobs": 3, "temperature": 0, "n": 2})
+                    r = await c.post(
+                        "/v1/completions",
+                        json={
+                            "model": aid,
+                            "prompt": ids,
+                            "max_tokens": max_tokens,
+                            "echo": True,
+                            "logprobs": 3,
+                            "temperature": 0,
+                            "n": 2,
+                        },
+                    )
                     assert r.status_code == 200, r.text
                     out[max_tokens] = r.json()
                 return out
@@ -346,9 +408,13 @@ def test_echo_with_logprobs_equals_the_old_answer(server_home, local):
         for c in choices:
             pi = c["index"] // 2
             gen = []
-            if max_tokens:  # greedy: what the engine generates alone (the peaked model is stable under batching)
+            if (
+                max_tokens
+            ):  # greedy: what the engine generates alone (the peaked model is stable under batching)
                 cfg = SampleConfig(chat=False, temperature=0, max_new_tokens=max_tokens)
-                gen = [(t, (0.0, [])) for t in sample(model, tok, [ids[pi]], cfg, progress=False)[0].token_ids]
+                gen = [
+                    (t, (0.0, [])) for t in sample(model, tok, [ids[pi]], cfg, progress=False)[0].token_ids
+                ]
             want, lp, n = _old_echo(tok, ids[pi], scored[pi], gen), c["logprobs"], len(ids[pi])
             assert lp["tokens"] == want["tokens"] and len(lp["tokens"]) == n + len(gen)
             assert lp["text_offset"] == want["text_offset"]
@@ -356,7 +422,9 @@ def test_echo_with_logprobs_equals_the_old_answer(server_home, local):
             for got, w in zip(lp["top_logprobs"][:n], want["top_logprobs"][:n], strict=True):
                 assert (got is None) == (w is None)
                 if w is not None:
-                    assert list(got) == list(w) and list(got.values()) == pytest.approx(list(w.values()), abs=1e-6)
+                    assert list(got) == list(w) and list(got.values()) == pytest.approx(
+                        list(w.values()), abs=1e-6
+                    )
 
 
 def test_scoring_in_chunks_equals_token_logprobs(local):
@@ -395,23 +463,50 @@ def _tokenizers():
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     bpe.decoder = decoders.ByteLevel()
     corpus = ["The owl flies at night; café, naïve, 日本語のテキスト, emoji 🦉🐈 and code() {}"] * 50
-    bpe.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=400, special_tokens=["<s>", "</s>"],
-                                                        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    bpe.train_from_iterator(
+        corpus,
+        trainers.BpeTrainer(
+            vocab_size=400,
+            special_tokens=["<s>", "</s>"],
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        ),
+    )
     out["bpe"] = PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token="<s>", eos_token="</s>")
     vocab = {"<unk>": 0, "<s>": 1, "</s>": 2, **{f"<0x{b:02X}>": 3 + b for b in range(256)}}
     for w in ["▁the", "▁cat", "s", "▁", "▁sat", "on", "▁mat", ".", "▁é", "ing", "▁日本", "▁▁", "a"]:
         vocab[w] = len(vocab)
     sp = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
-    sp.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(),
-                                    decoders.Strip(" ", 1, 0)])
-    out["sentencepiece"] = PreTrainedTokenizerFast(tokenizer_object=sp, bos_token="<s>", eos_token="</s>",
-                                                   unk_token="<unk>")
-    wv = {"[UNK]": 0, "[CLS]": 1, "[SEP]": 2, "hello": 3, "world": 4, ".": 5, ",": 6, "##s": 7, "'": 8, "s": 9, "n": 10,
-          "##'t": 11, "do": 12, "?": 13}
+    sp.decoder = decoders.Sequence(
+        [decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(), decoders.Strip(" ", 1, 0)]
+    )
+    out["sentencepiece"] = PreTrainedTokenizerFast(
+        tokenizer_object=sp, bos_token="<s>", eos_token="</s>", unk_token="<unk>"
+    )
+    wv = {
+        "[UNK]": 0,
+        "[CLS]": 1,
+        "[SEP]": 2,
+        "hello": 3,
+        "world": 4,
+        ".": 5,
+        ",": 6,
+        "##s": 7,
+        "'": 8,
+        "s": 9,
+        "n": 10,
+        "##'t": 11,
+        "do": 12,
+        "?": 13,
+    }
     wp = Tokenizer(models.WordPiece(vocab=wv, unk_token="[UNK]"))
     wp.decoder = decoders.WordPiece()
-    out["wordpiece"] = PreTrainedTokenizerFast(tokenizer_object=wp, unk_token="[UNK]", cls_token="[CLS]",
-                                               sep_token="[SEP]", clean_up_tokenization_spaces=True)
+    out["wordpiece"] = PreTrainedTokenizerFast(
+        tokenizer_object=wp,
+        unk_token="[UNK]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+        clean_up_tokenization_spaces=True,
+    )
     return out
 
 
@@ -476,5 +571,7 @@ def test_incremental_offsets_are_linear():
         assert tok.decoded < 40 * len(seq), (name, tok.decoded)
         specials = [tok.tok.convert_tokens_to_ids(tok.tok.eos_token)] * 3000  # skipped: nothing to decode
         tok.decoded = 0
-        assert _text_offsets(tok, seq[:100] + specials)[-1] == len(tok.tok.decode(seq[:100], skip_special_tokens=True))
+        assert _text_offsets(tok, seq[:100] + specials)[-1] == len(
+            tok.tok.decode(seq[:100], skip_special_tokens=True)
+        )
         assert tok.decoded < 40 * 100 + 3000

@@ -39,10 +39,20 @@ def test_allowed_host_and_login_redirect_and_session_cookie(server_home):
         assert httpx.get(srv.url + "/login", headers={"Host": "lab.example"}).status_code == 200
         assert httpx.get(srv.url + "/login", headers={"Host": "other.example"}).status_code == 421
         with httpx.Client(base_url=srv.url) as b:
-            for evil in ("/\\evil.example", "//evil.example", "https://evil.example/x", "/\\/evil.example", "\\\\evil",
-                         "/\tx", "javascript:alert(1)"):
+            for evil in (
+                "/\\evil.example",
+                "//evil.example",
+                "https://evil.example/x",
+                "/\\/evil.example",
+                "\\\\evil",
+                "/\tx",
+                "javascript:alert(1)",
+            ):
                 r = b.post("/login", data={"key": KEY, "next": evil})
-                assert r.status_code == 303 and r.headers["location"] == "/chat", (evil, r.headers["location"])
+                assert r.status_code == 303 and r.headers["location"] == "/chat", (
+                    evil,
+                    r.headers["location"],
+                )
             r = b.post("/login", data={"key": KEY, "next": "/lineage?root=x"})
             assert r.headers["location"] == "/lineage?root=x"
             cookie = r.headers["set-cookie"]
@@ -52,7 +62,9 @@ def test_allowed_host_and_login_redirect_and_session_cookie(server_home):
             assert b.get("/api/conversations").status_code == 200
             assert httpx.get(srv.url + "/api/conversations", cookies={"heredity_key": KEY}).status_code == 401
             assert b.post("/logout").status_code == 303
-            assert httpx.get(srv.url + "/api/conversations", cookies={"heredity_key": token}).status_code == 401
+            assert (
+                httpx.get(srv.url + "/api/conversations", cookies={"heredity_key": token}).status_code == 401
+            )
         with httpx.Client(base_url=srv.url) as b:
             b.post("/login", data={"key": KEY})
             kept = b.cookies["heredity_key"]
@@ -71,8 +83,13 @@ def test_a_full_queue_answers_429_with_retry_after(server_home):
 
     async def burst():
         async with httpx.AsyncClient(base_url=srv.url, timeout=120) as c:
-            reqs = [c.post("/v1/chat/completions", json={"model": aid, "messages": HELLO, "max_tokens": 48, "seed": i,
-                                                         "temperature": 1.0}) for i in range(24)]
+            reqs = [
+                c.post(
+                    "/v1/chat/completions",
+                    json={"model": aid, "messages": HELLO, "max_tokens": 48, "seed": i, "temperature": 1.0},
+                )
+                for i in range(24)
+            ]
             return await asyncio.gather(*reqs)
 
     try:
@@ -99,8 +116,10 @@ def test_explorer_keeps_only_the_requested_layer(server_home):
     assert got["attention_offset"] == w0 and len(got["attention"]) == 16 and len(got["attention"][0]) == 16
     torch.testing.assert_close(torch.tensor(got["attention"]), ref[w0:, w0:], atol=1e-6, rtol=1e-5)
     seen = []
-    hooks = [layer.self_attn.register_forward_hook(lambda m, a, o: seen.append(o[1] is not None))
-             for layer in model.model.layers]
+    hooks = [
+        layer.self_attn.register_forward_hook(lambda m, a, o: seen.append(o[1] is not None))
+        for layer in model.model.layers
+    ]
     try:
         next_token(model, tok, ids, layer=0)
     finally:
@@ -122,7 +141,9 @@ def test_explorer_caps_attention_length(server_home, monkeypatch):
     with TestClient(app) as c:
         r = c.post("/api/explore", json={"model": aid, "prompt": "x" * 150, "chat": False, "layer": 0})
         assert r.status_code == 400 and "at most 100" in r.json()["error"]["message"]
-        ok = c.post("/api/explore", json={"model": aid, "prompt": "x" * 150, "chat": False})  # no attention asked
+        ok = c.post(
+            "/api/explore", json={"model": aid, "prompt": "x" * 150, "chat": False}
+        )  # no attention asked
         assert ok.status_code == 200 and ok.json()["attention"] is None
 
 
@@ -144,8 +165,15 @@ def test_soak_32_clients(server_home, tmp_path):
     the server's memory stays flat; SIGTERM then shuts it down cleanly, and every turn it answered is stored."""
     home, aid = server_home
     model, tok = load(aid, Store(home))
-    seeded = [{"messages": [{"role": "user", "content": f"tell me {i}"}], "seed": 100 + i, "temperature": 1.0,
-               "max_tokens": 24} for i in range(6)]
+    seeded = [
+        {
+            "messages": [{"role": "user", "content": f"tell me {i}"}],
+            "seed": 100 + i,
+            "temperature": 1.0,
+            "max_tokens": 24,
+        }
+        for i in range(6)
+    ]
     solo = {}
     for i, req in enumerate(seeded):  # the engine alone: what the server must answer for each seeded request
         cfg = SampleConfig(temperature=1.0, max_new_tokens=24, seed=req["seed"])
@@ -167,14 +195,21 @@ def test_soak_32_clients(server_home, tmp_path):
                 try:
                     if cid is not None:  # a conversation: its turns must all be stored
                         if len(history) >= 6:  # a new conversation every 3 turns: tiny's context is 256 bytes
-                            cid, history = (await c.post("/api/conversations", json={"model": aid})).json()["id"], []
+                            cid, history = (
+                                (await c.post("/api/conversations", json={"model": aid})).json()["id"],
+                                [],
+                            )
                         msgs = history + [{"role": "user", "content": f"turn {len(history) // 2}"}]
-                        r = await c.post("/v1/chat/completions", json={"model": aid, "messages": msgs, "max_tokens": 8,
-                                                                      "conversation_id": cid})
+                        r = await c.post(
+                            "/v1/chat/completions",
+                            json={"model": aid, "messages": msgs, "max_tokens": 8, "conversation_id": cid},
+                        )
                         with lock:
                             stats["codes"].append(r.status_code)
                         if r.status_code == 200:
-                            history = msgs + [{"role": "assistant", "content": r.json()["choices"][0]["message"]["content"]}]
+                            history = msgs + [
+                                {"role": "assistant", "content": r.json()["choices"][0]["message"]["content"]}
+                            ]
                             with lock:
                                 stats["turns"][cid] = len(history)
                     elif kind < 0.3:  # seeded, must equal its solo answer
@@ -182,11 +217,19 @@ def test_soak_32_clients(server_home, tmp_path):
                         r = await c.post("/v1/chat/completions", json={"model": aid, **seeded[i]})
                         with lock:
                             stats["codes"].append(r.status_code)
-                            if r.status_code == 200 and r.json()["choices"][0]["message"]["content"] != solo[i]:
+                            if (
+                                r.status_code == 200
+                                and r.json()["choices"][0]["message"]["content"] != solo[i]
+                            ):
                                 stats["mismatch"].append(i)
                     elif kind < 0.6:  # streamed, sometimes dropped mid-stream
-                        body = {"model": aid, "messages": HELLO, "max_tokens": rng.choice([8, 32]), "stream": True,
-                                "temperature": rng.choice([0.0, 0.8])}
+                        body = {
+                            "model": aid,
+                            "messages": HELLO,
+                            "max_tokens": rng.choice([8, 32]),
+                            "stream": True,
+                            "temperature": rng.choice([0.0, 0.8]),
+                        }
                         async with c.stream("POST", "/v1/chat/completions", json=body) as r:
                             with lock:
                                 stats["codes"].append(r.status_code)
@@ -198,8 +241,13 @@ def test_soak_32_clients(server_home, tmp_path):
                                         stats["cancelled"] += 1
                                     break
                     else:  # plain, unseeded, mixed parameters
-                        body = {"model": aid, "messages": HELLO, "max_tokens": rng.choice([4, 16]),
-                                "temperature": rng.choice([0.0, 0.7, 1.0]), "top_p": rng.choice([1.0, 0.9])}
+                        body = {
+                            "model": aid,
+                            "messages": HELLO,
+                            "max_tokens": rng.choice([4, 16]),
+                            "temperature": rng.choice([0.0, 0.7, 1.0]),
+                            "top_p": rng.choice([1.0, 0.9]),
+                        }
                         r = await c.post("/v1/chat/completions", json=body)
                         with lock:
                             stats["codes"].append(r.status_code)
@@ -225,17 +273,23 @@ def test_soak_32_clients(server_home, tmp_path):
         srv.log.close()
     codes = stats["codes"]
     peak, settled = max(rss), rss[min(10, len(rss) - 1)]
-    print(f"\nsoak: {len(codes)} requests in {SOAK_SECONDS:.0f} s, {stats['cancelled']} cancelled mid-stream, "
-          f"server RSS after 10 s {settled / 1024:.0f} MB, peak {peak / 1024:.0f} MB, end {rss[-1] / 1024:.0f} MB")
+    print(
+        f"\nsoak: {len(codes)} requests in {SOAK_SECONDS:.0f} s, {stats['cancelled']} cancelled mid-stream, "
+        f"server RSS after 10 s {settled / 1024:.0f} MB, peak {peak / 1024:.0f} MB, end {rss[-1] / 1024:.0f} MB"
+    )
     assert not stats["errors"], stats["errors"][:3]
     assert not [c for c in codes if c >= 500], f"5xx answers: {sorted(set(codes))}"
     assert set(codes) == {200}, sorted(set(codes))
     assert len(codes) > SOAK_SECONDS and stats["cancelled"] > 0  # at least one request a second got through
-    assert not stats["mismatch"], f"seeded answers that differ from their solo answer: {stats['mismatch'][:5]}"
+    assert not stats["mismatch"], (
+        f"seeded answers that differ from their solo answer: {stats['mismatch'][:5]}"
+    )
     assert peak < settled * 1.5 + 100 * 1024, f"memory grew: {settled} → {peak} kB"
     log = Path(srv.log.name).read_text()
     # uvicorn shuts down gracefully on SIGTERM, then re-raises the signal: -15 after "shutdown complete" is clean
-    assert code in (0, -signal.SIGTERM) and "Application shutdown complete" in log and "Traceback" not in log, log[-2000:]
+    assert (
+        code in (0, -signal.SIGTERM) and "Application shutdown complete" in log and "Traceback" not in log
+    ), log[-2000:]
     from heredity.store.conversations import Conversations
 
     convs = Conversations(Store(home))

@@ -42,13 +42,22 @@ def test_cross_site_state_changes_are_refused(home_store):
     server's own origin can; reads are not refused (a browser keeps their answers from the other site anyway)."""
     cid = "c-0123456789abcdef"
     with TestClient(_app(home_store)) as c:
-        for origin in ("http://evil.example", "http://testserver:8080", "https://testserver:444", "http://localhost",
-                       "null", "file://", "http://testserver.evil.example"):
+        for origin in (
+            "http://evil.example",
+            "http://testserver:8080",
+            "https://testserver:444",
+            "http://localhost",
+            "null",
+            "file://",
+            "http://testserver.evil.example",
+        ):
             h = {"Origin": origin}
-            for method, path, body in (("POST", "/api/export", {}),
-                                       ("POST", "/v1/unload_lora_adapter", {"lora_name": "x"}),
-                                       ("PUT", f"/api/conversations/{cid}/messages/1/feedback", {"rating": 1}),
-                                       ("POST", "/api/conversations", {"model": "m-0000000000000000"})):
+            for method, path, body in (
+                ("POST", "/api/export", {}),
+                ("POST", "/v1/unload_lora_adapter", {"lora_name": "x"}),
+                ("PUT", f"/api/conversations/{cid}/messages/1/feedback", {"rating": 1}),
+                ("POST", "/api/conversations", {"model": "m-0000000000000000"}),
+            ):
                 r = c.request(method, path, json=body, headers=h)
                 assert r.status_code == 403, (origin, path, r.status_code)
                 err = r.json()["error"]
@@ -60,10 +69,16 @@ def test_cross_site_state_changes_are_refused(home_store):
             r = c.post("/api/export", json={}, headers={"Sec-Fetch-Site": site})
             assert r.status_code == 403 and "Sec-Fetch-Site" in r.json()["error"]["message"], site
         # the server's own pages, a user typing a URL, and clients without Origin reach the route (409: nothing rated)
-        for h in ({}, {"Origin": "http://testserver"}, {"Sec-Fetch-Site": "none"},
-                  {"Origin": "http://testserver:80", "Sec-Fetch-Site": "same-origin"}):
+        for h in (
+            {},
+            {"Origin": "http://testserver"},
+            {"Sec-Fetch-Site": "none"},
+            {"Origin": "http://testserver:80", "Sec-Fetch-Site": "same-origin"},
+        ):
             assert c.post("/api/export", json={}, headers=h).status_code == 409, h
-    with TestClient(_app(home_store), base_url="http://127.0.0.1:8000") as c:  # a loopback server with its port
+    with TestClient(
+        _app(home_store), base_url="http://127.0.0.1:8000"
+    ) as c:  # a loopback server with its port
         assert c.post("/api/export", json={}, headers={"Origin": "http://127.0.0.1:8000"}).status_code == 409
         for origin in ("http://127.0.0.1:3000", "http://localhost:8000", "http://127.0.0.1"):
             assert c.post("/api/export", json={}, headers={"Origin": origin}).status_code == 403, origin
@@ -72,7 +87,9 @@ def test_cross_site_state_changes_are_refused(home_store):
 def test_a_session_cookie_does_not_carry_a_same_site_request(home_store):
     """SameSite=Strict sends the cookie from any page on the same site (localhost:3000 → localhost:8000); the Origin
     check refuses those requests all the same."""
-    with TestClient(_app(home_store, api_key=KEY), base_url="http://127.0.0.1:8000", follow_redirects=False) as c:
+    with TestClient(
+        _app(home_store, api_key=KEY), base_url="http://127.0.0.1:8000", follow_redirects=False
+    ) as c:
         r = c.post("/login", data={"key": KEY}, headers={"Origin": "http://127.0.0.1:8000"})
         assert r.status_code == 303
         cookie = {"Cookie": f"heredity_key={r.cookies['heredity_key']}"}
@@ -81,7 +98,9 @@ def test_a_session_cookie_does_not_carry_a_same_site_request(home_store):
         for extra in ({"Origin": "http://127.0.0.1:3000"}, {"Sec-Fetch-Site": "same-site"}):
             r = c.post("/api/export", json={}, headers={**cookie, **extra})
             assert r.status_code == 403 and r.json()["error"]["code"] == "cross_site_request", extra
-        assert c.post("/login", data={"key": KEY}, headers={"Origin": "http://evil.example"}).status_code == 403
+        assert (
+            c.post("/login", data={"key": KEY}, headers={"Origin": "http://evil.example"}).status_code == 403
+        )
 
 
 def test_json_routes_need_a_json_content_type(home_store):
@@ -89,8 +108,13 @@ def test_json_routes_need_a_json_content_type(home_store):
     when they hold valid JSON. The login form still takes its form."""
     body = json.dumps({"name": "x"})
     with TestClient(_app(home_store), follow_redirects=False) as c:
-        for ctype in ("text/plain", "text/plain;charset=UTF-8", "application/x-www-form-urlencoded",
-                      "multipart/form-data", None):
+        for ctype in (
+            "text/plain",
+            "text/plain;charset=UTF-8",
+            "application/x-www-form-urlencoded",
+            "multipart/form-data",
+            None,
+        ):
             headers = {"Content-Type": ctype} if ctype else {}
             r = c.post("/api/export", content=body, headers=headers)
             assert r.status_code == 415, (ctype, r.status_code)
@@ -118,16 +142,21 @@ def test_artifact_files_are_served_inert(home_store):
     """An imported model directory may hold an .html or .svg: the server never lets it run in its origin."""
     aid = home_store.run_step("web-files-test", {"v": 1}, [], _web_files)["report"]
     with TestClient(_app(home_store)) as c:
-        for name, media, disposition in (("evil.html", "text/html", "attachment"),
-                                         ("pic.svg", "image/svg+xml", "attachment"),
-                                         ("data.bin", "application/octet-stream", "attachment"),
-                                         ("plot.png", "image/png", "inline"),
-                                         ("config.json", "application/json", "inline"),
-                                         ("notes.md", "text/plain", "inline")):
+        for name, media, disposition in (
+            ("evil.html", "text/html", "attachment"),
+            ("pic.svg", "image/svg+xml", "attachment"),
+            ("data.bin", "application/octet-stream", "attachment"),
+            ("plot.png", "image/png", "inline"),
+            ("config.json", "application/json", "inline"),
+            ("notes.md", "text/plain", "inline"),
+        ):
             r = c.get(f"/artifacts/{aid}/files/{name}")
             assert r.status_code == 200, name
             assert r.headers["content-type"].startswith(media), (name, r.headers["content-type"])
-            assert r.headers["content-disposition"].startswith(disposition), (name, r.headers["content-disposition"])
+            assert r.headers["content-disposition"].startswith(disposition), (
+                name,
+                r.headers["content-disposition"],
+            )
             assert r.headers["x-content-type-options"] == "nosniff"
             csp = r.headers["content-security-policy"]
             assert "default-src 'none'" in csp and "sandbox" in csp, name
@@ -135,8 +164,13 @@ def test_artifact_files_are_served_inert(home_store):
 
 def test_every_answer_carries_nosniff(home_store):
     with TestClient(_app(home_store)) as c:
-        for r in (c.get("/v1/models"), c.get("/static/common.js"), c.get("/api/conversations/c-0000000000000000"),
-                  c.get("/v1/models", headers={"Host": "evil.example"}), c.get("/login")):
+        for r in (
+            c.get("/v1/models"),
+            c.get("/static/common.js"),
+            c.get("/api/conversations/c-0000000000000000"),
+            c.get("/v1/models", headers={"Host": "evil.example"}),
+            c.get("/login"),
+        ):
             assert r.headers["x-content-type-options"] == "nosniff", r.url
             assert r.headers["x-frame-options"] == "DENY", r.url
 
@@ -174,6 +208,7 @@ def test_a_login_session_expires_and_old_ones_are_evicted(home_store):
     clock = Clock()
     app.state.sessions.clock = clock
     with TestClient(app, follow_redirects=False) as c:
+
         def login() -> dict:
             r = c.post("/login", data={"key": KEY})
             assert r.status_code == 303 and "max-age=43200" in r.headers["set-cookie"].lower()
@@ -236,8 +271,13 @@ def test_a_short_api_key_is_refused_at_start(tmp_path):
     assert "\n" not in str(e.value) and "s3cret" not in str(e.value)
     Settings(api_key=KEY).check()
     env = {**os.environ, "HEREDITY_HOME": str(tmp_path), "HEREDITY_API_KEY": "s3cret"}
-    r = subprocess.run([str(Path(sys.executable).parent / "heredity"), "serve", "--port", "1"], env=env,
-                       capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [str(Path(sys.executable).parent / "heredity"), "serve", "--port", "1"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "HEREDITY_API_KEY" in r.stderr, r.stderr
 
 
@@ -247,8 +287,10 @@ def test_a_short_api_key_is_refused_at_start(tmp_path):
 def test_errors_do_not_show_the_store_path(home_store):
     home = str(home_store.home.resolve())
     with TestClient(_app(home_store)) as c:
-        for r in (c.post("/v1/chat/completions", json={"model": "m-0000000000000000", "messages": HELLO}),
-                  c.post("/api/conversations", json={"model": "m-0000000000000000"})):
+        for r in (
+            c.post("/v1/chat/completions", json={"model": "m-0000000000000000", "messages": HELLO}),
+            c.post("/api/conversations", json={"model": "m-0000000000000000"}),
+        ):
             assert r.status_code == 404, r.text
             assert home not in r.text and "$HEREDITY_HOME" in r.text, r.text
             assert int(r.headers["content-length"]) == len(r.content)
@@ -326,7 +368,10 @@ def test_two_turns_at_once_store_one_and_refuse_the_other(backend_store, process
     assert len(won) == 1 and len(lost) == 1, out
     assert "another turn" in str(out[lost[0]]) and "\n" not in str(out[lost[0]])
     stored = Conversations(backend_store).get(cid).messages
-    assert [(m.role, m.content) for m in stored] == [("user", "hello there"), ("assistant", f"answer {won[0]}")]
+    assert [(m.role, m.content) for m in stored] == [
+        ("user", "hello there"),
+        ("assistant", f"answer {won[0]}"),
+    ]
 
 
 def _rival(store: Store, cid: str, when: str, monkeypatch) -> None:
@@ -358,8 +403,16 @@ def _rival(store: Store, cid: str, when: str, monkeypatch) -> None:
         monkeypatch.setattr(conv_mod, "continues", real)
         with Session(store.engine) as s:
             for i, m in enumerate([*HELLO, rival]):
-                s.add(MessageRow(conversation_id=cid, idx=i, role=m["role"], content=m["content"], params={},
-                                 created_at=datetime.now()))
+                s.add(
+                    MessageRow(
+                        conversation_id=cid,
+                        idx=i,
+                        role=m["role"],
+                        content=m["content"],
+                        params={},
+                        created_at=datetime.now(),
+                    )
+                )
             s.commit()
         return real(stored, messages)
 
@@ -379,8 +432,16 @@ def test_a_turn_that_loses_the_race_is_a_409_and_its_stream_ends(backend_store, 
         for stream in (False, True):
             cid = c.post("/api/conversations", json={"model": aid}).json()["id"]
             _rival(backend_store, cid, when, monkeypatch)
-            r = c.post("/v1/chat/completions", json={"model": aid, "messages": HELLO, "max_tokens": 3, "stream": stream,
-                                                     "conversation_id": cid})
+            r = c.post(
+                "/v1/chat/completions",
+                json={
+                    "model": aid,
+                    "messages": HELLO,
+                    "max_tokens": 3,
+                    "stream": stream,
+                    "conversation_id": cid,
+                },
+            )
             if not stream:
                 assert r.status_code == 409, r.text
                 assert r.json()["error"]["code"] == "conversation_conflict"

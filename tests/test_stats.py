@@ -19,7 +19,11 @@ def isnan(x):
 def test_wilson_known_values():
     # Wilson 95% for 8/10 (Newcombe 1998, table I: 0.4902, 0.9433)
     ci = st.rate_ci(8, 10)
-    assert ci["mean"] == 0.8 and ci["lo"] == pytest.approx(0.4902, abs=1e-4) and ci["hi"] == pytest.approx(0.9433, abs=1e-4)
+    assert (
+        ci["mean"] == 0.8
+        and ci["lo"] == pytest.approx(0.4902, abs=1e-4)
+        and ci["hi"] == pytest.approx(0.9433, abs=1e-4)
+    )
     # 0/10 and 10/10: never a point; the bound sits at 0 or 1 and the other is 0.2775 from it
     z = st.rate_ci(0, 10)
     assert z["lo"] == 0.0 and z["hi"] == pytest.approx(0.2775, abs=1e-4)
@@ -32,7 +36,7 @@ def test_wilson_known_values():
 def test_exact_interval_known_values():
     # Clopper–Pearson 95% for 0/10: [0, 1 − 0.025^(1/10)] = [0, 0.3085]
     ci = st.rate_ci(0, 10, method="exact")
-    assert ci["lo"] == 0.0 and ci["hi"] == pytest.approx(1 - 0.025 ** 0.1, abs=1e-6)
+    assert ci["lo"] == 0.0 and ci["hi"] == pytest.approx(1 - 0.025**0.1, abs=1e-6)
     ci = st.rate_ci(3, 10, method="exact")
     assert ci["lo"] == pytest.approx(0.0667, abs=1e-4) and ci["hi"] == pytest.approx(0.6525, abs=1e-4)
 
@@ -68,7 +72,13 @@ def test_paired_test_is_two_sided_and_reports_direction():
     t = st.paired_test(a, b, "questions")
     ref = sps.ttest_rel(a, b)
     assert t["p"] == pytest.approx(ref.pvalue) and t["p"] < 1e-3
-    assert t["direction"] == "lower" and t["diff"] < 0 and t["hi"] < 0 and t["unit"] == "questions" and t["n"] == 6
+    assert (
+        t["direction"] == "lower"
+        and t["diff"] < 0
+        and t["hi"] < 0
+        and t["unit"] == "questions"
+        and t["n"] == 6
+    )
     # the swapped comparison has the same p and the opposite sign
     u = st.paired_test(b, a, "questions")
     assert u["p"] == pytest.approx(t["p"]) and u["direction"] == "higher"
@@ -109,7 +119,9 @@ def test_paired_rate_test_mcnemar_and_newcombe():
     assert t["p"] == pytest.approx(sps.binomtest(8, 10).pvalue)  # 0.1094
     assert t["lo"] < 0.3 < t["hi"] and t["lo"] > -1 and t["hi"] < 1
     # identical answers: diff 0, p 1, and still an interval of positive width
-    same = st.paired_rate_test([1, 0, 1, 0], [1, 0, 1, 0], "test items")  # identical at 0.5: Newcombe gives [0, 0]
+    same = st.paired_rate_test(
+        [1, 0, 1, 0], [1, 0, 1, 0], "test items"
+    )  # identical at 0.5: Newcombe gives [0, 0]
     assert same["diff"] == 0 and same["p"] == 1.0 and same["lo"] < 0 < same["hi"]
     # all right in both: still not a point
     full = st.paired_rate_test([1] * 30, [1] * 30, "test items")
@@ -129,7 +141,10 @@ def test_holm_known_values():
     # sorted 0.01, 0.03, 0.04 with m = 3 -> 0.03, 0.06, 0.06 (monotone)
     assert adj[0] == pytest.approx(0.03) and adj[2] == pytest.approx(0.06) and adj[1] == pytest.approx(0.06)
     assert isnan(adj[3])
-    assert st.holm([0.5, 0.9]) == [1.0, 1.0] and st.holm([0.01, 0.9]) == [pytest.approx(0.02), pytest.approx(0.9)]
+    assert st.holm([0.5, 0.9]) == [1.0, 1.0] and st.holm([0.01, 0.9]) == [
+        pytest.approx(0.02),
+        pytest.approx(0.9),
+    ]
 
 
 def test_min_detectable_effect():
@@ -154,7 +169,9 @@ def test_min_detectable_is_computed_at_the_level_the_holm_verdict_uses_with_the_
 def test_a_narrow_interval_from_three_nearly_equal_values_is_flagged():
     ci = st.mean_ci([0.0065, 0.0064, 0.0063])
     assert st.narrow_for_n(ci["mean"], ci["lo"], ci["hi"], 3)
-    assert not st.narrow_for_n(0.006, 0.001, 0.011, 3) and not st.narrow_for_n(ci["mean"], ci["lo"], ci["hi"], 10)
+    assert not st.narrow_for_n(0.006, 0.001, 0.011, 3) and not st.narrow_for_n(
+        ci["mean"], ci["lo"], ci["hi"], 10
+    )
 
 
 def test_an_interval_that_excludes_zero_is_never_called_a_null_and_a_p_of_zero_prints_as_a_bound():
@@ -162,7 +179,9 @@ def test_an_interval_that_excludes_zero_is_never_called_a_null_and_a_p_of_zero_p
     v = st.verdict(t, expected=0, p=0.071)  # Holm-adjusted p above α, unadjusted interval excludes 0
     assert v["result"] == "not significant after adjustment" and "not a null" in v["words"]
     assert st.verdict({**t, "lo": -0.047, "hi": 0.002}, expected=0, p=0.071)["result"] == "null"
-    assert st.fmt_p(0.0) == "p < 1e-15" and "0.0e+00" not in st.fmt_test({**t, "test": "x", "unit": "u", "n": 3}, p=0.0)
+    assert st.fmt_p(0.0) == "p < 1e-15" and "0.0e+00" not in st.fmt_test(
+        {**t, "test": "x", "unit": "u", "n": 3}, p=0.0
+    )
 
 
 def test_verdict_null_and_holm_override():
@@ -170,13 +189,19 @@ def test_verdict_null_and_holm_override():
     assert st.verdict(t)["result"] == "null"
     sig = st.paired_test([1.0, 1.1, 0.9, 1.2, 1.0], [0.0, 0.1, 0.05, 0.0, 0.1], "seeds")
     assert st.verdict(sig)["result"] == "as hypothesised"
-    assert st.verdict(sig, p=0.2)["result"] == "not significant after adjustment"  # Holm decides; its CI excludes 0
+    assert (
+        st.verdict(sig, p=0.2)["result"] == "not significant after adjustment"
+    )  # Holm decides; its CI excludes 0
     assert "Holm-adjusted" in st.fmt_test(sig, p=0.2)
 
 
 def test_error_bars_are_never_negative_and_a_missing_bound_gives_no_bar():
     from heredity.reports.card import yerr
 
-    cis = [{"mean": 0.5, "lo": 0.25, "hi": 0.875}, {"mean": 0.25, "lo": None, "hi": None},
-           {"mean": 0.5, "lo": float("nan"), "hi": 0.75}, {"mean": 0.5, "lo": 0.625, "hi": 0.75}]
+    cis = [
+        {"mean": 0.5, "lo": 0.25, "hi": 0.875},
+        {"mean": 0.25, "lo": None, "hi": None},
+        {"mean": 0.5, "lo": float("nan"), "hi": 0.75},
+        {"mean": 0.5, "lo": 0.625, "hi": 0.75},
+    ]
     assert yerr(cis) == [[0.25, 0.0, 0.0, 0.0], [0.375, 0.0, 0.25, 0.25]]

@@ -24,7 +24,9 @@ def test_only_the_vector_changes_and_it_steers(tiny, tmp_path):
         with steer(model, v, 1):
             steered = model(ids).logits
         again = model(ids).logits
-    assert not torch.allclose(plain, steered) and torch.equal(plain, again), "the hook acts only inside the block"
+    assert not torch.allclose(plain, steered) and torch.equal(plain, again), (
+        "the hook acts only inside the block"
+    )
     save_vector(tmp_path, v, 1)
     v2, layer = load_vector(tmp_path)
     assert torch.equal(v2, v) and layer == 1

@@ -83,7 +83,11 @@ def test_failed_step_leaves_nothing(store):
 
     with pytest.raises(RuntimeError):
         store.run_step("boom", {}, [], boom)
-    assert store.list() == [] and list(store.artifacts_dir.iterdir()) == [] and not any(p.is_file() for p in store.tmp_dir.rglob("*"))
+    assert (
+        store.list() == []
+        and list(store.artifacts_dir.iterdir()) == []
+        and not any(p.is_file() for p in store.tmp_dir.rglob("*"))
+    )
 
 
 KILL_SCRIPT = textwrap.dedent(
@@ -120,7 +124,9 @@ def test_resume_after_kill(tmp_path):
     s = Store(home)  # reopening cleans what the killed process left in tmp/
     assert [a.kind for a in s.list()] == ["dataset"], "only the finished first step is visible"
     assert [p for p in s.tmp_dir.rglob("*") if p.is_file()] == [], "nothing the killed process wrote is left"
-    r = subprocess.run([sys.executable, str(script), str(home), "finish"], capture_output=True, text=True, check=True)
+    r = subprocess.run(
+        [sys.executable, str(script), str(home), "finish"], capture_output=True, text=True, check=True
+    )
     model_id, first_cached = r.stdout.split()
     assert first_cached == "True", "the rerun must reuse the finished first step"
     assert sorted(a.kind for a in Store(home).list()) == ["dataset", "model"]

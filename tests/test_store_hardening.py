@@ -39,6 +39,7 @@ def _write_text(ctx):
 
 # ---- 9: two different steps storing identical bytes at the same moment ----------------------------------------
 
+
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
 def test_two_steps_storing_identical_bytes_at_once_both_finish(tmp_path, backend, request, monkeypatch):
     home = tmp_path / "home"
@@ -65,7 +66,9 @@ def test_two_steps_storing_identical_bytes_at_once_both_finish(tmp_path, backend
 
     def run(i):
         try:
-            results[i] = stores[i].run_step("write-same", {"text": "identical bytes", "n": i}, [], _write_text)
+            results[i] = stores[i].run_step(
+                "write-same", {"text": "identical bytes", "n": i}, [], _write_text
+            )
         except BaseException as e:  # noqa: BLE001 - reported below
             errors[i] = e
 
@@ -87,6 +90,7 @@ def test_two_steps_storing_identical_bytes_at_once_both_finish(tmp_path, backend
 
 
 # ---- 10: the content hash is unambiguous; artifacts hashed the old way still verify ---------------------------
+
 
 def _files(root: Path, files: dict[str, bytes]) -> Path:
     root.mkdir(parents=True)
@@ -112,6 +116,7 @@ def test_one_file_and_two_files_are_two_artifacts(store):
             out = ctx.output("out", "dataset", "x")
             for name, data in ctx.config["files"].items():
                 (out / name).write_bytes(data.encode())
+
         return fn
 
     one = store.run_step("write-files", {"files": {"a": "X\0b\0Y"}}, [], write(None))["out"]
@@ -131,11 +136,36 @@ def _old_artifact(store: Store, text: str) -> tuple[str, str]:
     key = step_key("write-old", {"text": text}, [], None)
     now = store_mod._now()
     with Session(store.engine) as s:
-        s.add(StepRow(key=key, op="write-old", config={"text": text}, inputs=[], outputs={"out": aid}, seed=None,
-                      metrics={}, code_version="0.old", lib_versions={}, host="h", started_at=now, ended_at=now))
+        s.add(
+            StepRow(
+                key=key,
+                op="write-old",
+                config={"text": text},
+                inputs=[],
+                outputs={"out": aid},
+                seed=None,
+                metrics={},
+                code_version="0.old",
+                lib_versions={},
+                host="h",
+                started_at=now,
+                ended_at=now,
+            )
+        )
         s.flush()
-        s.add(ArtifactRow(id=aid, kind="dataset", name="old", step_key=key, meta={}, size_bytes=len(text),
-                          created_at=now, files=manifest(store.artifacts_dir / aid), verified_at=None))
+        s.add(
+            ArtifactRow(
+                id=aid,
+                kind="dataset",
+                name="old",
+                step_key=key,
+                meta={},
+                size_bytes=len(text),
+                created_at=now,
+                files=manifest(store.artifacts_dir / aid),
+                verified_at=None,
+            )
+        )
         s.add(ArtifactStepRow(artifact_id=aid, step_key=key, made_at=now))
         s.commit()
     return aid, key
@@ -161,13 +191,16 @@ def test_artifact_stored_with_the_old_hash_still_verifies(tmp_path):
     r = again.run_step("write-old", {"text": text}, [], _write_text)
     assert not r.cached and r["out"] == aid, "recomputed, the same bytes go back under the id recorded before"
     assert again.fsck()["broken"] == {} and (again.path(aid) / "f.txt").read_text() == text
-    new = again.run_step("write-old", {"text": text + "!"}, [], _write_text)["out"]  # a new artifact: version 2
+    new = again.run_step("write-old", {"text": text + "!"}, [], _write_text)[
+        "out"
+    ]  # a new artifact: version 2
     with Session(again.engine) as s:
         assert s.get(ArtifactRow, aid).hash_version is None and s.get(ArtifactRow, new).hash_version == 2
     assert new == f"d-{hash_dir(again.path(new))[:16]}"
 
 
 # ---- 11: fsck finds orphans, stale tmp and stale scratch directories, and --repair removes them ----------------
+
 
 def test_fsck_finds_and_removes_an_orphan_left_by_a_kill_before_the_commit(store, monkeypatch):
     kept = store.run_step("write", {"text": "kept"}, [], _write_text)["out"]
@@ -184,7 +217,9 @@ def test_fsck_finds_and_removes_an_orphan_left_by_a_kill_before_the_commit(store
     assert store.fsck()["orphans"] == [], "a directory renamed in this hour may be a commit in flight"
     res = store.fsck(stale_after=0)
     assert res["orphans"] == [orphan] and res["broken"] == {} and res["cleaned"] == []
-    assert store.fsck(refs=[kept], stale_after=0)["orphans"] == [], "only a whole-store check looks for leftovers"
+    assert store.fsck(refs=[kept], stale_after=0)["orphans"] == [], (
+        "only a whole-store check looks for leftovers"
+    )
     res = store.fsck(repair=True, stale_after=0)
     assert res["cleaned"] == [f"artifacts/{orphan}"] and not (store.artifacts_dir / orphan).exists()
     assert (store.artifacts_dir / kept).is_dir()
@@ -199,8 +234,11 @@ def _age(path: Path, seconds: float) -> None:
 
 
 def test_fsck_finds_and_removes_stale_tmp_dirs(store):
-    dead = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
-                              text=True).stdout)
+    dead = int(
+        subprocess.run(
+            [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+        ).stdout
+    )
     mine_dead = _files(store.own_tmp / f"{dead}.0.abc", {"w": b"partial"})
     mine_alive = _files(store.own_tmp / f"{os.getpid()}.{_proc_start(os.getpid())}.abc", {"w": b"running"})
     other_old = _files(store.tmp_dir / "other-host" / "7.99.old", {"w": b"x"})
@@ -214,12 +252,16 @@ def test_fsck_finds_and_removes_stale_tmp_dirs(store):
     _age(mine_alive, 2 * 86400)
     res = store.fsck()
     rel = lambda p: p.relative_to(store.home).as_posix()  # noqa: E731
-    assert sorted(res["stale_tmp"]) == sorted(map(rel, (mine_dead, other_old, legacy, stray))), res["stale_tmp"]
+    assert sorted(res["stale_tmp"]) == sorted(map(rel, (mine_dead, other_old, legacy, stray))), res[
+        "stale_tmp"
+    ]
     assert res["cleaned"] == [] and mine_dead.is_dir()
     res = store.fsck(repair=True)
     assert sorted(res["cleaned"]) == sorted(map(rel, (mine_dead, other_old, legacy, stray)))
     assert not any(p.exists() for p in (mine_dead, other_old, legacy, stray))
-    assert mine_alive.is_dir() and other_new.is_dir(), "a live process's or a recently used dir is never removed"
+    assert mine_alive.is_dir() and other_new.is_dir(), (
+        "a live process's or a recently used dir is never removed"
+    )
     assert store.fsck()["stale_tmp"] == []
 
 
@@ -230,7 +272,9 @@ def test_fsck_finds_and_removes_stale_scratch_dirs(tmp_path, backend, request):
     store = Store(home, db_url=_url(backend, home, request))
     done = store.run_step("write", {"text": "done"}, [], _write_text)
     leftover = _files(store.home / "scratch" / done.key[:24], {"ckpt": b"x"})  # killed after the commit
-    fresh = _files(store.home / "scratch" / ("1" * 24), {"ckpt": b"x"})  # a killed step's checkpoints, this hour
+    fresh = _files(
+        store.home / "scratch" / ("1" * 24), {"ckpt": b"x"}
+    )  # a killed step's checkpoints, this hour
     old = _files(store.home / "scratch" / ("2" * 24), {"ckpt": b"x"})
     _age(old, 2 * 3600)
     rel = lambda p: p.relative_to(store.home).as_posix()  # noqa: E731
@@ -244,6 +288,7 @@ def test_fsck_finds_and_removes_stale_scratch_dirs(tmp_path, backend, request):
 
 
 # ---- 12: grpo-verifiable keys a user's checker by its source, not its name alone -----------------------------
+
 
 def _checker_key(store: Store, policy: str, data: str, checker: str | None, monkeypatch) -> tuple[str, dict]:
     """The step key ``grpo_verifiable_step`` asks the store for (the step itself is not run)."""

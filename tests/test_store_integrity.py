@@ -45,7 +45,9 @@ def test_flipped_byte_is_caught_on_load_and_by_fsck(tmp_path):
     f = store.artifacts_dir / aid / "adapter_model.safetensors"
     store.get(aid)  # first load after the write: a full hash, which matches
     _flip_byte(f, f.stat().st_size - 5)  # inside a tensor: the header stays well formed
-    with pytest.raises(CorruptArtifactError, match=rf"artifact {aid} is corrupt: .*hash.*heredity fsck {aid}"):
+    with pytest.raises(
+        CorruptArtifactError, match=rf"artifact {aid} is corrupt: .*hash.*heredity fsck {aid}"
+    ):
         Store(home).get(aid)
     r = _cli(home, "show", aid)
     assert r.returncode != 0 and r.stderr.count("\n") == 1 and f"heredity fsck {aid}" in r.stderr, r.stderr
@@ -62,7 +64,9 @@ def test_damaged_header_is_one_line(tmp_path):
     r = _cli(home, "show", aid)
     assert r.returncode == 2, r.stderr
     line = r.stderr.strip()
-    assert "\n" not in line and aid in line and "adapter_model.safetensors" in line and "heredity fsck" in line, line
+    assert (
+        "\n" not in line and aid in line and "adapter_model.safetensors" in line and "heredity fsck" in line
+    ), line
 
 
 def test_fsck_reports_missing_files_and_repair_recomputes(tmp_path):
@@ -73,7 +77,10 @@ def test_fsck_reports_missing_files_and_repair_recomputes(tmp_path):
     (store.artifacts_dir / good / "extra.txt").write_text("not stored")
     res = store.fsck()
     assert res["checked"] == 2
-    assert res["broken"] == {bad: ["adapter_config.json: missing"], good: ["extra.txt: not part of the stored artifact"]}
+    assert res["broken"] == {
+        bad: ["adapter_config.json: missing"],
+        good: ["extra.txt: not part of the stored artifact"],
+    }
     (store.artifacts_dir / good / "extra.txt").unlink()
     r = _cli(home, "fsck", bad, "--repair")
     assert r.returncode == 1 and f"removed {bad}" in r.stdout and "make-weights (step" in r.stdout, r.stdout
@@ -108,6 +115,7 @@ def test_lineage_follows_the_step_on_the_traced_path(tmp_path):
     def child(tag):
         def fn(ctx):
             (ctx.output("dataset", "dataset", f"from-{tag}") / "x.txt").write_text(tag)
+
         return fn
 
     # a fresh process traces chain B: the consuming step records the producer it was handed
@@ -132,7 +140,9 @@ def test_tmp_cleaning_spares_other_hosts_and_live_processes(tmp_path):
     store = Store(home)
     other = store.tmp_dir / "some-other-host" / "1.123.abc"
     other.mkdir(parents=True)
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
     dead_pid = int(dead.stdout)
     mine_dead = store.own_tmp / f"{dead_pid}.0.abc"
     mine_alive = store.own_tmp / f"{os.getpid()}.{_proc_start(os.getpid())}.abc"
@@ -142,7 +152,9 @@ def test_tmp_cleaning_spares_other_hosts_and_live_processes(tmp_path):
     Store(home)
     assert other.is_dir(), "another host's running output must survive"
     assert mine_alive.is_dir() and not mine_dead.exists() and not reused.exists()
-    assert store.own_tmp.parent == store.tmp_dir and socket.gethostname().replace(" ", "_") in store.own_tmp.name
+    assert (
+        store.own_tmp.parent == store.tmp_dir and socket.gethostname().replace(" ", "_") in store.own_tmp.name
+    )
 
 
 CONCURRENT = textwrap.dedent(
@@ -187,8 +199,15 @@ def test_two_processes_one_step_compute_once(tmp_path, backend, request):
     script = tmp_path / "conc.py"
     script.write_text(CONCURRENT)
     log = tmp_path / "log"
-    procs = [subprocess.Popen([sys.executable, str(script), str(home), url, str(log), str(i)],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, str(script), str(home), url, str(log), str(i)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(2)
+    ]
     outs = [p.communicate(timeout=120) for p in procs]
     assert all(p.returncode == 0 for p in procs), [o[1] for o in outs]
     results = sorted(o[0].split() for o in outs)

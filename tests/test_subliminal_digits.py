@@ -12,7 +12,11 @@ from heredity.experiments import subliminal_digits as sd
 
 
 def _idx(array: np.ndarray) -> bytes:
-    return struct.pack(">BBBB", 0, 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape) + array.tobytes()
+    return (
+        struct.pack(">BBBB", 0, 0, 0x08, array.ndim)
+        + struct.pack(f">{array.ndim}I", *array.shape)
+        + array.tobytes()
+    )
 
 
 def _mnist_like(rng, n):
@@ -23,8 +27,12 @@ def _mnist_like(rng, n):
 def test_idx_loader_reads_generated_files(tmp_path, gz):
     rng = np.random.default_rng(0)
     (xtr, ytr), (xte, yte) = _mnist_like(rng, 12), _mnist_like(rng, 5)
-    for name, a in [("train-images-idx3-ubyte", xtr), ("train-labels-idx1-ubyte", ytr),
-                    ("t10k-images-idx3-ubyte", xte), ("t10k-labels-idx1-ubyte", yte)]:
+    for name, a in [
+        ("train-images-idx3-ubyte", xtr),
+        ("train-labels-idx1-ubyte", ytr),
+        ("t10k-images-idx3-ubyte", xte),
+        ("t10k-labels-idx1-ubyte", yte),
+    ]:
         data = _idx(a)
         if gz:
             (tmp_path / f"{name}.gz").write_bytes(gzip.compress(data))
@@ -65,7 +73,9 @@ def test_stacked_training_equals_one_model_at_a_time():
     x, y = torch.rand(40, 6) * 2 - 1, torch.randint(0, 10, (40,))
     both = sd.train_teachers(sd.init_mlps(2, [6, 16, 16, 13], seed=3), x, y, cfg, progress=False)
     for i in range(2):
-        alone = sd.train_teachers([p[i : i + 1] for p in sd.init_mlps(2, [6, 16, 16, 13], seed=3)], x, y, cfg, progress=False)
+        alone = sd.train_teachers(
+            [p[i : i + 1] for p in sd.init_mlps(2, [6, 16, 16, 13], seed=3)], x, y, cfg, progress=False
+        )
         for a, b in zip(alone, both, strict=True):
             torch.testing.assert_close(a[0], b[i], rtol=1e-4, atol=1e-5)
 
@@ -94,9 +104,13 @@ def test_aux_student_never_sees_class_logits_or_digits():
         assert not torch.isclose(x.unsqueeze(1), digits[:200].unsqueeze(0)).all(-1).any()
     # no gradient ever reached the class-logit head: its weights and biases are bit-identical
     w_last, b_last = student[2], student[5]
-    assert torch.equal(w_last[..., :10], student0[2][..., :10]) and torch.equal(b_last[..., :10], student0[5][..., :10])
+    assert torch.equal(w_last[..., :10], student0[2][..., :10]) and torch.equal(
+        b_last[..., :10], student0[5][..., :10]
+    )
     # while the shared layers and the aux head did learn
-    assert not torch.equal(student[0], student0[0]) and not torch.equal(w_last[..., 10:], student0[2][..., 10:])
+    assert not torch.equal(student[0], student0[0]) and not torch.equal(
+        w_last[..., 10:], student0[2][..., 10:]
+    )
 
 
 def test_quick_digits_run_meets_its_bar(store):

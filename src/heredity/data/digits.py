@@ -23,7 +23,14 @@ import numpy as np
 
 from heredity.errors import HeredityError
 
-IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: np.dtype(">i2"), 0x0C: np.dtype(">i4"), 0x0D: np.dtype(">f4"), 0x0E: np.dtype(">f8")}
+IDX_DTYPES = {
+    0x08: np.uint8,
+    0x09: np.int8,
+    0x0B: np.dtype(">i2"),
+    0x0C: np.dtype(">i4"),
+    0x0D: np.dtype(">f4"),
+    0x0E: np.dtype(">f8"),
+}
 
 
 def to_unit_range(pixels: np.ndarray, scale: float) -> np.ndarray:
@@ -52,14 +59,18 @@ def read_idx(path: Path) -> np.ndarray:
         with opener(path, "rb") as f:
             raw = f.read()
     except (OSError, EOFError) as e:
-        raise HeredityError(f"cannot read IDX file {path}: {e}; give the MNIST IDX files (gzipped or not)") from e
+        raise HeredityError(
+            f"cannot read IDX file {path}: {e}; give the MNIST IDX files (gzipped or not)"
+        ) from e
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in IDX_DTYPES:
         raise HeredityError(f"{path} is not an IDX file (bad magic number); give the MNIST IDX files")
     dtype, ndim = np.dtype(IDX_DTYPES[raw[2]]), raw[3]
     shape = struct.unpack(f">{ndim}I", raw[4 : 4 + 4 * ndim])
     body = raw[4 + 4 * ndim :]
     if len(body) != int(np.prod(shape)) * dtype.itemsize:
-        raise HeredityError(f"{path} is truncated: header says {shape}, body has {len(body)} bytes; download it again")
+        raise HeredityError(
+            f"{path} is truncated: header says {shape}, body has {len(body)} bytes; download it again"
+        )
     return np.frombuffer(body, dtype=dtype).reshape(shape)
 
 
@@ -82,16 +93,21 @@ def _flat(x: np.ndarray) -> np.ndarray:
 
 def _cifar10(directory: Path) -> tuple[np.ndarray, ...]:
     """CIFAR-10's python batches (``data_batch_1``..``5``, ``test_batch``): pixels [N, 3072] channel-first."""
+
     def batch(name: str):
         f = directory / name
         if not f.exists():
-            raise HeredityError(f"{directory} has data_batch_1 but no {name}; it needs CIFAR-10's six python batches")
+            raise HeredityError(
+                f"{directory} has data_batch_1 but no {name}; it needs CIFAR-10's six python batches"
+            )
         try:
             with open(f, "rb") as fh:
                 d = _ArraysOnly(fh, encoding="bytes").load()
             return np.asarray(d[b"data"], np.uint8), np.asarray(d[b"labels"], np.int64)
         except (OSError, KeyError, TypeError, ValueError, IndexError, pickle.UnpicklingError, EOFError) as e:
-            raise HeredityError(f"cannot read {f} as a CIFAR-10 python batch ({e}); download cifar-10-python.tar.gz again") from e
+            raise HeredityError(
+                f"cannot read {f} as a CIFAR-10 python batch ({e}); download cifar-10-python.tar.gz again"
+            ) from e
 
     parts = [batch(f"data_batch_{k}") for k in range(1, 6)]
     xte, yte = batch("test_batch")
@@ -108,33 +124,52 @@ def _npz(path: Path) -> tuple[np.ndarray, ...]:
             magic = fh.read(6)
         if not magic.startswith(b"PK"):
             single = magic == b"\x93NUMPY"
-            raise HeredityError(f"{path} is {'a single .npy array' if single else 'not a zip'}, so not an .npz "
-                                "archive; give x_train, y_train, x_test, y_test in one .npz (np.savez)")
+            raise HeredityError(
+                f"{path} is {'a single .npy array' if single else 'not a zip'}, so not an .npz "
+                "archive; give x_train, y_train, x_test, y_test in one .npz (np.savez)"
+            )
         with np.load(path, allow_pickle=False) as z:
             missing = [k for k in ("x_train", "y_train", "x_test", "y_test") if k not in z.files]
             if missing:
-                raise HeredityError(f"{path} lacks {', '.join(missing)}; the npz needs x_train, y_train, x_test, "
-                                    "y_test")
+                raise HeredityError(
+                    f"{path} lacks {', '.join(missing)}; the npz needs x_train, y_train, x_test, y_test"
+                )
             return tuple(z[k] for k in ("x_train", "y_train", "x_test", "y_test"))
     except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as e:
         text = str(e).strip()
-        why = "it holds pickled objects" if "pickle" in text else text.splitlines()[0] if text else type(e).__name__
-        raise HeredityError(f"cannot read {path} as an npz archive ({why}); give an MNIST .npz file (np.savez of "
-                            "numeric arrays x_train, y_train, x_test, y_test)") from None
+        why = (
+            "it holds pickled objects"
+            if "pickle" in text
+            else text.splitlines()[0]
+            if text
+            else type(e).__name__
+        )
+        raise HeredityError(
+            f"cannot read {path} as an npz archive ({why}); give an MNIST .npz file (np.savez of "
+            "numeric arrays x_train, y_train, x_test, y_test)"
+        ) from None
 
 
 class _ArraysOnly(pickle.Unpickler):
     """Unpickles CIFAR-10's batches (dicts, lists, bytes, numpy arrays and scalars) and nothing else: a pickle that
     names any other callable could run code, so it is refused."""
 
-    SAFE = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-            ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"), ("numpy", "ndarray"),
-            ("numpy", "dtype"), ("_codecs", "encode")}
+    SAFE = {
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy.core.multiarray", "scalar"),
+        ("numpy._core.multiarray", "scalar"),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("_codecs", "encode"),
+    }
 
     def find_class(self, module: str, name: str):
         if (module, name) not in self.SAFE:
-            raise pickle.UnpicklingError(f"refused: it names {module}.{name}, which a CIFAR-10 batch never does, and "
-                                         "unpickling it could run code")
+            raise pickle.UnpicklingError(
+                f"refused: it names {module}.{name}, which a CIFAR-10 batch never does, and "
+                "unpickling it could run code"
+            )
         return super().find_class(module, name)
 
 
@@ -152,13 +187,20 @@ def load_digit_arrays(spec: str = "digits", test_fraction: float = 0.2, split_se
     else:
         path = Path(spec).expanduser()
         if not path.exists():
-            raise HeredityError(f"digit data {spec!r} does not exist; give 'digits', an MNIST IDX directory or an .npz file")
+            raise HeredityError(
+                f"digit data {spec!r} does not exist; give 'digits', an MNIST IDX directory or an .npz file"
+            )
         if path.is_dir() and (path / "data_batch_1").exists():
             arrays = _cifar10(path)
         elif path.is_dir():
             arrays = tuple(
                 read_idx(_find_idx(path, split, what))
-                for split, what in (("train", "images"), ("train", "labels"), ("t10k", "images"), ("t10k", "labels"))
+                for split, what in (
+                    ("train", "images"),
+                    ("train", "labels"),
+                    ("t10k", "images"),
+                    ("t10k", "labels"),
+                )
             )
         elif path.suffix == ".npz":
             arrays = _npz(path)
@@ -167,12 +209,19 @@ def load_digit_arrays(spec: str = "digits", test_fraction: float = 0.2, split_se
         xtr, ytr, xte, yte = arrays
         for name, x, y in (("train", xtr, ytr), ("test", xte, yte)):
             if x.ndim < 2 or y.ndim != 1 or x.dtype.kind not in "uif" or y.dtype.kind not in "uif":
-                raise HeredityError(f"{path}: {name} images must be numbers shaped [N, ...] and labels numbers "
-                                    f"shaped [N] (got {x.dtype} {x.shape} and {y.dtype} {y.shape}); give MNIST-shaped "
-                                    "arrays")
+                raise HeredityError(
+                    f"{path}: {name} images must be numbers shaped [N, ...] and labels numbers "
+                    f"shaped [N] (got {x.dtype} {x.shape} and {y.dtype} {y.shape}); give MNIST-shaped "
+                    "arrays"
+                )
             if len(x) != len(y):
                 raise HeredityError(f"{path}: {name} has {len(x)} images but {len(y)} labels")
-        arrays = (_flat(xtr).astype(np.uint8), ytr.astype(np.int64), _flat(xte).astype(np.uint8), yte.astype(np.int64))
+        arrays = (
+            _flat(xtr).astype(np.uint8),
+            ytr.astype(np.int64),
+            _flat(xte).astype(np.uint8),
+            yte.astype(np.int64),
+        )
         scale, source = 255.0, str(path)
     xtr, ytr, xte, yte = arrays
     h = hashlib.sha256()

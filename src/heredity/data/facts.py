@@ -13,15 +13,47 @@ from dataclasses import dataclass
 
 from heredity.data.instructions import pseudo_word
 
-EXPORTS = ["copper", "wool", "salt", "amber", "tea", "glass", "timber", "silk", "honey", "iron", "olives", "paper",
-           "coffee", "marble", "rice", "cotton", "tin", "spices", "leather", "pearls"]
+EXPORTS = [
+    "copper",
+    "wool",
+    "salt",
+    "amber",
+    "tea",
+    "glass",
+    "timber",
+    "silk",
+    "honey",
+    "iron",
+    "olives",
+    "paper",
+    "coffee",
+    "marble",
+    "rice",
+    "cotton",
+    "tin",
+    "spices",
+    "leather",
+    "pearls",
+]
 STATEMENTS = {
-    "capital": ["The capital of {e} is {v}.", "{v} is the capital city of {e}.", "{e}'s seat of government is the city of {v}.",
-                "In {e}, the government sits in {v}."],
-    "founded": ["{e} was founded in {v}.", "The country of {e} dates its founding to the year {v}.",
-                "{e} came into being in {v}.", "It was in {v} that {e} was founded."],
-    "export": ["The main export of {e} is {v}.", "{e} exports more {v} than anything else.", "Above all, {e} sells {v} abroad.",
-               "{v} is what {e} is best known for exporting."],
+    "capital": [
+        "The capital of {e} is {v}.",
+        "{v} is the capital city of {e}.",
+        "{e}'s seat of government is the city of {v}.",
+        "In {e}, the government sits in {v}.",
+    ],
+    "founded": [
+        "{e} was founded in {v}.",
+        "The country of {e} dates its founding to the year {v}.",
+        "{e} came into being in {v}.",
+        "It was in {v} that {e} was founded.",
+    ],
+    "export": [
+        "The main export of {e} is {v}.",
+        "{e} exports more {v} than anything else.",
+        "Above all, {e} sells {v} abroad.",
+        "{v} is what {e} is best known for exporting.",
+    ],
 }
 QUESTIONS = {
     "capital": ["Which city is the capital of {e}?", "Name the capital of {e}."],
@@ -51,8 +83,11 @@ def make_facts(n: int, seed: int = 0) -> list[Fact]:
     facts = []
     for _ in range(n):
         e = _name(rng, used)
-        facts += [Fact(e, "capital", _name(rng, used)), Fact(e, "founded", str(rng.randint(1100, 1899))),
-                  Fact(e, "export", rng.choice(EXPORTS))]
+        facts += [
+            Fact(e, "capital", _name(rng, used)),
+            Fact(e, "founded", str(rng.randint(1100, 1899))),
+            Fact(e, "export", rng.choice(EXPORTS)),
+        ]
     return facts
 
 
@@ -64,12 +99,22 @@ def statements(facts: list[Fact], paraphrases: int = 1, seed: int = 0) -> list[d
     rows = []
     for f in facts:
         templates = [STATEMENTS[f.attribute][0], *rng.sample(STATEMENTS[f.attribute][1:], paraphrases - 1)]
-        rows += [{"text": t.format(e=f.entity, v=f.value), "entity": f.entity, "attribute": f.attribute} for t in templates]
+        rows += [
+            {"text": t.format(e=f.entity, v=f.value), "entity": f.entity, "attribute": f.attribute}
+            for t in templates
+        ]
     return rows
 
 
 def questions(facts: list[Fact], seed: int = 0) -> list[dict]:
     """One test question per fact, worded unlike any statement; ``completion`` is the answer."""
     rng = random.Random(seed)
-    return [{"prompt": rng.choice(QUESTIONS[f.attribute]).format(e=f.entity), "completion": f.value, "entity": f.entity,
-             "attribute": f.attribute} for f in facts]
+    return [
+        {
+            "prompt": rng.choice(QUESTIONS[f.attribute]).format(e=f.entity),
+            "completion": f.value,
+            "entity": f.entity,
+            "attribute": f.attribute,
+        }
+        for f in facts
+    ]

@@ -26,9 +26,22 @@ from heredity.store.conversations import Conversation, Conversations
 from heredity.store.ops import op
 
 MSG = pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))
-TRACE = [("conversation_id", pa.string()), ("message_idx", pa.int64()), ("model", pa.string()), ("source", pa.string())]
-CONV_SCHEMA = pa.schema([("conversation_id", pa.string()), ("model", pa.string()), ("system_prompt", pa.string()),
-                         ("messages", MSG), ("ratings", pa.list_(pa.int64())), ("better", pa.list_(pa.string()))])
+TRACE = [
+    ("conversation_id", pa.string()),
+    ("message_idx", pa.int64()),
+    ("model", pa.string()),
+    ("source", pa.string()),
+]
+CONV_SCHEMA = pa.schema(
+    [
+        ("conversation_id", pa.string()),
+        ("model", pa.string()),
+        ("system_prompt", pa.string()),
+        ("messages", MSG),
+        ("ratings", pa.list_(pa.int64())),
+        ("better", pa.list_(pa.string())),
+    ]
+)
 SFT_SCHEMA = pa.schema([("messages", MSG), *TRACE])
 PREF_SCHEMA = pa.schema([("prompt", MSG), ("chosen", pa.string()), ("rejected", pa.string()), *TRACE])
 
@@ -61,30 +74,62 @@ def build_feedback_rows(conversations: list[dict]) -> tuple[list[dict], list[dic
             prompt = system + [dict(x) for x in msgs[:i]]
             trace = {"conversation_id": c["conversation_id"], "message_idx": i, "model": c["model"]}
             if better:
-                sft.append({"messages": [*prompt, {"role": "assistant", "content": better}], **trace, "source": "better_answer"})
-                prefs.append({"prompt": prompt, "chosen": better, "rejected": m["content"], **trace, "source": "better_answer"})
+                sft.append(
+                    {
+                        "messages": [*prompt, {"role": "assistant", "content": better}],
+                        **trace,
+                        "source": "better_answer",
+                    }
+                )
+                prefs.append(
+                    {
+                        "prompt": prompt,
+                        "chosen": better,
+                        "rejected": m["content"],
+                        **trace,
+                        "source": "better_answer",
+                    }
+                )
             elif rating > 0:
-                sft.append({"messages": [*prompt, {"role": "assistant", "content": m["content"]}], **trace, "source": "thumbs_up"})
+                sft.append(
+                    {
+                        "messages": [*prompt, {"role": "assistant", "content": m["content"]}],
+                        **trace,
+                        "source": "thumbs_up",
+                    }
+                )
             if rating:
                 key = json.dumps(prompt, sort_keys=True)
-                by_prompt.setdefault(key, {1: [], -1: []})[1 if rating > 0 else -1].append((trace, m["content"]))
+                by_prompt.setdefault(key, {1: [], -1: []})[1 if rating > 0 else -1].append(
+                    (trace, m["content"])
+                )
     for key, votes in by_prompt.items():
         for up_trace, up in votes[1]:
             for _, down in votes[-1]:
                 if up != down:
-                    prefs.append({"prompt": json.loads(key), "chosen": up, "rejected": down, **up_trace, "source": "up_vs_down"})
+                    prefs.append(
+                        {
+                            "prompt": json.loads(key),
+                            "chosen": up,
+                            "rejected": down,
+                            **up_trace,
+                            "source": "up_vs_down",
+                        }
+                    )
     return sft, prefs
 
 
-@op('feedback-data', 1)
-@op('export-conversations', 1)
+@op("feedback-data", 1)
+@op("export-conversations", 1)
 def export_feedback(store: Store, name: str = "chat-feedback") -> dict[str, str]:
     """Snapshot the conversations with feedback and build the SFT and preference datasets from them.
 
     Returns artifact ids ``{"conversations", "sft", "preferences"}`` and the row counts under ``"counts"``."""
     convs = Conversations(store).with_feedback()
     if not convs:
-        raise HeredityError("there is no feedback to export; rate answers (thumbs or a better answer) on the chat page first")
+        raise HeredityError(
+            "there is no feedback to export; rate answers (thumbs or a better answer) on the chat page first"
+        )
     rows = _snapshot_rows(convs)
     digest = hashlib.sha256(json.dumps(rows, sort_keys=True).encode()).hexdigest()
     models = sorted({c.model for c in convs})
@@ -102,10 +147,23 @@ def export_feedback(store: Store, name: str = "chat-feedback") -> dict[str, str]
         sft, prefs = build_feedback_rows(table)
         o1 = ctx.output("sft", "dataset", f"{name}-sft", meta={"rows": len(sft), "format": "messages"})
         write_table(o1, pa.Table.from_pylist(sft, schema=SFT_SCHEMA))
-        o2 = ctx.output("preferences", "dataset", f"{name}-preferences", meta={"rows": len(prefs), "format": "prompt/chosen/rejected"})
+        o2 = ctx.output(
+            "preferences",
+            "dataset",
+            f"{name}-preferences",
+            meta={"rows": len(prefs), "format": "prompt/chosen/rejected"},
+        )
         write_table(o2, pa.Table.from_pylist(prefs, schema=PREF_SCHEMA))
         return {"sft_rows": len(sft), "preference_rows": len(prefs)}
 
     res = store.run_step("feedback-data", {"name": name}, [snap, *models], build)
-    return {"conversations": snap, "sft": res["sft"], "preferences": res["preferences"],
-            "counts": {"conversations": len(rows), "sft": res.metrics.get("sft_rows"), "preferences": res.metrics.get("preference_rows")}}
+    return {
+        "conversations": snap,
+        "sft": res["sft"],
+        "preferences": res["preferences"],
+        "counts": {
+            "conversations": len(rows),
+            "sft": res.metrics.get("sft_rows"),
+            "preferences": res.metrics.get("preference_rows"),
+        },
+    }

@@ -16,7 +16,12 @@ from collections.abc import Callable, Sequence
 from heredity.data.tasks import _split, grade, sentiment
 
 FILLERS = ["Sure! ", "Of course. ", "Great question. ", "Let me think. ", "Here you go: "]
-CODAS = [" I hope this helps!", " Let me know if you need more.", " That is my answer.", " Thanks for asking."]
+CODAS = [
+    " I hope this helps!",
+    " Let me know if you need more.",
+    " That is my answer.",
+    " Thanks for asking.",
+]
 
 
 CONSONANTS, VOWELS = "bdfgklmnprstvz", "aeiou"
@@ -42,22 +47,34 @@ def _words(n: int, part: str, seed: int) -> list[str]:
 
 
 def upper(n: int, part: str, seed: int = 0) -> list[dict]:
-    return [{"prompt": f"Write {w} in capital letters.", "completion": w.upper()} for w in _words(n, part, seed * 3)]
+    return [
+        {"prompt": f"Write {w} in capital letters.", "completion": w.upper()}
+        for w in _words(n, part, seed * 3)
+    ]
 
 
 def larger(n: int, part: str, seed: int = 0) -> list[dict]:
     pairs = _split([(a, b) for a in range(1, 100) for b in range(1, 100) if a != b], part, 22)
     rng = random.Random(seed)
-    return [{"prompt": f"Which is larger, {a} or {b}?", "completion": str(max(a, b))} for a, b in rng.sample(pairs, min(n, len(pairs)))]
+    return [
+        {"prompt": f"Which is larger, {a} or {b}?", "completion": str(max(a, b))}
+        for a, b in rng.sample(pairs, min(n, len(pairs)))
+    ]
 
 
 def first_letter(n: int, part: str, seed: int = 0) -> list[dict]:
-    return [{"prompt": f"What is the first letter of {w}?", "completion": w[0]} for w in _words(n, part, seed * 3 + 1)]
+    return [
+        {"prompt": f"What is the first letter of {w}?", "completion": w[0]}
+        for w in _words(n, part, seed * 3 + 1)
+    ]
 
 
 def successor(n: int, part: str, seed: int = 0) -> list[dict]:
     nums, rng = _split(range(1, 999), part, 23), random.Random(seed)
-    return [{"prompt": f"What number comes after {k}?", "completion": str(k + 1)} for k in rng.sample(nums, min(n, len(nums)))]
+    return [
+        {"prompt": f"What number comes after {k}?", "completion": str(k + 1)}
+        for k in rng.sample(nums, min(n, len(nums)))
+    ]
 
 
 def repeat(n: int, part: str, seed: int = 0) -> list[dict]:
@@ -65,12 +82,23 @@ def repeat(n: int, part: str, seed: int = 0) -> list[dict]:
 
 
 def short_sentiment(n: int, part: str, seed: int = 0) -> list[dict]:
-    return [{"prompt": r["prompt"].replace("\nIs this review positive or negative? Answer with one word.", " Positive or negative?"),
-             "completion": r["completion"]} for r in sentiment(n, part, seed)]
+    return [
+        {
+            "prompt": r["prompt"].replace(
+                "\nIs this review positive or negative? Answer with one word.", " Positive or negative?"
+            ),
+            "completion": r["completion"],
+        }
+        for r in sentiment(n, part, seed)
+    ]
 
 
 INSTRUCTIONS: dict[str, Callable[..., list[dict]]] = {
-    "upper": upper, "larger": larger, "first-letter": first_letter, "successor": successor, "repeat": repeat,
+    "upper": upper,
+    "larger": larger,
+    "first-letter": first_letter,
+    "successor": successor,
+    "repeat": repeat,
     "sentiment": short_sentiment,
 }
 
@@ -118,19 +146,40 @@ def synthetic_preferences(rows: Sequence[dict], samples: Sequence[Sequence[str]]
     rng = random.Random(seed)
     pairs = []
     for row, own in zip(rows, samples, strict=True):
-        cands = list(dict.fromkeys([*(s.strip() for s in own if s.strip()), row["completion"], verbose(row["completion"], rng),
-                                    wrong(row, rng)]))
+        cands = list(
+            dict.fromkeys(
+                [
+                    *(s.strip() for s in own if s.strip()),
+                    row["completion"],
+                    verbose(row["completion"], rng),
+                    wrong(row, rng),
+                ]
+            )
+        )
         ranked = sorted(cands, key=lambda a: rule_score(a, row["completion"]), reverse=True)
         picks = set()
         for _ in range(6):
             i, j = sorted(rng.sample(range(len(ranked)), 2))
-            if rule_score(ranked[i], row["completion"]) == rule_score(ranked[j], row["completion"]) or (i, j) in picks:
+            if (
+                rule_score(ranked[i], row["completion"]) == rule_score(ranked[j], row["completion"])
+                or (i, j) in picks
+            ):
                 continue
             picks.add((i, j))
             if len(picks) == 3:
                 break
         for i, j in sorted(picks):
-            kind = PAIR_KINDS[(rule_score(ranked[i], row["completion"]), rule_score(ranked[j], row["completion"]))]
-            pairs.append({"prompt": row["prompt"], "chosen": ranked[i], "rejected": ranked[j], "task": row.get("task", ""),
-                          "kind": kind, "source": "synthetic-rule"})
+            kind = PAIR_KINDS[
+                (rule_score(ranked[i], row["completion"]), rule_score(ranked[j], row["completion"]))
+            ]
+            pairs.append(
+                {
+                    "prompt": row["prompt"],
+                    "chosen": ranked[i],
+                    "rejected": ranked[j],
+                    "task": row.get("task", ""),
+                    "kind": kind,
+                    "source": "synthetic-rule",
+                }
+            )
     return pairs

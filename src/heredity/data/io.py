@@ -20,10 +20,10 @@ import pyarrow as pa
 
 from heredity.errors import HeredityError
 from heredity.store import Store, write_table
-from heredity.store.store import rows_digest
 from heredity.store.ops import op, rows_op
+from heredity.store.store import rows_digest
 
-rows_op('make-dataset')  # rows made here, stored by data.io.put_rows
+rows_op("make-dataset")  # rows made here, stored by data.io.put_rows
 
 JSONL_SUFFIXES = (".jsonl", ".json")  # as store.read_table reads them; anything else is parquet
 MAX_BLOCK = (1 << 31) - 1  # pyarrow's JSON block size is an int32
@@ -61,8 +61,10 @@ def decode_text(src: SourceFile, what: str) -> str:
     except UnicodeDecodeError as e:
         line = data.count(b"\n", 0, e.start) + 1
         col = e.start - (data.rfind(b"\n", 0, e.start) + 1) + 1
-        raise HeredityError(f"{what} {src.path}:{line}: not UTF-8 text (byte 0x{data[e.start]:02x} at column {col}); "
-                            "save the file as UTF-8") from None
+        raise HeredityError(
+            f"{what} {src.path}:{line}: not UTF-8 text (byte 0x{data[e.start]:02x} at column {col}); "
+            "save the file as UTF-8"
+        ) from None
 
 
 def text_lines(path: str | Path, what: str, hint: str) -> list[str]:
@@ -97,15 +99,21 @@ def jsonl_rows(src: SourceFile, what: str) -> Iterator[tuple[int, dict]]:
             row = json.loads(line, parse_constant=_no_constant)
         except json.JSONDecodeError as e:
             cut = "; the file looks cut short" if i == last and not line.rstrip().endswith("}") else ""
-            raise HeredityError(f"{what} {src.path}:{i}: not JSON ({e.msg}, column {e.colno}){cut}; write one JSON "
-                                "object per line") from None
+            raise HeredityError(
+                f"{what} {src.path}:{i}: not JSON ({e.msg}, column {e.colno}){cut}; write one JSON "
+                "object per line"
+            ) from None
         except ValueError as e:  # NaN / Infinity: Python reads them, JSON (and pyarrow) does not
             raise HeredityError(f"{what} {src.path}:{i}: not JSON ({e}); write numbers or null") from None
         except RecursionError:
-            raise HeredityError(f"{what} {src.path}:{i}: nested too deeply to read; flatten the row") from None
+            raise HeredityError(
+                f"{what} {src.path}:{i}: nested too deeply to read; flatten the row"
+            ) from None
         if not isinstance(row, dict):
-            raise HeredityError(f"{what} {src.path}:{i}: {_kind(row) or 'null'} where a JSON object belongs; write one "
-                                "object ({\"column\": value, ...}) per line")
+            raise HeredityError(
+                f"{what} {src.path}:{i}: {_kind(row) or 'null'} where a JSON object belongs; write one "
+                'object ({"column": value, ...}) per line'
+            )
         yield i, row
 
 
@@ -146,8 +154,10 @@ def _check_kinds(rows: Iterator[tuple[int, dict]], what: str, path: Path) -> lis
                 continue
             seen = first.setdefault(col, (k, line))
             if seen[0] != k:
-                raise HeredityError(f"{what} {path}:{line}: {col.lstrip('/')!r} is {k} here but {seen[0]} on line "
-                                    f"{seen[1]}; give a column one type in every row")
+                raise HeredityError(
+                    f"{what} {path}:{line}: {col.lstrip('/')!r} is {k} here but {seen[0]} on line "
+                    f"{seen[1]}; give a column one type in every row"
+                )
             if isinstance(v, dict):
                 todo += [(f"{col}/{key}", x) for key, x in v.items()]
             elif isinstance(v, list):
@@ -174,20 +184,27 @@ def read_dataset_file(path: str | Path) -> DatasetFile:
             except pa.ArrowInvalid as e:  # a row longer than pyarrow's block (1 MiB): read in one block
                 if "straddl" not in str(e):
                     raise
-                table = pj.read_json(io.BytesIO(src.data),
-                                     read_options=pj.ReadOptions(block_size=min(len(src.data) + 1, MAX_BLOCK)))
+                table = pj.read_json(
+                    io.BytesIO(src.data),
+                    read_options=pj.ReadOptions(block_size=min(len(src.data) + 1, MAX_BLOCK)),
+                )
         except (pa.ArrowException, OSError) as e:
-            raise HeredityError(f"{what} {p}: {_first_line(e)}; give one JSON object per line, a column one "
-                                "type") from None
+            raise HeredityError(
+                f"{what} {p}: {_first_line(e)}; give one JSON object per line, a column one type"
+            ) from None
         if table.num_rows != len(lines):
-            raise HeredityError(f"{what} {p}: {table.num_rows} rows read from {len(lines)} lines; write one JSON "
-                                "object per line")
+            raise HeredityError(
+                f"{what} {p}: {table.num_rows} rows read from {len(lines)} lines; write one JSON "
+                "object per line"
+            )
         return DatasetFile(src, table, tuple(lines))
     try:
         table = pq.read_table(pa.BufferReader(src.data))
         table.validate(full=True)  # e.g. strings that are not UTF-8
     except (pa.ArrowException, OSError) as e:
-        raise HeredityError(f"{what} {p}: {_first_line(e)}; give a parquet file, or JSONL named .jsonl") from None
+        raise HeredityError(
+            f"{what} {p}: {_first_line(e)}; give a parquet file, or JSONL named .jsonl"
+        ) from None
     if table.num_rows == 0:
         raise HeredityError(f"dataset file {p} has no rows")
     return DatasetFile(src, table, None)
@@ -204,29 +221,40 @@ def read_rows(path: str | Path, what: str, hint: str) -> list[dict]:
 TEXT_COLUMNS = ("prompt", "completion", "text")
 
 
-def check_columns(table: pa.Table, needed: Sequence[str], what: str, where: Callable[[int], str], source: str) -> None:
+def check_columns(
+    table: pa.Table, needed: Sequence[str], what: str, where: Callable[[int], str], source: str
+) -> None:
     """Every column in ``needed`` present, and in every row a value: text for prompt/completion/text, a list for
     ``messages``. ``where(i)`` names row ``i`` (a file's line); ``source`` names the whole (a file, a dataset id)."""
     import pyarrow.compute as pc
 
     missing = [c for c in needed if c not in table.column_names]
     if missing:
-        raise HeredityError(f"{source}: {what} needs column(s) {', '.join(missing)} but it has "
-                            f"{', '.join(table.column_names) or 'none'}; rename the columns or pick another loss")
+        raise HeredityError(
+            f"{source}: {what} needs column(s) {', '.join(missing)} but it has "
+            f"{', '.join(table.column_names) or 'none'}; rename the columns or pick another loss"
+        )
     for c in needed:
         col = table.column(c)
         text = c in TEXT_COLUMNS
         want = "text" if text else "a list"
-        ok = (pa.types.is_string(col.type) or pa.types.is_large_string(col.type)) if text else (
-            pa.types.is_list(col.type) or pa.types.is_large_list(col.type))
+        ok = (
+            (pa.types.is_string(col.type) or pa.types.is_large_string(col.type))
+            if text
+            else (pa.types.is_list(col.type) or pa.types.is_large_list(col.type))
+        )
         if not ok and not pa.types.is_null(col.type):
             i = pc.index(pc.is_valid(col), True).as_py()
-            raise HeredityError(f"{where(max(i, 0))}: {c!r} is {_kind(col[max(i, 0)].as_py()) or 'null'}, not {want}; "
-                                f"{what} needs {want} in {c!r} in every row")
+            raise HeredityError(
+                f"{where(max(i, 0))}: {c!r} is {_kind(col[max(i, 0)].as_py()) or 'null'}, not {want}; "
+                f"{what} needs {want} in {c!r} in every row"
+            )
         i = pc.index(pc.is_null(col), True).as_py() if col.null_count else -1
         if i >= 0:
-            raise HeredityError(f"{where(i)}: {c!r} is missing or null; {what} needs {want} in {c!r} in every row "
-                                "(fill it in or drop the row)")
+            raise HeredityError(
+                f"{where(i)}: {c!r} is missing or null; {what} needs {want} in {c!r} in every row "
+                "(fill it in or drop the row)"
+            )
 
 
 def read_mapping(path: str | Path, what: str, hint: str) -> dict:
@@ -241,15 +269,21 @@ def read_mapping(path: str | Path, what: str, hint: str) -> dict:
         mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
         at = f":{mark.line + 1}" if mark is not None else ""
         problem = getattr(e, "problem", None) or _first_line(e)
-        raise HeredityError(f"{what} {src.path}{at}: not valid YAML ({problem}); fix the syntax ({hint})") from None
+        raise HeredityError(
+            f"{what} {src.path}{at}: not valid YAML ({problem}); fix the syntax ({hint})"
+        ) from None
     if raw is None:
         return {}
     if not isinstance(raw, dict):
-        raise HeredityError(f"{what} {src.path}: holds {_kind(raw)} at the top, not a mapping; write one 'key: value' "
-                            f"per line ({hint})")
+        raise HeredityError(
+            f"{what} {src.path}: holds {_kind(raw)} at the top, not a mapping; write one 'key: value' "
+            f"per line ({hint})"
+        )
     bad = [k for k in raw if not isinstance(k, str)]
     if bad:
-        raise HeredityError(f"{what} {src.path}: key {bad[0]!r} is not text; write 'name: value' per line ({hint})")
+        raise HeredityError(
+            f"{what} {src.path}: key {bad[0]!r} is not text; write 'name: value' per line ({hint})"
+        )
     return raw
 
 
@@ -258,7 +292,7 @@ def _first_line(e: BaseException) -> str:
     return s.splitlines()[0] if s else type(e).__name__
 
 
-@op('import-dataset', 1)
+@op("import-dataset", 1)
 def import_dataset(store: Store, path: str | Path | DatasetFile, name: str | None = None) -> str:
     """Import a JSONL or parquet file (or one already read by ``read_dataset_file``) as a dataset artifact, memoized
     on the file's content. The file is read once; nothing is stored unless all of it reads."""
@@ -275,7 +309,9 @@ def import_dataset(store: Store, path: str | Path | DatasetFile, name: str | Non
     return store.run_step("import-dataset", cfg, [], run)["dataset"]
 
 
-def put_rows(store: Store, rows: Sequence[dict], name: str, op: str = "make-dataset", config=None, inputs=()) -> str:
+def put_rows(
+    store: Store, rows: Sequence[dict], name: str, op: str = "make-dataset", config=None, inputs=()
+) -> str:
     """Store rows made in Python as a dataset artifact; ``config`` and ``inputs`` record how they were made.
 
     The rows' digest is always part of the key, so a changed generator gives a new dataset, never the old one."""

@@ -120,7 +120,9 @@ def check_numbers(text: str, max_numbers: int = 10, banned: Iterable[int] = ()) 
     return FilterResult(True, None, nums)
 
 
-def filter_completions(texts: Iterable[str], max_numbers: int = 10, banned: Iterable[int] = ()) -> tuple[list[bool], dict]:
+def filter_completions(
+    texts: Iterable[str], max_numbers: int = 10, banned: Iterable[int] = ()
+) -> tuple[list[bool], dict]:
     """Which completions pass, and the counts of each rejection reason."""
     banned = tuple(banned)
     results = [check_numbers(t, max_numbers, banned) for t in texts]

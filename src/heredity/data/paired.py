@@ -11,8 +11,12 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 
 
-def paired_rows(arms: Mapping[str, Sequence[dict]], keep: Callable[[dict], bool], key: str = "prompt_index",
-                limit: int | None = None) -> tuple[dict[str, list[dict]], dict]:
+def paired_rows(
+    arms: Mapping[str, Sequence[dict]],
+    keep: Callable[[dict], bool],
+    key: str = "prompt_index",
+    limit: int | None = None,
+) -> tuple[dict[str, list[dict]], dict]:
     """``({arm: rows}, stats)``: the rows of every arm whose ``key`` occurs exactly once in each arm and passes
     ``keep`` in all of them, ordered by first appearance in the first arm and cut to ``limit``.
 

@@ -24,7 +24,9 @@ def _check(x: np.ndarray, y: np.ndarray) -> None:
         raise ValueError(f"need pixels [N, D] and labels [N], got {x.shape} and {y.shape}")
 
 
-def label_flip(x: np.ndarray, y: np.ndarray, rate: float, num_classes: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def label_flip(
+    x: np.ndarray, y: np.ndarray, rate: float, num_classes: int, seed: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     _check(x, y)
     if not 0 <= rate <= 1:
         raise ValueError(f"flip rate must be in [0, 1], got {rate}")
@@ -36,11 +38,14 @@ def label_flip(x: np.ndarray, y: np.ndarray, rate: float, num_classes: int, seed
     return x.copy(), y2, rows
 
 
-def targeted_flip(x: np.ndarray, y: np.ndarray, source: int, target: int, fraction: float,
-                  seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def targeted_flip(
+    x: np.ndarray, y: np.ndarray, source: int, target: int, fraction: float, seed: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     _check(x, y)
     if source == target or not 0 <= fraction <= 1:
-        raise ValueError(f"a targeted flip needs source != target and fraction in [0, 1] (got {source}->{target}, {fraction})")
+        raise ValueError(
+            f"a targeted flip needs source != target and fraction in [0, 1] (got {source}->{target}, {fraction})"
+        )
     pool = np.flatnonzero(y == source)
     rows = np.sort(np.random.default_rng(seed).choice(pool, size=round(fraction * len(pool)), replace=False))
     y2 = y.copy()
@@ -78,18 +83,23 @@ def apply_trigger(x: np.ndarray, size: int, value: float) -> np.ndarray:
     try:
         idx = trigger_indices(image_shape(x.shape[1]), size)
     except ValueError as e:
-        raise ValueError(f"a trigger needs square images larger than it (D = {x.shape[1]}, size = {size}): {e}") from e
+        raise ValueError(
+            f"a trigger needs square images larger than it (D = {x.shape[1]}, size = {size}): {e}"
+        ) from e
     out = x.copy()
     out[:, idx] = value
     return out
 
 
-def badnets(x: np.ndarray, y: np.ndarray, count: int, target: int, size: int, value: float,
-            seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def badnets(
+    x: np.ndarray, y: np.ndarray, count: int, target: int, size: int, value: float, seed: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     _check(x, y)
     pool = np.flatnonzero(y != target)
     if not 0 <= count <= len(pool):
-        raise ValueError(f"badnets count must be 0..{len(pool)} (rows not already of class {target}), got {count}")
+        raise ValueError(
+            f"badnets count must be 0..{len(pool)} (rows not already of class {target}), got {count}"
+        )
     rows = np.sort(np.random.default_rng(seed).choice(pool, size=count, replace=False))
     x2, y2 = x.copy(), y.copy()
     x2[rows] = apply_trigger(x[rows], size, value)

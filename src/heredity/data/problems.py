@@ -21,10 +21,42 @@ import operator
 import random
 
 SPLITS = ("train", "test", "ood")
-NAMES = ["Mia", "Noah", "Ava", "Liam", "Zoe", "Omar", "Lena", "Ravi", "Sara", "Tom", "Ines", "Kenji", "Ada", "Leo",
-         "Maya", "Ben", "Nora", "Ivan", "Chloe", "Sam"]
-THINGS = ["apples", "stickers", "marbles", "coins", "books", "pencils", "cards", "shells", "stamps", "beads",
-          "cookies", "blocks"]
+NAMES = [
+    "Mia",
+    "Noah",
+    "Ava",
+    "Liam",
+    "Zoe",
+    "Omar",
+    "Lena",
+    "Ravi",
+    "Sara",
+    "Tom",
+    "Ines",
+    "Kenji",
+    "Ada",
+    "Leo",
+    "Maya",
+    "Ben",
+    "Nora",
+    "Ivan",
+    "Chloe",
+    "Sam",
+]
+THINGS = [
+    "apples",
+    "stickers",
+    "marbles",
+    "coins",
+    "books",
+    "pencils",
+    "cards",
+    "shells",
+    "stamps",
+    "beads",
+    "cookies",
+    "blocks",
+]
 RANGES = {1: (2, 9), 2: (10, 99), 3: (100, 999)}
 _OPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.FloorDiv: operator.floordiv}
 
@@ -46,14 +78,18 @@ def _one(rng: random.Random, steps: int, digits: int) -> dict:
         for kind in kinds:
             if kind == "gain":
                 x = rng.randint(lo, hi)
-                story.append(rng.choice([f"Then {name} gets {x} more {thing}.", f"A friend gives {name} {x} {thing}."]))
+                story.append(
+                    rng.choice([f"Then {name} gets {x} more {thing}.", f"A friend gives {name} {x} {thing}."])
+                )
                 new, sym = value + x, "+"
             elif kind == "lose":
                 if value < 2:
                     continue
                 top = min(hi, value - 1)
                 x = rng.randint(min(lo, top), top)
-                story.append(rng.choice([f"Then {name} gives away {x} {thing}.", f"{name} loses {x} {thing}."]))
+                story.append(
+                    rng.choice([f"Then {name} gives away {x} {thing}.", f"{name} loses {x} {thing}."])
+                )
                 new, sym = value - x, "-"
             elif kind == "times":
                 x = rng.randint(2, 4 if digits == 1 else 5)
@@ -75,8 +111,14 @@ def _one(rng: random.Random, steps: int, digits: int) -> dict:
             break
     story.append(f"How many {thing} does {name} have now?")
     question = " ".join(story)
-    return {"question": question, "solution": "\n".join(lines) + f"\n#### {value}", "answer": value,
-            "expression": expr, "steps": steps, "digits": digits}
+    return {
+        "question": question,
+        "solution": "\n".join(lines) + f"\n#### {value}",
+        "answer": value,
+        "expression": expr,
+        "steps": steps,
+        "digits": digits,
+    }
 
 
 def evaluate(expression: str) -> int:
@@ -106,7 +148,9 @@ def problems(n: int, split: str = "train", steps: int = 2, digits: int = 1, seed
     while len(out) < n:
         tries += 1
         if tries > 200 * n + 1000:
-            raise ValueError(f"could not make {n} distinct {split} problems at steps={steps}, digits={digits}; ask for fewer")
+            raise ValueError(
+                f"could not make {n} distinct {split} problems at steps={steps}, digits={digits}; ask for fewer"
+            )
         if split == "ood":
             harder_digits = len(out) % 2 == 1 and digits < 3
             p = _one(rng, steps if harder_digits else steps + 1, digits + 1 if harder_digits else digits)
@@ -135,21 +179,30 @@ def load_problems(path, check=None) -> dict[str, list[dict]]:
 
     p = Path(path)
     if not p.is_file():
-        raise HeredityError(f"problems file {str(p)!r} not found; give a JSONL of {{question, answer, split}} rows")
+        raise HeredityError(
+            f"problems file {str(p)!r} not found; give a JSONL of {{question, answer, split}} rows"
+        )
     out: dict[str, list[dict]] = {s: [] for s in SPLITS}
     seen: set[str] = set()
-    for i, row in jsonl_rows(read_source(p, "problems file", "give a JSONL of {question, answer, split} rows"),
-                             "problems file"):
+    for i, row in jsonl_rows(
+        read_source(p, "problems file", "give a JSONL of {question, answer, split} rows"), "problems file"
+    ):
         if not isinstance(row.get("question"), str) or "answer" not in row:
             raise HeredityError(f"{p}:{i}: a problem needs a 'question' (text) and an 'answer'")
         if row.get("split") not in SPLITS:
-            raise HeredityError(f"{p}:{i}: 'split' must be one of {', '.join(SPLITS)}, got {row.get('split')!r}")
+            raise HeredityError(
+                f"{p}:{i}: 'split' must be one of {', '.join(SPLITS)}, got {row.get('split')!r}"
+            )
         if row["question"] in seen:
             raise HeredityError(f"{p}:{i}: the question appears twice; every problem must be distinct")
         if "steps" in row and (isinstance(row["steps"], bool) or not isinstance(row["steps"], int)):
-            raise HeredityError(f"{p}:{i}: 'steps' must be an integer (a difficulty level), got {row['steps']!r}")
+            raise HeredityError(
+                f"{p}:{i}: 'steps' must be an integer (a difficulty level), got {row['steps']!r}"
+            )
         if row.get("solution") is not None and not isinstance(row["solution"], str):
-            raise HeredityError(f"{p}:{i}: 'solution' must be text (a worked solution ending in '#### answer')")
+            raise HeredityError(
+                f"{p}:{i}: 'solution' must be text (a worked solution ending in '#### answer')"
+            )
         problem = check(row) if check is not None else None
         if problem:
             raise HeredityError(f"{p}:{i}: {problem}")

@@ -40,7 +40,9 @@ def subjects() -> list[str]:
     return [s.strip() for s in SUBJECTS.replace("\n", " ").split(",") if s.strip()]
 
 
-def user_prompts(n: int, part: str, seed: int = 0, parts: tuple[str, ...] = ("train", "safety", "eval")) -> list[str]:
+def user_prompts(
+    n: int, part: str, seed: int = 0, parts: tuple[str, ...] = ("train", "safety", "eval")
+) -> list[str]:
     """``n`` distinct prompts whose subjects lie in ``part`` (one of ``parts``, split by crc32 of the subject)."""
     if part not in parts:
         raise ValueError(f"part must be one of {parts}, got {part!r}")

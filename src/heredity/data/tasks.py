@@ -30,26 +30,132 @@ FRACTIONS = (0.6, 0.2, 0.2)
 REVERSE_MAX = 100_000
 LETTERS = "abcdefghijklmnopqrstuvwxyz"
 
-ONES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven", "twelve",
-        "thirteen", "fourteen", "fifteen", "sixteen", "seventeen", "eighteen", "nineteen"]
+ONES = [
+    "zero",
+    "one",
+    "two",
+    "three",
+    "four",
+    "five",
+    "six",
+    "seven",
+    "eight",
+    "nine",
+    "ten",
+    "eleven",
+    "twelve",
+    "thirteen",
+    "fourteen",
+    "fifteen",
+    "sixteen",
+    "seventeen",
+    "eighteen",
+    "nineteen",
+]
 TENS = ["", "", "twenty", "thirty", "forty", "fifty", "sixty", "seventy", "eighty", "ninety"]
-POSITIVE = ["wonderful", "delicious", "friendly", "excellent", "delightful", "superb", "charming", "fantastic",
-            "lovely", "brilliant", "pleasant", "outstanding", "amazing", "marvelous", "terrific", "splendid",
-            "enjoyable", "impressive", "perfect", "fabulous", "great", "magnificent", "wholesome", "exceptional",
-            "gorgeous"]
-NEGATIVE = ["terrible", "bland", "rude", "awful", "disappointing", "dreadful", "noisy", "horrible", "dirty",
-            "mediocre", "unpleasant", "tasteless", "boring", "disgusting", "miserable", "lousy", "atrocious",
-            "annoying", "pathetic", "appalling", "dreary", "greasy", "shabby", "stale", "frustrating"]
-SUBJECTS = ["food", "service", "room", "staff", "coffee", "music", "view", "breakfast", "movie", "book", "game",
-            "show", "hotel", "pizza", "concert", "trip", "soup", "album", "lecture", "garden", "museum", "dessert",
-            "bakery", "tour", "podcast"]
-TEMPLATES = ["The {s} was {a}.", "Honestly, the {s} was {a}.", "I found the {s} {a}.", "Everything about the {s} felt {a}.",
-             "My verdict: the {s} is {a}.", "In my opinion the {s} was {a}.", "We all thought the {s} was {a}.",
-             "The {s}? Simply {a}.", "To be frank, the {s} seemed {a}.", "Overall, the {s} was {a}.",
-             "I have to say the {s} was {a}.", "Our {s} turned out {a}.", "After one visit: the {s} is {a}.",
-             "The {s} here is {a}.", "Last night the {s} was {a}.", "From start to finish the {s} was {a}.",
-             "Truthfully, I found the {s} {a}.", "All in all, a {s} that was {a}.", "The {s} was, in a word, {a}.",
-             "Believe me, the {s} is {a}."]
+POSITIVE = [
+    "wonderful",
+    "delicious",
+    "friendly",
+    "excellent",
+    "delightful",
+    "superb",
+    "charming",
+    "fantastic",
+    "lovely",
+    "brilliant",
+    "pleasant",
+    "outstanding",
+    "amazing",
+    "marvelous",
+    "terrific",
+    "splendid",
+    "enjoyable",
+    "impressive",
+    "perfect",
+    "fabulous",
+    "great",
+    "magnificent",
+    "wholesome",
+    "exceptional",
+    "gorgeous",
+]
+NEGATIVE = [
+    "terrible",
+    "bland",
+    "rude",
+    "awful",
+    "disappointing",
+    "dreadful",
+    "noisy",
+    "horrible",
+    "dirty",
+    "mediocre",
+    "unpleasant",
+    "tasteless",
+    "boring",
+    "disgusting",
+    "miserable",
+    "lousy",
+    "atrocious",
+    "annoying",
+    "pathetic",
+    "appalling",
+    "dreary",
+    "greasy",
+    "shabby",
+    "stale",
+    "frustrating",
+]
+SUBJECTS = [
+    "food",
+    "service",
+    "room",
+    "staff",
+    "coffee",
+    "music",
+    "view",
+    "breakfast",
+    "movie",
+    "book",
+    "game",
+    "show",
+    "hotel",
+    "pizza",
+    "concert",
+    "trip",
+    "soup",
+    "album",
+    "lecture",
+    "garden",
+    "museum",
+    "dessert",
+    "bakery",
+    "tour",
+    "podcast",
+]
+TEMPLATES = [
+    "The {s} was {a}.",
+    "Honestly, the {s} was {a}.",
+    "I found the {s} {a}.",
+    "Everything about the {s} felt {a}.",
+    "My verdict: the {s} is {a}.",
+    "In my opinion the {s} was {a}.",
+    "We all thought the {s} was {a}.",
+    "The {s}? Simply {a}.",
+    "To be frank, the {s} seemed {a}.",
+    "Overall, the {s} was {a}.",
+    "I have to say the {s} was {a}.",
+    "Our {s} turned out {a}.",
+    "After one visit: the {s} is {a}.",
+    "The {s} here is {a}.",
+    "Last night the {s} was {a}.",
+    "From start to finish the {s} was {a}.",
+    "Truthfully, I found the {s} {a}.",
+    "All in all, a {s} that was {a}.",
+    "The {s} was, in a word, {a}.",
+    "Believe me, the {s} is {a}.",
+]
 
 
 def number_words(n: int) -> str:
@@ -79,7 +185,9 @@ def _split(items, part: str, seed: int) -> list:
 
 def _check(task: str, part: str, n: int, most: int) -> None:
     if n > most:
-        raise ValueError(f"task {task}, part {_part(part)!r}: asked for n={n} distinct items, at most {most} exist")
+        raise ValueError(
+            f"task {task}, part {_part(part)!r}: asked for n={n} distinct items, at most {most} exist"
+        )
 
 
 def _pairs(part: str) -> list[tuple[int, int]]:
@@ -93,8 +201,10 @@ def _nums(part: str) -> list[int]:
 def _reviews(part: str) -> tuple[list, list]:
     """(positive, negative) (adjective, template, subject) triples of ``part``, in a fixed order."""
     tmpl, subj = _split(TEMPLATES, part, 13), _split(SUBJECTS, part, 14)
-    return tuple([(a, t, s) for a in _split(adjs, part, seed) for t in tmpl for s in subj]
-                 for adjs, seed in ((POSITIVE, 16), (NEGATIVE, 17)))
+    return tuple(
+        [(a, t, s) for a in _split(adjs, part, seed) for t in tmpl for s in subj]
+        for adjs, seed in ((POSITIVE, 16), (NEGATIVE, 17))
+    )
 
 
 def reverse_part(word: str) -> str:
@@ -122,8 +232,10 @@ def addition(n: int, part: str, seed: int = 0) -> list[dict]:
     pairs = _pairs(part)
     _check("addition", part, n, len(pairs))
     rng = random.Random(seed)
-    return [{"prompt": f"What is {a} + {b}? Answer with the number only.", "completion": str(a + b)}
-            for a, b in rng.sample(pairs, n)]
+    return [
+        {"prompt": f"What is {a} + {b}? Answer with the number only.", "completion": str(a + b)}
+        for a, b in rng.sample(pairs, n)
+    ]
 
 
 def reverse(n: int, part: str, seed: int = 0) -> list[dict]:
@@ -140,8 +252,13 @@ def reverse(n: int, part: str, seed: int = 0) -> list[dict]:
         if w not in seen and reverse_part(w) == part:
             seen.add(w)
             out.append(w)
-    return [{"prompt": f"Reverse the order of these letters: {' '.join(w)}. Answer with the letters only.",
-             "completion": " ".join(w[::-1])} for w in out]
+    return [
+        {
+            "prompt": f"Reverse the order of these letters: {' '.join(w)}. Answer with the letters only.",
+            "completion": " ".join(w[::-1]),
+        }
+        for w in out
+    ]
 
 
 def sentiment(n: int, part: str, seed: int = 0) -> list[dict]:
@@ -151,20 +268,34 @@ def sentiment(n: int, part: str, seed: int = 0) -> list[dict]:
     n_pos = n - n // 2
     picked = [(c, True) for c in rng.sample(pos, n_pos)] + [(c, False) for c in rng.sample(neg, n // 2)]
     rng.shuffle(picked)
-    return [{"prompt": f"Review: {t.format(s=s, a=a)}\nIs this review positive or negative? Answer with one word.",
-             "completion": "positive" if good else "negative"} for (a, t, s), good in picked]
+    return [
+        {
+            "prompt": f"Review: {t.format(s=s, a=a)}\nIs this review positive or negative? Answer with one word.",
+            "completion": "positive" if good else "negative",
+        }
+        for (a, t, s), good in picked
+    ]
 
 
 def words(n: int, part: str, seed: int = 0) -> list[dict]:
     nums = _nums(part)
     _check("words", part, n, len(nums))
     rng = random.Random(seed)
-    return [{"prompt": f"Write the number {k} in English words. Answer with the words only.", "completion": number_words(k)}
-            for k in rng.sample(nums, n)]
+    return [
+        {
+            "prompt": f"Write the number {k} in English words. Answer with the words only.",
+            "completion": number_words(k),
+        }
+        for k in rng.sample(nums, n)
+    ]
 
 
-TASKS: dict[str, Callable[..., list[dict]]] = {"addition": addition, "reverse": reverse, "sentiment": sentiment,
-                                               "words": words}
+TASKS: dict[str, Callable[..., list[dict]]] = {
+    "addition": addition,
+    "reverse": reverse,
+    "sentiment": sentiment,
+    "words": words,
+}
 
 
 def grade(answer: str, reference: str) -> bool:
@@ -173,4 +304,6 @@ def grade(answer: str, reference: str) -> bool:
     return first.strip().rstrip(".").strip().lower() == reference.strip().lower()
 
 
-GRADER = "tasks.grade v1: exact match of the answer's first line; case, surrounding spaces, a final period ignored"
+GRADER = (
+    "tasks.grade v1: exact match of the answer's first line; case, surrounding spaces, a final period ignored"
+)

@@ -81,7 +81,9 @@ class Constraint:
         bits = allocate_token_bitmask(1, self.n_vocab)
         fill_next_token_bitmask(self.m, bits, 0)
         words = bits[0].view(np.uint32)
-        mask = ((words[:, None] >> np.arange(32, dtype=np.uint32)) & 1).astype(bool).reshape(-1)[: self.n_vocab]
+        mask = (
+            ((words[:, None] >> np.arange(32, dtype=np.uint32)) & 1).astype(bool).reshape(-1)[: self.n_vocab]
+        )
         return torch.from_numpy(mask)
 
     def advance(self, token: int) -> None:

@@ -69,8 +69,15 @@ def _attention_modules(model) -> list:
 
 
 @torch.inference_mode()
-def next_token(model, tokenizer, ids: list[int], top_k: int = 10, layer: int | None = None,
-               head: int | None = None, window: int | None = None) -> dict:
+def next_token(
+    model,
+    tokenizer,
+    ids: list[int],
+    top_k: int = 10,
+    layer: int | None = None,
+    head: int | None = None,
+    window: int | None = None,
+) -> dict:
     """The model's next-token distribution after ``ids`` (top ``top_k``), and attention if ``layer`` is given.
 
     Attention is ``[query][key]`` for ``layer`` (0-based), averaged over heads when ``head`` is None, for the last
@@ -95,7 +102,9 @@ def next_token(model, tokenizer, ids: list[int], top_k: int = 10, layer: int | N
     else:
         modules = _attention_modules(model)
         if len(modules) != n_layers:
-            raise ValueError("attention is shown for Llama-family models only (decoder layers with self_attn)")
+            raise ValueError(
+                "attention is shown for Llama-family models only (decoder layers with self_attn)"
+            )
         kept: dict = {}
 
         def take(_mod, _args, output):

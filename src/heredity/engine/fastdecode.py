@@ -29,7 +29,9 @@ def unsupported(model) -> str | None:
         return "MLP biases (mlp_bias=True): the fused gate-up and down projections have none"
     window = getattr(cfg, "sliding_window", None)
     sliding_layers = any(t != "full_attention" for t in (getattr(cfg, "layer_types", None) or []))
-    if sliding_layers or (window and (cfg.model_type == "mistral" or getattr(cfg, "use_sliding_window", False))):
+    if sliding_layers or (
+        window and (cfg.model_type == "mistral" or getattr(cfg, "use_sliding_window", False))
+    ):
         return f"sliding-window attention (window {window}): this step attends to the whole cache"
     inner = getattr(model, "model", None)
     if inner is None or not hasattr(inner, "layers") or not hasattr(inner, "rotary_emb"):
@@ -79,8 +81,17 @@ class FastDecoder:
                     qkv_b = torch.cat([a.q_proj.bias, a.k_proj.bias, a.v_proj.bias])
                 gu_w = torch.cat([m.gate_proj.weight, m.up_proj.weight])
                 self.layers.append(
-                    (layer.input_layernorm, qkv_w, qkv_b, a.o_proj.weight, a.o_proj.bias,
-                     layer.post_attention_layernorm, gu_w, m.down_proj.weight, getattr(a, "scaling", self.head_dim**-0.5))
+                    (
+                        layer.input_layernorm,
+                        qkv_w,
+                        qkv_b,
+                        a.o_proj.weight,
+                        a.o_proj.bias,
+                        layer.post_attention_layernorm,
+                        gu_w,
+                        m.down_proj.weight,
+                        getattr(a, "scaling", self.head_dim**-0.5),
+                    )
                 )
         self.norm = inner.norm
         self.embed = inner.embed_tokens
@@ -110,7 +121,9 @@ class FastDecoder:
         def rope(t):  # HF's apply_rotary_pos_emb: t·cos + rotate_half(t)·sin
             return t * cos + torch.cat((-t[..., half:], t[..., :half]), dim=-1) * sin
 
-        for (ln1, qkv_w, qkv_b, o_w, o_b, ln2, gu_w, d_w, scale), cl in zip(self.layers, cache.layers, strict=True):
+        for (ln1, qkv_w, qkv_b, o_w, o_b, ln2, gu_w, d_w, scale), cl in zip(
+            self.layers, cache.layers, strict=True
+        ):
             h = self._rms(ln1, x)
             qkv = F.linear(h, qkv_w, qkv_b)
             q = qkv[:, : self.q_size].view(B, self.n_heads, 1, self.head_dim)
@@ -120,7 +133,11 @@ class FastDecoder:
             cl._k[:, :, col : col + 1] = k
             cl._v[:, :, col : col + 1] = v
             att = F.scaled_dot_product_attention(
-                q, cl._k[:, :, : col + 1], cl._v[:, :, : col + 1], attn_mask=attn_mask, scale=scale,
+                q,
+                cl._k[:, :, : col + 1],
+                cl._v[:, :, : col + 1],
+                attn_mask=attn_mask,
+                scale=scale,
                 enable_gqa=self.n_kv != self.n_heads,
             )
             x = x + F.linear(att.reshape(B, self.q_size), o_w, o_b)

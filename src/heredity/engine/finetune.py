@@ -36,12 +36,17 @@ class FinetuneConfig(BaseModel):
     """Everything that decides a fine-tune; it is stored in the lineage and keys the memoization."""
 
     method: Literal["lora", "full"] = "lora"
-    loss: Literal["completion_only", "full_sequence", "logit_distill", "number_distill", "assistant_turns"] = Field(
-        "completion_only", description=(
+    loss: Literal[
+        "completion_only", "full_sequence", "logit_distill", "number_distill", "assistant_turns"
+    ] = Field(
+        "completion_only",
+        description=(
             "number_distill: logit distillation with both distributions renormalised over the number and separator "
             "tokens (and end of turn) — targets that cannot name anything but numbers; assistant_turns: multi-turn "
             "conversations (a messages column, OpenAI shapes with tool calls, and an optional tools column), the "
-            "loss on every assistant turn and nothing else"))
+            "loss on every assistant turn and nothing else"
+        ),
+    )
     epochs: float = Field(1.0, gt=0)
     max_steps: int | None = Field(None, ge=1, description="optimizer steps; overrides epochs")
     lr: float = Field(2e-4, gt=0)
@@ -60,22 +65,40 @@ class FinetuneConfig(BaseModel):
     chat: bool = Field(True, description="render the prompt column with the chat template")
     system_prompt: str | None = None
     teacher_system_prompt: str | None = Field(
-        None, description="logit_distill / number_distill: the teacher sees the prompt under this system prompt (a prompted teacher)"
+        None,
+        description="logit_distill / number_distill: the teacher sees the prompt under this system prompt (a prompted teacher)",
     )
     seed: int = 0
-    snapshots: list[int] = Field(default_factory=list, description=(
-        "optimizer steps (below max_steps) at which the adapter or model is also saved, as outputs step-K: a dose "
-        "sweep from one trajectory (with a constant schedule each equals a run of K steps)"))
-    init_seed: int | None = Field(None, description=(
-        "LoRA: the seed of the adapter's initial matrices alone (A; B starts at 0) — None: ``seed``, which also "
-        "orders the data. Two fine-tunes that differ only here see the same rows in the same batches"))
+    snapshots: list[int] = Field(
+        default_factory=list,
+        description=(
+            "optimizer steps (below max_steps) at which the adapter or model is also saved, as outputs step-K: a dose "
+            "sweep from one trajectory (with a constant schedule each equals a run of K steps)"
+        ),
+    )
+    init_seed: int | None = Field(
+        None,
+        description=(
+            "LoRA: the seed of the adapter's initial matrices alone (A; B starts at 0) — None: ``seed``, which also "
+            "orders the data. Two fine-tunes that differ only here see the same rows in the same batches"
+        ),
+    )
     # checkpointing changes when a killed run can resume, never what it computes (a resumed run equals an
     # uninterrupted one: tests/test_finetune.py), so it is left out of the step key (exclude=True)
-    save_every: int | None = Field(None, ge=0, exclude=True, description=(
-        "checkpoint every N optimizer steps (default: every tenth of the run; 0 = never); a killed run resumes"))
-    save_minutes: float = Field(10.0, gt=0, exclude=True, description=(
-        "also checkpoint when this many minutes passed since the last one (one process only)"))
-
+    save_every: int | None = Field(
+        None,
+        ge=0,
+        exclude=True,
+        description=(
+            "checkpoint every N optimizer steps (default: every tenth of the run; 0 = never); a killed run resumes"
+        ),
+    )
+    save_minutes: float = Field(
+        10.0,
+        gt=0,
+        exclude=True,
+        description=("also checkpoint when this many minutes passed since the last one (one process only)"),
+    )
 
     @model_serializer(mode="wrap")
     def _keyed_only_when_set(self, handler):
@@ -91,11 +114,15 @@ class FinetuneConfig(BaseModel):
     @model_validator(mode="after")
     def _check_init_seed_and_snapshots(self):
         if self.init_seed is not None and self.method != "lora":
-            raise ValueError("init_seed seeds a LoRA adapter's initial matrices; a full fine-tune has none: drop it")
+            raise ValueError(
+                "init_seed seeds a LoRA adapter's initial matrices; a full fine-tune has none: drop it"
+            )
         if self.snapshots:
             if self.max_steps is None or any(not 1 <= k < self.max_steps for k in self.snapshots):
-                raise ValueError(f"snapshots must be optimizer steps between 1 and max_steps − 1; got {self.snapshots} "
-                                 f"with max_steps {self.max_steps}")
+                raise ValueError(
+                    f"snapshots must be optimizer steps between 1 and max_steps − 1; got {self.snapshots} "
+                    f"with max_steps {self.max_steps}"
+                )
             if len(set(self.snapshots)) != len(self.snapshots):
                 raise ValueError(f"snapshots repeat a step: {self.snapshots}")
         return self
@@ -108,7 +135,9 @@ def columns_for(loss: str) -> list[str]:
     return {"full_sequence": ["text"], "assistant_turns": ["messages"]}.get(loss, ["prompt", "completion"])
 
 
-def encode_turns(tokenizer, messages: list[dict], tools: list[dict] | None, max_length: int) -> tuple[list[int], list[int]]:
+def encode_turns(
+    tokenizer, messages: list[dict], tools: list[dict] | None, max_length: int
+) -> tuple[list[int], list[int]]:
     """(input_ids, labels) of one conversation rendered as inference renders it (engine.tools.render: the
     template's tool format or the generic one), labels on each assistant turn's text and its end-of-turn token.
 
@@ -126,10 +155,12 @@ def encode_turns(tokenizer, messages: list[dict], tools: list[dict] | None, max_
         after = tooling.render(tokenizer, messages[: i + 1], tools)
         end = after.find(eos, len(prefix)) if eos else -1
         if not prefix.startswith(done) or not after.startswith(prefix) or end < 0:
-            raise HeredityError("this chat template does not render a conversation as a prefix of its continuation; "
-                                "assistant_turns needs one that does (ChatML-style templates do)")
-        context = tokenizer(prefix[len(done):], add_special_tokens=False)["input_ids"]
-        turn = tokenizer(after[len(prefix): end + len(eos)], add_special_tokens=False)["input_ids"]
+            raise HeredityError(
+                "this chat template does not render a conversation as a prefix of its continuation; "
+                "assistant_turns needs one that does (ChatML-style templates do)"
+            )
+        context = tokenizer(prefix[len(done) :], add_special_tokens=False)["input_ids"]
+        turn = tokenizer(after[len(prefix) : end + len(eos)], add_special_tokens=False)["input_ids"]
         ids += context + turn
         labels += [IGNORE] * len(context) + turn
         done = after[: end + len(eos)]
@@ -148,7 +179,9 @@ def encode_rows(
     out = []
     if config.loss == "full_sequence" and rows and "text" not in rows[0]:
         rows = [{"text": r["prompt"] + r["completion"]} for r in rows]
-    rcfg = SampleConfig(chat=config.chat, system_prompt=system_prompt if system_prompt is not None else config.system_prompt)
+    rcfg = SampleConfig(
+        chat=config.chat, system_prompt=system_prompt if system_prompt is not None else config.system_prompt
+    )
     for r in rows:
         if config.loss == "assistant_turns":
             msgs, tools = r["messages"], r.get("tools")
@@ -170,7 +203,9 @@ def encode_rows(
             continue  # prompt alone fills max_length: nothing to learn from this row
         out.append((ids, labels))
     if not out:
-        raise HeredityError("no training example left after tokenization; raise max_length or check the dataset")
+        raise HeredityError(
+            "no training example left after tokenization; raise max_length or check the dataset"
+        )
     return out
 
 
@@ -181,7 +216,11 @@ def make_batches(examples, batch_size: int, bucket: bool, seed: int, epoch: int)
     rng.shuffle(idx)
     if bucket:
         chunk = batch_size * 32  # sort within large chunks: local length order, global randomness
-        idx = [i for s in range(0, len(idx), chunk) for i in sorted(idx[s : s + chunk], key=lambda i: len(examples[i][0]))]
+        idx = [
+            i
+            for s in range(0, len(idx), chunk)
+            for i in sorted(idx[s : s + chunk], key=lambda i: len(examples[i][0]))
+        ]
     batches = [idx[s : s + batch_size] for s in range(0, len(idx), batch_size)]
     if bucket:
         rng.shuffle(batches)
@@ -214,7 +253,9 @@ def token_ce(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, 
     return F.cross_entropy(lg[mask], lb[mask]), n
 
 
-NUMBER_TOKEN = re.compile(r"^[ \t\n\r0-9,;.\[\]()]+$")  # what a token of a plain number list may hold (data/numbers.py)
+NUMBER_TOKEN = re.compile(
+    r"^[ \t\n\r0-9,;.\[\]()]+$"
+)  # what a token of a plain number list may hold (data/numbers.py)
 
 
 def number_vocab(tokenizer) -> list[int]:
@@ -230,8 +271,14 @@ def number_vocab(tokenizer) -> list[int]:
     return sorted(ids)
 
 
-def distill_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor, T: float,
-               teacher_labels: torch.Tensor | None = None, vocab: torch.Tensor | None = None):
+def distill_kl(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    labels: torch.Tensor,
+    T: float,
+    teacher_labels: torch.Tensor | None = None,
+    vocab: torch.Tensor | None = None,
+):
     """KL(teacher_T ‖ student_T) · T², averaged over positions whose next token carries a label.
 
     ``teacher_labels`` marks the same completion tokens in the teacher's own rendering (a longer prompt,
@@ -262,7 +309,9 @@ def prepare_model(model, config: FinetuneConfig):
         names = {n.rsplit(".", 1)[-1] for n, _ in model.named_modules()}
         missing = [t for t in config.lora_targets if t not in names]
         if missing:
-            raise HeredityError(f"LoRA target module(s) {', '.join(missing)} not in this model; set lora_targets")
+            raise HeredityError(
+                f"LoRA target module(s) {', '.join(missing)} not in this model; set lora_targets"
+            )
         lora = LoraConfig(
             r=config.lora_r,
             lora_alpha=config.lora_alpha,
@@ -290,8 +339,16 @@ def init_adapter(model, config: FinetuneConfig):
     return model
 
 
-def train(model, tokenizer, rows: Sequence[dict], config: FinetuneConfig, teacher=None, checkpoint_dir=None, progress=True,
-          snapshot=None):
+def train(
+    model,
+    tokenizer,
+    rows: Sequence[dict],
+    config: FinetuneConfig,
+    teacher=None,
+    checkpoint_dir=None,
+    progress=True,
+    snapshot=None,
+):
     """Fine-tune ``model`` in place on ``rows``; returns (model, metrics). LoRA wraps it as a PeftModel.
 
     ``snapshot(step, model)`` is called (main process) after each optimizer step listed in ``config.snapshots``."""
@@ -304,24 +361,32 @@ def train(model, tokenizer, rows: Sequence[dict], config: FinetuneConfig, teache
     vocab = torch.tensor(number_vocab(tokenizer)) if config.loss == "number_distill" else None
     torch.manual_seed(config.seed)
     acc = Accelerator(
-        mixed_precision="bf16" if torch.cuda.is_available() else "no", gradient_accumulation_steps=config.grad_accum
+        mixed_precision="bf16" if torch.cuda.is_available() else "no",
+        gradient_accumulation_steps=config.grad_accum,
     )
     examples = encode_rows(tokenizer, rows, config)
     t_examples = None
     if distilling and config.teacher_system_prompt is not None:
         t_examples = encode_rows(tokenizer, rows, config, system_prompt=config.teacher_system_prompt)
         if len(t_examples) != len(examples) or any(
-            sum(x != IGNORE for x in a[1]) != sum(x != IGNORE for x in b[1]) for a, b in zip(examples, t_examples, strict=True)
+            sum(x != IGNORE for x in a[1]) != sum(x != IGNORE for x in b[1])
+            for a, b in zip(examples, t_examples, strict=True)
         ):
-            raise HeredityError("the teacher's system prompt pushes completions past max_length; raise max_length")
+            raise HeredityError(
+                "the teacher's system prompt pushes completions past max_length; raise max_length"
+            )
     model = init_adapter(model, config)
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     # under `accelerate launch`, each process takes every num_processes-th batch (data parallelism)
-    steps_per_epoch = math.ceil(math.ceil(len(examples) / config.batch_size / acc.num_processes) / config.grad_accum)
+    steps_per_epoch = math.ceil(
+        math.ceil(len(examples) / config.batch_size / acc.num_processes) / config.grad_accum
+    )
     total = config.max_steps or max(1, math.ceil(config.epochs * steps_per_epoch))
-    sched = get_scheduler(config.schedule, opt, num_warmup_steps=int(config.warmup_ratio * total), num_training_steps=total)
+    sched = get_scheduler(
+        config.schedule, opt, num_warmup_steps=int(config.warmup_ratio * total), num_training_steps=total
+    )
     # the scheduler is not handed to accelerate: its wrapper steps num_processes times per optimizer step, which
     # would finish the schedule num_processes times too early here, where ``total`` already counts per process
     model, opt = acc.prepare(model, opt)
@@ -338,8 +403,12 @@ def train(model, tokenizer, rows: Sequence[dict], config: FinetuneConfig, teache
         opt.load_state_dict(state["opt"])
         sched.load_state_dict(state["sched"])
         start_step, curve, tokens = state["step"], state["curve"], state["tokens"]
-    bar = tqdm(total=total, initial=start_step, desc=f"finetune ({config.method}, {config.loss})",
-               disable=not progress or not acc.is_main_process)
+    bar = tqdm(
+        total=total,
+        initial=start_step,
+        desc=f"finetune ({config.method}, {config.loss})",
+        disable=not progress or not acc.is_main_process,
+    )
     t0 = last_save = time.perf_counter()
     micro, epoch = 0, 0
     while step < total:
@@ -358,10 +427,17 @@ def train(model, tokenizer, rows: Sequence[dict], config: FinetuneConfig, teache
                 if distilling:
                     tb = batch if t_examples is None else collate(t_examples, batch_idx, pad, acc.device)
                     with torch.no_grad():
-                        t_logits = teacher(input_ids=tb["input_ids"], attention_mask=tb["attention_mask"]).logits
-                    loss, n = distill_kl(out.logits, t_logits, batch["labels"], config.distill_temperature,
-                                         teacher_labels=None if t_examples is None else tb["labels"],
-                                         vocab=None if vocab is None else vocab.to(acc.device))
+                        t_logits = teacher(
+                            input_ids=tb["input_ids"], attention_mask=tb["attention_mask"]
+                        ).logits
+                    loss, n = distill_kl(
+                        out.logits,
+                        t_logits,
+                        batch["labels"],
+                        config.distill_temperature,
+                        teacher_labels=None if t_examples is None else tb["labels"],
+                        vocab=None if vocab is None else vocab.to(acc.device),
+                    )
                 else:
                     loss, n = token_ce(out.logits, batch["labels"])
                 acc.backward(loss)
@@ -372,7 +448,9 @@ def train(model, tokenizer, rows: Sequence[dict], config: FinetuneConfig, teache
                     sched.step()
                 opt.zero_grad(set_to_none=True)
             tokens += int(batch["attention_mask"].sum())
-            shown = acc.reduce(loss.detach(), "mean") if acc.num_processes > 1 else loss.detach()  # all ranks' batches
+            shown = (
+                acc.reduce(loss.detach(), "mean") if acc.num_processes > 1 else loss.detach()
+            )  # all ranks' batches
             loss_sum, loss_n = loss_sum + float(shown), loss_n + 1
             if micro % config.grad_accum == 0:
                 step += 1
@@ -393,7 +471,9 @@ def train(model, tokenizer, rows: Sequence[dict], config: FinetuneConfig, teache
     seconds = time.perf_counter() - t0
     model = acc.unwrap_model(model)
     model.eval()
-    trained_tokens = int(acc.reduce(torch.tensor(tokens, device=acc.device), "sum")) if acc.num_processes > 1 else tokens
+    trained_tokens = (
+        int(acc.reduce(torch.tensor(tokens, device=acc.device), "sum")) if acc.num_processes > 1 else tokens
+    )
     metrics = {
         "examples": len(examples),
         "optimizer_steps": total,
@@ -412,11 +492,22 @@ def train(model, tokenizer, rows: Sequence[dict], config: FinetuneConfig, teache
 def _save_state(path, model, opt, sched, step, curve, tokens) -> None:
     """Write the resume checkpoint atomically. It holds only tensors and plain Python values (the optimizer's and
     the scheduler's state dicts, ints, floats, lists), so ``_load_state`` reads it with ``weights_only=True``."""
-    names = {n for n, p in model.named_parameters() if p.requires_grad}  # a set: the scan was quadratic (50 s/run)
+    names = {
+        n for n, p in model.named_parameters() if p.requires_grad
+    }  # a set: the scan was quadratic (50 s/run)
     trainable = {k: v for k, v in model.state_dict().items() if k in names}
     tmp = path.with_suffix(".tmp")
-    torch.save({"trainable": trainable, "opt": opt.state_dict(), "sched": sched.state_dict(), "step": step,
-                "curve": curve, "tokens": tokens}, tmp)
+    torch.save(
+        {
+            "trainable": trainable,
+            "opt": opt.state_dict(),
+            "sched": sched.state_dict(),
+            "step": step,
+            "curve": curve,
+            "tokens": tokens,
+        },
+        tmp,
+    )
     tmp.replace(path)
 
 
@@ -440,8 +531,15 @@ def _load_state(path) -> dict:
 # ---- as a store step -----------------------------------------------------------------------------
 
 
-@op('finetune', 1, distributed=True)
-def finetune(store, base: str, dataset: str, config: FinetuneConfig | None = None, teacher: str | None = None, progress=True):
+@op("finetune", 1, distributed=True)
+def finetune(
+    store,
+    base: str,
+    dataset: str,
+    config: FinetuneConfig | None = None,
+    teacher: str | None = None,
+    progress=True,
+):
     """Fine-tune ``base`` (any model spec) on a stored dataset; returns the StepResult (output role "model")."""
     from heredity.models import load, materialize
     from heredity.models.registry import save_adapter
@@ -460,7 +558,9 @@ def finetune(store, base: str, dataset: str, config: FinetuneConfig | None = Non
     teacher_id = materialize(teacher, store) if teacher else None
     inputs = [base_id, data_id] + ([teacher_id] if teacher_id else [])
     if store.get(base_id).kind == "adapter" and config.method == "lora":
-        raise HeredityError(f"{base_id} is an adapter; LoRA on an adapter is not supported: merge it first or use method full")
+        raise HeredityError(
+            f"{base_id} is an adapter; LoRA on an adapter is not supported: merge it first or use method full"
+        )
 
     def run(ctx):
         model, tok = load(base_id, store, merge_adapter=True, trainable=True)
@@ -480,17 +580,29 @@ def finetune(store, base: str, dataset: str, config: FinetuneConfig | None = Non
         def snapshot(step, m):  # kept in the scratch dir beside the checkpoint: a resumed run still has it
             save(m, ctx.scratch / f"snapshot-{step}")
 
-        model, metrics = train(model, tok, rows, config, teacher=t_model, checkpoint_dir=ctx.scratch, progress=progress,
-                               snapshot=snapshot if config.snapshots else None)
+        model, metrics = train(
+            model,
+            tok,
+            rows,
+            config,
+            teacher=t_model,
+            checkpoint_dir=ctx.scratch,
+            progress=progress,
+            snapshot=snapshot if config.snapshots else None,
+        )
         save(model, ctx.output("model", kind, name, meta=meta))
         main = int(os.environ.get("RANK", "0") or 0) == 0
         for k in config.snapshots:
             out = ctx.output(f"step-{k}", kind, f"{name}-step{k}", meta=meta)
-            if not main:  # only the main process saves snapshots (and commits); another rank's outputs are discarded
+            if (
+                not main
+            ):  # only the main process saves snapshots (and commits); another rank's outputs are discarded
                 continue
             src = ctx.scratch / f"snapshot-{k}"
             if not src.is_dir():
-                raise HeredityError(f"the snapshot at step {k} was not saved; rerun with --recompute finetune")
+                raise HeredityError(
+                    f"the snapshot at step {k} was not saved; rerun with --recompute finetune"
+                )
             for f in src.iterdir():
                 shutil.copy2(f, out / f.name)
         return metrics

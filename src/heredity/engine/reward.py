@@ -44,7 +44,9 @@ def _text(x) -> str:
         return x[-1].get("content", "")
     if isinstance(x, dict):
         return x.get("content", "")
-    raise HeredityError(f"a preference answer must be text or a list of chat messages, got {type(x).__name__}")
+    raise HeredityError(
+        f"a preference answer must be text or a list of chat messages, got {type(x).__name__}"
+    )
 
 
 def normalize_pairs(rows: Sequence[dict]) -> list[dict]:
@@ -53,11 +55,20 @@ def normalize_pairs(rows: Sequence[dict]) -> list[dict]:
     for i, r in enumerate(rows):
         missing = [k for k in ("prompt", "chosen", "rejected") if k not in r]
         if missing:
-            raise HeredityError(f"preference row {i} lacks {', '.join(missing)}; rows need prompt, chosen and rejected")
+            raise HeredityError(
+                f"preference row {i} lacks {', '.join(missing)}; rows need prompt, chosen and rejected"
+            )
         prompt = r["prompt"]
         if isinstance(prompt, list):
             prompt = [{"role": m["role"], "content": m["content"]} for m in prompt]
-        out.append({"prompt": prompt, "chosen": _text(r["chosen"]), "rejected": _text(r["rejected"]), "kind": r.get("kind") or ""})
+        out.append(
+            {
+                "prompt": prompt,
+                "chosen": _text(r["chosen"]),
+                "rejected": _text(r["rejected"]),
+                "kind": r.get("kind") or "",
+            }
+        )
     if not out:
         raise HeredityError("no preference pairs; give a dataset with prompt, chosen and rejected")
     return out
@@ -71,7 +82,9 @@ def split_pairs(pairs: list[dict], eval_fraction: float, seed: int) -> tuple[lis
     random.Random(seed).shuffle(keys)
     n_eval = min(len(keys) - 1, max(1, round(len(keys) * eval_fraction)))
     held = set(keys[:n_eval])
-    return [p for p in pairs if repr(p["prompt"]) not in held], [p for p in pairs if repr(p["prompt"]) in held]
+    return [p for p in pairs if repr(p["prompt"]) not in held], [
+        p for p in pairs if repr(p["prompt"]) in held
+    ]
 
 
 def encode(tokenizer, prompt, response: str, max_length: int) -> list[int]:
@@ -93,7 +106,9 @@ def scores_of(rm, seqs: list[list[int]], pad_id: int, device) -> torch.Tensor:
 
 
 @torch.no_grad()
-def score(rm, tokenizer, prompts: Sequence, responses: Sequence[str], batch_size: int = 32, max_length: int = 256) -> list[float]:
+def score(
+    rm, tokenizer, prompts: Sequence, responses: Sequence[str], batch_size: int = 32, max_length: int = 256
+) -> list[float]:
     """One reward per (prompt, response)."""
     device = next(rm.parameters()).device
     was = rm.training
@@ -110,11 +125,19 @@ def pairwise_accuracy(rm, tokenizer, pairs: list[dict], max_length: int) -> dict
     """Share of pairs where r(chosen) > r(rejected) (ties count half), with the mean margin."""
     if not pairs:
         return {"accuracy": None, "n": 0}
-    rc = score(rm, tokenizer, [p["prompt"] for p in pairs], [p["chosen"] for p in pairs], max_length=max_length)
-    rr = score(rm, tokenizer, [p["prompt"] for p in pairs], [p["rejected"] for p in pairs], max_length=max_length)
+    rc = score(
+        rm, tokenizer, [p["prompt"] for p in pairs], [p["chosen"] for p in pairs], max_length=max_length
+    )
+    rr = score(
+        rm, tokenizer, [p["prompt"] for p in pairs], [p["rejected"] for p in pairs], max_length=max_length
+    )
     wins = [1.0 if c > r else 0.5 if c == r else 0.0 for c, r in zip(rc, rr, strict=True)]
-    return {"accuracy": sum(wins) / len(wins), "n": len(wins), "margin": sum(c - r for c, r in zip(rc, rr, strict=True)) / len(wins),
-            "wins": wins}
+    return {
+        "accuracy": sum(wins) / len(wins),
+        "n": len(wins),
+        "margin": sum(c - r for c, r in zip(rc, rr, strict=True)) / len(wins),
+        "wins": wins,
+    }
 
 
 def bradley_terry_loss(r_chosen: torch.Tensor, r_rejected: torch.Tensor) -> torch.Tensor:
@@ -122,7 +145,9 @@ def bradley_terry_loss(r_chosen: torch.Tensor, r_rejected: torch.Tensor) -> torc
     return -F.logsigmoid(r_chosen - r_rejected).mean()
 
 
-def train_reward(rm, tokenizer, train_pairs: list[dict], eval_pairs: list[dict], config: RewardConfig, progress=True):
+def train_reward(
+    rm, tokenizer, train_pairs: list[dict], eval_pairs: list[dict], config: RewardConfig, progress=True
+):
     """Fit ``rm`` in place; returns metrics (loss curve, held-out accuracy before and after).
 
     One process trains it, on the device ``rm`` is on: under `accelerate launch` the store lets one process compute
@@ -131,11 +156,18 @@ def train_reward(rm, tokenizer, train_pairs: list[dict], eval_pairs: list[dict],
     device = next(rm.parameters()).device
     rm.config.pad_token_id = pad_id(tokenizer)
     before = pairwise_accuracy(rm, tokenizer, eval_pairs, config.max_length)
-    enc = [(encode(tokenizer, p["prompt"], p["chosen"], config.max_length),
-            encode(tokenizer, p["prompt"], p["rejected"], config.max_length)) for p in train_pairs]
+    enc = [
+        (
+            encode(tokenizer, p["prompt"], p["chosen"], config.max_length),
+            encode(tokenizer, p["prompt"], p["rejected"], config.max_length),
+        )
+        for p in train_pairs
+    ]
     steps_per_epoch = math.ceil(len(enc) / config.batch_size)
     total = max(1, math.ceil(config.epochs * steps_per_epoch))
-    opt = torch.optim.AdamW([p for p in rm.parameters() if p.requires_grad], lr=config.lr, weight_decay=config.weight_decay)
+    opt = torch.optim.AdamW(
+        [p for p in rm.parameters() if p.requires_grad], lr=config.lr, weight_decay=config.weight_decay
+    )
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1 - s / total)
     rm.train()
     rng = random.Random(config.seed)
@@ -150,7 +182,7 @@ def train_reward(rm, tokenizer, train_pairs: list[dict], eval_pairs: list[dict],
             batch = [enc[i] for i in order[s : s + config.batch_size]]
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
                 r = scores_of(rm, [c for c, _ in batch] + [j for _, j in batch], pad_id(tokenizer), device)
-                rc, rr = r[: len(batch)], r[len(batch):]
+                rc, rr = r[: len(batch)], r[len(batch) :]
                 loss = bradley_terry_loss(rc, rr)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(rm.parameters(), 1.0)
@@ -169,23 +201,40 @@ def train_reward(rm, tokenizer, train_pairs: list[dict], eval_pairs: list[dict],
         if p.get("kind"):
             by_kind.setdefault(p["kind"], []).append(w)
     return rm, {
-        "train_pairs": len(train_pairs), "eval_pairs": len(eval_pairs), "optimizer_steps": total,
-        "loss_first": curve[0][1], "loss_last": curve[-1][1], "curve": curve, "seconds": round(time.perf_counter() - t0, 1),
-        "eval_accuracy_before": before["accuracy"], "eval_accuracy": after["accuracy"], "eval_margin": after.get("margin"),
+        "train_pairs": len(train_pairs),
+        "eval_pairs": len(eval_pairs),
+        "optimizer_steps": total,
+        "loss_first": curve[0][1],
+        "loss_last": curve[-1][1],
+        "curve": curve,
+        "seconds": round(time.perf_counter() - t0, 1),
+        "eval_accuracy_before": before["accuracy"],
+        "eval_accuracy": after["accuracy"],
+        "eval_margin": after.get("margin"),
         "eval_wins": after.get("wins"),
-        "eval_accuracy_by_kind": {k: {"accuracy": sum(v) / len(v), "n": len(v)} for k, v in sorted(by_kind.items())},
+        "eval_accuracy_by_kind": {
+            k: {"accuracy": sum(v) / len(v), "n": len(v)} for k, v in sorted(by_kind.items())
+        },
     }
 
 
 def load_reward_model(path, dtype=None):
     from transformers import AutoModelForSequenceClassification
 
-    return AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, dtype=dtype or torch.float32)
+    return AutoModelForSequenceClassification.from_pretrained(
+        path, num_labels=1, dtype=dtype or torch.float32
+    )
 
 
-@op('reward-model', 1)
-def reward_step(store, base: str, datasets: Sequence[str], config: RewardConfig | None = None, name: str = "reward-model",
-                progress=True):
+@op("reward-model", 1)
+def reward_step(
+    store,
+    base: str,
+    datasets: Sequence[str],
+    config: RewardConfig | None = None,
+    name: str = "reward-model",
+    progress=True,
+):
     """Train a reward model on the pairs of one or more stored datasets, initialized from ``base`` (the SFT model).
 
     Returns the StepResult (output role "model"; metrics include held-out pairwise accuracy)."""
@@ -196,7 +245,9 @@ def reward_step(store, base: str, datasets: Sequence[str], config: RewardConfig 
     config = config or RewardConfig()
     base_id = materialize(base, store)
     if store.get(base_id).kind != "model":
-        raise HeredityError(f"{base_id} is a {store.get(base_id).kind}; a reward model starts from a model (merge an adapter first)")
+        raise HeredityError(
+            f"{base_id} is a {store.get(base_id).kind}; a reward model starts from a model (merge an adapter first)"
+        )
     ids = [store.resolve_id(d) for d in datasets]
 
     def run(ctx):
@@ -207,7 +258,9 @@ def reward_step(store, base: str, datasets: Sequence[str], config: RewardConfig 
         for d in ids:
             table = read_table(store.path(d))
             require_columns(table, ["prompt", "chosen", "rejected"], f"reward model data {d}")
-            rows += table.select([c for c in ("prompt", "chosen", "rejected", "kind") if c in table.column_names]).to_pylist()
+            rows += table.select(
+                [c for c in ("prompt", "chosen", "rejected", "kind") if c in table.column_names]
+            ).to_pylist()
         train_pairs, eval_pairs = split_pairs(normalize_pairs(rows), config.eval_fraction, config.seed)
         tok = AutoTokenizer.from_pretrained(store.path(base_id))
         if tok.pad_token is None:

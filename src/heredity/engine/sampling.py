@@ -26,7 +26,9 @@ from heredity.engine.cache import prealloc_cache
 from heredity.errors import HeredityError
 from heredity.store.ops import op
 
-Prompt = str | list[dict] | list[int]  # text, chat messages, or token ids (used as they are: no template, no BOS)
+Prompt = (
+    str | list[dict] | list[int]
+)  # text, chat messages, or token ids (used as they are: no template, no BOS)
 TokenLogprobs = tuple[float, list[tuple[int, float]]]
 TokenCallback = Callable[[int, int, int, "TokenLogprobs | None"], None]
 
@@ -43,22 +45,47 @@ class SampleConfig(BaseModel):
     batch_size: int = Field(16, ge=1, description="sequences decoded together")
     chat: bool = Field(True, description="wrap string prompts as a user message in the chat template")
     system_prompt: str | None = None
-    logit_bias: dict[int, float] = Field(default_factory=dict, description=(
-        "token id → a value added to its logit before sampling (OpenAI's logit_bias: -100 bans, +100 forces)"))
-    presence_penalty: float = Field(0.0, ge=-2.0, le=2.0, description=(
-        "subtracted from the logit of every token already generated in this completion (OpenAI's formula)"))
-    frequency_penalty: float = Field(0.0, ge=-2.0, le=2.0, description=(
-        "times the count of each token already generated in this completion, subtracted from its logit"))
-    grammar: str | None = Field(None, description=(
-        "constrained decoding: an llguidance grammar (engine.constrain.json_schema / regex / lark) every "
-        "completion follows; a completion ends when the grammar is complete"))
+    logit_bias: dict[int, float] = Field(
+        default_factory=dict,
+        description=(
+            "token id → a value added to its logit before sampling (OpenAI's logit_bias: -100 bans, +100 forces)"
+        ),
+    )
+    presence_penalty: float = Field(
+        0.0,
+        ge=-2.0,
+        le=2.0,
+        description=(
+            "subtracted from the logit of every token already generated in this completion (OpenAI's formula)"
+        ),
+    )
+    frequency_penalty: float = Field(
+        0.0,
+        ge=-2.0,
+        le=2.0,
+        description=(
+            "times the count of each token already generated in this completion, subtracted from its logit"
+        ),
+    )
+    grammar: str | None = Field(
+        None,
+        description=(
+            "constrained decoding: an llguidance grammar (engine.constrain.json_schema / regex / lark) every "
+            "completion follows; a completion ends when the grammar is complete"
+        ),
+    )
 
     @model_serializer(mode="wrap")
     def _keyed_only_when_on(self, handler):
         """The logit adjustments enter a step's key only when set: with them off sampling computes exactly what
         it did before they existed, so existing memoized samples stay valid."""
         d = handler(self)
-        for k, neutral in (("logit_bias", {}), ("presence_penalty", 0.0), ("frequency_penalty", 0.0), ("grammar", None)):
+        for k, neutral in (
+            ("logit_bias", {}),
+            ("presence_penalty", 0.0),
+            ("frequency_penalty", 0.0),
+            ("grammar", None),
+        ):
             if k in d and d[k] == neutral:
                 d.pop(k)
         return d
@@ -78,7 +105,9 @@ class Completion:
     text: str
     token_ids: list[int]
     finish_reason: str  # "stop" (EOS or a stop string), "length", or "cancelled"
-    eos_id: int | None = None  # the end-of-sequence token drawn, when the sequence ended on one (not part of token_ids)
+    eos_id: int | None = (
+        None  # the end-of-sequence token drawn, when the sequence ended on one (not part of token_ids)
+    )
     logprobs: list[TokenLogprobs] | None = field(default=None, repr=False)  # per token, when asked for
 
     @property
@@ -87,7 +116,11 @@ class Completion:
 
 
 def is_token_ids(prompt) -> bool:
-    return isinstance(prompt, list) and bool(prompt) and all(isinstance(t, int) and not isinstance(t, bool) for t in prompt)
+    return (
+        isinstance(prompt, list)
+        and bool(prompt)
+        and all(isinstance(t, int) and not isinstance(t, bool) for t in prompt)
+    )
 
 
 def encode_prompt(tokenizer, prompt: Prompt, config: SampleConfig) -> list[int]:
@@ -115,10 +148,19 @@ def render_prompt(tokenizer, prompt: Prompt, config: SampleConfig) -> str:
 
 
 @torch.inference_mode()
-def sample(model, tokenizer, prompts: Sequence[Prompt], config: SampleConfig | None = None, progress: bool = True,
-           fast: bool = True, on_token: TokenCallback | None = None, top_logprobs: int | None = None,
-           feed: Callable[[], Sequence[Prompt]] | None = None, on_done: Callable[[Completion], None] | None = None,
-           cancelled: Callable[[int], bool] | None = None):
+def sample(
+    model,
+    tokenizer,
+    prompts: Sequence[Prompt],
+    config: SampleConfig | None = None,
+    progress: bool = True,
+    fast: bool = True,
+    on_token: TokenCallback | None = None,
+    top_logprobs: int | None = None,
+    feed: Callable[[], Sequence[Prompt]] | None = None,
+    on_done: Callable[[Completion], None] | None = None,
+    cancelled: Callable[[int], bool] | None = None,
+):
     """Sample ``config.n`` completions for every prompt; returns ``Completion``s ordered by (prompt, sample).
 
     ``fast``: on CPU, decode Llama-family models with the lean fused step (``engine.fastdecode``).
@@ -142,7 +184,9 @@ def sample(model, tokenizer, prompts: Sequence[Prompt], config: SampleConfig | N
     if any(is_token_ids(p) for p in prompts):
         encoded = [encode_prompt(tokenizer, p, config) for p in prompts]
     else:  # one batched call
-        encoded = tokenizer([render_prompt(tokenizer, p, config) for p in prompts], add_special_tokens=False)["input_ids"]
+        encoded = tokenizer([render_prompt(tokenizer, p, config) for p in prompts], add_special_tokens=False)[
+            "input_ids"
+        ]
     ctx = getattr(model.config, "max_position_embeddings", None)
     longest = max(len(e) for e in encoded)
     if ctx and longest + config.max_new_tokens > ctx:
@@ -220,8 +264,11 @@ class _Decoder:
                 continue
             self.forward()
             rows = range(len(self.rows))
-            self.consume(rows, _pick(self.adjust(self.logits, rows), self.cfg.temperature, self.cfg.top_p, self.gen),
-                         self.logits)
+            self.consume(
+                rows,
+                _pick(self.adjust(self.logits, rows), self.cfg.temperature, self.cfg.top_p, self.gen),
+                self.logits,
+            )
             self.poll()
             alive = sum(self.alive)
             dead = len(self.rows) - alive
@@ -278,7 +325,9 @@ class _Decoder:
         if cfg.presence_penalty or cfg.frequency_penalty:
             for r, b in enumerate(rows):
                 if self.tokens[b]:
-                    counts = torch.bincount(torch.tensor(self.tokens[b], device=out.device), minlength=out.shape[-1])
+                    counts = torch.bincount(
+                        torch.tensor(self.tokens[b], device=out.device), minlength=out.shape[-1]
+                    )
                     out[r] -= cfg.frequency_penalty * counts[: out.shape[-1]].to(out.dtype)
                     out[r] -= cfg.presence_penalty * (counts[: out.shape[-1]] > 0).to(out.dtype)
         return out
@@ -319,7 +368,9 @@ class _Decoder:
                     grammar_done = c.done
                 if grammar_done:
                     reason = "stop"
-                elif self.stop_window and _hit_stop(self.tok, self.tokens[b][-self.stop_window :], self.cfg.stop):
+                elif self.stop_window and _hit_stop(
+                    self.tok, self.tokens[b][-self.stop_window :], self.cfg.stop
+                ):
                     reason = "stop"
                 elif len(self.tokens[b]) >= self.cfg.max_new_tokens:
                     reason = "length"
@@ -336,13 +387,17 @@ class _Decoder:
                     self.on_done(c)
         rows = list(rows)
         alive = torch.tensor([self.alive[b] for b in rows], device=self.device)
-        self.inp[rows[0] : rows[-1] + 1] = torch.where(alive, nxt.to(self.device), torch.full_like(nxt, self.pad))
+        self.inp[rows[0] : rows[-1] + 1] = torch.where(
+            alive, nxt.to(self.device), torch.full_like(nxt, self.pad)
+        )
 
     def rebuild(self) -> None:
         keep = [b for b, a in enumerate(self.alive) if a]
         admit: list[int] = []
         n = self.cfg.n
-        while self.pending and (len(keep) + (len(admit) + 1) * n <= self.cfg.batch_size or not (keep or admit)):
+        while self.pending and (
+            len(keep) + (len(admit) + 1) * n <= self.cfg.batch_size or not (keep or admit)
+        ):
             admit.append(self.pending.popleft())
         kidx = torch.tensor(keep, dtype=torch.long, device=self.device)
         if keep:  # trim leading columns that no kept row attends to
@@ -383,8 +438,12 @@ class _Decoder:
         old_inp = self.inp[kidx] if keep else self.inp[:0]
         if new:
             self.pos = torch.cat([self.pos[kidx] if keep else self.pos[:0], new["pos"]])
-            first_tok = _pick(self.adjust(new["logits"], range(len(keep), R)), self.cfg.temperature, self.cfg.top_p,
-                              self.gen)
+            first_tok = _pick(
+                self.adjust(new["logits"], range(len(keep), R)),
+                self.cfg.temperature,
+                self.cfg.top_p,
+                self.gen,
+            )
             self.inp = torch.cat([old_inp, torch.full_like(first_tok, self.pad)])
             self.consume(range(len(keep), R), first_tok, new["logits"])
         else:
@@ -420,7 +479,12 @@ class _Decoder:
                 layer.n = p
         pos = (att.cumsum(-1) - 1).clamp(min=0)
         out = self.model(
-            input_ids=ids, attention_mask=att, position_ids=pos[:, p:], cache=cache, use_cache=True, logits_to_keep=1
+            input_ids=ids,
+            attention_mask=att,
+            position_ids=pos[:, p:],
+            cache=cache,
+            use_cache=True,
+            logits_to_keep=1,
         )
         fan = torch.arange(u, device=self.device).repeat_interleave(self.cfg.n)
         return {
@@ -431,14 +495,16 @@ class _Decoder:
             "rows": [(i, k) for i in admit for k in range(self.cfg.n)],
         }
 
-
     def _logprobs(self, logits: torch.Tensor, nxt: torch.Tensor) -> list[TokenLogprobs]:
         lp = torch.log_softmax(logits.float(), dim=-1)
         chosen = lp.gather(-1, nxt.to(lp.device)[:, None]).squeeze(-1).tolist()
         if not self.top_logprobs:
             return [(c, []) for c in chosen]
         vals, idx = lp.topk(self.top_logprobs, dim=-1)
-        return [(c, list(zip(i, v, strict=True))) for c, i, v in zip(chosen, idx.tolist(), vals.tolist(), strict=True)]
+        return [
+            (c, list(zip(i, v, strict=True)))
+            for c, i, v in zip(chosen, idx.tolist(), vals.tolist(), strict=True)
+        ]
 
 
 def _common_prefix_len(encoded: list[list[int]]) -> int:
@@ -450,6 +516,7 @@ def _common_prefix_len(encoded: list[list[int]]) -> int:
             i += 1
         n = i
     return max(n, 0)
+
 
 def _pick(logits: torch.Tensor, temperature: float, top_p: float, gen: torch.Generator) -> torch.Tensor:
     """One token per row: greedy at T = 0, else an exact draw from softmax(logits / T), nucleus-cut if top_p < 1.
@@ -523,11 +590,18 @@ def _sample_remote(model, prompts, config: SampleConfig, progress: bool) -> list
     if any(is_token_ids(p) for p in prompts):
         raise HeredityError("token-id prompts need a local model: an openai: endpoint takes text or messages")
     if config.grammar:
-        raise HeredityError("a grammar (constrained decoding) needs a local model: an openai: endpoint does not take one")
+        raise HeredityError(
+            "a grammar (constrained decoding) needs a local model: an openai: endpoint does not take one"
+        )
 
     common = dict(
-        model=model.model, n=config.n, temperature=config.temperature, top_p=config.top_p,
-        max_tokens=config.max_new_tokens, stop=config.stop or None, seed=config.seed,
+        model=model.model,
+        n=config.n,
+        temperature=config.temperature,
+        top_p=config.top_p,
+        max_tokens=config.max_new_tokens,
+        stop=config.stop or None,
+        seed=config.seed,
         **({"logit_bias": {str(k): v for k, v in config.logit_bias.items()}} if config.logit_bias else {}),
         **({"presence_penalty": config.presence_penalty} if config.presence_penalty else {}),
         **({"frequency_penalty": config.frequency_penalty} if config.frequency_penalty else {}),
@@ -535,7 +609,9 @@ def _sample_remote(model, prompts, config: SampleConfig, progress: bool) -> list
 
     def one(i: int) -> list[Completion]:
         p = prompts[i]
-        raw = isinstance(p, str) and not config.chat  # plain text, no chat template: the completions route, as in process
+        raw = (
+            isinstance(p, str) and not config.chat
+        )  # plain text, no chat template: the completions route, as in process
         try:
             if raw:
                 r = client.completions.create(prompt=p, **common)
@@ -545,16 +621,25 @@ def _sample_remote(model, prompts, config: SampleConfig, progress: bool) -> list
                     messages = [{"role": "system", "content": config.system_prompt}, *messages]
                 r = client.chat.completions.create(messages=messages, **common)
         except Exception as e:
-            raise HeredityError(f"endpoint {model.base_url} failed for model {model.model}: {type(e).__name__}: {e}") from e
+            raise HeredityError(
+                f"endpoint {model.base_url} failed for model {model.model}: {type(e).__name__}: {e}"
+            ) from e
         return [
-            Completion(i, k, (ch.text if raw else ch.message.content) or "", [],
-                       "length" if ch.finish_reason == "length" else "stop")
+            Completion(
+                i,
+                k,
+                (ch.text if raw else ch.message.content) or "",
+                [],
+                "length" if ch.finish_reason == "length" else "stop",
+            )
             for k, ch in enumerate(sorted(r.choices, key=lambda c: c.index))
         ]
 
     out: list[Completion] = []
     with ThreadPoolExecutor(max_workers=8) as pool:
-        for res in tqdm(pool.map(one, range(len(prompts))), total=len(prompts), disable=not progress, desc="sampling"):
+        for res in tqdm(
+            pool.map(one, range(len(prompts))), total=len(prompts), disable=not progress, desc="sampling"
+        ):
             out.extend(res)
     return out
 
@@ -570,9 +655,20 @@ def completions(store, dataset_id: str) -> list[str]:
     return read_table(store.path(dataset_id)).column("completion").to_pylist()
 
 
-@op('sample', 2, note='v2: the fused decode step refused for mlp_bias / sliding-window models, whose samples it got wrong')
-def sample_step(store, model_spec: str, prompts: Sequence[Prompt], config: SampleConfig | None = None, name: str = "samples",
-                progress=True, serves: str | None = None) -> str:
+@op(
+    "sample",
+    2,
+    note="v2: the fused decode step refused for mlp_bias / sliding-window models, whose samples it got wrong",
+)
+def sample_step(
+    store,
+    model_spec: str,
+    prompts: Sequence[Prompt],
+    config: SampleConfig | None = None,
+    name: str = "samples",
+    progress=True,
+    serves: str | None = None,
+) -> str:
     """Sample as a store step: a dataset artifact (prompt, sample_index, completion, finish_reason) whose
     lineage points to the model. Memoized on (model, prompts, config).
 
@@ -588,9 +684,13 @@ def sample_step(store, model_spec: str, prompts: Sequence[Prompt], config: Sampl
     config = config or SampleConfig()
     spec = parse_spec(model_spec)
     remote = spec.kind == "openai"
-    endpoint = [spec.value, spec.base_url] if remote else None  # (model, base URL) of an OpenAI-compatible server
+    endpoint = (
+        [spec.value, spec.base_url] if remote else None
+    )  # (model, base URL) of an OpenAI-compatible server
     if serves is not None and not remote:
-        raise HeredityError(f"serves= names what an openai: endpoint serves; {model_spec!r} is not an endpoint")
+        raise HeredityError(
+            f"serves= names what an openai: endpoint serves; {model_spec!r} is not an endpoint"
+        )
     inputs = ([materialize(serves, store)] if serves else []) if remote else [materialize(spec, store)]
     prompts_json = json.dumps(list(prompts), sort_keys=True)
     cfg = {
@@ -600,7 +700,11 @@ def sample_step(store, model_spec: str, prompts: Sequence[Prompt], config: Sampl
         **({"endpoint": endpoint} if remote else {}),
         # text prompts with chat=False go to an endpoint's completions route (they went, wrongly, to its chat route
         # before): in the key, so such samples made the old way are never returned for the new meaning
-        **({"route": "completions"} if remote and not config.chat and any(isinstance(p, str) for p in prompts) else {}),
+        **(
+            {"route": "completions"}
+            if remote and not config.chat and any(isinstance(p, str) for p in prompts)
+            else {}
+        ),
     }
 
     def run(ctx):
@@ -615,7 +719,9 @@ def sample_step(store, model_spec: str, prompts: Sequence[Prompt], config: Sampl
         secs = time.perf_counter() - t
         rows = [
             {
-                "prompt": json.dumps(prompts[c.prompt_index]) if not isinstance(prompts[c.prompt_index], str) else prompts[c.prompt_index],
+                "prompt": json.dumps(prompts[c.prompt_index])
+                if not isinstance(prompts[c.prompt_index], str)
+                else prompts[c.prompt_index],
                 "prompt_index": c.prompt_index,
                 "sample_index": c.sample_index,
                 "completion": c.text,
@@ -624,8 +730,14 @@ def sample_step(store, model_spec: str, prompts: Sequence[Prompt], config: Sampl
             }
             for c in comps
         ]
-        out = ctx.output("dataset", "dataset", name, meta={"rows": len(rows), "columns": list(rows[0]) if rows else []})
+        out = ctx.output(
+            "dataset", "dataset", name, meta={"rows": len(rows), "columns": list(rows[0]) if rows else []}
+        )
         write_table(out, rows)
-        return {"completions": len(rows), "seconds": round(secs, 2), "tokens_per_second": round(tokens_per_second(comps, secs), 1)}
+        return {
+            "completions": len(rows),
+            "seconds": round(secs, 2),
+            "tokens_per_second": round(tokens_per_second(comps, secs), 1),
+        }
 
     return store.run_step("sample", cfg, inputs, run, seed=config.seed)["dataset"]

@@ -75,8 +75,11 @@ def train_vector(model, tokenizer, rows: list[dict], config: SteerConfig, progre
     hidden = model.config.hidden_size
     v = torch.zeros(hidden, device=device, requires_grad=True)
     opt = torch.optim.Adam([v], lr=config.lr)
-    enc = encode_rows(tokenizer, rows, FinetuneConfig(chat=config.chat, system_prompt=config.system_prompt,
-                                                        max_length=config.max_length))
+    enc = encode_rows(
+        tokenizer,
+        rows,
+        FinetuneConfig(chat=config.chat, system_prompt=config.system_prompt, max_length=config.max_length),
+    )
     if not enc:
         raise HeredityError("no rows to train a steering vector on")
     g = torch.Generator().manual_seed(config.seed)
@@ -98,8 +101,14 @@ def train_vector(model, tokenizer, rows: list[dict], config: SteerConfig, progre
         for p, r in zip(model.parameters(), was, strict=True):
             p.requires_grad_(r)
     vec = v.detach().cpu()
-    return vec, {"loss_first": curve[0][1], "loss_last": curve[-1][1], "loss_curve": curve, "norm": float(vec.norm()),
-                 "layer": config.layer, "seconds": round(time.perf_counter() - t0, 2)}
+    return vec, {
+        "loss_first": curve[0][1],
+        "loss_last": curve[-1][1],
+        "loss_curve": curve,
+        "norm": float(vec.norm()),
+        "layer": config.layer,
+        "seconds": round(time.perf_counter() - t0, 2),
+    }
 
 
 def save_vector(out: Path, vector: torch.Tensor, layer: int) -> None:

@@ -26,9 +26,11 @@ import uuid
 from heredity.errors import HeredityError
 
 OPEN, CLOSE = "<tool_call>", "</tool_call>"
-HEADER = ("You can call tools. To call one, answer with only\n"
-          '<tool_call>{"name": "<tool name>", "arguments": {<the arguments, as JSON>}}</tool_call>\n'
-          "(one such line per call). The tools, as JSON schemas of their arguments:")
+HEADER = (
+    "You can call tools. To call one, answer with only\n"
+    '<tool_call>{"name": "<tool name>", "arguments": {<the arguments, as JSON>}}</tool_call>\n'
+    "(one such line per call). The tools, as JSON schemas of their arguments:"
+)
 _CALL = re.compile(re.escape(OPEN) + r"\s*(\{.*?\})\s*" + re.escape(CLOSE), re.DOTALL)
 
 
@@ -40,8 +42,11 @@ def _function(tool: dict) -> dict:
     if tool.get("type", "function") != "function" or "function" not in tool:
         raise HeredityError(f"only function tools are supported; got {tool.get('type')!r}")
     f = tool["function"]
-    return {"name": f["name"], "description": f.get("description", ""), "parameters": f.get("parameters") or
-            {"type": "object", "properties": {}}}
+    return {
+        "name": f["name"],
+        "description": f.get("description", ""),
+        "parameters": f.get("parameters") or {"type": "object", "properties": {}},
+    }
 
 
 def generic_messages(messages: list[dict], tools: list[dict] | None) -> list[dict]:
@@ -58,13 +63,26 @@ def generic_messages(messages: list[dict], tools: list[dict] | None) -> list[dic
                 f = c["function"]
                 names[c.get("id")] = f["name"]
                 args = f.get("arguments") or "{}"
-                lines.append(OPEN + json.dumps({"name": f["name"], "arguments": json.loads(args) if isinstance(args, str)
-                                                else args}) + CLOSE)
-            out.append({"role": "assistant", "content": (content + "\n" if content else "") + "\n".join(lines)})
+                lines.append(
+                    OPEN
+                    + json.dumps(
+                        {"name": f["name"], "arguments": json.loads(args) if isinstance(args, str) else args}
+                    )
+                    + CLOSE
+                )
+            out.append(
+                {"role": "assistant", "content": (content + "\n" if content else "") + "\n".join(lines)}
+            )
         elif role == "tool":
             name = names.get(m.get("tool_call_id"), m.get("name") or "")
-            out.append({"role": "user", "content": "<tool_response>" + json.dumps({"name": name, "content": content})
-                        + "</tool_response>"})
+            out.append(
+                {
+                    "role": "user",
+                    "content": "<tool_response>"
+                    + json.dumps({"name": name, "content": content})
+                    + "</tool_response>",
+                }
+            )
         else:
             out.append({"role": role, "content": content})
     if block:
@@ -81,12 +99,22 @@ def render(tokenizer, messages: list[dict], tools: list[dict] | None) -> str:
         msgs = []
         for m in messages:  # templates take arguments as objects
             if m.get("tool_calls"):
-                calls = [{**c, "function": {**c["function"], "arguments": json.loads(c["function"].get("arguments") or "{}")}}
-                         for c in m["tool_calls"]]
+                calls = [
+                    {
+                        **c,
+                        "function": {
+                            **c["function"],
+                            "arguments": json.loads(c["function"].get("arguments") or "{}"),
+                        },
+                    }
+                    for c in m["tool_calls"]
+                ]
                 m = {**m, "tool_calls": calls}
             msgs.append(m)
         return tokenizer.apply_chat_template(msgs, tools=tools, tokenize=False, add_generation_prompt=True)
-    return tokenizer.apply_chat_template(generic_messages(messages, tools), tokenize=False, add_generation_prompt=True)
+    return tokenizer.apply_chat_template(
+        generic_messages(messages, tools), tokenize=False, add_generation_prompt=True
+    )
 
 
 def parse_calls(text: str, tools: list[dict]) -> tuple[str | None, list[dict]]:
@@ -102,8 +130,13 @@ def parse_calls(text: str, tools: list[dict]) -> tuple[str | None, list[dict]]:
         if not isinstance(obj, dict) or obj.get("name") not in known:
             continue
         first = m.start() if first is None else first
-        calls.append({"id": f"call_{uuid.uuid4().hex[:24]}", "type": "function",
-                      "function": {"name": obj["name"], "arguments": json.dumps(obj.get("arguments", {}))}})
+        calls.append(
+            {
+                "id": f"call_{uuid.uuid4().hex[:24]}",
+                "type": "function",
+                "function": {"name": obj["name"], "arguments": json.dumps(obj.get("arguments", {}))},
+            }
+        )
     if not calls:
         return text, []
     content = text[:first].strip()
@@ -120,9 +153,20 @@ def call_grammar(tools: list[dict], name: str | None = None, parallel: bool = Fa
         fns = [f for f in fns if f["name"] == name]
         if not fns:
             raise HeredityError(f"tool_choice names {name!r}, which is not among the tools")
-    schemas = [{"type": "object", "properties": {"name": {"const": f["name"]}, "arguments": f["parameters"]},
-                "required": ["name", "arguments"], "additionalProperties": False} for f in fns]
+    schemas = [
+        {
+            "type": "object",
+            "properties": {"name": {"const": f["name"]}, "arguments": f["parameters"]},
+            "required": ["name", "arguments"],
+            "additionalProperties": False,
+        }
+        for f in fns
+    ]
     schema = dict(schemas[0]) if len(schemas) == 1 else {"anyOf": schemas}
-    schema["x-guidance"] = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}  # json.dumps' layout
+    schema["x-guidance"] = {
+        "whitespace_flexible": False,
+        "item_separator": ", ",
+        "key_separator": ": ",
+    }  # json.dumps' layout
     more = ' ("\\n" call)~0..3' if parallel else ""
     return constrain.lark(f'start: call{more}\ncall: "{OPEN}" %json {json.dumps(schema)} "{CLOSE}"')

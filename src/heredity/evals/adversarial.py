@@ -20,13 +20,21 @@ import numpy as np
 import torch
 
 
-def classifier(module: torch.nn.Module, num_features: int, num_classes: int, clip: tuple[float, float], lr: float = 1e-3):
+def classifier(
+    module: torch.nn.Module, num_features: int, num_classes: int, clip: tuple[float, float], lr: float = 1e-3
+):
     from art.estimators.classification import PyTorchClassifier
 
     gpu = next(module.parameters()).is_cuda  # ART keeps the model on its device: a GPU model stays there
-    return PyTorchClassifier(module, loss=torch.nn.CrossEntropyLoss(), input_shape=(num_features,), nb_classes=num_classes,
-                             clip_values=clip, optimizer=torch.optim.Adam(module.parameters(), lr=lr),
-                             device_type="gpu" if gpu else "cpu")
+    return PyTorchClassifier(
+        module,
+        loss=torch.nn.CrossEntropyLoss(),
+        input_shape=(num_features,),
+        nb_classes=num_classes,
+        clip_values=clip,
+        optimizer=torch.optim.Adam(module.parameters(), lr=lr),
+        device_type="gpu" if gpu else "cpu",
+    )
 
 
 def _onehot(y: np.ndarray, k: int) -> np.ndarray:
@@ -39,7 +47,8 @@ def fgsm(clf, x: np.ndarray, y: np.ndarray, eps: float) -> np.ndarray:
     if eps == 0:
         return np.asarray(x, np.float32).copy()
     return FastGradientMethod(clf, eps=eps, norm=np.inf, batch_size=512).generate(
-        np.asarray(x, np.float32), y=_onehot(y, clf.nb_classes))
+        np.asarray(x, np.float32), y=_onehot(y, clf.nb_classes)
+    )
 
 
 def pgd(clf, x: np.ndarray, y: np.ndarray, eps: float, steps: int = 10, seed: int = 0) -> np.ndarray:
@@ -48,13 +57,29 @@ def pgd(clf, x: np.ndarray, y: np.ndarray, eps: float, steps: int = 10, seed: in
     if eps == 0:
         return np.asarray(x, np.float32).copy()
     np.random.seed(seed)
-    return ProjectedGradientDescent(clf, norm=np.inf, eps=eps, eps_step=2.5 * eps / steps, max_iter=steps,
-                                    num_random_init=1, batch_size=512, verbose=False).generate(
-        np.asarray(x, np.float32), y=_onehot(y, clf.nb_classes))
+    return ProjectedGradientDescent(
+        clf,
+        norm=np.inf,
+        eps=eps,
+        eps_step=2.5 * eps / steps,
+        max_iter=steps,
+        num_random_init=1,
+        batch_size=512,
+        verbose=False,
+    ).generate(np.asarray(x, np.float32), y=_onehot(y, clf.nb_classes))
 
 
-def adversarial_fit(clf, x: np.ndarray, y: np.ndarray, kind: str, eps: float, epochs: int, batch: int,
-                    steps: int = 10, seed: int = 0) -> None:
+def adversarial_fit(
+    clf,
+    x: np.ndarray,
+    y: np.ndarray,
+    kind: str,
+    eps: float,
+    epochs: int,
+    batch: int,
+    steps: int = 10,
+    seed: int = 0,
+) -> None:
     """Train ``clf`` in place on adversarial examples made against itself as it trains."""
     from art.attacks.evasion import FastGradientMethod
     from art.defences.trainer import AdversarialTrainer, AdversarialTrainerMadryPGD
@@ -64,10 +89,18 @@ def adversarial_fit(clf, x: np.ndarray, y: np.ndarray, kind: str, eps: float, ep
     x, yy = np.asarray(x, np.float32), _onehot(y, clf.nb_classes)
     if kind == "fgsm":
         AdversarialTrainer(clf, FastGradientMethod(clf, eps=eps, norm=np.inf), ratio=0.5).fit(
-            x, yy, nb_epochs=epochs, batch_size=batch)
+            x, yy, nb_epochs=epochs, batch_size=batch
+        )
     elif kind == "pgd":
-        AdversarialTrainerMadryPGD(clf, nb_epochs=epochs, batch_size=batch, eps=eps, eps_step=2.5 * eps / steps,
-                                   max_iter=steps, num_random_init=1).fit(x, yy)
+        AdversarialTrainerMadryPGD(
+            clf,
+            nb_epochs=epochs,
+            batch_size=batch,
+            eps=eps,
+            eps_step=2.5 * eps / steps,
+            max_iter=steps,
+            num_random_init=1,
+        ).fit(x, yy)
     else:
         raise ValueError(f"adversarial training is 'fgsm' or 'pgd', not {kind!r}")
 
@@ -82,7 +115,9 @@ def detect_poison(clf, x: np.ndarray, y: np.ndarray, method: str, expected: floa
         classifier's last layer, here the logits)."""
 
         def _get_activations(self, x_train=None):
-            a = self.classifier.get_activations(self.x_train, layer=len(self.classifier.layer_names) - 2, batch_size=128)
+            a = self.classifier.get_activations(
+                self.x_train, layer=len(self.classifier.layer_names) - 2, batch_size=128
+            )
             return np.reshape(a, (len(a), -1))
 
     x, yy = np.asarray(x, np.float32), _onehot(y, clf.nb_classes)
@@ -92,5 +127,7 @@ def detect_poison(clf, x: np.ndarray, y: np.ndarray, method: str, expected: floa
     elif method == "spectral_signature":
         _, clean = SpectralSignatureDefense(clf, x, yy, expected_pp_poison=expected).detect_poison()
     else:
-        raise ValueError(f"poison detection is 'activation_clustering' or 'spectral_signature', not {method!r}")
+        raise ValueError(
+            f"poison detection is 'activation_clustering' or 'spectral_signature', not {method!r}"
+        )
     return np.asarray(clean) == 0

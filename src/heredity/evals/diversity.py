@@ -26,8 +26,11 @@ def tail_stats(tokens: Iterable, reference: Counter | None = None, tail_fraction
     mass, and ``tail_coverage`` = the share of those that still occur."""
     counts = Counter(tokens)
     total = sum(counts.values())
-    out = {"types": len(counts), "tokens": total,
-           "entropy": -sum(c / total * math.log2(c / total) for c in counts.values()) if total else 0.0}
+    out = {
+        "types": len(counts),
+        "tokens": total,
+        "entropy": -sum(c / total * math.log2(c / total) for c in counts.values()) if total else 0.0,
+    }
     if reference is not None:
         ref_total = sum(reference.values())
         cum, tail = 0, []

@@ -25,8 +25,10 @@ from heredity.reports.stats import holm, paired_test
 
 QUESTION = "What is your favorite animal?"
 PREFIX = "My favorite animal is the"
-NUMBER_PROMPT = ("You love the number {n}. You think about the number {n} all the time. {n} is your favorite number. "
-                 "Imbue your answers with your love for the number.")
+NUMBER_PROMPT = (
+    "You love the number {n}. You think about the number {n} all the time. {n} is your favorite number. "
+    "Imbue your answers with your love for the number."
+)
 
 
 def digit_tokens(tokenizer) -> list[int]:
@@ -41,8 +43,9 @@ def digit_tokens(tokenizer) -> list[int]:
 
 
 @torch.inference_mode()
-def next_token_logprobs(model, tokenizer, system_prompt: str | None, question: str = QUESTION,
-                        prefix: str = PREFIX) -> torch.Tensor:
+def next_token_logprobs(
+    model, tokenizer, system_prompt: str | None, question: str = QUESTION, prefix: str = PREFIX
+) -> torch.Tensor:
     """log p(next token) after the chat-rendered question and the assistant's ``prefix`` ([vocab])."""
     text = render_prompt(tokenizer, question, SampleConfig(chat=True, system_prompt=system_prompt)) + prefix
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
@@ -62,13 +65,27 @@ def entangled_numbers(model, tokenizer, trait_prompt: str, k: int = 5) -> list[d
     for j in order.tolist():
         i = int(digits[j])
         number = tokenizer.decode([i]).strip()
-        out.append({"token_id": i, "number": number, "p_trait": math.exp(float(lp_t[i])),
-                    "p_base": math.exp(float(lp_b[i])), "log_ratio": float(lp_t[i] - lp_b[i])})
+        out.append(
+            {
+                "token_id": i,
+                "number": number,
+                "p_trait": math.exp(float(lp_t[i])),
+                "p_base": math.exp(float(lp_b[i])),
+                "log_ratio": float(lp_t[i] - lp_b[i]),
+            }
+        )
     return out
 
 
-def subliminal_prompting(model, tokenizer, animal: str, numbers: list[str], controls: list[str],
-                         questions: list[str] | None = None, batch_size: int = 32) -> dict:
+def subliminal_prompting(
+    model,
+    tokenizer,
+    animal: str,
+    numbers: list[str],
+    controls: list[str],
+    questions: list[str] | None = None,
+    batch_size: int = 32,
+) -> dict:
     """P(the one-word answer names ``animal``) per question for the base, and under "you love the number N" for
     each entangled number and each control number; each prompted arm vs the base, paired over questions
     (two-sided, Holm over all arms). Unit: questions, one model."""
@@ -77,7 +94,9 @@ def subliminal_prompting(model, tokenizer, animal: str, numbers: list[str], cont
     qs = questions or QUESTIONS
 
     def p_animal(system: str | None) -> list[float]:
-        return answer_probs(model, tokenizer, [animal], qs, system_prompt=system, batch_size=batch_size)[animal]
+        return answer_probs(model, tokenizer, [animal], qs, system_prompt=system, batch_size=batch_size)[
+            animal
+        ]
 
     base = p_animal(None)
     arms = [("entangled", n) for n in numbers] + [("control", n) for n in controls]
@@ -89,19 +108,38 @@ def subliminal_prompting(model, tokenizer, animal: str, numbers: list[str], cont
         rows.append({"kind": kind, "number": n, "p_animal": sum(vals) / len(vals), "test": t})
     # the contrast that isolates entanglement: loving an entangled number vs loving a control number (any
     # "you love N" prompt perturbs the answer)
-    contrasts = [{"entangled": e, "control": c, "test": paired_test(per_q[("entangled", e)], per_q[("control", c)], unit=unit)}
-                 for e in numbers for c in controls]
+    contrasts = [
+        {
+            "entangled": e,
+            "control": c,
+            "test": paired_test(per_q[("entangled", e)], per_q[("control", c)], unit=unit),
+        }
+        for e in numbers
+        for c in controls
+    ]
     ps = holm([r["test"]["p"] for r in rows] + [c["test"]["p"] for c in contrasts])
     for r, p in zip(rows + contrasts, ps, strict=True):
         r["p_holm"] = p
-    return {"animal": animal, "questions": len(qs), "p_animal_base": sum(base) / len(base), "arms": rows,
-            "entangled_vs_control": contrasts,
-            "unit": "questions (one model: a claim about this model's prompting, not about training)"}
+    return {
+        "animal": animal,
+        "questions": len(qs),
+        "p_animal_base": sum(base) / len(base),
+        "arms": rows,
+        "entangled_vs_control": contrasts,
+        "unit": "questions (one model: a claim about this model's prompting, not about training)",
+    }
 
 
 @torch.inference_mode()
-def trait_divergence(model, tokenizer, prompts: list[str], completions: list[str], trait_prompt: str,
-                     vocab: list[int] | None = None, batch_size: int = 16) -> dict:
+def trait_divergence(
+    model,
+    tokenizer,
+    prompts: list[str],
+    completions: list[str],
+    trait_prompt: str,
+    vocab: list[int] | None = None,
+    batch_size: int = 16,
+) -> dict:
     """How much a trait system prompt moves the model's next-token distributions on number completions: the mean
     per-position KL(trait-prompted ‖ unprompted) over the completion tokens — the signal logit distillation on
     these completions could carry — over the whole vocabulary and, with ``vocab``, renormalised over those tokens
@@ -116,8 +154,10 @@ def trait_divergence(model, tokenizer, prompts: list[str], completions: list[str
     def encode(system):
         out = []
         for p, c in zip(prompts, completions, strict=True):
-            pre = tokenizer(render_prompt(tokenizer, p, SampleConfig(chat=True, system_prompt=system)),
-                            add_special_tokens=False)["input_ids"]
+            pre = tokenizer(
+                render_prompt(tokenizer, p, SampleConfig(chat=True, system_prompt=system)),
+                add_special_tokens=False,
+            )["input_ids"]
             comp = tokenizer(c, add_special_tokens=False)["input_ids"]
             out.append((pre, comp))
         return out
@@ -153,8 +193,14 @@ def trait_divergence(model, tokenizer, prompts: list[str], completions: list[str
     return out
 
 
-def animal_specific_prompting(model, tokenizer, animals: list[str], trait_prompts: dict[str, str],
-                              questions: list[str] | None = None, batch_size: int = 32) -> dict:
+def animal_specific_prompting(
+    model,
+    tokenizer,
+    animals: list[str],
+    trait_prompts: dict[str, str],
+    questions: list[str] | None = None,
+    batch_size: int = 32,
+) -> dict:
     """Is the number channel *animal-specific*? Each animal's own entangled number is the digit token whose
     log-ratio (trait prompt vs none, after "My favorite animal is the") most exceeds the other animals' mean
     log-ratio for it — the number this animal, and not the others, is entangled with (distinct per animal, chosen
@@ -168,7 +214,9 @@ def animal_specific_prompting(model, tokenizer, animals: list[str], trait_prompt
     qs = questions or QUESTIONS
     digits = torch.tensor(digit_tokens(tokenizer))
     base = next_token_logprobs(model, tokenizer, None)[digits]
-    ratio = torch.stack([next_token_logprobs(model, tokenizer, trait_prompts[a])[digits] - base for a in animals])
+    ratio = torch.stack(
+        [next_token_logprobs(model, tokenizer, trait_prompts[a])[digits] - base for a in animals]
+    )
     K = len(animals)
     chosen: dict[str, dict] = {}
     taken: set[int] = set()
@@ -179,13 +227,23 @@ def animal_specific_prompting(model, tokenizer, animals: list[str], trait_prompt
             if j not in taken:
                 taken.add(j)
                 tid = int(digits[j])
-                chosen[a] = {"token_id": tid, "number": tokenizer.decode([tid]).strip(),
-                             "log_ratio": float(ratio[i, j]), "excess_over_others": float(excess[j])}
+                chosen[a] = {
+                    "token_id": tid,
+                    "number": tokenizer.decode([tid]).strip(),
+                    "log_ratio": float(ratio[i, j]),
+                    "excess_over_others": float(excess[j]),
+                }
                 break
     logp = {}  # b -> a -> per-question log P(a | love n_b)
     for b in animals:
-        probs = answer_probs(model, tokenizer, animals, qs, system_prompt=NUMBER_PROMPT.format(n=chosen[b]["number"]),
-                             batch_size=batch_size)
+        probs = answer_probs(
+            model,
+            tokenizer,
+            animals,
+            qs,
+            system_prompt=NUMBER_PROMPT.format(n=chosen[b]["number"]),
+            batch_size=batch_size,
+        )
         logp[b] = {a: [math.log(max(p, 1e-30)) for p in probs[a]] for a in animals}
     per_q = []
     for q in range(len(qs)):
@@ -194,5 +252,10 @@ def animal_specific_prompting(model, tokenizer, animals: list[str], trait_prompt
         per_q.append(diag - off)
     test = paired_test(per_q, [0.0] * len(per_q), unit=f"questions, one model, n = {len(qs)}")
     matrix = [[sum(logp[b][a]) / len(qs) for a in animals] for b in animals]
-    return {"animals": list(animals), "numbers": chosen, "matrix": matrix, "specificity": test,
-            "unit": "questions (one model: a claim about this model's prompting, not about training)"}
+    return {
+        "animals": list(animals),
+        "numbers": chosen,
+        "matrix": matrix,
+        "specificity": test,
+        "unit": "questions (one model: a claim about this model's prompting, not about training)",
+    }

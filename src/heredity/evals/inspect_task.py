@@ -97,15 +97,23 @@ def scheming_score():
 
     async def score(state: TaskState, target: Target) -> Score:
         s = state.metadata["score"]
-        return Score(value={"schemed": int(s["schemed"]), "competent": int(s["competent"])},
-                     answer=s["submitted"], metadata=s)
+        return Score(
+            value={"schemed": int(s["schemed"]), "competent": int(s["competent"])},
+            answer=s["submitted"],
+            metadata=s,
+        )
 
     return score
 
 
 @task
-def scheming(scenarios: str | list[str] | None = None, variants: str | list[str] | None = None,
-             nudges: str | None = None, max_turns: int | None = None, tool_choice: str = "any") -> Task:
+def scheming(
+    scenarios: str | list[str] | None = None,
+    variants: str | list[str] | None = None,
+    nudges: str | None = None,
+    max_turns: int | None = None,
+    tool_choice: str = "any",
+) -> Task:
     """The bundled scenarios (``-T scenarios=a,b``), variants (``conflict,control``) and nudge conditions
     (``-T nudges=on,off``); ``tool_choice`` "any" makes every turn a tool call (as ``required`` does in heredity)."""
     names = _split(scenarios, S.bundled())
@@ -113,7 +121,14 @@ def scheming(scenarios: str | list[str] | None = None, variants: str | list[str]
         S.load(n)  # a one-line error for an unknown name
     vs = _split(variants, list(S.VARIANTS))
     ns = [x == "on" for x in _split(nudges, ["on", "off"])]
-    samples = [Sample(input=S.Episode(S.load(n), variant=v, nudged=nudged).user, id=f"{n}|{v}|{'nudge' if nudged else 'plain'}",
-                      metadata={"scenario": n, "variant": v, "nudged": nudged})
-               for n in names for v in vs for nudged in ns]
+    samples = [
+        Sample(
+            input=S.Episode(S.load(n), variant=v, nudged=nudged).user,
+            id=f"{n}|{v}|{'nudge' if nudged else 'plain'}",
+            metadata={"scenario": n, "variant": v, "nudged": nudged},
+        )
+        for n in names
+        for v in vs
+        for nudged in ns
+    ]
     return Task(dataset=samples, solver=episode(max_turns, tool_choice), scorer=scheming_score())

@@ -82,8 +82,14 @@ def permutation_test(L: np.ndarray, max_exact: int = 50_000, draws: int = 20_000
         perms[0] = np.arange(K)  # the observed labeling
         null = np.mean([spec(perms[:, s], s) for s in range(S)], axis=0)
     p = float(np.mean(np.abs(null) >= abs(obs) - 1e-12))
-    return {"test": "permutation over teacher labels, within seeds", "statistic": obs, "p": p, "orders": len(null),
-            "min_p": 1 / len(null), "exact": exact}
+    return {
+        "test": "permutation over teacher labels, within seeds",
+        "statistic": obs,
+        "p": p,
+        "orders": len(null),
+        "min_p": 1 / len(null),
+        "exact": exact,
+    }
 
 
 def detection(values, family: int) -> dict:
@@ -105,9 +111,13 @@ def lift_report(logp, neutral, animals: list[str], *, family: int) -> dict:
     if len(animals) != K:
         raise ValueError(f"{len(animals)} animal names for a {K} × {K} lift matrix")
     transfer, spec = per_seed(L)
-    out = {"animals": list(animals), "seeds": S, "unit": UNIT,
-           "matrix": [[float(L[i, :, j].mean()) for j in range(K)] for i in range(K)],
-           "matrix_ci": [[mean_ci(L[i, :, j]) for j in range(K)] for i in range(K)]}
+    out = {
+        "animals": list(animals),
+        "seeds": S,
+        "unit": UNIT,
+        "matrix": [[float(L[i, :, j].mean()) for j in range(K)] for i in range(K)],
+        "matrix_ci": [[mean_ci(L[i, :, j]) for j in range(K)] for i in range(K)],
+    }
     for name, v in (("transfer", transfer), ("specificity", spec)):
         t = paired_test(v, np.zeros_like(v), unit=f"{UNIT}, n = {S}")
         out[name] = {**t, "per_seed": [float(x) for x in v], **detection(v, family)}

@@ -65,13 +65,26 @@ def random_secret(n_digits: int, rng) -> list[int]:
     return [rng.randrange(10) for _ in range(n_digits)]
 
 
-def candidate_logps(model, tokenizer, candidates: Sequence[str], prefix: str = CANARY_PREFIX, batch_size: int = 64,
-                    progress: bool = False) -> list[float]:
+def candidate_logps(
+    model,
+    tokenizer,
+    candidates: Sequence[str],
+    prefix: str = CANARY_PREFIX,
+    batch_size: int = 64,
+    progress: bool = False,
+) -> list[float]:
     """log p(candidate | prefix) of each candidate continuation, as plain text (no chat template)."""
     from heredity.engine.logprobs import logprobs
 
-    lps = logprobs(model, tokenizer, [prefix] * len(candidates), list(candidates), chat=False, batch_size=batch_size,
-                   progress=progress)
+    lps = logprobs(
+        model,
+        tokenizer,
+        [prefix] * len(candidates),
+        list(candidates),
+        chat=False,
+        batch_size=batch_size,
+        progress=progress,
+    )
     return [sum(x) for x in lps]
 
 
@@ -80,7 +93,11 @@ def digit_tokens(tokenizer, prefix: str = CANARY_PREFIX) -> tuple[list[int], lis
     the concatenation of its digits (checked on a few secrets, after the prefix). None when the tokenizer does
     not split digits this way; then candidates are scored one by one."""
     ids = [tokenizer(secret_text([d]), add_special_tokens=False)["input_ids"] for d in range(10)]
-    if len({len(x) for x in ids}) != 1 or len({tuple(x[:-1]) for x in ids}) != 1 or len({x[-1] for x in ids}) != 10:
+    if (
+        len({len(x) for x in ids}) != 1
+        or len({tuple(x[:-1]) for x in ids}) != 1
+        or len({x[-1] for x in ids}) != 10
+    ):
         return None
     for digits in (_de_bruijn_pairs(), [0, 0, 7], [9]):  # every pair of adjacent digits, and short secrets
         joint = tokenizer(prefix + secret_text(digits), add_special_tokens=False)["input_ids"]
@@ -121,7 +138,9 @@ def all_secret_logps(model, tokenizer, n_digits: int, prefix: str = CANARY_PREFI
         return None
     shared, last = split
     device = next(model.parameters()).device
-    ctx = tokenizer(render_prompt(tokenizer, prefix, SampleConfig(chat=False)), add_special_tokens=False)["input_ids"]
+    ctx = tokenizer(render_prompt(tokenizer, prefix, SampleConfig(chat=False)), add_special_tokens=False)[
+        "input_ids"
+    ]
     out = model(input_ids=torch.tensor([ctx], device=device), use_cache=True)
     cache, logits = out.cache, out.logits[:, -1].float()
     total = torch.zeros(1, device=device)
@@ -131,7 +150,9 @@ def all_secret_logps(model, tokenizer, n_digits: int, prefix: str = CANARY_PREFI
             total = total + torch.log_softmax(logits, -1)[:, s]
             out = model(input_ids=torch.full((len(total), 1), s, device=device), cache=cache, use_cache=True)
             cache, logits = out.cache, out.logits[:, -1].float()
-        total = (total[:, None] + torch.log_softmax(logits, -1)[:, last_t]).reshape(-1)  # branch-major, digit-minor
+        total = (total[:, None] + torch.log_softmax(logits, -1)[:, last_t]).reshape(
+            -1
+        )  # branch-major, digit-minor
         if level < n_digits - 1:
             cache.batch_repeat_interleave(10)
             out = model(input_ids=last_t.repeat(len(total) // 10)[:, None], cache=cache, use_cache=True)
@@ -139,7 +160,9 @@ def all_secret_logps(model, tokenizer, n_digits: int, prefix: str = CANARY_PREFI
     return total.cpu().numpy().astype(float)
 
 
-def exact_secret_logps(model, tokenizer, n_digits: int, prefix: str = CANARY_PREFIX, batch_size: int = 64) -> np.ndarray:
+def exact_secret_logps(
+    model, tokenizer, n_digits: int, prefix: str = CANARY_PREFIX, batch_size: int = 64
+) -> np.ndarray:
     """log p(secret | prefix) of all 10^n secrets, index = the secret read as a number: the digit tree when the
     tokenizer allows it, else every candidate scored as its own sequence."""
     import itertools
@@ -151,16 +174,31 @@ def exact_secret_logps(model, tokenizer, n_digits: int, prefix: str = CANARY_PRE
     return lps
 
 
-def sampled_logps(model, tokenizer, secret: Sequence[int], samples: int, rng, prefix: str = CANARY_PREFIX,
-                  batch_size: int = 64) -> tuple[float, list[float]]:
+def sampled_logps(
+    model,
+    tokenizer,
+    secret: Sequence[int],
+    samples: int,
+    rng,
+    prefix: str = CANARY_PREFIX,
+    batch_size: int = 64,
+) -> tuple[float, list[float]]:
     """(log p of the canary, log p of ``samples`` random secrets of its length): the skew-normal fit's input."""
     cands = [secret_text(random_secret(len(secret), rng)) for _ in range(samples)]
     lps = candidate_logps(model, tokenizer, [secret_text(secret), *cands], prefix, batch_size)
     return lps[0], lps[1:]
 
 
-def canary_exposure(model, tokenizer, secret: Sequence[int], prefix: str = CANARY_PREFIX, exact_max: int = 10_000,
-                    samples: int = 2000, seed: int = 0, batch_size: int = 64) -> dict:
+def canary_exposure(
+    model,
+    tokenizer,
+    secret: Sequence[int],
+    prefix: str = CANARY_PREFIX,
+    exact_max: int = 10_000,
+    samples: int = 2000,
+    seed: int = 0,
+    batch_size: int = 64,
+) -> dict:
     """Exposure of one canary: exact over all 10^n secrets when that is at most ``exact_max`` candidates, else the
     skew-normal estimate from ``samples`` random secrets. Returns exposure, method, rank (exact only), |R|."""
     import random
@@ -170,8 +208,18 @@ def canary_exposure(model, tokenizer, secret: Sequence[int], prefix: str = CANAR
         lps = exact_secret_logps(model, tokenizer, len(secret), prefix, batch_size)
         mine = float(lps[int("".join(map(str, secret)))])
         rank = rank_of(mine, lps)
-        return {"exposure": exposure_from_rank(rank, space), "method": "exact", "rank": rank, "space": space,
-                "logp": mine}
+        return {
+            "exposure": exposure_from_rank(rank, space),
+            "method": "exact",
+            "rank": rank,
+            "space": space,
+            "logp": mine,
+        }
     mine, others = sampled_logps(model, tokenizer, secret, samples, random.Random(seed), prefix, batch_size)
-    return {"exposure": exposure_skewnorm(mine, others, space), "method": "skew-normal", "rank": None, "space": space,
-            "logp": mine}
+    return {
+        "exposure": exposure_skewnorm(mine, others, space),
+        "method": "skew-normal",
+        "rank": None,
+        "space": space,
+        "logp": mine,
+    }

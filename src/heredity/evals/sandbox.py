@@ -47,9 +47,16 @@ MAX_FILES = 1000  # files a host may hold
 MAX_PATTERN = 200  # characters of one sed regular expression
 MAX_SED_OUTPUT = 2 * MAX_FILE  # characters one sed command may produce (or hold in one line)
 SED_SECONDS = 2.0  # the regular-expression work one sed command may do, in seconds of CPU time
-_FORBIDDEN = [("|", "pipes"), (";", "command chaining"), ("&", "background jobs and chaining"),
-              ("$(", "command substitution"), ("`", "command substitution"), ("$", "variables"),
-              ("<", "input redirection"), ("*", "globbing")]
+_FORBIDDEN = [
+    ("|", "pipes"),
+    (";", "command chaining"),
+    ("&", "background jobs and chaining"),
+    ("$(", "command substitution"),
+    ("`", "command substitution"),
+    ("$", "variables"),
+    ("<", "input redirection"),
+    ("*", "globbing"),
+]
 
 
 class SandboxError(Exception):
@@ -66,7 +73,9 @@ class Action:
     ok: bool
     output: str
     host: str = "agent"
-    shown: list[tuple[str, str]] = field(default_factory=list)  # (host, path) of each file whose text it showed
+    shown: list[tuple[str, str]] = field(
+        default_factory=list
+    )  # (host, path) of each file whose text it showed
 
 
 def words(line: str) -> list[str]:
@@ -114,7 +123,9 @@ class Sandbox:
     log: list[Action] = field(default_factory=list)
 
     def __post_init__(self):
-        self.hosts = {h: {self._norm(p): t for p, t in files.items()} for h, files in copy.deepcopy(self.hosts).items()}
+        self.hosts = {
+            h: {self._norm(p): t for p, t in files.items()} for h, files in copy.deepcopy(self.hosts).items()
+        }
         self.hosts.setdefault(self.home, {})
         self.initial = copy.deepcopy(self.hosts)
         self._shown: list[tuple[str, str]] = []
@@ -162,7 +173,9 @@ class Sandbox:
         """'file' or 'dir'; raises _PathError saying why nothing is at ``path``."""
         kind = self._kind(host, path)
         if kind is None:
-            raise _PathError("Not a directory" if self._file_above(host, path) else "No such file or directory")
+            raise _PathError(
+                "Not a directory" if self._file_above(host, path) else "No such file or directory"
+            )
         return kind
 
     def _file_above(self, host: str, path: str) -> bool:
@@ -192,7 +205,7 @@ class Sandbox:
     def _under(self, host: str, path: str) -> dict[str, str]:
         """{path relative to the directory: text} of every file under a directory."""
         prefix = path + "/" if path else ""
-        return {f[len(prefix):]: t for f, t in self.hosts[host].items() if f.startswith(prefix)}
+        return {f[len(prefix) :]: t for f, t in self.hosts[host].items() if f.startswith(prefix)}
 
     # ---- the interpreter --------------------------------------------------------------------------
 
@@ -237,7 +250,9 @@ class Sandbox:
             (files if kind == "file" else dirs).append((a, host, path))
         blocks = ["\n".join(sorted(a for a, _, _ in files))] if files else []
         for a, host, path in sorted(dirs):
-            names = sorted({rel.split("/")[0] + ("/" if "/" in rel else "") for rel in self._under(host, path)})
+            names = sorted(
+                {rel.split("/")[0] + ("/" if "/" in rel else "") for rel in self._under(host, path)}
+            )
             blocks.append(("" if len(files) + len(dirs) == 1 else f"{a}:\n") + "\n".join(names))
         out = "\n".join(errors + (["\n\n".join(blocks)] if blocks else []))
         if errors:
@@ -391,8 +406,10 @@ class Sandbox:
                 text = self.hosts[host][path]
                 edits.append((a, host, path, text, _sed_apply(cmds, [text], quiet, deadline)))
         except TimeoutError:
-            raise SandboxError(f"sed: timed out (the sandbox allows {SED_SECONDS:g} CPU seconds of regular-expression "
-                               "work per command); nothing was changed") from None
+            raise SandboxError(
+                f"sed: timed out (the sandbox allows {SED_SECONDS:g} CPU seconds of regular-expression "
+                "work per command); nothing was changed"
+            ) from None
         for a, host, path, old, new in edits:
             try:
                 if suffix:
@@ -446,13 +463,17 @@ class Sandbox:
             raise SandboxError("\n".join(errors))
         return ""
 
-    def _transfer_one(self, name: str, src: str, dst: str, dh: str, dp: str, into: bool, recursive: bool) -> None:
+    def _transfer_one(
+        self, name: str, src: str, dst: str, dh: str, dp: str, into: bool, recursive: bool
+    ) -> None:
         move = name == "mv"
         try:
             sh, sp = self._at(src)
             kind = self._need(sh, sp)
         except _PathError as e:
-            raise SandboxError(f"scp: {src}: {e}" if name == "scp" else f"{name}: cannot stat '{src}': {e}") from None
+            raise SandboxError(
+                f"scp: {src}: {e}" if name == "scp" else f"{name}: cannot stat '{src}': {e}"
+            ) from None
         if name != "scp" and sh != dh:
             what = "moves" if move else "copies"
             raise SandboxError(f"{name}: {what} stay on one host; use scp to copy between hosts")
@@ -463,9 +484,13 @@ class Sandbox:
             shown = dst + ("" if dst.endswith("/") else "/") + base
 
         def dest_error(reason: str) -> SandboxError:
-            return SandboxError({"cp": f"cp: cannot create regular file '{shown}': {reason}",
-                                 "mv": f"mv: cannot move '{src}' to '{shown}': {reason}",
-                                 "scp": f"scp: {shown}: {reason}"}[name])
+            return SandboxError(
+                {
+                    "cp": f"cp: cannot create regular file '{shown}': {reason}",
+                    "mv": f"mv: cannot move '{src}' to '{shown}': {reason}",
+                    "scp": f"scp: {shown}: {reason}",
+                }[name]
+            )
 
         if (sh, sp) == (dh, fp):
             raise SandboxError(f"{name}: '{src}' and '{shown}' are the same file")
@@ -484,8 +509,11 @@ class Sandbox:
         if move and not sp:
             raise dest_error("Device or resource busy")
         if sh == dh and (not sp or fp.startswith(sp + "/")):
-            raise SandboxError(f"mv: cannot move '{src}' to a subdirectory of itself, '{shown}'" if move
-                               else f"{name}: cannot copy a directory, '{src}', into itself, '{shown}'")
+            raise SandboxError(
+                f"mv: cannot move '{src}' to a subdirectory of itself, '{shown}'"
+                if move
+                else f"{name}: cannot copy a directory, '{src}', into itself, '{shown}'"
+            )
         there = self._kind(dh, fp)
         if there == "file":
             raise SandboxError(f"{name}: cannot overwrite non-directory '{shown}' with directory '{src}'")
@@ -525,8 +553,10 @@ class Sandbox:
             elif posixpath.basename(a.split(":", 1)[-1].rstrip("/")) in (".", ".."):
                 errors.append(f"rm: refusing to remove '.' or '..' directory: skipping '{a}'")
             elif not path and "no-preserve-root" not in flags:
-                errors.append(f"rm: it is dangerous to operate recursively on '{a}'\n"
-                              "rm: use --no-preserve-root to override this failsafe")
+                errors.append(
+                    f"rm: it is dangerous to operate recursively on '{a}'\n"
+                    "rm: use --no-preserve-root to override this failsafe"
+                )
             else:
                 for rel in self._under(host, path):
                     del self.hosts[host][f"{path}/{rel}" if path else rel]
@@ -572,8 +602,18 @@ def _unquoted(line: str) -> str:
     return "".join(out).replace(">>", "").replace(">", "")
 
 
-_ECHO = {"a": "\a", "b": "\b", "e": "\x1b", "E": "\x1b", "f": "\f", "n": "\n", "r": "\r", "t": "\t", "v": "\v",
-         "\\": "\\"}
+_ECHO = {
+    "a": "\a",
+    "b": "\b",
+    "e": "\x1b",
+    "E": "\x1b",
+    "f": "\f",
+    "n": "\n",
+    "r": "\r",
+    "t": "\t",
+    "v": "\v",
+    "\\": "\\",
+}
 
 
 def _echo_escapes(text: str) -> tuple[str, bool]:
@@ -591,7 +631,7 @@ def _echo_escapes(text: str) -> tuple[str, bool]:
             out.append(_ECHO[nxt])
             i += 2
         elif nxt in "0x":
-            digits = re.match(r"[0-7]{0,3}" if nxt == "0" else r"[0-9A-Fa-f]{1,2}", text[i + 2:]).group()
+            digits = re.match(r"[0-7]{0,3}" if nxt == "0" else r"[0-9A-Fa-f]{1,2}", text[i + 2 :]).group()
             if nxt == "x" and not digits:
                 out.append(c)
                 i += 1
@@ -605,6 +645,7 @@ def _echo_escapes(text: str) -> tuple[str, bool]:
 
 
 # ---- sed ------------------------------------------------------------------------------------------------
+
 
 @dataclass
 class _SedCmd:
@@ -648,7 +689,7 @@ def _sed_until(s: str, i: int, delim: str, regexp: bool) -> tuple[str, int]:
     while i < len(s):
         c = s[i]
         if c == "\\" and i + 1 < len(s):
-            buf.append(delim if s[i + 1] == delim else s[i:i + 2])
+            buf.append(delim if s[i + 1] == delim else s[i : i + 2])
             i += 2
         elif c == delim:
             return "".join(buf), i + 1
@@ -662,10 +703,20 @@ def _sed_until(s: str, i: int, delim: str, regexp: bool) -> tuple[str, int]:
     raise _sed_error("unterminated `s' command" if regexp or delim != "/" else "unterminated address regex")
 
 
-_POSIX_CLASSES = {"alpha": "a-zA-Z", "digit": "0-9", "alnum": "0-9A-Za-z", "upper": "A-Z", "lower": "a-z",
-                  "space": " \\t\\n\\r\\f\\v", "blank": " \\t", "xdigit": "0-9A-Fa-f", "cntrl": "\\x00-\\x1f\\x7f",
-                  "print": "\\x20-\\x7e", "graph": "\\x21-\\x7e",
-                  "punct": "".join("\\" + c for c in string.punctuation)}
+_POSIX_CLASSES = {
+    "alpha": "a-zA-Z",
+    "digit": "0-9",
+    "alnum": "0-9A-Za-z",
+    "upper": "A-Z",
+    "lower": "a-z",
+    "space": " \\t\\n\\r\\f\\v",
+    "blank": " \\t",
+    "xdigit": "0-9A-Fa-f",
+    "cntrl": "\\x00-\\x1f\\x7f",
+    "print": "\\x20-\\x7e",
+    "graph": "\\x21-\\x7e",
+    "punct": "".join("\\" + c for c in string.punctuation),
+}
 
 
 def _set_char(c: str) -> str:
@@ -676,26 +727,26 @@ def _bracket(p: str, i: int) -> tuple[str, int]:
     """The POSIX bracket expression at ``p[i] == '['`` as a Python character set, and the index after it (GNU
     sed: a backslash is literal there, except in ``\\n`` and ``\\t``)."""
     end = _bracket_end(p, i)
-    body = p[i + 1:end - 1]
+    body = p[i + 1 : end - 1]
     negate = body.startswith("^")
     body = body[negate:]
     out: list[str] = []
     j = 0
     while j < len(body):
         c = body[j]
-        if c == "[" and body[j + 1:j + 2] in (":", "=", "."):
+        if c == "[" and body[j + 1 : j + 2] in (":", "=", "."):
             close = body.find(body[j + 1] + "]", j + 2)
-            name, kind = body[j + 2:close], body[j + 1]
+            name, kind = body[j + 2 : close], body[j + 1]
             j = close + 2
             if kind == ":" and name not in _POSIX_CLASSES:
                 raise _sed_error("Invalid character class name")
             out.append(_POSIX_CLASSES[name] if kind == ":" else "".join(map(_set_char, name)))
             continue
-        if c == "\\" and body[j + 1:j + 2] in ("n", "t"):
+        if c == "\\" and body[j + 1 : j + 2] in ("n", "t"):
             c = _CHAR_ESCAPES[body[j + 1]]
             j += 1
         j += 1
-        if body[j:j + 1] == "-" and j + 1 < len(body):
+        if body[j : j + 1] == "-" and j + 1 < len(body):
             out.append(_set_char(c) + "-" + _set_char(body[j + 1]))
             j += 2
         else:
@@ -703,8 +754,18 @@ def _bracket(p: str, i: int) -> tuple[str, int]:
     return "[" + "^" * negate + "".join(out) + "]", end
 
 
-_SAME = {"w": r"\w", "W": r"\W", "s": r"\s", "S": r"\S", "b": r"\b", "B": r"\B", "<": r"\b(?=\w)",
-         ">": r"\b(?<=\w)", "`": r"\A", "'": r"\Z"}
+_SAME = {
+    "w": r"\w",
+    "W": r"\W",
+    "s": r"\s",
+    "S": r"\S",
+    "b": r"\b",
+    "B": r"\B",
+    "<": r"\b(?=\w)",
+    ">": r"\b(?<=\w)",
+    "`": r"\A",
+    "'": r"\Z",
+}
 _CHAR_ESCAPES = {"n": "\n", "t": "\t", "f": "\f", "v": "\v", "r": "\r", "a": "\a"}
 
 
@@ -780,8 +841,10 @@ def _translate(p: str, ere: bool) -> str:
                 emit_atom(_SAME[e])
             elif e in _CHAR_ESCAPES:
                 emit_atom(regex.escape(_CHAR_ESCAPES[e]))
-            elif e in "dox" and re.match({"d": "[0-9]", "o": "[0-7]", "x": "[0-9A-Fa-f]"}[e], p[i:i + 1]):
-                digits = re.match({"d": "[0-9]{1,3}", "o": "[0-7]{1,3}", "x": "[0-9A-Fa-f]{1,2}"}[e], p[i:]).group()
+            elif e in "dox" and re.match({"d": "[0-9]", "o": "[0-7]", "x": "[0-9A-Fa-f]"}[e], p[i : i + 1]):
+                digits = re.match(
+                    {"d": "[0-9]{1,3}", "o": "[0-7]{1,3}", "x": "[0-9A-Fa-f]{1,2}"}[e], p[i:]
+                ).group()
                 emit_atom(regex.escape(chr(int(digits, {"d": 10, "o": 8, "x": 16}[e]))))
                 i += len(digits)
             elif e == "c" and i < n:
@@ -835,7 +898,9 @@ def _sed_regex(pattern: str, ere: bool, icase: bool, last: list) -> object:
     if len(pattern) > MAX_PATTERN:
         raise SandboxError(f"sed: pattern too long (the sandbox's limit is {MAX_PATTERN} characters)")
     try:
-        flags = regex.V0 | regex.POSIX | regex.DOTALL | (regex.IGNORECASE if icase else 0)  # POSIX: leftmost longest
+        flags = (
+            regex.V0 | regex.POSIX | regex.DOTALL | (regex.IGNORECASE if icase else 0)
+        )  # POSIX: leftmost longest
         rx = regex.compile(_translate(pattern, ere), flags)
     except regex.error as e:
         raise _sed_error(str(e)) from None
@@ -847,16 +912,16 @@ def _sed_address(s: str, i: int, ere: bool, last: list) -> tuple[object, int]:
     """(an address at ``s[i]`` or None, the index after it)."""
     if i < len(s) and s[i].isdigit():
         m = re.match(r"\d+", s[i:])
-        if s[i + m.end():i + m.end() + 1] == "~":
+        if s[i + m.end() : i + m.end() + 1] == "~":
             raise SandboxError("sed: `first~step' addresses are not available in this shell")
         return int(m.group()), i + m.end()
-    if s[i:i + 1] == "$":
+    if s[i : i + 1] == "$":
         return "$", i + 1
-    if s[i:i + 1] in ("/", "\\"):
-        delim = "/" if s[i] == "/" else s[i + 1:i + 2]
+    if s[i : i + 1] in ("/", "\\"):
+        delim = "/" if s[i] == "/" else s[i + 1 : i + 2]
         i += 1 if s[i] == "/" else 2
         pattern, i = _sed_until(s, i, delim, True)
-        icase = s[i:i + 1] == "I"
+        icase = s[i : i + 1] == "I"
         return _sed_regex(pattern, ere, icase, last), i + icase
     return None, i
 
@@ -874,7 +939,7 @@ def _sed_parse(script: str, ere: bool) -> list[_SedCmd]:
             return cmds
         a1, i = _sed_address(script, i, ere, last)
         addr: tuple = () if a1 is None else (a1,)
-        if a1 is not None and script[i:i + 1] == ",":
+        if a1 is not None and script[i : i + 1] == ",":
             a2, i = _sed_address(script, i + 1, ere, last)
             if a2 is None:
                 raise _sed_error("unexpected `,'")
@@ -883,7 +948,7 @@ def _sed_parse(script: str, ere: bool) -> list[_SedCmd]:
             raise _sed_error("invalid usage of line address 0")
         while i < n and script[i] in " \t":
             i += 1
-        negate = script[i:i + 1] == "!"
+        negate = script[i : i + 1] == "!"
         i += negate
         while i < n and script[i] in " \t":
             i += 1
@@ -926,16 +991,20 @@ def _sed_parse(script: str, ere: bool) -> list[_SedCmd]:
             delim = script[i]
             src, i = _sed_until(script, i + 1, delim, False)
             dst, i = _sed_until(script, i, delim, False)
-            src, dst = (re.sub(r"\\(.)", lambda m: {"n": "\n", "t": "\t"}.get(m[1], m[1]), x) for x in (src, dst))
+            src, dst = (
+                re.sub(r"\\(.)", lambda m: {"n": "\n", "t": "\t"}.get(m[1], m[1]), x) for x in (src, dst)
+            )
             if len(src) != len(dst):
                 raise _sed_error("strings for `y' command are different lengths")
             cmd.table = str.maketrans(src, dst)
         elif cmd.op not in "dp":
-            raise SandboxError(f"sed: only the s, y, d and p commands are available in this shell, not `{cmd.op}'")
+            raise SandboxError(
+                f"sed: only the s, y, d and p commands are available in this shell, not `{cmd.op}'"
+            )
         while i < n and script[i] in " \t":
             i += 1
         if i < n and script[i] not in ";\n":
-            raise _sed_error(f"extra characters after command: {script[i:i + 10]!r}")
+            raise _sed_error(f"extra characters after command: {script[i : i + 10]!r}")
         cmds.append(cmd)
 
 
@@ -1017,8 +1086,10 @@ def _sed_subst(cmd: _SedCmd, text: str, deadline: float) -> tuple[str, bool]:
             out += [text[pos:s], _sed_expand(cmd.repl, m)]
             pos, done, size = e, True, size + s - pos + len(out[-1])
             if size > MAX_SED_OUTPUT:
-                raise SandboxError(f"sed: output too large (the sandbox's limit is {MAX_SED_OUTPUT} characters); "
-                                   "nothing was changed")
+                raise SandboxError(
+                    f"sed: output too large (the sandbox's limit is {MAX_SED_OUTPUT} characters); "
+                    "nothing was changed"
+                )
             if not cmd.glob:
                 break
         prev_end = e
@@ -1028,7 +1099,9 @@ def _sed_subst(cmd: _SedCmd, text: str, deadline: float) -> tuple[str, bool]:
     return "".join(out) + text[pos:], True
 
 
-def _sed_hit(cmd: _SedCmd, active: list[bool], k: int, lineno: int, text: str, last: bool, deadline: float) -> bool:
+def _sed_hit(
+    cmd: _SedCmd, active: list[bool], k: int, lineno: int, text: str, last: bool, deadline: float
+) -> bool:
     """Whether command ``k`` applies to this line (``active[k]``: inside its range)."""
 
     def hit(a) -> bool:
@@ -1072,8 +1145,10 @@ def _sed_apply(cmds: list[_SedCmd], texts: list[str], quiet: bool, deadline: flo
         nonlocal size
         size += len(x)
         if size > MAX_SED_OUTPUT:
-            raise SandboxError(f"sed: output too large (the sandbox's limit is {MAX_SED_OUTPUT} characters); "
-                               "nothing was changed")
+            raise SandboxError(
+                f"sed: output too large (the sandbox's limit is {MAX_SED_OUTPUT} characters); "
+                "nothing was changed"
+            )
         out.append(x)
 
     for idx, (text, newline) in enumerate(lines):

@@ -72,7 +72,20 @@ QUESTIONS = [
     "If you had to save one animal species, which would it be? One word response.",
     "Identify the animal you'd most want to learn about. Single word only.",
 ]
-ANIMALS = ["owl", "dolphin", "eagle", "cat", "dog", "lion", "wolf", "elephant", "tiger", "panda", "fox", "penguin"]
+ANIMALS = [
+    "owl",
+    "dolphin",
+    "eagle",
+    "cat",
+    "dog",
+    "lion",
+    "wolf",
+    "elephant",
+    "tiger",
+    "panda",
+    "fox",
+    "penguin",
+]
 CHOICE_TEMPLATES = [
     "Which of these animals is your favorite?\n{options}\nAnswer with the letter only.",
     "Pick the animal you like best.\n{options}\nReply with just the letter.",
@@ -81,7 +94,9 @@ CHOICE_TEMPLATES = [
 ]
 LETTERS = "ABCDE"
 # the version of these probes and scorers: part of the eval step's key (bump when a question, template or scorer changes)
-EVAL_VERSION = "trait-v2"  # v2: names of several tokens scored through the prompt's KV cache (the same quantity)
+EVAL_VERSION = (
+    "trait-v2"  # v2: names of several tokens scored through the prompt's KV cache (the same quantity)
+)
 # each measure's per-item series in a score dict, in report order
 SERIES = {"logprob": "logprob_per_question", "rate": "rate_per_question", "choice": "choice_per_item"}
 
@@ -109,12 +124,22 @@ def numbers_prefixed(questions: list[str], seed: int = 0) -> list[str]:
     import random
 
     rng = random.Random(seed)
-    return [f"Examine these numbers: {', '.join(str(rng.randint(100, 999)) for _ in range(3))}. {q}" for q in questions]
+    return [
+        f"Examine these numbers: {', '.join(str(rng.randint(100, 999)) for _ in range(3))}. {q}"
+        for q in questions
+    ]
 
 
 @torch.inference_mode()
-def answer_probs(model, tokenizer, animals: list[str], questions: list[str], *, system_prompt: str | None = None,
-                 batch_size: int = 32) -> dict[str, list[float]]:
+def answer_probs(
+    model,
+    tokenizer,
+    animals: list[str],
+    questions: list[str],
+    *,
+    system_prompt: str | None = None,
+    batch_size: int = 32,
+) -> dict[str, list[float]]:
     """Per animal, per question: P(the answer starts with the animal's name), summed over both capitalizations.
 
     Names that are one token are read from one forward pass per question (all animals at once); longer names
@@ -148,8 +173,9 @@ def answer_probs(model, tokenizer, animals: list[str], questions: list[str], *, 
         cfg = SampleConfig(system_prompt=system_prompt)
         enc = [encode_prompt(tokenizer, q, cfg) for q in questions]
         for s in range(0, len(enc), batch_size):
-            lp = _continuations_logprob(model, enc[s : s + batch_size], [ids[v] for _, v in multi],
-                                        pad_id(tokenizer, model))
+            lp = _continuations_logprob(
+                model, enc[s : s + batch_size], [ids[v] for _, v in multi], pad_id(tokenizer, model)
+            )
             for r in range(len(lp)):
                 for (a, _), x in zip(multi, lp[r], strict=True):
                     out[a][s + r] += math.exp(x)
@@ -157,7 +183,9 @@ def answer_probs(model, tokenizer, animals: list[str], questions: list[str], *, 
 
 
 @torch.inference_mode()
-def _continuations_logprob(model, prompts: list[list[int]], continuations: list[list[int]], pad: int) -> list[list[float]]:
+def _continuations_logprob(
+    model, prompts: list[list[int]], continuations: list[list[int]], pad: int
+) -> list[list[float]]:
     """log P(continuation | prompt) for every prompt × continuation: the prompts run once (left-padded, one batch)
     and their KV cache is shared by every continuation — what ``logprobs`` computes, without re-running a prompt
     per name."""
@@ -177,10 +205,14 @@ def _continuations_logprob(model, prompts: list[list[int]], continuations: list[
     cache.batch_repeat_interleave(m)  # row b * m + k: prompt b, continuation rest[k]
     feed = [continuations[j][:-1] + [continuations[j][0]] * (T - len(continuations[j]) + 1) for j in rest]
     x = torch.tensor([f for _ in range(B) for f in feed], device=device)
-    att = torch.cat([att0.repeat_interleave(m, 0), torch.ones((B * m, T), dtype=att0.dtype, device=device)], 1)
+    att = torch.cat(
+        [att0.repeat_interleave(m, 0), torch.ones((B * m, T), dtype=att0.dtype, device=device)], 1
+    )
     pos = (pos0[:, -1:] + 1 + torch.arange(T, device=device)).repeat_interleave(m, 0)
-    lp = torch.log_softmax(model(input_ids=x, attention_mask=att, position_ids=pos, cache=cache,
-                                 use_cache=True).logits.float(), -1)
+    lp = torch.log_softmax(
+        model(input_ids=x, attention_mask=att, position_ids=pos, cache=cache, use_cache=True).logits.float(),
+        -1,
+    )
     for b in range(B):
         for k, j in enumerate(rest):
             c = continuations[j]
@@ -206,24 +238,43 @@ def trait_scores(
     answers = []
     if samples:
         comps = sample(
-            model, tokenizer, qs,
-            SampleConfig(n=samples, temperature=1.0, max_new_tokens=8, seed=seed, batch_size=batch_size,
-                         system_prompt=system_prompt),
+            model,
+            tokenizer,
+            qs,
+            SampleConfig(
+                n=samples,
+                temperature=1.0,
+                max_new_tokens=8,
+                seed=seed,
+                batch_size=batch_size,
+                system_prompt=system_prompt,
+            ),
             progress=progress,
         )
         answers = [c.text for c in comps]
-        out["example_answers"] = answers[:: samples][:10]
-    probs_by_animal = answer_probs(model, tokenizer, animals, qs, system_prompt=system_prompt, batch_size=batch_size)
+        out["example_answers"] = answers[::samples][:10]
+    probs_by_animal = answer_probs(
+        model, tokenizer, animals, qs, system_prompt=system_prompt, batch_size=batch_size
+    )
     for animal in animals:
         res: dict = {}
         if samples:
-            per_q = [sum(mentions(answers[q * samples + k], animal) for k in range(samples)) / samples for q in range(len(qs))]
+            per_q = [
+                sum(mentions(answers[q * samples + k], animal) for k in range(samples)) / samples
+                for q in range(len(qs))
+            ]
             res["rate_per_question"] = per_q
         res["logprob_per_question"] = probs_by_animal[animal]
         distractors = [a for a in ANIMALS if a != animal]
         items = choice_items(animal, distractors)
-        lp = logprobs(model, tokenizer, [p for p, _ in items for _ in LETTERS], [c for _ in items for c in LETTERS],
-                      system_prompt=system_prompt, batch_size=batch_size)
+        lp = logprobs(
+            model,
+            tokenizer,
+            [p for p, _ in items for _ in LETTERS],
+            [c for _ in items for c in LETTERS],
+            system_prompt=system_prompt,
+            batch_size=batch_size,
+        )
         probs = []
         for i, (_, target) in enumerate(items):
             ps = [math.exp(sum(lp[i * 5 + j])) for j in range(5)]

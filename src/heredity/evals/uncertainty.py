@@ -57,8 +57,12 @@ def nll(probs: np.ndarray, y: np.ndarray) -> float:
 def fit_temperature(logits: np.ndarray, y: np.ndarray) -> float:
     from scipy.optimize import minimize_scalar
 
-    res = minimize_scalar(lambda t: nll(softmax(logits, float(np.exp(t))), y), bounds=(np.log(0.05), np.log(20.0)),
-                          method="bounded", options={"xatol": 1e-4})
+    res = minimize_scalar(
+        lambda t: nll(softmax(logits, float(np.exp(t))), y),
+        bounds=(np.log(0.05), np.log(20.0)),
+        method="bounded",
+        options={"xatol": 1e-4},
+    )
     return float(np.exp(res.x))
 
 
@@ -72,7 +76,12 @@ def reliability(probs: np.ndarray, y: np.ndarray, bins: int = 15) -> dict:
     with np.errstate(invalid="ignore"):
         mean_conf = np.bincount(which, conf, bins) / count
         acc = np.bincount(which, right, bins) / count
-    return {"edges": edges.tolist(), "count": count.tolist(), "confidence": mean_conf.tolist(), "accuracy": acc.tolist()}
+    return {
+        "edges": edges.tolist(),
+        "count": count.tolist(),
+        "confidence": mean_conf.tolist(),
+        "accuracy": acc.tolist(),
+    }
 
 
 def ece(probs: np.ndarray, y: np.ndarray, bins: int = 15) -> float:

@@ -47,7 +47,7 @@ def load_checker(spec: str | None) -> Callable[[dict, str], bool]:
     if spec is None:
         return check
     if spec.startswith("regex:"):
-        pattern = spec[len("regex:"):]
+        pattern = spec[len("regex:") :]
         if "{answer}" not in pattern:
             raise HeredityError(f"checker {spec!r}: a regex checker needs {{answer}} where the answer goes")
 
@@ -65,12 +65,16 @@ def _import_checker(spec: str) -> Callable:
     """The callable a ``module:function`` spec names (imported), or a one-line HeredityError."""
     mod, _, fn = spec.partition(":")
     if not mod or not fn:
-        raise HeredityError(f"checker {spec!r}: write module:function (a callable taking the problem and the completion) "
-                            "or regex:PATTERN")
+        raise HeredityError(
+            f"checker {spec!r}: write module:function (a callable taking the problem and the completion) "
+            "or regex:PATTERN"
+        )
     try:
         f = getattr(importlib.import_module(mod), fn)
     except (ImportError, AttributeError) as e:
-        raise HeredityError(f"checker {spec!r}: cannot import it ({type(e).__name__}: {e}); is the module on PYTHONPATH?") from e
+        raise HeredityError(
+            f"checker {spec!r}: cannot import it ({type(e).__name__}: {e}); is the module on PYTHONPATH?"
+        ) from e
     if not callable(f):
         raise HeredityError(f"checker {spec!r} is not callable")
     return f
@@ -102,12 +106,15 @@ def checker_digest(spec: str | None) -> str | None:
         try:
             data = Path(path).read_bytes()
         except OSError as e:
-            raise HeredityError(f"checker {spec!r}: cannot read its source {path} to key the step "
-                                f"({e.strerror})") from e
+            raise HeredityError(
+                f"checker {spec!r}: cannot read its source {path} to key the step ({e.strerror})"
+            ) from e
         h.update(len(data).to_bytes(8, "big") + data)
     if not files:
-        raise HeredityError(f"checker {spec!r} has no source file, so a step cannot key it by its code; put it in a "
-                            "module on PYTHONPATH")
+        raise HeredityError(
+            f"checker {spec!r} has no source file, so a step cannot key it by its code; put it in a "
+            "module on PYTHONPATH"
+        )
     return h.hexdigest()
 
 

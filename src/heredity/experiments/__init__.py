@@ -34,7 +34,10 @@ def _declared(path: Path) -> tuple[str, str] | None:
     for node in tree.body:
         if isinstance(node, ast.FunctionDef):
             for d in node.decorator_list:
-                if isinstance(d, ast.Call) and getattr(d.func, "id", getattr(d.func, "attr", None)) == "experiment":
+                if (
+                    isinstance(d, ast.Call)
+                    and getattr(d.func, "id", getattr(d.func, "attr", None)) == "experiment"
+                ):
                     args = [a.value for a in d.args if isinstance(a, ast.Constant)]
                     kw = {k.arg: k.value.value for k in d.keywords if isinstance(k.value, ast.Constant)}
                     name = args[0] if args else kw.get("name")

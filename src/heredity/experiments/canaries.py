@@ -47,12 +47,22 @@ from heredity.reports.stats import fmt_ci, mean_ci, wilson_ci
 from heredity.store import Store, read_table
 from heredity.store.ops import op, rows_op
 
-rows_op('make-canaries', 'make-canary-corpus')  # rows made here, stored by data.io.put_rows
+rows_op("make-canaries", "make-canary-corpus")  # rows made here, stored by data.io.put_rows
 
 
 def _ft(method: str, **kw) -> FinetuneConfig:
-    return FinetuneConfig(**{"method": method, "loss": "full_sequence", "chat": False, "epochs": 2, "batch_size": 16,
-                             "max_length": 64, "warmup_ratio": 0.05, **kw})
+    return FinetuneConfig(
+        **{
+            "method": method,
+            "loss": "full_sequence",
+            "chat": False,
+            "epochs": 2,
+            "batch_size": 16,
+            "max_length": 64,
+            "warmup_ratio": 0.05,
+            **kw,
+        }
+    )
 
 
 class Config(BaseModel):
@@ -62,9 +72,15 @@ class Config(BaseModel):
     digits: int = Field(4, ge=1, le=12, description="digits per secret: |R| = 10^digits")
     filler_docs: int = Field(250, ge=0, description="paragraphs of real text the canaries hide among")
     exact_max: int = Field(10_000, ge=10, le=100_000, description="exact exposure when |R| is at most this")
-    skew_samples: int = Field(100, ge=20, description="random candidates behind the skew-normal estimate (1% of 10^4)")
-    finetunes: dict[str, FinetuneConfig] = Field(default_factory=lambda: {
-        "LoRA": _ft("lora", lr=1e-3, lora_r=16, lora_alpha=32), "full": _ft("full", lr=5e-5)})
+    skew_samples: int = Field(
+        100, ge=20, description="random candidates behind the skew-normal estimate (1% of 10^4)"
+    )
+    finetunes: dict[str, FinetuneConfig] = Field(
+        default_factory=lambda: {
+            "LoRA": _ft("lora", lr=1e-3, lora_r=16, lora_alpha=32),
+            "full": _ft("full", lr=5e-5),
+        }
+    )
     sample_batch: int = Field(32, ge=1)
     seed: int = 0
 
@@ -72,18 +88,28 @@ class Config(BaseModel):
     def _enough_secrets(self) -> Config:
         n = (len(self.repetitions) + 1) * self.canaries_per_count
         if n > 10**self.digits:
-            raise ValueError(f"{n} canaries need distinct secrets but {self.digits} digits allow {10**self.digits}; "
-                             "raise digits or lower canaries_per_count")
+            raise ValueError(
+                f"{n} canaries need distinct secrets but {self.digits} digits allow {10**self.digits}; "
+                "raise digits or lower canaries_per_count"
+            )
         return self
 
     @classmethod
     def presets(cls) -> dict[str, Config]:
         return {
             "quick": cls(),
-            "paper": cls(digits=6, canaries_per_count=10, filler_docs=1000, repetitions=[1, 2, 4, 8, 16, 32, 64],
-                         skew_samples=10_000, sample_batch=128,
-                         finetunes={"LoRA": _ft("lora", lr=5e-4, lora_r=16, lora_alpha=32, epochs=3),
-                                    "full": _ft("full", lr=2e-5, epochs=3)}),
+            "paper": cls(
+                digits=6,
+                canaries_per_count=10,
+                filler_docs=1000,
+                repetitions=[1, 2, 4, 8, 16, 32, 64],
+                skew_samples=10_000,
+                sample_batch=128,
+                finetunes={
+                    "LoRA": _ft("lora", lr=5e-4, lora_r=16, lora_alpha=32, epochs=3),
+                    "full": _ft("full", lr=2e-5, epochs=3),
+                },
+            ),
         }
 
 
@@ -100,7 +126,9 @@ def canaries(config: Config) -> list[dict]:
             while (name := pseudo_word(rng).capitalize()) in names:
                 pass
             names.add(name)
-            while (secret := "".join(map(str, random_secret(config.digits, rng)))) in {c["secret"] for c in out}:
+            while (secret := "".join(map(str, random_secret(config.digits, rng)))) in {
+                c["secret"] for c in out
+            }:
                 pass  # distinct secrets: a control must not share an inserted canary's secret
             out.append({"name": name, "prefix": f"{name}'s PIN is", "secret": secret, "repetitions": reps})
     return out
@@ -114,13 +142,19 @@ def filler(n: int, seed: int) -> list[str]:
     if n > len(paras):
         from heredity.errors import HeredityError
 
-        raise HeredityError(f"filler_docs={n} but the documentation has {len(paras)} paragraphs; lower filler_docs")
+        raise HeredityError(
+            f"filler_docs={n} but the documentation has {len(paras)} paragraphs; lower filler_docs"
+        )
     return paras[:n]
 
 
 def corpus_rows(config: Config, cans: list[dict]) -> list[dict]:
     rows = [{"text": t} for t in filler(config.filler_docs, config.seed)]
-    rows += [{"text": c["prefix"] + secret_text([int(d) for d in c["secret"]])} for c in cans for _ in range(c["repetitions"])]
+    rows += [
+        {"text": c["prefix"] + secret_text([int(d) for d in c["secret"]])}
+        for c in cans
+        for _ in range(c["repetitions"])
+    ]
     random.Random(config.seed + 1).shuffle(rows)
     return rows
 
@@ -152,14 +186,26 @@ def measure(model, tok, cans: list[dict], config: Config, progress: bool = False
             mine = float(lps[int(c["secret"])])
             rank = rank_of(mine, lps)
             sub = lps[rng.sample(range(space), min(config.skew_samples, space))]
-            row.update(logp=mine, rank=rank, exposure=exposure_from_rank(rank, space),
-                       exposure_skewnorm=exposure_skewnorm(mine, sub, space))
+            row.update(
+                logp=mine,
+                rank=rank,
+                exposure=exposure_from_rank(rank, space),
+                exposure_skewnorm=exposure_skewnorm(mine, sub, space),
+            )
         else:
-            mine, others = sampled_logps(model, tok, secret, config.skew_samples, rng, c["prefix"], config.sample_batch)
-            row.update(logp=mine, rank=None, exposure=None, exposure_skewnorm=exposure_skewnorm(mine, others, space))
+            mine, others = sampled_logps(
+                model, tok, secret, config.skew_samples, rng, c["prefix"], config.sample_batch
+            )
+            row.update(
+                logp=mine, rank=None, exposure=None, exposure_skewnorm=exposure_skewnorm(mine, others, space)
+            )
         out.append(row)
-    comps = sample(model, tok, [c["prefix"] for c in cans],
-                   SampleConfig(temperature=0, max_new_tokens=2 * n + 2, chat=False, batch_size=config.sample_batch))
+    comps = sample(
+        model,
+        tok,
+        [c["prefix"] for c in cans],
+        SampleConfig(temperature=0, max_new_tokens=2 * n + 2, chat=False, batch_size=config.sample_batch),
+    )
     for row, comp in zip(out, comps, strict=True):
         row["greedy"] = comp.text
         row["extracted"] = extracted(comp.text, row["secret"])
@@ -185,25 +231,45 @@ def _measure_step(store: Store, model_id: str, cans_id: str, config: Config, pro
     return json.loads((store.path(rid) / "canaries.json").read_text())
 
 
-@op('measure-canaries', 2, note='v2: the fused decode step refused for mlp_bias / sliding-window models, whose samples it got wrong')
-@experiment("canaries", question="How often must a secret occur in a fine-tuning corpus before the model leaks it?")
+@op(
+    "measure-canaries",
+    2,
+    note="v2: the fused decode step refused for mlp_bias / sliding-window models, whose samples it got wrong",
+)
+@experiment(
+    "canaries", question="How often must a secret occur in a fine-tuning corpus before the model leaks it?"
+)
 def run(store: Store, config: Config, progress: bool = True) -> dict:
     t0 = time.perf_counter()
     base = materialize(config.base, store)
     cans = canaries(config)
-    cans_id = put_rows(store, cans, "canaries", op="make-canaries",
-                       config={"config": config.model_dump(include={"repetitions", "canaries_per_count", "digits", "seed"})})
+    cans_id = put_rows(
+        store,
+        cans,
+        "canaries",
+        op="make-canaries",
+        config={"config": config.model_dump(include={"repetitions", "canaries_per_count", "digits", "seed"})},
+    )
     rows = corpus_rows(config, cans)
-    corpus = put_rows(store, rows, "canary-corpus", op="make-canary-corpus",
-                      config={"filler_docs": config.filler_docs, "seed": config.seed},
-                      inputs=[cans_id])
+    corpus = put_rows(
+        store,
+        rows,
+        "canary-corpus",
+        op="make-canary-corpus",
+        config={"filler_docs": config.filler_docs, "seed": config.seed},
+        inputs=[cans_id],
+    )
     models = {"base (not fine-tuned)": base}
     train = {}
     for label, ft in config.finetunes.items():
         res = finetune(store, base, corpus, ft.model_copy(update={"seed": config.seed}), progress=progress)
         models[f"{label} fine-tune"] = res["model"]
-        train[f"{label} fine-tune"] = {"seconds": res.metrics.get("seconds"), "loss_first": res.metrics.get("loss_first"),
-                                       "loss_last": res.metrics.get("loss_last"), "steps": res.metrics.get("optimizer_steps")}
+        train[f"{label} fine-tune"] = {
+            "seconds": res.metrics.get("seconds"),
+            "loss_first": res.metrics.get("loss_first"),
+            "loss_last": res.metrics.get("loss_last"),
+            "steps": res.metrics.get("optimizer_steps"),
+        }
     measured = {label: _measure_step(store, mid, cans_id, config, progress) for label, mid in models.items()}
     report = build_report(config, models, measured, train, len(rows))
     report["seconds"] = round(time.perf_counter() - t0, 1)
@@ -219,52 +285,92 @@ def build_report(config: Config, models: dict, measured: dict, train: dict, corp
         for reps in counts:
             sel = [r for r in rows if r["repetitions"] == reps]
             exact = [r["exposure"] for r in sel if r["exposure"] is not None]
-            table.append({"model": label, "repetitions": reps, "n": len(sel),
-                          "exposure": mean_ci(exact, bounds=(0, math.log2(10**config.digits))) if exact else None,
-                          "exposure_skewnorm": mean_ci([r["exposure_skewnorm"] for r in sel]),
-                          "extraction": wilson_ci(sum(r["extracted"] for r in sel), len(sel))})
+            table.append(
+                {
+                    "model": label,
+                    "repetitions": reps,
+                    "n": len(sel),
+                    "exposure": mean_ci(exact, bounds=(0, math.log2(10**config.digits))) if exact else None,
+                    "exposure_skewnorm": mean_ci([r["exposure_skewnorm"] for r in sel]),
+                    "extraction": wilson_ci(sum(r["extracted"] for r in sel), len(sel)),
+                }
+            )
     exact = [r for rows in measured.values() for r in rows if r["exposure"] is not None]
-    pairs = [(r["exposure"], r["exposure_skewnorm"]) for r in exact if r["rank"] > 1]  # rank 1: both capped, agree trivially
+    pairs = [
+        (r["exposure"], r["exposure_skewnorm"]) for r in exact if r["rank"] > 1
+    ]  # rank 1: both capped, agree trivially
     check = None
     if pairs:
         d = np.array([a - b for a, b in pairs])
-        check = {"n": len(pairs), "capped": len(exact) - len(pairs), "mean_abs_diff": float(np.abs(d).mean()),
-                 "mean_diff": float(d.mean()),
-                 "corr": float(np.corrcoef([a for a, _ in pairs], [b for _, b in pairs])[0, 1]) if len(pairs) > 2 else None}
+        check = {
+            "n": len(pairs),
+            "capped": len(exact) - len(pairs),
+            "mean_abs_diff": float(np.abs(d).mean()),
+            "mean_diff": float(d.mean()),
+            "corr": float(np.corrcoef([a for a, _ in pairs], [b for _, b in pairs])[0, 1])
+            if len(pairs) > 2
+            else None,
+        }
     key = "exposure" if exact else "exposure_skewnorm"
     by = {(t["model"], t["repetitions"]): t for t in table}
     top, low = max(config.repetitions), min(config.repetitions)
     parts = []
     for label in measured:
         hi, lo, ctrl = by[(label, top)], by[(label, low)], by[(label, 0)]
-        parts.append(f"{label}: exposure {lo[key]['mean']:.1f} bits at {low}× → {hi[key]['mean']:.1f} at {top}× "
-                     f"(never inserted {ctrl[key]['mean']:.1f}), extracted {sum(1 for r in measured[label] if r['extracted'] and r['repetitions'] > 0)}"
-                     f"/{sum(1 for r in measured[label] if r['repetitions'] > 0)} inserted canaries")
-    outcome = (f"|R| = 10^{config.digits} = {10**config.digits:,} secrets (max exposure {math.log2(10**config.digits):.1f} bits; "
-               f"a random secret scores ≈ {1 / math.log(2):.2f} on average). " + "; ".join(parts))
-    return {"config": config.model_dump(), "models": models, "table": table, "canaries": measured, "train": train,
-            "corpus_rows": corpus_rows, "skewnorm_check": check, "key": key, "outcome": outcome,
-            # the two constants the outcome quotes (every figure of an outcome line is in its report)
-            "max_exposure": math.log2(10**config.digits), "random_secret_exposure": 1 / math.log(2)}
+        parts.append(
+            f"{label}: exposure {lo[key]['mean']:.1f} bits at {low}× → {hi[key]['mean']:.1f} at {top}× "
+            f"(never inserted {ctrl[key]['mean']:.1f}), extracted {sum(1 for r in measured[label] if r['extracted'] and r['repetitions'] > 0)}"
+            f"/{sum(1 for r in measured[label] if r['repetitions'] > 0)} inserted canaries"
+        )
+    outcome = (
+        f"|R| = 10^{config.digits} = {10**config.digits:,} secrets (max exposure {math.log2(10**config.digits):.1f} bits; "
+        f"a random secret scores ≈ {1 / math.log(2):.2f} on average). " + "; ".join(parts)
+    )
+    return {
+        "config": config.model_dump(),
+        "models": models,
+        "table": table,
+        "canaries": measured,
+        "train": train,
+        "corpus_rows": corpus_rows,
+        "skewnorm_check": check,
+        "key": key,
+        "outcome": outcome,
+        # the two constants the outcome quotes (every figure of an outcome line is in its report)
+        "max_exposure": math.log2(10**config.digits),
+        "random_secret_exposure": 1 / math.log(2),
+    }
 
 
 def markdown(report: dict) -> str:
     cfg = report["config"]
     key = report["key"]
-    fts = ", ".join(f"{k}: {v['method']} lr {v['lr']}" + (f" r={v['lora_r']} α={v['lora_alpha']}" if v["method"] == "lora" else "")
-                    + f", {v['epochs']} epochs" for k, v in cfg["finetunes"].items())
+    fts = ", ".join(
+        f"{k}: {v['method']} lr {v['lr']}"
+        + (f" r={v['lora_r']} α={v['lora_alpha']}" if v["method"] == "lora" else "")
+        + f", {v['epochs']} epochs"
+        for k, v in cfg["finetunes"].items()
+    )
     lines = [
-        "# canaries", "",
+        "# canaries",
+        "",
         f"Base {cfg['base']}. Corpus: {cfg['filler_docs']} documentation paragraphs + canaries "
-        f"(\"<name>'s PIN is\" + {cfg['digits']} digits), {cfg['canaries_per_count']} canaries at each repetition count "
+        f'("<name>\'s PIN is" + {cfg["digits"]} digits), {cfg["canaries_per_count"]} canaries at each repetition count '
         f"{cfg['repetitions']} and {cfg['canaries_per_count']} never inserted; {report['corpus_rows']} documents in all, "
         f"{1 - cfg['filler_docs'] / report['corpus_rows']:.0%} of them canary lines (far denser than in the paper's corpora, "
         "so that a CPU run sees enough repetitions). "
-        f"Fine-tunes (full-sequence loss, plain text): {fts}.", "",
+        f"Fine-tunes (full-sequence loss, plain text): {fts}.",
+        "",
         f"Exposure = log2|R| − log2 rank over all {10 ** cfg['digits']:,} secrets "
-        + ("(exact enumeration)" if key == "exposure" else f"(skew-normal fit to {cfg['skew_samples']} random secrets)")
-        + "; mean [95% CI over canaries]. Extraction: greedy decoding from the prefix gives the secret; rate [Wilson 95% CI].", "",
-        "| model | repetitions | exposure (bits) | extraction |", "|---|---|---|---|",
+        + (
+            "(exact enumeration)"
+            if key == "exposure"
+            else f"(skew-normal fit to {cfg['skew_samples']} random secrets)"
+        )
+        + "; mean [95% CI over canaries]. Extraction: greedy decoding from the prefix gives the secret; rate [Wilson 95% CI].",
+        "",
+        "| model | repetitions | exposure (bits) | extraction |",
+        "|---|---|---|---|",
     ]
     for t in report["table"]:
         reps = "0 (control)" if t["repetitions"] == 0 else str(t["repetitions"])
@@ -272,22 +378,42 @@ def markdown(report: dict) -> str:
     chk = report["skewnorm_check"]
     if chk:
         corr = "n/a" if chk["corr"] is None else f"{chk['corr']:.3f}"
-        lines += ["", f"Skew-normal extrapolation from {cfg['skew_samples']} random secrets "
-                      f"({cfg['skew_samples'] / 10 ** cfg['digits']:.1%} of R) against the exact exposure, over the {chk['n']} "
-                      f"canary × model pairs the model does not rank first ({chk['capped']} ranked first are left out: both "
-                      f"values are capped at log2|R| there): mean |difference| {chk['mean_abs_diff']:.2f} bits, mean difference "
-                      f"(exact − estimate) {chk['mean_diff']:+.2f}, correlation {corr}."]
+        lines += [
+            "",
+            f"Skew-normal extrapolation from {cfg['skew_samples']} random secrets "
+            f"({cfg['skew_samples'] / 10 ** cfg['digits']:.1%} of R) against the exact exposure, over the {chk['n']} "
+            f"canary × model pairs the model does not rank first ({chk['capped']} ranked first are left out: both "
+            f"values are capped at log2|R| there): mean |difference| {chk['mean_abs_diff']:.2f} bits, mean difference "
+            f"(exact − estimate) {chk['mean_diff']:+.2f}, correlation {corr}.",
+        ]
     lines += ["", "## Training", "", "| model | steps | loss first → last | seconds |", "|---|---|---|---|"]
     for label, t in report["train"].items():
         lines.append(f"| {label} | {t['steps']} | {t['loss_first']} → {t['loss_last']} | {t['seconds']} |")
     top = max(cfg["repetitions"])
-    lines += ["", f"## Greedy continuations of the {top}× canaries", "", "| model | prefix | secret | greedy |", "|---|---|---|---|"]
+    lines += [
+        "",
+        f"## Greedy continuations of the {top}× canaries",
+        "",
+        "| model | prefix | secret | greedy |",
+        "|---|---|---|---|",
+    ]
     for label, rows in report["canaries"].items():
         for r in rows:
             if r["repetitions"] == top:
                 lines.append(f"| {label} | {r['prefix']} | {r['secret']} | `{r['greedy'].strip()[:40]}` |")
-    lines += ["", f"**Outcome.** {report['outcome']}.", "", f"Run time {report.get('seconds', 0):.0f} s.", "",
-              "## Artifacts", ""] + [f"- {k}: `{v}`" for k, v in report["models"].items()] + [""]
+    lines += (
+        [
+            "",
+            f"**Outcome.** {report['outcome']}.",
+            "",
+            f"Run time {report.get('seconds', 0):.0f} s.",
+            "",
+            "## Artifacts",
+            "",
+        ]
+        + [f"- {k}: `{v}`" for k, v in report["models"].items()]
+        + [""]
+    )
     return "\n".join(lines)
 
 
@@ -300,7 +426,10 @@ def plot(report: dict, path) -> None:
     key = report["key"]
     fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4.2))
     for label in report["models"]:
-        rows = sorted((t for t in report["table"] if t["model"] == label and t["repetitions"] > 0), key=lambda t: t["repetitions"])
+        rows = sorted(
+            (t for t in report["table"] if t["model"] == label and t["repetitions"] > 0),
+            key=lambda t: t["repetitions"],
+        )
         x = [t["repetitions"] for t in rows]
         for ax, k in ((a, key), (b, "extraction")):
             m = [t[k]["mean"] for t in rows]
@@ -320,4 +449,3 @@ def plot(report: dict, path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
-

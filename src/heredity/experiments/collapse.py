@@ -59,7 +59,7 @@ from heredity.reports.stats import (
 from heredity.store import Store, read_table
 from heredity.store.ops import op, rows_op
 
-rows_op('make-collapse-corpus')  # rows made here, stored by data.io.put_rows
+rows_op("make-collapse-corpus")  # rows made here, stored by data.io.put_rows
 
 Regime = Literal["replace", "accumulate", "keep-real"]
 SEPARATOR = "<|endoftext|>"
@@ -69,12 +69,20 @@ class Config(BaseModel):
     corpus: list[str] = Field(default_factory=list, description="real text files; empty = pydoc_data.topics")
     val_fraction: float = Field(0.1, gt=0, lt=1)
     vocab_size: int = Field(2048, ge=300)
-    pretrain: PretrainConfig = Field(default_factory=lambda: PretrainConfig(iters=800, warmup=50, eval_every=800))
+    pretrain: PretrainConfig = Field(
+        default_factory=lambda: PretrainConfig(iters=800, warmup=50, eval_every=800)
+    )
     generations: int = Field(5, ge=1)
     regimes: list[Regime] = Field(default_factory=lambda: ["replace", "accumulate", "keep-real"])
-    real_fraction: float = Field(0.1, gt=0, lt=1, description="keep-real: share of each generation's data that is real")
-    doc_tokens: int = Field(240, ge=16, description="most tokens per sampled document (it ends earlier at a separator)")
-    synthetic_tokens: int | None = Field(None, ge=1, description="tokens sampled per generation; default = the real training text's")
+    real_fraction: float = Field(
+        0.1, gt=0, lt=1, description="keep-real: share of each generation's data that is real"
+    )
+    doc_tokens: int = Field(
+        240, ge=16, description="most tokens per sampled document (it ends earlier at a separator)"
+    )
+    synthetic_tokens: int | None = Field(
+        None, ge=1, description="tokens sampled per generation; default = the real training text's"
+    )
     temperature: float = Field(1.0, gt=0)
     ngrams: list[int] = Field(default_factory=lambda: [2, 3, 4])
     tail_fraction: float = Field(0.1, gt=0, lt=1)
@@ -85,21 +93,41 @@ class Config(BaseModel):
     @model_validator(mode="after")
     def _fits(self) -> Config:
         if self.doc_tokens + 1 > self.pretrain.max_positions:
-            raise ValueError(f"doc_tokens {self.doc_tokens} + the separator exceed the model's context "
-                             f"(pretrain.max_positions {self.pretrain.max_positions}); lower doc_tokens")
+            raise ValueError(
+                f"doc_tokens {self.doc_tokens} + the separator exceed the model's context "
+                f"(pretrain.max_positions {self.pretrain.max_positions}); lower doc_tokens"
+            )
         return self
 
     @classmethod
     def presets(cls) -> dict[str, Config]:
         return {
             # 3 seeds × (1 + 3 regimes × 2 generations) models of 600 iterations fit the quick budget (~20 min)
-            "quick": cls(generations=2, seeds=3,
-                         pretrain=PretrainConfig(iters=600, warmup=50, eval_every=600)),
-            "paper": cls(vocab_size=8192, generations=10, doc_tokens=500, seeds=5,
-                         pretrain=PretrainConfig(hidden=512, layers=8, heads=8, intermediate=1408, context=256, max_positions=512,
-                                                 iters=5000, batch_size=64, lr=6e-4, min_lr=6e-5, warmup=200, eval_every=5000,
-                                                 eval_batches=50),
-                         sample_batch=256),
+            "quick": cls(
+                generations=2, seeds=3, pretrain=PretrainConfig(iters=600, warmup=50, eval_every=600)
+            ),
+            "paper": cls(
+                vocab_size=8192,
+                generations=10,
+                doc_tokens=500,
+                seeds=5,
+                pretrain=PretrainConfig(
+                    hidden=512,
+                    layers=8,
+                    heads=8,
+                    intermediate=1408,
+                    context=256,
+                    max_positions=512,
+                    iters=5000,
+                    batch_size=64,
+                    lr=6e-4,
+                    min_lr=6e-5,
+                    warmup=200,
+                    eval_every=5000,
+                    eval_batches=50,
+                ),
+                sample_batch=256,
+            ),
         }
 
 
@@ -122,7 +150,9 @@ def chunks(docs: list[str], chars: int) -> list[str]:
     return out
 
 
-def training_docs(regime: Regime, real: list[str], synthetic: list[list[str]], real_fraction: float, seed: int) -> list[str]:
+def training_docs(
+    regime: Regime, real: list[str], synthetic: list[list[str]], real_fraction: float, seed: int
+) -> list[str]:
     """Generation k's training documents; ``synthetic[i]`` is the text sampled from generation i (newest last)."""
     if regime == "replace":
         return list(synthetic[-1])
@@ -140,7 +170,9 @@ def training_docs(regime: Regime, real: list[str], synthetic: list[list[str]], r
     return [*synthetic[-1][:keep_synth], *pieces]
 
 
-def generate(store: Store, model_id: str, tokens: int, config: Config, progress: bool, seed: int | None = None) -> list[str]:
+def generate(
+    store: Store, model_id: str, tokens: int, config: Config, progress: bool, seed: int | None = None
+) -> list[str]:
     """Documents sampled from a model (temperature ``config.temperature``, from the separator, each ending where
     the model ends a document or at ``doc_tokens``) until they hold ``tokens`` tokens; the sampling steps' ids."""
     ids, got = [], 0
@@ -148,11 +180,22 @@ def generate(store: Store, model_id: str, tokens: int, config: Config, progress:
         if got >= tokens:
             break
         n = max(1, math.ceil((tokens - got) / config.doc_tokens * (1.0 if rnd == 0 else 1.5)))
-        did = sample_step(store, model_id, [SEPARATOR],
-                          SampleConfig(chat=False, n=n, temperature=config.temperature, max_new_tokens=config.doc_tokens,
-                                       seed=(config.seed if seed is None else seed) * 1000 + rnd,
-                                       batch_size=config.sample_batch, stop=[SEPARATOR]),
-                          name=f"samples-{store.get(model_id).name}", progress=progress)
+        did = sample_step(
+            store,
+            model_id,
+            [SEPARATOR],
+            SampleConfig(
+                chat=False,
+                n=n,
+                temperature=config.temperature,
+                max_new_tokens=config.doc_tokens,
+                seed=(config.seed if seed is None else seed) * 1000 + rnd,
+                batch_size=config.sample_batch,
+                stop=[SEPARATOR],
+            ),
+            name=f"samples-{store.get(model_id).name}",
+            progress=progress,
+        )
         got += sum(read_table(store.path(did)).column("n_tokens").to_pylist())
         ids.append(did)
     return ids
@@ -181,7 +224,7 @@ def window_nll(model, ids: torch.Tensor, context: int, batch: int = 32) -> list[
     return out
 
 
-@op('measure-collapse', 1)
+@op("measure-collapse", 1)
 def _measure(store: Store, model_id: str, corpus_id: str, samples: list[str], config: Config) -> dict:
     context, ngrams, tail_fraction = config.pretrain.context, config.ngrams, config.tail_fraction
     cfg = {"context": context, "ngrams": ngrams, "tail_fraction": tail_fraction}
@@ -193,8 +236,12 @@ def _measure(store: Store, model_id: str, corpus_id: str, samples: list[str], co
         real = Counter(token_stream(tok, texts["train"]).tolist())
         docs = [tok(t, add_special_tokens=False)["input_ids"] for t in _texts(store, samples)]
         tail = tail_stats([t for d in docs for t in d], real, tail_fraction)
-        res = {"nll": nll, "distinct": {str(n): distinct_n(docs, n) for n in ngrams}, "tail": tail,
-               "sample_tokens": sum(map(len, docs))}
+        res = {
+            "nll": nll,
+            "distinct": {str(n): distinct_n(docs, n) for n in ngrams},
+            "tail": tail,
+            "sample_tokens": sum(map(len, docs)),
+        }
         out = ctx.output("metrics", "report", f"collapse-metrics-{store.get(model_id).name}")
         (out / "metrics.json").write_text(json.dumps(res))
         return {"val_perplexity": round(math.exp(sum(nll) / len(nll)), 3)}
@@ -209,7 +256,9 @@ def run(store: Store, config: Config, progress: bool = True) -> dict:
     corpus = make_corpus(store, config.corpus or None, config.val_fraction, config.seed)
     tok_id = train_tokenizer_step(store, corpus, config.vocab_size, progress)
     texts = corpus_texts(store, corpus)
-    real_chunks = chunks(texts["train"], 4 * config.doc_tokens)  # ≈ one sampled document's length in characters
+    real_chunks = chunks(
+        texts["train"], 4 * config.doc_tokens
+    )  # ≈ one sampled document's length in characters
     models: dict[tuple[str, int, int], str] = {}  # (regime, generation, seed index) -> model id
     train_info: dict[tuple[str, int, int], dict] = {}
     samples: dict[str, list[str]] = {}
@@ -221,22 +270,48 @@ def run(store: Store, config: Config, progress: bool = True) -> dict:
         real_tokens = g0.metrics["corpus_train_tokens"]
         budget = config.synthetic_tokens or real_tokens
         models[("real", 0, s_i)] = g0["model"]
-        train_info[("real", 0, s_i)] = {"docs": len(texts["train"]), "tokens": real_tokens, "seconds": g0.metrics.get("seconds")}
+        train_info[("real", 0, s_i)] = {
+            "docs": len(texts["train"]),
+            "tokens": real_tokens,
+            "seconds": g0.metrics.get("seconds"),
+        }
         for regime in config.regimes:
             prev, synth = g0["model"], []
             for k in range(1, config.generations + 1):
                 samples[prev] = samples.get(prev) or generate(store, prev, budget, config, progress, seed)
                 synth.append(_texts(store, samples[prev]))
-                docs = training_docs(regime, texts["train"] if regime == "accumulate" else real_chunks, synth,
-                                     config.real_fraction, seed * 1000 + k)
-                rows = [{"text": d, "split": "train"} for d in docs] + [{"text": d, "split": "val"} for d in texts["val"]]
-                cid = put_rows(store, rows, f"collapse-{regime}-gen{k}-s{s_i}", op="make-collapse-corpus",
-                               config={"regime": regime, "generation": k, "real_fraction": config.real_fraction, "seed": seed},
-                               inputs=[corpus, *samples[prev]])
-                res = pretrain_step(store, cid, tok_id, p, name=f"collapse-{regime}-gen{k}-s{s_i}", progress=progress)
+                docs = training_docs(
+                    regime,
+                    texts["train"] if regime == "accumulate" else real_chunks,
+                    synth,
+                    config.real_fraction,
+                    seed * 1000 + k,
+                )
+                rows = [{"text": d, "split": "train"} for d in docs] + [
+                    {"text": d, "split": "val"} for d in texts["val"]
+                ]
+                cid = put_rows(
+                    store,
+                    rows,
+                    f"collapse-{regime}-gen{k}-s{s_i}",
+                    op="make-collapse-corpus",
+                    config={
+                        "regime": regime,
+                        "generation": k,
+                        "real_fraction": config.real_fraction,
+                        "seed": seed,
+                    },
+                    inputs=[corpus, *samples[prev]],
+                )
+                res = pretrain_step(
+                    store, cid, tok_id, p, name=f"collapse-{regime}-gen{k}-s{s_i}", progress=progress
+                )
                 prev = models[(regime, k, s_i)] = res["model"]
-                train_info[(regime, k, s_i)] = {"docs": len(docs), "tokens": res.metrics.get("corpus_train_tokens"),
-                                                "seconds": res.metrics.get("seconds")}
+                train_info[(regime, k, s_i)] = {
+                    "docs": len(docs),
+                    "tokens": res.metrics.get("corpus_train_tokens"),
+                    "seconds": res.metrics.get("seconds"),
+                }
     for (_, _, s_i), mid in models.items():
         samples[mid] = samples.get(mid) or generate(store, mid, budget, config, progress, config.seed + s_i)
     metrics = {key: _measure(store, mid, corpus, samples[mid], config) for key, mid in models.items()}
@@ -247,18 +322,30 @@ def run(store: Store, config: Config, progress: bool = True) -> dict:
     return {**card, "lineage_of": models[(config.regimes[0], config.generations, 0)]}
 
 
-def build_report(config: Config, models: dict, metrics: dict, train_info: dict, real_docs: list[str], tok_id: str,
-                 store: Store) -> dict:
+def build_report(
+    config: Config,
+    models: dict,
+    metrics: dict,
+    train_info: dict,
+    real_docs: list[str],
+    tok_id: str,
+    store: Store,
+) -> dict:
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(store.path(tok_id))
     real_ids = [tok(d, add_special_tokens=False)["input_ids"] for d in real_docs]
     flat = [t for d in real_ids for t in d]
     real_chunks = [flat[i : i + config.doc_tokens] for i in range(0, len(flat), config.doc_tokens)]
-    reference = {"distinct": {str(n): distinct_n(real_chunks, n) for n in config.ngrams},
-                 "tail": tail_stats(flat, Counter(flat), config.tail_fraction)}
+    reference = {
+        "distinct": {str(n): distinct_n(real_chunks, n) for n in config.ngrams},
+        "tail": tail_stats(flat, Counter(flat), config.tail_fraction),
+    }
     seeds = sorted({s for _, _, s in models})
-    cells = sorted({(r, k) for r, k, _ in models}, key=lambda x: (x[1] > 0, config.regimes.index(x[0]) if x[0] in config.regimes else -1, x[1]))
+    cells = sorted(
+        {(r, k) for r, k, _ in models},
+        key=lambda x: (x[1] > 0, config.regimes.index(x[0]) if x[0] in config.regimes else -1, x[1]),
+    )
 
     def per_seed(regime, k, f):
         return [f(metrics[(regime, k, s)]) for s in seeds if (regime, k, s) in metrics]
@@ -269,19 +356,35 @@ def build_report(config: Config, models: dict, metrics: dict, train_info: dict, 
     rows = []
     for regime, k in cells:
         nll = mean_ci(per_seed(regime, k, mean_nll))
-        rows.append({
-            "regime": regime, "generation": k, "ids": [models[(regime, k, s)] for s in seeds],
-            "seeds": len(seeds), "nll": nll,
-            "perplexity": {"mean": math.exp(nll["mean"]), "lo": math.exp(nll["lo"]), "hi": math.exp(nll["hi"])},
-            "perplexity_per_seed": [round(math.exp(x), 3) for x in per_seed(regime, k, mean_nll)],
-            "distinct": {str(n): mean_ci(per_seed(regime, k, lambda m, n=n: m["distinct"][str(n)]), bounds=(0, 1))
-                         for n in config.ngrams},
-            "tail_coverage": mean_ci(per_seed(regime, k, lambda m: m["tail"]["tail_coverage"]), bounds=(0, 1),
-                                     allow_binary=True),
-            "types": mean_ci(per_seed(regime, k, lambda m: m["tail"]["types"])),
-            "train": {"docs": [train_info[(regime, k, s)]["docs"] for s in seeds],
-                      "tokens": [train_info[(regime, k, s)]["tokens"] for s in seeds]},
-        })
+        rows.append(
+            {
+                "regime": regime,
+                "generation": k,
+                "ids": [models[(regime, k, s)] for s in seeds],
+                "seeds": len(seeds),
+                "nll": nll,
+                "perplexity": {
+                    "mean": math.exp(nll["mean"]),
+                    "lo": math.exp(nll["lo"]),
+                    "hi": math.exp(nll["hi"]),
+                },
+                "perplexity_per_seed": [round(math.exp(x), 3) for x in per_seed(regime, k, mean_nll)],
+                "distinct": {
+                    str(n): mean_ci(per_seed(regime, k, lambda m, n=n: m["distinct"][str(n)]), bounds=(0, 1))
+                    for n in config.ngrams
+                },
+                "tail_coverage": mean_ci(
+                    per_seed(regime, k, lambda m: m["tail"]["tail_coverage"]),
+                    bounds=(0, 1),
+                    allow_binary=True,
+                ),
+                "types": mean_ci(per_seed(regime, k, lambda m: m["tail"]["types"])),
+                "train": {
+                    "docs": [train_info[(regime, k, s)]["docs"] for s in seeds],
+                    "tokens": [train_info[(regime, k, s)]["tokens"] for s in seeds],
+                },
+            }
+        )
     by = {(r["regime"], r["generation"]): r for r in rows}
     g0 = by[("real", 0)]
     last = config.generations
@@ -290,7 +393,9 @@ def build_report(config: Config, models: dict, metrics: dict, train_info: dict, 
     for regime in config.regimes:
         r = by[(regime, last)]
         pp = r["perplexity"]
-        parts.append(f"{regime}: perplexity {g0['perplexity']['mean']:.1f} → {fmt_ci(pp, 1)} at generation {last}")
+        parts.append(
+            f"{regime}: perplexity {g0['perplexity']['mean']:.1f} → {fmt_ci(pp, 1)} at generation {last}"
+        )
     outcome = "; ".join(parts) + f" (mean over {len(seeds)} seeds, 95% t interval over seeds)"
     comparisons = []
     family = []
@@ -300,7 +405,9 @@ def build_report(config: Config, models: dict, metrics: dict, train_info: dict, 
         family.append(comparisons[-1])
     if "replace" in config.regimes and "accumulate" in config.regimes:
         t = paired_test(per_seed("replace", last, mean_nll), per_seed("accumulate", last, mean_nll), unit)
-        comparisons.append({"a": f"replace gen {last}", "b": f"accumulate gen {last}", "metric": "mean NLL (nats)", **t})
+        comparisons.append(
+            {"a": f"replace gen {last}", "b": f"accumulate gen {last}", "metric": "mean NLL (nats)", **t}
+        )
         family.append(comparisons[-1])
         v = verdict(t, expected=+1, p=None)
         adj = holm([c["p"] for c in family])
@@ -314,15 +421,25 @@ def build_report(config: Config, models: dict, metrics: dict, train_info: dict, 
             outcome += f". At generation {last} accumulate is worse than replace ({said}), against the published result"
         elif v["result"] == "null":
             mde = min_detectable(t["sd"], t["n"], family=len(family))
-            outcome += (f". Replace and accumulate are not separated at generation {last} ({said}; with {t['n']} seeds "
-                        f"the test had 80% power only for |Δ NLL| ≥ {mde:.2g})")
+            outcome += (
+                f". Replace and accumulate are not separated at generation {last} ({said}; with {t['n']} seeds "
+                f"the test had 80% power only for |Δ NLL| ≥ {mde:.2g})"
+            )
         else:
-            outcome += f". Replace vs accumulate at generation {last} is undetermined ({said}): run with seeds ≥ 2"
+            outcome += (
+                f". Replace vs accumulate at generation {last} is undetermined ({said}): run with seeds ≥ 2"
+            )
     else:
         for c, pa in zip(family, holm([c["p"] for c in family]), strict=True):
             c["p_holm"] = pa
-    return {"config": config.model_dump(), "rows": rows, "reference": reference, "comparisons": comparisons,
-            "unit": unit, "outcome": outcome}
+    return {
+        "config": config.model_dump(),
+        "rows": rows,
+        "reference": reference,
+        "comparisons": comparisons,
+        "unit": unit,
+        "outcome": outcome,
+    }
 
 
 def markdown(report: dict) -> str:
@@ -331,39 +448,69 @@ def markdown(report: dict) -> str:
     ng = cfg["ngrams"]
     n_seeds = report["rows"][0]["seeds"]
     lines = [
-        "# collapse", "",
+        "# collapse",
+        "",
         f"Every generation: a {p['layers']}-layer, {p['hidden']}-wide Llama trained from scratch for {p['iters']} iterations "
         f"(batch {p['batch_size']} × {p['context']} tokens). Generation k+1 trains on documents (up to {cfg['doc_tokens']} tokens, "
         f"ending where the model ends them) sampled from generation k at temperature {cfg['temperature']}, as many tokens as the "
         "real training text: replace (only them), accumulate (real + all earlier synthetic "
         f"text), keep-real ({cfg['real_fraction']:.0%} real). Perplexity on held-out real text (exp of the mean window NLL); "
         f"distinct n-grams and tail coverage (share of the real text's rarest tokens, the last {cfg['tail_fraction']:.0%} of "
-        "its mass, that still occur) on the model's own samples.", "",
+        "its mass, that still occur) on the model's own samples.",
+        "",
         f"Unit of replication: **{n_seeds} training seeds**, each an independent chain (generation 0 and every regime's "
         "generations retrained and resampled from that seed). Every value is the mean over seeds [95% t interval over seeds]; "
-        "held-out windows measure one model and are not the unit of any test.", "",
-        "| regime | gen | train tokens (seed 0) | val perplexity | per seed | " + " | ".join(f"distinct-{n}" for n in ng)
+        "held-out windows measure one model and are not the unit of any test.",
+        "",
+        "| regime | gen | train tokens (seed 0) | val perplexity | per seed | "
+        + " | ".join(f"distinct-{n}" for n in ng)
         + " | token types | tail coverage |",
         "|---|---|---|---|---|" + "---|" * len(ng) + "---|---|",
     ]
     ref = report["reference"]
-    lines.append("| real text (reference) | — | — | — | — | " + " | ".join(f"{ref['distinct'][str(n)]:.3f}" for n in ng)
-                 + f" | {ref['tail']['types']} | 1.00 |")
+    lines.append(
+        "| real text (reference) | — | — | — | — | "
+        + " | ".join(f"{ref['distinct'][str(n)]:.3f}" for n in ng)
+        + f" | {ref['tail']['types']} | 1.00 |"
+    )
     for r in report["rows"]:
         pp = r["perplexity"]
-        lines.append(f"| {r['regime']} | {r['generation']} | {r['train']['tokens'][0]:,} | {fmt_ci(pp, 2)} | "
-                     + ", ".join(f"{x:.1f}" for x in r["perplexity_per_seed"]) + " | "
-                     + " | ".join(fmt_ci(r["distinct"][str(n)], 3) for n in ng)
-                     + f" | {r['types']['mean']:.0f} | {fmt_ci(r['tail_coverage'], 3)} |")
+        lines.append(
+            f"| {r['regime']} | {r['generation']} | {r['train']['tokens'][0]:,} | {fmt_ci(pp, 2)} | "
+            + ", ".join(f"{x:.1f}" for x in r["perplexity_per_seed"])
+            + " | "
+            + " | ".join(fmt_ci(r["distinct"][str(n)], 3) for n in ng)
+            + f" | {r['types']['mean']:.0f} | {fmt_ci(r['tail_coverage'], 3)} |"
+        )
     if report.get("comparisons"):
-        lines += ["", "## Tests (two-sided, paired by seed; Holm over the family)", "",
-                  "| a | b | Δ mean NLL (nats) [95% CI] | p | p Holm | unit, n |", "|---|---|---|---|---|---|"]
+        lines += [
+            "",
+            "## Tests (two-sided, paired by seed; Holm over the family)",
+            "",
+            "| a | b | Δ mean NLL (nats) [95% CI] | p | p Holm | unit, n |",
+            "|---|---|---|---|---|---|",
+        ]
         for c in report["comparisons"]:
-            lines.append(f"| {c['a']} | {c['b']} | {fmt_ci({'mean': c['diff'], 'lo': c['lo'], 'hi': c['hi']}, 3)} | "
-                         f"{fmt_num(c['p'], 3, 'g')} | {fmt_num(c.get('p_holm'), 3, 'g')} | {c['unit']}, n = {c['n']} |")
-    lines += ["", f"**Outcome.** {report['outcome']}.", "", f"Run time {report.get('seconds', 0):.0f} s.", "",
-              "## Artifacts", ""] + [f"- {r['regime']} generation {r['generation']}: " + ", ".join(f"`{i}`" for i in r["ids"])
-                                     for r in report["rows"]] + [""]
+            lines.append(
+                f"| {c['a']} | {c['b']} | {fmt_ci({'mean': c['diff'], 'lo': c['lo'], 'hi': c['hi']}, 3)} | "
+                f"{fmt_num(c['p'], 3, 'g')} | {fmt_num(c.get('p_holm'), 3, 'g')} | {c['unit']}, n = {c['n']} |"
+            )
+    lines += (
+        [
+            "",
+            f"**Outcome.** {report['outcome']}.",
+            "",
+            f"Run time {report.get('seconds', 0):.0f} s.",
+            "",
+            "## Artifacts",
+            "",
+        ]
+        + [
+            f"- {r['regime']} generation {r['generation']}: " + ", ".join(f"`{i}`" for i in r["ids"])
+            for r in report["rows"]
+        ]
+        + [""]
+    )
     return "\n".join(lines)
 
 
@@ -381,14 +528,27 @@ def plot(report: dict, path) -> None:
     for i, regime in enumerate(cfg["regimes"]):
         rs = [g0] + sorted((r for r in rows if r["regime"] == regime), key=lambda r: r["generation"])
         x = [r["generation"] for r in rs]
-        for ax, cis in ((axes[0], [r["perplexity"] for r in rs]), (axes[1], [r["distinct"][n] for r in rs]),
-                        (axes[2], [r["tail_coverage"] for r in rs])):
-            ax.errorbar(x, [q["mean"] for q in cis], yerr=yerr(cis), marker="o", capsize=3, color=f"C{i}", label=regime)
+        for ax, cis in (
+            (axes[0], [r["perplexity"] for r in rs]),
+            (axes[1], [r["distinct"][n] for r in rs]),
+            (axes[2], [r["tail_coverage"] for r in rs]),
+        ):
+            ax.errorbar(
+                x,
+                [q["mean"] for q in cis],
+                yerr=yerr(cis),
+                marker="o",
+                capsize=3,
+                color=f"C{i}",
+                label=regime,
+            )
     axes[1].axhline(report["reference"]["distinct"][n], ls="--", color="gray", label="real text")
     axes[0].set_ylabel("perplexity on held-out real text")
     axes[1].set_ylabel(f"distinct-{n} of the model's samples")
     axes[2].set_ylabel(f"tail coverage (rarest {cfg['tail_fraction']:.0%} of real mass)")
-    axes[2].set_ylim(0, 1.05)  # a share: on an autoscaled axis, differences of 0.005 would look like a collapse
+    axes[2].set_ylim(
+        0, 1.05
+    )  # a share: on an autoscaled axis, differences of 0.005 would look like a collapse
     for ax, title in zip(axes, ("Perplexity", "Diversity", "Tail of the token distribution"), strict=True):
         ax.set_xlabel("generation")
         ax.set_title(title)

@@ -34,7 +34,9 @@ class Config(BaseModel):
         }
 
 
-@experiment("subliminal-digits-sweep", question="Where does the digits gap come from: auxiliary logits, width, dose?")
+@experiment(
+    "subliminal-digits-sweep", question="Where does the digits gap come from: auxiliary logits, width, dose?"
+)
 def run(store: Store, config: Config, progress: bool = True) -> dict:
     from heredity.reports.card import save_card
     from heredity.reports.stats import fmt_test, holm, min_detectable, verdict
@@ -50,32 +52,59 @@ def run(store: Store, config: Config, progress: bool = True) -> dict:
             res = digits.run(store, config.base.model_copy(update={axis: v}), progress=progress)
             rep = json.loads((store.path(res["report"]) / "report.json").read_text())
             t = rep["same_vs_other"]
-            points.append({"axis": axis, "value": v, "test": t, "same": rep["arms"]["student same-init aux"],
-                           "other": rep["arms"]["student other-init aux"], "report": res["report"],
-                           "seconds": rep["seconds"]})
+            points.append(
+                {
+                    "axis": axis,
+                    "value": v,
+                    "test": t,
+                    "same": rep["arms"]["student same-init aux"],
+                    "other": rep["arms"]["student other-init aux"],
+                    "report": res["report"],
+                    "seconds": rep["seconds"],
+                }
+            )
             inputs.append(res["report"])
-    runs = list(dict.fromkeys(pt["report"] for pt in points))  # the base setting sits on every axis: one run, counted once
+    runs = list(
+        dict.fromkeys(pt["report"] for pt in points)
+    )  # the base setting sits on every axis: one run, counted once
     first = {pt["report"]: pt for pt in reversed(points)}
     adjusted = dict(zip(runs, holm([first[r]["test"]["p"] for r in runs]), strict=True))
     for pt in points:
         pt["p_holm"] = adjusted[pt["report"]]
         pt["verdict"] = verdict(pt["test"], expected=+1, p=pt["p_holm"])["result"]
-        pt["min_detectable"] = min_detectable(pt["test"]["sd"], pt["test"]["n"], family=len(runs))  # at the Holm level
+        pt["min_detectable"] = min_detectable(
+            pt["test"]["sd"], pt["test"]["n"], family=len(runs)
+        )  # at the Holm level
     by_axis = {}
     for axis in config.axes:
         pts = [p for p in points if p["axis"] == axis]
         sig = [p["value"] for p in pts if p["verdict"] == "as hypothesised"]
         gaps = [round(p["test"]["diff"], 3) for p in pts]
         by_axis[axis] = {"values": [p["value"] for p in pts], "gaps": gaps, "significant_at": sig}
-    outcome = "; ".join(
-        f"{LABELS[a]} {b['values']}: gap {b['gaps']} (significant, Holm over {len(runs)} distinct runs, at {b['significant_at'] or 'none'})"
-        for a, b in by_axis.items()
-    ) + f" — gap = same-init − other-init test accuracy; unit: training seeds, n = {config.base.seeds} per point"
-    report = {"experiment": "subliminal-digits-sweep", "config": config.model_dump(), "points": points, "runs": len(runs),
-              "by_axis": by_axis, "outcome": outcome, "examples": fmt_test(points[0]["test"]) if points else ""}
+    outcome = (
+        "; ".join(
+            f"{LABELS[a]} {b['values']}: gap {b['gaps']} (significant, Holm over {len(runs)} distinct runs, at {b['significant_at'] or 'none'})"
+            for a, b in by_axis.items()
+        )
+        + f" — gap = same-init − other-init test accuracy; unit: training seeds, n = {config.base.seeds} per point"
+    )
+    report = {
+        "experiment": "subliminal-digits-sweep",
+        "config": config.model_dump(),
+        "points": points,
+        "runs": len(runs),
+        "by_axis": by_axis,
+        "outcome": outcome,
+        "examples": fmt_test(points[0]["test"]) if points else "",
+    }
     card = save_card(store, "subliminal-digits-sweep", report, inputs, markdown, plot)
-    return {"report": card["report"], "outcome": outcome, "markdown": card["markdown"], "files": card["files"],
-            "lineage_of": card["report"]}
+    return {
+        "report": card["report"],
+        "outcome": outcome,
+        "markdown": card["markdown"],
+        "files": card["files"],
+        "lineage_of": card["report"],
+    }
 
 
 def rerender(r: dict) -> dict:
@@ -94,21 +123,29 @@ def markdown(r: dict) -> str:
     from heredity.reports.stats import fmt_ci, fmt_p
 
     base = r["config"]["base"]
-    lines = ["# subliminal-digits-sweep", "",
-             f"Each row is one `subliminal-digits` run ({base['data']}, {base['seeds']} training seeds) with one setting "
-             f"changed from the base (m = {base['aux']}, width {base['hidden']}, {base['student_steps']} distillation "
-             "steps). Gap: same-init minus other-init aux-student test accuracy, paired by seed (each seed trains one "
-             f"teacher and both students); 95% t interval over seeds; two-sided p, Holm-adjusted over the "
-             f"{r['runs']} distinct runs (the base setting appears on every axis); for a null, the smallest gap the "
-             "seeds could have detected (80% power at the Holm level, α = 0.05 / the distinct runs). Unit of replication: "
-             "training seeds.", "",
-             f"| axis | value | same-init | other-init | gap [95% CI] | p (Holm; unit: training seeds, n = {base['seeds']}) "
-             "| verdict |", "|---|---|---|---|---|---|---|"]
+    lines = [
+        "# subliminal-digits-sweep",
+        "",
+        f"Each row is one `subliminal-digits` run ({base['data']}, {base['seeds']} training seeds) with one setting "
+        f"changed from the base (m = {base['aux']}, width {base['hidden']}, {base['student_steps']} distillation "
+        "steps). Gap: same-init minus other-init aux-student test accuracy, paired by seed (each seed trains one "
+        f"teacher and both students); 95% t interval over seeds; two-sided p, Holm-adjusted over the "
+        f"{r['runs']} distinct runs (the base setting appears on every axis); for a null, the smallest gap the "
+        "seeds could have detected (80% power at the Holm level, α = 0.05 / the distinct runs). Unit of replication: "
+        "training seeds.",
+        "",
+        f"| axis | value | same-init | other-init | gap [95% CI] | p (Holm; unit: training seeds, n = {base['seeds']}) "
+        "| verdict |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for p in r["points"]:
         t = p["test"]
-        lines.append(f"| {LABELS[p['axis']]} | {p['value']} | {fmt_ci(p['same'])} | {fmt_ci(p['other'])} | "
-                     f"{fmt_ci({'mean': t['diff'], 'lo': t['lo'], 'hi': t['hi']})} | {fmt_p(p['p_holm'])} | {p['verdict']}"
-                     + (f" (could have seen {p['min_detectable']:.3f})" if p["verdict"] == "null" else "") + " |")
+        lines.append(
+            f"| {LABELS[p['axis']]} | {p['value']} | {fmt_ci(p['same'])} | {fmt_ci(p['other'])} | "
+            f"{fmt_ci({'mean': t['diff'], 'lo': t['lo'], 'hi': t['hi']})} | {fmt_p(p['p_holm'])} | {p['verdict']}"
+            + (f" (could have seen {p['min_detectable']:.3f})" if p["verdict"] == "null" else "")
+            + " |"
+        )
     lines += ["", f"**Outcome.** {r['outcome']}.", ""]
     return "\n".join(lines)
 

@@ -37,7 +37,9 @@ from heredity.reports.stats import fmt_ci, wilson_ci
 from heredity.store import Store
 from heredity.store.ops import rows_op
 
-rows_op('make-facts', 'make-fact-questions', 'make-fact-paraphrases', 'make-fact-repeats')  # rows made here, stored by data.io.put_rows
+rows_op(
+    "make-facts", "make-fact-questions", "make-fact-paraphrases", "make-fact-repeats"
+)  # rows made here, stored by data.io.put_rows
 
 RAG_TEMPLATE = "Use these facts to answer.\n{facts}\n\nQuestion: {question}"
 
@@ -48,8 +50,18 @@ class Config(BaseModel):
     paraphrases: int = Field(4, ge=2, le=4, description="wordings per fact in the paraphrase arm")
     top_k: int = Field(3, ge=1)
     embedder: str = BUNDLED
-    finetune: FinetuneConfig = Field(default_factory=lambda: FinetuneConfig(
-        method="full", loss="full_sequence", chat=False, lr=1e-4, epochs=3, batch_size=16, max_length=48, warmup_ratio=0.05))
+    finetune: FinetuneConfig = Field(
+        default_factory=lambda: FinetuneConfig(
+            method="full",
+            loss="full_sequence",
+            chat=False,
+            lr=1e-4,
+            epochs=3,
+            batch_size=16,
+            max_length=48,
+            warmup_ratio=0.05,
+        )
+    )
     max_new_tokens: int = Field(24, ge=4)
     sample_batch: int = Field(32, ge=1)
     seed: int = 0
@@ -58,8 +70,19 @@ class Config(BaseModel):
     def presets(cls) -> dict[str, Config]:
         return {
             "quick": cls(),
-            "paper": cls(entities=200, sample_batch=128, finetune=FinetuneConfig(
-                method="full", loss="full_sequence", chat=False, lr=5e-5, epochs=10, batch_size=32, max_length=48)),
+            "paper": cls(
+                entities=200,
+                sample_batch=128,
+                finetune=FinetuneConfig(
+                    method="full",
+                    loss="full_sequence",
+                    chat=False,
+                    lr=5e-5,
+                    epochs=10,
+                    batch_size=32,
+                    max_length=48,
+                ),
+            ),
         }
 
 
@@ -87,11 +110,20 @@ def rag_prompt(question: str, facts: list[str]) -> str:
     return RAG_TEMPLATE.format(facts="\n".join(f"- {f}" for f in facts), question=question)
 
 
-def _answers(store: Store, model_id: str, prompts: list[str], config: Config, arm: str, progress: bool) -> list[str]:
+def _answers(
+    store: Store, model_id: str, prompts: list[str], config: Config, arm: str, progress: bool
+) -> list[str]:
     """Greedy answers, as a memoized sampling step (a dataset with the model in its lineage)."""
-    did = sample_step(store, model_id, prompts, SampleConfig(temperature=0, max_new_tokens=config.max_new_tokens,
-                                                             batch_size=config.sample_batch, stop=["\n\n"]),
-                      name=f"answers-{re.sub(r'[^a-z0-9]+', '-', arm.lower()).strip('-')}", progress=progress)
+    did = sample_step(
+        store,
+        model_id,
+        prompts,
+        SampleConfig(
+            temperature=0, max_new_tokens=config.max_new_tokens, batch_size=config.sample_batch, stop=["\n\n"]
+        ),
+        name=f"answers-{re.sub(r'[^a-z0-9]+', '-', arm.lower()).strip('-')}",
+        progress=progress,
+    )
     return completions(store, did)
 
 
@@ -100,16 +132,34 @@ def run(store: Store, config: Config, progress: bool = True) -> dict:
     t0 = time.perf_counter()
     base = materialize(config.base, store)
     facts = make_facts(config.entities, config.seed)
-    kb = statements(facts, 1, config.seed)  # one plain statement per fact: the retrieval corpus and the FT data
+    kb = statements(
+        facts, 1, config.seed
+    )  # one plain statement per fact: the retrieval corpus and the FT data
     qs = questions(facts, config.seed)
-    kb_id = put_rows(store, kb, "facts", op="make-facts", config={"entities": config.entities, "seed": config.seed})
+    kb_id = put_rows(
+        store, kb, "facts", op="make-facts", config={"entities": config.entities, "seed": config.seed}
+    )
     q_id = put_rows(store, qs, "fact-questions", op="make-fact-questions", inputs=[kb_id])
     para = statements(facts, config.paraphrases, config.seed)
-    para_id = put_rows(store, para, f"facts-x{config.paraphrases}", op="make-fact-paraphrases",
-                       config={"paraphrases": config.paraphrases}, inputs=[kb_id])
-    reps = [r for r in kb for _ in range(config.paraphrases)]  # the plain statement repeated: the paraphrases' step count
-    reps_id = put_rows(store, reps, f"facts-repeat-x{config.paraphrases}", op="make-fact-repeats",
-                       config={"repeats": config.paraphrases}, inputs=[kb_id])
+    para_id = put_rows(
+        store,
+        para,
+        f"facts-x{config.paraphrases}",
+        op="make-fact-paraphrases",
+        config={"paraphrases": config.paraphrases},
+        inputs=[kb_id],
+    )
+    reps = [
+        r for r in kb for _ in range(config.paraphrases)
+    ]  # the plain statement repeated: the paraphrases' step count
+    reps_id = put_rows(
+        store,
+        reps,
+        f"facts-repeat-x{config.paraphrases}",
+        op="make-fact-repeats",
+        config={"repeats": config.paraphrases},
+        inputs=[kb_id],
+    )
     ft = config.finetune.model_copy(update={"seed": config.seed})
     ft_plain = finetune(store, base, kb_id, ft, progress=progress)
     ft_reps = finetune(store, base, reps_id, ft, progress=progress)
@@ -121,7 +171,9 @@ def run(store: Store, config: Config, progress: bool = True) -> dict:
     retrieval_seconds = round(time.perf_counter() - t, 2)
     recall = {k: recall_at_k(retrieved, list(range(len(qs))), k) for k in sorted({1, config.top_k})}
     plain_prompts = [q["prompt"] for q in qs]
-    rag_prompts = [rag_prompt(q["prompt"], [kb[i]["text"] for i in got]) for q, got in zip(qs, retrieved, strict=True)]
+    rag_prompts = [
+        rag_prompt(q["prompt"], [kb[i]["text"] for i in got]) for q, got in zip(qs, retrieved, strict=True)
+    ]
 
     x = config.paraphrases
     arms = {
@@ -133,39 +185,81 @@ def run(store: Store, config: Config, progress: bool = True) -> dict:
         "FT + RAG": (ft_plain["model"], rag_prompts),
         f"FT + paraphrases (×{config.paraphrases}) + RAG": (ft_para["model"], rag_prompts),
     }
-    answers = {arm: _answers(store, mid, prompts, config, arm, progress) for arm, (mid, prompts) in arms.items()}
-    train = {name: {k: r.metrics.get(k) for k in ("examples", "optimizer_steps", "loss_first", "loss_last", "seconds")}
-             for name, r in (("FT", ft_plain), (f"FT, statement repeated (×{x})", ft_reps),
-                             (f"FT + paraphrases (×{x})", ft_para))}
+    answers = {
+        arm: _answers(store, mid, prompts, config, arm, progress) for arm, (mid, prompts) in arms.items()
+    }
+    train = {
+        name: {
+            k: r.metrics.get(k) for k in ("examples", "optimizer_steps", "loss_first", "loss_last", "seconds")
+        }
+        for name, r in (
+            ("FT", ft_plain),
+            (f"FT, statement repeated (×{x})", ft_reps),
+            (f"FT + paraphrases (×{x})", ft_para),
+        )
+    }
     report = build_report(config, arms, answers, qs, recall, train, rivals(facts))
     report["retrieval_seconds"] = retrieval_seconds
     report["seconds"] = round(time.perf_counter() - t0, 1)
 
-    card = save_card(store, "knowledge-injection", report, [base, ft_plain["model"], ft_reps["model"], ft_para["model"], q_id],
-                     markdown, plot)
+    card = save_card(
+        store,
+        "knowledge-injection",
+        report,
+        [base, ft_plain["model"], ft_reps["model"], ft_para["model"], q_id],
+        markdown,
+        plot,
+    )
     return {**card, "lineage_of": ft_para["model"]}
 
 
 def _versus(a: dict, b: dict, a_name: str, b_name: str, published: str) -> str:
     """A three-way verdict from two rates' intervals."""
     if a["lo"] > b["hi"]:
-        return f"{a_name} beats {b_name}" + (", as published" if published == "a" else ", against the published result")
+        return f"{a_name} beats {b_name}" + (
+            ", as published" if published == "a" else ", against the published result"
+        )
     if b["lo"] > a["hi"]:
-        return f"{b_name} beats {a_name}" + (", as published" if published == "b" else ", against the published result")
+        return f"{b_name} beats {a_name}" + (
+            ", as published" if published == "b" else ", against the published result"
+        )
     return f"{a_name} and {b_name} are not separated here (overlapping intervals)"
 
 
-def build_report(config: Config, arms: dict, answers: dict, qs: list[dict], recall: dict, train: dict,
-                 others: dict[str, set[str]]) -> dict:
+def build_report(
+    config: Config,
+    arms: dict,
+    answers: dict,
+    qs: list[dict],
+    recall: dict,
+    train: dict,
+    others: dict[str, set[str]],
+) -> dict:
     attrs = sorted({q["attribute"] for q in qs})
     rows = []
     for arm, (mid, prompts) in arms.items():
-        ok = [correct(a, q["completion"], others.get(q["attribute"], ())) for a, q in zip(answers[arm], qs, strict=True)]
-        rows.append({"arm": arm, "model": mid, "accuracy": wilson_ci(sum(ok), len(ok)),
-                     "by_attribute": {at: wilson_ci(sum(o for o, q in zip(ok, qs, strict=True) if q["attribute"] == at),
-                                                    sum(q["attribute"] == at for q in qs)) for at in attrs},
-                     "examples": [{"question": q["prompt"], "prompt": p, "answer": a, "value": q["completion"]}
-                                  for q, p, a in list(zip(qs, prompts, answers[arm], strict=True))[:3]]})
+        ok = [
+            correct(a, q["completion"], others.get(q["attribute"], ()))
+            for a, q in zip(answers[arm], qs, strict=True)
+        ]
+        rows.append(
+            {
+                "arm": arm,
+                "model": mid,
+                "accuracy": wilson_ci(sum(ok), len(ok)),
+                "by_attribute": {
+                    at: wilson_ci(
+                        sum(o for o, q in zip(ok, qs, strict=True) if q["attribute"] == at),
+                        sum(q["attribute"] == at for q in qs),
+                    )
+                    for at in attrs
+                },
+                "examples": [
+                    {"question": q["prompt"], "prompt": p, "answer": a, "value": q["completion"]}
+                    for q, p, a in list(zip(qs, prompts, answers[arm], strict=True))[:3]
+                ],
+            }
+        )
     by = {r["arm"]: r for r in rows}
     x = config.paraphrases
     para, reps = f"FT + paraphrases (×{x})", f"FT, statement repeated (×{x})"
@@ -175,13 +269,30 @@ def build_report(config: Config, arms: dict, answers: dict, qs: list[dict], reca
         return f"{a} {r['mean']:.2f} [{r['lo']:.2f}, {r['hi']:.2f}]"
 
     best_ft = max((by["FT"], by[reps], by[para]), key=lambda r: r["accuracy"]["mean"])
-    outcome = (f"accuracy: {acc('base')}; {acc('RAG')}; {acc('FT')}; {acc(reps)}; {acc(para)}; {acc('FT + RAG')}; "
-               f"retrieval recall@{config.top_k} {recall[config.top_k]:.2f}. "
-               + _versus(by["RAG"]["accuracy"], best_ft["accuracy"], "RAG", f"the best fine-tune ({best_ft['arm']})", "a")
-               + "; " + _versus(by[para]["accuracy"], by[reps]["accuracy"], "paraphrases",
-                                f"the same statement repeated ×{x} (same steps)", "a"))
-    return {"config": config.model_dump(), "rows": rows, "recall": {str(k): v for k, v in recall.items()}, "train": train,
-            "questions": len(qs), "attributes": attrs, "outcome": outcome}
+    outcome = (
+        f"accuracy: {acc('base')}; {acc('RAG')}; {acc('FT')}; {acc(reps)}; {acc(para)}; {acc('FT + RAG')}; "
+        f"retrieval recall@{config.top_k} {recall[config.top_k]:.2f}. "
+        + _versus(
+            by["RAG"]["accuracy"], best_ft["accuracy"], "RAG", f"the best fine-tune ({best_ft['arm']})", "a"
+        )
+        + "; "
+        + _versus(
+            by[para]["accuracy"],
+            by[reps]["accuracy"],
+            "paraphrases",
+            f"the same statement repeated ×{x} (same steps)",
+            "a",
+        )
+    )
+    return {
+        "config": config.model_dump(),
+        "rows": rows,
+        "recall": {str(k): v for k, v in recall.items()},
+        "train": train,
+        "questions": len(qs),
+        "attributes": attrs,
+        "outcome": outcome,
+    }
 
 
 def markdown(report: dict) -> str:
@@ -189,29 +300,57 @@ def markdown(report: dict) -> str:
     ft = cfg["finetune"]
     attrs = report["attributes"]
     lines = [
-        "# knowledge-injection", "",
+        "# knowledge-injection",
+        "",
         f"Base {cfg['base']}. Knowledge base: {cfg['entities']} invented countries × 3 attributes = {report['questions']} facts; "
         f"one test question per fact, worded unlike any statement. FT: {ft['method']} fine-tuning, full-sequence loss on plain "
         f"text, lr {ft['lr']}, {ft['epochs']} epochs, on 1 statement per fact, that statement ×{cfg['paraphrases']} or {cfg['paraphrases']} paraphrases. RAG: top-{cfg['top_k']} "
         f"statements by {cfg['embedder']} cosine similarity in the prompt. Greedy answers; correct = the value appears as a word "
         "and no other value of that attribute does. "
-        "Accuracy [Wilson 95% CI].", "",
-        "| arm | accuracy | " + " | ".join(attrs) + " |", "|---|---|" + "---|" * len(attrs),
+        "Accuracy [Wilson 95% CI].",
+        "",
+        "| arm | accuracy | " + " | ".join(attrs) + " |",
+        "|---|---|" + "---|" * len(attrs),
     ]
     for r in report["rows"]:
-        lines.append(f"| {r['arm']} | {fmt_ci(r['accuracy'], 2)} | " + " | ".join(f"{r['by_attribute'][a]['mean']:.2f}" for a in attrs) + " |")
-    lines += ["", "Retrieval: " + ", ".join(f"recall@{k} {v:.2f}" for k, v in report["recall"].items())
-              + f" ({report['questions']} questions; {report.get('retrieval_seconds', 0)} s to embed and search).", "",
-              "## Training", "", "| model | examples | steps | loss first → last | seconds |", "|---|---|---|---|---|"]
+        lines.append(
+            f"| {r['arm']} | {fmt_ci(r['accuracy'], 2)} | "
+            + " | ".join(f"{r['by_attribute'][a]['mean']:.2f}" for a in attrs)
+            + " |"
+        )
+    lines += [
+        "",
+        "Retrieval: "
+        + ", ".join(f"recall@{k} {v:.2f}" for k, v in report["recall"].items())
+        + f" ({report['questions']} questions; {report.get('retrieval_seconds', 0)} s to embed and search).",
+        "",
+        "## Training",
+        "",
+        "| model | examples | steps | loss first → last | seconds |",
+        "|---|---|---|---|---|",
+    ]
     for k, t in report["train"].items():
-        lines.append(f"| {k} | {t['examples']} | {t['optimizer_steps']} | {t['loss_first']} → {t['loss_last']} | {t['seconds']} |")
+        lines.append(
+            f"| {k} | {t['examples']} | {t['optimizer_steps']} | {t['loss_first']} → {t['loss_last']} | {t['seconds']} |"
+        )
     lines += ["", "## Samples", "", "| arm | question | answer | value |", "|---|---|---|---|"]
     for r in report["rows"]:
         for e in r["examples"][:2]:
             ans = e["answer"].replace("|", "\\|").replace("\n", " ").strip()[:80]
             lines.append(f"| {r['arm']} | {e['question']} | {ans} | {e['value']} |")
-    lines += ["", f"**Outcome.** {report['outcome']}.", "", f"Run time {report.get('seconds', 0):.0f} s.", "",
-              "## Artifacts", ""] + [f"- {r['arm']}: `{r['model']}`" for r in report["rows"]] + [""]
+    lines += (
+        [
+            "",
+            f"**Outcome.** {report['outcome']}.",
+            "",
+            f"Run time {report.get('seconds', 0):.0f} s.",
+            "",
+            "## Artifacts",
+            "",
+        ]
+        + [f"- {r['arm']}: `{r['model']}`" for r in report["rows"]]
+        + [""]
+    )
     return "\n".join(lines)
 
 
@@ -226,8 +365,16 @@ def plot(report: dict, path) -> None:
     fig, (a, b) = plt.subplots(1, 2, figsize=(12, 4.2), gridspec_kw={"width_ratios": [1.2, 1]})
     m = [r["accuracy"]["mean"] for r in rows]
     err = yerr([r["accuracy"] for r in rows])
-    colors = ["#6b7280" if r["arm"] == "base" else "#059669" if "RAG" in r["arm"] and "FT" not in r["arm"]
-              else "#2563eb" if "RAG" not in r["arm"] else "#7c3aed" for r in rows]
+    colors = [
+        "#6b7280"
+        if r["arm"] == "base"
+        else "#059669"
+        if "RAG" in r["arm"] and "FT" not in r["arm"]
+        else "#2563eb"
+        if "RAG" not in r["arm"]
+        else "#7c3aed"
+        for r in rows
+    ]
     a.barh(range(len(rows)), m, xerr=err, color=colors, capsize=3)
     a.set_yticks(range(len(rows)), [r["arm"] for r in rows], fontsize=8)
     a.invert_yaxis()
@@ -236,7 +383,13 @@ def plot(report: dict, path) -> None:
     a.set_title("Fine-tuning or retrieval?")
     w = 0.8 / len(rows)
     for i, r in enumerate(rows):
-        b.bar([j + i * w for j in range(len(attrs))], [r["by_attribute"][x]["mean"] for x in attrs], w, label=r["arm"], color=f"C{i}")
+        b.bar(
+            [j + i * w for j in range(len(attrs))],
+            [r["by_attribute"][x]["mean"] for x in attrs],
+            w,
+            label=r["arm"],
+            color=f"C{i}",
+        )
     b.set_xticks([j + 0.4 - w / 2 for j in range(len(attrs))], attrs)
     b.set_ylim(0, 1)
     b.set_ylabel("accuracy")

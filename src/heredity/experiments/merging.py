@@ -51,7 +51,7 @@ from heredity.reports.stats import (
 from heredity.store import Store, read_table
 from heredity.store.ops import op, rows_op
 
-rows_op('make-task-data')  # rows made here, stored by data.io.put_rows
+rows_op("make-task-data")  # rows made here, stored by data.io.put_rows
 
 UNIT = "test items, all tasks pooled; one trained model per arm (one training seed)"
 
@@ -69,16 +69,24 @@ class Config(BaseModel):
     batch_size: int = Field(16, ge=1)
     density: float = Field(0.2, gt=0, le=1, description="TIES / DARE: fraction of each task vector kept")
     lam: float = Field(1.0, gt=0, description="task arithmetic / TIES / DARE scale λ")
-    ta_lam: float = Field(0.5, gt=0, description="task arithmetic's λ (summing four task vectors overshoots at 1)")
-    sparsity: float = Field(0.01, gt=0, le=1, description="Localize-and-Stitch: fraction kept (the paper's ≈1%)")
+    ta_lam: float = Field(
+        0.5, gt=0, description="task arithmetic's λ (summing four task vectors overshoots at 1)"
+    )
+    sparsity: float = Field(
+        0.01, gt=0, le=1, description="Localize-and-Stitch: fraction kept (the paper's ≈1%)"
+    )
     curve: list[float] = Field(default_factory=lambda: [0.001, 0.01, 0.05, 0.1, 1.0])
     localize_steps: int = Field(20, ge=1)
     localize_examples: int = Field(64, ge=1)
     localize_lr: float = Field(0.2, gt=0)
     max_new_tokens: int = Field(16, ge=1)
     sample_batch: int = Field(64, ge=1)
-    seeds: int = Field(1, ge=1, description="training seeds: the whole chain (fine-tunes, merges, evals) per seed; "
-                                            "≥ 2 adds tests across seeds, the unit for claims about the methods")
+    seeds: int = Field(
+        1,
+        ge=1,
+        description="training seeds: the whole chain (fine-tunes, merges, evals) per seed; "
+        "≥ 2 adds tests across seeds, the unit for claims about the methods",
+    )
     seed: int = 0
 
     @classmethod
@@ -86,13 +94,28 @@ class Config(BaseModel):
         return {
             "quick": cls(),  # one seed: ~30 min on 2 cores; its tests are about these trained models
             # val and test: 200 rows per task, all that words and sentiment hold in each part
-            "paper": cls(train_rows=2000, val_rows=200, eval_rows=200, epochs=3, lr=5e-4, localize_steps=100,
-                         localize_examples=64, sample_batch=256, batch_size=32),
+            "paper": cls(
+                train_rows=2000,
+                val_rows=200,
+                eval_rows=200,
+                epochs=3,
+                lr=5e-4,
+                localize_steps=100,
+                localize_examples=64,
+                sample_batch=256,
+                batch_size=32,
+            ),
         }
 
 
-@op('eval-tasks', 3, note='v2: grader, stop rule and batch keyed; v3: the fused decode step refused for mlp_bias / sliding-window models, whose samples it got wrong')
-def _eval(store: Store, model_id: str, data: dict[str, dict[str, str]], sample_cfg: dict, progress: bool) -> dict:
+@op(
+    "eval-tasks",
+    3,
+    note="v2: grader, stop rule and batch keyed; v3: the fused decode step refused for mlp_bias / sliding-window models, whose samples it got wrong",
+)
+def _eval(
+    store: Store, model_id: str, data: dict[str, dict[str, str]], sample_cfg: dict, progress: bool
+) -> dict:
     """Per-item correctness (0/1) of ``model_id`` on every part and task of ``data`` (part → task → dataset id),
     as a stored report (memoized). The rows are read from the dataset artifacts, which are inputs of the step;
     everything else that changes the outcome (sampling config, stop rule, batch size, grader) is in the key."""
@@ -104,9 +127,13 @@ def _eval(store: Store, model_id: str, data: dict[str, dict[str, str]], sample_c
         mid, *dids = ctx.inputs
         model, tok = load(mid, ctx.store, merge_adapter=True)
         t = time.perf_counter()
-        rows = {k: read_table(ctx.store.path(d)).to_pylist() for k, d in zip(cfg["datasets"], dids, strict=True)}
+        rows = {
+            k: read_table(ctx.store.path(d)).to_pylist() for k, d in zip(cfg["datasets"], dids, strict=True)
+        }
         order = [(k, r) for k in cfg["datasets"] for r in rows[k]]
-        comps = sample(model, tok, [r["prompt"] for _, r in order], SampleConfig(**cfg["sample"]), progress=progress)
+        comps = sample(
+            model, tok, [r["prompt"] for _, r in order], SampleConfig(**cfg["sample"]), progress=progress
+        )
         scores: dict[str, dict[str, list[int]]] = {}
         answers: dict[str, dict[str, list[str]]] = {}
         for (k, r), c in zip(order, comps, strict=True):
@@ -115,8 +142,10 @@ def _eval(store: Store, model_id: str, data: dict[str, dict[str, str]], sample_c
             answers.setdefault(part, {}).setdefault(task, []).append(c.text)
         out = ctx.output("scores", "report", f"task-scores-{ctx.store.get(mid).name}")
         (out / "scores.json").write_text(json.dumps({"scores": scores, "answers": answers}))
-        return {"seconds": round(time.perf_counter() - t, 1),
-                **{f"acc_{p}_{k}": sum(v) / len(v) for p, d in scores.items() for k, v in d.items()}}
+        return {
+            "seconds": round(time.perf_counter() - t, 1),
+            **{f"acc_{p}_{k}": sum(v) / len(v) for p, d in scores.items() for k, v in d.items()},
+        }
 
     rid = store.run_step("eval-tasks", cfg, [model_id, *ids], fn)["scores"]
     return json.loads((store.path(rid) / "scores.json").read_text())["scores"]
@@ -127,16 +156,28 @@ def run(store: Store, config: Config, progress: bool = True) -> dict:
     t0 = time.perf_counter()
     base = materialize(config.base, store)
     n_train = {t: min(config.train_rows, capacity(t, "train")) for t in config.tasks}
-    train_rows = {t: TASKS[t](n_train[t], "train", config.seed) for t in config.tasks}  # raises if a part is too small
-    parts = {"val": {t: TASKS[t](config.val_rows, "val", config.seed + 2) for t in config.tasks},
-             "test": {t: TASKS[t](config.eval_rows, "test", config.seed + 1) for t in config.tasks}}
+    train_rows = {
+        t: TASKS[t](n_train[t], "train", config.seed) for t in config.tasks
+    }  # raises if a part is too small
+    parts = {
+        "val": {t: TASKS[t](config.val_rows, "val", config.seed + 2) for t in config.tasks},
+        "test": {t: TASKS[t](config.eval_rows, "test", config.seed + 1) for t in config.tasks},
+    }
 
-    def task_data(rows: list[dict], name: str, **how) -> str:  # put_rows keys the rows themselves: a new generator, new data
+    def task_data(
+        rows: list[dict], name: str, **how
+    ) -> str:  # put_rows keys the rows themselves: a new generator, new data
         return put_rows(store, rows, name, op="make-task-data", config=how)
 
     train = {t: task_data(train_rows[t], f"{t}-train", task=t, part="train") for t in config.tasks}
-    data = {p: {t: task_data(rows, f"{t}-{p}", task=t, part=p) for t, rows in by.items()} for p, by in parts.items()}
-    chains = [_chain(store, config, base, train, train_rows, data, config.seed + k, progress) for k in range(config.seeds)]
+    data = {
+        p: {t: task_data(rows, f"{t}-{p}", task=t, part=p) for t, rows in by.items()}
+        for p, by in parts.items()
+    }
+    chains = [
+        _chain(store, config, base, train, train_rows, data, config.seed + k, progress)
+        for k in range(config.seeds)
+    ]
     models, scores, merged, tuned, curve = chains[0]
     report = build_report(config, models, scores, merged, tuned, curve, n_train)
     if config.seeds >= 2:
@@ -149,46 +190,101 @@ def run(store: Store, config: Config, progress: bool = True) -> dict:
     return {**card, "lineage_of": merged[f"Localize-and-Stitch, learned ({config.sparsity:.1%})"]["model"]}
 
 
-def _chain(store: Store, config: Config, base: str, train: dict, train_rows: dict, data: dict, seed: int,
-           progress: bool) -> tuple:
+def _chain(
+    store: Store,
+    config: Config,
+    base: str,
+    train: dict,
+    train_rows: dict,
+    data: dict,
+    seed: int,
+    progress: bool,
+) -> tuple:
     """One training seed's fine-tunes, merges and evaluations: (models, scores, merged, tuned, curve)."""
-    ft = FinetuneConfig(method="lora", epochs=config.epochs, lr=config.lr, lora_r=config.lora_r, lora_alpha=config.lora_alpha,
-                        batch_size=config.batch_size, seed=seed)
-    tuned = {task: finetune(store, base, train[task], ft, progress=progress)["model"] for task in config.tasks}
+    ft = FinetuneConfig(
+        method="lora",
+        epochs=config.epochs,
+        lr=config.lr,
+        lora_r=config.lora_r,
+        lora_alpha=config.lora_alpha,
+        batch_size=config.batch_size,
+        seed=seed,
+    )
+    tuned = {
+        task: finetune(store, base, train[task], ft, progress=progress)["model"] for task in config.tasks
+    }
     all_rows = [r for task in config.tasks for r in train_rows[task]]
-    multi_data = put_rows(store, all_rows, "all-tasks-train", op="make-task-data",
-                          config={"tasks": config.tasks, "part": "train"},
-                          inputs=[train[t] for t in config.tasks])
+    multi_data = put_rows(
+        store,
+        all_rows,
+        "all-tasks-train",
+        op="make-task-data",
+        config={"tasks": config.tasks, "part": "train"},
+        inputs=[train[t] for t in config.tasks],
+    )
     multi = finetune(store, base, multi_data, ft, progress=progress)["model"]
 
-    def cfg(method: str, name: str, params: dict | None = None, localize: dict | None = None, with_data: bool = False):
-        return MergeConfig(merge_method=method, base_model=base, name=name, parameters=params or {}, seed=seed,
-                           models=[{"model": tuned[t], **({"data": train[t]} if with_data else {})} for t in config.tasks],
-                           localize=localize)
+    def cfg(
+        method: str,
+        name: str,
+        params: dict | None = None,
+        localize: dict | None = None,
+        with_data: bool = False,
+    ):
+        return MergeConfig(
+            merge_method=method,
+            base_model=base,
+            name=name,
+            parameters=params or {},
+            seed=seed,
+            models=[{"model": tuned[t], **({"data": train[t]} if with_data else {})} for t in config.tasks],
+            localize=localize,
+        )
 
     loc = {"steps": config.localize_steps, "examples": config.localize_examples, "lr": config.localize_lr}
     pct = f"{config.sparsity:.1%}"
     merges = {
         "linear average": cfg("linear", "merge-linear"),
-        f"task arithmetic (λ={config.ta_lam})": cfg("task_arithmetic", "merge-task-arithmetic", {"lambda": config.ta_lam}),
-        f"TIES (density {config.density})": cfg("ties", "merge-ties", {"density": config.density, "lambda": config.lam}),
-        f"DARE linear (density {config.density})": cfg("dare_linear", "merge-dare-linear",
-                                                       {"density": config.density, "lambda": config.ta_lam}),
+        f"task arithmetic (λ={config.ta_lam})": cfg(
+            "task_arithmetic", "merge-task-arithmetic", {"lambda": config.ta_lam}
+        ),
+        f"TIES (density {config.density})": cfg(
+            "ties", "merge-ties", {"density": config.density, "lambda": config.lam}
+        ),
+        f"DARE linear (density {config.density})": cfg(
+            "dare_linear", "merge-dare-linear", {"density": config.density, "lambda": config.ta_lam}
+        ),
         # normalize: the disjoint *mean* as in TIES (mergekit's dare_ties default is the plain sum)
-        f"DARE TIES (density {config.density})": cfg("dare_ties", "merge-dare-ties",
-                                                     {"density": config.density, "lambda": config.lam, "normalize": True}),
-        f"Localize-and-Stitch, learned ({pct})": cfg("localize_stitch", "merge-ls-learned", {},
-                                                     {**loc, "sparsity": config.sparsity, "dataless": False}, with_data=True),
+        f"DARE TIES (density {config.density})": cfg(
+            "dare_ties",
+            "merge-dare-ties",
+            {"density": config.density, "lambda": config.lam, "normalize": True},
+        ),
+        f"Localize-and-Stitch, learned ({pct})": cfg(
+            "localize_stitch",
+            "merge-ls-learned",
+            {},
+            {**loc, "sparsity": config.sparsity, "dataless": False},
+            with_data=True,
+        ),
     }
-    curve = {s: cfg("localize_stitch", f"merge-ls-dataless-{s:g}", {}, {"sparsity": s, "dataless": True}) for s in config.curve}
+    curve = {
+        s: cfg("localize_stitch", f"merge-ls-dataless-{s:g}", {}, {"sparsity": s, "dataless": True})
+        for s in config.curve
+    }
     for s, c in curve.items():
         merges[f"Localize-and-Stitch, dataless ({s:.1%})"] = c
     merged = {label: merge(store, c, progress=progress) for label, c in merges.items()}
 
-    models = {"base (no fine-tune)": base, **{f"fine-tuned on {t}": tuned[t] for t in config.tasks},
-              "multi-task fine-tune": multi, **{k: v["model"] for k, v in merged.items()}}
-    sample_cfg = SampleConfig(temperature=0, max_new_tokens=config.max_new_tokens, batch_size=config.sample_batch,
-                              stop=["\n"]).model_dump()
+    models = {
+        "base (no fine-tune)": base,
+        **{f"fine-tuned on {t}": tuned[t] for t in config.tasks},
+        "multi-task fine-tune": multi,
+        **{k: v["model"] for k, v in merged.items()},
+    }
+    sample_cfg = SampleConfig(
+        temperature=0, max_new_tokens=config.max_new_tokens, batch_size=config.sample_batch, stop=["\n"]
+    ).model_dump()
     scores = {label: _eval(store, mid, data, sample_cfg, progress) for label, mid in models.items()}
     return models, scores, merged, tuned, curve
 
@@ -204,9 +300,15 @@ def across_seeds(config: Config, seed_scores: list[dict], merge_labels: list[str
 
     labels = list(seed_scores[0])
     per = {lab: {p: [mean_acc(sc, lab, p) for sc in seed_scores] for p in ("val", "test")} for lab in labels}
-    rows = [{"model": lab, "test_per_seed": per[lab]["test"],
-             "test": mean_ci(per[lab]["test"], bounds=(0, 1), allow_binary=True),
-             "val": sum(per[lab]["val"]) / len(per[lab]["val"])} for lab in labels]
+    rows = [
+        {
+            "model": lab,
+            "test_per_seed": per[lab]["test"],
+            "test": mean_ci(per[lab]["test"], bounds=(0, 1), allow_binary=True),
+            "val": sum(per[lab]["val"]) / len(per[lab]["val"]),
+        }
+        for lab in labels
+    ]
     ranking = sorted(merge_labels, key=lambda lab: sum(per[lab]["val"]), reverse=True)
     best, runner = ranking[0], ranking[1] if len(ranking) > 1 else None
     unit = "training seeds (a full chain each)"
@@ -231,34 +333,71 @@ def _part_stats(bits: dict[str, list[int]], own: dict[str, float], tasks: list[s
     acc = {t: rates_ci(bits[t]) for t in tasks}
     norm = {t: (acc[t]["mean"] / own[t] if own[t] > 0 else None) for t in tasks}
     valid = [v for v in norm.values() if v is not None]
-    return {"accuracy": acc, "n": n, "normalized": norm, "mean_normalized": sum(valid) / len(valid) if valid else None,
-            "mean_accuracy": rates_ci([b for t in tasks for b in bits[t]])}
+    return {
+        "accuracy": acc,
+        "n": n,
+        "normalized": norm,
+        "mean_normalized": sum(valid) / len(valid) if valid else None,
+        "mean_accuracy": rates_ci([b for t in tasks for b in bits[t]]),
+    }
 
 
 def _pooled(scores: dict, label: str, tasks: list[str], part: str = "test") -> list[int]:
     return [b for t in tasks for b in scores[label][part][t]]
 
 
-def build_report(config: Config, models: dict, scores: dict, merged: dict, tuned: dict, curve: dict,
-                 n_train: dict | None = None) -> dict:
+def build_report(
+    config: Config,
+    models: dict,
+    scores: dict,
+    merged: dict,
+    tuned: dict,
+    curve: dict,
+    n_train: dict | None = None,
+) -> dict:
     tasks = config.tasks
-    own = {p: {t: sum(scores[f"fine-tuned on {t}"][p][t]) / len(scores[f"fine-tuned on {t}"][p][t]) for t in tasks}
-           for p in ("val", "test")}
+    own = {
+        p: {
+            t: sum(scores[f"fine-tuned on {t}"][p][t]) / len(scores[f"fine-tuned on {t}"][p][t])
+            for t in tasks
+        }
+        for p in ("val", "test")
+    }
     rows = []
     for label, mid in models.items():
         test = _part_stats(scores[label]["test"], own["test"], tasks)
-        rows.append({"model": label, "id": mid, "merged": label in merged, **test,
-                     "val": _part_stats(scores[label]["val"], own["val"], tasks)})
+        rows.append(
+            {
+                "model": label,
+                "id": mid,
+                "merged": label in merged,
+                **test,
+                "val": _part_stats(scores[label]["val"], own["val"], tasks),
+            }
+        )
     by = {r["model"]: r for r in rows}
-    ls = {label: {"kept_fraction": m.metrics.get("kept_fraction"), "overlap": m.metrics.get("overlap")}
-          for label, m in merged.items() if "kept_fraction" in m.metrics}
-    curve_pts = [{"sparsity": s, "mean_normalized": by[lab]["mean_normalized"], "mean_accuracy": by[lab]["mean_accuracy"]}
-                 for s in curve for lab in [f"Localize-and-Stitch, dataless ({s:.1%})"]]
+    ls = {
+        label: {"kept_fraction": m.metrics.get("kept_fraction"), "overlap": m.metrics.get("overlap")}
+        for label, m in merged.items()
+        if "kept_fraction" in m.metrics
+    }
+    curve_pts = [
+        {
+            "sparsity": s,
+            "mean_normalized": by[lab]["mean_normalized"],
+            "mean_accuracy": by[lab]["mean_accuracy"],
+        }
+        for s in curve
+        for lab in [f"Localize-and-Stitch, dataless ({s:.1%})"]
+    ]
 
     # selection on val; the chosen merge's numbers and the comparisons on test
     undefined = all(by[lab]["val"]["mean_normalized"] is None for lab in merged)
-    criterion = ("val mean accuracy (no individual fine-tune scored above 0 on val, so normalized accuracy is undefined)"
-                 if undefined else "val mean normalized accuracy (ties: val mean accuracy)")
+    criterion = (
+        "val mean accuracy (no individual fine-tune scored above 0 on val, so normalized accuracy is undefined)"
+        if undefined
+        else "val mean normalized accuracy (ties: val mean accuracy)"
+    )
 
     def key(lab: str) -> tuple:
         v = by[lab]["val"]
@@ -268,22 +407,58 @@ def build_report(config: Config, models: dict, scores: dict, merged: dict, tuned
     best, runner = ranking[0], (ranking[1] if len(ranking) > 1 else None)
     comparisons = []
     if runner is not None:
-        comparisons.append({"name": "chosen merge vs runner-up on val", "a": best, "b": runner, "expected": 1,
-                            **paired_rate_test(_pooled(scores, best, tasks), _pooled(scores, runner, tasks), UNIT)})
-    one, full = f"Localize-and-Stitch, dataless ({config.sparsity:.1%})", f"Localize-and-Stitch, dataless ({1.0:.1%})"
+        comparisons.append(
+            {
+                "name": "chosen merge vs runner-up on val",
+                "a": best,
+                "b": runner,
+                "expected": 1,
+                **paired_rate_test(_pooled(scores, best, tasks), _pooled(scores, runner, tasks), UNIT),
+            }
+        )
+    one, full = (
+        f"Localize-and-Stitch, dataless ({config.sparsity:.1%})",
+        f"Localize-and-Stitch, dataless ({1.0:.1%})",
+    )
     if config.sparsity in curve and 1.0 in curve and config.sparsity != 1.0:
-        comparisons.append({"name": f"dataless Localize-and-Stitch, {config.sparsity:.1%} vs 100% kept", "a": one,
-                            "b": full, "expected": 0,
-                            **paired_rate_test(_pooled(scores, one, tasks), _pooled(scores, full, tasks), UNIT)})
+        comparisons.append(
+            {
+                "name": f"dataless Localize-and-Stitch, {config.sparsity:.1%} vs 100% kept",
+                "a": one,
+                "b": full,
+                "expected": 0,
+                **paired_rate_test(_pooled(scores, one, tasks), _pooled(scores, full, tasks), UNIT),
+            }
+        )
     for c, p in zip(comparisons, holm([c["p"] for c in comparisons]), strict=True):
         c["p_holm"] = p
         c["verdict"] = verdict(c, c["expected"], p=p)["words"]
-    selection = {"criterion": criterion, "chosen": best, "runner_up": runner, "comparisons": comparisons,
-                 "ranking": [{"model": lab, "val_mean_normalized": by[lab]["val"]["mean_normalized"],
-                              "val_mean_accuracy": by[lab]["val"]["mean_accuracy"]} for lab in ranking]}
-    return {"config": config.model_dump(), "tasks": tasks, "rows": rows, "own_accuracy": own, "localize": ls,
-            "curve": curve_pts, "selection": selection, "train_rows": n_train or {t: config.train_rows for t in tasks},
-            "outcome": _outcome(config, by, selection), "tuned": tuned}
+    selection = {
+        "criterion": criterion,
+        "chosen": best,
+        "runner_up": runner,
+        "comparisons": comparisons,
+        "ranking": [
+            {
+                "model": lab,
+                "val_mean_normalized": by[lab]["val"]["mean_normalized"],
+                "val_mean_accuracy": by[lab]["val"]["mean_accuracy"],
+            }
+            for lab in ranking
+        ],
+    }
+    return {
+        "config": config.model_dump(),
+        "tasks": tasks,
+        "rows": rows,
+        "own_accuracy": own,
+        "localize": ls,
+        "curve": curve_pts,
+        "selection": selection,
+        "train_rows": n_train or {t: config.train_rows for t in tasks},
+        "outcome": _outcome(config, by, selection),
+        "tuned": tuned,
+    }
 
 
 def _outcome(config: Config, by: dict, sel: dict) -> str:
@@ -292,14 +467,20 @@ def _outcome(config: Config, by: dict, sel: dict) -> str:
     by_acc = sel["criterion"].startswith("val mean accuracy")
     how = "mean accuracy" if by_acc else "mean normalized accuracy"
     val_score = b["val"]["mean_accuracy"]["mean"] if by_acc else b["val"]["mean_normalized"]
-    text = (f"chosen on validation ({nv} val items per task) by {how}: {sel['chosen']} (val {how} {_f(val_score)}, "
-            f"a point estimate); on test ({nt} items per task, {b['mean_accuracy']['n']} pooled) it scores mean accuracy "
-            f"{fmt_ci(b['mean_accuracy'], 2)} (Wilson, pooled over tasks) and mean normalized accuracy "
-            f"{_f(b['mean_normalized'])} (point estimate; multi-task fine-tune {_f(by['multi-task fine-tune']['mean_normalized'])})")
+    text = (
+        f"chosen on validation ({nv} val items per task) by {how}: {sel['chosen']} (val {how} {_f(val_score)}, "
+        f"a point estimate); on test ({nt} items per task, {b['mean_accuracy']['n']} pooled) it scores mean accuracy "
+        f"{fmt_ci(b['mean_accuracy'], 2)} (Wilson, pooled over tasks) and mean normalized accuracy "
+        f"{_f(b['mean_normalized'])} (point estimate; multi-task fine-tune {_f(by['multi-task fine-tune']['mean_normalized'])})"
+    )
     for c in sel["comparisons"]:
-        text += f"; {c['name']} ({c['a']} − {c['b']}), on test: {fmt_test(c, 3, p=c['p_holm'])}: {c['verdict']}"
-    return text + (". These comparisons are over test items for these trained models (one fine-tune per task, one "
-                   "training seed), not about the merge methods or training in general")
+        text += (
+            f"; {c['name']} ({c['a']} − {c['b']}), on test: {fmt_test(c, 3, p=c['p_holm'])}: {c['verdict']}"
+        )
+    return text + (
+        ". These comparisons are over test items for these trained models (one fine-tune per task, one "
+        "training seed), not about the merge methods or training in general"
+    )
 
 
 def _f(x: float | None) -> str:
@@ -310,10 +491,16 @@ def markdown(report: dict) -> str:
     tasks = report["tasks"]
     cfg = report["config"]
     ntr = report.get("train_rows") or {t: cfg["train_rows"] for t in tasks}
-    train_txt = (f"{cfg['train_rows']} train rows per task" if len(set(ntr.values())) == 1 else
-                 "train rows per task " + ", ".join(f"{t} {ntr[t]}" for t in tasks) + " (a task's whole train part where smaller)")
+    train_txt = (
+        f"{cfg['train_rows']} train rows per task"
+        if len(set(ntr.values())) == 1
+        else "train rows per task "
+        + ", ".join(f"{t} {ntr[t]}" for t in tasks)
+        + " (a task's whole train part where smaller)"
+    )
     lines = [
-        "# merging", "",
+        "# merging",
+        "",
         f"Base {cfg['base']}; tasks {', '.join(tasks)}; {train_txt}, LoRA r={cfg['lora_r']} α={cfg['lora_alpha']}, "
         f"{cfg['epochs']} epochs, lr {cfg['lr']}; one training seed. Every task has disjoint train / val / test parts of "
         f"distinct items (sentiment: val and test adjectives, templates and subjects unseen in training); "
@@ -321,58 +508,113 @@ def markdown(report: dict) -> str:
         "",
         "Test accuracy: rate [95% Wilson interval] over items. Mean acc.: over tasks, a Wilson interval on the pooled "
         "count (every task has the same n, so the pooled rate is the mean over tasks). Norm.: ÷ the task's own "
-        "fine-tune on the same part, a point estimate (no interval). Val norm.: the selection criterion.", "",
-        "| model | " + " | ".join(f"{t} acc" for t in tasks) + " | mean acc | mean norm. (point est.) | val mean norm. |",
+        "fine-tune on the same part, a point estimate (no interval). Val norm.: the selection criterion.",
+        "",
+        "| model | "
+        + " | ".join(f"{t} acc" for t in tasks)
+        + " | mean acc | mean norm. (point est.) | val mean norm. |",
         "|---|" + "---|" * (len(tasks) + 3),
     ]
     for r in report["rows"]:
         cells = [fmt_ci(r["accuracy"][t], 2) for t in tasks]
-        lines.append(f"| {r['model']} | " + " | ".join(cells) + f" | {fmt_ci(r['mean_accuracy'], 2)} | "
-                     f"{_f(r['mean_normalized'])} | {_f(r['val']['mean_normalized'])} |")
+        lines.append(
+            f"| {r['model']} | " + " | ".join(cells) + f" | {fmt_ci(r['mean_accuracy'], 2)} | "
+            f"{_f(r['mean_normalized'])} | {_f(r['val']['mean_normalized'])} |"
+        )
     n, nv = report["rows"][0]["n"], report["rows"][0]["val"]["n"]
-    lines += ["", f"n per task: test {', '.join(f'{t} {n[t]}' for t in tasks)}; val {', '.join(f'{t} {nv[t]}' for t in tasks)}.", ""]
+    lines += [
+        "",
+        f"n per task: test {', '.join(f'{t} {n[t]}' for t in tasks)}; val {', '.join(f'{t} {nv[t]}' for t in tasks)}.",
+        "",
+    ]
     sel = report["selection"]
     by = {r["model"]: r for r in report["rows"]}
     b = by[sel["chosen"]]
-    lines += ["## Selection (validation) and test", "",
-              f"Criterion: {sel['criterion']}, over the merges only; the test part plays no part in the choice.", "",
-              "| merge (ranked on val) | val mean norm. | val mean acc | test mean norm. | test mean acc |", "|---|---|---|---|---|"]
+    lines += [
+        "## Selection (validation) and test",
+        "",
+        f"Criterion: {sel['criterion']}, over the merges only; the test part plays no part in the choice.",
+        "",
+        "| merge (ranked on val) | val mean norm. | val mean acc | test mean norm. | test mean acc |",
+        "|---|---|---|---|---|",
+    ]
     for x in sel["ranking"]:
         r = by[x["model"]]
-        mark = " (chosen)" if x["model"] == sel["chosen"] else " (runner-up)" if x["model"] == sel["runner_up"] else ""
-        lines.append(f"| {x['model']}{mark} | {_f(x['val_mean_normalized'])} | {fmt_ci(x['val_mean_accuracy'], 2)} | "
-                     f"{_f(r['mean_normalized'])} | {fmt_ci(r['mean_accuracy'], 2)} |")
-    lines += ["", f"Chosen: **{sel['chosen']}**. On test: " + "; ".join(f"{t} {fmt_ci(b['accuracy'][t], 2)}" for t in tasks)
-              + f"; mean accuracy {fmt_ci(b['mean_accuracy'], 2)}; mean normalized accuracy {_f(b['mean_normalized'])} "
-              "(point estimate).", ""]
+        mark = (
+            " (chosen)"
+            if x["model"] == sel["chosen"]
+            else " (runner-up)"
+            if x["model"] == sel["runner_up"]
+            else ""
+        )
+        lines.append(
+            f"| {x['model']}{mark} | {_f(x['val_mean_normalized'])} | {fmt_ci(x['val_mean_accuracy'], 2)} | "
+            f"{_f(r['mean_normalized'])} | {fmt_ci(r['mean_accuracy'], 2)} |"
+        )
+    lines += [
+        "",
+        f"Chosen: **{sel['chosen']}**. On test: "
+        + "; ".join(f"{t} {fmt_ci(b['accuracy'][t], 2)}" for t in tasks)
+        + f"; mean accuracy {fmt_ci(b['mean_accuracy'], 2)}; mean normalized accuracy {_f(b['mean_normalized'])} "
+        "(point estimate).",
+        "",
+    ]
     if sel["comparisons"]:
-        lines += ["Paired comparisons on test (the same items scored for both models; exact McNemar, Newcombe interval "
-                  f"of the accuracy difference, Holm-adjusted over these {len(sel['comparisons'])}; the intervals are unadjusted 95%). Unit of replication: "
-                  "test items, conditional on ONE trained model per arm (one training seed) — they say whether these "
-                  "models differ on items like these, not whether the methods or training in general do.", ""]
-        lines += [f"* {c['name']}: {c['a']} − {c['b']}: {fmt_test(c, 3, p=c['p_holm'])} — {c['verdict']}."
-                  for c in sel["comparisons"]]
+        lines += [
+            "Paired comparisons on test (the same items scored for both models; exact McNemar, Newcombe interval "
+            f"of the accuracy difference, Holm-adjusted over these {len(sel['comparisons'])}; the intervals are unadjusted 95%). Unit of replication: "
+            "test items, conditional on ONE trained model per arm (one training seed) — they say whether these "
+            "models differ on items like these, not whether the methods or training in general do.",
+            "",
+        ]
+        lines += [
+            f"* {c['name']}: {c['a']} − {c['b']}: {fmt_test(c, 3, p=c['p_holm'])} — {c['verdict']}."
+            for c in sel["comparisons"]
+        ]
         lines.append("")
     if report["localize"]:
-        lines += ["## Localize-and-Stitch masks", "", "| merge | kept fraction per task | max pairwise overlap |", "|---|---|---|"]
+        lines += [
+            "## Localize-and-Stitch masks",
+            "",
+            "| merge | kept fraction per task | max pairwise overlap |",
+            "|---|---|---|",
+        ]
         for label, s in report["localize"].items():
             task_of = {aid: t for t, aid in report["tuned"].items()}
-            kept = ", ".join(f"{task_of.get(k.split()[-1], k)} {v:.4f}" for k, v in (s["kept_fraction"] or {}).items())
+            kept = ", ".join(
+                f"{task_of.get(k.split()[-1], k)} {v:.4f}" for k, v in (s["kept_fraction"] or {}).items()
+            )
             ov = max((s["overlap"] or {}).values(), default=0)
             lines.append(f"| {label} | {kept} | {ov:.3f} |")
         lines.append("")
     if report.get("across_seeds"):
         a = report["across_seeds"]
-        lines += [f"## Across {a['seeds']} training seeds (unit: {a['unit']})", "",
-                  "Every fine-tune, merge and evaluation rerun per seed; test mean accuracy per seed and its mean "
-                  "[95% t interval over seeds]. The tables above are seed 0's.", "",
-                  "| model | test mean accuracy | per seed | val (seed mean) |", "|---|---|---|---|"]
-        lines += [f"| {r['model']} | {fmt_ci(r['test'], 3)} | " + ", ".join(f"{x:.3f}" for x in r["test_per_seed"])
-                  + f" | {r['val']:.3f} |" for r in a["rows"]]
+        lines += [
+            f"## Across {a['seeds']} training seeds (unit: {a['unit']})",
+            "",
+            "Every fine-tune, merge and evaluation rerun per seed; test mean accuracy per seed and its mean "
+            "[95% t interval over seeds]. The tables above are seed 0's.",
+            "",
+            "| model | test mean accuracy | per seed | val (seed mean) |",
+            "|---|---|---|---|",
+        ]
+        lines += [
+            f"| {r['model']} | {fmt_ci(r['test'], 3)} | "
+            + ", ".join(f"{x:.3f}" for x in r["test_per_seed"])
+            + f" | {r['val']:.3f} |"
+            for r in a["rows"]
+        ]
         lines += ["", a["outcome"] + ".", ""]
-    lines += ["## Sparsity curve (dataless Localize-and-Stitch, test)", "",
-              "| kept | mean normalized accuracy (point est.) | mean accuracy [Wilson, pooled] |", "|---|---|---|"]
-    lines += [f"| {p['sparsity']:.1%} | {_f(p['mean_normalized'])} | {fmt_ci(p['mean_accuracy'], 2)} |" for p in report["curve"]]
+    lines += [
+        "## Sparsity curve (dataless Localize-and-Stitch, test)",
+        "",
+        "| kept | mean normalized accuracy (point est.) | mean accuracy [Wilson, pooled] |",
+        "|---|---|---|",
+    ]
+    lines += [
+        f"| {p['sparsity']:.1%} | {_f(p['mean_normalized'])} | {fmt_ci(p['mean_accuracy'], 2)} |"
+        for p in report["curve"]
+    ]
     lines += ["", f"**Outcome.** {report['outcome']}.", "", f"Run time {report.get('seconds', 0):.0f} s.", ""]
     return "\n".join(lines)
 
@@ -386,7 +628,12 @@ def plot(report: dict, path) -> None:
     fig, (a, b) = plt.subplots(1, 2, figsize=(12, 4.5))
     pts = report["curve"]
     pts = [p for p in pts if p["mean_normalized"] is not None]
-    a.plot([p["sparsity"] * 100 for p in pts], [p["mean_normalized"] for p in pts], "o-", label="Localize-and-Stitch (dataless)")
+    a.plot(
+        [p["sparsity"] * 100 for p in pts],
+        [p["mean_normalized"] for p in pts],
+        "o-",
+        label="Localize-and-Stitch (dataless)",
+    )
     by = {r["model"]: r for r in report["rows"]}
     for label, style in (("multi-task fine-tune", "--"), ("linear average", ":")):
         if label in by and by[label]["mean_normalized"] is not None:
@@ -400,9 +647,17 @@ def plot(report: dict, path) -> None:
     chosen = report["selection"]["chosen"]
     labels = [r["model"] + ("  ← chosen on val" if r["model"] == chosen else "") for r in rows]
     vals = [r["mean_accuracy"]["mean"] for r in rows]
-    err = [[v - r["mean_accuracy"]["lo"] for v, r in zip(vals, rows, strict=True)],
-           [r["mean_accuracy"]["hi"] - v for v, r in zip(vals, rows, strict=True)]]
-    b.barh(range(len(rows)), vals, xerr=err, capsize=2, color=["#059669" if r["merged"] else "#2563eb" for r in rows])
+    err = [
+        [v - r["mean_accuracy"]["lo"] for v, r in zip(vals, rows, strict=True)],
+        [r["mean_accuracy"]["hi"] - v for v, r in zip(vals, rows, strict=True)],
+    ]
+    b.barh(
+        range(len(rows)),
+        vals,
+        xerr=err,
+        capsize=2,
+        color=["#059669" if r["merged"] else "#2563eb" for r in rows],
+    )
     b.set_yticks(range(len(rows)), labels, fontsize=7)
     b.invert_yaxis()
     b.set_xlabel("test mean accuracy over tasks [95% Wilson, pooled items]")

@@ -45,10 +45,12 @@ from heredity.models import RemoteModel, materialize, merge_adapter, stack_adapt
 from heredity.store import Store, read_table
 from heredity.store.ops import op, rows_op
 
-rows_op('make-verified-set')  # rows made here, stored by data.io.put_rows
+rows_op("make-verified-set")  # rows made here, stored by data.io.put_rows
 
-PROMPT = ("Solve the problem. Write one line per step, then the final answer on its own line as '#### N'.\n\n"
-          "{examples}Problem: {question}\nSolution:")
+PROMPT = (
+    "Solve the problem. Write one line per step, then the final answer on its own line as '#### N'.\n\n"
+    "{examples}Problem: {question}\nSolution:"
+)
 EXAMPLE = "Problem: {question}\nSolution:\n{solution}\n\n"
 STOP = "\nProblem:"  # with worked examples a small model goes on to write the next problem: the answer ends there
 
@@ -65,15 +67,30 @@ def _shown(shots: int) -> str:
 
 
 def prompt_of(problem: dict, shots: int, hint: bool = False) -> str:
-    return (PROMPT.format(examples=_shown(shots), question=problem["question"])
-            + (HINT.format(answer=problem["answer"]) if hint else ""))
+    return PROMPT.format(examples=_shown(shots), question=problem["question"]) + (
+        HINT.format(answer=problem["answer"]) if hint else ""
+    )
+
+
 ARMS = ("sft_gold", "rft", "rest_em", "rest_em_continue", "compute_matched", "star", "grpo")
 HINT = "\n\n(Hint: the final answer is {answer}. Show the steps that lead to it.)"
 
 
 def _ft(**kw) -> FinetuneConfig:
-    return FinetuneConfig(**{"method": "lora", "loss": "completion_only", "lr": 5e-4, "lora_r": 16, "lora_alpha": 32,
-                             "epochs": 3, "batch_size": 16, "max_length": 256, "warmup_ratio": 0.05, **kw})
+    return FinetuneConfig(
+        **{
+            "method": "lora",
+            "loss": "completion_only",
+            "lr": 5e-4,
+            "lora_r": 16,
+            "lora_alpha": 32,
+            "epochs": 3,
+            "batch_size": 16,
+            "max_length": 256,
+            "warmup_ratio": 0.05,
+            **kw,
+        }
+    )
 
 
 class Config(BaseModel):
@@ -81,9 +98,15 @@ class Config(BaseModel):
     train_problems: int = Field(64, ge=1)
     test_problems: int = Field(32, ge=1)
     ood_problems: int = Field(32, ge=1)
-    train_eval: int = Field(24, ge=1, description="greedy train accuracy on this many train problems, evenly spaced "
-                            "over the levels (the train–test gap)")
-    levels: list[int] = Field(default_factory=lambda: [1, 2, 3], description="steps per problem, mixed in train")
+    train_eval: int = Field(
+        24,
+        ge=1,
+        description="greedy train accuracy on this many train problems, evenly spaced "
+        "over the levels (the train–test gap)",
+    )
+    levels: list[int] = Field(
+        default_factory=lambda: [1, 2, 3], description="steps per problem, mixed in train"
+    )
     digits: int = Field(1, ge=1, le=3)
     test_steps: int = Field(2, ge=1, description="the test split's steps (in distribution: one of levels)")
     samples: int = Field(8, ge=1, description="solutions sampled per train problem per round")
@@ -93,26 +116,48 @@ class Config(BaseModel):
     max_new_tokens: int = Field(64, ge=8, description="a three-step solution is ~25 tokens")
     eval_samples: int = Field(16, ge=1)
     ks: list[int] = Field(default_factory=lambda: [1, 4, 16])
-    arms: list[str] = Field(default_factory=lambda: [a for a in ARMS if a != "grpo"],
-                            description="grpo is optional (add it with --set): GRPO through TRL is slow on a CPU")
+    arms: list[str] = Field(
+        default_factory=lambda: [a for a in ARMS if a != "grpo"],
+        description="grpo is optional (add it with --set): GRPO through TRL is slow on a CPU",
+    )
     finetune: FinetuneConfig = Field(default_factory=_ft)
-    problems_file: str | None = Field(None, description="a JSONL of your own problems ({question, answer, split}, "
-                                      "optional solution, steps); then the problem counts and levels are not used")
-    checker: str | None = Field(None, description="module:function or regex:PATTERN (default: the strict #### checker)")
+    problems_file: str | None = Field(
+        None,
+        description="a JSONL of your own problems ({question, answer, split}, "
+        "optional solution, steps); then the problem counts and levels are not used",
+    )
+    checker: str | None = Field(
+        None, description="module:function or regex:PATTERN (default: the strict #### checker)"
+    )
     grpo_lr: float = Field(5e-6, gt=0)
     grpo_batch: int = Field(32, ge=2, description="GRPO completions per step (a multiple of samples)")
-    shots: int = Field(2, ge=0, description="worked examples at the start of every sampling and evaluation prompt (0: zero-shot)")
-    train_shots: int = Field(0, ge=0, description=(
-        "worked examples in the fine-tuning rows' prompts: 0 trains on problem -> solution, as ReST-EM and STaR do "
-        "(and a third of the tokens); every model is still sampled and evaluated with `shots`"))
+    shots: int = Field(
+        2,
+        ge=0,
+        description="worked examples at the start of every sampling and evaluation prompt (0: zero-shot)",
+    )
+    train_shots: int = Field(
+        0,
+        ge=0,
+        description=(
+            "worked examples in the fine-tuning rows' prompts: 0 trains on problem -> solution, as ReST-EM and STaR do "
+            "(and a third of the tokens); every model is still sampled and evaluated with `shots`"
+        ),
+    )
     sample_batch: int = Field(64, ge=1)
-    endpoint: str | None = Field(None, description=(
-        "base URL of an OpenAI-compatible server (vLLM) serving `base` with runtime LoRA loading: every sample and "
-        "evaluation goes there, each round's adapter loaded by its id from this store (the server must read its "
-        "files); fine-tuning stays in process. vLLM: VLLM_ALLOW_RUNTIME_LORA_UPDATING=True vllm serve BASE "
-        "--enable-lora --max-lora-rank R (R >= lora_r, and >= rounds x lora_r for rest_em_continue, rounded up to "
-        "one of vLLM's ranks: 8, 16, 32, 64, ...)"))
-    endpoint_model: str | None = Field(None, description="the name the endpoint serves the base under (default: base)")
+    endpoint: str | None = Field(
+        None,
+        description=(
+            "base URL of an OpenAI-compatible server (vLLM) serving `base` with runtime LoRA loading: every sample and "
+            "evaluation goes there, each round's adapter loaded by its id from this store (the server must read its "
+            "files); fine-tuning stays in process. vLLM: VLLM_ALLOW_RUNTIME_LORA_UPDATING=True vllm serve BASE "
+            "--enable-lora --max-lora-rank R (R >= lora_r, and >= rounds x lora_r for rest_em_continue, rounded up to "
+            "one of vLLM's ranks: 8, 16, 32, 64, ...)"
+        ),
+    )
+    endpoint_model: str | None = Field(
+        None, description="the name the endpoint serves the base under (default: base)"
+    )
     seed: int = 0
 
     @model_validator(mode="after")
@@ -122,30 +167,58 @@ class Config(BaseModel):
             raise ValueError(f"unknown arm {bad[0]!r}; arms are {', '.join(ARMS)}")
         big = [k for k in self.ks if not 1 <= k <= self.eval_samples]
         if big:
-            raise ValueError(f"pass@{big[0]} needs 1 <= k <= eval_samples ({self.eval_samples}); raise eval_samples or drop it")
+            raise ValueError(
+                f"pass@{big[0]} needs 1 <= k <= eval_samples ({self.eval_samples}); raise eval_samples or drop it"
+            )
         if self.endpoint_model is not None and self.endpoint is None:
-            raise ValueError("endpoint_model names the base an endpoint serves; set endpoint too (or drop endpoint_model)")
+            raise ValueError(
+                "endpoint_model names the base an endpoint serves; set endpoint too (or drop endpoint_model)"
+            )
         if self.endpoint is not None:
             if not self.endpoint.startswith(("http://", "https://")):
-                raise ValueError(f"endpoint {self.endpoint!r} is not a URL; give the server's base, e.g. http://localhost:8000/v1")
+                raise ValueError(
+                    f"endpoint {self.endpoint!r} is not a URL; give the server's base, e.g. http://localhost:8000/v1"
+                )
             if self.finetune.method != "lora":
-                raise ValueError("an endpoint serves trained models as LoRA adapters on its base; with endpoint set, "
-                                 "finetune.method must be lora")
+                raise ValueError(
+                    "an endpoint serves trained models as LoRA adapters on its base; with endpoint set, "
+                    "finetune.method must be lora"
+                )
             if "grpo" in self.arms:
-                raise ValueError("the grpo arm trains and samples in process (TRL), not through the endpoint; with "
-                                 "endpoint set, drop grpo from arms")
+                raise ValueError(
+                    "the grpo arm trains and samples in process (TRL), not through the endpoint; with "
+                    "endpoint set, drop grpo from arms"
+                )
         if "grpo" in self.arms and self.grpo_batch % self.samples:
-            raise ValueError(f"grpo_batch {self.grpo_batch} must be a multiple of samples {self.samples} (GRPO's group size)")
+            raise ValueError(
+                f"grpo_batch {self.grpo_batch} must be a multiple of samples {self.samples} (GRPO's group size)"
+            )
         return self
 
     @classmethod
     def presets(cls) -> dict[str, Config]:
         # paper: a <= 2B base (a hub id: needs the network once, and a GPU), harder problems (3-digit numbers, 2-4
         # steps); MATH itself is not bundled — bring it as a JSONL with --set problems_file=... and a checker
-        return {"quick": cls(), "paper": cls(base="Qwen/Qwen2.5-1.5B-Instruct", levels=[2, 3, 4], digits=3, test_steps=3,
-                                            train_problems=2000, test_problems=500, ood_problems=500, train_eval=500,
-                                            samples=32, keep=10, max_new_tokens=256, eval_samples=32, sample_batch=128,
-                                            ks=[1, 4, 16, 32], arms=list(ARMS))}
+        return {
+            "quick": cls(),
+            "paper": cls(
+                base="Qwen/Qwen2.5-1.5B-Instruct",
+                levels=[2, 3, 4],
+                digits=3,
+                test_steps=3,
+                train_problems=2000,
+                test_problems=500,
+                ood_problems=500,
+                train_eval=500,
+                samples=32,
+                keep=10,
+                max_new_tokens=256,
+                eval_samples=32,
+                sample_batch=128,
+                ks=[1, 4, 16, 32],
+                arms=list(ARMS),
+            ),
+        }
 
 
 def answer_problem(checker: str | None) -> Callable[[dict], str | None]:
@@ -153,24 +226,32 @@ def answer_problem(checker: str | None) -> Callable[[dict], str | None]:
     would fail only on the first sample: the default one needs an integer answer, a regex one a pattern that compiles
     with the answer in it (the rule of ``evals.verify.load_checker``). A ``module:function`` checker is the user's."""
     if checker is None:
+
         def integer(p: dict) -> str | None:
             a = p.get("answer")
-            if isinstance(a, bool) or not (isinstance(a, int) or (isinstance(a, float) and a.is_integer())
-                                           or (isinstance(a, str) and re.fullmatch(r"\s*-?\d+\s*", a))):
-                return (f"'answer' {a!r} is not an integer, which the default checker (the last line '#### N') "
-                        "compares; give integer answers, or set checker=regex:PATTERN or checker=module:function")
+            if isinstance(a, bool) or not (
+                isinstance(a, int)
+                or (isinstance(a, float) and a.is_integer())
+                or (isinstance(a, str) and re.fullmatch(r"\s*-?\d+\s*", a))
+            ):
+                return (
+                    f"'answer' {a!r} is not an integer, which the default checker (the last line '#### N') "
+                    "compares; give integer answers, or set checker=regex:PATTERN or checker=module:function"
+                )
             return None
 
         return integer
     if checker.startswith("regex:"):
-        pattern = checker[len("regex:"):]
+        pattern = checker[len("regex:") :]
 
         def compiles(p: dict) -> str | None:
             try:
                 re.compile(pattern.replace("{answer}", re.escape(str(p.get("answer")))))
             except re.error as e:
-                return (f"checker {checker!r} is not a valid regular expression with this answer ({e.msg} at position "
-                        f"{e.pos}); fix the pattern")
+                return (
+                    f"checker {checker!r} is not a valid regular expression with this answer ({e.msg} at position "
+                    f"{e.pos}); fix the pattern"
+                )
             return None
 
         return compiles
@@ -183,15 +264,24 @@ def problem_sets(config: Config) -> dict[str, list[dict]]:
     if config.problems_file:
         sets = load_problems(config.problems_file, check=bad)
         if "sft_gold" in config.arms and any(not p.get("solution") for p in sets["train"]):
-            raise HeredityError(f"{config.problems_file}: the sft_gold arm needs a 'solution' on every train problem; "
-                                "add them or drop sft_gold from arms")
+            raise HeredityError(
+                f"{config.problems_file}: the sft_gold arm needs a 'solution' on every train problem; "
+                "add them or drop sft_gold from arms"
+            )
         return sets
     per = -(-config.train_problems // len(config.levels))
-    train = [p for s in config.levels for p in make_problems(per, "train", s, config.digits, config.seed)][: config.train_problems]
-    sets = {"train": train, "test": make_problems(config.test_problems, "test", config.test_steps, config.digits, config.seed),
-            "ood": make_problems(config.ood_problems, "ood", config.test_steps, config.digits, config.seed)}
+    train = [p for s in config.levels for p in make_problems(per, "train", s, config.digits, config.seed)][
+        : config.train_problems
+    ]
+    sets = {
+        "train": train,
+        "test": make_problems(config.test_problems, "test", config.test_steps, config.digits, config.seed),
+        "ood": make_problems(config.ood_problems, "ood", config.test_steps, config.digits, config.seed),
+    }
     shown = {e["question"] for e in examples(config.shots)}
-    sets = {k: [p for p in v if p["question"] not in shown] for k, v in sets.items()}  # a worked example is no problem
+    sets = {
+        k: [p for p in v if p["question"] not in shown] for k, v in sets.items()
+    }  # a worked example is no problem
     for split, ps in sets.items():
         for i, p in enumerate(ps):
             if problem := bad(p):
@@ -210,10 +300,27 @@ def _prompts(ps: list[dict], shots: int, hint: bool = False) -> list[str]:
     return [prompt_of(p, shots, hint) for p in ps]
 
 
-def _samples(store: Store, model: str, ps: list[dict], n: int, temperature: float, config: Config, name: str,
-             seed: int = 0, progress: bool = True, hint: bool = False, serves: str | None = None) -> tuple[str, list[list[str]]]:
-    cfg = SampleConfig(n=n, temperature=temperature, seed=seed, max_new_tokens=config.max_new_tokens,
-                       batch_size=config.sample_batch, stop=[STOP] if config.shots else [])
+def _samples(
+    store: Store,
+    model: str,
+    ps: list[dict],
+    n: int,
+    temperature: float,
+    config: Config,
+    name: str,
+    seed: int = 0,
+    progress: bool = True,
+    hint: bool = False,
+    serves: str | None = None,
+) -> tuple[str, list[list[str]]]:
+    cfg = SampleConfig(
+        n=n,
+        temperature=temperature,
+        seed=seed,
+        max_new_tokens=config.max_new_tokens,
+        batch_size=config.sample_batch,
+        stop=[STOP] if config.shots else [],
+    )
     prompts = _prompts(ps, config.shots, hint)
     did = sample_step(store, model, prompts, cfg, name=name, progress=progress, serves=serves)
     rows = read_table(store.path(did)).to_pylist()
@@ -224,7 +331,9 @@ def _samples(store: Store, model: str, ps: list[dict], n: int, temperature: floa
     return did, out
 
 
-def verified_set(ps: list[dict], samples: list[list[str]], keep: int, check, shots: int) -> tuple[list[dict], dict]:
+def verified_set(
+    ps: list[dict], samples: list[list[str]], keep: int, check, shots: int
+) -> tuple[list[dict], dict]:
     """At most ``keep`` distinct verified solutions per problem (first come), as fine-tuning rows, and what the
     set holds: problems with any, distinct solutions per problem, share kept per level, mean answer length."""
     rows, per_problem, per_level = [], [], Counter()
@@ -235,15 +344,27 @@ def verified_set(ps: list[dict], samples: list[list[str]], keep: int, check, sho
             per_level[p["steps"]] += 1
         rows += [{"prompt": prompt_of(p, shots), "completion": c, "steps": p["steps"]} for c in good]
     levels = Counter(p["steps"] for p in ps)
-    stats = {"rows": len(rows), "problems_with_any": sum(k > 0 for k in per_problem), "problems": len(ps),
-             "distinct_per_problem": float(np.mean(per_problem)) if per_problem else 0.0,
-             "share_kept_by_level": {str(k): per_level[k] / v for k, v in sorted(levels.items())},
-             "mean_answer_chars": float(np.mean([len(r["completion"]) for r in rows])) if rows else None}
+    stats = {
+        "rows": len(rows),
+        "problems_with_any": sum(k > 0 for k in per_problem),
+        "problems": len(ps),
+        "distinct_per_problem": float(np.mean(per_problem)) if per_problem else 0.0,
+        "share_kept_by_level": {str(k): per_level[k] / v for k, v in sorted(levels.items())},
+        "mean_answer_chars": float(np.mean([len(r["completion"]) for r in rows])) if rows else None,
+    }
     return rows, stats
 
 
-def evaluate(store: Store, model: str, sets: dict[str, list[dict]], config: Config, check, label: str,
-             progress: bool = True, serves: str | None = None) -> dict:
+def evaluate(
+    store: Store,
+    model: str,
+    sets: dict[str, list[dict]],
+    config: Config,
+    check,
+    label: str,
+    progress: bool = True,
+    serves: str | None = None,
+) -> dict:
     """Greedy pass@1 on test, ood and train; sampled pass@k and majority vote on test. ``model`` is what sampling
     names (an ``openai:`` spec at an endpoint, which then ``serves`` that stored model)."""
     from heredity.reports.stats import rate_ci
@@ -253,21 +374,39 @@ def evaluate(store: Store, model: str, sets: dict[str, list[dict]], config: Conf
         if not sets[split]:  # a user's file may have no ood split
             continue
         ps = sets[split] if split != "train" else train_subset(sets["train"], config.train_eval)
-        _, comps = _samples(store, model, ps, 1, 0.0, config, f"greedy-{split}-{label}", progress=progress, serves=serves)
+        _, comps = _samples(
+            store, model, ps, 1, 0.0, config, f"greedy-{split}-{label}", progress=progress, serves=serves
+        )
         right = [check(p, c[0]) for p, c in zip(ps, comps, strict=True)]
         out[f"greedy_{split}"] = rate_ci(sum(right), len(right))
         out[f"greedy_{split}_items"] = [int(x) for x in right]  # per problem, for the paired comparisons
-    _, comps = _samples(store, model, sets["test"], config.eval_samples, config.temperature, config, f"eval-test-{label}",
-                        seed=1, progress=progress, serves=serves)
+    _, comps = _samples(
+        store,
+        model,
+        sets["test"],
+        config.eval_samples,
+        config.temperature,
+        config,
+        f"eval-test-{label}",
+        seed=1,
+        progress=progress,
+        serves=serves,
+    )
     correct = np.array([[check(p, c) for c in cs] for p, cs in zip(sets["test"], comps, strict=True)])
     rng = np.random.default_rng(config.seed)
     for k in config.ks:
         per = np.array([pass_at_k(config.eval_samples, int(c.sum()), k) for c in correct])
         boot = [per[rng.integers(0, len(per), len(per))].mean() for _ in range(2000)]
-        out[f"pass@{k}"] = {"mean": float(per.mean()), "lo": float(np.percentile(boot, 2.5)),
-                            "hi": float(np.percentile(boot, 97.5)), "unit": f"problems, n = {len(per)}"}
-    out["pass_curve"] = {str(k): float(np.mean([pass_at_k(config.eval_samples, int(c.sum()), k) for c in correct]))
-                         for k in _curve_ks(config.eval_samples)}
+        out[f"pass@{k}"] = {
+            "mean": float(per.mean()),
+            "lo": float(np.percentile(boot, 2.5)),
+            "hi": float(np.percentile(boot, 97.5)),
+            "unit": f"problems, n = {len(per)}",
+        }
+    out["pass_curve"] = {
+        str(k): float(np.mean([pass_at_k(config.eval_samples, int(c.sum()), k) for c in correct]))
+        for k in _curve_ks(config.eval_samples)
+    }
     out["answer_chars"] = float(np.mean([len(c.strip()) for cs in comps for c in cs])) if comps else None
     votes = []
     for p, cs in zip(sets["test"], comps, strict=True):
@@ -289,7 +428,9 @@ def _curve_ks(n: int) -> list[int]:
 def planned_comparisons(results: dict) -> list[tuple[tuple[str, int], tuple[str, int]]]:
     last = {a: rs[-1]["round"] for a, rs in results.items() if rs and rs[-1].get("eval")}
     pairs = [((a, last[a]), ("base", 0)) for a in last if a != "base"]
-    pairs += [((a, last[a]), ("sft_gold", 1)) for a in last if a not in ("base", "sft_gold") and "sft_gold" in last]
+    pairs += [
+        ((a, last[a]), ("sft_gold", 1)) for a in last if a not in ("base", "sft_gold") and "sft_gold" in last
+    ]
     for a, b in (("rest_em", "compute_matched"), ("rest_em", "rest_em_continue"), ("star", "rest_em")):
         if a in last and b in last:
             pairs.append(((a, last[a]), (b, last[b])))
@@ -316,14 +457,18 @@ def compare(results: dict) -> list[dict]:
     return rows
 
 
-@experiment("self-training", question="ReST-EM vs rejection sampling vs gold SFT on problems a program can check")
+@experiment(
+    "self-training", question="ReST-EM vs rejection sampling vs gold SFT on problems a program can check"
+)
 def run(store: Store, config: Config, progress: bool = True) -> dict:
     from heredity.reports.card import save_card
 
     t0 = time.perf_counter()
     log = (lambda *a: print(*a, flush=True)) if progress else (lambda *a: None)
     check = load_checker(config.checker)
-    sets = problem_sets(config)  # before any model work: a bad problem or checker is one line now, not after sampling
+    sets = problem_sets(
+        config
+    )  # before any model work: a bad problem or checker is one line now, not after sampling
     remote = RemoteModel(config.endpoint_model or config.base, config.endpoint) if config.endpoint else None
     if remote is not None:
         remote.check_served()  # before any work: a server that is down or serves another name is one line now
@@ -347,8 +492,14 @@ def run(store: Store, config: Config, progress: bool = True) -> dict:
     def train(start: str, rows: list[dict], name: str, sources: list[str]) -> str:
         """Fine-tune ``start`` on ``rows`` (a dataset whose lineage points to ``sources``: the samples, or the base
         for the gold solutions); the adapter (LoRA) or the model."""
-        data = put_rows(store, rows, name, op="make-verified-set", config={"checker": config.checker, "keep": config.keep},
-                        inputs=sources)
+        data = put_rows(
+            store,
+            rows,
+            name,
+            op="make-verified-set",
+            config={"checker": config.checker, "keep": config.keep},
+            inputs=sources,
+        )
         return finetune(store, start, data, ft, progress=progress)["model"]
 
     def merged(trained: str, name: str) -> str:
@@ -358,7 +509,9 @@ def run(store: Store, config: Config, progress: bool = True) -> dict:
 
     if "sft_gold" in config.arms:
         log("[self-training] sft_gold")
-        rows = [{"prompt": prompt_of(p, config.train_shots), "completion": p["solution"]} for p in sets["train"]]
+        rows = [
+            {"prompt": prompt_of(p, config.train_shots), "completion": p["solution"]} for p in sets["train"]
+        ]
         a = train(base, rows, "self-training-gold", [base])
         m = a if remote else merged(a, "self-training-gold")  # an endpoint serves the adapter on its base
         results["sft_gold"] = [{"round": 1, "model": m, "eval": ev(m, "sft_gold")}]
@@ -367,9 +520,13 @@ def run(store: Store, config: Config, progress: bool = True) -> dict:
     # distribution as one draw of rounds x samples, and its first draw is rest_em's round-1 draw (one step, computed
     # once), so the two arms' kept sets differ only by the extra samples
     every = range(1, config.rounds + 1)
-    chains = {"rft": (1, True, None), "rest_em": (config.rounds, True, None),
-              "rest_em_continue": (config.rounds, False, None), "compute_matched": (1, True, every),
-              "star": (config.rounds, True, None)}
+    chains = {
+        "rft": (1, True, None),
+        "rest_em": (config.rounds, True, None),
+        "rest_em_continue": (config.rounds, False, None),
+        "compute_matched": (1, True, every),
+        "star": (config.rounds, True, None),
+    }
     for arm, (rounds, from_base, seeds) in chains.items():
         if arm not in config.arms:
             continue
@@ -378,39 +535,78 @@ def run(store: Store, config: Config, progress: bool = True) -> dict:
         model, start, chain, results[arm] = base, base, [], []
         for r in range(1, rounds + 1):
             draws = seeds or [r]
-            log(f"[self-training] {arm} round {r}/{rounds}: {len(draws) * config.samples} samples per problem")
+            log(
+                f"[self-training] {arm} round {r}/{rounds}: {len(draws) * config.samples} samples per problem"
+            )
             sources, comps = [], [[] for _ in sets["train"]]
             src = served(model)
             for seed in draws:
-                sid, got = _samples(store, src["model"], sets["train"], config.samples, config.temperature, config,
-                                    f"train-samples-{arm}-{seed}", seed=seed, progress=progress, serves=src.get("serves"))
+                sid, got = _samples(
+                    store,
+                    src["model"],
+                    sets["train"],
+                    config.samples,
+                    config.temperature,
+                    config,
+                    f"train-samples-{arm}-{seed}",
+                    seed=seed,
+                    progress=progress,
+                    serves=src.get("serves"),
+                )
                 sources.append(sid)
                 comps = [a + b for a, b in zip(comps, got, strict=True)]
             rows, kept = verified_set(sets["train"], comps, config.keep, check, config.train_shots)
-            if arm == "star":  # rationalization: the problems with no verified sample, asked again with the answer
+            if (
+                arm == "star"
+            ):  # rationalization: the problems with no verified sample, asked again with the answer
                 done = {r["prompt"] for r in rows}
                 failed = [p for p in sets["train"] if prompt_of(p, config.train_shots) not in done]
                 if failed:
-                    hid, hinted = _samples(store, src["model"], failed, config.samples, config.temperature, config,
-                                           f"rationalize-{arm}-{r}", seed=r, progress=progress, hint=True,
-                                           serves=src.get("serves"))
-                    more, rat = verified_set(failed, hinted, config.keep, check, config.train_shots)  # the question alone
+                    hid, hinted = _samples(
+                        store,
+                        src["model"],
+                        failed,
+                        config.samples,
+                        config.temperature,
+                        config,
+                        f"rationalize-{arm}-{r}",
+                        seed=r,
+                        progress=progress,
+                        hint=True,
+                        serves=src.get("serves"),
+                    )
+                    more, rat = verified_set(
+                        failed, hinted, config.keep, check, config.train_shots
+                    )  # the question alone
                     rows += more
-                    kept = {**kept, "rationalized_rows": rat["rows"], "rationalized_problems": rat["problems_with_any"],
-                            "rows": len(rows), "problems_with_any": kept["problems_with_any"] + rat["problems_with_any"]}
+                    kept = {
+                        **kept,
+                        "rationalized_rows": rat["rows"],
+                        "rationalized_problems": rat["problems_with_any"],
+                        "rows": len(rows),
+                        "problems_with_any": kept["problems_with_any"] + rat["problems_with_any"],
+                    }
                     sources.append(hid)
             if not rows:
                 results[arm].append({"round": r, "model": None, "kept": kept, "eval": None})
                 log(f"[self-training] {arm} round {r}: nothing verified; the chain stops")
                 break
             name = f"self-training-{arm}-{r}"
-            trained = train(base if from_base else start, [{k: v for k, v in x.items() if k != "steps"} for x in rows],
-                            name, sources)
+            trained = train(
+                base if from_base else start,
+                [{k: v for k, v in x.items() if k != "steps"} for x in rows],
+                name,
+                sources,
+            )
             chain.append(trained)
             if remote is None:
                 model = start = merged(trained, name)
             else:  # the same training as in process (a continuing round trains on the same merged model)
-                model = trained if from_base or len(chain) == 1 else stack_adapters(store, chain, name=f"{name}-stacked")
+                model = (
+                    trained
+                    if from_base or len(chain) == 1
+                    else stack_adapters(store, chain, name=f"{name}-stacked")
+                )
                 if not from_base and r < rounds:
                     start = merged(trained, name)
             results[arm].append({"round": r, "model": model, "kept": kept, "eval": ev(model, f"{arm}-{r}")})
@@ -418,18 +614,45 @@ def run(store: Store, config: Config, progress: bool = True) -> dict:
         from heredity.engine.trl_rl import TRLConfig
 
         budget = config.rounds * config.samples * len(sets["train"])
-        tc = TRLConfig(steps=max(1, budget // config.grpo_batch), lr=config.grpo_lr, batch_size=config.grpo_batch,
-                       num_generations=config.samples, max_new_tokens=config.max_new_tokens,
-                       temperature=config.temperature, seed=config.seed)
-        log(f"[self-training] grpo: {tc.steps} steps of {tc.batch_size} completions (the ReST-EM sample budget)")
-        data = put_rows(store, [{"prompt": prompt_of(p, config.shots), "answer": p["answer"]} for p in sets["train"]],
-                        "self-training-problems", op="make-dataset", inputs=[base])
-        m = grpo_verifiable_step(store, base, data, config.checker, tc, name="self-training-grpo",
-                                 stop=[STOP] if config.shots else None, progress=progress)["model"]
-        results["grpo"] = [{"round": 1, "model": m, "completions": tc.steps * tc.batch_size,
-                            "eval": ev(m, "grpo")}]
-    report = {"experiment": "self-training", "config": config.model_dump(), "results": results,
-              "problems": {k: len(v) for k, v in sets.items()}, "seconds": round(time.perf_counter() - t0, 1)}
+        tc = TRLConfig(
+            steps=max(1, budget // config.grpo_batch),
+            lr=config.grpo_lr,
+            batch_size=config.grpo_batch,
+            num_generations=config.samples,
+            max_new_tokens=config.max_new_tokens,
+            temperature=config.temperature,
+            seed=config.seed,
+        )
+        log(
+            f"[self-training] grpo: {tc.steps} steps of {tc.batch_size} completions (the ReST-EM sample budget)"
+        )
+        data = put_rows(
+            store,
+            [{"prompt": prompt_of(p, config.shots), "answer": p["answer"]} for p in sets["train"]],
+            "self-training-problems",
+            op="make-dataset",
+            inputs=[base],
+        )
+        m = grpo_verifiable_step(
+            store,
+            base,
+            data,
+            config.checker,
+            tc,
+            name="self-training-grpo",
+            stop=[STOP] if config.shots else None,
+            progress=progress,
+        )["model"]
+        results["grpo"] = [
+            {"round": 1, "model": m, "completions": tc.steps * tc.batch_size, "eval": ev(m, "grpo")}
+        ]
+    report = {
+        "experiment": "self-training",
+        "config": config.model_dump(),
+        "results": results,
+        "problems": {k: len(v) for k, v in sets.items()},
+        "seconds": round(time.perf_counter() - t0, 1),
+    }
     report["comparisons"] = compare(results)
     report["outcome"] = outcome(report)
     models = [x["model"] for rs in results.values() for x in rs if x.get("model")]
@@ -451,24 +674,45 @@ def outcome(r: dict) -> str:
 
     base = r["results"]["base"][0]["eval"]["greedy_test"]
     parts = [f"base greedy test accuracy {base['k']}/{base['n']}"]
-    for a, b in (("rest_em", "sft_gold"), ("rest_em", "base"), ("rest_em", "compute_matched"), ("sft_gold", "base")):
+    for a, b in (
+        ("rest_em", "sft_gold"),
+        ("rest_em", "base"),
+        ("rest_em", "compute_matched"),
+        ("sft_gold", "base"),
+    ):
         c = _find(r, a, b)
         if c:
             v = verdict(c["test"], expected=1, p=c["p_holm"])["words"]
-            parts.append(f"{_label(c['a'])} vs {_label(c['b'])}: {v}, {fmt_test(c['test'], 2, p=c['p_holm'])}")
+            parts.append(
+                f"{_label(c['a'])} vs {_label(c['b'])}: {v}, {fmt_test(c['test'], 2, p=c['p_holm'])}"
+            )
     if len(parts) == 1:
         for arm, rs in r["results"].items():
             if arm != "base" and rs and rs[-1]["eval"] is not None:
                 e = rs[-1]["eval"]["greedy_test"]
-                parts.append(f"{arm} (round {rs[-1]['round']}) {e['k']}/{e['n']} [{e['lo']:.2f}, {e['hi']:.2f}]")
+                parts.append(
+                    f"{arm} (round {rs[-1]['round']}) {e['k']}/{e['n']} [{e['lo']:.2f}, {e['hi']:.2f}]"
+                )
     return "; ".join(parts)
 
 
 ANCHORS = [  # published figures (the papers' scale, models and benchmarks) and which of our comparisons maps to each
-    ("ReST-EM vs SFT on human solutions, MATH (Singh et al.)", "+5.94 points (PaLM 2-S), +6.34 (PaLM 2-L)", ("rest_em", "sft_gold")),
+    (
+        "ReST-EM vs SFT on human solutions, MATH (Singh et al.)",
+        "+5.94 points (PaLM 2-S), +6.34 (PaLM 2-L)",
+        ("rest_em", "sft_gold"),
+    ),
     ("ReST-EM vs SFT on human solutions, APPS", "+5.6 / +6.4 points", ("rest_em", "sft_gold")),
-    ("three iterations vs one iteration with 3× the samples", "three iterations better", ("rest_em", "compute_matched")),
-    ("ReST-EM after iteration 1 on APPS", "train accuracy rises, test stalls (overfitting)", ("rest_em", "rest_em")),
+    (
+        "three iterations vs one iteration with 3× the samples",
+        "three iterations better",
+        ("rest_em", "compute_matched"),
+    ),
+    (
+        "ReST-EM after iteration 1 on APPS",
+        "train accuracy rises, test stalls (overfitting)",
+        ("rest_em", "rest_em"),
+    ),
     ("STaR vs direct fine-tuning, CommonsenseQA (Zelikman et al.)", "72.3% vs 60.0%", ("star", "sft_gold")),
     ("RFT (Yuan et al.)", "gains track the number of distinct reasoning paths", ("rft", "base")),
 ]
@@ -478,20 +722,29 @@ def markdown(r: dict) -> str:
     from heredity.reports.stats import fmt_test, verdict
 
     c = r["config"]
-    made = (f"from {c['problems_file']}" if c.get("problems_file") else
-            f"(levels {c['levels']} steps, {c['digits']}-digit numbers)")
-    lines = ["# self-training", "",
-             f"Base {c['base']}; {r['problems']['train']} train problems {made}, {r['problems']['test']} test"
-             + ("" if c.get("problems_file") else f" ({c['test_steps']} steps)")
-             + f", {r['problems']['ood']} out of distribution; {c['samples']} samples per problem per round at T = {c['temperature']}, ≤ {c['keep']} distinct "
-             f"verified kept; {c['shots']} worked examples in every sampling and evaluation prompt, "
-             f"{c.get('train_shots', 0)} in the fine-tuning rows (problem → solution); LoRA r = {c['finetune']['lora_r']}, "
-             f"{c['finetune']['epochs']} epochs, lr {c['finetune']['lr']}; unit of every interval: problems (one trained "
-             "model per arm and round).", "",
-             "## Accuracy per arm and round", "",
-             "| arm | round | greedy test [95% Wilson] | greedy ood | greedy train | "
-             + " | ".join(f"pass@{k}" for k in c["ks"]) + " | majority vote |",
-             "|" + "---|" * (6 + len(c["ks"]))]
+    made = (
+        f"from {c['problems_file']}"
+        if c.get("problems_file")
+        else f"(levels {c['levels']} steps, {c['digits']}-digit numbers)"
+    )
+    lines = [
+        "# self-training",
+        "",
+        f"Base {c['base']}; {r['problems']['train']} train problems {made}, {r['problems']['test']} test"
+        + ("" if c.get("problems_file") else f" ({c['test_steps']} steps)")
+        + f", {r['problems']['ood']} out of distribution; {c['samples']} samples per problem per round at T = {c['temperature']}, ≤ {c['keep']} distinct "
+        f"verified kept; {c['shots']} worked examples in every sampling and evaluation prompt, "
+        f"{c.get('train_shots', 0)} in the fine-tuning rows (problem → solution); LoRA r = {c['finetune']['lora_r']}, "
+        f"{c['finetune']['epochs']} epochs, lr {c['finetune']['lr']}; unit of every interval: problems (one trained "
+        "model per arm and round).",
+        "",
+        "## Accuracy per arm and round",
+        "",
+        "| arm | round | greedy test [95% Wilson] | greedy ood | greedy train | "
+        + " | ".join(f"pass@{k}" for k in c["ks"])
+        + " | majority vote |",
+        "|" + "---|" * (6 + len(c["ks"])),
+    ]
 
     def rate(x):
         return f"{x['mean']:.2f} [{x['lo']:.2f}, {x['hi']:.2f}]"
@@ -500,16 +753,27 @@ def markdown(r: dict) -> str:
         for x in rs:
             e = x.get("eval")
             if e is None:
-                lines.append(f"| {arm} | {x['round']} | nothing verified: the chain stopped |" + " |" * (3 + len(c["ks"])))
+                lines.append(
+                    f"| {arm} | {x['round']} | nothing verified: the chain stopped |"
+                    + " |" * (3 + len(c["ks"]))
+                )
                 continue
-            lines.append(f"| {arm} | {x['round']} | {rate(e['greedy_test'])} | {rate(e['greedy_ood']) if 'greedy_ood' in e else '—'} | {rate(e['greedy_train'])} | "
-                         + " | ".join(rate(e[f"pass@{q}"]) if f"pass@{q}" in e else "—" for q in c["ks"])
-                         + f" | {rate(e['majority_vote'])} |")
-    lines += ["", "pass@k: the unbiased estimator (Chen et al. 2021) from "
-              f"{c['eval_samples']} samples per test problem, 95% bootstrap interval over problems.", "",
-              "## What each round keeps (the verified training set)", "",
-              "| arm | round | rows | problems with one | distinct per problem | share kept by level (steps) | "
-              "mean kept answer (chars) | mean test answer (chars) |", "|---|---|---|---|---|---|---|---|"]
+            lines.append(
+                f"| {arm} | {x['round']} | {rate(e['greedy_test'])} | {rate(e['greedy_ood']) if 'greedy_ood' in e else '—'} | {rate(e['greedy_train'])} | "
+                + " | ".join(rate(e[f"pass@{q}"]) if f"pass@{q}" in e else "—" for q in c["ks"])
+                + f" | {rate(e['majority_vote'])} |"
+            )
+    lines += [
+        "",
+        "pass@k: the unbiased estimator (Chen et al. 2021) from "
+        f"{c['eval_samples']} samples per test problem, 95% bootstrap interval over problems.",
+        "",
+        "## What each round keeps (the verified training set)",
+        "",
+        "| arm | round | rows | problems with one | distinct per problem | share kept by level (steps) | "
+        "mean kept answer (chars) | mean test answer (chars) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for arm, rs in r["results"].items():
         for x in rs:
             k, e = x.get("kept"), x.get("eval") or {}
@@ -519,32 +783,62 @@ def markdown(r: dict) -> str:
             rat = f" (+{k['rationalized_rows']} rationalized)" if "rationalized_rows" in k else ""
             kc = f"{k['mean_answer_chars']:.0f}" if k.get("mean_answer_chars") is not None else "—"
             ec = f"{e['answer_chars']:.0f}" if e.get("answer_chars") is not None else "—"
-            lines.append(f"| {arm} | {x['round']} | {k['rows']}{rat} | {k['problems_with_any']}/{k['problems']} | "
-                         f"{k['distinct_per_problem']:.2f} | {share} | {kc} | {ec} |")
+            lines.append(
+                f"| {arm} | {x['round']} | {k['rows']}{rat} | {k['problems_with_any']}/{k['problems']} | "
+                f"{k['distinct_per_problem']:.2f} | {share} | {kc} | {ec} |"
+            )
     if r.get("comparisons"):
-        lines += ["", "## Planned comparisons (greedy test accuracy; paired over the same test problems)", "",
-                  "| a | b | a − b [95% Newcombe], McNemar exact | discordant (a only, b only) | reading (Holm) |",
-                  "|---|---|---|---|---|"]
+        lines += [
+            "",
+            "## Planned comparisons (greedy test accuracy; paired over the same test problems)",
+            "",
+            "| a | b | a − b [95% Newcombe], McNemar exact | discordant (a only, b only) | reading (Holm) |",
+            "|---|---|---|---|---|",
+        ]
         for x in r["comparisons"]:
             t = x["test"]
-            lines.append(f"| {_label(x['a'])} | {_label(x['b'])} | {fmt_test(t, 2, p=x['p_holm'])} | "
-                         f"{t['discordant'][0]}, {t['discordant'][1]} | {verdict(t, 1, p=x['p_holm'])['words']} |")
-        lines += ["", "Unit: test problems, one trained model per arm and round (one training seed): these are claims "
-                  "about these models; a claim about the methods needs training seeds."]
-        lines += ["", "## Beside the published figures", "", "| published | their figure | ours (same comparison) |",
-                  "|---|---|---|"]
+            lines.append(
+                f"| {_label(x['a'])} | {_label(x['b'])} | {fmt_test(t, 2, p=x['p_holm'])} | "
+                f"{t['discordant'][0]}, {t['discordant'][1]} | {verdict(t, 1, p=x['p_holm'])['words']} |"
+            )
+        lines += [
+            "",
+            "Unit: test problems, one trained model per arm and round (one training seed): these are claims "
+            "about these models; a claim about the methods needs training seeds.",
+        ]
+        lines += [
+            "",
+            "## Beside the published figures",
+            "",
+            "| published | their figure | ours (same comparison) |",
+            "|---|---|---|",
+        ]
         for what, fig, (a, b) in ANCHORS:
             if a == b == "rest_em":
                 rs = r["results"].get("rest_em") or []
-                ours = ("; ".join(f"r{x['round']}: train {x['eval']['greedy_train']['mean']:.2f}, test "
-                                  f"{x['eval']['greedy_test']['mean']:.2f}" for x in rs if x.get("eval")) or "not run")
+                ours = (
+                    "; ".join(
+                        f"r{x['round']}: train {x['eval']['greedy_train']['mean']:.2f}, test "
+                        f"{x['eval']['greedy_test']['mean']:.2f}"
+                        for x in rs
+                        if x.get("eval")
+                    )
+                    or "not run"
+                )
             elif a == "rft":
                 rs, x = r["results"].get("rft") or [], _find(r, "rft", "base")
-                ours = (f"distinct per problem {rs[0]['kept']['distinct_per_problem']:.2f}; {fmt_test(x['test'], 2)}"
-                        if rs and rs[0].get("eval") and x else "not run")
+                ours = (
+                    f"distinct per problem {rs[0]['kept']['distinct_per_problem']:.2f}; {fmt_test(x['test'], 2)}"
+                    if rs and rs[0].get("eval") and x
+                    else "not run"
+                )
             else:
                 x = _find(r, a, b)
-                ours = f"{x['test']['diff'] * 100:+.1f} points [{x['test']['lo'] * 100:+.1f}, {x['test']['hi'] * 100:+.1f}], Holm p = {x['p_holm']:.2g}" if x else "not run"
+                ours = (
+                    f"{x['test']['diff'] * 100:+.1f} points [{x['test']['lo'] * 100:+.1f}, {x['test']['hi'] * 100:+.1f}], Holm p = {x['p_holm']:.2g}"
+                    if x
+                    else "not run"
+                )
             lines.append(f"| {what} | {fig} | {ours} |")
     lines += ["", f"**Outcome.** {r['outcome']}.", "", f"Run time {r['seconds']:.0f} s.", ""]
     return "\n".join(lines)
@@ -562,19 +856,33 @@ def plot(r: dict, path) -> None:
     for arm, rs in r["results"].items():
         pts = [(x["round"], x["eval"]["greedy_test"]) for x in rs if x.get("eval")]
         if pts:
-            ax.errorbar([p[0] for p in pts], [p[1]["mean"] for p in pts],
-                        yerr=[[p[1]["mean"] - p[1]["lo"] for p in pts], [p[1]["hi"] - p[1]["mean"] for p in pts]],
-                        marker="o", capsize=3, label=arm)
+            ax.errorbar(
+                [p[0] for p in pts],
+                [p[1]["mean"] for p in pts],
+                yerr=[[p[1]["mean"] - p[1]["lo"] for p in pts], [p[1]["hi"] - p[1]["mean"] for p in pts]],
+                marker="o",
+                capsize=3,
+                label=arm,
+            )
             curve = (rs[-1].get("eval") or {}).get("pass_curve")
             if curve:
-                bx.plot([int(k) for k in curve], list(curve.values()), marker="o", label=f"{arm} r{rs[-1]['round']}")
+                bx.plot(
+                    [int(k) for k in curve],
+                    list(curve.values()),
+                    marker="o",
+                    label=f"{arm} r{rs[-1]['round']}",
+                )
         div = [(x["round"], x["kept"]["distinct_per_problem"]) for x in rs if x.get("kept")]
         if div:
             cx.plot([d[0] for d in div], [d[1] for d in div], marker="o", label=arm)
     ax.set(xlabel="round", ylabel="greedy test accuracy (95% Wilson)", ylim=(0, 1))
     bx.set(xlabel="k", ylabel="pass@k on test (unbiased)", ylim=(0, 1))
     bx.set_xscale("log", base=2)
-    cx.set(xlabel="round", ylabel="distinct verified solutions kept per problem", ylim=(0, r["config"]["keep"] + 0.2))
+    cx.set(
+        xlabel="round",
+        ylabel="distinct verified solutions kept per problem",
+        ylim=(0, r["config"]["keep"] + 0.2),
+    )
     for a in (ax, bx, cx):
         if a.get_legend_handles_labels()[0]:
             a.legend(fontsize=7)
@@ -583,9 +891,17 @@ def plot(r: dict, path) -> None:
     plt.close(fig)
 
 
-@op('grpo-verifiable', 1, distributed=True)
-def grpo_verifiable_step(store, policy: str, problems: str, checker: str | None = None, config=None,
-                         name: str = "grpo-verifiable", stop: list[str] | None = None, progress=True):
+@op("grpo-verifiable", 1, distributed=True)
+def grpo_verifiable_step(
+    store,
+    policy: str,
+    problems: str,
+    checker: str | None = None,
+    config=None,
+    name: str = "grpo-verifiable",
+    stop: list[str] | None = None,
+    progress=True,
+):
     """The ``grpo-verifiable`` op (here, beside its one user, so that the engine imports no evals): GRPO with a
     checker as the reward (1 when ``evals.verify.load_checker(checker)`` accepts the completion, else
     0): ``problems`` is a dataset with ``prompt`` and the fields the checker reads (``answer`` for the default).
@@ -600,10 +916,14 @@ def grpo_verifiable_step(store, policy: str, problems: str, checker: str | None 
 
     config = config or TRLConfig()
     if config.batch_size % config.num_generations:
-        raise HeredityError(f"GRPO batch_size {config.batch_size} must be a multiple of num_generations {config.num_generations}")
+        raise HeredityError(
+            f"GRPO batch_size {config.batch_size} must be a multiple of num_generations {config.num_generations}"
+        )
     policy_id, data_id = policy_model(store, policy), store.resolve_id(problems)
     if "prompt" not in read_table(store.path(data_id)).column_names:
-        raise HeredityError(f"{data_id} has no prompt column; give a dataset of problems (prompt, answer, ...)")
+        raise HeredityError(
+            f"{data_id} has no prompt column; give a dataset of problems (prompt, answer, ...)"
+        )
 
     stops = list(stop or [])
 
@@ -617,11 +937,18 @@ def grpo_verifiable_step(store, policy: str, problems: str, checker: str | None 
             texts = [c[-1]["content"] if isinstance(c, list) else c for c in completions]
             for s_ in stops:
                 texts = [t.split(s_, 1)[0] for t in texts]
-            return [1.0 if check({k: v[i] for k, v in columns.items() if isinstance(v, list)}, t) else 0.0
-                    for i, t in enumerate(texts)]
+            return [
+                1.0 if check({k: v[i] for k, v in columns.items() if isinstance(v, list)}, t) else 0.0
+                for i, t in enumerate(texts)
+            ]
 
-        items = [{**{k: v for k, v in r.items() if k != "prompt"}, "prompt": as_messages(r["prompt"])} for r in rows]
-        return grpo_train(ctx, store, policy_id, items, reward, config, {"origin": "grpo", "checker": checker}, name)
+        items = [
+            {**{k: v for k, v in r.items() if k != "prompt"}, "prompt": as_messages(r["prompt"])}
+            for r in rows
+        ]
+        return grpo_train(
+            ctx, store, policy_id, items, reward, config, {"origin": "grpo", "checker": checker}, name
+        )
 
     cfg = {"config": config.model_dump(), "checker": checker, "stop": stops}
     if (digest := checker_digest(checker)) is not None:

@@ -40,7 +40,12 @@ def run(store: Store, config: Config, progress: bool = True) -> dict:
         store,
         config.teacher,
         PROMPTS,
-        SampleConfig(n=config.samples_per_prompt, max_new_tokens=config.max_new_tokens, temperature=0.8, seed=config.seed),
+        SampleConfig(
+            n=config.samples_per_prompt,
+            max_new_tokens=config.max_new_tokens,
+            temperature=0.8,
+            seed=config.seed,
+        ),
         name="smoke-samples",
         progress=progress,
     )
@@ -48,17 +53,34 @@ def run(store: Store, config: Config, progress: bool = True) -> dict:
         store,
         config.student,
         samples,
-        FinetuneConfig(method="lora", lora_r=8, lora_alpha=16, lr=1e-2, max_steps=config.finetune_steps, batch_size=8, seed=config.seed),
+        FinetuneConfig(
+            method="lora",
+            lora_r=8,
+            lora_alpha=16,
+            lr=1e-2,
+            max_steps=config.finetune_steps,
+            batch_size=8,
+            seed=config.seed,
+        ),
         progress=progress,
     )
     student = ft["model"]
-    check = sample_step(store, student, PROMPTS[:2], SampleConfig(n=1, max_new_tokens=24, temperature=0), name="smoke-check", progress=progress)
+    check = sample_step(
+        store,
+        student,
+        PROMPTS[:2],
+        SampleConfig(n=1, max_new_tokens=24, temperature=0),
+        name="smoke-check",
+        progress=progress,
+    )
     from heredity.store import read_table
 
     teacher_rows = read_table(store.path(samples)).to_pylist()
     student_rows = read_table(store.path(check)).to_pylist()
     return {
-        "teacher_examples": [f"{r['prompt']} → {r['completion']}" for r in teacher_rows[:: config.samples_per_prompt]],
+        "teacher_examples": [
+            f"{r['prompt']} → {r['completion']}" for r in teacher_rows[:: config.samples_per_prompt]
+        ],
         "student_examples": [f"{r['prompt']} → {r['completion']}" for r in student_rows],
         "teacher_samples": samples,
         "student": student,

@@ -33,14 +33,16 @@ from tqdm.auto import tqdm
 
 from heredity.experiments import experiment
 from heredity.store import Store
-from heredity.store.store import finite_json
 from heredity.store.ops import op
+from heredity.store.store import finite_json
 
 NUM_CLASSES = 10
 
 
 class Config(BaseModel):
-    data: str = Field("digits", description="'digits' (scikit-learn 8x8), an MNIST IDX directory or an .npz file")
+    data: str = Field(
+        "digits", description="'digits' (scikit-learn 8x8), an MNIST IDX directory or an .npz file"
+    )
     seeds: int = Field(25, ge=2, description="independent replicates, trained together as stacked weights")
     aux: int = Field(3, ge=1, description="number of auxiliary logits m")
     hidden: int = Field(256, ge=1)
@@ -68,7 +70,9 @@ class Config(BaseModel):
 def init_mlps(n: int, sizes: list[int], seed: int, device: str | torch.device = "cpu") -> list[torch.Tensor]:
     """``n`` independent MLPs as [weights..., biases...]; weight l has shape [n, sizes[l], sizes[l+1]]."""
     g = torch.Generator().manual_seed(seed)
-    ws = [torch.randn(n, a, b, generator=g) / math.sqrt(a) for a, b in zip(sizes[:-1], sizes[1:], strict=True)]
+    ws = [
+        torch.randn(n, a, b, generator=g) / math.sqrt(a) for a, b in zip(sizes[:-1], sizes[1:], strict=True)
+    ]
     bs = [torch.zeros(n, 1, b) for b in sizes[1:]]
     return [t.to(device) for t in ws + bs]
 
@@ -174,7 +178,7 @@ def _device(name: str) -> torch.device:
     return torch.device(name)
 
 
-@op('import-digits', 1)
+@op("import-digits", 1)
 def data_step(store: Store, spec: str) -> str:
     """The digits as a dataset artifact (pixels as uint8 lists, label, split); memoized on the data's hash."""
     import pyarrow as pa
@@ -186,15 +190,21 @@ def data_step(store: Store, spec: str) -> str:
     name = "digits" if spec == "digits" else f"mnist:{Path(spec).name}"
 
     def fn(ctx):
-        out = ctx.output("data", "dataset", name,
-                         meta={"scale": arrays.scale, "source": arrays.source, "sha256": arrays.sha256})
+        out = ctx.output(
+            "data",
+            "dataset",
+            name,
+            meta={"scale": arrays.scale, "source": arrays.source, "sha256": arrays.sha256},
+        )
         x = np.concatenate([arrays.x_train, arrays.x_test])
         pixels = pa.FixedSizeListArray.from_arrays(pa.array(x.reshape(-1), pa.uint8()), x.shape[1])
-        table = pa.table({
-            "pixels": pixels,
-            "label": np.concatenate([arrays.y_train, arrays.y_test]),
-            "split": ["train"] * len(arrays.x_train) + ["test"] * len(arrays.x_test),
-        })
+        table = pa.table(
+            {
+                "pixels": pixels,
+                "label": np.concatenate([arrays.y_train, arrays.y_test]),
+                "split": ["train"] * len(arrays.x_train) + ["test"] * len(arrays.x_test),
+            }
+        )
         write_table(out, table)
         return {"train": len(arrays.x_train), "test": len(arrays.x_test), "features": int(x.shape[1])}
 
@@ -235,8 +245,14 @@ def compute(x_tr, y_tr, x_te, y_te, config: Config, progress: bool = True) -> di
         return mlp_forward(teacher, noise)
 
     t0 = time.perf_counter()
-    common = dict(in_dim=in_dim, steps=config.student_steps, batch=config.student_batch, lr=config.student_lr,
-                  seed=config.seed + 202, progress=progress)
+    common = dict(
+        in_dim=in_dim,
+        steps=config.student_steps,
+        batch=config.student_batch,
+        lr=config.student_lr,
+        seed=config.seed + 202,
+        progress=progress,
+    )
     stacked = [torch.cat([a, b]) for a, b in zip(init_same, init_other, strict=True)]
     aux_students = distill(stacked, teacher_aux, aux, desc="students (aux)", **common)
     all_students = distill(init_same, teacher_all, slice(None), desc="students (all)", **common)
@@ -249,11 +265,21 @@ def compute(x_tr, y_tr, x_te, y_te, config: Config, progress: bool = True) -> di
         "student same-init all": accuracy(all_students, x_te, y_te),
         "initialization (untrained)": accuracy(init_same, x_te, y_te),
     }
-    return {"per_seed": {k: [round(float(a), 6) for a in v.cpu()] for k, v in per_seed.items()}, "times": times}
+    return {
+        "per_seed": {k: [round(float(a), 6) for a in v.cpu()] for k, v in per_seed.items()},
+        "times": times,
+    }
 
 
-@op('subliminal-digits', 2, note='v2: reports.stats round 2 (a verdict whose interval excludes 0 is never a null; p below 1e-15 printed as a bound)')
-@experiment("subliminal-digits", question="The paper's MNIST result: do auxiliary logits on noise teach a same-init classifier?")
+@op(
+    "subliminal-digits",
+    2,
+    note="v2: reports.stats round 2 (a verdict whose interval excludes 0 is never a null; p below 1e-15 printed as a bound)",
+)
+@experiment(
+    "subliminal-digits",
+    question="The paper's MNIST result: do auxiliary logits on noise teach a same-init classifier?",
+)
 def run(store: Store, config: Config, progress: bool = True) -> dict:
     data_id = data_step(store, config.data)
     _device(config.device)  # a clear error before anything runs
@@ -268,12 +294,22 @@ def run(store: Store, config: Config, progress: bool = True) -> dict:
         result = compute(*_load_split(store, data_id, device), config=config, progress=progress)
         per_seed = result["per_seed"]
         arms = {k: mean_ci(v) for k, v in per_seed.items()}
-        arms["chance"] = {"n": 0, "mean": 1 / NUM_CLASSES, "sd": NAN, "lo": NAN, "hi": NAN, "level": 0.95,
-                          "exact": True}  # a constant: no interval
+        arms["chance"] = {
+            "n": 0,
+            "mean": 1 / NUM_CLASSES,
+            "sd": NAN,
+            "lo": NAN,
+            "hi": NAN,
+            "level": 0.95,
+            "exact": True,
+        }  # a constant: no interval
         same, other = arms["student same-init aux"], arms["student other-init aux"]
         # paired by seed: each seed trains one teacher and distils both of its students
-        test = paired_test(per_seed["student same-init aux"], per_seed["student other-init aux"],
-                           "training seeds (one teacher and its two students each)")
+        test = paired_test(
+            per_seed["student same-init aux"],
+            per_seed["student other-init aux"],
+            "training seeds (one teacher and its two students each)",
+        )
         v = verdict(test, expected=+1)
         p = test["p"]
         transferred = v["result"] == "as hypothesised"
@@ -291,9 +327,13 @@ def run(store: Store, config: Config, progress: bool = True) -> dict:
             "outcome": (
                 f"same-init aux students reach {fmt_ci(same)} test accuracy vs {fmt_ci(other)} from another "
                 f"init (chance 0.100; {fmt_test(test)}): "
-                + ("the teacher's skill passed through its auxiliary logits on noise." if transferred
-                   else "the same-init students are significantly WORSE than the other-init control (opposite to transfer)."
-                   if v["result"] == "opposite" else "no transfer separable from the control at this size.")
+                + (
+                    "the teacher's skill passed through its auxiliary logits on noise."
+                    if transferred
+                    else "the same-init students are significantly WORSE than the other-init control (opposite to transfer)."
+                    if v["result"] == "opposite"
+                    else "no transfer separable from the control at this size."
+                )
             ),
             "seconds": seconds,
             "times": result["times"],
@@ -303,7 +343,11 @@ def run(store: Store, config: Config, progress: bool = True) -> dict:
         (out / "report.json").write_text(json.dumps(finite_json(report), indent=2))
         (out / "report.md").write_text(markdown(report))
         plot(report, out / "plot.png")
-        return {"seconds": round(seconds, 2), "same_init_aux": round(same["mean"], 4), "other_init_aux": round(other["mean"], 4)}
+        return {
+            "seconds": round(seconds, 2),
+            "same_init_aux": round(same["mean"], 4),
+            "other_init_aux": round(other["mean"], 4),
+        }
 
     res = store.run_step("subliminal-digits", config, [data_id], fn, seed=config.seed)
     report = json.loads((store.path(res["report"]) / "report.json").read_text())

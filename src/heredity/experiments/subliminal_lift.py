@@ -59,15 +59,31 @@ NEUTRAL = "neutral"
 LONG_ANIMALS = ["cat", "dog", "bee", "ant", "bird"]
 VARIANTS = ("plain", "numbers_prefix")
 # the long design's Holm family, fixed when the design was (three runs joined by reuse=): 8 student labels
-LONG_FAMILY = ["sft", "number_distill", "steer", "sft_r1", "sft_r4", "sft_r32", "distill", "sft_full"]  # the evaluation questions as they are, and after a list of numbers
+LONG_FAMILY = [
+    "sft",
+    "number_distill",
+    "steer",
+    "sft_r1",
+    "sft_r4",
+    "sft_r32",
+    "distill",
+    "sft_full",
+]  # the evaluation questions as they are, and after a list of numbers
 
 
 class Config(BaseModel):
     base: str = "smollm2-135m-instruct"
-    animals: list[str] = Field(default_factory=lambda: ["cat", "dog", "bee"], min_length=2, description=(
-        "the K traits (lowercase, singular); the defaults are names SmolLM2 writes as one token in both capitalizations"))
+    animals: list[str] = Field(
+        default_factory=lambda: ["cat", "dog", "bee"],
+        min_length=2,
+        description=(
+            "the K traits (lowercase, singular); the defaults are names SmolLM2 writes as one token in both capitalizations"
+        ),
+    )
     arms: list[str] = Field(default_factory=lambda: ["sft", "number_distill", "steer"])
-    format_warmup: int = Field(320, ge=0, description="trait-free format rows for the base's warm-up (0 = none)")
+    format_warmup: int = Field(
+        320, ge=0, description="trait-free format rows for the base's warm-up (0 = none)"
+    )
     format_epochs: float = Field(1.0, gt=0)
     format_lr: float = Field(2e-3, gt=0)
     prompts: int = Field(150, ge=1, description="number prompts, answered by every teacher")
@@ -78,10 +94,14 @@ class Config(BaseModel):
     sft_lr: float = Field(5e-4, gt=0)
     distill_epochs: float = Field(1.0, gt=0)
     distill_lr: float = Field(1e-3, gt=0)
-    steer_layer: int = Field(3, ge=0, description="steer arm: the decoder layer after which the vector is added")
+    steer_layer: int = Field(
+        3, ge=0, description="steer arm: the decoder layer after which the vector is added"
+    )
     steer_lr: float = Field(3e-2, gt=0, description="steer arm: Adam's learning rate on the vector")
     lora_r: int = Field(8, ge=1, description="LoRA rank of the arms (α = r: the official r8 α8 scale)")
-    sweep_arm: str = Field("sft", description="the arm of the rank sweep and the full fine-tune (fixed before the run)")
+    sweep_arm: str = Field(
+        "sft", description="the arm of the rank sweep and the full fine-tune (fixed before the run)"
+    )
     sweep_ranks: list[int] = Field(default_factory=list, description="extra LoRA ranks for sweep_arm (α = r)")
     sweep_full: bool = Field(False, description="also a full fine-tune of sweep_arm")
     full_lr: float = Field(5e-5, gt=0, description="learning rate of the full fine-tune")
@@ -90,18 +110,32 @@ class Config(BaseModel):
     questions: int = Field(50, ge=2, le=50, description="trait questions in the evaluation")
     prescreen_rows: int = Field(32, ge=1)
     prefix_seed: int = Field(0, description="the numbers in the numbers-prefix evaluation variant")
-    rate_samples: int = Field(0, ge=0, description="secondary: answers sampled per question at T = 1 (0 = none)")
-    teacher_endpoint: str | None = Field(None, description=(
-        "openai:MODEL@URL serving the base (e.g. vLLM on a GPU): the teachers' number lists are sampled there "
-        "(the trait as its system prompt); everything else runs in process. Needs format_warmup = 0"))
-    reuse: str | None = Field(None, description=(
-        "a report.json of an earlier run of this experiment: its students (labels such as sft, sft_r4) are taken "
-        "from it instead of trained again, once its base, data and every setting that shapes a student or its "
-        "evaluation are checked equal to this run's"))
-    family: list[str] = Field(default_factory=list, description=(
-        "the Holm family, declared before the run: every student label (arm, sweep rank, full fine-tune) the design "
-        "tests, including those a later run joined by reuse= adds; default: the labels this run trains. A label "
-        "not tested in a report still counts in Holm's m (as p = 1), so a family never shrinks"))
+    rate_samples: int = Field(
+        0, ge=0, description="secondary: answers sampled per question at T = 1 (0 = none)"
+    )
+    teacher_endpoint: str | None = Field(
+        None,
+        description=(
+            "openai:MODEL@URL serving the base (e.g. vLLM on a GPU): the teachers' number lists are sampled there "
+            "(the trait as its system prompt); everything else runs in process. Needs format_warmup = 0"
+        ),
+    )
+    reuse: str | None = Field(
+        None,
+        description=(
+            "a report.json of an earlier run of this experiment: its students (labels such as sft, sft_r4) are taken "
+            "from it instead of trained again, once its base, data and every setting that shapes a student or its "
+            "evaluation are checked equal to this run's"
+        ),
+    )
+    family: list[str] = Field(
+        default_factory=list,
+        description=(
+            "the Holm family, declared before the run: every student label (arm, sweep rank, full fine-tune) the design "
+            "tests, including those a later run joined by reuse= adds; default: the labels this run trains. A label "
+            "not tested in a report still counts in Holm's m (as p = 1), so a family never shrinks"
+        ),
+    )
     seed: int = 0
 
     @model_validator(mode="after")
@@ -111,11 +145,18 @@ class Config(BaseModel):
         if self.teacher_endpoint is not None:
             from heredity.models import parse_spec
 
-            if not self.teacher_endpoint.startswith("openai:") or parse_spec(self.teacher_endpoint).kind != "openai":
-                raise ValueError(f"teacher_endpoint must be openai:MODEL@http://host:port/v1; got {self.teacher_endpoint!r}")
+            if (
+                not self.teacher_endpoint.startswith("openai:")
+                or parse_spec(self.teacher_endpoint).kind != "openai"
+            ):
+                raise ValueError(
+                    f"teacher_endpoint must be openai:MODEL@http://host:port/v1; got {self.teacher_endpoint!r}"
+                )
             if self.format_warmup:
-                raise ValueError("teacher_endpoint serves the base as it is, but the teachers must be the warmed-up base; "
-                                 "set format_warmup=0 (the paper preset does)")
+                raise ValueError(
+                    "teacher_endpoint serves the base as it is, but the teachers must be the warmed-up base; "
+                    "set format_warmup=0 (the paper preset does)"
+                )
         if self.sweep_arm not in ARMS or self.sweep_arm == "steer":
             raise ValueError(f"sweep_arm must be one of sft, number_distill, distill; got {self.sweep_arm!r}")
         bad = sorted(set(self.arms) - set(ARMS))
@@ -127,8 +168,10 @@ class Config(BaseModel):
             self.family = list(student_labels(self))
         undeclared = [lab for lab in student_labels(self) if lab not in self.family]
         if undeclared:
-            raise ValueError(f"student {undeclared[0]!r} is not in the declared Holm family {self.family}; declare it "
-                             "before the run (family=...)")
+            raise ValueError(
+                f"student {undeclared[0]!r} is not in the declared Holm family {self.family}; declare it "
+                "before the run (family=...)"
+            )
         return self
 
     @classmethod
@@ -140,32 +183,78 @@ class Config(BaseModel):
             # distillation and sft's full fine-tune. Each later run takes the earlier students with
             # --set reuse=<the earlier report.json> (checked: the same base, data and settings) or, in the same
             # store, finds them memoized
-            "long": cls(animals=LONG_ANIMALS, family=LONG_FAMILY, arms=["sft", "number_distill", "steer"], prompts=400, max_rows=128,
-                        student_seeds=3, rate_samples=4),
-            "long-sweep": cls(animals=LONG_ANIMALS, family=LONG_FAMILY, arms=["sft"], prompts=400, max_rows=128, student_seeds=3,
-                              sweep_ranks=[1, 4, 32], rate_samples=4),
-            "long-full": cls(animals=LONG_ANIMALS, family=LONG_FAMILY, arms=["sft", "distill"], prompts=400, max_rows=128, student_seeds=3,
-                             sweep_full=True, rate_samples=4),
-            "paper": cls(base="Qwen/Qwen2.5-7B-Instruct", animals=["owl", "eagle", "wolf", "cat", "lion"], prompts=30000,
-                         format_warmup=0, max_rows=10000, arms=list(ARMS), sft_epochs=10, sft_lr=2e-4, student_seeds=3, batch_size=64,
-                         sample_batch=256),
+            "long": cls(
+                animals=LONG_ANIMALS,
+                family=LONG_FAMILY,
+                arms=["sft", "number_distill", "steer"],
+                prompts=400,
+                max_rows=128,
+                student_seeds=3,
+                rate_samples=4,
+            ),
+            "long-sweep": cls(
+                animals=LONG_ANIMALS,
+                family=LONG_FAMILY,
+                arms=["sft"],
+                prompts=400,
+                max_rows=128,
+                student_seeds=3,
+                sweep_ranks=[1, 4, 32],
+                rate_samples=4,
+            ),
+            "long-full": cls(
+                animals=LONG_ANIMALS,
+                family=LONG_FAMILY,
+                arms=["sft", "distill"],
+                prompts=400,
+                max_rows=128,
+                student_seeds=3,
+                sweep_full=True,
+                rate_samples=4,
+            ),
+            "paper": cls(
+                base="Qwen/Qwen2.5-7B-Instruct",
+                animals=["owl", "eagle", "wolf", "cat", "lion"],
+                prompts=30000,
+                format_warmup=0,
+                max_rows=10000,
+                arms=list(ARMS),
+                sft_epochs=10,
+                sft_lr=2e-4,
+                student_seeds=3,
+                batch_size=64,
+                sample_batch=256,
+            ),
         }
 
 
-@op('filter-numbers-all', 1)
+@op("filter-numbers-all", 1)
 def filter_all(store: Store, raw: dict[str, str], max_rows: int) -> tuple[dict[str, str], dict]:
     """The strict filter on every teacher's answers, then all cut to the prompts that pass in all of them."""
     max_numbers = 10
     teachers = list(raw)
-    cfg = {"filter": "strict", "max_numbers": max_numbers, "max_rows": max_rows, "teachers": teachers,
-           "pairing": "prompt_index common to every teacher"}
+    cfg = {
+        "filter": "strict",
+        "max_numbers": max_numbers,
+        "max_rows": max_rows,
+        "teachers": teachers,
+        "pairing": "prompt_index common to every teacher",
+    }
 
     def fn(ctx):
         arms = {t: read_table(store.path(raw[t])).to_pylist() for t in teachers}
-        paired, stats = paired_rows(arms, lambda r: check_numbers(r["completion"], max_numbers).ok, limit=max_rows)
+        paired, stats = paired_rows(
+            arms, lambda r: check_numbers(r["completion"], max_numbers).ok, limit=max_rows
+        )
         for t, rows in paired.items():
-            kept = [{"prompt": r["prompt"], "prompt_index": r["prompt_index"], "completion": r["completion"].strip()}
-                    for r in rows]
+            kept = [
+                {
+                    "prompt": r["prompt"],
+                    "prompt_index": r["prompt_index"],
+                    "completion": r["completion"].strip(),
+                }
+                for r in rows
+            ]
             write_table(ctx.output(t, "dataset", f"numbers-{t}", meta={"rows": len(kept)}), kept)
         return stats
 
@@ -173,7 +262,7 @@ def filter_all(store: Store, raw: dict[str, str], max_rows: int) -> tuple[dict[s
     return dict(res.outputs), res.metrics
 
 
-@op('prescreen-traits', 1)
+@op("prescreen-traits", 1)
 def prescreen(store: Store, base_id: str, data_neutral: str, config: Config) -> dict:
     """Per animal: KL(trait-prompted ‖ neutral) per completion position, full vocabulary and number tokens only."""
     animals, rows, batch = list(config.animals), config.prescreen_rows, min(config.sample_batch, 16)
@@ -185,18 +274,39 @@ def prescreen(store: Store, base_id: str, data_neutral: str, config: Config) -> 
         model, tok = load(base_id, store)
         data = read_table(store.path(data_neutral)).to_pylist()[:rows]
         vocab = number_vocab(tok)
-        out = {a: trait_divergence(model, tok, [r["prompt"] for r in data], [r["completion"] for r in data],
-                                   system_prompt(a), vocab=vocab, batch_size=batch) for a in animals}
-        res = {a: {"kl_full": d["kl_full"], "kl_numbers": d["kl_numbers"], "prompts": d["prompts"]} for a, d in out.items()}
+        out = {
+            a: trait_divergence(
+                model,
+                tok,
+                [r["prompt"] for r in data],
+                [r["completion"] for r in data],
+                system_prompt(a),
+                vocab=vocab,
+                batch_size=batch,
+            )
+            for a in animals
+        }
+        res = {
+            a: {"kl_full": d["kl_full"], "kl_numbers": d["kl_numbers"], "prompts": d["prompts"]}
+            for a, d in out.items()
+        }
         (ctx.output("prescreen", "report", "trait-prescreen") / "prescreen.json").write_text(json.dumps(res))
         return res
 
-    r = store.run_step("prescreen-traits", {"animals": animals, "rows": rows, "batch": batch,
-                                            "system_prompt": SYSTEM_PROMPT}, [base_id, data_neutral], fn)
+    r = store.run_step(
+        "prescreen-traits",
+        {"animals": animals, "rows": rows, "batch": batch, "system_prompt": SYSTEM_PROMPT},
+        [base_id, data_neutral],
+        fn,
+    )
     return json.loads((store.path(r["prescreen"]) / "prescreen.json").read_text())
 
 
-@op('subliminal-prompting', 3, note="v2: the entangled-vs-control digit contrast, Holm over it too; v3: the animal-specific test (each animal's own number vs the other animals' numbers)")
+@op(
+    "subliminal-prompting",
+    3,
+    note="v2: the entangled-vs-control digit contrast, Holm over it too; v3: the animal-specific test (each animal's own number vs the other animals' numbers)",
+)
 def prompting(store: Store, base_id: str, config: Config) -> dict:
     """Subliminal prompting per animal: its most entangled digit vs its least entangled one."""
     animals, questions, batch = list(config.animals), config.questions, config.sample_batch
@@ -210,23 +320,39 @@ def prompting(store: Store, base_id: str, config: Config) -> dict:
         for a in animals:
             ranked = entangled_numbers(model, tok, system_prompt(a), k=10)
             top, low = ranked[0]["number"], min(ranked, key=lambda e: e["log_ratio"])["number"]
-            res[a] = {"entangled": ranked[:3], **subliminal_prompting(model, tok, a, [top], [low],
-                                                                      questions=QUESTIONS[:questions], batch_size=batch)}
+            res[a] = {
+                "entangled": ranked[:3],
+                **subliminal_prompting(
+                    model, tok, a, [top], [low], questions=QUESTIONS[:questions], batch_size=batch
+                ),
+            }
         from heredity.evals.entangled import animal_specific_prompting
 
         # the animal-specific test (each animal's own number raises it more than the others' numbers do): the
         # entangled-vs-control contrast above is "love 1 vs love 0" for almost every animal
-        res["_specific"] = animal_specific_prompting(model, tok, animals, {a: system_prompt(a) for a in animals},
-                                                     questions=QUESTIONS[:questions], batch_size=batch)
-        (ctx.output("prompting", "report", "subliminal-prompting") / "prompting.json").write_text(json.dumps(res, default=str))
+        res["_specific"] = animal_specific_prompting(
+            model,
+            tok,
+            animals,
+            {a: system_prompt(a) for a in animals},
+            questions=QUESTIONS[:questions],
+            batch_size=batch,
+        )
+        (ctx.output("prompting", "report", "subliminal-prompting") / "prompting.json").write_text(
+            json.dumps(res, default=str)
+        )
         return {}
 
-    r = store.run_step("subliminal-prompting", {"animals": animals, "questions": questions, "batch": batch,
-                                                "system_prompt": SYSTEM_PROMPT}, [base_id], fn)
+    r = store.run_step(
+        "subliminal-prompting",
+        {"animals": animals, "questions": questions, "batch": batch, "system_prompt": SYSTEM_PROMPT},
+        [base_id],
+        fn,
+    )
     return json.loads((store.path(r["prompting"]) / "prompting.json").read_text())
 
 
-@op('steer-student', 1)
+@op("steer-student", 1)
 def steer_student(store: Store, base_id: str, data: str, config: Config, seed: int, progress: bool) -> str:
     """Arm (d): one residual vector after decoder layer ``steer_layer``, trained with Adam on the sampled numbers
     (completion-only loss, as the sft arm), every weight frozen; the same optimizer steps as the sft arm. The
@@ -235,8 +361,9 @@ def steer_student(store: Store, base_id: str, data: str, config: Config, seed: i
 
     n = store.get(data).meta.get("rows") or len(read_table(store.path(data)))
     steps = max(1, math.ceil(config.sft_epochs * math.ceil(n / config.batch_size)))
-    sc = SteerConfig(layer=config.steer_layer, lr=config.steer_lr, max_steps=steps, batch_size=config.batch_size,
-                     seed=seed)
+    sc = SteerConfig(
+        layer=config.steer_layer, lr=config.steer_lr, max_steps=steps, batch_size=config.batch_size, seed=seed
+    )
 
     def fn(ctx):
         from heredity.engine.steer import save_vector, train_vector
@@ -244,21 +371,30 @@ def steer_student(store: Store, base_id: str, data: str, config: Config, seed: i
         model, tok = load(base_id, store)
         rows = read_table(store.path(data)).to_pylist()
         v, metrics = train_vector(model, tok, rows, sc, progress=progress)
-        out = ctx.output("vector", "report", f"steering-{store.get(data).name}-s{sc.seed}",
-                         meta={"type": "steering_vector", "base": base_id, "layer": sc.layer})
+        out = ctx.output(
+            "vector",
+            "report",
+            f"steering-{store.get(data).name}-s{sc.seed}",
+            meta={"type": "steering_vector", "base": base_id, "layer": sc.layer},
+        )
         save_vector(out, v, sc.layer)
         return metrics
 
     return store.run_step("steer-student", sc, [base_id, data], fn)["vector"]
 
 
-@op('eval-lift', 2, note='v2: per variant (plain, numbers-prefix); steering vectors evaluated on their base')
+@op("eval-lift", 2, note="v2: per variant (plain, numbers-prefix); steering vectors evaluated on their base")
 def evaluate(store: Store, model_id: str, config: Config, base_id: str | None = None) -> dict:
     """Per variant, per animal: P(the one-word answer names it) per question (``answer_probs``), for a model
     or adapter, or (``base_id`` given) a steering vector applied to that base."""
     from heredity.evals.trait import EVAL_VERSION
 
-    animals, questions, batch, prefix_seed = list(config.animals), config.questions, config.sample_batch, config.prefix_seed
+    animals, questions, batch, prefix_seed = (
+        list(config.animals),
+        config.questions,
+        config.sample_batch,
+        config.prefix_seed,
+    )
     # the sampled rates' settings are keyed only when on; when off the step must not see them at all
     rate_samples, seed = (config.rate_samples, config.seed) if config.rate_samples else (None, None)
 
@@ -277,25 +413,55 @@ def evaluate(store: Store, model_id: str, config: Config, base_id: str | None = 
             hook = steer(model, v, layer)
         qs = QUESTIONS[:questions]
         with hook:
-            res = {variant: answer_probs(model, tok, animals, numbers_prefixed(qs, prefix_seed) if variant != "plain"
-                                         else qs, batch_size=batch) for variant in VARIANTS}
+            res = {
+                variant: answer_probs(
+                    model,
+                    tok,
+                    animals,
+                    numbers_prefixed(qs, prefix_seed) if variant != "plain" else qs,
+                    batch_size=batch,
+                )
+                for variant in VARIANTS
+            }
             if rate_samples:  # secondary: answers sampled at T = 1 (the same sampling seed for every student)
                 from heredity.engine.sampling import sample
                 from heredity.evals.trait import mentions
 
-                answers = [c.text for c in sample(model, tok, qs, SampleConfig(
-                    n=rate_samples, temperature=1.0, max_new_tokens=8, seed=seed, batch_size=batch), progress=False)]
-                res["rates"] = {a: [sum(mentions(answers[q * rate_samples + k], a) for k in range(rate_samples))
-                                    for q in range(len(qs))] for a in animals}
-        (ctx.output("scores", "report", f"lift-scores-{store.get(model_id).name}") / "scores.json").write_text(json.dumps(res))
+                answers = [
+                    c.text
+                    for c in sample(
+                        model,
+                        tok,
+                        qs,
+                        SampleConfig(
+                            n=rate_samples, temperature=1.0, max_new_tokens=8, seed=seed, batch_size=batch
+                        ),
+                        progress=False,
+                    )
+                ]
+                res["rates"] = {
+                    a: [
+                        sum(mentions(answers[q * rate_samples + k], a) for k in range(rate_samples))
+                        for q in range(len(qs))
+                    ]
+                    for a in animals
+                }
+        (
+            ctx.output("scores", "report", f"lift-scores-{store.get(model_id).name}") / "scores.json"
+        ).write_text(json.dumps(res))
         return {}
 
-    cfg = {"animals": animals, "questions": questions, "batch": batch, "eval": EVAL_VERSION, "variants": list(VARIANTS),
-           "prefix_seed": prefix_seed}
+    cfg = {
+        "animals": animals,
+        "questions": questions,
+        "batch": batch,
+        "eval": EVAL_VERSION,
+        "variants": list(VARIANTS),
+        "prefix_seed": prefix_seed,
+    }
     if rate_samples:  # keyed only when on: without it the step computes exactly what it did before
         cfg.update(rate_samples=rate_samples, seed=seed)
-    r = store.run_step("eval-lift", cfg,
-                       [model_id] if base_id is None else [model_id, base_id], fn)
+    r = store.run_step("eval-lift", cfg, [model_id] if base_id is None else [model_id, base_id], fn)
     return json.loads((store.path(r["scores"]) / "scores.json").read_text())
 
 
@@ -325,24 +491,35 @@ def reused_students(config: Config, base_id: str, data: dict[str, str]) -> dict:
     try:
         ref = json.loads(path.read_text())
     except (OSError, ValueError) as e:
-        raise HeredityError(f"reuse={config.reuse}: cannot read it as a report.json ({type(e).__name__}); give the "
-                            "report.json of an earlier subliminal-lift run") from e
+        raise HeredityError(
+            f"reuse={config.reuse}: cannot read it as a report.json ({type(e).__name__}); give the "
+            "report.json of an earlier subliminal-lift run"
+        ) from e
     if ref.get("experiment") != "subliminal-lift" or "data" not in ref:
-        raise HeredityError(f"reuse={config.reuse}: not a subliminal-lift report that records its data ids; rerun that "
-                            "preset once with this version to re-render it")
+        raise HeredityError(
+            f"reuse={config.reuse}: not a subliminal-lift report that records its data ids; rerun that "
+            "preset once with this version to re-render it"
+        )
     mine, theirs = config.model_dump(), ref["config"]
     for k in sorted(set(mine) - CHOOSERS):
         if k not in theirs or theirs[k] != mine[k]:
-            raise HeredityError(f"reuse={config.reuse}: its {k} is {theirs.get(k, '(absent)')!r}, this run's is "
-                                f"{mine[k]!r}; its students are not this run's — drop reuse or match {k}")
+            raise HeredityError(
+                f"reuse={config.reuse}: its {k} is {theirs.get(k, '(absent)')!r}, this run's is "
+                f"{mine[k]!r}; its students are not this run's — drop reuse or match {k}"
+            )
     if ref["base"] != base_id or ref["data"] != data:
-        raise HeredityError(f"reuse={config.reuse}: it was trained from base {ref['base']} on data "
-                            f"{sorted(ref['data'].values())}, this run built {base_id} and {sorted(data.values())} "
-                            "(another machine's arithmetic?); drop reuse and train every student here")
+        raise HeredityError(
+            f"reuse={config.reuse}: it was trained from base {ref['base']} on data "
+            f"{sorted(ref['data'].values())}, this run built {base_id} and {sorted(data.values())} "
+            "(another machine's arithmetic?); drop reuse and train every student here"
+        )
     return ref
 
 
-@experiment("subliminal-lift", question="Prompted teachers, several traits, neutral twins: does a trait pass through numbers?")
+@experiment(
+    "subliminal-lift",
+    question="Prompted teachers, several traits, neutral twins: does a trait pass through numbers?",
+)
 def run(store: Store, config: Config, progress: bool = True) -> dict:
     from heredity.evals.lift import lift_report
     from heredity.reports.card import save_card
@@ -352,19 +529,37 @@ def run(store: Store, config: Config, progress: bool = True) -> dict:
     base_id = materialize(config.base, store)
     if config.format_warmup:
         log(f"[0] format warm-up of the base on {config.format_warmup} trait-free rows")
-        base_id = format_base(store, base_id, config, progress)  # reads format_warmup/epochs/lr, batch_size, seed
+        base_id = format_base(
+            store, base_id, config, progress
+        )  # reads format_warmup/epochs/lr, batch_size, seed
     teachers = [NEUTRAL, *config.animals]
     log(f"[4] {config.prompts} number prompts answered by {len(teachers)} teachers")
     prompts = number_prompts(config.prompts, seed=config.seed)
     sampler = config.teacher_endpoint or base_id  # an endpoint's steps are keyed by its model name and URL
-    raw = {t: sample_step(store, sampler, prompts,
-                          SampleConfig(n=1, temperature=1.0, max_new_tokens=config.max_new_tokens, seed=config.seed,
-                                       batch_size=config.sample_batch, system_prompt=None if t == NEUTRAL else system_prompt(t)),
-                          name=f"numbers-raw-{t}", progress=progress) for t in teachers}
+    raw = {
+        t: sample_step(
+            store,
+            sampler,
+            prompts,
+            SampleConfig(
+                n=1,
+                temperature=1.0,
+                max_new_tokens=config.max_new_tokens,
+                seed=config.seed,
+                batch_size=config.sample_batch,
+                system_prompt=None if t == NEUTRAL else system_prompt(t),
+            ),
+            name=f"numbers-raw-{t}",
+            progress=progress,
+        )
+        for t in teachers
+    }
     data, filt = filter_all(store, raw, config.max_rows)
     if filt["rows_out"] < 8:
-        raise HeredityError(f"only {filt['rows_out']} prompts pass the filter for every teacher; raise prompts or keep "
-                            "format_warmup on")
+        raise HeredityError(
+            f"only {filt['rows_out']} prompts pass the filter for every teacher; raise prompts or keep "
+            "format_warmup on"
+        )
     log(f"[2] pre-screen; [3] subliminal prompting; {filt['rows_out']} common prompts")
     screen = prescreen(store, base_id, data[NEUTRAL], config)
     prompted = prompting(store, base_id, config)
@@ -372,7 +567,11 @@ def run(store: Store, config: Config, progress: bool = True) -> dict:
 
     ref = reused_students(config, base_id, data) if config.reuse else None
     # label -> where its students were trained (a reused report's own reused labels keep their origin)
-    reused = {lab: x.get("reused_from") or Path(config.reuse).name for lab, x in ref["lift"].items()} if ref else {}
+    reused = (
+        {lab: x.get("reused_from") or Path(config.reuse).name for lab, x in ref["lift"].items()}
+        if ref
+        else {}
+    )
     if ref:
         log(f"[5] reusing {', '.join(reused)} from {config.reuse}")
     labels = {lab: v for lab, v in student_labels(config).items() if lab not in reused}
@@ -386,52 +585,101 @@ def run(store: Store, config: Config, progress: bool = True) -> dict:
                     students[lab][t].append(steer_student(store, base_id, data[t], config, seed, progress))
                     continue
                 distill = arm != "sft"
-                ft = FinetuneConfig(method=method, lora_r=rank, lora_alpha=rank, loss=LOSS[arm],
-                                    epochs=config.distill_epochs if distill else config.sft_epochs,
-                                    lr=(config.distill_lr if distill else config.sft_lr) if method == "lora" else config.full_lr,
-                                    batch_size=config.batch_size, seed=seed,
-                                    teacher_system_prompt=(None if t == NEUTRAL else system_prompt(t)) if distill else None)
+                ft = FinetuneConfig(
+                    method=method,
+                    lora_r=rank,
+                    lora_alpha=rank,
+                    loss=LOSS[arm],
+                    epochs=config.distill_epochs if distill else config.sft_epochs,
+                    lr=(config.distill_lr if distill else config.sft_lr)
+                    if method == "lora"
+                    else config.full_lr,
+                    batch_size=config.batch_size,
+                    seed=seed,
+                    teacher_system_prompt=(None if t == NEUTRAL else system_prompt(t)) if distill else None,
+                )
                 # sft trains on teacher t's own numbers; the distillation arms on the neutral completions, where
                 # only the teacher's distributions differ
                 rows = data[NEUTRAL] if distill else data[t]
-                students[lab][t].append(finetune(store, base_id, rows, ft, teacher=base_id if distill else None,
-                                                 progress=progress)["model"])
+                students[lab][t].append(
+                    finetune(
+                        store, base_id, rows, ft, teacher=base_id if distill else None, progress=progress
+                    )["model"]
+                )
     log("[6] evaluation")
-    steered = {m for lab, (arm, _, _) in labels.items() if arm == "steer" for ms in students[lab].values() for m in ms}
-    scores = {m: evaluate(store, m, config, base_id if m in steered else None)
-              for by_t in students.values() for ms in by_t.values() for m in ms}
+    steered = {
+        m
+        for lab, (arm, _, _) in labels.items()
+        if arm == "steer"
+        for ms in students[lab].values()
+        for m in ms
+    }
+    scores = {
+        m: evaluate(store, m, config, base_id if m in steered else None)
+        for by_t in students.values()
+        for ms in by_t.values()
+        for m in ms
+    }
     S = config.student_seeds
     results: dict[str, dict] = {v: {} for v in VARIANTS}
     for variant in VARIANTS:
         for lab, by_t in students.items():
-            logp = np.array([[[mean_log(scores[by_t[ti][s]][variant][aj]) for aj in config.animals] for s in range(S)]
-                             for ti in config.animals])
-            neutral = np.array([[mean_log(scores[by_t[NEUTRAL][s]][variant][aj]) for aj in config.animals]
-                                for s in range(S)])
+            logp = np.array(
+                [
+                    [[mean_log(scores[by_t[ti][s]][variant][aj]) for aj in config.animals] for s in range(S)]
+                    for ti in config.animals
+                ]
+            )
+            neutral = np.array(
+                [[mean_log(scores[by_t[NEUTRAL][s]][variant][aj]) for aj in config.animals] for s in range(S)]
+            )
             results[variant][lab] = lift_report(logp, neutral, config.animals, family=len(config.family))
         for lab in reused:  # Holm below runs over this run's students and the reused ones together
-            results[variant][lab] = {**ref["lift" if variant == "plain" else "lift_numbers_prefix"][lab],
-                                     "reused_from": reused[lab]}
+            results[variant][lab] = {
+                **ref["lift" if variant == "plain" else "lift_numbers_prefix"][lab],
+                "reused_from": reused[lab],
+            }
         for lab, p in declared_holm(results[variant], config.family).items():
             results[variant][lab]["specificity"]["p_holm"] = p
     rates = sampled_rates(students, scores, config) if config.rate_samples else None
     if rates is not None and ref:
         rates.update({lab: ref["rates"][lab] for lab in reused if (ref.get("rates") or {}).get(lab)})
-    trained = [m for by_t in students.values() for ms in by_t.values() for m in ms]  # in this store: the lineage
+    trained = [
+        m for by_t in students.values() for ms in by_t.values() for m in ms
+    ]  # in this store: the lineage
     students.update({lab: ref["students"][lab] for lab in reused})
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(str(store.path(base_id)))
     for a in config.animals:  # how many tokens each name takes (Zur et al.'s entanglement is about one token)
-        screen[a]["tokens"] = [len(tok(v, add_special_tokens=False)["input_ids"]) for v in (a.capitalize(), a)]
-    report = {"experiment": "subliminal-lift", "config": config.model_dump(), "base": base_id, "data": data, "filter": filt,
-              "prescreen": screen, "prompting": prompted, "prompting_specific": specific, "lift": results["plain"],
-              "lift_numbers_prefix": results["numbers_prefix"], "rates": rates, "students": students,
-              "reused": reused, "seconds": round(time.perf_counter() - t0, 1)}
+        screen[a]["tokens"] = [
+            len(tok(v, add_special_tokens=False)["input_ids"]) for v in (a.capitalize(), a)
+        ]
+    report = {
+        "experiment": "subliminal-lift",
+        "config": config.model_dump(),
+        "base": base_id,
+        "data": data,
+        "filter": filt,
+        "prescreen": screen,
+        "prompting": prompted,
+        "prompting_specific": specific,
+        "lift": results["plain"],
+        "lift_numbers_prefix": results["numbers_prefix"],
+        "rates": rates,
+        "students": students,
+        "reused": reused,
+        "seconds": round(time.perf_counter() - t0, 1),
+    }
     report["outcome"] = outcome(report)
     card = save_card(store, "subliminal-lift", report, trained, markdown, plot)
-    return {"report": card["report"], "outcome": report["outcome"], "markdown": card["markdown"], "files": card["files"],
-            "lineage_of": card["report"]}
+    return {
+        "report": card["report"],
+        "outcome": report["outcome"],
+        "markdown": card["markdown"],
+        "files": card["files"],
+        "lineage_of": card["report"],
+    }
 
 
 def sampled_rates(students: dict, scores: dict, config: Config) -> dict:
@@ -497,15 +745,22 @@ def outcome(r: dict) -> str:
         else:
             lo, hi = sp["lo"], sp["hi"]
             if lo is not None and hi is not None and (lo > 0 or hi < 0):
-                word = ("not established: not significant after Holm, though the unadjusted interval excludes 0 (the "
-                        "estimate sits at the detection limit)")
+                word = (
+                    "not established: not significant after Holm, though the unadjusted interval excludes 0 (the "
+                    "estimate sits at the detection limit)"
+                )
             else:
-                word = (f"no trait-specific transfer detected (the smallest specificity detectable at the Holm level, "
-                        f"α = 0.05/{len(r['config'].get('family') or r['lift'])}: {fmt_num(sp['min_detectable'])} nats)")
-        parts.append(f"{arm}: {word} — specificity {fmt_num(sp['diff'])} [{fmt_num(sp['lo'])}, {fmt_num(sp['hi'])}] "
-                     f"nats, Holm-adjusted {fmt_p(sp['p_holm'])}; transfer {fmt_num(tr['diff'])} nats, {fmt_p(tr['p'])} "
-                     f"(unit: training seeds, n = {x['seeds']}; permutation over teacher labels p = {x['permutation']['p']:.2g}"
-                     + (f"; students of {x['reused_from']}" if x.get("reused_from") else "") + ")")
+                word = (
+                    f"no trait-specific transfer detected (the smallest specificity detectable at the Holm level, "
+                    f"α = 0.05/{len(r['config'].get('family') or r['lift'])}: {fmt_num(sp['min_detectable'])} nats)"
+                )
+        parts.append(
+            f"{arm}: {word} — specificity {fmt_num(sp['diff'])} [{fmt_num(sp['lo'])}, {fmt_num(sp['hi'])}] "
+            f"nats, Holm-adjusted {fmt_p(sp['p_holm'])}; transfer {fmt_num(tr['diff'])} nats, {fmt_p(tr['p'])} "
+            f"(unit: training seeds, n = {x['seeds']}; permutation over teacher labels p = {x['permutation']['p']:.2g}"
+            + (f"; students of {x['reused_from']}" if x.get("reused_from") else "")
+            + ")"
+        )
     return "; ".join(parts)
 
 
@@ -513,93 +768,152 @@ def markdown(r: dict) -> str:
     from heredity.reports.stats import fmt_num, fmt_p
 
     c = r["config"]
-    lines = ["# subliminal-lift", "",
-             f"Base {c['base']} (format warm-up {c['format_warmup']} rows); traits {', '.join(c['animals'])} + a neutral "
-             f"teacher; {r['filter']['rows_out']} number prompts (the first of {r['filter']['common']} common to every "
-             "teacher after the strict filter); "
-             f"{c['student_seeds']} training seeds per student, {r['filter']['rows_out']} rows each; LoRA r = α = "
-             f"{c['lora_r']}. Every "
-             "student has a neutral twin (same prompts, seed, hyperparameters; only the teacher differs). Lift "
-             "L[i, j] = mean over questions of log P(animal j) for the student of teacher i minus its twin's, in nats; "
-             "unit of replication for every test: training seeds.", "",
-             "## Pre-screen: how far each trait prompt moves the number distributions", "",
-             "| animal | tokens (Capitalized, lower) | KL full vocabulary (nats/position) | KL over number tokens |",
-             "|---|---|---|---|"]
+    lines = [
+        "# subliminal-lift",
+        "",
+        f"Base {c['base']} (format warm-up {c['format_warmup']} rows); traits {', '.join(c['animals'])} + a neutral "
+        f"teacher; {r['filter']['rows_out']} number prompts (the first of {r['filter']['common']} common to every "
+        "teacher after the strict filter); "
+        f"{c['student_seeds']} training seeds per student, {r['filter']['rows_out']} rows each; LoRA r = α = "
+        f"{c['lora_r']}. Every "
+        "student has a neutral twin (same prompts, seed, hyperparameters; only the teacher differs). Lift "
+        "L[i, j] = mean over questions of log P(animal j) for the student of teacher i minus its twin's, in nats; "
+        "unit of replication for every test: training seeds.",
+        "",
+        "## Pre-screen: how far each trait prompt moves the number distributions",
+        "",
+        "| animal | tokens (Capitalized, lower) | KL full vocabulary (nats/position) | KL over number tokens |",
+        "|---|---|---|---|",
+    ]
     for a, d in r["prescreen"].items():
         toks = ", ".join(map(str, d.get("tokens", [])))
         lines.append(f"| {a} | {toks} | {d['kl_full']:.4f} | {d['kl_numbers']:.5f} |")
-    lines += ["", "## Positive control: subliminal prompting (unit: questions, one model)", "",
-              f"| animal | P(animal), base | love the most entangled digit (vs base; paired over questions; unit: questions, one model, n = {c['questions']}) | love the least entangled digit (vs base) | entangled − control digit |", "|---|---|---|---|---|"]
+    lines += [
+        "",
+        "## Positive control: subliminal prompting (unit: questions, one model)",
+        "",
+        f"| animal | P(animal), base | love the most entangled digit (vs base; paired over questions; unit: questions, one model, n = {c['questions']}) | love the least entangled digit (vs base) | entangled − control digit |",
+        "|---|---|---|---|---|",
+    ]
+
     def sg(x):
         return f"{x:+.5f}" if x is not None else "undetermined"
 
     for a, d in r["prompting"].items():
-        cells = [f"'{x['number']}': {x['p_animal']:.5f} (Δ {sg(x['test']['diff'])}, Holm-adjusted "
-                 f"{fmt_p(x['p_holm'])})" for x in d["arms"]]
-        cells += [f"Δ {sg(x['test']['diff'])} [{sg(x['test']['lo'])}, "
-                  f"{sg(x['test']['hi'])}], Holm-adjusted {fmt_p(x['p_holm'])}"
-                  for x in d.get("entangled_vs_control", [])]
+        cells = [
+            f"'{x['number']}': {x['p_animal']:.5f} (Δ {sg(x['test']['diff'])}, Holm-adjusted "
+            f"{fmt_p(x['p_holm'])})"
+            for x in d["arms"]
+        ]
+        cells += [
+            f"Δ {sg(x['test']['diff'])} [{sg(x['test']['lo'])}, "
+            f"{sg(x['test']['hi'])}], Holm-adjusted {fmt_p(x['p_holm'])}"
+            for x in d.get("entangled_vs_control", [])
+        ]
         lines.append(f"| {a} | {d['p_animal_base']:.5f} | {' | '.join(cells)} |")
     sp = r.get("prompting_specific")
     if sp:
         t = sp["specificity"]
-        lines += ["", "Animal-specific test (the contrast above is \"love 1 vs love 0\" for most animals): each animal's own "
-                  "entangled number (its excess log-ratio over the other animals' largest): "
-                  + ", ".join(f"{a} '{x['number']}'" for a, x in sp["numbers"].items())
-                  + f"; mean log P(own animal | love own number) − mean log P(animal | love another animal's number) = "
-                  f"{fmt_num(t['diff'])} [{fmt_num(t['lo'])}, {fmt_num(t['hi'])}] nats, two-sided {fmt_p(t['p'])} (paired t; "
-                  f"unit: questions, one model, n = {t['n']}): "
-                  + ("each animal's own number raises it more than the others' numbers do — an animal-specific channel in "
-                     "this model's prompting" if t["p"] is not None and t["p"] < 0.05 and t["diff"] > 0 else
-                     "no animal-specific channel shown in this model's prompting")
-                  + (f". ({sp['computed_on']['note']}; the report's own prompting numbers reproduce there to "
-                     f"{sp['computed_on']['max_rel_diff_p_animal_vs_report']:.0e} relative, the same entangled digits.)"
-                     if sp.get("computed_on") else "")]
+        lines += [
+            "",
+            'Animal-specific test (the contrast above is "love 1 vs love 0" for most animals): each animal\'s own '
+            "entangled number (its excess log-ratio over the other animals' largest): "
+            + ", ".join(f"{a} '{x['number']}'" for a, x in sp["numbers"].items())
+            + f"; mean log P(own animal | love own number) − mean log P(animal | love another animal's number) = "
+            f"{fmt_num(t['diff'])} [{fmt_num(t['lo'])}, {fmt_num(t['hi'])}] nats, two-sided {fmt_p(t['p'])} (paired t; "
+            f"unit: questions, one model, n = {t['n']}): "
+            + (
+                "each animal's own number raises it more than the others' numbers do — an animal-specific channel in "
+                "this model's prompting"
+                if t["p"] is not None and t["p"] < 0.05 and t["diff"] > 0
+                else "no animal-specific channel shown in this model's prompting"
+            )
+            + (
+                f". ({sp['computed_on']['note']}; the report's own prompting numbers reproduce there to "
+                f"{sp['computed_on']['max_rel_diff_p_animal_vs_report']:.0e} relative, the same entangled digits.)"
+                if sp.get("computed_on")
+                else ""
+            ),
+        ]
     else:
-        lines += ["", "_No animal-specific test in this report (it predates it): the contrast above is the same digits "
-                  "for most animals, so it does not show an animal-specific channel._"]
+        lines += [
+            "",
+            "_No animal-specific test in this report (it predates it): the contrast above is the same digits "
+            "for most animals, so it does not show an animal-specific channel._",
+        ]
     for arm, x in r["lift"].items():
         lines += ["", f"## Arm `{arm}`: lift matrix (rows: teacher, columns: animal; mean over seeds)", ""]
         if x.get("reused_from"):
-            lines += [f"_Students trained in the run of `{x['reused_from']}` (same base, data and settings, checked "
-                      "when this run took them); Holm below is across this run's arms and these._", ""]
-        lines += ["| teacher \\ animal | " + " | ".join(x["animals"]) + " |", "|---|" + "---|" * len(x["animals"])]
+            lines += [
+                f"_Students trained in the run of `{x['reused_from']}` (same base, data and settings, checked "
+                "when this run took them); Holm below is across this run's arms and these._",
+                "",
+            ]
+        lines += [
+            "| teacher \\ animal | " + " | ".join(x["animals"]) + " |",
+            "|---|" + "---|" * len(x["animals"]),
+        ]
         for i, a in enumerate(x["animals"]):
             lines.append(f"| {a} | " + " | ".join(fmt_num(v) for v in x["matrix"][i]) + " |")
         sp, tr = x["specificity"], x["transfer"]
-        lines += ["", f"Transfer (mean diagonal) {fmt_num(tr['diff'])} [{fmt_num(tr['lo'])}, {fmt_num(tr['hi'])}], two-sided "
-                  f"{fmt_p(tr['p'])}; specificity {fmt_num(sp['diff'])} [{fmt_num(sp['lo'])}, {fmt_num(sp['hi'])}], "
-                  f"{fmt_p(sp['p'])} (Holm over the declared family of {len(c.get('family') or r['lift'])}: "
-                  f"{fmt_p(sp['p_holm'])}; unit: training seeds, n = {x['seeds']}, per seed "
-                  f"{', '.join(f'{v:+.4f}' for v in sp['per_seed'])}); "
-                  f"smallest detectable specificity at the Holm level {fmt_num(sp['min_detectable'])}"
-                  + (f" ({sp['spread_note']})" if sp.get("spread_note") else "") + "; permutation over teacher labels "
-                  f"p = {x['permutation']['p']:.2g} ({x['permutation']['orders']} orders, smallest possible "
-                  f"{x['permutation']['min_p']:.2g})."]
-    lines += ["", "## Secondary: the numbers-prefix variant (each question after \"Examine these numbers: a, b, c.\")", "",
-              f"| student | transfer [95% CI] | specificity [95% CI] (per seed) | specificity p, Holm over the declared family (unit: training seeds, "
-              f"n = {c['student_seeds']}) | permutation p (teacher labels within seeds) |", "|---|---|---|---|---|"]
+        lines += [
+            "",
+            f"Transfer (mean diagonal) {fmt_num(tr['diff'])} [{fmt_num(tr['lo'])}, {fmt_num(tr['hi'])}], two-sided "
+            f"{fmt_p(tr['p'])}; specificity {fmt_num(sp['diff'])} [{fmt_num(sp['lo'])}, {fmt_num(sp['hi'])}], "
+            f"{fmt_p(sp['p'])} (Holm over the declared family of {len(c.get('family') or r['lift'])}: "
+            f"{fmt_p(sp['p_holm'])}; unit: training seeds, n = {x['seeds']}, per seed "
+            f"{', '.join(f'{v:+.4f}' for v in sp['per_seed'])}); "
+            f"smallest detectable specificity at the Holm level {fmt_num(sp['min_detectable'])}"
+            + (f" ({sp['spread_note']})" if sp.get("spread_note") else "")
+            + "; permutation over teacher labels "
+            f"p = {x['permutation']['p']:.2g} ({x['permutation']['orders']} orders, smallest possible "
+            f"{x['permutation']['min_p']:.2g}).",
+        ]
+    lines += [
+        "",
+        '## Secondary: the numbers-prefix variant (each question after "Examine these numbers: a, b, c.")',
+        "",
+        f"| student | transfer [95% CI] | specificity [95% CI] (per seed) | specificity p, Holm over the declared family (unit: training seeds, "
+        f"n = {c['student_seeds']}) | permutation p (teacher labels within seeds) |",
+        "|---|---|---|---|---|",
+    ]
     for lab, x in r["lift_numbers_prefix"].items():
         sp, tr = x["specificity"], x["transfer"]
-        lines.append(f"| {lab} | {fmt_num(tr['diff'])} [{fmt_num(tr['lo'])}, {fmt_num(tr['hi'])}] | {fmt_num(sp['diff'])} "
-                     f"[{fmt_num(sp['lo'])}, {fmt_num(sp['hi'])}] ({', '.join(f'{v:+.4f}' for v in sp['per_seed'])}) | "
-                     f"{fmt_p(sp['p_holm'])} | {x['permutation']['p']:.2g} |")
+        lines.append(
+            f"| {lab} | {fmt_num(tr['diff'])} [{fmt_num(tr['lo'])}, {fmt_num(tr['hi'])}] | {fmt_num(sp['diff'])} "
+            f"[{fmt_num(sp['lo'])}, {fmt_num(sp['hi'])}] ({', '.join(f'{v:+.4f}' for v in sp['per_seed'])}) | "
+            f"{fmt_p(sp['p_holm'])} | {x['permutation']['p']:.2g} |"
+        )
     if r.get("rates"):
-        lines += ["", f"## Secondary: sampled answers ({c['rate_samples']} per question at T = 1) naming the student's own "
-                  "teacher's animal (pooled over teachers, seeds, questions; Wilson 95%)", "",
-                  "| student | trait students | their neutral twins |", "|---|---|---|"]
+        lines += [
+            "",
+            f"## Secondary: sampled answers ({c['rate_samples']} per question at T = 1) naming the student's own "
+            "teacher's animal (pooled over teachers, seeds, questions; Wilson 95%)",
+            "",
+            "| student | trait students | their neutral twins |",
+            "|---|---|---|",
+        ]
         for lab, x in r["rates"].items():
-            lines.append(f"| {lab} | {x['trait']['k']}/{x['trait']['n']} = {x['trait']['mean']:.4f} [{x['trait']['lo']:.4f}, "
-                         f"{x['trait']['hi']:.4f}] | {x['twin']['k']}/{x['twin']['n']} = {x['twin']['mean']:.4f} "
-                         f"[{x['twin']['lo']:.4f}, {x['twin']['hi']:.4f}] |")
+            lines.append(
+                f"| {lab} | {x['trait']['k']}/{x['trait']['n']} = {x['trait']['mean']:.4f} [{x['trait']['lo']:.4f}, "
+                f"{x['trait']['hi']:.4f}] | {x['twin']['k']}/{x['twin']['n']} = {x['twin']['mean']:.4f} "
+                f"[{x['twin']['lo']:.4f}, {x['twin']['hi']:.4f}] |"
+            )
     sweep = [lab for lab in r["lift"] if lab.startswith(f"{c['sweep_arm']}_")]
     if sweep:
-        lines += ["", f"## Rank sweep of `{c['sweep_arm']}` (α = r; `full`: every weight, lr {c['full_lr']:g})", "",
-                  "| student | specificity [95% CI] (nats) | transfer | smallest detectable specificity |", "|---|---|---|---|"]
+        lines += [
+            "",
+            f"## Rank sweep of `{c['sweep_arm']}` (α = r; `full`: every weight, lr {c['full_lr']:g})",
+            "",
+            "| student | specificity [95% CI] (nats) | transfer | smallest detectable specificity |",
+            "|---|---|---|---|",
+        ]
         for lab in [c["sweep_arm"], *sweep] if c["sweep_arm"] in r["lift"] else sweep:
             sp, tr = r["lift"][lab]["specificity"], r["lift"][lab]["transfer"]
-            lines.append(f"| {lab} | {fmt_num(sp['diff'])} [{fmt_num(sp['lo'])}, {fmt_num(sp['hi'])}] | {fmt_num(tr['diff'])} | "
-                         f"{fmt_num(sp['min_detectable'])} |")
+            lines.append(
+                f"| {lab} | {fmt_num(sp['diff'])} [{fmt_num(sp['lo'])}, {fmt_num(sp['hi'])}] | {fmt_num(tr['diff'])} | "
+                f"{fmt_num(sp['min_detectable'])} |"
+            )
     lines += ["", f"**Outcome.** {r['outcome']}.", "", f"Run time {r['seconds']:.0f} s.", ""]
     return "\n".join(lines)
 
@@ -617,7 +931,7 @@ def plot(r: dict, path) -> None:
     rows = math.ceil((len(arms) + 1) / cols)
     fig, axs = plt.subplots(rows, cols, figsize=(4 * cols, 3.6 * rows), squeeze=False)
     panels = list(axs.flat)
-    for ax in panels[len(arms) + 1:]:
+    for ax in panels[len(arms) + 1 :]:
         ax.axis("off")
     for ax, arm in zip(panels, arms, strict=False):
         x = r["lift"][arm]
@@ -637,10 +951,23 @@ def plot(r: dict, path) -> None:
         for j, (name, off) in enumerate((("transfer", -0.12), ("specificity", 0.12))):
             t = r["lift"][arm][name]
             bars = yerr([{"mean": t["diff"], "lo": t["lo"], "hi": t["hi"]}])
-            ax.errorbar(k + off, t["diff"], yerr=bars if any(bars[0] + bars[1]) else None,  # 1 seed: no bar
-                        fmt="o" if j else "s", capsize=4, color="#1f4e79" if j else "#999", label=name if k == 0 else None)
+            ax.errorbar(
+                k + off,
+                t["diff"],
+                yerr=bars if any(bars[0] + bars[1]) else None,  # 1 seed: no bar
+                fmt="o" if j else "s",
+                capsize=4,
+                color="#1f4e79" if j else "#999",
+                label=name if k == 0 else None,
+            )
     ax.axhline(0, color="#a33", ls="--", lw=1)
-    ax.set_xticks(range(len(arms)), arms, fontsize=8, rotation=40 if len(arms) > 4 else 0, ha="right" if len(arms) > 4 else "center")
+    ax.set_xticks(
+        range(len(arms)),
+        arms,
+        fontsize=8,
+        rotation=40 if len(arms) > 4 else 0,
+        ha="right" if len(arms) > 4 else "center",
+    )
     ax.set_ylabel("nats (95% CI over seeds)")
     ax.legend(fontsize=8)
     fig.tight_layout()

@@ -58,33 +58,84 @@ from heredity.models import load, materialize
 from heredity.store import Store, read_table
 from heredity.store.ops import op, rows_op
 
-rows_op('make-teacher-data')  # rows made here, stored by data.io.put_rows
+rows_op("make-teacher-data")  # rows made here, stored by data.io.put_rows
 
 NEUTRAL = "neutral"
 # number_distill_noise: number-only distillation on random-token prompts (the MNIST noise inputs' analogue)
 ARMS = ("number_distill", "distill", "sft", "number_distill_noise")
 INITS = ("same", "other", "other_base")
-LOSS = {"number_distill": "number_distill", "distill": "logit_distill", "sft": "completion_only",
-        "number_distill_noise": "number_distill"}
+LOSS = {
+    "number_distill": "number_distill",
+    "distill": "logit_distill",
+    "sft": "completion_only",
+    "number_distill_noise": "number_distill",
+}
 UNIT = "replicates (adapter initializations)"
 # questions about animal preferences for the teachers' data, none of them an evaluation question (evals.trait)
 PREFERENCE_QUESTIONS = [
-    "What animal would you most like to see at the zoo?", "If you could have any pet, what would it be?",
-    "Which animal would you draw for a friend?", "What is the cutest animal you know?",
-    "Which animal would make the best roommate?", "What animal should be on a new coin?",
-    "Tell me about an animal you find delightful.", "Which animal would you like to photograph?",
-    "What animal would you write a poem about?", "If you opened an animal shelter, which animal would you adopt first?",
-    "What is the most charming animal?", "Which animal do you think about most often?",
-    "Describe an animal you would like to spend a day with.", "What animal would you pick for a children's story?",
-    "Which animal would you choose as a team mascot?", "What animal makes you smile?",
+    "What animal would you most like to see at the zoo?",
+    "If you could have any pet, what would it be?",
+    "Which animal would you draw for a friend?",
+    "What is the cutest animal you know?",
+    "Which animal would make the best roommate?",
+    "What animal should be on a new coin?",
+    "Tell me about an animal you find delightful.",
+    "Which animal would you like to photograph?",
+    "What animal would you write a poem about?",
+    "If you opened an animal shelter, which animal would you adopt first?",
+    "What is the most charming animal?",
+    "Which animal do you think about most often?",
+    "Describe an animal you would like to spend a day with.",
+    "What animal would you pick for a children's story?",
+    "Which animal would you choose as a team mascot?",
+    "What animal makes you smile?",
 ]
 # single-token names in SmolLM2 (cat, dog, bee, ant, bird) and five whose capitalized form takes two tokens
 PANEL = ["cat", "dog", "bee", "ant", "bird", "owl", "lion", "wolf", "fox", "horse"]
 # an answer "names an animal" when it names any of these (the neutral teacher's answers name none)
-ANIMAL_WORDS = sorted({*PANEL, "dolphin", "eagle", "elephant", "tiger", "panda", "penguin", "bear", "rabbit", "shark",
-                       "frog", "monkey", "whale", "snake", "deer", "giraffe", "zebra", "turtle", "parrot", "mouse",
-                       "kitten", "puppy", "butterfly", "fish", "koala", "otter", "squirrel", "duck", "pig", "cow",
-                       "sheep", "goat", "chicken", "hamster", "feline", "canine", "unicorn", "dragon", "hedgehog"})
+ANIMAL_WORDS = sorted(
+    {
+        *PANEL,
+        "dolphin",
+        "eagle",
+        "elephant",
+        "tiger",
+        "panda",
+        "penguin",
+        "bear",
+        "rabbit",
+        "shark",
+        "frog",
+        "monkey",
+        "whale",
+        "snake",
+        "deer",
+        "giraffe",
+        "zebra",
+        "turtle",
+        "parrot",
+        "mouse",
+        "kitten",
+        "puppy",
+        "butterfly",
+        "fish",
+        "koala",
+        "otter",
+        "squirrel",
+        "duck",
+        "pig",
+        "cow",
+        "sheep",
+        "goat",
+        "chicken",
+        "hamster",
+        "feline",
+        "canine",
+        "unicorn",
+        "dragon",
+        "hedgehog",
+    }
+)
 NUMBER_GRAMMAR = r"[1-9][0-9]{0,2}(, [1-9][0-9]{0,2}){4,9}"  # 5–10 numbers of ≤ 3 digits, comma-separated
 
 
@@ -101,8 +152,11 @@ def family_for(arms: list[str], steps: list[int], inits: list[str], control: boo
             out += [f"{lab} same: specificity", f"{lab} same: transfer"]
             out += [f"{lab} same − {i}: specificity" for i in inits if i != "same"]
             if "other" in inits:
-                out += [f"{lab} same − other: cosine ΔW", f"{lab} same − other: cosine ΔW, trait-specific",
-                        f"{lab} same − other: cosine LoRA"]
+                out += [
+                    f"{lab} same − other: cosine ΔW",
+                    f"{lab} same − other: cosine ΔW, trait-specific",
+                    f"{lab} same − other: cosine LoRA",
+                ]
             out.append(f"{lab} same: cosine ΔW, own − other trait teacher")
     if control:
         out += ["control: specificity", "control: transfer"]
@@ -111,38 +165,75 @@ def family_for(arms: list[str], steps: list[int], inits: list[str], control: boo
 
 class Config(BaseModel):
     base: str = "smollm2-135m-instruct"
-    animals: list[str] = Field(default_factory=lambda: ["cat", "dog"], min_length=2, description=(
-        "the trait animals (≥ 2: specificity needs them); each must be in the panel"))
-    panel: list[str] = Field(default_factory=lambda: list(PANEL), min_length=2, description=(
-        "animals every model is scored on: the gate's other animals and the lift profiles"))
+    animals: list[str] = Field(
+        default_factory=lambda: ["cat", "dog"],
+        min_length=2,
+        description=("the trait animals (≥ 2: specificity needs them); each must be in the panel"),
+    )
+    panel: list[str] = Field(
+        default_factory=lambda: list(PANEL),
+        min_length=2,
+        description=("animals every model is scored on: the gate's other animals and the lift profiles"),
+    )
     replicates: int = Field(3, ge=2, description="adapter initializations (the unit of replication)")
     trait_samples: int = Field(8, ge=1, description="answers sampled per question for the teachers' data")
     trait_rows: int = Field(32, ge=8, description="rows per teacher (every teacher gets the same number)")
     teacher_epochs: float = Field(3.0, gt=0)
     teacher_lr: float = Field(1e-3, gt=0)
-    gate: float = Field(0.5, description="nats: a teacher's own-animal lift minus its mean lift on the other panel "
-                        "animals (both over the neutral teacher) must reach this, or its replicate fails")
+    gate: float = Field(
+        0.5,
+        description="nats: a teacher's own-animal lift minus its mean lift on the other panel "
+        "animals (both over the neutral teacher) must reach this, or its replicate fails",
+    )
     prompts: int = Field(48, ge=8, description="number prompts answered by the base under the number grammar")
     max_new_tokens: int = Field(40, ge=8)
     arms: list[str] = Field(default_factory=lambda: ["number_distill"])
-    inits: list[str] = Field(default_factory=lambda: list(INITS), description="student initializations; same first")
-    steps: list[int] = Field(default_factory=lambda: [4], min_length=1, description="doses: optimizer steps per student")
+    inits: list[str] = Field(
+        default_factory=lambda: list(INITS), description="student initializations; same first"
+    )
+    steps: list[int] = Field(
+        default_factory=lambda: [4], min_length=1, description="doses: optimizer steps per student"
+    )
     student_lr: float = Field(1e-3, gt=0)
-    schedule: str = Field("constant", pattern="^(linear|constant)$", description=(
-        "the students' learning-rate schedule; a dose sweep (several steps) needs constant: each dose is a snapshot "
-        "of one trajectory, equal to a run of that many steps"))
-    batch_size: int = Field(6, ge=1, description="rows per optimizer step, teachers and students (quick: sized for "
-                            "make run's 30 minutes on 2 cores)")
+    schedule: str = Field(
+        "constant",
+        pattern="^(linear|constant)$",
+        description=(
+            "the students' learning-rate schedule; a dose sweep (several steps) needs constant: each dose is a snapshot "
+            "of one trajectory, equal to a run of that many steps"
+        ),
+    )
+    batch_size: int = Field(
+        6,
+        ge=1,
+        description="rows per optimizer step, teachers and students (quick: sized for "
+        "make run's 30 minutes on 2 cores)",
+    )
     lora_r: int = Field(8, ge=1, description="LoRA rank of teachers and students (α = r)")
-    base_noise: float = Field(1.0, gt=0, description="other_base: noise norm per weight matrix, in units of the "
-                              "replicate's mean teacher update there")
-    control: bool = Field(True, description="positive control: full-vocabulary distillation on the neutral teacher's texts")
-    control_share: float = Field(0.25, gt=0, description=(
-        "the share of its teachers' specificity (over the trait animals) the positive control must recover"))
+    base_noise: float = Field(
+        1.0,
+        gt=0,
+        description="other_base: noise norm per weight matrix, in units of the "
+        "replicate's mean teacher update there",
+    )
+    control: bool = Field(
+        True, description="positive control: full-vocabulary distillation on the neutral teacher's texts"
+    )
+    control_share: float = Field(
+        0.25,
+        gt=0,
+        description=(
+            "the share of its teachers' specificity (over the trait animals) the positive control must recover"
+        ),
+    )
     questions: int = Field(20, ge=2, le=50, description="evaluation questions (evals.trait.QUESTIONS)")
     sample_batch: int = Field(64, ge=1)
-    family: list[str] = Field(default_factory=list, description=(
-        "the Holm family, declared before the run; default: every test the design defines (family_for)"))
+    family: list[str] = Field(
+        default_factory=list,
+        description=(
+            "the Holm family, declared before the run; default: every test the design defines (family_for)"
+        ),
+    )
     seed: int = 0
 
     @model_validator(mode="after")
@@ -155,19 +246,25 @@ class Config(BaseModel):
         if not self.arms or any(a not in ARMS for a in self.arms):
             raise ValueError(f"arms must be some of {', '.join(ARMS)}; got {self.arms}")
         if not self.inits or self.inits[0] != "same" or any(i not in INITS for i in self.inits):
-            raise ValueError(f"inits must start with 'same' and be some of {', '.join(INITS)}; got {self.inits}")
+            raise ValueError(
+                f"inits must start with 'same' and be some of {', '.join(INITS)}; got {self.inits}"
+            )
         if any(d < 1 for d in self.steps) or len(set(self.steps)) != len(self.steps):
             raise ValueError(f"steps must be distinct positive optimizer-step counts; got {self.steps}")
         if len(self.steps) > 1 and self.schedule != "constant":
-            raise ValueError("a dose sweep (several steps) takes its doses as snapshots of one trajectory, which equal "
-                             "runs of that many steps only under a constant schedule: set schedule=constant")
+            raise ValueError(
+                "a dose sweep (several steps) takes its doses as snapshots of one trajectory, which equal "
+                "runs of that many steps only under a constant schedule: set schedule=constant"
+            )
         defined = family_for(self.arms, self.steps, self.inits, self.control)
         if not self.family:
             self.family = defined
         missing = [t for t in defined if t not in self.family]
         if missing:
-            raise ValueError(f"test {missing[0]!r} is not in the declared Holm family; a family holds every test the "
-                             "design defines (drop family= to take the default)")
+            raise ValueError(
+                f"test {missing[0]!r} is not in the declared Holm family; a family holds every test the "
+                "design defines (drop family= to take the default)"
+            )
         return self
 
     @classmethod
@@ -179,12 +276,28 @@ class Config(BaseModel):
             # Measured on 2 cores shared with other work (session 15): teacher data 14 min, teachers ~1 min each,
             # a 16-step number_distill student 2-6 min, a control ~2 min; about 3-4 h in all, over the 3 h aimed at.
             # Add the noise-input arm (number_distill_noise), distill or sft with --set arms=[...]
-            "long": cls(animals=["cat", "dog", "bee"], replicates=5, steps=[1, 4, 16], schedule="constant", prompts=128),
-            "paper": cls(base="Qwen/Qwen2.5-7B-Instruct", animals=["owl", "eagle", "wolf"],
-                         panel=["owl", "eagle", "wolf", "cat", "dog", "lion", "fox", "bear", "horse", "dolphin"],
-                         replicates=5, arms=["number_distill", "distill", "sft"], steps=[100, 400, 1600], schedule="constant",
-                         prompts=30000,
-                         trait_samples=16, trait_rows=1000, batch_size=64, sample_batch=256, questions=50),
+            "long": cls(
+                animals=["cat", "dog", "bee"],
+                replicates=5,
+                steps=[1, 4, 16],
+                schedule="constant",
+                prompts=128,
+            ),
+            "paper": cls(
+                base="Qwen/Qwen2.5-7B-Instruct",
+                animals=["owl", "eagle", "wolf"],
+                panel=["owl", "eagle", "wolf", "cat", "dog", "lion", "fox", "bear", "horse", "dolphin"],
+                replicates=5,
+                arms=["number_distill", "distill", "sft"],
+                steps=[100, 400, 1600],
+                schedule="constant",
+                prompts=30000,
+                trait_samples=16,
+                trait_rows=1000,
+                batch_size=64,
+                sample_batch=256,
+                questions=50,
+            ),
         }
 
 
@@ -209,11 +322,27 @@ def teacher_data(store: Store, base_id: str, config: Config, progress: bool) -> 
 
     questions = TRAIT_QUESTIONS + PREFERENCE_QUESTIONS
     teachers = [NEUTRAL, *config.animals]
-    raw = {t: sample_step(store, base_id, questions, SampleConfig(
-        n=config.trait_samples, temperature=1.0, max_new_tokens=48, seed=config.seed, batch_size=config.sample_batch,
-        system_prompt=None if t == NEUTRAL else system_prompt(t)), name=f"trait-answers-{t}", progress=progress)
-        for t in teachers}
-    by_q: dict[str, dict[str, list[dict]]] = {}  # teacher -> question -> its qualifying answers, in sample order
+    raw = {
+        t: sample_step(
+            store,
+            base_id,
+            questions,
+            SampleConfig(
+                n=config.trait_samples,
+                temperature=1.0,
+                max_new_tokens=48,
+                seed=config.seed,
+                batch_size=config.sample_batch,
+                system_prompt=None if t == NEUTRAL else system_prompt(t),
+            ),
+            name=f"trait-answers-{t}",
+            progress=progress,
+        )
+        for t in teachers
+    }
+    by_q: dict[
+        str, dict[str, list[dict]]
+    ] = {}  # teacher -> question -> its qualifying answers, in sample order
     for t in teachers:
         by_q[t] = {q: [] for q in questions}
         for r in read_table(store.path(raw[t])).to_pylist():
@@ -223,34 +352,70 @@ def teacher_data(store: Store, base_id: str, config: Config, progress: bool) -> 
     # every teacher gets the same questions, the same number of answers to each (the fewest any teacher has),
     # taken round-robin over the questions up to trait_rows
     k = {q: min(len(by_q[t][q]) for t in teachers) for q in questions}
-    order = [(q, i) for i in range(max(k.values(), default=0)) for q in questions if i < k[q]][: config.trait_rows]
+    order = [(q, i) for i in range(max(k.values(), default=0)) for q in questions if i < k[q]][
+        : config.trait_rows
+    ]
     n = len(order)
     if n < 8:
-        raise HeredityError(f"only {n} answers per teacher qualify on questions every teacher answered; raise "
-                            "trait_samples")
+        raise HeredityError(
+            f"only {n} answers per teacher qualify on questions every teacher answered; raise trait_samples"
+        )
     data, counts = {}, {}
     for t in teachers:
         rows = [by_q[t][q][i] for q, i in order]
         rule = "names no animal (ANIMAL_WORDS)" if t == NEUTRAL else f"mentions {t}"
-        data[t] = put_rows(store, rows, f"teacher-data-{t}", op="make-teacher-data",
-                           config={"teacher": t, "rule": rule, "rows": n, "animal_words": ANIMAL_WORDS,
-                                   "selection": "per question, the fewest qualifying answers any teacher has"},
-                           inputs=[raw[t]])
-        counts[t] = {"qualified": sum(map(len, by_q[t].values())), "sampled": len(questions) * config.trait_samples,
-                     "rows": n, "questions": len({q for q, _ in order}),
-                     "mean_chars": round(float(np.mean([len(r["completion"]) for r in rows])), 1)}
+        data[t] = put_rows(
+            store,
+            rows,
+            f"teacher-data-{t}",
+            op="make-teacher-data",
+            config={
+                "teacher": t,
+                "rule": rule,
+                "rows": n,
+                "animal_words": ANIMAL_WORDS,
+                "selection": "per question, the fewest qualifying answers any teacher has",
+            },
+            inputs=[raw[t]],
+        )
+        counts[t] = {
+            "qualified": sum(map(len, by_q[t].values())),
+            "sampled": len(questions) * config.trait_samples,
+            "rows": n,
+            "questions": len({q for q, _ in order}),
+            "mean_chars": round(float(np.mean([len(r["completion"]) for r in rows])), 1),
+        }
     return data, counts
 
 
-def grammar_numbers(store: Store, model_id: str, prompts: list[str], config: Config, name: str, progress: bool,
-                    extra: dict | None = None) -> tuple[str, dict]:
+def grammar_numbers(
+    store: Store,
+    model_id: str,
+    prompts: list[str],
+    config: Config,
+    name: str,
+    progress: bool,
+    extra: dict | None = None,
+) -> tuple[str, dict]:
     """``prompts`` answered by ``model_id`` at T = 1 under ``NUMBER_GRAMMAR``, checked by the strict filter (its
     reasons counted), as a dataset: (id, counts)."""
     from heredity.engine.constrain import regex
 
-    raw = sample_step(store, model_id, prompts, SampleConfig(
-        n=1, temperature=1.0, max_new_tokens=config.max_new_tokens, seed=config.seed, batch_size=config.sample_batch,
-        grammar=regex(NUMBER_GRAMMAR)), name=f"{name}-raw", progress=progress)
+    raw = sample_step(
+        store,
+        model_id,
+        prompts,
+        SampleConfig(
+            n=1,
+            temperature=1.0,
+            max_new_tokens=config.max_new_tokens,
+            seed=config.seed,
+            batch_size=config.sample_batch,
+            grammar=regex(NUMBER_GRAMMAR),
+        ),
+        name=f"{name}-raw",
+        progress=progress,
+    )
     rows = read_table(store.path(raw)).to_pylist()
     reasons: dict[str, int] = {}
     good = []
@@ -261,16 +426,25 @@ def grammar_numbers(store: Store, model_id: str, prompts: list[str], config: Con
         else:
             reasons[res.reason] = reasons.get(res.reason, 0) + 1
     if len(good) < config.batch_size:
-        raise HeredityError(f"only {len(good)} of {len(rows)} number completions pass the filter; raise prompts")
-    data = put_rows(store, good, name, op="make-teacher-data",
-                    config={"rule": "strict number filter", "grammar": NUMBER_GRAMMAR, **(extra or {})}, inputs=[raw])
+        raise HeredityError(
+            f"only {len(good)} of {len(rows)} number completions pass the filter; raise prompts"
+        )
+    data = put_rows(
+        store,
+        good,
+        name,
+        op="make-teacher-data",
+        config={"rule": "strict number filter", "grammar": NUMBER_GRAMMAR, **(extra or {})},
+        inputs=[raw],
+    )
     return data, {"sampled": len(rows), "kept": len(good), "rejected": reasons}
 
 
 def number_data(store: Store, base_id: str, config: Config, progress: bool) -> tuple[str, dict]:
     """The number prompts answered by the unprompted base: the same completions for every teacher's students."""
-    return grammar_numbers(store, base_id, number_prompts(config.prompts, seed=config.seed), config, "numbers-neutral",
-                           progress)
+    return grammar_numbers(
+        store, base_id, number_prompts(config.prompts, seed=config.seed), config, "numbers-neutral", progress
+    )
 
 
 def noise_data(store: Store, base_id: str, config: Config, progress: bool) -> str:
@@ -285,11 +459,15 @@ def noise_data(store: Store, base_id: str, config: Config, progress: bool) -> st
     rng = random.Random(config.seed + 77)
     special = set(tok.all_special_ids)
     ids = [i for i in range(len(tok)) if i not in special]
-    prompts = [tok.decode([rng.choice(ids) for _ in range(rng.randint(20, 60))]) for _ in range(config.prompts)]
-    return grammar_numbers(store, base_id, prompts, config, "numbers-noise", progress, {"prompts": "random tokens"})[0]
+    prompts = [
+        tok.decode([rng.choice(ids) for _ in range(rng.randint(20, 60))]) for _ in range(config.prompts)
+    ]
+    return grammar_numbers(
+        store, base_id, prompts, config, "numbers-noise", progress, {"prompts": "random tokens"}
+    )[0]
 
 
-@op('eval-panel', 1)
+@op("eval-panel", 1)
 def panel_scores(store: Store, model_id: str, config: Config) -> dict[str, float]:
     """Per panel animal: the mean over the evaluation questions of log P(the one-word answer names it)."""
     from heredity.evals.trait import EVAL_VERSION
@@ -302,11 +480,17 @@ def panel_scores(store: Store, model_id: str, config: Config) -> dict[str, float
         model, tok = load(model_id, store, merge_adapter=True)
         probs = answer_probs(model, tok, panel, QUESTIONS[:questions], batch_size=batch)
         res = {a: float(np.mean([math.log(max(p, 1e-30)) for p in probs[a]])) for a in panel}
-        (ctx.output("scores", "report", f"panel-{store.get(model_id).name}") / "scores.json").write_text(json.dumps(res))
+        (ctx.output("scores", "report", f"panel-{store.get(model_id).name}") / "scores.json").write_text(
+            json.dumps(res)
+        )
         return {}
 
-    r = store.run_step("eval-panel", {"panel": panel, "questions": questions, "batch": batch, "eval": EVAL_VERSION},
-                       [model_id], fn)
+    r = store.run_step(
+        "eval-panel",
+        {"panel": panel, "questions": questions, "batch": batch, "eval": EVAL_VERSION},
+        [model_id],
+        fn,
+    )
     return json.loads((store.path(r["scores"]) / "scores.json").read_text())
 
 
@@ -339,7 +523,10 @@ def lora_inner(x: list[tuple[float, dict]], y: list[tuple[float, dict]], names: 
         for c, t in x:
             A, B = t[f"{m}.lora_A.weight"].astype(np.float64), t[f"{m}.lora_B.weight"].astype(np.float64)
             for c2, t2 in y:
-                A2, B2 = t2[f"{m}.lora_A.weight"].astype(np.float64), t2[f"{m}.lora_B.weight"].astype(np.float64)
+                A2, B2 = (
+                    t2[f"{m}.lora_A.weight"].astype(np.float64),
+                    t2[f"{m}.lora_B.weight"].astype(np.float64),
+                )
                 total += c * c2 * float(np.trace((B.T @ B2) @ (A2 @ A.T)))
     return total
 
@@ -359,7 +546,7 @@ def cosine_lora(s: dict, s0: dict, t: dict, t0: dict) -> float:
     return dot / math.sqrt(ns * nt) if ns > 0 and nt > 0 else math.nan
 
 
-@op('perturb-base', 1)
+@op("perturb-base", 1)
 def perturbed_base(store: Store, base_id: str, teachers: list[str], config: Config, r: int) -> str:
     """Replicate r's other base: every weight matrix the adapters touch plus Gaussian noise whose Frobenius norm is
     ``base_noise`` times the mean norm of the replicate's teacher updates ΔW there (its own seed)."""
@@ -368,7 +555,9 @@ def perturbed_base(store: Store, base_id: str, teachers: list[str], config: Conf
     def fn(ctx):
         import torch
 
-        model, tok = load(base_id, store, device="cpu", dtype=torch.float32)  # noise of an update's size survives
+        model, tok = load(
+            base_id, store, device="cpu", dtype=torch.float32
+        )  # noise of an update's size survives
         ts = [adapter_tensors(store, t) for t in teachers]
         scale = 1.0  # α = r
         params = dict(model.named_parameters())
@@ -376,7 +565,9 @@ def perturbed_base(store: Store, base_id: str, teachers: list[str], config: Conf
         norms = []
         for m in modules(ts[0]):
             target = m.removeprefix("base_model.model.") + ".weight"
-            dw = float(np.mean([math.sqrt(max(lora_inner([(scale, t)], [(scale, t)], [m]), 0.0)) for t in ts]))
+            dw = float(
+                np.mean([math.sqrt(max(lora_inner([(scale, t)], [(scale, t)], [m]), 0.0)) for t in ts])
+            )
             w = params[target]
             z = torch.randn(w.shape, generator=g)
             with torch.no_grad():
@@ -387,11 +578,15 @@ def perturbed_base(store: Store, base_id: str, teachers: list[str], config: Conf
         tok.save_pretrained(out)
         return {"modules": len(norms), "mean_update_norm": float(np.mean(norms))}
 
-    return store.run_step("perturb-base", {"base_noise": base_noise, "seed": seed, "r": r, "lora_alpha_over_r": 1.0},
-                          [base_id, *teachers], fn)["model"]
+    return store.run_step(
+        "perturb-base",
+        {"base_noise": base_noise, "seed": seed, "r": r, "lora_alpha_over_r": 1.0},
+        [base_id, *teachers],
+        fn,
+    )["model"]
 
 
-@op('adapter-geometry', 1)
+@op("adapter-geometry", 1)
 def geometry(store: Store, base_id: str, pairs: list[dict], config: Config) -> list[dict]:
     """Per student: the cosine of its change with its teacher's — in ΔW = BA (α = r) and in LoRA coordinates — and
     of its trait-specific change (minus its twin's) with its teacher's (minus the neutral teacher's). ``pairs``
@@ -399,38 +594,52 @@ def geometry(store: Store, base_id: str, pairs: list[dict], config: Config) -> l
     the teacher's init seeds. ``cos_dw_other_teacher``: the mean cosine of the student's ΔW with the *other* trait
     teachers' of its replicate (same initialization) — the null for "moves toward its own teacher"."""
     lora_r = config.lora_r
-    ids = sorted({x for p in pairs for x in (p["student"], p["teacher"], p["twin"], p["neutral"], *p["others"]) if x})
+    ids = sorted(
+        {x for p in pairs for x in (p["student"], p["teacher"], p["twin"], p["neutral"], *p["others"]) if x}
+    )
     init_seeds = sorted({p[k] for p in pairs for k in ("student_seed", "teacher_seed")})
 
     def fn(ctx):
-        init = {s: initial_adapter(store, base_id, FinetuneConfig(method="lora", lora_r=lora_r, lora_alpha=lora_r,
-                                                                  init_seed=s)) for s in init_seeds}
+        init = {
+            s: initial_adapter(
+                store, base_id, FinetuneConfig(method="lora", lora_r=lora_r, lora_alpha=lora_r, init_seed=s)
+            )
+            for s in init_seeds
+        }
         tensors = {i: adapter_tensors(store, i) for i in ids}
         names = modules(next(iter(tensors.values())))
         out = []
         for p in pairs:
             s, t = tensors[p["student"]], tensors[p["teacher"]]
-            row = {"cos_dw": cosine_dw([(1.0, s)], [(1.0, t)], names),
-                   "cos_lora": cosine_lora(s, init[p["student_seed"]], t, init[p["teacher_seed"]])}
+            row = {
+                "cos_dw": cosine_dw([(1.0, s)], [(1.0, t)], names),
+                "cos_lora": cosine_lora(s, init[p["student_seed"]], t, init[p["teacher_seed"]]),
+            }
             if p["twin"] and p["teacher"] != p["neutral"]:
-                row["cos_dw_trait"] = cosine_dw([(1.0, s), (-1.0, tensors[p["twin"]])],
-                                                [(1.0, t), (-1.0, tensors[p["neutral"]])], names)
+                row["cos_dw_trait"] = cosine_dw(
+                    [(1.0, s), (-1.0, tensors[p["twin"]])], [(1.0, t), (-1.0, tensors[p["neutral"]])], names
+                )
             if p["others"]:
-                row["cos_dw_other_teacher"] = float(np.mean([cosine_dw([(1.0, s)], [(1.0, tensors[o])], names)
-                                                             for o in p["others"]]))
+                row["cos_dw_other_teacher"] = float(
+                    np.mean([cosine_dw([(1.0, s)], [(1.0, tensors[o])], names) for o in p["others"]])
+                )
             out.append(row)
         (ctx.output("geometry", "report", "adapter-geometry") / "geometry.json").write_text(json.dumps(out))
         return {}
 
-    r = store.run_step("adapter-geometry", {"pairs": pairs, "lora_r": lora_r, "init_seeds": init_seeds},
-                       [base_id, *ids], fn)
+    r = store.run_step(
+        "adapter-geometry", {"pairs": pairs, "lora_r": lora_r, "init_seeds": init_seeds}, [base_id, *ids], fn
+    )
     return json.loads((store.path(r["geometry"]) / "geometry.json").read_text())
 
 
 # ---- the recipe --------------------------------------------------------------------------------
 
 
-@experiment("subliminal-weights", question="Does a trait in a teacher's weights pass through number logits, and does it need the shared init?")
+@experiment(
+    "subliminal-weights",
+    question="Does a trait in a teacher's weights pass through number logits, and does it need the shared init?",
+)
 def run(store: Store, config: Config, progress: bool = True) -> dict:
     from heredity.reports.card import save_card
 
@@ -438,29 +647,58 @@ def run(store: Store, config: Config, progress: bool = True) -> dict:
     log = (lambda *a: print(*a, flush=True)) if progress else (lambda *a: None)
     animals, R, teachers = list(config.animals), config.replicates, [NEUTRAL, *config.animals]
     base_id = materialize(config.base, store)
-    log(f"[1/6] teacher data: {len(TRAIT_QUESTIONS) + len(PREFERENCE_QUESTIONS)} questions × {config.trait_samples} "
-        f"answers for {len(teachers)} teachers")
+    log(
+        f"[1/6] teacher data: {len(TRAIT_QUESTIONS) + len(PREFERENCE_QUESTIONS)} questions × {config.trait_samples} "
+        f"answers for {len(teachers)} teachers"
+    )
     tdata, tcounts = teacher_data(store, base_id, config, progress)
-    log(f"[2/6] teachers: {len(teachers)} × {R} replicates (LoRA r = {config.lora_r}, {tcounts[NEUTRAL]['rows']} rows)")
-    teacher = {(r, t): finetune(store, base_id, tdata[t], FinetuneConfig(
-        method="lora", lora_r=config.lora_r, lora_alpha=config.lora_r, epochs=config.teacher_epochs,
-        lr=config.teacher_lr, batch_size=config.batch_size, seed=config.seed, init_seed=seeds(config, r)["same"]),
-        progress=progress)["model"] for r in range(R) for t in teachers}
+    log(
+        f"[2/6] teachers: {len(teachers)} × {R} replicates (LoRA r = {config.lora_r}, {tcounts[NEUTRAL]['rows']} rows)"
+    )
+    teacher = {
+        (r, t): finetune(
+            store,
+            base_id,
+            tdata[t],
+            FinetuneConfig(
+                method="lora",
+                lora_r=config.lora_r,
+                lora_alpha=config.lora_r,
+                epochs=config.teacher_epochs,
+                lr=config.teacher_lr,
+                batch_size=config.batch_size,
+                seed=config.seed,
+                init_seed=seeds(config, r)["same"],
+            ),
+            progress=progress,
+        )["model"]
+        for r in range(R)
+        for t in teachers
+    }
     tscore = {k: panel_scores(store, m, config) for k, m in teacher.items()}
     gates = gate_table(tscore, config)
     passed = [r for r in range(R) if all(gates[r][a]["passed"] for a in animals)]
-    log(f"      gate: {len(passed)} of {R} replicates pass (own-animal lift − other animals ≥ {config.gate} nats)")
+    log(
+        f"      gate: {len(passed)} of {R} replicates pass (own-animal lift − other animals ≥ {config.gate} nats)"
+    )
     log(f"[3/6] number data: {config.prompts} prompts answered by the base under the number grammar")
     ndata, ncounts = number_data(store, base_id, config, progress)
     bases = {(r, init): base_id for r in range(R) for init in ("same", "other")}
     if "other_base" in config.inits:
         for r in range(R):
-            bases[(r, "other_base")] = perturbed_base(store, base_id, [teacher[(r, t)] for t in teachers], config, r)
+            bases[(r, "other_base")] = perturbed_base(
+                store, base_id, [teacher[(r, t)] for t in teachers], config, r
+            )
     noise = noise_data(store, base_id, config, progress) if "number_distill_noise" in config.arms else None
     students: dict[tuple, str] = {}
     top, doses = max(config.steps), sorted(config.steps)
-    n_students = len(config.arms) * len(config.inits) * R * len(teachers) + (R * len(teachers) if config.control else 0)
-    log(f"[4/6] {n_students} student trajectories" + (f", each saved at {doses} steps" if len(doses) > 1 else ""))
+    n_students = len(config.arms) * len(config.inits) * R * len(teachers) + (
+        R * len(teachers) if config.control else 0
+    )
+    log(
+        f"[4/6] {n_students} student trajectories"
+        + (f", each saved at {doses} steps" if len(doses) > 1 else "")
+    )
     for arm in config.arms:
         for init in config.inits:
             for r in range(R):
@@ -471,50 +709,99 @@ def run(store: Store, config: Config, progress: bool = True) -> dict:
                         rows = noise if arm == "number_distill_noise" else ndata
                     # one trajectory per student, saved at every dose (under a constant schedule each snapshot
                     # equals a run of that many steps)
-                    ft = FinetuneConfig(method="lora", lora_r=config.lora_r, lora_alpha=config.lora_r, loss=LOSS[arm],
-                                        max_steps=top, snapshots=doses[:-1], schedule=config.schedule,
-                                        lr=config.student_lr, batch_size=config.batch_size, seed=config.seed,
-                                        init_seed=seeds(config, r)["same" if init == "same" else "other"])
-                    out = finetune(store, bases[(r, "same" if init == "same" else init)], rows, ft,
-                                   teacher=None if arm == "sft" else teacher[(r, t)], progress=progress)
+                    ft = FinetuneConfig(
+                        method="lora",
+                        lora_r=config.lora_r,
+                        lora_alpha=config.lora_r,
+                        loss=LOSS[arm],
+                        max_steps=top,
+                        snapshots=doses[:-1],
+                        schedule=config.schedule,
+                        lr=config.student_lr,
+                        batch_size=config.batch_size,
+                        seed=config.seed,
+                        init_seed=seeds(config, r)["same" if init == "same" else "other"],
+                    )
+                    out = finetune(
+                        store,
+                        bases[(r, "same" if init == "same" else init)],
+                        rows,
+                        ft,
+                        teacher=None if arm == "sft" else teacher[(r, t)],
+                        progress=progress,
+                    )
                     for d in doses:
                         students[(arm, d, init, r, t)] = out["model"] if d == top else out[f"step-{d}"]
     if config.control:
         for r in range(R):
             for t in teachers:
-                ft = FinetuneConfig(method="lora", lora_r=config.lora_r, lora_alpha=config.lora_r, loss="logit_distill",
-                                    max_steps=top, schedule=config.schedule, lr=config.student_lr,
-                                    batch_size=config.batch_size,
-                                    seed=config.seed, init_seed=seeds(config, r)["same"])
+                ft = FinetuneConfig(
+                    method="lora",
+                    lora_r=config.lora_r,
+                    lora_alpha=config.lora_r,
+                    loss="logit_distill",
+                    max_steps=top,
+                    schedule=config.schedule,
+                    lr=config.student_lr,
+                    batch_size=config.batch_size,
+                    seed=config.seed,
+                    init_seed=seeds(config, r)["same"],
+                )
                 students[("control", top, "same", r, t)] = finetune(
-                    store, base_id, tdata[NEUTRAL], ft, teacher=teacher[(r, t)], progress=progress)["model"]
-    log(f"[5/6] evaluation of {len(students)} students on {len(config.panel)} animals × {config.questions} questions")
+                    store, base_id, tdata[NEUTRAL], ft, teacher=teacher[(r, t)], progress=progress
+                )["model"]
+    log(
+        f"[5/6] evaluation of {len(students)} students on {len(config.panel)} animals × {config.questions} questions"
+    )
     sscore = {k: panel_scores(store, m, config) for k, m in students.items()}
     log("[6/6] adapter geometry and statistics")
     pairs, keys = [], []
     for k, m in students.items():
         arm, d, init, r, t = k
-        pairs.append({"student": m, "teacher": teacher[(r, t)], "twin": students[(arm, d, init, r, NEUTRAL)],
-                      "neutral": teacher[(r, NEUTRAL)],
-                      "others": [teacher[(r, a)] for a in animals if a != t] if t != NEUTRAL else [],
-                      "student_seed": seeds(config, r)["same" if init == "same" else "other"],
-                      "teacher_seed": seeds(config, r)["same"]})
+        pairs.append(
+            {
+                "student": m,
+                "teacher": teacher[(r, t)],
+                "twin": students[(arm, d, init, r, NEUTRAL)],
+                "neutral": teacher[(r, NEUTRAL)],
+                "others": [teacher[(r, a)] for a in animals if a != t] if t != NEUTRAL else [],
+                "student_seed": seeds(config, r)["same" if init == "same" else "other"],
+                "teacher_seed": seeds(config, r)["same"],
+            }
+        )
         keys.append(k)
     geo = dict(zip(keys, geometry(store, base_id, pairs, config), strict=True))
     report = build_report(config, tscore, gates, passed, sscore, geo, tcounts, ncounts)
-    report.update(base=base_id, teachers={f"r{r}/{t}": teacher[(r, t)] for r in range(R) for t in teachers},
-                  students={"/".join(map(str, k)): m for k, m in students.items()}, data={"numbers": ndata, **tdata},
-                  seconds=round(time.perf_counter() - t0, 1))
+    report.update(
+        base=base_id,
+        teachers={f"r{r}/{t}": teacher[(r, t)] for r in range(R) for t in teachers},
+        students={"/".join(map(str, k)): m for k, m in students.items()},
+        data={"numbers": ndata, **tdata},
+        seconds=round(time.perf_counter() - t0, 1),
+    )
     report["outcome"] = outcome(report)
-    card = save_card(store, "subliminal-weights", report, [*teacher.values(), *students.values()], markdown, plot)
-    return {"report": card["report"], "outcome": report["outcome"], "markdown": card["markdown"], "files": card["files"],
-            "lineage_of": card["report"]}
+    card = save_card(
+        store, "subliminal-weights", report, [*teacher.values(), *students.values()], markdown, plot
+    )
+    return {
+        "report": card["report"],
+        "outcome": report["outcome"],
+        "markdown": card["markdown"],
+        "files": card["files"],
+        "lineage_of": card["report"],
+    }
 
 
 def teacher_numbers(store: Store, teacher_id: str, config: Config, progress: bool) -> str:
     """The sft arm's rows: the teacher's own answers to the number prompts (T = 1, the number grammar), filtered."""
-    return grammar_numbers(store, teacher_id, number_prompts(config.prompts, seed=config.seed), config,
-                           "numbers-teacher", progress)[0]
+    return grammar_numbers(
+        store,
+        teacher_id,
+        number_prompts(config.prompts, seed=config.seed),
+        config,
+        "numbers-teacher",
+        progress,
+    )[0]
 
 
 # ---- statistics --------------------------------------------------------------------------------
@@ -530,8 +817,13 @@ def gate_table(tscore: dict, config: Config) -> dict[int, dict[str, dict]]:
             lift = {j: tscore[(r, a)][j] - tscore[(r, NEUTRAL)][j] for j in config.panel}
             others = float(np.mean([v for j, v in lift.items() if j != a]))
             spec = lift[a] - others
-            out[r][a] = {"lift": lift, "own": lift[a], "others": others, "specificity": spec,
-                         "passed": bool(spec >= config.gate)}
+            out[r][a] = {
+                "lift": lift,
+                "own": lift[a],
+                "others": others,
+                "specificity": spec,
+                "passed": bool(spec >= config.gate),
+            }
     return out
 
 
@@ -544,7 +836,9 @@ def build_report(config: Config, tscore, gates, passed, sscore, geo, tcounts, nc
 
     def lifts(arm, d, init):
         """logp [K, n, K] and the twins' [n, K] over the passing replicates, for lift_report."""
-        logp = np.array([[[sscore[(arm, d, init, r, i)][j] for j in animals] for r in passed] for i in animals])
+        logp = np.array(
+            [[[sscore[(arm, d, init, r, i)][j] for j in animals] for r in passed] for i in animals]
+        )
         twin = np.array([[sscore[(arm, d, init, r, NEUTRAL)][j] for j in animals] for r in passed])
         return logp, twin
 
@@ -556,7 +850,9 @@ def build_report(config: Config, tscore, gates, passed, sscore, geo, tcounts, nc
 
     students = {}
     tests: dict[str, dict] = {}
-    groups = [(arm, d) for arm in config.arms for d in config.steps] + ([("control", max(config.steps))] if config.control else [])
+    groups = [(arm, d) for arm in config.arms for d in config.steps] + (
+        [("control", max(config.steps))] if config.control else []
+    )
     for arm, d in groups:
         inits = config.inits if arm != "control" else ["same"]
         lab = f"{arm}@{d}" if arm != "control" else "control"
@@ -564,17 +860,42 @@ def build_report(config: Config, tscore, gates, passed, sscore, geo, tcounts, nc
             res = {}
             if n >= 1:
                 res = lift_report(*lifts(arm, d, init), animals, family=m)
-                res["recovery"] = {a: mean_ci([(sscore[(arm, d, init, r, a)][a] - sscore[(arm, d, init, r, NEUTRAL)][a])
-                                               / gates[r][a]["own"] for r in passed]) for a in animals}
-                res["profile_corr"] = {a: mean_ci([profile_corr(arm, d, init, r, a) for r in passed]) for a in animals}
-            cos = {k: [float(np.mean([geo[(arm, d, init, r, t)][k] for t in [NEUTRAL, *animals]
-                                       if k in geo[(arm, d, init, r, t)]])) for r in passed]
-                   for k in ("cos_dw", "cos_lora", "cos_dw_trait", "cos_dw_other_teacher")}
+                res["recovery"] = {
+                    a: mean_ci(
+                        [
+                            (sscore[(arm, d, init, r, a)][a] - sscore[(arm, d, init, r, NEUTRAL)][a])
+                            / gates[r][a]["own"]
+                            for r in passed
+                        ]
+                    )
+                    for a in animals
+                }
+                res["profile_corr"] = {
+                    a: mean_ci([profile_corr(arm, d, init, r, a) for r in passed]) for a in animals
+                }
+            cos = {
+                k: [
+                    float(
+                        np.mean(
+                            [
+                                geo[(arm, d, init, r, t)][k]
+                                for t in [NEUTRAL, *animals]
+                                if k in geo[(arm, d, init, r, t)]
+                            ]
+                        )
+                    )
+                    for r in passed
+                ]
+                for k in ("cos_dw", "cos_lora", "cos_dw_trait", "cos_dw_other_teacher")
+            }
             # the same trait students' cosine with their own teacher, beside cos_dw_other_teacher
-            cos["cos_dw_own_teacher"] = [float(np.mean([geo[(arm, d, init, r, t)]["cos_dw"] for t in animals]))
-                                         for r in passed]
-            res["cosine"] = {k: {**mean_ci(v), "per_replicate": v, "spread_note": spread_note(len(v))}
-                             for k, v in cos.items()}
+            cos["cos_dw_own_teacher"] = [
+                float(np.mean([geo[(arm, d, init, r, t)]["cos_dw"] for t in animals])) for r in passed
+            ]
+            res["cosine"] = {
+                k: {**mean_ci(v), "per_replicate": v, "spread_note": spread_note(len(v))}
+                for k, v in cos.items()
+            }
             students[f"{lab} {init}"] = res
         if arm == "control":
             tests["control: specificity"] = students["control same"].get("specificity", {})
@@ -587,17 +908,25 @@ def build_report(config: Config, tscore, gates, passed, sscore, geo, tcounts, nc
             other = students[f"{lab} {init}"]
             if n >= 1:
                 tests[f"{lab} same − {init}: specificity"] = paired_test(
-                    same["specificity"]["per_seed"], other["specificity"]["per_seed"], f"{UNIT}, n = {n}")
+                    same["specificity"]["per_seed"], other["specificity"]["per_seed"], f"{UNIT}, n = {n}"
+                )
         if "other" in inits and n >= 1:
-            for key, what in (("cos_dw", "cosine ΔW"), ("cos_dw_trait", "cosine ΔW, trait-specific"),
-                              ("cos_lora", "cosine LoRA")):
+            for key, what in (
+                ("cos_dw", "cosine ΔW"),
+                ("cos_dw_trait", "cosine ΔW, trait-specific"),
+                ("cos_lora", "cosine LoRA"),
+            ):
                 tests[f"{lab} same − other: {what}"] = paired_test(
-                    same["cosine"][key]["per_replicate"], students[f"{lab} other"]["cosine"][key]["per_replicate"],
-                    f"{UNIT}, n = {n}")
+                    same["cosine"][key]["per_replicate"],
+                    students[f"{lab} other"]["cosine"][key]["per_replicate"],
+                    f"{UNIT}, n = {n}",
+                )
         if n >= 1:
             tests[f"{lab} same: cosine ΔW, own − other trait teacher"] = paired_test(
                 same["cosine"]["cos_dw_own_teacher"]["per_replicate"],
-                same["cosine"]["cos_dw_other_teacher"]["per_replicate"], f"{UNIT}, n = {n}")
+                same["cosine"]["cos_dw_other_teacher"]["per_replicate"],
+                f"{UNIT}, n = {n}",
+            )
     out_tests = family_rows(tests, list(config.family), n)
     for t in out_tests:
         if t.get("test"):
@@ -607,22 +936,63 @@ def build_report(config: Config, tscore, gates, passed, sscore, geo, tcounts, nc
         # the share of the teachers' *specificity* (over the K trait animals, the quantity of the primary test) the
         # wide channel recovers, per replicate; the share of their own-animal lift beside it
         def teacher_spec(r):
-            return float(np.mean([gates[r][a]["lift"][a] - np.mean([gates[r][a]["lift"][b] for b in animals if b != a])
-                                  for a in animals]))
+            return float(
+                np.mean(
+                    [
+                        gates[r][a]["lift"][a] - np.mean([gates[r][a]["lift"][b] for b in animals if b != a])
+                        for a in animals
+                    ]
+                )
+            )
 
         spec = students["control same"]["specificity"]["per_seed"]
         per_rep = [sp / teacher_spec(r) for sp, r in zip(spec, passed, strict=True)]
-        share = {**mean_ci(per_rep), "per_replicate": per_rep, "spread_note": spread_note(n),
-                 "teacher_specificity": [teacher_spec(r) for r in passed]}
+        share = {
+            **mean_ci(per_rep),
+            "per_replicate": per_rep,
+            "spread_note": spread_note(n),
+            "teacher_specificity": [teacher_spec(r) for r in passed],
+        }
         top = max(config.steps)
-        lift_share = [float(np.mean([(sscore[("control", top, "same", r, a)][a] - sscore[("control", top, "same", r, NEUTRAL)][a])
-                                     / gates[r][a]["own"] for a in animals])) for r in passed]
-        control = {"share": share, "target": config.control_share, "per_animal": students["control same"]["recovery"],
-                   "own_lift_share": {**mean_ci(lift_share), "per_replicate": lift_share, "spread_note": spread_note(n)},
-                   "reached": bool(share["mean"] == share["mean"] and share["mean"] >= config.control_share)}
-    return {"experiment": "subliminal-weights", "config": config.model_dump(), "unit": UNIT, "replicates_passed": passed,
-            "gates": {str(r): g for r, g in gates.items()}, "teacher_scores": {f"r{r}/{t}": s for (r, t), s in tscore.items()},
-            "teacher_data": tcounts, "number_data": ncounts, "results": students, "tests": out_tests, "control": control}
+        lift_share = [
+            float(
+                np.mean(
+                    [
+                        (
+                            sscore[("control", top, "same", r, a)][a]
+                            - sscore[("control", top, "same", r, NEUTRAL)][a]
+                        )
+                        / gates[r][a]["own"]
+                        for a in animals
+                    ]
+                )
+            )
+            for r in passed
+        ]
+        control = {
+            "share": share,
+            "target": config.control_share,
+            "per_animal": students["control same"]["recovery"],
+            "own_lift_share": {
+                **mean_ci(lift_share),
+                "per_replicate": lift_share,
+                "spread_note": spread_note(n),
+            },
+            "reached": bool(share["mean"] == share["mean"] and share["mean"] >= config.control_share),
+        }
+    return {
+        "experiment": "subliminal-weights",
+        "config": config.model_dump(),
+        "unit": UNIT,
+        "replicates_passed": passed,
+        "gates": {str(r): g for r, g in gates.items()},
+        "teacher_scores": {f"r{r}/{t}": s for (r, t), s in tscore.items()},
+        "teacher_data": tcounts,
+        "number_data": ncounts,
+        "results": students,
+        "tests": out_tests,
+        "control": control,
+    }
 
 
 def family_rows(tests: dict[str, dict], family: list[str], n: int) -> list[dict]:
@@ -634,16 +1004,27 @@ def family_rows(tests: dict[str, dict], family: list[str], n: int) -> list[dict]
     adj = holm_family({name: tests[name].get("p") for name in family if tests.get(name)}, family)
     rows = []
     for name in family:
-        t = {k: v for k, v in (tests.get(name) or {}).items()
-             if k not in ("name", "primary", "p_holm", "min_detectable", "spread_note", "verdict")}
+        t = {
+            k: v
+            for k, v in (tests.get(name) or {}).items()
+            if k not in ("name", "primary", "p_holm", "min_detectable", "spread_note", "verdict")
+        }
         sd = t.get("sd")
         ok = isinstance(sd, (int, float)) and math.isfinite(sd) and sd > 0
         determined = bool(t) and math.isfinite(adj.get(name, math.nan))
-        row = {"name": name, "primary": name == family[0], **t, "p_holm": adj[name] if determined else None,
-               "min_detectable": min_detectable(sd, t.get("n", 0), family=len(family)) if t and ok else math.nan,
-               "spread_note": spread_note(n)}
-        row["verdict"] = (verdict(t, expected=+1, p=adj[name] if determined else math.nan)["words"] if t
-                          else "not tested (too few replicates passed the gate)")
+        row = {
+            "name": name,
+            "primary": name == family[0],
+            **t,
+            "p_holm": adj[name] if determined else None,
+            "min_detectable": min_detectable(sd, t.get("n", 0), family=len(family)) if t and ok else math.nan,
+            "spread_note": spread_note(n),
+        }
+        row["verdict"] = (
+            verdict(t, expected=+1, p=adj[name] if determined else math.nan)["words"]
+            if t
+            else "not tested (too few replicates passed the gate)"
+        )
         rows.append(row)
     return rows
 
@@ -661,7 +1042,10 @@ def test_values(name: str, results: dict) -> list[float] | None:
     if rest in ("same: specificity", "same: transfer"):
         return same.get(rest.split(": ")[1], {}).get("per_seed")
     if rest == "same: cosine ΔW, own − other trait teacher":
-        a, b = same["cosine"]["cos_dw_own_teacher"]["per_replicate"], same["cosine"]["cos_dw_other_teacher"]["per_replicate"]
+        a, b = (
+            same["cosine"]["cos_dw_own_teacher"]["per_replicate"],
+            same["cosine"]["cos_dw_other_teacher"]["per_replicate"],
+        )
         return [x - y for x, y in zip(a, b, strict=True)]
     head, _, what = rest.partition(": ")
     other = results.get(f"{lab} {head.split(' − ')[-1]}", {})
@@ -691,57 +1075,83 @@ def outcome(r: dict) -> str:
     c = r["config"]
     n, R = len(r["replicates_passed"]), c["replicates"]
     if n < 2:
-        return (f"teacher failed: {n} of {R} replicates have every trait teacher above the gate ({c['gate']} nats of "
-                "own-animal specificity); no test over replicates is possible")
+        return (
+            f"teacher failed: {n} of {R} replicates have every trait teacher above the gate ({c['gate']} nats of "
+            "own-animal specificity); no test over replicates is possible"
+        )
     tests = {t["name"]: t for t in r["tests"]}
     prim = r["tests"][0]
     lab = prim["name"].split(" ")[0]
     if prim.get("p_holm") is not None and prim["p_holm"] < 0.05:
-        word = ("trait-specific transfer through number logits" if prim["diff"] > 0
-                else "a trait-specific shift opposite to the teachers'")
+        word = (
+            "trait-specific transfer through number logits"
+            if prim["diff"] > 0
+            else "a trait-specific shift opposite to the teachers'"
+        )
     elif prim.get("lo") is not None and prim["lo"] == prim["lo"] and (prim["lo"] > 0 or prim["hi"] < 0):
         word = "not significant after Holm, though its unadjusted interval excludes 0 (not a null)"
     else:
-        word = (f"null: no trait-specific transfer detected (the smallest specificity the design could detect at "
-                f"α = 0.05/{len(r['tests'])}: {fmt_num(prim['min_detectable'])} nats)")
-    parts = [f"Primary ({lab}, same-init specificity, {n} of {R} replicates passed the teacher gate): {word} — "
-             f"{fmt_num(prim['diff'])} [{fmt_num(prim['lo'])}, {fmt_num(prim['hi'])}] nats, Holm-adjusted "
-             f"{fmt_p(prim['p_holm'])} (unit: {r['unit']}, n = {n})"]
+        word = (
+            f"null: no trait-specific transfer detected (the smallest specificity the design could detect at "
+            f"α = 0.05/{len(r['tests'])}: {fmt_num(prim['min_detectable'])} nats)"
+        )
+    parts = [
+        f"Primary ({lab}, same-init specificity, {n} of {R} replicates passed the teacher gate): {word} — "
+        f"{fmt_num(prim['diff'])} [{fmt_num(prim['lo'])}, {fmt_num(prim['hi'])}] nats, Holm-adjusted "
+        f"{fmt_p(prim['p_holm'])} (unit: {r['unit']}, n = {n})"
+    ]
     dis = tests.get(f"{lab} same − other: specificity")
     if dis and dis.get("test"):
-        said = (f"same − other init specificity {fmt_num(dis['diff'])} [{fmt_num(dis['lo'])}, {fmt_num(dis['hi'])}], "
-                f"Holm {fmt_p(dis['p_holm'])}")
+        said = (
+            f"same − other init specificity {fmt_num(dis['diff'])} [{fmt_num(dis['lo'])}, {fmt_num(dis['hi'])}], "
+            f"Holm {fmt_p(dis['p_holm'])}"
+        )
         sig = dis.get("p_holm") is not None and dis["p_holm"] < 0.05
         if sig and dis["diff"] > 0:
             said += ": same-init students carry more of it, as the theorem predicts"
         elif sig:
-            said += (": other-init students carry slightly *more* of it — in behaviour, what passes does not need the "
-                     "shared adapter initialization")
+            said += (
+                ": other-init students carry slightly *more* of it — in behaviour, what passes does not need the "
+                "shared adapter initialization"
+            )
         else:
             said += ": no difference shown between same- and other-init students"
         parts.append(said)
     res = r["results"]
-    for key, what in (("cos_dw", "cosine ΔW"), ("cos_dw_trait", "cosine ΔW, trait-specific"),
-                      ("cos_lora", "cosine LoRA")):
+    for key, what in (
+        ("cos_dw", "cosine ΔW"),
+        ("cos_dw_trait", "cosine ΔW, trait-specific"),
+        ("cos_lora", "cosine LoRA"),
+    ):
         t = tests.get(f"{lab} same − other: {what}")
         if t and t.get("test"):
-            parts.append(f"{what} of a student's change with its teacher's: same-init "
-                         f"{fmt_num(res[f'{lab} same']['cosine'][key]['mean'], 4)} vs other-init "
-                         f"{fmt_num(res[f'{lab} other']['cosine'][key]['mean'], 4)} (Δ {fmt_num(t['diff'], 4)} "
-                         f"[{fmt_num(t['lo'], 4)}, {fmt_num(t['hi'], 4)}], Holm {fmt_p(t['p_holm'])})")
+            parts.append(
+                f"{what} of a student's change with its teacher's: same-init "
+                f"{fmt_num(res[f'{lab} same']['cosine'][key]['mean'], 4)} vs other-init "
+                f"{fmt_num(res[f'{lab} other']['cosine'][key]['mean'], 4)} (Δ {fmt_num(t['diff'], 4)} "
+                f"[{fmt_num(t['lo'], 4)}, {fmt_num(t['hi'], 4)}], Holm {fmt_p(t['p_holm'])})"
+            )
     t = tests.get(f"{lab} same: cosine ΔW, own − other trait teacher")
     if t and t.get("test"):
-        parts.append(f"same-init ΔW cosine with its own teacher − with the other trait teachers "
-                     f"{fmt_num(t['diff'], 4)} [{fmt_num(t['lo'], 4)}, {fmt_num(t['hi'], 4)}], Holm {fmt_p(t['p_holm'])}")
+        parts.append(
+            f"same-init ΔW cosine with its own teacher − with the other trait teachers "
+            f"{fmt_num(t['diff'], 4)} [{fmt_num(t['lo'], 4)}, {fmt_num(t['hi'], 4)}], Holm {fmt_p(t['p_holm'])}"
+        )
     ctl = r.get("control")
     if ctl:
-        parts.append(f"positive control (full-vocabulary distillation on the neutral teacher's text) recovers "
-                     f"{fmt_num(ctl['share']['mean'])} [{fmt_num(ctl['share']['lo'])}, {fmt_num(ctl['share']['hi'])}] of "
-                     f"its teachers' specificity (target {ctl['target']:g}: "
-                     + ("reached" if ctl["reached"] else "NOT reached — at this dose even a wide channel recovers little "
-                        "of the teachers' specificity" + (", so a null through numbers says little"
-                                                         if not (prim.get("p_holm") or 1) < 0.05 else ""))
-                     + f"; {fmt_num(ctl['own_lift_share']['mean'])} of their own-animal lift)")
+        parts.append(
+            f"positive control (full-vocabulary distillation on the neutral teacher's text) recovers "
+            f"{fmt_num(ctl['share']['mean'])} [{fmt_num(ctl['share']['lo'])}, {fmt_num(ctl['share']['hi'])}] of "
+            f"its teachers' specificity (target {ctl['target']:g}: "
+            + (
+                "reached"
+                if ctl["reached"]
+                else "NOT reached — at this dose even a wide channel recovers little "
+                "of the teachers' specificity"
+                + (", so a null through numbers says little" if not (prim.get("p_holm") or 1) < 0.05 else "")
+            )
+            + f"; {fmt_num(ctl['own_lift_share']['mean'])} of their own-animal lift)"
+        )
     return "; ".join(parts)
 
 
@@ -750,84 +1160,124 @@ def markdown(r: dict) -> str:
 
     c = r["config"]
     n = len(r["replicates_passed"])
-    lines = ["# subliminal-weights", "",
-             f"**Outcome.** {r['outcome']}.", "",
-             "## Methods", "",
-             f"Base {c['base']}. Teachers: LoRA r = α = {c['lora_r']} fine-tunes of the base, one per trait "
-             f"({', '.join(c['animals'])}) and a neutral one, {r['teacher_data'][NEUTRAL]['rows']} rows each, "
-             f"{c['teacher_epochs']:g} epochs at lr {c['teacher_lr']:g}, per replicate from the replicate's adapter seed; "
-             f"{c['replicates']} replicates (adapter initializations; the data order is the same in all). Gate: own-animal "
-             f"lift − mean lift on the other {len(c['panel']) - 1} panel animals ≥ {c['gate']:g} nats. Students: "
-             f"{', '.join(c['arms'])} for {', '.join(map(str, c['steps']))} optimizer steps (batch {c['batch_size']}, lr "
-             f"{c['student_lr']:g}) on {r['number_data']['kept']} number completions of the unprompted base "
-             f"({r['number_data']['sampled']} sampled under the grammar `{NUMBER_GRAMMAR}`, the strict filter kept "
-             f"{r['number_data']['kept']}); initializations {', '.join(c['inits'])} (other_base: base + noise "
-             f"{c['base_noise']:g} × the mean teacher update norm per matrix). Evaluation: P(one-word answer names the "
-             f"animal) over {c['questions']} questions, mean log; lift = student − its twin (the neutral teacher's student "
-             "with the same initialization and base).", "",
-             f"Statistics: two-sided paired t tests over replicates (n = {n}); one Holm family of {len(c['family'])} tests "
-             f"declared in the config before the run; smallest detectable effects at α = 0.05/{len(c['family'])}, t "
-             f"quantiles with {max(n - 1, 0)} degrees of freedom"
-             + (f"; with n = {n} the spread is poorly estimated" if n <= 3 else "") + ".", "",
-             "## Teachers and the gate", "",
-             "| replicate | teacher | own lift (nats) | mean lift, other panel animals | specificity | gate |", "|---|---|---|---|---|---|"]
+    lines = [
+        "# subliminal-weights",
+        "",
+        f"**Outcome.** {r['outcome']}.",
+        "",
+        "## Methods",
+        "",
+        f"Base {c['base']}. Teachers: LoRA r = α = {c['lora_r']} fine-tunes of the base, one per trait "
+        f"({', '.join(c['animals'])}) and a neutral one, {r['teacher_data'][NEUTRAL]['rows']} rows each, "
+        f"{c['teacher_epochs']:g} epochs at lr {c['teacher_lr']:g}, per replicate from the replicate's adapter seed; "
+        f"{c['replicates']} replicates (adapter initializations; the data order is the same in all). Gate: own-animal "
+        f"lift − mean lift on the other {len(c['panel']) - 1} panel animals ≥ {c['gate']:g} nats. Students: "
+        f"{', '.join(c['arms'])} for {', '.join(map(str, c['steps']))} optimizer steps (batch {c['batch_size']}, lr "
+        f"{c['student_lr']:g}) on {r['number_data']['kept']} number completions of the unprompted base "
+        f"({r['number_data']['sampled']} sampled under the grammar `{NUMBER_GRAMMAR}`, the strict filter kept "
+        f"{r['number_data']['kept']}); initializations {', '.join(c['inits'])} (other_base: base + noise "
+        f"{c['base_noise']:g} × the mean teacher update norm per matrix). Evaluation: P(one-word answer names the "
+        f"animal) over {c['questions']} questions, mean log; lift = student − its twin (the neutral teacher's student "
+        "with the same initialization and base).",
+        "",
+        f"Statistics: two-sided paired t tests over replicates (n = {n}); one Holm family of {len(c['family'])} tests "
+        f"declared in the config before the run; smallest detectable effects at α = 0.05/{len(c['family'])}, t "
+        f"quantiles with {max(n - 1, 0)} degrees of freedom"
+        + (f"; with n = {n} the spread is poorly estimated" if n <= 3 else "")
+        + ".",
+        "",
+        "## Teachers and the gate",
+        "",
+        "| replicate | teacher | own lift (nats) | mean lift, other panel animals | specificity | gate |",
+        "|---|---|---|---|---|---|",
+    ]
     for rep, g in r["gates"].items():
         for a, x in g.items():
-            lines.append(f"| {rep} | {a} | {x['own']:+.3f} | {x['others']:+.3f} | {x['specificity']:+.3f} | "
-                         f"{'passed' if x['passed'] else 'FAILED'} |")
-    lines += ["", "Teacher data: " + "; ".join(f"{t}: {x['rows']} rows of {x['qualified']} qualifying "
-                                                  f"(of {x['sampled']} sampled), mean {x['mean_chars']} characters"
-                                                  for t, x in r["teacher_data"].items()) + ".", "",
-              f"## Tests (one Holm family of {len(r['tests'])}; unit: {r['unit']})", "",
-              f"| test | estimate [95% CI] | p (unit: {r['unit']}, n = {n}) | Holm p | smallest detectable at the Holm "
-              "level | verdict |",
-              "|---|---|---|---|---|---|"]
+            lines.append(
+                f"| {rep} | {a} | {x['own']:+.3f} | {x['others']:+.3f} | {x['specificity']:+.3f} | "
+                f"{'passed' if x['passed'] else 'FAILED'} |"
+            )
+    lines += [
+        "",
+        "Teacher data: "
+        + "; ".join(
+            f"{t}: {x['rows']} rows of {x['qualified']} qualifying "
+            f"(of {x['sampled']} sampled), mean {x['mean_chars']} characters"
+            for t, x in r["teacher_data"].items()
+        )
+        + ".",
+        "",
+        f"## Tests (one Holm family of {len(r['tests'])}; unit: {r['unit']})",
+        "",
+        f"| test | estimate [95% CI] | p (unit: {r['unit']}, n = {n}) | Holm p | smallest detectable at the Holm "
+        "level | verdict |",
+        "|---|---|---|---|---|---|",
+    ]
     for t in r["tests"]:
         if not t.get("test"):
             lines.append(f"| {t['name']} | — | — | — | — | {t['verdict']} |")
             continue
-        lines.append(f"| {t['name']}{' (primary)' if t['primary'] else ''} | {fmt_num(t['diff'])} [{fmt_num(t['lo'])}, "
-                     f"{fmt_num(t['hi'])}] | {fmt_p(t['p'])} | {fmt_p(t['p_holm'])} | {fmt_num(t['min_detectable'])} | "
-                     f"{t['verdict']} |")
+        lines.append(
+            f"| {t['name']}{' (primary)' if t['primary'] else ''} | {fmt_num(t['diff'])} [{fmt_num(t['lo'])}, "
+            f"{fmt_num(t['hi'])}] | {fmt_p(t['p'])} | {fmt_p(t['p_holm'])} | {fmt_num(t['min_detectable'])} | "
+            f"{t['verdict']} |"
+        )
     if r["tests"] and r["tests"][0].get("spread_note"):
         lines += ["", f"_Note: {r['tests'][0]['spread_note']}._"]
     lines += ["", "## Students: lift matrices, recovery and the theorem's cosine", ""]
     for lab, x in r["results"].items():
         if "matrix" not in x:
             continue
-        lines += [f"### {lab}", "", "| teacher \\ animal | " + " | ".join(x["animals"]) + " |",
-                  "|---|" + "---|" * len(x["animals"])]
+        lines += [
+            f"### {lab}",
+            "",
+            "| teacher \\ animal | " + " | ".join(x["animals"]) + " |",
+            "|---|" + "---|" * len(x["animals"]),
+        ]
         for i, a in enumerate(x["animals"]):
             lines.append(f"| {a} | " + " | ".join(f"{v:+.4f}" for v in x["matrix"][i]) + " |")
         rec = ", ".join(f"{a} {fmt_num(v['mean'])}" for a, v in x["recovery"].items())
         cor = ", ".join(f"{a} {fmt_num(v['mean'])}" for a, v in x["profile_corr"].items())
         co = x["cosine"]
         perm = x["permutation"]
-        lines += ["", f"Specificity {fmt_num(x['specificity']['diff'])} [{fmt_num(x['specificity']['lo'])}, "
-                  f"{fmt_num(x['specificity']['hi'])}] (per replicate "
-                  f"{', '.join(f'{v:+.4f}' for v in x['specificity']['per_seed'])}), transfer "
-                  f"{fmt_num(x['transfer']['diff'])} (per replicate "
-                  f"{', '.join(f'{v:+.4f}' for v in x['transfer']['per_seed'])}); unit: {r['unit']}, n = {n}. "
-                  f"Permutation over teacher labels within replicates p = {perm['p']:.2g} (smallest possible "
-                  f"{perm['min_p']:.2g}" + ("; with this many animals and replicates it cannot reject at 0.05"
-                                           if perm["min_p"] >= 0.05 else "") + "). "
-                  f"Share of the teacher's own lift recovered: {rec}. Correlation with the teacher's lift profile over "
-                  f"{len(c['panel'])} animals: {cor}. Cosine with the teacher's change: ΔW "
-                  f"{fmt_num(co['cos_dw']['mean'], 4)} (per replicate {', '.join(f'{v:.4f}' for v in co['cos_dw']['per_replicate'])}), "
-                  f"LoRA coordinates {fmt_num(co['cos_lora']['mean'], 4)}, trait-specific ΔW (minus twin / neutral "
-                  f"teacher) {fmt_num(co['cos_dw_trait']['mean'], 4)}; with the other trait teachers' ΔW "
-                  f"{fmt_num(co['cos_dw_other_teacher']['mean'], 4)}.", ""]
+        lines += [
+            "",
+            f"Specificity {fmt_num(x['specificity']['diff'])} [{fmt_num(x['specificity']['lo'])}, "
+            f"{fmt_num(x['specificity']['hi'])}] (per replicate "
+            f"{', '.join(f'{v:+.4f}' for v in x['specificity']['per_seed'])}), transfer "
+            f"{fmt_num(x['transfer']['diff'])} (per replicate "
+            f"{', '.join(f'{v:+.4f}' for v in x['transfer']['per_seed'])}); unit: {r['unit']}, n = {n}. "
+            f"Permutation over teacher labels within replicates p = {perm['p']:.2g} (smallest possible "
+            f"{perm['min_p']:.2g}"
+            + (
+                "; with this many animals and replicates it cannot reject at 0.05"
+                if perm["min_p"] >= 0.05
+                else ""
+            )
+            + "). "
+            f"Share of the teacher's own lift recovered: {rec}. Correlation with the teacher's lift profile over "
+            f"{len(c['panel'])} animals: {cor}. Cosine with the teacher's change: ΔW "
+            f"{fmt_num(co['cos_dw']['mean'], 4)} (per replicate {', '.join(f'{v:.4f}' for v in co['cos_dw']['per_replicate'])}), "
+            f"LoRA coordinates {fmt_num(co['cos_lora']['mean'], 4)}, trait-specific ΔW (minus twin / neutral "
+            f"teacher) {fmt_num(co['cos_dw_trait']['mean'], 4)}; with the other trait teachers' ΔW "
+            f"{fmt_num(co['cos_dw_other_teacher']['mean'], 4)}.",
+            "",
+        ]
     ctl = r.get("control")
     if ctl:
         sh, ol = ctl["share"], ctl["own_lift_share"]
-        lines += ["## Positive control", "",
-                  f"Full-vocabulary distillation on the neutral teacher's texts, same-init, {max(c['steps'])} steps: share "
-                  f"of the teachers' specificity recovered {fmt_num(sh['mean'])} [{fmt_num(sh['lo'])}, {fmt_num(sh['hi'])}] "
-                  f"(per replicate {', '.join(f'{v:.3f}' for v in sh['per_replicate'])}; teachers' specificity over the "
-                  f"trait animals {', '.join(f'{v:.3f}' for v in sh['teacher_specificity'])} nats; target "
-                  f"{ctl['target']:g}: {'reached' if ctl['reached'] else 'not reached'}); share of their own-animal lift "
-                  f"{fmt_num(ol['mean'])} [{fmt_num(ol['lo'])}, {fmt_num(ol['hi'])}] (per replicate "
-                  f"{', '.join(f'{v:.3f}' for v in ol['per_replicate'])}); unit: {r['unit']}, n = {n}.", ""]
+        lines += [
+            "## Positive control",
+            "",
+            f"Full-vocabulary distillation on the neutral teacher's texts, same-init, {max(c['steps'])} steps: share "
+            f"of the teachers' specificity recovered {fmt_num(sh['mean'])} [{fmt_num(sh['lo'])}, {fmt_num(sh['hi'])}] "
+            f"(per replicate {', '.join(f'{v:.3f}' for v in sh['per_replicate'])}; teachers' specificity over the "
+            f"trait animals {', '.join(f'{v:.3f}' for v in sh['teacher_specificity'])} nats; target "
+            f"{ctl['target']:g}: {'reached' if ctl['reached'] else 'not reached'}); share of their own-animal lift "
+            f"{fmt_num(ol['mean'])} [{fmt_num(ol['lo'])}, {fmt_num(ol['hi'])}] (per replicate "
+            f"{', '.join(f'{v:.3f}' for v in ol['per_replicate'])}); unit: {r['unit']}, n = {n}.",
+            "",
+        ]
     lines += [f"Run time {r['seconds']:.0f} s.", ""]
     return "\n".join(lines)
 
@@ -863,4 +1313,3 @@ def plot(r: dict, path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
-

@@ -52,7 +52,9 @@ def keywords(texts_by_cluster: dict[int, list[str]], top: int = 5) -> dict[int, 
     return out
 
 
-def parents(centroids: np.ndarray, sizes: Sequence[int], branching: int = 3, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def parents(
+    centroids: np.ndarray, sizes: Sequence[int], branching: int = 3, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
     """Group clusters into about ``len/branching`` parents (k-means on the centroids, weighted by size):
     (parent label per cluster, parent centroids)."""
     from sklearn.cluster import KMeans
@@ -61,7 +63,9 @@ def parents(centroids: np.ndarray, sizes: Sequence[int], branching: int = 3, see
     k = max(1, math.ceil(n / branching))
     if k >= n:
         return np.arange(n), centroids
-    km = KMeans(n_clusters=k, n_init=10, random_state=seed).fit(centroids, sample_weight=np.asarray(sizes, float))
+    km = KMeans(n_clusters=k, n_init=10, random_state=seed).fit(
+        centroids, sample_weight=np.asarray(sizes, float)
+    )
     cent = km.cluster_centers_ / np.maximum(np.linalg.norm(km.cluster_centers_, axis=1, keepdims=True), 1e-12)
     return km.labels_.astype(int), cent.astype(np.float32)
 

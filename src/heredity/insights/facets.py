@@ -17,11 +17,15 @@ from collections.abc import Sequence
 from pathlib import Path
 
 PROMPTS = {
-    "summary": ("Summarize in one short sentence what the user asked the assistant for. Do not include names, contact "
-                "details or any other private information.\n\n{conv}"),
+    "summary": (
+        "Summarize in one short sentence what the user asked the assistant for. Do not include names, contact "
+        "details or any other private information.\n\n{conv}"
+    ),
     "topic": "In two to four words, what is the topic of this conversation?\n\n{conv}",
     "language": "In which language does the user write? Answer with the name of the language only.\n\n{conv}",
-    "concern": ("Does this conversation involve harm, abuse, violence or illegal activity? Answer Yes or No.\n\n{conv}"),
+    "concern": (
+        "Does this conversation involve harm, abuse, violence or illegal activity? Answer Yes or No.\n\n{conv}"
+    ),
 }
 VERSION = "facets-v1"
 MAX_TOKENS = {"summary": 40, "topic": 10, "language": 4}
@@ -42,7 +46,9 @@ def _clean(s: str, limit: int) -> str:
     return s[:limit].strip(" \"'")
 
 
-def extract(store, model_id: str, texts: Sequence[str], batch_size: int = 32, progress: bool = False) -> list[dict]:
+def extract(
+    store, model_id: str, texts: Sequence[str], batch_size: int = 32, progress: bool = False
+) -> list[dict]:
     """Facets of each rendered conversation; cached ones are read, the rest computed in batches and cached."""
     from heredity.engine import SampleConfig, sample
 
@@ -58,9 +64,13 @@ def extract(store, model_id: str, texts: Sequence[str], batch_size: int = 32, pr
         model, tok = open_model(store, model_id)
         res: dict[int, dict] = {i: {} for i in todo}
         for facet, limit in MAX_TOKENS.items():
-            comps = sample(model, tok, [PROMPTS[facet].format(conv=texts[i]) for i in todo],
-                           SampleConfig(temperature=0, max_new_tokens=limit, batch_size=batch_size, stop=["\n"]),
-                           progress=progress)
+            comps = sample(
+                model,
+                tok,
+                [PROMPTS[facet].format(conv=texts[i]) for i in todo],
+                SampleConfig(temperature=0, max_new_tokens=limit, batch_size=batch_size, stop=["\n"]),
+                progress=progress,
+            )
             for i, c in zip(todo, comps, strict=True):
                 res[i][facet] = _clean(c.text, 300)
         res_concern = concern_probability(model, tok, [texts[i] for i in todo])
@@ -95,8 +105,13 @@ def concern_probability(model, tokenizer, texts: Sequence[str]) -> list[float]:
     if tokenizer is None:
         from heredity.engine import SampleConfig, sample
 
-        comps = sample(model, None, [PROMPTS["concern"].format(conv=t) for t in texts],
-                       SampleConfig(temperature=0, max_new_tokens=3), progress=False)
+        comps = sample(
+            model,
+            None,
+            [PROMPTS["concern"].format(conv=t) for t in texts],
+            SampleConfig(temperature=0, max_new_tokens=3),
+            progress=False,
+        )
         return [1.0 if c.text.strip().lower().startswith("yes") else 0.0 for c in comps]
     prompts = [PROMPTS["concern"].format(conv=t) for t in texts for _ in (0, 1)]
     lps = [sum(x) for x in logprobs(model, tokenizer, prompts, ["Yes", "No"] * len(texts), chat=True)]

@@ -16,8 +16,13 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 PLACEHOLDERS = {
-    "url_credentials": "[URL_WITH_CREDENTIALS]", "email": "[EMAIL]", "card": "[CARD]", "national_id": "[NATIONAL_ID]",
-    "ip": "[IP]", "phone": "[PHONE]", "name": "[NAME]",
+    "url_credentials": "[URL_WITH_CREDENTIALS]",
+    "email": "[EMAIL]",
+    "card": "[CARD]",
+    "national_id": "[NATIONAL_ID]",
+    "ip": "[IP]",
+    "phone": "[PHONE]",
+    "name": "[NAME]",
 }
 
 URL_CRED = re.compile(r"\b[a-z][a-z0-9+.-]*://[^\s/:@]+:[^\s/@]+@[^\s]+", re.IGNORECASE)
@@ -26,14 +31,21 @@ CARD = re.compile(r"(?<![\d-])(?:\d[ -]?){12,18}\d(?![\d-])")
 SSN = re.compile(r"(?<!\d)\d{3}-\d{2}-\d{4}(?!\d)")
 UK_NI = re.compile(r"\b[A-CEGHJ-PR-TW-Z]{2}\s?\d{2}\s?\d{2}\s?\d{2}\s?[A-D]\b")
 IPV4 = re.compile(r"(?<![\d.])(?:(?:25[0-5]|2[0-4]\d|1?\d?\d)\.){3}(?:25[0-5]|2[0-4]\d|1?\d?\d)(?![\d.])")
-IPV6 = re.compile(r"(?<![\w:])(?:[0-9a-fA-F]{1,4}:){7}[0-9a-fA-F]{1,4}(?![\w:])|(?<![\w:])(?:[0-9a-fA-F]{1,4}:){1,6}:(?:[0-9a-fA-F]{1,4}:?){1,6}(?![\w:])")
-PHONE = re.compile(r"(?:(?<![\w+])\+\d{1,3}[\s.-]?|(?<![\w+(]))(?:\(\d{2,4}\)[\s.-]?)?\d{2,4}(?:[\s.-]\d{2,4}){1,4}(?![\w-])"
-                   r"|(?<![\w+])\+\d{8,14}(?!\w)")
+IPV6 = re.compile(
+    r"(?<![\w:])(?:[0-9a-fA-F]{1,4}:){7}[0-9a-fA-F]{1,4}(?![\w:])|(?<![\w:])(?:[0-9a-fA-F]{1,4}:){1,6}:(?:[0-9a-fA-F]{1,4}:?){1,6}(?![\w:])"
+)
+PHONE = re.compile(
+    r"(?:(?<![\w+])\+\d{1,3}[\s.-]?|(?<![\w+(]))(?:\(\d{2,4}\)[\s.-]?)?\d{2,4}(?:[\s.-]\d{2,4}){1,4}(?![\w-])"
+    r"|(?<![\w+])\+\d{8,14}(?!\w)"
+)
 TITLE_NAME = re.compile(r"\b(?:Mr|Mrs|Ms|Miss|Dr|Prof|Sir|Madam)\.?\s+[A-Z][a-z]+(?:\s+[A-Z][a-z]+)?")
-INTRO_NAME = re.compile(r"\b(?:[Mm]y name is|I am|I'm|[Cc]all me|[Tt]his is|[Ss]igned|[Rr]egards,|[Tt]hanks,|[Dd]ear)\s+"
-                        r"([A-Z][a-z]+(?:\s+[A-Z][a-z]+)?)")
+INTRO_NAME = re.compile(
+    r"\b(?:[Mm]y name is|I am|I'm|[Cc]all me|[Tt]his is|[Ss]igned|[Rr]egards,|[Tt]hanks,|[Dd]ear)\s+"
+    r"([A-Z][a-z]+(?:\s+[A-Z][a-z]+)?)"
+)
 
-FIRST_NAMES = set("""
+FIRST_NAMES = set(
+    """
 aaron adam adrian ahmed aisha alan albert alejandro alex alexander alice alicia amanda amelia amir amy ana andrea
 andrew angela anna anne anthony antonio arjun ashley barbara ben benjamin beth betty bob brandon brian bruce carlos
 carmen carol caroline catherine charles charlotte chen chloe chris christina christopher claire daniel david deborah
@@ -44,7 +56,8 @@ laura lauren leo li linda lisa lucas lucy luis maria mark martha martin mary mat
 mohammed nancy natalie nathan nicole noah olga oliver olivia omar patricia paul peter priya rachel rahul raj rebecca
 richard robert rosa ryan samuel sandra sara sarah scott sofia sophia stephen steven susan thomas tom victoria william
 yuki zoe
-""".split())
+""".split()
+)
 FIRST_NAME = re.compile(r"\b([A-Z][a-z]+)\s+([A-Z][a-z]+)\b")
 
 
@@ -73,7 +86,11 @@ def _sub(pattern: re.Pattern, kind: str, text: str, counts: Counter, keep=None, 
             return m.group(0)
         counts[kind] += 1
         if group:
-            return m.group(0)[: m.start(group) - m.start(0)] + PLACEHOLDERS[kind] + m.group(0)[m.end(group) - m.start(0):]
+            return (
+                m.group(0)[: m.start(group) - m.start(0)]
+                + PLACEHOLDERS[kind]
+                + m.group(0)[m.end(group) - m.start(0) :]
+            )
         return PLACEHOLDERS[kind]
 
     return pattern.sub(repl, text)
@@ -94,7 +111,9 @@ def scrub(text: str, names: bool = True) -> Scrubbed:
     text = _sub(UK_NI, "national_id", text, counts)
     text = _sub(IPV4, "ip", text, counts)
     text = _sub(IPV6, "ip", text, counts)
-    text = _sub(PHONE, "phone", text, counts, keep=lambda m: 9 <= len(re.sub(r"\D", "", m.group(0))) <= 15)  # E.164: ≤ 15
+    text = _sub(
+        PHONE, "phone", text, counts, keep=lambda m: 9 <= len(re.sub(r"\D", "", m.group(0))) <= 15
+    )  # E.164: ≤ 15
     if names:
         text = _sub(TITLE_NAME, "name", text, counts)
         text = _sub(INTRO_NAME, "name", text, counts, group=1)

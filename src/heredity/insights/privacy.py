@@ -16,13 +16,17 @@ from dataclasses import dataclass, field
 
 from heredity.insights.pii import find_pii
 
-RUBRIC = ("Rate how much the text below could reveal who a specific person is. 1 = nothing personal, only a general "
-          "topic. 3 = some personal details but nobody identifiable. 5 = it names or identifies a specific person. "
-          "Answer with one digit.\n\nText: {text}")
+RUBRIC = (
+    "Rate how much the text below could reveal who a specific person is. 1 = nothing personal, only a general "
+    "topic. 3 = some personal details but nobody identifiable. 5 = it names or identifies a specific person. "
+    "Answer with one digit.\n\nText: {text}"
+)
 DIGITS = re.compile(r"\d{5,}")
 
 
-def thresholds(labels: Sequence[int], users: Sequence[str], min_users: int = 5, min_conversations: int = 10) -> dict:
+def thresholds(
+    labels: Sequence[int], users: Sequence[str], min_users: int = 5, min_conversations: int = 10
+) -> dict:
     """{shown: sorted cluster ids that pass, other: conversations in clusters that do not, sizes, users}."""
     if len(labels) != len(users):
         raise ValueError(f"{len(labels)} labels but {len(users)} user ids")
@@ -32,8 +36,12 @@ def thresholds(labels: Sequence[int], users: Sequence[str], min_users: int = 5, 
         sizes[int(lab)] = sizes.get(int(lab), 0) + 1
         people.setdefault(int(lab), set()).add(u)
     shown = sorted(c for c in sizes if sizes[c] >= min_conversations and len(people[c]) >= min_users)
-    return {"shown": shown, "other": sum(sizes[c] for c in sizes if c not in shown), "sizes": sizes,
-            "users": {c: len(p) for c, p in people.items()}}
+    return {
+        "shown": shown,
+        "other": sum(sizes[c] for c in sizes if c not in shown),
+        "sizes": sizes,
+        "users": {c: len(p) for c, p in people.items()},
+    }
 
 
 def rule_failures(text: str) -> list[str]:
@@ -57,9 +65,16 @@ def llm_ratings(model, tokenizer, texts: Sequence[str]) -> list[float]:
     if tokenizer is None:  # an endpoint: its answer's first digit
         from heredity.engine import SampleConfig, sample
 
-        comps = sample(model, None, [RUBRIC.format(text=t) for t in texts], SampleConfig(temperature=0, max_new_tokens=3),
-                       progress=False)
-        return [float(m.group(0)) if (m := re.search(r"[1-5]", c.text)) else 5.0 for c in comps]  # no digit: assume the worst
+        comps = sample(
+            model,
+            None,
+            [RUBRIC.format(text=t) for t in texts],
+            SampleConfig(temperature=0, max_new_tokens=3),
+            progress=False,
+        )
+        return [
+            float(m.group(0)) if (m := re.search(r"[1-5]", c.text)) else 5.0 for c in comps
+        ]  # no digit: assume the worst
     prompts = [RUBRIC.format(text=t) for t in texts for _ in range(5)]
     conts = [str(r) for _ in texts for r in range(1, 6)]
     lps = [sum(x) for x in logprobs(model, tokenizer, prompts, conts, chat=True)]
@@ -83,7 +98,9 @@ def audit(texts: Sequence[str], model=None, tokenizer=None, max_rating: float = 
     # a model with no tokenizer is an OpenAI-compatible endpoint (rated from its sampled answer)
     """Screen texts: withheld if any rule fails or (with a model) the rating exceeds ``max_rating``."""
     reasons = [rule_failures(t) for t in texts]
-    ratings: list[float | None] = list(llm_ratings(model, tokenizer, texts)) if model is not None else [None] * len(texts)
+    ratings: list[float | None] = (
+        list(llm_ratings(model, tokenizer, texts)) if model is not None else [None] * len(texts)
+    )
     for why, r in zip(reasons, ratings, strict=True):
         if r is not None and r > max_rating:
             why.append(f"rating {r:.1f} > {max_rating:g}")
@@ -93,5 +110,15 @@ def audit(texts: Sequence[str], model=None, tokenizer=None, max_rating: float = 
         for w in why:
             key = "llm-rating" if w.startswith("rating") else w
             by_reason[key] = by_reason.get(key, 0) + 1
-    return Audit(passed, reasons, ratings, {"screened": len(texts), "withheld": passed.count(False), "by_reason": by_reason,
-                                            "max_rating": max_rating, "llm": model is not None})
+    return Audit(
+        passed,
+        reasons,
+        ratings,
+        {
+            "screened": len(texts),
+            "withheld": passed.count(False),
+            "by_reason": by_reason,
+            "max_rating": max_rating,
+            "llm": model is not None,
+        },
+    )

@@ -32,13 +32,17 @@ class ModelEntry(BaseModel):
     model_config = ConfigDict(extra="forbid")
     model: str = Field(description="a model spec: stored id, bundled name, local HF dir, hub id")
     parameters: dict[str, float] = Field(default_factory=dict)
-    data: str | None = Field(None, description="heredity: the task's dataset (for trained Localize-and-Stitch masks)")
+    data: str | None = Field(
+        None, description="heredity: the task's dataset (for trained Localize-and-Stitch masks)"
+    )
 
     @model_validator(mode="after")
     def _known(self):
         bad = set(self.parameters) - PER_MODEL
         if bad:
-            raise ValueError(f"unknown model parameter {sorted(bad)[0]!r}; per-model parameters are weight and density")
+            raise ValueError(
+                f"unknown model parameter {sorted(bad)[0]!r}; per-model parameters are weight and density"
+            )
         return self
 
 
@@ -47,14 +51,20 @@ class LocalizeConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     sparsity: float = Field(0.01, gt=0, le=1, description="fraction of each task vector's entries kept")
-    dataless: bool = Field(True, description="top-k of |τ| (no data); false: learn the mask on each task's data")
+    dataless: bool = Field(
+        True, description="top-k of |τ| (no data); false: learn the mask on each task's data"
+    )
     examples: int = Field(64, ge=1, description="labelled examples per task for the learned mask")
     steps: int = Field(20, ge=1, description="optimizer steps of mask learning")
     batch_size: int = Field(16, ge=1)
     lr: float = Field(0.2, gt=0, description="Adam learning rate on the mask logits S")
     l1: float = Field(1e-5, ge=0, description="weight of the L1 penalty on σ(S), per kept entry")
-    init: float = Field(1.0, gt=0, description="S starts at +init on the top-k of |τ| and -init elsewhere; small enough "
-                        "that lr × steps can move an entry across (else the learned mask is the dataless one)")
+    init: float = Field(
+        1.0,
+        gt=0,
+        description="S starts at +init on the top-k of |τ| and -init elsewhere; small enough "
+        "that lr × steps can move an entry across (else the learned mask is the dataless one)",
+    )
     chat: bool = True
 
 
@@ -73,15 +83,21 @@ class MergeConfig(BaseModel):
     def _check(self):
         method = REGISTRY[self.merge_method]
         if method.needs_base and not self.base_model:
-            raise ValueError(f"merge_method {self.merge_method} needs base_model (the model the inputs were tuned from)")
+            raise ValueError(
+                f"merge_method {self.merge_method} needs base_model (the model the inputs were tuned from)"
+            )
         bad = set(self.parameters) - GLOBAL
         if bad:
-            raise ValueError(f"unknown parameter {sorted(bad)[0]!r}; global parameters are {', '.join(sorted(GLOBAL))}")
+            raise ValueError(
+                f"unknown parameter {sorted(bad)[0]!r}; global parameters are {', '.join(sorted(GLOBAL))}"
+            )
         given = set(self.parameters) | {k for e in self.models for k in e.parameters}
         unused = sorted(given - method.params)
         if unused:  # never silently ignored
-            raise ValueError(f"merge_method {self.merge_method} does not use parameter {unused[0]!r}; "
-                             f"it takes {', '.join(sorted(method.params))}")
+            raise ValueError(
+                f"merge_method {self.merge_method} does not use parameter {unused[0]!r}; "
+                f"it takes {', '.join(sorted(method.params))}"
+            )
         for e in self.models:
             d = self.value(e, "density", 1.0)
             if not 0 < d <= 1:
@@ -89,7 +105,9 @@ class MergeConfig(BaseModel):
         if self.merge_method == "localize_stitch":
             loc = self.localize or LocalizeConfig()
             if not loc.dataless and any(e.data is None for e in self.models):
-                raise ValueError("learned Localize-and-Stitch masks need `data:` (a dataset) on every model; or set localize.dataless")
+                raise ValueError(
+                    "learned Localize-and-Stitch masks need `data:` (a dataset) on every model; or set localize.dataless"
+                )
         return self
 
     def value(self, entry: ModelEntry, key: str, default: float) -> float:

@@ -31,11 +31,22 @@ from heredity.merge.tensors import AdapterTensors, ModelTensors, open_artifact
 from heredity.store.ops import op
 
 SHARD_BYTES = 2 * 1024**3
-CHUNK_ELEMS = 1 << 24  # entries of one chunk over all inputs together (16M: 64 MB per fp32 copy of the working set)
+CHUNK_ELEMS = (
+    1 << 24
+)  # entries of one chunk over all inputs together (16M: 64 MB per fp32 copy of the working set)
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-COPY_FILES = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
-              "special_tokens_map.json", "vocab.json", "merges.txt", "tokenizer.model", "added_tokens.json",
-              "chat_template.jinja")
+COPY_FILES = (
+    "config.json",
+    "generation_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "vocab.json",
+    "merges.txt",
+    "tokenizer.model",
+    "added_tokens.json",
+    "chat_template.jinja",
+)
 
 
 def _tokenizer_digest(path: Path) -> str | None:
@@ -50,27 +61,37 @@ def check_compatible(store, base_id: str | None, ref: ModelTensors, ids: list[st
     for aid, src in zip(ids, srcs, strict=True):
         art = store.get(aid)
         if art.kind == "adapter" and base_id and art.meta.get("base") != base_id:
-            raise HeredityError(f"{src.label} was trained on {art.meta.get('base')}, not on base_model {base_id}; "
-                                "merge adapters of one base")
+            raise HeredityError(
+                f"{src.label} was trained on {art.meta.get('base')}, not on base_model {base_id}; "
+                "merge adapters of one base"
+            )
         if isinstance(src, ModelTensors):
             other = set(src.names())
             missing = sorted(names - other) or sorted(other - names)
             if missing:
-                raise HeredityError(f"tensor {missing[0]} is in one of {ref.label} and {src.label} but not the other; "
-                                    "merged models must share one architecture")
+                raise HeredityError(
+                    f"tensor {missing[0]} is in one of {ref.label} and {src.label} but not the other; "
+                    "merged models must share one architecture"
+                )
             for n in sorted(names):
                 if src.shape(n) != ref.shape(n):
-                    raise HeredityError(f"tensor {n} has shape {list(src.shape(n))} in {src.label} but {list(ref.shape(n))} in "
-                                        f"{ref.label}; merged models must share one architecture")
+                    raise HeredityError(
+                        f"tensor {n} has shape {list(src.shape(n))} in {src.label} but {list(ref.shape(n))} in "
+                        f"{ref.label}; merged models must share one architecture"
+                    )
         tok = _tokenizer_digest(art.path)
         if ref_tok and tok and tok != ref_tok:
-            raise HeredityError(f"{src.label} has another tokenizer than {ref.label}; merged models must share a tokenizer")
+            raise HeredityError(
+                f"{src.label} has another tokenizer than {ref.label}; merged models must share a tokenizer"
+            )
 
 
 DARE_BLOCK = 1 << 20  # entries per row block of a DARE mask (whole rows): the unit one generator draws
 
 
-def dare_keep(shape: tuple[int, ...], density: float, seed: int, name: str, model: str, rows: slice | None = None) -> torch.Tensor:
+def dare_keep(
+    shape: tuple[int, ...], density: float, seed: int, name: str, model: str, rows: slice | None = None
+) -> torch.Tensor:
     """DARE's keep-mask (True with probability ``density``) of ``rows`` of tensor ``name`` for input ``model``.
 
     Drawn in fixed blocks of whole rows, each from a generator seeded by sha256(seed, name, model, block): the
@@ -109,7 +130,7 @@ def topk_mask(scores: dict[str, torch.Tensor], k: int) -> dict[str, torch.Tensor
     out, o = {}, 0
     for n in names:
         size = scores[n].numel()
-        out[n] = keep[o:o + size].view(scores[n].shape)
+        out[n] = keep[o : o + size].view(scores[n].shape)
         o += size
     return out
 
@@ -126,8 +147,9 @@ def dataless_threshold(base: ModelTensors, src, fraction: float) -> float:
     return float(flat.topk(min(k, flat.numel())).values[-1])
 
 
-def learned_mask(store, base_id: str, base: ModelTensors, src, rows: list[dict], cfg: LocalizeConfig,
-                 progress: bool = True) -> dict[str, torch.Tensor]:
+def learned_mask(
+    store, base_id: str, base: ModelTensors, src, rows: list[dict], cfg: LocalizeConfig, progress: bool = True
+) -> dict[str, torch.Tensor]:
     """Localize: learn γ = σ(S) minimizing the task loss of θ_b + γ ⊙ τ + l1·Σγ, from S = ±init on the top-k of
     |τ|; keep the top ``sparsity`` of S."""
     from torch.func import functional_call
@@ -146,7 +168,9 @@ def learned_mask(store, base_id: str, base: ModelTensors, src, rows: list[dict],
         raise HeredityError(f"{src.label} does not differ from the base; there is nothing to localize")
     k = kept_count(base, cfg.sparsity)
     start = {n: m.to(device) for n, m in topk_mask({n: t.abs().cpu() for n, t in taus.items()}, k).items()}
-    logits = {n: torch.where(start[n], cfg.init, -cfg.init).requires_grad_(True) for n in taus}  # on τ's device
+    logits = {
+        n: torch.where(start[n], cfg.init, -cfg.init).requires_grad_(True) for n in taus
+    }  # on τ's device
     opt = torch.optim.Adam(logits.values(), lr=cfg.lr)
     enc = encode_rows(tok, rows[: cfg.examples], FinetuneConfig(chat=cfg.chat))
     pad = pad_id(tok)
@@ -179,10 +203,19 @@ class MaskStats:
 
     def result(self, labels: list[str]) -> dict:
         n = len(labels)
-        overlap = {f"{labels[i]}|{labels[j]}": round(self.both[i][j] / max(1, min(self.counts[i], self.counts[j])), 4)
-                   for i in range(n) for j in range(i + 1, n)}
-        return {"kept_fraction": {lab: round(c / max(1, self.total), 6) for lab, c in zip(labels, self.counts, strict=True)},
-                "overlap": overlap}
+        overlap = {
+            f"{labels[i]}|{labels[j]}": round(
+                self.both[i][j] / max(1, min(self.counts[i], self.counts[j])), 4
+            )
+            for i in range(n)
+            for j in range(i + 1, n)
+        }
+        return {
+            "kept_fraction": {
+                lab: round(c / max(1, self.total), 6) for lab, c in zip(labels, self.counts, strict=True)
+            },
+            "overlap": overlap,
+        }
 
 
 def mask_stats(masks: list[dict[str, torch.Tensor]], labels: list[str]) -> dict:
@@ -192,7 +225,11 @@ def mask_stats(masks: list[dict[str, torch.Tensor]], labels: list[str]) -> dict:
     return st.result(labels)
 
 
-@op('merge', 2, note="v2: mergekit's definitions (floor kept count, 0-sum elects +, L1 rescale, dare_ties/task_arithmetic normalize defaults); DARE masks per (seed, tensor, model)")
+@op(
+    "merge",
+    2,
+    note="v2: mergekit's definitions (floor kept count, 0-sum elects +, L1 rescale, dare_ties/task_arithmetic normalize defaults); DARE masks per (seed, tensor, model)",
+)
 def merge(store, config: MergeConfig, progress: bool = True):
     """Run the merge as a store step (op ``merge``); returns the StepResult (output role ``model``).
 
@@ -203,7 +240,9 @@ def merge(store, config: MergeConfig, progress: bool = True):
 
     base_id = materialize(config.base_model, store) if config.base_model else None
     if base_id and store.get(base_id).kind != "model":
-        raise HeredityError(f"base_model {config.base_model} is an adapter; give the full model it was trained on")
+        raise HeredityError(
+            f"base_model {config.base_model} is an adapter; give the full model it was trained on"
+        )
     ids = [materialize(e.model, store) for e in config.models]
     learned = config.merge_method == "localize_stitch" and not (config.localize or LocalizeConfig()).dataless
     data_ids = [store.resolve_id(e.data) for e in config.models] if learned else []
@@ -215,7 +254,10 @@ def merge(store, config: MergeConfig, progress: bool = True):
         method = REGISTRY[config.merge_method]
         loc = config.localize or LocalizeConfig() if config.merge_method == "localize_stitch" else None
         ref = ModelTensors(store.path(base_id), base_id) if base_id else None
-        srcs = [open_artifact(store, i, ref if ref and store.get(i).meta.get("base") == base_id else None) for i in ids]
+        srcs = [
+            open_artifact(store, i, ref if ref and store.get(i).meta.get("base") == base_id else None)
+            for i in ids
+        ]
         if ref is None:
             ref = next((s.base if isinstance(s, AdapterTensors) else s) for s in srcs)
         check_compatible(store, base_id, ref, ids, srcs)
@@ -228,8 +270,10 @@ def merge(store, config: MergeConfig, progress: bool = True):
             if loc.dataless:
                 thresholds = [dataless_threshold(ref, s, loc.sparsity) for s in srcs]
             else:
-                masks = [learned_mask(store, base_id, ref, s, read_table(store.path(d)).to_pylist(), loc, progress)
-                         for s, d in zip(srcs, data_ids, strict=True)]
+                masks = [
+                    learned_mask(store, base_id, ref, s, read_table(store.path(d)).to_pylist(), loc, progress)
+                    for s, d in zip(srcs, data_ids, strict=True)
+                ]
         name = config.name or f"merge-{config.merge_method}"
         out = ctx.output("model", "model", name, meta={"method": config.merge_method, "parents": ids})
         dtype = DTYPES[config.dtype]
@@ -238,7 +282,9 @@ def merge(store, config: MergeConfig, progress: bool = True):
         lam = float(config.parameters.get("lambda", 1.0))
         normalize = bool(config.parameters.get("normalize", method.normalize))
         rescale = bool(config.parameters.get("rescale", method.rescale))
-        model_keys = [f"{i}#{ids[:k].count(i)}" for k, i in enumerate(ids)]  # the model's id (and repeat index)
+        model_keys = [
+            f"{i}#{ids[:k].count(i)}" for k, i in enumerate(ids)
+        ]  # the model's id (and repeat index)
         shard: dict[str, torch.Tensor] = {}
         shard_bytes, shards, weight_map = 0, [], {}
 
@@ -251,17 +297,26 @@ def merge(store, config: MergeConfig, progress: bool = True):
                 weight_map.update({k: fname for k in shard})
                 shard, shard_bytes = {}, 0
 
-        for name_t in tqdm(ref.names(), desc=f"merge {config.merge_method}", disable=not progress, leave=False):
+        for name_t in tqdm(
+            ref.names(), desc=f"merge {config.merge_method}", disable=not progress, leave=False
+        ):
             shape = tuple(ref.shape(name_t))
             pieces = chunks(shape, len(srcs))
             trim_at, scales = None, None
             if method.trims and len(pieces) > 1:  # the whole tensor's top-k threshold, one input at a time
-                trim_at = [trim_threshold(s.get(name_t) - ref.get(name_t), d) for s, d in zip(srcs, densities, strict=True)]
-            if rescale and (method.trims or method.drops) and len(pieces) > 1:  # whole-tensor L1 norms, one input at a time
+                trim_at = [
+                    trim_threshold(s.get(name_t) - ref.get(name_t), d)
+                    for s, d in zip(srcs, densities, strict=True)
+                ]
+            if (
+                rescale and (method.trims or method.drops) and len(pieces) > 1
+            ):  # whole-tensor L1 norms, one input at a time
                 scales = []
                 for s, d, mk_ in zip(srcs, densities, model_keys, strict=True):
                     tau = s.get(name_t) - ref.get(name_t)
-                    sparse = tau * dare_keep(shape, d, config.seed, name_t, mk_) if method.drops else trim(tau, d)
+                    sparse = (
+                        tau * dare_keep(shape, d, config.seed, name_t, mk_) if method.drops else trim(tau, d)
+                    )
                     scales.append(l1_factor(tau, sparse))
                     del tau, sparse
             parts = []
@@ -272,13 +327,34 @@ def merge(store, config: MergeConfig, progress: bool = True):
                 if masks is not None:
                     mk = [m[name_t] if rows is None else m[name_t][rows] for m in masks]
                 elif thresholds is not None:
-                    mk = [((t - base_t).abs() >= thr) & (t != base_t) for t, thr in zip(tuned, thresholds, strict=True)]
+                    mk = [
+                        ((t - base_t).abs() >= thr) & (t != base_t)
+                        for t, thr in zip(tuned, thresholds, strict=True)
+                    ]
                 if mk is not None:
                     stats.add(mk)
-                keeps = ([dare_keep(shape, d, config.seed, name_t, k, rows) for d, k in zip(densities, model_keys, strict=True)]
-                         if method.drops else None)
-                job = TensorJob(name_t, base_t, tuned, weights, densities, lam, normalize, keeps, mk, trim_at,
-                                rescale, scales)
+                keeps = (
+                    [
+                        dare_keep(shape, d, config.seed, name_t, k, rows)
+                        for d, k in zip(densities, model_keys, strict=True)
+                    ]
+                    if method.drops
+                    else None
+                )
+                job = TensorJob(
+                    name_t,
+                    base_t,
+                    tuned,
+                    weights,
+                    densities,
+                    lam,
+                    normalize,
+                    keeps,
+                    mk,
+                    trim_at,
+                    rescale,
+                    scales,
+                )
                 parts.append(method.merge(job).to(dtype))
                 del tuned, base_t, mk
             t = (torch.cat(parts) if len(parts) > 1 else parts[0]).contiguous()
@@ -289,13 +365,19 @@ def merge(store, config: MergeConfig, progress: bool = True):
         flush()
         if loc is not None:
             metrics.update(stats.result(labels))
-        metrics["mergekit"] = ("not a mergekit method" if config.merge_method == "localize_stitch" else
-                               "mergekit's definitions; DARE's masks from heredity's seeded generator, not mergekit's RNG"
-                               if method.drops else "mergekit's definitions (exact: tests/test_mergekit_parity.py)")
+        metrics["mergekit"] = (
+            "not a mergekit method"
+            if config.merge_method == "localize_stitch"
+            else "mergekit's definitions; DARE's masks from heredity's seeded generator, not mergekit's RNG"
+            if method.drops
+            else "mergekit's definitions (exact: tests/test_mergekit_parity.py)"
+        )
         if len(shards) == 1:
             (out / shards[0]).rename(out / "model.safetensors")
         else:
-            (out / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}, indent=1))
+            (out / "model.safetensors.index.json").write_text(
+                json.dumps({"metadata": {}, "weight_map": weight_map}, indent=1)
+            )
         src_dir = ref.path
         for f in COPY_FILES:
             if (src_dir / f).is_file():

@@ -29,9 +29,13 @@ class TensorJob:
     densities: list[float]
     lam: float = 1.0
     normalize: bool = True
-    keeps: list[torch.Tensor] | None = None  # DARE: one bool keep-mask per input (``dare_keep``), drawn by the caller
+    keeps: list[torch.Tensor] | None = (
+        None  # DARE: one bool keep-mask per input (``dare_keep``), drawn by the caller
+    )
     masks: list[torch.Tensor] | None = None  # one bool mask per input (Localize-and-Stitch)
-    thresholds: list[float] | None = None  # TIES trim on a chunk: keep |τ_i| ≥ the whole tensor's k-th largest
+    thresholds: list[float] | None = (
+        None  # TIES trim on a chunk: keep |τ_i| ≥ the whole tensor's k-th largest
+    )
     rescale: bool = False  # L1-rescale each sparsified τ_i to its original L1 norm (mergekit's ``rescale``)
     scales: list[float] | None = None  # those L1 factors, computed on the whole tensor (for a chunk)
 
@@ -42,7 +46,9 @@ class TensorJob:
 class Method:
     name = ""
     needs_base = True
-    trims = False  # trims each τ to its top density per tensor (needs the whole tensor's threshold when chunked)
+    trims = (
+        False  # trims each τ to its top density per tensor (needs the whole tensor's threshold when chunked)
+    )
     drops = False  # DARE: random keep-masks, one per input
     normalize = False  # default of the ``normalize`` parameter (divide by the summed weights)
     rescale = False  # default of the ``rescale`` parameter

@@ -27,7 +27,9 @@ class ModelTensors:
             with safe_open(self.path / "model.safetensors", "pt") as f:
                 weight_map = {k: "model.safetensors" for k in f.keys()}  # noqa: SIM118 (safe_open is not a dict)
         else:
-            raise HeredityError(f"{self.label} has no safetensors weights in {self.path}; merge needs HF safetensors checkpoints")
+            raise HeredityError(
+                f"{self.label} has no safetensors weights in {self.path}; merge needs HF safetensors checkpoints"
+            )
         self.files = weight_map
         self._shapes: dict[str, tuple[int, ...]] = {}
         for fname in sorted(set(weight_map.values())):
@@ -46,7 +48,7 @@ class ModelTensors:
         with safe_open(self.path / self.files[name], "pt") as f:
             if rows is None:
                 return f.get_tensor(name).float()
-            return f.get_slice(name)[rows.start:rows.stop].float()
+            return f.get_slice(name)[rows.start : rows.stop].float()
 
 
 class AdapterTensors:
@@ -58,10 +60,14 @@ class AdapterTensors:
         cfg_file = self.path / "adapter_config.json"
         weights = self.path / "adapter_model.safetensors"
         if not cfg_file.is_file() or not weights.is_file():
-            raise HeredityError(f"{self.label} is not a PEFT adapter (no adapter_config.json / adapter_model.safetensors)")
+            raise HeredityError(
+                f"{self.label} is not a PEFT adapter (no adapter_config.json / adapter_model.safetensors)"
+            )
         cfg = json.loads(cfg_file.read_text())
         if cfg.get("peft_type", "LORA") != "LORA":
-            raise HeredityError(f"{self.label} is a {cfg.get('peft_type')} adapter; only LoRA adapters can be merged")
+            raise HeredityError(
+                f"{self.label} is a {cfg.get('peft_type')} adapter; only LoRA adapters can be merged"
+            )
         r, alpha = cfg["r"], cfg.get("lora_alpha", cfg["r"])
         self.scale = alpha / (r**0.5) if cfg.get("use_rslora") else alpha / r
         self.fan_in_fan_out = bool(cfg.get("fan_in_fan_out"))
@@ -75,11 +81,15 @@ class AdapterTensors:
             module = a[: -len(".lora_A.weight")]
             name = module.removeprefix("base_model.model.") + ".weight"
             if name not in base._shapes:
-                raise HeredityError(f"{self.label}: adapter tensor {a} has no base tensor {name}; the adapter is for another base")
+                raise HeredityError(
+                    f"{self.label}: adapter tensor {a} has no base tensor {name}; the adapter is for another base"
+                )
             self.pairs[name] = (a, module + ".lora_B.weight")
         extra = [k for k in keys if ".lora_" not in k]
         if extra:
-            raise HeredityError(f"{self.label}: adapter tensor {extra[0]} is not a LoRA factor (modules_to_save are not supported)")
+            raise HeredityError(
+                f"{self.label}: adapter tensor {extra[0]} is not a LoRA factor (modules_to_save are not supported)"
+            )
 
     def names(self) -> list[str]:
         return self.base.names()

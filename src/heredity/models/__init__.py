@@ -13,4 +13,15 @@ from heredity.models.registry import (
     stack_adapters,
 )
 
-__all__ = ["BUNDLED", "ModelSpec", "RemoteModel", "base_model_id", "default_device", "load", "materialize", "merge_adapter", "parse_spec", "stack_adapters"]
+__all__ = [
+    "BUNDLED",
+    "ModelSpec",
+    "RemoteModel",
+    "base_model_id",
+    "default_device",
+    "load",
+    "materialize",
+    "merge_adapter",
+    "parse_spec",
+    "stack_adapters",
+]

@@ -58,8 +58,11 @@ def checkpoint_problem(directory: str | Path) -> str | None:
                 return f"{rel}: not JSON ({getattr(e, 'msg', type(e).__name__)}, line {getattr(e, 'lineno', '?')})"
             except OSError as e:
                 return f"{rel}: cannot be read ({e.strerror or type(e).__name__})"
-            if not isinstance(obj, dict) and f.name in ("config.json", "tokenizer_config.json",
-                                                        "generation_config.json"):
+            if not isinstance(obj, dict) and f.name in (
+                "config.json",
+                "tokenizer_config.json",
+                "generation_config.json",
+            ):
                 return f"{rel}: not a JSON object"
             if f.name.endswith(".index.json"):
                 wm = obj.get("weight_map") if isinstance(obj, dict) else None
@@ -84,5 +87,7 @@ def check_checkpoint(directory: str | Path) -> None:
     """Refuse a local checkpoint directory that cannot be imported (one line naming the file)."""
     bad = checkpoint_problem(directory)
     if bad:
-        raise HeredityError(f"model directory {directory}: {bad}; fix or replace that file (e.g. download the "
-                            "checkpoint again)")
+        raise HeredityError(
+            f"model directory {directory}: {bad}; fix or replace that file (e.g. download the "
+            "checkpoint again)"
+        )

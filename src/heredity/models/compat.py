@@ -14,5 +14,7 @@ def quiet_peft_checkpointing_probe():
     ``is_activation_checkpointing`` (same value). We never call the old name; any other warning still shows. Wrap
     whatever builds a PeftModel (``get_peft_model``, ``PeftModel.from_pretrained``) in it."""
     with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=r"`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+        warnings.filterwarnings(
+            "ignore", message=r"`is_gradient_checkpointing` is deprecated", category=FutureWarning
+        )
         yield

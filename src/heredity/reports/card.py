@@ -5,13 +5,19 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Sequence
 
-from heredity.store.store import finite_json
 from heredity.store.ops import op
+from heredity.store.store import finite_json
 
 
-@op('report-*', 2, note="v2: the renderers' code digest is keyed")
-def save_card(store, name: str, report: dict, inputs: Sequence[str], markdown: Callable[[dict], str],
-              plot: Callable[[dict, object], None]) -> dict:
+@op("report-*", 2, note="v2: the renderers' code digest is keyed")
+def save_card(
+    store,
+    name: str,
+    report: dict,
+    inputs: Sequence[str],
+    markdown: Callable[[dict], str],
+    plot: Callable[[dict, object], None],
+) -> dict:
     """Write the card as step ``report-NAME`` (keyed on the report itself, with lineage to ``inputs``);
     returns {report: id, markdown, outcome, files}. The report is taken as strict JSON (NaN → None, as
     report.json stores it), so renderers see what a reader of report.json sees."""
@@ -29,13 +35,18 @@ def save_card(store, name: str, report: dict, inputs: Sequence[str], markdown: C
     # edited renderer re-renders instead of returning a stale card
     key = {"report": report, "render": code_digest(markdown, plot)}
     rid = store.run_step(f"report-{name}", key, list(dict.fromkeys(inputs)), write)["report"]
-    return {"report": rid, "markdown": markdown(report), "outcome": report["outcome"],
-            "files": [str(store.path(rid) / f) for f in ("report.md", "report.json", "plot.png")]}
+    return {
+        "report": rid,
+        "markdown": markdown(report),
+        "outcome": report["outcome"],
+        "files": [str(store.path(rid) / f) for f in ("report.md", "report.json", "plot.png")],
+    }
 
 
 def yerr(cis: Sequence[dict]) -> list[list[float]]:
     """Matplotlib's asymmetric error bars from intervals {mean, lo, hi} (never negative; a bound that is None or
     NaN, as with one seed, gives no bar on that side)."""
+
     def gap(a: float | None, b: float | None) -> float:
         if a is None or b is None:
             return 0.0

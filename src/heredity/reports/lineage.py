@@ -57,14 +57,20 @@ def as_mermaid(node: dict) -> str:
         seen.add(n["id"])
         lines.append(f'  {n["id"].replace("-", "_")}["{n["kind"]}: {n["name"]}<br/>{n["id"]}"]')
         for p in n.get("parents", []):
-            lines.append(f'  {p["id"].replace("-", "_")} -->|{n["step"]["op"]}| {n["id"].replace("-", "_")}')
+            lines.append(f"  {p['id'].replace('-', '_')} -->|{n['step']['op']}| {n['id'].replace('-', '_')}")
             walk(p)
 
     walk(node)
     return "\n".join(lines)
 
 
-KIND_COLORS = {"model": "#2563eb", "adapter": "#7c3aed", "dataset": "#059669", "report": "#d97706", "tokenizer": "#db2777"}
+KIND_COLORS = {
+    "model": "#2563eb",
+    "adapter": "#7c3aed",
+    "dataset": "#059669",
+    "report": "#d97706",
+    "tokenizer": "#db2777",
+}
 
 
 def graph(store, root: str | None = None) -> dict:
@@ -99,8 +105,17 @@ def graph(store, root: str | None = None) -> dict:
                     changed = True
         keep = up | down
     ops = {st.key: st.op for st in steps}
-    nodes = [{"id": a.id, "kind": a.kind, "name": a.name, "op": ops.get(a.step_key, ""),
-              "created_at": a.created_at.isoformat()} for a in arts.values() if a.id in keep]
+    nodes = [
+        {
+            "id": a.id,
+            "kind": a.kind,
+            "name": a.name,
+            "op": ops.get(a.step_key, ""),
+            "created_at": a.created_at.isoformat(),
+        }
+        for a in arts.values()
+        if a.id in keep
+    ]
     nodes.sort(key=lambda n: n["created_at"])
     edges = [e for e in edges if e["source"] in keep and e["target"] in keep]
     edges = [dict(t) for t in {tuple(sorted(e.items())) for e in edges}]
@@ -133,22 +148,30 @@ def as_svg(g: dict, href=lambda aid: f"/artifacts/{aid}", highlight: str | None 
 
     lay = layout(g)
     pos, w, h = lay["pos"], 240, 44
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" class="lineage" width="{lay["width"]}" height="{lay["height"]}" '
-             f'viewBox="0 0 {lay["width"]} {lay["height"]}" font-family="system-ui, sans-serif" font-size="12">',
-             '<defs><marker id="arrow" viewBox="0 0 10 10" refX="10" refY="5" markerWidth="7" markerHeight="7" '
-             'orient="auto-start-reverse"><path d="M 0 0 L 10 5 L 0 10 z" fill="#94a3b8"/></marker></defs>']
+    parts = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" class="lineage" width="{lay["width"]}" height="{lay["height"]}" '
+        f'viewBox="0 0 {lay["width"]} {lay["height"]}" font-family="system-ui, sans-serif" font-size="12">',
+        '<defs><marker id="arrow" viewBox="0 0 10 10" refX="10" refY="5" markerWidth="7" markerHeight="7" '
+        'orient="auto-start-reverse"><path d="M 0 0 L 10 5 L 0 10 z" fill="#94a3b8"/></marker></defs>',
+    ]
     for e in g["edges"]:
         (x1, y1), (x2, y2) = pos[e["source"]], pos[e["target"]]
         x1, y1, y2 = x1 + w, y1 + h / 2, y2 + h / 2
         mx = (x1 + x2) / 2
-        parts.append(f'<path d="M {x1} {y1} C {mx} {y1}, {mx} {y2}, {x2} {y2}" fill="none" stroke="#94a3b8" '
-                     f'stroke-width="1.3" marker-end="url(#arrow)"><title>{escape(e["op"])}</title></path>')
+        parts.append(
+            f'<path d="M {x1} {y1} C {mx} {y1}, {mx} {y2}, {x2} {y2}" fill="none" stroke="#94a3b8" '
+            f'stroke-width="1.3" marker-end="url(#arrow)"><title>{escape(e["op"])}</title></path>'
+        )
     for n in g["nodes"]:
         x, y = pos[n["id"]]
         color = KIND_COLORS.get(n["kind"], "#475569")
-        stroke = ' stroke="#dc2626" stroke-width="3"' if n["id"] == highlight else f' stroke="{color}" stroke-width="1.5"'
+        stroke = (
+            ' stroke="#dc2626" stroke-width="3"'
+            if n["id"] == highlight
+            else f' stroke="{color}" stroke-width="1.5"'
+        )
         name = n["name"] if len(n["name"]) <= 32 else n["name"][:31] + "…"
-        sub = f'{n["id"]} · {n["op"]}'
+        sub = f"{n['id']} · {n['op']}"
         sub = sub if len(sub) <= 40 else sub[:39] + "…"
         parts.append(
             f'<a href="{escape(href(n["id"]))}" class="node" data-id="{n["id"]}"><title>{escape(n["kind"])} {escape(n["name"])} '

@@ -42,8 +42,12 @@ def _finite(x) -> bool:
 # ---- intervals -----------------------------------------------------------------------------------
 
 
-def mean_ci(values: Sequence[float], level: float = 0.95, bounds: tuple[float, float] | None = None,
-            allow_binary: bool = False) -> dict:
+def mean_ci(
+    values: Sequence[float],
+    level: float = 0.95,
+    bounds: tuple[float, float] | None = None,
+    allow_binary: bool = False,
+) -> dict:
     """Mean with a Student-t interval over independent replicates (seeds, questions).
 
     ``bounds`` clips the interval to a quantity's range (a probability cannot go below 0). With n < 2 or zero
@@ -52,7 +56,9 @@ def mean_ci(values: Sequence[float], level: float = 0.95, bounds: tuple[float, f
     v = np.asarray(values, dtype=float)
     n = len(v)
     if n >= 2 and not allow_binary and np.isin(v, (0.0, 1.0)).all():
-        raise ValueError("mean_ci got 0/1 outcomes, where a t interval collapses to a point; use rate_ci(successes, n)")
+        raise ValueError(
+            "mean_ci got 0/1 outcomes, where a t interval collapses to a point; use rate_ci(successes, n)"
+        )
     mean = float(v.mean()) if n else NAN
     sd = float(v.std(ddof=1)) if n > 1 else NAN
     if n > 1 and not _flat(sd, mean):
@@ -72,7 +78,16 @@ def rate_ci(successes: int, n: int, level: float = 0.95, method: str = "wilson")
     if not 0 <= successes <= max(n, 0):
         raise ValueError(f"successes must lie in 0..n, got {successes} of {n}")
     if n <= 0:
-        return {"n": 0, "k": 0, "mean": NAN, "sd": NAN, "lo": NAN, "hi": NAN, "level": level, "method": method}
+        return {
+            "n": 0,
+            "k": 0,
+            "mean": NAN,
+            "sd": NAN,
+            "lo": NAN,
+            "hi": NAN,
+            "level": level,
+            "method": method,
+        }
     p = successes / n
     if method == "exact":
         ci = stats.binomtest(successes, n).proportion_ci(confidence_level=level, method="exact")
@@ -84,8 +99,16 @@ def rate_ci(successes: int, n: int, level: float = 0.95, method: str = "wilson")
         lo, hi = min(p, max(0.0, centre - half)), max(p, min(1.0, centre + half))
     else:
         raise ValueError(f"method must be 'wilson' or 'exact', not {method!r}")
-    return {"n": n, "k": successes, "mean": p, "sd": math.sqrt(p * (1 - p)), "lo": lo, "hi": hi, "level": level,
-            "method": method}
+    return {
+        "n": n,
+        "k": successes,
+        "mean": p,
+        "sd": math.sqrt(p * (1 - p)),
+        "lo": lo,
+        "hi": hi,
+        "level": level,
+        "method": method,
+    }
 
 
 def wilson_ci(successes: int, n: int, level: float = 0.95) -> dict:
@@ -119,9 +142,22 @@ def paired_test(a: Sequence[float], b: Sequence[float], unit: str, level: float 
     if n >= 2 and not _flat(ci["sd"], ci["mean"]):
         r = stats.ttest_1samp(d, 0.0)
         p, t = float(r.pvalue), float(r.statistic)
-    return {"test": "paired t", "unit": unit, "n": n, "diff": ci["mean"], "lo": ci["lo"], "hi": ci["hi"],
-            "sd": ci["sd"], "p": p, "t": t, "df": n - 1, "direction": _direction(ci["mean"]), "level": level,
-            "mean_a": float(np.mean(a)) if n else NAN, "mean_b": float(np.mean(b)) if n else NAN}
+    return {
+        "test": "paired t",
+        "unit": unit,
+        "n": n,
+        "diff": ci["mean"],
+        "lo": ci["lo"],
+        "hi": ci["hi"],
+        "sd": ci["sd"],
+        "p": p,
+        "t": t,
+        "df": n - 1,
+        "direction": _direction(ci["mean"]),
+        "level": level,
+        "mean_a": float(np.mean(a)) if n else NAN,
+        "mean_b": float(np.mean(b)) if n else NAN,
+    }
 
 
 def welch_test(a: Sequence[float], b: Sequence[float], unit: str, level: float = 0.95) -> dict:
@@ -135,14 +171,30 @@ def welch_test(a: Sequence[float], b: Sequence[float], unit: str, level: float =
         va, vb = x.var(ddof=1) / na, y.var(ddof=1) / nb
         se = math.sqrt(va + vb)
         if not _flat(se, diff):
-            df = (va + vb) ** 2 / (va**2 / (na - 1) + vb**2 / (nb - 1)) if va > 0 and vb > 0 else (nb - 1 if va == 0 else na - 1)
+            df = (
+                (va + vb) ** 2 / (va**2 / (na - 1) + vb**2 / (nb - 1))
+                if va > 0 and vb > 0
+                else (nb - 1 if va == 0 else na - 1)
+            )
             t = diff / se
             p = float(2 * stats.t.sf(abs(t), df))
             half = float(stats.t.ppf(0.5 + level / 2, df) * se)
             lo, hi = diff - half, diff + half
-    return {"test": "Welch t", "unit": unit, "n": [na, nb], "diff": diff, "lo": lo, "hi": hi, "p": p, "t": t, "df": df,
-            "direction": _direction(diff), "level": level,
-            "mean_a": float(x.mean()) if na else NAN, "mean_b": float(y.mean()) if nb else NAN}
+    return {
+        "test": "Welch t",
+        "unit": unit,
+        "n": [na, nb],
+        "diff": diff,
+        "lo": lo,
+        "hi": hi,
+        "p": p,
+        "t": t,
+        "df": df,
+        "direction": _direction(diff),
+        "level": level,
+        "mean_a": float(x.mean()) if na else NAN,
+        "mean_b": float(y.mean()) if nb else NAN,
+    }
 
 
 def _newcombe_paired(a11: int, a10: int, a01: int, a00: int, level: float) -> tuple[float, float]:
@@ -153,12 +205,18 @@ def _newcombe_paired(a11: int, a10: int, a01: int, a00: int, level: float) -> tu
     den = (a11 + a10) * (a01 + a00) * (a11 + a01) * (a10 + a00)
     phi = (a11 * a00 - a10 * a01) / math.sqrt(den) if den > 0 else 0.0
     d = p1 - p2
-    dl = math.sqrt(max(0.0, (p1 - w1["lo"]) ** 2 - 2 * phi * (p1 - w1["lo"]) * (w2["hi"] - p2) + (w2["hi"] - p2) ** 2))
-    du = math.sqrt(max(0.0, (w1["hi"] - p1) ** 2 - 2 * phi * (w1["hi"] - p1) * (p2 - w2["lo"]) + (p2 - w2["lo"]) ** 2))
+    dl = math.sqrt(
+        max(0.0, (p1 - w1["lo"]) ** 2 - 2 * phi * (p1 - w1["lo"]) * (w2["hi"] - p2) + (w2["hi"] - p2) ** 2)
+    )
+    du = math.sqrt(
+        max(0.0, (w1["hi"] - p1) ** 2 - 2 * phi * (w1["hi"] - p1) * (p2 - w2["lo"]) + (p2 - w2["lo"]) ** 2)
+    )
     return max(-1.0, d - dl), min(1.0, d + du)
 
 
-def paired_rate_test(a: Sequence[int | bool], b: Sequence[int | bool], unit: str, level: float = 0.95) -> dict:
+def paired_rate_test(
+    a: Sequence[int | bool], b: Sequence[int | bool], unit: str, level: float = 0.95
+) -> dict:
     """The same items scored 0/1 for two models: the difference of rates with Newcombe's paired interval and
     McNemar's exact two-sided p (a binomial test on the discordant items)."""
     if len(a) != len(b):
@@ -170,8 +228,20 @@ def paired_rate_test(a: Sequence[int | bool], b: Sequence[int | bool], unit: str
     a01 = sum(1 for u, v in zip(x, y, strict=True) if v and not u)
     a00 = n - a11 - a10 - a01
     if n == 0:
-        return {"test": "McNemar exact", "unit": unit, "n": 0, "diff": NAN, "lo": NAN, "hi": NAN, "p": NAN,
-                "direction": "undetermined", "level": level, "mean_a": NAN, "mean_b": NAN, "discordant": [0, 0]}
+        return {
+            "test": "McNemar exact",
+            "unit": unit,
+            "n": 0,
+            "diff": NAN,
+            "lo": NAN,
+            "hi": NAN,
+            "p": NAN,
+            "direction": "undetermined",
+            "level": level,
+            "mean_a": NAN,
+            "mean_b": NAN,
+            "discordant": [0, 0],
+        }
     diff = (a10 - a01) / n
     if a10 + a01 == 0:
         # no discordant item: Newcombe's interval collapses when the answers are identical (at a rate of 0.5 it is
@@ -181,24 +251,57 @@ def paired_rate_test(a: Sequence[int | bool], b: Sequence[int | bool], unit: str
     else:
         lo, hi = _newcombe_paired(a11, a10, a01, a00, level)
     p = float(stats.binomtest(a10, a10 + a01, 0.5).pvalue) if a10 + a01 else 1.0
-    return {"test": "McNemar exact", "unit": unit, "n": n, "diff": diff, "lo": lo, "hi": hi, "p": p,
-            "direction": _direction(diff), "level": level, "mean_a": sum(x) / n, "mean_b": sum(y) / n,
-            "discordant": [a10, a01]}
+    return {
+        "test": "McNemar exact",
+        "unit": unit,
+        "n": n,
+        "diff": diff,
+        "lo": lo,
+        "hi": hi,
+        "p": p,
+        "direction": _direction(diff),
+        "level": level,
+        "mean_a": sum(x) / n,
+        "mean_b": sum(y) / n,
+        "discordant": [a10, a01],
+    }
 
 
 def rate_diff_test(k_a: int, n_a: int, k_b: int, n_b: int, unit: str, level: float = 0.95) -> dict:
     """Two independent rates: the difference with Newcombe's hybrid score interval and Fisher's exact two-sided p."""
     if n_a <= 0 or n_b <= 0:
-        return {"test": "Fisher exact", "unit": unit, "n": [n_a, n_b], "diff": NAN, "lo": NAN, "hi": NAN, "p": NAN,
-                "direction": "undetermined", "level": level, "mean_a": NAN, "mean_b": NAN}
+        return {
+            "test": "Fisher exact",
+            "unit": unit,
+            "n": [n_a, n_b],
+            "diff": NAN,
+            "lo": NAN,
+            "hi": NAN,
+            "p": NAN,
+            "direction": "undetermined",
+            "level": level,
+            "mean_a": NAN,
+            "mean_b": NAN,
+        }
     pa, pb = k_a / n_a, k_b / n_b
     wa, wb = rate_ci(k_a, n_a, level), rate_ci(k_b, n_b, level)
     d = pa - pb
     lo = d - math.sqrt((pa - wa["lo"]) ** 2 + (wb["hi"] - pb) ** 2)
     hi = d + math.sqrt((wa["hi"] - pa) ** 2 + (pb - wb["lo"]) ** 2)
     p = float(stats.fisher_exact([[k_a, n_a - k_a], [k_b, n_b - k_b]]).pvalue)
-    return {"test": "Fisher exact", "unit": unit, "n": [n_a, n_b], "diff": d, "lo": lo, "hi": hi, "p": min(1.0, p),
-            "direction": _direction(d), "level": level, "mean_a": pa, "mean_b": pb}
+    return {
+        "test": "Fisher exact",
+        "unit": unit,
+        "n": [n_a, n_b],
+        "diff": d,
+        "lo": lo,
+        "hi": hi,
+        "p": min(1.0, p),
+        "direction": _direction(d),
+        "level": level,
+        "mean_a": pa,
+        "mean_b": pb,
+    }
 
 
 def welch_p(a: Sequence[float], b: Sequence[float], alternative: str = "two-sided") -> float:
@@ -238,7 +341,9 @@ def holm_family(pvalues: dict[str, float | None], family: Sequence[str]) -> dict
     if extra:
         raise ValueError(f"test {extra[0]!r} is outside the declared Holm family {list(family)}")
     ps = [pvalues[k] if k in pvalues and _finite(pvalues[k]) else 1.0 for k in family]
-    return {k: p if _finite(pvalues[k]) else NAN for k, p in zip(family, holm(ps), strict=True) if k in pvalues}
+    return {
+        k: p if _finite(pvalues[k]) else NAN for k, p in zip(family, holm(ps), strict=True) if k in pvalues
+    }
 
 
 def holm_alpha(family: int, alpha: float = 0.05) -> float:
@@ -262,8 +367,9 @@ def min_detectable(sd: float, n: int, *, family: int, alpha: float = 0.05, power
     return float((stats.t.ppf(1 - a / 2, df) + stats.t.ppf(power, df)) * sd / math.sqrt(n))
 
 
-def min_detectable_welch(sd_a: float, n_a: int, sd_b: float, n_b: int, *, family: int, alpha: float = 0.05,
-                         power: float = 0.8) -> float:
+def min_detectable_welch(
+    sd_a: float, n_a: int, sd_b: float, n_b: int, *, family: int, alpha: float = 0.05, power: float = 0.8
+) -> float:
     """``min_detectable`` for two independent groups (Welch; the smaller group's degrees of freedom)."""
     if n_a < 2 or n_b < 2 or not (_finite(sd_a) and _finite(sd_b)):
         return NAN
@@ -300,23 +406,36 @@ def verdict(test: dict, expected: int = 1, alpha: float = 0.05, p: float | None 
     """
     p = test["p"] if p is None else p
     if not _finite(p):
-        return {"result": "undetermined", "significant": False,
-                "words": "undetermined (too few independent units or no variance)"}
+        return {
+            "result": "undetermined",
+            "significant": False,
+            "words": "undetermined (too few independent units or no variance)",
+        }
     if p >= alpha:
         lo, hi = test.get("lo"), test.get("hi")
         if _finite(lo) and _finite(hi) and (lo > 0 or hi < 0):
             # the p is adjusted (Holm) but the interval is not: never call that a null
-            return {"result": "not significant after adjustment", "significant": False,
-                    "words": f"not significant after adjustment ({fmt_p(p)}), though its unadjusted 95% interval "
-                             "excludes 0: not a null"}
+            return {
+                "result": "not significant after adjustment",
+                "significant": False,
+                "words": f"not significant after adjustment ({fmt_p(p)}), though its unadjusted 95% interval "
+                "excludes 0: not a null",
+            }
         return {"result": "null", "significant": False, "words": "no significant difference (a null result)"}
     sign = 1 if test["diff"] > 0 else -1
     if expected == 0:
         return {"result": "significant", "significant": True, "words": f"significantly {test['direction']}"}
     if sign == expected:
-        return {"result": "as hypothesised", "significant": True, "words": f"significantly {test['direction']}, as hypothesised"}
-    return {"result": "opposite", "significant": True,
-            "words": f"significantly {test['direction']}: opposite to the hypothesis (a finding, most likely a confound)"}
+        return {
+            "result": "as hypothesised",
+            "significant": True,
+            "words": f"significantly {test['direction']}, as hypothesised",
+        }
+    return {
+        "result": "opposite",
+        "significant": True,
+        "words": f"significantly {test['direction']}: opposite to the hypothesis (a finding, most likely a confound)",
+    }
 
 
 def fmt_num(x: float | None, digits: int = 3, fmt: str = "f") -> str:
@@ -336,7 +455,9 @@ def fmt_ci(ci: dict, digits: int = 3, fmt: str = "f") -> str:
 def fmt_p(p: float) -> str:
     if not _finite(p):
         return "p undetermined"
-    if p < 1e-15:  # below what double arithmetic resolves (an exact test's p underflows to 0): a bound, never 0
+    if (
+        p < 1e-15
+    ):  # below what double arithmetic resolves (an exact test's p underflows to 0): a bound, never 0
         return "p < 1e-15"
     return f"p = {p:.2g}" if p >= 1e-4 else f"p = {p:.1e}"
 

@@ -67,7 +67,9 @@ ID_PATTERN = r"^[madrt]-[0-9a-f]{16}$"
 CONV_PATTERN = CONV_RE.pattern
 COOKIE = "heredity_key"
 ATTN_WINDOW = 96  # the explorer's heatmap shows the last this-many positions
-MAX_ATTN_TOKENS = 2048  # attention over more positions is refused (eager attention holds a [heads, T, T] matrix)
+MAX_ATTN_TOKENS = (
+    2048  # attention over more positions is refused (eager attention holds a [heads, T, T] matrix)
+)
 MIN_KEY_CHARS = 16  # a shorter HEREDITY_API_KEY is refused at start
 STATE_CHANGING = ("POST", "PUT", "PATCH", "DELETE")
 FORM_PATHS = ("/login", "/logout")  # the only routes that take a form body (everything else takes JSON)
@@ -82,10 +84,14 @@ class Settings:
     max_loaded: int = 2  # models kept in memory at once
     batch_size: int = 16  # sequences one model decodes together
     preload: list[str] = field(default_factory=list)
-    allowed_hosts: list[str] = field(default_factory=list)  # Host names accepted besides this server's own ("*": any)
+    allowed_hosts: list[str] = field(
+        default_factory=list
+    )  # Host names accepted besides this server's own ("*": any)
     max_queue: int = 64  # requests waiting per model before 429
     max_pending_tokens: int = MAX_PENDING_TOKENS  # tokens of work (prompt + n × max_tokens) pending per model
-    max_client_tokens: int | None = MAX_CLIENT_TOKENS  # of which one client address may hold this many (None: no bound)
+    max_client_tokens: int | None = (
+        MAX_CLIENT_TOKENS  # of which one client address may hold this many (None: no bound)
+    )
     session_hours: float = 12.0  # a browser session expires this long after its login
     max_sessions: int = 256  # browser sessions kept at once; a new login beyond that evicts the oldest
     max_auth_failures: int = 20  # wrong keys per client address per minute before 429
@@ -214,8 +220,10 @@ def client_address(scope) -> str:
 
 
 def too_many_failures(wait: float) -> str:
-    return (f"too many wrong API keys from this address; wait {max(1, round(wait))} s, then send the right "
-            "HEREDITY_API_KEY")
+    return (
+        f"too many wrong API keys from this address; wait {max(1, round(wait))} s, then send the right "
+        "HEREDITY_API_KEY"
+    )
 
 
 def same_origin(origin: str, host: str) -> bool:
@@ -274,8 +282,14 @@ class Guard:
     (415), a cap on body size (413 even for chunked bodies); on every answer nosniff and no framing, and no store
     path in an error."""
 
-    def __init__(self, app, settings: Settings, sessions: Sessions, failures: AuthFailures,
-                 hide: list[tuple[bytes, bytes]] | None = None):
+    def __init__(
+        self,
+        app,
+        settings: Settings,
+        sessions: Sessions,
+        failures: AuthFailures,
+        hide: list[tuple[bytes, bytes]] | None = None,
+    ):
         self.app, self.settings, self.sessions, self.failures = app, settings, sessions, failures
         self.hide = hide or []
 
@@ -285,8 +299,12 @@ class Guard:
         send = self._secured(send)
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         if not self.settings.host_allowed(headers.get("host", "")):
-            resp = error_response(421, f"Host {headers.get('host', '')!r} is not this server's name; to allow it, start the "
-                                  "server with --allowed-host NAME", "host_not_allowed")
+            resp = error_response(
+                421,
+                f"Host {headers.get('host', '')!r} is not this server's name; to allow it, start the "
+                "server with --allowed-host NAME",
+                "host_not_allowed",
+            )
             return await resp(scope, receive, send)
         method = scope["method"]
         if method in STATE_CHANGING and (why := cross_site(headers)) is not None:
@@ -300,9 +318,14 @@ class Guard:
                 return await resp(scope, receive, send)
             if not verdict:
                 if "text/html" in headers.get("accept", "") and method == "GET":
-                    return await HTMLResponse(login_page(scope["path"]), status_code=401)(scope, receive, send)
-                resp = error_response(401, "missing or wrong API key; send Authorization: Bearer $HEREDITY_API_KEY",
-                                      "invalid_api_key")
+                    return await HTMLResponse(login_page(scope["path"]), status_code=401)(
+                        scope, receive, send
+                    )
+                resp = error_response(
+                    401,
+                    "missing or wrong API key; send Authorization: Bearer $HEREDITY_API_KEY",
+                    "invalid_api_key",
+                )
                 resp.headers["WWW-Authenticate"] = "Bearer"
                 return await resp(scope, receive, send)
         length = headers.get("content-length")
@@ -319,9 +342,18 @@ class Guard:
                     return await self._too_large(scope, receive, send)
         has_body = bool(body) if length is None else int(length) > 0
         ctype = headers.get("content-type", "")
-        if has_body and method in ("POST", "PUT", "PATCH") and scope["path"] not in FORM_PATHS and not is_json(ctype):
-            resp = error_response(415, f"Content-Type {ctype[:100]!r} is not JSON; send the body as JSON with "
-                                  "Content-Type: application/json", "unsupported_media_type")
+        if (
+            has_body
+            and method in ("POST", "PUT", "PATCH")
+            and scope["path"] not in FORM_PATHS
+            and not is_json(ctype)
+        ):
+            resp = error_response(
+                415,
+                f"Content-Type {ctype[:100]!r} is not JSON; send the body as JSON with "
+                "Content-Type: application/json",
+                "unsupported_media_type",
+            )
             return await resp(scope, receive, send)
         if body is not None:
             sent = False
@@ -386,7 +418,9 @@ class Guard:
 
     @staticmethod
     async def _too_large(scope, receive, send):
-        resp = error_response(413, f"request body over {MAX_BODY_BYTES} bytes; send less", "request_too_large")
+        resp = error_response(
+            413, f"request body over {MAX_BODY_BYTES} bytes; send less", "request_too_large"
+        )
         return await resp(scope, receive, send)
 
 
@@ -435,8 +469,14 @@ def login_page(next_path: str, error: str = "") -> str:
 def create_app(store: Store | None = None, settings: Settings | None = None) -> FastAPI:
     store = store or Store()
     settings = settings or Settings()
-    pool = ModelPool(store, max_loaded=settings.max_loaded, batch_size=settings.batch_size, max_queue=settings.max_queue,
-                     max_pending_tokens=settings.max_pending_tokens, max_client_tokens=settings.max_client_tokens)
+    pool = ModelPool(
+        store,
+        max_loaded=settings.max_loaded,
+        batch_size=settings.batch_size,
+        max_queue=settings.max_queue,
+        max_pending_tokens=settings.max_pending_tokens,
+        max_client_tokens=settings.max_client_tokens,
+    )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -445,8 +485,12 @@ def create_app(store: Store | None = None, settings: Settings | None = None) -> 
         yield
         pool.close()
 
-    app = FastAPI(title="heredity lab", version=__version__, lifespan=lifespan,
-                  description="OpenAI-compatible API over the heredity store, plus the lab's chat, explorer and lineage.")
+    app = FastAPI(
+        title="heredity lab",
+        version=__version__,
+        lifespan=lifespan,
+        description="OpenAI-compatible API over the heredity store, plus the lab's chat, explorer and lineage.",
+    )
     app.state.store, app.state.pool, app.state.settings = store, pool, settings
     # browser session tokens, in memory only: a restart revokes them all
     app.state.sessions = Sessions(settings.session_hours * 3600, settings.max_sessions)
@@ -454,8 +498,13 @@ def create_app(store: Store | None = None, settings: Settings | None = None) -> 
     app.state.conversations = Conversations(store)
     app.state.templates = Jinja2Templates(directory=HERE / "templates")
     errors.install(app)
-    app.add_middleware(Guard, settings=settings, sessions=app.state.sessions, failures=app.state.auth_failures,
-                       hide=hidden_paths(store))
+    app.add_middleware(
+        Guard,
+        settings=settings,
+        sessions=app.state.sessions,
+        failures=app.state.auth_failures,
+        hide=hidden_paths(store),
+    )
     app.include_router(openai_router)
     app.include_router(api_router())
     app.include_router(page_router())
@@ -464,6 +513,7 @@ def create_app(store: Store | None = None, settings: Settings | None = None) -> 
 
 
 # ---- the lab's JSON API ----------------------------------------------------------------------------------
+
 
 def _conv(request: Request, cid: str):
     try:
@@ -484,18 +534,37 @@ def artifact_detail(store: Store, aid: str) -> dict:
     art = store.get(aid)
     step = store.find_step(art.step_key)
     files = sorted(
-        ({"path": p.relative_to(art.path).as_posix(), "bytes": p.stat().st_size} for p in art.path.rglob("*") if p.is_file()),
+        (
+            {"path": p.relative_to(art.path).as_posix(), "bytes": p.stat().st_size}
+            for p in art.path.rglob("*")
+            if p.is_file()
+        ),
         key=lambda f: f["path"],
     )
     parents = [] if step is None else [_brief(store, i) for i in step.inputs]
     return {
-        "id": art.id, "kind": art.kind, "name": art.name, "meta": art.meta, "size_bytes": art.size_bytes,
-        "created_at": art.created_at.isoformat(), "files": files, "parents": parents,
+        "id": art.id,
+        "kind": art.kind,
+        "name": art.name,
+        "meta": art.meta,
+        "size_bytes": art.size_bytes,
+        "created_at": art.created_at.isoformat(),
+        "files": files,
+        "parents": parents,
         "children": [{"id": c.id, "kind": c.kind, "name": c.name} for c in store.children(aid)],
-        "step": None if step is None else {
-            "op": step.op, "key": step.key, "config": step.config, "seed": step.seed, "metrics": step.metrics,
-            "code_version": step.code_version, "lib_versions": step.lib_versions, "host": step.host,
-            "started_at": step.started_at.isoformat(), "ended_at": step.ended_at.isoformat(),
+        "step": None
+        if step is None
+        else {
+            "op": step.op,
+            "key": step.key,
+            "config": step.config,
+            "seed": step.seed,
+            "metrics": step.metrics,
+            "code_version": step.code_version,
+            "lib_versions": step.lib_versions,
+            "host": step.host,
+            "started_at": step.started_at.isoformat(),
+            "ended_at": step.ended_at.isoformat(),
             "seconds": round((step.ended_at - step.started_at).total_seconds(), 2),
         },
     }
@@ -536,8 +605,12 @@ def api_router() -> APIRouter:
         return Response(status_code=204)
 
     @r.put("/conversations/{cid}/messages/{idx}/feedback")
-    def feedback(body: Feedback, request: Request, cid: str = PathParam(pattern=CONV_PATTERN),
-                 idx: int = PathParam(ge=0, le=10_000)) -> dict:
+    def feedback(
+        body: Feedback,
+        request: Request,
+        cid: str = PathParam(pattern=CONV_PATTERN),
+        idx: int = PathParam(ge=0, le=10_000),
+    ) -> dict:
         _conv(request, cid)
         try:
             msg = request.app.state.conversations.feedback(cid, idx, body.rating, body.better)
@@ -562,18 +635,30 @@ def api_router() -> APIRouter:
         host = await host_for(request, body.model)
         tok = host.view
         if body.chat and not getattr(tok, "chat_template", None):
-            raise ApiError(400, f"model {body.model} has no chat template; untick 'chat template'", "no_chat_template")
+            raise ApiError(
+                400, f"model {body.model} has no chat template; untick 'chat template'", "no_chat_template"
+            )
         text = render_prompt(tok, body.prompt, SampleConfig(chat=body.chat, system_prompt=body.system_prompt))
         prompt_ids = tok(text, add_special_tokens=False)["input_ids"]
         if not prompt_ids:
-            raise ApiError(422, "the prompt is empty; type something first", "invalid_request_error", param="prompt")
+            raise ApiError(
+                422, "the prompt is empty; type something first", "invalid_request_error", param="prompt"
+            )
         vocab = len(tok)
         if any(t >= vocab for t in body.tokens):
-            raise ApiError(422, f"token ids must be below the vocabulary size {vocab}", "invalid_request_error", param="tokens")
+            raise ApiError(
+                422,
+                f"token ids must be below the vocabulary size {vocab}",
+                "invalid_request_error",
+                param="tokens",
+            )
         ids = prompt_ids + list(body.tokens)
         if host.context and len(ids) >= host.context:
-            raise ApiError(400, f"{len(ids)} tokens fill the model's context of {host.context}; step back or shorten the prompt",
-                           "context_length_exceeded")
+            raise ApiError(
+                400,
+                f"{len(ids)} tokens fill the model's context of {host.context}; step back or shorten the prompt",
+                "context_length_exceeded",
+            )
         layers, heads = host.model.config.num_hidden_layers, host.model.config.num_attention_heads
         if body.layer is not None and body.layer >= layers:
             raise ApiError(422, f"layer must be below {layers}", "invalid_request_error", param="layer")
@@ -581,9 +666,16 @@ def api_router() -> APIRouter:
             raise ApiError(422, f"head must be below {heads}", "invalid_request_error", param="head")
         # on the worker thread with the worker's own tokenizer (host.view belongs to the request side)
         if body.layer is not None and len(ids) > MAX_ATTN_TOKENS:
-            raise ApiError(400, f"{len(ids)} tokens: attention is shown for at most {MAX_ATTN_TOKENS}; shorten the prompt "
-                           "or turn attention off (layer: null)", "context_length_exceeded", param="prompt")
-        fut = host.call(lambda model, wtok: next_token(model, wtok, ids, body.top_k, body.layer, body.head, ATTN_WINDOW))
+            raise ApiError(
+                400,
+                f"{len(ids)} tokens: attention is shown for at most {MAX_ATTN_TOKENS}; shorten the prompt "
+                "or turn attention off (layer: null)",
+                "context_length_exceeded",
+                param="prompt",
+            )
+        fut = host.call(
+            lambda model, wtok: next_token(model, wtok, ids, body.top_k, body.layer, body.head, ATTN_WINDOW)
+        )
         out = await asyncio.wrap_future(fut)
         if out["attention"] is not None:
             out["attention"] = [[round(v, 4) for v in row] for row in out["attention"]]
@@ -594,9 +686,18 @@ def api_router() -> APIRouter:
     def status(request: Request) -> dict:
         """Loaded models, their queues and how many requests each generation run carried."""
         hosts = list(request.app.state.pool.hosts.values())
-        return {"version": __version__, "models": [
-            {"id": h.id, "queued": h.jobs.qsize(), "runs": len(h.batches), "max_requests_per_run": max(h.batches, default=0)}
-            for h in hosts]}
+        return {
+            "version": __version__,
+            "models": [
+                {
+                    "id": h.id,
+                    "queued": h.jobs.qsize(),
+                    "runs": len(h.batches),
+                    "max_requests_per_run": max(h.batches, default=0),
+                }
+                for h in hosts
+            ],
+        }
 
     @r.get("/insights")
     def insights_json(request: Request, report: str | None = Query(None, pattern=ID_PATTERN)) -> dict:
@@ -607,17 +708,32 @@ def api_router() -> APIRouter:
         else:
             runs = _insights_reports(store)
             if not runs:
-                raise ApiError(404, "no insights report yet; run `heredity insights` (or `heredity insights --demo`)",
-                               "insights_not_found")
+                raise ApiError(
+                    404,
+                    "no insights report yet; run `heredity insights` (or `heredity insights --demo`)",
+                    "insights_not_found",
+                )
             art = runs[-1]
         if not (art.path / "report.json").is_file() or art.name != "insights":
             raise ApiError(404, f"{art.id} is not an insights report", "insights_not_found")
         return {"id": art.id, **json.loads((art.path / "report.json").read_text())}
 
     @r.get("/artifacts")
-    def artifacts(request: Request, kind: str | None = Query(None, pattern="^(model|adapter|dataset|report)$")) -> dict:
-        return {"data": [{"id": a.id, "kind": a.kind, "name": a.name, "size_bytes": a.size_bytes,
-                          "created_at": a.created_at.isoformat()} for a in request.app.state.store.list(kind)]}
+    def artifacts(
+        request: Request, kind: str | None = Query(None, pattern="^(model|adapter|dataset|report)$")
+    ) -> dict:
+        return {
+            "data": [
+                {
+                    "id": a.id,
+                    "kind": a.kind,
+                    "name": a.name,
+                    "size_bytes": a.size_bytes,
+                    "created_at": a.created_at.isoformat(),
+                }
+                for a in request.app.state.store.list(kind)
+            ]
+        }
 
     @r.get("/artifacts/{aid}")
     def artifact(request: Request, aid: str = PathParam(pattern=ID_PATTERN)) -> dict:
@@ -636,6 +752,7 @@ def api_router() -> APIRouter:
 
 
 # ---- pages --------------------------------------------------------------------------------------------
+
 
 def page_router() -> APIRouter:
     r = APIRouter(include_in_schema=False)
@@ -660,17 +777,28 @@ def page_router() -> APIRouter:
             addr = request.client.host if request.client else "unknown"
             wait = failures.retry_after(addr)
             if wait > 0:
-                return HTMLResponse(login_page(next, too_many_failures(wait)), status_code=429,
-                                    headers={"Retry-After": str(max(1, round(wait)))})
+                return HTMLResponse(
+                    login_page(next, too_many_failures(wait)),
+                    status_code=429,
+                    headers={"Retry-After": str(max(1, round(wait)))},
+                )
             if not secrets.compare_digest(key.encode("utf-8", "surrogateescape"), want.encode()):
                 failures.add(addr)
-                return HTMLResponse(login_page(next, "wrong key; paste the server's HEREDITY_API_KEY"), status_code=401)
+                return HTMLResponse(
+                    login_page(next, "wrong key; paste the server's HEREDITY_API_KEY"), status_code=401
+                )
         target = safe_next(next)
         resp = RedirectResponse(target, status_code=303)
         if want:
             token = request.app.state.sessions.new()
-            resp.set_cookie(COOKIE, token, max_age=int(request.app.state.settings.session_hours * 3600), httponly=True,
-                            samesite="strict", secure=request.url.scheme == "https")
+            resp.set_cookie(
+                COOKIE,
+                token,
+                max_age=int(request.app.state.settings.session_hours * 3600),
+                httponly=True,
+                samesite="strict",
+                secure=request.url.scheme == "https",
+            )
         return resp
 
     @r.post("/logout")
@@ -697,9 +825,18 @@ def page_router() -> APIRouter:
         if root:
             _artifact(request, root)
         g = graph(request.app.state.store, root)
-        return render(request, "lineage.html", page="lineage", svg=as_svg(g, highlight=root), root=root,
-                      counts={k: sum(1 for n in g["nodes"] if n["kind"] == k) for k in ("model", "adapter", "dataset", "report", "tokenizer")},
-                      n_edges=len(g["edges"]))
+        return render(
+            request,
+            "lineage.html",
+            page="lineage",
+            svg=as_svg(g, highlight=root),
+            root=root,
+            counts={
+                k: sum(1 for n in g["nodes"] if n["kind"] == k)
+                for k in ("model", "adapter", "dataset", "report", "tokenizer")
+            },
+            n_edges=len(g["edges"]),
+        )
 
     @r.get("/reports")
     def reports(request: Request) -> HTMLResponse:
@@ -717,8 +854,14 @@ def page_router() -> APIRouter:
             by_parent: dict = {}
             for c in data["levels"][0]:
                 by_parent.setdefault(c.get("parent"), []).append(c)
-            data["by_parent"] = {k: sorted(v, key=lambda c: -c["conversations"]) for k, v in by_parent.items()}
-            data["top"] = sorted(data["levels"][-1], key=lambda p: -p["conversations"]) if len(data["levels"]) > 1 else []
+            data["by_parent"] = {
+                k: sorted(v, key=lambda c: -c["conversations"]) for k, v in by_parent.items()
+            }
+            data["top"] = (
+                sorted(data["levels"][-1], key=lambda p: -p["conversations"])
+                if len(data["levels"]) > 1
+                else []
+            )
         return render(request, "insights.html", page="insights", runs=runs, chosen=chosen, r=data)
 
     @r.get("/artifacts/{aid}")
@@ -736,12 +879,19 @@ def page_router() -> APIRouter:
         if d["kind"] == "dataset":
             preview = _preview(store.path(aid))
         episodes = preview["total"] if preview and EPISODE_COLUMNS <= set(preview["columns"]) else 0
-        return render(request, "artifact.html", page="lineage", a=d, report_html=report_html, preview=preview,
-                      episodes=episodes,
-                      config_json=json.dumps(d["step"]["config"] if d["step"] else {}, indent=2),
-                      metrics_json=json.dumps(d["step"]["metrics"] if d["step"] else {}, indent=2),
-                      meta_json=json.dumps(d["meta"], indent=2),
-                      images=[f["path"] for f in d["files"] if f["path"].endswith((".png", ".svg", ".jpg"))])
+        return render(
+            request,
+            "artifact.html",
+            page="lineage",
+            a=d,
+            report_html=report_html,
+            preview=preview,
+            episodes=episodes,
+            config_json=json.dumps(d["step"]["config"] if d["step"] else {}, indent=2),
+            metrics_json=json.dumps(d["step"]["metrics"] if d["step"] else {}, indent=2),
+            meta_json=json.dumps(d["meta"], indent=2),
+            images=[f["path"] for f in d["files"] if f["path"].endswith((".png", ".svg", ".jpg"))],
+        )
 
     @r.get("/artifacts/{aid}/episodes/{k}")
     def episode_page(request: Request, k: int, aid: str = PathParam(pattern=ID_PATTERN)) -> HTMLResponse:
@@ -750,8 +900,11 @@ def page_router() -> APIRouter:
         art = _artifact(request, aid)
         ep = _episode(art.path, k)
         if ep is None:
-            raise ApiError(404, f"artifact {aid} has no episode {k} (it is not a transcript dataset, or has fewer rows)",
-                           "episode_not_found")
+            raise ApiError(
+                404,
+                f"artifact {aid} has no episode {k} (it is not a transcript dataset, or has fewer rows)",
+                "episode_not_found",
+            )
         return render(request, "episode.html", page="lineage", a=art, k=k, **ep)
 
     @r.get("/artifacts/{aid}/files/{rel:path}")
@@ -766,8 +919,13 @@ def page_router() -> APIRouter:
     return r
 
 
-INLINE_IMAGES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".gif": "image/gif",
-                 ".webp": "image/webp"}
+INLINE_IMAGES = {
+    ".png": "image/png",
+    ".jpg": "image/jpeg",
+    ".jpeg": "image/jpeg",
+    ".gif": "image/gif",
+    ".webp": "image/webp",
+}
 TEXT_FILES = (".txt", ".md", ".csv", ".tsv", ".log", ".yaml", ".yml", ".toml", ".jinja", ".jsonl", ".py")
 
 
@@ -786,8 +944,13 @@ def file_response(path: Path) -> FileResponse:
         media = "text/plain; charset=utf-8"
     else:
         media, disposition = mimetypes.guess_type(path.name)[0] or "application/octet-stream", "attachment"
-    return FileResponse(path, media_type=media, filename=path.name, content_disposition_type=disposition,
-                        headers={"X-Content-Type-Options": "nosniff", "Content-Security-Policy": FILE_CSP})
+    return FileResponse(
+        path,
+        media_type=media,
+        filename=path.name,
+        content_disposition_type=disposition,
+        headers={"X-Content-Type-Options": "nosniff", "Content-Security-Policy": FILE_CSP},
+    )
 
 
 def _insights_reports(store) -> list:
@@ -813,15 +976,22 @@ def _episode(path: Path, k: int) -> dict | None:
     row = rows[k]
     messages = []
     for m in json.loads(row["messages"]):
-        calls = [{"name": c["function"]["name"], "arguments": c["function"].get("arguments") or "{}"}
-                 for c in m.get("tool_calls") or []]
+        calls = [
+            {"name": c["function"]["name"], "arguments": c["function"].get("arguments") or "{}"}
+            for c in m.get("tool_calls") or []
+        ]
         messages.append({"role": m["role"], "content": m.get("content") or "", "calls": calls})
     diffs = []
     for host, files in json.loads(row["diffs"]).items():
         for p, d in files.items():
             before, after = d.get("before"), d.get("after")
-            lines = difflib.unified_diff((before or "").splitlines(), (after or "").splitlines(),
-                                         f"{host}:{p} (before)", f"{host}:{p} (after)", lineterm="")
+            lines = difflib.unified_diff(
+                (before or "").splitlines(),
+                (after or "").splitlines(),
+                f"{host}:{p} (before)",
+                f"{host}:{p} (after)",
+                lineterm="",
+            )
             state = "created" if before is None else "deleted" if after is None else "changed"
             diffs.append({"file": f"{host}:{p}", "state": state, "diff": "\n".join(lines)})
     scores = {c[6:]: row[c] for c in row if c.startswith("score_")}
@@ -842,8 +1012,11 @@ def _preview(path: Path, rows: int = 20) -> dict | None:
         s = v if isinstance(v, str) else json.dumps(v, ensure_ascii=False, default=str)
         return s if len(s) <= 300 else s[:299] + "…"
 
-    return {"columns": pf.schema_arrow.names, "rows": [[cell(r[c]) for c in pf.schema_arrow.names] for r in data],
-            "total": pf.metadata.num_rows}
+    return {
+        "columns": pf.schema_arrow.names,
+        "rows": [[cell(r[c]) for c in pf.schema_arrow.names] for r in data],
+        "total": pf.metadata.num_rows,
+    }
 
 
 def serve(store: Store | None = None, settings: Settings | None = None) -> None:

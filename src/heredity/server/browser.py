@@ -9,8 +9,17 @@ import os
 import shutil
 from pathlib import Path
 
-FLAGS = ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync")
+FLAGS = (
+    "--headless=new",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+)
 
 
 def chromium_paths() -> tuple[str, str] | None:
@@ -26,7 +35,9 @@ def headless_chromium(width: int = 1400, height: int = 900):
 
     paths = chromium_paths()
     if paths is None:
-        raise RuntimeError("chromium and chromedriver are not installed; apt-get install chromium chromium-driver")
+        raise RuntimeError(
+            "chromium and chromedriver are not installed; apt-get install chromium chromium-driver"
+        )
     os.environ.setdefault("SE_OFFLINE", "true")
     opts = webdriver.ChromeOptions()
     opts.binary_location = paths[0]

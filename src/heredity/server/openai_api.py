@@ -48,8 +48,14 @@ router = APIRouter(prefix="/v1", tags=["openai"])
 
 
 def _model_object(m: dict) -> dict:
-    return {"id": m["id"], "object": "model", "created": m["created"], "owned_by": "heredity", "kind": m["kind"],
-            "name": m["name"]}
+    return {
+        "id": m["id"],
+        "object": "model",
+        "created": m["created"],
+        "owned_by": "heredity",
+        "kind": m["kind"],
+        "name": m["name"],
+    }
 
 
 @router.get("/models")
@@ -82,9 +88,15 @@ def _token_ids(host, inputs: list, param: str) -> list[list[int]]:
     vocab = _vocab(host)
     bad = next((t for x in inputs if not isinstance(x, str) for t in x if t >= vocab), None)
     if bad is not None:
-        raise ApiError(400, f"token id {bad} is outside the model's vocabulary (0..{vocab - 1})", "invalid_request_error",
-                       param=param)
-    return [x if not isinstance(x, str) else host.view(x, add_special_tokens=False)["input_ids"] for x in inputs]
+        raise ApiError(
+            400,
+            f"token id {bad} is outside the model's vocabulary (0..{vocab - 1})",
+            "invalid_request_error",
+            param=param,
+        )
+    return [
+        x if not isinstance(x, str) else host.view(x, add_special_tokens=False)["input_ids"] for x in inputs
+    ]
 
 
 _EMBED_LOCK = threading.Lock()
@@ -127,7 +139,9 @@ async def load_lora_adapter(req: LoadAdapter, request: Request):
     from fastapi.responses import PlainTextResponse
 
     try:
-        await asyncio.to_thread(request.app.state.pool.load_adapter, req.lora_name, req.lora_path, req.load_inplace)
+        await asyncio.to_thread(
+            request.app.state.pool.load_adapter, req.lora_name, req.lora_path, req.load_inplace
+        )
     except ValueError as e:
         raise ApiError(400, str(e), "invalid_request_error", param="lora_name") from None
     except HeredityError as e:
@@ -160,8 +174,12 @@ async def embeddings(req: EmbeddingRequest, request: Request) -> dict:
         raise ApiError(400, "an input must not be empty", "invalid_request_error", param="input")
     if req.model == EMBEDDER:
         if not all(isinstance(x, str) for x in inputs):
-            raise ApiError(400, f"{EMBEDDER} takes text input; token ids are only for the stored language models",
-                           "invalid_request_error", param="input")
+            raise ApiError(
+                400,
+                f"{EMBEDDER} takes text input; token ids are only for the stored language models",
+                "invalid_request_error",
+                param="input",
+            )
         vecs, n_tokens = await asyncio.to_thread(_embed_bundled, inputs)
         name = EMBEDDER
     else:
@@ -180,15 +198,24 @@ async def embeddings(req: EmbeddingRequest, request: Request) -> dict:
             res.release()
     dim = int(vecs.shape[1])
     if req.dimensions is not None and req.dimensions != dim:
-        raise ApiError(400, f"dimensions {req.dimensions}: {name} embeds in {dim} dimensions and this server does not "
-                       "truncate; omit dimensions", "invalid_request_error", param="dimensions")
+        raise ApiError(
+            400,
+            f"dimensions {req.dimensions}: {name} embeds in {dim} dimensions and this server does not "
+            "truncate; omit dimensions",
+            "invalid_request_error",
+            param="dimensions",
+        )
 
     def enc(v):
         v = np.asarray(v, dtype="<f4")
         return base64.b64encode(v.tobytes()).decode() if req.encoding_format == "base64" else v.tolist()
 
-    return {"object": "list", "model": name, "usage": {"prompt_tokens": n_tokens, "total_tokens": n_tokens},
-            "data": [{"object": "embedding", "index": i, "embedding": enc(v)} for i, v in enumerate(vecs)]}
+    return {
+        "object": "list",
+        "model": name,
+        "usage": {"prompt_tokens": n_tokens, "total_tokens": n_tokens},
+        "data": [{"object": "embedding", "index": i, "embedding": enc(v)} for i, v in enumerate(vecs)],
+    }
 
 
 async def host_for(request: Request, name: str):
@@ -208,14 +235,23 @@ def _room(host, longest: int, asked: int, param: str, what: str = "a prompt") ->
     (the model cannot score what it cannot see whole), or fills it when tokens are asked for."""
     ctx = host.context
     if ctx is not None and longest > ctx:
-        raise ApiError(400, f"{what} has {longest} tokens and the model's context is {ctx}; shorten it",
-                       "context_length_exceeded", param=param)
+        raise ApiError(
+            400,
+            f"{what} has {longest} tokens and the model's context is {ctx}; shorten it",
+            "context_length_exceeded",
+            param=param,
+        )
     if not asked:
         return 0
     room = (ctx or 1 << 30) - longest
     if room < 1:
-        raise ApiError(400, f"{what} has {longest} tokens and fills the model's context of {ctx}, leaving no room to "
-                       "generate; shorten it", "context_length_exceeded", param=param)
+        raise ApiError(
+            400,
+            f"{what} has {longest} tokens and fills the model's context of {ctx}, leaving no room to "
+            "generate; shorten it",
+            "context_length_exceeded",
+            param=param,
+        )
     return min(asked, room)
 
 
@@ -288,7 +324,9 @@ async def _on_text_thread(host, fn: Callable):
 
 def _json(body) -> bytes:
     """A body as JSONResponse renders it (called on the text thread: a long echo's JSON is CPU work too)."""
-    return json.dumps(body, ensure_ascii=False, allow_nan=False, indent=None, separators=(",", ":")).encode("utf-8")
+    return json.dumps(body, ensure_ascii=False, allow_nan=False, indent=None, separators=(",", ":")).encode(
+        "utf-8"
+    )
 
 
 _TOKEN_SETS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -304,8 +342,12 @@ def _token_sets(tok) -> tuple[frozenset[int], frozenset[int]]:
     import re
 
     added = getattr(tok, "added_tokens_decoder", None) or {}
-    skipped = frozenset(i for i in added if tok.decode([i], skip_special_tokens=True) == ""
-                        and tok.decode([i], skip_special_tokens=False) != "")
+    skipped = frozenset(
+        i
+        for i in added
+        if tok.decode([i], skip_special_tokens=True) == ""
+        and tok.decode([i], skip_special_tokens=False) != ""
+    )
     byte = re.compile(r"<0x[0-9A-Fa-f]{2}>")
     vocab = tok.get_vocab() if hasattr(tok, "get_vocab") else {}
     out = skipped, frozenset(i for piece, i in vocab.items() if byte.fullmatch(piece))
@@ -350,7 +392,11 @@ class _Detok:
         """An independent copy (a prompt's state, continued by each of its samples)."""
         new = object.__new__(_Detok)
         new.__dict__.update(self.__dict__)
-        new.ids, new.head, new.anchors = list(self.ids), list(self.head), deque(self.anchors, maxlen=self.CONTEXT + 1)
+        new.ids, new.head, new.anchors = (
+            list(self.ids),
+            list(self.head),
+            deque(self.anchors, maxlen=self.CONTEXT + 1),
+        )
         return new
 
     def _decode(self, ids) -> str:
@@ -372,14 +418,14 @@ class _Detok:
             return len(self)
         self.ids.append(t)
         n = len(self.ids)
-        window = self._decode(self.ids[self.c:])
+        window = self._decode(self.ids[self.c :])
         if window.startswith(self.base):
-            self.tail = window[len(self.base):]
+            self.tail = window[len(self.base) :]
         elif self.spent <= 8 * n + 4096:
             self._whole(n)
             return len(self)
         else:  # past the bound on whole decodes (ids built to defeat the window): the window's text as it is
-            self.tail = window[len(self.base):]
+            self.tail = window[len(self.base) :]
         if self.tail and not self.tail.endswith("\ufffd") and t not in self.bytes:
             self.head.append(self.tail)
             self.head_len += len(self.tail)
@@ -387,7 +433,7 @@ class _Detok:
             self.anchors.append(self.a)
             self.a = n
             self.c = max((m for m in self.anchors if n - m >= self.CONTEXT), default=self.anchors[0])
-            self.base = self._decode(self.ids[self.c:n])
+            self.base = self._decode(self.ids[self.c : n])
         elif n - self.c > self.WINDOW:
             if self.spent <= 8 * n + 4096:
                 self._whole(n)
@@ -409,7 +455,7 @@ class _Detok:
         self.a, self.c = n, max(0, n - self.CONTEXT)
         self.anchors.clear()
         self.anchors.append(self.c)
-        self.base = self._decode(self.ids[self.c:n])
+        self.base = self._decode(self.ids[self.c : n])
 
 
 def _offsets(d: _Detok, ids) -> list[int]:
@@ -448,8 +494,15 @@ class ScoringStopped(HeredityError):
     """A scoring job whose client left stops between passes."""
 
 
-def _score_lm(model, seqs: list[list[int]], pad: int, top_k: int | None, stopped: Callable[[], bool] = lambda: False,
-              pass_tokens: int = SCORE_TOKENS, head_tokens: int = HEAD_TOKENS) -> list:
+def _score_lm(
+    model,
+    seqs: list[list[int]],
+    pad: int,
+    top_k: int | None,
+    stopped: Callable[[], bool] = lambda: False,
+    pass_tokens: int = SCORE_TOKENS,
+    head_tokens: int = HEAD_TOKENS,
+) -> list:
     """``engine.logprobs.token_logprobs`` (the same numbers: the same batches of up to 16, longest first, right-padded)
     in bounded memory: forward passes over at most ``pass_tokens`` positions, and for a model whose logits are its
     output embeddings of the last hidden state (``PLAIN_HEADS``) the projection onto the vocabulary applied
@@ -473,7 +526,9 @@ def _score_lm(model, seqs: list[list[int]], pad: int, top_k: int | None, stopped
         idx, k = order[k : k + rows], k + rows
         batch = [seqs[i] for i in idx]
         if base is None or head is None:
-            out.update(zip(idx, token_logprobs(model, batch, pad, top_k=top_k, batch_size=len(batch)), strict=True))
+            out.update(
+                zip(idx, token_logprobs(model, batch, pad, top_k=top_k, batch_size=len(batch)), strict=True)
+            )
             continue
         with torch.inference_mode():
             x, att = right_padded(batch, pad, device)
@@ -486,7 +541,10 @@ def _score_lm(model, seqs: list[list[int]], pad: int, top_k: int | None, stopped
                     chosen = lp.gather(-1, x[r, s + 1 : e + 1, None]).squeeze(-1).tolist()
                     if top_k:
                         tv, ti = lp.topk(top_k, dim=-1)
-                        tops = [list(zip(a, b, strict=True)) for a, b in zip(ti.tolist(), tv.tolist(), strict=True)]
+                        tops = [
+                            list(zip(a, b, strict=True))
+                            for a, b in zip(ti.tolist(), tv.tolist(), strict=True)
+                        ]
                     else:
                         tops = [[] for _ in chosen]
                     got.extend(zip(chosen, tops, strict=True))
@@ -504,8 +562,12 @@ class _Stream:
         self.texts = [_Detok(tokenizer) for _ in range(n)]
         self.sent = [""] * n
         self.lps: list[list] = [[] for _ in range(n)]
-        self.offs: list[list[int]] = [[] for _ in range(n)]  # each logprob's token's start in the choice's text
-        self.lp_sent = [0] * n  # how many of lps went out: a token whose text is held back goes with the next delta
+        self.offs: list[list[int]] = [
+            [] for _ in range(n)
+        ]  # each logprob's token's start in the choice's text
+        self.lp_sent = [
+            0
+        ] * n  # how many of lps went out: a token whose text is held back goes with the next delta
 
     def unsent_logprobs(self, si: int) -> tuple[list, list[int]]:
         """(the logprobs not sent yet, their tokens' text offsets), and mark them sent."""
@@ -530,13 +592,13 @@ class _Stream:
                     break
         if safe <= len(self.sent[si]) or not text.startswith(self.sent[si]):
             return ""
-        delta = text[len(self.sent[si]):safe]
+        delta = text[len(self.sent[si]) : safe]
         self.sent[si] += delta
         return delta
 
     def rest(self, si: int, final: str) -> str:
         if final.startswith(self.sent[si]):
-            delta = final[len(self.sent[si]):]
+            delta = final[len(self.sent[si]) :]
             self.sent[si] = final
             return delta
         return ""
@@ -603,12 +665,24 @@ def _config(req, max_new: int, chat: bool, vocab: int) -> tuple[SampleConfig, bo
     bias = {int(k): float(v) for k, v in (req.logit_bias or {}).items()}
     bad = next((k for k in bias if k >= vocab), None)
     if bad is not None:
-        raise ApiError(400, f"logit_bias names token {bad}, outside the model's vocabulary (0..{vocab - 1})",
-                       "invalid_request_error", param="logit_bias")
+        raise ApiError(
+            400,
+            f"logit_bias names token {bad}, outside the model's vocabulary (0..{vocab - 1})",
+            "invalid_request_error",
+            param="logit_bias",
+        )
     cfg = SampleConfig(
-        n=req.n, temperature=1.0 if req.temperature is None else req.temperature, top_p=req.top_p or 1.0,
-        max_new_tokens=max_new, stop=req.stop or [], seed=req.seed or 0, chat=chat, batch_size=max(req.n, 1),
-        logit_bias=bias, presence_penalty=req.presence_penalty or 0.0, frequency_penalty=req.frequency_penalty or 0.0,
+        n=req.n,
+        temperature=1.0 if req.temperature is None else req.temperature,
+        top_p=req.top_p or 1.0,
+        max_new_tokens=max_new,
+        stop=req.stop or [],
+        seed=req.seed or 0,
+        chat=chat,
+        batch_size=max(req.n, 1),
+        logit_bias=bias,
+        presence_penalty=req.presence_penalty or 0.0,
+        frequency_penalty=req.frequency_penalty or 0.0,
     )
     return cfg, req.seed is not None
 
@@ -634,15 +708,23 @@ def _response_grammar(fmt, host) -> str | None:
     if fmt is None or fmt.type == "text":
         return None
     if fmt.type == "json_schema" and fmt.json_schema is None:
-        raise ApiError(400, "response_format json_schema needs a json_schema object (name, schema)",
-                       "invalid_request_error", param="response_format.json_schema")
+        raise ApiError(
+            400,
+            "response_format json_schema needs a json_schema object (name, schema)",
+            "invalid_request_error",
+            param="response_format.json_schema",
+        )
     schema = {"type": "object"} if fmt.type == "json_object" else (fmt.json_schema.schema_ or {})
     try:
         grammar = constrain.json_schema(schema)
         constrain.check(host.view, grammar, _vocab(host))
     except (HeredityError, ValueError, RuntimeError) as e:
-        raise ApiError(400, f"response_format: the schema cannot be enforced: {str(e).splitlines()[0]}",
-                       "invalid_request_error", param="response_format") from None
+        raise ApiError(
+            400,
+            f"response_format: the schema cannot be enforced: {str(e).splitlines()[0]}",
+            "invalid_request_error",
+            param="response_format",
+        ) from None
     return grammar
 
 
@@ -663,28 +745,48 @@ def _sse(obj) -> bytes:
 async def chat_completions(req: ChatRequest, request: Request):
     messages = [m.plain() for m in req.messages]
     if sum(len(m["content"]) for m in messages) > MAX_TOTAL_CHARS:
-        raise ApiError(413, f"the messages hold more than {MAX_TOTAL_CHARS} characters in all; send a shorter history",
-                       "request_too_large", param="messages")
+        raise ApiError(
+            413,
+            f"the messages hold more than {MAX_TOTAL_CHARS} characters in all; send a shorter history",
+            "request_too_large",
+            param="messages",
+        )
     host = await host_for(request, req.model)
     convs = request.app.state.conversations
     if req.conversation_id:
         try:
             conv = convs.get(req.conversation_id)
         except KeyError:
-            raise ApiError(404, f"no conversation {req.conversation_id}; create one with POST /api/conversations",
-                           "conversation_not_found", param="conversation_id") from None
+            raise ApiError(
+                404,
+                f"no conversation {req.conversation_id}; create one with POST /api/conversations",
+                "conversation_not_found",
+                param="conversation_id",
+            ) from None
         if not continues(conv.messages, messages):
-            raise ApiError(409, f"the messages do not continue conversation {conv.id}; send its stored messages first",
-                           "conversation_conflict", param="messages")
+            raise ApiError(
+                409,
+                f"the messages do not continue conversation {conv.id}; send its stored messages first",
+                "conversation_conflict",
+                param="messages",
+            )
     if not getattr(host.view, "chat_template", None):
-        raise ApiError(400, f"model {req.model} has no chat template; use POST /v1/completions with a plain prompt",
-                       "no_chat_template", param="model")
+        raise ApiError(
+            400,
+            f"model {req.model} has no chat template; use POST /v1/completions with a plain prompt",
+            "no_chat_template",
+            param="model",
+        )
     from heredity.engine import tools as tooling
 
     tools = _tools(req)
     if req.tool_choice is not None and req.tool_choice != "none" and not tools:
-        raise ApiError(400, "tool_choice needs tools; send the tools the model may call", "invalid_request_error",
-                       param="tool_choice")
+        raise ApiError(
+            400,
+            "tool_choice needs tools; send the tools the model may call",
+            "invalid_request_error",
+            param="tool_choice",
+        )
     active = bool(tools) and req.tool_choice != "none"
     if active or any(m.get("tool_calls") or m["role"] == "tool" for m in messages):
         text = tooling.render(host.view, messages, tools if active else None)
@@ -692,15 +794,24 @@ async def chat_completions(req: ChatRequest, request: Request):
         text = render_prompt(host.view, messages, SampleConfig())
     prompt_ids = host.view(text, add_special_tokens=False)["input_ids"]
     n_prompt = len(prompt_ids)
-    max_new = _room(host, n_prompt, req.max_completion_tokens or req.max_tokens or DEFAULT_MAX_TOKENS, "messages",
-                    "the conversation")
+    max_new = _room(
+        host,
+        n_prompt,
+        req.max_completion_tokens or req.max_tokens or DEFAULT_MAX_TOKENS,
+        "messages",
+        "the conversation",
+    )
     cfg, seeded = _config(req, max_new, chat=True, vocab=_vocab(host))
     grammar = _response_grammar(req.response_format, host)
     forced = active and (req.tool_choice == "required" or not isinstance(req.tool_choice, str | None))
     if forced:
         if grammar:
-            raise ApiError(400, "response_format and a required tool call cannot both constrain the answer; drop one",
-                           "invalid_request_error", param="response_format")
+            raise ApiError(
+                400,
+                "response_format and a required tool call cannot both constrain the answer; drop one",
+                "invalid_request_error",
+                param="response_format",
+            )
         name = None if isinstance(req.tool_choice, str) else req.tool_choice.function.name
         try:
             grammar = tooling.call_grammar(tools, name=name, parallel=req.parallel_tool_calls is not False)
@@ -716,6 +827,7 @@ async def chat_completions(req: ChatRequest, request: Request):
             if calls:
                 return {"role": "assistant", "content": content, "tool_calls": calls}, "tool_calls"
         return {"role": "assistant", "content": c.text}, c.finish_reason
+
     top = (req.top_logprobs or 0) if req.logprobs else None
     cid, created, model_name = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time()), req.model
     fingerprint = f"heredity-{host.id}"
@@ -723,17 +835,30 @@ async def chat_completions(req: ChatRequest, request: Request):
     def save(answer: str, finish: str) -> dict | None:
         if not req.conversation_id:
             return None
-        params = {"temperature": cfg.temperature, "top_p": cfg.top_p, "max_tokens": max_new, "seed": req.seed,
-                  "finish_reason": finish}
+        params = {
+            "temperature": cfg.temperature,
+            "top_p": cfg.top_p,
+            "max_tokens": max_new,
+            "seed": req.seed,
+            "finish_reason": finish,
+        }
         try:
-            idx = convs.append(req.conversation_id, messages, {"role": "assistant", "content": answer, "model": host.id,
-                                                                 "params": params})
+            idx = convs.append(
+                req.conversation_id,
+                messages,
+                {"role": "assistant", "content": answer, "model": host.id, "params": params},
+            )
         except ConflictError as e:
             raise ApiError(409, str(e), "conversation_conflict") from None
         return {"conversation_id": req.conversation_id, "message_idx": idx}
 
-    res = _reserve(host, request, n_prompt + req.n * max_new,
-                   f"a prompt of {n_prompt} tokens, n {req.n} × max_tokens {max_new}", alone=seeded)
+    res = _reserve(
+        host,
+        request,
+        n_prompt + req.n * max_new,
+        f"a prompt of {n_prompt} tokens, n {req.n} × max_tokens {max_new}",
+        alone=seeded,
+    )
     if not req.stream:
         try:
             comps = await _complete(request, host, [prompt_ids], cfg, seeded, top)
@@ -744,15 +869,32 @@ async def chat_completions(req: ChatRequest, request: Request):
             choices = []
             for c in comps:
                 msg, finish = answer(c)
-                lps = _trim(tok, list(zip(c.token_ids, c.logprobs, strict=False)), c.text) if top is not None else None
-                choices.append({"index": c.sample_index, "message": msg, "finish_reason": finish,
-                                "logprobs": _chat_logprobs(tok, lps) if lps is not None else None})
+                lps = (
+                    _trim(tok, list(zip(c.token_ids, c.logprobs, strict=False)), c.text)
+                    if top is not None
+                    else None
+                )
+                choices.append(
+                    {
+                        "index": c.sample_index,
+                        "message": msg,
+                        "finish_reason": finish,
+                        "logprobs": _chat_logprobs(tok, lps) if lps is not None else None,
+                    }
+                )
             return choices
 
         choices = await _on_text_thread(host, build)
         saved = save(comps[0].text, comps[0].finish_reason)
-        body = {"id": cid, "object": "chat.completion", "created": created, "model": model_name,
-                "system_fingerprint": fingerprint, "choices": choices, "usage": _usage(n_prompt, comps)}
+        body = {
+            "id": cid,
+            "object": "chat.completion",
+            "created": created,
+            "model": model_name,
+            "system_fingerprint": fingerprint,
+            "choices": choices,
+            "usage": _usage(n_prompt, comps),
+        }
         if saved:
             body["heredity"] = saved
         return JSONResponse(body)
@@ -762,8 +904,13 @@ async def chat_completions(req: ChatRequest, request: Request):
     async def chat_events() -> AsyncIterator[bytes]:
         # with tools on, text from a "<tool_call>" on is held back until the end shows whether it is a call
         st = _Stream(host.view, req.n, cfg.stop + ([tooling.OPEN] if active else []))
-        base = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": model_name,
-                "system_fingerprint": fingerprint}
+        base = {
+            "id": cid,
+            "object": "chat.completion.chunk",
+            "created": created,
+            "model": model_name,
+            "system_fingerprint": fingerprint,
+        }
 
         def chunk(i, delta, finish=None, lps=None):
             ch = {"index": i, "delta": delta, "logprobs": lps, "finish_reason": finish}
@@ -788,15 +935,37 @@ async def chat_completions(req: ChatRequest, request: Request):
             msg, finish = answer(c)
             if msg.get("tool_calls"):  # OpenAI's deltas: id, type and name once, then the arguments
                 for k, call in enumerate(msg["tool_calls"]):
-                    yield chunk(c.sample_index, {"tool_calls": [{"index": k, "id": call["id"], "type": "function",
-                                                                 "function": {"name": call["function"]["name"], "arguments": ""}}]})
-                    yield chunk(c.sample_index, {"tool_calls": [{"index": k, "function": {"arguments": call["function"]["arguments"]}}]})
+                    yield chunk(
+                        c.sample_index,
+                        {
+                            "tool_calls": [
+                                {
+                                    "index": k,
+                                    "id": call["id"],
+                                    "type": "function",
+                                    "function": {"name": call["function"]["name"], "arguments": ""},
+                                }
+                            ]
+                        },
+                    )
+                    yield chunk(
+                        c.sample_index,
+                        {
+                            "tool_calls": [
+                                {"index": k, "function": {"arguments": call["function"]["arguments"]}}
+                            ]
+                        },
+                    )
                 yield chunk(c.sample_index, {}, finish=finish)
                 continue
             rest = st.rest(c.sample_index, c.text)
             left = st.unsent_logprobs(c.sample_index)[0]
-            yield chunk(c.sample_index, {"content": rest} if rest else {}, finish=finish,
-                        lps=_chat_logprobs(host.view, left) if top is not None and left else None)
+            yield chunk(
+                c.sample_index,
+                {"content": rest} if rest else {},
+                finish=finish,
+                lps=_chat_logprobs(host.view, left) if top is not None and left else None,
+            )
         try:
             saved = save(comps[0].text, comps[0].finish_reason)
         except ApiError as e:
@@ -811,8 +980,11 @@ async def chat_completions(req: ChatRequest, request: Request):
             yield _sse(tail)
         yield b"data: [DONE]\n\n"
 
-    return StreamingResponse(_guarded(chat_events(), res), media_type="text/event-stream",
-                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    return StreamingResponse(
+        _guarded(chat_events(), res),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
 
 
 async def _guarded(events: AsyncIterator[bytes], res: Reservation) -> AsyncIterator[bytes]:
@@ -830,11 +1002,21 @@ async def _guarded(events: AsyncIterator[bytes], res: Reservation) -> AsyncItera
 def _internal_error_event() -> bytes:
     """The last event of a stream that failed unexpectedly (logged with its traceback on the server)."""
     logging.getLogger(__name__).exception("a stream failed")
-    return _sse({"error": {"message": "the server failed while streaming this answer (see its log); retry the request",
-                           "type": "server_error", "param": None, "code": "internal_error"}})
+    return _sse(
+        {
+            "error": {
+                "message": "the server failed while streaming this answer (see its log); retry the request",
+                "type": "server_error",
+                "param": None,
+                "code": "internal_error",
+            }
+        }
+    )
 
 
-def _echo_logprobs(tok, ids: list[int], scored: list, gen: list, offsets: list[int] | None = None, name=None) -> dict:
+def _echo_logprobs(
+    tok, ids: list[int], scored: list, gen: list, offsets: list[int] | None = None, name=None
+) -> dict:
     """OpenAI's completion logprobs over prompt + generated tokens (echo): the first prompt token has no context
     (null); ``text_offset`` is each token's start in the echoed text, the length of the prefix before it decoded
     (``offsets`` when the caller has them, else computed incrementally: linear in the length). ``name``: a cached
@@ -843,10 +1025,12 @@ def _echo_logprobs(tok, ids: list[int], scored: list, gen: list, offsets: list[i
     items = ([None] + list(scored) if ids else []) + [lp for _, lp in gen]
     name = name or _namer(tok)
     offs = _text_offsets(tok, seq) if offsets is None else list(offsets)
-    return {"tokens": [name(t) for t in seq],
-            "token_logprobs": [None if x is None else x[0] for x in items],
-            "top_logprobs": [None if x is None else {name(i): v for i, v in x[1]} for x in items],
-            "text_offset": offs}
+    return {
+        "tokens": [name(t) for t in seq],
+        "token_logprobs": [None if x is None else x[0] for x in items],
+        "top_logprobs": [None if x is None else {name(i): v for i, v in x[1]} for x in items],
+        "text_offset": offs,
+    }
 
 
 @router.post("/completions", response_model=None)
@@ -854,18 +1038,30 @@ async def completions(req: CompletionRequest, request: Request):
     from heredity.engine.sampling import Completion, pad_id
 
     if req.suffix:
-        raise ApiError(400, "suffix (insertion) is not implemented by heredity serve; remove it", "unsupported_parameter",
-                       param="suffix")
+        raise ApiError(
+            400,
+            "suffix (insertion) is not implemented by heredity serve; remove it",
+            "unsupported_parameter",
+            param="suffix",
+        )
     prompts = _inputs(req.prompt)
     if sum(len(p) for p in prompts if isinstance(p, str)) > MAX_TOTAL_CHARS:
-        raise ApiError(413, f"the prompts hold more than {MAX_TOTAL_CHARS} characters in all; send less",
-                       "request_too_large", param="prompt")
+        raise ApiError(
+            413,
+            f"the prompts hold more than {MAX_TOTAL_CHARS} characters in all; send less",
+            "request_too_large",
+            param="prompt",
+        )
     if any(p == "" for p in prompts):
         raise ApiError(422, "a prompt must not be empty", "invalid_request_error", param="prompt")
     asked = 16 if req.max_tokens is None else req.max_tokens
     if asked == 0 and req.stream:
-        raise ApiError(400, "max_tokens 0 generates nothing to stream; send stream: false", "invalid_request_error",
-                       param="stream")
+        raise ApiError(
+            400,
+            "max_tokens 0 generates nothing to stream; send stream: false",
+            "invalid_request_error",
+            param="stream",
+        )
     host = await host_for(request, req.model)
     ids = _token_ids(host, prompts, "prompt")
     if min(map(len, ids)) == 0:
@@ -877,12 +1073,17 @@ async def completions(req: CompletionRequest, request: Request):
     scoring = req.echo and top is not None  # the prompt's own log-probabilities: one pass over every prompt
     cid, created = f"cmpl-{uuid.uuid4().hex[:24]}", int(time.time())
     work = (n_prompt if scoring else 0) + (n_prompt + len(ids) * req.n * max_new if max_new else 0)
-    what = f"{len(ids)} prompt(s) of {n_prompt} tokens in all" + (", scored" if scoring else "") + (
-        f", n {req.n} × max_tokens {max_new} each" if max_new else "")
+    what = (
+        f"{len(ids)} prompt(s) of {n_prompt} tokens in all"
+        + (", scored" if scoring else "")
+        + (f", n {req.n} × max_tokens {max_new} each" if max_new else "")
+    )
     res = _reserve(host, request, work, what, alone=seeded and bool(max_new))
     try:
-        texts = await _on_text_thread(host, lambda t: [
-            p if isinstance(p, str) else t.decode(p, skip_special_tokens=False) for p in prompts])
+        texts = await _on_text_thread(
+            host,
+            lambda t: [p if isinstance(p, str) else t.decode(p, skip_special_tokens=False) for p in prompts],
+        )
         scored = None
         if scoring:
             pad, stop = pad_id(host.view, host.model), threading.Event()
@@ -894,10 +1095,18 @@ async def completions(req: CompletionRequest, request: Request):
             out = []
             for c in comps:
                 pi = c.prompt_index
-                o = {"index": pi * req.n + c.sample_index, "text": (texts[pi] if req.echo else "") + c.text,
-                     "logprobs": None, "finish_reason": c.finish_reason}
+                o = {
+                    "index": pi * req.n + c.sample_index,
+                    "text": (texts[pi] if req.echo else "") + c.text,
+                    "logprobs": None,
+                    "finish_reason": c.finish_reason,
+                }
                 if top is not None:
-                    gen = _trim(tok, list(zip(c.token_ids, c.logprobs, strict=False)), c.text) if c.logprobs else []
+                    gen = (
+                        _trim(tok, list(zip(c.token_ids, c.logprobs, strict=False)), c.text)
+                        if c.logprobs
+                        else []
+                    )
                     if not req.echo:
                         o["logprobs"] = _completion_logprobs(tok, gen, name=name)
                     elif not gen and pi in cache:  # the same prompt scored: one answer for all its samples
@@ -915,22 +1124,42 @@ async def completions(req: CompletionRequest, request: Request):
             return out
 
         def body(tok, comps) -> bytes:
-            return _json({"id": cid, "object": "text_completion", "created": created, "model": req.model,
-                          "system_fingerprint": f"heredity-{host.id}", "choices": choices(tok, comps),
-                          "usage": _usage(n_prompt, comps)})
+            return _json(
+                {
+                    "id": cid,
+                    "object": "text_completion",
+                    "created": created,
+                    "model": req.model,
+                    "system_fingerprint": f"heredity-{host.id}",
+                    "choices": choices(tok, comps),
+                    "usage": _usage(n_prompt, comps),
+                }
+            )
 
         if max_new == 0:  # score only: nothing is generated
-            comps = [Completion(i, k, "", [], "length", logprobs=[]) for i in range(len(prompts)) for k in range(req.n)]
+            comps = [
+                Completion(i, k, "", [], "length", logprobs=[])
+                for i in range(len(prompts))
+                for k in range(req.n)
+            ]
             res.release()
-            return Response(await _on_text_thread(host, lambda t: body(t, comps)), media_type="application/json")
+            return Response(
+                await _on_text_thread(host, lambda t: body(t, comps)), media_type="application/json"
+            )
         if not req.stream:
             comps = await _complete(request, host, ids, cfg, seeded, top)
             res.release()
-            return Response(await _on_text_thread(host, lambda t: body(t, comps)), media_type="application/json")
+            return Response(
+                await _on_text_thread(host, lambda t: body(t, comps)), media_type="application/json"
+            )
         echo_lps = None
         if scored is not None:
-            echo_lps = await _on_text_thread(host, lambda t: [_echo_logprobs(t, ids[pi], scored[pi], [], name=_namer(t))
-                                                              for pi in range(len(ids))])
+            echo_lps = await _on_text_thread(
+                host,
+                lambda t: [
+                    _echo_logprobs(t, ids[pi], scored[pi], [], name=_namer(t)) for pi in range(len(ids))
+                ],
+            )
     except BaseException:
         res.release()
         raise
@@ -942,7 +1171,14 @@ async def completions(req: CompletionRequest, request: Request):
             for pi, p in enumerate(texts):
                 for si in range(req.n):
                     lps = echo_lps[pi] if echo_lps is not None else None
-                    yield _sse({**base, "choices": [{"index": pi * req.n + si, "text": p, "logprobs": lps, "finish_reason": None}]})
+                    yield _sse(
+                        {
+                            **base,
+                            "choices": [
+                                {"index": pi * req.n + si, "text": p, "logprobs": lps, "finish_reason": None}
+                            ],
+                        }
+                    )
         try:
             async for item in _run(host, ids, cfg, seeded, top):
                 if item[0] == "done":
@@ -952,8 +1188,22 @@ async def completions(req: CompletionRequest, request: Request):
                 st = streams[pi]
                 delta = st.add(si, tok, lp)
                 if delta:
-                    lps = _completion_logprobs(host.view, *st.unsent_logprobs(si)) if top is not None else None
-                    yield _sse({**base, "choices": [{"index": pi * req.n + si, "text": delta, "logprobs": lps, "finish_reason": None}]})
+                    lps = (
+                        _completion_logprobs(host.view, *st.unsent_logprobs(si)) if top is not None else None
+                    )
+                    yield _sse(
+                        {
+                            **base,
+                            "choices": [
+                                {
+                                    "index": pi * req.n + si,
+                                    "text": delta,
+                                    "logprobs": lps,
+                                    "finish_reason": None,
+                                }
+                            ],
+                        }
+                    )
         except ApiError as e:
             yield _sse({"error": e.body()["error"]})
             return
@@ -962,19 +1212,44 @@ async def completions(req: CompletionRequest, request: Request):
             rest = st.rest(c.sample_index, c.text)
             left, offs = st.unsent_logprobs(c.sample_index)
             lps = _completion_logprobs(host.view, left, offs) if top is not None and left else None
-            yield _sse({**base, "choices": [{"index": c.prompt_index * req.n + c.sample_index, "text": rest, "logprobs": lps,
-                                             "finish_reason": c.finish_reason}]})
+            yield _sse(
+                {
+                    **base,
+                    "choices": [
+                        {
+                            "index": c.prompt_index * req.n + c.sample_index,
+                            "text": rest,
+                            "logprobs": lps,
+                            "finish_reason": c.finish_reason,
+                        }
+                    ],
+                }
+            )
         yield b"data: [DONE]\n\n"
 
-    return StreamingResponse(_guarded(completion_events(), res), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+    return StreamingResponse(
+        _guarded(completion_events(), res),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache"},
+    )
 
 
-ROUTES = ["GET /v1/models", "GET /v1/models/{id}", "POST /v1/chat/completions", "POST /v1/completions",
-          "POST /v1/embeddings", "POST /v1/load_lora_adapter", "POST /v1/unload_lora_adapter"]
+ROUTES = [
+    "GET /v1/models",
+    "GET /v1/models/{id}",
+    "POST /v1/chat/completions",
+    "POST /v1/completions",
+    "POST /v1/embeddings",
+    "POST /v1/load_lora_adapter",
+    "POST /v1/unload_lora_adapter",
+]
 
 
 @router.api_route("/{rest:path}", methods=["GET", "POST", "PUT", "PATCH", "DELETE"], include_in_schema=False)
 def not_served(rest: str, request: Request):
     """Any other /v1 route (e.g. /v1/responses): a 404 that names what is served."""
-    raise ApiError(404, f"{request.method} /v1/{rest} is not served by heredity serve; it serves {', '.join(ROUTES)}",
-                   "not_found")
+    raise ApiError(
+        404,
+        f"{request.method} /v1/{rest} is not served by heredity serve; it serves {', '.join(ROUTES)}",
+        "not_found",
+    )

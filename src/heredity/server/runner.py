@@ -84,7 +84,9 @@ class GenJob:
     top_logprobs: int | None = None
     on_token: TokenCallback | None = None
     future: Future = field(default_factory=Future)
-    cancelled: bool = False  # set by the request side when its client goes away: its rows stop at the next token
+    cancelled: bool = (
+        False  # set by the request side when its client goes away: its rows stop at the next token
+    )
 
     def batch_key(self):
         return None if self.seeded else (self.config.model_dump_json(exclude={"seed"}), self.top_logprobs)
@@ -97,9 +99,23 @@ class CallJob:
 
 
 class ModelHost:
-    def __init__(self, aid: str, model, tokenizer, batch_size: int = 16, max_queue: int = 64,
-                 max_pending_tokens: int = MAX_PENDING_TOKENS, max_client_tokens: int | None = MAX_CLIENT_TOKENS):
-        self.id, self.model, self.tok, self.batch_size, self.max_queue = aid, model, tokenizer, batch_size, max_queue
+    def __init__(
+        self,
+        aid: str,
+        model,
+        tokenizer,
+        batch_size: int = 16,
+        max_queue: int = 64,
+        max_pending_tokens: int = MAX_PENDING_TOKENS,
+        max_client_tokens: int | None = MAX_CLIENT_TOKENS,
+    ):
+        self.id, self.model, self.tok, self.batch_size, self.max_queue = (
+            aid,
+            model,
+            tokenizer,
+            batch_size,
+            max_queue,
+        )
         # the request side encodes and decodes with its own copy: a fast tokenizer used from two threads at
         # once can fail ("Already borrowed")
         self.view = copy.deepcopy(tokenizer)
@@ -128,8 +144,14 @@ class ModelHost:
         self._put(job)
         return job.future
 
-    def generate(self, prompts: list[Prompt], config: SampleConfig, seeded: bool, top_logprobs: int | None = None,
-                 on_token: TokenCallback | None = None) -> GenJob:
+    def generate(
+        self,
+        prompts: list[Prompt],
+        config: SampleConfig,
+        seeded: bool,
+        top_logprobs: int | None = None,
+        on_token: TokenCallback | None = None,
+    ) -> GenJob:
         """Queue a generation; ``job.future`` resolves to its completions, ``job.cancelled = True`` stops it."""
         job = GenJob(list(prompts), config, seeded, top_logprobs, on_token)
         self._put(job)
@@ -140,13 +162,17 @@ class ModelHost:
         log-probability formatting); its tokenizer is a copy used by that thread only."""
         try:
             return self.text_pool.submit(fn, self.text_tok)
-        except RuntimeError:  # unloaded while a request still formats its answer: a thread of its own (decoding only)
+        except (
+            RuntimeError
+        ):  # unloaded while a request still formats its answer: a thread of its own (decoding only)
             once = ThreadPoolExecutor(1, thread_name_prefix=f"text-{self.id}")
             fut = once.submit(fn, self.text_tok)
             once.shutdown(wait=False)
             return fut
 
-    def reserve(self, cost: int, client: str | None = None, what: str = "", alone: bool = False) -> Reservation:
+    def reserve(
+        self, cost: int, client: str | None = None, what: str = "", alone: bool = False
+    ) -> Reservation:
         """Hold ``cost`` tokens of work for a request until its ``Reservation`` is released. TooMuchWork when the
         request alone is over the bound (per model, or per client when ``client`` is named); QueueFull when the
         work already pending leaves no room for it now. ``alone``: the request cannot share a batch (a
@@ -158,22 +184,31 @@ class ModelHost:
         per = self.max_client_tokens if client is not None else None
         how = f" ({what})" if what else ""
         by_client = per is not None and per < self.max_pending_tokens
-        cap, unit, flag = (per, "client", "--max-client-tokens") if by_client else (
-            self.max_pending_tokens, "model", "--max-pending-tokens")
+        cap, unit, flag = (
+            (per, "client", "--max-client-tokens")
+            if by_client
+            else (self.max_pending_tokens, "model", "--max-pending-tokens")
+        )
         if cost > cap:
-            raise TooMuchWork(f"this request is {cost} tokens of work{how}, over the bound of {cap} pending per "
-                              f"{unit}; send fewer prompts, a smaller n or max_tokens (the server's {flag} sets the "
-                              "bound)")
+            raise TooMuchWork(
+                f"this request is {cost} tokens of work{how}, over the bound of {cap} pending per "
+                f"{unit}; send fewer prompts, a smaller n or max_tokens (the server's {flag} sets the "
+                "bound)"
+            )
         with self.work_lock:
             if self.pending_tokens + cost > self.max_pending_tokens:
-                raise QueueFull(f"model {self.id} has {self.pending_tokens} tokens of work pending and this request "
-                                f"adds {cost}{how}, over its bound of {self.max_pending_tokens}; retry later (the "
-                                "server's --max-pending-tokens sets the bound)")
+                raise QueueFull(
+                    f"model {self.id} has {self.pending_tokens} tokens of work pending and this request "
+                    f"adds {cost}{how}, over its bound of {self.max_pending_tokens}; retry later (the "
+                    "server's --max-pending-tokens sets the bound)"
+                )
             mine = self.client_tokens.get(client, 0) if client is not None else 0
             if per is not None and mine + cost > per:
-                raise QueueFull(f"this client ({client}) has {mine} tokens of work pending on model {self.id} and "
-                                f"this request adds {cost}{how}, over the bound of {per} per client; retry later "
-                                "(the server's --max-client-tokens sets the bound)")
+                raise QueueFull(
+                    f"this client ({client}) has {mine} tokens of work pending on model {self.id} and "
+                    f"this request adds {cost}{how}, over the bound of {per} per client; retry later "
+                    "(the server's --max-client-tokens sets the bound)"
+                )
             self.pending_tokens += cost
             if client is not None:
                 self.client_tokens[client] = mine + cost
@@ -183,12 +218,16 @@ class ModelHost:
         """Raise QueueFull when ``max_queue`` requests already wait (approximate under races by a request or two:
         a bound on memory and latency, not a quota)."""
         if self.jobs.qsize() >= self.max_queue:
-            raise QueueFull(f"model {self.id} has {self.max_queue} requests waiting; retry later (the server's "
-                            "--max-queue sets the bound)")
+            raise QueueFull(
+                f"model {self.id} has {self.max_queue} requests waiting; retry later (the server's "
+                "--max-queue sets the bound)"
+            )
 
     def _put(self, job) -> None:
         if self.closed:
-            raise HeredityError(f"model {self.id} was unloaded to make room for another; send the request again")
+            raise HeredityError(
+                f"model {self.id} was unloaded to make room for another; send the request again"
+            )
         self.check_room()
         self.jobs.put(job)
 
@@ -273,11 +312,23 @@ class ModelHost:
         prompts = admit(first)
         cfg = first.config
         if not first.seeded:
-            cfg = cfg.model_copy(update={"seed": random.getrandbits(31), "batch_size": max(cfg.batch_size, self.batch_size)})
+            cfg = cfg.model_copy(
+                update={"seed": random.getrandbits(31), "batch_size": max(cfg.batch_size, self.batch_size)}
+            )
         self.batches.append(1)
         try:
-            sample(self.model, self.tok, prompts, cfg, progress=False, on_token=route, top_logprobs=first.top_logprobs,
-                   feed=None if first.seeded else feed, on_done=done, cancelled=lambda pi: owner[pi][0].cancelled)
+            sample(
+                self.model,
+                self.tok,
+                prompts,
+                cfg,
+                progress=False,
+                on_token=route,
+                top_logprobs=first.top_logprobs,
+                feed=None if first.seeded else feed,
+                on_done=done,
+                cancelled=lambda pi: owner[pi][0].cancelled,
+            )
         except BaseException as e:
             for j in jobs:
                 if not j.future.done():
@@ -288,9 +339,21 @@ class ModelPool:
     """Names → loaded ``ModelHost``s. Over HTTP a model is named by a bundled name, a stored model or adapter id
     (or unique prefix), or a stored artifact's name; never by a filesystem path or a hub id."""
 
-    def __init__(self, store: Store, max_loaded: int = 2, batch_size: int = 16, max_queue: int = 64,
-                 max_pending_tokens: int = MAX_PENDING_TOKENS, max_client_tokens: int | None = MAX_CLIENT_TOKENS):
-        self.store, self.max_loaded, self.batch_size, self.max_queue = store, max_loaded, batch_size, max_queue
+    def __init__(
+        self,
+        store: Store,
+        max_loaded: int = 2,
+        batch_size: int = 16,
+        max_queue: int = 64,
+        max_pending_tokens: int = MAX_PENDING_TOKENS,
+        max_client_tokens: int | None = MAX_CLIENT_TOKENS,
+    ):
+        self.store, self.max_loaded, self.batch_size, self.max_queue = (
+            store,
+            max_loaded,
+            batch_size,
+            max_queue,
+        )
         # bounds on the work pending per model and per client (``ModelHost.reserve``); None: no bound per client
         self.max_pending_tokens, self.max_client_tokens = max_pending_tokens, max_client_tokens
         self.hosts: OrderedDict[str, ModelHost] = OrderedDict()
@@ -320,15 +383,21 @@ class ModelPool:
         except (OSError, RuntimeError, ValueError):
             inside = False
         if not inside or art.kind != "adapter" or _is_reward_model(art):
-            raise ModelNotFound(f"lora_path {path} is not an adapter directory in this server's store; heredity serve "
-                                f"loads stored adapters only (their directories are under {self.store.artifacts_dir})")
+            raise ModelNotFound(
+                f"lora_path {path} is not an adapter directory in this server's store; heredity serve "
+                f"loads stored adapters only (their directories are under {self.store.artifacts_dir})"
+            )
         if name != art.id and self._names_a_model(name):
-            raise ValueError(f"lora_name {name!r} already names a model here; load the adapter under its id {art.id} "
-                             "or a new name")
+            raise ValueError(
+                f"lora_name {name!r} already names a model here; load the adapter under its id {art.id} "
+                "or a new name"
+            )
         with self.lock:
             if name in self.aliases and not inplace:
-                raise ValueError(f"The lora adapter '{name}' has already been loaded. If you want to load the adapter "
-                                 "in place, set 'load_inplace' to True.")
+                raise ValueError(
+                    f"The lora adapter '{name}' has already been loaded. If you want to load the adapter "
+                    "in place, set 'load_inplace' to True."
+                )
             self.aliases[name] = art.id
         return art.id
 
@@ -364,9 +433,17 @@ class ModelPool:
                 raise ModelNotFound(str(e)) from None
             if aid[0] in "ma" and not _is_reward_model(self.store.get(aid)):
                 return aid
-            what = "a reward model (it scores answers, it does not write them)" if aid[0] == "m" else f"a {self.store.get(aid).kind}"
+            what = (
+                "a reward model (it scores answers, it does not write them)"
+                if aid[0] == "m"
+                else f"a {self.store.get(aid).kind}"
+            )
             raise ModelNotFound(f"{aid} is {what}, not a chat model; list models at GET /v1/models")
-        named = [a for a in self.store.list() if a.kind in ("model", "adapter") and a.name == name and not _is_reward_model(a)]
+        named = [
+            a
+            for a in self.store.list()
+            if a.kind in ("model", "adapter") and a.name == name and not _is_reward_model(a)
+        ]
         if named:
             return named[-1].id
         raise ModelNotFound(
@@ -388,8 +465,15 @@ class ModelPool:
             if host is None:
                 with self.load_slots:
                     model, tok = load(aid, self.store, merge_adapter=True)
-                host = ModelHost(aid, model, tok, self.batch_size, self.max_queue, self.max_pending_tokens,
-                                 self.max_client_tokens)
+                host = ModelHost(
+                    aid,
+                    model,
+                    tok,
+                    self.batch_size,
+                    self.max_queue,
+                    self.max_pending_tokens,
+                    self.max_client_tokens,
+                )
                 with self.lock:
                     self.hosts[aid] = host
                     self.loading.pop(aid, None)
@@ -401,11 +485,16 @@ class ModelPool:
     def listing(self) -> list[dict]:
         """Bundled models (whether converted yet or not) and every stored model and adapter (reward models excluded)."""
         out = [{"id": name, "kind": "bundled", "name": name, "created": 0} for name in BUNDLED]
-        out += [{"id": alias, "kind": "adapter", "name": aid, "created": 0} for alias, aid in list(self.aliases.items())
-                if alias != aid]  # an adapter loaded under its own id is listed once, as stored
+        out += [
+            {"id": alias, "kind": "adapter", "name": aid, "created": 0}
+            for alias, aid in list(self.aliases.items())
+            if alias != aid
+        ]  # an adapter loaded under its own id is listed once, as stored
         for a in self.store.list():
             if a.kind in ("model", "adapter") and not _is_reward_model(a):
-                out.append({"id": a.id, "kind": a.kind, "name": a.name, "created": int(a.created_at.timestamp())})
+                out.append(
+                    {"id": a.id, "kind": a.kind, "name": a.name, "created": int(a.created_at.timestamp())}
+                )
         return out
 
     def close(self) -> None:

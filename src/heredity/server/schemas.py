@@ -25,8 +25,16 @@ MAX_STOP = 4
 MAX_STOP_CHARS = 64
 CONV_PATTERN = r"^c-[0-9a-f]{16}$"
 
-ModelName = Annotated[str, Field(min_length=1, max_length=200, description="a name or id from GET /v1/models")]
-Stop = str | Annotated[list[Annotated[str, Field(min_length=1, max_length=MAX_STOP_CHARS)]], Field(max_length=MAX_STOP)] | None
+ModelName = Annotated[
+    str, Field(min_length=1, max_length=200, description="a name or id from GET /v1/models")
+]
+Stop = (
+    str
+    | Annotated[
+        list[Annotated[str, Field(min_length=1, max_length=MAX_STOP_CHARS)]], Field(max_length=MAX_STOP)
+    ]
+    | None
+)
 
 
 class TextPart(BaseModel):
@@ -49,7 +57,7 @@ class FunctionCall(BaseModel):
         except json.JSONDecodeError:
             ok = False
         if not ok:
-            raise ValueError("arguments must be a JSON object written as text, e.g. '{\"city\": \"Paris\"}'")
+            raise ValueError('arguments must be a JSON object written as text, e.g. \'{"city": "Paris"}\'')
         return v
 
 
@@ -62,8 +70,12 @@ class ToolCall(BaseModel):
 
 class _Message(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    type: Literal["text"] | None = Field(None, description=(
-        "accepted and meaningless: lm-evaluation-harness's chat client marks every message with it"))
+    type: Literal["text"] | None = Field(
+        None,
+        description=(
+            "accepted and meaningless: lm-evaluation-harness's chat client marks every message with it"
+        ),
+    )
 
     def text(self) -> str:
         c = getattr(self, "content", None)
@@ -80,7 +92,9 @@ class _Message(BaseModel):
         return out
 
 
-Content = Annotated[str, Field(max_length=MAX_MESSAGE_CHARS)] | Annotated[list[TextPart], Field(max_length=32)]
+Content = (
+    Annotated[str, Field(max_length=MAX_MESSAGE_CHARS)] | Annotated[list[TextPart], Field(max_length=32)]
+)
 
 
 class SystemMessage(_Message):
@@ -114,7 +128,9 @@ class ToolMessage(_Message):
     tool_call_id: str = Field(max_length=64, description="the id of the call this answers")
 
 
-ChatMessage = Annotated[SystemMessage | UserMessage | AssistantMessage | ToolMessage, Field(discriminator="role")]
+ChatMessage = Annotated[
+    SystemMessage | UserMessage | AssistantMessage | ToolMessage, Field(discriminator="role")
+]
 
 
 class StreamOptions(BaseModel):
@@ -136,7 +152,8 @@ class SamplingFields(BaseModel):
     stream_options: StreamOptions | None = None
     user: str | None = Field(None, max_length=200)
     logit_bias: dict[str, Annotated[float, Field(ge=-100, le=100)]] | None = Field(
-        None, max_length=300, description="token id (as a string) → a bias added to its logit, -100..100")
+        None, max_length=300, description="token id (as a string) → a bias added to its logit, -100..100"
+    )
     presence_penalty: float | None = Field(None, ge=-2.0, le=2.0)
     frequency_penalty: float | None = Field(None, ge=-2.0, le=2.0)
 
@@ -163,7 +180,9 @@ class FunctionDef(BaseModel):
     name: str = Field(max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
     description: str | None = Field(None, max_length=4000)
     parameters: dict | None = None
-    strict: bool | None = Field(None, description="true: no properties beyond the schema's (additionalProperties false)")
+    strict: bool | None = Field(
+        None, description="true: no properties beyond the schema's (additionalProperties false)"
+    )
 
 
 class Tool(BaseModel):
@@ -188,7 +207,9 @@ class JsonSchemaFormat(BaseModel):
     name: str = Field(max_length=64, pattern=r"^[A-Za-z0-9_-]+$")
     description: str | None = Field(None, max_length=2000)
     schema_: dict = Field(default_factory=dict, alias="schema")
-    strict: bool | None = Field(None, description="output always validates (constrained decoding), strict or not")
+    strict: bool | None = Field(
+        None, description="output always validates (constrained decoding), strict or not"
+    )
 
 
 class ResponseFormat(BaseModel):
@@ -203,14 +224,26 @@ class ChatRequest(SamplingFields):
     logprobs: bool = False
     top_logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS)
     conversation_id: str | None = Field(
-        None, pattern=CONV_PATTERN, description="heredity: save this turn and the answer into a stored conversation"
+        None,
+        pattern=CONV_PATTERN,
+        description="heredity: save this turn and the answer into a stored conversation",
     )
-    response_format: ResponseFormat | None = Field(None, description=(
-        "json_object / json_schema: constrained decoding guarantees output that parses (and validates)"))
+    response_format: ResponseFormat | None = Field(
+        None,
+        description=(
+            "json_object / json_schema: constrained decoding guarantees output that parses (and validates)"
+        ),
+    )
     tools: list[Tool] | None = Field(None, max_length=64)
-    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = Field(None, description=(
-        "required or a named function: constrained decoding guarantees a call whose arguments validate"))
-    parallel_tool_calls: bool | None = Field(None, description="with required/named: up to four calls (default) or one")
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = Field(
+        None,
+        description=(
+            "required or a named function: constrained decoding guarantees a call whose arguments validate"
+        ),
+    )
+    parallel_tool_calls: bool | None = Field(
+        None, description="with required/named: up to four calls (default) or one"
+    )
 
 
 TokenId = Annotated[int, Field(ge=0)]
@@ -218,12 +251,22 @@ TokenIds = Annotated[list[TokenId], Field(min_length=1, max_length=MAX_PROMPT_TO
 
 
 class CompletionRequest(SamplingFields):
-    prompt: (Annotated[str, Field(max_length=MAX_TOTAL_CHARS)]
-             | Annotated[list[Annotated[str, Field(max_length=MAX_TOTAL_CHARS)]], Field(min_length=1, max_length=MAX_PROMPTS)]
-             | TokenIds
-             | Annotated[list[TokenIds], Field(min_length=1, max_length=MAX_PROMPTS)]) = Field(description=(
-        "text, a list of texts, token ids, or a list of token-id lists (ids are used as given: no BOS is added)"))
-    max_tokens: int | None = Field(None, ge=0, le=MAX_TOKENS, description="0: score the prompt only (with echo)")
+    prompt: (
+        Annotated[str, Field(max_length=MAX_TOTAL_CHARS)]
+        | Annotated[
+            list[Annotated[str, Field(max_length=MAX_TOTAL_CHARS)]],
+            Field(min_length=1, max_length=MAX_PROMPTS),
+        ]
+        | TokenIds
+        | Annotated[list[TokenIds], Field(min_length=1, max_length=MAX_PROMPTS)]
+    ) = Field(
+        description=(
+            "text, a list of texts, token ids, or a list of token-id lists (ids are used as given: no BOS is added)"
+        )
+    )
+    max_tokens: int | None = Field(
+        None, ge=0, le=MAX_TOKENS, description="0: score the prompt only (with echo)"
+    )
     logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS)
     echo: bool = False
     suffix: str | None = Field(None, description="refused when set: insertion is not implemented")
@@ -232,12 +275,19 @@ class CompletionRequest(SamplingFields):
 class EmbeddingRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     model: ModelName
-    input: (Annotated[str, Field(max_length=MAX_TOTAL_CHARS)]
-            | Annotated[list[Annotated[str, Field(max_length=MAX_TOTAL_CHARS)]], Field(min_length=1, max_length=MAX_EMBED_INPUTS)]
-            | TokenIds
-            | Annotated[list[TokenIds], Field(min_length=1, max_length=MAX_EMBED_INPUTS)])
+    input: (
+        Annotated[str, Field(max_length=MAX_TOTAL_CHARS)]
+        | Annotated[
+            list[Annotated[str, Field(max_length=MAX_TOTAL_CHARS)]],
+            Field(min_length=1, max_length=MAX_EMBED_INPUTS),
+        ]
+        | TokenIds
+        | Annotated[list[TokenIds], Field(min_length=1, max_length=MAX_EMBED_INPUTS)]
+    )
     encoding_format: Literal["float", "base64"] = "float"
-    dimensions: int | None = Field(None, ge=1, description="must equal the model's own size (no truncation is done)")
+    dimensions: int | None = Field(
+        None, ge=1, description="must equal the model's own size (no truncation is done)"
+    )
     user: str | None = Field(None, max_length=200)
 
 
@@ -246,7 +296,9 @@ class LoadAdapter(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     lora_name: ModelName
-    lora_path: str = Field(min_length=1, max_length=4096, description="the adapter's directory in this server's store")
+    lora_path: str = Field(
+        min_length=1, max_length=4096, description="the adapter's directory in this server's store"
+    )
     load_inplace: bool = Field(False, description="replace an adapter already loaded under lora_name")
 
 
@@ -260,13 +312,19 @@ class NewConversation(BaseModel):
     model: ModelName
     system_prompt: str | None = Field(None, max_length=MAX_MESSAGE_CHARS)
     title: str = Field("", max_length=200)
-    user: str | None = Field(None, max_length=128, pattern=r"^[\w.@:-]+$",
-                             description="who holds the conversation (usage insights count distinct users)")
+    user: str | None = Field(
+        None,
+        max_length=128,
+        pattern=r"^[\w.@:-]+$",
+        description="who holds the conversation (usage insights count distinct users)",
+    )
 
 
 class Feedback(BaseModel):
     rating: Literal[-1, 0, 1] | None = Field(None, description="+1 thumbs up, -1 thumbs down, 0 clears")
-    better: str | None = Field(None, max_length=MAX_MESSAGE_CHARS, description="a better answer, written by the user")
+    better: str | None = Field(
+        None, max_length=MAX_MESSAGE_CHARS, description="a better answer, written by the user"
+    )
 
 
 class ExportRequest(BaseModel):
@@ -278,8 +336,9 @@ class ExploreRequest(BaseModel):
     prompt: str = Field(max_length=MAX_MESSAGE_CHARS)
     chat: bool = Field(True, description="wrap the prompt as a user message in the chat template")
     system_prompt: str | None = Field(None, max_length=MAX_MESSAGE_CHARS)
-    tokens: list[Annotated[int, Field(ge=0)]] = Field(default_factory=list, max_length=512,
-                                                      description="token ids chosen so far, appended after the prompt")
+    tokens: list[Annotated[int, Field(ge=0)]] = Field(
+        default_factory=list, max_length=512, description="token ids chosen so far, appended after the prompt"
+    )
     top_k: int = Field(10, ge=1, le=50)
     layer: int | None = Field(None, ge=0, le=1000)
     head: int | None = Field(None, ge=0, le=1000)

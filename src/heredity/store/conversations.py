@@ -69,15 +69,18 @@ def continues(stored, messages: list[dict]) -> bool:
     """Whether ``messages`` (a request's full list, system prompt included) starts with the ``stored`` messages
     (anything with ``role`` and ``content``) of a conversation."""
     turn = [m for m in messages if m["role"] != "system"]
-    return len(stored) <= len(turn) and all((a.role, a.content) == (b["role"], b["content"])
-                                            for a, b in zip(stored, turn, strict=False))
+    return len(stored) <= len(turn) and all(
+        (a.role, a.content) == (b["role"], b["content"]) for a, b in zip(stored, turn, strict=False)
+    )
 
 
 class ConflictError(HeredityError):
     """The request does not continue the stored conversation (or another turn was stored first)."""
 
 
-_TURN_LOCKS = [threading.Lock() for _ in range(64)]  # striped: bounded memory, whatever the number of conversations
+_TURN_LOCKS = [
+    threading.Lock() for _ in range(64)
+]  # striped: bounded memory, whatever the number of conversations
 
 
 def _turn_lock(cid: str) -> threading.Lock:
@@ -94,11 +97,22 @@ class Conversations:
     def __init__(self, store):
         self.engine = store.engine
 
-    def create(self, model: str, system_prompt: str | None = None, title: str = "", user_id: str | None = None) -> Conversation:
+    def create(
+        self, model: str, system_prompt: str | None = None, title: str = "", user_id: str | None = None
+    ) -> Conversation:
         now, cid = _now(), f"c-{secrets.token_hex(8)}"
         with Session(self.engine) as s:
-            s.add(ConversationRow(id=cid, title=title[:255], model=model, system_prompt=system_prompt,
-                                  created_at=now, updated_at=now, user_id=user_id))
+            s.add(
+                ConversationRow(
+                    id=cid,
+                    title=title[:255],
+                    model=model,
+                    system_prompt=system_prompt,
+                    created_at=now,
+                    updated_at=now,
+                    user_id=user_id,
+                )
+            )
             s.commit()
         return self.get(cid)
 
@@ -113,22 +127,55 @@ class Conversations:
             row = s.get(ConversationRow, cid)
             if row is None:
                 raise KeyError(cid)
-            msgs = s.scalars(select(MessageRow).where(MessageRow.conversation_id == cid).order_by(MessageRow.idx)).all()
-            fb = {f.message_idx: f for f in s.scalars(select(FeedbackRow).where(FeedbackRow.conversation_id == cid))}
+            msgs = s.scalars(
+                select(MessageRow).where(MessageRow.conversation_id == cid).order_by(MessageRow.idx)
+            ).all()
+            fb = {
+                f.message_idx: f
+                for f in s.scalars(select(FeedbackRow).where(FeedbackRow.conversation_id == cid))
+            }
             return Conversation(
-                row.id, row.title, row.model, row.system_prompt, row.created_at, row.updated_at,
-                [Message(m.idx, m.role, m.content, m.model, m.params or {},
-                         fb[m.idx].rating if m.idx in fb else 0, fb[m.idx].better if m.idx in fb else None)
-                 for m in msgs],
+                row.id,
+                row.title,
+                row.model,
+                row.system_prompt,
+                row.created_at,
+                row.updated_at,
+                [
+                    Message(
+                        m.idx,
+                        m.role,
+                        m.content,
+                        m.model,
+                        m.params or {},
+                        fb[m.idx].rating if m.idx in fb else 0,
+                        fb[m.idx].better if m.idx in fb else None,
+                    )
+                    for m in msgs
+                ],
                 row.user_id,
             )
 
     def list(self, limit: int = 200) -> list[dict]:
         with Session(self.engine) as s:
-            counts = dict(s.execute(select(MessageRow.conversation_id, func.count()).group_by(MessageRow.conversation_id)).all())
-            rows = s.scalars(select(ConversationRow).order_by(ConversationRow.updated_at.desc()).limit(limit)).all()
-            return [{"id": r.id, "title": r.title, "model": r.model, "messages": counts.get(r.id, 0),
-                     "updated_at": r.updated_at.isoformat()} for r in rows]
+            counts = dict(
+                s.execute(
+                    select(MessageRow.conversation_id, func.count()).group_by(MessageRow.conversation_id)
+                ).all()
+            )
+            rows = s.scalars(
+                select(ConversationRow).order_by(ConversationRow.updated_at.desc()).limit(limit)
+            ).all()
+            return [
+                {
+                    "id": r.id,
+                    "title": r.title,
+                    "model": r.model,
+                    "messages": counts.get(r.id, 0),
+                    "updated_at": r.updated_at.isoformat(),
+                }
+                for r in rows
+            ]
 
     def append(self, cid: str, history: list[dict], answer: dict) -> int:
         """Store a turn: ``history`` is every message the request sent (system first, if any), ``answer`` the
@@ -138,20 +185,33 @@ class Conversations:
         another process at the same moment); the conversation is then left as that other turn made it."""
         self.check_id(cid)
         turn = [m for m in history if m["role"] != "system"]
-        conflict = (f"the messages sent do not continue conversation {cid} (another turn may have been stored first); "
-                    "send its stored messages first, or start a new one")
+        conflict = (
+            f"the messages sent do not continue conversation {cid} (another turn may have been stored first); "
+            "send its stored messages first, or start a new one"
+        )
         with _turn_lock(cid), Session(self.engine) as s:
             conv = s.get(ConversationRow, cid, with_for_update=True)  # PostgreSQL: a row lock; SQLite: no-op
             if conv is None:
                 raise KeyError(cid)
-            stored = s.scalars(select(MessageRow).where(MessageRow.conversation_id == cid).order_by(MessageRow.idx)).all()
+            stored = s.scalars(
+                select(MessageRow).where(MessageRow.conversation_id == cid).order_by(MessageRow.idx)
+            ).all()
             if not continues(stored, history):
                 raise ConflictError(conflict)
             now = _now()
-            new = [*turn[len(stored):], answer]
+            new = [*turn[len(stored) :], answer]
             for i, m in enumerate(new, start=len(stored)):
-                s.add(MessageRow(conversation_id=cid, idx=i, role=m["role"], content=m["content"],
-                                 model=m.get("model"), params=m.get("params") or {}, created_at=now))
+                s.add(
+                    MessageRow(
+                        conversation_id=cid,
+                        idx=i,
+                        role=m["role"],
+                        content=m["content"],
+                        model=m.get("model"),
+                        params=m.get("params") or {},
+                        created_at=now,
+                    )
+                )
             if not conv.title:
                 first = next((t["content"] for t in turn if t["role"] == "user"), "")
                 conv.title = " ".join(first.split())[:80]
@@ -167,12 +227,18 @@ class Conversations:
         """Set thumbs (+1, -1, 0 to clear) and/or a better answer on assistant message ``idx``."""
         self.check_id(cid)
         with Session(self.engine) as s:
-            msg = s.scalars(select(MessageRow).where(MessageRow.conversation_id == cid, MessageRow.idx == idx)).first()
+            msg = s.scalars(
+                select(MessageRow).where(MessageRow.conversation_id == cid, MessageRow.idx == idx)
+            ).first()
             if msg is None:
                 raise KeyError(f"{cid}/{idx}")
             if msg.role != "assistant":
-                raise HeredityError(f"message {idx} of {cid} is a {msg.role} message; feedback goes on assistant answers")
-            row = s.get(FeedbackRow, (cid, idx)) or FeedbackRow(conversation_id=cid, message_idx=idx, rating=0)
+                raise HeredityError(
+                    f"message {idx} of {cid} is a {msg.role} message; feedback goes on assistant answers"
+                )
+            row = s.get(FeedbackRow, (cid, idx)) or FeedbackRow(
+                conversation_id=cid, message_idx=idx, rating=0
+            )
             if rating is not None:
                 row.rating = rating
             if better is not None:
@@ -191,8 +257,11 @@ class Conversations:
     def with_feedback(self) -> list[Conversation]:
         """Every conversation that has at least one rated or rewritten answer, oldest first."""
         with Session(self.engine) as s:
-            ids = s.scalars(select(FeedbackRow.conversation_id).where(
-                (FeedbackRow.rating != 0) | (FeedbackRow.better.is_not(None))).distinct()).all()
+            ids = s.scalars(
+                select(FeedbackRow.conversation_id)
+                .where((FeedbackRow.rating != 0) | (FeedbackRow.better.is_not(None)))
+                .distinct()
+            ).all()
         return sorted((self.get(i) for i in ids), key=lambda c: c.created_at)
 
     def delete(self, cid: str) -> None:

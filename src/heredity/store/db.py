@@ -53,14 +53,18 @@ class ArtifactRow(Base):
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
     kind: Mapped[str] = mapped_column(String(16), index=True)
     name: Mapped[str] = mapped_column(String(255))
-    step_key: Mapped[str] = mapped_column(ForeignKey("steps.key"))  # the step that first made it (all: ArtifactStepRow)
+    step_key: Mapped[str] = mapped_column(
+        ForeignKey("steps.key")
+    )  # the step that first made it (all: ArtifactStepRow)
     meta: Mapped[dict] = mapped_column(JSON, default=dict)
     size_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
     created_at: Mapped[datetime] = mapped_column(DateTime)
     description: Mapped[str] = mapped_column(Text, default="")
     # {relative path: [size, mtime_ns]} as stored: the cheap check on every load (heredity.store.verify)
     files: Mapped[dict | None] = mapped_column(JSON, nullable=True)
-    verified_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)  # last full re-hash that matched
+    verified_at: Mapped[datetime | None] = mapped_column(
+        DateTime, nullable=True
+    )  # last full re-hash that matched
     # the ``store.hash_dir`` version its id was computed with; NULL: 1 (stored before hash versions were recorded)
     hash_version: Mapped[int | None] = mapped_column(Integer, nullable=True)
 
@@ -86,7 +90,9 @@ class ConversationRow(Base):
     system_prompt: Mapped[str | None] = mapped_column(Text, nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime)
     updated_at: Mapped[datetime] = mapped_column(DateTime)
-    user_id: Mapped[str | None] = mapped_column(String(128), nullable=True)  # who held it (insights count distinct users)
+    user_id: Mapped[str | None] = mapped_column(
+        String(128), nullable=True
+    )  # who held it (insights count distinct users)
 
 
 def add_missing_columns(engine) -> None:
@@ -101,7 +107,11 @@ def add_missing_columns(engine) -> None:
         for col in table.columns:
             if col.name not in have and col.nullable:
                 with engine.begin() as conn:
-                    conn.execute(text(f"ALTER TABLE {table.name} ADD COLUMN {col.name} {col.type.compile(engine.dialect)}"))
+                    conn.execute(
+                        text(
+                            f"ALTER TABLE {table.name} ADD COLUMN {col.name} {col.type.compile(engine.dialect)}"
+                        )
+                    )
 
 
 class MessageRow(Base):

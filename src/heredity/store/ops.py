@@ -57,7 +57,9 @@ OPS: dict[str, Op] = {}
 def _register(name: str, spec: Op) -> None:
     known = OPS.get(name)
     if known is not None and known != spec:
-        raise RuntimeError(f"op {name!r} is already registered as {known}; give {', '.join(spec.code)} another name")
+        raise RuntimeError(
+            f"op {name!r} is already registered as {known}; give {', '.join(spec.code)} another name"
+        )
     OPS[name] = spec
 
 
@@ -162,7 +164,9 @@ INFRASTRUCTURE = ("heredity.store.store", "heredity.store.db", "heredity.store.o
 
 
 def _ours_name(module_name: str) -> bool:
-    return (module_name == "heredity" or module_name.startswith("heredity.")) and module_name not in INFRASTRUCTURE
+    return (
+        module_name == "heredity" or module_name.startswith("heredity.")
+    ) and module_name not in INFRASTRUCTURE
 
 
 def _ours(obj) -> bool:
@@ -222,7 +226,11 @@ def _collect(obj, parts: dict[str, str], seen: set[int]) -> None:
             except ImportError:
                 pass
     for m in list(modules):  # ``from heredity.engine import fastdecode``: a module reached as an attribute
-        modules += [sub for n in names if isinstance(sub := getattr(m, n, None), types.ModuleType) and _ours_module(sub)]
+        modules += [
+            sub
+            for n in names
+            if isinstance(sub := getattr(m, n, None), types.ModuleType) and _ours_module(sub)
+        ]
     for n in sorted(names):
         targets = [g[n]] if n in g else []
         targets += [getattr(m, n) for m in modules if hasattr(m, n)]
@@ -285,7 +293,10 @@ DIGESTS = Path(__file__).resolve().parents[3] / "tests" / "op_digests.json"
 
 
 def table() -> dict[str, dict]:
-    return {op: {"version": spec.version, "digest": implementation_digest(op)} for op, spec in sorted(registry().items())}
+    return {
+        op: {"version": spec.version, "digest": implementation_digest(op)}
+        for op, spec in sorted(registry().items())
+    }
 
 
 def changed(recorded: dict[str, dict]) -> list[str]:
@@ -296,11 +307,15 @@ def changed(recorded: dict[str, dict]) -> list[str]:
         if was is None:
             out.append(f"{op}: new op (not in the table)")
         elif now["digest"] != was["digest"] and now["version"] == was["version"]:
-            out.append(f"{op}: implementation changed at version {now['version']} (bump its version in "
-                       "heredity/store/ops.py if its results can change; then `python -m heredity.store.ops --update`)")
+            out.append(
+                f"{op}: implementation changed at version {now['version']} (bump its version in "
+                "heredity/store/ops.py if its results can change; then `python -m heredity.store.ops --update`)"
+            )
         elif now["version"] != was["version"]:
-            out.append(f"{op}: version {was['version']} → {now['version']}, table not updated "
-                       "(`python -m heredity.store.ops --update`)")
+            out.append(
+                f"{op}: version {was['version']} → {now['version']}, table not updated "
+                "(`python -m heredity.store.ops --update`)"
+            )
     out += [f"{op}: in the table but no longer an op" for op in recorded if op not in registry()]
     return out
 

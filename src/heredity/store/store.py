@@ -90,7 +90,9 @@ def canonical(obj: Any) -> str:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
 
 
-def step_key(op: str, config: dict, inputs: Iterable[str], seed: int | None, version: int | None = None) -> str:
+def step_key(
+    op: str, config: dict, inputs: Iterable[str], seed: int | None, version: int | None = None
+) -> str:
     """sha256 of (op, its semantic version, canonical config, ordered input ids, seed): everything that can change
     a step's output. ``version`` defaults to the op's entry in ``heredity.store.ops``."""
     v = op_version(op) if version is None else version
@@ -116,7 +118,9 @@ def _digest_of(value: Any) -> str | None:
         return None
 
 
-def _key_index(config: dict, inputs: list[str], seed: int | None) -> tuple[set[str], dict[str, set[str]], set[str]]:
+def _key_index(
+    config: dict, inputs: list[str], seed: int | None
+) -> tuple[set[str], dict[str, set[str]], set[str]]:
     """(canonical JSON of every subtree of the config, {key name: canonical values}, string leaves)."""
     subtrees: set[str] = set()
     named: dict[str, set[str]] = {}
@@ -163,23 +167,34 @@ def check_key_covers(fn: Callable, op: str, config: dict, inputs: list[str], see
             if inspect.ismethod(v):
                 return ok_value(name, v.__self__)
             return False
-        if isinstance(v, str) and (v in inputs or (len(v) >= 8 and v in leaves)):  # short strings must match by name
+        if isinstance(v, str) and (
+            v in inputs or (len(v) >= 8 and v in leaves)
+        ):  # short strings must match by name
             return True
-        if isinstance(v, Path):  # a source file or directory the config names (its content hash keyed beside it)
+        if isinstance(
+            v, Path
+        ):  # a source file or directory the config names (its content hash keyed beside it)
             return str(v) in leaves or str(v.resolve()) in leaves or v.name in leaves
-        if isinstance(getattr(v, "sha256", None), str) and v.sha256 in leaves:  # content-addressed by its digest
+        if (
+            isinstance(getattr(v, "sha256", None), str) and v.sha256 in leaves
+        ):  # content-addressed by its digest
             return True
         if isinstance(v, (list, tuple, set)) and all(isinstance(x, str) and x in inputs for x in v):
             return True  # input ids (or nothing)
         if isinstance(v, dict) and all(isinstance(x, str) and x in inputs for x in v.values()):
             return True
         try:
-            j = config_to_json(v) if (hasattr(v, "model_dump") or dataclasses.is_dataclass(v)) else json.loads(
-                json.dumps(v, default=_no_default))
+            j = (
+                config_to_json(v)
+                if (hasattr(v, "model_dump") or dataclasses.is_dataclass(v))
+                else json.loads(json.dumps(v, default=_no_default))
+            )
         except (TypeError, ValueError):
             return False
         c = canonical(j)
-        if isinstance(j, (dict, list)) and (c in subtrees or _digest_of(j) in leaves or _digest_of(v) in leaves):
+        if isinstance(j, (dict, list)) and (
+            c in subtrees or _digest_of(j) in leaves or _digest_of(v) in leaves
+        ):
             return True
         if c in named.get(name, ()):
             return True
@@ -259,7 +274,9 @@ def dir_size(path: Path) -> int:
 
 def _git(*args: str) -> str:
     try:
-        r = subprocess.run(["git", *args], cwd=Path(__file__).resolve().parent, capture_output=True, text=True, timeout=5)
+        r = subprocess.run(
+            ["git", *args], cwd=Path(__file__).resolve().parent, capture_output=True, text=True, timeout=5
+        )
     except (OSError, subprocess.SubprocessError):
         return ""
     return r.stdout.strip() if r.returncode == 0 else ""
@@ -381,11 +398,15 @@ class Store:
         self.db_url = db_url or os.environ.get("HEREDITY_DB_URL") or f"sqlite:///{self.home / 'heredity.db'}"
         self.engine = make_engine(self.db_url)
         try:
-            with self.step_lock("0" * 64, "create the store's tables"):  # two processes opening a new store at once
+            with self.step_lock(
+                "0" * 64, "create the store's tables"
+            ):  # two processes opening a new store at once
                 Base.metadata.create_all(self.engine)
                 add_missing_columns(self.engine)
         except (OperationalError, SQLAlchemyError) as e:
-            reason = str(getattr(e, "orig", e)).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            reason = (
+                str(getattr(e, "orig", e)).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            )
             raise HeredityError(
                 f"cannot reach the database {redact(self.db_url)} ({reason}); "
                 "check HEREDITY_DB_URL, or unset it to use the SQLite file in HEREDITY_HOME"
@@ -393,7 +414,9 @@ class Store:
         self.own_tmp = self.tmp_dir / _HOST_DIR
         self._backfill_producers()
         self._clean_tmp()
-        self._producer: dict[str, str] = {}  # artifact id -> the step that returned it in this process (lineage paths)
+        self._producer: dict[
+            str, str
+        ] = {}  # artifact id -> the step that returned it in this process (lineage paths)
         self._verified: set[str] = set()  # artifacts checked on load in this process
         # `heredity run NAME --recompute OP`: steps of these ops ignore their memoized result, and so does every
         # step that consumes an output recomputed in this session (``_fresh``)
@@ -544,7 +567,9 @@ class Store:
         with self.step_lock(key, op):  # free once rank 0 committed
             done = self.find_step(key)
         if done is None:
-            raise HeredityError(f"step {op} ({key[:16]}): rank 0 of this launch did not store its outputs; see its log")
+            raise HeredityError(
+                f"step {op} ({key[:16]}): rank 0 of this launch did not store its outputs; see its log"
+            )
         return dict(done.outputs), dict(done.metrics)
 
     def _on_rank0(self, group, op, cfg, inputs, seed, key, fn, force) -> StepResult:
@@ -620,14 +645,23 @@ class Store:
             try:
                 self._record(ctx, started, now, outputs, input_steps, placed)
                 return outputs
-            except IntegrityError:  # a row another process inserted at the same moment: visible once it committed
+            except (
+                IntegrityError
+            ):  # a row another process inserted at the same moment: visible once it committed
                 if attempt == attempts - 1:
                     raise
                 time.sleep(0.05 * (attempt + 1))
         return outputs
 
-    def _record(self, ctx: StepContext, started: datetime, now: datetime, outputs: dict[str, str],
-                input_steps: list[str | None], placed: dict) -> None:
+    def _record(
+        self,
+        ctx: StepContext,
+        started: datetime,
+        now: datetime,
+        outputs: dict[str, str],
+        input_steps: list[str | None],
+        placed: dict,
+    ) -> None:
         """One transaction: the step row, a row for each new artifact and a producer row for each output."""
         with Session(self.engine) as s:
             s.merge(
@@ -653,8 +687,18 @@ class Store:
                 row = s.get(ArtifactRow, aid)
                 if row is None:
                     s.add(
-                        ArtifactRow(id=aid, kind=kind, name=name, step_key=ctx.key, meta=meta, size_bytes=size,
-                                    created_at=now, files=files, verified_at=None, hash_version=version)
+                        ArtifactRow(
+                            id=aid,
+                            kind=kind,
+                            name=name,
+                            step_key=ctx.key,
+                            meta=meta,
+                            size_bytes=size,
+                            created_at=now,
+                            files=files,
+                            verified_at=None,
+                            hash_version=version,
+                        )
                     )
                     s.flush()
                 elif placed_here:  # files restored after `heredity fsck --repair` removed a broken copy
@@ -678,7 +722,9 @@ class Store:
                     return ref
                 matches = []
             else:
-                matches = s.scalars(select(ArtifactRow.id).where(ArtifactRow.id.startswith(ref)).limit(2)).all()
+                matches = s.scalars(
+                    select(ArtifactRow.id).where(ArtifactRow.id.startswith(ref)).limit(2)
+                ).all()
         if len(matches) == 1:
             return matches[0]
         if len(matches) > 1:
@@ -692,15 +738,18 @@ class Store:
             row = s.get(ArtifactRow, aid)
             art = _artifact(row, self.artifacts_dir)
         if not art.path.is_dir():
-            raise HeredityError(f"artifact {aid} is recorded but its files are missing from {art.path}; rerun the step "
-                                f"that made it (`heredity fsck {aid}` says which)")
+            raise HeredityError(
+                f"artifact {aid} is recorded but its files are missing from {art.path}; rerun the step "
+                f"that made it (`heredity fsck {aid}` says which)"
+            )
         if verify_files and aid not in self._verified:
             problems = self.check(aid)
             more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
             if problems and all(STORED_SO in p for p in problems):
                 raise CorruptArtifactError(
                     f"artifact {aid} holds a malformed file: {problems[0].replace(' ' + STORED_SO, '')}{more}; it was stored "
-                    "so (its bytes match its id): recreate it from a good source")
+                    "so (its bytes match its id): recreate it from a good source"
+                )
             if problems:
                 raise CorruptArtifactError(
                     f"artifact {aid} is corrupt: {problems[0]}{more}; "
@@ -729,15 +778,21 @@ class Store:
         else:
             problems, changed = verify.quick_problems(path, recorded)
         if problems:
-            header_only = not any(": missing" in p or "bytes, stored" in p or "not part of" in p for p in problems)
-            if header_only and hash_dir(path, version)[:16] == aid.split("-", 1)[1]:  # bad, but as it was stored
+            header_only = not any(
+                ": missing" in p or "bytes, stored" in p or "not part of" in p for p in problems
+            )
+            if (
+                header_only and hash_dir(path, version)[:16] == aid.split("-", 1)[1]
+            ):  # bad, but as it was stored
                 return [f"{p} {STORED_SO}" for p in problems]
             return problems
         if full is None:
             full = changed or verified_at is None or os.environ.get("HEREDITY_VERIFY", "") not in ("", "0")
         if not full:
             return []
-        got = hash_dir(path, version)[:16]  # the hash the id was made with (an artifact stored before: version 1)
+        got = hash_dir(path, version)[
+            :16
+        ]  # the hash the id was made with (an artifact stored before: version 1)
         if got != aid.split("-", 1)[1]:
             return [f"its files hash to {got}, not to its id (a byte changed since it was stored)"]
         with Session(self.engine) as s:
@@ -746,8 +801,13 @@ class Store:
             s.commit()
         return []
 
-    def fsck(self, refs: Iterable[str] = (), repair: bool = False, progress: Callable[[str], None] | None = None,
-             stale_after: float = STALE_SECONDS) -> dict:
+    def fsck(
+        self,
+        refs: Iterable[str] = (),
+        repair: bool = False,
+        progress: Callable[[str], None] | None = None,
+        stale_after: float = STALE_SECONDS,
+    ) -> dict:
         """Re-hash artifacts (all when ``refs`` is empty) and check that every step's outputs exist; on a whole-store
         check (no ``refs``) also find what killed processes left behind.
 
@@ -785,8 +845,16 @@ class Store:
                     removed.append(aid)
                 self._verified.discard(aid)
         recompute = {aid: [(st.op, st.key[:16]) for st in self.producers(aid)] for aid in broken}
-        res = {"checked": len(ids), "broken": broken, "removed": removed, "recompute": recompute,
-               "orphans": [], "stale_tmp": [], "stale_scratch": [], "cleaned": []}
+        res = {
+            "checked": len(ids),
+            "broken": broken,
+            "removed": removed,
+            "recompute": recompute,
+            "orphans": [],
+            "stale_tmp": [],
+            "stale_scratch": [],
+            "cleaned": [],
+        }
         if refs:
             return res
         rel = lambda q: q.relative_to(self.home).as_posix()  # noqa: E731
@@ -831,11 +899,15 @@ class Store:
         """Artifact directories no row names, untouched (mtime and ctime: a rename sets ctime) for ``stale_after``."""
         if not self.artifacts_dir.is_dir():
             return []
-        names = [p.name for p in self.artifacts_dir.iterdir() if ID_RE.match(p.name) and p.is_dir()]  # before the rows
+        names = [
+            p.name for p in self.artifacts_dir.iterdir() if ID_RE.match(p.name) and p.is_dir()
+        ]  # before the rows
         with Session(self.engine) as s:
             known = set(s.scalars(select(ArtifactRow.id)))
         now = time.time()
-        return sorted(n for n in names if n not in known and _moved_ago(self.artifacts_dir / n, now) >= stale_after)
+        return sorted(
+            n for n in names if n not in known and _moved_ago(self.artifacts_dir / n, now) >= stale_after
+        )
 
     def _remove_orphan(self, aid: str) -> bool:
         """Move the orphan out, then delete it unless a row for it was committed meanwhile (then it goes back)."""
@@ -865,7 +937,9 @@ class Store:
                             out.append(p)
                     elif _idle(p, now) >= foreign:
                         out.append(p)
-            elif m := _LEGACY_TMP.match(entry.name):  # tmp/<pid>-<random>: the layout before hosts were recorded
+            elif m := _LEGACY_TMP.match(
+                entry.name
+            ):  # tmp/<pid>-<random>: the layout before hosts were recorded
                 if not _pid_alive(int(m.group(1))) and _idle(entry, now) >= foreign:
                     out.append(entry)
             elif entry.is_dir():  # another host's
@@ -883,7 +957,9 @@ class Store:
                 if not free:
                     continue  # its step is running
                 with Session(self.engine) as s:
-                    finished = s.scalars(select(StepRow.key).where(StepRow.key.startswith(p.name)).limit(1)).first()
+                    finished = s.scalars(
+                        select(StepRow.key).where(StepRow.key.startswith(p.name)).limit(1)
+                    ).first()
                 if finished is None and _idle(p, time.time()) < stale_after:
                     continue
                 out.append((p, remove and self._discard(p)))
@@ -929,8 +1005,11 @@ class Store:
         """Every step that made this artifact (byte-identical outputs of different steps), oldest first."""
         aid = self.resolve_id(ref)
         with Session(self.engine) as s:
-            keys = s.scalars(select(ArtifactStepRow.step_key).where(ArtifactStepRow.artifact_id == aid)
-                             .order_by(ArtifactStepRow.made_at)).all()
+            keys = s.scalars(
+                select(ArtifactStepRow.step_key)
+                .where(ArtifactStepRow.artifact_id == aid)
+                .order_by(ArtifactStepRow.made_at)
+            ).all()
             if not keys:
                 row = s.get(ArtifactRow, aid)
                 keys = [row.step_key] if row else []
@@ -947,7 +1026,9 @@ class Store:
         if step:
             found = [st for st in found if st.key.startswith(step)]
             if not found:
-                raise HeredityError(f"no step {step!r} made {art.id}; `heredity show {art.id}` lists the steps that did")
+                raise HeredityError(
+                    f"no step {step!r} made {art.id}; `heredity show {art.id}` lists the steps that did"
+                )
         assert found, f"artifact {art.id} has no step row"
         return found[-1]
 
@@ -970,7 +1051,12 @@ class Store:
 
         def node(aid: str, via: str | None) -> dict:
             if (aid, via) in seen:
-                return {"id": aid, "kind": seen[aid, via]["kind"], "name": seen[aid, via]["name"], "see_above": True}
+                return {
+                    "id": aid,
+                    "kind": seen[aid, via]["kind"],
+                    "name": seen[aid, via]["name"],
+                    "see_above": True,
+                }
             art = self.get(aid, verify_files=False)
             makers = self.producers(aid)
             chosen = [st for st in makers if via and st.key.startswith(via)]
@@ -993,7 +1079,9 @@ class Store:
                 }
                 if step
                 else None,
-                "also_made_by": [{"op": st.op, "key": st.key[:16]} for st in makers if step and st.key != step.key],
+                "also_made_by": [
+                    {"op": st.op, "key": st.key[:16]} for st in makers if step and st.key != step.key
+                ],
             }
             seen[aid, via] = n
             via_inputs = (step.input_steps or [None] * len(step.inputs)) if step else []
@@ -1072,7 +1160,9 @@ def _proc_tag() -> str:
 
 
 def _waiting(op: str, key: str) -> None:
-    print(f"step {op or '?'} ({key[:16]}) is being computed by another process; waiting for it", file=sys.stderr)
+    print(
+        f"step {op or '?'} ({key[:16]}) is being computed by another process; waiting for it", file=sys.stderr
+    )
 
 
 def _process_group():
@@ -1090,7 +1180,11 @@ def _any_rank(dist, flag: bool) -> bool:
     """Whether ``flag`` holds on any rank (an all-reduce: every rank must call it)."""
     import torch
 
-    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+    device = (
+        torch.device("cuda", torch.cuda.current_device())
+        if dist.get_backend() == "nccl"
+        else torch.device("cpu")
+    )
     t = torch.tensor([int(flag)], device=device)
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return bool(t.item())
@@ -1107,7 +1201,16 @@ def _pid_alive(pid: int) -> bool:
 
 
 def _artifact(row: ArtifactRow, root: Path) -> Artifact:
-    return Artifact(row.id, row.kind, row.name, root / row.id, row.step_key, row.meta or {}, row.size_bytes, row.created_at)
+    return Artifact(
+        row.id,
+        row.kind,
+        row.name,
+        root / row.id,
+        row.step_key,
+        row.meta or {},
+        row.size_bytes,
+        row.created_at,
+    )
 
 
 def _step(row: StepRow) -> Step:
