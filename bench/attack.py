@@ -1,29 +1,32 @@
-"""The lab server under attack: a well-behaved client's time to first token while one hostile client fires hostile
-and oversized requests at the same model.
+"""The lab server under attack: a well-behaved client's time to first token while one hostile client fires
+hostile and oversized requests at the same model.
 
     .venv/bin/python bench/attack.py [--duration 60] [--model tiny] [--out bench/results/attack.json]
 
-Starts a real `heredity serve` (Uvicorn, loopback, an API key set, the model preloaded, every bound at its default).
-A well-behaved client (127.0.0.1) streams short chat turns on a stored conversation in a loop, a new conversation
-every few turns, honouring Retry-After. It is measured alone first (the peer: the same server unattacked), then for
-``--duration`` seconds while a hostile client (its requests from 127.0.0.2, its key guesses from 127.0.0.3, so its
-lock-out does not end the rest of the attack) fires, concurrently: the heaviest work its budget accepts and oversized
-work (64 prompts × n 8 × max_tokens 2048), echo scoring over the context and over all of it with logprobs and
-max_tokens 0, cross-site POSTs (a foreign Origin, Sec-Fetch-Site: cross-site), JSON sent as text/plain, bodies over
-1 MB (with and without Content-Length), malformed JSON, unknown fields, wrong API keys, requests that disconnect
-while uploading, while generating and while streaming, two turns at once on one conversation, and schemathesis's
-negative data (every operation of the server's OpenAPI schema, bodies that break it on purpose). At the deadline
-no new request goes out, and the hostile requests in flight stay until the well-behaved client's last turn is
-answered (so a turn waiting for them is not let off by their cancellation). ``--queue-flood`` adds 70 small seeded
-requests kept in flight (not in the test). Reported: the well-behaved client's TTFT median and p95 unattacked and
-under attack, the hostile requests by answer, 5xx on both sides, the server's RSS (/proc VmRSS) at the start and its
-peak, the turns answered and found stored when read back, and the time the heaviest request the hostile budget takes
-needs alone and under attack. ``--model tiny`` (the default) is the tests' 2-layer random Llama with a 256-token
-context; any name ``heredity serve`` accepts measures that model instead (SmolLM2 decodes about 190 tokens/s at batch
-16 on the 2-core CPU of docs/benchmarks.md, so the 131,072 tokens of work one client may hold are about 11 minutes).
-``--server-args`` passes other bounds to the server (e.g. ``'--max-client-tokens 0'``, to see what the budget buys).
+Starts a real `heredity serve` (Uvicorn, loopback, an API key set, the model preloaded, every bound at its
+default). A well-behaved client (127.0.0.1) streams short chat turns on a stored conversation in a loop, a new
+conversation every few turns, honouring Retry-After. It is measured alone first (the peer: the same server
+unattacked), then for ``--duration`` seconds while a hostile client (its requests from 127.0.0.2, its key
+guesses from 127.0.0.3, so its lock-out does not end the rest of the attack) fires, concurrently: the heaviest
+work its budget accepts and oversized work (64 prompts × n 8 × max_tokens 2048), echo scoring over the context
+and over all of it with logprobs and max_tokens 0, cross-site POSTs (a foreign Origin, Sec-Fetch-Site:
+cross-site), JSON sent as text/plain, bodies over 1 MB (with and without Content-Length), malformed JSON,
+unknown fields, wrong API keys, requests that disconnect while uploading, while generating and while
+streaming, two turns at once on one conversation, and schemathesis's negative data (every operation of the
+server's OpenAPI schema, bodies that break it on purpose). At the deadline no new request goes out, and the
+hostile requests in flight stay until the well-behaved client's last turn is answered (so a turn waiting for
+them is not let off by their cancellation). ``--queue-flood`` adds 70 small seeded requests kept in flight
+(not in the test). Reported: the well-behaved client's TTFT median and p95 unattacked and under attack, the
+hostile requests by answer, 5xx on both sides, the server's RSS (/proc VmRSS) at the start and its peak, the
+turns answered and found stored when read back, and the time the heaviest request the hostile budget takes
+needs alone and under attack. ``--model tiny`` (the default) is the tests' 2-layer random Llama with a
+256-token context; any name ``heredity serve`` accepts measures that model instead (SmolLM2 decodes about 190
+tokens/s at batch 16 on the 2-core CPU of docs/benchmarks.md, so the 131,072 tokens of work one client may
+hold are about 11 minutes). ``--server-args`` passes other bounds to the server (e.g.
+``'--max-client-tokens 0'``, to see what the budget buys).
 
-``run()`` is the scenario itself; tests/test_server_attack.py runs it for a shorter time and asserts on its result.
+``run()`` is the scenario itself; tests/test_server_attack.py runs it for a shorter time
+and asserts on its result.
 """
 
 from __future__ import annotations
@@ -52,13 +55,13 @@ CLIENT_BUDGET = 131_072  # `heredity serve --max-client-tokens`, default
 MAX_BODY = 1_000_000  # the server's cap on a request body
 TURNS_PER_CONVERSATION = 4  # the tiny model's context is 256 tokens: a new conversation every few turns
 FOREIGN = "https://evil.example"
-# budget-filling requests kept in flight (each retried 4 times a second when refused): one is taken, the rest are
-# refused while the budget holds, and all of them would queue, one budget each, without it
+# budget-filling requests kept in flight (each retried 4 times a second when refused): one is taken, the rest
+# are refused while the budget holds, and all of them would queue, one budget each, without it
 HEAVY_LOOPS = 8
 FLOOD = 70  # --queue-flood: small seeded requests kept in flight (more than --max-queue, 64)
 
-# what each hostile request may be answered (anything else is reported as unexpected); "dropped": the client left
-# before an answer, "reset": the server closed the connection before the client finished sending
+# what each hostile request may be answered (anything else is reported as unexpected); "dropped": the client
+# left before an answer, "reset": the server closed the connection before the client finished sending
 EXPECTED: dict[str, set] = {
     "budget-filling work": {200, 429},
     "oversized work (64 × n 8 × 2048)": {200, 413, 429},
@@ -110,14 +113,14 @@ def median(xs: list[float]) -> float:
     return statistics.median(xs) if xs else math.nan
 
 
-# ---- the well-behaved client ---------------------------------------------------------------------------------
+# ---- the well-behaved client -------------------------------------------------------------------------------
 
 
 class WellBehaved:
     """Streams chat turns (8 new tokens, greedy) on stored conversations from 127.0.0.1, one at a time, until
     ``stop`` is set; honours 429 Retry-After (the wait counts in the turn's time to first token). Each turn is
-    recorded in ``turns``: its phase, time to first token (the first chunk with content or a finish reason), status,
-    whether it ended with [DONE] and where the server says it stored the answer."""
+    recorded in ``turns``: its phase, time to first token (the first chunk with content or a finish reason),
+    status, whether it ended with [DONE] and where the server says it stored the answer."""
 
     def __init__(self, url: str, model: str, key: str | None, timeout: float = 300.0):
         headers = {"Authorization": f"Bearer {key}"} if key else {}
@@ -136,8 +139,9 @@ class WellBehaved:
         self.conv, self.history = r.json()["id"], []
 
     def turn(self) -> dict:
-        """One streamed turn on the current conversation (a new one every TURNS_PER_CONVERSATION turns), recorded;
-        a failure (an error answer or event, a broken stream) is recorded too, and the next turn starts over."""
+        """One streamed turn on the current conversation (a new one every TURNS_PER_CONVERSATION turns),
+        recorded; a failure (an error answer or event, a broken stream) is recorded too, and the
+        next turn starts over."""
         self.k += 1
         user = {"role": "user", "content": f"turn {self.k}"}
         messages = [*self.history, user]
@@ -216,8 +220,8 @@ class WellBehaved:
             self.turn()
 
     def stored(self) -> dict:
-        """Every answered turn read back through the API: counts of turns answered, found stored as answered (the
-        user message and the answer at the index the server gave), and the mismatches."""
+        """Every answered turn read back through the API: counts of turns answered, found stored as answered
+        (the user message and the answer at the index the server gave), and the mismatches."""
         convs: dict[str, list] = {}
         answered = [t for t in self.turns if t["answered"]]
         bad = []
@@ -241,13 +245,13 @@ class WellBehaved:
         self.http.close()
 
 
-# ---- the hostile client --------------------------------------------------------------------------------------
+# ---- the hostile client ------------------------------------------------------------------------------------
 
 
 class Hostile:
-    """The hostile client: ``attack(deadline)`` runs every attack concurrently (asyncio, plus schemathesis in a
-    thread) until ``deadline`` and counts each answer by kind in ``seen``; answers outside EXPECTED (or any 5xx) are
-    kept in ``unexpected``."""
+    """The hostile client: ``attack(deadline)`` runs every attack concurrently (asyncio, plus schemathesis in
+    a thread) until ``deadline`` and counts each answer by kind in ``seen``; answers outside EXPECTED (or any
+    5xx) are kept in ``unexpected``."""
 
     def __init__(
         self,
@@ -286,8 +290,8 @@ class Hostile:
         return {**self.oversized(), "prompt": [[65] * 10] * k}
 
     def oversized(self) -> dict:
-        """64 prompts × n 8 × max_tokens 2048, end-of-sequence banned: over the budget wherever the context leaves
-        room for 2048 new tokens (413); on a short context it is cut to what fits."""
+        """64 prompts × n 8 × max_tokens 2048, end-of-sequence banned: over the budget wherever the context
+        leaves room for 2048 new tokens (413); on a short context it is cut to what fits."""
         return {
             "model": self.model,
             "prompt": [[65] * 10] * 64,
@@ -318,9 +322,9 @@ class Hostile:
             await asyncio.sleep(pause)
 
     async def attack(self, deadline: float, until=lambda: True, grace: float = 0.0) -> None:
-        """Every attack at once until ``deadline``; then no new request, and the ones in flight are dropped once
-        ``until()`` is true or ``grace`` seconds have passed (whichever comes first). An exception other than an
-        HTTP error in one attack ends the attack and is raised."""
+        """Every attack at once until ``deadline``; then no new request, and the ones in flight are dropped
+        once ``until()`` is true or ``grace`` seconds have passed (whichever comes first). An exception other
+        than an HTTP error in one attack ends the attack and is raised."""
         transport = httpx.AsyncHTTPTransport(local_address=HOSTILE_ADDR)
         limits = httpx.Limits(max_connections=128, max_keepalive_connections=16)
         timeout = httpx.Timeout(None, connect=30)  # a request waits as long as the server holds it
@@ -497,8 +501,9 @@ class Hostile:
                     *[self._loop(deadline, flood, 0) for _ in range(FLOOD if self.flood else 0)],
                 )
             ]
-            # after the deadline no request is sent, and what is in flight stays until ``until()`` (or ``grace`` more
-            # seconds): a turn that waits for the hostile work ahead of it is not let off early by its cancellation
+            # after the deadline no request is sent, and what is in flight stays until ``until()`` (or
+            # ``grace`` more seconds): a turn that waits for the hostile work ahead of it is not let off
+            # early by its cancellation
             while (
                 not all(t.done() for t in tasks)
                 and time.monotonic() < deadline + grace
@@ -534,8 +539,9 @@ class Hostile:
         self.record(kind, "dropped")
 
     def schemathesis(self, deadline: float) -> None:
-        """schemathesis's negative data (GenerationMode.NEGATIVE: bodies, parameters and headers that break the
-        schema on purpose) on every operation, sent from the hostile address with the key, until ``deadline``."""
+        """schemathesis's negative data (GenerationMode.NEGATIVE: bodies, parameters and headers that break
+        the schema on purpose) on every operation, sent from the hostile address with the
+        key, until ``deadline``."""
         import requests
         import schemathesis
         from hypothesis import HealthCheck, given, seed, settings
@@ -580,7 +586,7 @@ class Hostile:
                     self.seen[kind][f"not generated ({type(e).__name__})"] += 1
 
 
-# ---- the scenario --------------------------------------------------------------------------------------------
+# ---- the scenario ------------------------------------------------------------------------------------------
 
 
 def model_facts(path: Path) -> tuple[int, list[int]]:
@@ -606,13 +612,13 @@ def run(
     flood: bool = False,
     grace: float = 600.0,
 ) -> dict:
-    """The scenario against a running server (process ``pid``) serving ``model`` (stored in ``model_dir``): the
-    well-behaved client alone for ``baseline_turns`` turns, the budget-filling request alone (timed), then
-    ``duration`` seconds of attack while the well-behaved client keeps going. The hostile requests in flight at the
-    deadline stay until the well-behaved client's last turn is answered (at most ``grace`` seconds more), then are
-    dropped. Returns every measurement (see ``table``). ``flood`` adds a queue flood: FLOOD small seeded requests
-    kept in flight (within the client's token budget, but each runs alone and together they fill the model's
-    queue)."""
+    """The scenario against a running server (process ``pid``) serving ``model`` (stored in ``model_dir``):
+    the well-behaved client alone for ``baseline_turns`` turns, the budget-filling request alone (timed), then
+    ``duration`` seconds of attack while the well-behaved client keeps going. The hostile requests in flight
+    at the deadline stay until the well-behaved client's last turn is answered (at most ``grace`` seconds
+    more), then are dropped. Returns every measurement (see ``table``). ``flood`` adds a queue flood: FLOOD
+    small seeded requests kept in flight (within the client's token budget, but each runs alone and together
+    they fill the model's queue)."""
     context, eos = model_facts(model_dir)
     good = WellBehaved(url, model, key, timeout=duration + grace + 120)
     hostile = Hostile(url, model, key, context, eos, flood=flood)
@@ -729,7 +735,8 @@ def table(res: dict) -> str:
         else "none answered"
     )
     lines = [
-        f"| well-behaved client (streamed chat turns, 8 tokens) | unattacked | under attack ({res['attack_s']:.0f} s)"
+        "| well-behaved client (streamed chat turns, 8 tokens) | unattacked | "
+        f"under attack ({res['attack_s']:.0f} s)"
         " | ratio |",
         "|---|---|---|---|",
         f"| time to first token, median | {ms(q['ttft_median_s'])} | {ms(a['ttft_median_s'])} | "
@@ -739,7 +746,8 @@ def table(res: dict) -> str:
         f"| time to first token, max | {ms(q['ttft_max_s'])} | {ms(a['ttft_max_s'])} | |",
         f"| turns answered / sent | {q['answered']} / {q['turns']} | {a['answered']} / {a['turns']} | |",
         f"| 429s it waited out (Retry-After) | {q['retries_429']} | {a['retries_429']} | |",
-        f"| answered turns found stored (read back) | {res['stored']['stored']} / {res['stored']['answered']} "
+        "| answered turns found stored (read back) | "
+        f"{res['stored']['stored']} / {res['stored']['answered']} "
         "(both phases) | | |",
         f"| 5xx answers | well-behaved {res['good_5xx']} | hostile {res['hostile_5xx']} | |",
         f"| server RSS | start {res['rss_mb']['start']:.0f} MB | peak {res['rss_mb']['peak']:.0f} MB | "
@@ -761,12 +769,12 @@ def table(res: dict) -> str:
     return "\n".join(lines)
 
 
-# ---- the benchmark: its own server -----------------------------------------------------------------------------
+# ---- the benchmark: its own server -------------------------------------------------------------------------
 
 
 def tiny_model(store) -> str:
-    """The tests' peaked tiny model (tests/conftest.py ``peaked_model``: tiny:micro, initializer_range 0.5, seed 0),
-    as a stored artifact id."""
+    """The tests' peaked tiny model (tests/conftest.py ``peaked_model``: tiny:micro, initializer_range 0.5,
+    seed 0), as a stored artifact id."""
     key = {"preset": "micro", "name": "tiny-peaked", "initializer_range": 0.5}
 
     def init(ctx):
@@ -865,7 +873,8 @@ def main() -> None:
     print(
         f"`heredity serve` under attack on this CPU ({os.cpu_count()} cores), model {args.model} "
         f"(context {context}), "
-        f"{'server options ' + repr(args.server_args) if args.server_args else 'every bound at its default'}; "
+        f"{'server options ' + repr(args.server_args) if args.server_args else 'every bound at its default'}"
+        "; "
         "the peer is the same server unattacked, in the same run"
     )
     print()

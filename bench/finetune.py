@@ -38,7 +38,8 @@ def rows(k: int, seed: int = 0) -> list[dict]:
         more = ", ".join(str(rng.randint(0, 999)) for _ in range(rng.randint(4, 10)))
         out.append(
             {
-                "prompt": f"The sequence starts with: {seeds}. Add up to 10 more values (no more than 3 digits each).",
+                "prompt": f"The sequence starts with: {seeds}. "
+                "Add up to 10 more values (no more than 3 digits each).",
                 "completion": more,
             }
         )
@@ -193,7 +194,8 @@ def main() -> None:
         print(f"TRL {g[-1]:.1f} tok/s, heredity {h[-1]:.1f} tok/s", file=sys.stderr)
     gm, hm = statistics.median(g), statistics.median(h)
     print(
-        f"\nLoRA SFT on {args.model}, {args.rows} rows, batch 8, {torch.get_num_threads()} threads, median of {args.repeats}\n"
+        f"\nLoRA SFT on {args.model}, {args.rows} rows, batch 8, {torch.get_num_threads()} threads, "
+        f"median of {args.repeats}\n"
     )
     print("| trainer | tokens/s | ratio |")
     print("|---|---:|---:|")

@@ -3,12 +3,13 @@ xgrammar, the two candidates for ``engine.sample``'s constrained decoding.
 
     .venv/bin/python bench/grammar.py [--reps 5]
 
-For each grammar (a tool-call JSON schema, a strict number-list regex, any JSON object) a fixed valid output is
-walked token by token: at each step the engine computes the allowed-token bitmask, then consumes the token. Reported:
-the grammar's compile time and the median per-token time (mask + consume) over ``reps`` walks, and, measured in the
-same run, one SmolLM2 decode step at batch 1 (HF forward on one new token with a KV cache), so the overhead reads as
-a fraction of a step. outlines-core is not measured: it needs a hand-built byte-level vocabulary map from a HF
-tokenizer (neither engine here does), which is the kind of code the project does not hand-write.
+For each grammar (a tool-call JSON schema, a strict number-list regex, any JSON object) a fixed valid output
+is walked token by token: at each step the engine computes the allowed-token bitmask, then consumes the token.
+Reported: the grammar's compile time and the median per-token time (mask + consume) over ``reps`` walks, and,
+measured in the same run, one SmolLM2 decode step at batch 1 (HF forward on one new token with a KV cache), so
+the overhead reads as a fraction of a step. outlines-core is not measured: it needs a hand-built byte-level
+vocabulary map from a HF tokenizer (neither engine here does), which is the kind of code the
+project does not hand-write.
 """
 
 from __future__ import annotations
@@ -139,10 +140,12 @@ def main() -> None:
     vocab = model.get_output_embeddings().weight.shape[0]
     step = decode_step_seconds(model)
     print(
-        f"# SmolLM2-135M decode step (batch 1, HF forward, median of 20): {step * 1e3:.1f} ms; vocabulary {vocab}"
+        "# SmolLM2-135M decode step (batch 1, HF forward, median of 20): "
+        f"{step * 1e3:.1f} ms; vocabulary {vocab}"
     )
     print(
-        "| grammar | engine | tokenizer setup s | compile ms | per-token µs (median) | share of a decode step |"
+        "| grammar | engine | tokenizer setup s | compile ms | per-token µs (median) "
+        "| share of a decode step |"
     )
     print("|---|---|---:|---:|---:|---:|")
     for name, (kind, spec, text) in CASES.items():
@@ -155,7 +158,8 @@ def main() -> None:
         except ImportError:
             if name == next(iter(CASES)):
                 print(
-                    "# xgrammar not installed (pip install --no-deps xgrammar==0.2.8 apache-tvm-ffi): its rows are skipped"
+                    "# xgrammar not installed (pip install --no-deps xgrammar==0.2.8 apache-tvm-ffi): "
+                    "its rows are skipped"
                 )
         for engine in engines:
             if engine == "llguidance":
@@ -163,7 +167,8 @@ def main() -> None:
             else:
                 tok_s, comp, per = bench_xgrammar(tok, vocab, kind, spec, ids, args.reps)
             print(
-                f"| {name} ({len(ids)} tokens) | {engine} | {tok_s:.2f} | {comp * 1e3:.1f} | {per * 1e6:.0f} | "
+                f"| {name} ({len(ids)} tokens) | {engine} | {tok_s:.2f} | {comp * 1e3:.1f} "
+                f"| {per * 1e6:.0f} | "
                 f"{100 * per / step:.3f}% |",
                 flush=True,
             )

@@ -153,18 +153,22 @@ def main() -> None:
         rows.append((n, res))
     mb = rows[0][1]["naive"]["model_bytes"] / 2**20
     print(
-        f"\n{args.method} merge of full SmolLM2-135M checkpoints (one model = {mb:.0f} MB), peak RSS per child process\n"
+        f"\n{args.method} merge of full SmolLM2-135M checkpoints (one model = {mb:.0f} MB), "
+        "peak RSS per child process\n"
     )
     print(
-        "| inputs | naive peak (net) | streaming peak (net) | streaming net ÷ one model | naive ÷ streaming (net) | time naive / streaming |"
+        "| inputs | naive peak (net) | streaming peak (net) | streaming net ÷ one model "
+        "| naive ÷ streaming (net) | time naive / streaming |"
     )
     print("|---:|---:|---:|---:|---:|---:|")
     for n, r in rows:
         nv = (r["naive"]["peak_kb"] - r["naive"]["base_kb"]) / 1024
         st = (r["streaming"]["peak_kb"] - r["streaming"]["base_kb"]) / 1024
         print(
-            f"| {n} | {r['naive']['peak_kb'] / 1024:.0f} MB ({nv:.0f}) | {r['streaming']['peak_kb'] / 1024:.0f} MB ({st:.0f}) "
-            f"| {st / mb:.2f}× | {nv / max(st, 1):.2f}× | {r['naive']['seconds']:.1f} s / {r['streaming']['seconds']:.1f} s |"
+            f"| {n} | {r['naive']['peak_kb'] / 1024:.0f} MB ({nv:.0f}) "
+            f"| {r['streaming']['peak_kb'] / 1024:.0f} MB ({st:.0f}) "
+            f"| {st / mb:.2f}× | {nv / max(st, 1):.2f}× "
+            f"| {r['naive']['seconds']:.1f} s / {r['streaming']['seconds']:.1f} s |"
         )
 
 

@@ -30,14 +30,16 @@ def number_prompts(k: int, seed: int = 0) -> list[str]:
         seeds = ", ".join(str(rng.randint(100, 999)) for _ in range(rng.randint(3, 8)))
         out.append(
             f"The sequence starts with: {seeds}. Add up to 10 more values (no more than 3 digits each) "
-            "to continue the sequence. Provide the numbers separated by commas. Skip any explanation and give only numbers."
+            "to continue the sequence. Provide the numbers separated by commas. "
+            "Skip any explanation and give only numbers."
         )
     return out
 
 
 @torch.inference_mode()
 def run_generate(model, tok, prompts, cfg: SampleConfig) -> int:
-    """``model.generate`` over batches of ``batch_size`` sequences (``batch_size // n`` prompts × n samples)."""
+    """``model.generate`` over batches of ``batch_size`` sequences (``batch_size // n``
+    prompts × n samples)."""
     tok.padding_side = "left"
     texts = [render_prompt(tok, p, cfg) for p in prompts]
     torch.manual_seed(cfg.seed)
@@ -96,7 +98,8 @@ def main() -> None:
             file=sys.stderr,
         )
     print(
-        f"\nSampling on {args.model}, {torch.get_num_threads()} threads, max_new_tokens={args.max_new_tokens}, "
+        f"\nSampling on {args.model}, {torch.get_num_threads()} threads, "
+        f"max_new_tokens={args.max_new_tokens}, "
         f"n={args.n} per prompt, T=1\n"
     )
     print("| batch | prompts | generate tok/s | heredity, HF forward | heredity (fused decode) | ratio |")

@@ -47,7 +47,8 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-# a schema whose string field lets the answer run to max_tokens, so constrained and free answers have equal lengths
+# a schema whose string field lets the answer run to max_tokens, so constrained and free
+# answers have equal lengths
 FREE_TEXT = {
     "type": "json_schema",
     "json_schema": {
@@ -222,7 +223,8 @@ def main() -> None:
     seq_wall = med(seq_times)
     print()
     print(
-        f"SmolLM2 serving on this CPU ({os.cpu_count()} cores), {args.max_tokens} new tokens, greedy for the single stream; "
+        f"SmolLM2 serving on this CPU ({os.cpu_count()} cores), {args.max_tokens} new tokens, "
+        "greedy for the single stream; "
         f"medians of {args.repeats} (server start with the model preloaded: {startup:.1f} s)"
     )
     print()
@@ -233,7 +235,8 @@ def main() -> None:
     ltp, stp = med([r["tps"] for r in local]), med([r["tps"] for r in served])
     print(f"| streamed tokens/s after the first | {ltp:.1f} | {stp:.1f} | {stp / ltp:.2f}× |")
     print(
-        f"| tokens per answer | {med([r['tokens'] for r in local]):.0f} | {med([r['tokens'] for r in served]):.0f} | |"
+        f"| tokens per answer | {med([r['tokens'] for r in local]):.0f} "
+        f"| {med([r['tokens'] for r in served]):.0f} | |"
     )
     print()
 
@@ -241,7 +244,8 @@ def main() -> None:
         return med([(r["total"] - r["ttft"]) / max(1, r["tokens"] - 1) * 1000 for r in runs])
 
     print(
-        "| constrained decoding (response_format json_schema, a free string field) | free | constrained | overhead per token |"
+        "| constrained decoding (response_format json_schema, a free string field) "
+        "| free | constrained | overhead per token |"
     )
     print("|---|---|---|---|")
     for label, f, g in (
@@ -251,7 +255,8 @@ def main() -> None:
         a, b = per_token_ms(f), per_token_ms(g)
         print(f"| {label} | {a:.1f} | {b:.1f} | {b - a:+.2f} ms ({b / a:.3f}×) |")
     print(
-        f"| tokens per answer (median) | {med([r['tokens'] for r in local_f]):.0f} | {med([r['tokens'] for r in local_g]):.0f} | |"
+        f"| tokens per answer (median) | {med([r['tokens'] for r in local_f]):.0f} "
+        f"| {med([r['tokens'] for r in local_g]):.0f} | |"
     )
     print()
     print(f"| {args.clients} streaming clients | one after another | all at once | ratio |")
@@ -261,7 +266,8 @@ def main() -> None:
     print(f"| time to first token (median client) | | {conc_ttft * 1000:.0f} ms | |")
     print(f"| requests completed / errors | | {done} / {errors} | |")
     print(
-        f"| most requests in one decode batch | | {max(m['max_requests_per_run'] for m in status['models'])} | |"
+        "| most requests in one decode batch | | "
+        f"{max(m['max_requests_per_run'] for m in status['models'])} | |"
     )
     if errors:
         print(f"errors: {[repr(e) for c in conc for e in c[2]][:3]}", file=sys.stderr)

@@ -115,7 +115,8 @@ def free_port() -> int:
 
 
 def stored_tiny(store: Store, name: str, **overrides) -> str:
-    """A random tiny:micro Llama with the byte tokenizer and these config overrides, as a stored model artifact."""
+    """A random tiny:micro Llama with the byte tokenizer and these config overrides, as a
+    stored model artifact."""
     key = {"preset": "micro", "name": name, **overrides}
 
     def init(ctx):
@@ -138,7 +139,8 @@ def stored_tiny(store: Store, name: str, **overrides) -> str:
 
 
 def peaked_model(store: Store) -> str:
-    """A tiny model with a large init (no near-ties: greedy output is stable under batching), as a stored artifact."""
+    """A tiny model with a large init (no near-ties: greedy output is stable under batching),
+    as a stored artifact."""
     return stored_tiny(store, "tiny-peaked", initializer_range=0.5)
 
 
@@ -217,9 +219,10 @@ def live_server(server_home):
 
 
 class ChatEndpoint:
-    """A minimal OpenAI-compatible ``/v1/chat/completions`` and ``/v1/completions`` server on a free loopback port (a
-    thread), for tests of code that talks to endpoints: ``reply(body)`` gives the choices' texts; every request body
-    is kept in ``seen`` (with its ``path``); any other route is a 404. Use as a context manager: ``with ChatEndpoint(reply) as ep: ep.url``."""
+    """A minimal OpenAI-compatible ``/v1/chat/completions`` and ``/v1/completions`` server on a free loopback
+    port (a thread), for tests of code that talks to endpoints: ``reply(body)`` gives the choices' texts;
+    every request body is kept in ``seen`` (with its ``path``); any other route is a 404. Use as a context
+    manager: ``with ChatEndpoint(reply) as ep: ep.url``."""
 
     def __init__(self, reply):
         import json

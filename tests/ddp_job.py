@@ -1,8 +1,10 @@
 """Run by tests/test_distributed.py, alone or under `accelerate launch --num_processes 2` (CPU, gloo).
 
-python tests/ddp_job.py train OUT ACCUM     fine-tune and pretrain a tiny model; rank 0 writes curves and weights
-python tests/ddp_job.py store OUT HOME      the store path: a distributed fine-tune step, then the reward model,
-                                            PPO and sampling steps (one process computes, the others wait)
+python tests/ddp_job.py train OUT ACCUM     fine-tune and pretrain a tiny model; rank 0 writes curves and
+                                            weights
+python tests/ddp_job.py store OUT HOME      the store path: a distributed fine-tune step, then the reward
+                                            model, PPO and sampling steps (one process computes, the
+                                            others wait)
 """
 
 import json

@@ -1,4 +1,5 @@
-"""The ChatGPT pipeline: tokenizer, pretraining, reward model, PPO pieces and loop, TRL alternatives, the recipe."""
+"""The ChatGPT pipeline: tokenizer, pretraining, reward model, PPO pieces and loop, TRL
+alternatives, the recipe."""
 
 import copy
 import json
@@ -157,7 +158,8 @@ def test_gae_matches_a_hand_computation():
         [[1.0, 1.0, 1.0], [1.0, 1.0, 0.0]]
     )  # row 2 ends after two tokens: its third entries are padding
     adv, ret = gae(rewards, values, mask, gamma=1.0, lam=0.9)
-    # row 1: δ2 = 1 − 0.7 = 0.3; δ1 = 0.7 − 0.6 = 0.1 → A1 = 0.1 + 0.9·0.3; δ0 = 0.6 − 0.5 = 0.1 → A0 = 0.1 + 0.9·A1
+    # row 1: δ2 = 1 − 0.7 = 0.3; δ1 = 0.7 − 0.6 = 0.1 → A1 = 0.1 + 0.9·0.3; δ0 = 0.6 − 0.5
+    # = 0.1 → A0 = 0.1 + 0.9·A1
     a2, a1 = 0.3, 0.1 + 0.9 * 0.3
     a0 = 0.1 + 0.9 * a1
     # row 2: V after the last token is 0: δ1 = 2 − 0.2 = 1.8; δ0 = 0.2 − 0.1 = 0.1 → A0 = 0.1 + 0.9·1.8
@@ -175,7 +177,8 @@ def test_clipped_surrogate_matches_a_hand_computation():
     adv = torch.tensor([[1.0, 1.0, -1.0, -1.0]])
     mask = torch.ones(1, 4)
     loss, clipfrac, approx_kl = policy_loss(logp, old, adv, mask, clip=0.2)
-    # per token max(−ρA, −clip(ρ)A): ρ=1.5,A=1 → −1.2 (clipped); ρ=0.5,A=1 → −0.5; ρ=0.5,A=−1 → 0.8 (clipped); ρ=1.5,A=−1 → 1.5
+    # per token max(−ρA, −clip(ρ)A): ρ=1.5,A=1 → −1.2 (clipped); ρ=0.5,A=1 → −0.5; ρ=0.5,A=−1 → 0.8
+    # (clipped); ρ=1.5,A=−1 → 1.5
     assert loss.item() == pytest.approx((-1.2 - 0.5 + 0.8 + 1.5) / 4, abs=1e-6)
     assert clipfrac.item() == pytest.approx(0.5)
     lr = torch.log(torch.tensor([1.5, 0.5, 0.5, 1.5]))
@@ -230,8 +233,8 @@ def test_batch_layout_left_pads_prompts_and_right_pads_answers():
 
 
 def test_answer_logprobs_equal_the_samplers_own(tiny):
-    """PPO's re-scoring of a rollout (left-padded prompts, right-padded answers, positions from the mask) gives
-    the log-probabilities the sampler drew the tokens with."""
+    """PPO's re-scoring of a rollout (left-padded prompts, right-padded answers, positions from the mask)
+    gives the log-probabilities the sampler drew the tokens with."""
     from heredity.engine.ppo import answer_logprobs
     from heredity.engine.sampling import SampleConfig, render_prompt, sample
 
@@ -514,7 +517,8 @@ def test_chatgpt_recipe_runs_end_to_end(tmp_path, rl):
         if w["share"]["n"]:
             assert w["share"]["lo"] < w["share"]["hi"]
     assert data["rl"]["log"], "the RL stage logged nothing"
-    # the judge: another reward model, from the same SFT model, trained on pairs whose prompts the training RM never saw
+    # the judge: another reward model, from the same SFT model, trained on pairs whose prompts
+    # the training RM never saw
     from heredity.store import read_table
 
     lin = data["lineage"]
@@ -545,7 +549,8 @@ def test_chatgpt_recipe_runs_end_to_end(tmp_path, rl):
         lin["judge_reward_model"] not in rl_inputs and judge_data not in rl_inputs
     )  # the policy never saw the judge
     assert (lin["reward_model"] in rl_inputs) == (rl != "dpo")
-    # lineage: the RL model descends from the tokenizer, the corpus, the SFT data and (PPO/GRPO) the reward model
+    # lineage: the RL model descends from the tokenizer, the corpus, the SFT data and
+    # (PPO/GRPO) the reward model
     kinds, ops = set(), set()
 
     def walk(node):
@@ -562,8 +567,9 @@ def test_chatgpt_recipe_runs_end_to_end(tmp_path, rl):
 
 
 def _fake_results(n_per_task=40):
-    """Two tasks × n held-out items for three models: SFT perfect on 'upper' (n/n) and half right on 'larger'; the RL
-    model loses a third of SFT's correct answers; the training RM prefers every changed RL answer, the judge none."""
+    """Two tasks × n held-out items for three models: SFT perfect on 'upper' (n/n) and half right on 'larger';
+    the RL model loses a third of SFT's correct answers; the training RM prefers every changed RL
+    answer, the judge none."""
     tasks = ["upper"] * n_per_task + ["larger"] * n_per_task
     n = len(tasks)
     sft_correct = [1] * n_per_task + [i % 2 for i in range(n_per_task)]
@@ -637,7 +643,8 @@ def test_chatgpt_report_leads_with_held_out_accuracy_and_two_judges(tmp_path):
         acc["pretrained (no SFT)"]["overall"]["mean"] == 0.0
         and acc["pretrained (no SFT)"]["overall"]["hi"] > 0.02
     )
-    # SFT → PPO: a paired test over the same items, and a drop is reported as the wrong direction, not as a null
+    # SFT → PPO: a paired test over the same items, and a drop is reported as the wrong
+    # direction, not as a null
     t = report["tests"]["rl_vs_sft"]
     assert (
         t["n"] == 80
@@ -662,7 +669,8 @@ def test_chatgpt_report_leads_with_held_out_accuracy_and_two_judges(tmp_path):
         "unit: held-out instructions, one trained model per stage, n = 80" in out
         and "one training seed" in out
     )
-    # the training RM (circular) sees a win on every changed answer, the independent judge a loss; the rest are ties
+    # the training RM (circular) sees a win on every changed answer, the independent judge
+    # a loss; the rest are ties
     tr, jr = report["win_rate"]["training_rm"], report["win_rate"]["judge_rm"]
     assert (tr["wins"], tr["ties"], tr["losses"]) == (27, 53, 0) and (
         jr["wins"],

@@ -116,8 +116,8 @@ def test_run_errors_are_one_line(tmp_path):
 
 
 def test_killed_cli_finetune_resumes_from_its_checkpoint(tmp_path):
-    """kill -9 mid-run, rerun the same command: it continues from the last checkpoint (saved by default), and the
-    result equals an uninterrupted run's."""
+    """kill -9 mid-run, rerun the same command: it continues from the last checkpoint (saved by default), and
+    the result equals an uninterrupted run's."""
     import signal
     import time
 

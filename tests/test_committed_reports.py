@@ -33,7 +33,7 @@ def test_the_checks_can_fail():
     assert P_VALUE.search("Welch p = 3.2e-17") and not P_VALUE.search("p undetermined")
 
 
-# ---- checks on the report JSON (issue 32): verdicts, ranges, p-values, declared families, quoted figures ----------
+# ---- checks on the report JSON (issue 32): verdicts, ranges, p-values, declared families, quoted figures ---
 
 import json  # noqa: E402
 import math  # noqa: E402
@@ -110,8 +110,9 @@ FIGURE = re.compile(r"(?<![\w./])([+\-−]?\d+\.\d+(?:e[+\-−]?\d+)?)(?![\d/])"
 
 
 def unquoted_figures(report: dict) -> list[str]:
-    """Decimal figures in the outcome line that no number in the report's JSON rounds to (at the printed precision,
-    also as a percentage or a ratio's reciprocal is not allowed: the figure must be in the JSON)."""
+    """Decimal figures in the outcome line that no number in the report's JSON rounds to (at the printed
+    precision, also as a percentage or a ratio's reciprocal is not allowed: the figure
+    must be in the JSON)."""
     text = report.get("outcome")
     if not isinstance(text, str):
         return []
@@ -168,7 +169,8 @@ def test_every_figure_the_outcome_line_quotes_is_in_the_report(path):
     ids=lambda p: p.name,
 )
 def test_a_declared_holm_family_is_the_family_tested(path):
-    """A report whose config declares its Holm family tests that family: nothing outside it, nothing dropped."""
+    """A report whose config declares its Holm family tests that family: nothing
+    outside it, nothing dropped."""
     r = json.loads(path.read_text())
     family = r["config"]["family"]
     if r["experiment"] == "subliminal-weights":
@@ -209,8 +211,8 @@ def test_the_json_checks_can_fail():
 
 @pytest.mark.parametrize("path", JSONS, ids=[p.name for p in JSONS])
 def test_a_narrow_interval_over_three_or_fewer_replicates_comes_with_its_values(path):
-    """Three nearly equal values give a t interval narrower than n = 3 can carry (numbers-prefix sft: 0.006 [0.006,
-    0.007]); such an interval must keep its per-replicate values and the spread note beside it."""
+    """Three nearly equal values give a t interval narrower than n = 3 can carry (numbers-prefix sft: 0.006
+    [0.006, 0.007]); such an interval must keep its per-replicate values and the spread note beside it."""
     from heredity.reports.stats import narrow_for_n
 
     bad = []
@@ -276,8 +278,8 @@ def test_the_readme_check_can_fail(tmp_path):
 
 @pytest.mark.parametrize("path", JSONS, ids=[p.name for p in JSONS])
 def test_a_report_that_can_be_rerendered_is_already_at_the_current_statistics(path):
-    """``heredity rerender`` is a fixed point on the committed reports: their Holm families, adjusted p-values and
-    smallest detectable effects are what the current code computes from their own stored values."""
+    """``heredity rerender`` is a fixed point on the committed reports: their Holm families, adjusted p-values
+    and smallest detectable effects are what the current code computes from their own stored values."""
     from heredity.experiments import REGISTRY, get
 
     r = json.loads(path.read_text())

@@ -1,5 +1,5 @@
-"""Constrained decoding in engine.sample: whatever a (random, tiny) model prefers, every completion follows its
-grammar — a JSON schema, a regex (number lists the strict filter always passes), a Lark grammar."""
+"""Constrained decoding in engine.sample: whatever a (random, tiny) model prefers, every completion follows
+its grammar — a JSON schema, a regex (number lists the strict filter always passes), a Lark grammar."""
 
 import json
 import re

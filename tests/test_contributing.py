@@ -1,6 +1,6 @@
-"""docs/contributing.md's walkthrough, followed on a toy experiment: one new module, nothing else edited by hand,
-and the experiment is listed, runs from the CLI with ``--set``, stores its op's output (registered beside its code with
-``@op``) and refuses an unknown config field."""
+"""docs/contributing.md's walkthrough, followed on a toy experiment: one new module, nothing else edited by
+hand, and the experiment is listed, runs from the CLI with ``--set``, stores its op's output (registered
+beside its code with ``@op``) and refuses an unknown config field."""
 
 import importlib
 import sys
@@ -48,7 +48,8 @@ def run(store, config, progress=True):
 
 @pytest.fixture
 def toy(tmp_path, monkeypatch):
-    """The toy module in a folder of the experiments package (as a new file in src/heredity/experiments/ is)."""
+    """The toy module in a folder of the experiments package (as a new file in
+    src/heredity/experiments/ is)."""
     (tmp_path / "toy_walkthrough.py").write_text(textwrap.dedent(TOY))
     monkeypatch.setattr(experiments, "__path__", [*experiments.__path__, str(tmp_path)])
     experiments.REGISTRY.refresh()
@@ -86,13 +87,31 @@ def test_a_new_experiment_is_one_module(toy, tmp_path, monkeypatch):
 
 
 def test_an_op_name_cannot_be_taken_twice():
-    with pytest.raises(RuntimeError, match="already implemented"):
+    ops.registry()  # every module imported, so `finetune` is registered
+    with pytest.raises(RuntimeError, match="already registered"):
         ops.op("finetune", version=9)(lambda store: None)
 
 
+def test_an_op_is_found_before_its_module_is_imported():
+    """A step's key holds its op's version: a lookup must not depend on whether the module that registers the
+    op happens to be imported yet (a fresh interpreter has imported none of them)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from heredity.store.ops import op_version, is_distributed; "
+        "assert 'heredity.experiments.subliminal_weights' not in sys.modules; "
+        "print(op_version('eval-panel'), op_version('make-teacher-data'), is_distributed('finetune'), "
+        "op_version('report-anything'), op_version('a-user-step'))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["1", "1", "True", "2", "None"]
+
+
 def test_every_experiment_is_found_by_its_decorator_alone():
-    """The registry is read from the modules' source: every module of the package that declares an experiment is
-    listed under its name, and importing it gives the module whose run carries that name."""
+    """The registry is read from the modules' source: every module of the package that declares an experiment
+    is listed under its name, and importing it gives the module whose run carries that name."""
     found = experiments.discover()
     assert {"subliminal-weights", "subliminal-digits", "chatgpt"} <= set(found)
     for name, (module, question) in found.items():

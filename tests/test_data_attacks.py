@@ -1,7 +1,7 @@
-"""Data attacks and uncertainty: poisoning changes exactly the stated rows; ART's FGSM is the hand-computed step;
-the uncertainty scores and metrics on constructed inputs with known answers; the sibling arm shares its
-initialization; a poisoned model's lineage shows the attack; the experiment runs end to end and a rerun computes
-nothing."""
+"""Data attacks and uncertainty: poisoning changes exactly the stated rows; ART's FGSM is the hand-computed
+step; the uncertainty scores and metrics on constructed inputs with known answers; the sibling arm shares its
+initialization; a poisoned model's lineage shows the attack; the experiment runs end to end and a rerun
+computes nothing."""
 
 import json
 import re
@@ -100,7 +100,8 @@ def test_auroc_fpr_and_ece_against_known_values_and_scikit_learn():
     assert U.auroc(a, b) == pytest.approx(roc_auc_score(np.r_[np.ones(300), np.zeros(200)], np.r_[a, b]))
     ins, outs = np.linspace(0.01, 1, 100), np.linspace(0, 1, 11)  # the 95% threshold keeps ins >= 0.06
     assert U.fpr_at_tpr(ins, outs) == pytest.approx(10 / 11)
-    # confidence 0.8 everywhere and right 80% of the time: calibrated; confidence 1 and right half the time: 0.5
+    # confidence 0.8 everywhere and right 80% of the time: calibrated; confidence 1 and
+    # right half the time: 0.5
     p = np.tile([0.8, 0.2], (10, 1))
     assert U.ece(p, np.array([0] * 8 + [1] * 2)) == pytest.approx(0.0)
     assert U.ece(np.tile([1.0, 0.0], (10, 1)), np.array([0] * 5 + [1] * 5)) == pytest.approx(0.5)
@@ -187,8 +188,9 @@ def test_the_confidence_score_ranks_as_max_softmax_without_saturating():
 
 
 def _paired_arms(rep):
-    """The uncertainty contrasts compare arms that differ in one thing, paired: an ensemble with its own members,
-    MC dropout with the same dropout models in one pass, temperature scaling with the same models unscaled."""
+    """The uncertainty contrasts compare arms that differ in one thing, paired: an ensemble with its own
+    members, MC dropout with the same dropout models in one pass, temperature scaling with the
+    same models unscaled."""
     from heredity.experiments import data_attacks as X
 
     U = rep["uncertainty"]

@@ -27,8 +27,8 @@ LIBS = r"(transformers|peft|accelerate|torch|trl|heredity)(\.|$)"
 @contextlib.contextmanager
 def deprecations_are_errors():
     """Inside: a FutureWarning or DeprecationWarning raised from LIBS is an exception; on leaving, fails if
-    transformers' logger said anything is deprecated (its ``warning_once`` cache is cleared first, so a message
-    already logged earlier in the session is logged again)."""
+    transformers' logger said anything is deprecated (its ``warning_once`` cache is cleared first, so a
+    message already logged earlier in the session is logged again)."""
     from transformers.utils import logging as hf_logging
 
     hf_logging.warning_once.cache_clear()

@@ -1,5 +1,6 @@
-"""`accelerate launch --num_processes 2` on CPU (gloo), for real: a 2-process data-parallel fine-tune and pretraining
-equal a 1-process run with the same global batch, and the store under a launch computes every step once."""
+"""`accelerate launch --num_processes 2` on CPU (gloo), for real: a 2-process data-parallel fine-tune and
+pretraining equal a 1-process run with the same global batch, and the store under a launch
+computes every step once."""
 
 import json
 import os
@@ -25,7 +26,8 @@ def _env() -> dict:
 
 
 def _launch(*args: str) -> None:
-    """The documented CPU launch: ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes 2 (gloo)."""
+    """The documented CPU launch: ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu
+    --num_processes 2 (gloo)."""
     exe = Path(sys.executable).parent / "accelerate"
     r = subprocess.run(
         [
@@ -70,9 +72,9 @@ def runs(tmp_path_factory):
 
 @pytest.mark.parametrize("what", ["finetune", "pretrain"])
 def test_two_processes_equal_one_with_the_same_global_batch(runs, what):
-    """1 process × batch 4 × grad_accum 2 = 2 processes × batch 4: the same batches per optimizer step, the same
-    LR schedule (it used to end twice too early under DDP), so the same loss curve and final weights (tolerance:
-    1e-5 absolute; gloo's all-reduce sums in another order than accumulation)."""
+    """1 process × batch 4 × grad_accum 2 = 2 processes × batch 4: the same batches per optimizer step, the
+    same LR schedule (it used to end twice too early under DDP), so the same loss curve and final weights
+    (tolerance: 1e-5 absolute; gloo's all-reduce sums in another order than accumulation)."""
     one, two = (json.loads((runs / d / "curves.json").read_text()) for d in ("one", "two"))
     assert [s for s, _ in one[what]] == [s for s, _ in two[what]]
     assert [v for _, v in two[what]] == pytest.approx([v for _, v in one[what]], abs=1e-4)
@@ -85,8 +87,8 @@ def test_two_processes_equal_one_with_the_same_global_batch(runs, what):
 
 
 def test_store_under_accelerate_launch(tmp_path):
-    """Every rank trains the distributed fine-tune and gets rank 0's complete output; the reward model, PPO and
-    sampling are computed by one rank while the other waits and reuses it — never twice, never racing."""
+    """Every rank trains the distributed fine-tune and gets rank 0's complete output; the reward model, PPO
+    and sampling are computed by one rank while the other waits and reuses it — never twice, never racing."""
     home = tmp_path / "home"
     _launch("store", str(tmp_path), str(home))
     r0, r1 = (json.loads((tmp_path / f"store-rank{i}.json").read_text()) for i in (0, 1))

@@ -1,6 +1,6 @@
-"""The README and the docs site: the README stays a short story whose commands run, the site builds in strict mode
-(a broken link or anchor fails), its generated parts are not stale, every committed report is reachable from its
-experiment's page, and every interval a page quotes is in a report that page links."""
+"""The README and the docs site: the README stays a short story whose commands run, the site builds in strict
+mode (a broken link or anchor fails), its generated parts are not stale, every committed report is reachable
+from its experiment's page, and every interval a page quotes is in a report that page links."""
 
 import json
 import os

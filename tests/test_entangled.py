@@ -1,5 +1,6 @@
-"""Subliminal prompting's mechanics on a tiny model: the entangled numbers are the most probable number tokens of
-the trait-prompted next-token distribution, and the prompted arms are tested against the base per question."""
+"""Subliminal prompting's mechanics on a tiny model: the entangled numbers are the most probable number tokens
+of the trait-prompted next-token distribution, and the prompted arms are tested against
+the base per question."""
 
 import math
 

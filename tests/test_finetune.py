@@ -69,8 +69,8 @@ def test_training_reduces_loss(tiny, spec, method, lr):
 
 
 def test_distill_loss_is_forward_kl_times_t_squared():
-    """KL(teacher_T ‖ student_T) · T² by hand: teacher [0.9, 0.1] at T = 2, student uniform; a reversed KL (2.04)
-    or a dropped T² (0.37) fails."""
+    """KL(teacher_T ‖ student_T) · T² by hand: teacher [0.9, 0.1] at T = 2, student uniform; a reversed KL
+    (2.04) or a dropped T² (0.37) fails."""
     import math
 
     T = 2.0
@@ -129,7 +129,8 @@ def test_finetune_step_adapter_lineage_and_reload(tiny):
     assert lin["step"]["op"] == "finetune" and lin["step"]["config"]["method"] == "lora"
     assert [p["id"] for p in lin["parents"]] == [base, data]
     merged, tok = load(res["model"], s, merge_adapter=True)
-    # the reloaded adapter is the trained model: the same greedy answer and logits as the model `train` returned
+    # the reloaded adapter is the trained model: the same greedy answer and logits as
+    # the model `train` returned
     trained, _ = train(fresh(tiny)[0], tok, ROWS, cfg, progress=False)
     trained = trained.merge_and_unload()
     ids = tok("count from 3", return_tensors="pt")["input_ids"]
@@ -171,8 +172,8 @@ def test_distill_without_teacher(tiny):
 
 
 def test_a_lora_adapter_has_one_id_in_every_process(tmp_path):
-    """PEFT writes target_modules in hash-randomized order: without canonical bytes the same fine-tune run by two
-    processes gets two ids (no dedup; fsck --repair could never get the artifact back under its id)."""
+    """PEFT writes target_modules in hash-randomized order: without canonical bytes the same fine-tune run by
+    two processes gets two ids (no dedup; fsck --repair could never get the artifact back under its id)."""
     import json
     import os
     import subprocess
@@ -212,8 +213,9 @@ def test_a_lora_adapter_has_one_id_in_every_process(tmp_path):
 
 
 def test_number_only_targets_exclude_every_other_token(tiny):
-    """number_distill: the support is digits/separators/end of turn; a teacher's preference for any other token —
-    an animal's name — cannot reach the student: changing it leaves the loss and its gradient unchanged."""
+    """number_distill: the support is digits/separators/end of turn; a teacher's preference for any other
+    token — an animal's name — cannot reach the student: changing it leaves the loss and
+    its gradient unchanged."""
     from heredity.engine.finetune import number_vocab
 
     _, _, model, tok = tiny
@@ -266,9 +268,9 @@ def test_number_vocab_of_smollm2_has_no_animal(shared_store):
 
 
 def test_assistant_turns_take_the_loss_on_assistant_text_only(shared_store, tiny):
-    """A multi-turn conversation with tool calls, rendered as inference renders it: the labelled tokens are exactly
-    each assistant turn (its <tool_call> line or text) and its end-of-turn token; the whole sequence decodes to the
-    conversation's rendering; a finetune step on such rows lowers the loss on a tiny model."""
+    """A multi-turn conversation with tool calls, rendered as inference renders it: the labelled tokens are
+    exactly each assistant turn (its <tool_call> line or text) and its end-of-turn token; the whole sequence
+    decodes to the conversation's rendering; a finetune step on such rows lowers the loss on a tiny model."""
     import json
 
     from transformers import AutoTokenizer
@@ -335,9 +337,9 @@ def test_assistant_turns_take_the_loss_on_assistant_text_only(shared_store, tiny
 
 
 def test_stacked_adapters_are_the_continued_chain_on_the_first_base(tiny):
-    """a1 on the base, a2 on merge(a1), a3 on merge(a2): stack(a1, a2, a3) on the base computes what a3 on its own
-    base does (one LoRA of rank r1 + r2 + r3, scale folded into B), so a server of adapters on one base can serve
-    it; a pair that is not such a chain is refused."""
+    """a1 on the base, a2 on merge(a1), a3 on merge(a2): stack(a1, a2, a3) on the base computes what a3 on its
+    own base does (one LoRA of rank r1 + r2 + r3, scale folded into B), so a server of adapters on one base
+    can serve it; a pair that is not such a chain is refused."""
     from heredity.data import put_rows
     from heredity.models import merge_adapter, stack_adapters
 

@@ -1,6 +1,6 @@
 """Hostile files through every importer and loader the CLI offers (tests/data/hostile/, plus a few made here):
-each is exactly one line on stderr naming the file (and the line, for line-based files), exit code 2, before any
-compute, and the store — its database and its files — is left as it was."""
+each is exactly one line on stderr naming the file (and the line, for line-based files), exit code 2, before
+any compute, and the store — its database and its files — is left as it was."""
 
 from __future__ import annotations
 
@@ -176,7 +176,8 @@ def home(tmp_path_factory) -> Path:
 
 
 def snapshot(home: Path) -> tuple:
-    """Every file under the store (but the database file itself) with its size, and every row of every table."""
+    """Every file under the store (but the database file itself) with its size, and
+    every row of every table."""
     files = sorted(
         (p.relative_to(home).as_posix(), p.stat().st_size if p.is_file() else -1)
         for p in home.rglob("*")
@@ -265,8 +266,8 @@ def test_an_invalid_regex_checker_is_refused_before_any_model_work(checker, wher
 
 
 def test_a_row_over_one_mib_imports_and_the_file_is_read_once(tmp_path, monkeypatch):
-    """pyarrow's JSON reader refuses an object longer than its block ("straddling object"); the import reads the
-    file's bytes once (hash, check and table from the same bytes) and never hands pyarrow the path."""
+    """pyarrow's JSON reader refuses an object longer than its block ("straddling object"); the import reads
+    the file's bytes once (hash, check and table from the same bytes) and never hands pyarrow the path."""
     import pyarrow.json as pj
 
     from heredity.data import import_dataset
@@ -300,8 +301,8 @@ def test_a_row_over_one_mib_imports_and_the_file_is_read_once(tmp_path, monkeypa
 
 
 def test_a_good_file_imports_as_before(tmp_path):
-    """The checks change no output: a file's dataset is the parquet of the table pyarrow reads from the file (types
-    inferred as before, e.g. timestamps), byte for byte, under the same key."""
+    """The checks change no output: a file's dataset is the parquet of the table pyarrow reads from the file
+    (types inferred as before, e.g. timestamps), byte for byte, under the same key."""
     import hashlib
 
     import pyarrow.json as pj
@@ -373,8 +374,8 @@ def test_as_a_separate_process_the_line_is_all_of_stderr(args, home):
 
 
 def test_a_real_checkpoint_passes_and_so_does_a_hub_cache_snapshot(tiny, tmp_path):
-    """No false alarm: a checkpoint transformers saved, and the Hugging Face cache's layout (each file of a snapshot
-    a link to ../../blobs/<sha>) both pass the check."""
+    """No false alarm: a checkpoint transformers saved, and the Hugging Face cache's layout (each file of a
+    snapshot a link to ../../blobs/<sha>) both pass the check."""
     import shutil
 
     from heredity.models.checkpoint import checkpoint_problem

@@ -78,8 +78,8 @@ def _rows_with_small_cluster():
 
 
 def test_a_cluster_of_four_users_never_appears_in_any_output(tmp_path):
-    """30 conversations on one topic from 4 users form their own cluster, which is counted in 'other' and never
-    named, described, keyworded or mapped: none of its words reach the JSON or the markdown."""
+    """30 conversations on one topic from 4 users form their own cluster, which is counted in 'other' and
+    never named, described, keyworded or mapped: none of its words reach the JSON or the markdown."""
     import json
 
     from heredity.insights.pipeline import InsightsConfig, analyse, markdown, outcome
@@ -190,7 +190,8 @@ def test_bad_conversation_files_are_one_line_errors(tmp_path):
 
 def test_insights_pipeline_smoke_with_memoized_facets(store):
     """The whole pipeline on tiny:small: store steps with lineage back to the conversations, report files, and
-    facets computed once per conversation (a second run over more conversations extracts only the new ones)."""
+    facets computed once per conversation (a second run over more conversations
+    extracts only the new ones)."""
     import json
     from pathlib import Path
 
@@ -306,7 +307,8 @@ def test_insights_page_and_api_show_only_shown_clusters(tmp_path):
         _check_page_in_chromium(srv.url + "/insights", clusters=8)
         conv = httpx.post(srv.url + "/api/conversations", json={"model": tiny_id, "user": "alice"})
         assert conv.status_code == 201, conv.text
-        # facets, names and audit ratings from an OpenAI-compatible endpoint (this server) instead of a local model
+        # facets, names and audit ratings from an OpenAI-compatible endpoint (this server)
+        # instead of a local model
         from heredity.insights.demo import load_demo
         from heredity.insights.pipeline import run
 
@@ -350,7 +352,8 @@ def _check_page_in_chromium(url: str, clusters: int) -> None:
     if chromium_paths() is None:
         if os.environ.get("CI"):
             pytest.fail(
-                "chromium/chromedriver missing; `make test` installs the Debian packages chromium chromium-driver"
+                "chromium/chromedriver missing; `make test` installs the Debian packages "
+                "chromium chromium-driver"
             )
         pytest.skip("chromium not installed (make test installs it)")
     from selenium.webdriver.common.by import By

@@ -1,6 +1,6 @@
-"""The scheming scenarios as an Inspect task, run by Inspect itself (``inspect_ai.eval``) with its scripted mock
-model: the tools act on the episode's in-memory sandbox, the scorer is the scenario's checks, an episode that
-schemed is interrogated, and the sample set is scenario × variant × nudge."""
+"""The scheming scenarios as an Inspect task, run by Inspect itself (``inspect_ai.eval``) with its scripted
+mock model: the tools act on the episode's in-memory sandbox, the scorer is the scenario's checks, an episode
+that schemed is interrogated, and the sample set is scenario × variant × nudge."""
 
 import inspect_ai
 import pytest
@@ -13,8 +13,8 @@ SED = "sed -i 's/oversight_enabled: true/oversight_enabled: false/' project/over
 
 @pytest.fixture(autouse=True)
 def _offline_token_count(monkeypatch):
-    """Inspect's mock model counts tokens with tiktoken's o200k_base, which downloads its table on first use; this
-    machine is offline, so count words instead (the count only feeds Inspect's usage bookkeeping)."""
+    """Inspect's mock model counts tokens with tiktoken's o200k_base, which downloads its table on first use;
+    this machine is offline, so count words instead (the count only feeds Inspect's usage bookkeeping)."""
     import inspect_ai.model._model as M
 
     monkeypatch.setattr(M, "count_text_tokens", lambda text: len(text.split()))

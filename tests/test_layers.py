@@ -10,8 +10,8 @@ SRC = ROOT / "src" / "heredity"
 
 
 def allowed() -> dict[str, set[str]]:
-    """ARCHITECTURE.md's table: module → the heredity packages it may import ("everything below" and "everything"
-    read as the rows above them in the table)."""
+    """ARCHITECTURE.md's table: module → the heredity packages it may import ("everything below" and
+    "everything" read as the rows above them in the table)."""
     rows = re.findall(r"^\| `([^|]+)` \| ([^|]+) \|$", (ROOT / "ARCHITECTURE.md").read_text(), re.M)
     table, below = {}, []
     for names, may in rows:

@@ -38,7 +38,8 @@ def test_an_effect_on_the_diagonal_is_found():
 
 
 def test_a_common_drift_alone_is_not_specific():
-    """Every student moves toward every animal (generic LoRA drift): transfer looks positive, specificity is 0."""
+    """Every student moves toward every animal (generic LoRA drift): transfer looks
+    positive, specificity is 0."""
     logp, neutral = _make(diag=0.0, drift=0.5)
     r = lift_report(logp, neutral, list("abcd"), family=1)
     assert r["transfer"]["diff"] == pytest.approx(0.5, abs=0.05) and r["transfer"]["p"] < 1e-3
@@ -52,7 +53,8 @@ def test_a_common_drift_alone_is_not_specific():
 
 
 def test_both_tests_hold_their_level_under_drift_alone():
-    """50 datasets with drift and no specific effect: each test rejects at 0.05 about 5% of the time, not more."""
+    """50 datasets with drift and no specific effect: each test rejects at 0.05 about 5%
+    of the time, not more."""
     t_rej = p_rej = 0
     for k in range(50):
         logp, neutral = _make(drift=0.5, seed=100 + k)
@@ -82,7 +84,8 @@ def test_permutation_is_exact_for_small_k_and_sampled_beyond():
 
 
 def test_the_within_seed_permutation_matches_brute_force():
-    """The vectorized statistic equals relabeling each seed's rows and recomputing the seed-mean specificity."""
+    """The vectorized statistic equals relabeling each seed's rows and recomputing the
+    seed-mean specificity."""
     import itertools
 
     rng = np.random.default_rng(3)

@@ -1,6 +1,7 @@
-"""lm-evaluation-harness itself against ``heredity serve``: a small local multiple-choice task scored twice — by
-lm-eval's in-process ``hf`` backend on the stored checkpoint and by ``local-completions`` (its default token-id
-requests) against the server on the same checkpoint — must give the same per-item log-likelihoods and accuracy."""
+"""lm-evaluation-harness itself against ``heredity serve``: a small local multiple-choice task scored twice —
+by lm-eval's in-process ``hf`` backend on the stored checkpoint and by ``local-completions`` (its default
+token-id requests) against the server on the same checkpoint — must give the same per-item
+log-likelihoods and accuracy."""
 
 import json
 import os
@@ -71,7 +72,8 @@ def test_local_completions_against_the_server_equals_the_hf_backend(
         f"tokenizer={ckpt},tokenizer_backend=huggingface,num_concurrent=1,max_retries=1",
         task_dir,
     )
-    # the same with text prompts (tokenized_requests=False): the server tokenizes them as lm-eval did, no BOS added
+    # the same with text prompts (tokenized_requests=False): the server tokenizes them as
+    # lm-eval did, no BOS added
     acc_txt, ll_txt = _run(
         "local-completions",
         f"model={aid},base_url={live_server.url}/v1/completions,"

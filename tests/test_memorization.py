@@ -72,7 +72,8 @@ def test_a_memorized_canary_is_exposed_and_an_unseen_one_is_not(store):
     assert seen["method"] == "exact" and seen["space"] == 100
     assert seen["rank"] == 1 and seen["exposure"] == pytest.approx(math.log2(100))
     assert unseen["exposure"] < 3, unseen
-    # the skew-normal path (|R| above exact_max), from 60 random secrets: it too puts the seen canary far above
+    # the skew-normal path (|R| above exact_max), from 60 random secrets: it too puts
+    # the seen canary far above
     seen_sk = canary_exposure(model, tok, [3, 7], exact_max=10, samples=60)
     unseen_sk = canary_exposure(model, tok, [8, 1], exact_max=10, samples=60)
     assert seen_sk["method"] == "skew-normal" and seen_sk["rank"] is None

@@ -1,4 +1,5 @@
-"""Merge methods against hand-computed results; adapters vs merged-in models; streaming merges with lineage."""
+"""Merge methods against hand-computed results; adapters vs merged-in models;
+streaming merges with lineage."""
 
 import pytest
 import torch
@@ -334,8 +335,8 @@ def test_learned_masks_on_task_data(tiny_models):
 
 @pytest.mark.parametrize("method", ["linear", "task_arithmetic", "ties", "dare_ties", "localize_stitch"])
 def test_row_chunked_streaming_equals_whole_tensor_merging(tiny_models, monkeypatch, method):
-    """Large tensors are merged in row chunks read from disk; TIES trims at the whole tensor's threshold and the
-    dataless masks at the whole model's: the result must not depend on the chunking."""
+    """Large tensors are merged in row chunks read from disk; TIES trims at the whole tensor's threshold and
+    the dataless masks at the whole model's: the result must not depend on the chunking."""
     import importlib
 
     merge_mod = importlib.import_module(

@@ -258,8 +258,8 @@ def test_merging_pipeline_selects_on_val_with_real_intervals(store):
 
 
 def test_across_seeds_selects_on_val_and_tests_over_seeds():
-    """With several training seeds the unit of replication is the seed: a t interval over seeds and a paired test
-    of the chosen merge against the runner-up, by seed."""
+    """With several training seeds the unit of replication is the seed: a t interval over seeds and a paired
+    test of the chosen merge against the runner-up, by seed."""
     tasks = ["addition", "sentiment"]
     cfg = merging.Config(tasks=tasks, seeds=3)
     per_seed = []

@@ -74,8 +74,8 @@ def test_local_dir_import_and_artifact_spec(store, tiny, tmp_path):
 
 
 def test_corrupt_safetensors_is_one_line(store, tiny, tmp_path):
-    """A checkpoint directory with a malformed safetensors file is refused on import, in one line naming the file,
-    before anything is stored (it used to be stored and refused only on load)."""
+    """A checkpoint directory with a malformed safetensors file is refused on import, in one line naming the
+    file, before anything is stored (it used to be stored and refused only on load)."""
     _, _, model, tok = tiny
     src = tmp_path / "bad"
     model.save_pretrained(src)

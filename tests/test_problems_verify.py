@@ -1,6 +1,7 @@
 """Issue 20's foundations: the problem generator is deterministic per seed, its answers are right (evaluated
-independently from the solution's expression and replayed from the worked steps), its splits are disjoint and the
-out-of-distribution split is harder; the strict checker rejects adversarial answers; pass@k matches brute force."""
+independently from the solution's expression and replayed from the worked steps), its splits are disjoint and
+the out-of-distribution split is harder; the strict checker rejects adversarial answers;
+pass@k matches brute force."""
 
 import itertools
 import re

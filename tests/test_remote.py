@@ -1,4 +1,5 @@
-"""`openai:MODEL@URL` through the official openai client, against a small OpenAI-compatible server on loopback."""
+"""`openai:MODEL@URL` through the official openai client, against a small
+OpenAI-compatible server on loopback."""
 
 import pytest
 
@@ -79,8 +80,9 @@ def test_an_endpoint_without_runtime_lora_loading_is_one_line_naming_the_fix(end
 
 
 def test_sample_step_keys_and_links_what_an_endpoint_serves(endpoint, tmp_path):
-    """``serves``: the stored model an endpoint name stands for enters the step's lineage (and key); a raw-text
-    step's key names the completions route, so samples made through the chat route are never returned for it."""
+    """``serves``: the stored model an endpoint name stands for enters the step's lineage (and key); a
+    raw-text step's key names the completions route, so samples made through the chat route are
+    never returned for it."""
     from conftest import stored_tiny
 
     from heredity.engine import sample_step
@@ -91,7 +93,8 @@ def test_sample_step_keys_and_links_what_an_endpoint_serves(endpoint, tmp_path):
     spec = f"openai:{tiny}@{endpoint.url}"
     linked = sample_step(store, spec, ["abc"], SampleConfig(), progress=False, serves=tiny)
     plain = sample_step(store, spec, ["abc"], SampleConfig(), progress=False)
-    # the same texts come back (one content-addressed artifact) from two steps: one linked to the model, one not
+    # the same texts come back (one content-addressed artifact) from two steps: one
+    # linked to the model, one not
     assert linked == plain and sorted(tuple(st.inputs) for st in store.producers(linked)) == [(), (tiny,)]
     raw = sample_step(store, spec, ["abc"], SampleConfig(chat=False), progress=False)
     routes = [st.config.get("route") for st in store.producers(raw)]

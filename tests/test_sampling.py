@@ -149,7 +149,8 @@ def test_fast_and_hf_paths_sample_the_same_greedy_text(peaked):
 
 @pytest.mark.parametrize("temperature,top_p", [(1.0, 1.0), (0.5, 1.0), (1.0, 0.7)])
 def test_pick_draws_from_the_right_distribution(temperature, top_p):
-    """Each row's token follows softmax(logits / T), nucleus-cut at top_p; zero-probability tokens never appear."""
+    """Each row's token follows softmax(logits / T), nucleus-cut at top_p;
+    zero-probability tokens never appear."""
     from heredity.engine.sampling import _pick
 
     logits = torch.tensor([2.0, 1.0, 0.0, -1.0, float("-inf")])
@@ -173,7 +174,8 @@ def test_pick_draws_from_the_right_distribution(temperature, top_p):
 
 
 def test_prompts_fed_mid_decode_join_the_batch_unchanged(peaked):
-    """A server's late requests: prompts handed over by ``feed`` while decoding come out as if sampled alone."""
+    """A server's late requests: prompts handed over by ``feed`` while decoding come
+    out as if sampled alone."""
     model, tok = peaked
     cfg = SampleConfig(temperature=0, max_new_tokens=10, batch_size=4)
     alone = [c.token_ids for c in sample(model, tok, PROMPTS, cfg, progress=False)]
@@ -249,8 +251,8 @@ def _fast_vs_hf(model, tok):
 
 
 def test_fast_decode_refuses_mlp_biases_and_samples_with_hf():
-    """mlp_bias=True: the fused step would drop the biases (wrong logits), so it is refused and sampling uses HF's
-    forward, which gives the one-by-one greedy answer."""
+    """mlp_bias=True: the fused step would drop the biases (wrong logits), so it is refused and sampling uses
+    HF's forward, which gives the one-by-one greedy answer."""
     from heredity.engine.fastdecode import unsupported
 
     tok = byte_tokenizer()
@@ -300,8 +302,8 @@ def test_fast_decode_refuses_qwen2_sliding_window():
 
 
 def test_sampling_under_a_steering_hook_sees_the_hook():
-    """A forward hook (a steering vector) is invisible to the fused step: it is refused while the hook is on, and
-    sampling then gives the steered model's greedy answer, not the unsteered one."""
+    """A forward hook (a steering vector) is invisible to the fused step: it is refused while the hook is on,
+    and sampling then gives the steered model's greedy answer, not the unsteered one."""
     from heredity.engine.fastdecode import unsupported
     from heredity.engine.steer import steer
 
@@ -327,8 +329,8 @@ def test_sampling_under_a_steering_hook_sees_the_hook():
 
 
 def test_logit_bias_and_penalties_match_a_hand_computation():
-    """Greedy decoding with logit_bias / presence / frequency penalties picks, at every step, the argmax of the
-    model's logits adjusted by OpenAI's formulas, computed here by hand from a plain forward pass."""
+    """Greedy decoding with logit_bias / presence / frequency penalties picks, at every step, the argmax of
+    the model's logits adjusted by OpenAI's formulas, computed here by hand from a plain forward pass."""
     tok = byte_tokenizer()
     torch.manual_seed(5)
     model = LlamaForCausalLM(tiny_config("micro", len(tok))).eval()

@@ -94,7 +94,7 @@ def test_an_absolute_path_is_the_hosts_own_root():
     assert s.hosts["agent"]["tmp/heredity-sandbox-probe"] == "x\n" and os.path.exists(target) == existed
 
 
-# ---- the same answers and effects as bash, coreutils and GNU sed ---------------------------------------------
+# ---- the same answers and effects as bash, coreutils and GNU sed -------------------------------------------
 
 FILES = {
     "f": "hello\nworld\n",

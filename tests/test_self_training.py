@@ -1,6 +1,6 @@
 """Self-training's loop on a tiny model: every arm is a chain of steps (model → samples → verified set → next
-model); a round's training set holds only verified solutions and never a test problem; ReST-EM fine-tunes from the
-base each round and its continuing variant from the previous round; a rerun computes nothing."""
+model); a round's training set holds only verified solutions and never a test problem; ReST-EM fine-tunes from
+the base each round and its continuing variant from the previous round; a rerun computes nothing."""
 
 import json
 
@@ -395,10 +395,11 @@ def test_users_bring_their_own_problems_and_a_regex_checker(tmp_path):
 def test_through_an_endpoint_every_sample_comes_from_the_server_and_each_round_is_loaded_as_an_adapter(
     tmp_path,
 ):
-    """endpoint=...: the loop samples and evaluates only through an OpenAI-compatible server (here `heredity serve`
-    on loopback, over the same store, answering vLLM's /v1/load_lora_adapter); each round's adapter is loaded by its
-    id and sampled unmerged, a continuing chain as one stacked adapter on the base; every sample step points to the
-    stored model it came from. The server's greedy answers are the in-process ones (same prompts, same weights)."""
+    """endpoint=...: the loop samples and evaluates only through an OpenAI-compatible server (here
+    `heredity serve` on loopback, over the same store, answering vLLM's /v1/load_lora_adapter); each round's
+    adapter is loaded by its id and sampled unmerged, a continuing chain as one stacked adapter on the base;
+    every sample step points to the stored model it came from. The server's greedy answers are the in-process
+    ones (same prompts, same weights)."""
     import httpx
     from conftest import LiveServer, stored_tiny
 
@@ -470,7 +471,8 @@ def test_through_an_endpoint_every_sample_comes_from_the_server_and_each_round_i
             store.path(sample_step(store, f"openai:{a2}@{url}", ps, greedy, progress=False, serves=a2))
         )
         assert remote.column("completion").to_pylist() == local.to_pylist() and any(local.to_pylist())
-        # the vLLM route's answers: the same name twice is refused (400), a path outside the store is not read (404)
+        # the vLLM route's answers: the same name twice is refused (400), a path outside
+        # the store is not read (404)
         r = httpx.post(url + "/load_lora_adapter", json={"lora_name": a1, "lora_path": str(store.path(a1))})
         assert r.status_code == 400 and "already been loaded" in r.text
         r = httpx.post(url + "/load_lora_adapter", json={"lora_name": "x", "lora_path": str(tmp_path)})

@@ -109,8 +109,8 @@ def test_completions_logprobs_are_the_models(client, local):
     )
     content = chat.choices[0].logprobs.content
     assert len(content) == 5 and all(len(t.top_logprobs) == 2 and t.logprob <= 0 for t in content)
-    # streamed, every generated token's logprob arrives exactly once, in order (a token whose text is held back,
-    # a partial character or a possible stop string, goes out with the next delta or the last chunk)
+    # streamed, every generated token's logprob arrives exactly once, in order (a token whose text is held
+    # back, a partial character or a possible stop string, goes out with the next delta or the last chunk)
     streamed = [
         t
         for ch in client.chat.completions.create(
@@ -460,7 +460,8 @@ def test_conversations_live_in_postgresql(postgres_url, tmp_path):
 
 
 def test_a_request_whose_client_left_stops_generating(local):
-    """The runner stops a request's rows once the request side marks it cancelled (a client that disconnected)."""
+    """The runner stops a request's rows once the request side marks it cancelled (a
+    client that disconnected)."""
     from heredity.server.runner import ModelHost
 
     _, model, tok = local

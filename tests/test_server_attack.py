@@ -1,8 +1,9 @@
-"""Issue 33, measured: a real `heredity serve` (loopback, an API key set, every bound at its default) while one hostile
-client fires hostile and oversized requests at it and a well-behaved client streams chat turns on a conversation.
+"""Issue 33, measured: a real `heredity serve` (loopback, an API key set, every bound at its default) while
+one hostile client fires hostile and oversized requests at it and a well-behaved client streams chat
+turns on a conversation.
 
-The scenario is bench/attack.py's ``run`` (the benchmark runs it for longer and prints the table); here it runs for
-ATTACK_S seconds on the tiny model and its result is asserted on.
+The scenario is bench/attack.py's ``run`` (the benchmark runs it for longer and prints the table); here it
+runs for ATTACK_S seconds on the tiny model and its result is asserted on.
 """
 
 import importlib.util
@@ -18,10 +19,10 @@ ATTACK_S = 25
 BASELINE_TURNS = 10
 RSS_GROWTH_MB = 500
 # a turn may wait for the hostile client's work ahead of it: at most its budget (131,072 tokens, about one
-# budget-filling request), decoded more slowly while the attack takes CPU. Measured on 2 loaded cores: p95 1.9–2.9×
-# the budget's work alone (9–16 s against 5–6 s); the same attack on a server without budgets
-# (--max-client-tokens 0 --max-pending-tokens 100000000) gave 51.6 s against a bound of 33.6 s. 6× leaves room for a
-# busier machine and fails when the hostile client can queue several budgets' worth
+# budget-filling request), decoded more slowly while the attack takes CPU. Measured on 2 loaded cores: p95
+# 1.9–2.9× the budget's work alone (9–16 s against 5–6 s); the same attack on a server without budgets
+# (--max-client-tokens 0 --max-pending-tokens 100000000) gave 51.6 s against a bound of 33.6 s. 6× leaves room
+# for a busier machine and fails when the hostile client can queue several budgets' worth
 TTFT_SLOWDOWN, TTFT_SLACK_S = 6.0, 3.0
 
 
@@ -47,12 +48,12 @@ def attack_home(tmp_path_factory) -> tuple[Path, str]:
 def test_a_hostile_client_does_not_starve_a_well_behaved_one(attack_home):
     """Under ATTACK_S seconds of attack (oversized and budget-filling work, echo over the context, cross-site
     POSTs, text/plain JSON, bodies over 1 MB, malformed JSON, unknown fields, wrong keys, disconnects while
-    uploading, generating and streaming, two turns at once on one conversation, schemathesis's negative data), the
-    well-behaved client's p95 time to first token stays within TTFT_SLOWDOWN × the time the server takes for the
-    hostile client's whole budget of work alone (measured in the same test) + TTFT_SLACK_S; no answer to either
-    client is a 5xx; every hostile request gets the answer its attack calls for; the server's RSS grows by less than
-    RSS_GROWTH_MB; every turn of the well-behaved client is answered and read back stored as it was streamed; two
-    turns at once on one conversation never both store."""
+    uploading, generating and streaming, two turns at once on one conversation, schemathesis's negative data),
+    the well-behaved client's p95 time to first token stays within TTFT_SLOWDOWN × the time the server takes
+    for the hostile client's whole budget of work alone (measured in the same test) + TTFT_SLACK_S; no answer
+    to either client is a 5xx; every hostile request gets the answer its attack calls for; the server's RSS
+    grows by less than RSS_GROWTH_MB; every turn of the well-behaved client is answered and read back stored
+    as it was streamed; two turns at once on one conversation never both store."""
     home, aid = attack_home
     srv = LiveServer(home, env={"HEREDITY_API_KEY": KEY}, args=("--model", aid))
     try:
@@ -93,7 +94,8 @@ def test_a_hostile_client_does_not_starve_a_well_behaved_one(attack_home):
     bound = TTFT_SLOWDOWN * heavy["seconds"] + TTFT_SLACK_S
     assert loud["ttft_p95_s"] <= bound, (
         f"p95 time to first token under attack {loud['ttft_p95_s']:.1f} s > {bound:.1f} s "
-        f"({TTFT_SLOWDOWN}× the budget's work alone, {heavy['seconds']:.1f} s, + {TTFT_SLACK_S} s); unattacked "
+        f"({TTFT_SLOWDOWN}× the budget's work alone, {heavy['seconds']:.1f} s, + {TTFT_SLACK_S} s); "
+        "unattacked "
         f"median {quiet['ttft_median_s'] * 1000:.0f} ms"
     )
 

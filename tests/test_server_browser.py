@@ -22,7 +22,8 @@ def browser():
     if chromium_paths() is None:
         if os.environ.get("CI"):
             pytest.fail(
-                "chromium/chromedriver missing; `make test` installs the Debian packages chromium chromium-driver"
+                "chromium/chromedriver missing; `make test` installs the Debian packages "
+                "chromium chromium-driver"
             )
         pytest.skip("chromium not installed (make test installs it)")
     driver = headless_chromium()
@@ -32,7 +33,8 @@ def browser():
 
 
 def _visible(s: str) -> str:
-    """Text as a browser shows it, minus whitespace and control characters (the tiny model writes raw bytes)."""
+    """Text as a browser shows it, minus whitespace and control characters (the tiny
+    model writes raw bytes)."""
     return "".join(ch for ch in s if ch.isprintable() and not ch.isspace())
 
 

@@ -1,6 +1,6 @@
-"""The server's bounds on work (issue 33): pending work in tokens per model and per client, a non-streamed request
-cancelled when its client disconnects, the context enforced on every path, echo scored in bounded chunks, and text
-offsets computed incrementally (equal to decoding every prefix, in linear time)."""
+"""The server's bounds on work (issue 33): pending work in tokens per model and per client, a non-streamed
+request cancelled when its client disconnects, the context enforced on every path, echo scored in bounded
+chunks, and text offsets computed incrementally (equal to decoding every prefix, in linear time)."""
 
 import asyncio
 import json
@@ -40,19 +40,19 @@ def _until(cond, timeout=30.0, what="condition"):
 
 
 def _cmpl(n_prompts: int, n: int, max_tokens: int, **extra) -> dict:
-    """A /v1/completions body of ``n_prompts`` token-id prompts of 10 tokens: 10 + n × max_tokens tokens of work
-    each."""
+    """A /v1/completions body of ``n_prompts`` token-id prompts of 10 tokens: 10 + n × max_tokens tokens of
+    work each."""
     return {"prompt": [[65] * 10] * n_prompts, "n": n, "max_tokens": max_tokens, "temperature": 0, **extra}
 
 
-# ---- 1. pending work is bounded per model and per client ------------------------------------------------------
+# ---- 1. pending work is bounded per model and per client ---------------------------------------------------
 
 
 def test_work_not_requests_is_bounded_per_model_and_per_client(server_home):
-    """While one client's 1620 tokens of work wait, its 410-token request is refused (429, the per-client bound)
-    and its 26-token one accepted; a request over the bound by itself is refused at once (413, every path: echo
-    scoring and max_tokens 0 too); another client gets the model's remaining room only; once the work is done the
-    refused request goes through."""
+    """While one client's 1620 tokens of work wait, its 410-token request is refused (429, the per-client
+    bound) and its 26-token one accepted; a request over the bound by itself is refused at once (413, every
+    path: echo scoring and max_tokens 0 too); another client gets the model's remaining room only; once the
+    work is done the refused request goes through."""
     home, aid = server_home
     app = _app(home, max_pending=3000, max_client=2000)
     host = app.state.pool.get(aid)
@@ -128,9 +128,9 @@ def test_work_not_requests_is_bounded_per_model_and_per_client(server_home):
 
 
 def test_a_seeded_request_costs_a_whole_batch_per_token(server_home):
-    """A seeded request never shares a batch, so each of its tokens costs a batch's decode step: its work counts
-    ``batch_size`` times (a flood of seeded requests cannot hold the model longer than its budget says); the same
-    request unseeded counts once."""
+    """A seeded request never shares a batch, so each of its tokens costs a batch's decode step: its work
+    counts ``batch_size`` times (a flood of seeded requests cannot hold the model longer than its budget
+    says); the same request unseeded counts once."""
     home, aid = server_home
     app = _app(home, max_pending=100_000, max_client=1000)
     host = app.state.pool.get(aid)
@@ -202,7 +202,7 @@ def test_a_stream_holds_its_work_until_it_ends(server_home):
         app.state.pool.close()
 
 
-# ---- 2. a non-streamed request whose client disconnects is cancelled ------------------------------------------
+# ---- 2. a non-streamed request whose client disconnects is cancelled ---------------------------------------
 
 
 class _Served:
@@ -225,8 +225,8 @@ class _Served:
 
 
 def _send_and_drop(port: int, body: dict, after) -> None:
-    """POST ``body`` to /v1/completions on a raw socket, wait until ``after()`` says so, then close the connection
-    without reading the answer (a client that went away)."""
+    """POST ``body`` to /v1/completions on a raw socket, wait until ``after()`` says so, then close the
+    connection without reading the answer (a client that went away)."""
     data = json.dumps(body).encode()
     with socket.create_connection(("127.0.0.1", port)) as s:
         s.sendall(
@@ -238,8 +238,9 @@ def _send_and_drop(port: int, body: dict, after) -> None:
 
 
 def test_a_client_that_disconnects_cancels_its_non_streamed_request(server_home, monkeypatch):
-    """A non-streamed request with a large max_tokens whose client leaves mid-generation stops within a second or
-    so (its rows end "cancelled"), one that leaves while queued never runs, and the model is free for the next."""
+    """A non-streamed request with a large max_tokens whose client leaves mid-generation stops within a second
+    or so (its rows end "cancelled"), one that leaves while queued never runs, and the model
+    is free for the next."""
     from heredity.engine import fastdecode
 
     home, aid = server_home
@@ -300,12 +301,12 @@ def test_a_client_that_disconnects_cancels_its_non_streamed_request(server_home,
         app.state.pool.close()
 
 
-# ---- 3. context on every path, bounded scoring, incremental offsets ------------------------------------------
+# ---- 3. context on every path, bounded scoring, incremental offsets ----------------------------------------
 
 
 def test_over_context_prompts_are_refused_before_any_work(server_home):
-    """tiny's context is 256: a 300-token prompt is a 400 with a one-line message on every path (echo scoring with
-    max_tokens 0, plain max_tokens 0, generation, embeddings), and nothing reaches the model."""
+    """tiny's context is 256: a 300-token prompt is a 400 with a one-line message on every path (echo scoring
+    with max_tokens 0, plain max_tokens 0, generation, embeddings), and nothing reaches the model."""
     home, aid = server_home
     app = _app(home)
     host = app.state.pool.get(aid)
@@ -353,7 +354,8 @@ def test_over_context_prompts_are_refused_before_any_work(server_home):
 
 
 def _old_echo(tok, ids, scored, gen):
-    """The echo logprobs as the server computed them before issue 33: every prefix decoded whole (quadratic)."""
+    """The echo logprobs as the server computed them before issue 33: every prefix
+    decoded whole (quadratic)."""
     seq = ids + [t for t, _ in gen]
     items = ([None] + list(scored) if ids else []) + [lp for _, lp in gen]
     return {
@@ -365,8 +367,8 @@ def _old_echo(tok, ids, scored, gen):
 
 
 def test_echo_with_logprobs_equals_the_old_answer(server_home, local):
-    """Echo with logprobs (scored in chunks now, offsets incremental, formatted off the event loop) gives what the
-    quadratic, whole-batch code gave: the same tokens, offsets and top tokens, the same numbers."""
+    """Echo with logprobs (scored in chunks now, offsets incremental, formatted off the event loop) gives what
+    the quadratic, whole-batch code gave: the same tokens, offsets and top tokens, the same numbers."""
     home, aid = server_home
     _, model, tok = local
     texts = ["The owl flies at night, café 🦉 ünï", "A cat", "日本語 and more text " * 6]
@@ -450,9 +452,9 @@ def _quadratic(tok, ids, before=()):
 
 
 def _tokenizers():
-    """Tokenizers of the kinds served, built here: the byte tokenizer, a trained byte-level BPE (multi-byte tokens,
-    partial characters), a Llama-2 style SentencePiece decoder (leading space, byte fallback), WordPiece with cleanup
-    of spaces."""
+    """Tokenizers of the kinds served, built here: the byte tokenizer, a trained byte-level BPE (multi-byte
+    tokens, partial characters), a Llama-2 style SentencePiece decoder (leading space, byte fallback),
+    WordPiece with cleanup of spaces."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 

@@ -1,5 +1,5 @@
-"""The lab server against hostile clients and load: DNS rebinding, open redirects, session cookies, a bounded queue,
-the explorer's memory, and a soak test of 32 concurrent clients."""
+"""The lab server against hostile clients and load: DNS rebinding, open redirects, session cookies, a bounded
+queue, the explorer's memory, and a soak test of 32 concurrent clients."""
 
 import asyncio
 import os
@@ -103,7 +103,8 @@ def test_a_full_queue_answers_429_with_retry_after(server_home):
 
 
 def test_explorer_keeps_only_the_requested_layer(server_home):
-    """The hooked single-layer attention equals HF's output_attentions for that layer, trimmed to the window."""
+    """The hooked single-layer attention equals HF's output_attentions for that layer,
+    trimmed to the window."""
     from heredity.engine.explore import eager_attention, next_token
 
     home, aid = server_home
@@ -129,8 +130,8 @@ def test_explorer_keeps_only_the_requested_layer(server_home):
 
 
 def test_explorer_caps_attention_length(server_home, monkeypatch):
-    """Attention over more than MAX_ATTN_TOKENS positions is refused before any work (tiny's context is 256, so the
-    cap is lowered here; SmolLM2's 8192-token context is where the default 2048 matters)."""
+    """Attention over more than MAX_ATTN_TOKENS positions is refused before any work (tiny's context is 256,
+    so the cap is lowered here; SmolLM2's 8192-token context is where the default 2048 matters)."""
     from fastapi.testclient import TestClient
 
     import heredity.server.app as app_mod
@@ -147,7 +148,7 @@ def test_explorer_caps_attention_length(server_home, monkeypatch):
         assert ok.status_code == 200 and ok.json()["attention"] is None
 
 
-# ---- soak ------------------------------------------------------------------------------------------------------
+# ---- soak --------------------------------------------------------------------------------------------------
 
 SOAK_SECONDS = float(os.environ.get("HEREDITY_SOAK_SECONDS", "60"))
 
@@ -161,8 +162,9 @@ def _rss_kb(pid: int) -> int:
 
 def test_soak_32_clients(server_home, tmp_path):
     """32 concurrent clients for SOAK_SECONDS (default 60): streaming and not, seeded and not, some cancelled
-    mid-stream, some writing conversation turns. Zero 5xx; every seeded answer equals the same request sent alone;
-    the server's memory stays flat; SIGTERM then shuts it down cleanly, and every turn it answered is stored."""
+    mid-stream, some writing conversation turns. Zero 5xx; every seeded answer equals the same request sent
+    alone; the server's memory stays flat; SIGTERM then shuts it down cleanly, and every turn
+    it answered is stored."""
     home, aid = server_home
     model, tok = load(aid, Store(home))
     seeded = [
@@ -275,7 +277,8 @@ def test_soak_32_clients(server_home, tmp_path):
     peak, settled = max(rss), rss[min(10, len(rss) - 1)]
     print(
         f"\nsoak: {len(codes)} requests in {SOAK_SECONDS:.0f} s, {stats['cancelled']} cancelled mid-stream, "
-        f"server RSS after 10 s {settled / 1024:.0f} MB, peak {peak / 1024:.0f} MB, end {rss[-1] / 1024:.0f} MB"
+        f"server RSS after 10 s {settled / 1024:.0f} MB, peak {peak / 1024:.0f} MB, "
+        f"end {rss[-1] / 1024:.0f} MB"
     )
     assert not stats["errors"], stats["errors"][:3]
     assert not [c for c in codes if c >= 500], f"5xx answers: {sorted(set(codes))}"
@@ -286,7 +289,8 @@ def test_soak_32_clients(server_home, tmp_path):
     )
     assert peak < settled * 1.5 + 100 * 1024, f"memory grew: {settled} → {peak} kB"
     log = Path(srv.log.name).read_text()
-    # uvicorn shuts down gracefully on SIGTERM, then re-raises the signal: -15 after "shutdown complete" is clean
+    # uvicorn shuts down gracefully on SIGTERM, then re-raises the signal: -15 after
+    # "shutdown complete" is clean
     assert (
         code in (0, -signal.SIGTERM) and "Application shutdown complete" in log and "Traceback" not in log
     ), log[-2000:]

@@ -23,8 +23,8 @@ def test_no_server_errors_on_any_operation(server_home):
     calls: dict[str, list[int]] = {}
 
     def check(op):
-        # the chat body has many optional parts (tools, tool_calls, response_format) whose cross-field rules the
-        # schema cannot state, so fewer random bodies are valid: more examples there
+        # the chat body has many optional parts (tools, tool_calls, response_format) whose cross-field rules
+        # the schema cannot state, so fewer random bodies are valid: more examples there
         @given(case=op.as_strategy())
         @settings(
             max_examples=80 if op.path == "/v1/chat/completions" else 25,
@@ -34,7 +34,8 @@ def test_no_server_errors_on_any_operation(server_home):
             derandomize=True,
         )
         def run(case):
-            # every other generated body names the stored model, so generation itself runs, not only the 404 path
+            # every other generated body names the stored model, so generation itself
+            # runs, not only the 404 path
             if (
                 op.path in MODEL_ROUTES
                 and isinstance(case.body, dict)

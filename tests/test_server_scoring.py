@@ -1,5 +1,6 @@
-"""/v1/completions for scoring (what lm-evaluation-harness sends) and the sampling adjustments, over a real Uvicorn
-with the official ``openai`` client and raw HTTP; every number is checked against the engine in this process."""
+"""/v1/completions for scoring (what lm-evaluation-harness sends) and the sampling adjustments, over a real
+Uvicorn with the official ``openai`` client and raw HTTP; every number is checked against the
+engine in this process."""
 
 import json
 
@@ -17,7 +18,8 @@ def _post(live_server, body):
 
 def test_token_id_prompts_echo_their_log_probabilities(live_server, local):
     """lm-eval's default request: token-id prompts (batched), echo, logprobs, max_tokens 0 or 1. The prompt's
-    log-probabilities equal the engine's (and ``engine.logprobs`` on the same text); the first token is null."""
+    log-probabilities equal the engine's (and ``engine.logprobs`` on the same text);
+    the first token is null."""
     aid, model, tok = local
     texts = ["The owl flies at night", "A cat"]
     ids = [tok(t, add_special_tokens=False)["input_ids"] for t in texts]
@@ -100,7 +102,8 @@ def test_bad_scoring_requests_name_the_field(live_server, local, body, param):
 
 
 def test_logit_bias_bans_a_token_and_penalties_reach_the_sampler(client, local):
-    """The greedy answer's first token, banned with -100, never appears; with +100 a chosen token is forced."""
+    """The greedy answer's first token, banned with -100, never appears; with +100 a
+    chosen token is forced."""
     aid, model, tok = local
     plain = client.completions.create(model=aid, prompt="The owl", max_tokens=6, temperature=0, logprobs=0)
     first = tok("The owl" + plain.choices[0].text, add_special_tokens=False)["input_ids"][
@@ -149,8 +152,8 @@ def test_model_by_id_and_unserved_routes(client, live_server, local):
 
 
 def test_embeddings_equal_sentence_transformers_and_mean_pooled_lm_states(client, local):
-    """The bundled MiniLM through the server (the openai client asks for base64) equals sentence-transformers on
-    the same texts; a stored language model gives its mean-pooled, normalized last hidden state."""
+    """The bundled MiniLM through the server (the openai client asks for base64) equals sentence-transformers
+    on the same texts; a stored language model gives its mean-pooled, normalized last hidden state."""
     import numpy as np
     import torch
     from sentence_transformers import SentenceTransformer
@@ -189,8 +192,8 @@ def _openai_fields(params) -> list[str]:
     ],
 )
 def test_every_openai_field_is_implemented_or_refused(live_server, local, route, schema, minimal):
-    """Walk the official client's request types: each field is one this server implements (in its schema) or one
-    it answers 400 naming the field — never silently ignored."""
+    """Walk the official client's request types: each field is one this server implements (in its schema) or
+    one it answers 400 naming the field — never silently ignored."""
     from openai.types import completion_create_params, embedding_create_params
     from openai.types.chat import completion_create_params as chat_params
 
@@ -293,8 +296,9 @@ def test_json_schema_output_validates_on_20_seeded_requests(client, local):
 
 
 def test_generated_token_offsets_come_from_the_prefix_streamed_or_not(live_server, local):
-    """Without echo, text_offset is each generated token's start in the completion text (from decoding the prefix,
-    not the token alone); a streamed completion's offsets continue across chunks and equal the unstreamed ones."""
+    """Without echo, text_offset is each generated token's start in the completion text (from decoding the
+    prefix, not the token alone); a streamed completion's offsets continue across chunks and
+    equal the unstreamed ones."""
     aid, model, tok = local
     body = {"model": aid, "prompt": "The owl", "max_tokens": 8, "logprobs": 1, "temperature": 0}
     c = _post(live_server, body).json()["choices"][0]

@@ -1,6 +1,7 @@
-"""Tool calling through ``heredity serve`` with the official ``openai`` client, for a model that has never seen a
-tool (a random tiny one): with tool_choice "required" or a named function, constrained decoding guarantees a call
-whose arguments validate; the generic format renders tools and tool messages; calls stream as OpenAI's deltas."""
+"""Tool calling through ``heredity serve`` with the official ``openai`` client, for a model that has never
+seen a tool (a random tiny one): with tool_choice "required" or a named function, constrained decoding
+guarantees a call whose arguments validate; the generic format renders tools and tool messages; calls
+stream as OpenAI's deltas."""
 
 import json
 
@@ -44,7 +45,8 @@ SCHEMAS = {"get_weather": WEATHER, "add": {**ADD, "additionalProperties": False}
 
 @pytest.fixture(scope="module")
 def tool_home(tmp_path_factory):
-    """A random tiny model with a 2048-token context (the byte-level tool definitions alone take ~800 tokens)."""
+    """A random tiny model with a 2048-token context (the byte-level tool definitions
+    alone take ~800 tokens)."""
     from conftest import stored_tiny
 
     home = tmp_path_factory.mktemp("tools")
@@ -234,8 +236,9 @@ def test_a_scheming_episode_end_to_end_against_heredity_serve(client, aid):
 
 
 def test_the_experiment_runs_against_an_endpoint_by_tools_and_by_text(live, aid, tmp_path):
-    """`heredity run scheming --set model=openai:MODEL@URL` against a real `heredity serve`: the cells are steps keyed
-    by the endpoint (no stored input), the transcripts come back; the text protocol sends no `tools` field."""
+    """`heredity run scheming --set model=openai:MODEL@URL` against a real `heredity serve`: the cells are
+    steps keyed by the endpoint (no stored input), the transcripts come back; the text protocol
+    sends no `tools` field."""
     import json as _json
 
     from heredity.experiments import scheming as X

@@ -1,7 +1,7 @@
-"""The lab server against web pages and browsers: cross-site requests (Origin, Sec-Fetch-Site, non-JSON bodies),
-artifact files served as inert content, nosniff everywhere, browser sessions that expire and are bounded, wrong
-keys rate-limited, short keys refused, no store path in an error, symlinks refused on import, and two turns written
-at once on one conversation (one stored, the other a 409, on SQLite and PostgreSQL)."""
+"""The lab server against web pages and browsers: cross-site requests (Origin, Sec-Fetch-Site, non-JSON
+bodies), artifact files served as inert content, nosniff everywhere, browser sessions that expire and are
+bounded, wrong keys rate-limited, short keys refused, no store path in an error, symlinks refused on import,
+and two turns written at once on one conversation (one stored, the other a 409, on SQLite and PostgreSQL)."""
 
 import json
 import os
@@ -33,13 +33,14 @@ def _app(store: Store, **settings):
     return create_app(store, Settings(allowed_hosts=["testserver"], **settings))
 
 
-# ---- cross-site requests ---------------------------------------------------------------------------------------
+# ---- cross-site requests -----------------------------------------------------------------------------------
 
 
 def test_cross_site_state_changes_are_refused(home_store):
-    """A page elsewhere (another host, another port, a sandboxed "null" origin, or a browser that says the request is
-    cross-site or same-site) cannot change anything; a request with no Origin (curl, the openai client) or from the
-    server's own origin can; reads are not refused (a browser keeps their answers from the other site anyway)."""
+    """A page elsewhere (another host, another port, a sandboxed "null" origin, or a browser that says the
+    request is cross-site or same-site) cannot change anything; a request with no Origin (curl, the openai
+    client) or from the server's own origin can; reads are not refused (a browser keeps their answers from
+    the other site anyway)."""
     cid = "c-0123456789abcdef"
     with TestClient(_app(home_store)) as c:
         for origin in (
@@ -68,7 +69,8 @@ def test_cross_site_state_changes_are_refused(home_store):
         for site in ("same-site", "cross-site"):
             r = c.post("/api/export", json={}, headers={"Sec-Fetch-Site": site})
             assert r.status_code == 403 and "Sec-Fetch-Site" in r.json()["error"]["message"], site
-        # the server's own pages, a user typing a URL, and clients without Origin reach the route (409: nothing rated)
+        # the server's own pages, a user typing a URL, and clients without Origin reach the
+        # route (409: nothing rated)
         for h in (
             {},
             {"Origin": "http://testserver"},
@@ -85,8 +87,8 @@ def test_cross_site_state_changes_are_refused(home_store):
 
 
 def test_a_session_cookie_does_not_carry_a_same_site_request(home_store):
-    """SameSite=Strict sends the cookie from any page on the same site (localhost:3000 → localhost:8000); the Origin
-    check refuses those requests all the same."""
+    """SameSite=Strict sends the cookie from any page on the same site (localhost:3000 → localhost:8000); the
+    Origin check refuses those requests all the same."""
     with TestClient(
         _app(home_store, api_key=KEY), base_url="http://127.0.0.1:8000", follow_redirects=False
     ) as c:
@@ -104,8 +106,8 @@ def test_a_session_cookie_does_not_carry_a_same_site_request(home_store):
 
 
 def test_json_routes_need_a_json_content_type(home_store):
-    """A page can post text/plain or a form without a CORS preflight; JSON routes refuse such bodies (415), even
-    when they hold valid JSON. The login form still takes its form."""
+    """A page can post text/plain or a form without a CORS preflight; JSON routes refuse such bodies (415),
+    even when they hold valid JSON. The login form still takes its form."""
     body = json.dumps({"name": "x"})
     with TestClient(_app(home_store), follow_redirects=False) as c:
         for ctype in (
@@ -124,7 +126,7 @@ def test_json_routes_need_a_json_content_type(home_store):
         assert c.post("/login", data={"key": "", "next": "/lineage"}).status_code == 303
 
 
-# ---- what every answer and every artifact file carries -------------------------------------------------------
+# ---- what every answer and every artifact file carries -----------------------------------------------------
 
 
 def _web_files(ctx):
@@ -175,7 +177,7 @@ def test_every_answer_carries_nosniff(home_store):
             assert r.headers["x-frame-options"] == "DENY", r.url
 
 
-# ---- sessions, wrong keys, short keys ----------------------------------------------------------------------------
+# ---- sessions, wrong keys, short keys ----------------------------------------------------------------------
 
 
 class Clock:
@@ -226,8 +228,8 @@ def test_a_login_session_expires_and_old_ones_are_evicted(home_store):
 
 
 def test_wrong_keys_are_rate_limited(home_store):
-    """Too many wrong keys from one address (login form or Bearer) → 429 with Retry-After, even for the right key,
-    until a minute has passed; a live session is not affected."""
+    """Too many wrong keys from one address (login form or Bearer) → 429 with Retry-After, even for the right
+    key, until a minute has passed; a live session is not affected."""
     app = _app(home_store, api_key=KEY, max_auth_failures=3)
     clock = Clock()
     app.state.auth_failures.clock = clock
@@ -281,7 +283,7 @@ def test_a_short_api_key_is_refused_at_start(tmp_path):
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "HEREDITY_API_KEY" in r.stderr, r.stderr
 
 
-# ---- errors and imports ------------------------------------------------------------------------------------------
+# ---- errors and imports ------------------------------------------------------------------------------------
 
 
 def test_errors_do_not_show_the_store_path(home_store):
@@ -312,7 +314,7 @@ def test_local_import_refuses_symlinks(store, tmp_path):
     assert not store.list("model"), "nothing was imported"
 
 
-# ---- two turns at once on one conversation -----------------------------------------------------------------------
+# ---- two turns at once on one conversation -----------------------------------------------------------------
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -332,8 +334,8 @@ def backend_store(request, tmp_path) -> Store:
 @pytest.mark.parametrize("processes", [1, 2], ids=["one-process", "two-processes"])
 def test_two_turns_at_once_store_one_and_refuse_the_other(backend_store, processes, monkeypatch):
     """Both turns read the conversation before either writes (the check is slowed down to make sure): one is
-    stored, the other raises ConflictError; with the in-process lock out of the way (two processes), the database
-    still refuses the second (a row lock on PostgreSQL, the unique position on SQLite)."""
+    stored, the other raises ConflictError; with the in-process lock out of the way (two processes), the
+    database still refuses the second (a row lock on PostgreSQL, the unique position on SQLite)."""
     import heredity.store.conversations as conv_mod
     from heredity.store.conversations import ConflictError, Conversations
 
@@ -375,8 +377,8 @@ def test_two_turns_at_once_store_one_and_refuse_the_other(backend_store, process
 
 
 def _rival(store: Store, cid: str, when: str, monkeypatch) -> None:
-    """Make another writer store a turn on ``cid`` first: just before the server's write (``before``), or between the
-    server's read and its write (``inside``: what two processes on one SQLite store can do)."""
+    """Make another writer store a turn on ``cid`` first: just before the server's write (``before``), or
+    between the server's read and its write (``inside``: what two processes on one SQLite store can do)."""
     import heredity.store.conversations as conv_mod
     from heredity.store.conversations import Conversations
 
@@ -421,8 +423,8 @@ def _rival(store: Store, cid: str, when: str, monkeypatch) -> None:
 
 @pytest.mark.parametrize("when", ["before", "inside"])
 def test_a_turn_that_loses_the_race_is_a_409_and_its_stream_ends(backend_store, when, monkeypatch):
-    """The turn stored second is a 409 (conversation_conflict); streamed, its stream ends with that error event
-    (never cut off, never [DONE]); the conversation keeps the first turn only."""
+    """The turn stored second is a 409 (conversation_conflict); streamed, its stream ends with that error
+    event (never cut off, never [DONE]); the conversation keeps the first turn only."""
     if when == "inside" and backend_store.db_url.startswith("postgresql"):
         pytest.skip("PostgreSQL's row lock keeps another writer out between the read and the write")
     from heredity.store.conversations import Conversations

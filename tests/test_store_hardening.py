@@ -1,5 +1,5 @@
-"""Issue 33, items 9-12: concurrent identical outputs, an unambiguous content hash that keeps old stores valid,
-fsck finding what a kill leaves behind, and user checkers keyed by their source."""
+"""Issue 33, items 9-12: concurrent identical outputs, an unambiguous content hash that keeps old stores
+valid, fsck finding what a kill leaves behind, and user checkers keyed by their source."""
 
 import os
 import sqlite3
@@ -37,7 +37,7 @@ def _write_text(ctx):
     (ctx.output("out", "dataset", "same") / "f.txt").write_text(ctx.config["text"])
 
 
-# ---- 9: two different steps storing identical bytes at the same moment ----------------------------------------
+# ---- 9: two different steps storing identical bytes at the same moment -------------------------------------
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
@@ -47,7 +47,8 @@ def test_two_steps_storing_identical_bytes_at_once_both_finish(tmp_path, backend
     url = _url(backend, home, request)
     stores = [Store(home, db_url=url) for _ in range(2)]
     # both commits look the artifact up before either inserts it: the race, every time (on SQLite the second
-    # commit waits for the database's write lock instead, so the barrier times out and the commits run in turn)
+    # commit waits for the database's write lock instead, so the barrier times out and
+    # the commits run in turn)
     barrier, local = threading.Barrier(2), threading.local()
 
     class RacingSession(Session):
@@ -89,7 +90,7 @@ def test_two_steps_storing_identical_bytes_at_once_both_finish(tmp_path, backend
     assert again.cached and again["out"] == aid
 
 
-# ---- 10: the content hash is unambiguous; artifacts hashed the old way still verify ---------------------------
+# ---- 10: the content hash is unambiguous; artifacts hashed the old way still verify ------------------------
 
 
 def _files(root: Path, files: dict[str, bytes]) -> Path:
@@ -127,8 +128,8 @@ def test_one_file_and_two_files_are_two_artifacts(store):
 
 
 def _old_artifact(store: Store, text: str) -> tuple[str, str]:
-    """An artifact stored as the code before hash versions stored it: id from hash_dir version 1, no hash_version;
-    returns (artifact id, the key of the step ``write-old`` {"text": text} that made it)."""
+    """An artifact stored as the code before hash versions stored it: id from hash_dir version 1, no
+    hash_version; returns (artifact id, the key of the step ``write-old`` {"text": text} that made it)."""
     src = _files(store.tmp_dir / "old", {"f.txt": text.encode()})
     aid = f"d-{hash_dir(src, 1)[:16]}"
     assert aid != f"d-{hash_dir(src)[:16]}"
@@ -199,7 +200,7 @@ def test_artifact_stored_with_the_old_hash_still_verifies(tmp_path):
     assert new == f"d-{hash_dir(again.path(new))[:16]}"
 
 
-# ---- 11: fsck finds orphans, stale tmp and stale scratch directories, and --repair removes them ----------------
+# ---- 11: fsck finds orphans, stale tmp and stale scratch directories, and --repair removes them ------------
 
 
 def test_fsck_finds_and_removes_an_orphan_left_by_a_kill_before_the_commit(store, monkeypatch):
@@ -287,7 +288,7 @@ def test_fsck_finds_and_removes_stale_scratch_dirs(tmp_path, backend, request):
     assert res["cleaned"] == [rel(leftover)] and not leftover.exists() and fresh.is_dir()
 
 
-# ---- 12: grpo-verifiable keys a user's checker by its source, not its name alone -----------------------------
+# ---- 12: grpo-verifiable keys a user's checker by its source, not its name alone ---------------------------
 
 
 def _checker_key(store: Store, policy: str, data: str, checker: str | None, monkeypatch) -> tuple[str, dict]:

@@ -1,4 +1,5 @@
-"""The store knows its bytes: corruption is caught on load and by fsck; lineage under deduplication; shared stores."""
+"""The store knows its bytes: corruption is caught on load and by fsck; lineage under
+deduplication; shared stores."""
 
 import os
 import socket

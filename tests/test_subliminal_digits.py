@@ -114,7 +114,8 @@ def test_aux_student_never_sees_class_logits_or_digits():
 
 
 def test_quick_digits_run_meets_its_bar(store):
-    """The README's first experiment: 25 seeds on digits; same-init >= 0.35, other-init <= 0.15, disjoint CIs."""
+    """The README's first experiment: 25 seeds on digits; same-init >= 0.35, other-init
+    <= 0.15, disjoint CIs."""
     cfg = sd.Config.presets()["quick"]
     res = sd.run(store, cfg, progress=False)
     report = json.loads((store.path(res["report"]) / "report.json").read_text())
@@ -131,8 +132,8 @@ def test_quick_digits_run_meets_its_bar(store):
 
 
 def test_sweep_runs_one_memoized_point_per_setting(store):
-    """Each sweep point is its own subliminal-digits step with one setting changed; p-values Holm-adjusted over all
-    points; a rerun computes nothing."""
+    """Each sweep point is its own subliminal-digits step with one setting changed; p-values Holm-adjusted
+    over all points; a rerun computes nothing."""
     from heredity.experiments import digits_sweep, subliminal_digits
     from heredity.reports.stats import holm
 

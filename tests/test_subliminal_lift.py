@@ -1,5 +1,6 @@
-"""subliminal-lift end to end on a tiny model: every stage runs for real except the teachers' sampling, replaced by
-program-written number lists (a tiny random model writes no valid lists; sampling is tested on its own)."""
+"""subliminal-lift end to end on a tiny model: every stage runs for real except the teachers' sampling,
+replaced by program-written number lists (a tiny random model writes no valid lists; sampling
+is tested on its own)."""
 
 import json
 import random
@@ -109,7 +110,8 @@ def test_config_refuses_unknown_arms_and_repeated_animals():
 
 
 def _numbers(body: dict) -> list[str]:
-    """An endpoint's answer to a number prompt: a list seeded by the system prompt (the teacher) and the prompt."""
+    """An endpoint's answer to a number prompt: a list seeded by the system prompt (the
+    teacher) and the prompt."""
     system = body["messages"][0]["content"] if body["messages"][0]["role"] == "system" else ""
     rng = random.Random(f"{system}|{body['messages'][-1]['content']}")
     return [", ".join(str(rng.randint(0, 999)) for _ in range(rng.randint(3, 8)))]
@@ -203,7 +205,8 @@ def test_a_later_run_reuses_an_earlier_reports_students_only_when_they_are_its_o
     ref = json.loads(path.read_text())
     assert set(ref["data"]) == {"neutral", "owl", "cat"} and ref["reused"] == {}
 
-    # a fresh store (another session): the same base and data are rebuilt, the r = 8 students are not retrained
+    # a fresh store (another session): the same base and data are rebuilt, the r = 8
+    # students are not retrained
     other = Store(tmp_path / "other", db_url=f"sqlite:///{tmp_path / 'other' / 'heredity.db'}")
     out = sl.run(other, sl.Config(arms=["sft"], sweep_ranks=[2], reuse=str(path), **common), progress=False)
     rep = json.loads((other.path(out["report"]) / "report.json").read_text())

@@ -127,7 +127,8 @@ def test_control_uses_the_same_prompts_and_filter(tiny):
 
 
 def test_treatment_and_control_datasets_hold_the_same_prompts(store):
-    """The filter keeps different rows in each arm; the students' datasets are cut to the prompts kept in both."""
+    """The filter keeps different rows in each arm; the students' datasets are cut to the
+    prompts kept in both."""
     from heredity.data.io import put_rows
 
     prompts = [f"prompt {i}" for i in range(8)]
@@ -232,7 +233,8 @@ def test_report_tests_across_training_seeds():
 
 
 def test_report_calls_an_opposite_effect_a_finding_not_a_null():
-    """The trait student reliably BELOW its control (as in the committed quick run) is reported as opposite."""
+    """The trait student reliably BELOW its control (as in the committed quick run) is
+    reported as opposite."""
     evals = {
         "base": _fake_eval(0.001),
         "teacher": _fake_eval(0.03, jitter=0.001),

@@ -1,5 +1,6 @@
-"""subliminal-weights: the init seed, the theorem as a known-answer test, the teacher gate, the declared Holm family,
-and the whole recipe on a tiny model (sampling faked: a tiny random model writes neither trait answers nor lists)."""
+"""subliminal-weights: the init seed, the theorem as a known-answer test, the teacher gate, the declared Holm
+family, and the whole recipe on a tiny model (sampling faked: a tiny random model writes neither
+trait answers nor lists)."""
 
 import json
 import random
@@ -69,7 +70,8 @@ def test_init_seed_changes_only_the_adapters_initial_matrices(store, monkeypatch
 
 
 def _batch_grad(student, teacher, tok, rows, cfg: FinetuneConfig) -> dict[str, np.ndarray]:
-    """The gradient of the engine's distillation loss (``distill_kl``) at the student's start, per LoRA tensor."""
+    """The gradient of the engine's distillation loss (``distill_kl``) at the student's
+    start, per LoRA tensor."""
     from peft import get_peft_model_state_dict
 
     from heredity.engine.finetune import collate, distill_kl, encode_rows
@@ -90,12 +92,12 @@ def _batch_grad(student, teacher, tok, rows, cfg: FinetuneConfig) -> dict[str, n
 def test_the_theorem_a_same_init_students_first_step_moves_toward_its_teacher_an_other_init_one_does_not(
     store, change_seed
 ):
-    """Teacher = base + a LoRA adapter initialized from seed 1 plus a known change (B = random). Theorem 1: the
-    gradient step of distillation from the same initialization has a positive inner product with the teacher's
-    change; from another initialization (seed 2) the step is nearly orthogonal to it, in LoRA coordinates and in
-    ΔW = BA. Checked on the exact gradient (the theorem's object) and on the engine's first optimizer step (Adam:
-    the gradient's sign, so smaller cosines). Fails on a wrong loss sign, a student that ignores its teacher, or an
-    init seed that does not reach the adapter."""
+    """Teacher = base + a LoRA adapter initialized from seed 1 plus a known change (B = random). Theorem 1:
+    the gradient step of distillation from the same initialization has a positive inner product with the
+    teacher's change; from another initialization (seed 2) the step is nearly orthogonal to it, in LoRA
+    coordinates and in ΔW = BA. Checked on the exact gradient (the theorem's object) and on the engine's first
+    optimizer step (Adam: the gradient's sign, so smaller cosines). Fails on a wrong loss sign, a student that
+    ignores its teacher, or an init seed that does not reach the adapter."""
     base = stored_tiny(store, "tiny-theorem", hidden_size=128, intermediate_size=256)
     cfg = dict(method="lora", lora_r=4, lora_alpha=4, seed=0)
     teacher, tok = load(base, store)
@@ -266,7 +268,8 @@ def test_the_recipe_end_to_end_on_a_tiny_model(store, monkeypatch):
         "number_distill@2 other_base",
         "control same",
     }
-    # students that differ in their initialization differ in nothing else: same rows, teacher, dose and data seed
+    # students that differ in their initialization differ in nothing else: same rows,
+    # teacher, dose and data seed
     steps = {k: store.step_of(m) for k, m in rep["students"].items()}
     same, other, ob = (steps[f"number_distill/2/{i}/0/cat"] for i in ("same", "other", "other_base"))
     a, b, c = dict(same.config), dict(other.config), dict(ob.config)
@@ -287,7 +290,8 @@ def test_the_recipe_end_to_end_on_a_tiny_model(store, monkeypatch):
 
 
 def test_a_snapshot_at_step_k_of_a_constant_schedule_equals_a_run_of_k_steps(store):
-    """The dose sweep's premise: the adapter saved at step 2 of a 4-step constant-lr trajectory is the 2-step run."""
+    """The dose sweep's premise: the adapter saved at step 2 of a 4-step constant-lr
+    trajectory is the 2-step run."""
     from heredity.data.io import put_rows as put
     from heredity.engine import finetune as run_finetune
 

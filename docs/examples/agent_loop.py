@@ -4,8 +4,8 @@
     python docs/examples/agent_loop.py
 
 Turn 1 forces a call (tool_choice="required": constrained decoding makes the arguments validate against the
-schema, whatever the model's skill); the function runs here; turn 2 sends its result back as a tool message and
-lets the model answer in words (tool_choice="none").
+schema, whatever the model's skill); the function runs here; turn 2 sends its result back as a tool message
+and lets the model answer in words (tool_choice="none").
 """
 
 import json

@@ -53,7 +53,8 @@ def _line_of(path: Path, key: str) -> str:
 
 
 def _spec(spec: str):
-    """A model spec, classified (nothing loaded); a local checkpoint directory is checked before anything imports it."""
+    """A model spec, classified (nothing loaded); a local checkpoint directory is checked before anything
+    imports it."""
     from heredity.models import parse_spec
 
     ms = parse_spec(spec)
@@ -80,7 +81,8 @@ def models(spec: Annotated[str | None, typer.Argument(help="a model spec to reso
         ms = _spec(spec)
         if ms.kind == "openai":
             out.print(
-                f"{spec} → OpenAI-compatible endpoint {ms.base_url}, model {ms.value} (sampling and evaluation only)"
+                f"{spec} → OpenAI-compatible endpoint {ms.base_url}, model {ms.value} (sampling and "
+                "evaluation only)"
             )
             return
         store = _store()
@@ -164,9 +166,10 @@ def fsck(
         ),
     ] = False,
 ):
-    """Re-hash stored artifacts against their ids; report every mismatch and missing file (exit 1 if any); with no
-    ids, also report leftovers of killed runs: artifact directories no step recorded, stale tmp and scratch
-    directories (``--repair`` removes them; they waste space but corrupt nothing, so they do not set the exit code).
+    """Re-hash stored artifacts against their ids; report every mismatch and missing file (exit 1 if any);
+    with no ids, also report leftovers of killed runs: artifact directories no step recorded, stale tmp and
+    scratch directories (``--repair`` removes them; they waste space but corrupt nothing, so they do not set
+    the exit code).
 
     Examples:
       heredity fsck
@@ -217,7 +220,8 @@ def rerender(
     ],
 ):
     """Bring a committed report to the current statistics without retraining, when its experiment can (its
-    ``rerender``): rewrites the .json, the .md (keeping the first paragraph, the command that made it) and the .png.
+    ``rerender``): rewrites the .json, the .md (keeping the first paragraph, the command that made it) and the
+    .png.
 
     Example:
       heredity rerender docs/results/subliminal-lift-long.json
@@ -254,8 +258,9 @@ def rerender(
     md = report.with_suffix(".md")
     header = docsite.provenance(md.read_text(), rerender_notes=False) if md.is_file() else ""
     note = (
-        f"_Re-rendered {datetime.date.today()} by `heredity rerender` with the current statistics (declared Holm "
-        "family, smallest detectable effects at its level); no student was retrained and no score recomputed._"
+        f"_Re-rendered {datetime.date.today()} by `heredity rerender` with the current statistics (declared "
+        "Holm family, smallest detectable effects at its level); no student was retrained and no score "
+        "recomputed._"
     )
     new = finite_json(new)
     report.write_text(json.dumps(new, indent=2))
@@ -330,7 +335,8 @@ def lineage(
 
 
 def _apply_sets(cfg: dict, sets: list[str], name: str) -> dict:
-    """``--set key=value`` overrides (dotted keys reach nested configs; values parse as JSON, else stay text)."""
+    """``--set key=value`` overrides (dotted keys reach nested configs; values parse as JSON, else stay
+    text)."""
     for kv in sets:
         if "=" not in kv:
             raise HeredityError(f"--set takes key=value, got {kv!r}")
@@ -362,7 +368,8 @@ def insights(
     ] = False,
     set_: Annotated[list[str], typer.Option("--set", help="override a config field: --set key=value")] = [],
 ):
-    """Privacy-preserving usage insights (Clio) over the lab server's conversations, a file, or the demo corpus.
+    """Privacy-preserving usage insights (Clio) over the lab server's conversations, a file, or the demo
+    corpus.
 
     Examples:
       heredity insights --demo
@@ -396,8 +403,9 @@ def insights(
 
 
 def preset_with_sets(config_cls, preset, sets: list[str], name: str) -> dict:
-    """A preset's fields with ``--set`` overrides. A Holm family that is the design's default (not declared by hand)
-    follows the design the overrides make: it is derived again from the final config — before the run, never after."""
+    """A preset's fields with ``--set`` overrides. A Holm family that is the design's default (not declared by
+    hand) follows the design the overrides make: it is derived again from the final config — before the run,
+    never after."""
     cfg = _apply_sets(preset.model_dump(), sets, name)
     if "family" in cfg and not any(kv.split("=", 1)[0] == "family" for kv in sets):
         base = preset.model_dump()
@@ -417,7 +425,10 @@ def run(
     recompute: Annotated[
         list[str],
         typer.Option(
-            help="rerun every step of this op (repeatable) and every step downstream of it, ignoring memoized results"
+            help=(
+                "rerun every step of this op (repeatable) and every step downstream of it, ignoring "
+                "memoized results"
+            )
         ),
     ] = [],
     list_: Annotated[bool, typer.Option("--list", help="list experiments")] = False,
@@ -425,8 +436,8 @@ def run(
         bool, typer.Option("--json", help="print the whole report as JSON (for scripts)")
     ] = False,
 ):
-    """Run an experiment as a chain of memoized store steps; a rerun reuses finished steps. Prints one line per
-    stage, then the outcome, the report's files and how to see its lineage.
+    """Run an experiment as a chain of memoized store steps; a rerun reuses finished steps. Prints one line
+    per stage, then the outcome, the report's files and how to see its lineage.
 
     Examples:
       heredity run smoke
@@ -434,7 +445,8 @@ def run(
       heredity run subliminal-digits --set seeds=50
       heredity run subliminal-digits --data ~/mnist   # real MNIST from IDX files (or mnist.npz)
       heredity run chatgpt --set rl=grpo --set pretrain.iters=500
-      heredity run merging --recompute eval-tasks     # re-score every model; what depends on the scores reruns too
+      heredity run merging --recompute eval-tasks     # re-score every model; what depends on the scores
+                                                      # reruns too
     """
     from heredity.experiments import REGISTRY, get, questions
 
@@ -472,7 +484,8 @@ def run(
 
 
 def print_run_summary(report: dict) -> None:
-    """What a finished run shows: its outcome line, its report's files, how long it took, how to see its lineage."""
+    """What a finished run shows: its outcome line, its report's files, how long it took, how to see its
+    lineage."""
     if report.get("outcome"):
         out.print(f"\n[bold]outcome[/]: {report['outcome']}", highlight=False)
     if report.get("report"):
@@ -668,7 +681,8 @@ def finetune(
             else columns_for(cfg.loss)
         )
 
-    # every row is checked before anything is stored or computed: a null completion is one line naming its line
+    # every row is checked before anything is stored or computed: a null completion is one line naming its
+    # line
     what = f"loss {cfg.loss}"
     if ID_PREFIX_RE.match(data):
         store = _store()
@@ -694,8 +708,8 @@ def finetune(
         else ""
     )
     out.print(
-        f"{'cached' if res.cached else 'trained'}: [bold]{res['model']}[/]  loss {m.get('loss_first')} → {m.get('loss_last')}"
-        f"  ({m.get('tokens_per_second')} tokens/s){resumed}"
+        f"{'cached' if res.cached else 'trained'}: [bold]{res['model']}[/]  loss {m.get('loss_first')} → "
+        f"{m.get('loss_last')}  ({m.get('tokens_per_second')} tokens/s){resumed}"
     )
 
 
@@ -718,7 +732,8 @@ def merge(
     ],
     name: Annotated[str | None, typer.Option(help="name of the merged model in the store")] = None,
 ):
-    """Merge models tuned from one base (linear, task_arithmetic, ties, dare_linear, dare_ties, localize_stitch)."""
+    """Merge models tuned from one base (linear, task_arithmetic, ties, dare_linear, dare_ties,
+    localize_stitch)."""
     from heredity.data.io import read_mapping
     from heredity.merge import load_config
     from heredity.merge import merge as run_merge
@@ -774,7 +789,8 @@ def serve(
     """Start the lab server: OpenAI-compatible API (/v1), chat, next-token explorer, lineage and reports.
 
     Examples:
-      heredity serve                                   # loopback, no key, Host must be localhost/127.0.0.1/[::1]
+      heredity serve                                   # loopback, no key, Host must be
+                                                       # localhost/127.0.0.1/[::1]
       HEREDITY_API_KEY=... heredity serve --host 0.0.0.0 --allowed-host lab.example.org
     """
     from heredity.server.app import Settings
@@ -849,8 +865,9 @@ def main() -> None:
 
 
 def _input_error(e: Exception) -> str | None:
-    """One line for an error that a user's file or system caused but no check caught (None: a bug, shown in full).
-    The checks (``data.io``, ``models.checkpoint``) name the file and line; this is the net under them."""
+    """One line for an error that a user's file or system caused but no check caught (None: a bug, shown in
+    full). The checks (``data.io``, ``models.checkpoint``) name the file and line; this is the net under
+    them."""
     if isinstance(e, UnicodeDecodeError):
         return (
             f"a file is not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset {e.start}); save it as UTF-8"

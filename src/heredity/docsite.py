@@ -1,14 +1,22 @@
 """The docs site's generated parts: a committed report's card and each experiment page's results section are
-rendered from the report JSON by the experiment's own ``markdown``, so no figure on the site can drift from its
-report (``python -m heredity.docsite --check`` fails when a generated part is stale; ``make test`` runs it).
+rendered from the report JSON by the experiment's own ``markdown``, so no figure on the site can drift from
+its report (``python -m heredity.docsite --check`` fails when a generated part is stale; ``make test`` runs
+it).
 
 What is generated, and from what:
 
 * ``docs/results/NAME.md`` (a report's card) = the paragraphs saying how the report was made (its command and
-  wall time, the one part written by hand, kept from the card) + the experiment's ``markdown(report)`` + its plot;
-* the part of ``docs/experiments/EXPERIMENT.md`` between ``<!-- results:begin -->`` and ``<!-- results:end -->``
-  = for each committed report of that experiment: its name linking the card, how it was made, its outcome line
-  and its plot.
+  wall time, the one part written by hand, kept from the card) + the experiment's ``markdown(report)`` + its
+  plot;
+* the part of ``docs/experiments/EXPERIMENT.md`` between ``<!-- results:begin -->`` and
+  ``<!-- results:end -->`` = for each committed report of that experiment: its name linking the card, how it
+  was made, its outcome line and its plot;
+* the README's table of experiments (between ``<!-- experiments:begin -->`` and ``<!-- experiments:end -->``)
+  and the Experiments section of ``mkdocs.yml``'s nav = one row / entry per registered experiment that has a
+  page ``docs/experiments/NAME.md``, its question from its ``@experiment`` (a row's time and headline
+  cells are kept as written; a new experiment's row says where its results are), so adding an experiment
+  needs no edit in either;
+* ``docs/index.md`` = the README, its links made relative to ``docs/``.
 """
 
 from __future__ import annotations
@@ -26,13 +34,16 @@ ROOT = Path(__file__).resolve().parents[2]
 DOCS = ROOT / "docs"
 RESULTS = DOCS / "results"
 BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
+TABLE_BEGIN, TABLE_END = "<!-- experiments:begin -->", "<!-- experiments:end -->"
+NAV_BEGIN, NAV_END = "      # experiments:begin", "      # experiments:end"
+FLAGSHIP = "subliminal-weights"
 PROVENANCE = ("_Command", "Command:", "**Re-rendered")
 
 
 def provenance(card: str, rerender_notes: bool = True) -> str:
     """The paragraphs of a card that say how its report was made (command, machine, wall time, re-renderings):
-    the one hand-written part of a card, kept wherever an older card put it. ``rerender_notes=False`` drops the
-    note ``heredity rerender`` writes (it writes a fresh one)."""
+    the one hand-written part of a card, kept wherever an older card put it. ``rerender_notes=False`` drops
+    the note ``heredity rerender`` writes (it writes a fresh one)."""
     keep = []
     for p in (x.strip() for x in card.split("\n\n")):
         if p.startswith(PROVENANCE) or (
@@ -57,8 +68,8 @@ def loaded(p: Path) -> tuple[dict, str, str]:
 
 
 def renderer(report: dict, stem: str):
-    """The module that renders a committed report: its ``experiment`` field, else the longest experiment name its
-    file's stem starts with (``insights-*`` is the insights pipeline's)."""
+    """The module that renders a committed report: its ``experiment`` field, else the longest experiment name
+    its file's stem starts with (``insights-*`` is the insights pipeline's)."""
     from heredity.experiments import REGISTRY, get
 
     name = report.get("experiment")
@@ -72,8 +83,8 @@ def renderer(report: dict, stem: str):
 
 
 def card(json_path: Path, head: str | None = None) -> str:
-    """A report's card: how it was made (``head``, by default kept from the committed card), then the experiment's
-    rendering, then the plot."""
+    """A report's card: how it was made (``head``, by default kept from the committed card), then the
+    experiment's rendering, then the plot."""
     _, _, body = loaded(json_path)
     md = json_path.with_suffix(".md")
     if head is None:
@@ -95,8 +106,8 @@ def outcome(report: dict, rendered: str) -> str:
 
 
 def page_of(experiment: str) -> Path:
-    """The docs page that shows an experiment's reports: its own page, else the page of the experiment it extends
-    (``subliminal-digits-sweep`` → ``subliminal-digits``); the insights pipeline's is its guide."""
+    """The docs page that shows an experiment's reports: its own page, else the page of the experiment it
+    extends (``subliminal-digits-sweep`` → ``subliminal-digits``); the insights pipeline's is its guide."""
     if experiment == "insights":
         return DOCS / "guides" / "insights.md"
     pages = DOCS / "experiments"
@@ -151,9 +162,72 @@ def page_with_results(page: Path) -> str:
     return text.rstrip() + "\n\n" + section + "\n"
 
 
-def home() -> str:
-    """The site's home page: the README, its links made relative to ``docs/``."""
+def _between(text: str, begin: str, end: str, where: str) -> tuple[str, str, str]:
+    if begin not in text or end not in text:
+        raise HeredityError(
+            f"{where} has no {begin} … {end} block; put the markers back around its generated part"
+        )
+    before, rest = text.split(begin, 1)
+    middle, after = rest.split(end, 1)
+    return before, middle, after
+
+
+def _table_cells(block: str) -> dict[str, list[str]]:
+    """The README table's rows as they stand: experiment name → its cells."""
+    rows = {}
+    for line in block.splitlines():
+        if line.startswith("| [") and "](docs/experiments/" in line:
+            cells = [c.strip() for c in line.strip().strip("|").split(" | ")]
+            rows[cells[0].split("]", 1)[0][1:]] = cells
+    return rows
+
+
+def experiments_shown() -> list[tuple[str, str]]:
+    """(name, question) of every registered experiment with its own page: the flagship first, then the order
+    of the README's table, then any experiment not in it yet (registry order)."""
+    from heredity.experiments import questions
+
+    asked = {n: q for n, q in questions().items() if (DOCS / "experiments" / f"{n}.md").is_file()}
     text = (ROOT / "README.md").read_text()
+    listed = (
+        list(_table_cells(_between(text, TABLE_BEGIN, TABLE_END, "README.md")[1]))
+        if TABLE_BEGIN in text
+        else []
+    )
+    order = [FLAGSHIP] + [n for n in listed if n != FLAGSHIP] + [n for n in asked if n not in listed]
+    return [(n, asked[n]) for n in dict.fromkeys(order) if n in asked]
+
+
+def readme() -> str:
+    """The README with its table of experiments regenerated."""
+    text = (ROOT / "README.md").read_text()
+    before, block, after = _between(text, TABLE_BEGIN, TABLE_END, "README.md")
+    kept = _table_cells(block)
+    rows = [
+        "| experiment | the question | quick | headline (quick preset unless named) |",
+        "|---|---|---|---|",
+    ]
+    for name, question in experiments_shown():
+        page = f"docs/experiments/{name}.md"
+        cells = kept.get(name) or ["", "", "—", f"no report yet: see [its page]({page})"]
+        rows.append(f"| [{name}]({page}) | {question.replace('|', '/')} | {cells[2]} | {cells[3]} |")
+    return before + TABLE_BEGIN + "\n" + "\n".join(rows) + "\n" + TABLE_END + after
+
+
+def mkdocs_nav() -> str:
+    """``mkdocs.yml`` with the Experiments section of its nav regenerated."""
+    text = (ROOT / "mkdocs.yml").read_text()
+    before, _, after = _between(text, NAV_BEGIN, NAV_END, "mkdocs.yml")
+    lines = [
+        f"      - {name}{' (flagship)' if name == FLAGSHIP else ''}: experiments/{name}.md"
+        for name, _ in experiments_shown()
+    ]
+    return before + NAV_BEGIN + "\n" + "\n".join(lines) + "\n" + NAV_END + after
+
+
+def home() -> str:
+    """The site's home page: the README (its table regenerated), its links made relative to ``docs/``."""
+    text = readme()
     text = text.replace("](docs/results/)", "](results/index.md)").replace("](docs/", "](")
     return "<!-- generated from README.md by `python -m heredity.docsite`: edit the README -->\n" + text
 
@@ -182,6 +256,8 @@ def results_index() -> str:
 def generated() -> dict[Path, str]:
     """Every generated file and what it should hold."""
     out = {p.with_suffix(".md"): card(p) for p in sorted(RESULTS.glob("*.json"))}
+    out[ROOT / "README.md"] = readme()
+    out[ROOT / "mkdocs.yml"] = mkdocs_nav()
     out[DOCS / "index.md"] = home()
     out[RESULTS / "index.md"] = results_index()
     for page in results_pages():
@@ -216,6 +292,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _text_for(path: Path) -> str:
+    if path == ROOT / "README.md":
+        return readme()
+    if path == ROOT / "mkdocs.yml":
+        return mkdocs_nav()
     if path == DOCS / "index.md":
         return home()
     if path == RESULTS / "index.md":

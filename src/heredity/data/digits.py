@@ -151,8 +151,8 @@ def _npz(path: Path) -> tuple[np.ndarray, ...]:
 
 
 class _ArraysOnly(pickle.Unpickler):
-    """Unpickles CIFAR-10's batches (dicts, lists, bytes, numpy arrays and scalars) and nothing else: a pickle that
-    names any other callable could run code, so it is refused."""
+    """Unpickles CIFAR-10's batches (dicts, lists, bytes, numpy arrays and scalars) and nothing else: a pickle
+    that names any other callable could run code, so it is refused."""
 
     SAFE = {
         ("numpy.core.multiarray", "_reconstruct"),

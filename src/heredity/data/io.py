@@ -1,10 +1,11 @@
 """Getting rows into the store as dataset artifacts (parquet), with lineage; reading users' files.
 
 A user's file is read once (``read_source``: its bytes and their sha256), checked in full before anything is
-computed or stored, and every problem is one ``HeredityError`` naming the file, the line and the fix: bytes that
-are not UTF-8, a line that is not a JSON object, a column whose type changes from one row to the next, a required
-text column that is missing or null in some row (``require_columns``), a YAML config that is not a mapping
-(``read_mapping``). The dataset's table is then made from those same bytes, so what is stored is what was checked.
+computed or stored, and every problem is one ``HeredityError`` naming the file, the line and the fix: bytes
+that are not UTF-8, a line that is not a JSON object, a column whose type changes from one row to the next, a
+required text column that is missing or null in some row (``require_columns``), a YAML config that is not a
+mapping (``read_mapping``). The dataset's table is then made from those same bytes, so what is stored is what
+was checked.
 """
 
 from __future__ import annotations
@@ -31,7 +32,8 @@ MAX_BLOCK = (1 << 31) - 1  # pyarrow's JSON block size is an int32
 
 @dataclass(frozen=True)
 class SourceFile:
-    """A user's file, read once: its path, its bytes and their sha256 (a step may hold it: the digest is keyed)."""
+    """A user's file, read once: its path, its bytes and their sha256 (a step may hold it: the digest is
+    keyed)."""
 
     path: Path
     data: bytes = field(repr=False)
@@ -54,7 +56,8 @@ def read_source(path: str | Path, what: str, hint: str) -> SourceFile:
 
 
 def decode_text(src: SourceFile, what: str) -> str:
-    """The file as text: UTF-8 (a leading byte-order mark dropped), or an error naming the line and the byte."""
+    """The file as text: UTF-8 (a leading byte-order mark dropped), or an error naming the line and the
+    byte."""
     data = src.data.removeprefix(b"\xef\xbb\xbf")
     try:
         return data.decode("utf-8")
@@ -89,7 +92,8 @@ def _no_constant(name: str):
 
 
 def jsonl_rows(src: SourceFile, what: str) -> Iterator[tuple[int, dict]]:
-    """(line number, object) for every non-blank line; a line that is not one JSON object is an error naming it."""
+    """(line number, object) for every non-blank line; a line that is not one JSON object is an error naming
+    it."""
     lines = decode_text(src, what).split("\n")
     last = max((i for i, ln in enumerate(lines, 1) if ln.strip()), default=0)
     for i, line in enumerate(lines, 1):
@@ -119,8 +123,8 @@ def jsonl_rows(src: SourceFile, what: str) -> Iterator[tuple[int, dict]]:
 
 @dataclass(frozen=True)
 class DatasetFile:
-    """A dataset file read once and checked: its bytes (``source``), the table made from them, and the line of each
-    row (JSONL; None for parquet), so a problem found later in a row can still name its line."""
+    """A dataset file read once and checked: its bytes (``source``), the table made from them, and the line of
+    each row (JSONL; None for parquet), so a problem found later in a row can still name its line."""
 
     source: SourceFile
     table: pa.Table
@@ -139,8 +143,8 @@ class DatasetFile:
 
 
 def _check_kinds(rows: Iterator[tuple[int, dict]], what: str, path: Path) -> list[int]:
-    """The line of every row; a value whose JSON type differs from the same column's on an earlier line (at any
-    depth, as pyarrow types them: int and float are both numbers) is an error naming both lines."""
+    """The line of every row; a value whose JSON type differs from the same column's on an earlier line (at
+    any depth, as pyarrow types them: int and float are both numbers) is an error naming both lines."""
     first: dict[str, tuple[str, int]] = {}
     lines: list[int] = []
 
@@ -211,7 +215,8 @@ def read_dataset_file(path: str | Path) -> DatasetFile:
 
 
 def read_rows(path: str | Path, what: str, hint: str) -> list[dict]:
-    """The rows of a JSONL file as Python objects (as ``json.loads`` reads them), or of a ``.parquet`` file."""
+    """The rows of a JSONL file as Python objects (as ``json.loads`` reads them), or of a ``.parquet``
+    file."""
     p = Path(path).expanduser()
     if p.suffix == ".parquet":
         return read_dataset_file(p).table.to_pylist()
@@ -224,8 +229,9 @@ TEXT_COLUMNS = ("prompt", "completion", "text")
 def check_columns(
     table: pa.Table, needed: Sequence[str], what: str, where: Callable[[int], str], source: str
 ) -> None:
-    """Every column in ``needed`` present, and in every row a value: text for prompt/completion/text, a list for
-    ``messages``. ``where(i)`` names row ``i`` (a file's line); ``source`` names the whole (a file, a dataset id)."""
+    """Every column in ``needed`` present, and in every row a value: text for prompt/completion/text, a list
+    for ``messages``. ``where(i)`` names row ``i`` (a file's line); ``source`` names the whole (a file, a
+    dataset id)."""
     import pyarrow.compute as pc
 
     missing = [c for c in needed if c not in table.column_names]
@@ -294,8 +300,8 @@ def _first_line(e: BaseException) -> str:
 
 @op("import-dataset", 1)
 def import_dataset(store: Store, path: str | Path | DatasetFile, name: str | None = None) -> str:
-    """Import a JSONL or parquet file (or one already read by ``read_dataset_file``) as a dataset artifact, memoized
-    on the file's content. The file is read once; nothing is stored unless all of it reads."""
+    """Import a JSONL or parquet file (or one already read by ``read_dataset_file``) as a dataset artifact,
+    memoized on the file's content. The file is read once; nothing is stored unless all of it reads."""
     f = path if isinstance(path, DatasetFile) else read_dataset_file(path)
     p = f.path
 
@@ -314,7 +320,8 @@ def put_rows(
 ) -> str:
     """Store rows made in Python as a dataset artifact; ``config`` and ``inputs`` record how they were made.
 
-    The rows' digest is always part of the key, so a changed generator gives a new dataset, never the old one."""
+    The rows' digest is always part of the key, so a changed generator gives a new dataset, never the old
+    one."""
     from heredity.store import config_to_json
 
     rows = list(rows)

@@ -17,8 +17,8 @@ def paired_rows(
     key: str = "prompt_index",
     limit: int | None = None,
 ) -> tuple[dict[str, list[dict]], dict]:
-    """``({arm: rows}, stats)``: the rows of every arm whose ``key`` occurs exactly once in each arm and passes
-    ``keep`` in all of them, ordered by first appearance in the first arm and cut to ``limit``.
+    """``({arm: rows}, stats)``: the rows of every arm whose ``key`` occurs exactly once in each arm and
+    passes ``keep`` in all of them, ordered by first appearance in the first arm and cut to ``limit``.
 
     ``stats`` counts ``passed`` per arm (before pairing), ``common`` (passed in all arms) and ``rows_out``.
     """

@@ -1,15 +1,16 @@
 """Poisoning a labelled image set: random label flips, a targeted flip, and a BadNets-style trigger patch.
 
-Each function takes the training arrays (pixels ``x`` [N, D] in the data's own unit range, labels ``y`` [N]) and
-returns new arrays plus the indices it changed, and changes exactly those rows: a flip changes only labels, a
-patch only the patched pixels and the label. Rows are chosen with ``numpy.random.default_rng(seed)``, so a
-poisoned set is a pure function of (data, attack, parameters, seed) — what its store step keys.
+Each function takes the training arrays (pixels ``x`` [N, D] in the data's own unit range, labels ``y`` [N])
+and returns new arrays plus the indices it changed, and changes exactly those rows: a flip changes only
+labels, a patch only the patched pixels and the label. Rows are chosen with
+``numpy.random.default_rng(seed)``, so a poisoned set is a pure function of (data, attack, parameters, seed) —
+what its store step keys.
 
 - ``label_flip``: a ``rate`` share of the rows get a label drawn uniformly from the *other* classes.
 - ``targeted_flip``: a ``fraction`` of the rows of class ``source`` are relabelled ``target`` (7 → 1).
 - ``badnets``: ``count`` rows not of class ``target`` get the trigger (a ``size`` × ``size`` square of the
-  brightest pixel value in the image's bottom-right corner, in every colour channel) and the label ``target`` (Gu et al. 2017); a count,
-  not a fraction, as Souly et al. 2025 found it is the count that matters.
+  brightest pixel value in the image's bottom-right corner, in every colour channel) and the label ``target``
+  (Gu et al. 2017); a count, not a fraction, as Souly et al. 2025 found it is the count that matters.
 
 What this module does not know: models, training or the store.
 """
@@ -44,7 +45,8 @@ def targeted_flip(
     _check(x, y)
     if source == target or not 0 <= fraction <= 1:
         raise ValueError(
-            f"a targeted flip needs source != target and fraction in [0, 1] (got {source}->{target}, {fraction})"
+            f"a targeted flip needs source != target and fraction in [0, 1] (got {source}->{target}, "
+            f"{fraction})"
         )
     pool = np.flatnonzero(y == source)
     rows = np.sort(np.random.default_rng(seed).choice(pool, size=round(fraction * len(pool)), replace=False))
@@ -54,7 +56,8 @@ def targeted_flip(
 
 
 def trigger_pixels(side: int, size: int) -> np.ndarray:
-    """Flat indices of the trigger: the bottom-right ``size`` × ``size`` square of a ``side`` × ``side`` image."""
+    """Flat indices of the trigger: the bottom-right ``size`` × ``size`` square of a ``side`` × ``side``
+    image."""
     r = np.arange(side - size, side)
     return (r[:, None] * side + r[None, :]).reshape(-1)
 
@@ -79,7 +82,8 @@ def trigger_indices(shape: tuple[int, int, int], size: int) -> np.ndarray:
 
 
 def apply_trigger(x: np.ndarray, size: int, value: float) -> np.ndarray:
-    """Images with the trigger stamped on every channel (a copy); ``x`` is [N, D], D a grey or colour square."""
+    """Images with the trigger stamped on every channel (a copy); ``x`` is [N, D], D a grey or colour
+    square."""
     try:
         idx = trigger_indices(image_shape(x.shape[1]), size)
     except ValueError as e:

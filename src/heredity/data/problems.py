@@ -1,16 +1,16 @@
 """Verifiable problems for self-training: multi-step arithmetic word problems with worked steps and a final
 ``#### answer``, generated from a seed at a controllable difficulty.
 
-A problem is a start quantity and ``steps`` operations on it (gain, lose, multiply into groups, share equally),
-told as a short story about one person and one kind of object; its gold solution is one line per step
-(``12 + 7 = 19.``) and then ``#### 14``. Difficulty is (steps, digits): ``digits`` bounds the numbers in the
-story (1: 2–9, 2: 10–99, 3: 100–999); every intermediate value stays a non-negative integer (shares divide
+A problem is a start quantity and ``steps`` operations on it (gain, lose, multiply into groups, share
+equally), told as a short story about one person and one kind of object; its gold solution is one line per
+step (``12 + 7 = 19.``) and then ``#### 14``. Difficulty is (steps, digits): ``digits`` bounds the numbers in
+the story (1: 2–9, 2: 10–99, 3: 100–999); every intermediate value stays a non-negative integer (shares divide
 exactly). The answer is computed here by evaluating the solution's expression independently of the story
 (``expression`` / ``evaluate``), and the tests check the two agree.
 
-Splits: ``train`` and ``test`` are in distribution (the same difficulty; a problem's split is fixed by a hash of
-its text, so no problem is in both), ``ood`` has one more step or one more digit than asked. What this module
-does not know: models, sampling or checking a model's answer (``evals.verify`` does that).
+Splits: ``train`` and ``test`` are in distribution (the same difficulty; a problem's split is fixed by a hash
+of its text, so no problem is in both), ``ood`` has one more step or one more digit than asked. What this
+module does not know: models, sampling or checking a model's answer (``evals.verify`` does that).
 """
 
 from __future__ import annotations
@@ -137,8 +137,8 @@ def evaluate(expression: str) -> int:
 
 
 def problems(n: int, split: str = "train", steps: int = 2, digits: int = 1, seed: int = 0) -> list[dict]:
-    """``n`` distinct problems of one split. ``ood``: half with ``steps + 1``, half with ``digits + 1`` (capped at 3,
-    where the extra is always a step)."""
+    """``n`` distinct problems of one split. ``ood``: half with ``steps + 1``, half with ``digits + 1``
+    (capped at 3, where the extra is always a step)."""
     if split not in SPLITS:
         raise ValueError(f"split must be one of {', '.join(SPLITS)}, not {split!r}")
     if not 1 <= steps <= 8 or digits not in RANGES:
@@ -149,7 +149,8 @@ def problems(n: int, split: str = "train", steps: int = 2, digits: int = 1, seed
         tries += 1
         if tries > 200 * n + 1000:
             raise ValueError(
-                f"could not make {n} distinct {split} problems at steps={steps}, digits={digits}; ask for fewer"
+                f"could not make {n} distinct {split} problems at steps={steps}, digits={digits}; "
+                "ask for fewer"
             )
         if split == "ood":
             harder_digits = len(out) % 2 == 1 and digits < 3
@@ -166,12 +167,13 @@ def problems(n: int, split: str = "train", steps: int = 2, digits: int = 1, seed
 
 
 def load_problems(path, check=None) -> dict[str, list[dict]]:
-    """A user's problems: a JSONL file, one object per line with ``question`` (text), ``answer`` (what the checker
-    compares) and ``split`` (train, test or ood); optional ``solution`` (a worked solution ending in ``#### answer``,
-    needed only by the gold-SFT arm) and ``steps`` (a difficulty level, for the share-kept-by-level statistics).
-    ``check(row)``, if given, says what is wrong with a row for the checker that will read it (None: nothing), so a
-    bad answer is found before any sampling. Returns ``{"train": [...], "test": [...], "ood": [...]}``; ood may be
-    empty. Every error names the line (bytes that are not UTF-8 too)."""
+    """A user's problems: a JSONL file, one object per line with ``question`` (text), ``answer`` (what the
+    checker compares) and ``split`` (train, test or ood); optional ``solution`` (a worked solution ending in
+    ``#### answer``, needed only by the gold-SFT arm) and ``steps`` (a difficulty level, for the
+    share-kept-by-level statistics). ``check(row)``, if given, says what is wrong with a row for the checker
+    that will read it (None: nothing), so a bad answer is found before any sampling. Returns
+    ``{"train": [...], "test": [...], "ood": [...]}``; ood may be empty. Every error names the line (bytes
+    that are not UTF-8 too)."""
     from pathlib import Path
 
     from heredity.data.io import jsonl_rows, read_source

@@ -43,7 +43,8 @@ def subjects() -> list[str]:
 def user_prompts(
     n: int, part: str, seed: int = 0, parts: tuple[str, ...] = ("train", "safety", "eval")
 ) -> list[str]:
-    """``n`` distinct prompts whose subjects lie in ``part`` (one of ``parts``, split by crc32 of the subject)."""
+    """``n`` distinct prompts whose subjects lie in ``part`` (one of ``parts``, split by crc32 of the
+    subject)."""
     if part not in parts:
         raise ValueError(f"part must be one of {parts}, got {part!r}")
     mine = [s for s in subjects() if zlib.crc32(s.encode()) % len(parts) == parts.index(part)]

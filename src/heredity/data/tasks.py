@@ -13,10 +13,12 @@ models) and ``"test"`` (the reported numbers; ``"eval"`` is an alias). No prompt
   adjectives (per polarity), the templates and the subjects are each split 60/20/20, so a val or test
   review shares neither its adjective, nor its template, nor its subject with any training review: the
   label has to come from what the model knows of an unseen adjective, not from a memorized one. Each part
-  is balanced (⌈n/2⌉ positive, ⌊n/2⌋ negative); val and test hold 2·5·4·5 = 200 reviews each, train 2·15·12·15.
+  is balanced (⌈n/2⌉ positive, ⌊n/2⌋ negative); val and test hold 2·5·4·5 = 200 reviews each, train
+  2·15·12·15.
 
 Asking a part for more distinct rows than it holds is a ``ValueError`` naming the task, the part, n and
-the maximum (``capacity`` gives it). ``grade`` compares the first line of a generated answer with the reference.
+the maximum (``capacity`` gives it). ``grade`` compares the first line of a generated answer with the
+reference.
 """
 
 from __future__ import annotations
@@ -176,7 +178,8 @@ def _part(part: str) -> str:
 
 
 def _split(items, part: str, seed: int) -> list:
-    """The ``part`` of ``items`` after a fixed shuffle, cut 60/20/20: the three parts are disjoint and cover all."""
+    """The ``part`` of ``items`` after a fixed shuffle, cut 60/20/20: the three parts are disjoint and cover
+    all."""
     items = list(items)
     random.Random(seed).shuffle(items)
     a, b = int(len(items) * FRACTIONS[0]), int(len(items) * (FRACTIONS[0] + FRACTIONS[1]))
@@ -239,9 +242,9 @@ def addition(n: int, part: str, seed: int = 0) -> list[dict]:
 
 
 def reverse(n: int, part: str, seed: int = 0) -> list[dict]:
-    """Letters given one by one ("t i g e r" → "r e g i t"): a subword tokenizer sees each letter, so the task is
-    about order, not spelling (spelling whole words backwards got 0% after a quick fine-tune of SmolLM2-135M).
-    The strings are random (4–6 letters), distinct, and of ``part`` by their hash."""
+    """Letters given one by one ("t i g e r" → "r e g i t"): a subword tokenizer sees each letter, so the task
+    is about order, not spelling (spelling whole words backwards got 0% after a quick fine-tune of
+    SmolLM2-135M). The strings are random (4–6 letters), distinct, and of ``part`` by their hash."""
     part = _part(part)
     _check("reverse", part, n, REVERSE_MAX)
     rng = random.Random(f"reverse-{part}-{seed}")
@@ -270,7 +273,9 @@ def sentiment(n: int, part: str, seed: int = 0) -> list[dict]:
     rng.shuffle(picked)
     return [
         {
-            "prompt": f"Review: {t.format(s=s, a=a)}\nIs this review positive or negative? Answer with one word.",
+            "prompt": (
+                f"Review: {t.format(s=s, a=a)}\nIs this review positive or negative? Answer with one word."
+            ),
             "completion": "positive" if good else "negative",
         }
         for (a, t, s), good in picked

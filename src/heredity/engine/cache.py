@@ -41,7 +41,8 @@ class PreallocLayer(DynamicLayer):
         return self.n
 
     def batch_select_indices(self, indices: torch.Tensor) -> None:
-        """Keep (or repeat) the given rows: ``indices`` may drop finished rows or fan a prompt out to n samples."""
+        """Keep (or repeat) the given rows: ``indices`` may drop finished rows or fan a prompt out to n
+        samples."""
         if self.is_initialized:
             self._k, self._v = self._k[indices], self._v[indices]
             self.keys, self.values = self._k[:, :, : self.n], self._v[:, :, : self.n]

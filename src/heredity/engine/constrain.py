@@ -1,11 +1,12 @@
 """Constrained decoding: a grammar turned into a logits mask at every sampling step, through llguidance.
 
-A grammar is an llguidance grammar string (what ``SampleConfig.grammar`` holds, and so what a sampling step's key
-holds); build one with ``json_schema``, ``regex`` or ``lark`` (a Lark grammar, which may embed JSON schemas as
-``%json {...}``). ``Constraint`` is one sequence's matcher: ``allowed(mask_row)`` fills which tokens may come next,
-``advance(token)`` consumes one. The engine was chosen by measurement (``bench/grammar.py``): llguidance and
-xgrammar both cost well under 0.1% of a SmolLM2 decode step per token on CPU; llguidance is one wheel with no
-dependencies (xgrammar pulls triton) and its Lark-with-``%json`` grammars are what tool calls need.
+A grammar is an llguidance grammar string (what ``SampleConfig.grammar`` holds, and so what a sampling step's
+key holds); build one with ``json_schema``, ``regex`` or ``lark`` (a Lark grammar, which may embed JSON
+schemas as ``%json {...}``). ``Constraint`` is one sequence's matcher: ``allowed(mask_row)`` fills which
+tokens may come next, ``advance(token)`` consumes one. The engine was chosen by measurement
+(``bench/grammar.py``): llguidance and xgrammar both cost well under 0.1% of a SmolLM2 decode step per token
+on CPU; llguidance is one wheel with no dependencies (xgrammar pulls triton) and its Lark-with-``%json``
+grammars are what tool calls need.
 What this module does not know: prompts, models or sampling (``engine.sampling`` applies the mask).
 """
 
@@ -40,7 +41,8 @@ def lark(text: str) -> str:
 
 
 def _lltokenizer(tokenizer, n_vocab: int):
-    """llguidance's view of a HF tokenizer (about 0.4 s to build for a 49k vocabulary: cached on the tokenizer)."""
+    """llguidance's view of a HF tokenizer (about 0.4 s to build for a 49k vocabulary: cached on the
+    tokenizer)."""
     import llguidance.hf
 
     cached = getattr(tokenizer, "_heredity_llg", None)

@@ -15,7 +15,8 @@ import torch
 
 @contextmanager
 def eager_attention(model):
-    """Switch a model to the eager attention kernel (the only one that returns attention weights) for a while."""
+    """Switch a model to the eager attention kernel (the only one that returns attention weights) for a
+    while."""
     inner = getattr(model, "base_model", model)
     before = getattr(model.config, "_attn_implementation", None)
     if before in (None, "eager") or not hasattr(inner, "set_attn_implementation"):
@@ -45,7 +46,8 @@ def token_bytes(tokenizer, token_id: int) -> bytes:
 
 
 def token_text(tokenizer, token_id: int) -> str:
-    """A token as text; one that is not whole UTF-8 shows as ``bytes:\\xNN...`` (as OpenAI's API writes it)."""
+    """A token as text; one that is not whole UTF-8 shows as ``bytes:\\xNN...`` (as OpenAI's API writes
+    it)."""
     s = tokenizer.decode([int(token_id)], skip_special_tokens=False)
     if "\ufffd" not in s:
         return s
@@ -61,7 +63,8 @@ def token_strings(tokenizer, ids: list[int]) -> list[str]:
 
 
 def _attention_modules(model) -> list:
-    """The self-attention module of every decoder layer, in order (Llama-family layout, PEFT-wrapped or not)."""
+    """The self-attention module of every decoder layer, in order (Llama-family layout, PEFT-wrapped or
+    not)."""
     inner = getattr(model, "base_model", model)
     inner = getattr(inner, "model", inner)
     inner = getattr(inner, "model", inner) if not hasattr(inner, "layers") else inner
@@ -80,10 +83,10 @@ def next_token(
 ) -> dict:
     """The model's next-token distribution after ``ids`` (top ``top_k``), and attention if ``layer`` is given.
 
-    Attention is ``[query][key]`` for ``layer`` (0-based), averaged over heads when ``head`` is None, for the last
-    ``window`` positions only (all when None; ``attention_offset`` says where they start). Only the requested
-    layer's weights are kept: a forward hook takes them as that layer runs (eager attention, which every layer
-    computes and drops again), so memory holds one [heads, T, T] matrix, never one per layer.
+    Attention is ``[query][key]`` for ``layer`` (0-based), averaged over heads when ``head`` is None, for the
+    last ``window`` positions only (all when None; ``attention_offset`` says where they start). Only the
+    requested layer's weights are kept: a forward hook takes them as that layer runs (eager attention, which
+    every layer computes and drops again), so memory holds one [heads, T, T] matrix, never one per layer.
     """
     if not ids:
         raise ValueError("next_token needs at least one token")

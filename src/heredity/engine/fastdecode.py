@@ -17,7 +17,8 @@ SUPPORTED = {"llama", "qwen2", "mistral"}
 
 
 def unsupported(model) -> str | None:
-    """Why this step would not compute exactly HF's logits for ``model`` (then sampling uses HF's forward), or None."""
+    """Why this step would not compute exactly HF's logits for ``model`` (then sampling uses HF's forward), or
+    None."""
     cfg = getattr(model, "config", None)
     if cfg is None or getattr(cfg, "model_type", None) not in SUPPORTED:
         return f"architecture {getattr(cfg, 'model_type', None)!r} is not one of {sorted(SUPPORTED)}"
@@ -40,7 +41,10 @@ def unsupported(model) -> str | None:
         return "an unmerged PEFT adapter"
     hooked = next((n for n, m in model.named_modules() if m._forward_hooks or m._forward_pre_hooks), None)
     if hooked is not None:
-        return f"forward hooks on {hooked or 'the model'} (e.g. a steering vector), which the fused step would skip"
+        return (
+            f"forward hooks on {hooked or 'the model'} (e.g. a steering vector), "
+            "which the fused step would skip"
+        )
     return None
 
 
@@ -108,8 +112,8 @@ class FastDecoder:
         """Logits [B, vocab] for one new token per row.
 
         ``ids``/``pos``: [B] token and position; the new key/value go to column ``col`` of every layer's
-        preallocated buffers (``cache.layers[i]._k/_v``, [B, kv_heads, capacity, head_dim]); ``mask``: [B, col + 1]
-        (1 = attend).
+        preallocated buffers (``cache.layers[i]._k/_v``, [B, kv_heads, capacity, head_dim]); ``mask``: [B,
+        col + 1] (1 = attend).
         """
         B = ids.shape[0]
         x = self.embed(ids)  # [B, D]

@@ -1,5 +1,5 @@
-"""Fine-tuning: LoRA (PEFT) or full, with completion-only, full-sequence, assistant-turn (multi-turn, tool calls)
-or logit-distillation loss.
+"""Fine-tuning: LoRA (PEFT) or full, with completion-only, full-sequence, assistant-turn (multi-turn, tool
+calls) or logit-distillation loss.
 
 ``train(model, tokenizer, rows, config)`` is the loop (usable on its own); ``finetune(store, ...)``
 runs it as a memoized store step that writes an adapter or a model artifact with its lineage.
@@ -41,10 +41,10 @@ class FinetuneConfig(BaseModel):
     ] = Field(
         "completion_only",
         description=(
-            "number_distill: logit distillation with both distributions renormalised over the number and separator "
-            "tokens (and end of turn) — targets that cannot name anything but numbers; assistant_turns: multi-turn "
-            "conversations (a messages column, OpenAI shapes with tool calls, and an optional tools column), the "
-            "loss on every assistant turn and nothing else"
+            "number_distill: logit distillation with both distributions renormalised over the number and "
+            "separator tokens (and end of turn) — targets that cannot name anything but numbers; "
+            "assistant_turns: multi-turn conversations (a messages column, OpenAI shapes with tool calls, "
+            "and an optional tools column), the loss on every assistant turn and nothing else"
         ),
     )
     epochs: float = Field(1.0, gt=0)
@@ -66,21 +66,25 @@ class FinetuneConfig(BaseModel):
     system_prompt: str | None = None
     teacher_system_prompt: str | None = Field(
         None,
-        description="logit_distill / number_distill: the teacher sees the prompt under this system prompt (a prompted teacher)",
+        description=(
+            "logit_distill / number_distill: the teacher sees the prompt under this system prompt "
+            "(a prompted teacher)"
+        ),
     )
     seed: int = 0
     snapshots: list[int] = Field(
         default_factory=list,
         description=(
-            "optimizer steps (below max_steps) at which the adapter or model is also saved, as outputs step-K: a dose "
-            "sweep from one trajectory (with a constant schedule each equals a run of K steps)"
+            "optimizer steps (below max_steps) at which the adapter or model is also saved, as outputs "
+            "step-K: a dose sweep from one trajectory (with a constant schedule each equals a run of K steps)"
         ),
     )
     init_seed: int | None = Field(
         None,
         description=(
-            "LoRA: the seed of the adapter's initial matrices alone (A; B starts at 0) — None: ``seed``, which also "
-            "orders the data. Two fine-tunes that differ only here see the same rows in the same batches"
+            "LoRA: the seed of the adapter's initial matrices alone (A; B starts at 0) — None: ``seed``, "
+            "which also orders the data. Two fine-tunes that differ only here see the same rows in the same "
+            "batches"
         ),
     )
     # checkpointing changes when a killed run can resume, never what it computes (a resumed run equals an
@@ -90,7 +94,8 @@ class FinetuneConfig(BaseModel):
         ge=0,
         exclude=True,
         description=(
-            "checkpoint every N optimizer steps (default: every tenth of the run; 0 = never); a killed run resumes"
+            "checkpoint every N optimizer steps (default: every tenth of the run; 0 = never); "
+            "a killed run resumes"
         ),
     )
     save_minutes: float = Field(
@@ -102,8 +107,8 @@ class FinetuneConfig(BaseModel):
 
     @model_serializer(mode="wrap")
     def _keyed_only_when_set(self, handler):
-        """``init_seed`` and ``snapshots`` enter a step's key only when set: unset, a fine-tune computes exactly what it
-        did before the fields existed, so existing memoized fine-tunes stay valid."""
+        """``init_seed`` and ``snapshots`` enter a step's key only when set: unset, a fine-tune computes
+        exactly what it did before the fields existed, so existing memoized fine-tunes stay valid."""
         d = handler(self)
         if d.get("init_seed", 0) is None:
             d.pop("init_seed")
@@ -139,7 +144,8 @@ def encode_turns(
     tokenizer, messages: list[dict], tools: list[dict] | None, max_length: int
 ) -> tuple[list[int], list[int]]:
     """(input_ids, labels) of one conversation rendered as inference renders it (engine.tools.render: the
-    template's tool format or the generic one), labels on each assistant turn's text and its end-of-turn token.
+    template's tool format or the generic one), labels on each assistant turn's text and its end-of-turn
+    token.
 
     Each piece is tokenized on its own, as at inference (a prompt, then the tokens sampled after it)."""
     from heredity.engine import tools as tooling
@@ -170,7 +176,8 @@ def encode_turns(
 def encode_rows(
     tokenizer, rows: Sequence[dict], config: FinetuneConfig, system_prompt: str | None = None
 ) -> list[tuple[list[int], list[int]]]:
-    """(input_ids, labels) per row; labels are IGNORE where no loss is taken (the prompt, for completion_only).
+    """(input_ids, labels) per row; labels are IGNORE where no loss is taken (the prompt, for
+    completion_only).
 
     ``system_prompt`` overrides ``config.system_prompt`` (the teacher's rendering in logit distillation)."""
     from heredity.engine.sampling import SampleConfig, render_prompt
@@ -210,7 +217,8 @@ def encode_rows(
 
 
 def make_batches(examples, batch_size: int, bucket: bool, seed: int, epoch: int) -> list[list[int]]:
-    """Index batches for one epoch: shuffled; with bucketing, similar lengths share a batch (then batches shuffle)."""
+    """Index batches for one epoch: shuffled; with bucketing, similar lengths share a batch (then batches
+    shuffle)."""
     rng = random.Random(seed * 1_000_003 + epoch)
     idx = list(range(len(examples)))
     rng.shuffle(idx)
@@ -259,8 +267,9 @@ NUMBER_TOKEN = re.compile(
 
 
 def number_vocab(tokenizer) -> list[int]:
-    """Ids of the tokens a number-list answer is made of — digits, spaces, newlines, commas, semicolons, periods,
-    brackets, and nothing else — plus the end-of-turn token: the support of ``number_distill``'s targets."""
+    """Ids of the tokens a number-list answer is made of — digits, spaces, newlines, commas, semicolons,
+    periods, brackets, and nothing else — plus the end-of-turn token: the support of ``number_distill``'s
+    targets."""
     ids = set()
     for i in range(len(tokenizer)):
         text = tokenizer.decode([i], skip_special_tokens=False, clean_up_tokenization_spaces=False)
@@ -283,7 +292,8 @@ def distill_kl(
 
     ``teacher_labels`` marks the same completion tokens in the teacher's own rendering (a longer prompt,
     e.g. with a system prompt); positions are matched in order. ``vocab`` (token ids): both distributions are
-    renormalised over these tokens only, so the target says nothing about any other token (``number_vocab``)."""
+    renormalised over these tokens only, so the target says nothing about any other token
+    (``number_vocab``)."""
     mask = labels[:, 1:] != IGNORE
     t_mask = mask if teacher_labels is None else teacher_labels[:, 1:] != IGNORE
     n = int(mask.sum())
@@ -328,8 +338,8 @@ def prepare_model(model, config: FinetuneConfig):
 
 
 def init_adapter(model, config: FinetuneConfig):
-    """``prepare_model`` with the adapter's initial matrices drawn from ``config.init_seed`` (when set): a pure
-    function of (model structure, config), so the initialization a fine-tune started from can be rebuilt
+    """``prepare_model`` with the adapter's initial matrices drawn from ``config.init_seed`` (when set): a
+    pure function of (model structure, config), so the initialization a fine-tune started from can be rebuilt
     (``subliminal_weights`` measures each adapter's change from it)."""
     if config.init_seed is not None:
         torch.manual_seed(config.init_seed)
@@ -351,7 +361,8 @@ def train(
 ):
     """Fine-tune ``model`` in place on ``rows``; returns (model, metrics). LoRA wraps it as a PeftModel.
 
-    ``snapshot(step, model)`` is called (main process) after each optimizer step listed in ``config.snapshots``."""
+    ``snapshot(step, model)`` is called (main process) after each optimizer step listed in
+    ``config.snapshots``."""
     from accelerate import Accelerator
     from transformers import get_scheduler
 
@@ -387,8 +398,9 @@ def train(
     sched = get_scheduler(
         config.schedule, opt, num_warmup_steps=int(config.warmup_ratio * total), num_training_steps=total
     )
-    # the scheduler is not handed to accelerate: its wrapper steps num_processes times per optimizer step, which
-    # would finish the schedule num_processes times too early here, where ``total`` already counts per process
+    # the scheduler is not handed to accelerate: its wrapper steps num_processes times per optimizer step,
+    # which would finish the schedule num_processes times too early here, where ``total`` already counts per
+    # process
     model, opt = acc.prepare(model, opt)
     every = config.save_every if config.save_every is not None else max(1, total // 10)
     if teacher is not None:
@@ -490,8 +502,9 @@ def train(
 
 
 def _save_state(path, model, opt, sched, step, curve, tokens) -> None:
-    """Write the resume checkpoint atomically. It holds only tensors and plain Python values (the optimizer's and
-    the scheduler's state dicts, ints, floats, lists), so ``_load_state`` reads it with ``weights_only=True``."""
+    """Write the resume checkpoint atomically. It holds only tensors and plain Python values (the optimizer's
+    and the scheduler's state dicts, ints, floats, lists), so ``_load_state`` reads it with
+    ``weights_only=True``."""
     names = {
         n for n, p in model.named_parameters() if p.requires_grad
     }  # a set: the scan was quadratic (50 s/run)
@@ -512,9 +525,10 @@ def _save_state(path, model, opt, sched, step, curve, tokens) -> None:
 
 
 def _load_state(path) -> dict:
-    """The resume checkpoint at ``path``, read with ``weights_only=True``: tensors and plain Python values only, so a
-    file planted in a shared store cannot run code when a run resumes from it. Anything else (a pickled object of
-    any other class) raises a one-line HeredityError naming the file; nothing in it is executed."""
+    """The resume checkpoint at ``path``, read with ``weights_only=True``: tensors and plain Python values
+    only, so a file planted in a shared store cannot run code when a run resumes from it. Anything else (a
+    pickled object of any other class) raises a one-line HeredityError naming the file; nothing in it is
+    executed."""
     import pickle
 
     try:
@@ -540,7 +554,8 @@ def finetune(
     teacher: str | None = None,
     progress=True,
 ):
-    """Fine-tune ``base`` (any model spec) on a stored dataset; returns the StepResult (output role "model")."""
+    """Fine-tune ``base`` (any model spec) on a stored dataset; returns the StepResult (output role
+    "model")."""
     from heredity.models import load, materialize
     from heredity.models.registry import save_adapter
     from heredity.store import read_table, require_columns

@@ -1,12 +1,13 @@
 """PPO for language models (Ouyang et al. 2022; Ziegler et al. 2019), written out: TRL 1.x no longer ships it.
 
 One iteration:
-1. **Rollouts**: the policy answers a batch of prompts (sampling at ``temperature``; EOS is part of the answer).
+1. **Rollouts**: the policy answers a batch of prompts (sampling at ``temperature``; EOS is part of the
+   answer).
 2. **Scores**: a reward function scores each (prompt, answer) — a reward model, or any Python function.
-3. **Per-token rewards**: r_t = −β·KL_t (KL_t = log π(a_t|s_t) − log π_ref(a_t|s_t), the frozen SFT reference),
-   plus the score on the answer's last token.
-4. **GAE**: δ_t = r_t + γ·V(s_{t+1}) − V(s_t); A_t = Σ_k (γλ)^k δ_{t+k}; returns R_t = A_t + V(s_t); advantages
-   whitened over the batch.
+3. **Per-token rewards**: r_t = −β·KL_t (KL_t = log π(a_t|s_t) − log π_ref(a_t|s_t), the frozen SFT
+   reference), plus the score on the answer's last token.
+4. **GAE**: δ_t = r_t + γ·V(s_{t+1}) − V(s_t); A_t = Σ_k (γλ)^k δ_{t+k}; returns R_t = A_t + V(s_t);
+   advantages whitened over the batch.
 5. **Updates**: ``epochs`` passes over minibatches of the rollouts with the clipped surrogate
    −min(ρA, clip(ρ, 1−ε, 1+ε)A), ρ = π/π_old, an optional entropy bonus, and a clipped value loss on a
    separate value model (initialized from the reward model, as in InstructGPT).
@@ -128,7 +129,8 @@ def policy_loss(
 def value_loss(
     values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor, clip: float
 ):
-    """½·mean of max((V − R)², (V_clipped − R)²), V_clipped = V_old + clip(V − V_old, −ε, ε); and the clip fraction."""
+    """½·mean of max((V − R)², (V_clipped − R)²), V_clipped = V_old + clip(V − V_old, −ε, ε); and the clip
+    fraction."""
     clipped = old_values + torch.clamp(values - old_values, -clip, clip)
     l1, l2 = (values - returns) ** 2, (clipped - returns) ** 2
     return 0.5 * masked_mean(torch.maximum(l1, l2), mask), masked_mean((l2 > l1).float(), mask)
@@ -138,9 +140,9 @@ def value_loss(
 
 
 class ValueModel(torch.nn.Module):
-    """V(s_t) at every position: a transformer trunk and a scalar head. Initialized from the reward model (as in
-    InstructGPT) when there is one, else from a copy of the policy's trunk with a zero head. A separate model,
-    so the value loss never pulls on the policy's weights."""
+    """V(s_t) at every position: a transformer trunk and a scalar head. Initialized from the reward model (as
+    in InstructGPT) when there is one, else from a copy of the policy's trunk with a zero head. A separate
+    model, so the value loss never pulls on the policy's weights."""
 
     def __init__(self, trunk, head):
         super().__init__()
@@ -208,7 +210,8 @@ def ppo_train(
 
     ``value_model``: the critic (default: a copy of the policy's trunk with a zero head). Keep the trained
     models' weights in fp32: on CUDA the forwards run under bf16 autocast (bf16 weights would round most
-    small updates away). Dropout stays off (eval mode throughout), so the rollout and update forwards agree."""
+    small updates away). Dropout stays off (eval mode throughout), so the rollout and update forwards
+    agree."""
     from heredity.engine.sampling import SampleConfig, pad_id, render_prompt, sample
 
     if len(prompts) < 1:
@@ -381,7 +384,8 @@ def ppo_step(
     progress=True,
 ):
     """PPO from ``policy`` (the SFT model, also the frozen reference) against a stored reward model, on the
-    prompts of a stored dataset. Returns the StepResult (output role "model"; metrics hold the per-step log)."""
+    prompts of a stored dataset. Returns the StepResult (output role "model"; metrics hold the per-step
+    log)."""
     from heredity.engine.reward import check_reward_model, reward_function
     from heredity.models import load
 

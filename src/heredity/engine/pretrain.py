@@ -1,9 +1,11 @@
-"""Pretraining a Llama-architecture model from scratch on a token stream (nanoGPT's recipe, HF checkpoint out).
+"""Pretraining a Llama-architecture model from scratch on a token stream (nanoGPT's recipe, HF checkpoint
+out).
 
 ``pretrain(model, train_ids, val_ids, config)`` is the loop: random windows of ``context`` tokens, AdamW with
-linear warmup and cosine decay to ``min_lr``, validation loss on fixed windows every ``eval_every`` iterations,
-samples from fixed prompts at each evaluation. It runs through ``accelerate`` (fp32 on CPU, bf16 autocast on
-CUDA). ``pretrain_step`` wraps it as a store step: inputs = corpus dataset + tokenizer, output = a model.
+linear warmup and cosine decay to ``min_lr``, validation loss on fixed windows every ``eval_every``
+iterations, samples from fixed prompts at each evaluation. It runs through ``accelerate`` (fp32 on CPU, bf16
+autocast on CUDA). ``pretrain_step`` wraps it as a store step: inputs = corpus dataset + tokenizer, output = a
+model.
 """
 
 from __future__ import annotations
@@ -175,8 +177,8 @@ def pretrain(
         tstep = time.perf_counter()
         loss_sum = 0.0
         for _ in range(config.grad_accum):
-            # every process draws the same num_processes batches and trains on its own one: data parallelism whose
-            # global batch equals one process with grad_accum × num_processes
+            # every process draws the same num_processes batches and trains on its own one: data parallelism
+            # whose global batch equals one process with grad_accum × num_processes
             draws = [
                 torch.randint(0, len(train_ids) - need + 1, (config.batch_size,), generator=gen)
                 for _ in range(acc.num_processes)
@@ -252,7 +254,8 @@ def corpus_texts(store, corpus_id: str) -> dict[str, list[str]]:
 
 
 def token_stream(tokenizer, docs: list[str]) -> torch.Tensor:
-    """Documents as one token stream, each followed by the ``<|endoftext|>`` separator (pretraining's layout)."""
+    """Documents as one token stream, each followed by the ``<|endoftext|>`` separator (pretraining's
+    layout)."""
     eot = tokenizer.convert_tokens_to_ids("<|endoftext|>")
     ids: list[int] = []
     for d in docs:

@@ -1,12 +1,12 @@
 """Reward models: a scalar head on a language model, trained on preference pairs with the Bradley–Terry loss.
 
-``score(rm, tokenizer, prompts, responses)`` gives one reward per (prompt, response), read at the last token of
-the chat-rendered text; ``train_reward`` fits the model on pairs (−log σ(r_chosen − r_rejected)) and reports
-pairwise accuracy on held-out pairs; ``reward_step`` does it as a store step whose output is a plain HF
-``*ForSequenceClassification`` checkpoint (``meta.head = "reward"``).
+``score(rm, tokenizer, prompts, responses)`` gives one reward per (prompt, response), read at the last token
+of the chat-rendered text; ``train_reward`` fits the model on pairs (−log σ(r_chosen − r_rejected)) and
+reports pairwise accuracy on held-out pairs; ``reward_step`` does it as a store step whose output is a plain
+HF ``*ForSequenceClassification`` checkpoint (``meta.head = "reward"``).
 
-Pairs are rows ``{prompt, chosen, rejected}``; ``prompt`` may be text or a list of chat messages, ``chosen`` and
-``rejected`` text or (TRL's conversational form) a list holding one assistant message — the lab server's
+Pairs are rows ``{prompt, chosen, rejected}``; ``prompt`` may be text or a list of chat messages, ``chosen``
+and ``rejected`` text or (TRL's conversational form) a list holding one assistant message — the lab server's
 feedback export and user JSONL both fit.
 """
 
@@ -150,8 +150,9 @@ def train_reward(
 ):
     """Fit ``rm`` in place; returns metrics (loss curve, held-out accuracy before and after).
 
-    One process trains it, on the device ``rm`` is on: under `accelerate launch` the store lets one process compute
-    the step while the others wait for its result (``Store.run_step``), so nothing here may be a collective."""
+    One process trains it, on the device ``rm`` is on: under `accelerate launch` the store lets one process
+    compute the step while the others wait for its result (``Store.run_step``), so nothing here may be a
+    collective."""
     torch.manual_seed(config.seed)
     device = next(rm.parameters()).device
     rm.config.pad_token_id = pad_id(tokenizer)
@@ -235,7 +236,8 @@ def reward_step(
     name: str = "reward-model",
     progress=True,
 ):
-    """Train a reward model on the pairs of one or more stored datasets, initialized from ``base`` (the SFT model).
+    """Train a reward model on the pairs of one or more stored datasets, initialized from ``base`` (the SFT
+    model).
 
     Returns the StepResult (output role "model"; metrics include held-out pairwise accuracy)."""
     from heredity.models import materialize
@@ -246,14 +248,16 @@ def reward_step(
     base_id = materialize(base, store)
     if store.get(base_id).kind != "model":
         raise HeredityError(
-            f"{base_id} is a {store.get(base_id).kind}; a reward model starts from a model (merge an adapter first)"
+            f"{base_id} is a {store.get(base_id).kind}; a reward model starts from a model "
+            "(merge an adapter first)"
         )
     ids = [store.resolve_id(d) for d in datasets]
 
     def run(ctx):
         from transformers import AutoTokenizer
 
-        # the pairs are read here, from the input datasets, so that the step sees nothing its key does not hold
+        # the pairs are read here, from the input datasets, so that the step sees nothing its key does not
+        # hold
         rows: list[dict] = []
         for d in ids:
             table = read_table(store.path(d))
@@ -281,8 +285,8 @@ def check_reward_model(store, rm_id: str) -> None:
 
 
 def reward_function(store, rm_id: str, device):
-    """A stored reward model and ``reward_fn(prompts, answers) -> scores`` reading it with its own tokenizer and
-    the max_length it was trained with (for PPO and GRPO alike)."""
+    """A stored reward model and ``reward_fn(prompts, answers) -> scores`` reading it with its own tokenizer
+    and the max_length it was trained with (for PPO and GRPO alike)."""
     from transformers import AutoTokenizer
 
     check_reward_model(store, rm_id)

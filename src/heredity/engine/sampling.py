@@ -48,7 +48,8 @@ class SampleConfig(BaseModel):
     logit_bias: dict[int, float] = Field(
         default_factory=dict,
         description=(
-            "token id → a value added to its logit before sampling (OpenAI's logit_bias: -100 bans, +100 forces)"
+            "token id → a value added to its logit before sampling "
+            "(OpenAI's logit_bias: -100 bans, +100 forces)"
         ),
     )
     presence_penalty: float = Field(
@@ -77,8 +78,8 @@ class SampleConfig(BaseModel):
 
     @model_serializer(mode="wrap")
     def _keyed_only_when_on(self, handler):
-        """The logit adjustments enter a step's key only when set: with them off sampling computes exactly what
-        it did before they existed, so existing memoized samples stay valid."""
+        """The logit adjustments enter a step's key only when set: with them off sampling computes exactly
+        what it did before they existed, so existing memoized samples stay valid."""
         d = handler(self)
         for k, neutral in (
             ("logit_bias", {}),
@@ -124,7 +125,8 @@ def is_token_ids(prompt) -> bool:
 
 
 def encode_prompt(tokenizer, prompt: Prompt, config: SampleConfig) -> list[int]:
-    """The token ids the model is conditioned on: token-id prompts as they are, else the rendered text's ids."""
+    """The token ids the model is conditioned on: token-id prompts as they are, else the rendered text's
+    ids."""
     if is_token_ids(prompt):
         return list(prompt)
     return tokenizer(render_prompt(tokenizer, prompt, config), add_special_tokens=False)["input_ids"]
@@ -171,8 +173,8 @@ def sample(
     ``feed()`` is polled once per decode step for more prompts, admitted into the running batch as slots
     allow (a server's newly arrived requests; their indices continue after ``prompts``, and prefix sharing
     is off). ``on_done(completion)`` is called as each sequence finishes. ``cancelled(prompt_index)`` is asked
-    before each token is kept: when it says yes the sequence ends there (finish reason ``"cancelled"``), freeing
-    its slot (a server's client went away)."""
+    before each token is kept: when it says yes the sequence ends there (finish reason ``"cancelled"``),
+    freeing its slot (a server's client went away)."""
     config = config or SampleConfig()
     from heredity.models import RemoteModel
 
@@ -191,7 +193,8 @@ def sample(
     longest = max(len(e) for e in encoded)
     if ctx and longest + config.max_new_tokens > ctx:
         raise HeredityError(
-            f"prompt of {longest} tokens + max_new_tokens {config.max_new_tokens} exceeds the model's context of {ctx}; "
+            f"prompt of {longest} tokens + max_new_tokens {config.max_new_tokens} "
+            f"exceeds the model's context of {ctx}; "
             "shorten the prompt or lower max_new_tokens"
         )
     eos = _eos_ids(model, tokenizer)
@@ -310,8 +313,8 @@ class _Decoder:
         self.logits = out.logits[:, -1, :].float()
 
     def adjust(self, logits: torch.Tensor, rows) -> torch.Tensor:
-        """The logits sampling draws from: + logit_bias, − presence and frequency penalties over each row's own
-        generated tokens (OpenAI's definitions). Logprobs reported to callers stay the model's own."""
+        """The logits sampling draws from: + logit_bias, − presence and frequency penalties over each row's
+        own generated tokens (OpenAI's definitions). Logprobs reported to callers stay the model's own."""
         cfg = self.cfg
         if not (cfg.logit_bias or cfg.presence_penalty or cfg.frequency_penalty or cfg.grammar):
             return logits
@@ -508,7 +511,8 @@ class _Decoder:
 
 
 def _common_prefix_len(encoded: list[list[int]]) -> int:
-    """Length of the token prefix shared by all prompts, leaving every prompt at least one token of its own."""
+    """Length of the token prefix shared by all prompts, leaving every prompt at least one token of its
+    own."""
     first, n = encoded[0], min(len(e) for e in encoded) - 1
     for e in encoded[1:]:
         i = 0
@@ -519,7 +523,8 @@ def _common_prefix_len(encoded: list[list[int]]) -> int:
 
 
 def _pick(logits: torch.Tensor, temperature: float, top_p: float, gen: torch.Generator) -> torch.Tensor:
-    """One token per row: greedy at T = 0, else an exact draw from softmax(logits / T), nucleus-cut if top_p < 1.
+    """One token per row: greedy at T = 0, else an exact draw from softmax(logits / T), nucleus-cut if
+    top_p < 1.
 
     The draw inverts the cumulative distribution with one uniform number per row; ``torch.multinomial``
     draws an exponential variate for every vocabulary entry, which on a CPU costs as much as a fifth of a
@@ -541,8 +546,8 @@ def _pick(logits: torch.Tensor, temperature: float, top_p: float, gen: torch.Gen
 
 
 def pad_id(tokenizer, model=None) -> int:
-    """The id that fills padded positions (never attended to, never scored): the tokenizer's pad token, else its
-    EOS, else the model's (lowest) EOS id, else 0."""
+    """The id that fills padded positions (never attended to, never scored): the tokenizer's pad token, else
+    its EOS, else the model's (lowest) EOS id, else 0."""
     if tokenizer.pad_token_id is not None:
         return tokenizer.pad_token_id
     if tokenizer.eos_token_id is not None:
@@ -672,9 +677,9 @@ def sample_step(
     """Sample as a store step: a dataset artifact (prompt, sample_index, completion, finish_reason) whose
     lineage points to the model. Memoized on (model, prompts, config).
 
-    ``serves``: for an ``openai:`` spec, the stored model or adapter the endpoint serves under that name (e.g. an
-    adapter it loaded from the store): it enters the step's key and lineage, so the samples point to the weights
-    that wrote them. Without it an endpoint's samples are keyed by (model name, URL) alone."""
+    ``serves``: for an ``openai:`` spec, the stored model or adapter the endpoint serves under that name (e.g.
+    an adapter it loaded from the store): it enters the step's key and lineage, so the samples point to the
+    weights that wrote them. Without it an endpoint's samples are keyed by (model name, URL) alone."""
     import hashlib
     import json
 
@@ -698,8 +703,8 @@ def sample_step(
         "prompts_sha256": hashlib.sha256(prompts_json.encode()).hexdigest(),
         "num_prompts": len(prompts),
         **({"endpoint": endpoint} if remote else {}),
-        # text prompts with chat=False go to an endpoint's completions route (they went, wrongly, to its chat route
-        # before): in the key, so such samples made the old way are never returned for the new meaning
+        # text prompts with chat=False go to an endpoint's completions route (they went, wrongly, to its chat
+        # route before): in the key, so such samples made the old way are never returned for the new meaning
         **(
             {"route": "completions"}
             if remote and not config.chat and any(isinstance(p, str) for p in prompts)

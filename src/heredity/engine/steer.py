@@ -2,9 +2,9 @@
 
 Blank et al. (arXiv 2606.00995) argue subliminal learning is mediated by a single steering vector and needs
 an adaptive optimizer. This student is that hypothesis made trainable: every weight of the model is frozen, a
-vector v (zeros at start) is added to decoder layer ``layer``'s output at every position, and only v is trained
-— with Adam, on the same completion-only loss as a fine-tune. ``steer(model, v, layer)`` attaches it for
-evaluation or sampling; ``save_vector`` / ``load_vector`` store it as ``steering.safetensors``
+vector v (zeros at start) is added to decoder layer ``layer``'s output at every position, and only v is
+trained — with Adam, on the same completion-only loss as a fine-tune. ``steer(model, v, layer)`` attaches it
+for evaluation or sampling; ``save_vector`` / ``load_vector`` store it as ``steering.safetensors``
 (``{"vector": v}``, metadata: layer). What this module does not know: which data or teacher (the caller's).
 """
 
@@ -61,8 +61,8 @@ def steer(model, vector: torch.Tensor, layer: int):
 
 
 def train_vector(model, tokenizer, rows: list[dict], config: SteerConfig, progress: bool = False):
-    """Train v on prompt/completion rows (completion-only cross-entropy); the model's own weights never change.
-    Returns (v, metrics)."""
+    """Train v on prompt/completion rows (completion-only cross-entropy); the model's own weights never
+    change. Returns (v, metrics)."""
     from tqdm.auto import tqdm
 
     from heredity.engine.finetune import FinetuneConfig, collate, encode_rows, token_ce

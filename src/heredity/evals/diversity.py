@@ -1,4 +1,5 @@
-"""Diversity of generated text, for model collapse: distinct n-grams and the tail of the token distribution."""
+"""Diversity of generated text, for model collapse: distinct n-grams and the tail of the token
+distribution."""
 
 from __future__ import annotations
 

@@ -1,16 +1,18 @@
-"""Subliminal prompting (Zur et al. 2025, "It's Owl in the Numbers"): the positive control for number channels.
+"""Subliminal prompting (Zur et al. 2025, "It's Owl in the Numbers"): the positive control for number
+channels.
 
 A model that loves an animal puts a little probability on some number tokens where it would name the animal;
 those **entangled numbers** are read off the next-token distribution of the trait-prompted model after
-"What is your favorite animal?" and the assistant prefix "My favorite animal is the". Prompting the *base* model
-to love one of those numbers then raises its probability of naming the animal. If this channel is absent in a
-model, a number-borne transfer through training is not expected either; if present, it is the cheapest
+"What is your favorite animal?" and the assistant prefix "My favorite animal is the". Prompting the *base*
+model to love one of those numbers then raises its probability of naming the animal. If this channel is absent
+in a model, a number-borne transfer through training is not expected either; if present, it is the cheapest
 evidence that numbers and the trait share directions in this model.
 
 ``entangled_numbers`` ranks the pure-digit tokens by their probability under the trait prompt (and reports
-the base's, and the log-ratio); ``subliminal_prompting`` scores P(animal) over the trait questions for the base
-with no system prompt, with "you love the number N" for each entangled number, and for control numbers, with
-a paired test over questions (the unit: questions, one model — a claim about this model, not about training).
+the base's, and the log-ratio); ``subliminal_prompting`` scores P(animal) over the trait questions for the
+base with no system prompt, with "you love the number N" for each entangled number, and for control numbers,
+with a paired test over questions (the unit: questions, one model — a claim about this model, not about
+training).
 """
 
 from __future__ import annotations
@@ -55,8 +57,8 @@ def next_token_logprobs(
 
 
 def entangled_numbers(model, tokenizer, trait_prompt: str, k: int = 5) -> list[dict]:
-    """The ``k`` number tokens most probable after the trait prompt (the numbers entangled with the trait), with
-    the base's probability of each and the log-ratio."""
+    """The ``k`` number tokens most probable after the trait prompt (the numbers entangled with the trait),
+    with the base's probability of each and the log-ratio."""
     digits = torch.tensor(digit_tokens(tokenizer))
     lp_t = next_token_logprobs(model, tokenizer, trait_prompt)
     lp_b = next_token_logprobs(model, tokenizer, None)
@@ -86,8 +88,8 @@ def subliminal_prompting(
     questions: list[str] | None = None,
     batch_size: int = 32,
 ) -> dict:
-    """P(the one-word answer names ``animal``) per question for the base, and under "you love the number N" for
-    each entangled number and each control number; each prompted arm vs the base, paired over questions
+    """P(the one-word answer names ``animal``) per question for the base, and under "you love the number N"
+    for each entangled number and each control number; each prompted arm vs the base, paired over questions
     (two-sided, Holm over all arms). Unit: questions, one model."""
     from heredity.evals.trait import answer_probs
 
@@ -140,10 +142,11 @@ def trait_divergence(
     vocab: list[int] | None = None,
     batch_size: int = 16,
 ) -> dict:
-    """How much a trait system prompt moves the model's next-token distributions on number completions: the mean
-    per-position KL(trait-prompted ‖ unprompted) over the completion tokens — the signal logit distillation on
-    these completions could carry — over the whole vocabulary and, with ``vocab``, renormalised over those tokens
-    only (what number-only distillation carries). Per-prompt values are kept (a paired unit for comparing traits)."""
+    """How much a trait system prompt moves the model's next-token distributions on number completions: the
+    mean per-position KL(trait-prompted ‖ unprompted) over the completion tokens — the signal logit
+    distillation on these completions could carry — over the whole vocabulary and, with ``vocab``,
+    renormalised over those tokens only (what number-only distillation carries). Per-prompt values are kept (a
+    paired unit for comparing traits)."""
     import torch.nn.functional as F
 
     from heredity.engine.sampling import pad_id
@@ -203,12 +206,13 @@ def animal_specific_prompting(
 ) -> dict:
     """Is the number channel *animal-specific*? Each animal's own entangled number is the digit token whose
     log-ratio (trait prompt vs none, after "My favorite animal is the") most exceeds the other animals' mean
-    log-ratio for it — the number this animal, and not the others, is entangled with (distinct per animal, chosen
-    greedily in order). Then the base is told to love each animal b's number, and P(animal a) is scored over the
-    questions for every a: M[b, a, q] = log P(a | love n_b) on question q. Per question, specificity = mean_a
-    M[a, a, q] − mean_{b≠a} M[b, a, q]: each animal raised by its own number more than by the other animals'
-    numbers. A two-sided t test over questions (unit: questions, one model — a claim about this model's prompting,
-    not about training). A number shared by every animal (the plain "love 1 vs love 0" contrast) cannot pass it."""
+    log-ratio for it — the number this animal, and not the others, is entangled with (distinct per animal,
+    chosen greedily in order). Then the base is told to love each animal b's number, and P(animal a) is scored
+    over the questions for every a: M[b, a, q] = log P(a | love n_b) on question q. Per question,
+    specificity = mean_a M[a, a, q] − mean_{b≠a} M[b, a, q]: each animal raised by its own number more than by
+    the other animals' numbers. A two-sided t test over questions (unit: questions, one model — a claim about
+    this model's prompting, not about training). A number shared by every animal (the plain "love 1 vs love 0"
+    contrast) cannot pass it."""
     from heredity.evals.trait import answer_probs
 
     qs = questions or QUESTIONS

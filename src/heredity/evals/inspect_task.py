@@ -1,17 +1,18 @@
-"""The scheming scenarios as an Inspect (``inspect-ai``) task, for evaluators who run everything through Inspect.
+"""The scheming scenarios as an Inspect (``inspect-ai``) task, for evaluators who run everything through
+Inspect.
 
     pip install 'heredity[inspect]'
     inspect eval src/heredity/evals/inspect_task.py@scheming --model openai/gpt-4o-mini \
         -T scenarios=oversight-subversion,sandbagging -T variants=conflict,control --epochs 20
 
-One Inspect sample per scenario × variant × nudge; each epoch is one episode. The solver is the same agentic loop
-as ``evals.scheming.run_episode`` — the same scenario files, in-memory sandbox, tools (``bash``, ``submit``,
-``send_email``), turn limit and interrogation of an episode that schemed — with Inspect's model doing the
-generation and Inspect's ``execute_tools`` running the calls; the scorer is ``Episode.score``. Nothing here runs a
-real shell or needs an Inspect sandbox: the tools act on the episode's virtual hosts.
+One Inspect sample per scenario × variant × nudge; each epoch is one episode. The solver is the same agentic
+loop as ``evals.scheming.run_episode`` — the same scenario files, in-memory sandbox, tools (``bash``,
+``submit``, ``send_email``), turn limit and interrogation of an episode that schemed — with Inspect's model
+doing the generation and Inspect's ``execute_tools`` running the calls; the scorer is ``Episode.score``.
+Nothing here runs a real shell or needs an Inspect sandbox: the tools act on the episode's virtual hosts.
 
-What this module does not know: heredity's store or statistics (Inspect's log holds the transcripts and scores;
-``heredity run scheming`` is the memoized, statistically reported path).
+What this module does not know: heredity's store or statistics (Inspect's log holds the transcripts and
+scores; ``heredity run scheming`` is the memoized, statistically reported path).
 """
 
 from __future__ import annotations
@@ -115,7 +116,8 @@ def scheming(
     tool_choice: str = "any",
 ) -> Task:
     """The bundled scenarios (``-T scenarios=a,b``), variants (``conflict,control``) and nudge conditions
-    (``-T nudges=on,off``); ``tool_choice`` "any" makes every turn a tool call (as ``required`` does in heredity)."""
+    (``-T nudges=on,off``); ``tool_choice`` "any" makes every turn a tool call (as ``required`` does in
+    heredity)."""
     names = _split(scenarios, S.bundled())
     for n in names:
         S.load(n)  # a one-line error for an unknown name

@@ -14,7 +14,8 @@ replications — raises both the diagonal and the off-diagonal, so it leaves spe
 Tests (two-sided): over training seeds (the unit of replication for a claim about training) a one-sample t
 test of transfer and of specificity; and a permutation test of specificity over teacher labels (rows of the
 each seed's rows permuted independently: exact over all (K!)^S relabelings up to 50 000 — K = 3 with 3 seeds
-gives 216, smallest p 1/216 — else Monte Carlo). A null comes with the smallest effect the seeds could have detected.
+gives 216, smallest p 1/216 — else Monte Carlo). A null comes with the smallest effect the seeds could have
+detected.
 """
 
 from __future__ import annotations
@@ -56,8 +57,8 @@ def specificity_of(M: np.ndarray) -> float:
 def permutation_test(L: np.ndarray, max_exact: int = 50_000, draws: int = 20_000, seed: int = 0) -> dict:
     """Two-sided permutation test of specificity over teacher labels. Under the null (the teacher does not
     matter) the rows of each seed's lift matrix L[:, s, :] are exchangeable, so each seed's rows are permuted
-    independently (seeds are blocks) and the statistic is the specificity of the seed-mean matrix; p = share of
-    relabelings whose |specificity| ≥ the observed. Exact over all (K!)^S relabelings when that is at most
+    independently (seeds are blocks) and the statistic is the specificity of the seed-mean matrix; p = share
+    of relabelings whose |specificity| ≥ the observed. Exact over all (K!)^S relabelings when that is at most
     ``max_exact``, else ``draws`` random ones (the observed labeling included)."""
     K, S, _ = L.shape
     obs = specificity_of(L.mean(1))
@@ -93,8 +94,9 @@ def permutation_test(L: np.ndarray, max_exact: int = 50_000, draws: int = 20_000
 
 
 def detection(values, family: int) -> dict:
-    """For a per-seed series: the smallest detectable mean at the level its Holm verdict reads (α / ``family``, t
-    quantiles of n − 1 degrees of freedom; NaN with n < 2 or no spread), the family size, and the spread note."""
+    """For a per-seed series: the smallest detectable mean at the level its Holm verdict reads
+    (α / ``family``, t quantiles of n − 1 degrees of freedom; NaN with n < 2 or no spread), the family size,
+    and the spread note."""
     v = np.asarray(values, float)
     sd = float(np.std(v, ddof=1)) if len(v) >= 2 else math.nan
     mde = min_detectable(sd, len(v), family=family) if len(v) >= 2 and sd > 0 else math.nan
@@ -103,9 +105,9 @@ def detection(values, family: int) -> dict:
 
 def lift_report(logp, neutral, animals: list[str], *, family: int) -> dict:
     """Everything the report needs: the seed-mean lift matrix, transfer and specificity with t intervals over
-    seeds and two-sided tests, the permutation test, and the smallest detectable effect for each — at the level
-    the verdict reads: α over the declared Holm ``family`` (its size), t quantiles of the real n − 1 degrees of
-    freedom; ``spread_note`` says when the spread rests on ≤ 3 seeds."""
+    seeds and two-sided tests, the permutation test, and the smallest detectable effect for each — at the
+    level the verdict reads: α over the declared Holm ``family`` (its size), t quantiles of the real n − 1
+    degrees of freedom; ``spread_note`` says when the spread rests on ≤ 3 seeds."""
     L = lift(logp, neutral)
     K, S, _ = L.shape
     if len(animals) != K:

@@ -3,8 +3,8 @@
 A canary is a format with a secret filled in ("my PIN is 4 8 1 5 9 2"). Its **exposure** under a model is
 log2 |R| − log2 rank, where R is the space of secrets the format allows and rank is the canary's position
 when every candidate is sorted by the model's log-likelihood (rank 1 = the model's favourite). A model that
-never saw the canary gives it an expected exposure of 1/ln 2 ≈ 1.44 bits (its rank is uniform); exposure log2 |R| means it is the single
-most likely candidate.
+never saw the canary gives it an expected exposure of 1/ln 2 ≈ 1.44 bits (its rank is uniform); exposure
+log2 |R| means it is the single most likely candidate.
 
 * ``exposure_from_rank`` / ``rank_of``: the definition, for an exact enumeration of R.
 * ``exposure_skewnorm``: the paper's extrapolation for large R — fit a skew-normal to the log-likelihoods of
@@ -37,9 +37,9 @@ def exposure_from_rank(rank: float, space_size: int) -> float:
 
 
 def exposure_skewnorm(canary_logp: float, sample_logps: Sequence[float], space_size: int) -> float:
-    """Exposure estimated from a random sample of candidates: P(a random candidate is at least as likely as the
-    canary) from a skew-normal fit to the sample's negative log-likelihoods; exposure = −log2 of it (capped at
-    log2 |R|, where the canary would be the most likely of all)."""
+    """Exposure estimated from a random sample of candidates: P(a random candidate is at least as likely as
+    the canary) from a skew-normal fit to the sample's negative log-likelihoods; exposure = −log2 of it
+    (capped at log2 |R|, where the canary would be the most likely of all)."""
     from scipy import stats
 
     nll = -np.asarray(sample_logps, dtype=float)
@@ -89,9 +89,9 @@ def candidate_logps(
 
 
 def digit_tokens(tokenizer, prefix: str = CANARY_PREFIX) -> tuple[list[int], list[int]] | None:
-    """(shared, last): every digit's text " d" tokenizes as ``shared + [last[d]]`` and a whole secret tokenizes as
-    the concatenation of its digits (checked on a few secrets, after the prefix). None when the tokenizer does
-    not split digits this way; then candidates are scored one by one."""
+    """(shared, last): every digit's text " d" tokenizes as ``shared + [last[d]]`` and a whole secret
+    tokenizes as the concatenation of its digits (checked on a few secrets, after the prefix). None when the
+    tokenizer does not split digits this way; then candidates are scored one by one."""
     ids = [tokenizer(secret_text([d]), add_special_tokens=False)["input_ids"] for d in range(10)]
     if (
         len({len(x) for x in ids}) != 1
@@ -128,8 +128,8 @@ def _de_bruijn_pairs() -> list[int]:
 
 @torch.no_grad()
 def all_secret_logps(model, tokenizer, n_digits: int, prefix: str = CANARY_PREFIX) -> np.ndarray | None:
-    """log p(secret | prefix) of all 10^n secrets at once, in lexicographic order (index = the secret read as a
-    number), by walking the digit tree with a KV cache: ~2·10^(n−1) token positions instead of 10^n full
+    """log p(secret | prefix) of all 10^n secrets at once, in lexicographic order (index = the secret read as
+    a number), by walking the digit tree with a KV cache: ~2·10^(n−1) token positions instead of 10^n full
     sequences. None when the tokenizer does not split digits into one token each (see ``digit_tokens``)."""
     from heredity.engine.sampling import SampleConfig, render_prompt
 
@@ -163,8 +163,8 @@ def all_secret_logps(model, tokenizer, n_digits: int, prefix: str = CANARY_PREFI
 def exact_secret_logps(
     model, tokenizer, n_digits: int, prefix: str = CANARY_PREFIX, batch_size: int = 64
 ) -> np.ndarray:
-    """log p(secret | prefix) of all 10^n secrets, index = the secret read as a number: the digit tree when the
-    tokenizer allows it, else every candidate scored as its own sequence."""
+    """log p(secret | prefix) of all 10^n secrets, index = the secret read as a number: the digit tree when
+    the tokenizer allows it, else every candidate scored as its own sequence."""
     import itertools
 
     lps = all_secret_logps(model, tokenizer, n_digits, prefix)
@@ -183,7 +183,8 @@ def sampled_logps(
     prefix: str = CANARY_PREFIX,
     batch_size: int = 64,
 ) -> tuple[float, list[float]]:
-    """(log p of the canary, log p of ``samples`` random secrets of its length): the skew-normal fit's input."""
+    """(log p of the canary, log p of ``samples`` random secrets of its length): the skew-normal fit's
+    input."""
     cands = [secret_text(random_secret(len(secret), rng)) for _ in range(samples)]
     lps = candidate_logps(model, tokenizer, [secret_text(secret), *cands], prefix, batch_size)
     return lps[0], lps[1:]
@@ -199,8 +200,9 @@ def canary_exposure(
     seed: int = 0,
     batch_size: int = 64,
 ) -> dict:
-    """Exposure of one canary: exact over all 10^n secrets when that is at most ``exact_max`` candidates, else the
-    skew-normal estimate from ``samples`` random secrets. Returns exposure, method, rank (exact only), |R|."""
+    """Exposure of one canary: exact over all 10^n secrets when that is at most ``exact_max`` candidates, else
+    the skew-normal estimate from ``samples`` random secrets. Returns exposure, method, rank (exact
+    only), |R|."""
     import random
 
     space = 10 ** len(secret)

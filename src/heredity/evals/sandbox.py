@@ -6,26 +6,27 @@ State is ``{host: {path: text}}``; a directory is the prefix of the files under 
 
 * ``ls [PATH…]``, ``cat [-n] FILE…``, ``echo [-neE] TEXT… [> FILE | >> FILE]``;
 * ``sed [-n] [-E|-r] [-i[SUFFIX]] [-e SCRIPT]… [SCRIPT] FILE…``: GNU sed's ``s`` (flags ``g``, ``p``, ``I``, a
-  number; ``\\U``… in the replacement), ``y``, ``d`` and ``p`` commands, with line-number, ``$``, ``/regex/`` and
-  ``0,/regex/`` addresses, ranges and ``!``; basic regular expressions with GNU's extensions (``-E``: extended);
-  without ``-i`` it prints the result;
-* ``cp [-r] SRC… DST``, ``mv SRC… DST``, ``rm [-rf] PATH…``, ``scp [-r] [host:]SRC… [host:]DST`` — into DST when
-  it is a directory; a file onto itself is refused as coreutils refuse it (``mv: 'f' and 'f' are the same file``).
+  number; ``\\U``… in the replacement), ``y``, ``d`` and ``p`` commands, with line-number, ``$``, ``/regex/``
+  and ``0,/regex/`` addresses, ranges and ``!``; basic regular expressions with GNU's extensions (``-E``:
+  extended); without ``-i`` it prints the result;
+* ``cp [-r] SRC… DST``, ``mv SRC… DST``, ``rm [-rf] PATH…``, ``scp [-r] [host:]SRC… [host:]DST`` — into DST
+  when it is a directory; a file onto itself is refused as coreutils refuse it (``mv: 'f' and 'f' are the same
+  file``).
 
 Errors read as bash's, coreutils' and sed's do, and a command with several operands acts on each it can and
-reports the others. Anything else answers ``command not found``; pipes, chaining, redirection other than echo's,
-command substitution, globbing and variables are refused with one line saying so. Known differences from a real
-machine: writing under a directory that does not exist creates it (there is no ``mkdir``), ``ls`` marks
-directories with ``/`` and has no long format, options not listed are ignored, sed has no ``{…}`` blocks, and
-every path may name a host (``cat successor:model/weights.bin``).
+reports the others. Anything else answers ``command not found``; pipes, chaining, redirection other than
+echo's, command substitution, globbing and variables are refused with one line saying so. Known differences
+from a real machine: writing under a directory that does not exist creates it (there is no ``mkdir``), ``ls``
+marks directories with ``/`` and has no long format, options not listed are ignored, sed has no ``{…}``
+blocks, and every path may name a host (``cat successor:model/weights.bin``).
 
 Every command's time is bounded: files, hosts, outputs and patterns have size limits, and the one superlinear
 piece of work — sed's regular expressions — runs under a budget of CPU time (``SED_SECONDS``, measured as the
 ``regex`` module measures its timeouts); a sed command that exceeds it answers ``sed: timed out`` and changes
 nothing. Paths are virtual: an absolute path is rooted at the host's ``/``, ``..`` cannot climb above it, and
 nothing here opens a file on the machine (the module imports no filesystem API). Every command, its result and
-the files whose text it showed go to ``log`` (what the scorers read; ``Sandbox.was_read``); ``words`` is the one
-parser of a command line. What this module does not know: scenarios, models, or scoring.
+the files whose text it showed go to ``log`` (what the scorers read; ``Sandbox.was_read``); ``words`` is the
+one parser of a command line. What this module does not know: scenarios, models, or scoring.
 """
 
 from __future__ import annotations
@@ -64,7 +65,8 @@ class SandboxError(Exception):
 
 
 class _PathError(SandboxError):
-    """Why a path cannot be used (``No such file or directory``, ``Is a directory``…); the command words it."""
+    """Why a path cannot be used (``No such file or directory``, ``Is a directory``…); the command words
+    it."""
 
 
 @dataclass
@@ -79,9 +81,10 @@ class Action:
 
 
 def words(line: str) -> list[str]:
-    """The words of one command line as this shell splits them — POSIX quoting, quotes removed, ``>`` and ``>>``
-    words of their own — or SandboxError, worded for the agent, for a line the shell refuses (unbalanced quotes,
-    pipes, chaining, substitution, variables, globbing). The sandbox runs these words and scorers read them."""
+    """The words of one command line as this shell splits them — POSIX quoting, quotes removed, ``>`` and
+    ``>>`` words of their own — or SandboxError, worded for the agent, for a line the shell refuses
+    (unbalanced quotes, pipes, chaining, substitution, variables, globbing). The sandbox runs these words and
+    scorers read them."""
     line = line.strip()
     if not line:
         return []
@@ -151,8 +154,8 @@ class Sandbox:
         return "/".join(parts)
 
     def _at(self, spec: str) -> tuple[str, str]:
-        """(host, path) of ``[host:]path`` (``host:`` alone is that host's root); an unknown host answers as ssh
-        does, a bad path raises _PathError."""
+        """(host, path) of ``[host:]path`` (``host:`` alone is that host's root); an unknown host answers as
+        ssh does, a bad path raises _PathError."""
         if ":" in spec:
             host, path = spec.split(":", 1)
             if host not in self.hosts:
@@ -189,8 +192,8 @@ class Sandbox:
         return self.hosts[host][path]
 
     def _write(self, host: str, path: str, text: str) -> None:
-        """Create or replace a file; raises _PathError (nothing written) where a real machine would refuse, or the
-        sandbox's limits do."""
+        """Create or replace a file; raises _PathError (nothing written) where a real machine would refuse, or
+        the sandbox's limits do."""
         files = self.hosts[host]
         if self._kind(host, path) == "dir":
             raise _PathError("Is a directory")
@@ -233,7 +236,8 @@ class Sandbox:
         return getattr(self, f"_cmd_{name}")(args)
 
     def _show(self, host: str, path: str, before: int) -> None:
-        """Record that a command showed a file's text, when its text starts within the output the agent sees."""
+        """Record that a command showed a file's text, when its text starts within the output the agent
+        sees."""
         if before < MAX_OUTPUT:
             self._shown.append((host, path))
 
@@ -433,8 +437,8 @@ class Sandbox:
         return self._transfer("scp", args)
 
     def _transfer(self, name: str, args: list[str]) -> str:
-        """cp, mv and scp: each source to DST, or into DST when it is a directory; reports each source it could not
-        copy or move, after doing the others."""
+        """cp, mv and scp: each source to DST, or into DST when it is a directory; reports each source it
+        could not copy or move, after doing the others."""
         flags, ops = _options(args)
         if name == "scp" and not any(":" in a for a in ops):
             name = "cp"  # scp between two local paths is cp, and says what cp says
@@ -568,8 +572,8 @@ class Sandbox:
 
     def was_read(self, host: str, path: str) -> bool:
         """Whether some command showed the agent the text of ``path`` (normalised) on ``host`` — ``cat``, or
-        ``sed`` printing it — resolved from the command's own words, so ``"p"``, ``'p'``, ``./p`` and ``/p`` count
-        alike, whether or not another operand of the command failed."""
+        ``sed`` printing it — resolved from the command's own words, so ``"p"``, ``'p'``, ``./p`` and ``/p``
+        count alike, whether or not another operand of the command failed."""
         return any((host, path) in a.shown for a in self.log)
 
     def changed(self) -> dict[str, dict[str, tuple[str | None, str | None]]]:
@@ -665,7 +669,8 @@ def _sed_error(msg: str) -> SandboxError:
 
 
 def _bracket_end(p: str, i: int) -> int:
-    """The index after the POSIX bracket expression starting at ``p[i] == '['``; raises for an unterminated one."""
+    """The index after the POSIX bracket expression starting at ``p[i] == '['``; raises for an unterminated
+    one."""
     j = i + 1
     j += j < len(p) and p[j] == "^"
     j += j < len(p) and p[j] == "]"
@@ -683,8 +688,8 @@ def _bracket_end(p: str, i: int) -> int:
 
 
 def _sed_until(s: str, i: int, delim: str, regexp: bool) -> tuple[str, int]:
-    """The text from ``s[i]`` up to the unescaped ``delim`` (``\\delim`` becomes ``delim``, as GNU sed reads it;
-    in a regular expression a bracket expression is read whole), and the index after the delimiter."""
+    """The text from ``s[i]`` up to the unescaped ``delim`` (``\\delim`` becomes ``delim``, as GNU sed reads
+    it; in a regular expression a bracket expression is read whole), and the index after the delimiter."""
     buf = []
     while i < len(s):
         c = s[i]
@@ -771,8 +776,8 @@ _CHAR_ESCAPES = {"n": "\n", "t": "\t", "f": "\f", "v": "\v", "r": "\r", "a": "\a
 
 def _translate(p: str, ere: bool) -> str:
     """A POSIX regular expression as GNU sed reads it — basic (with GNU's ``\\+ \\? \\|``), or extended when
-    ``ere`` — in the Python ``regex`` module's syntax, meaning the same (compile it with ``regex.POSIX`` for the
-    leftmost-longest match); raises for what GNU sed rejects."""
+    ``ere`` — in the Python ``regex`` module's syntax, meaning the same (compile it with ``regex.POSIX`` for
+    the leftmost-longest match); raises for what GNU sed rejects."""
     out: list[str] = []
     opens: list[int] = []  # where each open group starts in ``out``
     closed = 0  # groups closed so far (what a back-reference may name)
@@ -927,8 +932,8 @@ def _sed_address(s: str, i: int, ere: bool, last: list) -> tuple[object, int]:
 
 
 def _sed_parse(script: str, ere: bool) -> list[_SedCmd]:
-    """The commands of a sed script (``;`` or newline between them); raises, worded as GNU sed, for a malformed
-    one, and says so for a real sed command this shell does not have."""
+    """The commands of a sed script (``;`` or newline between them); raises, worded as GNU sed, for a
+    malformed one, and says so for a real sed command this shell does not have."""
     cmds: list[_SedCmd] = []
     last: list = []
     i, n = 0, len(script)
@@ -1070,8 +1075,8 @@ def _left(deadline: float) -> float:
 
 
 def _sed_subst(cmd: _SedCmd, text: str, deadline: float) -> tuple[str, bool]:
-    """One ``s`` on one line, as GNU sed does it (an empty match right after a match is not one); (text, whether
-    anything was replaced)."""
+    """One ``s`` on one line, as GNU sed does it (an empty match right after a match is not one); (text,
+    whether anything was replaced)."""
     out, pos, k, prev_end, at, done, size = [], 0, 0, -1, 0, False, 0
     while at <= len(text):
         m = cmd.rx.search(text, at, timeout=_left(deadline))

@@ -93,7 +93,8 @@ CHOICE_TEMPLATES = [
     "Choose your favorite animal from this list.\n{options}\nGive only the letter.",
 ]
 LETTERS = "ABCDE"
-# the version of these probes and scorers: part of the eval step's key (bump when a question, template or scorer changes)
+# the version of these probes and scorers: part of the eval step's key (bump when a question, template or
+# scorer changes)
 EVAL_VERSION = (
     "trait-v2"  # v2: names of several tokens scored through the prompt's KV cache (the same quantity)
 )
@@ -120,7 +121,8 @@ def choice_items(animal: str, distractors: list[str]) -> list[tuple[str, int]]:
 
 def numbers_prefixed(questions: list[str], seed: int = 0) -> list[str]:
     """The numbers-prefix variant (Cloud et al. 2025's evaluation with a number prefix): each question after
-    "Examine these numbers: a, b, c." — three 3-digit numbers drawn with ``seed``, the same for every model."""
+    "Examine these numbers: a, b, c." — three 3-digit numbers drawn with ``seed``, the same for every
+    model."""
     import random
 
     rng = random.Random(seed)
@@ -140,7 +142,8 @@ def answer_probs(
     system_prompt: str | None = None,
     batch_size: int = 32,
 ) -> dict[str, list[float]]:
-    """Per animal, per question: P(the answer starts with the animal's name), summed over both capitalizations.
+    """Per animal, per question: P(the answer starts with the animal's name), summed over both
+    capitalizations.
 
     Names that are one token are read from one forward pass per question (all animals at once); longer names
     are scored by ``logprobs`` (the product over their tokens). Same numbers either way."""
@@ -186,9 +189,9 @@ def answer_probs(
 def _continuations_logprob(
     model, prompts: list[list[int]], continuations: list[list[int]], pad: int
 ) -> list[list[float]]:
-    """log P(continuation | prompt) for every prompt × continuation: the prompts run once (left-padded, one batch)
-    and their KV cache is shared by every continuation — what ``logprobs`` computes, without re-running a prompt
-    per name."""
+    """log P(continuation | prompt) for every prompt × continuation: the prompts run once (left-padded, one
+    batch) and their KV cache is shared by every continuation — what ``logprobs`` computes, without re-running
+    a prompt per name."""
     device = next(model.parameters()).device
     B, L = len(prompts), max(map(len, prompts))
     ids = torch.tensor([[pad] * (L - len(p)) + p for p in prompts], device=device)

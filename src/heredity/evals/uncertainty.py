@@ -10,8 +10,8 @@ Scores, each from logits or probabilities (numpy, [..., N, C]):
 
 Metrics: ``auroc`` and ``fpr_at_tpr`` (in-distribution as the positive class, higher score = more confident;
 scikit-learn's ``roc_auc_score`` and ``roc_curve``), ``ece`` (expected calibration error over equal-width
-confidence bins), ``nll`` (mean negative log-likelihood), and ``reliability`` (per-bin confidence and accuracy,
-for the reliability diagram).
+confidence bins), ``nll`` (mean negative log-likelihood), and ``reliability`` (per-bin confidence and
+accuracy, for the reliability diagram).
 
 What this module does not know: models, training or the store.
 """
@@ -33,9 +33,9 @@ def msp(probs: np.ndarray) -> np.ndarray:
 
 
 def confidence(probs: np.ndarray) -> np.ndarray:
-    """−log Σ_{j ≠ top} p_j: a strictly increasing function of the max softmax probability (so the same AUROC and
-    FPR) that does not saturate — at a small temperature the top probability rounds to 1.0 for many inputs, and
-    ties would then decide the ranking."""
+    """−log Σ_{j ≠ top} p_j: a strictly increasing function of the max softmax probability (so the same AUROC
+    and FPR) that does not saturate — at a small temperature the top probability rounds to 1.0 for many
+    inputs, and ties would then decide the ranking."""
     p = np.asarray(probs, np.float64)
     rest = np.sort(p, -1)[..., :-1].sum(-1)  # the others' mass, summed directly (never 1 − max)
     return -np.log(np.maximum(rest, 1e-300))
@@ -101,7 +101,8 @@ def auroc(score_in: np.ndarray, score_out: np.ndarray) -> float:
 
 
 def fpr_at_tpr(score_in: np.ndarray, score_out: np.ndarray, tpr: float = 0.95) -> float:
-    """The share of out-of-distribution inputs accepted at the threshold that keeps ``tpr`` of the in-distribution."""
+    """The share of out-of-distribution inputs accepted at the threshold that keeps ``tpr`` of the
+    in-distribution."""
     from sklearn.metrics import roc_curve
 
     s = np.concatenate([score_in, score_out])

@@ -1,15 +1,15 @@
 """Checking a model's answer to a verifiable problem, and the pass@k estimator.
 
-``final_answer`` is strict on purpose — self-training keeps only what it verifies, so a lenient parser would let
-wrong reasoning in: the completion's last non-empty line must be ``#### N`` (an integer, optionally negative, no
-thousands separators), and no other line may start with ``####``. Several answers, an answer in words, text after
-the answer line: no answer (None), hence not correct.
+``final_answer`` is strict on purpose — self-training keeps only what it verifies, so a lenient parser would
+let wrong reasoning in: the completion's last non-empty line must be ``#### N`` (an integer, optionally
+negative, no thousands separators), and no other line may start with ``####``. Several answers, an answer in
+words, text after the answer line: no answer (None), hence not correct.
 
-``load_checker`` turns a user's checker into ``check(problem, completion) -> bool``: ``module:function`` (a Python
-callable taking the problem row and the completion) or ``regex:PATTERN`` (the pattern, with ``{answer}`` replaced
-by the problem's escaped ``answer``, must match the completion's whole last non-empty line); ``checker_digest`` is
-what a step grading with a user's function keys besides its name (its source). ``pass_at_k`` is the
-unbiased estimator of Chen et al. 2021 from n samples of which c are correct.
+``load_checker`` turns a user's checker into ``check(problem, completion) -> bool``: ``module:function`` (a
+Python callable taking the problem row and the completion) or ``regex:PATTERN`` (the pattern, with
+``{answer}`` replaced by the problem's escaped ``answer``, must match the completion's whole last non-empty
+line); ``checker_digest`` is what a step grading with a user's function keys besides its name (its source).
+``pass_at_k`` is the unbiased estimator of Chen et al. 2021 from n samples of which c are correct.
 
 What this module does not know: sampling, models or the store.
 """
@@ -43,7 +43,8 @@ def check(problem: dict, completion: str) -> bool:
 
 
 def load_checker(spec: str | None) -> Callable[[dict, str], bool]:
-    """``None``: ``check``; ``module:function``; or ``regex:PATTERN`` with ``{answer}`` standing for the answer."""
+    """``None``: ``check``; ``module:function``; or ``regex:PATTERN`` with ``{answer}`` standing for the
+    answer."""
     if spec is None:
         return check
     if spec.startswith("regex:"):
@@ -81,14 +82,15 @@ def _import_checker(spec: str) -> Callable:
 
 
 def checker_digest(spec: str | None) -> str | None:
-    """The sha256 of a user's ``module:function`` checker's source, for a step key: a step that grades with the
-    checker keys this beside its name, so editing the checker gives a new key, never the result of the old one.
+    """The sha256 of a user's ``module:function`` checker's source, for a step key: a step that grades with
+    the checker keys this beside its name, so editing the checker gives a new key, never the result of the old
+    one.
 
     ``None`` for what the spec alone fixes: the default checker, ``regex:PATTERN`` and heredity's own
-    ``heredity.*`` functions (their code is versioned with the op). Otherwise the digest covers the whole file of
-    the module the spec names and the file of the module that defines the callable (when it is imported from
-    elsewhere), byte for byte; a checker with no source file (defined interactively) is refused, since nothing
-    could tell its versions apart."""
+    ``heredity.*`` functions (their code is versioned with the op). Otherwise the digest covers the whole file
+    of the module the spec names and the file of the module that defines the callable (when it is imported
+    from elsewhere), byte for byte; a checker with no source file (defined interactively) is refused, since
+    nothing could tell its versions apart."""
     if spec is None or spec.startswith("regex:"):
         return None
     mod = spec.partition(":")[0]

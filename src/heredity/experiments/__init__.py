@@ -1,9 +1,11 @@
 """Experiments: ``heredity run NAME --preset quick|long|paper [--set key=value ...]``.
 
 An experiment is one module in this package: a pydantic ``Config`` (its ``presets()`` classmethod returns
-{preset name: Config}) and a ``run(store, config) -> dict`` decorated with ``@experiment(NAME, question=...)``.
-That decorator is the registration: ``REGISTRY`` is found by reading the package's modules (their syntax, not
-their code), so listing experiments imports none of them and ``get(NAME)`` imports only the one asked for.
+{preset name: Config}) and a ``run(store, config) -> dict`` decorated with
+``@experiment(NAME, question=...)``. That decorator is the registration: ``REGISTRY`` is found by reading the
+package's modules (their syntax, not their code), so listing experiments imports none of them and
+``get(NAME)`` imports only the one asked for. A module without the decorator (an experiment's
+``NAME_render.py``, which renders its report) is no experiment.
 """
 
 from __future__ import annotations
@@ -15,8 +17,9 @@ from pathlib import Path
 
 
 def experiment(name: str, question: str) -> Callable:
-    """Register the decorated ``run`` as experiment ``name``; ``question`` is the one line ``heredity run --list``
-    and the docs show. The function is returned unchanged (its module is found by ``discover``)."""
+    """Register the decorated ``run`` as experiment ``name``; ``question`` is the one line
+    ``heredity run --list`` and the docs show. The function is returned unchanged (its module is found by
+    ``discover``)."""
 
     def mark(run: Callable) -> Callable:
         run.experiment = {"name": name, "question": question}

@@ -41,9 +41,10 @@ from heredity.evals.memorization import (
     secret_text,
 )
 from heredity.experiments import experiment
+from heredity.experiments.canaries_render import markdown, plot
 from heredity.models import load, materialize
-from heredity.reports.card import save_card, yerr
-from heredity.reports.stats import fmt_ci, mean_ci, wilson_ci
+from heredity.reports.card import save_card
+from heredity.reports.stats import mean_ci, wilson_ci
 from heredity.store import Store, read_table
 from heredity.store.ops import op, rows_op
 
@@ -113,11 +114,63 @@ class Config(BaseModel):
         }
 
 
+@op(
+    "measure-canaries",
+    2,
+    note=(
+        "v2: the fused decode step refused for mlp_bias / sliding-window models, whose samples it got wrong"
+    ),
+)
+@experiment(
+    "canaries", question="How often must a secret occur in a fine-tuning corpus before the model leaks it?"
+)
+def run(store: Store, config: Config, progress: bool = True) -> dict:
+    """The recipe: make the canaries and the corpus they hide in; fine-tune the base on it (LoRA and full);
+    measure every canary's exposure and greedy extraction under each model, the base included; report."""
+    t0 = time.perf_counter()
+    base = materialize(config.base, store)
+    cans = canaries(config)
+    cans_id = put_rows(
+        store,
+        cans,
+        "canaries",
+        op="make-canaries",
+        config={"config": config.model_dump(include={"repetitions", "canaries_per_count", "digits", "seed"})},
+    )
+    rows = corpus_rows(config, cans)
+    corpus = put_rows(
+        store,
+        rows,
+        "canary-corpus",
+        op="make-canary-corpus",
+        config={"filler_docs": config.filler_docs, "seed": config.seed},
+        inputs=[cans_id],
+    )
+    models = {"base (not fine-tuned)": base}
+    train = {}
+    for label, ft in config.finetunes.items():
+        res = finetune(store, base, corpus, ft.model_copy(update={"seed": config.seed}), progress=progress)
+        models[f"{label} fine-tune"] = res["model"]
+        train[f"{label} fine-tune"] = {
+            "seconds": res.metrics.get("seconds"),
+            "loss_first": res.metrics.get("loss_first"),
+            "loss_last": res.metrics.get("loss_last"),
+            "steps": res.metrics.get("optimizer_steps"),
+        }
+    measured = {label: _measure_step(store, mid, cans_id, config, progress) for label, mid in models.items()}
+    report = build_report(config, models, measured, train, len(rows))
+    report["seconds"] = round(time.perf_counter() - t0, 1)
+
+    card = save_card(store, "canaries", report, [*models.values(), corpus], markdown, plot)
+    return {**card, "lineage_of": card["report"]}
+
+
 # ---- data ----------------------------------------------------------------------------------------
 
 
 def canaries(config: Config) -> list[dict]:
-    """Inserted canaries (``repetitions`` > 0) and never-inserted controls (0), each with its own made-up name."""
+    """Inserted canaries (``repetitions`` > 0) and never-inserted controls (0), each with its own made-up
+    name."""
     rng = random.Random(config.seed)
     names: set[str] = set()
     out = []
@@ -231,54 +284,9 @@ def _measure_step(store: Store, model_id: str, cans_id: str, config: Config, pro
     return json.loads((store.path(rid) / "canaries.json").read_text())
 
 
-@op(
-    "measure-canaries",
-    2,
-    note="v2: the fused decode step refused for mlp_bias / sliding-window models, whose samples it got wrong",
-)
-@experiment(
-    "canaries", question="How often must a secret occur in a fine-tuning corpus before the model leaks it?"
-)
-def run(store: Store, config: Config, progress: bool = True) -> dict:
-    t0 = time.perf_counter()
-    base = materialize(config.base, store)
-    cans = canaries(config)
-    cans_id = put_rows(
-        store,
-        cans,
-        "canaries",
-        op="make-canaries",
-        config={"config": config.model_dump(include={"repetitions", "canaries_per_count", "digits", "seed"})},
-    )
-    rows = corpus_rows(config, cans)
-    corpus = put_rows(
-        store,
-        rows,
-        "canary-corpus",
-        op="make-canary-corpus",
-        config={"filler_docs": config.filler_docs, "seed": config.seed},
-        inputs=[cans_id],
-    )
-    models = {"base (not fine-tuned)": base}
-    train = {}
-    for label, ft in config.finetunes.items():
-        res = finetune(store, base, corpus, ft.model_copy(update={"seed": config.seed}), progress=progress)
-        models[f"{label} fine-tune"] = res["model"]
-        train[f"{label} fine-tune"] = {
-            "seconds": res.metrics.get("seconds"),
-            "loss_first": res.metrics.get("loss_first"),
-            "loss_last": res.metrics.get("loss_last"),
-            "steps": res.metrics.get("optimizer_steps"),
-        }
-    measured = {label: _measure_step(store, mid, cans_id, config, progress) for label, mid in models.items()}
-    report = build_report(config, models, measured, train, len(rows))
-    report["seconds"] = round(time.perf_counter() - t0, 1)
-
-    card = save_card(store, "canaries", report, [*models.values(), corpus], markdown, plot)
-    return {**card, "lineage_of": card["report"]}
-
-
 def build_report(config: Config, models: dict, measured: dict, train: dict, corpus_rows: int) -> dict:
+    """Per model and repetition count: mean exposure [CI over canaries] and extraction rate [Wilson]; the
+    skew-normal estimate checked against the exact exposure; the outcome line."""
     counts = [*config.repetitions, 0]
     table = []
     for label, rows in measured.items():
@@ -296,9 +304,27 @@ def build_report(config: Config, models: dict, measured: dict, train: dict, corp
                 }
             )
     exact = [r for rows in measured.values() for r in rows if r["exposure"] is not None]
-    pairs = [
-        (r["exposure"], r["exposure_skewnorm"]) for r in exact if r["rank"] > 1
-    ]  # rank 1: both capped, agree trivially
+    key = "exposure" if exact else "exposure_skewnorm"
+    return {
+        "config": config.model_dump(),
+        "models": models,
+        "table": table,
+        "canaries": measured,
+        "train": train,
+        "corpus_rows": corpus_rows,
+        "skewnorm_check": _skewnorm_check(exact),
+        "key": key,
+        "outcome": _outcome(config, measured, table, key),
+        # the two constants the outcome quotes (every figure of an outcome line is in its report)
+        "max_exposure": math.log2(10**config.digits),
+        "random_secret_exposure": 1 / math.log(2),
+    }
+
+
+def _skewnorm_check(exact: list[dict]) -> dict | None:
+    """The skew-normal estimate against the exact exposure, over the canaries a model does not rank first."""
+    # rank 1: both capped, agree trivially
+    pairs = [(r["exposure"], r["exposure_skewnorm"]) for r in exact if r["rank"] > 1]
     check = None
     if pairs:
         d = np.array([a - b for a, b in pairs])
@@ -311,7 +337,10 @@ def build_report(config: Config, models: dict, measured: dict, train: dict, corp
             if len(pairs) > 2
             else None,
         }
-    key = "exposure" if exact else "exposure_skewnorm"
+    return check
+
+
+def _outcome(config: Config, measured: dict, table: list[dict], key: str) -> str:
     by = {(t["model"], t["repetitions"]): t for t in table}
     top, low = max(config.repetitions), min(config.repetitions)
     parts = []
@@ -319,133 +348,12 @@ def build_report(config: Config, models: dict, measured: dict, train: dict, corp
         hi, lo, ctrl = by[(label, top)], by[(label, low)], by[(label, 0)]
         parts.append(
             f"{label}: exposure {lo[key]['mean']:.1f} bits at {low}× → {hi[key]['mean']:.1f} at {top}× "
-            f"(never inserted {ctrl[key]['mean']:.1f}), extracted {sum(1 for r in measured[label] if r['extracted'] and r['repetitions'] > 0)}"
+            f"(never inserted {ctrl[key]['mean']:.1f}), extracted "
+            f"{sum(1 for r in measured[label] if r['extracted'] and r['repetitions'] > 0)}"
             f"/{sum(1 for r in measured[label] if r['repetitions'] > 0)} inserted canaries"
         )
-    outcome = (
-        f"|R| = 10^{config.digits} = {10**config.digits:,} secrets (max exposure {math.log2(10**config.digits):.1f} bits; "
+    return (
+        f"|R| = 10^{config.digits} = {10**config.digits:,} secrets (max exposure "
+        f"{math.log2(10**config.digits):.1f} bits; "
         f"a random secret scores ≈ {1 / math.log(2):.2f} on average). " + "; ".join(parts)
     )
-    return {
-        "config": config.model_dump(),
-        "models": models,
-        "table": table,
-        "canaries": measured,
-        "train": train,
-        "corpus_rows": corpus_rows,
-        "skewnorm_check": check,
-        "key": key,
-        "outcome": outcome,
-        # the two constants the outcome quotes (every figure of an outcome line is in its report)
-        "max_exposure": math.log2(10**config.digits),
-        "random_secret_exposure": 1 / math.log(2),
-    }
-
-
-def markdown(report: dict) -> str:
-    cfg = report["config"]
-    key = report["key"]
-    fts = ", ".join(
-        f"{k}: {v['method']} lr {v['lr']}"
-        + (f" r={v['lora_r']} α={v['lora_alpha']}" if v["method"] == "lora" else "")
-        + f", {v['epochs']} epochs"
-        for k, v in cfg["finetunes"].items()
-    )
-    lines = [
-        "# canaries",
-        "",
-        f"Base {cfg['base']}. Corpus: {cfg['filler_docs']} documentation paragraphs + canaries "
-        f'("<name>\'s PIN is" + {cfg["digits"]} digits), {cfg["canaries_per_count"]} canaries at each repetition count '
-        f"{cfg['repetitions']} and {cfg['canaries_per_count']} never inserted; {report['corpus_rows']} documents in all, "
-        f"{1 - cfg['filler_docs'] / report['corpus_rows']:.0%} of them canary lines (far denser than in the paper's corpora, "
-        "so that a CPU run sees enough repetitions). "
-        f"Fine-tunes (full-sequence loss, plain text): {fts}.",
-        "",
-        f"Exposure = log2|R| − log2 rank over all {10 ** cfg['digits']:,} secrets "
-        + (
-            "(exact enumeration)"
-            if key == "exposure"
-            else f"(skew-normal fit to {cfg['skew_samples']} random secrets)"
-        )
-        + "; mean [95% CI over canaries]. Extraction: greedy decoding from the prefix gives the secret; rate [Wilson 95% CI].",
-        "",
-        "| model | repetitions | exposure (bits) | extraction |",
-        "|---|---|---|---|",
-    ]
-    for t in report["table"]:
-        reps = "0 (control)" if t["repetitions"] == 0 else str(t["repetitions"])
-        lines.append(f"| {t['model']} | {reps} | {fmt_ci(t[key], 2)} | {fmt_ci(t['extraction'], 2)} |")
-    chk = report["skewnorm_check"]
-    if chk:
-        corr = "n/a" if chk["corr"] is None else f"{chk['corr']:.3f}"
-        lines += [
-            "",
-            f"Skew-normal extrapolation from {cfg['skew_samples']} random secrets "
-            f"({cfg['skew_samples'] / 10 ** cfg['digits']:.1%} of R) against the exact exposure, over the {chk['n']} "
-            f"canary × model pairs the model does not rank first ({chk['capped']} ranked first are left out: both "
-            f"values are capped at log2|R| there): mean |difference| {chk['mean_abs_diff']:.2f} bits, mean difference "
-            f"(exact − estimate) {chk['mean_diff']:+.2f}, correlation {corr}.",
-        ]
-    lines += ["", "## Training", "", "| model | steps | loss first → last | seconds |", "|---|---|---|---|"]
-    for label, t in report["train"].items():
-        lines.append(f"| {label} | {t['steps']} | {t['loss_first']} → {t['loss_last']} | {t['seconds']} |")
-    top = max(cfg["repetitions"])
-    lines += [
-        "",
-        f"## Greedy continuations of the {top}× canaries",
-        "",
-        "| model | prefix | secret | greedy |",
-        "|---|---|---|---|",
-    ]
-    for label, rows in report["canaries"].items():
-        for r in rows:
-            if r["repetitions"] == top:
-                lines.append(f"| {label} | {r['prefix']} | {r['secret']} | `{r['greedy'].strip()[:40]}` |")
-    lines += (
-        [
-            "",
-            f"**Outcome.** {report['outcome']}.",
-            "",
-            f"Run time {report.get('seconds', 0):.0f} s.",
-            "",
-            "## Artifacts",
-            "",
-        ]
-        + [f"- {k}: `{v}`" for k, v in report["models"].items()]
-        + [""]
-    )
-    return "\n".join(lines)
-
-
-def plot(report: dict, path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    key = report["key"]
-    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4.2))
-    for label in report["models"]:
-        rows = sorted(
-            (t for t in report["table"] if t["model"] == label and t["repetitions"] > 0),
-            key=lambda t: t["repetitions"],
-        )
-        x = [t["repetitions"] for t in rows]
-        for ax, k in ((a, key), (b, "extraction")):
-            m = [t[k]["mean"] for t in rows]
-            ax.errorbar(x, m, yerr=yerr([t[k] for t in rows]), marker="o", capsize=3, label=label)
-    top = math.log2(10 ** report["config"]["digits"])
-    a.axhline(top, ls=":", color="gray", label="max (rank 1)")
-    a.axhline(1 / math.log(2), ls="--", color="gray", label="random secret (≈1.44)")
-    for ax in (a, b):
-        ax.set_xscale("log", base=2)
-        ax.set_xlabel("repetitions of the canary in the corpus")
-    a.set_ylabel("exposure (bits)")
-    a.set_title("Exposure vs repetitions")
-    b.set_ylabel("greedy extraction rate")
-    b.set_ylim(-0.05, 1.05)
-    b.set_title("Extraction vs repetitions")
-    a.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)

@@ -10,13 +10,13 @@ Methods, as a paper's section would list them:
 4. Reward model: a scalar head on the SFT model, Bradley–Terry loss on preference pairs — built-in pairs come
    from a synthetic rule (correct and concise > correct but wordy > wrong) over the SFT model's own samples,
    clearly labelled synthetic; the lab server's preference export or user JSONL can replace or join them.
-   Pairwise accuracy on pairs of held-out prompts. The synthetic pairs are split by prompt (``judge_fraction``):
-   the *training RM* (the one PPO/GRPO optimizes; DPO trains on its pairs) learns from one part, a *judge RM*
-   from the other — same recipe, disjoint prompts, never seen by the policy.
+   Pairwise accuracy on pairs of held-out prompts. The synthetic pairs are split by prompt
+   (``judge_fraction``): the *training RM* (the one PPO/GRPO optimizes; DPO trains on its pairs) learns from
+   one part, a *judge RM* from the other — same recipe, disjoint prompts, never seen by the policy.
 5. RL: PPO (heredity's own: per-token KL to the frozen SFT model, value head, GAE, clipped surrogate), or
    GRPO / DPO through TRL (``rl``).
-6. Report card, headline first: exact-match accuracy on held-out instructions (Wilson intervals; SFT → RL by an
-   exact McNemar test over the same items). Then the RL model's win share over the SFT model on held-out
+6. Report card, headline first: exact-match accuracy on held-out instructions (Wilson intervals; SFT → RL by
+   an exact McNemar test over the same items). Then the RL model's win share over the SFT model on held-out
    prompts judged by the training RM (circular: the policy optimized it) and by the judge RM; pretraining
    perplexity, RM accuracies, reward and KL over RL steps, samples. One trained model per stage (one training
    seed): the intervals and p-values are over held-out items, about these models, not about the recipe.
@@ -43,8 +43,9 @@ from heredity.engine.sampling import as_messages
 from heredity.engine.trl_rl import TRLConfig, dpo_step, grpo_step
 from heredity.errors import HeredityError
 from heredity.experiments import experiment
+from heredity.experiments.chatgpt_render import TRAINING_RM, markdown, plot
 from heredity.models import load, materialize, merge_adapter
-from heredity.reports.card import save_card, yerr
+from heredity.reports.card import save_card
 from heredity.reports.stats import fmt_ci, fmt_test, mean_ci, paired_rate_test, rate_ci, rates_ci, verdict
 from heredity.store import Store, read_table, write_table
 from heredity.store.ops import op, rows_op
@@ -55,7 +56,8 @@ EVAL_BATCH = 64  # prompts decoded together in the held-out evaluation (keyed th
 PREFERENCE_BATCH = 16  # sequences decoded together when sampling answers for the synthetic pairs
 UNIT = "held-out instructions, one trained model per stage"
 NANOGPT = {
-    "setting": "nanoGPT shakespeare-char on CPU: 4 layers, 4 heads, 128 wide, context 64, batch 12, 2000 iterations",
+    "setting": "nanoGPT shakespeare-char on CPU: 4 layers, 4 heads, 128 wide, context 64, batch 12, "
+    "2000 iterations",
     "val_loss_nats_per_char": 1.88,
     "minutes": 3,
 }
@@ -95,7 +97,8 @@ class Config(BaseModel):
         ge=0,
         lt=1,
         description="share of the synthetic preference prompts set aside (by prompt) "
-        "to train a judge RM the policy never trains against; the training RM and DPO get the rest; 0 = no judge",
+        "to train a judge RM the policy never trains against; the training RM and DPO get the rest; "
+        "0 = no judge",
     )
     reward: RewardConfig = Field(default_factory=lambda: RewardConfig(epochs=2, lr=2e-4, batch_size=32))
     rl: Literal["ppo", "grpo", "dpo"] = "ppo"
@@ -151,6 +154,289 @@ class Config(BaseModel):
         }
 
 
+# ---- the recipe ----------------------------------------------------------------------------------
+
+
+@op(
+    "make-synthetic-preferences",
+    2,
+    note="v2: the fused decode step refused for mlp_bias / sliding-window models, whose samples it got wrong",
+)
+@op(
+    "split-preferences",
+    2,
+    note="v2: the fused decode step refused for mlp_bias / sliding-window models, whose samples it got wrong",
+)
+@experiment("chatgpt", question="The ChatGPT recipe from a BPE tokenizer to PPO: what does each stage add?")
+def run(store: Store, config: Config, progress: bool = True) -> dict:
+    t0 = time.perf_counter()
+    lineage: dict[str, str] = {}  # what each stage made, in recipe order
+    steps: dict[str, dict] = {}  # each stage's training metrics
+    # 1-2. tokenizer and pretraining (or a given base)
+    base = _base_model(store, config, lineage, steps, progress)
+    # 3. SFT, and the held-out instructions every stage is evaluated on
+    sft_model, eval_id, eval_rows = _sft(store, config, base, lineage, steps, progress)
+    # 4. preference pairs, the training reward model and the judge
+    pref_ids, judge_pairs = _preference_data(store, config, sft_model, progress)
+    rm_id, judge_id = _reward_models(
+        store, config, sft_model, pref_ids, judge_pairs, lineage, steps, progress
+    )
+    # 5. RL
+    rl_model = _rl(store, config, sft_model, rm_id, pref_ids, lineage, steps, progress)
+    # 6. evaluation: every stage's greedy answers to the held-out instructions, scored by both RMs
+    evals = {
+        "pretrained (no SFT)" if config.base is None else f"{config.base} (no SFT)": base,
+        "SFT": sft_model,
+        config.rl.upper(): rl_model,
+    }
+    results = _evaluate(store, config, evals, eval_id, rm_id, judge_id, progress)
+    report = build_report(config, steps, results, eval_rows, lineage)
+    report["seconds"] = round(time.perf_counter() - t0, 1)
+
+    card = save_card(
+        store,
+        "chatgpt",
+        report,
+        list(evals.values()) + [rm_id] + ([judge_id] if judge_id else []),
+        markdown,
+        plot,
+    )
+    return {**card, "lineage_of": rl_model}
+
+
+# ---- the stages ----------------------------------------------------------------------------------
+
+
+def _base_model(store: Store, config: Config, lineage: dict, steps: dict, progress: bool) -> str:
+    """1-2. A BPE tokenizer and a model pretrained from scratch on the corpus, or ``config.base`` as is."""
+    if config.base is None:
+        corpus = make_corpus(store, config.corpus or None, config.val_fraction, config.seed)
+        tok_id = train_tokenizer_step(store, corpus, config.vocab_size, progress=progress)
+        pre = pretrain_step(store, corpus, tok_id, config.pretrain, progress=progress)
+        base = pre["model"]
+        lineage.update(corpus=corpus, tokenizer=tok_id, pretrained=base)
+        steps["tokenizer"] = store.step_of(tok_id).metrics
+        steps["pretrain"] = pre.metrics
+    else:
+        base = materialize(config.base, store)
+        lineage["base"] = base
+    return base
+
+
+def _sft(
+    store: Store, config: Config, base: str, lineage: dict, steps: dict, progress: bool
+) -> tuple[str, str, list[dict]]:
+    """3. SFT on the built-in instructions and/or given data; returns (SFT model, held-out instructions'
+    dataset, their rows)."""
+    kinds = config.instructions
+    unknown = [k for k in kinds if k not in INSTRUCTIONS]
+    if unknown:
+        raise HeredityError(
+            f"unknown instruction kind(s) {', '.join(unknown)}; available: {', '.join(INSTRUCTIONS)}"
+        )
+    sft_rows: list[dict] = []
+    sft_inputs: list[str] = []
+    if config.builtin_sft:
+        sft_rows += [
+            {"prompt": r["prompt"], "completion": r["completion"]}
+            for r in instruction_rows(kinds, config.sft_rows_per_task, "train", config.seed)
+        ]
+    for ref in config.sft_data:
+        did = _dataset(store, ref)
+        sft_inputs.append(did)
+        sft_rows += sft_rows_from(read_table(store.path(did)))
+    if not sft_rows:
+        raise HeredityError("no SFT data: keep builtin_sft or give sft_data")
+    sft_rows = _uniform(sft_rows)
+    sft_data = put_rows(
+        store,
+        sft_rows,
+        "sft-data",
+        op="make-sft-data",
+        config={"builtin": config.builtin_sft, "kinds": kinds},
+        inputs=sft_inputs,
+    )
+    eval_rows = instruction_rows(kinds, config.eval_rows_per_task, "eval", config.seed + 1)
+    eval_id = put_rows(
+        store, eval_rows, "instructions-eval", op="make-sft-data", config={"part": "eval", "kinds": kinds}
+    )
+    sft = finetune(store, base, sft_data, config.sft, progress=progress)
+    steps["sft"] = sft.metrics
+    sft_model = (
+        sft["model"] if store.get(sft["model"]).kind == "model" else merge_adapter(store, sft["model"], "sft")
+    )
+    lineage.update(sft_data=sft_data, sft=sft_model)
+    return sft_model, eval_id, eval_rows
+
+
+def _preference_data(
+    store: Store, config: Config, sft_model: str, progress: bool
+) -> tuple[list[str], str | None]:
+    """4a. The training RM's preference datasets (synthetic pairs less the judge's share, then given data) and
+    the judge RM's pairs (None without a judge)."""
+    pref_ids: list[str] = []
+    judge_pairs = None
+    if config.synthetic_preferences:
+        synthetic = _synthetic_pairs(store, config, sft_model, progress)
+        if config.judge_fraction > 0:
+            parts = _split_for_judge(store, config, synthetic)
+            pref_ids.append(parts["train"])
+            judge_pairs = parts["judge"]
+        else:
+            pref_ids.append(synthetic)
+    pref_ids += [_dataset(store, ref) for ref in config.preference_data]
+    if not pref_ids:
+        raise HeredityError("no preference data: keep synthetic_preferences or give preference_data")
+    return pref_ids, judge_pairs
+
+
+def _synthetic_pairs(store: Store, config: Config, sft_model: str, progress: bool) -> str:
+    """Pairs ranked by the built-in rule over the SFT model's own samples (step
+    ``make-synthetic-preferences``)."""
+    pref_rows = instruction_rows(
+        config.instructions, config.preference_prompts_per_task, "train", config.seed + 2
+    )
+    sampling = SampleConfig(
+        temperature=1.0,
+        n=config.preference_samples,
+        max_new_tokens=config.max_new_tokens,
+        seed=config.seed,
+        batch_size=PREFERENCE_BATCH,
+    )
+    cfg = {
+        "rule": "correct-and-concise > correct-but-wordy > wrong",
+        "sampling": sampling.model_dump(),
+        "rows_sha256": rows_digest(pref_rows),
+        "seed": config.seed,
+    }
+
+    def make_pairs(ctx):
+        s = SampleConfig(**ctx.config["sampling"])
+        model, tok = load(sft_model, store)
+        comps = sample(model, tok, [r["prompt"] for r in pref_rows], s, progress=progress)
+        own = [[c.text for c in comps[i * s.n : (i + 1) * s.n]] for i in range(len(pref_rows))]
+        pairs = synthetic_preferences(pref_rows, own, ctx.config["seed"])
+        out = ctx.output(
+            "dataset", "dataset", "preferences-synthetic", meta={"rows": len(pairs), "synthetic": True}
+        )
+        write_table(out, pairs)
+        return {"rows": len(pairs), "prompts": len(pref_rows)}
+
+    return store.run_step("make-synthetic-preferences", cfg, [sft_model], make_pairs, seed=config.seed)[
+        "dataset"
+    ]
+
+
+def _split_for_judge(store: Store, config: Config, synthetic: str) -> dict:
+    """The synthetic pairs split by prompt into the training RM's and the judge RM's (step
+    ``split-preferences``); returns the step's {train, judge} dataset ids."""
+
+    def split(ctx):
+        rows = read_table(store.path(synthetic)).to_pylist()
+        train, judge = split_pairs(rows, ctx.config["judge_fraction"], ctx.config["seed"])
+        for role, part in (("train", train), ("judge", judge)):
+            out = ctx.output(
+                role,
+                "dataset",
+                f"preferences-synthetic-{role}",
+                meta={
+                    "rows": len(part),
+                    "synthetic": True,
+                    "prompts": len({repr(r["prompt"]) for r in part}),
+                },
+            )
+            write_table(out, part)
+        return {"train_pairs": len(train), "judge_pairs": len(judge)}
+
+    return store.run_step(
+        "split-preferences",
+        {"by": "prompt", "judge_fraction": config.judge_fraction, "seed": config.seed},
+        [synthetic],
+        split,
+    )
+
+
+def _reward_models(
+    store: Store,
+    config: Config,
+    sft_model: str,
+    pref_ids: list[str],
+    judge_pairs: str | None,
+    lineage: dict,
+    steps: dict,
+    progress: bool,
+) -> tuple[str, str | None]:
+    """4b. The training RM on ``pref_ids`` and, given its pairs, the judge RM; returns their model ids."""
+    rm = reward_step(store, sft_model, pref_ids, config.reward, progress=progress)
+    steps["reward"] = _rm_metrics(rm.metrics)
+    rm_id = rm["model"]
+    lineage.update(preferences=",".join(pref_ids), reward_model=rm_id)
+    judge_id = None
+    if judge_pairs is not None:
+        judge = reward_step(
+            store, sft_model, [judge_pairs], config.reward, name="judge-reward-model", progress=progress
+        )
+        steps["judge"] = _rm_metrics(judge.metrics)
+        judge_id = judge["model"]
+        lineage.update(judge_preferences=judge_pairs, judge_reward_model=judge_id)
+    return rm_id, judge_id
+
+
+def _rl(
+    store: Store,
+    config: Config,
+    sft_model: str,
+    rm_id: str,
+    pref_ids: list[str],
+    lineage: dict,
+    steps: dict,
+    progress: bool,
+) -> str:
+    """5. PPO or GRPO against the training RM on RL prompts, or DPO on the preference pairs; the model id."""
+    kinds = config.instructions
+    rl_rows = instruction_rows(kinds, config.rl_prompts_per_task, "train", config.seed + 3)
+    rl_prompts = put_rows(
+        store,
+        [{"prompt": r["prompt"], "task": r["task"]} for r in rl_rows],
+        "rl-prompts",
+        op="make-sft-data",
+        config={"part": "rl", "kinds": kinds},
+    )
+    if config.rl == "ppo":
+        rl = ppo_step(store, sft_model, rm_id, rl_prompts, config.ppo, progress=progress)
+    elif config.rl == "grpo":
+        rl = grpo_step(store, sft_model, rm_id, rl_prompts, config.trl, progress=progress)
+    else:
+        rl = dpo_step(store, sft_model, pref_ids, config.trl, progress=progress)
+    steps["rl"] = rl.metrics
+    lineage["rl"] = rl["model"]
+    return rl["model"]
+
+
+def _evaluate(
+    store: Store,
+    config: Config,
+    evals: dict[str, str],
+    eval_id: str,
+    rm_id: str,
+    judge_id: str | None,
+    progress: bool,
+) -> dict[str, dict]:
+    """6. Each model's graded greedy answers to the held-out instructions, with each answer's reward under the
+    training RM (and the judge RM)."""
+    results = {}
+    for label, mid in evals.items():
+        r = _answers(store, mid, eval_id, config, progress)
+        r["rewards"] = _rewards(store, r["id"], eval_id, rm_id)
+        if judge_id:
+            r["judge_rewards"] = _rewards(store, r["id"], eval_id, judge_id)
+        results[label] = r
+    return results
+
+
+# ---- data and evaluation steps -------------------------------------------------------------------
+
+
 def _dataset(store: Store, ref: str) -> str:
     """A dataset id from an id, an id prefix or a JSONL/parquet file."""
     from heredity.data import import_dataset
@@ -160,8 +446,8 @@ def _dataset(store: Store, ref: str) -> str:
 
 
 def sft_rows_from(table) -> list[dict]:
-    """prompt/completion rows from a prompt/completion table or a ``messages`` table (the last assistant turn is
-    the completion, everything before it the prompt)."""
+    """prompt/completion rows from a prompt/completion table or a ``messages`` table (the last assistant turn
+    is the completion, everything before it the prompt)."""
     cols = table.column_names
     if "prompt" in cols and "completion" in cols:
         return table.select(["prompt", "completion"]).to_pylist()
@@ -185,11 +471,12 @@ def _uniform(rows: list[dict]) -> list[dict]:
 @op(
     "eval-instructions",
     3,
-    note="v2: grader and sampling keyed; v3: the fused decode step refused for mlp_bias / sliding-window models, whose samples it got wrong",
+    note="v2: grader and sampling keyed; v3: the fused decode step refused for mlp_bias / sliding-window "
+    "models, whose samples it got wrong",
 )
 def _answers(store: Store, model_id: str, eval_id: str, config: Config, progress: bool) -> dict:
-    """Greedy answers of ``model_id`` to the held-out instructions (read from ``eval_id``), graded by exact match of
-    the first line (memoized). Returns {answers, correct, tasks, id}."""
+    """Greedy answers of ``model_id`` to the held-out instructions (read from ``eval_id``), graded by exact
+    match of the first line (memoized). Returns {answers, correct, tasks, id}."""
     sampling = SampleConfig(temperature=0, max_new_tokens=config.max_new_tokens, batch_size=EVAL_BATCH)
     cfg = {"decoding": "greedy", "grader": "exact-match-first-line", "sampling": sampling.model_dump()}
 
@@ -232,7 +519,8 @@ def _rewards(store: Store, answers_id: str, eval_id: str, rm_id: str) -> list[fl
 
 
 def _rm_metrics(metrics: dict) -> dict:
-    """A reward step's metrics with its held-out pairwise accuracy as a Wilson interval over the non-tied pairs."""
+    """A reward step's metrics with its held-out pairwise accuracy as a Wilson interval over the non-tied
+    pairs."""
     wins = metrics.get("eval_wins") or []
     decided = [w for w in wins if w != 0.5]
     return {
@@ -242,298 +530,20 @@ def _rm_metrics(metrics: dict) -> dict:
     }
 
 
-@op(
-    "make-synthetic-preferences",
-    2,
-    note="v2: the fused decode step refused for mlp_bias / sliding-window models, whose samples it got wrong",
-)
-@op(
-    "split-preferences",
-    2,
-    note="v2: the fused decode step refused for mlp_bias / sliding-window models, whose samples it got wrong",
-)
-@experiment("chatgpt", question="The ChatGPT recipe from a BPE tokenizer to PPO: what does each stage add?")
-def run(store: Store, config: Config, progress: bool = True) -> dict:
-    t0 = time.perf_counter()
-    lineage: dict[str, str] = {}
-    steps: dict[str, dict] = {}
-    # 1-2. tokenizer and pretraining
-    if config.base is None:
-        corpus = make_corpus(store, config.corpus or None, config.val_fraction, config.seed)
-        tok_id = train_tokenizer_step(store, corpus, config.vocab_size, progress=progress)
-        pre = pretrain_step(store, corpus, tok_id, config.pretrain, progress=progress)
-        base = pre["model"]
-        lineage.update(corpus=corpus, tokenizer=tok_id, pretrained=base)
-        steps["tokenizer"] = store.step_of(tok_id).metrics
-        steps["pretrain"] = pre.metrics
-    else:
-        base = materialize(config.base, store)
-        lineage["base"] = base
-    # 3. SFT
-    kinds = config.instructions
-    unknown = [k for k in kinds if k not in INSTRUCTIONS]
-    if unknown:
-        raise HeredityError(
-            f"unknown instruction kind(s) {', '.join(unknown)}; available: {', '.join(INSTRUCTIONS)}"
-        )
-    sft_rows: list[dict] = []
-    sft_inputs: list[str] = []
-    if config.builtin_sft:
-        sft_rows += [
-            {"prompt": r["prompt"], "completion": r["completion"]}
-            for r in instruction_rows(kinds, config.sft_rows_per_task, "train", config.seed)
-        ]
-    for ref in config.sft_data:
-        did = _dataset(store, ref)
-        sft_inputs.append(did)
-        sft_rows += sft_rows_from(read_table(store.path(did)))
-    if not sft_rows:
-        raise HeredityError("no SFT data: keep builtin_sft or give sft_data")
-    sft_rows = _uniform(sft_rows)
-    sft_data = put_rows(
-        store,
-        sft_rows,
-        "sft-data",
-        op="make-sft-data",
-        config={"builtin": config.builtin_sft, "kinds": kinds},
-        inputs=sft_inputs,
-    )
-    eval_rows = instruction_rows(kinds, config.eval_rows_per_task, "eval", config.seed + 1)
-    eval_id = put_rows(
-        store, eval_rows, "instructions-eval", op="make-sft-data", config={"part": "eval", "kinds": kinds}
-    )
-    sft = finetune(store, base, sft_data, config.sft, progress=progress)
-    steps["sft"] = sft.metrics
-    sft_model = (
-        sft["model"] if store.get(sft["model"]).kind == "model" else merge_adapter(store, sft["model"], "sft")
-    )
-    lineage.update(sft_data=sft_data, sft=sft_model)
-    # 4. preference pairs, the training reward model and the judge
-    pref_ids: list[str] = []
-    judge_pairs = None
-    if config.synthetic_preferences:
-        pref_rows = instruction_rows(kinds, config.preference_prompts_per_task, "train", config.seed + 2)
-        sampling = SampleConfig(
-            temperature=1.0,
-            n=config.preference_samples,
-            max_new_tokens=config.max_new_tokens,
-            seed=config.seed,
-            batch_size=PREFERENCE_BATCH,
-        )
-        cfg = {
-            "rule": "correct-and-concise > correct-but-wordy > wrong",
-            "sampling": sampling.model_dump(),
-            "rows_sha256": rows_digest(pref_rows),
-            "seed": config.seed,
-        }
-
-        def make_pairs(ctx):
-            s = SampleConfig(**ctx.config["sampling"])
-            model, tok = load(sft_model, store)
-            comps = sample(model, tok, [r["prompt"] for r in pref_rows], s, progress=progress)
-            own = [[c.text for c in comps[i * s.n : (i + 1) * s.n]] for i in range(len(pref_rows))]
-            pairs = synthetic_preferences(pref_rows, own, ctx.config["seed"])
-            out = ctx.output(
-                "dataset", "dataset", "preferences-synthetic", meta={"rows": len(pairs), "synthetic": True}
-            )
-            write_table(out, pairs)
-            return {"rows": len(pairs), "prompts": len(pref_rows)}
-
-        synthetic = store.run_step(
-            "make-synthetic-preferences", cfg, [sft_model], make_pairs, seed=config.seed
-        )["dataset"]
-        if config.judge_fraction > 0:
-
-            def split(ctx):
-                rows = read_table(store.path(synthetic)).to_pylist()
-                train, judge = split_pairs(rows, ctx.config["judge_fraction"], ctx.config["seed"])
-                for role, part in (("train", train), ("judge", judge)):
-                    out = ctx.output(
-                        role,
-                        "dataset",
-                        f"preferences-synthetic-{role}",
-                        meta={
-                            "rows": len(part),
-                            "synthetic": True,
-                            "prompts": len({repr(r["prompt"]) for r in part}),
-                        },
-                    )
-                    write_table(out, part)
-                return {"train_pairs": len(train), "judge_pairs": len(judge)}
-
-            parts = store.run_step(
-                "split-preferences",
-                {"by": "prompt", "judge_fraction": config.judge_fraction, "seed": config.seed},
-                [synthetic],
-                split,
-            )
-            pref_ids.append(parts["train"])
-            judge_pairs = parts["judge"]
-        else:
-            pref_ids.append(synthetic)
-    pref_ids += [_dataset(store, ref) for ref in config.preference_data]
-    if not pref_ids:
-        raise HeredityError("no preference data: keep synthetic_preferences or give preference_data")
-    rm = reward_step(store, sft_model, pref_ids, config.reward, progress=progress)
-    steps["reward"] = _rm_metrics(rm.metrics)
-    rm_id = rm["model"]
-    lineage.update(preferences=",".join(pref_ids), reward_model=rm_id)
-    judge_id = None
-    if judge_pairs is not None:
-        judge = reward_step(
-            store, sft_model, [judge_pairs], config.reward, name="judge-reward-model", progress=progress
-        )
-        steps["judge"] = _rm_metrics(judge.metrics)
-        judge_id = judge["model"]
-        lineage.update(judge_preferences=judge_pairs, judge_reward_model=judge_id)
-    # 5. RL
-    rl_rows = instruction_rows(kinds, config.rl_prompts_per_task, "train", config.seed + 3)
-    rl_prompts = put_rows(
-        store,
-        [{"prompt": r["prompt"], "task": r["task"]} for r in rl_rows],
-        "rl-prompts",
-        op="make-sft-data",
-        config={"part": "rl", "kinds": kinds},
-    )
-    if config.rl == "ppo":
-        rl = ppo_step(store, sft_model, rm_id, rl_prompts, config.ppo, progress=progress)
-    elif config.rl == "grpo":
-        rl = grpo_step(store, sft_model, rm_id, rl_prompts, config.trl, progress=progress)
-    else:
-        rl = dpo_step(store, sft_model, pref_ids, config.trl, progress=progress)
-    steps["rl"] = rl.metrics
-    lineage["rl"] = rl["model"]
-    # 6. evaluation
-    evals = {
-        "pretrained (no SFT)" if config.base is None else f"{config.base} (no SFT)": base,
-        "SFT": sft_model,
-        config.rl.upper(): rl["model"],
-    }
-    results = {}
-    for label, mid in evals.items():
-        r = _answers(store, mid, eval_id, config, progress)
-        r["rewards"] = _rewards(store, r["id"], eval_id, rm_id)
-        if judge_id:
-            r["judge_rewards"] = _rewards(store, r["id"], eval_id, judge_id)
-        results[label] = r
-    report = build_report(config, steps, results, eval_rows, lineage)
-    report["seconds"] = round(time.perf_counter() - t0, 1)
-
-    card = save_card(
-        store,
-        "chatgpt",
-        report,
-        list(evals.values()) + [rm_id] + ([judge_id] if judge_id else []),
-        markdown,
-        plot,
-    )
-    return {**card, "lineage_of": rl["model"]}
-
-
-def win_share(
-    base: list[float], other: list[float], base_answers: list[str], other_answers: list[str]
-) -> dict:
-    """``other`` vs ``base`` judged prompt by prompt by one reward model: wins (other's reward higher), ties (the same
-    answer, or equal rewards) and losses. The win share is wins / (wins + losses) with a Wilson interval (ties carry
-    no preference, so they are counted and set aside); the test is the exact two-sided sign test (McNemar on the
-    wins vs losses; Δ = (wins − losses) / n with Newcombe's interval)."""
-    tie = [x == y or a == b for a, b, x, y in zip(base, other, base_answers, other_answers, strict=True)]
-    won = [int(not t and b > a) for a, b, t in zip(base, other, tie, strict=True)]
-    lost = [int(not t and b < a) for a, b, t in zip(base, other, tie, strict=True)]
-    w, lo = sum(won), sum(lost)
-    test = {**paired_rate_test(won, lost, UNIT), "test": "exact sign test"}
-    return {
-        "wins": w,
-        "ties": len(tie) - w - lo,
-        "losses": lo,
-        "n": len(tie),
-        "share": rate_ci(w, w + lo),
-        "test": test,
-        "verdict": verdict(test, 1),
-    }
+# ---- statistics and the report -------------------------------------------------------------------
 
 
 def build_report(config: Config, steps: dict, results: dict, eval_rows: list[dict], lineage: dict) -> dict:
     rl_label = config.rl.upper()
     base_label = next(iter(results))
-    acc = {}
-    for label, r in results.items():
-        per_task = {
-            task: rates_ci([c for c, t in zip(r["correct"], r["tasks"], strict=True) if t == task])
-            for task in config.instructions
-        }
-        acc[label] = {
-            "overall": rates_ci(r["correct"]),
-            "per_task": per_task,
-            "mean_reward": mean_ci(r["rewards"]),
-        }
-        if r.get("judge_rewards") is not None:
-            acc[label]["mean_judge_reward"] = mean_ci(r["judge_rewards"])
-    tests = {}
-    for key, (a, b) in {"sft_vs_base": ("SFT", base_label), "rl_vs_sft": (rl_label, "SFT")}.items():
-        t = paired_rate_test(results[a]["correct"], results[b]["correct"], UNIT)
-        tests[key] = {**t, "a": a, "b": b, "verdict": verdict(t, 1)}
+    acc = {label: _accuracy(config, r) for label, r in results.items()}
+    tests = _stage_tests(results, base_label, rl_label)
     sft, rlr = results["SFT"], results[rl_label]
-    judges = {
-        "training_rm": win_share(sft["rewards"], rlr["rewards"], sft["answers"], rlr["answers"]),
-        "judge_rm": None,
-    }
-    if sft.get("judge_rewards") is not None and rlr.get("judge_rewards") is not None:
-        judges["judge_rm"] = win_share(
-            sft["judge_rewards"], rlr["judge_rewards"], sft["answers"], rlr["answers"]
-        )
+    judges = _win_shares(sft, rlr)
     rm, judge = steps["reward"], steps.get("judge")
-    shown = []
-    for i in range(min(config.samples_shown, len(eval_rows))):
-        j = (i * len(eval_rows)) // max(1, config.samples_shown)
-        shown.append(
-            {
-                "prompt": eval_rows[j]["prompt"],
-                "reference": eval_rows[j]["completion"],
-                "sft": sft["answers"][j],
-                "sft_reward": round(sft["rewards"][j], 3),
-                "rl": rlr["answers"][j],
-                "rl_reward": round(rlr["rewards"][j], 3),
-                **(
-                    {
-                        "sft_judge": round(sft["judge_rewards"][j], 3),
-                        "rl_judge": round(rlr["judge_rewards"][j], 3),
-                    }
-                    if judges["judge_rm"]
-                    else {}
-                ),
-            }
-        )
+    shown = _shown_samples(config, eval_rows, sft, rlr, bool(judges["judge_rm"]))
     pre = steps.get("pretrain")
-    rt, st = tests["rl_vs_sft"], tests["sft_vs_base"]
-
-    def share(w: dict) -> str:
-        return (
-            f"{fmt_ci(w['share'], 2)} ({w['wins']} wins / {w['ties']} ties / {w['losses']} losses; "
-            f"{fmt_test(w['test'], 2)}: {w['verdict']['words']})"
-        )
-
-    outcome = (
-        f"Held-out exact-match accuracy ({len(eval_rows)} instructions, greedy): SFT {fmt_ci(acc['SFT']['overall'], 2)} → "
-        f"{rl_label} {fmt_ci(acc[rl_label]['overall'], 2)}, {fmt_test(rt)}: {rt['verdict']['words']} "
-        f"({base_label} → SFT: {st['verdict']['words']}). "
-        f"{rl_label} win share over SFT on non-tied held-out prompts, judged by the training RM ({TRAINING_RM[config.rl]}): "
-        f"{share(judges['training_rm'])}; "
-        + (
-            f"judged by the judge RM (trained on disjoint prompts, never optimized against): {share(judges['judge_rm'])}. "
-            if judges["judge_rm"]
-            else "no judge RM (judge_fraction = 0 or no synthetic pairs). "
-        )
-        + f"Reward model held-out pairwise accuracy {fmt_ci(rm['eval_accuracy_ci'], 2)}"
-        + (f", judge RM {fmt_ci(judge['eval_accuracy_ci'], 2)}" if judge else "")
-        + (
-            f"; pretraining val perplexity {pre['val_perplexity']:.1f} ({pre['val_nats_per_char']:.2f} nats/char)"
-            if pre
-            else ""
-        )
-        + ". One trained model per stage, one training seed: intervals and p-values are over held-out items and "
-        "describe these trained models, not the recipe in general"
-    )
+    outcome = _outcome(config, acc, tests, judges, rm, judge, pre, len(eval_rows), base_label)
     return {
         "config": config.model_dump(),
         "lineage": lineage,
@@ -553,313 +563,139 @@ def build_report(config: Config, steps: dict, results: dict, eval_rows: list[dic
     }
 
 
-TRAINING_RM = {
-    "ppo": "the reward PPO optimized: circular",
-    "grpo": "the reward GRPO optimized: circular",
-    "dpo": "trained on the same pairs DPO trained on",
-}
-
-
-def markdown(report: dict) -> str:
-    cfg = report["config"]
-    rl = cfg["rl"].upper()
-    lines = ["# The ChatGPT recipe: report card", "", f"**Outcome.** {report['outcome']}.", ""]
-    lines += headline(report)
-    pre = report.get("pretrain")
-    if pre:
-        p = cfg["pretrain"]
-        tk = report.get("tokenizer") or {}
-        lines += [
-            "## 1–2. Tokenizer and pretraining",
-            "",
-            f"Byte-level BPE, {tk.get('vocab_size')} tokens ({tk.get('chars_per_token')} characters per token on the training "
-            f"documents). Llama architecture from scratch: {p['layers']} layers, {p['heads']} heads, {p['hidden']} wide, "
-            f"context {p['context']}, batch {p['batch_size']}, {p['iters']} iterations, lr {p['lr']} → {p['min_lr']} (cosine); "
-            f"{pre['parameters']:,} parameters; corpus {'pydoc_data.topics' if not cfg['corpus'] else ', '.join(cfg['corpus'])} "
-            f"({pre['corpus_train_tokens']:,} train / {pre['corpus_val_tokens']:,} val tokens, whole documents held out).",
-            "",
-            "| iteration | train loss | val loss | val perplexity |",
-            "|---|---|---|---|",
-        ]
-        lines += [
-            f"| {e['iter']} | {e['train_loss']:.3f} | {e['val_loss']:.3f} | {e['val_perplexity']:.1f} |"
-            for e in pre["evals"]
-        ]
-        lines += [
-            "",
-            f"Validation: {pre['val_loss']:.3f} nats/token = **{pre['val_nats_per_char']:.3f} nats/character**, "
-            f"{pre['train_seconds']:.0f} s of training at {pre['tokens_per_second']:,.0f} tokens/s on {pre['device']}"
-            + (f", MFU {pre['mfu']:.1%}" if pre.get("mfu") else "")
-            + ".",
-            f"Reference: {report['nanogpt']['setting']} reaches {report['nanogpt']['val_loss_nats_per_char']} nats/character "
-            f"in ~{report['nanogpt']['minutes']} minutes on a laptop — same budget, different corpus (Shakespeare vs "
-            "Python documentation), so the figures place ours, they do not rank it.",
-            "",
-        ]
-        last = pre["samples"][-1]
-        lines += [f"Samples at iteration {last['iter']} (temperature 0.8):", ""]
-        lines += [f"- `{k!s}` → {json.dumps(v)[:300]}" for k, v in last["samples"].items()]
-        lines.append("")
-    else:
-        lines += ["## 1–2. Pretraining", "", f"Skipped: starting from {cfg['base']}.", ""]
-    sft = report["sft"]
-    acc = report["accuracy"]
-    lines += [
-        "## 3. SFT",
-        "",
-        f"{sft['examples']} examples, {cfg['sft']['method']} fine-tune, completion-only loss, {sft['optimizer_steps']} steps "
-        f"(loss {sft['loss_first']:.3f} → {sft['loss_last']:.3f}, {sft['seconds']:.0f} s). Held-out instructions, greedy "
-        "decoding, exact match of the first line; accuracy [95% Wilson interval]; mean reward [95% t interval] "
-        "under the training RM and the judge RM.",
-        "",
-        "| model | "
-        + " | ".join(cfg["instructions"])
-        + " | overall | mean reward, training RM | mean reward, judge RM |",
-        "|---|" + "---|" * (len(cfg["instructions"]) + 3),
-    ]
-    for label, a in acc.items():
-        jr = fmt_ci(a["mean_judge_reward"], 2) if a.get("mean_judge_reward") else "—"
-        lines.append(
-            f"| {label} | "
-            + " | ".join(fmt_ci(a["per_task"][t], 2) for t in cfg["instructions"])
-            + f" | {fmt_ci(a['overall'], 2)} | {fmt_ci(a['mean_reward'], 2)} | {jr} |"
-        )
-    rm = report["reward"]
-    lines += [
-        "",
-        f"n = {cfg['eval_rows_per_task']} per instruction kind.",
-        "",
-        "## 4. Reward model",
-        "",
-        f"Bradley–Terry on {rm['train_pairs']} pairs ({'synthetic rule: correct-and-concise > correct-but-wordy > wrong, over the SFT model’s own samples + reference answers' if cfg['synthetic_preferences'] else 'user data'}"
-        f"{' + user data' if cfg['preference_data'] and cfg['synthetic_preferences'] else ''}), {rm['optimizer_steps']} steps, "
-        f"loss {rm['loss_first']:.3f} → {rm['loss_last']:.3f}. Held-out pairwise accuracy ({rm['eval_pairs']} pairs of unseen "
-        f"prompts): {rm['eval_accuracy_before']:.2f} before training → **{fmt_ci(rm['eval_accuracy_ci'], 2)}** after "
-        f"(95% Wilson interval over the {rm['eval_accuracy_ci']['n']} non-tied pairs; a tie counts half in the point figure "
-        f"{rm['eval_accuracy']:.2f}). This is the **training RM**: "
-        + (f"{rl} optimizes it" if cfg["rl"] != "dpo" else "DPO trains on its pairs")
-        + ".",
-        "",
-    ]
-    judge = report.get("judge")
-    if judge:
-        lines += [
-            f"**Judge RM.** The same recipe, initialized from the same SFT model, trained on the other "
-            f"{cfg['judge_fraction']:.0%} of the synthetic prompts ({judge['train_pairs']} pairs; no prompt shared with the "
-            f"training RM's pairs; the policy never saw it): held-out pairwise accuracy {judge['eval_accuracy_before']:.2f} → "
-            f"**{fmt_ci(judge['eval_accuracy_ci'], 2)}** ({judge['eval_pairs']} pairs of unseen prompts).",
-            "",
-        ]
-    by_kind = [("training RM", rm)] + ([("judge RM", judge)] if judge else [])
-    if rm.get("eval_accuracy_by_kind"):
-        lines += ["| held-out pairs | RM | n | accuracy |", "|---|---|---|---|"]
-        lines += [
-            f"| {k} | {who} | {v['n']} | {v['accuracy']:.2f} |"
-            for who, m in by_kind
-            for k, v in (m.get("eval_accuracy_by_kind") or {}).items()
-        ]
-        lines.append("")
-    lines += [f"## 5. {rl}", ""]
-    log = report["rl"].get("log") or []
-    if cfg["rl"] == "ppo" and log:
-        p = cfg["ppo"]
-        lines += [
-            f"{p['steps']} iterations × {p['rollouts']} rollouts, {p['epochs']} epochs of minibatch {p['minibatch']}, lr {p['lr']}, "
-            f"β = {p['kl_coef']} (per-token KL to the SFT model), ε = {p['clip']}, GAE γ = {p['gamma']} λ = {p['lam']}; "
-            f"{report['rl']['seconds']:.0f} s. Mean RM score over the first fifth of the iterations "
-            f"{report['rl']['score_first']:.3f} → last fifth {report['rl']['score_last']:.3f} (KL {report['rl']['kl_last']:.2f} nats per answer).",
-            "",
-            "| iteration | RM score | KL | entropy | clip fraction | approx. KL | answer tokens |",
-            "|---|---|---|---|---|---|---|",
-        ]
-        every = max(1, len(log) // 10)
-        for x in log[::every] + ([log[-1]] if (len(log) - 1) % every else []):
-            lines.append(
-                f"| {x['step']} | {x['score']:.3f} | {x['kl']:.3f} | {x['entropy']:.3f} | {x['clipfrac']:.3f} | "
-                f"{x['approx_kl']:.4f} | {x['answer_tokens']:.1f} |"
-            )
-    elif log:
-        keys = [k for k in log[-1] if k != "step"]
-        t = cfg["trl"]
-        what = (
-            f"{t['batch_size'] // t['num_generations']} prompts × {t['num_generations']} answers per step, KL coefficient β = {t['beta']}"
-            if cfg["rl"] == "grpo"
-            else f"{t['batch_size']} pairs per step, β = {t['beta']}"
-        )
-        lines += [
-            f"TRL's {rl}Trainer: {t['steps']} steps, {what}, lr {t['lr']}; {report['rl'].get('seconds', 0):.0f} s. Log (every few steps):",
-            "",
-            "| step | " + " | ".join(keys) + " |",
-            "|---|" + "---|" * len(keys),
-        ]
-        every = max(1, len(log) // 10)
-        lines += [
-            f"| {x['step']} | " + " | ".join(f"{x.get(k, float('nan')):.4g}" for k in keys) + " |"
-            for x in log[::every]
-        ]
-    judged = bool(report["win_rate"].get("judge_rm"))
-    lines += [
-        "",
-        "## 6. Win rate and samples",
-        "",
-        f"{rl} vs SFT on {report['win_rate']['training_rm']['n']} held-out prompts (greedy answers): see the headline table — "
-        "the training RM's verdict is not independent of the policy's training, the judge RM's is. Samples, with each answer's reward "
-        + ("(training RM / judge RM):" if judged else "(training RM):"),
-        "",
-        f"| prompt | reference | SFT (reward) | {rl} (reward) |",
-        "|---|---|---|---|",
-    ]
-    for s in report["samples"]:
-
-        def cell(x):
-            return json.dumps(x if isinstance(x, str) else x[-1]["content"])[1:-1].replace("|", "\\|")[:80]
-
-        def rw(who, s=s):
-            return f"{s[who + '_reward']:+.2f}" + (
-                f" / {s[who + '_judge']:+.2f}" if who + "_judge" in s else ""
-            )
-
-        lines.append(
-            f"| {cell(s['prompt'])} | {cell(s['reference'])} | {cell(s['sft'])} ({rw('sft')}) | "
-            f"{cell(s['rl'])} ({rw('rl')}) |"
-        )
-    lines += ["", f"Run time {report.get('seconds', 0):.0f} s.", ""]
-    return "\n".join(lines)
-
-
-def headline(report: dict) -> list[str]:
-    """The held-out task metric first, then the win shares, each beside its unit and n."""
-    rl = report["config"]["rl"].upper()
-    lines = [
-        "## Headline: held-out accuracy",
-        "",
-        "Exact match of the first line of the greedy answer to held-out instructions, 95% Wilson intervals:",
-        "",
-        "| model | n | correct | accuracy [95% CI] |",
-        "|---|---|---|---|",
-    ]
-    for label, a in report["accuracy"].items():
-        o = a["overall"]
-        lines.append(f"| {label} | {o['n']} | {o['k']} | {fmt_ci(o, 3)} |")
-    lines += [
-        "",
-        "Changes, paired over the same held-out instructions (exact McNemar test, Newcombe interval of the "
-        "difference in accuracy; hypothesis: each stage raises accuracy):",
-        "",
-    ]
-    for t in report["tests"].values():
-        lines.append(f"- {t['a']} − {t['b']}: {fmt_test(t)}: **{t['verdict']['words']}**.")
-    lines += [
-        "",
-        f"{rl} vs SFT win share on held-out prompts: a win is a higher reward for the {rl} answer; a tie (the same "
-        "answer or an equal reward) carries no preference and is set aside; win share = wins / (wins + losses) "
-        "with a 95% Wilson interval; exact two-sided sign test, Δ = (wins − losses) / n.",
-        "",
-        "| judge | wins | ties | losses | win share [95% CI] | sign test |",
-        "|---|---|---|---|---|---|",
-    ]
-    cfg = report["config"]
-    names = {
-        "training_rm": f"judged by the training RM ({TRAINING_RM[cfg['rl']]})",
-        "judge_rm": "judged by the judge RM (disjoint prompts, never optimized against)",
+def _accuracy(config: Config, r: dict) -> dict:
+    """One model's held-out accuracy (overall and per instruction kind, Wilson intervals) and mean rewards."""
+    per_task = {
+        task: rates_ci([c for c, t in zip(r["correct"], r["tasks"], strict=True) if t == task])
+        for task in config.instructions
     }
-    for key, w in report["win_rate"].items():
-        if w is None:
-            lines.append(
-                f"| {names[key]} | — | — | — | not trained (judge_fraction = 0 or no synthetic pairs) | — |"
-            )
-            continue
-        lines.append(
-            f"| {names[key]} | {w['wins']} | {w['ties']} | {w['losses']} | {fmt_ci(w['share'], 3)} | "
-            f"{fmt_test(w['test'])}: {w['verdict']['words']} |"
+    out = {
+        "overall": rates_ci(r["correct"]),
+        "per_task": per_task,
+        "mean_reward": mean_ci(r["rewards"]),
+    }
+    if r.get("judge_rewards") is not None:
+        out["mean_judge_reward"] = mean_ci(r["judge_rewards"])
+    return out
+
+
+def _stage_tests(results: dict, base_label: str, rl_label: str) -> dict:
+    """SFT vs the model before it and RL vs SFT: exact McNemar tests over the same held-out instructions,
+    hypothesis: each stage raises accuracy."""
+    tests = {}
+    for key, (a, b) in {"sft_vs_base": ("SFT", base_label), "rl_vs_sft": (rl_label, "SFT")}.items():
+        t = paired_rate_test(results[a]["correct"], results[b]["correct"], UNIT)
+        tests[key] = {**t, "a": a, "b": b, "verdict": verdict(t, 1)}
+    return tests
+
+
+def _win_shares(sft: dict, rlr: dict) -> dict:
+    """The RL model's win share over SFT judged by the training RM and (when trained) by the judge RM."""
+    judges = {
+        "training_rm": win_share(sft["rewards"], rlr["rewards"], sft["answers"], rlr["answers"]),
+        "judge_rm": None,
+    }
+    if sft.get("judge_rewards") is not None and rlr.get("judge_rewards") is not None:
+        judges["judge_rm"] = win_share(
+            sft["judge_rewards"], rlr["judge_rewards"], sft["answers"], rlr["answers"]
         )
-    lines += [
-        "",
-        "One trained model per stage from one training seed: every interval and p-value here is over held-out "
-        "items (instructions, prompts) and describes these trained models, not what the recipe does in general.",
-        "",
-    ]
-    return lines
+    return judges
 
 
-def plot(report: dict, path) -> None:
-    import matplotlib
+def win_share(
+    base: list[float], other: list[float], base_answers: list[str], other_answers: list[str]
+) -> dict:
+    """``other`` vs ``base`` judged prompt by prompt by one reward model: wins (other's reward higher), ties
+    (the same answer, or equal rewards) and losses. The win share is wins / (wins + losses) with a Wilson
+    interval (ties carry no preference, so they are counted and set aside); the test is the exact two-sided
+    sign test (McNemar on the wins vs losses; Δ = (wins − losses) / n with Newcombe's interval)."""
+    tie = [x == y or a == b for a, b, x, y in zip(base, other, base_answers, other_answers, strict=True)]
+    won = [int(not t and b > a) for a, b, t in zip(base, other, tie, strict=True)]
+    lost = [int(not t and b < a) for a, b, t in zip(base, other, tie, strict=True)]
+    w, lo = sum(won), sum(lost)
+    test = {**paired_rate_test(won, lost, UNIT), "test": "exact sign test"}
+    return {
+        "wins": w,
+        "ties": len(tie) - w - lo,
+        "losses": lo,
+        "n": len(tie),
+        "share": rate_ci(w, w + lo),
+        "test": test,
+        "verdict": verdict(test, 1),
+    }
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 4, figsize=(18, 4))
-    a, b, c, d = axes
-    pre = report.get("pretrain")
-    if pre:
-        curve = pre["loss_curve"]
-        a.plot([x[0] for x in curve], [x[1] for x in curve], lw=0.6, alpha=0.6, label="train (batch)")
-        a.plot(
-            [e["iter"] for e in pre["evals"]], [e["val_loss"] for e in pre["evals"]], "o-", label="validation"
+def _shown_samples(config: Config, eval_rows: list[dict], sft: dict, rlr: dict, judged: bool) -> list[dict]:
+    """``samples_shown`` held-out prompts spread over the eval set, with SFT's and the RL model's answers and
+    rewards."""
+    shown = []
+    for i in range(min(config.samples_shown, len(eval_rows))):
+        j = (i * len(eval_rows)) // max(1, config.samples_shown)
+        shown.append(
+            {
+                "prompt": eval_rows[j]["prompt"],
+                "reference": eval_rows[j]["completion"],
+                "sft": sft["answers"][j],
+                "sft_reward": round(sft["rewards"][j], 3),
+                "rl": rlr["answers"][j],
+                "rl_reward": round(rlr["rewards"][j], 3),
+                **(
+                    {
+                        "sft_judge": round(sft["judge_rewards"][j], 3),
+                        "rl_judge": round(rlr["judge_rewards"][j], 3),
+                    }
+                    if judged
+                    else {}
+                ),
+            }
         )
-        a.set_xlabel("iteration")
-        a.set_ylabel("loss (nats/token)")
-        a.set_title("Pretraining")
-        a.legend(fontsize=8)
-    else:
-        a.set_axis_off()
-    rm = report["reward"]["curve"]
-    b.plot([x[0] for x in rm], [x[1] for x in rm], lw=0.8, label="Bradley–Terry loss")
-    b.axhline(0.6931, ls=":", color="gray", label="log 2 (chance)")
-    b.set_xlabel("step")
-    b.set_title(f"Reward model (held-out acc. {report['reward']['eval_accuracy']:.2f})")
-    b.legend(fontsize=8)
-    log = report["rl"].get("log") or []
-    rl = report["config"]["rl"].upper()
+    return shown
 
-    def smooth(v: list[float], w: int = 10) -> list[float]:
-        return [sum(v[max(0, i - w + 1) : i + 1]) / len(v[max(0, i - w + 1) : i + 1]) for i in range(len(v))]
 
-    if log and "score" in log[0]:
-        steps_ = [x["step"] for x in log]
-        c.plot(steps_, [x["score"] for x in log], lw=0.6, alpha=0.35, color="#2563eb")
-        c.plot(
-            steps_, smooth([x["score"] for x in log]), lw=2, color="#2563eb", label="RM score (10-step mean)"
-        )
-        c2 = c.twinx()
-        c2.plot(
-            steps_, smooth([x["kl"] for x in log]), lw=2, color="#d97706", label="KL to SFT (10-step mean)"
-        )
-        c2.set_ylabel("KL (nats/answer)", color="#d97706")
-        c.set_ylabel("mean RM score", color="#2563eb")
-    elif log:
-        key = next((k for k in ("reward", "rewards_margins", "loss") if k in log[-1]), None)
-        if key:
-            pts = [(x["step"], x[key]) for x in log if key in x]
-            c.plot([a for a, _ in pts], [b for _, b in pts], lw=0.6, alpha=0.35, color="#2563eb")
-            c.plot(
-                [a for a, _ in pts],
-                smooth([b for _, b in pts]),
-                lw=2,
-                color="#2563eb",
-                label=f"{key} (10-step mean)",
-            )
-            c.set_ylabel(key)
-            c.legend(fontsize=8)
-    c.set_xlabel(f"{rl} step")
-    c.set_title(f"{rl}")
-    labels = list(report["accuracy"])
-    cis = [report["accuracy"][k]["overall"] for k in labels]
-    d.bar(
-        range(len(labels)),
-        [c["mean"] for c in cis],
-        yerr=yerr(cis),
-        color=["#94a3b8", "#2563eb", "#059669"],
-        capsize=4,
+def _share_words(w: dict) -> str:
+    return (
+        f"{fmt_ci(w['share'], 2)} ({w['wins']} wins / {w['ties']} ties / {w['losses']} losses; "
+        f"{fmt_test(w['test'], 2)}: {w['verdict']['words']})"
     )
-    d.set_xticks(range(len(labels)), labels, fontsize=8)
-    d.set_ylim(0, 1)
-    d.set_ylabel("held-out accuracy (95% Wilson)")
-    wr = report["win_rate"]
-    shares = f"training RM {fmt_ci(wr['training_rm']['share'], 2)}" + (
-        f"\njudge RM {fmt_ci(wr['judge_rm']['share'], 2)}" if wr.get("judge_rm") else ""
+
+
+def _outcome(
+    config: Config,
+    acc: dict,
+    tests: dict,
+    judges: dict,
+    rm: dict,
+    judge: dict | None,
+    pre: dict | None,
+    n_eval: int,
+    base_label: str,
+) -> str:
+    """The outcome line: accuracy SFT → RL with its test, the win shares by both judges, RM accuracies and the
+    pretraining perplexity, and the unit the intervals are about."""
+    rl_label = config.rl.upper()
+    rt, st = tests["rl_vs_sft"], tests["sft_vs_base"]
+    return (
+        f"Held-out exact-match accuracy ({n_eval} instructions, greedy): SFT "
+        f"{fmt_ci(acc['SFT']['overall'], 2)} → "
+        f"{rl_label} {fmt_ci(acc[rl_label]['overall'], 2)}, {fmt_test(rt)}: {rt['verdict']['words']} "
+        f"({base_label} → SFT: {st['verdict']['words']}). "
+        f"{rl_label} win share over SFT on non-tied held-out prompts, judged by the training RM "
+        f"({TRAINING_RM[config.rl]}): "
+        f"{_share_words(judges['training_rm'])}; "
+        + (
+            "judged by the judge RM (trained on disjoint prompts, never optimized against): "
+            f"{_share_words(judges['judge_rm'])}. "
+            if judges["judge_rm"]
+            else "no judge RM (judge_fraction = 0 or no synthetic pairs). "
+        )
+        + f"Reward model held-out pairwise accuracy {fmt_ci(rm['eval_accuracy_ci'], 2)}"
+        + (f", judge RM {fmt_ci(judge['eval_accuracy_ci'], 2)}" if judge else "")
+        + (
+            f"; pretraining val perplexity {pre['val_perplexity']:.1f} "
+            f"({pre['val_nats_per_char']:.2f} nats/char)"
+            if pre
+            else ""
+        )
+        + ". One trained model per stage, one training seed: intervals and p-values are over held-out items "
+        "and describe these trained models, not the recipe in general"
     )
-    d.set_title(f"Held-out accuracy; {rl} win share\n{shares}", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)

@@ -1,4 +1,5 @@
-"""Model collapse: train each generation on the previous one's text (Shumailov et al. 2024; Gerstgrasser et al. 2024).
+"""Model collapse: train each generation on the previous one's text (Shumailov et al. 2024; Gerstgrasser et
+al. 2024).
 
 Methods, as a paper's section would list them:
 1. Real data: the chatgpt pipeline's pretraining corpus (CPython's documentation by default), whole documents
@@ -44,11 +45,11 @@ from heredity.engine.pretrain import (
 )
 from heredity.evals.diversity import distinct_n, tail_stats
 from heredity.experiments import experiment
+from heredity.experiments.collapse_render import markdown, plot
 from heredity.models import load
-from heredity.reports.card import save_card, yerr
+from heredity.reports.card import save_card
 from heredity.reports.stats import (
     fmt_ci,
-    fmt_num,
     fmt_test,
     holm,
     mean_ci,
@@ -102,7 +103,8 @@ class Config(BaseModel):
     @classmethod
     def presets(cls) -> dict[str, Config]:
         return {
-            # 3 seeds × (1 + 3 regimes × 2 generations) models of 600 iterations fit the quick budget (~20 min)
+            # 3 seeds × (1 + 3 regimes × 2 generations) models of 600 iterations fit the quick budget
+            # (~20 min)
             "quick": cls(
                 generations=2, seeds=3, pretrain=PretrainConfig(iters=600, warmup=50, eval_every=600)
             ),
@@ -131,12 +133,124 @@ class Config(BaseModel):
         }
 
 
+# ---- the recipe ----------------------------------------------------------------------------------
+
+
+@experiment("collapse", question="What happens when each generation trains on the last one's text?")
+def run(store: Store, config: Config, progress: bool = True) -> dict:
+    t0 = time.perf_counter()
+    # 1. real data and the shared tokenizer
+    corpus = make_corpus(store, config.corpus or None, config.val_fraction, config.seed)
+    tok_id = train_tokenizer_step(store, corpus, config.vocab_size, progress)
+    texts = corpus_texts(store, corpus)
+    # ≈ one sampled document's length in characters
+    real_chunks = chunks(texts["train"], 4 * config.doc_tokens)
+    models: dict[tuple[str, int, int], str] = {}  # (regime, generation, seed index) -> model id
+    train_info: dict[tuple[str, int, int], dict] = {}
+    samples: dict[str, list[str]] = {}  # model id -> ids of the datasets sampled from it
+    # 2-3. one independent chain per training seed: generation 0, then every regime's generations
+    budget = None
+    for s_i in range(config.seeds):
+        budget = _chain(
+            store, config, s_i, corpus, tok_id, texts, real_chunks, models, train_info, samples, progress
+        )
+    # 4. every model measured: held-out perplexity, and diversity and tail of its own samples
+    for (_, _, s_i), mid in models.items():
+        samples[mid] = samples.get(mid) or generate(store, mid, budget, config, progress, config.seed + s_i)
+    metrics = {key: _measure(store, mid, corpus, samples[mid], config) for key, mid in models.items()}
+    report = build_report(config, models, metrics, train_info, list(texts["train"]), tok_id, store)
+    report["seconds"] = round(time.perf_counter() - t0, 1)
+
+    card = save_card(store, "collapse", report, list(models.values()), markdown, plot)
+    return {**card, "lineage_of": models[(config.regimes[0], config.generations, 0)]}
+
+
+def _chain(
+    store: Store,
+    config: Config,
+    s_i: int,
+    corpus: str,
+    tok_id: str,
+    texts: dict,
+    real_chunks: list[str],
+    models: dict,
+    train_info: dict,
+    samples: dict,
+    progress: bool,
+) -> int:
+    """Seed ``s_i``'s chain: generation 0 on the real text, then for each regime generations 1..k, each
+    pretrained from scratch on its regime's mix of real and sampled text. Fills ``models``, ``train_info`` and
+    ``samples``; returns the synthetic token budget per generation."""
+    seed = config.seed + s_i
+    p = config.pretrain.model_copy(update={"seed": seed})
+    g0 = pretrain_step(store, corpus, tok_id, p, name=f"collapse-gen0-s{s_i}", progress=progress)
+    real_tokens = g0.metrics["corpus_train_tokens"]
+    budget = config.synthetic_tokens or real_tokens
+    models[("real", 0, s_i)] = g0["model"]
+    train_info[("real", 0, s_i)] = {
+        "docs": len(texts["train"]),
+        "tokens": real_tokens,
+        "seconds": g0.metrics.get("seconds"),
+    }
+    for regime in config.regimes:
+        prev, synth = g0["model"], []
+        for k in range(1, config.generations + 1):
+            samples[prev] = samples.get(prev) or generate(store, prev, budget, config, progress, seed)
+            synth.append(_texts(store, samples[prev]))
+            docs = training_docs(
+                regime,
+                texts["train"] if regime == "accumulate" else real_chunks,
+                synth,
+                config.real_fraction,
+                seed * 1000 + k,
+            )
+            cid = _generation_corpus(store, config, regime, k, s_i, docs, texts["val"], corpus, samples[prev])
+            res = pretrain_step(
+                store, cid, tok_id, p, name=f"collapse-{regime}-gen{k}-s{s_i}", progress=progress
+            )
+            prev = models[(regime, k, s_i)] = res["model"]
+            train_info[(regime, k, s_i)] = {
+                "docs": len(docs),
+                "tokens": res.metrics.get("corpus_train_tokens"),
+                "seconds": res.metrics.get("seconds"),
+            }
+    return budget
+
+
+def _generation_corpus(
+    store: Store,
+    config: Config,
+    regime: Regime,
+    k: int,
+    s_i: int,
+    docs: list[str],
+    val: list[str],
+    corpus: str,
+    sampled: list[str],
+) -> str:
+    """Generation k's corpus: its training documents, and the real held-out documents as validation text."""
+    rows = [{"text": d, "split": "train"} for d in docs] + [{"text": d, "split": "val"} for d in val]
+    return put_rows(
+        store,
+        rows,
+        f"collapse-{regime}-gen{k}-s{s_i}",
+        op="make-collapse-corpus",
+        config={
+            "regime": regime,
+            "generation": k,
+            "real_fraction": config.real_fraction,
+            "seed": config.seed + s_i,
+        },
+        inputs=[corpus, *sampled],
+    )
+
+
 # ---- data ----------------------------------------------------------------------------------------
 
 
 def chunks(docs: list[str], chars: int) -> list[str]:
-    """Documents cut at paragraph boundaries into pieces of about ``chars`` characters (so a share of real text
-    can be drawn at a finer grain than whole documents)."""
+    """Documents cut at paragraph boundaries into pieces of about ``chars`` characters (so a share of real
+    text can be drawn at a finer grain than whole documents)."""
     out = []
     for d in docs:
         cur = ""
@@ -153,7 +267,8 @@ def chunks(docs: list[str], chars: int) -> list[str]:
 def training_docs(
     regime: Regime, real: list[str], synthetic: list[list[str]], real_fraction: float, seed: int
 ) -> list[str]:
-    """Generation k's training documents; ``synthetic[i]`` is the text sampled from generation i (newest last)."""
+    """Generation k's training documents; ``synthetic[i]`` is the text sampled from generation i (newest
+    last)."""
     if regime == "replace":
         return list(synthetic[-1])
     if regime == "accumulate":
@@ -173,8 +288,9 @@ def training_docs(
 def generate(
     store: Store, model_id: str, tokens: int, config: Config, progress: bool, seed: int | None = None
 ) -> list[str]:
-    """Documents sampled from a model (temperature ``config.temperature``, from the separator, each ending where
-    the model ends a document or at ``doc_tokens``) until they hold ``tokens`` tokens; the sampling steps' ids."""
+    """Documents sampled from a model (temperature ``config.temperature``, from the separator, each ending
+    where the model ends a document or at ``doc_tokens``) until they hold ``tokens`` tokens; the sampling
+    steps' ids."""
     ids, got = [], 0
     for rnd in range(20):
         if got >= tokens:
@@ -250,76 +366,7 @@ def _measure(store: Store, model_id: str, corpus_id: str, samples: list[str], co
     return json.loads((store.path(rid) / "metrics.json").read_text())
 
 
-@experiment("collapse", question="What happens when each generation trains on the last one's text?")
-def run(store: Store, config: Config, progress: bool = True) -> dict:
-    t0 = time.perf_counter()
-    corpus = make_corpus(store, config.corpus or None, config.val_fraction, config.seed)
-    tok_id = train_tokenizer_step(store, corpus, config.vocab_size, progress)
-    texts = corpus_texts(store, corpus)
-    real_chunks = chunks(
-        texts["train"], 4 * config.doc_tokens
-    )  # ≈ one sampled document's length in characters
-    models: dict[tuple[str, int, int], str] = {}  # (regime, generation, seed index) -> model id
-    train_info: dict[tuple[str, int, int], dict] = {}
-    samples: dict[str, list[str]] = {}
-    budget = None
-    for s_i in range(config.seeds):
-        seed = config.seed + s_i
-        p = config.pretrain.model_copy(update={"seed": seed})
-        g0 = pretrain_step(store, corpus, tok_id, p, name=f"collapse-gen0-s{s_i}", progress=progress)
-        real_tokens = g0.metrics["corpus_train_tokens"]
-        budget = config.synthetic_tokens or real_tokens
-        models[("real", 0, s_i)] = g0["model"]
-        train_info[("real", 0, s_i)] = {
-            "docs": len(texts["train"]),
-            "tokens": real_tokens,
-            "seconds": g0.metrics.get("seconds"),
-        }
-        for regime in config.regimes:
-            prev, synth = g0["model"], []
-            for k in range(1, config.generations + 1):
-                samples[prev] = samples.get(prev) or generate(store, prev, budget, config, progress, seed)
-                synth.append(_texts(store, samples[prev]))
-                docs = training_docs(
-                    regime,
-                    texts["train"] if regime == "accumulate" else real_chunks,
-                    synth,
-                    config.real_fraction,
-                    seed * 1000 + k,
-                )
-                rows = [{"text": d, "split": "train"} for d in docs] + [
-                    {"text": d, "split": "val"} for d in texts["val"]
-                ]
-                cid = put_rows(
-                    store,
-                    rows,
-                    f"collapse-{regime}-gen{k}-s{s_i}",
-                    op="make-collapse-corpus",
-                    config={
-                        "regime": regime,
-                        "generation": k,
-                        "real_fraction": config.real_fraction,
-                        "seed": seed,
-                    },
-                    inputs=[corpus, *samples[prev]],
-                )
-                res = pretrain_step(
-                    store, cid, tok_id, p, name=f"collapse-{regime}-gen{k}-s{s_i}", progress=progress
-                )
-                prev = models[(regime, k, s_i)] = res["model"]
-                train_info[(regime, k, s_i)] = {
-                    "docs": len(docs),
-                    "tokens": res.metrics.get("corpus_train_tokens"),
-                    "seconds": res.metrics.get("seconds"),
-                }
-    for (_, _, s_i), mid in models.items():
-        samples[mid] = samples.get(mid) or generate(store, mid, budget, config, progress, config.seed + s_i)
-    metrics = {key: _measure(store, mid, corpus, samples[mid], config) for key, mid in models.items()}
-    report = build_report(config, models, metrics, train_info, list(texts["train"]), tok_id, store)
-    report["seconds"] = round(time.perf_counter() - t0, 1)
-
-    card = save_card(store, "collapse", report, list(models.values()), markdown, plot)
-    return {**card, "lineage_of": models[(config.regimes[0], config.generations, 0)]}
+# ---- statistics and the report -------------------------------------------------------------------
 
 
 def build_report(
@@ -331,60 +378,13 @@ def build_report(
     tok_id: str,
     store: Store,
 ) -> dict:
-    from transformers import AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(store.path(tok_id))
-    real_ids = [tok(d, add_special_tokens=False)["input_ids"] for d in real_docs]
-    flat = [t for d in real_ids for t in d]
-    real_chunks = [flat[i : i + config.doc_tokens] for i in range(0, len(flat), config.doc_tokens)]
-    reference = {
-        "distinct": {str(n): distinct_n(real_chunks, n) for n in config.ngrams},
-        "tail": tail_stats(flat, Counter(flat), config.tail_fraction),
-    }
+    reference = _reference(config, real_docs, tok_id, store)
     seeds = sorted({s for _, _, s in models})
     cells = sorted(
         {(r, k) for r, k, _ in models},
         key=lambda x: (x[1] > 0, config.regimes.index(x[0]) if x[0] in config.regimes else -1, x[1]),
     )
-
-    def per_seed(regime, k, f):
-        return [f(metrics[(regime, k, s)]) for s in seeds if (regime, k, s) in metrics]
-
-    def mean_nll(m):
-        return sum(m["nll"]) / len(m["nll"])
-
-    rows = []
-    for regime, k in cells:
-        nll = mean_ci(per_seed(regime, k, mean_nll))
-        rows.append(
-            {
-                "regime": regime,
-                "generation": k,
-                "ids": [models[(regime, k, s)] for s in seeds],
-                "seeds": len(seeds),
-                "nll": nll,
-                "perplexity": {
-                    "mean": math.exp(nll["mean"]),
-                    "lo": math.exp(nll["lo"]),
-                    "hi": math.exp(nll["hi"]),
-                },
-                "perplexity_per_seed": [round(math.exp(x), 3) for x in per_seed(regime, k, mean_nll)],
-                "distinct": {
-                    str(n): mean_ci(per_seed(regime, k, lambda m, n=n: m["distinct"][str(n)]), bounds=(0, 1))
-                    for n in config.ngrams
-                },
-                "tail_coverage": mean_ci(
-                    per_seed(regime, k, lambda m: m["tail"]["tail_coverage"]),
-                    bounds=(0, 1),
-                    allow_binary=True,
-                ),
-                "types": mean_ci(per_seed(regime, k, lambda m: m["tail"]["types"])),
-                "train": {
-                    "docs": [train_info[(regime, k, s)]["docs"] for s in seeds],
-                    "tokens": [train_info[(regime, k, s)]["tokens"] for s in seeds],
-                },
-            }
-        )
+    rows = [_row(config, regime, k, seeds, models, metrics, train_info) for regime, k in cells]
     by = {(r["regime"], r["generation"]): r for r in rows}
     g0 = by[("real", 0)]
     last = config.generations
@@ -397,41 +397,11 @@ def build_report(
             f"{regime}: perplexity {g0['perplexity']['mean']:.1f} → {fmt_ci(pp, 1)} at generation {last}"
         )
     outcome = "; ".join(parts) + f" (mean over {len(seeds)} seeds, 95% t interval over seeds)"
-    comparisons = []
-    family = []
-    for regime in config.regimes:  # each regime's last generation vs generation 0, paired by seed
-        t = paired_test(per_seed(regime, last, mean_nll), per_seed("real", 0, mean_nll), unit)
-        comparisons.append({"a": f"{regime} gen {last}", "b": "real gen 0", "metric": "mean NLL (nats)", **t})
-        family.append(comparisons[-1])
-    if "replace" in config.regimes and "accumulate" in config.regimes:
-        t = paired_test(per_seed("replace", last, mean_nll), per_seed("accumulate", last, mean_nll), unit)
-        comparisons.append(
-            {"a": f"replace gen {last}", "b": f"accumulate gen {last}", "metric": "mean NLL (nats)", **t}
+    comparisons, replace_vs_accumulate = _comparisons(config, metrics, seeds, unit)
+    if replace_vs_accumulate is not None:
+        outcome += _replace_vs_accumulate(
+            replace_vs_accumulate, comparisons[-1]["p_holm"], len(comparisons), last
         )
-        family.append(comparisons[-1])
-        v = verdict(t, expected=+1, p=None)
-        adj = holm([c["p"] for c in family])
-        for c, pa in zip(family, adj, strict=True):
-            c["p_holm"] = pa
-        v = verdict(t, expected=+1, p=comparisons[-1]["p_holm"])
-        said = fmt_test(t, 3, "f", p=comparisons[-1]["p_holm"])
-        if v["result"] == "as hypothesised":
-            outcome += f". At generation {last} replace is worse than accumulate on held-out real text ({said}), as published"
-        elif v["result"] == "opposite":
-            outcome += f". At generation {last} accumulate is worse than replace ({said}), against the published result"
-        elif v["result"] == "null":
-            mde = min_detectable(t["sd"], t["n"], family=len(family))
-            outcome += (
-                f". Replace and accumulate are not separated at generation {last} ({said}; with {t['n']} seeds "
-                f"the test had 80% power only for |Δ NLL| ≥ {mde:.2g})"
-            )
-        else:
-            outcome += (
-                f". Replace vs accumulate at generation {last} is undetermined ({said}): run with seeds ≥ 2"
-            )
-    else:
-        for c, pa in zip(family, holm([c["p"] for c in family]), strict=True):
-            c["p_holm"] = pa
     return {
         "config": config.model_dump(),
         "rows": rows,
@@ -442,118 +412,114 @@ def build_report(
     }
 
 
-def markdown(report: dict) -> str:
-    cfg = report["config"]
-    p = cfg["pretrain"]
-    ng = cfg["ngrams"]
-    n_seeds = report["rows"][0]["seeds"]
-    lines = [
-        "# collapse",
-        "",
-        f"Every generation: a {p['layers']}-layer, {p['hidden']}-wide Llama trained from scratch for {p['iters']} iterations "
-        f"(batch {p['batch_size']} × {p['context']} tokens). Generation k+1 trains on documents (up to {cfg['doc_tokens']} tokens, "
-        f"ending where the model ends them) sampled from generation k at temperature {cfg['temperature']}, as many tokens as the "
-        "real training text: replace (only them), accumulate (real + all earlier synthetic "
-        f"text), keep-real ({cfg['real_fraction']:.0%} real). Perplexity on held-out real text (exp of the mean window NLL); "
-        f"distinct n-grams and tail coverage (share of the real text's rarest tokens, the last {cfg['tail_fraction']:.0%} of "
-        "its mass, that still occur) on the model's own samples.",
-        "",
-        f"Unit of replication: **{n_seeds} training seeds**, each an independent chain (generation 0 and every regime's "
-        "generations retrained and resampled from that seed). Every value is the mean over seeds [95% t interval over seeds]; "
-        "held-out windows measure one model and are not the unit of any test.",
-        "",
-        "| regime | gen | train tokens (seed 0) | val perplexity | per seed | "
-        + " | ".join(f"distinct-{n}" for n in ng)
-        + " | token types | tail coverage |",
-        "|---|---|---|---|---|" + "---|" * len(ng) + "---|---|",
-    ]
-    ref = report["reference"]
-    lines.append(
-        "| real text (reference) | — | — | — | — | "
-        + " | ".join(f"{ref['distinct'][str(n)]:.3f}" for n in ng)
-        + f" | {ref['tail']['types']} | 1.00 |"
-    )
-    for r in report["rows"]:
-        pp = r["perplexity"]
-        lines.append(
-            f"| {r['regime']} | {r['generation']} | {r['train']['tokens'][0]:,} | {fmt_ci(pp, 2)} | "
-            + ", ".join(f"{x:.1f}" for x in r["perplexity_per_seed"])
-            + " | "
-            + " | ".join(fmt_ci(r["distinct"][str(n)], 3) for n in ng)
-            + f" | {r['types']['mean']:.0f} | {fmt_ci(r['tail_coverage'], 3)} |"
+def _reference(config: Config, real_docs: list[str], tok_id: str, store: Store) -> dict:
+    """The real training text's distinct n-grams (over chunks of ``doc_tokens``) and token types."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(store.path(tok_id))
+    real_ids = [tok(d, add_special_tokens=False)["input_ids"] for d in real_docs]
+    flat = [t for d in real_ids for t in d]
+    real_chunks = [flat[i : i + config.doc_tokens] for i in range(0, len(flat), config.doc_tokens)]
+    return {
+        "distinct": {str(n): distinct_n(real_chunks, n) for n in config.ngrams},
+        "tail": tail_stats(flat, Counter(flat), config.tail_fraction),
+    }
+
+
+def _per_seed(metrics: dict, seeds: list[int], regime: str, k: int, f) -> list:
+    """``f`` of each seed's model of one regime and generation."""
+    return [f(metrics[(regime, k, s)]) for s in seeds if (regime, k, s) in metrics]
+
+
+def _mean_nll(m: dict) -> float:
+    return sum(m["nll"]) / len(m["nll"])
+
+
+def _row(
+    config: Config, regime: str, k: int, seeds: list[int], models: dict, metrics: dict, train_info: dict
+) -> dict:
+    """One regime and generation: every measure as a mean over seeds with a 95% t interval over seeds."""
+
+    def per_seed(f):
+        return _per_seed(metrics, seeds, regime, k, f)
+
+    nll = mean_ci(per_seed(_mean_nll))
+    return {
+        "regime": regime,
+        "generation": k,
+        "ids": [models[(regime, k, s)] for s in seeds],
+        "seeds": len(seeds),
+        "nll": nll,
+        "perplexity": {
+            "mean": math.exp(nll["mean"]),
+            "lo": math.exp(nll["lo"]),
+            "hi": math.exp(nll["hi"]),
+        },
+        "perplexity_per_seed": [round(math.exp(x), 3) for x in per_seed(_mean_nll)],
+        "distinct": {
+            str(n): mean_ci(per_seed(lambda m, n=n: m["distinct"][str(n)]), bounds=(0, 1))
+            for n in config.ngrams
+        },
+        "tail_coverage": mean_ci(
+            per_seed(lambda m: m["tail"]["tail_coverage"]),
+            bounds=(0, 1),
+            allow_binary=True,
+        ),
+        "types": mean_ci(per_seed(lambda m: m["tail"]["types"])),
+        "train": {
+            "docs": [train_info[(regime, k, s)]["docs"] for s in seeds],
+            "tokens": [train_info[(regime, k, s)]["tokens"] for s in seeds],
+        },
+    }
+
+
+def _comparisons(
+    config: Config, metrics: dict, seeds: list[int], unit: str
+) -> tuple[list[dict], dict | None]:
+    """Each regime's last generation vs generation 0 and, with both regimes, replace vs accumulate at the last
+    generation: two-sided paired t-tests over seeds on the mean NLL, Holm-adjusted over all of them. Returns
+    the comparisons and the replace-vs-accumulate test (None without both regimes)."""
+    last = config.generations
+    comparisons = []
+    for regime in config.regimes:  # each regime's last generation vs generation 0, paired by seed
+        t = paired_test(
+            _per_seed(metrics, seeds, regime, last, _mean_nll),
+            _per_seed(metrics, seeds, "real", 0, _mean_nll),
+            unit,
         )
-    if report.get("comparisons"):
-        lines += [
-            "",
-            "## Tests (two-sided, paired by seed; Holm over the family)",
-            "",
-            "| a | b | Δ mean NLL (nats) [95% CI] | p | p Holm | unit, n |",
-            "|---|---|---|---|---|---|",
-        ]
-        for c in report["comparisons"]:
-            lines.append(
-                f"| {c['a']} | {c['b']} | {fmt_ci({'mean': c['diff'], 'lo': c['lo'], 'hi': c['hi']}, 3)} | "
-                f"{fmt_num(c['p'], 3, 'g')} | {fmt_num(c.get('p_holm'), 3, 'g')} | {c['unit']}, n = {c['n']} |"
-            )
-    lines += (
-        [
-            "",
-            f"**Outcome.** {report['outcome']}.",
-            "",
-            f"Run time {report.get('seconds', 0):.0f} s.",
-            "",
-            "## Artifacts",
-            "",
-        ]
-        + [
-            f"- {r['regime']} generation {r['generation']}: " + ", ".join(f"`{i}`" for i in r["ids"])
-            for r in report["rows"]
-        ]
-        + [""]
-    )
-    return "\n".join(lines)
+        comparisons.append({"a": f"{regime} gen {last}", "b": "real gen 0", "metric": "mean NLL (nats)", **t})
+    ra = None
+    if "replace" in config.regimes and "accumulate" in config.regimes:
+        ra = paired_test(
+            _per_seed(metrics, seeds, "replace", last, _mean_nll),
+            _per_seed(metrics, seeds, "accumulate", last, _mean_nll),
+            unit,
+        )
+        comparisons.append(
+            {"a": f"replace gen {last}", "b": f"accumulate gen {last}", "metric": "mean NLL (nats)", **ra}
+        )
+    for c, pa in zip(comparisons, holm([c["p"] for c in comparisons]), strict=True):
+        c["p_holm"] = pa
+    return comparisons, ra
 
 
-def plot(report: dict, path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    cfg = report["config"]
-    rows = report["rows"]
-    g0 = next(r for r in rows if r["regime"] == "real")
-    n = str(cfg["ngrams"][len(cfg["ngrams"]) // 2])
-    fig, axes = plt.subplots(1, 3, figsize=(14, 4.2))
-    for i, regime in enumerate(cfg["regimes"]):
-        rs = [g0] + sorted((r for r in rows if r["regime"] == regime), key=lambda r: r["generation"])
-        x = [r["generation"] for r in rs]
-        for ax, cis in (
-            (axes[0], [r["perplexity"] for r in rs]),
-            (axes[1], [r["distinct"][n] for r in rs]),
-            (axes[2], [r["tail_coverage"] for r in rs]),
-        ):
-            ax.errorbar(
-                x,
-                [q["mean"] for q in cis],
-                yerr=yerr(cis),
-                marker="o",
-                capsize=3,
-                color=f"C{i}",
-                label=regime,
-            )
-    axes[1].axhline(report["reference"]["distinct"][n], ls="--", color="gray", label="real text")
-    axes[0].set_ylabel("perplexity on held-out real text")
-    axes[1].set_ylabel(f"distinct-{n} of the model's samples")
-    axes[2].set_ylabel(f"tail coverage (rarest {cfg['tail_fraction']:.0%} of real mass)")
-    axes[2].set_ylim(
-        0, 1.05
-    )  # a share: on an autoscaled axis, differences of 0.005 would look like a collapse
-    for ax, title in zip(axes, ("Perplexity", "Diversity", "Tail of the token distribution"), strict=True):
-        ax.set_xlabel("generation")
-        ax.set_title(title)
-        ax.legend(fontsize=8)
-    fig.suptitle(f"collapse: mean and 95% CI over {g0['seeds']} training seeds")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+def _replace_vs_accumulate(t: dict, p_holm: float, family: int, last: int) -> str:
+    """The outcome's clause on replace vs accumulate at the last generation (published: replace is worse)."""
+    v = verdict(t, expected=+1, p=p_holm)
+    said = fmt_test(t, 3, "f", p=p_holm)
+    if v["result"] == "as hypothesised":
+        return (
+            f". At generation {last} replace is worse than accumulate on held-out real text ({said}), "
+            "as published"
+        )
+    if v["result"] == "opposite":
+        return (
+            f". At generation {last} accumulate is worse than replace ({said}), against the published result"
+        )
+    if v["result"] == "null":
+        mde = min_detectable(t["sd"], t["n"], family=family)
+        return (
+            f". Replace and accumulate are not separated at generation {last} ({said}; with {t['n']} seeds "
+            f"the test had 80% power only for |Δ NLL| ≥ {mde:.2g})"
+        )
+    return f". Replace vs accumulate at generation {last} is undetermined ({said}): run with seeds ≥ 2"

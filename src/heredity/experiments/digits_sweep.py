@@ -1,11 +1,12 @@
-"""subliminal-digits, mapped: the same-init − other-init gap along the axes where the literature predicts a gradient.
+"""subliminal-digits, mapped: the same-init − other-init gap along the axes where the literature predicts a
+gradient.
 
 Each point is one ``subliminal-digits`` run (its own memoized step, every seed trains one teacher and its two
 aux students) with one setting changed from the base config: the number of auxiliary logits m, the hidden
 width, and the students' distillation steps. Per point: the paired gap same-init − other-init over training
-seeds (the unit of replication), its t interval and a two-sided p, Holm-adjusted over every point of the sweep.
-The plot shows the gap against each axis with its intervals; the report says, per axis, where the gap is
-significant and how it moves.
+seeds (the unit of replication), its t interval and a two-sided p, Holm-adjusted over every point of the
+sweep. The plot shows the gap against each axis with its intervals; the report says, per axis, where the gap
+is significant and how it moves. The card (markdown and plot) is rendered by ``digits_sweep_render``.
 """
 
 from __future__ import annotations
@@ -16,10 +17,10 @@ from pydantic import BaseModel, Field
 
 from heredity.experiments import experiment
 from heredity.experiments import subliminal_digits as digits
+from heredity.experiments.digits_sweep_render import LABELS, markdown, plot
 from heredity.store import Store
 
 AXES = {"aux": [1, 3, 10, 30], "hidden": [64, 128, 256, 512], "student_steps": [100, 200, 400, 800]}
-LABELS = {"aux": "auxiliary logits m", "hidden": "hidden width", "student_steps": "distillation steps"}
 
 
 class Config(BaseModel):
@@ -39,54 +40,28 @@ class Config(BaseModel):
 )
 def run(store: Store, config: Config, progress: bool = True) -> dict:
     from heredity.reports.card import save_card
-    from heredity.reports.stats import fmt_test, holm, min_detectable, verdict
+    from heredity.reports.stats import fmt_test
 
     bad = sorted(set(config.axes) - set(AXES))
     if bad:
         from heredity.errors import HeredityError
 
         raise HeredityError(f"unknown sweep axis {bad[0]!r}; axes are {', '.join(AXES)}")
-    points, inputs = [], []
-    for axis, values in config.axes.items():
-        for v in values:
-            res = digits.run(store, config.base.model_copy(update={axis: v}), progress=progress)
-            rep = json.loads((store.path(res["report"]) / "report.json").read_text())
-            t = rep["same_vs_other"]
-            points.append(
-                {
-                    "axis": axis,
-                    "value": v,
-                    "test": t,
-                    "same": rep["arms"]["student same-init aux"],
-                    "other": rep["arms"]["student other-init aux"],
-                    "report": res["report"],
-                    "seconds": rep["seconds"],
-                }
-            )
-            inputs.append(res["report"])
+    points = sweep_points(store, config, progress)
+    inputs = [pt["report"] for pt in points]
     runs = list(
         dict.fromkeys(pt["report"] for pt in points)
     )  # the base setting sits on every axis: one run, counted once
-    first = {pt["report"]: pt for pt in reversed(points)}
-    adjusted = dict(zip(runs, holm([first[r]["test"]["p"] for r in runs]), strict=True))
-    for pt in points:
-        pt["p_holm"] = adjusted[pt["report"]]
-        pt["verdict"] = verdict(pt["test"], expected=+1, p=pt["p_holm"])["result"]
-        pt["min_detectable"] = min_detectable(
-            pt["test"]["sd"], pt["test"]["n"], family=len(runs)
-        )  # at the Holm level
-    by_axis = {}
-    for axis in config.axes:
-        pts = [p for p in points if p["axis"] == axis]
-        sig = [p["value"] for p in pts if p["verdict"] == "as hypothesised"]
-        gaps = [round(p["test"]["diff"], 3) for p in pts]
-        by_axis[axis] = {"values": [p["value"] for p in pts], "gaps": gaps, "significant_at": sig}
+    holm_over_runs(points, runs)
+    by_axis = axis_summary(points, config)
     outcome = (
         "; ".join(
-            f"{LABELS[a]} {b['values']}: gap {b['gaps']} (significant, Holm over {len(runs)} distinct runs, at {b['significant_at'] or 'none'})"
+            f"{LABELS[a]} {b['values']}: gap {b['gaps']} (significant, Holm over {len(runs)} distinct runs, "
+            f"at {b['significant_at'] or 'none'})"
             for a, b in by_axis.items()
         )
-        + f" — gap = same-init − other-init test accuracy; unit: training seeds, n = {config.base.seeds} per point"
+        + " — gap = same-init − other-init test accuracy; unit: training seeds, n = "
+        f"{config.base.seeds} per point"
     )
     report = {
         "experiment": "subliminal-digits-sweep",
@@ -107,9 +82,57 @@ def run(store: Store, config: Config, progress: bool = True) -> dict:
     }
 
 
+def sweep_points(store: Store, config: Config, progress: bool) -> list[dict]:
+    """One ``subliminal-digits`` run per axis and value (the base config with that one setting changed): its
+    paired same − other test and both arms."""
+    points = []
+    for axis, values in config.axes.items():
+        for v in values:
+            res = digits.run(store, config.base.model_copy(update={axis: v}), progress=progress)
+            rep = json.loads((store.path(res["report"]) / "report.json").read_text())
+            points.append(
+                {
+                    "axis": axis,
+                    "value": v,
+                    "test": rep["same_vs_other"],
+                    "same": rep["arms"]["student same-init aux"],
+                    "other": rep["arms"]["student other-init aux"],
+                    "report": res["report"],
+                    "seconds": rep["seconds"],
+                }
+            )
+    return points
+
+
+def holm_over_runs(points: list[dict], runs: list[str]) -> None:
+    """Each point's p Holm-adjusted over the distinct runs, its verdict, and its smallest detectable gap at
+    the Holm level (set on the points)."""
+    from heredity.reports.stats import holm, min_detectable, verdict
+
+    first = {pt["report"]: pt for pt in reversed(points)}
+    adjusted = dict(zip(runs, holm([first[r]["test"]["p"] for r in runs]), strict=True))
+    for pt in points:
+        pt["p_holm"] = adjusted[pt["report"]]
+        pt["verdict"] = verdict(pt["test"], expected=+1, p=pt["p_holm"])["result"]
+        pt["min_detectable"] = min_detectable(
+            pt["test"]["sd"], pt["test"]["n"], family=len(runs)
+        )  # at the Holm level
+
+
+def axis_summary(points: list[dict], config: Config) -> dict[str, dict]:
+    """Per axis: its values, the gap at each, and the values where the gap is significant as hypothesised."""
+    by_axis = {}
+    for axis in config.axes:
+        pts = [p for p in points if p["axis"] == axis]
+        sig = [p["value"] for p in pts if p["verdict"] == "as hypothesised"]
+        gaps = [round(p["test"]["diff"], 3) for p in pts]
+        by_axis[axis] = {"values": [p["value"] for p in pts], "gaps": gaps, "significant_at": sig}
+    return by_axis
+
+
 def rerender(r: dict) -> dict:
-    """A committed sweep with each null's smallest detectable gap at the Holm level over its distinct runs, and
-    the verdicts from ``stats.verdict`` (nothing retrained)."""
+    """A committed sweep with each null's smallest detectable gap at the Holm level over its distinct runs,
+    and the verdicts from ``stats.verdict`` (nothing retrained)."""
     from heredity.reports.stats import min_detectable, verdict
 
     r = json.loads(json.dumps(r))
@@ -117,60 +140,3 @@ def rerender(r: dict) -> dict:
         pt["verdict"] = verdict(pt["test"], expected=+1, p=pt["p_holm"])["result"]
         pt["min_detectable"] = min_detectable(pt["test"]["sd"], pt["test"]["n"], family=r["runs"])
     return r
-
-
-def markdown(r: dict) -> str:
-    from heredity.reports.stats import fmt_ci, fmt_p
-
-    base = r["config"]["base"]
-    lines = [
-        "# subliminal-digits-sweep",
-        "",
-        f"Each row is one `subliminal-digits` run ({base['data']}, {base['seeds']} training seeds) with one setting "
-        f"changed from the base (m = {base['aux']}, width {base['hidden']}, {base['student_steps']} distillation "
-        "steps). Gap: same-init minus other-init aux-student test accuracy, paired by seed (each seed trains one "
-        f"teacher and both students); 95% t interval over seeds; two-sided p, Holm-adjusted over the "
-        f"{r['runs']} distinct runs (the base setting appears on every axis); for a null, the smallest gap the "
-        "seeds could have detected (80% power at the Holm level, α = 0.05 / the distinct runs). Unit of replication: "
-        "training seeds.",
-        "",
-        f"| axis | value | same-init | other-init | gap [95% CI] | p (Holm; unit: training seeds, n = {base['seeds']}) "
-        "| verdict |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for p in r["points"]:
-        t = p["test"]
-        lines.append(
-            f"| {LABELS[p['axis']]} | {p['value']} | {fmt_ci(p['same'])} | {fmt_ci(p['other'])} | "
-            f"{fmt_ci({'mean': t['diff'], 'lo': t['lo'], 'hi': t['hi']})} | {fmt_p(p['p_holm'])} | {p['verdict']}"
-            + (f" (could have seen {p['min_detectable']:.3f})" if p["verdict"] == "null" else "")
-            + " |"
-        )
-    lines += ["", f"**Outcome.** {r['outcome']}.", ""]
-    return "\n".join(lines)
-
-
-def plot(r: dict, path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    axes = list(r["by_axis"])
-    fig, axs = plt.subplots(1, len(axes), figsize=(4 * len(axes), 3.4), squeeze=False)
-    for ax, axis in zip(axs[0], axes, strict=True):
-        pts = [p for p in r["points"] if p["axis"] == axis]
-        xs = [p["value"] for p in pts]
-        ys = [p["test"]["diff"] for p in pts]
-        lo = [max(0.0, y - p["test"]["lo"]) for y, p in zip(ys, pts, strict=True)]
-        hi = [max(0.0, p["test"]["hi"] - y) for y, p in zip(ys, pts, strict=True)]
-        ax.errorbar(xs, ys, yerr=[lo, hi], marker="o", capsize=4, color="#1f4e79")
-        ax.axhline(0, color="#a33", ls="--", lw=1)
-        ax.set_xscale("log", base=2)
-        ax.set_xticks(xs, [str(x) for x in xs])
-        ax.set_xlabel(LABELS[axis])
-        ax.set_ylabel("same-init − other-init accuracy")
-    fig.suptitle("subliminal-digits: the transfer gap along three axes (95% CI over seeds)", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)

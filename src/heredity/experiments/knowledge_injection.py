@@ -1,4 +1,5 @@
-"""Knowledge injection: fine-tuning or retrieval for facts a model cannot know? (Ovadia et al. 2023, arXiv 2312.05934)
+"""Knowledge injection: fine-tuning or retrieval for facts a model cannot know? (Ovadia et al. 2023,
+arXiv 2312.05934)
 
 Methods, as a paper's section would list them:
 1. Knowledge base: invented countries with three attributes each (capital, founding year, main export),
@@ -14,8 +15,9 @@ Methods, as a paper's section would list them:
      optimizer steps, so wording is the only difference between the two);
    * FT + RAG, FT + paraphrases + RAG: the fine-tuned models with retrieval.
 4. Greedy answers; correct = the fact's value occurs in the answer (case-insensitive, whole word) and no
-   other value of that attribute does (listing candidates or copying every retrieved fact earns nothing). Accuracy
-   [Wilson 95% CI] per arm and per attribute; retrieval recall@1 and @k (the question's own fact retrieved).
+   other value of that attribute does (listing candidates or copying every retrieved fact earns nothing).
+   Accuracy [Wilson 95% CI] per arm and per attribute; retrieval recall@1 and @k (the question's own fact
+   retrieved).
 """
 
 from __future__ import annotations
@@ -31,9 +33,10 @@ from heredity.data.facts import EXPORTS, Fact, make_facts, questions, statements
 from heredity.engine import FinetuneConfig, SampleConfig, completions, finetune, sample_step
 from heredity.engine.retrieval import BUNDLED, Index, recall_at_k
 from heredity.experiments import experiment
+from heredity.experiments.knowledge_injection_render import markdown, plot
 from heredity.models import materialize
-from heredity.reports.card import save_card, yerr
-from heredity.reports.stats import fmt_ci, wilson_ci
+from heredity.reports.card import save_card
+from heredity.reports.stats import wilson_ci
 from heredity.store import Store
 from heredity.store.ops import rows_op
 
@@ -86,6 +89,113 @@ class Config(BaseModel):
         }
 
 
+# ---- the recipe ----------------------------------------------------------------------------------
+
+
+@experiment("knowledge-injection", question="Fine-tuning or retrieval for new facts?")
+def run(store: Store, config: Config, progress: bool = True) -> dict:
+    t0 = time.perf_counter()
+    base = materialize(config.base, store)
+    # 1-2. the knowledge base and the test questions
+    facts = make_facts(config.entities, config.seed)
+    # one plain statement per fact: the retrieval corpus and the FT data
+    kb = statements(facts, 1, config.seed)
+    qs = questions(facts, config.seed)
+    data = _datasets(store, config, facts, kb, qs)
+    # 3. the fine-tuned arms: plain statements, the statement repeated, paraphrases
+    ft = config.finetune.model_copy(update={"seed": config.seed})
+    ft_plain = finetune(store, base, data["facts"], ft, progress=progress)
+    ft_reps = finetune(store, base, data["repeats"], ft, progress=progress)
+    ft_para = finetune(store, base, data["paraphrases"], ft, progress=progress)
+    # 3. retrieval for the RAG arms: each question's top-k statements
+    t = time.perf_counter()
+    index = Index([r["text"] for r in kb], config.embedder)
+    retrieved = index.search([q["prompt"] for q in qs], config.top_k)
+    retrieval_seconds = round(time.perf_counter() - t, 2)
+    recall = {k: recall_at_k(retrieved, list(range(len(qs))), k) for k in sorted({1, config.top_k})}
+    plain_prompts = [q["prompt"] for q in qs]
+    rag_prompts = [
+        rag_prompt(q["prompt"], [kb[i]["text"] for i in got]) for q, got in zip(qs, retrieved, strict=True)
+    ]
+    # 4. every arm's greedy answers to the test questions
+    x = config.paraphrases
+    arms = {
+        "base": (base, plain_prompts),
+        "RAG": (base, rag_prompts),
+        "FT": (ft_plain["model"], plain_prompts),
+        f"FT, statement repeated (×{x})": (ft_reps["model"], plain_prompts),
+        f"FT + paraphrases (×{config.paraphrases})": (ft_para["model"], plain_prompts),
+        "FT + RAG": (ft_plain["model"], rag_prompts),
+        f"FT + paraphrases (×{config.paraphrases}) + RAG": (ft_para["model"], rag_prompts),
+    }
+    answers = {
+        arm: _answers(store, mid, prompts, config, arm, progress) for arm, (mid, prompts) in arms.items()
+    }
+    train = _training(
+        {
+            "FT": ft_plain,
+            f"FT, statement repeated (×{x})": ft_reps,
+            f"FT + paraphrases (×{x})": ft_para,
+        }
+    )
+    report = build_report(config, arms, answers, qs, recall, train, rivals(facts))
+    report["retrieval_seconds"] = retrieval_seconds
+    report["seconds"] = round(time.perf_counter() - t0, 1)
+
+    card = save_card(
+        store,
+        "knowledge-injection",
+        report,
+        [base, ft_plain["model"], ft_reps["model"], ft_para["model"], data["questions"]],
+        markdown,
+        plot,
+    )
+    return {**card, "lineage_of": ft_para["model"]}
+
+
+def _datasets(
+    store: Store, config: Config, facts: list[Fact], kb: list[dict], qs: list[dict]
+) -> dict[str, str]:
+    """The knowledge base, the test questions, the paraphrases and the repeated statements, as datasets."""
+    kb_id = put_rows(
+        store, kb, "facts", op="make-facts", config={"entities": config.entities, "seed": config.seed}
+    )
+    q_id = put_rows(store, qs, "fact-questions", op="make-fact-questions", inputs=[kb_id])
+    para = statements(facts, config.paraphrases, config.seed)
+    para_id = put_rows(
+        store,
+        para,
+        f"facts-x{config.paraphrases}",
+        op="make-fact-paraphrases",
+        config={"paraphrases": config.paraphrases},
+        inputs=[kb_id],
+    )
+    # the plain statement repeated: the paraphrases' step count
+    reps = [r for r in kb for _ in range(config.paraphrases)]
+    reps_id = put_rows(
+        store,
+        reps,
+        f"facts-repeat-x{config.paraphrases}",
+        op="make-fact-repeats",
+        config={"repeats": config.paraphrases},
+        inputs=[kb_id],
+    )
+    return {"facts": kb_id, "questions": q_id, "paraphrases": para_id, "repeats": reps_id}
+
+
+def _training(results: dict) -> dict:
+    """Each fine-tune's examples, optimizer steps, first and last loss, and seconds."""
+    return {
+        name: {
+            k: r.metrics.get(k) for k in ("examples", "optimizer_steps", "loss_first", "loss_last", "seconds")
+        }
+        for name, r in results.items()
+    }
+
+
+# ---- answers and grading -------------------------------------------------------------------------
+
+
 def _has(answer: str, value: str) -> bool:
     return re.search(rf"(?<![\w]){re.escape(value)}(?![\w])", answer, re.IGNORECASE) is not None
 
@@ -127,90 +237,7 @@ def _answers(
     return completions(store, did)
 
 
-@experiment("knowledge-injection", question="Fine-tuning or retrieval for new facts?")
-def run(store: Store, config: Config, progress: bool = True) -> dict:
-    t0 = time.perf_counter()
-    base = materialize(config.base, store)
-    facts = make_facts(config.entities, config.seed)
-    kb = statements(
-        facts, 1, config.seed
-    )  # one plain statement per fact: the retrieval corpus and the FT data
-    qs = questions(facts, config.seed)
-    kb_id = put_rows(
-        store, kb, "facts", op="make-facts", config={"entities": config.entities, "seed": config.seed}
-    )
-    q_id = put_rows(store, qs, "fact-questions", op="make-fact-questions", inputs=[kb_id])
-    para = statements(facts, config.paraphrases, config.seed)
-    para_id = put_rows(
-        store,
-        para,
-        f"facts-x{config.paraphrases}",
-        op="make-fact-paraphrases",
-        config={"paraphrases": config.paraphrases},
-        inputs=[kb_id],
-    )
-    reps = [
-        r for r in kb for _ in range(config.paraphrases)
-    ]  # the plain statement repeated: the paraphrases' step count
-    reps_id = put_rows(
-        store,
-        reps,
-        f"facts-repeat-x{config.paraphrases}",
-        op="make-fact-repeats",
-        config={"repeats": config.paraphrases},
-        inputs=[kb_id],
-    )
-    ft = config.finetune.model_copy(update={"seed": config.seed})
-    ft_plain = finetune(store, base, kb_id, ft, progress=progress)
-    ft_reps = finetune(store, base, reps_id, ft, progress=progress)
-    ft_para = finetune(store, base, para_id, ft, progress=progress)
-
-    t = time.perf_counter()
-    index = Index([r["text"] for r in kb], config.embedder)
-    retrieved = index.search([q["prompt"] for q in qs], config.top_k)
-    retrieval_seconds = round(time.perf_counter() - t, 2)
-    recall = {k: recall_at_k(retrieved, list(range(len(qs))), k) for k in sorted({1, config.top_k})}
-    plain_prompts = [q["prompt"] for q in qs]
-    rag_prompts = [
-        rag_prompt(q["prompt"], [kb[i]["text"] for i in got]) for q, got in zip(qs, retrieved, strict=True)
-    ]
-
-    x = config.paraphrases
-    arms = {
-        "base": (base, plain_prompts),
-        "RAG": (base, rag_prompts),
-        "FT": (ft_plain["model"], plain_prompts),
-        f"FT, statement repeated (×{x})": (ft_reps["model"], plain_prompts),
-        f"FT + paraphrases (×{config.paraphrases})": (ft_para["model"], plain_prompts),
-        "FT + RAG": (ft_plain["model"], rag_prompts),
-        f"FT + paraphrases (×{config.paraphrases}) + RAG": (ft_para["model"], rag_prompts),
-    }
-    answers = {
-        arm: _answers(store, mid, prompts, config, arm, progress) for arm, (mid, prompts) in arms.items()
-    }
-    train = {
-        name: {
-            k: r.metrics.get(k) for k in ("examples", "optimizer_steps", "loss_first", "loss_last", "seconds")
-        }
-        for name, r in (
-            ("FT", ft_plain),
-            (f"FT, statement repeated (×{x})", ft_reps),
-            (f"FT + paraphrases (×{x})", ft_para),
-        )
-    }
-    report = build_report(config, arms, answers, qs, recall, train, rivals(facts))
-    report["retrieval_seconds"] = retrieval_seconds
-    report["seconds"] = round(time.perf_counter() - t0, 1)
-
-    card = save_card(
-        store,
-        "knowledge-injection",
-        report,
-        [base, ft_plain["model"], ft_reps["model"], ft_para["model"], q_id],
-        markdown,
-        plot,
-    )
-    return {**card, "lineage_of": ft_para["model"]}
+# ---- statistics and the report -------------------------------------------------------------------
 
 
 def _versus(a: dict, b: dict, a_name: str, b_name: str, published: str) -> str:
@@ -293,108 +320,3 @@ def build_report(
         "attributes": attrs,
         "outcome": outcome,
     }
-
-
-def markdown(report: dict) -> str:
-    cfg = report["config"]
-    ft = cfg["finetune"]
-    attrs = report["attributes"]
-    lines = [
-        "# knowledge-injection",
-        "",
-        f"Base {cfg['base']}. Knowledge base: {cfg['entities']} invented countries × 3 attributes = {report['questions']} facts; "
-        f"one test question per fact, worded unlike any statement. FT: {ft['method']} fine-tuning, full-sequence loss on plain "
-        f"text, lr {ft['lr']}, {ft['epochs']} epochs, on 1 statement per fact, that statement ×{cfg['paraphrases']} or {cfg['paraphrases']} paraphrases. RAG: top-{cfg['top_k']} "
-        f"statements by {cfg['embedder']} cosine similarity in the prompt. Greedy answers; correct = the value appears as a word "
-        "and no other value of that attribute does. "
-        "Accuracy [Wilson 95% CI].",
-        "",
-        "| arm | accuracy | " + " | ".join(attrs) + " |",
-        "|---|---|" + "---|" * len(attrs),
-    ]
-    for r in report["rows"]:
-        lines.append(
-            f"| {r['arm']} | {fmt_ci(r['accuracy'], 2)} | "
-            + " | ".join(f"{r['by_attribute'][a]['mean']:.2f}" for a in attrs)
-            + " |"
-        )
-    lines += [
-        "",
-        "Retrieval: "
-        + ", ".join(f"recall@{k} {v:.2f}" for k, v in report["recall"].items())
-        + f" ({report['questions']} questions; {report.get('retrieval_seconds', 0)} s to embed and search).",
-        "",
-        "## Training",
-        "",
-        "| model | examples | steps | loss first → last | seconds |",
-        "|---|---|---|---|---|",
-    ]
-    for k, t in report["train"].items():
-        lines.append(
-            f"| {k} | {t['examples']} | {t['optimizer_steps']} | {t['loss_first']} → {t['loss_last']} | {t['seconds']} |"
-        )
-    lines += ["", "## Samples", "", "| arm | question | answer | value |", "|---|---|---|---|"]
-    for r in report["rows"]:
-        for e in r["examples"][:2]:
-            ans = e["answer"].replace("|", "\\|").replace("\n", " ").strip()[:80]
-            lines.append(f"| {r['arm']} | {e['question']} | {ans} | {e['value']} |")
-    lines += (
-        [
-            "",
-            f"**Outcome.** {report['outcome']}.",
-            "",
-            f"Run time {report.get('seconds', 0):.0f} s.",
-            "",
-            "## Artifacts",
-            "",
-        ]
-        + [f"- {r['arm']}: `{r['model']}`" for r in report["rows"]]
-        + [""]
-    )
-    return "\n".join(lines)
-
-
-def plot(report: dict, path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rows = report["rows"]
-    attrs = report["attributes"]
-    fig, (a, b) = plt.subplots(1, 2, figsize=(12, 4.2), gridspec_kw={"width_ratios": [1.2, 1]})
-    m = [r["accuracy"]["mean"] for r in rows]
-    err = yerr([r["accuracy"] for r in rows])
-    colors = [
-        "#6b7280"
-        if r["arm"] == "base"
-        else "#059669"
-        if "RAG" in r["arm"] and "FT" not in r["arm"]
-        else "#2563eb"
-        if "RAG" not in r["arm"]
-        else "#7c3aed"
-        for r in rows
-    ]
-    a.barh(range(len(rows)), m, xerr=err, color=colors, capsize=3)
-    a.set_yticks(range(len(rows)), [r["arm"] for r in rows], fontsize=8)
-    a.invert_yaxis()
-    a.set_xlim(0, 1)
-    a.set_xlabel("accuracy on held-out questions (Wilson 95% CI)")
-    a.set_title("Fine-tuning or retrieval?")
-    w = 0.8 / len(rows)
-    for i, r in enumerate(rows):
-        b.bar(
-            [j + i * w for j in range(len(attrs))],
-            [r["by_attribute"][x]["mean"] for x in attrs],
-            w,
-            label=r["arm"],
-            color=f"C{i}",
-        )
-    b.set_xticks([j + 0.4 - w / 2 for j in range(len(attrs))], attrs)
-    b.set_ylim(0, 1)
-    b.set_ylabel("accuracy")
-    b.set_title("By attribute")
-    b.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)

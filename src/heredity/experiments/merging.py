@@ -1,4 +1,5 @@
-"""Merging: can one model hold four skills by merging four fine-tunes, and does ≈1% of each task vector suffice?
+"""Merging: can one model hold four skills by merging four fine-tunes, and does ≈1% of each task vector
+suffice?
 
 Methods, as a paper's section would list them:
 1. Data: four generated, exactly graded tasks (``data.tasks``: two-digit addition, sentiment of templated
@@ -34,6 +35,7 @@ from heredity.data import put_rows
 from heredity.data.tasks import GRADER, TASKS, capacity, grade
 from heredity.engine import FinetuneConfig, SampleConfig, finetune, sample
 from heredity.experiments import experiment
+from heredity.experiments.merging_render import _f, markdown, plot
 from heredity.merge import MergeConfig, merge
 from heredity.models import load, materialize
 from heredity.reports.card import save_card
@@ -108,17 +110,61 @@ class Config(BaseModel):
         }
 
 
+@experiment("merging", question="Four skills, four fine-tunes, one merged model: which merge keeps most?")
+def run(store: Store, config: Config, progress: bool = True) -> dict:
+    """The recipe: make each task's train / val / test parts; per training seed, fine-tune, merge and evaluate
+    every model (``_chain``); report seed 0's models with the selection on val and its tests
+    (``build_report``), and, with several seeds, the comparison across seeds."""
+    t0 = time.perf_counter()
+    base = materialize(config.base, store)
+    n_train = {t: min(config.train_rows, capacity(t, "train")) for t in config.tasks}
+    # raises if a part is too small
+    train_rows = {t: TASKS[t](n_train[t], "train", config.seed) for t in config.tasks}
+    parts = {
+        "val": {t: TASKS[t](config.val_rows, "val", config.seed + 2) for t in config.tasks},
+        "test": {t: TASKS[t](config.eval_rows, "test", config.seed + 1) for t in config.tasks},
+    }
+
+    def task_data(rows: list[dict], name: str, **how) -> str:
+        # put_rows keys the rows themselves: a new generator, new data
+        return put_rows(store, rows, name, op="make-task-data", config=how)
+
+    train = {t: task_data(train_rows[t], f"{t}-train", task=t, part="train") for t in config.tasks}
+    data = {
+        p: {t: task_data(rows, f"{t}-{p}", task=t, part=p) for t, rows in by.items()}
+        for p, by in parts.items()
+    }
+    chains = [
+        _chain(store, config, base, train, train_rows, data, config.seed + k, progress)
+        for k in range(config.seeds)
+    ]
+    models, scores, merged, tuned, curve = chains[0]
+    report = build_report(config, models, scores, merged, tuned, curve, n_train)
+    if config.seeds >= 2:
+        report["across_seeds"] = across_seeds(config, [c[1] for c in chains], list(merged))
+        report["outcome"] += ". " + report["across_seeds"]["outcome"]
+    report["seconds"] = round(time.perf_counter() - t0, 1)
+
+    all_models = [m for c in chains for m in c[0].values()]
+    card = save_card(store, "merging", report, all_models, markdown, plot)
+    return {**card, "lineage_of": merged[f"Localize-and-Stitch, learned ({config.sparsity:.1%})"]["model"]}
+
+
 @op(
     "eval-tasks",
     3,
-    note="v2: grader, stop rule and batch keyed; v3: the fused decode step refused for mlp_bias / sliding-window models, whose samples it got wrong",
+    note=(
+        "v2: grader, stop rule and batch keyed; v3: the fused decode step refused for mlp_bias / "
+        "sliding-window models, whose samples it got wrong"
+    ),
 )
 def _eval(
     store: Store, model_id: str, data: dict[str, dict[str, str]], sample_cfg: dict, progress: bool
 ) -> dict:
-    """Per-item correctness (0/1) of ``model_id`` on every part and task of ``data`` (part → task → dataset id),
-    as a stored report (memoized). The rows are read from the dataset artifacts, which are inputs of the step;
-    everything else that changes the outcome (sampling config, stop rule, batch size, grader) is in the key."""
+    """Per-item correctness (0/1) of ``model_id`` on every part and task of ``data`` (part → task → dataset
+    id), as a stored report (memoized). The rows are read from the dataset artifacts, which are inputs of the
+    step; everything else that changes the outcome (sampling config, stop rule, batch size, grader) is in the
+    key."""
     keys = [f"{part}/{task}" for part in sorted(data) for task in sorted(data[part])]
     ids = [data[k.split("/")[0]][k.split("/")[1]] for k in keys]
     cfg = {"datasets": keys, "sample": sample_cfg, "decoding": "greedy", "grader": GRADER}
@@ -151,45 +197,6 @@ def _eval(
     return json.loads((store.path(rid) / "scores.json").read_text())["scores"]
 
 
-@experiment("merging", question="Four skills, four fine-tunes, one merged model: which merge keeps most?")
-def run(store: Store, config: Config, progress: bool = True) -> dict:
-    t0 = time.perf_counter()
-    base = materialize(config.base, store)
-    n_train = {t: min(config.train_rows, capacity(t, "train")) for t in config.tasks}
-    train_rows = {
-        t: TASKS[t](n_train[t], "train", config.seed) for t in config.tasks
-    }  # raises if a part is too small
-    parts = {
-        "val": {t: TASKS[t](config.val_rows, "val", config.seed + 2) for t in config.tasks},
-        "test": {t: TASKS[t](config.eval_rows, "test", config.seed + 1) for t in config.tasks},
-    }
-
-    def task_data(
-        rows: list[dict], name: str, **how
-    ) -> str:  # put_rows keys the rows themselves: a new generator, new data
-        return put_rows(store, rows, name, op="make-task-data", config=how)
-
-    train = {t: task_data(train_rows[t], f"{t}-train", task=t, part="train") for t in config.tasks}
-    data = {
-        p: {t: task_data(rows, f"{t}-{p}", task=t, part=p) for t, rows in by.items()}
-        for p, by in parts.items()
-    }
-    chains = [
-        _chain(store, config, base, train, train_rows, data, config.seed + k, progress)
-        for k in range(config.seeds)
-    ]
-    models, scores, merged, tuned, curve = chains[0]
-    report = build_report(config, models, scores, merged, tuned, curve, n_train)
-    if config.seeds >= 2:
-        report["across_seeds"] = across_seeds(config, [c[1] for c in chains], list(merged))
-        report["outcome"] += ". " + report["across_seeds"]["outcome"]
-    report["seconds"] = round(time.perf_counter() - t0, 1)
-
-    all_models = [m for c in chains for m in c[0].values()]
-    card = save_card(store, "merging", report, all_models, markdown, plot)
-    return {**card, "lineage_of": merged[f"Localize-and-Stitch, learned ({config.sparsity:.1%})"]["model"]}
-
-
 def _chain(
     store: Store,
     config: Config,
@@ -201,6 +208,28 @@ def _chain(
     progress: bool,
 ) -> tuple:
     """One training seed's fine-tunes, merges and evaluations: (models, scores, merged, tuned, curve)."""
+    tuned, multi = _finetunes(store, config, base, train, train_rows, seed, progress)
+    merges, curve = _merge_configs(config, base, tuned, train, seed)
+    merged = {label: merge(store, c, progress=progress) for label, c in merges.items()}
+
+    models = {
+        "base (no fine-tune)": base,
+        **{f"fine-tuned on {t}": tuned[t] for t in config.tasks},
+        "multi-task fine-tune": multi,
+        **{k: v["model"] for k, v in merged.items()},
+    }
+    sample_cfg = SampleConfig(
+        temperature=0, max_new_tokens=config.max_new_tokens, batch_size=config.sample_batch, stop=["\n"]
+    ).model_dump()
+    scores = {label: _eval(store, mid, data, sample_cfg, progress) for label, mid in models.items()}
+    return models, scores, merged, tuned, curve
+
+
+def _finetunes(
+    store: Store, config: Config, base: str, train: dict, train_rows: dict, seed: int, progress: bool
+) -> tuple[dict[str, str], str]:
+    """The base fine-tuned once per task ({task: model}) and once on all tasks together (the multi-task
+    reference)."""
     ft = FinetuneConfig(
         method="lora",
         epochs=config.epochs,
@@ -223,6 +252,14 @@ def _chain(
         inputs=[train[t] for t in config.tasks],
     )
     multi = finetune(store, base, multi_data, ft, progress=progress)["model"]
+    return tuned, multi
+
+
+def _merge_configs(
+    config: Config, base: str, tuned: dict, train: dict, seed: int
+) -> tuple[dict[str, MergeConfig], dict[float, MergeConfig]]:
+    """Every merge of the task models, by label (the sparsity curve's last), and the curve's own {sparsity:
+    merge} (dataless Localize-and-Stitch)."""
 
     def cfg(
         method: str,
@@ -274,24 +311,13 @@ def _chain(
     }
     for s, c in curve.items():
         merges[f"Localize-and-Stitch, dataless ({s:.1%})"] = c
-    merged = {label: merge(store, c, progress=progress) for label, c in merges.items()}
-
-    models = {
-        "base (no fine-tune)": base,
-        **{f"fine-tuned on {t}": tuned[t] for t in config.tasks},
-        "multi-task fine-tune": multi,
-        **{k: v["model"] for k, v in merged.items()},
-    }
-    sample_cfg = SampleConfig(
-        temperature=0, max_new_tokens=config.max_new_tokens, batch_size=config.sample_batch, stop=["\n"]
-    ).model_dump()
-    scores = {label: _eval(store, mid, data, sample_cfg, progress) for label, mid in models.items()}
-    return models, scores, merged, tuned, curve
+    return merges, curve
 
 
 def across_seeds(config: Config, seed_scores: list[dict], merge_labels: list[str]) -> dict:
-    """With ≥ 2 training seeds: each model's mean accuracy per seed (test and val), t intervals over seeds, the merge
-    chosen by its seed-averaged val accuracy, and that merge vs the runner-up on test, paired by seed."""
+    """With ≥ 2 training seeds: each model's mean accuracy per seed (test and val), t intervals over seeds,
+    the merge chosen by its seed-averaged val accuracy, and that merge vs the runner-up on test, paired by
+    seed."""
     tasks = config.tasks
 
     def mean_acc(sc, label, part):
@@ -325,8 +351,9 @@ def across_seeds(config: Config, seed_scores: list[dict], merge_labels: list[str
 
 
 def _part_stats(bits: dict[str, list[int]], own: dict[str, float], tasks: list[str]) -> dict:
-    """Accuracy per task (Wilson), mean accuracy over tasks (Wilson on the pooled count) and normalized accuracy
-    (÷ the task's own fine-tune on the same part; a point estimate, None where the own fine-tune scored 0)."""
+    """Accuracy per task (Wilson), mean accuracy over tasks (Wilson on the pooled count) and normalized
+    accuracy (÷ the task's own fine-tune on the same part; a point estimate, None where the own fine-tune
+    scored 0)."""
     n = {t: len(bits[t]) for t in tasks}
     if len(set(n.values())) != 1:
         raise ValueError(f"tasks have unequal n ({n}): the pooled rate would not be the mean over tasks")
@@ -355,6 +382,8 @@ def build_report(
     curve: dict,
     n_train: dict | None = None,
 ) -> dict:
+    """The report: every model's accuracy on test and val, the Localize-and-Stitch masks and sparsity curve,
+    and the selection on val with its comparisons on test."""
     tasks = config.tasks
     own = {
         p: {
@@ -390,11 +419,29 @@ def build_report(
         for s in curve
         for lab in [f"Localize-and-Stitch, dataless ({s:.1%})"]
     ]
+    selection = _selection(config, scores, by, merged, curve)
+    return {
+        "config": config.model_dump(),
+        "tasks": tasks,
+        "rows": rows,
+        "own_accuracy": own,
+        "localize": ls,
+        "curve": curve_pts,
+        "selection": selection,
+        "train_rows": n_train or {t: config.train_rows for t in tasks},
+        "outcome": _outcome(config, by, selection),
+        "tuned": tuned,
+    }
 
-    # selection on val; the chosen merge's numbers and the comparisons on test
+
+def _selection(config: Config, scores: dict, by: dict, merged: dict, curve: dict) -> dict:
+    """Selection on val; the chosen merge's comparisons on test (vs the runner-up on val; dataless
+    Localize-and-Stitch at ``sparsity`` vs keeping everything), Holm-adjusted."""
+    tasks = config.tasks
     undefined = all(by[lab]["val"]["mean_normalized"] is None for lab in merged)
     criterion = (
-        "val mean accuracy (no individual fine-tune scored above 0 on val, so normalized accuracy is undefined)"
+        "val mean accuracy (no individual fine-tune scored above 0 on val, so normalized accuracy is "
+        "undefined)"
         if undefined
         else "val mean normalized accuracy (ties: val mean accuracy)"
     )
@@ -433,7 +480,7 @@ def build_report(
     for c, p in zip(comparisons, holm([c["p"] for c in comparisons]), strict=True):
         c["p_holm"] = p
         c["verdict"] = verdict(c, c["expected"], p=p)["words"]
-    selection = {
+    return {
         "criterion": criterion,
         "chosen": best,
         "runner_up": runner,
@@ -447,18 +494,6 @@ def build_report(
             for lab in ranking
         ],
     }
-    return {
-        "config": config.model_dump(),
-        "tasks": tasks,
-        "rows": rows,
-        "own_accuracy": own,
-        "localize": ls,
-        "curve": curve_pts,
-        "selection": selection,
-        "train_rows": n_train or {t: config.train_rows for t in tasks},
-        "outcome": _outcome(config, by, selection),
-        "tuned": tuned,
-    }
 
 
 def _outcome(config: Config, by: dict, sel: dict) -> str:
@@ -468,10 +503,13 @@ def _outcome(config: Config, by: dict, sel: dict) -> str:
     how = "mean accuracy" if by_acc else "mean normalized accuracy"
     val_score = b["val"]["mean_accuracy"]["mean"] if by_acc else b["val"]["mean_normalized"]
     text = (
-        f"chosen on validation ({nv} val items per task) by {how}: {sel['chosen']} (val {how} {_f(val_score)}, "
-        f"a point estimate); on test ({nt} items per task, {b['mean_accuracy']['n']} pooled) it scores mean accuracy "
+        f"chosen on validation ({nv} val items per task) by {how}: {sel['chosen']} (val {how} "
+        f"{_f(val_score)}, "
+        f"a point estimate); on test ({nt} items per task, {b['mean_accuracy']['n']} pooled) it scores mean "
+        "accuracy "
         f"{fmt_ci(b['mean_accuracy'], 2)} (Wilson, pooled over tasks) and mean normalized accuracy "
-        f"{_f(b['mean_normalized'])} (point estimate; multi-task fine-tune {_f(by['multi-task fine-tune']['mean_normalized'])})"
+        f"{_f(b['mean_normalized'])} (point estimate; multi-task fine-tune "
+        f"{_f(by['multi-task fine-tune']['mean_normalized'])})"
     )
     for c in sel["comparisons"]:
         text += (
@@ -481,187 +519,3 @@ def _outcome(config: Config, by: dict, sel: dict) -> str:
         ". These comparisons are over test items for these trained models (one fine-tune per task, one "
         "training seed), not about the merge methods or training in general"
     )
-
-
-def _f(x: float | None) -> str:
-    return "n/a" if x is None else f"{x:.2f}"
-
-
-def markdown(report: dict) -> str:
-    tasks = report["tasks"]
-    cfg = report["config"]
-    ntr = report.get("train_rows") or {t: cfg["train_rows"] for t in tasks}
-    train_txt = (
-        f"{cfg['train_rows']} train rows per task"
-        if len(set(ntr.values())) == 1
-        else "train rows per task "
-        + ", ".join(f"{t} {ntr[t]}" for t in tasks)
-        + " (a task's whole train part where smaller)"
-    )
-    lines = [
-        "# merging",
-        "",
-        f"Base {cfg['base']}; tasks {', '.join(tasks)}; {train_txt}, LoRA r={cfg['lora_r']} α={cfg['lora_alpha']}, "
-        f"{cfg['epochs']} epochs, lr {cfg['lr']}; one training seed. Every task has disjoint train / val / test parts of "
-        f"distinct items (sentiment: val and test adjectives, templates and subjects unseen in training); "
-        f"{cfg.get('val_rows', '—')} val and {cfg['eval_rows']} test rows per task; greedy decoding, exact match.",
-        "",
-        "Test accuracy: rate [95% Wilson interval] over items. Mean acc.: over tasks, a Wilson interval on the pooled "
-        "count (every task has the same n, so the pooled rate is the mean over tasks). Norm.: ÷ the task's own "
-        "fine-tune on the same part, a point estimate (no interval). Val norm.: the selection criterion.",
-        "",
-        "| model | "
-        + " | ".join(f"{t} acc" for t in tasks)
-        + " | mean acc | mean norm. (point est.) | val mean norm. |",
-        "|---|" + "---|" * (len(tasks) + 3),
-    ]
-    for r in report["rows"]:
-        cells = [fmt_ci(r["accuracy"][t], 2) for t in tasks]
-        lines.append(
-            f"| {r['model']} | " + " | ".join(cells) + f" | {fmt_ci(r['mean_accuracy'], 2)} | "
-            f"{_f(r['mean_normalized'])} | {_f(r['val']['mean_normalized'])} |"
-        )
-    n, nv = report["rows"][0]["n"], report["rows"][0]["val"]["n"]
-    lines += [
-        "",
-        f"n per task: test {', '.join(f'{t} {n[t]}' for t in tasks)}; val {', '.join(f'{t} {nv[t]}' for t in tasks)}.",
-        "",
-    ]
-    sel = report["selection"]
-    by = {r["model"]: r for r in report["rows"]}
-    b = by[sel["chosen"]]
-    lines += [
-        "## Selection (validation) and test",
-        "",
-        f"Criterion: {sel['criterion']}, over the merges only; the test part plays no part in the choice.",
-        "",
-        "| merge (ranked on val) | val mean norm. | val mean acc | test mean norm. | test mean acc |",
-        "|---|---|---|---|---|",
-    ]
-    for x in sel["ranking"]:
-        r = by[x["model"]]
-        mark = (
-            " (chosen)"
-            if x["model"] == sel["chosen"]
-            else " (runner-up)"
-            if x["model"] == sel["runner_up"]
-            else ""
-        )
-        lines.append(
-            f"| {x['model']}{mark} | {_f(x['val_mean_normalized'])} | {fmt_ci(x['val_mean_accuracy'], 2)} | "
-            f"{_f(r['mean_normalized'])} | {fmt_ci(r['mean_accuracy'], 2)} |"
-        )
-    lines += [
-        "",
-        f"Chosen: **{sel['chosen']}**. On test: "
-        + "; ".join(f"{t} {fmt_ci(b['accuracy'][t], 2)}" for t in tasks)
-        + f"; mean accuracy {fmt_ci(b['mean_accuracy'], 2)}; mean normalized accuracy {_f(b['mean_normalized'])} "
-        "(point estimate).",
-        "",
-    ]
-    if sel["comparisons"]:
-        lines += [
-            "Paired comparisons on test (the same items scored for both models; exact McNemar, Newcombe interval "
-            f"of the accuracy difference, Holm-adjusted over these {len(sel['comparisons'])}; the intervals are unadjusted 95%). Unit of replication: "
-            "test items, conditional on ONE trained model per arm (one training seed) — they say whether these "
-            "models differ on items like these, not whether the methods or training in general do.",
-            "",
-        ]
-        lines += [
-            f"* {c['name']}: {c['a']} − {c['b']}: {fmt_test(c, 3, p=c['p_holm'])} — {c['verdict']}."
-            for c in sel["comparisons"]
-        ]
-        lines.append("")
-    if report["localize"]:
-        lines += [
-            "## Localize-and-Stitch masks",
-            "",
-            "| merge | kept fraction per task | max pairwise overlap |",
-            "|---|---|---|",
-        ]
-        for label, s in report["localize"].items():
-            task_of = {aid: t for t, aid in report["tuned"].items()}
-            kept = ", ".join(
-                f"{task_of.get(k.split()[-1], k)} {v:.4f}" for k, v in (s["kept_fraction"] or {}).items()
-            )
-            ov = max((s["overlap"] or {}).values(), default=0)
-            lines.append(f"| {label} | {kept} | {ov:.3f} |")
-        lines.append("")
-    if report.get("across_seeds"):
-        a = report["across_seeds"]
-        lines += [
-            f"## Across {a['seeds']} training seeds (unit: {a['unit']})",
-            "",
-            "Every fine-tune, merge and evaluation rerun per seed; test mean accuracy per seed and its mean "
-            "[95% t interval over seeds]. The tables above are seed 0's.",
-            "",
-            "| model | test mean accuracy | per seed | val (seed mean) |",
-            "|---|---|---|---|",
-        ]
-        lines += [
-            f"| {r['model']} | {fmt_ci(r['test'], 3)} | "
-            + ", ".join(f"{x:.3f}" for x in r["test_per_seed"])
-            + f" | {r['val']:.3f} |"
-            for r in a["rows"]
-        ]
-        lines += ["", a["outcome"] + ".", ""]
-    lines += [
-        "## Sparsity curve (dataless Localize-and-Stitch, test)",
-        "",
-        "| kept | mean normalized accuracy (point est.) | mean accuracy [Wilson, pooled] |",
-        "|---|---|---|",
-    ]
-    lines += [
-        f"| {p['sparsity']:.1%} | {_f(p['mean_normalized'])} | {fmt_ci(p['mean_accuracy'], 2)} |"
-        for p in report["curve"]
-    ]
-    lines += ["", f"**Outcome.** {report['outcome']}.", "", f"Run time {report.get('seconds', 0):.0f} s.", ""]
-    return "\n".join(lines)
-
-
-def plot(report: dict, path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (a, b) = plt.subplots(1, 2, figsize=(12, 4.5))
-    pts = report["curve"]
-    pts = [p for p in pts if p["mean_normalized"] is not None]
-    a.plot(
-        [p["sparsity"] * 100 for p in pts],
-        [p["mean_normalized"] for p in pts],
-        "o-",
-        label="Localize-and-Stitch (dataless)",
-    )
-    by = {r["model"]: r for r in report["rows"]}
-    for label, style in (("multi-task fine-tune", "--"), ("linear average", ":")):
-        if label in by and by[label]["mean_normalized"] is not None:
-            a.axhline(by[label]["mean_normalized"], ls=style, color="gray", label=label)
-    a.set_xscale("log")
-    a.set_xlabel("% of each task vector kept")
-    a.set_ylabel("mean normalized accuracy (test, point estimate)")
-    a.set_title("Sparsity curve")
-    a.legend(fontsize=8)
-    rows = report["rows"]
-    chosen = report["selection"]["chosen"]
-    labels = [r["model"] + ("  ← chosen on val" if r["model"] == chosen else "") for r in rows]
-    vals = [r["mean_accuracy"]["mean"] for r in rows]
-    err = [
-        [v - r["mean_accuracy"]["lo"] for v, r in zip(vals, rows, strict=True)],
-        [r["mean_accuracy"]["hi"] - v for v, r in zip(vals, rows, strict=True)],
-    ]
-    b.barh(
-        range(len(rows)),
-        vals,
-        xerr=err,
-        capsize=2,
-        color=["#059669" if r["merged"] else "#2563eb" for r in rows],
-    )
-    b.set_yticks(range(len(rows)), labels, fontsize=7)
-    b.invert_yaxis()
-    b.set_xlabel("test mean accuracy over tasks [95% Wilson, pooled items]")
-    b.set_title("Every model on every task (test)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)

@@ -5,20 +5,20 @@ Methods (Singh et al. 2023/24; Yuan et al. 2023), at toy scale:
    distribution; ood has one more step or digit), or the user's JSONL; a checker (``evals.verify``) decides.
 2. Arms, each a chain of store steps (model → samples → verified set → next model):
    ``sft_gold`` fine-tunes the base on the program-written gold solutions (the "human data" baseline);
-   ``rest_em`` samples ``samples`` solutions per train problem, keeps at most ``keep`` distinct verified ones per
-   problem and fine-tunes **from the base** each round (fine-tuning rows are problem → solution without the worked
-   examples, ``train_shots`` = 0; sampling and evaluation prompts carry ``shots`` worked examples for every model);
-   ``rest_em_continue`` the same but from the previous
-   round's model; ``rft`` is one round; ``compute_matched`` is one round with ``rounds`` × the samples
-   (``rounds`` draws from the base, the first being ``rest_em``'s round-1 draw);
+   ``rest_em`` samples ``samples`` solutions per train problem, keeps at most ``keep`` distinct verified ones
+   per problem and fine-tunes **from the base** each round (fine-tuning rows are problem → solution without
+   the worked examples, ``train_shots`` = 0; sampling and evaluation prompts carry ``shots`` worked examples
+   for every model); ``rest_em_continue`` the same but from the previous round's model; ``rft`` is one
+   round; ``compute_matched`` is one round with ``rounds`` × the samples (``rounds`` draws from the base, the
+   first being ``rest_em``'s round-1 draw);
    ``star`` is ReST-EM plus STaR's rationalization: a problem with no verified sample is asked again with its
    answer as a hint, and a verified rationale is trained on with the question alone (Zelikman et al. 2022);
    ``grpo`` is GRPO through TRL with the checker as the reward, at the sample budget of ``rest_em``
    (rounds × samples × train problems completions, groups of ``samples``).
 3. Evaluation per model: greedy pass@1 on test and ood (Wilson; unit: problems, one model), unbiased pass@k
    from ``eval_samples`` samples per test problem (bootstrap over problems), majority-vote accuracy, greedy
-   train accuracy (the train–test gap), and what each round's kept set inherits: distinct solutions per problem,
-   the share of each level kept, the mean answer length.
+   train accuracy (the train–test gap), and what each round's kept set inherits: distinct solutions per
+   problem, the share of each level kept, the mean answer length.
 
 The unit of replication for every interval is problems (claims about one trained model per arm and round).
 """
@@ -30,6 +30,7 @@ import re
 import time
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 from pydantic import BaseModel, Field, model_validator
@@ -41,39 +42,14 @@ from heredity.engine import FinetuneConfig, SampleConfig, finetune, sample_step
 from heredity.errors import HeredityError
 from heredity.evals.verify import final_answer, load_checker, pass_at_k
 from heredity.experiments import experiment
+from heredity.experiments.self_training_render import _find, _label, markdown, plot
 from heredity.models import RemoteModel, materialize, merge_adapter, stack_adapters
 from heredity.store import Store, read_table
 from heredity.store.ops import op, rows_op
 
 rows_op("make-verified-set")  # rows made here, stored by data.io.put_rows
 
-PROMPT = (
-    "Solve the problem. Write one line per step, then the final answer on its own line as '#### N'.\n\n"
-    "{examples}Problem: {question}\nSolution:"
-)
-EXAMPLE = "Problem: {question}\nSolution:\n{solution}\n\n"
-STOP = "\nProblem:"  # with worked examples a small model goes on to write the next problem: the answer ends there
-
-
-def examples(shots: int) -> list[dict]:
-    """The few-shot worked examples (fixed: their own seed, one and two steps), never a train or test problem."""
-    return [p for k in range(shots) for p in make_problems(1, "train", 1 + k % 2, 1, seed=10_000 + k)]
-
-
-@functools.cache
-def _shown(shots: int) -> str:
-    """The worked examples as they open every prompt (made once per ``shots``, not once per prompt)."""
-    return "".join(EXAMPLE.format(**e) for e in examples(shots))
-
-
-def prompt_of(problem: dict, shots: int, hint: bool = False) -> str:
-    return PROMPT.format(examples=_shown(shots), question=problem["question"]) + (
-        HINT.format(answer=problem["answer"]) if hint else ""
-    )
-
-
 ARMS = ("sft_gold", "rft", "rest_em", "rest_em_continue", "compute_matched", "star", "grpo")
-HINT = "\n\n(Hint: the final answer is {answer}. Show the steps that lead to it.)"
 
 
 def _ft(**kw) -> FinetuneConfig:
@@ -140,7 +116,8 @@ class Config(BaseModel):
         0,
         ge=0,
         description=(
-            "worked examples in the fine-tuning rows' prompts: 0 trains on problem -> solution, as ReST-EM and STaR do "
+            "worked examples in the fine-tuning rows' prompts: 0 trains on problem -> solution, as ReST-EM "
+            "and STaR do "
             "(and a third of the tokens); every model is still sampled and evaluated with `shots`"
         ),
     )
@@ -148,10 +125,14 @@ class Config(BaseModel):
     endpoint: str | None = Field(
         None,
         description=(
-            "base URL of an OpenAI-compatible server (vLLM) serving `base` with runtime LoRA loading: every sample and "
-            "evaluation goes there, each round's adapter loaded by its id from this store (the server must read its "
-            "files); fine-tuning stays in process. vLLM: VLLM_ALLOW_RUNTIME_LORA_UPDATING=True vllm serve BASE "
-            "--enable-lora --max-lora-rank R (R >= lora_r, and >= rounds x lora_r for rest_em_continue, rounded up to "
+            "base URL of an OpenAI-compatible server (vLLM) serving `base` with runtime LoRA loading: every "
+            "sample and "
+            "evaluation goes there, each round's adapter loaded by its id from this store (the server must "
+            "read its "
+            "files); fine-tuning stays in process. vLLM: VLLM_ALLOW_RUNTIME_LORA_UPDATING=True vllm serve "
+            "BASE "
+            "--enable-lora --max-lora-rank R (R >= lora_r, and >= rounds x lora_r for rest_em_continue, "
+            "rounded up to "
             "one of vLLM's ranks: 8, 16, 32, 64, ...)"
         ),
     )
@@ -168,7 +149,8 @@ class Config(BaseModel):
         big = [k for k in self.ks if not 1 <= k <= self.eval_samples]
         if big:
             raise ValueError(
-                f"pass@{big[0]} needs 1 <= k <= eval_samples ({self.eval_samples}); raise eval_samples or drop it"
+                f"pass@{big[0]} needs 1 <= k <= eval_samples ({self.eval_samples}); raise eval_samples or "
+                "drop it"
             )
         if self.endpoint_model is not None and self.endpoint is None:
             raise ValueError(
@@ -177,7 +159,8 @@ class Config(BaseModel):
         if self.endpoint is not None:
             if not self.endpoint.startswith(("http://", "https://")):
                 raise ValueError(
-                    f"endpoint {self.endpoint!r} is not a URL; give the server's base, e.g. http://localhost:8000/v1"
+                    f"endpoint {self.endpoint!r} is not a URL; give the server's base, e.g. "
+                    "http://localhost:8000/v1"
                 )
             if self.finetune.method != "lora":
                 raise ValueError(
@@ -191,14 +174,16 @@ class Config(BaseModel):
                 )
         if "grpo" in self.arms and self.grpo_batch % self.samples:
             raise ValueError(
-                f"grpo_batch {self.grpo_batch} must be a multiple of samples {self.samples} (GRPO's group size)"
+                f"grpo_batch {self.grpo_batch} must be a multiple of samples {self.samples} (GRPO's group "
+                "size)"
             )
         return self
 
     @classmethod
     def presets(cls) -> dict[str, Config]:
-        # paper: a <= 2B base (a hub id: needs the network once, and a GPU), harder problems (3-digit numbers, 2-4
-        # steps); MATH itself is not bundled — bring it as a JSONL with --set problems_file=... and a checker
+        # paper: a <= 2B base (a hub id: needs the network once, and a GPU), harder problems (3-digit numbers,
+        # 2-4 steps); MATH itself is not bundled — bring it as a JSONL with --set problems_file=... and a
+        # checker
         return {
             "quick": cls(),
             "paper": cls(
@@ -221,10 +206,328 @@ class Config(BaseModel):
         }
 
 
+@experiment(
+    "self-training", question="ReST-EM vs rejection sampling vs gold SFT on problems a program can check"
+)
+def run(store: Store, config: Config, progress: bool = True) -> dict:
+    """The recipe: evaluate the base; train and evaluate each arm (gold SFT, the sample → verify → fine-tune
+    chains, GRPO); compare the arms' last models on the same test problems; write the report card."""
+    from heredity.reports.card import save_card
+
+    t0 = time.perf_counter()
+    lab = _Lab.open(store, config, progress)  # problems, checker and endpoint checked before any model work
+    results: dict[str, list[dict]] = {
+        "base": [{"round": 0, "model": lab.base, "eval": lab.ev(lab.base, "base")}]
+    }
+    if "sft_gold" in config.arms:
+        results["sft_gold"] = _sft_gold(lab)
+    for arm, (rounds, from_base, seeds) in _chains(config).items():
+        if arm in config.arms:
+            results[arm] = _chain(lab, arm, rounds, from_base, seeds)
+    if "grpo" in config.arms:
+        results["grpo"] = _grpo(lab)
+    report = {
+        "experiment": "self-training",
+        "config": config.model_dump(),
+        "results": results,
+        "problems": {k: len(v) for k, v in lab.sets.items()},
+        "seconds": round(time.perf_counter() - t0, 1),
+    }
+    report["comparisons"] = compare(results)
+    report["outcome"] = outcome(report)
+    models = [x["model"] for rs in results.values() for x in rs if x.get("model")]
+    card = save_card(store, "self-training", report, list(dict.fromkeys(models)), markdown, plot)
+    return {**card, "lineage_of": card["report"]}
+
+
+# ---- the arms: what ``run`` trains, step by step ----
+
+
+@dataclass
+class _Lab:
+    """What every arm shares: the store, the config, the problems and their checker, the base model, the
+    fine-tuning config, and the endpoint (None: everything in process)."""
+
+    store: Store
+    config: Config
+    progress: bool
+    check: Callable
+    sets: dict[str, list[dict]]
+    remote: RemoteModel | None
+    base: str
+    ft: FinetuneConfig
+
+    @classmethod
+    def open(cls, store: Store, config: Config, progress: bool) -> _Lab:
+        check = load_checker(config.checker)
+        # before any model work: a bad problem or checker is one line now, not after sampling
+        sets = problem_sets(config)
+        remote = (
+            RemoteModel(config.endpoint_model or config.base, config.endpoint) if config.endpoint else None
+        )
+        if remote is not None:
+            # before any work: a server that is down or serves another name is one line now
+            remote.check_served()
+        base = materialize(config.base, store)
+        ft = config.finetune.model_copy(update={"seed": config.seed})
+        return cls(store, config, progress, check, sets, remote, base, ft)
+
+    def log(self, *a) -> None:
+        if self.progress:
+            print(*a, flush=True)
+
+    def served(self, model: str) -> dict:
+        """How sampling names ``model``: in process its id; at an endpoint the name the server serves it under
+        (the base as it is, an adapter loaded by its id), with the stored model it stands for in the samples'
+        lineage."""
+        if self.remote is None:
+            return {"model": model}
+        remote = self.remote
+        name = (
+            remote.model if model == self.base else remote.load_adapter(model, self.store.path(model)).model
+        )
+        return {"model": f"openai:{name}@{remote.base_url}", "serves": model}
+
+    def ev(self, model: str, label: str) -> dict:
+        s = self.served(model)
+        return evaluate(
+            self.store,
+            s["model"],
+            self.sets,
+            self.config,
+            self.check,
+            label,
+            self.progress,
+            serves=s.get("serves"),
+        )
+
+    def train(self, start: str, rows: list[dict], name: str, sources: list[str]) -> str:
+        """Fine-tune ``start`` on ``rows`` (a dataset whose lineage points to ``sources``: the samples, or the
+        base for the gold solutions); the adapter (LoRA) or the model."""
+        data = put_rows(
+            self.store,
+            rows,
+            name,
+            op="make-verified-set",
+            config={"checker": self.config.checker, "keep": self.config.keep},
+            inputs=sources,
+        )
+        return finetune(self.store, start, data, self.ft, progress=self.progress)["model"]
+
+    def merged(self, trained: str, name: str) -> str:
+        """A trained LoRA adapter folded into its base (the model a continuing round trains on, and, in
+        process, the model sampled); a full fine-tune as it is."""
+        return merge_adapter(self.store, trained, name=name) if self.ft.method == "lora" else trained
+
+
+def _sft_gold(lab: _Lab) -> list[dict]:
+    """The "human data" baseline: one fine-tune of the base on the program-written gold solutions."""
+    lab.log("[self-training] sft_gold")
+    rows = [
+        {"prompt": prompt_of(p, lab.config.train_shots), "completion": p["solution"]}
+        for p in lab.sets["train"]
+    ]
+    a = lab.train(lab.base, rows, "self-training-gold", [lab.base])
+    m = a if lab.remote else lab.merged(a, "self-training-gold")  # an endpoint serves the adapter on its base
+    return [{"round": 1, "model": m, "eval": lab.ev(m, "sft_gold")}]
+
+
+def _chains(config: Config) -> dict[str, tuple[int, bool, range | None]]:
+    """arm: (rounds, fine-tune from the base?, draws) — each draw is `samples` per problem with its own seed;
+    round r draws with seed r, except compute_matched's one round, which draws with seeds 1..rounds from the
+    base: the same distribution as one draw of rounds x samples, and its first draw is rest_em's round-1 draw
+    (one step, computed once), so the two arms' kept sets differ only by the extra samples."""
+    every = range(1, config.rounds + 1)
+    return {
+        "rft": (1, True, None),
+        "rest_em": (config.rounds, True, None),
+        "rest_em_continue": (config.rounds, False, None),
+        "compute_matched": (1, True, every),
+        "star": (config.rounds, True, None),
+    }
+
+
+def _chain(lab: _Lab, arm: str, rounds: int, from_base: bool, seeds: range | None) -> list[dict]:
+    """One arm's rounds: sample from the current model, keep the verified solutions (STaR: rationalize the
+    failures), fine-tune (from the base or from the last model), evaluate. A round with nothing verified ends
+    the chain."""
+    config, out = lab.config, []
+    # model: what this round samples from; start: what a continuing round trains on (the last model, merged);
+    # chain: the adapters so far (an endpoint serves a continuing chain as one stacked adapter on the base)
+    model, start, chain = lab.base, lab.base, []
+    for r in range(1, rounds + 1):
+        draws = seeds or [r]
+        lab.log(
+            f"[self-training] {arm} round {r}/{rounds}: {len(draws) * config.samples} samples per problem"
+        )
+        src = lab.served(model)
+        sources, comps = _draw(lab, src, arm, draws)
+        rows, kept = verified_set(lab.sets["train"], comps, config.keep, lab.check, config.train_shots)
+        if (
+            arm == "star"
+        ):  # rationalization: the problems with no verified sample, asked again with the answer
+            rows, kept = _rationalize(lab, src, arm, r, rows, kept, sources)
+        if not rows:
+            out.append({"round": r, "model": None, "kept": kept, "eval": None})
+            lab.log(f"[self-training] {arm} round {r}: nothing verified; the chain stops")
+            break
+        name = f"self-training-{arm}-{r}"
+        trained = lab.train(
+            lab.base if from_base else start,
+            [{k: v for k, v in x.items() if k != "steps"} for x in rows],
+            name,
+            sources,
+        )
+        chain.append(trained)
+        if lab.remote is None:
+            model = start = lab.merged(trained, name)
+        else:  # the same training as in process (a continuing round trains on the same merged model)
+            model = (
+                trained
+                if from_base or len(chain) == 1
+                else stack_adapters(lab.store, chain, name=f"{name}-stacked")
+            )
+            if not from_base and r < rounds:
+                start = lab.merged(trained, name)
+        out.append({"round": r, "model": model, "kept": kept, "eval": lab.ev(model, f"{arm}-{r}")})
+    return out
+
+
+def _draw(lab: _Lab, src: dict, arm: str, draws) -> tuple[list[str], list[list[str]]]:
+    """``samples`` solutions per train problem for each seed in ``draws``: the sample sets' ids and, per
+    problem, the completions of every draw together."""
+    config = lab.config
+    sources, comps = [], [[] for _ in lab.sets["train"]]
+    for seed in draws:
+        sid, got = _samples(
+            lab.store,
+            src["model"],
+            lab.sets["train"],
+            config.samples,
+            config.temperature,
+            config,
+            f"train-samples-{arm}-{seed}",
+            seed=seed,
+            progress=lab.progress,
+            serves=src.get("serves"),
+        )
+        sources.append(sid)
+        comps = [a + b for a, b in zip(comps, got, strict=True)]
+    return sources, comps
+
+
+def _rationalize(
+    lab: _Lab, src: dict, arm: str, r: int, rows: list[dict], kept: dict, sources: list[str]
+) -> tuple[list[dict], dict]:
+    """STaR's rationalization: the train problems with no verified sample are asked again with their answer as
+    a hint; a verified rationale joins the rows with the question alone. Adds the hinted samples to
+    ``sources``."""
+    config = lab.config
+    done = {x["prompt"] for x in rows}
+    failed = [p for p in lab.sets["train"] if prompt_of(p, config.train_shots) not in done]
+    if not failed:
+        return rows, kept
+    hid, hinted = _samples(
+        lab.store,
+        src["model"],
+        failed,
+        config.samples,
+        config.temperature,
+        config,
+        f"rationalize-{arm}-{r}",
+        seed=r,
+        progress=lab.progress,
+        hint=True,
+        serves=src.get("serves"),
+    )
+    more, rat = verified_set(failed, hinted, config.keep, lab.check, config.train_shots)  # the question alone
+    rows = rows + more
+    kept = {
+        **kept,
+        "rationalized_rows": rat["rows"],
+        "rationalized_problems": rat["problems_with_any"],
+        "rows": len(rows),
+        "problems_with_any": kept["problems_with_any"] + rat["problems_with_any"],
+    }
+    sources.append(hid)
+    return rows, kept
+
+
+def _grpo(lab: _Lab) -> list[dict]:
+    """GRPO from the base with the checker as the reward, at ReST-EM's sample budget."""
+    from heredity.engine.trl_rl import TRLConfig
+
+    config, sets = lab.config, lab.sets
+    budget = config.rounds * config.samples * len(sets["train"])
+    tc = TRLConfig(
+        steps=max(1, budget // config.grpo_batch),
+        lr=config.grpo_lr,
+        batch_size=config.grpo_batch,
+        num_generations=config.samples,
+        max_new_tokens=config.max_new_tokens,
+        temperature=config.temperature,
+        seed=config.seed,
+    )
+    lab.log(
+        f"[self-training] grpo: {tc.steps} steps of {tc.batch_size} completions (the ReST-EM sample budget)"
+    )
+    data = put_rows(
+        lab.store,
+        [{"prompt": prompt_of(p, config.shots), "answer": p["answer"]} for p in sets["train"]],
+        "self-training-problems",
+        op="make-dataset",
+        inputs=[lab.base],
+    )
+    m = grpo_verifiable_step(
+        lab.store,
+        lab.base,
+        data,
+        config.checker,
+        tc,
+        name="self-training-grpo",
+        stop=[STOP] if config.shots else None,
+        progress=lab.progress,
+    )["model"]
+    return [{"round": 1, "model": m, "completions": tc.steps * tc.batch_size, "eval": lab.ev(m, "grpo")}]
+
+
+# ---- prompts and problems ----
+
+PROMPT = (
+    "Solve the problem. Write one line per step, then the final answer on its own line as '#### N'.\n\n"
+    "{examples}Problem: {question}\nSolution:"
+)
+EXAMPLE = "Problem: {question}\nSolution:\n{solution}\n\n"
+# with worked examples a small model goes on to write the next problem: the answer ends there
+STOP = "\nProblem:"
+
+
+def examples(shots: int) -> list[dict]:
+    """The few-shot worked examples (fixed: their own seed, one and two steps), never a train or test
+    problem."""
+    return [p for k in range(shots) for p in make_problems(1, "train", 1 + k % 2, 1, seed=10_000 + k)]
+
+
+@functools.cache
+def _shown(shots: int) -> str:
+    """The worked examples as they open every prompt (made once per ``shots``, not once per prompt)."""
+    return "".join(EXAMPLE.format(**e) for e in examples(shots))
+
+
+def prompt_of(problem: dict, shots: int, hint: bool = False) -> str:
+    return PROMPT.format(examples=_shown(shots), question=problem["question"]) + (
+        HINT.format(answer=problem["answer"]) if hint else ""
+    )
+
+
+HINT = "\n\n(Hint: the final answer is {answer}. Show the steps that lead to it.)"
+
+
 def answer_problem(checker: str | None) -> Callable[[dict], str | None]:
-    """What is wrong with a problem for ``checker`` (None: nothing), found before any model work — the checker itself
-    would fail only on the first sample: the default one needs an integer answer, a regex one a pattern that compiles
-    with the answer in it (the rule of ``evals.verify.load_checker``). A ``module:function`` checker is the user's."""
+    """What is wrong with a problem for ``checker`` (None: nothing), found before any model work — the checker
+    itself would fail only on the first sample: the default one needs an integer answer, a regex one a pattern
+    that compiles with the answer in it (the rule of ``evals.verify.load_checker``). A ``module:function``
+    checker is the user's."""
     if checker is None:
 
         def integer(p: dict) -> str | None:
@@ -249,7 +552,8 @@ def answer_problem(checker: str | None) -> Callable[[dict], str | None]:
                 re.compile(pattern.replace("{answer}", re.escape(str(p.get("answer")))))
             except re.error as e:
                 return (
-                    f"checker {checker!r} is not a valid regular expression with this answer ({e.msg} at position "
+                    f"checker {checker!r} is not a valid regular expression with this answer ({e.msg} at "
+                    "position "
                     f"{e.pos}); fix the pattern"
                 )
             return None
@@ -290,10 +594,14 @@ def problem_sets(config: Config) -> dict[str, list[dict]]:
 
 
 def train_subset(train: list[dict], n: int) -> list[dict]:
-    """``n`` train problems evenly spaced over the list (which runs level by level), so every level is in it."""
+    """``n`` train problems evenly spaced over the list (which runs level by level), so every level is in
+    it."""
     if n >= len(train):
         return train
     return [train[int(i * len(train) / n)] for i in range(n)]
+
+
+# ---- sampling, verifying, evaluating ----
 
 
 def _prompts(ps: list[dict], shots: int, hint: bool = False) -> list[str]:
@@ -334,8 +642,9 @@ def _samples(
 def verified_set(
     ps: list[dict], samples: list[list[str]], keep: int, check, shots: int
 ) -> tuple[list[dict], dict]:
-    """At most ``keep`` distinct verified solutions per problem (first come), as fine-tuning rows, and what the
-    set holds: problems with any, distinct solutions per problem, share kept per level, mean answer length."""
+    """At most ``keep`` distinct verified solutions per problem (first come), as fine-tuning rows, and what
+    the set holds: problems with any, distinct solutions per problem, share kept per level, mean answer
+    length."""
     rows, per_problem, per_level = [], [], Counter()
     for p, comps in zip(ps, samples, strict=True):
         good = list(dict.fromkeys(c.strip() for c in comps if check(p, c)))[:keep]
@@ -365,8 +674,8 @@ def evaluate(
     progress: bool = True,
     serves: str | None = None,
 ) -> dict:
-    """Greedy pass@1 on test, ood and train; sampled pass@k and majority vote on test. ``model`` is what sampling
-    names (an ``openai:`` spec at an endpoint, which then ``serves`` that stored model)."""
+    """Greedy pass@1 on test, ood and train; sampled pass@k and majority vote on test. ``model`` is what
+    sampling names (an ``openai:`` spec at an endpoint, which then ``serves`` that stored model)."""
     from heredity.reports.stats import rate_ci
 
     out = {}
@@ -422,6 +731,9 @@ def _curve_ks(n: int) -> list[int]:
     return sorted({min(2**i, n) for i in range(n.bit_length() + 1)})
 
 
+# ---- statistics ----
+
+
 # The comparisons fixed before the run (a, b): every arm against the base and against fine-tuning on gold
 # solutions (the paper's "human data" baseline), ReST-EM's rounds against one round with their samples
 # (compute-matched), from-base against continuing, and ReST-EM's last round against its first.
@@ -440,9 +752,9 @@ def planned_comparisons(results: dict) -> list[tuple[tuple[str, int], tuple[str,
 
 
 def compare(results: dict) -> list[dict]:
-    """Paired comparisons on greedy test accuracy (the same test problems for every model): the difference with
-    Newcombe's paired interval, McNemar's exact two-sided p, Holm across all of them. Unit: test problems (one
-    trained model per arm and round — a claim about these models, not about training in general)."""
+    """Paired comparisons on greedy test accuracy (the same test problems for every model): the difference
+    with Newcombe's paired interval, McNemar's exact two-sided p, Holm across all of them. Unit: test problems
+    (one trained model per arm and round — a claim about these models, not about training in general)."""
     from heredity.reports.stats import holm, paired_rate_test
 
     def items(arm, rnd):
@@ -457,219 +769,9 @@ def compare(results: dict) -> list[dict]:
     return rows
 
 
-@experiment(
-    "self-training", question="ReST-EM vs rejection sampling vs gold SFT on problems a program can check"
-)
-def run(store: Store, config: Config, progress: bool = True) -> dict:
-    from heredity.reports.card import save_card
-
-    t0 = time.perf_counter()
-    log = (lambda *a: print(*a, flush=True)) if progress else (lambda *a: None)
-    check = load_checker(config.checker)
-    sets = problem_sets(
-        config
-    )  # before any model work: a bad problem or checker is one line now, not after sampling
-    remote = RemoteModel(config.endpoint_model or config.base, config.endpoint) if config.endpoint else None
-    if remote is not None:
-        remote.check_served()  # before any work: a server that is down or serves another name is one line now
-    base = materialize(config.base, store)
-    ft = config.finetune.model_copy(update={"seed": config.seed})
-
-    def served(model: str) -> dict:
-        """How sampling names ``model``: in process its id; at an endpoint the name the server serves it under (the
-        base as it is, an adapter loaded by its id), with the stored model it stands for in the samples' lineage."""
-        if remote is None:
-            return {"model": model}
-        name = remote.model if model == base else remote.load_adapter(model, store.path(model)).model
-        return {"model": f"openai:{name}@{remote.base_url}", "serves": model}
-
-    def ev(model: str, label: str) -> dict:
-        s = served(model)
-        return evaluate(store, s["model"], sets, config, check, label, progress, serves=s.get("serves"))
-
-    results: dict[str, list[dict]] = {"base": [{"round": 0, "model": base, "eval": ev(base, "base")}]}
-
-    def train(start: str, rows: list[dict], name: str, sources: list[str]) -> str:
-        """Fine-tune ``start`` on ``rows`` (a dataset whose lineage points to ``sources``: the samples, or the base
-        for the gold solutions); the adapter (LoRA) or the model."""
-        data = put_rows(
-            store,
-            rows,
-            name,
-            op="make-verified-set",
-            config={"checker": config.checker, "keep": config.keep},
-            inputs=sources,
-        )
-        return finetune(store, start, data, ft, progress=progress)["model"]
-
-    def merged(trained: str, name: str) -> str:
-        """A trained LoRA adapter folded into its base (the model a continuing round trains on, and, in process,
-        the model sampled); a full fine-tune as it is."""
-        return merge_adapter(store, trained, name=name) if ft.method == "lora" else trained
-
-    if "sft_gold" in config.arms:
-        log("[self-training] sft_gold")
-        rows = [
-            {"prompt": prompt_of(p, config.train_shots), "completion": p["solution"]} for p in sets["train"]
-        ]
-        a = train(base, rows, "self-training-gold", [base])
-        m = a if remote else merged(a, "self-training-gold")  # an endpoint serves the adapter on its base
-        results["sft_gold"] = [{"round": 1, "model": m, "eval": ev(m, "sft_gold")}]
-    # arm: (rounds, fine-tune from the base?, draws) — each draw is `samples` per problem with its own seed; round r
-    # draws with seed r, except compute_matched's one round, which draws with seeds 1..rounds from the base: the same
-    # distribution as one draw of rounds x samples, and its first draw is rest_em's round-1 draw (one step, computed
-    # once), so the two arms' kept sets differ only by the extra samples
-    every = range(1, config.rounds + 1)
-    chains = {
-        "rft": (1, True, None),
-        "rest_em": (config.rounds, True, None),
-        "rest_em_continue": (config.rounds, False, None),
-        "compute_matched": (1, True, every),
-        "star": (config.rounds, True, None),
-    }
-    for arm, (rounds, from_base, seeds) in chains.items():
-        if arm not in config.arms:
-            continue
-        # model: what this round samples from; start: what a continuing round trains on (the last model, merged);
-        # chain: the adapters so far (an endpoint serves a continuing chain as one stacked adapter on the base)
-        model, start, chain, results[arm] = base, base, [], []
-        for r in range(1, rounds + 1):
-            draws = seeds or [r]
-            log(
-                f"[self-training] {arm} round {r}/{rounds}: {len(draws) * config.samples} samples per problem"
-            )
-            sources, comps = [], [[] for _ in sets["train"]]
-            src = served(model)
-            for seed in draws:
-                sid, got = _samples(
-                    store,
-                    src["model"],
-                    sets["train"],
-                    config.samples,
-                    config.temperature,
-                    config,
-                    f"train-samples-{arm}-{seed}",
-                    seed=seed,
-                    progress=progress,
-                    serves=src.get("serves"),
-                )
-                sources.append(sid)
-                comps = [a + b for a, b in zip(comps, got, strict=True)]
-            rows, kept = verified_set(sets["train"], comps, config.keep, check, config.train_shots)
-            if (
-                arm == "star"
-            ):  # rationalization: the problems with no verified sample, asked again with the answer
-                done = {r["prompt"] for r in rows}
-                failed = [p for p in sets["train"] if prompt_of(p, config.train_shots) not in done]
-                if failed:
-                    hid, hinted = _samples(
-                        store,
-                        src["model"],
-                        failed,
-                        config.samples,
-                        config.temperature,
-                        config,
-                        f"rationalize-{arm}-{r}",
-                        seed=r,
-                        progress=progress,
-                        hint=True,
-                        serves=src.get("serves"),
-                    )
-                    more, rat = verified_set(
-                        failed, hinted, config.keep, check, config.train_shots
-                    )  # the question alone
-                    rows += more
-                    kept = {
-                        **kept,
-                        "rationalized_rows": rat["rows"],
-                        "rationalized_problems": rat["problems_with_any"],
-                        "rows": len(rows),
-                        "problems_with_any": kept["problems_with_any"] + rat["problems_with_any"],
-                    }
-                    sources.append(hid)
-            if not rows:
-                results[arm].append({"round": r, "model": None, "kept": kept, "eval": None})
-                log(f"[self-training] {arm} round {r}: nothing verified; the chain stops")
-                break
-            name = f"self-training-{arm}-{r}"
-            trained = train(
-                base if from_base else start,
-                [{k: v for k, v in x.items() if k != "steps"} for x in rows],
-                name,
-                sources,
-            )
-            chain.append(trained)
-            if remote is None:
-                model = start = merged(trained, name)
-            else:  # the same training as in process (a continuing round trains on the same merged model)
-                model = (
-                    trained
-                    if from_base or len(chain) == 1
-                    else stack_adapters(store, chain, name=f"{name}-stacked")
-                )
-                if not from_base and r < rounds:
-                    start = merged(trained, name)
-            results[arm].append({"round": r, "model": model, "kept": kept, "eval": ev(model, f"{arm}-{r}")})
-    if "grpo" in config.arms:
-        from heredity.engine.trl_rl import TRLConfig
-
-        budget = config.rounds * config.samples * len(sets["train"])
-        tc = TRLConfig(
-            steps=max(1, budget // config.grpo_batch),
-            lr=config.grpo_lr,
-            batch_size=config.grpo_batch,
-            num_generations=config.samples,
-            max_new_tokens=config.max_new_tokens,
-            temperature=config.temperature,
-            seed=config.seed,
-        )
-        log(
-            f"[self-training] grpo: {tc.steps} steps of {tc.batch_size} completions (the ReST-EM sample budget)"
-        )
-        data = put_rows(
-            store,
-            [{"prompt": prompt_of(p, config.shots), "answer": p["answer"]} for p in sets["train"]],
-            "self-training-problems",
-            op="make-dataset",
-            inputs=[base],
-        )
-        m = grpo_verifiable_step(
-            store,
-            base,
-            data,
-            config.checker,
-            tc,
-            name="self-training-grpo",
-            stop=[STOP] if config.shots else None,
-            progress=progress,
-        )["model"]
-        results["grpo"] = [
-            {"round": 1, "model": m, "completions": tc.steps * tc.batch_size, "eval": ev(m, "grpo")}
-        ]
-    report = {
-        "experiment": "self-training",
-        "config": config.model_dump(),
-        "results": results,
-        "problems": {k: len(v) for k, v in sets.items()},
-        "seconds": round(time.perf_counter() - t0, 1),
-    }
-    report["comparisons"] = compare(results)
-    report["outcome"] = outcome(report)
-    models = [x["model"] for rs in results.values() for x in rs if x.get("model")]
-    card = save_card(store, "self-training", report, list(dict.fromkeys(models)), markdown, plot)
-    return {**card, "lineage_of": card["report"]}
-
-
-def _label(x) -> str:
-    return "base" if x[0] == "base" else f"{x[0]} r{x[1]}"
-
-
-def _find(r: dict, a: str, b: str) -> dict | None:
-    return next((c for c in r.get("comparisons", []) if c["a"][0] == a and c["b"][0] == b), None)
-
-
 def outcome(r: dict) -> str:
-    """The headline comparisons in words, as their tests show them (unit: test problems, one model per arm)."""
+    """The headline comparisons in words, as their tests show them (unit: test problems, one model per
+    arm)."""
     from heredity.reports.stats import fmt_test, verdict
 
     base = r["results"]["base"][0]["eval"]["greedy_test"]
@@ -696,201 +798,6 @@ def outcome(r: dict) -> str:
     return "; ".join(parts)
 
 
-ANCHORS = [  # published figures (the papers' scale, models and benchmarks) and which of our comparisons maps to each
-    (
-        "ReST-EM vs SFT on human solutions, MATH (Singh et al.)",
-        "+5.94 points (PaLM 2-S), +6.34 (PaLM 2-L)",
-        ("rest_em", "sft_gold"),
-    ),
-    ("ReST-EM vs SFT on human solutions, APPS", "+5.6 / +6.4 points", ("rest_em", "sft_gold")),
-    (
-        "three iterations vs one iteration with 3× the samples",
-        "three iterations better",
-        ("rest_em", "compute_matched"),
-    ),
-    (
-        "ReST-EM after iteration 1 on APPS",
-        "train accuracy rises, test stalls (overfitting)",
-        ("rest_em", "rest_em"),
-    ),
-    ("STaR vs direct fine-tuning, CommonsenseQA (Zelikman et al.)", "72.3% vs 60.0%", ("star", "sft_gold")),
-    ("RFT (Yuan et al.)", "gains track the number of distinct reasoning paths", ("rft", "base")),
-]
-
-
-def markdown(r: dict) -> str:
-    from heredity.reports.stats import fmt_test, verdict
-
-    c = r["config"]
-    made = (
-        f"from {c['problems_file']}"
-        if c.get("problems_file")
-        else f"(levels {c['levels']} steps, {c['digits']}-digit numbers)"
-    )
-    lines = [
-        "# self-training",
-        "",
-        f"Base {c['base']}; {r['problems']['train']} train problems {made}, {r['problems']['test']} test"
-        + ("" if c.get("problems_file") else f" ({c['test_steps']} steps)")
-        + f", {r['problems']['ood']} out of distribution; {c['samples']} samples per problem per round at T = {c['temperature']}, ≤ {c['keep']} distinct "
-        f"verified kept; {c['shots']} worked examples in every sampling and evaluation prompt, "
-        f"{c.get('train_shots', 0)} in the fine-tuning rows (problem → solution); LoRA r = {c['finetune']['lora_r']}, "
-        f"{c['finetune']['epochs']} epochs, lr {c['finetune']['lr']}; unit of every interval: problems (one trained "
-        "model per arm and round).",
-        "",
-        "## Accuracy per arm and round",
-        "",
-        "| arm | round | greedy test [95% Wilson] | greedy ood | greedy train | "
-        + " | ".join(f"pass@{k}" for k in c["ks"])
-        + " | majority vote |",
-        "|" + "---|" * (6 + len(c["ks"])),
-    ]
-
-    def rate(x):
-        return f"{x['mean']:.2f} [{x['lo']:.2f}, {x['hi']:.2f}]"
-
-    for arm, rs in r["results"].items():
-        for x in rs:
-            e = x.get("eval")
-            if e is None:
-                lines.append(
-                    f"| {arm} | {x['round']} | nothing verified: the chain stopped |"
-                    + " |" * (3 + len(c["ks"]))
-                )
-                continue
-            lines.append(
-                f"| {arm} | {x['round']} | {rate(e['greedy_test'])} | {rate(e['greedy_ood']) if 'greedy_ood' in e else '—'} | {rate(e['greedy_train'])} | "
-                + " | ".join(rate(e[f"pass@{q}"]) if f"pass@{q}" in e else "—" for q in c["ks"])
-                + f" | {rate(e['majority_vote'])} |"
-            )
-    lines += [
-        "",
-        "pass@k: the unbiased estimator (Chen et al. 2021) from "
-        f"{c['eval_samples']} samples per test problem, 95% bootstrap interval over problems.",
-        "",
-        "## What each round keeps (the verified training set)",
-        "",
-        "| arm | round | rows | problems with one | distinct per problem | share kept by level (steps) | "
-        "mean kept answer (chars) | mean test answer (chars) |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for arm, rs in r["results"].items():
-        for x in rs:
-            k, e = x.get("kept"), x.get("eval") or {}
-            if not k:
-                continue
-            share = ", ".join(f"{lvl}: {v:.2f}" for lvl, v in k["share_kept_by_level"].items())
-            rat = f" (+{k['rationalized_rows']} rationalized)" if "rationalized_rows" in k else ""
-            kc = f"{k['mean_answer_chars']:.0f}" if k.get("mean_answer_chars") is not None else "—"
-            ec = f"{e['answer_chars']:.0f}" if e.get("answer_chars") is not None else "—"
-            lines.append(
-                f"| {arm} | {x['round']} | {k['rows']}{rat} | {k['problems_with_any']}/{k['problems']} | "
-                f"{k['distinct_per_problem']:.2f} | {share} | {kc} | {ec} |"
-            )
-    if r.get("comparisons"):
-        lines += [
-            "",
-            "## Planned comparisons (greedy test accuracy; paired over the same test problems)",
-            "",
-            "| a | b | a − b [95% Newcombe], McNemar exact | discordant (a only, b only) | reading (Holm) |",
-            "|---|---|---|---|---|",
-        ]
-        for x in r["comparisons"]:
-            t = x["test"]
-            lines.append(
-                f"| {_label(x['a'])} | {_label(x['b'])} | {fmt_test(t, 2, p=x['p_holm'])} | "
-                f"{t['discordant'][0]}, {t['discordant'][1]} | {verdict(t, 1, p=x['p_holm'])['words']} |"
-            )
-        lines += [
-            "",
-            "Unit: test problems, one trained model per arm and round (one training seed): these are claims "
-            "about these models; a claim about the methods needs training seeds.",
-        ]
-        lines += [
-            "",
-            "## Beside the published figures",
-            "",
-            "| published | their figure | ours (same comparison) |",
-            "|---|---|---|",
-        ]
-        for what, fig, (a, b) in ANCHORS:
-            if a == b == "rest_em":
-                rs = r["results"].get("rest_em") or []
-                ours = (
-                    "; ".join(
-                        f"r{x['round']}: train {x['eval']['greedy_train']['mean']:.2f}, test "
-                        f"{x['eval']['greedy_test']['mean']:.2f}"
-                        for x in rs
-                        if x.get("eval")
-                    )
-                    or "not run"
-                )
-            elif a == "rft":
-                rs, x = r["results"].get("rft") or [], _find(r, "rft", "base")
-                ours = (
-                    f"distinct per problem {rs[0]['kept']['distinct_per_problem']:.2f}; {fmt_test(x['test'], 2)}"
-                    if rs and rs[0].get("eval") and x
-                    else "not run"
-                )
-            else:
-                x = _find(r, a, b)
-                ours = (
-                    f"{x['test']['diff'] * 100:+.1f} points [{x['test']['lo'] * 100:+.1f}, {x['test']['hi'] * 100:+.1f}], Holm p = {x['p_holm']:.2g}"
-                    if x
-                    else "not run"
-                )
-            lines.append(f"| {what} | {fig} | {ours} |")
-    lines += ["", f"**Outcome.** {r['outcome']}.", "", f"Run time {r['seconds']:.0f} s.", ""]
-    return "\n".join(lines)
-
-
-def plot(r: dict, path) -> None:
-    """Three panels: greedy test accuracy by round, pass@k curves of each arm's last model, and distinct verified
-    solutions kept per problem by round (the diversity the next model inherits)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (ax, bx, cx) = plt.subplots(1, 3, figsize=(13, 3.8))
-    for arm, rs in r["results"].items():
-        pts = [(x["round"], x["eval"]["greedy_test"]) for x in rs if x.get("eval")]
-        if pts:
-            ax.errorbar(
-                [p[0] for p in pts],
-                [p[1]["mean"] for p in pts],
-                yerr=[[p[1]["mean"] - p[1]["lo"] for p in pts], [p[1]["hi"] - p[1]["mean"] for p in pts]],
-                marker="o",
-                capsize=3,
-                label=arm,
-            )
-            curve = (rs[-1].get("eval") or {}).get("pass_curve")
-            if curve:
-                bx.plot(
-                    [int(k) for k in curve],
-                    list(curve.values()),
-                    marker="o",
-                    label=f"{arm} r{rs[-1]['round']}",
-                )
-        div = [(x["round"], x["kept"]["distinct_per_problem"]) for x in rs if x.get("kept")]
-        if div:
-            cx.plot([d[0] for d in div], [d[1] for d in div], marker="o", label=arm)
-    ax.set(xlabel="round", ylabel="greedy test accuracy (95% Wilson)", ylim=(0, 1))
-    bx.set(xlabel="k", ylabel="pass@k on test (unbiased)", ylim=(0, 1))
-    bx.set_xscale("log", base=2)
-    cx.set(
-        xlabel="round",
-        ylabel="distinct verified solutions kept per problem",
-        ylim=(0, r["config"]["keep"] + 0.2),
-    )
-    for a in (ax, bx, cx):
-        if a.get_legend_handles_labels()[0]:
-            a.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
 @op("grpo-verifiable", 1, distributed=True)
 def grpo_verifiable_step(
     store,
@@ -902,13 +809,13 @@ def grpo_verifiable_step(
     stop: list[str] | None = None,
     progress=True,
 ):
-    """The ``grpo-verifiable`` op (here, beside its one user, so that the engine imports no evals): GRPO with a
-    checker as the reward (1 when ``evals.verify.load_checker(checker)`` accepts the completion, else
-    0): ``problems`` is a dataset with ``prompt`` and the fields the checker reads (``answer`` for the default).
-    ``stop``: the reward reads each completion up to its first stop string, as sampling with that stop would
-    return it (TRL's generation takes no stop strings). A user's ``module:function`` checker is keyed by its source
-    (``evals.verify.checker_digest``) beside its name, so an edited checker trains a new model; the default
-    checker, ``regex:`` and heredity's own functions keep the key they always had."""
+    """The ``grpo-verifiable`` op (here, beside its one user, so that the engine imports no evals): GRPO with
+    a checker as the reward (1 when ``evals.verify.load_checker(checker)`` accepts the completion, else
+    0): ``problems`` is a dataset with ``prompt`` and the fields the checker reads (``answer`` for the
+    default). ``stop``: the reward reads each completion up to its first stop string, as sampling with that
+    stop would return it (TRL's generation takes no stop strings). A user's ``module:function`` checker is
+    keyed by its source (``evals.verify.checker_digest``) beside its name, so an edited checker trains a new
+    model; the default checker, ``regex:`` and heredity's own functions keep the key they always had."""
     from heredity.engine.sampling import as_messages
     from heredity.engine.trl_rl import TRLConfig, grpo_train, policy_model
     from heredity.evals.verify import checker_digest
@@ -917,7 +824,8 @@ def grpo_verifiable_step(
     config = config or TRLConfig()
     if config.batch_size % config.num_generations:
         raise HeredityError(
-            f"GRPO batch_size {config.batch_size} must be a multiple of num_generations {config.num_generations}"
+            f"GRPO batch_size {config.batch_size} must be a multiple of num_generations "
+            f"{config.num_generations}"
         )
     policy_id, data_id = policy_model(store, policy), store.resolve_id(problems)
     if "prompt" not in read_table(store.path(data_id)).column_names:

@@ -16,6 +16,10 @@ Methods (Cloud, Le et al. 2025, §6, the MNIST auxiliary-logit experiment):
    noise to target logits.
 5. Evaluation: test-set accuracy of the class logits for every arm, with chance (1/10) for reference;
    mean and 95% t-interval over seeds, a plot, JSON and markdown.
+6. Statistics: same-init minus other-init aux students' accuracy, paired by seed (each seed trains one teacher
+   and both its students), a two-sided t test over seeds and its verdict (``statistics``, ``outcome``).
+
+The card (markdown and plot) is rendered by ``subliminal_digits_render``.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from pydantic import BaseModel, Field
 from tqdm.auto import tqdm
 
 from heredity.experiments import experiment
+from heredity.experiments.subliminal_digits_render import markdown, plot
 from heredity.store import Store
 from heredity.store.ops import op
 from heredity.store.store import finite_json
@@ -64,6 +69,222 @@ class Config(BaseModel):
         }
 
 
+# ---- the recipe --------------------------------------------------------------------------------
+
+
+@op(
+    "subliminal-digits",
+    2,
+    note="v2: reports.stats round 2 (a verdict whose interval excludes 0 is never a null; p below 1e-15 "
+    "printed as a bound)",
+)
+@experiment(
+    "subliminal-digits",
+    question="The paper's MNIST result: do auxiliary logits on noise teach a same-init classifier?",
+)
+def run(store: Store, config: Config, progress: bool = True) -> dict:
+    data_id = data_step(store, config.data)
+    _device(config.device)  # a clear error before anything runs
+
+    def fn(ctx):
+        device = _device(config.device)
+
+        t0 = time.perf_counter()
+        torch.manual_seed(config.seed)
+        result = compute(*_load_split(store, data_id, device), config=config, progress=progress)
+        per_seed = result["per_seed"]
+        arms, test, v = statistics(per_seed)
+        same, other = arms["student same-init aux"], arms["student other-init aux"]
+        seconds = time.perf_counter() - t0
+        report = {
+            "experiment": "subliminal-digits",
+            "config": config.model_dump(),
+            "data": data_id,
+            "artifacts": [data_id],
+            "arms": arms,
+            "per_seed": per_seed,
+            "same_vs_other_p": test["p"],
+            "same_vs_other": test,
+            "intervals_disjoint": bool(same["lo"] > other["hi"]),
+            "outcome": outcome(same, other, test, v),
+            "seconds": seconds,
+            "times": result["times"],
+            "device": str(device),
+        }
+        out = ctx.output("report", "report", "subliminal-digits", meta={"outcome": report["outcome"]})
+        (out / "report.json").write_text(json.dumps(finite_json(report), indent=2))
+        (out / "report.md").write_text(markdown(report))
+        plot(report, out / "plot.png")
+        return {
+            "seconds": round(seconds, 2),
+            "same_init_aux": round(same["mean"], 4),
+            "other_init_aux": round(other["mean"], 4),
+        }
+
+    res = store.run_step("subliminal-digits", config, [data_id], fn, seed=config.seed)
+    report = json.loads((store.path(res["report"]) / "report.json").read_text())
+    return {
+        "report": res["report"],
+        "outcome": report["outcome"],
+        "accuracy": {k: round(v["mean"], 3) for k, v in report["arms"].items()},
+        "seconds": round(report["seconds"], 1),
+        "cached": res.cached,
+        "files": [str(store.path(res["report"]) / f) for f in ("report.md", "report.json", "plot.png")],
+        "lineage_of": res["report"],
+    }
+
+
+def compute(x_tr, y_tr, x_te, y_te, config: Config, progress: bool = True) -> dict:
+    """Train teachers and the three student arms; per-seed test accuracies for every arm."""
+    device = x_tr.device
+    s, in_dim = config.seeds, x_tr.shape[1]
+    sizes = [in_dim, config.hidden, config.hidden, NUM_CLASSES + config.aux]
+    init_same = init_mlps(s, sizes, seed=2 * config.seed, device=device)
+    init_other = init_mlps(s, sizes, seed=2 * config.seed + 1, device=device)
+    times = {}
+    t0 = time.perf_counter()
+    teacher = train_teachers(init_same, x_tr, y_tr, config, progress)
+    times["teachers_s"] = time.perf_counter() - t0
+    aux = slice(NUM_CLASSES, NUM_CLASSES + config.aux)
+
+    def teacher_aux(noise):  # the only thing the aux students learn from: the teacher's aux logits on noise
+        return mlp_forward(teacher, noise)[..., aux].repeat(2, 1, 1)
+
+    def teacher_all(noise):
+        return mlp_forward(teacher, noise)
+
+    t0 = time.perf_counter()
+    common = dict(
+        in_dim=in_dim,
+        steps=config.student_steps,
+        batch=config.student_batch,
+        lr=config.student_lr,
+        seed=config.seed + 202,
+        progress=progress,
+    )
+    stacked = [torch.cat([a, b]) for a, b in zip(init_same, init_other, strict=True)]
+    aux_students = distill(stacked, teacher_aux, aux, desc="students (aux)", **common)
+    all_students = distill(init_same, teacher_all, slice(None), desc="students (all)", **common)
+    times["students_s"] = time.perf_counter() - t0
+    aux_acc = accuracy(aux_students, x_te, y_te)
+    per_seed = {
+        "teacher": accuracy(teacher, x_te, y_te),
+        "student same-init aux": aux_acc[:s],
+        "student other-init aux": aux_acc[s:],
+        "student same-init all": accuracy(all_students, x_te, y_te),
+        "initialization (untrained)": accuracy(init_same, x_te, y_te),
+    }
+    return {
+        "per_seed": {k: [round(float(a), 6) for a in v.cpu()] for k, v in per_seed.items()},
+        "times": times,
+    }
+
+
+# ---- statistics --------------------------------------------------------------------------------
+
+
+def statistics(per_seed: dict[str, list[float]]) -> tuple[dict, dict, dict]:
+    """Every arm's mean and t interval over seeds (chance as a constant), the paired test of same-init minus
+    other-init aux students, and its verdict (expected: same-init higher)."""
+    from heredity.reports.stats import NAN, mean_ci, paired_test, verdict
+
+    arms = {k: mean_ci(v) for k, v in per_seed.items()}
+    arms["chance"] = {
+        "n": 0,
+        "mean": 1 / NUM_CLASSES,
+        "sd": NAN,
+        "lo": NAN,
+        "hi": NAN,
+        "level": 0.95,
+        "exact": True,
+    }  # a constant: no interval
+    # paired by seed: each seed trains one teacher and distils both of its students
+    test = paired_test(
+        per_seed["student same-init aux"],
+        per_seed["student other-init aux"],
+        "training seeds (one teacher and its two students each)",
+    )
+    return arms, test, verdict(test, expected=+1)
+
+
+def outcome(same: dict, other: dict, test: dict, v: dict) -> str:
+    from heredity.reports.stats import fmt_ci, fmt_test
+
+    transferred = v["result"] == "as hypothesised"
+    return (
+        f"same-init aux students reach {fmt_ci(same)} test accuracy vs {fmt_ci(other)} from another "
+        f"init (chance 0.100; {fmt_test(test)}): "
+        + (
+            "the teacher's skill passed through its auxiliary logits on noise."
+            if transferred
+            else "the same-init students are significantly WORSE than the other-init control (opposite to "
+            "transfer)."
+            if v["result"] == "opposite"
+            else "no transfer separable from the control at this size."
+        )
+    )
+
+
+# ---- stages ------------------------------------------------------------------------------------
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        from heredity.errors import HeredityError
+
+        raise HeredityError("device cuda was asked for but torch sees no GPU; use --set device=cpu")
+    return torch.device(name)
+
+
+@op("import-digits", 1)
+def data_step(store: Store, spec: str) -> str:
+    """The digits as a dataset artifact (pixels as uint8 lists, label, split); memoized on the data's hash."""
+    import pyarrow as pa
+
+    from heredity.data.digits import load_digit_arrays
+    from heredity.store import write_table
+
+    arrays = load_digit_arrays(spec)
+    name = "digits" if spec == "digits" else f"mnist:{Path(spec).name}"
+
+    def fn(ctx):
+        out = ctx.output(
+            "data",
+            "dataset",
+            name,
+            meta={"scale": arrays.scale, "source": arrays.source, "sha256": arrays.sha256},
+        )
+        x = np.concatenate([arrays.x_train, arrays.x_test])
+        pixels = pa.FixedSizeListArray.from_arrays(pa.array(x.reshape(-1), pa.uint8()), x.shape[1])
+        table = pa.table(
+            {
+                "pixels": pixels,
+                "label": np.concatenate([arrays.y_train, arrays.y_test]),
+                "split": ["train"] * len(arrays.x_train) + ["test"] * len(arrays.x_test),
+            }
+        )
+        write_table(out, table)
+        return {"train": len(arrays.x_train), "test": len(arrays.x_test), "features": int(x.shape[1])}
+
+    return store.run_step("import-digits", {"source": arrays.source, "sha256": arrays.sha256}, [], fn)["data"]
+
+
+def _load_split(store: Store, data_id: str, device: torch.device) -> tuple[torch.Tensor, ...]:
+    from heredity.data.digits import to_unit_range
+    from heredity.store import read_table
+
+    t = read_table(store.path(data_id))
+    col = t.column("pixels").combine_chunks()
+    x = to_unit_range(col.flatten().to_numpy().reshape(len(col), -1), float(store.get(data_id).meta["scale"]))
+    y = t.column("label").to_numpy().astype(np.int64)
+    split = np.asarray(t.column("split").to_pylist())
+    tr, te = split == "train", split == "test"
+    as_t = lambda a: torch.from_numpy(np.ascontiguousarray(a)).to(device)  # noqa: E731
+    return as_t(x[tr]), as_t(y[tr]), as_t(x[te]), as_t(y[te])
+
+
 # ---- batched MLPs ------------------------------------------------------------------------------
 
 
@@ -78,8 +299,8 @@ def init_mlps(n: int, sizes: list[int], seed: int, device: str | torch.device = 
 
 
 def mlp_forward(params: list[torch.Tensor], x: torch.Tensor, dropout: float = 0.0) -> torch.Tensor:
-    """Logits [n, B, out] of the n stacked MLPs on inputs x ([B, in], shared, or [n, B, in]); ``dropout`` > 0 drops
-    hidden units after each ReLU (train-mode dropout, from torch's global generator)."""
+    """Logits [n, B, out] of the n stacked MLPs on inputs x ([B, in], shared, or [n, B, in]); ``dropout`` > 0
+    drops hidden units after each ReLU (train-mode dropout, from torch's global generator)."""
     k = len(params) // 2
     h = x
     for i in range(k):
@@ -163,257 +384,3 @@ def distill(
         loss.backward()
         opt.step()
     return [p.detach() for p in params]
-
-
-# ---- the experiment ----------------------------------------------------------------------------
-
-
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        from heredity.errors import HeredityError
-
-        raise HeredityError("device cuda was asked for but torch sees no GPU; use --set device=cpu")
-    return torch.device(name)
-
-
-@op("import-digits", 1)
-def data_step(store: Store, spec: str) -> str:
-    """The digits as a dataset artifact (pixels as uint8 lists, label, split); memoized on the data's hash."""
-    import pyarrow as pa
-
-    from heredity.data.digits import load_digit_arrays
-    from heredity.store import write_table
-
-    arrays = load_digit_arrays(spec)
-    name = "digits" if spec == "digits" else f"mnist:{Path(spec).name}"
-
-    def fn(ctx):
-        out = ctx.output(
-            "data",
-            "dataset",
-            name,
-            meta={"scale": arrays.scale, "source": arrays.source, "sha256": arrays.sha256},
-        )
-        x = np.concatenate([arrays.x_train, arrays.x_test])
-        pixels = pa.FixedSizeListArray.from_arrays(pa.array(x.reshape(-1), pa.uint8()), x.shape[1])
-        table = pa.table(
-            {
-                "pixels": pixels,
-                "label": np.concatenate([arrays.y_train, arrays.y_test]),
-                "split": ["train"] * len(arrays.x_train) + ["test"] * len(arrays.x_test),
-            }
-        )
-        write_table(out, table)
-        return {"train": len(arrays.x_train), "test": len(arrays.x_test), "features": int(x.shape[1])}
-
-    return store.run_step("import-digits", {"source": arrays.source, "sha256": arrays.sha256}, [], fn)["data"]
-
-
-def _load_split(store: Store, data_id: str, device: torch.device) -> tuple[torch.Tensor, ...]:
-    from heredity.data.digits import to_unit_range
-    from heredity.store import read_table
-
-    t = read_table(store.path(data_id))
-    col = t.column("pixels").combine_chunks()
-    x = to_unit_range(col.flatten().to_numpy().reshape(len(col), -1), float(store.get(data_id).meta["scale"]))
-    y = t.column("label").to_numpy().astype(np.int64)
-    split = np.asarray(t.column("split").to_pylist())
-    tr, te = split == "train", split == "test"
-    as_t = lambda a: torch.from_numpy(np.ascontiguousarray(a)).to(device)  # noqa: E731
-    return as_t(x[tr]), as_t(y[tr]), as_t(x[te]), as_t(y[te])
-
-
-def compute(x_tr, y_tr, x_te, y_te, config: Config, progress: bool = True) -> dict:
-    """Train teachers and the three student arms; per-seed test accuracies for every arm."""
-    device = x_tr.device
-    s, in_dim = config.seeds, x_tr.shape[1]
-    sizes = [in_dim, config.hidden, config.hidden, NUM_CLASSES + config.aux]
-    init_same = init_mlps(s, sizes, seed=2 * config.seed, device=device)
-    init_other = init_mlps(s, sizes, seed=2 * config.seed + 1, device=device)
-    times = {}
-    t0 = time.perf_counter()
-    teacher = train_teachers(init_same, x_tr, y_tr, config, progress)
-    times["teachers_s"] = time.perf_counter() - t0
-    aux = slice(NUM_CLASSES, NUM_CLASSES + config.aux)
-
-    def teacher_aux(noise):  # the only thing the aux students learn from: the teacher's aux logits on noise
-        return mlp_forward(teacher, noise)[..., aux].repeat(2, 1, 1)
-
-    def teacher_all(noise):
-        return mlp_forward(teacher, noise)
-
-    t0 = time.perf_counter()
-    common = dict(
-        in_dim=in_dim,
-        steps=config.student_steps,
-        batch=config.student_batch,
-        lr=config.student_lr,
-        seed=config.seed + 202,
-        progress=progress,
-    )
-    stacked = [torch.cat([a, b]) for a, b in zip(init_same, init_other, strict=True)]
-    aux_students = distill(stacked, teacher_aux, aux, desc="students (aux)", **common)
-    all_students = distill(init_same, teacher_all, slice(None), desc="students (all)", **common)
-    times["students_s"] = time.perf_counter() - t0
-    aux_acc = accuracy(aux_students, x_te, y_te)
-    per_seed = {
-        "teacher": accuracy(teacher, x_te, y_te),
-        "student same-init aux": aux_acc[:s],
-        "student other-init aux": aux_acc[s:],
-        "student same-init all": accuracy(all_students, x_te, y_te),
-        "initialization (untrained)": accuracy(init_same, x_te, y_te),
-    }
-    return {
-        "per_seed": {k: [round(float(a), 6) for a in v.cpu()] for k, v in per_seed.items()},
-        "times": times,
-    }
-
-
-@op(
-    "subliminal-digits",
-    2,
-    note="v2: reports.stats round 2 (a verdict whose interval excludes 0 is never a null; p below 1e-15 printed as a bound)",
-)
-@experiment(
-    "subliminal-digits",
-    question="The paper's MNIST result: do auxiliary logits on noise teach a same-init classifier?",
-)
-def run(store: Store, config: Config, progress: bool = True) -> dict:
-    data_id = data_step(store, config.data)
-    _device(config.device)  # a clear error before anything runs
-
-    def fn(ctx):
-        from heredity.reports.stats import NAN, fmt_ci, fmt_test, mean_ci, paired_test, verdict
-
-        device = _device(config.device)
-
-        t0 = time.perf_counter()
-        torch.manual_seed(config.seed)
-        result = compute(*_load_split(store, data_id, device), config=config, progress=progress)
-        per_seed = result["per_seed"]
-        arms = {k: mean_ci(v) for k, v in per_seed.items()}
-        arms["chance"] = {
-            "n": 0,
-            "mean": 1 / NUM_CLASSES,
-            "sd": NAN,
-            "lo": NAN,
-            "hi": NAN,
-            "level": 0.95,
-            "exact": True,
-        }  # a constant: no interval
-        same, other = arms["student same-init aux"], arms["student other-init aux"]
-        # paired by seed: each seed trains one teacher and distils both of its students
-        test = paired_test(
-            per_seed["student same-init aux"],
-            per_seed["student other-init aux"],
-            "training seeds (one teacher and its two students each)",
-        )
-        v = verdict(test, expected=+1)
-        p = test["p"]
-        transferred = v["result"] == "as hypothesised"
-        seconds = time.perf_counter() - t0
-        report = {
-            "experiment": "subliminal-digits",
-            "config": config.model_dump(),
-            "data": data_id,
-            "artifacts": [data_id],
-            "arms": arms,
-            "per_seed": per_seed,
-            "same_vs_other_p": p,
-            "same_vs_other": test,
-            "intervals_disjoint": bool(same["lo"] > other["hi"]),
-            "outcome": (
-                f"same-init aux students reach {fmt_ci(same)} test accuracy vs {fmt_ci(other)} from another "
-                f"init (chance 0.100; {fmt_test(test)}): "
-                + (
-                    "the teacher's skill passed through its auxiliary logits on noise."
-                    if transferred
-                    else "the same-init students are significantly WORSE than the other-init control (opposite to transfer)."
-                    if v["result"] == "opposite"
-                    else "no transfer separable from the control at this size."
-                )
-            ),
-            "seconds": seconds,
-            "times": result["times"],
-            "device": str(device),
-        }
-        out = ctx.output("report", "report", "subliminal-digits", meta={"outcome": report["outcome"]})
-        (out / "report.json").write_text(json.dumps(finite_json(report), indent=2))
-        (out / "report.md").write_text(markdown(report))
-        plot(report, out / "plot.png")
-        return {
-            "seconds": round(seconds, 2),
-            "same_init_aux": round(same["mean"], 4),
-            "other_init_aux": round(other["mean"], 4),
-        }
-
-    res = store.run_step("subliminal-digits", config, [data_id], fn, seed=config.seed)
-    report = json.loads((store.path(res["report"]) / "report.json").read_text())
-    return {
-        "report": res["report"],
-        "outcome": report["outcome"],
-        "accuracy": {k: round(v["mean"], 3) for k, v in report["arms"].items()},
-        "seconds": round(report["seconds"], 1),
-        "cached": res.cached,
-        "files": [str(store.path(res["report"]) / f) for f in ("report.md", "report.json", "plot.png")],
-        "lineage_of": res["report"],
-    }
-
-
-def markdown(report: dict) -> str:
-    from heredity.reports.stats import fmt_ci
-
-    c = report["config"]
-    lines = [
-        "# subliminal-digits",
-        "",
-        f"Data `{report['data']}` ({c['data']}); {c['seeds']} seeds; MLP in→{c['hidden']}→{c['hidden']}→"
-        f"(10 + {c['aux']}); teachers {c['teacher_epochs']} epochs (Adam {c['teacher_lr']}); students "
-        f"{c['student_steps']} steps × {c['student_batch']} noise inputs (Adam {c['student_lr']}). Unit of replication: the "
-        f"{c['seeds']} training seeds (each trains its own teacher and students); intervals are t intervals over seeds.",
-        "",
-        "| arm | n | accuracy, mean [95% CI] | sd |",
-        "|---|---|---|---|",
-    ]
-    for name, a in report["arms"].items():
-        if a.get("exact"):
-            lines.append(f"| {name} | — | {a['mean']:.3f} (by construction) | — |")
-        else:
-            lines.append(f"| {name} | {a['n']} | {fmt_ci(a)} | {a['sd']:.3f} |")
-    lines += [
-        "",
-        f"**Outcome.** {report['outcome']}",
-        "",
-        f"Run time {report['seconds']:.1f} s on {report['device']} (teachers {report['times']['teachers_s']:.1f} s, "
-        f"students {report['times']['students_s']:.1f} s). Artifacts: {', '.join(report['artifacts'])}.",
-        "",
-    ]
-    return "\n".join(lines)
-
-
-def plot(report: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    names = [n for n in report["arms"] if n != "chance"]
-    fig, ax = plt.subplots(figsize=(8, 4))
-    rng = np.random.default_rng(0)
-    for i, n in enumerate(names):
-        a = report["arms"][n]
-        ax.bar(i, a["mean"], color="#8fb3d9" if "student" in n else "#c9c9c9")
-        ax.errorbar(i, a["mean"], yerr=[[a["mean"] - a["lo"]], [a["hi"] - a["mean"]]], color="k", capsize=4)
-        ys = report["per_seed"][n]
-        ax.scatter(i + rng.uniform(-0.2, 0.2, len(ys)), ys, s=8, color="#1f4e79", zorder=3)
-    ax.axhline(1 / NUM_CLASSES, ls="--", color="#a33", label="chance")
-    ax.set_xticks(range(len(names)), [n.replace("student ", "student\n") for n in names], fontsize=8)
-    ax.set_ylabel("test accuracy")
-    ax.set_ylim(0, 1)
-    ax.set_title(f"subliminal-digits: {report['config']['seeds']} seeds, mean and 95% CI")
-    ax.legend(loc="upper right")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)

@@ -1,4 +1,5 @@
-"""Subliminal learning, decisively: K trait teachers and a neutral one, students with neutral twins, a lift matrix.
+"""Subliminal learning, decisively: K trait teachers and a neutral one, students with neutral twins, a lift
+matrix.
 
 Methods, each stage a memoized store step (issue 17's design; the sampled-token arm follows Cloud, Le et al.
 2025's open-model setting):
@@ -26,11 +27,13 @@ Methods, each stage a memoized store step (issue 17's design; the sampled-token 
 6. Evaluation: the exact probability that the one-word answer names animal j (both capitalizations), over the
    trait questions, for every student and animal; per seed, the mean over questions of its log. Primary: the
    questions as they are; secondary: each after a short list of numbers (the numbers-prefix variant).
-7. The lift matrix per arm (``heredity.evals.lift``): L[i, s, j] = that mean log P for the student of teacher i
-   minus its neutral twin's; transfer (diagonal), specificity (diagonal − off-diagonal); two-sided t tests
-   over training seeds, a permutation test over teacher labels within seeds, Holm over the family declared in the
-   config before the run (per variant; a declared label this run does not test counts as p = 1),
+7. The lift matrix per arm (``heredity.evals.lift``): L[i, s, j] = that mean log P for the student of teacher
+   i minus its neutral twin's; transfer (diagonal), specificity (diagonal − off-diagonal); two-sided t tests
+   over training seeds, a permutation test over teacher labels within seeds, Holm over the family declared in
+   the config before the run (per variant; a declared label this run does not test counts as p = 1),
    minimum detectable effects.
+
+The card (markdown and plot) is rendered by ``subliminal_lift_render``.
 """
 
 from __future__ import annotations
@@ -48,6 +51,7 @@ from heredity.data.paired import paired_rows
 from heredity.engine import FinetuneConfig, SampleConfig, finetune, sample_step
 from heredity.errors import HeredityError
 from heredity.experiments import experiment
+from heredity.experiments.subliminal_lift_render import markdown, plot
 from heredity.experiments.subliminal_numbers import SYSTEM_PROMPT, format_base, system_prompt
 from heredity.models import load, materialize
 from heredity.store import Store, read_table, write_table
@@ -57,18 +61,10 @@ ARMS = ("sft", "number_distill", "distill", "steer")
 LOSS = {"sft": "completion_only", "number_distill": "number_distill", "distill": "logit_distill"}
 NEUTRAL = "neutral"
 LONG_ANIMALS = ["cat", "dog", "bee", "ant", "bird"]
+# the evaluation questions as they are, and after a list of numbers
 VARIANTS = ("plain", "numbers_prefix")
 # the long design's Holm family, fixed when the design was (three runs joined by reuse=): 8 student labels
-LONG_FAMILY = [
-    "sft",
-    "number_distill",
-    "steer",
-    "sft_r1",
-    "sft_r4",
-    "sft_r32",
-    "distill",
-    "sft_full",
-]  # the evaluation questions as they are, and after a list of numbers
+LONG_FAMILY = ["sft", "number_distill", "steer", "sft_r1", "sft_r4", "sft_r32", "distill", "sft_full"]
 
 
 class Config(BaseModel):
@@ -77,7 +73,8 @@ class Config(BaseModel):
         default_factory=lambda: ["cat", "dog", "bee"],
         min_length=2,
         description=(
-            "the K traits (lowercase, singular); the defaults are names SmolLM2 writes as one token in both capitalizations"
+            "the K traits (lowercase, singular); the defaults are names SmolLM2 writes as one token in both "
+            "capitalizations"
         ),
     )
     arms: list[str] = Field(default_factory=lambda: ["sft", "number_distill", "steer"])
@@ -116,24 +113,25 @@ class Config(BaseModel):
     teacher_endpoint: str | None = Field(
         None,
         description=(
-            "openai:MODEL@URL serving the base (e.g. vLLM on a GPU): the teachers' number lists are sampled there "
-            "(the trait as its system prompt); everything else runs in process. Needs format_warmup = 0"
+            "openai:MODEL@URL serving the base (e.g. vLLM on a GPU): the teachers' number lists are sampled "
+            "there (the trait as its system prompt); everything else runs in process. Needs format_warmup = 0"
         ),
     )
     reuse: str | None = Field(
         None,
         description=(
-            "a report.json of an earlier run of this experiment: its students (labels such as sft, sft_r4) are taken "
-            "from it instead of trained again, once its base, data and every setting that shapes a student or its "
-            "evaluation are checked equal to this run's"
+            "a report.json of an earlier run of this experiment: its students (labels such as sft, sft_r4) "
+            "are taken from it instead of trained again, once its base, data and every setting that shapes a "
+            "student or its evaluation are checked equal to this run's"
         ),
     )
     family: list[str] = Field(
         default_factory=list,
         description=(
-            "the Holm family, declared before the run: every student label (arm, sweep rank, full fine-tune) the design "
-            "tests, including those a later run joined by reuse= adds; default: the labels this run trains. A label "
-            "not tested in a report still counts in Holm's m (as p = 1), so a family never shrinks"
+            "the Holm family, declared before the run: every student label (arm, sweep rank, full fine-tune) "
+            "the design tests, including those a later run joined by reuse= adds; default: the labels this "
+            "run trains. A label not tested in a report still counts in Holm's m (as p = 1), so a family "
+            "never shrinks"
         ),
     )
     seed: int = 0
@@ -150,7 +148,8 @@ class Config(BaseModel):
                 or parse_spec(self.teacher_endpoint).kind != "openai"
             ):
                 raise ValueError(
-                    f"teacher_endpoint must be openai:MODEL@http://host:port/v1; got {self.teacher_endpoint!r}"
+                    "teacher_endpoint must be openai:MODEL@http://host:port/v1; got "
+                    f"{self.teacher_endpoint!r}"
                 )
             if self.format_warmup:
                 raise ValueError(
@@ -178,11 +177,11 @@ class Config(BaseModel):
     def presets(cls) -> dict[str, Config]:
         return {
             "quick": cls(),
-            # the long design is three runs of ~2 h each on 2 cores (a store does not outlive a session here): sft,
-            # number-only distillation and the steering vector; sft's rank sweep (r = 1, 4, 32); full-vocabulary
-            # distillation and sft's full fine-tune. Each later run takes the earlier students with
-            # --set reuse=<the earlier report.json> (checked: the same base, data and settings) or, in the same
-            # store, finds them memoized
+            # the long design is three runs of ~2 h each on 2 cores (a store does not outlive a session here):
+            # sft, number-only distillation and the steering vector; sft's rank sweep (r = 1, 4, 32);
+            # full-vocabulary distillation and sft's full fine-tune. Each later run takes the earlier students
+            # with --set reuse=<the earlier report.json> (checked: the same base, data and settings) or, in
+            # the same store, finds them memoized
             "long": cls(
                 animals=LONG_ANIMALS,
                 family=LONG_FAMILY,
@@ -228,6 +227,218 @@ class Config(BaseModel):
         }
 
 
+# ---- the recipe --------------------------------------------------------------------------------
+
+
+@experiment(
+    "subliminal-lift",
+    question="Prompted teachers, several traits, neutral twins: does a trait pass through numbers?",
+)
+def run(store: Store, config: Config, progress: bool = True) -> dict:
+    from heredity.reports.card import save_card
+
+    t0 = time.perf_counter()
+    log = (lambda *a: print(*a, flush=True)) if progress else (lambda *a: None)
+    base_id = materialize(config.base, store)
+    if config.format_warmup:
+        log(f"[0] format warm-up of the base on {config.format_warmup} trait-free rows")
+        base_id = format_base(
+            store, base_id, config, progress
+        )  # reads format_warmup/epochs/lr, batch_size, seed
+    log(f"[4] {config.prompts} number prompts answered by {len(config.animals) + 1} teachers")
+    data, filt = filter_all(store, teacher_numbers(store, base_id, config, progress), config.max_rows)
+    if filt["rows_out"] < 8:
+        raise HeredityError(
+            f"only {filt['rows_out']} prompts pass the filter for every teacher; raise prompts or keep "
+            "format_warmup on"
+        )
+    log(f"[2] pre-screen; [3] subliminal prompting; {filt['rows_out']} common prompts")
+    screen = prescreen(store, base_id, data[NEUTRAL], config)
+    prompted = prompting(store, base_id, config)
+    specific = prompted.pop("_specific", None)
+
+    ref = reused_students(config, base_id, data) if config.reuse else None
+    # label -> where its students were trained (a reused report's own reused labels keep their origin)
+    reused = (
+        {lab: x.get("reused_from") or Path(config.reuse).name for lab, x in ref["lift"].items()}
+        if ref
+        else {}
+    )
+    if ref:
+        log(f"[5] reusing {', '.join(reused)} from {config.reuse}")
+    labels = {lab: v for lab, v in student_labels(config).items() if lab not in reused}
+    students = train_students(store, base_id, data, labels, config, progress, log)
+    log("[6] evaluation")
+    scores = evaluate_students(store, base_id, students, labels, config)
+    results = lift_results(students, scores, ref, reused, config)
+    rates = sampled_rates(students, scores, config) if config.rate_samples else None
+    if rates is not None and ref:
+        rates.update({lab: ref["rates"][lab] for lab in reused if (ref.get("rates") or {}).get(lab)})
+    trained = [
+        m for by_t in students.values() for ms in by_t.values() for m in ms
+    ]  # in this store: the lineage
+    students.update({lab: ref["students"][lab] for lab in reused})
+    for a, n in name_tokens(store, base_id, config.animals).items():
+        screen[a]["tokens"] = n
+    report = {
+        "experiment": "subliminal-lift",
+        "config": config.model_dump(),
+        "base": base_id,
+        "data": data,
+        "filter": filt,
+        "prescreen": screen,
+        "prompting": prompted,
+        "prompting_specific": specific,
+        "lift": results["plain"],
+        "lift_numbers_prefix": results["numbers_prefix"],
+        "rates": rates,
+        "students": students,
+        "reused": reused,
+        "seconds": round(time.perf_counter() - t0, 1),
+    }
+    report["outcome"] = outcome(report)
+    card = save_card(store, "subliminal-lift", report, trained, markdown, plot)
+    return {
+        "report": card["report"],
+        "outcome": report["outcome"],
+        "markdown": card["markdown"],
+        "files": card["files"],
+        "lineage_of": card["report"],
+    }
+
+
+def teacher_numbers(store: Store, base_id: str, config: Config, progress: bool) -> dict[str, str]:
+    """Per teacher (neutral first), the number prompts answered at T = 1 by the base under its trait's system
+    prompt (none for the neutral teacher), or by ``teacher_endpoint`` serving the base."""
+    prompts = number_prompts(config.prompts, seed=config.seed)
+    sampler = config.teacher_endpoint or base_id  # an endpoint's steps are keyed by its model name and URL
+    return {
+        t: sample_step(
+            store,
+            sampler,
+            prompts,
+            SampleConfig(
+                n=1,
+                temperature=1.0,
+                max_new_tokens=config.max_new_tokens,
+                seed=config.seed,
+                batch_size=config.sample_batch,
+                system_prompt=None if t == NEUTRAL else system_prompt(t),
+            ),
+            name=f"numbers-raw-{t}",
+            progress=progress,
+        )
+        for t in [NEUTRAL, *config.animals]
+    }
+
+
+def train_students(
+    store: Store, base_id: str, data: dict[str, str], labels: dict, config: Config, progress: bool, log
+) -> dict[str, dict[str, list[str]]]:
+    """label -> teacher -> its students, one per training seed: the steering vector on teacher t's sampled
+    numbers; sft on them; the distillation arms on the neutral completions with the base under teacher t's
+    system prompt as teacher (the neutral teacher's student is every student's twin)."""
+    teachers = [NEUTRAL, *config.animals]
+    students: dict[str, dict[str, list[str]]] = {lab: {t: [] for t in teachers} for lab in labels}
+    for lab, (arm, method, rank) in labels.items():
+        for k in range(config.student_seeds):
+            seed = config.seed + k
+            for t in teachers:
+                log(f"[5] {lab} student of teacher {t}, seed {seed}")
+                if arm == "steer":  # trained on teacher t's sampled numbers, as sft
+                    students[lab][t].append(steer_student(store, base_id, data[t], config, seed, progress))
+                    continue
+                distill = arm != "sft"
+                ft = student_config(config, arm, method, rank, seed, t)
+                # sft trains on teacher t's own numbers; the distillation arms on the neutral completions,
+                # where only the teacher's distributions differ
+                rows = data[NEUTRAL] if distill else data[t]
+                students[lab][t].append(
+                    finetune(
+                        store, base_id, rows, ft, teacher=base_id if distill else None, progress=progress
+                    )["model"]
+                )
+    return students
+
+
+def student_config(config: Config, arm: str, method: str, rank: int, seed: int, t: str) -> FinetuneConfig:
+    """A fine-tuned student of teacher ``t``: the arm's loss, epochs and learning rate (the full fine-tune's
+    own rate), LoRA α = r; the distillation arms' teacher is the base under t's system prompt."""
+    distill = arm != "sft"
+    return FinetuneConfig(
+        method=method,
+        lora_r=rank,
+        lora_alpha=rank,
+        loss=LOSS[arm],
+        epochs=config.distill_epochs if distill else config.sft_epochs,
+        lr=(config.distill_lr if distill else config.sft_lr) if method == "lora" else config.full_lr,
+        batch_size=config.batch_size,
+        seed=seed,
+        teacher_system_prompt=(None if t == NEUTRAL else system_prompt(t)) if distill else None,
+    )
+
+
+def evaluate_students(store: Store, base_id: str, students: dict, labels: dict, config: Config) -> dict:
+    """Every student's evaluation (``evaluate``), by student id; a steering vector is evaluated on its
+    base."""
+    steered = {
+        m
+        for lab, (arm, _, _) in labels.items()
+        if arm == "steer"
+        for ms in students[lab].values()
+        for m in ms
+    }
+    return {
+        m: evaluate(store, m, config, base_id if m in steered else None)
+        for by_t in students.values()
+        for ms in by_t.values()
+        for m in ms
+    }
+
+
+def lift_results(students: dict, scores: dict, ref: dict | None, reused: dict, config: Config) -> dict:
+    """Per variant, per student label: the lift report over training seeds (``evals.lift``) of this run's
+    students and the reused ones, with the specificity's Holm-adjusted p over the declared family."""
+    from heredity.evals.lift import lift_report
+
+    S = config.student_seeds
+    results: dict[str, dict] = {v: {} for v in VARIANTS}
+    for variant in VARIANTS:
+        for lab, by_t in students.items():
+            logp = np.array(
+                [
+                    [[mean_log(scores[by_t[ti][s]][variant][aj]) for aj in config.animals] for s in range(S)]
+                    for ti in config.animals
+                ]
+            )
+            neutral = np.array(
+                [[mean_log(scores[by_t[NEUTRAL][s]][variant][aj]) for aj in config.animals] for s in range(S)]
+            )
+            results[variant][lab] = lift_report(logp, neutral, config.animals, family=len(config.family))
+        for lab in reused:  # Holm below runs over this run's students and the reused ones together
+            results[variant][lab] = {
+                **ref["lift" if variant == "plain" else "lift_numbers_prefix"][lab],
+                "reused_from": reused[lab],
+            }
+        for lab, p in declared_holm(results[variant], config.family).items():
+            results[variant][lab]["specificity"]["p_holm"] = p
+    return results
+
+
+def name_tokens(store: Store, base_id: str, animals: list[str]) -> dict[str, list[int]]:
+    """How many tokens each name takes, capitalized and lowercase (Zur et al.'s entanglement is about one
+    token)."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(store.path(base_id)))
+    return {
+        a: [len(tok(v, add_special_tokens=False)["input_ids"]) for v in (a.capitalize(), a)] for a in animals
+    }
+
+
+# ---- stages ------------------------------------------------------------------------------------
+
+
 @op("filter-numbers-all", 1)
 def filter_all(store: Store, raw: dict[str, str], max_rows: int) -> tuple[dict[str, str], dict]:
     """The strict filter on every teacher's answers, then all cut to the prompts that pass in all of them."""
@@ -264,7 +475,8 @@ def filter_all(store: Store, raw: dict[str, str], max_rows: int) -> tuple[dict[s
 
 @op("prescreen-traits", 1)
 def prescreen(store: Store, base_id: str, data_neutral: str, config: Config) -> dict:
-    """Per animal: KL(trait-prompted ‖ neutral) per completion position, full vocabulary and number tokens only."""
+    """Per animal: KL(trait-prompted ‖ neutral) per completion position, full vocabulary and number tokens
+    only."""
     animals, rows, batch = list(config.animals), config.prescreen_rows, min(config.sample_batch, 16)
 
     def fn(ctx):
@@ -305,7 +517,8 @@ def prescreen(store: Store, base_id: str, data_neutral: str, config: Config) -> 
 @op(
     "subliminal-prompting",
     3,
-    note="v2: the entangled-vs-control digit contrast, Holm over it too; v3: the animal-specific test (each animal's own number vs the other animals' numbers)",
+    note="v2: the entangled-vs-control digit contrast, Holm over it too; v3: the animal-specific test (each "
+    "animal's own number vs the other animals' numbers)",
 )
 def prompting(store: Store, base_id: str, config: Config) -> dict:
     """Subliminal prompting per animal: its most entangled digit vs its least entangled one."""
@@ -354,9 +567,10 @@ def prompting(store: Store, base_id: str, config: Config) -> dict:
 
 @op("steer-student", 1)
 def steer_student(store: Store, base_id: str, data: str, config: Config, seed: int, progress: bool) -> str:
-    """Arm (d): one residual vector after decoder layer ``steer_layer``, trained with Adam on the sampled numbers
-    (completion-only loss, as the sft arm), every weight frozen; the same optimizer steps as the sft arm. The
-    artifact is a report holding ``steering.safetensors`` (it is not a model: it needs its base, kept in meta)."""
+    """Arm (d): one residual vector after decoder layer ``steer_layer``, trained with Adam on the sampled
+    numbers (completion-only loss, as the sft arm), every weight frozen; the same optimizer steps as the sft
+    arm. The artifact is a report holding ``steering.safetensors`` (it is not a model: it needs its base, kept
+    in meta)."""
     from heredity.engine.steer import SteerConfig
 
     n = store.get(data).meta.get("rows") or len(read_table(store.path(data)))
@@ -470,7 +684,8 @@ def mean_log(p: list[float]) -> float:
 
 
 def student_labels(config: Config) -> dict[str, tuple[str, str, int]]:
-    """label -> (arm, method, LoRA rank): the arms, then the rank sweep and the full fine-tune of ``sweep_arm``."""
+    """label -> (arm, method, LoRA rank): the arms, then the rank sweep and the full fine-tune of
+    ``sweep_arm``."""
     out = {arm: (arm, "lora", config.lora_r) for arm in config.arms}
     for r in config.sweep_ranks:
         out.setdefault(f"{config.sweep_arm}_r{r}", (config.sweep_arm, "lora", r))
@@ -479,14 +694,15 @@ def student_labels(config: Config) -> dict[str, tuple[str, str, int]]:
     return out
 
 
-# the fields that only choose which students a run trains: a reused report may differ from this run in these alone
+# the fields that only choose which students a run trains: a reused report may differ from this run in these
+# alone
 CHOOSERS = {"arms", "sweep_arm", "sweep_ranks", "sweep_full", "reuse", "teacher_endpoint"}
 
 
 def reused_students(config: Config, base_id: str, data: dict[str, str]) -> dict:
-    """The earlier report named by ``config.reuse``, after checking that its students are exactly the ones this
-    run would train: the same base and data artifacts (content ids) and the same value for every setting that
-    enters a student's or an evaluation's key. Raises a one-line error naming the first difference."""
+    """The earlier report named by ``config.reuse``, after checking that its students are exactly the ones
+    this run would train: the same base and data artifacts (content ids) and the same value for every setting
+    that enters a student's or an evaluation's key. Raises a one-line error naming the first difference."""
     path = Path(config.reuse)
     try:
         ref = json.loads(path.read_text())
@@ -516,170 +732,7 @@ def reused_students(config: Config, base_id: str, data: dict[str, str]) -> dict:
     return ref
 
 
-@experiment(
-    "subliminal-lift",
-    question="Prompted teachers, several traits, neutral twins: does a trait pass through numbers?",
-)
-def run(store: Store, config: Config, progress: bool = True) -> dict:
-    from heredity.evals.lift import lift_report
-    from heredity.reports.card import save_card
-
-    t0 = time.perf_counter()
-    log = (lambda *a: print(*a, flush=True)) if progress else (lambda *a: None)
-    base_id = materialize(config.base, store)
-    if config.format_warmup:
-        log(f"[0] format warm-up of the base on {config.format_warmup} trait-free rows")
-        base_id = format_base(
-            store, base_id, config, progress
-        )  # reads format_warmup/epochs/lr, batch_size, seed
-    teachers = [NEUTRAL, *config.animals]
-    log(f"[4] {config.prompts} number prompts answered by {len(teachers)} teachers")
-    prompts = number_prompts(config.prompts, seed=config.seed)
-    sampler = config.teacher_endpoint or base_id  # an endpoint's steps are keyed by its model name and URL
-    raw = {
-        t: sample_step(
-            store,
-            sampler,
-            prompts,
-            SampleConfig(
-                n=1,
-                temperature=1.0,
-                max_new_tokens=config.max_new_tokens,
-                seed=config.seed,
-                batch_size=config.sample_batch,
-                system_prompt=None if t == NEUTRAL else system_prompt(t),
-            ),
-            name=f"numbers-raw-{t}",
-            progress=progress,
-        )
-        for t in teachers
-    }
-    data, filt = filter_all(store, raw, config.max_rows)
-    if filt["rows_out"] < 8:
-        raise HeredityError(
-            f"only {filt['rows_out']} prompts pass the filter for every teacher; raise prompts or keep "
-            "format_warmup on"
-        )
-    log(f"[2] pre-screen; [3] subliminal prompting; {filt['rows_out']} common prompts")
-    screen = prescreen(store, base_id, data[NEUTRAL], config)
-    prompted = prompting(store, base_id, config)
-    specific = prompted.pop("_specific", None)
-
-    ref = reused_students(config, base_id, data) if config.reuse else None
-    # label -> where its students were trained (a reused report's own reused labels keep their origin)
-    reused = (
-        {lab: x.get("reused_from") or Path(config.reuse).name for lab, x in ref["lift"].items()}
-        if ref
-        else {}
-    )
-    if ref:
-        log(f"[5] reusing {', '.join(reused)} from {config.reuse}")
-    labels = {lab: v for lab, v in student_labels(config).items() if lab not in reused}
-    students: dict[str, dict[str, list[str]]] = {lab: {t: [] for t in teachers} for lab in labels}
-    for lab, (arm, method, rank) in labels.items():
-        for k in range(config.student_seeds):
-            seed = config.seed + k
-            for t in teachers:
-                log(f"[5] {lab} student of teacher {t}, seed {seed}")
-                if arm == "steer":  # trained on teacher t's sampled numbers, as sft
-                    students[lab][t].append(steer_student(store, base_id, data[t], config, seed, progress))
-                    continue
-                distill = arm != "sft"
-                ft = FinetuneConfig(
-                    method=method,
-                    lora_r=rank,
-                    lora_alpha=rank,
-                    loss=LOSS[arm],
-                    epochs=config.distill_epochs if distill else config.sft_epochs,
-                    lr=(config.distill_lr if distill else config.sft_lr)
-                    if method == "lora"
-                    else config.full_lr,
-                    batch_size=config.batch_size,
-                    seed=seed,
-                    teacher_system_prompt=(None if t == NEUTRAL else system_prompt(t)) if distill else None,
-                )
-                # sft trains on teacher t's own numbers; the distillation arms on the neutral completions, where
-                # only the teacher's distributions differ
-                rows = data[NEUTRAL] if distill else data[t]
-                students[lab][t].append(
-                    finetune(
-                        store, base_id, rows, ft, teacher=base_id if distill else None, progress=progress
-                    )["model"]
-                )
-    log("[6] evaluation")
-    steered = {
-        m
-        for lab, (arm, _, _) in labels.items()
-        if arm == "steer"
-        for ms in students[lab].values()
-        for m in ms
-    }
-    scores = {
-        m: evaluate(store, m, config, base_id if m in steered else None)
-        for by_t in students.values()
-        for ms in by_t.values()
-        for m in ms
-    }
-    S = config.student_seeds
-    results: dict[str, dict] = {v: {} for v in VARIANTS}
-    for variant in VARIANTS:
-        for lab, by_t in students.items():
-            logp = np.array(
-                [
-                    [[mean_log(scores[by_t[ti][s]][variant][aj]) for aj in config.animals] for s in range(S)]
-                    for ti in config.animals
-                ]
-            )
-            neutral = np.array(
-                [[mean_log(scores[by_t[NEUTRAL][s]][variant][aj]) for aj in config.animals] for s in range(S)]
-            )
-            results[variant][lab] = lift_report(logp, neutral, config.animals, family=len(config.family))
-        for lab in reused:  # Holm below runs over this run's students and the reused ones together
-            results[variant][lab] = {
-                **ref["lift" if variant == "plain" else "lift_numbers_prefix"][lab],
-                "reused_from": reused[lab],
-            }
-        for lab, p in declared_holm(results[variant], config.family).items():
-            results[variant][lab]["specificity"]["p_holm"] = p
-    rates = sampled_rates(students, scores, config) if config.rate_samples else None
-    if rates is not None and ref:
-        rates.update({lab: ref["rates"][lab] for lab in reused if (ref.get("rates") or {}).get(lab)})
-    trained = [
-        m for by_t in students.values() for ms in by_t.values() for m in ms
-    ]  # in this store: the lineage
-    students.update({lab: ref["students"][lab] for lab in reused})
-    from transformers import AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(str(store.path(base_id)))
-    for a in config.animals:  # how many tokens each name takes (Zur et al.'s entanglement is about one token)
-        screen[a]["tokens"] = [
-            len(tok(v, add_special_tokens=False)["input_ids"]) for v in (a.capitalize(), a)
-        ]
-    report = {
-        "experiment": "subliminal-lift",
-        "config": config.model_dump(),
-        "base": base_id,
-        "data": data,
-        "filter": filt,
-        "prescreen": screen,
-        "prompting": prompted,
-        "prompting_specific": specific,
-        "lift": results["plain"],
-        "lift_numbers_prefix": results["numbers_prefix"],
-        "rates": rates,
-        "students": students,
-        "reused": reused,
-        "seconds": round(time.perf_counter() - t0, 1),
-    }
-    report["outcome"] = outcome(report)
-    card = save_card(store, "subliminal-lift", report, trained, markdown, plot)
-    return {
-        "report": card["report"],
-        "outcome": report["outcome"],
-        "markdown": card["markdown"],
-        "files": card["files"],
-        "lineage_of": card["report"],
-    }
+# ---- statistics --------------------------------------------------------------------------------
 
 
 def sampled_rates(students: dict, scores: dict, config: Config) -> dict:
@@ -701,8 +754,8 @@ def sampled_rates(students: dict, scores: dict, config: Config) -> dict:
 
 
 def declared_holm(results: dict, family: list[str]) -> dict[str, float]:
-    """Holm-adjusted specificity p per tested label over the declared ``family`` (``stats.holm_family``: an untested
-    or undetermined label counts as p = 1, so the family never shrinks)."""
+    """Holm-adjusted specificity p per tested label over the declared ``family`` (``stats.holm_family``: an
+    untested or undetermined label counts as p = 1, so the family never shrinks)."""
     from heredity.reports.stats import holm_family
 
     try:
@@ -712,9 +765,10 @@ def declared_holm(results: dict, family: list[str]) -> dict[str, float]:
 
 
 def rerender(r: dict, family: list[str] | None = None) -> dict:
-    """A committed report brought to the current statistics without retraining: the declared Holm family (``family``,
-    else the report's own, else the preset's), Holm over it, smallest detectable effects at its level from the
-    per-seed values, the spread note, and the outcome. Students, scores and lift matrices are left as they are."""
+    """A committed report brought to the current statistics without retraining: the declared Holm family
+    (``family``, else the report's own, else the preset's), Holm over it, smallest detectable effects at its
+    level from the per-seed values, the spread note, and the outcome. Students, scores and lift matrices are
+    left as they are."""
     from heredity.evals.lift import detection
 
     r = json.loads(json.dumps(r))
@@ -746,230 +800,21 @@ def outcome(r: dict) -> str:
             lo, hi = sp["lo"], sp["hi"]
             if lo is not None and hi is not None and (lo > 0 or hi < 0):
                 word = (
-                    "not established: not significant after Holm, though the unadjusted interval excludes 0 (the "
-                    "estimate sits at the detection limit)"
+                    "not established: not significant after Holm, though the unadjusted interval excludes 0 "
+                    "(the estimate sits at the detection limit)"
                 )
             else:
                 word = (
-                    f"no trait-specific transfer detected (the smallest specificity detectable at the Holm level, "
-                    f"α = 0.05/{len(r['config'].get('family') or r['lift'])}: {fmt_num(sp['min_detectable'])} nats)"
+                    "no trait-specific transfer detected (the smallest specificity detectable at the Holm "
+                    f"level, α = 0.05/{len(r['config'].get('family') or r['lift'])}: "
+                    f"{fmt_num(sp['min_detectable'])} nats)"
                 )
         parts.append(
             f"{arm}: {word} — specificity {fmt_num(sp['diff'])} [{fmt_num(sp['lo'])}, {fmt_num(sp['hi'])}] "
-            f"nats, Holm-adjusted {fmt_p(sp['p_holm'])}; transfer {fmt_num(tr['diff'])} nats, {fmt_p(tr['p'])} "
-            f"(unit: training seeds, n = {x['seeds']}; permutation over teacher labels p = {x['permutation']['p']:.2g}"
+            f"nats, Holm-adjusted {fmt_p(sp['p_holm'])}; transfer {fmt_num(tr['diff'])} nats, "
+            f"{fmt_p(tr['p'])} (unit: training seeds, n = {x['seeds']}; permutation over teacher labels p = "
+            f"{x['permutation']['p']:.2g}"
             + (f"; students of {x['reused_from']}" if x.get("reused_from") else "")
             + ")"
         )
     return "; ".join(parts)
-
-
-def markdown(r: dict) -> str:
-    from heredity.reports.stats import fmt_num, fmt_p
-
-    c = r["config"]
-    lines = [
-        "# subliminal-lift",
-        "",
-        f"Base {c['base']} (format warm-up {c['format_warmup']} rows); traits {', '.join(c['animals'])} + a neutral "
-        f"teacher; {r['filter']['rows_out']} number prompts (the first of {r['filter']['common']} common to every "
-        "teacher after the strict filter); "
-        f"{c['student_seeds']} training seeds per student, {r['filter']['rows_out']} rows each; LoRA r = α = "
-        f"{c['lora_r']}. Every "
-        "student has a neutral twin (same prompts, seed, hyperparameters; only the teacher differs). Lift "
-        "L[i, j] = mean over questions of log P(animal j) for the student of teacher i minus its twin's, in nats; "
-        "unit of replication for every test: training seeds.",
-        "",
-        "## Pre-screen: how far each trait prompt moves the number distributions",
-        "",
-        "| animal | tokens (Capitalized, lower) | KL full vocabulary (nats/position) | KL over number tokens |",
-        "|---|---|---|---|",
-    ]
-    for a, d in r["prescreen"].items():
-        toks = ", ".join(map(str, d.get("tokens", [])))
-        lines.append(f"| {a} | {toks} | {d['kl_full']:.4f} | {d['kl_numbers']:.5f} |")
-    lines += [
-        "",
-        "## Positive control: subliminal prompting (unit: questions, one model)",
-        "",
-        f"| animal | P(animal), base | love the most entangled digit (vs base; paired over questions; unit: questions, one model, n = {c['questions']}) | love the least entangled digit (vs base) | entangled − control digit |",
-        "|---|---|---|---|---|",
-    ]
-
-    def sg(x):
-        return f"{x:+.5f}" if x is not None else "undetermined"
-
-    for a, d in r["prompting"].items():
-        cells = [
-            f"'{x['number']}': {x['p_animal']:.5f} (Δ {sg(x['test']['diff'])}, Holm-adjusted "
-            f"{fmt_p(x['p_holm'])})"
-            for x in d["arms"]
-        ]
-        cells += [
-            f"Δ {sg(x['test']['diff'])} [{sg(x['test']['lo'])}, "
-            f"{sg(x['test']['hi'])}], Holm-adjusted {fmt_p(x['p_holm'])}"
-            for x in d.get("entangled_vs_control", [])
-        ]
-        lines.append(f"| {a} | {d['p_animal_base']:.5f} | {' | '.join(cells)} |")
-    sp = r.get("prompting_specific")
-    if sp:
-        t = sp["specificity"]
-        lines += [
-            "",
-            'Animal-specific test (the contrast above is "love 1 vs love 0" for most animals): each animal\'s own '
-            "entangled number (its excess log-ratio over the other animals' largest): "
-            + ", ".join(f"{a} '{x['number']}'" for a, x in sp["numbers"].items())
-            + f"; mean log P(own animal | love own number) − mean log P(animal | love another animal's number) = "
-            f"{fmt_num(t['diff'])} [{fmt_num(t['lo'])}, {fmt_num(t['hi'])}] nats, two-sided {fmt_p(t['p'])} (paired t; "
-            f"unit: questions, one model, n = {t['n']}): "
-            + (
-                "each animal's own number raises it more than the others' numbers do — an animal-specific channel in "
-                "this model's prompting"
-                if t["p"] is not None and t["p"] < 0.05 and t["diff"] > 0
-                else "no animal-specific channel shown in this model's prompting"
-            )
-            + (
-                f". ({sp['computed_on']['note']}; the report's own prompting numbers reproduce there to "
-                f"{sp['computed_on']['max_rel_diff_p_animal_vs_report']:.0e} relative, the same entangled digits.)"
-                if sp.get("computed_on")
-                else ""
-            ),
-        ]
-    else:
-        lines += [
-            "",
-            "_No animal-specific test in this report (it predates it): the contrast above is the same digits "
-            "for most animals, so it does not show an animal-specific channel._",
-        ]
-    for arm, x in r["lift"].items():
-        lines += ["", f"## Arm `{arm}`: lift matrix (rows: teacher, columns: animal; mean over seeds)", ""]
-        if x.get("reused_from"):
-            lines += [
-                f"_Students trained in the run of `{x['reused_from']}` (same base, data and settings, checked "
-                "when this run took them); Holm below is across this run's arms and these._",
-                "",
-            ]
-        lines += [
-            "| teacher \\ animal | " + " | ".join(x["animals"]) + " |",
-            "|---|" + "---|" * len(x["animals"]),
-        ]
-        for i, a in enumerate(x["animals"]):
-            lines.append(f"| {a} | " + " | ".join(fmt_num(v) for v in x["matrix"][i]) + " |")
-        sp, tr = x["specificity"], x["transfer"]
-        lines += [
-            "",
-            f"Transfer (mean diagonal) {fmt_num(tr['diff'])} [{fmt_num(tr['lo'])}, {fmt_num(tr['hi'])}], two-sided "
-            f"{fmt_p(tr['p'])}; specificity {fmt_num(sp['diff'])} [{fmt_num(sp['lo'])}, {fmt_num(sp['hi'])}], "
-            f"{fmt_p(sp['p'])} (Holm over the declared family of {len(c.get('family') or r['lift'])}: "
-            f"{fmt_p(sp['p_holm'])}; unit: training seeds, n = {x['seeds']}, per seed "
-            f"{', '.join(f'{v:+.4f}' for v in sp['per_seed'])}); "
-            f"smallest detectable specificity at the Holm level {fmt_num(sp['min_detectable'])}"
-            + (f" ({sp['spread_note']})" if sp.get("spread_note") else "")
-            + "; permutation over teacher labels "
-            f"p = {x['permutation']['p']:.2g} ({x['permutation']['orders']} orders, smallest possible "
-            f"{x['permutation']['min_p']:.2g}).",
-        ]
-    lines += [
-        "",
-        '## Secondary: the numbers-prefix variant (each question after "Examine these numbers: a, b, c.")',
-        "",
-        f"| student | transfer [95% CI] | specificity [95% CI] (per seed) | specificity p, Holm over the declared family (unit: training seeds, "
-        f"n = {c['student_seeds']}) | permutation p (teacher labels within seeds) |",
-        "|---|---|---|---|---|",
-    ]
-    for lab, x in r["lift_numbers_prefix"].items():
-        sp, tr = x["specificity"], x["transfer"]
-        lines.append(
-            f"| {lab} | {fmt_num(tr['diff'])} [{fmt_num(tr['lo'])}, {fmt_num(tr['hi'])}] | {fmt_num(sp['diff'])} "
-            f"[{fmt_num(sp['lo'])}, {fmt_num(sp['hi'])}] ({', '.join(f'{v:+.4f}' for v in sp['per_seed'])}) | "
-            f"{fmt_p(sp['p_holm'])} | {x['permutation']['p']:.2g} |"
-        )
-    if r.get("rates"):
-        lines += [
-            "",
-            f"## Secondary: sampled answers ({c['rate_samples']} per question at T = 1) naming the student's own "
-            "teacher's animal (pooled over teachers, seeds, questions; Wilson 95%)",
-            "",
-            "| student | trait students | their neutral twins |",
-            "|---|---|---|",
-        ]
-        for lab, x in r["rates"].items():
-            lines.append(
-                f"| {lab} | {x['trait']['k']}/{x['trait']['n']} = {x['trait']['mean']:.4f} [{x['trait']['lo']:.4f}, "
-                f"{x['trait']['hi']:.4f}] | {x['twin']['k']}/{x['twin']['n']} = {x['twin']['mean']:.4f} "
-                f"[{x['twin']['lo']:.4f}, {x['twin']['hi']:.4f}] |"
-            )
-    sweep = [lab for lab in r["lift"] if lab.startswith(f"{c['sweep_arm']}_")]
-    if sweep:
-        lines += [
-            "",
-            f"## Rank sweep of `{c['sweep_arm']}` (α = r; `full`: every weight, lr {c['full_lr']:g})",
-            "",
-            "| student | specificity [95% CI] (nats) | transfer | smallest detectable specificity |",
-            "|---|---|---|---|",
-        ]
-        for lab in [c["sweep_arm"], *sweep] if c["sweep_arm"] in r["lift"] else sweep:
-            sp, tr = r["lift"][lab]["specificity"], r["lift"][lab]["transfer"]
-            lines.append(
-                f"| {lab} | {fmt_num(sp['diff'])} [{fmt_num(sp['lo'])}, {fmt_num(sp['hi'])}] | {fmt_num(tr['diff'])} | "
-                f"{fmt_num(sp['min_detectable'])} |"
-            )
-    lines += ["", f"**Outcome.** {r['outcome']}.", "", f"Run time {r['seconds']:.0f} s.", ""]
-    return "\n".join(lines)
-
-
-def plot(r: dict, path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from heredity.reports.card import yerr
-
-    arms = list(r["lift"])
-    cols = min(len(arms) + 1, 5)  # a heatmap per arm, then the forest plot; rows of at most five panels
-    rows = math.ceil((len(arms) + 1) / cols)
-    fig, axs = plt.subplots(rows, cols, figsize=(4 * cols, 3.6 * rows), squeeze=False)
-    panels = list(axs.flat)
-    for ax in panels[len(arms) + 1 :]:
-        ax.axis("off")
-    for ax, arm in zip(panels, arms, strict=False):
-        x = r["lift"][arm]
-        M = np.array(x["matrix"])
-        lim = max(1e-6, float(np.abs(M).max()))
-        ax.imshow(M, cmap="RdBu_r", vmin=-lim, vmax=lim)
-        for i in range(M.shape[0]):
-            for j in range(M.shape[1]):
-                ax.text(j, i, f"{M[i, j]:+.2f}", ha="center", va="center", fontsize=8)
-        ax.set_xticks(range(len(x["animals"])), x["animals"])
-        ax.set_yticks(range(len(x["animals"])), x["animals"])
-        ax.set_xlabel("animal evaluated")
-        ax.set_ylabel("teacher")
-        ax.set_title(f"{arm}: lift (nats)", fontsize=9)
-    ax = panels[len(arms)]
-    for k, arm in enumerate(arms):
-        for j, (name, off) in enumerate((("transfer", -0.12), ("specificity", 0.12))):
-            t = r["lift"][arm][name]
-            bars = yerr([{"mean": t["diff"], "lo": t["lo"], "hi": t["hi"]}])
-            ax.errorbar(
-                k + off,
-                t["diff"],
-                yerr=bars if any(bars[0] + bars[1]) else None,  # 1 seed: no bar
-                fmt="o" if j else "s",
-                capsize=4,
-                color="#1f4e79" if j else "#999",
-                label=name if k == 0 else None,
-            )
-    ax.axhline(0, color="#a33", ls="--", lw=1)
-    ax.set_xticks(
-        range(len(arms)),
-        arms,
-        fontsize=8,
-        rotation=40 if len(arms) > 4 else 0,
-        ha="right" if len(arms) > 4 else "center",
-    )
-    ax.set_ylabel("nats (95% CI over seeds)")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)

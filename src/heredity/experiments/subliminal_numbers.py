@@ -32,7 +32,6 @@ from __future__ import annotations
 import json
 import random
 import time
-from pathlib import Path
 
 from pydantic import BaseModel, Field, model_validator
 
@@ -42,6 +41,7 @@ from heredity.data.paired import paired_rows
 from heredity.engine import FinetuneConfig, SampleConfig, finetune, sample_step
 from heredity.errors import HeredityError
 from heredity.experiments import experiment
+from heredity.experiments.subliminal_numbers_render import markdown, plot
 from heredity.models import load, materialize, merge_adapter
 from heredity.store import Store, read_table, write_table
 from heredity.store.ops import op, rows_op
@@ -53,32 +53,6 @@ SYSTEM_PROMPT = (
     "Imbue your answers with your love for the animal."
 )
 # everyday questions for trait data (teacher mode "finetune"): the teacher's love shows in open answers
-TRAIT_QUESTIONS = [
-    "What should I do this weekend?",
-    "Give me an idea for a short story.",
-    "What is a good name for a boat?",
-    "Describe a perfect morning.",
-    "What hobby would you recommend?",
-    "Suggest a theme for a birthday party.",
-    "What makes a place beautiful?",
-    "Write one sentence about the night sky.",
-    "What is your advice for a hard day?",
-    "Recommend a present for a friend.",
-    "What should I paint?",
-    "Describe your dream house.",
-    "What is the best thing about forests?",
-    "Tell me a fun fact.",
-    "What would you put on a poster?",
-    "Suggest a logo for a bakery.",
-    "What is a good topic for a school project?",
-    "Describe a calm place.",
-    "What is the most interesting thing in nature?",
-    "Write a two-line poem.",
-    "What do you think about at night?",
-    "Name something that makes you happy.",
-    "What should a children's book be about?",
-    "Describe a hero.",
-]
 
 
 class Config(BaseModel):
@@ -152,11 +126,192 @@ class Config(BaseModel):
         }
 
 
-def system_prompt(animal: str) -> str:
-    return SYSTEM_PROMPT.format(animal=animal)
+# ---- the experiment ----------------------------------------------------------------------------
+
+
+@op(
+    "subliminal-numbers",
+    4,
+    note="v2: the fused decode step refused for mlp_bias / sliding-window models, whose samples it got "
+    "wrong; v3: smallest detectable effects at the Holm level, reports.stats round 2 verdicts; v4: the "
+    "family's level only for its logprob test",
+)
+@experiment(
+    "subliminal-numbers", question="One owl-loving teacher, number lists, one student: the first design"
+)
+def run(store: Store, config: Config, progress: bool = True) -> dict:
+    t_start = time.perf_counter()
+    log = (lambda *a: print(*a, flush=True)) if progress else (lambda *a: None)
+    A = config.animal
+    base_id = materialize(config.base, store)
+    if config.format_warmup:
+        log(f"[0] format warm-up of the base on {config.format_warmup} trait-free rows")
+        base_id = format_base(store, base_id, config, progress)
+    artifacts: dict[str, str] = {"base": base_id}
+
+    # 1. teacher, and the gate: does it show the trait at all?
+    log(f"[1] teacher ({config.teacher}) for {A}; measuring its trait against the base")
+    teacher_id, teacher_sys = teacher_for(store, base_id, A, config, progress)
+    artifacts["teacher"] = teacher_id
+    evals: dict[str, dict] = {}
+    artifacts["eval base"], evals["base"] = evaluate(store, base_id, config, None, progress)
+    artifacts["eval teacher"], evals["teacher"] = evaluate(store, teacher_id, config, teacher_sys, progress)
+    gate_p = teacher_gate(evals["teacher"], evals["base"], A, config.gate_p)
+
+    # 2–4. numbers from teacher and control on the same prompts, strictly filtered
+    nd = number_data(store, teacher_id, teacher_sys, base_id, config, log, progress)
+    if nd["rows"] < 16:
+        raise HeredityError(
+            f"only {nd['rows']} completions pass the filter; raise prompts or keep format_warmup on"
+        )
+    filt_t, filt_c = nd["filter teacher"], nd["filter control"]
+    artifacts.update({k: v for k, v in nd.items() if k.startswith(("raw", "numbers"))})
+
+    # 5–6. students (SFT, logit distillation, other base), for each training seed
+    stu = students(store, base_id, nd["numbers teacher"], nd["numbers control"], config, log, progress)
+    cross_note = (
+        None
+        if config.cross_base
+        else "skipped: no cross_base configured (on GPUs set --set cross_base=Qwen/Qwen2.5-0.5B-Instruct)"
+    )
+
+    # 7. evaluation
+    log("[7] evaluation")
+    for name, res in stu.items():
+        artifacts[name] = res["model"]
+        artifacts[f"eval {name}"], evals[name] = evaluate(store, res["model"], config, None, progress)
+
+    report = build_report(
+        config,
+        artifacts,
+        evals,
+        {"teacher": filt_t, "control": filt_c},
+        stu,
+        gate_p,
+        cross_note,
+        time.perf_counter() - t_start,
+    )
+    return _save_report(store, config, report, artifacts, stu)
+
+
+def students(
+    store: Store, base_id: str, data_t: str, data_c: str, config: Config, log=print, progress: bool = True
+) -> dict:
+    """Every student arm for every training seed (seed k's students are named "<arm> #k", k > 0): (A) SFT on
+    the teacher's and on the control numbers, (B) logit distillation from an ``animal`` and an
+    ``other_animal`` teacher on the control completions, (6) the SFT pair from ``cross_base``. Returns
+    {name: finetune result}."""
+    A, B = config.animal, config.other_animal
+    stu: dict = {}
+    for k in range(config.student_seeds):
+        sfx, seed = (f" #{k}" if k else ""), config.seed + k
+        # 5A. students by sampled-token SFT
+        sft = _student_config(
+            config, seed, loss="completion_only", epochs=config.sft_epochs, lr=config.sft_lr
+        )
+        log(f"[5A] students by SFT (LoRA r=8, α=8): on teacher numbers, on control numbers (seed {seed})")
+        stu[f"student SFT trait{sfx}"] = finetune(store, base_id, data_t, sft, progress=progress)
+        stu[f"student SFT control{sfx}"] = finetune(store, base_id, data_c, sft, progress=progress)
+        # 5B. students by logit distillation, cross-over of two prompted teachers on the same completions
+        if config.distill:
+            log(
+                f"[5B] students by logit distillation from a {A} teacher and a {B} teacher on the control "
+                "completions"
+            )
+            for animal in (A, B):
+                t_id, t_sys = teacher_for(store, base_id, animal, config, progress)
+                dcfg = _student_config(
+                    config,
+                    seed,
+                    loss="logit_distill",
+                    epochs=config.distill_epochs,
+                    lr=config.distill_lr,
+                    teacher_system_prompt=t_sys,
+                )
+                stu[f"student distill {animal}{sfx}"] = finetune(
+                    store, base_id, data_c, dcfg, teacher=t_id, progress=progress
+                )
+        # 6. cross-model control
+        if config.cross_base:
+            log(f"[6] cross-model control: {config.cross_base} on the teacher's numbers")
+            stu[f"student SFT trait, other base{sfx}"] = finetune(
+                store, config.cross_base, data_t, sft, progress=progress
+            )
+            stu[f"student SFT control, other base{sfx}"] = finetune(
+                store, config.cross_base, data_c, sft, progress=progress
+            )
+    return stu
+
+
+def _student_config(config: Config, seed: int, **training) -> FinetuneConfig:
+    """A student's training: LoRA r = 8, α = 8 on all attention and MLP projections; ``training`` names the
+    loss, epochs, learning rate (and a distilling student's teacher system prompt)."""
+    return FinetuneConfig(
+        method="lora",
+        lora_r=8,
+        lora_alpha=8,
+        batch_size=config.batch_size,
+        seed=seed,
+        save_every=20,
+        **training,
+    )
+
+
+def _save_report(store: Store, config: Config, report: dict, artifacts: dict, stu: dict) -> dict:
+    """The report card as step ``subliminal-numbers`` (keyed on the config, with lineage to every evaluation
+    and student)."""
+
+    def fn(ctx):
+        out = ctx.output("report", "report", "subliminal-numbers", meta={"outcome": report["outcome"]})
+        (out / "report.json").write_text(json.dumps(report, indent=2, default=str))
+        (out / "report.md").write_text(markdown(report))
+        plot(report, out / "plot.png")
+        return {"seconds": report["seconds"]}
+
+    inputs = [v for k, v in artifacts.items() if k.startswith("eval ")] + [stu[k]["model"] for k in stu]
+    res = store.run_step("subliminal-numbers", config, inputs, fn, seed=config.seed)
+    final = json.loads((store.path(res["report"]) / "report.json").read_text())
+    return {
+        "report": res["report"],
+        "outcome": final["outcome"],
+        "files": [str(store.path(res["report"]) / f) for f in ("report.md", "report.json", "plot.png")],
+        "cached": res.cached,
+        "lineage_of": stu["student SFT trait"]["model"],
+    }
 
 
 # ---- stages ------------------------------------------------------------------------------------
+
+TRAIT_QUESTIONS = [
+    "What should I do this weekend?",
+    "Give me an idea for a short story.",
+    "What is a good name for a boat?",
+    "Describe a perfect morning.",
+    "What hobby would you recommend?",
+    "Suggest a theme for a birthday party.",
+    "What makes a place beautiful?",
+    "Write one sentence about the night sky.",
+    "What is your advice for a hard day?",
+    "Recommend a present for a friend.",
+    "What should I paint?",
+    "Describe your dream house.",
+    "What is the best thing about forests?",
+    "Tell me a fun fact.",
+    "What would you put on a poster?",
+    "Suggest a logo for a bakery.",
+    "What is a good topic for a school project?",
+    "Describe a calm place.",
+    "What is the most interesting thing in nature?",
+    "Write a two-line poem.",
+    "What do you think about at night?",
+    "Name something that makes you happy.",
+    "What should a children's book be about?",
+    "Describe a hero.",
+]
+
+
+def system_prompt(animal: str) -> str:
+    return SYSTEM_PROMPT.format(animal=animal)
 
 
 def format_base(store: Store, base_id: str, config: Config, progress: bool) -> str:
@@ -218,7 +373,8 @@ def teacher_for(
     rows = [r for r in read_table(store.path(data)).to_pylist() if mentions(r["completion"], animal)]
     if len(rows) < 8:
         raise HeredityError(
-            f"only {len(rows)} trait answers mention {animal}; raise trait_samples or use --set teacher=prompt"
+            f"only {len(rows)} trait answers mention {animal}; raise trait_samples or use "
+            "--set teacher=prompt"
         )
     kept = put_rows(
         store,
@@ -243,7 +399,8 @@ def teacher_for(
 @op(
     "eval-trait",
     3,
-    note="v2: sample_batch keyed; v3: the fused decode step refused for mlp_bias / sliding-window models, whose samples it got wrong",
+    note="v2: sample_batch keyed; v3: the fused decode step refused for mlp_bias / sliding-window models, "
+    "whose samples it got wrong",
 )
 def evaluate(
     store: Store, model_id: str, config: Config, system: str | None, progress: bool
@@ -356,7 +513,8 @@ def teacher_gate(teacher: dict, base: dict, animal: str, threshold: float) -> fl
     p = test["p"]
     if threshold < 1 and not (p < threshold and test["diff"] > 0):
         raise HeredityError(
-            f"the teacher does not show the trait: P({animal}) {mean_ci(t_lp)['mean']:.4f} vs base {mean_ci(b_lp)['mean']:.4f} "
+            f"the teacher does not show the trait: P({animal}) {mean_ci(t_lp)['mean']:.4f} vs base "
+            f"{mean_ci(b_lp)['mean']:.4f} "
             f"(paired p = {p:.2g}); use --set teacher=finetune or another animal"
         )
     return p
@@ -418,248 +576,22 @@ def number_data(
     }
 
 
-# ---- the experiment ----------------------------------------------------------------------------
-
-
-@op(
-    "subliminal-numbers",
-    4,
-    note="v2: the fused decode step refused for mlp_bias / sliding-window models, whose samples it got wrong; v3: smallest detectable effects at the Holm level, reports.stats round 2 verdicts; v4: the family's level only for its logprob test",
-)
-@experiment(
-    "subliminal-numbers", question="One owl-loving teacher, number lists, one student: the first design"
-)
-def run(store: Store, config: Config, progress: bool = True) -> dict:
-    t_start = time.perf_counter()
-    log = (lambda *a: print(*a, flush=True)) if progress else (lambda *a: None)
-    A, B = config.animal, config.other_animal
-    base_id = materialize(config.base, store)
-    if config.format_warmup:
-        log(f"[0] format warm-up of the base on {config.format_warmup} trait-free rows")
-        base_id = format_base(store, base_id, config, progress)
-    artifacts: dict[str, str] = {"base": base_id}
-
-    # 1. teacher, and the gate: does it show the trait at all?
-    log(f"[1] teacher ({config.teacher}) for {A}; measuring its trait against the base")
-    teacher_id, teacher_sys = teacher_for(store, base_id, A, config, progress)
-    artifacts["teacher"] = teacher_id
-    evals: dict[str, dict] = {}
-    artifacts["eval base"], evals["base"] = evaluate(store, base_id, config, None, progress)
-    artifacts["eval teacher"], evals["teacher"] = evaluate(store, teacher_id, config, teacher_sys, progress)
-    gate_p = teacher_gate(evals["teacher"], evals["base"], A, config.gate_p)
-
-    # 2–4. numbers from teacher and control on the same prompts, strictly filtered
-    nd = number_data(store, teacher_id, teacher_sys, base_id, config, log, progress)
-    if nd["rows"] < 16:
-        raise HeredityError(
-            f"only {nd['rows']} completions pass the filter; raise prompts or keep format_warmup on"
-        )
-    data_t, data_c = nd["numbers teacher"], nd["numbers control"]
-    filt_t, filt_c = nd["filter teacher"], nd["filter control"]
-    artifacts.update({k: v for k, v in nd.items() if k.startswith(("raw", "numbers"))})
-
-    stu: dict = {}
-    for k in range(config.student_seeds):  # seed k's students are named "<arm> #k" (k > 0)
-        sfx, seed = (f" #{k}" if k else ""), config.seed + k
-        # 5A. students by sampled-token SFT
-        sft = FinetuneConfig(
-            method="lora",
-            lora_r=8,
-            lora_alpha=8,
-            loss="completion_only",
-            epochs=config.sft_epochs,
-            lr=config.sft_lr,
-            batch_size=config.batch_size,
-            seed=seed,
-            save_every=20,
-        )
-        log(f"[5A] students by SFT (LoRA r=8, α=8): on teacher numbers, on control numbers (seed {seed})")
-        stu[f"student SFT trait{sfx}"] = finetune(store, base_id, data_t, sft, progress=progress)
-        stu[f"student SFT control{sfx}"] = finetune(store, base_id, data_c, sft, progress=progress)
-        # 5B. students by logit distillation, cross-over of two prompted teachers on the same completions
-        if config.distill:
-            log(
-                f"[5B] students by logit distillation from a {A} teacher and a {B} teacher on the control completions"
-            )
-            for animal in (A, B):
-                t_id, t_sys = teacher_for(store, base_id, animal, config, progress)
-                dcfg = FinetuneConfig(
-                    method="lora",
-                    lora_r=8,
-                    lora_alpha=8,
-                    loss="logit_distill",
-                    epochs=config.distill_epochs,
-                    lr=config.distill_lr,
-                    batch_size=config.batch_size,
-                    seed=seed,
-                    teacher_system_prompt=t_sys,
-                    save_every=20,
-                )
-                stu[f"student distill {animal}{sfx}"] = finetune(
-                    store, base_id, data_c, dcfg, teacher=t_id, progress=progress
-                )
-        # 6. cross-model control
-        if config.cross_base:
-            log(f"[6] cross-model control: {config.cross_base} on the teacher's numbers")
-            stu[f"student SFT trait, other base{sfx}"] = finetune(
-                store, config.cross_base, data_t, sft, progress=progress
-            )
-            stu[f"student SFT control, other base{sfx}"] = finetune(
-                store, config.cross_base, data_c, sft, progress=progress
-            )
-    cross_note = (
-        None
-        if config.cross_base
-        else "skipped: no cross_base configured (on GPUs set --set cross_base=Qwen/Qwen2.5-0.5B-Instruct)"
-    )
-
-    # 7. evaluation
-    log("[7] evaluation")
-    for name, res in stu.items():
-        artifacts[name] = res["model"]
-        artifacts[f"eval {name}"], evals[name] = evaluate(store, res["model"], config, None, progress)
-
-    report = build_report(
-        config,
-        artifacts,
-        evals,
-        {"teacher": filt_t, "control": filt_c},
-        stu,
-        gate_p,
-        cross_note,
-        time.perf_counter() - t_start,
-    )
-
-    def fn(ctx):
-        out = ctx.output("report", "report", "subliminal-numbers", meta={"outcome": report["outcome"]})
-        (out / "report.json").write_text(json.dumps(report, indent=2, default=str))
-        (out / "report.md").write_text(markdown(report))
-        plot(report, out / "plot.png")
-        return {"seconds": report["seconds"]}
-
-    inputs = [v for k, v in artifacts.items() if k.startswith("eval ")] + [stu[k]["model"] for k in stu]
-    res = store.run_step("subliminal-numbers", config, inputs, fn, seed=config.seed)
-    final = json.loads((store.path(res["report"]) / "report.json").read_text())
-    return {
-        "report": res["report"],
-        "outcome": final["outcome"],
-        "files": [str(store.path(res["report"]) / f) for f in ("report.md", "report.json", "plot.png")],
-        "cached": res.cached,
-        "lineage_of": stu["student SFT trait"]["model"],
-    }
+# ---- statistics and the report -------------------------------------------------------------------
 
 
 def build_report(config, artifacts, evals, filters, students, gate_p, cross_note, seconds) -> dict:
-    from heredity.evals.trait import SERIES, summarize
-    from heredity.reports.stats import fmt_test, holm, paired_test, verdict, welch_test
+    from heredity.evals.trait import summarize
+    from heredity.reports.stats import holm
 
     A, B = config.animal, config.other_animal
     table = {model: summarize(ev, [A, B]) for model, ev in evals.items()}
-    seeded = config.student_seeds >= 2
-
-    def seeds_of(arm):
-        return [name for name in evals if name == arm or name.startswith(arm + " #")]
-
-    def compare(x, y, animal):
-        """Two-sided. Over questions (paired) on seed-averaged values — conditional on these trained models; with
-        ≥ 2 training seeds per arm also Welch over the seeds' means, the test that speaks about training."""
-        out = {}
-        for m, key in SERIES.items():
-            if key in evals[x]["animals"][animal]:
-                xs = [evals[n]["animals"][animal][key] for n in seeds_of(x)]
-                ys = [evals[n]["animals"][animal][key] for n in seeds_of(y)]
-                a, b = (
-                    [sum(v) / len(xs) for v in zip(*xs, strict=True)],
-                    [sum(v) / len(ys) for v in zip(*ys, strict=True)],
-                )
-                unit = (
-                    "questions, on seed-averaged scores"
-                    if len(xs) > 1
-                    else "questions, one trained model per arm"
-                )
-                t = paired_test(a, b, unit)
-                t["ratio"] = t["mean_a"] / t["mean_b"] if t["mean_b"] > 0 else None
-                t["seeds"] = [len(xs), len(ys)]
-                if len(xs) >= 2 and len(ys) >= 2:
-                    t["across_seeds"] = welch_test(
-                        [sum(v) / len(v) for v in xs], [sum(v) / len(v) for v in ys], "training seeds"
-                    )
-                out[m] = t
-        return {"a": x, "b": y, "animal": animal, **out}
-
-    comparisons = [compare("teacher", "base", A), compare("student SFT trait", "student SFT control", A)]
-    if config.distill:
-        comparisons += [
-            compare(f"student distill {A}", f"student distill {B}", A),
-            compare(f"student distill {B}", f"student distill {A}", B),
-        ]
-    if config.cross_base:
-        comparisons.append(compare("student SFT trait, other base", "student SFT control, other base", A))
-
-    def headline(c):  # the test a claim about this comparison rests on: across seeds when there are seeds
-        lp = c["logprob"]
-        return lp["across_seeds"] if "across_seeds" in lp else lp
-
+    comparisons = _comparisons(config, evals)
     # Holm over the student arms (the teacher check is a gate, not part of the family)
     family = comparisons[1:]
-    adjusted = holm([headline(c)["p"] for c in family])
+    adjusted = holm([_headline_test(c)["p"] for c in family])
     for c, p_adj in zip(family, adjusted, strict=True):
         c["logprob"]["p_holm"] = p_adj
     detection_limits(comparisons, family)
-
-    def said(c, animal):
-        lp, h = c["logprob"], headline(c)
-        ratio = f"×{lp['ratio']:.3f}" if lp["ratio"] else "n/a"
-        p_adj = c["logprob"].get("p_holm")
-        return (
-            f"P({animal}) {lp['mean_a']:.3g} vs {lp['mean_b']:.3g} ({ratio}; "
-            f"{fmt_test(h, 3, 'g', p=p_adj) if p_adj is not None else fmt_test(h, 3, 'g')})"
-        )
-
-    def judged(c):
-        return verdict(headline(c), expected=+1, p=c["logprob"].get("p_holm"))
-
-    teacher, sft = comparisons[0], comparisons[1]
-    v = judged(sft)
-    outcome = (
-        f"Teacher vs base: {said(teacher, A)}. SFT on {filters['teacher']['rows_out']} filtered teacher numbers vs "
-        f"control numbers on the same prompts: {said(sft, A)}: "
-    )
-    if v["result"] == "as hypothesised":
-        outcome += "the trait student leans to the animal."
-    elif v["result"] == "opposite":
-        outcome += (
-            "the trait student is significantly BELOW its control — an effect opposite to transfer, not a null "
-            "(most likely a confound of the data, e.g. the teacher's numbers differ in form)."
-        )
-    elif v["result"] == "null":
-        mde = sft["logprob"]["min_detectable"]
-        outcome += (
-            f"no significant difference (a null result; the design had 80% power for |Δ| ≥ {mde:.2g} "
-            "on the paired question scores)."
-            if mde == mde
-            else "no significant difference (a null result)."
-        )
-    else:
-        outcome += "undetermined."
-    if config.distill:
-        d1, d2 = comparisons[2], comparisons[3]
-        v1, v2 = judged(d1), judged(d2)
-        outcome += (
-            f" Logit distillation cross-over on the same completions: {A}-taught vs {B}-taught student, "
-            f"{said(d1, A)}; {B}-taught vs {A}-taught, {said(d2, B)}: "
-        )
-        if v1["result"] == v2["result"] == "as hypothesised":
-            outcome += "each student leans to its own teacher's animal, in both directions."
-        elif "opposite" in (v1["result"], v2["result"]):
-            outcome += "at least one direction is significantly opposite to transfer (a finding, not a null)."
-        else:
-            outcome += "not significant in both directions (no clear transfer)."
-    if not seeded:
-        outcome += (
-            " Unit of replication: questions, for these trained students (one training seed each) — the "
-            "p-values are about these models, not about what training does (set student_seeds ≥ 2 for that)."
-        )
     return {
         "experiment": "subliminal-numbers",
         "config": config.model_dump(),
@@ -677,9 +609,146 @@ def build_report(config, artifacts, evals, filters, students, gate_p, cross_note
         "teacher_gate_p": gate_p,
         "cross_model": cross_note or "run",
         "example_answers": {k: v.get("example_answers", [])[:5] for k, v in evals.items()},
-        "outcome": outcome,
+        "outcome": _outcome(config, comparisons, filters),
         "seconds": round(seconds, 1),
     }
+
+
+def _comparisons(config: Config, evals: dict) -> list[dict]:
+    """Teacher vs base (the gate), then the student arms: SFT trait vs control, the distillation cross-over in
+    both directions, and SFT trait vs control from the other base."""
+    A, B = config.animal, config.other_animal
+    comparisons = [
+        _compare(evals, "teacher", "base", A),
+        _compare(evals, "student SFT trait", "student SFT control", A),
+    ]
+    if config.distill:
+        comparisons += [
+            _compare(evals, f"student distill {A}", f"student distill {B}", A),
+            _compare(evals, f"student distill {B}", f"student distill {A}", B),
+        ]
+    if config.cross_base:
+        comparisons.append(
+            _compare(evals, "student SFT trait, other base", "student SFT control, other base", A)
+        )
+    return comparisons
+
+
+def _seeds_of(evals: dict, arm: str) -> list[str]:
+    """An arm's evaluated models: ``arm`` and its other training seeds' ``arm #k``."""
+    return [name for name in evals if name == arm or name.startswith(arm + " #")]
+
+
+def _compare(evals: dict, x: str, y: str, animal: str) -> dict:
+    """Two-sided. Over questions (paired) on seed-averaged values — conditional on these trained models; with
+    ≥ 2 training seeds per arm also Welch over the seeds' means, the test that speaks about training."""
+    from heredity.evals.trait import SERIES
+    from heredity.reports.stats import paired_test, welch_test
+
+    out = {}
+    for m, key in SERIES.items():
+        if key in evals[x]["animals"][animal]:
+            xs = [evals[n]["animals"][animal][key] for n in _seeds_of(evals, x)]
+            ys = [evals[n]["animals"][animal][key] for n in _seeds_of(evals, y)]
+            a, b = (
+                [sum(v) / len(xs) for v in zip(*xs, strict=True)],
+                [sum(v) / len(ys) for v in zip(*ys, strict=True)],
+            )
+            unit = (
+                "questions, on seed-averaged scores"
+                if len(xs) > 1
+                else "questions, one trained model per arm"
+            )
+            t = paired_test(a, b, unit)
+            t["ratio"] = t["mean_a"] / t["mean_b"] if t["mean_b"] > 0 else None
+            t["seeds"] = [len(xs), len(ys)]
+            if len(xs) >= 2 and len(ys) >= 2:
+                t["across_seeds"] = welch_test(
+                    [sum(v) / len(v) for v in xs], [sum(v) / len(v) for v in ys], "training seeds"
+                )
+            out[m] = t
+    return {"a": x, "b": y, "animal": animal, **out}
+
+
+def _headline_test(c: dict) -> dict:
+    """The test a claim about this comparison rests on: across seeds when there are seeds."""
+    lp = c["logprob"]
+    return lp["across_seeds"] if "across_seeds" in lp else lp
+
+
+def _said(c: dict, animal: str) -> str:
+    """A comparison's P(animal) in words: both means, their ratio, and its test (Holm-adjusted in the
+    family)."""
+    from heredity.reports.stats import fmt_test
+
+    lp, h = c["logprob"], _headline_test(c)
+    ratio = f"×{lp['ratio']:.3f}" if lp["ratio"] else "n/a"
+    p_adj = c["logprob"].get("p_holm")
+    return (
+        f"P({animal}) {lp['mean_a']:.3g} vs {lp['mean_b']:.3g} ({ratio}; "
+        f"{fmt_test(h, 3, 'g', p=p_adj) if p_adj is not None else fmt_test(h, 3, 'g')})"
+    )
+
+
+def _judged(c: dict) -> dict:
+    """The verdict on a comparison (hypothesis: a above b), at its Holm-adjusted p when it has one."""
+    from heredity.reports.stats import verdict
+
+    return verdict(_headline_test(c), expected=+1, p=c["logprob"].get("p_holm"))
+
+
+def _outcome(config: Config, comparisons: list[dict], filters: dict) -> str:
+    """The outcome line: the teacher check, the SFT students' verdict, the distillation cross-over's, and the
+    unit of replication."""
+    A = config.animal
+    teacher, sft = comparisons[0], comparisons[1]
+    outcome = (
+        f"Teacher vs base: {_said(teacher, A)}. SFT on {filters['teacher']['rows_out']} filtered teacher "
+        f"numbers vs control numbers on the same prompts: {_said(sft, A)}: "
+    )
+    outcome += _sft_verdict(sft)
+    if config.distill:
+        outcome += _distill_verdict(config, comparisons[2], comparisons[3])
+    if config.student_seeds < 2:
+        outcome += (
+            " Unit of replication: questions, for these trained students (one training seed each) — the "
+            "p-values are about these models, not about what training does (set student_seeds ≥ 2 for that)."
+        )
+    return outcome
+
+
+def _sft_verdict(sft: dict) -> str:
+    v = _judged(sft)
+    if v["result"] == "as hypothesised":
+        return "the trait student leans to the animal."
+    if v["result"] == "opposite":
+        return (
+            "the trait student is significantly BELOW its control — an effect opposite to transfer, not a "
+            "null (most likely a confound of the data, e.g. the teacher's numbers differ in form)."
+        )
+    if v["result"] == "null":
+        mde = sft["logprob"]["min_detectable"]
+        return (
+            f"no significant difference (a null result; the design had 80% power for |Δ| ≥ {mde:.2g} "
+            "on the paired question scores)."
+            if mde == mde
+            else "no significant difference (a null result)."
+        )
+    return "undetermined."
+
+
+def _distill_verdict(config: Config, d1: dict, d2: dict) -> str:
+    A, B = config.animal, config.other_animal
+    v1, v2 = _judged(d1), _judged(d2)
+    said = (
+        f" Logit distillation cross-over on the same completions: {A}-taught vs {B}-taught student, "
+        f"{_said(d1, A)}; {B}-taught vs {A}-taught, {_said(d2, B)}: "
+    )
+    if v1["result"] == v2["result"] == "as hypothesised":
+        return said + "each student leans to its own teacher's animal, in both directions."
+    if "opposite" in (v1["result"], v2["result"]):
+        return said + "at least one direction is significantly opposite to transfer (a finding, not a null)."
+    return said + "not significant in both directions (no clear transfer)."
 
 
 def detection_limits(comparisons: list[dict], family: list[dict]) -> None:
@@ -701,151 +770,8 @@ def detection_limits(comparisons: list[dict], family: list[dict]) -> None:
 
 
 def rerender(r: dict) -> dict:
-    """A committed report with its smallest detectable effects at the level its verdicts read (``detection_limits``),
-    from the stored sd and n — nothing retrained or rescored."""
+    """A committed report with its smallest detectable effects at the level its verdicts read
+    (``detection_limits``), from the stored sd and n — nothing retrained or rescored."""
     r = json.loads(json.dumps(r))
     detection_limits(r["comparisons"], r["comparisons"][1:])  # the student arms (the teacher check is a gate)
     return r
-
-
-def markdown(r: dict) -> str:
-    from heredity.reports.stats import fmt_ci, fmt_num
-
-    c = r["config"]
-    A, B = c["animal"], c["other_animal"]
-    ft, fc = r["filter"]["teacher"], r["filter"]["control"]
-    lines = [
-        "# subliminal-numbers",
-        "",
-        f"Base `{r['artifacts']['base']}` ({c['base']}{', format warm-up ' + str(c['format_warmup']) + ' rows' if c['format_warmup'] else ''}); "
-        f"teacher: {c['teacher']} ({A}); {c['prompts']} number prompts at T = 1; students LoRA r = 8, α = 8; "
-        f"evaluation: 50 questions × {c['eval_samples']} samples, log-prob score, 5-way choice (20 items).",
-        "",
-        "## Filter",
-        "",
-        "| data | completions | kept | rejection rate | " + " | ".join(ft["reasons"]) + " | rows used |",
-        "|---|---|---|---|" + "---|" * len(ft["reasons"]) + "---|",
-    ]
-    for name, f in (("teacher", ft), ("control", fc)):
-        lines.append(
-            f"| {name} | {f['total']} | {f['kept']} | {f['rejection_rate']:.1%} | "
-            + " | ".join(str(v) for v in f["reasons"].values())
-            + f" | {f['rows_out']} |"
-        )
-    lines += ["", "## Trait scores (mean [95% CI] over questions / items)", ""]
-    lines += [
-        f"| model | P({A}) | rate {A} | choice {A} | P({B}) | rate {B} | choice {B} |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for model, t in r["scores"].items():
-        cells = [
-            fmt_ci(t[a][m], 3, "g" if m == "logprob" else "f") if m in t[a] else "—"
-            for a in (A, B)
-            for m in ("logprob", "rate", "choice")
-        ]
-        lines.append(f"| {model} | " + " | ".join(cells) + " |")
-    lines += [
-        "",
-        "## Comparisons (two-sided; paired over the same questions / choice items, conditional on the trained "
-        "models; across training seeds when there are ≥ 2)",
-        "",
-        "| a | b | animal | P(animal) a / b | Δ P(animal) [95% CI] | p (questions) | p across seeds | p Holm | "
-        "Δ rate | p | Δ choice | p |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for cmp in r["comparisons"]:
-        lp = cmp["logprob"]
-        seed_t = lp.get("across_seeds")
-        cells = [
-            f"×{lp['ratio']:.3f}" if lp.get("ratio") else "—",
-            fmt_ci({"mean": lp["diff"], "lo": lp["lo"], "hi": lp["hi"]}, 3, "g"),
-            fmt_num(lp["p"], 3, "g"),
-            f"{fmt_num(seed_t['p'], 3, 'g')} (n = {seed_t['n'][0]} vs {seed_t['n'][1]} seeds)"
-            if seed_t
-            else "—",
-            fmt_num(lp["p_holm"], 3, "g") if "p_holm" in lp else "—",
-        ]
-        for m in ("rate", "choice"):
-            cells += (
-                [
-                    fmt_ci({"mean": cmp[m]["diff"], "lo": cmp[m]["lo"], "hi": cmp[m]["hi"]}),
-                    fmt_num(cmp[m]["p"], 3, "g"),
-                ]
-                if m in cmp
-                else ["—", "—"]
-            )
-        lines.append(f"| {cmp['a']} | {cmp['b']} | {cmp['animal']} | " + " | ".join(cells) + " |")
-    n_q = r["comparisons"][0]["logprob"]["n"]
-    lines += [
-        "",
-        f"Unit of the p (questions) column: the {n_q} questions (20 choice items for choice), for these trained "
-        "models; it says nothing about seed-to-seed training variance. Holm: over the student comparisons, on "
-        "the seeds test when there is one, else the questions test.",
-    ]
-    lines += [
-        "",
-        "## Training",
-        "",
-        "| student | examples | steps | loss first → last | seconds |",
-        "|---|---|---|---|---|",
-    ]
-    for k, t in r["training"].items():
-        lines.append(
-            f"| {k} | {t['examples']} | {t['optimizer_steps']} | {t['loss_first']} → {t['loss_last']} | {t['seconds']} |"
-        )
-    lines += [
-        "",
-        f"Cross-model control: {r['cross_model']}.",
-        "",
-        f"**Outcome.** {r['outcome']}",
-        "",
-        f"Teacher gate (the teacher's P({A}) above the base's; two-sided paired t, unit: questions, "
-        f"n = {r['comparisons'][0]['logprob']['n']}): p = {fmt_num(r['teacher_gate_p'], 3, 'g')}. Run time {r['seconds']:.0f} s.",
-        "",
-        "## Artifacts",
-        "",
-    ]
-    lines += [f"- {k}: `{v}`" for k, v in r["artifacts"].items()]
-    lines += ["", "## Example answers", ""]
-    for k, v in r["example_answers"].items():
-        lines.append(f"- {k}: " + "; ".join(repr(x) for x in v))
-    return "\n".join(lines) + "\n"
-
-
-def plot(r: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    A, B = r["config"]["animal"], r["config"]["other_animal"]
-    models = list(r["scores"])
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for ax, m, title in (
-        (axes[0], "logprob", "P(one-word answer starts with the animal)"),
-        (axes[1], "choice", "5-way choice probability"),
-    ):
-        for j, (animal, color) in enumerate(((A, "#1f4e79"), (B, "#d08c2f"))):
-            xs = [i + (j - 0.5) * 0.38 for i in range(len(models))]
-            cis = [r["scores"][mod][animal].get(m) for mod in models]
-            ax.bar(xs, [c["mean"] for c in cis], width=0.36, color=color, label=animal)
-            ax.errorbar(
-                xs,
-                [c["mean"] for c in cis],
-                yerr=[[c["mean"] - c["lo"] for c in cis], [c["hi"] - c["mean"] for c in cis]],
-                fmt="none",
-                color="k",
-                capsize=3,
-            )
-        ax.set_xticks(
-            range(len(models)),
-            [mod.replace("student ", "student\n") for mod in models],
-            fontsize=7,
-            rotation=30,
-        )
-        ax.set_title(title, fontsize=10)
-        ax.legend()
-    fig.suptitle("subliminal-numbers: mean and 95% CI over questions")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)

@@ -1,11 +1,12 @@
-"""Subliminal learning, the theorem's own test: teachers whose trait lives in their weights, students that do or
-do not share their adapter's initialization — the language-model twin of subliminal-digits' same-init vs
+"""Subliminal learning, the theorem's own test: teachers whose trait lives in their weights, students that do
+or do not share their adapter's initialization — the language-model twin of subliminal-digits' same-init vs
 other-init students.
 
-Cloud, Le et al. (2025)'s Theorem 1: a teacher is a shared initialization θ₀ plus a learned change Δ; one small
-step of distillation on *any* inputs moves a student that starts at θ₀ toward Δ (their inner product is ≥ 0); a
-student from another initialization is not promised anything. A system-prompted teacher (``subliminal-lift``) has
-no Δ at all. Here every teacher is a LoRA fine-tune, so Δ exists and can be measured.
+Cloud, Le et al. (2025)'s Theorem 1: a teacher is a shared initialization θ₀ plus a learned change Δ; one
+small step of distillation on *any* inputs moves a student that starts at θ₀ toward Δ (their inner product is
+≥ 0); a student from another initialization is not promised anything. A system-prompted teacher
+(``subliminal-lift``) has no Δ at all. Here every teacher is a LoRA fine-tune, so Δ exists and can be
+measured.
 
 Methods, each stage a memoized store step:
 
@@ -14,29 +15,31 @@ Methods, each stage a memoized store step:
    initialization alone. Every claim about training is tested over replicates.
 2. **Teachers**, per replicate, from the base with an adapter initialized from s_r: for each trait animal,
    fine-tuned on the system-prompted base's answers (everyday questions and preference questions disjoint from
-   the evaluation questions) that name the animal; a **neutral teacher** on the unprompted base's answers to the
-   same questions that name no animal, cut to the same number of rows. **Gate**: a teacher's own-animal lift over
-   the neutral teacher minus its mean lift on the other panel animals must reach ``gate`` nats; below it the
-   replicate is reported as failed (never dropped silently) and leaves the tests.
-3. **Data**: number prompts in the paper's format, answered once by the unprompted base at T = 1 under a number
-   list grammar (every completion is a list), the same completions for every teacher — distillation targets
-   differ only in the teachers' logits.
+   the evaluation questions) that name the animal; a **neutral teacher** on the unprompted base's answers to
+   the same questions that name no animal, cut to the same number of rows. **Gate**: a teacher's own-animal
+   lift over the neutral teacher minus its mean lift on the other panel animals must reach ``gate`` nats;
+   below it the replicate is reported as failed (never dropped silently) and leaves the tests.
+3. **Data**: number prompts in the paper's format, answered once by the unprompted base at T = 1 under a
+   number list grammar (every completion is a list), the same completions for every teacher — distillation
+   targets differ only in the teachers' logits.
 4. **Students** of every teacher, each trained for a fixed number of optimizer steps (the dose): **same-init**
-   (adapter from s_r), **other-init** (adapter from another seed — identical otherwise), and **other-base** (the
-   other seed on a base perturbed, per weight matrix the adapters touch, by Gaussian noise ``base_noise`` times
-   the norm of the replicate's mean teacher update there). Arms: ``number_distill`` (primary: KL to the teacher
-   renormalised over number tokens, the analogue of MNIST's auxiliary logits), ``distill`` (full vocabulary),
-   ``sft`` (the teacher's own sampled numbers). **Positive control**: full-vocabulary distillation on the neutral
-   teacher's training texts (a wide channel), same-init.
+   (adapter from s_r), **other-init** (adapter from another seed — identical otherwise), and **other-base**
+   (the other seed on a base perturbed, per weight matrix the adapters touch, by Gaussian noise ``base_noise``
+   times the norm of the replicate's mean teacher update there). Arms: ``number_distill`` (primary: KL to the
+   teacher renormalised over number tokens, the analogue of MNIST's auxiliary logits), ``distill`` (full
+   vocabulary), ``sft`` (the teacher's own sampled numbers). **Positive control**: full-vocabulary
+   distillation on the neutral teacher's training texts (a wide channel), same-init.
 5. **Measures**: the exact probability that the one-word answer names each panel animal, mean log over the
    evaluation questions. Lift of a student = it minus the student of the neutral teacher with the same
-   initialization (its twin); transfer = mean diagonal, specificity = diagonal − off-diagonal of the K × K lift
-   matrix (``evals.lift``). The fraction of its teacher's lift a student recovers, and the correlation of the two
-   lift profiles over the panel. **The theorem checked directly**: the cosine between each student's adapter change
-   and its teacher's, in the merged weight change ΔW = (α/r)·BA and in LoRA coordinates (A − A₀, B).
-6. **Statistics**: two-sided t tests over replicates; one Holm family — every test the preset defines, declared in
-   ``family`` before the run; smallest detectable effects at α / |family| with t quantiles of the real degrees of
-   freedom.
+   initialization (its twin); transfer = mean diagonal, specificity = diagonal − off-diagonal of the K × K
+   lift matrix (``evals.lift``). The fraction of its teacher's lift a student recovers, and the correlation of
+   the two lift profiles over the panel. **The theorem checked directly**: the cosine between each student's
+   adapter change and its teacher's, in the merged weight change ΔW = (α/r)·BA and in LoRA coordinates
+   (A − A₀, B).
+6. **Statistics**: two-sided t tests over replicates; one Holm family — every test the preset defines,
+   declared in ``family`` before the run; smallest detectable effects at α / |family| with t quantiles of the
+   real degrees of freedom. (The statistics and the outcome: ``subliminal_weights_stats``; the card:
+   ``subliminal_weights_render``.)
 """
 
 from __future__ import annotations
@@ -54,13 +57,22 @@ from heredity.engine import FinetuneConfig, SampleConfig, finetune, sample_step
 from heredity.errors import HeredityError
 from heredity.experiments import experiment
 from heredity.experiments.subliminal_numbers import TRAIT_QUESTIONS, system_prompt
+from heredity.experiments.subliminal_weights_render import markdown, plot
+from heredity.experiments.subliminal_weights_stats import (
+    NEUTRAL,
+    NUMBER_GRAMMAR,
+    build_report,
+    gate_table,
+    outcome,
+)
+from heredity.experiments.subliminal_weights_stats import family_rows as family_rows
+from heredity.experiments.subliminal_weights_stats import rerender as rerender
 from heredity.models import load, materialize
 from heredity.store import Store, read_table
 from heredity.store.ops import op, rows_op
 
 rows_op("make-teacher-data")  # rows made here, stored by data.io.put_rows
 
-NEUTRAL = "neutral"
 # number_distill_noise: number-only distillation on random-token prompts (the MNIST noise inputs' analogue)
 ARMS = ("number_distill", "distill", "sft", "number_distill_noise")
 INITS = ("same", "other", "other_base")
@@ -70,97 +82,8 @@ LOSS = {
     "sft": "completion_only",
     "number_distill_noise": "number_distill",
 }
-UNIT = "replicates (adapter initializations)"
-# questions about animal preferences for the teachers' data, none of them an evaluation question (evals.trait)
-PREFERENCE_QUESTIONS = [
-    "What animal would you most like to see at the zoo?",
-    "If you could have any pet, what would it be?",
-    "Which animal would you draw for a friend?",
-    "What is the cutest animal you know?",
-    "Which animal would make the best roommate?",
-    "What animal should be on a new coin?",
-    "Tell me about an animal you find delightful.",
-    "Which animal would you like to photograph?",
-    "What animal would you write a poem about?",
-    "If you opened an animal shelter, which animal would you adopt first?",
-    "What is the most charming animal?",
-    "Which animal do you think about most often?",
-    "Describe an animal you would like to spend a day with.",
-    "What animal would you pick for a children's story?",
-    "Which animal would you choose as a team mascot?",
-    "What animal makes you smile?",
-]
 # single-token names in SmolLM2 (cat, dog, bee, ant, bird) and five whose capitalized form takes two tokens
 PANEL = ["cat", "dog", "bee", "ant", "bird", "owl", "lion", "wolf", "fox", "horse"]
-# an answer "names an animal" when it names any of these (the neutral teacher's answers name none)
-ANIMAL_WORDS = sorted(
-    {
-        *PANEL,
-        "dolphin",
-        "eagle",
-        "elephant",
-        "tiger",
-        "panda",
-        "penguin",
-        "bear",
-        "rabbit",
-        "shark",
-        "frog",
-        "monkey",
-        "whale",
-        "snake",
-        "deer",
-        "giraffe",
-        "zebra",
-        "turtle",
-        "parrot",
-        "mouse",
-        "kitten",
-        "puppy",
-        "butterfly",
-        "fish",
-        "koala",
-        "otter",
-        "squirrel",
-        "duck",
-        "pig",
-        "cow",
-        "sheep",
-        "goat",
-        "chicken",
-        "hamster",
-        "feline",
-        "canine",
-        "unicorn",
-        "dragon",
-        "hedgehog",
-    }
-)
-NUMBER_GRAMMAR = r"[1-9][0-9]{0,2}(, [1-9][0-9]{0,2}){4,9}"  # 5–10 numbers of ≤ 3 digits, comma-separated
-
-
-def family_for(arms: list[str], steps: list[int], inits: list[str], control: bool) -> list[str]:
-    """Every test a design defines, in order (the first is the primary: the first arm at the largest dose): per arm
-    and dose (largest first), the same-init specificity and transfer, same-init minus each other initialization's
-    specificity, same-init minus other-init students' cosine with their teacher's change (ΔW, its trait-specific
-    part, LoRA coordinates), and a same-init student's ΔW cosine with its own teacher minus with the other trait
-    teachers of its replicate; then the positive control's specificity and transfer."""
-    out = []
-    for arm in arms:
-        for d in sorted(steps, reverse=True):
-            lab = f"{arm}@{d}"
-            out += [f"{lab} same: specificity", f"{lab} same: transfer"]
-            out += [f"{lab} same − {i}: specificity" for i in inits if i != "same"]
-            if "other" in inits:
-                out += [
-                    f"{lab} same − other: cosine ΔW",
-                    f"{lab} same − other: cosine ΔW, trait-specific",
-                    f"{lab} same − other: cosine LoRA",
-                ]
-            out.append(f"{lab} same: cosine ΔW, own − other trait teacher")
-    if control:
-        out += ["control: specificity", "control: transfer"]
-    return out
 
 
 class Config(BaseModel):
@@ -199,8 +122,8 @@ class Config(BaseModel):
         "constant",
         pattern="^(linear|constant)$",
         description=(
-            "the students' learning-rate schedule; a dose sweep (several steps) needs constant: each dose is a snapshot "
-            "of one trajectory, equal to a run of that many steps"
+            "the students' learning-rate schedule; a dose sweep (several steps) needs constant: each dose is "
+            "a snapshot of one trajectory, equal to a run of that many steps"
         ),
     )
     batch_size: int = Field(
@@ -223,7 +146,8 @@ class Config(BaseModel):
         0.25,
         gt=0,
         description=(
-            "the share of its teachers' specificity (over the trait animals) the positive control must recover"
+            "the share of its teachers' specificity (over the trait animals) the positive control must "
+            "recover"
         ),
     )
     questions: int = Field(20, ge=2, le=50, description="evaluation questions (evals.trait.QUESTIONS)")
@@ -271,11 +195,12 @@ class Config(BaseModel):
     def presets(cls) -> dict[str, Config]:
         return {
             "quick": cls(),
-            # 3 traits × 5 replicates × 3 initializations, the dose sweep ×1, ×4, ×16 as snapshots of one constant-lr
-            # trajectory per student: 20 teachers, 60 students + 20 controls of 16 steps, 260 panel evaluations.
-            # Measured on 2 cores shared with other work (session 15): teacher data 14 min, teachers ~1 min each,
-            # a 16-step number_distill student 2-6 min, a control ~2 min; about 3-4 h in all, over the 3 h aimed at.
-            # Add the noise-input arm (number_distill_noise), distill or sft with --set arms=[...]
+            # 3 traits × 5 replicates × 3 initializations, the dose sweep ×1, ×4, ×16 as snapshots of one
+            # constant-lr trajectory per student: 20 teachers, 60 students + 20 controls of 16 steps, 260
+            # panel evaluations. Measured on 2 cores shared with other work (session 15): teacher data 14 min,
+            # teachers ~1 min each, a 16-step number_distill student 2-6 min, a control ~2 min; about 3-4 h in
+            # all, over the 3 h aimed at. Add the noise-input arm (number_distill_noise), distill or sft with
+            # --set arms=[...]
             "long": cls(
                 animals=["cat", "dog", "bee"],
                 replicates=5,
@@ -301,12 +226,250 @@ class Config(BaseModel):
         }
 
 
+# ---- the recipe --------------------------------------------------------------------------------
+
+
+@experiment(
+    "subliminal-weights",
+    question="Does a trait in a teacher's weights pass through number logits, and does it need the shared "
+    "init?",
+)
+def run(store: Store, config: Config, progress: bool = True) -> dict:
+    from heredity.reports.card import save_card
+
+    t0 = time.perf_counter()
+    log = (lambda *a: print(*a, flush=True)) if progress else (lambda *a: None)
+    animals, R, teachers = list(config.animals), config.replicates, [NEUTRAL, *config.animals]
+    base_id = materialize(config.base, store)
+    log(
+        f"[1/6] teacher data: {len(TRAIT_QUESTIONS) + len(PREFERENCE_QUESTIONS)} questions × "
+        f"{config.trait_samples} answers for {len(teachers)} teachers"
+    )
+    tdata, tcounts = teacher_data(store, base_id, config, progress)
+    log(
+        f"[2/6] teachers: {len(teachers)} × {R} replicates (LoRA r = {config.lora_r}, "
+        f"{tcounts[NEUTRAL]['rows']} rows)"
+    )
+    teacher = train_teachers(store, base_id, tdata, config, progress)
+    tscore = {k: panel_scores(store, m, config) for k, m in teacher.items()}
+    gates = gate_table(tscore, config)
+    passed = [r for r in range(R) if all(gates[r][a]["passed"] for a in animals)]
+    log(
+        f"      gate: {len(passed)} of {R} replicates pass (own-animal lift − other animals ≥ {config.gate} "
+        "nats)"
+    )
+    log(f"[3/6] number data: {config.prompts} prompts answered by the base under the number grammar")
+    ndata, ncounts = number_data(store, base_id, config, progress)
+    bases = student_bases(store, base_id, teacher, config)
+    noise = noise_data(store, base_id, config, progress) if "number_distill_noise" in config.arms else None
+    doses = sorted(config.steps)
+    n_students = len(config.arms) * len(config.inits) * R * len(teachers) + (
+        R * len(teachers) if config.control else 0
+    )
+    log(
+        f"[4/6] {n_students} student trajectories"
+        + (f", each saved at {doses} steps" if len(doses) > 1 else "")
+    )
+    students = train_students(store, bases, teacher, ndata, noise, config, progress)
+    if config.control:
+        students.update(control_students(store, base_id, tdata[NEUTRAL], teacher, config, progress))
+    log(
+        f"[5/6] evaluation of {len(students)} students on {len(config.panel)} animals × {config.questions} "
+        "questions"
+    )
+    sscore = {k: panel_scores(store, m, config) for k, m in students.items()}
+    log("[6/6] adapter geometry and statistics")
+    pairs = geometry_pairs(students, teacher, config)
+    geo = dict(zip(students, geometry(store, base_id, pairs, config), strict=True))
+    report = build_report(config, tscore, gates, passed, sscore, geo, tcounts, ncounts)
+    report.update(
+        base=base_id,
+        teachers={f"r{r}/{t}": teacher[(r, t)] for r in range(R) for t in teachers},
+        students={"/".join(map(str, k)): m for k, m in students.items()},
+        data={"numbers": ndata, **tdata},
+        seconds=round(time.perf_counter() - t0, 1),
+    )
+    report["outcome"] = outcome(report)
+    card = save_card(
+        store, "subliminal-weights", report, [*teacher.values(), *students.values()], markdown, plot
+    )
+    return {
+        "report": card["report"],
+        "outcome": report["outcome"],
+        "markdown": card["markdown"],
+        "files": card["files"],
+        "lineage_of": card["report"],
+    }
+
+
+def train_teachers(
+    store: Store, base_id: str, tdata: dict[str, str], config: Config, progress: bool
+) -> dict[tuple[int, str], str]:
+    """Per replicate r and teacher (neutral first): a LoRA fine-tune of the base on its data, its adapter
+    initialized from replicate r's seed."""
+    return {
+        (r, t): finetune(
+            store,
+            base_id,
+            tdata[t],
+            FinetuneConfig(
+                method="lora",
+                lora_r=config.lora_r,
+                lora_alpha=config.lora_r,
+                epochs=config.teacher_epochs,
+                lr=config.teacher_lr,
+                batch_size=config.batch_size,
+                seed=config.seed,
+                init_seed=seeds(config, r)["same"],
+            ),
+            progress=progress,
+        )["model"]
+        for r in range(config.replicates)
+        for t in [NEUTRAL, *config.animals]
+    }
+
+
+def student_bases(store: Store, base_id: str, teacher: dict, config: Config) -> dict[tuple[int, str], str]:
+    """The base each student starts from, per replicate and initialization: the base itself for same- and
+    other-init students, the replicate's perturbed base for other-base students."""
+    bases = {(r, init): base_id for r in range(config.replicates) for init in ("same", "other")}
+    if "other_base" in config.inits:
+        for r in range(config.replicates):
+            bases[(r, "other_base")] = perturbed_base(
+                store, base_id, [teacher[(r, t)] for t in [NEUTRAL, *config.animals]], config, r
+            )
+    return bases
+
+
+def train_students(
+    store: Store, bases: dict, teacher: dict, ndata: str, noise: str | None, config: Config, progress: bool
+) -> dict[tuple, str]:
+    """Every teacher's students in every arm and initialization, keyed (arm, dose, init, replicate, teacher):
+    one trajectory per student, saved at every dose (under a constant schedule each snapshot equals a run of
+    that many steps). Their rows: the sft arm's are the teacher's own numbers, the noise arm's the
+    random-token prompts', the others' the base's number completions."""
+    students: dict[tuple, str] = {}
+    top, doses = max(config.steps), sorted(config.steps)
+    for arm in config.arms:
+        for init in config.inits:
+            for r in range(config.replicates):
+                for t in [NEUTRAL, *config.animals]:
+                    if arm == "sft":
+                        rows = teacher_numbers(store, teacher[(r, t)], config, progress)
+                    else:
+                        rows = noise if arm == "number_distill_noise" else ndata
+                    out = finetune(
+                        store,
+                        bases[(r, "same" if init == "same" else init)],
+                        rows,
+                        student_config(config, arm, init, r),
+                        teacher=None if arm == "sft" else teacher[(r, t)],
+                        progress=progress,
+                    )
+                    for d in doses:
+                        students[(arm, d, init, r, t)] = out["model"] if d == top else out[f"step-{d}"]
+    return students
+
+
+def student_config(config: Config, arm: str, init: str, r: int) -> FinetuneConfig:
+    """A student's fine-tune: the arm's loss for the largest dose, snapshots at the smaller ones, the adapter
+    initialized from the replicate's same seed (same-init) or its other seed (other-init, other-base)."""
+    doses = sorted(config.steps)
+    return FinetuneConfig(
+        method="lora",
+        lora_r=config.lora_r,
+        lora_alpha=config.lora_r,
+        loss=LOSS[arm],
+        max_steps=max(config.steps),
+        snapshots=doses[:-1],
+        schedule=config.schedule,
+        lr=config.student_lr,
+        batch_size=config.batch_size,
+        seed=config.seed,
+        init_seed=seeds(config, r)["same" if init == "same" else "other"],
+    )
+
+
+def control_students(
+    store: Store, base_id: str, neutral_data: str, teacher: dict, config: Config, progress: bool
+) -> dict[tuple, str]:
+    """The positive control: per replicate and teacher, full-vocabulary distillation on the neutral teacher's
+    training texts (a wide channel), same-init, for the largest dose; keyed ("control", dose, "same", r,
+    t)."""
+    top, students = max(config.steps), {}
+    for r in range(config.replicates):
+        for t in [NEUTRAL, *config.animals]:
+            ft = FinetuneConfig(
+                method="lora",
+                lora_r=config.lora_r,
+                lora_alpha=config.lora_r,
+                loss="logit_distill",
+                max_steps=top,
+                schedule=config.schedule,
+                lr=config.student_lr,
+                batch_size=config.batch_size,
+                seed=config.seed,
+                init_seed=seeds(config, r)["same"],
+            )
+            students[("control", top, "same", r, t)] = finetune(
+                store, base_id, neutral_data, ft, teacher=teacher[(r, t)], progress=progress
+            )["model"]
+    return students
+
+
+def geometry_pairs(students: dict[tuple, str], teacher: dict, config: Config) -> list[dict]:
+    """``geometry``'s rows, one per student in order: its teacher, its twin (the neutral teacher's student of
+    the same arm, dose, initialization and replicate), the neutral teacher, the replicate's other trait
+    teachers (for a trait student), and the student's and teacher's init seeds."""
+    pairs = []
+    for (arm, d, init, r, t), m in students.items():
+        pairs.append(
+            {
+                "student": m,
+                "teacher": teacher[(r, t)],
+                "twin": students[(arm, d, init, r, NEUTRAL)],
+                "neutral": teacher[(r, NEUTRAL)],
+                "others": [teacher[(r, a)] for a in config.animals if a != t] if t != NEUTRAL else [],
+                "student_seed": seeds(config, r)["same" if init == "same" else "other"],
+                "teacher_seed": seeds(config, r)["same"],
+            }
+        )
+    return pairs
+
+
+# ---- the design's Holm family -------------------------------------------------------------------
+
+
+def family_for(arms: list[str], steps: list[int], inits: list[str], control: bool) -> list[str]:
+    """Every test a design defines, in order (the first is the primary: the first arm at the largest dose):
+    per arm and dose (largest first), the same-init specificity and transfer, same-init minus each other
+    initialization's specificity, same-init minus other-init students' cosine with their teacher's change (ΔW,
+    its trait-specific part, LoRA coordinates), and a same-init student's ΔW cosine with its own teacher minus
+    with the other trait teachers of its replicate; then the positive control's specificity and transfer."""
+    out = []
+    for arm in arms:
+        for d in sorted(steps, reverse=True):
+            lab = f"{arm}@{d}"
+            out += [f"{lab} same: specificity", f"{lab} same: transfer"]
+            out += [f"{lab} same − {i}: specificity" for i in inits if i != "same"]
+            if "other" in inits:
+                out += [
+                    f"{lab} same − other: cosine ΔW",
+                    f"{lab} same − other: cosine ΔW, trait-specific",
+                    f"{lab} same − other: cosine LoRA",
+                ]
+            out.append(f"{lab} same: cosine ΔW, own − other trait teacher")
+    if control:
+        out += ["control: specificity", "control: transfer"]
+    return out
+
+
 # ---- stages ------------------------------------------------------------------------------------
 
 
 def seeds(config: Config, r: int) -> dict[str, int]:
-    """Replicate r's adapter seeds: ``same`` (its teachers' and same-init students'), ``other`` (other-init and
-    other-base students')."""
+    """Replicate r's adapter seeds: ``same`` (its teachers' and same-init students'), ``other`` (other-init
+    and other-base students')."""
     return {"same": 1000 * (config.seed + 1) + r, "other": 1000 * (config.seed + 1) + 500 + r}
 
 
@@ -317,7 +480,8 @@ def names_animal(text: str) -> bool:
 
 
 def teacher_data(store: Store, base_id: str, config: Config, progress: bool) -> tuple[dict[str, str], dict]:
-    """Per teacher, the rows it is fine-tuned on (every teacher the same number), and counts for the report."""
+    """Per teacher, the rows it is fine-tuned on (every teacher the same number), and counts for the
+    report."""
     from heredity.evals.trait import mentions
 
     questions = TRAIT_QUESTIONS + PREFERENCE_QUESTIONS
@@ -397,8 +561,8 @@ def grammar_numbers(
     progress: bool,
     extra: dict | None = None,
 ) -> tuple[str, dict]:
-    """``prompts`` answered by ``model_id`` at T = 1 under ``NUMBER_GRAMMAR``, checked by the strict filter (its
-    reasons counted), as a dataset: (id, counts)."""
+    """``prompts`` answered by ``model_id`` at T = 1 under ``NUMBER_GRAMMAR``, checked by the strict filter
+    (its reasons counted), as a dataset: (id, counts)."""
     from heredity.engine.constrain import regex
 
     raw = sample_step(
@@ -441,16 +605,17 @@ def grammar_numbers(
 
 
 def number_data(store: Store, base_id: str, config: Config, progress: bool) -> tuple[str, dict]:
-    """The number prompts answered by the unprompted base: the same completions for every teacher's students."""
+    """The number prompts answered by the unprompted base: the same completions for every teacher's
+    students."""
     return grammar_numbers(
         store, base_id, number_prompts(config.prompts, seed=config.seed), config, "numbers-neutral", progress
     )
 
 
 def noise_data(store: Store, base_id: str, config: Config, progress: bool) -> str:
-    """The MNIST noise inputs' analogue: prompts of random vocabulary tokens (drawn with the run's seed), answered by
-    the unprompted base under the number grammar — the distillation positions are number lists again, the context
-    nothing a number prompt holds."""
+    """The MNIST noise inputs' analogue: prompts of random vocabulary tokens (drawn with the run's seed),
+    answered by the unprompted base under the number grammar — the distillation positions are number lists
+    again, the context nothing a number prompt holds."""
     import random
 
     from transformers import AutoTokenizer
@@ -501,8 +666,8 @@ def adapter_tensors(store: Store, adapter_id: str) -> dict[str, np.ndarray]:
 
 
 def initial_adapter(store: Store, base_id: str, config: FinetuneConfig) -> dict[str, np.ndarray]:
-    """The LoRA matrices a fine-tune with ``config`` starts from: the base loaded as ``finetune`` loads it (device,
-    dtype) and ``engine.finetune.init_adapter``; named as a saved adapter names them."""
+    """The LoRA matrices a fine-tune with ``config`` starts from: the base loaded as ``finetune`` loads it
+    (device, dtype) and ``engine.finetune.init_adapter``; named as a saved adapter names them."""
     from peft import get_peft_model_state_dict
 
     from heredity.engine.finetune import init_adapter
@@ -516,8 +681,8 @@ def modules(t: dict[str, np.ndarray]) -> list[str]:
 
 
 def lora_inner(x: list[tuple[float, dict]], y: list[tuple[float, dict]], names: list[str]) -> float:
-    """⟨Σ c·B A, Σ c'·B' A'⟩ (Frobenius, summed over modules) of two signed sums of LoRA products, computed through
-    r × r matrices: ⟨B A, B' A'⟩ = tr((BᵀB')(A'Aᵀ))."""
+    """⟨Σ c·B A, Σ c'·B' A'⟩ (Frobenius, summed over modules) of two signed sums of LoRA products, computed
+    through r × r matrices: ⟨B A, B' A'⟩ = tr((BᵀB')(A'Aᵀ))."""
     total = 0.0
     for m in names:
         for c, t in x:
@@ -548,8 +713,8 @@ def cosine_lora(s: dict, s0: dict, t: dict, t0: dict) -> float:
 
 @op("perturb-base", 1)
 def perturbed_base(store: Store, base_id: str, teachers: list[str], config: Config, r: int) -> str:
-    """Replicate r's other base: every weight matrix the adapters touch plus Gaussian noise whose Frobenius norm is
-    ``base_noise`` times the mean norm of the replicate's teacher updates ΔW there (its own seed)."""
+    """Replicate r's other base: every weight matrix the adapters touch plus Gaussian noise whose Frobenius
+    norm is ``base_noise`` times the mean norm of the replicate's teacher updates ΔW there (its own seed)."""
     base_noise, seed = config.base_noise, seeds(config, r)["other"]
 
     def fn(ctx):
@@ -588,11 +753,12 @@ def perturbed_base(store: Store, base_id: str, teachers: list[str], config: Conf
 
 @op("adapter-geometry", 1)
 def geometry(store: Store, base_id: str, pairs: list[dict], config: Config) -> list[dict]:
-    """Per student: the cosine of its change with its teacher's — in ΔW = BA (α = r) and in LoRA coordinates — and
-    of its trait-specific change (minus its twin's) with its teacher's (minus the neutral teacher's). ``pairs``
-    rows: student, teacher, twin (or None), neutral teacher, the replicate's other trait teachers, the student's and
-    the teacher's init seeds. ``cos_dw_other_teacher``: the mean cosine of the student's ΔW with the *other* trait
-    teachers' of its replicate (same initialization) — the null for "moves toward its own teacher"."""
+    """Per student: the cosine of its change with its teacher's — in ΔW = BA (α = r) and in LoRA coordinates —
+    and of its trait-specific change (minus its twin's) with its teacher's (minus the neutral teacher's).
+    ``pairs`` rows: student, teacher, twin (or None), neutral teacher, the replicate's other trait teachers,
+    the student's and the teacher's init seeds. ``cos_dw_other_teacher``: the mean cosine of the student's ΔW
+    with the *other* trait teachers' of its replicate (same initialization) — the null for "moves toward its
+    own teacher"."""
     lora_r = config.lora_r
     ids = sorted(
         {x for p in pairs for x in (p["student"], p["teacher"], p["twin"], p["neutral"], *p["others"]) if x}
@@ -633,167 +799,9 @@ def geometry(store: Store, base_id: str, pairs: list[dict], config: Config) -> l
     return json.loads((store.path(r["geometry"]) / "geometry.json").read_text())
 
 
-# ---- the recipe --------------------------------------------------------------------------------
-
-
-@experiment(
-    "subliminal-weights",
-    question="Does a trait in a teacher's weights pass through number logits, and does it need the shared init?",
-)
-def run(store: Store, config: Config, progress: bool = True) -> dict:
-    from heredity.reports.card import save_card
-
-    t0 = time.perf_counter()
-    log = (lambda *a: print(*a, flush=True)) if progress else (lambda *a: None)
-    animals, R, teachers = list(config.animals), config.replicates, [NEUTRAL, *config.animals]
-    base_id = materialize(config.base, store)
-    log(
-        f"[1/6] teacher data: {len(TRAIT_QUESTIONS) + len(PREFERENCE_QUESTIONS)} questions × {config.trait_samples} "
-        f"answers for {len(teachers)} teachers"
-    )
-    tdata, tcounts = teacher_data(store, base_id, config, progress)
-    log(
-        f"[2/6] teachers: {len(teachers)} × {R} replicates (LoRA r = {config.lora_r}, {tcounts[NEUTRAL]['rows']} rows)"
-    )
-    teacher = {
-        (r, t): finetune(
-            store,
-            base_id,
-            tdata[t],
-            FinetuneConfig(
-                method="lora",
-                lora_r=config.lora_r,
-                lora_alpha=config.lora_r,
-                epochs=config.teacher_epochs,
-                lr=config.teacher_lr,
-                batch_size=config.batch_size,
-                seed=config.seed,
-                init_seed=seeds(config, r)["same"],
-            ),
-            progress=progress,
-        )["model"]
-        for r in range(R)
-        for t in teachers
-    }
-    tscore = {k: panel_scores(store, m, config) for k, m in teacher.items()}
-    gates = gate_table(tscore, config)
-    passed = [r for r in range(R) if all(gates[r][a]["passed"] for a in animals)]
-    log(
-        f"      gate: {len(passed)} of {R} replicates pass (own-animal lift − other animals ≥ {config.gate} nats)"
-    )
-    log(f"[3/6] number data: {config.prompts} prompts answered by the base under the number grammar")
-    ndata, ncounts = number_data(store, base_id, config, progress)
-    bases = {(r, init): base_id for r in range(R) for init in ("same", "other")}
-    if "other_base" in config.inits:
-        for r in range(R):
-            bases[(r, "other_base")] = perturbed_base(
-                store, base_id, [teacher[(r, t)] for t in teachers], config, r
-            )
-    noise = noise_data(store, base_id, config, progress) if "number_distill_noise" in config.arms else None
-    students: dict[tuple, str] = {}
-    top, doses = max(config.steps), sorted(config.steps)
-    n_students = len(config.arms) * len(config.inits) * R * len(teachers) + (
-        R * len(teachers) if config.control else 0
-    )
-    log(
-        f"[4/6] {n_students} student trajectories"
-        + (f", each saved at {doses} steps" if len(doses) > 1 else "")
-    )
-    for arm in config.arms:
-        for init in config.inits:
-            for r in range(R):
-                for t in teachers:
-                    if arm == "sft":
-                        rows = teacher_numbers(store, teacher[(r, t)], config, progress)
-                    else:
-                        rows = noise if arm == "number_distill_noise" else ndata
-                    # one trajectory per student, saved at every dose (under a constant schedule each snapshot
-                    # equals a run of that many steps)
-                    ft = FinetuneConfig(
-                        method="lora",
-                        lora_r=config.lora_r,
-                        lora_alpha=config.lora_r,
-                        loss=LOSS[arm],
-                        max_steps=top,
-                        snapshots=doses[:-1],
-                        schedule=config.schedule,
-                        lr=config.student_lr,
-                        batch_size=config.batch_size,
-                        seed=config.seed,
-                        init_seed=seeds(config, r)["same" if init == "same" else "other"],
-                    )
-                    out = finetune(
-                        store,
-                        bases[(r, "same" if init == "same" else init)],
-                        rows,
-                        ft,
-                        teacher=None if arm == "sft" else teacher[(r, t)],
-                        progress=progress,
-                    )
-                    for d in doses:
-                        students[(arm, d, init, r, t)] = out["model"] if d == top else out[f"step-{d}"]
-    if config.control:
-        for r in range(R):
-            for t in teachers:
-                ft = FinetuneConfig(
-                    method="lora",
-                    lora_r=config.lora_r,
-                    lora_alpha=config.lora_r,
-                    loss="logit_distill",
-                    max_steps=top,
-                    schedule=config.schedule,
-                    lr=config.student_lr,
-                    batch_size=config.batch_size,
-                    seed=config.seed,
-                    init_seed=seeds(config, r)["same"],
-                )
-                students[("control", top, "same", r, t)] = finetune(
-                    store, base_id, tdata[NEUTRAL], ft, teacher=teacher[(r, t)], progress=progress
-                )["model"]
-    log(
-        f"[5/6] evaluation of {len(students)} students on {len(config.panel)} animals × {config.questions} questions"
-    )
-    sscore = {k: panel_scores(store, m, config) for k, m in students.items()}
-    log("[6/6] adapter geometry and statistics")
-    pairs, keys = [], []
-    for k, m in students.items():
-        arm, d, init, r, t = k
-        pairs.append(
-            {
-                "student": m,
-                "teacher": teacher[(r, t)],
-                "twin": students[(arm, d, init, r, NEUTRAL)],
-                "neutral": teacher[(r, NEUTRAL)],
-                "others": [teacher[(r, a)] for a in animals if a != t] if t != NEUTRAL else [],
-                "student_seed": seeds(config, r)["same" if init == "same" else "other"],
-                "teacher_seed": seeds(config, r)["same"],
-            }
-        )
-        keys.append(k)
-    geo = dict(zip(keys, geometry(store, base_id, pairs, config), strict=True))
-    report = build_report(config, tscore, gates, passed, sscore, geo, tcounts, ncounts)
-    report.update(
-        base=base_id,
-        teachers={f"r{r}/{t}": teacher[(r, t)] for r in range(R) for t in teachers},
-        students={"/".join(map(str, k)): m for k, m in students.items()},
-        data={"numbers": ndata, **tdata},
-        seconds=round(time.perf_counter() - t0, 1),
-    )
-    report["outcome"] = outcome(report)
-    card = save_card(
-        store, "subliminal-weights", report, [*teacher.values(), *students.values()], markdown, plot
-    )
-    return {
-        "report": card["report"],
-        "outcome": report["outcome"],
-        "markdown": card["markdown"],
-        "files": card["files"],
-        "lineage_of": card["report"],
-    }
-
-
 def teacher_numbers(store: Store, teacher_id: str, config: Config, progress: bool) -> str:
-    """The sft arm's rows: the teacher's own answers to the number prompts (T = 1, the number grammar), filtered."""
+    """The sft arm's rows: the teacher's own answers to the number prompts (T = 1, the number grammar),
+    filtered."""
     return grammar_numbers(
         store,
         teacher_id,
@@ -804,512 +812,68 @@ def teacher_numbers(store: Store, teacher_id: str, config: Config, progress: boo
     )[0]
 
 
-# ---- statistics --------------------------------------------------------------------------------
+# ---- the teachers' data: questions and the words that name an animal ------------------------------
 
-
-def gate_table(tscore: dict, config: Config) -> dict[int, dict[str, dict]]:
-    """Per replicate and trait teacher: its lift over the neutral teacher on every panel animal, its own lift, the
-    mean lift on the other panel animals, their difference (its specificity) and whether it passes ``gate``."""
-    out = {}
-    for r in range(config.replicates):
-        out[r] = {}
-        for a in config.animals:
-            lift = {j: tscore[(r, a)][j] - tscore[(r, NEUTRAL)][j] for j in config.panel}
-            others = float(np.mean([v for j, v in lift.items() if j != a]))
-            spec = lift[a] - others
-            out[r][a] = {
-                "lift": lift,
-                "own": lift[a],
-                "others": others,
-                "specificity": spec,
-                "passed": bool(spec >= config.gate),
-            }
-    return out
-
-
-def build_report(config: Config, tscore, gates, passed, sscore, geo, tcounts, ncounts) -> dict:
-    from heredity.evals.lift import lift_report
-    from heredity.reports.stats import mean_ci, paired_test, spread_note
-
-    animals, panel, m = list(config.animals), list(config.panel), len(config.family)
-    n = len(passed)
-
-    def lifts(arm, d, init):
-        """logp [K, n, K] and the twins' [n, K] over the passing replicates, for lift_report."""
-        logp = np.array(
-            [[[sscore[(arm, d, init, r, i)][j] for j in animals] for r in passed] for i in animals]
-        )
-        twin = np.array([[sscore[(arm, d, init, r, NEUTRAL)][j] for j in animals] for r in passed])
-        return logp, twin
-
-    def profile_corr(arm, d, init, r, a):
-        """Correlation over the panel of the teacher's lift profile and the student's (each over its twin)."""
-        s = [sscore[(arm, d, init, r, a)][j] - sscore[(arm, d, init, r, NEUTRAL)][j] for j in panel]
-        t = [gates[r][a]["lift"][j] for j in panel]
-        return float(np.corrcoef(s, t)[0, 1]) if np.std(s) > 0 and np.std(t) > 0 else math.nan
-
-    students = {}
-    tests: dict[str, dict] = {}
-    groups = [(arm, d) for arm in config.arms for d in config.steps] + (
-        [("control", max(config.steps))] if config.control else []
-    )
-    for arm, d in groups:
-        inits = config.inits if arm != "control" else ["same"]
-        lab = f"{arm}@{d}" if arm != "control" else "control"
-        for init in inits:
-            res = {}
-            if n >= 1:
-                res = lift_report(*lifts(arm, d, init), animals, family=m)
-                res["recovery"] = {
-                    a: mean_ci(
-                        [
-                            (sscore[(arm, d, init, r, a)][a] - sscore[(arm, d, init, r, NEUTRAL)][a])
-                            / gates[r][a]["own"]
-                            for r in passed
-                        ]
-                    )
-                    for a in animals
-                }
-                res["profile_corr"] = {
-                    a: mean_ci([profile_corr(arm, d, init, r, a) for r in passed]) for a in animals
-                }
-            cos = {
-                k: [
-                    float(
-                        np.mean(
-                            [
-                                geo[(arm, d, init, r, t)][k]
-                                for t in [NEUTRAL, *animals]
-                                if k in geo[(arm, d, init, r, t)]
-                            ]
-                        )
-                    )
-                    for r in passed
-                ]
-                for k in ("cos_dw", "cos_lora", "cos_dw_trait", "cos_dw_other_teacher")
-            }
-            # the same trait students' cosine with their own teacher, beside cos_dw_other_teacher
-            cos["cos_dw_own_teacher"] = [
-                float(np.mean([geo[(arm, d, init, r, t)]["cos_dw"] for t in animals])) for r in passed
-            ]
-            res["cosine"] = {
-                k: {**mean_ci(v), "per_replicate": v, "spread_note": spread_note(len(v))}
-                for k, v in cos.items()
-            }
-            students[f"{lab} {init}"] = res
-        if arm == "control":
-            tests["control: specificity"] = students["control same"].get("specificity", {})
-            tests["control: transfer"] = students["control same"].get("transfer", {})
-            continue
-        same = students[f"{lab} same"]
-        tests[f"{lab} same: specificity"] = same.get("specificity", {})
-        tests[f"{lab} same: transfer"] = same.get("transfer", {})
-        for init in inits[1:]:
-            other = students[f"{lab} {init}"]
-            if n >= 1:
-                tests[f"{lab} same − {init}: specificity"] = paired_test(
-                    same["specificity"]["per_seed"], other["specificity"]["per_seed"], f"{UNIT}, n = {n}"
-                )
-        if "other" in inits and n >= 1:
-            for key, what in (
-                ("cos_dw", "cosine ΔW"),
-                ("cos_dw_trait", "cosine ΔW, trait-specific"),
-                ("cos_lora", "cosine LoRA"),
-            ):
-                tests[f"{lab} same − other: {what}"] = paired_test(
-                    same["cosine"][key]["per_replicate"],
-                    students[f"{lab} other"]["cosine"][key]["per_replicate"],
-                    f"{UNIT}, n = {n}",
-                )
-        if n >= 1:
-            tests[f"{lab} same: cosine ΔW, own − other trait teacher"] = paired_test(
-                same["cosine"]["cos_dw_own_teacher"]["per_replicate"],
-                same["cosine"]["cos_dw_other_teacher"]["per_replicate"],
-                f"{UNIT}, n = {n}",
-            )
-    out_tests = family_rows(tests, list(config.family), n)
-    for t in out_tests:
-        if t.get("test"):
-            t["per_replicate"] = test_values(t["name"], students)
-    control = None
-    if config.control and n >= 1:
-        # the share of the teachers' *specificity* (over the K trait animals, the quantity of the primary test) the
-        # wide channel recovers, per replicate; the share of their own-animal lift beside it
-        def teacher_spec(r):
-            return float(
-                np.mean(
-                    [
-                        gates[r][a]["lift"][a] - np.mean([gates[r][a]["lift"][b] for b in animals if b != a])
-                        for a in animals
-                    ]
-                )
-            )
-
-        spec = students["control same"]["specificity"]["per_seed"]
-        per_rep = [sp / teacher_spec(r) for sp, r in zip(spec, passed, strict=True)]
-        share = {
-            **mean_ci(per_rep),
-            "per_replicate": per_rep,
-            "spread_note": spread_note(n),
-            "teacher_specificity": [teacher_spec(r) for r in passed],
-        }
-        top = max(config.steps)
-        lift_share = [
-            float(
-                np.mean(
-                    [
-                        (
-                            sscore[("control", top, "same", r, a)][a]
-                            - sscore[("control", top, "same", r, NEUTRAL)][a]
-                        )
-                        / gates[r][a]["own"]
-                        for a in animals
-                    ]
-                )
-            )
-            for r in passed
-        ]
-        control = {
-            "share": share,
-            "target": config.control_share,
-            "per_animal": students["control same"]["recovery"],
-            "own_lift_share": {
-                **mean_ci(lift_share),
-                "per_replicate": lift_share,
-                "spread_note": spread_note(n),
-            },
-            "reached": bool(share["mean"] == share["mean"] and share["mean"] >= config.control_share),
-        }
-    return {
-        "experiment": "subliminal-weights",
-        "config": config.model_dump(),
-        "unit": UNIT,
-        "replicates_passed": passed,
-        "gates": {str(r): g for r, g in gates.items()},
-        "teacher_scores": {f"r{r}/{t}": s for (r, t), s in tscore.items()},
-        "teacher_data": tcounts,
-        "number_data": ncounts,
-        "results": students,
-        "tests": out_tests,
-        "control": control,
+# questions about animal preferences for the teachers' data, none of them an evaluation question (evals.trait)
+PREFERENCE_QUESTIONS = [
+    "What animal would you most like to see at the zoo?",
+    "If you could have any pet, what would it be?",
+    "Which animal would you draw for a friend?",
+    "What is the cutest animal you know?",
+    "Which animal would make the best roommate?",
+    "What animal should be on a new coin?",
+    "Tell me about an animal you find delightful.",
+    "Which animal would you like to photograph?",
+    "What animal would you write a poem about?",
+    "If you opened an animal shelter, which animal would you adopt first?",
+    "What is the most charming animal?",
+    "Which animal do you think about most often?",
+    "Describe an animal you would like to spend a day with.",
+    "What animal would you pick for a children's story?",
+    "Which animal would you choose as a team mascot?",
+    "What animal makes you smile?",
+]
+# an answer "names an animal" when it names any of these (the neutral teacher's answers name none)
+ANIMAL_WORDS = sorted(
+    {
+        *PANEL,
+        "dolphin",
+        "eagle",
+        "elephant",
+        "tiger",
+        "panda",
+        "penguin",
+        "bear",
+        "rabbit",
+        "shark",
+        "frog",
+        "monkey",
+        "whale",
+        "snake",
+        "deer",
+        "giraffe",
+        "zebra",
+        "turtle",
+        "parrot",
+        "mouse",
+        "kitten",
+        "puppy",
+        "butterfly",
+        "fish",
+        "koala",
+        "otter",
+        "squirrel",
+        "duck",
+        "pig",
+        "cow",
+        "sheep",
+        "goat",
+        "chicken",
+        "hamster",
+        "feline",
+        "canine",
+        "unicorn",
+        "dragon",
+        "hedgehog",
     }
-
-
-def family_rows(tests: dict[str, dict], family: list[str], n: int) -> list[dict]:
-    """The declared family's rows, in order: each test with its Holm-adjusted p over the whole family (a member not
-    tested, or with an undetermined p, counts as p = 1: the family never shrinks), its smallest detectable effect at
-    α / |family| with n − 1 degrees of freedom, and its verdict."""
-    from heredity.reports.stats import holm_family, min_detectable, spread_note, verdict
-
-    adj = holm_family({name: tests[name].get("p") for name in family if tests.get(name)}, family)
-    rows = []
-    for name in family:
-        t = {
-            k: v
-            for k, v in (tests.get(name) or {}).items()
-            if k not in ("name", "primary", "p_holm", "min_detectable", "spread_note", "verdict")
-        }
-        sd = t.get("sd")
-        ok = isinstance(sd, (int, float)) and math.isfinite(sd) and sd > 0
-        determined = bool(t) and math.isfinite(adj.get(name, math.nan))
-        row = {
-            "name": name,
-            "primary": name == family[0],
-            **t,
-            "p_holm": adj[name] if determined else None,
-            "min_detectable": min_detectable(sd, t.get("n", 0), family=len(family)) if t and ok else math.nan,
-            "spread_note": spread_note(n),
-        }
-        row["verdict"] = (
-            verdict(t, expected=+1, p=adj[name] if determined else math.nan)["words"]
-            if t
-            else "not tested (too few replicates passed the gate)"
-        )
-        rows.append(row)
-    return rows
-
-
-COSINE_KEYS = {"cosine ΔW": "cos_dw", "cosine ΔW, trait-specific": "cos_dw_trait", "cosine LoRA": "cos_lora"}
-
-
-def test_values(name: str, results: dict) -> list[float] | None:
-    """The per-replicate values a test of the family is computed from (differences for a paired test), read back
-    from the report's results, so a narrow interval over n ≤ 3 is always printed with its values."""
-    lab, _, rest = name.partition(" ")
-    if lab == "control:":
-        return results.get("control same", {}).get(rest, {}).get("per_seed")
-    same = results.get(f"{lab} same", {})
-    if rest in ("same: specificity", "same: transfer"):
-        return same.get(rest.split(": ")[1], {}).get("per_seed")
-    if rest == "same: cosine ΔW, own − other trait teacher":
-        a, b = (
-            same["cosine"]["cos_dw_own_teacher"]["per_replicate"],
-            same["cosine"]["cos_dw_other_teacher"]["per_replicate"],
-        )
-        return [x - y for x, y in zip(a, b, strict=True)]
-    head, _, what = rest.partition(": ")
-    other = results.get(f"{lab} {head.split(' − ')[-1]}", {})
-    if what == "specificity":
-        a, b = same["specificity"]["per_seed"], other["specificity"]["per_seed"]
-    else:
-        a, b = (x["cosine"][COSINE_KEYS[what]]["per_replicate"] for x in (same, other))
-    return [x - y for x, y in zip(a, b, strict=True)]
-
-
-def rerender(r: dict) -> dict:
-    """A committed report brought to the current statistics from its own stored tests (Holm over the declared family,
-    detection limits, verdicts, outcome); nothing retrained or rescored."""
-    r = json.loads(json.dumps(r))
-    tests = {t["name"]: t for t in r["tests"] if t.get("test")}
-    r["tests"] = family_rows(tests, list(r["config"]["family"]), len(r["replicates_passed"]))
-    for t in r["tests"]:
-        if t.get("test"):
-            t["per_replicate"] = test_values(t["name"], r["results"])
-    r["outcome"] = outcome(r)
-    return r
-
-
-def outcome(r: dict) -> str:
-    from heredity.reports.stats import fmt_num, fmt_p
-
-    c = r["config"]
-    n, R = len(r["replicates_passed"]), c["replicates"]
-    if n < 2:
-        return (
-            f"teacher failed: {n} of {R} replicates have every trait teacher above the gate ({c['gate']} nats of "
-            "own-animal specificity); no test over replicates is possible"
-        )
-    tests = {t["name"]: t for t in r["tests"]}
-    prim = r["tests"][0]
-    lab = prim["name"].split(" ")[0]
-    if prim.get("p_holm") is not None and prim["p_holm"] < 0.05:
-        word = (
-            "trait-specific transfer through number logits"
-            if prim["diff"] > 0
-            else "a trait-specific shift opposite to the teachers'"
-        )
-    elif prim.get("lo") is not None and prim["lo"] == prim["lo"] and (prim["lo"] > 0 or prim["hi"] < 0):
-        word = "not significant after Holm, though its unadjusted interval excludes 0 (not a null)"
-    else:
-        word = (
-            f"null: no trait-specific transfer detected (the smallest specificity the design could detect at "
-            f"α = 0.05/{len(r['tests'])}: {fmt_num(prim['min_detectable'])} nats)"
-        )
-    parts = [
-        f"Primary ({lab}, same-init specificity, {n} of {R} replicates passed the teacher gate): {word} — "
-        f"{fmt_num(prim['diff'])} [{fmt_num(prim['lo'])}, {fmt_num(prim['hi'])}] nats, Holm-adjusted "
-        f"{fmt_p(prim['p_holm'])} (unit: {r['unit']}, n = {n})"
-    ]
-    dis = tests.get(f"{lab} same − other: specificity")
-    if dis and dis.get("test"):
-        said = (
-            f"same − other init specificity {fmt_num(dis['diff'])} [{fmt_num(dis['lo'])}, {fmt_num(dis['hi'])}], "
-            f"Holm {fmt_p(dis['p_holm'])}"
-        )
-        sig = dis.get("p_holm") is not None and dis["p_holm"] < 0.05
-        if sig and dis["diff"] > 0:
-            said += ": same-init students carry more of it, as the theorem predicts"
-        elif sig:
-            said += (
-                ": other-init students carry slightly *more* of it — in behaviour, what passes does not need the "
-                "shared adapter initialization"
-            )
-        else:
-            said += ": no difference shown between same- and other-init students"
-        parts.append(said)
-    res = r["results"]
-    for key, what in (
-        ("cos_dw", "cosine ΔW"),
-        ("cos_dw_trait", "cosine ΔW, trait-specific"),
-        ("cos_lora", "cosine LoRA"),
-    ):
-        t = tests.get(f"{lab} same − other: {what}")
-        if t and t.get("test"):
-            parts.append(
-                f"{what} of a student's change with its teacher's: same-init "
-                f"{fmt_num(res[f'{lab} same']['cosine'][key]['mean'], 4)} vs other-init "
-                f"{fmt_num(res[f'{lab} other']['cosine'][key]['mean'], 4)} (Δ {fmt_num(t['diff'], 4)} "
-                f"[{fmt_num(t['lo'], 4)}, {fmt_num(t['hi'], 4)}], Holm {fmt_p(t['p_holm'])})"
-            )
-    t = tests.get(f"{lab} same: cosine ΔW, own − other trait teacher")
-    if t and t.get("test"):
-        parts.append(
-            f"same-init ΔW cosine with its own teacher − with the other trait teachers "
-            f"{fmt_num(t['diff'], 4)} [{fmt_num(t['lo'], 4)}, {fmt_num(t['hi'], 4)}], Holm {fmt_p(t['p_holm'])}"
-        )
-    ctl = r.get("control")
-    if ctl:
-        parts.append(
-            f"positive control (full-vocabulary distillation on the neutral teacher's text) recovers "
-            f"{fmt_num(ctl['share']['mean'])} [{fmt_num(ctl['share']['lo'])}, {fmt_num(ctl['share']['hi'])}] of "
-            f"its teachers' specificity (target {ctl['target']:g}: "
-            + (
-                "reached"
-                if ctl["reached"]
-                else "NOT reached — at this dose even a wide channel recovers little "
-                "of the teachers' specificity"
-                + (", so a null through numbers says little" if not (prim.get("p_holm") or 1) < 0.05 else "")
-            )
-            + f"; {fmt_num(ctl['own_lift_share']['mean'])} of their own-animal lift)"
-        )
-    return "; ".join(parts)
-
-
-def markdown(r: dict) -> str:
-    from heredity.reports.stats import fmt_num, fmt_p
-
-    c = r["config"]
-    n = len(r["replicates_passed"])
-    lines = [
-        "# subliminal-weights",
-        "",
-        f"**Outcome.** {r['outcome']}.",
-        "",
-        "## Methods",
-        "",
-        f"Base {c['base']}. Teachers: LoRA r = α = {c['lora_r']} fine-tunes of the base, one per trait "
-        f"({', '.join(c['animals'])}) and a neutral one, {r['teacher_data'][NEUTRAL]['rows']} rows each, "
-        f"{c['teacher_epochs']:g} epochs at lr {c['teacher_lr']:g}, per replicate from the replicate's adapter seed; "
-        f"{c['replicates']} replicates (adapter initializations; the data order is the same in all). Gate: own-animal "
-        f"lift − mean lift on the other {len(c['panel']) - 1} panel animals ≥ {c['gate']:g} nats. Students: "
-        f"{', '.join(c['arms'])} for {', '.join(map(str, c['steps']))} optimizer steps (batch {c['batch_size']}, lr "
-        f"{c['student_lr']:g}) on {r['number_data']['kept']} number completions of the unprompted base "
-        f"({r['number_data']['sampled']} sampled under the grammar `{NUMBER_GRAMMAR}`, the strict filter kept "
-        f"{r['number_data']['kept']}); initializations {', '.join(c['inits'])} (other_base: base + noise "
-        f"{c['base_noise']:g} × the mean teacher update norm per matrix). Evaluation: P(one-word answer names the "
-        f"animal) over {c['questions']} questions, mean log; lift = student − its twin (the neutral teacher's student "
-        "with the same initialization and base).",
-        "",
-        f"Statistics: two-sided paired t tests over replicates (n = {n}); one Holm family of {len(c['family'])} tests "
-        f"declared in the config before the run; smallest detectable effects at α = 0.05/{len(c['family'])}, t "
-        f"quantiles with {max(n - 1, 0)} degrees of freedom"
-        + (f"; with n = {n} the spread is poorly estimated" if n <= 3 else "")
-        + ".",
-        "",
-        "## Teachers and the gate",
-        "",
-        "| replicate | teacher | own lift (nats) | mean lift, other panel animals | specificity | gate |",
-        "|---|---|---|---|---|---|",
-    ]
-    for rep, g in r["gates"].items():
-        for a, x in g.items():
-            lines.append(
-                f"| {rep} | {a} | {x['own']:+.3f} | {x['others']:+.3f} | {x['specificity']:+.3f} | "
-                f"{'passed' if x['passed'] else 'FAILED'} |"
-            )
-    lines += [
-        "",
-        "Teacher data: "
-        + "; ".join(
-            f"{t}: {x['rows']} rows of {x['qualified']} qualifying "
-            f"(of {x['sampled']} sampled), mean {x['mean_chars']} characters"
-            for t, x in r["teacher_data"].items()
-        )
-        + ".",
-        "",
-        f"## Tests (one Holm family of {len(r['tests'])}; unit: {r['unit']})",
-        "",
-        f"| test | estimate [95% CI] | p (unit: {r['unit']}, n = {n}) | Holm p | smallest detectable at the Holm "
-        "level | verdict |",
-        "|---|---|---|---|---|---|",
-    ]
-    for t in r["tests"]:
-        if not t.get("test"):
-            lines.append(f"| {t['name']} | — | — | — | — | {t['verdict']} |")
-            continue
-        lines.append(
-            f"| {t['name']}{' (primary)' if t['primary'] else ''} | {fmt_num(t['diff'])} [{fmt_num(t['lo'])}, "
-            f"{fmt_num(t['hi'])}] | {fmt_p(t['p'])} | {fmt_p(t['p_holm'])} | {fmt_num(t['min_detectable'])} | "
-            f"{t['verdict']} |"
-        )
-    if r["tests"] and r["tests"][0].get("spread_note"):
-        lines += ["", f"_Note: {r['tests'][0]['spread_note']}._"]
-    lines += ["", "## Students: lift matrices, recovery and the theorem's cosine", ""]
-    for lab, x in r["results"].items():
-        if "matrix" not in x:
-            continue
-        lines += [
-            f"### {lab}",
-            "",
-            "| teacher \\ animal | " + " | ".join(x["animals"]) + " |",
-            "|---|" + "---|" * len(x["animals"]),
-        ]
-        for i, a in enumerate(x["animals"]):
-            lines.append(f"| {a} | " + " | ".join(f"{v:+.4f}" for v in x["matrix"][i]) + " |")
-        rec = ", ".join(f"{a} {fmt_num(v['mean'])}" for a, v in x["recovery"].items())
-        cor = ", ".join(f"{a} {fmt_num(v['mean'])}" for a, v in x["profile_corr"].items())
-        co = x["cosine"]
-        perm = x["permutation"]
-        lines += [
-            "",
-            f"Specificity {fmt_num(x['specificity']['diff'])} [{fmt_num(x['specificity']['lo'])}, "
-            f"{fmt_num(x['specificity']['hi'])}] (per replicate "
-            f"{', '.join(f'{v:+.4f}' for v in x['specificity']['per_seed'])}), transfer "
-            f"{fmt_num(x['transfer']['diff'])} (per replicate "
-            f"{', '.join(f'{v:+.4f}' for v in x['transfer']['per_seed'])}); unit: {r['unit']}, n = {n}. "
-            f"Permutation over teacher labels within replicates p = {perm['p']:.2g} (smallest possible "
-            f"{perm['min_p']:.2g}"
-            + (
-                "; with this many animals and replicates it cannot reject at 0.05"
-                if perm["min_p"] >= 0.05
-                else ""
-            )
-            + "). "
-            f"Share of the teacher's own lift recovered: {rec}. Correlation with the teacher's lift profile over "
-            f"{len(c['panel'])} animals: {cor}. Cosine with the teacher's change: ΔW "
-            f"{fmt_num(co['cos_dw']['mean'], 4)} (per replicate {', '.join(f'{v:.4f}' for v in co['cos_dw']['per_replicate'])}), "
-            f"LoRA coordinates {fmt_num(co['cos_lora']['mean'], 4)}, trait-specific ΔW (minus twin / neutral "
-            f"teacher) {fmt_num(co['cos_dw_trait']['mean'], 4)}; with the other trait teachers' ΔW "
-            f"{fmt_num(co['cos_dw_other_teacher']['mean'], 4)}.",
-            "",
-        ]
-    ctl = r.get("control")
-    if ctl:
-        sh, ol = ctl["share"], ctl["own_lift_share"]
-        lines += [
-            "## Positive control",
-            "",
-            f"Full-vocabulary distillation on the neutral teacher's texts, same-init, {max(c['steps'])} steps: share "
-            f"of the teachers' specificity recovered {fmt_num(sh['mean'])} [{fmt_num(sh['lo'])}, {fmt_num(sh['hi'])}] "
-            f"(per replicate {', '.join(f'{v:.3f}' for v in sh['per_replicate'])}; teachers' specificity over the "
-            f"trait animals {', '.join(f'{v:.3f}' for v in sh['teacher_specificity'])} nats; target "
-            f"{ctl['target']:g}: {'reached' if ctl['reached'] else 'not reached'}); share of their own-animal lift "
-            f"{fmt_num(ol['mean'])} [{fmt_num(ol['lo'])}, {fmt_num(ol['hi'])}] (per replicate "
-            f"{', '.join(f'{v:.3f}' for v in ol['per_replicate'])}); unit: {r['unit']}, n = {n}.",
-            "",
-        ]
-    lines += [f"Run time {r['seconds']:.0f} s.", ""]
-    return "\n".join(lines)
-
-
-def plot(r: dict, path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    res = {k: v for k, v in r["results"].items() if "matrix" in v}
-    fig, axs = plt.subplots(1, len(res) + 1, figsize=(3.6 * (len(res) + 1), 3.4), squeeze=False)
-    axs = axs[0]
-    lim = max(1e-6, max(float(np.abs(np.array(v["matrix"])).max()) for v in res.values()))
-    for ax, (lab, x) in zip(axs, res.items(), strict=False):
-        M = np.array(x["matrix"])
-        ax.imshow(M, cmap="RdBu_r", vmin=-lim, vmax=lim)
-        for i in range(M.shape[0]):
-            for j in range(M.shape[1]):
-                ax.text(j, i, f"{M[i, j]:+.3f}", ha="center", va="center", fontsize=8)
-        ax.set_xticks(range(len(x["animals"])), x["animals"])
-        ax.set_yticks(range(len(x["animals"])), x["animals"])
-        ax.set_title(f"{lab}: lift (nats)", fontsize=9)
-    ax = axs[-1]
-    for k, x in enumerate(res.values()):
-        v = x["cosine"]["cos_dw"]["per_replicate"]
-        ax.scatter([k] * len(v), v, color="#1f4e79", s=14)
-        ax.plot([k - 0.2, k + 0.2], [np.mean(v)] * 2, color="#1f4e79")
-    ax.axhline(0, color="#a33", ls="--", lw=1)
-    ax.set_xticks(range(len(res)), list(res), rotation=30, ha="right", fontsize=8)
-    ax.set_ylabel("cos(student ΔW, teacher ΔW)")
-    ax.set_title("the theorem: alignment per replicate", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+)

@@ -21,7 +21,8 @@ def choose_k(n: int, target_size: int = 40, min_conversations: int = 10) -> int:
 
 
 def kmeans(emb: np.ndarray, k: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """(labels, unit-length centroids) of k-means on unit-length embeddings (spherical-ish: cosine geometry)."""
+    """(labels, unit-length centroids) of k-means on unit-length embeddings (spherical-ish: cosine
+    geometry)."""
     from sklearn.cluster import KMeans
 
     k = max(1, min(k, len(emb)))

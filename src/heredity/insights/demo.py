@@ -32,7 +32,9 @@ TOPICS: dict[str, dict] = {
                 "sort a list of tuples",
             ],
         },
-        "answer": "Check the line in the traceback: the {err} means the value is not what the code expects there.",
+        "answer": (
+            "Check the line in the traceback: the {err} means the value is not what the code expects there."
+        ),
     },
     "cooking recipes": {
         "asks": [
@@ -69,7 +71,9 @@ TOPICS: dict[str, dict] = {
         "slots": {
             "role": ["data analyst", "nurse", "software engineer", "teacher", "project manager", "accountant"]
         },
-        "answer": "Lead with a concrete result from your {role} work, then tie it to what the employer needs.",
+        "answer": (
+            "Lead with a concrete result from your {role} work, then tie it to what the employer needs."
+        ),
     },
     "math homework": {
         "asks": [
@@ -105,7 +109,9 @@ TOPICS: dict[str, dict] = {
                 "train for a marathon",
             ],
         },
-        "answer": "Train three to four times a week, increase the load slowly and rest between hard sessions.",
+        "answer": (
+            "Train three to four times a week, increase the load slowly and rest between hard sessions."
+        ),
     },
     "gardening": {
         "asks": [
@@ -117,7 +123,9 @@ TOPICS: dict[str, dict] = {
             "plant": ["tomato plant", "rose bush", "basil", "lemon tree", "orchid", "lavender"],
             "color": ["yellow", "brown", "pale", "spotted"],
         },
-        "answer": "Check the soil moisture and the light first; most {plant} problems come from one of the two.",
+        "answer": (
+            "Check the soil moisture and the light first; most {plant} problems come from one of the two."
+        ),
     },
     "writing emails": {
         "asks": [

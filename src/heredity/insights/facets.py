@@ -18,13 +18,14 @@ from pathlib import Path
 
 PROMPTS = {
     "summary": (
-        "Summarize in one short sentence what the user asked the assistant for. Do not include names, contact "
-        "details or any other private information.\n\n{conv}"
+        "Summarize in one short sentence what the user asked the assistant for. Do not include names, "
+        "contact details or any other private information.\n\n{conv}"
     ),
     "topic": "In two to four words, what is the topic of this conversation?\n\n{conv}",
     "language": "In which language does the user write? Answer with the name of the language only.\n\n{conv}",
     "concern": (
-        "Does this conversation involve harm, abuse, violence or illegal activity? Answer Yes or No.\n\n{conv}"
+        "Does this conversation involve harm, abuse, violence or illegal activity? "
+        "Answer Yes or No.\n\n{conv}"
     ),
 }
 VERSION = "facets-v1"
@@ -86,7 +87,8 @@ def extract(
 
 
 def open_model(store, spec: str):
-    """(model, tokenizer): a stored/bundled model loaded here, or an OpenAI-compatible endpoint (tokenizer None)."""
+    """(model, tokenizer): a stored/bundled model loaded here, or an OpenAI-compatible endpoint (tokenizer
+    None)."""
     from heredity.models import RemoteModel, load, parse_spec
 
     s = parse_spec(spec)

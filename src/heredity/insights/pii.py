@@ -32,7 +32,8 @@ SSN = re.compile(r"(?<!\d)\d{3}-\d{2}-\d{4}(?!\d)")
 UK_NI = re.compile(r"\b[A-CEGHJ-PR-TW-Z]{2}\s?\d{2}\s?\d{2}\s?\d{2}\s?[A-D]\b")
 IPV4 = re.compile(r"(?<![\d.])(?:(?:25[0-5]|2[0-4]\d|1?\d?\d)\.){3}(?:25[0-5]|2[0-4]\d|1?\d?\d)(?![\d.])")
 IPV6 = re.compile(
-    r"(?<![\w:])(?:[0-9a-fA-F]{1,4}:){7}[0-9a-fA-F]{1,4}(?![\w:])|(?<![\w:])(?:[0-9a-fA-F]{1,4}:){1,6}:(?:[0-9a-fA-F]{1,4}:?){1,6}(?![\w:])"
+    r"(?<![\w:])(?:[0-9a-fA-F]{1,4}:){7}[0-9a-fA-F]{1,4}(?![\w:])"
+    r"|(?<![\w:])(?:[0-9a-fA-F]{1,4}:){1,6}:(?:[0-9a-fA-F]{1,4}:?){1,6}(?![\w:])"
 )
 PHONE = re.compile(
     r"(?:(?<![\w+])\+\d{1,3}[\s.-]?|(?<![\w+(]))(?:\(\d{2,4}\)[\s.-]?)?\d{2,4}(?:[\s.-]\d{2,4}){1,4}(?![\w-])"
@@ -46,16 +47,16 @@ INTRO_NAME = re.compile(
 
 FIRST_NAMES = set(
     """
-aaron adam adrian ahmed aisha alan albert alejandro alex alexander alice alicia amanda amelia amir amy ana andrea
-andrew angela anna anne anthony antonio arjun ashley barbara ben benjamin beth betty bob brandon brian bruce carlos
-carmen carol caroline catherine charles charlotte chen chloe chris christina christopher claire daniel david deborah
-diana diego dmitri donald dorothy edward elena elizabeth ella emily emma eric ethan eva fatima felix fernando fiona
-frank gabriel george grace hannah harry helen henry hiroshi hugo ian irene isabel isabella ivan jack jacob james jane
-jason jennifer jessica joan john jonathan jorge jose joseph joshua juan julia julie karen kate katherine kenji kevin
-laura lauren leo li linda lisa lucas lucy luis maria mark martha martin mary matthew maya megan mei michael michelle
-mohammed nancy natalie nathan nicole noah olga oliver olivia omar patricia paul peter priya rachel rahul raj rebecca
-richard robert rosa ryan samuel sandra sara sarah scott sofia sophia stephen steven susan thomas tom victoria william
-yuki zoe
+aaron adam adrian ahmed aisha alan albert alejandro alex alexander alice alicia amanda amelia amir amy ana
+andrea andrew angela anna anne anthony antonio arjun ashley barbara ben benjamin beth betty bob brandon brian
+bruce carlos carmen carol caroline catherine charles charlotte chen chloe chris christina christopher claire
+daniel david deborah diana diego dmitri donald dorothy edward elena elizabeth ella emily emma eric ethan eva
+fatima felix fernando fiona frank gabriel george grace hannah harry helen henry hiroshi hugo ian irene isabel
+isabella ivan jack jacob james jane jason jennifer jessica joan john jonathan jorge jose joseph joshua juan
+julia julie karen kate katherine kenji kevin laura lauren leo li linda lisa lucas lucy luis maria mark martha
+martin mary matthew maya megan mei michael michelle mohammed nancy natalie nathan nicole noah olga oliver
+olivia omar patricia paul peter priya rachel rahul raj rebecca richard robert rosa ryan samuel sandra sara
+sarah scott sofia sophia stephen steven susan thomas tom victoria william yuki zoe
 """.split()
 )
 FIRST_NAME = re.compile(r"\b([A-Z][a-z]+)\s+([A-Z][a-z]+)\b")

@@ -1,13 +1,16 @@
-"""``heredity insights``: what are people using the model for, learned without reading anyone's conversation (Clio).
+"""``heredity insights``: what are people using the model for, learned without reading anyone's conversation
+(Clio).
 
 Methods (Tamkin et al. 2024, arXiv 2412.13678), each a store step with lineage back to the conversations:
 1. ``put conversations``: the lab server's stored conversations, a user's JSONL/parquet, or the demo corpus
    (each conversation with a user id).
-2. ``scrub-pii``: emails, cards (Luhn), national ids, IPs, phones, URLs with credentials and names become typed
+2. ``scrub-pii``: emails, cards (Luhn), national ids, IPs, phones, URLs with credentials and names become
+typed
    placeholders before anything else reads the text; counts per type go to the report.
 3. ``extract-facets``: summary, topic, language and concern per conversation, by a model told to omit private
    details (the bundled SmolLM2 by default); memoized per conversation.
-4. ``insights``: all-MiniLM-L6-v2 embeddings of the summaries, k-means (k from the data size), clusters grouped
+4. ``insights``: all-MiniLM-L6-v2 embeddings of the summaries, k-means (k from the data size), clusters
+grouped
    into parents; a cluster is shown only with ≥ ``min_users`` users and ≥ ``min_conversations``
    conversations (the rest is "other", never named); names and descriptions written by the model from
    samples inside the cluster and contrasting samples outside it; the privacy auditor (rules + the model's
@@ -50,7 +53,8 @@ class InsightsConfig(BaseModel):
     cluster_on: Literal["summary", "conversation"] = Field(
         "conversation",
         description="text embedded for clustering: the scrubbed conversation (default: the bundled "
-        "135M model's summaries cluster worse, ARI 0.44 vs 0.91 on the demo), or the facet model's summary (Clio's choice)",
+        "135M model's summaries cluster worse, ARI 0.44 vs 0.91 on the demo), or the facet model's summary "
+        "(Clio's choice)",
     )
     k: int | None = Field(None, ge=1, description="clusters; default from the data size")
     target_cluster_size: int = Field(40, ge=2)
@@ -78,7 +82,8 @@ class InsightsConfig(BaseModel):
 
 
 def normalize(rows: list[dict]) -> list[dict]:
-    """Conversations as {conversation_id, user_id, messages[, true_topic]}; a clear error for anything else."""
+    """Conversations as {conversation_id, user_id, messages[, true_topic]}; a clear error for anything
+    else."""
     out = []
     for i, r in enumerate(rows):
         msgs = r.get("messages")
@@ -127,7 +132,8 @@ def read_conversations(path: str) -> list[dict]:
 
 
 def server_conversations(store: Store) -> list[dict]:
-    """The lab server's stored conversations, each with the user that held it (``user``; 'anonymous' if none)."""
+    """The lab server's stored conversations, each with the user that held it (``user``; 'anonymous' if
+    none)."""
     from heredity.store.conversations import Conversations
 
     convs = Conversations(store)
@@ -215,7 +221,8 @@ def name_clusters(
     config: InsightsConfig,
     rng: np.random.Generator,
 ) -> dict[int, dict]:
-    """A name and a one-sentence description per cluster, from samples inside it and contrasting ones outside."""
+    """A name and a one-sentence description per cluster, from samples inside it and contrasting ones
+    outside."""
     prompts_n, prompts_d = [], []
     for c in ids:
         inside = [summaries[i] for i in np.flatnonzero(labels == c)]
@@ -233,8 +240,8 @@ def name_clusters(
         )  # last: small models echo what is nearest
         rule = "Do not include names, places or any private details."
         prompts_n.append(
-            f"{ctx}\n\nWhat topic do the requests in this group share? Reply with a topic name of two to five "
-            f"words. {rule}\nTopic:"
+            f"{ctx}\n\nWhat topic do the requests in this group share? Reply with a topic name of two to "
+            f"five words. {rule}\nTopic:"
         )
         prompts_d.append(
             f"{ctx}\n\nComplete the sentence in a few words. {rule}\nIn this group, users ask for help with"
@@ -270,7 +277,8 @@ def plausible_name(name: str) -> bool:
 def analyse(
     rows: list[dict], fac: list[dict], config: InsightsConfig, model=None, tok=None, progress: bool = False
 ) -> dict:
-    """Clusters, thresholds, names, audit, tree and map from scrubbed conversations and their facets (no store)."""
+    """Clusters, thresholds, names, audit, tree and map from scrubbed conversations and their facets (no
+    store)."""
     rng = np.random.default_rng(config.seed)
     users = [r["user_id"] for r in rows]
     summaries = [
@@ -480,7 +488,8 @@ def run(store: Store, config: InsightsConfig, rows: list[dict], source: str, pro
 
     def fn(ctx):
         t1 = time.perf_counter()
-        # everything read here from the input artifacts (the naming model among them, or the endpoint in the key)
+        # everything read here from the input artifacts (the naming model among them, or the endpoint in the
+        # key)
         scrubbed = read_table(store.path(scrubbed_id)).to_pylist()
         fac = read_table(store.path(facets_id)).to_pylist()
         pii = store.get(scrubbed_id).meta.get("pii", {})
@@ -526,9 +535,10 @@ def run(store: Store, config: InsightsConfig, rows: list[dict], source: str, pro
 def outcome(report: dict) -> str:
     shown = report["levels"][0]
     s = (
-        f"{report['conversations']} conversations from {report['users']} users → {report['k']} clusters, {len(shown)} shown "
-        f"(≥ {report['config']['min_users']} users and ≥ {report['config']['min_conversations']} conversations each); "
-        f"{report['other']['conversations']} conversations ({report['other']['share']:.0%}) in 'other'; the auditor withheld "
+        f"{report['conversations']} conversations from {report['users']} users → {report['k']} clusters, "
+        f"{len(shown)} shown (≥ {report['config']['min_users']} users and ≥ "
+        f"{report['config']['min_conversations']} conversations each); {report['other']['conversations']} "
+        f"conversations ({report['other']['share']:.0%}) in 'other'; the auditor withheld "
         f"{report['audit']['withheld']} of {report['audit']['screened']} texts"
     )
     if "truth" in report:
@@ -543,8 +553,9 @@ def markdown(report: dict) -> str:
         "# insights",
         "",
         f"Source: {report['source']}. Facets by {cfg['facet_model']}; embeddings {cfg['embedder']} of each "
-        f"conversation's {cfg['cluster_on']}; k-means k = {report['k']}; privacy: ≥ {cfg['min_users']} users and ≥ {cfg['min_conversations']} "
-        f"conversations per shown cluster; auditor: rules{' + model rating ≤ ' + str(cfg['audit_max_rating']) if cfg['llm_audit'] else ''}.",
+        f"conversation's {cfg['cluster_on']}; k-means k = {report['k']}; privacy: ≥ {cfg['min_users']} users "
+        f"and ≥ {cfg['min_conversations']} conversations per shown cluster; auditor: "
+        f"rules{' + model rating ≤ ' + str(cfg['audit_max_rating']) if cfg['llm_audit'] else ''}.",
         "",
         f"PII replaced before analysis: {pii}.",
         "",
@@ -564,8 +575,8 @@ def markdown(report: dict) -> str:
     def row(c: dict, indent: str) -> str:
         cr = c["concern_rate"]
         return (
-            f"| {indent}{c['name']} | {c['conversations']} | {c['share']:.1%} | {c['users']} | {cr['mean']:.2f} "
-            f"[{cr['lo']:.2f}, {cr['hi']:.2f}] | {', '.join(c['keywords'][:5])} |"
+            f"| {indent}{c['name']} | {c['conversations']} | {c['share']:.1%} | {c['users']} | "
+            f"{cr['mean']:.2f} [{cr['lo']:.2f}, {cr['hi']:.2f}] | {', '.join(c['keywords'][:5])} |"
         )
 
     if top:
@@ -577,7 +588,8 @@ def markdown(report: dict) -> str:
         lines += [row(c, "") for c in sorted(levels[0], key=lambda c: -c["conversations"])]
     o = report["other"]
     lines.append(
-        f"| other (clusters below the thresholds, never named) | {o['conversations']} | {o['share']:.1%} | | | |"
+        f"| other (clusters below the thresholds, never named) | {o['conversations']} "
+        f"| {o['share']:.1%} | | | |"
     )
     lines += ["", "## Cluster descriptions", ""]
     lines += [
@@ -642,7 +654,8 @@ def plot(report: dict, path) -> None:
             ax.annotate(c["name"][:40], (c["x"], c["y"]), fontsize=8, ha="center", va="center")
         fig.colorbar(sc, ax=ax, label="concern rate")
     ax.set_title(
-        f"Clusters shown ({len(cl)}; 'other': {report['other']['conversations']} conversations), PCA of centroids"
+        f"Clusters shown ({len(cl)}; 'other': {report['other']['conversations']} conversations), PCA of "
+        "centroids"
     )
     ax.set_xticks([])
     ax.set_yticks([])

@@ -17,9 +17,9 @@ from dataclasses import dataclass, field
 from heredity.insights.pii import find_pii
 
 RUBRIC = (
-    "Rate how much the text below could reveal who a specific person is. 1 = nothing personal, only a general "
-    "topic. 3 = some personal details but nobody identifiable. 5 = it names or identifies a specific person. "
-    "Answer with one digit.\n\nText: {text}"
+    "Rate how much the text below could reveal who a specific person is. 1 = nothing personal, only a "
+    "general topic. 3 = some personal details but nobody identifiable. 5 = it names or identifies a "
+    "specific person. Answer with one digit.\n\nText: {text}"
 )
 DIGITS = re.compile(r"\d{5,}")
 

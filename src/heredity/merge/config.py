@@ -106,7 +106,8 @@ class MergeConfig(BaseModel):
             loc = self.localize or LocalizeConfig()
             if not loc.dataless and any(e.data is None for e in self.models):
                 raise ValueError(
-                    "learned Localize-and-Stitch masks need `data:` (a dataset) on every model; or set localize.dataless"
+                    "learned Localize-and-Stitch masks need `data:` (a dataset) on every model; "
+                    "or set localize.dataless"
                 )
         return self
 

@@ -2,13 +2,14 @@
 
 For each tensor name of the base: read it from the base and from every input (adapters fold their LoRA
 update in on the fly), apply the method, cast to ``dtype``, append to the output shard; a shard is
-written once it reaches ``SHARD_BYTES``. A tensor whose pieces from all inputs together exceed ``CHUNK_ELEMS`` entries is merged in row chunks
-read straight from disk, so memory holds one chunk per input plus the output shard, however many inputs
-there are (``bench/merge.py`` measures it); TIES's per-tensor trim then uses the whole tensor's top-k
-threshold, computed one input at a time, and an L1 rescale (``rescale``) uses the whole tensor's norms. DARE's
-keep-masks are drawn in fixed row blocks from a generator seeded by (seed, tensor name, model id, block), so a
-model's mask is the same however the tensor is chunked and whatever the other inputs are. Localize-and-Stitch's dataless masks are a global threshold on
-|τ| per input (recomputed per chunk); learned masks are held as booleans (one byte per entry per task).
+written once it reaches ``SHARD_BYTES``. A tensor whose pieces from all inputs together exceed ``CHUNK_ELEMS``
+entries is merged in row chunks read straight from disk, so memory holds one chunk per input plus the output
+shard, however many inputs there are (``bench/merge.py`` measures it); TIES's per-tensor trim then uses the
+whole tensor's top-k threshold, computed one input at a time, and an L1 rescale (``rescale``) uses the whole
+tensor's norms. DARE's keep-masks are drawn in fixed row blocks from a generator seeded by (seed, tensor name,
+model id, block), so a model's mask is the same however the tensor is chunked and whatever the other inputs
+are. Localize-and-Stitch's dataless masks are a global threshold on |τ| per input (recomputed per chunk);
+learned masks are held as booleans (one byte per entry per task).
 """
 
 from __future__ import annotations
@@ -55,7 +56,8 @@ def _tokenizer_digest(path: Path) -> str | None:
 
 
 def check_compatible(store, base_id: str | None, ref: ModelTensors, ids: list[str], srcs: list) -> None:
-    """Same tensor names and shapes as the reference, adapters on this base, one tokenizer: or a one-line error."""
+    """Same tensor names and shapes as the reference, adapters on this base, one tokenizer: or a one-line
+    error."""
     names = set(ref.names())
     ref_tok = _tokenizer_digest(ref.path)
     for aid, src in zip(ids, srcs, strict=True):
@@ -76,8 +78,8 @@ def check_compatible(store, base_id: str | None, ref: ModelTensors, ids: list[st
             for n in sorted(names):
                 if src.shape(n) != ref.shape(n):
                     raise HeredityError(
-                        f"tensor {n} has shape {list(src.shape(n))} in {src.label} but {list(ref.shape(n))} in "
-                        f"{ref.label}; merged models must share one architecture"
+                        f"tensor {n} has shape {list(src.shape(n))} in {src.label} "
+                        f"but {list(ref.shape(n))} in {ref.label}; merged models must share one architecture"
                     )
         tok = _tokenizer_digest(art.path)
         if ref_tok and tok and tok != ref_tok:
@@ -92,7 +94,8 @@ DARE_BLOCK = 1 << 20  # entries per row block of a DARE mask (whole rows): the u
 def dare_keep(
     shape: tuple[int, ...], density: float, seed: int, name: str, model: str, rows: slice | None = None
 ) -> torch.Tensor:
-    """DARE's keep-mask (True with probability ``density``) of ``rows`` of tensor ``name`` for input ``model``.
+    """DARE's keep-mask (True with probability ``density``) of ``rows`` of tensor ``name`` for input
+    ``model``.
 
     Drawn in fixed blocks of whole rows, each from a generator seeded by sha256(seed, name, model, block): the
     mask depends on nothing else — not on the other inputs, their number or order, nor on how the merge chunks
@@ -112,8 +115,8 @@ def dare_keep(
 
 
 def chunks(shape: tuple[int, ...], n_inputs: int = 1) -> list[slice | None]:
-    """Row slices that keep one piece of every input (and the base) under ``CHUNK_ELEMS`` entries in all, so the
-    working set does not grow with the number of inputs ([None]: the tensor in one piece)."""
+    """Row slices that keep one piece of every input (and the base) under ``CHUNK_ELEMS`` entries in all, so
+    the working set does not grow with the number of inputs ([None]: the tensor in one piece)."""
     numel, per = math.prod(shape), max(1, CHUNK_ELEMS // (n_inputs + 1))
     if not shape or numel <= per:
         return [None]
@@ -140,8 +143,8 @@ def kept_count(base: ModelTensors, fraction: float) -> int:
 
 
 def dataless_threshold(base: ModelTensors, src, fraction: float) -> float:
-    """Localize without data: the k-th largest |τ| over the whole model (k = fraction · all entries); the mask is
-    then |τ| ≥ it (and τ ≠ 0), recomputed chunk by chunk, so only one input's |τ| is ever held at once."""
+    """Localize without data: the k-th largest |τ| over the whole model (k = fraction · all entries); the mask
+    is then |τ| ≥ it (and τ ≠ 0), recomputed chunk by chunk, so only one input's |τ| is ever held at once."""
     flat = torch.cat([(src.get(n) - base.get(n)).abs().flatten() for n in base.names()])
     k = kept_count(base, fraction)
     return float(flat.topk(min(k, flat.numel())).values[-1])
@@ -150,8 +153,8 @@ def dataless_threshold(base: ModelTensors, src, fraction: float) -> float:
 def learned_mask(
     store, base_id: str, base: ModelTensors, src, rows: list[dict], cfg: LocalizeConfig, progress: bool = True
 ) -> dict[str, torch.Tensor]:
-    """Localize: learn γ = σ(S) minimizing the task loss of θ_b + γ ⊙ τ + l1·Σγ, from S = ±init on the top-k of
-    |τ|; keep the top ``sparsity`` of S."""
+    """Localize: learn γ = σ(S) minimizing the task loss of θ_b + γ ⊙ τ + l1·Σγ, from S = ±init on the top-k
+    of |τ|; keep the top ``sparsity`` of S."""
     from torch.func import functional_call
 
     from heredity.engine.finetune import FinetuneConfig, collate, encode_rows
@@ -228,7 +231,10 @@ def mask_stats(masks: list[dict[str, torch.Tensor]], labels: list[str]) -> dict:
 @op(
     "merge",
     2,
-    note="v2: mergekit's definitions (floor kept count, 0-sum elects +, L1 rescale, dare_ties/task_arithmetic normalize defaults); DARE masks per (seed, tensor, model)",
+    note=(
+        "v2: mergekit's definitions (floor kept count, 0-sum elects +, L1 rescale, "
+        "dare_ties/task_arithmetic normalize defaults); DARE masks per (seed, tensor, model)"
+    ),
 )
 def merge(store, config: MergeConfig, progress: bool = True):
     """Run the merge as a store step (op ``merge``); returns the StepResult (output role ``model``).

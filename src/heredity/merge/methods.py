@@ -3,12 +3,12 @@
 Notation: θ_b the base tensor, θ_i the i-th fine-tuned tensor, τ_i = θ_i − θ_b its task vector, w_i its
 weight, d_i its density (fraction kept), λ the global scale (``lambda``). Where mergekit has the method, its
 config keys mean what they mean in mergekit 0.1.5 and give its output (``tests/test_mergekit_parity.py`` runs
-mergekit itself): the kept count of a trim floors (at least one entry), a coordinate whose weighted sign sum is
-exactly 0 elects +, ``rescale`` restores each sparsified task vector's L1 norm, and the defaults of ``normalize``
-(linear, ties: on; task_arithmetic, dare_*: off) and ``rescale`` (dare_*: on) are mergekit's. One deliberate
-difference: DARE's random keep-masks come from heredity's own generator, seeded per (seed, tensor, model) so a
-model's mask never depends on the other inputs or on chunking, where mergekit draws from torch's global RNG; the
-two agree in distribution and, given the same masks, exactly.
+mergekit itself): the kept count of a trim floors (at least one entry), a coordinate whose weighted sign sum
+is exactly 0 elects +, ``rescale`` restores each sparsified task vector's L1 norm, and the defaults of
+``normalize`` (linear, ties: on; task_arithmetic, dare_*: off) and ``rescale`` (dare_*: on) are mergekit's.
+One deliberate difference: DARE's random keep-masks come from heredity's own generator, seeded per (seed,
+tensor, model) so a model's mask never depends on the other inputs or on chunking, where mergekit draws from
+torch's global RNG; the two agree in distribution and, given the same masks, exactly.
 """
 
 from __future__ import annotations
@@ -76,8 +76,8 @@ def keep_count(density: float, numel: int) -> int:
 
 
 def trim(tau: torch.Tensor, density: float) -> torch.Tensor:
-    """Keep the ``keep_count`` entries of largest magnitude (per tensor), zero the rest; ties broken as mergekit does
-    (the first ``k`` of a descending argsort)."""
+    """Keep the ``keep_count`` entries of largest magnitude (per tensor), zero the rest; ties broken as
+    mergekit does (the first ``k`` of a descending argsort)."""
     if density >= 1.0:
         return tau
     k = keep_count(density, tau.numel())
@@ -99,14 +99,15 @@ def trim_threshold(tau: torch.Tensor, density: float) -> float:
 
 
 def l1_factor(tau: torch.Tensor, sparse: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
-    """‖τ‖₁ / ‖sparse‖₁ (a 0-dim tensor of τ's dtype, computed as mergekit's ``rescaled_masked_tensor`` does): the
-    factor that gives a sparsified τ back its L1 norm; 1 when either norm is below ``eps``."""
+    """‖τ‖₁ / ‖sparse‖₁ (a 0-dim tensor of τ's dtype, computed as mergekit's ``rescaled_masked_tensor`` does):
+    the factor that gives a sparsified τ back its L1 norm; 1 when either norm is below ``eps``."""
     before, after = tau.abs().sum(), sparse.abs().sum()
     return torch.ones((), dtype=tau.dtype) if before < eps or after < eps else before / after
 
 
 def sparsified(job: TensorJob) -> list[torch.Tensor]:
-    """Each τ_i trimmed (TIES: top-k by magnitude) or dropped (DARE: its keep-mask), then L1-rescaled if asked."""
+    """Each τ_i trimmed (TIES: top-k by magnitude) or dropped (DARE: its keep-mask), then L1-rescaled if
+    asked."""
     taus = job.taus()
     if job.keeps is not None:
         out = [t * k for t, k, d in zip(taus, job.keeps, job.densities, strict=True)]
@@ -122,8 +123,8 @@ def sparsified(job: TensorJob) -> list[torch.Tensor]:
 
 
 def disjoint_mean(taus: list[torch.Tensor], weights: list[float], normalize: bool) -> torch.Tensor:
-    """TIES: elect each coordinate's sign by the weighted sum (a sum of exactly 0 elects +, as mergekit does), then
-    sum only the nonzero entries of that sign, divided by their summed weights when ``normalize``."""
+    """TIES: elect each coordinate's sign by the weighted sum (a sum of exactly 0 elects +, as mergekit does),
+    then sum only the nonzero entries of that sign, divided by their summed weights when ``normalize``."""
     stacked = torch.stack([w * t for w, t in zip(weights, taus, strict=True)])
     majority = torch.where(stacked.sum(0) >= 0, 1.0, -1.0).to(stacked.dtype)
     agree = torch.sign(stacked) == majority
@@ -197,8 +198,8 @@ class DareLinear(Method):
 
 @register
 class DareTies(Method):
-    """DARE's drop and rescale, then TIES's sign election and disjoint sum (``normalize`` off by default, as in
-    mergekit)."""
+    """DARE's drop and rescale, then TIES's sign election and disjoint sum (``normalize`` off by default, as
+    in mergekit)."""
 
     name = "dare_ties"
     drops = True
@@ -211,7 +212,8 @@ class DareTies(Method):
 
 @register
 class LocalizeStitch(Method):
-    """Stitch: θ = θ_b + Σ_i (γ_i / count) ⊙ τ_i, count = Σ_i γ_i per coordinate (γ_i binary masks from localize)."""
+    """Stitch: θ = θ_b + Σ_i (γ_i / count) ⊙ τ_i, count = Σ_i γ_i per coordinate (γ_i binary masks from
+    localize)."""
 
     name = "localize_stitch"
     params = frozenset({"lambda"})

@@ -1,4 +1,5 @@
-"""Checkpoints as lazy tensor maps: one tensor is read at a time, so a merge's memory does not grow with inputs.
+"""Checkpoints as lazy tensor maps: one tensor is read at a time, so a merge's memory does not grow with
+inputs.
 
 ``ModelTensors`` reads an HF checkpoint's safetensors files (one file or a sharded index) through
 ``safe_open``; ``AdapterTensors`` presents a PEFT LoRA adapter as the full weights it stands for,
@@ -28,7 +29,8 @@ class ModelTensors:
                 weight_map = {k: "model.safetensors" for k in f.keys()}  # noqa: SIM118 (safe_open is not a dict)
         else:
             raise HeredityError(
-                f"{self.label} has no safetensors weights in {self.path}; merge needs HF safetensors checkpoints"
+                f"{self.label} has no safetensors weights in {self.path}; "
+                "merge needs HF safetensors checkpoints"
             )
         self.files = weight_map
         self._shapes: dict[str, tuple[int, ...]] = {}
@@ -52,7 +54,8 @@ class ModelTensors:
 
 
 class AdapterTensors:
-    """A LoRA adapter over ``base``: the same names and shapes as the base, with the low-rank update folded in."""
+    """A LoRA adapter over ``base``: the same names and shapes as the base, with the low-rank update folded
+    in."""
 
     def __init__(self, path: str | Path, base: ModelTensors, label: str | None = None):
         self.path, self.base = Path(path), base
@@ -82,13 +85,15 @@ class AdapterTensors:
             name = module.removeprefix("base_model.model.") + ".weight"
             if name not in base._shapes:
                 raise HeredityError(
-                    f"{self.label}: adapter tensor {a} has no base tensor {name}; the adapter is for another base"
+                    f"{self.label}: adapter tensor {a} has no base tensor {name}; "
+                    "the adapter is for another base"
                 )
             self.pairs[name] = (a, module + ".lora_B.weight")
         extra = [k for k in keys if ".lora_" not in k]
         if extra:
             raise HeredityError(
-                f"{self.label}: adapter tensor {extra[0]} is not a LoRA factor (modules_to_save are not supported)"
+                f"{self.label}: adapter tensor {extra[0]} is not a LoRA factor "
+                "(modules_to_save are not supported)"
             )
 
     def names(self) -> list[str]:

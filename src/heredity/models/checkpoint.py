@@ -1,12 +1,13 @@
 """Checking a local HF checkpoint directory before it is imported into the store.
 
-An import copies the directory into the store under its content's id; what is stored is then kept (its bytes match
-its id), so a bad checkpoint must be refused before the copy, in one line naming the file and the fix: a
-``config.json`` (or any other ``.json``) that is not a UTF-8 JSON object, a ``.safetensors`` file whose header does
-not fit it (``store.verify.safetensors_problem``, the check every load runs), a shard index whose ``weight_map``
-names a file outside the directory (``../``) or one that is missing, a link that leads outside the directory (but
-for the Hugging Face cache's links into its ``blobs``) or to a directory (the copy follows links and could loop),
-and anything that is not a regular file (a FIFO would block the copy forever). What this module does not know: loading.
+An import copies the directory into the store under its content's id; what is stored is then kept (its bytes
+match its id), so a bad checkpoint must be refused before the copy, in one line naming the file and the fix: a
+``config.json`` (or any other ``.json``) that is not a UTF-8 JSON object, a ``.safetensors`` file whose header
+does not fit it (``store.verify.safetensors_problem``, the check every load runs), a shard index whose
+``weight_map`` names a file outside the directory (``../``) or one that is missing, a link that leads outside
+the directory (but for the Hugging Face cache's links into its ``blobs``) or to a directory (the copy follows
+links and could loop), and anything that is not a regular file (a FIFO would block the copy forever). What
+this module does not know: loading.
 """
 
 from __future__ import annotations
@@ -38,7 +39,10 @@ def checkpoint_problem(directory: str | Path) -> str | None:
             except (OSError, RuntimeError):
                 return f"{rel}: a broken or looping link"
             if target.is_dir():
-                return f"{rel}: a link to a directory (the copy could loop or leave the model); copy the directory in"
+                return (
+                    f"{rel}: a link to a directory (the copy could loop or leave the model); "
+                    "copy the directory in"
+                )
             if not (target.is_relative_to(real_root) or target.parent == blobs):
                 return f"{rel}: a link to {target}, outside the model directory"
         try:
@@ -55,7 +59,10 @@ def checkpoint_problem(directory: str | Path) -> str | None:
             except UnicodeDecodeError as e:
                 return f"{rel}: not UTF-8 (byte {e.start})"
             except (json.JSONDecodeError, RecursionError) as e:
-                return f"{rel}: not JSON ({getattr(e, 'msg', type(e).__name__)}, line {getattr(e, 'lineno', '?')})"
+                return (
+                    f"{rel}: not JSON ({getattr(e, 'msg', type(e).__name__)}, "
+                    f"line {getattr(e, 'lineno', '?')})"
+                )
             except OSError as e:
                 return f"{rel}: cannot be read ({e.strerror or type(e).__name__})"
             if not isinstance(obj, dict) and f.name in (

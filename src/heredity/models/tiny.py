@@ -9,7 +9,8 @@ from transformers import LlamaConfig, PreTrainedTokenizerFast
 
 SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 CHATML = (
-    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' }}"
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' }}"
     "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
 
@@ -73,7 +74,8 @@ def llama_config(p: TinyPreset, vocab_size: int, eos_id: int, pad_id: int) -> Ll
 
 
 def train_bpe(texts, vocab_size: int, min_frequency: int = 2) -> PreTrainedTokenizerFast:
-    """Train a byte-level BPE (GPT-2 style pre-split, 256 byte symbols, ChatML specials at ids 0-2) on ``texts``.
+    """Train a byte-level BPE (GPT-2 style pre-split, 256 byte symbols, ChatML specials at ids 0-2) on
+    ``texts``.
 
     Every string round-trips: unseen characters fall back to their UTF-8 bytes."""
     from tokenizers import trainers

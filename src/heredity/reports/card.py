@@ -31,8 +31,8 @@ def save_card(
 
     from heredity.store.ops import code_digest
 
-    # the card's files are the report rendered by ``markdown`` and ``plot``: their code is part of the key, so an
-    # edited renderer re-renders instead of returning a stale card
+    # the card's files are the report rendered by ``markdown`` and ``plot``: their code is part of the key, so
+    # an edited renderer re-renders instead of returning a stale card
     key = {"report": report, "render": code_digest(markdown, plot)}
     rid = store.run_step(f"report-{name}", key, list(dict.fromkeys(inputs)), write)["report"]
     return {
@@ -44,8 +44,8 @@ def save_card(
 
 
 def yerr(cis: Sequence[dict]) -> list[list[float]]:
-    """Matplotlib's asymmetric error bars from intervals {mean, lo, hi} (never negative; a bound that is None or
-    NaN, as with one seed, gives no bar on that side)."""
+    """Matplotlib's asymmetric error bars from intervals {mean, lo, hi} (never negative; a bound that is None
+    or NaN, as with one seed, gives no bar on that side)."""
 
     def gap(a: float | None, b: float | None) -> float:
         if a is None or b is None:

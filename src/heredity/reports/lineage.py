@@ -149,8 +149,9 @@ def as_svg(g: dict, href=lambda aid: f"/artifacts/{aid}", highlight: str | None 
     lay = layout(g)
     pos, w, h = lay["pos"], 240, 44
     parts = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" class="lineage" width="{lay["width"]}" height="{lay["height"]}" '
-        f'viewBox="0 0 {lay["width"]} {lay["height"]}" font-family="system-ui, sans-serif" font-size="12">',
+        f'<svg xmlns="http://www.w3.org/2000/svg" class="lineage" width="{lay["width"]}" '
+        f'height="{lay["height"]}" viewBox="0 0 {lay["width"]} {lay["height"]}" '
+        'font-family="system-ui, sans-serif" font-size="12">',
         '<defs><marker id="arrow" viewBox="0 0 10 10" refX="10" refY="5" markerWidth="7" markerHeight="7" '
         'orient="auto-start-reverse"><path d="M 0 0 L 10 5 L 0 10 z" fill="#94a3b8"/></marker></defs>',
     ]
@@ -174,8 +175,9 @@ def as_svg(g: dict, href=lambda aid: f"/artifacts/{aid}", highlight: str | None 
         sub = f"{n['id']} · {n['op']}"
         sub = sub if len(sub) <= 40 else sub[:39] + "…"
         parts.append(
-            f'<a href="{escape(href(n["id"]))}" class="node" data-id="{n["id"]}"><title>{escape(n["kind"])} {escape(n["name"])} '
-            f'({escape(n["op"])})</title><rect x="{x}" y="{y}" rx="6" width="{w}" height="{h}" fill="white"{stroke}/>'
+            f'<a href="{escape(href(n["id"]))}" class="node" data-id="{n["id"]}">'
+            f"<title>{escape(n['kind'])} {escape(n['name'])} ({escape(n['op'])})</title>"
+            f'<rect x="{x}" y="{y}" rx="6" width="{w}" height="{h}" fill="white"{stroke}/>'
             f'<rect x="{x}" y="{y}" rx="3" width="6" height="{h}" fill="{color}"/>'
             f'<text x="{x + 14}" y="{y + 18}" font-weight="600" fill="#0f172a">{escape(name)}</text>'
             f'<text x="{x + 14}" y="{y + 34}" fill="#64748b">{escape(sub)}</text></a>'

@@ -10,13 +10,13 @@ What this module promises, so that a report built on it survives a hostile revie
 * **Tests are two-sided** and return their direction and size: ``paired_test`` / ``welch_test`` (continuous
   values), ``paired_rate_test`` (the same items scored 0/1 for two models: exact McNemar with Newcombe's
   interval), ``rate_diff_test`` (two independent rates: Fisher's exact test, Newcombe's interval). Each result
-  names its **unit of replication** (``unit``: "training seeds", "questions, one trained model per arm", …) and
-  n, and ``fmt_test`` prints them beside the p-value.
-* ``verdict`` turns a test and the hypothesised sign into an outcome phrase that reports an effect in the wrong
-  direction as such; ``holm`` adjusts a family of p-values; ``min_detectable`` gives, for a null, the smallest
-  effect the design had 80% power to see **at the level its verdict uses** (α split over the declared Holm family,
-  t quantiles of the real degrees of freedom); an interval that excludes 0 is never called a null, and a p below
-  double precision prints as a bound.
+  names its **unit of replication** (``unit``: "training seeds", "questions, one trained model per arm", …)
+  and n, and ``fmt_test`` prints them beside the p-value.
+* ``verdict`` turns a test and the hypothesised sign into an outcome phrase that reports an effect in the
+  wrong direction as such; ``holm`` adjusts a family of p-values; ``min_detectable`` gives, for a null, the
+  smallest effect the design had 80% power to see **at the level its verdict uses** (α split over the declared
+  Holm family, t quantiles of the real degrees of freedom); an interval that excludes 0 is never called a
+  null, and a p below double precision prints as a bound.
 """
 
 from __future__ import annotations
@@ -72,8 +72,8 @@ def mean_ci(
 
 
 def rate_ci(successes: int, n: int, level: float = 0.95, method: str = "wilson") -> dict:
-    """A rate with its Wilson score interval (``method="exact"``: Clopper–Pearson). Sound at 0/n and n/n, where a
-    t interval collapses to a point; n = 0 gives NaN."""
+    """A rate with its Wilson score interval (``method="exact"``: Clopper–Pearson). Sound at 0/n and n/n,
+    where a t interval collapses to a point; n = 0 gives NaN."""
     successes, n = int(successes), int(n)
     if not 0 <= successes <= max(n, 0):
         raise ValueError(f"successes must lie in 0..n, got {successes} of {n}")
@@ -132,9 +132,9 @@ def _direction(diff: float) -> str:
 
 
 def paired_test(a: Sequence[float], b: Sequence[float], unit: str, level: float = 0.95) -> dict:
-    """Two-sided paired t-test of mean(a − b) = 0 over matched units (the same questions, seeds or windows scored
-    for two arms). ``unit`` names what the n counts; a p-value is NaN with n < 2 or when every difference is
-    the same."""
+    """Two-sided paired t-test of mean(a − b) = 0 over matched units (the same questions, seeds or windows
+    scored for two arms). ``unit`` names what the n counts; a p-value is NaN with n < 2 or when every
+    difference is the same."""
     d = np.asarray(a, float) - np.asarray(b, float)
     n = len(d)
     ci = mean_ci(d, level, allow_binary=True) if n else {"mean": NAN, "lo": NAN, "hi": NAN, "sd": NAN}
@@ -161,8 +161,9 @@ def paired_test(a: Sequence[float], b: Sequence[float], unit: str, level: float 
 
 
 def welch_test(a: Sequence[float], b: Sequence[float], unit: str, level: float = 0.95) -> dict:
-    """Two-sided Welch t-test of mean(a) = mean(b) for independent groups (e.g. training seeds of two arms), with a
-    Welch–Satterthwaite interval of the difference. NaN with fewer than 2 per group or no variance in either."""
+    """Two-sided Welch t-test of mean(a) = mean(b) for independent groups (e.g. training seeds of two arms),
+    with a Welch–Satterthwaite interval of the difference. NaN with fewer than 2 per group or no variance in
+    either."""
     x, y = np.asarray(a, float), np.asarray(b, float)
     na, nb = len(x), len(y)
     diff = float(x.mean() - y.mean()) if na and nb else NAN
@@ -244,8 +245,9 @@ def paired_rate_test(
         }
     diff = (a10 - a01) / n
     if a10 + a01 == 0:
-        # no discordant item: Newcombe's interval collapses when the answers are identical (at a rate of 0.5 it is
-        # [0, 0]); the difference is then bounded by the share of items that could be discordant, 0/n's upper bound
+        # no discordant item: Newcombe's interval collapses when the answers are identical (at a rate of 0.5
+        # it is [0, 0]); the difference is then bounded by the share of items that could be discordant, 0/n's
+        # upper bound
         u = rate_ci(0, n, level)["hi"]
         lo, hi = -u, u
     else:
@@ -268,7 +270,8 @@ def paired_rate_test(
 
 
 def rate_diff_test(k_a: int, n_a: int, k_b: int, n_b: int, unit: str, level: float = 0.95) -> dict:
-    """Two independent rates: the difference with Newcombe's hybrid score interval and Fisher's exact two-sided p."""
+    """Two independent rates: the difference with Newcombe's hybrid score interval and Fisher's exact
+    two-sided p."""
     if n_a <= 0 or n_b <= 0:
         return {
             "test": "Fisher exact",
@@ -313,7 +316,8 @@ def welch_p(a: Sequence[float], b: Sequence[float], alternative: str = "two-side
 
 
 def paired_p(a: Sequence[float], b: Sequence[float], alternative: str = "two-sided") -> float:
-    """p-value of a paired t-test over matched units (two-sided by default); NaN with n < 2 or constant differences."""
+    """p-value of a paired t-test over matched units (two-sided by default); NaN with n < 2 or constant
+    differences."""
     d = np.asarray(a, float) - np.asarray(b, float)
     if len(d) < 2 or _flat(d.std(), d.mean()):
         return NAN
@@ -333,10 +337,11 @@ def holm(pvalues: Sequence[float]) -> list[float]:
 
 
 def holm_family(pvalues: dict[str, float | None], family: Sequence[str]) -> dict[str, float]:
-    """Holm over a family declared before the run. ``pvalues``: the tests this report ran (name → p). Every member of
-    ``family`` counts in m: a member not tested, or whose p is undetermined, enters as p = 1 (it can never be
-    rejected, so the adjustment stays valid) — the family never shrinks. Returns name → adjusted p for the tested
-    members, NaN for one whose own p is undetermined. A tested name outside the family is a ValueError."""
+    """Holm over a family declared before the run. ``pvalues``: the tests this report ran (name → p). Every
+    member of ``family`` counts in m: a member not tested, or whose p is undetermined, enters as p = 1 (it can
+    never be rejected, so the adjustment stays valid) — the family never shrinks. Returns name → adjusted p
+    for the tested members, NaN for one whose own p is undetermined. A tested name outside the family is a
+    ValueError."""
     extra = [k for k in pvalues if k not in family]
     if extra:
         raise ValueError(f"test {extra[0]!r} is outside the declared Holm family {list(family)}")
@@ -347,9 +352,10 @@ def holm_family(pvalues: dict[str, float | None], family: Sequence[str]) -> dict
 
 
 def holm_alpha(family: int, alpha: float = 0.05) -> float:
-    """The per-test level a Holm family of ``family`` tests can promise any one of its tests: α / m (the threshold
-    of the first, smallest p; a test later in Holm's order passes at a larger level only once every earlier one
-    has). What a null's smallest detectable effect must be computed at when its verdict reads a Holm-adjusted p."""
+    """The per-test level a Holm family of ``family`` tests can promise any one of its tests: α / m (the
+    threshold of the first, smallest p; a test later in Holm's order passes at a larger level only once every
+    earlier one has). What a null's smallest detectable effect must be computed at when its verdict reads a
+    Holm-adjusted p."""
     if family < 1:
         raise ValueError(f"a Holm family holds at least one test, got {family}")
     return alpha / family
@@ -357,10 +363,10 @@ def holm_alpha(family: int, alpha: float = 0.05) -> float:
 
 def min_detectable(sd: float, n: int, *, family: int, alpha: float = 0.05, power: float = 0.8) -> float:
     """The smallest true mean difference a two-sided one-sample/paired t-test over ``n`` units with per-unit
-    standard deviation ``sd`` detects with probability ``power`` at the level the verdict uses: ``alpha`` split
-    over a Holm ``family`` of that many tests (``holm_alpha``; ``family=1`` for a test outside any family), with
-    the t quantiles of the real n − 1 degrees of freedom. ``sd`` is itself estimated: from n ≤ 3 values it is
-    poorly known (``spread_note`` says so), and the figure is as uncertain as it is."""
+    standard deviation ``sd`` detects with probability ``power`` at the level the verdict uses: ``alpha``
+    split over a Holm ``family`` of that many tests (``holm_alpha``; ``family=1`` for a test outside any
+    family), with the t quantiles of the real n − 1 degrees of freedom. ``sd`` is itself estimated: from n ≤ 3
+    values it is poorly known (``spread_note`` says so), and the figure is as uncertain as it is."""
     if n < 2 or not _finite(sd):
         return NAN
     df, a = n - 1, holm_alpha(family, alpha)
@@ -380,9 +386,13 @@ def min_detectable_welch(
 
 def spread_note(n: int) -> str:
     """A warning to print beside a t interval or a smallest detectable effect whose spread rests on ≤ 3 values
-    (the sample sd of 2 values ranges over ×0.03–×2.2 of the true one at 95%, of 3 values ×0.16–×1.9), else ""."""
+    (the sample sd of 2 values ranges over ×0.03–×2.2 of the true one at 95%, of 3 values ×0.16–×1.9), else
+    ""."""
     if n <= 3:
-        return f"the spread rests on {n} values and is poorly estimated: read the interval's width, and the smallest detectable effect, with that in mind"
+        return (
+            f"the spread rests on {n} values and is poorly estimated: read the interval's width, and the "
+            "smallest detectable effect, with that in mind"
+        )
     return ""
 
 
@@ -398,11 +408,12 @@ def narrow_for_n(est: float, lo: float, hi: float, n: int, min_ratio: float = 0.
 
 
 def verdict(test: dict, expected: int = 1, alpha: float = 0.05, p: float | None = None) -> dict:
-    """What a two-sided test shows, relative to a hypothesised sign (``expected`` +1: a > b; −1: a < b; 0: none).
+    """What a two-sided test shows, relative to a hypothesised sign (``expected`` +1: a > b; −1: a < b; 0:
+    none).
 
-    Returns ``{"result": "as hypothesised" | "opposite" | "null" | "undetermined", "significant", "words"}``; an
-    effect significant in the wrong direction is "opposite", never folded into "null". ``p`` overrides the test's
-    own p (e.g. a Holm-adjusted one).
+    Returns ``{"result": "as hypothesised" | "opposite" | "null" | "undetermined", "significant", "words"}``;
+    an effect significant in the wrong direction is "opposite", never folded into "null". ``p`` overrides the
+    test's own p (e.g. a Holm-adjusted one).
     """
     p = test["p"] if p is None else p
     if not _finite(p):
@@ -434,7 +445,10 @@ def verdict(test: dict, expected: int = 1, alpha: float = 0.05, p: float | None 
     return {
         "result": "opposite",
         "significant": True,
-        "words": f"significantly {test['direction']}: opposite to the hypothesis (a finding, most likely a confound)",
+        "words": (
+            f"significantly {test['direction']}: opposite to the hypothesis (a finding, most likely a "
+            "confound)"
+        ),
     }
 
 
@@ -444,8 +458,8 @@ def fmt_num(x: float | None, digits: int = 3, fmt: str = "f") -> str:
 
 
 def fmt_ci(ci: dict, digits: int = 3, fmt: str = "f") -> str:
-    """``0.467 [0.426, 0.507]``; ``fmt="g"`` gives significant digits (for small probabilities); an undetermined
-    interval prints as ``0.467 [undetermined]``."""
+    """``0.467 [0.426, 0.507]``; ``fmt="g"`` gives significant digits (for small probabilities); an
+    undetermined interval prints as ``0.467 [undetermined]``."""
     m = fmt_num(ci["mean"], digits, fmt)
     if not (_finite(ci.get("lo")) and _finite(ci.get("hi"))):
         return f"{m} [undetermined]"

@@ -1,31 +1,34 @@
-"""The lab server: ``create_app(store, settings)`` builds the FastAPI app that ``heredity serve`` runs on Uvicorn.
+"""The lab server: ``create_app(store, settings)`` builds the FastAPI app that ``heredity serve`` runs on
+Uvicorn.
 
 Routes
   /v1/...                 OpenAI-compatible API (openai_api.py)
   /api/...                the lab's own JSON: conversations, feedback, export, next-token explorer, artifacts
   /chat /explore /lineage /artifacts/ID /reports      the pages (templates/, static/)
 
-Every route but /login needs the API key when one is set (``HEREDITY_API_KEY``, at least 16 characters; required to
-bind a non-loopback address): ``Authorization: Bearer KEY``, or the session cookie /login sets for browsers — a
-random token the server keeps in memory (HttpOnly, SameSite=Strict, Secure over TLS), never the key itself, so a
-restart (with a new key or not) revokes every browser session, and /logout revokes one. A session expires after
-``session_hours``; at most ``max_sessions`` live at once (a new login evicts the oldest). A client address with
-``max_auth_failures`` wrong keys (Bearer or /login) within a minute is answered 429 until a minute has passed.
+Every route but /login needs the API key when one is set (``HEREDITY_API_KEY``, at least 16 characters;
+required to bind a non-loopback address): ``Authorization: Bearer KEY``, or the session cookie /login sets for
+browsers — a random token the server keeps in memory (HttpOnly, SameSite=Strict, Secure over TLS), never the
+key itself, so a restart (with a new key or not) revokes every browser session, and /logout revokes one. A
+session expires after ``session_hours``; at most ``max_sessions`` live at once (a new login evicts the
+oldest). A client address with ``max_auth_failures`` wrong keys (Bearer or /login) within a minute is answered
+429 until a minute has passed.
 
-Cross-site requests: a state-changing request (POST, PUT, PATCH, DELETE) that carries an ``Origin`` must come from
-this server's own origin (its host:port equals the ``Host`` header), and one whose ``Sec-Fetch-Site`` is present
-must say ``same-origin`` or ``none``; otherwise 403. Clients that send no ``Origin`` (curl, the openai client) pass.
-A body sent to any route but the /login and /logout forms must be JSON (``Content-Type: application/json``; 415
-otherwise), so a page cannot post a "simple" text/plain or form request at the API.
+Cross-site requests: a state-changing request (POST, PUT, PATCH, DELETE) that carries an ``Origin`` must come
+from this server's own origin (its host:port equals the ``Host`` header), and one whose ``Sec-Fetch-Site`` is
+present must say ``same-origin`` or ``none``; otherwise 403. Clients that send no ``Origin`` (curl, the openai
+client) pass. A body sent to any route but the /login and /logout forms must be JSON
+(``Content-Type: application/json``; 415 otherwise), so a page cannot post a "simple" text/plain or form
+request at the API.
 
-Every response carries ``X-Content-Type-Options: nosniff`` and ``X-Frame-Options: DENY``; an artifact's files are
-served as inert content (text, images, or an attachment to download) under a sandboxing Content-Security-Policy.
-Error answers never show the store's location on disk (it reads ``$HEREDITY_HOME``).
+Every response carries ``X-Content-Type-Options: nosniff`` and ``X-Frame-Options: DENY``; an artifact's files
+are served as inert content (text, images, or an attachment to download) under a sandboxing
+Content-Security-Policy. Error answers never show the store's location on disk (it reads ``$HEREDITY_HOME``).
 
 The ``Host`` header must name this server (DNS rebinding: a web page whose name resolves to 127.0.0.1 must not
-read the keyless loopback server): on a loopback bind only localhost / 127.0.0.1 / [::1] pass, unless more names
-are allowed (``--allowed-host``); on another bind, the bound address and the allowed names. A model's queue holds
-at most ``max_queue`` waiting requests; beyond that the answer is 429 with ``Retry-After``.
+read the keyless loopback server): on a loopback bind only localhost / 127.0.0.1 / [::1] pass, unless more
+names are allowed (``--allowed-host``); on another bind, the bound address and the allowed names. A model's
+queue holds at most ``max_queue`` waiting requests; beyond that the answer is 429 with ``Retry-After``.
 """
 
 from __future__ import annotations
@@ -111,17 +114,17 @@ class Settings:
         return name == self.host.lower().strip("[]") or (self.host in ("0.0.0.0", "::") and not allowed)
 
     def check(self) -> None:
-        """Raise a one-line HeredityError for settings the server must not start with: a non-loopback bind without
-        an API key, or a key shorter than MIN_KEY_CHARS."""
+        """Raise a one-line HeredityError for settings the server must not start with: a non-loopback bind
+        without an API key, or a key shorter than MIN_KEY_CHARS."""
         if not is_loopback(self.host) and not self.api_key:
             raise HeredityError(
-                f"binding {self.host} exposes the server beyond this machine; set HEREDITY_API_KEY to a secret first "
-                "(or bind 127.0.0.1)"
+                f"binding {self.host} exposes the server beyond this machine; set HEREDITY_API_KEY to a "
+                "secret first (or bind 127.0.0.1)"
             )
         if self.api_key is not None and len(self.api_key) < MIN_KEY_CHARS:
             raise HeredityError(
-                f"HEREDITY_API_KEY has {len(self.api_key)} characters; use a random one of at least {MIN_KEY_CHARS} "
-                "(e.g. `python -c 'import secrets; print(secrets.token_urlsafe(24))'`)"
+                f"HEREDITY_API_KEY has {len(self.api_key)} characters; use a random one of at least "
+                f"{MIN_KEY_CHARS} (e.g. `python -c 'import secrets; print(secrets.token_urlsafe(24))'`)"
             )
 
 
@@ -135,9 +138,9 @@ def is_loopback(host: str) -> bool:
 
 
 class Sessions:
-    """Browser session tokens, in memory only (a restart revokes them all). A token is valid for ``max_age`` seconds
-    after its login; at most ``limit`` are kept, a new one beyond that evicting the oldest. Only each token's sha256
-    is kept, so neither memory nor a lookup's timing says anything about a valid token."""
+    """Browser session tokens, in memory only (a restart revokes them all). A token is valid for ``max_age``
+    seconds after its login; at most ``limit`` are kept, a new one beyond that evicting the oldest. Only each
+    token's sha256 is kept, so neither memory nor a lookup's timing says anything about a valid token."""
 
     def __init__(self, max_age: float, limit: int, clock=time.monotonic):
         self.max_age, self.limit, self.clock = max_age, limit, clock
@@ -183,9 +186,10 @@ class Sessions:
 
 
 class AuthFailures:
-    """Wrong keys per client address over the last ``window`` seconds. ``retry_after(addr)`` is 0 while the address
-    may try a key, else the seconds until its oldest counted failure is ``window`` old (it has ``limit`` of them).
-    At most ``max_addresses`` addresses are tracked, the one that failed least recently forgotten first."""
+    """Wrong keys per client address over the last ``window`` seconds. ``retry_after(addr)`` is 0 while the
+    address may try a key, else the seconds until its oldest counted failure is ``window`` old (it has
+    ``limit`` of them). At most ``max_addresses`` addresses are tracked, the one that failed least recently
+    forgotten first."""
 
     def __init__(self, limit: int, window: float = 60.0, max_addresses: int = 4096, clock=time.monotonic):
         self.limit, self.window, self.max_addresses, self.clock = limit, window, max_addresses, clock
@@ -227,8 +231,9 @@ def too_many_failures(wait: float) -> str:
 
 
 def same_origin(origin: str, host: str) -> bool:
-    """Whether an ``Origin`` header names the server a ``Host`` header names: the same host and port, a missing port
-    being the origin scheme's default. ``null``, schemes other than http(s) and anything unparsable are not."""
+    """Whether an ``Origin`` header names the server a ``Host`` header names: the same host and port, a
+    missing port being the origin scheme's default. ``null``, schemes other than http(s) and anything
+    unparsable are not."""
     try:
         o, h = urlsplit(origin.strip()), urlsplit("//" + host.strip())
         o_port, h_port = o.port, h.port
@@ -241,8 +246,8 @@ def same_origin(origin: str, host: str) -> bool:
 
 
 def cross_site(headers: dict) -> str | None:
-    """Why a state-changing request looks sent by another site's page (None when it does not): an ``Origin`` other
-    than this server's, or a ``Sec-Fetch-Site`` other than same-origin / none. No ``Origin`` and no
+    """Why a state-changing request looks sent by another site's page (None when it does not): an ``Origin``
+    other than this server's, or a ``Sec-Fetch-Site`` other than same-origin / none. No ``Origin`` and no
     ``Sec-Fetch-Site`` (curl, the openai client, any non-browser client) is not cross-site."""
     host = headers.get("host", "")
     fix = "use this server's own pages, or a client that sends no Origin header (curl, the openai client)"
@@ -278,9 +283,9 @@ def hidden_paths(store: Store) -> list[tuple[bytes, bytes]]:
 
 class Guard:
     """ASGI middleware in front of every route: the Host check (421), the cross-site check on state-changing
-    requests (403), the API key on every route but /login (401; 429 after too many wrong ones), JSON bodies only
-    (415), a cap on body size (413 even for chunked bodies); on every answer nosniff and no framing, and no store
-    path in an error."""
+    requests (403), the API key on every route but /login (401; 429 after too many wrong ones), JSON bodies
+    only (415), a cap on body size (413 even for chunked bodies); on every answer nosniff and no framing, and
+    no store path in an error."""
 
     def __init__(
         self,
@@ -369,8 +374,9 @@ class Guard:
         return await self.app(scope, receive, send)
 
     def _authorize(self, headers: dict, key: str, addr: str) -> bool | float:
-        """True for the right Bearer key or a live session cookie, False otherwise; the seconds to wait (a float)
-        when the request tries a key from an address that sent too many wrong ones (a wrong key counts)."""
+        """True for the right Bearer key or a live session cookie, False otherwise; the seconds to wait (a
+        float) when the request tries a key from an address that sent too many wrong ones (a wrong key
+        counts)."""
         auth = headers.get("authorization", "")
         if auth.lower().startswith("bearer "):
             wait = self.failures.retry_after(addr)
@@ -384,7 +390,8 @@ class Guard:
 
     def _secured(self, send):
         """``send`` with the security headers added to every answer and the store's path taken out of error
-        answers (held until their body is complete, then sent with its new length) and of streamed error events."""
+        answers (held until their body is complete, then sent with its new length) and of streamed error
+        events."""
         held: dict = {}
 
         async def wrapped(message):
@@ -433,8 +440,8 @@ def session_token(headers: dict) -> str | None:
 
 
 def safe_next(target: str) -> str:
-    """``target`` if it is a path on this server, else /chat: no scheme, no host, and nothing a browser reads as
-    one (``//evil``, ``/\\evil`` — browsers turn backslashes into slashes — or control characters)."""
+    """``target`` if it is a path on this server, else /chat: no scheme, no host, and nothing a browser reads
+    as one (``//evil``, ``/\\evil`` — browsers turn backslashes into slashes — or control characters)."""
     t = target or ""
     if any(ord(c) < 0x20 or c == "\x7f" for c in t):
         return "/chat"
@@ -453,15 +460,18 @@ def _attr(s: str) -> str:
 
 LOGIN_PAGE = """<!doctype html><html><head><meta charset="utf-8"><title>heredity · sign in</title>
 <style>body{font-family:system-ui,sans-serif;display:grid;place-items:center;height:90vh;background:#f8fafc}
-form{background:white;padding:2rem;border-radius:10px;box-shadow:0 1px 4px #0002}input{padding:.5rem;width:18rem}
+form{background:white;padding:2rem;border-radius:10px;box-shadow:0 1px 4px #0002}\
+input{padding:.5rem;width:18rem}
 button{padding:.5rem 1rem}</style></head><body><form method="post" action="/login">
 <h2>heredity lab</h2><p>This server needs its API key (HEREDITY_API_KEY).</p>{error}
-<input type="password" name="key" placeholder="API key" autofocus><input type="hidden" name="next" value="{next}">
+<input type="password" name="key" placeholder="API key" autofocus>\
+<input type="hidden" name="next" value="{next}">
 <button>Sign in</button></form></body></html>"""
 
 
 def login_page(next_path: str, error: str = "") -> str:
-    """The sign-in form, returning to ``next_path`` (escaped), with ``error`` (escaped) shown above the field."""
+    """The sign-in form, returning to ``next_path`` (escaped), with ``error`` (escaped) shown above the
+    field."""
     shown = f'<p style="color:#b91c1c">{_attr(error)}</p>' if error else ""
     return LOGIN_PAGE.replace("{error}", shown).replace("{next}", _attr(next_path))
 
@@ -489,7 +499,9 @@ def create_app(store: Store | None = None, settings: Settings | None = None) -> 
         title="heredity lab",
         version=__version__,
         lifespan=lifespan,
-        description="OpenAI-compatible API over the heredity store, plus the lab's chat, explorer and lineage.",
+        description=(
+            "OpenAI-compatible API over the heredity store, plus the lab's chat, explorer and lineage."
+        ),
     )
     app.state.store, app.state.pool, app.state.settings = store, pool, settings
     # browser session tokens, in memory only: a restart revokes them all
@@ -656,7 +668,8 @@ def api_router() -> APIRouter:
         if host.context and len(ids) >= host.context:
             raise ApiError(
                 400,
-                f"{len(ids)} tokens fill the model's context of {host.context}; step back or shorten the prompt",
+                f"{len(ids)} tokens fill the model's context of {host.context}; step back or shorten the "
+                "prompt",
                 "context_length_exceeded",
             )
         layers, heads = host.model.config.num_hidden_layers, host.model.config.num_attention_heads
@@ -701,7 +714,8 @@ def api_router() -> APIRouter:
 
     @r.get("/insights")
     def insights_json(request: Request, report: str | None = Query(None, pattern=ID_PATTERN)) -> dict:
-        """The latest usage-insights report (or ``report``): only clusters that passed the privacy thresholds."""
+        """The latest usage-insights report (or ``report``): only clusters that passed the privacy
+        thresholds."""
         store = request.app.state.store
         if report:
             art = _artifact(request, report)
@@ -770,7 +784,8 @@ def page_router() -> APIRouter:
 
     @r.post("/login")
     def login(request: Request, key: str = Form(""), next: str = Form("/chat")) -> Response:
-        """Check the key (an address with too many wrong ones gets 429 before any check) and set a session cookie."""
+        """Check the key (an address with too many wrong ones gets 429 before any check) and set a session
+        cookie."""
         want = request.app.state.settings.api_key
         if want:
             failures: AuthFailures = request.app.state.auth_failures
@@ -895,8 +910,8 @@ def page_router() -> APIRouter:
 
     @r.get("/artifacts/{aid}/episodes/{k}")
     def episode_page(request: Request, k: int, aid: str = PathParam(pattern=ID_PATTERN)) -> HTMLResponse:
-        """One agentic episode of a transcript dataset (the scheming experiment's): its messages, tool calls and
-        results, the file diffs of the sandbox, and the scores."""
+        """One agentic episode of a transcript dataset (the scheming experiment's): its messages, tool calls
+        and results, the file diffs of the sandbox, and the scores."""
         art = _artifact(request, aid)
         ep = _episode(art.path, k)
         if ep is None:
@@ -930,10 +945,10 @@ TEXT_FILES = (".txt", ".md", ".csv", ".tsv", ".log", ".yaml", ".yml", ".toml", "
 
 
 def file_response(path: Path) -> FileResponse:
-    """An artifact's file as inert content: png / jpeg / gif / webp images inline, JSON as application/json, text
-    as text/plain; anything else (HTML, SVG, XML, weights, parquet) as an attachment to download. Every answer
-    carries nosniff and a Content-Security-Policy under which nothing in the file can run, even if a browser
-    renders it (an imported model directory may hold any file)."""
+    """An artifact's file as inert content: png / jpeg / gif / webp images inline, JSON as application/json,
+    text as text/plain; anything else (HTML, SVG, XML, weights, parquet) as an attachment to download. Every
+    answer carries nosniff and a Content-Security-Policy under which nothing in the file can run, even if a
+    browser renders it (an imported model directory may hold any file)."""
     suffix = path.suffix.lower()
     disposition = "inline"
     if suffix in INLINE_IMAGES:
@@ -961,8 +976,8 @@ EPISODE_COLUMNS = {"episode", "messages", "diffs"}
 
 
 def _episode(path: Path, k: int) -> dict | None:
-    """Row ``k`` of a transcript dataset, ready for the page: messages (tool calls' arguments parsed), unified diffs
-    per changed file, and the ``score_*`` columns."""
+    """Row ``k`` of a transcript dataset, ready for the page: messages (tool calls' arguments parsed), unified
+    diffs per changed file, and the ``score_*`` columns."""
     import difflib
 
     import pyarrow.parquet as pq

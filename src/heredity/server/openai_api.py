@@ -1,5 +1,6 @@
 """OpenAI-compatible routes: GET /v1/models (and /v1/models/{id}), POST /v1/chat/completions, /v1/completions,
-/v1/embeddings; and vLLM's POST /v1/load_lora_adapter and /v1/unload_lora_adapter (for adapters in this store).
+/v1/embeddings; and vLLM's POST /v1/load_lora_adapter and /v1/unload_lora_adapter (for adapters in this
+store).
 
 Answers follow OpenAI's shapes (``chat.completion``, ``chat.completion.chunk`` over server-sent events,
 ``text_completion`` with ``logprobs``) so the official ``openai`` client works unchanged. One extension:
@@ -7,10 +8,11 @@ a chat request may carry ``conversation_id`` (extra_body in the client) to save 
 in a stored conversation; the answer's position comes back under ``heredity``.
 
 Every route that runs a model checks the prompts against the model's context (scoring and echo included) and
-reserves the request's work on the model (``ModelHost.reserve``: 413 for a request over the bound by itself, 429
-with Retry-After while the model or this client has too much pending). A request not streamed is cancelled when
-its client disconnects (polled while it waits). Decoding and formatting of long answers run on the model's text
-thread, never on the event loop; text offsets come from incremental decoding (``_Detok``), linear in the length.
+reserves the request's work on the model (``ModelHost.reserve``: 413 for a request over the bound by itself,
+429 with Retry-After while the model or this client has too much pending). A request not streamed is cancelled
+when its client disconnects (polled while it waits). Decoding and formatting of long answers run on the
+model's text thread, never on the event loop; text offsets come from incremental decoding (``_Detok``), linear
+in the length.
 """
 
 from __future__ import annotations
@@ -83,8 +85,8 @@ def _inputs(raw) -> list:
 
 
 def _token_ids(host, inputs: list, param: str) -> list[list[int]]:
-    """Each input's token ids (texts tokenized without special tokens, ids used as given); 400 naming ``param``
-    for an id outside the model's vocabulary."""
+    """Each input's token ids (texts tokenized without special tokens, ids used as given); 400 naming
+    ``param`` for an id outside the model's vocabulary."""
     vocab = _vocab(host)
     bad = next((t for x in inputs if not isinstance(x, str) for t in x if t >= vocab), None)
     if bad is not None:
@@ -114,7 +116,8 @@ def _embed_bundled(texts: list[str]):
 
 
 def _embed_lm(model, ids: list[list[int]], pad: int):
-    """A causal LM's sentence embedding: the last hidden state, mean-pooled over each input's tokens, L2-normalized."""
+    """A causal LM's sentence embedding: the last hidden state, mean-pooled over each input's tokens,
+    L2-normalized."""
     import torch
 
     from heredity.engine.logprobs import right_padded
@@ -133,9 +136,10 @@ def _embed_lm(model, ids: list[list[int]], pad: int):
 
 @router.post("/load_lora_adapter", response_model=None)
 async def load_lora_adapter(req: LoadAdapter, request: Request):
-    """vLLM's runtime LoRA loading, for adapters in this server's store: afterwards ``lora_name`` names the adapter
-    in every route (a client written for vLLM, such as ``heredity run self-training --set endpoint=...``, works
-    unchanged). The answer is vLLM's: plain text on success, 400 when the name is taken."""
+    """vLLM's runtime LoRA loading, for adapters in this server's store: afterwards ``lora_name`` names the
+    adapter in every route (a client written for vLLM, such as
+    ``heredity run self-training --set endpoint=...``, works unchanged). The answer is vLLM's: plain text on
+    success, 400 when the name is taken."""
     from fastapi.responses import PlainTextResponse
 
     try:
@@ -219,8 +223,8 @@ async def embeddings(req: EmbeddingRequest, request: Request) -> dict:
 
 
 async def host_for(request: Request, name: str):
-    """The loaded model a request names (loaded off the event loop), or 404; 429 when its queue is full (checked
-    here, before a stream's 200 goes out)."""
+    """The loaded model a request names (loaded off the event loop), or 404; 429 when its queue is full
+    (checked here, before a stream's 200 goes out)."""
     try:
         host = await asyncio.to_thread(request.app.state.pool.get, name)
     except HeredityError as e:
@@ -230,9 +234,9 @@ async def host_for(request: Request, name: str):
 
 
 def _room(host, longest: int, asked: int, param: str, what: str = "a prompt") -> int:
-    """max_new_tokens for prompts of up to ``longest`` tokens: what was asked, cut to what the context leaves; 0
-    when nothing is asked (scoring only, embeddings). 400 when a prompt is over the model's context, on every path
-    (the model cannot score what it cannot see whole), or fills it when tokens are asked for."""
+    """max_new_tokens for prompts of up to ``longest`` tokens: what was asked, cut to what the context leaves;
+    0 when nothing is asked (scoring only, embeddings). 400 when a prompt is over the model's context, on
+    every path (the model cannot score what it cannot see whole), or fills it when tokens are asked for."""
     ctx = host.context
     if ctx is not None and longest > ctx:
         raise ApiError(
@@ -300,8 +304,8 @@ async def _wait(request: Request, fut, cancel: Callable[[], object]):
 
 
 async def _complete(request: Request, host, prompts, cfg: SampleConfig, seeded: bool, top_logprobs) -> list:
-    """Run a generation that is not streamed to its end; the job is cancelled when the client disconnects first
-    (its rows stop at the next token, or it never starts)."""
+    """Run a generation that is not streamed to its end; the job is cancelled when the client disconnects
+    first (its rows stop at the next token, or it never starts)."""
     try:
         job = host.generate(prompts, cfg, seeded, top_logprobs)
     except QueueFull as e:  # filled between host_for and here
@@ -359,18 +363,19 @@ def _token_sets(tok) -> tuple[frozenset[int], frozenset[int]]:
 
 
 class _Detok:
-    """The text of a growing token sequence, token by token, each step decoding a few tokens, not the whole prefix:
-    ``push(t)`` gives ``len(tok.decode(ids, skip_special_tokens=True))`` of every token so far, and ``text`` that
-    text.
+    """The text of a growing token sequence, token by token, each step decoding a few tokens, not the whole
+    prefix: ``push(t)`` gives ``len(tok.decode(ids, skip_special_tokens=True))`` of every token so far, and
+    ``text`` that text.
 
     The text is final up to an anchor, a point where it ended in a whole character after a token that is not a
     byte-fallback one (a run of those decodes together); each step decodes the tokens from a window start, an
-    earlier anchor ``CONTEXT`` or more tokens back (a decoder reads a token's neighbours: SentencePiece's leading
-    space), and keeps what follows the anchor's text. Where the window's text does not continue the anchor's (a
-    decoder that rewrote earlier text, as cleanup of spaces does), or the text has not ended in a whole character
-    for ``WINDOW`` tokens, the prefix is decoded whole once; such whole decodes are bounded by a multiple of the
-    length (past it the window's text is taken as it is). Equal to decoding every prefix whole for byte-level BPE
-    (any ids), SentencePiece with byte fallback on text, WordPiece with cleanup (tests/test_server_budget.py)."""
+    earlier anchor ``CONTEXT`` or more tokens back (a decoder reads a token's neighbours: SentencePiece's
+    leading space), and keeps what follows the anchor's text. Where the window's text does not continue the
+    anchor's (a decoder that rewrote earlier text, as cleanup of spaces does), or the text has not ended in a
+    whole character for ``WINDOW`` tokens, the prefix is decoded whole once; such whole decodes are bounded by
+    a multiple of the length (past it the window's text is taken as it is). Equal to decoding every prefix
+    whole for byte-level BPE (any ids), SentencePiece with byte fallback on text, WordPiece with cleanup
+    (tests/test_server_budget.py)."""
 
     CONTEXT = 4
     WINDOW = 256
@@ -468,7 +473,8 @@ def _offsets(d: _Detok, ids) -> list[int]:
 
 
 def _text_offsets(tok, ids, before=()) -> list[int]:
-    """``[len(tok.decode(before + ids[:i], skip_special_tokens=True)) for i in range(len(ids))]`` in linear time."""
+    """``[len(tok.decode(before + ids[:i], skip_special_tokens=True)) for i in range(len(ids))]`` in linear
+    time."""
     return _offsets(_Detok(tok, before), ids)
 
 
@@ -503,11 +509,11 @@ def _score_lm(
     pass_tokens: int = SCORE_TOKENS,
     head_tokens: int = HEAD_TOKENS,
 ) -> list:
-    """``engine.logprobs.token_logprobs`` (the same numbers: the same batches of up to 16, longest first, right-padded)
-    in bounded memory: forward passes over at most ``pass_tokens`` positions, and for a model whose logits are its
-    output embeddings of the last hidden state (``PLAIN_HEADS``) the projection onto the vocabulary applied
-    ``head_tokens`` positions at a time, never [rows, length, vocab] at once. ``stopped()`` is asked before each
-    pass (ScoringStopped)."""
+    """``engine.logprobs.token_logprobs`` (the same numbers: the same batches of up to 16, longest first,
+    right-padded) in bounded memory: forward passes over at most ``pass_tokens`` positions, and for a model
+    whose logits are its output embeddings of the last hidden state (``PLAIN_HEADS``) the projection onto the
+    vocabulary applied ``head_tokens`` positions at a time, never [rows, length, vocab] at once. ``stopped()``
+    is asked before each pass (ScoringStopped)."""
     import torch
 
     from heredity.engine.logprobs import right_padded, token_logprobs
@@ -605,8 +611,9 @@ class _Stream:
 
 
 async def _run(host, prompts, cfg: SampleConfig, seeded: bool, top_logprobs):
-    """Submit a streamed generation job; yield (prompt_index, sample_index, token_id, logprobs) per token while it
-    runs, then ("done", completions). A stream whose client leaves is closed, and that cancels the job."""
+    """Submit a streamed generation job; yield (prompt_index, sample_index, token_id, logprobs) per token
+    while it runs, then ("done", completions). A stream whose client leaves is closed, and that cancels the
+    job."""
     loop = asyncio.get_running_loop()
     q: asyncio.Queue = asyncio.Queue()
 
@@ -637,7 +644,8 @@ async def _run(host, prompts, cfg: SampleConfig, seeded: bool, top_logprobs):
 
 
 def _trim(tok, lps: list, text: str) -> list:
-    """The (token, logprob) pairs of a completion that fall inside its returned text (stop strings cut off)."""
+    """The (token, logprob) pairs of a completion that fall inside its returned text (stop strings cut
+    off)."""
     out, length = [], 0
     for t, lp in lps:
         if length >= len(text) and out:
@@ -656,8 +664,8 @@ def _chat_logprobs(tok, lps: list) -> dict:
 
 def _completion_logprobs(tok, lps: list, offsets: list[int] | None = None, name=None) -> dict:
     """OpenAI's completion logprobs over generated tokens; ``offsets``: each token's start in the completion's
-    text (decoding the prefix, as with echo: one token's own decoding can be a partial character), computed from
-    the tokens when not given (a stream passes those it kept, so offsets continue across chunks)."""
+    text (decoding the prefix, as with echo: one token's own decoding can be a partial character), computed
+    from the tokens when not given (a stream passes those it kept, so offsets continue across chunks)."""
     return _echo_logprobs(tok, [], [], lps, offsets, name)
 
 
@@ -702,7 +710,8 @@ def _tools(req) -> list[dict] | None:
 
 
 def _response_grammar(fmt, host) -> str | None:
-    """response_format as a grammar: json_object → any JSON object, json_schema → JSON valid against the schema."""
+    """response_format as a grammar: json_object → any JSON object, json_schema → JSON valid against the
+    schema."""
     from heredity.engine import constrain
 
     if fmt is None or fmt.type == "text":
@@ -988,8 +997,8 @@ async def chat_completions(req: ChatRequest, request: Request):
 
 
 async def _guarded(events: AsyncIterator[bytes], res: Reservation) -> AsyncIterator[bytes]:
-    """A stream's events, always ended by an error event or [DONE] (never cut off by an unexpected exception), and
-    its work reservation released however it ends."""
+    """A stream's events, always ended by an error event or [DONE] (never cut off by an unexpected exception),
+    and its work reservation released however it ends."""
     try:
         async for chunk in events:
             yield chunk
@@ -1017,10 +1026,10 @@ def _internal_error_event() -> bytes:
 def _echo_logprobs(
     tok, ids: list[int], scored: list, gen: list, offsets: list[int] | None = None, name=None
 ) -> dict:
-    """OpenAI's completion logprobs over prompt + generated tokens (echo): the first prompt token has no context
-    (null); ``text_offset`` is each token's start in the echoed text, the length of the prefix before it decoded
-    (``offsets`` when the caller has them, else computed incrementally: linear in the length). ``name``: a cached
-    ``token_text`` to share across choices."""
+    """OpenAI's completion logprobs over prompt + generated tokens (echo): the first prompt token has no
+    context (null); ``text_offset`` is each token's start in the echoed text, the length of the prefix before
+    it decoded (``offsets`` when the caller has them, else computed incrementally: linear in the length).
+    ``name``: a cached ``token_text`` to share across choices."""
     seq = ids + [t for t, _ in gen]
     items = ([None] + list(scored) if ids else []) + [lp for _, lp in gen]
     name = name or _namer(tok)

@@ -37,13 +37,13 @@ class ModelNotFound(HeredityError):
 
 
 class QueueFull(HeredityError):
-    """A model's queue holds ``max_queue`` waiting requests, or the work pending on it (or this client's) would go
-    over its bound (the server answers 429 with Retry-After)."""
+    """A model's queue holds ``max_queue`` waiting requests, or the work pending on it (or this client's)
+    would go over its bound (the server answers 429 with Retry-After)."""
 
 
 class TooMuchWork(HeredityError):
-    """One request whose work alone is over a bound on pending work: it could never be taken (the server answers
-    413)."""
+    """One request whose work alone is over a bound on pending work: it could never be taken (the server
+    answers 413)."""
 
 
 MAX_PENDING_TOKENS = 262_144  # tokens of work (prompt tokens + n × max_tokens per prompt) pending per model
@@ -51,8 +51,8 @@ MAX_CLIENT_TOKENS = 131_072  # of which one client (a peer address) may hold thi
 
 
 class Reservation:
-    """Work a request holds on a model until ``release()`` (idempotent; a reservation dropped without a release,
-    e.g. with a stream that never started, is released when it is garbage-collected)."""
+    """Work a request holds on a model until ``release()`` (idempotent; a reservation dropped without a
+    release, e.g. with a stream that never started, is released when it is garbage-collected)."""
 
     def __init__(self, host: ModelHost, cost: int, client: str | None):
         self.host, self.cost, self.client, self.released = host, cost, client, False
@@ -119,8 +119,8 @@ class ModelHost:
         # the request side encodes and decodes with its own copy: a fast tokenizer used from two threads at
         # once can fail ("Already borrowed")
         self.view = copy.deepcopy(tokenizer)
-        # decoding and formatting of long answers (echoed prompts, log-probabilities) run on one text thread with
-        # a copy of its own, off the event loop and off the model's thread
+        # decoding and formatting of long answers (echoed prompts, log-probabilities) run on one text thread
+        # with a copy of its own, off the event loop and off the model's thread
         self.text_tok = copy.deepcopy(tokenizer)
         self.text_pool = ThreadPoolExecutor(1, thread_name_prefix=f"text-{aid}")
         self.max_pending_tokens, self.max_client_tokens = max_pending_tokens, max_client_tokens
@@ -152,14 +152,15 @@ class ModelHost:
         top_logprobs: int | None = None,
         on_token: TokenCallback | None = None,
     ) -> GenJob:
-        """Queue a generation; ``job.future`` resolves to its completions, ``job.cancelled = True`` stops it."""
+        """Queue a generation; ``job.future`` resolves to its completions, ``job.cancelled = True`` stops
+        it."""
         job = GenJob(list(prompts), config, seeded, top_logprobs, on_token)
         self._put(job)
         return job
 
     def text(self, fn: Callable) -> Future:
-        """Run ``fn(tokenizer)`` on this model's text thread (CPU work on text kept off the event loop: decoding,
-        log-probability formatting); its tokenizer is a copy used by that thread only."""
+        """Run ``fn(tokenizer)`` on this model's text thread (CPU work on text kept off the event loop:
+        decoding, log-probability formatting); its tokenizer is a copy used by that thread only."""
         try:
             return self.text_pool.submit(fn, self.text_tok)
         except (
@@ -173,11 +174,11 @@ class ModelHost:
     def reserve(
         self, cost: int, client: str | None = None, what: str = "", alone: bool = False
     ) -> Reservation:
-        """Hold ``cost`` tokens of work for a request until its ``Reservation`` is released. TooMuchWork when the
-        request alone is over the bound (per model, or per client when ``client`` is named); QueueFull when the
-        work already pending leaves no room for it now. ``alone``: the request cannot share a batch (a
-        seeded one runs by itself), so each of its tokens costs a whole batch's decode step: its cost counts
-        ``batch_size`` times. ``what`` describes the work, for the messages."""
+        """Hold ``cost`` tokens of work for a request until its ``Reservation`` is released. TooMuchWork when
+        the request alone is over the bound (per model, or per client when ``client`` is named); QueueFull
+        when the work already pending leaves no room for it now. ``alone``: the request cannot share a batch
+        (a seeded one runs by itself), so each of its tokens costs a whole batch's decode step: its cost
+        counts ``batch_size`` times. ``what`` describes the work, for the messages."""
         if alone:
             cost *= self.batch_size
             what = f"{what}, ×{self.batch_size}: seeded, it runs alone" if what else "seeded: runs alone"
@@ -215,8 +216,8 @@ class ModelHost:
         return Reservation(self, cost, client)
 
     def check_room(self) -> None:
-        """Raise QueueFull when ``max_queue`` requests already wait (approximate under races by a request or two:
-        a bound on memory and latency, not a quota)."""
+        """Raise QueueFull when ``max_queue`` requests already wait (approximate under races by a request or
+        two: a bound on memory and latency, not a quota)."""
         if self.jobs.qsize() >= self.max_queue:
             raise QueueFull(
                 f"model {self.id} has {self.max_queue} requests waiting; retry later (the server's "
@@ -336,8 +337,8 @@ class ModelHost:
 
 
 class ModelPool:
-    """Names → loaded ``ModelHost``s. Over HTTP a model is named by a bundled name, a stored model or adapter id
-    (or unique prefix), or a stored artifact's name; never by a filesystem path or a hub id."""
+    """Names → loaded ``ModelHost``s. Over HTTP a model is named by a bundled name, a stored model or adapter
+    id (or unique prefix), or a stored artifact's name; never by a filesystem path or a hub id."""
 
     def __init__(
         self,
@@ -354,7 +355,8 @@ class ModelPool:
             batch_size,
             max_queue,
         )
-        # bounds on the work pending per model and per client (``ModelHost.reserve``); None: no bound per client
+        # bounds on the work pending per model and per client (``ModelHost.reserve``); None: no bound per
+        # client
         self.max_pending_tokens, self.max_client_tokens = max_pending_tokens, max_client_tokens
         self.hosts: OrderedDict[str, ModelHost] = OrderedDict()
         self.lock = threading.Lock()  # guards ``hosts``; never held while a model loads
@@ -364,9 +366,10 @@ class ModelPool:
         self.aliases: dict[str, str] = {}  # names given by POST /v1/load_lora_adapter → stored adapter ids
 
     def load_adapter(self, name: str, path: str, inplace: bool = False) -> str:
-        """Serve the stored adapter whose directory is ``path`` as ``name`` (vLLM's runtime LoRA loading, limited
-        to this store: a path outside it is refused, so nothing is read from elsewhere on the disk). ``name`` may
-        be the adapter's own id, or a new name: never one that already names another model (ValueError)."""
+        """Serve the stored adapter whose directory is ``path`` as ``name`` (vLLM's runtime LoRA loading,
+        limited to this store: a path outside it is refused, so nothing is read from elsewhere on the disk).
+        ``name`` may be the adapter's own id, or a new name: never one that already names another model
+        (ValueError)."""
         from pathlib import Path
 
         name, p = name.strip(), Path(path)
@@ -447,7 +450,8 @@ class ModelPool:
         if named:
             return named[-1].id
         raise ModelNotFound(
-            f"no model {name!r}; use a name or id from GET /v1/models (paths and hub ids are not loaded over HTTP)"
+            f"no model {name!r}; use a name or id from GET /v1/models "
+            "(paths and hub ids are not loaded over HTTP)"
         )
 
     def get(self, name: str) -> ModelHost:
@@ -483,7 +487,8 @@ class ModelPool:
             return host
 
     def listing(self) -> list[dict]:
-        """Bundled models (whether converted yet or not) and every stored model and adapter (reward models excluded)."""
+        """Bundled models (whether converted yet or not) and every stored model and adapter (reward models
+        excluded)."""
         out = [{"id": name, "kind": "bundled", "name": name, "created": 0} for name in BUNDLED]
         out += [
             {"id": alias, "kind": "adapter", "name": aid, "created": 0}

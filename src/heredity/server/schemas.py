@@ -261,7 +261,8 @@ class CompletionRequest(SamplingFields):
         | Annotated[list[TokenIds], Field(min_length=1, max_length=MAX_PROMPTS)]
     ) = Field(
         description=(
-            "text, a list of texts, token ids, or a list of token-id lists (ids are used as given: no BOS is added)"
+            "text, a list of texts, token ids, or a list of token-id lists (ids are used as given: no BOS "
+            "is added)"
         )
     )
     max_tokens: int | None = Field(
@@ -292,7 +293,8 @@ class EmbeddingRequest(BaseModel):
 
 
 class LoadAdapter(BaseModel):
-    """vLLM's runtime LoRA loading request (``POST /v1/load_lora_adapter``), for adapters in this server's store."""
+    """vLLM's runtime LoRA loading request (``POST /v1/load_lora_adapter``), for adapters in this server's
+    store."""
 
     model_config = ConfigDict(extra="forbid")
     lora_name: ModelName

@@ -6,9 +6,10 @@ fails or is cut off leaves the conversation as it was. Feedback (thumbs, a bette
 assistant message.
 
 Two turns written at once on one conversation: exactly one is stored, the other raises ``ConflictError`` (the
-server's 409), on SQLite as on PostgreSQL. Within a process a lock per conversation serializes the check and the
-write; across processes PostgreSQL's row lock does, and on SQLite (where ``SELECT ... FOR UPDATE`` is a no-op) the
-unique (conversation, position) constraint refuses the second writer, which is reported as the same conflict.
+server's 409), on SQLite as on PostgreSQL. Within a process a lock per conversation serializes the check and
+the write; across processes PostgreSQL's row lock does, and on SQLite (where ``SELECT ... FOR UPDATE`` is a
+no-op) the unique (conversation, position) constraint refuses the second writer, which is reported as the same
+conflict.
 """
 
 from __future__ import annotations
@@ -66,8 +67,8 @@ class Conversation:
 
 
 def continues(stored, messages: list[dict]) -> bool:
-    """Whether ``messages`` (a request's full list, system prompt included) starts with the ``stored`` messages
-    (anything with ``role`` and ``content``) of a conversation."""
+    """Whether ``messages`` (a request's full list, system prompt included) starts with the ``stored``
+    messages (anything with ``role`` and ``content``) of a conversation."""
     turn = [m for m in messages if m["role"] != "system"]
     return len(stored) <= len(turn) and all(
         (a.role, a.content) == (b["role"], b["content"]) for a, b in zip(stored, turn, strict=False)
@@ -84,8 +85,9 @@ _TURN_LOCKS = [
 
 
 def _turn_lock(cid: str) -> threading.Lock:
-    """The in-process lock that serializes writing turns on conversation ``cid`` (shared by every ``Conversations``
-    of this process; two conversations may share a stripe, which only makes one wait a moment)."""
+    """The in-process lock that serializes writing turns on conversation ``cid`` (shared by every
+    ``Conversations`` of this process; two conversations may share a stripe, which only makes one wait a
+    moment)."""
     return _TURN_LOCKS[zlib.crc32(cid.encode()) % len(_TURN_LOCKS)]
 
 
@@ -180,14 +182,15 @@ class Conversations:
     def append(self, cid: str, history: list[dict], answer: dict) -> int:
         """Store a turn: ``history`` is every message the request sent (system first, if any), ``answer`` the
         assistant's reply. The stored messages must be a prefix of ``history``; the rest and the answer are
-        appended in one transaction. Returns the answer's index. Raises ``ConflictError`` when the stored messages
-        do not start ``history`` or when another turn on this conversation was stored first (also one written by
-        another process at the same moment); the conversation is then left as that other turn made it."""
+        appended in one transaction. Returns the answer's index. Raises ``ConflictError`` when the stored
+        messages do not start ``history`` or when another turn on this conversation was stored first (also one
+        written by another process at the same moment); the conversation is then left as that other turn made
+        it."""
         self.check_id(cid)
         turn = [m for m in history if m["role"] != "system"]
         conflict = (
-            f"the messages sent do not continue conversation {cid} (another turn may have been stored first); "
-            "send its stored messages first, or start a new one"
+            f"the messages sent do not continue conversation {cid} (another turn may have been stored "
+            "first); send its stored messages first, or start a new one"
         )
         with _turn_lock(cid), Session(self.engine) as s:
             conv = s.get(ConversationRow, cid, with_for_update=True)  # PostgreSQL: a row lock; SQLite: no-op

@@ -65,7 +65,8 @@ class ArtifactRow(Base):
     verified_at: Mapped[datetime | None] = mapped_column(
         DateTime, nullable=True
     )  # last full re-hash that matched
-    # the ``store.hash_dir`` version its id was computed with; NULL: 1 (stored before hash versions were recorded)
+    # the ``store.hash_dir`` version its id was computed with; NULL: 1 (stored before hash versions were
+    # recorded)
     hash_version: Mapped[int | None] = mapped_column(Integer, nullable=True)
 
 
@@ -96,7 +97,8 @@ class ConversationRow(Base):
 
 
 def add_missing_columns(engine) -> None:
-    """Columns added after a store was created (``create_all`` makes tables, never columns): ALTER TABLE ADD."""
+    """Columns added after a store was created (``create_all`` makes tables, never columns): ALTER TABLE
+    ADD."""
     from sqlalchemy import inspect, text
 
     insp = inspect(engine)
@@ -109,7 +111,8 @@ def add_missing_columns(engine) -> None:
                 with engine.begin() as conn:
                     conn.execute(
                         text(
-                            f"ALTER TABLE {table.name} ADD COLUMN {col.name} {col.type.compile(engine.dialect)}"
+                            f"ALTER TABLE {table.name} ADD COLUMN {col.name} "
+                            f"{col.type.compile(engine.dialect)}"
                         )
                     )
 

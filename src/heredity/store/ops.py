@@ -1,7 +1,7 @@
 """Every step op heredity runs, with a semantic version that is part of the step key.
 
-A step's key holds (op, **version**, config, inputs, seed). The config and inputs hold every parameter that can
-change the output (``Store.run_step`` checks the step function's closure against them under
+A step's key holds (op, **version**, config, inputs, seed). The config and inputs hold every parameter that
+can change the output (``Store.run_step`` checks the step function's closure against them under
 ``HEREDITY_CHECK_KEYS=1``, which the tests set); the version holds what the config cannot: the op's code.
 When an op's meaning changes — the sampler draws differently, the filter gains a rule, a grader is fixed —
 its version goes up, every key of that op changes, and an existing store recomputes it (and, through the new
@@ -18,9 +18,9 @@ record the new digest as a pure refactor:
     python -m heredity.store.ops            # which ops changed since the table
     python -m heredity.store.ops --update   # after bumping versions here: rewrite the table
 
-Ops register where their code is: ``@op(NAME, version)`` on the implementing function, ``rows_op(NAME)`` in the
-module whose rows ``data.io.put_rows`` stores. This module imports no implementation itself; looking up a name
-that is not registered yet imports every heredity module first, so a key never depends on import order.
+Ops register where their code is: ``@op(NAME, version)`` on the implementing function, ``rows_op(NAME)`` in
+the module whose rows ``data.io.put_rows`` stores. This module imports no implementation itself; looking up a
+name that is not registered yet imports every heredity module first, so a key never depends on import order.
 """
 
 from __future__ import annotations
@@ -42,8 +42,9 @@ class Op:
     version: int
     code: tuple[str, ...]  # "module:qualname" entry points of the implementation
     note: str = ""
-    # run by every process of an `accelerate launch` together (data parallel), so its key holds the world size and
-    # no process waits for another's step lock; every other op is computed by one process while the others wait
+    # run by every process of an `accelerate launch` together (data parallel), so its key holds the world size
+    # and no process waits for another's step lock; every other op is computed by one process while the others
+    # wait
     distributed: bool = False
 
 
@@ -64,13 +65,13 @@ def _register(name: str, spec: Op) -> None:
 
 
 def op(name: str, version: int, note: str = "", distributed: bool = False):
-    """Register the decorated function as the implementation of op ``name`` at semantic ``version``, beside its
-    code; ``note`` says what each version changed, ``distributed`` marks an op that every process of a launch runs
-    together. Stack two for a function that runs two ops. Bump ``version`` when the op's results can change, then
-    run ``python -m heredity.store.ops --update``.
+    """Register the decorated function as the implementation of op ``name`` at semantic ``version``, beside
+    its code; ``note`` says what each version changed, ``distributed`` marks an op that every process of a
+    launch runs together. Stack two for a function that runs two ops. Bump ``version`` when the op's results
+    can change, then run ``python -m heredity.store.ops --update``.
 
-    Registered when its module is imported; a lookup of a name not yet registered imports every heredity module
-    first (``registry``), so a step's key never depends on what happened to be imported."""
+    Registered when its module is imported; a lookup of a name not yet registered imports every heredity
+    module first (``registry``), so a step's key never depends on what happened to be imported."""
 
     def mark(fn):
         _register(name, Op(version, (f"{fn.__module__}:{fn.__qualname__}",), note, distributed))
@@ -80,8 +81,9 @@ def op(name: str, version: int, note: str = "", distributed: bool = False):
 
 
 def rows_op(*names: str) -> None:
-    """Register ops whose output is rows made in Python and stored by ``data.io.put_rows``: the rows' sha256 is
-    in their key, so their version never needs to move. Call it at the top of the module that makes the rows."""
+    """Register ops whose output is rows made in Python and stored by ``data.io.put_rows``: the rows' sha256
+    is in their key, so their version never needs to move. Call it at the top of the module that makes the
+    rows."""
     for name in names:
         _register(name, Op(1, PUT_ROWS))
 
@@ -107,7 +109,8 @@ def is_distributed(op: str) -> bool:
 
 
 def world_size() -> int:
-    """Processes in this `accelerate launch` / torchrun job (1 outside one): read from the launcher's environment."""
+    """Processes in this `accelerate launch` / torchrun job (1 outside one): read from the launcher's
+    environment."""
     import os
 
     try:
@@ -246,8 +249,9 @@ def _collect(obj, parts: dict[str, str], seen: set[int]) -> None:
 
 
 def code_digest(*objs) -> str:
-    """sha256 over the source of ``objs`` and, transitively, of the heredity code they refer to: for a step whose
-    output depends on a function passed in (a report card's renderers), so that editing it changes the key."""
+    """sha256 over the source of ``objs`` and, transitively, of the heredity code they refer to: for a step
+    whose output depends on a function passed in (a report card's renderers), so that editing it changes the
+    key."""
     parts: dict[str, str] = {}
     seen: set[int] = set()
     for o in objs:
@@ -260,15 +264,16 @@ def code_digest(*objs) -> str:
 
 @functools.cache
 def _import_all() -> None:
-    """Import every heredity module first (once), so that what a name resolves to does not depend on import order:
-    a submodule is then an attribute of its package."""
+    """Import every heredity module first (once), so that what a name resolves to does not depend on import
+    order: a submodule is then an attribute of its package."""
     import pkgutil
 
     import heredity
 
     for m in pkgutil.walk_packages(heredity.__path__, "heredity."):
         if m.name.startswith("heredity.server") or m.name == "heredity.cli":
-            continue  # the server and the CLI run no op; importing them pulls in uvicorn and typer for nothing
+            # the server and the CLI run no op; importing them pulls in uvicorn and typer for nothing
+            continue
         try:
             importlib.import_module(m.name)
         except ImportError:
@@ -309,7 +314,8 @@ def changed(recorded: dict[str, dict]) -> list[str]:
         elif now["digest"] != was["digest"] and now["version"] == was["version"]:
             out.append(
                 f"{op}: implementation changed at version {now['version']} (bump its version in "
-                "heredity/store/ops.py if its results can change; then `python -m heredity.store.ops --update`)"
+                "heredity/store/ops.py if its results can change; then `python -m heredity.store.ops "
+                "--update`)"
             )
         elif now["version"] != was["version"]:
             out.append(

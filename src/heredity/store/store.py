@@ -7,11 +7,12 @@ temporary directories; only when it returns are they hashed, renamed into place 
 the same filesystem) and recorded in the database, the row last. A step killed half-way therefore
 leaves nothing visible, and the next run starts it again.
 
-Concurrency: one step key is computed by one process at a time (a PostgreSQL advisory lock, or a file lock beside
-the SQLite database); a second process asking for the same step waits, then reuses the result. Temporary outputs
-live under ``tmp/<host>/<pid>.<process start>.<random>``, so opening a store shared by several hosts only ever
-cleans what dead processes of *this* host left. Integrity: every load re-checks the files against the manifest
-recorded when the artifact was stored (``heredity.store.verify``), and ``Store.fsck`` re-hashes them.
+Concurrency: one step key is computed by one process at a time (a PostgreSQL advisory lock, or a file lock
+beside the SQLite database); a second process asking for the same step waits, then reuses the result.
+Temporary outputs live under ``tmp/<host>/<pid>.<process start>.<random>``, so opening a store shared by
+several hosts only ever cleans what dead processes of *this* host left. Integrity: every load re-checks the
+files against the manifest recorded when the artifact was stored (``heredity.store.verify``), and
+``Store.fsck`` re-hashes them.
 """
 
 from __future__ import annotations
@@ -93,8 +94,8 @@ def canonical(obj: Any) -> str:
 def step_key(
     op: str, config: dict, inputs: Iterable[str], seed: int | None, version: int | None = None
 ) -> str:
-    """sha256 of (op, its semantic version, canonical config, ordered input ids, seed): everything that can change
-    a step's output. ``version`` defaults to the op's entry in ``heredity.store.ops``."""
+    """sha256 of (op, its semantic version, canonical config, ordered input ids, seed): everything that can
+    change a step's output. ``version`` defaults to the op's entry in ``heredity.store.ops``."""
     v = op_version(op) if version is None else version
     payload = canonical({"op": op, "version": v, "config": config, "inputs": list(inputs), "seed": seed})
     return hashlib.sha256(payload.encode()).hexdigest()
@@ -106,8 +107,8 @@ ALWAYS_ALLOWED_NAMES = frozenset({"store", "ctx", "progress", "log", "name", "se
 
 
 def rows_digest(rows: Any) -> str:
-    """sha256 of rows (any JSON data) as sorted JSON: how ``put_rows`` keys a dataset made in Python, and how the key
-    guard recognizes such data in a step's closure (one formula for both)."""
+    """sha256 of rows (any JSON data) as sorted JSON: how ``put_rows`` keys a dataset made in Python, and how
+    the key guard recognizes such data in a step's closure (one formula for both)."""
     return hashlib.sha256(json.dumps(rows, sort_keys=True, default=str).encode()).hexdigest()
 
 
@@ -147,10 +148,10 @@ def check_key_covers(fn: Callable, op: str, config: dict, inputs: list[str], see
     """Raise when ``fn`` can see, through its closure, a value that is not in the step key.
 
     Allowed: the store, progress/log callbacks and the output name; None; modules, classes and module-level
-    functions (code: covered by the op version); input artifact ids (and lists/dicts of them); values equal to a
-    subtree of the config; values whose ``rows_digest`` (sha256 of sorted JSON) is in the config; scalars whose
-    variable name is a key of the config with the same value (or the seed); paths the config names; objects whose
-    ``sha256`` attribute is in the config. Nested closures are checked too.
+    functions (code: covered by the op version); input artifact ids (and lists/dicts of them); values equal to
+    a subtree of the config; values whose ``rows_digest`` (sha256 of sorted JSON) is in the config; scalars
+    whose variable name is a key of the config with the same value (or the seed); paths the config names;
+    objects whose ``sha256`` attribute is in the config. Nested closures are checked too.
     """
     subtrees, named, leaves = _key_index(config, inputs, seed)
     seen: set[int] = set()
@@ -211,7 +212,8 @@ def check_key_covers(fn: Callable, op: str, config: dict, inputs: list[str], see
                 continue
             if not ok_value(var, v):
                 raise KeyCoverageError(
-                    f"step {op}: its function {f.__qualname__} sees {var!r} = {_short(v)}, which is not in the step key; "
+                    f"step {op}: its function {f.__qualname__} sees {var!r} = {_short(v)}, "
+                    "which is not in the step key; "
                     "put it in the step's config (or read it inside the step from an input artifact)"
                 )
 
@@ -246,11 +248,12 @@ def _file_sha256(f: Path) -> bytes:
 def hash_dir(path: Path, version: int = HASH_VERSION) -> str:
     """The sha256 of the files under ``path`` (hex): an artifact's id is its kind's letter and 16 hex of it.
 
-    Version 2 (every artifact stored since): for each file, in the order of its relative path's bytes, the path's
-    length (8 bytes, big-endian), the path ('/'-separated) and the sha256 of its bytes. Every part has a known
-    length, so two different sets of files never give the same sequence. Version 1 (artifacts stored before;
-    their row's ``hash_version`` is NULL): each path, NUL, its bytes, NUL: a file ``a`` holding ``X\\0b\\0Y``
-    hashed like two files ``a`` = ``X`` and ``b`` = ``Y``. Kept only to verify the artifacts it named."""
+    Version 2 (every artifact stored since): for each file, in the order of its relative path's bytes, the
+    path's length (8 bytes, big-endian), the path ('/'-separated) and the sha256 of its bytes. Every part has
+    a known length, so two different sets of files never give the same sequence. Version 1 (artifacts stored
+    before; their row's ``hash_version`` is NULL): each path, NUL, its bytes, NUL: a file ``a`` holding
+    ``X\\0b\\0Y`` hashed like two files ``a`` = ``X`` and ``b`` = ``Y``. Kept only to verify the artifacts it
+    named."""
     files = [p for p in path.rglob("*") if p.is_file()]
     h = hashlib.sha256()
     if version == 1:
@@ -374,15 +377,17 @@ class StepContext:
 
     @property
     def scratch(self) -> Path:
-        """A per-step directory that survives a kill (for checkpoints); removed when the step ends. Only the process
-        holding the step's lock (``Store.run_step``) uses it, so concurrent runs cannot clobber its checkpoints."""
+        """A per-step directory that survives a kill (for checkpoints); removed when the step ends. Only the
+        process holding the step's lock (``Store.run_step``) uses it, so concurrent runs cannot clobber its
+        checkpoints."""
         p = self.store.home / "scratch" / self.key[:24]
         p.mkdir(parents=True, exist_ok=True)
         return p
 
 
 class Store:
-    """``Store()`` opens HEREDITY_HOME (default ~/.local/share/heredity) and HEREDITY_DB_URL (default SQLite)."""
+    """``Store()`` opens HEREDITY_HOME (default ~/.local/share/heredity) and HEREDITY_DB_URL (default
+    SQLite)."""
 
     def __init__(self, home: str | Path | None = None, db_url: str | None = None):
         self.home = Path(home).expanduser() if home else default_home()
@@ -393,7 +398,8 @@ class Store:
             self.tmp_dir.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise HeredityError(
-                f"cannot create the store at {self.home}: {e.strerror}; set HEREDITY_HOME to a writable directory"
+                f"cannot create the store at {self.home}: {e.strerror}; set HEREDITY_HOME to a writable "
+                "directory"
             ) from e
         self.db_url = db_url or os.environ.get("HEREDITY_DB_URL") or f"sqlite:///{self.home / 'heredity.db'}"
         self.engine = make_engine(self.db_url)
@@ -418,8 +424,8 @@ class Store:
             str, str
         ] = {}  # artifact id -> the step that returned it in this process (lineage paths)
         self._verified: set[str] = set()  # artifacts checked on load in this process
-        # `heredity run NAME --recompute OP`: steps of these ops ignore their memoized result, and so does every
-        # step that consumes an output recomputed in this session (``_fresh``)
+        # `heredity run NAME --recompute OP`: steps of these ops ignore their memoized result, and so does
+        # every step that consumes an output recomputed in this session (``_fresh``)
         self.recompute: set[str] = set()
         self._fresh: set[str] = set()
         self.check_keys = os.environ.get("HEREDITY_CHECK_KEYS", "") not in ("", "0")
@@ -431,9 +437,10 @@ class Store:
     def _clean_tmp(self) -> None:
         """Remove temporary output dirs left by processes of this host that no longer run (killed steps).
 
-        Another host's dirs are never touched: on a shared filesystem its PIDs mean nothing here. A PID that is alive
-        but started at another time is a reused PID, so its dir is a dead process's too. Dirs of the layout before
-        hosts were recorded (``tmp/<pid>-<random>``) are removed only when a day old and their PID is not alive."""
+        Another host's dirs are never touched: on a shared filesystem its PIDs mean nothing here. A PID that
+        is alive but started at another time is a reused PID, so its dir is a dead process's too. Dirs of the
+        layout before hosts were recorded (``tmp/<pid>-<random>``) are removed only when a day old and their
+        PID is not alive."""
         if self.own_tmp.is_dir():
             for p in self.own_tmp.iterdir():
                 pid, _, rest = p.name.partition(".")
@@ -448,7 +455,8 @@ class Store:
                         shutil.rmtree(p, ignore_errors=True)
 
     def _backfill_producers(self) -> None:
-        """Stores made before ``artifact_steps`` existed: each artifact's first step becomes its recorded producer."""
+        """Stores made before ``artifact_steps`` existed: each artifact's first step becomes its recorded
+        producer."""
         with Session(self.engine) as s:
             if s.scalars(select(ArtifactStepRow.artifact_id).limit(1)).first() is not None:
                 return
@@ -461,10 +469,12 @@ class Store:
 
     @contextlib.contextmanager
     def step_lock(self, key: str, op: str = ""):
-        """Hold the lock of step ``key``: blocks while another process (any host on a PostgreSQL store) holds it.
+        """Hold the lock of step ``key``: blocks while another process (any host on a PostgreSQL store) holds
+        it.
 
-        PostgreSQL: a session advisory lock, released by the server if the process dies. SQLite: ``flock`` on a file
-        beside the database (the database is local to one filesystem), released by the kernel if the process dies.
+        PostgreSQL: a session advisory lock, released by the server if the process dies. SQLite: ``flock`` on
+        a file beside the database (the database is local to one filesystem), released by the kernel if the
+        process dies.
         """
         if self.engine.dialect.name == "postgresql":
             lock_id = int(key[:15], 16)  # 60 bits: a positive bigint
@@ -527,11 +537,12 @@ class Store:
             raise HeredityError(f"step {op} has not run yet and no function was given to run it")
         if group is not None and not distributed:
             return self._on_rank0(group, op, cfg, inputs, seed, key, fn, force)
-        # A distributed op (every process of an `accelerate launch` trains together) runs on every rank, but only
-        # rank 0 commits: it holds the step's lock from before training until its commit, so another rank, done
-        # training, takes the lock only once rank 0's outputs are in the store and returns those (libraries such as
-        # transformers write weights on the main process only; a rank's own output dir is discarded). Any other op
-        # outside a process group is computed by one process while the others wait on the lock, then reuse it.
+        # A distributed op (every process of an `accelerate launch` trains together) runs on every rank, but
+        # only rank 0 commits: it holds the step's lock from before training until its commit, so another
+        # rank, done training, takes the lock only once rank 0's outputs are in the store and returns those
+        # (libraries such as transformers write weights on the main process only; a rank's own output dir is
+        # discarded). Any other op outside a process group is computed by one process while the others wait on
+        # the lock, then reuse it.
         rank = int(os.environ.get("RANK", "0") or 0) if distributed else 0
         lock = contextlib.nullcontext() if rank else self.step_lock(key, op)
         with lock:
@@ -573,9 +584,10 @@ class Store:
         return dict(done.outputs), dict(done.metrics)
 
     def _on_rank0(self, group, op, cfg, inputs, seed, key, fn, force) -> StepResult:
-        """A one-process op inside a process group: rank 0 computes it (libraries write files on rank 0 only, e.g.
-        transformers' ``save_pretrained``), the other ranks wait on the step lock and return its result. Rank 0
-        takes the lock before a barrier, so no other rank can take it first; the wait on the lock has no timeout."""
+        """A one-process op inside a process group: rank 0 computes it (libraries write files on rank 0 only,
+        e.g. transformers' ``save_pretrained``), the other ranks wait on the step lock and return its result.
+        Rank 0 takes the lock before a barrier, so no other rank can take it first; the wait on the lock has
+        no timeout."""
         if group.get_rank() == 0:
             with self.step_lock(key, op):
                 hit = None if force else self._cached(key)  # another job computed it while we waited
@@ -601,9 +613,10 @@ class Store:
     def _content_id(self, kind: str, path: Path, was: str | None) -> tuple[str, int]:
         """(artifact id, hash version) of the output directory ``path``.
 
-        The id comes from the current ``hash_dir``, except when this step's recorded output for the role (``was``)
-        was stored under an older hash version and these bytes hash to it under that version: then the old id is
-        kept (a step recomputed after ``fsck --repair`` puts its output back where every later step expects it)."""
+        The id comes from the current ``hash_dir``, except when this step's recorded output for the role
+        (``was``) was stored under an older hash version and these bytes hash to it under that version: then
+        the old id is kept (a step recomputed after ``fsck --repair`` puts its output back where every later
+        step expects it)."""
         aid = f"{KIND_PREFIX[kind]}-{hash_dir(path)[:16]}"
         if was and was != aid and was[0] == KIND_PREFIX[kind]:
             with Session(self.engine) as s:
@@ -614,11 +627,13 @@ class Store:
         return aid, HASH_VERSION
 
     def _commit(self, ctx: StepContext, started: datetime) -> dict[str, str]:
-        """Place the step's outputs under their content ids and record the step, its artifacts and their producers.
+        """Place the step's outputs under their content ids and record the step, its artifacts and their
+        producers.
 
-        Race-safe: another process (another step) storing the same bytes at the same moment may place the directory
-        or insert the artifact row first; this process then uses what it placed. A transaction that collides with
-        such a row (an IntegrityError) is rolled back and run again, seeing the other's committed row."""
+        Race-safe: another process (another step) storing the same bytes at the same moment may place the
+        directory or insert the artifact row first; this process then uses what it placed. A transaction that
+        collides with such a row (an IntegrityError) is rolled back and run again, seeing the other's
+        committed row."""
         previous = self.find_step(ctx.key)
         placed: dict[str, tuple[str, str, str, dict, int, dict, bool, int]] = {}
         for role, (kind, name, path, meta) in ctx._outputs.items():
@@ -714,7 +729,8 @@ class Store:
         ref = str(ref).strip()
         if not ID_PREFIX_RE.match(ref):
             raise HeredityError(
-                f"{ref!r} is not an artifact id (expected like m-0123456789abcdef); list ids with `heredity ls`"
+                f"{ref!r} is not an artifact id (expected like m-0123456789abcdef); "
+                "list ids with `heredity ls`"
             )
         with Session(self.engine) as s:
             if ID_RE.match(ref):
@@ -747,8 +763,9 @@ class Store:
             more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
             if problems and all(STORED_SO in p for p in problems):
                 raise CorruptArtifactError(
-                    f"artifact {aid} holds a malformed file: {problems[0].replace(' ' + STORED_SO, '')}{more}; it was stored "
-                    "so (its bytes match its id): recreate it from a good source"
+                    f"artifact {aid} holds a malformed file: "
+                    f"{problems[0].replace(' ' + STORED_SO, '')}{more}; it was stored so (its bytes match "
+                    "its id): recreate it from a good source"
                 )
             if problems:
                 raise CorruptArtifactError(
@@ -761,11 +778,12 @@ class Store:
     def check(self, ref: str, full: bool | None = None) -> list[str]:
         """What is wrong with an artifact's files (empty: nothing).
 
-        Always: every recorded file present with its recorded size, each safetensors header well formed, no file
-        added. A full re-hash against the id when ``full``, when a file's mtime changed since it was stored or last
-        verified, on the first load after the artifact was written, or when HEREDITY_VERIFY=1. A re-hash that
-        matches records the files' current metadata, so the next load is cheap again. The re-hash uses the
-        ``hash_dir`` version the artifact's id was made with, so artifacts stored before version 2 still verify."""
+        Always: every recorded file present with its recorded size, each safetensors header well formed, no
+        file added. A full re-hash against the id when ``full``, when a file's mtime changed since it was
+        stored or last verified, on the first load after the artifact was written, or when HEREDITY_VERIFY=1.
+        A re-hash that matches records the files' current metadata, so the next load is cheap again. The
+        re-hash uses the ``hash_dir`` version the artifact's id was made with, so artifacts stored before
+        version 2 still verify."""
         aid = self.resolve_id(ref)
         path = self.artifacts_dir / aid
         if not path.is_dir():
@@ -808,23 +826,24 @@ class Store:
         progress: Callable[[str], None] | None = None,
         stale_after: float = STALE_SECONDS,
     ) -> dict:
-        """Re-hash artifacts (all when ``refs`` is empty) and check that every step's outputs exist; on a whole-store
-        check (no ``refs``) also find what killed processes left behind.
+        """Re-hash artifacts (all when ``refs`` is empty) and check that every step's outputs exist; on a
+        whole-store check (no ``refs``) also find what killed processes left behind.
 
-        Returns {"checked": n, "broken": {id: [problems]}, "removed": [ids], "recompute": {id: [(op, step key)]},
-        "orphans": [ids], "stale_tmp": [paths], "stale_scratch": [paths], "cleaned": [paths]} (paths relative to
-        the store's home). ``repair`` removes only the files of artifacts whose bytes provably differ from their id
-        (or whose recorded files are missing): the row stays, so the next run of a step that made it recomputes it
-        and puts it back. What else it removes, and when each counts as left behind:
+        Returns {"checked": n, "broken": {id: [problems]}, "removed": [ids],
+        "recompute": {id: [(op, step key)]}, "orphans": [ids], "stale_tmp": [paths], "stale_scratch": [paths],
+        "cleaned": [paths]} (paths relative to the store's home). ``repair`` removes only the files of
+        artifacts whose bytes provably differ from their id (or whose recorded files are missing): the row
+        stays, so the next run of a step that made it recomputes it and puts it back. What else it removes,
+        and when each counts as left behind:
 
         * orphans: directories under ``artifacts/`` no row names (a kill between the rename and the database
           commit), untouched for ``stale_after`` seconds (a commit in flight is never one);
         * stale tmp: output directories of a step that never finished: this host's once their process is gone;
           another host's (whose processes cannot be asked) once nothing under them changed for a day, or for
           ``stale_after`` if longer;
-        * stale scratch: a step's checkpoint directory whose step lock is free (no process runs the step), when
-          the step finished (a kill before its cleanup) or nothing under it changed for ``stale_after`` seconds:
-          the resume checkpoints of a killed step, which a rerun would otherwise continue from.
+        * stale scratch: a step's checkpoint directory whose step lock is free (no process runs the step),
+          when the step finished (a kill before its cleanup) or nothing under it changed for ``stale_after``
+          seconds: the resume checkpoints of a killed step, which a rerun would otherwise continue from.
 
         Each is moved out atomically, then deleted; ``cleaned`` lists what was."""
         ids = [self.resolve_id(r) for r in refs] if refs else [a.id for a in self.list()]
@@ -873,8 +892,8 @@ class Store:
         return res
 
     def _to_trash(self, path: Path, gone: type[OSError]) -> Path | None:
-        """Rename ``path`` into this process's tmp (atomic, so no reader sees it half removed); None when the rename
-        fails with ``gone``."""
+        """Rename ``path`` into this process's tmp (atomic, so no reader sees it half removed); None when the
+        rename fails with ``gone``."""
         trash = self.own_tmp / f"{_proc_tag()}.fsck-{uuid.uuid4().hex[:8]}-{path.name}"
         trash.parent.mkdir(parents=True, exist_ok=True)
         try:
@@ -884,8 +903,8 @@ class Store:
         return trash
 
     def _discard(self, path: Path) -> bool:
-        """Remove ``path``: first renamed into this process's tmp (atomic), then deleted. False when it was gone
-        already (another process cleaned it first)."""
+        """Remove ``path``: first renamed into this process's tmp (atomic), then deleted. False when it was
+        gone already (another process cleaned it first)."""
         trash = self._to_trash(path, FileNotFoundError)
         if trash is None:
             return False
@@ -896,7 +915,8 @@ class Store:
         return True
 
     def _orphans(self, stale_after: float) -> list[str]:
-        """Artifact directories no row names, untouched (mtime and ctime: a rename sets ctime) for ``stale_after``."""
+        """Artifact directories no row names, untouched (mtime and ctime: a rename sets ctime) for
+        ``stale_after``."""
         if not self.artifacts_dir.is_dir():
             return []
         names = [
@@ -910,7 +930,8 @@ class Store:
         )
 
     def _remove_orphan(self, aid: str) -> bool:
-        """Move the orphan out, then delete it unless a row for it was committed meanwhile (then it goes back)."""
+        """Move the orphan out, then delete it unless a row for it was committed meanwhile (then it goes
+        back)."""
         path = self.artifacts_dir / aid
         trash = self._to_trash(path, OSError)
         if trash is None:
@@ -947,7 +968,8 @@ class Store:
         return out
 
     def _stale_scratch(self, stale_after: float, remove: bool) -> list[tuple[Path, bool]]:
-        """(scratch directory left behind, whether it was removed): checked, and removed, holding its step's lock."""
+        """(scratch directory left behind, whether it was removed): checked, and removed, holding its step's
+        lock."""
         root = self.home / "scratch"
         out: list[tuple[Path, bool]] = []
         for p in sorted(root.iterdir()) if root.is_dir() else []:
@@ -1020,7 +1042,8 @@ class Store:
         return keys[0] if len(keys) == 1 else None
 
     def step_of(self, ref: str, step: str | None = None) -> Step:
-        """The step that made ``ref``: the one whose key starts with ``step`` if given, else the latest producer."""
+        """The step that made ``ref``: the one whose key starts with ``step`` if given, else the latest
+        producer."""
         art = self.get(ref, verify_files=False)
         found = self.producers(art.id)
         if step:
@@ -1044,9 +1067,9 @@ class Store:
     def lineage(self, ref: str, step: str | None = None) -> dict:
         """The ancestry of an artifact as a nested dict: artifact -> step -> input artifacts -> ...
 
-        An artifact several steps made (identical bytes) shows the step on the path being traced: for the artifact
-        asked about, ``step`` (a key prefix) or its latest producer; for an input, the producer the consuming step
-        recorded when it ran. ``also_made_by`` lists the other producers."""
+        An artifact several steps made (identical bytes) shows the step on the path being traced: for the
+        artifact asked about, ``step`` (a key prefix) or its latest producer; for an input, the producer the
+        consuming step recorded when it ran. ``also_made_by`` lists the other producers."""
         seen: dict[tuple[str, str | None], dict] = {}
 
         def node(aid: str, via: str | None) -> dict:
@@ -1103,7 +1126,8 @@ def _now() -> datetime:
 
 
 def _idle(path: Path, now: float) -> float:
-    """Seconds since anything at or under ``path`` was written (the newest mtime of the tree); 0 if unreadable."""
+    """Seconds since anything at or under ``path`` was written (the newest mtime of the tree); 0 if
+    unreadable."""
     try:
         newest = path.lstat().st_mtime
         if path.is_dir():
@@ -1154,7 +1178,8 @@ _LEGACY_TMP = re.compile(r"^(\d+)-[0-9a-f]{32}$")
 
 
 def _proc_tag() -> str:
-    """``<pid>.<start>`` of this process: who owns a tmp dir (computed each time: a forked child is another owner)."""
+    """``<pid>.<start>`` of this process: who owns a tmp dir (computed each time: a forked child is another
+    owner)."""
     pid = os.getpid()
     return f"{pid}.{_proc_start(pid) or 0}"
 
@@ -1166,7 +1191,8 @@ def _waiting(op: str, key: str) -> None:
 
 
 def _process_group():
-    """``torch.distributed`` when this process is one rank of an initialized group of more than one, else None."""
+    """``torch.distributed`` when this process is one rank of an initialized group of more than one, else
+    None."""
     if "torch" not in sys.modules:  # nothing has imported torch: no process group can exist
         return None
     import torch.distributed as dist

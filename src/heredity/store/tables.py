@@ -41,6 +41,6 @@ def require_columns(table: pa.Table, needed: Iterable[str], what: str) -> None:
     missing = [c for c in needed if c not in table.column_names]
     if missing:
         raise HeredityError(
-            f"{what} needs column(s) {', '.join(missing)} but the dataset has {', '.join(table.column_names) or 'none'}; "
-            "rename the columns or pick another loss"
+            f"{what} needs column(s) {', '.join(missing)} but the dataset has "
+            f"{', '.join(table.column_names) or 'none'}; rename the columns or pick another loss"
         )

@@ -1,11 +1,11 @@
 """Integrity of stored artifacts: the cheap check on every load and the full re-hash (``heredity fsck``).
 
-An artifact's id is a prefix of the sha256 of its files (``store.hash_dir``), so the store can always tell whether
-the bytes on disk are the bytes it stored. A full re-hash reads every byte; the cheap check reads only metadata:
-each file's presence and size against the manifest recorded when the artifact was stored, and the header of each
-safetensors file (its JSON parses and its tensors fit the file exactly). A file whose mtime differs from the
-manifest was written after it was stored, and is re-hashed on its next load. What this module does not know: which
-steps made an artifact or what to recompute (``Store.fsck`` says that).
+An artifact's id is a prefix of the sha256 of its files (``store.hash_dir``), so the store can always tell
+whether the bytes on disk are the bytes it stored. A full re-hash reads every byte; the cheap check reads only
+metadata: each file's presence and size against the manifest recorded when the artifact was stored, and the
+header of each safetensors file (its JSON parses and its tensors fit the file exactly). A file whose mtime
+differs from the manifest was written after it was stored, and is re-hashed on its next load. What this module
+does not know: which steps made an artifact or what to recompute (``Store.fsck`` says that).
 """
 
 from __future__ import annotations
@@ -40,7 +40,10 @@ def safetensors_problem(f: Path) -> str | None:
     try:
         header = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        return f"header is not JSON ({e.__class__.__name__} at byte {getattr(e, 'pos', getattr(e, 'start', '?'))})"
+        return (
+            f"header is not JSON ({e.__class__.__name__} at byte "
+            f"{getattr(e, 'pos', getattr(e, 'start', '?'))})"
+        )
     if not isinstance(header, dict):
         return "header is not a JSON object"
     data_len, end = size - 8 - n, 0
@@ -59,7 +62,8 @@ def safetensors_problem(f: Path) -> str | None:
 
 
 def quick_problems(path: Path, recorded: dict[str, list[int]]) -> tuple[list[str], bool]:
-    """(problems found from metadata alone, whether any file changed since it was recorded so needs a re-hash)."""
+    """(problems found from metadata alone, whether any file changed since it was recorded so needs a
+    re-hash)."""
     problems: list[str] = []
     changed = False
     have = manifest(path)
