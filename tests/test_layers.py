@@ -55,3 +55,36 @@ def test_the_layer_check_can_fail(tmp_path):
     p = tmp_path / "x.py"
     p.write_text("def f():\n    from heredity.evals.verify import load_checker\n")
     assert "evals" in imports(p) and "evals" not in allowed()["engine"]
+
+
+def test_an_experiment_reads_like_a_methods_section():
+    """ARCHITECTURE.md's rule for experiments/: no function over 80 lines, and a NAME_render.py (markdown,
+    plot) never imports its experiment, so rendering a committed report needs none of the recipe."""
+    long, cycles = [], []
+    for path in sorted((SRC / "experiments").glob("*.py")):
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                if node.end_lineno - node.lineno + 1 > 80:
+                    long.append(f"{path.name}:{node.name} ({node.end_lineno - node.lineno + 1} lines)")
+        if path.stem.endswith("_render"):
+            experiment = f"heredity.experiments.{path.stem.removesuffix('_render')}"
+            typing_only = {
+                id(n)
+                for block in ast.walk(tree)
+                if isinstance(block, ast.If) and ast.unparse(block.test).endswith("TYPE_CHECKING")
+                for n in ast.walk(block)
+            }  # an import for annotations only is not run
+            for node in ast.walk(tree):
+                if id(node) in typing_only:
+                    continue
+                names = (
+                    [node.module or ""]
+                    if isinstance(node, ast.ImportFrom)
+                    else [a.name for a in node.names]
+                    if isinstance(node, ast.Import)
+                    else []
+                )
+                cycles += [f"{path.name} imports {n}" for n in names if n == experiment]
+    assert not long, f"split these into named helpers: {long}"
+    assert not cycles, cycles
