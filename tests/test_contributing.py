@@ -118,3 +118,27 @@ def test_every_experiment_is_found_by_its_decorator_alone():
         assert question, name
         mod = importlib.import_module(module)
         assert mod.run.experiment["name"] == name
+
+
+def test_a_new_experiments_page_is_listed_without_an_edit(toy, tmp_path, monkeypatch):
+    """Step 3: with its page written, the README's table and the site's nav list the new experiment when
+    `python -m heredity.docsite` regenerates them (its question from its decorator);
+    nothing else moves."""
+    from heredity import docsite
+
+    pages = tmp_path / "docs" / "experiments"
+    pages.mkdir(parents=True)
+    for page in (docsite.DOCS / "experiments").glob("*.md"):
+        (pages / page.name).write_text(page.read_text())
+    (pages / "toy-walkthrough.md").write_text("# toy-walkthrough\n")
+    monkeypatch.setattr(docsite, "DOCS", tmp_path / "docs")
+    readme, nav = docsite.readme(), docsite.mkdocs_nav()
+    row = (
+        "| [toy-walkthrough](docs/experiments/toy-walkthrough.md) | Does a new experiment need more than one "
+        "module? | — | no report yet: see [its page](docs/experiments/toy-walkthrough.md) |"
+    )
+    assert row in readme.splitlines()
+    assert "      - toy-walkthrough: experiments/toy-walkthrough.md" in nav.splitlines()
+    old_readme, old_nav = (docsite.ROOT / "README.md").read_text(), (docsite.ROOT / "mkdocs.yml").read_text()
+    assert readme.replace(row + "\n", "") == old_readme
+    assert nav.replace("      - toy-walkthrough: experiments/toy-walkthrough.md\n", "") == old_nav
