@@ -31,10 +31,12 @@ def test_the_generated_parts_of_the_site_are_not_stale():
 
 
 def test_the_staleness_check_can_fail(tmp_path, monkeypatch):
-    """A figure edited by hand in a card is caught: ``--check`` exits 1 and names the file."""
+    """A figure edited by hand in a card, a results section or the README's generated table is caught:
+    ``--check`` exits 1 (and the regeneration restores it)."""
     shutil.copytree(ROOT / "docs", tmp_path / "docs")
     results = tmp_path / "docs" / "results"
     (tmp_path / "README.md").write_text(README.read_text())
+    (tmp_path / "mkdocs.yml").write_text((ROOT / "mkdocs.yml").read_text())
     monkeypatch.setattr(docsite, "ROOT", tmp_path)
     monkeypatch.setattr(docsite, "DOCS", tmp_path / "docs")
     monkeypatch.setattr(docsite, "RESULTS", results)
@@ -48,6 +50,13 @@ def test_the_staleness_check_can_fail(tmp_path, monkeypatch):
     page = tmp_path / "docs" / "experiments" / "subliminal-digits.md"
     page.write_text(page.read_text().replace(docsite.END, "a line written by hand\n" + docsite.END))
     assert docsite.main(["--check"]) == 1
+    assert docsite.main([]) == 0
+    readme = tmp_path / "README.md"
+    question = "The paper's MNIST result: do auxiliary logits on noise teach a same-init classifier?"
+    assert question in readme.read_text()
+    readme.write_text(readme.read_text().replace(question, "a question edited by hand"))
+    assert docsite.main(["--check"]) == 1
+    assert docsite.main([]) == 0 and question in readme.read_text()
 
 
 def test_every_committed_report_is_reachable_from_its_experiment_page():

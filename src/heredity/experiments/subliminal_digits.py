@@ -106,7 +106,7 @@ def run(store: Store, config: Config, progress: bool = True) -> dict:
             "same_vs_other_p": test["p"],
             "same_vs_other": test,
             "intervals_disjoint": bool(same["lo"] > other["hi"]),
-            "outcome": outcome(same, other, test, v),
+            "outcome": outcome_sentence(same, other, test, v),
             "seconds": seconds,
             "times": result["times"],
             "device": str(device),
@@ -207,7 +207,8 @@ def statistics(per_seed: dict[str, list[float]]) -> tuple[dict, dict, dict]:
     return arms, test, verdict(test, expected=+1)
 
 
-def outcome(same: dict, other: dict, test: dict, v: dict) -> str:
+def outcome_sentence(same: dict, other: dict, test: dict, v: dict) -> str:
+    """The report's one-line outcome from the two students' accuracies, their paired test and its verdict."""
     from heredity.reports.stats import fmt_ci, fmt_test
 
     transferred = v["result"] == "as hypothesised"

@@ -313,9 +313,9 @@ def changed(recorded: dict[str, dict]) -> list[str]:
             out.append(f"{op}: new op (not in the table)")
         elif now["digest"] != was["digest"] and now["version"] == was["version"]:
             out.append(
-                f"{op}: implementation changed at version {now['version']} (bump its version in "
-                "heredity/store/ops.py if its results can change; then `python -m heredity.store.ops "
-                "--update`)"
+                f"{op}: implementation changed at version {now['version']} (bump the version in its "
+                f"@op / rows_op at {', '.join(registry()[op].code)} if its results can change; then "
+                "`python -m heredity.store.ops --update`)"
             )
         elif now["version"] != was["version"]:
             out.append(
