@@ -205,3 +205,10 @@ def test_error_bars_are_never_negative_and_a_missing_bound_gives_no_bar():
         {"mean": 0.5, "lo": 0.625, "hi": 0.75},
     ]
     assert yerr(cis) == [[0.25, 0.0, 0.0, 0.0], [0.375, 0.0, 0.25, 0.25]]
+
+
+def test_a_narrow_interval_is_never_printed_with_equal_bounds():
+    from heredity.reports.stats import fmt_ci
+
+    assert fmt_ci({"mean": 0.01476, "lo": 0.01452, "hi": 0.01497}) == "0.0148 [0.0145, 0.0150]"
+    assert fmt_ci({"mean": 0.5, "lo": 0.4, "hi": 0.6}) == "0.500 [0.400, 0.600]"

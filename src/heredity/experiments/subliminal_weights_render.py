@@ -86,7 +86,7 @@ def gate_table(r: dict) -> list[str]:
 
 def tests_table(r: dict) -> list[str]:
     """The declared Holm family, one row per test (untested ones with their reason)."""
-    from heredity.reports.stats import fmt_num, fmt_p
+    from heredity.reports.stats import fmt_ci, fmt_num, fmt_p
 
     n = len(r["replicates_passed"])
     lines = [
@@ -101,8 +101,9 @@ def tests_table(r: dict) -> list[str]:
             lines.append(f"| {t['name']} | — | — | — | — | {t['verdict']} |")
             continue
         lines.append(
-            f"| {t['name']}{' (primary)' if t['primary'] else ''} | {fmt_num(t['diff'])} "
-            f"[{fmt_num(t['lo'])}, {fmt_num(t['hi'])}] | {fmt_p(t['p'])} | {fmt_p(t['p_holm'])} | "
+            f"| {t['name']}{' (primary)' if t['primary'] else ''} | "
+            f"{fmt_ci({'mean': t['diff'], 'lo': t['lo'], 'hi': t['hi']})} | {fmt_p(t['p'])} | "
+            f"{fmt_p(t['p_holm'])} | "
             f"{fmt_num(t['min_detectable'])} | {t['verdict']} |"
         )
     if r["tests"] and r["tests"][0].get("spread_note"):

@@ -460,10 +460,12 @@ def fmt_num(x: float | None, digits: int = 3, fmt: str = "f") -> str:
 def fmt_ci(ci: dict, digits: int = 3, fmt: str = "f") -> str:
     """``0.467 [0.426, 0.507]``; ``fmt="g"`` gives significant digits (for small probabilities); an
     undetermined interval prints as ``0.467 [undetermined]``."""
-    m = fmt_num(ci["mean"], digits, fmt)
     if not (_finite(ci.get("lo")) and _finite(ci.get("hi"))):
-        return f"{m} [undetermined]"
-    return f"{m} [{ci['lo']:.{digits}{fmt}}, {ci['hi']:.{digits}{fmt}}]"
+        return f"{fmt_num(ci['mean'], digits, fmt)} [undetermined]"
+    lo, hi = ci["lo"], ci["hi"]
+    while digits < 9 and lo != hi and f"{lo:.{digits}{fmt}}" == f"{hi:.{digits}{fmt}}":
+        digits += 1  # a narrow interval: the digits that tell its bounds apart, never [a, a]
+    return f"{fmt_num(ci['mean'], digits, fmt)} [{lo:.{digits}{fmt}}, {hi:.{digits}{fmt}}]"
 
 
 def fmt_p(p: float) -> str:
