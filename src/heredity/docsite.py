@@ -225,9 +225,10 @@ def mkdocs_nav() -> str:
     return before + NAV_BEGIN + "\n" + "\n".join(lines) + "\n" + NAV_END + after
 
 
-def home() -> str:
-    """The site's home page: the README (its table regenerated), its links made relative to ``docs/``."""
-    text = readme()
+def home(text: str | None = None) -> str:
+    """The site's home page: the README (``text``, else its table regenerated here), its links made relative
+    to ``docs/``."""
+    text = readme() if text is None else text
     text = text.replace("](docs/results/)", "](results/index.md)").replace("](docs/", "](")
     return "<!-- generated from README.md by `python -m heredity.docsite`: edit the README -->\n" + text
 
@@ -256,9 +257,9 @@ def results_index() -> str:
 def generated() -> dict[Path, str]:
     """Every generated file and what it should hold."""
     out = {p.with_suffix(".md"): card(p) for p in sorted(RESULTS.glob("*.json"))}
-    out[ROOT / "README.md"] = readme()
+    out[ROOT / "README.md"] = text = readme()
     out[ROOT / "mkdocs.yml"] = mkdocs_nav()
-    out[DOCS / "index.md"] = home()
+    out[DOCS / "index.md"] = home(text)
     out[RESULTS / "index.md"] = results_index()
     for page in results_pages():
         out[page] = page_with_results(page)
