@@ -157,3 +157,18 @@ def test_killed_cli_finetune_resumes_from_its_checkpoint(tmp_path):
     assert r.stdout.split()[1] == fresh.stdout.split()[1], (
         "the resumed run stores the same model as an uninterrupted one"
     )
+
+
+def test_a_bad_beir_corpus_stops_synthetic_embeddings_before_any_compute(tmp_path):
+    """A user's BEIR corpus with an unknown id in its qrels: one line naming the file, the line and the fix,
+    exit 2, and nothing stored (the writer never ran)."""
+    beir = tmp_path / "mine"
+    (beir / "qrels").mkdir(parents=True)
+    (beir / "corpus.jsonl").write_text('{"_id": "d1", "text": "a document"}\n')
+    (beir / "queries.jsonl").write_text('{"_id": "q1", "text": "a query"}\n')
+    (beir / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\nq1\td9\t1\n")
+    home = tmp_path / "home"
+    r = cli(home, "run", "synthetic-embeddings", "--set", f'beir=["{beir}"]')
+    one_line_error(r)
+    assert "test.tsv:2" in r.stderr and "'d9' is not in corpus.jsonl" in r.stderr
+    assert not (home / "artifacts").exists() or not any((home / "artifacts").iterdir())

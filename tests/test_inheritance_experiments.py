@@ -287,22 +287,42 @@ def test_knowledge_answers_are_graded_as_whole_words():
     assert rag_prompt("Q?", ["a.", "b."]) == "Use these facts to answer.\n- a.\n- b.\n\nQuestion: Q?"
 
 
+def test_knowledge_injection_retriever_arms_are_named_once():
+    from heredity.experiments.knowledge_injection import Config, retriever_arm
+
+    assert retriever_arm("m-0123456789abcdef") == "RAG (retriever m-012345)"
+    assert retriever_arm("sentence-transformers/all-mpnet-base-v2") == "RAG (retriever all-mpnet-base-v2)"
+    assert retriever_arm("/models/e5/") == "RAG (retriever e5)"
+    with pytest.raises(ValueError, match="same arm"):
+        Config(retrievers=["m-0123456789abcdef", "m-012345"])
+
+
 def test_knowledge_injection_pipeline_smoke(store):
-    """Every arm runs on tiny:small and is graded; the report has retrieval recall and all six arms."""
+    """Every arm runs on tiny:small and is graded; the report has retrieval recall and all seven arms, and an
+    arm for the stored sentence encoder given in ``retrievers`` (the base model with its top-k facts), with
+    its own recall in the report and the card."""
     import json
 
+    from heredity.engine.retrieval import embedder
     from heredity.experiments import knowledge_injection as ki
 
+    def encoder(ctx):
+        out = ctx.output("model", "model", "encoder", meta={"format": "sentence-transformers"})
+        embedder().save(str(out))
+
+    eid = store.run_step("test-encoder", {"n": 1}, [], encoder)["model"]
     cfg = ki.Config(
         base="tiny:small",
         entities=6,
         max_new_tokens=8,
+        retrievers=[eid],
         finetune=FinetuneConfig(
             method="full", loss="full_sequence", chat=False, lr=3e-3, epochs=2, batch_size=8, max_length=96
         ),
     )
     out = ki.run(store, cfg, progress=False)
     rep = json.loads((store.path(out["report"]) / "report.json").read_text())
+    arm = f"RAG (retriever {eid[:8]})"
     assert [r["arm"] for r in rep["rows"]] == [
         "base",
         "RAG",
@@ -311,8 +331,18 @@ def test_knowledge_injection_pipeline_smoke(store):
         "FT + paraphrases (×4)",
         "FT + RAG",
         "FT + paraphrases (×4) + RAG",
+        arm,
     ]
     assert all(r["accuracy"]["n"] == 18 for r in rep["rows"]) and rep["recall"]["3"] > 0.7
+    # the stored encoder is the bundled MiniLM saved: the same retrieval, so the same prompts
+    rows = {r["arm"]: r for r in rep["rows"]}
+    assert rep["retrievers"][arm]["retriever"] == eid and rep["retrievers"][arm]["recall"] == rep["recall"]
+    assert (
+        rows[arm]["model"] == rows["base"]["model"]
+        and rows[arm]["examples"][0]["prompt"] == (rows["RAG"]["examples"][0]["prompt"])
+    )
+    assert f"| {arm} | `{eid}` | " in out["markdown"] and arm in rep["outcome"]
+    assert eid in {i for s in store.producers(out["report"]) for i in s.inputs}
     t = rep["train"]
     assert (
         t["FT + paraphrases (×4)"]["examples"]

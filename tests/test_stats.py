@@ -212,3 +212,21 @@ def test_a_narrow_interval_is_never_printed_with_equal_bounds():
 
     assert fmt_ci({"mean": 0.01476, "lo": 0.01452, "hi": 0.01497}) == "0.0148 [0.0145, 0.0150]"
     assert fmt_ci({"mean": 0.5, "lo": 0.4, "hi": 0.6}) == "0.500 [0.400, 0.600]"
+
+
+def test_paired_bootstrap_over_items_gives_direction_size_and_an_undetermined_flat_case():
+    from heredity.reports.stats import paired_bootstrap_test
+
+    a = [0.9, 0.8, 0.95, 0.7, 0.85, 0.9, 0.75, 0.8, 0.9, 0.88, 0.92, 0.81]
+    b = [
+        x - d
+        for x, d in zip(a, [0.1, 0.2, 0.05, 0.15, 0.1, 0.12, 0.08, 0.1, 0.2, 0.1, 0.05, 0.1], strict=True)
+    ]
+    t = paired_bootstrap_test(a, b, "queries")
+    assert t["unit"] == "queries" and t["n"] == 12 and t["direction"] == "higher"
+    assert t["diff"] == pytest.approx(0.1125) and 0 < t["lo"] < t["diff"] < t["hi"]
+    assert t["p"] < 0.001  # 12 differences all positive: the sign-flip p is 2 / 2**12 at most, resampled
+    even = paired_bootstrap_test([1, 0, 1, 0], [0, 1, 0, 1], "queries")
+    assert even["diff"] == 0 and even["p"] > 0.5
+    flat = paired_bootstrap_test([0.5, 0.6], [0.4, 0.5], "queries")
+    assert math.isnan(flat["p"]) and math.isnan(flat["lo"])

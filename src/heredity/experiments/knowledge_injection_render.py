@@ -38,6 +38,7 @@ def markdown(report: dict) -> str:
         "Retrieval: "
         + ", ".join(f"recall@{k} {v:.2f}" for k, v in report["recall"].items())
         + f" ({report['questions']} questions; {report.get('retrieval_seconds', 0)} s to embed and search).",
+        *_retrievers(report),
         "",
         "## Training",
         "",
@@ -70,6 +71,29 @@ def markdown(report: dict) -> str:
     return "\n".join(lines)
 
 
+def _retrievers(report: dict) -> list[str]:
+    """The extra retrievers' recall, a table after the main retriever's (nothing when there are none)."""
+    extra = report.get("retrievers") or {}
+    if not extra:
+        return []
+    ks = list(report["recall"])
+    lines = [
+        "",
+        f"Extra retrievers (each arm: the base model with that retriever's top-{report['config']['top_k']} "
+        "statements in the prompt):",
+        "",
+        "| arm | retriever | " + " | ".join(f"recall@{k}" for k in ks) + " | seconds |",
+        "|---|---|" + "---|" * len(ks) + "---|",
+    ]
+    for arm, r in extra.items():
+        lines.append(
+            f"| {arm} | `{r['retriever']}` | "
+            + " | ".join(f"{r['recall'][k]:.2f}" for k in ks)
+            + f" | {r['seconds']} |"
+        )
+    return lines
+
+
 def plot(report: dict, path) -> None:
     import matplotlib
 
@@ -85,7 +109,7 @@ def plot(report: dict, path) -> None:
         "#6b7280"
         if r["arm"] == "base"
         else "#059669"
-        if "RAG" in r["arm"] and "FT" not in r["arm"]
+        if r["arm"].startswith("RAG")
         else "#2563eb"
         if "RAG" not in r["arm"]
         else "#7c3aed"

@@ -160,6 +160,47 @@ def paired_test(a: Sequence[float], b: Sequence[float], unit: str, level: float 
     }
 
 
+def paired_bootstrap_test(
+    a: Sequence[float],
+    b: Sequence[float],
+    unit: str,
+    level: float = 0.95,
+    resamples: int = 9999,
+    seed: int = 0,
+) -> dict:
+    """Two-sided paired test of mean(a − b) = 0 over matched items (the same queries scored for two arms) that
+    assumes no distribution: a BCa bootstrap interval of the mean difference (resampling items) and the p of a
+    sign-flip permutation test (each item's difference flipped at random), both from scipy. ``unit`` names the
+    items; a claim from it is about the models scored, not about training (whose unit is the seed)."""
+    d = np.asarray(a, float) - np.asarray(b, float)
+    n = len(d)
+    out = {
+        "test": "paired bootstrap + sign-flip permutation",
+        "unit": unit,
+        "n": n,
+        "diff": float(d.mean()) if n else NAN,
+        "lo": NAN,
+        "hi": NAN,
+        "sd": float(d.std(ddof=1)) if n > 1 else NAN,
+        "p": NAN,
+        "direction": _direction(float(d.mean())) if n else "undetermined",
+        "level": level,
+        "mean_a": float(np.mean(a)) if n else NAN,
+        "mean_b": float(np.mean(b)) if n else NAN,
+    }
+    if n < 2 or not np.any(d != d[0]):
+        return out  # every item moved alike (or too few): no spread to resample
+    rng = np.random.default_rng(seed)
+    ci = stats.bootstrap((d,), np.mean, confidence_level=level, n_resamples=resamples, rng=rng, method="BCa")
+    perm = stats.permutation_test(
+        (d,), np.mean, permutation_type="samples", n_resamples=resamples, alternative="two-sided", rng=rng
+    )
+    out.update(
+        lo=float(ci.confidence_interval.low), hi=float(ci.confidence_interval.high), p=float(perm.pvalue)
+    )
+    return out
+
+
 def welch_test(a: Sequence[float], b: Sequence[float], unit: str, level: float = 0.95) -> dict:
     """Two-sided Welch t-test of mean(a) = mean(b) for independent groups (e.g. training seeds of two arms),
     with a Welch–Satterthwaite interval of the difference. NaN with fewer than 2 per group or no variance in

@@ -166,6 +166,9 @@ async def unload_lora_adapter(req: UnloadAdapter, request: Request):
 
 @router.post("/embeddings")
 async def embeddings(req: EmbeddingRequest, request: Request) -> dict:
+    """Text (or token ids, for a language model) → vectors: the bundled all-MiniLM-L6-v2, a stored sentence
+    encoder (``engine.encoder.finetune_encoder``'s output, named by id, id prefix or name; normalized
+    embeddings on the encoder's own thread), or a stored language model (mean-pooled last hidden state)."""
     import base64
 
     import numpy as np
@@ -176,16 +179,28 @@ async def embeddings(req: EmbeddingRequest, request: Request) -> dict:
     inputs = _inputs(req.input)
     if any(x == "" for x in inputs):
         raise ApiError(400, "an input must not be empty", "invalid_request_error", param="input")
-    if req.model == EMBEDDER:
+    pool = request.app.state.pool
+    encoder = None if req.model == EMBEDDER else await asyncio.to_thread(pool.encoder_id, req.model)
+    if req.model == EMBEDDER or encoder is not None:
         if not all(isinstance(x, str) for x in inputs):
+            what = EMBEDDER if encoder is None else f"{req.model} (a sentence encoder)"
             raise ApiError(
                 400,
-                f"{EMBEDDER} takes text input; token ids are only for the stored language models",
+                f"{what} takes text input; token ids are only for the stored language models",
                 "invalid_request_error",
                 param="input",
             )
-        vecs, n_tokens = await asyncio.to_thread(_embed_bundled, inputs)
-        name = EMBEDDER
+        if encoder is None:
+            vecs, n_tokens = await asyncio.to_thread(_embed_bundled, inputs)
+            name = EMBEDDER
+        else:
+            try:
+                host = await asyncio.to_thread(pool.encoder, encoder)
+            except HeredityError as e:  # e.g. its files are missing from the store
+                raise ApiError(404, str(e), "model_not_found", param="model") from None
+            fut = host.embed(inputs)
+            vecs, n_tokens = await _wait(request, fut, fut.cancel)
+            name = req.model
     else:
         host = await host_for(request, req.model)
         ids = _token_ids(host, inputs, "input")

@@ -336,9 +336,42 @@ class ModelHost:
                     j.future.set_exception(e)
 
 
+class EncoderHost:
+    """A stored sentence encoder (a sentence-transformers directory), loaded once: its encoding runs on a
+    thread of its own, one request at a time (the model and its tokenizer are shared), off the event loop
+    and off the threads of other models and encoders."""
+
+    def __init__(self, aid: str, model):
+        self.id, self.model = aid, model
+        self.pool = ThreadPoolExecutor(1, thread_name_prefix=f"encoder-{aid}")
+
+    def embed(self, texts: list[str]) -> Future:
+        """(normalized embeddings, one row per text; the texts' tokens with special tokens, as
+        all-MiniLM-L6-v2's are counted), on the encoder's thread."""
+        try:
+            return self.pool.submit(self._embed, texts)
+        except RuntimeError:  # unloaded to make room since the request got it: a thread of its own, once
+            once = ThreadPoolExecutor(1, thread_name_prefix=f"encoder-{self.id}")
+            fut = once.submit(self._embed, texts)
+            once.shutdown(wait=False)
+            return fut
+
+    def _embed(self, texts: list[str]):
+        m = self.model
+        vecs = m.encode(
+            texts, batch_size=32, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False
+        )
+        return vecs, sum(len(m.tokenizer(t, add_special_tokens=True)["input_ids"]) for t in texts)
+
+    def stop(self) -> None:
+        """End the thread once the queued requests are done."""
+        self.pool.shutdown(wait=False)
+
+
 class ModelPool:
-    """Names → loaded ``ModelHost``s. Over HTTP a model is named by a bundled name, a stored model or adapter
-    id (or unique prefix), or a stored artifact's name; never by a filesystem path or a hub id."""
+    """Names → loaded ``ModelHost``s (and stored sentence encoders → ``EncoderHost``s, for embeddings). Over
+    HTTP a model is named by a bundled name, a stored model or adapter id (or unique prefix), or a stored
+    artifact's name; never by a filesystem path or a hub id."""
 
     def __init__(
         self,
@@ -364,6 +397,9 @@ class ModelPool:
         # at most ``max_loaded`` models are being loaded at once (each load holds a full model in memory)
         self.load_slots = threading.BoundedSemaphore(max_loaded)
         self.aliases: dict[str, str] = {}  # names given by POST /v1/load_lora_adapter → stored adapter ids
+        # stored sentence encoders loaded for POST /v1/embeddings: at most ``max_loaded``, least recently used
+        # unloaded first
+        self.encoders: OrderedDict[str, EncoderHost] = OrderedDict()
 
     def load_adapter(self, name: str, path: str, inplace: bool = False) -> str:
         """Serve the stored adapter whose directory is ``path`` as ``name`` (vLLM's runtime LoRA loading,
@@ -434,18 +470,24 @@ class ModelPool:
                 aid = self.store.resolve_id(name)
             except HeredityError as e:
                 raise ModelNotFound(str(e)) from None
-            if aid[0] in "ma" and not _is_reward_model(self.store.get(aid)):
+            art = self.store.get(aid)
+            if aid[0] in "ma" and not _is_reward_model(art) and not _is_encoder(art):
                 return aid
             what = (
                 "a reward model (it scores answers, it does not write them)"
+                if _is_reward_model(art)
+                else "a sentence encoder (it embeds text at POST /v1/embeddings, it does not write)"
                 if aid[0] == "m"
-                else f"a {self.store.get(aid).kind}"
+                else f"a {art.kind}"
             )
             raise ModelNotFound(f"{aid} is {what}, not a chat model; list models at GET /v1/models")
         named = [
             a
             for a in self.store.list()
-            if a.kind in ("model", "adapter") and a.name == name and not _is_reward_model(a)
+            if a.kind in ("model", "adapter")
+            and a.name == name
+            and not _is_reward_model(a)
+            and not _is_encoder(a)
         ]
         if named:
             return named[-1].id
@@ -486,9 +528,49 @@ class ModelPool:
                         old.stop()
             return host
 
+    def encoder_id(self, name: str) -> str | None:
+        """The stored sentence encoder ``name`` names (its id, a unique id prefix, or its name: the newest of
+        that name), or None when it names none (a language model, an alias, nothing)."""
+        name = (name or "").strip()
+        if name in self.aliases or name in BUNDLED:
+            return None
+        if ID_PREFIX_RE.match(name):
+            try:
+                aid = self.store.resolve_id(name)
+            except HeredityError:
+                return None
+            return aid if aid[0] == "m" and _is_encoder(self.store.get(aid)) else None
+        named = [a for a in self.store.list("model") if a.name == name and _is_encoder(a)]
+        return named[-1].id if named else None
+
+    def encoder(self, aid: str) -> EncoderHost:
+        """The loaded host of stored encoder ``aid`` (an id from ``encoder_id``), loading it once (call off
+        the event loop)."""
+        with self.lock:
+            host = self.encoders.get(aid)
+            if host is not None:
+                self.encoders.move_to_end(aid)
+                return host
+            loading = self.loading.setdefault(aid, threading.Lock())
+        with loading:
+            with self.lock:
+                host = self.encoders.get(aid)
+            if host is None:
+                from sentence_transformers import SentenceTransformer
+
+                with self.load_slots:
+                    host = EncoderHost(aid, SentenceTransformer(str(self.store.path(aid)), device="cpu"))
+                with self.lock:
+                    self.encoders[aid] = host
+                    self.loading.pop(aid, None)
+                    while len(self.encoders) > self.max_loaded:
+                        _, old = self.encoders.popitem(last=False)
+                        old.stop()
+            return host
+
     def listing(self) -> list[dict]:
         """Bundled models (whether converted yet or not) and every stored model and adapter (reward models
-        excluded)."""
+        excluded); stored sentence encoders are listed with kind ``embedding``."""
         out = [{"id": name, "kind": "bundled", "name": name, "created": 0} for name in BUNDLED]
         out += [
             {"id": alias, "kind": "adapter", "name": aid, "created": 0}
@@ -497,17 +579,24 @@ class ModelPool:
         ]  # an adapter loaded under its own id is listed once, as stored
         for a in self.store.list():
             if a.kind in ("model", "adapter") and not _is_reward_model(a):
+                kind = "embedding" if _is_encoder(a) else a.kind
                 out.append(
-                    {"id": a.id, "kind": a.kind, "name": a.name, "created": int(a.created_at.timestamp())}
+                    {"id": a.id, "kind": kind, "name": a.name, "created": int(a.created_at.timestamp())}
                 )
         return out
 
     def close(self) -> None:
         with self.lock:
-            for h in self.hosts.values():
+            for h in [*self.hosts.values(), *self.encoders.values()]:
                 h.stop()
             self.hosts.clear()
+            self.encoders.clear()
 
 
 def _is_reward_model(a) -> bool:
     return a.meta.get("head") == "reward"
+
+
+def _is_encoder(a) -> bool:
+    """A stored sentence encoder (``engine.encoder.finetune_encoder``'s output): embeds, never generates."""
+    return a.kind == "model" and (a.meta or {}).get("format") == "sentence-transformers"

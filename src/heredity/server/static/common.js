@@ -9,7 +9,8 @@ async function api(path, options = {}) {
 
 async function fillModels(select) {
   const saved = localStorage.getItem("heredity.model");
-  const { data } = await api("/v1/models");
+  // sentence encoders (kind "embedding") embed at /v1/embeddings; they do not chat or generate
+  const data = (await api("/v1/models")).data.filter((m) => m.kind !== "embedding");
   select.innerHTML = "";
   for (const m of data) {
     const o = document.createElement("option");

