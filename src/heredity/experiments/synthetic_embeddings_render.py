@@ -32,7 +32,8 @@ def markdown(report: dict) -> str:
     lines += _contrasts(report) + _inheritance(report) + _writer(report) + _published(report)
     lines += [
         "",
-        f"**Outcome.** {report['outcome']}.",
+        f"**Outcome** (every verdict: a paired t over training seeds, unit: training seeds, n = "
+        f"{report['config']['seeds']} per arm). {report['outcome']}.",
         "",
         f"Run time {report.get('seconds', 0):.0f} s.",
         "",
@@ -63,8 +64,8 @@ def _contrasts(report: dict) -> list[str]:
     lines = [
         "## Contrasts (declared before the run; Holm over the family)",
         "",
-        "| contrast | Δ over training seeds | Holm p | verdict | Δ over queries (BCa bootstrap) "
-        "| p (sign-flip permutation) |",
+        "| contrast | Δ (unit: training seeds) | Holm p | verdict | Δ (unit: queries; BCa bootstrap) "
+        "| p (unit: queries; sign-flip permutation) |",
         "|---|---|---|---|---|---|",
     ]
     for t in report["contrasts"]:

@@ -169,6 +169,6 @@ def outcome(tests: list[dict]) -> str:
         parts.append(
             f"{t['a']} vs {t['b']} on {t['corpus']} ({what}): "
             f"{fmt_ci({'mean': s['diff'], 'lo': s['lo'], 'hi': s['hi']})}, Holm {fmt_p(t['holm_p'])} "
-            f"over {s['n']} training seeds — {t['verdict']['words']}"
+            f"(unit: training seeds, n = {s['n']}) — {t['verdict']['words']}"
         )
     return "; ".join(parts)
