@@ -203,7 +203,7 @@ def test_the_experiment_on_a_tiny_writer_and_encoder_and_a_rerun_computes_nothin
     assert rows["writer over-produces facts"]["facts_share"] > rows["synthetic"]["facts_share"]
     assert {c["name"] for c in data["contrasts"]} == set(cfg.holm_family)
     assert set(data["table"]) == {"facts", "pydoc"} and "synthetic" in data["table"]["pydoc"]
-    assert "**Outcome.**" in report["markdown"] and "synthetic vs untouched" in data["outcome"]
+    assert "**Outcome** (every verdict" in report["markdown"] and "synthetic vs untouched" in data["outcome"]
 
     compute = Store._compute
 

@@ -263,22 +263,28 @@ def retrieval_scores(
     corpus_name: str,
     instruction: str,
     prefix: bool,
-    max_seq_length: int = 128,
+    max_seq_length: int | None = 128,
 ):
     """Per-query retrieval scores of an encoder (the bundled name, a stored encoder's id, or ``bm25``) on a
-    stored corpus, every encoder truncating its inputs at ``max_seq_length`` tokens, as a dataset; returns
-    (dataset id, the evaluator's means (empty for BM25))."""
+    stored corpus, every encoder truncating its inputs at ``max_seq_length`` tokens (BM25 reads whole
+    documents), as a dataset; returns (dataset id, the evaluator's means (empty for BM25))."""
     from heredity.store import read_table, write_table
 
-    key = (
-        {"encoder": "bm25", "bm25s": _version("bm25s")} if encoder == "bm25" else _base_key(store, encoder)[0]
-    )
-    inputs = [] if encoder == "bm25" else _base_key(store, encoder)[1]
-    cfg = {**key, "prefix": prefix, "instruction": instruction, "corpus_name": corpus_name}
+    if encoder == "bm25":
+        key, inputs, max_seq_length = {"base": "bm25", "bm25s": _version("bm25s")}, [], None
+    else:
+        key, inputs = _base_key(store, encoder)
+    cfg = {
+        "scorer": key,
+        "prefix": prefix,
+        "instruction": instruction,
+        "corpus_name": corpus_name,
+        "max_seq_length": max_seq_length,
+    }
 
     def run(ctx):
         corpus = IRCorpus.from_rows(corpus_name, read_table(store.path(corpus_id)).to_pylist(), instruction)
-        if encoder == "bm25":
+        if key["base"] == "bm25":
             ranked, means = rank_with_bm25(corpus), {}
         else:
             model = load_encoder(store, inputs[0] if inputs else BUNDLED, max_seq_length)
