@@ -7,26 +7,29 @@ Data: the first ``--rows`` of heredity's program-written retrieval pairs (``data
 over ``split_passages``' training part; fact questions and Python-documentation questions, shuffled with
 seed 0): (task, query, positive, hard_negative). Model: the bundled all-MiniLM-L6-v2 (the hub's
 sentence-transformers/all-MiniLM-L6-v2, loaded from its local package: no network). Each run is a fresh
-child process (so its peak RSS, ru_maxrss, is its own and nothing is reused between runs); runs of all
-trainers are interleaved, repetition by repetition, so machine noise falls on all of them.
+child process (so its peak RSS, ru_maxrss, is its own and nothing is reused between runs); the runs are
+interleaved, repetition by repetition, so machine noise falls on every trainer alike.
 
 * peer: the sentence-transformers docs' recipe: ``SentenceTransformerTrainer`` with
   ``SentenceTransformerTrainingArguments(output_dir=tmp, num_train_epochs, per_device_train_batch_size)``
-  (every other argument at its default: lr 5e-5, no warmup, the default batch sampler, the model's own
-  max_seq_length 256) and ``MultipleNegativesRankingLoss(model)`` (scale 20), on columns anchor, positive
-  [, negative]. Its anchors are the same texts heredity trains on (``Instruct: {task}\\nQuery: {query}``),
-  so both encode the same strings.
-* heredity ``_train``: the training alone (``engine.encoder._train``: same trainer, NO_DUPLICATES batch
-  sampler, logging every step, max_seq_length 128, ``MultipleNegativesRankingLoss(scale=1/τ)``, τ 0.02 →
-  scale 50), on a model already loaded.
+  (every other argument at its default: lr 5e-5, no warmup, the default batch sampler, a checkpoint written
+  at the end, the model's own max_seq_length 256) and ``MultipleNegativesRankingLoss(model)`` (scale 20), on
+  columns anchor, positive [, negative]. Its anchors are the texts heredity trains on
+  (``Instruct: {task}\\nQuery: {query}``), so both encode the same strings.
+* the same peer with ``model.max_seq_length = 128`` (heredity's default truncation), to tell what the
+  truncation buys from what the rest does.
 * heredity step: the whole store step ``finetune_encoder`` in a fresh temporary store (read the stored
   dataset, load the model, train, save the model, commit the step); asserted not cached.
+* heredity ``_train``: the training alone (``engine.encoder._train``: the same trainer, NO_DUPLICATES batch
+  sampler, logging every step, max_seq_length 128, ``MultipleNegativesRankingLoss(scale=1/τ)``, τ 0.02 →
+  scale 50), timed by the step itself inside the same runs (its ``seconds`` metric), so step overhead is the
+  difference. Its peak RSS is the step's.
 
-examples/s = rows × epochs / seconds: for the peer and ``_train``, from building the dataset to the end of
-``train()`` (model loaded before); for the step, the whole ``finetune_encoder`` call. Imports are done before
-any timing. The loss scale does not change the cost: it multiplies the batch's similarity matrix (16 × 16 or
-16 × 32 numbers) once before the cross-entropy, so 20 vs 50 is the same work. Ratios are heredity ÷ peer,
-medians of the same run.
+examples/s = rows × epochs / seconds: for the peer, from building the dataset to the end of ``train()`` (the
+model loaded before, as for ``_train``); for the step, the whole ``finetune_encoder`` call. Imports are done
+before any timing. The loss scale does not change the cost: it multiplies the batch's similarity matrix
+(16 × 16, or 16 × 32 with hard negatives) once before the cross-entropy, so 20 vs 50 is the same work. Ratios
+are heredity ÷ peer, medians of the same run.
 """
 
 from __future__ import annotations
@@ -44,13 +47,13 @@ import tempfile
 import time
 from pathlib import Path
 
-KINDS = ("peer", "peer128", "train", "step")
-LABEL = {
-    "peer": "sentence-transformers defaults (peer)",
-    "peer128": "the same, max_seq_length 128",
-    "train": "heredity `_train`",
-    "step": "heredity `finetune_encoder` step",
-}
+KINDS = ("peer", "peer128", "step")  # the child processes; `_train` is timed inside "step"
+ROWS = (
+    ("peer", "sentence-transformers defaults (peer)"),
+    ("peer128", "the peer with max_seq_length 128"),
+    ("train", "heredity `_train` (inside the step)"),
+    ("step", "heredity `finetune_encoder` step"),
+)
 
 
 def current_rss_kb() -> int:
@@ -80,7 +83,7 @@ def child(args) -> None:
 
     from heredity.data.io import put_rows
     from heredity.engine import encoder
-    from heredity.engine.retrieval import BUNDLED, embedder
+    from heredity.engine.retrieval import BUNDLED
     from heredity.store import Store
 
     rows = bench_rows(args.rows)
@@ -95,12 +98,6 @@ def child(args) -> None:
             secs = time.perf_counter() - t
             assert not res.cached, "the step was memoized: the store was not fresh"
             steps, train_secs = res.metrics["optimizer_steps"], res.metrics["seconds"]
-        elif args.child == "train":
-            model = embedder(BUNDLED)  # what finetune_encoder loads
-            model.max_seq_length = cfg.max_seq_length  # as finetune_encoder sets it
-            t = time.perf_counter()
-            steps = len(encoder._train(model, rows, cfg, Path(tmp), progress=False))
-            secs = train_secs = time.perf_counter() - t
         else:
             limit = cfg.max_seq_length if args.child == "peer128" else None
             secs, steps = peer(
@@ -192,10 +189,13 @@ def main() -> None:
                 runs.setdefault((hard, kind), []).append(res)
                 print(
                     f"repeat {r} hard_negatives={hard} {kind}: "
-                    f"{args.rows * args.epochs / res['seconds']:.1f} examples/s, "
+                    f"{args.rows * args.epochs / res['seconds']:.1f} examples/s "
+                    f"({args.rows * args.epochs / res['train_seconds']:.1f} training), "
                     f"{res['steps']} steps, peak {res['peak_kb'] / 1024:.0f} MB",
                     file=sys.stderr,
                 )
+    for hard in (True, False):  # `_train` alone: the step's own timer around it, in the same runs
+        runs[(hard, "train")] = [{**x, "seconds": x["train_seconds"]} for x in runs[(hard, "step")]]
     over128, over256, n_texts = long_texts(bench_rows(args.rows))
 
     def eps(res: dict) -> float:
@@ -203,6 +203,9 @@ def main() -> None:
 
     def med(hard: bool, kind: str, f) -> float:
         return statistics.median(f(x) for x in runs[(hard, kind)])
+
+    def peak(x: dict) -> float:
+        return x["peak_kb"]
 
     print(
         f"\nall-MiniLM-L6-v2, {args.rows} rows, batch {args.batch_size}, {args.epochs:g} epoch(s), "
@@ -215,26 +218,27 @@ def main() -> None:
     )
     print("|---|---|---:|---|---:|---:|---:|---:|---:|")
     for hard in (True, False):
-        base_eps, base_rss = med(hard, "peer", eps), med(hard, "peer", lambda x: x["peak_kb"])
-        base128 = med(hard, "peer128", eps)
-        for kind in KINDS:
+        base_eps, base_rss, base128 = (
+            med(hard, "peer", eps),
+            med(hard, "peer", peak),
+            med(hard, "peer128", eps),
+        )
+        for kind, label in ROWS:
             xs = runs[(hard, kind)]
-            m, rss = med(hard, kind, eps), med(hard, kind, lambda x: x["peak_kb"])
+            m, rss = med(hard, kind, eps), med(hard, kind, peak)
             steps = "/".join(sorted({str(x["steps"]) for x in xs}))
             each = " ".join(f"{eps(x):.1f}" for x in xs)
             vs128 = f"{m / base128:.2f}×" if kind != "peer" else ""
             print(
-                f"| {'yes' if hard else 'no'} | {LABEL[kind]} | {m:.1f} | {each} | {steps} "
+                f"| {'yes' if hard else 'no'} | {label} | {m:.1f} | {each} | {steps} "
                 f"| {rss / 1024:.0f} MB | {m / base_eps:.2f}× | {vs128} | {rss / base_rss:.2f}× |"
             )
     print()
     for hard in (True, False):
-        inner = med(hard, "step", lambda x: args.rows * args.epochs / x["train_seconds"])
         rest = med(hard, "step", lambda x: x["seconds"] - x["train_seconds"])
         print(
-            f"step, hard negatives {'yes' if hard else 'no'}: training inside the step "
-            f"{inner:.1f} examples/s; "
-            f"the rest of the step (read the dataset, load, save, commit) {rest:.1f} s (medians)"
+            f"step, hard negatives {'yes' if hard else 'no'}: the step's work besides `_train` "
+            f"(read the dataset, load the model, save it, commit) {rest:.1f} s (median)"
         )
     print(
         f"\ntotal wall time {time.perf_counter() - t0:.0f} s; 1-minute load average "
