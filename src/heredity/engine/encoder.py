@@ -20,7 +20,7 @@ import time
 
 from pydantic import BaseModel, Field
 
-from heredity.engine.retrieval import BUNDLED, IRCorpus
+from heredity.engine.retrieval import BUNDLED, ENCODER_FORMAT, IRCorpus, is_encoder
 from heredity.errors import HeredityError
 from heredity.store.ops import op
 
@@ -66,7 +66,7 @@ def _stored_encoder(store, ref: str):
     from sentence_transformers import SentenceTransformer
 
     art = store.get(ref)
-    if (art.meta or {}).get("format") != "sentence-transformers":
+    if not is_encoder(art):
         raise HeredityError(f"{ref} is not a sentence encoder; give {BUNDLED} or an encoder's id (m-...)")
     return SentenceTransformer(str(store.path(art.id)), device="cpu")
 
@@ -97,7 +97,7 @@ def finetune_encoder(store, base: str, dataset: str, config: EncoderConfig, prog
         t = time.perf_counter()
         losses = _train(model, rows, config, ctx.scratch, progress)
         secs = time.perf_counter() - t
-        out = ctx.output("model", "model", "encoder", meta={"format": "sentence-transformers", **key})
+        out = ctx.output("model", "model", "encoder", meta={"format": ENCODER_FORMAT, **key})
         model.save(str(out))
         return {
             "examples": len(rows),
@@ -226,19 +226,16 @@ def rank_with_bm25(corpus) -> dict[str, list[str]]:
         bm25s.tokenize([corpus.corpus[d] for d in ids], stopwords="en", show_progress=False),
         show_progress=False,
     )
+    qids = list(corpus.queries)
+    tokens = bm25s.tokenize([corpus.queries[q] for q in qids], stopwords="en", show_progress=False)
+    word = {i: w for w, i in tokens.vocab.items()}
     out = {}
-    for qid, text in corpus.queries.items():
-        tokens = bm25s.tokenize([text], stopwords="en", show_progress=False)
-        words = _query_tokens(tokens)  # none left (stop words only): every document scores 0, ranked by id
+    for qid, ids_ in zip(qids, tokens.ids, strict=True):
+        words = [word[i] for i in ids_]  # none left (stop words only): every document scores 0, ranked by id
         scores = np.asarray(retriever.get_scores(words)) if words else np.zeros(len(ids))
         top = np.argsort(-scores, kind="stable")[: 4 * K]  # ties: ids are sorted: the stable order is by id
         out[qid] = [ids[i] for i in top]
     return out
-
-
-def _query_tokens(tokens) -> list[str]:
-    inverse = {v: k for k, v in tokens.vocab.items()}
-    return [inverse[i] for i in tokens.ids[0]]
 
 
 def scores_rows(corpus, ranked: dict[str, list[str]]) -> list[dict]:

@@ -19,6 +19,13 @@ import numpy as np
 from heredity.errors import HeredityError
 
 BUNDLED = "all-MiniLM-L6-v2"
+ENCODER_FORMAT = "sentence-transformers"  # the meta ``format`` of a stored sentence encoder
+
+
+def is_encoder(artifact) -> bool:
+    """A stored sentence encoder (``engine.encoder.finetune_encoder``'s output): a model artifact whose meta
+    ``format`` is ``ENCODER_FORMAT``; it embeds and never generates."""
+    return artifact.kind == "model" and (artifact.meta or {}).get("format") == ENCODER_FORMAT
 
 
 @lru_cache(maxsize=2)
@@ -59,7 +66,7 @@ def encoder(ref, store=None):
             f"{ref} looks like a stored encoder's id; pass the store that holds it (store=...)"
         )
     art = store.get(ref)
-    if (art.meta or {}).get("format") != "sentence-transformers":
+    if not is_encoder(art):
         raise HeredityError(
             f"{art.id} is a {art.kind}, not a sentence encoder (a model whose meta has format "
             f"sentence-transformers); give {BUNDLED}, an encoder's id or a sentence-transformers name or path"

@@ -25,6 +25,7 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+from heredity.engine.retrieval import is_encoder
 from heredity.engine.sampling import Completion, Prompt, SampleConfig, TokenCallback, sample
 from heredity.errors import HeredityError
 from heredity.models import BUNDLED, load, materialize
@@ -471,7 +472,7 @@ class ModelPool:
             except HeredityError as e:
                 raise ModelNotFound(str(e)) from None
             art = self.store.get(aid)
-            if aid[0] in "ma" and not _is_reward_model(art) and not _is_encoder(art):
+            if aid[0] in "ma" and not _is_reward_model(art) and not is_encoder(art):
                 return aid
             what = (
                 "a reward model (it scores answers, it does not write them)"
@@ -487,7 +488,7 @@ class ModelPool:
             if a.kind in ("model", "adapter")
             and a.name == name
             and not _is_reward_model(a)
-            and not _is_encoder(a)
+            and not is_encoder(a)
         ]
         if named:
             return named[-1].id
@@ -539,8 +540,8 @@ class ModelPool:
                 aid = self.store.resolve_id(name)
             except HeredityError:
                 return None
-            return aid if aid[0] == "m" and _is_encoder(self.store.get(aid)) else None
-        named = [a for a in self.store.list("model") if a.name == name and _is_encoder(a)]
+            return aid if aid[0] == "m" and is_encoder(self.store.get(aid)) else None
+        named = [a for a in self.store.list("model") if a.name == name and is_encoder(a)]
         return named[-1].id if named else None
 
     def encoder(self, aid: str) -> EncoderHost:
@@ -579,7 +580,7 @@ class ModelPool:
         ]  # an adapter loaded under its own id is listed once, as stored
         for a in self.store.list():
             if a.kind in ("model", "adapter") and not _is_reward_model(a):
-                kind = "embedding" if _is_encoder(a) else a.kind
+                kind = "embedding" if is_encoder(a) else a.kind
                 out.append(
                     {"id": a.id, "kind": kind, "name": a.name, "created": int(a.created_at.timestamp())}
                 )
@@ -595,8 +596,3 @@ class ModelPool:
 
 def _is_reward_model(a) -> bool:
     return a.meta.get("head") == "reward"
-
-
-def _is_encoder(a) -> bool:
-    """A stored sentence encoder (``engine.encoder.finetune_encoder``'s output): embeds, never generates."""
-    return a.kind == "model" and (a.meta or {}).get("format") == "sentence-transformers"
