@@ -19,6 +19,7 @@ from heredity.data.synthetic_retrieval import (
     swap_attributes,
 )
 from heredity.engine.encoder import EncoderConfig, per_query, rank_with_bm25, rank_with_encoder
+from heredity.engine.finetune import FinetuneConfig
 from heredity.engine.retrieval import IRCorpus
 from heredity.errors import HeredityError
 from heredity.store import Store
@@ -180,10 +181,21 @@ def test_the_planted_biases_are_in_the_data():
 def test_the_experiment_on_a_tiny_writer_and_encoder_and_a_rerun_computes_nothing(tmp_path, monkeypatch):
     from heredity.experiments.synthetic_embeddings import Config, run
 
-    store = Store(tmp_path)
+    store = Store(tmp_path / "store")
+    beir = tmp_path / "mine"  # a user's corpus in BEIR layout: heredity's evaluator and MTEB's both score it
+    (beir / "qrels").mkdir(parents=True)
+    docs = [f"Section {i} explains the {w} statement." for i, w in enumerate(["if", "for", "while", "try"])]
+    (beir / "corpus.jsonl").write_text(
+        "".join(json.dumps({"_id": f"d{i}", "title": "", "text": t}) + "\n" for i, t in enumerate(docs))
+    )
+    (beir / "queries.jsonl").write_text(
+        "".join(json.dumps({"_id": f"q{i}", "text": f"how does {w} work"}) + "\n" for i, w in enumerate("ab"))
+    )
+    (beir / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\nq0\td0\t1\nq1\td2\t1\n")
     cfg = Config(
         writer=stored_tiny(store, "writer", max_position_embeddings=2048),
         encoder=tiny_encoder(store),
+        beir=[str(beir)],
         train_entities=8,
         pydoc_train=6,
         passage_chars=80,
@@ -195,6 +207,12 @@ def test_the_experiment_on_a_tiny_writer_and_encoder_and_a_rerun_computes_nothin
         sample_batch=16,
         seeds=2,
         finetune=EncoderConfig(epochs=1, batch_size=4, max_seq_length=64),
+        # the long preset's arms: a tuned writer and a decoder made an encoder (the tiny writer itself)
+        tuned_writer=True,
+        tuned_writer_finetune=FinetuneConfig(max_steps=2, batch_size=4, max_length=1800),
+        decoder=stored_tiny(store, "writer", max_position_embeddings=2048),
+        decoder_arms=["synthetic"],
+        decoder_finetune=EncoderConfig(epochs=1, batch_size=4, max_seq_length=64, lr=1e-3, lora_r=4),
     )
     report = run(store, cfg, progress=False)
     data = json.loads((store.path(report["report"]) / "report.json").read_text())
@@ -202,7 +220,20 @@ def test_the_experiment_on_a_tiny_writer_and_encoder_and_a_rerun_computes_nothin
     assert rows["writer over-produces facts"]["facts_share"] == 0.8
     assert rows["writer over-produces facts"]["facts_share"] > rows["synthetic"]["facts_share"]
     assert {c["name"] for c in data["contrasts"]} == set(cfg.holm_family)
-    assert set(data["table"]) == {"facts", "pydoc"} and "synthetic" in data["table"]["pydoc"]
+    assert "decoder: synthetic − decoder untouched @ pydoc" in cfg.holm_family
+    assert "writer: tuned on program pairs − synthetic @ pydoc" in cfg.holm_family
+    assert {"decoder untouched", "decoder: synthetic", "writer: tuned on program pairs"} <= set(data["arms"])
+    assert "Decoder encoder:" in report["markdown"] and "LoRA-tuned" in report["markdown"]
+    # MTEB's own pipeline scored the user's corpus for every arm, and agrees with heredity's evaluator
+    mteb = data["mteb"]["beir-mine"]
+    assert set(mteb) == set(data["arms"]) - {"BM25"}
+    for arm in ("untouched", "synthetic"):
+        assert abs(mteb[arm]["ndcg_at_10"] - data["table"]["beir-mine"][arm]["ndcg@10"]["mean"]) < 1e-4
+    assert "beir-mine: MTEB's own scores" in report["markdown"]
+    # the tuned writer wrote its own rows (what its schema could not save is counted, as for the writer)
+    tuned = rows["writer: tuned on program pairs"]
+    assert tuned["rows"] == cfg.rows and tuned["counts"]["written"] >= cfg.rows
+    assert set(data["table"]) == {"facts", "pydoc", "beir-mine"} and "synthetic" in data["table"]["pydoc"]
     assert "**Outcome** (every verdict" in report["markdown"] and "synthetic vs untouched" in data["outcome"]
 
     compute = Store._compute
@@ -213,7 +244,7 @@ def test_the_experiment_on_a_tiny_writer_and_encoder_and_a_rerun_computes_nothin
         return compute(self, op, *a, **k)
 
     monkeypatch.setattr(Store, "_compute", computed)
-    again = run(Store(tmp_path), cfg, progress=False)
+    again = run(Store(tmp_path / "store"), cfg, progress=False)
     assert again["markdown"].split("Run time")[0] == report["markdown"].split("Run time")[0]
 
 
@@ -222,3 +253,49 @@ def test_a_holm_family_that_drops_a_contrast_is_refused():
 
     with pytest.raises(ValueError, match="holm_family must list every contrast"):
         Config(holm_family=["synthetic − untouched @ pydoc"])
+    # a decoder adds its contrasts to the family: a family declared without them is refused too
+    quick = Config().holm_family
+    assert len(quick) == 8
+    with pytest.raises(ValueError, match="holm_family must list every contrast"):
+        Config(decoder="smollm2-135m-instruct", holm_family=quick)
+    assert len(Config(decoder="smollm2-135m-instruct").holm_family) == 11
+
+
+def test_a_decoder_encoder_is_the_eos_tokens_last_hidden_state_as_plain_transformers_computes_it(tmp_path):
+    """E5-mistral's pooling, checked against a plain transformers forward; a LoRA fine-tune through
+    finetune_encoder changes the model, trains only the adapter, and is stored merged: a plain
+    SentenceTransformer(path) loads it and embeds as heredity does."""
+    import torch
+    from sentence_transformers import SentenceTransformer
+    from transformers import AutoModel, AutoTokenizer
+
+    from heredity.data import put_rows
+    from heredity.engine.encoder import finetune_encoder, load_encoder
+
+    store = Store(tmp_path)
+    lm = stored_tiny(store, "decoder")
+    enc = load_encoder(store, lm, 64)
+    path = str(store.path(lm))
+    tok, body = AutoTokenizer.from_pretrained(path), AutoModel.from_pretrained(path)
+    texts = ["the capital of Norland", "a much longer text about the founding year of Norland"]
+    with torch.no_grad():
+        want = []
+        for t in texts:
+            ids = tok(t)["input_ids"] + [tok.eos_token_id]
+            h = body(input_ids=torch.tensor([ids])).last_hidden_state[0, -1]
+            want.append(torch.nn.functional.normalize(h, dim=0).numpy())
+    got = enc.encode(texts, batch_size=2)  # batched: right padding must not move the pooled token
+    assert abs(got - want).max() < 1e-4
+
+    rows = [
+        {"task": "find it", "query": f"question {i}", "positive": f"answer {i} " * 3, "hard_negative": "none"}
+        for i in range(8)
+    ]
+    did = put_rows(store, rows, "rows")
+    cfg = EncoderConfig(epochs=1, batch_size=4, max_seq_length=64, lr=1e-2, lora_r=4)
+    mid = finetune_encoder(store, lm, did, cfg, progress=False)["model"]
+    plain = SentenceTransformer(str(store.path(mid)), device="cpu")
+    mine = load_encoder(store, mid, 64)
+    assert abs(plain.encode(texts) - mine.encode(texts)).max() < 1e-5
+    assert abs(plain.encode(texts) - got).max() > 1e-4  # the fine-tune changed the encoder
+    assert not (store.path(mid) / "adapter_config.json").exists()  # merged, not an adapter

