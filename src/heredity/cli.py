@@ -23,6 +23,11 @@ app = typer.Typer(
 )
 data_app = typer.Typer(help="Datasets in the store.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
+prompt_app = typer.Typer(
+    help="Prompt templates: Jinja2 prompts stored as versioned artifacts (p-...), with movable aliases.",
+    no_args_is_help=True,
+)
+app.add_typer(prompt_app, name="prompt")
 out = Console()
 
 
@@ -110,7 +115,9 @@ def models(spec: Annotated[str | None, typer.Argument(help="a model spec to reso
 
 @app.command("ls")
 def ls(
-    kind: Annotated[str | None, typer.Option(help="model | adapter | dataset | report")] = None,
+    kind: Annotated[
+        str | None, typer.Option(help="model | adapter | dataset | report | tokenizer | prompt")
+    ] = None,
     format: Annotated[
         str, typer.Option("--format", "-f", help="table | plain (tab-separated) | json")
     ] = "table",
@@ -544,12 +551,23 @@ def sample_cmd(
     system: Annotated[str | None, typer.Option(help="system prompt")] = None,
     raw: Annotated[bool, typer.Option(help="plain-text prompts, no chat template")] = False,
     save: Annotated[bool, typer.Option(help="store the samples as a dataset artifact with lineage")] = False,
+    template: Annotated[
+        str | None,
+        typer.Option(
+            help="a prompt template (p-ID, NAME, NAME:N, NAME@ALIAS) rendered with --set into one more "
+            "prompt; with --save its id is an input of the step"
+        ),
+    ] = None,
+    set_: Annotated[
+        list[str], typer.Option("--set", help="a variable of --template: --set key=value (repeatable)")
+    ] = [],
 ):
     """Sample completions in batches.
 
     Examples:
       heredity sample smollm2-135m-instruct "Name three owls." --n 4 --temperature 0.8
       heredity sample smollm2-135m-instruct --file prompts.txt --save
+      heredity sample smollm2-135m-instruct --template greet@production --set name=Ada --save
     """
     from heredity.data.io import text_lines
     from heredity.engine import SampleConfig
@@ -564,8 +582,11 @@ def sample_cmd(
         if not lines:
             raise HeredityError(f"prompt file {file} holds no prompts (it is empty or blank); {hint}")
         items += lines
-    if not items:
-        raise HeredityError("no prompts; give them as arguments or with --file")
+    if set_ and template is None:
+        raise HeredityError("--set gives a template's variables; name the template with --template")
+    if not items and template is None:
+        raise HeredityError("no prompts; give them as arguments, with --file or with --template")
+    values = _parse_sets(set_)
     spec = _spec(model)  # a bad spec or checkpoint is one line before any work
     cfg = SampleConfig(
         n=n,
@@ -579,8 +600,17 @@ def sample_cmd(
         system_prompt=system,
     )
     store = _store()
+    template_id = None
+    if template is not None:  # rendered before any model is loaded: a bad value is one line
+        from heredity.prompts import load_prompt, render
+
+        template_id = store.resolve_prompt(template)
+        rendered = render(load_prompt(store, template_id), values)
+        if raw and not isinstance(rendered, str):
+            raise HeredityError(f"{template} is a chat (messages) template; drop --raw to sample from it")
+        items.append(rendered)
     if save:
-        did = sample_step(store, model, items, cfg)
+        did = sample_step(store, model, items, cfg, template=template_id)
         rows = read_table(store.path(did)).to_pylist()
         for r in rows:
             out.print(f"[dim][{r['prompt_index']}.{r['sample_index']}][/] {r['completion']}")
@@ -723,6 +753,303 @@ def data_import(path: Path, name: Annotated[str | None, typer.Option()] = None):
         raise HeredityError(f"--name {name!r} is empty or holds control characters; give a one-line name")
     f = read_dataset_file(path)  # read once and checked in full before the store is opened
     out.print(import_dataset(_store(), f, name))
+
+
+# ---- prompt templates ------------------------------------------------------------------------------
+
+VAR_SPEC = "NAME[:TYPE][?][=DEFAULT] (TYPE: str, int, float, bool or list; ?: optional)"
+
+
+def _parse_var(spec: str) -> tuple[str, dict]:
+    """``--var NAME[:TYPE][?][=DEFAULT]`` as (name, PromptVariable fields)."""
+    import re
+
+    from heredity.prompts import VAR_TYPES
+
+    m = re.fullmatch(r"(?P<name>[^:?=]+)(?::(?P<type>[^?=]*))?(?P<opt>\?)?(?:=(?P<default>.*))?", spec, re.S)
+    if m is None:
+        raise HeredityError(f"--var {spec!r}: write {VAR_SPEC}")
+    var, type_ = m["name"].strip(), (m["type"] or "str").strip()
+    if type_ not in VAR_TYPES:
+        raise HeredityError(f"--var {spec!r}: unknown type {type_!r}; use str, int, float, bool or list")
+    fields: dict = {"type": type_, "required": not m["opt"]}
+    if m["default"] is not None:
+        fields["default"] = m["default"]  # text, coerced to the type by the template's check
+    return var, fields
+
+
+def _parse_sets(sets: list[str]) -> dict[str, str]:
+    """``--set key=value`` pairs as {key: value} (values stay text: the template coerces them to its
+    variables' types)."""
+    values: dict[str, str] = {}
+    for kv in sets:
+        k, eq, v = kv.partition("=")
+        if not eq or not k.strip():
+            raise HeredityError(f"--set takes key=value, got {kv!r}")
+        if k.strip() in values:
+            raise HeredityError(f"--set {k.strip()} is given twice; give each variable once")
+        values[k.strip()] = v
+    return values
+
+
+def _read_text_file(path: Path, what: str, hint: str) -> str:
+    from heredity.data.io import decode_text, read_source
+
+    return decode_text(read_source(path, what, hint), what)
+
+
+def _template_data(
+    name: str,
+    file: Path | None,
+    text: str | None,
+    messages_file: Path | None,
+    var: list[str],
+    description: str | None,
+    spec: Path | None,
+) -> dict:
+    """The fields of the template ``prompt create`` was given, read and checked (nothing stored yet)."""
+    given = [o for o, v in (("--file", file), ("--text", text), ("--messages-file", messages_file)) if v]
+    if spec is not None:
+        if given or var or description is not None:
+            raise HeredityError(
+                f"--spec holds the whole template; give it alone, not with {', '.join(given) or '--var'}"
+            )
+        from heredity.data.io import read_mapping
+
+        data = read_mapping(spec, "prompt spec", "a YAML or JSON mapping: text or messages, variables")
+        if data.get("name", name) != name:
+            raise HeredityError(f"prompt spec {spec} names {data['name']!r}, not {name!r}; make them agree")
+        return {**data, "name": name}
+    if len(given) != 1:
+        raise HeredityError(
+            "give the template with exactly one of --file, --text or --messages-file"
+            + (f" (got {', '.join(given)})" if given else "")
+            + ", or all of it with --spec"
+        )
+    data: dict = {"name": name, "description": description or ""}
+    if text is not None:
+        data["text"] = text
+    elif file is not None:
+        data["text"] = _read_text_file(file, "template file", "give a UTF-8 text file holding the template")
+    else:
+        hint = 'give a JSON list of {"role": ..., "content": ...} messages'
+        raw = _read_text_file(messages_file, "messages file", hint)
+        try:
+            data["messages"] = json.loads(raw)
+        except json.JSONDecodeError as e:
+            raise HeredityError(
+                f"messages file {messages_file}:{e.lineno}: not JSON ({e.msg}); {hint}"
+            ) from None
+        if not isinstance(data["messages"], list):
+            raise HeredityError(f"messages file {messages_file} holds no JSON list; {hint}")
+    variables: dict = {}
+    for v in var:
+        key, fields = _parse_var(v)
+        if key in variables:
+            raise HeredityError(f"--var {key} is given twice; declare each variable once")
+        variables[key] = fields
+    data["variables"] = variables
+    return data
+
+
+@prompt_app.command("create")
+def prompt_create(
+    name: Annotated[str, typer.Argument(help="the template's name (letters, digits, '_', '.', '-')")],
+    file: Annotated[Path | None, typer.Option(help="the template text (Jinja2) from a UTF-8 file")] = None,
+    text: Annotated[str | None, typer.Option(help="the template text (Jinja2)")] = None,
+    messages_file: Annotated[
+        Path | None,
+        typer.Option(help='chat messages: a JSON list of {"role": system|user|assistant, "content": Jinja2}'),
+    ] = None,
+    var: Annotated[list[str], typer.Option(help=f"a variable: {VAR_SPEC} (repeatable)")] = [],
+    description: Annotated[str | None, typer.Option(help="what the template is for")] = None,
+    spec: Annotated[
+        Path | None,
+        typer.Option(help="the whole template as a YAML/JSON file: text or messages, variables, description"),
+    ] = None,
+):
+    """Store a prompt template as a new version of NAME (or find the same content stored already); prints
+    its version and id. Every variable the template uses must be declared with --var (or in --spec).
+
+    Examples:
+      heredity prompt create greet --text "A {{ tone }} greeting for {{ name }}." --var name --var tone?=warm
+      heredity prompt create story --file story.j2 --var topic --var words:int=50 --description "a story"
+      heredity prompt create chat --messages-file chat.json --var question
+      heredity prompt create quiz --spec quiz.yaml
+    """
+    from heredity.prompts import create_prompt, parse_template
+
+    template = parse_template(_template_data(name, file, text, messages_file, var, description, spec))
+    store = _store()  # opened only once the template is whole and checked
+    before = {a.id for a in store.prompt_versions(name)}
+    aid = create_prompt(store, template)
+    n = [a.id for a in store.prompt_versions(name)].index(aid) + 1
+    what = "unchanged (the same content is stored)" if aid in before else "created"
+    out.print(f"{what}: {name} version {n}  [bold]{aid}[/]", highlight=False)
+    unused = template.unused_variables()
+    if unused:
+        print(f"note: declared but not used by the template: {', '.join(unused)}", file=sys.stderr)
+
+
+@prompt_app.command("ls")
+def prompt_ls(
+    format: Annotated[str, typer.Option("--format", "-f", help="table | json")] = "table",
+):
+    """List prompt templates: name, versions, latest id, aliases.
+
+    Examples:
+      heredity prompt ls
+      heredity prompt ls --format json
+    """
+    from heredity.prompts import list_prompts
+
+    if format not in ("table", "json"):
+        raise HeredityError(f"unknown format {format!r}; use table or json")
+    store = _store()
+    rows = list_prompts(store)
+    if format == "json":
+        print(json.dumps(rows))
+        return
+    t = Table(title=f"prompt templates in {store.home}")
+    t.add_column("name", overflow="fold")
+    t.add_column("versions", justify="right")
+    t.add_column("latest", no_wrap=True, min_width=18)
+    t.add_column("aliases", overflow="fold")
+    t.add_column("description", overflow="fold")
+    for r in rows:
+        num = {a.id: i for i, a in enumerate(store.prompt_versions(r["name"]), 1)}
+        aliases = ", ".join(f"{k} → v{num[v]}" for k, v in r["aliases"].items())
+        t.add_row(r["name"], str(r["versions"]), r["latest"], aliases, r["description"])
+    out.print(t)
+
+
+@prompt_app.command("show")
+def prompt_show(
+    ref: Annotated[
+        str, typer.Argument(help="p-ID, NAME, NAME:N, NAME@ALIAS, prompts:/NAME/N or prompts:/NAME@ALIAS")
+    ],
+    as_json: Annotated[bool, typer.Option("--json", help="print it as JSON")] = False,
+):
+    """Show one version of a template: id, version, aliases, variables and its text or messages.
+
+    Examples:
+      heredity prompt show greet              # the latest version
+      heredity prompt show greet:1
+      heredity prompt show greet@production --json
+    """
+    from heredity.prompts import prompt_info
+
+    info = prompt_info(_store(), ref)
+    if as_json:
+        print(json.dumps(info))
+        return
+    t = info["template"]
+    lines = [
+        f"{info['name']} version {info['version']} of {info['versions']}  {info['id']}",
+        f"aliases: {', '.join(info['aliases']) or '(none)'}",
+        f"stored: {info['created_at'][:19]}",
+    ]
+    if t["description"]:
+        lines.append(f"description: {t['description']}")
+    lines.append("variables:" if t["variables"] else "variables: (none)")
+    for var, v in t["variables"].items():
+        default = "" if v["default"] is None else f" = {json.dumps(v['default'], ensure_ascii=False)}"
+        need = "required" if v["required"] and v["default"] is None else "optional"
+        note = f"  {v['description']}" if v["description"] else ""
+        lines.append(f"  {var}: {v['type']}, {need}{default}{note}")
+    if t["text"] is not None:
+        lines += ["text:", t["text"]]
+    for i, m in enumerate(t["messages"] or [], 1):
+        lines += [f"message {i} ({m['role']}):", m["content"]]
+    print("\n".join(lines))
+
+
+@prompt_app.command("render")
+def prompt_render(
+    ref: Annotated[str, typer.Argument(help="the template: p-ID, NAME, NAME:N or NAME@ALIAS")],
+    set_: Annotated[list[str], typer.Option("--set", help="a variable: --set key=value (repeatable)")] = [],
+    as_json: Annotated[bool, typer.Option("--json", help="print the result as JSON")] = False,
+):
+    """Render a template with values for its variables (checked against their declared types); a messages
+    template prints as a JSON list of {"role", "content"}.
+
+    Examples:
+      heredity prompt render greet --set name=Ada
+      heredity prompt render story@production --set topic=owls --set words=30
+    """
+    from heredity.prompts import render_prompt
+
+    values = _parse_sets(set_)
+    result = render_prompt(_store(), ref, values)
+    if as_json or not isinstance(result, str):
+        print(json.dumps(result, indent=2, ensure_ascii=False))
+    else:  # exactly the rendered text: a final newline the template keeps is not doubled
+        print(result, end="" if result.endswith("\n") else "\n")
+
+
+@prompt_app.command("diff")
+def prompt_diff(
+    a: Annotated[str, typer.Argument(help="the old version (any reference)")],
+    b: Annotated[str, typer.Argument(help="the new version (any reference)")],
+):
+    """A unified diff of two versions: variables, then the text (or the messages, role by role).
+
+    Examples:
+      heredity prompt diff greet:1 greet:2
+      heredity prompt diff greet@production greet
+    """
+    from heredity.prompts import diff_prompts
+
+    d = diff_prompts(_store(), a, b)
+    print(d.rstrip("\n") if d else f"{a} and {b} are the same template")
+
+
+@prompt_app.command("alias")
+def prompt_alias(
+    name: Annotated[str, typer.Argument(help="the template's name")],
+    alias: Annotated[str | None, typer.Argument(help="the alias (e.g. production, staging)")] = None,
+    ref: Annotated[
+        str | None, typer.Argument(help="the version to point it at: a number, p-ID, NAME:N or NAME@ALIAS")
+    ] = None,
+    by: Annotated[str | None, typer.Option(help="who moves it, for the history (default: user@host)")] = None,
+):
+    """Point NAME@ALIAS at a version (REF), recording the move; with NAME alone (or NAME ALIAS), show where
+    the aliases point and every move (who, when, from, to).
+
+    Examples:
+      heredity prompt alias greet production 2
+      heredity prompt alias greet staging greet      # the latest version
+      heredity prompt alias greet                     # the aliases and their history
+    """
+    from heredity.prompts import alias_history, check_alias, check_name, set_alias, versions
+
+    check_name(name)
+    if alias is not None:
+        check_alias(alias)
+    store = _store()
+    if ref is not None:
+        r = set_alias(store, name, alias, ref, by=by)
+        if r["moved"]:
+            was = f"v{r['from_version']} ({r['from']})" if r["from"] else "nothing"
+            print(f"{name}@{alias}: {was} → v{r['to_version']} ({r['to']})")
+        else:
+            print(f"{name}@{alias} already points to v{r['to_version']} ({r['to']}); nothing recorded")
+        return
+    vs = versions(store, name)
+    now = {a: v for v in vs for a in v.aliases if alias is None or a == alias}
+    for a, v in sorted(now.items()):
+        print(f"{name}@{a} → v{v.version} ({v.id})")
+    if alias is not None and alias not in now:
+        print(f"{name}@{alias} is not set")
+    moves = alias_history(store, name, alias)
+    if moves:
+        print("history:")
+    for m in moves:
+        was = f"v{m['from_version']}" if m["from"] else "(new)"
+        to = f"v{m['to_version']} ({m['to']})"
+        print(f"  {m['moved_at'][:19]}  {m['alias']}: {was} → {to}  by {m['moved_by']}")
+    if not now and not moves:
+        print(f"{name} has no alias; set one with `heredity prompt alias {name} production VERSION`")
 
 
 @app.command()

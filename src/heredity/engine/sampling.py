@@ -673,13 +673,19 @@ def sample_step(
     name: str = "samples",
     progress=True,
     serves: str | None = None,
+    template: str | None = None,
 ) -> str:
     """Sample as a store step: a dataset artifact (prompt, sample_index, completion, finish_reason) whose
     lineage points to the model. Memoized on (model, prompts, config).
 
     ``serves``: for an ``openai:`` spec, the stored model or adapter the endpoint serves under that name (e.g.
     an adapter it loaded from the store): it enters the step's key and lineage, so the samples point to the
-    weights that wrote them. Without it an endpoint's samples are keyed by (model name, URL) alone."""
+    weights that wrote them. Without it an endpoint's samples are keyed by (model name, URL) alone.
+
+    ``template``: the prompt template (a ``p-`` id or any reference ``Store.resolve_prompt`` takes) that
+    rendered ``prompts``: its resolved id is the step's last input, so the samples' lineage names the version
+    and a new version is a new step (an alias moved to the same version is not). None: the key is as it
+    was."""
     import hashlib
     import json
 
@@ -697,6 +703,8 @@ def sample_step(
             f"serves= names what an openai: endpoint serves; {model_spec!r} is not an endpoint"
         )
     inputs = ([materialize(serves, store)] if serves else []) if remote else [materialize(spec, store)]
+    if template is not None:
+        inputs.append(store.resolve_prompt(template))
     prompts_json = json.dumps(list(prompts), sort_keys=True)
     cfg = {
         "sample": config.model_dump(mode="json"),

@@ -66,7 +66,7 @@ from heredity.store import Store
 from heredity.store.conversations import CONV_RE, Conversations
 
 HERE = Path(__file__).parent
-ID_PATTERN = r"^[madrt]-[0-9a-f]{16}$"
+ID_PATTERN = r"^[madrtp]-[0-9a-f]{16}$"
 CONV_PATTERN = CONV_RE.pattern
 COOKIE = "heredity_key"
 ATTN_WINDOW = 96  # the explorer's heatmap shows the last this-many positions

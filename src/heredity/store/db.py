@@ -96,6 +96,33 @@ class ConversationRow(Base):
     )  # who held it (insights count distinct users)
 
 
+class PromptAliasRow(Base):
+    """Where an alias of a prompt template points now (``NAME@ALIAS``: a movable pointer to one version, as in
+    MLflow's prompt registry); every move is also appended to ``prompt_alias_moves``."""
+
+    __tablename__ = "prompt_aliases"
+
+    name: Mapped[str] = mapped_column(String(255), primary_key=True)  # the template's name
+    alias: Mapped[str] = mapped_column(String(64), primary_key=True)
+    artifact_id: Mapped[str] = mapped_column(ForeignKey("artifacts.id"))  # the version (p-...) it points to
+    updated_at: Mapped[datetime] = mapped_column(DateTime)
+    updated_by: Mapped[str] = mapped_column(String(255))
+
+
+class PromptAliasMoveRow(Base):
+    """One move of a prompt alias (append-only: rows are never updated or deleted)."""
+
+    __tablename__ = "prompt_alias_moves"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(255), index=True)
+    alias: Mapped[str] = mapped_column(String(64))
+    from_id: Mapped[str | None] = mapped_column(String(40), nullable=True)  # None: the alias is new
+    to_id: Mapped[str] = mapped_column(ForeignKey("artifacts.id"))
+    moved_at: Mapped[datetime] = mapped_column(DateTime)
+    moved_by: Mapped[str] = mapped_column(String(255))
+
+
 def add_missing_columns(engine) -> None:
     """Columns added after a store was created (``create_all`` makes tables, never columns): ALTER TABLE
     ADD."""

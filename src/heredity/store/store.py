@@ -45,12 +45,25 @@ from sqlalchemy.orm import Session
 
 from heredity.errors import HeredityError
 from heredity.store import verify
-from heredity.store.db import ArtifactRow, ArtifactStepRow, Base, StepRow, add_missing_columns, make_engine
+from heredity.store.db import (
+    ArtifactRow,
+    ArtifactStepRow,
+    Base,
+    PromptAliasRow,
+    StepRow,
+    add_missing_columns,
+    make_engine,
+)
 from heredity.store.ops import is_distributed, op_version, world_size
 
-KIND_PREFIX = {"model": "m", "adapter": "a", "dataset": "d", "report": "r", "tokenizer": "t"}
-ID_RE = re.compile(r"^[madrt]-[0-9a-f]{16}$")
-ID_PREFIX_RE = re.compile(r"^[madrt]-[0-9a-f]{4,16}$")
+KIND_PREFIX = {"model": "m", "adapter": "a", "dataset": "d", "report": "r", "tokenizer": "t", "prompt": "p"}
+ID_RE = re.compile(r"^[madrtp]-[0-9a-f]{16}$")
+ID_PREFIX_RE = re.compile(r"^[madrtp]-[0-9a-f]{4,16}$")
+# a prompt template's name and an alias of its versions (``heredity.prompts``): neither holds the ":", "@" or
+# "/" of a reference (``Store.resolve_prompt``)
+PROMPT_NAME = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}"
+PROMPT_ALIAS = r"[A-Za-z][A-Za-z0-9_-]{0,63}"
+PROMPT_REFS = "p-ID, NAME, NAME:N, NAME@ALIAS, prompts:/NAME/N or prompts:/NAME@ALIAS"
 STALE_SECONDS = 3600.0  # fsck: a leftover untouched this long belongs to no running step (see ``Store.fsck``)
 FOREIGN_TMP_SECONDS = 86400.0  # another host's tmp dir: its process cannot be asked, so a day of no change
 
@@ -1012,6 +1025,77 @@ class Store:
                     break
                 stack.callback(fcntl.flock, fh, fcntl.LOCK_UN)
             yield free
+
+    # ---- prompt templates (``heredity.prompts`` writes them; resolved here, so any layer can key on one) --
+    def prompt_names(self) -> list[str]:
+        """The names of the stored prompt templates, sorted."""
+        with Session(self.engine) as s:
+            q = select(ArtifactRow.name).where(ArtifactRow.kind == "prompt").distinct()
+            return sorted(s.scalars(q))
+
+    def prompt_versions(self, name: str) -> list[Artifact]:
+        """The stored versions of prompt template ``name``, oldest first (version 1 first; empty if none).
+        A version's number is its place in this list: versions are never rewritten or removed."""
+        with Session(self.engine) as s:
+            q = (
+                select(ArtifactRow)
+                .where(ArtifactRow.kind == "prompt", ArtifactRow.name == name)
+                .order_by(ArtifactRow.created_at, ArtifactRow.id)
+            )
+            return [_artifact(r, self.artifacts_dir) for r in s.scalars(q)]
+
+    def prompt_aliases(self, name: str) -> dict[str, str]:
+        """Where each alias of prompt template ``name`` points now: {alias: prompt id}, sorted by alias."""
+        with Session(self.engine) as s:
+            q = select(PromptAliasRow).where(PromptAliasRow.name == name).order_by(PromptAliasRow.alias)
+            return {r.alias: r.artifact_id for r in s.scalars(q)}
+
+    def resolve_prompt(self, ref: str) -> str:
+        """The prompt id (``p-``) that ``ref`` names: an id or unique id prefix, ``NAME`` (its latest
+        version), ``NAME:N`` (version N, from 1), ``NAME@ALIAS`` (``NAME@latest``: the latest version), or
+        MLflow's URI forms ``prompts:/NAME/N`` and ``prompts:/NAME@ALIAS``. Anything else is a one-line error
+        listing what exists."""
+        raw = str(ref).strip()
+        if ID_PREFIX_RE.match(raw):
+            aid = self.resolve_id(raw)
+            with Session(self.engine) as s:
+                kind = s.get(ArtifactRow, aid).kind
+            if kind != "prompt":
+                raise HeredityError(f"{aid} is a {kind}, not a prompt template; give {PROMPT_REFS}")
+            return aid
+        sep = "/" if raw.startswith("prompts:/") else ":"  # MLflow's URI numbers a version after a '/'
+        m = re.fullmatch(
+            rf"(?P<name>{PROMPT_NAME})(?:{sep}(?P<version>[0-9]+)|@(?P<alias>{PROMPT_ALIAS}))?",
+            raw.removeprefix("prompts:/"),
+        )
+        if not m:
+            raise HeredityError(f"{raw!r} is not a prompt reference; write {PROMPT_REFS}")
+        name, version, alias = m["name"], m["version"], m["alias"]
+        versions = self.prompt_versions(name)
+        if not versions:
+            names = self.prompt_names()
+            have = f"the store holds {', '.join(names)}" if names else "the store holds no prompt template"
+            raise HeredityError(
+                f"no prompt template named {name!r}; {have} (create one with `heredity prompt create`)"
+            )
+        if version is not None:
+            n = int(version)
+            if not 1 <= n <= len(versions):
+                raise HeredityError(
+                    f"prompt {name} has no version {n}; it has versions 1 to {len(versions)} "
+                    f"(`heredity prompt show {name}` shows the latest)"
+                )
+            return versions[n - 1].id
+        if alias is not None and alias != "latest":
+            aliases = self.prompt_aliases(name)
+            if alias not in aliases:
+                have = f"its aliases are {', '.join(aliases)}" if aliases else "it has no alias"
+                raise HeredityError(
+                    f"prompt {name} has no alias {alias!r}; {have} "
+                    f"(set one with `heredity prompt alias {name} {alias} VERSION`)"
+                )
+            return aliases[alias]
+        return versions[-1].id
 
     def path(self, ref: str) -> Path:
         return self.get(ref).path
