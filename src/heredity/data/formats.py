@@ -13,7 +13,8 @@ a prompt template version (``heredity.prompts``).
 ``mc_items`` turns the merging experiment's graded tasks (``data.tasks``) into multiple-choice items with
 one right option: *sentiment* (2 options), *addition* and *words* (4 options: the answer and three near
 misses). Parts ``train`` / ``val`` / ``test`` are the tasks' own disjoint parts. ``answer_split`` cuts a
-rendered item where the answer begins, so a model is scored by the log-probability of each option's label.
+rendered item where the answer begins, so a model is scored by the log-probability of each option's text
+after the answer field (as lm-evaluation-harness scores multiple choice: no letter to map, no parsing).
 """
 
 from __future__ import annotations
@@ -109,7 +110,7 @@ def sample_formats(n: int, seed: int = 0) -> list[Format]:
 
 def _item_block(f: Format, question: str, options: str, answer: str | None) -> str:
     """One item in Jinja2 from the expressions ``question`` and ``options``: the question, the enumerated
-    options and the answer field (with ``answer``, the worked answer's label; without, left open)."""
+    options and the answer field (with ``answer``, the worked answer's text; without, left open)."""
     opts = (
         "{% for o in " + options + " %}{{ LABELS[loop.index0] }} {{ o }}"
         "{% if not loop.last %}" + _lit(f.option_separator) + "{% endif %}{% endfor %}"
@@ -123,7 +124,7 @@ def _item_block(f: Format, question: str, options: str, answer: str | None) -> s
         + opts
         + _lit(f.spacing + f.field("answer") + f.separator)
     )
-    return block + ("{{ LABELS[" + answer + "] }}" + _lit(f.spacing) if answer else "")
+    return block + ("{{ " + options + "[" + answer + "] }}" + _lit(f.spacing) if answer else "")
 
 
 def _lit(text: str) -> str:

@@ -96,3 +96,79 @@ def token_logprobs(
                 tops = [[] for _ in chosen]
             out[i] = list(zip(chosen, tops, strict=True))
     return [out[i] for i in range(len(sequences))]
+
+
+@torch.inference_mode()
+def option_logprobs(
+    model,
+    tokenizer,
+    prompts: Sequence[str],
+    options: Sequence[Sequence[str]],
+    *,
+    batch_size: int = 16,
+    progress: bool = False,
+) -> list[list[float]]:
+    """For each raw-text prompt (no chat template) and each of its options, log p(option | prompt): the sum of
+    the option's token log-probabilities, as ``logprobs(..., chat=False)`` computes it, with each prompt run
+    once for all of its options (its key/value cache reused, so k options cost one prompt, not k).
+
+    Prompts are left-padded in a batch (positions counted from each prompt's first token), the options of
+    each prompt right-padded behind its cache; log-softmax in fp32. Equal to ``logprobs`` up to float
+    rounding (a test checks it)."""
+    device = next(model.parameters()).device
+    pad = pad_id(tokenizer, model)
+    enc_p = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+    enc_o = [[tokenizer(o, add_special_tokens=False)["input_ids"] for o in opts] for opts in options]
+    if len(enc_p) != len(enc_o):
+        raise ValueError(f"{len(enc_p)} prompts but {len(enc_o)} option lists")
+    if any(not p for p in enc_p) or any(not c for cs in enc_o for c in cs):
+        raise ValueError("a prompt or an option renders to no tokens")
+    order = sorted(range(len(enc_p)), key=lambda i: -len(enc_p[i]))
+    out: dict[int, list[float]] = {}
+    for s in tqdm(range(0, len(order), batch_size), disable=not progress, desc="option logprobs"):
+        idx = order[s : s + batch_size]
+        width = max(len(enc_p[i]) for i in idx)
+        ids = torch.full((len(idx), width), pad, dtype=torch.long)
+        att = torch.zeros((len(idx), width), dtype=torch.long)
+        for r, i in enumerate(idx):
+            ids[r, width - len(enc_p[i]) :] = torch.tensor(enc_p[i])
+            att[r, width - len(enc_p[i]) :] = 1
+        pos = (att.cumsum(-1) - 1).clamp(min=0)
+        first = model(
+            input_ids=ids.to(device),
+            attention_mask=att.to(device),
+            position_ids=pos.to(device),
+            use_cache=True,
+            logits_to_keep=1,
+        )
+        last = torch.log_softmax(first.logits[:, -1].float(), dim=-1)
+        rows = [r for r, i in enumerate(idx) for _ in enc_o[i]]
+        conts = [c for i in idx for c in enc_o[i]]
+        scores = [last[r, c[0]].item() for r, c in zip(rows, conts, strict=True)]
+        longest = max(len(c) for c in conts)
+        if longest > 1:  # the options' later tokens, behind their prompt's cache
+            cache = first.past_key_values
+            cache.reorder_cache(torch.tensor(rows, device=device))
+            feed = torch.full((len(conts), longest - 1), pad, dtype=torch.long)
+            fatt = torch.zeros((len(conts), longest - 1), dtype=torch.long)
+            for k, c in enumerate(conts):
+                feed[k, : len(c) - 1] = torch.tensor(c[:-1])
+                fatt[k, : len(c) - 1] = 1
+            lengths = att.sum(-1)[rows]
+            more = model(
+                input_ids=feed.to(device),
+                attention_mask=torch.cat([att[rows], fatt], dim=1).to(device),
+                position_ids=(lengths[:, None] + torch.arange(longest - 1)[None]).to(device),
+                cache=cache,
+                use_cache=False,
+            )
+            lp = torch.log_softmax(more.logits.float(), dim=-1)
+            for k, c in enumerate(conts):
+                if len(c) > 1:
+                    tail = torch.tensor(c[1:], device=lp.device)
+                    scores[k] += lp[k, : len(c) - 1].gather(-1, tail[:, None]).sum().item()
+        k = 0
+        for i in idx:
+            out[i] = scores[k : k + len(enc_o[i])]
+            k += len(enc_o[i])
+    return [out[i] for i in range(len(enc_p))]

@@ -9,12 +9,13 @@ Methods, as a paper's section would list them:
 2. Items with exact answers: multiple-choice versions of the merging experiment's graded tasks
    (sentiment: 2 options; addition and number words: the answer and three near misses), ``items`` per task
    from the tasks' test part, each preceded by ``shots`` worked examples from the train part in the same
-   format. A model is scored by the log-probability of each option's label after the answer field
-   (``engine.logprobs``, the raw text, no chat template); its answer is the most probable label.
+   format. A model is scored by the log-probability of each option's text after the answer field
+   (``engine.logprobs.option_logprobs``, the raw text, no chat template; summed over the option's tokens, as
+   lm-evaluation-harness's ``acc``); its answer is the most probable option.
 3. Models: the parent (``model``); its children fine-tuned on ``train_items`` items per task rendered in the
-   plain format only (completion-only loss on the label): a LoRA child and a full child per training seed,
-   and their linear merge; and an unrelated model, a ``tiny:`` model trained from scratch on the same rows,
-   the reference for how much two models' format rankings agree by chance.
+   plain format only (completion-only loss on the right option's text): a LoRA child and a full child per
+   training seed, and their linear merge; and an unrelated model, a ``tiny:`` model trained from scratch on
+   the same rows, the reference for how much two models' format rankings agree by chance.
 4. Measures: per format, accuracy with a Wilson interval (unit: items); the spread (max − min) with a
    bootstrap interval over items and a within-item permutation p for "the formats differ at all"; the
    agreement of parent and child rankings (Spearman ρ, Kendall τ over formats, paired bootstrap over
@@ -64,10 +65,10 @@ PUBLISHED = {
 class Config(BaseModel):
     model: str = Field("smollm2-135m-instruct", description="the parent: any model spec")
     tasks: list[Literal["sentiment", "addition", "words"]] = Field(default_factory=lambda: list(TASKS))
-    items: int = Field(40, ge=4, description="test items per task")
-    shots: int = Field(2, ge=0, description="worked examples before each item, in its format")
-    formats: int = Field(20, ge=3, description="formats sampled from the grammar (the plain one first)")
-    train_items: int = Field(150, ge=4, description="training items per task (plain format) for the children")
+    items: int = Field(30, ge=4, description="test items per task")
+    shots: int = Field(1, ge=0, description="worked examples before each item, in its format")
+    formats: int = Field(12, ge=3, description="formats sampled from the grammar (the plain one first)")
+    train_items: int = Field(60, ge=4, description="training items per task (plain format) for the children")
     children: list[Literal["lora", "full"]] = Field(default_factory=lambda: ["lora", "full"])
     merge: bool = Field(
         True, description="also the linear merge (weights 0.5/0.5) of the LoRA and full child"
@@ -110,8 +111,15 @@ class Config(BaseModel):
     def presets(cls) -> dict[str, Config]:
         return {
             "quick": cls(),
-            "long": cls(items=100, formats=30, train_items=400, seeds=3),
-            "paper": cls(model="hub:HuggingFaceTB/SmolLM2-1.7B-Instruct", items=300, formats=40, seeds=3),
+            "long": cls(items=100, formats=24, shots=2, train_items=300, seeds=3),
+            "paper": cls(
+                model="HuggingFaceTB/SmolLM2-1.7B-Instruct",
+                items=300,
+                formats=40,
+                shots=3,
+                train_items=1000,
+                seeds=3,
+            ),
         }
 
 
@@ -121,7 +129,7 @@ def run(store: Store, config: Config, progress: bool = True) -> dict:
     formats = sample_formats(config.formats, config.seed)
     templates = [_template(store, f) for f in formats]
     items_id, items = _items(store, config)
-    train_id = _training_rows(store, config, templates[0], formats[0].labels(6))
+    train_id = _training_rows(store, config, templates[0])
     labels = model_labels(config)
     models = {"parent": config.model}
     for s in range(config.seeds):
@@ -143,9 +151,8 @@ def run(store: Store, config: Config, progress: bool = True) -> dict:
     models["unrelated"] = finetune(
         store, config.unrelated, train_id, config.unrelated_finetune, progress=progress
     )["model"]
-    option_labels = [f.labels(6) for f in formats]
     scores = {
-        label: _scores(store, mid, items_id, templates, option_labels, config.score_batch, progress)
+        label: _scores(store, mid, items_id, templates, config.score_batch, progress)
         for label, mid in models.items()
     }
     report = analyse(config, formats, templates, items, scores, PUBLISHED)
@@ -188,15 +195,15 @@ def _items(store: Store, config: Config) -> tuple[str, list[dict]]:
     return put_rows(store, rows, "format-items", op="make-format-items"), rows
 
 
-def _training_rows(store: Store, config: Config, plain: str, labels: list[str]) -> str:
-    """Training items rendered in the plain format (the first), completion = the right option's label."""
+def _training_rows(store: Store, config: Config, plain: str) -> str:
+    """Training items rendered in the plain format (the first), completion = the right option's text."""
     template = load_prompt(store, plain)
     rows = []
     for t in config.tasks:
         shots = mc_items(t, config.shots, "train", config.seed + 1) if config.shots else []
         for it in mc_items(t, config.train_items, "train", config.seed + 2):
             prompt, tail = answer_split(render(template, render_vars(it, shots)))
-            rows.append({"prompt": prompt, "completion": tail + labels[it["answer"]]})
+            rows.append({"prompt": prompt, "completion": tail + it["options"][it["answer"]]})
     return put_rows(store, rows, "format-training-rows", op="make-format-training-rows", inputs=[plain])
 
 
@@ -206,20 +213,19 @@ def _scores(
     model: str,
     items_id: str,
     templates: list[str],
-    labels: list[list[str]],
     batch: int,
     progress,
 ) -> list[dict]:
     """Every item in every format scored by ``model``: per (format, item) the log-probability of each
-    option's label (``labels[format]``, as the format writes them) after the answer field, the chosen
-    option and whether it is right (a stored dataset; the templates are inputs: their text is the key)."""
+    option's text after the answer field (the sum over its tokens, not length-normalized), the chosen option
+    and whether it is right (a stored dataset; the templates are inputs: their text is the key)."""
     from heredity.models import materialize
 
     model_id = materialize(model, store)
-    cfg = {"labels": labels, "batch": batch}
+    cfg = {"batch": batch, "scoring": "option text, summed log-probability"}
 
     def run(ctx):
-        from heredity.engine.logprobs import logprobs
+        from heredity.engine.logprobs import option_logprobs
         from heredity.models import load
 
         m, tok = load(model_id, store, merge_adapter=True)
@@ -227,19 +233,14 @@ def _scores(
         out = []
         for fi, pid in enumerate(templates):
             template = load_prompt(store, pid)
-            prompts, conts = [], []
+            prompts, options = [], []
             for it in items:
                 prompt, tail = answer_split(render(template, render_vars(it, it["shots"])))
-                for lab in labels[fi][: len(it["options"])]:
-                    prompts.append(prompt)
-                    conts.append(tail + lab)
-            lps = logprobs(m, tok, prompts, conts, chat=False, batch_size=batch, progress=progress)
-            k = 0
-            for it in items:
-                n = len(it["options"])
-                opt = [sum(x) for x in lps[k : k + n]]
-                k += n
-                chosen = max(range(n), key=lambda i: opt[i])
+                prompts.append(prompt)
+                options.append([tail + o for o in it["options"]])
+            scored = option_logprobs(m, tok, prompts, options, batch_size=batch, progress=progress)
+            for it, opt in zip(items, scored, strict=True):
+                chosen = max(range(len(opt)), key=lambda i: opt[i])
                 out.append(
                     {
                         "format": fi,

@@ -166,7 +166,7 @@ def plot(report: dict, path) -> None:
                 acc["parent"],
                 v,
                 s=14,
-                label=f"{m} (ρ = {report['agreement'][m]['spearman']['estimate']:.2f})",
+                label=f"{m} (ρ = {fmt_num(report['agreement'][m]['spearman']['estimate'], 2)})",
             )
     bx.set_xlabel("parent's accuracy per format")
     bx.set_ylabel("other model's accuracy per format")

@@ -20,7 +20,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import stats as sps
 
-from heredity.reports.stats import fmt_ci, fmt_p, holm_family, mean_ci, rate_ci
+from heredity.reports.stats import fmt_ci, fmt_num, fmt_p, holm_family, mean_ci, rate_ci
 
 
 def _resample(tasks: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -318,7 +318,7 @@ def outcome(tests: list[dict], spreads: dict, diffs: dict, agreement: dict) -> s
             m = t["name"].split(", ", 1)[1].split(")", 1)[0]
             d, rho = diffs[m], agreement[m]["spearman"]
             parts.append(
-                f"ρ(parent, {m}) = {rho['estimate']:.2f}; minus ρ(parent, unrelated): "
+                f"ρ(parent, {m}) = {fmt_num(rho['estimate'], 2)}; minus ρ(parent, unrelated): "
                 f"{fmt_ci({'mean': d['diff'], 'lo': d['lo'], 'hi': d['hi']}, 2)}, Holm {fmt_p(t['holm_p'])}, "
                 f"unit: items (n = {d['n']}) — "
                 + (

@@ -70,6 +70,7 @@ KIND_COLORS = {
     "dataset": "#059669",
     "report": "#d97706",
     "tokenizer": "#db2777",
+    "prompt": "#0891b2",
 }
 
 

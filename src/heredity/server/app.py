@@ -3,8 +3,9 @@ Uvicorn.
 
 Routes
   /v1/...                 OpenAI-compatible API (openai_api.py)
-  /api/...                the lab's own JSON: conversations, feedback, export, next-token explorer, artifacts
-  /chat /explore /lineage /artifacts/ID /reports      the pages (templates/, static/)
+  /api/...                the lab's own JSON: conversations, feedback, export, next-token explorer, artifacts,
+                          prompt templates
+  /chat /explore /lineage /artifacts/ID /reports /prompts      the pages (templates/, static/)
 
 Every route but /login needs the API key when one is set (``HEREDITY_API_KEY``, at least 16 characters;
 required to bind a non-loopback address): ``Authorization: Bearer KEY``, or the session cookie /login sets for
@@ -25,6 +26,11 @@ Every response carries ``X-Content-Type-Options: nosniff`` and ``X-Frame-Options
 are served as inert content (text, images, or an attachment to download) under a sandboxing
 Content-Security-Policy. Error answers never show the store's location on disk (it reads ``$HEREDITY_HOME``).
 
+Prompt templates are untrusted code (Jinja2 loops can burn CPU): parsing, rendering and comparing them run on
+threads of their own (``PromptWorkers``), at most ``prompt_workers`` at once, each stopped after
+``prompt_seconds`` (``HEREDITY_PROMPT_SECONDS``, default 5) and answered 400, so no template holds the event
+loop or the other routes.
+
 The ``Host`` header must name this server (DNS rebinding: a web page whose name resolves to 127.0.0.1 must not
 read the keyless loopback server): on a loopback bind only localhost / 127.0.0.1 / [::1] pass, unless more
 names are allowed (``--allowed-host``); on another bind, the bound address and the allowed names. A model's
@@ -34,6 +40,7 @@ queue holds at most ``max_queue`` waiting requests; beyond that the answer is 42
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import hashlib
 import ipaddress
 import json
@@ -61,7 +68,16 @@ from heredity.server.errors import ApiError, error_response
 from heredity.server.openai_api import host_for
 from heredity.server.openai_api import router as openai_router
 from heredity.server.runner import MAX_CLIENT_TOKENS, MAX_PENDING_TOKENS, ModelPool
-from heredity.server.schemas import MAX_BODY_BYTES, ExploreRequest, ExportRequest, Feedback, NewConversation
+from heredity.server.schemas import (
+    MAX_BODY_BYTES,
+    ExploreRequest,
+    ExportRequest,
+    Feedback,
+    MoveAlias,
+    NewConversation,
+    NewPrompt,
+    RenderPromptRequest,
+)
 from heredity.store import Store
 from heredity.store.conversations import CONV_RE, Conversations
 
@@ -77,6 +93,22 @@ MIN_KEY_CHARS = 16  # a shorter HEREDITY_API_KEY is refused at start
 STATE_CHANGING = ("POST", "PUT", "PATCH", "DELETE")
 FORM_PATHS = ("/login", "/logout")  # the only routes that take a form body (everything else takes JSON)
 FILE_CSP = "default-src 'none'; sandbox"  # an artifact's file, opened in the browser, can run nothing
+PROMPT_REF_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:@-]{0,299}$"  # a reference in a path: no prompts:/... form
+PROMPT_SECONDS = 5.0  # a prompt template's parse, render or diff running longer is stopped (400)
+
+
+def _env_seconds(name: str, default: float) -> float:
+    """``$name`` as a positive number of seconds (``default`` when unset); a one-line error otherwise."""
+    raw = os.environ.get(name)
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        value = float("nan")
+    if not 0 < value < 3600:
+        raise HeredityError(f"{name}={raw[:40]!r} is not a number of seconds between 0 and 3600; fix it")
+    return value
 
 
 @dataclass
@@ -98,6 +130,10 @@ class Settings:
     session_hours: float = 12.0  # a browser session expires this long after its login
     max_sessions: int = 256  # browser sessions kept at once; a new login beyond that evicts the oldest
     max_auth_failures: int = 20  # wrong keys per client address per minute before 429
+    prompt_workers: int = 2  # prompt templates parsed, rendered or compared at once (beyond that 429)
+    prompt_seconds: float = field(  # each stopped after this long (400)
+        default_factory=lambda: _env_seconds("HEREDITY_PROMPT_SECONDS", PROMPT_SECONDS)
+    )
 
     def host_allowed(self, host_header: str) -> bool:
         """Whether a request's Host header (``name[:port]``) names this server."""
@@ -216,6 +252,108 @@ class AuthFailures:
             self._seen[addr] = q
             while len(self._seen) > self.max_addresses:
                 self._seen.popitem(last=False)
+
+
+class PromptTimeout(BaseException):
+    """Raised inside a prompt worker thread whose job ran past its time (a BaseException, so that no
+    ``except Exception`` in the template's code or in Jinja2 swallows it)."""
+
+
+def _raise_in_thread(ident: int, exc: type[BaseException] | None) -> None:
+    """Make thread ``ident`` raise ``exc`` at its next Python instruction (None: withdraw one not yet
+    raised)."""
+    ctypes.pythonapi.PyThreadState_SetAsyncExc(
+        ctypes.c_ulong(ident), None if exc is None else ctypes.py_object(exc)
+    )
+
+
+class PromptWorkers:
+    """Work on untrusted prompt templates (parsing, rendering, diffing) off the event loop, on a thread of its
+    own per job: at most ``limit`` jobs at once (another is answered 429 at once) and each for at most
+    ``seconds``. A job past its time is answered 400 and stopped: ``PromptTimeout`` is raised inside its
+    thread, which ends at its next Python instruction (a Jinja2 loop is Python code; one long C call, such as
+    a huge string join, finishes first). A slot is freed only when its thread has ended, so runaway jobs can
+    never pile up."""
+
+    def __init__(self, limit: int, seconds: float):
+        self.limit, self.seconds = limit, seconds
+        self._lock = threading.Lock()
+        self._running = 0
+
+    @property
+    def running(self) -> int:
+        """Jobs whose threads have not ended yet."""
+        with self._lock:
+            return self._running
+
+    async def run(self, fn, *args, what: str = "the prompt template's work"):
+        """``fn(*args)`` on a worker thread, awaited; its exception re-raised here. ``ApiError`` 429 when
+        ``limit`` jobs are running, 400 (code ``prompt_timeout``) when it takes over ``seconds``."""
+        with self._lock:
+            if self._running >= self.limit:
+                raise ApiError(
+                    429,
+                    f"{self._running} prompt templates are being worked on, the most this server runs at "
+                    "once; retry in a moment",
+                    "prompt_workers_busy",
+                )
+            self._running += 1
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future = loop.create_future()
+        job_lock = threading.Lock()
+        state = {"live": True, "stopped": False}
+
+        def settle(result, error) -> None:
+            if not done.done():
+                if error is not None:
+                    done.set_exception(error)
+                else:
+                    done.set_result(result)
+
+        def job() -> None:
+            # The interrupt is raised at most once, only while `live`; by the end of the inner `finally`
+            # it has either been raised (and caught below) or withdrawn, so nothing after it is hit.
+            result, error = None, None
+            try:
+                try:
+                    result = fn(*args)
+                finally:
+                    with job_lock:
+                        state["live"] = False
+                        if state["stopped"]:
+                            _raise_in_thread(threading.get_ident(), None)
+            except BaseException as e:  # noqa: BLE001 - handed to the request that awaits it
+                error = e
+            with self._lock:
+                self._running -= 1
+            try:
+                loop.call_soon_threadsafe(settle, result, error)
+            except RuntimeError:  # the loop has closed (the server stopped)
+                pass
+
+        thread = threading.Thread(target=job, name="prompt-work", daemon=True)
+        try:
+            thread.start()
+        except BaseException:
+            with self._lock:
+                self._running -= 1
+            raise
+        try:
+            return await asyncio.wait_for(asyncio.shield(done), self.seconds)
+        except (TimeoutError, asyncio.CancelledError) as e:  # past its time, or the request was cancelled
+            done.cancel()  # its outcome, whatever it is, is no one's now
+            with job_lock:
+                if state["live"] and not state["stopped"]:
+                    state["stopped"] = True
+                    _raise_in_thread(thread.ident, PromptTimeout)
+            if isinstance(e, asyncio.CancelledError):
+                raise
+            raise ApiError(
+                400,
+                f"{what} took over {self.seconds:g} s and was stopped; make the template do less work "
+                "(fewer or smaller loops)",
+                "prompt_timeout",
+            ) from None
 
 
 def client_address(scope) -> str:
@@ -508,6 +646,7 @@ def create_app(store: Store | None = None, settings: Settings | None = None) -> 
     app.state.sessions = Sessions(settings.session_hours * 3600, settings.max_sessions)
     app.state.auth_failures = AuthFailures(settings.max_auth_failures)
     app.state.conversations = Conversations(store)
+    app.state.prompt_workers = PromptWorkers(settings.prompt_workers, settings.prompt_seconds)
     app.state.templates = Jinja2Templates(directory=HERE / "templates")
     errors.install(app)
     app.add_middleware(
@@ -588,6 +727,80 @@ def _brief(store: Store, aid: str) -> dict:
         return {"id": a.id, "kind": a.kind, "name": a.name}
     except HeredityError:
         return {"id": aid, "kind": "missing", "name": "(not in this store)"}
+
+
+def alias_mover(request: Request) -> str:
+    """Who an alias move through the API is recorded as: ``lab`` on a server without an API key,
+    ``api-key`` for a request with the Bearer key, ``session-`` + 8 hex of the sha256 of a signed-in
+    browser's session token (never the token itself), the same for every move of one session."""
+    if not request.app.state.settings.api_key:
+        return "lab"
+    headers = {k.lower(): v for k, v in request.headers.items()}
+    if headers.get("authorization", "").lower().startswith("bearer "):  # Guard checked it: the key
+        return "api-key"
+    token = session_token(headers)
+    if not token:
+        return "lab"
+    return "session-" + hashlib.sha256(token.encode("utf-8", "surrogateescape")).hexdigest()[:8]
+
+
+def prompt_list(store: Store) -> list[dict]:
+    """``heredity.prompts.list_prompts`` with each latest version's ``format`` (text or messages) and
+    ``variables`` (their names)."""
+    from heredity.prompts import list_prompts
+
+    rows = list_prompts(store)
+    for row in rows:
+        meta = store.get(row["latest"], verify_files=False).meta
+        row.update(format=meta.get("format"), variables=meta.get("variables", []))
+    return rows
+
+
+def prompt_detail(store: Store, name: str) -> dict:
+    """Template ``name``: its ``versions`` (oldest first: id, version, created_at, aliases pointing there,
+    format, variable names, description), ``aliases`` ({alias: {id, version}}), the latest version's id and
+    description, and ``history``, every alias move oldest first. A one-line HeredityError when there is no
+    such template."""
+    from heredity.prompts import alias_history, versions
+
+    vs = versions(store, name)
+    number = {v.id: v.version for v in vs}
+    return {
+        "name": name,
+        "latest": vs[-1].id,
+        "description": vs[-1].meta.get("description", ""),
+        "versions": [
+            {
+                "id": v.id,
+                "version": v.version,
+                "created_at": v.created_at.isoformat(),
+                "aliases": sorted(v.aliases),
+                "format": v.meta.get("format"),
+                "variables": v.meta.get("variables", []),
+                "description": v.meta.get("description", ""),
+            }
+            for v in vs
+        ],
+        "aliases": {a: {"id": i, "version": number.get(i)} for a, i in store.prompt_aliases(name).items()},
+        "history": alias_history(store, name),
+    }
+
+
+def _prompt_detail_or_404(store: Store, name: str) -> dict:
+    try:
+        return prompt_detail(store, name)
+    except HeredityError as e:
+        raise ApiError(404, str(e), "prompt_not_found") from None
+
+
+async def _prompt_id(request: Request, ref: str, param: str = "ref") -> str:
+    """The ``p-`` id ``ref`` names (read on a thread); 404 naming what exists otherwise."""
+    from heredity.prompts import resolve_prompt
+
+    try:
+        return await asyncio.to_thread(resolve_prompt, request.app.state.store, ref)
+    except HeredityError as e:
+        raise ApiError(404, str(e), "prompt_not_found", param=param) from None
 
 
 def api_router() -> APIRouter:
@@ -762,6 +975,139 @@ def api_router() -> APIRouter:
             _artifact(request, root)
         return graph(request.app.state.store, root)
 
+    # ---- prompt templates (heredity.prompts); untrusted template work on PromptWorkers, time-limited ----
+
+    @r.get("/prompts")
+    def prompts(request: Request) -> dict:
+        """Every stored template, sorted by name: ``name``, ``versions`` (how many), ``latest`` (id),
+        ``latest_version``, ``aliases`` ({alias: id}), ``description``, ``updated_at``, and the latest
+        version's ``format`` and ``variables`` (names)."""
+        return {"data": prompt_list(request.app.state.store)}
+
+    @r.post("/prompts", status_code=201)
+    async def create_prompt(body: NewPrompt, request: Request) -> dict:
+        """Store a template, checked in full first (a bad one is 400 in one line and nothing is stored); the
+        same content again is the same id and no new version (``new`` says which). Answers what
+        ``GET /api/prompts/{ref}/template`` does, plus ``new`` and ``unused_variables``."""
+        from heredity.prompts import create_prompt, parse_template, prompt_info
+
+        store: Store = request.app.state.store
+        data = body.model_dump(mode="json")
+
+        def check():
+            template = parse_template(data)
+            return template, template.unused_variables()
+
+        try:
+            template, unused = await request.app.state.prompt_workers.run(
+                check, what=f"checking prompt template {body.name[:128]}"
+            )
+        except HeredityError as e:
+            raise ApiError(400, str(e), "invalid_prompt") from None
+        except RecursionError:
+            raise ApiError(
+                400, f"prompt template {body.name[:128]} nests too deeply; flatten it", "invalid_prompt"
+            ) from None
+
+        def store_it() -> dict:
+            before = {a.id for a in store.prompt_versions(template.name)}
+            aid = create_prompt(store, template)
+            return {**prompt_info(store, aid), "new": aid not in before, "unused_variables": unused}
+
+        try:
+            return await asyncio.to_thread(store_it)
+        except HeredityError as e:
+            raise ApiError(400, str(e), "invalid_prompt") from None
+
+    @r.post("/prompts/render")
+    async def render_prompt(body: RenderPromptRequest, request: Request) -> dict:
+        """The template ``ref`` names rendered with ``variables``: ``{id, name, format, text}`` for a text
+        template, ``{id, name, format, messages}`` for a messages one. An unknown reference is 404; a missing,
+        unknown or mistyped variable, a refusal by the sandbox, or a render over the time limit is 400."""
+        from heredity.prompts import load_prompt, render
+
+        aid = await _prompt_id(request, body.ref)
+        try:
+            template = await asyncio.to_thread(load_prompt, request.app.state.store, aid)
+        except HeredityError as e:
+            raise ApiError(404, str(e), "prompt_not_found", param="ref") from None
+        try:
+            out = await request.app.state.prompt_workers.run(
+                render, template, body.variables, what=f"rendering prompt template {template.name}"
+            )
+        except HeredityError as e:
+            raise ApiError(400, str(e), "render_failed") from None
+        fmt = "text" if isinstance(out, str) else "messages"
+        return {"id": aid, "name": template.name, "format": fmt, fmt: out}
+
+    @r.get("/prompts/diff")
+    async def diff_prompts(
+        request: Request,
+        a: str | None = Query(None, min_length=1, max_length=300, description="the version to diff from"),
+        b: str | None = Query(None, min_length=1, max_length=300, description="the version to diff to"),
+    ) -> dict:
+        """``{a, b, diff}``: the unified diff from version ``a`` to version ``b`` (any references; "" when
+        they are the same). Without ``a`` and ``b`` this is ``GET /api/prompts/{name}`` of a template named
+        ``diff``."""
+        from heredity.prompts import diff_prompts
+
+        store: Store = request.app.state.store
+        if a is None and b is None:
+            return await asyncio.to_thread(_prompt_detail_or_404, store, "diff")
+        if a is None or b is None:
+            missing = "a" if a is None else "b"
+            raise ApiError(
+                422,
+                f"{missing}: give both a and b, references to two versions",
+                "invalid_request_error",
+                missing,
+            )
+        ida, idb = await _prompt_id(request, a, "a"), await _prompt_id(request, b, "b")
+        try:
+            text = await request.app.state.prompt_workers.run(
+                diff_prompts, store, ida, idb, what="comparing the two versions"
+            )
+        except HeredityError as e:
+            raise ApiError(400, str(e), "invalid_request_error") from None
+        return {"a": ida, "b": idb, "diff": text}
+
+    @r.get("/prompts/{ref}/template")
+    def prompt_template(request: Request, ref: str = PathParam(pattern=PROMPT_REF_PATTERN)) -> dict:
+        """One version: ``id``, ``name``, ``version``, ``versions`` (how many the name has), ``aliases``
+        (pointing to it), ``created_at`` and ``template`` (name, text or messages, variables with type,
+        required, default and description, description). ``ref`` is any reference but the ``prompts:/``
+        forms (``NAME``, ``NAME:N``, ``NAME@ALIAS``, an id or id prefix)."""
+        from heredity.prompts import prompt_info
+
+        try:
+            return prompt_info(request.app.state.store, ref)
+        except HeredityError as e:
+            raise ApiError(404, str(e), "prompt_not_found", param="ref") from None
+
+    @r.get("/prompts/{name}")
+    def prompt(request: Request, name: str = PathParam(max_length=200)) -> dict:
+        """Template ``name``: its versions, where its aliases point, every alias move (``prompt_detail``)."""
+        return _prompt_detail_or_404(request.app.state.store, name)
+
+    @r.post("/prompts/{name}/aliases/{alias}")
+    async def move_alias(
+        body: MoveAlias,
+        request: Request,
+        name: str = PathParam(max_length=200),
+        alias: str = PathParam(max_length=100),
+    ) -> dict:
+        """Point ``name@alias`` at the version ``ref`` names (or version number ``ref``), recorded in the
+        alias history with who moved it (``alias_mover``). Answers ``heredity.prompts.set_alias``'s dict
+        (``moved`` is false, and nothing is recorded, when it already pointed there)."""
+        from heredity.prompts import set_alias
+
+        store: Store = request.app.state.store
+        await asyncio.to_thread(_prompt_detail_or_404, store, name)
+        try:
+            return await asyncio.to_thread(set_alias, store, name, alias, body.ref, by=alias_mover(request))
+        except HeredityError as e:
+            raise ApiError(400, str(e), "invalid_alias") from None
+
     return r
 
 
@@ -833,6 +1179,11 @@ def page_router() -> APIRouter:
     def explore(request: Request) -> HTMLResponse:
         return render(request, "explore.html", page="explore")
 
+    @r.get("/prompts")
+    def prompts_page(request: Request) -> HTMLResponse:
+        """The prompt templates: versions, text, variables, render, diff, aliases (through /api/prompts)."""
+        return render(request, "prompts.html", page="prompts")
+
     @r.get("/lineage")
     def lineage(request: Request, root: str | None = Query(None, pattern=ID_PATTERN)) -> HTMLResponse:
         from heredity.reports.lineage import as_svg, graph
@@ -848,7 +1199,7 @@ def page_router() -> APIRouter:
             root=root,
             counts={
                 k: sum(1 for n in g["nodes"] if n["kind"] == k)
-                for k in ("model", "adapter", "dataset", "report", "tokenizer")
+                for k in ("model", "adapter", "dataset", "report", "tokenizer", "prompt")
             },
             n_edges=len(g["edges"]),
         )

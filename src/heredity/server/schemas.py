@@ -6,7 +6,7 @@ before any model runs; a body over ``MAX_BODY_BYTES`` or messages over ``MAX_TOT
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -344,3 +344,68 @@ class ExploreRequest(BaseModel):
     top_k: int = Field(10, ge=1, le=50)
     layer: int | None = Field(None, ge=0, le=1000)
     head: int | None = Field(None, ge=0, le=1000)
+
+
+# ---- prompt templates (heredity.prompts; the template's own checks run on the server's prompt threads) ----
+
+MAX_PROMPT_TEMPLATE_CHARS = 200_000  # per text or message content (heredity.prompts.MAX_TEMPLATE_CHARS)
+MAX_PROMPT_MESSAGES = 64
+MAX_PROMPT_VARIABLES = 64
+PromptRef = Annotated[
+    str,
+    Field(
+        min_length=1,
+        max_length=300,
+        description=(
+            "p-ID (or a unique prefix), NAME, NAME:N, NAME@ALIAS, prompts:/NAME/N or prompts:/NAME@ALIAS"
+        ),
+    ),
+]
+
+
+class PromptMessageBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    role: Literal["system", "user", "assistant"]
+    content: str = Field(max_length=MAX_PROMPT_TEMPLATE_CHARS, description="Jinja2 text")
+
+
+class PromptVariableBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["str", "int", "float", "bool", "list"] = "str"
+    required: bool = True
+    default: Any = Field(
+        None, description="of the variable's type; a variable with a default is never missing"
+    )
+    description: str = Field("", max_length=2000)
+
+
+class NewPrompt(BaseModel):
+    """``POST /api/prompts``: a template as ``heredity.prompts.PromptTemplate`` takes it (text or messages,
+    never both). The template's own checks (Jinja2 syntax, undeclared variables, defaults of the wrong type,
+    reads of Python internals) answer 400 in one line."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(min_length=1, max_length=128)
+    text: str | None = Field(None, max_length=MAX_PROMPT_TEMPLATE_CHARS, description="Jinja2 text")
+    messages: list[PromptMessageBody] | None = Field(None, min_length=1, max_length=MAX_PROMPT_MESSAGES)
+    variables: dict[str, PromptVariableBody] = Field(default_factory=dict, max_length=MAX_PROMPT_VARIABLES)
+    description: str = Field("", max_length=2000)
+
+
+class RenderPromptRequest(BaseModel):
+    """``POST /api/prompts/render``: the template ``ref`` names, rendered with ``variables``."""
+
+    model_config = ConfigDict(extra="forbid")
+    ref: PromptRef
+    variables: dict[str, Any] = Field(
+        default_factory=dict, max_length=MAX_PROMPT_VARIABLES, description="values by variable name"
+    )
+
+
+class MoveAlias(BaseModel):
+    """``POST /api/prompts/{name}/aliases/{alias}``: point the alias at the version ``ref`` names."""
+
+    model_config = ConfigDict(extra="forbid")
+    ref: PromptRef | Annotated[int, Field(ge=1)] = Field(
+        description="a reference to one of the template's versions, or a version number"
+    )

@@ -163,8 +163,63 @@ async function exportFeedback() {
   } catch (e) { out.textContent = e.message; out.classList.add("error"); }
 }
 
+// The system prompt from a stored prompt template: text templates are listed (the latest version and each
+// alias); a template's variables get a small form; the rendered text fills the system prompt, still editable.
+async function fillTemplates() {
+  const sel = $("system-template");
+  const { data } = await api("/api/prompts");
+  for (const p of data.filter((x) => x.format === "text")) {
+    const vars = p.variables.length ? ` (${p.variables.join(", ")})` : "";
+    sel.appendChild(el("option", { value: p.name }, p.name + vars));
+    for (const a of Object.keys(p.aliases)) sel.appendChild(el("option", { value: `${p.name}@${a}` }, `${p.name}@${a}${vars}`));
+  }
+}
+
+async function useTemplate(ref, variables) {
+  const r = await api("/api/prompts/render", { method: "POST", body: JSON.stringify({ ref, variables }) });
+  $("system").value = r.text;
+}
+
+async function chooseTemplate() {
+  const ref = $("system-template").value;
+  const box = $("template-vars");
+  box.innerHTML = "";
+  box.hidden = true;
+  if (!ref) return;
+  const status = el("span", { class: "note status" });
+  try {
+    const vars = (await api(`/api/prompts/${encodeURIComponent(ref)}/template`)).template.variables;
+    const names = Object.keys(vars).sort();
+    const needed = names.filter((n) => vars[n].required && vars[n].default === null);
+    if (!needed.length) await useTemplate(ref, {}); // nothing to ask: rendered with its defaults at once
+    if (!names.length) return;
+    for (const n of names) {
+      const v = vars[n];
+      const dflt = v.default === null ? "" : JSON.stringify(v.default);
+      const input = el("input", { type: "text", "data-var": n, placeholder: dflt ? `default: ${dflt}` : v.type });
+      box.appendChild(el("label", {}, `${n} (${v.type}${needed.includes(n) ? "" : ", optional"})`, input));
+    }
+    const use = el("button", { type: "button", id: "use-template" }, "Use template");
+    use.addEventListener("click", async () => {
+      const given = {};
+      for (const input of box.querySelectorAll("[data-var]")) if (input.value !== "") given[input.dataset.var] = input.value;
+      status.classList.remove("error");
+      try { await useTemplate(ref, given); status.textContent = "system prompt filled"; } catch (e) { status.textContent = e.message; status.classList.add("error"); }
+    });
+    box.append(use, status);
+    box.hidden = false;
+  } catch (e) {
+    status.textContent = e.message;
+    status.classList.add("error");
+    box.append(status);
+    box.hidden = false;
+  }
+}
+
+$("system-template").addEventListener("change", chooseTemplate);
 $("send-form").addEventListener("submit", send);
 $("prompt").addEventListener("keydown", (e) => { if (e.key === "Enter" && !e.shiftKey) send(e); });
 $("new-chat").addEventListener("click", newChat);
 $("export").addEventListener("click", exportFeedback);
 fillModels($("model")).then(() => { render(); loadConversations(); }).catch((e) => $("messages").appendChild(el("p", { class: "error" }, e.message)));
+fillTemplates().catch((e) => $("messages").appendChild(el("p", { class: "error" }, e.message)));
