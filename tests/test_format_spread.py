@@ -151,3 +151,29 @@ def test_the_experiment_on_tiny_models_and_a_rerun_computes_nothing(tmp_path, mo
     monkeypatch.setattr(Store, "_compute", computed)
     again = run(Store(tmp_path), cfg, progress=False)
     assert again["markdown"].split("Run time")[0] == out["markdown"].split("Run time")[0]
+
+
+def test_option_logprobs_runs_a_prompt_once_and_equals_logprobs(tmp_path):
+    """The shared-prompt scorer gives what scoring each (prompt, option) pair alone gives, for prompts of
+    different lengths in one batch (left padding) and options of different token counts."""
+    from conftest import stored_tiny
+
+    from heredity.engine.logprobs import logprobs, option_logprobs
+    from heredity.models import load
+    from heredity.store import Store
+
+    store = Store(tmp_path)
+    model, tok = load(stored_tiny(store, "scorer"), store)
+    prompts = ["Question: 2 + 2?\nAnswer:", "Q: hi", "A much longer prompt about a review.\nOutput:\n"]
+    options = [[" 4", " five", " (C) 22"], [" yes", " no way at all"], ["positive", "negative", "x"]]
+    got = option_logprobs(model, tok, prompts, options, batch_size=2)
+    flat = logprobs(
+        model,
+        tok,
+        [p for p, os in zip(prompts, options, strict=True) for _ in os],
+        [o for os in options for o in os],
+        chat=False,
+    )
+    want = [sum(x) for x in flat]
+    assert [len(g) for g in got] == [3, 2, 3]
+    assert np.allclose([x for g in got for x in g], want, atol=1e-4)

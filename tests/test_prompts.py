@@ -561,3 +561,54 @@ def test_prompt_commands_have_help_with_examples(cli):
         rc, out, _ = cli("prompt", cmd, "--help")
         assert rc == 0 and "Examples:" in out and "heredity prompt" in out, cmd
     assert "--template" in cli("sample", "--help")[1]
+
+
+def test_builtin_prompts_seed_as_versions_that_render_the_experiments_own_text(tmp_path):
+    """``heredity prompt seed``'s templates render exactly what the experiments write by default, seeding
+    twice adds no version, and subliminal-numbers takes a stored teacher template by name or alias."""
+    from heredity.data.formats import PLAIN, render_vars, template_text
+    from heredity.data.synthetic_retrieval import BRAINSTORM_PROMPT, EXAMPLE_PROMPT
+    from heredity.experiments.builtin_prompts import builtin_prompts
+    from heredity.experiments.subliminal_numbers import Config, system_prompt, teacher_for
+    from heredity.prompts import create_prompt, render, set_alias, versions
+    from heredity.store import Store
+
+    store = Store(tmp_path)
+    ids = [create_prompt(store, t) for t in builtin_prompts()]
+    assert ids == [create_prompt(store, t) for t in builtin_prompts()]
+    assert all(len(versions(store, t.name)) == 1 for t in builtin_prompts())
+    by = {t.name: t for t in builtin_prompts()}
+    assert render(by["subliminal-teacher"], {"animal": "owl"}) == system_prompt("owl")
+    assert render(by["e5-brainstorm"], {}) == BRAINSTORM_PROMPT
+    vals = {"task": "Given a {claim}, retrieve it", "passage": 'A "quoted" {x} passage.'}
+    assert render(by["e5-example"], vals) == EXAMPLE_PROMPT.format(**vals)
+    item = {"question": "What is 1 + 1?", "options": ["2", "3"]}
+    assert render(by["format-spread"], render_vars(item, [])) == ENV_TEXT(template_text(PLAIN), item)
+
+    v2 = create_prompt(
+        store,
+        by["subliminal-teacher"].model_copy(update={"text": "You are a {{ animal }} at heart."}),
+    )
+    set_alias(store, "subliminal-teacher", "production", v2)
+    cfg = Config(teacher="prompt", teacher_prompt="subliminal-teacher@production")
+    assert teacher_for(store, "m-unused", "owl", cfg, False) == ("m-unused", "You are a owl at heart.")
+    assert system_prompt("cat", store, "subliminal-teacher:1") == system_prompt("cat")
+
+
+def ENV_TEXT(source: str, item: dict) -> str:
+    """A template rendered by plain Jinja2 (keeping a final newline), the reference for the stored one."""
+    import jinja2
+
+    return jinja2.Template(source, keep_trailing_newline=True).render(
+        question=item["question"], options=item["options"], shots=[]
+    )
+
+
+def test_a_huge_format_width_and_a_huge_float_are_one_line_errors():
+    from heredity.prompts import PromptTemplate, coerce_value, render
+
+    with pytest.raises(HeredityError, match="refused by the sandbox.*over the limit"):
+        render(PromptTemplate(name="wide", text="{{ '%0999999999d'|format(1) }}"))
+    assert render(PromptTemplate(name="narrow", text="{{ '%05d'|format(3) }}")) == "00003"
+    with pytest.raises(HeredityError, match="variable 'f' is float"):
+        coerce_value("f", "float", 10**400)

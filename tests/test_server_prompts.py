@@ -92,6 +92,11 @@ def test_create_list_render_diff_and_move_aliases(server):
         )
         assert "+  Write a {{ tone }} note to {{ name }}." in d["diff"]
         assert c.get("/api/prompts/diff", params={"a": "rt:2", "b": v2["id"]}).json()["diff"] == ""
+        one_line_error(c.get("/api/prompts/diff", params={"a": "rt:1"}), 422, "invalid_request_error")
+        # a template may be named diff: without a and b, /api/prompts/diff is its page
+        one_line_error(c.get("/api/prompts/diff"), 404, "prompt_not_found")
+        assert c.post("/api/prompts", json={"name": "diff", "text": "x"}).status_code == 201
+        assert c.get("/api/prompts/diff").json()["versions"][0]["version"] == 1
 
         moved = c.post("/api/prompts/rt/aliases/production", json={"ref": 1}).json()
         assert (
@@ -144,6 +149,9 @@ def test_a_bad_template_is_one_line_and_nothing_is_stored(server):
             )
             assert want in msg, (fields, msg)
             one_line_error(c.get(f"/api/prompts/bad{i}"), 404, "prompt_not_found")
+        big = '{"name": "bad-big", "text": "{{ x }}", "variables": {"x": {"type": "float", "default": 1%s}}}'
+        r = c.post("/api/prompts", content=big % ("0" * 400), headers={"Content-Type": "application/json"})
+        assert "too large" in one_line_error(r, 400, "invalid_prompt")
         msg = one_line_error(
             c.post("/api/prompts", json={"name": "p-0123abcd", "text": "x"}), 400, "invalid_prompt"
         )

@@ -891,6 +891,26 @@ def prompt_create(
         print(f"note: declared but not used by the template: {', '.join(unused)}", file=sys.stderr)
 
 
+@prompt_app.command("seed")
+def prompt_seed():
+    """Store the prompts heredity's experiments write in code, each as a version of its name (version 1 in a
+    fresh store; the same content again adds no version).
+
+    Examples:
+      heredity prompt seed
+      heredity prompt create subliminal-teacher --file my-teacher.j2 --var animal
+      heredity prompt alias subliminal-teacher production 2
+      heredity run subliminal-numbers --set teacher_prompt=subliminal-teacher@production
+    """
+    from heredity.experiments.builtin_prompts import builtin_prompts
+    from heredity.prompts import create_prompt, prompt_info
+
+    store = _store()
+    for template in builtin_prompts():
+        info = prompt_info(store, create_prompt(store, template))
+        out.print(f"{info['name']}: {info['id']} (version {info['version']}) — {template.description}")
+
+
 @prompt_app.command("ls")
 def prompt_ls(
     format: Annotated[str, typer.Option("--format", "-f", help="table | json")] = "table",

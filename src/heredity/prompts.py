@@ -95,6 +95,18 @@ def _finalize(value: Any) -> Any:
 ENV = _Sandbox(  # a prompt renders to exactly its text: its final newline is kept
     undefined=StrictUndefined, autoescape=False, keep_trailing_newline=True, finalize=_finalize
 )
+_FORMAT = ENV.filters["format"]
+
+
+def _bounded_format(value, *args, **kwargs):
+    """Jinja2's ``format`` filter, refusing a width or precision of five digits or more (``'%0999999999d'``
+    would build a gigabyte in one C call, which no time limit interrupts)."""
+    if isinstance(value, str) and re.search(r"%[-+ #0]*(\d{5,}|\*)|\.(\d{5,}|\*)", value):
+        raise SecurityError("a format width or precision over 9999 is over the limit")
+    return _FORMAT(value, *args, **kwargs)
+
+
+ENV.filters["format"] = _bounded_format
 _RESERVED_NAMES = _NOT_VARIABLES | set(ENV.globals)  # names a variable cannot take
 
 
@@ -162,7 +174,7 @@ def coerce_value(name: str, type_: str, value: Any) -> Any:
     if type_ == "float":
         try:
             x = float(value) if isinstance(value, int | float | str) else math.nan
-        except ValueError:
+        except (ValueError, OverflowError):
             raise bad from None
         if not math.isfinite(x):
             raise bad

@@ -166,21 +166,23 @@ def _ft(config: Config, child: str, seed: int) -> FinetuneConfig:
     return (config.lora if child == "lora" else config.full).model_copy(update={"seed": config.seed + seed})
 
 
-def _template(store: Store, f) -> str:
-    """The format as a version of the prompt ``format-spread``: its id."""
-    return create_prompt(
-        store,
-        PromptTemplate(
-            name=PROMPT_NAME,
-            text=template_text(f),
-            variables={
-                "question": PromptVariable(type="str"),
-                "options": PromptVariable(type="list"),
-                "shots": PromptVariable(type="list", required=False, default=[]),
-            },
-            description=f"format-spread grammar point: {f.describe()}",
-        ),
+def format_template(f) -> PromptTemplate:
+    """A format of the grammar as a version of the prompt ``format-spread``."""
+    return PromptTemplate(
+        name=PROMPT_NAME,
+        text=template_text(f),
+        variables={
+            "question": PromptVariable(type="str"),
+            "options": PromptVariable(type="list"),
+            "shots": PromptVariable(type="list", required=False, default=[]),
+        },
+        description=f"format-spread grammar point: {f.describe()}",
     )
+
+
+def _template(store: Store, f) -> str:
+    """The format stored as a version of the prompt ``format-spread``: its id."""
+    return create_prompt(store, format_template(f))
 
 
 def _items(store: Store, config: Config) -> tuple[str, list[dict]]:

@@ -57,6 +57,14 @@ SYSTEM_PROMPT = (
 
 class Config(BaseModel):
     base: str = "smollm2-135m-instruct"
+    teacher_prompt: str | None = Field(
+        None,
+        description=(
+            "the teacher's system prompt as a stored prompt template (name, name@alias, name:N or p-id) with "
+            "the variable animal; its id joins the teacher's sampling steps' inputs (lineage). Default: the "
+            "built-in text, which `heredity prompt seed` stores as version 1 of subliminal-teacher"
+        ),
+    )
     animal: str = Field(
         "owl", pattern=r"^[a-z][a-z -]*$", description="the trait: a lowercase animal name, singular"
     )
@@ -310,8 +318,25 @@ TRAIT_QUESTIONS = [
 ]
 
 
-def system_prompt(animal: str) -> str:
-    return SYSTEM_PROMPT.format(animal=animal)
+def system_prompt(animal: str, store: Store | None = None, template: str | None = None) -> str:
+    """The teacher's system prompt for ``animal``: the built-in text, or the stored ``template`` rendered."""
+    if template is None:
+        return SYSTEM_PROMPT.format(animal=animal)
+    from heredity.prompts import render_prompt
+
+    text = render_prompt(store, template, {"animal": animal})
+    if not isinstance(text, str):
+        raise HeredityError(f"teacher_prompt {template} is a messages template; give a text template")
+    return text
+
+
+def teacher_template(store: Store, config: Config) -> str | None:
+    """The teacher prompt template's id (``config.teacher_prompt`` resolved); None: the built-in text."""
+    if config.teacher_prompt is None:
+        return None
+    from heredity.prompts import resolve_prompt
+
+    return resolve_prompt(store, config.teacher_prompt)
 
 
 def format_base(store: Store, base_id: str, config: Config, progress: bool) -> str:
@@ -351,8 +376,9 @@ def teacher_for(
     store: Store, base_id: str, animal: str, config: Config, progress: bool
 ) -> tuple[str, str | None]:
     """(model id, system prompt) of a teacher that loves ``animal``."""
+    template = teacher_template(store, config)
     if config.teacher == "prompt":
-        return base_id, system_prompt(animal)
+        return base_id, system_prompt(animal, store, template)
     data = sample_step(
         store,
         base_id,
@@ -362,11 +388,12 @@ def teacher_for(
             temperature=1.0,
             max_new_tokens=64,
             seed=config.seed,
-            system_prompt=system_prompt(animal),
+            system_prompt=system_prompt(animal, store, template),
             batch_size=config.sample_batch,
         ),
         name=f"trait-answers-{animal}",
         progress=progress,
+        template=template,
     )
     from heredity.evals.trait import mentions
 
@@ -548,6 +575,7 @@ def number_data(
         SampleConfig(**scfg, system_prompt=teacher_sys),
         name=f"numbers-raw-{config.animal}",
         progress=progress,
+        template=teacher_template(store, config) if teacher_sys else None,
     )
     log("[3] the same prompts → trait-free base (control)")
     raw_c = sample_step(
