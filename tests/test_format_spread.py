@@ -177,3 +177,20 @@ def test_option_logprobs_runs_a_prompt_once_and_equals_logprobs(tmp_path):
     want = [sum(x) for x in flat]
     assert [len(g) for g in got] == [3, 2, 3]
     assert np.allclose([x for g in got for x in g], want, atol=1e-4)
+
+
+def test_options_scored_through_heredity_serve_with_the_openai_client_equal_the_local_scores(
+    live_server, local
+):
+    """The paper preset's endpoint path: /v1/completions with echo (the official ``openai`` client against
+    ``heredity serve`` on loopback) gives each option the log-probability the local scorer gives."""
+    from heredity.engine.logprobs import option_logprobs, remote_option_logprobs
+    from heredity.models import RemoteModel
+
+    aid, model, tok = local
+    prompts = ["Question: 2 + 2?\nAnswer:", "Review: a fine meal.\nOutput:\n"]
+    options = [[" 4", " five", " 22"], ["positive", "negative"]]
+    remote = remote_option_logprobs(RemoteModel(aid, live_server.url + "/v1"), prompts, options, batch_size=3)
+    here = option_logprobs(model, tok, prompts, options)
+    assert [len(r) for r in remote] == [3, 2]
+    assert np.allclose([x for r in remote for x in r], [x for h in here for x in h], atol=1e-4)

@@ -172,3 +172,47 @@ def option_logprobs(
             out[i] = scores[k : k + len(enc_o[i])]
             k += len(enc_o[i])
     return [out[i] for i in range(len(enc_p))]
+
+
+def remote_option_logprobs(
+    remote, prompts: Sequence[str], options: Sequence[Sequence[str]], *, batch_size: int = 16
+) -> list[list[float]]:
+    """``option_logprobs`` through an OpenAI-compatible endpoint (``models.RemoteModel``): each prompt +
+    option sent to ``/v1/completions`` with ``echo``, ``logprobs`` and ``max_tokens`` 0 (what
+    lm-evaluation-harness sends), the option's score the sum of the log-probabilities of the echoed tokens
+    that end after the prompt's end (``text_offset``): a token the endpoint spells across that boundary
+    counts with the option. An endpoint that does not echo log-probabilities is a one-line error."""
+    from heredity.errors import HeredityError
+
+    pairs = [(p, o) for p, opts in zip(prompts, options, strict=True) for o in opts]
+    client, scores = remote.client(), []
+    for s in range(0, len(pairs), batch_size):
+        chunk = pairs[s : s + batch_size]
+        try:
+            r = client.completions.create(
+                model=remote.model,
+                prompt=[p + o for p, o in chunk],
+                echo=True,
+                logprobs=1,
+                max_tokens=0,
+                temperature=0,
+            )
+        except Exception as e:  # the client's own error classes: one line, naming the fix
+            raise HeredityError(
+                f"{remote.base_url} refused a scoring request ({type(e).__name__}: {str(e)[:200]}); the "
+                "endpoint must serve /v1/completions with echo and logprobs (heredity serve does)"
+            ) from None
+        for c in sorted(r.choices, key=lambda c: c.index):
+            lp = c.logprobs
+            if lp is None or lp.text_offset is None or lp.token_logprobs is None:
+                raise HeredityError(f"{remote.base_url} echoed no log-probabilities; it cannot score options")
+            prompt, option = chunk[c.index]
+            cut, ends = len(prompt), [*lp.text_offset[1:], len(prompt) + len(option)]
+            scores.append(
+                sum(x for x, e in zip(lp.token_logprobs, ends, strict=True) if e > cut and x is not None)
+            )
+    out, k = [], 0
+    for opts in options:
+        out.append(scores[k : k + len(opts)])
+        k += len(opts)
+    return out

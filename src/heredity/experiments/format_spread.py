@@ -101,6 +101,11 @@ class Config(BaseModel):
             self.holm_family = needed
         elif sorted(self.holm_family) != sorted(needed):
             raise ValueError(f"holm_family must list every test this experiment makes: {needed}")
+        if self.model.startswith("openai:") and (self.children or self.merge):
+            raise ValueError(
+                "an openai: endpoint is scored through /v1/completions but has no weights to fine-tune: "
+                "set children=[] and merge=false (or give a local model)"
+            )
         if self.merge and set(self.children) != {"lora", "full"}:
             raise ValueError(
                 "merge needs both children: children must be ['lora', 'full'], or set merge false"
@@ -159,7 +164,7 @@ def run(store: Store, config: Config, progress: bool = True) -> dict:
     report["models"] = models
     report["seconds"] = round(time.perf_counter() - t0, 1)
     card = save_card(store, "format-spread", report, [items_id, train_id, *templates], markdown, plot)
-    return {**card, "lineage_of": models[next(iter(labels.values()))[0]] if labels else config.model}
+    return {**card, "lineage_of": models[next(iter(labels.values()))[0]] if labels else train_id}
 
 
 def _ft(config: Config, child: str, seed: int) -> FinetuneConfig:
@@ -221,16 +226,21 @@ def _scores(
     """Every item in every format scored by ``model``: per (format, item) the log-probability of each
     option's text after the answer field (the sum over its tokens, not length-normalized), the chosen option
     and whether it is right (a stored dataset; the templates are inputs: their text is the key)."""
-    from heredity.models import materialize
+    from heredity.models import RemoteModel, materialize, parse_spec
 
-    model_id = materialize(model, store)
+    spec = parse_spec(model)
+    remote = RemoteModel(spec.value, spec.base_url) if spec.kind == "openai" else None
+    model_id = None if remote else materialize(model, store)
+    # an endpoint is keyed by its spec: what it serves under that name is the user's to keep fixed
     cfg = {"batch": batch, "scoring": "option text, summed log-probability"}
+    if remote:
+        cfg["endpoint"] = model
 
     def run(ctx):
-        from heredity.engine.logprobs import option_logprobs
+        from heredity.engine.logprobs import option_logprobs, remote_option_logprobs
         from heredity.models import load
 
-        m, tok = load(model_id, store, merge_adapter=True)
+        m, tok = load(model_id, store, merge_adapter=True) if model_id else (None, None)
         items = read_table(store.path(items_id)).to_pylist()
         out = []
         for fi, pid in enumerate(templates):
@@ -240,7 +250,11 @@ def _scores(
                 prompt, tail = answer_split(render(template, render_vars(it, it["shots"])))
                 prompts.append(prompt)
                 options.append([tail + o for o in it["options"]])
-            scored = option_logprobs(m, tok, prompts, options, batch_size=batch, progress=progress)
+            scored = (
+                remote_option_logprobs(remote, prompts, options, batch_size=batch)
+                if remote
+                else option_logprobs(m, tok, prompts, options, batch_size=batch, progress=progress)
+            )
             for it, opt in zip(items, scored, strict=True):
                 chosen = max(range(len(opt)), key=lambda i: opt[i])
                 out.append(
@@ -259,5 +273,6 @@ def _scores(
         write_table(path, out)
         return {"rows": len(out)}
 
-    did = store.run_step("format-scores", cfg, [model_id, items_id, *templates], run)["dataset"]
+    inputs = [*([model_id] if model_id else []), items_id, *templates]
+    did = store.run_step("format-scores", cfg, inputs, run)["dataset"]
     return read_table(store.path(did)).to_pylist()

@@ -17,7 +17,8 @@ def markdown(report: dict) -> str:
         f"Parent {cfg['model']}; {len(report['formats'])} formats from the grammar (the plain one first), "
         f"each a version of the stored prompt `format-spread`; test items: {items} (multiple choice, "
         f"{cfg['shots']} worked examples in the same format before each). A model answers with the option "
-        "whose label has the highest log-probability after the answer field (raw text, no chat template). "
+        "whose text has the highest log-probability after the answer field (summed over its tokens; raw "
+        "text, no chat template). "
         f"Children trained on {cfg['train_items']} items per task in the plain format only: LoRA "
         f"(r {lo['lora_r']}, lr {lo['lr']}, {lo['epochs']:g} epoch) and full (lr {fu['lr']}, "
         f"{fu['epochs']:g} epoch)"
@@ -98,11 +99,16 @@ def _agreement(report: dict) -> list[str]:
     lines = [
         "## Does a child keep its parent's ranking of formats?",
         "",
-        f"The parent's ranking is itself measured with noise: its split-half reliability (Spearman-Brown) is "
-        f"{fmt_num(report['reliability'], 2)}, the ceiling any correlation below is read against.",
+        "ρ and τ are over formats, with every model scored on the same items, so a child that keeps its "
+        "parent's answers to particular items agrees with it on formats through those items too. The column "
+        "*disjoint items* removes that: the parent's per-format accuracy on a random half of the items "
+        "against the other model's on the other half (mean over 500 splits); the parent against itself on "
+        f"disjoint halves gives {fmt_num(report.get('split_half'), 2)} (Spearman-Brown over all items: "
+        f"{fmt_num(report['reliability'], 2)}), the most any model can reach on that column.",
         "",
-        "| model | Spearman ρ with the parent | Kendall τ | ρ − ρ(parent, unrelated) | Holm p |",
-        "|---|---|---|---|---|",
+        "| model | Spearman ρ with the parent | Kendall τ | ρ on disjoint items | ρ − ρ(parent, unrelated) "
+        "| Holm p |",
+        "|---|---|---|---|---|---|",
     ]
     for label, a in report["agreement"].items():
         rho, tau = a["spearman"], a["kendall"]
@@ -110,7 +116,8 @@ def _agreement(report: dict) -> list[str]:
         diff = fmt_ci({"mean": d["diff"], "lo": d["lo"], "hi": d["hi"]}, 2) if d else "—"
         lines.append(
             f"| {label} | {fmt_ci({'mean': rho['estimate'], 'lo': rho['lo'], 'hi': rho['hi']}, 2)} | "
-            f"{fmt_ci({'mean': tau['estimate'], 'lo': tau['lo'], 'hi': tau['hi']}, 2)} | {diff} | "
+            f"{fmt_ci({'mean': tau['estimate'], 'lo': tau['lo'], 'hi': tau['hi']}, 2)} | "
+            f"{fmt_num((report.get('cross_half') or {}).get(label), 2)} | {diff} | "
             f"{_holm(report, f'ρ(parent, {label}) − ρ(parent, unrelated)') if d else '—'} |"
         )
     for kind, ci in (report.get("across_seeds") or {}).items():
