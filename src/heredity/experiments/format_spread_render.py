@@ -65,7 +65,7 @@ def _spread_table(report: dict) -> list[str]:
         "## Spread per model",
         "",
         "| model | mean accuracy over formats | worst format | best format | spread [95% CI] | spread if "
-        "format did not matter | Holm p |",
+        "format did not matter | Holm p (unit: items) |",
         "|---|---|---|---|---|---|---|",
     ]
     for label, accs in report["accuracy"].items():
@@ -107,7 +107,7 @@ def _agreement(report: dict) -> list[str]:
         f"{fmt_num(report['reliability'], 2)}), the most any model can reach on that column.",
         "",
         "| model | Spearman ρ with the parent | Kendall τ | ρ on disjoint items | ρ − ρ(parent, unrelated) "
-        "| Holm p |",
+        "| Holm p (unit: items) |",
         "|---|---|---|---|---|---|",
     ]
     for label, a in report["agreement"].items():
