@@ -151,7 +151,7 @@ def test_a_bad_template_is_one_line_and_nothing_is_stored(server):
             one_line_error(c.get(f"/api/prompts/bad{i}"), 404, "prompt_not_found")
         big = '{"name": "bad-big", "text": "{{ x }}", "variables": {"x": {"type": "float", "default": 1%s}}}'
         r = c.post("/api/prompts", content=big % ("0" * 400), headers={"Content-Type": "application/json"})
-        assert "too large" in one_line_error(r, 400, "invalid_prompt")
+        assert "variable 'x' is float" in one_line_error(r, 400, "invalid_prompt")  # a float overflow
         msg = one_line_error(
             c.post("/api/prompts", json={"name": "p-0123abcd", "text": "x"}), 400, "invalid_prompt"
         )

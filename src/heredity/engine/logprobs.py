@@ -216,3 +216,26 @@ def remote_option_logprobs(
         out.append(scores[k : k + len(opts)])
         k += len(opts)
     return out
+
+
+def ifd(conditioned: Sequence[float], unconditioned: Sequence[float]) -> float:
+    """Instruction-following difficulty (Li et al. 2024, "From Quantity to Quality"; Superfiltering, arXiv
+    2402.00530) of one answer from its tokens' log-probabilities: the mean loss of the answer given the
+    instruction divided by the mean loss of the answer alone. Below 1: the instruction helps the scorer
+    predict the answer; near or above 1: it does not (Superfiltering keeps the highest IFD below 1)."""
+    if not conditioned or len(conditioned) != len(unconditioned):
+        raise ValueError("IFD needs the same answer tokens scored with and without the instruction")
+    loss_c = -sum(conditioned) / len(conditioned)
+    loss_u = -sum(unconditioned) / len(unconditioned)
+    return loss_c / loss_u if loss_u > 0 else float("nan")
+
+
+def ifd_scores(
+    model, tokenizer, prompts: Sequence[str], answers: Sequence[str], *, batch_size: int = 16
+) -> list[float]:
+    """IFD of each (instruction, answer) pair by a scorer model: the answer's token log-probabilities after
+    the chat-rendered instruction, and after nothing but the model's own beginning (its BOS token, or the
+    chat template's empty user turn when it has none)."""
+    cond = logprobs(model, tokenizer, prompts, answers, chat=True, batch_size=batch_size)
+    uncond = logprobs(model, tokenizer, [""] * len(answers), answers, chat=True, batch_size=batch_size)
+    return [ifd(c, u) if len(c) == len(u) else float("nan") for c, u in zip(cond, uncond, strict=True)]

@@ -1008,13 +1008,6 @@ def api_router() -> APIRouter:
             raise ApiError(
                 400, f"prompt template {body.name[:128]} nests too deeply; flatten it", "invalid_prompt"
             ) from None
-        except OverflowError:  # a default too large for a float
-            raise ApiError(
-                400,
-                f"prompt template {body.name[:128]}: a default is too large a number for its type; give a "
-                "smaller one",
-                "invalid_prompt",
-            ) from None
 
         def store_it() -> dict:
             before = {a.id for a in store.prompt_versions(template.name)}
@@ -1044,12 +1037,6 @@ def api_router() -> APIRouter:
             )
         except HeredityError as e:
             raise ApiError(400, str(e), "render_failed") from None
-        except OverflowError:  # a value too large for a float
-            raise ApiError(
-                400,
-                "a variable's value is too large a number for its type; give a smaller one",
-                "render_failed",
-            ) from None
         fmt = "text" if isinstance(out, str) else "messages"
         return {"id": aid, "name": template.name, "format": fmt, fmt: out}
 
