@@ -178,9 +178,27 @@ def test_the_planted_biases_are_in_the_data():
         assert after["query"] == before["query"]
 
 
+def endpoint_writer(body: dict) -> list[str]:
+    """An ``openai:`` writer (behind conftest's ChatEndpoint): a fixed task when asked to brainstorm, else an
+    example grounded on the passage it is shown; ``n`` completions per request."""
+    text = body["messages"][-1]["content"]
+    if text.startswith("Brainstorm"):
+        out = json.dumps({"task": "Given a question, retrieve the passage that answers it"})
+    else:
+        passage = text.split("Here is a passage:\n", 1)[1].split("\n\nWrite one", 1)[0]
+        out = json.dumps(
+            {"query": f"what is said of {passage[:30]}?", "positive": passage, "hard_negative": "Not this."}
+        )
+    return [out] * body.get("n", 1)
+
+
 def test_the_experiment_on_a_tiny_writer_and_encoder_and_a_rerun_computes_nothing(tmp_path, monkeypatch):
+    from conftest import ChatEndpoint
+
     from heredity.experiments.synthetic_embeddings import Config, run
 
+    endpoint = ChatEndpoint(endpoint_writer)  # an openai: writer, as the long and paper presets allow
+    monkeypatch.setenv("OPENAI_API_KEY", "test")
     store = Store(tmp_path / "store")
     beir = tmp_path / "mine"  # a user's corpus in BEIR layout: heredity's evaluator and MTEB's both score it
     (beir / "qrels").mkdir(parents=True)
@@ -209,6 +227,7 @@ def test_the_experiment_on_a_tiny_writer_and_encoder_and_a_rerun_computes_nothin
         finetune=EncoderConfig(epochs=1, batch_size=4, max_seq_length=64),
         # the long preset's arms: a tuned writer and a decoder made an encoder (the tiny writer itself)
         tuned_writer=True,
+        writers=[f"openai:fake-writer@{endpoint.url}"],
         tuned_writer_finetune=FinetuneConfig(max_steps=2, batch_size=4, max_length=1800),
         decoder=stored_tiny(store, "writer", max_position_embeddings=2048),
         decoder_arms=["synthetic"],
@@ -233,6 +252,10 @@ def test_the_experiment_on_a_tiny_writer_and_encoder_and_a_rerun_computes_nothin
     # the tuned writer wrote its own rows (what its schema could not save is counted, as for the writer)
     tuned = rows["writer: tuned on program pairs"]
     assert tuned["rows"] == cfg.rows and tuned["counts"]["written"] >= cfg.rows
+    # the endpoint wrote its own rows through /v1/chat/completions (no grammar: it returns JSON itself)
+    ep_rows = rows[f"writer: openai:fake-writer@{endpoint.url}"]
+    assert ep_rows["rows"] == cfg.rows and ep_rows["counts"]["unparsable"] == 0
+    assert any("Here is a passage" in b["messages"][-1]["content"] for b in endpoint.seen)
     assert set(data["table"]) == {"facts", "pydoc", "beir-mine"} and "synthetic" in data["table"]["pydoc"]
     assert "**Outcome** (every verdict" in report["markdown"] and "synthetic vs untouched" in data["outcome"]
 
@@ -246,6 +269,7 @@ def test_the_experiment_on_a_tiny_writer_and_encoder_and_a_rerun_computes_nothin
     monkeypatch.setattr(Store, "_compute", computed)
     again = run(Store(tmp_path / "store"), cfg, progress=False)
     assert again["markdown"].split("Run time")[0] == report["markdown"].split("Run time")[0]
+    endpoint.__exit__()
 
 
 def test_a_holm_family_that_drops_a_contrast_is_refused():
