@@ -194,3 +194,24 @@ def test_options_scored_through_heredity_serve_with_the_openai_client_equal_the_
     here = option_logprobs(model, tok, prompts, options)
     assert [len(r) for r in remote] == [3, 2]
     assert np.allclose([x for r in remote for x in r], [x for h in here for x in h], atol=1e-4)
+
+
+def test_set_overrides_rederive_the_declared_family_before_the_run():
+    """`--set` that changes the design (the documented endpoint command, more seeds, a decoder arm) gets the
+    family that design makes; a family the user declares by hand is kept and checked."""
+    from heredity.cli import preset_with_sets
+    from heredity.experiments import format_spread as fs
+    from heredity.experiments import synthetic_embeddings as se
+
+    quick = fs.Config.presets()["quick"]
+    sets = ["model=openai:m@http://127.0.0.1:9/v1", "children=[]", "merge=false"]
+    cfg = fs.Config.model_validate(preset_with_sets(fs.Config, quick, sets, "format-spread"))
+    assert cfg.holm_family == ["spread of parent"]
+    three = fs.Config.model_validate(preset_with_sets(fs.Config, quick, ["seeds=3"], "format-spread"))
+    assert len(three.holm_family) == 1 + 9 + 9  # the spreads of the parent and 9 trained models; 9 differences
+    dec = preset_with_sets(se.Config, se.Config.presets()["quick"], ["decoder=smollm2-135m-instruct"], "se")
+    assert len(se.Config.model_validate(dec).holm_family) == 11
+    with pytest.raises(ValueError, match="holm_family must list every test"):
+        fs.Config.model_validate(
+            preset_with_sets(fs.Config, quick, ['holm_family=["spread of parent"]'], "fs")
+        )

@@ -323,3 +323,6 @@ def test_a_decoder_encoder_is_the_eos_tokens_last_hidden_state_as_plain_transfor
     assert abs(plain.encode(texts) - mine.encode(texts)).max() < 1e-5
     assert abs(plain.encode(texts) - got).max() > 1e-4  # the fine-tune changed the encoder
     assert not (store.path(mid) / "adapter_config.json").exists()  # merged, not an adapter
+    # the stored encoder still ends every text with the end-of-sequence token, and pads on the right
+    ids = plain.tokenize(["question 1"])["input_ids"][0].tolist()
+    assert ids[-1] == tok.eos_token_id and plain.tokenizer.padding_side == "right"

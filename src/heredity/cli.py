@@ -414,10 +414,11 @@ def preset_with_sets(config_cls, preset, sets: list[str], name: str) -> dict:
     hand) follows the design the overrides make: it is derived again from the final config — before the run,
     never after."""
     cfg = _apply_sets(preset.model_dump(), sets, name)
-    if "family" in cfg and not any(kv.split("=", 1)[0] == "family" for kv in sets):
-        base = preset.model_dump()
-        if config_cls.model_validate({**base, "family": []}).family == base["family"]:
-            cfg["family"] = []
+    base = preset.model_dump()
+    for field, unset in (("family", []), ("holm_family", None)):  # the two names experiments give it
+        if field in cfg and not any(kv.split("=", 1)[0] == field for kv in sets):
+            if getattr(config_cls.model_validate({**base, field: unset}), field) == base[field]:
+                cfg[field] = unset
     return cfg
 
 

@@ -94,17 +94,23 @@ AXES = {
 
 
 def sample_formats(n: int, seed: int = 0) -> list[Format]:
-    """``n`` distinct formats: ``PLAIN`` first, then uniform draws from the grammar (no repeats)."""
+    """``n`` distinct formats: ``PLAIN`` first, then uniform draws from the grammar, none rendering the same
+    template as one before it (the ``title`` casing of an already title-case name is that name)."""
     size = 1
     for values in AXES.values():
         size *= len(values)
     if n > size:
         raise ValueError(f"the grammar holds {size} formats; asked for {n}")
-    rng, out = random.Random(seed), [PLAIN]
-    while len(out) < n:
+    rng, out, seen = random.Random(seed), [PLAIN], {template_text(PLAIN)}
+    for _ in range(1000 * n):
+        if len(out) == n:
+            break
         f = Format(**{axis: rng.choice(values) for axis, values in AXES.items()})
-        if f not in out:
+        if template_text(f) not in seen:
             out.append(f)
+            seen.add(template_text(f))
+    if len(out) < n:
+        raise ValueError(f"drew only {len(out)} distinct formats of the {n} asked; ask for fewer")
     return out
 
 

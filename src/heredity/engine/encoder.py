@@ -81,8 +81,9 @@ def load_encoder(store, ref: str, max_seq_length: int | None = None):
 
 def decoder_encoder(path: str, max_seq_length: int):
     """A causal language model's directory as a sentence encoder (E5-mistral's recipe): its tokenizer appends
-    the end-of-sequence token to every text, the encoder pools that last token's hidden state and normalizes
-    it to unit length."""
+    the end-of-sequence token to every text (after the beginning-of-sequence token it already adds, if any),
+    pads on the right, and the encoder pools that last token's hidden state and normalizes it to unit
+    length."""
     from sentence_transformers import SentenceTransformer
     from sentence_transformers.sentence_transformer import modules as models
     from tokenizers.processors import TemplateProcessing
@@ -101,9 +102,13 @@ def decoder_encoder(path: str, max_seq_length: int):
         )
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
-    eos = tok.eos_token
+    tok.padding_side = "right"  # positions from 0 for every row: an embedding never depends on its batch
+    eos, bos = tok.eos_token, tok.bos_token
+    keeps_bos = bos is not None and tok("a")["input_ids"][:1] == [tok.bos_token_id]  # E5-mistral: <s> … </s>
+    head = f"{bos} " if keeps_bos else ""
+    special = [(eos, tok.eos_token_id)] + ([(bos, tok.bos_token_id)] if keeps_bos else [])
     tok._tokenizer.post_processor = TemplateProcessing(
-        single=f"$A {eos}", pair=f"$A {eos} $B {eos}", special_tokens=[(eos, tok.eos_token_id)]
+        single=f"{head}$A {eos}", pair=f"{head}$A {eos} $B {eos}", special_tokens=special
     )
     pool = models.Pooling(body.get_embedding_dimension(), pooling_mode="lasttoken")
     return SentenceTransformer(modules=[body, pool, models.Normalize()], device="cpu")

@@ -178,10 +178,12 @@ def remote_option_logprobs(
     remote, prompts: Sequence[str], options: Sequence[Sequence[str]], *, batch_size: int = 16
 ) -> list[list[float]]:
     """``option_logprobs`` through an OpenAI-compatible endpoint (``models.RemoteModel``): each prompt +
-    option sent to ``/v1/completions`` with ``echo``, ``logprobs`` and ``max_tokens`` 0 (what
-    lm-evaluation-harness sends), the option's score the sum of the log-probabilities of the echoed tokens
-    that end after the prompt's end (``text_offset``): a token the endpoint spells across that boundary
-    counts with the option. An endpoint that does not echo log-probabilities is a one-line error."""
+    option sent to ``/v1/completions`` with ``echo``, ``logprobs`` and ``max_tokens`` 1 (as
+    lm-evaluation-harness's local-completions model does: servers such as vLLM refuse 0), the option's score
+    the sum of the log-probabilities of the echoed tokens that end after the prompt's end and start before
+    the option's (``text_offset``): a token the endpoint spells across the boundary counts with the option,
+    the generated token never. An endpoint that echoes no log-probabilities, or answers a different number
+    of choices than it was sent prompts, is a one-line error."""
     from heredity.errors import HeredityError
 
     pairs = [(p, o) for p, opts in zip(prompts, options, strict=True) for o in opts]
@@ -194,7 +196,7 @@ def remote_option_logprobs(
                 prompt=[p + o for p, o in chunk],
                 echo=True,
                 logprobs=1,
-                max_tokens=0,
+                max_tokens=1,
                 temperature=0,
             )
         except Exception as e:  # the client's own error classes: one line, naming the fix
@@ -202,14 +204,25 @@ def remote_option_logprobs(
                 f"{remote.base_url} refused a scoring request ({type(e).__name__}: {str(e)[:200]}); the "
                 "endpoint must serve /v1/completions with echo and logprobs (heredity serve does)"
             ) from None
+        if sorted(c.index for c in r.choices) != list(range(len(chunk))):
+            raise HeredityError(
+                f"{remote.base_url} answered {len(r.choices)} choices for {len(chunk)} prompts; it cannot "
+                "score options (give an endpoint that answers one choice per prompt)"
+            )
         for c in sorted(r.choices, key=lambda c: c.index):
             lp = c.logprobs
             if lp is None or lp.text_offset is None or lp.token_logprobs is None:
                 raise HeredityError(f"{remote.base_url} echoed no log-probabilities; it cannot score options")
             prompt, option = chunk[c.index]
-            cut, ends = len(prompt), [*lp.text_offset[1:], len(prompt) + len(option)]
+            cut, stop = len(prompt), len(prompt) + len(option)
+            starts = list(lp.text_offset)
+            ends = [*starts[1:], max(stop, starts[-1] + 1)]
             scores.append(
-                sum(x for x, e in zip(lp.token_logprobs, ends, strict=True) if e > cut and x is not None)
+                sum(
+                    x
+                    for x, a, e in zip(lp.token_logprobs, starts, ends, strict=True)
+                    if e > cut and a < stop and x is not None
+                )
             )
     out, k = [], 0
     for opts in options:
@@ -220,22 +233,25 @@ def remote_option_logprobs(
 
 def ifd(conditioned: Sequence[float], unconditioned: Sequence[float]) -> float:
     """Instruction-following difficulty (Li et al. 2024, "From Quantity to Quality"; Superfiltering, arXiv
-    2402.00530) of one answer from its tokens' log-probabilities: the mean loss of the answer given the
-    instruction divided by the mean loss of the answer alone. Below 1: the instruction helps the scorer
-    predict the answer; near or above 1: it does not (Superfiltering keeps the highest IFD below 1)."""
+    2402.00530) of one answer from its tokens' log-probabilities, as both papers' released code computes it:
+    the answer's perplexity given the instruction over its perplexity alone, ``exp(loss_c − loss_u)`` with
+    the mean per-token losses. Below 1: the instruction helps the scorer predict the answer; at or above 1:
+    it does not (Superfiltering keeps the highest IFD below 1)."""
+    import math
+
     if not conditioned or len(conditioned) != len(unconditioned):
         raise ValueError("IFD needs the same answer tokens scored with and without the instruction")
     loss_c = -sum(conditioned) / len(conditioned)
     loss_u = -sum(unconditioned) / len(unconditioned)
-    return loss_c / loss_u if loss_u > 0 else float("nan")
+    return math.exp(loss_c - loss_u)
 
 
 def ifd_scores(
     model, tokenizer, prompts: Sequence[str], answers: Sequence[str], *, batch_size: int = 16
 ) -> list[float]:
-    """IFD of each (instruction, answer) pair by a scorer model: the answer's token log-probabilities after
-    the chat-rendered instruction, and after nothing but the model's own beginning (its BOS token, or the
-    chat template's empty user turn when it has none)."""
+    """IFD of each (instruction, answer) pair by a scorer model with a chat template: the answer's token
+    log-probabilities after the chat-rendered instruction, and after the same template around an empty user
+    turn (the answer "alone" in the format the scorer answers in; Superfiltering's GPT-2 scores it raw)."""
     cond = logprobs(model, tokenizer, prompts, answers, chat=True, batch_size=batch_size)
     uncond = logprobs(model, tokenizer, [""] * len(answers), answers, chat=True, batch_size=batch_size)
     return [ifd(c, u) if len(c) == len(u) else float("nan") for c, u in zip(cond, uncond, strict=True)]

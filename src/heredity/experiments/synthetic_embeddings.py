@@ -329,7 +329,9 @@ def _arm_rows(store: Store, config: Config, pool: list, train: list, pool_id: st
     n, s = config.rows, config.seed
     base = balanced(pool, n, s)
     by_id = {p.id: p for p in train}
-    passages = [by_id[r["passage"]] for r in base]
+    # each passage once: with per_passage > 1 a passage recurs in the pool, and a repeated program-written
+    # pair would be its own false negative under the in-batch loss
+    passages = [by_id[pid] for pid in dict.fromkeys(r["passage"] for r in base)]
     plain, counts, generic_id = _write(
         store, config, [(GENERIC_TASK, p) for p in passages], "one-generic-task", progress
     )
@@ -369,14 +371,22 @@ def _other_writers(store: Store, config: Config, held_back: list, progress: bool
         shown = [replace(p, text=p.text[: config.passage_chars]) for p in held_back]
         pairs = program_pairs(shown, config.seed)
         prompts = example_prompts([(r["task"], p) for r, p in zip(pairs, shown, strict=True)])
-        rows = [
-            {"prompt": q, "completion": json.dumps({k: r[k] for k in ("query", "positive", "hard_negative")})}
+        limits = {
+            k: EXAMPLE_SCHEMA["properties"][k]["maxLength"] for k in ("query", "positive", "hard_negative")
+        }
+        rows = [  # targets the writer's schema allows: a longer one would teach it what the grammar then cuts
+            {"prompt": q, "completion": json.dumps({k: _fit(r[k], n) for k, n in limits.items()})}
             for q, r in zip(prompts, pairs, strict=True)
         ]
         did = put_rows(store, rows, "writer-tuning-rows", op="make-retrieval-rows", config={"arm": "tuning"})
         tuned = finetune(store, config.writer, did, config.tuned_writer_finetune, progress=progress)
         out["writer: tuned on program pairs"] = tuned["model"]
     return out
+
+
+def _fit(text: str, limit: int) -> str:
+    """``text`` cut to at most ``limit`` characters at a word boundary (whole when it fits)."""
+    return text if len(text) <= limit else text[:limit].rsplit(" ", 1)[0].rstrip(" ,;:")
 
 
 def _writer_arm(store: Store, config: Config, writer: str, train: list, progress: bool) -> tuple[str, dict]:
