@@ -208,7 +208,7 @@ def test_set_overrides_rederive_the_declared_family_before_the_run():
     cfg = fs.Config.model_validate(preset_with_sets(fs.Config, quick, sets, "format-spread"))
     assert cfg.holm_family == ["spread of parent"]
     three = fs.Config.model_validate(preset_with_sets(fs.Config, quick, ["seeds=3"], "format-spread"))
-    assert len(three.holm_family) == 1 + 9 + 9  # the spreads of the parent and 9 trained models; 9 differences
+    assert len(three.holm_family) == 1 + 9 + 9  # the spreads of the parent and 9 trained models; 9 diffs
     dec = preset_with_sets(se.Config, se.Config.presets()["quick"], ["decoder=smollm2-135m-instruct"], "se")
     assert len(se.Config.model_validate(dec).holm_family) == 11
     with pytest.raises(ValueError, match="holm_family must list every test"):
