@@ -61,6 +61,18 @@ def right_padded(seqs: Sequence[Sequence[int]], pad: int, device=None) -> tuple[
     return (ids, att) if device is None else (ids.to(device), att.to(device))
 
 
+def left_padded(seqs: Sequence[Sequence[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(input_ids, attention_mask) for token sequences, left-padded with ``pad`` to the longest (each row's
+    last token in the last column)."""
+    L = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), L), pad, dtype=torch.long)
+    att = torch.zeros((len(seqs), L), dtype=torch.long)
+    for r, seq in enumerate(seqs):
+        ids[r, L - len(seq) :] = torch.tensor(list(seq), dtype=torch.long)
+        att[r, L - len(seq) :] = 1
+    return ids, att
+
+
 @torch.inference_mode()
 def token_logprobs(
     model,
@@ -127,12 +139,7 @@ def option_logprobs(
     out: dict[int, list[float]] = {}
     for s in tqdm(range(0, len(order), batch_size), disable=not progress, desc="option logprobs"):
         idx = order[s : s + batch_size]
-        width = max(len(enc_p[i]) for i in idx)
-        ids = torch.full((len(idx), width), pad, dtype=torch.long)
-        att = torch.zeros((len(idx), width), dtype=torch.long)
-        for r, i in enumerate(idx):
-            ids[r, width - len(enc_p[i]) :] = torch.tensor(enc_p[i])
-            att[r, width - len(enc_p[i]) :] = 1
+        ids, att = left_padded([enc_p[i] for i in idx], pad)
         pos = (att.cumsum(-1) - 1).clamp(min=0)
         first = model(
             input_ids=ids.to(device),
@@ -149,11 +156,7 @@ def option_logprobs(
         if longest > 1:  # the options' later tokens, behind their prompt's cache
             cache = first.past_key_values
             cache.reorder_cache(torch.tensor(rows, device=device))
-            feed = torch.full((len(conts), longest - 1), pad, dtype=torch.long)
-            fatt = torch.zeros((len(conts), longest - 1), dtype=torch.long)
-            for k, c in enumerate(conts):
-                feed[k, : len(c) - 1] = torch.tensor(c[:-1])
-                fatt[k, : len(c) - 1] = 1
+            feed, fatt = right_padded([c[:-1] for c in conts], pad)
             lengths = att.sum(-1)[rows]
             more = model(
                 input_ids=feed.to(device),

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from functools import cache
 
-from heredity.engine.encoder import PREFIX, _base_key, load_encoder
+from heredity.engine.encoder import PREFIX, _base_key, _version, load_encoder
 from heredity.engine.retrieval import BUNDLED, IRCorpus
 from heredity.errors import HeredityError
 from heredity.store.ops import op
@@ -153,8 +153,6 @@ def mteb_scores(
     written ``PREFIX`` + query. A store step whose output is MTEB's result JSON (a report, ``result.json``);
     returns MTEB's scores of the split as a flat dict of floats (nDCG, MAP, recall, precision, MRR at MTEB's
     cut-offs, ``main_score`` = ``ndcg_at_10``, ...)."""
-    from importlib.metadata import version
-
     from heredity.store import read_table
 
     if encoder == "bm25":
@@ -164,7 +162,7 @@ def mteb_scores(
     key, inputs = _base_key(store, encoder)
     cfg = {
         "scorer": key,
-        "mteb": version("mteb"),
+        "mteb": _version("mteb"),
         "prefix": prefix,
         "instruction": instruction,
         "corpus_name": corpus_name,

@@ -49,6 +49,7 @@ from heredity.experiments.format_spread_stats import analyse, family, model_labe
 from heredity.merge import MergeConfig, merge
 from heredity.prompts import PromptTemplate, PromptVariable, create_prompt, load_prompt, render
 from heredity.reports.card import save_card
+from heredity.reports.stats import declared_family
 from heredity.store import Store, read_table, write_table
 from heredity.store.ops import op, rows_op
 
@@ -96,11 +97,7 @@ class Config(BaseModel):
 
     @model_validator(mode="after")
     def _family_is_declared(self):
-        needed = family(self)
-        if self.holm_family is None:
-            self.holm_family = needed
-        elif sorted(self.holm_family) != sorted(needed):
-            raise ValueError(f"holm_family must list every test this experiment makes: {needed}")
+        self.holm_family = declared_family(self.holm_family, family(self))
         if self.model.startswith("openai:") and (self.children or self.merge):
             raise ValueError(
                 "an openai: endpoint is scored through /v1/completions but has no weights to fine-tune: "
@@ -190,11 +187,16 @@ def _template(store: Store, f) -> str:
     return create_prompt(store, format_template(f))
 
 
+def _shots(config: Config, task: str) -> list[dict]:
+    """The worked examples shown before every item of ``task`` (the same ones in every format)."""
+    return mc_items(task, config.shots, "train", config.seed + 1) if config.shots else []
+
+
 def _items(store: Store, config: Config) -> tuple[str, list[dict]]:
     """The test items, each with its worked examples (the first ``shots`` train items of its task)."""
     rows = []
     for t in config.tasks:
-        shots = mc_items(t, config.shots, "train", config.seed + 1) if config.shots else []
+        shots = _shots(config, t)
         rows += [
             {**it, "shots": shots, "item": i}
             for i, it in enumerate(mc_items(t, config.items, "test", config.seed))
@@ -207,7 +209,7 @@ def _training_rows(store: Store, config: Config, plain: str) -> str:
     template = load_prompt(store, plain)
     rows = []
     for t in config.tasks:
-        shots = mc_items(t, config.shots, "train", config.seed + 1) if config.shots else []
+        shots = _shots(config, t)
         for it in mc_items(t, config.train_items, "train", config.seed + 2):
             prompt, tail = answer_split(render(template, render_vars(it, shots)))
             rows.append({"prompt": prompt, "completion": tail + it["options"][it["answer"]]})

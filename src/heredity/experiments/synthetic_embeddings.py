@@ -72,6 +72,7 @@ from heredity.experiments import experiment
 from heredity.experiments.synthetic_embeddings_render import markdown, plot
 from heredity.experiments.synthetic_embeddings_stats import analyse, family
 from heredity.reports.card import save_card
+from heredity.reports.stats import declared_family
 from heredity.store import Store, read_table
 from heredity.store.ops import rows_op
 
@@ -147,11 +148,7 @@ class Config(BaseModel):
         unknown = sorted(set(self.decoder_arms) - set(ARMS))
         if unknown:
             raise ValueError(f"decoder_arms {unknown} are not arms; choose from {list(ARMS)}")
-        needed = family(self)
-        if self.holm_family is None:
-            self.holm_family = needed
-        elif sorted(self.holm_family) != sorted(needed):
-            raise ValueError(f"holm_family must list every contrast this experiment tests: {needed}")
+        self.holm_family = declared_family(self.holm_family, family(self), "contrast")
         return self
 
     @property
@@ -345,22 +342,24 @@ def _arm_rows(store: Store, config: Config, pool: list, train: list, pool_id: st
         "writer over-produces facts": (over_produce(pool, "facts/", config.bias_share, n, s), {}),
         "writer swaps capital/founded": (swapped, {"swapped": n_swapped}),
     }
-    out = {}
-    for arm, (rows, meta) in arms.items():
-        rid = put_rows(
-            store,
-            [{k: r[k] for k in ("task", "query", "positive", "hard_negative", "topic")} for r in rows],
-            "retrieval-rows",
-            op="make-retrieval-rows",
-            config={"arm": arm},
-            inputs=[generic_id if arm == "− brainstorm" else pool_id],
-        )
-        topics = [r["topic"].split("/")[0] for r in rows]
-        out[arm] = (
-            rid,
-            {**meta, "rows": len(rows), "facts_share": round(topics.count("facts") / len(rows), 3)},
-        )
-    return out
+    return {
+        arm: _arm_dataset(store, rows, {"arm": arm}, [generic_id if arm == "− brainstorm" else pool_id], meta)
+        for arm, (rows, meta) in arms.items()
+    }
+
+
+def _arm_dataset(store: Store, rows: list, config: dict, inputs: list, meta: dict) -> tuple[str, dict]:
+    """An arm's training rows stored as a dataset: (its id, ``meta`` + its row count and facts share)."""
+    rid = put_rows(
+        store,
+        [{k: r[k] for k in ("task", "query", "positive", "hard_negative", "topic")} for r in rows],
+        "retrieval-rows",
+        op="make-retrieval-rows",
+        config=config,
+        inputs=inputs,
+    )
+    topics = [r["topic"].split("/")[0] for r in rows]
+    return rid, {**meta, "rows": len(rows), "facts_share": round(topics.count("facts") / len(rows), 3)}
 
 
 def _other_writers(store: Store, config: Config, held_back: list, progress: bool) -> dict[str, str]:
@@ -395,20 +394,9 @@ def _writer_arm(store: Store, config: Config, writer: str, train: list, progress
     pairs = assign_tasks(train * config.per_passage, tasks, config.seed)
     pool, counts, pool_id = _write(store, config, pairs, "other-writer-pool", progress, writer)
     rows = balanced(pool, config.rows, config.seed)
-    rid = put_rows(
-        store,
-        [{k: r[k] for k in ("task", "query", "positive", "hard_negative", "topic")} for r in rows],
-        "retrieval-rows",
-        op="make-retrieval-rows",
-        config={"arm": "writer", "writer": writer},
-        inputs=[pool_id, tasks_id],
+    return _arm_dataset(
+        store, rows, {"arm": "writer", "writer": writer}, [pool_id, tasks_id], {"counts": counts}
     )
-    topics = [r["topic"].split("/")[0] for r in rows]
-    return rid, {
-        "counts": counts,
-        "rows": len(rows),
-        "facts_share": round(topics.count("facts") / len(rows), 3),
-    }
 
 
 def _student(

@@ -392,6 +392,17 @@ def holm_family(pvalues: dict[str, float | None], family: Sequence[str]) -> dict
     }
 
 
+def declared_family(declared: Sequence[str] | None, tests: Sequence[str], what: str = "test") -> list[str]:
+    """The Holm family a config declares before the run: every test its design makes (``tests``) when it
+    declares none, else exactly those tests in any order; a family that drops one or adds one is a
+    ValueError (raised in a config validator: the run never starts)."""
+    if declared is None:
+        return list(tests)
+    if sorted(declared) != sorted(tests):
+        raise ValueError(f"holm_family must list every {what} the design makes: {list(tests)}")
+    return list(declared)
+
+
 def holm_alpha(family: int, alpha: float = 0.05) -> float:
     """The per-test level a Holm family of ``family`` tests can promise any one of its tests: α / m (the
     threshold of the first, smallest p; a test later in Holm's order passes at a larger level only once every
