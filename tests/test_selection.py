@@ -8,12 +8,12 @@ from heredity.data.selection import noisy, select
 from heredity.errors import HeredityError
 
 POOL = [
-    {"id": 0, "completion": "a" * 5, "ifd": 0.9, "reward": 0.1, "correct": True},
-    {"id": 1, "completion": "a" * 50, "ifd": 1.2, "reward": 2.0, "correct": False},
-    {"id": 2, "completion": "a" * 20, "ifd": 0.5, "reward": 1.5, "correct": True},
-    {"id": 3, "completion": "a" * 50, "ifd": float("nan"), "reward": None, "correct": True},
-    {"id": 4, "completion": "a" * 1, "ifd": 0.95, "reward": -1.0, "correct": False},
-    {"id": 5, "completion": "a" * 30, "ifd": 0.2, "reward": 0.7, "correct": True},
+    {"id": 0, "completion": "a" * 5, "ifd": 0.9, "reward": 0.1, "verified": True},
+    {"id": 1, "completion": "a" * 50, "ifd": 1.2, "reward": 2.0, "verified": False},
+    {"id": 2, "completion": "a" * 20, "ifd": 0.5, "reward": 1.5, "verified": True},
+    {"id": 3, "completion": "a" * 50, "ifd": float("nan"), "reward": None, "verified": True},
+    {"id": 4, "completion": "a" * 1, "ifd": 0.95, "reward": -1.0, "verified": False},
+    {"id": 5, "completion": "a" * 30, "ifd": 0.2, "reward": 0.7, "verified": True},
 ]
 
 
@@ -33,8 +33,8 @@ def test_each_rule_picks_what_it_says():
 
 def test_quality_vs_quantity_mixes_the_stated_share_of_wrong_rows():
     rows = noisy(POOL, 4, 0.5, seed=0)
-    assert sorted(r["correct"] for r in rows) == [False, False, True, True]
-    assert all(r["correct"] for r in noisy(POOL, 3, 0.0))
+    assert sorted(r["verified"] for r in rows) == [False, False, True, True]
+    assert all(r["verified"] for r in noisy(POOL, 3, 0.0))
 
 
 def test_a_rule_that_cannot_fill_n_says_so():

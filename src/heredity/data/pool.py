@@ -10,6 +10,8 @@ instructions of ``data.instructions``: exact match by ``tasks.grade``) and/or IF
   Superfiltering's perplexity ratio);
 * ``correct``: the answer's first line equals the reference (None without a reference);
 * ``strict`` / ``loose``: it follows every constraint, IFEval's strict and loose (None without constraints).
+* ``verified``: it passes every check it has (correct and/or strict; None with neither): what the
+  ``verified`` and ``noisy`` rules read.
 
 (The reward-model score, AlpaGasus' judge, is added by the experiment, which owns the reward model.)
 """
@@ -25,19 +27,30 @@ from heredity.store.ops import op
 
 def checks(row: dict) -> dict:
     """The answer's verifiable grades: ``correct`` against its reference, ``strict`` / ``loose`` against its
-    constraints (None where the row has none)."""
+    constraints (None where the row has none), and ``verified``: every check it has passed (see
+    ``_verified``)."""
     answer = row["completion"]
     ref = row.get("reference")
     cons = row.get("constraints") or []
     graded = score_answer({"constraints": cons}, answer) if cons else None
+    correct = grade(answer, ref) if ref else None
+    strict = graded["strict"] if graded else None
     return {
-        "correct": grade(answer, ref) if ref else None,
-        "strict": graded["strict"] if graded else None,
+        "correct": correct,
+        "strict": strict,
         "loose": graded["loose"] if graded else None,
+        "verified": _verified(correct, strict),
     }
 
 
-@op("score-instruction-pool", 1)
+def _verified(correct: bool | None, strict: bool | None) -> bool | None:
+    """Verified right: correct where there is a reference, strictly following where there are constraints,
+    both where there are both; None where nothing can be checked."""
+    known = [x for x in (correct, strict) if x is not None]
+    return all(known) if known else None
+
+
+@op("score-instruction-pool", 2, note="v2: a verified column (correct and/or strict)")
 def score_pool(store: Store, dataset: str, scorer: str, batch_size: int = 16) -> str:
     """Score a stored pool (columns ``prompt``, ``completion``; optional ``reference``, ``constraints``) with
     ``scorer`` (any model spec with a chat template, for IFD); returns the scored dataset's id."""

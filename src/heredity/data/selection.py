@@ -10,9 +10,10 @@ Each rule is one function of the pool and N that returns the chosen rows, and sa
   2402.00530), whose IFD comes from a small scorer (``engine.logprobs.ifd_scores``); a row with IFD ≥ 1 (the
   instruction does not help predict the answer) or an undefined one is never chosen.
 * ``reward``: the N highest scores of a judge (AlpaGasus' rule, here a reward model's score).
-* ``verified``: N rows drawn at random among those whose answer is verified correct (``correct`` true).
+* ``verified``: N rows drawn at random among those whose answer is verified right (``verified`` true: correct
+  against its reference and/or strictly following its constraints, ``data.pool``).
 * ``noisy``: quality vs quantity — ``n`` rows of which ``wrong_share`` are verified wrong and the rest
-  verified correct, each part drawn at random (``noisy(pool, 3 * N, share)`` against ``verified(pool, N)``).
+  verified right, each part drawn at random (``noisy(pool, 3 * N, share)`` against ``verified(pool, N)``).
 
 A rule that cannot fill N from the pool is a one-line error naming what it found, never a smaller set.
 """
@@ -57,20 +58,20 @@ def select(pool: Sequence[dict], rule: str, n: int, seed: int = 0) -> list[dict]
         _need(ok, n, "reward (scored rows)")
         chosen = sorted(ok, key=lambda i: (-pool[i]["reward"], i))[:n]
     else:
-        ok = [i for i in index if pool[i].get("correct") is True]
-        _need(ok, n, "verified (correct rows)")
+        ok = [i for i in index if pool[i].get("verified") is True]
+        _need(ok, n, "verified (verified-right rows)")
         chosen = random.Random(seed).sample(ok, n)
     return [pool[i] for i in sorted(chosen)]
 
 
 def noisy(pool: Sequence[dict], n: int, wrong_share: float, seed: int = 0) -> list[dict]:
-    """``n`` rows, ``round(wrong_share * n)`` of them verified wrong (``correct`` false) and the rest verified
-    correct, each part drawn at random; in the pool's order."""
+    """``n`` rows, ``round(wrong_share * n)`` of them verified wrong (``verified`` false) and the rest verified
+    right, each part drawn at random; in the pool's order."""
     if not 0 <= wrong_share <= 1:
         raise HeredityError(f"wrong_share must lie in [0, 1], got {wrong_share}")
     k = round(wrong_share * n)
-    wrong = [i for i, r in enumerate(pool) if r.get("correct") is False]
-    right = [i for i, r in enumerate(pool) if r.get("correct") is True]
+    wrong = [i for i, r in enumerate(pool) if r.get("verified") is False]
+    right = [i for i, r in enumerate(pool) if r.get("verified") is True]
     if n < 1:
         raise HeredityError(f"a selection needs N ≥ 1, got {n}")
     for part, count, what in ((wrong, k, "wrong"), (right, n - k, "correct")):
