@@ -27,6 +27,7 @@ def test_the_pool_is_scored_once_with_every_signal(tmp_path, monkeypatch):
     scored = read_table(store.path(score_pool(store, did, scorer))).to_pylist()
     assert [r["length"] for r in scored] == [4, 1, 33]
     assert [r["correct"] for r in scored] == [True, False, None]
+    assert [r["verified"] for r in scored] == [True, False, None]  # correct where graded, else unknown
     assert [r["strict"] for r in scored] == [None, None, None]  # no constraints given on these rows
     model, tok = load(scorer, store)
     want = ifd_scores(model, tok, [r["prompt"] for r in rows], [r["completion"] for r in rows])

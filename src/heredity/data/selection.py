@@ -65,8 +65,8 @@ def select(pool: Sequence[dict], rule: str, n: int, seed: int = 0) -> list[dict]
 
 
 def noisy(pool: Sequence[dict], n: int, wrong_share: float, seed: int = 0) -> list[dict]:
-    """``n`` rows, ``round(wrong_share * n)`` of them verified wrong (``verified`` false) and the rest verified
-    right, each part drawn at random; in the pool's order."""
+    """``n`` rows, ``round(wrong_share * n)`` of them verified wrong (``verified`` false) and the rest
+    verified right, each part drawn at random; in the pool's order."""
     if not 0 <= wrong_share <= 1:
         raise HeredityError(f"wrong_share must lie in [0, 1], got {wrong_share}")
     k = round(wrong_share * n)

@@ -1,5 +1,5 @@
-"""Data quality vs quantity: how many instruction examples a model needs, which ones, and what it inherits from
-the rule that chose them (after LIMA, AlpaGasus, *Long Is More*, Superfiltering and IFEval).
+"""Data quality vs quantity: how many instruction examples a model needs, which ones, and what it inherits
+from the rule that chose them (after LIMA, AlpaGasus, *Long Is More*, Superfiltering and IFEval).
 
 Methods, as a paper's section would list them:
 1. Bases: the ``chatgpt`` pipeline's model pretrained from scratch (same tokenizer and pretraining steps, so a
@@ -12,7 +12,8 @@ Methods, as a paper's section would list them:
    instructions, by the ``template`` writer of the chatgpt pipeline's synthetic preferences (the reference
    answer, the same wrapped in filler words, a plausible wrong answer: clearly labelled synthetic), plus the
    rows of a user's ``instruction_file``. Each row is scored once (``data.pool``): length, IFD under the
-   ``scorer`` (Superfiltering), exact correctness, IFEval strict/loose, and the selection reward model's score.
+   ``scorer`` (Superfiltering), exact correctness, IFEval strict/loose, and the selection reward model's
+   score.
 3. Reward models: the chatgpt pipeline's recipe (``engine.reward``, Bradley–Terry on a scalar head over the
    tiny base). Pairs come from the pool's prompts: the synthetic rule on graded instructions (correct and
    concise > correct but wordy > wrong) and "follows every constraint > does not" on constraint prompts.
@@ -139,7 +140,7 @@ class Config(BaseModel):
             ),
         ]
     )
-    # the tiny base: the chatgpt pipeline's tokenizer and pretraining (its quick preset's, so steps are shared)
+    # the tiny base: the chatgpt pipeline's tokenizer and pretraining (its quick preset's: shared steps)
     vocab_size: int = Field(2048, ge=300)
     pretrain: PretrainConfig = Field(default_factory=PretrainConfig)
     # the pool
@@ -344,6 +345,7 @@ def _pool(store: Store, config: Config, file_rows: list[dict], progress: bool) -
         text = a["completion"].strip()
         if text:  # an empty answer is nothing to train on (counted in the pool's profile as dropped)
             rows.append({**sources[a["prompt_index"]], "completion": text, "writer": config.writer})
+    written = len(rows)
     if config.template_writer:
         rng = random.Random(config.seed)
         for r in graded:
@@ -360,8 +362,8 @@ def _pool(store: Store, config: Config, file_rows: list[dict], progress: bool) -
             ):
                 rows.append({**src, "completion": text, "writer": style})
     rows += [
-        {"prompt": r["prompt"], "reference": None, "constraints": None, "task": "file", "completion": r["completion"],
-         "writer": "file"}
+        {"prompt": r["prompt"], "reference": None, "constraints": None, "task": "file",
+         "completion": r["completion"], "writer": "file"}
         for r in file_rows
     ]  # fmt: skip
     return put_rows(
@@ -370,7 +372,7 @@ def _pool(store: Store, config: Config, file_rows: list[dict], progress: bool) -
         "instruction-pool",
         op="make-instruction-pool",
         config={"writer": config.writer, "template_writer": config.template_writer,
-                "dropped_empty": len(sources) * config.answers - sum(r["writer"] == config.writer for r in rows)},
+                "dropped_empty": len(sources) * config.answers - written},
         inputs=[answers_id],
     )  # fmt: skip
 

@@ -13,7 +13,7 @@ def _ci(x: dict) -> str:
 
 
 def markdown(report: dict) -> str:
-    cfg, ev, pool = report["config"], report["eval"], report["pool"]
+    ev, pool = report["eval"], report["pool"]
     writers = ", ".join(f"{k} {v:.0%}" for k, v in pool["writers"].items())
     lines = [
         "# data-quality",
@@ -21,10 +21,10 @@ def markdown(report: dict) -> str:
         f"Pool: {pool['rows']} answers to {pool['prompts']} training prompts ({writers}); "
         f"{pool['verified_share']:.0%} of the checkable answers verified right. Held-out set: {ev['graded']} "
         f"graded instructions and {ev['constraints']} constraint prompts ({ev['held_out_pairs']} combine two "
-        "kinds never paired in training); greedy answers. Success = exact match on graded items, IFEval strict "
-        "on constraint items. Every arm of a base trains for the same number of optimizer steps. A rate with "
-        "≥ 2 training seeds is a mean over seeds (t interval; unit: training seeds), with one seed a rate over "
-        "items (Wilson; unit: items, one trained model).",
+        "kinds never paired in training); greedy answers. Success = exact match on graded items, IFEval "
+        "strict on constraint items. Every arm of a base trains for the same number of optimizer steps. A "
+        "rate with ≥ 2 training seeds is a mean over seeds (t interval; unit: training seeds), with one seed "
+        "a rate over items (Wilson; unit: items, one trained model).",
         "",
     ]
     for base, rows in report["arms"].items():
@@ -64,10 +64,10 @@ def _judge(judges: dict) -> list[str]:
         return []
     lines = [
         "Against the random arm at the same N, judged by the judge RM (never used to select; ties count "
-        "half): win rate, length-controlled win rate (logistic fit on the squashed length difference, read at "
-        "equal length), answer-length drift in words, and the selection RM's taste (its standardized score "
-        "gain minus the judge's). Percentile bootstrap over items (unit: items; an item's seeds resampled "
-        "together); descriptive, outside the Holm family.",
+        "half): win rate, length-controlled win rate (logistic fit on the squashed length difference, read "
+        "at equal length), answer-length drift in words, and the selection RM's taste (its standardized "
+        "score gain minus the judge's). Percentile bootstrap over items (unit: items; an item's seeds "
+        "resampled together); descriptive, outside the Holm family.",
         "",
         "| arm | win rate | LC win rate | length drift (words) | taste | distinct-2 (random) |",
         "|---|---|---|---|---|---|",
@@ -95,7 +95,8 @@ def _selected(rows: dict) -> list[str]:
         ver = "—" if s["verified_share"] is None else f"{s['verified_share']:.0%}"
         writers = ", ".join(f"{k} {v:.0%}" for k, v in s["writers"].items())
         lines.append(
-            f"| {label} | {s['rows']} | {s['mean_chars']:.0f} | {ver} | {s['constraint_share']:.0%} | {writers} |"
+            f"| {label} | {s['rows']} | {s['mean_chars']:.0f} | {ver} | {s['constraint_share']:.0%} | "
+            f"{writers} |"
         )
     return [*lines, ""]
 
@@ -131,8 +132,9 @@ def _rms(rm: dict) -> list[str]:
     out = [
         "## Reward models",
         "",
-        f"The chatgpt pipeline's recipe over the tiny base; synthetic pairs from the pool's prompts, split by "
-        f"prompt: {pairs['selection_pairs']} for the selection RM, {pairs['judge_pairs']} for the judge RM.",
+        "The chatgpt pipeline's recipe over the tiny base; synthetic pairs from the pool's prompts, split "
+        f"by prompt: {pairs['selection_pairs']} for the selection RM, {pairs['judge_pairs']} for the judge "
+        "RM.",
         "",
     ]
     for role in ("selection", "judge"):

@@ -271,7 +271,7 @@ def outcome(config, table: dict, ts: list[dict]) -> str:
         else:
             parts.append(
                 f"{b.label}: none of {len(mine)} declared contrasts differs on held-out success after Holm"
-                f"{und} (unit: {unit}) — a null at this design's power, not a finding that selection does not "
-                "matter"
+                f"{und} (unit: {unit}) — a null at this design's power, not a finding that selection does "
+                "not matter"
             )
     return "; ".join(parts) + "."
