@@ -186,6 +186,21 @@ def test_a_declared_holm_family_is_the_family_tested(path):
                 assert got is None or adj[lab] == pytest.approx(got), (key, lab)
 
 
+@pytest.mark.parametrize(
+    "path", [p for p in JSONS if p.name.startswith("data-quality")], ids=lambda p: p.name
+)
+def test_data_quality_tests_its_declared_family_and_holm_adjusts_over_all_of_it(path):
+    from heredity.reports.stats import holm_family
+
+    r = json.loads(path.read_text())
+    family = r["config"]["holm_family"]
+    assert [t["name"] for t in r["tests"]] == family
+    adj = holm_family({t["name"]: t["p"] for t in r["tests"]}, family)
+    for t in r["tests"]:
+        assert t["p_holm"] == pytest.approx(adj[t["name"]]), t["name"]
+        assert t["unit"] in ("training seeds", "held-out items, one trained model per arm")
+
+
 def test_the_json_checks_can_fail():
     assert null_contradictions(
         {

@@ -16,6 +16,7 @@ import warnings
 
 import numpy as np
 
+from heredity.evals.diversity import distinct_n
 from heredity.reports.stats import (
     NAN,
     holm_alpha,
@@ -60,9 +61,10 @@ def _words(text: str) -> int:
 
 
 def distinct2(answers: list[str]) -> float:
-    """Distinct bigrams over all bigrams of a set of answers (whitespace words): vocabulary diversity."""
-    grams = [tuple(w[i : i + 2]) for a in answers for w in [a.split()] for i in range(len(w) - 1)]
-    return len(set(grams)) / len(grams) if grams else NAN
+    """Distinct bigrams over all bigrams of a set of answers (whitespace words, ``evals.diversity``):
+    vocabulary diversity; undetermined (NaN) when no answer has two words."""
+    words = [a.split() for a in answers]
+    return distinct_n(words, 2) if any(len(w) > 1 for w in words) else NAN
 
 
 def rate_summary(evals: list[dict], measure: str) -> dict:
