@@ -28,6 +28,11 @@ prompt_app = typer.Typer(
     no_args_is_help=True,
 )
 app.add_typer(prompt_app, name="prompt")
+loop_app = typer.Typer(
+    help="The lab's feedback loop: feedback → a LoRA adapter → evaluated → served under a movable alias.",
+    no_args_is_help=True,
+)
+app.add_typer(loop_app, name="loop")
 out = Console()
 
 
@@ -1210,6 +1215,122 @@ def main() -> None:
             raise  # a bug: the traceback is what a report needs
         print(f"error: {msg}", file=sys.stderr)
         sys.exit(2)
+
+
+@loop_app.command("run")
+def loop_run(
+    alias: Annotated[
+        str, typer.Option(help="the movable name the newest model is served under")
+    ] = "lab-latest",
+    base: Annotated[
+        str, typer.Option(help="the model the first round starts from")
+    ] = "smollm2-135m-instruct",
+    method: Annotated[str, typer.Option(help="auto (what the data supports), sft, dpo or kto")] = "auto",
+    check: Annotated[
+        list[str],
+        typer.Option(help="NAME=REGEX: a behaviour answers should show (repeatable; the first decides)"),
+    ] = [],
+    judge: Annotated[str | None, typer.Option(help="a stored reward model for a win rate")] = None,
+    set_: Annotated[list[str], typer.Option("--set", help="any LoopConfig field: --set steps=60")] = [],
+):
+    """One round: the feedback given since the last round → a LoRA adapter → old vs new on held-out
+    feedback → the alias moves to the new adapter if it is not worse beyond the margin.
+
+    Examples:
+      heredity loop run                    # SmolLM2, the lab's feedback, the method the data supports
+      heredity loop run --method kto --check 'owls=\\bowls?\\b' --set min_feedback=16
+      heredity lineage lab-latest          # every round back to the conversations
+    """
+    from heredity.loop import Check, LoopConfig, run_round
+
+    checks = []
+    for c in check:
+        name, sep, pattern = c.partition("=")
+        if not sep or not name.strip():
+            raise HeredityError(f"--check {c!r}: write NAME=REGEX, e.g. --check 'owls=\\bowls?\\b'")
+        checks.append(Check(name=name.strip(), pattern=pattern))
+    fields = {"alias": alias, "base": base, "method": method, "checks": checks, "judge": judge}
+    config = LoopConfig.model_validate(
+        _apply_sets(
+            {**LoopConfig().model_dump(), **fields, "checks": [c.model_dump() for c in checks]}, set_, "loop"
+        )
+    )
+    record = run_round(_store(), config, on_progress=lambda s: out.print(f"[dim]{s}[/]"))
+    out.print(_round_text(record))
+
+
+def _round_text(r: dict) -> str:
+    st, d = r["stats"], r["decision"]
+    lines = [
+        f"[bold]round {r['round']}[/] of {r['alias']}: {r['method']} ({r['why']}) on "
+        f"{r['counts']['training_feedback']} rated answers; {r['counts']['held_out_feedback']} held out",
+        f"  old {r['old']} → new {r['new']}",
+        f"  agreement with held-out feedback: {st['agreement']['mean']:.3f} "
+        f"[{st['agreement']['lo']:.3f}, {st['agreement']['hi']:.3f}] (unit: {st['agreement']['unit']}, "
+        f"n = {st['agreement']['n']})",
+    ]
+    for name, c in st["checks"].items():
+        t = c["test"]
+        lines.append(
+            f"  check {name}: {c['old']['mean']:.3f} → {c['new']['mean']:.3f}, Δ {t['diff']:+.3f} "
+            f"[{t['lo']:.3f}, {t['hi']:.3f}], McNemar p = {t['p']:.3g} (unit: {t['unit']})"
+        )
+    if "judge" in st:
+        j = st["judge"]
+        lines.append(
+            f"  judge win rate new over old: {j['mean']:.3f} [{j['lo']:.3f}, {j['hi']:.3f}] (n = {j['n']})"
+        )
+    le = st["inherited"]["length_words"]
+    lines.append(f"  answer length: {le['mean_b']:.1f} → {le['mean_a']:.1f} words")
+    lines.append(f"  rule: {d['rule']}; measured {d['measured']}")
+    lines.append(
+        ("  [green]promoted[/]: " if d["promote"] else "  [yellow]not promoted[/]: ") + f"{r['alias']}"
+    )
+    lines.append(f"  record {r['id']}; lineage: heredity lineage {r['alias']}")
+    return "\n".join(lines)
+
+
+@loop_app.command("ls")
+def loop_ls(alias: Annotated[str | None, typer.Argument(help="one alias (default: every alias)")] = None):
+    """The aliases, where they point, their moves, and every round."""
+    from heredity.loop import alias_history, aliases, rounds
+
+    store = _store()
+    names = [alias] if alias else list(aliases(store))
+    if not names:
+        out.print("no loop yet: `heredity loop run` starts one")
+    for a in names:
+        out.print(f"[bold]{a}[/] → {store.model_alias(a)}")
+        for m in alias_history(store, a):
+            out.print(
+                f"  {m['moved_at'][:19]} {m['from'] or '—'} → {m['to']} ({m['reason']}, {m['moved_by']})"
+            )
+        for r in rounds(store, a):
+            verdict = "promoted" if r["decision"]["promote"] else "not promoted"
+            out.print(
+                f"  round {r['round']} {r['id']}: {r['method']}, {verdict}; {r['decision']['measured']}"
+            )
+
+
+@loop_app.command("rollback")
+def loop_rollback(alias: Annotated[str, typer.Argument(help="the alias to move back")] = "lab-latest"):
+    """Move ALIAS back to the model it served before its last move."""
+    from heredity.loop import rollback
+
+    r = rollback(_store(), alias)
+    print(f"{alias}: {r['from']} → {r['to']}")
+
+
+@loop_app.command("promote")
+def loop_promote(
+    alias: Annotated[str, typer.Argument(help="the alias")],
+    model: Annotated[str, typer.Argument(help="the model or adapter id to serve under it")],
+):
+    """Point ALIAS at MODEL by hand (recorded as such)."""
+    from heredity.loop import move_alias
+
+    r = move_alias(_store(), alias, model, "set by hand")
+    print(f"{alias}: {r['from'] or 'nothing'} → {r['to']}")
 
 
 def _input_error(e: Exception) -> str | None:

@@ -172,7 +172,10 @@ def parse_spec(spec: str) -> ModelSpec:
 @op("init-tiny", 1)
 @op("convert-gguf", 1)
 def materialize(spec: str | ModelSpec, store: Store) -> str:
-    """The artifact id (model or adapter) that a spec stands for, creating it once in the store."""
+    """The artifact id (model or adapter) that a spec stands for, creating it once in the store. A model alias
+    of the store (``heredity loop``'s ``lab-latest``) stands for what it points to now."""
+    if isinstance(spec, str) and (target := store.model_alias(spec)) is not None:
+        return target
     ms = spec if isinstance(spec, ModelSpec) else parse_spec(spec)
     if ms.kind == "artifact":
         aid = store.resolve_id(ms.value)

@@ -444,7 +444,7 @@ class ModelPool:
     def _names_a_model(self, name: str) -> bool:
         """Whether ``name`` already names something without the aliases: a bundled name, an artifact id or
         prefix, a stored model or adapter's name."""
-        if name in BUNDLED:
+        if name in BUNDLED or self.store.model_alias(name) is not None:
             return True
         if ID_PREFIX_RE.match(name):
             try:
@@ -464,6 +464,9 @@ class ModelPool:
         aliased = self.aliases.get(name)
         if aliased is not None:
             return aliased
+        stored = self.store.model_alias(name)  # a loop's alias: what it points to now, read per request
+        if stored is not None:
+            return stored
         if name in BUNDLED:
             return materialize(name, self.store)
         if ID_PREFIX_RE.match(name):

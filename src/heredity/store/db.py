@@ -123,6 +123,32 @@ class PromptAliasMoveRow(Base):
     moved_by: Mapped[str] = mapped_column(String(255))
 
 
+class ModelAliasRow(Base):
+    """Where a served model's movable name points now (``lab-latest``: the model ``heredity loop`` promoted
+    last); every move is also appended to ``model_alias_moves``."""
+
+    __tablename__ = "model_aliases"
+
+    alias: Mapped[str] = mapped_column(String(64), primary_key=True)
+    artifact_id: Mapped[str] = mapped_column(ForeignKey("artifacts.id"))  # a model (m-) or adapter (a-)
+    updated_at: Mapped[datetime] = mapped_column(DateTime)
+    updated_by: Mapped[str] = mapped_column(String(255))
+
+
+class ModelAliasMoveRow(Base):
+    """One move of a model alias (append-only: rows are never updated or deleted), with why it moved."""
+
+    __tablename__ = "model_alias_moves"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    alias: Mapped[str] = mapped_column(String(64), index=True)
+    from_id: Mapped[str | None] = mapped_column(String(40), nullable=True)  # None: the alias is new
+    to_id: Mapped[str] = mapped_column(ForeignKey("artifacts.id"))
+    reason: Mapped[str] = mapped_column(Text)  # "round r-…: promoted", "rollback", "set by hand"
+    moved_at: Mapped[datetime] = mapped_column(DateTime)
+    moved_by: Mapped[str] = mapped_column(String(255))
+
+
 def add_missing_columns(engine) -> None:
     """Columns added after a store was created (``create_all`` makes tables, never columns): ALTER TABLE
     ADD."""

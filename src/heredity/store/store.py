@@ -49,6 +49,7 @@ from heredity.store.db import (
     ArtifactRow,
     ArtifactStepRow,
     Base,
+    ModelAliasRow,
     PromptAliasRow,
     StepRow,
     add_missing_columns,
@@ -740,6 +741,8 @@ class Store:
     def resolve_id(self, ref: str) -> str:
         """A full artifact id from an id or a unique id prefix (``m-3fa2``)."""
         ref = str(ref).strip()
+        if not ID_PREFIX_RE.match(ref) and (target := self.model_alias(ref)) is not None:
+            return target
         if not ID_PREFIX_RE.match(ref):
             raise HeredityError(
                 f"{ref!r} is not an artifact id (expected like m-0123456789abcdef); "
@@ -1025,6 +1028,13 @@ class Store:
                     break
                 stack.callback(fcntl.flock, fh, fcntl.LOCK_UN)
             yield free
+
+    # ---- model aliases (``heredity.loop`` moves them; resolved here, so every command takes one) ----------
+    def model_alias(self, name: str) -> str | None:
+        """The model or adapter id the model alias ``name`` points to now; None when no such alias."""
+        with Session(self.engine) as s:
+            row = s.get(ModelAliasRow, str(name).strip())
+            return row.artifact_id if row else None
 
     # ---- prompt templates (``heredity.prompts`` writes them; resolved here, so any layer can key on one) --
     def prompt_names(self) -> list[str]:
