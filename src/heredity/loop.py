@@ -4,8 +4,9 @@
 One round (``run_round``), each part a store step so ``heredity lineage ALIAS`` goes back through every round
 to the conversations that made it:
 
-1. **Feedback** given to the alias's model (or to ``base`` before the first round) that no earlier round of
-   the alias used: every rated assistant answer (thumbs, and "better answer" edits) of the lab's
+1. **Feedback** given to the alias's models (or to ``base`` before the first round) that no promoted round of
+   the alias trained on (a round that was not promoted leaves its feedback for the next; a round with no new
+   feedback at all is refused): every rated assistant answer (thumbs, and "better answer" edits) of the lab's
    conversations. A conversation is **held out** for good when the hash of its id falls below ``holdout``
    (the same split in every round): its feedback is never trained on and is what every round is evaluated on.
 2. **Datasets** from the training feedback (``loop-feedback``): SFT rows (a better answer, or an answer rated
@@ -594,12 +595,20 @@ def run_round(
 
         check_reward_model(store, store.resolve_id(config.judge))
     previous = rounds(store, config.alias)
-    used = {(k[0], k[1]) for r in previous for k in r["trained_on"]}
+    # feedback a promoted round trained on is in the served model; a round that was not promoted left its
+    # feedback unused, so the next round trains on it again, with whatever came since
+    used = {(k[0], k[1]) for r in previous if r["decision"]["promote"] for k in r["trained_on"]}
     items = feedback_items(store, config)
     train = [
         it for it in items if not it["held_out"] and (it["conversation_id"], it["message_idx"]) not in used
     ]
     heldout = [it for it in items if it["held_out"]]
+    keys = sorted([it["conversation_id"], it["message_idx"]] for it in train)
+    if previous and keys and keys == sorted(previous[-1]["trained_on"]):
+        raise HeredityError(
+            f"round refused: no new feedback since round {previous[-1]['round']} of {config.alias}, which "
+            "trained on exactly these answers; rate more answers on /chat first"
+        )
     rows = training_rows(train)
     method, why = choose_method(config, rows)
     n_eval = sum(1 for h in heldout if h["rating"] or h["better"])
