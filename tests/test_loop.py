@@ -8,18 +8,20 @@ from __future__ import annotations
 import pytest
 from conftest import stored_tiny
 
+from heredity.data import put_rows
 from heredity.errors import HeredityError
-from heredity.models import materialize
 from heredity.loop import (
     LoopConfig,
     alias_history,
     choose_method,
     feedback_items,
     held_out,
+    move_alias,
     rollback,
     run_round,
     training_rows,
 )
+from heredity.models import materialize
 from heredity.store import Store
 from heredity.store.conversations import Conversations
 
@@ -65,6 +67,18 @@ def test_too_little_feedback_is_refused_before_any_compute(store, monkeypatch):
     with pytest.raises(HeredityError, match="round refused: kto needs 8 rated answers with both"):
         run_round(store, config(tiny, method="kto", min_feedback=8))
     assert store.model_alias("lab-latest") is None  # nothing moved either
+    with pytest.raises(HeredityError, match="round refused"):  # the default base is not even converted
+        run_round(store, LoopConfig())
+
+
+def test_typos_and_odd_targets_are_refused(store):
+    with pytest.raises(ValueError, match="stepz"):
+        LoopConfig(stepz=3)
+    with pytest.raises(ValueError, match="already names a model"):
+        LoopConfig(alias="smollm2-135m-instruct")
+    data = put_rows(store, [{"prompt": "p", "completion": "c"}], "rows")
+    with pytest.raises(HeredityError, match="an alias points to a model"):
+        move_alias(store, "lab-latest", data, "by hand")
 
 
 def test_the_method_follows_the_data():

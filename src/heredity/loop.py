@@ -41,7 +41,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Literal
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -62,6 +62,8 @@ class Check(BaseModel):
     """A verifiable behaviour the user wants: an answer passes when ``pattern`` (a regex, case-insensitive)
     occurs in it."""
 
+    model_config = ConfigDict(extra="forbid")
+
     name: str = Field(min_length=1, max_length=64)
     pattern: str = Field(min_length=1, max_length=500)
 
@@ -76,6 +78,8 @@ class Check(BaseModel):
 
 
 class LoopConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
     alias: str = Field("lab-latest", description="the movable name the lab serves the newest model under")
     base: str = Field(
         "smollm2-135m-instruct", description="the model the first round starts from (any model spec)"
@@ -137,9 +141,15 @@ def move_alias(store: Store, alias: str, target: str, reason: str, by: str | Non
     """Point ``alias`` at the model or adapter ``target``, recording who, when, from where and why."""
     LoopConfig(alias=alias)  # the alias's own checks
     aid = store.resolve_id(target)
-    kind = store.get(aid, verify_files=False).kind
-    if kind not in ("model", "adapter"):
-        raise HeredityError(f"{aid} is a {kind}; an alias points to a model (m-…) or an adapter (a-…)")
+    art = store.get(aid, verify_files=False)
+    if art.kind not in ("model", "adapter"):
+        raise HeredityError(f"{aid} is a {art.kind}; an alias points to a model (m-…) or an adapter (a-…)")
+    from heredity.engine.retrieval import is_encoder
+
+    if (art.meta or {}).get("head") == "reward" or is_encoder(art):
+        raise HeredityError(
+            f"{aid} is a reward model or a sentence encoder; an alias points to a model that writes answers"
+        )
     who = by or _who()
     lock = hashlib.sha256(f"model-alias\0{alias}".encode()).hexdigest()
     with store.step_lock(lock, f"alias {alias}"), Session(store.engine) as s:
@@ -210,12 +220,22 @@ def held_out(conversation_id: str, share: float) -> bool:
 def served_names(store: Store, config: LoopConfig) -> set[str]:
     """Every name feedback for this loop was given under: the alias, everything it has pointed to, the base
     (as written and as its id)."""
-    from heredity.models import materialize
-
-    names = {config.alias, config.base, materialize(config.base, store)}
+    names = {config.alias, config.base}
+    # the base's stored id, if it is stored (found, never converted here: a refusal comes before any compute;
+    # a base not stored yet cannot have answered under its id)
+    names |= {a.id for a in store.list() if a.kind in ("model", "adapter") and a.name == config.base}
+    if (target := _stored_id(store, config.base)) is not None:
+        names.add(target)
     for m in alias_history(store, config.alias):
         names |= {m["to"]} | ({m["from"]} if m["from"] else set())
     return names
+
+
+def _stored_id(store: Store, ref: str) -> str | None:
+    try:
+        return store.resolve_id(ref)
+    except HeredityError:
+        return None
 
 
 def feedback_items(store: Store, config: LoopConfig) -> list[dict]:

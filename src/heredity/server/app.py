@@ -4,8 +4,9 @@ Uvicorn.
 Routes
   /v1/...                 OpenAI-compatible API (openai_api.py)
   /api/...                the lab's own JSON: conversations, feedback, export, next-token explorer, artifacts,
-                          prompt templates
-  /chat /explore /lineage /artifacts/ID /reports /prompts      the pages (templates/, static/)
+                          prompt templates, the heredity loop (/api/loop: rounds on a background thread, the
+                          model alias, rollback) and the arena (/api/arena: two anonymous answers, a vote)
+  /chat /explore /lineage /artifacts/ID /reports /prompts /loop      the pages (templates/, static/)
 
 Every route but /login needs the API key when one is set (``HEREDITY_API_KEY``, at least 16 characters;
 required to bind a non-loopback address): ``Authorization: Bearer KEY``, or the session cookie /login sets for
@@ -44,6 +45,8 @@ import ctypes
 import hashlib
 import ipaddress
 import json
+import logging
+import math
 import mimetypes
 import os
 import secrets
@@ -69,13 +72,19 @@ from heredity.server.openai_api import host_for
 from heredity.server.openai_api import router as openai_router
 from heredity.server.runner import MAX_CLIENT_TOKENS, MAX_PENDING_TOKENS, ModelPool
 from heredity.server.schemas import (
+    ALIAS_PATTERN,
     MAX_BODY_BYTES,
+    ArenaRequest,
+    ArenaVote,
+    EmptyBody,
     ExploreRequest,
     ExportRequest,
     Feedback,
+    LoopRound,
     MoveAlias,
     NewConversation,
     NewPrompt,
+    PromoteModel,
     RenderPromptRequest,
 )
 from heredity.store import Store
@@ -647,6 +656,8 @@ def create_app(store: Store | None = None, settings: Settings | None = None) -> 
     app.state.auth_failures = AuthFailures(settings.max_auth_failures)
     app.state.conversations = Conversations(store)
     app.state.prompt_workers = PromptWorkers(settings.prompt_workers, settings.prompt_seconds)
+    app.state.loop_jobs = LoopJobs()  # heredity loop rounds, one at a time on a thread of their own
+    app.state.arena = Arena()  # the arena's last battles, in memory
     app.state.templates = Jinja2Templates(directory=HERE / "templates")
     errors.install(app)
     app.add_middleware(
@@ -801,6 +812,234 @@ async def _prompt_id(request: Request, ref: str, param: str = "ref") -> str:
         return await asyncio.to_thread(resolve_prompt, request.app.state.store, ref)
     except HeredityError as e:
         raise ApiError(404, str(e), "prompt_not_found", param=param) from None
+
+
+# ---- the heredity loop and the arena: state the routes share --------------------------------------------
+
+JOB_PATTERN = r"^j-[0-9a-f]{16}$"
+BATTLE_PATTERN = r"^b-[0-9a-f]{16}$"
+LOG = logging.getLogger(__name__)
+
+
+def _finite(x):
+    """``x`` with every NaN or infinity replaced by None (JSON has neither; a statistic over no items is
+    one)."""
+    if isinstance(x, float):
+        return x if math.isfinite(x) else None
+    if isinstance(x, dict):
+        return {k: _finite(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [_finite(v) for v in x]
+    return x
+
+
+def _first_error(e: Exception) -> str:
+    """One line for an exception: a pydantic error's first message, else the first line of its text."""
+    errs = getattr(e, "errors", None)
+    if callable(errs):
+        try:
+            return str(errs()[0]["msg"]).removeprefix("Value error, ")
+        except (IndexError, KeyError, TypeError):
+            pass
+    return (str(e).strip().splitlines() or [type(e).__name__])[0]
+
+
+def _round_view(record: dict) -> dict:
+    """A round record as the API shows it: without the (long) list of the feedback it trained on."""
+    return {k: v for k, v in record.items() if k != "trained_on"}
+
+
+def _alias_start(store: Store, alias: str) -> str | None:
+    """The model an alias pointed to first (the loop's base), None when it never was set."""
+    from heredity.loop import alias_history
+
+    moves = alias_history(store, alias)
+    return moves[0]["to"] if moves else None
+
+
+def _arena_pair(store: Store, alias: str) -> list[str]:
+    """The arena's default pair: where ``alias`` points now, and where it pointed before (or, when it never
+    moved from anywhere, the model it started from); 400 when that is one model or none."""
+    from heredity.loop import alias_history
+
+    current = store.model_alias(alias)
+    if current is None:
+        raise ApiError(
+            400,
+            f"alias {alias!r} serves no model yet; name two models, or train a round on /loop first",
+            "no_models",
+            "models",
+        )
+    moves = alias_history(store, alias)
+    before = next((m["from"] for m in reversed(moves) if m["to"] == current and m["from"]), None)
+    other = before or (moves[0]["to"] if moves else None)
+    if other is None or other == current:
+        raise ApiError(
+            400,
+            f"alias {alias!r} has only served {current}; name two models to compare",
+            "no_models",
+            "models",
+        )
+    return [current, other]
+
+
+async def _arena_answer(request: Request, host, body: ArenaRequest) -> tuple[str, str]:
+    """(model id, answer) of one arena contestant (a loaded ``ModelHost``): the prompt as one user message in
+    the model's chat template, generated on the model's worker like a chat completion (its queue and work
+    bounds apply)."""
+    from heredity.engine.sampling import SampleConfig, render_prompt
+    from heredity.server.openai_api import _complete, _reserve, _room
+
+    if not getattr(host.view, "chat_template", None):
+        raise ApiError(
+            400, f"model {host.id} has no chat template; the arena needs chat models", "no_chat_template"
+        )
+    text = render_prompt(host.view, [{"role": "user", "content": body.prompt}], SampleConfig())
+    ids = host.view(text, add_special_tokens=False)["input_ids"]
+    max_new = _room(host, len(ids), body.max_tokens, "prompt", "the prompt")
+    cfg = SampleConfig(temperature=body.temperature, max_new_tokens=max_new, chat=True, batch_size=1)
+    res = _reserve(host, request, len(ids) + max_new, f"a prompt of {len(ids)} tokens, max_tokens {max_new}")
+    try:
+        comps = await _complete(request, host, [ids], cfg, False, None)
+    finally:
+        res.release()
+    return host.id, comps[0].text
+
+
+class LoopJobs:
+    """Rounds of the heredity loop (``heredity.loop.run_round``: minutes of CPU) on a thread of their own, one
+    at a time, never on the event loop. A job is ``running`` (its ``log`` grows with the round's progress
+    lines), then ``done`` with the round's ``record`` or ``failed`` with a one-line ``error`` (a refusal says
+    how much feedback there is and how much is needed). The last ``keep`` jobs are kept, in memory only."""
+
+    MAX_LOG = 200  # progress lines kept per job
+
+    def __init__(self, keep: int = 32):
+        self.keep = keep
+        self._jobs: OrderedDict[str, dict] = OrderedDict()
+        self._running: str | None = None
+        self._lock = threading.Lock()
+
+    def start(self, store: Store, config) -> str:
+        """Start a round on ``config`` (a LoopConfig) and return its job id; ApiError 409 while one runs."""
+        with self._lock:
+            if self._running is not None:
+                raise ApiError(
+                    409,
+                    f"round {self._running} is still running; one round runs at a time: wait for it "
+                    f"(GET /api/loop/jobs/{self._running})",
+                    "round_running",
+                )
+            jid = f"j-{secrets.token_hex(8)}"
+            self._jobs[jid] = {
+                "id": jid,
+                "state": "running",
+                "alias": config.alias,
+                "method": config.method,
+                "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                "log": [],
+            }
+            self._running = jid
+            while len(self._jobs) > self.keep:
+                self._jobs.popitem(last=False)
+        thread = threading.Thread(
+            target=self._run, args=(jid, store, config), name=f"loop-{jid}", daemon=True
+        )
+        try:
+            thread.start()
+        except BaseException:
+            with self._lock:
+                self._jobs.pop(jid, None)
+                self._running = None
+            raise
+        return jid
+
+    def _run(self, jid: str, store: Store, config) -> None:
+        from heredity import loop
+
+        hide = [(a.decode(), b.decode()) for a, b in hidden_paths(store)]
+
+        def scrub(text: str) -> str:
+            for needle, replacement in hide:
+                text = text.replace(needle, replacement)
+            return text
+
+        def say(line: str) -> None:
+            with self._lock:
+                log = self._jobs[jid]["log"]
+                if len(log) < self.MAX_LOG:
+                    log.append(scrub(str(line)))
+
+        end: dict = {"state": "failed", "error": "the round stopped before it ended"}
+        try:
+            record = loop.run_round(store, config, progress=False, on_progress=say)
+            end = {"state": "done", "record": _finite(_round_view(record))}
+        except HeredityError as e:  # a refusal, or a model or setting the round cannot use: one line
+            end = {"state": "failed", "error": scrub(_first_error(e))}
+        except Exception as e:  # noqa: BLE001 - reported in the job, with the traceback in the server's log
+            LOG.exception("loop round %s failed", jid)
+            end = {
+                "state": "failed",
+                "error": scrub(f"the round failed: {type(e).__name__}: {_first_error(e)}"),
+            }
+        finally:
+            with self._lock:
+                self._jobs[jid].update(end, ended_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+                self._running = None
+
+    def get(self, jid: str) -> dict | None:
+        with self._lock:
+            job = self._jobs.get(jid)
+            return None if job is None else {**job, "log": list(job["log"])}
+
+    def last(self) -> dict | None:
+        """The job started last (the one running, if any), or None."""
+        with self._lock:
+            jid = next(reversed(self._jobs), None)
+        return None if jid is None else self.get(jid)
+
+
+class Arena:
+    """The arena's battles: a prompt and two (model, answer) slots, A and B, in a random order; the last
+    ``keep`` are kept, in memory only, each votable once."""
+
+    def __init__(self, keep: int = 256):
+        self.keep = keep
+        self._battles: OrderedDict[str, dict] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def add(self, prompt: str, answers: list[tuple[str, str]], params: dict) -> dict:
+        """Keep a battle; answers ``{id, answers: [{slot, text}]}`` without the models."""
+        order = list(answers)
+        secrets.SystemRandom().shuffle(order)
+        bid = f"b-{secrets.token_hex(8)}"
+        slots = dict(zip("AB", order, strict=True))
+        with self._lock:
+            self._battles[bid] = {"prompt": prompt, "slots": slots, "params": params, "voted": None}
+            while len(self._battles) > self.keep:
+                self._battles.popitem(last=False)
+        return {"id": bid, "answers": [{"slot": s, "text": text} for s, (_, text) in slots.items()]}
+
+    def claim(self, bid: str, winner: str) -> dict:
+        """The battle, marked voted for ``winner``; 404 when it is unknown (or forgotten), 409 when voted."""
+        with self._lock:
+            battle = self._battles.get(bid)
+            if battle is None:
+                raise ApiError(
+                    404,
+                    f"no battle {bid}: the server keeps the last {self.keep} in memory; start a new one",
+                    "battle_not_found",
+                )
+            if battle["voted"] is not None:
+                raise ApiError(409, f"battle {bid} already has a vote ({battle['voted']})", "already_voted")
+            battle["voted"] = winner
+            return {**battle, "slots": dict(battle["slots"])}
+
+    def unclaim(self, bid: str) -> None:
+        """Withdraw a vote whose feedback could not be stored."""
+        with self._lock:
+            if bid in self._battles:
+                self._battles[bid]["voted"] = None
 
 
 def api_router() -> APIRouter:
@@ -1108,6 +1347,161 @@ def api_router() -> APIRouter:
         except HeredityError as e:
             raise ApiError(400, str(e), "invalid_alias") from None
 
+    # ---- the heredity loop (heredity.loop): rounds on a thread of their own, the alias, the arena ----------
+
+    @r.get("/loop")
+    def loop_state(request: Request) -> dict:
+        """``aliases`` ({alias: the model or adapter it serves}), ``history`` ({alias: its moves, oldest
+        first}), ``rounds`` (every round record, oldest first per alias, without the list of the feedback it
+        trained on) and ``job`` (the last round started here: GET /api/loop/jobs/{id}'s answer, or null)."""
+        from heredity import loop
+
+        store: Store = request.app.state.store
+        names = loop.aliases(store)
+        return _finite(
+            {
+                "aliases": names,
+                "history": {a: loop.alias_history(store, a) for a in names},
+                "rounds": [_round_view(rec) for rec in loop.rounds(store)],
+                "job": request.app.state.loop_jobs.last(),
+            }
+        )
+
+    @r.post("/loop/rounds", status_code=202)
+    async def start_round(body: LoopRound, request: Request) -> dict:
+        """Start one round of the loop (``heredity.loop.run_round``) on a thread of its own and answer at once
+        ``{job, alias, base}``; follow it at GET /api/loop/jobs/{job}. One round runs at a time (409 while
+        one does). ``base`` (any name or id GET /v1/models lists) left out: the model the alias started from,
+        when it has been set before, else LoopConfig's default."""
+        from heredity.loop import LoopConfig
+
+        store: Store = request.app.state.store
+        data = body.model_dump()
+        if "base" not in body.model_fields_set:
+            start = await asyncio.to_thread(_alias_start, store, body.alias)
+            if start is not None:
+                data["base"] = start
+        else:  # named as every route names a model: no paths or hub ids over HTTP
+            try:
+                data["base"] = await asyncio.to_thread(request.app.state.pool.resolve, body.base)
+            except HeredityError as e:
+                raise ApiError(404, str(e), "model_not_found", param="base") from None
+        config = LoopConfig.model_validate(data)
+        jid = request.app.state.loop_jobs.start(store, config)
+        return {"job": jid, "alias": config.alias, "base": config.base}
+
+    @r.get("/loop/jobs/{jid}")
+    def loop_job(request: Request, jid: str = PathParam(pattern=JOB_PATTERN)) -> dict:
+        """A round job: ``id``, ``state`` (running, done or failed), ``log`` (its progress lines), ``record``
+        (the round, when done) or ``error`` (one line, when failed: a refusal says what feedback is
+        missing)."""
+        job = request.app.state.loop_jobs.get(jid)
+        if job is None:
+            raise ApiError(
+                404,
+                f"no round job {jid} (jobs live in the server's memory: a restart forgets them)",
+                "job_not_found",
+            )
+        return job
+
+    @r.post("/loop/aliases/{alias}/rollback")
+    async def rollback_alias(
+        body: EmptyBody, request: Request, alias: str = PathParam(pattern=ALIAS_PATTERN)
+    ) -> dict:
+        """Move the alias back to where it pointed before its last move (``heredity.loop.rollback``); 409 when
+        it has nothing to go back to. Answers the move ``{alias, from, to, moved, reason}``."""
+        from heredity import loop
+
+        store: Store = request.app.state.store
+        if await asyncio.to_thread(store.model_alias, alias) is None:
+            raise ApiError(404, f"no model alias {alias!r} in this store; a round sets it", "alias_not_found")
+        try:
+            return await asyncio.to_thread(loop.rollback, store, alias, alias_mover(request))
+        except HeredityError as e:
+            raise ApiError(409, str(e), "nothing_to_roll_back") from None
+
+    @r.post("/loop/aliases/{alias}/promote")
+    async def promote_alias(
+        body: PromoteModel, request: Request, alias: str = PathParam(pattern=ALIAS_PATTERN)
+    ) -> dict:
+        """Point the alias at ``model`` (any name or id GET /v1/models lists) by hand, recorded with the
+        reason "set by hand" and who moved it. Answers the move ``{alias, from, to, moved, reason}``."""
+        from heredity import loop
+
+        store: Store = request.app.state.store
+        try:
+            loop.LoopConfig(alias=alias)  # the alias's own checks, before any model is looked up
+        except ValueError as e:
+            raise ApiError(400, _first_error(e), "invalid_alias", param="alias") from None
+        try:
+            aid = await asyncio.to_thread(request.app.state.pool.resolve, body.model)
+        except HeredityError as e:
+            raise ApiError(404, str(e), "model_not_found", param="model") from None
+        try:
+            return await asyncio.to_thread(
+                loop.move_alias, store, alias, aid, "set by hand", alias_mover(request)
+            )
+        except HeredityError as e:
+            raise ApiError(400, str(e), "invalid_alias", param="model") from None
+
+    @r.post("/arena")
+    async def arena(body: ArenaRequest, request: Request) -> dict:
+        """Two models answer ``prompt`` (by default where the alias points now and where it pointed before, or
+        the model it started from); answers ``{id, answers: [{slot: A, text}, {slot: B, text}]}`` in a
+        shuffled order, without saying which model wrote which. Vote at POST /api/arena/{id}/vote."""
+        store: Store = request.app.state.store
+        pool: ModelPool = request.app.state.pool
+        names = body.models or await asyncio.to_thread(_arena_pair, store, body.alias)
+        ids = []
+        for name in names:
+            try:
+                ids.append(await asyncio.to_thread(pool.resolve, name))
+            except HeredityError as e:
+                raise ApiError(404, str(e), "model_not_found", param="models") from None
+        if ids[0] == ids[1]:
+            raise ApiError(
+                400,
+                f"both names stand for {ids[0]}; an arena needs two different models",
+                "same_model",
+                "models",
+            )
+        # loaded one after the other (two models loading at once on two threads can break transformers'
+        # loading), then both answer at once on their own workers
+        hosts = [await host_for(request, aid) for aid in ids]
+        answers = await asyncio.gather(*(_arena_answer(request, host, body) for host in hosts))
+        params = {"temperature": body.temperature, "max_tokens": body.max_tokens}
+        return request.app.state.arena.add(body.prompt, list(answers), params)
+
+    @r.post("/arena/{bid}/vote")
+    def arena_vote(body: ArenaVote, request: Request, bid: str = PathParam(pattern=BATTLE_PATTERN)) -> dict:
+        """Store the vote as feedback the loop reads: one conversation per answer, the winner's answer rated
+        +1 and the loser's −1 (the same prompt: a preference pair). Answers which model wrote which slot; a
+        second vote on one battle is 409."""
+        arena_: Arena = request.app.state.arena
+        battle = arena_.claim(bid, body.winner)
+        convs: Conversations = request.app.state.conversations
+        out = {}
+        try:
+            for slot, (model, text) in battle["slots"].items():
+                conv = convs.create(model, None, f"arena {bid} · {slot}")
+                idx = convs.append(
+                    conv.id,
+                    [{"role": "user", "content": battle["prompt"]}],
+                    {
+                        "role": "assistant",
+                        "content": text,
+                        "model": model,
+                        "params": {**battle["params"], "arena": bid},
+                    },
+                )
+                rating = 1 if slot == body.winner else -1
+                convs.feedback(conv.id, idx, rating=rating)
+                out[slot] = {"model": model, "conversation_id": conv.id, "message_idx": idx, "rating": rating}
+        except BaseException:
+            arena_.unclaim(bid)
+            raise
+        return {"id": bid, "winner": body.winner, "answers": out}
+
     return r
 
 
@@ -1183,6 +1577,12 @@ def page_router() -> APIRouter:
     def prompts_page(request: Request) -> HTMLResponse:
         """The prompt templates: versions, text, variables, render, diff, aliases (through /api/prompts)."""
         return render(request, "prompts.html", page="prompts")
+
+    @r.get("/loop")
+    def loop_page(request: Request) -> HTMLResponse:
+        """The heredity loop: its rounds, the alias and its moves, training from feedback, rollback, the
+        arena (through /api/loop and /api/arena)."""
+        return render(request, "loop.html", page="loop")
 
     @r.get("/lineage")
     def lineage(request: Request, root: str | None = Query(None, pattern=ID_PATTERN)) -> HTMLResponse:

@@ -25,6 +25,9 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
 from heredity.engine.retrieval import is_encoder
 from heredity.engine.sampling import Completion, Prompt, SampleConfig, TokenCallback, sample
 from heredity.errors import HeredityError
@@ -395,8 +398,10 @@ class ModelPool:
         self.hosts: OrderedDict[str, ModelHost] = OrderedDict()
         self.lock = threading.Lock()  # guards ``hosts``; never held while a model loads
         self.loading: dict[str, threading.Lock] = {}
-        # at most ``max_loaded`` models are being loaded at once (each load holds a full model in memory)
-        self.load_slots = threading.BoundedSemaphore(max_loaded)
+        # one model is loaded at a time: transformers builds a model under a process-wide "meta device"
+        # context that is not thread-safe (two loads at once failed with "Cannot copy out of meta tensor");
+        # a load never holds up requests to the models already loaded
+        self.load_slots = threading.Lock()
         self.aliases: dict[str, str] = {}  # names given by POST /v1/load_lora_adapter → stored adapter ids
         # stored sentence encoders loaded for POST /v1/embeddings: at most ``max_loaded``, least recently used
         # unloaded first
@@ -574,7 +579,8 @@ class ModelPool:
 
     def listing(self) -> list[dict]:
         """Bundled models (whether converted yet or not) and every stored model and adapter (reward models
-        excluded); stored sentence encoders are listed with kind ``embedding``."""
+        excluded); stored sentence encoders are listed with kind ``embedding``, the loop's model aliases with
+        kind ``alias`` (their ``name`` is what they serve now)."""
         out = [{"id": name, "kind": "bundled", "name": name, "created": 0} for name in BUNDLED]
         out += [
             {"id": alias, "kind": "adapter", "name": aid, "created": 0}
@@ -587,6 +593,18 @@ class ModelPool:
                 out.append(
                     {"id": a.id, "kind": kind, "name": a.name, "created": int(a.created_at.timestamp())}
                 )
+        from heredity.store.db import ModelAliasRow
+
+        with Session(self.store.engine) as s:  # the loop's aliases (lab-latest), last
+            out += [
+                {
+                    "id": r.alias,
+                    "kind": "alias",
+                    "name": r.artifact_id,
+                    "created": int(r.updated_at.timestamp()),
+                }
+                for r in s.scalars(select(ModelAliasRow).order_by(ModelAliasRow.alias))
+            ]
         return out
 
     def close(self) -> None:

@@ -10,6 +10,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from heredity.loop import Check, LoopConfig
+
 MAX_BODY_BYTES = 1_000_000
 MAX_MESSAGES = 64
 MAX_MESSAGE_CHARS = 16_000
@@ -409,3 +411,64 @@ class MoveAlias(BaseModel):
     ref: PromptRef | Annotated[int, Field(ge=1)] = Field(
         description="a reference to one of the template's versions, or a version number"
     )
+
+
+# ---- the heredity loop (heredity.loop: feedback → adapter → evaluation → the alias) and the arena ----------
+
+ALIAS_PATTERN = r"^[a-z][a-z0-9._-]{0,63}$"
+
+
+class LoopCheck(Check):
+    model_config = ConfigDict(extra="forbid")
+
+
+class LoopRound(LoopConfig):
+    """``POST /api/loop/rounds``: one round's settings, every field of ``heredity.loop.LoopConfig`` and no
+    other (an unknown field is refused). ``base`` left out: the model the alias started from when it has
+    one."""
+
+    model_config = ConfigDict(extra="forbid")
+    checks: list[LoopCheck] = Field(
+        default_factory=list, description="regexes an answer should match; the first decides promotion"
+    )
+
+
+class EmptyBody(BaseModel):
+    """A body with nothing in it (``{}``): state-changing routes take JSON, so the server's checks cover
+    them."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class PromoteModel(BaseModel):
+    """``POST /api/loop/aliases/{alias}/promote``: point the alias at ``model`` by hand."""
+
+    model_config = ConfigDict(extra="forbid")
+    model: str = Field(
+        min_length=1,
+        max_length=200,
+        description="a model (m-…) or adapter (a-…) id, a unique prefix, or alias",
+    )
+
+
+class ArenaRequest(BaseModel):
+    """``POST /api/arena``: one prompt, answered by two models; the answers come back in a shuffled order
+    without saying which model wrote which."""
+
+    model_config = ConfigDict(extra="forbid")
+    prompt: str = Field(min_length=1, max_length=MAX_MESSAGE_CHARS)
+    models: list[ModelName] | None = Field(
+        None,
+        min_length=2,
+        max_length=2,
+        description="the two models; left out: where the alias points now and where it pointed before (or "
+        "the model it started from)",
+    )
+    alias: str = Field("lab-latest", pattern=ALIAS_PATTERN)
+    max_tokens: int = Field(128, ge=1, le=MAX_TOKENS)
+    temperature: float = Field(0.0, ge=0, le=2, description="0: greedy")
+
+
+class ArenaVote(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    winner: Literal["A", "B"]
