@@ -136,6 +136,24 @@ def test_a_loop_that_trains_on_nothing_is_not_promoted(store):
     assert not record["decision"]["promote"] and store.model_alias("lab-latest") == store.resolve_id(tiny)
 
 
+def test_a_judge_reward_model_gives_a_win_rate_with_its_interval(store):
+    from heredity.engine.reward import RewardConfig, reward_step
+
+    tiny = stored_tiny(store, "chat")
+    chat(store, tiny, 24)
+    pairs = [
+        {"prompt": [{"role": "user", "content": f"q{i}"}], "chosen": "Owls!", "rejected": "I do not know."}
+        for i in range(16)
+    ]
+    rm = reward_step(store, tiny, [put_rows(store, pairs, "pairs")], RewardConfig(epochs=1, batch_size=8))
+    record = run_round(store, config(tiny, method="sft", judge=rm["model"]), progress=False)
+    judge = record["stats"]["judge"]
+    assert judge["n"] + judge["ties"] >= 2  # one comparison per held-out prompt
+    assert 0 <= judge["lo"] <= judge["mean"] <= judge["hi"] <= 1 and judge["unit"].startswith("held-out")
+    with pytest.raises(HeredityError, match="not a reward model"):
+        run_round(store, config(tiny, method="sft", judge=tiny), progress=False)
+
+
 def test_rollback_needs_a_move(store):
     with pytest.raises(HeredityError, match="no model alias"):
         rollback(store, "lab-latest")
