@@ -157,3 +157,17 @@ def test_a_judge_reward_model_gives_a_win_rate_with_its_interval(store):
 def test_rollback_needs_a_move(store):
     with pytest.raises(HeredityError, match="no model alias"):
         rollback(store, "lab-latest")
+
+
+def test_rollbacks_stack(store):
+    a, b, c = (stored_tiny(store, n, initializer_range=r) for n, r in (("a", 0.01), ("b", 0.02), ("c", 0.03)))
+    assert len({a, b, c}) == 3  # content-addressed: three different weights
+    move_alias(store, "lab-latest", a, "start")
+    move_alias(store, "lab-latest", b, "round 1")
+    move_alias(store, "lab-latest", c, "round 2")
+    assert rollback(store, "lab-latest")["to"] == b
+    assert rollback(store, "lab-latest")["to"] == a  # not forward to c again
+    with pytest.raises(HeredityError, match="no earlier model to roll back to"):
+        rollback(store, "lab-latest")
+    move_alias(store, "lab-latest", c, "set by hand")
+    assert rollback(store, "lab-latest")["to"] == a

@@ -159,7 +159,7 @@ def test_promote_by_hand_and_roll_back(home):
         m = c.post(f"{base}/promote", json={"model": a}).json()
         assert (m["from"], m["to"], m["reason"], m["moved"]) == (None, a, "set by hand", True)
         r = c.post(f"{base}/rollback", json={})
-        assert error_code(r, 409) == "nothing_to_roll_back" and "nothing to roll back" in r.text
+        assert error_code(r, 409) == "nothing_to_roll_back" and "no earlier model to roll back to" in r.text
         assert c.post(f"{base}/promote", json={"model": b}).json()["from"] == a
         assert c.post(f"{base}/rollback", json={}).json()["to"] == a
         r = c.post(f"{base}/promote", json={"model": "m-ffffffffffffffff"})

@@ -188,17 +188,26 @@ def alias_history(store: Store, alias: str) -> list[dict]:
 
 
 def rollback(store: Store, alias: str, by: str | None = None) -> dict:
-    """Move ``alias`` back to where it pointed before its last move (refused when it never moved)."""
+    """Move ``alias`` back to where it pointed before the last move not already rolled back: rollbacks stack,
+    so two rollbacks after promotions A → B → C serve A, never C again (refused when nothing is left to
+    undo)."""
     current = store.model_alias(alias)
     if current is None:
         raise HeredityError(f"no model alias {alias!r} in this store; `heredity loop ls` lists them")
-    moves = alias_history(store, alias)
-    last = next((m for m in reversed(moves) if m["to"] == current and m["from"]), None)
-    if last is None:
+    undone, target = 0, None
+    for m in reversed(alias_history(store, alias)):
+        if m["reason"].startswith("rollback"):
+            undone += 1  # each rollback cancels the latest move before it that is not itself cancelled
+        elif undone:
+            undone -= 1
+        else:
+            target = m["from"]
+            break
+    if target is None:
         raise HeredityError(
-            f"alias {alias!r} has not moved since it was set; there is nothing to roll back to"
+            f"alias {alias!r} has no earlier model to roll back to (every move since it was set is undone)"
         )
-    return move_alias(store, alias, last["from"], f"rollback from {current}", by)
+    return move_alias(store, alias, target, f"rollback from {current}", by)
 
 
 def aliases(store: Store) -> dict[str, str]:
