@@ -46,7 +46,6 @@ import hashlib
 import ipaddress
 import json
 import logging
-import math
 import mimetypes
 import os
 import secrets
@@ -89,6 +88,7 @@ from heredity.server.schemas import (
 )
 from heredity.store import Store
 from heredity.store.conversations import CONV_RE, Conversations
+from heredity.store.store import finite_json
 
 HERE = Path(__file__).parent
 ID_PATTERN = r"^[madrtp]-[0-9a-f]{16}$"
@@ -821,18 +821,6 @@ BATTLE_PATTERN = r"^b-[0-9a-f]{16}$"
 LOG = logging.getLogger(__name__)
 
 
-def _finite(x):
-    """``x`` with every NaN or infinity replaced by None (JSON has neither; a statistic over no items is
-    one)."""
-    if isinstance(x, float):
-        return x if math.isfinite(x) else None
-    if isinstance(x, dict):
-        return {k: _finite(v) for k, v in x.items()}
-    if isinstance(x, list | tuple):
-        return [_finite(v) for v in x]
-    return x
-
-
 def _first_error(e: Exception) -> str:
     """One line for an exception: a pydantic error's first message, else the first line of its text."""
     errs = getattr(e, "errors", None)
@@ -973,7 +961,7 @@ class LoopJobs:
         end: dict = {"state": "failed", "error": "the round stopped before it ended"}
         try:
             record = loop.run_round(store, config, progress=False, on_progress=say)
-            end = {"state": "done", "record": _finite(_round_view(record))}
+            end = {"state": "done", "record": finite_json(_round_view(record))}
         except HeredityError as e:  # a refusal, or a model or setting the round cannot use: one line
             end = {"state": "failed", "error": scrub(_first_error(e))}
         except Exception as e:  # noqa: BLE001 - reported in the job, with the traceback in the server's log
@@ -1358,7 +1346,7 @@ def api_router() -> APIRouter:
 
         store: Store = request.app.state.store
         names = loop.aliases(store)
-        return _finite(
+        return finite_json(
             {
                 "aliases": names,
                 "history": {a: loop.alias_history(store, a) for a in names},
