@@ -38,7 +38,6 @@ import json
 import re
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -50,7 +49,7 @@ from heredity.errors import HeredityError
 from heredity.store import Store, read_table
 from heredity.store.db import ModelAliasMoveRow, ModelAliasRow
 from heredity.store.ops import op, rows_op
-from heredity.store.store import finite_json
+from heredity.store.store import _now, _who, finite_json
 
 rows_op("loop-feedback")  # the round's feedback rows and datasets, by data.io.put_rows
 ALIAS_RE = re.compile(r"[a-z][a-z0-9._-]{0,63}")
@@ -121,20 +120,6 @@ class LoopConfig(BaseModel):
 
 
 # ---- aliases -------------------------------------------------------------------------------------------
-
-
-def _now() -> datetime:
-    return datetime.now(UTC).replace(tzinfo=None)
-
-
-def _who() -> str:
-    import getpass
-    import socket
-
-    try:
-        return f"{getpass.getuser()}@{socket.gethostname()}"
-    except Exception:  # noqa: BLE001 - a user name is a courtesy, never a reason to fail
-        return "unknown"
 
 
 def move_alias(store: Store, alias: str, target: str, reason: str, by: str | None = None) -> dict:
@@ -274,33 +259,26 @@ def feedback_items(store: Store, config: LoopConfig) -> list[dict]:
 
 
 def training_rows(items: list[dict]) -> dict[str, list[dict]]:
-    """The SFT, DPO and KTO rows the training feedback makes (see the module docstring)."""
-    sft, dpo, kto = [], [], []
-    by_prompt: dict[str, dict[int, list[str]]] = {}
+    """The SFT, DPO and KTO rows the training feedback makes: SFT and DPO by the lab's export rules
+    (``data.feedback.rows_from_rated``), KTO every rated answer with its label (a better answer desirable,
+    the answer it replaced not)."""
+    from heredity.data.feedback import rows_from_rated
+
+    sft, prefs = rows_from_rated([{**it, "trace": {}} for it in items])
+    kto = []
     for it in items:
-        prompt = it["prompt"]
         if it["better"]:
-            sft.append({"prompt": prompt, "completion": it["better"]})
-            dpo.append({"prompt": prompt, "chosen": it["better"], "rejected": it["answer"]})
             kto += [
-                {"prompt": prompt, "completion": it["better"], "label": True},
-                {"prompt": prompt, "completion": it["answer"], "label": False},
+                {"prompt": it["prompt"], "completion": it["better"], "label": True},
+                {"prompt": it["prompt"], "completion": it["answer"], "label": False},
             ]
-        elif it["rating"] > 0:
-            sft.append({"prompt": prompt, "completion": it["answer"]})
-        if it["rating"] and not it["better"]:
-            kto.append({"prompt": prompt, "completion": it["answer"], "label": it["rating"] > 0})
-        if it["rating"]:
-            key = json.dumps(prompt, sort_keys=True)
-            by_prompt.setdefault(key, {1: [], -1: []})[1 if it["rating"] > 0 else -1].append(it["answer"])
-    for key, votes in by_prompt.items():
-        dpo += [
-            {"prompt": json.loads(key), "chosen": up, "rejected": down}
-            for up in votes[1]
-            for down in votes[-1]
-            if up != down
-        ]
-    return {"sft": sft, "dpo": dpo, "kto": kto}
+        elif it["rating"]:
+            kto.append({"prompt": it["prompt"], "completion": it["answer"], "label": it["rating"] > 0})
+    return {
+        "sft": [{"prompt": r["messages"][:-1], "completion": r["messages"][-1]["content"]} for r in sft],
+        "dpo": [{k: r[k] for k in ("prompt", "chosen", "rejected")} for r in prefs],
+        "kto": kto,
+    }
 
 
 def choose_method(config: LoopConfig, rows: dict[str, list[dict]]) -> tuple[Method, str]:

@@ -21,14 +21,12 @@ from __future__ import annotations
 
 import difflib
 import functools
-import getpass
 import hashlib
 import json
 import math
 import re
-import socket
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
 
@@ -42,7 +40,7 @@ from sqlalchemy.orm import Session
 from heredity.errors import HeredityError
 from heredity.store.db import PromptAliasMoveRow, PromptAliasRow
 from heredity.store.ops import op
-from heredity.store.store import ID_PREFIX_RE, PROMPT_ALIAS, PROMPT_NAME, PROMPT_REFS, Store
+from heredity.store.store import ID_PREFIX_RE, PROMPT_ALIAS, PROMPT_NAME, PROMPT_REFS, Store, _now, _who
 
 TEMPLATE_FILE = "template.json"  # a prompt artifact's one file: the template as canonical JSON
 ROLES = ("system", "user", "assistant")
@@ -451,18 +449,6 @@ def prompt_info(store: Store, ref: str) -> dict:
 
 
 # ---- aliases --------------------------------------------------------------------------------------
-
-
-def _who() -> str:
-    try:
-        user = getpass.getuser()
-    except (KeyError, OSError):
-        user = "unknown"
-    return f"{user}@{socket.gethostname()}"[:255]
-
-
-def _now() -> datetime:
-    return datetime.now(UTC).replace(tzinfo=None)
 
 
 def _version_of(store: Store, name: str) -> dict[str, int]:

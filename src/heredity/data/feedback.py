@@ -62,47 +62,67 @@ def _snapshot_rows(convs: list[Conversation]) -> list[dict]:
 
 def build_feedback_rows(conversations: list[dict]) -> tuple[list[dict], list[dict]]:
     """(sft rows, preference rows) from snapshot rows (see module doc for the rules)."""
-    sft, prefs = [], []
-    by_prompt: dict[str, dict[int, list[tuple[dict, str]]]] = {}
+    return rows_from_rated(rated_answers(conversations))
+
+
+def rated_answers(conversations: list[dict]) -> list[dict]:
+    """Every assistant answer with feedback in snapshot rows: ``{prompt (messages before it, system first),
+    answer, rating, better, trace}``, in conversation and message order."""
+    out = []
     for c in conversations:
         system = [{"role": "system", "content": c["system_prompt"]}] if c["system_prompt"] else []
         msgs = c["messages"]
         for i, m in enumerate(msgs):
             if m["role"] != "assistant":
                 continue
-            rating, better = c["ratings"][i], c["better"][i]
-            prompt = system + [dict(x) for x in msgs[:i]]
-            trace = {"conversation_id": c["conversation_id"], "message_idx": i, "model": c["model"]}
-            if better:
-                sft.append(
-                    {
-                        "messages": [*prompt, {"role": "assistant", "content": better}],
-                        **trace,
-                        "source": "better_answer",
-                    }
-                )
-                prefs.append(
-                    {
-                        "prompt": prompt,
-                        "chosen": better,
-                        "rejected": m["content"],
-                        **trace,
-                        "source": "better_answer",
-                    }
-                )
-            elif rating > 0:
-                sft.append(
-                    {
-                        "messages": [*prompt, {"role": "assistant", "content": m["content"]}],
-                        **trace,
-                        "source": "thumbs_up",
-                    }
-                )
-            if rating:
-                key = json.dumps(prompt, sort_keys=True)
-                by_prompt.setdefault(key, {1: [], -1: []})[1 if rating > 0 else -1].append(
-                    (trace, m["content"])
-                )
+            out.append(
+                {
+                    "prompt": system + [dict(x) for x in msgs[:i]],
+                    "answer": m["content"],
+                    "rating": c["ratings"][i],
+                    "better": c["better"][i],
+                    "trace": {"conversation_id": c["conversation_id"], "message_idx": i, "model": c["model"]},
+                }
+            )
+    return out
+
+
+def rows_from_rated(items: list[dict]) -> tuple[list[dict], list[dict]]:
+    """(sft rows, preference rows) from rated answers (``rated_answers``' items; ``trace`` is copied onto
+    each row): a better answer is an SFT row and is preferred to the answer it replaced; an answer rated up is
+    an SFT row; an answer rated up is preferred to every different answer rated down for the same messages."""
+    sft, prefs = [], []
+    by_prompt: dict[str, dict[int, list[tuple[dict, str]]]] = {}
+    for it in items:
+        prompt, answer, rating, better, trace = (
+            it["prompt"],
+            it["answer"],
+            it["rating"],
+            it["better"],
+            it["trace"],
+        )
+        if better:
+            sft.append(
+                {
+                    "messages": [*prompt, {"role": "assistant", "content": better}],
+                    **trace,
+                    "source": "better_answer",
+                }
+            )
+            prefs.append(
+                {"prompt": prompt, "chosen": better, "rejected": answer, **trace, "source": "better_answer"}
+            )
+        elif rating > 0:
+            sft.append(
+                {
+                    "messages": [*prompt, {"role": "assistant", "content": answer}],
+                    **trace,
+                    "source": "thumbs_up",
+                }
+            )
+        if rating:
+            key = json.dumps(prompt, sort_keys=True)
+            by_prompt.setdefault(key, {1: [], -1: []})[1 if rating > 0 else -1].append((trace, answer))
     for key, votes in by_prompt.items():
         for up_trace, up in votes[1]:
             for _, down in votes[-1]:

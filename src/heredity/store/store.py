@@ -1219,6 +1219,18 @@ def _now() -> datetime:
     return datetime.now(UTC).replace(tzinfo=None)
 
 
+def _who() -> str:
+    """``user@host`` for a record of who moved an alias (the store's prompt and model aliases)."""
+    import getpass
+    import socket
+
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = "unknown"
+    return f"{user}@{socket.gethostname()}"[:255]
+
+
 def _idle(path: Path, now: float) -> float:
     """Seconds since anything at or under ``path`` was written (the newest mtime of the tree); 0 if
     unreadable."""
