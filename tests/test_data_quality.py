@@ -87,6 +87,8 @@ def test_the_declared_family_is_the_family_tested(ran):
     assert {t["unit"] for t in report["tests"]} == {"training seeds"}
     with pytest.raises(ValueError, match="holm_family must list every test"):
         Config(**{**config.model_dump(), "holm_family": names[:-1]})
+    with pytest.raises(ValueError, match="sizez"):
+        Base(sizez=[3])
 
 
 def test_a_rerun_computes_nothing(ran, monkeypatch):

@@ -42,7 +42,7 @@ import random
 import time
 from typing import Literal
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from heredity.data import put_rows
 from heredity.data.constraints import constraint_rows, kind_pair
@@ -79,7 +79,9 @@ PUBLISHED = [
 
 
 class Base(BaseModel):
-    """One base model and the grid trained on it."""
+    """One base model and the grid trained on it (an unknown field is an error, never dropped)."""
+
+    model_config = ConfigDict(extra="forbid")
 
     model: str = Field(TINY, description=f"{TINY!r} = the chatgpt pipeline's pretrained base, or any spec")
     sizes: list[int] = Field(default_factory=lambda: [100, 300], description="N per selection rule")
