@@ -4,10 +4,16 @@ calls) or logit-distillation loss.
 ``train(model, tokenizer, rows, config)`` is the loop (usable on its own); ``finetune(store, ...)``
 runs it as a memoized store step that writes an adapter or a model artifact with its lineage.
 The loop runs through ``accelerate``: fp32 on CPU, bf16 autocast on CUDA, DDP under ``accelerate launch``.
+Memory: a batch runs forward and backward in pieces of ``micro_batch_tokens`` whose gradients add up to the
+batch's, and the output head is applied only at the positions that carry a label, in checkpointed chunks
+(``HiddenTap``, ``piece_loss``): a batch-16 LoRA step on SmolLM2 peaks near 2 GB instead of 8.7
+(``bench/finetune.py --memory``).
 """
 
 from __future__ import annotations
 
+import contextlib
+import inspect
 import json
 import math
 import os
@@ -103,6 +109,19 @@ class FinetuneConfig(BaseModel):
         gt=0,
         exclude=True,
         description=("also checkpoint when this many minutes passed since the last one (one process only)"),
+    )
+    # like checkpointing, the pieces a batch runs in change its memory, never what it computes (the gradients
+    # of the pieces add up to the whole batch's, up to float rounding: tests/test_finetune.py), so they are
+    # left out of the step key
+    micro_batch_tokens: int = Field(
+        384,
+        ge=8,
+        exclude=True,
+        description=(
+            "memory: a batch runs forward and backward in pieces of at most this many padded tokens whose "
+            "gradients add up to the batch's; activation memory scales with it, the result does not "
+            "(with lora_dropout > 0 a batch runs whole, so its dropout masks are the batch's own)"
+        ),
     )
 
     @model_serializer(mode="wrap")
@@ -307,6 +326,141 @@ def distill_kl(
     return F.kl_div(s, t, log_target=True, reduction="batchmean") * T * T, n
 
 
+# ---- the loss where it is needed -----------------------------------------------------------------
+
+LOGIT_CHUNK = 256  # positions per full-vocabulary logits chunk: 256 × 49,152 columns × 4 B = 50 MB (SmolLM2)
+
+
+class HiddenTap:
+    """Run a causal LM so that the loss can apply the output head only at the positions that carry a label.
+
+    The model is asked for the logits of its last position alone (``logits_to_keep=1``) while a forward hook
+    on its decoder keeps the final hidden states (after the last norm); ``head`` is the output layer. A model
+    whose forward has no ``logits_to_keep``, whose head is not one linear map, or whose own last-position
+    logits differ from ``head(hidden)`` on the first call (a soft-capped or scaled head) runs the ordinary
+    way instead: ``__call__`` then returns its full logits."""
+
+    def __init__(self, model):
+        base = model.get_base_model() if hasattr(model, "get_base_model") else model
+        self.head, self.hook, self.hidden, self.checked = base.get_output_embeddings(), None, None, False
+        decoder = base.get_decoder() if hasattr(base, "get_decoder") else base
+        self.split = (
+            isinstance(self.head, torch.nn.Linear)
+            and decoder is not base
+            and "logits_to_keep" in inspect.signature(base.forward).parameters
+        )
+        if self.split:
+            self.hook = decoder.register_forward_hook(self._catch)
+
+    def _catch(self, module, args, output):
+        self.hidden = output[0]
+
+    def close(self) -> None:
+        if self.hook is not None:
+            self.hook.remove()
+        self.hook, self.split = None, False
+
+    def __call__(self, model, input_ids, attention_mask):
+        """``(hidden, None)``: final hidden states [B, L, d]; or ``(None, logits)`` [B, L, V] where the model
+        cannot be split."""
+        if not self.split:
+            return None, model(input_ids=input_ids, attention_mask=attention_mask).logits
+        out = model(input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=1)
+        h, self.hidden = self.hidden, None
+        if not self.checked:
+            with torch.no_grad():
+                ok = h is not None and tuple(h.shape[:2]) == tuple(input_ids.shape)
+                ok = ok and torch.allclose(
+                    self.head(h[:, -1]).float(), out.logits[:, -1].float(), rtol=1e-3, atol=1e-3
+                )
+            if not ok:
+                self.close()
+                return None, model(input_ids=input_ids, attention_mask=attention_mask).logits
+            self.checked = True
+        return h, None
+
+
+def _head(head, vocab):
+    """The output layer's weight and bias, restricted to the token ids ``vocab`` when given."""
+    w, b = head.weight, head.bias
+    if vocab is not None:
+        w, b = w[vocab], None if b is None else b[vocab]
+    return w, b
+
+
+def _ce_sum(h, w, b, targets):
+    return F.cross_entropy(F.linear(h, w, b).float(), targets, reduction="sum")
+
+
+def _kl_sum(h, w, b, t_logp, T: float):
+    s = F.log_softmax(F.linear(h, w, b).float() / T, dim=-1)
+    return F.kl_div(s, t_logp, log_target=True, reduction="sum") * T * T
+
+
+def chunked_sum(fn, h, w, b, rows, *args, chunk: int = LOGIT_CHUNK):
+    """``fn(h, w, b, rows, *args)`` summed over chunks of ``chunk`` positions, each chunk's logits recomputed
+    in the backward pass (activation checkpointing) rather than kept: the memory of one chunk's logits,
+    whatever the number of positions."""
+    if h.shape[0] <= chunk:
+        return fn(h, w, b, rows, *args)
+    from torch.utils.checkpoint import checkpoint
+
+    return sum(
+        checkpoint(fn, h[i : i + chunk], w, b, rows[i : i + chunk], *args, use_reentrant=False)
+        for i in range(0, h.shape[0], chunk)
+    )
+
+
+def labelled(examples, idx) -> int:
+    """How many next-token positions of the examples ``idx`` carry a label (the loss's denominator)."""
+    return sum(sum(1 for y in examples[i][1][1:] if y != IGNORE) for i in idx)
+
+
+def pieces(examples, idx: list[int], max_tokens: int) -> list[list[int]]:
+    """``idx`` cut, in order, into runs whose padded size (rows × longest row) stays within ``max_tokens``;
+    a longer row runs alone."""
+    out, cur, longest = [], [], 0
+    for i in idx:
+        n = len(examples[i][0])
+        if cur and (len(cur) + 1) * max(longest, n) > max_tokens:
+            out.append(cur)
+            cur, longest = [], 0
+        cur.append(i)
+        longest = max(longest, n)
+    return out + [cur] if cur else out
+
+
+def piece_loss(model, tap, batch, config, teacher=None, t_tap=None, tb=None, vocab=None):
+    """The summed loss of one piece of a batch (``token_ce`` or ``distill_kl`` times the piece's count of
+    labelled positions), with the output head applied only at those positions; and that count."""
+    mask = batch["labels"][:, 1:] != IGNORE
+    n = int(mask.sum())
+    h, logits = tap(model, batch["input_ids"], batch["attention_mask"])
+    if n == 0:
+        return (h if h is not None else logits).sum() * 0.0, 0
+    w, b = _head(tap.head, vocab)
+    if teacher is None:
+        targets = batch["labels"][:, 1:][mask]
+        if h is None:
+            return F.cross_entropy(logits[:, :-1][mask].float(), targets, reduction="sum"), n
+        return chunked_sum(_ce_sum, h[:, :-1][mask], w, b, targets), n
+    tb = batch if tb is None else tb
+    t_mask = tb["labels"][:, 1:] != IGNORE
+    T = config.distill_temperature
+    with torch.no_grad():
+        th, tl = t_tap(teacher, tb["input_ids"], tb["attention_mask"])
+        if th is not None:
+            t_sel = F.linear(th[:, :-1][t_mask], *_head(t_tap.head, vocab))
+        else:
+            t_sel = tl[:, :-1][t_mask] if vocab is None else tl[:, :-1][t_mask][:, vocab]
+        t_logp = F.log_softmax(t_sel.float() / T, dim=-1)
+    if h is None:
+        s_sel = logits[:, :-1][mask] if vocab is None else logits[:, :-1][mask][:, vocab]
+        s = F.log_softmax(s_sel.float() / T, dim=-1)
+        return F.kl_div(s, t_logp, log_target=True, reduction="sum") * T * T, n
+    return chunked_sum(_kl_sum, h[:, :-1][mask], w, b, t_logp, T), n
+
+
 # ---- the loop ------------------------------------------------------------------------------------
 
 
@@ -406,6 +560,9 @@ def train(
     if teacher is not None:
         teacher.eval().to(acc.device)
     pad = pad_id(tokenizer)
+    tap = HiddenTap(acc.unwrap_model(model))
+    t_tap = HiddenTap(teacher) if teacher is not None else None
+    per_piece = config.micro_batch_tokens if config.lora_dropout == 0 else 10**12
 
     step, start_step, curve, tokens, loss_sum, loss_n = 0, 0, [], 0, 0.0, 0
     ckpt = checkpoint_dir / "state.pt" if checkpoint_dir else None
@@ -433,33 +590,36 @@ def train(
                 if micro % config.grad_accum == 0:
                     step += 1
                 continue
-            batch = collate(examples, batch_idx, pad, acc.device)
-            with acc.accumulate(model), acc.autocast():
-                out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
-                if distilling:
-                    tb = batch if t_examples is None else collate(t_examples, batch_idx, pad, acc.device)
-                    with torch.no_grad():
-                        t_logits = teacher(
-                            input_ids=tb["input_ids"], attention_mask=tb["attention_mask"]
-                        ).logits
-                    loss, n = distill_kl(
-                        out.logits,
-                        t_logits,
-                        batch["labels"],
-                        config.distill_temperature,
-                        teacher_labels=None if t_examples is None else tb["labels"],
-                        vocab=None if vocab is None else vocab.to(acc.device),
-                    )
-                else:
-                    loss, n = token_ce(out.logits, batch["labels"])
-                acc.backward(loss)
+            # the batch's mean loss, as pieces of it whose summed losses are divided by the whole batch's
+            # count of labelled positions: their gradients add up to the batch's
+            n_batch, batch_sum = max(1, labelled(examples, batch_idx)), 0.0
+            with acc.accumulate(model):
+                parts = pieces(examples, batch_idx, per_piece)
+                for k, part in enumerate(parts):
+                    batch = collate(examples, part, pad, acc.device)
+                    tb = None if t_examples is None else collate(t_examples, part, pad, acc.device)
+                    last = k == len(parts) - 1
+                    with acc.autocast(), contextlib.nullcontext() if last else acc.no_sync(model):
+                        part_sum, _ = piece_loss(
+                            model,
+                            tap,
+                            batch,
+                            config,
+                            teacher=teacher if distilling else None,
+                            t_tap=t_tap,
+                            tb=tb,
+                            vocab=None if vocab is None else vocab.to(acc.device),
+                        )
+                        acc.backward(part_sum / n_batch)
+                    batch_sum += float(part_sum.detach())
+                    tokens += int(batch["attention_mask"].sum())
+                loss = torch.tensor(batch_sum / n_batch, device=acc.device)
                 if acc.sync_gradients:
                     acc.clip_grad_norm_(params, 1.0)
                 opt.step()  # accelerate's optimizer skips this until the last micro-batch of the step
                 if acc.sync_gradients:
                     sched.step()
                 opt.zero_grad(set_to_none=True)
-            tokens += int(batch["attention_mask"].sum())
             shown = (
                 acc.reduce(loss.detach(), "mean") if acc.num_processes > 1 else loss.detach()
             )  # all ranks' batches
@@ -480,6 +640,9 @@ def train(
                     last_save = time.perf_counter()
         epoch += 1
     bar.close()
+    tap.close()
+    if t_tap is not None:
+        t_tap.close()
     seconds = time.perf_counter() - t0
     model = acc.unwrap_model(model)
     model.eval()

@@ -1,0 +1,213 @@
+"""The fine-tune's loss where it is needed: the output head only at labelled positions, a batch in pieces
+whose gradients add up to the whole batch's, and a memory bound that the old full-logits path breaks."""
+
+import functools
+import importlib
+import json
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from heredity.engine.finetune import (
+    IGNORE,
+    FinetuneConfig,
+    HiddenTap,
+    collate,
+    distill_kl,
+    init_adapter,
+    labelled,
+    piece_loss,
+    pieces,
+    token_ce,
+)
+
+
+def model(seed=0, vocab=97, **kw):
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(
+        vocab_size=vocab,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+        tie_word_embeddings=True,
+        **kw,
+    )
+    return LlamaForCausalLM(cfg).eval()
+
+
+def examples(n=7, seed=1, vocab=97):
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for i in range(n):
+        L = 6 + 3 * i
+        ids = torch.randint(0, vocab, (L,), generator=g).tolist()
+        cut = 2 + i % 4
+        out.append((ids, [IGNORE] * cut + ids[cut:]))
+    return out
+
+
+def grads(m):
+    return torch.cat([p.grad.flatten() for p in m.parameters() if p.requires_grad and p.grad is not None])
+
+
+@pytest.mark.parametrize("method", ["lora", "full"])
+@pytest.mark.parametrize("max_tokens", [10**6, 40, 1])
+def test_pieces_add_up_to_the_whole_batch_cross_entropy(method, max_tokens):
+    cfg = FinetuneConfig(method=method, lora_r=4)
+    ex, idx = examples(), list(range(7))
+    ref = init_adapter(model(), cfg)
+    b = collate(ex, idx, 0, "cpu")
+    loss_ref, n_ref = token_ce(
+        ref(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits, b["labels"]
+    )
+    loss_ref.backward()
+    m = init_adapter(model(), cfg)
+    tap, n_batch, total = HiddenTap(m), labelled(ex, idx), 0.0
+    assert tap.split and n_batch == n_ref
+    parts = pieces(ex, idx, max_tokens)
+    assert sorted(i for p in parts for i in p) == idx
+    for part in parts:
+        s, _ = piece_loss(m, tap, collate(ex, part, 0, "cpu"), cfg)
+        (s / n_batch).backward()
+        total += float(s)
+    assert total / n_batch == pytest.approx(float(loss_ref), rel=1e-5)
+    torch.testing.assert_close(grads(m), grads(ref), rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("vocab_only", [False, True])
+def test_pieces_add_up_to_the_whole_batch_distillation(vocab_only):
+    cfg = FinetuneConfig(loss="number_distill" if vocab_only else "logit_distill", distill_temperature=2.0)
+    vocab = torch.tensor([3, 5, 8, 13, 21, 34]) if vocab_only else None
+    ex, idx = examples(), list(range(7))
+    teacher = model(seed=9)
+    ref = init_adapter(model(), cfg)
+    b = collate(ex, idx, 0, "cpu")
+    with torch.no_grad():
+        t_logits = teacher(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
+    s_logits = ref(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
+    loss_ref, _ = distill_kl(s_logits, t_logits, b["labels"], 2.0, vocab=vocab)
+    loss_ref.backward()
+    m = init_adapter(model(), cfg)
+    tap, t_tap, n_batch, total = HiddenTap(m), HiddenTap(teacher), labelled(ex, idx), 0.0
+    for part in pieces(ex, idx, 30):
+        s, _ = piece_loss(m, tap, collate(ex, part, 0, "cpu"), cfg, teacher=teacher, t_tap=t_tap, vocab=vocab)
+        (s / n_batch).backward()
+        total += float(s)
+    assert total / n_batch == pytest.approx(float(loss_ref), rel=1e-5)
+    torch.testing.assert_close(grads(m), grads(ref), rtol=1e-4, atol=1e-6)
+
+
+def test_chunked_head_equals_one_pass(monkeypatch):
+    """More labelled positions than one logits chunk: the checkpointed chunks give the same loss and
+    gradients."""
+    ft = importlib.import_module("heredity.engine.finetune")
+
+    cfg = FinetuneConfig(method="full")
+    ex, idx = examples(12), list(range(12))
+    out = []
+    for chunk in (10**6, 16):
+        monkeypatch.setattr(ft, "LOGIT_CHUNK", chunk)
+        m = init_adapter(model(), cfg)
+        s, n = piece_loss(m, HiddenTap(m), collate(ex, idx, 0, "cpu"), cfg)
+        assert n > 16
+        (s / n).backward()
+        out.append((float(s), grads(m)))
+    assert out[0][0] == pytest.approx(out[1][0], rel=1e-6)
+    torch.testing.assert_close(out[0][1], out[1][1], rtol=1e-5, atol=1e-7)
+
+
+def test_a_head_that_is_not_the_linear_map_falls_back_to_full_logits():
+    """A scaled head (Cohere's logit_scale, Gemma's soft-capping) makes the model's own last logits differ
+    from head(hidden): the tap notices on its first call and uses the model's full logits from then on: the
+    loss stays the true one."""
+    m = model()
+    forward = m.forward
+
+    @functools.wraps(forward)
+    def scaled(*a, **k):
+        out = forward(*a, **k)
+        out.logits = out.logits * 3.0
+        return out
+
+    m.forward = scaled
+    cfg = FinetuneConfig(method="full")
+    ex, idx = examples(), list(range(7))
+    b = collate(ex, idx, 0, "cpu")
+    tap = HiddenTap(m)
+    assert tap.split  # the signature cannot tell; the first call's check must
+    s, n = piece_loss(m, tap, b, cfg)
+    assert not tap.split
+    ref, n_ref = token_ce(m(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits, b["labels"])
+    assert n == n_ref and float(s) / n == pytest.approx(float(ref), rel=1e-6)
+
+
+def test_pieces_respect_the_token_budget_and_keep_order():
+    ex = examples(7)
+    parts = pieces(ex, [6, 5, 4, 3, 2, 1, 0], 50)
+    assert [i for p in parts for i in p] == [6, 5, 4, 3, 2, 1, 0]
+    for p in parts:
+        assert len(p) == 1 or len(p) * max(len(ex[i][0]) for i in p) <= 50
+
+
+MEASURE = textwrap.dedent(
+    """
+    import json, resource, sys, torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+    import importlib
+    ft = importlib.import_module("heredity.engine.finetune")
+    FinetuneConfig, train = ft.FinetuneConfig, ft.train
+
+    class Tok:  # the loop needs only encoding; rows come pre-tokenized through this stub
+        pad_token_id, eos_token_id, eos_token = 0, 1, None
+        def __call__(self, text, add_special_tokens=False):
+            return {"input_ids": [2 + (ord(c) % 4000) for c in text]}
+
+    if sys.argv[1] == "full-logits":
+        old_init = ft.HiddenTap.__init__
+        def no_split(self, model):
+            old_init(self, model)
+            self.close()
+        ft.HiddenTap.__init__ = no_split
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=16384, hidden_size=256, intermediate_size=768, num_hidden_layers=4,
+                      num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=512,
+                      tie_word_embeddings=True)
+    m = LlamaForCausalLM(cfg)
+    size = sum(p.numel() * 4 for p in m.parameters())
+    rows = [{"prompt": "p" * 40, "completion": "q" * 200} for _ in range(32)]
+    fc = FinetuneConfig(max_steps=1, batch_size=1, chat=False, max_length=512)
+    train(m, Tok(), rows[:1], fc, progress=False)  # warm: libraries, first allocations
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    whole = {"micro_batch_tokens": 10**9} if sys.argv[1] == "full-logits" else {}  # the batch in one piece
+    fc = FinetuneConfig(max_steps=2, batch_size=16, chat=False, max_length=512, **whole)
+    train(LlamaForCausalLM(cfg), Tok(), rows, fc, progress=False)
+    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    print(json.dumps({"size": size, "growth": after - before}))
+    """
+)
+
+
+def measure(mode):
+    out = subprocess.run(
+        [sys.executable, "-c", MEASURE, mode], capture_output=True, text=True, timeout=300, check=True
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_a_fine_tunes_peak_memory_stays_within_a_bound_proportional_to_the_model():
+    """A LoRA fine-tune at batch 16 (16 × 240 tokens, a 16,384-token vocabulary) may grow the process's
+    peak resident memory by at most 6× the model's fp32 size; the full-logits path (logits for every position
+    of the whole batch, as the loop computed them before) breaks the same bound, so the test can fail."""
+    lean, full = measure("lean"), measure("full-logits")
+    bound = 6 * lean["size"]
+    assert lean["growth"] <= bound, f"peak grew {lean['growth'] / 1e6:.0f} MB > bound {bound / 1e6:.0f} MB"
+    assert full["growth"] > bound, (
+        f"the bound cannot fail: full logits grew only {full['growth'] / 1e6:.0f} MB"
+    )
