@@ -3,6 +3,13 @@
 
     .venv/bin/python bench/finetune.py [--rows 128] [--repeats 1]
     .venv/bin/python bench/finetune.py --distill [--rows 64]
+    .venv/bin/python bench/finetune.py --memory [--rows 64] [--batch 16] [--repeats 1]
+
+Memory (``--memory``): peak resident memory (``ru_maxrss``, the model's pages included) and tokens/s of a LoRA
+fine-tune at batch 16, each trainer alone in a fresh child process on the same rows: heredity as it runs
+(the output head at labelled positions only, the batch in pieces of ``micro_batch_tokens``), heredity made to
+run as it did before issue 39 (the whole batch at once, logits at every position), and TRL's ``SFTTrainer``
+with its default gradient checkpointing and without it.
 
 Roofline (``--distill``): this machine's fp32 matmul FLOP/s, measured in the same run on GEMMs of the model's
 shapes, divided by 4N FLOPs per trained token (N = parameters in matmuls; a LoRA student's forward 2N plus its
@@ -17,8 +24,12 @@ tokens/s = tokens in the training sequences (prompt + completion, no padding) / 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import random
+import resource
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -53,7 +64,7 @@ def run_heredity(spec, data, cfg: FinetuneConfig) -> tuple[float, int]:
     return time.perf_counter() - t, m["train_tokens"]
 
 
-def run_trl(spec, data, cfg: FinetuneConfig) -> tuple[float, int]:
+def run_trl(spec, data, cfg: FinetuneConfig, checkpointing: bool = False) -> tuple[float, int]:
     from datasets import Dataset
     from peft import LoraConfig
     from trl import SFTConfig, SFTTrainer
@@ -88,7 +99,7 @@ def run_trl(spec, data, cfg: FinetuneConfig) -> tuple[float, int]:
             fp16=False,
             dataloader_num_workers=0,
             seed=cfg.seed,
-            gradient_checkpointing=False,  # TRL defaults it to True; heredity does not checkpoint activations
+            gradient_checkpointing=checkpointing,  # TRL defaults it to True; heredity's loop does not
         )
         peft_cfg = LoraConfig(
             r=cfg.lora_r,
@@ -164,13 +175,107 @@ def distill_bench(args) -> None:
         print(f"| {loss} | {tps:.1f} | {tps / roof4:.2f} | {tps / roof6:.2f} |")
 
 
+TRAINERS = {
+    "heredity": "heredity",
+    "heredity-whole": "heredity, whole batch and every position's logits (before issue 39)",
+    "trl": "TRL SFTTrainer, gradient checkpointing on (its default)",
+    "trl-nockpt": "TRL SFTTrainer, gradient checkpointing off",
+}
+
+
+def memory_child(args) -> None:
+    """One trainer, alone in this process; prints its peak resident memory and tokens/s as JSON."""
+    data = rows(args.rows)
+    whole = args.child == "heredity-whole"
+    cfg = FinetuneConfig(
+        method="lora",
+        loss="completion_only",
+        lr=2e-4,
+        batch_size=args.batch,
+        epochs=1,
+        max_length=256,
+        warmup_ratio=0.0,
+        save_every=0,
+        **({"micro_batch_tokens": 10**9} if whole else {}),
+    )
+    if whole:  # the loop as it ran before: the model's own logits at every position
+        import importlib
+
+        ft = importlib.import_module("heredity.engine.finetune")
+        split = ft.HiddenTap.__init__
+
+        def unsplit(self, model):
+            split(self, model)
+            self.close()
+
+        ft.HiddenTap.__init__ = unsplit
+    if args.child.startswith("trl"):
+        s, n = run_trl(args.model, data, cfg, checkpointing=args.child == "trl")
+    else:
+        s, n = run_heredity(args.model, data, cfg)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    print(json.dumps({"peak_gb": peak / 1e9, "tok_s": n / s}))
+
+
+def cpu_model() -> str:
+    for line in open("/proc/cpuinfo", encoding="utf-8"):
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return "unknown CPU"
+
+
+def memory_bench(args) -> None:
+    model_gb = None
+    out = {k: [] for k in TRAINERS}
+    for _ in range(args.repeats):
+        for k in TRAINERS:
+            cmd = [
+                sys.executable,
+                __file__,
+                "--child",
+                k,
+                "--rows",
+                str(args.rows),
+                "--batch",
+                str(args.batch),
+            ]
+            cmd += ["--model", args.model]
+            r = subprocess.run(cmd, capture_output=True, text=True, env=os.environ.copy())
+            if r.returncode:
+                sys.exit(f"{k} failed:\n{r.stderr[-3000:]}")
+            out[k].append(json.loads(r.stdout.strip().splitlines()[-1]))
+            print(k, out[k][-1], file=sys.stderr)
+    model, _ = load(args.model, Store())
+    model_gb = sum(p.numel() * p.element_size() for p in model.parameters()) / 1e9
+    print(
+        f"\n# {cpu_model()}, {torch.get_num_threads()} threads; LoRA r=8 on {args.model} "
+        f"(fp32 weights {model_gb:.2f} GB), {args.rows} rows, batch {args.batch}, one epoch; "
+        "each trainer alone "
+        f"in a fresh process, median of {args.repeats}\n"
+    )
+    trl = statistics.median(x["peak_gb"] for x in out["trl"])
+    print("| trainer | peak resident GB | ÷ TRL (default) | tokens/s |")
+    print("|---|---:|---:|---:|")
+    for k, label in TRAINERS.items():
+        peak = statistics.median(x["peak_gb"] for x in out[k])
+        tps = statistics.median(x["tok_s"] for x in out[k])
+        print(f"| {label} | {peak:.2f} | {peak / trl:.2f}x | {tps:.1f} |")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="smollm2-135m-instruct")
     ap.add_argument("--rows", type=int, default=128)
     ap.add_argument("--repeats", type=int, default=1)
     ap.add_argument("--distill", action="store_true", help="distillation tokens/s against the FLOP roofline")
+    ap.add_argument("--memory", action="store_true", help="peak memory against TRL, each in a fresh process")
+    ap.add_argument("--batch", type=int, default=16, help="--memory: the batch size")
+    ap.add_argument("--child", choices=list(TRAINERS), help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.child:
+        return memory_child(args)
+    if args.memory:
+        return memory_bench(args)
     if args.distill:
         return distill_bench(args)
     data = rows(args.rows)

@@ -6,6 +6,11 @@ Workload: the subliminal-numbers prompts (chat template, SmolLM2's default syste
 stop at EOS. Tokens counted = generated tokens before EOS, for both. Prints a markdown table with the
 median over --repeats runs and the ratio heredity / generate; the middle column is heredity's sampler
 with Hugging Face's forward for the decode steps (``fast=False``), to show what the fused step adds.
+
+Peers measured in the same run, when installed (``pip install -e '.[bench]'``): CTranslate2's ``Generator``
+on the same model converted from its Hugging Face files, at fp32 and int8 (quantized on load), with as many
+threads as torch uses here, sampling from the full distribution (``sampling_topk=0``) at T = 1 on the same
+rendered prompts, tokens counted the same way. The bench prints the CPU it ran on: the ratios move with it.
 """
 
 from __future__ import annotations
@@ -14,7 +19,9 @@ import argparse
 import random
 import statistics
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 import torch
 
@@ -63,6 +70,49 @@ def run_generate(model, tok, prompts, cfg: SampleConfig) -> int:
     return n
 
 
+def ct2_generator(spec: str, compute_type: str):
+    """A CTranslate2 Generator of ``spec`` (converted once to fp32 files in the temp dir), or None when
+    ctranslate2 is not installed."""
+    try:
+        import ctranslate2
+        from ctranslate2.converters import TransformersConverter
+    except ImportError:
+        return None
+    from heredity.models import materialize
+
+    store = Store()
+    src = store.path(materialize(spec, store))
+    out = Path(tempfile.gettempdir()) / f"heredity-ct2-{Path(src).name}"
+    if not (out / "model.bin").exists():
+        TransformersConverter(str(src)).convert(str(out), quantization="float32", force=True)
+    return ctranslate2.Generator(
+        str(out), device="cpu", compute_type=compute_type, intra_threads=torch.get_num_threads()
+    )
+
+
+def run_ct2(gen, tok, prompts, cfg: SampleConfig) -> int:
+    """CTranslate2's batched sampling over the same rendered prompts; generated tokens before EOS."""
+    texts = [render_prompt(tok, p, cfg) for p in prompts]
+    starts = [tok.convert_ids_to_tokens(tok(t, add_special_tokens=False)["input_ids"]) for t in texts]
+    out = gen.generate_batch(
+        starts,
+        max_batch_size=cfg.batch_size,
+        max_length=cfg.max_new_tokens,
+        sampling_topk=0,
+        sampling_temperature=cfg.temperature,
+        include_prompt_in_result=False,
+        end_token=tok.eos_token,
+    )
+    return sum(len(r.sequences_ids[0]) for r in out)
+
+
+def cpu_model() -> str:
+    for line in open("/proc/cpuinfo", encoding="utf-8"):
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return "unknown CPU"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="smollm2-135m-instruct")
@@ -74,13 +124,19 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=1, help="samples per prompt (generate: num_return_sequences)")
     args = ap.parse_args()
     model, tok = load(args.model, Store())
+    peers = {ct: ct2_generator(args.model, ct) for ct in ("float32", "int8")}
+    if peers["float32"] is None:
+        print(
+            "CTranslate2 is not installed (pip install -e '.[bench]'): its columns are left out",
+            file=sys.stderr,
+        )
     rows = []
     for bs in [int(b) for b in args.batch_sizes.split(",")]:
         prompts = number_prompts(args.prompts_b1 if bs == 1 else args.prompts)
         cfg = SampleConfig(
             max_new_tokens=args.max_new_tokens, batch_size=bs, temperature=1.0, seed=0, n=args.n
         )
-        g, h, s = [], [], []
+        g, h, s, c32, c8 = [], [], [], [], []
         for _ in range(args.repeats):
             t = time.perf_counter()
             ng = run_generate(model, tok, prompts, cfg)
@@ -91,21 +147,30 @@ def main() -> None:
             t = time.perf_counter()
             ns = sum(c.n_tokens for c in sample(model, tok, prompts, cfg, progress=False, fast=False))
             s.append(ns / (time.perf_counter() - t))
-        rows.append((bs, len(prompts), statistics.median(g), statistics.median(s), statistics.median(h)))
+            for col, ct in ((c32, "float32"), (c8, "int8")):
+                if peers[ct] is not None:
+                    t = time.perf_counter()
+                    nc = run_ct2(peers[ct], tok, prompts, cfg)
+                    col.append(nc / (time.perf_counter() - t))
+        med = [statistics.median(x) if x else None for x in (g, s, h, c32, c8)]
+        rows.append((bs, len(prompts), *med))
         print(
             f"batch {bs}: generate {rows[-1][2]:.1f} tok/s, heredity (HF forward) {rows[-1][3]:.1f}, "
             f"heredity {rows[-1][4]:.1f} tok/s",
             file=sys.stderr,
         )
     print(
-        f"\nSampling on {args.model}, {torch.get_num_threads()} threads, "
-        f"max_new_tokens={args.max_new_tokens}, "
-        f"n={args.n} per prompt, T=1\n"
+        f"\n# {cpu_model()}; sampling on {args.model}, {torch.get_num_threads()} threads, "
+        f"max_new_tokens={args.max_new_tokens}, n={args.n} per prompt, T=1, median of {args.repeats}\n"
     )
-    print("| batch | prompts | generate tok/s | heredity, HF forward | heredity (fused decode) | ratio |")
-    print("|---:|---:|---:|---:|---:|---:|")
-    for bs, n, g, s, h in rows:
-        print(f"| {bs} | {n} | {g:.1f} | {s:.1f} ({s / g:.2f}x) | {h:.1f} | {h / g:.2f}x |")
+    print(
+        "| batch | prompts | generate tok/s | heredity, HF forward | heredity (fused decode) | ratio "
+        "| CTranslate2 fp32 | heredity ÷ CT2 fp32 | CTranslate2 int8 | heredity ÷ CT2 int8 |"
+    )
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for bs, n, g, s, h, c32, c8 in rows:
+        peer = " | ".join("n/a | n/a" if c is None else f"{c:.1f} | {h / c:.2f}x" for c in (c32, c8))
+        print(f"| {bs} | {n} | {g:.1f} | {s:.1f} ({s / g:.2f}x) | {h:.1f} | {h / g:.2f}x | {peer} |")
 
 
 if __name__ == "__main__":
