@@ -420,12 +420,13 @@ def test_echo_with_logprobs_equals_the_old_answer(server_home, local):
             want, lp, n = _old_echo(tok, ids[pi], scored[pi], gen), c["logprobs"], len(ids[pi])
             assert lp["tokens"] == want["tokens"] and len(lp["tokens"]) == n + len(gen)
             assert lp["text_offset"] == want["text_offset"]
-            assert lp["token_logprobs"][:n] == pytest.approx(want["token_logprobs"][:n], abs=1e-6)
+            # fp32 in chunks vs the whole batch: a few ulps apart (AVX-512 kernels sum in another order)
+            assert lp["token_logprobs"][:n] == pytest.approx(want["token_logprobs"][:n], abs=1e-5)
             for got, w in zip(lp["top_logprobs"][:n], want["top_logprobs"][:n], strict=True):
                 assert (got is None) == (w is None)
                 if w is not None:
                     assert list(got) == list(w) and list(got.values()) == pytest.approx(
-                        list(w.values()), abs=1e-6
+                        list(w.values()), abs=1e-5
                     )
 
 
@@ -441,7 +442,8 @@ def test_scoring_in_chunks_equals_token_logprobs(local):
         got = _score_lm(model, seqs, pad, 4, pass_tokens=pass_tokens, head_tokens=head_tokens)
         for g, w in zip(got, want, strict=True):
             assert len(g) == len(w)
-            assert [x[0] for x in g] == pytest.approx([x[0] for x in w], abs=1e-5)
+            # fp32 in other chunk shapes: a few ulps of a log-prob near −10 (1.1e-5 seen on an AMD EPYC)
+            assert [x[0] for x in g] == pytest.approx([x[0] for x in w], abs=5e-5)
             assert [[i for i, _ in x[1]] for x in g] == [[i for i, _ in x[1]] for x in w]
     with pytest.raises(Exception, match="client left"):
         _score_lm(model, seqs, pad, 4, stopped=lambda: True)
