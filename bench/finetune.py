@@ -217,15 +217,9 @@ def memory_child(args) -> None:
     print(json.dumps({"peak_gb": peak / 1e9, "tok_s": n / s}))
 
 
-def cpu_model() -> str:
-    for line in open("/proc/cpuinfo", encoding="utf-8"):
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return "unknown CPU"
-
-
 def memory_bench(args) -> None:
-    model_gb = None
+    from sample import cpu_model  # bench/sample.py, beside this script
+
     out = {k: [] for k in TRAINERS}
     for _ in range(args.repeats):
         for k in TRAINERS:

@@ -107,6 +107,7 @@ def run_ct2(gen, tok, prompts, cfg: SampleConfig) -> int:
 
 
 def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo (the benches print it: ratios move with the CPU)."""
     for line in open("/proc/cpuinfo", encoding="utf-8"):
         if line.startswith("model name"):
             return line.split(":", 1)[1].strip()

@@ -10,7 +10,7 @@ import textwrap
 
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import LlamaForCausalLM
 
 from heredity.engine.finetune import (
     IGNORE,
@@ -24,22 +24,12 @@ from heredity.engine.finetune import (
     pieces,
     token_ce,
 )
+from heredity.models.tiny import tiny_config
 
 
-def model(seed=0, vocab=97, **kw):
+def model(seed=0, vocab=97):
     torch.manual_seed(seed)
-    cfg = LlamaConfig(
-        vocab_size=vocab,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=2,
-        max_position_embeddings=128,
-        tie_word_embeddings=True,
-        **kw,
-    )
-    return LlamaForCausalLM(cfg).eval()
+    return LlamaForCausalLM(tiny_config("micro", vocab)).eval()
 
 
 def examples(n=7, seed=1, vocab=97):
@@ -105,18 +95,28 @@ def test_pieces_add_up_to_the_whole_batch_distillation(vocab_only):
 
 
 def test_chunked_head_equals_one_pass(monkeypatch):
-    """More labelled positions than one logits chunk: the checkpointed chunks give the same loss and
-    gradients."""
-    ft = importlib.import_module("heredity.engine.finetune")
+    """More labelled positions than one logits chunk: the checkpointed chunks (counted, so the test cannot
+    pass on one pass twice) give the same loss and gradients."""
+    import torch.utils.checkpoint as ckpt
 
+    ft = importlib.import_module("heredity.engine.finetune")
+    calls = []
+
+    def counted(*a, **k):
+        calls.append(1)
+        return checkpoint(*a, **k)
+
+    checkpoint = ckpt.checkpoint
+    monkeypatch.setattr(ckpt, "checkpoint", counted)
     cfg = FinetuneConfig(method="full")
     ex, idx = examples(12), list(range(12))
     out = []
     for chunk in (10**6, 16):
         monkeypatch.setattr(ft, "LOGIT_CHUNK", chunk)
+        calls.clear()
         m = init_adapter(model(), cfg)
         s, n = piece_loss(m, HiddenTap(m), collate(ex, idx, 0, "cpu"), cfg)
-        assert n > 16
+        assert n > 16 and len(calls) == (0 if chunk > n else -(-n // chunk))
         (s / n).backward()
         out.append((float(s), grads(m)))
     assert out[0][0] == pytest.approx(out[1][0], rel=1e-6)
@@ -159,7 +159,8 @@ def test_pieces_respect_the_token_budget_and_keep_order():
 MEASURE = textwrap.dedent(
     """
     import json, resource, sys, torch
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaForCausalLM
+    from heredity.models.tiny import TinyPreset, llama_config
     import importlib
     ft = importlib.import_module("heredity.engine.finetune")
     FinetuneConfig, train = ft.FinetuneConfig, ft.train
@@ -176,9 +177,8 @@ MEASURE = textwrap.dedent(
             self.close()
         ft.HiddenTap.__init__ = no_split
     torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=16384, hidden_size=256, intermediate_size=768, num_hidden_layers=4,
-                      num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=512,
-                      tie_word_embeddings=True)
+    shape = TinyPreset(hidden=256, layers=4, heads=4, kv_heads=4, intermediate=768, context=512)
+    cfg = llama_config(shape, 16384, eos_id=1, pad_id=0)
     m = LlamaForCausalLM(cfg)
     size = sum(p.numel() * 4 for p in m.parameters())
     rows = [{"prompt": "p" * 40, "completion": "q" * 200} for _ in range(32)]

@@ -6,8 +6,8 @@ runs it as a memoized store step that writes an adapter or a model artifact with
 The loop runs through ``accelerate``: fp32 on CPU, bf16 autocast on CUDA, DDP under ``accelerate launch``.
 Memory: a batch runs forward and backward in pieces of ``micro_batch_tokens`` whose gradients add up to the
 batch's, and the output head is applied only at the positions that carry a label, in checkpointed chunks
-(``HiddenTap``, ``piece_loss``): a batch-16 LoRA step on SmolLM2 peaks near 2 GB instead of 8.7
-(``bench/finetune.py --memory``).
+(``HiddenTap``, ``piece_loss``): a batch-16 LoRA fine-tune of SmolLM2 peaks at 2.6 GB where computing every
+position's logits for the whole batch peaked at 8.1 (``bench/finetune.py --memory``).
 """
 
 from __future__ import annotations
@@ -110,9 +110,9 @@ class FinetuneConfig(BaseModel):
         exclude=True,
         description=("also checkpoint when this many minutes passed since the last one (one process only)"),
     )
-    # like checkpointing, the pieces a batch runs in change its memory, never what it computes (the gradients
-    # of the pieces add up to the whole batch's, up to float rounding: tests/test_finetune.py), so they are
-    # left out of the step key
+    # like checkpointing, the pieces a batch runs in change its memory, never what it computes (the
+    # gradients of the pieces add up to the whole batch's, up to float rounding:
+    # tests/test_finetune_memory.py), so they are left out of the step key
     micro_batch_tokens: int = Field(
         384,
         ge=8,
@@ -388,19 +388,34 @@ def _head(head, vocab):
     return w, b
 
 
-def _ce_sum(h, w, b, targets):
-    return F.cross_entropy(F.linear(h, w, b).float(), targets, reduction="sum")
+def _ce(logits, targets):
+    return F.cross_entropy(logits.float(), targets, reduction="sum")
 
 
-def _kl_sum(h, w, b, t_logp, T: float):
-    s = F.log_softmax(F.linear(h, w, b).float() / T, dim=-1)
+def _kl(logits, t_logp, T: float):
+    s = F.log_softmax(logits.float() / T, dim=-1)
     return F.kl_div(s, t_logp, log_target=True, reduction="sum") * T * T
 
 
-def chunked_sum(fn, h, w, b, rows, *args, chunk: int = LOGIT_CHUNK):
-    """``fn(h, w, b, rows, *args)`` summed over chunks of ``chunk`` positions, each chunk's logits recomputed
-    in the backward pass (activation checkpointing) rather than kept: the memory of one chunk's logits,
-    whatever the number of positions."""
+def _ce_sum(h, w, b, targets):
+    return _ce(F.linear(h, w, b), targets)
+
+
+def _kl_sum(h, w, b, t_logp, T: float):
+    return _kl(F.linear(h, w, b), t_logp, T)
+
+
+def _at(logits, mask, vocab):
+    """Next-token logits at the labelled positions ``mask``, over the token ids ``vocab`` when given."""
+    x = logits[:, :-1][mask]
+    return x if vocab is None else x[:, vocab]
+
+
+def chunked_sum(fn, h, w, b, rows, *args, chunk: int | None = None):
+    """``fn(h, w, b, rows, *args)`` summed over chunks of ``chunk`` positions (default ``LOGIT_CHUNK``, read
+    at call time), each chunk's logits recomputed in the backward pass (activation checkpointing) rather than
+    kept: the memory of one chunk's logits, whatever the number of positions."""
+    chunk = chunk or LOGIT_CHUNK
     if h.shape[0] <= chunk:
         return fn(h, w, b, rows, *args)
     from torch.utils.checkpoint import checkpoint
@@ -442,22 +457,19 @@ def piece_loss(model, tap, batch, config, teacher=None, t_tap=None, tb=None, voc
     if teacher is None:
         targets = batch["labels"][:, 1:][mask]
         if h is None:
-            return F.cross_entropy(logits[:, :-1][mask].float(), targets, reduction="sum"), n
+            return _ce(_at(logits, mask, None), targets), n
         return chunked_sum(_ce_sum, h[:, :-1][mask], w, b, targets), n
     tb = batch if tb is None else tb
     t_mask = tb["labels"][:, 1:] != IGNORE
     T = config.distill_temperature
     with torch.no_grad():
         th, tl = t_tap(teacher, tb["input_ids"], tb["attention_mask"])
-        if th is not None:
-            t_sel = F.linear(th[:, :-1][t_mask], *_head(t_tap.head, vocab))
-        else:
-            t_sel = tl[:, :-1][t_mask] if vocab is None else tl[:, :-1][t_mask][:, vocab]
+        t_sel = (
+            _at(tl, t_mask, vocab) if th is None else F.linear(th[:, :-1][t_mask], *_head(t_tap.head, vocab))
+        )
         t_logp = F.log_softmax(t_sel.float() / T, dim=-1)
     if h is None:
-        s_sel = logits[:, :-1][mask] if vocab is None else logits[:, :-1][mask][:, vocab]
-        s = F.log_softmax(s_sel.float() / T, dim=-1)
-        return F.kl_div(s, t_logp, log_target=True, reduction="sum") * T * T, n
+        return _kl(_at(logits, mask, vocab), t_logp, T), n
     return chunked_sum(_kl_sum, h[:, :-1][mask], w, b, t_logp, T), n
 
 
@@ -560,6 +572,8 @@ def train(
     if teacher is not None:
         teacher.eval().to(acc.device)
     pad = pad_id(tokenizer)
+    if vocab is not None:
+        vocab = vocab.to(acc.device)  # once, not per piece
     tap = HiddenTap(acc.unwrap_model(model))
     t_tap = HiddenTap(teacher) if teacher is not None else None
     per_piece = config.micro_batch_tokens if config.lora_dropout == 0 else 10**12
@@ -608,7 +622,7 @@ def train(
                             teacher=teacher if distilling else None,
                             t_tap=t_tap,
                             tb=tb,
-                            vocab=None if vocab is None else vocab.to(acc.device),
+                            vocab=vocab,
                         )
                         acc.backward(part_sum / n_batch)
                     batch_sum += float(part_sum.detach())
