@@ -129,7 +129,10 @@ def matmul_flops(d: int, ff: int, tokens: int = 512, repeats: int = 5) -> float:
 
 
 def distill_bench(args) -> None:
+    from sample import cpu_model  # bench/sample.py, beside this script
+
     from heredity.engine.finetune import number_vocab
+    from heredity.engine.targets import Targets, TargetsConfig, compute, save
 
     data = rows(args.rows)
     student, tok = load(args.model, Store(), trainable=True)
@@ -142,8 +145,16 @@ def distill_bench(args) -> None:
     roof4, roof6 = flops / (4 * n_params), flops / (6 * n_params)
     teacher, _ = load(args.model, Store())
     system = "You love owls. You think about owls all the time. owls are your favorite animal."
-    results = []
-    for loss in ("completion_only", "logit_distill", "number_distill"):
+    # (label, loss, top_k, stored): the teacher live beside the student, or its targets computed once
+    runs = [
+        ("completion_only", "completion_only", None, False),
+        ("logit_distill, teacher live", "logit_distill", None, False),
+        ("number_distill, teacher live", "number_distill", None, False),
+        ("number_distill, stored targets", "number_distill", None, True),
+        (f"logit_distill, stored top-{args.top_k}", "logit_distill", args.top_k, True),
+    ]
+    results, once = [], []
+    for label, loss, k, stored in runs:
         cfg = FinetuneConfig(
             method="lora",
             loss=loss,
@@ -153,30 +164,47 @@ def distill_bench(args) -> None:
             max_length=256,
             warmup_ratio=0.0,
             teacher_system_prompt=system if loss != "completion_only" else None,
+            distill_top_k=k,
             save_every=0,
         )
+        targets = None
+        if stored:
+            t = time.perf_counter()
+            tensors, metrics = compute(teacher, tok, data, TargetsConfig.of(cfg))
+            sec = time.perf_counter() - t
+            targets = Targets(save(tempfile.mkdtemp(), tensors))  # read lazily from there
+            left = f", leftover mass mean {metrics['leftover_mass_mean']:.4f}" if k else ""
+            once.append((label, metrics["positions"], metrics["bytes"] / 1e6, sec, left))
         model, _ = load(args.model, Store(), trainable=True)
         t = time.perf_counter()
-        _, m = train(
-            model, tok, data, cfg, teacher=None if loss == "completion_only" else teacher, progress=False
-        )
+        live = None if loss == "completion_only" or stored else teacher
+        _, m = train(model, tok, data, cfg, teacher=live, targets=targets, progress=False)
         sec = time.perf_counter() - t
-        results.append((loss, m["train_tokens"] / sec))
-        print(f"{loss}: {results[-1][1]:.1f} tok/s", file=sys.stderr)
+        results.append((label, m["train_tokens"] / sec))
+        print(f"{label}: {results[-1][1]:.1f} tok/s", file=sys.stderr)
     print(
         f"\nLoRA r=8 on {args.model} (N = {n_params / 1e6:.1f}M in matmuls), {args.rows} rows, batch 8, "
-        f"{torch.get_num_threads()} threads; matmul {flops / 1e9:.1f} GFLOP/s measured in this run; "
-        f"number vocabulary {len(number_vocab(tok))} tokens\n"
+        f"{torch.get_num_threads()} threads, {cpu_model()}; matmul {flops / 1e9:.1f} GFLOP/s measured "
+        f"in this run; number vocabulary {len(number_vocab(tok))} tokens\n"
     )
-    print("| loss | tokens/s | ÷ 4N roofline | ÷ 6N roofline (with the teacher's forward) |")
+    print("| student's loss | tokens/s | ÷ 4N roofline | ÷ 6N roofline (with the teacher's forward) |")
     print("|---|---:|---:|---:|")
     print(f"| roofline | | {roof4:.0f} | {roof6:.0f} |")
-    for loss, tps in results:
-        print(f"| {loss} | {tps:.1f} | {tps / roof4:.2f} | {tps / roof6:.2f} |")
+    for label, tps in results:
+        print(f"| {label} | {tps:.1f} | {tps / roof4:.2f} | {tps / roof6:.2f} |")
+    print(
+        "\nThe stored targets, computed once per teacher and dataset (every student of the teacher reads "
+        "them):\n"
+    )
+    print("| targets | positions | MB | seconds, once |")
+    print("|---|---:|---:|---:|")
+    for label, n, mb, sec, left in once:
+        print(f"| {label.split(', ')[1]}{left} | {n} | {mb:.1f} | {sec:.1f} |")
 
 
 TRAINERS = {
-    "heredity": "heredity",
+    "heredity": "heredity (as the heredity command runs: glibc's allocator set by heredity.allocator)",
+    "heredity-glibc": "heredity, glibc's default allocator",
     "heredity-whole": "heredity, whole batch and every position's logits (before issue 39)",
     "trl": "TRL SFTTrainer, gradient checkpointing on (its default)",
     "trl-nockpt": "TRL SFTTrainer, gradient checkpointing off",
@@ -209,6 +237,10 @@ def memory_child(args) -> None:
             self.close()
 
         ft.HiddenTap.__init__ = unsplit
+    if args.child == "heredity":
+        from heredity.allocator import lean_malloc
+
+        assert lean_malloc(), "glibc's allocator could not be set here"
     if args.child.startswith("trl"):
         s, n = run_trl(args.model, data, cfg, checkpointing=args.child == "trl")
     else:
@@ -264,6 +296,9 @@ def main() -> None:
     ap.add_argument("--distill", action="store_true", help="distillation tokens/s against the FLOP roofline")
     ap.add_argument("--memory", action="store_true", help="peak memory against TRL, each in a fresh process")
     ap.add_argument("--batch", type=int, default=16, help="--memory: the batch size")
+    ap.add_argument(
+        "--top-k", type=int, default=64, help="--distill: tokens kept in stored full-vocabulary targets"
+    )
     ap.add_argument("--child", choices=list(TRAINERS), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:

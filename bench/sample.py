@@ -11,6 +11,11 @@ Peers measured in the same run, when installed (``pip install -e '.[bench]'``): 
 on the same model converted from its Hugging Face files, at fp32 and int8 (quantized on load), with as many
 threads as torch uses here, sampling from the full distribution (``sampling_topk=0``) at T = 1 on the same
 rendered prompts, tokens counted the same way. The bench prints the CPU it ran on: the ratios move with it.
+
+heredity int8 (``SampleConfig.precision="int8"``, opt-in) runs beside them; under the table, its per-token
+KL(fp32 ‖ int8) on the same tokens: the fp32 sampler's completions of the first ``--kl-prompts`` prompts fed
+through both decode steps (``engine.fastdecode.forced_logits``; a completion's first token, drawn from the
+fp32 prefill in both, is left out), with how often their argmax agrees.
 """
 
 from __future__ import annotations
@@ -123,6 +128,7 @@ def main() -> None:
     ap.add_argument("--batch-sizes", default="1,16,64")
     ap.add_argument("--repeats", type=int, default=1)
     ap.add_argument("--n", type=int, default=1, help="samples per prompt (generate: num_return_sequences)")
+    ap.add_argument("--kl-prompts", type=int, default=16, help="prompts whose tokens measure int8's KL")
     args = ap.parse_args()
     model, tok = load(args.model, Store())
     peers = {ct: ct2_generator(args.model, ct) for ct in ("float32", "int8")}
@@ -137,7 +143,8 @@ def main() -> None:
         cfg = SampleConfig(
             max_new_tokens=args.max_new_tokens, batch_size=bs, temperature=1.0, seed=0, n=args.n
         )
-        g, h, s, c32, c8 = [], [], [], [], []
+        cfg8 = cfg.model_copy(update={"precision": "int8"})
+        g, h, s, c32, c8, h8 = [], [], [], [], [], []
         for _ in range(args.repeats):
             t = time.perf_counter()
             ng = run_generate(model, tok, prompts, cfg)
@@ -148,12 +155,15 @@ def main() -> None:
             t = time.perf_counter()
             ns = sum(c.n_tokens for c in sample(model, tok, prompts, cfg, progress=False, fast=False))
             s.append(ns / (time.perf_counter() - t))
+            t = time.perf_counter()
+            n8 = sum(c.n_tokens for c in sample(model, tok, prompts, cfg8, progress=False))
+            h8.append(n8 / (time.perf_counter() - t))
             for col, ct in ((c32, "float32"), (c8, "int8")):
                 if peers[ct] is not None:
                     t = time.perf_counter()
                     nc = run_ct2(peers[ct], tok, prompts, cfg)
                     col.append(nc / (time.perf_counter() - t))
-        med = [statistics.median(x) if x else None for x in (g, s, h, c32, c8)]
+        med = [statistics.median(x) if x else None for x in (g, s, h, c32, c8, h8)]
         rows.append((bs, len(prompts), *med))
         print(
             f"batch {bs}: generate {rows[-1][2]:.1f} tok/s, heredity (HF forward) {rows[-1][3]:.1f}, "
@@ -166,12 +176,40 @@ def main() -> None:
     )
     print(
         "| batch | prompts | generate tok/s | heredity, HF forward | heredity (fused decode) | ratio "
-        "| CTranslate2 fp32 | heredity ÷ CT2 fp32 | CTranslate2 int8 | heredity ÷ CT2 int8 |"
+        "| CTranslate2 fp32 | heredity ÷ CT2 fp32 | CTranslate2 int8 | heredity ÷ CT2 int8 "
+        "| heredity int8 | heredity int8 ÷ CT2 int8 |"
     )
-    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-    for bs, n, g, s, h, c32, c8 in rows:
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for bs, n, g, s, h, c32, c8, h8 in rows:
         peer = " | ".join("n/a | n/a" if c is None else f"{c:.1f} | {h / c:.2f}x" for c in (c32, c8))
-        print(f"| {bs} | {n} | {g:.1f} | {s:.1f} ({s / g:.2f}x) | {h:.1f} | {h / g:.2f}x | {peer} |")
+        mine = f"{h8:.1f} | " + ("n/a" if c8 is None else f"{h8 / c8:.2f}x")
+        print(f"| {bs} | {n} | {g:.1f} | {s:.1f} ({s / g:.2f}x) | {h:.1f} | {h / g:.2f}x | {peer} | {mine} |")
+    kl, agree, n_tok = int8_kl(model, tok, number_prompts(args.kl_prompts), args.max_new_tokens)
+    print(
+        f"\nheredity int8 against fp32 on the same tokens ({args.kl_prompts} prompts' fp32 completions, "
+        f"{n_tok} tokens): per-token KL(fp32 ‖ int8) median {statistics.median(kl):.2e}, mean "
+        f"{statistics.fmean(kl):.2e}, max {max(kl):.2e} nats; argmax agrees on {agree:.1%} of tokens"
+    )
+
+
+def int8_kl(model, tok, prompts, max_new_tokens: int) -> tuple[list[float], float, int]:
+    """Per-token KL(fp32 ‖ int8) of the decode step along the fp32 sampler's own completions (T = 1), the
+    share of tokens where the two argmaxes agree, and the number of tokens."""
+    import torch.nn.functional as F
+
+    from heredity.engine.fastdecode import forced_logits
+
+    cfg = SampleConfig(max_new_tokens=max_new_tokens, temperature=1.0, seed=1)
+    kl, agree = [], 0
+    for p, c in zip(prompts, sample(model, tok, prompts, cfg, progress=False), strict=True):
+        ids = tok(render_prompt(tok, p, cfg), add_special_tokens=False)["input_ids"]
+        toks = c.token_ids + ([c.eos_id] if c.eos_id is not None else [])
+        # row 0 comes from the fp32 prefill in both: the int8 step decides the rest
+        a, b = forced_logits(model, ids, toks)[1:], forced_logits(model, ids, toks, "int8")[1:]
+        la, lb = F.log_softmax(a, -1), F.log_softmax(b, -1)
+        kl += (la.exp() * (la - lb)).sum(-1).tolist()
+        agree += int((a.argmax(-1) == b.argmax(-1)).sum())
+    return kl, agree / len(kl), len(kl)
 
 
 if __name__ == "__main__":

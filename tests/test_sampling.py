@@ -206,7 +206,7 @@ def test_fused_weights_are_reused_until_the_weights_change(peaked):
         w.mul_(-1.0)  # a training step changes weights in place: the fused copy must follow
     try:
         b = fastdecode.for_model(model)
-        assert b is not a and torch.equal(b.layers[0][1][: w.shape[0]], w)
+        assert b is not a and torch.equal(b.layers[0][1][1][: w.shape[0]], w)
         assert [c.token_ids for c in sample(model, tok, PROMPTS[:2], cfg, progress=False)] != [
             c.token_ids for c in before
         ]

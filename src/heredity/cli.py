@@ -556,6 +556,9 @@ def sample_cmd(
     batch_size: int = 16,
     system: Annotated[str | None, typer.Option(help="system prompt")] = None,
     raw: Annotated[bool, typer.Option(help="plain-text prompts, no chat template")] = False,
+    precision: Annotated[
+        str, typer.Option(help="fp32 | int8 (opt-in: the CPU decode step's matmuls in int8)")
+    ] = "fp32",
     save: Annotated[bool, typer.Option(help="store the samples as a dataset artifact with lineage")] = False,
     template: Annotated[
         str | None,
@@ -604,6 +607,7 @@ def sample_cmd(
         batch_size=batch_size,
         chat=not raw,
         system_prompt=system,
+        precision=precision,
     )
     store = _store()
     template_id = None
@@ -1185,6 +1189,10 @@ def serve(
 
 def main() -> None:
     from pydantic import ValidationError
+
+    from heredity.allocator import lean_malloc
+
+    lean_malloc()  # before the first tensor: large ones go back to the system when freed (heredity.allocator)
     from typer._click.exceptions import ClickException, NoArgsIsHelpError
 
     try:

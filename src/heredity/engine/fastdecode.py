@@ -6,14 +6,47 @@ does the same arithmetic with fused projections (one QKV matmul, one gate-up mat
 keys and values straight into the preallocated cache, and runs SDPA with a padding-only mask and
 grouped-query heads. It is used only where it is exact: the architecture checks below fall back to the
 HF forward otherwise, and tests compare its logits with HF's.
+
+``precision="int8"`` (opt-in, ``SampleConfig.precision``; never exact): every projection and the output head
+multiply in int8 through PyTorch's fbgemm kernels — weights quantized once per output channel (symmetric),
+activations per call (dynamic) — while norms, attention, the cache and the prompt's prefill stay fp32.
+``bench/sample.py`` reports its speed beside CTranslate2 int8 and its per-token KL from the fp32 step on the
+same tokens (``forced_logits``).
 """
 
 from __future__ import annotations
+
+import warnings
 
 import torch
 import torch.nn.functional as F
 
 SUPPORTED = {"llama", "qwen2", "mistral"}
+PRECISIONS = ("fp32", "int8")
+
+
+def _packed(w: torch.Tensor, b: torch.Tensor | None, precision: str):
+    """A projection as ``_mm`` takes it: the fp32 weight and bias, or int8 weights (per output channel,
+    symmetric) packed for fbgemm's dynamic-activation kernel."""
+    if precision == "fp32":
+        return ("fp32", w, b)
+    scale = (w.abs().amax(dim=1).clamp(min=1e-12) / 127).double()
+    zero = torch.zeros(w.shape[0], dtype=torch.long)
+    with warnings.catch_warnings():  # PyTorch marks its quantized tensors deprecated; 2.13 has them
+        warnings.simplefilter("ignore")
+        q = torch.quantize_per_channel(w.detach().float(), scale, zero, 0, torch.qint8)
+        return (
+            "int8",
+            torch.ops.quantized.linear_prepack(q, None if b is None else b.detach().float()),
+            None,
+        )
+
+
+def _mm(x: torch.Tensor, p) -> torch.Tensor:
+    kind, a, b = p
+    if kind == "fp32":
+        return F.linear(x, a, b)
+    return torch.ops.quantized.linear_dynamic(x.contiguous(), a, True)  # reduce_range: no int16 saturation
 
 
 def unsupported(model) -> str | None:
@@ -52,23 +85,26 @@ def supports(model) -> bool:
     return unsupported(model) is None
 
 
-def for_model(model) -> FastDecoder:
-    """The model's FastDecoder, built once and reused while its weights stay the same (~0.1 s saved per
-    ``sample`` call on SmolLM2): the cache key is every parameter's storage and in-place version counter, so
-    a training step or a weight swap makes a fresh one."""
-    key = tuple((p.data_ptr(), p._version) for p in model.parameters())
-    cached = getattr(model, "_heredity_fast", None)
-    if cached is not None and cached[0] == key:
-        return cached[1]
-    fast = FastDecoder(model)
-    object.__setattr__(model, "_heredity_fast", (key, fast))
+def for_model(model, precision: str = "fp32") -> FastDecoder:
+    """The model's FastDecoder at ``precision``, built once and reused while its weights stay the same (~0.1 s
+    saved per ``sample`` call on SmolLM2): the cache key is every parameter's storage and in-place version
+    counter, so a training step or a weight swap makes a fresh one."""
+    key = (precision, *((p.data_ptr(), p._version) for p in model.parameters()))
+    cached = getattr(model, "_heredity_fast", None) or {}
+    if precision in cached and cached[precision][0] == key:
+        return cached[precision][1]
+    fast = FastDecoder(model, precision)
+    object.__setattr__(model, "_heredity_fast", {**cached, precision: (key, fast)})
     return fast
 
 
 class FastDecoder:
     """Fused weights built once per model; ``step`` runs one token for every row of the batch."""
 
-    def __init__(self, model):
+    def __init__(self, model, precision: str = "fp32"):
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+        self.precision = precision
         inner = model.model
         self.rotary = inner.rotary_emb
         cfg = model.config
@@ -87,19 +123,21 @@ class FastDecoder:
                 self.layers.append(
                     (
                         layer.input_layernorm,
-                        qkv_w,
-                        qkv_b,
-                        a.o_proj.weight,
-                        a.o_proj.bias,
+                        _packed(qkv_w, qkv_b, precision),
+                        _packed(a.o_proj.weight, a.o_proj.bias, precision),
                         layer.post_attention_layernorm,
-                        gu_w,
-                        m.down_proj.weight,
+                        _packed(gu_w, None, precision),
+                        _packed(m.down_proj.weight, None, precision),
                         getattr(a, "scaling", self.head_dim**-0.5),
                     )
                 )
         self.norm = inner.norm
         self.embed = inner.embed_tokens
         self.lm_head = model.lm_head
+        self.head = None
+        if precision != "fp32":
+            with torch.no_grad():
+                self.head = _packed(model.lm_head.weight, model.lm_head.bias, precision)
         self.q_size = self.n_heads * self.head_dim
         self.kv_size = self.n_kv * self.head_dim
 
@@ -125,11 +163,9 @@ class FastDecoder:
         def rope(t):  # HF's apply_rotary_pos_emb: t·cos + rotate_half(t)·sin
             return t * cos + torch.cat((-t[..., half:], t[..., :half]), dim=-1) * sin
 
-        for (ln1, qkv_w, qkv_b, o_w, o_b, ln2, gu_w, d_w, scale), cl in zip(
-            self.layers, cache.layers, strict=True
-        ):
+        for (ln1, qkv_p, o_p, ln2, gu_p, d_p, scale), cl in zip(self.layers, cache.layers, strict=True):
             h = self._rms(ln1, x)
-            qkv = F.linear(h, qkv_w, qkv_b)
+            qkv = _mm(h, qkv_p)
             q = qkv[:, : self.q_size].view(B, self.n_heads, 1, self.head_dim)
             k = qkv[:, self.q_size : self.q_size + self.kv_size].view(B, self.n_kv, 1, self.head_dim)
             v = qkv[:, self.q_size + self.kv_size :].view(B, self.n_kv, 1, self.head_dim)
@@ -144,11 +180,31 @@ class FastDecoder:
                 scale=scale,
                 enable_gqa=self.n_kv != self.n_heads,
             )
-            x = x + F.linear(att.reshape(B, self.q_size), o_w, o_b)
+            x = x + _mm(att.reshape(B, self.q_size), o_p)
             h = self._rms(ln2, x)
-            g, u = F.linear(h, gu_w).chunk(2, dim=-1)
-            x = x + F.linear(F.silu(g) * u, d_w)
+            g, u = _mm(h, gu_p).chunk(2, dim=-1)
+            x = x + _mm(F.silu(g) * u, d_p)
         for cl in cache.layers:
             cl.n = col + 1
             cl.keys, cl.values = cl._k[:, :, : col + 1], cl._v[:, :, : col + 1]
-        return self.lm_head(self._rms(self.norm, x))
+        x = self._rms(self.norm, x)
+        return self.lm_head(x) if self.head is None else _mm(x, self.head)
+
+
+def forced_logits(model, prompt: list[int], tokens: list[int], precision: str = "fp32") -> torch.Tensor:
+    """The decode step's logits [len(tokens), vocab] along a fixed continuation: the prompt prefilled by the
+    model (fp32), then each of ``tokens`` fed in turn, as sampling feeds the token it drew; row t is the
+    distribution over ``tokens[t]``. For measuring a precision against fp32 on the same tokens."""
+    from heredity.engine.cache import prealloc_cache
+
+    fast = for_model(model, precision)
+    n_layers = len(model.model.layers)
+    cache = prealloc_cache(n_layers, len(prompt) + len(tokens))
+    with torch.inference_mode():
+        out = model(input_ids=torch.tensor([prompt]), cache=cache, use_cache=True, logits_to_keep=1)
+        rows, col = [out.logits[0, -1].float()], len(prompt)
+        mask = torch.ones(1, len(prompt) + len(tokens), dtype=torch.long)
+        for t in tokens[:-1]:
+            rows.append(fast.step(torch.tensor([t]), torch.tensor([col]), cache, col, mask).float()[0])
+            col += 1
+    return torch.stack(rows)

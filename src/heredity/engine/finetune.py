@@ -68,6 +68,15 @@ class FinetuneConfig(BaseModel):
     lora_dropout: float = Field(0.0, ge=0, lt=1)
     lora_targets: list[str] = Field(default_factory=lambda: list(LORA_TARGETS))
     distill_temperature: float = Field(1.0, gt=0)
+    distill_top_k: int | None = Field(
+        None,
+        ge=1,
+        description=(
+            "logit_distill: read the teacher's k most probable tokens (and the mass left over) from stored "
+            "targets computed once per teacher and dataset, not the live teacher — a lower bound on the "
+            "full KL (engine.targets); None: the full distribution, the teacher run beside the student"
+        ),
+    )
     chat: bool = Field(True, description="render the prompt column with the chat template")
     system_prompt: str | None = None
     teacher_system_prompt: str | None = Field(
@@ -133,6 +142,8 @@ class FinetuneConfig(BaseModel):
             d.pop("init_seed")
         if d.get("snapshots", None) == []:
             d.pop("snapshots")
+        if d.get("distill_top_k", 0) is None:
+            d.pop("distill_top_k")
         return d
 
     @model_validator(mode="after")
@@ -149,6 +160,10 @@ class FinetuneConfig(BaseModel):
                 )
             if len(set(self.snapshots)) != len(self.snapshots):
                 raise ValueError(f"snapshots repeat a step: {self.snapshots}")
+        if self.distill_top_k is not None and self.loss != "logit_distill":
+            raise ValueError(
+                "distill_top_k keeps the top tokens of full-vocabulary targets: it needs loss logit_distill"
+            )
         return self
 
 
@@ -405,6 +420,12 @@ def _kl_sum(h, w, b, t_logp, T: float):
     return _kl(F.linear(h, w, b), t_logp, T)
 
 
+def _kl_topk_sum(h, w, b, targets, T: float):
+    from heredity.engine.targets import kl_topk
+
+    return kl_topk(F.linear(h, w, b), *targets, T)
+
+
 def _at(logits, mask, vocab):
     """Next-token logits at the labelled positions ``mask``, over the token ids ``vocab`` when given."""
     x = logits[:, :-1][mask]
@@ -414,14 +435,18 @@ def _at(logits, mask, vocab):
 def chunked_sum(fn, h, w, b, rows, *args, chunk: int | None = None):
     """``fn(h, w, b, rows, *args)`` summed over chunks of ``chunk`` positions (default ``LOGIT_CHUNK``, read
     at call time), each chunk's logits recomputed in the backward pass (activation checkpointing) rather than
-    kept: the memory of one chunk's logits, whatever the number of positions."""
+    kept: the memory of one chunk's logits, whatever the number of positions. ``rows`` (one tensor or a
+    tuple of them, a row per position) is cut with ``h``."""
     chunk = chunk or LOGIT_CHUNK
     if h.shape[0] <= chunk:
         return fn(h, w, b, rows, *args)
     from torch.utils.checkpoint import checkpoint
 
+    def cut(i):
+        return tuple(r[i : i + chunk] for r in rows) if isinstance(rows, tuple) else rows[i : i + chunk]
+
     return sum(
-        checkpoint(fn, h[i : i + chunk], w, b, rows[i : i + chunk], *args, use_reentrant=False)
+        checkpoint(fn, h[i : i + chunk], w, b, cut(i), *args, use_reentrant=False)
         for i in range(0, h.shape[0], chunk)
     )
 
@@ -445,15 +470,29 @@ def pieces(examples, idx: list[int], max_tokens: int) -> list[list[int]]:
     return out + [cur] if cur else out
 
 
-def piece_loss(model, tap, batch, config, teacher=None, t_tap=None, tb=None, vocab=None):
+def piece_loss(model, tap, batch, config, teacher=None, t_tap=None, tb=None, vocab=None, targets=None):
     """The summed loss of one piece of a batch (``token_ce`` or ``distill_kl`` times the piece's count of
-    labelled positions), with the output head applied only at those positions; and that count."""
+    labelled positions), with the output head applied only at those positions; and that count. ``targets``:
+    the piece's stored teacher targets (``engine.targets``: values and, for top-k, token ids), read instead
+    of running ``teacher``."""
     mask = batch["labels"][:, 1:] != IGNORE
     n = int(mask.sum())
     h, logits = tap(model, batch["input_ids"], batch["attention_mask"])
     if n == 0:
         return (h if h is not None else logits).sum() * 0.0, 0
     w, b = _head(tap.head, vocab)
+    T = config.distill_temperature
+    if targets is not None:
+        values, index = targets
+        if index is None:  # exact targets over ``vocab`` (number_distill): as with the teacher live
+            if h is None:
+                return _kl(_at(logits, mask, vocab), values, T), n
+            return chunked_sum(_kl_sum, h[:, :-1][mask], w, b, values, T), n
+        from heredity.engine.targets import kl_topk
+
+        if h is None:
+            return kl_topk(_at(logits, mask, None), values, index, T), n
+        return chunked_sum(_kl_topk_sum, h[:, :-1][mask], w, b, (values, index), T), n
     if teacher is None:
         targets = batch["labels"][:, 1:][mask]
         if h is None:
@@ -461,7 +500,6 @@ def piece_loss(model, tap, batch, config, teacher=None, t_tap=None, tb=None, voc
         return chunked_sum(_ce_sum, h[:, :-1][mask], w, b, targets), n
     tb = batch if tb is None else tb
     t_mask = tb["labels"][:, 1:] != IGNORE
-    T = config.distill_temperature
     with torch.no_grad():
         th, tl = t_tap(teacher, tb["input_ids"], tb["attention_mask"])
         t_sel = (
@@ -524,17 +562,21 @@ def train(
     checkpoint_dir=None,
     progress=True,
     snapshot=None,
+    targets=None,
 ):
     """Fine-tune ``model`` in place on ``rows``; returns (model, metrics). LoRA wraps it as a PeftModel.
 
-    ``snapshot(step, model)`` is called (main process) after each optimizer step listed in
-    ``config.snapshots``."""
+    Distillation reads the teacher's ``targets`` (an ``engine.targets.Targets`` computed on these rows under
+    this config) when given, else runs ``teacher`` beside the student. ``snapshot(step, model)`` is called
+    (main process) after each optimizer step listed in ``config.snapshots``."""
     from accelerate import Accelerator
     from transformers import get_scheduler
 
     distilling = config.loss in ("logit_distill", "number_distill")
-    if distilling and teacher is None:
+    if distilling and teacher is None and targets is None:
         raise HeredityError(f"loss {config.loss} needs a teacher model; pass --teacher")
+    if targets is not None:
+        teacher = None  # its targets are stored: the teacher need not run
     vocab = torch.tensor(number_vocab(tokenizer)) if config.loss == "number_distill" else None
     torch.manual_seed(config.seed)
     acc = Accelerator(
@@ -542,8 +584,10 @@ def train(
         gradient_accumulation_steps=config.grad_accum,
     )
     examples = encode_rows(tokenizer, rows, config)
+    if targets is not None:
+        targets.check(examples, None if vocab is None else vocab.tolist())
     t_examples = None
-    if distilling and config.teacher_system_prompt is not None:
+    if distilling and targets is None and config.teacher_system_prompt is not None:
         t_examples = encode_rows(tokenizer, rows, config, system_prompt=config.teacher_system_prompt)
         if len(t_examples) != len(examples) or any(
             sum(x != IGNORE for x in a[1]) != sum(x != IGNORE for x in b[1])
@@ -612,6 +656,7 @@ def train(
                 for k, part in enumerate(parts):
                     batch = collate(examples, part, pad, acc.device)
                     tb = None if t_examples is None else collate(t_examples, part, pad, acc.device)
+                    tgt = None if targets is None else targets.take(part, acc.device)
                     last = k == len(parts) - 1
                     with acc.autocast(), contextlib.nullcontext() if last else acc.no_sync(model):
                         part_sum, _ = piece_loss(
@@ -623,6 +668,7 @@ def train(
                             t_tap=t_tap,
                             tb=tb,
                             vocab=vocab,
+                            targets=tgt,
                         )
                         acc.backward(part_sum / n_batch)
                     batch_sum += float(part_sum.detach())
@@ -749,6 +795,17 @@ def finetune(
     require_columns(table, needed, f"loss {config.loss}")
     teacher_id = materialize(teacher, store) if teacher else None
     inputs = [base_id, data_id] + ([teacher_id] if teacher_id else [])
+    # number targets and top-k full-vocabulary targets are computed once per teacher and dataset (their own
+    # memoized step) and shared by every student; the student reads them instead of running the teacher
+    stored = config.loss == "number_distill" or (config.loss == "logit_distill" and config.distill_top_k)
+    targets_id = None
+    if teacher_id and stored:
+        from heredity.engine.targets import TargetsConfig, teacher_targets
+
+        targets_id = teacher_targets(store, teacher_id, data_id, TargetsConfig.of(config), progress=progress)[
+            "targets"
+        ]
+        inputs.append(targets_id)
     if store.get(base_id).kind == "adapter" and config.method == "lora":
         raise HeredityError(
             f"{base_id} is an adapter; LoRA on an adapter is not supported: merge it first or use method full"
@@ -756,7 +813,10 @@ def finetune(
 
     def run(ctx):
         model, tok = load(base_id, store, merge_adapter=True, trainable=True)
-        t_model = load(teacher_id, store, merge_adapter=True)[0] if teacher_id else None
+        from heredity.engine.targets import Targets
+
+        t_model = load(teacher_id, store, merge_adapter=True)[0] if teacher_id and not targets_id else None
+        t_stored = Targets(store.path(targets_id)) if targets_id else None
         rows = read_table(store.path(data_id)).to_pylist()  # from the input artifact: what the key names
         kind = "adapter" if config.method == "lora" else "model"
         name = f"{store.get(base_id).name}-{config.method}-{config.loss}"
@@ -778,6 +838,7 @@ def finetune(
             rows,
             config,
             teacher=t_model,
+            targets=t_stored,
             checkpoint_dir=ctx.scratch,
             progress=progress,
             snapshot=snapshot if config.snapshots else None,

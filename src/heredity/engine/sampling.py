@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
 from pydantic import BaseModel, Field, field_validator, model_serializer
@@ -75,6 +76,13 @@ class SampleConfig(BaseModel):
             "completion follows; a completion ends when the grammar is complete"
         ),
     )
+    precision: Literal["fp32", "int8"] = Field(
+        "fp32",
+        description=(
+            "int8 (opt-in, CPU, Llama-family): the decode step's projections and output head in int8 "
+            "(engine.fastdecode; its KL from fp32 is in bench/sample.py); experiments use fp32"
+        ),
+    )
 
     @model_serializer(mode="wrap")
     def _keyed_only_when_on(self, handler):
@@ -86,6 +94,7 @@ class SampleConfig(BaseModel):
             ("presence_penalty", 0.0),
             ("frequency_penalty", 0.0),
             ("grammar", None),
+            ("precision", "fp32"),
         ):
             if k in d and d[k] == neutral:
                 d.pop(k)
@@ -205,11 +214,20 @@ def sample(
     dec.on_token, dec.top_logprobs, dec.on_done, dec.cancelled = on_token, top_logprobs, on_done, cancelled
     if feed is not None:
         dec.feed, dec.prefix_len = feed, 0
+    if config.precision != "fp32":
+        from heredity.engine import fastdecode
+
+        why = "it runs on CUDA" if device.type != "cpu" else fastdecode.unsupported(model)
+        if why is not None or not fast:
+            raise HeredityError(
+                f"precision {config.precision} needs the CPU decode step (engine.fastdecode), which this "
+                f"model cannot take ({why or 'fast=False'}); use precision fp32"
+            )
     if fast and device.type == "cpu":
         from heredity.engine import fastdecode
 
         if fastdecode.supports(model):
-            dec.fast = fastdecode.for_model(model)
+            dec.fast = fastdecode.for_model(model, config.precision)
     done = dec.run()
     bar.close()
     results = {(c.prompt_index, c.sample_index): c for c in done}
