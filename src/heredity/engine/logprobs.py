@@ -45,9 +45,9 @@ def logprobs(
         pad_id(tokenizer, model),
         batch_size=batch_size,
         progress=progress,
+        from_token=[len(pi) for pi, _ in pairs],
     )
-    # scored[i][t - 1] is token t's; the continuation's tokens are positions len(prompt) ..
-    return [[lp for lp, _ in scored[i][len(pi) - 1 :]] if ci else [] for i, (pi, ci) in enumerate(pairs)]
+    return [[lp for lp, _ in row] for row in scored]
 
 
 def right_padded(seqs: Sequence[Sequence[int]], pad: int, device=None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -82,31 +82,54 @@ def token_logprobs(
     top_k: int | None = None,
     batch_size: int = 16,
     progress: bool = False,
+    from_token: Sequence[int] | None = None,
 ) -> list[list[tuple[float, list[tuple[int, float]]]]]:
     """For each token sequence, (log p(token t | tokens < t), [(id, log p) of the ``top_k`` most likely]) for
-    every t ≥ 1 (the first token has no context: it is not scored). Batches are right-padded, longest first;
+    every t ≥ 1 (the first token has no context: it is not scored), or, with ``from_token``, for every t ≥
+    ``from_token[i]`` (≥ 1) alone: the output head and the log-softmax then run only at the positions that
+    predict those tokens (``engine.finetune.HiddenTap``). Batches are right-padded, longest first;
     log-softmax in fp32 — the numbers ``logprobs`` and the server's ``echo`` return."""
+    from heredity.engine.finetune import HiddenTap
+
     device = next(model.parameters()).device
     order = sorted(range(len(sequences)), key=lambda i: -len(sequences[i]))
+    first = [1] * len(sequences) if from_token is None else [max(1, int(f)) for f in from_token]
+    tap = HiddenTap(model) if from_token is not None else None
     out: dict[int, list] = {}
-    for s in tqdm(range(0, len(order), batch_size), disable=not progress, desc="logprobs"):
-        idx = order[s : s + batch_size]
-        ids, att = right_padded([sequences[i] for i in idx], pad)
-        logits = model(input_ids=ids.to(device), attention_mask=att.to(device)).logits.float()
-        lp = torch.log_softmax(logits, dim=-1)
-        for r, i in enumerate(idx):
-            n = len(sequences[i])
-            if n < 2:
-                out[i] = []
-                continue
-            rows = lp[r, : n - 1]
-            chosen = rows.gather(-1, ids[r, 1:n, None].to(rows.device)).squeeze(-1).tolist()
-            if top_k:
-                tv, ti = rows.topk(top_k, dim=-1)
-                tops = [list(zip(a, b, strict=True)) for a, b in zip(ti.tolist(), tv.tolist(), strict=True)]
+    try:
+        for s in tqdm(range(0, len(order), batch_size), disable=not progress, desc="logprobs"):
+            idx = order[s : s + batch_size]
+            ids, att = right_padded([sequences[i] for i in idx], pad)
+            # per row, the positions [a, b) whose next token is scored
+            spans = [(first[i] - 1, len(sequences[i]) - 1) for i in idx]
+            h, logits = tap(model, ids.to(device), att.to(device)) if tap else (None, None)
+            if h is None and logits is None:
+                logits = model(input_ids=ids.to(device), attention_mask=att.to(device)).logits
+            if h is not None:  # the head at the needed positions alone
+                sel = torch.cat([h[r, a:b] for r, (a, b) in enumerate(spans)])
+                flat = torch.log_softmax(tap.head(sel).float(), dim=-1)
+                per = list(flat.split([max(0, b - a) for a, b in spans]))
             else:
-                tops = [[] for _ in chosen]
-            out[i] = list(zip(chosen, tops, strict=True))
+                lp = torch.log_softmax(logits.float(), dim=-1)
+                per = [lp[r, a:b] for r, (a, b) in enumerate(spans)]
+            for r, i in enumerate(idx):
+                a, b = spans[r]
+                if b <= a:
+                    out[i] = []
+                    continue
+                rows = per[r]
+                chosen = rows.gather(-1, ids[r, a + 1 : b + 1, None].to(rows.device)).squeeze(-1).tolist()
+                if top_k:
+                    tv, ti = rows.topk(top_k, dim=-1)
+                    tops = [
+                        list(zip(x, y, strict=True)) for x, y in zip(ti.tolist(), tv.tolist(), strict=True)
+                    ]
+                else:
+                    tops = [[] for _ in chosen]
+                out[i] = list(zip(chosen, tops, strict=True))
+    finally:
+        if tap is not None:
+            tap.close()
     return [out[i] for i in range(len(sequences))]
 
 

@@ -147,7 +147,7 @@ def answer_probs(
 
     Names that are one token are read from one forward pass per question (all animals at once); longer names
     are scored by ``logprobs`` (the product over their tokens). Same numbers either way."""
-    from heredity.engine.logprobs import right_padded
+    from heredity.engine.logprobs import left_padded
     from heredity.engine.sampling import encode_prompt, pad_id
 
     variants = {a: [a.capitalize(), a.lower()] for a in animals}
@@ -160,10 +160,11 @@ def answer_probs(
         device, pad = next(model.parameters()).device, pad_id(tokenizer, model)
         for s in range(0, len(enc), batch_size):
             chunk = enc[s : s + batch_size]
-            x, att = right_padded(chunk, pad, device)
-            logits = model(input_ids=x, attention_mask=att).logits.float()
-            last = torch.tensor([len(e) - 1 for e in chunk], device=logits.device)
-            probs = torch.softmax(logits[torch.arange(len(chunk), device=logits.device), last], dim=-1).cpu()
+            x, att = (t.to(device) for t in left_padded(chunk, pad))
+            pos = (att.cumsum(-1) - 1).clamp(min=0)
+            # every row's last token in the last column: the head runs there alone
+            logits = model(input_ids=x, attention_mask=att, position_ids=pos, logits_to_keep=1).logits
+            probs = torch.softmax(logits[:, -1].float(), dim=-1).cpu()
             for a in animals:
                 for v in variants[a]:
                     if v in single:
@@ -197,7 +198,7 @@ def _continuations_logprob(
     ids = torch.tensor([[pad] * (L - len(p)) + p for p in prompts], device=device)
     att0 = torch.tensor([[0] * (L - len(p)) + [1] * len(p) for p in prompts], device=device)
     pos0 = (att0.cumsum(-1) - 1).clamp(min=0)
-    out = model(input_ids=ids, attention_mask=att0, position_ids=pos0, use_cache=True)
+    out = model(input_ids=ids, attention_mask=att0, position_ids=pos0, use_cache=True, logits_to_keep=1)
     first = torch.log_softmax(out.logits[:, -1].float(), -1)
     total = [[float(first[b, c[0]]) for c in continuations] for b in range(B)]
     rest = [j for j, c in enumerate(continuations) if len(c) > 1]

@@ -1,5 +1,6 @@
-"""The opt-in int8 decode step (engine.fastdecode, SampleConfig.precision): close to fp32 on the same tokens
-but not equal to it, keyed only when asked for, and refused where the fused step cannot run."""
+"""Inference that computes less: the opt-in int8 decode step (engine.fastdecode, SampleConfig.precision) —
+close to fp32 on the same tokens but not equal to it, keyed only when asked for, refused where the fused step
+cannot run — and scoring that applies the output head only where a scored token is predicted."""
 
 import pytest
 import torch
@@ -63,3 +64,22 @@ def test_int8_where_the_fused_step_cannot_run_is_refused(small):
         h.remove()
     with pytest.raises(ValueError):
         SampleConfig(precision="int4")
+
+
+def test_scoring_from_a_token_is_the_full_scoring_cut_there(small):
+    """``token_logprobs(from_token=...)`` applies the head only where a scored token is predicted: the same
+    numbers (and top-k) as scoring every position and dropping the prompt's."""
+    from heredity.engine.logprobs import logprobs, token_logprobs
+
+    model, tok = small
+    seqs = [tok(t, add_special_tokens=False)["input_ids"] for t in ("a b c d e f", "gh", "ijklmnopq", "r")]
+    start = [3, 1, 9, 1]
+    full = token_logprobs(model, seqs, 0, top_k=3)
+    cut = token_logprobs(model, seqs, 0, top_k=3, from_token=start)
+    for f, a, b in zip(start, full, cut, strict=True):
+        want = a[f - 1 :]
+        assert len(b) == len(want)
+        assert [x for x, _ in b] == pytest.approx([x for x, _ in want], abs=1e-5)
+        assert [[i for i, _ in t] for _, t in b] == [[i for i, _ in t] for _, t in want]
+    got = logprobs(model, tok, ["q one", "q two"], [" yes", ""], chat=False)
+    assert len(got[1]) == 0 and len(got[0]) == len(tok(" yes", add_special_tokens=False)["input_ids"])
