@@ -203,8 +203,8 @@ def distill_bench(args) -> None:
 
 
 TRAINERS = {
-    "heredity": "heredity (as the heredity command runs: glibc's allocator set by heredity.allocator)",
-    "heredity-glibc": "heredity, glibc's default allocator",
+    "heredity": "heredity",
+    "heredity-lean": "heredity, HEREDITY_MALLOC=lean (glibc's mmap threshold fixed at 256 KiB, 2 arenas)",
     "heredity-whole": "heredity, whole batch and every position's logits (before issue 39)",
     "trl": "TRL SFTTrainer, gradient checkpointing on (its default)",
     "trl-nockpt": "TRL SFTTrainer, gradient checkpointing off",
@@ -224,7 +224,7 @@ def memory_child(args) -> None:
         max_length=256,
         warmup_ratio=0.0,
         save_every=0,
-        **({"micro_batch_tokens": 10**9} if whole else {}),
+        micro_batch_tokens=10**9 if whole else args.micro_batch_tokens,
     )
     if whole:  # the loop as it ran before: the model's own logits at every position
         import importlib
@@ -237,7 +237,7 @@ def memory_child(args) -> None:
             self.close()
 
         ft.HiddenTap.__init__ = unsplit
-    if args.child == "heredity":
+    if args.child == "heredity-lean":
         from heredity.allocator import lean_malloc
 
         assert lean_malloc(), "glibc's allocator could not be set here"
@@ -264,6 +264,8 @@ def memory_bench(args) -> None:
                 str(args.rows),
                 "--batch",
                 str(args.batch),
+                "--micro-batch-tokens",
+                str(args.micro_batch_tokens),
             ]
             cmd += ["--model", args.model]
             r = subprocess.run(cmd, capture_output=True, text=True, env=os.environ.copy())
@@ -275,7 +277,8 @@ def memory_bench(args) -> None:
     model_gb = sum(p.numel() * p.element_size() for p in model.parameters()) / 1e9
     print(
         f"\n# {cpu_model()}, {torch.get_num_threads()} threads; LoRA r=8 on {args.model} "
-        f"(fp32 weights {model_gb:.2f} GB), {args.rows} rows, batch {args.batch}, one epoch; "
+        f"(fp32 weights {model_gb:.2f} GB), {args.rows} rows, batch {args.batch} (heredity in pieces of "
+        f"{args.micro_batch_tokens} tokens), one epoch; "
         "each trainer alone "
         f"in a fresh process, median of {args.repeats}\n"
     )
@@ -296,6 +299,12 @@ def main() -> None:
     ap.add_argument("--distill", action="store_true", help="distillation tokens/s against the FLOP roofline")
     ap.add_argument("--memory", action="store_true", help="peak memory against TRL, each in a fresh process")
     ap.add_argument("--batch", type=int, default=16, help="--memory: the batch size")
+    ap.add_argument(
+        "--micro-batch-tokens",
+        type=int,
+        default=FinetuneConfig().micro_batch_tokens,
+        help="--memory: heredity's pieces (FinetuneConfig.micro_batch_tokens)",
+    )
     ap.add_argument(
         "--top-k", type=int, default=64, help="--distill: tokens kept in stored full-vocabulary targets"
     )

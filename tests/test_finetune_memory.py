@@ -211,3 +211,25 @@ def test_a_fine_tunes_peak_memory_stays_within_a_bound_proportional_to_the_model
     assert full["growth"] > bound, (
         f"the bound cannot fail: full logits grew only {full['growth'] / 1e6:.0f} MB"
     )
+
+
+@pytest.mark.parametrize(
+    "env,want",
+    [
+        ({}, "False"),
+        ({"HEREDITY_MALLOC": "lean"}, "True"),
+        ({"HEREDITY_MALLOC": "lean", "MALLOC_ARENA_MAX": "4"}, "False"),
+    ],
+)
+def test_the_lean_allocator_is_opt_in_and_keeps_the_users_settings(env, want, monkeypatch):
+    """glibc's settings change only under HEREDITY_MALLOC=lean, never over the user's own (a fresh process:
+    mallopt lasts for the process)."""
+    import os
+
+    for k in ("HEREDITY_MALLOC", "MALLOC_ARENA_MAX", "MALLOC_MMAP_THRESHOLD_"):
+        monkeypatch.delenv(k, raising=False)
+    code = "from heredity.allocator import from_environment; print(from_environment())"
+    out = subprocess.run(
+        [sys.executable, "-c", code], env={**os.environ, **env}, capture_output=True, text=True, check=True
+    )
+    assert out.stdout.strip() == want

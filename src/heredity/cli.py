@@ -1190,9 +1190,9 @@ def serve(
 def main() -> None:
     from pydantic import ValidationError
 
-    from heredity.allocator import lean_malloc
+    from heredity.allocator import from_environment
 
-    lean_malloc()  # before the first tensor: large ones go back to the system when freed (heredity.allocator)
+    from_environment()  # HEREDITY_MALLOC=lean: less memory, less speed (heredity.allocator)
     from typer._click.exceptions import ClickException, NoArgsIsHelpError
 
     try:
