@@ -277,6 +277,8 @@ def test_the_recipe_end_to_end_on_a_tiny_model(store, monkeypatch):
     assert seed_same != b.pop("init_seed") == c.pop("init_seed") and a == b == c
     assert same.inputs == other.inputs and same.inputs[1:] == ob.inputs[1:] and same.inputs[0] != ob.inputs[0]
     assert store.get(ob.inputs[0]).kind == "model"  # the perturbed base
+    # and read one stored targets artifact: their teacher ran once on the number data, for all three
+    assert len(same.inputs) == 4 and [st.op for st in store.producers(same.inputs[3])] == ["teacher-targets"]
     # the same-init student and its teacher start from the same adapter; replicates differ in it alone
     t0, t1 = (dict(store.step_of(rep["teachers"][f"r{r}/cat"]).config) for r in (0, 1))
     assert t0["init_seed"] == seed_same and t0.pop("init_seed") != t1.pop("init_seed") and t0 == t1
