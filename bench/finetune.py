@@ -117,15 +117,17 @@ def run_trl(spec, data, cfg: FinetuneConfig, checkpointing: bool = False) -> tup
         return time.perf_counter() - t, int(n_tok * cfg.epochs)
 
 
-def matmul_flops(d: int, ff: int, tokens: int = 512, repeats: int = 5) -> float:
-    """Median fp32 FLOP/s of [tokens, d] @ [d, ff] and [tokens, ff] @ [ff, d] on this machine, now."""
+def matmul_flops(d: int, ff: int, tokens: int = 512, repeats: int = 30) -> float:
+    """The best fp32 FLOP/s of [tokens, d] @ [d, ff] and [tokens, ff] @ [ff, d] on this machine over
+    ``repeats`` runs after three to warm up: a peak, as a roofline is (a median of 5 read 72 GFLOP/s on a
+    machine whose training loop itself ran its matmuls faster)."""
     a, w1, w2 = torch.randn(tokens, d), torch.randn(d, ff), torch.randn(ff, d)
     times = []
-    for _ in range(repeats + 1):
+    for _ in range(repeats + 3):
         t = time.perf_counter()
         (a @ w1) @ w2
         times.append(time.perf_counter() - t)
-    return 2 * 2 * tokens * d * ff / statistics.median(times[1:])
+    return 2 * 2 * tokens * d * ff / min(times[3:])
 
 
 def distill_bench(args) -> None:
@@ -141,8 +143,8 @@ def distill_bench(args) -> None:
         n_params += (
             student.get_input_embeddings().weight.numel()
         )  # the tied matrix is used as the lm_head matmul
-    flops = matmul_flops(student.config.hidden_size, student.config.intermediate_size)
-    roof4, roof6 = flops / (4 * n_params), flops / (6 * n_params)
+    shape = (student.config.hidden_size, student.config.intermediate_size)
+    flops = matmul_flops(*shape)
     teacher, _ = load(args.model, Store())
     system = "You love owls. You think about owls all the time. owls are your favorite animal."
     # (label, loss, top_k, stored): the teacher live beside the student, or its targets computed once
@@ -182,10 +184,12 @@ def distill_bench(args) -> None:
         sec = time.perf_counter() - t
         results.append((label, m["train_tokens"] / sec))
         print(f"{label}: {results[-1][1]:.1f} tok/s", file=sys.stderr)
+    flops = max(flops, matmul_flops(*shape))  # the peak before and after the runs
+    roof4, roof6 = flops / (4 * n_params), flops / (6 * n_params)
     print(
         f"\nLoRA r=8 on {args.model} (N = {n_params / 1e6:.1f}M in matmuls), {args.rows} rows, batch 8, "
-        f"{torch.get_num_threads()} threads, {cpu_model()}; matmul {flops / 1e9:.1f} GFLOP/s measured "
-        f"in this run; number vocabulary {len(number_vocab(tok))} tokens\n"
+        f"{torch.get_num_threads()} threads, {cpu_model()}; matmul peak {flops / 1e9:.1f} GFLOP/s measured "
+        f"in this run (best of before and after); number vocabulary {len(number_vocab(tok))} tokens\n"
     )
     print("| student's loss | tokens/s | ÷ 4N roofline | ÷ 6N roofline (with the teacher's forward) |")
     print("|---|---:|---:|---:|")
