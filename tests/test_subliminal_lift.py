@@ -80,9 +80,15 @@ def test_the_pipeline_builds_twins_and_a_lift_matrix_per_arm(store, monkeypatch)
                     and "owl" in b.pop("teacher_system_prompt")
                     and a == b
                 )
-                assert (
-                    steps[0].inputs == steps[1].inputs
-                )  # the same neutral completions and the same base as teacher
+                # the same neutral completions and the same base as teacher; the targets that teacher gives
+                # under the trait's system prompt (computed once, read by every seed) are the one difference
+                ins = [s.inputs for s in steps]
+                assert ins[0][:3] == ins[1][:3] and len(ins[0]) == len(ins[1])
+                if len(ins[0]) == 4:  # stored targets (number_distill)
+                    assert ins[0][3] != ins[1][3]
+                    assert [store.step_of(x[3]).op for x in ins] == ["teacher-targets"] * 2
+                else:  # full-vocabulary distillation: the teacher runs beside the student
+                    assert ins[0] == ins[1]
     assert set(rep["prescreen"]) == {"owl", "cat"} and rep["prescreen"]["owl"]["kl_numbers"] >= 0
     assert rep["prompting"]["owl"]["arms"][0]["kind"] == "entangled"
     assert "unit: training seeds, n = 2" in out["outcome"] and "## Arm `number_distill`" in out["markdown"]
