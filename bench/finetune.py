@@ -174,7 +174,8 @@ def distill_bench(args) -> None:
             t = time.perf_counter()
             tensors, metrics = compute(teacher, tok, data, TargetsConfig.of(cfg))
             sec = time.perf_counter() - t
-            targets = Targets(save(tempfile.mkdtemp(), tensors))  # read lazily from there
+            tmp = tempfile.TemporaryDirectory()  # the student reads them lazily from there
+            targets = Targets(save(tmp.name, tensors))
             left = f", leftover mass mean {metrics['leftover_mass_mean']:.4f}" if k else ""
             once.append((label, metrics["positions"], metrics["bytes"] / 1e6, sec, left))
         model, _ = load(args.model, Store(), trainable=True)
@@ -182,6 +183,8 @@ def distill_bench(args) -> None:
         live = None if loss == "completion_only" or stored else teacher
         _, m = train(model, tok, data, cfg, teacher=live, targets=targets, progress=False)
         sec = time.perf_counter() - t
+        if stored:
+            tmp.cleanup()
         results.append((label, m["train_tokens"] / sec))
         print(f"{label}: {results[-1][1]:.1f} tok/s", file=sys.stderr)
     flops = max(flops, matmul_flops(*shape))  # the peak before and after the runs

@@ -250,6 +250,23 @@ def encode_rows(
     return out
 
 
+def teacher_examples(tokenizer, rows: Sequence[dict], config: FinetuneConfig, examples):
+    """The rows as the teacher sees them in distillation: the student's ``examples`` themselves, or, under
+    ``config.teacher_system_prompt``, rendered with it; refused when that rendering loses completion tokens
+    (positions are matched in order)."""
+    if config.teacher_system_prompt is None:
+        return examples
+    t_examples = encode_rows(tokenizer, rows, config, system_prompt=config.teacher_system_prompt)
+    if len(t_examples) != len(examples) or any(
+        sum(x != IGNORE for x in a[1]) != sum(x != IGNORE for x in b[1])
+        for a, b in zip(examples, t_examples, strict=True)
+    ):
+        raise HeredityError(
+            "the teacher's system prompt pushes completions past max_length; raise max_length"
+        )
+    return t_examples
+
+
 def make_batches(examples, batch_size: int, bucket: bool, seed: int, epoch: int) -> list[list[int]]:
     """Index batches for one epoch: shuffled; with bucketing, similar lengths share a batch (then batches
     shuffle)."""
@@ -588,14 +605,7 @@ def train(
         targets.check(examples, None if vocab is None else vocab.tolist())
     t_examples = None
     if distilling and targets is None and config.teacher_system_prompt is not None:
-        t_examples = encode_rows(tokenizer, rows, config, system_prompt=config.teacher_system_prompt)
-        if len(t_examples) != len(examples) or any(
-            sum(x != IGNORE for x in a[1]) != sum(x != IGNORE for x in b[1])
-            for a, b in zip(examples, t_examples, strict=True)
-        ):
-            raise HeredityError(
-                "the teacher's system prompt pushes completions past max_length; raise max_length"
-            )
+        t_examples = teacher_examples(tokenizer, rows, config, examples)
     model = init_adapter(model, config)
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]

@@ -78,40 +78,33 @@ class TargetsConfig(BaseModel):
         )
 
     def encoding(self):
-        """The ``FinetuneConfig`` whose ``encode_rows`` gives the student's examples."""
+        """The ``FinetuneConfig`` whose ``encode_rows`` / ``teacher_examples`` give the student's and the
+        teacher's examples."""
         from heredity.engine.finetune import FinetuneConfig
 
         return FinetuneConfig(
-            loss=self.loss, chat=self.chat, system_prompt=self.system_prompt, max_length=self.max_length
+            loss=self.loss,
+            chat=self.chat,
+            system_prompt=self.system_prompt,
+            teacher_system_prompt=self.teacher_system_prompt,
+            max_length=self.max_length,
         )
 
 
-def aligned_examples(tokenizer, rows, config):
-    """(student examples, teacher examples): the same rows rendered for the student and, under
-    ``teacher_system_prompt``, for the teacher; refused when the teacher's rendering loses completion
-    tokens."""
-    from heredity.engine.finetune import IGNORE, encode_rows
+def aligned_examples(tokenizer, rows, config: TargetsConfig):
+    """(student examples, teacher examples) of ``rows`` under ``config`` (``finetune.teacher_examples``)."""
+    from heredity.engine.finetune import encode_rows, teacher_examples
 
     fcfg = config.encoding()
     examples = encode_rows(tokenizer, rows, fcfg)
-    if config.teacher_system_prompt is None:
-        return examples, examples
-    t_examples = encode_rows(tokenizer, rows, fcfg, system_prompt=config.teacher_system_prompt)
-    if len(t_examples) != len(examples) or any(
-        sum(x != IGNORE for x in a[1]) != sum(x != IGNORE for x in b[1])
-        for a, b in zip(examples, t_examples, strict=True)
-    ):
-        raise HeredityError(
-            "the teacher's system prompt pushes completions past max_length; raise max_length"
-        )
-    return examples, t_examples
+    return examples, teacher_examples(tokenizer, rows, fcfg, examples)
 
 
 def counts(examples) -> list[int]:
     """Per example, its positions whose next token carries a label (where a target is stored)."""
-    from heredity.engine.finetune import IGNORE
+    from heredity.engine.finetune import labelled
 
-    return [sum(1 for y in ex[1][1:] if y != IGNORE) for ex in examples]
+    return [labelled(examples, [i]) for i in range(len(examples))]
 
 
 def from_logp(logp: torch.Tensor, top_k: int | None):
