@@ -129,6 +129,24 @@ def test_a_bad_instruction_file_is_refused_before_any_compute(tmp_path, monkeypa
     assert "\n" not in str(e.value)
 
 
+def test_a_grid_without_the_tiny_base_still_judges_with_the_pipelines_reward_models(ran):
+    """The reward models start from the chatgpt pipeline's base whichever bases the grid trains (the paper and
+    long-smollm2 presets train none of it): the same pool, RMs and held-out set as a grid that does."""
+    home, config, _, report = ran
+    store = Store(home)
+    other = Base(
+        model=config.writer, sizes=[6], rules=["random", "verified"], noisy_sizes=[], all_data=False, seeds=1,
+        train=config.bases[0].train,
+    )  # fmt: skip
+    cfg = Config(**{**config.model_dump(), "bases": [other.model_dump()], "holm_family": None})
+    out = run(store, cfg, progress=False)
+    again = json.loads((store.path(out["report"]) / "report.json").read_text())
+    for k in ("pool", "scored_pool", "selection_rm", "judge_rm"):
+        assert again["lineage"][k] == report["lineage"][k], k
+    assert [t["name"] for t in again["tests"]] == [f"{config.writer}: verified@6 vs random@6"]
+    assert {t["unit"] for t in again["tests"]} == {"held-out items, one trained model per arm"}
+
+
 def test_the_paper_preset_asks_for_the_instruction_file():
     config = Config.presets()["paper"]
     with pytest.raises(HeredityError, match="--set instruction_file=PATH"):

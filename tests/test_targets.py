@@ -152,3 +152,26 @@ def test_teacher_targets_step_reruns_nothing(pair):
     assert 0.0 <= first.metrics["leftover_mass_mean"] <= first.metrics["leftover_mass_max"] < 1.0
     values, index = t.take([0, 1])
     assert values.shape[1] == 9 and index.shape[1] == 8
+
+
+def test_a_teacher_prompt_that_pushes_completions_past_max_length_is_refused(tiny):
+    """The teacher sees each row under its own system prompt; positions are matched in order, so a rendering
+    that truncates completion tokens the student keeps is refused with one line, not misaligned."""
+    from heredity.engine.finetune import encode_rows, teacher_examples
+
+    _, _, _, tok = tiny
+    rows = ROWS[:4]
+    fits = FinetuneConfig(loss="logit_distill", max_length=256, teacher_system_prompt="You love owls. " * 4)
+    ex = encode_rows(tok, rows, fits)
+    t_ex = teacher_examples(tok, rows, fits, ex)
+    assert [sum(x != -100 for x in b) for _, b in t_ex] == [sum(x != -100 for x in b) for _, b in ex]
+    assert all(len(t[0]) > len(s[0]) for t, s in zip(t_ex, ex, strict=True)), "the teacher sees its prompt"
+    # a one-letter system prompt: the teacher's prompt still fits, the end of its completion does not
+    tight = fits.model_copy(
+        update={"max_length": max(len(ids) for ids, _ in ex), "teacher_system_prompt": "o"}
+    )
+    t_ex = encode_rows(tok, rows, fits, system_prompt="o")
+    prompt_len = [sum(x == -100 for x in b) for _, b in t_ex]
+    assert max(len(ids) for ids, _ in t_ex) > tight.max_length > max(prompt_len)
+    with pytest.raises(HeredityError, match="pushes completions past max_length; raise max_length"):
+        teacher_examples(tok, rows, tight, encode_rows(tok, rows, tight))

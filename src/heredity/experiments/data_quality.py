@@ -185,10 +185,16 @@ class Config(BaseModel):
 
     @classmethod
     def presets(cls) -> dict[str, Config]:
+        # the long grid is two presets over one pool, held-out set and pair of RMs (shared store steps), one
+        # report each: on 2 CPU cores SmolLM2's arms (a LoRA run and 300 greedy answers of up to 96 tokens
+        # per seed) cost far more than the tiny base's, so each report fits a session of its own
+        long_pool = dict(
+            pool_per_kind=250, pool_constraints=400, max_new_tokens=96, eval_per_kind=30, eval_constraints=120
+        )
         tiny_long = Base(sizes=[100, 300, 1000], noisy_sizes=[100, 300], seeds=3)
         smol_long = Base(
             model="smollm2-135m-instruct",
-            sizes=[100, 300],
+            sizes=[100],
             rules=list(RULES),
             all_data=False,
             noisy_sizes=[100],
@@ -199,14 +205,8 @@ class Config(BaseModel):
         )
         return {
             "quick": cls(),
-            "long": cls(
-                bases=[tiny_long, smol_long],
-                pool_per_kind=250,
-                pool_constraints=400,
-                max_new_tokens=96,
-                eval_per_kind=30,
-                eval_constraints=120,
-            ),
+            "long": cls(bases=[tiny_long], **long_pool),
+            "long-smollm2": cls(bases=[smol_long], **long_pool),
             "paper": cls(
                 bases=[
                     Base(
@@ -301,10 +301,9 @@ def _file_rows(config: Config) -> list[dict]:
     return read_instructions(config.instruction_file)
 
 
-def _tiny_base(store: Store, config: Config, lineage: dict, progress: bool) -> str | None:
-    """The chatgpt pipeline's tokenizer and pretrained base (its own steps: shared with ``chatgpt``)."""
-    if not any(b.model == TINY for b in config.bases):
-        return None
+def _tiny_base(store: Store, config: Config, lineage: dict, progress: bool) -> str:
+    """The chatgpt pipeline's tokenizer and pretrained base (its own steps: shared with ``chatgpt``): a base
+    to fine-tune, and where both reward models start, so it is built whichever bases the grid trains."""
     from heredity.experiments.chatgpt import Config as ChatConfig
     from heredity.experiments.chatgpt import _base_model
 
@@ -380,11 +379,9 @@ def _pool(store: Store, config: Config, file_rows: list[dict], progress: bool) -
 
 
 @op("make-quality-preferences", 1)
-def _reward_models(store: Store, config: Config, scored_id: str, tiny: str | None, progress: bool):
+def _reward_models(store: Store, config: Config, scored_id: str, tiny: str, progress: bool):
     """The selection RM and the judge RM: the chatgpt recipe on pairs from the pool's prompts, split by
     prompt (``judge_fraction`` to the judge); returns (selection RM, judge RM, their metrics)."""
-    if tiny is None:
-        raise HeredityError(f"the reward models start from the chatgpt pipeline's base: keep a {TINY!r} base")
 
     def make(ctx):
         rows = read_table(store.path(scored_id)).to_pylist()
