@@ -51,7 +51,7 @@ def _verified(correct: bool | None, strict: bool | None) -> bool | None:
 
 
 @op("score-instruction-pool", 2, note="v2: a verified column (correct and/or strict)")
-def score_pool(store: Store, dataset: str, scorer: str, batch_size: int = 16) -> str:
+def score_pool(store: Store, dataset: str, scorer: str, batch_size: int = 16, progress: bool = False) -> str:
     """Score a stored pool (columns ``prompt``, ``completion``; optional ``reference``, ``constraints``) with
     ``scorer`` (any model spec with a chat template, for IFD); returns the scored dataset's id."""
     from heredity.models import materialize
@@ -69,7 +69,12 @@ def score_pool(store: Store, dataset: str, scorer: str, batch_size: int = 16) ->
             raise HeredityError(f"{data_id} has an empty answer; an empty answer has no IFD: drop it")
         model, tok = load(scorer_id, store, merge_adapter=True)
         ifds = ifd_scores(
-            model, tok, [r["prompt"] for r in rows], [r["completion"] for r in rows], batch_size=batch_size
+            model,
+            tok,
+            [r["prompt"] for r in rows],
+            [r["completion"] for r in rows],
+            batch_size=batch_size,
+            progress=progress,
         )
         out = [
             {**r, "length": len(r["completion"]), "ifd": x, **checks(r)}

@@ -273,11 +273,18 @@ def ifd(conditioned: Sequence[float], unconditioned: Sequence[float]) -> float:
 
 
 def ifd_scores(
-    model, tokenizer, prompts: Sequence[str], answers: Sequence[str], *, batch_size: int = 16
+    model,
+    tokenizer,
+    prompts: Sequence[str],
+    answers: Sequence[str],
+    *,
+    batch_size: int = 16,
+    progress: bool = False,
 ) -> list[float]:
     """IFD of each (instruction, answer) pair by a scorer model with a chat template: the answer's token
     log-probabilities after the chat-rendered instruction, and after the same template around an empty user
     turn (the answer "alone" in the format the scorer answers in; Superfiltering's GPT-2 scores it raw)."""
-    cond = logprobs(model, tokenizer, prompts, answers, chat=True, batch_size=batch_size)
-    uncond = logprobs(model, tokenizer, [""] * len(answers), answers, chat=True, batch_size=batch_size)
+    kw = dict(chat=True, batch_size=batch_size, progress=progress)
+    cond = logprobs(model, tokenizer, prompts, answers, **kw)
+    uncond = logprobs(model, tokenizer, [""] * len(answers), answers, **kw)
     return [ifd(c, u) if len(c) == len(u) else float("nan") for c, u in zip(cond, uncond, strict=True)]

@@ -242,7 +242,7 @@ def run(store: Store, config: Config, progress: bool = True) -> dict:
     lineage: dict[str, str] = {}
     tiny = _tiny_base(store, config, lineage, progress)
     pool_id = _pool(store, config, file_rows, progress)
-    scored_id = score_pool(store, pool_id, config.scorer)
+    scored_id = score_pool(store, pool_id, config.scorer, progress=progress)
     sel_rm, judge_rm, rm_metrics = _reward_models(store, config, scored_id, tiny, progress)
     pool_rows = read_table(store.path(scored_id)).to_pylist()
     rewards = _rm_scores(store, scored_id, sel_rm)
