@@ -36,7 +36,7 @@ import time
 
 import torch
 
-from heredity.engine.finetune import FinetuneConfig, encode_rows, train
+from heredity.engine.finetune import PIECE_TOKENS, FinetuneConfig, encode_rows, train
 from heredity.models import load
 from heredity.store import Store
 
@@ -309,7 +309,7 @@ def main() -> None:
     ap.add_argument(
         "--micro-batch-tokens",
         type=int,
-        default=FinetuneConfig().micro_batch_tokens,
+        default=PIECE_TOKENS,
         help="--memory: heredity's pieces (FinetuneConfig.micro_batch_tokens)",
     )
     ap.add_argument(

@@ -156,6 +156,29 @@ def test_pieces_respect_the_token_budget_and_keep_order():
         assert len(p) == 1 or len(p) * max(len(ex[i][0]) for i in p) <= 50
 
 
+def test_a_piece_holds_the_activations_of_384_smollm2_tokens_unless_set():
+    """Unset, a piece is 384 tokens for SmolLM2-135M's size or more (width × depth + vocabulary), more tokens
+    for a smaller model in proportion (a tiny model's batch runs whole); set, it is what was set; under LoRA
+    dropout, the batch."""
+
+    from types import SimpleNamespace as NS
+
+    from heredity.engine.finetune import PIECE_TOKENS, piece_tokens
+
+    def model(width, depth, vocab):
+        return NS(config=NS(hidden_size=width, num_hidden_layers=depth, vocab_size=vocab))
+
+    unset = FinetuneConfig()
+    assert piece_tokens(unset, model(576, 30, 49152)) == PIECE_TOKENS == 384
+    assert piece_tokens(unset, model(2048, 24, 49152)) == 384, "never below the default"
+    # data-quality's tiny base: 128 wide, 4 layers, 2,048 tokens
+    assert piece_tokens(unset, model(128, 4, 2048)) == 384 * (576 * 30 + 49152) // (128 * 4 + 2048) == 9964
+    assert piece_tokens(unset, NS(config=NS())) == 384, "an unknown shape gets the default"
+    assert piece_tokens(FinetuneConfig(micro_batch_tokens=24), model(128, 4, 2048)) == 24
+    assert piece_tokens(FinetuneConfig(method="lora", lora_dropout=0.1), model(576, 30, 49152)) >= 10**9
+    assert "micro_batch_tokens" not in FinetuneConfig(micro_batch_tokens=24).model_dump(), "never keyed"
+
+
 MEASURE = textwrap.dedent(
     """
     import json, resource, sys, torch
@@ -185,8 +208,8 @@ MEASURE = textwrap.dedent(
     fc = FinetuneConfig(max_steps=1, batch_size=1, chat=False, max_length=512)
     train(m, Tok(), rows[:1], fc, progress=False)  # warm: libraries, first allocations
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    whole = {"micro_batch_tokens": 10**9} if sys.argv[1] == "full-logits" else {}  # the batch in one piece
-    fc = FinetuneConfig(max_steps=2, batch_size=16, chat=False, max_length=512, **whole)
+    piece = 10**9 if sys.argv[1] == "full-logits" else 384  # the batch in one piece, or SmolLM2's pieces
+    fc = FinetuneConfig(max_steps=2, batch_size=16, chat=False, max_length=512, micro_batch_tokens=piece)
     train(LlamaForCausalLM(cfg), Tok(), rows, fc, progress=False)
     after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     print(json.dumps({"size": size, "growth": after - before}))
@@ -202,9 +225,10 @@ def measure(mode):
 
 
 def test_a_fine_tunes_peak_memory_stays_within_a_bound_proportional_to_the_model():
-    """A LoRA fine-tune at batch 16 (16 × 240 tokens, a 16,384-token vocabulary) may grow the process's
-    peak resident memory by at most 6× the model's fp32 size; the full-logits path (logits for every position
-    of the whole batch, as the loop computed them before) breaks the same bound, so the test can fail."""
+    """A LoRA fine-tune at batch 16 in pieces of 384 tokens (16 × 240 tokens, a 16,384-token vocabulary) may
+    grow the process's peak resident memory by at most 6× the model's fp32 size; the full-logits path (logits
+    for every position of the whole batch, as the loop computed them before) breaks the same bound, so the
+    test can fail."""
     lean, full = measure("lean"), measure("full-logits")
     bound = 6 * lean["size"]
     assert lean["growth"] <= bound, f"peak grew {lean['growth'] / 1e6:.0f} MB > bound {bound / 1e6:.0f} MB"

@@ -38,6 +38,10 @@ LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", 
 IGNORE = -100
 
 
+PIECE_TOKENS = 384  # a piece for SmolLM2-135M (576 wide, 30 layers): its batch-16 LoRA peaks at 2.6 GB
+PIECE_COST = 576 * 30 + 49152  # its activation memory per token, roughly: width × depth + vocabulary
+
+
 class FinetuneConfig(BaseModel):
     """Everything that decides a fine-tune; it is stored in the lineage and keys the memoization."""
 
@@ -122,14 +126,16 @@ class FinetuneConfig(BaseModel):
     # like checkpointing, the pieces a batch runs in change its memory, never what it computes (the
     # gradients of the pieces add up to the whole batch's, up to float rounding:
     # tests/test_finetune_memory.py), so they are left out of the step key
-    micro_batch_tokens: int = Field(
-        384,
+    micro_batch_tokens: int | None = Field(
+        None,
         ge=8,
         exclude=True,
         description=(
             "memory: a batch runs forward and backward in pieces of at most this many padded tokens whose "
             "gradients add up to the batch's; activation memory scales with it, the result does not "
-            "(with lora_dropout > 0 a batch runs whole, so its dropout masks are the batch's own)"
+            "(with lora_dropout > 0 a batch runs whole, so its dropout masks are the batch's own). None = "
+            f"{PIECE_TOKENS} for a model of SmolLM2-135M's size or larger, proportionally more for a smaller "
+            "one (about the same activation memory: a tiny model's batch runs whole)"
         ),
     )
 
@@ -248,6 +254,24 @@ def encode_rows(
             "no training example left after tokenization; raise max_length or check the dataset"
         )
     return out
+
+
+def piece_tokens(config: FinetuneConfig, model) -> int:
+    """The most padded tokens one piece of a batch runs at once: ``config.micro_batch_tokens`` when set; else
+    ``PIECE_TOKENS`` scaled up by how much smaller the model's width × depth + vocabulary is than
+    SmolLM2-135M's (roughly what a token's activations and its logits cost), never below it; a whole batch
+    under LoRA dropout."""
+    if config.lora_dropout != 0:
+        return 10**12
+    if config.micro_batch_tokens is not None:
+        return config.micro_batch_tokens
+    c = getattr(model, "config", None)
+    width = getattr(c, "hidden_size", None) or getattr(c, "n_embd", None)
+    depth = getattr(c, "num_hidden_layers", None) or getattr(c, "n_layer", None)
+    vocab = getattr(c, "vocab_size", None)
+    if not width or not depth or not vocab:
+        return PIECE_TOKENS
+    return max(PIECE_TOKENS, PIECE_TOKENS * PIECE_COST // (width * depth + vocab))
 
 
 def teacher_examples(tokenizer, rows: Sequence[dict], config: FinetuneConfig, examples):
@@ -630,7 +654,7 @@ def train(
         vocab = vocab.to(acc.device)  # once, not per piece
     tap = HiddenTap(acc.unwrap_model(model))
     t_tap = HiddenTap(teacher) if teacher is not None else None
-    per_piece = config.micro_batch_tokens if config.lora_dropout == 0 else 10**12
+    per_piece = piece_tokens(config, acc.unwrap_model(model))
 
     step, start_step, curve, tokens, loss_sum, loss_n = 0, 0, [], 0, 0.0, 0
     ckpt = checkpoint_dir / "state.pt" if checkpoint_dir else None

@@ -94,7 +94,12 @@ class Base(BaseModel):
     )
     train: FinetuneConfig = Field(
         default_factory=lambda: FinetuneConfig(
-            method="full", lr=1e-3, max_steps=150, batch_size=16, max_length=256, warmup_ratio=0.05
+            method="full",
+            lr=1e-3,
+            max_steps=150,
+            batch_size=16,
+            max_length=256,
+            warmup_ratio=0.05,
         )
     )
     seeds: int = Field(3, ge=1, description="training seeds per arm (≥ 2 for a claim about a rule)")
@@ -199,7 +204,7 @@ class Config(BaseModel):
             all_data=False,
             noisy_sizes=[100],
             train=FinetuneConfig(
-                method="lora", lr=5e-4, max_steps=60, batch_size=8, lora_r=16, lora_alpha=32, max_length=256
+                method="lora", lr=5e-4, max_steps=30, batch_size=8, lora_r=16, lora_alpha=32, max_length=256
             ),
             seeds=3,
         )
