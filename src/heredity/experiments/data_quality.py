@@ -94,12 +94,7 @@ class Base(BaseModel):
     )
     train: FinetuneConfig = Field(
         default_factory=lambda: FinetuneConfig(
-            method="full",
-            lr=1e-3,
-            max_steps=150,
-            batch_size=16,
-            max_length=256,
-            warmup_ratio=0.05,
+            method="full", lr=1e-3, max_steps=150, batch_size=16, max_length=256, warmup_ratio=0.05
         )
     )
     seeds: int = Field(3, ge=1, description="training seeds per arm (≥ 2 for a claim about a rule)")
