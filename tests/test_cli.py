@@ -172,3 +172,26 @@ def test_a_bad_beir_corpus_stops_synthetic_embeddings_before_any_compute(tmp_pat
     one_line_error(r)
     assert "test.tsv:2" in r.stderr and "'d9' is not in corpus.jsonl" in r.stderr
     assert not (home / "artifacts").exists() or not any((home / "artifacts").iterdir())
+
+
+def test_a_presets_fields_left_out_of_step_keys_survive_the_cli_round_trip():
+    """`heredity run` dumps a preset and validates it back; fields marked exclude=True (a fine-tune's piece
+    size, its checkpoint interval) are absent from a plain dump and used to fall back to their defaults."""
+    from heredity.cli import preset_with_sets
+    from heredity.experiments import data_quality as dq
+
+    quick = dq.Config.presets()["quick"]
+    first, *rest = quick.bases
+    pieces = first.train.model_copy(update={"micro_batch_tokens": 192, "save_every": 0})
+    preset = quick.model_copy(update={"bases": [first.model_copy(update={"train": pieces}), *rest]})
+    assert "micro_batch_tokens" not in preset.model_dump()["bases"][0]["train"]  # what the old path lost
+    cfg = dq.Config.model_validate(preset_with_sets(dq.Config, preset, [], "data-quality"))
+    assert (cfg.bases[0].train.micro_batch_tokens, cfg.bases[0].train.save_every) == (192, 0)
+    assert [b.train.micro_batch_tokens for b in cfg.bases[1:]] == [b.train.micro_batch_tokens for b in rest]
+    assert cfg == preset  # nothing else moved
+
+    from heredity.experiments import chatgpt
+
+    sets = ["sft.micro_batch_tokens=96"]  # --set reaches an excluded field of a nested config too
+    got = chatgpt.Config.model_validate(preset_with_sets(chatgpt.Config, chatgpt.Config(), sets, "chatgpt"))
+    assert got.sft.micro_batch_tokens == 96 and chatgpt.Config().sft.micro_batch_tokens is None

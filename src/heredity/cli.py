@@ -414,12 +414,34 @@ def insights(
     out.print_json(json.dumps({k: v for k, v in report.items() if k != "markdown"}))
 
 
+def dump_with_excluded(model) -> dict:
+    """``model.model_dump()`` plus the fields marked ``exclude=True`` (those left out of a step's key, such as
+    a fine-tune's checkpoint interval or piece size), at every depth: a preset that sets one keeps it through
+    the CLI's dump-and-validate round trip, and ``--set`` can reach it."""
+    from pydantic import BaseModel
+
+    def fill(m, d):
+        for field, info in type(m).model_fields.items():
+            value = getattr(m, field)
+            if info.exclude is True:
+                d[field] = value
+            elif isinstance(value, BaseModel) and isinstance(d.get(field), dict):
+                fill(value, d[field])
+            elif isinstance(value, (list, tuple)) and isinstance(d.get(field), list):
+                for item, sub in zip(value, d[field], strict=False):
+                    if isinstance(item, BaseModel) and isinstance(sub, dict):
+                        fill(item, sub)
+        return d
+
+    return fill(model, model.model_dump())
+
+
 def preset_with_sets(config_cls, preset, sets: list[str], name: str) -> dict:
     """A preset's fields with ``--set`` overrides. A Holm family that is the design's default (not declared by
     hand) follows the design the overrides make: it is derived again from the final config — before the run,
-    never after."""
-    cfg = _apply_sets(preset.model_dump(), sets, name)
-    base = preset.model_dump()
+    never after. Fields left out of step keys (``exclude=True``) keep the preset's values."""
+    cfg = _apply_sets(dump_with_excluded(preset), sets, name)
+    base = dump_with_excluded(preset)
     for field, unset in (("family", []), ("holm_family", None)):  # the two names experiments give it
         if field in cfg and not any(kv.split("=", 1)[0] == field for kv in sets):
             if getattr(config_cls.model_validate({**base, field: unset}), field) == base[field]:
