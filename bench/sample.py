@@ -11,6 +11,11 @@ Peers measured in the same run, when installed (``pip install -e '.[bench]'``): 
 on the same model converted from its Hugging Face files, at fp32 and int8 (quantized on load), with as many
 threads as torch uses here, sampling from the full distribution (``sampling_topk=0``) at T = 1 on the same
 rendered prompts, tokens counted the same way. The bench prints the CPU it ran on: the ratios move with it.
+llama.cpp through ``llama-cpp-python`` (``pip install -e '.[bench-llama]'``: no binary wheel on PyPI, pip
+builds it from source with CMake, several minutes) runs the bundled GGUF, Q4_1, its native format (heredity
+samples the same weights dequantized to fp32), with the same thread count, on the same rendered prompt
+tokens, T = 1 with top-k, top-p and min-p off; its Python API samples one sequence at a time (each
+prompt's template prefix is reused from its KV cache), so its column is the same at every batch size.
 
 heredity int8 (``SampleConfig.precision="int8"``, opt-in) runs beside them; under the table, its per-token
 KL(fp32 ‖ int8) on the same tokens: the fp32 sampler's completions of the first ``--kl-prompts`` prompts fed
@@ -111,6 +116,47 @@ def run_ct2(gen, tok, prompts, cfg: SampleConfig) -> int:
     return sum(len(r.sequences_ids[0]) for r in out)
 
 
+def llama_cpp_model(spec: str):
+    """llama.cpp (``llama_cpp.Llama``) on the bundled model's GGUF with torch's thread count, or None when
+    llama-cpp-python is not installed or ``spec`` is not a bundled model (the peer reads only the GGUF)."""
+    try:
+        import llama_cpp
+    except ImportError:
+        return None
+    import importlib.util
+
+    from heredity.models.registry import BUNDLED
+
+    if spec not in BUNDLED:
+        return None
+    info = BUNDLED[spec]
+    gguf = Path(importlib.util.find_spec(info["module"]).origin).parent / info["file"]
+    threads = torch.get_num_threads()
+    return llama_cpp.Llama(
+        model_path=str(gguf), n_ctx=1024, n_threads=threads, n_threads_batch=threads, seed=0, verbose=False
+    )
+
+
+def run_llama_cpp(llm, tok, prompts, cfg: SampleConfig) -> int:
+    """llama.cpp's sampling of each rendered prompt's tokens in turn (its API has no batch); generated
+    tokens before EOS, as llama.cpp counts them."""
+    n = 0
+    for p in prompts:
+        ids = tok(render_prompt(tok, p, cfg), add_special_tokens=False)["input_ids"]
+        for _ in range(cfg.n):
+            out = llm.create_completion(
+                ids,
+                max_tokens=cfg.max_new_tokens,
+                temperature=cfg.temperature,
+                top_k=0,
+                top_p=1.0,
+                min_p=0.0,
+                repeat_penalty=1.0,
+            )
+            n += out["usage"]["completion_tokens"]
+    return n
+
+
 def cpu_model() -> str:
     """The CPU's model name from /proc/cpuinfo (the benches print it: ratios move with the CPU)."""
     for line in open("/proc/cpuinfo", encoding="utf-8"):
@@ -137,6 +183,12 @@ def main() -> None:
             "CTranslate2 is not installed (pip install -e '.[bench]'): its columns are left out",
             file=sys.stderr,
         )
+    llama = llama_cpp_model(args.model)
+    if llama is None:
+        print(
+            "llama-cpp-python is not installed (pip install -e '.[bench-llama]'): its column is left out",
+            file=sys.stderr,
+        )
     rows = []
     for bs in [int(b) for b in args.batch_sizes.split(",")]:
         prompts = number_prompts(args.prompts_b1 if bs == 1 else args.prompts)
@@ -144,7 +196,7 @@ def main() -> None:
             max_new_tokens=args.max_new_tokens, batch_size=bs, temperature=1.0, seed=0, n=args.n
         )
         cfg8 = cfg.model_copy(update={"precision": "int8"})
-        g, h, s, c32, c8, h8 = [], [], [], [], [], []
+        g, h, s, c32, c8, h8, lc = [], [], [], [], [], [], []
         for _ in range(args.repeats):
             t = time.perf_counter()
             ng = run_generate(model, tok, prompts, cfg)
@@ -163,7 +215,11 @@ def main() -> None:
                     t = time.perf_counter()
                     nc = run_ct2(peers[ct], tok, prompts, cfg)
                     col.append(nc / (time.perf_counter() - t))
-        med = [statistics.median(x) if x else None for x in (g, s, h, c32, c8, h8)]
+            if llama is not None:
+                t = time.perf_counter()
+                nl = run_llama_cpp(llama, tok, prompts, cfg)
+                lc.append(nl / (time.perf_counter() - t))
+        med = [statistics.median(x) if x else None for x in (g, s, h, c32, c8, h8, lc)]
         rows.append((bs, len(prompts), *med))
         print(
             f"batch {bs}: generate {rows[-1][2]:.1f} tok/s, heredity (HF forward) {rows[-1][3]:.1f}, "
@@ -177,13 +233,21 @@ def main() -> None:
     print(
         "| batch | prompts | generate tok/s | heredity, HF forward | heredity (fused decode) | ratio "
         "| CTranslate2 fp32 | heredity ÷ CT2 fp32 | CTranslate2 int8 | heredity ÷ CT2 int8 "
-        "| heredity int8 | heredity int8 ÷ CT2 int8 |"
+        "| heredity int8 | heredity int8 ÷ CT2 int8 | llama.cpp Q4_1 | heredity ÷ llama.cpp |"
     )
-    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-    for bs, n, g, s, h, c32, c8, h8 in rows:
-        peer = " | ".join("n/a | n/a" if c is None else f"{c:.1f} | {h / c:.2f}x" for c in (c32, c8))
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for bs, n, g, s, h, c32, c8, h8, lc in rows:
+
+        def peer(c, ours=h):
+            return "n/a | n/a" if c is None else f"{c:.1f} | {ours / c:.2f}x"
+
         mine = f"{h8:.1f} | " + ("n/a" if c8 is None else f"{h8 / c8:.2f}x")
-        print(f"| {bs} | {n} | {g:.1f} | {s:.1f} ({s / g:.2f}x) | {h:.1f} | {h / g:.2f}x | {peer} | {mine} |")
+        print(
+            f"| {bs} | {n} | {g:.1f} | {s:.1f} ({s / g:.2f}x) | {h:.1f} | {h / g:.2f}x | {peer(c32)} "
+            f"| {peer(c8)} | {mine} | {peer(lc)} |"
+        )
+    if llama is not None:
+        llama.close()  # before interpreter shutdown, where its finalizer fails
     kl, agree, n_tok = int8_kl(model, tok, number_prompts(args.kl_prompts), args.max_new_tokens)
     print(
         f"\nheredity int8 against fp32 on the same tokens ({args.kl_prompts} prompts' fp32 completions, "
