@@ -85,7 +85,11 @@ def test_a_hostile_client_does_not_starve_a_well_behaved_one(attack_home):
         assert pair["stored_turns"] == pair["codes"].count(200), pair
 
     assert not res["good_failures"], res["good_failures"]
-    assert quiet["turns"] == BASELINE_TURNS and loud["turns"] >= 3, res["good"]
+    # a turn that cannot join the running batch (other sampling parameters) waits for the budget-filling
+    # request ahead of it, 30–36 s on 2 loaded cores (the bound below allows 6× its time alone): longer than
+    # the attack, so how many turns fit in ATTACK_S is a race (4 in one run, 2 in the next, session 23). Two:
+    # one before the hostile budget's first request is taken, one after it, answered within the bound
+    assert quiet["turns"] == BASELINE_TURNS and loud["turns"] >= 2, res["good"]
     stored = res["stored"]
     assert stored["stored"] == stored["answered"] == len(res["turns"]), stored["mismatches"]
 
