@@ -12,10 +12,11 @@ on the same model converted from its Hugging Face files, at fp32 and int8 (quant
 threads as torch uses here, sampling from the full distribution (``sampling_topk=0``) at T = 1 on the same
 rendered prompts, tokens counted the same way. The bench prints the CPU it ran on: the ratios move with it.
 llama.cpp through ``llama-cpp-python`` (``pip install -e '.[bench-llama]'``: no binary wheel on PyPI, pip
-builds it from source with CMake, several minutes) runs the bundled GGUF, Q4_1, its native format (heredity
-samples the same weights dequantized to fp32), with the same thread count, on the same rendered prompt
-tokens, T = 1 with top-k, top-p and min-p off; its Python API samples one sequence at a time (each
-prompt's template prefix is reused from its KV cache), so its column is the same at every batch size.
+builds it from source with CMake, about 20 minutes on 2 cores) runs the bundled GGUF, Q4_1, its native
+format (heredity samples the same weights dequantized to fp32), with the same thread count, on the same
+rendered prompt tokens, T = 1 with top-k, top-p and min-p off; its Python API samples one sequence at a
+time (each prompt's template prefix is reused from its KV cache), so its column is the same at every batch
+size.
 
 heredity int8 (``SampleConfig.precision="int8"``, opt-in) runs beside them; under the table, its per-token
 KL(fp32 ‖ int8) on the same tokens: the fp32 sampler's completions of the first ``--kl-prompts`` prompts fed
