@@ -130,7 +130,7 @@ def llama_cpp_model(spec: str):
 
     if spec not in BUNDLED:
         return None
-    info = BUNDLED[spec]
+    info = BUNDLED[spec]  # the same file models.registry converts (the model above is already loaded from it)
     gguf = Path(importlib.util.find_spec(info["module"]).origin).parent / info["file"]
     threads = torch.get_num_threads()
     return llama_cpp.Llama(
@@ -237,15 +237,15 @@ def main() -> None:
         "| heredity int8 | heredity int8 ÷ CT2 int8 | llama.cpp Q4_1 | heredity ÷ llama.cpp |"
     )
     print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+
+    def peer(c, ours):
+        return "n/a | n/a" if c is None else f"{c:.1f} | {ours / c:.2f}x"
+
     for bs, n, g, s, h, c32, c8, h8, lc in rows:
-
-        def peer(c, ours=h):
-            return "n/a | n/a" if c is None else f"{c:.1f} | {ours / c:.2f}x"
-
         mine = f"{h8:.1f} | " + ("n/a" if c8 is None else f"{h8 / c8:.2f}x")
         print(
-            f"| {bs} | {n} | {g:.1f} | {s:.1f} ({s / g:.2f}x) | {h:.1f} | {h / g:.2f}x | {peer(c32)} "
-            f"| {peer(c8)} | {mine} | {peer(lc)} |"
+            f"| {bs} | {n} | {g:.1f} | {s:.1f} ({s / g:.2f}x) | {h:.1f} | {h / g:.2f}x | {peer(c32, h)} "
+            f"| {peer(c8, h)} | {mine} | {peer(lc, h)} |"
         )
     if llama is not None:
         llama.close()  # before interpreter shutdown, where its finalizer fails

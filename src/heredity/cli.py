@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import sys
 from pathlib import Path
@@ -440,8 +441,8 @@ def preset_with_sets(config_cls, preset, sets: list[str], name: str) -> dict:
     """A preset's fields with ``--set`` overrides. A Holm family that is the design's default (not declared by
     hand) follows the design the overrides make: it is derived again from the final config — before the run,
     never after. Fields left out of step keys (``exclude=True``) keep the preset's values."""
-    cfg = _apply_sets(dump_with_excluded(preset), sets, name)
     base = dump_with_excluded(preset)
+    cfg = _apply_sets(copy.deepcopy(base), sets, name)
     for field, unset in (("family", []), ("holm_family", None)):  # the two names experiments give it
         if field in cfg and not any(kv.split("=", 1)[0] == field for kv in sets):
             if getattr(config_cls.model_validate({**base, field: unset}), field) == base[field]:
