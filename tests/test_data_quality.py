@@ -129,6 +129,34 @@ def test_a_bad_instruction_file_is_refused_before_any_compute(tmp_path, monkeypa
     assert "\n" not in str(e.value)
 
 
+def test_a_users_instruction_file_joins_the_pool_and_can_be_selected(tmp_path):
+    """The paper preset's path on tiny parts: an Alpaca JSON file's rows enter the pool as written (writer
+    ``file``), are scored with the rest, and a rule can pick them: its longest answer is the pool's longest,
+    so ``longest`` selects it."""
+    rows = [
+        {"instruction": "Name a colour.", "input": "", "output": "Blue."},
+        {"instruction": "Describe the sea.", "input": "In one long sentence.", "output": "wave " * 80},
+        {"instruction": "Count to three.", "output": "1, 2, 3"},
+    ]
+    path = tmp_path / "alpaca_data.json"
+    path.write_text(json.dumps(rows))
+    store = Store(tmp_path / "home")
+    out = run(store, tiny_config(store, instruction_file=str(path)), progress=False)
+    report = json.loads((store.path(out["report"]) / "report.json").read_text())
+    pool = read_table(store.path(report["lineage"]["scored_pool"])).to_pylist()
+    mine = [(r["prompt"], r["completion"]) for r in pool if r["writer"] == "file"]
+    assert mine == [
+        ("Name a colour.", "Blue."),
+        ("Describe the sea.\n\nIn one long sentence.", "wave " * 80),
+        ("Count to three.", "1, 2, 3"),
+    ]
+    longest = [a for a in store.list("dataset") if a.name.startswith("dq-") and "longest" in a.name]
+    assert longest
+    for a in longest:
+        picked = {r["completion"] for r in read_table(store.path(a.id)).to_pylist()}
+        assert "wave " * 80 in picked
+
+
 def test_a_grid_without_the_tiny_base_still_judges_with_the_pipelines_reward_models(ran):
     """The reward models start from the chatgpt pipeline's base whichever bases the grid trains (the paper and
     long-smollm2 presets train none of it): the same pool, RMs and held-out set as a grid that does."""
