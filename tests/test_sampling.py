@@ -184,13 +184,74 @@ def test_prompts_fed_mid_decode_join_the_batch_unchanged(peaked):
 
     def feed():
         polls[0] += 1
-        return arrivals.pop(polls[0], [])
+        got = arrivals.pop(polls[0], [])
+        return [(got, None)] if got else []
 
     got = sample(model, tok, PROMPTS[:1], cfg, progress=False, feed=feed, on_done=finished.append)
     assert not arrivals, "every arrival was polled"
     assert [c.prompt_index for c in got] == list(range(5))
     assert [c.token_ids for c in got] == alone
     assert sorted(c.prompt_index for c in finished) == list(range(5))
+
+
+def test_jobs_fed_with_their_own_parameters_come_out_as_if_sampled_alone(peaked):
+    """A server's late requests rarely share every sampling parameter (max_tokens follows the prompt's
+    length): each fed job decodes in the running batch under its own n, max_new_tokens, stop, logit_bias
+    and penalties, and greedy outputs equal each job sampled by itself."""
+    model, tok = peaked
+    base = SampleConfig(temperature=0, max_new_tokens=10, batch_size=4)
+    first = sample(model, tok, PROMPTS[:2], base, progress=False)
+    banned = first[0].token_ids[1]  # a token the first answer draws: banning it changes that answer
+    jobs = [
+        (PROMPTS[1:3], base.model_copy(update={"max_new_tokens": 3, "n": 2})),
+        ([PROMPTS[0]], base.model_copy(update={"logit_bias": {banned: -100.0}})),
+        ([PROMPTS[3]], base.model_copy(update={"stop": [tok.decode(first[1].token_ids[2:4])]})),
+        (PROMPTS[3:5], base.model_copy(update={"presence_penalty": 1.5, "max_new_tokens": 14})),
+    ]
+    alone = [[c.token_ids for c in sample(model, tok, ps, cfg, progress=False)] for ps, cfg in jobs]
+    assert alone[1][0] != first[0].token_ids, "the ban changes the answer"
+    arrivals = {2: jobs[:2], 4: jobs[2:]}
+    polls = [0]
+
+    def feed():
+        polls[0] += 1
+        return arrivals.pop(polls[0], [])
+
+    got = sample(model, tok, PROMPTS[:2], base, progress=False, feed=feed)
+    assert not arrivals
+    assert [c.token_ids for c in got[:2]] == [c.token_ids for c in first]
+    at = 2
+    for (ps, cfg), want in zip(jobs, alone, strict=True):
+        mine = got[at : at + len(ps) * cfg.n]
+        at += len(ps) * cfg.n
+        assert [c.token_ids for c in mine] == want
+        assert [c.sample_index for c in mine] == [k for _ in ps for k in range(cfg.n)]
+    assert at == len(got)
+    assert all(c.finish_reason == "length" and c.n_tokens == 3 for c in got[2:6])
+
+
+def test_a_job_fed_mid_decode_is_not_held_behind_a_long_one(peaked):
+    """Free slots go to the job with the fewest rows decoding: a one-prompt job that arrives while a
+    twelve-prompt job fills the batch starts at the next free slot, not after the twelve."""
+    model, tok = peaked
+    cfg = SampleConfig(temperature=0, max_new_tokens=6, batch_size=4)
+    many = [f"prompt number {i}" for i in range(12)]
+    starts: list[int] = []
+    polls = [0]
+
+    def feed():
+        polls[0] += 1
+        return [(["owls"], cfg.model_copy(update={"max_new_tokens": 2}))] if polls[0] == 1 else []
+
+    def on_token(pi, si, tok_id, lp):
+        if pi not in starts:
+            starts.append(pi)
+
+    got = sample(model, tok, many, cfg, progress=False, feed=feed, on_token=on_token)
+    assert len(got) == 13 and got[12].n_tokens == 2
+    # the first four prompts fill the batch; the newcomer (prompt 12) starts in the next four, at the first
+    # rebuild after it arrived, ahead of seven of the eight prompts that were waiting before it came
+    assert starts[:4] == [10, 11, 0, 1] and 12 in starts[4:8], starts
 
 
 def test_fused_weights_are_reused_until_the_weights_change(peaked):

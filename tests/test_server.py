@@ -491,6 +491,40 @@ def test_a_request_whose_client_left_stops_generating(local):
         host.stop()
 
 
+def test_requests_with_other_sampling_parameters_share_the_running_batch(local):
+    """Unseeded requests that differ in max_tokens, stop, n or logit_bias (as nearly every chat turn does: its
+    max_tokens follows its prompt) decode in one generation run, each as it would alone; a seeded one runs by
+    itself."""
+    import threading
+
+    from heredity.server.runner import ModelHost
+
+    _, model, tok = local
+    base = SampleConfig(temperature=0, max_new_tokens=8)
+    cfgs = [
+        base,
+        base.model_copy(update={"max_new_tokens": 3, "n": 2}),
+        base.model_copy(update={"logit_bias": {5: 100.0}}),
+        base.model_copy(update={"stop": ["e"], "max_new_tokens": 12}),
+    ]
+    alone = [[c.token_ids for c in sample(model, tok, [HELLO], c, progress=False)] for c in cfgs]
+    host = ModelHost("test", model, tok)
+    try:
+        gate = threading.Event()
+        busy = host.call(lambda m, t: gate.wait(60))  # hold the worker: every job below is queued at once
+        jobs = [host.generate([HELLO], c, seeded=False) for c in cfgs]
+        seeded = host.generate([HELLO], base, seeded=True)
+        gate.set()
+        assert busy.result(timeout=60)
+        got = [[c.token_ids for c in j.future.result(timeout=120)] for j in jobs]
+        assert seeded.future.result(timeout=60)[0].token_ids == alone[0][0]
+        assert got == alone
+        assert alone[2][0][:1] == [5]  # the bias forced its token: the parameters were the job's own
+        assert host.batches == [4, 1], host.batches
+    finally:
+        host.stop()
+
+
 def test_a_model_is_loaded_once_however_many_ask(server_home, monkeypatch):
     import threading as th
 

@@ -18,12 +18,12 @@ KEY = "attack-test-key-0123456789abcdef"
 ATTACK_S = 25
 BASELINE_TURNS = 10
 RSS_GROWTH_MB = 500
-# a turn may wait for the hostile client's work ahead of it: at most its budget (131,072 tokens, about one
-# budget-filling request), decoded more slowly while the attack takes CPU. Measured on 2 loaded cores: p95
-# 1.9–2.9× the budget's work alone (9–16 s against 5–6 s); the same attack on a server without budgets
-# (--max-client-tokens 0 --max-pending-tokens 100000000) gave 51.6 s against a bound of 33.6 s. 6× leaves room
-# for a busier machine and fails when the hostile client can queue several budgets' worth
-TTFT_SLOWDOWN, TTFT_SLACK_S = 6.0, 3.0
+# a turn joins the running batch at its next free slot, ahead of the hostile client's waiting prompts, so it
+# never waits for a whole budget of hostile work: p95 bounded by that work's time alone (+ slack). Measured on
+# 2 loaded cores (session 24): p95 6.9 s against 24.4 s for the budget's work alone. Before turns with other
+# sampling parameters could join, a turn waited for the whole budget-filling request, 30–36 s against 14 s
+# alone, which this bound fails
+TTFT_SLOWDOWN, TTFT_SLACK_S = 1.0, 3.0
 
 
 def _bench():
@@ -85,11 +85,10 @@ def test_a_hostile_client_does_not_starve_a_well_behaved_one(attack_home):
         assert pair["stored_turns"] == pair["codes"].count(200), pair
 
     assert not res["good_failures"], res["good_failures"]
-    # a turn that cannot join the running batch (other sampling parameters) waits for the budget-filling
-    # request ahead of it, 30–36 s on 2 loaded cores (the bound below allows 6× its time alone): longer than
-    # the attack, so how many turns fit in ATTACK_S is a race (4 in one run, 2 in the next, session 23). Two:
-    # one before the hostile budget's first request is taken, one after it, answered within the bound
-    assert quiet["turns"] == BASELINE_TURNS and loud["turns"] >= 2, res["good"]
+    # a turn joins the running batch whatever its sampling parameters, and takes the next free slot ahead of
+    # the budget-filling request's waiting prompts: 11 turns answered in 26 s of attack on 2 loaded cores
+    # (session 24; 2–4 before, when a turn with other parameters waited for that whole request, 30–36 s)
+    assert quiet["turns"] == BASELINE_TURNS and loud["turns"] >= 5, res["good"]
     stored = res["stored"]
     assert stored["stored"] == stored["answered"] == len(res["turns"]), stored["mismatches"]
 

@@ -179,11 +179,15 @@ def sample(
     is drawn (EOS is not a token of the completion; streaming servers use this). With ``top_logprobs=k``
     (0 included), ``logprobs`` is ``(log p(token), [(id, log p), ...k best])`` under the model's own
     distribution (before temperature and top_p), and each ``Completion.logprobs`` holds them too.
-    ``feed()`` is polled once per decode step for more prompts, admitted into the running batch as slots
-    allow (a server's newly arrived requests; their indices continue after ``prompts``, and prefix sharing
-    is off). ``on_done(completion)`` is called as each sequence finishes. ``cancelled(prompt_index)`` is asked
-    before each token is kept: when it says yes the sequence ends there (finish reason ``"cancelled"``),
-    freeing its slot (a server's client went away)."""
+    ``feed()`` is polled once per decode step for more work: a list of ``(prompts, config)`` jobs (a server's
+    newly arrived requests), admitted into the running batch as slots allow; their indices continue after
+    ``prompts``, and prefix sharing is off. Each job keeps its own ``config`` (None: ``config``) for what is
+    per sequence: n, temperature, top_p, max_new_tokens, stop, logit_bias, the penalties, grammar, chat and
+    system_prompt; ``precision``, ``batch_size`` and ``seed`` are the batch's. Free slots go to the job with
+    the fewest rows decoding, so a job of many prompts cannot hold the others back until it ends.
+    ``on_done(completion)`` is called as each sequence finishes. ``cancelled(prompt_index)`` is asked before
+    each token is kept: when it says yes the sequence ends there (finish reason ``"cancelled"``), freeing its
+    slot (a server's client went away)."""
     config = config or SampleConfig()
     from heredity.models import RemoteModel
 
@@ -249,11 +253,16 @@ class _Decoder:
         self.model, self.tok, self.enc, self.cfg = model, tokenizer, encoded, config
         self.eos, self.pad, self.gen, self.device, self.bar = eos, pad, gen, device, bar
         self.n_layers = model.config.num_hidden_layers
-        self.pending = deque(sorted(range(len(encoded)), key=lambda i: (-len(encoded[i]), i)))
+        # waiting prompt indices per job (0: the call's own prompts, then each fed job), in admission order;
+        # a job's entry leaves when its last prompt is admitted
+        self.pending: dict[int, deque[int]] = {}
+        if encoded:
+            self.pending[0] = deque(sorted(range(len(encoded)), key=lambda i: (-len(encoded[i]), i)))
+        self.job = [0] * len(encoded)  # prompt index -> its job
+        self.configs = [config]  # job -> its SampleConfig
+        self.stop_windows = [_stop_window(tokenizer, config.stop)]
         self.prefix_len = _common_prefix_len(encoded)
         self.prefix_kv: list[tuple[torch.Tensor, torch.Tensor]] | None = None
-        self.stop_window = _stop_window(tokenizer, config.stop)
-        self.headroom = max(8, min(config.max_new_tokens, 128))
         self.done: list[Completion] = []
         self.cache = prealloc_cache(self.n_layers, 0)
         self.rows: list[tuple[int, int]] = []  # (prompt index, sample index) per batch row
@@ -268,11 +277,31 @@ class _Decoder:
         self.on_token: TokenCallback | None = None
         self.top_logprobs: int | None = None
         self.lps: list[list[TokenLogprobs]] = []
-        self.feed: Callable[[], Sequence[Prompt]] | None = None
+        self.feed: Callable[[], Sequence[tuple[Sequence[Prompt], SampleConfig | None]]] | None = None
         self.on_done: Callable[[Completion], None] | None = None
         self.cancelled: Callable[[int], bool] | None = None
         self.constraints: dict = {}  # (prompt, sample) -> its grammar matcher, with config.grammar
-        self.logits_dim = model.get_output_embeddings().weight.shape[0] if config.grammar else 0
+        self.logits_dim = model.get_output_embeddings().weight.shape[0]
+
+    def cfg_of(self, b: int) -> SampleConfig:
+        """Row b's sampling parameters (its job's)."""
+        return self.configs[self.job[self.rows[b][0]]]
+
+    def draw(self, logits: torch.Tensor, rows) -> torch.Tensor:
+        """One token per row of ``logits`` (batch rows ``rows``), each under its own job's parameters; rows of
+        one job are drawn together (with one job, exactly as a single ``_pick``)."""
+        rows = list(rows)
+        jobs = [self.job[self.rows[b][0]] for b in rows]
+        if len(set(jobs)) <= 1:
+            cfg = self.configs[jobs[0]] if jobs else self.cfg
+            return _pick(self.adjust(logits, rows, cfg), cfg.temperature, cfg.top_p, self.gen)
+        out = torch.empty(len(rows), dtype=torch.long, device=logits.device)
+        for j in dict.fromkeys(jobs):
+            idx = [r for r, jr in enumerate(jobs) if jr == j]
+            cfg = self.configs[j]
+            sub = self.adjust(logits[idx], [rows[r] for r in idx], cfg)
+            out[idx] = _pick(sub, cfg.temperature, cfg.top_p, self.gen)
+        return out
 
     def run(self) -> list[Completion]:
         self.rebuild()
@@ -285,11 +314,7 @@ class _Decoder:
                 continue
             self.forward()
             rows = range(len(self.rows))
-            self.consume(
-                rows,
-                _pick(self.adjust(self.logits, rows), self.cfg.temperature, self.cfg.top_p, self.gen),
-                self.logits,
-            )
+            self.consume(rows, self.draw(self.logits, rows), self.logits)
             self.poll()
             alive = sum(self.alive)
             dead = len(self.rows) - alive
@@ -298,19 +323,42 @@ class _Decoder:
                 or self.cur >= self.cap
                 or (self.pending and dead >= max(1, self.cfg.batch_size // 8))
                 or (not self.pending and dead * 2 >= len(self.rows))
-                or (self.feed is not None and self.pending and alive + self.cfg.n <= self.cfg.batch_size)
+                or (self.feed is not None and self.pending and alive + self.next_n() <= self.cfg.batch_size)
             ):
                 self.rebuild()
         return self.done
 
     def poll(self) -> None:
-        """Queue the prompts ``feed`` hands over, for the next rebuild to admit."""
+        """Queue the jobs ``feed`` hands over, for the next rebuilds to admit."""
         if self.feed is None:
             return
-        for p in self.feed():
-            self.enc.append(encode_prompt(self.tok, p, self.cfg))
-            self.pending.append(len(self.enc) - 1)
-            self.bar.total += self.cfg.n
+        for prompts, cfg in self.feed():
+            if not prompts:
+                continue
+            cfg = cfg or self.cfg
+            j = len(self.configs)
+            self.configs.append(cfg)
+            self.stop_windows.append(_stop_window(self.tok, cfg.stop))
+            self.pending[j] = deque()
+            for p in prompts:
+                self.enc.append(encode_prompt(self.tok, p, cfg))
+                self.job.append(j)
+                self.pending[j].append(len(self.enc) - 1)
+                self.bar.total += cfg.n
+
+    def next_job(self, live: dict[int, int]) -> int:
+        """The waiting job the next free slot goes to: the one with the fewest rows decoding (``live``), the
+        earliest on a tie."""
+        return min(self.pending, key=lambda j: (live.get(j, 0), j))
+
+    def next_n(self) -> int:
+        """Rows the next admitted prompt takes (its n)."""
+        live: dict[int, int] = {}
+        for b, a in enumerate(self.alive):
+            if a:
+                j = self.job[self.rows[b][0]]
+                live[j] = live.get(j, 0) + 1
+        return self.configs[self.next_job(live)].n
 
     def forward(self) -> None:
         self.att[:, self.cur] = 1
@@ -330,10 +378,10 @@ class _Decoder:
         self.pos = self.pos + 1
         self.logits = out.logits[:, -1, :].float()
 
-    def adjust(self, logits: torch.Tensor, rows) -> torch.Tensor:
+    def adjust(self, logits: torch.Tensor, rows, cfg: SampleConfig) -> torch.Tensor:
         """The logits sampling draws from: + logit_bias, − presence and frequency penalties over each row's
-        own generated tokens (OpenAI's definitions). Logprobs reported to callers stay the model's own."""
-        cfg = self.cfg
+        own generated tokens (OpenAI's definitions), under ``cfg`` (the rows' job's). Logprobs reported to
+        callers stay the model's own."""
         if not (cfg.logit_bias or cfg.presence_penalty or cfg.frequency_penalty or cfg.grammar):
             return logits
         out = logits.clone()
@@ -360,7 +408,7 @@ class _Decoder:
         key = self.rows[b]
         c = self.constraints.get(key)
         if c is None:
-            c = self.constraints[key] = Constraint(self.tok, self.cfg.grammar, self.logits_dim)
+            c = self.constraints[key] = Constraint(self.tok, self.cfg_of(b).grammar, self.logits_dim)
         return c
 
     def consume(self, rows, nxt: torch.Tensor, logits: torch.Tensor) -> None:
@@ -370,6 +418,8 @@ class _Decoder:
         for r, (b, tok) in enumerate(zip(rows, nxt_list, strict=True)):
             if not self.alive[b]:
                 continue
+            cfg = self.cfg_of(b)
+            window = self.stop_windows[self.job[self.rows[b][0]]]
             reason = None
             if self.cancelled is not None and self.cancelled(self.rows[b][0]):
                 reason = "cancelled"
@@ -383,21 +433,19 @@ class _Decoder:
                 if self.on_token is not None:
                     self.on_token(self.rows[b][0], self.rows[b][1], tok, lp)
                 grammar_done = False
-                if self.cfg.grammar:
+                if cfg.grammar:
                     c = self.constraint(b)
                     c.advance(tok)
                     grammar_done = c.done
                 if grammar_done:
                     reason = "stop"
-                elif self.stop_window and _hit_stop(
-                    self.tok, self.tokens[b][-self.stop_window :], self.cfg.stop
-                ):
+                elif window and _hit_stop(self.tok, self.tokens[b][-window:], cfg.stop):
                     reason = "stop"
-                elif len(self.tokens[b]) >= self.cfg.max_new_tokens:
+                elif len(self.tokens[b]) >= cfg.max_new_tokens:
                     reason = "length"
             if reason:
                 self.alive[b] = False
-                c = _finish(self.tok, self.rows[b], self.tokens[b], reason, self.cfg.stop)
+                c = _finish(self.tok, self.rows[b], self.tokens[b], reason, cfg.stop)
                 if reason == "stop" and tok in self.eos and len(c.token_ids) == len(self.tokens[b]):
                     c.eos_id = tok
                 if self.top_logprobs is not None:
@@ -415,11 +463,20 @@ class _Decoder:
     def rebuild(self) -> None:
         keep = [b for b, a in enumerate(self.alive) if a]
         admit: list[int] = []
-        n = self.cfg.n
-        while self.pending and (
-            len(keep) + (len(admit) + 1) * n <= self.cfg.batch_size or not (keep or admit)
-        ):
-            admit.append(self.pending.popleft())
+        live: dict[int, int] = {}  # rows per job in the new batch
+        for b in keep:
+            j = self.job[self.rows[b][0]]
+            live[j] = live.get(j, 0) + 1
+        rows = len(keep)
+        while self.pending:
+            j = self.next_job(live)
+            n = self.configs[j].n
+            if rows + n > self.cfg.batch_size and (keep or admit):
+                break
+            admit.append(self.pending[j].popleft())
+            if not self.pending[j]:
+                del self.pending[j]
+            live[j], rows = live.get(j, 0) + n, rows + n
         kidx = torch.tensor(keep, dtype=torch.long, device=self.device)
         if keep:  # trim leading columns that no kept row attends to
             first = self.att[kidx, : self.cur].float().argmax(dim=1)
@@ -430,7 +487,9 @@ class _Decoder:
         new = self.prefill(admit) if admit else None
         P = new["att"].shape[1] if new else 0
         T = max(t_keep, P)
-        cap = T + self.headroom
+        # room for the longest answer still allowed, up to 128 columns (the cache grows at the next rebuild)
+        longest = max((self.configs[j].max_new_tokens for j in live), default=self.cfg.max_new_tokens)
+        cap = T + max(8, min(longest, 128))
         R = len(keep) + (new["att"].shape[0] if new else 0)
         att = torch.zeros((R, cap), dtype=torch.long, device=self.device)
         if keep:
@@ -459,12 +518,7 @@ class _Decoder:
         old_inp = self.inp[kidx] if keep else self.inp[:0]
         if new:
             self.pos = torch.cat([self.pos[kidx] if keep else self.pos[:0], new["pos"]])
-            first_tok = _pick(
-                self.adjust(new["logits"], range(len(keep), R)),
-                self.cfg.temperature,
-                self.cfg.top_p,
-                self.gen,
-            )
+            first_tok = self.draw(new["logits"], range(len(keep), R))
             self.inp = torch.cat([old_inp, torch.full_like(first_tok, self.pad)])
             self.consume(range(len(keep), R), first_tok, new["logits"])
         else:
@@ -507,13 +561,14 @@ class _Decoder:
             use_cache=True,
             logits_to_keep=1,
         )
-        fan = torch.arange(u, device=self.device).repeat_interleave(self.cfg.n)
+        ns = [self.configs[self.job[i]].n for i in admit]
+        fan = torch.arange(u, device=self.device).repeat_interleave(torch.tensor(ns, device=self.device))
         return {
             "kv": [(layer._k[fan], layer._v[fan]) for layer in cache.layers],
             "att": att[fan],
             "pos": torch.tensor([len(self.enc[i]) for i in admit], device=self.device)[fan],
             "logits": out.logits[:, -1, :].float()[fan],
-            "rows": [(i, k) for i in admit for k in range(self.cfg.n)],
+            "rows": [(i, k) for i, n in zip(admit, ns, strict=True) for k in range(n)],
         }
 
     def _logprobs(self, logits: torch.Tensor, nxt: torch.Tensor) -> list[TokenLogprobs]:

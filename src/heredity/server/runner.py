@@ -1,11 +1,13 @@
 """Models behind the server: each loaded once, shared by all requests, driven by one worker thread.
 
 A ``ModelHost`` owns one loaded model and a FIFO queue of jobs; its thread runs them one after another, so
-two requests never touch the model at the same time. Generation requests that carry no seed and have the
-same sampling parameters share one continuous batch: while a batch decodes, each newly arrived compatible
-request is admitted into it as soon as a slot is free (up to ``batch_size`` sequences), and each token is
-routed back to the request it belongs to; a request finishes (its future resolves) when its own sequences
-do. A request with a seed always runs alone, so its output depends on the seed only.
+two requests never touch the model at the same time. Generation requests that carry no seed share one
+continuous batch, each sequence decoded under its own request's sampling parameters: while a batch decodes,
+each newly arrived request is admitted into it as soon as a slot is free (up to ``batch_size`` sequences; a
+free slot goes to the request with the fewest sequences decoding, so a request of many prompts cannot hold
+back the next), and each token is routed back to the request it belongs to; a request finishes (its future
+resolves) when its own sequences do. A request with a seed always runs alone, so its output depends on the
+seed only; the queue is first in, first out, so requests behind it wait until it has run.
 
 What a model has still to do is bounded twice: by requests (``max_queue`` waiting jobs) and by work, in tokens
 (``reserve``: each request holds its prompt tokens plus ``n × max_tokens`` per prompt until it ends, at most
@@ -93,7 +95,9 @@ class GenJob:
     )
 
     def batch_key(self):
-        return None if self.seeded else (self.config.model_dump_json(exclude={"seed"}), self.top_logprobs)
+        """Jobs with equal keys decode in one batch, each row under its own job's sampling parameters; a
+        seeded job runs alone (its draws must not depend on who else is decoding)."""
+        return None if self.seeded else (self.config.precision, self.top_logprobs)
 
 
 @dataclass
@@ -271,8 +275,10 @@ class ModelHost:
         return True
 
     def _run_gen(self, first: GenJob) -> None:
-        """Decode ``first``; unless it is seeded, requests with the same parameters that arrive while it runs
-        join the running batch (continuous batching), until a request that cannot join is next in line."""
+        """Decode ``first``; unless it is seeded, unseeded requests that arrive while it runs join the running
+        batch (continuous batching, each with its own sampling parameters; free slots go to the request with
+        the fewest rows decoding), until a request that cannot join (seeded, another precision or
+        top_logprobs) is next in line."""
         if not self._start(first):
             return
         key = first.batch_key()
@@ -288,7 +294,7 @@ class ModelHost:
             return job.prompts
 
         def feed() -> list:
-            new: list = []
+            new: list = []  # (prompts, config) per joining job
             while not self.held:
                 try:
                     nxt = self.jobs.get_nowait()
@@ -296,7 +302,7 @@ class ModelHost:
                     break
                 if isinstance(nxt, GenJob) and nxt.batch_key() == key:
                     if self._start(nxt):
-                        new.extend(admit(nxt))
+                        new.append((admit(nxt), nxt.config))
                         self.batches[-1] += 1
                 else:  # keep the queue's order: stop taking jobs at the first one that cannot join
                     self.held.append(nxt)
