@@ -5,6 +5,7 @@ import json
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import httpx
@@ -523,6 +524,39 @@ def test_requests_with_other_sampling_parameters_share_the_running_batch(local):
         assert host.batches == [4, 1], host.batches
     finally:
         host.stop()
+
+
+def test_queued_requests_take_turns_between_clients(local):
+    """A client's queued requests put at most one of them ahead of another client's: three seeded requests
+    (each runs alone) from one client, then one from another, run a0, b0, a1, a2; the queue is first in, first
+    out within a client, and closing it still finishes every job queued before."""
+    import threading
+
+    from heredity.server.runner import ModelHost
+
+    _, model, tok = local
+    host = ModelHost("test", model, tok)
+    order: list[str] = []
+    try:
+        gate = threading.Event()
+        busy = host.call(lambda m, t: gate.wait(60))  # hold the worker: every job below is queued at once
+        while not busy.running():
+            time.sleep(0.01)
+        cfg = SampleConfig(temperature=0, max_new_tokens=4)
+        jobs = {f"a{i}": host.generate([HELLO], cfg, seeded=True, client="10.0.0.1") for i in range(3)}
+        jobs["b0"] = host.generate([HELLO], cfg, seeded=True, client="10.0.0.2")
+        for name, j in jobs.items():
+            j.future.add_done_callback(lambda f, name=name: order.append(name))
+        assert host.jobs.qsize() == 4
+        gate.set()
+        assert busy.result(timeout=60)
+        for j in jobs.values():
+            j.future.result(timeout=60)
+        assert order == ["a0", "b0", "a1", "a2"], order
+        last = host.generate([HELLO], cfg, seeded=True, client="10.0.0.3")
+    finally:
+        host.stop()
+    assert last.future.result(timeout=60)[0].token_ids == jobs["a0"].future.result()[0].token_ids
 
 
 def test_a_model_is_loaded_once_however_many_ask(server_home, monkeypatch):

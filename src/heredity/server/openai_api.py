@@ -322,7 +322,7 @@ async def _complete(request: Request, host, prompts, cfg: SampleConfig, seeded: 
     """Run a generation that is not streamed to its end; the job is cancelled when the client disconnects
     first (its rows stop at the next token, or it never starts)."""
     try:
-        job = host.generate(prompts, cfg, seeded, top_logprobs)
+        job = host.generate(prompts, cfg, seeded, top_logprobs, client=_client(request))
     except QueueFull as e:  # filled between host_for and here
         raise ApiError(429, str(e), "queue_full") from None
 
@@ -625,7 +625,7 @@ class _Stream:
         return ""
 
 
-async def _run(host, prompts, cfg: SampleConfig, seeded: bool, top_logprobs):
+async def _run(host, prompts, cfg: SampleConfig, seeded: bool, top_logprobs, client: str | None = None):
     """Submit a streamed generation job; yield (prompt_index, sample_index, token_id, logprobs) per token
     while it runs, then ("done", completions). A stream whose client leaves is closed, and that cancels the
     job."""
@@ -636,7 +636,7 @@ async def _run(host, prompts, cfg: SampleConfig, seeded: bool, top_logprobs):
         loop.call_soon_threadsafe(q.put_nowait, (pi, si, tok, lp))
 
     try:
-        job = host.generate(prompts, cfg, seeded, top_logprobs, on_token)
+        job = host.generate(prompts, cfg, seeded, top_logprobs, on_token, client=client)
     except QueueFull as e:  # filled between host_for and here
         raise ApiError(429, str(e), "queue_full") from None
     fut = job.future
@@ -943,7 +943,7 @@ async def chat_completions(req: ChatRequest, request: Request):
         for i in range(req.n):
             yield chunk(i, {"role": "assistant", "content": ""})
         try:
-            async for item in _run(host, [prompt_ids], cfg, seeded, top):
+            async for item in _run(host, [prompt_ids], cfg, seeded, top, _client(request)):
                 if item[0] == "done":
                     comps = item[1]
                     break
@@ -1204,7 +1204,7 @@ async def completions(req: CompletionRequest, request: Request):
                         }
                     )
         try:
-            async for item in _run(host, ids, cfg, seeded, top):
+            async for item in _run(host, ids, cfg, seeded, top, _client(request)):
                 if item[0] == "done":
                     comps = item[1]
                     break

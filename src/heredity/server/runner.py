@@ -1,13 +1,13 @@
 """Models behind the server: each loaded once, shared by all requests, driven by one worker thread.
 
-A ``ModelHost`` owns one loaded model and a FIFO queue of jobs; its thread runs them one after another, so
-two requests never touch the model at the same time. Generation requests that carry no seed share one
-continuous batch, each sequence decoded under its own request's sampling parameters: while a batch decodes,
-each newly arrived request is admitted into it as soon as a slot is free (up to ``batch_size`` sequences; a
-free slot goes to the request with the fewest sequences decoding, so a request of many prompts cannot hold
-back the next), and each token is routed back to the request it belongs to; a request finishes (its future
-resolves) when its own sequences do. A request with a seed always runs alone, so its output depends on the
-seed only; the queue is first in, first out, so requests behind it wait until it has run.
+A ``ModelHost`` owns one loaded model and a queue of jobs that takes clients in turn (``FairQueue``); its
+thread runs them one after another, so two requests never touch the model at the same time. Generation
+requests that carry no seed share one continuous batch, each sequence decoded under its own request's sampling
+parameters: while a batch decodes, each newly arrived request is admitted into it as soon as a slot is free
+(up to ``batch_size`` sequences; a free slot goes to the request with the fewest sequences decoding, so a
+request of many prompts cannot hold back the next), and each token is routed back to the request it belongs
+to; a request finishes (its future resolves) when its own sequences do. A request with a seed always runs
+alone, so its output depends on the seed only; the requests taken after it wait until it has run.
 
 What a model has still to do is bounded twice: by requests (``max_queue`` waiting jobs) and by work, in tokens
 (``reserve``: each request holds its prompt tokens plus ``n × max_tokens`` per prompt until it ends, at most
@@ -89,6 +89,7 @@ class GenJob:
     seeded: bool
     top_logprobs: int | None = None
     on_token: TokenCallback | None = None
+    client: str | None = None  # who asked (the peer address): the queue takes clients in turn
     future: Future = field(default_factory=Future)
     cancelled: bool = (
         False  # set by the request side when its client goes away: its rows stop at the next token
@@ -104,6 +105,50 @@ class GenJob:
 class CallJob:
     fn: Callable
     future: Future = field(default_factory=Future)
+
+
+class FairQueue:
+    """A model's waiting jobs, taken in turn across clients and first in, first out within one client: a
+    client's queued requests put at most one of them ahead of each request of another. Jobs without a
+    ``client`` (the explorer's calls, unnamed clients) share one turn. ``put(None)`` closes the queue: ``get``
+    returns None once every job put before it was taken."""
+
+    def __init__(self):
+        self._cv = threading.Condition()
+        self._turns: dict = {}  # client -> its waiting jobs, in the order their turns come
+        self._closing = False
+
+    def put(self, job) -> None:
+        with self._cv:
+            if job is None:
+                self._closing = True
+            else:
+                self._turns.setdefault(getattr(job, "client", None), deque()).append(job)
+            self._cv.notify()
+
+    def _take(self):
+        client = next(iter(self._turns))
+        jobs = self._turns.pop(client)
+        job = jobs.popleft()
+        if jobs:  # its next job waits for every other client's turn
+            self._turns[client] = jobs
+        return job
+
+    def get(self):
+        with self._cv:
+            while not self._turns and not self._closing:
+                self._cv.wait()
+            return self._take() if self._turns else None
+
+    def get_nowait(self):
+        with self._cv:
+            if not self._turns:
+                raise queue.Empty
+            return self._take()
+
+    def qsize(self) -> int:
+        with self._cv:
+            return sum(len(j) for j in self._turns.values())
 
 
 class ModelHost:
@@ -135,7 +180,7 @@ class ModelHost:
         self.pending_tokens = 0
         self.client_tokens: dict[str, int] = {}
         self.work_lock = threading.RLock()  # re-entrant: a Reservation collected inside reserve releases
-        self.jobs: queue.Queue = queue.Queue()
+        self.jobs = FairQueue()
         self.batches: list[int] = []  # requests per generation run, for /api/status, the bench and the tests
         self.held: deque = deque()  # a job taken from the queue that must run next
         self.closed = False
@@ -159,10 +204,11 @@ class ModelHost:
         seeded: bool,
         top_logprobs: int | None = None,
         on_token: TokenCallback | None = None,
+        client: str | None = None,
     ) -> GenJob:
-        """Queue a generation; ``job.future`` resolves to its completions, ``job.cancelled = True`` stops
-        it."""
-        job = GenJob(list(prompts), config, seeded, top_logprobs, on_token)
+        """Queue a generation (``client``: who asks, for taking clients in turn); ``job.future`` resolves to
+        its completions, ``job.cancelled = True`` stops it."""
+        job = GenJob(list(prompts), config, seeded, top_logprobs, on_token, client=client)
         self._put(job)
         return job
 
