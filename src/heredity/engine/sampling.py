@@ -14,7 +14,7 @@ Per-sequence stop: EOS or any stop string; the returned text ends before the sto
 
 from __future__ import annotations
 
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
@@ -283,15 +283,23 @@ class _Decoder:
         self.constraints: dict = {}  # (prompt, sample) -> its grammar matcher, with config.grammar
         self.logits_dim = model.get_output_embeddings().weight.shape[0]
 
+    def job_of(self, b: int) -> int:
+        """Row b's job."""
+        return self.job[self.rows[b][0]]
+
     def cfg_of(self, b: int) -> SampleConfig:
         """Row b's sampling parameters (its job's)."""
-        return self.configs[self.job[self.rows[b][0]]]
+        return self.configs[self.job_of(b)]
+
+    def rows_per_job(self, rows) -> Counter:
+        """How many of the batch rows ``rows`` each job holds."""
+        return Counter(self.job_of(b) for b in rows)
 
     def draw(self, logits: torch.Tensor, rows) -> torch.Tensor:
         """One token per row of ``logits`` (batch rows ``rows``), each under its own job's parameters; rows of
         one job are drawn together (with one job, exactly as a single ``_pick``)."""
         rows = list(rows)
-        jobs = [self.job[self.rows[b][0]] for b in rows]
+        jobs = [self.job_of(b) for b in rows]
         if len(set(jobs)) <= 1:
             cfg = self.configs[jobs[0]] if jobs else self.cfg
             return _pick(self.adjust(logits, rows, cfg), cfg.temperature, cfg.top_p, self.gen)
@@ -346,18 +354,14 @@ class _Decoder:
                 self.pending[j].append(len(self.enc) - 1)
                 self.bar.total += cfg.n
 
-    def next_job(self, live: dict[int, int]) -> int:
+    def next_job(self, live: Counter) -> int:
         """The waiting job the next free slot goes to: the one with the fewest rows decoding (``live``), the
         earliest on a tie."""
-        return min(self.pending, key=lambda j: (live.get(j, 0), j))
+        return min(self.pending, key=lambda j: (live[j], j))
 
     def next_n(self) -> int:
         """Rows the next admitted prompt takes (its n)."""
-        live: dict[int, int] = {}
-        for b, a in enumerate(self.alive):
-            if a:
-                j = self.job[self.rows[b][0]]
-                live[j] = live.get(j, 0) + 1
+        live = self.rows_per_job(b for b, a in enumerate(self.alive) if a)
         return self.configs[self.next_job(live)].n
 
     def forward(self) -> None:
@@ -419,7 +423,7 @@ class _Decoder:
             if not self.alive[b]:
                 continue
             cfg = self.cfg_of(b)
-            window = self.stop_windows[self.job[self.rows[b][0]]]
+            window = self.stop_windows[self.job_of(b)]
             reason = None
             if self.cancelled is not None and self.cancelled(self.rows[b][0]):
                 reason = "cancelled"
@@ -463,10 +467,7 @@ class _Decoder:
     def rebuild(self) -> None:
         keep = [b for b, a in enumerate(self.alive) if a]
         admit: list[int] = []
-        live: dict[int, int] = {}  # rows per job in the new batch
-        for b in keep:
-            j = self.job[self.rows[b][0]]
-            live[j] = live.get(j, 0) + 1
+        live = self.rows_per_job(keep)  # rows per job in the new batch
         rows = len(keep)
         while self.pending:
             j = self.next_job(live)
@@ -476,7 +477,7 @@ class _Decoder:
             admit.append(self.pending[j].popleft())
             if not self.pending[j]:
                 del self.pending[j]
-            live[j], rows = live.get(j, 0) + n, rows + n
+            live[j], rows = live[j] + n, rows + n
         kidx = torch.tensor(keep, dtype=torch.long, device=self.device)
         if keep:  # trim leading columns that no kept row attends to
             first = self.att[kidx, : self.cur].float().argmax(dim=1)
