@@ -6,10 +6,11 @@
     .venv/bin/python bench/finetune.py --memory [--rows 64] [--batch 16] [--repeats 1]
 
 Memory (``--memory``): peak resident memory (``ru_maxrss``, the model's pages included) and tokens/s of a LoRA
-fine-tune at batch 16, each trainer alone in a fresh child process on the same rows: heredity as it runs
-(the output head at labelled positions only, the batch in pieces of ``micro_batch_tokens``), heredity made to
-run as it did before issue 39 (the whole batch at once, logits at every position), and TRL's ``SFTTrainer``
-with its default gradient checkpointing and without it.
+fine-tune at batch 16, each trainer alone in a fresh child process on the same rows: heredity as the command
+runs it (the output head at labelled positions only, the batch in pieces of ``micro_batch_tokens``, under
+mimalloc), the same under glibc's malloc and under ``HEREDITY_MALLOC=lean``, heredity made to run as it did
+before issue 39 (the whole batch at once, logits at every position), and TRL's ``SFTTrainer`` with its
+default gradient checkpointing and without it (run as a user runs it: plain Python, glibc).
 
 Roofline (``--distill``): this machine's fp32 matmul FLOP/s, measured in the same run on GEMMs of the model's
 shapes, divided by 4N FLOPs per trained token (N = parameters in matmuls; a LoRA student's forward 2N plus its
@@ -36,6 +37,7 @@ import time
 
 import torch
 
+from heredity.allocator import mapped, preload_env
 from heredity.engine.finetune import PIECE_TOKENS, FinetuneConfig, encode_rows, train
 from heredity.models import load
 from heredity.store import Store
@@ -210,12 +212,16 @@ def distill_bench(args) -> None:
 
 
 TRAINERS = {
-    "heredity": "heredity",
+    "heredity": "heredity, as the `heredity` command runs it (mimalloc)",
+    "heredity-glibc": "heredity, HEREDITY_MALLOC=glibc",
     "heredity-lean": "heredity, HEREDITY_MALLOC=lean (glibc's mmap threshold fixed at 256 KiB, 2 arenas)",
-    "heredity-whole": "heredity, whole batch and every position's logits (before issue 39)",
-    "trl": "TRL SFTTrainer, gradient checkpointing on (its default)",
-    "trl-nockpt": "TRL SFTTrainer, gradient checkpointing off",
+    "heredity-whole": "heredity, whole batch and every position's logits (before issue 39; glibc)",
+    "trl": "TRL SFTTrainer, gradient checkpointing on (its default; glibc)",
+    "trl-nockpt": "TRL SFTTrainer, gradient checkpointing off (glibc)",
 }
+MIMALLOC = {
+    "heredity"
+}  # the children started as the `heredity` command starts itself (heredity/allocator.py)
 
 
 def memory_child(args) -> None:
@@ -244,6 +250,7 @@ def memory_child(args) -> None:
             self.close()
 
         ft.HiddenTap.__init__ = unsplit
+    assert mapped("libmimalloc") == (args.child in MIMALLOC), "the child runs under the wrong allocator"
     if args.child == "heredity-lean":
         from heredity.allocator import lean_malloc
 
@@ -275,7 +282,9 @@ def memory_bench(args) -> None:
                 str(args.micro_batch_tokens),
             ]
             cmd += ["--model", args.model]
-            r = subprocess.run(cmd, capture_output=True, text=True, env=os.environ.copy())
+            env = {k2: v for k2, v in os.environ.items() if k2 != "HEREDITY_MALLOC"}
+            env = preload_env(env) if k in MIMALLOC else env
+            r = subprocess.run(cmd, capture_output=True, text=True, env=env)
             if r.returncode:
                 sys.exit(f"{k} failed:\n{r.stderr[-3000:]}")
             out[k].append(json.loads(r.stdout.strip().splitlines()[-1]))

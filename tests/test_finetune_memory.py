@@ -257,3 +257,46 @@ def test_the_lean_allocator_is_opt_in_and_keeps_the_users_settings(env, want, mo
         [sys.executable, "-c", code], env={**os.environ, **env}, capture_output=True, text=True, check=True
     )
     assert out.stdout.strip() == want
+
+
+PROBE = (
+    "import os, heredity.cli as cli; from heredity.allocator import entry, mapped; "
+    "cli.main = lambda: print(mapped('libmimalloc'), os.environ.get('LD_PRELOAD')); entry()"
+)
+
+
+@pytest.mark.parametrize(
+    "env,want",
+    [
+        ({}, "True None"),  # restarted under mimalloc; its children start without it
+        ({"HEREDITY_MALLOC": "glibc"}, "False None"),
+        ({"HEREDITY_MALLOC": "lean"}, "False None"),
+        ({"LD_PRELOAD": "libm.so.6"}, "True libm.so.6"),  # the user's own preload is given back
+    ],
+)
+def test_the_command_runs_under_mimalloc_and_its_children_do_not_inherit_it(env, want, monkeypatch):
+    """The ``heredity`` entry point starts itself again with mimalloc preloaded (``HEREDITY_MALLOC`` unset),
+    then restores ``LD_PRELOAD`` so that PostgreSQL or Chromium started by the command keep their own."""
+    import os
+
+    from heredity.allocator import mimalloc_path
+
+    if mimalloc_path() is None:
+        pytest.skip("cmeel-mimalloc is not installed (not Linux)")
+    for k in ("HEREDITY_MALLOC", "LD_PRELOAD", "HEREDITY_MALLOC_OUTER_PRELOAD"):
+        monkeypatch.delenv(k, raising=False)
+    out = subprocess.run(
+        [sys.executable, "-c", PROBE], env={**os.environ, **env}, capture_output=True, text=True, check=True
+    )
+    assert out.stdout.strip() == want
+
+
+def test_a_bad_allocator_name_is_one_line_and_exit_2():
+    import os
+
+    env = {**os.environ, "HEREDITY_MALLOC": "tcmalloc"}
+    out = subprocess.run([sys.executable, "-c", PROBE], env=env, capture_output=True, text=True)
+    assert out.returncode == 2 and out.stdout == ""
+    assert out.stderr.strip().splitlines() == [
+        "error: HEREDITY_MALLOC='tcmalloc' is not an allocator; use one of mimalloc, glibc, lean"
+    ]
