@@ -4,6 +4,7 @@
     .venv/bin/python bench/finetune.py [--rows 128] [--repeats 1]
     .venv/bin/python bench/finetune.py --distill [--rows 64]
     .venv/bin/python bench/finetune.py --memory [--rows 64] [--batch 16] [--repeats 1]
+    .venv/bin/python bench/finetune.py --memory --pieces 384,256,192 [--repeats 3]
 
 Memory (``--memory``): peak resident memory (``ru_maxrss``, the model's pages included) and tokens/s of a LoRA
 fine-tune at batch 16, each trainer alone in a fresh child process on the same rows: heredity as the command
@@ -263,32 +264,62 @@ def memory_child(args) -> None:
     print(json.dumps({"peak_gb": peak / 1e9, "tok_s": n / s}))
 
 
+def memory_child_run(k: str, args, pieces: int) -> dict:
+    """One trainer in a fresh child process (``memory_child``), started under its allocator."""
+    cmd = [
+        sys.executable,
+        __file__,
+        "--child",
+        k,
+        "--rows",
+        str(args.rows),
+        "--batch",
+        str(args.batch),
+        "--micro-batch-tokens",
+        str(pieces),
+        "--model",
+        args.model,
+    ]
+    env = {k2: v for k2, v in os.environ.items() if k2 != "HEREDITY_MALLOC"}
+    env = preload_env(env) if k in MIMALLOC else env
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if r.returncode:
+        sys.exit(f"{k} failed:\n{r.stderr[-3000:]}")
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    print(k, pieces, out, file=sys.stderr)
+    return out
+
+
+def pieces_bench(args) -> None:
+    """heredity as the command runs it, at each piece size of ``--pieces``, the sizes interleaved in each
+    repeat: the memory a smaller piece saves and the speed it costs."""
+    from sample import cpu_model  # bench/sample.py, beside this script
+
+    sizes = [int(x) for x in args.pieces.split(",")]
+    out = {n: [] for n in sizes}
+    for _ in range(args.repeats):
+        for n in sizes:
+            out[n].append(memory_child_run("heredity", args, n))
+    print(
+        f"\n# {cpu_model()}, {torch.get_num_threads()} threads; LoRA r=8 on {args.model}, {args.rows} rows, "
+        f"batch {args.batch}, one epoch, under mimalloc; each run a fresh process, median of {args.repeats}\n"
+    )
+    print("| tokens per piece | peak resident GB | tokens/s | speed ÷ the first |")
+    print("|---:|---:|---:|---:|")
+    first = statistics.median(x["tok_s"] for x in out[sizes[0]])
+    for n in sizes:
+        peak = statistics.median(x["peak_gb"] for x in out[n])
+        tps = statistics.median(x["tok_s"] for x in out[n])
+        print(f"| {n} | {peak:.2f} | {tps:.1f} | {tps / first:.2f}x |")
+
+
 def memory_bench(args) -> None:
     from sample import cpu_model  # bench/sample.py, beside this script
 
     out = {k: [] for k in TRAINERS}
     for _ in range(args.repeats):
         for k in TRAINERS:
-            cmd = [
-                sys.executable,
-                __file__,
-                "--child",
-                k,
-                "--rows",
-                str(args.rows),
-                "--batch",
-                str(args.batch),
-                "--micro-batch-tokens",
-                str(args.micro_batch_tokens),
-            ]
-            cmd += ["--model", args.model]
-            env = {k2: v for k2, v in os.environ.items() if k2 != "HEREDITY_MALLOC"}
-            env = preload_env(env) if k in MIMALLOC else env
-            r = subprocess.run(cmd, capture_output=True, text=True, env=env)
-            if r.returncode:
-                sys.exit(f"{k} failed:\n{r.stderr[-3000:]}")
-            out[k].append(json.loads(r.stdout.strip().splitlines()[-1]))
-            print(k, out[k][-1], file=sys.stderr)
+            out[k].append(memory_child_run(k, args, args.micro_batch_tokens))
     model, _ = load(args.model, Store())
     model_gb = sum(p.numel() * p.element_size() for p in model.parameters()) / 1e9
     print(
@@ -322,6 +353,10 @@ def main() -> None:
         help="--memory: heredity's pieces (FinetuneConfig.micro_batch_tokens)",
     )
     ap.add_argument(
+        "--pieces",
+        help="--memory: heredity alone at each of these piece sizes instead (comma-separated: 384,256,192)",
+    )
+    ap.add_argument(
         "--top-k", type=int, default=64, help="--distill: tokens kept in stored full-vocabulary targets"
     )
     ap.add_argument("--child", choices=list(TRAINERS), help=argparse.SUPPRESS)
@@ -329,7 +364,7 @@ def main() -> None:
     if args.child:
         return memory_child(args)
     if args.memory:
-        return memory_bench(args)
+        return pieces_bench(args) if args.pieces else memory_bench(args)
     if args.distill:
         return distill_bench(args)
     data = rows(args.rows)
