@@ -6,8 +6,9 @@ runs it as a memoized store step that writes an adapter or a model artifact with
 The loop runs through ``accelerate``: fp32 on CPU, bf16 autocast on CUDA, DDP under ``accelerate launch``.
 Memory: a batch runs forward and backward in pieces of ``micro_batch_tokens`` whose gradients add up to the
 batch's, and the output head is applied only at the positions that carry a label, in checkpointed chunks
-(``HiddenTap``, ``piece_loss``): a batch-16 LoRA fine-tune of SmolLM2 peaks at 2.6 GB where computing every
-position's logits for the whole batch peaked at 8.1 (``bench/finetune.py --memory``).
+(``HiddenTap``, ``piece_loss``): a batch-16 LoRA fine-tune of SmolLM2 peaks at 2.6 GB under glibc's malloc
+(1.85 under the command's mimalloc) where computing every position's logits for the whole batch peaked at
+7.9 (``bench/finetune.py --memory``).
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", 
 IGNORE = -100
 
 
-PIECE_TOKENS = 384  # a piece for SmolLM2-135M (576 wide, 30 layers): its batch-16 LoRA peaks at 2.6 GB
+PIECE_TOKENS = 384  # a piece for SmolLM2-135M (576 wide, 30 layers): its batch-16 LoRA peaks at 1.85 GB
 PIECE_COST = 576 * 30 + 49152  # its activation memory per token, roughly: width × depth + vocabulary
 
 
