@@ -220,9 +220,8 @@ TRAINERS = {
     "trl": "TRL SFTTrainer, gradient checkpointing on (its default; glibc)",
     "trl-nockpt": "TRL SFTTrainer, gradient checkpointing off (glibc)",
 }
-MIMALLOC = {
-    "heredity"
-}  # the children started as the `heredity` command starts itself (heredity/allocator.py)
+# the children started as the `heredity` command starts itself (heredity/allocator.py)
+MIMALLOC = {"heredity"}
 
 
 def memory_child(args) -> None:
