@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from pydantic import BaseModel, Field, model_serializer, model_validator
 from tqdm.auto import tqdm
 
+from heredity.engine import fastlora
 from heredity.engine.sampling import pad_id
 from heredity.errors import HeredityError
 from heredity.models.compat import quiet_peft_checkpointing_probe
@@ -673,67 +674,71 @@ def train(
     )
     t0 = last_save = time.perf_counter()
     micro, epoch = 0, 0
-    while step < total:
-        batches = make_batches(examples, config.batch_size, config.bucket_by_length, config.seed, epoch)
-        for batch_idx in batches[acc.process_index :: acc.num_processes]:
-            if step >= total:
-                break
-            micro += 1
-            if step < start_step:  # fast-forward the data order to where the checkpoint stopped
+    # LoRA's skinny matmuls in their fast layout (CPU, fp32): engine/fastlora.py
+    with fastlora.installed(acc.unwrap_model(model)):
+        while step < total:
+            batches = make_batches(examples, config.batch_size, config.bucket_by_length, config.seed, epoch)
+            for batch_idx in batches[acc.process_index :: acc.num_processes]:
+                if step >= total:
+                    break
+                micro += 1
+                if step < start_step:  # fast-forward the data order to where the checkpoint stopped
+                    if micro % config.grad_accum == 0:
+                        step += 1
+                    continue
+                # the batch's mean loss, as pieces of it whose summed losses are divided by the whole batch's
+                # count of labelled positions: their gradients add up to the batch's
+                n_batch, batch_sum = max(1, labelled(examples, batch_idx)), 0.0
+                with acc.accumulate(model):
+                    parts = pieces(examples, batch_idx, per_piece)
+                    for k, part in enumerate(parts):
+                        batch = collate(examples, part, pad, acc.device)
+                        tb = None if t_examples is None else collate(t_examples, part, pad, acc.device)
+                        tgt = None if targets is None else targets.take(part, acc.device)
+                        last = k == len(parts) - 1
+                        with acc.autocast(), contextlib.nullcontext() if last else acc.no_sync(model):
+                            part_sum, _ = piece_loss(
+                                model,
+                                tap,
+                                batch,
+                                config,
+                                teacher=teacher if distilling else None,
+                                t_tap=t_tap,
+                                tb=tb,
+                                vocab=vocab,
+                                targets=tgt,
+                            )
+                            acc.backward(part_sum / n_batch)
+                        batch_sum += float(part_sum.detach())
+                        tokens += int(batch["attention_mask"].sum())
+                    loss = torch.tensor(batch_sum / n_batch, device=acc.device)
+                    if acc.sync_gradients:
+                        acc.clip_grad_norm_(params, 1.0)
+                    opt.step()  # accelerate's optimizer skips this until the last micro-batch of the step
+                    if acc.sync_gradients:
+                        sched.step()
+                    opt.zero_grad(set_to_none=True)
+                shown = (
+                    acc.reduce(loss.detach(), "mean") if acc.num_processes > 1 else loss.detach()
+                )  # all ranks' batches
+                loss_sum, loss_n = loss_sum + float(shown), loss_n + 1
                 if micro % config.grad_accum == 0:
                     step += 1
-                continue
-            # the batch's mean loss, as pieces of it whose summed losses are divided by the whole batch's
-            # count of labelled positions: their gradients add up to the batch's
-            n_batch, batch_sum = max(1, labelled(examples, batch_idx)), 0.0
-            with acc.accumulate(model):
-                parts = pieces(examples, batch_idx, per_piece)
-                for k, part in enumerate(parts):
-                    batch = collate(examples, part, pad, acc.device)
-                    tb = None if t_examples is None else collate(t_examples, part, pad, acc.device)
-                    tgt = None if targets is None else targets.take(part, acc.device)
-                    last = k == len(parts) - 1
-                    with acc.autocast(), contextlib.nullcontext() if last else acc.no_sync(model):
-                        part_sum, _ = piece_loss(
-                            model,
-                            tap,
-                            batch,
-                            config,
-                            teacher=teacher if distilling else None,
-                            t_tap=t_tap,
-                            tb=tb,
-                            vocab=vocab,
-                            targets=tgt,
-                        )
-                        acc.backward(part_sum / n_batch)
-                    batch_sum += float(part_sum.detach())
-                    tokens += int(batch["attention_mask"].sum())
-                loss = torch.tensor(batch_sum / n_batch, device=acc.device)
-                if acc.sync_gradients:
-                    acc.clip_grad_norm_(params, 1.0)
-                opt.step()  # accelerate's optimizer skips this until the last micro-batch of the step
-                if acc.sync_gradients:
-                    sched.step()
-                opt.zero_grad(set_to_none=True)
-            shown = (
-                acc.reduce(loss.detach(), "mean") if acc.num_processes > 1 else loss.detach()
-            )  # all ranks' batches
-            loss_sum, loss_n = loss_sum + float(shown), loss_n + 1
-            if micro % config.grad_accum == 0:
-                step += 1
-                curve.append([step, round(loss_sum / loss_n, 5)])
-                loss_sum, loss_n = 0.0, 0
-                bar.update(1)
-                bar.set_postfix(loss=f"{curve[-1][1]:.4f}")
-                if snapshot is not None and step in config.snapshots and acc.is_main_process:
-                    snapshot(step, acc.unwrap_model(model))
-                late = acc.num_processes == 1 and time.perf_counter() - last_save > 60 * config.save_minutes
-                if ckpt is not None and every and (step % every == 0 or late) and step < total:
-                    if acc.is_main_process:  # one writer; every rank resumes from it
-                        _save_state(ckpt, acc.unwrap_model(model), opt, sched, step, curve, tokens)
-                    acc.wait_for_everyone()
-                    last_save = time.perf_counter()
-        epoch += 1
+                    curve.append([step, round(loss_sum / loss_n, 5)])
+                    loss_sum, loss_n = 0.0, 0
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{curve[-1][1]:.4f}")
+                    if snapshot is not None and step in config.snapshots and acc.is_main_process:
+                        snapshot(step, acc.unwrap_model(model))
+                    late = (
+                        acc.num_processes == 1 and time.perf_counter() - last_save > 60 * config.save_minutes
+                    )
+                    if ckpt is not None and every and (step % every == 0 or late) and step < total:
+                        if acc.is_main_process:  # one writer; every rank resumes from it
+                            _save_state(ckpt, acc.unwrap_model(model), opt, sched, step, curve, tokens)
+                        acc.wait_for_everyone()
+                        last_save = time.perf_counter()
+            epoch += 1
     bar.close()
     tap.close()
     if t_tap is not None:
@@ -803,7 +808,12 @@ def _load_state(path) -> dict:
 # ---- as a store step -----------------------------------------------------------------------------
 
 
-@op("finetune", 1, distributed=True)
+@op(
+    "finetune",
+    2,
+    distributed=True,
+    note="v2: LoRA projections on the CPU train through engine.fastlora (PEFT's gradients up to rounding)",
+)
 def finetune(
     store,
     base: str,
