@@ -1,8 +1,9 @@
-"""LoRA SFT throughput: heredity's fine-tuning loop vs TRL's SFTTrainer, same data and settings; and with
-``--distill``, logit distillation (full vocabulary and number-only) against the FLOP roofline.
+"""LoRA SFT throughput: heredity's fine-tuning loop vs TRL's SFTTrainer, same data and settings, with heredity
+also run through PEFT's own LoRA forward (what ``engine.fastlora`` adds; the three interleaved per repeat);
+and with ``--distill``, logit distillation (full vocabulary and number-only) against the FLOP roofline.
 
     .venv/bin/python bench/finetune.py [--rows 128] [--repeats 1]
-    .venv/bin/python bench/finetune.py --distill [--rows 64]
+    .venv/bin/python bench/finetune.py --distill [--rows 64] [--repeats 3]
     .venv/bin/python bench/finetune.py --memory [--rows 64] [--batch 16] [--repeats 1]
     .venv/bin/python bench/finetune.py --memory --pieces 384,256,192 [--repeats 3]
 
@@ -26,6 +27,8 @@ tokens/s = tokens in the training sequences (prompt + completion, no padding) / 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import itertools
 import json
 import os
 import random
@@ -39,6 +42,7 @@ import time
 import torch
 
 from heredity.allocator import mapped, preload_env
+from heredity.engine import fastlora
 from heredity.engine.finetune import PIECE_TOKENS, FinetuneConfig, encode_rows, train
 from heredity.models import load
 from heredity.store import Store
@@ -60,11 +64,25 @@ def rows(k: int, seed: int = 0) -> list[dict]:
     return out
 
 
-def run_heredity(spec, data, cfg: FinetuneConfig) -> tuple[float, int]:
+def run_heredity(spec, data, cfg: FinetuneConfig, peft_forward: bool = False) -> tuple[float, int]:
+    """heredity's loop; ``peft_forward``: with PEFT's own LoRA forward instead of ``engine.fastlora``'s step
+    (what that step adds)."""
     model, tok = load(spec, Store(), trainable=True)
     t = time.perf_counter()
-    _, m = train(model, tok, data, cfg, progress=False)
+    with peft_lora_forward() if peft_forward else contextlib.nullcontext():
+        _, m = train(model, tok, data, cfg, progress=False)
     return time.perf_counter() - t, m["train_tokens"]
+
+
+@contextlib.contextmanager
+def peft_lora_forward():
+    """Within the block, heredity's loop trains LoRA through PEFT's own forward (no ``fastlora``)."""
+    real = fastlora.installed
+    fastlora.installed = lambda model: contextlib.nullcontext()
+    try:
+        yield
+    finally:
+        fastlora.installed = real
 
 
 def run_trl(spec, data, cfg: FinetuneConfig, checkpointing: bool = False) -> tuple[float, int]:
@@ -156,10 +174,12 @@ def distill_bench(args) -> None:
         ("logit_distill, teacher live", "logit_distill", None, False),
         ("number_distill, teacher live", "number_distill", None, False),
         ("number_distill, stored targets", "number_distill", None, True),
+        ("number_distill, stored targets, PEFT's LoRA forward", "number_distill", None, True),
         (f"logit_distill, stored top-{args.top_k}", "logit_distill", args.top_k, True),
     ]
-    results, once = [], []
-    for label, loss, k, stored in runs:
+    results, once = {label: [] for label, *_ in runs}, []
+    # the repeats interleaved: every row once per repeat, the median of each row's runs reported
+    for rep, (label, loss, k, stored) in itertools.product(range(args.repeats), runs):
         cfg = FinetuneConfig(
             method="lora",
             loss=loss,
@@ -180,27 +200,31 @@ def distill_bench(args) -> None:
             tmp = tempfile.TemporaryDirectory()  # the student reads them lazily from there
             targets = Targets(save(tmp.name, tensors))
             left = f", leftover mass mean {metrics['leftover_mass_mean']:.4f}" if k else ""
-            once.append((label, metrics["positions"], metrics["bytes"] / 1e6, sec, left))
+            if "PEFT" not in label and rep == 0:  # the same targets as the row before
+                once.append((label, metrics["positions"], metrics["bytes"] / 1e6, sec, left))
         model, _ = load(args.model, Store(), trainable=True)
         t = time.perf_counter()
         live = None if loss == "completion_only" or stored else teacher
-        _, m = train(model, tok, data, cfg, teacher=live, targets=targets, progress=False)
+        with peft_lora_forward() if "PEFT" in label else contextlib.nullcontext():
+            _, m = train(model, tok, data, cfg, teacher=live, targets=targets, progress=False)
         sec = time.perf_counter() - t
         if stored:
             tmp.cleanup()
-        results.append((label, m["train_tokens"] / sec))
-        print(f"{label}: {results[-1][1]:.1f} tok/s", file=sys.stderr)
+        results[label].append(m["train_tokens"] / sec)
+        print(f"{label}: {results[label][-1]:.1f} tok/s", file=sys.stderr)
     flops = max(flops, matmul_flops(*shape))  # the peak before and after the runs
     roof4, roof6 = flops / (4 * n_params), flops / (6 * n_params)
     print(
         f"\nLoRA r=8 on {args.model} (N = {n_params / 1e6:.1f}M in matmuls), {args.rows} rows, batch 8, "
         f"{torch.get_num_threads()} threads, {cpu_model()}; matmul peak {flops / 1e9:.1f} GFLOP/s measured "
-        f"in this run (best of before and after); number vocabulary {len(number_vocab(tok))} tokens\n"
+        f"in this run (best of before and after); number vocabulary {len(number_vocab(tok))} tokens; "
+        f"median of {args.repeats} (the rows interleaved in each repeat)\n"
     )
     print("| student's loss | tokens/s | ÷ 4N roofline | ÷ 6N roofline (with the teacher's forward) |")
     print("|---|---:|---:|---:|")
     print(f"| roofline | | {roof4:.0f} | {roof6:.0f} |")
-    for label, tps in results:
+    for label, runs_tps in results.items():
+        tps = statistics.median(runs_tps)
         print(f"| {label} | {tps:.1f} | {tps / roof4:.2f} | {tps / roof6:.2f} |")
     print(
         "\nThe stored targets, computed once per teacher and dataset (every student of the teacher reads "
@@ -378,14 +402,18 @@ def main() -> None:
     )
     tok = load(args.model, Store())[1]
     print(f"{len(encode_rows(tok, data, cfg))} examples", file=sys.stderr)
-    h, g = [], []
+    h, g, p = [], [], []
     for _ in range(args.repeats):
         s, n = run_trl(args.model, data, cfg)
         g.append(n / s)
         s, n = run_heredity(args.model, data, cfg)
         h.append(n / s)
-        print(f"TRL {g[-1]:.1f} tok/s, heredity {h[-1]:.1f} tok/s", file=sys.stderr)
-    gm, hm = statistics.median(g), statistics.median(h)
+        s, n = run_heredity(args.model, data, cfg, peft_forward=True)
+        p.append(n / s)
+        print(
+            f"TRL {g[-1]:.1f} tok/s, heredity {h[-1]:.1f}, with PEFT's forward {p[-1]:.1f}", file=sys.stderr
+        )
+    gm, hm, pm = statistics.median(g), statistics.median(h), statistics.median(p)
     print(
         f"\nLoRA SFT on {args.model}, {args.rows} rows, batch 8, {torch.get_num_threads()} threads, "
         f"median of {args.repeats}\n"
@@ -393,7 +421,8 @@ def main() -> None:
     print("| trainer | tokens/s | ratio |")
     print("|---|---:|---:|")
     print(f"| TRL SFTTrainer | {gm:.1f} | 1.00x |")
-    print(f"| heredity | {hm:.1f} | {hm / gm:.2f}x |")
+    print(f"| heredity, PEFT's LoRA forward | {pm:.1f} | {pm / gm:.2f}x |")
+    print(f"| heredity (LoRA through engine.fastlora) | {hm:.1f} | {hm / gm:.2f}x |")
 
 
 if __name__ == "__main__":
